@@ -1,0 +1,53 @@
+# The two commands of the README: `make demo` and `make test`.
+# Both create .venv and install what they need; nothing has to be installed by hand.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# PostgreSQL store tests run whenever a server answers here; EMFENCE_REQUIRE_PG=1
+# turns "skip: no PostgreSQL" into a failure, so CI cannot silently skip them.
+PG_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
+export EMFENCE_TEST_PG ?= $(PG_URL)
+
+.PHONY: test demo venv system-deps lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+# Debian packages the tests use: mosquitto (the real broker the MQTT tests start on a
+# free port) and chromium + chromium-driver (the console's end-to-end test).
+system-deps:
+	@missing=""; \
+	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v mosquitto_passwd >/dev/null 2>&1 || missing="$$missing mosquitto-clients"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+test: $(STAMP) system-deps
+	@if command -v pg_isready >/dev/null 2>&1 && pg_isready -q -d "$(EMFENCE_TEST_PG)"; then \
+	  export EMFENCE_REQUIRE_PG=1; fi; \
+	$(PY) -m pytest -q -p no:cacheprovider && \
+	echo "--- kernels again as plain Python (NUMBA_DISABLE_JIT=1)" && \
+	NUMBA_DISABLE_JIT=1 $(PY) -m pytest -q -p no:cacheprovider -m kernel
+
+demo: $(STAMP) system-deps
+	$(PY) -m emfence.demo
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis demo-run bench-out

