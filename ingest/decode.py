@@ -1,0 +1,318 @@
+"""Pure decoding and validation of the device-facing wire contract (v1).
+
+Bytes or parsed JSON in, validated named tuples out; nothing here touches the network,
+a clock or a file. Every rejection raises :class:`PayloadError` whose ``reason`` starts
+with a short stable code (``bad_json``, ``missing_field``, ``out_of_range`` ...) followed
+by ``": "`` and a human detail, and whose ``where`` says which element of the payload
+(``"[3].lat"``) or which line of a file it was. The codes are the device-facing contract
+documented in ``docs/wire-protocol.md``; the MQTT service counts rejections by code.
+
+Shared by the live MQTT intake (``ingest.service``) and ``emfence replay``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, NamedTuple
+
+import orjson
+
+from emfence.config import IngestConfig
+
+# Stable rejection codes (the part of ``PayloadError.reason`` before the colon).
+REASON_CODES = (
+    "too_large",  # payload longer than ingest.max_payload_bytes
+    "empty",  # zero-length payload
+    "bad_json",  # not valid UTF-8 JSON
+    "not_object",  # a fix/status (or an array element) that is not a JSON object
+    "empty_array",  # store-and-forward array with no element
+    "too_many_fixes",  # array longer than ingest.max_fixes_per_payload
+    "missing_field",  # a required field is absent
+    "bad_type",  # a field has the wrong JSON type
+    "bad_value",  # a field is not one of its allowed values
+    "out_of_range",  # a number outside its range, or not finite
+    "future_ts",  # ts further ahead of the receive time than ingest.max_future_ms
+    "bad_topic",  # topic is not emfence/v1/{region}/{device_id}/fix|status
+    "unknown_device",  # the topic's device is not registered (service level)
+    "wrong_region",  # the device is registered under another region (service level)
+)
+
+# Coordinate systems and strap states as the small integer codes the engine's arrays use.
+COORD_SYS_CODES = {"wgs84": 0, "gcj02": 1}
+STRAP_CODES = {"ok": 0, "open": 1}
+SOURCES = ("gps", "wifi", "cell")
+
+DEFAULT_ACC_M = 50.0
+DEFAULT_SRC = "gps"
+DEFAULT_COORD_SYS = "wgs84"
+
+# Epoch-ms sanity window: before 2000-01-01 is almost always a firmware that sends
+# seconds instead of milliseconds (or an unset RTC); after 2200 is garbage.
+MIN_TS_MS = 946_684_800_000
+MAX_TS_MS = 7_258_118_400_000
+# seq is a device counter; bounded so it always fits the engine's int64 arrays.
+MAX_SEQ = 2**63 - 1
+
+ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+TOPIC_PREFIX = "emfence/v1"
+KINDS = ("fix", "status")
+
+
+class PayloadError(ValueError):
+    """A message that breaks the wire contract.
+
+    ``reason``: ``"<code>: <detail>"`` (e.g. ``"missing_field: lat"``), ``code``: the part
+    before the colon (one of :data:`REASON_CODES`), ``where``: the element path inside the
+    payload or the file position (``""`` when the whole payload is at fault).
+    """
+
+    def __init__(self, reason: str, where: str = ""):
+        self.reason = reason
+        self.where = where
+        super().__init__(f"{where}: {reason}" if where else reason)
+
+    @property
+    def code(self) -> str:
+        return self.reason.split(":", 1)[0]
+
+
+class Fix(NamedTuple):
+    """One validated location fix.
+
+    ``ts_ms`` event time (epoch ms UTC, from the device), ``lat``/``lon`` degrees in
+    ``coord_sys`` (``"wgs84"`` or ``"gcj02"``: conversion is the engine's business),
+    ``acc_m`` horizontal accuracy in metres, ``src`` ``gps|wifi|cell``, ``seq`` the
+    device's message counter or ``None``.
+    """
+
+    ts_ms: int
+    lat: float
+    lon: float
+    acc_m: float = DEFAULT_ACC_M
+    src: str = DEFAULT_SRC
+    coord_sys: str = DEFAULT_COORD_SYS
+    seq: int | None = None
+
+
+class Status(NamedTuple):
+    """One validated heartbeat / status message; ``None`` means the field was absent.
+
+    ``ts_ms`` epoch ms UTC, ``battery_pct`` 0..100 percent, ``strap`` ``"ok"|"open"``,
+    ``charging`` bool.
+    """
+
+    ts_ms: int
+    battery_pct: float | None = None
+    strap: str | None = None
+    charging: bool | None = None
+
+
+def _is_number(v: Any) -> bool:
+    # bool is an int subclass in Python; JSON true/false is never a number here.
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _type_name(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, list):
+        return "array"
+    if isinstance(v, dict):
+        return "object"
+    return type(v).__name__
+
+
+def _require_object(obj: Any, where: str) -> dict:
+    if not isinstance(obj, dict):
+        raise PayloadError(f"not_object: expected a JSON object, got {_type_name(obj)}", where)
+    return obj
+
+
+def _ts(obj: dict, where: str) -> int:
+    if "ts" not in obj:
+        raise PayloadError("missing_field: ts", where)
+    v = obj["ts"]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise PayloadError(
+            f"bad_type: ts must be an integer (epoch ms), got {_type_name(v)} {_short(v)}", where
+        )
+    if v < MIN_TS_MS:
+        hint = " (seconds instead of milliseconds?)" if v > MIN_TS_MS // 1000 else ""
+        raise PayloadError(f"out_of_range: ts={v} is before 2000-01-01{hint}", where)
+    if v > MAX_TS_MS:
+        raise PayloadError(f"out_of_range: ts={v} is after 2200-01-01", where)
+    return v
+
+
+def _number(obj: dict, name: str, where: str, lo: float, hi: float, *, required: bool,
+            default: float | None = None, lo_open: bool = False) -> float | None:
+    v = obj.get(name)
+    if v is None:  # absent, or JSON null: both mean "not given"
+        if required:
+            raise PayloadError(f"missing_field: {name}", where)
+        return default
+    if not _is_number(v):
+        raise PayloadError(f"bad_type: {name} must be a number, got {_type_name(v)} {_short(v)}",
+                           where)
+    try:
+        f = float(v)
+    except OverflowError:  # a JSON integer too big for a double
+        raise PayloadError(f"out_of_range: {name}={_short(v)} is not finite", where) from None
+    if not math.isfinite(f):
+        raise PayloadError(f"out_of_range: {name}={f!r} is not finite", where)
+    if f < lo or f > hi or (lo_open and f == lo):
+        bound = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
+        raise PayloadError(f"out_of_range: {name}={f!r} not in {bound}", where)
+    return f
+
+
+def _choice(obj: dict, name: str, where: str, allowed: tuple[str, ...] | dict,
+            default: str | None) -> str | None:
+    v = obj.get(name)
+    if v is None:
+        return default
+    if not isinstance(v, str):
+        raise PayloadError(f"bad_type: {name} must be a string, got {_type_name(v)} {_short(v)}",
+                           where)
+    if v not in allowed:
+        raise PayloadError(f"bad_value: {name}={_short(v)}; allowed: {', '.join(allowed)}", where)
+    return v
+
+
+def parse_fix(obj: Any, *, where: str = "") -> Fix:
+    """Validate one fix object (already parsed JSON) and return a :class:`Fix`.
+
+    Required: ``ts`` (integer epoch ms), ``lat`` (-90..90), ``lon`` (-180..180), finite
+    numbers. Optional: ``acc`` (metres, > 0, default 50), ``src`` (default ``gps``),
+    ``coord_sys`` (default ``wgs84``), ``seq`` (integer >= 0). A JSON ``null`` in an
+    optional field means "absent". Unknown fields are ignored (forward compatibility).
+    The future-time check needs the receive time and lives in :func:`decode_fix_payload`.
+    """
+    obj = _require_object(obj, where)
+    ts = _ts(obj, where)
+    lat = _number(obj, "lat", where, -90.0, 90.0, required=True)
+    lon = _number(obj, "lon", where, -180.0, 180.0, required=True)
+    acc = _number(obj, "acc", where, 0.0, math.inf, required=False, default=DEFAULT_ACC_M,
+                  lo_open=True)
+    src = _choice(obj, "src", where, SOURCES, DEFAULT_SRC)
+    coord_sys = _choice(obj, "coord_sys", where, tuple(COORD_SYS_CODES), DEFAULT_COORD_SYS)
+    seq = obj.get("seq")
+    if seq is not None:
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            raise PayloadError(f"bad_type: seq must be an integer, got {_type_name(seq)} "
+                               f"{_short(seq)}", where)
+        if seq < 0 or seq > MAX_SEQ:
+            raise PayloadError(f"out_of_range: seq={_short(seq)} not in [0, 2^63-1]", where)
+    return Fix(ts, lat, lon, acc, src, coord_sys, seq)
+
+
+def parse_status(obj: Any, *, where: str = "") -> Status:
+    """Validate one status object and return a :class:`Status`.
+
+    Required: ``ts``. Optional: ``battery`` (percent, 0..100), ``strap`` (``ok|open``),
+    ``charging`` (boolean). A status with only ``ts`` is a plain heartbeat.
+    """
+    obj = _require_object(obj, where)
+    ts = _ts(obj, where)
+    battery = _number(obj, "battery", where, 0.0, 100.0, required=False)
+    strap = _choice(obj, "strap", where, tuple(STRAP_CODES), None)
+    charging = obj.get("charging")
+    if charging is not None and not isinstance(charging, bool):
+        raise PayloadError(f"bad_type: charging must be a boolean, got {_type_name(charging)} "
+                           f"{_short(charging)}", where)
+    return Status(ts, battery, strap, charging)
+
+
+def _load(payload: bytes, config: IngestConfig) -> Any:
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
+    n = len(payload)
+    if n > config.max_payload_bytes:
+        raise PayloadError(f"too_large: {n} bytes > {config.max_payload_bytes}")
+    if n == 0:
+        raise PayloadError("empty: zero-length payload")
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError(f"bad_json: {exc}") from None
+
+
+def _check_future(ts_ms: int, rx_ms: int, config: IngestConfig, where: str) -> None:
+    ahead = ts_ms - rx_ms
+    if ahead > config.max_future_ms:
+        raise PayloadError(f"future_ts: ts={ts_ms} is {ahead} ms ahead of the receive time "
+                           f"(limit {config.max_future_ms} ms)", where)
+
+
+def decode_fix_payload(payload: bytes, *, rx_ms: int, config: IngestConfig,
+                       rejects: list[PayloadError] | None = None) -> list[Fix]:
+    """Decode a fix topic's payload: one fix object, or an array of them (store-and-forward).
+
+    ``rx_ms`` is the receive time (epoch ms) the future-time limit is measured from.
+    Payload-level faults (size, JSON, array length) always raise :class:`PayloadError`.
+    For a bad element of an array: if ``rejects`` is ``None`` the first one raises;
+    otherwise each bad element's error (``where="[i]"``) is appended to ``rejects`` and
+    the good fixes are returned, so one corrupt record does not throw away a whole
+    store-and-forward batch.
+    """
+    data = _load(payload, config)
+    if isinstance(data, list):
+        if not data:
+            raise PayloadError("empty_array: a fix array needs at least one element")
+        if len(data) > config.max_fixes_per_payload:
+            raise PayloadError(f"too_many_fixes: {len(data)} > {config.max_fixes_per_payload}")
+        fixes: list[Fix] = []
+        for i, item in enumerate(data):
+            where = f"[{i}]"
+            try:
+                fix = parse_fix(item, where=where)
+                _check_future(fix.ts_ms, rx_ms, config, where)
+            except PayloadError as exc:
+                if rejects is None:
+                    raise
+                rejects.append(exc)
+                continue
+            fixes.append(fix)
+        return fixes
+    fix = parse_fix(data)
+    _check_future(fix.ts_ms, rx_ms, config, "")
+    return [fix]
+
+
+def decode_status_payload(payload: bytes, *, rx_ms: int, config: IngestConfig) -> Status:
+    """Decode a status topic's payload (one object); same size/JSON/future checks as fixes."""
+    status = parse_status(_load(payload, config))
+    _check_future(status.ts_ms, rx_ms, config, "")
+    return status
+
+
+def parse_topic(topic: str) -> tuple[str, str, str]:
+    """Split ``emfence/v1/{region}/{device_id}/{fix|status}`` into ``(region, device_id, kind)``.
+
+    ``region`` and ``device_id`` must match ``[A-Za-z0-9_-]{1,64}``.
+    """
+    parts = topic.split("/")
+    if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != TOPIC_PREFIX:
+        raise PayloadError(f"bad_topic: expected {TOPIC_PREFIX}/{{region}}/{{device_id}}/fix|status,"
+                           f" got {_short(topic)}")
+    region, device_id, kind = parts[2], parts[3], parts[4]
+    if not ID_RE.fullmatch(region):
+        raise PayloadError(f"bad_topic: region {_short(region)} is not [A-Za-z0-9_-]{{1,64}}")
+    if not ID_RE.fullmatch(device_id):
+        raise PayloadError(f"bad_topic: device_id {_short(device_id)} is not "
+                           "[A-Za-z0-9_-]{1,64}")
+    if kind not in KINDS:
+        raise PayloadError(f"bad_topic: kind {_short(kind)} is not fix or status")
+    return region, device_id, kind
