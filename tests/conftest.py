@@ -54,3 +54,35 @@ def pg_url(pg_server_url: str):
     yield f"{base}/{name}"
     with psycopg.connect(pg_server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+# --- MQTT: private mosquitto brokers with the project's config (ingest/mosquitto.py) ---
+
+
+@pytest.fixture
+def mosquitto_factory(tmp_path):
+    """Start private brokers: ``mosquitto_factory(auth=False)`` or with ``passwords={...}``.
+
+    Each broker gets its own folder under the test's tmp_path (config, password file,
+    persistence database, log) and a free 127.0.0.1 port; all are stopped at teardown.
+    A missing mosquitto binary fails the test with a message naming it (the MQTT tests
+    are part of `make test`, which installs mosquitto).
+    """
+    from ingest.mosquitto import Mosquitto
+
+    brokers: list = []
+
+    def start(**kwargs):
+        broker = Mosquitto(tmp_path / f"mosquitto-{len(brokers)}", **kwargs)
+        brokers.append(broker)
+        return broker.start()
+
+    yield start
+    for broker in brokers:
+        broker.close()
+
+
+@pytest.fixture
+def mosquitto(mosquitto_factory):
+    """One running anonymous broker (no ACL), persistence on: ``.port``, ``.url``, ``.restart()``."""
+    return mosquitto_factory(auth=False)
