@@ -1,0 +1,316 @@
+"""The registry: who is supervised, by which devices, within which zones.
+
+``load_registry(subjects, zones)`` reads the subjects file (JSON, see ``docs/replay.md``)
+and maps every id to a dense index. The rule kernels never see a string: they read the
+CSR arrays of :class:`RegistryArrays` (one NamedTuple, passed to numba as one argument).
+
+Subjects file::
+
+    {"subjects": [{"subject_id": "S-0001", "region": "330723", "level": "strict",
+                   "devices": [{"device_id": "B-0001", "kind": "bracelet"}],
+                   "inclusion": ["330723"], "exclusion": ["victim-17"],
+                   "leaves": [{"start": 1763600000000, "end": "2025-11-22T08:00:00+08:00",
+                               "zones": ["330702"]}]}]}
+
+Times are epoch milliseconds (integers) or ISO 8601 strings with a UTC offset.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import orjson
+
+from emfence.config import LEVELS
+
+ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+DEVICE_KINDS = ("bracelet", "phone")
+# Level names -> the small code the kernels index per-level tables with.
+LEVEL_CODES = {name: i for i, name in enumerate(LEVELS)}
+
+
+class RegistryError(ValueError):
+    """The subjects file is wrong. ``subject_id`` names the subject (None: the file as a
+    whole), ``reason`` says what, ``source`` is the file (or None for a dict)."""
+
+    def __init__(self, reason: str, *, subject_id: str | None = None, source: str | None = None):
+        self.reason = reason
+        self.subject_id = subject_id
+        self.source = source
+        parts = []
+        if source:
+            parts.append(f"{source}:")
+        if subject_id is not None:
+            parts.append(f"subject {subject_id!r}:")
+        parts.append(reason)
+        super().__init__(" ".join(parts))
+
+
+class RegistryArrays(NamedTuple):
+    """Dense, read-only arrays for the kernels. ``s`` subject index, ``d`` device index,
+    ``z`` zone index (position in ``CompiledZones.zone_ids``), ``l`` leave index.
+
+    CSR layout: the items of subject ``s`` are ``X_zone[X_off[s]:X_off[s+1]]``.
+    """
+
+    device_subject: np.ndarray  # int32[n_devices]
+    device_level: np.ndarray  # int8[n_devices]: 0 strict, 1 ordinary, 2 lenient
+    device_slot_off: np.ndarray  # int32[n_devices+1]: per-(device, exclusion zone) state slots
+    incl_off: np.ndarray  # int32[n_subjects+1]
+    incl_zone: np.ndarray  # int32
+    excl_off: np.ndarray  # int32[n_subjects+1]; slot k of a device is its subject's excl k
+    excl_zone: np.ndarray  # int32
+    leave_off: np.ndarray  # int32[n_subjects+1]
+    leave_start_ms: np.ndarray  # int64[n_leaves], inclusive
+    leave_end_ms: np.ndarray  # int64[n_leaves], inclusive
+    leave_zone_off: np.ndarray  # int32[n_leaves+1]
+    leave_zone: np.ndarray  # int32
+
+
+class Subject(NamedTuple):
+    subject_id: str
+    region: str
+    level: str
+    device_ids: tuple[str, ...]
+    inclusion: tuple[str, ...]
+    exclusion: tuple[str, ...]
+    leaves: tuple[tuple[int, int, tuple[str, ...]], ...]  # (start_ms, end_ms, zone ids)
+
+
+class Registry:
+    """Subjects, devices and their zones as dense indices (see module docstring).
+
+    ``device_ids[d]`` / ``subject_ids[s]`` give ids back; ``arrays`` feeds the kernels.
+    """
+
+    def __init__(self, subjects: list[Subject], zone_ids: list[str], zone_index: dict[str, int]):
+        self.subjects = subjects
+        self.zone_ids = list(zone_ids)
+        self.subject_ids = [s.subject_id for s in subjects]
+        self.device_ids: list[str] = []
+        self.device_kinds: list[str] = []
+        self._device_index: dict[str, int] = {}
+        dev_subject: list[int] = []
+        for s_idx, s in enumerate(subjects):
+            for dev in s.device_ids:
+                self._device_index[dev] = len(self.device_ids)
+                self.device_ids.append(dev)
+                dev_subject.append(s_idx)
+        self.regions: set[str] = {s.region for s in subjects}
+
+        def csr(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+            off = np.zeros(len(lists) + 1, dtype=np.int32)
+            off[1:] = np.cumsum([len(x) for x in lists])
+            flat = np.array([v for x in lists for v in x], dtype=np.int32)
+            return off, flat
+
+        incl_off, incl_zone = csr([[zone_index[z] for z in s.inclusion] for s in subjects])
+        excl_off, excl_zone = csr([[zone_index[z] for z in s.exclusion] for s in subjects])
+        all_leaves = [lv for s in subjects for lv in s.leaves]
+        leave_off = np.zeros(len(subjects) + 1, dtype=np.int32)
+        leave_off[1:] = np.cumsum([len(s.leaves) for s in subjects])
+        leave_zone_off, leave_zone = csr([[zone_index[z] for z in lv[2]] for lv in all_leaves])
+        device_subject = np.array(dev_subject, dtype=np.int32)
+        levels = np.array([LEVEL_CODES[s.level] for s in subjects], dtype=np.int8)
+        n_excl = np.diff(excl_off)
+        slot_off = np.zeros(len(device_subject) + 1, dtype=np.int32)
+        slot_off[1:] = np.cumsum(n_excl[device_subject]) if len(device_subject) else []
+        self.arrays = RegistryArrays(
+            device_subject=device_subject,
+            device_level=levels[device_subject] if len(device_subject) else np.zeros(0, np.int8),
+            device_slot_off=slot_off,
+            incl_off=incl_off,
+            incl_zone=incl_zone,
+            excl_off=excl_off,
+            excl_zone=excl_zone,
+            leave_off=leave_off,
+            leave_start_ms=np.array([lv[0] for lv in all_leaves], dtype=np.int64),
+            leave_end_ms=np.array([lv[1] for lv in all_leaves], dtype=np.int64),
+            leave_zone_off=leave_zone_off,
+            leave_zone=leave_zone,
+        )
+
+    @property
+    def n_devices(self) -> int:
+        return len(self.device_ids)
+
+    @property
+    def n_slots(self) -> int:
+        return int(self.arrays.device_slot_off[-1])
+
+    def device_index(self, device_id: str) -> int:
+        """Dense index of ``device_id``, or -1 when it is not registered."""
+        return self._device_index.get(device_id, -1)
+
+    def subject_index_of(self, idx: int) -> int:
+        return int(self.arrays.device_subject[idx])
+
+    def subject_of(self, idx: int) -> str:
+        """Subject id of device index ``idx``."""
+        return self.subjects[int(self.arrays.device_subject[idx])].subject_id
+
+    def device_region(self, idx: int) -> str:
+        """Region (supervising county code) of device index ``idx``."""
+        return self.subjects[int(self.arrays.device_subject[idx])].region
+
+    def device_level(self, idx: int) -> str:
+        return LEVELS[int(self.arrays.device_level[idx])]
+
+    def slot_keys(self) -> list[tuple[str, str]]:
+        """(device_id, exclusion zone_id) of every exclusion state slot, in slot order."""
+        keys = []
+        for d, dev in enumerate(self.device_ids):
+            for z in self.subjects[int(self.arrays.device_subject[d])].exclusion:
+                keys.append((dev, z))
+        return keys
+
+    def __repr__(self) -> str:
+        return (f"Registry({len(self.subjects)} subjects, {self.n_devices} devices, "
+                f"{len(self.regions)} regions)")
+
+
+def parse_time_ms(value: Any, what: str) -> int:
+    """Epoch milliseconds from an integer, or from an ISO 8601 string with a UTC offset.
+
+    Raises ``ValueError`` naming ``what`` otherwise (naive ISO times are refused: a
+    leave's end must not depend on the server's time zone).
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be epoch ms or ISO 8601 with offset, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"{what}: {value!r} is not an ISO 8601 time") from None
+        if dt.tzinfo is None or dt.utcoffset() is None:
+            raise ValueError(f"{what}: {value!r} has no UTC offset (write e.g. +08:00)")
+        # Exact integer arithmetic: timestamp() is a float and can be off by a millisecond.
+        delta = dt - datetime.fromisoformat("1970-01-01T00:00:00+00:00")
+        return delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
+    raise ValueError(f"{what} must be epoch ms or ISO 8601 with offset, got {value!r}")
+
+
+def _str_list(raw: dict, key: str, sid: str, source: str | None, *, required: bool) -> list[str]:
+    if key not in raw or raw[key] is None:
+        if required:
+            raise RegistryError(f"missing {key!r}", subject_id=sid, source=source)
+        return []
+    value = raw[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RegistryError(f"{key!r} must be a list of zone ids", subject_id=sid, source=source)
+    return value
+
+
+def _check_zones(ids: list[str], what: str, sid: str, zone_index: dict[str, int],
+                 source: str | None) -> tuple[str, ...]:
+    seen = []
+    for z in ids:
+        if z not in zone_index:
+            raise RegistryError(f"unknown zone id {z!r} in {what}", subject_id=sid, source=source)
+        if z not in seen:  # a repeated id adds nothing; keep the first
+            seen.append(z)
+    return tuple(seen)
+
+
+def load_registry(subjects: str | Path | dict, zones: Any) -> Registry:
+    """Read a subjects file (path, or an already parsed dict) against compiled ``zones``.
+
+    ``zones`` is a ``geofence.CompiledZones`` (only ``zone_ids`` and ``index`` are used).
+    Raises :class:`RegistryError` naming the subject for: a bad or duplicate subject id,
+    a bad level, a bad or repeated device id (also across subjects), an unknown zone id,
+    a leave whose end is before its start or whose times are unreadable.
+    """
+    source: str | None = None
+    if isinstance(subjects, (str, Path)):
+        source = str(subjects)
+        try:
+            data = orjson.loads(Path(subjects).read_bytes())
+        except OSError as exc:
+            raise RegistryError(f"cannot read: {exc.strerror}", source=source) from exc
+        except orjson.JSONDecodeError as exc:
+            raise RegistryError(f"not valid JSON: {exc}", source=source) from exc
+    else:
+        data = subjects
+    if not isinstance(data, dict) or not isinstance(data.get("subjects"), list):
+        raise RegistryError('expected an object {"subjects": [...]}', source=source)
+
+    zone_index: dict[str, int] = dict(zones.index)
+    out: list[Subject] = []
+    subject_seen: set[str] = set()
+    device_owner: dict[str, str] = {}
+    for i, raw in enumerate(data["subjects"]):
+        if not isinstance(raw, dict):
+            raise RegistryError(f"subjects[{i}] is not an object", source=source)
+        sid = raw.get("subject_id")
+        if not isinstance(sid, str) or not ID_RE.fullmatch(sid):
+            raise RegistryError(f"subjects[{i}].subject_id {sid!r} is not [A-Za-z0-9_-]{{1,64}}",
+                                source=source)
+        if sid in subject_seen:
+            raise RegistryError("duplicate subject id", subject_id=sid, source=source)
+        subject_seen.add(sid)
+        region = raw.get("region")
+        if not isinstance(region, str) or not ID_RE.fullmatch(region):
+            raise RegistryError(f"region {region!r} is not [A-Za-z0-9_-]{{1,64}}", subject_id=sid,
+                                source=source)
+        level = raw.get("level")
+        if level not in LEVEL_CODES:
+            raise RegistryError(f"level {level!r} is not one of {', '.join(LEVELS)}",
+                                subject_id=sid, source=source)
+        devices = raw.get("devices")
+        if not isinstance(devices, list) or not devices:
+            raise RegistryError("'devices' must be a non-empty list", subject_id=sid, source=source)
+        device_ids: list[str] = []
+        for k, dev in enumerate(devices):
+            if not isinstance(dev, dict):
+                raise RegistryError(f"devices[{k}] is not an object", subject_id=sid, source=source)
+            did = dev.get("device_id")
+            if not isinstance(did, str) or not ID_RE.fullmatch(did):
+                raise RegistryError(f"devices[{k}].device_id {did!r} is not [A-Za-z0-9_-]{{1,64}}",
+                                    subject_id=sid, source=source)
+            kind = dev.get("kind", "bracelet")
+            if kind not in DEVICE_KINDS:
+                raise RegistryError(f"device {did!r}: kind {kind!r} is not one of "
+                                    f"{', '.join(DEVICE_KINDS)}", subject_id=sid, source=source)
+            if did in device_owner:
+                owner = device_owner[did]
+                where = "twice" if owner == sid else f"also on subject {owner!r}"
+                raise RegistryError(f"device {did!r} is listed {where}", subject_id=sid,
+                                    source=source)
+            device_owner[did] = sid
+            device_ids.append(did)
+        inclusion = _check_zones(_str_list(raw, "inclusion", sid, source, required=False),
+                                 "inclusion", sid, zone_index, source)
+        exclusion = _check_zones(_str_list(raw, "exclusion", sid, source, required=False),
+                                 "exclusion", sid, zone_index, source)
+        leaves_raw = raw.get("leaves") or []
+        if not isinstance(leaves_raw, list):
+            raise RegistryError("'leaves' must be a list", subject_id=sid, source=source)
+        leaves = []
+        for k, lv in enumerate(leaves_raw):
+            if not isinstance(lv, dict):
+                raise RegistryError(f"leaves[{k}] is not an object", subject_id=sid, source=source)
+            try:
+                start = parse_time_ms(lv.get("start"), f"leaves[{k}].start")
+                end = parse_time_ms(lv.get("end"), f"leaves[{k}].end")
+            except ValueError as exc:
+                raise RegistryError(str(exc), subject_id=sid, source=source) from None
+            if end < start:
+                raise RegistryError(f"leaves[{k}] ends ({end}) before it starts ({start})",
+                                    subject_id=sid, source=source)
+            lz = _check_zones(_str_list(lv, "zones", sid, source, required=True),
+                              f"leaves[{k}].zones", sid, zone_index, source)
+            leaves.append((start, end, lz))
+        out.append(Subject(sid, region, level, tuple(device_ids), inclusion, exclusion,
+                           tuple(leaves)))
+    return Registry(out, list(zones.zone_ids), zone_index)
