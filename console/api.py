@@ -1,0 +1,336 @@
+"""The JSON API handlers (documented in ``docs/console-api.md``).
+
+Every handler authenticates first (``Console.authenticate``: the session cookie, and the
+CSRF token for anything that changes state), then checks the caller's region scope
+against what is asked for. An alarm outside the caller's regions answers 404, exactly as
+an alarm that does not exist, and the attempt is audited.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from alarms.schema import (
+    ALARM_TYPES,
+    CONDITION_STATES,
+    DISPOSITIONS,
+    FALSE_ALARM_DISPOSITIONS,
+    WORKFLOW_STATES,
+)
+from alarms.store import AlarmActionError
+from console.app import ApiError, json_response
+from console.auth import (
+    AuthError,
+    Principal,
+    principal_from_user,
+    user_disabled,
+    user_password_hash,
+    verify_password,
+)
+from console.zones import zones_geojson
+
+if TYPE_CHECKING:
+    from console.app import Console
+
+STATES = WORKFLOW_STATES + CONDITION_STATES
+MAX_NOTE_CHARS = 2000
+MAX_NAME_CHARS = 64
+MAX_PASSWORD_CHARS = 1024
+MAX_BODY_BYTES = 16 * 1024
+DAY_MS = 86_400_000
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object; 415 for another content type, 400 if malformed."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise ApiError(415, "content_type", "send the body as application/json")
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise ApiError(413, "too_large", f"body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        data = orjson.loads(body or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_json", "body must be a JSON object")
+    return data
+
+
+def text_field(data: dict[str, Any], key: str, *, required: bool, max_chars: int) -> str | None:
+    """A string field of a JSON body, validated; 400 naming the field otherwise."""
+    value = data.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise ApiError(400, "missing_field", f"field {key!r} is required")
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, "bad_field", f"field {key!r} must be a string")
+    if len(value) > max_chars:
+        raise ApiError(400, "bad_field", f"field {key!r} is longer than {max_chars} characters")
+    return value
+
+
+def int_param(request: Request, key: str, default: int | None, *, lo: int | None = None,
+              hi: int | None = None) -> int | None:
+    """An integer query parameter within [lo, hi]; 400 naming it otherwise."""
+    raw = request.query_params.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "bad_param", f"query parameter {key!r} must be an integer") from None
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ApiError(400, "bad_param",
+                       f"query parameter {key!r} must be within [{lo}, {hi}], got {value}")
+    return value
+
+
+def list_param(request: Request, key: str, choices: tuple[str, ...]) -> list[str] | None:
+    """A comma-separated list parameter whose items are all in ``choices``; None if absent."""
+    raw = request.query_params.get(key)
+    if not raw:
+        return None
+    items = [x.strip() for x in raw.split(",") if x.strip()]
+    for item in items:
+        if item not in choices:
+            raise ApiError(400, "bad_param",
+                           f"query parameter {key!r}: {item!r} is not one of {', '.join(choices)}")
+    return items
+
+
+def region_param(request: Request, principal: Principal) -> list[str] | None:
+    """The caller's region scope narrowed by ``?region=``; None means every region."""
+    try:
+        return principal.narrow(request.query_params.get("region"))
+    except AuthError as exc:
+        raise ApiError(400, "bad_param", f"query parameter 'region': {exc}") from None
+
+
+def session_body(principal: Principal, csrf: str, console: "Console") -> dict[str, Any]:
+    return {"user": principal.name, "role": principal.role,
+            "regions": sorted(principal.regions), "all_regions": principal.is_admin,
+            "csrf_token": csrf, "dispositions": list(DISPOSITIONS),
+            "false_alarm_dispositions": list(FALSE_ALARM_DISPOSITIONS),
+            "escalate_after_s": console.escalate_after_s}
+
+
+def alarm_body(alarm: dict[str, Any], actions: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"alarm": alarm, "actions": actions}
+
+
+def feed_item(row: dict[str, Any]) -> dict[str, Any]:
+    """An event-log row as the feed and the API show it."""
+    return {"seq": row["seq"], "event": row["event"], "alarm_id": row["alarm_id"],
+            "type": row["type"], "region": row["region"], "created_at": row["created_at"],
+            "data": row["data"]}
+
+
+def routes(console: "Console") -> list[Route]:
+    """The API's routes, bound to ``console``."""
+    call = console.gateway.call
+    s = console.settings
+
+    async def login(request: Request) -> Response:
+        # Login changes state too: only JSON from this origin is accepted (a cross-site
+        # form cannot send application/json, and SameSite keeps the cookie home).
+        console.check_origin(request)
+        data = await read_json(request)
+        name = text_field(data, "name", required=True, max_chars=MAX_NAME_CHARS)
+        password = data.get("password")
+        if not isinstance(password, str) or not password:
+            raise ApiError(400, "missing_field", "field 'password' is required")
+        if len(password) > MAX_PASSWORD_CHARS:
+            raise ApiError(400, "bad_field", "field 'password' is too long")
+        assert name is not None
+        ip = console.client_ip(request)
+        now = console.clock_ms()
+        since = now - int(s.login_window_s * 1000)
+        # Checked before the password, so a blocked guesser learns nothing more.
+        by_name = await call("failed_logins", since, name=name)
+        by_ip = await call("failed_logins", since, ip=ip)
+        if by_name >= s.login_fail_per_user or by_ip >= s.login_fail_per_ip:
+            await call("audit", name, "login.blocked", name,
+                       {"failed_by_name": by_name, "failed_by_ip": by_ip}, now, ip)
+            retry_s = int(s.login_window_s)
+            raise ApiError(429, "rate_limited",
+                           "too many failed logins; try again in "
+                           f"{max(1, retry_s // 60)} minutes",
+                           headers={"retry-after": str(retry_s)})
+        user = await call("get_user", name)
+        good = verify_password(user_password_hash(user) if user else None, password)
+        if not good or user is None or user_disabled(user):
+            await call("record_login", name, False, now, ip)
+            # One answer for an unknown name, a wrong password and a disabled account.
+            raise ApiError(401, "login_failed", "wrong name or password")
+        await call("record_login", name, True, now, ip)
+        principal = principal_from_user(user)
+        session = console.sessions.create(principal.name, now)
+        response = json_response(session_body(principal, session.csrf, console))
+        console.set_session_cookie(response, session)
+        return response
+
+    async def logout(request: Request) -> Response:
+        session, principal = await console.authenticate(request)
+        console.sessions.drop(session.token)
+        await call("audit", principal.name, "logout", principal.name, None, console.clock_ms(),
+                   console.client_ip(request))
+        response = Response(status_code=204)
+        console.clear_session_cookie(response)
+        return response
+
+    async def whoami(request: Request) -> Response:
+        session, principal = await console.authenticate(request)
+        return json_response(session_body(principal, session.csrf, console))
+
+    async def list_alarms(request: Request) -> Response:
+        _, principal = await console.authenticate(request)
+        regions = region_param(request, principal)
+        limit = int_param(request, "limit", 200, lo=1, hi=s.list_limit_max)
+        before_ms = int_param(request, "before_ms", None, lo=0)
+        before_id = request.query_params.get("before_id")
+        if (before_ms is None) != (before_id is None):
+            raise ApiError(400, "bad_param", "'before_ms' and 'before_id' go together")
+        types = list_param(request, "type", ALARM_TYPES)
+        states = list_param(request, "state", STATES)
+        escalated = request.query_params.get("escalated")
+        if escalated not in (None, "", "true", "false"):
+            raise ApiError(400, "bad_param", "query parameter 'escalated' is true or false")
+        # The feed position is read *before* the list: a page that opens the feed from it
+        # misses nothing raised in between (it may see an alarm twice, and dedups by id).
+        seq = await call("last_seq")
+        alarms = await call("list_alarms", regions, types, states,
+                            escalated=None if not escalated else escalated == "true",
+                            before=None if before_ms is None else (before_ms, before_id),
+                            limit=limit)
+        return json_response({"alarms": alarms, "seq": seq})
+
+    async def alarm_in_scope(request: Request, principal: Principal, action: str) -> dict:
+        """The alarm named in the path if the caller may see it; 404 (audited) otherwise."""
+        alarm_id = request.path_params["alarm_id"]
+        alarm = await call("get_alarm", alarm_id)
+        if alarm is None:
+            raise ApiError(404, "not_found", f"no alarm {alarm_id!r}")
+        if not principal.can_see(alarm["region"]):
+            await call("audit", principal.name, "alarm.denied", alarm_id,
+                       {"action": action, "region": alarm["region"]}, console.clock_ms(),
+                       console.client_ip(request))
+            raise ApiError(404, "not_found", f"no alarm {alarm_id!r}")
+        return alarm
+
+    async def get_alarm(request: Request) -> Response:
+        _, principal = await console.authenticate(request)
+        alarm = await alarm_in_scope(request, principal, "view")
+        return json_response(alarm_body(alarm, await call("actions", alarm["alarm_id"])))
+
+    async def acknowledge(request: Request) -> Response:
+        _, principal = await console.authenticate(request)
+        data = await read_json(request)
+        note = text_field(data, "note", required=False, max_chars=MAX_NOTE_CHARS)
+        alarm = await alarm_in_scope(request, principal, "acknowledge")
+        try:
+            # The store writes the action, the `acknowledged` event and the audit row in
+            # one transaction; of two operators racing, exactly one wins.
+            await call("acknowledge", alarm["alarm_id"], principal.name, note,
+                       console.clock_ms(), ip=console.client_ip(request))
+        except AlarmActionError as exc:
+            raise ApiError(409, "conflict", exc.reason) from None
+        return json_response(alarm_body(await call("get_alarm", alarm["alarm_id"]),
+                                        await call("actions", alarm["alarm_id"])))
+
+    async def close(request: Request) -> Response:
+        _, principal = await console.authenticate(request)
+        data = await read_json(request)
+        disposition = text_field(data, "disposition", required=True, max_chars=64)
+        note = text_field(data, "note", required=False, max_chars=MAX_NOTE_CHARS)
+        if disposition not in DISPOSITIONS:
+            raise ApiError(400, "bad_field",
+                           f"field 'disposition' must be one of {', '.join(DISPOSITIONS)}")
+        if disposition == "other" and note is None:
+            raise ApiError(400, "missing_field", "disposition 'other' needs a note saying what it was")
+        alarm = await alarm_in_scope(request, principal, "close")
+        try:
+            await call("close_alarm", alarm["alarm_id"], principal.name, disposition, note,
+                       console.clock_ms(), ip=console.client_ip(request))
+        except AlarmActionError as exc:
+            raise ApiError(409, "conflict", exc.reason) from None
+        return json_response(alarm_body(await call("get_alarm", alarm["alarm_id"]),
+                                        await call("actions", alarm["alarm_id"])))
+
+    async def track(request: Request) -> Response:
+        _, principal = await console.authenticate(request)
+        alarm = await alarm_in_scope(request, principal, "track")
+        before = int_param(request, "before_ms", s.track_window_ms, lo=0, hi=s.track_window_max_ms)
+        after = int_param(request, "after_ms", s.track_window_ms, lo=0, hi=s.track_window_max_ms)
+        assert before is not None and after is not None
+        at = int(alarm["raised_at"])
+        from_ms, to_ms = at - before, at + after
+        fixes = await call("track", None, from_ms, to_ms, subject_id=alarm["subject_id"])
+        # Location data is personal data: every view of a track is on the record.
+        await call("audit", principal.name, "track.view", alarm["alarm_id"],
+                   {"subject_id": alarm["subject_id"], "from_ms": from_ms, "to_ms": to_ms,
+                    "fixes": len(fixes), "region": alarm["region"]},
+                   console.clock_ms(), console.client_ip(request))
+        return json_response({"alarm_id": alarm["alarm_id"], "subject_id": alarm["subject_id"],
+                              "device_id": alarm["device_id"], "at": at,
+                              "from_ms": from_ms, "to_ms": to_ms, "fixes": fixes})
+
+    async def zones(request: Request) -> Response:
+        _, principal = await console.authenticate(request)
+        return json_response(zones_geojson(console.zones, principal,
+                                           tolerance_m=s.zone_simplify_m))
+
+    async def positions(request: Request) -> Response:
+        _, principal = await console.authenticate(request)
+        regions = region_param(request, principal)
+        rows = await call("last_positions", regions)
+        await call("audit", principal.name, "positions.view", None,
+                   {"regions": regions, "devices": len(rows)}, console.clock_ms(),
+                   console.client_ip(request))
+        return json_response({"positions": rows})
+
+    async def events(request: Request) -> Response:
+        _, principal = await console.authenticate(request)
+        since = int_param(request, "since", 0, lo=0)
+        limit = int_param(request, "limit", 500, lo=1, hi=s.list_limit_max)
+        rows = await call("events_since", since, principal.scope, limit)
+        return json_response({"events": [feed_item(r) for r in rows],
+                              "seq": rows[-1]["seq"] if rows else since})
+
+    async def stats(request: Request) -> Response:
+        _, principal = await console.authenticate(request)
+        if principal.role not in ("supervisor", "admin"):
+            raise ApiError(403, "forbidden", "statistics are for supervisors and admins")
+        regions = region_param(request, principal)
+        now = console.clock_ms()
+        to_ms = int_param(request, "to_ms", now, lo=0)
+        assert to_ms is not None
+        from_ms = int_param(request, "from_ms", to_ms - 30 * DAY_MS, lo=0)
+        assert from_ms is not None
+        if from_ms > to_ms:
+            raise ApiError(400, "bad_param", "'from_ms' must not be after 'to_ms'")
+        tz = int_param(request, "tz_offset_min", 0, lo=-14 * 60, hi=14 * 60) or 0
+        body = await call("stats", regions, from_ms, to_ms, day_offset_ms=tz * 60_000)
+        body["false_alarm_dispositions"] = list(FALSE_ALARM_DISPOSITIONS)
+        return json_response(body)
+
+    return [
+        Route("/api/login", login, methods=["POST"]),
+        Route("/api/logout", logout, methods=["POST"]),
+        Route("/api/session", whoami, methods=["GET"]),
+        Route("/api/alarms", list_alarms, methods=["GET"]),
+        Route("/api/alarms/{alarm_id:str}", get_alarm, methods=["GET"]),
+        Route("/api/alarms/{alarm_id:str}/acknowledge", acknowledge, methods=["POST"]),
+        Route("/api/alarms/{alarm_id:str}/close", close, methods=["POST"]),
+        Route("/api/alarms/{alarm_id:str}/track", track, methods=["GET"]),
+        Route("/api/events", events, methods=["GET"]),
+        Route("/api/zones", zones, methods=["GET"]),
+        Route("/api/positions", positions, methods=["GET"]),
+        Route("/api/stats", stats, methods=["GET"]),
+    ]

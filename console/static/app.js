@@ -1,0 +1,606 @@
+// emfence console page. Plain JavaScript, no libraries, nothing loaded from elsewhere.
+// Talks only to the JSON API of this server (docs/console-api.md).
+"use strict";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const el = (tag, attrs = {}, ...kids) => {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else node.setAttribute(k, v);
+  }
+  for (const kid of kids) node.append(kid);
+  return node;
+};
+const SVG_NS = "http://www.w3.org/2000/svg";
+const svg = (tag, attrs = {}) => {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  return node;
+};
+
+const state = {
+  session: null,          // {user, role, regions, all_regions, csrf_token, dispositions}
+  alarms: new Map(),      // alarm_id -> alarm
+  selected: null,         // alarm_id
+  feed: null,             // EventSource
+  lastSeq: 0,
+  zones: null,            // GeoJSON FeatureCollection
+  positions: [],
+  track: null,            // {alarm_id, fixes, at}
+  proj: null,             // {lon0, lat0, kx, ky}
+  view: null,             // {x, y, w, h} SVG viewBox in metres
+};
+
+// ---------------------------------------------------------------- API
+class ApiError extends Error {
+  constructor(status, body) {
+    super((body && body.message) || `HTTP ${status}`);
+    this.status = status;
+    this.code = body && body.error;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { "Accept": "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (method !== "GET" && state.session) headers["X-CSRF-Token"] = state.session.csrf_token;
+  const resp = await fetch(path, {
+    method, headers, credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (resp.status === 204) return null;
+  let data = null;
+  try { data = await resp.json(); } catch (e) { data = null; }
+  if (!resp.ok) {
+    if (resp.status === 401 && path !== "/api/login") showLogin("Your session has ended; log in again.");
+    throw new ApiError(resp.status, data);
+  }
+  return data;
+}
+
+// ---------------------------------------------------------------- formatting
+const pad = (n) => String(n).padStart(2, "0");
+function fmtTime(ms) {
+  if (ms === null || ms === undefined) return "";
+  const d = new Date(ms);
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
+         `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+function fmtDuration(ms) {
+  if (ms === null || ms === undefined) return "–";
+  const s = Math.round(ms / 1000);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+}
+const label = (s) => String(s || "").replace(/_/g, " ");
+
+// ---------------------------------------------------------------- sound
+let audio = null;
+function beep(escalated) {
+  if (!$("#sound").checked) return;
+  try {
+    audio = audio || new (window.AudioContext || window.webkitAudioContext)();
+    const tones = escalated ? [880, 660, 880, 660] : [880, 1175];
+    let t = audio.currentTime;
+    for (const f of tones) {
+      const osc = audio.createOscillator();
+      const gain = audio.createGain();
+      osc.type = "square";
+      osc.frequency.value = f;
+      gain.gain.setValueAtTime(0.0001, t);
+      gain.gain.exponentialRampToValueAtTime(0.15, t + 0.01);
+      gain.gain.exponentialRampToValueAtTime(0.0001, t + 0.16);
+      osc.connect(gain).connect(audio.destination);
+      osc.start(t);
+      osc.stop(t + 0.18);
+      t += 0.2;
+    }
+  } catch (e) { /* no audio device: the visual cue remains */ }
+}
+
+// ---------------------------------------------------------------- login / session
+function showLogin(message) {
+  closeFeed();
+  state.session = null;
+  $("#login-view").hidden = false;
+  $("#alarms-view").hidden = true;
+  $("#stats-view").hidden = true;
+  $("#tabs").hidden = true;
+  $("#logout").hidden = true;
+  $("#who").textContent = "";
+  $("#login-error").textContent = message || "";
+  $("#login-name").focus();
+}
+
+async function onLogin(ev) {
+  ev.preventDefault();
+  $("#login-error").textContent = "";
+  $("#login-submit").disabled = true;
+  try {
+    const s = await api("POST", "/api/login", {
+      name: $("#login-name").value, password: $("#login-password").value,
+    });
+    $("#login-password").value = "";
+    await start(s);
+  } catch (e) {
+    $("#login-error").textContent = e.message;
+  } finally {
+    $("#login-submit").disabled = false;
+  }
+}
+
+async function onLogout() {
+  try { await api("POST", "/api/logout"); } catch (e) { /* ended anyway */ }
+  showLogin("Logged out.");
+}
+
+function fillRegionSelect(select, regions) {
+  select.replaceChildren(el("option", { value: "", text: "all mine" }));
+  for (const r of regions) select.append(el("option", { value: r, text: r }));
+}
+
+async function start(session) {
+  state.session = session;
+  $("#login-view").hidden = true;
+  $("#tabs").hidden = false;
+  $("#logout").hidden = false;
+  $("#who").textContent = `${session.user} (${session.role})`;
+  $("#tab-stats").hidden = !(session.role === "supervisor" || session.role === "admin");
+  fillRegionSelect($("#f-region"), session.regions);
+  fillRegionSelect($("#s-region"), session.regions);
+  showView("alarms");
+  await Promise.all([loadAlarms(), loadMapData()]);
+}
+
+function showView(name) {
+  $("#alarms-view").hidden = name !== "alarms";
+  $("#stats-view").hidden = name !== "stats";
+  for (const b of document.querySelectorAll(".tab")) b.classList.toggle("active", b.dataset.view === name);
+  if (name === "stats") loadStats();
+  if (name === "alarms") drawMap();
+}
+
+// ---------------------------------------------------------------- alarm list + feed
+function filters() {
+  const q = new URLSearchParams();
+  for (const [key, id] of [["region", "#f-region"], ["type", "#f-type"], ["state", "#f-state"]]) {
+    const v = $(id).value;
+    if (v) q.set(key, v);
+  }
+  return q;
+}
+
+function matchesFilters(a) {
+  const f = filters();
+  if (f.get("region") && a.region !== f.get("region")) return false;
+  if (f.get("type") && a.type !== f.get("type")) return false;
+  const st = f.get("state");
+  if (st && a.workflow !== st && a.state !== st) return false;
+  return true;
+}
+
+async function loadAlarms() {
+  const q = filters();
+  q.set("limit", "500");
+  const data = await api("GET", `/api/alarms?${q}`);
+  state.alarms = new Map(data.alarms.map((a) => [a.alarm_id, a]));
+  renderAlarms();
+  openFeed(data.seq);
+}
+
+function sortedAlarms() {
+  return [...state.alarms.values()].sort((a, b) =>
+    (b.raised_at - a.raised_at) || (a.alarm_id < b.alarm_id ? 1 : -1));
+}
+
+function alarmRow(a) {
+  const tr = el("tr", { "data-alarm-id": a.alarm_id });
+  tr.className = `w-${a.workflow}` + (a.escalated_at && a.workflow === "new" ? " escalated" : "") +
+                 (a.alarm_id === state.selected ? " selected" : "");
+  const esc = a.escalated_at && a.workflow === "new" ? el("span", { class: "esc", text: " ESCALATED" }) : "";
+  tr.append(
+    el("td", { text: fmtTime(a.raised_at) }),
+    el("td", {}, el("span", { class: `pill t-${a.type}`, text: label(a.type) })),
+    el("td", { text: a.subject_id }),
+    el("td", { text: a.region }),
+    el("td", { class: `s-${a.state}`, text: a.state }),
+    el("td", { class: `w-${a.workflow}` }, label(a.workflow), esc),
+  );
+  tr.addEventListener("click", () => selectAlarm(a.alarm_id));
+  return tr;
+}
+
+function renderAlarms(freshId) {
+  const body = $("#alarm-rows");
+  const rows = sortedAlarms().filter(matchesFilters);
+  body.replaceChildren(...rows.map(alarmRow));
+  $("#alarm-empty").hidden = rows.length > 0;
+  if (freshId) {
+    const tr = body.querySelector(`tr[data-alarm-id="${CSS.escape(freshId)}"]`);
+    if (tr) tr.classList.add("fresh");
+  }
+  const escalated = rows.filter((a) => a.escalated_at && a.workflow === "new").length;
+  const banner = $("#banner");
+  banner.hidden = escalated === 0;
+  banner.textContent = escalated ? `${escalated} escalated alarm${escalated > 1 ? "s" : ""} not acknowledged` : "";
+}
+
+function closeFeed() {
+  if (state.feed) state.feed.close();
+  state.feed = null;
+  setFeedState(false);
+}
+
+function setFeedState(on) {
+  const s = $("#feed-state");
+  s.textContent = on ? "live" : "offline";
+  s.className = `feed ${on ? "on" : "off"}`;
+}
+
+function openFeed(seq) {
+  closeFeed();
+  state.lastSeq = seq;
+  // EventSource resends the last id it saw as Last-Event-ID when it reconnects.
+  const es = new EventSource(`/api/feed?since=${encodeURIComponent(seq)}`);
+  state.feed = es;
+  es.onopen = () => setFeedState(true);
+  es.onerror = () => setFeedState(false);
+  es.addEventListener("alarm", (msg) => onFeedEvent(JSON.parse(msg.data)));
+  es.addEventListener("logout", () => showLogin("Your session has ended; log in again."));
+}
+
+async function onFeedEvent(ev) {
+  state.lastSeq = Math.max(state.lastSeq, ev.seq);
+  let alarm;
+  try {
+    alarm = (await api("GET", `/api/alarms/${encodeURIComponent(ev.alarm_id)}`)).alarm;
+  } catch (e) {
+    return; // not ours (or gone): nothing to show
+  }
+  const known = state.alarms.has(alarm.alarm_id);
+  state.alarms.set(alarm.alarm_id, alarm);
+  const isNew = ev.event === "raised" && !known;
+  renderAlarms(isNew ? alarm.alarm_id : null);
+  if (isNew && matchesFilters(alarm)) beep(false);
+  if (ev.event === "escalated" && alarm.workflow === "new") beep(true);
+  if (alarm.alarm_id === state.selected) renderDetail(alarm.alarm_id);
+  if (ev.event === "raised" || ev.event === "cleared") loadPositions();
+}
+
+// ---------------------------------------------------------------- detail
+async function selectAlarm(id) {
+  state.selected = id;
+  renderAlarms();
+  await renderDetail(id);
+  await loadTrack(id);
+}
+
+async function renderDetail(id) {
+  const box = $("#detail");
+  let data;
+  try {
+    data = await api("GET", `/api/alarms/${encodeURIComponent(id)}`);
+  } catch (e) {
+    box.textContent = e.message;
+    return;
+  }
+  const a = data.alarm;
+  state.alarms.set(a.alarm_id, a);
+  const frag = $("#detail-template").content.cloneNode(true);
+  $(".d-title", frag).textContent = `${label(a.type)} · ${a.subject_id}`;
+  const fields = [
+    ["alarm", a.alarm_id], ["region", a.region], ["device", a.device_id], ["zone", a.zone_id || "–"],
+    ["raised", fmtTime(a.raised_at) + (a.late ? " (late fix)" : "")],
+    ["condition", a.state + (a.cleared_at ? ` at ${fmtTime(a.cleared_at)}` : "")],
+    ["handling", label(a.workflow) + (a.escalated_at ? ` · escalated ${fmtTime(a.escalated_at)}` : "")],
+  ];
+  const ev = a.evidence || {};
+  if (ev.lat !== undefined && ev.lat !== null) fields.push(["position", `${(+ev.lat).toFixed(6)}, ${(+ev.lon).toFixed(6)}` + (ev.acc ? ` ±${Math.round(ev.acc)} m` : "")]);
+  if (ev.distance_m !== undefined && ev.distance_m !== null) fields.push(["distance", `${Math.round(ev.distance_m)} m`]);
+  if (a.disposition) fields.push(["disposition", label(a.disposition)]);
+  const dl = $(".d-fields", frag);
+  for (const [k, v] of fields) dl.append(el("dt", { text: k }), el("dd", { text: v }));
+
+  const ackForm = $(".ack-form", frag);
+  const closeForm = $(".close-form", frag);
+  const err = $(".d-error", frag);
+  const disp = $(".close-disp", frag);
+  disp.append(el("option", { value: "", text: "choose…" }));
+  for (const d of state.session.dispositions) disp.append(el("option", { value: d, text: label(d) }));
+  ackForm.hidden = a.workflow !== "new";
+  closeForm.hidden = a.workflow !== "acknowledged";
+  ackForm.addEventListener("submit", (e) => act(e, a.alarm_id, "acknowledge",
+    { note: $(".ack-note", ackForm).value }, err));
+  closeForm.addEventListener("submit", (e) => act(e, a.alarm_id, "close",
+    { disposition: disp.value, note: $(".close-note", closeForm).value }, err));
+
+  const hist = $(".d-history", frag);
+  hist.append(el("li", { text: `${fmtTime(a.raised_at)} raised` }));
+  for (const x of data.actions) {
+    let text = `${fmtTime(x.at)} ${label(x.what)} by ${x.who}`;
+    if (x.disposition) text += ` · ${label(x.disposition)}`;
+    if (x.note) text += ` · “${x.note}”`;
+    hist.append(el("li", { text }));
+  }
+  if (a.cleared_at) hist.append(el("li", { text: `${fmtTime(a.cleared_at)} condition cleared` }));
+  box.className = "";
+  box.replaceChildren(frag);
+}
+
+async function act(ev, id, verb, body, errBox) {
+  ev.preventDefault();
+  errBox.textContent = "";
+  if (verb === "close" && !body.disposition) {
+    errBox.textContent = "Choose a disposition.";
+    return;
+  }
+  const btn = ev.submitter || ev.target.querySelector("button");
+  btn.disabled = true;
+  try {
+    const data = await api("POST", `/api/alarms/${encodeURIComponent(id)}/${verb}`, body);
+    state.alarms.set(id, data.alarm);
+    renderAlarms();
+    await renderDetail(id);
+  } catch (e) {
+    errBox.textContent = e.message;
+    btn.disabled = false;
+  }
+}
+
+// ---------------------------------------------------------------- map
+// Local equirectangular projection in metres around the data's centre: at county scale
+// its distortion is far below a fix's accuracy, and it needs no tiles or libraries.
+const R = 6371008.8;
+function makeProjection(lon0, lat0) {
+  const ky = Math.PI / 180 * R;
+  return { lon0, lat0, ky, kx: ky * Math.cos(lat0 * Math.PI / 180) };
+}
+const project = (p, lon, lat) => [(lon - p.lon0) * p.kx, -(lat - p.lat0) * p.ky];
+
+async function loadMapData() {
+  try {
+    state.zones = await api("GET", "/api/zones");
+  } catch (e) {
+    state.zones = { type: "FeatureCollection", features: [] };
+  }
+  await loadPositions();
+  fitAll();
+}
+
+async function loadPositions() {
+  try {
+    state.positions = (await api("GET", "/api/positions")).positions;
+  } catch (e) {
+    state.positions = [];
+  }
+  drawMap();
+}
+
+async function loadTrack(id) {
+  try {
+    const t = await api("GET", `/api/alarms/${encodeURIComponent(id)}/track`);
+    state.track = t;
+  } catch (e) {
+    state.track = null;
+  }
+  fitTrack();
+}
+
+function eachCoord(geom, fn) {
+  const walk = (c) => (typeof c[0] === "number" ? fn(c[0], c[1]) : c.forEach(walk));
+  if (geom && geom.coordinates) walk(geom.coordinates);
+}
+
+function boundsOf(points) {
+  let [x0, y0, x1, y1] = [Infinity, Infinity, -Infinity, -Infinity];
+  for (const [x, y] of points) {
+    x0 = Math.min(x0, x); y0 = Math.min(y0, y); x1 = Math.max(x1, x); y1 = Math.max(y1, y);
+  }
+  return x0 <= x1 ? { x0, y0, x1, y1 } : null;
+}
+
+function ensureProjection() {
+  if (state.proj) return;
+  const pts = [];
+  for (const f of (state.zones && state.zones.features) || []) eachCoord(f.geometry, (x, y) => pts.push([x, y]));
+  for (const p of state.positions) pts.push([p.lon, p.lat]);
+  const b = boundsOf(pts) || { x0: 112.5, y0: 33, x1: 112.6, y1: 33.1 };
+  state.proj = makeProjection((b.x0 + b.x1) / 2, (b.y0 + b.y1) / 2);
+}
+
+function fitTo(lonlats, minSpan) {
+  ensureProjection();
+  const b = boundsOf(lonlats.map(([lon, lat]) => project(state.proj, lon, lat)));
+  if (!b) return;
+  const w = Math.max(b.x1 - b.x0, minSpan), h = Math.max(b.y1 - b.y0, minSpan);
+  const cx = (b.x0 + b.x1) / 2, cy = (b.y0 + b.y1) / 2;
+  state.view = { x: cx - w * 0.55, y: cy - h * 0.55, w: w * 1.1, h: h * 1.1 };
+  drawMap();
+}
+
+function fitAll() {
+  const pts = [];
+  for (const f of (state.zones && state.zones.features) || []) eachCoord(f.geometry, (x, y) => pts.push([x, y]));
+  for (const p of state.positions) pts.push([p.lon, p.lat]);
+  if (pts.length) fitTo(pts, 2000); else drawMap();
+}
+
+function fitTrack() {
+  const t = state.track;
+  const pts = t ? t.fixes.map((f) => [f.lon, f.lat]) : [];
+  const a = state.alarms.get(state.selected);
+  if (a && a.evidence && a.evidence.lat !== undefined && a.evidence.lat !== null) pts.push([a.evidence.lon, a.evidence.lat]);
+  if (pts.length) fitTo(pts, 1500); else drawMap();
+}
+
+function pathData(geom) {
+  const p = state.proj;
+  const ring = (r) => r.map(([lon, lat], i) => {
+    const [x, y] = project(p, lon, lat);
+    return `${i ? "L" : "M"}${x.toFixed(1)} ${y.toFixed(1)}`;
+  }).join("") + "Z";
+  if (geom.type === "Polygon") return geom.coordinates.map(ring).join("");
+  if (geom.type === "MultiPolygon") return geom.coordinates.map((poly) => poly.map(ring).join("")).join("");
+  return "";
+}
+
+function drawMap() {
+  const map = $("#map");
+  if (!map || $("#alarms-view").hidden) return;
+  ensureProjection();
+  const p = state.proj;
+  if (!state.view) state.view = { x: -5000, y: -5000, w: 10000, h: 10000 };
+  const v = state.view;
+  map.setAttribute("viewBox", `${v.x} ${v.y} ${v.w} ${v.h}`);
+  map.setAttribute("preserveAspectRatio", "xMidYMid meet");
+  // Marker sizes in screen pixels, converted to metres at the current zoom.
+  const px = Math.max(v.w / Math.max(map.clientWidth, 1), v.h / Math.max(map.clientHeight, 1));
+  const kids = [];
+  for (const f of (state.zones && state.zones.features) || []) {
+    const path = svg("path", { d: pathData(f.geometry), class: `zone-${f.properties.kind}`, "fill-rule": "evenodd" });
+    const title = svg("title");
+    title.textContent = `${f.properties.kind} zone ${f.properties.zone_id}`;
+    path.append(title);
+    kids.push(path);
+  }
+  const alarmDevices = new Set([...state.alarms.values()].filter((a) => a.state === "active").map((a) => a.device_id));
+  for (const pos of state.positions) {
+    const [x, y] = project(p, pos.lon, pos.lat);
+    const c = svg("circle", { cx: x, cy: y, r: 4 * px, class: "device" + (alarmDevices.has(pos.device_id) ? " alarm" : "") });
+    const title = svg("title");
+    title.textContent = `${pos.device_id} (${pos.subject_id || "?"}) ${fmtTime(pos.ts)}`;
+    c.append(title);
+    kids.push(c);
+  }
+  const t = state.track;
+  if (t && t.alarm_id === state.selected && t.fixes.length) {
+    const pts = t.fixes.map((f) => project(p, f.lon, f.lat));
+    kids.push(svg("polyline", { points: pts.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" "), class: "track" }));
+    for (const [x, y] of pts) kids.push(svg("circle", { cx: x, cy: y, r: 2.5 * px, class: "fix" }));
+  }
+  const a = state.alarms.get(state.selected);
+  if (a && a.evidence && a.evidence.lat !== undefined && a.evidence.lat !== null) {
+    const [x, y] = project(p, a.evidence.lon, a.evidence.lat);
+    kids.push(svg("circle", { cx: x, cy: y, r: 7 * px, class: "alarm-point" }));
+  }
+  map.replaceChildren(...kids);
+  drawScale(px);
+}
+
+function drawScale(mPerPx) {
+  const target = 100 * mPerPx;
+  const steps = [10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000];
+  const m = steps.find((s) => s >= target) || steps[steps.length - 1];
+  const s = $("#map-scale");
+  s.style.width = `${Math.round(m / mPerPx)}px`;
+  s.textContent = m >= 1000 ? `${m / 1000} km` : `${m} m`;
+}
+
+function setupMapControls() {
+  const map = $("#map");
+  map.addEventListener("wheel", (e) => {
+    e.preventDefault();
+    if (!state.view) return;
+    const r = map.getBoundingClientRect();
+    const v = state.view;
+    const scale = e.deltaY > 0 ? 1.25 : 0.8;
+    const fx = (e.clientX - r.left) / r.width, fy = (e.clientY - r.top) / r.height;
+    const mx = v.x + fx * v.w, my = v.y + fy * v.h;
+    state.view = { x: mx - fx * v.w * scale, y: my - fy * v.h * scale, w: v.w * scale, h: v.h * scale };
+    drawMap();
+  }, { passive: false });
+  let drag = null;
+  map.addEventListener("pointerdown", (e) => { drag = { x: e.clientX, y: e.clientY, v: { ...state.view } }; map.setPointerCapture(e.pointerId); });
+  map.addEventListener("pointermove", (e) => {
+    if (!drag) return;
+    const r = map.getBoundingClientRect();
+    const k = Math.max(drag.v.w / r.width, drag.v.h / r.height);
+    state.view = { ...drag.v, x: drag.v.x - (e.clientX - drag.x) * k, y: drag.v.y - (e.clientY - drag.y) * k };
+    drawMap();
+  });
+  map.addEventListener("pointerup", () => { drag = null; });
+  $("#map-fit").addEventListener("click", () => (state.selected ? fitTrack() : fitAll()));
+  window.addEventListener("resize", drawMap);
+}
+
+// ---------------------------------------------------------------- supervisor view
+function dayInput(ms) {
+  const d = new Date(ms);
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+}
+
+async function loadStats(ev) {
+  if (ev) ev.preventDefault();
+  const body = $("#stats-body");
+  if (!$("#s-to").value) $("#s-to").value = dayInput(Date.now());
+  if (!$("#s-from").value) $("#s-from").value = dayInput(Date.now() - 29 * 86400000);
+  const from = new Date(`${$("#s-from").value}T00:00:00`).getTime();
+  const to = new Date(`${$("#s-to").value}T00:00:00`).getTime() + 86400000 - 1;
+  const q = new URLSearchParams({ from_ms: from, to_ms: to, tz_offset_min: -new Date().getTimezoneOffset() });
+  if ($("#s-region").value) q.set("region", $("#s-region").value);
+  let s;
+  try {
+    s = await api("GET", `/api/stats?${q}`);
+  } catch (e) {
+    body.replaceChildren(el("p", { class: "error", text: e.message }));
+    return;
+  }
+  const card = (title, ...kids) => el("div", { class: "card" }, el("h2", { text: title }), ...kids);
+  const table = (heads, rows) => {
+    const t = el("table");
+    t.append(el("thead", {}, el("tr", {}, ...heads.map((h) => el("th", { text: h, class: h === "alarms" || h === "share" ? "num" : "" })))));
+    const tb = el("tbody");
+    for (const r of rows) tb.append(el("tr", {}, ...r.map((c) => (c instanceof Node ? el("td", {}, c) : el("td", { text: c })))));
+    t.append(tb);
+    return t;
+  };
+  // Widths through CSSOM: the page's CSP forbids inline style attributes.
+  const bar = (n, max, cls = "") => {
+    const b = el("span", { class: `bar ${cls}` });
+    b.style.width = `${Math.round(160 * n / Math.max(max, 1))}px`;
+    return b;
+  };
+  const maxOf = (rows) => Math.max(1, ...rows.map((r) => r.count));
+
+  const overview = card("Overview",
+    el("div", { class: "big", text: String(s.total) }), el("div", { class: "muted", text: "alarms raised in the period" }),
+    table(["measure", "value"], [
+      ["median time to acknowledge", fmtDuration(s.median_ack_ms)],
+      ["median time to close", fmtDuration(s.median_close_ms)],
+      ["acknowledged", String(s.acknowledged)], ["closed", String(s.closed)],
+      ["false-alarm share of closed", s.false_alarm_share === null ? "–" : `${(100 * s.false_alarm_share).toFixed(1)} %`],
+    ]));
+  const mr = maxOf(s.per_region), mt = maxOf(s.per_type), md = maxOf(s.per_day), mdisp = maxOf(s.dispositions);
+  const byRegion = card("Alarms per region", table(["region", "alarms", ""],
+    s.per_region.map((r) => [r.region, String(r.count), bar(r.count, mr)])));
+  const byType = card("Alarms per type", table(["type", "alarms", ""],
+    s.per_type.map((r) => [label(r.type), String(r.count), bar(r.count, mt)])));
+  const byDay = card("Alarms per day", table(["day", "alarms", ""],
+    s.per_day.map((r) => [r.day, String(r.count), bar(r.count, md)])));
+  const byDisp = card("Closed by disposition", table(["disposition", "alarms", ""],
+    s.dispositions.map((r) => [label(r.disposition) + (r.false_alarm ? " (false alarm)" : ""), String(r.count), bar(r.count, mdisp, r.false_alarm ? "false" : "")])));
+  const detail = card("Region × type × day", table(["day", "region", "type", "alarms"],
+    s.rows.map((r) => [r.day, r.region, label(r.type), String(r.count)])));
+  body.replaceChildren(overview, byRegion, byType, byDay, byDisp, detail);
+}
+
+// ---------------------------------------------------------------- boot
+async function boot() {
+  $("#login-form").addEventListener("submit", onLogin);
+  $("#logout").addEventListener("click", onLogout);
+  for (const b of document.querySelectorAll(".tab")) b.addEventListener("click", () => showView(b.dataset.view));
+  for (const id of ["#f-region", "#f-type", "#f-state"]) $(id).addEventListener("change", () => loadAlarms());
+  $("#stats-form").addEventListener("submit", loadStats);
+  setupMapControls();
+  try {
+    const s = await api("GET", "/api/session");
+    await start(s);
+  } catch (e) {
+    if (!(e instanceof ApiError && e.status === 401)) showLogin(e.message);
+  }
+}
+
+document.addEventListener("DOMContentLoaded", boot);

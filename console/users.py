@@ -1,0 +1,126 @@
+"""``emfence user``: console accounts (add, list, disable, enable).
+
+::
+
+    emfence user add alice --role operator --regions 411303,411302 --store sqlite:///a.db
+    emfence user list --store sqlite:///a.db
+    emfence user disable alice --store sqlite:///a.db
+
+The password is read from standard input (the first line; typed twice with no echo on a
+terminal), never from the command line, where other users could see it in the process
+list and it would stay in shell history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+import time
+from typing import Any, TextIO
+
+from console.auth import ROLES, AuthError, check_role, hash_password, parse_regions
+
+# Shorter passwords are refused: an operator account reaches personal location data.
+MIN_PASSWORD_CHARS = 10
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def read_password(stdin: TextIO) -> str:
+    """The new password: prompted twice without echo on a terminal, else the first line."""
+    if stdin.isatty():
+        first = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != first:
+            raise AuthError("the two passwords differ")
+        password = first
+    else:
+        password = stdin.readline().rstrip("\r\n")
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise AuthError(f"password must have at least {MIN_PASSWORD_CHARS} characters")
+    return password
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="emfence user", description="Console accounts.")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="{add,list,disable,enable}")
+    store_help = "alarm store URL: sqlite:///path or postgresql://..."
+
+    add = sub.add_parser("add", help="create an account (password from stdin)")
+    add.add_argument("name", help="login name (1-64 letters, digits, '_', '.', '@', '-')")
+    add.add_argument("--role", required=True, choices=ROLES)
+    add.add_argument("--regions", default="",
+                     help="comma-separated county codes the account may see, e.g. 411303,411302 "
+                          "(required except for admin, who sees every region)")
+    add.add_argument("--store", required=True, help=store_help)
+
+    ls = sub.add_parser("list", help="list accounts")
+    ls.add_argument("--store", required=True, help=store_help)
+
+    for verb, text in (("disable", "disable an account (it can no longer log in)"),
+                       ("enable", "enable a disabled account")):
+        sp = sub.add_parser(verb, help=text)
+        sp.add_argument("name")
+        sp.add_argument("--store", required=True, help=store_help)
+    return p
+
+
+def _field(row: Any, key: str) -> Any:
+    return row.get(key) if isinstance(row, dict) else getattr(row, key, None)
+
+
+def main(argv: list[str], *, stdin: TextIO | None = None, stdout: TextIO | None = None,
+         stderr: TextIO | None = None) -> int:
+    """Run ``emfence user``; exit 0 done, 1 a problem to fix (named on stderr), 2 bad usage."""
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+    from alarms.store import StoreError, UserError, open_store
+
+    try:
+        if args.verb == "add":
+            name = args.name
+            role = check_role(args.role)
+            regions = parse_regions(args.regions)
+            if role != "admin" and not regions:
+                raise AuthError("--regions is required for operators and supervisors")
+            password = read_password(stdin)
+            store = open_store(args.store)
+            try:
+                # The store checks the name, refuses a duplicate and audits the creation.
+                store.add_user(name, hash_password(password), role, list(regions), _now_ms())
+            finally:
+                store.close_store()
+            print(f"added {role} {name}" + (f" for {','.join(regions)}" if regions else ""),
+                  file=stdout)
+            return 0
+
+        store = open_store(args.store)
+        try:
+            if args.verb == "list":
+                rows = store.list_users()
+                print(f"{'name':<20} {'role':<10} {'state':<8} regions", file=stdout)
+                for row in rows:
+                    regions = _field(row, "regions") or []
+                    if isinstance(regions, str):
+                        regions = [regions]
+                    state = "disabled" if _field(row, "disabled") else "active"
+                    shown = ",".join(regions) if regions else "(all)"
+                    print(f"{_field(row, 'name'):<20} {_field(row, 'role'):<10} {state:<8} "
+                          f"{shown}", file=stdout)
+                return 0
+            store.set_user_disabled(args.name, args.verb == "disable", _now_ms())
+            print(f"{args.verb}d {args.name}", file=stdout)
+            return 0
+        finally:
+            store.close_store()
+    except (AuthError, UserError, StoreError) as exc:
+        print(f"emfence user {args.verb}: {exc}", file=stderr)
+        return 1
