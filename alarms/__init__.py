@@ -1,0 +1,26 @@
+"""Durable alarms: the store (SQLite / PostgreSQL), the operator lifecycle, escalation and
+the MQTT publisher of the outbox. See docs/alarm-lifecycle.md."""
+
+from alarms.schema import ALARM_TYPES, DISPOSITIONS, EVENTS, FALSE_ALARM_DISPOSITIONS, ROLES
+from alarms.store import (
+    AlarmActionError,
+    AlarmStore,
+    StoreError,
+    UserError,
+    open_store,
+    topic_for,
+)
+
+__all__ = [
+    "ALARM_TYPES",
+    "DISPOSITIONS",
+    "EVENTS",
+    "FALSE_ALARM_DISPOSITIONS",
+    "ROLES",
+    "AlarmActionError",
+    "AlarmStore",
+    "StoreError",
+    "UserError",
+    "open_store",
+    "topic_for",
+]

@@ -1,0 +1,1168 @@
+"""The alarm store: alarms, their actions, the event log + outbox, tracks, users, audit.
+
+``open_store(url)`` opens (creating or migrating the schema) either
+
+- ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``: the embedded
+  default, in WAL mode with ``synchronous=FULL`` (a committed alarm survives a power cut)
+  and a busy timeout, or
+- ``postgresql://user@host:port/db`` (or ``postgres://``): for deployments where several
+  engine workers and the console share one store.
+
+One schema serves both (``alarms/schema.py``); the only dialect differences are the
+placeholder style and three column types.
+
+Threads: an :class:`AlarmStore` is synchronous and thread-safe. Each thread that uses it
+gets its own database connection, opened on first use (asyncio callers wrap calls in
+``asyncio.to_thread``); ``close()`` closes all of them. Every method is one transaction.
+
+Time is always passed in (``now_ms``, epoch milliseconds UTC); the store never reads the
+clock except to stamp when a schema migration ran.
+
+Ordering of the event log: ``seq`` grows with commit order, so a consumer that reads
+``events_since(last_seen_seq)`` never skips an event. SQLite gets this from its single
+writer; on PostgreSQL every transaction that appends events first takes one
+transaction-scoped advisory lock, because identity values are handed out at insert time
+and two concurrent transactions could otherwise commit seq 8 before seq 7.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import statistics
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+
+import orjson
+
+from alarms import schema
+from alarms.schema import (
+    ALARM_TYPES,
+    CONDITION_STATES,
+    DISPOSITIONS,
+    ENGINE_EVENTS,
+    FALSE_ALARM_DISPOSITIONS,
+    ROLES,
+    WORKFLOW_STATES,
+)
+
+# A region or a type ends up in an MQTT topic level: no '/', '+', '#' or spaces.
+_TOPIC_LEVEL = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# The keys the engine's event dict carries before its evidence (docs/internals.md).
+_EVENT_KEYS = ("event", "alarm_id", "type", "subject_id", "device_id", "zone_id", "region",
+               "at", "late")
+# Columns of a track row, in the order record_fixes accepts tuples.
+TRACK_COLUMNS = ("device_id", "subject_id", "region", "ts", "lat", "lon", "acc", "src",
+                 "received_at")
+# An arbitrary constant: the advisory lock that orders event-log appends on PostgreSQL.
+_PG_EVENT_LOCK = 0x656D_6665_6E63_65  # "emfence"
+# ...and the one that serialises schema migrations of concurrently starting workers.
+_PG_MIGRATE_LOCK = _PG_EVENT_LOCK + 1
+# Longest list bound into one "IN (...)" (SQLite allows 32766 variables; stay well under).
+_IN_CHUNK = 500
+DAY_MS = 86_400_000
+
+log = logging.getLogger("emfence.alarms.store")
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked: bad URL, unreachable database, schema newer than
+    this code, a malformed event (``where`` names it), or a database error (``__cause__``)."""
+
+    def __init__(self, message: str, *, where: str | None = None):
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class AlarmActionError(ValueError):
+    """An operator action is not allowed: ``alarm_id`` and a human ``reason``."""
+
+    def __init__(self, alarm_id: str, reason: str):
+        self.alarm_id = alarm_id
+        self.reason = reason
+        super().__init__(f"alarm {alarm_id!r}: {reason}")
+
+
+class UserError(ValueError):
+    """A user account operation is not possible: ``name`` and ``reason``."""
+
+    def __init__(self, name: str, reason: str):
+        self.name = name
+        self.reason = reason
+        super().__init__(f"user {name!r}: {reason}")
+
+
+def open_store(url: str) -> AlarmStore:
+    """Open the store at ``url``, creating or migrating its schema; see the module doc."""
+    if not isinstance(url, str):
+        raise StoreError(f"store URL must be a string, got {type(url).__name__}")
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        if not path or path == ":memory:":
+            raise StoreError("an in-memory SQLite store is not durable and cannot be shared "
+                             "between threads; give a file path", where=url)
+        p = Path(path)
+        if not p.parent.is_dir():
+            raise StoreError(f"folder {str(p.parent)!r} does not exist", where=url)
+        return AlarmStore(_SqliteDb(str(p)))
+    if url.startswith(("postgresql://", "postgres://")):
+        return AlarmStore(_PostgresDb(url))
+    raise StoreError("store URL must start with sqlite:/// or postgresql://",
+                     where=_redact(url))
+
+
+def _redact(url: str) -> str:
+    """``url`` without a password, for messages and logs."""
+    return re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", url)
+
+
+# --- dialects ---------------------------------------------------------------------------
+
+
+class _Db:
+    """One database: connections per thread, transactions, placeholder style."""
+
+    dialect = ""
+    errors: tuple[type[BaseException], ...] = ()
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # subclasses
+    def _connect(self) -> Any: ...
+    def _begin(self, conn: Any, write: bool) -> None: ...
+    def _commit(self, conn: Any) -> None: ...
+    def _rollback(self, conn: Any) -> None: ...
+    def lock_event_log(self, cur: _Cursor) -> None: ...
+    def lock_migrations(self, cur: _Cursor) -> None: ...
+
+    def sql(self, text: str) -> str:
+        return text
+
+    def conn(self) -> Any:
+        if self._closed:
+            raise StoreError("store is closed")
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def tx(self, op: str, write: bool = True) -> Iterator[_Cursor]:
+        """One transaction; any database error becomes a StoreError naming ``op``."""
+        conn = self.conn()
+        try:
+            self._begin(conn, write)
+        except self.errors as exc:
+            raise StoreError(f"{op}: cannot begin a transaction: {exc}") from exc
+        try:
+            yield _Cursor(self, conn.cursor())
+        except BaseException as exc:
+            try:
+                self._rollback(conn)
+            except self.errors:
+                pass  # the connection is broken; the original error is what matters
+            if isinstance(exc, self.errors):
+                raise StoreError(f"{op}: {exc}") from exc
+            raise
+        try:
+            self._commit(conn)
+        except self.errors as exc:
+            raise StoreError(f"{op}: commit failed: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conns, self._all = self._all, []
+        for conn in conns:
+            try:
+                conn.close()
+            except self.errors as exc:  # closing is best effort; say why it failed
+                log.warning("closing a store connection failed: %s", exc)
+
+
+class _Cursor:
+    """A cursor that speaks '?' placeholders on every dialect and returns dict rows."""
+
+    def __init__(self, db: _Db, cur: Any):
+        self.db = db
+        self.cur = cur
+
+    def execute(self, text: str, params: Sequence[Any] = ()) -> _Cursor:
+        self.cur.execute(self.db.sql(text), tuple(params))
+        return self
+
+    def executemany(self, text: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self.cur.executemany(self.db.sql(text), rows)
+
+    @property
+    def rowcount(self) -> int:
+        return self.cur.rowcount
+
+    def one(self) -> dict[str, Any] | None:
+        row = self.cur.fetchone()
+        if row is None:
+            return None
+        return dict(zip([d[0] for d in self.cur.description], row))
+
+    def all(self) -> list[dict[str, Any]]:
+        rows = self.cur.fetchall()
+        if not rows:
+            return []
+        names = [d[0] for d in self.cur.description]
+        return [dict(zip(names, r)) for r in rows]
+
+    def scalar(self) -> Any:
+        row = self.cur.fetchone()
+        return None if row is None else row[0]
+
+
+class _SqliteDb(_Db):
+    dialect = "sqlite"
+
+    def __init__(self, path: str, busy_timeout_s: float = 30.0):
+        import sqlite3
+
+        super().__init__()
+        self.path = path
+        self.busy_timeout_s = busy_timeout_s
+        self.errors = (sqlite3.Error,)
+
+    def _connect(self) -> Any:
+        import sqlite3
+
+        try:
+            # isolation_level=None: we issue BEGIN ourselves (BEGIN IMMEDIATE for writes, so
+            # a reader never has to upgrade its lock and fail with SQLITE_BUSY mid-way).
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s,
+                                   isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite database: {exc}", where=self.path) from exc
+        return conn
+
+    def _begin(self, conn: Any, write: bool) -> None:
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    def _commit(self, conn: Any) -> None:
+        conn.execute("COMMIT")
+
+    def _rollback(self, conn: Any) -> None:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+    def lock_event_log(self, cur: _Cursor) -> None:
+        pass  # BEGIN IMMEDIATE already makes this the only writer
+
+    def lock_migrations(self, cur: _Cursor) -> None:
+        pass
+
+
+class _PostgresDb(_Db):
+    dialect = "postgresql"
+
+    def __init__(self, url: str, connect_timeout_s: int = 10):
+        import psycopg
+
+        super().__init__()
+        self.url = url
+        self.connect_timeout_s = connect_timeout_s
+        self.errors = (psycopg.Error,)
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        try:
+            # autocommit: transactions are explicit BEGIN/COMMIT in tx(), nothing implicit.
+            return psycopg.connect(self.url, autocommit=True,
+                                   connect_timeout=self.connect_timeout_s)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to PostgreSQL: {exc}",
+                             where=_redact(self.url)) from exc
+
+    def sql(self, text: str) -> str:
+        # The store's SQL contains no literal '?' or '%', so this is a plain substitution.
+        return text.replace("?", "%s")
+
+    def _begin(self, conn: Any, write: bool) -> None:
+        conn.execute("BEGIN")
+
+    def _commit(self, conn: Any) -> None:
+        conn.execute("COMMIT")
+
+    def _rollback(self, conn: Any) -> None:
+        conn.execute("ROLLBACK")
+
+    def lock_event_log(self, cur: _Cursor) -> None:
+        cur.execute("SELECT pg_advisory_xact_lock(?)", (_PG_EVENT_LOCK,))
+
+    def lock_migrations(self, cur: _Cursor) -> None:
+        cur.execute("SELECT pg_advisory_xact_lock(?)", (_PG_MIGRATE_LOCK,))
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _placeholders(n: int) -> str:
+    return "(" + ", ".join("?" * n) + ")"
+
+
+def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _as_list(value: str | Iterable[str] | None, name: str) -> list[str] | None:
+    """None (no filter) or a list of strings; a bare string is a one-element list."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    out = list(value)
+    for v in out:
+        if not isinstance(v, str):
+            raise StoreError(f"{name} must be strings, got {v!r}")
+    return out
+
+
+def _int_ms(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        # numpy integers are fine; floats and strings are a caller bug worth naming
+        if hasattr(value, "__index__") and not isinstance(value, bool):
+            return int(value)
+        raise StoreError(f"{name} must be an integer number of epoch milliseconds, got {value!r}")
+    return value
+
+
+def topic_for(region: str, alarm_type: str) -> str:
+    """The MQTT topic an alarm event of ``alarm_type`` in ``region`` is published on."""
+    return f"emfence/v1/{region}/alarms/{alarm_type}"
+
+
+def _check_event(ev: Any, i: int) -> None:
+    """Validate one engine event dict; StoreError names its index and the key."""
+    where = f"events[{i}]"
+    if not isinstance(ev, Mapping):
+        raise StoreError(f"must be a dict, got {type(ev).__name__}", where=where)
+    for key in _EVENT_KEYS:
+        if key not in ev:
+            raise StoreError(f"missing key {key!r}", where=where)
+    if ev["event"] not in ENGINE_EVENTS:
+        raise StoreError(f"event must be one of {ENGINE_EVENTS}, got {ev['event']!r}",
+                         where=where)
+    if ev["type"] not in ALARM_TYPES:
+        raise StoreError(f"type must be one of {ALARM_TYPES}, got {ev['type']!r}", where=where)
+    for key in ("alarm_id", "subject_id", "device_id"):
+        if not isinstance(ev[key], str) or not ev[key]:
+            raise StoreError(f"{key} must be a non-empty string, got {ev[key]!r}", where=where)
+    if ev["zone_id"] is not None and not isinstance(ev["zone_id"], str):
+        raise StoreError(f"zone_id must be a string or null, got {ev['zone_id']!r}", where=where)
+    if not isinstance(ev["region"], str) or not _TOPIC_LEVEL.match(ev["region"]):
+        raise StoreError(f"region must match {_TOPIC_LEVEL.pattern}, got {ev['region']!r}",
+                         where=where)
+    at = ev["at"]
+    if isinstance(at, bool) or not isinstance(at, int):
+        raise StoreError(f"at must be integer epoch milliseconds, got {at!r}", where=where)
+    if not isinstance(ev["late"], bool):
+        raise StoreError(f"late must be a boolean, got {ev['late']!r}", where=where)
+
+
+def _evidence(ev: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything after the standard keys: lat, lon, distance_m, acc, battery, ..."""
+    return {k: v for k, v in ev.items() if k not in _EVENT_KEYS}
+
+
+def _alarm_row(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    row["late"] = bool(row["late"])
+    row["evidence"] = orjson.loads(row["evidence"]) if row["evidence"] else {}
+    ce = row.pop("cleared_evidence")
+    row["cleared_evidence"] = orjson.loads(ce) if ce else None
+    row["escalated"] = row["escalated_at"] is not None
+    return row
+
+
+def _user_row(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    row["regions"] = orjson.loads(row["regions"])
+    row["disabled"] = bool(row["disabled"])
+    return row
+
+
+def _day(ms: int, day_offset_ms: int) -> str:
+    """ISO date of the local day (UTC shifted by ``day_offset_ms``) that ``ms`` falls in."""
+    return datetime.fromtimestamp((ms + day_offset_ms) / 1000, tz=UTC).date().isoformat()
+
+
+# --- the store --------------------------------------------------------------------------
+
+_ALARM_COLUMNS = (
+    "alarm_id, type, subject_id, device_id, zone_id, region, raised_at, recorded_at, "
+    "cleared_at, state, workflow, late, evidence, cleared_evidence, acknowledged_by, "
+    "acknowledged_at, closed_by, closed_at, disposition, note, escalated_at"
+)
+
+
+class AlarmStore:
+    """The durable store of alarms and everything the console needs; see the module doc.
+
+    Build it with :func:`open_store`. All times are epoch milliseconds (UTC).
+    """
+
+    def __init__(self, db: _Db):
+        self._db = db
+        self.dialect = db.dialect
+        self._migrate()
+
+    # --- schema -------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        with self._db.tx("migrate schema") as cur:
+            self._db.lock_migrations(cur)
+            cur.execute(schema.SCHEMA_VERSION_TABLE)
+            current = cur.execute("SELECT MAX(version) FROM schema_version").scalar() or 0
+            if current > schema.SCHEMA_VERSION:
+                raise StoreError(f"database schema version {current} is newer than this "
+                                 f"emfence understands ({schema.SCHEMA_VERSION}); upgrade emfence")
+            for version in range(current + 1, schema.SCHEMA_VERSION + 1):
+                for statement in schema.MIGRATIONS[version - 1]:
+                    cur.execute(schema.render(statement, self.dialect))
+                cur.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                            (version, time.time_ns() // 1_000_000))
+
+    def schema_version(self) -> int:
+        """The schema version of the open database."""
+        with self._db.tx("schema version", write=False) as cur:
+            return int(cur.execute("SELECT MAX(version) FROM schema_version").scalar() or 0)
+
+    def close(self, *args: Any, **kwargs: Any) -> Any:
+        """``close()`` closes the store; ``close(alarm_id, user, disposition, note, now_ms)``
+        closes an alarm (:meth:`close_alarm`). The one name serves both because the
+        contract (docs/internals.md) gives both to callers."""
+        if not args and not kwargs:
+            return self.close_store()
+        return self.close_alarm(*args, **kwargs)
+
+    def close_store(self) -> None:
+        """Close every connection this store opened (in any thread)."""
+        self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close_store()
+
+    # --- events and the outbox ----------------------------------------------------------
+
+    def _append_event(self, cur: _Cursor, alarm_id: str, event: str, region: str,
+                      alarm_type: str, payload: bytes, now_ms: int) -> int:
+        """Append one event to the log/outbox; return its seq (the existing one if present)."""
+        seq = cur.execute(
+            "INSERT INTO events (alarm_id, event, region, type, topic, payload, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (alarm_id, event) DO NOTHING "
+            "RETURNING seq",
+            (alarm_id, event, region, alarm_type, topic_for(region, alarm_type), payload, now_ms),
+        ).scalar()
+        if seq is None:
+            seq = cur.execute("SELECT seq FROM events WHERE alarm_id = ? AND event = ?",
+                              (alarm_id, event)).scalar()
+        return int(seq)
+
+    def record_events(self, events: Sequence[Mapping[str, Any]], now_ms: int) -> list[int]:
+        """Store the engine's alarm events and queue them for publishing, in one transaction.
+
+        ``events`` are the engine's dicts (docs/internals.md); each is published verbatim
+        (``orjson.dumps(event)``) on ``emfence/v1/{region}/alarms/{type}``. A ``raised``
+        creates the alarm (state active, workflow new); a ``cleared`` marks it cleared.
+        Recording the same event again (same ``alarm_id`` and ``event``, e.g. replayed
+        after a restart) changes nothing. ``now_ms`` is when the store learned of them
+        (``recorded_at``, the start of the operator's escalation window).
+
+        Returns the event-log ``seq`` of each event, in order (the existing seq for a
+        duplicate). A malformed event raises :class:`StoreError` naming its index before
+        anything is written; a database failure rolls the whole batch back.
+        """
+        now_ms = _int_ms(now_ms, "now_ms")
+        for i, ev in enumerate(events):
+            _check_event(ev, i)
+        if not events:
+            return []
+        seqs: list[int] = []
+        with self._db.tx("record events") as cur:
+            self._db.lock_event_log(cur)
+            for ev in events:
+                payload = orjson.dumps(ev)
+                evidence = orjson.dumps(_evidence(ev)).decode()
+                if ev["event"] == "raised":
+                    cur.execute(
+                        "INSERT INTO alarms (alarm_id, type, subject_id, device_id, zone_id, "
+                        "region, raised_at, recorded_at, late, evidence) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (alarm_id) DO NOTHING",
+                        (ev["alarm_id"], ev["type"], ev["subject_id"], ev["device_id"],
+                         ev["zone_id"], ev["region"], ev["at"], now_ms, int(ev["late"]),
+                         evidence),
+                    )
+                else:
+                    # Only the first `cleared` counts; a cleared whose raise this store never
+                    # saw (e.g. an engine checkpoint older than the database) is still
+                    # logged and published below, but there is no alarm row to update.
+                    cur.execute(
+                        "UPDATE alarms SET state = 'cleared', cleared_at = ?, "
+                        "cleared_evidence = ? WHERE alarm_id = ? AND state = 'active'",
+                        (ev["at"], evidence, ev["alarm_id"]),
+                    )
+                seqs.append(self._append_event(cur, ev["alarm_id"], ev["event"], ev["region"],
+                                               ev["type"], payload, now_ms))
+        return seqs
+
+    def pending(self, limit: int = 100, regions: Iterable[str] | None = None
+                ) -> list[tuple[int, str, bytes]]:
+        """Undelivered events, oldest first: ``(seq, topic, payload)``.
+
+        ``regions`` limits them to those regions (a worker publishes its own regions' events).
+        """
+        regions = _as_list(regions, "regions")
+        where, params = "delivered_at IS NULL", []
+        if regions is not None:
+            if not regions:
+                return []
+            where += " AND region IN " + _placeholders(len(regions))
+            params += regions
+        with self._db.tx("pending", write=False) as cur:
+            rows = cur.execute(f"SELECT seq, topic, payload FROM events WHERE {where} "
+                               "ORDER BY seq LIMIT ?", (*params, int(limit))).all()
+        return [(int(r["seq"]), r["topic"], bytes(r["payload"])) for r in rows]
+
+    def mark_delivered(self, seqs: Iterable[int], now_ms: int) -> int:
+        """Mark events as acknowledged by the broker; returns how many were newly marked."""
+        now_ms = _int_ms(now_ms, "now_ms")
+        seqs = sorted({int(s) for s in seqs})
+        if not seqs:
+            return 0
+        n = 0
+        with self._db.tx("mark delivered") as cur:
+            for chunk in _chunks(seqs):
+                cur.execute("UPDATE events SET delivered_at = ? WHERE delivered_at IS NULL "
+                            "AND seq IN " + _placeholders(len(chunk)), (now_ms, *chunk))
+                n += max(cur.rowcount, 0)
+        return n
+
+    def last_seq(self) -> int:
+        """The newest event-log seq (0 when empty): where a new live feed starts."""
+        with self._db.tx("last seq", write=False) as cur:
+            return int(cur.execute("SELECT MAX(seq) FROM events").scalar() or 0)
+
+    def events_since(self, seq: int, regions: Iterable[str] | None = None,
+                     limit: int = 500) -> list[dict[str, Any]]:
+        """Events after ``seq``, oldest first, for live consumers (the console's feed).
+
+        Each is ``{seq, alarm_id, event, region, type, topic, created_at, delivered_at,
+        data}`` where ``data`` is the published event, decoded. ``regions=None`` is every
+        region. A consumer passes the last seq it saw and never misses a committed event.
+        """
+        regions = _as_list(regions, "regions")
+        where, params = "seq > ?", [int(seq)]
+        if regions is not None:
+            if not regions:
+                return []
+            where += " AND region IN " + _placeholders(len(regions))
+            params += regions
+        with self._db.tx("events since", write=False) as cur:
+            rows = cur.execute(
+                "SELECT seq, alarm_id, event, region, type, topic, created_at, delivered_at, "
+                f"payload FROM events WHERE {where} ORDER BY seq LIMIT ?",
+                (*params, int(limit))).all()
+        for r in rows:
+            r["data"] = orjson.loads(bytes(r.pop("payload")))
+        return rows
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def _lifecycle_event(self, cur: _Cursor, alarm: dict[str, Any], event: str, now_ms: int,
+                         extra: dict[str, Any]) -> int:
+        payload = {
+            "event": event, "alarm_id": alarm["alarm_id"], "type": alarm["type"],
+            "subject_id": alarm["subject_id"], "device_id": alarm["device_id"],
+            "zone_id": alarm["zone_id"], "region": alarm["region"], "at": now_ms,
+            "late": bool(alarm["late"]), **extra,
+        }
+        return self._append_event(cur, alarm["alarm_id"], event, alarm["region"],
+                                  alarm["type"], orjson.dumps(payload), now_ms)
+
+    @staticmethod
+    def _check_actor(alarm_id: str, user: Any) -> None:
+        if not isinstance(user, str) or not user.strip():
+            raise AlarmActionError(alarm_id, "the acting user must be named")
+
+    def acknowledge(self, alarm_id: str, user: str, note: str | None, now_ms: int, *,
+                    ip: str | None = None) -> dict[str, Any]:
+        """An operator takes the alarm: workflow new → acknowledged.
+
+        Appends an ``acknowledged`` event (published, so other consoles update), an action
+        and an audit row, in one transaction. Raises :class:`AlarmActionError` for an
+        unknown alarm or one already acknowledged or closed (two operators racing: exactly
+        one wins). Returns the updated alarm.
+        """
+        now_ms = _int_ms(now_ms, "now_ms")
+        self._check_actor(alarm_id, user)
+        with self._db.tx("acknowledge") as cur:
+            self._db.lock_event_log(cur)
+            n = cur.execute("UPDATE alarms SET workflow = 'acknowledged', acknowledged_by = ?, "
+                            "acknowledged_at = ? WHERE alarm_id = ? AND workflow = 'new'",
+                            (user, now_ms, alarm_id)).rowcount
+            alarm = cur.execute(f"SELECT {_ALARM_COLUMNS} FROM alarms WHERE alarm_id = ?",
+                                (alarm_id,)).one()
+            if alarm is None:
+                raise AlarmActionError(alarm_id, "no such alarm")
+            if n != 1:
+                raise AlarmActionError(alarm_id, f"already {alarm['workflow']} by "
+                                       f"{alarm['acknowledged_by']} (only a new alarm can be "
+                                       "acknowledged)")
+            cur.execute("INSERT INTO alarm_actions (alarm_id, who, what, at, note) "
+                        "VALUES (?, ?, 'acknowledge', ?, ?)", (alarm_id, user, now_ms, note))
+            self._lifecycle_event(cur, alarm, "acknowledged", now_ms, {"by": user})
+            self._audit(cur, user, "alarm.acknowledge", alarm_id,
+                        {"note": note, "region": alarm["region"]}, now_ms, ip)
+        return _alarm_row(alarm)
+
+    def close_alarm(self, alarm_id: str, user: str, disposition: str, note: str | None,
+                    now_ms: int, *, ip: str | None = None) -> dict[str, Any]:
+        """File the alarm: workflow acknowledged → closed, with a disposition and a note.
+
+        ``disposition`` is one of :data:`alarms.schema.DISPOSITIONS`; ``other`` needs a
+        note saying what it was. The condition (active/cleared) is independent: an operator
+        may close an alarm whose condition is still active. Appends a ``closed`` event, an
+        action and an audit row, in one transaction. Raises :class:`AlarmActionError`.
+        Also reachable as ``close(alarm_id, user, disposition, note, now_ms)``.
+        """
+        now_ms = _int_ms(now_ms, "now_ms")
+        self._check_actor(alarm_id, user)
+        if disposition not in DISPOSITIONS:
+            raise AlarmActionError(alarm_id, f"disposition must be one of "
+                                   f"{', '.join(DISPOSITIONS)}, got {disposition!r}")
+        if disposition == "other" and not (note and note.strip()):
+            raise AlarmActionError(alarm_id, "disposition 'other' needs a note saying what it was")
+        with self._db.tx("close alarm") as cur:
+            self._db.lock_event_log(cur)
+            n = cur.execute("UPDATE alarms SET workflow = 'closed', closed_by = ?, closed_at = ?, "
+                            "disposition = ?, note = ? "
+                            "WHERE alarm_id = ? AND workflow = 'acknowledged'",
+                            (user, now_ms, disposition, note, alarm_id)).rowcount
+            alarm = cur.execute(f"SELECT {_ALARM_COLUMNS} FROM alarms WHERE alarm_id = ?",
+                                (alarm_id,)).one()
+            if alarm is None:
+                raise AlarmActionError(alarm_id, "no such alarm")
+            if n != 1:
+                reason = ("must be acknowledged before it is closed" if alarm["workflow"] == "new"
+                          else f"already closed by {alarm['closed_by']}")
+                raise AlarmActionError(alarm_id, reason)
+            cur.execute("INSERT INTO alarm_actions (alarm_id, who, what, at, note, disposition) "
+                        "VALUES (?, ?, 'close', ?, ?, ?)",
+                        (alarm_id, user, now_ms, note, disposition))
+            self._lifecycle_event(cur, alarm, "closed", now_ms,
+                                  {"by": user, "disposition": disposition})
+            self._audit(cur, user, "alarm.close", alarm_id,
+                        {"disposition": disposition, "note": note, "region": alarm["region"]},
+                        now_ms, ip)
+        return _alarm_row(alarm)
+
+    def add_note(self, alarm_id: str, user: str, note: str, now_ms: int, *,
+                 ip: str | None = None) -> None:
+        """Add a note to an alarm's history (any workflow state); audited."""
+        now_ms = _int_ms(now_ms, "now_ms")
+        self._check_actor(alarm_id, user)
+        if not isinstance(note, str) or not note.strip():
+            raise AlarmActionError(alarm_id, "a note must not be empty")
+        with self._db.tx("add note") as cur:
+            region = cur.execute("SELECT region FROM alarms WHERE alarm_id = ?",
+                                 (alarm_id,)).scalar()
+            if region is None:
+                raise AlarmActionError(alarm_id, "no such alarm")
+            cur.execute("INSERT INTO alarm_actions (alarm_id, who, what, at, note) "
+                        "VALUES (?, ?, 'note', ?, ?)", (alarm_id, user, now_ms, note))
+            self._audit(cur, user, "alarm.note", alarm_id, {"note": note, "region": region},
+                        now_ms, ip)
+
+    def escalate_due(self, now_ms: int, after_ms: int, regions: Iterable[str] | None = None
+                     ) -> list[dict[str, Any]]:
+        """Escalate alarms nobody acknowledged within ``after_ms`` of being recorded.
+
+        The window starts at ``recorded_at`` (when the store learned of the raise), not the
+        fix time, so a late store-and-forward alarm still gives the operator the full window.
+        The condition state does not matter: a cleared alarm still needs an operator.
+        Each alarm escalates exactly once, even with several workers on one PostgreSQL
+        (a conditional UPDATE claims it). Appends one ``escalated`` event per alarm (with
+        ``raised_at``) plus an action and an audit row by ``system``, in one transaction.
+        Returns the escalated events as published.
+        """
+        now_ms = _int_ms(now_ms, "now_ms")
+        after_ms = _int_ms(after_ms, "after_ms")
+        regions = _as_list(regions, "regions")
+        where, params = "", []
+        if regions is not None:
+            if not regions:
+                return []
+            where = " AND region IN " + _placeholders(len(regions))
+            params = regions
+        out: list[dict[str, Any]] = []
+        with self._db.tx("escalate") as cur:
+            self._db.lock_event_log(cur)
+            claimed = cur.execute(
+                "UPDATE alarms SET escalated_at = ? WHERE workflow = 'new' "
+                f"AND escalated_at IS NULL AND recorded_at <= ?{where} "
+                f"RETURNING {_ALARM_COLUMNS}",
+                (now_ms, now_ms - after_ms, *params)).all()
+            claimed.sort(key=lambda a: (a["recorded_at"], a["alarm_id"]))
+            for alarm in claimed:
+                extra = {"raised_at": alarm["raised_at"], "after_ms": after_ms}
+                self._lifecycle_event(cur, alarm, "escalated", now_ms, extra)
+                cur.execute("INSERT INTO alarm_actions (alarm_id, who, what, at) "
+                            "VALUES (?, 'system', 'escalated', ?)", (alarm["alarm_id"], now_ms))
+                self._audit(cur, "system", "alarm.escalate", alarm["alarm_id"],
+                            {"region": alarm["region"], "after_ms": after_ms}, now_ms, None)
+                out.append({
+                    "event": "escalated", "alarm_id": alarm["alarm_id"], "type": alarm["type"],
+                    "subject_id": alarm["subject_id"], "device_id": alarm["device_id"],
+                    "zone_id": alarm["zone_id"], "region": alarm["region"], "at": now_ms,
+                    "late": bool(alarm["late"]), **extra,
+                })
+        return out
+
+    # --- alarm queries ------------------------------------------------------------------
+
+    def get_alarm(self, alarm_id: str) -> dict[str, Any] | None:
+        """One alarm with its evidence decoded, or None."""
+        with self._db.tx("get alarm", write=False) as cur:
+            return _alarm_row(cur.execute(f"SELECT {_ALARM_COLUMNS} FROM alarms "
+                                          "WHERE alarm_id = ?", (alarm_id,)).one())
+
+    def actions(self, alarm_id: str) -> list[dict[str, Any]]:
+        """The alarm's history of operator and system actions, oldest first."""
+        with self._db.tx("alarm actions", write=False) as cur:
+            return cur.execute("SELECT id, alarm_id, who, what, at, note, disposition "
+                               "FROM alarm_actions WHERE alarm_id = ? ORDER BY id",
+                               (alarm_id,)).all()
+
+    def list_alarms(self, regions: Iterable[str] | None = None,
+                    types: Iterable[str] | None = None,
+                    states: Iterable[str] | None = None, *,
+                    subject_id: str | None = None,
+                    escalated: bool | None = None,
+                    since_ms: int | None = None, until_ms: int | None = None,
+                    before: tuple[int, str] | None = None,
+                    limit: int = 200, offset: int = 0) -> list[dict[str, Any]]:
+        """Alarms newest first (by ``raised_at``, then ``alarm_id``).
+
+        Filters (None = no filter): ``regions``; ``types``; ``states`` mixing condition
+        states (active, cleared) and workflow states (new, acknowledged, closed): values of
+        one kind are alternatives, the two kinds must both hold (``["active", "new"]`` is
+        "active and not yet acknowledged"); ``subject_id``; ``escalated``; ``since_ms`` ≤
+        raised_at < ``until_ms``. Pages: pass the last row's ``(raised_at, alarm_id)`` as
+        ``before`` (stable while new alarms arrive), or an ``offset``.
+        """
+        regions = _as_list(regions, "regions")
+        types = _as_list(types, "types")
+        states = _as_list(states, "states")
+        where: list[str] = []
+        params: list[Any] = []
+        for column, values in (("region", regions), ("type", types)):
+            if values is not None:
+                if not values:
+                    return []
+                where.append(f"{column} IN " + _placeholders(len(values)))
+                params += values
+        if states is not None:
+            unknown = [s for s in states if s not in CONDITION_STATES + WORKFLOW_STATES]
+            if unknown:
+                raise StoreError(f"unknown state {unknown[0]!r}; states are "
+                                 f"{', '.join(CONDITION_STATES + WORKFLOW_STATES)}")
+            cond = [s for s in states if s in CONDITION_STATES]
+            flow = [s for s in states if s in WORKFLOW_STATES]
+            if cond:
+                where.append("state IN " + _placeholders(len(cond)))
+                params += cond
+            if flow:
+                where.append("workflow IN " + _placeholders(len(flow)))
+                params += flow
+            if not states:
+                return []
+        if subject_id is not None:
+            where.append("subject_id = ?")
+            params.append(subject_id)
+        if escalated is not None:
+            where.append("escalated_at IS NOT NULL" if escalated else "escalated_at IS NULL")
+        if since_ms is not None:
+            where.append("raised_at >= ?")
+            params.append(_int_ms(since_ms, "since_ms"))
+        if until_ms is not None:
+            where.append("raised_at < ?")
+            params.append(_int_ms(until_ms, "until_ms"))
+        if before is not None:
+            b_at, b_id = before
+            where.append("(raised_at < ? OR (raised_at = ? AND alarm_id < ?))")
+            params += [_int_ms(b_at, "before"), b_at, str(b_id)]
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        with self._db.tx("list alarms", write=False) as cur:
+            rows = cur.execute(f"SELECT {_ALARM_COLUMNS} FROM alarms{clause} "
+                               "ORDER BY raised_at DESC, alarm_id DESC LIMIT ? OFFSET ?",
+                               (*params, int(limit), int(offset))).all()
+        return [_alarm_row(r) for r in rows]
+
+    def stats(self, regions: Iterable[str] | None = None, from_ms: int | None = None,
+              to_ms: int | None = None, *, day_offset_ms: int = 0) -> dict[str, Any]:
+        """The supervisor's numbers for alarms raised in [``from_ms``, ``to_ms``).
+
+        Returns ``total``; ``counts`` (one row per region, type and day: ``{region, type,
+        day, count}``, sorted); ``by_region``, ``by_type``, ``by_day``; ``acknowledged``,
+        ``closed``; ``median_ack_ms`` and ``median_close_ms`` (from ``recorded_at``, the
+        moment the alarm reached the store, to acknowledge/close; None when none);
+        ``dispositions`` (count per disposition of closed alarms), ``disposition_share``
+        (fraction of closed alarms) and ``false_alarm_share`` (the share closed as
+        approved_leave_not_recorded, gps_drift or device_fault; None when none closed).
+
+        ``day_offset_ms`` shifts day boundaries from UTC midnight to local midnight
+        (China: 8 h = 28 800 000).
+        """
+        regions = _as_list(regions, "regions")
+        where: list[str] = []
+        params: list[Any] = []
+        if regions is not None:
+            where.append("region IN " + _placeholders(len(regions)) if regions else "1 = 0")
+            params += regions
+        if from_ms is not None:
+            where.append("raised_at >= ?")
+            params.append(_int_ms(from_ms, "from_ms"))
+        if to_ms is not None:
+            where.append("raised_at < ?")
+            params.append(_int_ms(to_ms, "to_ms"))
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        with self._db.tx("stats", write=False) as cur:
+            rows = cur.execute("SELECT region, type, raised_at, recorded_at, acknowledged_at, "
+                               f"closed_at, disposition FROM alarms{clause}", params).all()
+        counts: dict[tuple[str, str, str], int] = defaultdict(int)
+        by_region: dict[str, int] = defaultdict(int)
+        by_type: dict[str, int] = defaultdict(int)
+        by_day: dict[str, int] = defaultdict(int)
+        ack: list[int] = []
+        closed: list[int] = []
+        dispositions: dict[str, int] = {d: 0 for d in DISPOSITIONS}
+        for r in rows:
+            day = _day(r["raised_at"], day_offset_ms)
+            counts[(r["region"], r["type"], day)] += 1
+            by_region[r["region"]] += 1
+            by_type[r["type"]] += 1
+            by_day[day] += 1
+            if r["acknowledged_at"] is not None:
+                ack.append(r["acknowledged_at"] - r["recorded_at"])
+            if r["closed_at"] is not None:
+                closed.append(r["closed_at"] - r["recorded_at"])
+                dispositions[r["disposition"]] += 1
+        n_closed = len(closed)
+        share = {d: (c / n_closed if n_closed else None) for d, c in dispositions.items()}
+        false_n = sum(dispositions[d] for d in FALSE_ALARM_DISPOSITIONS)
+        return {
+            "from_ms": from_ms, "to_ms": to_ms, "regions": regions,
+            "day_offset_ms": day_offset_ms,
+            "total": len(rows),
+            "counts": [{"region": k[0], "type": k[1], "day": k[2], "count": v}
+                       for k, v in sorted(counts.items())],
+            "by_region": dict(sorted(by_region.items())),
+            "by_type": dict(sorted(by_type.items())),
+            "by_day": dict(sorted(by_day.items())),
+            "acknowledged": len(ack),
+            "closed": n_closed,
+            "median_ack_ms": statistics.median(ack) if ack else None,
+            "median_close_ms": statistics.median(closed) if closed else None,
+            "dispositions": dispositions,
+            "disposition_share": share,
+            "false_alarm_share": (false_n / n_closed) if n_closed else None,
+        }
+
+    # --- tracks -------------------------------------------------------------------------
+
+    def record_fixes(self, rows: Iterable[Mapping[str, Any] | Sequence[Any]]) -> int:
+        """Store accepted fixes for the track view, batched in one transaction.
+
+        Each row is a mapping with the keys of :data:`TRACK_COLUMNS` or a tuple in that
+        order: device_id, subject_id, region, ts (epoch ms), lat, lon (WGS-84 degrees), acc
+        (metres), src, received_at (epoch ms). A fix already stored (same device and ts)
+        is kept as it was. Also keeps each device's newest position. Returns the number of
+        rows given.
+        """
+        tuples: list[tuple[Any, ...]] = []
+        for i, row in enumerate(rows):
+            if isinstance(row, Mapping):
+                try:
+                    t = tuple(row[c] for c in TRACK_COLUMNS)
+                except KeyError as exc:
+                    raise StoreError(f"missing key {exc.args[0]!r}", where=f"fixes[{i}]") from None
+            else:
+                t = tuple(row)
+                if len(t) != len(TRACK_COLUMNS):
+                    raise StoreError(f"needs {len(TRACK_COLUMNS)} values "
+                                     f"({', '.join(TRACK_COLUMNS)}), got {len(t)}",
+                                     where=f"fixes[{i}]")
+            # plain Python values: numpy scalars are not understood by every driver
+            tuples.append((str(t[0]), None if t[1] is None else str(t[1]), str(t[2]), int(t[3]),
+                           float(t[4]), float(t[5]), None if t[6] is None else float(t[6]),
+                           None if t[7] is None else str(t[7]), int(t[8])))
+        if not tuples:
+            return 0
+        newest: dict[str, tuple[Any, ...]] = {}
+        for t in tuples:
+            cur_best = newest.get(t[0])
+            if cur_best is None or t[3] > cur_best[3]:
+                newest[t[0]] = t
+        cols = ", ".join(TRACK_COLUMNS)
+        with self._db.tx("record fixes") as cur:
+            cur.executemany(f"INSERT INTO tracks ({cols}) VALUES {_placeholders(9)} "
+                            "ON CONFLICT (device_id, ts) DO NOTHING", tuples)
+            cur.executemany(
+                f"INSERT INTO positions ({cols}) VALUES {_placeholders(9)} "
+                "ON CONFLICT (device_id) DO UPDATE SET ts = excluded.ts, "
+                "subject_id = excluded.subject_id, region = excluded.region, "
+                "lat = excluded.lat, lon = excluded.lon, acc = excluded.acc, "
+                "src = excluded.src, received_at = excluded.received_at "
+                "WHERE excluded.ts > positions.ts",
+                list(newest.values()))
+        return len(tuples)
+
+    def track(self, key: str | Iterable[str] | None = None, from_ms: int | None = None,
+              to_ms: int | None = None, *, subject_id: str | None = None,
+              limit: int = 100_000) -> list[dict[str, Any]]:
+        """Fixes with ``from_ms`` ≤ ts ≤ ``to_ms``, oldest first.
+
+        ``key``: a device id or a subject id (a string matches either), or a list of
+        device ids; or pass ``subject_id=`` explicitly. Rows: device_id, subject_id, region,
+        ts, lat, lon, acc, src, received_at.
+        """
+        where: list[str] = []
+        params: list[Any] = []
+        if subject_id is not None:
+            where.append("subject_id = ?")
+            params.append(subject_id)
+        if isinstance(key, str):
+            where.append("(device_id = ? OR subject_id = ?)")
+            params += [key, key]
+        elif key is not None:
+            devices = _as_list(key, "device ids") or []
+            if not devices:
+                return []
+            where.append("device_id IN " + _placeholders(len(devices)))
+            params += devices
+        if not where:
+            raise StoreError("track needs a device id, a list of device ids or a subject_id")
+        if from_ms is not None:
+            where.append("ts >= ?")
+            params.append(_int_ms(from_ms, "from_ms"))
+        if to_ms is not None:
+            where.append("ts <= ?")
+            params.append(_int_ms(to_ms, "to_ms"))
+        with self._db.tx("track", write=False) as cur:
+            return cur.execute(f"SELECT {', '.join(TRACK_COLUMNS)} FROM tracks WHERE "
+                               + " AND ".join(where) + " ORDER BY ts, device_id LIMIT ?",
+                               (*params, int(limit))).all()
+
+    def last_positions(self, regions: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Each device's newest stored fix (rows as in :meth:`track`), by device id."""
+        regions = _as_list(regions, "regions")
+        where, params = "", []
+        if regions is not None:
+            if not regions:
+                return []
+            where = " WHERE region IN " + _placeholders(len(regions))
+            params = regions
+        with self._db.tx("last positions", write=False) as cur:
+            return cur.execute(f"SELECT {', '.join(TRACK_COLUMNS)} FROM positions{where} "
+                               "ORDER BY device_id", params).all()
+
+    def purge_tracks(self, before_ms: int) -> int:
+        """Delete fixes (and newest positions) with ts < ``before_ms``; returns fixes deleted.
+
+        The retention policy (``tracks.retention_days``) calls this; alarm evidence is part
+        of the alarm's case file and is not touched.
+        """
+        before_ms = _int_ms(before_ms, "before_ms")
+        with self._db.tx("purge tracks") as cur:
+            n = cur.execute("DELETE FROM tracks WHERE ts < ?", (before_ms,)).rowcount
+            cur.execute("DELETE FROM positions WHERE ts < ?", (before_ms,))
+        return max(n, 0)
+
+    # --- users --------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_user_fields(name: str, role: str | None, regions: Iterable[str] | None
+                           ) -> list[str] | None:
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
+            raise UserError(str(name), "a user name is 1-64 letters, digits, '_', '.', '@', '-'")
+        if role is not None and role not in ROLES:
+            raise UserError(name, f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        if regions is None:
+            return None
+        out = _as_list(regions, "regions") or []
+        for r in out:
+            if not _TOPIC_LEVEL.match(r):
+                raise UserError(name, f"region {r!r} is not a region code")
+        return out
+
+    def add_user(self, name: str, password_hash: str, role: str, regions: Iterable[str],
+                 now_ms: int, *, by: str | None = None) -> dict[str, Any]:
+        """Create a console account (the hash comes from the console's password hasher).
+
+        ``regions``: the region codes the user may see and act in. Audited (``by``, if
+        given, is who created it). Raises :class:`UserError` if the name exists or a field
+        is bad.
+        """
+        now_ms = _int_ms(now_ms, "now_ms")
+        region_list = self._check_user_fields(name, role, regions)
+        if not isinstance(password_hash, str) or not password_hash:
+            raise UserError(name, "a password hash is required")
+        with self._db.tx("add user") as cur:
+            n = cur.execute("INSERT INTO users (name, password_hash, role, regions, disabled, "
+                            "created_at, updated_at) VALUES (?, ?, ?, ?, 0, ?, ?) "
+                            "ON CONFLICT (name) DO NOTHING",
+                            (name, password_hash, role, orjson.dumps(region_list).decode(),
+                             now_ms, now_ms)).rowcount
+            if n != 1:
+                raise UserError(name, "already exists")
+            self._audit(cur, by, "user.add", name, {"role": role, "regions": region_list},
+                        now_ms, None)
+        return self.get_user(name)  # type: ignore[return-value]
+
+    def get_user(self, name: str) -> dict[str, Any] | None:
+        """``{name, password_hash, role, regions: [..], disabled, created_at, updated_at}``."""
+        with self._db.tx("get user", write=False) as cur:
+            return _user_row(cur.execute("SELECT name, password_hash, role, regions, disabled, "
+                                         "created_at, updated_at FROM users WHERE name = ?",
+                                         (name,)).one())
+
+    def list_users(self) -> list[dict[str, Any]]:
+        """Every account, by name, without password hashes."""
+        with self._db.tx("list users", write=False) as cur:
+            rows = cur.execute("SELECT name, role, regions, disabled, created_at, updated_at "
+                               "FROM users ORDER BY name").all()
+        return [_user_row(r) for r in rows]  # type: ignore[misc]
+
+    def _update_user(self, op: str, name: str, sets: str, params: tuple[Any, ...],
+                     now_ms: int, by: str | None, detail: dict[str, Any]) -> None:
+        with self._db.tx(op) as cur:
+            n = cur.execute(f"UPDATE users SET {sets}, updated_at = ? WHERE name = ?",
+                            (*params, now_ms, name)).rowcount
+            if n != 1:
+                raise UserError(name, "no such user")
+            self._audit(cur, by, op, name, detail, now_ms, None)
+
+    def set_user_disabled(self, name: str, disabled: bool, now_ms: int | None = None, *,
+                          by: str | None = None) -> None:
+        """Disable (or re-enable) an account; audited."""
+        now = time.time_ns() // 1_000_000 if now_ms is None else _int_ms(now_ms, "now_ms")
+        self._update_user("user.disable" if disabled else "user.enable", name,
+                          "disabled = ?", (int(bool(disabled)),), now, by, {})
+
+    def set_user_password(self, name: str, password_hash: str, now_ms: int, *,
+                          by: str | None = None) -> None:
+        """Replace an account's password hash; audited (without the hash)."""
+        if not isinstance(password_hash, str) or not password_hash:
+            raise UserError(name, "a password hash is required")
+        self._update_user("user.password", name, "password_hash = ?", (password_hash,),
+                          _int_ms(now_ms, "now_ms"), by, {})
+
+    def set_user_role(self, name: str, role: str, regions: Iterable[str], now_ms: int, *,
+                      by: str | None = None) -> None:
+        """Change an account's role and regions; audited."""
+        region_list = self._check_user_fields(name, role, regions)
+        self._update_user("user.role", name, "role = ?, regions = ?",
+                          (role, orjson.dumps(region_list).decode()),
+                          _int_ms(now_ms, "now_ms"), by, {"role": role, "regions": region_list})
+
+    def record_login(self, name: str, ok: bool, now_ms: int, ip: str | None = None) -> None:
+        """Remember a login attempt (for rate limiting across workers) and audit it."""
+        now_ms = _int_ms(now_ms, "now_ms")
+        with self._db.tx("record login") as cur:
+            cur.execute("INSERT INTO login_attempts (name, ip, at, ok) VALUES (?, ?, ?, ?)",
+                        (name, ip, now_ms, int(bool(ok))))
+            self._audit(cur, name, "login.ok" if ok else "login.failed", name, {}, now_ms, ip)
+
+    def failed_logins(self, since_ms: int, *, name: str | None = None,
+                      ip: str | None = None) -> int:
+        """Failed login attempts since ``since_ms`` for a name and/or an address."""
+        where, params = ["ok = 0", "at >= ?"], [_int_ms(since_ms, "since_ms")]
+        if name is not None:
+            where.append("name = ?")
+            params.append(name)
+        if ip is not None:
+            where.append("ip = ?")
+            params.append(ip)
+        with self._db.tx("failed logins", write=False) as cur:
+            return int(cur.execute("SELECT COUNT(*) FROM login_attempts WHERE "
+                                   + " AND ".join(where), params).scalar())
+
+    # --- audit --------------------------------------------------------------------------
+
+    @staticmethod
+    def _audit(cur: _Cursor, who: str | None, action: str, target: str | None,
+               detail: Any, now_ms: int, ip: str | None) -> None:
+        cur.execute("INSERT INTO audit (at, who, action, target, detail, ip) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (now_ms, who, action, target,
+                     None if detail is None else orjson.dumps(detail).decode(), ip))
+
+    def audit(self, who: str | None, action: str, target: str | None, detail: Any,
+              now_ms: int, ip: str | None = None) -> None:
+        """Append one audit row (``detail`` is any JSON-able value)."""
+        if not isinstance(action, str) or not action:
+            raise StoreError("an audit row needs an action")
+        now_ms = _int_ms(now_ms, "now_ms")
+        with self._db.tx("audit") as cur:
+            self._audit(cur, who, action, target, detail, now_ms, ip)
+
+    def audit_log(self, *, who: str | None = None, action: str | None = None,
+                  target: str | None = None, since_ms: int | None = None,
+                  until_ms: int | None = None, limit: int = 200,
+                  before_id: int | None = None) -> list[dict[str, Any]]:
+        """Audit rows newest first: ``{id, at, who, action, target, detail, ip}``.
+
+        Page with ``before_id`` (the last row's id).
+        """
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("who", who), ("action", action), ("target", target)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since_ms is not None:
+            where.append("at >= ?")
+            params.append(_int_ms(since_ms, "since_ms"))
+        if until_ms is not None:
+            where.append("at < ?")
+            params.append(_int_ms(until_ms, "until_ms"))
+        if before_id is not None:
+            where.append("id < ?")
+            params.append(int(before_id))
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        with self._db.tx("audit log", write=False) as cur:
+            rows = cur.execute(f"SELECT id, at, who, action, target, detail, ip FROM audit"
+                               f"{clause} ORDER BY id DESC LIMIT ?", (*params, int(limit))).all()
+        for r in rows:
+            r["detail"] = None if r["detail"] is None else orjson.loads(r["detail"])
+        return rows
