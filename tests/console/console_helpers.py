@@ -1,0 +1,133 @@
+"""Shared pieces of the console tests: a real store with accounts, a movable clock,
+engine-shaped alarm events, and an HTTP client that logs in like the page does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from alarms.store import open_store
+from console import create_app
+from console.auth import hash_password
+from emfence.config import Config
+
+T0 = 1_763_800_000_000  # 2025-11-22 08:26:40 UTC, epoch ms
+PASSWORD = "correct horse battery staple"
+
+# name -> (role, regions)
+ACCOUNTS = {
+    "alice": ("operator", ["411303"]),
+    "olga": ("operator", ["411302"]),
+    "sue": ("supervisor", ["411303", "411302"]),
+    "root": ("admin", []),
+}
+
+
+class Clock:
+    """A clock the tests move by hand (epoch ms)."""
+
+    def __init__(self, now_ms: int = T0):
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+    def advance(self, ms: int) -> None:
+        self.now_ms += ms
+
+
+_HASH: list[str] = []
+
+
+def add_accounts(store: Any) -> None:
+    # argon2 is slow by design: hash the shared test password once per run.
+    if not _HASH:
+        _HASH.append(hash_password(PASSWORD))
+    for name, (role, regions) in ACCOUNTS.items():
+        store.add_user(name, _HASH[0], role, regions, T0 - 1000)
+
+
+def raised(alarm_id: str, region: str = "411303", *, kind: str = "outbound",
+           at: int = T0, subject: str = "subj-1", device: str = "dev-1",
+           lat: float = 33.0, lon: float = 112.5) -> dict[str, Any]:
+    """An engine `raised` event (keys in the contract's order), with evidence."""
+    return {"event": "raised", "alarm_id": alarm_id, "type": kind, "subject_id": subject,
+            "device_id": device, "zone_id": region if kind == "outbound" else None,
+            "region": region, "at": at, "late": False,
+            "lat": lat, "lon": lon, "distance_m": 812.5, "acc": 15.0}
+
+
+def cleared(alarm_id: str, region: str = "411303", *, kind: str = "outbound",
+            at: int = T0 + 60_000, subject: str = "subj-1",
+            device: str = "dev-1") -> dict[str, Any]:
+    return {"event": "cleared", "alarm_id": alarm_id, "type": kind, "subject_id": subject,
+            "device_id": device, "zone_id": region if kind == "outbound" else None,
+            "region": region, "at": at, "late": False}
+
+
+@dataclass
+class Console:
+    client: TestClient
+    store: Any
+    clock: Clock
+    csrf: str | None = None
+
+    def login(self, name: str, password: str = PASSWORD, **kw: Any):
+        r = self.client.post("/api/login", json={"name": name, "password": password}, **kw)
+        if r.status_code == 200:
+            self.csrf = r.json()["csrf_token"]
+        return r
+
+    def post(self, path: str, body: dict | None = None, *, csrf: str | None = "session",
+             **kw: Any):
+        headers = dict(kw.pop("headers", {}))
+        token = self.csrf if csrf == "session" else csrf
+        if token is not None:
+            headers["X-CSRF-Token"] = token
+        return self.client.post(path, json=body or {}, headers=headers, **kw)
+
+    def get(self, path: str, **kw: Any):
+        return self.client.get(path, **kw)
+
+
+def open_console(url: str, *, secure_cookies: bool = False, config: Any = None) -> Console:
+    store = open_store(url)
+    add_accounts(store)
+    clock = Clock()
+    app = create_app(store=store, config=config or Config(), secure_cookies=secure_cookies,
+                     clock_ms=clock)
+    return Console(TestClient(app), store, clock)
+
+
+def audit_rows(store: Any, **filters: Any) -> list[dict[str, Any]]:
+    return store.audit_log(limit=1000, **filters)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'alarms.db'}"
+
+
+@pytest.fixture
+def console(sqlite_url):
+    """A console over a fresh SQLite store with the ACCOUNTS; closed afterwards."""
+    c = open_console(sqlite_url)
+    with c.client:
+        yield c
+    c.store.close_store()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_console(request, tmp_path):
+    """The same console over SQLite and over a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'alarms.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    c = open_console(url)
+    with c.client:
+        yield c
+    c.store.close_store()
