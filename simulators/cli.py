@@ -1,0 +1,233 @@
+"""``emfence simulate``: publish like bracelet and phone firmware, or ``--generate`` a fleet.
+
+    emfence simulate --generate 300 -o fleet/ [--seed 1] [--counties 411303,411302]
+    emfence simulate --broker mqtt://127.0.0.1:1883 --zones fleet/zones.geojson \\
+        --subjects fleet/subjects.json --rate 200 --duration 60 --scenario mixed \\
+        --truth truth.jsonl --secret-file site.secret [--config C.toml] \\
+        [--alarms-out alarms.jsonl --alarms-username emfence-loadgen --alarms-password-file F]
+
+See docs/simulator.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import orjson
+
+from emfence.config import ConfigError, load_config
+
+# Above this many devices, per-device connections cost more than they show: use a pool.
+MAX_DEVICE_CONNECTIONS = 2000
+
+
+def parse_broker(url: str) -> tuple[str, int]:
+    """``mqtt://host:port`` (or ``host:port``) -> (host, port); default port 1883."""
+    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+        raise ValueError(f"--broker {url!r}: expected mqtt://HOST[:PORT]")
+    return parts.hostname, parts.port or 1883
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="emfence simulate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("generate a test fleet")
+    g.add_argument("--generate", type=int, metavar="N", help="write zones + subjects for N subjects")
+    g.add_argument("-o", "--out", metavar="DIR", help="folder for zones.geojson and subjects.json")
+    g.add_argument("--counties", help="comma-separated adcodes (default: 411303 and its neighbours)")
+    g.add_argument("--start", type=int, metavar="MS",
+                   help="epoch ms the leave windows are placed around (default: now)")
+    r = p.add_argument_group("publish")
+    r.add_argument("--broker", help="mqtt://HOST:PORT")
+    r.add_argument("--zones", help="zones GeoJSON (as for `emfence run`)")
+    r.add_argument("--subjects", help="subjects JSON (as for `emfence run`)")
+    r.add_argument("--rate", type=float, default=100.0, help="messages per second, whole fleet (default 100)")
+    r.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    r.add_argument("--scenario", default="normal", help="normal | excursions | mixed | load")
+    r.add_argument("--truth", help="write the ground truth (JSON lines) here")
+    r.add_argument("--config", help="the engine's config TOML (offline thresholds, buffer)")
+    r.add_argument("--time-scale", type=float, default=1.0,
+                   help="simulated day runs this many times faster than the wall clock")
+    r.add_argument("--events-per-kind", type=int, help="injected events of each kind")
+    r.add_argument("--secret-file", help="site secret: one connection per device, logged in as itself")
+    r.add_argument("--username", help="pool account (e.g. emfence-loadgen)")
+    r.add_argument("--password", help="pool account password (prefer --password-file)")
+    r.add_argument("--password-file", help="file whose first line is the pool account's password")
+    r.add_argument("--pool", type=int, default=4, help="connections in pool mode (default 4)")
+    r.add_argument("--alarms-out", help="also record the alarm topics here (JSON lines + rx_ms)")
+    r.add_argument("--alarms-username", help="account that may read alarms (default: --username)")
+    r.add_argument("--alarms-password-file", help="its password file")
+    r.add_argument("--linger", type=float, default=5.0,
+                   help="keep recording alarms this long after the last publish (s)")
+    r.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    return p
+
+
+def _generate(args) -> int:
+    from simulators.generate import GenerateError, generate_fleet
+
+    if not args.out:
+        print("emfence simulate: --generate needs -o DIR", file=sys.stderr)
+        return 2
+    counties = [c.strip() for c in args.counties.split(",") if c.strip()] if args.counties else None
+    start = args.start if args.start is not None else int(time.time() * 1000)
+    try:
+        fleet = generate_fleet(args.generate, seed=args.seed, counties=counties, start_ms=start)
+    except GenerateError as exc:
+        print(f"emfence simulate: {exc}", file=sys.stderr)
+        return 1
+    zp, sp = fleet.write(args.out)
+    n_dev = sum(len(s["devices"]) for s in fleet.subjects["subjects"])
+    print(f"wrote {zp} ({len(fleet.zones['features'])} zones) and {sp} "
+          f"({len(fleet.subjects['subjects'])} subjects, {n_dev} devices)", file=sys.stderr)
+    return 0
+
+
+def load_simulation(zones_path, subjects_path, *, rate, duration_s, scenario, seed, config,
+                    time_scale=1.0, events_per_kind=None, spoof_allowed=True, start_ms=None):
+    """Read the fleet files and plan a run starting at ``start_ms`` (default: in 2 s + the
+    time planning takes is covered by ``Simulation.shift`` when publishing begins)."""
+    from geofence import load_zones
+    from simulators.movement import Fleet
+    from simulators.scenario import Simulation
+
+    zones = load_zones(str(zones_path))
+    subjects = orjson.loads(Path(subjects_path).read_bytes())
+    fleet = Fleet.build(subjects, zones)
+    start = start_ms if start_ms is not None else int(time.time() * 1000) + 2000
+    return Simulation(fleet, rate=rate, duration_s=duration_s, start_ms=start, config=config,
+                      scenario=scenario, seed=seed, time_scale=time_scale,
+                      events_per_kind=events_per_kind, spoof_allowed=spoof_allowed)
+
+
+def write_truth_header(path, sim, extra: dict | None = None) -> None:
+    head = {"what": "run", "start": sim.start_ms, "end": sim.end_ms, "scenario": sim.scenario,
+            "seed": sim.seed, "devices": sim.n, "rate": sim.rate,
+            "offline_after_s": {lvl: sim.config.rules.offline_after_s.for_level(lvl)
+                                for lvl in ("strict", "ordinary", "lenient")},
+            "skipped": sim.skipped, **(extra or {})}
+    with open(path, "wb") as fh:
+        fh.write(orjson.dumps(head) + b"\n")
+        for line in sim.truth_lines():
+            fh.write(line + b"\n")
+
+
+def append_truth_end(path, stats) -> None:
+    end = {"what": "run_end", "end": stats.last_slot_ms, **stats.as_dict()}
+    with open(path, "ab") as fh:
+        fh.write(orjson.dumps(end) + b"\n")
+
+
+async def run_publish(sim, host, port, *, credentials=None, username=None, password=None, pool=4,
+                      truth=None, alarms_out=None, alarms_user=None, alarms_password=None,
+                      linger_s=5.0, progress=True, stop=None):
+    """Publish ``sim`` (and record alarms if asked); returns the :class:`PublishStats`."""
+    from simulators.publisher import Publisher
+    from simulators.watch import watch_alarms
+
+    stop = stop or asyncio.Event()
+    pub = Publisher(sim, host, port, credentials=credentials, username=username, password=password,
+                    pool_size=pool, progress=progress)
+    watch_stop = asyncio.Event()
+    watcher = None
+    if alarms_out:
+        ready = asyncio.Event()
+        watcher = asyncio.create_task(watch_alarms(host, port, stop=watch_stop, username=alarms_user,
+                                                   password=alarms_password, out=alarms_out, ready=ready))
+        done, _ = await asyncio.wait({watcher, asyncio.ensure_future(ready.wait())},
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if watcher in done:
+            watcher.result()  # raises the connection error
+    await pub.connect()
+    try:
+        if truth:
+            write_truth_header(truth, sim, {"mode": "per-device" if pub.per_device else "pool"})
+        stats = await pub.run(stop)
+    finally:
+        await pub.close()
+    if truth:
+        append_truth_end(truth, stats)
+    if watcher is not None:
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=linger_s)
+        except asyncio.TimeoutError:
+            pass
+        watch_stop.set()
+        await watcher
+    return stats
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.generate is not None:
+        return _generate(args)
+    missing = [f"--{k}" for k in ("broker", "zones", "subjects") if not getattr(args, k)]
+    if missing:
+        print(f"emfence simulate: {', '.join(missing)} required (or --generate N -o DIR)", file=sys.stderr)
+        return 2
+    try:
+        host, port = parse_broker(args.broker)
+        config = load_config(args.config)
+    except (ValueError, ConfigError) as exc:
+        print(f"emfence simulate: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) and not isinstance(exc, ConfigError) else 1
+    password = args.password
+    try:
+        if args.password_file:
+            from ingest.passwords import read_password_file
+            password = read_password_file(args.password_file, "pool account")
+        secret = None
+        if args.secret_file:
+            from ingest.passwords import read_secret
+            secret = read_secret(args.secret_file)
+        alarms_user = args.alarms_username or args.username
+        alarms_password = password
+        if args.alarms_password_file:
+            from ingest.passwords import read_password_file
+            alarms_password = read_password_file(args.alarms_password_file, "alarm reader")
+        per_device = secret is not None and not args.username
+        sim = load_simulation(args.zones, args.subjects, rate=args.rate, duration_s=args.duration,
+                              scenario=args.scenario, seed=args.seed, config=config,
+                              time_scale=args.time_scale, events_per_kind=args.events_per_kind,
+                              spoof_allowed=per_device)
+    except (ValueError, OSError) as exc:
+        print(f"emfence simulate: {exc}", file=sys.stderr)
+        return 1
+    if per_device and sim.n > MAX_DEVICE_CONNECTIONS:
+        print(f"emfence simulate: {sim.n} devices is more than {MAX_DEVICE_CONNECTIONS} connections; "
+              "use a pool account (--username emfence-loadgen) for load runs", file=sys.stderr)
+        return 2
+    credentials = None
+    if per_device:
+        from ingest.passwords import device_password
+        ids = sim.fleet.device_ids
+        credentials = lambda d: (ids[d], device_password(secret, ids[d]))  # noqa: E731
+    for note in sim.skipped:
+        print(f"emfence simulate: note: {note}", file=sys.stderr)
+
+    async def go() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        stats = await run_publish(sim, host, port, credentials=credentials, username=args.username,
+                                  password=password, pool=args.pool, truth=args.truth,
+                                  alarms_out=args.alarms_out, alarms_user=alarms_user,
+                                  alarms_password=alarms_password, linger_s=args.linger,
+                                  progress=not args.quiet, stop=stop)
+        print(orjson.dumps(stats.as_dict()).decode(), file=sys.stderr)
+        return 0 if stats.failed == 0 else 1
+
+    try:
+        return asyncio.run(go())
+    except (ConnectionError, OSError) as exc:
+        print(f"emfence simulate: {exc}", file=sys.stderr)
+        return 1

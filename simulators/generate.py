@@ -1,0 +1,190 @@
+"""``emfence simulate --generate N -o DIR``: a test fleet on real county boundaries.
+
+Writes ``DIR/zones.geojson`` and ``DIR/subjects.json`` (the subjects format of
+``docs/replay.md``), deterministic for a given ``--seed`` and ``--start``:
+
+- counties from the bundled Henan set (GCJ-02, as Chinese map services publish them;
+  ``zone_id`` = adcode). Default: Wolong District, Nanyang (411303) and its neighbours.
+- exclusion circles, GCJ-02 like the county data (a victim's address geocoded on a
+  Chinese map): one victim's home (radius 200-500 m) for about a third of the subjects,
+  and a few prohibited venues per county (schools, bars, internet cafes; 80-300 m)
+  forbidden to some subjects.
+- approved leaves to a neighbouring county for about a tenth of the subjects, with
+  windows around ``--start`` (some over, some open, some to come).
+
+Location data is personal data: everything generated here is synthetic.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+import shapely
+from shapely.geometry import shape
+
+from simulators.geo import sample_points_in
+
+BUNDLED_FILE = "counties-41.geojson.gz"
+DEFAULT_COUNTY = "411303"  # Wolong District, Nanyang, Henan
+LEVEL_WEIGHTS = {"strict": 0.25, "ordinary": 0.5, "lenient": 0.25}
+SHARE_VICTIM = 0.35  # subjects with a victim's home to keep away from
+SHARE_VENUES = 0.2  # subjects forbidden one or two venues of their county
+SHARE_PHONE = 0.4  # subjects who also carry a positioning phone
+SHARE_LEAVE = 0.1  # subjects with an approved leave to a neighbouring county
+VENUES_PER_COUNTY = 4
+VENUE_KINDS = ("school", "bar", "internet_cafe", "ktv")
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+
+class GenerateError(ValueError):
+    """Bad generation request (unknown county, bad count); the message names it."""
+
+
+def bundled_counties() -> dict:
+    """The bundled county boundaries (Henan, GCJ-02) as a parsed GeoJSON FeatureCollection."""
+    spec = importlib.util.find_spec("geofence")
+    if spec is None or not spec.submodule_search_locations:
+        raise GenerateError("the geofence package (with its bundled county data) is not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / BUNDLED_FILE
+    return orjson.loads(gzip.decompress(path.read_bytes()))
+
+
+def county_neighbours(fc: dict, adcode: str, *, tolerance_deg: float = 0.005) -> list[str]:
+    """Adcodes of the counties sharing a border with ``adcode`` (within ~500 m), sorted."""
+    feats = {f["properties"]["zone_id"]: f for f in fc["features"]}
+    if adcode not in feats:
+        raise GenerateError(f"county {adcode} is not in the bundled set")
+    ids = list(feats)
+    geoms = np.array([shape(feats[i]["geometry"]) for i in ids], dtype=object)
+    me = geoms[ids.index(adcode)].buffer(tolerance_deg)
+    tree = shapely.STRtree(geoms)
+    hits = tree.query(me, predicate="intersects")
+    return sorted(ids[i] for i in hits if ids[i] != adcode)
+
+
+@dataclass(frozen=True)
+class GeneratedFleet:
+    zones: dict  # GeoJSON FeatureCollection (GCJ-02)
+    subjects: dict  # {"subjects": [...]}
+
+    def write(self, out_dir: str | Path) -> tuple[Path, Path]:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        zp, sp = out / "zones.geojson", out / "subjects.json"
+        zp.write_bytes(orjson.dumps(self.zones))
+        sp.write_bytes(orjson.dumps(self.subjects, option=orjson.OPT_INDENT_2))
+        return zp, sp
+
+
+def _circle(zone_id: str, lon: float, lat: float, radius_m: float, **props) -> dict:
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Point", "coordinates": [round(float(lon), 6), round(float(lat), 6)]},
+        "properties": {"zone_id": zone_id, "radius_m": float(radius_m), **props},
+    }
+
+
+def generate_fleet(n_subjects: int, *, seed: int = 0, counties: list[str] | None = None,
+                   start_ms: int, source: dict | None = None) -> GeneratedFleet:
+    """``n_subjects`` subjects spread over ``counties`` (default: 411303 and its neighbours,
+    half of the subjects in the first county). ``start_ms`` anchors the leave windows.
+    ``source`` is the county FeatureCollection (default: the bundled Henan set)."""
+    if n_subjects < 1:
+        raise GenerateError(f"the number of subjects must be at least 1, got {n_subjects}")
+    fc = bundled_counties() if source is None else source
+    feats = {f["properties"]["zone_id"]: f for f in fc["features"]}
+    if counties:
+        unknown = [c for c in counties if c not in feats]
+        if unknown:
+            raise GenerateError(f"unknown county adcode(s): {', '.join(unknown)} "
+                                f"(the bundled set has {len(feats)} Henan counties, 41xxxx)")
+        home_counties = list(dict.fromkeys(counties))
+    else:
+        home_counties = [DEFAULT_COUNTY] + county_neighbours(fc, DEFAULT_COUNTY)
+    rng = np.random.default_rng(seed)
+    geoms = {c: shape(feats[c]["geometry"]) for c in home_counties}
+
+    # Leave destinations: a neighbour of the subject's county (outside it, by definition).
+    neighbours = {c: county_neighbours(fc, c) for c in home_counties}
+
+    # Prohibited venues, per county.
+    venue_features: list[dict] = []
+    venues: dict[str, list[str]] = {}
+    for c in home_counties:
+        pts = sample_points_in(geoms[c], VENUES_PER_COUNTY, rng)
+        venues[c] = []
+        for k, (lon, lat) in enumerate(pts, start=1):
+            zid = f"venue-{c}-{k}"
+            kind = VENUE_KINDS[(k - 1) % len(VENUE_KINDS)]
+            radius = float(rng.integers(8, 31) * 10)
+            venue_features.append(_circle(zid, lon, lat, radius, kind="venue", venue=kind, name=f"{kind} {k}"))
+            venues[c].append(zid)
+
+    # Subjects: half in the first county, the rest spread evenly over the others.
+    if len(home_counties) == 1:
+        county_of = [home_counties[0]] * n_subjects
+    else:
+        first = rng.random(n_subjects) < 0.5
+        others = rng.integers(1, len(home_counties), n_subjects)
+        county_of = [home_counties[0] if f else home_counties[o] for f, o in zip(first, others)]
+    width = max(4, len(str(n_subjects)))
+    levels = list(LEVEL_WEIGHTS)
+    level_p = np.array(list(LEVEL_WEIGHTS.values()))
+    victim_features: list[dict] = []
+    subjects = []
+    leave_zones: set[str] = set()
+    for i in range(n_subjects):
+        num = f"{i + 1:0{width}d}"
+        county = county_of[i]
+        subject = {
+            "subject_id": f"S-{num}",
+            "region": county,
+            "level": levels[int(rng.choice(3, p=level_p))],
+            "devices": [{"device_id": f"B-{num}", "kind": "bracelet"}],
+            "inclusion": [county],
+        }
+        if rng.random() < SHARE_PHONE:
+            subject["devices"].append({"device_id": f"P-{num}", "kind": "phone"})
+        exclusion = []
+        if rng.random() < SHARE_VICTIM:
+            (lon, lat), = sample_points_in(geoms[county], 1, rng)
+            zid = f"victim-{num}"
+            radius = float(rng.integers(20, 51) * 10)
+            victim_features.append(_circle(zid, lon, lat, radius, kind="victim_home"))
+            exclusion.append(zid)
+        if rng.random() < SHARE_VENUES:
+            k = int(rng.integers(1, 3))
+            exclusion += sorted(rng.choice(venues[county], size=k, replace=False).tolist())
+        if exclusion:
+            subject["exclusion"] = exclusion
+        if neighbours[county] and rng.random() < SHARE_LEAVE:
+            dest = str(rng.choice(neighbours[county]))
+            # Windows spread from two days before to two days after the start.
+            begin = start_ms + int(rng.integers(-2 * DAY_MS, 2 * DAY_MS) // HOUR_MS) * HOUR_MS
+            length = int(rng.integers(4, 72)) * HOUR_MS
+            subject["leaves"] = [{"start": begin, "end": begin + length, "zones": [dest]}]
+            leave_zones.add(dest)
+        subjects.append(subject)
+
+    county_ids = list(dict.fromkeys(home_counties + sorted(leave_zones - set(home_counties))))
+    county_features = []
+    for c in county_ids:
+        f = feats[c]
+        props = {"zone_id": c, "kind": "county"}
+        for key in ("name", "city", "province"):
+            if key in f["properties"]:
+                props[key] = f["properties"][key]
+        county_features.append({"type": "Feature", "geometry": f["geometry"], "properties": props})
+    zones = {
+        "type": "FeatureCollection",
+        "coord_sys": "gcj02",
+        "source": fc.get("source", "bundled county boundaries"),
+        "features": county_features + victim_features + venue_features,
+    }
+    return GeneratedFleet(zones=zones, subjects={"subjects": subjects})

@@ -1,0 +1,422 @@
+"""Where each subject really is, and what its devices report.
+
+The model, in a local metric frame (:class:`simulators.geo.LocalFrame`):
+
+- Each subject has a *home* and a few other anchors (*work*, *errands*) inside their
+  inclusion zones. Days are star-shaped: home -> anchor -> home, with indoor dwells at
+  each end, and trips on foot (1.4 m/s), by bicycle (4.5 m/s) or by car (11 m/s).
+- Why star-shaped: anchors are drawn at least ``trip_radius_m`` inside the county and
+  within ``2 * trip_radius_m`` of home, so every point of every straight trip lies inside
+  a disc of radius ``trip_radius_m`` around one of its ends, hence inside the county:
+  normal movement never leaves it, without testing each trip against the polygon.
+  Home keeps ``2 * trip_radius_m + NOISE_CLEARANCE_M`` from every exclusion zone, so
+  normal movement never comes within the largest position error of one.
+- ``time_scale`` speeds the day up (dwells and trips last ``1 / time_scale`` of their
+  real length in wall time) so a one-minute demo shows movement; fix timestamps stay
+  on the wall clock.
+- Injected events (:mod:`simulators.scenario`) insert a *detour*: leave the current
+  position, go to targets (outside the county, into an exclusion zone), dwell, come back,
+  then the day resumes, shifted by the detour's length.
+
+What devices report (:meth:`MovementModel.observe`): the true position plus an error
+whose size matches the reported accuracy. ``acc`` is drawn per fix by source, log-uniform
+in GPS 3-30 m, Wi-Fi 50-300 m, cell 300-2000 m; the error is Rayleigh-distributed with
+``acc`` as its 95th percentile and truncated at ``acc``, so the reported ``acc`` always
+covers the truth (the rules treat a fix as *out* only beyond max(buffer, acc), so a
+device that is really inside never looks out). Indoors the source is mostly Wi-Fi or
+cell, and some fixes are missing altogether (drop-outs); while moving it is mostly GPS;
+during an injected event it is GPS (outdoors, and it keeps the ground truth sharp).
+Phones report GCJ-02 (the coordinates of Chinese map SDKs), bracelets WGS-84.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import shapely
+from shapely.geometry import Point
+
+from simulators.geo import LocalFrame, sample_points_in
+
+# Sources, as the wire contract spells them; the index is the code used in arrays.
+SOURCES = ("gps", "wifi", "cell")
+SRC_GPS, SRC_WIFI, SRC_CELL, SRC_NONE = 0, 1, 2, 3
+ACC_RANGE_M = {SRC_GPS: (3.0, 30.0), SRC_WIFI: (50.0, 300.0), SRC_CELL: (300.0, 2000.0)}
+MAX_ERROR_M = 2000.0
+# Keep normal movement this far from exclusion zones: the largest error, plus a margin.
+NOISE_CLEARANCE_M = MAX_ERROR_M + 200.0
+# Source probabilities (gps, wifi, cell, none = drop-out) by what the subject is doing.
+LEG_DWELL, LEG_MOVING, LEG_EVENT = 0, 1, 2
+SOURCE_P = {
+    LEG_DWELL: (0.25, 0.45, 0.15, 0.15),
+    LEG_MOVING: (0.93, 0.02, 0.05, 0.0),
+    LEG_EVENT: (1.0, 0.0, 0.0, 0.0),
+}
+SPEEDS_M_S = {"walk": 1.4, "cycle": 4.5, "drive": 11.0}
+MIN_MS = 60_000
+# Dwell lengths in simulated minutes: (low, high) by anchor kind.
+DWELL_MIN = {"home": (30, 180), "work": (120, 300), "errand": (5, 45)}
+FOREVER_MS = 2**40  # leg end of the last dwell: ~35 years
+COORD_WGS84, COORD_GCJ02 = 0, 1
+
+
+class MovementError(ValueError):
+    """The subjects/zones do not allow a movement plan; names the subject and why."""
+
+    def __init__(self, reason: str, *, subject_id: str | None = None):
+        self.reason = reason
+        self.subject_id = subject_id
+        super().__init__(f"subject {subject_id!r}: {reason}" if subject_id else reason)
+
+
+def time_ms(value, what: str) -> int:
+    """Epoch ms from an int or an ISO 8601 string with a UTC offset."""
+    if isinstance(value, bool):
+        raise MovementError(f"{what}: expected epoch ms or ISO 8601, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise MovementError(f"{what}: not ISO 8601: {value!r}") from exc
+        if dt.tzinfo is None:
+            raise MovementError(f"{what}: ISO time without a UTC offset: {value!r}")
+        return int(dt.timestamp() * 1000)
+    raise MovementError(f"{what}: expected epoch ms or ISO 8601, got {value!r}")
+
+
+@dataclass
+class Fleet:
+    """A subjects file with its zones, in the simulator's metric frame.
+
+    Per subject ``s``: ``inclusion_m[s]`` (union of inclusion zones), ``allowed_any_m[s]``
+    (inclusion plus every leave zone, whatever the window), ``exclusions_m[s]`` (list of
+    ``(zone_id, geometry)``); per device ``d``: ``device_ids[d]``, ``device_subject[d]``,
+    ``device_kind[d]``, ``device_region[d]``. All geometry in metres of ``frame``."""
+
+    frame: LocalFrame
+    subject_ids: list[str]
+    subject_level: list[str]
+    subject_region: list[str]
+    inclusion_ids: list[list[str]]
+    inclusion_m: list
+    allowed_any_m: list
+    exclusions_m: list[list[tuple[str, object]]]
+    leaves: list[list[tuple[int, int, list[str]]]]
+    device_ids: list[str]
+    device_subject: np.ndarray
+    device_kind: list[str]
+    device_region: list[str]
+    device_index: dict[str, int] = field(default_factory=dict)
+    zone_m: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def n_devices(self) -> int:
+        return len(self.device_ids)
+
+    @property
+    def n_subjects(self) -> int:
+        return len(self.subject_ids)
+
+    @classmethod
+    def build(cls, subjects_doc: dict, zones) -> "Fleet":
+        """From a parsed subjects file and the zones of ``geofence.load_zones`` (WGS-84)."""
+        by_id = {z.zone_id: z for z in zones}
+        raw = subjects_doc.get("subjects") if isinstance(subjects_doc, dict) else None
+        if not isinstance(raw, list) or not raw:
+            raise MovementError('the subjects file needs a non-empty "subjects" list')
+
+        def geom(zid: str, sid: str):
+            if zid not in by_id:
+                raise MovementError(f"unknown zone {zid!r}", subject_id=sid)
+            return by_id[zid].geometry
+
+        incl_wgs = []
+        for s in raw:
+            sid = s.get("subject_id")
+            ids = s.get("inclusion") or []
+            if not ids:
+                raise MovementError("no inclusion zone: the simulator needs one to move in", subject_id=sid)
+            incl_wgs.append(shapely.union_all([geom(z, sid) for z in ids]))
+        frame = LocalFrame.around(incl_wgs)
+        cache: dict[str, object] = {}
+
+        def geom_m(zid: str, sid: str):
+            if zid not in cache:
+                cache[zid] = frame.geom_to_m(geom(zid, sid))
+            return cache[zid]
+
+        subject_ids, levels, regions, incl_ids, incl_m, allowed, excl, leaves = ([] for _ in range(8))
+        device_ids, device_subject, device_kind, device_region = [], [], [], []
+        union_cache: dict[tuple, object] = {}
+        for si, s in enumerate(raw):
+            sid = s["subject_id"]
+            subject_ids.append(sid)
+            levels.append(s.get("level", "ordinary"))
+            regions.append(str(s.get("region", "")))
+            ids = tuple(s["inclusion"])
+            incl_ids.append(list(ids))
+            key = ids
+            if key not in union_cache:
+                union_cache[key] = shapely.union_all([geom_m(z, sid) for z in ids])
+            incl_m.append(union_cache[key])
+            lv = []
+            leave_zone_ids: list[str] = []
+            for k, leave in enumerate(s.get("leaves") or []):
+                start = time_ms(leave.get("start"), f"subject {sid} leave {k} start")
+                end = time_ms(leave.get("end"), f"subject {sid} leave {k} end")
+                lv.append((start, end, list(leave.get("zones") or [])))
+                leave_zone_ids += list(leave.get("zones") or [])
+            leaves.append(lv)
+            akey = ids + tuple(sorted(set(leave_zone_ids)))
+            if akey not in union_cache:
+                union_cache[akey] = shapely.union_all([geom_m(z, sid) for z in akey])
+            allowed.append(union_cache[akey])
+            excl.append([(z, geom_m(z, sid)) for z in (s.get("exclusion") or [])])
+            for d in s.get("devices") or []:
+                device_ids.append(d["device_id"])
+                device_subject.append(si)
+                device_kind.append(d.get("kind", "bracelet"))
+                device_region.append(str(s.get("region", "")))
+        fleet = cls(frame, subject_ids, levels, regions, incl_ids, incl_m, allowed, excl, leaves,
+                    device_ids, np.asarray(device_subject, dtype=np.int64), device_kind, device_region)
+        fleet.device_index = {d: i for i, d in enumerate(device_ids)}
+        fleet.zone_m = cache
+        return fleet
+
+    def devices_of(self, s: int) -> list[int]:
+        return [int(d) for d in np.flatnonzero(self.device_subject == s)]
+
+
+class MovementModel:
+    """Day plans for every subject of a :class:`Fleet` from ``start_ms`` on (wall time).
+
+    ``true_position_m(subject, t_ms)`` answers vectorised; ``observe`` adds what a device
+    reports. Deterministic for a given ``seed``."""
+
+    def __init__(self, fleet: Fleet, *, seed: int, start_ms: int, time_scale: float = 1.0,
+                 trip_radius_m: float = 2000.0):
+        if time_scale <= 0:
+            raise MovementError(f"time_scale must be positive, got {time_scale}")
+        self.fleet = fleet
+        self.start_ms = int(start_ms)
+        self.time_scale = float(time_scale)
+        self.seed = seed
+        rng = np.random.default_rng([seed, 0x6D6F7665])
+        self.home = np.zeros((fleet.n_subjects, 2))
+        self.anchors: list[list[tuple[str, float, float]]] = []
+        self._legs: list[list[tuple]] = []
+        eroded_cache: dict[tuple[int, float], object] = {}
+        for s in range(fleet.n_subjects):
+            home, anchors = self._place_anchors(s, rng, trip_radius_m, eroded_cache)
+            self.home[s] = home
+            self.anchors.append(anchors)
+            self._legs.append(self._day_plan(s, rng))
+        self._compiled = None
+
+    # -- planning (Python, once per subject) ------------------------------------------
+
+    def _place_anchors(self, s: int, rng, trip_radius_m: float, cache):
+        fleet = self.fleet
+        sid = fleet.subject_ids[s]
+        incl = fleet.inclusion_m[s]
+        excl = [g for _, g in fleet.exclusions_m[s]]
+        excl_union = shapely.union_all(excl) if excl else None
+        # Smaller trip radii for subjects whose county is too small or crowded.
+        for radius in (trip_radius_m, trip_radius_m / 2, trip_radius_m / 4):
+            key = (id(incl), radius)
+            if key not in cache:
+                cache[key] = incl.buffer(-radius)
+            eroded = cache[key]
+            if eroded.is_empty:
+                continue
+            cand = sample_points_in(eroded, 64, rng)
+            if excl_union is not None:
+                keep = shapely.distance(shapely.points(cand), excl_union) >= 2 * radius + NOISE_CLEARANCE_M
+                cand = cand[keep]
+            if not len(cand):
+                continue
+            home = cand[0]
+            anchors = [("home", home[0], home[1])]
+            disc = Point(home).buffer(2 * radius * 0.98).intersection(eroded)
+            kinds = ["work"] + ["errand"] * int(rng.integers(2, 5))
+            pts = sample_points_in(disc, len(kinds), rng) if not disc.is_empty else np.empty((0, 2))
+            for kind, (x, y) in zip(kinds, pts):
+                anchors.append((kind, float(x), float(y)))
+            return home, anchors
+        raise MovementError("no place for a home: the inclusion zone is too small or its "
+                            "exclusion zones leave no room", subject_id=sid)
+
+    def _trip_ms(self, rng, length_m: float) -> int:
+        r = rng.random()
+        if length_m < 1200 and r < 0.7:
+            mode = "walk"
+        elif length_m < 3000 and r < 0.6:
+            mode = "cycle"
+        else:
+            mode = "drive"
+        return max(1, int(length_m / SPEEDS_M_S[mode] * 1000 / self.time_scale))
+
+    def _dwell_ms(self, rng, kind: str) -> int:
+        lo, hi = DWELL_MIN[kind]
+        return max(1, int(rng.uniform(lo, hi) * MIN_MS / self.time_scale))
+
+    def _day_plan(self, s: int, rng, horizon_ms: int = 7 * 24 * 3_600_000) -> list[tuple]:
+        """Legs ``(t0_ms, t1_ms, x0, y0, x1, y1, kind)`` from before ``start_ms`` on."""
+        anchors = self.anchors[s]
+        hx, hy = self.home[s]
+        # Start at home at a random point of a home dwell.
+        t = self.start_ms - int(rng.uniform(0, 1) * self._dwell_ms(rng, "home"))
+        legs = []
+        end = self.start_ms + int(horizon_ms / self.time_scale)
+        others = anchors[1:]
+        while t < end and others:
+            dwell = self._dwell_ms(rng, "home")
+            legs.append((t, t + dwell, hx, hy, hx, hy, LEG_DWELL))
+            t += dwell
+            kind, ax, ay = others[int(rng.integers(len(others)))]
+            trip = self._trip_ms(rng, float(np.hypot(ax - hx, ay - hy)))
+            legs.append((t, t + trip, hx, hy, ax, ay, LEG_MOVING))
+            t += trip
+            dwell = self._dwell_ms(rng, kind)
+            legs.append((t, t + dwell, ax, ay, ax, ay, LEG_DWELL))
+            t += dwell
+            trip = self._trip_ms(rng, float(np.hypot(ax - hx, ay - hy)))
+            legs.append((t, t + trip, ax, ay, hx, hy, LEG_MOVING))
+            t += trip
+        legs.append((t, t + FOREVER_MS, hx, hy, hx, hy, LEG_DWELL))
+        return legs
+
+    def position_at(self, s: int, t_ms: int) -> tuple[float, float]:
+        """True position (metres) of subject ``s`` at wall time ``t_ms`` (scalar)."""
+        x, y, _ = self.true_position_m(np.array([s]), np.array([t_ms]))
+        return float(x[0]), float(y[0])
+
+    def insert_detour(self, s: int, t_ms: int, targets: list[tuple[float, float]], *,
+                      travel_ms: int, dwell_ms: int) -> tuple[int, int]:
+        """From ``t_ms`` on, subject ``s`` goes through ``targets`` (metres; each leg
+        ``travel_ms`` long, with a ``dwell_ms`` stop at the last), comes back to where it
+        was, and resumes its day shifted by the detour. Returns the detour's
+        ``(start_ms, end_ms)``. The detour's fixes are GPS (:data:`LEG_EVENT`)."""
+        x, y = self.position_at(s, t_ms)
+        legs = self._legs[s]
+        pts = [(x, y)] + list(targets)
+        detour = []
+        t = t_ms
+        for (ax, ay), (bx, by) in zip(pts[:-1], pts[1:]):
+            detour.append((t, t + travel_ms, ax, ay, bx, by, LEG_EVENT))
+            t += travel_ms
+        lx, ly = pts[-1]
+        detour.append((t, t + dwell_ms, lx, ly, lx, ly, LEG_EVENT))
+        t += dwell_ms
+        for (ax, ay), (bx, by) in zip(pts[::-1][:-1], pts[::-1][1:]):
+            detour.append((t, t + travel_ms, ax, ay, bx, by, LEG_EVENT))
+            t += travel_ms
+        shift = t - t_ms
+        new = []
+        for leg in legs:
+            t0, t1, x0, y0, x1, y1, kind = leg
+            if t1 <= t_ms:
+                new.append(leg)
+            elif t0 >= t_ms:
+                new.append((t0 + shift, t1 + shift, x0, y0, x1, y1, kind))
+            else:  # the leg running at t_ms: split it around the detour
+                new.append((t0, t_ms, x0, y0, x, y, kind))
+                new += detour
+                new.append((t, t1 + shift, x, y, x1, y1, kind))
+        self._legs[s] = new
+        self._compiled = None
+        return t_ms, t
+
+    def shift(self, delta_ms: int) -> None:
+        """Move every plan ``delta_ms`` later (see ``Simulation.shift``)."""
+        self.start_ms += delta_ms
+        self._legs = [[(t0 + delta_ms, t1 + delta_ms, *rest) for t0, t1, *rest in legs]
+                      for legs in self._legs]
+        self._compiled = None
+
+    # -- vectorised queries ------------------------------------------------------------
+
+    def _compile(self):
+        if self._compiled is None:
+            n = [len(legs) for legs in self._legs]
+            arr = np.array([leg for legs in self._legs for leg in legs], dtype=np.float64)
+            subj = np.repeat(np.arange(len(n), dtype=np.int64), n)
+            t0 = np.array([leg[0] for legs in self._legs for leg in legs], dtype=np.int64)
+            t1 = np.array([leg[1] for legs in self._legs for leg in legs], dtype=np.int64)
+            base = min(int(t0.min()), self.start_ms) - 1
+            self._base = base
+            self._span = int(t1.max() - base) + 1
+            keys = subj * self._span + (t0 - base)
+            self._compiled = (keys, t0, t1, arr[:, 2:6], arr[:, 6].astype(np.int8))
+        return self._compiled
+
+    def true_position_m(self, subject: np.ndarray, t_ms: np.ndarray):
+        """True positions (metres) of subjects at wall times: ``(x, y, leg_kind)``."""
+        keys, t0, t1, xy, kind = self._compile()
+        subject = np.asarray(subject, dtype=np.int64)
+        t = np.asarray(t_ms, dtype=np.int64)
+        q = subject * self._span + (np.maximum(t, self._base + 1) - self._base)
+        i = np.searchsorted(keys, q, side="right") - 1
+        dur = np.maximum(t1[i] - t0[i], 1)
+        f = np.clip((t - t0[i]) / dur, 0.0, 1.0)
+        x = xy[i, 0] + (xy[i, 2] - xy[i, 0]) * f
+        y = xy[i, 1] + (xy[i, 3] - xy[i, 1]) * f
+        return x, y, kind[i]
+
+    def observe(self, device: np.ndarray, t_ms: np.ndarray, rng: np.random.Generator) -> "Observations":
+        """What devices report at wall times ``t_ms``: positions with errors, accuracy,
+        source, coordinate system. ``src == SRC_NONE`` marks a drop-out (no fix)."""
+        from geofence.gcj02 import wgs84_to_gcj02
+
+        fleet = self.fleet
+        device = np.asarray(device, dtype=np.int64)
+        subj = fleet.device_subject[device]
+        x, y, kind = self.true_position_m(subj, t_ms)
+        n = len(device)
+        src = np.full(n, SRC_GPS, dtype=np.int8)
+        u = rng.random(n)
+        for k, p in SOURCE_P.items():
+            sel = kind == k
+            edges = np.cumsum(p)
+            src[sel] = np.searchsorted(edges, u[sel], side="right").clip(0, 3)
+        acc = np.zeros(n)
+        for code, (lo, hi) in ACC_RANGE_M.items():
+            sel = src == code
+            acc[sel] = np.exp(rng.uniform(np.log(lo), np.log(hi), int(sel.sum())))
+        acc = np.ceil(acc * 10.0) / 10.0  # reported with 0.1 m resolution, rounded up
+        # Rayleigh with acc as its 95th percentile (sigma = acc / 2.448), truncated at acc.
+        err = np.minimum(rng.rayleigh(acc / 2.4477), 0.98 * acc)
+        ang = rng.uniform(0, 2 * np.pi, n)
+        ox, oy = x + err * np.cos(ang), y + err * np.sin(ang)
+        lon, lat = fleet.frame.to_deg(ox, oy)
+        tlon, tlat = fleet.frame.to_deg(x, y)
+        phone = np.array([fleet.device_kind[d] == "phone" for d in device], dtype=bool)
+        coord = np.where(phone, COORD_GCJ02, COORD_WGS84).astype(np.int8)
+        if phone.any():
+            glon, glat = wgs84_to_gcj02(lon[phone], lat[phone])
+            lon = lon.copy()
+            lat = lat.copy()
+            lon[phone], lat[phone] = glon, glat
+        return Observations(device, np.asarray(t_ms, dtype=np.int64), lon, lat, acc, src, coord,
+                            tlon, tlat, err)
+
+
+@dataclass
+class Observations:
+    """Per fix: ``lon``/``lat`` as reported (in ``coord`` system), ``acc`` metres,
+    ``src`` code, and the truth (``true_lon``/``true_lat`` WGS-84, ``error_m``)."""
+
+    device: np.ndarray
+    t_ms: np.ndarray
+    lon: np.ndarray
+    lat: np.ndarray
+    acc: np.ndarray
+    src: np.ndarray
+    coord: np.ndarray
+    true_lon: np.ndarray
+    true_lat: np.ndarray
+    error_m: np.ndarray

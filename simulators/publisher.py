@@ -1,0 +1,197 @@
+"""Publishing a :class:`simulators.scenario.Simulation` like firmware: MQTT, QoS 1.
+
+Two connection modes:
+
+- **per device** (realism): every device has its own connection, client id = device id,
+  logged in as itself (password derived from the site secret exactly like
+  ``emfence mqtt-passwords``), so the broker's ACL applies to each one.
+- **pool** (load): a few connections share all devices, logged in with one account (the
+  test-only ``emfence-loadgen``) or anonymously on a broker that allows it.
+
+Rate control is by the clock: slot ``m`` is published once the wall clock passes its due
+time (see :mod:`simulators.scenario`); the loop wakes every ``tick_ms``, publishes
+everything due, and never sends early. If the broker (or this process) cannot keep up,
+slots are sent late and ``lag_ms`` in the progress line grows: that run is not keeping
+the rate, whatever it was asked. Every publish is QoS 1 and counts as *acknowledged*
+when its PUBACK arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiomqtt
+
+from simulators.scenario import Outgoing, Simulation
+
+
+@dataclass
+class PublishStats:
+    """Counters of one run; ``lag_ms_max`` is how late the latest slot went out at worst."""
+
+    sent: int = 0
+    acked: int = 0
+    failed: int = 0
+    by_kind: Counter = field(default_factory=Counter)
+    started_ms: int = 0
+    ended_ms: int = 0
+    lag_ms_max: float = 0.0
+    last_slot_ms: int = 0
+    errors: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict:
+        secs = max((self.ended_ms - self.started_ms) / 1000.0, 1e-9)
+        return {"sent": self.sent, "acked": self.acked, "failed": self.failed,
+                "by_kind": dict(self.by_kind), "duration_s": round(secs, 3),
+                "acked_per_s": round(self.acked / secs, 1), "lag_ms_max": round(self.lag_ms_max, 1),
+                "errors": dict(self.errors)}
+
+
+class Publisher:
+    """Connections plus the clocked publish loop.
+
+    ``credentials(device_idx) -> (username, password)`` selects per-device mode; without
+    it, ``pool_size`` connections log in as ``username``/``password`` (or anonymously).
+    """
+
+    def __init__(self, sim: Simulation, host: str, port: int, *,
+                 credentials: Callable[[int], tuple[str, str]] | None = None,
+                 username: str | None = None, password: str | None = None, pool_size: int = 4,
+                 max_inflight: int = 20_000, tick_ms: float = 5.0, progress: bool = True,
+                 connect_concurrency: int = 64, client_prefix: str = "emfence-sim"):
+        if credentials is not None and (username or password):
+            raise ValueError("per-device credentials and a pool account exclude each other")
+        if pool_size < 1:
+            raise ValueError(f"pool_size must be at least 1, got {pool_size}")
+        self.sim = sim
+        self.host, self.port = host, port
+        self.credentials = credentials
+        self.username, self.password = username, password
+        self.pool_size = pool_size
+        self.tick_ms = tick_ms
+        self.progress = progress
+        self.connect_concurrency = connect_concurrency
+        self.client_prefix = client_prefix
+        self._inflight = asyncio.Semaphore(max_inflight)
+        self.stats = PublishStats()
+        self._clients: list[aiomqtt.Client] = []
+        self._pending: set[asyncio.Task] = set()
+
+    @property
+    def per_device(self) -> bool:
+        return self.credentials is not None
+
+    def _make_clients(self) -> list[aiomqtt.Client]:
+        if self.per_device:
+            out = []
+            for d, device_id in enumerate(self.sim.fleet.device_ids):
+                user, pw = self.credentials(d)
+                out.append(aiomqtt.Client(self.host, self.port, identifier=device_id, username=user,
+                                          password=pw, clean_session=True, timeout=30))
+            return out
+        import os
+        return [aiomqtt.Client(self.host, self.port, identifier=f"{self.client_prefix}-{os.getpid()}-{k}",
+                               username=self.username, password=self.password, clean_session=True,
+                               timeout=30)
+                for k in range(self.pool_size)]
+
+    async def connect(self) -> None:
+        """Open every connection (bounded concurrency); raises the first failure, naming it."""
+        self._clients = self._make_clients()
+        gate = asyncio.Semaphore(self.connect_concurrency)
+
+        async def one(c: aiomqtt.Client) -> None:
+            async with gate:
+                try:
+                    await c.__aenter__()
+                except aiomqtt.MqttError as exc:
+                    raise ConnectionError(f"MQTT connect as {c._client._username!r} "
+                                          f"(client id {c.identifier}) to {self.host}:{self.port} "
+                                          f"failed: {exc}") from exc
+
+        results = await asyncio.gather(*(one(c) for c in self._clients), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await self.close()
+            raise errors[0]
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.__aexit__(None, None, None) for c in self._clients),
+                             return_exceptions=True)
+        self._clients = []
+
+    def _client_for(self, msg: Outgoing) -> aiomqtt.Client:
+        if self.per_device:
+            return self._clients[msg.device]
+        return self._clients[msg.device % len(self._clients)]
+
+    async def _publish(self, client: aiomqtt.Client, msg: Outgoing) -> None:
+        try:
+            await client.publish(msg.topic, msg.payload, qos=1)
+            self.stats.acked += 1
+        except Exception as exc:  # noqa: BLE001 - counted and reported, the run goes on
+            self.stats.failed += 1
+            self.stats.errors[type(exc).__name__] += 1
+        finally:
+            self._inflight.release()
+
+    def _progress_line(self, now_ms: float, final: bool = False) -> None:
+        if not self.progress:
+            return
+        st = self.stats
+        secs = max((now_ms - st.started_ms) / 1000.0, 1e-9)
+        line = (f"[simulate] {secs:6.1f} s  rate {st.sent / secs:9.0f}/s  sent {st.sent}  "
+                f"acked {st.acked}  failed {st.failed}  lag {st.lag_ms_max:.0f} ms")
+        if sys.stderr.isatty():
+            print("\r" + line, end="\n" if final else "", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    async def run(self, stop: asyncio.Event | None = None, drain_timeout_s: float = 30.0) -> PublishStats:
+        """Publish every slot at its due time (or until ``stop`` is set), then wait for the
+        outstanding PUBACKs (at most ``drain_timeout_s``)."""
+        sim = self.sim
+        stop = stop or asyncio.Event()
+        st = self.stats
+        now = time.time() * 1000.0
+        if now > sim.start_ms:
+            sim.shift(int(now - sim.start_ms) + 1)  # preparation overran the planned start
+        else:
+            await asyncio.sleep((sim.start_ms - now) / 1000.0)
+        st.started_ms = sim.start_ms
+        m_next = 0
+        next_progress = time.time() * 1000.0 + (1000 if sys.stderr.isatty() else 5000)
+        while m_next < sim.total_slots and not stop.is_set():
+            now = time.time() * 1000.0
+            due = min(sim.total_slots, int((now - sim.start_ms) * sim.rate / 1000.0) + 1)
+            if due > m_next:
+                late = now - float(sim.slot_ms(m_next))
+                st.lag_ms_max = max(st.lag_ms_max, late)
+                for msg in sim.messages(m_next, due):
+                    await self._inflight.acquire()
+                    task = asyncio.create_task(self._publish(self._client_for(msg), msg))
+                    self._pending.add(task)
+                    task.add_done_callback(self._pending.discard)
+                    st.sent += 1
+                    st.by_kind[msg.kind] += 1
+                st.last_slot_ms = int(sim.slot_ms(due - 1))
+                m_next = due
+            if now >= next_progress:
+                self._progress_line(now)
+                next_progress = now + (1000 if sys.stderr.isatty() else 5000)
+            next_due = float(sim.slot_ms(m_next)) if m_next < sim.total_slots else now
+            wait_ms = max(next_due - time.time() * 1000.0, 0.0)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=min(max(wait_ms, 0.5), self.tick_ms) / 1000.0)
+            except asyncio.TimeoutError:
+                pass
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=drain_timeout_s)
+        st.ended_ms = int(time.time() * 1000)
+        self._progress_line(st.ended_ms, final=True)
+        return st

@@ -1,0 +1,246 @@
+"""``emfence score``: the engine's alarms against the simulator's ground truth.
+
+    emfence score --truth truth.jsonl --alarms alarms.jsonl [--json] [--late-ms 1000]
+    emfence score --truth truth.jsonl --alarms sqlite:///demo-run/alarms.db
+
+Matching (docs/simulator.md): a *raised* alarm matches a truth event when the type is the
+event's expected alarm, the device is the event's device, the zone is the event's zone
+(when the event names one), and the alarm's ``at`` lies in the event's window
+``[start - slack_ms, end + slack_ms]``. Each truth event takes at most one alarm and each
+alarm at most one event (earliest first). Then:
+
+- **missed**: truth events expecting an alarm that no alarm matched;
+- **false**: raised alarms with ``at`` inside the run that match no truth event (this
+  includes a second alarm in one episode, i.e. flapping, and anything raised for the
+  negative events: spoofed fixes, duplicates, malformed payloads, clock skew);
+- **late**: matched alarms that reached the observer more than ``--late-ms`` after ``at``;
+- **latency** ``rx_ms - at`` (p50/p95/p99, ms): from the deciding fix's timestamp (the
+  wall clock when the simulator published it) to the alarm arriving on the alarm topic
+  (alarms.jsonl written by ``emfence simulate --alarms-out``), or to the alarm being
+  recorded in the store (``--alarms`` a store URL: the store's ``created_at``);
+- **not_cleared**: matched alarms with no ``cleared`` event by the end of the record.
+
+Truth events that end after the run ended (an interrupted run) are not scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+DEFAULT_SLACK_MS = 2000
+DEFAULT_LATE_MS = 1000
+
+
+class ScoreError(ValueError):
+    """Unreadable truth or alarms; names the file and line."""
+
+
+@dataclass
+class Truth:
+    start: int
+    end: int
+    events: list[dict]
+    meta: dict = field(default_factory=dict)
+
+
+def read_truth(path: str | Path) -> Truth:
+    """Parse a ground-truth file (first line ``what: run``, optional last ``run_end``)."""
+    meta: dict | None = None
+    end_line: dict | None = None
+    events = []
+    try:
+        lines = Path(path).read_bytes().splitlines()
+    except OSError as exc:
+        raise ScoreError(f"{path}: cannot read: {exc.strerror}") from None
+    for no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise ScoreError(f"{path}:{no}: not JSON: {exc}") from None
+        what = rec.get("what") if isinstance(rec, dict) else None
+        if what == "run":
+            meta = rec
+        elif what == "run_end":
+            end_line = rec
+        elif isinstance(what, str):
+            for key in ("device_id", "start", "end"):
+                if key not in rec:
+                    raise ScoreError(f"{path}:{no}: truth event without {key!r}")
+            events.append(rec)
+        else:
+            raise ScoreError(f"{path}:{no}: a truth line needs a \"what\"")
+    if meta is None:
+        raise ScoreError(f"{path}: no run line (\"what\": \"run\") with the run's start and end")
+    end = int(end_line["end"]) if end_line else int(meta["end"])
+    return Truth(int(meta["start"]), end, events, {**meta, **({"run_end": end_line} if end_line else {})})
+
+
+def read_alarms(source: str) -> list[dict]:
+    """Alarm events from a JSON-lines file (``rx_ms`` optional) or a store URL."""
+    if "://" in source:
+        from alarms.store import open_store
+
+        store = open_store(source)
+        out: list[dict] = []
+        try:
+            seq = 0
+            while True:
+                rows = store.events_since(seq, limit=5000)
+                if not rows:
+                    break
+                for r in rows:
+                    ev = dict(r["data"])
+                    ev.setdefault("rx_ms", r["created_at"])
+                    out.append(ev)
+                seq = rows[-1]["seq"]
+        finally:
+            store.close_store()
+        return out
+    out = []
+    try:
+        lines = Path(source).read_bytes().splitlines()
+    except OSError as exc:
+        raise ScoreError(f"{source}: cannot read: {exc.strerror}") from None
+    for no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            ev = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise ScoreError(f"{source}:{no}: not JSON: {exc}") from None
+        if isinstance(ev, dict) and "event" in ev:
+            out.append(ev)
+    return out
+
+
+def _pct(values: list[float]) -> dict:
+    if not values:
+        return {"n": 0, "p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None}
+    a = np.asarray(values, dtype=np.float64)
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {"n": len(values), "p50_ms": round(float(p50), 1), "p95_ms": round(float(p95), 1),
+            "p99_ms": round(float(p99), 1), "max_ms": round(float(a.max()), 1)}
+
+
+def score(truth: Truth, alarms: list[dict], *, slack_ms: int = DEFAULT_SLACK_MS,
+          late_ms: int = DEFAULT_LATE_MS) -> dict:
+    """The score as a dict (see the module docstring for the definitions)."""
+    raised = [a for a in alarms if a.get("event") == "raised"]
+    cleared_ids = {a.get("alarm_id") for a in alarms if a.get("event") == "cleared"}
+    # Dedupe: an event seen twice (MQTT QoS 1 redelivery) is one event.
+    seen: set = set()
+    unique = []
+    for a in raised:
+        key = a.get("alarm_id") or (a.get("type"), a.get("device_id"), a.get("zone_id"), a.get("at"))
+        if key in seen:
+            continue
+        seen.add(key)
+        unique.append(a)
+    in_run = [a for a in unique if truth.start <= int(a.get("at", 0)) <= truth.end]
+    in_run.sort(key=lambda a: (int(a["at"]), str(a.get("alarm_id"))))
+    scored = [e for e in truth.events if int(e["end"]) <= truth.end + slack_ms]
+    not_scored = len(truth.events) - len(scored)
+    expecting = sorted((e for e in scored if e.get("expect")), key=lambda e: (int(e["start"]), e["device_id"]))
+    used = [False] * len(in_run)
+    matched, missed = [], []
+    for e in expecting:
+        lo, hi = int(e["start"]) - slack_ms, int(e["end"]) + slack_ms
+        hit = None
+        for i, a in enumerate(in_run):
+            if used[i] or a.get("type") != e["expect"] or a.get("device_id") != e["device_id"]:
+                continue
+            if e.get("zone_id") is not None and a.get("zone_id") != e["zone_id"]:
+                continue
+            if lo <= int(a["at"]) <= hi:
+                hit = i
+                break
+        if hit is None:
+            missed.append(e)
+        else:
+            used[hit] = True
+            matched.append((e, in_run[hit]))
+    false = [a for i, a in enumerate(in_run) if not used[i]]
+    latencies = [float(a["rx_ms"]) - float(a["at"]) for _, a in matched if a.get("rx_ms") is not None]
+    by_type: dict[str, dict] = {}
+    for t in sorted({e["expect"] for e in expecting} | {a.get("type") for a in in_run}):
+        lat_t = [float(a["rx_ms"]) - float(a["at"]) for e, a in matched
+                 if e["expect"] == t and a.get("rx_ms") is not None]
+        by_type[t] = {"expected": sum(1 for e in expecting if e["expect"] == t),
+                      "matched": sum(1 for e, _ in matched if e["expect"] == t),
+                      "missed": sum(1 for e in missed if e["expect"] == t),
+                      "false": sum(1 for a in false if a.get("type") == t),
+                      "latency": _pct(lat_t)}
+    late = [a for _, a in matched if a.get("rx_ms") is not None and float(a["rx_ms"]) - float(a["at"]) > late_ms]
+    not_cleared = [a for _, a in matched if a.get("alarm_id") not in cleared_ids]
+
+    def brief(a: dict) -> dict:
+        return {k: a.get(k) for k in ("type", "device_id", "zone_id", "at", "alarm_id", "rx_ms")}
+
+    def brief_truth(e: dict) -> dict:
+        return {k: e.get(k) for k in ("what", "device_id", "zone_id", "start", "end", "expect")}
+
+    return {
+        "run": {"start": truth.start, "end": truth.end, "scenario": truth.meta.get("scenario")},
+        "truth_events": len(truth.events), "not_scored": not_scored,
+        "expected": len(expecting), "matched": len(matched), "missed": len(missed),
+        "false": len(false), "late": len(late), "not_cleared": len(not_cleared),
+        "alarms_raised": len(unique), "alarms_in_run": len(in_run),
+        "latency": _pct(latencies), "by_type": by_type,
+        "missed_events": [brief_truth(e) for e in missed],
+        "false_alarms": [brief(a) for a in false],
+        "late_alarms": [brief(a) for a in late],
+        "not_cleared_alarms": [brief(a) for a in not_cleared],
+        "slack_ms": slack_ms, "late_ms": late_ms,
+    }
+
+
+def format_text(result: dict) -> str:
+    lat = result["latency"]
+    lines = [
+        f"expected {result['expected']}  matched {result['matched']}  missed {result['missed']}  "
+        f"false {result['false']}  late {result['late']}  not cleared {result['not_cleared']}",
+        f"fix->alarm latency (n={lat['n']}): p50 {lat['p50_ms']} ms  p95 {lat['p95_ms']} ms  "
+        f"p99 {lat['p99_ms']} ms  max {lat['max_ms']} ms",
+    ]
+    for t, v in result["by_type"].items():
+        lines.append(f"  {t:<12} expected {v['expected']:>4}  matched {v['matched']:>4}  "
+                     f"missed {v['missed']:>4}  false {v['false']:>4}  p99 {v['latency']['p99_ms']} ms")
+    for e in result["missed_events"][:20]:
+        lines.append(f"  MISSED {e['expect']} for {e['device_id']} ({e['what']}, zone {e['zone_id']}) "
+                     f"in [{e['start']}, {e['end']}]")
+    for a in result["false_alarms"][:20]:
+        lines.append(f"  FALSE  {a['type']} for {a['device_id']} zone {a['zone_id']} at {a['at']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="emfence score", description="Compare alarms against a "
+                                "simulator's ground truth: missed, false and late alarms, latency.")
+    p.add_argument("--truth", required=True, help="ground truth written by `emfence simulate --truth`")
+    p.add_argument("--alarms", required=True, help="alarms.jsonl (from --alarms-out) or a store URL "
+                   "(sqlite:///path.db, postgresql://...)")
+    p.add_argument("--slack-ms", type=int, default=DEFAULT_SLACK_MS,
+                   help=f"widen every truth window by this much on both sides (default {DEFAULT_SLACK_MS})")
+    p.add_argument("--late-ms", type=int, default=DEFAULT_LATE_MS,
+                   help=f"a matched alarm slower than this is late (default {DEFAULT_LATE_MS})")
+    p.add_argument("--json", action="store_true", help="print the score as one JSON object")
+    p.add_argument("--strict", action="store_true", help="exit 1 if anything was missed or false")
+    args = p.parse_args(argv)
+    try:
+        result = score(read_truth(args.truth), read_alarms(args.alarms), slack_ms=args.slack_ms,
+                       late_ms=args.late_ms)
+    except (ScoreError, OSError) as exc:
+        print(f"emfence score: {exc}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(result).decode() if args.json else format_text(result))
+    if args.strict and (result["missed"] or result["false"]):
+        return 1
+    return 0

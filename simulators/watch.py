@@ -1,0 +1,66 @@
+"""Watching the alarm topics: what an operator's screen would receive, and when.
+
+Each alarm event is kept as published by the engine plus ``rx_ms``, the wall-clock
+epoch ms at which it arrived here; ``emfence score`` measures fix->alarm latency as
+``rx_ms - at`` (``at`` is the deciding fix's own timestamp, which the simulator sets
+from the wall clock when it publishes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import aiomqtt
+import orjson
+
+ALARM_TOPIC = "emfence/v1/+/alarms/+"
+
+
+async def watch_alarms(host: str, port: int, *, stop: asyncio.Event, username: str | None = None,
+                       password: str | None = None, out: str | Path | None = None,
+                       on_event: Callable[[dict], None] | None = None,
+                       ready: asyncio.Event | None = None, client_id: str | None = None) -> list[dict]:
+    """Subscribe (QoS 1) to every region's alarm topics until ``stop`` is set. Every event
+    gets ``rx_ms`` and is appended to ``out`` (JSON lines, flushed per event) and passed
+    to ``on_event``. ``ready`` is set once the subscription is acknowledged. Returns the
+    events. A payload that is not a JSON object is kept as ``{"undecodable": ...}``."""
+    events: list[dict] = []
+    fh = open(out, "ab") if out is not None else None
+    try:
+        async with aiomqtt.Client(host, port, username=username, password=password,
+                                  identifier=client_id) as client:
+            await client.subscribe(ALARM_TOPIC, qos=1)
+            if ready is not None:
+                ready.set()
+            messages = client.messages.__aiter__()
+            while not stop.is_set():
+                get = asyncio.ensure_future(messages.__anext__())
+                stopper = asyncio.ensure_future(stop.wait())
+                done, _ = await asyncio.wait({get, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if get not in done:
+                    get.cancel()
+                    break
+                stopper.cancel()
+                msg = get.result()
+                rx_ms = int(time.time() * 1000)
+                try:
+                    event = orjson.loads(msg.payload)
+                    if not isinstance(event, dict):
+                        raise ValueError("not an object")
+                except ValueError:
+                    event = {"undecodable": bytes(msg.payload[:256]).decode(errors="replace")}
+                event["rx_ms"] = rx_ms
+                event["topic"] = str(msg.topic)
+                events.append(event)
+                if fh is not None:
+                    fh.write(orjson.dumps(event) + b"\n")
+                    fh.flush()
+                if on_event is not None:
+                    on_event(event)
+    finally:
+        if fh is not None:
+            fh.close()
+    return events
