@@ -1,0 +1,178 @@
+"""The live feed (server-sent events) over a real uvicorn server on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Iterator
+
+import httpx
+import orjson
+import pytest
+from console_helpers import PASSWORD, T0, add_accounts, raised
+
+from alarms.store import open_store
+from console import create_app, serve
+from emfence.config import Config
+
+
+class Server:
+    """The console served by :func:`console.serve` in a thread with its own event loop."""
+
+    def __init__(self, app):
+        self.port: int | None = None
+        self._ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._task: asyncio.Task | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._app = app
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        def ready(port: int) -> None:
+            self.port = port
+            self._ready.set()
+
+        async def main() -> None:
+            self._task = asyncio.current_task()
+            await serve(self._app, "127.0.0.1", 0, ready=ready)
+
+        try:
+            self._loop.run_until_complete(main())
+        except asyncio.CancelledError:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - reported by start()
+            self._error = exc
+            self._ready.set()
+
+    def start(self) -> "Server":
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error:
+            raise self._error
+        assert self.port, "console did not start"
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "console did not stop when cancelled"
+
+
+@pytest.fixture
+def live(tmp_path):
+    store = open_store(f"sqlite:///{tmp_path / 'alarms.db'}")
+    add_accounts(store)
+    server = Server(create_app(store=store, config=Config(), secure_cookies=False)).start()
+    yield server, store
+    server.stop()
+    store.close_store()
+
+
+def login(base: str, name: str) -> httpx.Client:
+    client = httpx.Client(base_url=base, timeout=httpx.Timeout(20.0))
+    r = client.post("/api/login", json={"name": name, "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    client.headers["X-CSRF-Token"] = r.json()["csrf_token"]
+    return client
+
+
+def messages(response: httpx.Response) -> Iterator[dict]:
+    """Parse an SSE stream into messages: {'event', 'id', 'data'} (comments skipped)."""
+    msg: dict = {}
+    for line in response.iter_lines():
+        if line == "":
+            if "data" in msg or "event" in msg:
+                yield msg
+            msg = {}
+        elif line.startswith(":"):
+            continue
+        else:
+            field, _, value = line.partition(":")
+            msg[field] = value[1:] if value.startswith(" ") else value
+
+
+def next_alarm(stream: Iterator[dict]) -> dict:
+    for msg in stream:
+        if msg.get("event") == "alarm":
+            return {"id": int(msg["id"]), **orjson.loads(msg["data"])}
+        if msg.get("event") == "logout":
+            return {"logout": True}
+    raise AssertionError("feed ended")
+
+
+def test_feed_delivers_a_new_alarm_live_and_resumes_after_last_event_id(live):
+    server, store = live
+    client = login(server.url, "alice")
+    with client.stream("GET", "/api/feed") as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        stream = messages(resp)
+        # Recorded after the feed opened: it must arrive without any reload.
+        [seq] = store.record_events([raised("live-1", "411303", at=T0)], T0)
+        got = next_alarm(stream)
+        assert got["id"] == seq and got["seq"] == seq
+        assert (got["event"], got["alarm_id"], got["region"]) == ("raised", "live-1", "411303")
+        assert got["data"]["lat"] == 33.0 and got["data"]["type"] == "outbound"
+    # Disconnected; two more events happen; the browser reconnects with Last-Event-ID.
+    store.record_events([raised("live-2", "411303", at=T0 + 1)], T0 + 1)
+    store.acknowledge("live-1", "alice", None, T0 + 2)
+    with client.stream("GET", "/api/feed", headers={"Last-Event-ID": str(seq)}) as resp:
+        stream = messages(resp)
+        first, second = next_alarm(stream), next_alarm(stream)
+    assert (first["event"], first["alarm_id"]) == ("raised", "live-2")
+    assert (second["event"], second["alarm_id"]) == ("acknowledged", "live-1")
+    assert second["id"] > first["id"] > seq
+    client.close()
+
+
+def test_feed_carries_only_the_callers_regions(live):
+    server, store = live
+    client = login(server.url, "olga")  # 411302 only
+    with client.stream("GET", f"/api/feed?since={store.last_seq()}") as resp:
+        stream = messages(resp)
+        store.record_events([raised("not-hers", "411303")], T0)
+        store.record_events([raised("hers", "411302", subject="s9", device="d9")], T0)
+        got = next_alarm(stream)
+    assert got["alarm_id"] == "hers"
+    client.close()
+
+
+def test_logout_ends_an_open_feed(live):
+    server, store = live
+    client = login(server.url, "alice")
+    with client.stream("GET", "/api/feed") as resp:
+        stream = messages(resp)
+        other = httpx.Client(base_url=server.url, cookies=client.cookies,
+                             headers={"X-CSRF-Token": client.headers["X-CSRF-Token"]})
+        assert other.post("/api/logout").status_code == 204
+        assert next_alarm(stream) == {"logout": True}
+        other.close()
+    assert client.get("/api/feed").status_code == 401
+    client.close()
+
+
+def test_feed_rejects_a_bad_last_event_id(live):
+    server, _ = live
+    client = login(server.url, "alice")
+    r = client.get("/api/feed", headers={"Last-Event-ID": "abc"})
+    assert r.status_code == 400 and r.json()["error"] == "bad_param"
+    client.close()
+
+
+def test_serve_reports_a_port_in_use(live):
+    server, store = live
+    app = create_app(store=store, config=Config(), secure_cookies=False)
+
+    async def try_bind() -> None:
+        await serve(app, "127.0.0.1", server.port)
+
+    with pytest.raises(OSError):
+        asyncio.run(try_bind())
