@@ -1,0 +1,313 @@
+"""The rule kernels: pure ``@njit(cache=True)`` functions over the state arrays.
+
+Arrays in, arrays out; no clock, no I/O, no Python objects. ``now``/receive times are
+parameters. The rules (see ``docs/replay.md``) run per device on the fix's own ``ts``,
+in arrival order; silence (offline) runs on receive time.
+
+Events are written to two growable 2-D arrays, one row per event:
+
+* ``ev_i`` int64 columns: :data:`EV_DEVICE`, :data:`EV_TYPE`, :data:`EV_ZONE` (-1: none),
+  :data:`EV_RAISED` (1 raised, 0 cleared), :data:`EV_AT` (epoch ms),
+  :data:`EV_EPISODE` (the episode's raised ``at``: the alarm's identity), :data:`EV_LATE`;
+* ``ev_f`` float64 columns: :data:`EF_LAT`, :data:`EF_LON` (WGS-84 degrees),
+  :data:`EF_DISTANCE_M`, :data:`EF_ACC_M` (NaN where no evidence applies).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from geofence.kernels import gcj02_to_wgs84_point, zone_contains, zone_distance_m
+
+# Alarm type codes (index into TYPE_NAMES).
+T_OUTBOUND, T_EXCLUSION, T_OFFLINE, T_TAMPER, T_LOW_BATTERY = 0, 1, 2, 3, 4
+TYPE_NAMES = ("outbound", "exclusion", "offline", "tamper", "low_battery")
+
+# Record kinds for process_records.
+K_FIX, K_STATUS = 0, 1
+
+EV_DEVICE, EV_TYPE, EV_ZONE, EV_RAISED, EV_AT, EV_EPISODE, EV_LATE = 0, 1, 2, 3, 4, 5, 6
+N_EV_I = 7
+EF_LAT, EF_LON, EF_DISTANCE_M, EF_ACC_M = 0, 1, 2, 3
+N_EV_F = 4
+
+# Counter slots (Engine.counters names them).
+C_FIXES, C_STATUSES, C_DUP_FIXES, C_DUP_STATUSES, C_LATE_FIXES, C_LATE_STATUSES = 0, 1, 2, 3, 4, 5
+C_UNKNOWN_DEVICE, C_FULL_SWEEPS = 6, 7
+N_COUNTERS = 8
+COUNTER_NAMES = ("fixes", "statuses", "duplicate_fixes", "duplicate_statuses", "late_fixes",
+                 "late_statuses", "unknown_device", "full_sweeps")
+
+NONE_MS = np.iinfo(np.int64).min
+NO_DEADLINE_MS = np.iinfo(np.int64).max
+OUT_RUN_MAX = 32000  # out_run is int16; saturate well below its limit
+
+
+def new_events(capacity: int) -> tuple[np.ndarray, np.ndarray]:
+    """Empty event buffers with room for ``capacity`` rows (they grow when full)."""
+    capacity = max(int(capacity), 16)
+    return np.empty((capacity, N_EV_I), np.int64), np.empty((capacity, N_EV_F), np.float64)
+
+
+@njit(cache=True)
+def _emit(ev_i, ev_f, n, device, typ, zone, raised, at, episode, late, lat, lon, dist, acc):
+    """Append one event row, doubling the buffers when full; returns (ev_i, ev_f, n + 1)."""
+    if n == ev_i.shape[0]:
+        cap = max(16, 2 * ev_i.shape[0])
+        gi = np.empty((cap, ev_i.shape[1]), np.int64)
+        gf = np.empty((cap, ev_f.shape[1]), np.float64)
+        gi[:n] = ev_i[:n]
+        gf[:n] = ev_f[:n]
+        ev_i, ev_f = gi, gf
+    ev_i[n, 0] = device
+    ev_i[n, 1] = typ
+    ev_i[n, 2] = zone
+    ev_i[n, 3] = raised
+    ev_i[n, 4] = at
+    ev_i[n, 5] = episode
+    ev_i[n, 6] = late
+    ev_f[n, 0] = lat
+    ev_f[n, 1] = lon
+    ev_f[n, 2] = dist
+    ev_f[n, 3] = acc
+    return ev_i, ev_f, n + 1
+
+
+@njit(cache=True)
+def _sweep_into(st, now, ev_i, ev_f, n, counters):
+    """Raise ``offline`` for every device whose deadline (last receive + offline_after)
+    is before ``now``. O(1) while ``now`` has not passed the floor (a lower bound of all
+    deadlines); otherwise one pass over ``deadline_ms`` that also recomputes the floor."""
+    if now <= st.floor_ms[0]:
+        return ev_i, ev_f, n
+    counters[C_FULL_SWEEPS] += 1
+    deadline = st.deadline_ms
+    floor = NO_DEADLINE_MS
+    nan = np.nan
+    for d in range(deadline.shape[0]):
+        dl = deadline[d]
+        if dl < now:  # silence = now - last_rx > offline_after
+            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OFFLINE, -1, 1, dl, dl, 0,
+                                  nan, nan, nan, nan)
+            st.offline_at_ms[d] = dl
+            deadline[d] = NO_DEADLINE_MS
+        elif dl < floor:
+            floor = dl
+    st.floor_ms[0] = floor
+    return ev_i, ev_f, n
+
+
+@njit(cache=True)
+def sweep(st, now, ev_i, ev_f, counters):
+    """Offline sweep at receive-clock ``now`` (epoch ms); returns (ev_i, ev_f, n_events)."""
+    return _sweep_into(st, now, ev_i, ev_f, 0, counters)
+
+
+@njit(cache=True)
+def _touch(st, ra, d, rx, offline_after_ms, ev_i, ev_f, n):
+    """A message from device ``d`` was received at ``rx``: clear an open offline episode
+    (``at`` = the receive time) and move the device's offline deadline."""
+    ep = st.offline_at_ms[d]
+    if ep != NONE_MS:
+        at = rx if rx > ep else ep  # never clear before the raise (out-of-order receive times)
+        nan = np.nan
+        ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OFFLINE, -1, 0, at, ep, 0, nan, nan, nan, nan)
+        st.offline_at_ms[d] = NONE_MS
+    if st.last_rx_ms[d] == NONE_MS or rx > st.last_rx_ms[d]:
+        st.last_rx_ms[d] = rx
+    dl = st.last_rx_ms[d] + offline_after_ms[ra.device_level[d]]
+    st.deadline_ms[d] = dl
+    if dl < st.floor_ms[0]:
+        st.floor_ms[0] = dl
+    return ev_i, ev_f, n
+
+
+@njit(cache=True)
+def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, ev_f, n):
+    """Exclusion and outbound rules for one fix (WGS-84 ``lon``/``lat``, ``acc`` metres)."""
+    s = ra.device_subject[d]
+    margin = buffer_m if buffer_m > acc else acc
+
+    # Exclusion: immediate raise inside; clear beyond the margin. A late fix only tells of
+    # a past visit: raised and cleared at its ts, state untouched.
+    e0 = ra.excl_off[s]
+    slot0 = ra.device_slot_off[d]
+    for k in range(ra.excl_off[s + 1] - e0):
+        z = ra.excl_zone[e0 + k]
+        slot = slot0 + k
+        if late:
+            if zone_contains(za, z, lon, lat):
+                ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_EXCLUSION, z, 1, ts, ts, 1,
+                                      lat, lon, 0.0, acc)
+                ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_EXCLUSION, z, 0, ts, ts, 1,
+                                      lat, lon, 0.0, acc)
+            continue
+        ep = st.exclusion_at_ms[slot]
+        if ep == NONE_MS:
+            if zone_contains(za, z, lon, lat):
+                st.exclusion_at_ms[slot] = ts
+                ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_EXCLUSION, z, 1, ts, ts, 0,
+                                      lat, lon, 0.0, acc)
+        else:
+            dz = zone_distance_m(za, z, lon, lat)
+            if dz > margin:
+                st.exclusion_at_ms[slot] = NONE_MS
+                ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_EXCLUSION, z, 0, ts, ep, 0,
+                                      lat, lon, dz, acc)
+    if late:
+        return ev_i, ev_f, n
+
+    # Outbound: distance to the allowed region = min over inclusion zones and the zones
+    # of leaves active at ts. Containment first: the common case is "inside", and it
+    # needs no distance at all.
+    i0 = ra.incl_off[s]
+    i1 = ra.incl_off[s + 1]
+    if i1 == i0:
+        return ev_i, ev_f, n  # no inclusion zone, no outbound rule
+    inside = False
+    for j in range(i0, i1):
+        if zone_contains(za, ra.incl_zone[j], lon, lat):
+            inside = True
+            break
+    l0 = ra.leave_off[s]
+    l1 = ra.leave_off[s + 1]
+    if not inside:
+        for lv in range(l0, l1):
+            if ra.leave_start_ms[lv] <= ts <= ra.leave_end_ms[lv]:
+                for j in range(ra.leave_zone_off[lv], ra.leave_zone_off[lv + 1]):
+                    if zone_contains(za, ra.leave_zone[j], lon, lat):
+                        inside = True
+                        break
+            if inside:
+                break
+    if inside:
+        st.out_run[d] = 0
+        ep = st.outbound_at_ms[d]
+        if ep != NONE_MS:
+            st.outbound_at_ms[d] = NONE_MS
+            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OUTBOUND, st.outbound_zone[d], 0, ts, ep,
+                                  0, lat, lon, 0.0, acc)
+        return ev_i, ev_f, n
+
+    dist = np.inf
+    nearest = -1
+    for j in range(i0, i1):
+        dz = zone_distance_m(za, ra.incl_zone[j], lon, lat)
+        if dz < dist:  # strict: ties keep the first zone listed for the subject
+            dist = dz
+            nearest = ra.incl_zone[j]
+    for lv in range(l0, l1):
+        if ra.leave_start_ms[lv] <= ts <= ra.leave_end_ms[lv]:
+            for j in range(ra.leave_zone_off[lv], ra.leave_zone_off[lv + 1]):
+                dz = zone_distance_m(za, ra.leave_zone[j], lon, lat)
+                if dz < dist:
+                    dist = dz
+    if dist <= 0.0:
+        # On the boundary (containment said no, distance says 0): treat as in.
+        st.out_run[d] = 0
+        ep = st.outbound_at_ms[d]
+        if ep != NONE_MS:
+            st.outbound_at_ms[d] = NONE_MS
+            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OUTBOUND, st.outbound_zone[d], 0, ts, ep,
+                                  0, lat, lon, 0.0, acc)
+        return ev_i, ev_f, n
+    if dist <= margin:
+        return ev_i, ev_f, n  # uncertain: neither counts nor breaks the run
+    if st.out_run[d] < OUT_RUN_MAX:
+        st.out_run[d] += 1
+    if st.out_run[d] >= confirm and st.outbound_at_ms[d] == NONE_MS:
+        st.outbound_at_ms[d] = ts
+        st.outbound_zone[d] = nearest
+        ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OUTBOUND, nearest, 1, ts, ts, 0,
+                              lat, lon, dist, acc)
+    return ev_i, ev_f, n
+
+
+@njit(cache=True)
+def _status_rules(st, d, ts, battery, strap, battery_low_pct, battery_clear_pct,
+                  ev_i, ev_f, n):
+    """Tamper and low-battery hysteresis for one in-order status."""
+    nan = np.nan
+    if strap == 1:
+        if st.tamper_at_ms[d] == NONE_MS:
+            st.tamper_at_ms[d] = ts
+            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_TAMPER, -1, 1, ts, ts, 0, nan, nan, nan, nan)
+    elif strap == 0:
+        ep = st.tamper_at_ms[d]
+        if ep != NONE_MS:
+            st.tamper_at_ms[d] = NONE_MS
+            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_TAMPER, -1, 0, ts, ep, 0, nan, nan, nan, nan)
+    if battery == battery:  # not NaN: the status carried a battery level
+        ep = st.battery_at_ms[d]
+        if ep == NONE_MS:
+            if battery <= battery_low_pct:
+                st.battery_at_ms[d] = ts
+                ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_LOW_BATTERY, -1, 1, ts, ts, 0,
+                                      nan, nan, nan, nan)
+        elif battery >= battery_clear_pct:
+            st.battery_at_ms[d] = NONE_MS
+            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_LOW_BATTERY, -1, 0, ts, ep, 0,
+                                  nan, nan, nan, nan)
+    return ev_i, ev_f, n
+
+
+@njit(cache=True)
+def process_records(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,
+                    st, ra, za, offline_after_ms, buffer_m, confirm, battery_low_pct,
+                    battery_clear_pct, clock_sweep, now, ev_i, ev_f, counters):
+    """Run the rules over records in arrival order; returns ``(ev_i, ev_f, n_events, now)``.
+
+    Record ``i``: ``kind`` (K_FIX / K_STATUS), ``device`` (dense index; out of range is
+    counted and skipped), ``ts`` event time and ``rx`` receive time (epoch ms); for fixes
+    ``lat``/``lon`` degrees in ``coord_sys`` (0 WGS-84, 1 GCJ-02, converted here),
+    ``acc`` metres; for statuses ``battery`` percent (NaN absent) and ``strap`` (-1 absent,
+    0 ok, 1 open). ``offline_after_ms[level]``; ``buffer_m`` metres; ``confirm`` out fixes.
+
+    With ``clock_sweep`` (replay), ``now`` is a receive clock: it advances to each record's
+    ``rx`` and the offline sweep runs whenever it does, before that record is processed,
+    exactly as a live sweep between two messages would.
+    """
+    n = 0
+    n_dev = st.last_rx_ms.shape[0]
+    for i in range(kind.shape[0]):
+        d = device[i]
+        if d < 0 or d >= n_dev:
+            counters[C_UNKNOWN_DEVICE] += 1
+            continue
+        r = rx[i]
+        if clock_sweep and r > now:
+            now = r
+            ev_i, ev_f, n = _sweep_into(st, now, ev_i, ev_f, n, counters)
+        ev_i, ev_f, n = _touch(st, ra, d, r, offline_after_ms, ev_i, ev_f, n)
+        t = ts[i]
+        if kind[i] == K_FIX:
+            counters[C_FIXES] += 1
+            last = st.last_fix_ts_ms[d]
+            if t == last:
+                counters[C_DUP_FIXES] += 1
+                continue
+            late = last != NONE_MS and t < last
+            if late:
+                counters[C_LATE_FIXES] += 1
+            else:
+                st.last_fix_ts_ms[d] = t
+            x = lon[i]
+            y = lat[i]
+            if coord_sys[i] == 1:
+                x, y = gcj02_to_wgs84_point(x, y)
+            ev_i, ev_f, n = _fix_rules(st, ra, za, d, t, x, y, acc[i], late, buffer_m, confirm,
+                                       ev_i, ev_f, n)
+        else:
+            counters[C_STATUSES] += 1
+            last = st.last_status_ts_ms[d]
+            if t == last:
+                counters[C_DUP_STATUSES] += 1
+                continue
+            if last != NONE_MS and t < last:
+                counters[C_LATE_STATUSES] += 1  # an old status says nothing about now
+                continue
+            st.last_status_ts_ms[d] = t
+            ev_i, ev_f, n = _status_rules(st, d, t, battery[i], strap[i], battery_low_pct,
+                                          battery_clear_pct, ev_i, ev_f, n)
+    return ev_i, ev_f, n, now

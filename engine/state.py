@@ -1,0 +1,196 @@
+"""Device state as struct-of-arrays, indexed by the registry's dense device index.
+
+One :class:`DeviceState` NamedTuple is handed to the numba kernels as one argument;
+the kernels update it in place. Times are epoch ms; ``NONE_MS`` marks "never / not
+open" (an alarm's episode key is the ``at`` of its raised event, so "open" is simply
+"episode time is set").
+
+Per device (bytes): last_rx_ms 8, deadline_ms 8, last_fix_ts_ms 8, last_status_ts_ms 8,
+out_run 2, outbound_at_ms 8, outbound_zone 4, offline_at_ms 8, tamper_at_ms 8,
+battery_at_ms 8; per (device, exclusion zone) slot: exclusion_at_ms 8. See
+:func:`bytes_per_device` for the measured figure including the registry's per-device
+arrays.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+NONE_MS = np.iinfo(np.int64).min  # "never" / "no open episode"
+NO_DEADLINE_MS = np.iinfo(np.int64).max  # not due for offline (never heard, or already open)
+CHECKPOINT_VERSION = 1
+
+
+class DeviceState(NamedTuple):
+    """Mutable per-device rule state (see module docstring for units)."""
+
+    last_rx_ms: np.ndarray  # int64: receive time of the newest message (fix or status)
+    deadline_ms: np.ndarray  # int64: last_rx_ms + offline_after(level); NO_DEADLINE_MS if not due
+    last_fix_ts_ms: np.ndarray  # int64: ts of the newest processed fix (late/duplicate test)
+    last_status_ts_ms: np.ndarray  # int64: ts of the newest processed status
+    out_run: np.ndarray  # int16: consecutive *out* fixes (saturating)
+    outbound_at_ms: np.ndarray  # int64: open outbound episode's raised at, or NONE_MS
+    outbound_zone: np.ndarray  # int32: its zone index (nearest inclusion zone at raise)
+    offline_at_ms: np.ndarray  # int64: open offline episode's at, or NONE_MS
+    tamper_at_ms: np.ndarray  # int64
+    battery_at_ms: np.ndarray  # int64
+    exclusion_at_ms: np.ndarray  # int64[n_slots]: per (device, exclusion zone)
+    floor_ms: np.ndarray  # int64[1]: lower bound of every deadline_ms (sweep early-out)
+
+
+def new_state(n_devices: int, n_slots: int) -> DeviceState:
+    """Fresh state: nothing heard, no episode open."""
+    def full(n: int, value: int, dtype=np.int64) -> np.ndarray:
+        return np.full(n, value, dtype=dtype)
+
+    return DeviceState(
+        last_rx_ms=full(n_devices, NONE_MS),
+        deadline_ms=full(n_devices, NO_DEADLINE_MS),
+        last_fix_ts_ms=full(n_devices, NONE_MS),
+        last_status_ts_ms=full(n_devices, NONE_MS),
+        out_run=np.zeros(n_devices, dtype=np.int16),
+        outbound_at_ms=full(n_devices, NONE_MS),
+        outbound_zone=full(n_devices, -1, np.int32),
+        offline_at_ms=full(n_devices, NONE_MS),
+        tamper_at_ms=full(n_devices, NONE_MS),
+        battery_at_ms=full(n_devices, NONE_MS),
+        exclusion_at_ms=full(n_slots, NONE_MS),
+        floor_ms=full(1, NO_DEADLINE_MS),
+    )
+
+
+PER_DEVICE_FIELDS = ("last_rx_ms", "deadline_ms", "last_fix_ts_ms", "last_status_ts_ms", "out_run",
+                     "outbound_at_ms", "outbound_zone", "offline_at_ms", "tamper_at_ms",
+                     "battery_at_ms")
+
+
+def bytes_per_device(state: DeviceState, registry_arrays=None) -> float:
+    """Measured bytes of state per device: every per-device array, the exclusion slots
+    spread over the devices, and (if given) the registry's per-device arrays."""
+    n = len(state.last_rx_ms)
+    if n == 0:
+        return 0.0
+    total = sum(getattr(state, f).nbytes for f in PER_DEVICE_FIELDS) + state.exclusion_at_ms.nbytes
+    if registry_arrays is not None:
+        total += (registry_arrays.device_subject.nbytes + registry_arrays.device_level.nbytes
+                  + registry_arrays.device_slot_off.nbytes)
+    return total / n
+
+
+def recompute_deadlines(state: DeviceState, device_level: np.ndarray,
+                        offline_after_ms: np.ndarray) -> None:
+    """deadline = last receive + offline_after(level) for devices heard from and not
+    already offline; the sweep floor becomes the smallest deadline."""
+    heard = state.last_rx_ms != NONE_MS
+    due = heard & (state.offline_at_ms == NONE_MS)
+    deadline = np.full(len(state.last_rx_ms), NO_DEADLINE_MS, dtype=np.int64)
+    deadline[due] = state.last_rx_ms[due] + offline_after_ms[device_level[due]]
+    state.deadline_ms[:] = deadline
+    state.floor_ms[0] = deadline.min() if len(deadline) else NO_DEADLINE_MS
+
+
+def adopt(old: DeviceState, old_device_ids: list[str], old_slot_keys: list[tuple[str, str]],
+          old_zone_ids: list[str], new: DeviceState, new_device_ids: list[str],
+          new_slot_keys: list[tuple[str, str]], new_zone_index: dict[str, int]) -> dict[str, int]:
+    """Copy ``old`` into ``new`` by device id and by (device id, exclusion zone id).
+
+    Devices and slots that no longer exist are dropped; new ones start fresh. An open
+    outbound episode whose zone id no longer exists is dropped too (its alarm stays open
+    in the store for the operator). Deadlines must be recomputed afterwards. Returns
+    counts of what was kept and dropped.
+    """
+    old_pos = {dev: i for i, dev in enumerate(old_device_ids)}
+    pairs = [(j, old_pos[dev]) for j, dev in enumerate(new_device_ids) if dev in old_pos]
+    kept = len(pairs)
+    if pairs:
+        nj = np.array([p[0] for p in pairs], dtype=np.int64)
+        oi = np.array([p[1] for p in pairs], dtype=np.int64)
+        for f in PER_DEVICE_FIELDS:
+            if f == "outbound_zone":
+                continue
+            getattr(new, f)[nj] = getattr(old, f)[oi]
+        zone_map = np.array([new_zone_index.get(z, -1) for z in old_zone_ids] + [-1],
+                            dtype=np.int32)
+        oz = old.outbound_zone[oi]
+        new.outbound_zone[nj] = zone_map[np.where(oz >= 0, oz, len(old_zone_ids))]
+        lost = (new.outbound_at_ms[nj] != NONE_MS) & (new.outbound_zone[nj] < 0)
+        new.outbound_at_ms[nj[lost]] = NONE_MS
+    old_slot = {key: i for i, key in enumerate(old_slot_keys)}
+    slot_pairs = [(j, old_slot[k]) for j, k in enumerate(new_slot_keys) if k in old_slot]
+    if slot_pairs:
+        new.exclusion_at_ms[[p[0] for p in slot_pairs]] = old.exclusion_at_ms[
+            [p[1] for p in slot_pairs]]
+    return {"devices_kept": kept, "devices_dropped": len(old_device_ids) - kept,
+            "devices_new": len(new_device_ids) - kept,
+            "exclusion_slots_kept": len(slot_pairs),
+            "exclusion_slots_dropped": len(old_slot_keys) - len(slot_pairs)}
+
+
+def save_checkpoint(path: str | Path, state: DeviceState, device_ids: list[str],
+                    slot_keys: list[tuple[str, str]], zone_ids: list[str],
+                    counters: np.ndarray) -> None:
+    """Write the whole state to one ``.npz`` file atomically: a temporary file in the same
+    folder, fsync, rename over ``path``, fsync the folder. A crash leaves either the old or
+    the new checkpoint, never a torn one. Ids are stored so a restore can map state onto a
+    changed registry."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    arrays = {f: getattr(state, f) for f in DeviceState._fields}
+    arrays["device_ids"] = np.array(device_ids, dtype=np.str_)
+    arrays["slot_devices"] = np.array([k[0] for k in slot_keys], dtype=np.str_)
+    arrays["slot_zones"] = np.array([k[1] for k in slot_keys], dtype=np.str_)
+    arrays["zone_ids"] = np.array(zone_ids, dtype=np.str_)
+    arrays["counters"] = counters
+    arrays["version"] = np.array([CHECKPOINT_VERSION], dtype=np.int64)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used; ``path`` names it."""
+
+    def __init__(self, reason: str, path: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+def load_checkpoint(path: str | Path):
+    """Read a checkpoint: ``(state, device_ids, slot_keys, zone_ids, counters)``."""
+    try:
+        with np.load(Path(path), allow_pickle=False) as data:
+            if int(data["version"][0]) != CHECKPOINT_VERSION:
+                raise CheckpointError(f"checkpoint version {int(data['version'][0])}, "
+                                      f"expected {CHECKPOINT_VERSION}", str(path))
+            state = DeviceState(**{f: data[f].copy() for f in DeviceState._fields})
+            device_ids = [str(x) for x in data["device_ids"]]
+            slot_keys = list(zip((str(x) for x in data["slot_devices"]),
+                                 (str(x) for x in data["slot_zones"])))
+            zone_ids = [str(x) for x in data["zone_ids"]]
+            counters = data["counters"].copy()
+    except (OSError, KeyError, ValueError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"cannot read checkpoint: {exc}", str(path)) from exc
+    return state, device_ids, slot_keys, zone_ids, counters
