@@ -284,7 +284,8 @@ def routes(console: "Console") -> list[Route]:
     async def zones(request: Request) -> Response:
         _, principal = await console.authenticate(request)
         return json_response(zones_geojson(console.zones, principal,
-                                           tolerance_m=s.zone_simplify_m))
+                                           tolerance_m=s.zone_simplify_m,
+                                           registry=console.registry))
 
     async def positions(request: Request) -> Response:
         _, principal = await console.authenticate(request)
