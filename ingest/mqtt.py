@@ -1,0 +1,174 @@
+"""The MQTT transport of `emfence run`: broker URL and credentials, the aiomqtt client of
+the engine's persistent session, topics, acknowledgement and reconnect backoff.
+
+Thin on purpose: it knows MQTT, not rules. ``ingest.service`` owns the pipeline.
+
+Acknowledgement: the engine's client turns off paho's automatic PUBACK
+(``manual_ack``) and acknowledges a fix only once its effect is durable (alarm events in
+the store, rule state in a checkpoint). Until then the broker keeps the message in the
+engine's session and sends it again after a crash, so ``kill -9`` loses no fix. The
+unacknowledged window is also the backpressure: a broker stops sending once
+``max_inflight_messages`` are outstanding.
+"""
+
+from __future__ import annotations
+
+import random
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+
+from ingest.decode import ID_RE, TOPIC_PREFIX
+
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+
+class BrokerConfigError(ValueError):
+    """A broker URL, credential or TLS option is wrong; the message names the option."""
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """Where and how to connect: ``host``/``port``, TLS files, login."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    keepalive_s: int = 30
+
+    @classmethod
+    def from_options(cls, url: str, *, username: str | None = None,
+                     password_file: str | None = None, tls_ca: str | None = None,
+                     tls_cert: str | None = None, tls_key: str | None = None) -> BrokerSettings:
+        """Build from ``mqtt://host:port`` / ``mqtts://host:port`` and the CLI options.
+
+        A password is read from ``password_file`` (first line), never taken on the
+        command line where ``ps`` would show it. TLS is on for ``mqtts://`` or when
+        ``tls_ca`` is given; a client certificate needs both ``tls_cert`` and ``tls_key``.
+        """
+        parts = urlsplit(url)
+        if parts.scheme not in DEFAULT_PORTS:
+            raise BrokerConfigError(f"--broker {url!r}: scheme must be mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise BrokerConfigError(f"--broker {url!r}: no host")
+        if parts.path not in ("", "/") or parts.query:
+            raise BrokerConfigError(f"--broker {url!r}: only mqtt[s]://host[:port] is accepted")
+        try:
+            port = parts.port or DEFAULT_PORTS[parts.scheme]
+        except ValueError as exc:
+            raise BrokerConfigError(f"--broker {url!r}: {exc}") from None
+        if parts.password is not None:
+            raise BrokerConfigError("--broker: put the password in --password-file, not the URL")
+        user = username or (unquote(parts.username) if parts.username else None)
+        password = None
+        if password_file:
+            try:
+                text = Path(password_file).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise BrokerConfigError(f"--password-file {password_file}: {exc.strerror}") from None
+            password = text.splitlines()[0].strip() if text.strip() else ""
+            if not password:
+                raise BrokerConfigError(f"--password-file {password_file}: empty")
+            if user is None:
+                raise BrokerConfigError("--password-file needs --username")
+        if bool(tls_cert) != bool(tls_key):
+            raise BrokerConfigError("--tls-cert and --tls-key go together")
+        for opt, path in (("--tls-ca", tls_ca), ("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+            if path and not Path(path).is_file():
+                raise BrokerConfigError(f"{opt} {path}: no such file")
+        tls = parts.scheme == "mqtts" or bool(tls_ca) or bool(tls_cert)
+        return cls(parts.hostname, port, tls, user, password, tls_ca, tls_cert, tls_key)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        ctx = ssl.create_default_context(cafile=self.tls_ca)
+        if self.tls_cert:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        return ctx
+
+    def __repr__(self) -> str:  # never print the password
+        return (f"BrokerSettings(host={self.host!r}, port={self.port}, tls={self.tls}, "
+                f"username={self.username!r})")
+
+
+def subscriptions(regions: list[str] | None) -> list[str]:
+    """The engine's topic filters: fixes and statuses of each region (``None``: all)."""
+    regions = regions or ["+"]
+    return [f"{TOPIC_PREFIX}/{r}/+/{kind}" for r in regions for kind in ("fix", "status")]
+
+
+def parse_regions(text: str | None) -> list[str] | None:
+    """``"330723,330702"`` -> list; ``None``/``""``/``"+"`` -> ``None`` (every region)."""
+    if text is None or text.strip() in ("", "+"):
+        return None
+    regions = [r.strip() for r in text.split(",") if r.strip()]
+    for r in regions:
+        if not ID_RE.fullmatch(r):
+            raise BrokerConfigError(f"--regions: {r!r} is not [A-Za-z0-9_-]{{1,64}}")
+    return sorted(set(regions))
+
+
+def health_topic(name: str) -> str:
+    return f"{TOPIC_PREFIX}/engine/{name}/health"
+
+
+def drain_topic(name: str) -> str:
+    return f"{TOPIC_PREFIX}/engine/{name}/drain"
+
+
+def deadletter_topic(region: str) -> str:
+    return f"{TOPIC_PREFIX}/{region}/deadletter"
+
+
+def make_client(settings: BrokerSettings, *, client_id: str, will: aiomqtt.Will | None,
+                manual_ack: bool = True) -> aiomqtt.Client:
+    """The engine's client: fixed ``client_id`` and ``clean_session=False`` (a persistent
+    session: subscriptions and queued QoS 1 messages survive engine restarts), MQTT 3.1.1,
+    with PUBACK left to :func:`ack` when ``manual_ack``."""
+    client = aiomqtt.Client(
+        settings.host, settings.port, username=settings.username, password=settings.password,
+        identifier=client_id, clean_session=False, will=will,
+        protocol=aiomqtt.ProtocolVersion.V311, keepalive=settings.keepalive_s,
+        tls_context=settings.ssl_context(), timeout=30.0)
+    if manual_ack:
+        # aiomqtt has no option for this yet; the paho client underneath does, and must
+        # be told before it connects.
+        client._client.manual_ack_set(True)  # noqa: SLF001
+    return client
+
+
+def ack(client: aiomqtt.Client, mid: int) -> None:
+    """Send the PUBACK of a QoS 1 message received with ``manual_ack``."""
+    client._client.ack(mid, 1)  # noqa: SLF001
+
+
+class Backoff:
+    """Reconnect delays: full jitter, doubling from ``min_s`` up to ``max_s``."""
+
+    def __init__(self, min_s: float, max_s: float, rng: random.Random | None = None):
+        if min_s <= 0 or max_s < min_s:
+            raise ValueError(f"backoff needs 0 < min_s <= max_s, got {min_s}, {max_s}")
+        self.min_s, self.max_s = min_s, max_s
+        self._ceiling = min_s
+        self._rng = rng or random.Random()
+        self.attempts = 0
+
+    def next_delay_s(self) -> float:
+        """A delay drawn uniformly from [min_s / 2, ceiling]; the ceiling then doubles."""
+        delay = self._rng.uniform(self.min_s / 2, self._ceiling)
+        self._ceiling = min(self.max_s, self._ceiling * 2)
+        self.attempts += 1
+        return delay
+
+    def reset(self) -> None:
+        self._ceiling = self.min_s
+        self.attempts = 0

