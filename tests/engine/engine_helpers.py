@@ -14,7 +14,7 @@ from geofence import compile_zones, load_zones
 
 CNMAPS = Path(__file__).resolve().parent.parent / "data" / "cnmaps"
 GEOD = Geod(ellps="WGS84")
-T0 = 1_763_600_000_000  # 2025-11-20T01:33:20Z
+T0 = 1_763_600_000_000  # 2025-11-20T00:53:20Z
 
 
 def county_feature(code: str) -> dict:

@@ -1,0 +1,231 @@
+"""`emfence replay`: files in, alarm lines and a summary out; hostile lines; determinism."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from engine_helpers import T0, circle_feature, county_feature, offset
+from engine_reference import gcj02_to_wgs84
+
+from engine.replay import main
+
+ROOT = Path(__file__).resolve().parents[2]
+# A point well inside county 330723 (Wuyi, Zhejiang; its outline is GCJ-02), in WGS-84.
+INSIDE = gcj02_to_wgs84(119.72, 28.77)
+VICTIM = offset(*INSIDE, 1000, 0)
+FAR_OUT = (118.0, 28.0)
+
+
+def write_inputs(tmp_path: Path, lines: list, *, level="strict") -> dict[str, Path]:
+    zones = {"type": "FeatureCollection",
+             "features": [county_feature("330723"), circle_feature("victim-17", *VICTIM, 300)]}
+    subjects = {"subjects": [
+        {"subject_id": "S-0001", "region": "330723", "level": level,
+         "devices": [{"device_id": "B-0001", "kind": "bracelet"},
+                     {"device_id": "P-0001", "kind": "phone"}],
+         "inclusion": ["330723"], "exclusion": ["victim-17"]}]}
+    paths = {"zones": tmp_path / "zones.geojson", "subjects": tmp_path / "subjects.json",
+             "fixes": tmp_path / "fixes.jsonl", "out": tmp_path / "alarms.jsonl"}
+    paths["zones"].write_bytes(orjson.dumps(zones))
+    paths["subjects"].write_bytes(orjson.dumps(subjects))
+    body = b"".join((x if isinstance(x, bytes) else json.dumps(x).encode()) + b"\n"
+                    for x in lines)
+    paths["fixes"].write_bytes(body)
+    return paths
+
+
+def run(paths, *extra) -> int:
+    return main(["--zones", str(paths["zones"]), "--subjects", str(paths["subjects"]),
+                 "--fixes", str(paths["fixes"]), "--out", str(paths["out"]), *extra])
+
+
+def events(paths) -> list[dict]:
+    return [orjson.loads(x) for x in paths["out"].read_bytes().splitlines()]
+
+
+def fix(dev, ts, lonlat, **kw):
+    return {"device_id": dev, "ts": ts, "lon": lonlat[0], "lat": lonlat[1], "acc": 10, **kw}
+
+
+SCENARIO = [
+    fix("B-0001", T0, INSIDE),
+    fix("P-0001", T0 + 1000, INSIDE),
+    fix("B-0001", T0 + 60_000, VICTIM),  # exclusion raised
+    fix("B-0001", T0 + 120_000, FAR_OUT),  # clears exclusion; out 1
+    fix("B-0001", T0 + 180_000, FAR_OUT),  # outbound raised
+    {"device_id": "B-0001", "ts": T0 + 190_000, "strap": "open", "battery": 12},
+    fix("B-0001", T0 + 170_000, VICTIM),  # late: a late exclusion pair
+    fix("B-0001", T0 + 240_000, INSIDE, rx=T0 + 250_000),  # outbound cleared
+    # P-0001 silent since T0 + 1000: offline when the clock passes T0 + 601000.
+    fix("B-0001", T0 + 700_000, INSIDE),
+    fix("B-0001", T0 + 700_000, INSIDE),  # duplicate
+    fix("P-0001", T0 + 800_000, INSIDE),  # offline cleared
+]
+
+
+def test_scenario_output_in_order(tmp_path, capsys):
+    paths = write_inputs(tmp_path, SCENARIO)
+    assert run(paths, "--until", str(T0 + 800_000 + 600_001)) == 0
+    got = [(e["event"], e["type"], e["device_id"], e["zone_id"], e["at"], e["late"])
+           for e in events(paths)]
+    assert got == [
+        ("raised", "exclusion", "B-0001", "victim-17", T0 + 60_000, False),
+        ("cleared", "exclusion", "B-0001", "victim-17", T0 + 120_000, False),
+        ("raised", "outbound", "B-0001", "330723", T0 + 180_000, False),
+        ("raised", "tamper", "B-0001", None, T0 + 190_000, False),
+        ("raised", "low_battery", "B-0001", None, T0 + 190_000, False),
+        ("raised", "exclusion", "B-0001", "victim-17", T0 + 170_000, True),
+        ("cleared", "exclusion", "B-0001", "victim-17", T0 + 170_000, True),
+        ("cleared", "outbound", "B-0001", "330723", T0 + 240_000, False),
+        ("raised", "offline", "P-0001", None, T0 + 601_000, False),
+        ("cleared", "offline", "P-0001", None, T0 + 800_000, False),
+        # --until: both devices silent for more than 600 s at the end.
+        ("raised", "offline", "B-0001", None, T0 + 700_000 + 600_000, False),
+        ("raised", "offline", "P-0001", None, T0 + 800_000 + 600_000, False),
+    ]
+    err = capsys.readouterr().err
+    assert "11 lines, 11 records (10 fixes, 1 statuses), 1 duplicates, 1 late, 0 rejected" in err
+    assert "outbound 1 raised / 1 cleared" in err and "offline 3 raised / 1 cleared" in err
+    assert "exclusion 2 raised / 2 cleared" in err and "tamper 1 raised / 0 cleared" in err
+    assert f"offline evaluated until {T0 + 800_000 + 600_001}" in err
+
+
+def test_output_lines_are_the_contract_json(tmp_path):
+    paths = write_inputs(tmp_path, SCENARIO[:5])
+    assert run(paths) == 0
+    raw = paths["out"].read_bytes().splitlines()
+    first = json.loads(raw[0])
+    assert list(first) == ["event", "alarm_id", "type", "subject_id", "device_id", "zone_id",
+                           "region", "at", "late", "lat", "lon", "distance_m", "acc"]
+    assert first["region"] == "330723" and first["subject_id"] == "S-0001"
+    assert json.loads(raw[1])["alarm_id"] == first["alarm_id"]
+
+
+def test_deterministic_byte_for_byte(tmp_path, capsys):
+    paths = write_inputs(tmp_path, SCENARIO + [b"{broken"])
+    assert run(paths, "--until", str(T0 + 10**7)) == 0
+    first_out, first_err = paths["out"].read_bytes(), capsys.readouterr().err
+    assert run(paths, "--until", str(T0 + 10**7)) == 0
+    assert paths["out"].read_bytes() == first_out
+    assert capsys.readouterr().err == first_err
+    assert len(first_out.splitlines()) == 12
+
+
+HOSTILE = [
+    (b"{not json", "bad_json"),
+    (b"[1, 2, 3]", "not_object"),
+    (b'"just a string"', "not_object"),
+    ({"ts": T0, "lat": 28.7, "lon": 119.7}, "missing_field: device_id"),
+    ({"device_id": 17, "ts": T0, "lat": 28.7, "lon": 119.7}, "bad_value: device_id"),
+    ({"device_id": "B-0001/../x", "ts": T0, "lat": 28.7, "lon": 119.7}, "bad_value: device_id"),
+    ({"device_id": "Z-9999", "ts": T0, "lat": 28.7, "lon": 119.7}, "unknown_device"),
+    ({"device_id": "B-0001", "lat": 28.7, "lon": 119.7}, "missing_field: ts"),
+    ({"device_id": "B-0001", "ts": "yesterday", "lat": 28.7, "lon": 119.7}, "bad_type: ts"),
+    ({"device_id": "B-0001", "ts": T0 // 1000, "lat": 28.7, "lon": 119.7}, "out_of_range: ts"),
+    ({"device_id": "B-0001", "ts": T0, "lat": 91.0, "lon": 119.7}, "out_of_range: lat"),
+    ({"device_id": "B-0001", "ts": T0, "lat": 28.7, "lon": "119.7"}, "bad_type: lon"),
+    ({"device_id": "B-0001", "ts": T0, "lat": 28.7}, "missing_field: lon"),
+    (b'{"device_id": "B-0001", "ts": 1763600000000, "lat": NaN, "lon": 119.7}', "bad_json"),
+    (b'{"device_id": "B-0001", "ts": 1763600000000, "lat": 1e400, "lon": 119.7}', "bad_json"),
+    ({"device_id": "B-0001", "ts": T0, "lat": 28.7, "lon": 119.7, "acc": -5}, "out_of_range: acc"),
+    ({"device_id": "B-0001", "ts": T0, "lat": 28.7, "lon": 119.7, "coord_sys": "bd09"},
+     "bad_value: coord_sys"),
+    ({"device_id": "B-0001", "ts": T0, "lat": 28.7, "lon": 119.7, "rx": True}, "bad_type: rx"),
+    ({"device_id": "B-0001", "ts": T0 + 10**7, "lat": 28.7, "lon": 119.7, "rx": T0}, "future_ts"),
+    ({"device_id": "B-0001", "ts": T0, "strap": "cut"}, "bad_value: strap"),
+    ({"device_id": "B-0001", "ts": T0, "battery": 140}, "out_of_range: battery"),
+    ({"device_id": "B-0001", "ts": T0, "lat": 10**30, "lon": 119.7}, "out_of_range: lat"),
+    (b"\xff\xfe garbage bytes", "bad_json"),
+]
+
+
+def test_hostile_lines_are_reported_and_skipped(tmp_path, capsys):
+    good_before = fix("B-0001", T0 - 1000, INSIDE)
+    good_after = fix("B-0001", T0 + 5000, VICTIM)
+    lines = [good_before] + [h for h, _ in HOSTILE] + [b"", b"   ", good_after]
+    paths = write_inputs(tmp_path, lines)
+    assert run(paths) == 0
+    assert [e["type"] for e in events(paths)] == ["exclusion"]  # the run went on
+    err = capsys.readouterr().err
+    assert f"{len(HOSTILE)} rejected lines" in err
+    assert "blank lines skipped: 2" in err
+    listed = [line.strip() for line in err.splitlines() if line.startswith("  line ")]
+    assert len(listed) == len(HOSTILE)
+    for k, (_, reason) in enumerate(HOSTILE):
+        assert listed[k].startswith(f"line {k + 2}: {reason}"), (listed[k], reason)
+
+
+def test_until_ends_the_replay(tmp_path, capsys):
+    lines = [fix("B-0001", T0, INSIDE), fix("B-0001", T0 + 1000, FAR_OUT),
+             fix("B-0001", T0 + 2000, FAR_OUT), fix("B-0001", T0 + 3000, INSIDE)]
+    paths = write_inputs(tmp_path, lines)
+    until = "2025-11-20T08:53:22.500+08:00"  # T0 + 2500
+    assert run(paths, "--until", until) == 0
+    assert [(e["event"], e["type"]) for e in events(paths)] == [("raised", "outbound")]
+    assert "records after --until, not replayed: 1" in capsys.readouterr().err
+    # Without --until offline is evaluated at the last clock value: nothing is silent yet.
+    assert run(paths) == 0
+    assert [(e["event"], e["type"]) for e in events(paths)][-1] == ("cleared", "outbound")
+
+
+def test_offline_is_evaluated_whenever_the_clock_advances(tmp_path):
+    # rx drives the clock: B-0001's rx jumps 20 minutes while its ts barely moves.
+    lines = [fix("B-0001", T0, INSIDE), fix("P-0001", T0, INSIDE),
+             fix("B-0001", T0 + 1000, INSIDE, rx=T0 + 1_200_000),
+             fix("P-0001", T0 + 2000, INSIDE, rx=T0 + 1_300_000)]
+    paths = write_inputs(tmp_path, lines)
+    assert run(paths) == 0
+    assert [(e["event"], e["device_id"], e["at"]) for e in events(paths)] == [
+        ("raised", "B-0001", T0 + 600_000), ("raised", "P-0001", T0 + 600_000),
+        ("cleared", "B-0001", T0 + 1_200_000), ("cleared", "P-0001", T0 + 1_300_000)]
+
+
+def test_many_lines_across_batches(tmp_path, monkeypatch):
+    import engine.replay as replay_mod
+
+    monkeypatch.setattr(replay_mod, "BATCH_RECORDS", 7)  # force many kernel calls
+    lines = []
+    for k in range(100):
+        lines.append(fix("B-0001", T0 + k * 60_000, FAR_OUT if (k // 10) % 2 else INSIDE))
+    paths = write_inputs(tmp_path, lines)
+    assert run(paths) == 0
+    small = paths["out"].read_bytes()
+    monkeypatch.setattr(replay_mod, "BATCH_RECORDS", 65536)
+    assert run(paths) == 0
+    assert paths["out"].read_bytes() == small
+    assert [e["event"] for e in events(paths)] == ["raised", "cleared"] * 4 + ["raised"]
+
+
+def test_input_errors_exit_1_with_a_message(tmp_path, capsys):
+    paths = write_inputs(tmp_path, SCENARIO)
+    missing = dict(paths, fixes=tmp_path / "nope.jsonl")
+    assert run(missing) == 1
+    assert "cannot read" in capsys.readouterr().err
+    paths["subjects"].write_text(json.dumps({"subjects": [
+        {"subject_id": "S-7", "region": "1", "level": "strict",
+         "devices": [{"device_id": "D"}], "inclusion": ["atlantis"]}]}))
+    assert run(paths) == 1
+    assert "subject 'S-7': unknown zone id 'atlantis'" in capsys.readouterr().err
+    paths = write_inputs(tmp_path, SCENARIO)
+    paths["zones"].write_text("{}")
+    assert run(paths) == 1
+    assert "zones" in capsys.readouterr().err
+    paths = write_inputs(tmp_path, SCENARIO)
+    assert run(paths, "--until", "soon") == 2
+
+
+def test_emfence_replay_command_writes_stdout(tmp_path):
+    paths = write_inputs(tmp_path, SCENARIO[:5])
+    proc = subprocess.run(
+        [sys.executable, "-m", "emfence", "replay", "--zones", str(paths["zones"]),
+         "--subjects", str(paths["subjects"]), "--fixes", str(paths["fixes"])],
+        capture_output=True, cwd=ROOT, check=False)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert [orjson.loads(x)["type"] for x in proc.stdout.splitlines()] == [
+        "exclusion", "exclusion", "outbound"]
+    assert b"5 records" in proc.stderr
