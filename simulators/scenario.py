@@ -460,6 +460,25 @@ class Simulation:
             self._scripted(d, ts, fix, sc, out)
         return out
 
+    def replay_lines(self, m0: int = 0, m1: int | None = None) -> list[bytes]:
+        """The run as ``emfence replay`` input: one JSON line per fix or status, with
+        ``device_id`` and ``rx`` (= the slot time). A store-and-forward array becomes one
+        line per fix; a malformed payload is written as it is (replay rejects and counts
+        it); spoofed messages are left out, because a broker with the project's ACL
+        refuses them before any engine could see them."""
+        out: list[bytes] = []
+        for msg in self.messages(m0, self.total_slots if m1 is None else m1):
+            if msg.kind == "spoof":
+                continue
+            device_id = msg.topic.split("/")[3]
+            if msg.kind == "malformed":
+                out.append(msg.payload.replace(b"\n", b" "))
+                continue
+            obj = orjson.loads(msg.payload)
+            for rec in obj if isinstance(obj, list) else [obj]:
+                out.append(orjson.dumps({**rec, "device_id": device_id, "rx": msg.slot_ms}))
+        return out
+
     def _status(self, d: int, ts: int, sc: _Script | None = None) -> dict:
         # Slow drain while the simulated day goes by, never down to the alarm threshold
         # unless an event says so (``status_override``).
@@ -500,7 +519,9 @@ class Simulation:
             sc.oneshots.remove(one)
             _, action, arg = one
             if action == "status":
-                status = self._status(d, ts, sc)
+                # ts + 1: a heartbeat of this very slot may carry ts, and the engine drops
+                # a second status with the same ts as a duplicate.
+                status = self._status(d, ts + 1, sc)
                 status.update(arg)
                 out.append(Outgoing(d, topic_for(region, ids[d], "status"), orjson.dumps(status),
                                     "status", ts))
