@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import shapely
 from pyproj import Geod, Transformer
-from shapely.ops import transform
 
 GEOD = Geod(ellps="WGS84")
 
@@ -83,7 +83,8 @@ class RefZone:
             self._to_m = Transformer.from_crs(
                 "EPSG:4326", f"+proj=tmerc +lon_0={lon0} +lat_0={lat0} +k=1 +ellps=WGS84",
                 always_xy=True)
-            self._metric = transform(self._to_m.transform, geometry)
+            self._metric = shapely.transform(
+                geometry, lambda xy: np.column_stack(self._to_m.transform(xy[:, 0], xy[:, 1])))
             shapely.prepare(self._metric)
 
     def contains(self, lon: float, lat: float) -> bool:
