@@ -128,20 +128,21 @@ def append_truth_end(path, stats) -> None:
 
 async def run_publish(sim, host, port, *, credentials=None, username=None, password=None, pool=4,
                       truth=None, alarms_out=None, alarms_user=None, alarms_password=None,
-                      linger_s=5.0, progress=True, stop=None):
+                      linger_s=5.0, progress=True, stop=None, on_sent=None, on_alarm=None):
     """Publish ``sim`` (and record alarms if asked); returns the :class:`PublishStats`."""
     from simulators.publisher import Publisher
     from simulators.watch import watch_alarms
 
     stop = stop or asyncio.Event()
     pub = Publisher(sim, host, port, credentials=credentials, username=username, password=password,
-                    pool_size=pool, progress=progress)
+                    pool_size=pool, progress=progress, on_sent=on_sent)
     watch_stop = asyncio.Event()
     watcher = None
     if alarms_out:
         ready = asyncio.Event()
         watcher = asyncio.create_task(watch_alarms(host, port, stop=watch_stop, username=alarms_user,
-                                                   password=alarms_password, out=alarms_out, ready=ready))
+                                                   password=alarms_password, out=alarms_out, ready=ready,
+                                                   on_event=on_alarm))
         done, _ = await asyncio.wait({watcher, asyncio.ensure_future(ready.wait())},
                                      return_when=asyncio.FIRST_COMPLETED)
         if watcher in done:

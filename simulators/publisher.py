@@ -63,7 +63,8 @@ class Publisher:
                  credentials: Callable[[int], tuple[str, str]] | None = None,
                  username: str | None = None, password: str | None = None, pool_size: int = 4,
                  max_inflight: int = 20_000, tick_ms: float = 5.0, progress: bool = True,
-                 connect_concurrency: int = 64, client_prefix: str = "emfence-sim"):
+                 connect_concurrency: int = 64, client_prefix: str = "emfence-sim",
+                 on_sent: Callable[[Outgoing], None] | None = None):
         if credentials is not None and (username or password):
             raise ValueError("per-device credentials and a pool account exclude each other")
         if pool_size < 1:
@@ -77,6 +78,7 @@ class Publisher:
         self.progress = progress
         self.connect_concurrency = connect_concurrency
         self.client_prefix = client_prefix
+        self.on_sent = on_sent
         self._inflight = asyncio.Semaphore(max_inflight)
         self.stats = PublishStats()
         self._clients: list[aiomqtt.Client] = []
@@ -179,6 +181,8 @@ class Publisher:
                     task.add_done_callback(self._pending.discard)
                     st.sent += 1
                     st.by_kind[msg.kind] += 1
+                    if self.on_sent is not None:
+                        self.on_sent(msg)
                 st.last_slot_ms = int(sim.slot_ms(due - 1))
                 m_next = due
             if now >= next_progress:
