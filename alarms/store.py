@@ -15,8 +15,12 @@ Threads: an :class:`AlarmStore` is synchronous and thread-safe. Each thread that
 gets its own database connection, opened on first use (asyncio callers wrap calls in
 ``asyncio.to_thread``); ``close()`` closes all of them. Every method is one transaction.
 
-Time is always passed in (``now_ms``, epoch milliseconds UTC); the store never reads the
-clock except to stamp when a schema migration ran.
+Time is always passed in (``now_ms``, epoch milliseconds UTC); the store reads the clock
+only to stamp when a schema migration ran (and when ``set_user_disabled`` is called
+without ``now_ms``).
+
+A lost PostgreSQL connection (server restart, network cut) fails the call in progress
+with :class:`StoreError`; the next call opens a new connection.
 
 Ordering of the event log: ``seq`` grows with commit order, so a consumer that reads
 ``events_since(last_seen_seq)`` never skips an event. SQLite gets this from its single
@@ -159,14 +163,50 @@ class _Db:
                 self._all.append(conn)
         return conn
 
+    def _broken(self, conn: Any) -> bool:
+        """Is this connection unusable (server restarted, network cut)?"""
+        return False
+
+    def _discard(self, conn: Any) -> None:
+        """Forget this thread's broken connection, so the next call opens a new one."""
+        if getattr(self._local, "conn", None) is conn:
+            self._local.conn = None
+        with self._lock:
+            if conn in self._all:
+                self._all.remove(conn)
+        try:
+            conn.close()
+        except self.errors:
+            pass  # it is broken already; closing only frees the client side
+
+    def _begin_fresh(self, op: str, write: bool) -> Any:
+        """This thread's connection with a transaction begun on it.
+
+        A connection found dead at BEGIN (e.g. PostgreSQL restarted since the last call)
+        is replaced once: nothing has been done on it yet, so retrying is safe.
+        """
+        for attempt in (1, 2):
+            conn = self.conn()
+            try:
+                self._begin(conn, write)
+                return conn
+            except self.errors as exc:
+                if self._broken(conn):
+                    self._discard(conn)
+                    if attempt == 1:
+                        log.warning("%s: store connection was lost; reconnecting", op)
+                        continue
+                raise StoreError(f"{op}: cannot begin a transaction: {exc}") from exc
+        raise AssertionError("unreachable")
+
     @contextmanager
     def tx(self, op: str, write: bool = True) -> Iterator[_Cursor]:
-        """One transaction; any database error becomes a StoreError naming ``op``."""
-        conn = self.conn()
-        try:
-            self._begin(conn, write)
-        except self.errors as exc:
-            raise StoreError(f"{op}: cannot begin a transaction: {exc}") from exc
+        """One transaction; any database error becomes a StoreError naming ``op``.
+
+        A connection that breaks during the transaction is discarded (the transaction is
+        lost as a whole; the caller may retry and the next call reconnects).
+        """
+        conn = self._begin_fresh(op, write)
         try:
             yield _Cursor(self, conn.cursor())
         except BaseException as exc:
@@ -174,12 +214,16 @@ class _Db:
                 self._rollback(conn)
             except self.errors:
                 pass  # the connection is broken; the original error is what matters
+            if self._broken(conn):
+                self._discard(conn)
             if isinstance(exc, self.errors):
                 raise StoreError(f"{op}: {exc}") from exc
             raise
         try:
             self._commit(conn)
         except self.errors as exc:
+            if self._broken(conn):
+                self._discard(conn)
             raise StoreError(f"{op}: commit failed: {exc}") from exc
 
     def close(self) -> None:
@@ -308,6 +352,9 @@ class _PostgresDb(_Db):
 
     def _rollback(self, conn: Any) -> None:
         conn.execute("ROLLBACK")
+
+    def _broken(self, conn: Any) -> bool:
+        return bool(conn.closed or conn.broken)
 
     def lock_event_log(self, cur: _Cursor) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(?)", (_PG_EVENT_LOCK,))

@@ -241,3 +241,20 @@ def test_events_since_pages_in_order_and_filters_regions(store):
 
 def test_last_seq_of_an_empty_store_is_zero(store):
     assert store.last_seq() == 0 and store.events_since(0) == []
+
+
+@pytest.mark.postgres
+def test_a_lost_postgres_connection_is_replaced_on_the_next_call(pg_url):
+    s = open_store(pg_url)
+    try:
+        s.record_events([raised("A-1", at=1_000)], now_ms=1_001)
+        pid = s._db.conn().info.backend_pid
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            # the server side of the store's connection goes away (restart, failover)
+            assert admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,)).fetchone()[0]
+        assert s.get_alarm("A-1")["raised_at"] == 1_000
+        assert s._db.conn().info.backend_pid != pid
+        s.record_events([raised("A-2", at=2_000)], now_ms=2_001)
+        assert [a["alarm_id"] for a in s.list_alarms()] == ["A-2", "A-1"]
+    finally:
+        s.close()
