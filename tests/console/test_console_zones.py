@@ -93,7 +93,7 @@ def project(geom, lat0):
     return shapely.transform(geom, lambda xy: xy * [k * c, k])
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(code=st.sampled_from(COUNTIES), tolerance_m=st.sampled_from([5.0, 20.0, 50.0, 200.0]))
 def test_simplified_county_stays_within_tolerance_of_the_real_boundary(code, tolerance_m):
     [zone] = load_zones({"type": "FeatureCollection", "features": county_features([code])})
@@ -101,9 +101,9 @@ def test_simplified_county_stays_within_tolerance_of_the_real_boundary(code, tol
     assert simple.is_valid and not simple.is_empty
     assert shapely.get_num_coordinates(simple) <= shapely.get_num_coordinates(zone.geometry)
     lat0 = zone.geometry.centroid.y
-    # Every vertex of either outline is within the tolerance of the other (plus the
-    # equirectangular approximation across a county, well under 1 %).
-    gap = project(simple, lat0).hausdorff_distance(project(zone.geometry, lat0))
+    # Every vertex of either outline is within the tolerance of the other outline (plus
+    # the equirectangular approximation across a county, under 1 %).
+    gap = shapely.hausdorff_distance(project(simple, lat0), project(zone.geometry, lat0))
     assert gap <= tolerance_m * 1.01 + 0.01
     # Containment near the boundary changes by at most the tolerance: the area differs by
     # less than perimeter x tolerance.
