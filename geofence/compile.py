@@ -247,7 +247,7 @@ def _as_points(lon, lat) -> tuple[np.ndarray, np.ndarray]:
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise ValueError(
-                f"{name}[{i}] = {a[i]!r} is not a finite degree value in [-{lim:g}, {lim:g}] "
+                f"{name}[{i}] = {float(a[i])!r} is not a finite degree value in [-{lim:g}, {lim:g}] "
                 f"({int(bad.sum())} such values)"
             )
     return lon_a, lat_a
@@ -352,6 +352,7 @@ class CompiledZones:
             return offsets, np.zeros(0, dtype=np.int64)
         pts = np.column_stack([lon_a, lat_a])
         ids, counts = self._index().intersection_v(pts, pts)
+        counts = np.asarray(counts, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
         ids = np.asarray(ids, dtype=np.int64)
         owner = np.repeat(np.arange(n, dtype=np.int64), counts)

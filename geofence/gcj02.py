@@ -27,7 +27,7 @@ def _arrays(lon, lat) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
         bad = ~np.isfinite(a)
         if bad.any():
             i = np.unravel_index(int(np.flatnonzero(bad.ravel())[0]), a.shape)
-            raise ValueError(f"{name}{list(i)} = {a[i]!r} is not finite")
+            raise ValueError(f"{name}{list(i)} = {float(a[i])!r} is not finite")
     return np.ascontiguousarray(lon_a.ravel()), np.ascontiguousarray(lat_a.ravel()), lon_a.shape
 
 

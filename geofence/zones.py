@@ -31,6 +31,13 @@ from geofence.gcj02 import gcj02_to_wgs84
 
 __all__ = ["CIRCLE_DRAW_VERTICES", "Zone", "ZoneError", "ZoneWarning", "load_zones"]
 
+# Polygon edges are straight lines in lon/lat (RFC 7946). Distances are measured in a
+# transverse Mercator frame where such a line bows away from the straight chord by up to
+# L^2 tan(lat) / (8 R): edges longer than this many degrees are split at load (inserting
+# collinear lon/lat points, which changes no containment answer) so the bow stays below
+# ~3 cm up to 55 N. Real county boundaries rarely have edges this long.
+MAX_EDGE_DEG = 0.01
+
 # Vertices of the polygon drawn for a circle zone (drawing only: the kernels use the
 # exact centre and radius).
 CIRCLE_DRAW_VERTICES = 64
@@ -179,12 +186,12 @@ def _polygons(geom: dict) -> list[list[np.ndarray]]:
     """The geometry's polygons as lists of rings (shell first); ValueError on bad shape."""
     gtype = geom.get("type")
     coords = geom.get("coordinates")
-    if not isinstance(coords, list) or not coords:
+    if not isinstance(coords, (list, tuple)) or not coords:
         raise ValueError("empty geometry (no coordinates)")
     parts = [coords] if gtype == "Polygon" else coords
     polys = []
     for pi, part in enumerate(parts):
-        if not isinstance(part, list) or not part:
+        if not isinstance(part, (list, tuple)) or not part:
             raise ValueError(f"empty geometry (polygon #{pi} has no rings)")
         where = f"polygon #{pi}" if gtype == "MultiPolygon" else "polygon"
         polys.append([_ring_array(r, f"{where} ring #{ri}") for ri, r in enumerate(part)])
@@ -260,7 +267,7 @@ def _polygon_zone(geom: dict, crs: _Crs, zone_id: str) -> BaseGeometry:
     if out.is_empty or out.area <= 0.0:
         raise ValueError("empty geometry (no area)")
     # RFC 7946 orientation: exteriors counter-clockwise, holes clockwise.
-    return shapely.orient_polygons(out)
+    return shapely.orient_polygons(shapely.segmentize(out, MAX_EDGE_DEG))
 
 
 def _circle_zone(geom: dict, props: dict, crs: _Crs) -> tuple[BaseGeometry, tuple[float, float, float]]:
@@ -272,7 +279,7 @@ def _circle_zone(geom: dict, props: dict, crs: _Crs) -> tuple[BaseGeometry, tupl
     if radius <= 0:
         raise ValueError(f"properties.radius_m must be > 0, got {radius!r}")
     coords = geom.get("coordinates")
-    if not isinstance(coords, list) or not coords:
+    if not isinstance(coords, (list, tuple)) or not coords:
         raise ValueError("empty geometry (no coordinates)")
     try:
         c = np.asarray(coords, dtype=np.float64)
