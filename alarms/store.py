@@ -1164,6 +1164,14 @@ class AlarmStore:
             return int(cur.execute("SELECT COUNT(*) FROM login_attempts WHERE "
                                    + " AND ".join(where), params).scalar())
 
+    def purge_login_attempts(self, before_ms: int) -> int:
+        """Delete login attempts older than ``before_ms`` (they hold addresses: personal
+        data, needed only for the rate-limit window); returns how many."""
+        before_ms = _int_ms(before_ms, "before_ms")
+        with self._db.tx("purge login attempts") as cur:
+            return max(cur.execute("DELETE FROM login_attempts WHERE at < ?",
+                                   (before_ms,)).rowcount, 0)
+
     # --- audit --------------------------------------------------------------------------
 
     @staticmethod

@@ -157,6 +157,9 @@ def test_login_attempts_count_failures_by_name_and_address(store):
     assert store.failed_logins(0, name="olga", ip="10.0.0.1") == 1
     assert [r["action"] for r in store.audit_log(who="olga")] == [
         "login.ok", "login.failed", "login.failed"]
+    assert store.purge_login_attempts(2_000) == 1
+    assert store.failed_logins(0, name="olga") == 1 and store.failed_logins(0) == 2
+    assert len(store.audit_log(who="olga")) == 3  # the audit trail is kept
 
 
 # --- audit ---------------------------------------------------------------------------------
