@@ -367,9 +367,11 @@ class MovementModel:
         y = xy[i, 1] + (xy[i, 3] - xy[i, 1]) * f
         return x, y, kind[i]
 
-    def observe(self, device: np.ndarray, t_ms: np.ndarray, rng: np.random.Generator) -> "Observations":
+    def observe(self, device: np.ndarray, t_ms: np.ndarray, rng: np.random.Generator, *,
+                dropouts: bool = True) -> "Observations":
         """What devices report at wall times ``t_ms``: positions with errors, accuracy,
-        source, coordinate system. ``src == SRC_NONE`` marks a drop-out (no fix)."""
+        source, coordinate system. ``src == SRC_NONE`` marks a drop-out (no fix); with
+        ``dropouts=False`` every report has a fix (load runs: plain fixes only)."""
         from geofence.gcj02 import wgs84_to_gcj02
 
         fleet = self.fleet
@@ -381,6 +383,7 @@ class MovementModel:
         u = rng.random(n)
         for k, p in SOURCE_P.items():
             sel = kind == k
+            p = np.asarray(p) if dropouts else np.asarray(p[:3]) / sum(p[:3])
             edges = np.cumsum(p)
             src[sel] = np.searchsorted(edges, u[sel], side="right").clip(0, 3)
         acc = np.zeros(n)

@@ -425,7 +425,7 @@ class Simulation:
         dev = self.order[m % self.n]
         rnd = m // self.n
         t = self.slot_ms(m)
-        obs = self.model.observe(dev, t, self._rng)
+        obs = self.model.observe(dev, t, self._rng, dropouts=self.scenario != "load")
         status_slot = (np.zeros(len(m), dtype=bool) if not self.status_every
                        else ((rnd + dev) % self.status_every) == 0)
         out: list[Outgoing] = []

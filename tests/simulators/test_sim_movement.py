@@ -63,9 +63,9 @@ def test_subjects_really_move_between_anchors():
     model = MovementModel(fl, seed=1, start_ms=START_MS, time_scale=1.0)
     s = np.arange(fl.n_subjects)
     moved = np.zeros(fl.n_subjects)
-    x0, y0, _ = model.true_position_m(s, np.full(len(s), START_MS))
-    for h in range(1, 24):
-        x, y, _ = model.true_position_m(s, np.full(len(s), START_MS + h * 3_600_000))
+    x0, y0 = model.home[:, 0], model.home[:, 1]
+    for h in range(0, 24 * 6):
+        x, y, _ = model.true_position_m(s, np.full(len(s), START_MS + h * 600_000))
         moved = np.maximum(moved, np.hypot(x - x0, y - y0))
     assert (moved > 300).mean() > 0.8  # most subjects leave home within a day
     assert moved.max() <= 2 * 2000  # star trips: never beyond 2 * trip_radius_m from home
