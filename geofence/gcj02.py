@@ -26,8 +26,9 @@ def _arrays(lon, lat) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
     for name, a in (("lon", lon_a), ("lat", lat_a)):
         bad = ~np.isfinite(a)
         if bad.any():
-            i = np.unravel_index(int(np.flatnonzero(bad.ravel())[0]), a.shape)
-            raise ValueError(f"{name}{list(i)} = {float(a[i])!r} is not finite")
+            i = tuple(int(k) for k in np.unravel_index(int(np.flatnonzero(bad.ravel())[0]), a.shape))
+            where = "".join(f"[{k}]" for k in i)
+            raise ValueError(f"{name}{where} = {float(a[i])!r} is not finite")
     return np.ascontiguousarray(lon_a.ravel()), np.ascontiguousarray(lat_a.ravel()), lon_a.shape
 
 

@@ -47,6 +47,9 @@ CIRCLE_DRAW_VERTICES = 64
 _CHINA_LON = (70.0, 140.0)
 _CHINA_LAT = (0.0, 60.0)
 
+# How far (degrees) a zone may reach beyond its CRS's published area of use.
+_AREA_SLACK_DEG = 1.0
+
 _WGS84_NAMES = {"wgs84", "wgs-84", "wgs 84", "epsg:4326", "crs84", "ogc:crs84", "urn:ogc:def:crs:ogc:1.3:crs84"}
 _GCJ02_NAMES = {"gcj02", "gcj-02", "gcj"}
 
@@ -95,10 +98,12 @@ class Zone:
 class _Crs:
     """A resolved coordinate system: ``label``, ``kind`` and a function to WGS-84."""
 
-    def __init__(self, label: str, kind: str, transformer=None):
+    def __init__(self, label: str, kind: str, transformer=None, area=None):
         self.label = label
         self.kind = kind  # "wgs84" | "gcj02" | "geographic" | "projected"
         self.transformer = transformer
+        # (west, south, east, north) degrees where the CRS is meant to be used, or None.
+        self.area = area
 
     def to_wgs84(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.kind == "wgs84":
@@ -125,7 +130,9 @@ def _resolve_crs(name: str) -> _Crs:
     except CRSError as exc:
         raise ValueError(f"unknown coordinate system {name!r} (use wgs84, gcj02 or a CRS such as EPSG:4490): {exc}") from None
     transformer = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    return _Crs(name.strip(), "geographic" if crs.is_geographic else "projected", transformer)
+    aou = crs.area_of_use
+    area = None if aou is None else (aou.west, aou.south, aou.east, aou.north)
+    return _Crs(name.strip(), "geographic" if crs.is_geographic else "projected", transformer, area)
 
 
 def _read_source(source: Any) -> tuple[Any, str]:
@@ -170,7 +177,9 @@ def _ring_array(ring: Any, where: str) -> np.ndarray:
         a = np.asarray(ring, dtype=np.float64)
     except (TypeError, ValueError):
         raise ValueError(f"{where}: coordinates must be [lon, lat] number pairs") from None
-    if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] < 2:
+    if a.size == 0:
+        raise ValueError(f"empty geometry ({where} has no points)")
+    if a.ndim != 2 or a.shape[1] < 2:
         raise ValueError(f"{where}: coordinates must be a list of [lon, lat] pairs, got shape {a.shape}")
     a = a[:, :2]
     if not np.isfinite(a).all():
@@ -234,6 +243,18 @@ def _to_wgs84(xs: np.ndarray, ys: np.ndarray, crs: _Crs) -> tuple[np.ndarray, np
             f"coordinate [{xs[i]:g}, {ys[i]:g}] cannot be transformed from {crs.label} "
             "to WGS-84 (outside the coordinate system's area, or in the wrong units?)"
         )
+    if crs.area is not None and crs.area[0] <= crs.area[2]:
+        # A zone far outside its CRS's area of use is almost always a unit or CRS mix-up
+        # (degrees given as metres, or the wrong Gauss-Kruger zone).
+        w, s, e, n = crs.area
+        slack = _AREA_SLACK_DEG
+        out = (lon < w - slack) | (lon > e + slack) | (lat < s - slack) | (lat > n + slack)
+        if out.any():
+            i = int(np.flatnonzero(out)[0])
+            raise ValueError(
+                f"coordinate [{xs[i]:g}, {ys[i]:g}] lands at lon {lon[i]:.4f}, lat {lat[i]:.4f}, outside "
+                f"{crs.label}'s area of use (lon {w:g}..{e:g}, lat {s:g}..{n:g}): wrong units or coordinate system?"
+            )
     return lon, lat
 
 
