@@ -18,7 +18,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from geofence.kernels import gcj02_to_wgs84_point, zone_contains, zone_distance_m
+from geofence.kernels import (
+    gcj02_to_wgs84_point,
+    zone_boundary_distance_m,
+    zone_contains,
+    zone_distance_m,
+)
 
 # Alarm type codes (index into TYPE_NAMES).
 T_OUTBOUND, T_EXCLUSION, T_OFFLINE, T_TAMPER, T_LOW_BATTERY = 0, 1, 2, 3, 4
@@ -34,14 +39,25 @@ N_EV_F = 4
 
 # Counter slots (Engine.counters names them).
 C_FIXES, C_STATUSES, C_DUP_FIXES, C_DUP_STATUSES, C_LATE_FIXES, C_LATE_STATUSES = 0, 1, 2, 3, 4, 5
-C_UNKNOWN_DEVICE, C_FULL_SWEEPS = 6, 7
-N_COUNTERS = 8
+C_UNKNOWN_DEVICE, C_FULL_SWEEPS, C_SETTLED_FIXES = 6, 7, 8
+N_COUNTERS = 9
 COUNTER_NAMES = ("fixes", "statuses", "duplicate_fixes", "duplicate_statuses", "late_fixes",
-                 "late_statuses", "unknown_device", "full_sweeps")
+                 "late_statuses", "unknown_device", "full_sweeps", "settled_fixes")
 
 NONE_MS = np.iinfo(np.int64).min
 NO_DEADLINE_MS = np.iinfo(np.int64).max
 OUT_RUN_MAX = 32000  # out_run is int16; saturate well below its limit
+# A zone's bounding box is that of its drawing (for circles a 64-gon inscribed in the exact
+# circle); pad it before using it to reject, so a point the exact test calls inside is
+# never rejected. 1e-4 degrees is >= 6 m anywhere below 55 degrees of latitude.
+BBOX_PAD_DEG = 1e-4
+# Settled devices (see _fix_rules): the safe radius is only computed after a move of at
+# most this many metres since the previous full evaluation, i.e. for a device that moves
+# like a person; a fix that jumps far is evaluated in full and not worth caching.
+SETTLE_MAX_MOVE_M = 2000.0
+# Upper bounds used to over-estimate a move in metres from degrees: metres per degree of
+# latitude never exceed 111 695 (at the poles), of longitude 111 320 * cos(lat).
+_M_PER_DEG_UPPER = 111_700.0
 
 
 def new_events(capacity: int) -> tuple[np.ndarray, np.ndarray]:
@@ -72,6 +88,45 @@ def _emit(ev_i, ev_f, n, device, typ, zone, raised, at, episode, late, lat, lon,
     ev_f[n, 2] = dist
     ev_f[n, 3] = acc
     return ev_i, ev_f, n + 1
+
+
+@njit(cache=True)
+def _contains(za, z, lon, lat):
+    """zone_contains with a padded bounding-box reject first (cheap for circles, whose
+    exact test needs a projection)."""
+    bb = za.zone_bbox
+    if (lon < bb[z, 0] - BBOX_PAD_DEG or lon > bb[z, 2] + BBOX_PAD_DEG
+            or lat < bb[z, 1] - BBOX_PAD_DEG or lat > bb[z, 3] + BBOX_PAD_DEG):
+        return False
+    return zone_contains(za, z, lon, lat)
+
+
+@njit(cache=True)
+def moved_upper_m(lon0, lat0, lon, lat):
+    """An upper bound of the metres between two nearby WGS-84 points (equirectangular with
+    the larger metres-per-degree of both latitudes, +0.1 % and +0.5 m): safe to compare
+    with a zone's metric boundary distance."""
+    dlat = abs(lat - lat0) * _M_PER_DEG_UPPER
+    dlon = abs(lon - lon0)
+    if dlon > 180.0:
+        dlon = 360.0 - dlon
+    a = abs(lat0) if abs(lat0) < abs(lat) else abs(lat)
+    dx = dlon * _M_PER_DEG_UPPER * np.cos(np.radians(a))
+    return np.sqrt(dx * dx + dlat * dlat) * 1.001 + 0.5
+
+
+@njit(cache=True)
+def _next_leave_change_ms(ra, s, ts):
+    """The first time after ``ts`` at which subject ``s``'s set of active leaves changes."""
+    nxt = NO_DEADLINE_MS
+    for lv in range(ra.leave_off[s], ra.leave_off[s + 1]):
+        start = ra.leave_start_ms[lv]
+        end = ra.leave_end_ms[lv]
+        if start > ts and start < nxt:
+            nxt = start
+        if end >= ts and end + 1 < nxt:
+            nxt = end + 1
+    return nxt
 
 
 @njit(cache=True)
@@ -124,20 +179,36 @@ def _touch(st, ra, d, rx, offline_after_ms, ev_i, ev_f, n):
 
 
 @njit(cache=True)
-def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, ev_f, n):
-    """Exclusion and outbound rules for one fix (WGS-84 ``lon``/``lat``, ``acc`` metres)."""
+def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, counters,
+               ev_i, ev_f, n):
+    """Exclusion and outbound rules for one fix (WGS-84 ``lon``/``lat``, ``acc`` metres).
+
+    Settled devices: after a full evaluation that leaves the device *settled* (inside its
+    allowed region, and for every exclusion zone either outside and closed or inside and
+    open), the kernel stores the fix position and a safe radius: the smallest metric
+    distance from it to the boundary of any zone that decided something. A later in-order
+    fix closer than that to the stored position (by an over-estimate) must get the same
+    answer from every containment test, and a settled device's rules then change nothing;
+    so it is answered without touching a polygon, until a leave window opens or closes.
+    """
     s = ra.device_subject[d]
     margin = buffer_m if buffer_m > acc else acc
+    if not late and st.safe_m[d] > 0.0 and ts < st.safe_until_ms[d]:
+        if moved_upper_m(st.near_lon[d], st.near_lat[d], lon, lat) < st.safe_m[d]:
+            counters[C_SETTLED_FIXES] += 1
+            return ev_i, ev_f, n
+    settled = True
 
     # Exclusion: immediate raise inside; clear beyond the margin. A late fix only tells of
     # a past visit: raised and cleared at its ts, state untouched.
     e0 = ra.excl_off[s]
+    e1 = ra.excl_off[s + 1]
     slot0 = ra.device_slot_off[d]
-    for k in range(ra.excl_off[s + 1] - e0):
+    for k in range(e1 - e0):
         z = ra.excl_zone[e0 + k]
         slot = slot0 + k
         if late:
-            if zone_contains(za, z, lon, lat):
+            if _contains(za, z, lon, lat):
                 ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_EXCLUSION, z, 1, ts, ts, 1,
                                       lat, lon, 0.0, acc)
                 ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_EXCLUSION, z, 0, ts, ts, 1,
@@ -145,7 +216,7 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, 
             continue
         ep = st.exclusion_at_ms[slot]
         if ep == NONE_MS:
-            if zone_contains(za, z, lon, lat):
+            if _contains(za, z, lon, lat):
                 st.exclusion_at_ms[slot] = ts
                 ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_EXCLUSION, z, 1, ts, ts, 0,
                                       lat, lon, 0.0, acc)
@@ -155,6 +226,8 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, 
                 st.exclusion_at_ms[slot] = NONE_MS
                 ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_EXCLUSION, z, 0, ts, ep, 0,
                                       lat, lon, dz, acc)
+            elif dz > 0.0:
+                settled = False  # open, outside, within the margin: the next fix may clear
     if late:
         return ev_i, ev_f, n
 
@@ -163,64 +236,83 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, 
     # needs no distance at all.
     i0 = ra.incl_off[s]
     i1 = ra.incl_off[s + 1]
-    if i1 == i0:
-        return ev_i, ev_f, n  # no inclusion zone, no outbound rule
-    inside = False
-    for j in range(i0, i1):
-        if zone_contains(za, ra.incl_zone[j], lon, lat):
-            inside = True
-            break
-    l0 = ra.leave_off[s]
-    l1 = ra.leave_off[s + 1]
-    if not inside:
-        for lv in range(l0, l1):
-            if ra.leave_start_ms[lv] <= ts <= ra.leave_end_ms[lv]:
-                for j in range(ra.leave_zone_off[lv], ra.leave_zone_off[lv + 1]):
-                    if zone_contains(za, ra.leave_zone[j], lon, lat):
-                        inside = True
-                        break
-            if inside:
+    inside_zone = -1
+    if i1 > i0:
+        for j in range(i0, i1):
+            if _contains(za, ra.incl_zone[j], lon, lat):
+                inside_zone = ra.incl_zone[j]
                 break
-    if inside:
-        st.out_run[d] = 0
-        ep = st.outbound_at_ms[d]
-        if ep != NONE_MS:
-            st.outbound_at_ms[d] = NONE_MS
-            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OUTBOUND, st.outbound_zone[d], 0, ts, ep,
-                                  0, lat, lon, 0.0, acc)
-        return ev_i, ev_f, n
-
-    dist = np.inf
-    nearest = -1
-    for j in range(i0, i1):
-        dz = zone_distance_m(za, ra.incl_zone[j], lon, lat)
-        if dz < dist:  # strict: ties keep the first zone listed for the subject
-            dist = dz
-            nearest = ra.incl_zone[j]
-    for lv in range(l0, l1):
-        if ra.leave_start_ms[lv] <= ts <= ra.leave_end_ms[lv]:
-            for j in range(ra.leave_zone_off[lv], ra.leave_zone_off[lv + 1]):
-                dz = zone_distance_m(za, ra.leave_zone[j], lon, lat)
-                if dz < dist:
+        l0 = ra.leave_off[s]
+        l1 = ra.leave_off[s + 1]
+        if inside_zone < 0:
+            for lv in range(l0, l1):
+                if ra.leave_start_ms[lv] <= ts <= ra.leave_end_ms[lv]:
+                    for j in range(ra.leave_zone_off[lv], ra.leave_zone_off[lv + 1]):
+                        if _contains(za, ra.leave_zone[j], lon, lat):
+                            inside_zone = ra.leave_zone[j]
+                            break
+                if inside_zone >= 0:
+                    break
+        if inside_zone >= 0:
+            ev_i, ev_f, n = _outbound_in(st, d, ts, lat, lon, acc, ev_i, ev_f, n)
+        else:
+            settled = False
+            dist = np.inf
+            nearest = -1
+            for j in range(i0, i1):
+                dz = zone_distance_m(za, ra.incl_zone[j], lon, lat)
+                if dz < dist:  # strict: ties keep the first zone listed for the subject
                     dist = dz
-    if dist <= 0.0:
-        # On the boundary (containment said no, distance says 0): treat as in.
-        st.out_run[d] = 0
-        ep = st.outbound_at_ms[d]
-        if ep != NONE_MS:
-            st.outbound_at_ms[d] = NONE_MS
-            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OUTBOUND, st.outbound_zone[d], 0, ts, ep,
-                                  0, lat, lon, 0.0, acc)
-        return ev_i, ev_f, n
-    if dist <= margin:
-        return ev_i, ev_f, n  # uncertain: neither counts nor breaks the run
-    if st.out_run[d] < OUT_RUN_MAX:
-        st.out_run[d] += 1
-    if st.out_run[d] >= confirm and st.outbound_at_ms[d] == NONE_MS:
-        st.outbound_at_ms[d] = ts
-        st.outbound_zone[d] = nearest
-        ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OUTBOUND, nearest, 1, ts, ts, 0,
-                              lat, lon, dist, acc)
+                    nearest = ra.incl_zone[j]
+            for lv in range(l0, l1):
+                if ra.leave_start_ms[lv] <= ts <= ra.leave_end_ms[lv]:
+                    for j in range(ra.leave_zone_off[lv], ra.leave_zone_off[lv + 1]):
+                        dz = zone_distance_m(za, ra.leave_zone[j], lon, lat)
+                        if dz < dist:
+                            dist = dz
+            if dist <= 0.0:
+                # On the boundary (containment said no, distance says 0): in.
+                ev_i, ev_f, n = _outbound_in(st, d, ts, lat, lon, acc, ev_i, ev_f, n)
+            elif dist > margin:  # out; between 0 and the margin: uncertain, no change
+                if st.out_run[d] < OUT_RUN_MAX:
+                    st.out_run[d] += 1
+                if st.out_run[d] >= confirm and st.outbound_at_ms[d] == NONE_MS:
+                    st.outbound_at_ms[d] = ts
+                    st.outbound_zone[d] = nearest
+                    ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OUTBOUND, nearest, 1, ts, ts, 0,
+                                          lat, lon, dist, acc)
+
+    # Settle: remember this position and how far the device may move before any answer
+    # above could change.
+    safe = -1.0
+    near_lon = st.near_lon[d]
+    if settled and (near_lon != near_lon or moved_upper_m(near_lon, st.near_lat[d], lon, lat)
+                    <= SETTLE_MAX_MOVE_M):
+        safe = np.inf
+        for k in range(e1 - e0):
+            b = zone_boundary_distance_m(za, ra.excl_zone[e0 + k], lon, lat)
+            if b < safe:
+                safe = b
+        if inside_zone >= 0:
+            b = zone_boundary_distance_m(za, inside_zone, lon, lat)
+            if b < safe:
+                safe = b
+        st.safe_until_ms[d] = _next_leave_change_ms(ra, s, ts)
+    st.safe_m[d] = safe
+    st.near_lon[d] = lon
+    st.near_lat[d] = lat
+    return ev_i, ev_f, n
+
+
+@njit(cache=True)
+def _outbound_in(st, d, ts, lat, lon, acc, ev_i, ev_f, n):
+    """An *in* fix: the run of out fixes ends and an open outbound clears at its ts."""
+    st.out_run[d] = 0
+    ep = st.outbound_at_ms[d]
+    if ep != NONE_MS:
+        st.outbound_at_ms[d] = NONE_MS
+        ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OUTBOUND, st.outbound_zone[d], 0, ts, ep,
+                              0, lat, lon, 0.0, acc)
     return ev_i, ev_f, n
 
 
@@ -297,7 +389,7 @@ def process_records(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, str
             if coord_sys[i] == 1:
                 x, y = gcj02_to_wgs84_point(x, y)
             ev_i, ev_f, n = _fix_rules(st, ra, za, d, t, x, y, acc[i], late, buffer_m, confirm,
-                                       ev_i, ev_f, n)
+                                       counters, ev_i, ev_f, n)
         else:
             counters[C_STATUSES] += 1
             last = st.last_status_ts_ms[d]

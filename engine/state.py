@@ -7,7 +7,7 @@ open" (an alarm's episode key is the ``at`` of its raised event, so "open" is si
 
 Per device (bytes): last_rx_ms 8, deadline_ms 8, last_fix_ts_ms 8, last_status_ts_ms 8,
 out_run 2, outbound_at_ms 8, outbound_zone 4, offline_at_ms 8, tamper_at_ms 8,
-battery_at_ms 8; per (device, exclusion zone) slot: exclusion_at_ms 8. See
+battery_at_ms 8, settled cache 28; per (device, exclusion zone) slot: exclusion_at_ms 8. See
 :func:`bytes_per_device` for the measured figure including the registry's per-device
 arrays.
 """
@@ -41,6 +41,13 @@ class DeviceState(NamedTuple):
     battery_at_ms: np.ndarray  # int64
     exclusion_at_ms: np.ndarray  # int64[n_slots]: per (device, exclusion zone)
     floor_ms: np.ndarray  # int64[1]: lower bound of every deadline_ms (sweep early-out)
+    # Settled-device cache (engine.kernels._fix_rules): position of the last full
+    # evaluation (WGS-84 degrees), the safe radius around it (metres, <= 0: none) and the
+    # time its set of active leaves changes. Never carried over a reload or restore.
+    near_lon: np.ndarray  # float64
+    near_lat: np.ndarray  # float64
+    safe_m: np.ndarray  # float32
+    safe_until_ms: np.ndarray  # int64
 
 
 def new_state(n_devices: int, n_slots: int) -> DeviceState:
@@ -61,12 +68,17 @@ def new_state(n_devices: int, n_slots: int) -> DeviceState:
         battery_at_ms=full(n_devices, NONE_MS),
         exclusion_at_ms=full(n_slots, NONE_MS),
         floor_ms=full(1, NO_DEADLINE_MS),
+        near_lon=np.full(n_devices, np.nan),
+        near_lat=np.full(n_devices, np.nan),
+        safe_m=np.full(n_devices, -1.0, dtype=np.float32),
+        safe_until_ms=full(n_devices, 0),
     )
 
 
 PER_DEVICE_FIELDS = ("last_rx_ms", "deadline_ms", "last_fix_ts_ms", "last_status_ts_ms", "out_run",
                      "outbound_at_ms", "outbound_zone", "offline_at_ms", "tamper_at_ms",
                      "battery_at_ms")
+CACHE_FIELDS = ("near_lon", "near_lat", "safe_m", "safe_until_ms")
 
 
 def bytes_per_device(state: DeviceState, registry_arrays=None) -> float:
@@ -75,7 +87,8 @@ def bytes_per_device(state: DeviceState, registry_arrays=None) -> float:
     n = len(state.last_rx_ms)
     if n == 0:
         return 0.0
-    total = sum(getattr(state, f).nbytes for f in PER_DEVICE_FIELDS) + state.exclusion_at_ms.nbytes
+    total = sum(getattr(state, f).nbytes for f in PER_DEVICE_FIELDS + CACHE_FIELDS)
+    total += state.exclusion_at_ms.nbytes
     if registry_arrays is not None:
         total += (registry_arrays.device_subject.nbytes + registry_arrays.device_level.nbytes
                   + registry_arrays.device_slot_off.nbytes)
@@ -140,7 +153,7 @@ def save_checkpoint(path: str | Path, state: DeviceState, device_ids: list[str],
     changed registry."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    arrays = {f: getattr(state, f) for f in DeviceState._fields}
+    arrays = {f: getattr(state, f) for f in DeviceState._fields if f not in CACHE_FIELDS}
     arrays["device_ids"] = np.array(device_ids, dtype=np.str_)
     arrays["slot_devices"] = np.array([k[0] for k in slot_keys], dtype=np.str_)
     arrays["slot_zones"] = np.array([k[1] for k in slot_keys], dtype=np.str_)
@@ -183,7 +196,9 @@ def load_checkpoint(path: str | Path):
             if int(data["version"][0]) != CHECKPOINT_VERSION:
                 raise CheckpointError(f"checkpoint version {int(data['version'][0])}, "
                                       f"expected {CHECKPOINT_VERSION}", str(path))
-            state = DeviceState(**{f: data[f].copy() for f in DeviceState._fields})
+            fields = {f: data[f].copy() for f in DeviceState._fields if f not in CACHE_FIELDS}
+            fresh = new_state(len(fields["last_rx_ms"]), 0)
+            state = DeviceState(**fields, **{f: getattr(fresh, f) for f in CACHE_FIELDS})
             device_ids = [str(x) for x in data["device_ids"]]
             slot_keys = list(zip((str(x) for x in data["slot_devices"]),
                                  (str(x) for x in data["slot_zones"])))

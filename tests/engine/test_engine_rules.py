@@ -330,3 +330,39 @@ def test_unknown_device_index_is_counted_not_fatal():
 def test_bytes_per_device_is_within_budget():
     e = engine([subject(devices=("B-1", "P-1"), exclusion=["victim", "school"])])
     assert e.bytes_per_device() <= 256
+
+
+# ----- settled-device path ----------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from pyproj import Geod  # noqa: E402
+
+from engine.kernels import moved_upper_m  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(lon=st.floats(-179.9, 179.9), lat=st.floats(-60, 60), az=st.floats(0, 360),
+       dist=st.floats(0, 5000))
+def test_moved_upper_m_never_underestimates(lon, lat, az, dist):
+    lon2, lat2, _ = Geod(ellps="WGS84").fwd(lon, lat, az, dist)
+    assert moved_upper_m(lon, lat, lon2, lat2) >= dist
+    assert moved_upper_m(lon, lat, lon2, lat2) <= dist * 1.02 + 1.0  # and is not useless
+
+
+def test_settled_device_still_sees_an_exclusion_and_a_closing_leave():
+    leave = {"start": T0, "end": T0 + 60_000, "zones": ["trip"]}
+    f = Feed(engine([subject(leaves=[leave])]))
+    in_trip = east(3000)
+    for k in range(5):  # settled inside the leave zone
+        assert f.fix("B-1", T0 + k * 1000, *in_trip) == []
+    assert f.engine.counters["settled_fixes"] == 4
+    f.fix("B-1", T0 + 60_001, *in_trip)  # the window closed: evaluated in full, out 1
+    assert brief(f.fix("B-1", T0 + 61_000, *in_trip))[0][:2] == ("raised", "outbound")
+    # Walking up to the victim's circle in 50 m steps: raised at the first fix inside.
+    g = Feed(engine())
+    start = offset(120.03, 30.03, 0, -1020)
+    for k in range(16):  # 1020, 970, ... 320 m from the centre, then 270 m: inside
+        g.fix("B-1", T0 + k * 1000, *offset(*start, 0, 50 * k))
+    assert brief(g.events) == [("raised", "exclusion", "B-1", "victim", T0 + 15_000, False)]
+    assert g.engine.counters["settled_fixes"] > 5
