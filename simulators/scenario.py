@@ -138,6 +138,9 @@ class Simulation:
         self.truth: list[TruthEvent] = []
         self.skipped: list[str] = []
         self._check_offline_margin()
+        # Warm up (numba caches, the plan's arrays) now rather than in the first publish
+        # tick, with a throwaway generator so the run's own draws stay deterministic.
+        self.model.observe(self.order[:1], np.array([self.start_ms]), np.random.default_rng(0))
         kinds = [k for k in SCENARIO_EVENTS[scenario] if spoof_allowed or k != "spoof"]
         if not spoof_allowed and "spoof" in SCENARIO_EVENTS[scenario]:
             self.skipped.append("spoof: devices share pooled connections, so none can "
