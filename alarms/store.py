@@ -64,6 +64,13 @@ _EVENT_KEYS = ("event", "alarm_id", "type", "subject_id", "device_id", "zone_id"
 # Columns of a track row, in the order record_fixes accepts tuples.
 TRACK_COLUMNS = ("device_id", "subject_id", "region", "ts", "lat", "lon", "acc", "src",
                  "received_at")
+_TRACK_COLS = ", ".join(TRACK_COLUMNS)
+# Keep a device's newest position: a late batch of older fixes must not move it back.
+_POSITION_UPSERT = (
+    "ON CONFLICT (device_id) DO UPDATE SET ts = excluded.ts, "
+    "subject_id = excluded.subject_id, region = excluded.region, lat = excluded.lat, "
+    "lon = excluded.lon, acc = excluded.acc, src = excluded.src, "
+    "received_at = excluded.received_at WHERE excluded.ts > positions.ts")
 # An arbitrary constant: the advisory lock that orders event-log appends on PostgreSQL.
 _PG_EVENT_LOCK = 0x656D_6665_6E63_65  # "emfence"
 # ...and the one that serialises schema migrations of concurrently starting workers.
@@ -71,6 +78,9 @@ _PG_MIGRATE_LOCK = _PG_EVENT_LOCK + 1
 # Longest list bound into one "IN (...)" (SQLite allows 32766 variables; stay well under).
 _IN_CHUNK = 500
 DAY_MS = 86_400_000
+# Rows per multi-row INSERT: at most 10 columns, so well under both databases' limit on
+# bound parameters (SQLite 32766, PostgreSQL 65535).
+_ROWS_PER_INSERT = 500
 
 log = logging.getLogger("emfence.alarms.store")
 
@@ -151,6 +161,22 @@ class _Db:
 
     def sql(self, text: str) -> str:
         return text
+
+    def insert_fixes(self, cur: _Cursor, rows: list[tuple[Any, ...]],
+                     newest: list[tuple[Any, ...]]) -> None:
+        """Append fixes to tracks (skipping ones already stored) and move positions forward.
+
+        ``rows`` and ``newest`` (one row per device, its newest in the batch) are tuples in
+        TRACK_COLUMNS order. Portable multi-row INSERTs; PostgreSQL overrides with COPY.
+        """
+        for chunk in _chunks(rows, _ROWS_PER_INSERT):
+            cur.execute(f"INSERT INTO tracks ({_TRACK_COLS}) VALUES {_values(len(chunk), 9)} "
+                        "ON CONFLICT (device_id, ts) DO NOTHING",
+                        [v for row in chunk for v in row])
+        # one row per device per statement, as an upsert may touch a row only once
+        for chunk in _chunks(newest, _ROWS_PER_INSERT):
+            cur.execute(f"INSERT INTO positions ({_TRACK_COLS}) VALUES {_values(len(chunk), 9)} "
+                        + _POSITION_UPSERT, [v for row in chunk for v in row])
 
     def conn(self) -> Any:
         if self._closed:
@@ -356,6 +382,22 @@ class _PostgresDb(_Db):
     def _broken(self, conn: Any) -> bool:
         return bool(conn.closed or conn.broken)
 
+    def insert_fixes(self, cur: _Cursor, rows: list[tuple[Any, ...]],
+                     newest: list[tuple[Any, ...]]) -> None:
+        # COPY into a per-connection staging table, then two set-based statements: several
+        # times faster than bound multi-row INSERTs, and the track writer must keep up
+        # with the live fix rate.
+        cur.execute("CREATE TEMP TABLE IF NOT EXISTS tracks_in (LIKE tracks) "
+                    "ON COMMIT DELETE ROWS")
+        with cur.cur.copy(f"COPY tracks_in ({_TRACK_COLS}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cur.execute(f"INSERT INTO tracks ({_TRACK_COLS}) SELECT {_TRACK_COLS} FROM tracks_in "
+                    "ON CONFLICT (device_id, ts) DO NOTHING")
+        cur.execute(f"INSERT INTO positions ({_TRACK_COLS}) SELECT DISTINCT ON (device_id) "
+                    f"{_TRACK_COLS} FROM tracks_in ORDER BY device_id, ts DESC "
+                    + _POSITION_UPSERT)
+
     def lock_event_log(self, cur: _Cursor) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(?)", (_PG_EVENT_LOCK,))
 
@@ -368,6 +410,12 @@ class _PostgresDb(_Db):
 
 def _placeholders(n: int) -> str:
     return "(" + ", ".join("?" * n) + ")"
+
+
+def _values(rows: int, cols: int) -> str:
+    """``(?, ?), (?, ?)``: the VALUES list of a multi-row INSERT."""
+    one = _placeholders(cols)
+    return ", ".join([one] * rows)
 
 
 def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
@@ -553,34 +601,51 @@ class AlarmStore:
             _check_event(ev, i)
         if not events:
             return []
-        seqs: list[int] = []
+        raises: list[tuple[Any, ...]] = []
+        clears: list[tuple[Any, ...]] = []
+        log_rows: list[tuple[Any, ...]] = []
+        for ev in events:
+            evidence = orjson.dumps(_evidence(ev)).decode()
+            if ev["event"] == "raised":
+                raises.append((ev["alarm_id"], ev["type"], ev["subject_id"], ev["device_id"],
+                               ev["zone_id"], ev["region"], ev["at"], now_ms, int(ev["late"]),
+                               evidence))
+            else:
+                clears.append((ev["at"], evidence, ev["alarm_id"]))
+            log_rows.append((ev["alarm_id"], ev["event"], ev["region"], ev["type"],
+                             topic_for(ev["region"], ev["type"]), orjson.dumps(ev), now_ms))
+        # Set-based, a few statements per batch whatever its size: this sits on the
+        # fix-to-alarm path, and PostgreSQL pays a network round trip per statement.
         with self._db.tx("record events") as cur:
             self._db.lock_event_log(cur)
-            for ev in events:
-                payload = orjson.dumps(ev)
-                evidence = orjson.dumps(_evidence(ev)).decode()
-                if ev["event"] == "raised":
-                    cur.execute(
-                        "INSERT INTO alarms (alarm_id, type, subject_id, device_id, zone_id, "
-                        "region, raised_at, recorded_at, late, evidence) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT (alarm_id) DO NOTHING",
-                        (ev["alarm_id"], ev["type"], ev["subject_id"], ev["device_id"],
-                         ev["zone_id"], ev["region"], ev["at"], now_ms, int(ev["late"]),
-                         evidence),
-                    )
-                else:
-                    # Only the first `cleared` counts; a cleared whose raise this store never
-                    # saw (e.g. an engine checkpoint older than the database) is still
-                    # logged and published below, but there is no alarm row to update.
-                    cur.execute(
-                        "UPDATE alarms SET state = 'cleared', cleared_at = ?, "
-                        "cleared_evidence = ? WHERE alarm_id = ? AND state = 'active'",
-                        (ev["at"], evidence, ev["alarm_id"]),
-                    )
-                seqs.append(self._append_event(cur, ev["alarm_id"], ev["event"], ev["region"],
-                                               ev["type"], payload, now_ms))
-        return seqs
+            for chunk in _chunks(raises, _ROWS_PER_INSERT):
+                cur.execute("INSERT INTO alarms (alarm_id, type, subject_id, device_id, zone_id, "
+                            "region, raised_at, recorded_at, late, evidence) VALUES "
+                            + _values(len(chunk), 10) + " ON CONFLICT (alarm_id) DO NOTHING",
+                            [v for row in chunk for v in row])
+            # Only the first `cleared` counts. A cleared whose raise this store never saw
+            # (e.g. an engine checkpoint older than the database) is still logged and
+            # published below, but there is no alarm row to update.
+            cur.executemany("UPDATE alarms SET state = 'cleared', cleared_at = ?, "
+                            "cleared_evidence = ? WHERE alarm_id = ? AND state = 'active'",
+                            clears)
+            seq_of: dict[tuple[str, str], int] = {}
+            for chunk in _chunks(log_rows, _ROWS_PER_INSERT):
+                # Rows get their seq in VALUES order, so the log keeps the batch's order.
+                inserted = cur.execute(
+                    "INSERT INTO events (alarm_id, event, region, type, topic, payload, "
+                    "created_at) VALUES " + _values(len(chunk), 7)
+                    + " ON CONFLICT (alarm_id, event) DO NOTHING RETURNING seq, alarm_id, event",
+                    [v for row in chunk for v in row]).all()
+                for r in inserted:
+                    seq_of[(r["alarm_id"], r["event"])] = int(r["seq"])
+            missing = sorted({(r[0], r[1]) for r in log_rows} - set(seq_of))
+            for chunk in _chunks(sorted({a for a, _ in missing})):
+                # duplicates (a replay after a restart): report the seq already stored
+                for r in cur.execute("SELECT seq, alarm_id, event FROM events WHERE alarm_id IN "
+                                     + _placeholders(len(chunk)), chunk).all():
+                    seq_of.setdefault((r["alarm_id"], r["event"]), int(r["seq"]))
+        return [seq_of[(r[0], r[1])] for r in log_rows]
 
     def pending(self, limit: int = 100, regions: Iterable[str] | None = None
                 ) -> list[tuple[int, str, bytes]]:
@@ -980,18 +1045,8 @@ class AlarmStore:
             cur_best = newest.get(t[0])
             if cur_best is None or t[3] > cur_best[3]:
                 newest[t[0]] = t
-        cols = ", ".join(TRACK_COLUMNS)
         with self._db.tx("record fixes") as cur:
-            cur.executemany(f"INSERT INTO tracks ({cols}) VALUES {_placeholders(9)} "
-                            "ON CONFLICT (device_id, ts) DO NOTHING", tuples)
-            cur.executemany(
-                f"INSERT INTO positions ({cols}) VALUES {_placeholders(9)} "
-                "ON CONFLICT (device_id) DO UPDATE SET ts = excluded.ts, "
-                "subject_id = excluded.subject_id, region = excluded.region, "
-                "lat = excluded.lat, lon = excluded.lon, acc = excluded.acc, "
-                "src = excluded.src, received_at = excluded.received_at "
-                "WHERE excluded.ts > positions.ts",
-                list(newest.values()))
+            self._db.insert_fixes(cur, tuples, list(newest.values()))
         return len(tuples)
 
     def track(self, key: str | Iterable[str] | None = None, from_ms: int | None = None,

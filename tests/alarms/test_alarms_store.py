@@ -122,6 +122,20 @@ def test_recording_the_same_events_twice_changes_nothing(store):
     assert store.get_alarm("A-1")["state"] == "cleared"
 
 
+def test_a_large_batch_with_duplicates_inside_keeps_its_order(store):
+    """More rows than one multi-row INSERT takes, and an event repeated within the batch."""
+    evs = [raised(f"A-{i:04d}", at=i) for i in range(1_300)]
+    batch = evs[:700] + [evs[3]] + evs[700:] + [cleared(evs[5], at=9_999)]
+    seqs = store.record_events(batch, now_ms=10_000)
+    assert len(seqs) == 1_302 and seqs[700] == seqs[3]
+    unique = seqs[:700] + seqs[701:]
+    assert unique == sorted(unique) and len(set(unique)) == 1_301
+    log = store.events_since(0, limit=10_000)
+    assert [(e["alarm_id"], e["event"]) for e in log] == \
+        [(e["alarm_id"], "raised") for e in evs] + [("A-0005", "cleared")]
+    assert store.get_alarm("A-0005")["state"] == "cleared"
+
+
 def test_raise_and_clear_in_one_batch_and_seqs_increase(store):
     a = raised("A-1", at=1_000)
     seqs = store.record_events([a, cleared(a, at=1_500), raised("A-2", at=1_600)], 2_000)

@@ -61,6 +61,14 @@ def test_a_fix_sent_twice_is_stored_once(store):
     assert [(r["ts"], r["lat"]) for r in t] == [(1_000, 29.0), (2_000, 29.0)]
 
 
+def test_duplicates_inside_one_batch(store):
+    store.record_fixes([fix("BR-1", 1_000, lat=29.0), fix("BR-1", 2_000, lat=29.2),
+                        fix("BR-1", 1_000, lat=29.0), fix("BR-2", 500)])
+    assert [r["ts"] for r in store.track("BR-1", 0, 5_000)] == [1_000, 2_000]
+    assert [(p["device_id"], p["ts"], p["lat"]) for p in store.last_positions()] == [
+        ("BR-1", 2_000, 29.2), ("BR-2", 500, 29.0)]
+
+
 def test_last_positions_keep_the_newest_fix_by_event_time(store):
     store.record_fixes([fix("BR-1", 5_000, lat=29.5), fix("BR-1", 4_000, lat=29.4),
                         fix("BR-2", 1_000, region=REGION_B, subject="S-2")])
