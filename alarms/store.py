@@ -306,6 +306,10 @@ class _SqliteDb(_Db):
     def __init__(self, path: str, busy_timeout_s: float = 30.0):
         import sqlite3
 
+        if sqlite3.sqlite_version_info < (3, 35, 0):
+            # UPSERT and RETURNING, which the portable SQL relies on
+            raise StoreError(f"SQLite {sqlite3.sqlite_version} is too old; the store needs "
+                             "3.35 or newer", where=path)
         super().__init__()
         self.path = path
         self.busy_timeout_s = busy_timeout_s
