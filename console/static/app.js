@@ -460,7 +460,15 @@ function drawMap() {
   const px = Math.max(v.w / Math.max(map.clientWidth, 1), v.h / Math.max(map.clientHeight, 1));
   const kids = [];
   for (const f of (state.zones && state.zones.features) || []) {
-    const path = svg("path", { d: pathData(f.geometry), class: `zone-${f.properties.kind}`, "fill-rule": "evenodd" });
+    const circle = f.properties.circle;
+    let path;
+    if (circle) {
+      // A circle zone is drawn exactly: the projection is in metres, so r is the radius.
+      const [cx, cy] = project(p, circle[0], circle[1]);
+      path = svg("circle", { cx, cy, r: circle[2], class: `zone-${f.properties.kind}` });
+    } else {
+      path = svg("path", { d: pathData(f.geometry), class: `zone-${f.properties.kind}`, "fill-rule": "evenodd" });
+    }
     const title = svg("title");
     title.textContent = `${f.properties.kind} zone ${f.properties.zone_id}`;
     path.append(title);
@@ -538,7 +546,10 @@ async function loadStats(ev) {
   if (!$("#s-to").value) $("#s-to").value = dayInput(Date.now());
   if (!$("#s-from").value) $("#s-from").value = dayInput(Date.now() - 29 * 86400000);
   const from = new Date(`${$("#s-from").value}T00:00:00`).getTime();
-  const to = new Date(`${$("#s-to").value}T00:00:00`).getTime() + 86400000 - 1;
+  // to_ms is exclusive: the midnight after the last day shown.
+  const end = new Date(`${$("#s-to").value}T00:00:00`);
+  end.setDate(end.getDate() + 1);
+  const to = end.getTime();
   const q = new URLSearchParams({ from_ms: from, to_ms: to, tz_offset_min: -new Date().getTimezoneOffset() });
   if ($("#s-region").value) q.set("region", $("#s-region").value);
   let s;
@@ -573,17 +584,24 @@ async function loadStats(ev) {
       ["acknowledged", String(s.acknowledged)], ["closed", String(s.closed)],
       ["false-alarm share of closed", s.false_alarm_share === null ? "–" : `${(100 * s.false_alarm_share).toFixed(1)} %`],
     ]));
-  const mr = maxOf(s.per_region), mt = maxOf(s.per_type), md = maxOf(s.per_day), mdisp = maxOf(s.dispositions);
+  const entries = (obj, key) => Object.entries(obj).map(([k, count]) => ({ [key]: k, count }));
+  const perRegion = entries(s.by_region, "region");
+  const perType = entries(s.by_type, "type");
+  const perDay = entries(s.by_day, "day");
+  const falseSet = new Set(s.false_alarm_dispositions);
+  const perDisp = entries(s.dispositions, "disposition").filter((r) => r.count > 0);
+  const mr = maxOf(perRegion), mt = maxOf(perType), md = maxOf(perDay), mdisp = maxOf(perDisp);
   const byRegion = card("Alarms per region", table(["region", "alarms", ""],
-    s.per_region.map((r) => [r.region, String(r.count), bar(r.count, mr)])));
+    perRegion.map((r) => [r.region, String(r.count), bar(r.count, mr)])));
   const byType = card("Alarms per type", table(["type", "alarms", ""],
-    s.per_type.map((r) => [label(r.type), String(r.count), bar(r.count, mt)])));
+    perType.map((r) => [label(r.type), String(r.count), bar(r.count, mt)])));
   const byDay = card("Alarms per day", table(["day", "alarms", ""],
-    s.per_day.map((r) => [r.day, String(r.count), bar(r.count, md)])));
+    perDay.map((r) => [r.day, String(r.count), bar(r.count, md)])));
   const byDisp = card("Closed by disposition", table(["disposition", "alarms", ""],
-    s.dispositions.map((r) => [label(r.disposition) + (r.false_alarm ? " (false alarm)" : ""), String(r.count), bar(r.count, mdisp, r.false_alarm ? "false" : "")])));
+    perDisp.map((r) => [label(r.disposition) + (falseSet.has(r.disposition) ? " (false alarm)" : ""),
+      String(r.count), bar(r.count, mdisp, falseSet.has(r.disposition) ? "false" : "")])));
   const detail = card("Region × type × day", table(["day", "region", "type", "alarms"],
-    s.rows.map((r) => [r.day, r.region, label(r.type), String(r.count)])));
+    s.counts.map((r) => [r.day, r.region, label(r.type), String(r.count)])));
   body.replaceChildren(overview, byRegion, byType, byDay, byDisp, detail);
 }
 

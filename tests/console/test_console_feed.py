@@ -3,67 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Iterator
 
 import httpx
 import orjson
 import pytest
-from console_helpers import PASSWORD, T0, add_accounts, raised
+from console_helpers import PASSWORD, T0, Server, add_accounts, raised
 
 from alarms.store import open_store
 from console import create_app, serve
 from emfence.config import Config
-
-
-class Server:
-    """The console served by :func:`console.serve` in a thread with its own event loop."""
-
-    def __init__(self, app):
-        self.port: int | None = None
-        self._ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._task: asyncio.Task | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._app = app
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-
-        def ready(port: int) -> None:
-            self.port = port
-            self._ready.set()
-
-        async def main() -> None:
-            self._task = asyncio.current_task()
-            await serve(self._app, "127.0.0.1", 0, ready=ready)
-
-        try:
-            self._loop.run_until_complete(main())
-        except asyncio.CancelledError:
-            pass
-        except BaseException as exc:  # noqa: BLE001 - reported by start()
-            self._error = exc
-            self._ready.set()
-
-    def start(self) -> "Server":
-        self._thread.start()
-        self._ready.wait(30)
-        if self._error:
-            raise self._error
-        assert self.port, "console did not start"
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._loop.call_soon_threadsafe(self._task.cancel)
-        self._thread.join(30)
-        assert not self._thread.is_alive(), "console did not stop when cancelled"
 
 
 @pytest.fixture

@@ -1,0 +1,201 @@
+"""End to end in headless Chromium: log in, see an alarm appear live, acknowledge and
+close it in the page, and find the actions in the store.
+
+Needs the Debian packages ``chromium`` and ``chromium-driver`` (``make test`` installs
+them) and selenium.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import orjson
+import pytest
+from console_helpers import PASSWORD, Server, add_accounts, raised
+
+from alarms.store import open_store
+from console import create_app
+from emfence.config import Config
+from engine import load_registry
+from geofence import compile_zones, load_zones
+
+from conftest import CNMAPS
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+pytestmark = pytest.mark.browser
+
+# How long the page may take to react (a safety net for a loaded CI machine, not a
+# performance assertion: a working page reacts within a second).
+WAIT_S = 30
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@pytest.fixture
+def world(tmp_path):
+    """A store with accounts, a county and an exclusion zone, a subject's recent track."""
+    fc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": "411303",
+         "geometry": orjson.loads((CNMAPS / "411303.geojson").read_bytes()),
+         "properties": {"coord_sys": "gcj02"}},
+        {"type": "Feature", "id": "victim-17",
+         "geometry": {"type": "Point", "coordinates": [112.52, 33.01]},
+         "properties": {"radius_m": 500}}]}
+    zones = compile_zones(load_zones(fc))
+    registry = load_registry({"subjects": [
+        {"subject_id": "S-1", "region": "411303", "level": "strict",
+         "devices": [{"device_id": "B-1"}], "inclusion": ["411303"],
+         "exclusion": ["victim-17"]}]}, zones)
+    store = open_store(f"sqlite:///{tmp_path / 'alarms.db'}")
+    add_accounts(store)
+    t = now_ms()
+    store.record_fixes([
+        {"device_id": "B-1", "subject_id": "S-1", "region": "411303", "ts": t - k * 60_000,
+         "lat": 33.01 + k * 0.0004, "lon": 112.52 + k * 0.0006, "acc": 12.0, "src": "gps",
+         "received_at": t - k * 60_000}
+        for k in range(20, -1, -1)])
+    server = Server(create_app(store=store, config=Config(), zones=zones, registry=registry,
+                               secure_cookies=False)).start()
+    yield server, store
+    server.stop()
+    store.close_store()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.fail("chromium and chromium-driver are not installed "
+                    "(apt-get install chromium chromium-driver; `make test` does it)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync",
+                 "--autoplay-policy=no-user-gesture-required", "--window-size=1400,900",
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
+    driver = webdriver.Chrome(options=opts, service=service)
+    yield driver
+    driver.quit()
+
+
+def severe_console_messages(driver) -> list[str]:
+    """Errors the page logged, less the one it expects: the session probe on first load
+    answers 401 until the user logs in."""
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"
+            and not ("/api/session" in e["message"] and "401" in e["message"])]
+
+
+def test_operator_sees_an_alarm_live_then_acknowledges_and_closes_it(world, browser, tmp_path):
+    server, store = world
+    d = browser
+    wait = WebDriverWait(d, WAIT_S)
+    d.get(server.url + "/")
+
+    # log in
+    wait.until(EC.visibility_of_element_located((By.ID, "login-name"))).send_keys("alice")
+    d.find_element(By.ID, "login-password").send_keys(PASSWORD)
+    d.find_element(By.ID, "login-submit").click()
+    wait.until(EC.visibility_of_element_located((By.ID, "alarms-view")))
+    wait.until(EC.text_to_be_present_in_element((By.ID, "feed-state"), "live"))
+    assert "alice (operator)" in d.find_element(By.ID, "who").text
+    # the map drew the county and the exclusion circle from their own geometry
+    wait.until(lambda drv: drv.find_elements(By.CSS_SELECTOR, "#map path.zone-inclusion"))
+    [circle] = d.find_elements(By.CSS_SELECTOR, "#map circle.zone-exclusion")
+    assert float(circle.get_attribute("r")) == 500.0  # metres: the projection is metric
+    assert d.find_elements(By.CSS_SELECTOR, "#map circle.device")
+
+    # an alarm is recorded while the page is open: it must appear without a reload
+    t = now_ms()
+    store.record_events([raised("e2e-1", "411303", kind="exclusion", at=t - 5000,
+                                subject="S-1", device="B-1", lat=33.0101, lon=112.5201)], t)
+    row_sel = (By.CSS_SELECTOR, 'tr[data-alarm-id="e2e-1"]')
+    row = wait.until(EC.presence_of_element_located(row_sel))
+    assert "fresh" in row.get_attribute("class")
+    assert "exclusion" in row.text and "S-1" in row.text
+
+    # select it: details, history and the subject's track on the map
+    row.click()
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#detail h2"), "S-1"))
+    wait.until(lambda drv: drv.find_elements(By.CSS_SELECTOR, "#map polyline.track"))
+    assert len(d.find_elements(By.CSS_SELECTOR, "#map circle.fix")) == 21
+    assert d.find_elements(By.CSS_SELECTOR, "#map circle.alarm-point")
+    d.save_screenshot(str(tmp_path / "console-selected.png"))
+
+    # acknowledge with a note
+    d.find_element(By.CSS_SELECTOR, "#detail .ack-note").send_keys("calling the subject")
+    d.find_element(By.CSS_SELECTOR, "#detail .ack-btn").click()
+    close_form = wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, "#detail .close-form")))
+    assert not d.find_element(By.CSS_SELECTOR, "#detail .ack-form").is_displayed()
+
+    # close: a disposition is required
+    close_form.find_element(By.CSS_SELECTOR, ".close-btn").click()
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#detail .d-error"),
+                                                "Choose a disposition"))
+    Select(close_form.find_element(By.CSS_SELECTOR, ".close-disp")).select_by_value("gps_drift")
+    close_form.find_element(By.CSS_SELECTOR, ".close-note").send_keys("multipath near tower")
+    close_form.find_element(By.CSS_SELECTOR, ".close-btn").click()
+    wait.until(EC.text_to_be_present_in_element(row_sel, "closed"))
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#detail .d-history"),
+                                                "close by alice"))
+    history = d.find_element(By.CSS_SELECTOR, "#detail .d-history").text
+    assert "acknowledge by alice" in history and "close by alice" in history
+    assert "gps drift" in history and "multipath near tower" in history
+
+    # the store has both actions, by alice, and the audit trail has them and the track view
+    actions = store.actions("e2e-1")
+    assert [(a["what"], a["who"], a["note"], a["disposition"]) for a in actions] == [
+        ("acknowledge", "alice", "calling the subject", None),
+        ("close", "alice", "multipath near tower", "gps_drift")]
+    alarm = store.get_alarm("e2e-1")
+    assert alarm["workflow"] == "closed" and alarm["closed_by"] == "alice"
+    audited = {r["action"] for r in store.audit_log(who="alice")}
+    assert {"login.ok", "alarm.acknowledge", "alarm.close", "track.view"} <= audited
+
+    # an escalated alarm stands out
+    store.record_events([raised("e2e-2", "411303", kind="outbound", at=now_ms() - 1000,
+                                subject="S-1", device="B-1")], now_ms() - 400_000)
+    store.escalate_due(now_ms(), 300_000)
+    esc = wait.until(EC.presence_of_element_located(
+        (By.CSS_SELECTOR, 'tr.escalated[data-alarm-id="e2e-2"]')))
+    assert "ESCALATED" in esc.text
+    assert d.find_element(By.ID, "banner").is_displayed()
+    d.save_screenshot(str(tmp_path / "console-escalated.png"))
+    # nothing the page did was refused by its own Content-Security-Policy or failed
+    assert severe_console_messages(d) == []
+
+
+def test_supervisor_view_shows_statistics(world, browser):
+    server, store = world
+    t = now_ms()
+    store.record_events([raised(f"s{i}", "411303", kind=("outbound", "tamper")[i % 2],
+                                at=t - i * 60_000, subject="S-1", device="B-1")
+                         for i in range(4)], t - 300_000)
+    store.acknowledge("s0", "sue", None, t - 200_000)
+    store.close_alarm("s0", "sue", "gps_drift", "drift", t - 100_000)
+    d = browser
+    wait = WebDriverWait(d, WAIT_S)
+    d.get(server.url + "/")
+    wait.until(EC.visibility_of_element_located((By.ID, "login-name"))).send_keys("sue")
+    d.find_element(By.ID, "login-password").send_keys(PASSWORD)
+    d.find_element(By.ID, "login-submit").click()
+    wait.until(EC.element_to_be_clickable((By.ID, "tab-stats"))).click()
+    wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, "#stats-body .card")))
+    text = d.find_element(By.ID, "stats-body").text
+    assert "Alarms per region" in text and "411303" in text
+    assert "median time to acknowledge" in text and "1 min 40 s" in text
+    assert "100.0 %" in text  # the one closed alarm was a false alarm (gps drift)
+    assert severe_console_messages(d) == []
