@@ -115,11 +115,19 @@ class Console:
         self.secure_cookies = secure_cookies
         self.clock_ms = clock_ms
         self.gateway = StoreGateway(store)
+        # Set by shutdown(): open live feeds end within one poll, so the HTTP server can
+        # stop (a server waits for streaming responses to finish before it exits).
+        self.closing = False
         alarms_cfg = getattr(config, "alarms", None)
         self.escalate_after_s = getattr(alarms_cfg, "escalate_after_s", None)
         s = self.settings
         self.sessions = SessionTable(idle_ms=int(s.session_idle_s * 1000),
                                      max_ms=int(s.session_max_s * 1000))
+
+    def shutdown(self) -> None:
+        """End every open live feed (within ``feed_poll_s``); call before stopping the
+        HTTP server. :func:`serve` does it when cancelled."""
+        self.closing = True
 
     # --- who is asking ---------------------------------------------------------------
 
@@ -207,6 +215,10 @@ def create_app(*, store: Any, config: Any, zones: Any = None, registry: Any = No
     ``secure_cookies``: set the cookie's ``Secure`` flag; keep it on whenever the
     console is reached over TLS, turn it off only for plain-HTTP on localhost.
     ``clock_ms``: epoch-milliseconds clock (tests move it; defaults to the wall clock).
+
+    A program that runs the app with its own uvicorn server instead of :func:`serve` must
+    call ``app.state.console.shutdown()`` before telling the server to exit: live feeds
+    are endless responses, and uvicorn waits for them.
     """
     from console import api, feed
 
@@ -280,6 +292,9 @@ async def serve(app: Starlette, host: str, port: int, *,
                 await result
         await asyncio.shield(task)
     except asyncio.CancelledError:
+        console = getattr(app.state, "console", None)
+        if console is not None:
+            console.shutdown()
         server.should_exit = True
         await task
         raise

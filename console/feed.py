@@ -10,7 +10,8 @@ so a dropped connection resumes exactly where it stopped: no gap, at worst a rep
 the newest event.
 
 The feed re-reads the account every ``feed_keepalive_s``: a session that ends or an
-account that is disabled ends the stream with an ``event: logout`` message.
+account that is disabled ends the stream with an ``event: logout`` message. When the
+console shuts down the stream simply ends; the browser reconnects once it is back.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def endpoint(console: "Console") -> Callable:
             yield b"retry: %d\n: feed from seq %d\n\n" % (RECONNECT_MS, seq)
             loop = asyncio.get_running_loop()
             last_check = last_send = loop.time()
-            while True:
+            while not console.closing:
                 if console.sessions.get(token, console.clock_ms()) is None:
                     yield b"event: logout\ndata: {}\n\n"
                     return

@@ -125,3 +125,49 @@ def test_serve_reports_a_port_in_use(live):
 
     with pytest.raises(OSError):
         asyncio.run(try_bind())
+
+
+def test_shutdown_ends_open_feeds_so_a_plain_uvicorn_server_can_stop(tmp_path):
+    """A host running the app on its own uvicorn server (as `emfence run` may) calls
+    ``app.state.console.shutdown()``; without it uvicorn would wait for the endless feed."""
+    import contextlib
+    import socket
+
+    import uvicorn
+
+    store = open_store(f"sqlite:///{tmp_path / 'alarms.db'}")
+    add_accounts(store)
+    app = create_app(store=store, config=Config(), secure_cookies=False)
+
+    class Quiet(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            yield
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = Quiet(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    lines: list[str] = []
+
+    async def main() -> None:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+            assert (await c.post("/api/login", json={"name": "alice", "password": PASSWORD})
+                    ).status_code == 200
+            async with c.stream("GET", "/api/feed") as resp:
+                async for line in resp.aiter_lines():
+                    lines.append(line)
+                    if line == "":  # the opening message is through: the feed is open
+                        app.state.console.shutdown()
+                        server.should_exit = True
+        # The server returns only once the feed has ended; without shutdown() it would
+        # wait forever, so give up (and fail) after a generous minute.
+        await asyncio.wait_for(task, 60)
+
+    asyncio.run(main())
+    sock.close()
+    store.close_store()
+    assert lines[0] == "retry: 2000"
