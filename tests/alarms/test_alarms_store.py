@@ -134,6 +134,11 @@ def test_a_large_batch_with_duplicates_inside_keeps_its_order(store):
     assert [(e["alarm_id"], e["event"]) for e in log] == \
         [(e["alarm_id"], "raised") for e in evs] + [("A-0005", "cleared")]
     assert store.get_alarm("A-0005")["state"] == "cleared"
+    # the same event twice in one statement
+    a = raised("TWICE", at=1)
+    first, second = store.record_events([a, a], now_ms=10_001)
+    assert first == second and store.events_since(log[-1]["seq"])[0]["seq"] == first
+    assert len(store.events_since(log[-1]["seq"])) == 1
 
 
 def test_raise_and_clear_in_one_batch_and_seqs_increase(store):
