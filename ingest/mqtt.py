@@ -139,6 +139,9 @@ def make_client(settings: BrokerSettings, *, client_id: str, will: aiomqtt.Will 
         identifier=client_id, clean_session=False, will=will,
         protocol=aiomqtt.ProtocolVersion.V311, keepalive=settings.keepalive_s,
         tls_context=settings.ssl_context(), timeout=30.0)
+    # The outbox publishes a few hundred QoS 1 events concurrently; aiomqtt would log a
+    # warning for each call beyond 10 outstanding.
+    client.pending_calls_threshold = 10_000
     if manual_ack:
         # aiomqtt has no option for this yet; the paho client underneath does, and must
         # be told before it connects.

@@ -80,11 +80,15 @@ TRACK_FLUSH_S = 1.0
 ESCALATION_CHECK_S = 5.0
 PURGE_PERIOD_S = 3600.0
 OUTBOX_BATCH = 500
+# The receive loop yields to the other tasks at least every this many messages.
+YIELD_EVERY = 200
 # Bytes of a rejected payload copied into its dead letter.
 DEADLETTER_PREFIX_BYTES = 256
 # How long a clean shutdown keeps trying to deliver the outbox before it gives up (the
 # rest is delivered at the next start).
 SHUTDOWN_FLUSH_S = 10.0
+# A health message not acknowledged within this time is given up (the next one follows).
+HEALTH_TIMEOUT_S = 5.0
 
 
 def wall_ms() -> int:
@@ -235,6 +239,7 @@ class Service:
                  ",".join(self.opts.regions) if self.opts.regions else "all",
                  _redact(self.opts.store_url),
                  ", state restored from checkpoint" if self.restored else "")
+        await asyncio.to_thread(self._warm_up)
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [
@@ -268,6 +273,18 @@ class Service:
         log.info("engine %s stopped cleanly", self.opts.name)
         return 0
 
+    def _warm_up(self) -> None:
+        """Compile (or load from numba's cache) the rule kernels before subscribing, so
+        the first batch after a start does not stall the backlog for seconds."""
+        t = time.monotonic()
+        empty_i = np.zeros(0, np.int64)
+        empty_f = np.zeros(0, np.float64)
+        self.engine.process_records(np.zeros(0, np.uint8), np.zeros(0, np.int32), empty_i,
+                                    empty_i, empty_f, empty_f, empty_f, np.zeros(0, np.uint8),
+                                    empty_f, np.zeros(0, np.int8))
+        self.engine.sweep(-(2**62))  # a moment long past: nothing is due
+        log.info("rule kernels ready in %.1f s", time.monotonic() - t)
+
     def request_stop(self, sig: int | None = None) -> None:
         if not self.stop_event.is_set():
             log.info("%s: finishing the batch, checkpointing, flushing the outbox",
@@ -297,20 +314,27 @@ class Service:
                 async with client:
                     await self._on_connected(client)
                     backoff.reset()
+                    n = 0
                     async for message in client.messages:
                         await self._on_message(message)
+                        n += 1
+                        if n % YIELD_EVERY == 0:
+                            # Queue.get() does not yield while messages are waiting: let
+                            # the processor, the sweeps and the signal handlers run.
+                            await asyncio.sleep(0)
             except aiomqtt.MqttError as exc:
-                self._on_disconnected(exc)
+                self._on_disconnected(exc, was_connected=self.connected.is_set())
             finally:
                 self.client = None
                 self.connected.clear()
             if self.stopping:
                 return
             delay = backoff.next_delay_s()
-            log.warning("broker %s:%d unreachable; keeping the state of %d devices and %d "
-                        "unacknowledged messages; reconnect attempt %d in %.1f s",
-                        self.broker.host, self.broker.port, len(self.registry.device_ids),
-                        self.since_checkpoint, backoff.attempts, delay)
+            log.warning("broker %s:%d unreachable; keeping the state of %d devices (%d "
+                        "messages processed since the last checkpoint); reconnect attempt %d "
+                        "in %.1f s", self.broker.host, self.broker.port,
+                        len(self.registry.device_ids), self.since_checkpoint,
+                        backoff.attempts, delay)
             await asyncio.sleep(delay)
 
     async def _on_connected(self, client) -> None:
@@ -346,10 +370,13 @@ class Service:
         await self._publish_health(client, "online")
         self.outbox_wake.set()
 
-    def _on_disconnected(self, exc: Exception) -> None:
-        self.disconnected_at_ms = wall_ms()
-        self.counters["disconnects"] += 1
-        log.warning("broker connection lost: %s", exc)
+    def _on_disconnected(self, exc: Exception, was_connected: bool) -> None:
+        if was_connected:
+            self.disconnected_at_ms = wall_ms()
+            self.counters["disconnects"] += 1
+            log.warning("broker connection lost: %s", exc)
+        else:
+            log.debug("connect failed: %s", exc)
 
     async def _on_message(self, message) -> None:
         if self.stopping:
@@ -698,7 +725,8 @@ class Service:
 
     async def _publish_health(self, client, status: str) -> None:
         await client.publish(self.mqtt.health_topic(self.opts.name),
-                             orjson.dumps(self.health(status)), qos=1, retain=True)
+                             orjson.dumps(self.health(status)), qos=1, retain=True,
+                             timeout=HEALTH_TIMEOUT_S)
 
     async def _escalation(self) -> None:
         after_ms = int(self.config.alarms.escalate_after_s * 1000)

@@ -21,7 +21,8 @@ class PahoClient:
     """A connected paho client collecting received messages in a queue."""
 
     def __init__(self, port: int, username: str | None = None, password: str | None = None,
-                 *, client_id: str = "", clean_session: bool = True):
+                 *, client_id: str = "", clean_session: bool = True,
+                 max_inflight: int | None = None):
         self.messages: queue.Queue = queue.Queue()
         self._connected = threading.Event()
         self._result = None
@@ -35,6 +36,9 @@ class PahoClient:
         self.client.on_connect = self._on_connect
         self.client.on_message = lambda c, u, m: self.messages.put((m.topic, m.payload, m.retain))
         self.client.on_subscribe = self._on_subscribe
+        if max_inflight is not None:
+            self.client.max_inflight_messages_set(max_inflight)
+        self.client.reconnect_delay_set(0.1, 0.5)
         self.client.connect("127.0.0.1", port, keepalive=30)
         self.client.loop_start()
         if not self._connected.wait(WAIT_S):
