@@ -113,7 +113,7 @@ def region_param(request: Request, principal: Principal) -> list[str] | None:
         raise ApiError(400, "bad_param", f"query parameter 'region': {exc}") from None
 
 
-def session_body(principal: Principal, csrf: str, console: "Console") -> dict[str, Any]:
+def session_body(principal: Principal, csrf: str, console: Console) -> dict[str, Any]:
     return {"user": principal.name, "role": principal.role,
             "regions": sorted(principal.regions), "all_regions": principal.is_admin,
             "csrf_token": csrf, "dispositions": list(DISPOSITIONS),
@@ -132,7 +132,7 @@ def feed_item(row: dict[str, Any]) -> dict[str, Any]:
             "data": row["data"]}
 
 
-def routes(console: "Console") -> list[Route]:
+def routes(console: Console) -> list[Route]:
     """The API's routes, bound to ``console``."""
     call = console.gateway.call
     s = console.settings

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import socket
 import logging
+import socket
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson

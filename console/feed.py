@@ -17,7 +17,8 @@ console shuts down the stream simply ends; the browser reconnects once it is bac
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import orjson
 from starlette.requests import Request
@@ -52,7 +53,7 @@ def sse_message(seq: int, event: dict) -> bytes:
     return b"id: %d\nevent: alarm\ndata: %s\n\n" % (seq, orjson.dumps(event))
 
 
-def endpoint(console: "Console") -> Callable:
+def endpoint(console: Console) -> Callable:
     call = console.gateway.call
     s = console.settings
 

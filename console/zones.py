@@ -22,7 +22,6 @@ import math
 from typing import Any
 
 import numpy as np
-
 import shapely
 from shapely.geometry import mapping
 

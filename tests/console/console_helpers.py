@@ -166,7 +166,7 @@ class Server:
             self._error = exc
             self._ready.set()
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         self._thread.start()
         self._ready.wait(30)
         if self._error:

@@ -7,17 +7,17 @@ from __future__ import annotations
 import statistics
 
 import pytest
-from console_helpers import (  # noqa: F401  (fixtures)
+from console_helpers import (
     T0,
-    any_console,
     audit_rows,
     cleared,
-    console,
     raised,
-    sqlite_url,
 )
 
 DAY = 86_400_000
+
+# the fixtures (console, any_console, sqlite_url) live in console_helpers
+pytest_plugins = ["console_helpers"]
 
 
 def seed(store):

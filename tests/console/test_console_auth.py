@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from http.cookies import SimpleCookie
 
-from console_helpers import (  # noqa: F401  (fixtures)
+from console_helpers import (
     PASSWORD,
     T0,
     audit_rows,
-    console,
     open_console,
     raised,
-    sqlite_url,
 )
 
 from console.app import COOKIE
 from console.settings import ConsoleSettings
 
 S = ConsoleSettings()
+
+# the fixtures (console, any_console, sqlite_url) live in console_helpers
+pytest_plugins = ["console_helpers"]
 
 
 def test_login_returns_session_and_csrf_and_sets_a_locked_down_cookie(sqlite_url):

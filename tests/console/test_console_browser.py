@@ -13,6 +13,7 @@ import time
 
 import orjson
 import pytest
+from conftest import CNMAPS
 from console_helpers import PASSWORD, Server, add_accounts, raised
 
 from alarms.store import open_store
@@ -21,12 +22,10 @@ from emfence.config import Config
 from engine import load_registry
 from geofence import compile_zones, load_zones
 
-from conftest import CNMAPS
-
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 pytestmark = pytest.mark.browser
 

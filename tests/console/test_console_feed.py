@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Iterator
+from collections.abc import Iterator
 
 import httpx
 import orjson
@@ -45,7 +45,7 @@ def messages(response: httpx.Response) -> Iterator[dict]:
             continue
         else:
             field, _, value = line.partition(":")
-            msg[field] = value[1:] if value.startswith(" ") else value
+            msg[field] = value.removeprefix(" ")
 
 
 def next_alarm(stream: Iterator[dict]) -> dict:
@@ -95,7 +95,7 @@ def test_feed_carries_only_the_callers_regions(live):
 
 
 def test_logout_ends_an_open_feed(live):
-    server, store = live
+    server, _store = live
     client = login(server.url, "alice")
     with client.stream("GET", "/api/feed") as resp:
         stream = messages(resp)

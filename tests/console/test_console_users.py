@@ -53,7 +53,7 @@ def test_add_refuses_bad_input_with_a_clear_message(tmp_path):
           "--store", "mysql://x"], GOOD, "sqlite:///"),
     ]
     for argv, stdin, message in cases:
-        code, out, err = run(argv, stdin)
+        code, _out, err = run(argv, stdin)
         assert code == 1, argv
         assert message in err, (argv, err)
         assert err.startswith("emfence user add: ")
@@ -87,7 +87,7 @@ def test_the_emfence_command_reads_the_password_from_stdin(tmp_path):
     url = f"sqlite:///{tmp_path / 'a.db'}"
     proc = subprocess.run([sys.executable, "-m", "emfence", "user", "add", "carol", "--role",
                            "operator", "--regions", "411303", "--store", url],
-                          input=GOOD + "\n", capture_output=True, text=True)
+                          input=GOOD + "\n", capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     store = open_store(url)
     assert PasswordHasher().verify(store.get_user("carol")["password_hash"], GOOD)
@@ -95,5 +95,5 @@ def test_the_emfence_command_reads_the_password_from_stdin(tmp_path):
     # there is no way to pass a password as an argument
     proc = subprocess.run([sys.executable, "-m", "emfence", "user", "add", "dave", "--role",
                            "operator", "--regions", "411303", "--password", GOOD,
-                           "--store", url], capture_output=True, text=True, input="")
+                           "--store", url], capture_output=True, text=True, input="", check=False)
     assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr

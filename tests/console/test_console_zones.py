@@ -9,6 +9,7 @@ import math
 import orjson
 import pytest
 import shapely
+from conftest import CNMAPS
 from console_helpers import PASSWORD, T0, add_accounts
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,8 +24,6 @@ from console.zones import simplify_m, zones_geojson
 from emfence.config import Config
 from engine import load_registry
 from geofence import compile_zones, load_zones
-
-from conftest import CNMAPS
 
 COUNTIES = sorted(p.stem for p in CNMAPS.glob("*.geojson"))
 
