@@ -1,0 +1,248 @@
+"""``ShapelyEngine``: the engine's rules with shapely and plain Python, one fix at a time.
+
+The same interface and the same events as :class:`engine.Engine`, without numba: prepared
+shapely geometries for containment, each zone projected once into a transverse Mercator
+frame centred on it (pyproj) for distances in metres, circles measured geodesically. It
+exists to measure what the numba core buys (``benchmarks/``), and a test holds it
+against ``Engine``. Not meant for production traffic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import shapely
+from pyproj import Geod, Transformer
+
+from emfence.config import LEVELS, Config
+from engine import kernels as K
+from engine.engine import alarm_id
+from engine.registry import Registry
+from geofence.gcj02 import gcj02_to_wgs84
+
+_GEOD = Geod(ellps="WGS84")
+
+
+class _ShapelyZone:
+    def __init__(self, zone: Any):
+        self.circle = zone.circle
+        self.geometry = zone.geometry
+        if self.circle is None:
+            shapely.prepare(self.geometry)
+            c = self.geometry.centroid
+            self._to_m = Transformer.from_crs(
+                "EPSG:4326", f"+proj=tmerc +lon_0={c.x} +lat_0={c.y} +k=1 +ellps=WGS84",
+                always_xy=True)
+            self._metric = shapely.transform(
+                self.geometry,
+                lambda xy: np.column_stack(self._to_m.transform(xy[:, 0], xy[:, 1])))
+            shapely.prepare(self._metric)
+
+    def _centre_m(self, lon: float, lat: float) -> float:
+        return _GEOD.inv(self.circle[0], self.circle[1], lon, lat)[2]
+
+    def contains(self, lon: float, lat: float) -> bool:
+        if self.circle is not None:
+            return self._centre_m(lon, lat) <= self.circle[2]
+        return bool(shapely.contains_xy(self.geometry, lon, lat))
+
+    def distance_m(self, lon: float, lat: float) -> float:
+        if self.circle is not None:
+            return max(0.0, self._centre_m(lon, lat) - self.circle[2])
+        if self.contains(lon, lat):
+            return 0.0
+        x, y = self._to_m.transform(lon, lat)
+        return float(shapely.distance(self._metric, shapely.Point(x, y)))
+
+
+class _Device:
+    __slots__ = ("last_rx", "last_fix_ts", "last_status_ts", "out_run", "outbound",
+                 "offline", "tamper", "battery", "exclusion")
+
+    def __init__(self) -> None:
+        self.last_rx = self.last_fix_ts = self.last_status_ts = None
+        self.out_run = 0
+        self.outbound = self.offline = self.tamper = self.battery = None
+        self.exclusion: dict[int, int] = {}
+
+
+class ShapelyEngine:
+    """Same constructor and ``process_fixes`` / ``process_statuses`` / ``process_records``
+    / ``sweep`` / ``counters`` as :class:`engine.Engine` (no checkpoints)."""
+
+    def __init__(self, zones: Any, registry: Registry, config: Config | None = None):
+        self.config = config or Config()
+        r = self.config.rules
+        self.zones = zones
+        self.registry = registry
+        self._shapes = [_ShapelyZone(z) for z in zones.zones]
+        self._offline_ms = [round(r.offline_after_s.for_level(lv) * 1000) for lv in LEVELS]
+        self._devices = [_Device() for _ in range(registry.n_devices)]
+        self._counts = dict.fromkeys(K.COUNTER_NAMES, 0)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        out = dict(self._counts)
+        out["duplicates"] = out["duplicate_fixes"] + out["duplicate_statuses"]
+        out["late"] = out["late_fixes"] + out["late_statuses"]
+        return out
+
+    # ----- events ------------------------------------------------------------------------
+    def _event(self, d: int, typ: int, z: int, raised: bool, at: int, episode: int,
+               late: bool = False, evidence: tuple | None = None) -> dict:
+        reg = self.registry
+        subject = reg.subjects[int(reg.arrays.device_subject[d])]
+        name = K.TYPE_NAMES[typ]
+        zone_id = self.zones.zone_ids[z] if z >= 0 else None
+        ev = {"event": "raised" if raised else "cleared",
+              "alarm_id": alarm_id(reg.device_ids[d], name, zone_id, episode, late),
+              "type": name, "subject_id": subject.subject_id, "device_id": reg.device_ids[d],
+              "zone_id": zone_id, "region": subject.region, "at": at, "late": late}
+        if evidence is not None:
+            lat, lon, dist, acc = evidence
+            ev.update(lat=lat, lon=lon, distance_m=round(dist, 1), acc=acc)
+        return ev
+
+    # ----- rules -------------------------------------------------------------------------
+    def sweep(self, now_ms: int) -> list[dict]:
+        out = []
+        level = self.registry.arrays.device_level
+        for d, dev in enumerate(self._devices):
+            if dev.last_rx is None or dev.offline is not None:
+                continue
+            deadline = dev.last_rx + self._offline_ms[level[d]]
+            if now_ms > deadline:
+                dev.offline = deadline
+                out.append(self._event(d, K.T_OFFLINE, -1, True, deadline, deadline))
+        return out
+
+    def _received(self, d: int, dev: _Device, rx: int, out: list) -> None:
+        if dev.offline is not None:
+            out.append(self._event(d, K.T_OFFLINE, -1, False, max(rx, dev.offline), dev.offline))
+            dev.offline = None
+        dev.last_rx = rx if dev.last_rx is None else max(dev.last_rx, rx)
+
+    def _fix(self, d: int, ts: int, rx: int, lat: float, lon: float, acc: float, gcj: bool,
+             out: list) -> None:
+        dev = self._devices[d]
+        self._counts["fixes"] += 1
+        self._received(d, dev, rx, out)
+        if dev.last_fix_ts is not None and ts == dev.last_fix_ts:
+            self._counts["duplicate_fixes"] += 1
+            return
+        late = dev.last_fix_ts is not None and ts < dev.last_fix_ts
+        if late:
+            self._counts["late_fixes"] += 1
+        else:
+            dev.last_fix_ts = ts
+        if gcj:
+            x, y = gcj02_to_wgs84(np.array([lon]), np.array([lat]))
+            lon, lat = float(x[0]), float(y[0])
+        a = self.registry.arrays
+        s = int(a.device_subject[d])
+        margin = max(self.config.rules.buffer_m, acc)
+        for z in a.excl_zone[a.excl_off[s]:a.excl_off[s + 1]].tolist():
+            shape = self._shapes[z]
+            if late:
+                if shape.contains(lon, lat):
+                    ev = (lat, lon, 0.0, acc)
+                    out.append(self._event(d, K.T_EXCLUSION, z, True, ts, ts, True, ev))
+                    out.append(self._event(d, K.T_EXCLUSION, z, False, ts, ts, True, ev))
+                continue
+            if z not in dev.exclusion:
+                if shape.contains(lon, lat):
+                    dev.exclusion[z] = ts
+                    out.append(self._event(d, K.T_EXCLUSION, z, True, ts, ts, False,
+                                           (lat, lon, 0.0, acc)))
+            else:
+                dz = shape.distance_m(lon, lat)
+                if dz > margin:
+                    ep = dev.exclusion.pop(z)
+                    out.append(self._event(d, K.T_EXCLUSION, z, False, ts, ep, False,
+                                           (lat, lon, dz, acc)))
+        if late:
+            return
+        inclusion = a.incl_zone[a.incl_off[s]:a.incl_off[s + 1]].tolist()
+        if not inclusion:
+            return
+        allowed = list(inclusion)
+        for lv in range(a.leave_off[s], a.leave_off[s + 1]):
+            if a.leave_start_ms[lv] <= ts <= a.leave_end_ms[lv]:
+                allowed += a.leave_zone[a.leave_zone_off[lv]:a.leave_zone_off[lv + 1]].tolist()
+        dists = [self._shapes[z].distance_m(lon, lat) for z in allowed]
+        dist = min(dists)
+        if dist == 0.0:
+            dev.out_run = 0
+            if dev.outbound is not None:
+                ep, z = dev.outbound
+                dev.outbound = None
+                out.append(self._event(d, K.T_OUTBOUND, z, False, ts, ep, False,
+                                       (lat, lon, 0.0, acc)))
+            return
+        if dist <= margin:
+            return
+        dev.out_run += 1
+        if dev.out_run >= self.config.rules.outbound_confirm_fixes and dev.outbound is None:
+            k = min(range(len(inclusion)), key=lambda i: (dists[i], i))
+            dev.outbound = (ts, inclusion[k])
+            out.append(self._event(d, K.T_OUTBOUND, inclusion[k], True, ts, ts, False,
+                                   (lat, lon, dist, acc)))
+
+    def _status(self, d: int, ts: int, rx: int, battery: float, strap: int, out: list) -> None:
+        dev = self._devices[d]
+        self._counts["statuses"] += 1
+        self._received(d, dev, rx, out)
+        if dev.last_status_ts is not None and ts <= dev.last_status_ts:
+            self._counts["duplicate_statuses" if ts == dev.last_status_ts
+                         else "late_statuses"] += 1
+            return
+        dev.last_status_ts = ts
+        r = self.config.rules
+        if strap == 1 and dev.tamper is None:
+            dev.tamper = ts
+            out.append(self._event(d, K.T_TAMPER, -1, True, ts, ts))
+        elif strap == 0 and dev.tamper is not None:
+            out.append(self._event(d, K.T_TAMPER, -1, False, ts, dev.tamper))
+            dev.tamper = None
+        if battery == battery:
+            if dev.battery is None and battery <= r.battery_low_pct:
+                dev.battery = ts
+                out.append(self._event(d, K.T_LOW_BATTERY, -1, True, ts, ts))
+            elif dev.battery is not None and battery >= r.battery_clear_pct:
+                out.append(self._event(d, K.T_LOW_BATTERY, -1, False, ts, dev.battery))
+                dev.battery = None
+
+    # ----- the Engine interface ----------------------------------------------------------
+    def process_records(self, kind, device_idx, ts_ms, rx_ms, lat, lon, acc_m, coord_sys,
+                        battery_pct, strap, *, clock_now_ms: int | None = None):
+        out: list[dict] = []
+        now = clock_now_ms
+        n_dev = len(self._devices)
+        for i, d in enumerate(np.asarray(device_idx).tolist()):
+            if d < 0 or d >= n_dev:
+                self._counts["unknown_device"] += 1
+                continue
+            rx = int(rx_ms[i])
+            if now is not None and rx > now:
+                now = rx
+                out += self.sweep(now)
+            if kind[i] == K.K_FIX:
+                self._fix(d, int(ts_ms[i]), rx, float(lat[i]), float(lon[i]), float(acc_m[i]),
+                          coord_sys[i] == 1, out)
+            else:
+                self._status(d, int(ts_ms[i]), rx, float(battery_pct[i]), int(strap[i]), out)
+        return out, now
+
+    def process_fixes(self, device_idx, ts_ms, lat, lon, acc_m, coord_sys, rx_ms) -> list[dict]:
+        n = len(device_idx)
+        nan = np.full(n, np.nan)
+        return self.process_records(np.zeros(n, np.uint8), device_idx, ts_ms, rx_ms, lat, lon,
+                                    acc_m, coord_sys, nan, np.full(n, -1, np.int8))[0]
+
+    def process_statuses(self, device_idx, ts_ms, rx_ms, battery_pct, strap,
+                         charging) -> list[dict]:
+        n = len(device_idx)
+        nan = np.full(n, np.nan)
+        return self.process_records(np.ones(n, np.uint8), device_idx, ts_ms, rx_ms, nan, nan,
+                                    nan, np.zeros(n, np.uint8), battery_pct, strap)[0]

@@ -1,0 +1,39 @@
+"""ShapelyEngine (shapely + plain Python, for the benchmark comparison) against Engine."""
+
+from __future__ import annotations
+
+import io
+
+import orjson
+import pytest
+from test_engine_vs_reference import ZONES, generate
+
+from emfence.config import Config
+from engine import Engine, load_registry
+from engine.replay import replay
+from engine.shapely_core import ShapelyEngine
+
+
+def run(cls, subj, records, until):
+    engine = cls(ZONES, load_registry(subj, ZONES), Config())
+    out = io.BytesIO()
+    replay((orjson.dumps(r) for r in records), engine, out, config=Config(), until_ms=until)
+    return [orjson.loads(x) for x in out.getvalue().splitlines()], engine.counters
+
+
+@pytest.mark.parametrize("seed, walk", [(0, False), (1, False), (2, True)])
+def test_shapely_engine_gives_the_same_events(seed, walk):
+    subj, records, until = generate(seed, 300, walk=walk)
+    want, want_counts = run(Engine, subj, records, until)
+    got, got_counts = run(ShapelyEngine, subj, records, until)
+    assert len(want) > 5
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert list(g) == list(w)
+        gd, wd = g.pop("distance_m", None), w.pop("distance_m", None)
+        assert (gd is None) == (wd is None)
+        if gd is not None:  # two metric frames: agree to well under a metre
+            assert abs(gd - wd) <= 0.5
+        assert g == w
+    for key in ("fixes", "statuses", "duplicates", "late"):
+        assert got_counts[key] == want_counts[key]
