@@ -23,7 +23,7 @@ from alarms.schema import (
     WORKFLOW_STATES,
 )
 from alarms.store import AlarmActionError
-from console.app import ApiError, json_response
+from console.app import COOKIE, ApiError, json_response
 from console.auth import (
     AuthError,
     Principal,
@@ -170,6 +170,9 @@ def routes(console: Console) -> list[Route]:
             # One answer for an unknown name, a wrong password and a disabled account.
             raise ApiError(401, "login_failed", "wrong name or password")
         await call("record_login", name, True, now, ip)
+        # A new login always gets a new session; one this browser still held is ended
+        # (no session fixation, no orphaned sessions).
+        console.sessions.drop(request.cookies.get(COOKIE))
         principal = principal_from_user(user)
         session = console.sessions.create(principal.name, now)
         response = json_response(session_body(principal, session.csrf, console))

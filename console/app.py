@@ -115,7 +115,7 @@ class Console:
         self.registry = registry
         self.secure_cookies = secure_cookies
         self.clock_ms = clock_ms
-        self.gateway = StoreGateway(store)
+        self.gateway = StoreGateway(store, threads=self.settings.store_threads)
         # Set by shutdown(): open live feeds end within one poll, so the HTTP server can
         # stop (a server waits for streaming responses to finish before it exits).
         self.closing = False

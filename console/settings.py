@@ -33,6 +33,9 @@ class ConsoleSettings:
     track_window_max_ms: int = 24 * 3_600_000
     # Zone outlines are simplified to this tolerance for drawing, metres.
     zone_simplify_m: float = 20.0
+    # Worker threads for store calls (each holds one database connection): a slow
+    # statistics query must not hold up the live feeds.
+    store_threads: int = 4
     # Largest page of alarms one list request returns.
     list_limit_max: int = 1000
 

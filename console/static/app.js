@@ -213,15 +213,27 @@ function alarmRow(a) {
   return tr;
 }
 
+// Feed events are coalesced into one redraw per animation frame.
+const pendingFresh = new Set();
+let renderQueued = false;
+function scheduleRender(freshId) {
+  if (freshId) pendingFresh.add(freshId);
+  if (renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(() => { renderQueued = false; renderAlarms(); });
+}
+
 function renderAlarms(freshId) {
+  if (freshId) pendingFresh.add(freshId);
   const body = $("#alarm-rows");
   const rows = sortedAlarms().filter(matchesFilters);
   body.replaceChildren(...rows.map(alarmRow));
   $("#alarm-empty").hidden = rows.length > 0;
-  if (freshId) {
-    const tr = body.querySelector(`tr[data-alarm-id="${CSS.escape(freshId)}"]`);
+  for (const id of pendingFresh) {
+    const tr = body.querySelector(`tr[data-alarm-id="${CSS.escape(id)}"]`);
     if (tr) tr.classList.add("fresh");
   }
+  pendingFresh.clear();
   const escalated = rows.filter((a) => a.escalated_at && a.workflow === "new").length;
   const banner = $("#banner");
   banner.hidden = escalated === 0;
@@ -252,22 +264,74 @@ function openFeed(seq) {
   es.addEventListener("logout", () => showLogin("Your session has ended; log in again."));
 }
 
+// Apply one event of the log to the alarm it concerns. The feed carries the published
+// event, so the list updates without asking the server again, even in an alarm storm.
+function applyEvent(alarm, ev) {
+  const d = ev.data || {};
+  switch (ev.event) {
+    case "cleared": alarm.state = "cleared"; alarm.cleared_at = d.at; break;
+    case "escalated": alarm.escalated_at = d.at; alarm.escalated = true; break;
+    case "acknowledged":
+      if (alarm.workflow === "new") alarm.workflow = "acknowledged";
+      alarm.acknowledged_by = d.by; alarm.acknowledged_at = d.at; break;
+    case "closed":
+      alarm.workflow = "closed"; alarm.closed_by = d.by; alarm.closed_at = d.at;
+      alarm.disposition = d.disposition; break;
+    default: break;
+  }
+  return alarm;
+}
+
+const EVENT_KEYS = new Set(["event", "alarm_id", "type", "subject_id", "device_id", "zone_id", "region", "at", "late"]);
+function alarmFromRaised(ev) {
+  const d = ev.data;
+  const evidence = {};
+  for (const [k, v] of Object.entries(d)) if (!EVENT_KEYS.has(k)) evidence[k] = v;
+  return {
+    alarm_id: d.alarm_id, type: d.type, subject_id: d.subject_id, device_id: d.device_id,
+    zone_id: d.zone_id, region: d.region, raised_at: d.at, recorded_at: ev.created_at,
+    cleared_at: null, state: "active", workflow: "new", late: d.late, evidence,
+    escalated_at: null, escalated: false,
+  };
+}
+
+let lastBeep = 0;
+function cue(escalated) {
+  // One beep per second at most: an alarm storm must not become a siren.
+  const now = Date.now();
+  if (now - lastBeep < 1000) return;
+  lastBeep = now;
+  beep(escalated);
+}
+
+let positionsTimer = null;
+function refreshPositionsSoon() {
+  if (positionsTimer) return;
+  positionsTimer = setTimeout(() => { positionsTimer = null; loadPositions(); }, 2000);
+}
+
 async function onFeedEvent(ev) {
   state.lastSeq = Math.max(state.lastSeq, ev.seq);
-  let alarm;
-  try {
-    alarm = (await api("GET", `/api/alarms/${encodeURIComponent(ev.alarm_id)}`)).alarm;
-  } catch (e) {
-    return; // not ours (or gone): nothing to show
+  let alarm = state.alarms.get(ev.alarm_id);
+  const isNew = ev.event === "raised" && !alarm;
+  if (isNew) {
+    alarm = alarmFromRaised(ev);
+  } else if (!alarm) {
+    // An event about an alarm this page has not loaded (older than the list): fetch it.
+    try {
+      alarm = (await api("GET", `/api/alarms/${encodeURIComponent(ev.alarm_id)}`)).alarm;
+    } catch (e) {
+      return;
+    }
+  } else {
+    applyEvent(alarm, ev);
   }
-  const known = state.alarms.has(alarm.alarm_id);
   state.alarms.set(alarm.alarm_id, alarm);
-  const isNew = ev.event === "raised" && !known;
-  renderAlarms(isNew ? alarm.alarm_id : null);
-  if (isNew && matchesFilters(alarm)) beep(false);
-  if (ev.event === "escalated" && alarm.workflow === "new") beep(true);
+  scheduleRender(isNew ? alarm.alarm_id : null);
+  if (isNew && matchesFilters(alarm)) cue(false);
+  if (ev.event === "escalated" && alarm.workflow === "new") cue(true);
   if (alarm.alarm_id === state.selected) renderDetail(alarm.alarm_id);
-  if (ev.event === "raised" || ev.event === "cleared") loadPositions();
+  if (ev.event === "raised" || ev.event === "cleared") refreshPositionsSoon();
 }
 
 // ---------------------------------------------------------------- detail

@@ -169,6 +169,17 @@ def test_logout_ends_the_session_on_the_server(console):
     assert [r["who"] for r in audit_rows(console.store, action="logout")] == ["alice"]
 
 
+def test_logging_in_again_ends_the_previous_session_of_that_browser(console):
+    console.login("alice")
+    first = console.client.cookies.get(COOKIE)
+    console.login("alice")
+    second = console.client.cookies.get(COOKIE)
+    assert first != second
+    assert console.get("/api/session").status_code == 200
+    console.client.cookies.set(COOKIE, first)
+    assert console.get("/api/session").status_code == 401
+
+
 def test_session_idle_timeout_and_absolute_lifetime(console):
     console.login("alice")
     console.clock.advance(int(S.session_idle_s * 1000) - 1)
