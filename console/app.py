@@ -125,6 +125,11 @@ class Console:
         self.sessions = SessionTable(idle_ms=int(s.session_idle_s * 1000),
                                      max_ms=int(s.session_max_s * 1000))
 
+    def set_model(self, zones: Any, registry: Any) -> None:
+        """Draw these zones and place them with this registry from now on (after the
+        engine reloads its zones and subjects, e.g. on SIGHUP)."""
+        self.zones, self.registry = zones, registry
+
     def shutdown(self) -> None:
         """End every open live feed (within ``feed_poll_s``); call before stopping the
         HTTP server. :func:`serve` does it when cancelled."""

@@ -128,4 +128,8 @@ def test_api_serves_scoped_simplified_zones(world, tmp_path):
         lat0 = full.centroid.y
         tolerance = ConsoleSettings().zone_simplify_m
         assert project(sent, lat0).hausdorff_distance(project(full, lat0)) <= tolerance * 1.01
+        # after the engine reloads its zones and subjects, the map follows
+        smaller = compile_zones([compiled.zones[compiled.index["411303"]]])
+        app.state.console.set_model(smaller, load_registry({"subjects": []}, smaller))
+        assert [f["id"] for f in client.get("/api/zones").json()["features"]] == ["411303"]
     store.close_store()
