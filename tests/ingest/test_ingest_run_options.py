@@ -1,0 +1,232 @@
+"""`emfence run` options and duties beyond the main path: PostgreSQL store, escalation,
+track retention, the console under --http, two workers split by region, bad options;
+plus the pure helpers of the MQTT adapter."""
+
+from __future__ import annotations
+
+import random
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import orjson
+import pytest
+from ingest_fleet import CONSOLE_PW, REGION_A, REGION_B, SECRET, EngineProcess, Fleet, fix
+from ingest_mqtt_helpers import PahoClient
+
+from alarms.store import open_store
+from ingest.mqtt import Backoff, BrokerConfigError, BrokerSettings, parse_regions, subscriptions
+from ingest.passwords import CONSOLE_USER, device_password
+from ingest.service import _acks_path, _write_acks_file, file_digest, read_covered
+
+FAST = """
+[ingest]
+batch_max_ms = 10
+health_interval_s = 1
+checkpoint_interval_s = 1
+[alarms]
+outbox_retry_s = 1
+escalate_after_s = 1
+[tracks]
+retention_days = 1
+"""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    return Fleet(tmp_path)
+
+
+@pytest.fixture
+def broker(mosquitto_factory, fleet):
+    return mosquitto_factory(passwords=fleet.passwords())
+
+
+@pytest.fixture
+def engines():
+    made: list[EngineProcess] = []
+
+    def start(*args, **kwargs):
+        e = EngineProcess(*args, **kwargs)
+        made.append(e)
+        return e.start()
+
+    yield start
+    for e in made:
+        e.close()
+
+
+def publish_as(broker, device_id: str, topic: str, obj) -> None:
+    c = PahoClient(broker.port, device_id, device_password(SECRET, device_id))
+    c.publish(topic, orjson.dumps(obj))
+    c.close()
+
+
+def events_of(client: PahoClient, n: int, timeout_s: float = 60.0) -> list[dict]:
+    out = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < n and time.monotonic() < deadline:
+        out.append(orjson.loads(client.get(timeout=max(0.1, deadline - time.monotonic()))[1]))
+    return out
+
+
+@pytest.mark.mqtt
+@pytest.mark.postgres
+def test_postgres_store_escalation_and_two_workers(tmp_path, fleet, broker, engines, pg_url):
+    """Two workers split by region share one PostgreSQL store; an alarm nobody
+    acknowledges escalates exactly once and the escalation is published."""
+    console = PahoClient(broker.port, CONSOLE_USER, CONSOLE_PW)
+    console.subscribe("emfence/v1/+/alarms/+")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    wa = engines(tmp_path / "a", fleet, broker, name="north", store=pg_url, config=FAST,
+                 extra=["--regions", REGION_A])
+    wb = engines(tmp_path / "b", fleet, broker, name="south", store=pg_url, config=FAST,
+                 extra=["--regions", REGION_B])
+    wa.wait_log("connected to")
+    wb.wait_log("connected to")
+    a0, b0 = fleet.ids(REGION_A)[0], fleet.ids(REGION_B)[0]
+    t = now_ms()
+    publish_as(broker, a0, f"emfence/v1/{REGION_A}/{a0}/status", {"ts": t, "strap": "open"})
+    publish_as(broker, b0, f"emfence/v1/{REGION_B}/{b0}/status", {"ts": t, "strap": "open"})
+    got = events_of(console, 4)
+    kinds = sorted((e["region"], e["event"]) for e in got)
+    assert kinds == sorted([(REGION_A, "escalated"), (REGION_A, "raised"),
+                            (REGION_B, "escalated"), (REGION_B, "raised")])
+    assert console.drain(2.5) == []  # escalated once, not once per worker or per round
+    store = open_store(pg_url)
+    try:
+        rows = {r["device_id"]: r for r in store.list_alarms()}
+        assert set(rows) == {a0, b0}
+        assert all(r["escalated_at"] is not None for r in rows.values())
+    finally:
+        store.close_store()
+    assert wa.stop() == 0 and wb.stop() == 0
+    console.close()
+
+
+@pytest.mark.mqtt
+def test_track_retention_purges_old_fixes(tmp_path, fleet, broker, engines):
+    store_url = f"sqlite:///{tmp_path / 'alarms.db'}"
+    a0 = fleet.ids(REGION_A)[0]
+    old = now_ms() - 3 * 86_400_000
+    store = open_store(store_url)
+    store.record_fixes([(a0, "S-x", REGION_A, old, 28.9, 119.6, 10.0, "gps", old)])
+    assert len(store.track(a0)) == 1
+    engine = engines(tmp_path, fleet, broker, store=store_url, config=FAST)
+    engine.wait_log("track retention: deleted 1 fixes older than 1 days")
+    t = now_ms() - 1000
+    publish_as(broker, a0, f"emfence/v1/{REGION_A}/{a0}/fix", fix(t, fleet.home))
+    deadline = time.monotonic() + 30
+    while [r["ts"] for r in store.track(a0)] != [t] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [r["ts"] for r in store.track(a0)] == [t]  # the recent fix is kept
+    store.close_store()
+    assert engine.stop() == 0
+
+
+@pytest.mark.mqtt
+def test_http_serves_the_console_in_the_same_process(tmp_path, fleet, broker, engines):
+    port = free_port()
+    engine = engines(tmp_path, fleet, broker, config=FAST, extra=["--http", f"127.0.0.1:{port}"])
+    engine.wait_log("connected to")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            r = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+            break
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, engine.log()[-2000:]
+            time.sleep(0.2)
+    assert r.status_code == 200 and "html" in r.headers["content-type"]
+    assert engine.stop() == 0  # SIGTERM stops both the engine and the web server
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--broker", "http://x"], "scheme must be mqtt:// or mqtts://"),
+        (["--broker", "mqtt://u:pw@h"], "put the password in --password-file"),
+        (["--regions", "330723,bad region"], "--regions: 'bad region'"),
+        (["--name", "a/b"], "--name 'a/b'"),
+        (["--password-file", "/nonexistent/pw", "--username", "u"], "/nonexistent/pw"),
+        (["--tls-cert", "/tmp/x"], "--tls-cert and --tls-key go together"),
+    ],
+)
+def test_bad_options_exit_1_naming_them(tmp_path, fleet, argv, message):
+    proc = subprocess.run(
+        [sys.executable, "-m", "emfence", "run", "--zones", str(fleet.zones_path),
+         "--subjects", str(fleet.subjects_path), "--store", f"sqlite:///{tmp_path / 'a.db'}",
+         *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+
+
+def test_bad_subjects_file_exits_1_naming_it(tmp_path, fleet):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"subjects": [{"subject_id": "S 1"}]}')
+    proc = subprocess.run(
+        [sys.executable, "-m", "emfence", "run", "--zones", str(fleet.zones_path),
+         "--subjects", str(bad), "--store", f"sqlite:///{tmp_path / 'a.db'}"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and str(bad) in proc.stderr and "S 1" in proc.stderr
+
+
+def test_broker_settings(tmp_path):
+    s = BrokerSettings.from_options("mqtt://broker.example:1884")
+    assert (s.host, s.port, s.tls, s.username, s.password) == ("broker.example", 1884, False,
+                                                               None, None)
+    assert BrokerSettings.from_options("mqtts://b").port == 8883
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\nignored\n")
+    s = BrokerSettings.from_options("mqtt://b", username="emfence-engine", password_file=str(pw))
+    assert s.password == "s3cret" and "s3cret" not in repr(s)
+    with pytest.raises(BrokerConfigError, match="needs --username"):
+        BrokerSettings.from_options("mqtt://b", password_file=str(pw))
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    assert BrokerSettings.from_options("mqtt://b", tls_ca=str(ca)).tls is True
+
+
+def test_regions_and_subscriptions():
+    assert parse_regions(None) is None and parse_regions("+") is None
+    assert parse_regions("330723, 330702,330723") == ["330702", "330723"]
+    assert subscriptions(None) == ["emfence/v1/+/+/fix", "emfence/v1/+/+/status"]
+    assert subscriptions(["330723"]) == ["emfence/v1/330723/+/fix", "emfence/v1/330723/+/status"]
+
+
+def test_backoff_is_jittered_and_capped():
+    b = Backoff(0.5, 30.0, random.Random(7))
+    delays = [b.next_delay_s() for _ in range(40)]
+    assert all(0.25 <= d <= 30.0 for d in delays)
+    assert max(delays[:3]) <= 2.0  # starts small
+    assert max(delays[10:]) > 10.0  # grows to the cap...
+    assert len({round(d, 6) for d in delays[10:]}) > 20  # ...with jitter, not in lockstep
+    b.reset()
+    assert b.next_delay_s() <= 0.5
+    with pytest.raises(ValueError):
+        Backoff(2.0, 1.0)
+
+
+def test_redelivery_digests_trust_only_the_matching_checkpoint(tmp_path):
+    ckpt = tmp_path / "w.ckpt"
+    ckpt.write_bytes(b"state one")
+    one = file_digest(ckpt)
+    d1, d2 = b"\x01" * 16, b"\x02" * 16
+    _write_acks_file(_acks_path(ckpt), {one: {d1}, "0" * 32: {d2}})
+    assert read_covered(ckpt) == {d1}
+    ckpt.write_bytes(b"state two")  # a checkpoint the digest list does not describe
+    assert read_covered(ckpt) == set()
+    _acks_path(ckpt).write_text("garbage")
+    assert read_covered(ckpt) == set()
