@@ -449,6 +449,13 @@ def _int_ms(value: Any, name: str) -> int:
     return value
 
 
+def _count(value: Any, name: str) -> int:
+    """A row count (limit, offset): a non-negative integer."""
+    if isinstance(value, bool) or not hasattr(value, "__index__") or int(value) < 0:
+        raise StoreError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
 def topic_for(region: str, alarm_type: str) -> str:
     """The MQTT topic an alarm event of ``alarm_type`` in ``region`` is published on."""
     return f"emfence/v1/{region}/alarms/{alarm_type}"
@@ -666,7 +673,7 @@ class AlarmStore:
             params += regions
         with self._db.tx("pending", write=False) as cur:
             rows = cur.execute(f"SELECT seq, topic, payload FROM events WHERE {where} "
-                               "ORDER BY seq LIMIT ?", (*params, int(limit))).all()
+                               "ORDER BY seq LIMIT ?", (*params, _count(limit, "limit"))).all()
         return [(int(r["seq"]), r["topic"], bytes(r["payload"])) for r in rows]
 
     def mark_delivered(self, seqs: Iterable[int], now_ms: int) -> int:
@@ -707,7 +714,7 @@ class AlarmStore:
             rows = cur.execute(
                 "SELECT seq, alarm_id, event, region, type, topic, created_at, delivered_at, "
                 f"payload FROM events WHERE {where} ORDER BY seq LIMIT ?",
-                (*params, int(limit))).all()
+                (*params, _count(limit, "limit"))).all()
         for r in rows:
             r["data"] = orjson.loads(bytes(r.pop("payload")))
         return rows
@@ -941,7 +948,7 @@ class AlarmStore:
         with self._db.tx("list alarms", write=False) as cur:
             rows = cur.execute(f"SELECT {_ALARM_COLUMNS} FROM alarms{clause} "
                                "ORDER BY raised_at DESC, alarm_id DESC LIMIT ? OFFSET ?",
-                               (*params, int(limit), int(offset))).all()
+                               (*params, _count(limit, "limit"), _count(offset, "offset"))).all()
         return [_alarm_row(r) for r in rows]
 
     def stats(self, regions: Iterable[str] | None = None, from_ms: int | None = None,
@@ -1100,7 +1107,7 @@ class AlarmStore:
         with self._db.tx("track", write=False) as cur:
             return cur.execute(f"SELECT {', '.join(TRACK_COLUMNS)} FROM tracks WHERE "
                                + " AND ".join(where) + " ORDER BY ts, device_id LIMIT ?",
-                               (*params, int(limit))).all()
+                               (*params, _count(limit, "limit"))).all()
 
     def last_positions(self, regions: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Each device's newest stored fix (rows as in :meth:`track`), by device id."""
@@ -1289,7 +1296,7 @@ class AlarmStore:
         clause = (" WHERE " + " AND ".join(where)) if where else ""
         with self._db.tx("audit log", write=False) as cur:
             rows = cur.execute(f"SELECT id, at, who, action, target, detail, ip FROM audit"
-                               f"{clause} ORDER BY id DESC LIMIT ?", (*params, int(limit))).all()
+                               f"{clause} ORDER BY id DESC LIMIT ?", (*params, _count(limit, "limit"))).all()
         for r in rows:
             r["detail"] = None if r["detail"] is None else orjson.loads(r["detail"])
         return rows

@@ -277,3 +277,13 @@ def test_a_lost_postgres_connection_is_replaced_on_the_next_call(pg_url):
         assert [a["alarm_id"] for a in s.list_alarms()] == ["A-2", "A-1"]
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("call", [
+    lambda s: s.pending(-1), lambda s: s.events_since(0, limit=-5),
+    lambda s: s.list_alarms(limit=1.5), lambda s: s.list_alarms(offset=-1),
+    lambda s: s.audit_log(limit="10"),
+])
+def test_bad_counts_are_named(store, call):
+    with pytest.raises(StoreError, match="must be a non-negative integer"):
+        call(store)
