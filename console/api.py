@@ -43,6 +43,9 @@ MAX_NAME_CHARS = 64
 MAX_PASSWORD_CHARS = 1024
 MAX_BODY_BYTES = 16 * 1024
 DAY_MS = 86_400_000
+# The audit view scans at most this many pages of this many rows per request.
+AUDIT_SCAN_PAGES = 20
+AUDIT_SCAN_ROWS = 500
 
 
 async def read_json(request: Request) -> dict[str, Any]:
@@ -324,6 +327,55 @@ def routes(console: Console) -> list[Route]:
         body["false_alarm_dispositions"] = list(FALSE_ALARM_DISPOSITIONS)
         return json_response(body)
 
+    async def audit(request: Request) -> Response:
+        _, principal = await console.authenticate(request)
+        if principal.role not in ("supervisor", "admin"):
+            raise ApiError(403, "forbidden", "the audit trail is for supervisors and admins")
+        limit = int_param(request, "limit", 100, lo=1, hi=s.list_limit_max)
+        before_id = int_param(request, "before_id", None, lo=1)
+        who = request.query_params.get("who") or None
+        action = request.query_params.get("action") or None
+        assert limit is not None
+        visible = await audit_scope(principal)
+        rows: list[dict[str, Any]] = []
+        cursor = before_id
+        exhausted = False
+        # A supervisor sees part of the log: scan it newest first, page by page, keeping
+        # the rows in scope; the page bound keeps one request's work finite.
+        for _ in range(AUDIT_SCAN_PAGES):
+            page = await call("audit_log", who=who, action=action, before_id=cursor,
+                              limit=AUDIT_SCAN_ROWS)
+            for row in page:
+                cursor = row["id"]
+                if visible(row):
+                    rows.append(row)
+                    if len(rows) == limit:
+                        break
+            if len(rows) == limit:
+                break
+            if len(page) < AUDIT_SCAN_ROWS:
+                exhausted = True
+                break
+        return json_response({"rows": rows, "next_before_id": None if exhausted else cursor})
+
+    async def audit_scope(principal: Principal):
+        """A predicate: may ``principal`` see this audit row?"""
+        if principal.is_admin:
+            return lambda row: True
+        # Rows about their regions, and everything done by accounts that share a region
+        # with them (logins, views, refusals of their own operators).
+        colleagues = {u["name"] for u in await call("list_users")
+                      if set(u["regions"]) & principal.regions}
+
+        def visible(row: dict[str, Any]) -> bool:
+            detail = row.get("detail") if isinstance(row.get("detail"), dict) else {}
+            region = detail.get("region")
+            regions = detail.get("regions") if isinstance(detail.get("regions"), list) else []
+            return (row.get("who") in colleagues or region in principal.regions
+                    or bool(set(map(str, regions)) & principal.regions))
+
+        return visible
+
     return [
         Route("/api/login", login, methods=["POST"]),
         Route("/api/logout", logout, methods=["POST"]),
@@ -337,4 +389,5 @@ def routes(console: Console) -> list[Route]:
         Route("/api/zones", zones, methods=["GET"]),
         Route("/api/positions", positions, methods=["GET"]),
         Route("/api/stats", stats, methods=["GET"]),
+        Route("/api/audit", audit, methods=["GET"]),
     ]

@@ -666,7 +666,19 @@ async function loadStats(ev) {
       String(r.count), bar(r.count, mdisp, falseSet.has(r.disposition) ? "false" : "")])));
   const detail = card("Region × type × day", table(["day", "region", "type", "alarms"],
     s.counts.map((r) => [r.day, r.region, label(r.type), String(r.count)])));
-  body.replaceChildren(overview, byRegion, byType, byDay, byDisp, detail);
+  let trail = [];
+  try {
+    trail = (await api("GET", "/api/audit?limit=50")).rows;
+  } catch (e) { /* shown as empty */ }
+  const describe = (r) => {
+    const d = r.detail || {};
+    return [d.disposition && label(d.disposition), d.note && `“${d.note}”`,
+      d.action && `tried to ${d.action}`, d.region].filter(Boolean).join(" · ");
+  };
+  const audit = card("Audit trail (latest 50)", table(["time", "who", "action", "target", "detail"],
+    trail.map((r) => [fmtTime(r.at), r.who || "–", r.action, r.target || "", describe(r)])));
+  audit.classList.add("wide");
+  body.replaceChildren(overview, byRegion, byType, byDay, byDisp, detail, audit);
 }
 
 // ---------------------------------------------------------------- boot

@@ -287,3 +287,39 @@ def test_unauthenticated_requests_get_401_everywhere(console):
     r = console.post("/api/alarms/w1/acknowledge", {}, csrf="whatever")
     assert r.status_code == 401
     assert console.store.get_alarm("w1")["workflow"] == "new"
+
+
+def test_audit_trail_for_supervisors_within_their_regions(console):
+    store = console.store
+    seed(store)
+    store.add_user("otto", store.get_user("alice")["password_hash"], "operator", ["411321"], T0)
+    console.login("alice")
+    console.post("/api/alarms/w2/acknowledge", {"note": "on it"})
+    console.get("/api/alarms/w1/track")
+    console.login("otto")
+    console.get("/api/alarms/w1")  # denied: not his region
+    store.audit("otto", "login.ok", "otto", {}, T0)  # an unrelated colleague elsewhere
+    assert console.get("/api/audit").status_code == 403
+    console.login("sue")  # supervisor of 411303 and 411302
+    rows = console.get("/api/audit?limit=1000").json()["rows"]
+    seen = {(r["who"], r["action"]) for r in rows}
+    assert {("alice", "login.ok"), ("alice", "alarm.acknowledge"), ("alice", "track.view"),
+            ("otto", "alarm.denied")} <= seen
+    # otto's own logins are not sue's business; his refused look at her region's alarm is
+    assert ("otto", "login.ok") not in seen
+    ids_ = [r["id"] for r in rows]
+    assert ids_ == sorted(ids_, reverse=True)
+    # paging: two rows at a time, newest first, no gaps or repeats
+    paged, before = [], ""
+    while True:
+        body = console.get(f"/api/audit?limit=2{before}").json()
+        paged += [r["id"] for r in body["rows"]]
+        if body["next_before_id"] is None or not body["rows"]:
+            break
+        before = f"&before_id={body['next_before_id']}"
+    assert paged == ids_
+    console.login("root")
+    everything = console.get("/api/audit?limit=1000").json()["rows"]
+    assert ("otto", "login.ok") in {(r["who"], r["action"]) for r in everything}
+    only = console.get("/api/audit?action=alarm.denied").json()["rows"]
+    assert {r["action"] for r in only} == {"alarm.denied"}

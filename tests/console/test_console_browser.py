@@ -177,7 +177,7 @@ def test_operator_sees_an_alarm_live_then_acknowledges_and_closes_it(world, brow
     assert severe_console_messages(d) == []
 
 
-def test_supervisor_view_shows_statistics(world, browser):
+def test_supervisor_view_shows_statistics(world, browser, tmp_path):
     server, store = world
     t = now_ms()
     store.record_events([raised(f"s{i}", "411303", kind=("outbound", "tamper")[i % 2],
@@ -197,4 +197,8 @@ def test_supervisor_view_shows_statistics(world, browser):
     assert "Alarms per region" in text and "411303" in text
     assert "median time to acknowledge" in text and "1 min 40 s" in text
     assert "100.0 %" in text  # the one closed alarm was a false alarm (gps drift)
+    wait.until(EC.text_to_be_present_in_element((By.ID, "stats-body"), "Audit trail"))
+    trail = d.find_element(By.ID, "stats-body").text
+    assert "alarm.close" in trail and "gps drift" in trail
+    d.save_screenshot(str(tmp_path / "console-supervisor.png"))
     assert severe_console_messages(d) == []
