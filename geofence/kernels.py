@@ -14,7 +14,10 @@ Public kernels, callable from other ``@njit`` code (the engine's rule kernels):
 - ``gcj02_to_wgs84_point(lon, lat)`` / ``wgs84_to_gcj02_point(lon, lat)``
 - ``tm_forward(lon0, lon, lat) -> (x_m, y_m)`` (the per-zone metric frame)
 
-The scalar kernels never allocate. Batch kernels (``_contains_batch`` ...) are parallel
+The scalar kernels never allocate, and are compiled without numba's reference counting
+(``_nrt=False``): they are called once per point, and the atomic increments and
+decrements numba would otherwise emit for every array of ``za`` on every call cost
+~20x the containment test itself (and contend between threads). Batch kernels (``_contains_batch`` ...) are parallel
 over points with one contiguous range per thread and sit behind the validating numpy
 methods of :class:`geofence.compile.CompiledZones`.
 
@@ -62,13 +65,13 @@ _GCJ_INV_TOL_DEG = 1e-10
 _GCJ_INV_MAX_ITER = 30
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def outside_china(lon: float, lat: float) -> bool:
     """True where GCJ-02 is defined as identical to WGS-84 (outside China's rectangle)."""
     return lon < _CHINA_LON_MIN or lon > _CHINA_LON_MAX or lat < _CHINA_LAT_MIN or lat > _CHINA_LAT_MAX
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _gcj_delta(lon: float, lat: float):
     """GCJ-02 minus WGS-84 at a WGS-84 point, (dlon, dlat) in degrees."""
     x = lon - 105.0
@@ -90,7 +93,7 @@ def _gcj_delta(lon: float, lat: float):
     return dlon, dlat
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def wgs84_to_gcj02_point(lon: float, lat: float):
     """WGS-84 (lon, lat) degrees -> GCJ-02 (lon, lat) degrees; identity outside China."""
     if outside_china(lon, lat):
@@ -99,7 +102,7 @@ def wgs84_to_gcj02_point(lon: float, lat: float):
     return lon + dlon, lat + dlat
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def gcj02_to_wgs84_point(lon: float, lat: float):
     """GCJ-02 (lon, lat) degrees -> WGS-84 (lon, lat) degrees; identity outside China.
 
@@ -154,7 +157,7 @@ _AL5 = 34729 * _N**5 / 80640 - 3418889 * _N**6 / 1995840
 _AL6 = 212378941 * _N**6 / 319334400
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def tm_forward(lon0: float, lon: float, lat: float):
     """Transverse Mercator of a WGS-84 point on central meridian ``lon0`` (degrees).
 
@@ -186,7 +189,7 @@ def tm_forward(lon0: float, lon: float, lat: float):
     return _TM_A * w.imag, _TM_A * w.real
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def zone_xy_m(za, z: int, lon: float, lat: float):
     """A WGS-84 point in zone ``z``'s metric frame (metres from the zone's origin)."""
     x, y = tm_forward(za.zone_tm[z, 0], lon, lat)
@@ -208,7 +211,7 @@ def _tm_batch(lon0, y0, lon, lat, out_x, out_y, nchunks):
 # --------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _cell_ix(za, z: int, lon: float) -> int:
     """Grid column of a longitude (clamped into the grid)."""
     f = (lon - za.grid_origin[z, 0]) * za.grid_inv_cell[z, 0]
@@ -220,7 +223,7 @@ def _cell_ix(za, z: int, lon: float) -> int:
     return int(f)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _cell_iy(za, z: int, lat: float) -> int:
     """Grid row of a latitude (clamped into the grid)."""
     f = (lat - za.grid_origin[z, 1]) * za.grid_inv_cell[z, 1]
@@ -232,7 +235,7 @@ def _cell_iy(za, z: int, lat: float) -> int:
     return int(f)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _polygon_contains(za, z: int, lon: float, lat: float) -> bool:
     """Even-odd containment of (lon, lat) in polygon zone ``z`` (all parts and holes).
 
@@ -277,14 +280,14 @@ def _polygon_contains(za, z: int, lon: float, lat: float) -> bool:
     return inside
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _circle_centre_distance_m(za, z: int, lon: float, lat: float) -> float:
     """Metres from (lon, lat) to circle zone ``z``'s centre (its frame is centred there)."""
     x, y = zone_xy_m(za, z, lon, lat)
     return math.sqrt(x * x + y * y)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def zone_contains(za, z: int, lon: float, lat: float) -> bool:
     """True when WGS-84 (lon, lat) degrees is inside zone ``z`` (holes excluded).
 
@@ -296,7 +299,7 @@ def zone_contains(za, z: int, lon: float, lat: float) -> bool:
     return _polygon_contains(za, z, lon, lat)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _segment_distance(px: float, py: float, ax: float, ay: float, bx: float, by: float) -> float:
     """Euclidean distance from P to segment AB (same planar units)."""
     dx = bx - ax
@@ -315,7 +318,7 @@ def _segment_distance(px: float, py: float, ax: float, ay: float, bx: float, by:
     return math.sqrt(wx * wx + wy * wy)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _cell_min_distance(za, cell: int, px: float, py: float, best: float) -> float:
     vx = za.vertex_x_m
     vy = za.vertex_y_m
@@ -327,7 +330,7 @@ def _cell_min_distance(za, cell: int, px: float, py: float, best: float) -> floa
     return best
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _polygon_boundary_distance_m(za, z: int, lon: float, lat: float) -> float:
     """Metres from (lon, lat) to the nearest edge of polygon zone ``z``.
 
@@ -376,7 +379,7 @@ def _polygon_boundary_distance_m(za, z: int, lon: float, lat: float) -> float:
     return best
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def zone_boundary_distance_m(za, z: int, lon: float, lat: float) -> float:
     """Metres from WGS-84 (lon, lat) to the nearest point of zone ``z``'s boundary.
 
@@ -387,7 +390,7 @@ def zone_boundary_distance_m(za, z: int, lon: float, lat: float) -> float:
     return _polygon_boundary_distance_m(za, z, lon, lat)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def zone_distance_m(za, z: int, lon: float, lat: float) -> float:
     """Metres from WGS-84 (lon, lat) to zone ``z``: 0 inside, else to the boundary."""
     if za.zone_kind[z] == KIND_CIRCLE:

