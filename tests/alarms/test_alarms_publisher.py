@@ -11,7 +11,7 @@ import orjson
 import pytest
 from alarms_helpers import REGION_A, REGION_B, raised
 
-from alarms.publisher import OutboxPublisher, run_escalation
+from alarms.publisher import OutboxPublisher, run_escalation, wall_clock_ms
 from emfence.config import AlarmsConfig
 
 pytestmark = pytest.mark.mqtt
@@ -221,3 +221,68 @@ def test_publisher_options_are_checked(store):
         OutboxPublisher(store, window=0)
     with pytest.raises(ValueError, match="publish_timeout_s"):
         OutboxPublisher(store, publish_timeout_s=0)
+
+
+@pytest.mark.postgres
+async def test_both_loops_ride_out_a_database_outage(pg_url, broker):
+    """PostgreSQL refuses connections for a while (and drops the open ones): the loops
+    count the errors, keep running, and deliver what is recorded once it is back."""
+    import psycopg
+    from psycopg import sql
+
+    from alarms import open_store
+
+    base, _, name = pg_url.rpartition("/")
+    store = open_store(pg_url)
+    publisher = OutboxPublisher(store, config=AlarmsConfig(outbox_retry_s=0.1))
+    esc_counters: dict = {}
+
+    def outage(on: bool):
+        with psycopg.connect(f"{base}/postgres", autocommit=True) as admin:
+            admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+                sql.Identifier(name), sql.SQL("false" if on else "true")))
+            if on:
+                admin.execute("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+                              "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+
+    async def until(predicate):
+        async def poll():
+            while not predicate():
+                await asyncio.sleep(0.02)
+        await asyncio.wait_for(poll(), WAIT_S)
+
+    sub = await Subscriber(broker).start()
+    try:
+        async with engine_client(broker) as client:
+            pub_task = asyncio.create_task(publisher.run(client))
+            esc_task = asyncio.create_task(run_escalation(
+                store, config=AlarmsConfig(escalate_after_s=3600), publisher=publisher,
+                interval_s=0.05, counters=esc_counters))
+            try:
+                # the escalation loop runs on the wall clock: record on it too
+                await asyncio.to_thread(store.record_events, [raised("BEFORE", at=1)],
+                                        wall_clock_ms())
+                publisher.notify()
+                await sub.wait_for(1)
+                await asyncio.to_thread(outage, True)
+                try:
+                    await until(lambda: publisher.counters["store_errors"] >= 2
+                                and esc_counters["store_errors"] >= 2)
+                finally:
+                    await asyncio.to_thread(outage, False)
+                assert not pub_task.done() and not esc_task.done()
+                await asyncio.to_thread(store.record_events, [raised("AFTER", at=3)],
+                                        wall_clock_ms())
+                publisher.notify()
+                await sub.wait_for(2)
+                await wait_until_delivered(store)
+            finally:
+                for t in (pub_task, esc_task):
+                    t.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await t
+    finally:
+        await sub.stop()
+        store.close()
+    assert [orjson.loads(p)["alarm_id"] for _, p in sub.received] == ["BEFORE", "AFTER"]
+    assert esc_counters["escalated"] == 0
