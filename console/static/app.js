@@ -209,7 +209,9 @@ function alarmRow(a) {
     el("td", { class: `s-${a.state}`, text: a.state }),
     el("td", { class: `w-${a.workflow}` }, label(a.workflow), esc),
   );
+  tr.tabIndex = 0;  // reachable and selectable from the keyboard too
   tr.addEventListener("click", () => selectAlarm(a.alarm_id));
+  tr.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); selectAlarm(a.alarm_id); } });
   return tr;
 }
 

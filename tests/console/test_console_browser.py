@@ -126,6 +126,14 @@ def test_operator_sees_an_alarm_live_then_acknowledges_and_closes_it(world, brow
     assert "fresh" in row.get_attribute("class")
     assert "exclusion" in row.text and "S-1" in row.text
 
+    # filters: another type hides it, condition "active" shows it again
+    Select(d.find_element(By.ID, "f-type")).select_by_value("tamper")
+    wait.until(EC.invisibility_of_element_located(row_sel))
+    assert d.find_element(By.ID, "alarm-empty").is_displayed()
+    Select(d.find_element(By.ID, "f-type")).select_by_value("")
+    Select(d.find_element(By.ID, "f-state")).select_by_value("active")
+    row = wait.until(EC.presence_of_element_located(row_sel))
+
     # select it: details, history and the subject's track on the map
     row.click()
     wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#detail h2"), "S-1"))
