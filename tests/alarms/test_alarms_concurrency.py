@@ -176,3 +176,38 @@ def test_a_writer_killed_mid_stream_leaves_only_whole_batches(store_url, tmp_pat
         assert len(store.events_since(0, limit=1_000_000)) == len(events) + 1
     finally:
         store.close()
+
+
+def test_workers_starting_together_create_the_schema_once(store_url):
+    """Several workers open a brand-new database at the same moment."""
+    from alarms.schema import SCHEMA_VERSION
+
+    barrier = threading.Barrier(4)
+    opened: list = []
+    errors: list[BaseException] = []
+
+    def start():
+        try:
+            barrier.wait()
+            opened.append(open_store(store_url))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors, errors
+        assert len(opened) == 4
+        with opened[0]._db.tx("t", write=False) as cur:
+            rows = cur.execute("SELECT version FROM schema_version ORDER BY version").all()
+        assert [r["version"] for r in rows] == list(range(1, SCHEMA_VERSION + 1))
+        # and they all work on the one schema
+        for k, s in enumerate(opened):
+            s.record_events([raised(f"W-{k}", at=k)], now_ms=k)
+        assert len(opened[0].list_alarms()) == 4
+    finally:
+        for s in opened:
+            s.close()
