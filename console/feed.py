@@ -17,6 +17,7 @@ console shuts down the stream simply ends; the browser reconnects once it is bac
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from alarms.store import StoreError
 from console.api import feed_item
 from console.app import COOKIE, ApiError
 from console.auth import principal_from_user, user_disabled
@@ -31,8 +33,12 @@ from console.auth import principal_from_user, user_disabled
 if TYPE_CHECKING:
     from console.app import Console
 
+log = logging.getLogger("emfence.console")
+
 # Ask the browser to wait this long before reconnecting a dropped feed, ms.
 RECONNECT_MS = 2000
+# While the store is not answering, a feed asks again every this many poll periods.
+STORE_RETRY_POLLS = 4
 
 
 def _start_seq(request: Request) -> int | None:
@@ -70,21 +76,33 @@ def endpoint(console: Console) -> Callable:
             yield b"retry: %d\n: feed from seq %d\n\n" % (RECONNECT_MS, seq)
             loop = asyncio.get_running_loop()
             last_check = last_send = loop.time()
+            store_down = False
             while not console.closing:
                 if console.sessions.get(token, console.clock_ms()) is None:
                     yield b"event: logout\ndata: {}\n\n"
                     return
                 now = loop.time()
-                if now - last_check >= s.feed_keepalive_s:
-                    last_check = now
-                    user = await call("get_user", principal.name)
-                    if user is None or user_disabled(user) or \
-                            principal_from_user(user) != principal:
-                        # Disabled, or role/regions changed: the page must log in again
-                        # so that the feed follows the account as it is now.
-                        yield b"event: logout\ndata: {}\n\n"
-                        return
-                rows = await call("events_since", seq, regions)
+                try:
+                    if now - last_check >= s.feed_keepalive_s:
+                        last_check = now
+                        user = await call("get_user", principal.name)
+                        if user is None or user_disabled(user) or \
+                                principal_from_user(user) != principal:
+                            # Disabled, or role/regions changed: the page must log in
+                            # again so that the feed follows the account as it is now.
+                            yield b"event: logout\ndata: {}\n\n"
+                            return
+                    rows = await call("events_since", seq, regions)
+                except StoreError as exc:
+                    # The database is away: keep the stream open and try again; the
+                    # page keeps what it has and catches up from `seq` when it is back.
+                    if not store_down:
+                        log.error("live feed: store error, retrying: %s", exc)
+                    store_down = True
+                    yield b": store unavailable, retrying\n\n"
+                    await asyncio.sleep(s.feed_poll_s * STORE_RETRY_POLLS)
+                    continue
+                store_down = False
                 for row in rows:
                     seq = max(seq, int(row["seq"]))
                     yield sse_message(int(row["seq"]), feed_item(row))

@@ -323,3 +323,14 @@ def test_audit_trail_for_supervisors_within_their_regions(console):
     assert ("otto", "login.ok") in {(r["who"], r["action"]) for r in everything}
     only = console.get("/api/audit?action=alarm.denied").json()["rows"]
     assert {r["action"] for r in only} == {"alarm.denied"}
+
+
+def test_a_store_that_does_not_answer_is_a_clear_503(console):
+    console.login("alice")
+    console.store.close_store()
+    r = console.get("/api/alarms")
+    assert r.status_code == 503
+    assert r.json()["error"] == "store_unavailable"
+    assert r.headers["retry-after"] == "5"
+    # the reason goes to the log, not to the client
+    assert "closed" not in r.json()["message"]

@@ -35,17 +35,7 @@ def login(base: str, name: str) -> httpx.Client:
 
 def messages(response: httpx.Response) -> Iterator[dict]:
     """Parse an SSE stream into messages: {'event', 'id', 'data'} (comments skipped)."""
-    msg: dict = {}
-    for line in response.iter_lines():
-        if line == "":
-            if "data" in msg or "event" in msg:
-                yield msg
-            msg = {}
-        elif line.startswith(":"):
-            continue
-        else:
-            field, _, value = line.partition(":")
-            msg[field] = value.removeprefix(" ")
+    return messages_from(response.iter_lines())
 
 
 def next_alarm(stream: Iterator[dict]) -> dict:
@@ -171,3 +161,39 @@ def test_shutdown_ends_open_feeds_so_a_plain_uvicorn_server_can_stop(tmp_path):
     sock.close()
     store.close_store()
     assert lines[0] == "retry: 2000"
+
+
+def test_feed_survives_a_store_outage_and_catches_up(live, tmp_path):
+    """While the store cannot answer, the stream stays open and says so; afterwards it
+    delivers what happened, from where it stopped."""
+    import sqlite3
+
+    server, store = live
+    client = login(server.url, "alice")
+    db = sqlite3.connect(tmp_path / "alarms.db", isolation_level=None)
+    with client.stream("GET", "/api/feed") as resp:
+        lines = resp.iter_lines()
+        assert next(lines) == "retry: 2000"
+        # Take the event log away under the running console (a broken database).
+        db.execute("ALTER TABLE events RENAME TO events_away")
+        for line in lines:
+            if line.startswith(": store unavailable"):
+                break
+        db.execute("ALTER TABLE events_away RENAME TO events")
+        store.record_events([raised("after-outage", "411303")], T0)
+        got = next_alarm(messages_from(lines))
+    assert got["alarm_id"] == "after-outage"
+    db.close()
+    client.close()
+
+
+def messages_from(lines: Iterator[str]) -> Iterator[dict]:
+    msg: dict = {}
+    for line in lines:
+        if line == "":
+            if "data" in msg or "event" in msg:
+                yield msg
+            msg = {}
+        elif not line.startswith(":"):
+            field, _, value = line.partition(":")
+            msg[field] = value.removeprefix(" ")
