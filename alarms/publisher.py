@@ -57,7 +57,8 @@ class OutboxPublisher:
     to wait for one PUBACK), ``clock_ms`` (the delivery timestamp source).
 
     ``counters``: ``published`` (PUBACKs received), ``failed`` (publishes that raised),
-    ``rounds`` (flushes that found something to send), ``store_errors``.
+    ``rounds`` (flushes that found something to send), ``store_errors``, ``errors``
+    (anything unexpected; logged with its traceback).
     """
 
     def __init__(self, store: AlarmStore, *, config: AlarmsConfig | None = None,
@@ -76,7 +77,8 @@ class OutboxPublisher:
         self.window = window
         self.publish_timeout_s = publish_timeout_s
         self.clock_ms = clock_ms
-        self.counters = {"published": 0, "failed": 0, "rounds": 0, "store_errors": 0}
+        self.counters = {"published": 0, "failed": 0, "rounds": 0, "store_errors": 0,
+                         "errors": 0}
         self._wake: asyncio.Event | None = None
 
     def _event(self) -> asyncio.Event:
@@ -163,6 +165,11 @@ class OutboxPublisher:
             except StoreError as exc:
                 self.counters["store_errors"] += 1
                 log.error("alarm store unreadable; retrying in %.1f s: %s", retry_s, exc)
+            except Exception:
+                # Anything else is a bug, but alarms must keep flowing: log it with its
+                # traceback and try again next round rather than stop delivery for good.
+                self.counters["errors"] += 1
+                log.exception("unexpected error delivering alarms; retrying in %.1f s", retry_s)
             try:
                 await asyncio.wait_for(wake.wait(), timeout=retry_s)
             except TimeoutError:
