@@ -60,12 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--username", help="pool account (e.g. emfence-loadgen)")
     r.add_argument("--password", help="pool account password (prefer --password-file)")
     r.add_argument("--password-file", help="file whose first line is the pool account's password")
-    r.add_argument("--pool", type=int, default=4, help="connections in pool mode (default 4)")
+    r.add_argument("--pool", type=int, default=8, help="connections in pool mode (default 8)")
     r.add_argument("--alarms-out", help="also record the alarm topics here (JSON lines + rx_ms)")
     r.add_argument("--alarms-username", help="account that may read alarms (default: --username)")
     r.add_argument("--alarms-password-file", help="its password file")
     r.add_argument("--linger", type=float, default=5.0,
                    help="keep recording alarms this long after the last publish (s)")
+    r.add_argument("--shard", metavar="I/K",
+                   help="publish only for subjects I, I+K, I+2K, ... (0-based): K processes "
+                        "with --shard 0/K .. K-1/K and --rate R/K share one fleet")
     r.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     return p
@@ -91,8 +94,18 @@ def _generate(args) -> int:
     return 0
 
 
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    i, _, k = text.partition("/")
+    if not (i.isdigit() and k.isdigit()) or not 0 <= int(i) < int(k):
+        raise ValueError(f"--shard {text!r}: expected I/K with 0 <= I < K")
+    return int(i), int(k)
+
+
 def load_simulation(zones_path, subjects_path, *, rate, duration_s, scenario, seed, config,
-                    time_scale=1.0, events_per_kind=None, spoof_allowed=True, start_ms=None):
+                    time_scale=1.0, events_per_kind=None, spoof_allowed=True, start_ms=None,
+                    shard: tuple[int, int] | None = None):
     """Read the fleet files and plan a run starting at ``start_ms`` (default: in 2 s + the
     time planning takes is covered by ``Simulation.shift`` when publishing begins)."""
     from geofence import load_zones
@@ -101,6 +114,9 @@ def load_simulation(zones_path, subjects_path, *, rate, duration_s, scenario, se
 
     zones = load_zones(str(zones_path))
     subjects = orjson.loads(Path(subjects_path).read_bytes())
+    if shard is not None:
+        i, k = shard
+        subjects = {**subjects, "subjects": subjects["subjects"][i::k]}
     fleet = Fleet.build(subjects, zones)
     start = start_ms if start_ms is not None else int(time.time() * 1000) + 2000
     return Simulation(fleet, rate=rate, duration_s=duration_s, start_ms=start, config=config,
@@ -126,7 +142,7 @@ def append_truth_end(path, stats) -> None:
         fh.write(orjson.dumps(end) + b"\n")
 
 
-async def run_publish(sim, host, port, *, credentials=None, username=None, password=None, pool=4,
+async def run_publish(sim, host, port, *, credentials=None, username=None, password=None, pool=8,
                       truth=None, alarms_out=None, alarms_user=None, alarms_password=None,
                       linger_s=5.0, progress=True, stop=None, on_sent=None, on_alarm=None):
     """Publish ``sim`` (and record alarms if asked); returns the :class:`PublishStats`."""
@@ -198,7 +214,7 @@ def main(argv: list[str]) -> int:
         sim = load_simulation(args.zones, args.subjects, rate=args.rate, duration_s=args.duration,
                               scenario=args.scenario, seed=args.seed, config=config,
                               time_scale=args.time_scale, events_per_kind=args.events_per_kind,
-                              spoof_allowed=per_device)
+                              spoof_allowed=per_device, shard=parse_shard(args.shard))
     except (ValueError, OSError) as exc:
         print(f"emfence simulate: {exc}", file=sys.stderr)
         return 1
@@ -211,6 +227,10 @@ def main(argv: list[str]) -> int:
         from ingest.passwords import device_password
         ids = sim.fleet.device_ids
         credentials = lambda d: (ids[d], device_password(secret, ids[d]))  # noqa: E731
+    # A load generator leaves the cores to the engine: one numba thread is plenty for the
+    # coordinate transforms of a publish tick.
+    import numba
+    numba.set_num_threads(1)
     for note in sim.skipped:
         print(f"emfence simulate: note: {note}", file=sys.stderr)
 

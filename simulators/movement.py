@@ -198,7 +198,7 @@ class MovementModel:
     reports. Deterministic for a given ``seed``."""
 
     def __init__(self, fleet: Fleet, *, seed: int, start_ms: int, time_scale: float = 1.0,
-                 trip_radius_m: float = 2000.0):
+                 trip_radius_m: float = 2000.0, horizon_ms: int = 7 * 24 * 3_600_000):
         if time_scale <= 0:
             raise MovementError(f"time_scale must be positive, got {time_scale}")
         self.fleet = fleet
@@ -214,7 +214,7 @@ class MovementModel:
             home, anchors = self._place_anchors(s, rng, trip_radius_m, eroded_cache)
             self.home[s] = home
             self.anchors.append(anchors)
-            self._legs.append(self._day_plan(s, rng))
+            self._legs.append(self._day_plan(s, rng, horizon_ms))
         self._compiled = None
 
     # -- planning (Python, once per subject) ------------------------------------------
@@ -264,14 +264,15 @@ class MovementModel:
         lo, hi = DWELL_MIN[kind]
         return max(1, int(rng.uniform(lo, hi) * MIN_MS / self.time_scale))
 
-    def _day_plan(self, s: int, rng, horizon_ms: int = 7 * 24 * 3_600_000) -> list[tuple]:
-        """Legs ``(t0_ms, t1_ms, x0, y0, x1, y1, kind)`` from before ``start_ms`` on."""
+    def _day_plan(self, s: int, rng, horizon_ms: int) -> list[tuple]:
+        """Legs ``(t0_ms, t1_ms, x0, y0, x1, y1, kind)`` from before ``start_ms`` until
+        ``horizon_ms`` of wall time after it (then home, for good)."""
         anchors = self.anchors[s]
         hx, hy = self.home[s]
         # Start at home at a random point of a home dwell.
         t = self.start_ms - int(rng.uniform(0, 1) * self._dwell_ms(rng, "home"))
         legs = []
-        end = self.start_ms + int(horizon_ms / self.time_scale)
+        end = self.start_ms + int(horizon_ms)
         others = anchors[1:]
         while t < end and others:
             dwell = self._dwell_ms(rng, "home")

@@ -62,7 +62,7 @@ class Publisher:
     def __init__(self, sim: Simulation, host: str, port: int, *,
                  credentials: Callable[[int], tuple[str, str]] | None = None,
                  username: str | None = None, password: str | None = None, pool_size: int = 4,
-                 max_inflight: int = 20_000, tick_ms: float = 5.0, progress: bool = True,
+                 max_inflight: int = 100, tick_ms: float = 10.0, progress: bool = True,
                  connect_concurrency: int = 64, client_prefix: str = "emfence-sim",
                  on_sent: Callable[[Outgoing], None] | None = None):
         if credentials is not None and (username or password):
@@ -79,7 +79,13 @@ class Publisher:
         self.connect_concurrency = connect_concurrency
         self.client_prefix = client_prefix
         self.on_sent = on_sent
-        self._inflight = asyncio.Semaphore(max_inflight)
+        # QoS 1 messages awaiting their PUBACK, per connection. paho queues anything beyond
+        # its own in-flight window, and both paho (per PUBACK) and aiomqtt (per publish)
+        # walk their pending messages, so a window of ~100 keeps the cost per message flat;
+        # the window is set on the client and the publish loop waits when it is full.
+        # More throughput comes from more connections (``pool_size``), not wider windows.
+        self.max_inflight = max_inflight
+        self._windows: list[asyncio.Semaphore] = []
         self.stats = PublishStats()
         self._clients: list[aiomqtt.Client] = []
         self._pending: set[asyncio.Task] = set()
@@ -94,13 +100,20 @@ class Publisher:
             for d, device_id in enumerate(self.sim.fleet.device_ids):
                 user, pw = self.credentials(d)
                 out.append(aiomqtt.Client(self.host, self.port, identifier=device_id, username=user,
-                                          password=pw, clean_session=True, timeout=30))
-            return out
-        import os
-        return [aiomqtt.Client(self.host, self.port, identifier=f"{self.client_prefix}-{os.getpid()}-{k}",
-                               username=self.username, password=self.password, clean_session=True,
-                               timeout=30)
-                for k in range(self.pool_size)]
+                                          password=pw, clean_session=True, timeout=30,
+                                          max_inflight_messages=self.max_inflight))
+        else:
+            import os
+            out = [aiomqtt.Client(self.host, self.port,
+                                  identifier=f"{self.client_prefix}-{os.getpid()}-{k}",
+                                  username=self.username, password=self.password,
+                                  clean_session=True, timeout=30,
+                                  max_inflight_messages=self.max_inflight)
+                   for k in range(self.pool_size)]
+        for c in out:
+            c.pending_calls_threshold = self.max_inflight + 1  # a full window is expected
+        self._windows = [asyncio.Semaphore(self.max_inflight) for _ in out]
+        return out
 
     async def connect(self) -> None:
         """Open every connection (bounded concurrency); raises the first failure, naming it."""
@@ -127,12 +140,11 @@ class Publisher:
                              return_exceptions=True)
         self._clients = []
 
-    def _client_for(self, msg: Outgoing) -> aiomqtt.Client:
-        if self.per_device:
-            return self._clients[msg.device]
-        return self._clients[msg.device % len(self._clients)]
+    def _connection_for(self, msg: Outgoing) -> int:
+        return msg.device if self.per_device else msg.device % len(self._clients)
 
-    async def _publish(self, client: aiomqtt.Client, msg: Outgoing) -> None:
+    async def _publish(self, k: int, msg: Outgoing) -> None:
+        client = self._clients[k]
         try:
             await client.publish(msg.topic, msg.payload, qos=1)
             self.stats.acked += 1
@@ -140,7 +152,7 @@ class Publisher:
             self.stats.failed += 1
             self.stats.errors[type(exc).__name__] += 1
         finally:
-            self._inflight.release()
+            self._windows[k].release()
 
     def _progress_line(self, now_ms: float, final: bool = False) -> None:
         if not self.progress:
@@ -175,8 +187,9 @@ class Publisher:
                 late = now - float(sim.slot_ms(m_next))
                 st.lag_ms_max = max(st.lag_ms_max, late)
                 for msg in sim.messages(m_next, due):
-                    await self._inflight.acquire()
-                    task = asyncio.create_task(self._publish(self._client_for(msg), msg))
+                    k = self._connection_for(msg)
+                    await self._windows[k].acquire()
+                    task = asyncio.create_task(self._publish(k, msg))
                     self._pending.add(task)
                     task.add_done_callback(self._pending.discard)
                     st.sent += 1

@@ -131,7 +131,9 @@ class Simulation:
         rng = np.random.default_rng([seed, 0x5C3E])
         self.order = rng.permutation(n)
         self._rng = np.random.default_rng([seed, 0x0B5E])
-        self.model = MovementModel(fleet, seed=seed, start_ms=start_ms, time_scale=time_scale)
+        # Plans cover the run and an hour beyond (the publisher may start late: ``shift``).
+        self.model = MovementModel(fleet, seed=seed, start_ms=start_ms, time_scale=time_scale,
+                                   horizon_ms=int(self.duration_s * 1000) + 3_600_000)
         self.battery0 = rng.uniform(45.0, 100.0, n)
         self.seq = np.zeros(n, dtype=np.int64)
         self.scripts: dict[int, _Script] = {}
