@@ -64,7 +64,7 @@ class Publisher:
                  username: str | None = None, password: str | None = None, pool_size: int = 4,
                  max_inflight: int = 100, tick_ms: float = 10.0, progress: bool = True,
                  connect_concurrency: int = 64, client_prefix: str = "emfence-sim",
-                 on_sent: Callable[[Outgoing], None] | None = None):
+                 on_sent: Callable[[Outgoing], None] | None = None, wire: bool | None = None):
         if credentials is not None and (username or password):
             raise ValueError("per-device credentials and a pool account exclude each other")
         if pool_size < 1:
@@ -79,6 +79,12 @@ class Publisher:
         self.connect_concurrency = connect_concurrency
         self.client_prefix = client_prefix
         self.on_sent = on_sent
+        # Pool mode writes MQTT packets itself (simulators.mqttwire): a load generator
+        # must not be slower than what it loads. Per-device mode stays on aiomqtt.
+        self.wire = (credentials is None) if wire is None else wire
+        if self.wire and credentials is not None:
+            raise ValueError("the wire publisher is for pool mode only")
+        self._wire: list = []
         # QoS 1 messages awaiting their PUBACK, per connection. paho queues anything beyond
         # its own in-flight window, and both paho (per PUBACK) and aiomqtt (per publish)
         # walk their pending messages, so a window of ~100 keeps the cost per message flat;
@@ -117,6 +123,22 @@ class Publisher:
 
     async def connect(self) -> None:
         """Open every connection (bounded concurrency); raises the first failure, naming it."""
+        if self.wire:
+            import os
+
+            from simulators.mqttwire import WireConnection
+
+            self._wire = [WireConnection(self.host, self.port, username=self.username,
+                                         password=self.password, window=max(self.max_inflight, 2000),
+                                         client_id=f"{self.client_prefix}-{os.getpid()}-{k}")
+                          for k in range(self.pool_size)]
+            try:
+                for c in self._wire:
+                    await c.connect()
+            except BaseException:
+                await self.close()
+                raise
+            return
         self._clients = self._make_clients()
         gate = asyncio.Semaphore(self.connect_concurrency)
 
@@ -136,6 +158,9 @@ class Publisher:
             raise errors[0]
 
     async def close(self) -> None:
+        for c in self._wire:
+            await c.close()
+        self._wire = []
         await asyncio.gather(*(c.__aexit__(None, None, None) for c in self._clients),
                              return_exceptions=True)
         self._clients = []
@@ -153,6 +178,24 @@ class Publisher:
             self.stats.errors[type(exc).__name__] += 1
         finally:
             self._windows[k].release()
+
+    async def _send_wire(self, msgs: list[Outgoing]) -> None:
+        st = self.stats
+        conns = self._wire
+        n = len(conns)
+        for msg in msgs:
+            c = conns[msg.device % n]
+            if c.inflight >= c.window:
+                await c.drain()
+                await c.room()
+            c.publish(msg.topic, msg.payload)
+            st.sent += 1
+            st.by_kind[msg.kind] += 1
+            if self.on_sent is not None:
+                self.on_sent(msg)
+        for c in conns:
+            await c.drain()
+        st.acked = sum(c.acked for c in conns)
 
     def _progress_line(self, now_ms: float, final: bool = False) -> None:
         if not self.progress:
@@ -186,7 +229,11 @@ class Publisher:
             if due > m_next:
                 late = now - float(sim.slot_ms(m_next))
                 st.lag_ms_max = max(st.lag_ms_max, late)
-                for msg in sim.messages(m_next, due):
+                msgs = sim.messages(m_next, due)
+                if self.wire:
+                    await self._send_wire(msgs)
+                    msgs = []
+                for msg in msgs:
                     k = self._connection_for(msg)
                     await self._windows[k].acquire()
                     task = asyncio.create_task(self._publish(k, msg))
@@ -209,6 +256,13 @@ class Publisher:
                 pass
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=drain_timeout_s)
+        if self._wire:
+            await asyncio.gather(*(c.wait_acked(drain_timeout_s) for c in self._wire))
+            st.acked = sum(c.acked for c in self._wire)
+            st.failed = st.sent - st.acked
+            for c in self._wire:
+                if c.error is not None:
+                    st.errors[c.error.reason] += 1
         st.ended_ms = int(time.time() * 1000)
         self._progress_line(st.ended_ms, final=True)
         return st

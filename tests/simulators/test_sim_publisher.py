@@ -102,3 +102,38 @@ async def test_pool_mode_with_the_loadgen_account(broker, small):
     assert stats.failed == 0 and stats.acked == stats.sent == sim.total_slots
     assert Counter(received) == Counter((m.topic, m.payload) for m in sent)
     assert all(m.kind == "fix" for m in sent)  # load: fixes only, no heartbeats
+
+
+async def test_wire_connection_names_a_refused_login(broker):
+    from simulators.mqttwire import WireConnection, WireError
+
+    c = WireConnection("127.0.0.1", broker.port, client_id="sim-wire-bad", username="emfence-loadgen",
+                       password="wrong")
+    with pytest.raises(WireError, match="emfence-loadgen.*(bad user name or password|not authorized)"):
+        await c.connect()
+    await c.close()
+
+
+async def test_wire_connection_counts_pubacks(broker):
+    from simulators.mqttwire import WireConnection
+
+    received: list = []
+    stop, ready = asyncio.Event(), asyncio.Event()
+    collector = asyncio.create_task(_collect(broker.port, stop, ready, received))
+    await asyncio.wait_for(ready.wait(), 10)
+    c = WireConnection("127.0.0.1", broker.port, client_id="sim-wire-ok", username="emfence-loadgen",
+                       password="loadgen-pw", window=50)
+    await c.connect()
+    payloads = [orjson.dumps({"ts": 1763800000000 + i, "lat": 33.0, "lon": 112.5}) for i in range(500)]
+    for p in payloads:  # 10x the window: the loop must wait for PUBACKs
+        await c.room()
+        c.publish("emfence/v1/411303/B-0001/fix", p)
+        await c.drain()
+    assert await c.wait_acked(10)
+    assert c.acked == c.sent == 500
+    stop.set()
+    c.publish("emfence/v1/0/end/status", b"END")
+    await c.drain()
+    await asyncio.wait_for(collector, 30)
+    await c.close()
+    assert [r[1] for r in received if r[1] != b"END"] == payloads  # all, in order
