@@ -129,7 +129,9 @@ class EngineProcess:
         log.close()
         return self
 
-    def wait_log(self, text: str, timeout_s: float = 60.0, after: int = 0) -> None:
+    def wait_log(self, text: str, timeout_s: float = 600.0, after: int = 0) -> None:
+        # Generous: the first start after a kernel change compiles the rules (numba), and
+        # the test machine may be busy. A deadline for failing, not a speed requirement.
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if text in self.log()[after:]:

@@ -75,7 +75,7 @@ def until(fetch, done, timeout_s: float = 30.0):
     return result
 
 
-def collect(client: PahoClient, n: int, timeout_s: float = 60.0) -> list[tuple[str, dict]]:
+def collect(client: PahoClient, n: int, timeout_s: float = 120.0) -> list[tuple[str, dict]]:
     out = []
     deadline = time.monotonic() + timeout_s
     while len(out) < n and time.monotonic() < deadline:
