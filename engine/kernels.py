@@ -55,6 +55,9 @@ BBOX_PAD_DEG = 1e-4
 # most this many metres since the previous full evaluation, i.e. for a device that moves
 # like a person; a fix that jumps far is evaluated in full and not worth caching.
 SETTLE_MAX_MOVE_M = 2000.0
+# Use the grid's ring bound (_ring_bound_m) from this many cells away from the
+# nearest boundary cell; nearer, the exact ring search is short anyway.
+SETTLE_RING_MIN = 3
 # Upper bounds used to over-estimate a move in metres from degrees: metres per degree of
 # latitude never exceed 111 695 (at the poles), of longitude 111 320 * cos(lat).
 _M_PER_DEG_UPPER = 111_700.0
@@ -91,14 +94,12 @@ def _emit(ev_i, ev_f, n, device, typ, zone, raised, at, episode, late, lat, lon,
 
 
 @njit(cache=True)
-def _contains(za, z, lon, lat):
-    """zone_contains with a padded bounding-box reject first (cheap for circles, whose
-    exact test needs a projection)."""
-    bb = za.zone_bbox
-    if (lon < bb[z, 0] - BBOX_PAD_DEG or lon > bb[z, 2] + BBOX_PAD_DEG
-            or lat < bb[z, 1] - BBOX_PAD_DEG or lat > bb[z, 3] + BBOX_PAD_DEG):
-        return False
-    return zone_contains(za, z, lon, lat)
+def _in_bbox(bbox, z, lon, lat):
+    """Is (lon, lat) within zone ``z``'s bounding box, padded by BBOX_PAD_DEG? Takes the
+    bbox array alone: passing the whole ZoneArrays tuple to a helper costs an
+    incref/decref of every member per call, more than the test itself."""
+    return not (lon < bbox[z, 0] - BBOX_PAD_DEG or lon > bbox[z, 2] + BBOX_PAD_DEG
+                or lat < bbox[z, 1] - BBOX_PAD_DEG or lat > bbox[z, 3] + BBOX_PAD_DEG)
 
 
 @njit(cache=True)
@@ -113,6 +114,30 @@ def moved_upper_m(lon0, lat0, lon, lat):
     a = abs(lat0) if abs(lat0) < abs(lat) else abs(lat)
     dx = dlon * _M_PER_DEG_UPPER * np.cos(np.radians(a))
     return np.sqrt(dx * dx + dlat * dlat) * 1.001 + 0.5
+
+
+@njit(cache=True)
+def _ring_bound_m(grid_shape, grid_origin, grid_inv_cell, grid_cell_offsets, cell_ring,
+                  grid_cell_min_m, z, lon, lat):
+    """A lower bound of the metres from (lon, lat) to polygon zone ``z``'s boundary from the
+    zone's grid, or -1 where it gives none worth having (circles, off the grid, within
+    SETTLE_RING_MIN cells of a boundary cell: there the exact ring search is short).
+
+    The grid knows how many cells away (Chebyshev) the nearest cell holding an edge is,
+    and a cell is at least ``grid_cell_min_m`` wide and high, so the boundary is at least
+    (ring - 1) cells away.
+    """
+    nx = grid_shape[z, 0]
+    if nx <= 0:
+        return -1.0
+    ny = grid_shape[z, 1]
+    fx = (lon - grid_origin[z, 0]) * grid_inv_cell[z, 0]
+    fy = (lat - grid_origin[z, 1]) * grid_inv_cell[z, 1]
+    if fx >= 0.0 and fy >= 0.0 and fx < nx and fy < ny:
+        r = cell_ring[grid_cell_offsets[z] + int(fy) * nx + int(fx)]
+        if r >= SETTLE_RING_MIN:
+            return (r - 1) * grid_cell_min_m[z]
+    return -1.0
 
 
 @njit(cache=True)
@@ -160,44 +185,22 @@ def sweep(st, now, ev_i, ev_f, counters):
 
 
 @njit(cache=True)
-def _touch(st, ra, d, rx, offline_after_ms, ev_i, ev_f, n):
-    """A message from device ``d`` was received at ``rx``: clear an open offline episode
-    (``at`` = the receive time) and move the device's offline deadline."""
-    ep = st.offline_at_ms[d]
-    if ep != NONE_MS:
-        at = rx if rx > ep else ep  # never clear before the raise (out-of-order receive times)
-        nan = np.nan
-        ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OFFLINE, -1, 0, at, ep, 0, nan, nan, nan, nan)
-        st.offline_at_ms[d] = NONE_MS
-    if st.last_rx_ms[d] == NONE_MS or rx > st.last_rx_ms[d]:
-        st.last_rx_ms[d] = rx
-    dl = st.last_rx_ms[d] + offline_after_ms[ra.device_level[d]]
-    st.deadline_ms[d] = dl
-    if dl < st.floor_ms[0]:
-        st.floor_ms[0] = dl
-    return ev_i, ev_f, n
-
-
-@njit(cache=True)
-def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, counters,
-               ev_i, ev_f, n):
+def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, ev_f, n):
     """Exclusion and outbound rules for one fix (WGS-84 ``lon``/``lat``, ``acc`` metres).
 
     Settled devices: after a full evaluation that leaves the device *settled* (inside its
     allowed region, and for every exclusion zone either outside and closed or inside and
-    open), the kernel stores the fix position and a safe radius: the smallest metric
-    distance from it to the boundary of any zone that decided something. A later in-order
+    open), the kernel stores the fix position and a safe radius: a lower bound of the
+    metric distance from it to the boundary of any zone that decided something. A later in-order
     fix closer than that to the stored position (by an over-estimate) must get the same
     answer from every containment test, and a settled device's rules then change nothing;
-    so it is answered without touching a polygon, until a leave window opens or closes.
+    so it is answered without touching a polygon, until a leave window opens or closes
+    (that test is in process_records, before this function is called).
     """
     s = ra.device_subject[d]
     margin = buffer_m if buffer_m > acc else acc
-    if not late and st.safe_m[d] > 0.0 and ts < st.safe_until_ms[d]:
-        if moved_upper_m(st.near_lon[d], st.near_lat[d], lon, lat) < st.safe_m[d]:
-            counters[C_SETTLED_FIXES] += 1
-            return ev_i, ev_f, n
     settled = True
+    bbox = za.zone_bbox
 
     # Exclusion: immediate raise inside; clear beyond the margin. A late fix only tells of
     # a past visit: raised and cleared at its ts, state untouched.
@@ -208,7 +211,7 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, counte
         z = ra.excl_zone[e0 + k]
         slot = slot0 + k
         if late:
-            if _contains(za, z, lon, lat):
+            if _in_bbox(bbox, z, lon, lat) and zone_contains(za, z, lon, lat):
                 ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_EXCLUSION, z, 1, ts, ts, 1,
                                       lat, lon, 0.0, acc)
                 ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_EXCLUSION, z, 0, ts, ts, 1,
@@ -216,7 +219,7 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, counte
             continue
         ep = st.exclusion_at_ms[slot]
         if ep == NONE_MS:
-            if _contains(za, z, lon, lat):
+            if _in_bbox(bbox, z, lon, lat) and zone_contains(za, z, lon, lat):
                 st.exclusion_at_ms[slot] = ts
                 ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_EXCLUSION, z, 1, ts, ts, 0,
                                       lat, lon, 0.0, acc)
@@ -239,7 +242,8 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, counte
     inside_zone = -1
     if i1 > i0:
         for j in range(i0, i1):
-            if _contains(za, ra.incl_zone[j], lon, lat):
+            if _in_bbox(bbox, ra.incl_zone[j], lon, lat) and zone_contains(
+                    za, ra.incl_zone[j], lon, lat):
                 inside_zone = ra.incl_zone[j]
                 break
         l0 = ra.leave_off[s]
@@ -248,7 +252,8 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, counte
             for lv in range(l0, l1):
                 if ra.leave_start_ms[lv] <= ts <= ra.leave_end_ms[lv]:
                     for j in range(ra.leave_zone_off[lv], ra.leave_zone_off[lv + 1]):
-                        if _contains(za, ra.leave_zone[j], lon, lat):
+                        if _in_bbox(bbox, ra.leave_zone[j], lon, lat) and zone_contains(
+                                za, ra.leave_zone[j], lon, lat):
                             inside_zone = ra.leave_zone[j]
                             break
                 if inside_zone >= 0:
@@ -289,12 +294,15 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, counte
     if settled and (near_lon != near_lon or moved_upper_m(near_lon, st.near_lat[d], lon, lat)
                     <= SETTLE_MAX_MOVE_M):
         safe = np.inf
-        for k in range(e1 - e0):
-            b = zone_boundary_distance_m(za, ra.excl_zone[e0 + k], lon, lat)
-            if b < safe:
-                safe = b
-        if inside_zone >= 0:
-            b = zone_boundary_distance_m(za, inside_zone, lon, lat)
+        gs, go, gi = za.grid_shape, za.grid_origin, za.grid_inv_cell
+        gc, cr, cm = za.grid_cell_offsets, za.cell_ring, za.grid_cell_min_m
+        for k in range(e1 - e0 + 1):
+            z = ra.excl_zone[e0 + k] if k < e1 - e0 else inside_zone
+            if z < 0:
+                continue
+            b = _ring_bound_m(gs, go, gi, gc, cr, cm, z, lon, lat)
+            if b < 0.0:
+                b = zone_boundary_distance_m(za, z, lon, lat)
             if b < safe:
                 safe = b
         st.safe_until_ms[d] = _next_leave_change_ms(ra, s, ts)
@@ -360,8 +368,23 @@ def process_records(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, str
     ``rx`` and the offline sweep runs whenever it does, before that record is processed,
     exactly as a live sweep between two messages would.
     """
+    # The hot path (receive time, duplicates, settled devices) works on arrays taken out
+    # of the NamedTuples once: every call that passes a NamedTuple of arrays costs an
+    # incref/decref per member, which would dominate a settled fix.
     n = 0
-    n_dev = st.last_rx_ms.shape[0]
+    last_rx = st.last_rx_ms
+    deadline = st.deadline_ms
+    floor = st.floor_ms
+    offline_at = st.offline_at_ms
+    last_fix = st.last_fix_ts_ms
+    last_status = st.last_status_ts_ms
+    safe_m = st.safe_m
+    safe_until = st.safe_until_ms
+    near_lon = st.near_lon
+    near_lat = st.near_lat
+    level = ra.device_level
+    n_dev = last_rx.shape[0]
+    nan = np.nan
     for i in range(kind.shape[0]):
         d = device[i]
         if d < 0 or d >= n_dev:
@@ -370,12 +393,25 @@ def process_records(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, str
         r = rx[i]
         if clock_sweep and r > now:
             now = r
-            ev_i, ev_f, n = _sweep_into(st, now, ev_i, ev_f, n, counters)
-        ev_i, ev_f, n = _touch(st, ra, d, r, offline_after_ms, ev_i, ev_f, n)
+            if now > floor[0]:
+                ev_i, ev_f, n = _sweep_into(st, now, ev_i, ev_f, n, counters)
+        # A message was received: clear an open offline episode (at = the receive time,
+        # never before the raise) and move the offline deadline.
+        ep = offline_at[d]
+        if ep != NONE_MS:
+            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OFFLINE, -1, 0, r if r > ep else ep, ep,
+                                  0, nan, nan, nan, nan)
+            offline_at[d] = NONE_MS
+        if last_rx[d] == NONE_MS or r > last_rx[d]:
+            last_rx[d] = r
+        dl = last_rx[d] + offline_after_ms[level[d]]
+        deadline[d] = dl
+        if dl < floor[0]:
+            floor[0] = dl
         t = ts[i]
         if kind[i] == K_FIX:
             counters[C_FIXES] += 1
-            last = st.last_fix_ts_ms[d]
+            last = last_fix[d]
             if t == last:
                 counters[C_DUP_FIXES] += 1
                 continue
@@ -383,23 +419,28 @@ def process_records(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, str
             if late:
                 counters[C_LATE_FIXES] += 1
             else:
-                st.last_fix_ts_ms[d] = t
+                last_fix[d] = t
             x = lon[i]
             y = lat[i]
             if coord_sys[i] == 1:
                 x, y = gcj02_to_wgs84_point(x, y)
+            # Settled device (see _fix_rules): nothing can change within the safe radius.
+            if (not late and safe_m[d] > 0.0 and t < safe_until[d]
+                    and moved_upper_m(near_lon[d], near_lat[d], x, y) < safe_m[d]):
+                counters[C_SETTLED_FIXES] += 1
+                continue
             ev_i, ev_f, n = _fix_rules(st, ra, za, d, t, x, y, acc[i], late, buffer_m, confirm,
-                                       counters, ev_i, ev_f, n)
+                                       ev_i, ev_f, n)
         else:
             counters[C_STATUSES] += 1
-            last = st.last_status_ts_ms[d]
+            last = last_status[d]
             if t == last:
                 counters[C_DUP_STATUSES] += 1
                 continue
             if last != NONE_MS and t < last:
                 counters[C_LATE_STATUSES] += 1  # an old status says nothing about now
                 continue
-            st.last_status_ts_ms[d] = t
+            last_status[d] = t
             ev_i, ev_f, n = _status_rules(st, d, t, battery[i], strap[i], battery_low_pct,
                                           battery_clear_pct, ev_i, ev_f, n)
     return ev_i, ev_f, n, now
