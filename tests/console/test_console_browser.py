@@ -13,8 +13,7 @@ import time
 
 import orjson
 import pytest
-from conftest import CNMAPS
-from console_helpers import PASSWORD, Server, add_accounts, raised
+from console_helpers import CNMAPS, PASSWORD, Server, add_accounts, raised
 
 from alarms.store import open_store
 from console import create_app

@@ -9,8 +9,7 @@ import math
 import orjson
 import pytest
 import shapely
-from conftest import CNMAPS
-from console_helpers import PASSWORD, T0, add_accounts
+from console_helpers import CNMAPS, PASSWORD, T0, add_accounts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from shapely.geometry import shape
