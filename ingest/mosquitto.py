@@ -60,7 +60,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def render_config(*, port: int, data_dir: Path, auth: bool, password_file: Path | None,
                   acl_file: Path | None, host: str = "127.0.0.1",
-                  template: Path = CONF_TEMPLATE) -> str:
+                  tls: tuple[Path, Path] | None = None, template: Path = CONF_TEMPLATE) -> str:
     """The project's mosquitto.conf with the listener, paths and auth lines rewritten.
 
     Everything else (persistence, queue limits, message size limit, ...) is kept as
@@ -72,6 +72,9 @@ def render_config(*, port: int, data_dir: Path, auth: bool, password_file: Path 
         if setting and setting.split(None, 1)[0] not in _REWRITTEN:
             out.append(setting)
     out.append(f"listener {port} {host}")
+    if tls is not None:
+        certfile, keyfile = tls
+        out += [f"certfile {certfile}", f"keyfile {keyfile}", "tls_version tlsv1.2"]
     out.append(f"persistence_location {data_dir}/")
     out.append(f"log_dest file {data_dir / 'mosquitto.log'}")
     if os.geteuid() == 0:
@@ -99,11 +102,14 @@ class Mosquitto:
     - ``data_dir``: where config, password file, persistence database and log live
       (default: a fresh temporary directory, removed by :meth:`close`).
     - ``port``: fixed port (default: a free one).
+    - ``tls``: ``(certfile, keyfile)`` of a server certificate: the listener speaks TLS
+      and :attr:`url` is ``mqtts://``.
     """
 
     def __init__(self, data_dir: str | Path | None = None, *, auth: bool = True,
                  passwords: dict[str, str] | None = None, password_file: str | Path | None = None,
                  acl_file: str | Path | None = None, port: int | None = None,
+                 tls: tuple[str | Path, str | Path] | None = None,
                  start_timeout_s: float = 10.0):
         if auth and passwords is None and password_file is None:
             raise ValueError("auth=True needs passwords={user: password} or password_file")
@@ -133,6 +139,7 @@ class Mosquitto:
                 self.password_file.write_text(
                     "".join(password_line(u, p) + "\n" for u, p in passwords.items()),
                     encoding="utf-8")
+        self.tls = None if tls is None else (Path(tls[0]), Path(tls[1]))
         self._fixed_port = port
         self.port = port or 0
         self.proc: subprocess.Popen | None = None
@@ -143,7 +150,7 @@ class Mosquitto:
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -160,7 +167,8 @@ class Mosquitto:
                 self.port = free_port()
             self.conf_path.write_text(render_config(
                 port=self.port, data_dir=self.data_dir, auth=self.auth,
-                password_file=self.password_file, acl_file=self.acl_file), encoding="utf-8")
+                password_file=self.password_file, acl_file=self.acl_file, tls=self.tls),
+                encoding="utf-8")
             self.proc = subprocess.Popen(
                 [self.binary, "-c", str(self.conf_path)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -185,6 +193,7 @@ class Mosquitto:
                     f"(port {self.port}, config {self.conf_path}): {err.strip()} "
                     f"{self.log_tail()}".strip())
             try:
+                # A TCP connect is enough for TLS too: the listener is up.
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return
             except OSError:

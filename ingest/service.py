@@ -361,6 +361,9 @@ class Service:
             log.info("connected to %s:%d as %s (persistent session emfence-%s)",
                      self.broker.host, self.broker.port, self.broker.username or "anonymous",
                      self.opts.name)
+            # The grace counts from the first connection, not from process start (loading
+            # zones or compiling kernels must not eat into it).
+            self.hold_until_ms = now + int(self.icfg.restart_grace_s * 1000)
         # The marker queues behind whatever the session holds: its arrival means drained.
         self.drain_nonce = secrets.token_hex(8)
         self.drained = False

@@ -22,7 +22,7 @@ class PahoClient:
 
     def __init__(self, port: int, username: str | None = None, password: str | None = None,
                  *, client_id: str = "", clean_session: bool = True,
-                 max_inflight: int | None = None):
+                 max_inflight: int | None = None, tls_ca: str | None = None):
         self.messages: queue.Queue = queue.Queue()
         self._connected = threading.Event()
         self._result = None
@@ -36,6 +36,8 @@ class PahoClient:
         self.client.on_connect = self._on_connect
         self.client.on_message = lambda c, u, m: self.messages.put((m.topic, m.payload, m.retain))
         self.client.on_subscribe = self._on_subscribe
+        if tls_ca is not None:
+            self.client.tls_set(ca_certs=tls_ca)
         if max_inflight is not None:
             self.client.max_inflight_messages_set(max_inflight)
         self.client.reconnect_delay_set(0.1, 0.5)

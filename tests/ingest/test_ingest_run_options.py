@@ -230,3 +230,38 @@ def test_redelivery_digests_trust_only_the_matching_checkpoint(tmp_path):
     assert read_covered(ckpt) == set()
     _acks_path(ckpt).write_text("garbage")
     assert read_covered(ckpt) == set()
+
+
+def make_tls_files(d) -> tuple[str, str, str]:
+    """A throwaway CA and a server certificate for 127.0.0.1 (openssl CLI)."""
+    ca_key, ca, key, csr, cert, ext = (str(d / n) for n in (
+        "ca.key", "ca.pem", "server.key", "server.csr", "server.pem", "san.ext"))
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True)  # noqa: E731
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
+        "-days", "2", "-subj", "/CN=emfence test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+        "-subj", "/CN=127.0.0.1")
+    run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+        "-out", cert, "-days", "2", "-extfile", ext)
+    return ca, cert, key
+
+
+@pytest.mark.mqtt
+def test_tls_broker(tmp_path, fleet, mosquitto_factory, engines):
+    ca, cert, key = make_tls_files(tmp_path)
+    broker = mosquitto_factory(passwords=fleet.passwords(), tls=(cert, key))
+    assert broker.url.startswith("mqtts://")
+    console = PahoClient(broker.port, CONSOLE_USER, CONSOLE_PW, tls_ca=ca)
+    console.subscribe("emfence/v1/+/alarms/+")
+    engine = engines(tmp_path, fleet, broker, config=FAST, extra=["--tls-ca", ca])
+    engine.wait_log("connected to")
+    a0 = fleet.ids(REGION_A)[0]
+    dev = PahoClient(broker.port, a0, device_password(SECRET, a0), tls_ca=ca)
+    dev.publish(f"emfence/v1/{REGION_A}/{a0}/status", orjson.dumps({"ts": now_ms(),
+                                                                    "strap": "open"}))
+    [ev] = events_of(console, 1)
+    assert ev["type"] == "tamper" and ev["device_id"] == a0
+    assert engine.stop() == 0
+    dev.close()
+    console.close()
