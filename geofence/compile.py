@@ -25,7 +25,7 @@ from geofence.zones import Zone
 
 # Grid sizing: about this many cells per polygon edge (more cells = fewer boundary
 # edges per cell and more points answered by the cell state alone) ...
-GRID_CELLS_PER_EDGE = 4.0
+GRID_CELLS_PER_EDGE = 8.0
 # ... but never fewer or more cells than these per zone.
 GRID_MIN_CELLS = 16
 GRID_MAX_CELLS = 1 << 22
@@ -64,6 +64,7 @@ class ZoneArrays(NamedTuple):
     cell_ring: np.ndarray  # int32[nc]: Chebyshev distance in cells to a boundary cell
     cell_edge_offsets: np.ndarray  # int64[nc + 1]
     cell_edges: np.ndarray  # int64[ne]: global vertex index of each listed edge's start
+    cell_edge_lonlat: np.ndarray  # float64[ne, 4]: that edge's lon_a, lat_a, lon_b, lat_b (degrees)
 
 
 def _rings_of(geom) -> list[np.ndarray]:
@@ -210,6 +211,12 @@ def _assemble(builds: list[_ZoneBuild]) -> ZoneArrays:
     def cat(name, dtype):
         return np.ascontiguousarray(np.concatenate([getattr(b, name) for b in builds] + [np.zeros(0, dtype)]).astype(dtype, copy=False))
 
+    cell_edges = np.ascontiguousarray(np.concatenate(
+        [b.cell_edges + vertex_base[i] for i, b in enumerate(builds)] + [_EMPTY_I64]))
+    vertex_lon = cat("lon", np.float64)
+    vertex_lat = cat("lat", np.float64)
+    cell_edge_lonlat = np.ascontiguousarray(np.column_stack([
+        vertex_lon[cell_edges], vertex_lat[cell_edges], vertex_lon[cell_edges + 1], vertex_lat[cell_edges + 1]]))
     return ZoneArrays(
         zone_kind=np.array([b.kind for b in builds], dtype=np.int8),
         zone_bbox=np.array([b.bbox for b in builds], dtype=np.float64).reshape(nz, 4),
@@ -217,8 +224,8 @@ def _assemble(builds: list[_ZoneBuild]) -> ZoneArrays:
         zone_circle=np.array([b.circle for b in builds], dtype=np.float64).reshape(nz, 3),
         zone_ring_offsets=zone_ring_offsets,
         ring_offsets=ring_offsets,
-        vertex_lon=cat("lon", np.float64),
-        vertex_lat=cat("lat", np.float64),
+        vertex_lon=vertex_lon,
+        vertex_lat=vertex_lat,
         vertex_x_m=cat("x_m", np.float64),
         vertex_y_m=cat("y_m", np.float64),
         grid_origin=np.array([b.grid_origin for b in builds], dtype=np.float64).reshape(nz, 2),
@@ -229,8 +236,8 @@ def _assemble(builds: list[_ZoneBuild]) -> ZoneArrays:
         cell_state=cat("cell_state", np.int8),
         cell_ring=cat("cell_ring", np.int32),
         cell_edge_offsets=cell_edge_offsets,
-        cell_edges=np.ascontiguousarray(np.concatenate(
-            [b.cell_edges + vertex_base[i] for i, b in enumerate(builds)] + [_EMPTY_I64])),
+        cell_edges=cell_edges,
+        cell_edge_lonlat=cell_edge_lonlat.reshape(-1, 4),
     )
 
 

@@ -257,8 +257,9 @@ def _polygon_contains(za, z: int, lon: float, lat: float) -> bool:
     state = za.cell_state[row + ix]
     if state != CELL_BOUNDARY:
         return state == CELL_INSIDE
-    vlon = za.vertex_lon
-    vlat = za.vertex_lat
+    # Each listed edge's endpoints are stored with the list (cell_edge_lonlat), so a
+    # boundary cell is one contiguous read rather than scattered vertex lookups.
+    seg = za.cell_edge_lonlat
     inside = False
     k = ix
     while k < nx:
@@ -267,12 +268,11 @@ def _polygon_contains(za, z: int, lon: float, lat: float) -> bool:
         if state != CELL_BOUNDARY:
             return inside != (state == CELL_INSIDE)
         for j in range(za.cell_edge_offsets[cell], za.cell_edge_offsets[cell + 1]):
-            e = za.cell_edges[j]
-            ay = vlat[e]
-            by = vlat[e + 1]
+            ay = seg[j, 1]
+            by = seg[j, 3]
             if (ay > lat) != (by > lat):
-                ax = vlon[e]
-                x = (vlon[e + 1] - ax) * (lat - ay) / (by - ay) + ax
+                ax = seg[j, 0]
+                x = (seg[j, 2] - ax) * (lat - ay) / (by - ay) + ax
                 if lon < x and _cell_ix(za, z, x) == k:
                     inside = not inside
         k += 1
@@ -408,6 +408,24 @@ def zone_distance_m(za, z: int, lon: float, lat: float) -> float:
 # --------------------------------------------------------------------------------------
 
 
+@njit(cache=True, inline="always")
+def _fast_cell_state(za, z, lon, lat):
+    """Inlined fast path of the batch kernels: the cell state of a polygon point (outside
+    for points off the bbox), or CELL_BOUNDARY when the full kernel must decide (boundary
+    cells, circles). Written out here, not called, so the common case costs one lookup."""
+    if za.zone_kind[z] != KIND_POLYGON:
+        return CELL_BOUNDARY
+    if lon < za.zone_bbox[z, 0] or lon > za.zone_bbox[z, 2] or lat < za.zone_bbox[z, 1] or lat > za.zone_bbox[z, 3]:
+        return CELL_OUTSIDE
+    nx = za.grid_shape[z, 0]
+    ny = za.grid_shape[z, 1]
+    f = (lon - za.grid_origin[z, 0]) * za.grid_inv_cell[z, 0]
+    ix = 0 if not f >= 0.0 else (nx - 1 if f >= nx else int(f))
+    f = (lat - za.grid_origin[z, 1]) * za.grid_inv_cell[z, 1]
+    iy = 0 if not f >= 0.0 else (ny - 1 if f >= ny else int(f))
+    return za.cell_state[za.grid_cell_offsets[z] + iy * nx + ix]
+
+
 def chunks_for(n: int) -> int:
     """How many point ranges a batch kernel splits ``n`` points into (a few per thread)."""
     return max(1, min(n, numba.get_num_threads() * 4))
@@ -419,7 +437,9 @@ def _contains_batch(za, lon, lat, zone_idx, out, nchunks):
     n = lon.shape[0]
     for c in prange(nchunks):
         for i in range(c * n // nchunks, (c + 1) * n // nchunks):
-            out[i] = zone_contains(za, zone_idx[i], lon[i], lat[i])
+            z = zone_idx[i]
+            state = _fast_cell_state(za, z, lon[i], lat[i])
+            out[i] = (state == CELL_INSIDE) if state != CELL_BOUNDARY else zone_contains(za, z, lon[i], lat[i])
 
 
 @njit(cache=True, parallel=True)
@@ -427,7 +447,11 @@ def _distance_batch(za, lon, lat, zone_idx, out, nchunks):
     n = lon.shape[0]
     for c in prange(nchunks):
         for i in range(c * n // nchunks, (c + 1) * n // nchunks):
-            out[i] = zone_distance_m(za, zone_idx[i], lon[i], lat[i])
+            z = zone_idx[i]
+            if _fast_cell_state(za, z, lon[i], lat[i]) == CELL_INSIDE:
+                out[i] = 0.0
+            else:
+                out[i] = zone_distance_m(za, z, lon[i], lat[i])
 
 
 @njit(cache=True, parallel=True)
