@@ -120,7 +120,13 @@ def _tm_origin(lon0: float, lat0: float) -> float:
 
 def _build_circle(zone: Zone) -> _ZoneBuild:
     lon, lat, radius_m = zone.circle
-    minx, miny, maxx, maxy = zone.geometry.bounds
+    # The bbox must hold the exact circle, not just its drawing (an inscribed polygon):
+    # rtree candidates and bbox rejection rely on it. A degree of latitude is at least
+    # 110574 m, a degree of longitude at least that times cos(lat) at the far edge.
+    dlat = radius_m / _M_PER_DEG_LAT_MIN * 1.001
+    far_lat = min(abs(lat) + dlat, 89.9)
+    dlon = min(dlat / math.cos(math.radians(far_lat)), 180.0)
+    minx, miny, maxx, maxy = lon - dlon, max(lat - dlat, -90.0), lon + dlon, min(lat + dlat, 90.0)
     return _ZoneBuild(
         kind=K.KIND_CIRCLE,
         bbox=(minx, miny, maxx, maxy),

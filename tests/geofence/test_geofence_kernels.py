@@ -397,3 +397,17 @@ def test_candidates_equal_a_brute_force_bbox_scan():
     owner = np.repeat(np.arange(len(lon)), np.diff(offsets))
     np.testing.assert_array_equal(inside, cz.contains(lon[owner], lat[owner], z2))
     assert inside.any() and not inside.all()
+
+
+def test_circle_bbox_and_candidates_hold_the_whole_circle(circles):
+    """Points just inside the exact circle but outside its drawn polygon are candidates."""
+    zones, cz = circles
+    geod = pyproj.Geod(ellps="WGS84")
+    for zi, zone in enumerate(zones):
+        lon0, lat0, r = zone.circle
+        az = np.arange(0.0, 360.0, 360.0 / 64 / 2)[1::2]  # between the drawing's vertices
+        plon, plat, _ = geod.fwd(np.full_like(az, lon0), np.full_like(az, lat0), az, np.full_like(az, r * 0.9999))
+        assert cz.contains(plon, plat, zi).all()
+        assert not shapely.contains_xy(zone.geometry, plon, plat).any() or r < 1
+        offsets, zidx = cz.candidates(plon, plat)
+        assert all(zi in zidx[offsets[i]:offsets[i + 1]] for i in range(len(az)))
