@@ -191,7 +191,40 @@ def _choice(obj: dict, name: str, where: str, allowed: tuple[str, ...] | dict,
     return v
 
 
+_SOURCES = frozenset(SOURCES)
+_COORD_SYSTEMS = frozenset(COORD_SYS_CODES)
+
+
 def parse_fix(obj: Any, *, where: str = "") -> Fix:
+    """Validate one fix object (already parsed JSON) and return a :class:`Fix`.
+
+    Same contract as :func:`parse_fix_checked`, with a fast path for the common case of
+    a well-formed fix (plain types, in range); anything else goes through the checked
+    path, which names the fault.
+    """
+    if type(obj) is dict:
+        ts = obj.get("ts")
+        lat = obj.get("lat")
+        lon = obj.get("lon")
+        acc = obj.get("acc")
+        src = obj.get("src")
+        cs = obj.get("coord_sys")
+        seq = obj.get("seq")
+        # NaN fails every comparison and +-inf every range, so both take the slow path.
+        if (type(ts) is int and MIN_TS_MS <= ts <= MAX_TS_MS
+                and (type(lat) is float or type(lat) is int) and -90.0 <= lat <= 90.0
+                and (type(lon) is float or type(lon) is int) and -180.0 <= lon <= 180.0
+                and (acc is None or ((type(acc) is float or type(acc) is int)
+                                     and 0.0 < acc < math.inf))
+                and (src is None or (type(src) is str and src in _SOURCES))
+                and (cs is None or (type(cs) is str and cs in _COORD_SYSTEMS))
+                and (seq is None or (type(seq) is int and 0 <= seq <= MAX_SEQ))):
+            return Fix(ts, float(lat), float(lon), DEFAULT_ACC_M if acc is None else float(acc),
+                       src or DEFAULT_SRC, cs or DEFAULT_COORD_SYS, seq)
+    return parse_fix_checked(obj, where=where)
+
+
+def parse_fix_checked(obj: Any, *, where: str = "") -> Fix:
     """Validate one fix object (already parsed JSON) and return a :class:`Fix`.
 
     Required: ``ts`` (integer epoch ms), ``lat`` (-90..90), ``lon`` (-180..180), finite

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from emfence.config import IngestConfig
 from ingest.decode import (
+    MIN_TS_MS,
     REASON_CODES,
     Fix,
     PayloadError,
@@ -18,6 +19,7 @@ from ingest.decode import (
     decode_fix_payload,
     decode_status_payload,
     parse_fix,
+    parse_fix_checked,
     parse_status,
     parse_topic,
 )
@@ -334,3 +336,29 @@ def test_non_finite_numbers_from_other_parsers_are_rejected(bad):
         assert info.value.reason.startswith(f"out_of_range: {field}=") and "not finite" in info.value.reason
     with pytest.raises(PayloadError, match="out_of_range: battery="):
         parse_status({"ts": RX, "battery": bad})
+
+
+fix_field_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-2**64, 2**64), st.floats(),
+    st.sampled_from(["gps", "wifi", "cell", "wgs84", "gcj02", "", "GPS"]),
+    st.integers(MIN_TS_MS - 5, MIN_TS_MS + 5), st.integers(RX - 10, RX + 10),
+    st.floats(-200, 200), st.lists(st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.dictionaries(st.sampled_from(["ts", "lat", "lon", "acc", "src", "coord_sys", "seq",
+                                        "other"]), fix_field_values, max_size=8))
+def test_fast_path_agrees_with_the_checked_path(obj):
+    """parse_fix's fast path must accept exactly what the checked path accepts, with the
+    same result (and leave every rejection, with its reason, to the checked path)."""
+    try:
+        want = parse_fix_checked(obj)
+    except PayloadError as exc:
+        with pytest.raises(PayloadError) as info:
+            parse_fix(obj)
+        assert info.value.reason == exc.reason
+        return
+    got = parse_fix(obj)
+    assert got == want
+    assert [type(v) for v in got] == [type(v) for v in want]
