@@ -27,6 +27,7 @@ from console.app import COOKIE, ApiError, json_response
 from console.auth import (
     AuthError,
     Principal,
+    credential_digest,
     principal_from_user,
     user_disabled,
     user_password_hash,
@@ -177,7 +178,8 @@ def routes(console: Console) -> list[Route]:
         # (no session fixation, no orphaned sessions).
         console.sessions.drop(request.cookies.get(COOKIE))
         principal = principal_from_user(user)
-        session = console.sessions.create(principal.name, now)
+        session = console.sessions.create(principal.name, now,
+                                          credential_digest(user_password_hash(user)))
         response = json_response(session_body(principal, session.csrf, console))
         console.set_session_cookie(response, session)
         return response

@@ -36,9 +36,11 @@ from console.auth import (
     Principal,
     Session,
     SessionTable,
+    credential_digest,
     csrf_ok,
     principal_from_user,
     user_disabled,
+    user_password_hash,
 )
 from console.gateway import StoreGateway
 from console.settings import ConsoleSettings, console_settings
@@ -147,7 +149,9 @@ class Console:
         # The account is read on every request so that disabling it or changing its
         # regions takes effect at once, not at the next login.
         user = await self.gateway.call("get_user", session.user)
-        if user is None or user_disabled(user):
+        if (user is None or user_disabled(user)
+                or credential_digest(user_password_hash(user)) != session.credential):
+            # Gone, disabled, or its password changed since this login.
             self.sessions.drop(session.token)
             raise ApiError(401, "not_logged_in", "log in first")
         principal = principal_from_user(user)

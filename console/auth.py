@@ -23,6 +23,7 @@ Design choices, and why:
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 import secrets
@@ -151,13 +152,23 @@ def user_password_hash(user: Mapping[str, Any] | Any) -> str | None:
 
 @dataclass
 class Session:
-    """One login: the cookie token, its CSRF token, whose it is and its times (epoch ms)."""
+    """One login: the cookie token, its CSRF token, whose it is and its times (epoch ms).
+
+    ``credential`` is a digest of the password hash the user logged in with: a password
+    change (e.g. after a suspected compromise) ends every session opened before it.
+    """
 
     token: str
     csrf: str
     user: str
     created_ms: int
     last_seen_ms: int
+    credential: str = ""
+
+
+def credential_digest(password_hash: str | None) -> str:
+    """A digest naming one password hash (the hash itself is not kept in sessions)."""
+    return hashlib.sha256((password_hash or "").encode()).hexdigest()
 
 
 class SessionTable:
@@ -174,9 +185,10 @@ class SessionTable:
         self._by_token: dict[str, Session] = {}
         self._lock = threading.Lock()
 
-    def create(self, user: str, now_ms: int) -> Session:
+    def create(self, user: str, now_ms: int, credential: str = "") -> Session:
         session = Session(token=secrets.token_urlsafe(32), csrf=secrets.token_urlsafe(32),
-                          user=user, created_ms=now_ms, last_seen_ms=now_ms)
+                          user=user, created_ms=now_ms, last_seen_ms=now_ms,
+                          credential=credential)
         with self._lock:
             self._expire(now_ms)
             self._by_token[session.token] = session

@@ -9,8 +9,9 @@ so a dropped connection resumes exactly where it stopped: no gap, at worst a rep
 ``?since=SEQ`` (the ``seq`` that ``GET /api/alarms`` returned with its list), or else at
 the newest event.
 
-The feed re-reads the account every ``feed_keepalive_s``: a session that ends or an
-account that is disabled ends the stream with an ``event: logout`` message. When the
+The feed re-reads the account every ``feed_keepalive_s``: a session that ends, or an
+account that is disabled, changes role or regions, or gets a new password, ends the
+stream with an ``event: logout`` message. When the
 console shuts down the stream simply ends; the browser reconnects once it is back.
 """
 
@@ -28,7 +29,12 @@ from starlette.responses import Response, StreamingResponse
 from alarms.store import StoreError
 from console.api import feed_item
 from console.app import COOKIE, ApiError
-from console.auth import principal_from_user, user_disabled
+from console.auth import (
+    credential_digest,
+    principal_from_user,
+    user_disabled,
+    user_password_hash,
+)
 
 if TYPE_CHECKING:
     from console.app import Console
@@ -64,12 +70,13 @@ def endpoint(console: Console) -> Callable:
     s = console.settings
 
     async def feed(request: Request) -> Response:
-        _, principal = await console.authenticate(request)
+        session, principal = await console.authenticate(request)
         since = _start_seq(request)
         if since is None:
             since = await call("last_seq")
         regions = principal.scope
         token = request.cookies.get(COOKIE)
+        credential = session.credential
 
         async def stream() -> AsyncIterator[bytes]:
             seq = since
@@ -87,7 +94,8 @@ def endpoint(console: Console) -> Callable:
                         last_check = now
                         user = await call("get_user", principal.name)
                         if user is None or user_disabled(user) or \
-                                principal_from_user(user) != principal:
+                                principal_from_user(user) != principal or \
+                                credential_digest(user_password_hash(user)) != credential:
                             # Disabled, or role/regions changed: the page must log in
                             # again so that the feed follows the account as it is now.
                             yield b"event: logout\ndata: {}\n\n"

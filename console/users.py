@@ -1,10 +1,12 @@
-"""``emfence user``: console accounts (add, list, disable, enable).
+"""``emfence user``: console accounts (add, list, disable, enable, password, role).
 
 ::
 
     emfence user add alice --role operator --regions 411303,411302 --store sqlite:///a.db
     emfence user list --store sqlite:///a.db
     emfence user disable alice --store sqlite:///a.db
+    emfence user password alice --store sqlite:///a.db          # new password on stdin
+    emfence user role alice --role supervisor --regions 411303 --store sqlite:///a.db
 
 The password is read from standard input (the first line; typed twice with no echo on a
 terminal), never from the command line, where other users could see it in the process
@@ -45,7 +47,8 @@ def read_password(stdin: TextIO) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="emfence user", description="Console accounts.")
-    sub = p.add_subparsers(dest="verb", required=True, metavar="{add,list,disable,enable}")
+    sub = p.add_subparsers(dest="verb", required=True,
+                           metavar="{add,list,disable,enable,password,role}")
     store_help = "alarm store URL: sqlite:///path or postgresql://..."
 
     add = sub.add_parser("add", help="create an account (password from stdin)")
@@ -60,11 +63,27 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--store", required=True, help=store_help)
 
     for verb, text in (("disable", "disable an account (it can no longer log in)"),
-                       ("enable", "enable a disabled account")):
+                       ("enable", "enable a disabled account"),
+                       ("password", "set a new password (from stdin)")):
         sp = sub.add_parser(verb, help=text)
         sp.add_argument("name")
         sp.add_argument("--store", required=True, help=store_help)
+
+    role = sub.add_parser("role", help="change an account's role and regions")
+    role.add_argument("name")
+    role.add_argument("--role", required=True, choices=ROLES)
+    role.add_argument("--regions", default="", help="comma-separated county codes (all "
+                      "the account may see from now on; required except for admin)")
+    role.add_argument("--store", required=True, help=store_help)
     return p
+
+
+def _role_and_regions(args: argparse.Namespace) -> tuple[str, tuple[str, ...]]:
+    role = check_role(args.role)
+    regions = parse_regions(args.regions)
+    if role != "admin" and not regions:
+        raise AuthError("--regions is required for operators and supervisors")
+    return role, regions
 
 
 def _field(row: Any, key: str) -> Any:
@@ -87,10 +106,7 @@ def main(argv: list[str], *, stdin: TextIO | None = None, stdout: TextIO | None 
     try:
         if args.verb == "add":
             name = args.name
-            role = check_role(args.role)
-            regions = parse_regions(args.regions)
-            if role != "admin" and not regions:
-                raise AuthError("--regions is required for operators and supervisors")
+            role, regions = _role_and_regions(args)
             password = read_password(stdin)
             store = open_store(args.store)
             try:
@@ -115,6 +131,19 @@ def main(argv: list[str], *, stdin: TextIO | None = None, stdout: TextIO | None 
                     shown = ",".join(regions) if regions else "(all)"
                     print(f"{_field(row, 'name'):<20} {_field(row, 'role'):<10} {state:<8} "
                           f"{shown}", file=stdout)
+                return 0
+            if args.verb == "password":
+                # The store audits the change (without the hash); the console ends the
+                # account's open sessions at their next request.
+                store.set_user_password(args.name, hash_password(read_password(stdin)),
+                                        _now_ms())
+                print(f"new password set for {args.name}", file=stdout)
+                return 0
+            if args.verb == "role":
+                role, regions = _role_and_regions(args)
+                store.set_user_role(args.name, role, list(regions), _now_ms())
+                print(f"{args.name} is now {role}"
+                      + (f" for {','.join(regions)}" if regions else ""), file=stdout)
                 return 0
             store.set_user_disabled(args.name, args.verb == "disable", _now_ms())
             print(f"{args.verb}d {args.name}", file=stdout)

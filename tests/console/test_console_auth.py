@@ -216,3 +216,23 @@ def test_security_headers_on_page_and_api(console):
         assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
         assert r.headers["x-frame-options"] == "DENY"
         assert r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_password_change_ends_sessions_opened_before_it(console):
+    from console.auth import hash_password
+
+    console.login("alice")
+    assert console.get("/api/session").status_code == 200
+    console.store.set_user_password("alice", hash_password("a brand new passphrase"), T0)
+    assert console.get("/api/session").status_code == 401
+    assert console.login("alice").status_code == 401
+    assert console.login("alice", "a brand new passphrase").status_code == 200
+
+
+def test_a_role_or_region_change_applies_to_the_next_request(console):
+    console.store.record_events([raised("x1", "411302", subject="s9", device="d9")], T0)
+    console.login("alice")
+    assert console.get("/api/alarms/x1").status_code == 404
+    console.store.set_user_role("alice", "operator", ["411303", "411302"], T0)
+    assert console.get("/api/alarms/x1").status_code == 200
+    assert console.get("/api/session").json()["regions"] == ["411302", "411303"]

@@ -97,3 +97,28 @@ def test_the_emfence_command_reads_the_password_from_stdin(tmp_path):
                            "operator", "--regions", "411303", "--password", GOOD,
                            "--store", url], capture_output=True, text=True, input="", check=False)
     assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr
+
+
+def test_password_and_role_changes(tmp_path):
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    run(["add", "alice", "--role", "operator", "--regions", "411303", "--store", url], GOOD)
+    new = "an even longer passphrase"
+    code, out, err = run(["password", "alice", "--store", url], new + "\n")
+    assert (code, err) == (0, "")
+    assert "alice" in out
+    code, _, err = run(["password", "alice", "--store", url], "short\n")
+    assert code == 1 and "at least" in err
+    code, _, err = run(["password", "nobody", "--store", url], new + "\n")
+    assert code == 1 and "no such user" in err
+    code, out, err = run(["role", "alice", "--role", "supervisor", "--regions", "411303,411302",
+                          "--store", url])
+    assert code == 0, err
+    assert "supervisor" in out
+    code, _, err = run(["role", "alice", "--role", "operator", "--store", url])
+    assert code == 1 and "--regions is required" in err
+    store = open_store(url)
+    user = store.get_user("alice")
+    assert PasswordHasher().verify(user["password_hash"], new)
+    assert (user["role"], user["regions"]) == ("supervisor", ["411303", "411302"])
+    assert {r["action"] for r in store.audit_log(target="alice")} >= {"user.password", "user.role"}
+    store.close_store()
