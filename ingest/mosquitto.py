@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto"
 CONF_TEMPLATE = DEPLOY_DIR / "mosquitto.conf"
@@ -251,7 +252,7 @@ class Mosquitto:
         except OSError:
             return ""
 
-    def __enter__(self) -> Mosquitto:
+    def __enter__(self) -> Self:
         if not self.running:
             self.start()
         return self

@@ -145,13 +145,13 @@ def make_client(settings: BrokerSettings, *, client_id: str, will: aiomqtt.Will 
     if manual_ack:
         # aiomqtt has no option for this yet; the paho client underneath does, and must
         # be told before it connects.
-        client._client.manual_ack_set(True)  # noqa: SLF001
+        client._client.manual_ack_set(True)
     return client
 
 
 def ack(client: aiomqtt.Client, mid: int) -> None:
     """Send the PUBACK of a QoS 1 message received with ``manual_ack``."""
-    client._client.ack(mid, 1)  # noqa: SLF001
+    client._client.ack(mid, 1)
 
 
 class Backoff:

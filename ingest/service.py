@@ -35,8 +35,8 @@ exit 0; SIGHUP reloads zones and subjects, keeping the state of devices that rem
 from __future__ import annotations
 
 import argparse
-import base64
 import asyncio
+import base64
 import contextlib
 import hashlib
 import logging
@@ -56,8 +56,8 @@ import orjson
 from emfence.config import Config, ConfigError, load_config
 from ingest.decode import (
     COORD_SYS_CODES,
-    STRAP_CODES,
     ID_RE,
+    STRAP_CODES,
     PayloadError,
     decode_fix_payload,
     decode_status_payload,
@@ -129,8 +129,23 @@ class Options:
 class Batch:
     """An open micro-batch: parallel lists (arrival order) plus acknowledgement data."""
 
-    __slots__ = ("kind", "device", "ts", "rx", "lat", "lon", "acc", "coord", "battery",
-                 "strap", "src", "acks", "digests", "messages", "opened")
+    __slots__ = (
+        "acc",
+        "acks",
+        "battery",
+        "coord",
+        "device",
+        "digests",
+        "kind",
+        "lat",
+        "lon",
+        "messages",
+        "opened",
+        "rx",
+        "src",
+        "strap",
+        "ts",
+    )
 
     def __init__(self) -> None:
         self.kind: list[int] = []
@@ -925,8 +940,9 @@ def build_service_args(args: argparse.Namespace) -> dict:
     store = open_store(args.store)
     opts = Options(zones_path=args.zones, subjects_path=args.subjects, store_url=args.store,
                    name=args.name, regions=regions, checkpoint=args.checkpoint, http=args.http)
-    return dict(broker=broker, options=opts, config=config, zones=zones, registry=registry,
-                engine=engine, store=store, restored=restored, covered=covered)
+    return {"broker": broker, "options": opts, "config": config, "zones": zones,
+            "registry": registry, "engine": engine, "store": store, "restored": restored,
+            "covered": covered}
 
 
 def main(argv: list[str]) -> int:

@@ -52,7 +52,7 @@ class Fleet:
         features.append({"type": "Feature",
                          "properties": {"zone_id": "victim-home", "radius_m": 300},
                          "geometry": {"type": "Point", "coordinates": list(self.victim)}})
-        minx, miny, maxx, maxy = self.county.bounds
+        _, miny, maxx, maxy = self.county.bounds
         self.abroad = (maxx + 0.3, (miny + maxy) / 2)  # 30 km east of the county's bbox
         assert not self.county.buffer(0.1).contains(shapely.Point(self.abroad))
         self.zones_path = root / "zones.geojson"
@@ -121,12 +121,11 @@ class EngineProcess:
 
     def start(self) -> EngineProcess:
         self.starts += 1
-        log = open(self.log_path, "ab")
-        log.write(f"\n===== start {self.starts} =====\n".encode())
-        log.flush()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, env=env, cwd=ROOT)
-        log.close()
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== start {self.starts} =====\n".encode())
+            log.flush()
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, env=env, cwd=ROOT)
         return self
 
     def wait_log(self, text: str, timeout_s: float = 600.0, after: int = 0) -> None:

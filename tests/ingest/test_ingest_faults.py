@@ -121,9 +121,9 @@ class Publisher(threading.Thread):
             # A message published while the broker was away keeps rc "not connected" (and
             # is_published() raises) although it sits in paho's queue and goes out after the
             # reconnect; the PUBACK sets the flag underneath.
-            while not info._published and time.monotonic() < deadline:  # noqa: SLF001
+            while not info._published and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert info._published, f"message {info.mid} never acknowledged"  # noqa: SLF001
+            assert info._published, f"message {info.mid} never acknowledged"
 
 
 def final_health(broker_port: int) -> dict:

@@ -11,7 +11,6 @@ import orjson
 import pytest
 from ingest_fleet import (
     CONSOLE_PW,
-    ENGINE_PW,
     REGION_A,
     REGION_B,
     SECRET,
@@ -22,7 +21,7 @@ from ingest_fleet import (
 from ingest_mqtt_helpers import PahoClient
 
 from alarms.store import open_store
-from ingest.passwords import CONSOLE_USER, ENGINE_USER, device_password
+from ingest.passwords import CONSOLE_USER, device_password
 
 pytestmark = pytest.mark.mqtt
 
