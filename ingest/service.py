@@ -776,6 +776,10 @@ class Service:
             await asyncio.sleep(PURGE_PERIOD_S)
 
     async def _reload(self) -> None:
+        if not hasattr(self.engine, "reload"):
+            log.error("reload: the %s core cannot reload; restart instead",
+                      type(self.engine).__name__)
+            return
         try:
             zones, registry = await asyncio.to_thread(
                 load_model, self.opts.zones_path, self.opts.subjects_path)
@@ -900,6 +904,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="configuration TOML (docs/configuration.md)")
     p.add_argument("--http", metavar="HOST:PORT",
                    help="also serve the command-centre console here")
+    p.add_argument("--core", choices=["numba", "shapely"], default="numba",
+                   help="rule core: numba (production) or shapely (a slow reference, for "
+                        "benchmarks only; no checkpoints, no reload)")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
@@ -931,7 +938,13 @@ def build_service_args(args: argparse.Namespace) -> dict:
         if missing:
             log.warning("--regions %s: no subject registered there", ",".join(missing))
     restored, covered = False, set()
-    if args.checkpoint and Path(args.checkpoint).exists():
+    if args.core == "shapely":
+        from engine.shapely_core import ShapelyEngine
+
+        if args.checkpoint:
+            raise ValueError("--core shapely keeps no checkpoints: drop --checkpoint")
+        engine = ShapelyEngine(zones, registry, config)
+    elif args.checkpoint and Path(args.checkpoint).exists():
         engine = Engine.restore(args.checkpoint, zones, registry, config)
         covered = read_covered(Path(args.checkpoint))
         restored = True

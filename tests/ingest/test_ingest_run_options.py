@@ -265,3 +265,23 @@ def test_tls_broker(tmp_path, fleet, mosquitto_factory, engines):
     assert engine.stop() == 0
     dev.close()
     console.close()
+
+
+@pytest.mark.mqtt
+def test_shapely_core_for_benchmarks(tmp_path, fleet, broker, engines):
+    console = PahoClient(broker.port, CONSOLE_USER, CONSOLE_PW)
+    console.subscribe("emfence/v1/+/alarms/+")
+    engine = engines(tmp_path, fleet, broker, config=FAST, checkpoint=False,
+                     extra=["--core", "shapely"])
+    engine.wait_log("connected to")
+    a0 = fleet.ids(REGION_A)[0]
+    t = now_ms() - 10_000
+    publish_as(broker, a0, f"emfence/v1/{REGION_A}/{a0}/fix",
+               [fix(t, fleet.abroad), fix(t + 1000, fleet.abroad)])
+    [ev] = events_of(console, 1)
+    assert (ev["type"], ev["event"], ev["at"]) == ("outbound", "raised", t + 1000)
+    assert engine.stop() == 0
+    console.close()
+    proc = subprocess.run([*engine.args, "--checkpoint", str(tmp_path / "c")],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1 and "--core shapely keeps no checkpoints" in proc.stderr
