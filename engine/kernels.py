@@ -15,6 +15,8 @@ Events are written to two growable 2-D arrays, one row per event:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -111,7 +113,7 @@ def moved_upper_m(lon0, lat0, lon, lat):
     dlon = abs(lon - lon0)
     if dlon > 180.0:
         dlon = 360.0 - dlon
-    a = abs(lat0) if abs(lat0) < abs(lat) else abs(lat)
+    a = min(abs(lat), abs(lat0))
     dx = dlon * _M_PER_DEG_UPPER * np.cos(np.radians(a))
     return np.sqrt(dx * dx + dlat * dlat) * 1.001 + 0.5
 
@@ -198,7 +200,7 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, 
     (that test is in process_records, before this function is called).
     """
     s = ra.device_subject[d]
-    margin = buffer_m if buffer_m > acc else acc
+    margin = max(acc, buffer_m)
     settled = True
     bbox = za.zone_bbox
 
@@ -273,8 +275,7 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, 
                 if ra.leave_start_ms[lv] <= ts <= ra.leave_end_ms[lv]:
                     for j in range(ra.leave_zone_off[lv], ra.leave_zone_off[lv + 1]):
                         dz = zone_distance_m(za, ra.leave_zone[j], lon, lat)
-                        if dz < dist:
-                            dist = dz
+                        dist = min(dist, dz)
             if dist <= 0.0:
                 # On the boundary (containment said no, distance says 0): in.
                 ev_i, ev_f, n = _outbound_in(st, d, ts, lat, lon, acc, ev_i, ev_f, n)
@@ -291,7 +292,7 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, 
     # above could change.
     safe = -1.0
     near_lon = st.near_lon[d]
-    if settled and (near_lon != near_lon or moved_upper_m(near_lon, st.near_lat[d], lon, lat)
+    if settled and (math.isnan(near_lon) or moved_upper_m(near_lon, st.near_lat[d], lon, lat)
                     <= SETTLE_MAX_MOVE_M):
         safe = np.inf
         gs, go, gi = za.grid_shape, za.grid_origin, za.grid_inv_cell
@@ -303,8 +304,7 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, 
             b = _ring_bound_m(gs, go, gi, gc, cr, cm, z, lon, lat)
             if b < 0.0:
                 b = zone_boundary_distance_m(za, z, lon, lat)
-            if b < safe:
-                safe = b
+            safe = min(safe, b)
         st.safe_until_ms[d] = _next_leave_change_ms(ra, s, ts)
     st.safe_m[d] = safe
     st.near_lon[d] = lon
@@ -338,7 +338,7 @@ def _status_rules(st, d, ts, battery, strap, battery_low_pct, battery_clear_pct,
         if ep != NONE_MS:
             st.tamper_at_ms[d] = NONE_MS
             ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_TAMPER, -1, 0, ts, ep, 0, nan, nan, nan, nan)
-    if battery == battery:  # not NaN: the status carried a battery level
+    if not math.isnan(battery):  # the status carried a battery level
         ep = st.battery_at_ms[d]
         if ep == NONE_MS:
             if battery <= battery_low_pct:
@@ -399,15 +399,14 @@ def process_records(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, str
         # never before the raise) and move the offline deadline.
         ep = offline_at[d]
         if ep != NONE_MS:
-            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OFFLINE, -1, 0, r if r > ep else ep, ep,
+            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OFFLINE, -1, 0, max(ep, r), ep,
                                   0, nan, nan, nan, nan)
             offline_at[d] = NONE_MS
         if last_rx[d] == NONE_MS or r > last_rx[d]:
             last_rx[d] = r
         dl = last_rx[d] + offline_after_ms[level[d]]
         deadline[d] = dl
-        if dl < floor[0]:
-            floor[0] = dl
+        floor[0] = min(floor[0], dl)
         t = ts[i]
         if kind[i] == K_FIX:
             counters[C_FIXES] += 1

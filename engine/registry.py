@@ -180,7 +180,7 @@ def parse_time_ms(value: Any, what: str) -> int:
     leave's end must not depend on the server's time zone).
     """
     if isinstance(value, bool):
-        raise ValueError(f"{what} must be epoch ms or ISO 8601 with offset, got {value!r}")
+        raise TypeError(f"{what} must be epoch ms or ISO 8601 with offset, got {value!r}")
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():
@@ -198,7 +198,7 @@ def parse_time_ms(value: Any, what: str) -> int:
         # Exact integer arithmetic: timestamp() is a float and can be off by a millisecond.
         delta = dt - datetime.fromisoformat("1970-01-01T00:00:00+00:00")
         return delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
-    raise ValueError(f"{what} must be epoch ms or ISO 8601 with offset, got {value!r}")
+    raise TypeError(f"{what} must be epoch ms or ISO 8601 with offset, got {value!r}")
 
 
 def _str_list(raw: dict, key: str, sid: str, source: str | None, *, required: bool) -> list[str]:
@@ -303,7 +303,7 @@ def load_registry(subjects: str | Path | dict, zones: Any) -> Registry:
             try:
                 start = parse_time_ms(lv.get("start"), f"leaves[{k}].start")
                 end = parse_time_ms(lv.get("end"), f"leaves[{k}].end")
-            except ValueError as exc:
+            except (TypeError, ValueError) as exc:
                 raise RegistryError(str(exc), subject_id=sid, source=source) from None
             if end < start:
                 raise RegistryError(f"leaves[{k}] ends ({end}) before it starts ({start})",

@@ -9,6 +9,7 @@ against ``Engine``. Not meant for production traffic.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -57,8 +58,17 @@ class _ShapelyZone:
 
 
 class _Device:
-    __slots__ = ("last_rx", "last_fix_ts", "last_status_ts", "out_run", "outbound",
-                 "offline", "tamper", "battery", "exclusion")
+    __slots__ = (
+        "battery",
+        "exclusion",
+        "last_fix_ts",
+        "last_rx",
+        "last_status_ts",
+        "offline",
+        "out_run",
+        "outbound",
+        "tamper",
+    )
 
     def __init__(self) -> None:
         self.last_rx = self.last_fix_ts = self.last_status_ts = None
@@ -205,7 +215,7 @@ class ShapelyEngine:
         elif strap == 0 and dev.tamper is not None:
             out.append(self._event(d, K.T_TAMPER, -1, False, ts, dev.tamper))
             dev.tamper = None
-        if battery == battery:
+        if not math.isnan(battery):
             if dev.battery is None and battery <= r.battery_low_pct:
                 dev.battery = ts
                 out.append(self._event(d, K.T_LOW_BATTERY, -1, True, ts, ts))

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import orjson
-import pytest
 from engine_helpers import T0, circle_feature, county_feature, offset
 from engine_reference import gcj02_to_wgs84
 

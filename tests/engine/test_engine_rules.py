@@ -334,11 +334,11 @@ def test_bytes_per_device_is_within_budget():
 
 # ----- settled-device path ----------------------------------------------------------------
 
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from pyproj import Geod  # noqa: E402
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pyproj import Geod
 
-from engine.kernels import moved_upper_m  # noqa: E402
+from engine.kernels import moved_upper_m
 
 
 @settings(max_examples=300, deadline=None)
