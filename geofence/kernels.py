@@ -325,8 +325,7 @@ def _cell_min_distance(za, cell: int, px: float, py: float, best: float) -> floa
     for j in range(za.cell_edge_offsets[cell], za.cell_edge_offsets[cell + 1]):
         e = za.cell_edges[j]
         d = _segment_distance(px, py, vx[e], vy[e], vx[e + 1], vy[e + 1])
-        if d < best:
-            best = d
+        best = min(best, d)
     return best
 
 
@@ -395,7 +394,7 @@ def zone_distance_m(za, z: int, lon: float, lat: float) -> float:
     """Metres from WGS-84 (lon, lat) to zone ``z``: 0 inside, else to the boundary."""
     if za.zone_kind[z] == KIND_CIRCLE:
         d = _circle_centre_distance_m(za, z, lon, lat) - za.zone_circle[z, 2]
-        return d if d > 0.0 else 0.0
+        return max(0.0, d)
     if _polygon_contains(za, z, lon, lat):
         return 0.0
     return _polygon_boundary_distance_m(za, z, lon, lat)

@@ -93,7 +93,7 @@ def test_arrays_keep_their_shape_and_match_the_point_kernels():
     for i in (0, 3):
         for j in (0, 7, 24):
             assert K.wgs84_to_gcj02_point(lon[i, j], lat[i, j]) == (glon[i, j], glat[i, j])
-    wlon, wlat = gcj02_to_wgs84(glon, glat)
+    wlon, _ = gcj02_to_wgs84(glon, glat)
     assert wlon.shape == (4, 25)
     inside = ~outside_china(lon, lat)
     assert np.abs(wlon - lon)[inside].max() < 1e-8

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 
+import geofence_reference as ref
 import numpy as np
 import pyproj
 import pytest
@@ -20,7 +21,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numba import njit
 
-import geofence_reference as ref
 from geofence import compile_zones, load_zones
 from geofence import kernels as K
 
@@ -89,8 +89,8 @@ def _check_distances(cz, zi, zone, lon, lat):
 
 @st.composite
 def county_points(draw, zones):
-    """A county and points around it: uniform in the padded bbox, on and near vertices,
-    on edge midpoints, and on the horizontal lines through vertices."""
+    """A county and points around it: uniform in the padded bbox, far outside it, on and
+    near vertices, on edge midpoints, and on the horizontal lines through vertices."""
     zone = draw(st.sampled_from(zones))
     minx, miny, maxx, maxy = zone.geometry.bounds
     pad = 0.02 * max(maxx - minx, maxy - miny)
@@ -98,9 +98,13 @@ def county_points(draw, zones):
     pts = []
     n = draw(st.integers(1, 24))
     for _ in range(n):
-        kind = draw(st.sampled_from(["uniform", "vertex", "near_vertex", "midpoint", "vertex_row"]))
+        kind = draw(st.sampled_from(["uniform", "far", "vertex", "near_vertex", "midpoint", "vertex_row"]))
         if kind == "uniform":
             pts.append((draw(st.floats(minx - pad, maxx + pad)), draw(st.floats(miny - pad, maxy + pad))))
+            continue
+        if kind == "far":  # up to a county's size outside its bbox: the ring search's long way
+            w, h = maxx - minx, maxy - miny
+            pts.append((draw(st.floats(minx - w, maxx + w)), draw(st.floats(miny - h, maxy + h))))
             continue
         i = draw(st.integers(0, len(coords) - 2))
         (ax, ay), (bx, by) = coords[i], coords[i + 1]

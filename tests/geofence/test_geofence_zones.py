@@ -7,12 +7,12 @@ import gzip
 import json
 import warnings
 
+import geofence_reference as ref
 import numpy as np
 import pyproj
 import pytest
 import shapely
 
-import geofence_reference as ref
 from geofence import Zone, ZoneError, ZoneWarning, load_zones
 from geofence.data import henan_counties_path, load_henan_counties
 from geofence.gcj02 import gcj02_to_wgs84
