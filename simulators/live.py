@@ -113,7 +113,7 @@ def prepare_run_dir(run_dir: str | Path, *, subjects_n: int, seed: int, counties
 
 def start_rig(run_dir: str | Path, zones: Path, subjects: Path, config_path: Path, secret: bytes,
               passwords: dict[str, str], *, core_args: list[str] | None = None,
-              start_engine: bool = True, ready_timeout_s: float = 60.0) -> Rig:
+              start_engine: bool = True, ready_timeout_s: float = 240.0) -> Rig:
     """Start mosquitto (the project's config, every device's derived password) and
     ``python -m emfence run`` with a SQLite store; wait until the engine says it is online."""
     from ingest.mosquitto import Mosquitto
@@ -137,7 +137,7 @@ def start_rig(run_dir: str | Path, zones: Path, subjects: Path, config_path: Pat
     return rig
 
 
-def start_engine_process(rig: Rig, *, core_args: list[str] | None = None, ready_timeout_s: float = 60.0,
+def start_engine_process(rig: Rig, *, core_args: list[str] | None = None, ready_timeout_s: float = 240.0,
                          fresh_store: bool = True) -> None:
     run = rig.run_dir
     db = run / "alarms.db"

@@ -1,0 +1,397 @@
+"""End-to-end benchmark: simulator -> mosquitto (QoS 1) -> `emfence run` -> alarms.
+
+    python -m benchmarks.e2e            # progress and a readable summary on stderr
+    python -m benchmarks.e2e --json     # ... and one JSON object on the last line of stdout
+
+Everything runs on this machine, loopback only, in ``--out`` (default bench-out/e2e):
+
+1. a private mosquitto with the project's config and ACL (``ingest.mosquitto``) and a
+   generated fleet (``--subjects``, default 2 000, in Wolong District and neighbours);
+2. **bare ceiling**: a subprocess that is only an aiomqtt subscriber to every fix and
+   status topic (QoS 1) that decodes each payload with orjson; the simulator ramps its
+   rate (``load`` scenario: plain fixes, pooled connections) and the highest rate the
+   subscriber keeps up with, with nothing lost, is ``bare_fixes_per_s``;
+3. **engine**: ``python -m emfence run`` (SQLite store, checkpoint, the engine account)
+   in place of the bare subscriber, the same ramp: ``max_fixes_per_s``;
+4. **latency**: at 80 % of ``max_fixes_per_s``, the ``excursions`` scenario (boundary
+   excursions and exclusion entries among the load) with the alarm topics recorded as
+   the console account; ``emfence score`` gives ``p50_ms``/``p99_ms`` fix->alarm (the
+   deciding fix's timestamp, set when it is published, to the alarm's arrival) and
+   missed/false alarms.
+
+A step at rate R publishes for ``--step-s`` seconds and is *sustained* when the simulator
+published every message on time (worst lag under ``--max-lag-ms``), the broker
+acknowledged all of them, and the consumer had received all of them within
+``--keepup-s`` after the step ended. The ramp doubles from ``--start-rate`` until a step
+fails, then bisects twice. ``lost`` = messages the broker acknowledged minus messages the
+engine received (its own counter, read from its health message) at the end.
+
+The simulator runs in this process and needs a core of its own; on a machine with two
+cores the engine, the broker and the simulator share them, so figures are a floor.
+``ratio`` = max_fixes_per_s / bare_fixes_per_s. A shapely-evaluated engine is measured
+too when ``emfence run`` offers ``--core shapely``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiomqtt
+import orjson
+
+BENCH_CONFIG = """\
+# benchmarks/e2e.py: health every half second (the benchmark reads the engine's message
+# counter from it); otherwise the shipped defaults.
+[ingest]
+health_interval_s = 0.5
+restart_grace_s = 5
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[e2e] {msg}", file=sys.stderr, flush=True)
+
+
+# -- the bare subscriber (a subprocess) ----------------------------------------------------
+
+async def _bare_subscriber(port: int, username: str, password: str) -> None:
+    """Subscribe to every fix and status (QoS 1), decode each payload, print the count."""
+    count = 0
+    bad = 0
+    async with aiomqtt.Client("127.0.0.1", port, username=username, password=password,
+                              identifier=f"bench-bare-{os.getpid()}", clean_session=True,
+                              max_queued_incoming_messages=0) as c:
+        await c.subscribe("emfence/v1/+/+/fix", qos=1)
+        await c.subscribe("emfence/v1/+/+/status", qos=1)
+        print("ready", flush=True)
+
+        async def report() -> None:
+            while True:
+                await asyncio.sleep(0.05)
+                print(f"count {count} {bad}", flush=True)
+
+        reporter = asyncio.create_task(report())
+        try:
+            async for msg in c.messages:
+                try:
+                    orjson.loads(msg.payload)
+                except orjson.JSONDecodeError:
+                    bad += 1
+                count += 1
+        finally:
+            reporter.cancel()
+
+
+class BareProcess:
+    """The bare subscriber subprocess and its latest count (read from its stdout)."""
+
+    def __init__(self, port: int, username: str, password_file: Path):
+        self.count = 0
+        self.proc = None
+        self.args = [sys.executable, "-m", "benchmarks.e2e", "--bare-subscriber", str(port),
+                     "--bare-username", username, "--bare-password-file", str(password_file)]
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(*self.args, stdout=subprocess.PIPE)
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 30)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"bare subscriber did not start: {line!r}")
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            line = await self.proc.stdout.readline()
+            if not line:
+                return
+            parts = line.split()
+            if parts and parts[0] == b"count":
+                self.count = int(parts[1])
+
+    async def received(self) -> int:
+        return self.count
+
+    async def stop(self) -> None:
+        if self.proc and self.proc.returncode is None:
+            self.proc.terminate()
+            await self.proc.wait()
+        self._reader.cancel()
+
+
+class EngineCounter:
+    """The engine's received-message counter, from its retained health message."""
+
+    def __init__(self, rig):
+        self.rig = rig
+        self.health: dict = {}
+        self._task = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._watch())
+        await asyncio.wait_for(self._ready.wait(), 30)
+
+    async def _watch(self) -> None:
+        from simulators.live import ENGINE_NAME
+
+        async with aiomqtt.Client(self.rig.host, self.rig.port, username="emfence-console",
+                                  password=self.rig.passwords["emfence-console"]) as c:
+            await c.subscribe(f"emfence/v1/engine/{ENGINE_NAME}/health", qos=1)
+            async for msg in c.messages:
+                self.health = orjson.loads(msg.payload)
+                self._ready.set()
+
+    async def received(self) -> int:
+        return int(self.health.get("counters", {}).get("messages", 0))
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, aiomqtt.MqttError):
+                pass
+
+
+# -- one step and the ramp -------------------------------------------------------------------
+
+async def run_step(fleet, rig, consumer, rate: float, args, *, scenario="load", alarms_out=None,
+                   truth=None, events_per_kind=None) -> dict:
+    """Publish at ``rate`` for ``--step-s`` and see whether ``consumer`` kept up."""
+    from emfence.config import load_config
+    from simulators.publisher import Publisher
+    from simulators.scenario import Simulation
+    from simulators.watch import watch_alarms
+
+    duration = args.step_s
+    if scenario != "load":
+        # An excursion lasts ~14 report intervals (out, 5 fixes beyond, back): the run must
+        # hold it between warm-up and tail, however slowly each device reports.
+        interval_s = fleet.n_devices / rate
+        duration = max(args.latency_s, 14 * interval_s + 15)
+    sim = Simulation(fleet, rate=rate, duration_s=duration, start_ms=int(time.time() * 1000) + 1500,
+                     config=load_config(rig.config_path), scenario=scenario, seed=args.seed,
+                     events_per_kind=events_per_kind, spoof_allowed=False)
+    pub = Publisher(sim, rig.host, rig.port, username="emfence-loadgen",
+                    password=rig.passwords["emfence-loadgen"], pool_size=args.pool, progress=False)
+    watcher = wstop = None
+    if alarms_out:
+        wstop, ready = asyncio.Event(), asyncio.Event()
+        watcher = asyncio.create_task(watch_alarms(rig.host, rig.port, stop=wstop, username="emfence-console",
+                                                   password=rig.passwords["emfence-console"],
+                                                   out=alarms_out, ready=ready))
+        await asyncio.wait_for(ready.wait(), 30)
+    await pub.connect()
+    before = await consumer.received()
+    try:
+        if truth:
+            from simulators.cli import write_truth_header
+            write_truth_header(truth, sim, {"mode": "pool"})
+        stats = await pub.run()
+    finally:
+        await pub.close()
+    if truth:
+        from simulators.cli import append_truth_end
+        append_truth_end(truth, stats)
+    end = time.monotonic()
+    target = before + stats.acked
+    caught_up_s = None
+    while time.monotonic() - end < args.drain_s:
+        if await consumer.received() >= target:
+            caught_up_s = time.monotonic() - end
+            break
+        await asyncio.sleep(0.05)
+    got = await consumer.received() - before
+    if watcher is not None:
+        await asyncio.sleep(2.0)
+        wstop.set()
+        await watcher
+    secs = max((stats.ended_ms - stats.started_ms) / 1000.0, 1e-9)
+    sustained = (stats.failed == 0 and stats.acked == stats.sent == sim.total_slots
+                 and stats.lag_ms_max <= args.max_lag_ms
+                 and caught_up_s is not None and caught_up_s <= args.keepup_s)
+    step = {"rate": rate, "sent": stats.sent, "acked": stats.acked, "received": got,
+            "publish_s": round(secs, 2), "lag_ms_max": round(stats.lag_ms_max, 1),
+            "caught_up_s": None if caught_up_s is None else round(caught_up_s, 2),
+            "sustained": sustained,
+            "limited_by": None if sustained else (
+                "simulator" if stats.lag_ms_max > args.max_lag_ms else
+                "broker" if stats.acked < stats.sent else "consumer")}
+    log(f"  {rate:>8.0f}/s: sent {stats.sent} acked {stats.acked} received {got} lag "
+        f"{stats.lag_ms_max:.0f} ms caught up {step['caught_up_s']} s -> "
+        f"{'ok' if sustained else 'NOT sustained (' + step['limited_by'] + ')'}")
+    return step
+
+
+async def ramp(fleet, rig, consumer, args, name: str) -> tuple[float, list[dict]]:
+    log(f"ramp: {name}")
+    steps: list[dict] = []
+    good, bad = 0.0, None
+    rate = float(args.start_rate)
+    while rate <= args.max_rate:
+        step = await run_step(fleet, rig, consumer, rate, args)
+        steps.append(step)
+        if not step["sustained"]:
+            bad = rate
+            break
+        good = rate
+        rate *= 2
+    if bad is not None:
+        for _ in range(args.bisect):
+            mid = (good + bad) / 2 if good else bad / 2
+            step = await run_step(fleet, rig, consumer, mid, args)
+            steps.append(step)
+            if step["sustained"]:
+                good = mid
+            else:
+                bad = mid
+    return good, steps
+
+
+def engine_has_shapely_core() -> bool:
+    out = subprocess.run([sys.executable, "-m", "emfence", "run", "--help"], capture_output=True,
+                         text=True, timeout=60)
+    return "--core" in out.stdout
+
+
+async def bench(args) -> dict:
+    from emfence.config import load_config  # noqa: F401 (fail early if the package is broken)
+    from simulators.cli import load_simulation  # noqa: F401
+    from simulators.live import prepare_run_dir, start_engine_process, start_rig
+    from simulators.movement import Fleet
+    from simulators.score import read_alarms, read_truth, score
+
+    t_start = time.monotonic()
+    out = Path(args.out)
+    log(f"preparing {args.subjects} subjects in {out}/")
+    zones, subjects, config_path, secret, passwords = prepare_run_dir(
+        out, subjects_n=args.subjects, seed=args.seed, counties=None, config_toml=BENCH_CONFIG)
+    from geofence import load_zones
+
+    fleet = Fleet.build(orjson.loads(Path(subjects).read_bytes()), load_zones(str(zones)))
+    rig = await asyncio.to_thread(start_rig, out, zones, subjects, config_path, secret, passwords,
+                                  start_engine=False)
+    result: dict = {"subjects": fleet.n_subjects, "devices": fleet.n_devices, "step_s": args.step_s,
+                    "pool_connections": args.pool}
+    try:
+        bare = BareProcess(rig.port, "emfence-engine", out / "emfence-engine.password")
+        await bare.start()
+        try:
+            bare_max, bare_steps = await ramp(fleet, rig, bare, args, "bare aiomqtt subscriber")
+        finally:
+            await bare.stop()
+        result["bare_fixes_per_s"] = bare_max
+        result["bare_steps"] = bare_steps
+
+        cores = [("numba", [])]
+        if args.shapely:
+            if engine_has_shapely_core():
+                cores.append(("shapely", ["--core", "shapely"]))
+            else:
+                result["shapely_note"] = "emfence run has no --core option: shapely engine not measured"
+        for core, core_args in cores:
+            log(f"starting emfence run ({core} core)")
+            await asyncio.to_thread(start_engine_process, rig, core_args=core_args)
+            counter = EngineCounter(rig)
+            await counter.start()
+            try:
+                acked_before = await counter.received()
+                engine_max, steps = await ramp(fleet, rig, counter, args, f"emfence run ({core})")
+                latency = None
+                if core == "numba" and engine_max > 0:
+                    rate = 0.8 * engine_max
+                    log(f"latency at 80 % of {engine_max:.0f}/s = {rate:.0f}/s (excursions scenario)")
+                    alarms_path, truth_path = out / "latency-alarms.jsonl", out / "latency-truth.jsonl"
+                    alarms_path.unlink(missing_ok=True)
+                    step = await run_step(fleet, rig, counter, rate, args, scenario="excursions",
+                                          alarms_out=alarms_path, truth=truth_path,
+                                          events_per_kind=args.events)
+                    steps.append({**step, "latency_run": True})
+                    latency = score(read_truth(truth_path), read_alarms(str(alarms_path)))
+                sent_total = sum(s["acked"] for s in steps)
+                deadline = time.monotonic() + 30
+                while (await counter.received()) - acked_before < sent_total and time.monotonic() < deadline:
+                    await asyncio.sleep(0.2)
+                lost = sent_total - ((await counter.received()) - acked_before)
+            finally:
+                await counter.stop()
+                code = await asyncio.to_thread(rig.stop_engine)
+            if core == "numba":
+                result.update({"max_fixes_per_s": engine_max, "lost": lost, "engine_steps": steps,
+                               "engine_exit": code})
+                if latency is not None:
+                    result.update({"p50_ms": latency["latency"]["p50_ms"],
+                                   "p95_ms": latency["latency"]["p95_ms"],
+                                   "p99_ms": latency["latency"]["p99_ms"],
+                                   "latency_rate": round(0.8 * engine_max, 1),
+                                   "latency_alarms": latency["latency"]["n"],
+                                   "latency_missed": latency["missed"],
+                                   "latency_false": latency["false"]})
+            else:
+                result.update({f"{core}_max_fixes_per_s": engine_max, f"{core}_lost": lost,
+                               f"{core}_steps": steps})
+    finally:
+        await asyncio.to_thread(rig.close)
+    bare_max = result.get("bare_fixes_per_s") or 0
+    result["ratio"] = round(result.get("max_fixes_per_s", 0) / bare_max, 3) if bare_max else None
+    if "shapely_max_fixes_per_s" in result and result["shapely_max_fixes_per_s"]:
+        result["numba_over_shapely"] = round(result["max_fixes_per_s"] / result["shapely_max_fixes_per_s"], 2)
+    limits = {s.get("limited_by") for s in result.get("bare_steps", []) if not s["sustained"]}
+    result["bare_limited_by"] = sorted(x for x in limits if x)
+    result["machine"] = {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+                         "python": platform.python_version(), "platform": platform.platform()}
+    result["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", action="store_true", help="one JSON object on the last line of stdout")
+    p.add_argument("--out", default="bench-out/e2e", help="run folder (default bench-out/e2e)")
+    p.add_argument("--subjects", type=int, default=2000)
+    p.add_argument("--step-s", type=float, default=10.0, help="seconds per ramp step (default 10)")
+    p.add_argument("--latency-s", type=float, default=25.0, help="length of the latency run (default 25)")
+    p.add_argument("--start-rate", type=float, default=500.0)
+    p.add_argument("--max-rate", type=float, default=128_000.0)
+    p.add_argument("--bisect", type=int, default=2, help="bisection steps after the first failure")
+    p.add_argument("--max-lag-ms", type=float, default=500.0)
+    p.add_argument("--keepup-s", type=float, default=2.0)
+    p.add_argument("--drain-s", type=float, default=20.0, help="wait this long for stragglers")
+    p.add_argument("--pool", type=int, default=8, help="simulator connections (default 8)")
+    p.add_argument("--events", type=int, default=10, help="excursions + exclusion entries per kind "
+                   "in the latency run")
+    p.add_argument("--no-shapely", dest="shapely", action="store_false")
+    p.add_argument("--seed", type=int, default=20261122)
+    p.add_argument("--bare-subscriber", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    p.add_argument("--bare-username", help=argparse.SUPPRESS)
+    p.add_argument("--bare-password-file", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.bare_subscriber:
+        pw = Path(args.bare_password_file).read_text().splitlines()[0].strip()
+        try:
+            asyncio.run(_bare_subscriber(args.bare_subscriber, args.bare_username, pw))
+        except KeyboardInterrupt:
+            pass
+        return 0
+    # The simulator shares this process with nothing else; one numba thread leaves the
+    # other cores to the broker and the engine.
+    import numba
+    numba.set_num_threads(1)
+    result = asyncio.run(bench(args))
+    summary = {k: result.get(k) for k in ("max_fixes_per_s", "p50_ms", "p99_ms", "lost",
+                                          "bare_fixes_per_s", "ratio", "latency_missed",
+                                          "latency_false", "elapsed_s")}
+    log("result: " + orjson.dumps(summary).decode())
+    if args.json:
+        print(orjson.dumps(result).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
