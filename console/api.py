@@ -271,6 +271,19 @@ def routes(console: Console) -> list[Route]:
         return json_response(alarm_body(await call("get_alarm", alarm["alarm_id"]),
                                         await call("actions", alarm["alarm_id"])))
 
+    async def note(request: Request) -> Response:
+        _, principal = await console.authenticate(request)
+        data = await read_json(request)
+        text = text_field(data, "note", required=True, max_chars=MAX_NOTE_CHARS)
+        alarm = await alarm_in_scope(request, principal, "note")
+        try:
+            await call("add_note", alarm["alarm_id"], principal.name, text, console.clock_ms(),
+                       ip=console.client_ip(request))
+        except AlarmActionError as exc:
+            raise ApiError(409, "conflict", exc.reason) from None
+        return json_response(alarm_body(await call("get_alarm", alarm["alarm_id"]),
+                                        await call("actions", alarm["alarm_id"])))
+
     async def track(request: Request) -> Response:
         _, principal = await console.authenticate(request)
         alarm = await alarm_in_scope(request, principal, "track")
@@ -386,6 +399,7 @@ def routes(console: Console) -> list[Route]:
         Route("/api/alarms/{alarm_id:str}", get_alarm, methods=["GET"]),
         Route("/api/alarms/{alarm_id:str}/acknowledge", acknowledge, methods=["POST"]),
         Route("/api/alarms/{alarm_id:str}/close", close, methods=["POST"]),
+        Route("/api/alarms/{alarm_id:str}/note", note, methods=["POST"]),
         Route("/api/alarms/{alarm_id:str}/track", track, methods=["GET"]),
         Route("/api/events", events, methods=["GET"]),
         Route("/api/zones", zones, methods=["GET"]),

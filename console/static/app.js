@@ -326,7 +326,10 @@ async function onFeedEvent(ev) {
       return;
     }
   } else {
+    const before = JSON.stringify(alarm);
     applyEvent(alarm, ev);
+    // Our own acknowledge/close comes back through the feed: nothing to redraw then.
+    if (JSON.stringify(alarm) === before) return;
   }
   state.alarms.set(alarm.alarm_id, alarm);
   scheduleRender(isNew ? alarm.alarm_id : null);
@@ -382,6 +385,9 @@ async function renderDetail(id) {
     { note: $(".ack-note", ackForm).value }, err));
   closeForm.addEventListener("submit", (e) => act(e, a.alarm_id, "close",
     { disposition: disp.value, note: $(".close-note", closeForm).value }, err));
+  const noteForm = $(".note-form", frag);
+  noteForm.addEventListener("submit", (e) => act(e, a.alarm_id, "note",
+    { note: $(".note-text", noteForm).value }, err));
 
   const hist = $(".d-history", frag);
   hist.append(el("li", { text: `${fmtTime(a.raised_at)} raised` }));
@@ -392,15 +398,32 @@ async function renderDetail(id) {
     hist.append(el("li", { text }));
   }
   if (a.cleared_at) hist.append(el("li", { text: `${fmtTime(a.cleared_at)} condition cleared` }));
+  // A feed event may redraw the alarm the operator is typing about: keep what they
+  // typed and where the cursor was.
+  const kept = box.dataset.alarmId === a.alarm_id ? FORM_FIELDS.map((sel) => {
+    const node = $(sel, box);
+    return node ? [sel, node.value, node === document.activeElement] : null;
+  }).filter(Boolean) : [];
   box.className = "";
   box.replaceChildren(frag);
+  box.dataset.alarmId = a.alarm_id;
+  for (const [sel, value, focused] of kept) {
+    const node = $(sel, box);
+    node.value = value;
+    if (focused) node.focus();
+  }
 }
+const FORM_FIELDS = [".ack-note", ".close-disp", ".close-note", ".note-text"];
 
 async function act(ev, id, verb, body, errBox) {
   ev.preventDefault();
   errBox.textContent = "";
   if (verb === "close" && !body.disposition) {
     errBox.textContent = "Choose a disposition.";
+    return;
+  }
+  if (verb === "note" && !body.note.trim()) {
+    errBox.textContent = "Write the note first.";
     return;
   }
   const btn = ev.submitter || ev.target.querySelector("button");

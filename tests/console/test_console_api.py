@@ -334,3 +334,20 @@ def test_a_store_that_does_not_answer_is_a_clear_503(console):
     assert r.headers["retry-after"] == "5"
     # the reason goes to the log, not to the client
     assert "closed" not in r.json()["message"]
+
+
+def test_notes_go_on_the_record_in_any_state(console):
+    seed(console.store)
+    console.login("alice")
+    assert console.post("/api/alarms/w2/note", {"note": "   "}).status_code == 400
+    r = console.post("/api/alarms/w2/note", {"note": "subject called back"})
+    assert r.status_code == 200
+    console.post("/api/alarms/w2/acknowledge", {})
+    console.post("/api/alarms/w2/close", {"disposition": "confirmed_violation"})
+    r = console.post("/api/alarms/w2/note", {"note": "court informed"})
+    assert [(a["what"], a["note"]) for a in r.json()["actions"]] == [
+        ("note", "subject called back"), ("acknowledge", None), ("close", None),
+        ("note", "court informed")]
+    assert console.post("/api/alarms/r1/note", {"note": "x"}).status_code == 404
+    assert console.post("/api/alarms/w2/note", {"note": "x"}, csrf=None).status_code == 403
+    assert len(audit_rows(console.store, action="alarm.note")) == 2

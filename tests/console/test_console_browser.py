@@ -14,17 +14,17 @@ import time
 import orjson
 import pytest
 from console_helpers import CNMAPS, PASSWORD, Server, add_accounts, raised
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from alarms.store import open_store
 from console import create_app
 from emfence.config import Config
 from engine import load_registry
 from geofence import compile_zones, load_zones
-
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions as EC
-from selenium.webdriver.support.ui import Select, WebDriverWait
 
 pytestmark = pytest.mark.browser
 
@@ -90,6 +90,17 @@ def browser(tmp_path):
     driver.quit()
 
 
+def click(wait: WebDriverWait, locator: tuple[str, str]) -> None:
+    """Click what ``locator`` finds; the page redraws the list as events arrive, so an
+    element found a moment ago may have been replaced: find it again and retry."""
+
+    def attempt(driver) -> bool:
+        driver.find_element(*locator).click()
+        return True
+
+    wait.until(attempt)
+
+
 def severe_console_messages(driver) -> list[str]:
     """Errors the page logged, less the one it expects: the session probe on first load
     answers 401 until the user logs in."""
@@ -100,7 +111,7 @@ def severe_console_messages(driver) -> list[str]:
 def test_operator_sees_an_alarm_live_then_acknowledges_and_closes_it(world, browser, tmp_path):
     server, store = world
     d = browser
-    wait = WebDriverWait(d, WAIT_S)
+    wait = WebDriverWait(d, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
     d.get(server.url + "/")
 
     # log in
@@ -131,10 +142,10 @@ def test_operator_sees_an_alarm_live_then_acknowledges_and_closes_it(world, brow
     assert d.find_element(By.ID, "alarm-empty").is_displayed()
     Select(d.find_element(By.ID, "f-type")).select_by_value("")
     Select(d.find_element(By.ID, "f-state")).select_by_value("active")
-    row = wait.until(EC.presence_of_element_located(row_sel))
+    wait.until(EC.presence_of_element_located(row_sel))
 
     # select it: details, history and the subject's track on the map
-    row.click()
+    click(wait, row_sel)
     wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#detail h2"), "S-1"))
     wait.until(lambda drv: drv.find_elements(By.CSS_SELECTOR, "#map polyline.track"))
     assert len(d.find_elements(By.CSS_SELECTOR, "#map circle.fix")) == 21
@@ -161,11 +172,18 @@ def test_operator_sees_an_alarm_live_then_acknowledges_and_closes_it(world, brow
     assert "acknowledge by alice" in history and "close by alice" in history
     assert "gps drift" in history and "multipath near tower" in history
 
-    # the store has both actions, by alice, and the audit trail has them and the track view
+    # a note after closing goes on the record too
+    d.find_element(By.CSS_SELECTOR, "#detail .note-text").send_keys("supervisor informed")
+    click(wait, (By.CSS_SELECTOR, "#detail .note-btn"))
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#detail .d-history"),
+                                                "supervisor informed"))
+
+    # the store has the actions, by alice, and the audit trail has them and the track view
     actions = store.actions("e2e-1")
     assert [(a["what"], a["who"], a["note"], a["disposition"]) for a in actions] == [
         ("acknowledge", "alice", "calling the subject", None),
-        ("close", "alice", "multipath near tower", "gps_drift")]
+        ("close", "alice", "multipath near tower", "gps_drift"),
+        ("note", "alice", "supervisor informed", None)]
     alarm = store.get_alarm("e2e-1")
     assert alarm["workflow"] == "closed" and alarm["closed_by"] == "alice"
     audited = {r["action"] for r in store.audit_log(who="alice")}
