@@ -36,6 +36,7 @@ REASON_CODES = (
     "bad_topic",  # topic is not emfence/v1/{region}/{device_id}/fix|status
     "unknown_device",  # the topic's device is not registered (service level)
     "wrong_region",  # the device is registered under another region (service level)
+    "engine_error",  # the rule engine failed on this record (service level; a bug to report)
 )
 
 # Coordinate systems and strap states as the small integer codes the engine's arrays use.

@@ -240,7 +240,6 @@ class Service:
         self.hold_reason: str | None = "start"
         self.hold_until_ms = wall_ms() + int(self.icfg.restart_grace_s * 1000)
         self.disconnected_at_ms: int | None = None
-        self.reload_requested = False
 
     # ----- running -------------------------------------------------------------------
 
@@ -539,12 +538,16 @@ class Service:
         n = len(b.kind)
         if n:
             idx = np.fromiter((reg.device_index(d) for d in b.device), dtype=np.int32, count=n)
-            events, _ = self.engine.process_records(
-                np.array(b.kind, np.uint8), idx, np.array(b.ts, np.int64),
-                np.array(b.rx, np.int64), np.array(b.lat, np.float64),
-                np.array(b.lon, np.float64), np.array(b.acc, np.float64),
-                np.array(b.coord, np.uint8), np.array(b.battery, np.float64),
-                np.array(b.strap, np.int8))
+            arrays = (np.array(b.kind, np.uint8), idx, np.array(b.ts, np.int64),
+                      np.array(b.rx, np.int64), np.array(b.lat, np.float64),
+                      np.array(b.lon, np.float64), np.array(b.acc, np.float64),
+                      np.array(b.coord, np.uint8), np.array(b.battery, np.float64),
+                      np.array(b.strap, np.int8))
+            try:
+                events, _ = self.engine.process_records(*arrays)
+            except Exception:  # isolate a poison record rather than crash-loop on it
+                log.exception("engine failed on a batch of %d records; retrying one by one", n)
+                events = self._process_one_by_one(b, arrays)
             self.counters["batches"] += 1
             if events:
                 await self._record(events)
@@ -558,6 +561,26 @@ class Service:
             await self._checkpoint_and_ack()  # nothing to checkpoint: stored is durable
         elif self.since_checkpoint >= ACK_WINDOW:
             await self._checkpoint_and_ack()
+
+    def _process_one_by_one(self, b: Batch, arrays) -> list[dict]:
+        """After an engine error: each record alone; the failing ones are dead-lettered
+        (``engine_error``) so that a record the engine cannot handle is set aside instead
+        of crashing the service on every redelivery."""
+        events: list[dict] = []
+        for i in range(len(b.kind)):
+            try:
+                events += self.engine.process_records(*(a[i:i + 1] for a in arrays))[0]
+            except Exception as exc:  # noqa: BLE001
+                self.counters["engine_errors"] += 1
+                kind = "fix" if b.kind[i] == 0 else "status"
+                region = self.registry.device_region(int(arrays[1][i])) \
+                    if arrays[1][i] >= 0 else "unknown"
+                record = {"device_id": b.device[i], "kind": kind, "ts": b.ts[i]}
+                self._deadletter(f"emfence/v1/{region}/{b.device[i]}/{kind}",
+                                 orjson.dumps(record),
+                                 PayloadError(f"engine_error: {type(exc).__name__}: {exc}"),
+                                 b.rx[i])
+        return events
 
     async def _record(self, events: list[dict]) -> None:
         """Persist events before anything publishes them; retry until the store takes them."""

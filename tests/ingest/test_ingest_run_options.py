@@ -285,3 +285,44 @@ def test_shapely_core_for_benchmarks(tmp_path, fleet, broker, engines):
     proc = subprocess.run([*engine.args, "--checkpoint", str(tmp_path / "c")],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 1 and "--core shapely keeps no checkpoints" in proc.stderr
+
+
+async def test_a_record_the_engine_fails_on_is_dead_lettered_not_fatal(tmp_path, fleet):
+    """Fault injection: the engine raises on one record. The batch is retried record by
+    record; the others still raise their alarms, the poison one is dead-lettered."""
+    from ingest.decode import Fix
+    from ingest.service import Batch, Service, build_parser, build_service_args
+
+    args = build_service_args(build_parser().parse_args([
+        "--zones", str(fleet.zones_path), "--subjects", str(fleet.subjects_path),
+        "--store", f"sqlite:///{tmp_path / 'a.db'}"]))
+    poison_ts = now_ms() - 5000
+    real = args["engine"]
+
+    class FaultyEngine(type(real)):
+        def process_records(self, kind, device_idx, ts_ms, *rest, **kw):
+            if (ts_ms == poison_ts).any():
+                raise FloatingPointError("injected fault")
+            return super().process_records(kind, device_idx, ts_ms, *rest, **kw)
+
+    real.__class__ = FaultyEngine
+    service = Service(**args)
+    a0, a1 = fleet.ids(REGION_A)[:2]
+    b = Batch()
+    t = poison_ts - 10_000
+    lon, lat = fleet.abroad
+    b.add_fix(a0, Fix(t, lat, lon), t)
+    b.add_fix(a1, Fix(poison_ts, lat, lon), t)
+    b.add_fix(a0, Fix(t + 1000, lat, lon), t)
+    b.messages = 3
+    await service._process_batch(b)
+    assert service.counters["engine_errors"] == 1
+    topic, payload = service.deadletters.get_nowait()
+    dead = orjson.loads(payload)
+    assert topic == f"emfence/v1/{REGION_A}/deadletter" and dead["code"] == "engine_error"
+    assert "injected fault" in dead["reason"]
+    rows = args["store"].list_alarms()
+    assert [(r["type"], r["device_id"]) for r in rows] == [("outbound", a0)]
+    # without --checkpoint a processed batch is made durable at once, tracks included
+    assert [r["ts"] for r in args["store"].track(a0)] == [t, t + 1000]
+    args["store"].close_store()
