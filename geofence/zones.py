@@ -371,5 +371,8 @@ def load_zones(source: str | Path | dict) -> list[Zone]:
                 raise ValueError(f"geometry type {gtype!r} is not a zone (use Polygon, MultiPolygon, or a Point with radius_m)")
         except ValueError as exc:
             raise ZoneError(str(exc), zone_id=zone_id, source=label) from None
-        zones.append(Zone(zone_id=zone_id, geometry=geometry, circle=circle, properties=dict(props), source_crs=crs.label))
+        # coord_sys described the input coordinates; the Zone is WGS-84 (source_crs keeps
+        # what it was), so it is not carried over where it could be applied twice.
+        kept = {k: v for k, v in props.items() if k != "coord_sys"}
+        zones.append(Zone(zone_id=zone_id, geometry=geometry, circle=circle, properties=kept, source_crs=crs.label))
     return zones

@@ -64,6 +64,8 @@ def test_coord_sys_precedence_feature_then_collection_then_wgs84():
     gcj = load_zones(fc(feat(poly(SQUARE), fid="a"), feat(poly(SQUARE), fid="b", coord_sys="wgs84"), coord_sys="gcj02"))
     plain = load_zones(fc(feat(poly(SQUARE), fid="c")))
     assert [z.source_crs for z in gcj + plain] == ["gcj02", "wgs84", "wgs84"]
+    # The zones are WGS-84 now: coord_sys is not kept where it could be applied again.
+    assert "coord_sys" not in gcj[1].properties
     lon, lat = gcj02_to_wgs84(np.array(SQUARE)[:, 0], np.array(SQUARE)[:, 1])
     got = {tuple(p) for p in np.asarray(gcj[0].geometry.exterior.coords).round(12)}
     # Every corner moved by the inverse GCJ-02 (long edges gained collinear points).
@@ -207,3 +209,16 @@ def test_bundled_henan_counties():
     # Zhengzhou city centre (WGS-84) lies in one of Zhengzhou's urban districts.
     hits = [z.zone_id for z in zones if z.geometry.contains(shapely.Point(113.6253, 34.7466))]
     assert len(hits) == 1 and hits[0].startswith("4101")
+
+
+def test_an_empty_collection_loads_and_compiles_to_nothing():
+    from geofence import compile_zones
+
+    zones = load_zones(fc())
+    assert zones == []
+    cz = compile_zones(zones)
+    assert len(cz) == 0
+    offsets, zidx = cz.candidates([113.0], [34.0])
+    assert offsets.tolist() == [0, 0] and zidx.size == 0
+    with pytest.raises(ValueError, match="out of range for 0 zones"):
+        cz.contains([113.0], [34.0], 0)
