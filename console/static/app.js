@@ -182,13 +182,31 @@ function matchesFilters(a) {
   return true;
 }
 
+const PAGE = 500;
+
 async function loadAlarms() {
   const q = filters();
-  q.set("limit", "500");
+  q.set("limit", String(PAGE));
   const data = await api("GET", `/api/alarms?${q}`);
   state.alarms = new Map(data.alarms.map((a) => [a.alarm_id, a]));
+  $("#load-older").hidden = data.alarms.length < PAGE;
   renderAlarms();
   openFeed(data.seq);
+}
+
+async function loadOlder() {
+  // The next page starts after the oldest alarm shown (stable while new ones arrive).
+  const shown = sortedAlarms().filter(matchesFilters);
+  const last = shown[shown.length - 1];
+  if (!last) return;
+  const q = filters();
+  q.set("limit", String(PAGE));
+  q.set("before_ms", String(last.raised_at));
+  q.set("before_id", last.alarm_id);
+  const data = await api("GET", `/api/alarms?${q}`);
+  for (const a of data.alarms) if (!state.alarms.has(a.alarm_id)) state.alarms.set(a.alarm_id, a);
+  $("#load-older").hidden = data.alarms.length < PAGE;
+  renderAlarms();
 }
 
 function sortedAlarms() {
@@ -202,7 +220,7 @@ function alarmRow(a) {
                  (a.alarm_id === state.selected ? " selected" : "");
   const esc = a.escalated_at && a.workflow === "new" ? el("span", { class: "esc", text: " ESCALATED" }) : "";
   tr.append(
-    el("td", { text: fmtTime(a.raised_at) }),
+    el("td", {}, fmtTime(a.raised_at), a.late ? el("span", { class: "late", text: " late", title: "decided by a stored-and-forwarded fix" }) : ""),
     el("td", {}, el("span", { class: `pill t-${a.type}`, text: label(a.type) })),
     el("td", { text: a.subject_id }),
     el("td", { text: a.region }),
@@ -713,6 +731,7 @@ async function boot() {
   for (const b of document.querySelectorAll(".tab")) b.addEventListener("click", () => showView(b.dataset.view));
   for (const id of ["#f-region", "#f-type", "#f-state"]) $(id).addEventListener("change", () => loadAlarms());
   $("#stats-form").addEventListener("submit", loadStats);
+  $("#load-older").addEventListener("click", loadOlder);
   setupMapControls();
   try {
     const s = await api("GET", "/api/session");

@@ -227,3 +227,25 @@ def test_supervisor_view_shows_statistics(world, browser, tmp_path):
     assert "alarm.close" in trail and "gps drift" in trail
     d.save_screenshot(str(tmp_path / "console-supervisor.png"))
     assert severe_console_messages(d) == []
+
+
+def test_older_alarms_load_page_by_page(world, browser):
+    server, store = world
+    t = now_ms()
+    n = 501  # one more than the page holds
+    store.record_events([raised(f"old-{i:04d}", "411303", at=t - i * 1000, subject="S-1",
+                                device="B-1") for i in range(n)], t)
+    d = browser
+    wait = WebDriverWait(d, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
+    d.get(server.url + "/")
+    wait.until(EC.visibility_of_element_located((By.ID, "login-name"))).send_keys("alice")
+    d.find_element(By.ID, "login-password").send_keys(PASSWORD)
+    d.find_element(By.ID, "login-submit").click()
+    rows = (By.CSS_SELECTOR, "#alarm-rows tr")
+    wait.until(lambda drv: len(drv.find_elements(*rows)) == 500)
+    first = d.find_elements(*rows)[0].get_attribute("data-alarm-id")
+    assert first == "old-0000"  # newest first
+    click(wait, (By.ID, "load-older"))
+    wait.until(lambda drv: len(drv.find_elements(*rows)) == n)
+    assert d.find_elements(*rows)[-1].get_attribute("data-alarm-id") == f"old-{n - 1:04d}"
+    assert not d.find_element(By.ID, "load-older").is_displayed()
