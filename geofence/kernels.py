@@ -111,15 +111,19 @@ def gcj02_to_wgs84_point(lon: float, lat: float):
     """
     if outside_china(lon, lat):
         return lon, lat
+    # Solve w + delta(w) = g. The offset formula is applied even if an iterate strays
+    # just outside the rectangle, so points within ~700 m of its border converge
+    # instead of bouncing between the two definitions.
     w_lon = lon
     w_lat = lat
     for _ in range(_GCJ_INV_MAX_ITER):
-        g_lon, g_lat = wgs84_to_gcj02_point(w_lon, w_lat)
-        e_lon = g_lon - lon
-        e_lat = g_lat - lat
-        w_lon -= e_lon
-        w_lat -= e_lat
-        if abs(e_lon) < _GCJ_INV_TOL_DEG and abs(e_lat) < _GCJ_INV_TOL_DEG:
+        d_lon, d_lat = _gcj_delta(w_lon, w_lat)
+        n_lon = lon - d_lon
+        n_lat = lat - d_lat
+        done = abs(n_lon - w_lon) < _GCJ_INV_TOL_DEG and abs(n_lat - w_lat) < _GCJ_INV_TOL_DEG
+        w_lon = n_lon
+        w_lat = n_lat
+        if done:
             break
     return w_lon, w_lat
 

@@ -105,3 +105,13 @@ def test_bad_input_is_named():
         wgs84_to_gcj02([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match=r"lat\[1\] = nan is not finite"):
         gcj02_to_wgs84([113.0, 113.0], [34.0, float("nan")])
+
+
+@given(lon=st.floats(72.0041, 72.0085), lat=st.floats(18.0, 50.0))
+@PROPS
+def test_inverse_converges_next_to_chinas_rectangle(lon, lat):
+    """GCJ-02 points just inside the western edge, whose WGS-84 preimage may lie outside:
+    the inverse still solves w + offset(w) = g there."""
+    w_lon, w_lat = gcj02_to_wgs84(lon, lat)
+    d_lon, d_lat = K._gcj_delta(w_lon, w_lat)
+    assert abs(w_lon + d_lon - lon) < 1e-9 and abs(w_lat + d_lat - lat) < 1e-9
