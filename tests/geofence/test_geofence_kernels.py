@@ -415,3 +415,40 @@ def test_circle_bbox_and_candidates_hold_the_whole_circle(circles):
         assert not shapely.contains_xy(zone.geometry, plon, plat).any() or r < 1
         offsets, zidx = cz.candidates(plon, plat)
         assert all(zi in zidx[offsets[i]:offsets[i + 1]] for i in range(len(az)))
+
+
+@given(data=st.data())
+@PROPS
+def test_grid_ring_bound_is_a_lower_bound_of_the_boundary_distance(counties, data):
+    """``cell_ring`` (cells to the nearest boundary cell) times ``grid_cell_min_m`` never
+    exceeds the true distance to the boundary: the ring search and the engine rely on it."""
+    zones, cz = counties
+    zone, lon, lat = data.draw(county_points(zones))
+    zi = cz.index[zone.zone_id]
+    a = cz.arrays
+    nx, ny = a.grid_shape[zi]
+    ix = np.clip(((lon - a.grid_origin[zi, 0]) * a.grid_inv_cell[zi, 0]).astype(np.int64), 0, nx - 1)
+    iy = np.clip(((lat - a.grid_origin[zi, 1]) * a.grid_inv_cell[zi, 1]).astype(np.int64), 0, ny - 1)
+    ring = a.cell_ring[a.grid_cell_offsets[zi] + iy * nx + ix]
+    bound = np.maximum(ring - 1, 0) * a.grid_cell_min_m[zi]
+    _, ref_bdist = ref.shapely_distances_m(zone, a.zone_tm[zi, 0], a.zone_tm[zi, 1], lon, lat)
+    assert (bound <= ref_bdist + 1e-6).all()
+    # Cells away from the boundary really are: some drawn points sit several rings deep.
+    assert a.grid_cell_min_m[zi] > 0
+
+
+def test_grid_cell_min_m_is_a_lower_bound_of_cell_sizes(counties):
+    zones, cz = counties
+    a = cz.arrays
+    for zi, zone in enumerate(zones):
+        nx, ny = a.grid_shape[zi]
+        gx0, gy0 = a.grid_origin[zi]
+        dx, dy = 1 / a.grid_inv_cell[zi, 0], 1 / a.grid_inv_cell[zi, 1]
+        # Cell widths along the top and bottom grid lines, heights along the side lines.
+        xs = gx0 + np.arange(nx + 1) * dx
+        for y in (gy0, gy0 + ny * dy):
+            x_m, _ = zip(*(K.tm_forward(a.zone_tm[zi, 0], x, y) for x in xs))
+            assert np.diff(x_m).min() >= a.grid_cell_min_m[zi]
+        ys = gy0 + np.arange(ny + 1) * dy
+        _, y_m = zip(*(K.tm_forward(a.zone_tm[zi, 0], gx0, y) for y in ys))
+        assert np.diff(y_m).min() >= a.grid_cell_min_m[zi]
