@@ -413,9 +413,9 @@ def zone_distance_m(za, z: int, lon: float, lat: float) -> float:
 
 @njit(cache=True, inline="always")
 def _fast_cell_state(za, z, lon, lat):
-    """Inlined fast path of the batch kernels: the cell state of a polygon point (outside
-    for points off the bbox), or CELL_BOUNDARY when the full kernel must decide (boundary
-    cells, circles). Written out here, not called, so the common case costs one lookup."""
+    """Fast path of the batch kernels, inlined into their loops: the cell state of a
+    polygon point (outside for points off the bbox), or CELL_BOUNDARY when the full
+    kernel must decide (boundary cells, circles)."""
     if za.zone_kind[z] != KIND_POLYGON:
         return CELL_BOUNDARY
     if lon < za.zone_bbox[z, 0] or lon > za.zone_bbox[z, 2] or lat < za.zone_bbox[z, 1] or lat > za.zone_bbox[z, 3]:
@@ -432,7 +432,6 @@ def _fast_cell_state(za, z, lon, lat):
 def chunks_for(n: int) -> int:
     """How many point ranges a batch kernel splits ``n`` points into (a few per thread)."""
     return max(1, min(n, numba.get_num_threads() * 4))
-
 
 
 @njit(cache=True, parallel=True)
