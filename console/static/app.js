@@ -279,7 +279,23 @@ function openFeed(seq) {
   const es = new EventSource(`/api/feed?since=${encodeURIComponent(seq)}`);
   state.feed = es;
   es.onopen = () => setFeedState(true);
-  es.onerror = () => setFeedState(false);
+  es.onerror = () => {
+    setFeedState(false);
+    // EventSource retries by itself after a dropped connection, but gives up for good
+    // on an HTTP error (e.g. 401 after the console restarted): find out why, then
+    // either show the login or open a new feed from the last event seen.
+    if (es.readyState === EventSource.CLOSED && state.feed === es) {
+      setTimeout(async () => {
+        if (state.feed !== es) return;
+        try {
+          await api("GET", "/api/session");
+          openFeed(state.lastSeq);
+        } catch (e) {
+          if (!(e instanceof ApiError && e.status === 401) && state.feed === es) openFeed(state.lastSeq);
+        }
+      }, 2000);
+    }
+  };
   es.addEventListener("alarm", (msg) => onFeedEvent(JSON.parse(msg.data)));
   es.addEventListener("logout", () => showLogin("Your session has ended; log in again."));
 }

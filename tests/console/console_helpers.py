@@ -143,7 +143,8 @@ def any_console(request, tmp_path):
 class Server:
     """The console served by :func:`console.serve` in a thread with its own event loop."""
 
-    def __init__(self, app):
+    def __init__(self, app, port: int = 0):
+        self._want_port = port
         self.port: int | None = None
         self._ready = threading.Event()
         self._loop = asyncio.new_event_loop()
@@ -161,7 +162,7 @@ class Server:
 
         async def main() -> None:
             self._task = asyncio.current_task()
-            await serve(self._app, "127.0.0.1", 0, ready=ready)
+            await serve(self._app, "127.0.0.1", self._want_port, ready=ready)
 
         try:
             self._loop.run_until_complete(main())

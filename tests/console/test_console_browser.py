@@ -41,8 +41,8 @@ def now_ms() -> int:
 
 
 @pytest.fixture
-def world(tmp_path):
-    """A store with accounts, a county and an exclusion zone, a subject's recent track."""
+def model():
+    """A county and an exclusion zone, and one subject using them."""
     fc = {"type": "FeatureCollection", "features": [
         {"type": "Feature", "id": "411303",
          "geometry": orjson.loads((CNMAPS / "411303.geojson").read_bytes()),
@@ -55,6 +55,13 @@ def world(tmp_path):
         {"subject_id": "S-1", "region": "411303", "level": "strict",
          "devices": [{"device_id": "B-1"}], "inclusion": ["411303"],
          "exclusion": ["victim-17"]}]}, zones)
+    return zones, registry
+
+
+@pytest.fixture
+def world(tmp_path, model):
+    """A store with accounts and a subject's recent track, and the console serving it."""
+    zones, registry = model
     store = open_store(f"sqlite:///{tmp_path / 'alarms.db'}")
     add_accounts(store)
     t = now_ms()
@@ -249,3 +256,50 @@ def test_older_alarms_load_page_by_page(world, browser):
     wait.until(lambda drv: len(drv.find_elements(*rows)) == n)
     assert d.find_elements(*rows)[-1].get_attribute("data-alarm-id") == f"old-{n - 1:04d}"
     assert not d.find_element(By.ID, "load-older").is_displayed()
+
+
+def log_in(d, wait, name: str) -> None:
+    field = wait.until(EC.visibility_of_element_located((By.ID, "login-name")))
+    field.clear()
+    field.send_keys(name)
+    d.find_element(By.ID, "login-password").send_keys(PASSWORD)
+    d.find_element(By.ID, "login-submit").click()
+    wait.until(EC.visibility_of_element_located((By.ID, "alarms-view")))
+
+
+def test_after_a_console_restart_the_page_asks_to_log_in_and_misses_nothing(
+        tmp_path, model, browser):
+    zones, registry = model
+    store = open_store(f"sqlite:///{tmp_path / 'alarms.db'}")
+    add_accounts(store)
+
+    def start(port: int = 0) -> Server:
+        return Server(create_app(store=store, config=Config(), zones=zones, registry=registry,
+                                 secure_cookies=False), port=port).start()
+
+    server = start()
+    d = browser
+    wait = WebDriverWait(d, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
+    try:
+        d.get(server.url + "/")
+        log_in(d, wait, "alice")
+        wait.until(EC.text_to_be_present_in_element((By.ID, "feed-state"), "live"))
+        # The console goes away (sessions live in its memory) ...
+        server.stop()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "feed-state"), "offline"))
+        # ... an alarm is raised meanwhile (the engine keeps writing to the store) ...
+        t = now_ms()
+        store.record_events([raised("during-restart", "411303", at=t, subject="S-1",
+                                    device="B-1")], t)
+        # ... and it comes back on the same address: the page notices the session is
+        # gone and asks for the login instead of sitting there silently.
+        server = start(server.port)
+        wait.until(EC.visibility_of_element_located((By.ID, "login-view")))
+        assert "session has ended" in d.find_element(By.ID, "login-error").text
+        log_in(d, wait, "alice")
+        wait.until(EC.presence_of_element_located(
+            (By.CSS_SELECTOR, 'tr[data-alarm-id="during-restart"]')))
+        wait.until(EC.text_to_be_present_in_element((By.ID, "feed-state"), "live"))
+    finally:
+        server.stop()
+        store.close_store()
