@@ -338,6 +338,39 @@ class CompiledZones:
             K._locate_batch(self.arrays, lon_a, lat_a, z, inside, distance, boundary, K.chunks_for(n))
         return inside, distance, boundary
 
+    def _csr(self, offsets, zone_idx, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Validated CSR arrays: offsets int64[n + 1] from 0, non-decreasing, ending at len(zone_idx)."""
+        off = np.ascontiguousarray(np.asarray(offsets))
+        if off.dtype.kind not in "iu" or off.shape != (n + 1,):
+            raise ValueError(f"offsets must be n + 1 = {n + 1} integers, got dtype {off.dtype} and shape {off.shape}")
+        z = np.asarray(zone_idx)
+        if z.ndim != 1:
+            raise ValueError(f"zone_idx must be 1-D, got shape {z.shape}")
+        if off[0] != 0 or off[-1] != z.shape[0]:
+            raise ValueError(f"offsets must start at 0 and end at len(zone_idx) = {z.shape[0]}, got {int(off[0])} .. {int(off[-1])}")
+        steps = np.diff(off)
+        if (steps < 0).any():
+            i = int(np.flatnonzero(steps < 0)[0])
+            raise ValueError(f"offsets must not decrease: offsets[{i + 1}] = {int(off[i + 1])} < offsets[{i}] = {int(off[i])}")
+        return off.astype(np.int64, copy=False), self._zone_idx(z, z.shape[0])
+
+    def locate_many(self, lon, lat, offsets, zone_idx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``locate`` for several zones per point, given as CSR: point i against each of
+        ``zone_idx[offsets[i]:offsets[i+1]]`` (e.g. the output of ``candidates``).
+
+        Returns ``(inside, distance_m, boundary_distance_m)``, one entry per zone_idx entry.
+        """
+        lon_a, lat_a = _as_points(lon, lat)
+        off, z = self._csr(offsets, zone_idx, lon_a.shape[0])
+        m = z.shape[0]
+        inside = np.empty(m, dtype=np.bool_)
+        distance = np.empty(m, dtype=np.float64)
+        boundary = np.empty(m, dtype=np.float64)
+        if m:
+            K._locate_csr_batch(self.arrays, lon_a, lat_a, off, z, inside, distance, boundary,
+                                K.chunks_for(lon_a.shape[0]))
+        return inside, distance, boundary
+
     def _index(self):
         if self._rtree is None:
             from rtree import index as rtree_index

@@ -470,6 +470,21 @@ def _locate_batch(za, lon, lat, zone_idx, inside, distance, boundary, nchunks):
 
 
 @njit(cache=True, parallel=True)
+def _locate_csr_batch(za, lon, lat, offsets, zone_idx, inside, distance, boundary, nchunks):
+    """Like ``_locate_batch`` for every (point i, zone_idx[j]), offsets[i] <= j < offsets[i+1]."""
+    n = lon.shape[0]
+    for c in prange(nchunks):
+        for i in range(c * n // nchunks, (c + 1) * n // nchunks):
+            for j in range(offsets[i], offsets[i + 1]):
+                z = zone_idx[j]
+                ins = zone_contains(za, z, lon[i], lat[i])
+                b = zone_boundary_distance_m(za, z, lon[i], lat[i])
+                inside[j] = ins
+                boundary[j] = b
+                distance[j] = 0.0 if ins else b
+
+
+@njit(cache=True, parallel=True)
 def _contains_csr_batch(za, lon, lat, offsets, zone_idx, out, nchunks):
     """out[j] = containment of point i in zone_idx[j] for offsets[i] <= j < offsets[i+1]."""
     n = lon.shape[0]

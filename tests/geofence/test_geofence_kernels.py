@@ -452,3 +452,29 @@ def test_grid_cell_min_m_is_a_lower_bound_of_cell_sizes(counties):
         ys = gy0 + np.arange(ny + 1) * dy
         _, y_m = zip(*(K.tm_forward(a.zone_tm[zi, 0], gx0, y) for y in ys))
         assert np.diff(y_m).min() >= a.grid_cell_min_m[zi]
+
+
+
+def test_locate_many_over_candidates_equals_locate_per_entry(counties):
+    zones, cz = counties
+    rng = np.random.default_rng(11)
+    # Points around the adjacent Nanyang counties, several candidates each.
+    nanyang = [cz.index[z.zone_id] for z in zones if z.zone_id.startswith("4113")]
+    bb = cz.arrays.zone_bbox[nanyang]
+    lon = rng.uniform(bb[:, 0].min(), bb[:, 2].max(), 400)
+    lat = rng.uniform(bb[:, 1].min(), bb[:, 3].max(), 400)
+    offsets, zidx = cz.candidates(lon, lat)
+    assert (np.diff(offsets) > 1).any()
+    inside, dist, bdist = cz.locate_many(lon, lat, offsets, zidx)
+    owner = np.repeat(np.arange(len(lon)), np.diff(offsets))
+    e_in, e_d, e_b = cz.locate(lon[owner], lat[owner], zidx)
+    np.testing.assert_array_equal(inside, e_in)
+    np.testing.assert_array_equal(dist, e_d)
+    np.testing.assert_array_equal(bdist, e_b)
+    # Counties do not overlap: a point is inside at most one (boundary points aside).
+    assert np.bincount(owner, weights=inside, minlength=len(lon)).max() <= 1
+    for bad_offsets, message in (([0, 1], "n \\+ 1"), (np.r_[1, offsets[1:]], "start at 0"),
+                                 (np.r_[offsets[:-1], offsets[-1] + 1], "end at len"),
+                                 (np.r_[0, 2, 1, offsets[3:]], "must not decrease")):
+        with pytest.raises(ValueError, match=message):
+            cz.locate_many(lon, lat, bad_offsets, zidx)
