@@ -255,6 +255,9 @@ function renderAlarms(freshId) {
   }
   pendingFresh.clear();
   const escalated = rows.filter((a) => a.escalated_at && a.workflow === "new").length;
+  // The tab's title counts alarms nobody has acknowledged, for a console in the background.
+  const waiting = [...state.alarms.values()].filter((a) => a.workflow === "new").length;
+  document.title = waiting ? `(${waiting}) emfence console` : "emfence console";
   const banner = $("#banner");
   banner.hidden = escalated === 0;
   banner.textContent = escalated ? `${escalated} escalated alarm${escalated > 1 ? "s" : ""} not acknowledged` : "";
@@ -749,6 +752,12 @@ async function boot() {
   $("#stats-form").addEventListener("submit", loadStats);
   $("#load-older").addEventListener("click", loadOlder);
   setupMapControls();
+  // While an escalated alarm waits for someone, remind the room once a minute.
+  setInterval(() => {
+    if (!state.session) return;
+    const waiting = [...state.alarms.values()].some((a) => a.escalated_at && a.workflow === "new");
+    if (waiting) cue(true);
+  }, 60000);
   try {
     const s = await api("GET", "/api/session");
     await start(s);

@@ -204,6 +204,7 @@ def test_operator_sees_an_alarm_live_then_acknowledges_and_closes_it(world, brow
         (By.CSS_SELECTOR, 'tr.escalated[data-alarm-id="e2e-2"]')))
     assert "ESCALATED" in esc.text
     assert d.find_element(By.ID, "banner").is_displayed()
+    assert d.title == "(1) emfence console"  # e2e-1 is closed, e2e-2 waits
     d.save_screenshot(str(tmp_path / "console-escalated.png"))
     # nothing the page did was refused by its own Content-Security-Policy or failed
     assert severe_console_messages(d) == []
