@@ -138,8 +138,25 @@ async function onLogout() {
 }
 
 function fillRegionSelect(select, regions) {
-  select.replaceChildren(el("option", { value: "", text: "all mine" }));
+  const keep = select.value;
+  select.replaceChildren(el("option", { value: "", text: state.session && state.session.all_regions ? "all" : "all mine" }));
   for (const r of regions) select.append(el("option", { value: r, text: r }));
+  select.value = regions.includes(keep) ? keep : "";
+}
+
+// An admin's account lists no regions (it has them all): offer those the data shows.
+function knownRegions() {
+  if (!state.session.all_regions) return state.session.regions;
+  const found = new Set();
+  for (const a of state.alarms.values()) found.add(a.region);
+  for (const f of (state.zones && state.zones.features) || []) for (const r of f.properties.regions) found.add(r);
+  for (const p of state.positions) found.add(p.region);
+  return [...found].sort();
+}
+
+function refreshRegionSelects() {
+  fillRegionSelect($("#f-region"), knownRegions());
+  fillRegionSelect($("#s-region"), knownRegions());
 }
 
 async function start(session) {
@@ -153,6 +170,7 @@ async function start(session) {
   fillRegionSelect($("#s-region"), session.regions);
   showView("alarms");
   await Promise.all([loadAlarms(), loadMapData()]);
+  if (session.all_regions) refreshRegionSelects();
 }
 
 function showView(name) {

@@ -304,3 +304,20 @@ def test_after_a_console_restart_the_page_asks_to_log_in_and_misses_nothing(
     finally:
         server.stop()
         store.close_store()
+
+
+def test_admin_filters_by_the_regions_the_data_shows(world, browser):
+    server, store = world
+    t = now_ms()
+    store.record_events([raised("far-1", "411321", at=t, subject="S-9", device="B-9")], t)
+    d = browser
+    wait = WebDriverWait(d, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
+    d.get(server.url + "/")
+    log_in(d, wait, "root")
+    region = (By.CSS_SELECTOR, "#f-region option")
+    wait.until(lambda drv: len(drv.find_elements(*region)) == 3)
+    assert [o.get_attribute("value") for o in d.find_elements(*region)] == ["", "411303", "411321"]
+    Select(d.find_element(By.ID, "f-region")).select_by_value("411303")
+    wait.until(EC.invisibility_of_element_located(
+        (By.CSS_SELECTOR, 'tr[data-alarm-id="far-1"]')))
+    assert severe_console_messages(d) == []
