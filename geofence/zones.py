@@ -273,7 +273,10 @@ def _polygon_zone(geom: dict, crs: _Crs, zone_id: str) -> BaseGeometry:
     out = shapes[0] if geom["type"] == "Polygon" else shapely.MultiPolygon(shapes)
     if not shapely.is_valid(out):
         reason = shapely.is_valid_reason(out)
-        fixed = shapely.make_valid(out)
+        # "structure": parts are unioned and holes subtracted, which is what an author of
+        # overlapping parts or a hole poking out of its shell meant (the default
+        # "linework" method would keep only the symmetric difference of the parts).
+        fixed = shapely.make_valid(out, method="structure", keep_collapsed=False)
         polys_only = [g for g in shapely.get_parts(fixed) if g.geom_type in ("Polygon", "MultiPolygon")]
         parts = [q for g in polys_only for q in shapely.get_parts(g)]
         parts = [q for q in parts if q.area > 0.0]

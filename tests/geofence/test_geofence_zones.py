@@ -222,3 +222,16 @@ def test_an_empty_collection_loads_and_compiles_to_nothing():
     assert offsets.tolist() == [0, 0] and zidx.size == 0
     with pytest.raises(ValueError, match="out of range for 0 zones"):
         cz.contains([113.0], [34.0], 0)
+
+
+def test_overlapping_parts_are_merged_so_the_even_odd_rule_holds():
+    """Two overlapping parts would cancel out under the even-odd rule; make_valid merges them."""
+    a = [[113.0, 34.0], [113.1, 34.0], [113.1, 34.1], [113.0, 34.1], [113.0, 34.0]]
+    b = [[113.05, 34.05], [113.15, 34.05], [113.15, 34.15], [113.05, 34.15], [113.05, 34.05]]
+    with pytest.warns(ZoneWarning, match="zone 'm'"):
+        (z,) = load_zones(fc(feat({"type": "MultiPolygon", "coordinates": [[a], [b]]}, fid="m")))
+    assert z.geometry.area == pytest.approx(0.01 + 0.01 - 0.0025)
+    from geofence import compile_zones
+
+    cz = compile_zones([z])
+    assert cz.contains([113.075], [34.075], 0)[0]  # in the overlap
