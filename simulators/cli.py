@@ -132,8 +132,7 @@ def write_truth_header(path, sim, extra: dict | None = None) -> None:
             "skipped": sim.skipped, **(extra or {})}
     with open(path, "wb") as fh:
         fh.write(orjson.dumps(head) + b"\n")
-        for line in sim.truth_lines():
-            fh.write(line + b"\n")
+        fh.writelines(line + b"\n" for line in sim.truth_lines())
 
 
 def append_truth_end(path, stats) -> None:
@@ -175,7 +174,7 @@ async def run_publish(sim, host, port, *, credentials=None, username=None, passw
     if watcher is not None:
         try:
             await asyncio.wait_for(stop.wait(), timeout=linger_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         watch_stop.set()
         await watcher
@@ -226,7 +225,7 @@ def main(argv: list[str]) -> int:
     if per_device:
         from ingest.passwords import device_password
         ids = sim.fleet.device_ids
-        credentials = lambda d: (ids[d], device_password(secret, ids[d]))  # noqa: E731
+        credentials = lambda d: (ids[d], device_password(secret, ids[d]))
     # A load generator leaves the cores to the engine: one numba thread is plenty for the
     # coordinate transforms of a publish tick.
     import numba

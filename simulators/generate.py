@@ -51,7 +51,7 @@ def bundled_counties() -> dict:
     spec = importlib.util.find_spec("geofence")
     if spec is None or not spec.submodule_search_locations:
         raise GenerateError("the geofence package (with its bundled county data) is not installed")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / BUNDLED_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / BUNDLED_FILE
     return orjson.loads(gzip.decompress(path.read_bytes()))
 
 

@@ -23,7 +23,7 @@ class LocalFrame:
         self._inv = Transformer.from_crs(proj, "EPSG:4326", always_xy=True)
 
     @classmethod
-    def around(cls, geoms) -> "LocalFrame":
+    def around(cls, geoms) -> LocalFrame:
         """A frame centred on the bounding box of WGS-84 shapely geometries."""
         x0, y0, x1, y1 = shapely.total_bounds(np.asarray(list(geoms), dtype=object))
         return cls((x0 + x1) / 2.0, (y0 + y1) / 2.0)

@@ -138,7 +138,10 @@ def start_rig(run_dir: str | Path, zones: Path, subjects: Path, config_path: Pat
 
 
 def start_engine_process(rig: Rig, *, core_args: list[str] | None = None, ready_timeout_s: float = 240.0,
-                         fresh_store: bool = True) -> None:
+                         fresh_store: bool = True, checkpoint: bool = True) -> None:
+    """Start ``python -m emfence run`` for ``rig`` (a fresh SQLite store unless
+    ``fresh_store=False``; with a checkpoint file unless ``checkpoint=False``) and wait
+    until its health message says online."""
     run = rig.run_dir
     db = run / "alarms.db"
     if fresh_store:
@@ -151,12 +154,12 @@ def start_engine_process(rig: Rig, *, core_args: list[str] | None = None, ready_
            "--zones", str(rig.zones), "--subjects", str(rig.subjects), "--store", rig.store_url,
            "--name", ENGINE_NAME, "--username", "emfence-engine",
            "--password-file", str(run / "emfence-engine.password"),
-           "--config", str(rig.config_path), "--checkpoint", str(run / "engine.checkpoint"),
+           "--config", str(rig.config_path),
+           *(["--checkpoint", str(run / "engine.checkpoint")] if checkpoint else []),
            *(core_args or [])]
-    log = open(rig.engine_log, "ab")
-    rig.engine = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-    log.close()
+    with open(rig.engine_log, "ab") as log:
+        rig.engine = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
     asyncio.run(wait_engine_online(rig, ready_timeout_s))
 
 

@@ -31,6 +31,7 @@ Phones report GCJ-02 (the coordinates of Chinese map SDKs), bracelets WGS-84.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -122,7 +123,7 @@ class Fleet:
         return len(self.subject_ids)
 
     @classmethod
-    def build(cls, subjects_doc: dict, zones) -> "Fleet":
+    def build(cls, subjects_doc: dict, zones) -> Fleet:
         """From a parsed subjects file and the zones of ``geofence.load_zones`` (WGS-84)."""
         by_id = {z.zone_id: z for z in zones}
         raw = subjects_doc.get("subjects") if isinstance(subjects_doc, dict) else None
@@ -307,7 +308,7 @@ class MovementModel:
         pts = [(x, y)] + list(targets)
         detour = []
         t = t_ms
-        for (ax, ay), (bx, by) in zip(pts[:-1], pts[1:]):
+        for (ax, ay), (bx, by) in itertools.pairwise(pts):
             detour.append((t, t + travel_ms, ax, ay, bx, by, LEG_EVENT))
             t += travel_ms
         lx, ly = pts[-1]
@@ -369,7 +370,7 @@ class MovementModel:
         return x, y, kind[i]
 
     def observe(self, device: np.ndarray, t_ms: np.ndarray, rng: np.random.Generator, *,
-                dropouts: bool = True) -> "Observations":
+                dropouts: bool = True) -> Observations:
         """What devices report at wall times ``t_ms``: positions with errors, accuracy,
         source, coordinate system. ``src == SRC_NONE`` marks a drop-out (no fix); with
         ``dropouts=False`` every report has a fix (load runs: plain fixes only)."""

@@ -252,7 +252,7 @@ class Publisher:
             wait_ms = max(next_due - time.time() * 1000.0, 0.0)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=min(max(wait_ms, 0.5), self.tick_ms) / 1000.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=drain_timeout_s)

@@ -23,7 +23,7 @@ from shapely.geometry import LineString, Point
 from shapely.ops import nearest_points
 
 from emfence.config import Config
-from simulators.movement import SOURCES, SRC_NONE, COORD_GCJ02, Fleet, MovementModel
+from simulators.movement import COORD_GCJ02, SOURCES, SRC_NONE, Fleet, MovementModel
 
 SCENARIOS = ("normal", "excursions", "mixed", "load")
 MOVEMENT_EVENTS = ("excursion", "exclusion_entry")
@@ -237,7 +237,8 @@ class Simulation:
             if not excl:
                 return False
             zone, g = excl[int(rng.integers(len(excl)))]
-            c = g.representative_point() if not g.geom_type == "Polygon" else g.centroid
+            # A circle's centre; for an odd polygon a point safely inside it.
+            c = g.centroid
             if not g.contains(c) or shapely.distance(c, g.boundary) < 40:
                 c = g.representative_point()
             target = (c.x, c.y)
@@ -374,7 +375,7 @@ class Simulation:
         another subject's county under that subject's device id: the broker's ACL must
         refuse them, so the victim device raises nothing."""
         d = self._device(s, rng)
-        free = set(int(x) for x in self._free)
+        free = {int(x) for x in self._free}
         others = [t for t in range(self.fleet.n_devices)
                   if self.fleet.device_subject[t] != s and int(self.fleet.device_subject[t]) in free]
         ta = self._window(rng, 3 * self.interval_ms, warm, tail)
@@ -384,7 +385,7 @@ class Simulation:
         vs = int(self.fleet.device_subject[victim])
         self._free.remove(vs)  # the victim takes no event of its own
         allowed = self.fleet.allowed_any_m[vs]
-        x0, y0, x1, y1 = allowed.bounds
+        _, y0, x1, y1 = allowed.bounds
         far = (x1 + 20_000.0, (y0 + y1) / 2)  # 20 km east of the county's bounding box
         lon, lat = self.fleet.frame.to_deg(np.array([far[0]]), np.array([far[1]]))
         fixes = [{"ts": 0, "lat": round(float(lat[0]), 7), "lon": round(float(lon[0]), 7), "acc": 5.0}

@@ -205,10 +205,10 @@ def score(truth: Truth, alarms: list[dict], *, slack_ms: int = DEFAULT_SLACK_MS,
 def format_text(result: dict) -> str:
     lat = result["latency"]
     lines = [
-        f"expected {result['expected']}  matched {result['matched']}  missed {result['missed']}  "
-        f"false {result['false']}  late {result['late']}  not cleared {result['not_cleared']}",
-        f"fix->alarm latency (n={lat['n']}): p50 {lat['p50_ms']} ms  p95 {lat['p95_ms']} ms  "
-        f"p99 {lat['p99_ms']} ms  max {lat['max_ms']} ms",
+        (f"expected {result['expected']}  matched {result['matched']}  missed {result['missed']}  "
+         f"false {result['false']}  late {result['late']}  not cleared {result['not_cleared']}"),
+        (f"fix->alarm latency (n={lat['n']}): p50 {lat['p50_ms']} ms  p95 {lat['p95_ms']} ms  "
+         f"p99 {lat['p99_ms']} ms  max {lat['max_ms']} ms"),
     ]
     for t, v in result["by_type"].items():
         lines.append(f"  {t:<12} expected {v['expected']:>4}  matched {v['matched']:>4}  "

@@ -6,6 +6,7 @@ import orjson
 import pytest
 import shapely
 from shapely.geometry import Point, shape
+from sim_helpers import START_MS
 
 from emfence.cli import main as emfence_main
 from engine.registry import load_registry
@@ -17,7 +18,6 @@ from simulators.generate import (
     county_neighbours,
     generate_fleet,
 )
-from sim_helpers import START_MS
 
 
 def test_generated_files_load_in_geofence_and_the_registry(tmp_path):

@@ -8,12 +8,12 @@ import asyncio
 import time
 
 import pytest
+from sim_helpers import FAST_TOML
 
 from emfence.config import load_config
 from simulators.cli import load_simulation, run_publish
 from simulators.live import prepare_run_dir, start_rig
 from simulators.score import read_alarms, read_truth, score
-from sim_helpers import FAST_TOML
 
 pytestmark = pytest.mark.mqtt
 

@@ -11,6 +11,7 @@ import shapely
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyproj import Geod
+from sim_helpers import START_MS, fleet
 
 from geofence.gcj02 import gcj02_to_wgs84
 from simulators.movement import (
@@ -20,7 +21,6 @@ from simulators.movement import (
     SRC_NONE,
     MovementModel,
 )
-from sim_helpers import START_MS, fleet
 
 GEOD = Geod(ellps="WGS84")
 # Real counties of the bundled set: urban districts, large rural counties, odd shapes.
@@ -64,7 +64,7 @@ def test_subjects_really_move_between_anchors():
     s = np.arange(fl.n_subjects)
     moved = np.zeros(fl.n_subjects)
     x0, y0 = model.home[:, 0], model.home[:, 1]
-    for h in range(0, 24 * 6):
+    for h in range(24 * 6):
         x, y, _ = model.true_position_m(s, np.full(len(s), START_MS + h * 600_000))
         moved = np.maximum(moved, np.hypot(x - x0, y - y0))
     assert (moved > 300).mean() > 0.8  # most subjects leave home within a day
@@ -114,7 +114,7 @@ def test_dropouts_happen_indoors_only():
 
 
 def test_a_detour_goes_out_and_comes_back():
-    _, zones, fl = fleet(10, 4, ("411303",))
+    _, _, fl = fleet(10, 4, ("411303",))
     model = MovementModel(fl, seed=4, start_ms=START_MS)
     s = 0
     x0, y0 = model.position_at(s, START_MS + 10_000)

@@ -10,13 +10,13 @@ from collections import Counter
 import aiomqtt
 import orjson
 import pytest
+from sim_helpers import fast_config, fleet
 
 from ingest.mosquitto import Mosquitto
 from ingest.passwords import device_password
 from simulators.cli import run_publish
 from simulators.scenario import Simulation
 from simulators.score import read_truth
-from sim_helpers import fast_config, fleet
 
 pytestmark = pytest.mark.mqtt
 
@@ -58,7 +58,7 @@ async def _run(broker, sim, *, per_device: bool, truth=None):
 
 @pytest.fixture
 def small():
-    gen, zones, fl = fleet(30, 6, ("411303",))
+    _, _, fl = fleet(30, 6, ("411303",))
     return fl
 
 

@@ -9,13 +9,13 @@ import numpy as np
 import orjson
 import pytest
 import shapely
+from sim_helpers import FAST_TOML, START_MS, fast_config, fleet
 
 from engine.replay import main as replay_main
 from ingest.decode import PayloadError, decode_fix_payload, decode_status_payload, parse_topic
 from simulators.cli import write_truth_header
 from simulators.scenario import EXPECTED, Simulation
 from simulators.score import read_alarms, read_truth, score
-from sim_helpers import FAST_TOML, START_MS, fast_config, fleet
 
 
 def _sim(n=150, seed=2, scenario="mixed", rate=150.0, duration_s=90.0, **kw):
