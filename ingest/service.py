@@ -986,9 +986,11 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mqtt").setLevel(logging.WARNING)
+    from alarms.store import StoreError
+
     try:
         service_args = build_service_args(args)
-    except (ValueError, ConfigError, OSError) as exc:
+    except (ValueError, ConfigError, OSError, StoreError) as exc:
         print(f"emfence run: {exc}", file=sys.stderr)
         return 1
     store = service_args["store"]

@@ -163,6 +163,9 @@ def test_http_serves_the_console_in_the_same_process(tmp_path, fleet, broker, en
         (["--name", "a/b"], "--name 'a/b'"),
         (["--password-file", "/nonexistent/pw", "--username", "u"], "/nonexistent/pw"),
         (["--tls-cert", "/tmp/x"], "--tls-cert and --tls-key go together"),
+        (["--store", "mysql://x"], "store URL must start with sqlite:/// or postgresql://"),
+        (["--store", "sqlite:////nonexistent/dir/a.db"], "'/nonexistent/dir' does not exist"),
+        (["--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
     ],
 )
 def test_bad_options_exit_1_naming_them(tmp_path, fleet, argv, message):
