@@ -629,9 +629,25 @@ function drawMap() {
   }
   const t = state.track;
   if (t && t.alarm_id === state.selected && t.fixes.length) {
-    const pts = t.fixes.map((f) => project(p, f.lon, f.lat));
-    kids.push(svg("polyline", { points: pts.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" "), class: "track" }));
-    for (const [x, y] of pts) kids.push(svg("circle", { cx: x, cy: y, r: 2.5 * px, class: "fix" }));
+    // One line per device: a subject's bracelet and phone each leave their own track.
+    const byDevice = new Map();
+    for (const f of t.fixes) {
+      if (!byDevice.has(f.device_id)) byDevice.set(f.device_id, []);
+      byDevice.get(f.device_id).push(f);
+    }
+    for (const [device, fixes] of byDevice) {
+      const pts = fixes.map((f) => project(p, f.lon, f.lat));
+      const line = svg("polyline", { points: pts.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" "),
+        class: device === t.device_id ? "track" : "track other" });
+      kids.push(line);
+      fixes.forEach((f, i) => {
+        const dot = svg("circle", { cx: pts[i][0], cy: pts[i][1], r: 2.5 * px, class: "fix" });
+        const title = svg("title");
+        title.textContent = `${f.device_id} ${fmtTime(f.ts)} ±${Math.round(f.acc || 0)} m`;
+        dot.append(title);
+        kids.push(dot);
+      });
+    }
   }
   const a = state.alarms.get(state.selected);
   if (a && a.evidence && a.evidence.lat !== undefined && a.evidence.lat !== null) {
