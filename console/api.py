@@ -304,9 +304,13 @@ def routes(console: Console) -> list[Route]:
 
     async def zones(request: Request) -> Response:
         _, principal = await console.authenticate(request)
-        return json_response(zones_geojson(console.zones, principal,
-                                           tolerance_m=s.zone_simplify_m,
-                                           registry=console.registry))
+        body = zones_geojson(console.zones, principal, tolerance_m=s.zone_simplify_m,
+                             registry=console.registry)
+        # Exclusion zones locate victims' homes: looking at them is on the record too.
+        await call("audit", principal.name, "zones.view", None,
+                   {"zones": len(body["features"])}, console.clock_ms(),
+                   console.client_ip(request))
+        return json_response(body)
 
     async def positions(request: Request) -> Response:
         _, principal = await console.authenticate(request)

@@ -120,6 +120,8 @@ def test_api_serves_scoped_simplified_zones(world, tmp_path):
         fc = client.get("/api/zones").json()
         assert fc["type"] == "FeatureCollection"
         assert sorted(f["id"] for f in fc["features"]) == ["411303", "victim-17"]
+        [view] = store.audit_log(action="zones.view")
+        assert (view["who"], view["detail"]) == ("alice", {"zones": 2})
         county = next(f for f in fc["features"] if f["id"] == "411303")
         full = compiled.zones[compiled.index["411303"]].geometry
         sent = shape(county["geometry"])
