@@ -1,0 +1,351 @@
+"""Engine benchmark: rule kernels, offline sweep, state size, replay against parsing.
+
+    python -m benchmarks.engine --json
+
+Measures, in one run and on one core (the rule kernel is serial; NUMBA_NUM_THREADS=1 is
+set before numba loads so nothing else runs in parallel either):
+
+- ``process_batch``: fixes/s through ``Engine.process_fixes`` (kernels + state machine +
+  event conversion, no I/O) with ``--devices`` devices on real county boundaries (the
+  157 counties of Henan, GCJ-02 outlines converted on load), one exclusion circle per
+  subject, fixes mostly inside the county and some near the circle or outside; in
+  live-sized micro-batches (2 000) and large batches (100 000);
+- ``sweep``: ms per offline sweep over ``--sweep-devices`` devices: a full pass with
+  nothing due (the worst case that emits nothing), a full pass raising 1 %, and the
+  early-out when nothing can be due;
+- bytes of state per device (measured from the arrays);
+- ``emfence replay`` on a generated file against reading + ``orjson.loads`` of every
+  line (parse-only) and against parse + the wire-contract validation (``ingest.decode``):
+  lines/s of each and the ratios.
+
+Targets (docs/DESIGN): >= 2 M fixes/s per core with 100 k devices, sweep of 1 M devices
+<= 5 ms, <= 256 bytes per device.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+
+import argparse
+import io
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import shapely
+
+T0 = 1_763_600_000_000
+COUNTIES = Path(__file__).resolve().parent.parent / "geofence" / "data" / "counties-41.geojson.gz"
+LEVELS = ("strict", "ordinary", "lenient")
+
+
+def _sample_inside(geom, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n uniformly random (lon, lat) points inside ``geom`` (rejection sampling)."""
+    minx, miny, maxx, maxy = geom.bounds
+    out = np.empty((0, 2))
+    shapely.prepare(geom)
+    while len(out) < n:
+        pts = np.column_stack([rng.uniform(minx, maxx, 4 * n), rng.uniform(miny, maxy, 4 * n)])
+        ok = shapely.contains_xy(geom, pts[:, 0], pts[:, 1])
+        out = np.vstack([out, pts[ok]])
+    return out[:n]
+
+
+def build_fleet(n_devices: int, n_circles: int, seed: int = 1):
+    """Zones (counties + exclusion circles), subjects (2 devices each) and per-device
+    positions to draw fixes from."""
+    from geofence import compile_zones, load_zones
+
+    rng = np.random.default_rng(seed)
+    counties = load_zones(COUNTIES)
+    pools = [_sample_inside(z.geometry, 400, rng) for z in counties]
+    circles = []
+    circle_county = rng.integers(0, len(counties), n_circles)
+    for k, c in enumerate(circle_county.tolist()):
+        lon, lat = pools[c][rng.integers(0, len(pools[c]))]
+        circles.append({"type": "Feature",
+                        "properties": {"zone_id": f"X-{k}", "radius_m": float(rng.uniform(200, 800))},
+                        "geometry": {"type": "Point", "coordinates": [float(lon), float(lat)]}})
+    zones = compile_zones(counties + load_zones({"type": "FeatureCollection", "features": circles}))
+    subjects = []
+    n_subjects = n_devices // 2
+    subj_circle = rng.integers(0, n_circles, n_subjects)
+    for s in range(n_subjects):
+        k = int(subj_circle[s])
+        county = counties[int(circle_county[k])].zone_id
+        subjects.append({"subject_id": f"S-{s}", "region": county, "level": LEVELS[s % 3],
+                         "devices": [{"device_id": f"B-{s}"}, {"device_id": f"P-{s}", "kind": "phone"}],
+                         "inclusion": [county], "exclusion": [f"X-{k}"]})
+    # Per device: where its fixes come from.
+    county_of_device = np.repeat(circle_county[subj_circle], 2)
+    circle_xy = np.array([c["geometry"]["coordinates"] for c in circles])
+    circle_of_device = np.repeat(subj_circle, 2)
+    return zones, {"subjects": subjects}, pools, county_of_device, circle_xy, circle_of_device
+
+
+def make_fixes(n_fixes: int, n_devices: int, pools, county_of_device, circle_xy,
+               circle_of_device, walk: bool, county_lines=None, seed: int = 2):
+    """Fix arrays in arrival order: rounds over all devices, ts advancing 10 s a round.
+
+    ``walk``: each device walks (normal steps of ~30 m per axis per fix: a person on foot
+    reporting every 10 s) from a start that is a random point of its county, except for
+    5 % that start within ~700 m of their exclusion circle and 5 % on the county line
+    (``county_lines``), so walks cross both. Otherwise (*scattered*, the worst case for
+    any caching) every fix is a fresh random point of the county, then 5 % are replaced
+    by points near the subject's exclusion circle and 5 % displaced by ~5 km."""
+    rng = np.random.default_rng(seed)
+    dev = np.tile(np.arange(n_devices, dtype=np.int32), n_fixes // n_devices + 1)[:n_fixes]
+    rounds = np.arange(n_fixes) // n_devices
+    ts = T0 + rounds.astype(np.int64) * 10_000 + dev
+    lon = np.empty(n_fixes)
+    lat = np.empty(n_fixes)
+    counties = county_of_device[dev]
+    if walk:
+        start = np.empty((n_devices, 2))
+        for c in np.unique(county_of_device):
+            sel = np.flatnonzero(county_of_device == c)
+            start[sel] = pools[c][rng.integers(0, len(pools[c]), len(sel))]
+        u0 = rng.random(n_devices)
+        near = np.flatnonzero(u0 < 0.05)
+        start[near] = circle_xy[circle_of_device[near]] + rng.normal(0, 0.005, (len(near), 2))
+        line = np.flatnonzero((u0 >= 0.05) & (u0 < 0.10))
+        for k in line.tolist():
+            p = shapely.line_interpolate_point(county_lines[county_of_device[k]], rng.random(),
+                                               normalized=True)
+            start[k] = (p.x, p.y)
+        n_rounds = int(rounds[-1]) + 1
+        # ~30 m steps: 2.7e-4 degrees of latitude, a little more of longitude at 33 N.
+        steps = rng.normal(0, 1, (n_rounds, n_devices, 2)) * np.array([3.2e-4, 2.7e-4])
+        path = start[None, :, :] + np.cumsum(steps, axis=0)
+        pos = path[rounds, dev]
+        lon[:], lat[:] = pos[:, 0], pos[:, 1]
+        acc = rng.choice([5.0, 10.0, 20.0, 65.0], n_fixes)
+        return dev, ts, lat, lon, acc, np.zeros(n_fixes, np.uint8), ts + 500
+    else:
+        for c in np.unique(counties):
+            sel = np.flatnonzero(counties == c)
+            pick = pools[c][rng.integers(0, len(pools[c]), len(sel))]
+            lon[sel], lat[sel] = pick[:, 0], pick[:, 1]
+    u = rng.random(n_fixes)
+    near = u < 0.05
+    cxy = circle_xy[circle_of_device[dev[near]]]
+    lon[near] = cxy[:, 0] + rng.normal(0, 0.006, near.sum())
+    lat[near] = cxy[:, 1] + rng.normal(0, 0.006, near.sum())
+    away = (u >= 0.05) & (u < 0.10)
+    lon[away] += rng.normal(0, 0.05, away.sum())
+    lat[away] += rng.normal(0, 0.05, away.sum())
+    acc = rng.choice([5.0, 10.0, 20.0, 65.0], n_fixes)
+    coord = np.zeros(n_fixes, np.uint8)
+    return dev, ts, lat, lon, acc, coord, ts + 500
+
+
+def bench_batch(zones, subjects, fixes, batch: int, repeat: int, label: str) -> dict:
+    """Steady state: the first round (one fix per device, every device's first full
+    evaluation) is processed untimed, then the remaining rounds are timed in batches."""
+    from emfence.config import Config
+    from engine import Engine, load_registry
+
+    registry = load_registry(subjects, zones)
+    dev, ts, lat, lon, acc, coord, rx = fixes
+    n = len(dev)
+    warm = min(registry.n_devices, n // 2)
+    best = None
+    n_events = 0
+    engine = None
+    for _ in range(repeat):
+        engine = Engine(zones, registry, Config())
+        engine.process_fixes(dev[:warm], ts[:warm], lat[:warm], lon[:warm], acc[:warm],
+                             coord[:warm], rx[:warm])
+        before = engine.counters
+        t = time.perf_counter()
+        events = 0
+        for i in range(warm, n, batch):
+            j = min(i + batch, n)
+            events += len(engine.process_fixes(dev[i:j], ts[i:j], lat[i:j], lon[i:j], acc[i:j],
+                                               coord[i:j], rx[i:j]))
+        dt = time.perf_counter() - t
+        best = dt if best is None else min(best, dt)
+        n_events = events
+    c = engine.counters
+    settled = (c["settled_fixes"] - before["settled_fixes"]) / max(c["fixes"] - before["fixes"], 1)
+    return {"tracks": label, "batch": batch, "fixes": n - warm, "seconds": round(best, 4),
+            "fixes_per_s": round((n - warm) / best), "events": n_events,
+            "settled_share": round(settled, 3),
+            "bytes_per_device": round(engine.bytes_per_device(), 1)}
+
+
+def bench_sweep(n_devices: int, repeat: int) -> dict:
+    from engine import kernels as K
+    from engine.state import new_state
+
+    rng = np.random.default_rng(3)
+    st = new_state(n_devices, 0)
+    now = T0 + 10_000_000
+    base_deadline = now + rng.integers(1, 3_600_000, n_devices)
+    counters = np.zeros(K.N_COUNTERS, np.int64)
+    ev_i, ev_f = K.new_events(n_devices // 50)
+    K.sweep(st, now, ev_i, ev_f, counters)  # compile/load
+
+    def timed(prepare) -> list[float]:
+        out = []
+        for _ in range(repeat):
+            prepare()
+            t = time.perf_counter()
+            K.sweep(st, now, ev_i, ev_f, counters)
+            out.append((time.perf_counter() - t) * 1000)
+        return out
+
+    def nothing_due_stale_floor():
+        st.deadline_ms[:] = base_deadline
+        st.floor_ms[0] = 0  # force the full pass: the floor says "maybe due"
+
+    due = rng.random(n_devices) < 0.01
+
+    def one_pct_due():
+        st.deadline_ms[:] = base_deadline
+        st.deadline_ms[due] = now - 1000
+        st.offline_at_ms[:] = K.NONE_MS
+        st.floor_ms[0] = 0
+
+    def floor_valid():
+        st.deadline_ms[:] = base_deadline
+        st.floor_ms[0] = base_deadline.min()
+
+    full = timed(nothing_due_stale_floor)
+    raising = timed(one_pct_due)
+    early = timed(floor_valid)
+    return {"devices": n_devices,
+            "full_pass_ms_median": round(statistics.median(full), 3),
+            "full_pass_ms_max": round(max(full), 3),
+            "full_pass_1pct_due_ms_median": round(statistics.median(raising), 3),
+            "raised_per_sweep": int(due.sum()),
+            "early_out_ms_median": round(statistics.median(early), 4)}
+
+
+def write_replay_file(path: Path, fixes, registry, n_lines: int) -> None:
+    dev, ts, lat, lon, acc, _, rx = fixes
+    ids = registry.device_ids
+    with open(path, "wb") as fh:
+        for i in range(n_lines):
+            d = int(dev[i])
+            if i % 20 == 19:
+                rec = {"device_id": ids[d], "ts": int(ts[i]), "battery": 80, "strap": "ok",
+                       "rx": int(rx[i])}
+            else:
+                rec = {"device_id": ids[d], "ts": int(ts[i]), "lat": round(float(lat[i]), 6),
+                       "lon": round(float(lon[i]), 6), "acc": float(acc[i]), "rx": int(rx[i])}
+            fh.write(orjson.dumps(rec) + b"\n")
+
+
+def bench_replay(zones, subjects, fixes, n_lines: int, repeat: int) -> dict:
+    from emfence.config import Config
+    from engine import Engine, load_registry
+    from engine.replay import replay
+    from ingest.decode import parse_fix, parse_status
+
+    registry = load_registry(subjects, zones)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "fixes.jsonl"
+        write_replay_file(path, fixes, registry, n_lines)
+        size = path.stat().st_size
+
+        def parse_only():
+            loads = orjson.loads
+            with open(path, "rb") as fh:
+                for line in fh:
+                    loads(line)
+
+        def parse_validate():
+            loads = orjson.loads
+            with open(path, "rb") as fh:
+                for line in fh:
+                    obj = loads(line)
+                    if "lat" in obj:
+                        parse_fix(obj, where="")
+                    else:
+                        parse_status(obj, where="")
+
+        def full_replay():
+            engine = Engine(zones, registry, Config())
+            with open(path, "rb") as fh:
+                replay(fh, engine, io.BytesIO(), config=Config())
+
+        full_replay()  # compile/load
+        times = {}
+        for name, fn in (("parse_only", parse_only), ("parse_validate", parse_validate),
+                         ("replay", full_replay)):
+            best = None
+            for _ in range(repeat):
+                t = time.perf_counter()
+                fn()
+                dt = time.perf_counter() - t
+                best = dt if best is None else min(best, dt)
+            times[name] = best
+    return {"lines": n_lines, "file_mb": round(size / 1e6, 1),
+            "parse_only_lines_per_s": round(n_lines / times["parse_only"]),
+            "parse_validate_lines_per_s": round(n_lines / times["parse_validate"]),
+            "replay_lines_per_s": round(n_lines / times["replay"]),
+            "replay_vs_parse_only": round(times["parse_only"] / times["replay"], 3),
+            "replay_vs_parse_validate": round(times["parse_validate"] / times["replay"], 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.engine", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--devices", type=int, default=100_000)
+    p.add_argument("--fixes", type=int, default=1_000_000)
+    p.add_argument("--circles", type=int, default=2000, help="exclusion circles shared by subjects")
+    p.add_argument("--sweep-devices", type=int, default=1_000_000)
+    p.add_argument("--replay-lines", type=int, default=300_000)
+    p.add_argument("--repeat", type=int, default=3)
+    args = p.parse_args(argv)
+
+    import numba
+
+    t = time.perf_counter()
+    zones, subjects, pools, county_of, circle_xy, circle_of = build_fleet(args.devices, args.circles)
+    lines = [z.geometry.boundary for z in zones.zones[: len(pools)]]
+    walking = make_fixes(args.fixes, args.devices, pools, county_of, circle_xy, circle_of, True,
+                         lines)
+    scattered = make_fixes(args.fixes, args.devices, pools, county_of, circle_xy, circle_of, False)
+    setup_s = time.perf_counter() - t
+    result = {
+        "benchmark": "engine",
+        "numba_threads": numba.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "devices": args.devices,
+        "zones": len(zones.zone_ids),
+        "setup_s": round(setup_s, 1),
+        "process_batch": [bench_batch(zones, subjects, fx, b, args.repeat, label)
+                          for label, fx in (("walking", walking), ("scattered", scattered))
+                          for b in (2000, 100_000)],
+        "sweep": bench_sweep(args.sweep_devices, max(args.repeat, 20)),
+        "replay": bench_replay(zones, subjects, walking, min(args.replay_lines, args.fixes),
+                               args.repeat),
+    }
+    result["bytes_per_device"] = result["process_batch"][0]["bytes_per_device"]
+    result["targets"] = {
+        "fixes_per_s_min": 2_000_000,
+        "fixes_per_s_met": result["process_batch"][0]["fixes_per_s"] >= 2_000_000,
+        "sweep_ms_max": 5.0,
+        "sweep_ms_met": result["sweep"]["full_pass_ms_median"] <= 5.0,
+        "bytes_per_device_max": 256,
+        "bytes_per_device_met": result["bytes_per_device"] <= 256,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
