@@ -12,9 +12,9 @@ One asyncio process. The pipeline for a message, top to bottom:
    ``Engine.process_records`` in arrival order; the alarm events are written to the store
    (``record_events``: alarm rows + outbox in one transaction) before anything is
    published; accepted fixes are queued for the track store;
-4. deliver (``_outbox``): undelivered events are published with QoS 1 on
-   ``emfence/v1/{region}/alarms/{type}`` and marked delivered on PUBACK; whatever is
-   left is sent again after a reconnect or restart;
+4. deliver (``alarms.publisher.OutboxPublisher``, one run per connection): undelivered
+   events are published with QoS 1 on ``emfence/v1/{region}/alarms/{type}`` and marked
+   delivered on PUBACK; whatever is left is sent again after a reconnect or restart;
 5. acknowledge: a received message is PUBACKed only after the checkpoint that contains
    its effect is on disk (with ``--checkpoint``; without one, after its batch is stored).
    A crashed engine restarts from its checkpoint and the broker sends it everything it
@@ -79,7 +79,6 @@ TRACK_QUEUE = 200_000
 TRACK_FLUSH_S = 1.0
 ESCALATION_CHECK_S = 5.0
 PURGE_PERIOD_S = 3600.0
-OUTBOX_BATCH = 500
 # The receive loop yields to the other tasks at least every this many messages.
 YIELD_EVERY = 200
 # Bytes of a rejected payload copied into its dead letter.
@@ -224,7 +223,9 @@ class Service:
         self.deadletters: asyncio.Queue = asyncio.Queue(maxsize=DEADLETTER_QUEUE)
         self.tracks: deque = deque()
         self.track_lock = asyncio.Lock()
-        self.outbox_wake = asyncio.Event()
+        from alarms.publisher import OutboxPublisher
+
+        self.outbox = OutboxPublisher(store, config=config.alarms, regions=options.regions)
 
         # Acknowledgement and redelivery bookkeeping (see the module docstring).
         self.pending_acks: list[tuple[int, int]] = []
@@ -261,7 +262,6 @@ class Service:
                     tg.create_task(self._flusher(), name="batch-flusher"),
                     tg.create_task(self._processor(), name="processor"),
                     tg.create_task(self._sweeper(), name="offline-sweeper"),
-                    tg.create_task(self._outbox(), name="outbox"),
                     tg.create_task(self._deadletter_sender(), name="deadletters"),
                     tg.create_task(self._track_writer(), name="tracks"),
                     tg.create_task(self._periodic_checkpoint(), name="checkpoint"),
@@ -328,14 +328,22 @@ class Service:
                 async with client:
                     await self._on_connected(client)
                     backoff.reset()
-                    n = 0
-                    async for message in client.messages:
-                        await self._on_message(message)
-                        n += 1
-                        if n % YIELD_EVERY == 0:
-                            # Queue.get() does not yield while messages are waiting: let
-                            # the processor, the sweeps and the signal handlers run.
-                            await asyncio.sleep(0)
+                    # Alarm delivery lives and dies with the connection: a new one starts
+                    # by resending whatever the last one left undelivered.
+                    outbox = asyncio.create_task(self.outbox.run(client), name="outbox")
+                    try:
+                        n = 0
+                        async for message in client.messages:
+                            await self._on_message(message)
+                            n += 1
+                            if n % YIELD_EVERY == 0:
+                                # Queue.get() does not yield while messages are waiting:
+                                # let the processor, the sweeps and the signals run.
+                                await asyncio.sleep(0)
+                    finally:
+                        outbox.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await outbox
             except aiomqtt.MqttError as exc:
                 self._on_disconnected(exc, was_connected=self.connected.is_set())
             finally:
@@ -385,7 +393,6 @@ class Service:
         self._drain_messages = self.counters["messages"]
         await client.publish(mqtt.drain_topic(self.opts.name), self.drain_nonce.encode(), qos=1)
         await self._publish_health(client, "online")
-        self.outbox_wake.set()
 
     def _on_disconnected(self, exc: Exception, was_connected: bool) -> None:
         if was_connected:
@@ -596,7 +603,7 @@ class Service:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.icfg.reconnect_max_s)
         self.counters["events"] += len(events)
-        self.outbox_wake.set()
+        self.outbox.notify()
 
     def _queue_tracks(self, b: Batch, idx: np.ndarray) -> None:
         kinds = np.array(b.kind, np.uint8)
@@ -685,37 +692,6 @@ class Service:
                 self.hold_reason = None
             await self.work.put(("sweep", now))
 
-    async def _outbox(self) -> None:
-        regions = self.opts.regions
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.outbox_wake.wait(), self.config.alarms.outbox_retry_s)
-            self.outbox_wake.clear()
-            await self.connected.wait()
-            await self._deliver_outbox(regions)
-
-    async def _deliver_outbox(self, regions) -> bool:
-        """Publish undelivered events until none is left; False if the broker went away."""
-        while True:
-            client = self.client
-            if client is None:
-                return False
-            rows = await asyncio.to_thread(self.store.pending, OUTBOX_BATCH, regions)
-            if not rows:
-                return True
-            results = await asyncio.gather(
-                *(client.publish(topic, payload, qos=1) for _, topic, payload in rows),
-                return_exceptions=True)
-            done = [seq for (seq, _, _), r in zip(rows, results) if r is None]
-            if done:
-                await asyncio.to_thread(self.store.mark_delivered, done, wall_ms())
-                self.counters["alarms_published"] += len(done)
-            if len(done) < len(rows):
-                errors = [r for r in results if r is not None]
-                log.warning("outbox: %d of %d events not acknowledged (%s); retrying after "
-                            "reconnect", len(rows) - len(done), len(rows), errors[0])
-                return False
-
     async def _deadletter_sender(self) -> None:
         while True:
             topic, payload = await self.deadletters.get()
@@ -760,6 +736,7 @@ class Service:
             "track_queue": len(self.tracks),
             "deadletter_queue": self.deadletters.qsize(),
             "counters": dict(sorted(self.counters.items())),
+            "outbox": dict(self.outbox.counters),
             "rejections": dict(sorted(self.rejects.items())),
             "engine": self.engine.counters,
         }
@@ -770,21 +747,13 @@ class Service:
                              timeout=HEALTH_TIMEOUT_S)
 
     async def _escalation(self) -> None:
-        after_ms = int(self.config.alarms.escalate_after_s * 1000)
+        from alarms.publisher import run_escalation
+
         # Often enough that an escalation is at most a quarter of the window late.
         period = max(0.2, min(ESCALATION_CHECK_S, self.config.alarms.escalate_after_s / 4))
-        while True:
-            await asyncio.sleep(period)
-            try:
-                events = await asyncio.to_thread(self.store.escalate_due, wall_ms(), after_ms,
-                                                 self.opts.regions)
-            except Exception as exc:  # noqa: BLE001 - try again next round
-                log.error("escalation check failed: %s", exc)
-                continue
-            if events:
-                self.counters["escalated"] += len(events)
-                log.info("escalated %d unacknowledged alarms", len(events))
-                self.outbox_wake.set()
+        await run_escalation(self.store, config=self.config.alarms, publisher=self.outbox,
+                             regions=self.opts.regions, interval_s=period,
+                             counters=self.counters)
 
     async def _purge(self) -> None:
         keep_ms = int(self.config.tracks.retention_days * 86_400_000)
@@ -843,12 +812,18 @@ class Service:
         await self.work.put(("checkpoint", done))
         await done
         await self.work.join()
-        try:
-            await asyncio.wait_for(self._deliver_outbox(self.opts.regions), SHUTDOWN_FLUSH_S)
-        except TimeoutError:
-            log.warning("outbox not fully delivered within %.0f s; the rest goes out at the "
-                        "next start", SHUTDOWN_FLUSH_S)
         client = self.client
+        if client is not None:
+            # The connection's publisher delivers; wait (bounded) until nothing is pending.
+            self.outbox.notify()
+            deadline = time.monotonic() + SHUTDOWN_FLUSH_S
+            left = await asyncio.to_thread(self.store.pending, 1, self.opts.regions)
+            while left and time.monotonic() < deadline and self.client is not None:
+                await asyncio.sleep(0.05)
+                left = await asyncio.to_thread(self.store.pending, 1, self.opts.regions)
+            if left:
+                log.warning("outbox not fully delivered at shutdown; the rest goes out at the "
+                            "next start")
         if client is not None:
             with contextlib.suppress(Exception):
                 await self._publish_health(client, "offline")
