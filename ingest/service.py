@@ -971,6 +971,11 @@ def main(argv: list[str]) -> int:
     store = service_args["store"]
     try:
         return asyncio.run(_amain(service_args))
+    except Exception:  # an ExceptionGroup from the task group: a bug, not bad input
+        log.critical("engine stopped on an unexpected error; restart it (messages not yet "
+                     "acknowledged wait in the broker, undelivered alarms in the outbox)",
+                     exc_info=True)
+        return 1
     finally:
         with contextlib.suppress(Exception):
             store.close_store()
