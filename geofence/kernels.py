@@ -429,6 +429,24 @@ def _fast_cell_state(za, z, lon, lat):
     return za.cell_state[za.grid_cell_offsets[z] + iy * nx + ix]
 
 
+@njit(cache=True)
+def _first_out_of_range(a, limit):
+    """Index of the first element of ``a`` not in [-limit, limit] (NaN included), or -1."""
+    for i in range(a.shape[0]):
+        if not abs(a[i]) <= limit:
+            return i
+    return -1
+
+
+@njit(cache=True)
+def _first_bad_zone(zone_idx, n_zones):
+    """Index of the first zone index outside [0, n_zones), or -1."""
+    for i in range(zone_idx.shape[0]):
+        if zone_idx[i] < 0 or zone_idx[i] >= n_zones:
+            return i
+    return -1
+
+
 def chunks_for(n: int) -> int:
     """How many point ranges a batch kernel splits ``n`` points into (a few per thread)."""
     return max(1, min(n, numba.get_num_threads() * 4))
