@@ -650,8 +650,10 @@ class Service:
         if self.opts.checkpoint is not None:
             path = Path(self.opts.checkpoint)
             tmp = path.with_name(path.name + ".new")
-            # The engine must not change while it is written: this runs in the processor.
-            self.engine.checkpoint(tmp)
+            # The engine must not change while it is written: this runs in the processor,
+            # the only task that touches the engine, which waits here; so the writing can
+            # leave the event loop (a large fleet's state is tens of MB).
+            await asyncio.to_thread(self.engine.checkpoint, tmp)
             digest = await asyncio.to_thread(file_digest, tmp)
             # The redelivery digests covered by this checkpoint (this window and the one
             # before, whose acknowledgements may have died with a connection), keyed by
