@@ -4,6 +4,7 @@ engine-shaped alarm events, and an HTTP client that logs in like the page does."
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,13 @@ def open_console(url: str, *, secure_cookies: bool = False, config: Any = None) 
     app = create_app(store=store, config=config or Config(), secure_cookies=secure_cookies,
                      clock_ms=clock)
     return Console(TestClient(app), store, clock)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def audit_rows(store: Any, **filters: Any) -> list[dict[str, Any]]:
