@@ -53,6 +53,23 @@ def test_runs_on_its_own_and_stops_cleanly_with_a_feed_open(tmp_path):
         with httpx.Client(base_url=base, timeout=20) as c:
             assert c.post("/api/login", json={"name": "alice", "password": PASSWORD}).status_code == 200
             assert [f["id"] for f in c.get("/api/zones").json()["features"]] == ["411303"]
+            # SIGHUP re-reads the zones and subjects
+            fc = orjson.loads(zones.read_bytes())
+            fc["features"].append({"type": "Feature", "id": "victim-17",
+                                   "geometry": {"type": "Point", "coordinates": [112.52, 33.01]},
+                                   "properties": {"radius_m": 500}})
+            zones.write_bytes(orjson.dumps(fc))
+            subjects.write_bytes(orjson.dumps({"subjects": [
+                {"subject_id": "S-1", "region": "411303", "level": "strict",
+                 "devices": [{"device_id": "B-1"}], "inclusion": ["411303"],
+                 "exclusion": ["victim-17"]}]}))
+            proc.send_signal(signal.SIGHUP)
+            for _ in range(300):
+                ids = [f["id"] for f in c.get("/api/zones").json()["features"]]
+                if ids != ["411303"]:
+                    break
+                time.sleep(0.1)
+            assert ids == ["411303", "victim-17"]
             with c.stream("GET", "/api/feed") as resp:
                 lines = resp.iter_lines()
                 assert next(lines) == "retry: 2000"
@@ -64,7 +81,8 @@ def test_runs_on_its_own_and_stops_cleanly_with_a_feed_open(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert "console stopped" in proc.stdout.read()
+    out = proc.stdout.read()
+    assert "zones and subjects reloaded" in out and "console stopped" in out
 
 
 def test_bad_input_is_named_and_exits_1(tmp_path):
