@@ -76,8 +76,11 @@ DEADLETTER_QUEUE = 10_000
 # Accepted fixes waiting to be written to the track store; beyond this the oldest are
 # dropped and counted (the track view is a convenience; the rules already ran).
 TRACK_QUEUE = 200_000
+# How often queued track rows are written (also before every acknowledgement), s.
 TRACK_FLUSH_S = 1.0
+# Longest period between escalation checks, s (shorter for short escalation windows).
 ESCALATION_CHECK_S = 5.0
+# How often fixes past the retention period are deleted (also once at start), s.
 PURGE_PERIOD_S = 3600.0
 # The receive loop yields to the other tasks at least every this many messages.
 YIELD_EVERY = 200
