@@ -19,7 +19,7 @@ import argparse
 import getpass
 import sys
 import time
-from typing import Any, TextIO
+from typing import TextIO
 
 from console.auth import ROLES, AuthError, check_role, hash_password, parse_regions
 
@@ -86,10 +86,6 @@ def _role_and_regions(args: argparse.Namespace) -> tuple[str, tuple[str, ...]]:
     return role, regions
 
 
-def _field(row: Any, key: str) -> Any:
-    return row.get(key) if isinstance(row, dict) else getattr(row, key, None)
-
-
 def main(argv: list[str], *, stdin: TextIO | None = None, stdout: TextIO | None = None,
          stderr: TextIO | None = None) -> int:
     """Run ``emfence user``; exit 0 done, 1 a problem to fix (named on stderr), 2 bad usage."""
@@ -124,13 +120,10 @@ def main(argv: list[str], *, stdin: TextIO | None = None, stdout: TextIO | None 
                 rows = store.list_users()
                 print(f"{'name':<20} {'role':<10} {'state':<8} regions", file=stdout)
                 for row in rows:
-                    regions = _field(row, "regions") or []
-                    if isinstance(regions, str):
-                        regions = [regions]
-                    state = "disabled" if _field(row, "disabled") else "active"
-                    shown = ",".join(regions) if regions else "(all)"
-                    print(f"{_field(row, 'name'):<20} {_field(row, 'role'):<10} {state:<8} "
-                          f"{shown}", file=stdout)
+                    state = "disabled" if row["disabled"] else "active"
+                    shown = ",".join(row["regions"]) or "(all)"
+                    print(f"{row['name']:<20} {row['role']:<10} {state:<8} {shown}",
+                          file=stdout)
                 return 0
             if args.verb == "password":
                 # The store audits the change (without the hash); the console ends the
