@@ -5,6 +5,7 @@ plus the pure helpers of the MQTT adapter."""
 from __future__ import annotations
 
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -329,3 +330,28 @@ async def test_a_record_the_engine_fails_on_is_dead_lettered_not_fatal(tmp_path,
     # without --checkpoint a processed batch is made durable at once, tracks included
     assert [r["ts"] for r in args["store"].track(a0)] == [t, t + 1000]
     args["store"].close_store()
+
+
+@pytest.mark.mqtt
+def test_engine_started_before_the_broker_waits_for_it(tmp_path, fleet, engines):
+    from ingest.mosquitto import Mosquitto
+
+    broker = Mosquitto(tmp_path / "late-broker", passwords=fleet.passwords(), port=free_port())
+    try:
+        engine = engines(tmp_path, fleet, broker, config=FAST)
+        engine.wait_log("unreachable; keeping the state of")  # retrying with backoff
+        assert engine.proc.poll() is None
+        broker.start()
+        engine.wait_log("connected to")
+        console = PahoClient(broker.port, CONSOLE_USER, CONSOLE_PW)
+        console.subscribe("emfence/v1/+/alarms/+")
+        a0 = fleet.ids(REGION_A)[0]
+        publish_as(broker, a0, f"emfence/v1/{REGION_A}/{a0}/status",
+                   {"ts": now_ms(), "strap": "open"})
+        [ev] = events_of(console, 1)
+        assert ev["type"] == "tamper"
+        engine.signal(signal.SIGINT)
+        assert engine.proc.wait(120) == 0  # SIGINT stops cleanly, like SIGTERM
+        console.close()
+    finally:
+        broker.close()
