@@ -181,6 +181,33 @@ def bench_batch(zones, subjects, fixes, batch: int, repeat: int, label: str) -> 
             "bytes_per_device": round(engine.bytes_per_device(), 1)}
 
 
+def bench_shapely(zones, subjects, fixes, n: int) -> dict:
+    """The same rules with shapely and a Python loop per fix (engine.shapely_core), on the
+    first ``n`` fixes after the warm-up round, against Engine on the same fixes."""
+    from emfence.config import Config
+    from engine import Engine, load_registry
+    from engine.shapely_core import ShapelyEngine
+
+    registry = load_registry(subjects, zones)
+    dev, ts, lat, lon, acc, coord, rx = fixes
+    warm = min(registry.n_devices, len(dev) // 2)
+    out = {}
+    for name, cls in (("shapely", ShapelyEngine), ("numba", Engine)):
+        engine = cls(zones, registry, Config())
+        engine.process_fixes(dev[:warm], ts[:warm], lat[:warm], lon[:warm], acc[:warm],
+                             coord[:warm], rx[:warm])
+        sl = slice(warm, warm + n)
+        t = time.perf_counter()
+        events = engine.process_fixes(dev[sl], ts[sl], lat[sl], lon[sl], acc[sl], coord[sl],
+                                      rx[sl])
+        dt = time.perf_counter() - t
+        out[f"{name}_fixes_per_s"] = round(n / dt)
+        out[f"{name}_events"] = len(events)
+    out["fixes"] = n
+    out["numba_vs_shapely"] = round(out["numba_fixes_per_s"] / out["shapely_fixes_per_s"], 1)
+    return out
+
+
 def bench_sweep(n_devices: int, repeat: int) -> dict:
     from engine import kernels as K
     from engine.state import new_state
@@ -305,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--circles", type=int, default=2000, help="exclusion circles shared by subjects")
     p.add_argument("--sweep-devices", type=int, default=1_000_000)
     p.add_argument("--replay-lines", type=int, default=300_000)
+    p.add_argument("--shapely-fixes", type=int, default=20_000,
+                   help="fixes for the ShapelyEngine comparison (0: skip)")
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args(argv)
 
@@ -331,10 +360,14 @@ def main(argv: list[str] | None = None) -> int:
         "replay": bench_replay(zones, subjects, walking, min(args.replay_lines, args.fixes),
                                args.repeat),
     }
+    if args.shapely_fixes:
+        n = min(args.shapely_fixes, args.fixes - min(args.devices, args.fixes // 2))
+        result["shapely_core"] = {label: bench_shapely(zones, subjects, fx, n)
+                                  for label, fx in (("walking", walking), ("scattered", scattered))}
     result["bytes_per_device"] = result["process_batch"][0]["bytes_per_device"]
     result["targets"] = {
         "fixes_per_s_min": 2_000_000,
-        "fixes_per_s_met": result["process_batch"][0]["fixes_per_s"] >= 2_000_000,
+        "fixes_per_s_met": result["process_batch"][1]["fixes_per_s"] >= 2_000_000,  # walking, 100 k
         "sweep_ms_max": 5.0,
         "sweep_ms_met": result["sweep"]["full_pass_ms_median"] <= 5.0,
         "bytes_per_device_max": 256,
@@ -342,8 +375,26 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.json:
         print(json.dumps(result))
-    else:
-        print(json.dumps(result, indent=2))
+        return 0
+    print(f"engine benchmark: {args.devices} devices, {result['zones']} zones, "
+          f"numba threads {result['numba_threads']}")
+    for r in result["process_batch"]:
+        print(f"  process_batch {r['tracks']:<9} batch {r['batch']:>6}: "
+              f"{r['fixes_per_s'] / 1e6:6.2f} M fixes/s  (settled {r['settled_share']:.0%}, "
+              f"{r['events']} events)")
+    sw = result["sweep"]
+    print(f"  sweep {sw['devices']} devices: full pass {sw['full_pass_ms_median']} ms "
+          f"(max {sw['full_pass_ms_max']}), 1 % due {sw['full_pass_1pct_due_ms_median']} ms, "
+          f"nothing due {sw['early_out_ms_median']} ms")
+    print(f"  state: {result['bytes_per_device']} bytes per device")
+    rp = result["replay"]
+    print(f"  replay {rp['lines']} lines: {rp['replay_lines_per_s']} lines/s; parse only "
+          f"{rp['parse_only_lines_per_s']} ({rp['replay_vs_parse_only']}x), parse + validate "
+          f"{rp['parse_validate_lines_per_s']} ({rp['replay_vs_parse_validate']}x)")
+    for label, r in result.get("shapely_core", {}).items():
+        print(f"  shapely_core {label}: {r['shapely_fixes_per_s']} fixes/s vs numba "
+              f"{r['numba_fixes_per_s']} ({r['numba_vs_shapely']}x)")
+    print(f"  targets met: {result['targets']}")
     return 0
 
 
