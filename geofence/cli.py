@@ -126,8 +126,12 @@ def _cmd_import(args) -> int:
         return 1
     out = Path(args.output)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(orjson.dumps(collection))
-    tmp.replace(out)
+    try:
+        tmp.write_bytes(orjson.dumps(collection))
+        tmp.replace(out)  # readers never see a half-written zone file
+    except OSError as exc:
+        print(f"emfence zones import-adcode: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     names = ", ".join(f"{z.zone_id} {z.properties.get('name', '')}".strip() for z in zones)
     print(f"wrote {len(zones)} zones to {out}: {names}")
     return 0

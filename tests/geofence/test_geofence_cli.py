@@ -45,6 +45,9 @@ def test_import_unknown_or_malformed_adcode_fails_with_the_reason(tmp_path, cnma
     assert not out.exists()
     assert emfence_main(["zones", "import-adcode", "3307", "-o", str(out), "--data-dir", str(cnmaps_dir)]) == 1
     assert "not a 6-digit adcode: 3307" in capsys.readouterr().err
+    nowhere = tmp_path / "missing-dir" / "zones.geojson"
+    assert emfence_main(["zones", "import-adcode", "330723", "-o", str(nowhere), "--data-dir", str(cnmaps_dir)]) == 1
+    assert f"cannot write {nowhere}" in capsys.readouterr().err
 
 
 def _run(args, env_extra=None):
