@@ -20,7 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mqtt-passwords": ("ingest.passwords", "build a mosquitto password file for a subjects file"),
     "simulate": ("simulators.cli", "publish like bracelet firmware; or --generate a test fleet"),
     "score": ("simulators.score", "compare alarms against a simulator's ground truth"),
-    "user": ("console.users", "console accounts: add, list, disable"),
+    "console": ("console.service", "the operators' web console on its own, over a shared store"),
+    "user": ("console.users", "console accounts: add, list, disable, enable, password, role"),
 }
 
 

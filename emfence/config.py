@@ -102,11 +102,41 @@ class TracksConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    # A session ends after this long without a request, s...
+    session_idle_s: float = 1800.0
+    # ...and at the latest this long after login, s (an operator's shift plus slack).
+    session_max_s: float = 12 * 3600.0
+    # Failed logins allowed per account name within the window below...
+    login_fail_per_user: int = 5
+    # ...and per client IP address (an office behind one NAT shares an address).
+    login_fail_per_ip: int = 20
+    # The sliding window both login limits count over, s.
+    login_window_s: float = 900.0
+    # How often a live feed asks the store for new events, s.
+    feed_poll_s: float = 0.5
+    # A comment line is sent on an idle feed this often, s, so proxies keep it open.
+    feed_keepalive_s: float = 15.0
+    # Track around an alarm: default window before and after `at`, ms...
+    track_window_ms: int = 3_600_000
+    # ...and the widest window a client may ask for on either side, ms.
+    track_window_max_ms: int = 24 * 3_600_000
+    # Zone outlines are simplified to this tolerance for drawing, metres.
+    zone_simplify_m: float = 20.0
+    # Worker threads for store calls (each holds one database connection), so a slow
+    # statistics query does not hold up the live feeds.
+    store_threads: int = 4
+    # Largest page of alarms one list request returns.
+    list_limit_max: int = 1000
+
+
+@dataclass(frozen=True)
 class Config:
     rules: RulesConfig = field(default_factory=RulesConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
     tracks: TracksConfig = field(default_factory=TracksConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
 
 
 def _build(default: Any, data: dict[str, Any], prefix: str, source: str | None) -> Any:
@@ -162,6 +192,15 @@ def _check(config: Config, source: str | None) -> Config:
     for name in ("max_payload_bytes", "max_fixes_per_payload", "batch_max_messages", "sweep_interval_ms"):
         if getattr(i, name) < 1:
             raise ConfigError("must be at least 1", key=f"ingest.{name}", source=source)
+    c = config.console
+    for name in ("login_fail_per_user", "login_fail_per_ip", "store_threads", "list_limit_max"):
+        if getattr(c, name) < 1:
+            raise ConfigError("must be at least 1", key=f"console.{name}", source=source)
+    if c.feed_poll_s <= 0:
+        raise ConfigError("must be positive", key="console.feed_poll_s", source=source)
+    if c.track_window_max_ms < c.track_window_ms:
+        raise ConfigError("must be >= console.track_window_ms", key="console.track_window_max_ms",
+                          source=source)
     return config
 
 

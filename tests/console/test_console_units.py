@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import pytest
 
@@ -16,7 +15,7 @@ from console.auth import (
     verify_password,
 )
 from console.settings import ConsoleSettings, console_settings
-from emfence.config import Config
+from emfence.config import Config, config_from_dict
 
 
 def test_parse_regions():
@@ -76,15 +75,7 @@ def test_settings_default_and_from_a_console_table():
     assert console_settings(Config()) == ConsoleSettings()
     assert console_settings(None) == ConsoleSettings()
 
-    @dataclass(frozen=True)
-    class Table:  # what a [console] table in emfence.config would carry
-        session_idle_s: float = 60.0
-        login_fail_per_user: int = 3
-
-    @dataclass(frozen=True)
-    class WithConsole:
-        console: Table = Table()
-
-    s = console_settings(WithConsole())
+    config = config_from_dict({"console": {"session_idle_s": 60, "login_fail_per_user": 3}})
+    s = console_settings(config)
     assert (s.session_idle_s, s.login_fail_per_user) == (60.0, 3)
     assert s.session_max_s == ConsoleSettings().session_max_s
