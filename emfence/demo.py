@@ -95,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
           f"({', '.join(f'{r}: {n}' for r, n in regions.most_common())}); every device reports "
           f"every {sim.interval_ms / 1000:.1f} s; {len(sim.truth)} injected events", flush=True)
     print("emfence demo: starting mosquitto and `emfence run` ...", flush=True)
-    rig = start_rig(run, zones, subjects, config_path, secret, passwords)
+    try:
+        rig = start_rig(run, zones, subjects, config_path, secret, passwords)
+    except (RuntimeError, OSError) as exc:
+        print(f"emfence demo: could not start the broker and the engine: {exc}", file=sys.stderr)
+        return 1
     names = _zone_names(zones)
     t0 = [0]
     truth_path = run / "truth.jsonl"

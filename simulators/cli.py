@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--shard", metavar="I/K",
                    help="publish only for subjects I, I+K, I+2K, ... (0-based): K processes "
                         "with --shard 0/K .. K-1/K and --rate R/K share one fleet")
+    r.add_argument("--replay-out", metavar="FILE",
+                   help="no broker: write the run as `emfence replay` input (JSON lines with "
+                        "device_id and rx) starting at --start (default now)")
     r.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     return p
@@ -101,6 +104,34 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     if not (i.isdigit() and k.isdigit()) or not 0 <= int(i) < int(k):
         raise ValueError(f"--shard {text!r}: expected I/K with 0 <= I < K")
     return int(i), int(k)
+
+
+def _replay_out(args) -> int:
+    """Plan the run and write it as replay input, deterministic for --seed and --start."""
+    missing = [f"--{k}" for k in ("zones", "subjects") if not getattr(args, k)]
+    if missing or args.broker:
+        print("emfence simulate: --replay-out needs --zones and --subjects, and no --broker",
+              file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config)
+        start = args.start if args.start is not None else int(time.time() * 1000)
+        sim = load_simulation(args.zones, args.subjects, rate=args.rate, duration_s=args.duration,
+                              scenario=args.scenario, seed=args.seed, config=config,
+                              time_scale=args.time_scale, events_per_kind=args.events_per_kind,
+                              start_ms=start, shard=parse_shard(args.shard))
+    except (ValueError, OSError) as exc:
+        print(f"emfence simulate: {exc}", file=sys.stderr)
+        return 1
+    lines = sim.replay_lines()
+    Path(args.replay_out).write_bytes(b"".join(line + b"\n" for line in lines))
+    if args.truth:
+        write_truth_header(args.truth, sim, {"mode": "replay"})
+    for note in sim.skipped:
+        print(f"emfence simulate: note: {note}", file=sys.stderr)
+    print(f"wrote {len(lines)} lines to {args.replay_out} ({sim.total_slots} slots, "
+          f"{len(sim.truth)} truth events)", file=sys.stderr)
+    return 0
 
 
 def load_simulation(zones_path, subjects_path, *, rate, duration_s, scenario, seed, config,
@@ -185,6 +216,8 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.generate is not None:
         return _generate(args)
+    if args.replay_out:
+        return _replay_out(args)
     missing = [f"--{k}" for k in ("broker", "zones", "subjects") if not getattr(args, k)]
     if missing:
         print(f"emfence simulate: {', '.join(missing)} required (or --generate N -o DIR)", file=sys.stderr)
