@@ -131,7 +131,7 @@ class Engine:
 
     def _run_clock(self, kind, dev, ts, rx, lat, lon, acc, coord, battery, strap, clock, now):
         ev_i, ev_f = self._events
-        ev_i, ev_f, n, now = K.process_records(
+        ev_i, ev_f, n, now = K.process_batch(
             kind, dev, ts, rx, lat, lon, acc, coord, battery, strap, self.state,
             self.registry.arrays, self.zones.arrays, self._offline_after_ms, self._buffer_m,
             self._confirm, self._battery_low, self._battery_clear, clock, np.int64(now),

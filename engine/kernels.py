@@ -31,7 +31,7 @@ from geofence.kernels import (
 T_OUTBOUND, T_EXCLUSION, T_OFFLINE, T_TAMPER, T_LOW_BATTERY = 0, 1, 2, 3, 4
 TYPE_NAMES = ("outbound", "exclusion", "offline", "tamper", "low_battery")
 
-# Record kinds for process_records.
+# Record kinds for process_batch.
 K_FIX, K_STATUS = 0, 1
 
 EV_DEVICE, EV_TYPE, EV_ZONE, EV_RAISED, EV_AT, EV_EPISODE, EV_LATE = 0, 1, 2, 3, 4, 5, 6
@@ -197,7 +197,7 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, 
     fix closer than that to the stored position (by an over-estimate) must get the same
     answer from every containment test, and a settled device's rules then change nothing;
     so it is answered without touching a polygon, until a leave window opens or closes
-    (that test is in process_records, before this function is called).
+    (that test is in process_batch, before this function is called).
     """
     s = ra.device_subject[d]
     margin = max(acc, buffer_m)
@@ -353,9 +353,9 @@ def _status_rules(st, d, ts, battery, strap, battery_low_pct, battery_clear_pct,
 
 
 @njit(cache=True)
-def process_records(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,
-                    st, ra, za, offline_after_ms, buffer_m, confirm, battery_low_pct,
-                    battery_clear_pct, clock_sweep, now, ev_i, ev_f, counters):
+def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,
+                  st, ra, za, offline_after_ms, buffer_m, confirm, battery_low_pct,
+                  battery_clear_pct, clock_sweep, now, ev_i, ev_f, counters):
     """Run the rules over records in arrival order; returns ``(ev_i, ev_f, n_events, now)``.
 
     Record ``i``: ``kind`` (K_FIX / K_STATUS), ``device`` (dense index; out of range is

@@ -102,7 +102,7 @@ def _int_field(obj: dict, name: str, where: str) -> int:
     return v
 
 
-# Columns of process_records: kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap.
+# Columns of Engine.process_records (engine.kernels.process_batch): kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap.
 _COLUMN_TYPES = (np.uint8, np.int32, np.int64, np.int64, np.float64, np.float64, np.float64,
                  np.uint8, np.float64, np.int8)
 _COLUMN_CODES = ("B", "i", "q", "q", "d", "d", "d", "B", "d", "b")

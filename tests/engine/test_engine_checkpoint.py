@@ -154,3 +154,27 @@ def test_restored_state_arrays_equal_the_saved_ones(tmp_path):
     assert f.engine.state.floor_ms[0] <= f.engine.state.deadline_ms.min()
     assert e2.state.floor_ms[0] == e2.state.deadline_ms.min()
     assert (e2.state.last_rx_ms != NONE_MS).all()
+
+
+def test_a_failed_checkpoint_leaves_the_previous_one(tmp_path, monkeypatch):
+    f = Feed(make_engine(FEATURES, [subject()]))
+    open_everything(f)
+    path = tmp_path / "state.npz"
+    f.engine.checkpoint(path)
+    good = path.read_bytes()
+    saved = sorted(a["alarm_id"] for a in f.engine.open_alarms())
+    assert len(saved) == 3  # exclusion, tamper, low_battery (the exclusion fix cleared outbound)
+    f.fix("B-1", T0 + 9000, *INSIDE)  # clears the exclusion: not in the old checkpoint
+
+    def disk_full(fh, **arrays):
+        fh.write(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        f.engine.checkpoint(path)
+    assert path.read_bytes() == good
+    assert os.listdir(tmp_path) == ["state.npz"]
+    monkeypatch.undo()
+    e2 = Engine.restore(path, f.engine.zones, f.engine.registry, f.engine.config)
+    assert sorted(a["alarm_id"] for a in e2.open_alarms()) == saved

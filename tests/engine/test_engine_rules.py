@@ -366,3 +366,45 @@ def test_settled_device_still_sees_an_exclusion_and_a_closing_leave():
         g.fix("B-1", T0 + k * 1000, *offset(*start, 0, 50 * k))
     assert brief(g.events) == [("raised", "exclusion", "B-1", "victim", T0 + 15_000, False)]
     assert g.engine.counters["settled_fixes"] > 5
+
+
+# ----- the sweep kernel against a plain loop ----------------------------------------------
+
+from engine import kernels as K
+from engine.state import NO_DEADLINE_MS, new_state
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(-5_000, 5_000), st.booleans()),
+                min_size=1, max_size=40),
+       st.integers(-2_000, 8_000), st.booleans())
+def test_sweep_kernel_matches_a_plain_loop(devices, now_offset, stale_floor):
+    """Each device: (kind: 0 never heard, 1 heard, 2 offline open, 3 heard), deadline
+    offset, whatever. Raised = heard, not open, deadline < now; in device order."""
+    n = len(devices)
+    s = new_state(n, 0)
+    expect = []
+    now = T0 + now_offset
+    for d, (kind, off, _) in enumerate(devices):
+        if kind in (1, 3):
+            s.last_rx_ms[d] = T0 + off - 600_000
+            s.deadline_ms[d] = T0 + off
+            if T0 + off < now:
+                expect.append((d, T0 + off))
+        elif kind == 2:
+            s.last_rx_ms[d] = T0 + off - 600_000
+            s.offline_at_ms[d] = T0 + off - 1
+            s.deadline_ms[d] = NO_DEADLINE_MS
+    s.floor_ms[0] = -(2**62) if stale_floor else s.deadline_ms.min()
+    ev_i, ev_f = K.new_events(1)  # grows as needed
+    counters = np.zeros(K.N_COUNTERS, np.int64)
+    ev_i, ev_f, m = K.sweep(s, np.int64(now), ev_i, ev_f, counters)
+    got = [(int(ev_i[k, K.EV_DEVICE]), int(ev_i[k, K.EV_AT])) for k in range(m)]
+    assert got == expect
+    assert all(ev_i[k, K.EV_TYPE] == K.T_OFFLINE and ev_i[k, K.EV_RAISED] == 1 for k in range(m))
+    # Raised devices are now open and no longer due; the floor bounds every deadline left.
+    for d, _ in expect:
+        assert s.offline_at_ms[d] != K.NONE_MS and s.deadline_ms[d] == NO_DEADLINE_MS
+    assert s.floor_ms[0] <= s.deadline_ms.min()
+    ev_i, ev_f, m2 = K.sweep(s, np.int64(now), ev_i, ev_f, counters)
+    assert m2 == 0  # a second sweep at the same time raises nothing
