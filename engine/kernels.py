@@ -95,7 +95,38 @@ def _emit(ev_i, ev_f, n, device, typ, zone, raised, at, episode, late, lat, lon,
     return ev_i, ev_f, n + 1
 
 
+@njit(cache=True, _nrt=False)
+def _put(ev_i, ev_f, n, device, typ, zone, raised, at, episode, late, lat, lon, dist, acc):
+    """Write event row ``n`` (the caller made room: see _room); returns n + 1. Compiled
+    without reference counting, like the rule functions that call it."""
+    ev_i[n, 0] = device
+    ev_i[n, 1] = typ
+    ev_i[n, 2] = zone
+    ev_i[n, 3] = raised
+    ev_i[n, 4] = at
+    ev_i[n, 5] = episode
+    ev_i[n, 6] = late
+    ev_f[n, 0] = lat
+    ev_f[n, 1] = lon
+    ev_f[n, 2] = dist
+    ev_f[n, 3] = acc
+    return n + 1
+
+
 @njit(cache=True)
+def _room(ev_i, ev_f, n, need):
+    """Event buffers with room for at least ``need`` rows (the first ``n`` kept)."""
+    if need <= ev_i.shape[0]:
+        return ev_i, ev_f
+    cap = max(need, 2 * ev_i.shape[0])
+    gi = np.empty((cap, ev_i.shape[1]), np.int64)
+    gf = np.empty((cap, ev_f.shape[1]), np.float64)
+    gi[:n] = ev_i[:n]
+    gf[:n] = ev_f[:n]
+    return gi, gf
+
+
+@njit(cache=True, _nrt=False)
 def _in_bbox(bbox, z, lon, lat):
     """Is (lon, lat) within zone ``z``'s bounding box, padded by BBOX_PAD_DEG? Takes the
     bbox array alone: passing the whole ZoneArrays tuple to a helper costs an
@@ -104,7 +135,7 @@ def _in_bbox(bbox, z, lon, lat):
                 or lat < bbox[z, 1] - BBOX_PAD_DEG or lat > bbox[z, 3] + BBOX_PAD_DEG)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def moved_upper_m(lon0, lat0, lon, lat):
     """An upper bound of the metres between two nearby WGS-84 points (equirectangular with
     the larger metres-per-degree of both latitudes, +0.1 % and +0.5 m): safe to compare
@@ -114,11 +145,11 @@ def moved_upper_m(lon0, lat0, lon, lat):
     if dlon > 180.0:
         dlon = 360.0 - dlon
     a = min(abs(lat), abs(lat0))
-    dx = dlon * _M_PER_DEG_UPPER * np.cos(np.radians(a))
-    return np.sqrt(dx * dx + dlat * dlat) * 1.001 + 0.5
+    dx = dlon * _M_PER_DEG_UPPER * math.cos(math.radians(a))
+    return math.sqrt(dx * dx + dlat * dlat) * 1.001 + 0.5
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _ring_bound_m(grid_shape, grid_origin, grid_inv_cell, grid_cell_offsets, cell_ring,
                   grid_cell_min_m, z, lon, lat):
     """A lower bound of the metres from (lon, lat) to polygon zone ``z``'s boundary from the
@@ -142,7 +173,7 @@ def _ring_bound_m(grid_shape, grid_origin, grid_inv_cell, grid_cell_offsets, cel
     return -1.0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _next_leave_change_ms(ra, s, ts):
     """The first time after ``ts`` at which subject ``s``'s set of active leaves changes."""
     nxt = NO_DEADLINE_MS
@@ -186,7 +217,7 @@ def sweep(st, now, ev_i, ev_f, counters):
     return _sweep_into(st, now, ev_i, ev_f, 0, counters)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, ev_f, n):
     """Exclusion and outbound rules for one fix (WGS-84 ``lon``/``lat``, ``acc`` metres).
 
@@ -214,27 +245,27 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, 
         slot = slot0 + k
         if late:
             if _in_bbox(bbox, z, lon, lat) and zone_contains(za, z, lon, lat):
-                ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_EXCLUSION, z, 1, ts, ts, 1,
+                n = _put(ev_i, ev_f, n, d, T_EXCLUSION, z, 1, ts, ts, 1,
                                       lat, lon, 0.0, acc)
-                ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_EXCLUSION, z, 0, ts, ts, 1,
+                n = _put(ev_i, ev_f, n, d, T_EXCLUSION, z, 0, ts, ts, 1,
                                       lat, lon, 0.0, acc)
             continue
         ep = st.exclusion_at_ms[slot]
         if ep == NONE_MS:
             if _in_bbox(bbox, z, lon, lat) and zone_contains(za, z, lon, lat):
                 st.exclusion_at_ms[slot] = ts
-                ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_EXCLUSION, z, 1, ts, ts, 0,
+                n = _put(ev_i, ev_f, n, d, T_EXCLUSION, z, 1, ts, ts, 0,
                                       lat, lon, 0.0, acc)
         else:
             dz = zone_distance_m(za, z, lon, lat)
             if dz > margin:
                 st.exclusion_at_ms[slot] = NONE_MS
-                ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_EXCLUSION, z, 0, ts, ep, 0,
+                n = _put(ev_i, ev_f, n, d, T_EXCLUSION, z, 0, ts, ep, 0,
                                       lat, lon, dz, acc)
             elif dz > 0.0:
                 settled = False  # open, outside, within the margin: the next fix may clear
     if late:
-        return ev_i, ev_f, n
+        return n
 
     # Outbound: distance to the allowed region = min over inclusion zones and the zones
     # of leaves active at ts. Containment first: the common case is "inside", and it
@@ -261,7 +292,7 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, 
                 if inside_zone >= 0:
                     break
         if inside_zone >= 0:
-            ev_i, ev_f, n = _outbound_in(st, d, ts, lat, lon, acc, ev_i, ev_f, n)
+            n = _outbound_in(st, d, ts, lat, lon, acc, ev_i, ev_f, n)
         else:
             settled = False
             dist = np.inf
@@ -278,14 +309,14 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, 
                         dist = min(dist, dz)
             if dist <= 0.0:
                 # On the boundary (containment said no, distance says 0): in.
-                ev_i, ev_f, n = _outbound_in(st, d, ts, lat, lon, acc, ev_i, ev_f, n)
+                n = _outbound_in(st, d, ts, lat, lon, acc, ev_i, ev_f, n)
             elif dist > margin:  # out; between 0 and the margin: uncertain, no change
                 if st.out_run[d] < OUT_RUN_MAX:
                     st.out_run[d] += 1
                 if st.out_run[d] >= confirm and st.outbound_at_ms[d] == NONE_MS:
                     st.outbound_at_ms[d] = ts
                     st.outbound_zone[d] = nearest
-                    ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OUTBOUND, nearest, 1, ts, ts, 0,
+                    n = _put(ev_i, ev_f, n, d, T_OUTBOUND, nearest, 1, ts, ts, 0,
                                           lat, lon, dist, acc)
 
     # Settle: remember this position and how far the device may move before any answer
@@ -309,22 +340,22 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, 
     st.safe_m[d] = safe
     st.near_lon[d] = lon
     st.near_lat[d] = lat
-    return ev_i, ev_f, n
+    return n
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _outbound_in(st, d, ts, lat, lon, acc, ev_i, ev_f, n):
     """An *in* fix: the run of out fixes ends and an open outbound clears at its ts."""
     st.out_run[d] = 0
     ep = st.outbound_at_ms[d]
     if ep != NONE_MS:
         st.outbound_at_ms[d] = NONE_MS
-        ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OUTBOUND, st.outbound_zone[d], 0, ts, ep,
+        n = _put(ev_i, ev_f, n, d, T_OUTBOUND, st.outbound_zone[d], 0, ts, ep,
                               0, lat, lon, 0.0, acc)
-    return ev_i, ev_f, n
+    return n
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _status_rules(st, d, ts, battery, strap, battery_low_pct, battery_clear_pct,
                   ev_i, ev_f, n):
     """Tamper and low-battery hysteresis for one in-order status."""
@@ -332,24 +363,24 @@ def _status_rules(st, d, ts, battery, strap, battery_low_pct, battery_clear_pct,
     if strap == 1:
         if st.tamper_at_ms[d] == NONE_MS:
             st.tamper_at_ms[d] = ts
-            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_TAMPER, -1, 1, ts, ts, 0, nan, nan, nan, nan)
+            n = _put(ev_i, ev_f, n, d, T_TAMPER, -1, 1, ts, ts, 0, nan, nan, nan, nan)
     elif strap == 0:
         ep = st.tamper_at_ms[d]
         if ep != NONE_MS:
             st.tamper_at_ms[d] = NONE_MS
-            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_TAMPER, -1, 0, ts, ep, 0, nan, nan, nan, nan)
+            n = _put(ev_i, ev_f, n, d, T_TAMPER, -1, 0, ts, ep, 0, nan, nan, nan, nan)
     if not math.isnan(battery):  # the status carried a battery level
         ep = st.battery_at_ms[d]
         if ep == NONE_MS:
             if battery <= battery_low_pct:
                 st.battery_at_ms[d] = ts
-                ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_LOW_BATTERY, -1, 1, ts, ts, 0,
+                n = _put(ev_i, ev_f, n, d, T_LOW_BATTERY, -1, 1, ts, ts, 0,
                                       nan, nan, nan, nan)
         elif battery >= battery_clear_pct:
             st.battery_at_ms[d] = NONE_MS
-            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_LOW_BATTERY, -1, 0, ts, ep, 0,
+            n = _put(ev_i, ev_f, n, d, T_LOW_BATTERY, -1, 0, ts, ep, 0,
                                   nan, nan, nan, nan)
-    return ev_i, ev_f, n
+    return n
 
 
 @njit(cache=True)
@@ -383,6 +414,8 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     near_lon = st.near_lon
     near_lat = st.near_lat
     level = ra.device_level
+    subject = ra.device_subject
+    excl_off = ra.excl_off
     n_dev = last_rx.shape[0]
     nan = np.nan
     for i in range(kind.shape[0]):
@@ -428,8 +461,10 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
                     and moved_upper_m(near_lon[d], near_lat[d], x, y) < safe_m[d]):
                 counters[C_SETTLED_FIXES] += 1
                 continue
-            ev_i, ev_f, n = _fix_rules(st, ra, za, d, t, x, y, acc[i], late, buffer_m, confirm,
-                                       ev_i, ev_f, n)
+            si = subject[d]
+            ev_i, ev_f = _room(ev_i, ev_f, n, n + 1 + 2 * (excl_off[si + 1] - excl_off[si]))
+            n = _fix_rules(st, ra, za, d, t, x, y, acc[i], late, buffer_m, confirm, ev_i, ev_f,
+                           n)
         else:
             counters[C_STATUSES] += 1
             last = last_status[d]
@@ -440,6 +475,7 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
                 counters[C_LATE_STATUSES] += 1  # an old status says nothing about now
                 continue
             last_status[d] = t
-            ev_i, ev_f, n = _status_rules(st, d, t, battery[i], strap[i], battery_low_pct,
-                                          battery_clear_pct, ev_i, ev_f, n)
+            ev_i, ev_f = _room(ev_i, ev_f, n, n + 2)
+            n = _status_rules(st, d, t, battery[i], strap[i], battery_low_pct,
+                              battery_clear_pct, ev_i, ev_f, n)
     return ev_i, ev_f, n, now
