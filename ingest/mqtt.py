@@ -13,6 +13,7 @@ unacknowledged window is also the backpressure: a broker stops sending once
 
 from __future__ import annotations
 
+import asyncio
 import random
 import ssl
 from dataclasses import dataclass
@@ -146,7 +147,52 @@ def make_client(settings: BrokerSettings, *, client_id: str, will: aiomqtt.Will 
         # aiomqtt has no option for this yet; the paho client underneath does, and must
         # be told before it connects.
         client._client.manual_ack_set(True)
+    _read_in_bursts(client._client)
     return client
+
+
+# Packets read per "socket readable" event at most.
+READ_BURST = 256
+
+
+def _read_in_bursts(paho_client) -> None:
+    """Make paho read up to :data:`READ_BURST` packets per readable event.
+
+    aiomqtt calls paho's ``loop_read()`` once per readable event, and paho then reads a
+    single packet when it has nothing in flight itself (a subscriber's normal state), so
+    every received message cost one trip round the event loop. This reads on until the
+    socket has nothing more (paho's own ``MQTT_ERR_AGAIN``) or the burst is used up,
+    with paho's own packet reader and error handling.
+    """
+    import paho.mqtt.client as paho
+
+    def loop_read(max_packets: int = 1) -> paho.MQTTErrorCode:
+        for _ in range(max(max_packets, READ_BURST)):
+            if paho_client._sock is None:
+                return paho.MQTTErrorCode.MQTT_ERR_NO_CONN
+            rc = paho_client._packet_read()
+            if rc > 0:
+                return paho_client._loop_rc_handle(rc)
+            if rc == paho.MQTTErrorCode.MQTT_ERR_AGAIN:
+                break
+        return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    paho_client.loop_read = loop_read
+
+
+def queued_messages(client: aiomqtt.Client) -> list:
+    """Messages aiomqtt has already received and queued, taken without waiting.
+
+    ``async for message in client.messages`` costs a task and an ``asyncio.wait`` per
+    message; after it yields one, the receive loop takes whatever else is queued here.
+    """
+    queue = client._queue
+    out = []
+    while True:
+        try:
+            out.append(queue.get_nowait())
+        except asyncio.QueueEmpty:
+            return out
 
 
 def ack(client: aiomqtt.Client, mid: int) -> None:

@@ -335,14 +335,14 @@ class Service:
                     # by resending whatever the last one left undelivered.
                     outbox = asyncio.create_task(self.outbox.run(client), name="outbox")
                     try:
-                        n = 0
                         async for message in client.messages:
                             await self._on_message(message)
-                            n += 1
-                            if n % YIELD_EVERY == 0:
-                                # Queue.get() does not yield while messages are waiting:
-                                # let the processor, the sweeps and the signals run.
-                                await asyncio.sleep(0)
+                            for n, more in enumerate(self.mqtt.queued_messages(client), 1):
+                                await self._on_message(more)
+                                if n % YIELD_EVERY == 0:
+                                    # Taking queued messages does not yield: let the
+                                    # processor, the sweeps and the signal handlers run.
+                                    await asyncio.sleep(0)
                     finally:
                         outbox.cancel()
                         with contextlib.suppress(asyncio.CancelledError):

@@ -305,8 +305,13 @@ def test_10000_hostile_payloads(tmp_path, mosquitto_factory):
             want[code] = want.get(code, 0) + 1
         assert codes == want
         assert all(len(d["payload_prefix_b64"]) <= 344 for d in got)  # 256 bytes, base64
-        # ...and memory stays flat: 10 000 more bad messages did not grow the engine.
-        assert rss_after - rss_before < 16 * 1024, (rss_before, rss_after)
+        # ...and memory stays flat: 10 000 more bad messages did not grow the engine. The
+        # round carries about 90 MB of payloads (833 oversize ones of 70 kB): anything
+        # kept per message above ~2.4 kB (a third of the payloads, say) would exceed the
+        # margin, which absorbs how many oversize payloads happen to be buffered at once.
+        payload_bytes = sum(len(p) for _, p, _ in hostile)
+        assert payload_bytes > 80 * 1000 * 1000
+        assert rss_after - rss_before < 24 * 1024, (rss_before, rss_after)
         # Alive: a good message still raises its alarm.
         a0 = fleet.ids(REGION_A)[0]
         alarms = PahoClient(broker.port, CONSOLE_USER, CONSOLE_PW)
