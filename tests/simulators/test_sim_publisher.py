@@ -137,3 +137,34 @@ async def test_wire_connection_counts_pubacks(broker):
     await asyncio.wait_for(collector, 30)
     await c.close()
     assert [r[1] for r in received if r[1] != b"END"] == payloads  # all, in order
+
+
+def test_cli_run_stops_cleanly_on_sigint(broker, tmp_path):
+    """`emfence simulate` as a process, per-device logins from a secret file: SIGINT stops
+    the schedule, every message sent is acknowledged, and the truth file is closed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    gen, _, _ = fleet(30, 6, ("411303",))
+    zp, sp = gen.write(tmp_path / "fleet")
+    (tmp_path / "secret").write_bytes(SECRET)
+    truth = tmp_path / "truth.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emfence", "simulate", "--broker", broker.url, "--zones", str(zp),
+         "--subjects", str(sp), "--rate", "30", "--duration", "600", "--scenario", "normal",
+         "--secret-file", str(tmp_path / "secret"), "--truth", str(truth)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not truth.exists() and time.monotonic() < deadline:  # written once connected
+        time.sleep(0.2)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    end = orjson.loads(truth.read_bytes().splitlines()[-1])
+    assert end["what"] == "run_end"
+    assert end["sent"] > 0 and end["acked"] == end["sent"] and end["failed"] == 0
+    assert end["sent"] < 30 * 600  # stopped long before the planned end
+    assert b"[simulate]" in err  # the progress line
