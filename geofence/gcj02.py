@@ -32,12 +32,20 @@ def _arrays(lon, lat) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
     return np.ascontiguousarray(lon_a.ravel()), np.ascontiguousarray(lat_a.ravel()), lon_a.shape
 
 
+# Below this many points the transform runs on the calling thread: waking numba's thread
+# pool costs ~1 ms (far more on a loaded machine), the transform ~0.1 us a point.
+_PARALLEL_MIN_POINTS = 20_000
+
+
 def _run(lon, lat, inverse: bool):
     lon_a, lat_a, shape = _arrays(lon, lat)
     out_lon = np.empty_like(lon_a)
     out_lat = np.empty_like(lat_a)
-    if lon_a.shape[0]:
-        K._gcj02_batch(lon_a, lat_a, out_lon, out_lat, inverse, K.chunks_for(lon_a.shape[0]))
+    n = lon_a.shape[0]
+    if n >= _PARALLEL_MIN_POINTS:
+        K._gcj02_batch(lon_a, lat_a, out_lon, out_lat, inverse, K.chunks_for(n))
+    elif n:
+        K._gcj02_serial(lon_a, lat_a, out_lon, out_lat, inverse)
     if shape == ():
         return float(out_lon[0]), float(out_lat[0])
     return out_lon.reshape(shape), out_lat.reshape(shape)

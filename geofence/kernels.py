@@ -128,6 +128,17 @@ def gcj02_to_wgs84_point(lon: float, lat: float):
     return w_lon, w_lat
 
 
+@njit(cache=True)
+def _gcj02_serial(lon, lat, out_lon, out_lat, inverse):
+    """_gcj02_batch on the calling thread: for small batches (a zone's vertices, one
+    circle centre), where waking the thread pool costs more than the work."""
+    for i in range(lon.shape[0]):
+        if inverse:
+            out_lon[i], out_lat[i] = gcj02_to_wgs84_point(lon[i], lat[i])
+        else:
+            out_lon[i], out_lat[i] = wgs84_to_gcj02_point(lon[i], lat[i])
+
+
 @njit(cache=True, parallel=True)
 def _gcj02_batch(lon, lat, out_lon, out_lat, inverse, nchunks):
     n = lon.shape[0]

@@ -115,3 +115,24 @@ def test_inverse_converges_next_to_chinas_rectangle(lon, lat):
     w_lon, w_lat = gcj02_to_wgs84(lon, lat)
     d_lon, d_lat = K._gcj_delta(w_lon, w_lat)
     assert abs(w_lon + d_lon - lon) < 1e-9 and abs(w_lat + d_lat - lat) < 1e-9
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_small_and_large_batches_take_the_same_transform(inverse):
+    # Batches below the threshold run serially, larger ones on the thread pool: both
+    # paths must give the same numbers, point for point.
+    from geofence import gcj02
+
+    rng = np.random.default_rng(7)
+    n = 4096
+    lon = rng.uniform(73.0, 135.0, n)
+    lat = rng.uniform(18.0, 53.0, n)
+    serial = (np.empty(n), np.empty(n))
+    pooled = (np.empty(n), np.empty(n))
+    K._gcj02_serial(lon, lat, serial[0], serial[1], inverse)
+    K._gcj02_batch(lon, lat, pooled[0], pooled[1], inverse, K.chunks_for(n))
+    np.testing.assert_array_equal(serial[0], pooled[0])
+    np.testing.assert_array_equal(serial[1], pooled[1])
+    big = gcj02._PARALLEL_MIN_POINTS + 1
+    whole = (gcj02_to_wgs84 if inverse else wgs84_to_gcj02)(np.resize(lon, big), np.resize(lat, big))
+    np.testing.assert_array_equal(whole[0][:n], serial[0])
