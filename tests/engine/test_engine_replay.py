@@ -228,3 +228,14 @@ def test_emfence_replay_command_writes_stdout(tmp_path):
     assert [orjson.loads(x)["type"] for x in proc.stdout.splitlines()] == [
         "exclusion", "exclusion", "outbound"]
     assert b"5 records" in proc.stderr
+
+
+def test_fixes_from_stdin_and_events_to_stdout(tmp_path):
+    paths = write_inputs(tmp_path, SCENARIO[:5])
+    proc = subprocess.run(
+        [sys.executable, "-m", "emfence", "replay", "--zones", str(paths["zones"]),
+         "--subjects", str(paths["subjects"]), "--fixes", "-"],
+        input=paths["fixes"].read_bytes(), capture_output=True, cwd=ROOT, check=False)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert run(paths) == 0
+    assert proc.stdout == paths["out"].read_bytes()  # same bytes as from the file
