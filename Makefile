@@ -12,6 +12,11 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PG_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 export EMFENCE_TEST_PG ?= $(PG_URL)
 
+# numba's on-disk cache checks only the source file of the cached function, not the
+# kernels it inlines from other modules (engine kernels inline geofence kernels). Keying
+# the cache folder by a hash of every kernels.py makes any kernel change start afresh.
+export NUMBA_CACHE_DIR := $(CURDIR)/.numba-cache/$(shell cat $(sort $(wildcard */kernels.py)) | sha1sum | cut -c1-16)
+
 .PHONY: test demo venv system-deps lint clean
 
 venv: $(STAMP)
@@ -50,4 +55,4 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis demo-run bench-out
+	rm -rf $(VENV) .pytest_cache .hypothesis .numba-cache demo-run bench-out
