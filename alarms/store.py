@@ -559,17 +559,12 @@ class AlarmStore:
         with self._db.tx("schema version", write=False) as cur:
             return int(cur.execute("SELECT MAX(version) FROM schema_version").scalar() or 0)
 
-    def close(self, *args: Any, **kwargs: Any) -> Any:
-        """``close()`` closes the store; ``close(alarm_id, user, disposition, note, now_ms)``
-        closes an alarm (:meth:`close_alarm`). The one name serves both because the
-        contract (docs/internals.md) gives both to callers."""
-        if not args and not kwargs:
-            return self.close_store()
-        return self.close_alarm(*args, **kwargs)
-
     def close_store(self) -> None:
-        """Close every connection this store opened (in any thread)."""
+        """Close every connection this store opened (in any thread). An operator closing
+        an alarm is :meth:`close_alarm`."""
         self._db.close()
+
+    close = close_store
 
     def __enter__(self) -> Self:
         return self

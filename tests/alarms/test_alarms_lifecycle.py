@@ -27,7 +27,7 @@ def test_acknowledge_then_close_records_actions_events_and_audit(store):
     a = store.acknowledge("A-1", "olga", "calling the subject", now_ms=3_000, ip="10.0.0.7")
     assert a["workflow"] == "acknowledged" and a["acknowledged_by"] == "olga"
     assert a["acknowledged_at"] == 3_000 and a["state"] == "active"  # condition untouched
-    c = store.close("A-1", "olga", "gps_drift", "multipath near the tower", now_ms=4_000)
+    c = store.close_alarm("A-1", "olga", "gps_drift", "multipath near the tower", now_ms=4_000)
     assert c["workflow"] == "closed" and c["closed_by"] == "olga" and c["closed_at"] == 4_000
     assert c["disposition"] == "gps_drift" and c["note"] == "multipath near the tower"
     assert store.get_alarm("A-1") == c
@@ -56,12 +56,12 @@ def test_acknowledge_then_close_records_actions_events_and_audit(store):
                                   "region": REGION_A}
 
 
-def test_close_via_close_alarm_and_close_store_are_the_same_names(store_url):
+def test_close_alarm_closes_an_alarm_and_close_closes_the_store(store_url):
     s = open_store(store_url)
     s.record_events([raised("A-1", at=1)], now_ms=2)
     s.acknowledge("A-1", "olga", None, now_ms=3)
     assert s.close_alarm("A-1", "olga", "device_fault", None, now_ms=4)["workflow"] == "closed"
-    s.close()  # no arguments: closes the store
+    s.close()  # the store's connections, as close_store()
     with pytest.raises(StoreError, match="closed"):
         s.get_alarm("A-1")
 
@@ -80,7 +80,7 @@ def test_lifecycle_rules(store, steps, action, reason):
         if step == "ack":
             store.acknowledge("A-1", "olga", None, now_ms=3)
         else:
-            store.close("A-1", "olga", "confirmed_violation", "ran", now_ms=4)
+            store.close_alarm("A-1", "olga", "confirmed_violation", "ran", now_ms=4)
     before = (store.get_alarm("A-1"), table_count(store, "events"),
               table_count(store, "alarm_actions"), table_count(store, "audit"))
     verb, _, target = action.partition(":")
@@ -89,7 +89,7 @@ def test_lifecycle_rules(store, steps, action, reason):
         if verb == "ack":
             store.acknowledge(target, "ivan", None, now_ms=5)
         else:
-            store.close(target, "ivan", "other", "x", now_ms=5)
+            store.close_alarm(target, "ivan", "other", "x", now_ms=5)
     assert info.value.alarm_id == target and reason in info.value.reason
     after = (store.get_alarm("A-1"), table_count(store, "events"),
              table_count(store, "alarm_actions"), table_count(store, "audit"))
@@ -106,7 +106,7 @@ def test_bad_dispositions(store, disposition, note, reason):
     store.record_events([raised("A-1", at=1)], now_ms=2)
     store.acknowledge("A-1", "olga", None, now_ms=3)
     with pytest.raises(AlarmActionError, match=reason):
-        store.close("A-1", "olga", disposition, note, now_ms=4)
+        store.close_alarm("A-1", "olga", disposition, note, now_ms=4)
     assert store.get_alarm("A-1")["workflow"] == "acknowledged"
 
 
@@ -114,7 +114,7 @@ def test_every_disposition_closes(store):
     for i, d in enumerate(DISPOSITIONS):
         store.record_events([raised(f"A-{i}", at=i)], now_ms=10)
         store.acknowledge(f"A-{i}", "olga", None, now_ms=11)
-        assert store.close(f"A-{i}", "olga", d, "why", now_ms=12)["disposition"] == d
+        assert store.close_alarm(f"A-{i}", "olga", d, "why", now_ms=12)["disposition"] == d
 
 
 def test_an_unnamed_user_cannot_act(store):
@@ -215,7 +215,7 @@ def test_acknowledged_alarms_do_not_escalate_but_cleared_ones_do(store):
     store.record_events([a, b, c, cleared(b, at=MIN)], now_ms=0)
     store.acknowledge("ACK", "olga", None, now_ms=MIN)
     store.acknowledge("CLOSED", "olga", None, now_ms=MIN)
-    store.close("CLOSED", "olga", "device_fault", None, now_ms=2 * MIN)
+    store.close_alarm("CLOSED", "olga", "device_fault", None, now_ms=2 * MIN)
     out = store.escalate_due(now_ms=10 * MIN, after_ms=5 * MIN)
     assert [e["alarm_id"] for e in out] == ["CLEARED"]  # an operator must still see it
     # ...and acknowledging late, after escalation, is still fine
@@ -250,7 +250,7 @@ def populated(store):
     store.record_events([cleared(evs[0], at=8_000), cleared(evs[2], at=8_000)], now_ms=8_100)
     store.acknowledge("A1", "olga", None, now_ms=9_000)
     store.acknowledge("A2", "olga", None, now_ms=9_000)
-    store.close("A2", "olga", "confirmed_violation", "visited", now_ms=9_500)
+    store.close_alarm("A2", "olga", "confirmed_violation", "visited", now_ms=9_500)
     store.escalate_due(now_ms=7_000 + 5 * MIN, after_ms=5 * MIN)  # A3..A6 (new) escalate
     return store
 
@@ -312,7 +312,7 @@ def test_stats_match_a_hand_computation(store):
         if ack is not None:
             store.acknowledge(aid, "olga", None, now_ms=at + 500 + ack)
         if close is not None:
-            store.close(aid, "olga", disp, "note", now_ms=at + 500 + close)
+            store.close_alarm(aid, "olga", disp, "note", now_ms=at + 500 + close)
 
     st = store.stats(from_ms=d0, to_ms=d0 + 3 * day)
     rows = [p for p in plan if p[0] != "OUT"]

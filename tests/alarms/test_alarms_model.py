@@ -122,13 +122,13 @@ def make_machine(open_url):
             now = self.tick(dt)
             m = self.model.alarms[aid]
             if m["workflow"] == "acknowledged":
-                self.store.close(aid, "olga", disposition, "why", now)
+                self.store.close_alarm(aid, "olga", disposition, "why", now)
                 m["workflow"] = "closed"
                 self.model.append(aid, "closed")
             else:
                 expected = "must be acknowledged" if m["workflow"] == "new" else "already closed"
                 with pytest.raises(AlarmActionError, match=expected):
-                    self.store.close(aid, "olga", disposition, "why", now)
+                    self.store.close_alarm(aid, "olga", disposition, "why", now)
 
         # --- system ----------------------------------------------------------------
         @rule(dt=st.integers(0, 400_000))
