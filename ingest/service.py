@@ -239,6 +239,7 @@ class Service:
         self.since_checkpoint = 0
 
         # Offline sweeps: held after a start until the backlog drains or the grace ends.
+        self.drain_topic = mqtt.drain_topic(options.name)
         self.drain_nonce = ""
         self.drained = False
         self.hold_reason: str | None = "start"
@@ -414,7 +415,7 @@ class Service:
             payload = bytes(payload) if isinstance(payload, (bytearray, memoryview)) else \
                 str(payload).encode()
         ack = (self.gen, message.mid)
-        if topic == self.mqtt.drain_topic(self.opts.name):
+        if topic == self.drain_topic:
             self._ack_now(ack)
             if payload.decode(errors="replace") == self.drain_nonce and not self.drained:
                 self.drained = True
@@ -429,7 +430,7 @@ class Service:
             self.counters["redelivered"] += 1
             self._join_batch(ack, None)
             return
-        if any(digest in c for c in self.covered):
+        if digest in self.covered[0] or (len(self.covered) > 1 and digest in self.covered[1]):
             self.counters["redelivered"] += 1
             self._ack_now(ack)
             return
