@@ -9,9 +9,10 @@ One asyncio process. The pipeline for a message, top to bottom:
 2. flush: the batch is handed to the processor at ``ingest.batch_max_messages`` messages
    or ``ingest.batch_max_ms`` after its first message;
 3. process (``_processor``, the only task that touches the engine): arrays into
-   ``Engine.process_records`` in arrival order; the alarm events are written to the store
-   (``record_events``: alarm rows + outbox in one transaction) before anything is
-   published; accepted fixes are queued for the track store;
+   ``Engine.process_records`` in arrival order; the alarm events go, in order, to the one
+   task that writes them to the store (``record_events``: alarm rows + outbox in one
+   transaction, group-committed) before anything publishes them; accepted fixes are
+   queued for the track store;
 4. deliver (``alarms.publisher.OutboxPublisher``, one run per connection): undelivered
    events are published with QoS 1 on ``emfence/v1/{region}/alarms/{type}`` and marked
    delivered on PUBACK; whatever is left is sent again after a reconnect or restart;
@@ -225,6 +226,10 @@ class Service:
         self.work: asyncio.Queue = asyncio.Queue(maxsize=4)  # backpressure on the receiver
         self.deadletters: asyncio.Queue = asyncio.Queue(maxsize=DEADLETTER_QUEUE)
         self.tracks: deque = deque()
+        # Events waiting for the store: written by one task in group commits, in order.
+        self.unstored: list[dict] = []
+        self.storing = False
+        self.stored_change = asyncio.Condition()
         self.track_lock = asyncio.Lock()
         from alarms.publisher import OutboxPublisher
 
@@ -265,6 +270,7 @@ class Service:
                     tg.create_task(self._connection(), name="mqtt-connection"),
                     tg.create_task(self._flusher(), name="batch-flusher"),
                     tg.create_task(self._processor(), name="processor"),
+                    tg.create_task(self._store_events(), name="event-store"),
                     tg.create_task(self._sweeper(), name="offline-sweeper"),
                     tg.create_task(self._deadletter_sender(), name="deadletters"),
                     tg.create_task(self._track_writer(), name="tracks"),
@@ -594,20 +600,42 @@ class Service:
         return events
 
     async def _record(self, events: list[dict]) -> None:
-        """Persist events before anything publishes them; retry until the store takes them."""
-        delay = self.icfg.reconnect_min_s
+        """Queue events for the store (in order). They are published only once stored,
+        and nothing they came from is acknowledged before :meth:`_all_stored`."""
+        async with self.stored_change:
+            self.unstored.extend(events)
+            self.stored_change.notify_all()
+
+    async def _store_events(self) -> None:
+        """The one writer of alarm events: whatever queued while the last transaction ran
+        goes into the next one (group commit: one fsync for many batches, so the
+        processor never waits for the disk). Retries until the store takes them."""
         while True:
-            try:
-                await asyncio.to_thread(self.store.record_events, events, wall_ms())
-                break
-            except Exception as exc:  # noqa: BLE001 - a store outage must not lose events
-                self.counters["store_errors"] += 1
-                log.error("alarm store write failed (%s); %d events held in memory, retry in "
-                          "%.1f s", exc, len(events), delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.icfg.reconnect_max_s)
-        self.counters["events"] += len(events)
-        self.outbox.notify()
+            async with self.stored_change:
+                await self.stored_change.wait_for(lambda: bool(self.unstored))
+                events, self.unstored = self.unstored, []
+                self.storing = True
+            delay = self.icfg.reconnect_min_s
+            while True:
+                try:
+                    await asyncio.to_thread(self.store.record_events, events, wall_ms())
+                    break
+                except Exception as exc:  # noqa: BLE001 - a store outage must not lose events
+                    self.counters["store_errors"] += 1
+                    log.error("alarm store write failed (%s); %d events held in memory, retry "
+                              "in %.1f s", exc, len(events), delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.icfg.reconnect_max_s)
+            self.counters["events"] += len(events)
+            self.outbox.notify()
+            async with self.stored_change:
+                self.storing = False
+                self.stored_change.notify_all()
+
+    async def _all_stored(self) -> None:
+        """Until every event queued so far is in the store."""
+        async with self.stored_change:
+            await self.stored_change.wait_for(lambda: not self.unstored and not self.storing)
 
     def _queue_tracks(self, b: Batch, idx: np.ndarray) -> None:
         kinds = np.array(b.kind, np.uint8)
@@ -650,6 +678,7 @@ class Service:
 
     async def _checkpoint_and_ack(self) -> None:
         """Make everything processed durable, then acknowledge it to the broker."""
+        await self._all_stored()
         await self._flush_tracks()
         if self.opts.checkpoint is not None:
             path = Path(self.opts.checkpoint)

@@ -4,6 +4,7 @@ plus the pure helpers of the MQTT adapter."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import signal
 import socket
@@ -319,7 +320,9 @@ async def test_a_record_the_engine_fails_on_is_dead_lettered_not_fatal(tmp_path,
     b.add_fix(a1, Fix(poison_ts, lat, lon), t)
     b.add_fix(a0, Fix(t + 1000, lat, lon), t)
     b.messages = 3
+    writer = asyncio.create_task(service._store_events())  # the service's event writer
     await service._process_batch(b)
+    writer.cancel()
     assert service.counters["engine_errors"] == 1
     topic, payload = service.deadletters.get_nowait()
     dead = orjson.loads(payload)
