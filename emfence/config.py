@@ -15,6 +15,7 @@ Units are in the names: ``_m`` metres, ``_s`` seconds, ``_ms`` milliseconds, ``_
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,13 @@ class IngestConfig:
     reconnect_max_s: float = 30.0
     # Checkpoint period, s (also on SIGTERM/SIGINT).
     checkpoint_interval_s: float = 30.0
+    # Messages processed but not yet acknowledged to the broker before a checkpoint is
+    # forced. Must stay below the broker's max_inflight_messages (the shipped mosquitto
+    # config allows 60 000), or the broker stops sending before the engine acknowledges.
+    ack_window_messages: int = 20_000
+    # Dead letters waiting for the broker; beyond this they are dropped and counted (a
+    # flood of garbage must not grow memory; the rejections are still counted).
+    deadletter_queue_messages: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -93,12 +101,17 @@ class AlarmsConfig:
     escalate_after_s: float = 300.0
     # Outbox resend period for events not yet acknowledged by the broker, s.
     outbox_retry_s: float = 5.0
+    # Longest period between escalation checks, s (shorter for short escalation windows).
+    escalation_check_s: float = 5.0
 
 
 @dataclass(frozen=True)
 class TracksConfig:
     # Fix history kept for the console's track view, days (location data is personal data).
     retention_days: float = 30.0
+    # Accepted fixes waiting to be written to the track store; beyond this the oldest are
+    # dropped and counted (the track view is a convenience: the rules already ran).
+    queue_rows: int = 200_000
 
 
 @dataclass(frozen=True)
@@ -150,7 +163,7 @@ def _build(default: Any, data: dict[str, Any], prefix: str, source: str | None) 
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         raise ConfigError(f"unknown key; known keys: {', '.join(sorted(known))}", key=key, source=source)
     kwargs = {}
-    for name, f in known.items():
+    for name in known:
         key = f"{prefix}.{name}" if prefix else name
         current = getattr(default, name)
         if name not in data:
@@ -169,7 +182,7 @@ def _build(default: Any, data: dict[str, Any], prefix: str, source: str | None) 
 def _coerce(value: Any, want: type, key: str, source: str | None) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"must be a number, got {value!r}", key=key, source=source)
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise ConfigError(f"must be finite, got {value!r}", key=key, source=source)
     if value < 0:
         raise ConfigError(f"must not be negative, got {value!r}", key=key, source=source)
@@ -189,9 +202,14 @@ def _check(config: Config, source: str | None) -> Config:
     i = config.ingest
     if i.reconnect_max_s < i.reconnect_min_s:
         raise ConfigError("must be >= ingest.reconnect_min_s", key="ingest.reconnect_max_s", source=source)
-    for name in ("max_payload_bytes", "max_fixes_per_payload", "batch_max_messages", "sweep_interval_ms"):
+    for name in ("max_payload_bytes", "max_fixes_per_payload", "batch_max_messages",
+                 "sweep_interval_ms", "ack_window_messages", "deadletter_queue_messages"):
         if getattr(i, name) < 1:
             raise ConfigError("must be at least 1", key=f"ingest.{name}", source=source)
+    if config.tracks.queue_rows < 1:
+        raise ConfigError("must be at least 1", key="tracks.queue_rows", source=source)
+    if config.alarms.escalation_check_s <= 0:
+        raise ConfigError("must be positive", key="alarms.escalation_check_s", source=source)
     c = config.console
     for name in ("login_fail_per_user", "login_fail_per_ip", "store_threads", "list_limit_max"):
         if getattr(c, name) < 1:

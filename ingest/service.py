@@ -67,20 +67,11 @@ from ingest.decode import (
 
 log = logging.getLogger("emfence.run")
 
-# Messages processed but not yet acknowledged before a checkpoint is forced. The broker
-# must allow more than this in flight to the engine (deploy/mosquitto/mosquitto.conf:
-# max_inflight_messages 60000), or it would stop sending before the engine acknowledges.
-ACK_WINDOW = 20_000
-# Dead letters waiting for the broker; beyond this they are dropped and counted (they
-# are diagnostics, and a flood of garbage must not grow memory).
-DEADLETTER_QUEUE = 10_000
-# Accepted fixes waiting to be written to the track store; beyond this the oldest are
-# dropped and counted (the track view is a convenience; the rules already ran).
-TRACK_QUEUE = 200_000
+# The unacknowledged-message window, the dead-letter and track queue bounds and the
+# escalation check period are configuration (ingest.ack_window_messages,
+# ingest.deadletter_queue_messages, tracks.queue_rows, alarms.escalation_check_s).
 # How often queued track rows are written (also before every acknowledgement), s.
 TRACK_FLUSH_S = 1.0
-# Longest period between escalation checks, s (shorter for short escalation windows).
-ESCALATION_CHECK_S = 5.0
 # How often fixes past the retention period are deleted (also once at start), s.
 PURGE_PERIOD_S = 3600.0
 # The receive loop yields to the other tasks at least every this many messages.
@@ -224,7 +215,8 @@ class Service:
         self.batch = Batch()
         self.batch_ready = asyncio.Event()
         self.work: asyncio.Queue = asyncio.Queue(maxsize=4)  # backpressure on the receiver
-        self.deadletters: asyncio.Queue = asyncio.Queue(maxsize=DEADLETTER_QUEUE)
+        self.deadletters: asyncio.Queue = asyncio.Queue(
+            maxsize=config.ingest.deadletter_queue_messages)
         self.tracks: deque = deque()
         # Events waiting for the store: written by one task in group commits, in order.
         self.unstored: list[dict] = []
@@ -501,7 +493,7 @@ class Service:
             self.counters["deadletters_dropped"] += 1
             if self.counters["deadletters_dropped"] % 1000 == 1:
                 log.warning("dead-letter queue full (%d): dropped %d dead letters so far "
-                            "(the rejections are still counted)", DEADLETTER_QUEUE,
+                            "(the rejections are still counted)", self.icfg.deadletter_queue_messages,
                             self.counters["deadletters_dropped"])
 
     # ----- batching and processing ---------------------------------------------------
@@ -576,7 +568,7 @@ class Service:
         self.since_checkpoint += b.messages
         if self.opts.checkpoint is None:
             await self._checkpoint_and_ack()  # nothing to checkpoint: stored is durable
-        elif self.since_checkpoint >= ACK_WINDOW:
+        elif self.since_checkpoint >= self.icfg.ack_window_messages:
             await self._checkpoint_and_ack()
 
     def _process_one_by_one(self, b: Batch, arrays) -> list[dict]:
@@ -654,13 +646,13 @@ class Service:
             d = int(idx[i])
             self.tracks.append((b.device[i], reg.subject_of(d), reg.device_region(d), b.ts[i],
                                 float(lat[j]), float(lon[j]), b.acc[i], b.src[i], b.rx[i]))
-        overflow = len(self.tracks) - TRACK_QUEUE
+        overflow = len(self.tracks) - self.config.tracks.queue_rows
         if overflow > 0:
             for _ in range(overflow):
                 self.tracks.popleft()
             self.counters["tracks_dropped"] += overflow
             log.warning("track queue over %d rows: dropped the %d oldest (the store is too "
-                        "slow); rules are unaffected", TRACK_QUEUE, overflow)
+                        "slow); rules are unaffected", self.config.tracks.queue_rows, overflow)
 
     async def _flush_tracks(self) -> None:
         async with self.track_lock:
@@ -785,7 +777,8 @@ class Service:
         from alarms.publisher import run_escalation
 
         # Often enough that an escalation is at most a quarter of the window late.
-        period = max(0.2, min(ESCALATION_CHECK_S, self.config.alarms.escalate_after_s / 4))
+        period = max(0.2, min(self.config.alarms.escalation_check_s,
+                                self.config.alarms.escalate_after_s / 4))
         await run_escalation(self.store, config=self.config.alarms, publisher=self.outbox,
                              regions=self.opts.regions, interval_s=period,
                              counters=self.counters)
