@@ -197,6 +197,7 @@ class Service:
         self.opts = options
         self.config = config
         self.icfg = config.ingest
+        self.console_app = None  # the console's app with --http, told about reloads
         self.zones = zones
         self.registry = registry
         self.engine = engine
@@ -279,6 +280,9 @@ class Service:
                 await self.stop_event.wait()
                 await self._shutdown()
                 if server is not None:
+                    # Open live feeds never end on their own (a browser keeps them open):
+                    # end them first, or the server waits for every operator's page.
+                    server.config.app.state.console.shutdown()
                     server.should_exit = True
                 for t in tasks:
                     if t.get_name() != "http":
@@ -537,6 +541,8 @@ class Service:
                     zones, registry = arg
                     stats = self.engine.reload(zones, registry)
                     self.zones, self.registry = zones, registry
+                    if self.console_app is not None:  # the map draws the new zones
+                        self.console_app.state.console.set_model(zones, registry)
                     log.info("reloaded: %d devices, %d zones; %s", len(registry.device_ids),
                              len(zones.zone_ids), stats)
             finally:
@@ -821,6 +827,7 @@ class Service:
         app = create_app(store=self.store, config=self.config, zones=self.zones,
                          registry=self.registry,
                          secure_cookies=host not in ("127.0.0.1", "localhost", "::1"))
+        self.console_app = app
 
         class _Server(uvicorn.Server):
             # The engine owns SIGINT/SIGTERM; uvicorn must not take them over.

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -153,7 +154,35 @@ def test_http_serves_the_console_in_the_same_process(tmp_path, fleet, broker, en
             assert time.monotonic() < deadline, engine.log()[-2000:]
             time.sleep(0.2)
     assert r.status_code == 200 and "html" in r.headers["content-type"]
-    assert engine.stop() == 0  # SIGTERM stops both the engine and the web server
+
+    # An operator's page keeps its live feed open for ever: SIGTERM must end it rather
+    # than wait for the browser to go away.
+    from console.auth import hash_password
+
+    store = open_store(engine.store_url)
+    store.add_user("duty", hash_password("a long enough passphrase"), "operator", [REGION_A],
+                   now_ms=1)
+    store.close_store()
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=httpx.Timeout(120.0))
+    login = client.post("/api/login", json={"name": "duty", "password": "a long enough passphrase"})
+    assert login.status_code == 200, login.text
+    client.headers["X-CSRF-Token"] = login.json()["csrf_token"]
+    feed_ended = threading.Event()
+
+    def read_feed() -> None:
+        with client.stream("GET", "/api/feed") as resp:
+            assert resp.status_code == 200
+            for _ in resp.iter_lines():
+                pass
+        feed_ended.set()
+
+    reader = threading.Thread(target=read_feed, daemon=True)
+    reader.start()
+    time.sleep(1.0)  # let the feed open; not a timing assertion
+    assert engine.stop() == 0  # SIGTERM stops the engine, the web server and the open feed
+    reader.join(60)
+    assert feed_ended.is_set()
+    client.close()
 
 
 @pytest.mark.parametrize(
