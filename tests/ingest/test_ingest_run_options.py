@@ -16,7 +16,7 @@ import time
 import httpx
 import orjson
 import pytest
-from ingest_fleet import CONSOLE_PW, REGION_A, REGION_B, SECRET, EngineProcess, Fleet, fix
+from ingest_fleet import CONSOLE_PW, REGION_A, REGION_B, SECRET, fix
 from ingest_mqtt_helpers import PahoClient
 
 from alarms.store import open_store
@@ -45,30 +45,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    return Fleet(tmp_path)
-
-
-@pytest.fixture
-def broker(mosquitto_factory, fleet):
-    return mosquitto_factory(passwords=fleet.passwords())
-
-
-@pytest.fixture
-def engines():
-    made: list[EngineProcess] = []
-
-    def start(*args, **kwargs):
-        e = EngineProcess(*args, **kwargs)
-        made.append(e)
-        return e.start()
-
-    yield start
-    for e in made:
-        e.close()
 
 
 def publish_as(broker, device_id: str, topic: str, obj) -> None:

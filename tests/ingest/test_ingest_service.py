@@ -14,8 +14,6 @@ from ingest_fleet import (
     REGION_A,
     REGION_B,
     SECRET,
-    EngineProcess,
-    Fleet,
     fix,
 )
 from ingest_mqtt_helpers import PahoClient
@@ -34,30 +32,6 @@ restart_grace_s = 3
 [alarms]
 outbox_retry_s = 1
 """
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    return Fleet(tmp_path)
-
-
-@pytest.fixture
-def broker(mosquitto_factory, fleet):
-    return mosquitto_factory(passwords=fleet.passwords())
-
-
-@pytest.fixture
-def engines():
-    made: list[EngineProcess] = []
-
-    def start(*args, **kwargs):
-        e = EngineProcess(*args, **kwargs)
-        made.append(e)
-        return e.start()
-
-    yield start
-    for e in made:
-        e.close()
 
 
 def now_ms() -> int:
