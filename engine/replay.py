@@ -102,10 +102,16 @@ def _int_field(obj: dict, name: str, where: str) -> int:
     return v
 
 
-# Columns of Engine.process_records (engine.kernels.process_batch): kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap.
-_COLUMN_TYPES = (np.uint8, np.int32, np.int64, np.int64, np.float64, np.float64, np.float64,
-                 np.uint8, np.float64, np.int8)
-_COLUMN_CODES = ("B", "i", "q", "q", "d", "d", "d", "B", "d", "b")
+# Columns of Engine.process_records (engine.kernels.process_batch), in three groups so
+# that each line appends only what its kind carries: every record (kind, device, ts, rx),
+# fixes (lat, lon, acc, coord_sys), statuses (battery, strap). flush() spreads the fix and
+# status columns over the records with one numpy assignment each.
+_RECORD_TYPES = (np.uint8, np.int32, np.int64, np.int64)
+_RECORD_CODES = ("B", "i", "q", "q")
+_FIX_TYPES = (np.float64, np.float64, np.float64, np.uint8)
+_FIX_CODES = ("d", "d", "d", "B")
+_STATUS_TYPES = (np.float64, np.int8)
+_STATUS_CODES = ("d", "b")
 
 
 def _diagnose(line: bytes, device_index, max_future_ms: int, where: str) -> PayloadError:
@@ -147,27 +153,43 @@ def replay(lines: Iterable[bytes], engine: Any, out: IO[bytes], *, config: Confi
     stats = stats or ReplayStats()
     registry = engine.registry
     device_index = registry.device_index
+    index_of = registry._device_index.get  # device_index() without the method call
     max_future_ms = config.ingest.max_future_ms
     loads = orjson.loads
     nan = float("nan")
     coord_codes = COORD_SYS_CODES
+    strap_codes = STRAP_CODES
     # Accepted records go straight into typed column buffers (array.array): no Python
     # object per record survives the line, so the garbage collector has nothing to
     # traverse and a batch becomes numpy arrays without copying element by element.
-    cols = [array(code) for code in _COLUMN_CODES]
-    (a_kind, a_dev, a_ts, a_rx, a_lat, a_lon, a_acc, a_coord, a_battery,
-     a_strap) = (c.append for c in cols)
+    rec_cols = [array(code) for code in _RECORD_CODES]
+    fix_cols = [array(code) for code in _FIX_CODES]
+    status_cols = [array(code) for code in _STATUS_CODES]
+    a_kind, a_dev, a_ts, a_rx = (c.append for c in rec_cols)
+    a_lat, a_lon, a_acc, a_coord = (c.append for c in fix_cols)
+    a_battery, a_strap = (c.append for c in status_cols)
     clock: int | None = None
 
     def flush() -> None:
         nonlocal clock
-        if not len(cols[0]):
+        n = len(rec_cols[0])
+        if not n:
             return
         # Copies (one memcpy each): the buffers are emptied and refilled for the next batch.
-        arrays = [np.frombuffer(c, dtype=t).copy() for c, t in zip(cols, _COLUMN_TYPES)]
-        for c in cols:
+        kind, dev, ts, rx = (np.frombuffer(c, dtype=t).copy()
+                             for c, t in zip(rec_cols, _RECORD_TYPES))
+        is_fix = kind == 0
+        lat, lon, acc = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+        coord = np.zeros(n, np.uint8)
+        battery, strap = np.full(n, np.nan), np.full(n, -1, np.int8)
+        for col, buf, t in zip((lat, lon, acc, coord), fix_cols, _FIX_TYPES):
+            col[is_fix] = np.frombuffer(buf, dtype=t)
+        for col, buf, t in zip((battery, strap), status_cols, _STATUS_TYPES):
+            col[~is_fix] = np.frombuffer(buf, dtype=t)
+        for c in (*rec_cols, *fix_cols, *status_cols):
             del c[:]
-        events, clock = engine.process_records(*arrays, clock_now_ms=clock)
+        events, clock = engine.process_records(kind, dev, ts, rx, lat, lon, acc, coord,
+                                               battery, strap, clock_now_ms=clock)
         write(events)
 
     def write(events: list[dict]) -> None:
@@ -184,17 +206,15 @@ def replay(lines: Iterable[bytes], engine: Any, out: IO[bytes], *, config: Confi
             # the full validation below, which names the problem.
             if type(obj) is not dict:
                 raise TypeError
-            d = device_index(obj["device_id"])
+            d = index_of(obj["device_id"], -1)
             if d < 0:
                 raise KeyError
             if "lat" in obj or "lon" in obj:
-                fix = parse_fix(obj)
-                ts = fix.ts_ms
-                status = None
+                ts, lat, lon, acc, _, cs, _ = parse_fix(obj)
+                is_fix = True
             else:
-                status = parse_status(obj)
-                ts = status.ts_ms
-                fix = None
+                ts, battery, strap, _ = parse_status(obj)
+                is_fix = False
             rx = obj.get("rx")
             if rx is None:
                 rx = ts
@@ -215,23 +235,17 @@ def replay(lines: Iterable[bytes], engine: Any, out: IO[bytes], *, config: Confi
         a_dev(d)
         a_ts(ts)
         a_rx(rx)
-        if fix is not None:
+        if is_fix:
             a_kind(0)
-            a_lat(fix.lat)
-            a_lon(fix.lon)
-            a_acc(fix.acc_m)
-            a_coord(coord_codes[fix.coord_sys])
-            a_battery(nan)
-            a_strap(-1)
+            a_lat(lat)
+            a_lon(lon)
+            a_acc(acc)
+            a_coord(coord_codes[cs])
         else:
             a_kind(1)
-            a_lat(nan)
-            a_lon(nan)
-            a_acc(nan)
-            a_coord(0)
-            a_battery(nan if status.battery_pct is None else status.battery_pct)
-            a_strap(-1 if status.strap is None else STRAP_CODES[status.strap])
-        if len(cols[0]) >= BATCH_RECORDS:
+            a_battery(nan if battery is None else battery)
+            a_strap(-1 if strap is None else strap_codes[strap])
+        if len(rec_cols[0]) >= BATCH_RECORDS:
             flush()
     stats.lines = lineno
     stats.records = stats.lines - stats.blank - stats.rejected_total - stats.after_until
