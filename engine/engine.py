@@ -191,8 +191,8 @@ class Engine:
             a.zero[:0], np.zeros(0, np.int32), i8, i8, f8, f8, f8, a.zero[:0], f8,
             a.minus_one[:0], self.state, self.registry.arrays, self.zones.arrays,
             self._offline_after_ms, self._buffer_m, self._confirm, self._battery_low,
-            self._battery_clear, False, int(0), ev_i, ev_f, self._counters))
-        self._sweep = _entry_point(K.sweep, (self.state, int(0), ev_i, ev_f, self._counters))
+            self._battery_clear, False, 0, ev_i, ev_f, self._counters))
+        self._sweep = _entry_point(K.sweep, (self.state, 0, ev_i, ev_f, self._counters))
 
     def sweep(self, now_ms: int) -> list[dict]:
         """Offline ``raised`` events for devices silent (by receive time) longer than their
