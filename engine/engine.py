@@ -262,7 +262,8 @@ class Engine:
         """Message counters since start (restored from a checkpoint): fixes, statuses,
         duplicates, late, and their per-kind parts; unknown_device (indices out of range,
         skipped); full_sweeps (sweeps that had to read every deadline); settled_fixes
-        (fixes answered from the settled-device cache, see engine.kernels._fix_rules)."""
+        (fixes answered from the settled-device cache, see engine.kernels._fix_rules);
+        grid_fixes (fixes answered by the grid path of engine.kernels.process_batch)."""
         c = self._counters
         out = {name: int(v) for name, v in zip(K.COUNTER_NAMES, c)}
         out["duplicates"] = out["duplicate_fixes"] + out["duplicate_statuses"]
