@@ -314,6 +314,13 @@ class _SqliteDb(_Db):
         self.path = path
         self.busy_timeout_s = busy_timeout_s
         self.errors = (sqlite3.Error,)
+        # Writers of this process queue on a lock of their own before BEGIN IMMEDIATE. A
+        # writer that finds SQLite's lock taken sleeps in SQLite's busy handler, which
+        # polls with growing pauses (up to 100 ms): an alarm event written while a batch
+        # of track rows commits would wait for the next poll, not for the commit. Here it
+        # is woken as soon as the other writer commits. (Other processes on the same file
+        # still meet the busy handler.)
+        self._write_lock = threading.Lock()
 
     def _connect(self) -> Any:
         import sqlite3
@@ -332,14 +339,34 @@ class _SqliteDb(_Db):
         return conn
 
     def _begin(self, conn: Any, write: bool) -> None:
-        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        if not write:
+            conn.execute("BEGIN")
+            return
+        self._write_lock.acquire()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._write_lock.release()
+            raise
+        self._local.writing = True
+
+    def _end_write(self) -> None:
+        if getattr(self._local, "writing", False):
+            self._local.writing = False
+            self._write_lock.release()
 
     def _commit(self, conn: Any) -> None:
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        finally:
+            self._end_write()
 
     def _rollback(self, conn: Any) -> None:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        finally:
+            self._end_write()
 
     def lock_event_log(self, cur: _Cursor) -> None:
         pass  # BEGIN IMMEDIATE already makes this the only writer

@@ -16,8 +16,12 @@ One asyncio process. The pipeline for a message, top to bottom:
 4. deliver (``alarms.publisher.OutboxPublisher``, one run per connection): undelivered
    events are published with QoS 1 on ``emfence/v1/{region}/alarms/{type}`` and marked
    delivered on PUBACK; whatever is left is sent again after a reconnect or restart;
-5. acknowledge: a received message is PUBACKed only after the checkpoint that contains
-   its effect is on disk (with ``--checkpoint``; without one, after its batch is stored).
+5. acknowledge (``_acknowledger``): a received message is PUBACKed only after the
+   checkpoint that contains its effect is on disk and its alarm events and track rows
+   are stored (with ``--checkpoint``; without one, once its batch's events and fixes are
+   stored). The processor only closes the window and writes the engine's state file; the
+   waiting, the digests, the acks file and the PUBACKs happen in the acknowledger while
+   the processor goes on with new batches (acknowledgements may lag, processing must not).
    A crashed engine restarts from its checkpoint and the broker sends it everything it
    had not acknowledged: nothing is lost, and because alarm ids are deterministic and
    the store is idempotent, nothing is doubled. Redeliveries of messages already
@@ -72,6 +76,10 @@ log = logging.getLogger("emfence.run")
 # ingest.deadletter_queue_messages, tracks.queue_rows, alarms.escalation_check_s).
 # How often queued track rows are written (also before every acknowledgement), s.
 TRACK_FLUSH_S = 1.0
+# Track rows per store transaction. The store has one writer at a time: smaller track
+# transactions let an alarm event's transaction in sooner (at ~25-75 us a row, 1 000 rows
+# hold the writer for tens of ms; 5 000 held it for up to a third of a second).
+TRACK_ROWS_PER_WRITE = 1000
 # How often fixes past the retention period are deleted (also once at start), s.
 PURGE_PERIOD_S = 3600.0
 # The receive loop yields to the other tasks at least every this many messages.
@@ -105,6 +113,24 @@ def file_digest(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@dataclass
+class AckJob:
+    """A closed acknowledgement window, waiting to become durable and be acknowledged.
+
+    ``events_mark`` / ``tracks_mark``: alarm events and track rows queued for the store
+    when the window closed (all of them must be stored first); ``window``: digests of the messages processed in it;
+    ``tmp``: the engine state written for it (renamed over the checkpoint once the acks
+    file names it), None without ``--checkpoint``; ``done``: a future set when finished.
+    """
+
+    acks: list[tuple[int, int]]
+    window: set[bytes]
+    events_mark: int
+    tracks_mark: int = 0
+    tmp: Path | None = None
+    done: asyncio.Future | None = None
 
 
 @dataclass
@@ -219,9 +245,15 @@ class Service:
         self.deadletters: asyncio.Queue = asyncio.Queue(
             maxsize=config.ingest.deadletter_queue_messages)
         self.tracks: deque = deque()
+        # Track rows ever queued, and ever taken off the queue's head (written or dropped):
+        # a window waits for its own rows, not for rows queued while it waits.
+        self.tracks_queued = 0
+        self.tracks_done = 0
         # Events waiting for the store: written by one task in group commits, in order.
         self.unstored: list[dict] = []
         self.storing = False
+        self.events_queued = 0  # events handed to the store writer since start...
+        self.events_stored = 0  # ...and how many of them it has committed
         self.stored_change = asyncio.Condition()
         self.track_lock = asyncio.Lock()
         from alarms.publisher import OutboxPublisher
@@ -235,6 +267,11 @@ class Service:
         self.covered: deque[set[bytes]] = deque([covered or set()], maxlen=2)
         self.covered_hash: str | None = None
         self.since_checkpoint = 0
+        # Closed windows on their way to the broker (see _close_window / _acknowledger).
+        self.ack_jobs: asyncio.Queue[AckJob] = asyncio.Queue()
+        self.acking: set[bytes] = set()  # digests of closed windows not yet acknowledged
+        self.ack_idle = asyncio.Event()  # no checkpoint is being completed
+        self.ack_idle.set()
 
         # Offline sweeps: held after a start until the backlog drains or the grace ends.
         self.drain_topic = mqtt.drain_topic(options.name)
@@ -264,6 +301,7 @@ class Service:
                     tg.create_task(self._flusher(), name="batch-flusher"),
                     tg.create_task(self._processor(), name="processor"),
                     tg.create_task(self._store_events(), name="event-store"),
+                    tg.create_task(self._acknowledger(), name="acknowledger"),
                     tg.create_task(self._sweeper(), name="offline-sweeper"),
                     tg.create_task(self._deadletter_sender(), name="deadletters"),
                     tg.create_task(self._track_writer(), name="tracks"),
@@ -427,7 +465,7 @@ class Service:
             return
         self.counters["messages"] += 1
         digest = message_digest(topic, payload)
-        if digest in self.received or digest in self.window:
+        if digest in self.received or digest in self.window or digest in self.acking:
             # Sent again before its checkpoint: acknowledge with the batch that has it.
             self.counters["redelivered"] += 1
             self._join_batch(ack, None)
@@ -534,9 +572,7 @@ class Service:
                         log.info("offline sweep raised %d alarms", len(events))
                         await self._record(events)
                 elif kind == "checkpoint":
-                    await self._checkpoint_and_ack()
-                    if arg is not None:
-                        arg.set_result(None)
+                    await self._close_window(done=arg)
                 elif kind == "reload":
                     zones, registry = arg
                     stats = self.engine.reload(zones, registry)
@@ -572,10 +608,9 @@ class Service:
             self.window.add(d)
         self.pending_acks.extend(b.acks)
         self.since_checkpoint += b.messages
-        if self.opts.checkpoint is None:
-            await self._checkpoint_and_ack()  # nothing to checkpoint: stored is durable
-        elif self.since_checkpoint >= self.icfg.ack_window_messages:
-            await self._checkpoint_and_ack()
+        if (self.opts.checkpoint is None  # nothing to checkpoint: stored is durable
+                or self.since_checkpoint >= self.icfg.ack_window_messages):
+            await self._close_window()
 
     def _process_one_by_one(self, b: Batch, arrays) -> list[dict]:
         """After an engine error: each record alone; the failing ones are dead-lettered
@@ -599,8 +634,9 @@ class Service:
 
     async def _record(self, events: list[dict]) -> None:
         """Queue events for the store (in order). They are published only once stored,
-        and nothing they came from is acknowledged before :meth:`_all_stored`."""
+        and nothing they came from is acknowledged before they are stored."""
         async with self.stored_change:
+            self.events_queued += len(events)
             self.unstored.extend(events)
             self.stored_change.notify_all()
 
@@ -627,13 +663,15 @@ class Service:
             self.counters["events"] += len(events)
             self.outbox.notify()
             async with self.stored_change:
+                self.events_stored += len(events)
                 self.storing = False
                 self.stored_change.notify_all()
 
-    async def _all_stored(self) -> None:
-        """Until every event queued so far is in the store."""
+    async def _stored_through(self, mark: int) -> None:
+        """Until the first ``mark`` events ever queued are in the store (later ones may
+        still be on their way: a window waits only for its own events)."""
         async with self.stored_change:
-            await self.stored_change.wait_for(lambda: not self.unstored and not self.storing)
+            await self.stored_change.wait_for(lambda: self.events_stored >= mark)
 
     def _queue_tracks(self, b: Batch, idx: np.ndarray) -> None:
         kinds = np.array(b.kind, np.uint8)
@@ -652,21 +690,30 @@ class Service:
             d = int(idx[i])
             self.tracks.append((b.device[i], reg.subject_of(d), reg.device_region(d), b.ts[i],
                                 float(lat[j]), float(lon[j]), b.acc[i], b.src[i], b.rx[i]))
+        self.tracks_queued += len(sel)
         overflow = len(self.tracks) - self.config.tracks.queue_rows
         if overflow > 0:
             for _ in range(overflow):
                 self.tracks.popleft()
+            self.tracks_done += overflow
             self.counters["tracks_dropped"] += overflow
             log.warning("track queue over %d rows: dropped the %d oldest (the store is too "
                         "slow); rules are unaffected", self.config.tracks.queue_rows, overflow)
 
-    async def _flush_tracks(self) -> None:
+    async def _flush_tracks(self, upto: int | None = None) -> None:
+        """Write queued track rows: the first ``upto`` ever queued (default: those queued
+        now). Not the rows queued while it writes: processing goes on meanwhile, and a
+        flush chasing the queue's tail would hold up the acknowledgement waiting on it."""
         async with self.track_lock:
-            while self.tracks:
-                rows = [self.tracks.popleft() for _ in range(min(len(self.tracks), 5000))]
+            if upto is None:
+                upto = self.tracks_queued
+            while self.tracks and self.tracks_done < upto:
+                n = min(len(self.tracks), TRACK_ROWS_PER_WRITE, upto - self.tracks_done)
+                rows = [self.tracks.popleft() for _ in range(n)]
                 try:
                     await asyncio.to_thread(self.store.record_fixes, rows)
-                    self.counters["tracks_written"] += len(rows)
+                    self.tracks_done += n
+                    self.counters["tracks_written"] += n
                 except Exception as exc:  # noqa: BLE001 - keep them and retry later
                     self.tracks.extendleft(reversed(rows))
                     self.counters["store_errors"] += 1
@@ -674,36 +721,98 @@ class Service:
                               len(self.tracks))
                     return
 
-    async def _checkpoint_and_ack(self) -> None:
-        """Make everything processed durable, then acknowledge it to the broker."""
-        await self._all_stored()
-        await self._flush_tracks()
+    async def _close_window(self, done: asyncio.Future | None = None) -> None:
+        """Close the acknowledgement window (processor only) and hand it to the
+        acknowledger.
+
+        With ``--checkpoint`` the engine's state is written here, while nothing else
+        touches the engine; that file write is all the processor waits for. Storing the
+        window's events and fixes, the digests, the acks file, the rename and the PUBACKs
+        follow in :meth:`_acknowledger` while new batches are processed. One checkpoint
+        is completed at a time: the state file name and the redelivery sets of the
+        previous window must be final before the next is written, so a processor that
+        fills a whole window faster than the acknowledger completes one waits here
+        (that bounds unacknowledged messages to two windows).
+        """
+        job = AckJob(acks=[], window=set(), events_mark=0, done=done)
         if self.opts.checkpoint is not None:
-            path = Path(self.opts.checkpoint)
-            tmp = path.with_name(path.name + ".new")
-            # The engine must not change while it is written: this runs in the processor,
-            # the only task that touches the engine, which waits here; so the writing can
-            # leave the event loop (a large fleet's state is tens of MB).
-            await asyncio.to_thread(self.engine.checkpoint, tmp)
-            digest = await asyncio.to_thread(file_digest, tmp)
-            # The redelivery digests covered by this checkpoint (this window and the one
-            # before, whose acknowledgements may have died with a connection), keyed by
-            # the checkpoint's own digest, so a restart trusts only the matching entry.
-            newest = self.window | self.covered[0]
-            entries = {digest: newest}
-            if self.covered_hash is not None:
-                entries[self.covered_hash] = self.covered[0] | (
-                    self.covered[1] if len(self.covered) > 1 else set())
-            await asyncio.to_thread(_write_acks_file, _acks_path(path), entries)
-            os.replace(tmp, path)
-            self.covered_hash = digest
-            self.counters["checkpoints"] += 1
-        self.covered.appendleft(self.window)
-        self.window = set()
-        acks, self.pending_acks = self.pending_acks, []
-        for a in acks:
-            self._ack_now(a)
+            t = time.monotonic()
+            await self.ack_idle.wait()
+            self.counters["checkpoint_wait_ms"] += round((time.monotonic() - t) * 1000)
+        job.acks, self.pending_acks = self.pending_acks, []
+        job.window, self.window = self.window, set()
+        job.events_mark = self.events_queued
+        job.tracks_mark = self.tracks_queued
         self.since_checkpoint = 0
+        self.acking |= job.window
+        if self.opts.checkpoint is not None:
+            self.ack_idle.clear()
+            path = Path(self.opts.checkpoint)
+            job.tmp = path.with_name(path.name + ".new")
+            t = time.monotonic()
+            try:
+                # The engine must not change while it is written: this runs in the
+                # processor, the only task that touches the engine, which waits here; so
+                # the writing can leave the event loop (a large fleet's state is tens of
+                # MB).
+                await asyncio.to_thread(self.engine.checkpoint, job.tmp)
+            except BaseException:
+                self.ack_idle.set()
+                raise
+            ms = round((time.monotonic() - t) * 1000)
+            self.counters["checkpoint_write_ms"] += ms
+            self.counters["checkpoint_write_ms_max"] = max(
+                self.counters["checkpoint_write_ms_max"], ms)
+        self.ack_jobs.put_nowait(job)
+
+    async def _acknowledger(self) -> None:
+        """Make each closed window durable, in order, then acknowledge its messages.
+
+        Without ``--checkpoint`` every batch closes a window; all windows waiting at once
+        are completed together (one track write, one pass), like a group commit.
+        """
+        while True:
+            jobs = [await self.ack_jobs.get()]
+            while not self.ack_jobs.empty():
+                jobs.append(self.ack_jobs.get_nowait())
+            last = jobs[-1]
+            t = time.monotonic()
+            await self._stored_through(last.events_mark)
+            await self._flush_tracks(last.tracks_mark)
+            if last.tmp is not None:
+                await self._complete_checkpoint(last)
+            window: set[bytes] = set()
+            for job in jobs:
+                for a in job.acks:
+                    self._ack_now(a)
+                window |= job.window
+                self.acking -= job.window
+            self.covered.appendleft(window)
+            ms = round((time.monotonic() - t) * 1000)
+            self.counters["ack_ms_max"] = max(self.counters["ack_ms_max"], ms)
+            if last.tmp is not None:
+                self.ack_idle.set()
+            for job in jobs:
+                if job.done is not None and not job.done.done():
+                    job.done.set_result(None)
+
+    async def _complete_checkpoint(self, job: AckJob) -> None:
+        """The state file written for ``job`` becomes the checkpoint: its digest and the
+        redelivery digests it covers go into the acks file, then it is renamed over the
+        previous checkpoint."""
+        path = Path(self.opts.checkpoint)
+        digest = await asyncio.to_thread(file_digest, job.tmp)
+        # The redelivery digests covered by this checkpoint (this window and the one
+        # before, whose acknowledgements may have died with a connection), keyed by the
+        # checkpoint's own digest, so a restart trusts only the matching entry.
+        entries = {digest: job.window | self.covered[0]}
+        if self.covered_hash is not None:
+            entries[self.covered_hash] = self.covered[0] | (
+                self.covered[1] if len(self.covered) > 1 else set())
+        await asyncio.to_thread(_write_acks_file, _acks_path(path), entries)
+        os.replace(job.tmp, path)
+        self.covered_hash = digest
+        self.counters["checkpoints"] += 1
 
     # ----- background loops ----------------------------------------------------------
 

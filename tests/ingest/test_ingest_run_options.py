@@ -326,8 +326,13 @@ async def test_a_record_the_engine_fails_on_is_dead_lettered_not_fatal(tmp_path,
     b.add_fix(a0, Fix(t + 1000, lat, lon), t)
     b.messages = 3
     writer = asyncio.create_task(service._store_events())  # the service's event writer
+    acker = asyncio.create_task(service._acknowledger())  # ... and its acknowledger
     await service._process_batch(b)
+    done = asyncio.get_running_loop().create_future()  # as a shutdown waits for the last window
+    await service._close_window(done)
+    await done
     writer.cancel()
+    acker.cancel()
     assert service.counters["engine_errors"] == 1
     topic, payload = service.deadletters.get_nowait()
     dead = orjson.loads(payload)
@@ -335,7 +340,8 @@ async def test_a_record_the_engine_fails_on_is_dead_lettered_not_fatal(tmp_path,
     assert "injected fault" in dead["reason"]
     rows = args["store"].list_alarms()
     assert [(r["type"], r["device_id"]) for r in rows] == [("outbound", a0)]
-    # without --checkpoint a processed batch is made durable at once, tracks included
+    # without --checkpoint a processed batch is made durable before it is acknowledged,
+    # tracks included
     assert [r["ts"] for r in args["store"].track(a0)] == [t, t + 1000]
     args["store"].close_store()
 
