@@ -37,12 +37,14 @@ def _arrays(lon, lat) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
 _PARALLEL_MIN_POINTS = 20_000
 
 
-def _run(lon, lat, inverse: bool):
+def _run(lon, lat, inverse: bool, parallel: bool | None):
     lon_a, lat_a, shape = _arrays(lon, lat)
     out_lon = np.empty_like(lon_a)
     out_lat = np.empty_like(lat_a)
     n = lon_a.shape[0]
-    if n >= _PARALLEL_MIN_POINTS:
+    if parallel is None:
+        parallel = n >= _PARALLEL_MIN_POINTS
+    if parallel and n:
         K._gcj02_batch(lon_a, lat_a, out_lon, out_lat, inverse, K.chunks_for(n))
     elif n:
         K._gcj02_serial(lon_a, lat_a, out_lon, out_lat, inverse)
@@ -51,14 +53,19 @@ def _run(lon, lat, inverse: bool):
     return out_lon.reshape(shape), out_lat.reshape(shape)
 
 
-def wgs84_to_gcj02(lon, lat):
-    """WGS-84 -> GCJ-02: (lon, lat) degree arrays (or scalars) in, (lon, lat) out."""
-    return _run(lon, lat, inverse=False)
+def wgs84_to_gcj02(lon, lat, *, parallel: bool | None = None):
+    """WGS-84 -> GCJ-02: (lon, lat) degree arrays (or scalars) in, (lon, lat) out.
+
+    ``parallel``: None picks by size (numba's threads from 20 000 points); False keeps
+    the work on the calling thread (the live service's per-batch path, where waking the
+    thread pool would take CPU from the event loop)."""
+    return _run(lon, lat, inverse=False, parallel=parallel)
 
 
-def gcj02_to_wgs84(lon, lat):
-    """GCJ-02 -> WGS-84 by fixed-point iteration on the forward transform; (lon, lat) out."""
-    return _run(lon, lat, inverse=True)
+def gcj02_to_wgs84(lon, lat, *, parallel: bool | None = None):
+    """GCJ-02 -> WGS-84 by fixed-point iteration on the forward transform; (lon, lat) out.
+    ``parallel`` as for :func:`wgs84_to_gcj02`."""
+    return _run(lon, lat, inverse=True, parallel=parallel)
 
 
 def outside_china(lon, lat) -> np.ndarray:

@@ -134,5 +134,9 @@ def test_small_and_large_batches_take_the_same_transform(inverse):
     np.testing.assert_array_equal(serial[0], pooled[0])
     np.testing.assert_array_equal(serial[1], pooled[1])
     big = gcj02._PARALLEL_MIN_POINTS + 1
-    whole = (gcj02_to_wgs84 if inverse else wgs84_to_gcj02)(np.resize(lon, big), np.resize(lat, big))
+    transform = gcj02_to_wgs84 if inverse else wgs84_to_gcj02
+    whole = transform(np.resize(lon, big), np.resize(lat, big))
     np.testing.assert_array_equal(whole[0][:n], serial[0])
+    on_caller = transform(np.resize(lon, big), np.resize(lat, big), parallel=False)
+    np.testing.assert_array_equal(on_caller[0], whole[0])
+    np.testing.assert_array_equal(on_caller[1], whole[1])
