@@ -17,7 +17,8 @@ Everything runs on this machine, loopback only, in ``--out`` (default bench-out/
    excursions and exclusion entries among the load) with the alarm topics recorded as
    the console account; ``emfence score`` gives ``p50_ms``/``p99_ms`` fix->alarm (the
    deciding fix's timestamp, set when it is published, to the alarm's arrival) and
-   missed/false alarms.
+   missed/false alarms; ``latency_stages`` splits the time with the engine store's own
+   timestamps: fix -> stored and stored -> delivered (PUBACK of the published alarm).
 
 A step at rate R publishes for ``--step-s`` seconds and is *sustained* when the simulator
 published every message on time (worst lag under ``--max-lag-ms``), the broker
@@ -157,6 +158,34 @@ class EngineCounter:
                 await self._task
             except (asyncio.CancelledError, aiomqtt.MqttError):
                 pass
+
+
+def stage_latency(store_url: str, since_ms: int) -> dict:
+    """Where an alarm's latency went, from the engine's own store: per event recorded
+    since ``since_ms``, ``created_at - at`` (fix -> stored: receive, batching, rules and
+    the store's commit) and ``delivered_at - created_at`` (stored -> the broker's PUBACK
+    of the published alarm: the outbox). p50/p99/max in ms; ``score`` gives the whole."""
+    import sqlite3
+
+    import numpy as np
+
+    path = store_url.removeprefix("sqlite:///")
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT payload, created_at, delivered_at FROM events "
+                          "WHERE created_at >= ? AND event IN ('raised', 'cleared')",
+                          (since_ms,)).fetchall()
+    stored = [c - orjson.loads(p)["at"] for p, c, _ in rows]
+    delivered = [d - c for _, c, d in rows if d is not None]
+
+    def pct(values: list[int]) -> dict:
+        if not values:
+            return {"n": 0}
+        a = np.asarray(values, dtype=np.float64)
+        p50, p99 = np.percentile(a, [50, 99])
+        return {"n": len(values), "p50_ms": round(float(p50), 1), "p99_ms": round(float(p99), 1),
+                "max_ms": round(float(a.max()), 1)}
+
+    return {"fix_to_stored": pct(stored), "stored_to_delivered": pct(delivered)}
 
 
 # -- one step and the ramp -------------------------------------------------------------------
@@ -312,11 +341,14 @@ async def bench(args) -> dict:
                     log(f"latency at 80 % of {engine_max:.0f}/s = {rate:.0f}/s (excursions scenario)")
                     alarms_path, truth_path = out / "latency-alarms.jsonl", out / "latency-truth.jsonl"
                     alarms_path.unlink(missing_ok=True)
+                    latency_from_ms = int(time.time() * 1000)
                     step = await run_step(fleet, rig, counter, rate, args, scenario="excursions",
                                           alarms_out=alarms_path, truth=truth_path,
                                           events_per_kind=args.events)
                     steps.append({**step, "latency_run": True})
                     latency = score(read_truth(truth_path), read_alarms(str(alarms_path)))
+                    # Read now: the shapely engine starts on a fresh store.
+                    latency["stages"] = stage_latency(rig.store_url, latency_from_ms)
                 sent_total = sum(s["acked"] for s in steps)
                 deadline = time.monotonic() + 30
                 while (await counter.received()) - acked_before < sent_total and time.monotonic() < deadline:
@@ -334,6 +366,7 @@ async def bench(args) -> dict:
                                    "p99_ms": latency["latency"]["p99_ms"],
                                    "latency_rate": round(0.8 * engine_max, 1),
                                    "latency_alarms": latency["latency"]["n"],
+                                   "latency_stages": latency["stages"],
                                    "latency_missed": latency["missed"],
                                    "latency_false": latency["false"]})
             else:
