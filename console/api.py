@@ -175,11 +175,14 @@ def routes(console: Console) -> list[Route]:
         # never stall the live feeds.
         good = await asyncio.to_thread(verify_password,
                                        user_password_hash(user) if user else None, password)
-        if not good or user is None or user_disabled(user):
-            await call("record_login", name, False, now, ip)
+        ok = good and user is not None and not user_disabled(user)
+        await call("record_login", name, ok, now, ip)
+        # Attempts hold client addresses (personal data) and matter only inside the
+        # rate-limit window; the audit log keeps the trail of every login.
+        await call("purge_login_attempts", since)
+        if not ok:
             # One answer for an unknown name, a wrong password and a disabled account.
             raise ApiError(401, "login_failed", "wrong name or password")
-        await call("record_login", name, True, now, ip)
         # A new login always gets a new session; one this browser still held is ended
         # (no session fixation, no orphaned sessions).
         console.sessions.drop(request.cookies.get(COOKIE))

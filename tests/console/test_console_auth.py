@@ -85,6 +85,19 @@ def test_rate_limit_per_name_answers_429_before_checking_the_password(console):
     assert console.login("alice").status_code == 200
 
 
+def test_login_attempts_are_kept_only_for_the_rate_limit_window(console):
+    for _ in range(2):
+        assert console.login("alice", "not the password").status_code == 401
+    assert console.store.failed_logins(0, name="alice") == 2
+    console.clock.advance(int(S.login_window_s * 1000) + 1)
+    assert console.login("olga", "not the password either").status_code == 401
+    # alice's attempts left the window and are gone; olga's new one is kept.
+    assert console.store.failed_logins(0, name="alice") == 0
+    assert console.store.failed_logins(0, name="olga") == 1
+    # The audit log still has every attempt.
+    assert len(audit_rows(console.store, action="login.failed")) == 3
+
+
 def test_blocked_attempts_do_not_extend_the_block(console):
     for _ in range(S.login_fail_per_user):
         console.login("alice", "nope nope nope")
