@@ -684,7 +684,8 @@ class Service:
         if gcj.any():
             from geofence.gcj02 import gcj02_to_wgs84
 
-            lon[gcj], lat[gcj] = gcj02_to_wgs84(lon[gcj], lat[gcj])
+            # parallel=False: never wake numba's thread pool on the live path
+            lon[gcj], lat[gcj] = gcj02_to_wgs84(lon[gcj], lat[gcj], parallel=False)
         reg = self.registry
         for j, i in enumerate(sel.tolist()):
             d = int(idx[i])
