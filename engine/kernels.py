@@ -75,26 +75,10 @@ def new_events(capacity: int) -> tuple[np.ndarray, np.ndarray]:
 
 @njit(cache=True)
 def _emit(ev_i, ev_f, n, device, typ, zone, raised, at, episode, late, lat, lon, dist, acc):
-    """Append one event row, doubling the buffers when full; returns (ev_i, ev_f, n + 1)."""
-    if n == ev_i.shape[0]:
-        cap = max(16, 2 * ev_i.shape[0])
-        gi = np.empty((cap, ev_i.shape[1]), np.int64)
-        gf = np.empty((cap, ev_f.shape[1]), np.float64)
-        gi[:n] = ev_i[:n]
-        gf[:n] = ev_f[:n]
-        ev_i, ev_f = gi, gf
-    ev_i[n, 0] = device
-    ev_i[n, 1] = typ
-    ev_i[n, 2] = zone
-    ev_i[n, 3] = raised
-    ev_i[n, 4] = at
-    ev_i[n, 5] = episode
-    ev_i[n, 6] = late
-    ev_f[n, 0] = lat
-    ev_f[n, 1] = lon
-    ev_f[n, 2] = dist
-    ev_f[n, 3] = acc
-    return ev_i, ev_f, n + 1
+    """Append one event row, growing the buffers when full; returns (ev_i, ev_f, n + 1)."""
+    ev_i, ev_f = _room(ev_i, ev_f, n, n + 1)
+    n = _put(ev_i, ev_f, n, device, typ, zone, raised, at, episode, late, lat, lon, dist, acc)
+    return ev_i, ev_f, n
 
 
 @njit(cache=True, _nrt=False)
