@@ -833,6 +833,10 @@ class Service:
                 else:
                     continue
                 self.hold_reason = None
+            # Silence is judged on receive time: every message received before `now`
+            # must reach the engine before this sweep does. The open micro-batch can hold
+            # the whole backlog just drained, so it goes into the queue first.
+            await self._flush()
             await self.work.put(("sweep", now))
 
     async def _deadletter_sender(self) -> None:
