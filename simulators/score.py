@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -49,11 +51,9 @@ class Truth:
     meta: dict = field(default_factory=dict)
 
 
-def read_truth(path: str | Path) -> Truth:
-    """Parse a ground-truth file (first line ``what: run``, optional last ``run_end``)."""
-    meta: dict | None = None
-    end_line: dict | None = None
-    events = []
+def _json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line of a JSON-lines file; a file
+    that cannot be read or a line that is not JSON raises ScoreError naming the place."""
     try:
         lines = Path(path).read_bytes().splitlines()
     except OSError as exc:
@@ -62,9 +62,17 @@ def read_truth(path: str | Path) -> Truth:
         if not line.strip():
             continue
         try:
-            rec = orjson.loads(line)
+            yield no, orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             raise ScoreError(f"{path}:{no}: not JSON: {exc}") from None
+
+
+def read_truth(path: str | Path) -> Truth:
+    """Parse a ground-truth file (first line ``what: run``, optional last ``run_end``)."""
+    meta: dict | None = None
+    end_line: dict | None = None
+    events = []
+    for no, rec in _json_lines(path):
         what = rec.get("what") if isinstance(rec, dict) else None
         if what == "run":
             meta = rec
@@ -105,17 +113,7 @@ def read_alarms(source: str) -> list[dict]:
             store.close_store()
         return out
     out = []
-    try:
-        lines = Path(source).read_bytes().splitlines()
-    except OSError as exc:
-        raise ScoreError(f"{source}: cannot read: {exc.strerror}") from None
-    for no, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            ev = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise ScoreError(f"{source}:{no}: not JSON: {exc}") from None
+    for _, ev in _json_lines(source):
         if isinstance(ev, dict) and "event" in ev:
             out.append(ev)
     return out
