@@ -246,20 +246,28 @@ def routes(console: Console) -> list[Route]:
         alarm = await alarm_in_scope(request, principal, "view")
         return json_response(alarm_body(alarm, await call("actions", alarm["alarm_id"])))
 
+    async def act(request: Request, principal: Any, alarm: dict, method: str,
+                  *args: Any) -> Response:
+        """Run an operator action on the store (``method(alarm_id, user, *args, now_ms,
+        ip=)``); a refused action is 409 with the store's reason; answers the alarm with
+        its actions."""
+        alarm_id = alarm["alarm_id"]
+        try:
+            await call(method, alarm_id, principal.name, *args, console.clock_ms(),
+                       ip=console.client_ip(request))
+        except AlarmActionError as exc:
+            raise ApiError(409, "conflict", exc.reason) from None
+        return json_response(alarm_body(await call("get_alarm", alarm_id),
+                                        await call("actions", alarm_id)))
+
     async def acknowledge(request: Request) -> Response:
         _, principal = await console.authenticate(request)
         data = await read_json(request)
         note = text_field(data, "note", required=False, max_chars=MAX_NOTE_CHARS)
         alarm = await alarm_in_scope(request, principal, "acknowledge")
-        try:
-            # The store writes the action, the `acknowledged` event and the audit row in
-            # one transaction; of two operators racing, exactly one wins.
-            await call("acknowledge", alarm["alarm_id"], principal.name, note,
-                       console.clock_ms(), ip=console.client_ip(request))
-        except AlarmActionError as exc:
-            raise ApiError(409, "conflict", exc.reason) from None
-        return json_response(alarm_body(await call("get_alarm", alarm["alarm_id"]),
-                                        await call("actions", alarm["alarm_id"])))
+        # The store writes the action, the `acknowledged` event and the audit row in one
+        # transaction; of two operators racing, exactly one wins.
+        return await act(request, principal, alarm, "acknowledge", note)
 
     async def close(request: Request) -> Response:
         _, principal = await console.authenticate(request)
@@ -272,26 +280,14 @@ def routes(console: Console) -> list[Route]:
         if disposition == "other" and note is None:
             raise ApiError(400, "missing_field", "disposition 'other' needs a note saying what it was")
         alarm = await alarm_in_scope(request, principal, "close")
-        try:
-            await call("close_alarm", alarm["alarm_id"], principal.name, disposition, note,
-                       console.clock_ms(), ip=console.client_ip(request))
-        except AlarmActionError as exc:
-            raise ApiError(409, "conflict", exc.reason) from None
-        return json_response(alarm_body(await call("get_alarm", alarm["alarm_id"]),
-                                        await call("actions", alarm["alarm_id"])))
+        return await act(request, principal, alarm, "close_alarm", disposition, note)
 
     async def note(request: Request) -> Response:
         _, principal = await console.authenticate(request)
         data = await read_json(request)
         text = text_field(data, "note", required=True, max_chars=MAX_NOTE_CHARS)
         alarm = await alarm_in_scope(request, principal, "note")
-        try:
-            await call("add_note", alarm["alarm_id"], principal.name, text, console.clock_ms(),
-                       ip=console.client_ip(request))
-        except AlarmActionError as exc:
-            raise ApiError(409, "conflict", exc.reason) from None
-        return json_response(alarm_body(await call("get_alarm", alarm["alarm_id"]),
-                                        await call("actions", alarm["alarm_id"])))
+        return await act(request, principal, alarm, "add_note", text)
 
     async def track(request: Request) -> Response:
         _, principal = await console.authenticate(request)
