@@ -153,7 +153,7 @@ class _Db:
 
     # subclasses
     def _connect(self) -> Any: ...
-    def _begin(self, conn: Any, write: bool) -> None: ...
+    def _begin(self, conn: Any, write: bool, background: bool = False) -> None: ...
     def _commit(self, conn: Any) -> None: ...
     def _rollback(self, conn: Any) -> None: ...
     def lock_event_log(self, cur: _Cursor) -> None: ...
@@ -205,7 +205,7 @@ class _Db:
         except self.errors:
             pass  # it is broken already; closing only frees the client side
 
-    def _begin_fresh(self, op: str, write: bool) -> Any:
+    def _begin_fresh(self, op: str, write: bool, background: bool = False) -> Any:
         """This thread's connection with a transaction begun on it.
 
         A connection found dead at BEGIN (e.g. PostgreSQL restarted since the last call)
@@ -214,7 +214,7 @@ class _Db:
         for attempt in (1, 2):
             conn = self.conn()
             try:
-                self._begin(conn, write)
+                self._begin(conn, write, background)
                 return conn
             except self.errors as exc:
                 if self._broken(conn):
@@ -226,13 +226,17 @@ class _Db:
         raise AssertionError("unreachable")
 
     @contextmanager
-    def tx(self, op: str, write: bool = True) -> Iterator[_Cursor]:
+    def tx(self, op: str, write: bool = True, *, background: bool = False
+           ) -> Iterator[_Cursor]:
         """One transaction; any database error becomes a StoreError naming ``op``.
 
-        A connection that breaks during the transaction is discarded (the transaction is
-        lost as a whole; the caller may retry and the next call reconnects).
+        ``background`` marks bulk writes (track rows, purges) that yield to the others
+        where the database has a single writer (SQLite): an alarm event waiting for the
+        writer goes before them. A connection that breaks during the transaction is
+        discarded (the transaction is lost as a whole; the caller may retry and the next
+        call reconnects).
         """
-        conn = self._begin_fresh(op, write)
+        conn = self._begin_fresh(op, write, background)
         try:
             yield _Cursor(self, conn.cursor())
         except BaseException as exc:
@@ -300,6 +304,43 @@ class _Cursor:
         return None if row is None else row[0]
 
 
+class _WriteGate:
+    """One writer at a time (this process's side of SQLite's single-writer lock); a
+    waiting foreground writer (alarm events, deliveries, operator actions) goes before
+    waiting background writers (track rows, purges). A background writer that holds the
+    gate is not interrupted: it keeps its transaction short (ingest writes tracks in
+    bounded chunks)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._held = False
+        self._foreground_waiting = 0
+        self._background_waiting = 0
+
+    def acquire(self, background: bool) -> None:
+        with self._cond:
+            if background:
+                self._background_waiting += 1
+                try:
+                    while self._held or self._foreground_waiting:
+                        self._cond.wait()
+                finally:
+                    self._background_waiting -= 1
+            else:
+                self._foreground_waiting += 1
+                try:
+                    while self._held:
+                        self._cond.wait()
+                finally:
+                    self._foreground_waiting -= 1
+            self._held = True
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+
 class _SqliteDb(_Db):
     dialect = "sqlite"
 
@@ -314,46 +355,65 @@ class _SqliteDb(_Db):
         self.path = path
         self.busy_timeout_s = busy_timeout_s
         self.errors = (sqlite3.Error,)
-        # Writers of this process queue on a lock of their own before BEGIN IMMEDIATE. A
+        # Writers of this process queue at a gate of their own before BEGIN IMMEDIATE. A
         # writer that finds SQLite's lock taken sleeps in SQLite's busy handler, which
         # polls with growing pauses (up to 100 ms): an alarm event written while a batch
         # of track rows commits would wait for the next poll, not for the commit. Here it
-        # is woken as soon as the other writer commits. (Other processes on the same file
-        # still meet the busy handler.)
-        self._write_lock = threading.Lock()
+        # is woken as soon as the other writer commits, and goes before any background
+        # writer waiting with it. (Other processes on the same file still meet the busy
+        # handler.)
+        self._write_gate = _WriteGate()
 
     def _connect(self) -> Any:
         import sqlite3
 
-        try:
-            # isolation_level=None: we issue BEGIN ourselves (BEGIN IMMEDIATE for writes, so
-            # a reader never has to upgrade its lock and fail with SQLITE_BUSY mid-way).
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s,
-                                   isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
-            conn.execute("PRAGMA foreign_keys=ON")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open SQLite database: {exc}", where=self.path) from exc
-        return conn
+        deadline = time.monotonic() + self.busy_timeout_s
+        pause_s = 0.005
+        while True:
+            conn = None
+            try:
+                # isolation_level=None: we issue BEGIN ourselves (BEGIN IMMEDIATE for
+                # writes, so a reader never has to upgrade its lock and fail with
+                # SQLITE_BUSY mid-way).
+                conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s,
+                                       isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+                conn.execute("PRAGMA foreign_keys=ON")
+                return conn
+            except sqlite3.OperationalError as exc:
+                if conn is not None:
+                    conn.close()
+                # Switching a new file to WAL while another connection does the same can
+                # fail at once with "database is locked" (SQLite does not wait in its
+                # busy handler there): wait and try again, as the busy timeout would.
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise StoreError(f"cannot open SQLite database: {exc}",
+                                     where=self.path) from exc
+                time.sleep(pause_s)
+                pause_s = min(pause_s * 2, 0.1)
+            except sqlite3.Error as exc:
+                if conn is not None:
+                    conn.close()
+                raise StoreError(f"cannot open SQLite database: {exc}", where=self.path) from exc
 
-    def _begin(self, conn: Any, write: bool) -> None:
+    def _begin(self, conn: Any, write: bool, background: bool = False) -> None:
         if not write:
             conn.execute("BEGIN")
             return
-        self._write_lock.acquire()
+        self._write_gate.acquire(background)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except BaseException:
-            self._write_lock.release()
+            self._write_gate.release()
             raise
         self._local.writing = True
 
     def _end_write(self) -> None:
         if getattr(self._local, "writing", False):
             self._local.writing = False
-            self._write_lock.release()
+            self._write_gate.release()
 
     def _commit(self, conn: Any) -> None:
         try:
@@ -401,7 +461,7 @@ class _PostgresDb(_Db):
         # The store's SQL contains no literal '?' or '%', so this is a plain substitution.
         return text.replace("?", "%s")
 
-    def _begin(self, conn: Any, write: bool) -> None:
+    def _begin(self, conn: Any, write: bool, background: bool = False) -> None:
         conn.execute("BEGIN")
 
     def _commit(self, conn: Any) -> None:
@@ -629,11 +689,23 @@ class AlarmStore:
         duplicate). A malformed event raises :class:`StoreError` naming its index before
         anything is written; a database failure rolls the whole batch back.
         """
+        return self._record_events(events, now_ms)[0]
+
+    def record_events_for_delivery(self, events: Sequence[Mapping[str, Any]], now_ms: int
+                                   ) -> list[tuple[int, str, bytes]]:
+        """:meth:`record_events`, returning the outbox rows it added, ``(seq, topic,
+        payload)`` in seq order, for a publisher to send at once
+        (:meth:`alarms.publisher.OutboxPublisher.offer`) instead of reading them back.
+        Events already in the log (a replay) are not returned: they were queued before."""
+        return self._record_events(events, now_ms)[1]
+
+    def _record_events(self, events: Sequence[Mapping[str, Any]], now_ms: int
+                       ) -> tuple[list[int], list[tuple[int, str, bytes]]]:
         now_ms = _int_ms(now_ms, "now_ms")
         for i, ev in enumerate(events):
             _check_event(ev, i)
         if not events:
-            return []
+            return [], []
         raises: list[tuple[Any, ...]] = []
         clears: list[tuple[Any, ...]] = []
         log_rows: list[tuple[Any, ...]] = []
@@ -672,13 +744,17 @@ class AlarmStore:
                     [v for row in chunk for v in row]).all()
                 for r in inserted:
                     seq_of[(r["alarm_id"], r["event"])] = int(r["seq"])
+            # what this call added to the outbox (before the duplicates' seqs join seq_of)
+            added = {seq_of[(r[0], r[1])]: (r[4], r[5]) for r in log_rows
+                     if (r[0], r[1]) in seq_of}
             missing = sorted({(r[0], r[1]) for r in log_rows} - set(seq_of))
             for chunk in _chunks(sorted({a for a, _ in missing})):
                 # duplicates (a replay after a restart): report the seq already stored
                 for r in cur.execute("SELECT seq, alarm_id, event FROM events WHERE alarm_id IN "
                                      + _placeholders(len(chunk)), chunk).all():
                     seq_of.setdefault((r["alarm_id"], r["event"]), int(r["seq"]))
-        return [seq_of[(r[0], r[1])] for r in log_rows]
+        return ([seq_of[(r[0], r[1])] for r in log_rows],
+                [(seq, *added[seq]) for seq in sorted(added)])
 
     def pending(self, limit: int = 100, regions: Iterable[str] | None = None
                 ) -> list[tuple[int, str, bytes]]:
@@ -1091,7 +1167,7 @@ class AlarmStore:
             cur_best = newest.get(t[0])
             if cur_best is None or t[3] > cur_best[3]:
                 newest[t[0]] = t
-        with self._db.tx("record fixes") as cur:
+        with self._db.tx("record fixes", background=True) as cur:
             self._db.insert_fixes(cur, tuples, list(newest.values()))
         return len(tuples)
 
@@ -1151,7 +1227,7 @@ class AlarmStore:
         of the alarm's case file and is not touched.
         """
         before_ms = _int_ms(before_ms, "before_ms")
-        with self._db.tx("purge tracks") as cur:
+        with self._db.tx("purge tracks", background=True) as cur:
             n = cur.execute("DELETE FROM tracks WHERE ts < ?", (before_ms,)).rowcount
             cur.execute("DELETE FROM positions WHERE ts < ?", (before_ms,))
         return max(n, 0)

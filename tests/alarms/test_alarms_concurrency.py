@@ -211,3 +211,51 @@ def test_workers_starting_together_create_the_schema_once(store_url):
     finally:
         for s in opened:
             s.close()
+
+
+def test_sqlite_writers_waiting_together_go_alarm_events_first(tmp_path):
+    """A track write and an alarm write wait while another write holds the store: the
+    alarm write goes first, although it came second."""
+    store = open_store(f"sqlite:///{tmp_path / 'gate.db'}")
+    gate = store._db._write_gate
+    order: list[str] = []
+    acquire = gate.acquire
+
+    def acquire_in_order(background):  # the order in which writers get the store
+        acquire(background)
+        order.append("tracks" if background else "alarm")
+
+    gate.acquire = acquire_in_order
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with store._db.tx("hold"):
+            holding.set()
+            release.wait(30)
+
+    def tracks():
+        store.record_fixes([("BR-1", "S-1", "330723", 1_000, 29.1, 120.2, 10.0, "gps", 1_001)])
+
+    def alarm():
+        store.record_events([raised("G-1", at=1_000)], now_ms=1_002)
+
+    def wait_for(cond):
+        deadline = time.monotonic() + 30
+        while not cond():
+            assert time.monotonic() < deadline, "a writer never reached the gate"
+            time.sleep(0.005)
+
+    threads = [threading.Thread(target=f) for f in (hold, tracks, alarm)]
+    threads[0].start()
+    assert holding.wait(30)
+    order.clear()  # the holder's own entry
+    threads[1].start()
+    wait_for(lambda: gate._background_waiting == 1)
+    threads[2].start()
+    wait_for(lambda: gate._foreground_waiting == 1)
+    release.set()
+    for t in threads:
+        t.join(30)
+    assert order == ["alarm", "tracks"]
+    assert table_count(store, "tracks") == 1 and table_count(store, "events") == 1
+    store.close_store()
