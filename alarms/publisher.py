@@ -11,6 +11,8 @@ delivered only once the broker has acknowledged it:
   means "the broker has it" (for MQTT 5 aiomqtt does not expose a PUBACK failure reason
   code, so a broker that acknowledges and drops a message it may not accept counts as
   delivered: the deployed ACL must let the engine write its alarm topics).
+- The engine hands each stored event to :meth:`OutboxPublisher.offer`, which publishes
+  it at once, without reading it back; PUBACKs are marked in the store in the background.
 - Whatever is not acknowledged stays in the outbox and is published again every
   ``alarms.outbox_retry_s``, on :meth:`OutboxPublisher.notify`, and as soon as
   :meth:`OutboxPublisher.run` starts on a new connection (after a reconnect or a restart).
@@ -28,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -40,6 +43,8 @@ log = logging.getLogger("emfence.alarms.publisher")
 
 # A retry period below this would spin; a config value of 0 means "as fast as sensible".
 _MIN_RETRY_S = 0.05
+# How many recently acknowledged seqs the publisher remembers (see OutboxPublisher._recent).
+_RECENT_SEQS = 10_000
 
 
 def wall_clock_ms() -> int:
@@ -57,8 +62,9 @@ class OutboxPublisher:
     to wait for one PUBACK), ``clock_ms`` (the delivery timestamp source).
 
     ``counters``: ``published`` (PUBACKs received), ``failed`` (publishes that raised),
-    ``rounds`` (flushes that found something to send), ``store_errors``, ``errors``
-    (anything unexpected; logged with its traceback).
+    ``reads`` (reads of the outbox by :meth:`run`), ``rounds`` (reads, or :meth:`flush`
+    pages, that found something to send), ``store_errors``,
+    ``errors`` (anything unexpected; logged with its traceback).
     """
 
     def __init__(self, store: AlarmStore, *, config: AlarmsConfig | None = None,
@@ -77,21 +83,42 @@ class OutboxPublisher:
         self.window = window
         self.publish_timeout_s = publish_timeout_s
         self.clock_ms = clock_ms
-        self.counters = {"published": 0, "failed": 0, "rounds": 0, "store_errors": 0,
-                         "errors": 0}
+        self.counters = {"published": 0, "failed": 0, "reads": 0, "rounds": 0,
+                         "store_errors": 0, "errors": 0}
         self._wake: asyncio.Event | None = None
+        # run()'s pipeline: rows handed over by offer(), seqs being published or waiting to
+        # be marked (never sent twice at once), PUBACKed seqs not yet marked.
+        self._handed: deque[tuple[int, str, bytes]] = deque()
+        self._busy: set[int] = set()
+        self._acked: list[int] = []
+        self._read_store = True
+        self._marked_during_read: set[int] | None = None
+        self._mark_wake_ev: asyncio.Event | None = None
+        # The last _RECENT_SEQS seqs this publisher had acknowledged: a row handed over
+        # just after a read of the store published it is not sent a second time.
+        self._recent: set[int] = set()
+        self._recent_order: deque[int] = deque()
 
     def _event(self) -> asyncio.Event:
         if self._wake is None:
             self._wake = asyncio.Event()
         return self._wake
 
+    @property
+    def _mark_wake(self) -> asyncio.Event:
+        if self._mark_wake_ev is None:
+            self._mark_wake_ev = asyncio.Event()
+        return self._mark_wake_ev
+
     def notify(self) -> None:
-        """New events are in the store: publish now rather than at the next retry.
+        """New events are in the store: read it and publish now rather than at the next
+        retry (escalations, another process's events). The engine's own events go
+        through :meth:`offer` instead, which needs no read.
 
         Call from the event loop's thread (e.g. right after ``await
         asyncio.to_thread(store.record_events, ...)``).
         """
+        self._read_store = True
         self._event().set()
 
     async def flush(self, client: aiomqtt.Client) -> int:
@@ -143,38 +170,144 @@ class OutboxPublisher:
             self.counters["store_errors"] += 1
             log.warning("could not mark %d published alarm events delivered (they will be "
                         "sent again): %s", len(seqs), exc)
+        finally:
+            self._busy.difference_update(seqs)
+            if self._marked_during_read is not None:
+                self._marked_during_read.update(seqs)
 
     async def run(self, client: aiomqtt.Client) -> None:
         """Publish the outbox on ``client`` until cancelled.
 
-        Starts with a flush (so a new connection resends what the last one left), then
-        flushes on :meth:`notify` or every ``alarms.outbox_retry_s``. A failed publish or
-        an unreachable store is logged and retried at the next round; the connection's
-        owner cancels this task when the connection is gone and starts it again on the
-        next one.
+        A pipeline, so that no alarm waits for another's round trip:
+
+        - rows given to :meth:`offer` are published at once, without reading them back;
+        - the store is read (:meth:`~alarms.store.AlarmStore.pending`) when the run starts
+          (so a new connection resends what the last one left), on :meth:`notify`, and
+          every ``alarms.outbox_retry_s`` (what failed, what another process recorded);
+        - up to ``window`` publishes wait for their PUBACK at once, each on its own;
+        - a PUBACK queues the event for :meth:`~alarms.store.AlarmStore.mark_delivered`,
+          which a separate task writes in batches while publishing goes on.
+
+        An event is never published twice by one run while it is in flight or waiting to
+        be marked. A failed publish or an unreachable store is logged and retried at the
+        next read of the store; the connection's owner cancels this task when the
+        connection is gone and starts it again on the next one. On cancellation the
+        acknowledged events are still marked delivered.
         """
         retry_s = max(self.config.outbox_retry_s, _MIN_RETRY_S)
         wake = self._event()
-        while True:
-            wake.clear()
-            try:
-                await self.flush(client)
-            except aiomqtt.MqttError as exc:
-                log.warning("alarm publish failed; undelivered events stay in the outbox and "
-                            "are retried in %.1f s: %s", retry_s, exc)
-            except StoreError as exc:
-                self.counters["store_errors"] += 1
-                log.error("alarm store unreadable; retrying in %.1f s: %s", retry_s, exc)
-            except Exception:
-                # Anything else is a bug, but alarms must keep flowing: log it with its
-                # traceback and try again next round rather than stop delivery for good.
-                self.counters["errors"] += 1
-                log.exception("unexpected error delivering alarms; retrying in %.1f s", retry_s)
-            try:
-                await asyncio.wait_for(wake.wait(), timeout=retry_s)
-            except TimeoutError:
-                pass
+        self._handed.clear()  # stored, so the first read of the store finds them
+        self._read_store = True
+        slots = asyncio.Semaphore(self.window)
+        sends: set[asyncio.Task] = set()
+        marker = asyncio.create_task(self._marker(), name="outbox-marker")
+        try:
+            while True:
+                wake.clear()
+                rows: list[tuple[int, str, bytes]] = []
+                if self._read_store:
+                    self._read_store = False
+                    rows = await self._read_pending()
+                while self._handed:
+                    row = self._handed.popleft()
+                    if row[0] not in self._recent:  # a read of the store may have sent it
+                        rows.append(row)
+                for row in rows:
+                    if row[0] in self._busy:
+                        continue
+                    await slots.acquire()
+                    self._busy.add(row[0])
+                    task = asyncio.create_task(self._send(client, row, slots))
+                    sends.add(task)
+                    task.add_done_callback(sends.discard)
+                if self._read_store or self._handed:
+                    continue  # a full page was read, or more arrived while sending
+                try:
+                    await asyncio.wait_for(wake.wait(), timeout=retry_s)
+                except TimeoutError:
+                    self._read_store = True
+        finally:
+            for task in list(sends):
+                task.cancel()
+            await asyncio.gather(*sends, return_exceptions=True)
+            marker.cancel()
+            await asyncio.gather(marker, return_exceptions=True)
+            # What the broker acknowledged need not be sent again, even now.
+            acked, self._acked = self._acked, []
+            if acked:
+                await self._mark(acked)
+            # A mark still running in a thread may complete after this: such an event is
+            # at worst published once more by the next run (a duplicate, never a loss).
+            self._busy.clear()
 
+    def offer(self, rows: Iterable[tuple[int, str, bytes]]) -> None:
+        """Publish these just-stored outbox rows ``(seq, topic, payload)`` now
+        (:meth:`~alarms.store.AlarmStore.record_events_for_delivery` returns them).
+
+        Call from the event loop's thread. Without a running :meth:`run` they wait for the
+        next one, which reads the store anyway.
+        """
+        self._handed.extend(rows)
+        self._event().set()
+
+    async def _read_pending(self) -> list[tuple[int, str, bytes]]:
+        """One page of undelivered events from the store, minus those this run is
+        publishing or marking (and those marked while the page was read)."""
+        self._marked_during_read = set()
+        try:
+            rows = await asyncio.to_thread(self.store.pending, self.batch_size, self.regions)
+        except StoreError as exc:
+            self.counters["store_errors"] += 1
+            log.error("alarm store unreadable; retrying in %.1f s: %s",
+                      max(self.config.outbox_retry_s, _MIN_RETRY_S), exc)
+            return []
+        except Exception:
+            # A bug, but alarms must keep flowing: log it and read again next time.
+            self.counters["errors"] += 1
+            log.exception("unexpected error reading the outbox")
+            return []
+        finally:
+            skip, self._marked_during_read = self._marked_during_read, None
+        self.counters["reads"] += 1
+        if len(rows) == self.batch_size:
+            self._read_store = True  # there may be more
+        rows = [r for r in rows if r[0] not in self._busy and r[0] not in skip]
+        if rows:
+            self.counters["rounds"] += 1
+        return rows
+
+    async def _send(self, client: aiomqtt.Client, row: tuple[int, str, bytes],
+                    slots: asyncio.Semaphore) -> None:
+        seq, topic, payload = row
+        try:
+            await client.publish(topic, payload, qos=1, timeout=self.publish_timeout_s)
+        except asyncio.CancelledError:
+            self._busy.discard(seq)
+            raise
+        except Exception as exc:  # noqa: BLE001 - it stays in the outbox: retried
+            self.counters["failed"] += 1
+            self._busy.discard(seq)
+            log.warning("alarm publish failed; the event stays in the outbox and is retried "
+                        "in %.1f s: %s", max(self.config.outbox_retry_s, _MIN_RETRY_S), exc)
+        else:
+            self.counters["published"] += 1
+            self._acked.append(seq)
+            self._recent.add(seq)
+            self._recent_order.append(seq)
+            if len(self._recent_order) > _RECENT_SEQS:
+                self._recent.discard(self._recent_order.popleft())
+            self._mark_wake.set()
+        finally:
+            slots.release()
+
+    async def _marker(self) -> None:
+        """Mark acknowledged events delivered, in batches, while publishing goes on."""
+        while True:
+            await self._mark_wake.wait()
+            self._mark_wake.clear()
+            seqs, self._acked = self._acked, []
+            if seqs:
+                await self._mark(seqs)
 
 async def run_escalation(store: AlarmStore, *, config: AlarmsConfig | None = None,
                          publisher: OutboxPublisher | None = None,

@@ -13,9 +13,10 @@ One asyncio process. The pipeline for a message, top to bottom:
    task that writes them to the store (``record_events``: alarm rows + outbox in one
    transaction, group-committed) before anything publishes them; accepted fixes are
    queued for the track store;
-4. deliver (``alarms.publisher.OutboxPublisher``, one run per connection): undelivered
-   events are published with QoS 1 on ``emfence/v1/{region}/alarms/{type}`` and marked
-   delivered on PUBACK; whatever is left is sent again after a reconnect or restart;
+4. deliver (``alarms.publisher.OutboxPublisher``, one run per connection): the events
+   just stored are handed to it and published at once with QoS 1 on
+   ``emfence/v1/{region}/alarms/{type}``, and marked delivered on PUBACK (in the
+   background); whatever is left is sent again after a reconnect or restart;
 5. acknowledge (``_acknowledger``): a received message is PUBACKed only after the
    checkpoint that contains its effect is on disk and its alarm events and track rows
    are stored (with ``--checkpoint``; without one, once its batch's events and fixes are
@@ -652,7 +653,8 @@ class Service:
             delay = self.icfg.reconnect_min_s
             while True:
                 try:
-                    await asyncio.to_thread(self.store.record_events, events, wall_ms())
+                    rows = await asyncio.to_thread(self.store.record_events_for_delivery,
+                                                   events, wall_ms())
                     break
                 except Exception as exc:  # noqa: BLE001 - a store outage must not lose events
                     self.counters["store_errors"] += 1
@@ -661,7 +663,7 @@ class Service:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.icfg.reconnect_max_s)
             self.counters["events"] += len(events)
-            self.outbox.notify()
+            self.outbox.offer(rows)  # published now, not read back from the store
             async with self.stored_change:
                 self.events_stored += len(events)
                 self.storing = False

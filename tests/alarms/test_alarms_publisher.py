@@ -33,6 +33,13 @@ async def wait_until_delivered(store) -> None:
     await asyncio.wait_for(empty(), WAIT_S)
 
 
+async def until(predicate) -> None:
+    async def poll():
+        while not predicate():
+            await asyncio.sleep(0.02)
+    await asyncio.wait_for(poll(), WAIT_S)
+
+
 def engine_client(broker) -> aiomqtt.Client:
     return aiomqtt.Client("127.0.0.1", broker.port, username="emfence-engine",
                           password=PASSWORDS["emfence-engine"], timeout=5)
@@ -165,6 +172,76 @@ async def test_run_publishes_on_notify_and_retries_without_it(store, broker):
     assert store.pending(10) == []
 
 
+def test_record_events_for_delivery_returns_the_outbox_rows_it_added(store):
+    evs = [raised(f"D-{i}", at=10 + i, type=("outbound", "tamper")[i % 2]) for i in range(3)]
+    rows = store.record_events_for_delivery(evs, now_ms=20)
+    assert rows == [(seq, f"emfence/v1/{REGION_A}/alarms/{e['type']}", orjson.dumps(e))
+                    for seq, e in zip(store.record_events(evs, now_ms=21), evs)]
+    assert rows == store.pending(10)
+    # a replay adds nothing to the outbox, so it hands nothing over; a new event does
+    more = raised("D-3", at=13)
+    again = store.record_events_for_delivery([*evs, more], now_ms=22)
+    assert [orjson.loads(p)["alarm_id"] for _, _, p in again] == ["D-3"]
+    assert again[0][0] > rows[-1][0]
+
+
+async def test_offered_rows_are_published_at_once_without_reading_the_store(store, broker):
+    # retry far away and no notify: only offer() can make these go out
+    publisher = OutboxPublisher(store, config=AlarmsConfig(outbox_retry_s=600), window=4)
+    sub = await Subscriber(broker).start()
+    sent: list[bytes] = []
+    try:
+        async with engine_client(broker) as client:
+            task = asyncio.create_task(publisher.run(client))
+            try:
+                await until(lambda: publisher.counters["reads"] == 1)  # the start's read
+                for batch in range(3):
+                    evs = [raised(f"O-{batch}-{i}", at=batch * 100 + i) for i in range(10)]
+                    rows = await asyncio.to_thread(store.record_events_for_delivery, evs, 1)
+                    publisher.offer(rows)
+                    sent += [p for _, _, p in rows]
+                await sub.wait_for(30)
+                await wait_until_delivered(store)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    finally:
+        await sub.stop()
+    assert [p for _, p in sub.received] == sent  # exact bytes, in order, once each
+    assert publisher.counters["published"] == 30
+    assert publisher.counters["reads"] == 1  # only the start's, which found nothing
+    assert publisher.counters["rounds"] == 0
+
+
+async def test_a_row_offered_after_a_read_sent_it_is_not_sent_again(store, broker):
+    evs = [raised(f"R-{i}", at=i) for i in range(5)]
+    rows = store.record_events_for_delivery(evs, now_ms=1)
+    publisher = OutboxPublisher(store, config=AlarmsConfig(outbox_retry_s=600))
+    sub = await Subscriber(broker).start()
+    try:
+        async with engine_client(broker) as client:
+            task = asyncio.create_task(publisher.run(client))  # its first read sends them
+            try:
+                await sub.wait_for(5)
+                await wait_until_delivered(store)
+                publisher.offer(rows)  # late hand-over of the same rows
+                extra = [raised("R-5", at=5)]
+                publisher.offer(await asyncio.to_thread(store.record_events_for_delivery,
+                                                        extra, 2))
+                await sub.wait_for(6)
+                await wait_until_delivered(store)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    finally:
+        await sub.stop()
+    # R-5 came after the repeated hand-over on the same connection: nothing else in between
+    assert [orjson.loads(p)["alarm_id"] for _, p in sub.received] == [f"R-{i}" for i in range(6)]
+    assert publisher.counters["published"] == 6
+
+
 async def test_a_worker_publishes_only_its_regions(store, broker):
     store.record_events([raised("A", at=1, region=REGION_A), raised("B", at=1, region=REGION_B)],
                         now_ms=2)
@@ -244,12 +321,6 @@ async def test_both_loops_ride_out_a_database_outage(pg_url, broker):
             if on:
                 admin.execute("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
                               "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
-
-    async def until(predicate):
-        async def poll():
-            while not predicate():
-                await asyncio.sleep(0.02)
-        await asyncio.wait_for(poll(), WAIT_S)
 
     sub = await Subscriber(broker).start()
     try:
