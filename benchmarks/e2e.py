@@ -309,17 +309,18 @@ async def bench(args) -> dict:
     result: dict = {"subjects": fleet.n_subjects, "devices": fleet.n_devices, "step_s": args.step_s,
                     "pool_connections": args.pool}
     try:
-        bare = BareProcess(rig.port, "emfence-engine", out / "emfence-engine.password")
-        await bare.start()
-        try:
-            bare_max, bare_steps = await ramp(fleet, rig, bare, args, "bare aiomqtt subscriber")
-        finally:
-            await bare.stop()
-        result["bare_fixes_per_s"] = bare_max
-        result["bare_steps"] = bare_steps
+        if args.latency_rate is None:
+            bare = BareProcess(rig.port, "emfence-engine", out / "emfence-engine.password")
+            await bare.start()
+            try:
+                bare_max, bare_steps = await ramp(fleet, rig, bare, args, "bare aiomqtt subscriber")
+            finally:
+                await bare.stop()
+            result["bare_fixes_per_s"] = bare_max
+            result["bare_steps"] = bare_steps
 
         cores = [("numba", [])]
-        if args.shapely:
+        if args.shapely and args.latency_rate is None:
             if engine_has_shapely_core():
                 cores.append(("shapely", ["--core", "shapely"]))
             else:
@@ -334,11 +335,14 @@ async def bench(args) -> dict:
             await counter.start()
             try:
                 acked_before = await counter.received()
-                engine_max, steps = await ramp(fleet, rig, counter, args, f"emfence run ({core})")
+                if args.latency_rate is None:
+                    engine_max, steps = await ramp(fleet, rig, counter, args, f"emfence run ({core})")
+                else:  # only the latency run, at the given rate
+                    engine_max, steps = args.latency_rate / 0.8, []
                 latency = None
                 if core == "numba" and engine_max > 0:
                     rate = 0.8 * engine_max
-                    log(f"latency at 80 % of {engine_max:.0f}/s = {rate:.0f}/s (excursions scenario)")
+                    log(f"latency at {rate:.0f}/s (excursions scenario)")
                     alarms_path, truth_path = out / "latency-alarms.jsonl", out / "latency-truth.jsonl"
                     alarms_path.unlink(missing_ok=True)
                     latency_from_ms = int(time.time() * 1000)
@@ -358,13 +362,15 @@ async def bench(args) -> dict:
                 await counter.stop()
                 code = await asyncio.to_thread(rig.stop_engine)
             if core == "numba":
-                result.update({"max_fixes_per_s": engine_max, "lost": lost, "engine_steps": steps,
-                               "engine_exit": code})
+                result.update({"lost": lost, "engine_steps": steps, "engine_exit": code})
+                if args.latency_rate is None:
+                    result["max_fixes_per_s"] = engine_max
                 if latency is not None:
                     result.update({"p50_ms": latency["latency"]["p50_ms"],
                                    "p95_ms": latency["latency"]["p95_ms"],
                                    "p99_ms": latency["latency"]["p99_ms"],
                                    "latency_rate": round(0.8 * engine_max, 1),
+                                   "latency_caught_up_s": steps[-1]["caught_up_s"],
                                    "latency_alarms": latency["latency"]["n"],
                                    "latency_stages": latency["stages"],
                                    "latency_missed": latency["missed"],
@@ -403,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=10, help="excursions + exclusion entries per kind "
                    "in the latency run")
     p.add_argument("--no-shapely", dest="shapely", action="store_false")
+    p.add_argument("--latency-rate", type=float, metavar="FIXES_PER_S",
+                   help="skip both ramps: only the latency run, at this rate (for profiling the "
+                   "fix->alarm path; the JSON then has no max_fixes_per_s or ratio)")
     p.add_argument("--seed", type=int, default=20261122)
     p.add_argument("--bare-subscriber", type=int, metavar="PORT", help=argparse.SUPPRESS)
     p.add_argument("--bare-username", help=argparse.SUPPRESS)
