@@ -369,3 +369,49 @@ def test_engine_started_before_the_broker_waits_for_it(tmp_path, fleet, engines)
         console.close()
     finally:
         broker.close()
+
+
+async def test_a_sweep_never_overtakes_messages_received_before_it(tmp_path, fleet):
+    """Silence is judged on receive time, so every message received before a sweep's
+    `now` must reach the engine before the sweep. Here the open micro-batch holds a fix
+    of a device silent for an hour (as after a restart, when the whole backlog can sit in
+    that batch as the sweeps begin): the sweep must queue behind it and raise nothing.
+    (Seen once in the kill -9 fault test: a false offline storm.)"""
+    from ingest.decode import Fix
+    from ingest.service import Batch, Service, build_parser, build_service_args
+
+    config = tmp_path / "fast.toml"
+    config.write_text("[ingest]\nsweep_interval_ms = 20\nbatch_max_ms = 60000\n")
+    args = build_service_args(build_parser().parse_args([
+        "--zones", str(fleet.zones_path), "--subjects", str(fleet.subjects_path),
+        "--store", f"sqlite:///{tmp_path / 'a.db'}", "--config", str(config)]))
+    service = Service(**args)
+    device = fleet.ids(REGION_A)[0]
+    lon, lat = fleet.home
+    t = now_ms()
+    heard = Batch()  # last heard an hour ago: due for offline at any level
+    heard.add_fix(device, Fix(t - 3_600_000, lat, lon), t - 3_600_000)
+    heard.messages = 1
+    await service._process_batch(heard)
+    # a fix just received, still in the open batch (the flusher is not running)
+    service.batch.add_fix(device, Fix(t, lat, lon), t)
+    service._join_batch((0, 1), None)
+    service.connected.set()
+    service.hold_reason = None  # sweeps running
+    sweeper = asyncio.create_task(service._sweeper())
+    try:
+        async def two_items():
+            while service.work.qsize() < 2:
+                await asyncio.sleep(0.005)
+        await asyncio.wait_for(two_items(), 30)
+    finally:
+        sweeper.cancel()
+    first, second = service.work.get_nowait(), service.work.get_nowait()
+    assert first[0] == "batch" and first[1].device == [device]
+    assert second[0] == "sweep" and second[1] >= t
+    for kind, arg in (first, second):  # as the processor takes them
+        if kind == "batch":
+            await service._process_batch(arg)
+        else:
+            assert service.engine.sweep(arg) == []
+    assert service.unstored == [] and service.events_queued == 0
