@@ -71,6 +71,11 @@ _POSITION_UPSERT = (
     "subject_id = excluded.subject_id, region = excluded.region, lat = excluded.lat, "
     "lon = excluded.lon, acc = excluded.acc, src = excluded.src, "
     "received_at = excluded.received_at WHERE excluded.ts > positions.ts")
+# Track rows from one JSON array of arrays in TRACK_COLUMNS order (SQLite); "WHERE true"
+# keeps an upsert's ON CONFLICT from being read as a join constraint.
+_JSON_ROWS = "SELECT " + ", ".join(
+    f"json_extract(value, '$[{i}]')" for i in range(len(TRACK_COLUMNS))) + \
+    " FROM json_each(?) WHERE true"
 # An arbitrary constant: the advisory lock that orders event-log appends on PostgreSQL.
 _PG_EVENT_LOCK = 0x656D_6665_6E63_65  # "emfence"
 # ...and the one that serialises schema migrations of concurrently starting workers.
@@ -427,6 +432,17 @@ class _SqliteDb(_Db):
                 conn.execute("ROLLBACK")
         finally:
             self._end_write()
+
+    def insert_fixes(self, cur: _Cursor, rows: list[tuple[Any, ...]],
+                     newest: list[tuple[Any, ...]]) -> None:
+        # Each batch as one JSON parameter that SQLite unpacks itself (json_each): two
+        # statements whatever the batch size. Bound multi-row INSERTs cost more Python
+        # per row, and sqlite3 gives up and takes back the GIL around every statement,
+        # which the busy event loop makes a wait each time.
+        cur.execute(f"INSERT INTO tracks ({_TRACK_COLS}) {_JSON_ROWS} "
+                    "ON CONFLICT (device_id, ts) DO NOTHING", (orjson.dumps(rows),))
+        cur.execute(f"INSERT INTO positions ({_TRACK_COLS}) {_JSON_ROWS} " + _POSITION_UPSERT,
+                    (orjson.dumps(newest),))
 
     def lock_event_log(self, cur: _Cursor) -> None:
         pass  # BEGIN IMMEDIATE already makes this the only writer

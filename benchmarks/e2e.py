@@ -126,7 +126,9 @@ class BareProcess:
 
 
 class EngineCounter:
-    """The engine's received-message counter, from its retained health message."""
+    """The engine's received-message counter, from its health messages (only the current
+    engine process's: an earlier engine's retained health, e.g. its final "offline" one,
+    has an older ``started_at``)."""
 
     def __init__(self, rig):
         self.rig = rig
@@ -145,7 +147,10 @@ class EngineCounter:
                                   password=self.rig.passwords["emfence-console"]) as c:
             await c.subscribe(f"emfence/v1/engine/{ENGINE_NAME}/health", qos=1)
             async for msg in c.messages:
-                self.health = orjson.loads(msg.payload)
+                health = orjson.loads(msg.payload)
+                if health.get("started_at", 0) < self.rig.engine_launched_ms:
+                    continue
+                self.health = health
                 self._ready.set()
 
     async def received(self) -> int:

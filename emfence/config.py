@@ -87,10 +87,10 @@ class IngestConfig:
     # Checkpoint period, s (also on SIGTERM/SIGINT).
     checkpoint_interval_s: float = 30.0
     # Messages processed but not yet acknowledged to the broker before a checkpoint is
-    # forced. Up to two windows can be unacknowledged at once (one being checkpointed
-    # while the next fills), so the broker's max_inflight_messages must exceed twice this
-    # (the shipped mosquitto config allows 60 000), or intake stalls until the periodic
-    # checkpoint.
+    # forced. Up to three windows can be unacknowledged at once (one being checkpointed,
+    # one waiting, one filling), so the broker's max_inflight_messages should be at least
+    # three times this (the shipped mosquitto config allows 60 000), or intake stalls
+    # until the periodic checkpoint.
     ack_window_messages: int = 20_000
     # Dead letters waiting for the broker; beyond this they are dropped and counted (a
     # flood of garbage must not grow memory; the rejections are still counted).

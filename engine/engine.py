@@ -19,10 +19,12 @@ from engine.state import (
     DeviceState,
     adopt,
     bytes_per_device,
+    id_arrays,
     load_checkpoint,
     new_state,
     recompute_deadlines,
-    save_checkpoint,
+    snapshot_arrays,
+    write_checkpoint,
 )
 
 _EVIDENCE_TYPES = (K.T_OUTBOUND, K.T_EXCLUSION)
@@ -101,6 +103,7 @@ class Engine:
         self._counters = np.zeros(K.N_COUNTERS, dtype=np.int64)
         self._events = K.new_events(1024)
         self._absent = _Absent()
+        self._ids = None  # checkpoint id arrays, built at the first snapshot
         self._bind()
 
     # ----- configuration -------------------------------------------------------------
@@ -290,8 +293,16 @@ class Engine:
     # ----- persistence and reload ---------------------------------------------------
     def checkpoint(self, path: str | Path) -> None:
         """Write the whole state to ``path`` atomically (temp file, fsync, rename)."""
-        save_checkpoint(path, self.state, self.registry.device_ids, self.registry.slot_keys(),
-                        list(self.zones.zone_ids), self._counters)
+        write_checkpoint(path, self.snapshot())
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """A copy of what :meth:`checkpoint` writes, taken in memory (milliseconds even for
+        a large fleet); ``engine.state.write_checkpoint(path, snapshot)`` writes it later,
+        e.g. in another thread while this engine goes on processing."""
+        if self._ids is None:  # the ids change only with the registry (reload)
+            self._ids = id_arrays(self.registry.device_ids, self.registry.slot_keys(),
+                                  list(self.zones.zone_ids))
+        return snapshot_arrays(self.state, self._ids, self._counters)
 
     @classmethod
     def restore(cls, path: str | Path, zones: Any, registry: Registry,
@@ -323,5 +334,6 @@ class Engine:
                       registry.slot_keys(), dict(zones.index))
         recompute_deadlines(fresh, registry.arrays.device_level, self._offline_after_ms)
         self.zones, self.registry, self.state = zones, registry, fresh
+        self._ids = None
         self._bind()
         return stats

@@ -144,22 +144,42 @@ def adopt(old: DeviceState, old_device_ids: list[str], old_slot_keys: list[tuple
             "exclusion_slots_dropped": len(old_slot_keys) - len(slot_pairs)}
 
 
-def save_checkpoint(path: str | Path, state: DeviceState, device_ids: list[str],
-                    slot_keys: list[tuple[str, str]], zone_ids: list[str],
-                    counters: np.ndarray) -> None:
-    """Write the whole state to one ``.npz`` file atomically: a temporary file in the same
-    folder, fsync, rename over ``path``, fsync the folder. A crash leaves either the old or
-    the new checkpoint, never a torn one. Ids are stored so a restore can map state onto a
-    changed registry."""
+class IdArrays(NamedTuple):
+    """The ids a checkpoint stores beside the state (so a restore can map state onto a
+    changed registry), as the arrays written; they change only with the registry."""
+
+    device_ids: np.ndarray
+    slot_devices: np.ndarray
+    slot_zones: np.ndarray
+    zone_ids: np.ndarray
+
+
+def id_arrays(device_ids: list[str], slot_keys: list[tuple[str, str]],
+              zone_ids: list[str]) -> IdArrays:
+    return IdArrays(np.array(device_ids, dtype=np.str_),
+                    np.array([k[0] for k in slot_keys], dtype=np.str_),
+                    np.array([k[1] for k in slot_keys], dtype=np.str_),
+                    np.array(zone_ids, dtype=np.str_))
+
+
+def snapshot_arrays(state: DeviceState, ids: IdArrays, counters: np.ndarray
+                    ) -> dict[str, np.ndarray]:
+    """What a checkpoint file holds, copied: the state may change as soon as this returns
+    while the copy is written elsewhere (:func:`write_checkpoint`)."""
+    arrays = {f: getattr(state, f).copy() for f in DeviceState._fields
+              if f not in CACHE_FIELDS}
+    arrays.update(ids._asdict())  # never written to, so not copied
+    arrays["counters"] = counters.copy()
+    arrays["version"] = np.array([CHECKPOINT_VERSION], dtype=np.int64)
+    return arrays
+
+
+def write_checkpoint(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write a :func:`snapshot_arrays` to one ``.npz`` file atomically: a temporary file in
+    the same folder, fsync, rename over ``path``, fsync the folder. A crash leaves either
+    the old or the new checkpoint, never a torn one."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    arrays = {f: getattr(state, f) for f in DeviceState._fields if f not in CACHE_FIELDS}
-    arrays["device_ids"] = np.array(device_ids, dtype=np.str_)
-    arrays["slot_devices"] = np.array([k[0] for k in slot_keys], dtype=np.str_)
-    arrays["slot_zones"] = np.array([k[1] for k in slot_keys], dtype=np.str_)
-    arrays["zone_ids"] = np.array(zone_ids, dtype=np.str_)
-    arrays["counters"] = counters
-    arrays["version"] = np.array([CHECKPOINT_VERSION], dtype=np.int64)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -20,9 +20,10 @@ One asyncio process. The pipeline for a message, top to bottom:
 5. acknowledge (``_acknowledger``): a received message is PUBACKed only after the
    checkpoint that contains its effect is on disk and its alarm events and track rows
    are stored (with ``--checkpoint``; without one, once its batch's events and fixes are
-   stored). The processor only closes the window and writes the engine's state file; the
-   waiting, the digests, the acks file and the PUBACKs happen in the acknowledger while
-   the processor goes on with new batches (acknowledgements may lag, processing must not).
+   stored). The processor only closes the window and copies the engine's state in
+   memory; writing it, the waiting, the digests, the acks file and the PUBACKs happen in
+   the acknowledger while the processor goes on with new batches (acknowledgements may
+   lag, processing must not).
    A crashed engine restarts from its checkpoint and the broker sends it everything it
    had not acknowledged: nothing is lost, and because alarm ids are deterministic and
    the store is idempotent, nothing is doubled. Redeliveries of messages already
@@ -60,6 +61,7 @@ import numpy as np
 import orjson
 
 from emfence.config import Config, ConfigError, load_config
+from engine.state import write_checkpoint
 from ingest.decode import (
     COORD_SYS_CODES,
     ID_RE,
@@ -90,6 +92,11 @@ DEADLETTER_PREFIX_BYTES = 256
 # How long a clean shutdown keeps trying to deliver the outbox before it gives up (the
 # rest is delivered at the next start).
 SHUTDOWN_FLUSH_S = 10.0
+# Closed acknowledgement windows that may wait while the acknowledger completes another,
+# before the processor waits too. Unacknowledged messages are then at most three windows
+# (being completed, waiting, being filled): 60 000 with ingest.ack_window_messages at
+# 20 000, the deployed broker's max_inflight_messages.
+MAX_OPEN_WINDOWS = 1
 # A health message not acknowledged within this time is given up (the next one follows).
 HEALTH_TIMEOUT_S = 5.0
 
@@ -121,15 +128,17 @@ class AckJob:
     """A closed acknowledgement window, waiting to become durable and be acknowledged.
 
     ``events_mark`` / ``tracks_mark``: alarm events and track rows queued for the store
-    when the window closed (all of them must be stored first); ``window``: digests of the messages processed in it;
-    ``tmp``: the engine state written for it (renamed over the checkpoint once the acks
-    file names it), None without ``--checkpoint``; ``done``: a future set when finished.
+    when the window closed (all of them must be stored first); ``window``: digests of the
+    messages processed in it; ``snapshot``: the engine state at the close (in memory),
+    written to ``tmp`` and renamed over the checkpoint once the acks file names it (both
+    None without ``--checkpoint``); ``done``: a future set when finished.
     """
 
     acks: list[tuple[int, int]]
     window: set[bytes]
     events_mark: int
     tracks_mark: int = 0
+    snapshot: dict[str, np.ndarray] | None = None
     tmp: Path | None = None
     done: asyncio.Future | None = None
 
@@ -270,9 +279,11 @@ class Service:
         self.since_checkpoint = 0
         # Closed windows on their way to the broker (see _close_window / _acknowledger).
         self.ack_jobs: asyncio.Queue[AckJob] = asyncio.Queue()
+        # Set when the acknowledger takes the waiting windows: with --checkpoint, a
+        # processor that closes windows faster than they become durable waits for it
+        # (that bounds unacknowledged messages and the snapshots held in memory).
+        self.ack_taken = asyncio.Event()
         self.acking: set[bytes] = set()  # digests of closed windows not yet acknowledged
-        self.ack_idle = asyncio.Event()  # no checkpoint is being completed
-        self.ack_idle.set()
 
         # Offline sweeps: held after a start until the backlog drains or the grace ends.
         self.drain_topic = mqtt.drain_topic(options.name)
@@ -728,20 +739,16 @@ class Service:
         """Close the acknowledgement window (processor only) and hand it to the
         acknowledger.
 
-        With ``--checkpoint`` the engine's state is written here, while nothing else
-        touches the engine; that file write is all the processor waits for. Storing the
-        window's events and fixes, the digests, the acks file, the rename and the PUBACKs
-        follow in :meth:`_acknowledger` while new batches are processed. One checkpoint
-        is completed at a time: the state file name and the redelivery sets of the
-        previous window must be final before the next is written, so a processor that
-        fills a whole window faster than the acknowledger completes one waits here
-        (that bounds unacknowledged messages to two windows).
+        With ``--checkpoint`` the engine's state is copied here (``Engine.snapshot``, in
+        memory), while nothing else touches the engine; that copy is all the processor
+        waits for. Writing it, storing the window's events and fixes, the digests, the
+        acks file, the rename and the PUBACKs follow in :meth:`_acknowledger` while new
+        batches are processed. Windows that close while the acknowledger is busy are
+        completed together by one checkpoint, the newest (it holds them all). The
+        processor waits here only when :data:`MAX_OPEN_WINDOWS` closed windows are
+        already waiting (``checkpoint_wait_ms``).
         """
         job = AckJob(acks=[], window=set(), events_mark=0, done=done)
-        if self.opts.checkpoint is not None:
-            t = time.monotonic()
-            await self.ack_idle.wait()
-            self.counters["checkpoint_wait_ms"] += round((time.monotonic() - t) * 1000)
         job.acks, self.pending_acks = self.pending_acks, []
         job.window, self.window = self.window, set()
         job.events_mark = self.events_queued
@@ -749,66 +756,80 @@ class Service:
         self.since_checkpoint = 0
         self.acking |= job.window
         if self.opts.checkpoint is not None:
-            self.ack_idle.clear()
             path = Path(self.opts.checkpoint)
             job.tmp = path.with_name(path.name + ".new")
             t = time.monotonic()
-            try:
-                # The engine must not change while it is written: this runs in the
-                # processor, the only task that touches the engine, which waits here; so
-                # the writing can leave the event loop (a large fleet's state is tens of
-                # MB).
-                await asyncio.to_thread(self.engine.checkpoint, job.tmp)
-            except BaseException:
-                self.ack_idle.set()
-                raise
-            ms = round((time.monotonic() - t) * 1000)
-            self.counters["checkpoint_write_ms"] += ms
-            self.counters["checkpoint_write_ms_max"] = max(
-                self.counters["checkpoint_write_ms_max"], ms)
+            # The state must not change while it is copied: this runs in the processor,
+            # the only task that touches the engine.
+            job.snapshot = self.engine.snapshot()
+            ms = (time.monotonic() - t) * 1000
+            self.counters["snapshot_ms_max"] = max(self.counters["snapshot_ms_max"],
+                                                   round(ms, 1))
+            t = time.monotonic()
+            while self.ack_jobs.qsize() >= MAX_OPEN_WINDOWS:
+                self.ack_taken.clear()
+                await self.ack_taken.wait()
+            self.counters["checkpoint_wait_ms"] += round((time.monotonic() - t) * 1000)
         self.ack_jobs.put_nowait(job)
 
     async def _acknowledger(self) -> None:
         """Make each closed window durable, in order, then acknowledge its messages.
 
-        Without ``--checkpoint`` every batch closes a window; all windows waiting at once
-        are completed together (one track write, one pass), like a group commit.
+        All windows waiting at once are completed together, like a group commit: one
+        wait for their events, one track write, and with ``--checkpoint`` one checkpoint,
+        the newest window's snapshot (it holds the older ones' effects too).
         """
         while True:
             jobs = [await self.ack_jobs.get()]
             while not self.ack_jobs.empty():
                 jobs.append(self.ack_jobs.get_nowait())
+            self.ack_taken.set()
             last = jobs[-1]
-            t = time.monotonic()
-            await self._stored_through(last.events_mark)
-            await self._flush_tracks(last.tracks_mark)
-            if last.tmp is not None:
-                await self._complete_checkpoint(last)
             window: set[bytes] = set()
             for job in jobs:
+                window |= job.window
+            t0 = time.monotonic()
+            await self._stored_through(last.events_mark)
+            t1 = time.monotonic()
+            await self._flush_tracks(last.tracks_mark)
+            t2 = time.monotonic()
+            if last.tmp is not None:
+                await self._complete_checkpoint(last, window)
+            t3 = time.monotonic()
+            for job in jobs:
+                job.snapshot = None
                 for a in job.acks:
                     self._ack_now(a)
-                window |= job.window
                 self.acking -= job.window
             self.covered.appendleft(window)
-            ms = round((time.monotonic() - t) * 1000)
+            self.counters["ack_events_wait_ms"] += round((t1 - t0) * 1000)
+            self.counters["ack_tracks_ms"] += round((t2 - t1) * 1000)
+            self.counters["ack_checkpoint_ms"] += round((t3 - t2) * 1000)
+            self.counters["ack_windows"] += len(jobs)
+            self.counters["ack_rounds"] += 1
+            ms = round((time.monotonic() - t0) * 1000)
             self.counters["ack_ms_max"] = max(self.counters["ack_ms_max"], ms)
-            if last.tmp is not None:
-                self.ack_idle.set()
             for job in jobs:
                 if job.done is not None and not job.done.done():
                     job.done.set_result(None)
 
-    async def _complete_checkpoint(self, job: AckJob) -> None:
-        """The state file written for ``job`` becomes the checkpoint: its digest and the
-        redelivery digests it covers go into the acks file, then it is renamed over the
-        previous checkpoint."""
+    async def _complete_checkpoint(self, job: AckJob, window: set[bytes]) -> None:
+        """``job``'s snapshot becomes the checkpoint: written, its digest and the
+        redelivery digests it covers (``window``: the messages of every window it
+        completes) go into the acks file, then it is renamed over the previous one."""
         path = Path(self.opts.checkpoint)
+        t = time.monotonic()
+        await asyncio.to_thread(write_checkpoint, job.tmp, job.snapshot)
+        job.snapshot = None
+        ms = round((time.monotonic() - t) * 1000)
+        self.counters["checkpoint_write_ms"] += ms
+        self.counters["checkpoint_write_ms_max"] = max(
+            self.counters["checkpoint_write_ms_max"], ms)
         digest = await asyncio.to_thread(file_digest, job.tmp)
         # The redelivery digests covered by this checkpoint (this window and the one
         # before, whose acknowledgements may have died with a connection), keyed by the
         # checkpoint's own digest, so a restart trusts only the matching entry.
-        entries = {digest: job.window | self.covered[0]}
+        entries = {digest: window | self.covered[0]}
         if self.covered_hash is not None:
             entries[self.covered_hash] = self.covered[0] | (
                 self.covered[1] if len(self.covered) > 1 else set())
@@ -867,7 +888,9 @@ class Service:
         while True:
             await asyncio.sleep(self.icfg.health_interval_s)
             client = self.client
-            if client is not None:
+            # Once stopping, the shutdown publishes the last (retained) health, "offline":
+            # an "online" sent after it would leave monitors believing a stopped engine runs.
+            if client is not None and not self.stopping:
                 with contextlib.suppress(Exception):
                     await self._publish_health(client, "online")
 

@@ -49,6 +49,9 @@ class Rig:
     store_url: str = ""
     passwords: dict[str, str] = field(default_factory=dict)
     engine_log: Path | None = None
+    # Wall clock (epoch ms) when the current engine process was launched: its health
+    # messages carry a later started_at, an earlier engine's retained ones do not.
+    engine_launched_ms: int = 0
 
     @property
     def host(self) -> str:
@@ -157,6 +160,7 @@ def start_engine_process(rig: Rig, *, core_args: list[str] | None = None, ready_
            "--config", str(rig.config_path),
            *(["--checkpoint", str(run / "engine.checkpoint")] if checkpoint else []),
            *(core_args or [])]
+    rig.engine_launched_ms = int(time.time() * 1000)
     with open(rig.engine_log, "ab") as log:
         rig.engine = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                                       stderr=subprocess.STDOUT, start_new_session=True)
@@ -184,7 +188,8 @@ async def wait_engine_online(rig: Rig, timeout_s: float) -> dict:
         if not rig.engine_alive():
             raise RuntimeError(f"emfence run exited with {rig.engine.returncode}:\n{rig.engine_log_tail()}")
         health = await engine_health(rig, timeout_s=1.0)
-        if health and health.get("status") == "online" and health.get("started_at"):
+        if (health and health.get("status") == "online"
+                and health.get("started_at", 0) >= rig.engine_launched_ms):
             return health
         await asyncio.sleep(0.3)
     raise RuntimeError(f"emfence run was not online within {timeout_s} s:\n{rig.engine_log_tail()}")

@@ -178,3 +178,27 @@ def test_a_failed_checkpoint_leaves_the_previous_one(tmp_path, monkeypatch):
     monkeypatch.undo()
     e2 = Engine.restore(path, f.engine.zones, f.engine.registry, f.engine.config)
     assert sorted(a["alarm_id"] for a in e2.open_alarms()) == saved
+
+
+def test_a_snapshot_is_the_state_when_taken_whenever_it_is_written(tmp_path):
+    """The live service copies the state on its processor and writes the copy later, while
+    the engine goes on: the file must hold the state of the moment of the copy."""
+    from engine.state import write_checkpoint
+
+    f = Feed(make_engine(FEATURES, [subject()]))
+    ids = open_everything(f)
+    snap = f.engine.snapshot()
+    at_snapshot = f.engine.counters
+    # the engine goes on: the outbound and exclusion episodes close, more is counted
+    cleared = f.fix("B-1", T0 + 9000, *INSIDE)
+    assert {e["alarm_id"] for e in cleared} == {ids["exclusion"]}
+    f.fix("B-1", T0 + 10_000, *INSIDE)
+    assert f.engine.counters != at_snapshot
+    later, now = tmp_path / "later.npz", tmp_path / "now.npz"
+    write_checkpoint(later, snap)
+    f.engine.checkpoint(now)
+    e_snap = Engine.restore(later, f.engine.zones, f.engine.registry, f.engine.config)
+    assert e_snap.counters == at_snapshot
+    assert {a["alarm_id"] for a in e_snap.open_alarms()} == set(ids.values()) - {ids["outbound"]}
+    e_now = Engine.restore(now, f.engine.zones, f.engine.registry, f.engine.config)
+    assert ids["exclusion"] not in {a["alarm_id"] for a in e_now.open_alarms()}
