@@ -4,7 +4,9 @@
 
 - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``: the embedded
   default, in WAL mode with ``synchronous=FULL`` (a committed alarm survives a power cut)
-  and a busy timeout, or
+  and a busy timeout. The location history (``tracks``, ``positions``) lives in a second
+  file beside it, ``path.tracks.db`` (:func:`tracks_path`), with the same schema: SQLite
+  has one writer per file, and the bulk track writes must never hold up an alarm's; or
 - ``postgresql://user@host:port/db`` (or ``postgres://``): for deployments where several
   engine workers and the console share one store.
 
@@ -65,6 +67,10 @@ _EVENT_KEYS = ("event", "alarm_id", "type", "subject_id", "device_id", "zone_id"
 TRACK_COLUMNS = ("device_id", "subject_id", "region", "ts", "lat", "lon", "acc", "src",
                  "received_at")
 _TRACK_COLS = ", ".join(TRACK_COLUMNS)
+
+
+def _track_key(row: tuple[Any, ...]) -> tuple[str, int]:
+    return row[0], row[3]  # (device_id, ts): the tracks table's key
 # Keep a device's newest position: a late batch of older fixes must not move it back.
 _POSITION_UPSERT = (
     "ON CONFLICT (device_id) DO UPDATE SET ts = excluded.ts, "
@@ -129,11 +135,18 @@ def open_store(url: str) -> AlarmStore:
         p = Path(path)
         if not p.parent.is_dir():
             raise StoreError(f"folder {str(p.parent)!r} does not exist", where=url)
-        return AlarmStore(_SqliteDb(str(p)))
+        return AlarmStore(_SqliteDb(str(p)), tracks_db=_SqliteDb(str(tracks_path(p))))
     if url.startswith(("postgresql://", "postgres://")):
         return AlarmStore(_PostgresDb(url))
     raise StoreError("store URL must start with sqlite:/// or postgresql://",
                      where=_redact(url))
+
+
+def tracks_path(path: str | Path) -> Path:
+    """The file a SQLite store at ``path`` keeps its location history in:
+    ``alarms.db`` -> ``alarms.tracks.db`` (back both up together)."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}.tracks{p.suffix}")
 
 
 def _redact(url: str) -> str:
@@ -158,7 +171,7 @@ class _Db:
 
     # subclasses
     def _connect(self) -> Any: ...
-    def _begin(self, conn: Any, write: bool, background: bool = False) -> None: ...
+    def _begin(self, conn: Any, write: bool) -> None: ...
     def _commit(self, conn: Any) -> None: ...
     def _rollback(self, conn: Any) -> None: ...
     def lock_event_log(self, cur: _Cursor) -> None: ...
@@ -210,7 +223,7 @@ class _Db:
         except self.errors:
             pass  # it is broken already; closing only frees the client side
 
-    def _begin_fresh(self, op: str, write: bool, background: bool = False) -> Any:
+    def _begin_fresh(self, op: str, write: bool) -> Any:
         """This thread's connection with a transaction begun on it.
 
         A connection found dead at BEGIN (e.g. PostgreSQL restarted since the last call)
@@ -219,7 +232,7 @@ class _Db:
         for attempt in (1, 2):
             conn = self.conn()
             try:
-                self._begin(conn, write, background)
+                self._begin(conn, write)
                 return conn
             except self.errors as exc:
                 if self._broken(conn):
@@ -231,17 +244,13 @@ class _Db:
         raise AssertionError("unreachable")
 
     @contextmanager
-    def tx(self, op: str, write: bool = True, *, background: bool = False
-           ) -> Iterator[_Cursor]:
+    def tx(self, op: str, write: bool = True) -> Iterator[_Cursor]:
         """One transaction; any database error becomes a StoreError naming ``op``.
 
-        ``background`` marks bulk writes (track rows, purges) that yield to the others
-        where the database has a single writer (SQLite): an alarm event waiting for the
-        writer goes before them. A connection that breaks during the transaction is
-        discarded (the transaction is lost as a whole; the caller may retry and the next
-        call reconnects).
+        A connection that breaks during the transaction is discarded (the transaction is
+        lost as a whole; the caller may retry and the next call reconnects).
         """
-        conn = self._begin_fresh(op, write, background)
+        conn = self._begin_fresh(op, write)
         try:
             yield _Cursor(self, conn.cursor())
         except BaseException as exc:
@@ -309,43 +318,6 @@ class _Cursor:
         return None if row is None else row[0]
 
 
-class _WriteGate:
-    """One writer at a time (this process's side of SQLite's single-writer lock); a
-    waiting foreground writer (alarm events, deliveries, operator actions) goes before
-    waiting background writers (track rows, purges). A background writer that holds the
-    gate is not interrupted: it keeps its transaction short (ingest writes tracks in
-    bounded chunks)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._held = False
-        self._foreground_waiting = 0
-        self._background_waiting = 0
-
-    def acquire(self, background: bool) -> None:
-        with self._cond:
-            if background:
-                self._background_waiting += 1
-                try:
-                    while self._held or self._foreground_waiting:
-                        self._cond.wait()
-                finally:
-                    self._background_waiting -= 1
-            else:
-                self._foreground_waiting += 1
-                try:
-                    while self._held:
-                        self._cond.wait()
-                finally:
-                    self._foreground_waiting -= 1
-            self._held = True
-
-    def release(self) -> None:
-        with self._cond:
-            self._held = False
-            self._cond.notify_all()
-
-
 class _SqliteDb(_Db):
     dialect = "sqlite"
 
@@ -360,14 +332,13 @@ class _SqliteDb(_Db):
         self.path = path
         self.busy_timeout_s = busy_timeout_s
         self.errors = (sqlite3.Error,)
-        # Writers of this process queue at a gate of their own before BEGIN IMMEDIATE. A
+        # Writers of this process queue on a lock of their own before BEGIN IMMEDIATE. A
         # writer that finds SQLite's lock taken sleeps in SQLite's busy handler, which
-        # polls with growing pauses (up to 100 ms): an alarm event written while a batch
-        # of track rows commits would wait for the next poll, not for the commit. Here it
-        # is woken as soon as the other writer commits, and goes before any background
-        # writer waiting with it. (Other processes on the same file still meet the busy
-        # handler.)
-        self._write_gate = _WriteGate()
+        # polls with growing pauses (up to 100 ms): an alarm event written while another
+        # write commits would wait for the next poll, not for the commit. Here it is
+        # woken as soon as the other writer commits. (Other processes on the same file
+        # still meet the busy handler.)
+        self._write_lock = threading.Lock()
 
     def _connect(self) -> Any:
         import sqlite3
@@ -403,22 +374,22 @@ class _SqliteDb(_Db):
                     conn.close()
                 raise StoreError(f"cannot open SQLite database: {exc}", where=self.path) from exc
 
-    def _begin(self, conn: Any, write: bool, background: bool = False) -> None:
+    def _begin(self, conn: Any, write: bool) -> None:
         if not write:
             conn.execute("BEGIN")
             return
-        self._write_gate.acquire(background)
+        self._write_lock.acquire()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except BaseException:
-            self._write_gate.release()
+            self._write_lock.release()
             raise
         self._local.writing = True
 
     def _end_write(self) -> None:
         if getattr(self._local, "writing", False):
             self._local.writing = False
-            self._write_gate.release()
+            self._write_lock.release()
 
     def _commit(self, conn: Any) -> None:
         try:
@@ -477,7 +448,7 @@ class _PostgresDb(_Db):
         # The store's SQL contains no literal '?' or '%', so this is a plain substitution.
         return text.replace("?", "%s")
 
-    def _begin(self, conn: Any, write: bool, background: bool = False) -> None:
+    def _begin(self, conn: Any, write: bool) -> None:
         conn.execute("BEGIN")
 
     def _commit(self, conn: Any) -> None:
@@ -636,16 +607,21 @@ class AlarmStore:
     Build it with :func:`open_store`. All times are epoch milliseconds (UTC).
     """
 
-    def __init__(self, db: _Db):
+    def __init__(self, db: _Db, *, tracks_db: _Db | None = None):
         self._db = db
+        # tracks and positions (SQLite: a file of their own; see the module doc)
+        self._tracks_db = tracks_db or db
         self.dialect = db.dialect
-        self._migrate()
+        self._migrate(self._db)
+        if self._tracks_db is not self._db:
+            self._migrate(self._tracks_db)
 
     # --- schema -------------------------------------------------------------------------
 
-    def _migrate(self) -> None:
-        with self._db.tx("migrate schema") as cur:
-            self._db.lock_migrations(cur)
+    @staticmethod
+    def _migrate(db: _Db) -> None:
+        with db.tx("migrate schema") as cur:
+            db.lock_migrations(cur)
             cur.execute(schema.SCHEMA_VERSION_TABLE)
             current = cur.execute("SELECT MAX(version) FROM schema_version").scalar() or 0
             if current > schema.SCHEMA_VERSION:
@@ -653,7 +629,7 @@ class AlarmStore:
                                  f"emfence understands ({schema.SCHEMA_VERSION}); upgrade emfence")
             for version in range(current + 1, schema.SCHEMA_VERSION + 1):
                 for statement in schema.MIGRATIONS[version - 1]:
-                    cur.execute(schema.render(statement, self.dialect))
+                    cur.execute(schema.render(statement, db.dialect))
                 cur.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
                             (version, time.time_ns() // 1_000_000))
 
@@ -666,6 +642,8 @@ class AlarmStore:
         """Close every connection this store opened (in any thread). An operator closing
         an alarm is :meth:`close_alarm`."""
         self._db.close()
+        if self._tracks_db is not self._db:
+            self._tracks_db.close()
 
     close = close_store
 
@@ -1178,13 +1156,18 @@ class AlarmStore:
                            None if t[7] is None else str(t[7]), int(t[8])))
         if not tuples:
             return 0
+        # In key order: a device's fixes of the batch then land on the same index pages
+        # (written once per transaction instead of once per fix; several times cheaper
+        # for large batches of many devices).
+        tuples.sort(key=_track_key)
         newest: dict[str, tuple[Any, ...]] = {}
         for t in tuples:
-            cur_best = newest.get(t[0])
-            if cur_best is None or t[3] > cur_best[3]:
+            best = newest.get(t[0])
+            if best is None or t[3] > best[3]:  # of equal times the first, as tracks keeps
                 newest[t[0]] = t
-        with self._db.tx("record fixes", background=True) as cur:
-            self._db.insert_fixes(cur, tuples, list(newest.values()))
+        db = self._tracks_db
+        with db.tx("record fixes") as cur:
+            db.insert_fixes(cur, tuples, list(newest.values()))
         return len(tuples)
 
     def track(self, key: str | Iterable[str] | None = None, from_ms: int | None = None,
@@ -1218,7 +1201,7 @@ class AlarmStore:
         if to_ms is not None:
             where.append("ts <= ?")
             params.append(_int_ms(to_ms, "to_ms"))
-        with self._db.tx("track", write=False) as cur:
+        with self._tracks_db.tx("track", write=False) as cur:
             return cur.execute(f"SELECT {', '.join(TRACK_COLUMNS)} FROM tracks WHERE "
                                + " AND ".join(where) + " ORDER BY ts, device_id LIMIT ?",
                                (*params, _count(limit, "limit"))).all()
@@ -1232,7 +1215,7 @@ class AlarmStore:
                 return []
             where = " WHERE region IN " + _placeholders(len(regions))
             params = regions
-        with self._db.tx("last positions", write=False) as cur:
+        with self._tracks_db.tx("last positions", write=False) as cur:
             return cur.execute(f"SELECT {', '.join(TRACK_COLUMNS)} FROM positions{where} "
                                "ORDER BY device_id", params).all()
 
@@ -1243,7 +1226,7 @@ class AlarmStore:
         of the alarm's case file and is not touched.
         """
         before_ms = _int_ms(before_ms, "before_ms")
-        with self._db.tx("purge tracks", background=True) as cur:
+        with self._tracks_db.tx("purge tracks") as cur:
             n = cur.execute("DELETE FROM tracks WHERE ts < ?", (before_ms,)).rowcount
             cur.execute("DELETE FROM positions WHERE ts < ?", (before_ms,))
         return max(n, 0)

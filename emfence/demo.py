@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     print("score against the ground truth (emfence score):")
     print(format_text(result))
     print(f"\nfiles: {run}/ (zones.geojson, subjects.json, truth.jsonl, alarms.jsonl, alarms.db, "
-          f"engine.log); rescore with: emfence score --truth {truth_path} --alarms {alarms_path}")
+          f"alarms.tracks.db, engine.log); rescore with: emfence score --truth {truth_path} --alarms {alarms_path}")
     return 0 if code == 0 else 1
 
 

@@ -79,10 +79,10 @@ log = logging.getLogger("emfence.run")
 # ingest.deadletter_queue_messages, tracks.queue_rows, alarms.escalation_check_s).
 # How often queued track rows are written (also before every acknowledgement), s.
 TRACK_FLUSH_S = 1.0
-# Track rows per store transaction. The store has one writer at a time: smaller track
-# transactions let an alarm event's transaction in sooner (at ~25-75 us a row, 1 000 rows
-# hold the writer for tens of ms; 5 000 held it for up to a third of a second).
-TRACK_ROWS_PER_WRITE = 1000
+# Track rows per store transaction. Large: the store writes them in key order, so a
+# device's fixes of one transaction share index pages, and a SQLite store keeps them in a
+# file of its own, so a long track write holds up no alarm.
+TRACK_ROWS_PER_WRITE = 20_000
 # How often fixes past the retention period are deleted (also once at start), s.
 PURGE_PERIOD_S = 3600.0
 # The receive loop yields to the other tasks at least every this many messages.

@@ -148,8 +148,11 @@ def start_engine_process(rig: Rig, *, core_args: list[str] | None = None, ready_
     run = rig.run_dir
     db = run / "alarms.db"
     if fresh_store:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        from alarms.store import tracks_path
+
+        for f in (db, tracks_path(db)):
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{f}{suffix}").unlink(missing_ok=True)
         (run / "engine.checkpoint").unlink(missing_ok=True)
     rig.store_url = f"sqlite:///{db.resolve()}"
     rig.engine_log = run / "engine.log"

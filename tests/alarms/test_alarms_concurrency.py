@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -213,49 +214,39 @@ def test_workers_starting_together_create_the_schema_once(store_url):
             s.close()
 
 
-def test_sqlite_writers_waiting_together_go_alarm_events_first(tmp_path):
-    """A track write and an alarm write wait while another write holds the store: the
-    alarm write goes first, although it came second."""
-    store = open_store(f"sqlite:///{tmp_path / 'gate.db'}")
-    gate = store._db._write_gate
-    order: list[str] = []
-    acquire = gate.acquire
+def test_sqlite_track_writes_never_hold_up_alarm_writes(tmp_path):
+    """SQLite has one writer per file: the location history lives in a file of its own,
+    so an alarm is stored while a (long) track write holds that file's writer lock."""
+    from alarms.store import tracks_path
 
-    def acquire_in_order(background):  # the order in which writers get the store
-        acquire(background)
-        order.append("tracks" if background else "alarm")
-
-    gate.acquire = acquire_in_order
+    path = tmp_path / "alarms.db"
+    store = open_store(f"sqlite:///{path}")
+    assert tracks_path(path) == tmp_path / "alarms.tracks.db"
     holding, release = threading.Event(), threading.Event()
 
-    def hold():
-        with store._db.tx("hold"):
+    def hold_tracks():
+        with store._tracks_db.tx("a long track write") as cur:
+            cur.execute("INSERT INTO tracks (device_id, subject_id, region, ts, lat, lon, acc, "
+                        "src, received_at) VALUES ('BR-1', 'S-1', '330723', 1, 29.1, 120.2, "
+                        "10.0, 'gps', 2)")
             holding.set()
-            release.wait(30)
+            release.wait(60)
 
-    def tracks():
-        store.record_fixes([("BR-1", "S-1", "330723", 1_000, 29.1, 120.2, 10.0, "gps", 1_001)])
-
-    def alarm():
+    holder = threading.Thread(target=hold_tracks)
+    holder.start()
+    try:
+        assert holding.wait(30)
+        # would wait for the holder (and fail after the busy timeout) if they shared a file
         store.record_events([raised("G-1", at=1_000)], now_ms=1_002)
-
-    def wait_for(cond):
-        deadline = time.monotonic() + 30
-        while not cond():
-            assert time.monotonic() < deadline, "a writer never reached the gate"
-            time.sleep(0.005)
-
-    threads = [threading.Thread(target=f) for f in (hold, tracks, alarm)]
-    threads[0].start()
-    assert holding.wait(30)
-    order.clear()  # the holder's own entry
-    threads[1].start()
-    wait_for(lambda: gate._background_waiting == 1)
-    threads[2].start()
-    wait_for(lambda: gate._foreground_waiting == 1)
-    release.set()
-    for t in threads:
-        t.join(30)
-    assert order == ["alarm", "tracks"]
-    assert table_count(store, "tracks") == 1 and table_count(store, "events") == 1
+        assert table_count(store, "events") == 1
+        assert table_count(store, "tracks") == 0  # not committed yet
+    finally:
+        release.set()
+        holder.join(30)
+    assert table_count(store, "tracks") == 1
+    # and each kind of row is in its own file
+    with sqlite3.connect(path) as main, sqlite3.connect(tracks_path(path)) as tracks:
+        assert main.execute("SELECT COUNT(*) FROM tracks").fetchone()[0] == 0
+        assert tracks.execute("SELECT COUNT(*) FROM tracks").fetchone()[0] == 1
+        assert tracks.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
     store.close_store()
