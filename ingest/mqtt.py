@@ -148,7 +148,29 @@ def make_client(settings: BrokerSettings, *, client_id: str, will: aiomqtt.Will 
         # be told before it connects.
         client._client.manual_ack_set(True)
     _read_in_bursts(client._client)
+    _lean_receive(client._client)
     return client
+
+
+class _NoTopicCallbacks:
+    """Stands in for paho's per-topic callback matcher (``message_callback_add``), which
+    neither aiomqtt nor emfence registers callbacks with."""
+
+    def iter_match(self, topic: str):
+        return ()
+
+
+def _lean_receive(paho_client) -> None:
+    """Skip two per-message costs of paho's receive path that buy the engine nothing
+    (measured with a sampling profiler at 16 000 messages/s: ~8 % and ~3 % of the
+    engine's samples):
+
+    - matching every topic against per-topic callbacks, of which there are none;
+    - a debug log line formatted for every packet (aiomqtt hands paho its logger; the
+      engine logs connection events itself).
+    """
+    paho_client._on_message_filtered = _NoTopicCallbacks()
+    paho_client.disable_logger()
 
 
 # Packets read per "socket readable" event at most.

@@ -106,9 +106,12 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+DIGEST_BYTES = 16
+
+
 def message_digest(topic: str, payload: bytes) -> bytes:
     """Identity of a message for recognising broker redeliveries (16 bytes)."""
-    h = hashlib.blake2b(digest_size=16)
+    h = hashlib.blake2b(digest_size=DIGEST_BYTES)
     h.update(topic.encode("utf-8", "surrogateescape"))
     h.update(b"\0")
     h.update(payload)
@@ -1009,10 +1012,12 @@ def _acks_path(checkpoint: Path) -> Path:
 
 
 def _write_acks_file(path: Path, entries: dict[str, set[bytes]]) -> None:
-    data = {h: [d.hex() for d in sorted(ds)] for h, ds in entries.items()}
+    # Version 2: each checkpoint's digests concatenated (16 bytes each), base64. Version
+    # 1 listed them in hex, which cost ~0.2 s of Python per checkpoint at 40 000 digests.
+    data = {h: base64.b64encode(b"".join(ds)).decode() for h, ds in entries.items()}
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(orjson.dumps({"version": 1, "checkpoints": data}))
+        f.write(orjson.dumps({"version": 2, "checkpoints": data}))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -1024,11 +1029,15 @@ def read_covered(checkpoint: Path) -> set[bytes]:
     try:
         data = orjson.loads(p.read_bytes())
         entry = data["checkpoints"].get(file_digest(checkpoint))
+        if not entry:
+            return set()
+        if data.get("version") == 1:  # written by an earlier emfence
+            return {bytes.fromhex(h) for h in entry}
+        blob = base64.b64decode(entry, validate=True)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return set()
-    if not entry:
-        return set()
-    return {bytes.fromhex(h) for h in entry}
+    n = DIGEST_BYTES
+    return {blob[i:i + n] for i in range(0, len(blob) - len(blob) % n, n)}
 
 
 def load_model(zones_path: str, subjects_path: str):

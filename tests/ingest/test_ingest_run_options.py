@@ -242,6 +242,20 @@ def test_redelivery_digests_trust_only_the_matching_checkpoint(tmp_path):
     assert read_covered(ckpt) == set()
 
 
+def test_redelivery_digests_round_trip_and_read_the_earlier_format(tmp_path):
+    import hashlib
+
+    ckpt = tmp_path / "w.ckpt"
+    ckpt.write_bytes(b"state")
+    digests = {hashlib.blake2b(str(i).encode(), digest_size=16).digest() for i in range(40_000)}
+    _write_acks_file(_acks_path(ckpt), {file_digest(ckpt): digests})
+    assert read_covered(ckpt) == digests
+    # version 1 (hex lists), as written by earlier releases next to their checkpoints
+    _acks_path(ckpt).write_bytes(orjson.dumps(
+        {"version": 1, "checkpoints": {file_digest(ckpt): [d.hex() for d in digests]}}))
+    assert read_covered(ckpt) == digests
+
+
 def make_tls_files(d) -> tuple[str, str, str]:
     """A throwaway CA and a server certificate for 127.0.0.1 (openssl CLI)."""
     ca_key, ca, key, csr, cert, ext = (str(d / n) for n in (
@@ -415,3 +429,30 @@ async def test_a_sweep_never_overtakes_messages_received_before_it(tmp_path, fle
         else:
             assert service.engine.sweep(arg) == []
     assert service.unstored == [] and service.events_queued == 0
+
+
+async def test_the_paho_internals_the_engine_client_relies_on_are_there():
+    """ingest.mqtt reaches into aiomqtt and paho (manual PUBACK, burst reads, the queue,
+    the receive path's per-message costs). A library upgrade that moves them must fail
+    here, by name, rather than somewhere in the live path."""
+    import aiomqtt
+    import paho.mqtt.client as paho
+
+    from ingest import mqtt
+
+    client = mqtt.make_client(BrokerSettings("127.0.0.1", 1), client_id="engine-x", will=None)
+    p = client._client
+    for name in ("_packet_read", "_loop_rc_handle", "_sock", "_callback_mutex",
+                 "_in_callback_mutex", "manual_ack_set", "ack"):
+        assert hasattr(p, name), name
+    assert isinstance(client._queue, asyncio.Queue)
+    assert p.loop_read.__qualname__.startswith("_read_in_bursts")
+    assert p._logger is None  # no per-packet debug logging
+    # with the per-topic matcher replaced, a received message still reaches on_message
+    got = []
+    p.on_message = lambda c, userdata, message: got.append(message.topic)
+    msg = paho.MQTTMessage(mid=7, topic=b"emfence/v1/330723/BR-1/fix")
+    msg.payload = b"{}"
+    p._handle_on_message(msg)
+    assert got == ["emfence/v1/330723/BR-1/fix"]
+    assert isinstance(client, aiomqtt.Client)
