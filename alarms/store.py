@@ -71,6 +71,17 @@ _TRACK_COLS = ", ".join(TRACK_COLUMNS)
 
 def _track_key(row: tuple[Any, ...]) -> tuple[str, int]:
     return row[0], row[3]  # (device_id, ts): the tracks table's key
+
+
+def _subject_pairs(rows: list[tuple[Any, ...]]) -> list[tuple[str, str]]:
+    """(subject_id, device_id) of track rows, once each (rows without a subject left out)."""
+    return sorted({(r[1], r[0]) for r in rows if r[1] is not None})
+
+
+# A subject's fixes, found through the devices they were stored under (track_subjects),
+# so that the lookup uses the tracks key (device_id, ts).
+_SUBJECT_FIXES = ("(device_id IN (SELECT device_id FROM track_subjects WHERE subject_id = ?) "
+                  "AND subject_id = ?)")
 # Keep a device's newest position: a late batch of older fixes must not move it back.
 _POSITION_UPSERT = (
     "ON CONFLICT (device_id) DO UPDATE SET ts = excluded.ts, "
@@ -195,6 +206,10 @@ class _Db:
         for chunk in _chunks(newest, _ROWS_PER_INSERT):
             cur.execute(f"INSERT INTO positions ({_TRACK_COLS}) VALUES {_values(len(chunk), 9)} "
                         + _POSITION_UPSERT, [v for row in chunk for v in row])
+        for chunk in _chunks(_subject_pairs(rows), _ROWS_PER_INSERT):
+            cur.execute("INSERT INTO track_subjects (subject_id, device_id) VALUES "
+                        + _values(len(chunk), 2) + " ON CONFLICT DO NOTHING",
+                        [v for pair in chunk for v in pair])
 
     def conn(self) -> Any:
         if self._closed:
@@ -414,6 +429,10 @@ class _SqliteDb(_Db):
                     "ON CONFLICT (device_id, ts) DO NOTHING", (orjson.dumps(rows),))
         cur.execute(f"INSERT INTO positions ({_TRACK_COLS}) {_JSON_ROWS} " + _POSITION_UPSERT,
                     (orjson.dumps(newest),))
+        cur.execute("INSERT INTO track_subjects (subject_id, device_id) SELECT "
+                    "json_extract(value, '$[0]'), json_extract(value, '$[1]') "
+                    "FROM json_each(?) WHERE true ON CONFLICT DO NOTHING",
+                    (orjson.dumps(_subject_pairs(rows)),))
 
     def lock_event_log(self, cur: _Cursor) -> None:
         pass  # BEGIN IMMEDIATE already makes this the only writer
@@ -475,6 +494,9 @@ class _PostgresDb(_Db):
         cur.execute(f"INSERT INTO positions ({_TRACK_COLS}) SELECT DISTINCT ON (device_id) "
                     f"{_TRACK_COLS} FROM tracks_in ORDER BY device_id, ts DESC "
                     + _POSITION_UPSERT)
+        cur.execute("INSERT INTO track_subjects (subject_id, device_id) SELECT DISTINCT "
+                    "subject_id, device_id FROM tracks_in WHERE subject_id IS NOT NULL "
+                    "ON CONFLICT DO NOTHING")
 
     def lock_event_log(self, cur: _Cursor) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(?)", (_PG_EVENT_LOCK,))
@@ -1182,11 +1204,11 @@ class AlarmStore:
         where: list[str] = []
         params: list[Any] = []
         if subject_id is not None:
-            where.append("subject_id = ?")
-            params.append(subject_id)
+            where.append(_SUBJECT_FIXES)
+            params += [subject_id, subject_id]
         if isinstance(key, str):
-            where.append("(device_id = ? OR subject_id = ?)")
-            params += [key, key]
+            where.append(f"(device_id = ? OR {_SUBJECT_FIXES})")
+            params += [key, key, key]
         elif key is not None:
             devices = _as_list(key, "device ids") or []
             if not devices:
@@ -1229,6 +1251,10 @@ class AlarmStore:
         with self._tracks_db.tx("purge tracks") as cur:
             n = cur.execute("DELETE FROM tracks WHERE ts < ?", (before_ms,)).rowcount
             cur.execute("DELETE FROM positions WHERE ts < ?", (before_ms,))
+            if n > 0:  # forget the subjects' devices that have no fix left
+                cur.execute("DELETE FROM track_subjects WHERE NOT EXISTS (SELECT 1 FROM tracks "
+                            "WHERE tracks.device_id = track_subjects.device_id "
+                            "AND tracks.subject_id = track_subjects.subject_id)")
         return max(n, 0)
 
     # --- users --------------------------------------------------------------------------

@@ -29,6 +29,6 @@ def cleared(raised_event: dict[str, Any], *, at: int, **evidence: Any) -> dict[s
 
 def table_count(store, table: str) -> int:
     """Rows in a table, read through the store's own connection (tests only)."""
-    db = store._tracks_db if table in ("tracks", "positions") else store._db
+    db = store._tracks_db if table in ("tracks", "positions", "track_subjects") else store._db
     with db.tx("test count", write=False) as cur:
         return int(cur.execute(f"SELECT COUNT(*) FROM {table}").scalar())

@@ -190,3 +190,50 @@ def test_audit_log_filters_and_pages(store):
     assert [r["id"] for r in page1 + page2] == [r["id"] for r in everything[:6]]
     with pytest.raises(StoreError, match="needs an action"):
         store.audit("x", "", None, None, 1)
+
+
+def test_a_device_moved_to_another_subject_keeps_each_subjects_track_apart(store):
+    store.record_fixes([fix("BR-1", 1_000, subject="S-1"), fix("BR-1", 2_000, subject="S-1"),
+                        fix("BR-2", 1_500, subject="S-1")])
+    store.record_fixes([fix("BR-1", 3_000, subject="S-2")])  # the bracelet re-issued
+    assert [(r["device_id"], r["ts"]) for r in store.track(None, 0, 9_000, subject_id="S-1")] \
+        == [("BR-1", 1_000), ("BR-2", 1_500), ("BR-1", 2_000)]
+    assert [r["ts"] for r in store.track("S-2", 0, 9_000)] == [3_000]
+    assert [r["ts"] for r in store.track("BR-1", 0, 9_000)] == [1_000, 2_000, 3_000]
+    assert table_count(store, "track_subjects") == 3
+    # retention: pairs whose fixes are all gone are forgotten with them
+    assert store.purge_tracks(2_500) == 3
+    assert table_count(store, "track_subjects") == 1
+    assert store.track("S-1", 0, 9_000) == []
+
+
+def test_schema_2_moves_subject_lookups_off_the_tracks_index(tmp_path):
+    """A store created at schema version 1 (subject index on tracks) is migrated: the pairs
+    are filled from the stored fixes and the index is dropped."""
+    import sqlite3
+
+    from alarms import open_store
+    from alarms.schema import MIGRATIONS, SCHEMA_VERSION_TABLE, render
+    from alarms.store import tracks_path
+
+    path = tmp_path / "old.db"
+    for f in (path, tracks_path(path)):
+        with sqlite3.connect(f) as db:
+            db.execute(SCHEMA_VERSION_TABLE)
+            for statement in MIGRATIONS[0]:
+                db.execute(render(statement, "sqlite"))
+            db.execute("INSERT INTO schema_version (version, applied_at) VALUES (1, 0)")
+    with sqlite3.connect(tracks_path(path)) as db:
+        db.executemany("INSERT INTO tracks (device_id, subject_id, region, ts, lat, lon, acc, "
+                       "src, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       [fix("BR-1", 1_000), fix("PH-1", 2_000), fix("BR-9", 1_000, subject="S-9")])
+    store = open_store(f"sqlite:///{path}")
+    try:
+        assert store.schema_version() >= 2
+        assert [(r["device_id"], r["ts"]) for r in store.track("S-1", 0, 9_000)] == [
+            ("BR-1", 1_000), ("PH-1", 2_000)]
+        with sqlite3.connect(tracks_path(path)) as db:
+            names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "tracks_subject_ts" not in names and "tracks_ts" in names
+    finally:
+        store.close_store()
