@@ -40,6 +40,18 @@ async def until(predicate) -> None:
     await asyncio.wait_for(poll(), WAIT_S)
 
 
+@contextlib.asynccontextmanager
+async def running(publisher: OutboxPublisher, client: aiomqtt.Client):
+    """``publisher.run(client)`` as a task for the block, cancelled at its end."""
+    task = asyncio.create_task(publisher.run(client))
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def engine_client(broker) -> aiomqtt.Client:
     return aiomqtt.Client("127.0.0.1", broker.port, username="emfence-engine",
                           password=PASSWORDS["emfence-engine"], timeout=5)
@@ -129,15 +141,10 @@ async def test_a_dead_broker_marks_nothing_and_a_new_connection_resends(store, b
     broker.start()  # same port and data directory
     sub2 = await Subscriber(broker).start()
     try:
-        async with engine_client(broker) as client:
-            task = asyncio.create_task(publisher.run(client))  # a run starts with a resend
-            try:
-                got = await sub2.wait_for(10)
-                await wait_until_delivered(store)
-            finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        # a run starts with a resend
+        async with engine_client(broker) as client, running(publisher, client):
+            got = await sub2.wait_for(10)
+            await wait_until_delivered(store)
     finally:
         await sub2.stop()
     # no gap: every event of the second batch reached the console after the restart
@@ -151,21 +158,15 @@ async def test_run_publishes_on_notify_and_retries_without_it(store, broker):
     sub = await Subscriber(broker).start()
     publisher = OutboxPublisher(store, config=AlarmsConfig(outbox_retry_s=0.3))
     try:
-        async with engine_client(broker) as client:
-            task = asyncio.create_task(publisher.run(client))
-            try:
-                await asyncio.to_thread(store.record_events, [raised("N-1", at=1)], 2)
-                publisher.notify()
-                await sub.wait_for(1)
-                # recorded by someone who does not notify (another process, the console):
-                # the periodic retry picks it up
-                await asyncio.to_thread(store.record_events, [raised("N-2", at=3)], 4)
-                await sub.wait_for(2)
-                await wait_until_delivered(store)
-            finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        async with engine_client(broker) as client, running(publisher, client):
+            await asyncio.to_thread(store.record_events, [raised("N-1", at=1)], 2)
+            publisher.notify()
+            await sub.wait_for(1)
+            # recorded by someone who does not notify (another process, the console):
+            # the periodic retry picks it up
+            await asyncio.to_thread(store.record_events, [raised("N-2", at=3)], 4)
+            await sub.wait_for(2)
+            await wait_until_delivered(store)
     finally:
         await sub.stop()
     assert [orjson.loads(p)["alarm_id"] for _, p in sub.received] == ["N-1", "N-2"]
@@ -191,21 +192,15 @@ async def test_offered_rows_are_published_at_once_without_reading_the_store(stor
     sub = await Subscriber(broker).start()
     sent: list[bytes] = []
     try:
-        async with engine_client(broker) as client:
-            task = asyncio.create_task(publisher.run(client))
-            try:
-                await until(lambda: publisher.counters["reads"] == 1)  # the start's read
-                for batch in range(3):
-                    evs = [raised(f"O-{batch}-{i}", at=batch * 100 + i) for i in range(10)]
-                    rows = await asyncio.to_thread(store.record_events_for_delivery, evs, 1)
-                    publisher.offer(rows)
-                    sent += [p for _, _, p in rows]
-                await sub.wait_for(30)
-                await wait_until_delivered(store)
-            finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        async with engine_client(broker) as client, running(publisher, client):
+            await until(lambda: publisher.counters["reads"] == 1)  # the start's read
+            for batch in range(3):
+                evs = [raised(f"O-{batch}-{i}", at=batch * 100 + i) for i in range(10)]
+                rows = await asyncio.to_thread(store.record_events_for_delivery, evs, 1)
+                publisher.offer(rows)
+                sent += [p for _, _, p in rows]
+            await sub.wait_for(30)
+            await wait_until_delivered(store)
     finally:
         await sub.stop()
     assert [p for _, p in sub.received] == sent  # exact bytes, in order, once each
@@ -220,21 +215,16 @@ async def test_a_row_offered_after_a_read_sent_it_is_not_sent_again(store, broke
     publisher = OutboxPublisher(store, config=AlarmsConfig(outbox_retry_s=600))
     sub = await Subscriber(broker).start()
     try:
-        async with engine_client(broker) as client:
-            task = asyncio.create_task(publisher.run(client))  # its first read sends them
-            try:
-                await sub.wait_for(5)
-                await wait_until_delivered(store)
-                publisher.offer(rows)  # late hand-over of the same rows
-                extra = [raised("R-5", at=5)]
-                publisher.offer(await asyncio.to_thread(store.record_events_for_delivery,
-                                                        extra, 2))
-                await sub.wait_for(6)
-                await wait_until_delivered(store)
-            finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        # its first read sends them
+        async with engine_client(broker) as client, running(publisher, client):
+            await sub.wait_for(5)
+            await wait_until_delivered(store)
+            publisher.offer(rows)  # late hand-over of the same rows
+            extra = [raised("R-5", at=5)]
+            publisher.offer(await asyncio.to_thread(store.record_events_for_delivery,
+                                                    extra, 2))
+            await sub.wait_for(6)
+            await wait_until_delivered(store)
     finally:
         await sub.stop()
     # R-5 came after the repeated hand-over on the same connection: nothing else in between
