@@ -214,8 +214,8 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (subject_id, device_id)
         )
         """,
-        "INSERT INTO track_subjects (subject_id, device_id) SELECT DISTINCT subject_id, "
-        "device_id FROM tracks WHERE subject_id IS NOT NULL",
+        ("INSERT INTO track_subjects (subject_id, device_id) SELECT DISTINCT subject_id, "
+         "device_id FROM tracks WHERE subject_id IS NOT NULL"),
         "DROP INDEX tracks_subject_ts",
     ],
 ]
