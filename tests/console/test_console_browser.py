@@ -116,17 +116,23 @@ def severe_console_messages(driver) -> list[str]:
                      and "401" in e["message"])]
 
 
+def log_in(d, wait, name: str) -> None:
+    """Log in through the page and wait for the alarms view (every role starts there)."""
+    field = wait.until(EC.visibility_of_element_located((By.ID, "login-name")))
+    field.clear()
+    field.send_keys(name)
+    d.find_element(By.ID, "login-password").send_keys(PASSWORD)
+    d.find_element(By.ID, "login-submit").click()
+    wait.until(EC.visibility_of_element_located((By.ID, "alarms-view")))
+
+
 def test_operator_sees_an_alarm_live_then_acknowledges_and_closes_it(world, browser, tmp_path):
     server, store = world
     d = browser
     wait = WebDriverWait(d, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
     d.get(server.url + "/")
 
-    # log in
-    wait.until(EC.visibility_of_element_located((By.ID, "login-name"))).send_keys("alice")
-    d.find_element(By.ID, "login-password").send_keys(PASSWORD)
-    d.find_element(By.ID, "login-submit").click()
-    wait.until(EC.visibility_of_element_located((By.ID, "alarms-view")))
+    log_in(d, wait, "alice")
     wait.until(EC.text_to_be_present_in_element((By.ID, "feed-state"), "live"))
     assert "alice (operator)" in d.find_element(By.ID, "who").text
     # the map drew the county and the exclusion circle from their own geometry
@@ -222,9 +228,7 @@ def test_supervisor_view_shows_statistics(world, browser, tmp_path):
     d = browser
     wait = WebDriverWait(d, WAIT_S)
     d.get(server.url + "/")
-    wait.until(EC.visibility_of_element_located((By.ID, "login-name"))).send_keys("sue")
-    d.find_element(By.ID, "login-password").send_keys(PASSWORD)
-    d.find_element(By.ID, "login-submit").click()
+    log_in(d, wait, "sue")
     wait.until(EC.element_to_be_clickable((By.ID, "tab-stats"))).click()
     wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, "#stats-body .card")))
     text = d.find_element(By.ID, "stats-body").text
@@ -247,9 +251,7 @@ def test_older_alarms_load_page_by_page(world, browser):
     d = browser
     wait = WebDriverWait(d, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
     d.get(server.url + "/")
-    wait.until(EC.visibility_of_element_located((By.ID, "login-name"))).send_keys("alice")
-    d.find_element(By.ID, "login-password").send_keys(PASSWORD)
-    d.find_element(By.ID, "login-submit").click()
+    log_in(d, wait, "alice")
     rows = (By.CSS_SELECTOR, "#alarm-rows tr")
     wait.until(lambda drv: len(drv.find_elements(*rows)) == 500)
     first = d.find_elements(*rows)[0].get_attribute("data-alarm-id")
@@ -258,15 +260,6 @@ def test_older_alarms_load_page_by_page(world, browser):
     wait.until(lambda drv: len(drv.find_elements(*rows)) == n)
     assert d.find_elements(*rows)[-1].get_attribute("data-alarm-id") == f"old-{n - 1:04d}"
     assert not d.find_element(By.ID, "load-older").is_displayed()
-
-
-def log_in(d, wait, name: str) -> None:
-    field = wait.until(EC.visibility_of_element_located((By.ID, "login-name")))
-    field.clear()
-    field.send_keys(name)
-    d.find_element(By.ID, "login-password").send_keys(PASSWORD)
-    d.find_element(By.ID, "login-submit").click()
-    wait.until(EC.visibility_of_element_located((By.ID, "alarms-view")))
 
 
 def test_after_a_console_restart_the_page_asks_to_log_in_and_misses_nothing(
