@@ -153,6 +153,18 @@ class Reference:
             for dev in s["devices"]:
                 self.devices[dev["device_id"]] = RefDevice(dev["device_id"], s)
 
+    def clear_fix(self, device_id: str, ts: int, rx: int, lon: float, lat: float, acc: float,
+                  coord_sys: str, tolerance_m: float) -> dict | None:
+        """A replay record of this fix (given in WGS-84; sent in ``coord_sys``), or None
+        when it comes within ``tolerance_m`` of a threshold: two correct implementations
+        may then decide it differently, so scenarios leave it out."""
+        if coord_sys == "gcj02":
+            lon, lat = wgs84_to_gcj02(lon, lat)
+        if self.ambiguity_m(device_id, ts, lat, lon, acc, coord_sys) < tolerance_m:
+            return None
+        return {"device_id": device_id, "ts": ts, "rx": rx, "lat": lat, "lon": lon,
+                "acc": acc, "coord_sys": coord_sys}
+
     def ambiguity_m(self, device_id: str, ts: int, lat: float, lon: float, acc: float,
                     coord_sys: str = "wgs84") -> float:
         """How close (metres) any decision this fix could take comes to its threshold:

@@ -18,7 +18,7 @@ import orjson
 import pytest
 import shapely
 from engine_helpers import T0, circle_feature, county_feature, offset
-from engine_reference import Reference, RefZone, wgs84_to_gcj02
+from engine_reference import Reference, RefZone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -119,12 +119,9 @@ def generate(seed: int, n: int = 400, walk: bool = False) -> tuple[dict, list[di
         lon, lat = offset(*base, rng.gauss(0, spread), rng.gauss(0, spread))
         acc = rng.choice([5.0, 10.0, 30.0, 49.0, 80.0, 250.0])
         coord_sys = "gcj02" if rng.random() < 0.25 else "wgs84"
-        if coord_sys == "gcj02":
-            lon, lat = wgs84_to_gcj02(lon, lat)
-        if ref.ambiguity_m(d, ts, lat, lon, acc, coord_sys) < TOLERANCE_M:
-            continue  # too close to a threshold to tell two correct metric frames apart
-        records.append({"device_id": d, "ts": ts, "rx": rx, "lat": lat, "lon": lon,
-                        "acc": acc, "coord_sys": coord_sys})
+        record = ref.clear_fix(d, ts, rx, lon, lat, acc, coord_sys, TOLERANCE_M)
+        if record is not None:
+            records.append(record)
     return subj, records, rx + rng.randint(0, 4_000_000)
 
 
