@@ -12,8 +12,11 @@ Shared by the live MQTT intake (``ingest.service``) and ``emfence replay``.
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import re
+import sys
 from typing import Any, NamedTuple
 
 import orjson
@@ -54,6 +57,10 @@ MIN_TS_MS = 946_684_800_000
 MAX_TS_MS = 7_258_118_400_000
 # seq is a device counter; bounded so it always fits the engine's int64 arrays.
 MAX_SEQ = 2**63 - 1
+# The largest finite double: a Python int below it converts to float without overflow.
+_MAX_DOUBLE = sys.float_info.max
+# Bytes of the refused payload a dead-letter record carries (base64).
+DEADLETTER_PREFIX_BYTES = 256
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TOPIC_PREFIX = "emfence/v1"
@@ -141,19 +148,45 @@ def _require_object(obj: Any, where: str) -> dict:
     return obj
 
 
+# Integer fields check their range before their integer-ness: orjson hands over an
+# integer beyond 64 bits (2^70) as a float, and such a number is out of range, not of the
+# wrong type. A float within the range is still refused as bad_type.
+
+def epoch_ms(v: Any, name: str, where: str) -> int:
+    """Check a timestamp field's value: an integer, epoch ms, within 2000..2200.
+
+    Raises :class:`PayloadError` (``bad_type`` or ``out_of_range``) naming ``name``.
+    """
+    if not _is_number(v):
+        raise PayloadError(f"bad_type: {name} must be an integer (epoch ms), got "
+                           f"{_type_name(v)} {_short(v)}", where)
+    if isinstance(v, float) and math.isnan(v):  # only from parsers other than orjson
+        raise PayloadError(f"out_of_range: {name}=nan is not finite", where)
+    if v < MIN_TS_MS:
+        hint = " (seconds instead of milliseconds?)" if v > MIN_TS_MS // 1000 else ""
+        raise PayloadError(f"out_of_range: {name}={_short(v)} is before 2000-01-01{hint}", where)
+    if v > MAX_TS_MS:
+        raise PayloadError(f"out_of_range: {name}={_short(v)} is after 2200-01-01", where)
+    if isinstance(v, float):
+        raise PayloadError(f"bad_type: {name} must be an integer (epoch ms), got number "
+                           f"{_short(v)}", where)
+    return v
+
+
 def _ts(obj: dict, where: str) -> int:
     if "ts" not in obj:
         raise PayloadError("missing_field: ts", where)
-    v = obj["ts"]
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise PayloadError(
-            f"bad_type: ts must be an integer (epoch ms), got {_type_name(v)} {_short(v)}", where
-        )
-    if v < MIN_TS_MS:
-        hint = " (seconds instead of milliseconds?)" if v > MIN_TS_MS // 1000 else ""
-        raise PayloadError(f"out_of_range: ts={v} is before 2000-01-01{hint}", where)
-    if v > MAX_TS_MS:
-        raise PayloadError(f"out_of_range: ts={v} is after 2200-01-01", where)
+    return epoch_ms(obj["ts"], "ts", where)
+
+
+def _seq(v: Any, where: str) -> int:
+    if not _is_number(v):
+        raise PayloadError(f"bad_type: seq must be an integer, got {_type_name(v)} {_short(v)}",
+                           where)
+    if not (0 <= v <= MAX_SEQ):  # also NaN, which fails every comparison
+        raise PayloadError(f"out_of_range: seq={_short(v)} not in [0, 2^63-1]", where)
+    if isinstance(v, float):
+        raise PayloadError(f"bad_type: seq must be an integer, got number {_short(v)}", where)
     return v
 
 
@@ -169,7 +202,7 @@ def _number(obj: dict, name: str, where: str, lo: float, hi: float, *, required:
                            where)
     try:
         f = float(v)
-    except OverflowError:  # a JSON integer too big for a double
+    except OverflowError:  # an integer too big for a double (from a parser other than orjson)
         raise PayloadError(f"out_of_range: {name}={_short(v)} is not finite", where) from None
     if not math.isfinite(f):
         raise PayloadError(f"out_of_range: {name}={f!r} is not finite", where)
@@ -211,12 +244,13 @@ def parse_fix(obj: Any, *, where: str = "") -> Fix:
         src = obj.get("src")
         cs = obj.get("coord_sys")
         seq = obj.get("seq")
-        # NaN fails every comparison and +-inf every range, so both take the slow path.
+        # NaN fails every comparison and +-inf every range, so both take the slow path; so
+        # does an acc too big for a double (an int from a parser other than orjson).
         if (type(ts) is int and MIN_TS_MS <= ts <= MAX_TS_MS
                 and (type(lat) is float or type(lat) is int) and -90.0 <= lat <= 90.0
                 and (type(lon) is float or type(lon) is int) and -180.0 <= lon <= 180.0
                 and (acc is None or ((type(acc) is float or type(acc) is int)
-                                     and 0.0 < acc < math.inf))
+                                     and 0.0 < acc < _MAX_DOUBLE))
                 and (src is None or (type(src) is str and src in _SOURCES))
                 and (cs is None or (type(cs) is str and cs in _COORD_SYSTEMS))
                 and (seq is None or (type(seq) is int and 0 <= seq <= MAX_SEQ))):
@@ -244,11 +278,7 @@ def parse_fix_checked(obj: Any, *, where: str = "") -> Fix:
     coord_sys = _choice(obj, "coord_sys", where, tuple(COORD_SYS_CODES), DEFAULT_COORD_SYS)
     seq = obj.get("seq")
     if seq is not None:
-        if isinstance(seq, bool) or not isinstance(seq, int):
-            raise PayloadError(f"bad_type: seq must be an integer, got {_type_name(seq)} "
-                               f"{_short(seq)}", where)
-        if seq < 0 or seq > MAX_SEQ:
-            raise PayloadError(f"out_of_range: seq={_short(seq)} not in [0, 2^63-1]", where)
+        seq = _seq(seq, where)
     return Fix(ts, lat, lon, acc, src, coord_sys, seq)
 
 
@@ -277,10 +307,38 @@ def _load(payload: bytes, config: IngestConfig) -> Any:
         raise PayloadError(f"too_large: {n} bytes > {config.max_payload_bytes}")
     if n == 0:
         raise PayloadError("empty: zero-length payload")
+    return load_json(payload)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_int(text: str) -> int | float:
+    # As orjson does: an integer beyond 64 bits becomes a double (the field checks call
+    # it out of range), never a 10 000-digit int to convert.
+    return int(text) if len(text) <= 20 else float(text)
+
+
+def load_json(payload: bytes) -> Any:
+    """Parse one JSON document (UTF-8 bytes); :class:`PayloadError` ``bad_json`` if it is not.
+
+    orjson refuses a number beyond a double (``1e400``) although JSON allows it; such a
+    document is read again by the standard library, where the number becomes infinity,
+    so the field check names the field (``out_of_range``) and, in a store-and-forward
+    array, only that element is lost. NaN and Infinity are not JSON and stay ``bad_json``.
+    """
     try:
         return orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
-        raise PayloadError(f"bad_json: {exc}") from None
+        error = exc
+    if "infinity" in str(error):
+        try:
+            return json.loads(bytes(payload).decode("utf-8"), parse_constant=_refuse_constant,
+                              parse_int=_json_int)
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            pass
+    raise PayloadError(f"bad_json: {error}")
 
 
 def _check_future(ts_ms: int, rx_ms: int, config: IngestConfig, where: str) -> None:
@@ -350,3 +408,35 @@ def parse_topic(topic: str) -> tuple[str, str, str]:
     if kind not in KINDS:
         raise PayloadError(f"bad_topic: kind {_short(kind)} is not fix or status")
     return region, device_id, kind
+
+
+def deadletter_record(topic: str | bytes, payload: bytes, exc: PayloadError, *, rx_ms: int,
+                      engine: str) -> tuple[str, bytes]:
+    """The dead letter of a refused message as ``(region, JSON bytes)``; never raises.
+
+    ``region`` is the topic's region when that is a valid id, else ``"unknown"``. The
+    record carries the topic, ``exc``'s reason, code and place, the payload's length and
+    its first :data:`DEADLETTER_PREFIX_BYTES` bytes (base64), and the ``engine``'s name
+    (docs/wire-protocol.md). Text that is not valid UTF-8 (topic bytes from a lax broker,
+    a str with lone surrogates) is written with backslash escapes.
+    """
+    if not isinstance(topic, str):
+        topic = bytes(topic).decode("utf-8", "backslashreplace")
+    parts = topic.split("/")
+    region = parts[2] if len(parts) > 2 and ID_RE.fullmatch(parts[2]) else "unknown"
+    record = {
+        "topic": topic, "reason": exc.reason, "code": exc.code, "where": exc.where,
+        "rx_ms": rx_ms, "payload_bytes": len(payload),
+        "payload_prefix_b64": base64.b64encode(payload[:DEADLETTER_PREFIX_BYTES]).decode(),
+        "engine": engine,
+    }
+    try:
+        return region, orjson.dumps(record)
+    except orjson.JSONEncodeError:  # a str with lone surrogates is not UTF-8
+        for key in ("topic", "reason", "code", "where", "engine"):
+            record[key] = _utf8_text(record[key])
+        return region, orjson.dumps(record)
+
+
+def _utf8_text(text: Any) -> str:
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")

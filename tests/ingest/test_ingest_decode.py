@@ -109,8 +109,12 @@ def _reason(payload: bytes, **kw) -> PayloadError:
         (b'{"ts":1763799998123,"lat":123.0,"lon":118.8}',
          "out_of_range: lat=123.0 not in [-90.0, 90.0]"),
         (b'{"ts":1763799998123,"lat":28.9,"lon":-180.5}', "out_of_range: lon=-180.5"),
-        # orjson refuses an overflowing double outright.
-        (b'{"ts":1763799998123,"lat":1e999,"lon":118.8}', "bad_json: number is infinity"),
+        # A number beyond a double is valid JSON (orjson alone refuses it): out of range.
+        (b'{"ts":1763799998123,"lat":1e999,"lon":118.8}', "out_of_range: lat=inf is not finite"),
+        (b'{"ts":1763799998123,"lat":28.9,"lon":-1e400}', "out_of_range: lon=-inf is not finite"),
+        # NaN and Infinity are not JSON at all.
+        (b'{"ts":1763799998123,"lat":28.9,"lon":Infinity}', "bad_json"),
+        (b'{"ts":1763799998123,"lat":28.9,"lon":-Infinity}', "bad_json"),
         (b'{"ts":1763799998123,"lat":28.9,"lon":118.8,"acc":0}', "out_of_range: acc=0.0"),
         (b'{"ts":1763799998123,"lat":28.9,"lon":118.8,"acc":-3}', "out_of_range: acc=-3.0"),
         (b'{"ts":1763799998123,"lat":28.9,"lon":118.8,"acc":[5]}', "bad_type: acc"),
@@ -121,13 +125,75 @@ def _reason(payload: bytes, **kw) -> PayloadError:
         (b'{"ts":1763799998123,"lat":28.9,"lon":118.8,"coord_sys":1}', "bad_type: coord_sys"),
         (b'{"ts":1763799998123,"lat":28.9,"lon":118.8,"seq":-1}', "out_of_range: seq=-1"),
         (b'{"ts":1763799998123,"lat":28.9,"lon":118.8,"seq":"7"}', "bad_type: seq"),
-        # orjson reads an integer beyond 64 bits as a float: not an integer seq.
+        # orjson reads an integer beyond 64 bits as a float; it is out of range all the same.
         (b'{"ts":1763799998123,"lat":28.9,"lon":118.8,"seq":99999999999999999999}',
-         "bad_type: seq must be an integer, got number 1e+20"),
+         "out_of_range: seq=1e+20 not in [0, 2^63-1]"),
+        (b'{"ts":1763799998123,"lat":28.9,"lon":118.8,"seq":1.5}',
+         "bad_type: seq must be an integer, got number 1.5"),
+        (b'{"ts":1763799998123,"lat":28.9,"lon":118.8,"seq":-1.5}', "out_of_range: seq=-1.5"),
     ],
 )
 def test_hostile_payloads_are_rejected_with_a_named_reason(payload, reason):
     assert _reason(payload).reason.startswith(reason)
+
+
+# Issue #10, item 8c: every integer field out of its range is out_of_range, however
+# large, and whether orjson hands it over as an int (up to 2^64-1) or as a float.
+@pytest.mark.parametrize(
+    ("field", "literal"),
+    [
+        ("seq", b"18446744073709551616"),  # 2^64
+        ("seq", b"9223372036854775808"),  # 2^63: one past the engine's int64
+        ("seq", b"-18446744073709551616"),
+        ("seq", b"1" * 400),
+        ("ts", b"1180591620717411303424"),  # 2^70
+        ("ts", b"18446744073709551615"),  # 2^64-1, still an int to orjson
+        ("ts", b"-1180591620717411303424"),
+        ("ts", b"1e30"),
+        ("ts", b"1e400"),
+        ("acc", b"1e400"),
+        ("acc", b"-1180591620717411303424"),
+        ("lat", b"1180591620717411303424"),
+        ("lon", b"-1e400"),
+    ],
+)
+def test_huge_numbers_are_out_of_range_not_bad_type(field, literal):
+    fields = {"ts": b"1763799998123", "lat": b"28.9", "lon": b"118.8", field: literal}
+    payload = b"{" + b",".join(b'"%s":%s' % (k.encode(), v) for k, v in fields.items()) + b"}"
+    err = _reason(payload)
+    assert err.code == "out_of_range" and err.reason.startswith(f"out_of_range: {field}="), err
+    # The same number in one element of a store-and-forward batch costs only that element.
+    rejects: list[PayloadError] = []
+    good = decode_fix_payload(b"[" + CAPTURED_BRACELET_FIX + b"," + payload + b"]", rx_ms=RX,
+                              config=CFG, rejects=rejects)
+    assert len(good) == 1 and [(e.where, e.code) for e in rejects] == [("[1]", "out_of_range")]
+
+
+@pytest.mark.parametrize("literal", [b"18446744073709551616", b"1e400", b"-1e400", b"-1"])
+def test_huge_battery_is_out_of_range(literal):
+    with pytest.raises(PayloadError) as info:
+        decode_status_payload(b'{"ts":1763799999000,"battery":%s}' % literal, rx_ms=RX,
+                              config=CFG)
+    assert info.value.reason.startswith("out_of_range: battery=")
+
+
+def test_a_huge_unknown_field_does_not_cost_the_fix():
+    [fix] = decode_fix_payload(b'{"ts":1763799998123,"lat":28.9,"lon":118.8,"x":1e400}',
+                               rx_ms=RX, config=CFG)
+    assert fix.lat == 28.9
+
+
+@pytest.mark.parametrize("obj", [
+    {"ts": RX, "lat": 1, "lon": 2, "acc": 10**400},  # the fast path raised OverflowError
+    {"ts": RX, "lat": 10**400, "lon": 2},
+    {"ts": 10**400, "lat": 1, "lon": 2},
+    {"ts": RX, "battery": 10**400},
+])
+def test_python_ints_beyond_a_double_are_out_of_range(obj):
+    parse = parse_status if "battery" in obj else parse_fix
+    with pytest.raises(PayloadError) as info:
+        parse(obj)
+    assert info.value.code == "out_of_range"
 
 
 def test_lat_error_names_the_value():
