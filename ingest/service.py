@@ -67,6 +67,7 @@ from ingest.decode import (
     ID_RE,
     STRAP_CODES,
     PayloadError,
+    deadletter_record,
     decode_fix_payload,
     decode_status_payload,
     parse_topic,
@@ -87,8 +88,6 @@ TRACK_ROWS_PER_WRITE = 20_000
 PURGE_PERIOD_S = 3600.0
 # The receive loop yields to the other tasks at least every this many messages.
 YIELD_EVERY = 200
-# Bytes of a rejected payload copied into its dead letter.
-DEADLETTER_PREFIX_BYTES = 256
 # How long a clean shutdown keeps trying to deliver the outbox before it gives up (the
 # rest is delivered at the next start).
 SHUTDOWN_FLUSH_S = 10.0
@@ -535,17 +534,10 @@ class Service:
     def _deadletter(self, topic: str, payload: bytes, exc: PayloadError, rx_ms: int) -> None:
         self.counters["deadletters"] += 1
         self.rejects[exc.code] += 1
-        parts = topic.split("/")
-        region = parts[2] if len(parts) > 2 and ID_RE.fullmatch(parts[2]) else "unknown"
-        prefix = payload[:DEADLETTER_PREFIX_BYTES]
-        record = {
-            "topic": topic, "reason": exc.reason, "code": exc.code, "where": exc.where,
-            "rx_ms": rx_ms, "payload_bytes": len(payload),
-            "payload_prefix_b64": base64.b64encode(prefix).decode(),
-            "engine": self.opts.name,
-        }
+        region, record = deadletter_record(topic, payload, exc, rx_ms=rx_ms,
+                                           engine=self.opts.name)
         try:
-            self.deadletters.put_nowait((self.mqtt.deadletter_topic(region), orjson.dumps(record)))
+            self.deadletters.put_nowait((self.mqtt.deadletter_topic(region), record))
         except asyncio.QueueFull:
             self.counters["deadletters_dropped"] += 1
             if self.counters["deadletters_dropped"] % 1000 == 1:
