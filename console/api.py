@@ -156,13 +156,15 @@ def routes(console: Console) -> list[Route]:
         assert name is not None
         ip = console.client_ip(request)
         now = console.clock_ms()
-        since = now - int(s.login_window_s * 1000)
-        # Checked before the password, so a blocked guesser learns nothing more.
-        by_name = await call("failed_logins", since, name=name)
-        by_ip = await call("failed_logins", since, ip=ip)
-        if by_name >= s.login_fail_per_user or by_ip >= s.login_fail_per_ip:
-            await call("audit", name, "login.blocked", name,
-                       {"failed_by_name": by_name, "failed_by_ip": by_ip}, now, ip)
+        # The attempt is counted in the store *before* the password is checked, in one
+        # transaction that parallel attempts for this name or address wait for: a storm
+        # of parallel guesses gets at most the limit checked, and a blocked guesser
+        # learns nothing more.
+        attempt = await call("begin_login", name, ip, now,
+                             window_ms=int(s.login_window_s * 1000),
+                             max_failed_per_name=s.login_fail_per_user,
+                             max_failed_per_ip=s.login_fail_per_ip)
+        if not attempt.allowed:
             # The block lifts when the oldest counted failure leaves the window; the
             # whole window is the safe upper bound to tell the client.
             retry_s = int(s.login_window_s)
@@ -176,10 +178,7 @@ def routes(console: Console) -> list[Route]:
         good = await asyncio.to_thread(verify_password,
                                        user_password_hash(user) if user else None, password)
         ok = good and user is not None and not user_disabled(user)
-        await call("record_login", name, ok, now, ip)
-        # Attempts hold client addresses (personal data) and matter only inside the
-        # rate-limit window; the audit log keeps the trail of every login.
-        await call("purge_login_attempts", since)
+        await call("finish_login", attempt.attempt_id, name, ok, now, ip)
         if not ok:
             # One answer for an unknown name, a wrong password and a disabled account.
             raise ApiError(401, "login_failed", "wrong name or password")
