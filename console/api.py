@@ -397,17 +397,23 @@ def routes(console: Console) -> list[Route]:
         """A predicate: may ``principal`` see this audit row?"""
         if principal.is_admin:
             return lambda row: True
-        # Rows about their regions, and everything done by accounts that share a region
-        # with them (logins, views, refusals of their own operators).
+        # Rows about their regions, and the rows about no region of accounts that share a
+        # region with them (logins, logouts, refusals of their own operators). A
+        # colleague's row about another region (a note on its alarm, a look at its
+        # subject's track) is that region's business, not theirs.
         colleagues = {u["name"] for u in await call("list_users")
                       if set(u["regions"]) & principal.regions}
 
         def visible(row: dict[str, Any]) -> bool:
             detail = row.get("detail") if isinstance(row.get("detail"), dict) else {}
-            region = detail.get("region")
-            regions = detail.get("regions") if isinstance(detail.get("regions"), list) else []
-            return (row.get("who") in colleagues or region in principal.regions
-                    or bool(set(map(str, regions)) & principal.regions))
+            about: set[str] = set()
+            if detail.get("region") is not None:
+                about.add(str(detail["region"]))
+            if isinstance(detail.get("regions"), list):
+                about |= set(map(str, detail["regions"]))
+            if about:
+                return bool(about & principal.regions)
+            return row.get("who") in colleagues
 
         return visible
 
