@@ -29,13 +29,16 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def served(request, tmp_path):
-    """The console over a fresh store, served on a free port with the wall clock."""
+def store_url(request, tmp_path) -> str:
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'alarms.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    store = open_store(url)
+        return f"sqlite:///{tmp_path / 'alarms.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def served(store_url):
+    """The console over a fresh store, served on a free port with the wall clock."""
+    store = open_store(store_url)
     add_accounts(store)
     server = Server(create_app(store=store, config=Config(), secure_cookies=False)).start()
     yield server, store
@@ -43,11 +46,27 @@ def served(request, tmp_path):
     store.close_store()
 
 
-def storm(port: int, attempts: list[tuple[str, str]],
+@pytest.fixture
+def two_consoles(store_url):
+    """Two console processes' worth of console (each its own store connections and
+    server) over one store, as when several workers serve the command room."""
+    stores = [open_store(store_url) for _ in range(2)]
+    add_accounts(stores[0])
+    servers = [Server(create_app(store=st, config=Config(), secure_cookies=False)).start()
+               for st in stores]
+    yield servers, stores[0]
+    for server in servers:
+        server.stop()
+    for st in stores:
+        st.close_store()
+
+
+def storm(ports: int | list[int], attempts: list[tuple[str, str]],
           last: tuple[str, str] | None = None) -> tuple[list[int], int | None]:
-    """POST every (name, password) of ``attempts`` to /api/login in parallel; then, once
-    all of them are sent (not answered), ``last``. Returns the statuses of ``attempts``
-    in order and the status of ``last``."""
+    """POST every (name, password) of ``attempts`` to /api/login in parallel (spread
+    over ``ports`` in turn); then, once all of them are sent (not answered), ``last``.
+    Returns the statuses of ``attempts`` in order and the status of ``last``."""
+    ports = ports if isinstance(ports, list) else [ports]
     statuses: list[int | None] = [None] * len(attempts)
     last_status: list[int | None] = [None]
     errors: list[BaseException] = []
@@ -55,9 +74,9 @@ def storm(port: int, attempts: list[tuple[str, str]],
     sent = threading.Semaphore(0)
     all_sent = threading.Event()
 
-    def connect() -> http.client.HTTPConnection:
+    def connect(i: int) -> http.client.HTTPConnection:
         # The timeout is only a guard against a hung server.
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn = http.client.HTTPConnection("127.0.0.1", ports[i % len(ports)], timeout=120)
         conn.connect()
         return conn
 
@@ -68,7 +87,7 @@ def storm(port: int, attempts: list[tuple[str, str]],
 
     def one(i: int, name: str, password: str) -> None:
         try:
-            conn = connect()
+            conn = connect(i)
             try:
                 go.wait(60)
                 send(conn, name, password)
@@ -85,7 +104,7 @@ def storm(port: int, attempts: list[tuple[str, str]],
 
     def final(name: str, password: str) -> None:
         try:
-            conn = connect()
+            conn = connect(len(attempts))
             try:
                 all_sent.wait(120)
                 send(conn, name, password)
@@ -144,3 +163,12 @@ def test_right_password_behind_a_parallel_storm_of_wrong_ones_is_refused(served)
     assert audit_rows(store, action="login.ok") == []
     assert checked(store, "alice") == S.login_fail_per_user
     assert Counter(statuses) == {401: S.login_fail_per_user, 429: 149 - S.login_fail_per_user}
+
+
+def test_the_limit_holds_across_consoles_sharing_one_store(two_consoles):
+    servers, store = two_consoles
+    statuses, last = storm([s.port for s in servers], [("alice", WRONG)] * 40,
+                           last=("alice", PASSWORD))
+    assert last == 429
+    assert checked(store, "alice") == S.login_fail_per_user
+    assert Counter(statuses) == {401: S.login_fail_per_user, 429: 40 - S.login_fail_per_user}
