@@ -33,6 +33,7 @@ and two concurrent transactions could otherwise commit seq 8 before seq 7.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import statistics
@@ -41,6 +42,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
@@ -97,6 +99,10 @@ _JSON_ROWS = "SELECT " + ", ".join(
 _PG_EVENT_LOCK = 0x656D_6665_6E63_65  # "emfence"
 # ...and the one that serialises schema migrations of concurrently starting workers.
 _PG_MIGRATE_LOCK = _PG_EVENT_LOCK + 1
+# The class (first key) of the two-key advisory locks that serialise login attempts per
+# account name and per client address on PostgreSQL ("emfl"; the two-key and one-key lock
+# spaces do not overlap).
+_PG_LOGIN_LOCK_CLASS = 0x656D_666C
 # Longest list bound into one "IN (...)" (SQLite allows 32766 variables; stay well under).
 _IN_CHUNK = 500
 DAY_MS = 86_400_000
@@ -132,6 +138,28 @@ class UserError(ValueError):
         self.name = name
         self.reason = reason
         super().__init__(f"user {name!r}: {reason}")
+
+
+@dataclass(frozen=True)
+class LoginAttempt:
+    """What :meth:`AlarmStore.begin_login` decided about one login attempt.
+
+    ``allowed``: the password may be checked (the attempt is recorded as ``attempt_id``,
+    counted as failed until :meth:`AlarmStore.finish_login` records a success).
+    ``failed_by_name`` / ``failed_by_ip``: failed and unfinished attempts in the window
+    before this one.
+    """
+
+    allowed: bool
+    attempt_id: int | None
+    failed_by_name: int
+    failed_by_ip: int
+
+
+def _login_lock_key(kind: str, value: str) -> int:
+    """A signed 32-bit key naming one account name or client address for a lock."""
+    digest = hashlib.blake2b(f"{kind}\0{value}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def open_store(url: str) -> AlarmStore:
@@ -187,6 +215,7 @@ class _Db:
     def _rollback(self, conn: Any) -> None: ...
     def lock_event_log(self, cur: _Cursor) -> None: ...
     def lock_migrations(self, cur: _Cursor) -> None: ...
+    def lock_logins(self, cur: _Cursor, keys: Sequence[int]) -> None: ...
 
     def sql(self, text: str) -> str:
         return text
@@ -440,6 +469,9 @@ class _SqliteDb(_Db):
     def lock_migrations(self, cur: _Cursor) -> None:
         pass
 
+    def lock_logins(self, cur: _Cursor, keys: Sequence[int]) -> None:
+        pass  # BEGIN IMMEDIATE already makes this the only writer, in every process
+
 
 class _PostgresDb(_Db):
     dialect = "postgresql"
@@ -503,6 +535,13 @@ class _PostgresDb(_Db):
 
     def lock_migrations(self, cur: _Cursor) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(?)", (_PG_MIGRATE_LOCK,))
+
+    def lock_logins(self, cur: _Cursor, keys: Sequence[int]) -> None:
+        # Always in ascending order, so two transactions never wait for each other's
+        # second lock (no deadlock).
+        for key in sorted(set(keys)):
+            cur.execute("SELECT pg_advisory_xact_lock(CAST(? AS INTEGER), CAST(? AS INTEGER))",
+                        (_PG_LOGIN_LOCK_CLASS, key))
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -1344,8 +1383,62 @@ class AlarmStore:
                           (role, orjson.dumps(region_list).decode()),
                           _int_ms(now_ms, "now_ms"), by, {"role": role, "regions": region_list})
 
+    def begin_login(self, name: str, ip: str | None, now_ms: int, *, window_ms: int,
+                    max_failed_per_name: int, max_failed_per_ip: int) -> LoginAttempt:
+        """Count a login attempt *before* its password is checked, atomically.
+
+        One transaction that no other attempt for the same name or the same address can
+        run beside (PostgreSQL: transaction-scoped advisory locks per name and per
+        address; SQLite: its single writer, across processes too) forgets attempts older
+        than ``window_ms``, counts the failed and unfinished attempts in the window for
+        ``name`` and for ``ip``, and then either
+
+        - records this attempt and answers ``allowed`` (check the password, then call
+          :meth:`finish_login`; until then the attempt counts as failed, so parallel
+          attempts cannot all pass the limit together), or
+        - over ``max_failed_per_name`` or ``max_failed_per_ip``, audits ``login.blocked``
+          and records nothing (a blocked attempt does not extend the block).
+        """
+        now_ms = _int_ms(now_ms, "now_ms")
+        since_ms = now_ms - _count(window_ms, "window_ms")
+        keys = [_login_lock_key("name", name)]
+        if ip is not None:
+            keys.append(_login_lock_key("ip", ip))
+        with self._db.tx("begin login") as cur:
+            self._db.lock_logins(cur, keys)
+            # Attempts hold client addresses (personal data) and matter only inside the
+            # window; the audit log keeps the trail of every login.
+            cur.execute("DELETE FROM login_attempts WHERE at < ?", (since_ms,))
+            row = cur.execute(
+                "SELECT COALESCE(SUM(CASE WHEN name = ? THEN 1 ELSE 0 END), 0) AS by_name, "
+                "COALESCE(SUM(CASE WHEN ip = ? THEN 1 ELSE 0 END), 0) AS by_ip "
+                "FROM login_attempts WHERE ok = 0 AND at >= ? AND (name = ? OR ip = ?)",
+                (name, ip, since_ms, name, ip)).one()
+            assert row is not None
+            by_name, by_ip = int(row["by_name"]), int(row["by_ip"])
+            if by_name >= max_failed_per_name or by_ip >= max_failed_per_ip:
+                self._audit(cur, name, "login.blocked", name,
+                            {"failed_by_name": by_name, "failed_by_ip": by_ip}, now_ms, ip)
+                return LoginAttempt(False, None, by_name, by_ip)
+            attempt_id = cur.execute("INSERT INTO login_attempts (name, ip, at, ok) "
+                                     "VALUES (?, ?, ?, 0) RETURNING id",
+                                     (name, ip, now_ms)).scalar()
+        return LoginAttempt(True, int(attempt_id), by_name, by_ip)
+
+    def finish_login(self, attempt_id: int, name: str, ok: bool, now_ms: int,
+                     ip: str | None = None) -> None:
+        """Record how an allowed attempt (:meth:`begin_login`) ended and audit it
+        (``login.ok`` / ``login.failed``); a failure stays counted."""
+        now_ms = _int_ms(now_ms, "now_ms")
+        with self._db.tx("finish login") as cur:
+            if ok:
+                cur.execute("UPDATE login_attempts SET ok = 1 WHERE id = ?", (int(attempt_id),))
+            self._audit(cur, name, "login.ok" if ok else "login.failed", name, {}, now_ms, ip)
+
     def record_login(self, name: str, ok: bool, now_ms: int, ip: str | None = None) -> None:
-        """Remember a login attempt (for rate limiting across workers) and audit it."""
+        """Remember a finished login attempt and audit it (for importing or replaying
+        attempts; a login service counts attempts with :meth:`begin_login` instead, which
+        parallel requests cannot race)."""
         now_ms = _int_ms(now_ms, "now_ms")
         with self._db.tx("record login") as cur:
             cur.execute("INSERT INTO login_attempts (name, ip, at, ok) VALUES (?, ?, ?, ?)",
@@ -1354,7 +1447,8 @@ class AlarmStore:
 
     def failed_logins(self, since_ms: int, *, name: str | None = None,
                       ip: str | None = None) -> int:
-        """Failed login attempts since ``since_ms`` for a name and/or an address."""
+        """Failed (or still unfinished) login attempts since ``since_ms`` for a name and/or
+        an address."""
         where, params = ["ok = 0", "at >= ?"], [_int_ms(since_ms, "since_ms")]
         if name is not None:
             where.append("name = ?")

@@ -145,7 +145,7 @@ def routes(console: Console) -> list[Route]:
     async def login(request: Request) -> Response:
         # Login changes state too: only JSON from this origin is accepted (a cross-site
         # form cannot send application/json, and SameSite keeps the cookie home).
-        console.check_origin(request)
+        await console.check_origin(request)
         data = await read_json(request)
         name = text_field(data, "name", required=True, max_chars=MAX_NAME_CHARS)
         password = data.get("password")
@@ -156,13 +156,15 @@ def routes(console: Console) -> list[Route]:
         assert name is not None
         ip = console.client_ip(request)
         now = console.clock_ms()
-        since = now - int(s.login_window_s * 1000)
-        # Checked before the password, so a blocked guesser learns nothing more.
-        by_name = await call("failed_logins", since, name=name)
-        by_ip = await call("failed_logins", since, ip=ip)
-        if by_name >= s.login_fail_per_user or by_ip >= s.login_fail_per_ip:
-            await call("audit", name, "login.blocked", name,
-                       {"failed_by_name": by_name, "failed_by_ip": by_ip}, now, ip)
+        # The attempt is counted in the store *before* the password is checked, in one
+        # transaction that parallel attempts for this name or address wait for: a storm
+        # of parallel guesses gets at most the limit checked, and a blocked guesser
+        # learns nothing more.
+        attempt = await call("begin_login", name, ip, now,
+                             window_ms=int(s.login_window_s * 1000),
+                             max_failed_per_name=s.login_fail_per_user,
+                             max_failed_per_ip=s.login_fail_per_ip)
+        if not attempt.allowed:
             # The block lifts when the oldest counted failure leaves the window; the
             # whole window is the safe upper bound to tell the client.
             retry_s = int(s.login_window_s)
@@ -176,10 +178,7 @@ def routes(console: Console) -> list[Route]:
         good = await asyncio.to_thread(verify_password,
                                        user_password_hash(user) if user else None, password)
         ok = good and user is not None and not user_disabled(user)
-        await call("record_login", name, ok, now, ip)
-        # Attempts hold client addresses (personal data) and matter only inside the
-        # rate-limit window; the audit log keeps the trail of every login.
-        await call("purge_login_attempts", since)
+        await call("finish_login", attempt.attempt_id, name, ok, now, ip)
         if not ok:
             # One answer for an unknown name, a wrong password and a disabled account.
             raise ApiError(401, "login_failed", "wrong name or password")
@@ -196,8 +195,7 @@ def routes(console: Console) -> list[Route]:
     async def logout(request: Request) -> Response:
         session, principal = await console.authenticate(request)
         console.sessions.drop(session.token)
-        await call("audit", principal.name, "logout", principal.name, None, console.clock_ms(),
-                   console.client_ip(request))
+        await console.audit(request, principal.name, "logout", principal.name, None)
         response = Response(status_code=204)
         console.clear_session_cookie(response)
         return response
@@ -226,6 +224,14 @@ def routes(console: Console) -> list[Route]:
                             escalated=None if not escalated else escalated == "true",
                             before=None if before_ms is None else (before_ms, before_id),
                             limit=limit)
+        if alarms:
+            # Alarms carry the subject's position (evidence): a read on the record, one
+            # row per request naming the query and how many came back.
+            await console.audit(request, principal.name, "alarms.view", None,
+                                {"regions": regions, "type": types, "state": states,
+                                 "escalated": escalated or None, "before_ms": before_ms,
+                                 "before_id": before_id, "limit": limit,
+                                 "alarms": len(alarms)})
         return json_response({"alarms": alarms, "seq": seq})
 
     async def alarm_in_scope(request: Request, principal: Principal, action: str) -> dict:
@@ -235,16 +241,18 @@ def routes(console: Console) -> list[Route]:
         if alarm is None:
             raise ApiError(404, "not_found", f"no alarm {alarm_id!r}")
         if not principal.can_see(alarm["region"]):
-            await call("audit", principal.name, "alarm.denied", alarm_id,
-                       {"action": action, "region": alarm["region"]}, console.clock_ms(),
-                       console.client_ip(request))
+            await console.audit(request, principal.name, "alarm.denied", alarm_id,
+                                {"action": action, "region": alarm["region"]})
             raise ApiError(404, "not_found", f"no alarm {alarm_id!r}")
         return alarm
 
     async def get_alarm(request: Request) -> Response:
         _, principal = await console.authenticate(request)
         alarm = await alarm_in_scope(request, principal, "view")
-        return json_response(alarm_body(alarm, await call("actions", alarm["alarm_id"])))
+        actions = await call("actions", alarm["alarm_id"])
+        await console.audit(request, principal.name, "alarm.view", alarm["alarm_id"],
+                            {"region": alarm["region"]})
+        return json_response(alarm_body(alarm, actions))
 
     async def act(request: Request, principal: Any, alarm: dict, method: str,
                   *args: Any) -> Response:
@@ -299,10 +307,9 @@ def routes(console: Console) -> list[Route]:
         from_ms, to_ms = at - before, at + after
         fixes = await call("track", None, from_ms, to_ms, subject_id=alarm["subject_id"])
         # Location data is personal data: every view of a track is on the record.
-        await call("audit", principal.name, "track.view", alarm["alarm_id"],
-                   {"subject_id": alarm["subject_id"], "from_ms": from_ms, "to_ms": to_ms,
-                    "fixes": len(fixes), "region": alarm["region"]},
-                   console.clock_ms(), console.client_ip(request))
+        await console.audit(request, principal.name, "track.view", alarm["alarm_id"],
+                            {"subject_id": alarm["subject_id"], "from_ms": from_ms,
+                             "to_ms": to_ms, "fixes": len(fixes), "region": alarm["region"]})
         return json_response({"alarm_id": alarm["alarm_id"], "subject_id": alarm["subject_id"],
                               "device_id": alarm["device_id"], "at": at,
                               "from_ms": from_ms, "to_ms": to_ms, "fixes": fixes})
@@ -312,18 +319,16 @@ def routes(console: Console) -> list[Route]:
         body = zones_geojson(console.zones, principal, tolerance_m=s.zone_simplify_m,
                              registry=console.registry)
         # Exclusion zones locate victims' homes: looking at them is on the record too.
-        await call("audit", principal.name, "zones.view", None,
-                   {"zones": len(body["features"])}, console.clock_ms(),
-                   console.client_ip(request))
+        await console.audit(request, principal.name, "zones.view", None,
+                            {"zones": len(body["features"])})
         return json_response(body)
 
     async def positions(request: Request) -> Response:
         _, principal = await console.authenticate(request)
         regions = region_param(request, principal)
         rows = await call("last_positions", regions)
-        await call("audit", principal.name, "positions.view", None,
-                   {"regions": regions, "devices": len(rows)}, console.clock_ms(),
-                   console.client_ip(request))
+        await console.audit(request, principal.name, "positions.view", None,
+                            {"regions": regions, "devices": len(rows)})
         return json_response({"positions": rows})
 
     async def events(request: Request) -> Response:
@@ -331,6 +336,12 @@ def routes(console: Console) -> list[Route]:
         since = int_param(request, "since", 0, lo=0)
         limit = int_param(request, "limit", 500, lo=1, hi=s.list_limit_max)
         rows = await call("events_since", since, principal.scope, limit)
+        if rows:
+            # Events carry the evidence of raised alarms; an empty poll shows nothing and
+            # is not written, so a system polling often does not flood the trail.
+            await console.audit(request, principal.name, "events.view", None,
+                                {"regions": principal.scope, "since": since, "limit": limit,
+                                 "events": len(rows), "last_seq": rows[-1]["seq"]})
         return json_response({"events": [feed_item(r) for r in rows],
                               "seq": rows[-1]["seq"] if rows else since})
 
@@ -386,17 +397,23 @@ def routes(console: Console) -> list[Route]:
         """A predicate: may ``principal`` see this audit row?"""
         if principal.is_admin:
             return lambda row: True
-        # Rows about their regions, and everything done by accounts that share a region
-        # with them (logins, views, refusals of their own operators).
+        # Rows about their regions, and the rows about no region of accounts that share a
+        # region with them (logins, logouts, refusals of their own operators). A
+        # colleague's row about another region (a note on its alarm, a look at its
+        # subject's track) is that region's business, not theirs.
         colleagues = {u["name"] for u in await call("list_users")
                       if set(u["regions"]) & principal.regions}
 
         def visible(row: dict[str, Any]) -> bool:
             detail = row.get("detail") if isinstance(row.get("detail"), dict) else {}
-            region = detail.get("region")
-            regions = detail.get("regions") if isinstance(detail.get("regions"), list) else []
-            return (row.get("who") in colleagues or region in principal.regions
-                    or bool(set(map(str, regions)) & principal.regions))
+            about: set[str] = set()
+            if detail.get("region") is not None:
+                about.add(str(detail["region"]))
+            if isinstance(detail.get("regions"), list):
+                about |= set(map(str, detail["regions"]))
+            if about:
+                return bool(about & principal.regions)
+            return row.get("who") in colleagues
 
         return visible
 

@@ -51,6 +51,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "emfence_session"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# A refused Origin header is kept in the audit trail up to this many characters.
+MAX_AUDIT_ORIGIN = 200
 
 # The page loads nothing from elsewhere (no CDN, no tiles), so the policy can be tight.
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -141,9 +143,14 @@ class Console:
 
     async def authenticate(self, request: Request) -> tuple[Session, Principal]:
         """The caller's session and principal, or 401; state-changing methods also need
-        the session's CSRF token (403 otherwise)."""
+        a same-site ``Origin`` (if any) and the session's CSRF token (403 otherwise,
+        audited as ``origin.rejected`` / ``csrf.rejected``)."""
         now = self.clock_ms()
         session = self.sessions.get(request.cookies.get(COOKIE), now)
+        if request.method not in SAFE_METHODS:
+            # Judged before the session: a cross-site attempt is a security event whether
+            # or not the browser sent a live cookie along.
+            await self.check_origin(request, session.user if session else None)
         if session is None:
             raise ApiError(401, "not_logged_in", "log in first")
         # The account is read on every request so that disabling it or changing its
@@ -155,24 +162,34 @@ class Console:
             self.sessions.drop(session.token)
             raise ApiError(401, "not_logged_in", "log in first")
         principal = principal_from_user(user)
-        if request.method not in SAFE_METHODS:
-            self.check_origin(request)
-            if not csrf_ok(session, request.headers.get(CSRF_HEADER)):
-                await self.gateway.call("audit", principal.name, "csrf.rejected",
-                                        request.url.path, {"method": request.method}, now,
-                                        self.client_ip(request))
-                raise ApiError(403, "csrf", "missing or wrong X-CSRF-Token header")
+        if request.method not in SAFE_METHODS and not csrf_ok(session,
+                                                               request.headers.get(CSRF_HEADER)):
+            await self.audit(request, principal.name, "csrf.rejected", request.url.path,
+                             {"method": request.method})
+            raise ApiError(403, "csrf", "missing or wrong X-CSRF-Token header")
         return session, principal
 
-    def check_origin(self, request: Request) -> None:
-        """Reject a state-changing request whose Origin is another site (defence in depth
-        behind SameSite cookies and the CSRF token)."""
+    async def check_origin(self, request: Request, who: str | None = None) -> None:
+        """Reject (403, audited as ``origin.rejected`` by ``who`` if known) a
+        state-changing request whose Origin is another site (defence in depth behind
+        SameSite cookies and the CSRF token)."""
         origin = request.headers.get("origin")
         if origin is None:
             return
         host = request.headers.get("host", "")
         if origin == "null" or urlsplit(origin).netloc != host:
+            await self.audit(request, who, "origin.rejected", request.url.path,
+                             {"method": request.method, "origin": origin[:MAX_AUDIT_ORIGIN]})
             raise ApiError(403, "origin", f"cross-origin request from {origin!r} refused")
+
+    async def audit(self, request: Request, who: str | None, action: str,
+                    target: str | None, detail: Any) -> None:
+        """One audit row for ``request``: the console's clock, the client's address.
+
+        ``detail`` says what was done or read (a query, an alarm id, a count), never
+        coordinates."""
+        await self.gateway.call("audit", who, action, target, detail, self.clock_ms(),
+                                self.client_ip(request))
 
     def client_ip(self, request: Request) -> str:
         # The direct peer; behind a reverse proxy, run uvicorn with --proxy-headers so

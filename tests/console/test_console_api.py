@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import statistics
 
+import orjson
 import pytest
 from console_helpers import (
     T0,
@@ -351,3 +352,28 @@ def test_notes_go_on_the_record_in_any_state(console):
     assert console.post("/api/alarms/r1/note", {"note": "x"}).status_code == 404
     assert console.post("/api/alarms/w2/note", {"note": "x"}, csrf=None).status_code == 403
     assert len(audit_rows(console.store, action="alarm.note")) == 2
+
+
+def test_a_supervisor_does_not_see_a_colleagues_rows_about_another_region(console):
+    store = console.store
+    seed(store)
+    # ann works in both regions; sam supervises only 411303
+    password_hash = store.get_user("alice")["password_hash"]
+    store.add_user("ann", password_hash, "operator", ["411303", "411302"], T0)
+    store.add_user("sam", password_hash, "supervisor", ["411303"], T0)
+    console.login("ann")
+    console.post("/api/alarms/r1/note", {"note": "victim moved to her sister's flat"})
+    console.get("/api/alarms/r1/track")
+    console.post("/api/alarms/w2/note", {"note": "on it"})
+    console.login("sam")
+    rows = console.get("/api/audit?limit=1000").json()["rows"]
+    seen = {(r["who"], r["action"], r["target"]) for r in rows}
+    # ann's login and her work in 411303 are his business...
+    assert {("ann", "login.ok", "ann"), ("ann", "alarm.note", "w2")} <= seen
+    # ...her note on, and her look at, a 411302 alarm are not
+    assert not {r for r in seen if r[2] == "r1"}
+    assert all("sister" not in orjson.dumps(r["detail"]).decode() for r in rows)
+    console.login("sue")  # supervisor of both regions sees both
+    seen = {(r["who"], r["action"], r["target"])
+            for r in console.get("/api/audit?limit=1000").json()["rows"]}
+    assert {("ann", "alarm.note", "r1"), ("ann", "track.view", "r1")} <= seen

@@ -249,3 +249,28 @@ def test_a_role_or_region_change_applies_to_the_next_request(console):
     console.store.set_user_role("alice", "operator", ["411303", "411302"], T0)
     assert console.get("/api/alarms/x1").status_code == 200
     assert console.get("/api/session").json()["regions"] == ["411302", "411303"]
+
+
+def test_an_attempt_counts_as_failed_from_before_its_password_is_checked(any_console):
+    store = any_console.store
+    window = int(S.login_window_s * 1000)
+    limits = {"window_ms": window, "max_failed_per_name": 2, "max_failed_per_ip": 10}
+    first = store.begin_login("alice", "10.0.0.1", T0, **limits)
+    second = store.begin_login("alice", "10.0.0.2", T0, **limits)
+    assert first.allowed and second.allowed
+    assert (second.failed_by_name, second.failed_by_ip) == (1, 0)
+    # Both still being checked: they count, so a third is refused (and audited).
+    third = store.begin_login("alice", "10.0.0.3", T0, **limits)
+    assert not third.allowed and third.attempt_id is None
+    assert [r["detail"] for r in audit_rows(store, action="login.blocked")] == [
+        {"failed_by_name": 2, "failed_by_ip": 0}]
+    # A success stops counting; a failure stays counted.
+    store.finish_login(first.attempt_id, "alice", True, T0, "10.0.0.1")
+    store.finish_login(second.attempt_id, "alice", False, T0, "10.0.0.2")
+    assert store.failed_logins(0, name="alice") == 1
+    assert store.begin_login("alice", "10.0.0.3", T0 + 1, **limits).allowed
+    assert [r["who"] for r in audit_rows(store, action="login.ok")] == ["alice"]
+    assert len(audit_rows(store, action="login.failed")) == 1
+    # Attempts that left the window are forgotten when the next attempt is counted.
+    store.begin_login("olga", "10.0.0.9", T0 + window + 2, **limits)
+    assert store.failed_logins(0, name="alice") == 0

@@ -1,0 +1,266 @@
+"""Every read of a location is on the record, and so is every refused cross-site or
+CSRF-less request: the console served by uvicorn on a free port over a real store.
+
+The walk below takes the routes from the app's own route table, so a route added later
+without a request here fails the test instead of going unchecked.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from console_helpers import PASSWORD, T0, Server, add_accounts, audit_rows, raised
+from starlette.routing import Mount, Route
+
+from alarms.store import open_store
+from console import create_app
+from emfence.config import Config
+from geofence import compile_zones, load_zones
+
+# Keys that put a place in an answer: a fix or an alarm's evidence (lat/lon), a zone's
+# outline (GeoJSON coordinates) or circle.
+LOCATION_KEYS = frozenset({"lat", "lon", "coordinates", "circle"})
+
+
+def locations_in(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(k in LOCATION_KEYS or locations_in(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(locations_in(v) for v in value)
+    return False
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def served(request, tmp_path):
+    """A console with alarms, events, fixes and one exclusion zone in 411303."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'alarms.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    store = open_store(url)
+    add_accounts(store)
+    store.record_events([raised(a, "411303", at=T0 + i) for i, a in
+                         enumerate(("look", "ack", "close", "note"))], T0)
+    store.acknowledge("close", "alice", None, T0 + 10)
+    store.record_fixes([{"device_id": "dev-1", "subject_id": "subj-1", "region": "411303",
+                         "ts": T0 + k * 60_000, "lat": 33.0, "lon": 112.5, "acc": 10.0,
+                         "src": "gps", "received_at": T0 + k * 60_000} for k in range(-3, 4)])
+    zones_file = tmp_path / "zones.geojson"
+    zones_file.write_bytes(orjson.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": "victim-17",
+         "geometry": {"type": "Point", "coordinates": [112.52, 33.01]},
+         "properties": {"radius_m": 500, "region": "411303"}}]}))
+    app = create_app(store=store, config=Config(), zones=compile_zones(load_zones(zones_file)),
+                     secure_cookies=False)
+    server = Server(app).start()
+    yield app, server, store
+    server.stop()
+    store.close_store()
+
+
+def log_in(base: str, name: str) -> httpx.Client:
+    client = httpx.Client(base_url=base, timeout=httpx.Timeout(20.0))
+    r = client.post("/api/login", json={"name": name, "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    client.headers["X-CSRF-Token"] = r.json()["csrf_token"]
+    return client
+
+
+def sse_messages(lines: Iterator[str]) -> Iterator[dict]:
+    msg: dict = {}
+    for line in lines:
+        if line == "":
+            if "data" in msg or "event" in msg:
+                yield msg
+            msg = {}
+        elif not line.startswith(":"):
+            field, _, value = line.partition(":")
+            msg[field] = value.removeprefix(" ")
+
+
+# (method, path as in the route table) -> the request the walk sends: a path with the
+# parameters filled in and a JSON body (None: no body). Fresh: on a session of its own
+# (logging in or out must not end the walker's session).
+REQUESTS: dict[tuple[str, str], tuple[str, Any]] = {
+    ("GET", "/"): ("/", None),
+    ("GET", "/static"): ("/static/app.js", None),
+    ("POST", "/api/login"): ("/api/login", {"name": "sue", "password": PASSWORD}),
+    ("POST", "/api/logout"): ("/api/logout", {}),
+    ("GET", "/api/session"): ("/api/session", None),
+    ("GET", "/api/alarms"): ("/api/alarms", None),
+    ("GET", "/api/alarms/{alarm_id:str}"): ("/api/alarms/look", None),
+    ("POST", "/api/alarms/{alarm_id:str}/acknowledge"): ("/api/alarms/ack/acknowledge", {}),
+    ("POST", "/api/alarms/{alarm_id:str}/close"): ("/api/alarms/close/close",
+                                               {"disposition": "gps_drift"}),
+    ("POST", "/api/alarms/{alarm_id:str}/note"): ("/api/alarms/note/note", {"note": "called"}),
+    ("GET", "/api/alarms/{alarm_id:str}/track"): ("/api/alarms/look/track", None),
+    ("GET", "/api/events"): ("/api/events?since=0", None),
+    ("GET", "/api/zones"): ("/api/zones", None),
+    ("GET", "/api/positions"): ("/api/positions", None),
+    ("GET", "/api/stats"): ("/api/stats", None),
+    ("GET", "/api/audit"): ("/api/audit", None),
+    ("GET", "/api/feed"): ("/api/feed?since=0", None),
+}
+FRESH = {"/api/login", "/api/logout"}
+
+
+def route_table(app) -> set[tuple[str, str]]:
+    """(method, path) of every route the app serves (HEAD rides along with GET)."""
+    out: set[tuple[str, str]] = set()
+    for route in app.routes:
+        if isinstance(route, Mount):
+            out.add(("GET", route.path))
+        elif isinstance(route, Route):
+            out |= {(m, route.path) for m in route.methods or {"GET"} if m != "HEAD"}
+        else:
+            raise TypeError(f"route {route!r} of an unknown kind: teach this test")
+    return out
+
+
+def send(client: httpx.Client, method: str, path: str, body: Any) -> tuple[int, Any]:
+    """The status and the decoded answer (JSON, the first alarm of an SSE stream, or
+    None for anything else)."""
+    if path.startswith("/api/feed"):
+        with client.stream(method, path) as resp:
+            for msg in sse_messages(resp.iter_lines()):
+                if msg.get("event") == "alarm":
+                    return resp.status_code, orjson.loads(msg["data"])
+            raise AssertionError("the feed ended without an alarm")
+    resp = client.request(method, path, json=body)
+    if resp.headers.get("content-type", "").startswith("application/json"):
+        return resp.status_code, resp.json()
+    return resp.status_code, None
+
+
+def test_every_route_that_answers_with_a_location_leaves_one_audit_row(served):
+    app, server, store = served
+    assert route_table(app) == set(REQUESTS), \
+        "a route was added or removed: give it a request in REQUESTS"
+    walker = log_in(server.url, "sue")
+    with_location = set()
+    for (method, route), (path, body) in sorted(REQUESTS.items()):
+        client = httpx.Client(base_url=server.url) if route == "/api/login" else \
+            log_in(server.url, "sue") if route in FRESH else walker
+        before = max((r["id"] for r in audit_rows(store)), default=0)
+        status, answer = send(client, method, path, body)
+        assert status in (200, 204), (method, path, status, answer)
+        if route == "/api/feed":
+            wait_for_row(store, "feed.close")
+        new = [r for r in audit_rows(store) if r["id"] > before]
+        # What was read is named, never where: no coordinates in the trail.
+        assert not any(locations_in(r["detail"]) for r in new), new
+        if not locations_in(answer):
+            continue
+        with_location.add(route)
+        assert all(r["who"] == "sue" for r in new), new
+        if route == "/api/feed":
+            # per connection: one row as the feed opens, one as it ends
+            assert sorted(r["action"] for r in new) == ["feed.close", "feed.open"], new
+        else:
+            assert len(new) == 1, (route, new)  # one per request, however many rows
+        if client is not walker:
+            client.close()
+    walker.close()
+    # The walk itself saw every kind of location read (so it cannot pass vacuously).
+    assert with_location == {
+        "/api/alarms", "/api/alarms/{alarm_id:str}", "/api/alarms/{alarm_id:str}/acknowledge",
+        "/api/alarms/{alarm_id:str}/close", "/api/alarms/{alarm_id:str}/note",
+        "/api/alarms/{alarm_id:str}/track", "/api/events", "/api/zones", "/api/positions",
+        "/api/feed"}
+
+
+def test_location_reads_name_the_query_and_the_count(served):
+    _, server, store = served
+    client = log_in(server.url, "alice")
+    assert len(client.get("/api/alarms?type=outbound&limit=3").json()["alarms"]) == 3
+    [row] = audit_rows(store, action="alarms.view")
+    assert (row["who"], row["detail"]["alarms"], row["detail"]["regions"]) == (
+        "alice", 3, ["411303"])
+    assert (row["detail"]["type"], row["detail"]["limit"]) == (["outbound"], 3)
+    client.get("/api/alarms/look")
+    [row] = audit_rows(store, action="alarm.view")
+    assert (row["target"], row["detail"]) == ("look", {"region": "411303"})
+    seq = client.get("/api/events?since=0&limit=2").json()["seq"]
+    [row] = audit_rows(store, action="events.view")
+    assert (row["detail"]["since"], row["detail"]["events"], row["detail"]["last_seq"]) == (
+        0, 2, seq)
+    # A poll that finds nothing shows nothing and is not written (pollers stay cheap).
+    client.get(f"/api/events?since={store.last_seq()}")
+    client.get("/api/alarms?region=411302")  # not hers: an empty answer
+    assert len(audit_rows(store, action="events.view")) == 1
+    assert len(audit_rows(store, action="alarms.view")) == 1
+    client.close()
+
+
+def test_a_feed_is_audited_when_it_opens_and_when_it_ends_with_what_it_carried(served):
+    _, server, store = served
+    client = log_in(server.url, "alice")
+    with client.stream("GET", "/api/feed?since=0") as resp:
+        stream = sse_messages(resp.iter_lines())
+        alarms = [next(m for m in stream if m.get("event") == "alarm") for _ in range(4)]
+    assert [orjson.loads(m["data"])["alarm_id"] for m in alarms] == ["look", "ack", "close",
+                                                                      "note"]
+    [opened] = audit_rows(store, action="feed.open")
+    assert opened["detail"] == {"regions": ["411303"], "since": 0}
+    [closed] = wait_for_row(store, "feed.close")
+    assert closed["who"] == "alice" and closed["detail"]["since"] == 0
+    # It carried at least the four events read above (the stream may have sent more
+    # before the client went away: the acknowledgement of "close").
+    assert closed["detail"]["events"] >= 4
+    assert closed["detail"]["last_seq"] >= int(alarms[-1]["id"])
+    client.close()
+
+
+def wait_for_row(store, action: str) -> list[dict]:
+    """The ``action`` rows once there is one: a feed's closing row is written as the
+    server notices the disconnect, a moment after the client went away."""
+    for _ in range(1200):  # a guard against a hang, not a time limit
+        rows = audit_rows(store, action=action)
+        if rows:
+            return rows
+        time.sleep(0.05)
+    raise AssertionError(f"no {action} row")
+
+
+def test_a_feed_never_sends_an_event_of_a_region_the_account_just_lost(served):
+    _, server, store = served
+    client = log_in(server.url, "sue")  # 411303 and 411302
+    with client.stream("GET", f"/api/feed?since={store.last_seq()}") as resp:
+        stream = sse_messages(resp.iter_lines())
+        store.set_user_role("sue", "supervisor", ["411302"], T0)
+        store.record_events([raised("gone", "411303", subject="s7", device="d7")], T0)
+        first = next(stream)
+    assert first["event"] == "logout"
+    client.close()
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example", "null"])
+def test_refused_cross_site_requests_are_security_events(served, origin):
+    _, server, store = served
+    client = log_in(server.url, "alice")
+    foreign = {"origin": origin}
+    r = client.post("/api/alarms/ack/acknowledge", json={}, headers=foreign)
+    assert r.status_code == 403 and r.json()["error"] == "origin"
+    # Refused before any session is looked at: no cookie, still on the record.
+    anonymous = httpx.Client(base_url=server.url)
+    assert anonymous.post("/api/logout", headers=foreign).status_code == 403
+    assert anonymous.post("/api/login", json={"name": "alice", "password": PASSWORD},
+                          headers=foreign).status_code == 403
+    rows = sorted(audit_rows(store, action="origin.rejected"), key=lambda r: r["id"])
+    assert [(r["who"], r["target"]) for r in rows] == [
+        ("alice", "/api/alarms/ack/acknowledge"), (None, "/api/logout"), (None, "/api/login")]
+    assert all(r["detail"] == {"method": "POST", "origin": origin} for r in rows)
+    assert all(r["ip"] == "127.0.0.1" for r in rows)
+    # A missing CSRF token is one too; nothing was acknowledged by either.
+    del client.headers["X-CSRF-Token"]
+    assert client.post("/api/alarms/ack/acknowledge", json={}).status_code == 403
+    [csrf] = audit_rows(store, action="csrf.rejected")
+    assert (csrf["who"], csrf["target"]) == ("alice", "/api/alarms/ack/acknowledge")
+    assert store.get_alarm("ack")["workflow"] == "new"
+    anonymous.close()
+    client.close()
