@@ -8,7 +8,10 @@ Acknowledgement: the engine's client turns off paho's automatic PUBACK
 the store, rule state in a checkpoint). Until then the broker keeps the message in the
 engine's session and sends it again after a crash, so ``kill -9`` loses no fix. The
 unacknowledged window is also the backpressure: a broker stops sending once
-``max_inflight_messages`` are outstanding.
+``max_inflight_messages`` are outstanding. Only QoS 1 messages are acknowledged: the
+engine subscribes with QoS 1 (a QoS 2 publish reaches it as QoS 1), and a QoS 0 message
+is processed like any other but never acknowledged (it has no packet id; the device that
+chose QoS 0 has no redelivery guarantee).
 """
 
 from __future__ import annotations
@@ -217,8 +220,17 @@ def queued_messages(client: aiomqtt.Client) -> list:
             return out
 
 
+# The QoS of the engine's subscriptions. The broker delivers a message with the lower of
+# its publish QoS and this, so the engine receives QoS 0 and QoS 1 messages only.
+SUBSCRIBE_QOS = 1
+
+
 def ack(client: aiomqtt.Client, mid: int) -> None:
-    """Send the PUBACK of a QoS 1 message received with ``manual_ack``."""
+    """Send the PUBACK of a QoS 1 message received with ``manual_ack``.
+
+    Never for a QoS 0 message: it has no packet id (paho reports 0), and a PUBACK for
+    packet id 0 is a protocol error after which the broker closes the connection.
+    """
     client._client.ack(mid, 1)
 
 

@@ -426,7 +426,7 @@ class Service:
         # again, and they are recognised by digest.
         self.pending_acks = [a for a in self.pending_acks if a[0] == self.gen]
         for f in mqtt.subscriptions(self.opts.regions) + [mqtt.drain_topic(self.opts.name)]:
-            await client.subscribe(f, qos=1)
+            await client.subscribe(f, qos=mqtt.SUBSCRIBE_QOS)
         self.client = client
         self.connected.set()
         now = wall_ms()
@@ -469,7 +469,10 @@ class Service:
         if not isinstance(payload, bytes):
             payload = bytes(payload) if isinstance(payload, (bytearray, memoryview)) else \
                 str(payload).encode()
-        ack = (self.gen, message.mid)
+        # Only QoS 1 takes an acknowledgement (the engine subscribes with QoS 1, so the
+        # broker hands it QoS 2 publishes as QoS 1). A QoS 0 message has no packet id, and
+        # a PUBACK for one is a protocol error that makes the broker drop the engine.
+        ack = (self.gen, message.mid) if message.qos else None
         if topic == self.drain_topic:
             self._ack_now(ack)
             if payload.decode(errors="replace") == self.drain_nonce and not self.drained:
@@ -517,17 +520,22 @@ class Service:
         if self.batch.messages >= self.icfg.batch_max_messages:
             await self._flush()
 
-    def _join_batch(self, ack: tuple[int, int], digest: bytes | None) -> None:
+    def _join_batch(self, ack: tuple[int, int] | None, digest: bytes | None) -> None:
         b = self.batch
         if b.messages == 0:
             b.opened = time.monotonic()
             self.batch_ready.set()
         b.messages += 1
-        b.acks.append(ack)
+        if ack is not None:
+            b.acks.append(ack)
         if digest is not None:
             b.digests.append(digest)
 
-    def _ack_now(self, ack: tuple[int, int]) -> None:
+    def _ack_now(self, ack: tuple[int, int] | None) -> None:
+        """Acknowledge a message of this connection (``None``: a QoS 0 one, which takes
+        no acknowledgement)."""
+        if ack is None:
+            return
         gen, mid = ack
         if gen == self.gen and self.client is not None:
             self.mqtt.ack(self.client, mid)
