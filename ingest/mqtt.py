@@ -17,6 +17,7 @@ chose QoS 0 has no redelivery guarantee).
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import ssl
 from dataclasses import dataclass
@@ -152,7 +153,31 @@ def make_client(settings: BrokerSettings, *, client_id: str, will: aiomqtt.Will 
         client._client.manual_ack_set(True)
     _read_in_bursts(client._client)
     _lean_receive(client._client)
+    _keep_cancellations(client)
     return client
+
+
+def _keep_cancellations(client: aiomqtt.Client) -> None:
+    """Make the client wait for CONNACK, SUBACK, PUBACK and the disconnect with
+    ``asyncio.timeout`` instead of ``asyncio.wait_for``.
+
+    On Python 3.11 ``wait_for`` returns the result when a cancellation arrives as the
+    awaited thing completes, and the cancellation is lost: a task stopped at that moment
+    (the connection's tasks when it drops, every task at shutdown) would carry on.
+    Same contract as aiomqtt's own: ``math.inf`` waits for ever, ``None`` means the
+    client's timeout, and running out raises ``aiomqtt.MqttError``.
+    """
+
+    async def wait(fut, timeout: float | None):
+        if timeout is None:
+            timeout = client.timeout
+        try:
+            async with asyncio.timeout(None if timeout == math.inf else timeout):
+                return await fut
+        except TimeoutError:
+            raise aiomqtt.MqttError("Operation timed out") from None
+
+    client._wait_for = wait
 
 
 class _NoTopicCallbacks:

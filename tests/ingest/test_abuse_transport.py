@@ -11,6 +11,7 @@ config and ACL, `emfence run` as a real subprocess, devices with their own passw
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import time
 
@@ -135,3 +136,29 @@ def test_qos0_and_qos2_publishes_never_disconnect_the_engine(tmp_path, mosquitto
             c.close()
         health.close()
         engine.close()
+
+
+async def test_the_engine_client_never_loses_a_cancellation():
+    """The engine's client waits for CONNACK, SUBACK and PUBACK without
+    ``asyncio.wait_for``, which on Python 3.11 drops a cancellation that arrives as the
+    awaited packet does: the cancellation comes 0, 1, 2, ... loop steps after it."""
+    import aiomqtt
+
+    from ingest.mqtt import BrokerSettings, make_client
+
+    client = make_client(BrokerSettings("127.0.0.1", 1), client_id="engine-x", will=None)
+    assert "_wait_for" in vars(aiomqtt.Client)  # what is replaced is aiomqtt's own
+    for steps in range(6):
+        arrived = asyncio.Event()
+        task = asyncio.create_task(client._wait_for(arrived.wait(), timeout=3600))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        arrived.set()
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        if not task.cancel():
+            continue  # it had already returned: nothing to lose
+        await asyncio.wait({task}, timeout=GUARD_S)
+        assert task.cancelled(), f"a cancellation {steps} loop steps after the packet was lost"
+    with pytest.raises(aiomqtt.MqttError, match="timed out"):
+        await client._wait_for(asyncio.Event().wait(), timeout=0.01)
