@@ -12,7 +12,12 @@ config and ACL, `emfence run` as a real subprocess, devices with their own passw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
+import random
+import signal
+import socket
+import threading
 import time
 
 import orjson
@@ -162,3 +167,188 @@ async def test_the_engine_client_never_loses_a_cancellation():
         assert task.cancelled(), f"a cancellation {steps} loop steps after the packet was lost"
     with pytest.raises(aiomqtt.MqttError, match="timed out"):
         await client._wait_for(asyncio.Event().wait(), timeout=0.01)
+
+
+class Cutter:
+    """A TCP relay between the engine and the broker that can cut every connection
+    through it at once: a real connection loss (the engine's socket sees EOF, the broker
+    sees its client go), while the broker itself, and the session it keeps for the
+    engine, stay up. :meth:`silence` holds back everything from the broker to the engine
+    (a half-dead path: the engine can still send, the connection looks open)."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._lock = threading.Lock()
+        self._silent = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                inner, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                outer = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                inner.close()
+                continue
+            with self._lock:
+                self._pairs.append((inner, outer))
+            for a, b, hold in ((inner, outer, False), (outer, inner, True)):
+                threading.Thread(target=self._pump, args=(a, b, hold), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, hold: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                while hold and self._silent.is_set():
+                    time.sleep(0.05)
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def silence(self) -> None:
+        self._silent.set()
+
+    def cut(self) -> int:
+        """Close every connection through the relay; return how many there were."""
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            for s in pair:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+        return len(pairs)
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
+@pytest.mark.slow
+def test_many_connection_losses_under_traffic_lose_nothing(tmp_path, mosquitto_factory):
+    """The engine's connection is cut over and over while 30 devices report every 200 ms
+    and alarms are raised and published. Every time it must reconnect and go on
+    processing; in the end no fix is lost or doubled, the alarms are exactly those a
+    reference engine derives from the same messages, none is a false offline alarm, and
+    the outbox is empty (the known truth of test_ingest_faults)."""
+    from test_ingest_faults import CONFIG, Publisher, check_outcome, scenario
+
+    fleet = Fleet(tmp_path, devices_a=30, devices_b=1)
+    broker = mosquitto_factory(passwords=fleet.passwords())
+    relay = Cutter(broker.port)
+    devices = fleet.ids(REGION_A)
+    steps = 90
+    messages = scenario(fleet, devices, steps=steps, t0=now_ms() - 60_000)
+    config = CONFIG.replace("[ingest]\n", "[ingest]\nwatchdog_s = 10\n")
+    engine = EngineProcess(tmp_path, fleet, broker, config=config, extra=["--broker", relay.url])
+    health = HealthReader(broker)
+    rng = random.Random(10)
+    try:
+        engine.start().wait_log("connected to")
+        pub = Publisher(broker.port, messages, per_step=len(messages) // steps)
+        pub.start()
+        cuts = 0
+        while pub.is_alive():
+            time.sleep(rng.uniform(0.2, 1.0))
+            seen = health.seen[-1].get("engine", {}).get("fixes", 0) if health.seen else 0
+            mark = len(engine.log())
+            assert relay.cut() == 1, "the engine had no connection through the relay"
+            cuts += 1
+            # Reconnected, and processing again, before the next cut.
+            engine.wait_log("reconnected to the broker", timeout_s=GUARD_S, after=mark)
+            assert engine.log().count("reconnected to the broker") == cuts
+            health.until(lambda h, seen=seen, cuts=cuts:
+                         h.get("engine", {}).get("fixes", 0) > seen
+                         and h["counters"].get("reconnects", 0) == cuts,
+                         f"processing after cut {cuts}")
+        assert cuts >= 10
+        pub.wait_acked()
+        n_fixes = sum(1 for t, _ in messages if t.endswith("/fix"))
+        health.fixes(n_fixes)
+        check_outcome(fleet, engine, broker, messages, devices)
+        assert "watchdog" not in engine.log()
+    finally:
+        health.close()
+        relay.close()
+        engine.close()
+
+
+def test_a_silent_broker_stops_the_engine_with_a_stalled_health(tmp_path, mosquitto_factory):
+    """SIGSTOP the broker: the engine's connection stays open and nothing comes back,
+    not even its own ping. The watchdog must say so in the log and in the health
+    ("stalled"), and the engine must exit 3 instead of sitting there."""
+    fleet = Fleet(tmp_path, devices_a=2, devices_b=1)
+    broker = mosquitto_factory(passwords=fleet.passwords())
+    engine = EngineProcess(tmp_path, fleet, broker,
+                           config=QUICK.replace("[ingest]\n", "[ingest]\nwatchdog_s = 3\n"))
+    health = HealthReader(broker)
+    try:
+        engine.start().wait_log("backlog drained")
+        # Quiet for longer than the watchdog's limit: no device sends anything, and the
+        # engine's own ping keeps it alive.
+        time.sleep(5)
+        h = health.until(lambda h: h.get("watchdog") is not None, "the watchdog")
+        assert h["status"] == "online" and h["watchdog"]["limit_s"] == 3
+        assert engine.proc.poll() is None, engine.log()[-3000:]
+        broker.proc.send_signal(signal.SIGSTOP)
+        try:
+            rc = engine.proc.wait(GUARD_S)
+        finally:
+            broker.proc.send_signal(signal.SIGCONT)
+        log = engine.log()
+        assert rc == 3, log[-3000:]
+        line = next(x for x in log.splitlines() if "watchdog: nothing received" in x)
+        assert "CRITICAL" in line and "stalled" in line and "ingest.watchdog_s = 3" in line
+        assert float(line.split("broker for ")[1].split(" s")[0]) > 3
+    finally:
+        health.close()
+        engine.close()
+
+
+def test_a_half_dead_connection_stops_the_engine_saying_stalled(tmp_path, mosquitto_factory):
+    """The path from the broker to the engine goes silent while the engine can still
+    send (the connection looks open to both). The engine publishes health "stalled",
+    which the broker passes on before the last will, and exits 3."""
+    fleet = Fleet(tmp_path, devices_a=2, devices_b=1)
+    broker = mosquitto_factory(passwords=fleet.passwords())
+    relay = Cutter(broker.port)
+    engine = EngineProcess(tmp_path, fleet, broker,
+                           config=QUICK.replace("[ingest]\n", "[ingest]\nwatchdog_s = 3\n"),
+                           extra=["--broker", relay.url])
+    health = HealthReader(broker)
+    try:
+        engine.start().wait_log("backlog drained")
+        health.until(lambda h: h["status"] == "online" and "watchdog" in h, "online")
+        relay.silence()
+        rc = engine.proc.wait(GUARD_S)
+        log = engine.log()
+        assert rc == 3, log[-3000:]
+        assert "the engine is stalled; exiting 3" in log
+        h = health.until(lambda h: h["status"] == "stalled", "status stalled")
+        assert h["watchdog"]["idle_s"] > 3 and h["watchdog"]["limit_s"] == 3
+        # then the broker's last will: the engine is gone
+        health.until(lambda h: h["status"] == "offline", "the last will")
+    finally:
+        health.close()
+        relay.close()
+        engine.close()
+
+
+def test_the_watchdog_limit_is_checked_against_the_ping_and_the_reconnect_delay():
+    from emfence.config import ConfigError, config_from_dict
+
+    assert config_from_dict({}).ingest.watchdog_s == 60
+    assert config_from_dict({"ingest": {"watchdog_s": 0}}).ingest.watchdog_s == 0  # off
+    for ingest in ({"watchdog_s": 15}, {"watchdog_s": 30, "health_interval_s": 20},
+                   {"watchdog_s": 40, "reconnect_max_s": 40}):
+        with pytest.raises(ConfigError, match=r"\[ingest.watchdog_s\] must be 0 \(off\) or"):
+            config_from_dict({"ingest": ingest}, source="engine.toml")
