@@ -106,6 +106,9 @@ EXIT_STALLED = 3
 STALL_REPORT_S = 2.0
 # The payload of the engine's periodic ping to itself on its drain topic.
 PING = b"ping"
+# Offline sweeps are held once this many ping periods pass with nothing received.
+SILENT_PINGS = 2
+SILENT_BROKER = "silence of the broker"
 
 
 def wall_ms() -> int:
@@ -302,6 +305,7 @@ class Service:
         self.hold_reason: str | None = "start"
         self.hold_until_ms = wall_ms() + int(self.icfg.restart_grace_s * 1000)
         self.disconnected_at_ms: int | None = None
+        self.received_at = time.monotonic()  # the last message received (the sweeps)
 
         # The watchdog (ingest.watchdog_s): fed by every message received, the engine's own
         # pings included, by connection attempts and by store retries; see _stalled.
@@ -453,6 +457,7 @@ class Service:
             await client.subscribe(f, qos=mqtt.SUBSCRIBE_QOS)
         self.client = client
         self.connected.set()
+        self.received_at = time.monotonic()  # CONNACK and SUBACKs: the broker answers
         now = wall_ms()
         if self.counters["connects"] > 1:
             self.counters["reconnects"] += 1
@@ -487,6 +492,7 @@ class Service:
 
     async def _on_message(self, message) -> None:
         self._alive()
+        self.received_at = time.monotonic()
         if self.stopping:
             return  # not acknowledged: the broker keeps it for the next start
         topic = message.topic.value
@@ -886,6 +892,17 @@ class Service:
             if not self.connected.is_set():
                 continue  # the broker is away: silence now says nothing about devices
             now = wall_ms()
+            silent_s = time.monotonic() - self.received_at
+            if silent_s > SILENT_PINGS * self.icfg.health_interval_s + period:
+                # Not even the engine's own ping came back: the connection is open but
+                # nothing arrives, so silence says nothing about devices either. Once
+                # messages flow again, devices' backlogs get the grace to arrive.
+                if self.hold_reason != SILENT_BROKER:
+                    log.warning("offline sweeps held: nothing received for %.1f s, not even "
+                                "the engine's own ping", silent_s)
+                self.hold_reason = SILENT_BROKER
+                self.hold_until_ms = now + int(self.icfg.restart_grace_s * 1000)
+                continue
             if self.hold_reason is not None:
                 if self.hold_reason == "start" and self.drained:
                     log.info("offline sweeps start: the backlog is drained")

@@ -217,6 +217,9 @@ class Cutter:
     def silence(self) -> None:
         self._silent.set()
 
+    def speak(self) -> None:
+        self._silent.clear()
+
     def cut(self) -> int:
         """Close every connection through the relay; return how many there were."""
         with self._lock:
@@ -338,6 +341,48 @@ def test_a_half_dead_connection_stops_the_engine_saying_stalled(tmp_path, mosqui
         # then the broker's last will: the engine is gone
         health.until(lambda h: h["status"] == "offline", "the last will")
     finally:
+        health.close()
+        relay.close()
+        engine.close()
+
+
+def test_a_silent_connection_raises_no_offline_alarm(tmp_path, mosquitto_factory):
+    """Devices report every 300 ms while the path from the broker to the engine is
+    silent for longer than their offline threshold (the connection looks open; the
+    watchdog's limit is longer). The engine must not take that silence for the devices'
+    : no offline alarm, and every fix is processed once the path is back."""
+    fleet = Fleet(tmp_path, devices_a=4, devices_b=1)
+    broker = mosquitto_factory(passwords=fleet.passwords())
+    relay = Cutter(broker.port)
+    config = QUICK.replace("health_interval_s = 1", "health_interval_s = 0.5").replace(
+        "[ingest]\n", "[ingest]\nwatchdog_s = 60\nsweep_interval_ms = 100\n") + \
+        "[rules]\noffline_after_s = 2\n"
+    engine = EngineProcess(tmp_path, fleet, broker, config=config,
+                           extra=["--broker", relay.url])
+    devices = fleet.ids(REGION_A)
+    clients = {d: device_client(broker, d) for d in devices}
+    health = HealthReader(broker)
+    try:
+        engine.start().wait_log("offline sweeps start")
+        t0 = now_ms()
+        n = 0
+        for k in range(40):  # 12 s
+            if k == 5:
+                relay.silence()  # for 6 s: three times the offline threshold
+            if k == 25:
+                relay.speak()
+            for d in devices:
+                clients[d].publish(f"emfence/v1/{REGION_A}/{d}/fix",
+                                   orjson.dumps(fix(t0 + k * 300, fleet.home)))
+                n += 1
+            time.sleep(0.3)
+        h = health.fixes(n)
+        assert h["counters"].get("events", 0) == 0, "alarms raised (false offline alarms)"
+        assert "offline sweeps held: nothing received" in engine.log()
+        assert engine.stop() == 0
+    finally:
+        for c in clients.values():
+            c.close()
         health.close()
         relay.close()
         engine.close()
