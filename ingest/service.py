@@ -33,7 +33,15 @@ Silence: the offline sweep runs every ``ingest.sweep_interval_ms`` on receive ti
 never while the broker is away (the silence is the broker's, not the devices'), and
 after a start only once the broker's backlog for this session has drained (a marker
 the engine sends itself arrives behind it) or ``ingest.restart_grace_s`` has passed;
-after a broker outage it waits the full grace, so devices have time to reconnect.
+after a broker outage it waits the full grace, so devices have time to reconnect. Nor
+while the connection is open but nothing arrives, not even the ping the engine sends
+itself on its drain topic every ``ingest.health_interval_s``.
+
+Liveness: a watchdog thread (``ingest.watchdog``) sees when the engine has received
+nothing for ``ingest.watchdog_s`` (no reconnect attempt either); the engine then logs
+it, publishes health ``stalled`` if it can, and exits 3 for its service manager to
+restart it, rather than sit there. The connection's receive loop and its outbox run in
+one task group, so a lost connection ends both and a cancellation reaches both.
 
 Signals: SIGINT/SIGTERM finish the batch, checkpoint, acknowledge, flush the outbox and
 exit 0; SIGHUP reloads zones and subjects, keeping the state of devices that remain.
