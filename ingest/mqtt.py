@@ -246,7 +246,10 @@ def queued_messages(client: aiomqtt.Client) -> list:
 
 
 # The QoS of the engine's subscriptions. The broker delivers a message with the lower of
-# its publish QoS and this, so the engine receives QoS 0 and QoS 1 messages only.
+# its publish QoS and this, so the engine receives QoS 0 and QoS 1 messages only. Not 2:
+# with manual_ack, paho (2.x) still answers a QoS 2 PUBLISH with PUBREC on receipt and
+# only holds back the final PUBCOMP, and after PUBREC the broker keeps just the packet
+# id, not the message: a crash before the effect is durable would lose the fix.
 SUBSCRIBE_QOS = 1
 
 

@@ -346,6 +346,7 @@ def test_a_half_dead_connection_stops_the_engine_saying_stalled(tmp_path, mosqui
         engine.close()
 
 
+@pytest.mark.slow
 def test_a_silent_connection_raises_no_offline_alarm(tmp_path, mosquitto_factory):
     """Devices report every 300 ms while the path from the broker to the engine is
     silent for longer than their offline threshold (the connection looks open; the
