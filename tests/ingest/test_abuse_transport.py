@@ -398,3 +398,36 @@ def test_the_watchdog_limit_is_checked_against_the_ping_and_the_reconnect_delay(
                    {"watchdog_s": 40, "reconnect_max_s": 40}):
         with pytest.raises(ConfigError, match=r"\[ingest.watchdog_s\] must be 0 \(off\) or"):
             config_from_dict({"ingest": ingest}, source="engine.toml")
+
+
+def test_the_watchdog_judges_silence_while_running_and_a_deadline_while_stopping():
+    from ingest.watchdog import Watchdog
+
+    now = [100.0]
+    for stopping in (False, True):
+        verdicts: list = []
+        fired = threading.Event()
+        def stall(idle_s, when, verdicts=verdicts, fired=fired):
+            verdicts.append((idle_s, when))
+            fired.set()
+
+        dog = Watchdog(2.0, stall, clock=lambda: now[0])
+        dog.start()
+        try:
+            if stopping:
+                dog.finish_within(5.0)
+                now[0] += 4.0  # silent beyond the limit, but the shutdown has 5 s
+                dog.alive()  # (signs of life do not extend a shutdown)
+                assert not fired.wait(0.6)
+                now[0] += 1.5
+            else:
+                now[0] += 1.5
+                dog.alive()
+                now[0] += 1.5  # 3 s since the start, 1.5 s since the last sign of life
+                assert not fired.wait(0.6)
+                now[0] += 1.0
+            assert fired.wait(GUARD_S)
+        finally:
+            dog.stop()
+        # (the idle time reported is since the last sign of life)
+        assert verdicts == [(1.5 if stopping else 2.5, "stopping" if stopping else "running")]
