@@ -222,8 +222,12 @@ class OutboxPublisher:
                     task.add_done_callback(sends.discard)
                 if self._read_store or self._handed:
                     continue  # a full page was read, or more arrived while sending
+                # Not asyncio.wait_for: on Python 3.11 it returns the wake-up and drops a
+                # cancellation that arrives as the event fires, and the connection's owner,
+                # waiting for this task to end, would wait for ever.
                 try:
-                    await asyncio.wait_for(wake.wait(), timeout=retry_s)
+                    async with asyncio.timeout(retry_s):
+                        await wake.wait()
                 except TimeoutError:
                     self._read_store = True
         finally:

@@ -95,6 +95,9 @@ class IngestConfig:
     # Dead letters waiting for the broker; beyond this they are dropped and counted (a
     # flood of garbage must not grow memory; the rejections are still counted).
     deadletter_queue_messages: int = 10_000
+    # The engine exits (code 3) after this long without receiving anything, not even its
+    # own ping (sent every health_interval_s), s; 0 turns the watchdog off.
+    watchdog_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,12 @@ def _check(config: Config, source: str | None) -> Config:
     i = config.ingest
     if i.reconnect_max_s < i.reconnect_min_s:
         raise ConfigError("must be >= ingest.reconnect_min_s", key="ingest.reconnect_max_s", source=source)
+    if i.watchdog_s and i.watchdog_s < max(2 * i.health_interval_s, i.reconnect_max_s + 1):
+        # The ping comes every health_interval_s and a reconnect attempt at least every
+        # reconnect_max_s: a shorter watchdog would stop a healthy engine.
+        raise ConfigError(f"must be 0 (off) or at least twice ingest.health_interval_s and "
+                          f"more than ingest.reconnect_max_s, got {i.watchdog_s:g}",
+                          key="ingest.watchdog_s", source=source)
     for name in ("max_payload_bytes", "max_fixes_per_payload", "batch_max_messages",
                  "sweep_interval_ms", "ack_window_messages", "deadletter_queue_messages"):
         if getattr(i, name) < 1:

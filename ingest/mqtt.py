@@ -8,12 +8,16 @@ Acknowledgement: the engine's client turns off paho's automatic PUBACK
 the store, rule state in a checkpoint). Until then the broker keeps the message in the
 engine's session and sends it again after a crash, so ``kill -9`` loses no fix. The
 unacknowledged window is also the backpressure: a broker stops sending once
-``max_inflight_messages`` are outstanding.
+``max_inflight_messages`` are outstanding. Only QoS 1 messages are acknowledged: the
+engine subscribes with QoS 1 (a QoS 2 publish reaches it as QoS 1), and a QoS 0 message
+is processed like any other but never acknowledged (it has no packet id; the device that
+chose QoS 0 has no redelivery guarantee).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import ssl
 from dataclasses import dataclass
@@ -149,7 +153,31 @@ def make_client(settings: BrokerSettings, *, client_id: str, will: aiomqtt.Will 
         client._client.manual_ack_set(True)
     _read_in_bursts(client._client)
     _lean_receive(client._client)
+    _keep_cancellations(client)
     return client
+
+
+def _keep_cancellations(client: aiomqtt.Client) -> None:
+    """Make the client wait for CONNACK, SUBACK, PUBACK and the disconnect with
+    ``asyncio.timeout`` instead of ``asyncio.wait_for``.
+
+    On Python 3.11 ``wait_for`` returns the result when a cancellation arrives as the
+    awaited thing completes, and the cancellation is lost: a task stopped at that moment
+    (the connection's tasks when it drops, every task at shutdown) would carry on.
+    Same contract as aiomqtt's own: ``math.inf`` waits for ever, ``None`` means the
+    client's timeout, and running out raises ``aiomqtt.MqttError``.
+    """
+
+    async def wait(fut, timeout: float | None):
+        if timeout is None:
+            timeout = client.timeout
+        try:
+            async with asyncio.timeout(None if timeout == math.inf else timeout):
+                return await fut
+        except TimeoutError:
+            raise aiomqtt.MqttError("Operation timed out") from None
+
+    client._wait_for = wait
 
 
 class _NoTopicCallbacks:
@@ -217,8 +245,20 @@ def queued_messages(client: aiomqtt.Client) -> list:
             return out
 
 
+# The QoS of the engine's subscriptions. The broker delivers a message with the lower of
+# its publish QoS and this, so the engine receives QoS 0 and QoS 1 messages only. Not 2:
+# with manual_ack, paho (2.x) still answers a QoS 2 PUBLISH with PUBREC on receipt and
+# only holds back the final PUBCOMP, and after PUBREC the broker keeps just the packet
+# id, not the message: a crash before the effect is durable would lose the fix.
+SUBSCRIBE_QOS = 1
+
+
 def ack(client: aiomqtt.Client, mid: int) -> None:
-    """Send the PUBACK of a QoS 1 message received with ``manual_ack``."""
+    """Send the PUBACK of a QoS 1 message received with ``manual_ack``.
+
+    Never for a QoS 0 message: it has no packet id (paho reports 0), and a PUBACK for
+    packet id 0 is a protocol error after which the broker closes the connection.
+    """
     client._client.ack(mid, 1)
 
 

@@ -33,7 +33,15 @@ Silence: the offline sweep runs every ``ingest.sweep_interval_ms`` on receive ti
 never while the broker is away (the silence is the broker's, not the devices'), and
 after a start only once the broker's backlog for this session has drained (a marker
 the engine sends itself arrives behind it) or ``ingest.restart_grace_s`` has passed;
-after a broker outage it waits the full grace, so devices have time to reconnect.
+after a broker outage it waits the full grace, so devices have time to reconnect. Nor
+while the connection is open but nothing arrives, not even the ping the engine sends
+itself on its drain topic every ``ingest.health_interval_s``.
+
+Liveness: a watchdog thread (``ingest.watchdog``) sees when the engine has received
+nothing for ``ingest.watchdog_s`` (no reconnect attempt either); the engine then logs
+it, publishes health ``stalled`` if it can, and exits 3 for its service manager to
+restart it, rather than sit there. The connection's receive loop and its outbox run in
+one task group, so a lost connection ends both and a cancellation reaches both.
 
 Signals: SIGINT/SIGTERM finish the batch, checkpoint, acknowledge, flush the outbox and
 exit 0; SIGHUP reloads zones and subjects, keeping the state of devices that remain.
@@ -98,6 +106,16 @@ SHUTDOWN_FLUSH_S = 10.0
 MAX_OPEN_WINDOWS = 1
 # A health message not acknowledged within this time is given up (the next one follows).
 HEALTH_TIMEOUT_S = 5.0
+# Exit code of an engine its watchdog stopped (ingest.watchdog_s): stalled, not failed on
+# bad input (1) or bad usage (2); the service manager restarts it.
+EXIT_STALLED = 3
+# How long a stalled engine tries to publish its "stalled" health before it exits, s.
+STALL_REPORT_S = 2.0
+# The payload of the engine's periodic ping to itself on its drain topic.
+PING = b"ping"
+# Offline sweeps are held once this many ping periods pass with nothing received.
+SILENT_PINGS = 2
+SILENT_BROKER = "silence of the broker"
 
 
 def wall_ms() -> int:
@@ -294,11 +312,20 @@ class Service:
         self.hold_reason: str | None = "start"
         self.hold_until_ms = wall_ms() + int(self.icfg.restart_grace_s * 1000)
         self.disconnected_at_ms: int | None = None
+        self.received_at = time.monotonic()  # the last message received (the sweeps)
+
+        # The watchdog (ingest.watchdog_s): fed by every message received, the engine's own
+        # pings included, by connection attempts and by store retries; see _stalled.
+        from ingest.watchdog import Watchdog
+
+        self.watchdog = (Watchdog(self.icfg.watchdog_s, self._stalled)
+                         if self.icfg.watchdog_s > 0 else None)
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # ----- running -------------------------------------------------------------------
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
@@ -308,6 +335,8 @@ class Service:
                  _redact(self.opts.store_url),
                  ", state restored from checkpoint" if self.restored else "")
         await asyncio.to_thread(self._warm_up)
+        if self.watchdog is not None:
+            self.watchdog.start()  # after the warm-up: compiling kernels may take a while
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [
@@ -340,6 +369,8 @@ class Service:
                     if t.get_name() != "http":
                         t.cancel()
         finally:
+            if self.watchdog is not None:
+                self.watchdog.stop()
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         log.info("engine %s stopped cleanly", self.opts.name)
@@ -363,6 +394,9 @@ class Service:
                      signal.Signals(sig).name if sig else "stop requested")
             self.stopping = True
             self.stop_event.set()
+            if self.watchdog is not None:
+                # Stopping receives nothing; it may take a checkpoint and the outbox flush.
+                self.watchdog.finish_within(self.icfg.watchdog_s + SHUTDOWN_FLUSH_S)
 
     def request_reload(self) -> None:
         log.info("SIGHUP: reloading zones %s and subjects %s", self.opts.zones_path,
@@ -382,14 +416,18 @@ class Service:
         while not self.stopping:
             client = mqtt.make_client(self.broker, client_id=f"emfence-{self.opts.name}",
                                       will=will)
+            self._alive()  # a connection attempt: the reconnect loop is running
             try:
                 async with client:
                     await self._on_connected(client)
                     backoff.reset()
                     # Alarm delivery lives and dies with the connection: a new one starts
-                    # by resending whatever the last one left undelivered.
-                    outbox = asyncio.create_task(self.outbox.run(client), name="outbox")
-                    try:
+                    # by resending whatever the last one left undelivered. The task group
+                    # ends both together and waits for both: when the connection is gone
+                    # the receive loop raises and the outbox is cancelled; a cancellation
+                    # of this task reaches both (never swallowed on the way).
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self.outbox.run(client), name="outbox")
                         async for message in client.messages:
                             await self._on_message(message)
                             for n, more in enumerate(self.mqtt.queued_messages(client), 1):
@@ -398,15 +436,13 @@ class Service:
                                     # Taking queued messages does not yield: let the
                                     # processor, the sweeps and the signal handlers run.
                                     await asyncio.sleep(0)
-                    finally:
-                        outbox.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await outbox
-            except aiomqtt.MqttError as exc:
-                self._on_disconnected(exc, was_connected=self.connected.is_set())
+            except* aiomqtt.MqttError as lost:
+                self._on_disconnected(lost.exceptions[0],
+                                      was_connected=self.connected.is_set())
             finally:
                 self.client = None
                 self.connected.clear()
+            self._alive()
             if self.stopping:
                 return
             delay = backoff.next_delay_s()
@@ -425,9 +461,10 @@ class Service:
         # again, and they are recognised by digest.
         self.pending_acks = [a for a in self.pending_acks if a[0] == self.gen]
         for f in mqtt.subscriptions(self.opts.regions) + [mqtt.drain_topic(self.opts.name)]:
-            await client.subscribe(f, qos=1)
+            await client.subscribe(f, qos=mqtt.SUBSCRIBE_QOS)
         self.client = client
         self.connected.set()
+        self.received_at = time.monotonic()  # CONNACK and SUBACKs: the broker answers
         now = wall_ms()
         if self.counters["connects"] > 1:
             self.counters["reconnects"] += 1
@@ -461,6 +498,8 @@ class Service:
             log.debug("connect failed: %s", exc)
 
     async def _on_message(self, message) -> None:
+        self._alive()
+        self.received_at = time.monotonic()
         if self.stopping:
             return  # not acknowledged: the broker keeps it for the next start
         topic = message.topic.value
@@ -468,7 +507,10 @@ class Service:
         if not isinstance(payload, bytes):
             payload = bytes(payload) if isinstance(payload, (bytearray, memoryview)) else \
                 str(payload).encode()
-        ack = (self.gen, message.mid)
+        # Only QoS 1 takes an acknowledgement (the engine subscribes with QoS 1, so the
+        # broker hands it QoS 2 publishes as QoS 1). A QoS 0 message has no packet id, and
+        # a PUBACK for one is a protocol error that makes the broker drop the engine.
+        ack = (self.gen, message.mid) if message.qos else None
         if topic == self.drain_topic:
             self._ack_now(ack)
             if payload.decode(errors="replace") == self.drain_nonce and not self.drained:
@@ -516,17 +558,22 @@ class Service:
         if self.batch.messages >= self.icfg.batch_max_messages:
             await self._flush()
 
-    def _join_batch(self, ack: tuple[int, int], digest: bytes | None) -> None:
+    def _join_batch(self, ack: tuple[int, int] | None, digest: bytes | None) -> None:
         b = self.batch
         if b.messages == 0:
             b.opened = time.monotonic()
             self.batch_ready.set()
         b.messages += 1
-        b.acks.append(ack)
+        if ack is not None:
+            b.acks.append(ack)
         if digest is not None:
             b.digests.append(digest)
 
-    def _ack_now(self, ack: tuple[int, int]) -> None:
+    def _ack_now(self, ack: tuple[int, int] | None) -> None:
+        """Acknowledge a message of this connection (``None``: a QoS 0 one, which takes
+        no acknowledgement)."""
+        if ack is None:
+            return
         gen, mid = ack
         if gen == self.gen and self.client is not None:
             self.mqtt.ack(self.client, mid)
@@ -663,6 +710,9 @@ class Service:
                                                    events, wall_ms())
                     break
                 except Exception as exc:  # noqa: BLE001 - a store outage must not lose events
+                    # Waiting for the store is not a stall: acknowledgements (and so the
+                    # broker's deliveries) pause, and the logs say why.
+                    self._alive()
                     self.counters["store_errors"] += 1
                     log.error("alarm store write failed (%s); %d events held in memory, retry "
                               "in %.1f s", exc, len(events), delay)
@@ -842,6 +892,17 @@ class Service:
             if not self.connected.is_set():
                 continue  # the broker is away: silence now says nothing about devices
             now = wall_ms()
+            silent_s = time.monotonic() - self.received_at
+            if silent_s > SILENT_PINGS * self.icfg.health_interval_s + period:
+                # Not even the engine's own ping came back: the connection is open but
+                # nothing arrives, so silence says nothing about devices either. Once
+                # messages flow again, devices' backlogs get the grace to arrive.
+                if self.hold_reason != SILENT_BROKER:
+                    log.warning("offline sweeps held: nothing received for %.1f s, not even "
+                                "the engine's own ping", silent_s)
+                self.hold_reason = SILENT_BROKER
+                self.hold_until_ms = now + int(self.icfg.restart_grace_s * 1000)
+                continue
             if self.hold_reason is not None:
                 if self.hold_reason == "start" and self.drained:
                     log.info("offline sweeps start: the backlog is drained")
@@ -887,7 +948,46 @@ class Service:
             # an "online" sent after it would leave monitors believing a stopped engine runs.
             if client is not None and not self.stopping:
                 with contextlib.suppress(Exception):
+                    # A ping to itself: its arrival proves the whole receive path works
+                    # even when no device sends anything (it feeds the watchdog).
+                    await client.publish(self.drain_topic, PING, qos=1,
+                                         timeout=HEALTH_TIMEOUT_S)
+                with contextlib.suppress(Exception):
                     await self._publish_health(client, "online")
+
+    def _alive(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.alive()
+
+    def _stalled(self, idle_s: float, when: str) -> None:
+        """The watchdog's verdict (called in its thread): log it, try to publish health
+        ``stalled`` for :data:`STALL_REPORT_S`, and end the process with
+        :data:`EXIT_STALLED` (whatever is stuck cannot be trusted to stop; nothing is lost:
+        unacknowledged messages wait in the broker, undelivered alarms in the outbox)."""
+        if when == "stopping":
+            log.critical("watchdog: the shutdown did not finish within %.0f s; exiting %d "
+                         "without it (unacknowledged messages wait in the broker, "
+                         "undelivered alarms in the outbox)",
+                         self.icfg.watchdog_s + SHUTDOWN_FLUSH_S, EXIT_STALLED)
+        else:
+            log.critical("watchdog: nothing received from the broker for %.1f s (ingest."
+                         "watchdog_s = %g), not even the engine's own ping: the engine is "
+                         "stalled; exiting %d so that the service manager restarts it "
+                         "(unacknowledged messages wait in the broker, undelivered alarms "
+                         "in the outbox)", idle_s, self.icfg.watchdog_s, EXIT_STALLED)
+        client, loop = self.client, self.loop
+        if client is not None and loop is not None and loop.is_running():
+            report = asyncio.run_coroutine_threadsafe(self._publish_health(client, "stalled"),
+                                                      loop)
+            try:
+                report.result(STALL_REPORT_S)
+            except Exception as exc:  # noqa: BLE001 - best effort: the exit must happen anyway
+                report.cancel()
+                log.error("watchdog: health 'stalled' not acknowledged by the broker: %r", exc)
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        os._exit(EXIT_STALLED)
 
     def health(self, status: str) -> dict[str, Any]:
         """The health document: status, sweep state, queue depths and counters."""
@@ -902,6 +1002,9 @@ class Service:
             "unacknowledged": self.since_checkpoint,
             "track_queue": len(self.tracks),
             "deadletter_queue": self.deadletters.qsize(),
+            "watchdog": None if self.watchdog is None else {
+                "idle_s": round(self.watchdog.idle_s(), 1),
+                "limit_s": self.icfg.watchdog_s},
             "counters": dict(sorted(self.counters.items())),
             "outbox": dict(self.outbox.counters),
             "rejections": dict(sorted(self.rejects.items())),

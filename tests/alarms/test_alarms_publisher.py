@@ -11,6 +11,7 @@ import orjson
 import pytest
 from alarms_helpers import REGION_A, REGION_B, raised
 
+from alarms import open_store
 from alarms.publisher import OutboxPublisher, run_escalation, wall_clock_ms
 from emfence.config import AlarmsConfig
 
@@ -347,3 +348,41 @@ async def test_both_loops_ride_out_a_database_outage(pg_url, broker):
         store.close()
     assert [orjson.loads(p)["alarm_id"] for _, p in sub.received] == ["BEFORE", "AFTER"]
     assert esc_counters["escalated"] == 0
+
+
+async def test_a_cancellation_arriving_as_the_publisher_wakes_is_not_lost(tmp_path, broker):
+    """The connection's owner cancels run() when the connection is gone and then waits for
+    it. A cancellation that lands in the same loop steps as a wake-up (an alarm offered,
+    a notify) must still end the task; on Python 3.11 ``asyncio.wait_for`` returned the
+    wake-up instead and the task went on looping, so the owner waited for ever.
+
+    Every interleaving is tried: the cancellation comes 0, 1, 2, ... loop steps after the
+    wake-up."""
+    store = open_store(f"sqlite:///{tmp_path / 'alarms.db'}")
+    # A retry far in the future: a task that swallowed its cancellation would not stop
+    # on its own.
+    publisher = OutboxPublisher(store, config=AlarmsConfig(outbox_retry_s=3600))
+    tasks = []
+    try:
+        async with engine_client(broker) as client:
+            for steps in range(8):
+                reads = publisher.counters["reads"]
+                task = asyncio.create_task(publisher.run(client))
+                tasks.append(task)
+                await until(lambda r=reads: publisher.counters["reads"] > r)
+                for _ in range(5):  # let it settle into waiting for a wake-up
+                    await asyncio.sleep(0)
+                publisher.notify()
+                for _ in range(steps):
+                    await asyncio.sleep(0)
+                task.cancel()
+                # (a guard against hanging the suite, not a speed requirement)
+                done, _ = await asyncio.wait({task}, timeout=WAIT_S)
+                assert task in done, (f"run() lost a cancellation that came {steps} loop "
+                                      f"steps after a wake-up")
+                assert task.cancelled()
+    finally:
+        for t in tasks:  # a task that lost one cancellation may still take another
+            t.cancel()
+        await asyncio.wait(tasks, timeout=WAIT_S)
+        store.close()
