@@ -479,6 +479,13 @@ class Service:
                          self.counters["messages"] - self._drain_messages,
                          (wall_ms() - self._drain_sent_ms) / 1000)
             return
+        if message.retain:
+            # A copy the broker kept of a device's retained publish, replayed at every
+            # subscribe: the publish itself reached the engine when it was made, so the
+            # copy is stale; it is acknowledged and counted, never processed again.
+            self.counters["retained_ignored"] += 1
+            self._ack_now(ack)
+            return
         self.counters["messages"] += 1
         digest = message_digest(topic, payload)
         if digest in self.received or digest in self.window or digest in self.acking:
