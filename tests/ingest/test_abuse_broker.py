@@ -211,7 +211,7 @@ def test_retire_session_discards_an_abandoned_workers_queue(tmp_path, fleet, bro
     done = subprocess.run(
         [sys.executable, "-m", "emfence", "retire-session", "--name", name, "--broker", broker.url,
          "--username", engine_account(name), "--password-file", str(pw)],
-        capture_output=True, text=True, cwd=ROOT, timeout=120)
+        check=False, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
     assert f"retired session {engine_account(name)}" in done.stderr
 
@@ -227,7 +227,7 @@ def test_retire_session_discards_an_abandoned_workers_queue(tmp_path, fleet, bro
 
 def test_retire_session_bad_name_is_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "emfence", "retire-session", "--name", "a/b"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+                          check=False, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 1
     assert done.stderr.strip() == "emfence retire-session: --name 'a/b' is not [A-Za-z0-9_-]{1,64}"
 
@@ -247,3 +247,52 @@ def test_a_payload_over_the_brokers_limit_is_acknowledged_and_dropped(fleet, bro
     dev.close()
     assert [p for _, p, _ in engine.drain(0.5)] == [b"small"]
     engine.close()
+
+
+def test_every_shipped_listener_binds_the_session_to_the_login():
+    # mosquitto 2.0 applies use_username_as_clientid to the listener above it (whatever
+    # per_listener_settings says): every listener block, active or commented, needs it.
+    lines = (ROOT / "deploy" / "mosquitto" / "mosquitto.conf").read_text().splitlines()
+    starts = [i for i, ln in enumerate(lines) if ln.lstrip("#").startswith("listener ")]
+    assert len(starts) == 2
+    for i in starts:
+        block = lines[i:lines.index("", i)]
+        commented = "#" if lines[i].startswith("#") else ""
+        assert f"{commented}use_username_as_clientid true" in block, block
+    assert not any(ln.startswith("use_username_as_clientid") for ln in lines[:starts[0]])
+
+
+def _run(fleet, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "emfence", "run", "--zones", str(fleet.zones_path), "--subjects",
+         str(fleet.subjects_path), "--store", "sqlite:///unused.db", "--broker", "mqtt://127.0.0.1:1",
+         *args], check=False, capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--name", "console"], ("emfence run: --name 'console' would log in as emfence-console, the "
+                            "console account; choose another worker name")),
+    (["--name", "loadgen-2"], ("emfence run: --name 'loadgen-2' would log in as "
+                              "emfence-loadgen-2, the loadgen account; choose another worker name")),
+    (["--username", "emfence-console", "--name", "north"],
+     ("emfence run: --username emfence-console: the console account may not read fixes; log in "
+     "as this worker's own account emfence-north")),
+])
+def test_run_refuses_a_login_that_cannot_run_a_worker(tmp_path, fleet, args, message):
+    done = _run(fleet, *args)
+    assert done.returncode == 1
+    assert done.stderr.strip() == message
+
+
+
+def test_run_warns_when_a_worker_logs_in_with_another_workers_account(caplog):
+    from ingest.service import _check_account
+
+    _check_account("north", "emfence-north")
+    _check_account("north", None)  # an anonymous broker: client id emfence-north
+    assert caplog.records == []
+    _check_account("north", "emfence-engine-1")
+    [warning] = caplog.records
+    assert warning.levelname == "WARNING"
+    assert "two workers sharing it would take over each other's session" in warning.getMessage()
+    assert "emfence mqtt-passwords --engine north=FILE" in warning.getMessage()
