@@ -53,6 +53,9 @@ DEFAULT_WORKER = "engine-1"
 CONSOLE_USER = "emfence-console"
 LOADGEN_USER = "emfence-loadgen"
 _LOADGEN_POOL_RE = re.compile(r"emfence-loadgen-[0-9]+")
+# Further readers of alarms, dead letters and health (monitoring, integrations): each
+# connection needs an account of its own, emfence-console-NAME, with the console's rules.
+_CONSOLE_MORE_RE = re.compile(r"emfence-console-[A-Za-z0-9_-]+")
 # Template account of each kind in the shipped ACL (deploy/mosquitto/emfence.acl).
 ACL_TEMPLATE_ACCOUNTS = {"engine": f"{SERVICE_PREFIX}{DEFAULT_WORKER}", "console": CONSOLE_USER,
                          "loadgen": LOADGEN_USER}
@@ -74,10 +77,10 @@ def loadgen_pool_account(username: str, k: int) -> str:
 def service_role(username: str) -> str | None:
     """``"engine"``, ``"console"``, ``"loadgen"`` for a service account, ``None`` otherwise.
 
-    ``emfence-console`` and ``emfence-loadgen[-N]`` are what they say; any other
+    ``emfence-console[-NAME]`` and ``emfence-loadgen[-N]`` are what they say; any other
     ``emfence-NAME`` is the account of engine worker NAME.
     """
-    if username == CONSOLE_USER:
+    if username == CONSOLE_USER or _CONSOLE_MORE_RE.fullmatch(username):
         return "console"
     if username == LOADGEN_USER or _LOADGEN_POOL_RE.fullmatch(username):
         return "loadgen"
@@ -265,6 +268,14 @@ def build_acl(accounts, template: str | Path | None = None, *,
     return "\n".join(out) + "\n"
 
 
+def _reader_option(text: str) -> tuple[str, str]:
+    name, sep, pw_file = text.partition("=")
+    if not sep or not pw_file or not ID_RE.fullmatch(name):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=PASSWORD_FILE, NAME of "
+                                         "[A-Za-z0-9_-]")
+    return name, pw_file
+
+
 def _engine_option(text: str) -> tuple[str, str]:
     name, sep, pw_file = text.partition("=")
     if not sep or not pw_file:
@@ -291,6 +302,11 @@ def main(argv: list[str]) -> int:
                              "`emfence run --name NAME` (repeat for each worker)")
     parser.add_argument("--console-user", default=CONSOLE_USER)
     parser.add_argument("--console-password-file", help="add the console account")
+    parser.add_argument("--reader", action="append", default=[], type=_reader_option,
+                        metavar="NAME=PASSWORD_FILE",
+                        help=f"add the account {CONSOLE_USER}-NAME with the console's rights, "
+                             "for one more reader of alarms, dead letters and health "
+                             "(monitoring, an integration; each connection needs its own)")
     parser.add_argument("--loadgen-password-file",
                         help=f"add the TEST-ONLY load generator accounts ({LOADGEN_USER} and "
                              f"{LOADGEN_USER}-1 ... -N, one per pooled connection); never on a "
@@ -329,6 +345,8 @@ def main(argv: list[str]) -> int:
         wanted = [(engine_account(name), pw_file, f"engine worker {name}")
                   for name, pw_file in args.engine]
         wanted.append((args.console_user, args.console_password_file, "console"))
+        wanted += [(f"{CONSOLE_USER}-{name}", pw_file, f"reader {name}")
+                   for name, pw_file in args.reader]
         if args.loadgen_password_file:
             wanted += [(user, args.loadgen_password_file, "load generator")
                        for user in [LOADGEN_USER] + [loadgen_pool_account(LOADGEN_USER, k)

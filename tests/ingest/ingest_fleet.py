@@ -31,6 +31,8 @@ SECRET = b"fleet-test-secret-0123456789abcdef"
 ENGINE_PW = "engine-secret-pw"
 CONSOLE_PW = "console-secret-pw"
 LOADGEN_PW = "loadgen-secret-pw"
+# A second reader with the console's rights (one account holds one connection).
+MONITOR_USER = f"{CONSOLE_USER}-monitor"
 REGION_A = "330723"  # 武义县
 REGION_B = "330702"  # 婺城区
 
@@ -87,7 +89,8 @@ class Fleet:
     def passwords(self) -> dict[str, str]:
         pw = {d: device_password(SECRET, d) for d in self.devices}
         pw.update({ENGINE_USER: ENGINE_PW, engine_account("worker-1"): ENGINE_PW,
-                   CONSOLE_USER: CONSOLE_PW, LOADGEN_USER: LOADGEN_PW})
+                   CONSOLE_USER: CONSOLE_PW, MONITOR_USER: CONSOLE_PW,
+                   LOADGEN_USER: LOADGEN_PW})
         return pw
 
     def ids(self, region: str) -> list[str]:
