@@ -208,12 +208,15 @@ def test_mqtt_passwords_command_end_to_end(tmp_path, mosquitto_factory, clients,
     rc = passwords_main([str(subjects), "-o", str(out), "--secret-file", str(secret),
                          "--engine", f"engine-1={tmp_path / 'engine.pw'}",
                          "--engine", f"north={tmp_path / 'engine.pw'}",
+                         "--reader", f"monitor={tmp_path / 'engine.pw'}",
                          "--credentials-csv", str(creds), "--acl-output", str(acl)])
     assert rc == 0
     assert os.stat(out).st_mode & 0o777 == 0o600 and os.stat(creds).st_mode & 0o777 == 0o600
     users = [line.split(":", 1)[0] for line in out.read_text().splitlines()]
-    assert users == [ENGINE_USER, "emfence-north", "BR-0001", "PH-0003", "BR-0002"]
+    assert users == [ENGINE_USER, "emfence-north", "emfence-console-monitor", "BR-0001",
+                     "PH-0003", "BR-0002"]
     assert "\nuser emfence-north\ntopic read emfence/v1/+/+/fix\n" in acl.read_text()
+    assert "\nuser emfence-console-monitor\ntopic read emfence/v1/+/alarms/+\n" in acl.read_text()
     rows = list(csv.DictReader(io.StringIO(creds.read_text())))
     assert [(r["device_id"], r["region"], r["subject_id"]) for r in rows] == [
         ("BR-0001", "330723", "S-1"), ("PH-0003", "330723", "S-1"), ("BR-0002", "330702", "S-2")]
@@ -228,6 +231,10 @@ def test_mqtt_passwords_command_end_to_end(tmp_path, mosquitto_factory, clients,
     dev.publish("emfence/v1/330702/BR-0002/fix", b"{}")
     assert engine.get()[0] == "emfence/v1/330702/BR-0002/fix"
     assert north.get()[0] == "emfence/v1/330702/BR-0002/fix"
+    monitor = clients(broker.port, "emfence-console-monitor", ENGINE_PW)
+    monitor.subscribe("emfence/v1/+/alarms/+")
+    engine.publish("emfence/v1/330702/alarms/outbound", b"{}")
+    assert monitor.get()[:2] == ("emfence/v1/330702/alarms/outbound", b"{}")
     with pytest.raises(Refused):  # no console password was given: no console account
         clients(broker.port, CONSOLE_USER, CONSOLE_PW)
     with pytest.raises(Refused):  # and the test-only load generator has none either
