@@ -120,13 +120,15 @@ class Mosquitto:
     - ``port``: fixed port (default: a free one).
     - ``tls``: ``(certfile, keyfile)`` of a server certificate: the listener speaks TLS
       and :attr:`url` is ``mqtts://``.
+    - ``conf_template``: another config to start from (default: the shipped one), to
+      compare a setting against what ships.
     """
 
     def __init__(self, data_dir: str | Path | None = None, *, auth: bool = True,
                  passwords: dict[str, str] | None = None, password_file: str | Path | None = None,
                  acl_file: str | Path | None = None, port: int | None = None,
                  tls: tuple[str | Path, str | Path] | None = None,
-                 start_timeout_s: float = 10.0):
+                 start_timeout_s: float = 10.0, conf_template: str | Path = CONF_TEMPLATE):
         if auth and passwords is None and password_file is None:
             raise ValueError("auth=True needs passwords={user: password} or password_file")
         if passwords is not None and password_file is not None:
@@ -140,6 +142,7 @@ class Mosquitto:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.auth = auth
         self.start_timeout_s = start_timeout_s
+        self.conf_template = Path(conf_template)
         self.password_file: Path | None = None
         self.acl_file: Path | None = None
         self._own_acl = auth and not acl_file
@@ -212,7 +215,8 @@ class Mosquitto:
                 self.port = free_port()
             self.conf_path.write_text(render_config(
                 port=self.port, data_dir=self.data_dir, auth=self.auth,
-                password_file=self.password_file, acl_file=self.acl_file, tls=self.tls),
+                password_file=self.password_file, acl_file=self.acl_file, tls=self.tls,
+                template=self.conf_template),
                 encoding="utf-8")
             self.proc = subprocess.Popen(
                 [self.binary, "-c", str(self.conf_path)],

@@ -296,3 +296,24 @@ def test_run_warns_when_a_worker_logs_in_with_another_workers_account(caplog):
     assert warning.levelname == "WARNING"
     assert "two workers sharing it would take over each other's session" in warning.getMessage()
     assert "emfence mqtt-passwords --engine north=FILE" in warning.getMessage()
+
+
+def test_max_packet_size_would_disconnect_the_device_instead(tmp_path, fleet):
+    # Why the shipped config keeps message_size_limit although mosquitto 2 recommends
+    # max_packet_size: with the latter, the device is disconnected before any PUBACK, so
+    # its firmware keeps the message and sends it again after every reconnect.
+    from ingest.mosquitto import CONF_TEMPLATE, Mosquitto
+
+    text = CONF_TEMPLATE.read_text().replace("\nmessage_size_limit 262144\n",
+                                             "\nmax_packet_size 262144\n")
+    assert "max_packet_size 262144" in text
+    template = tmp_path / "alternative.conf"
+    template.write_text(text)
+    with Mosquitto(tmp_path / "broker", passwords=fleet.passwords(),
+                   conf_template=template) as broker:
+        dev = device(broker, fleet.ids(REGION_A)[0])
+        dev.client.reconnect_delay_set(60, 120)  # stay disconnected once dropped
+        big = dev.client.publish(fix_topic(fleet.ids(REGION_A)[0]), b" " * 300_000, qos=1)
+        assert until(lambda: dev.client.is_connected(), lambda up: not up, timeout_s=30) is False
+        assert not big.is_published()
+        dev.close()
