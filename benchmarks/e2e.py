@@ -217,8 +217,10 @@ async def run_step(fleet, rig, consumer, rate: float, args, *, scenario="load", 
     watcher = wstop = None
     if alarms_out:
         wstop, ready = asyncio.Event(), asyncio.Event()
-        watcher = asyncio.create_task(watch_alarms(rig.host, rig.port, stop=wstop, username="emfence-console",
-                                                   password=rig.passwords["emfence-console"],
+        # As the load generator's reader: the console account is the health counter's
+        # connection, and one account holds one connection.
+        watcher = asyncio.create_task(watch_alarms(rig.host, rig.port, stop=wstop, username="emfence-loadgen",
+                                                   password=rig.passwords["emfence-loadgen"],
                                                    out=alarms_out, ready=ready))
         await asyncio.wait_for(ready.wait(), 30)
     await pub.connect()
@@ -297,7 +299,7 @@ def engine_has_shapely_core() -> bool:
 async def bench(args) -> dict:
     from emfence.config import load_config  # noqa: F401 (fail early if the package is broken)
     from simulators.cli import load_simulation  # noqa: F401
-    from simulators.live import prepare_run_dir, start_engine_process, start_rig
+    from simulators.live import BARE_USER, prepare_run_dir, start_engine_process, start_rig
     from simulators.movement import Fleet
     from simulators.score import read_alarms, read_truth, score
 
@@ -315,7 +317,7 @@ async def bench(args) -> dict:
                     "pool_connections": args.pool}
     try:
         if args.latency_rate is None:
-            bare = BareProcess(rig.port, "emfence-engine", out / "emfence-engine.password")
+            bare = BareProcess(rig.port, BARE_USER, out / f"{BARE_USER}.password")
             await bare.start()
             try:
                 bare_max, bare_steps = await ramp(fleet, rig, bare, args, "bare aiomqtt subscriber")
@@ -414,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     # its health message every 0.5 s.
     p.add_argument("--keepup-s", type=float, default=1.0)
     p.add_argument("--drain-s", type=float, default=20.0, help="wait this long for stragglers")
-    p.add_argument("--pool", type=int, default=8, help="simulator connections (default 8)")
+    p.add_argument("--pool", type=int, default=8,
+                   help="simulator connections (default 8; at most 32, one broker account each)")
     p.add_argument("--events", type=int, default=10, help="excursions + exclusion entries per kind "
                    "in the latency run")
     p.add_argument("--no-shapely", dest="shapely", action="store_false")
@@ -433,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             pass
         return 0
+    from simulators.live import POOL_ACCOUNTS
+    if not 1 <= args.pool <= POOL_ACCOUNTS:
+        p.error(f"--pool must be 1 ... {POOL_ACCOUNTS} (the broker has one account per connection)")
     # The simulator shares this process with nothing else; one numba thread leaves the
     # other cores to the broker and the engine.
     import numba

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("engine.replay", "run the rules over a JSON-lines file of fixes and statuses"),
     "run": ("ingest.service", "the live engine: MQTT in, alarms to the store and MQTT out"),
     "mqtt-passwords": ("ingest.passwords", "build a mosquitto password file for a subjects file"),
+    "retire-session": ("ingest.retire", "discard a retired engine worker's broker session"),
     "simulate": ("simulators.cli", "publish like bracelet firmware; or --generate a test fleet"),
     "score": ("simulators.score", "compare alarms against a simulator's ground truth"),
     "console": ("console.service", "the operators' web console on its own, over a shared store"),

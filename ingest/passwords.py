@@ -11,8 +11,14 @@ the one thing to protect. The broker stores only salted PBKDF2-SHA512 hashes in 
 format mosquitto 2 reads (``user:$7$iterations$salt$hash``), written here directly
 rather than by running ``mosquitto_passwd`` once per device.
 
-The service accounts (engine, console, test-only load generator) get their passwords
-from files the operator chooses; see docs/operations.md.
+The service accounts (one per engine worker, the console, the test-only load
+generator) get their passwords from files the operator chooses, and ``--acl-output``
+writes the ACL those accounts need; see docs/operations.md.
+
+The shipped broker config binds a session to its account (``use_username_as_clientid``),
+so each account is one connection: every engine worker NAME has its own account
+``emfence-NAME`` (its client id too), and a pool of load-generator connections uses
+``emfence-loadgen-1`` ... ``emfence-loadgen-N``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import hashlib
 import hmac
 import io
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,10 +47,64 @@ SALT_BYTES = 12
 DERIVATION_LABEL = b"emfence-mqtt-v1:"
 MIN_SECRET_BYTES = 16
 
-ENGINE_USER = "emfence-engine"
+# Every service account starts with this; device ids may not (docs/wire-protocol.md).
+SERVICE_PREFIX = "emfence-"
+DEFAULT_WORKER = "engine-1"
 CONSOLE_USER = "emfence-console"
 LOADGEN_USER = "emfence-loadgen"
-SERVICE_USERS = (ENGINE_USER, CONSOLE_USER, LOADGEN_USER)
+_LOADGEN_POOL_RE = re.compile(r"emfence-loadgen-[0-9]+")
+# Further readers of alarms, dead letters and health (monitoring, integrations): each
+# connection needs an account of its own, emfence-console-NAME, with the console's rules.
+_CONSOLE_MORE_RE = re.compile(r"emfence-console-[A-Za-z0-9_-]+")
+# Template account of each kind in the shipped ACL (deploy/mosquitto/emfence.acl).
+ACL_TEMPLATE_ACCOUNTS = {"engine": f"{SERVICE_PREFIX}{DEFAULT_WORKER}", "console": CONSOLE_USER,
+                         "loadgen": LOADGEN_USER}
+
+
+def engine_account(worker_name: str) -> str:
+    """The broker account (and client id) of engine worker ``worker_name``: ``emfence-NAME``."""
+    return f"{SERVICE_PREFIX}{worker_name}"
+
+
+ENGINE_USER = engine_account(DEFAULT_WORKER)
+
+
+def loadgen_pool_account(username: str, k: int) -> str:
+    """The account of pooled load-generator connection ``k`` (1-based): ``USER-k``."""
+    return f"{username}-{k}"
+
+
+def service_role(username: str) -> str | None:
+    """``"engine"``, ``"console"``, ``"loadgen"`` for a service account, ``None`` otherwise.
+
+    ``emfence-console[-NAME]`` and ``emfence-loadgen[-N]`` are what they say; any other
+    ``emfence-NAME`` is the account of engine worker NAME.
+    """
+    if username == CONSOLE_USER or _CONSOLE_MORE_RE.fullmatch(username):
+        return "console"
+    if username == LOADGEN_USER or _LOADGEN_POOL_RE.fullmatch(username):
+        return "loadgen"
+    if username.startswith(SERVICE_PREFIX) and len(username) > len(SERVICE_PREFIX):
+        return "engine"
+    return None
+
+
+def engine_client_id(worker_name: str, username: str | None) -> str:
+    """The client id of an engine worker's persistent session: its login when it has one
+    (a broker with ``use_username_as_clientid`` uses that whatever the client sends, so
+    the session is the same on brokers with and without it), else ``emfence-NAME``."""
+    return username or engine_account(worker_name)
+
+
+def worker_name_problem(worker_name: str) -> str | None:
+    """Why ``worker_name`` cannot be an engine worker's name, or ``None`` if it can."""
+    if not ID_RE.fullmatch(worker_name):
+        return f"{worker_name!r} is not [A-Za-z0-9_-]{{1,64}}"
+    role = service_role(engine_account(worker_name))
+    if role != "engine":
+        return (f"{worker_name!r} would log in as {engine_account(worker_name)}, the {role} "
+                "account; choose another worker name")
+    return None
 
 
 class PasswordsError(ValueError):
@@ -129,9 +190,9 @@ def devices_of_subjects(data: Any, source: str = "subjects") -> list[tuple[str, 
             if not isinstance(did, str) or not ID_RE.fullmatch(did):
                 raise PasswordsError(f"{source}: subject {sid}: devices[{j}] id {did!r} is not "
                                      "[A-Za-z0-9_-]{1,64}")
-            if did in SERVICE_USERS:
-                raise PasswordsError(f"{source}: subject {sid}: device id {did!r} is reserved for "
-                                     "a service account")
+            if did.startswith(SERVICE_PREFIX):
+                raise PasswordsError(f"{source}: subject {sid}: device id {did!r}: ids starting "
+                                     f"with {SERVICE_PREFIX!r} are reserved for service accounts")
             if did in seen:
                 raise PasswordsError(f"{source}: device {did!r} belongs to subjects {seen[did]} "
                                      f"and {sid}")
@@ -160,6 +221,71 @@ def build_password_file(devices: list[tuple[str, str, str]], secret: bytes,
     return "".join(line + "\n" for line in lines)
 
 
+def build_acl(accounts, template: str | Path | None = None, *,
+              roles: dict[str, str] | None = None) -> str:
+    """The ACL for ``accounts``: the template (default: the shipped
+    ``deploy/mosquitto/emfence.acl``) with a copy of its engine, console or load-generator
+    ``user`` block for every service account among ``accounts`` it does not name yet.
+
+    The kind of an account is :func:`service_role`'s, or ``roles[account]``. Devices need
+    nothing: the template's ``pattern`` lines cover every login. The copy of a kind's
+    block goes right after the template's block of that kind.
+    """
+    if template is None:
+        from ingest.mosquitto import ACL_TEMPLATE
+
+        template = ACL_TEMPLATE
+    path = Path(template)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PasswordsError(f"{path}: cannot read the ACL template: {exc.strerror} (give the "
+                             "project's deploy/mosquitto/emfence.acl with --acl-template)") from None
+    lines = text.splitlines()
+    users = {ln.split(None, 1)[1].strip(): i for i, ln in enumerate(lines)
+             if ln.startswith("user ") and len(ln.split()) == 2}
+    rules: dict[str, tuple[int, list[str]]] = {}  # kind -> (last line of its block, topic lines)
+    for kind, account in ACL_TEMPLATE_ACCOUNTS.items():
+        if account not in users:
+            raise PasswordsError(f"{path}: no `user {account}` block to copy {kind} accounts from")
+        end = users[account] + 1
+        while end < len(lines) and lines[end].strip() and not lines[end].startswith("user "):
+            end += 1
+        rules[kind] = (end, [ln for ln in lines[users[account] + 1:end]
+                             if ln.startswith("topic ")])
+    extra: dict[int, list[str]] = {}
+    for account in dict.fromkeys(accounts):
+        kind = (roles or {}).get(account) or service_role(account)
+        if kind is None or account in users:
+            continue
+        end, topics = rules[kind]
+        extra.setdefault(end, []).extend(["", f"user {account}", *topics])
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        out.extend(extra.get(i, []))
+        out.append(line)
+    out.extend(extra.get(len(lines), []))
+    return "\n".join(out) + "\n"
+
+
+def _reader_option(text: str) -> tuple[str, str]:
+    name, sep, pw_file = text.partition("=")
+    if not sep or not pw_file or not ID_RE.fullmatch(name):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=PASSWORD_FILE, NAME of "
+                                         "[A-Za-z0-9_-]")
+    return name, pw_file
+
+
+def _engine_option(text: str) -> tuple[str, str]:
+    name, sep, pw_file = text.partition("=")
+    if not sep or not pw_file:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=PASSWORD_FILE")
+    problem = worker_name_problem(name)
+    if problem:
+        raise argparse.ArgumentTypeError(f"worker name {problem}")
+    return name, pw_file
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="emfence mqtt-passwords",
@@ -170,13 +296,29 @@ def main(argv: list[str]) -> int:
                         "default: standard output")
     parser.add_argument("--secret-file", required=True,
                         help="file holding the site secret the device passwords derive from")
-    parser.add_argument("--engine-user", default=ENGINE_USER)
-    parser.add_argument("--engine-password-file", help="add the engine account")
+    parser.add_argument("--engine", action="append", default=[], type=_engine_option,
+                        metavar="NAME=PASSWORD_FILE",
+                        help="add the account emfence-NAME of the engine worker "
+                             "`emfence run --name NAME` (repeat for each worker)")
     parser.add_argument("--console-user", default=CONSOLE_USER)
     parser.add_argument("--console-password-file", help="add the console account")
+    parser.add_argument("--reader", action="append", default=[], type=_reader_option,
+                        metavar="NAME=PASSWORD_FILE",
+                        help=f"add the account {CONSOLE_USER}-NAME with the console's rights, "
+                             "for one more reader of alarms, dead letters and health "
+                             "(monitoring, an integration; each connection needs its own)")
     parser.add_argument("--loadgen-password-file",
-                        help=f"add the TEST-ONLY load generator account ({LOADGEN_USER}); "
-                             "never on a production broker")
+                        help=f"add the TEST-ONLY load generator accounts ({LOADGEN_USER} and "
+                             f"{LOADGEN_USER}-1 ... -N, one per pooled connection); never on a "
+                             "production broker")
+    parser.add_argument("--loadgen-pool", type=int, default=8, metavar="N",
+                        help="pooled load-generator connections to make accounts for (default 8)")
+    parser.add_argument("--acl-output", metavar="PATH",
+                        help="also write the mosquitto ACL with a block for each service "
+                             "account written (mode 0600)")
+    parser.add_argument("--acl-template", metavar="PATH",
+                        help="the ACL to extend (default: the project's "
+                             "deploy/mosquitto/emfence.acl)")
     parser.add_argument("--credentials-csv", metavar="PATH",
                         help="also write device_id,region,subject_id,username,password for "
                              "provisioning (mode 0600; '-' for standard output)")
@@ -185,6 +327,11 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.iterations < 1:
         parser.error("--iterations must be at least 1")
+    if args.loadgen_pool < 1:
+        parser.error("--loadgen-pool must be at least 1")
+    workers = [name for name, _ in args.engine]
+    if len(set(workers)) != len(workers):
+        parser.error("--engine: each worker name once (every worker has its own account)")
     try:
         secret = read_secret(args.secret_file)
         try:
@@ -195,14 +342,23 @@ def main(argv: list[str]) -> int:
             raise PasswordsError(f"{args.subjects}: not valid JSON: {exc}") from None
         devices = devices_of_subjects(data, args.subjects)
         services: dict[str, str] = {}
-        for user, pw_file, what in ((args.engine_user, args.engine_password_file, "engine"),
-                                    (args.console_user, args.console_password_file, "console"),
-                                    (LOADGEN_USER, args.loadgen_password_file, "load generator")):
+        wanted = [(engine_account(name), pw_file, f"engine worker {name}")
+                  for name, pw_file in args.engine]
+        wanted.append((args.console_user, args.console_password_file, "console"))
+        wanted += [(f"{CONSOLE_USER}-{name}", pw_file, f"reader {name}")
+                   for name, pw_file in args.reader]
+        if args.loadgen_password_file:
+            wanted += [(user, args.loadgen_password_file, "load generator")
+                       for user in [LOADGEN_USER] + [loadgen_pool_account(LOADGEN_USER, k)
+                                                     for k in range(1, args.loadgen_pool + 1)]]
+        for user, pw_file, what in wanted:
             if pw_file:
                 if any(user == d for d, _, _ in devices):
                     raise PasswordsError(f"{what} user {user!r} is also a device id")
                 services[user] = read_password_file(pw_file, what)
         text = build_password_file(devices, secret, services, args.iterations)
+        acl = (build_acl(services, args.acl_template, roles={args.console_user: "console"})
+               if args.acl_output else None)
     except PasswordsError as exc:
         print(f"emfence mqtt-passwords: {exc}", file=sys.stderr)
         return 1
@@ -212,6 +368,10 @@ def main(argv: list[str]) -> int:
               f"{args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+    if acl is not None:
+        _write_private(Path(args.acl_output), acl)
+        print(f"wrote the ACL for {len(services)} service accounts to {args.acl_output}",
+              file=sys.stderr)
     if args.credentials_csv:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")

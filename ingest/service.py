@@ -80,6 +80,7 @@ from ingest.decode import (
     decode_status_payload,
     parse_topic,
 )
+from ingest.passwords import engine_account, engine_client_id, service_role, worker_name_problem
 
 log = logging.getLogger("emfence.run")
 
@@ -413,9 +414,9 @@ class Service:
         will = aiomqtt.Will(mqtt.health_topic(self.opts.name),
                             orjson.dumps({"status": "offline", "name": self.opts.name}),
                             qos=1, retain=True)
+        client_id = engine_client_id(self.opts.name, self.broker.username)
         while not self.stopping:
-            client = mqtt.make_client(self.broker, client_id=f"emfence-{self.opts.name}",
-                                      will=will)
+            client = mqtt.make_client(self.broker, client_id=client_id, will=will)
             self._alive()  # a connection attempt: the reconnect loop is running
             try:
                 async with client:
@@ -475,9 +476,9 @@ class Service:
             self.hold_reason = "broker outage"
             self.hold_until_ms = now + int(self.icfg.restart_grace_s * 1000)
         else:
-            log.info("connected to %s:%d as %s (persistent session emfence-%s)",
+            log.info("connected to %s:%d as %s (persistent session %s)",
                      self.broker.host, self.broker.port, self.broker.username or "anonymous",
-                     self.opts.name)
+                     engine_client_id(self.opts.name, self.broker.username))
             # The grace counts from the first connection, not from process start (loading
             # zones or compiling kernels must not eat into it).
             self.hold_until_ms = now + int(self.icfg.restart_grace_s * 1000)
@@ -518,6 +519,13 @@ class Service:
                 log.info("backlog drained: %d messages in %.1f s since connecting",
                          self.counters["messages"] - self._drain_messages,
                          (wall_ms() - self._drain_sent_ms) / 1000)
+            return
+        if message.retain:
+            # A copy the broker kept of a device's retained publish, replayed at every
+            # subscribe: the publish itself reached the engine when it was made, so the
+            # copy is stale; it is acknowledged and counted, never processed again.
+            self.counters["retained_ignored"] += 1
+            self._ack_now(ack)
             return
         self.counters["messages"] += 1
         digest = message_digest(topic, payload)
@@ -1168,9 +1176,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regions", help="comma-separated region codes this worker handles "
                    "(default: every region)")
     p.add_argument("--name", default="engine-1",
-                   help="worker name: the MQTT client id emfence-NAME (one persistent session "
-                        "per name; never run two processes with one name) and the health topic")
-    p.add_argument("--username", help="broker login (e.g. emfence-engine)")
+                   help="worker name: the health topic, and the worker's broker account and "
+                        "client id emfence-NAME (one persistent session per name; never run "
+                        "two processes with one name)")
+    p.add_argument("--username", help="broker login: this worker's own account emfence-NAME "
+                   "(the session's client id is the login)")
     p.add_argument("--password-file", help="file whose first line is the broker password")
     p.add_argument("--tls-ca", help="CA certificate file to verify the broker (turns on TLS)")
     p.add_argument("--tls-cert", help="client certificate file (with --tls-key)")
@@ -1193,6 +1203,22 @@ async def _amain(service_args: dict) -> int:
     return await service.run()
 
 
+def _check_account(name: str, username: str | None) -> None:
+    """Refuse a login that cannot run a worker; warn about one that can, but shared."""
+    if username is None:
+        return  # an anonymous broker: the client id is emfence-NAME
+    role = service_role(username)
+    if role in ("console", "loadgen"):
+        raise ValueError(f"--username {username}: the {role} account may not read fixes; "
+                         f"log in as this worker's own account {engine_account(name)}")
+    if username != engine_account(name):
+        log.warning("--username %s with --name %s: the session's client id is the login %s "
+                    "(a broker with use_username_as_clientid insists), so two workers sharing "
+                    "it would take over each other's session; give each worker its own "
+                    "account %s (emfence mqtt-passwords --engine %s=FILE)", username, name,
+                    username, engine_account(name), name)
+
+
 def build_service_args(args: argparse.Namespace) -> dict:
     """Load everything `emfence run` needs; raises ValueError subclasses naming the input."""
     from alarms.store import open_store
@@ -1204,8 +1230,10 @@ def build_service_args(args: argparse.Namespace) -> dict:
                                          password_file=args.password_file, tls_ca=args.tls_ca,
                                          tls_cert=args.tls_cert, tls_key=args.tls_key)
     regions = parse_regions(args.regions)
-    if not ID_RE.fullmatch(args.name):
-        raise ValueError(f"--name {args.name!r} is not [A-Za-z0-9_-]{{1,64}}")
+    problem = worker_name_problem(args.name)
+    if problem:
+        raise ValueError(f"--name {problem}")
+    _check_account(args.name, broker.username)
     if args.http and not args.http.rpartition(":")[2].isdigit():
         raise ValueError(f"--http {args.http!r}: expected HOST:PORT")
     zones, registry = load_model(args.zones, args.subjects)

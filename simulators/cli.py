@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="simulated day runs this many times faster than the wall clock")
     r.add_argument("--events-per-kind", type=int, help="injected events of each kind")
     r.add_argument("--secret-file", help="site secret: one connection per device, logged in as itself")
-    r.add_argument("--username", help="pool account (e.g. emfence-loadgen)")
+    r.add_argument("--username", help="pool account (e.g. emfence-loadgen): pooled connection k "
+                   "logs in as USERNAME-k (emfence-loadgen-1, ...), one account per connection")
     r.add_argument("--password", help="pool account password (prefer --password-file)")
     r.add_argument("--password-file", help="file whose first line is the pool account's password")
     r.add_argument("--pool", type=int, default=8, help="connections in pool mode (default 8)")

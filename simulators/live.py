@@ -6,8 +6,10 @@ service passwords (mode 0600), the broker's data, the SQLite alarm store, the en
 log and checkpoint, the ground truth and the alarms as the console account saw them.
 
 The broker runs the project's own config and ACL (``ingest.mosquitto``): devices log in
-as themselves with HMAC-derived passwords (``ingest.passwords``), the engine as
-``emfence-engine``, and the alarm watcher as ``emfence-console``.
+as themselves with HMAC-derived passwords (``ingest.passwords``), the engine as its own
+worker account ``emfence-sim-engine``, the alarm watcher as ``emfence-console``, pooled
+load connections as ``emfence-loadgen-1`` ... (the broker binds a session to its login,
+so every connection has an account of its own).
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ import aiomqtt
 import orjson
 
 ENGINE_NAME = "sim-engine"
+ENGINE_USER = f"emfence-{ENGINE_NAME}"  # the worker's own account (ingest.passwords.engine_account)
+# The benchmark's bare subscriber reads fixes like an engine, in a session of its own.
+BARE_USER = "emfence-bench-bare"
+# Pooled load-generator connections the broker has accounts for (emfence-loadgen-1 ... -N).
+POOL_ACCOUNTS = 32
 
 
 def _private(path: Path, text: str) -> Path:
@@ -106,9 +113,13 @@ def prepare_run_dir(run_dir: str | Path, *, subjects_n: int, seed: int, counties
     zones, subjects = fleet.write(run)
     secret = secrets.token_urlsafe(32).encode()
     _private(run / "site.secret", secret.decode() + "\n")
-    passwords = {u: secrets.token_urlsafe(18) for u in ("emfence-engine", "emfence-console", "emfence-loadgen")}
+    passwords = {u: secrets.token_urlsafe(18)
+                 for u in (ENGINE_USER, BARE_USER, "emfence-console", "emfence-loadgen")}
     for user, pw in passwords.items():
         _private(run / f"{user}.password", pw + "\n")
+    # the pool's connections share the load generator's password
+    passwords |= {f"emfence-loadgen-{k}": passwords["emfence-loadgen"]
+                  for k in range(1, POOL_ACCOUNTS + 1)}
     config_path = run / "config.toml"
     config_path.write_text(config_toml, encoding="utf-8")
     return zones, subjects, config_path, secret, passwords
@@ -158,8 +169,8 @@ def start_engine_process(rig: Rig, *, core_args: list[str] | None = None, ready_
     rig.engine_log = run / "engine.log"
     cmd = [sys.executable, "-m", "emfence", "run", "--broker", rig.broker.url,
            "--zones", str(rig.zones), "--subjects", str(rig.subjects), "--store", rig.store_url,
-           "--name", ENGINE_NAME, "--username", "emfence-engine",
-           "--password-file", str(run / "emfence-engine.password"),
+           "--name", ENGINE_NAME, "--username", ENGINE_USER,
+           "--password-file", str(run / f"{ENGINE_USER}.password"),
            "--config", str(rig.config_path),
            *(["--checkpoint", str(run / "engine.checkpoint")] if checkpoint else []),
            *(core_args or [])]

@@ -5,8 +5,11 @@ Two connection modes:
 - **per device** (realism): every device has its own connection, client id = device id,
   logged in as itself (password derived from the site secret exactly like
   ``emfence mqtt-passwords``), so the broker's ACL applies to each one.
-- **pool** (load): a few connections share all devices, logged in with one account (the
-  test-only ``emfence-loadgen``) or anonymously on a broker that allows it.
+- **pool** (load): a few connections share all devices, logged in with the test-only
+  load-generator accounts or anonymously on a broker that allows it. Given the account
+  ``emfence-loadgen``, connection ``k`` logs in as ``emfence-loadgen-k`` (k = 1 ...
+  pool size; client id the same): the shipped broker config binds a session to its
+  login, so two connections of one account would keep kicking each other off.
 
 Rate control is by the clock: slot ``m`` is published once the wall clock passes its due
 time (see :mod:`simulators.scenario`); the loop wakes every ``tick_ms``, publishes
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 
 import aiomqtt
 
+from ingest.passwords import loadgen_pool_account
 from simulators.scenario import Outgoing, Simulation
 
 
@@ -56,7 +60,8 @@ class Publisher:
     """Connections plus the clocked publish loop.
 
     ``credentials(device_idx) -> (username, password)`` selects per-device mode; without
-    it, ``pool_size`` connections log in as ``username``/``password`` (or anonymously).
+    it, ``pool_size`` connections log in as ``username-1`` ... ``username-N`` with
+    ``password`` (or anonymously).
     """
 
     def __init__(self, sim: Simulation, host: str, port: int, *,
@@ -100,6 +105,14 @@ class Publisher:
     def per_device(self) -> bool:
         return self.credentials is not None
 
+    def _pool_login(self, k: int) -> tuple[str, str | None]:
+        """(client id, username) of pooled connection ``k`` (0-based)."""
+        if self.username is None:
+            import os
+            return f"{self.client_prefix}-{os.getpid()}-{k}", None
+        account = loadgen_pool_account(self.username, k + 1)
+        return account, account
+
     def _make_clients(self) -> list[aiomqtt.Client]:
         if self.per_device:
             out = []
@@ -109,13 +122,10 @@ class Publisher:
                                           password=pw, clean_session=True, timeout=30,
                                           max_inflight_messages=self.max_inflight))
         else:
-            import os
-            out = [aiomqtt.Client(self.host, self.port,
-                                  identifier=f"{self.client_prefix}-{os.getpid()}-{k}",
-                                  username=self.username, password=self.password,
-                                  clean_session=True, timeout=30,
+            out = [aiomqtt.Client(self.host, self.port, identifier=cid, username=user,
+                                  password=self.password, clean_session=True, timeout=30,
                                   max_inflight_messages=self.max_inflight)
-                   for k in range(self.pool_size)]
+                   for cid, user in map(self._pool_login, range(self.pool_size))]
         for c in out:
             c.pending_calls_threshold = self.max_inflight + 1  # a full window is expected
         self._windows = [asyncio.Semaphore(self.max_inflight) for _ in out]
@@ -124,14 +134,12 @@ class Publisher:
     async def connect(self) -> None:
         """Open every connection (bounded concurrency); raises the first failure, naming it."""
         if self.wire:
-            import os
-
             from simulators.mqttwire import WireConnection
 
-            self._wire = [WireConnection(self.host, self.port, username=self.username,
+            self._wire = [WireConnection(self.host, self.port, username=user,
                                          password=self.password, window=max(self.max_inflight, 2000),
-                                         client_id=f"{self.client_prefix}-{os.getpid()}-{k}")
-                          for k in range(self.pool_size)]
+                                         client_id=cid)
+                          for cid, user in map(self._pool_login, range(self.pool_size))]
             try:
                 for c in self._wire:
                     await c.connect()

@@ -16,7 +16,13 @@ import shapely
 from pyproj import Geod
 
 from geofence import load_zones
-from ingest.passwords import CONSOLE_USER, ENGINE_USER, LOADGEN_USER, device_password
+from ingest.passwords import (
+    CONSOLE_USER,
+    ENGINE_USER,
+    LOADGEN_USER,
+    device_password,
+    engine_account,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CNMAPS = ROOT / "tests" / "data" / "cnmaps"
@@ -25,6 +31,8 @@ SECRET = b"fleet-test-secret-0123456789abcdef"
 ENGINE_PW = "engine-secret-pw"
 CONSOLE_PW = "console-secret-pw"
 LOADGEN_PW = "loadgen-secret-pw"
+# A second reader with the console's rights (one account holds one connection).
+MONITOR_USER = f"{CONSOLE_USER}-monitor"
 REGION_A = "330723"  # 武义县
 REGION_B = "330702"  # 婺城区
 
@@ -80,7 +88,9 @@ class Fleet:
 
     def passwords(self) -> dict[str, str]:
         pw = {d: device_password(SECRET, d) for d in self.devices}
-        pw.update({ENGINE_USER: ENGINE_PW, CONSOLE_USER: CONSOLE_PW, LOADGEN_USER: LOADGEN_PW})
+        pw.update({ENGINE_USER: ENGINE_PW, engine_account("worker-1"): ENGINE_PW,
+                   CONSOLE_USER: CONSOLE_PW, MONITOR_USER: CONSOLE_PW,
+                   LOADGEN_USER: LOADGEN_PW})
         return pw
 
     def ids(self, region: str) -> list[str]:
@@ -96,11 +106,17 @@ def fix(ts: int, p, *, acc=10.0, seq=None, **extra) -> dict:
 
 
 class EngineProcess:
-    """`python -m emfence run ...` as a real subprocess, logging to a file."""
+    """`python -m emfence run ...` as a real subprocess, logging to a file.
+
+    It logs in as the worker's own account (``emfence-NAME``, as the shipped broker
+    config needs), added to the broker if the fleet's passwords lack it."""
 
     def __init__(self, root: Path, fleet: Fleet, broker, *, name="worker-1", store=None,
                  checkpoint=True, config: str | None = None, extra=()):
         self.root = root
+        self.username = engine_account(name)
+        if broker.auth:
+            broker.add_accounts({self.username: ENGINE_PW})
         (root / "engine.pw").write_text(ENGINE_PW + "\n")
         self.store_url = store or f"sqlite:///{root / 'alarms.db'}"
         self.checkpoint = root / "engine.ckpt" if checkpoint else None
@@ -108,7 +124,7 @@ class EngineProcess:
         self.args = [sys.executable, "-m", "emfence", "run", "--broker", broker.url,
                      "--zones", str(fleet.zones_path), "--subjects", str(fleet.subjects_path),
                      "--store", self.store_url, "--name", name,
-                     "--username", ENGINE_USER, "--password-file", str(root / "engine.pw")]
+                     "--username", self.username, "--password-file", str(root / "engine.pw")]
         if self.checkpoint:
             self.args += ["--checkpoint", str(self.checkpoint)]
         if config:

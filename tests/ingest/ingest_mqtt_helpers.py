@@ -26,6 +26,7 @@ class PahoClient:
         self.messages: queue.Queue = queue.Queue()
         self._connected = threading.Event()
         self._result = None
+        self.session_present: bool | None = None  # from the CONNACK
         self._subacks: dict[int, list] = {}
         self._suback_event = threading.Condition()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
@@ -52,6 +53,7 @@ class PahoClient:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         self._result = reason_code
+        self.session_present = bool(flags.session_present)
         self._connected.set()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties):

@@ -130,14 +130,14 @@ def test_devices_read_nothing_console_reads_alarms_not_fixes(secured, clients):
 
 
 def test_engine_cannot_forge_fixes_and_console_cannot_raise_alarms(secured, clients):
+    # Each account is one connection (the broker binds a session to its login), so each
+    # forges on the connection that would also receive the forgery.
     watcher = clients(secured.port, ENGINE_USER, ENGINE_PW)
     watcher.subscribe("emfence/v1/+/+/fix")
     sink = clients(secured.port, CONSOLE_USER, CONSOLE_PW)
     sink.subscribe("emfence/v1/+/alarms/+")
-    clients(secured.port, CONSOLE_USER, CONSOLE_PW).publish(
-        "emfence/v1/330723/alarms/outbound", b'{"forged":1}')
-    clients(secured.port, ENGINE_USER, ENGINE_PW).publish(
-        "emfence/v1/330723/BR-0001/fix", b'{"forged":2}')
+    sink.publish("emfence/v1/330723/alarms/outbound", b'{"forged":1}')
+    watcher.publish("emfence/v1/330723/BR-0001/fix", b'{"forged":2}')
     _device(clients, secured, "BR-0001").publish("emfence/v1/330723/BR-0001/fix", b"{}")
     assert watcher.get()[1] == b"{}"
     assert watcher.drain() == [] and sink.drain() == []
@@ -204,24 +204,37 @@ def test_mqtt_passwords_command_end_to_end(tmp_path, mosquitto_factory, clients,
     (tmp_path / "engine.pw").write_text(ENGINE_PW + "\n")
     out = tmp_path / "emfence.passwd"
     creds = tmp_path / "creds.csv"
+    acl = tmp_path / "emfence.acl"
     rc = passwords_main([str(subjects), "-o", str(out), "--secret-file", str(secret),
-                         "--engine-password-file", str(tmp_path / "engine.pw"),
-                         "--credentials-csv", str(creds)])
+                         "--engine", f"engine-1={tmp_path / 'engine.pw'}",
+                         "--engine", f"north={tmp_path / 'engine.pw'}",
+                         "--reader", f"monitor={tmp_path / 'engine.pw'}",
+                         "--credentials-csv", str(creds), "--acl-output", str(acl)])
     assert rc == 0
     assert os.stat(out).st_mode & 0o777 == 0o600 and os.stat(creds).st_mode & 0o777 == 0o600
     users = [line.split(":", 1)[0] for line in out.read_text().splitlines()]
-    assert users == [ENGINE_USER, "BR-0001", "PH-0003", "BR-0002"]
+    assert users == [ENGINE_USER, "emfence-north", "emfence-console-monitor", "BR-0001",
+                     "PH-0003", "BR-0002"]
+    assert "\nuser emfence-north\ntopic read emfence/v1/+/+/fix\n" in acl.read_text()
+    assert "\nuser emfence-console-monitor\ntopic read emfence/v1/+/alarms/+\n" in acl.read_text()
     rows = list(csv.DictReader(io.StringIO(creds.read_text())))
     assert [(r["device_id"], r["region"], r["subject_id"]) for r in rows] == [
         ("BR-0001", "330723", "S-1"), ("PH-0003", "330723", "S-1"), ("BR-0002", "330702", "S-2")]
     assert all(r["password"] == device_password(SECRET, r["device_id"]) for r in rows)
 
-    broker = mosquitto_factory(password_file=out)
+    broker = mosquitto_factory(password_file=out, acl_file=acl)
     engine = clients(broker.port, ENGINE_USER, ENGINE_PW)
     engine.subscribe("emfence/v1/+/+/fix")
+    north = clients(broker.port, "emfence-north", ENGINE_PW)  # the second worker's account
+    north.subscribe("emfence/v1/330702/+/fix")
     dev = clients(broker.port, "BR-0002", rows[2]["password"])
     dev.publish("emfence/v1/330702/BR-0002/fix", b"{}")
     assert engine.get()[0] == "emfence/v1/330702/BR-0002/fix"
+    assert north.get()[0] == "emfence/v1/330702/BR-0002/fix"
+    monitor = clients(broker.port, "emfence-console-monitor", ENGINE_PW)
+    monitor.subscribe("emfence/v1/+/alarms/+")
+    engine.publish("emfence/v1/330702/alarms/outbound", b"{}")
+    assert monitor.get()[:2] == ("emfence/v1/330702/alarms/outbound", b"{}")
     with pytest.raises(Refused):  # no console password was given: no console account
         clients(broker.port, CONSOLE_USER, CONSOLE_PW)
     with pytest.raises(Refused):  # and the test-only load generator has none either
@@ -235,8 +248,10 @@ def test_mqtt_passwords_errors_name_the_entry(tmp_path):
     with pytest.raises(PasswordsError, match="device 'D1' belongs to subjects A and B"):
         devices_of_subjects([{"subject_id": "A", "region": "r", "devices": ["D1"]},
                              {"subject_id": "B", "region": "r", "devices": ["D1"]}])
-    with pytest.raises(PasswordsError, match="reserved for a service account"):
-        devices_of_subjects([{"subject_id": "A", "region": "r", "devices": [ENGINE_USER]}])
+    for reserved in (ENGINE_USER, "emfence-north", CONSOLE_USER):
+        with pytest.raises(PasswordsError, match=f"device id '{reserved}': ids starting with "
+                                                 "'emfence-' are reserved for service accounts"):
+            devices_of_subjects([{"subject_id": "A", "region": "r", "devices": [reserved]}])
     short = tmp_path / "short"
     short.write_text("abc")
     subjects = tmp_path / "s.json"

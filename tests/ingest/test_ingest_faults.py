@@ -18,7 +18,16 @@ import time
 import numpy as np
 import orjson
 import pytest
-from ingest_fleet import CONSOLE_PW, LOADGEN_PW, REGION_A, REGION_B, EngineProcess, Fleet, fix
+from ingest_fleet import (
+    CONSOLE_PW,
+    LOADGEN_PW,
+    MONITOR_USER,
+    REGION_A,
+    REGION_B,
+    EngineProcess,
+    Fleet,
+    fix,
+)
 from ingest_mqtt_helpers import PahoClient
 
 from alarms.store import open_store
@@ -330,7 +339,8 @@ def test_10000_hostile_payloads(tmp_path, mosquitto_factory):
 
 
 def wait_deadletters(broker, n: int, counter="deadletters", timeout_s: float = 120.0) -> dict:
-    reader = PahoClient(broker.port, CONSOLE_USER, CONSOLE_PW)
+    # its own account: the test's console connection is subscribed meanwhile
+    reader = PahoClient(broker.port, MONITOR_USER, CONSOLE_PW)
     try:
         reader.subscribe("emfence/v1/engine/+/health")
         deadline = time.monotonic() + timeout_s

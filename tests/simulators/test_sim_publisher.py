@@ -66,6 +66,8 @@ def small():
 def broker(tmp_path, small):
     passwords = {d: device_password(SECRET, d) for d in small.device_ids}
     passwords |= {"emfence-engine": "engine-pw", "emfence-loadgen": "loadgen-pw"}
+    # one account per pooled connection (the broker binds a session to its login)
+    passwords |= {f"emfence-loadgen-{k}": "loadgen-pw" for k in range(1, 9)}
     with Mosquitto(tmp_path / "broker", passwords=passwords) as b:
         yield b
 
