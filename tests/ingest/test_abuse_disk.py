@@ -1,0 +1,155 @@
+"""Durability faults of `emfence run` (real mosquitto with the shipped config, the engine
+as a real subprocess, real SQLite and PostgreSQL):
+
+- kill -9 of an engine started with only ``--store`` (no ``--checkpoint``): the open
+  episode continues after the restart (its rule state lives in the store);
+- a full disk under the checkpoint and the SQLite store: an outage, not a crash;
+- the engine's PostgreSQL connections terminated during traffic.
+
+Each checks against a known truth that no alarm is lost or doubled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+from ingest_fleet import CONSOLE_PW, REGION_A, SECRET, EngineProcess, Fleet, fix
+from ingest_mqtt_helpers import PahoClient
+
+from alarms.store import open_store
+from ingest.passwords import CONSOLE_USER, device_password
+
+pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
+
+FAST = """
+[ingest]
+batch_max_ms = 10
+health_interval_s = 0.5
+checkpoint_interval_s = 1
+reconnect_min_s = 0.2
+reconnect_max_s = 1
+[alarms]
+outbox_retry_s = 1
+"""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def store_url(kind: str, tmp_path: Path, request) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'alarms.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+class Health:
+    """The engine's retained health messages, read through the console account."""
+
+    def __init__(self, broker):
+        self.reader = PahoClient(broker.port, CONSOLE_USER, CONSOLE_PW)
+        self.reader.subscribe("emfence/v1/engine/+/health")
+
+    def wait(self, cond, what: str, timeout_s: float = 180.0) -> dict:
+        # A guard against a hang, not a speed requirement.
+        deadline = time.monotonic() + timeout_s
+        h: dict = {}
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                h = orjson.loads(self.reader.get(timeout=1.0)[1])
+                if h.get("status") == "online" and cond(h):
+                    return h
+        raise AssertionError(f"health never showed {what}; last: {h}")
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def events_of(url: str) -> list[dict]:
+    store = open_store(url)
+    try:
+        events, seq = [], 0
+        while batch := store.events_since(seq, limit=1000):
+            events += batch
+            seq = batch[-1]["seq"]
+        return events
+    finally:
+        store.close_store()
+
+
+def wait_events(url: str, cond, what: str, timeout_s: float = 120.0) -> list[dict]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        events = events_of(url)
+        if cond(events):
+            return events
+        time.sleep(0.2)
+    raise AssertionError(f"the store never held {what}: {events_of(url)}")
+
+
+# --- 1. kill -9 with only --store ----------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_kill_9_with_only_store_continues_the_open_episode(tmp_path, mosquitto_factory,
+                                                           request, kind):
+    """The issue's scenario: outbound raised, kill -9, restart, a fix back inside the
+    county clears the alarm with the same alarm_id; nothing doubled."""
+    fleet = Fleet(tmp_path, devices_a=2, devices_b=1)
+    broker = mosquitto_factory(passwords=fleet.passwords())
+    url = store_url(kind, tmp_path, request)
+    engine = EngineProcess(tmp_path, fleet, broker, store=url, checkpoint=False, config=FAST)
+    device = fleet.ids(REGION_A)[0]
+    topic = f"emfence/v1/{REGION_A}/{device}/fix"
+    dev = PahoClient(broker.port, device, device_password(SECRET, device))
+    health = Health(broker)
+    try:
+        engine.start().wait_log("connected to")
+        t0 = now_ms() - 10_000
+        sent = 0
+        for k, p in enumerate([fleet.home, fleet.abroad, fleet.abroad, fleet.abroad]):
+            dev.publish(topic, orjson.dumps(fix(t0 + 1000 * k, p, seq=k)))
+            sent += 1
+        events = wait_events(url, lambda ev: any(e["type"] == "outbound" for e in ev),
+                             "the outbound raise")
+        raised = [e for e in events if e["type"] == "outbound"]
+        assert [e["event"] for e in raised] == ["raised"]
+        alarm_id = raised[0]["alarm_id"]
+        # Everything received is processed, and the rule state is durable somewhere (a
+        # crash may only lose what that state does not hold; the broker sends the rest).
+        health.wait(lambda h: h["counters"].get("messages", 0) >= sent
+                    and h["unacknowledged"] == 0 and h["counters"].get("checkpoints", 0) >= 1,
+                    "every message processed and a checkpoint written")
+        engine.kill9()
+
+        mark = len(engine.log())
+        engine.start().wait_log("connected to", after=mark, timeout_s=120)
+        assert "state restored from checkpoint" in engine.log()[mark:]
+        dev.publish(topic, orjson.dumps(fix(t0 + 10_000, fleet.home, seq=10)))
+        events = wait_events(url, lambda ev: any(e["event"] == "cleared" for e in ev),
+                             "the outbound cleared")
+        outbound = [(e["alarm_id"], e["event"]) for e in events if e["type"] == "outbound"]
+        assert outbound == [(alarm_id, "raised"), (alarm_id, "cleared")]
+        assert engine.stop() == 0, engine.log()[-3000:]
+        store = open_store(url)
+        try:
+            alarms = store.list_alarms()
+            assert [(a["alarm_id"], a["type"], a["state"]) for a in alarms] == [
+                (alarm_id, "outbound", "cleared")]
+            assert store.pending(10) == []
+            # the engine's state is the store's row of this worker, not a file
+            assert store.load_checkpoint("worker-1") is not None
+        finally:
+            store.close_store()
+        assert not list(tmp_path.glob("*.ckpt*"))
+    finally:
+        dev.close()
+        health.close()
+        engine.close()
