@@ -293,6 +293,7 @@ class Service:
 
         self.batch = Batch()
         self.batch_ready = asyncio.Event()
+        self.flush_lock = asyncio.Lock()
         self.work: asyncio.Queue = asyncio.Queue(maxsize=4)  # backpressure on the receiver
         self.deadletters: asyncio.Queue = asyncio.Queue(
             maxsize=config.ingest.deadletter_queue_messages)
@@ -604,12 +605,18 @@ class Service:
     # ----- batching and processing ---------------------------------------------------
 
     async def _flush(self) -> None:
-        b = self.batch
-        if b.messages == 0:
-            return
-        self.batch = Batch()
-        self.batch_ready.clear()
-        await self.work.put(("batch", b))  # blocks while the processor is behind
+        # One flush at a time: batches must reach the processor in the order they were
+        # taken. While the work queue is full, several tasks (receiver, flusher, sweeper)
+        # flush at once, and a put that finds a free slot does not queue behind the puts
+        # already waiting for one: without the lock a later batch could overtake an
+        # earlier one, and a device's fixes would be processed out of order (as late).
+        async with self.flush_lock:
+            b = self.batch
+            if b.messages == 0:
+                return
+            self.batch = Batch()
+            self.batch_ready.clear()
+            await self.work.put(("batch", b))  # blocks while the processor is behind
 
     async def _flusher(self) -> None:
         max_s = self.icfg.batch_max_ms / 1000

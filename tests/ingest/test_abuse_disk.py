@@ -12,6 +12,7 @@ Each checks against a known truth that no alarm is lost or doubled.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import subprocess
 import time
@@ -151,5 +152,102 @@ def test_kill_9_with_only_store_continues_the_open_episode(tmp_path, mosquitto_f
         assert not list(tmp_path.glob("*.ckpt*"))
     finally:
         dev.close()
+        health.close()
+        engine.close()
+
+
+# --- 2. a full disk under the checkpoint and the SQLite store --------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs mounted for the test (tests run as root here), unmounted after.
+
+    Where it cannot be mounted the test is skipped, except in CI (CI=true), where that
+    is a failure: the full-disk behaviour must be tested for real somewhere.
+    """
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", str(disk)],
+                       check=False, capture_output=True, text=True)
+    if r.returncode != 0:
+        reason = f"cannot mount a tmpfs at {disk}: {r.stderr.strip() or r.returncode}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Write a file until the filesystem is full (ENOSPC), to the last block; returns it."""
+    filler = disk / f"filler-{uuid.uuid4().hex[:6]}"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (1 << 20, 1 << 16, 1 << 12, 512):
+            while True:
+                try:
+                    os.write(fd, b"\0" * size)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC, exc
+                    break
+    finally:
+        os.close(fd)
+    return filler
+
+
+@pytest.mark.parametrize("full", ["store", "checkpoint"])
+def test_full_disk_is_an_outage_not_a_crash(tmp_path, mosquitto_factory, small_disk, full):
+    """A disk that fills up mid-stream under the SQLite store (both files; the engine's
+    state in it) or under the ``--checkpoint`` file (the store elsewhere): the engine
+    keeps running, holds acknowledgements and says so in its health and log; once space
+    returns every fix is processed and stored once, every alarm is exactly the
+    reference's, and nothing is left unacknowledged."""
+    from test_ingest_faults import CONFIG, Publisher, check_outcome, scenario, wait_processed
+
+    fleet = Fleet(tmp_path, devices_a=30, devices_b=1)
+    broker = mosquitto_factory(passwords=fleet.passwords())
+    devices = fleet.ids(REGION_A)
+    messages = scenario(fleet, devices, steps=60, t0=now_ms() - 60_000)
+    if full == "store":
+        store, extra = f"sqlite:///{small_disk / 'alarms.db'}", []
+        failing = {"alarm store write", "track store write", "checkpoint write"}
+    else:
+        store = f"sqlite:///{tmp_path / 'alarms.db'}"
+        extra = ["--checkpoint", str(small_disk / "engine.ckpt")]
+        failing = {"checkpoint write"}
+    engine = EngineProcess(tmp_path, fleet, broker, store=store, checkpoint=False,
+                           config=CONFIG, extra=extra)
+    health = Health(broker)
+    try:
+        engine.start().wait_log("connected to")
+        pub = Publisher(broker.port, messages, per_step=len(messages) // 60)
+        pub.start()
+        health.wait(lambda h: h["counters"].get("checkpoints", 0) >= 2, "checkpoints written")
+        filler = fill(small_disk)
+        during = health.wait(lambda h: h["outages"], "an outage")
+        assert {o["what"] for o in during["outages"]} <= failing
+        assert all(o["since"] and o["reason"] for o in during["outages"])
+        # held, not crashed: it goes on saying so while the disk stays full
+        held = health.wait(lambda h: h["outages"] and h["at"] >= during["at"] + 2000,
+                           "the outage going on")
+        assert engine.proc.poll() is None
+        filler.unlink()
+        after = health.wait(lambda h: not h["outages"], "the outage over")
+        assert after["counters"]["checkpoints"] > held["counters"]["checkpoints"]
+        log_text = engine.log()
+        assert "an outage" in log_text and "works again after an outage of" in log_text
+        assert "Traceback" not in log_text
+        pub.wait_acked()
+        wait_processed(engine, broker, sum(1 for t, _ in messages if t.endswith("/fix")))
+        check_outcome(fleet, engine, broker, messages, devices)
+        # Nothing was left unacknowledged in the engine's session.
+        mark = len(engine.log())
+        engine.start().wait_log("backlog drained", after=mark, timeout_s=120)
+        assert "backlog drained: 0 messages" in engine.log()[mark:]
+        assert engine.stop() == 0
+    finally:
         health.close()
         engine.close()
