@@ -251,3 +251,59 @@ def test_full_disk_is_an_outage_not_a_crash(tmp_path, mosquitto_factory, small_d
     finally:
         health.close()
         engine.close()
+
+
+# --- 3. the engine's PostgreSQL connections dropped during traffic ---------------------
+
+
+def test_dropped_postgresql_connections_lose_and_double_nothing(tmp_path, mosquitto_factory,
+                                                                pg_url):
+    """Every backend of the engine's database is terminated (pg_terminate_backend) again
+    and again while fixes stream in: alarm events, track rows and the checkpoint in the
+    store are written anyway, none of them twice, and nothing is left unacknowledged."""
+    import threading
+
+    import psycopg
+    from test_ingest_faults import CONFIG, Publisher, check_outcome, scenario, wait_processed
+
+    fleet = Fleet(tmp_path, devices_a=30, devices_b=1)
+    broker = mosquitto_factory(passwords=fleet.passwords())
+    devices = fleet.ids(REGION_A)
+    messages = scenario(fleet, devices, steps=60, t0=now_ms() - 60_000)
+    engine = EngineProcess(tmp_path, fleet, broker, store=pg_url, checkpoint=False,
+                           config=CONFIG)
+    db = pg_url.rpartition("/")[2]
+    stop = threading.Event()
+    terminated: list[int] = []
+
+    def terminator() -> None:
+        with psycopg.connect(pg_url.rpartition("/")[0] + "/postgres", autocommit=True) as admin:
+            while not stop.wait(0.7):
+                rows = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()", (db,)).fetchall()
+                terminated.append(sum(1 for r in rows if r[0]))
+
+    health = Health(broker)
+    killer = threading.Thread(target=terminator, daemon=True)
+    try:
+        engine.start().wait_log("connected to")
+        pub = Publisher(broker.port, messages, per_step=len(messages) // 60)
+        pub.start()
+        killer.start()
+        pub.wait_acked()
+        wait_processed(engine, broker, sum(1 for t, _ in messages if t.endswith("/fix")))
+        stop.set()
+        killer.join(30)
+        assert sum(terminated) >= 10, terminated  # the faults really happened
+        assert "store connection was lost" in engine.log() or "outage" in engine.log()
+        check_outcome(fleet, engine, broker, messages, devices)
+        mark = len(engine.log())
+        engine.start().wait_log("backlog drained", after=mark, timeout_s=120)
+        assert "backlog drained: 0 messages" in engine.log()[mark:]
+        assert "state restored from checkpoint" in engine.log()[mark:]
+        assert engine.stop() == 0
+    finally:
+        stop.set()
+        health.close()
+        engine.close()
