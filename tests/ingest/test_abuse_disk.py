@@ -307,3 +307,88 @@ def test_dropped_postgresql_connections_lose_and_double_nothing(tmp_path, mosqui
         stop.set()
         health.close()
         engine.close()
+
+
+# --- where the state is kept at start ----------------------------------------------
+
+
+def _engine_with_open_outbound(fleet: Fleet):
+    import numpy as np
+
+    from engine import Engine, load_registry
+    from geofence import compile_zones, load_zones
+
+    zones = compile_zones(load_zones(fleet.zones_path))
+    engine = Engine(zones, load_registry(fleet.subjects_path, zones))
+    d = engine.registry.device_index(fleet.ids(REGION_A)[0])
+    t = now_ms()
+    lon, lat = fleet.abroad
+    raised = engine.process_fixes(np.array([d, d], np.int32), [t, t + 1000], [lat, lat],
+                                  [lon, lon], [10.0, 10.0], [0, 0], [t, t + 1000])
+    assert [e["type"] for e in raised] == ["outbound"]
+    return engine, raised[0]["alarm_id"]
+
+
+def _service_args(fleet: Fleet, url: str, *extra: str) -> dict:
+    from ingest.service import build_parser, build_service_args
+
+    args = build_parser().parse_args(["--zones", str(fleet.zones_path), "--subjects",
+                                      str(fleet.subjects_path), "--store", url, *extra])
+    return build_service_args(args)
+
+
+def test_start_restores_the_store_row_and_a_checkpoint_file_wins(tmp_path):
+    from engine import Engine
+    from engine.state import checkpoint_bytes
+
+    fleet = Fleet(tmp_path, devices_a=2, devices_b=1)
+    url = f"sqlite:///{tmp_path / 'alarms.db'}"
+    engine, alarm_id = _engine_with_open_outbound(fleet)
+    store = open_store(url)
+    store.save_checkpoint("engine-1", checkpoint_bytes(engine.snapshot()), b"x" * 16, 1)
+    store.close_store()
+
+    # only --store: the worker's row, its digests with it
+    got = _service_args(fleet, url)
+    got["store"].close_store()
+    assert got["restored"] and got["covered"] == {b"x" * 16}
+    assert got["options"].state_in == "store"
+    assert [a["alarm_id"] for a in got["engine"].open_alarms()] == [alarm_id]
+    # another worker name has no row: empty state
+    got = _service_args(fleet, url, "--name", "engine-2")
+    got["store"].close_store()
+    assert not got["restored"] and got["engine"].open_alarms() == []
+
+    # --checkpoint FILE not there yet: the row carries the state over into the file
+    ckpt = tmp_path / "w.ckpt"
+    got = _service_args(fleet, url, "--checkpoint", str(ckpt))
+    got["store"].close_store()
+    assert got["restored"] and got["options"].state_in == "file"
+    assert got["options"].drop_store_checkpoint
+    assert [a["alarm_id"] for a in got["engine"].open_alarms()] == [alarm_id]
+
+    # the file exists: it wins over the row
+    Engine(engine.zones, engine.registry).checkpoint(ckpt)
+    got = _service_args(fleet, url, "--checkpoint", str(ckpt))
+    got["store"].close_store()
+    assert got["restored"] and got["engine"].open_alarms() == []
+    assert got["options"].drop_store_checkpoint
+
+
+def test_a_broken_store_checkpoint_is_a_one_line_error(tmp_path):
+    import sys
+
+    fleet = Fleet(tmp_path, devices_a=2, devices_b=1)
+    url = f"sqlite:///{tmp_path / 'alarms.db'}"
+    store = open_store(url)
+    store.save_checkpoint("engine-1", b"PK\x03\x04 torn", b"", 1)
+    store.close_store()
+    r = subprocess.run([sys.executable, "-m", "emfence", "run", "--broker", "mqtt://127.0.0.1:9",
+                        "--zones", str(fleet.zones_path), "--subjects", str(fleet.subjects_path),
+                        "--store", url], capture_output=True, text=True, timeout=120,
+                       check=False)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith("emfence run: the store's checkpoint of worker 'engine-1': "
+                               "cannot read checkpoint"), lines
