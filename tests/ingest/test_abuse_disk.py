@@ -392,3 +392,45 @@ def test_a_broken_store_checkpoint_is_a_one_line_error(tmp_path):
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert lines[0].startswith("emfence run: the store's checkpoint of worker 'engine-1': "
                                "cannot read checkpoint"), lines
+
+
+def test_batches_reach_the_processor_in_the_order_they_were_taken(tmp_path):
+    """While the work queue is full (a stalled acknowledgement path holds the processor),
+    a flush whose put is woken must not be overtaken by a flush that runs before it
+    resumes (the receiver, still taking messages): a device's fixes would be processed
+    out of order."""
+    import asyncio
+
+    from ingest.service import Batch, Service
+
+    fleet = Fleet(tmp_path, devices_a=2, devices_b=1)
+    args = _service_args(fleet, f"sqlite:///{tmp_path / 'alarms.db'}")
+
+    def batch(tag: str) -> Batch:
+        b = Batch()
+        b.device.append(tag)
+        b.messages = 1
+        return b
+
+    async def scenario() -> list[str]:
+        svc = Service(**args)
+        while not svc.work.full():
+            svc.work.put_nowait(("checkpoint", None))
+        svc.batch = batch("first")
+        first = asyncio.create_task(svc._flush())  # takes "first", waits for a slot
+        await asyncio.sleep(0)
+        svc.batch = batch("second")
+        while not svc.work.empty():  # the processor takes everything...
+            svc.work.get_nowait()
+        await svc._flush()  # ...and the receiver flushes before "first" resumes
+        await first
+        order = []
+        while not svc.work.empty():
+            _kind, b = svc.work.get_nowait()
+            order.append(b.device[0])
+        return order
+
+    try:
+        assert asyncio.run(scenario()) == ["first", "second"]
+    finally:
+        args["store"].close_store()
