@@ -18,12 +18,13 @@ One asyncio process. The pipeline for a message, top to bottom:
    ``emfence/v1/{region}/alarms/{type}``, and marked delivered on PUBACK (in the
    background); whatever is left is sent again after a reconnect or restart;
 5. acknowledge (``_acknowledger``): a received message is PUBACKed only after the
-   checkpoint that contains its effect is on disk and its alarm events and track rows
-   are stored (with ``--checkpoint``; without one, once its batch's events and fixes are
-   stored). The processor only closes the window and copies the engine's state in
-   memory; writing it, the waiting, the digests, the acks file and the PUBACKs happen in
-   the acknowledger while the processor goes on with new batches (acknowledgements may
-   lag, processing must not).
+   checkpoint that contains its effect is durable (the store's row for this worker, or
+   with ``--checkpoint`` a file) and its alarm events and track rows are stored. The
+   processor only closes the window and copies the engine's state in memory; writing
+   it, the waiting, the digests and the PUBACKs happen in the acknowledger while the
+   processor goes on with new batches (acknowledgements may lag, processing must not).
+   A write that fails (a full disk, the store away) holds the acknowledgements and is
+   retried: an outage, logged when it starts and ends and shown in the health.
    A crashed engine restarts from its checkpoint and the broker sends it everything it
    had not acknowledged: nothing is lost, and because alarm ids are deterministic and
    the store is idempotent, nothing is doubled. Redeliveries of messages already
@@ -1185,14 +1186,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: every region)")
     p.add_argument("--name", default="engine-1",
                    help="worker name: the MQTT client id emfence-NAME (one persistent session "
-                        "per name; never run two processes with one name) and the health topic")
+                        "per name; never run two processes with one name), the health topic "
+                        "and the key of the engine state in the store")
     p.add_argument("--username", help="broker login (e.g. emfence-engine)")
     p.add_argument("--password-file", help="file whose first line is the broker password")
     p.add_argument("--tls-ca", help="CA certificate file to verify the broker (turns on TLS)")
     p.add_argument("--tls-cert", help="client certificate file (with --tls-key)")
     p.add_argument("--tls-key", help="client private key file")
-    p.add_argument("--checkpoint", help="engine state file: restored at start, written every "
-                   "ingest.checkpoint_interval_s and at shutdown")
+    p.add_argument("--checkpoint", help="keep the engine state in this file instead of the "
+                   "store (default: the store, as the row of --name); restored at start, "
+                   "written every ingest.checkpoint_interval_s and at shutdown")
     p.add_argument("--config", help="configuration TOML (docs/configuration.md)")
     p.add_argument("--http", metavar="HOST:PORT",
                    help="also serve the command-centre console here")
