@@ -857,7 +857,6 @@ class Service:
             await self._stored_through(last.events_mark)
             t1 = time.monotonic()
             durable = await self._make_durable(last, window)
-            t2 = time.monotonic()
             for job in jobs:
                 job.snapshot = None
                 if durable:
@@ -866,7 +865,6 @@ class Service:
                 self.acking -= job.window
             self.covered.appendleft(window)
             self.counters["ack_events_wait_ms"] += round((t1 - t0) * 1000)
-            self.counters["ack_durable_ms"] += round((t2 - t1) * 1000)
             self.counters["ack_windows"] += len(jobs)
             self.counters["ack_rounds"] += 1
             ms = round((time.monotonic() - t0) * 1000)
