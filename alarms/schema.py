@@ -218,6 +218,20 @@ MIGRATIONS: list[list[str]] = [
          "device_id FROM tracks WHERE subject_id IS NOT NULL"),
         "DROP INDEX tracks_subject_ts",
     ],
+    # version 3: the engine's rule state lives in the store by default, one row per
+    # worker (``emfence run --name``): the checkpoint (the same bytes a ``--checkpoint``
+    # file holds) and the redelivery digests it covers, always written together in one
+    # statement, so a restart never pairs a state with another state's digests.
+    [
+        """
+        CREATE TABLE engine_checkpoints (
+            worker      TEXT PRIMARY KEY,
+            state       {blob} NOT NULL,
+            digests     {blob} NOT NULL,
+            written_at  BIGINT NOT NULL
+        )
+        """,
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

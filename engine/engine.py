@@ -21,6 +21,7 @@ from engine.state import (
     bytes_per_device,
     id_arrays,
     load_checkpoint,
+    load_checkpoint_bytes,
     new_state,
     recompute_deadlines,
     snapshot_arrays,
@@ -310,7 +311,19 @@ class Engine:
         """An engine continuing the episodes of the checkpoint at ``path``: open alarms stay
         open (no second raised) and clear with the same alarm_id. State is mapped by device
         id and (device id, exclusion zone id), so the registry may have changed."""
-        state, device_ids, slot_keys, zone_ids, counters = load_checkpoint(path)
+        return cls._restored(load_checkpoint(path), zones, registry, config)
+
+    @classmethod
+    def restore_bytes(cls, data: bytes, zones: Any, registry: Registry,
+                      config: Config | None = None, *, where: str = "checkpoint") -> Engine:
+        """:meth:`restore` from a checkpoint's bytes (``engine.state.checkpoint_bytes``, e.g.
+        kept in the alarm store); ``where`` names them in a :class:`CheckpointError`."""
+        return cls._restored(load_checkpoint_bytes(data, where), zones, registry, config)
+
+    @classmethod
+    def _restored(cls, loaded, zones: Any, registry: Registry, config: Config | None
+                  ) -> Engine:
+        state, device_ids, slot_keys, zone_ids, counters = loaded
         eng = cls(zones, registry, config)
         adopt(state, device_ids, slot_keys, zone_ids, eng.state, registry.device_ids,
               registry.slot_keys(), dict(zones.index))

@@ -14,8 +14,10 @@ arrays.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -200,6 +202,14 @@ def write_checkpoint(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
         os.close(dir_fd)
 
 
+def checkpoint_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """A :func:`snapshot_arrays` as the bytes :func:`write_checkpoint` puts in a file (an
+    ``.npz``), for a checkpoint kept elsewhere (the alarm store's ``engine_checkpoints``)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
 class CheckpointError(ValueError):
     """A checkpoint file cannot be used; ``path`` names it."""
 
@@ -210,9 +220,20 @@ class CheckpointError(ValueError):
 
 
 def load_checkpoint(path: str | Path):
-    """Read a checkpoint: ``(state, device_ids, slot_keys, zone_ids, counters)``."""
+    """Read a checkpoint file: ``(state, device_ids, slot_keys, zone_ids, counters)``."""
+    return _load(Path(path), str(path))
+
+
+def load_checkpoint_bytes(data: bytes, where: str):
+    """:func:`load_checkpoint` from the bytes of one (:func:`checkpoint_bytes`); ``where``
+    names their origin in errors."""
+    return _load(io.BytesIO(data), where)
+
+
+def _load(source, where: str):
+    path = where
     try:
-        with np.load(Path(path), allow_pickle=False) as data:
+        with np.load(source, allow_pickle=False) as data:
             if int(data["version"][0]) != CHECKPOINT_VERSION:
                 raise CheckpointError(f"checkpoint version {int(data['version'][0])}, "
                                       f"expected {CHECKPOINT_VERSION}", str(path))
@@ -224,7 +245,7 @@ def load_checkpoint(path: str | Path):
                                  (str(x) for x in data["slot_zones"])))
             zone_ids = [str(x) for x in data["zone_ids"]]
             counters = data["counters"].copy()
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         if isinstance(exc, CheckpointError):
             raise
         raise CheckpointError(f"cannot read checkpoint: {exc}", str(path)) from exc

@@ -18,12 +18,13 @@ One asyncio process. The pipeline for a message, top to bottom:
    ``emfence/v1/{region}/alarms/{type}``, and marked delivered on PUBACK (in the
    background); whatever is left is sent again after a reconnect or restart;
 5. acknowledge (``_acknowledger``): a received message is PUBACKed only after the
-   checkpoint that contains its effect is on disk and its alarm events and track rows
-   are stored (with ``--checkpoint``; without one, once its batch's events and fixes are
-   stored). The processor only closes the window and copies the engine's state in
-   memory; writing it, the waiting, the digests, the acks file and the PUBACKs happen in
-   the acknowledger while the processor goes on with new batches (acknowledgements may
-   lag, processing must not).
+   checkpoint that contains its effect is durable (the store's row for this worker, or
+   with ``--checkpoint`` a file) and its alarm events and track rows are stored. The
+   processor only closes the window and copies the engine's state in memory; writing
+   it, the waiting, the digests and the PUBACKs happen in the acknowledger while the
+   processor goes on with new batches (acknowledgements may lag, processing must not).
+   A write that fails (a full disk, the store away) holds the acknowledgements and is
+   retried: an outage, logged when it starts and ends and shown in the health.
    A crashed engine restarts from its checkpoint and the broker sends it everything it
    had not acknowledged: nothing is lost, and because alarm ids are deterministic and
    the store is idempotent, nothing is doubled. Redeliveries of messages already
@@ -68,8 +69,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from alarms.store import StoreError
 from emfence.config import Config, ConfigError, load_config
-from engine.state import write_checkpoint
+from engine.state import checkpoint_bytes, write_checkpoint
 from ingest.decode import (
     COORD_SYS_CODES,
     ID_RE,
@@ -150,9 +152,10 @@ class AckJob:
 
     ``events_mark`` / ``tracks_mark``: alarm events and track rows queued for the store
     when the window closed (all of them must be stored first); ``window``: digests of the
-    messages processed in it; ``snapshot``: the engine state at the close (in memory),
-    written to ``tmp`` and renamed over the checkpoint once the acks file names it (both
-    None without ``--checkpoint``); ``done``: a future set when finished.
+    messages processed in it; ``snapshot``: the engine state at the close (in memory;
+    None when the core keeps no state), written to the store's row for this worker, or
+    with ``--checkpoint`` to ``tmp`` and renamed over the file once the acks file names
+    it; ``done``: a future set when finished.
     """
 
     acks: list[tuple[int, int]]
@@ -175,6 +178,43 @@ class Options:
     regions: list[str] | None = None
     checkpoint: str | None = None
     http: str | None = None
+    # Where the engine's state is kept: "store" (the default: the store's row for this
+    # worker), "file" (--checkpoint) or "none" (--core shapely, which has no state to keep).
+    state_in: str = "store"
+    # With --checkpoint: the store holds an older row for this worker, deleted once the
+    # file holds a checkpoint (so a later start without --checkpoint cannot go back to it).
+    drop_store_checkpoint: bool = False
+
+
+class Outage:
+    """A write the acknowledgements wait for that keeps failing (a full disk, a store that
+    is away): one log line when it starts, one when it ends, with its duration; the
+    health document lists the outages in progress."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.since_ms: int | None = None
+        self.reason = ""
+        self.failures = 0
+
+    def failed(self, exc: BaseException, holding: str) -> None:
+        self.failures += 1
+        self.reason = str(exc)
+        if self.since_ms is None:
+            self.since_ms = wall_ms()
+            log.error("%s failed, an outage: %s; %s until it works again (retrying)",
+                      self.what, exc, holding)
+
+    def ok(self) -> None:
+        if self.since_ms is not None:
+            log.warning("%s works again after an outage of %.1f s (%d failed attempts)",
+                        self.what, (wall_ms() - self.since_ms) / 1000, self.failures)
+            self.since_ms = None
+            self.failures = 0
+
+    def health(self) -> dict[str, Any]:
+        return {"what": self.what, "since": self.since_ms, "failures": self.failures,
+                "reason": self.reason}
 
 
 class Batch:
@@ -272,6 +312,7 @@ class Service:
 
         self.batch = Batch()
         self.batch_ready = asyncio.Event()
+        self.flush_lock = asyncio.Lock()
         self.work: asyncio.Queue = asyncio.Queue(maxsize=4)  # backpressure on the receiver
         self.deadletters: asyncio.Queue = asyncio.Queue(
             maxsize=config.ingest.deadletter_queue_messages)
@@ -305,6 +346,12 @@ class Service:
         # (that bounds unacknowledged messages and the snapshots held in memory).
         self.ack_taken = asyncio.Event()
         self.acking: set[bytes] = set()  # digests of closed windows not yet acknowledged
+        # The engine's state is checkpointed (in the store or a file) unless the core
+        # keeps none; without that, a batch is acknowledged as soon as it is stored.
+        self.checkpointing = options.state_in != "none"
+        self.outages = {k: Outage(what) for k, what in (
+            ("events", "alarm store write"), ("tracks", "track store write"),
+            ("checkpoint", "checkpoint write"))}
 
         # Offline sweeps: held after a start until the backlog drains or the grace ends.
         self.drain_topic = mqtt.drain_topic(options.name)
@@ -334,7 +381,10 @@ class Service:
                  self.opts.name, len(self.registry.device_ids), len(self.zones.zone_ids),
                  ",".join(self.opts.regions) if self.opts.regions else "all",
                  _redact(self.opts.store_url),
-                 ", state restored from checkpoint" if self.restored else "")
+                 (", state restored from checkpoint" if self.restored else "")
+                 + {"store": " (state kept in the store)", "file": " (state kept in "
+                    f"{self.opts.checkpoint})", "none": " (no rule state kept)"}[
+                     self.opts.state_in])
         await asyncio.to_thread(self._warm_up)
         if self.watchdog is not None:
             self.watchdog.start()  # after the warm-up: compiling kernels may take a while
@@ -603,12 +653,18 @@ class Service:
     # ----- batching and processing ---------------------------------------------------
 
     async def _flush(self) -> None:
-        b = self.batch
-        if b.messages == 0:
-            return
-        self.batch = Batch()
-        self.batch_ready.clear()
-        await self.work.put(("batch", b))  # blocks while the processor is behind
+        # One flush at a time: batches must reach the processor in the order they were
+        # taken. While the work queue is full, several tasks (receiver, flusher, sweeper)
+        # flush at once, and a put that finds a free slot does not queue behind the puts
+        # already waiting for one: without the lock a later batch could overtake an
+        # earlier one, and a device's fixes would be processed out of order (as late).
+        async with self.flush_lock:
+            b = self.batch
+            if b.messages == 0:
+                return
+            self.batch = Batch()
+            self.batch_ready.clear()
+            await self.work.put(("batch", b))  # blocks while the processor is behind
 
     async def _flusher(self) -> None:
         max_s = self.icfg.batch_max_ms / 1000
@@ -670,7 +726,7 @@ class Service:
             self.window.add(d)
         self.pending_acks.extend(b.acks)
         self.since_checkpoint += b.messages
-        if (self.opts.checkpoint is None  # nothing to checkpoint: stored is durable
+        if (not self.checkpointing  # no state to keep: stored is durable
                 or self.since_checkpoint >= self.icfg.ack_window_messages):
             await self._close_window()
 
@@ -718,14 +774,12 @@ class Service:
                                                    events, wall_ms())
                     break
                 except Exception as exc:  # noqa: BLE001 - a store outage must not lose events
-                    # Waiting for the store is not a stall: acknowledgements (and so the
-                    # broker's deliveries) pause, and the logs say why.
-                    self._alive()
                     self.counters["store_errors"] += 1
-                    log.error("alarm store write failed (%s); %d events held in memory, retry "
-                              "in %.1f s", exc, len(events), delay)
+                    self._write_failed("events", exc,
+                                       f"{len(events)} alarm events and the acknowledgements held")
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.icfg.reconnect_max_s)
+            self.outages["events"].ok()
             self.counters["events"] += len(events)
             self.outbox.offer(rows)  # published now, not read back from the store
             async with self.stored_change:
@@ -781,11 +835,11 @@ class Service:
                     await asyncio.to_thread(self.store.record_fixes, rows)
                     self.tracks_done += n
                     self.counters["tracks_written"] += n
+                    self.outages["tracks"].ok()
                 except Exception as exc:  # noqa: BLE001 - keep them and retry later
                     self.tracks.extendleft(reversed(rows))
                     self.counters["store_errors"] += 1
-                    log.error("track store write failed (%s); %d rows kept for a retry", exc,
-                              len(self.tracks))
+                    self._write_failed("tracks", exc, "track rows and the acknowledgements held")
                     return
 
     async def _close_window(self, done: asyncio.Future | None = None) -> None:
@@ -808,9 +862,10 @@ class Service:
         job.tracks_mark = self.tracks_queued
         self.since_checkpoint = 0
         self.acking |= job.window
-        if self.opts.checkpoint is not None:
-            path = Path(self.opts.checkpoint)
-            job.tmp = path.with_name(path.name + ".new")
+        if self.checkpointing:
+            if self.opts.state_in == "file":
+                path = Path(self.opts.checkpoint)
+                job.tmp = path.with_name(path.name + ".new")
             t = time.monotonic()
             # The state must not change while it is copied: this runs in the processor,
             # the only task that touches the engine.
@@ -829,8 +884,11 @@ class Service:
         """Make each closed window durable, in order, then acknowledge its messages.
 
         All windows waiting at once are completed together, like a group commit: one
-        wait for their events, one track write, and with ``--checkpoint`` one checkpoint,
-        the newest window's snapshot (it holds the older ones' effects too).
+        wait for their events, one track write, and one checkpoint, the newest window's
+        snapshot (it holds the older ones' effects too). A write that fails (a full disk,
+        the store away) is an outage, not a crash: the window's messages stay
+        unacknowledged (the broker keeps them and stops sending at its in-flight limit)
+        and the writes are retried with backoff until they succeed.
         """
         while True:
             jobs = [await self.ack_jobs.get()]
@@ -844,20 +902,15 @@ class Service:
             t0 = time.monotonic()
             await self._stored_through(last.events_mark)
             t1 = time.monotonic()
-            await self._flush_tracks(last.tracks_mark)
-            t2 = time.monotonic()
-            if last.tmp is not None:
-                await self._complete_checkpoint(last, window)
-            t3 = time.monotonic()
+            durable = await self._make_durable(last, window)
             for job in jobs:
                 job.snapshot = None
-                for a in job.acks:
-                    self._ack_now(a)
+                if durable:
+                    for a in job.acks:
+                        self._ack_now(a)
                 self.acking -= job.window
             self.covered.appendleft(window)
             self.counters["ack_events_wait_ms"] += round((t1 - t0) * 1000)
-            self.counters["ack_tracks_ms"] += round((t2 - t1) * 1000)
-            self.counters["ack_checkpoint_ms"] += round((t3 - t2) * 1000)
             self.counters["ack_windows"] += len(jobs)
             self.counters["ack_rounds"] += 1
             ms = round((time.monotonic() - t0) * 1000)
@@ -866,22 +919,58 @@ class Service:
                 if job.done is not None and not job.done.done():
                     job.done.set_result(None)
 
+    async def _make_durable(self, job: AckJob, window: set[bytes]) -> bool:
+        """Store ``job``'s track rows and write its checkpoint, retrying through outages.
+        False only when a stop gives up on them (nothing is then acknowledged: the
+        broker sends those messages again at the next start)."""
+        delay = self.icfg.reconnect_min_s
+        while True:
+            t = time.monotonic()
+            await self._flush_tracks(job.tracks_mark)
+            tracks_ok = self.tracks_done >= job.tracks_mark
+            t2 = time.monotonic()
+            self.counters["ack_tracks_ms"] += round((t2 - t) * 1000)
+            if tracks_ok and job.snapshot is not None:
+                try:
+                    await self._complete_checkpoint(job, window)
+                    self.outages["checkpoint"].ok()
+                except (OSError, StoreError) as exc:
+                    self.counters["checkpoint_errors"] += 1
+                    self._write_failed("checkpoint", exc,
+                                       "acknowledgements held (the broker keeps the messages)")
+                else:
+                    self.counters["ack_checkpoint_ms"] += round((time.monotonic() - t2) * 1000)
+                    return True
+            elif tracks_ok:
+                return True
+            if self.stopping:
+                log.warning("stopping with %d messages unacknowledged: the broker sends them "
+                            "again at the next start", len(window))
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.icfg.reconnect_max_s)
+
     async def _complete_checkpoint(self, job: AckJob, window: set[bytes]) -> None:
-        """``job``'s snapshot becomes the checkpoint: written, its digest and the
-        redelivery digests it covers (``window``: the messages of every window it
-        completes) go into the acks file, then it is renamed over the previous one."""
-        path = Path(self.opts.checkpoint)
+        """``job``'s snapshot becomes the checkpoint, with the redelivery digests it
+        covers (``window``: the messages of every window it completes, and the window
+        before, whose acknowledgements may have died with a connection).
+
+        In the store: state and digests in one row, one transaction. In a file: written,
+        its digest and the redelivery digests go into the acks file, then it is renamed
+        over the previous one.
+        """
         t = time.monotonic()
+        if self.opts.state_in == "store":
+            digests = b"".join(window | self.covered[0])
+            await asyncio.to_thread(self._save_store_checkpoint, job.snapshot, digests)
+            self._count_checkpoint_write(t)
+            return
+        path = Path(self.opts.checkpoint)
         await asyncio.to_thread(write_checkpoint, job.tmp, job.snapshot)
-        job.snapshot = None
-        ms = round((time.monotonic() - t) * 1000)
-        self.counters["checkpoint_write_ms"] += ms
-        self.counters["checkpoint_write_ms_max"] = max(
-            self.counters["checkpoint_write_ms_max"], ms)
+        self._count_checkpoint_write(t)
         digest = await asyncio.to_thread(file_digest, job.tmp)
-        # The redelivery digests covered by this checkpoint (this window and the one
-        # before, whose acknowledgements may have died with a connection), keyed by the
-        # checkpoint's own digest, so a restart trusts only the matching entry.
+        # Keyed by the checkpoint's own digest, so a restart trusts only the matching
+        # entry; the previous checkpoint's entry stays until the rename.
         entries = {digest: window | self.covered[0]}
         if self.covered_hash is not None:
             entries[self.covered_hash] = self.covered[0] | (
@@ -889,6 +978,22 @@ class Service:
         await asyncio.to_thread(_write_acks_file, _acks_path(path), entries)
         os.replace(job.tmp, path)
         self.covered_hash = digest
+        if self.opts.drop_store_checkpoint:
+            # The file holds the state now: the store's older row must not come back.
+            await asyncio.to_thread(self.store.delete_checkpoint, self.opts.name)
+            self.opts.drop_store_checkpoint = False
+            log.info("checkpoint file %s written: the store's older checkpoint of worker %s "
+                     "deleted", path, self.opts.name)
+
+    def _save_store_checkpoint(self, snapshot: dict[str, np.ndarray], digests: bytes) -> None:
+        self.store.save_checkpoint(self.opts.name, checkpoint_bytes(snapshot), digests,
+                                   wall_ms())
+
+    def _count_checkpoint_write(self, t: float) -> None:
+        ms = round((time.monotonic() - t) * 1000)
+        self.counters["checkpoint_write_ms"] += ms
+        self.counters["checkpoint_write_ms_max"] = max(
+            self.counters["checkpoint_write_ms_max"], ms)
         self.counters["checkpoints"] += 1
 
     # ----- background loops ----------------------------------------------------------
@@ -963,6 +1068,15 @@ class Service:
                 with contextlib.suppress(Exception):
                     await self._publish_health(client, "online")
 
+    def _write_failed(self, what: str, exc: Exception, held: str) -> None:
+        """A write of ``what`` (events, tracks, checkpoint) failed and will be retried.
+
+        An outage, not a stall: acknowledgements (and so the broker's deliveries, the
+        engine's own pings included once the in-flight window is full) pause while the
+        logs and health say why, so the watchdog must not take it for a stuck engine."""
+        self._alive()
+        self.outages[what].failed(exc, held)
+
     def _alive(self) -> None:
         if self.watchdog is not None:
             self.watchdog.alive()
@@ -1013,6 +1127,7 @@ class Service:
             "watchdog": None if self.watchdog is None else {
                 "idle_s": round(self.watchdog.idle_s(), 1),
                 "limit_s": self.icfg.watchdog_s},
+            "outages": [o.health() for o in self.outages.values() if o.since_ms is not None],
             "counters": dict(sorted(self.counters.items())),
             "outbox": dict(self.outbox.counters),
             "rejections": dict(sorted(self.rejects.items())),
@@ -1176,17 +1291,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regions", help="comma-separated region codes this worker handles "
                    "(default: every region)")
     p.add_argument("--name", default="engine-1",
-                   help="worker name: the health topic, and the worker's broker account and "
+                   help="worker name: the health topic, the worker's broker account and "
                         "client id emfence-NAME (one persistent session per name; never run "
-                        "two processes with one name)")
+                        "two processes with one name) and the key of the engine state in the "
+                        "store")
     p.add_argument("--username", help="broker login: this worker's own account emfence-NAME "
                    "(the session's client id is the login)")
     p.add_argument("--password-file", help="file whose first line is the broker password")
     p.add_argument("--tls-ca", help="CA certificate file to verify the broker (turns on TLS)")
     p.add_argument("--tls-cert", help="client certificate file (with --tls-key)")
     p.add_argument("--tls-key", help="client private key file")
-    p.add_argument("--checkpoint", help="engine state file: restored at start, written every "
-                   "ingest.checkpoint_interval_s and at shutdown")
+    p.add_argument("--checkpoint", help="keep the engine state in this file instead of the "
+                   "store (default: the store, as the row of --name); restored at start, "
+                   "written every ingest.checkpoint_interval_s and at shutdown")
     p.add_argument("--config", help="configuration TOML (docs/configuration.md)")
     p.add_argument("--http", metavar="HOST:PORT",
                    help="also serve the command-centre console here")
@@ -1222,7 +1339,6 @@ def _check_account(name: str, username: str | None) -> None:
 def build_service_args(args: argparse.Namespace) -> dict:
     """Load everything `emfence run` needs; raises ValueError subclasses naming the input."""
     from alarms.store import open_store
-    from engine import Engine
     from ingest.mqtt import BrokerSettings, parse_regions
 
     config = load_config(args.config)
@@ -1241,25 +1357,56 @@ def build_service_args(args: argparse.Namespace) -> dict:
         missing = sorted(set(regions) - set(registry.regions))
         if missing:
             log.warning("--regions %s: no subject registered there", ",".join(missing))
-    restored, covered = False, set()
+    store = open_store(args.store)
+    try:
+        engine, restored, covered, opts = _restore_engine(args, config, zones, registry, store)
+    except BaseException:
+        store.close_store()
+        raise
+    opts.zones_path, opts.subjects_path, opts.store_url = args.zones, args.subjects, args.store
+    opts.regions, opts.http = regions, args.http
+    return {"broker": broker, "options": opts, "config": config, "zones": zones,
+            "registry": registry, "engine": engine, "store": store, "restored": restored,
+            "covered": covered}
+
+
+def _restore_engine(args: argparse.Namespace, config: Config, zones, registry, store):
+    """The engine, continuing the worker's last checkpoint if there is one, and where its
+    state is kept from now on: ``(engine, restored, covered digests, Options)``.
+
+    Without ``--checkpoint`` the state lives in the store, in the row of this worker's
+    ``--name``. With ``--checkpoint FILE`` the file wins: it is restored if it exists, and
+    the store's row (if any) is used only while the file does not exist yet, then deleted
+    once the file holds a checkpoint.
+    """
+    from engine import Engine
+
+    opts = Options(zones_path="", subjects_path="", store_url="", name=args.name,
+                   checkpoint=args.checkpoint)
     if args.core == "shapely":
         from engine.shapely_core import ShapelyEngine
 
         if args.checkpoint:
             raise ValueError("--core shapely keeps no checkpoints: drop --checkpoint")
-        engine = ShapelyEngine(zones, registry, config)
-    elif args.checkpoint and Path(args.checkpoint).exists():
+        log.warning("--core shapely keeps no rule state: a crash or restart forgets open "
+                    "episodes (benchmarks only)")
+        opts.state_in = "none"
+        return ShapelyEngine(zones, registry, config), False, set(), opts
+    if args.checkpoint and Path(args.checkpoint).exists():
+        opts.state_in = "file"
+        opts.drop_store_checkpoint = store.load_checkpoint(args.name) is not None
         engine = Engine.restore(args.checkpoint, zones, registry, config)
-        covered = read_covered(Path(args.checkpoint))
-        restored = True
-    else:
-        engine = Engine(zones, registry, config)
-    store = open_store(args.store)
-    opts = Options(zones_path=args.zones, subjects_path=args.subjects, store_url=args.store,
-                   name=args.name, regions=regions, checkpoint=args.checkpoint, http=args.http)
-    return {"broker": broker, "options": opts, "config": config, "zones": zones,
-            "registry": registry, "engine": engine, "store": store, "restored": restored,
-            "covered": covered}
+        return engine, True, read_covered(Path(args.checkpoint)), opts
+    opts.state_in = "file" if args.checkpoint else "store"
+    row = store.load_checkpoint(args.name)
+    if row is None:
+        return Engine(zones, registry, config), False, set(), opts
+    state, digests, _written_at = row
+    engine = Engine.restore_bytes(state, zones, registry, config,
+                                  where=f"the store's checkpoint of worker {args.name!r}")
+    opts.drop_store_checkpoint = bool(args.checkpoint)
+    n = DIGEST_BYTES
+    return engine, True, {digests[i:i + n] for i in range(0, len(digests) - len(digests) % n, n)}, opts
 
 
 def main(argv: list[str]) -> int:
@@ -1267,8 +1414,6 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mqtt").setLevel(logging.WARNING)
-    from alarms.store import StoreError
-
     try:
         service_args = build_service_args(args)
     except (ValueError, ConfigError, OSError, StoreError) as exc:

@@ -287,3 +287,19 @@ def test_a_lost_postgres_connection_is_replaced_on_the_next_call(pg_url):
 def test_bad_counts_are_named(store, call):
     with pytest.raises(StoreError, match="must be a non-negative integer"):
         call(store)
+
+
+def test_engine_checkpoint_rows_per_worker(store):
+    """One row per worker: saved state and digests come back together, a save replaces
+    both, workers do not see each other's, and a delete forgets it."""
+    assert store.load_checkpoint("north") is None
+    store.save_checkpoint("north", b"state-1\x00\xff", b"d" * 32, 1000)
+    store.save_checkpoint("south", b"other", b"", 1001)
+    assert store.load_checkpoint("north") == (b"state-1\x00\xff", b"d" * 32, 1000)
+    store.save_checkpoint("north", b"state-2", b"e" * 16, 2000)
+    assert store.load_checkpoint("north") == (b"state-2", b"e" * 16, 2000)
+    assert store.load_checkpoint("south") == (b"other", b"", 1001)
+    assert store.delete_checkpoint("north") is True
+    assert store.delete_checkpoint("north") is False
+    assert store.load_checkpoint("north") is None
+    assert store.load_checkpoint("south") == (b"other", b"", 1001)

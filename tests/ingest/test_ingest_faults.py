@@ -174,18 +174,30 @@ def check_outcome(fleet, engine, broker, messages, devices):
         store.close_store()
 
 
-def test_kill_9_engine_mid_stream_and_restart(tmp_path, mosquitto_factory):
+@pytest.mark.parametrize("state_in", ["file", "store"])
+def test_kill_9_engine_mid_stream_and_restart(tmp_path, mosquitto_factory, state_in):
+    """With --checkpoint FILE, and with only --store (the state and its redelivery
+    digests in the store's row for the worker)."""
     fleet = Fleet(tmp_path, devices_a=30, devices_b=1)
     broker = mosquitto_factory(passwords=fleet.passwords())
     devices = fleet.ids(REGION_A)
     messages = scenario(fleet, devices, steps=90, t0=now_ms() - 60_000)
-    engine = EngineProcess(tmp_path, fleet, broker, config=CONFIG)
+    engine = EngineProcess(tmp_path, fleet, broker, config=CONFIG,
+                           checkpoint=state_in == "file")
     try:
         engine.start().wait_log("connected to")
         pub = Publisher(broker.port, messages, per_step=len(messages) // 90)
         pub.start()
         time.sleep(6)  # mid-stream, with checkpoints behind and unacknowledged work ahead
-        assert engine.proc.poll() is None and engine.checkpoint.exists()
+        assert engine.proc.poll() is None
+        if state_in == "file":
+            assert engine.checkpoint.exists()
+        else:
+            store = open_store(engine.store_url)
+            try:
+                assert store.load_checkpoint("worker-1") is not None
+            finally:
+                store.close_store()
         engine.kill9()
         time.sleep(5)  # away longer than offline_after_s, while devices keep publishing
         mark = len(engine.log())

@@ -354,8 +354,7 @@ async def test_a_record_the_engine_fails_on_is_dead_lettered_not_fatal(tmp_path,
     assert "injected fault" in dead["reason"]
     rows = args["store"].list_alarms()
     assert [(r["type"], r["device_id"]) for r in rows] == [("outbound", a0)]
-    # without --checkpoint a processed batch is made durable before it is acknowledged,
-    # tracks included
+    # a closed window is made durable before it is acknowledged, tracks included
     assert [r["ts"] for r in args["store"].track(a0)] == [t, t + 1000]
     args["store"].close_store()
 

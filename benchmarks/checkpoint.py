@@ -1,0 +1,121 @@
+"""Checkpoint write cost: a file (``--checkpoint``) against the store's row (the default).
+
+    python -m benchmarks.checkpoint --json
+    python -m benchmarks.checkpoint --devices 100000 --pg postgresql://emfence@db/emfence_bench
+
+The live engine writes its state once per acknowledgement window (every
+``ingest.checkpoint_interval_s`` or ``ingest.ack_window_messages``), beside processing
+but on the acknowledgement path. This program builds the state of ``--devices`` devices
+(one exclusion slot each, realistic non-constant times so that nothing compresses
+better than it would live), then writes it ``--rounds`` times each way and reports the
+bytes and the milliseconds per write (median and max):
+
+- ``file``: ``engine.state.write_checkpoint`` (temp file, fsync, rename, fsync folder);
+- ``sqlite``: ``AlarmStore.save_checkpoint`` on a SQLite store (WAL, synchronous=FULL)
+  in a temporary folder;
+- ``postgresql``: the same on ``--pg`` (a database that may be written to; its
+  ``engine_checkpoints`` row ``bench-checkpoint`` is deleted afterwards).
+
+Each includes serialising the snapshot (``checkpoint_bytes`` / ``np.savez``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engine.state import (
+    NONE_MS,
+    checkpoint_bytes,
+    id_arrays,
+    new_state,
+    snapshot_arrays,
+    write_checkpoint,
+)
+
+
+def synthetic_snapshot(n_devices: int, seed: int = 1) -> dict[str, np.ndarray]:
+    """A snapshot of ``n_devices`` devices heard from in the last hour, a few with open
+    episodes, one exclusion slot each."""
+    rng = np.random.default_rng(seed)
+    st = new_state(n_devices, n_devices)
+    now = 1_763_800_000_000
+    st.last_rx_ms[:] = now - rng.integers(0, 3_600_000, n_devices)
+    st.deadline_ms[:] = st.last_rx_ms + 600_000
+    st.last_fix_ts_ms[:] = st.last_rx_ms - rng.integers(0, 5_000, n_devices)
+    st.last_status_ts_ms[:] = st.last_rx_ms - rng.integers(0, 60_000, n_devices)
+    open_ = rng.random(n_devices) < 0.01
+    st.outbound_at_ms[open_] = st.last_fix_ts_ms[open_]
+    st.outbound_zone[open_] = 0
+    st.exclusion_at_ms[:] = NONE_MS
+    st.floor_ms[0] = st.deadline_ms.min()
+    ids = id_arrays([f"BR-{i:08d}" for i in range(n_devices)],
+                    [(f"BR-{i:08d}", f"victim-{i:08d}") for i in range(n_devices)],
+                    ["county-411302"] + [f"victim-{i:08d}" for i in range(n_devices)])
+    return snapshot_arrays(st, ids, np.zeros(16, np.int64))
+
+
+def _times(fn, rounds: int) -> dict[str, float]:
+    ms = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        ms.append((time.perf_counter() - t) * 1000)
+    return {"median_ms": round(statistics.median(ms), 1), "max_ms": round(max(ms), 1)}
+
+
+def run(devices: int, rounds: int, pg: str | None) -> dict:
+    from alarms.store import open_store
+
+    snap = synthetic_snapshot(devices)
+    data = checkpoint_bytes(snap)
+    digests = bytes(16 * 20_000)  # a full acknowledgement window of redelivery digests
+    out: dict = {"devices": devices, "rounds": rounds, "state_bytes": len(data),
+                 "digest_bytes": len(digests),
+                 "serialise": _times(lambda: checkpoint_bytes(snap), rounds)}
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "engine.ckpt"
+        out["file"] = _times(lambda: write_checkpoint(path, snap), rounds)
+        store = open_store(f"sqlite:///{Path(d) / 'alarms.db'}")
+        try:
+            out["sqlite"] = _times(lambda: store.save_checkpoint(
+                "bench-checkpoint", checkpoint_bytes(snap), digests, 0), rounds)
+        finally:
+            store.close_store()
+    if pg:
+        store = open_store(pg)
+        try:
+            out["postgresql"] = _times(lambda: store.save_checkpoint(
+                "bench-checkpoint", checkpoint_bytes(snap), digests, 0), rounds)
+            store.delete_checkpoint("bench-checkpoint")
+        finally:
+            store.close_store()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.checkpoint",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--devices", type=int, default=100_000)
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--pg", help="PostgreSQL URL of a database to write to (optional)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    args = p.parse_args(argv)
+    result = run(args.devices, args.rounds, args.pg)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
