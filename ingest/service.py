@@ -74,7 +74,6 @@ from emfence.config import Config, ConfigError, load_config
 from engine.state import checkpoint_bytes, write_checkpoint
 from ingest.decode import (
     COORD_SYS_CODES,
-    ID_RE,
     STRAP_CODES,
     PayloadError,
     deadletter_record,
