@@ -21,11 +21,19 @@ from pathlib import Path
 
 import orjson
 import pytest
-from ingest_fleet import CONSOLE_PW, REGION_A, SECRET, EngineProcess, Fleet, fix
+from ingest_fleet import (
+    CONSOLE_PW,
+    MONITOR_USER,
+    REGION_A,
+    SECRET,
+    EngineProcess,
+    Fleet,
+    fix,
+)
 from ingest_mqtt_helpers import PahoClient
 
 from alarms.store import open_store
-from ingest.passwords import CONSOLE_USER, device_password
+from ingest.passwords import device_password
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
 
@@ -52,10 +60,12 @@ def store_url(kind: str, tmp_path: Path, request) -> str:
 
 
 class Health:
-    """The engine's retained health messages, read through the console account."""
+    """The engine's retained health messages, read through a second account with the
+    console's rights (``wait_processed`` reads through the console account itself, and
+    one account holds one connection)."""
 
     def __init__(self, broker):
-        self.reader = PahoClient(broker.port, CONSOLE_USER, CONSOLE_PW)
+        self.reader = PahoClient(broker.port, MONITOR_USER, CONSOLE_PW)
         self.reader.subscribe("emfence/v1/engine/+/health")
 
     def wait(self, cond, what: str, timeout_s: float = 180.0) -> dict:
