@@ -82,9 +82,9 @@ def _grid_shape(n_edges: int, width_deg: float, height_deg: float, mid_lat: floa
     target = min(max(GRID_CELLS_PER_EDGE * n_edges, GRID_MIN_CELLS), GRID_MAX_CELLS)
     w = max(width_deg * math.cos(math.radians(mid_lat)), 1e-12)
     h = max(height_deg, 1e-12)
-    nx = int(round(math.sqrt(target * w / h)))
+    nx = round(math.sqrt(target * w / h))
     nx = min(max(nx, 1), int(target))
-    ny = min(max(int(round(target / nx)), 1), int(target))
+    ny = min(max(round(target / nx), 1), int(target))
     return nx, ny
 
 

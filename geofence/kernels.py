@@ -542,9 +542,7 @@ def _segment_hits_rect(ax, ay, bx, by, x0, y0, x1, y1) -> bool:
     s4 = dx * (y1 - ay) - dy * (x1 - ax)
     if s1 > 0.0 and s2 > 0.0 and s3 > 0.0 and s4 > 0.0:
         return False
-    if s1 < 0.0 and s2 < 0.0 and s3 < 0.0 and s4 < 0.0:
-        return False
-    return True
+    return not (s1 < 0.0 and s2 < 0.0 and s3 < 0.0 and s4 < 0.0)
 
 
 @njit(cache=True)

@@ -364,7 +364,9 @@ def load_zones(source: str | Path | dict) -> list[Zone]:
         geom = feature.get("geometry")
         try:
             if not isinstance(geom, dict):
-                raise ValueError("empty geometry (geometry is null)")
+                # ValueError, not TypeError: it is the user's file, reported below as a
+                # ZoneError (a ValueError) like every other bad geometry.
+                raise ValueError("empty geometry (geometry is null)")  # noqa: TRY004
             gtype = geom.get("type")
             if gtype in ("Polygon", "MultiPolygon"):
                 geometry, circle = _polygon_zone(geom, crs, zone_id), None
