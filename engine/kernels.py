@@ -20,6 +20,8 @@ import math
 import numpy as np
 from numba import njit
 
+from contract.alarms import ALARM_TYPES
+from contract.records import K_FIX
 from geofence.kernels import (
     CELL_INSIDE,
     KIND_POLYGON,
@@ -29,12 +31,12 @@ from geofence.kernels import (
     zone_distance_m,
 )
 
-# Alarm type codes (index into TYPE_NAMES).
-T_OUTBOUND, T_EXCLUSION, T_OFFLINE, T_TAMPER, T_LOW_BATTERY = 0, 1, 2, 3, 4
-TYPE_NAMES = ("outbound", "exclusion", "offline", "tamper", "low_battery")
+# Alarm type codes: indices into the shared vocabulary's ALARM_TYPES.
+T_OUTBOUND, T_EXCLUSION, T_OFFLINE, T_TAMPER, T_LOW_BATTERY = (
+    ALARM_TYPES.index(name) for name in ("outbound", "exclusion", "offline", "tamper",
+                                         "low_battery"))
 
-# Record kinds for process_batch.
-K_FIX, K_STATUS = 0, 1
+# Record kinds for process_batch: contract.records.K_FIX (imported above) / K_STATUS.
 
 EV_DEVICE, EV_TYPE, EV_ZONE, EV_RAISED, EV_AT, EV_EPISODE, EV_LATE = 0, 1, 2, 3, 4, 5, 6
 N_EV_I = 7

@@ -12,23 +12,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from array import array
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import orjson
 
+from contract.records import COORD_SYS_CODES, STRAP_CODES, RecordBuilder
 from emfence.config import Config, ConfigError, load_config
 from engine.registry import RegistryError, load_registry, parse_time_ms
 from ingest.decode import (
-    COORD_SYS_CODES,
     ID_RE,
     MAX_TS_MS,
     MIN_TS_MS,
-    STRAP_CODES,
     PayloadError,
     parse_fix,
     parse_status,
@@ -102,18 +99,6 @@ def _int_field(obj: dict, name: str, where: str) -> int:
     return v
 
 
-# Columns of Engine.process_records (engine.kernels.process_batch), in three groups so
-# that each line appends only what its kind carries: every record (kind, device, ts, rx),
-# fixes (lat, lon, acc, coord_sys), statuses (battery, strap). flush() spreads the fix and
-# status columns over the records with one numpy assignment each.
-_RECORD_TYPES = (np.uint8, np.int32, np.int64, np.int64)
-_RECORD_CODES = ("B", "i", "q", "q")
-_FIX_TYPES = (np.float64, np.float64, np.float64, np.uint8)
-_FIX_CODES = ("d", "d", "d", "B")
-_STATUS_TYPES = (np.float64, np.int8)
-_STATUS_CODES = ("d", "b")
-
-
 def _diagnose(line: bytes, device_index, max_future_ms: int, where: str) -> PayloadError:
     """The reason a line was refused, checked in order: JSON, object, device_id, the wire
     contract's fields (ingest.decode), rx."""
@@ -159,38 +144,15 @@ def replay(lines: Iterable[bytes], engine: Any, out: IO[bytes], *, config: Confi
     nan = float("nan")
     coord_codes = COORD_SYS_CODES
     strap_codes = STRAP_CODES
-    # Accepted records go straight into typed column buffers (array.array): no Python
-    # object per record survives the line, so the garbage collector has nothing to
-    # traverse and a batch becomes numpy arrays without copying element by element.
-    rec_cols = [array(code) for code in _RECORD_CODES]
-    fix_cols = [array(code) for code in _FIX_CODES]
-    status_cols = [array(code) for code in _STATUS_CODES]
-    a_kind, a_dev, a_ts, a_rx = (c.append for c in rec_cols)
-    a_lat, a_lon, a_acc, a_coord = (c.append for c in fix_cols)
-    a_battery, a_strap = (c.append for c in status_cols)
+    records = RecordBuilder()
+    add_fix, add_status = records.add_fix, records.add_status
     clock: int | None = None
 
     def flush() -> None:
         nonlocal clock
-        n = len(rec_cols[0])
-        if not n:
-            return
-        # Copies (one memcpy each): the buffers are emptied and refilled for the next batch.
-        kind, dev, ts, rx = (np.frombuffer(c, dtype=t).copy()
-                             for c, t in zip(rec_cols, _RECORD_TYPES))
-        is_fix = kind == 0
-        lat, lon, acc = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
-        coord = np.zeros(n, np.uint8)
-        battery, strap = np.full(n, np.nan), np.full(n, -1, np.int8)
-        for col, buf, t in zip((lat, lon, acc, coord), fix_cols, _FIX_TYPES):
-            col[is_fix] = np.frombuffer(buf, dtype=t)
-        for col, buf, t in zip((battery, strap), status_cols, _STATUS_TYPES):
-            col[~is_fix] = np.frombuffer(buf, dtype=t)
-        for c in (*rec_cols, *fix_cols, *status_cols):
-            del c[:]
-        events, clock = engine.process_records(kind, dev, ts, rx, lat, lon, acc, coord,
-                                               battery, strap, clock_now_ms=clock)
-        write(events)
+        if len(records):
+            events, clock = engine.process(records.take(), clock_now_ms=clock)
+            write(events)
 
     def write(events: list[dict]) -> None:
         if events:
@@ -232,20 +194,12 @@ def replay(lines: Iterable[bytes], engine: Any, out: IO[bytes], *, config: Confi
             continue
         if clock is None:
             clock = rx
-        a_dev(d)
-        a_ts(ts)
-        a_rx(rx)
         if is_fix:
-            a_kind(0)
-            a_lat(lat)
-            a_lon(lon)
-            a_acc(acc)
-            a_coord(coord_codes[cs])
+            add_fix(d, ts, rx, lat, lon, acc, coord_codes[cs])
         else:
-            a_kind(1)
-            a_battery(nan if battery is None else battery)
-            a_strap(-1 if strap is None else strap_codes[strap])
-        if len(rec_cols[0]) >= BATCH_RECORDS:
+            add_status(d, ts, rx, nan if battery is None else battery,
+                       -1 if strap is None else strap_codes[strap])
+        if len(records) >= BATCH_RECORDS:
             flush()
     stats.lines = lineno
     stats.records = stats.lines - stats.blank - stats.rejected_total - stats.after_until
