@@ -86,7 +86,8 @@ class RecordBatch(NamedTuple):
             as_column(rx_ms, np.int64, "rx_ms", n), as_column(lat, np.float64, "lat", n),
             as_column(lon, np.float64, "lon", n), as_column(acc_m, np.float64, "acc_m", n),
             as_column(coord_sys, np.uint8, "coord_sys", n),
-            as_column(battery_pct, np.float64, "battery_pct", n), as_column(strap, np.int8, "strap", n)))
+            as_column(battery_pct, np.float64, "battery_pct", n),
+            as_column(strap, np.int8, "strap", n)))
 
     @classmethod
     def fixes(cls, *, device_idx, ts_ms, rx_ms, lat, lon, acc_m, coord_sys) -> RecordBatch:
@@ -96,9 +97,10 @@ class RecordBatch(NamedTuple):
         a = _ABSENT
         a.ensure(n)
         return tuple.__new__(cls, (
-            a.zero[:n], dev, as_column(ts_ms, np.int64, "ts_ms", n), as_column(rx_ms, np.int64, "rx_ms", n),
-            as_column(lat, np.float64, "lat", n), as_column(lon, np.float64, "lon", n),
-            as_column(acc_m, np.float64, "acc_m", n), as_column(coord_sys, np.uint8, "coord_sys", n),
+            a.zero[:n], dev, as_column(ts_ms, np.int64, "ts_ms", n),
+            as_column(rx_ms, np.int64, "rx_ms", n), as_column(lat, np.float64, "lat", n),
+            as_column(lon, np.float64, "lon", n), as_column(acc_m, np.float64, "acc_m", n),
+            as_column(coord_sys, np.uint8, "coord_sys", n),
             a.nan[:n], a.minus_one[:n]))
 
     @classmethod
@@ -110,7 +112,8 @@ class RecordBatch(NamedTuple):
         a.ensure(n)
         nan = a.nan[:n]
         return tuple.__new__(cls, (
-            a.one[:n], dev, as_column(ts_ms, np.int64, "ts_ms", n), as_column(rx_ms, np.int64, "rx_ms", n),
+            a.one[:n], dev, as_column(ts_ms, np.int64, "ts_ms", n),
+            as_column(rx_ms, np.int64, "rx_ms", n),
             nan, nan, nan, a.zero[:n], as_column(battery_pct, np.float64, "battery_pct", n),
             as_column(strap, np.int8, "strap", n)))
 

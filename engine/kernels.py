@@ -486,8 +486,12 @@ def _status_rules(st, d, ts, battery, strap, battery_low_pct, battery_clear_pct,
     return n
 
 
+# One piece on purpose (hence the noqa): the per-record loop, with the receive clock,
+# duplicates, the settled-device cache and the grid path inlined, is the hot path; each
+# call from it to a helper taking the state NamedTuples costs refcounts on ~50 arrays, more
+# than a settled fix takes. The rules themselves are the small functions above.
 @njit(cache=True)
-def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,
+def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,  # noqa: C901
                   st, ra, za, offline_after_ms, buffer_m, confirm, battery_low_pct,
                   battery_clear_pct, clock_sweep, now, ev_i, ev_f, counters):
     """Run the rules over records in arrival order; returns ``(ev_i, ev_f, n_events, now)``.

@@ -131,41 +131,72 @@ def _diagnose(line: bytes, device_index, max_future_ms: int, where: str) -> Payl
     return PayloadError("bad_value: refused", where)  # not reached: the fast path agreed
 
 
+class _Run:
+    """The engine side of a replay: batches of accepted records through the engine, the
+    receive clock, alarm events out as JSON lines (counted in ``stats``)."""
+
+    def __init__(self, engine: Any, out: IO[bytes], stats: ReplayStats) -> None:
+        self.engine = engine
+        self.out = out
+        self.stats = stats
+        self.records = RecordBuilder()
+        self.clock: int | None = None
+
+    def flush(self) -> None:
+        if len(self.records):
+            events, self.clock = self.engine.process(self.records.take(),
+                                                     clock_now_ms=self.clock)
+            self.write(events)
+
+    def write(self, events: list[dict]) -> None:
+        if events:
+            self.out.write(b"".join(orjson.dumps(ev) + b"\n" for ev in events))
+            for ev in events:
+                self.stats.alarms[(ev["type"], ev["event"])] += 1
+
+    def finish(self, until_ms: int | None) -> None:
+        """Run what is left, then the last offline sweep at ``until_ms`` (default: the
+        clock)."""
+        self.flush()
+        stats = self.stats
+        stats.clock_ms = self.clock
+        end = until_ms if until_ms is not None else self.clock
+        if end is not None:
+            self.write(self.engine.sweep(end))
+        stats.until_ms = end
+        stats.counters = self.engine.counters
+
+
+def _refused(line: bytes, lineno: int, stats: ReplayStats, device_index,
+             max_future_ms: int) -> None:
+    """Count a line the fast path refused: blank, or rejected with its reason."""
+    if not line.strip():
+        stats.blank += 1
+    else:
+        stats.reject(lineno, _diagnose(line, device_index, max_future_ms, f"line {lineno}"))
+
+
 def replay(lines: Iterable[bytes], engine: Any, out: IO[bytes], *, config: Config,
            until_ms: int | None = None, stats: ReplayStats | None = None) -> ReplayStats:
     """Replay ``lines`` (bytes, one JSON object each) through ``engine``, writing alarm
     events as JSON lines to ``out``. Returns the statistics (also filled in ``stats``)."""
     stats = stats or ReplayStats()
-    registry = engine.registry
-    device_index = registry.device_index
-    index_of = registry._device_index.get  # device_index() without the method call
+    run = _Run(engine, out, stats)
+    device_index = engine.registry.device_index
+    index_of = engine.registry._device_index.get  # device_index() without the method call
     max_future_ms = config.ingest.max_future_ms
     loads = orjson.loads
     nan = float("nan")
     coord_codes = COORD_SYS_CODES
     strap_codes = STRAP_CODES
-    records = RecordBuilder()
-    add_fix, add_status = records.add_fix, records.add_status
-    clock: int | None = None
-
-    def flush() -> None:
-        nonlocal clock
-        if len(records):
-            events, clock = engine.process(records.take(), clock_now_ms=clock)
-            write(events)
-
-    def write(events: list[dict]) -> None:
-        if events:
-            out.write(b"".join(orjson.dumps(ev) + b"\n" for ev in events))
-            for ev in events:
-                stats.alarms[(ev["type"], ev["event"])] += 1
-
+    add_fix, add_status = run.records.add_fix, run.records.add_status
+    pending = 0  # records added since the last flush
     lineno = 0
     for lineno, line in enumerate(lines, 1):
         try:
             obj = loads(line)
             # The common case first, each check cheap; anything unusual falls through to
-            # the full validation below, which names the problem.
+            # the full validation of _diagnose, which names the problem.
             if type(obj) is not dict:
                 raise TypeError
             d = index_of(obj["device_id"], -1)
@@ -183,33 +214,25 @@ def replay(lines: Iterable[bytes], engine: Any, out: IO[bytes], *, config: Confi
             elif type(rx) is not int or rx < MIN_TS_MS or rx > MAX_TS_MS or ts - rx > max_future_ms:
                 raise ValueError
         except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
-            if not line.strip():
-                stats.blank += 1
-            else:
-                stats.reject(lineno, _diagnose(line, device_index, max_future_ms,
-                                               f"line {lineno}"))
+            _refused(line, lineno, stats, device_index, max_future_ms)
             continue
         if until_ms is not None and rx > until_ms:
             stats.after_until += 1  # the replay ends at --until: validated, counted, not run
             continue
-        if clock is None:
-            clock = rx
+        if run.clock is None:
+            run.clock = rx
         if is_fix:
             add_fix(d, ts, rx, lat, lon, acc, coord_codes[cs])
         else:
             add_status(d, ts, rx, nan if battery is None else battery,
                        -1 if strap is None else strap_codes[strap])
-        if len(records) >= BATCH_RECORDS:
-            flush()
+        pending += 1
+        if pending >= BATCH_RECORDS:
+            run.flush()
+            pending = 0
     stats.lines = lineno
     stats.records = stats.lines - stats.blank - stats.rejected_total - stats.after_until
-    flush()
-    stats.clock_ms = clock
-    end = until_ms if until_ms is not None else clock
-    if end is not None:
-        write(engine.sweep(end))
-    stats.until_ms = end
-    stats.counters = engine.counters
+    run.finish(until_ms)
     return stats
 
 

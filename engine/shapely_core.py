@@ -144,9 +144,15 @@ class ShapelyEngine:
         if gcj:
             x, y = gcj02_to_wgs84(np.array([lon]), np.array([lat]))
             lon, lat = float(x[0]), float(y[0])
-        a = self.registry.arrays
-        s = int(a.device_subject[d])
+        s = int(self.registry.arrays.device_subject[d])
         margin = max(self.config.rules.buffer_m, acc)
+        self._exclusion(d, dev, s, ts, lat, lon, acc, margin, late, out)
+        if not late:
+            self._outbound(d, dev, s, ts, lat, lon, acc, margin, out)
+
+    def _exclusion(self, d: int, dev: _Device, s: int, ts: int, lat: float, lon: float,
+                   acc: float, margin: float, late: bool, out: list) -> None:
+        a = self.registry.arrays
         for z in a.excl_zone[a.excl_off[s]:a.excl_off[s + 1]].tolist():
             shape = self._shapes[z]
             if late:
@@ -166,8 +172,10 @@ class ShapelyEngine:
                     ep = dev.exclusion.pop(z)
                     out.append(self._event(d, K.T_EXCLUSION, z, False, ts, ep, False,
                                            (lat, lon, dz, acc)))
-        if late:
-            return
+
+    def _outbound(self, d: int, dev: _Device, s: int, ts: int, lat: float, lon: float,
+                  acc: float, margin: float, out: list) -> None:
+        a = self.registry.arrays
         inclusion = a.incl_zone[a.incl_off[s]:a.incl_off[s + 1]].tolist()
         if not inclusion:
             return
