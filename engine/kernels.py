@@ -229,6 +229,10 @@ def sweep(st, now, ev_i, ev_f, counters):
 # The fix rules as tables in the style of Tile38's fence.go: each rule is a small
 # function of (state before, observation now) -> (state after, action), and every path
 # that applies a rule calls that function (the grid path of process_batch included).
+# The rule functions below are inlined into their caller by numba (inline="always"): a
+# call that is not inlined passes the state, registry and zone NamedTuples flattened into
+# hundreds of scalars, and splitting _fix_rules into plain calls cost ~15 % of the
+# scattered-fix throughput (benchmarks/README.md, "Restructure").
 # Observations of a fix against a zone (or against the allowed region of a subject):
 OBS_IN = 0         # inside (distance 0)
 OBS_NEAR = 1       # outside, within the margin max(acc, buffer_m): uncertain
@@ -237,7 +241,7 @@ OBS_OUT = 2        # outside, beyond the margin
 ACT_NONE, ACT_RAISE, ACT_CLEAR = 0, 1, 2
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def observe(dist_m, margin_m):
     """The observation for a distance (metres; 0 inside) and a margin (metres, > 0: the
     wire contract's ``acc`` is > 0)."""
@@ -248,7 +252,7 @@ def observe(dist_m, margin_m):
     return OBS_NEAR
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def outbound_step(open_at_ms, out_run, obs, confirm):
     """The outbound rule, for one in-order fix: ``(open_at_ms, out_run, obs)`` ->
     ``(out_run after, action)``. ``open_at_ms`` is the open episode's raised ``at``
@@ -274,7 +278,7 @@ def outbound_step(open_at_ms, out_run, obs, confirm):
     return out_run, ACT_NONE
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def exclusion_step(open_at_ms, obs):
     """The exclusion rule, for one in-order fix and one exclusion zone: ``(open_at_ms,
     obs)`` -> action. Raised at once inside; cleared only beyond the margin.
@@ -291,13 +295,13 @@ def exclusion_step(open_at_ms, obs):
     return ACT_CLEAR if obs == OBS_OUT else ACT_NONE
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _contains(za, bbox, z, lon, lat):
     """Zone ``z`` contains (lon, lat): padded bbox first, then the exact test."""
     return _in_bbox(bbox, z, lon, lat) and zone_contains(za, z, lon, lat)
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _exclusion_rules(st, ra, za, d, s, ts, lon, lat, acc, margin, late, ev_i, ev_f, n):
     """The exclusion rule over every exclusion zone of subject ``s`` for one fix of
     device ``d``; returns (n, settled): settled is False when an open episode's zone is
@@ -335,7 +339,7 @@ def _exclusion_rules(st, ra, za, d, s, ts, lon, lat, acc, margin, late, ev_i, ev
     return n, settled
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _allowed_contains(ra, za, s, ts, lon, lat):
     """The first zone of subject ``s``'s allowed region at ``ts`` (inclusion zones, then
     the zones of leaves active at ts) that contains (lon, lat), or -1."""
@@ -351,7 +355,7 @@ def _allowed_contains(ra, za, s, ts, lon, lat):
     return -1
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _allowed_distance(ra, za, s, ts, lon, lat):
     """(metres to subject ``s``'s allowed region at ``ts``, the nearest inclusion zone):
     the minimum over inclusion zones and the zones of leaves active at ts; the zone
@@ -370,7 +374,7 @@ def _allowed_distance(ra, za, s, ts, lon, lat):
     return dist, nearest
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _outbound_rule(st, ra, za, d, s, ts, lon, lat, acc, margin, confirm, ev_i, ev_f, n):
     """The outbound rule for one in-order fix of device ``d`` (subject ``s``, which has
     inclusion zones); returns (n, the allowed zone containing the fix or -1). Containment
@@ -395,7 +399,7 @@ def _outbound_rule(st, ra, za, d, s, ts, lon, lat, acc, margin, confirm, ev_i, e
     return n, inside_zone
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _settle(st, ra, za, d, s, ts, lon, lat, inside_zone):
     """Remember this position of a settled device and how far it may move before any
     rule's answer could change (see _fix_rules): the smallest lower bound of the metres
