@@ -95,7 +95,8 @@ class RecordBatch(NamedTuple):
         dev = as_column(device_idx, np.int32, "device_idx", None)
         n = dev.shape[0]
         a = _ABSENT
-        a.ensure(n)
+        if n > a.capacity:
+            a.ensure(n)
         return tuple.__new__(cls, (
             a.zero[:n], dev, as_column(ts_ms, np.int64, "ts_ms", n),
             as_column(rx_ms, np.int64, "rx_ms", n), as_column(lat, np.float64, "lat", n),
@@ -109,7 +110,8 @@ class RecordBatch(NamedTuple):
         dev = as_column(device_idx, np.int32, "device_idx", None)
         n = dev.shape[0]
         a = _ABSENT
-        a.ensure(n)
+        if n > a.capacity:
+            a.ensure(n)
         nan = a.nan[:n]
         return tuple.__new__(cls, (
             a.one[:n], dev, as_column(ts_ms, np.int64, "ts_ms", n),
