@@ -37,9 +37,6 @@ SHARED = ("contract", "emfence.config")
 
 # (importing module, imported module): why it is still there, and what removes it.
 KNOWN_UPWARD = {
-    ("engine.replay", "ingest.decode"):
-        "replay is an application driver reading wire-contract lines: it moves to "
-        "emfence/ (emfence.replay) once the hardening round's ingest/ changes are in",
     ("ingest.service", "alarms.publisher"):
         "ingest/service.py is the whole `emfence run` process: split into emfence/run/",
     ("ingest.service", "alarms.store"): "as above: the split into emfence/run/",
