@@ -47,6 +47,8 @@ from pathlib import Path
 import aiomqtt
 import orjson
 
+from contract.topics import device_topic, health_topic
+
 BENCH_CONFIG = """\
 # benchmarks/e2e.py: health every half second (the benchmark reads the engine's message
 # counter from it); otherwise the shipped defaults.
@@ -69,8 +71,8 @@ async def _bare_subscriber(port: int, username: str, password: str) -> None:
     async with aiomqtt.Client("127.0.0.1", port, username=username, password=password,
                               identifier=f"bench-bare-{os.getpid()}", clean_session=True,
                               max_queued_incoming_messages=0) as c:
-        await c.subscribe("emfence/v1/+/+/fix", qos=1)
-        await c.subscribe("emfence/v1/+/+/status", qos=1)
+        await c.subscribe(device_topic("+", "+", "fix"), qos=1)
+        await c.subscribe(device_topic("+", "+", "status"), qos=1)
         print("ready", flush=True)
 
         async def report() -> None:
@@ -145,7 +147,7 @@ class EngineCounter:
 
         async with aiomqtt.Client(self.rig.host, self.rig.port, username="emfence-console",
                                   password=self.rig.passwords["emfence-console"]) as c:
-            await c.subscribe(f"emfence/v1/engine/{ENGINE_NAME}/health", qos=1)
+            await c.subscribe(health_topic(ENGINE_NAME), qos=1)
             async for msg in c.messages:
                 health = orjson.loads(msg.payload)
                 if health.get("started_at", 0) < self.rig.engine_launched_ms:

@@ -342,8 +342,8 @@ def write_replay_file(path: Path, fixes, registry, n_lines: int) -> None:
 
 def bench_replay(zones, subjects, fixes, n_lines: int, repeat: int) -> dict:
     from emfence.config import Config
+    from emfence.replay import replay
     from engine import Engine, load_registry
-    from engine.replay import replay
     from ingest.decode import parse_fix, parse_status
 
     registry = load_registry(subjects, zones)

@@ -1,5 +1,5 @@
-"""The engine box: registry, device state, rule kernels, offline sweep, checkpoints and
-``emfence replay``.
+"""The engine box: registry, device state, rule kernels, offline sweep and checkpoints
+(``emfence replay``, which drives it over a file, is in :mod:`emfence.replay`).
 
 ``from engine import Registry, RegistryError, load_registry, Engine``
 """

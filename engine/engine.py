@@ -6,12 +6,13 @@ in ``docs/internals.md``). All rule work happens in :mod:`engine.kernels`.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from contract.alarms import ALARM_TYPES, EVIDENCE_TYPES, alarm_event, alarm_id
+from contract.records import RecordBatch, as_column
 from emfence.config import LEVELS, Config
 from engine import kernels as K
 from engine.registry import Registry
@@ -28,18 +29,6 @@ from engine.state import (
     write_checkpoint,
 )
 
-_EVIDENCE_TYPES = (K.T_OUTBOUND, K.T_EXCLUSION)
-
-
-def alarm_id(device_id: str, type_name: str, zone_id: str | None, episode_at_ms: int,
-             late: bool) -> str:
-    """Deterministic alarm id: the same episode gives the same id for its raised and
-    cleared events, in every run and across restarts. The episode is identified by
-    device, type, zone and the ``at`` of its raised event (and whether it is a late
-    pair, which never shares an id with a live episode)."""
-    key = f"{device_id}\x1f{type_name}\x1f{zone_id or ''}\x1f{episode_at_ms}\x1f{int(late)}"
-    return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
-
 
 def _entry_point(dispatcher: Any, args: tuple) -> Any:
     """The native entry point numba compiled (or loaded from its cache) for exactly the
@@ -49,42 +38,13 @@ def _entry_point(dispatcher: Any, args: tuple) -> Any:
     the compiled version: for the rule kernel's 23 arguments, three of them NamedTuples of
     48 arrays in all, that is ~12-17 us per call, more than a 100-fix batch takes to run.
     The engine's argument types never change between calls (the state, registry and zone
-    arrays are its own; the batch columns are coerced by :func:`_as` to one dtype, 1-D, C
+    arrays are its own; a RecordBatch's columns are coerced to one dtype each, 1-D, C
     order), so it resolves the entry point once (per reload) and calls it directly.
     """
     typeof = getattr(dispatcher, "typeof_pyval", None)
     if typeof is None:  # NUMBA_DISABLE_JIT=1: kernels are plain Python functions
         return dispatcher
     return dispatcher.compile(tuple(typeof(a) for a in args))
-
-
-class _Absent:
-    """Constant columns for the fields a batch of one kind does not carry (a fix has no
-    battery, a status no position), kept across calls instead of allocated per call. The
-    kernels only read them; slices of one buffer, grown when a larger batch comes."""
-
-    def __init__(self) -> None:
-        self._grow(256)
-
-    def _grow(self, n: int) -> None:
-        self.capacity = n
-        self.nan = np.full(n, np.nan)
-        self.minus_one = np.full(n, -1, np.int8)
-        self.zero = np.zeros(n, np.uint8)
-        self.one = np.ones(n, np.uint8)
-
-    def ensure(self, n: int) -> None:
-        if n > self.capacity:
-            self._grow(max(n, 2 * self.capacity))
-
-
-def _as(arr: Any, dtype, name: str, n: int | None) -> np.ndarray:
-    a = np.ascontiguousarray(arr, dtype=dtype)
-    if a.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {a.shape}")
-    if n is not None and a.shape[0] != n:
-        raise ValueError(f"{name} has {a.shape[0]} elements, expected {n} (like device_idx)")
-    return a
 
 
 class Engine:
@@ -103,7 +63,6 @@ class Engine:
         self.state: DeviceState = new_state(registry.n_devices, registry.n_slots)
         self._counters = np.zeros(K.N_COUNTERS, dtype=np.int64)
         self._events = K.new_events(1024)
-        self._absent = _Absent()
         self._ids = None  # checkpoint id arrays, built at the first snapshot
         self._bind()
 
@@ -124,63 +83,48 @@ class Engine:
                              "zones) with the same CompiledZones the engine gets")
 
     # ----- processing ----------------------------------------------------------------
+    def process(self, batch: RecordBatch, *, clock_now_ms: int | None = None
+                ) -> tuple[list[dict], int | None]:
+        """Run the rules over ``batch`` (a :class:`contract.RecordBatch`: fixes and
+        statuses in arrival order). With ``clock_now_ms`` (replay), the receive clock
+        advances with each record and the offline sweep runs whenever it does; returns
+        (alarm events, the clock afterwards, None without ``clock_now_ms``)."""
+        clock = clock_now_ms is not None
+        events, now = self._run(batch, clock, int(clock_now_ms) if clock else 0)
+        return events, (now if clock else None)
+
     def process_fixes(self, device_idx, ts_ms, lat, lon, acc_m, coord_sys, rx_ms) -> list[dict]:
         """Run the rules over fixes in arrival order (equal-length arrays: ``device_idx``
         int32 from the registry, ``ts_ms``/``rx_ms`` epoch ms, ``lat``/``lon`` degrees,
         ``acc_m`` metres, ``coord_sys`` 0 WGS-84 / 1 GCJ-02). Returns alarm events."""
-        dev = _as(device_idx, np.int32, "device_idx", None)
-        n = dev.shape[0]
-        a = self._absent
-        a.ensure(n)
-        return self._run(a.zero[:n], dev, _as(ts_ms, np.int64, "ts_ms", n),
-                         _as(rx_ms, np.int64, "rx_ms", n), _as(lat, np.float64, "lat", n),
-                         _as(lon, np.float64, "lon", n), _as(acc_m, np.float64, "acc_m", n),
-                         _as(coord_sys, np.uint8, "coord_sys", n), a.nan[:n], a.minus_one[:n])
+        return self._run(RecordBatch.fixes(device_idx=device_idx, ts_ms=ts_ms, rx_ms=rx_ms,
+                                           lat=lat, lon=lon, acc_m=acc_m,
+                                           coord_sys=coord_sys), False, 0)[0]
 
     def process_statuses(self, device_idx, ts_ms, rx_ms, battery_pct, strap,
                          charging) -> list[dict]:
         """Run tamper/battery rules over statuses in arrival order (``battery_pct`` NaN =
         absent; ``strap`` -1 absent, 0 ok, 1 open; ``charging`` is accepted, unused by the
         rules). Every status is also a sign of life for the offline rule."""
-        dev = _as(device_idx, np.int32, "device_idx", None)
-        n = dev.shape[0]
-        _as(charging, np.int8, "charging", n)
-        a = self._absent
-        a.ensure(n)
-        nan = a.nan[:n]
-        return self._run(a.one[:n], dev, _as(ts_ms, np.int64, "ts_ms", n),
-                         _as(rx_ms, np.int64, "rx_ms", n), nan, nan, nan,
-                         a.zero[:n], _as(battery_pct, np.float64, "battery_pct", n),
-                         _as(strap, np.int8, "strap", n))
+        batch = RecordBatch.statuses(device_idx=device_idx, ts_ms=ts_ms, rx_ms=rx_ms,
+                                     battery_pct=battery_pct, strap=strap)
+        as_column(charging, np.int8, "charging", len(batch.device_idx))  # checked, unused
+        return self._run(batch, False, 0)[0]
 
     def process_records(self, kind, device_idx, ts_ms, rx_ms, lat, lon, acc_m, coord_sys,
                         battery_pct, strap, *, clock_now_ms: int | None = None
                         ) -> tuple[list[dict], int | None]:
-        """Mixed fixes (kind 0) and statuses (kind 1) in arrival order. With
-        ``clock_now_ms`` (replay), the receive clock advances with each record and the
-        offline sweep runs whenever it does; returns (events, the clock afterwards)."""
-        dev = _as(device_idx, np.int32, "device_idx", None)
-        n = dev.shape[0]
-        clock = clock_now_ms is not None
-        now = int(clock_now_ms) if clock else 0
-        args = (_as(kind, np.uint8, "kind", n), dev, _as(ts_ms, np.int64, "ts_ms", n),
-                _as(rx_ms, np.int64, "rx_ms", n), _as(lat, np.float64, "lat", n),
-                _as(lon, np.float64, "lon", n), _as(acc_m, np.float64, "acc_m", n),
-                _as(coord_sys, np.uint8, "coord_sys", n),
-                _as(battery_pct, np.float64, "battery_pct", n), _as(strap, np.int8, "strap", n))
-        events, now = self._run_clock(*args, clock, now)
-        return events, (now if clock else None)
+        """:meth:`process` on ``RecordBatch.records(...)`` of these columns (kept for the
+        callers that still build ten columns; new code builds a RecordBatch)."""
+        return self.process(RecordBatch.records(
+            kind=kind, device_idx=device_idx, ts_ms=ts_ms, rx_ms=rx_ms, lat=lat, lon=lon,
+            acc_m=acc_m, coord_sys=coord_sys, battery_pct=battery_pct, strap=strap),
+            clock_now_ms=clock_now_ms)
 
-    def _run(self, *arrays) -> list[dict]:
-        return self._run_clock(*arrays, False, 0)[0]
-
-    def _run_clock(self, kind, dev, ts, rx, lat, lon, acc, coord, battery, strap, clock, now):
+    def _run(self, batch: RecordBatch, clock: bool, now: int) -> tuple[list[dict], int]:
         ev_i, ev_f = self._events
-        ev_i, ev_f, n, now = self._process_batch(
-            kind, dev, ts, rx, lat, lon, acc, coord, battery, strap, self.state,
-            self.registry.arrays, self.zones.arrays, self._offline_after_ms, self._buffer_m,
-            self._confirm, self._battery_low, self._battery_clear, clock, int(now),
-            ev_i, ev_f, self._counters)
+        ev_i, ev_f, n, now = self._process_batch(*batch, *self._rule_args, clock, now,
+                                                 ev_i, ev_f, self._counters)
         self._events = (ev_i, ev_f)  # keep grown buffers
         return self._to_dicts(ev_i, ev_f, n), int(now)
 
@@ -188,13 +132,13 @@ class Engine:
         """Resolve the kernels' native entry points for this engine's argument types (see
         :func:`_entry_point`); again after a reload, which replaces the arrays."""
         ev_i, ev_f = self._events
-        a = self._absent
-        f8, i8 = a.nan[:0], np.zeros(0, np.int64)
+        # The arguments after the batch that change only here (a call then looks up none
+        # of them: on a batch of one fix, those look-ups were ~3 % of the call).
+        self._rule_args = (self.state, self.registry.arrays, self.zones.arrays,
+                           self._offline_after_ms, self._buffer_m, self._confirm,
+                           self._battery_low, self._battery_clear)
         self._process_batch = _entry_point(K.process_batch, (
-            a.zero[:0], np.zeros(0, np.int32), i8, i8, f8, f8, f8, a.zero[:0], f8,
-            a.minus_one[:0], self.state, self.registry.arrays, self.zones.arrays,
-            self._offline_after_ms, self._buffer_m, self._confirm, self._battery_low,
-            self._battery_clear, False, 0, ev_i, ev_f, self._counters))
+            *RecordBatch.empty(), *self._rule_args, False, 0, ev_i, ev_f, self._counters))
         self._sweep = _entry_point(K.sweep, (self.state, 0, ev_i, ev_f, self._counters))
 
     def sweep(self, now_ms: int) -> list[dict]:
@@ -213,36 +157,18 @@ class Engine:
         device_ids = reg.device_ids
         subjects = reg.subjects
         zone_ids = self.zones.zone_ids
-        type_names = K.TYPE_NAMES
         rows = ev_i[:n].tolist()
         floats = ev_f[:n].tolist()
         subject_idx = reg.arrays.device_subject[ev_i[:n, K.EV_DEVICE]].tolist()
         out: list[dict] = []
         append = out.append
-        for (d, typ, z, raised, at, episode, late), (lat, lon, dist, acc), s in zip(
-                rows, floats, subject_idx):
-            device_id = device_ids[d]
+        for (d, typ, z, raised, at, episode, late), evidence, s in zip(
+                rows, floats, subject_idx, strict=True):
             subject = subjects[s]
-            type_name = type_names[typ]
-            zone_id = zone_ids[z] if z >= 0 else None
-            late = late != 0
-            ev = {
-                "event": "raised" if raised else "cleared",
-                "alarm_id": alarm_id(device_id, type_name, zone_id, episode, late),
-                "type": type_name,
-                "subject_id": subject.subject_id,
-                "device_id": device_id,
-                "zone_id": zone_id,
-                "region": subject.region,
-                "at": at,
-                "late": late,
-            }
-            if typ in _EVIDENCE_TYPES:
-                ev["lat"] = lat
-                ev["lon"] = lon
-                ev["distance_m"] = round(dist, 1)
-                ev["acc"] = acc
-            append(ev)
+            type_name = ALARM_TYPES[typ]
+            append(alarm_event(raised != 0, type_name, subject.subject_id, device_ids[d],
+                               zone_ids[z] if z >= 0 else None, subject.region, at, episode,
+                               late != 0, evidence if type_name in EVIDENCE_TYPES else None))
         return out
 
     # ----- counters, introspection ----------------------------------------------------
@@ -287,7 +213,7 @@ class Engine:
     def _open(self, d: int, typ: int, z: int, at: int) -> dict:
         device_id = self.registry.device_ids[d]
         zone_id = self.zones.zone_ids[z] if z >= 0 else None
-        name = K.TYPE_NAMES[typ]
+        name = ALARM_TYPES[typ]
         return {"alarm_id": alarm_id(device_id, name, zone_id, at, False), "type": name,
                 "device_id": device_id, "zone_id": zone_id, "at": at}
 

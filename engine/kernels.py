@@ -20,6 +20,8 @@ import math
 import numpy as np
 from numba import njit
 
+from contract.alarms import ALARM_TYPES
+from contract.records import K_FIX
 from geofence.kernels import (
     CELL_INSIDE,
     KIND_POLYGON,
@@ -29,12 +31,12 @@ from geofence.kernels import (
     zone_distance_m,
 )
 
-# Alarm type codes (index into TYPE_NAMES).
-T_OUTBOUND, T_EXCLUSION, T_OFFLINE, T_TAMPER, T_LOW_BATTERY = 0, 1, 2, 3, 4
-TYPE_NAMES = ("outbound", "exclusion", "offline", "tamper", "low_battery")
+# Alarm type codes: indices into the shared vocabulary's ALARM_TYPES.
+T_OUTBOUND, T_EXCLUSION, T_OFFLINE, T_TAMPER, T_LOW_BATTERY = (
+    ALARM_TYPES.index(name) for name in ("outbound", "exclusion", "offline", "tamper",
+                                         "low_battery"))
 
-# Record kinds for process_batch.
-K_FIX, K_STATUS = 0, 1
+# Record kinds for process_batch: contract.records.K_FIX (imported above) / K_STATUS.
 
 EV_DEVICE, EV_TYPE, EV_ZONE, EV_RAISED, EV_AT, EV_EPISODE, EV_LATE = 0, 1, 2, 3, 4, 5, 6
 N_EV_I = 7
@@ -224,119 +226,196 @@ def sweep(st, now, ev_i, ev_f, counters):
     return _sweep_into(st, now, ev_i, ev_f, 0, counters)
 
 
-@njit(cache=True, _nrt=False)
-def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, ev_f, n):
-    """Exclusion and outbound rules for one fix (WGS-84 ``lon``/``lat``, ``acc`` metres).
+# The fix rules as tables in the style of Tile38's fence.go: each rule is a small
+# function of (state before, observation now) -> (state after, action), and every path
+# that applies a rule calls that function (the grid path of process_batch included).
+# The rule functions below are inlined into their caller by numba (inline="always"): a
+# call that is not inlined passes the state, registry and zone NamedTuples flattened into
+# hundreds of scalars, and splitting _fix_rules into plain calls cost ~15 % of the
+# scattered-fix throughput (benchmarks/README.md, "Restructure").
+# Observations of a fix against a zone (or against the allowed region of a subject):
+OBS_IN = 0         # inside (distance 0)
+OBS_NEAR = 1       # outside, within the margin max(acc, buffer_m): uncertain
+OBS_OUT = 2        # outside, beyond the margin
+# Actions a rule asks for:
+ACT_NONE, ACT_RAISE, ACT_CLEAR = 0, 1, 2
 
-    Settled devices: after a full evaluation that leaves the device *settled* (inside its
-    allowed region, and for every exclusion zone either outside and closed or inside and
-    open), the kernel stores the fix position and a safe radius: a lower bound of the
-    metric distance from it to the boundary of any zone that decided something. A later in-order
-    fix closer than that to the stored position (by an over-estimate) must get the same
-    answer from every containment test, and a settled device's rules then change nothing;
-    so it is answered without touching a polygon, until a leave window opens or closes
-    (that test is in process_batch, before this function is called).
+
+@njit(cache=True, _nrt=False, inline="always")
+def observe(dist_m, margin_m):
+    """The observation for a distance (metres; 0 inside) and a margin (metres, > 0: the
+    wire contract's ``acc`` is > 0)."""
+    if dist_m <= 0.0:
+        return OBS_IN
+    if dist_m > margin_m:
+        return OBS_OUT
+    return OBS_NEAR
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def outbound_step(open_at_ms, out_run, obs, confirm):
+    """The outbound rule, for one in-order fix: ``(open_at_ms, out_run, obs)`` ->
+    ``(out_run after, action)``. ``open_at_ms`` is the open episode's raised ``at``
+    (NONE_MS: none open), ``out_run`` the run of out fixes so far.
+
+    ====================  =====================  ======================================
+    observation            run after              action
+    ====================  =====================  ======================================
+    in                     0                      clear, if an episode is open
+    near (uncertain)       unchanged              none
+    out                    run + 1 (saturating)   raise, if run after >= confirm and
+                                                  no episode is open
+    ====================  =====================  ======================================
     """
-    s = ra.device_subject[d]
-    margin = max(acc, buffer_m)
+    if obs == OBS_IN:
+        return 0, (ACT_CLEAR if open_at_ms != NONE_MS else ACT_NONE)
+    if obs == OBS_NEAR:
+        return out_run, ACT_NONE
+    if out_run < OUT_RUN_MAX:
+        out_run += 1
+    if out_run >= confirm and open_at_ms == NONE_MS:
+        return out_run, ACT_RAISE
+    return out_run, ACT_NONE
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def exclusion_step(open_at_ms, obs):
+    """The exclusion rule, for one in-order fix and one exclusion zone: ``(open_at_ms,
+    obs)`` -> action. Raised at once inside; cleared only beyond the margin.
+
+    ============  ===========  ===========  ============
+    open?          in           near         out
+    ============  ===========  ===========  ============
+    no             raise        none         none
+    yes            none         none         clear
+    ============  ===========  ===========  ============
+    """
+    if open_at_ms == NONE_MS:
+        return ACT_RAISE if obs == OBS_IN else ACT_NONE
+    return ACT_CLEAR if obs == OBS_OUT else ACT_NONE
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _contains(za, bbox, z, lon, lat):
+    """Zone ``z`` contains (lon, lat): padded bbox first, then the exact test."""
+    return _in_bbox(bbox, z, lon, lat) and zone_contains(za, z, lon, lat)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _exclusion_rules(st, ra, za, d, s, ts, lon, lat, acc, margin, late, ev_i, ev_f, n):
+    """The exclusion rule over every exclusion zone of subject ``s`` for one fix of
+    device ``d``; returns (n, settled): settled is False when an open episode's zone is
+    near (the next fix may clear it). A late fix only tells of a past visit: raised and
+    cleared at its ts, state untouched. Only what the state needs is measured: a closed
+    zone asks containment, an open one distance."""
     settled = True
     bbox = za.zone_bbox
-
-    # Exclusion: immediate raise inside; clear beyond the margin. A late fix only tells of
-    # a past visit: raised and cleared at its ts, state untouched.
     e0 = ra.excl_off[s]
-    e1 = ra.excl_off[s + 1]
     slot0 = ra.device_slot_off[d]
-    for k in range(e1 - e0):
+    for k in range(ra.excl_off[s + 1] - e0):
         z = ra.excl_zone[e0 + k]
         slot = slot0 + k
         if late:
-            if _in_bbox(bbox, z, lon, lat) and zone_contains(za, z, lon, lat):
-                n = _put(ev_i, ev_f, n, d, T_EXCLUSION, z, 1, ts, ts, 1,
-                                      lat, lon, 0.0, acc)
-                n = _put(ev_i, ev_f, n, d, T_EXCLUSION, z, 0, ts, ts, 1,
-                                      lat, lon, 0.0, acc)
+            if _contains(za, bbox, z, lon, lat):
+                n = _put(ev_i, ev_f, n, d, T_EXCLUSION, z, 1, ts, ts, 1, lat, lon, 0.0, acc)
+                n = _put(ev_i, ev_f, n, d, T_EXCLUSION, z, 0, ts, ts, 1, lat, lon, 0.0, acc)
             continue
         ep = st.exclusion_at_ms[slot]
+        dz = 0.0
         if ep == NONE_MS:
-            if _in_bbox(bbox, z, lon, lat) and zone_contains(za, z, lon, lat):
-                st.exclusion_at_ms[slot] = ts
-                n = _put(ev_i, ev_f, n, d, T_EXCLUSION, z, 1, ts, ts, 0,
-                                      lat, lon, 0.0, acc)
+            obs = OBS_IN if _contains(za, bbox, z, lon, lat) else OBS_OUT
         else:
             dz = zone_distance_m(za, z, lon, lat)
-            if dz > margin:
-                st.exclusion_at_ms[slot] = NONE_MS
-                n = _put(ev_i, ev_f, n, d, T_EXCLUSION, z, 0, ts, ep, 0,
-                                      lat, lon, dz, acc)
-            elif dz > 0.0:
-                settled = False  # open, outside, within the margin: the next fix may clear
-    if late:
-        return n
+            obs = observe(dz, margin)
+            if obs == OBS_NEAR:
+                settled = False
+        act = exclusion_step(ep, obs)
+        if act == ACT_RAISE:
+            st.exclusion_at_ms[slot] = ts
+            n = _put(ev_i, ev_f, n, d, T_EXCLUSION, z, 1, ts, ts, 0, lat, lon, 0.0, acc)
+        elif act == ACT_CLEAR:
+            st.exclusion_at_ms[slot] = NONE_MS
+            n = _put(ev_i, ev_f, n, d, T_EXCLUSION, z, 0, ts, ep, 0, lat, lon, dz, acc)
+    return n, settled
 
-    # Outbound: distance to the allowed region = min over inclusion zones and the zones
-    # of leaves active at ts. Containment first: the common case is "inside", and it
-    # needs no distance at all.
-    i0 = ra.incl_off[s]
-    i1 = ra.incl_off[s + 1]
-    inside_zone = -1
-    if i1 > i0:
-        for j in range(i0, i1):
-            if _in_bbox(bbox, ra.incl_zone[j], lon, lat) and zone_contains(
-                    za, ra.incl_zone[j], lon, lat):
-                inside_zone = ra.incl_zone[j]
-                break
-        l0 = ra.leave_off[s]
-        l1 = ra.leave_off[s + 1]
-        if inside_zone < 0:
-            for lv in range(l0, l1):
-                if ra.leave_start_ms[lv] <= ts <= ra.leave_end_ms[lv]:
-                    for j in range(ra.leave_zone_off[lv], ra.leave_zone_off[lv + 1]):
-                        if _in_bbox(bbox, ra.leave_zone[j], lon, lat) and zone_contains(
-                                za, ra.leave_zone[j], lon, lat):
-                            inside_zone = ra.leave_zone[j]
-                            break
-                if inside_zone >= 0:
-                    break
-        if inside_zone >= 0:
-            n = _outbound_in(st, d, ts, lat, lon, acc, ev_i, ev_f, n)
-        else:
-            settled = False
-            dist = np.inf
-            nearest = -1
-            for j in range(i0, i1):
-                dz = zone_distance_m(za, ra.incl_zone[j], lon, lat)
-                if dz < dist:  # strict: ties keep the first zone listed for the subject
-                    dist = dz
-                    nearest = ra.incl_zone[j]
-            for lv in range(l0, l1):
-                if ra.leave_start_ms[lv] <= ts <= ra.leave_end_ms[lv]:
-                    for j in range(ra.leave_zone_off[lv], ra.leave_zone_off[lv + 1]):
-                        dz = zone_distance_m(za, ra.leave_zone[j], lon, lat)
-                        dist = min(dist, dz)
-            if dist <= 0.0:
-                # On the boundary (containment said no, distance says 0): in.
-                n = _outbound_in(st, d, ts, lat, lon, acc, ev_i, ev_f, n)
-            elif dist > margin:  # out; between 0 and the margin: uncertain, no change
-                if st.out_run[d] < OUT_RUN_MAX:
-                    st.out_run[d] += 1
-                if st.out_run[d] >= confirm and st.outbound_at_ms[d] == NONE_MS:
-                    st.outbound_at_ms[d] = ts
-                    st.outbound_zone[d] = nearest
-                    n = _put(ev_i, ev_f, n, d, T_OUTBOUND, nearest, 1, ts, ts, 0,
-                                          lat, lon, dist, acc)
 
-    # Settle: remember this position and how far the device may move before any answer
-    # above could change.
+@njit(cache=True, _nrt=False, inline="always")
+def _allowed_contains(ra, za, s, ts, lon, lat):
+    """The first zone of subject ``s``'s allowed region at ``ts`` (inclusion zones, then
+    the zones of leaves active at ts) that contains (lon, lat), or -1."""
+    bbox = za.zone_bbox
+    for j in range(ra.incl_off[s], ra.incl_off[s + 1]):
+        if _contains(za, bbox, ra.incl_zone[j], lon, lat):
+            return ra.incl_zone[j]
+    for lv in range(ra.leave_off[s], ra.leave_off[s + 1]):
+        if ra.leave_start_ms[lv] <= ts <= ra.leave_end_ms[lv]:
+            for j in range(ra.leave_zone_off[lv], ra.leave_zone_off[lv + 1]):
+                if _contains(za, bbox, ra.leave_zone[j], lon, lat):
+                    return ra.leave_zone[j]
+    return -1
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _allowed_distance(ra, za, s, ts, lon, lat):
+    """(metres to subject ``s``'s allowed region at ``ts``, the nearest inclusion zone):
+    the minimum over inclusion zones and the zones of leaves active at ts; the zone
+    named is always an inclusion zone (ties keep the first listed for the subject)."""
+    dist = np.inf
+    nearest = -1
+    for j in range(ra.incl_off[s], ra.incl_off[s + 1]):
+        dz = zone_distance_m(za, ra.incl_zone[j], lon, lat)
+        if dz < dist:  # strict: ties keep the first zone listed for the subject
+            dist = dz
+            nearest = ra.incl_zone[j]
+    for lv in range(ra.leave_off[s], ra.leave_off[s + 1]):
+        if ra.leave_start_ms[lv] <= ts <= ra.leave_end_ms[lv]:
+            for j in range(ra.leave_zone_off[lv], ra.leave_zone_off[lv + 1]):
+                dist = min(dist, zone_distance_m(za, ra.leave_zone[j], lon, lat))
+    return dist, nearest
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _outbound_rule(st, ra, za, d, s, ts, lon, lat, acc, margin, confirm, ev_i, ev_f, n):
+    """The outbound rule for one in-order fix of device ``d`` (subject ``s``, which has
+    inclusion zones); returns (n, the allowed zone containing the fix or -1). Containment
+    first: the common case is "inside", and it needs no distance at all. On the boundary
+    (containment says no, distance says 0) the fix is in, but no zone contains it."""
+    inside_zone = _allowed_contains(ra, za, s, ts, lon, lat)
+    dist = 0.0
+    nearest = -1
+    if inside_zone < 0:
+        dist, nearest = _allowed_distance(ra, za, s, ts, lon, lat)
+    ep = st.outbound_at_ms[d]
+    run, act = outbound_step(ep, st.out_run[d], observe(dist, margin), confirm)
+    st.out_run[d] = run
+    if act == ACT_RAISE:
+        st.outbound_at_ms[d] = ts
+        st.outbound_zone[d] = nearest
+        n = _put(ev_i, ev_f, n, d, T_OUTBOUND, nearest, 1, ts, ts, 0, lat, lon, dist, acc)
+    elif act == ACT_CLEAR:
+        st.outbound_at_ms[d] = NONE_MS
+        n = _put(ev_i, ev_f, n, d, T_OUTBOUND, st.outbound_zone[d], 0, ts, ep, 0,
+                 lat, lon, 0.0, acc)
+    return n, inside_zone
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _settle(st, ra, za, d, s, ts, lon, lat, inside_zone):
+    """Remember this position of a settled device and how far it may move before any
+    rule's answer could change (see _fix_rules): the smallest lower bound of the metres
+    to the boundary of an exclusion zone or of ``inside_zone`` (-1: none). Not after a
+    move of more than SETTLE_MAX_MOVE_M (the safe radius is then -1: no cache)."""
     safe = -1.0
     near_lon = st.near_lon[d]
-    if settled and (math.isnan(near_lon) or moved_upper_m(near_lon, st.near_lat[d], lon, lat)
-                    <= SETTLE_MAX_MOVE_M):
+    if math.isnan(near_lon) or moved_upper_m(near_lon, st.near_lat[d], lon, lat) \
+            <= SETTLE_MAX_MOVE_M:
         safe = np.inf
         gs, go, gi = za.grid_shape, za.grid_origin, za.grid_inv_cell
         gc, cr, cm = za.grid_cell_offsets, za.cell_ring, za.grid_cell_min_m
-        for k in range(e1 - e0 + 1):
-            z = ra.excl_zone[e0 + k] if k < e1 - e0 else inside_zone
+        e0 = ra.excl_off[s]
+        n_excl = ra.excl_off[s + 1] - e0
+        for k in range(n_excl + 1):
+            z = ra.excl_zone[e0 + k] if k < n_excl else inside_zone
             if z < 0:
                 continue
             b = _ring_bound_m(gs, go, gi, gc, cr, cm, z, lon, lat)
@@ -347,18 +426,39 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, 
     st.safe_m[d] = safe
     st.near_lon[d] = lon
     st.near_lat[d] = lat
-    return n
 
 
 @njit(cache=True, _nrt=False)
-def _outbound_in(st, d, ts, lat, lon, acc, ev_i, ev_f, n):
-    """An *in* fix: the run of out fixes ends and an open outbound clears at its ts."""
-    st.out_run[d] = 0
-    ep = st.outbound_at_ms[d]
-    if ep != NONE_MS:
-        st.outbound_at_ms[d] = NONE_MS
-        n = _put(ev_i, ev_f, n, d, T_OUTBOUND, st.outbound_zone[d], 0, ts, ep,
-                              0, lat, lon, 0.0, acc)
+def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, ev_f, n):
+    """Exclusion and outbound rules for one fix (WGS-84 ``lon``/``lat``, ``acc`` metres),
+    then the settled-device cache.
+
+    Settled devices: after a full evaluation that leaves the device *settled* (inside its
+    allowed region, and for every exclusion zone either outside and closed or inside and
+    open), the kernel stores the fix position and a safe radius: a lower bound of the
+    metric distance from it to the boundary of any zone that decided something. A later
+    in-order fix closer than that to the stored position (by an over-estimate) must get
+    the same answer from every containment test, and a settled device's rules then change
+    nothing; so it is answered without touching a polygon, until a leave window opens or
+    closes (that test is in process_batch, before this function is called).
+    """
+    s = ra.device_subject[d]
+    margin = max(acc, buffer_m)
+    n, settled = _exclusion_rules(st, ra, za, d, s, ts, lon, lat, acc, margin, late,
+                                  ev_i, ev_f, n)
+    if late:
+        return n
+    inside_zone = -1
+    if ra.incl_off[s + 1] > ra.incl_off[s]:  # a subject without inclusion zones: no rule
+        n, inside_zone = _outbound_rule(st, ra, za, d, s, ts, lon, lat, acc, margin,
+                                        confirm, ev_i, ev_f, n)
+        settled = settled and inside_zone >= 0
+    if settled:
+        _settle(st, ra, za, d, s, ts, lon, lat, inside_zone)
+    else:
+        st.safe_m[d] = -1.0
+        st.near_lon[d] = lon
+        st.near_lat[d] = lat
     return n
 
 
@@ -390,8 +490,12 @@ def _status_rules(st, d, ts, battery, strap, battery_low_pct, battery_clear_pct,
     return n
 
 
+# One piece on purpose (hence the noqa): the per-record loop, with the receive clock,
+# duplicates, the settled-device cache and the grid path inlined, is the hot path; each
+# call from it to a helper taking the state NamedTuples costs refcounts on ~50 arrays, more
+# than a settled fix takes. The rules themselves are the small functions above.
 @njit(cache=True)
-def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,
+def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,  # noqa: C901
                   st, ra, za, offline_after_ms, buffer_m, confirm, battery_low_pct,
                   battery_clear_pct, clock_sweep, now, ev_i, ev_f, counters):
     """Run the rules over records in arrival order; returns ``(ev_i, ev_f, n_events, now)``.
@@ -513,7 +617,8 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
                         and _cell_inside(zone_kind, bbox, grid_shape, grid_origin,
                                          grid_inv_cell, grid_cell_offsets, cell_state,
                                          incl_zone[i0], x, y)):
-                    out_run[d] = 0  # an in fix (see _outbound_in; nothing open to clear)
+                    # An in fix; no episode is open, so the rule only resets the run.
+                    out_run[d] = outbound_step(NONE_MS, out_run[d], OBS_IN, confirm)[0]
                     safe_m[d] = -1.0
                     near_lon[d] = x
                     near_lat[d] = y

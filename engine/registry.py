@@ -223,14 +223,8 @@ def _check_zones(ids: list[str], what: str, sid: str, zone_index: dict[str, int]
     return tuple(seen)
 
 
-def load_registry(subjects: str | Path | dict, zones: Any) -> Registry:
-    """Read a subjects file (path, or an already parsed dict) against compiled ``zones``.
-
-    ``zones`` is a ``geofence.CompiledZones`` (only ``zone_ids`` and ``index`` are used).
-    Raises :class:`RegistryError` naming the subject for: a bad or duplicate subject id,
-    a bad level, a bad or repeated device id (also across subjects), an unknown zone id,
-    a leave whose end is before its start or whose times are unreadable.
-    """
+def _read_subjects_file(subjects: str | Path | dict) -> tuple[dict, str | None]:
+    """(the parsed subjects document, its path or None for a dict given as such)."""
     source: str | None = None
     if isinstance(subjects, (str, Path)):
         source = str(subjects)
@@ -244,73 +238,104 @@ def load_registry(subjects: str | Path | dict, zones: Any) -> Registry:
         data = subjects
     if not isinstance(data, dict) or not isinstance(data.get("subjects"), list):
         raise RegistryError('expected an object {"subjects": [...]}', source=source)
+    return data, source
 
+
+def _subject_header(i: int, raw: Any, subject_seen: set[str], source: str | None
+                    ) -> tuple[str, str, str]:
+    """(subject_id, region, level) of ``subjects[i]``, checked; the id is noted as seen."""
+    if not isinstance(raw, dict):
+        raise RegistryError(f"subjects[{i}] is not an object", source=source)
+    sid = raw.get("subject_id")
+    if not isinstance(sid, str) or not ID_RE.fullmatch(sid):
+        raise RegistryError(f"subjects[{i}].subject_id {sid!r} is not [A-Za-z0-9_-]{{1,64}}",
+                            source=source)
+    if sid in subject_seen:
+        raise RegistryError("duplicate subject id", subject_id=sid, source=source)
+    subject_seen.add(sid)
+    region = raw.get("region")
+    if not isinstance(region, str) or not ID_RE.fullmatch(region):
+        raise RegistryError(f"region {region!r} is not [A-Za-z0-9_-]{{1,64}}", subject_id=sid,
+                            source=source)
+    level = raw.get("level")
+    if level not in LEVEL_CODES:
+        raise RegistryError(f"level {level!r} is not one of {', '.join(LEVELS)}",
+                            subject_id=sid, source=source)
+    return sid, region, level
+
+
+def _devices(raw: dict, sid: str, device_owner: dict[str, str], source: str | None
+             ) -> tuple[str, ...]:
+    """The subject's device ids, checked (also against every earlier subject's)."""
+    devices = raw.get("devices")
+    if not isinstance(devices, list) or not devices:
+        raise RegistryError("'devices' must be a non-empty list", subject_id=sid, source=source)
+    device_ids: list[str] = []
+    for k, dev in enumerate(devices):
+        if not isinstance(dev, dict):
+            raise RegistryError(f"devices[{k}] is not an object", subject_id=sid, source=source)
+        did = dev.get("device_id")
+        if not isinstance(did, str) or not ID_RE.fullmatch(did):
+            raise RegistryError(f"devices[{k}].device_id {did!r} is not [A-Za-z0-9_-]{{1,64}}",
+                                subject_id=sid, source=source)
+        kind = dev.get("kind", "bracelet")
+        if kind not in DEVICE_KINDS:
+            raise RegistryError(f"device {did!r}: kind {kind!r} is not one of "
+                                f"{', '.join(DEVICE_KINDS)}", subject_id=sid, source=source)
+        if did in device_owner:
+            owner = device_owner[did]
+            where = "twice" if owner == sid else f"also on subject {owner!r}"
+            raise RegistryError(f"device {did!r} is listed {where}", subject_id=sid,
+                                source=source)
+        device_owner[did] = sid
+        device_ids.append(did)
+    return tuple(device_ids)
+
+
+def _leaves(raw: dict, sid: str, zone_index: dict[str, int], source: str | None
+            ) -> tuple[tuple[int, int, tuple[str, ...]], ...]:
+    """The subject's leaves as (start_ms, end_ms, zone ids), checked."""
+    leaves_raw = raw.get("leaves") or []
+    if not isinstance(leaves_raw, list):
+        raise RegistryError("'leaves' must be a list", subject_id=sid, source=source)
+    leaves = []
+    for k, lv in enumerate(leaves_raw):
+        if not isinstance(lv, dict):
+            raise RegistryError(f"leaves[{k}] is not an object", subject_id=sid, source=source)
+        try:
+            start = parse_time_ms(lv.get("start"), f"leaves[{k}].start")
+            end = parse_time_ms(lv.get("end"), f"leaves[{k}].end")
+        except (TypeError, ValueError) as exc:
+            raise RegistryError(str(exc), subject_id=sid, source=source) from None
+        if end < start:
+            raise RegistryError(f"leaves[{k}] ends ({end}) before it starts ({start})",
+                                subject_id=sid, source=source)
+        lz = _check_zones(_str_list(lv, "zones", sid, source, required=True),
+                          f"leaves[{k}].zones", sid, zone_index, source)
+        leaves.append((start, end, lz))
+    return tuple(leaves)
+
+
+def load_registry(subjects: str | Path | dict, zones: Any) -> Registry:
+    """Read a subjects file (path, or an already parsed dict) against compiled ``zones``.
+
+    ``zones`` is a ``geofence.CompiledZones`` (only ``zone_ids`` and ``index`` are used).
+    Raises :class:`RegistryError` naming the subject for: a bad or duplicate subject id,
+    a bad level, a bad or repeated device id (also across subjects), an unknown zone id,
+    a leave whose end is before its start or whose times are unreadable.
+    """
+    data, source = _read_subjects_file(subjects)
     zone_index: dict[str, int] = dict(zones.index)
     out: list[Subject] = []
     subject_seen: set[str] = set()
     device_owner: dict[str, str] = {}
     for i, raw in enumerate(data["subjects"]):
-        if not isinstance(raw, dict):
-            raise RegistryError(f"subjects[{i}] is not an object", source=source)
-        sid = raw.get("subject_id")
-        if not isinstance(sid, str) or not ID_RE.fullmatch(sid):
-            raise RegistryError(f"subjects[{i}].subject_id {sid!r} is not [A-Za-z0-9_-]{{1,64}}",
-                                source=source)
-        if sid in subject_seen:
-            raise RegistryError("duplicate subject id", subject_id=sid, source=source)
-        subject_seen.add(sid)
-        region = raw.get("region")
-        if not isinstance(region, str) or not ID_RE.fullmatch(region):
-            raise RegistryError(f"region {region!r} is not [A-Za-z0-9_-]{{1,64}}", subject_id=sid,
-                                source=source)
-        level = raw.get("level")
-        if level not in LEVEL_CODES:
-            raise RegistryError(f"level {level!r} is not one of {', '.join(LEVELS)}",
-                                subject_id=sid, source=source)
-        devices = raw.get("devices")
-        if not isinstance(devices, list) or not devices:
-            raise RegistryError("'devices' must be a non-empty list", subject_id=sid, source=source)
-        device_ids: list[str] = []
-        for k, dev in enumerate(devices):
-            if not isinstance(dev, dict):
-                raise RegistryError(f"devices[{k}] is not an object", subject_id=sid, source=source)
-            did = dev.get("device_id")
-            if not isinstance(did, str) or not ID_RE.fullmatch(did):
-                raise RegistryError(f"devices[{k}].device_id {did!r} is not [A-Za-z0-9_-]{{1,64}}",
-                                    subject_id=sid, source=source)
-            kind = dev.get("kind", "bracelet")
-            if kind not in DEVICE_KINDS:
-                raise RegistryError(f"device {did!r}: kind {kind!r} is not one of "
-                                    f"{', '.join(DEVICE_KINDS)}", subject_id=sid, source=source)
-            if did in device_owner:
-                owner = device_owner[did]
-                where = "twice" if owner == sid else f"also on subject {owner!r}"
-                raise RegistryError(f"device {did!r} is listed {where}", subject_id=sid,
-                                    source=source)
-            device_owner[did] = sid
-            device_ids.append(did)
+        sid, region, level = _subject_header(i, raw, subject_seen, source)
+        device_ids = _devices(raw, sid, device_owner, source)
         inclusion = _check_zones(_str_list(raw, "inclusion", sid, source, required=False),
                                  "inclusion", sid, zone_index, source)
         exclusion = _check_zones(_str_list(raw, "exclusion", sid, source, required=False),
                                  "exclusion", sid, zone_index, source)
-        leaves_raw = raw.get("leaves") or []
-        if not isinstance(leaves_raw, list):
-            raise RegistryError("'leaves' must be a list", subject_id=sid, source=source)
-        leaves = []
-        for k, lv in enumerate(leaves_raw):
-            if not isinstance(lv, dict):
-                raise RegistryError(f"leaves[{k}] is not an object", subject_id=sid, source=source)
-            try:
-                start = parse_time_ms(lv.get("start"), f"leaves[{k}].start")
-                end = parse_time_ms(lv.get("end"), f"leaves[{k}].end")
-            except (TypeError, ValueError) as exc:
-                raise RegistryError(str(exc), subject_id=sid, source=source) from None
-            if end < start:
-                raise RegistryError(f"leaves[{k}] ends ({end}) before it starts ({start})",
-                                    subject_id=sid, source=source)
-            lz = _check_zones(_str_list(lv, "zones", sid, source, required=True),
-                              f"leaves[{k}].zones", sid, zone_index, source)
-            leaves.append((start, end, lz))
-        out.append(Subject(sid, region, level, tuple(device_ids), inclusion, exclusion,
-                           tuple(leaves)))
+        out.append(Subject(sid, region, level, device_ids, inclusion, exclusion,
+                           _leaves(raw, sid, zone_index, source)))
     return Registry(out, list(zones.zone_ids), zone_index)

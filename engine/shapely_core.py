@@ -16,9 +16,10 @@ import numpy as np
 import shapely
 from pyproj import Geod, Transformer
 
+from contract.alarms import ALARM_TYPES, alarm_event
+from contract.records import K_FIX, RecordBatch
 from emfence.config import LEVELS, Config
 from engine import kernels as K
-from engine.engine import alarm_id
 from engine.registry import Registry
 from geofence.gcj02 import gcj02_to_wgs84
 
@@ -78,8 +79,9 @@ class _Device:
 
 
 class ShapelyEngine:
-    """Same constructor and ``process_fixes`` / ``process_statuses`` / ``process_records``
-    / ``sweep`` / ``counters`` as :class:`engine.Engine` (no checkpoints)."""
+    """Same constructor and ``process`` / ``process_fixes`` / ``process_statuses`` /
+    ``process_records`` / ``sweep`` / ``counters`` as :class:`engine.Engine` (no
+    checkpoints)."""
 
     def __init__(self, zones: Any, registry: Registry, config: Config | None = None):
         self.config = config or Config()
@@ -103,16 +105,9 @@ class ShapelyEngine:
                late: bool = False, evidence: tuple | None = None) -> dict:
         reg = self.registry
         subject = reg.subjects[int(reg.arrays.device_subject[d])]
-        name = K.TYPE_NAMES[typ]
         zone_id = self.zones.zone_ids[z] if z >= 0 else None
-        ev = {"event": "raised" if raised else "cleared",
-              "alarm_id": alarm_id(reg.device_ids[d], name, zone_id, episode, late),
-              "type": name, "subject_id": subject.subject_id, "device_id": reg.device_ids[d],
-              "zone_id": zone_id, "region": subject.region, "at": at, "late": late}
-        if evidence is not None:
-            lat, lon, dist, acc = evidence
-            ev.update(lat=lat, lon=lon, distance_m=round(dist, 1), acc=acc)
-        return ev
+        return alarm_event(raised, ALARM_TYPES[typ], subject.subject_id, reg.device_ids[d],
+                           zone_id, subject.region, at, episode, late, evidence)
 
     # ----- rules -------------------------------------------------------------------------
     def sweep(self, now_ms: int) -> list[dict]:
@@ -149,9 +144,15 @@ class ShapelyEngine:
         if gcj:
             x, y = gcj02_to_wgs84(np.array([lon]), np.array([lat]))
             lon, lat = float(x[0]), float(y[0])
-        a = self.registry.arrays
-        s = int(a.device_subject[d])
+        s = int(self.registry.arrays.device_subject[d])
         margin = max(self.config.rules.buffer_m, acc)
+        self._exclusion(d, dev, s, ts, lat, lon, acc, margin, late, out)
+        if not late:
+            self._outbound(d, dev, s, ts, lat, lon, acc, margin, out)
+
+    def _exclusion(self, d: int, dev: _Device, s: int, ts: int, lat: float, lon: float,
+                   acc: float, margin: float, late: bool, out: list) -> None:
+        a = self.registry.arrays
         for z in a.excl_zone[a.excl_off[s]:a.excl_off[s + 1]].tolist():
             shape = self._shapes[z]
             if late:
@@ -171,8 +172,10 @@ class ShapelyEngine:
                     ep = dev.exclusion.pop(z)
                     out.append(self._event(d, K.T_EXCLUSION, z, False, ts, ep, False,
                                            (lat, lon, dz, acc)))
-        if late:
-            return
+
+    def _outbound(self, d: int, dev: _Device, s: int, ts: int, lat: float, lon: float,
+                  acc: float, margin: float, out: list) -> None:
+        a = self.registry.arrays
         inclusion = a.incl_zone[a.incl_off[s]:a.incl_off[s + 1]].tolist()
         if not inclusion:
             return
@@ -224,12 +227,12 @@ class ShapelyEngine:
                 dev.battery = None
 
     # ----- the Engine interface ----------------------------------------------------------
-    def process_records(self, kind, device_idx, ts_ms, rx_ms, lat, lon, acc_m, coord_sys,
-                        battery_pct, strap, *, clock_now_ms: int | None = None):
+    def process(self, batch: RecordBatch, *, clock_now_ms: int | None = None):
         out: list[dict] = []
         now = clock_now_ms
         n_dev = len(self._devices)
-        for i, d in enumerate(np.asarray(device_idx).tolist()):
+        kind, _, ts_ms, rx_ms, lat, lon, acc_m, coord_sys, battery_pct, strap = batch
+        for i, d in enumerate(batch.device_idx.tolist()):
             if d < 0 or d >= n_dev:
                 self._counts["unknown_device"] += 1
                 continue
@@ -237,22 +240,27 @@ class ShapelyEngine:
             if now is not None and rx > now:
                 now = rx
                 out += self.sweep(now)
-            if kind[i] == K.K_FIX:
+            if kind[i] == K_FIX:
                 self._fix(d, int(ts_ms[i]), rx, float(lat[i]), float(lon[i]), float(acc_m[i]),
                           coord_sys[i] == 1, out)
             else:
                 self._status(d, int(ts_ms[i]), rx, float(battery_pct[i]), int(strap[i]), out)
         return out, now
 
+    def process_records(self, kind, device_idx, ts_ms, rx_ms, lat, lon, acc_m, coord_sys,
+                        battery_pct, strap, *, clock_now_ms: int | None = None):
+        return self.process(RecordBatch.records(
+            kind=kind, device_idx=device_idx, ts_ms=ts_ms, rx_ms=rx_ms, lat=lat, lon=lon,
+            acc_m=acc_m, coord_sys=coord_sys, battery_pct=battery_pct, strap=strap),
+            clock_now_ms=clock_now_ms)
+
     def process_fixes(self, device_idx, ts_ms, lat, lon, acc_m, coord_sys, rx_ms) -> list[dict]:
-        n = len(device_idx)
-        nan = np.full(n, np.nan)
-        return self.process_records(np.zeros(n, np.uint8), device_idx, ts_ms, rx_ms, lat, lon,
-                                    acc_m, coord_sys, nan, np.full(n, -1, np.int8))[0]
+        return self.process(RecordBatch.fixes(device_idx=device_idx, ts_ms=ts_ms, rx_ms=rx_ms,
+                                              lat=lat, lon=lon, acc_m=acc_m,
+                                              coord_sys=coord_sys))[0]
 
     def process_statuses(self, device_idx, ts_ms, rx_ms, battery_pct, strap,
                          charging) -> list[dict]:
-        n = len(device_idx)
-        nan = np.full(n, np.nan)
-        return self.process_records(np.ones(n, np.uint8), device_idx, ts_ms, rx_ms, nan, nan,
-                                    nan, np.zeros(n, np.uint8), battery_pct, strap)[0]
+        return self.process(RecordBatch.statuses(device_idx=device_idx, ts_ms=ts_ms,
+                                                 rx_ms=rx_ms, battery_pct=battery_pct,
+                                                 strap=strap))[0]

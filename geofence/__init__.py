@@ -12,4 +12,5 @@
 from geofence.compile import CompiledZones, ZoneArrays, compile_zones
 from geofence.zones import Zone, ZoneError, ZoneWarning, load_zones
 
-__all__ = ["CompiledZones", "Zone", "ZoneArrays", "ZoneError", "ZoneWarning", "compile_zones", "load_zones"]
+__all__ = ["CompiledZones", "Zone", "ZoneArrays", "ZoneError", "ZoneWarning", "compile_zones",
+           "load_zones"]

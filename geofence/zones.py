@@ -50,7 +50,8 @@ _CHINA_LAT = (0.0, 60.0)
 # How far (degrees) a zone may reach beyond its CRS's published area of use.
 _AREA_SLACK_DEG = 1.0
 
-_WGS84_NAMES = {"wgs84", "wgs-84", "wgs 84", "epsg:4326", "crs84", "ogc:crs84", "urn:ogc:def:crs:ogc:1.3:crs84"}
+_WGS84_NAMES = {"wgs84", "wgs-84", "wgs 84", "epsg:4326", "crs84", "ogc:crs84",
+                "urn:ogc:def:crs:ogc:1.3:crs84"}
 _GCJ02_NAMES = {"gcj02", "gcj-02", "gcj"}
 
 
@@ -128,7 +129,8 @@ def _resolve_crs(name: str) -> _Crs:
     try:
         crs = pyproj.CRS.from_user_input(name.strip())
     except CRSError as exc:
-        raise ValueError(f"unknown coordinate system {name!r} (use wgs84, gcj02 or a CRS such as EPSG:4490): {exc}") from None
+        raise ValueError(f"unknown coordinate system {name!r} (use wgs84, gcj02 or a CRS such as "
+                         f"EPSG:4490): {exc}") from None
     transformer = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
     aou = crs.area_of_use
     area = None if aou is None else (aou.west, aou.south, aou.east, aou.north)
@@ -139,7 +141,8 @@ def _read_source(source: Any) -> tuple[Any, str]:
     if isinstance(source, dict):
         return source, "<dict>"
     if not isinstance(source, (str, Path)):
-        raise ZoneError(f"zones must come from a path or a GeoJSON dict, got {type(source).__name__}")
+        raise ZoneError(f"zones must come from a path or a GeoJSON dict, got "
+                        f"{type(source).__name__}")
     path = Path(source)
     label = str(path)
     try:
@@ -162,7 +165,8 @@ def _zone_id(feature: dict, i: int, source: str) -> str:
     zid = props.get("zone_id") if isinstance(props, dict) else None
     if zid is None:
         zid = feature.get("id")
-    if isinstance(zid, bool) or not isinstance(zid, (str, int)) or (isinstance(zid, str) and not zid.strip()):
+    if (isinstance(zid, bool) or not isinstance(zid, (str, int))
+            or (isinstance(zid, str) and not zid.strip())):
         raise ZoneError(
             f"feature #{i} has no zone id (set properties.zone_id or the feature's id)"
             + ("" if zid is None else f"; got {zid!r}"),
@@ -180,14 +184,16 @@ def _ring_array(ring: Any, where: str) -> np.ndarray:
     if a.size == 0:
         raise ValueError(f"empty geometry ({where} has no points)")
     if a.ndim != 2 or a.shape[1] < 2:
-        raise ValueError(f"{where}: coordinates must be a list of [lon, lat] pairs, got shape {a.shape}")
+        raise ValueError(f"{where}: coordinates must be a list of [lon, lat] pairs, got shape "
+                         f"{a.shape}")
     a = a[:, :2]
     if not np.isfinite(a).all():
         raise ValueError(f"{where}: coordinates must be finite numbers")
     if not np.array_equal(a[0], a[-1]):
         a = np.vstack([a, a[:1]])  # unclosed ring: close it (RFC 7946 wants it closed)
     if len(np.unique(a[:-1], axis=0)) < 3:
-        raise ValueError(f"{where}: a ring needs at least 3 distinct points, got {len(np.unique(a[:-1], axis=0))}")
+        distinct = len(np.unique(a[:-1], axis=0))
+        raise ValueError(f"{where}: a ring needs at least 3 distinct points, got {distinct}")
     return a
 
 
@@ -252,8 +258,9 @@ def _to_wgs84(xs: np.ndarray, ys: np.ndarray, crs: _Crs) -> tuple[np.ndarray, np
         if out.any():
             i = int(np.flatnonzero(out)[0])
             raise ValueError(
-                f"coordinate [{xs[i]:g}, {ys[i]:g}] lands at lon {lon[i]:.4f}, lat {lat[i]:.4f}, outside "
-                f"{crs.label}'s area of use (lon {w:g}..{e:g}, lat {s:g}..{n:g}): wrong units or coordinate system?"
+                f"coordinate [{xs[i]:g}, {ys[i]:g}] lands at lon {lon[i]:.4f}, lat {lat[i]:.4f}, "
+                f"outside {crs.label}'s area of use (lon {w:g}..{e:g}, lat {s:g}..{n:g}): "
+                "wrong units or coordinate system?"
             )
     return lon, lat
 
@@ -277,7 +284,8 @@ def _polygon_zone(geom: dict, crs: _Crs, zone_id: str) -> BaseGeometry:
         # overlapping parts or a hole poking out of its shell meant (the default
         # "linework" method would keep only the symmetric difference of the parts).
         fixed = shapely.make_valid(out, method="structure", keep_collapsed=False)
-        polys_only = [g for g in shapely.get_parts(fixed) if g.geom_type in ("Polygon", "MultiPolygon")]
+        polys_only = [g for g in shapely.get_parts(fixed)
+                      if g.geom_type in ("Polygon", "MultiPolygon")]
         parts = [q for g in polys_only for q in shapely.get_parts(g)]
         parts = [q for q in parts if q.area > 0.0]
         if not parts:
@@ -294,11 +302,13 @@ def _polygon_zone(geom: dict, crs: _Crs, zone_id: str) -> BaseGeometry:
     return shapely.orient_polygons(shapely.segmentize(out, MAX_EDGE_DEG))
 
 
-def _circle_zone(geom: dict, props: dict, crs: _Crs) -> tuple[BaseGeometry, tuple[float, float, float]]:
+def _circle_zone(geom: dict, props: dict, crs: _Crs
+                 ) -> tuple[BaseGeometry, tuple[float, float, float]]:
     radius = props.get("radius_m")
     if radius is None:
         raise ValueError("a Point zone is a circle and needs properties.radius_m (metres)")
-    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius):
+    if (isinstance(radius, bool) or not isinstance(radius, (int, float))
+            or not math.isfinite(radius)):
         raise ValueError(f"properties.radius_m must be a finite number of metres, got {radius!r}")
     if radius <= 0:
         raise ValueError(f"properties.radius_m must be > 0, got {radius!r}")
@@ -316,7 +326,8 @@ def _circle_zone(geom: dict, props: dict, crs: _Crs) -> tuple[BaseGeometry, tupl
     from pyproj import Geod
 
     az = np.linspace(0.0, 360.0, CIRCLE_DRAW_VERTICES, endpoint=False)
-    plon, plat, _ = Geod(ellps="WGS84").fwd(np.full_like(az, lon0), np.full_like(az, lat0), az, np.full_like(az, float(radius)))
+    plon, plat, _ = Geod(ellps="WGS84").fwd(np.full_like(az, lon0), np.full_like(az, lat0), az,
+                                            np.full_like(az, float(radius)))
     drawing = shapely.orient_polygons(shapely.Polygon(np.column_stack([plon, plat])))
     return drawing, (lon0, lat0, float(radius))
 
@@ -329,7 +340,8 @@ def load_zones(source: str | Path | dict) -> list[Zone]:
     """
     data, label = _read_source(source)
     if not isinstance(data, dict):
-        raise ZoneError(f"expected a GeoJSON FeatureCollection object, got {type(data).__name__}", source=label)
+        raise ZoneError(f"expected a GeoJSON FeatureCollection object, got {type(data).__name__}",
+                        source=label)
     if data.get("type") == "Feature":
         features = [data]
     elif data.get("type") == "FeatureCollection":
@@ -337,7 +349,8 @@ def load_zones(source: str | Path | dict) -> list[Zone]:
         if not isinstance(features, list):
             raise ZoneError("FeatureCollection has no 'features' list", source=label)
     else:
-        raise ZoneError(f"expected a GeoJSON FeatureCollection, got type {data.get('type')!r}", source=label)
+        raise ZoneError(f"expected a GeoJSON FeatureCollection, got type {data.get('type')!r}",
+                        source=label)
     default_crs = data.get("coord_sys", "wgs84")
 
     zones: list[Zone] = []
@@ -348,7 +361,8 @@ def load_zones(source: str | Path | dict) -> list[Zone]:
         zone_id = _zone_id(feature, i, label)
         if zone_id in first_seen:
             raise ZoneError(
-                f"duplicate zone id (features #{first_seen[zone_id]} and #{i})", zone_id=zone_id, source=label
+                f"duplicate zone id (features #{first_seen[zone_id]} and #{i})", zone_id=zone_id,
+                source=label,
             )
         first_seen[zone_id] = i
         props = feature.get("properties") or {}
@@ -356,7 +370,8 @@ def load_zones(source: str | Path | dict) -> list[Zone]:
             raise ZoneError("properties must be an object", zone_id=zone_id, source=label)
         coord_sys = props.get("coord_sys", default_crs)
         if not isinstance(coord_sys, str):
-            raise ZoneError(f"coord_sys must be a string, got {coord_sys!r}", zone_id=zone_id, source=label)
+            raise ZoneError(f"coord_sys must be a string, got {coord_sys!r}", zone_id=zone_id,
+                            source=label)
         try:
             crs = _resolve_crs(coord_sys)
         except ValueError as exc:
@@ -364,18 +379,22 @@ def load_zones(source: str | Path | dict) -> list[Zone]:
         geom = feature.get("geometry")
         try:
             if not isinstance(geom, dict):
-                raise ValueError("empty geometry (geometry is null)")
+                # ValueError, not TypeError: it is the user's file, reported below as a
+                # ZoneError (a ValueError) like every other bad geometry.
+                raise ValueError("empty geometry (geometry is null)")  # noqa: TRY004
             gtype = geom.get("type")
             if gtype in ("Polygon", "MultiPolygon"):
                 geometry, circle = _polygon_zone(geom, crs, zone_id), None
             elif gtype == "Point":
                 geometry, circle = _circle_zone(geom, props, crs)
             else:
-                raise ValueError(f"geometry type {gtype!r} is not a zone (use Polygon, MultiPolygon, or a Point with radius_m)")
+                raise ValueError(f"geometry type {gtype!r} is not a zone (use Polygon, "
+                                 "MultiPolygon, or a Point with radius_m)")
         except ValueError as exc:
             raise ZoneError(str(exc), zone_id=zone_id, source=label) from None
         # coord_sys described the input coordinates; the Zone is WGS-84 (source_crs keeps
         # what it was), so it is not carried over where it could be applied twice.
         kept = {k: v for k, v in props.items() if k != "coord_sys"}
-        zones.append(Zone(zone_id=zone_id, geometry=geometry, circle=circle, properties=kept, source_crs=crs.label))
+        zones.append(Zone(zone_id=zone_id, geometry=geometry, circle=circle, properties=kept,
+                          source_crs=crs.label))
     return zones

@@ -11,7 +11,7 @@ import orjson
 from engine_helpers import T0, circle_feature, county_feature, offset
 from engine_reference import gcj02_to_wgs84
 
-from engine.replay import main
+from emfence.replay import main
 
 ROOT = Path(__file__).resolve().parents[2]
 # A point well inside county 330723 (Wuyi, Zhejiang; its outline is GCJ-02), in WGS-84.
@@ -189,7 +189,7 @@ def test_offline_is_evaluated_whenever_the_clock_advances(tmp_path):
 
 
 def test_many_lines_across_batches(tmp_path, monkeypatch):
-    import engine.replay as replay_mod
+    import emfence.replay as replay_mod
 
     monkeypatch.setattr(replay_mod, "BATCH_RECORDS", 7)  # force many kernel calls
     lines = []

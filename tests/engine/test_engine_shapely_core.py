@@ -9,8 +9,8 @@ import pytest
 from test_engine_vs_reference import ZONES, generate
 
 from emfence.config import Config
+from emfence.replay import replay
 from engine import Engine, load_registry
-from engine.replay import replay
 from engine.shapely_core import ShapelyEngine
 
 

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from emfence.config import Config
+from emfence.replay import replay
 from engine import Engine, load_registry
-from engine.replay import replay
 from geofence import compile_zones, load_zones
 
 TOLERANCE_M = 1.0

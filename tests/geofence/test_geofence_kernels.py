@@ -232,7 +232,7 @@ def test_synthetic_shapes_match_ray_cast_shapely_and_distances(synthetic, name):
 
 
 def test_points_exactly_on_edges_are_at_distance_zero(synthetic):
-    zones, cz = synthetic
+    _zones, cz = synthetic
     zi = cz.index["square_hole"]
     lon = np.array([113.0, 113.5, 114.0, 113.25, 113.5])
     lat = np.array([34.5, 34.0, 34.0, 34.5, 34.75])

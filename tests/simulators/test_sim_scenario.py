@@ -11,7 +11,7 @@ import pytest
 import shapely
 from sim_helpers import FAST_TOML, START_MS, fast_config, fleet
 
-from engine.replay import main as replay_main
+from emfence.replay import main as replay_main
 from ingest.decode import PayloadError, decode_fix_payload, decode_status_payload, parse_topic
 from simulators.cli import write_truth_header
 from simulators.scenario import EXPECTED, Simulation

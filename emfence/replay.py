@@ -12,23 +12,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from array import array
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import orjson
 
+from contract.records import COORD_SYS_CODES, STRAP_CODES, RecordBuilder
 from emfence.config import Config, ConfigError, load_config
 from engine.registry import RegistryError, load_registry, parse_time_ms
 from ingest.decode import (
-    COORD_SYS_CODES,
     ID_RE,
     MAX_TS_MS,
     MIN_TS_MS,
-    STRAP_CODES,
     PayloadError,
     epoch_ms,
     load_json,
@@ -95,16 +92,6 @@ class ReplayStats:
         return "\n".join(out) + "\n"
 
 
-# Columns of Engine.process_records (engine.kernels.process_batch), in three groups so
-# that each line appends only what its kind carries: every record (kind, device, ts, rx),
-# fixes (lat, lon, acc, coord_sys), statuses (battery, strap). flush() spreads the fix and
-# status columns over the records with one numpy assignment each.
-_RECORD_TYPES = (np.uint8, np.int32, np.int64, np.int64)
-_RECORD_CODES = ("B", "i", "q", "q")
-_FIX_TYPES = (np.float64, np.float64, np.float64, np.uint8)
-_FIX_CODES = ("d", "d", "d", "B")
-_STATUS_TYPES = (np.float64, np.int8)
-_STATUS_CODES = ("d", "b")
 
 
 def _diagnose(line: bytes, device_index, max_future_ms: int, where: str) -> PayloadError:
@@ -139,58 +126,66 @@ def _diagnose(line: bytes, device_index, max_future_ms: int, where: str) -> Payl
     return PayloadError("bad_value: refused", where)  # not reached: the fast path agreed
 
 
+class _Run:
+    """The engine side of a replay: batches of accepted records through the engine, the
+    receive clock, alarm events out as JSON lines (counted in ``stats``)."""
+
+    def __init__(self, engine: Any, out: IO[bytes], stats: ReplayStats) -> None:
+        self.engine = engine
+        self.out = out
+        self.stats = stats
+        self.records = RecordBuilder()
+        self.clock: int | None = None
+
+    def flush(self) -> None:
+        if len(self.records):
+            events, self.clock = self.engine.process(self.records.take(),
+                                                     clock_now_ms=self.clock)
+            self.write(events)
+
+    def write(self, events: list[dict]) -> None:
+        if events:
+            self.out.write(b"".join(orjson.dumps(ev) + b"\n" for ev in events))
+            for ev in events:
+                self.stats.alarms[(ev["type"], ev["event"])] += 1
+
+    def finish(self, until_ms: int | None) -> None:
+        """Run what is left, then the last offline sweep at ``until_ms`` (default: the
+        clock)."""
+        self.flush()
+        stats = self.stats
+        stats.clock_ms = self.clock
+        end = until_ms if until_ms is not None else self.clock
+        if end is not None:
+            self.write(self.engine.sweep(end))
+        stats.until_ms = end
+        stats.counters = self.engine.counters
+
+
+def _refused(line: bytes, lineno: int, stats: ReplayStats, device_index,
+             max_future_ms: int) -> None:
+    """Count a line the fast path refused: blank, or rejected with its reason."""
+    if not line.strip():
+        stats.blank += 1
+    else:
+        stats.reject(lineno, _diagnose(line, device_index, max_future_ms, f"line {lineno}"))
+
+
 def replay(lines: Iterable[bytes], engine: Any, out: IO[bytes], *, config: Config,
            until_ms: int | None = None, stats: ReplayStats | None = None) -> ReplayStats:
     """Replay ``lines`` (bytes, one JSON object each) through ``engine``, writing alarm
     events as JSON lines to ``out``. Returns the statistics (also filled in ``stats``)."""
     stats = stats or ReplayStats()
-    registry = engine.registry
-    device_index = registry.device_index
-    index_of = registry._device_index.get  # device_index() without the method call
+    run = _Run(engine, out, stats)
+    device_index = engine.registry.device_index
+    index_of = engine.registry._device_index.get  # device_index() without the method call
     max_future_ms = config.ingest.max_future_ms
     loads = orjson.loads
     nan = float("nan")
     coord_codes = COORD_SYS_CODES
     strap_codes = STRAP_CODES
-    # Accepted records go straight into typed column buffers (array.array): no Python
-    # object per record survives the line, so the garbage collector has nothing to
-    # traverse and a batch becomes numpy arrays without copying element by element.
-    rec_cols = [array(code) for code in _RECORD_CODES]
-    fix_cols = [array(code) for code in _FIX_CODES]
-    status_cols = [array(code) for code in _STATUS_CODES]
-    a_kind, a_dev, a_ts, a_rx = (c.append for c in rec_cols)
-    a_lat, a_lon, a_acc, a_coord = (c.append for c in fix_cols)
-    a_battery, a_strap = (c.append for c in status_cols)
-    clock: int | None = None
-
-    def flush() -> None:
-        nonlocal clock
-        n = len(rec_cols[0])
-        if not n:
-            return
-        # Copies (one memcpy each): the buffers are emptied and refilled for the next batch.
-        kind, dev, ts, rx = (np.frombuffer(c, dtype=t).copy()
-                             for c, t in zip(rec_cols, _RECORD_TYPES))
-        is_fix = kind == 0
-        lat, lon, acc = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
-        coord = np.zeros(n, np.uint8)
-        battery, strap = np.full(n, np.nan), np.full(n, -1, np.int8)
-        for col, buf, t in zip((lat, lon, acc, coord), fix_cols, _FIX_TYPES):
-            col[is_fix] = np.frombuffer(buf, dtype=t)
-        for col, buf, t in zip((battery, strap), status_cols, _STATUS_TYPES):
-            col[~is_fix] = np.frombuffer(buf, dtype=t)
-        for c in (*rec_cols, *fix_cols, *status_cols):
-            del c[:]
-        events, clock = engine.process_records(kind, dev, ts, rx, lat, lon, acc, coord,
-                                               battery, strap, clock_now_ms=clock)
-        write(events)
-
-    def write(events: list[dict]) -> None:
-        if events:
-            out.write(b"".join(orjson.dumps(ev) + b"\n" for ev in events))
-            for ev in events:
-                stats.alarms[(ev["type"], ev["event"])] += 1
-
+    add_fix, add_status = run.records.add_fix, run.records.add_status
+    pending = 0  # records added since the last flush
     lineno = 0
     for lineno, line in enumerate(lines, 1):
         try:
@@ -201,7 +196,7 @@ def replay(lines: Iterable[bytes], engine: Any, out: IO[bytes], *, config: Confi
                 # a line that is not JSON raises PayloadError (a ValueError).
                 obj = load_json(line)
             # The common case first, each check cheap; anything unusual falls through to
-            # the full validation below, which names the problem.
+            # the full validation of _diagnose, which names the problem.
             if type(obj) is not dict:
                 raise TypeError
             d = index_of(obj["device_id"], -1)
@@ -219,41 +214,25 @@ def replay(lines: Iterable[bytes], engine: Any, out: IO[bytes], *, config: Confi
             elif type(rx) is not int or rx < MIN_TS_MS or rx > MAX_TS_MS or ts - rx > max_future_ms:
                 raise ValueError
         except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
-            if not line.strip():
-                stats.blank += 1
-            else:
-                stats.reject(lineno, _diagnose(line, device_index, max_future_ms,
-                                               f"line {lineno}"))
+            _refused(line, lineno, stats, device_index, max_future_ms)
             continue
         if until_ms is not None and rx > until_ms:
             stats.after_until += 1  # the replay ends at --until: validated, counted, not run
             continue
-        if clock is None:
-            clock = rx
-        a_dev(d)
-        a_ts(ts)
-        a_rx(rx)
+        if run.clock is None:
+            run.clock = rx
         if is_fix:
-            a_kind(0)
-            a_lat(lat)
-            a_lon(lon)
-            a_acc(acc)
-            a_coord(coord_codes[cs])
+            add_fix(d, ts, rx, lat, lon, acc, coord_codes[cs])
         else:
-            a_kind(1)
-            a_battery(nan if battery is None else battery)
-            a_strap(-1 if strap is None else strap_codes[strap])
-        if len(rec_cols[0]) >= BATCH_RECORDS:
-            flush()
+            add_status(d, ts, rx, nan if battery is None else battery,
+                       -1 if strap is None else strap_codes[strap])
+        pending += 1
+        if pending >= BATCH_RECORDS:
+            run.flush()
+            pending = 0
     stats.lines = lineno
     stats.records = stats.lines - stats.blank - stats.rejected_total - stats.after_until
-    flush()
-    stats.clock_ms = clock
-    end = until_ms if until_ms is not None else clock
-    if end is not None:
-        write(engine.sweep(end))
-    stats.until_ms = end
-    stats.counters = engine.counters
+    run.finish(until_ms)
     return stats
 
 

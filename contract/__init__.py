@@ -1,0 +1,57 @@
+"""The shared vocabulary of emfence: what one package hands another.
+
+The one package every layer may import (docs/internals.md, "Layers"): it imports nothing
+of emfence's own, only numpy. Four things live here, each in one small module:
+
+- :mod:`contract.alarms`: the alarm types, the alarm identity and the alarm event;
+- :mod:`contract.records`: the record batch the engine takes;
+- :mod:`contract.topics`: the MQTT topic scheme (wire contract v1).
+
+``from contract import ALARM_TYPES, RecordBatch, alarm_event, alarm_topic``
+"""
+
+from contract.alarms import (
+    ALARM_TYPES,
+    ENGINE_EVENTS,
+    EVIDENCE_TYPES,
+    AlarmEvent,
+    alarm_event,
+    alarm_id,
+)
+from contract.records import (
+    COORD_SYS_CODES,
+    K_FIX,
+    K_STATUS,
+    STRAP_CODES,
+    RecordBatch,
+    RecordBuilder,
+)
+from contract.topics import (
+    TOPIC_PREFIX,
+    alarm_topic,
+    deadletter_topic,
+    device_topic,
+    drain_topic,
+    health_topic,
+)
+
+__all__ = [
+    "ALARM_TYPES",
+    "COORD_SYS_CODES",
+    "ENGINE_EVENTS",
+    "EVIDENCE_TYPES",
+    "K_FIX",
+    "K_STATUS",
+    "STRAP_CODES",
+    "TOPIC_PREFIX",
+    "AlarmEvent",
+    "RecordBatch",
+    "RecordBuilder",
+    "alarm_event",
+    "alarm_id",
+    "alarm_topic",
+    "deadletter_topic",
+    "device_topic",
+    "drain_topic",
+    "health_topic",
+]
