@@ -28,9 +28,10 @@ import time
 from pathlib import Path
 from typing import Self
 
+from ingest.passwords import ACL_TEMPLATE, build_acl
+
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto"
 CONF_TEMPLATE = DEPLOY_DIR / "mosquitto.conf"
-ACL_TEMPLATE = DEPLOY_DIR / "emfence.acl"
 
 # Keys of the template that name host paths or listeners: replaced, never copied.
 _REWRITTEN = {
@@ -172,8 +173,6 @@ class Mosquitto:
         return [line.split(":", 1)[0] for line in text.splitlines() if ":" in line]
 
     def _write_acl(self) -> None:
-        from ingest.passwords import build_acl
-
         self.acl_file.write_text(build_acl(self.accounts(), ACL_TEMPLATE), encoding="utf-8")
 
     def add_accounts(self, passwords: dict[str, str]) -> None:

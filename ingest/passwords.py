@@ -39,6 +39,10 @@ import orjson
 
 from ingest.decode import ID_RE
 
+# The shipped ACL, the template of every ACL written here (and of the private brokers the
+# tests, the demo and the benchmarks start: ingest/mosquitto.py).
+ACL_TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto" / "emfence.acl"
+
 # mosquitto_passwd's own iteration count. Device passwords are 256-bit random values,
 # so more iterations would add nothing against guessing and would cost the broker CPU
 # in a reconnect storm of every device at once.
@@ -231,11 +235,7 @@ def build_acl(accounts, template: str | Path | None = None, *,
     nothing: the template's ``pattern`` lines cover every login. The copy of a kind's
     block goes right after the template's block of that kind.
     """
-    if template is None:
-        from ingest.mosquitto import ACL_TEMPLATE
-
-        template = ACL_TEMPLATE
-    path = Path(template)
+    path = Path(ACL_TEMPLATE if template is None else template)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

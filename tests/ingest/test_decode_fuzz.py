@@ -438,8 +438,9 @@ replay_lines = st.one_of(
 @fuzz(300)
 @given(st.lists(replay_lines, min_size=1, max_size=6))
 def test_replay_lines_are_replayed_or_reported(replay_engine, lines):
-    from engine.engine import Engine
     from engine.replay import replay
+
+    from engine.engine import Engine
 
     zones, registry = replay_engine
     config = Config()
