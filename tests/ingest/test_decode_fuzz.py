@@ -403,7 +403,7 @@ def test_deadletter_record_never_raises(topic, payload, detail, where):
     check_deadletter(topic, payload, region, record)
 
 
-# --- the replay line parser (engine.replay.replay, the entry of `emfence replay`)
+# --- the replay line parser (emfence.replay.replay, the entry of `emfence replay`)
 
 @pytest.fixture(scope="module")
 def replay_engine():
@@ -438,7 +438,7 @@ replay_lines = st.one_of(
 @fuzz(300)
 @given(st.lists(replay_lines, min_size=1, max_size=6))
 def test_replay_lines_are_replayed_or_reported(replay_engine, lines):
-    from engine.replay import replay
+    from emfence.replay import replay
 
     from engine.engine import Engine
 
