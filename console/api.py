@@ -9,9 +9,9 @@ an alarm that does not exist, and the attempt is audited.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -24,7 +24,6 @@ from alarms.schema import (
     WORKFLOW_STATES,
 )
 from alarms.store import AlarmActionError
-from console.app import COOKIE, ApiError, json_response
 from console.auth import (
     AuthError,
     Principal,
@@ -34,80 +33,28 @@ from console.auth import (
     user_password_hash,
     verify_password,
 )
+from console.http import (
+    COOKIE,
+    ApiError,
+    int_param,
+    json_response,
+    list_param,
+    read_json,
+    text_field,
+)
 from console.zones import zones_geojson
 
 if TYPE_CHECKING:
-    from console.app import Console
+    from console.context import Console
 
 STATES = WORKFLOW_STATES + CONDITION_STATES
 MAX_NOTE_CHARS = 2000
 MAX_NAME_CHARS = 64
 MAX_PASSWORD_CHARS = 1024
-MAX_BODY_BYTES = 16 * 1024
 DAY_MS = 86_400_000
 # The audit view scans at most this many pages of this many rows per request.
 AUDIT_SCAN_PAGES = 20
 AUDIT_SCAN_ROWS = 500
-
-
-async def read_json(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object; 415 for another content type, 400 if malformed."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/json":
-        raise ApiError(415, "content_type", "send the body as application/json")
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise ApiError(413, "too_large", f"body is larger than {MAX_BODY_BYTES} bytes")
-    try:
-        data = orjson.loads(body or b"{}")
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "bad_json", "body must be a JSON object")
-    return data
-
-
-def text_field(data: dict[str, Any], key: str, *, required: bool, max_chars: int) -> str | None:
-    """A string field of a JSON body, validated; 400 naming the field otherwise."""
-    value = data.get(key)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        if required:
-            raise ApiError(400, "missing_field", f"field {key!r} is required")
-        return None
-    if not isinstance(value, str):
-        raise ApiError(400, "bad_field", f"field {key!r} must be a string")
-    if len(value) > max_chars:
-        raise ApiError(400, "bad_field", f"field {key!r} is longer than {max_chars} characters")
-    return value
-
-
-def int_param(request: Request, key: str, default: int | None, *, lo: int | None = None,
-              hi: int | None = None) -> int | None:
-    """An integer query parameter within [lo, hi]; 400 naming it otherwise."""
-    raw = request.query_params.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "bad_param", f"query parameter {key!r} must be an integer") from None
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ApiError(400, "bad_param",
-                       f"query parameter {key!r} must be within [{lo}, {hi}], got {value}")
-    return value
-
-
-def list_param(request: Request, key: str, choices: tuple[str, ...]) -> list[str] | None:
-    """A comma-separated list parameter whose items are all in ``choices``; None if absent."""
-    raw = request.query_params.get(key)
-    if not raw:
-        return None
-    items = [x.strip() for x in raw.split(",") if x.strip()]
-    for item in items:
-        if item not in choices:
-            raise ApiError(400, "bad_param",
-                           f"query parameter {key!r}: {item!r} is not one of {', '.join(choices)}")
-    return items
 
 
 def region_param(request: Request, principal: Principal) -> list[str] | None:
@@ -139,7 +86,7 @@ def feed_item(row: dict[str, Any]) -> dict[str, Any]:
 
 def routes(console: Console) -> list[Route]:
     """The API's routes, bound to ``console``."""
-    call = console.gateway.call
+    store = console.gateway
     s = console.settings
 
     async def login(request: Request) -> Response:
@@ -160,7 +107,7 @@ def routes(console: Console) -> list[Route]:
         # transaction that parallel attempts for this name or address wait for: a storm
         # of parallel guesses gets at most the limit checked, and a blocked guesser
         # learns nothing more.
-        attempt = await call("begin_login", name, ip, now,
+        attempt = await store.begin_login(name, ip, now,
                              window_ms=int(s.login_window_s * 1000),
                              max_failed_per_name=s.login_fail_per_user,
                              max_failed_per_ip=s.login_fail_per_ip)
@@ -172,13 +119,13 @@ def routes(console: Console) -> list[Route]:
                            "too many failed logins; try again in at most "
                            f"{max(1, retry_s // 60)} minutes",
                            headers={"retry-after": str(retry_s)})
-        user = await call("get_user", name)
+        user = await store.get_user(name)
         # argon2 is deliberately slow (tens of ms of CPU): off the event loop, so logins
         # never stall the live feeds.
         good = await asyncio.to_thread(verify_password,
                                        user_password_hash(user) if user else None, password)
         ok = good and user is not None and not user_disabled(user)
-        await call("finish_login", attempt.attempt_id, name, ok, now, ip)
+        await store.finish_login(attempt.attempt_id, name, ok, now, ip)
         if not ok:
             # One answer for an unknown name, a wrong password and a disabled account.
             raise ApiError(401, "login_failed", "wrong name or password")
@@ -219,8 +166,8 @@ def routes(console: Console) -> list[Route]:
             raise ApiError(400, "bad_param", "query parameter 'escalated' is true or false")
         # The feed position is read *before* the list: a page that opens the feed from it
         # misses nothing raised in between (it may see an alarm twice, and dedups by id).
-        seq = await call("last_seq")
-        alarms = await call("list_alarms", regions, types, states,
+        seq = await store.last_seq()
+        alarms = await store.list_alarms(regions, types, states,
                             escalated=None if not escalated else escalated == "true",
                             before=None if before_ms is None else (before_ms, before_id),
                             limit=limit)
@@ -237,7 +184,7 @@ def routes(console: Console) -> list[Route]:
     async def alarm_in_scope(request: Request, principal: Principal, action: str) -> dict:
         """The alarm named in the path if the caller may see it; 404 (audited) otherwise."""
         alarm_id = request.path_params["alarm_id"]
-        alarm = await call("get_alarm", alarm_id)
+        alarm = await store.get_alarm(alarm_id)
         if alarm is None:
             raise ApiError(404, "not_found", f"no alarm {alarm_id!r}")
         if not principal.can_see(alarm["region"]):
@@ -249,24 +196,24 @@ def routes(console: Console) -> list[Route]:
     async def get_alarm(request: Request) -> Response:
         _, principal = await console.authenticate(request)
         alarm = await alarm_in_scope(request, principal, "view")
-        actions = await call("actions", alarm["alarm_id"])
+        actions = await store.actions(alarm["alarm_id"])
         await console.audit(request, principal.name, "alarm.view", alarm["alarm_id"],
                             {"region": alarm["region"]})
         return json_response(alarm_body(alarm, actions))
 
-    async def act(request: Request, principal: Any, alarm: dict, method: str,
-                  *args: Any) -> Response:
-        """Run an operator action on the store (``method(alarm_id, user, *args, now_ms,
-        ip=)``); a refused action is 409 with the store's reason; answers the alarm with
-        its actions."""
+    async def act(request: Request, principal: Any, alarm: dict,
+                  action: Callable[..., Awaitable[Any]], *args: Any) -> Response:
+        """Run an operator action, a gateway method ``action(alarm_id, user, *args,
+        now_ms, ip=)``; a refused action is 409 with the store's reason; answers the
+        alarm with its actions."""
         alarm_id = alarm["alarm_id"]
         try:
-            await call(method, alarm_id, principal.name, *args, console.clock_ms(),
-                       ip=console.client_ip(request))
+            await action(alarm_id, principal.name, *args, console.clock_ms(),
+                         ip=console.client_ip(request))
         except AlarmActionError as exc:
             raise ApiError(409, "conflict", exc.reason) from None
-        return json_response(alarm_body(await call("get_alarm", alarm_id),
-                                        await call("actions", alarm_id)))
+        return json_response(alarm_body(await store.get_alarm(alarm_id),
+                                        await store.actions(alarm_id)))
 
     async def acknowledge(request: Request) -> Response:
         _, principal = await console.authenticate(request)
@@ -275,7 +222,7 @@ def routes(console: Console) -> list[Route]:
         alarm = await alarm_in_scope(request, principal, "acknowledge")
         # The store writes the action, the `acknowledged` event and the audit row in one
         # transaction; of two operators racing, exactly one wins.
-        return await act(request, principal, alarm, "acknowledge", note)
+        return await act(request, principal, alarm, store.acknowledge, note)
 
     async def close(request: Request) -> Response:
         _, principal = await console.authenticate(request)
@@ -288,14 +235,14 @@ def routes(console: Console) -> list[Route]:
         if disposition == "other" and note is None:
             raise ApiError(400, "missing_field", "disposition 'other' needs a note saying what it was")
         alarm = await alarm_in_scope(request, principal, "close")
-        return await act(request, principal, alarm, "close_alarm", disposition, note)
+        return await act(request, principal, alarm, store.close_alarm, disposition, note)
 
     async def note(request: Request) -> Response:
         _, principal = await console.authenticate(request)
         data = await read_json(request)
         text = text_field(data, "note", required=True, max_chars=MAX_NOTE_CHARS)
         alarm = await alarm_in_scope(request, principal, "note")
-        return await act(request, principal, alarm, "add_note", text)
+        return await act(request, principal, alarm, store.add_note, text)
 
     async def track(request: Request) -> Response:
         _, principal = await console.authenticate(request)
@@ -305,7 +252,7 @@ def routes(console: Console) -> list[Route]:
         assert before is not None and after is not None
         at = int(alarm["raised_at"])
         from_ms, to_ms = at - before, at + after
-        fixes = await call("track", None, from_ms, to_ms, subject_id=alarm["subject_id"])
+        fixes = await store.track(from_ms, to_ms, subject_id=alarm["subject_id"])
         # Location data is personal data: every view of a track is on the record.
         await console.audit(request, principal.name, "track.view", alarm["alarm_id"],
                             {"subject_id": alarm["subject_id"], "from_ms": from_ms,
@@ -326,7 +273,7 @@ def routes(console: Console) -> list[Route]:
     async def positions(request: Request) -> Response:
         _, principal = await console.authenticate(request)
         regions = region_param(request, principal)
-        rows = await call("last_positions", regions)
+        rows = await store.last_positions(regions)
         await console.audit(request, principal.name, "positions.view", None,
                             {"regions": regions, "devices": len(rows)})
         return json_response({"positions": rows})
@@ -335,7 +282,7 @@ def routes(console: Console) -> list[Route]:
         _, principal = await console.authenticate(request)
         since = int_param(request, "since", 0, lo=0)
         limit = int_param(request, "limit", 500, lo=1, hi=s.list_limit_max)
-        rows = await call("events_since", since, principal.scope, limit)
+        rows = await store.events_since(since, principal.scope, limit)
         if rows:
             # Events carry the evidence of raised alarms; an empty poll shows nothing and
             # is not written, so a system polling often does not flood the trail.
@@ -358,7 +305,7 @@ def routes(console: Console) -> list[Route]:
         if from_ms > to_ms:
             raise ApiError(400, "bad_param", "'from_ms' must not be after 'to_ms'")
         tz = int_param(request, "tz_offset_min", 0, lo=-14 * 60, hi=14 * 60) or 0
-        body = await call("stats", regions, from_ms, to_ms, day_offset_ms=tz * 60_000)
+        body = await store.stats(regions, from_ms, to_ms, day_offset_ms=tz * 60_000)
         body["false_alarm_dispositions"] = list(FALSE_ALARM_DISPOSITIONS)
         return json_response(body)
 
@@ -378,7 +325,7 @@ def routes(console: Console) -> list[Route]:
         # A supervisor sees part of the log: scan it newest first, page by page, keeping
         # the rows in scope; the page bound keeps one request's work finite.
         for _ in range(AUDIT_SCAN_PAGES):
-            page = await call("audit_log", who=who, action=action, before_id=cursor,
+            page = await store.audit_log(who=who, action=action, before_id=cursor,
                               limit=AUDIT_SCAN_ROWS)
             for row in page:
                 cursor = row["id"]
@@ -401,7 +348,7 @@ def routes(console: Console) -> list[Route]:
         # region with them (logins, logouts, refusals of their own operators). A
         # colleague's row about another region (a note on its alarm, a look at its
         # subject's track) is that region's business, not theirs.
-        colleagues = {u["name"] for u in await call("list_users")
+        colleagues = {u["name"] for u in await store.list_users()
                       if set(u["regions"]) & principal.regions}
 
         def visible(row: dict[str, Any]) -> bool:

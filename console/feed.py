@@ -32,16 +32,16 @@ from starlette.responses import Response, StreamingResponse
 
 from alarms.store import StoreError
 from console.api import feed_item
-from console.app import COOKIE, ApiError
 from console.auth import (
     credential_digest,
     principal_from_user,
     user_disabled,
     user_password_hash,
 )
+from console.http import COOKIE, ApiError
 
 if TYPE_CHECKING:
-    from console.app import Console
+    from console.context import Console
 
 log = logging.getLogger("emfence.console")
 
@@ -70,14 +70,14 @@ def sse_message(seq: int, event: dict) -> bytes:
 
 
 def endpoint(console: Console) -> Callable:
-    call = console.gateway.call
+    store = console.gateway
     s = console.settings
 
     async def feed(request: Request) -> Response:
         session, principal = await console.authenticate(request)
         since = _start_seq(request)
         if since is None:
-            since = await call("last_seq")
+            since = await store.last_seq()
         regions = principal.scope
         token = request.cookies.get(COOKIE)
         credential = session.credential
@@ -89,7 +89,7 @@ def endpoint(console: Console) -> Callable:
                             {"regions": regions, "since": since})
 
         async def account_unchanged() -> bool:
-            user = await call("get_user", principal.name)
+            user = await store.get_user(principal.name)
             return not (user is None or user_disabled(user)
                         or principal_from_user(user) != principal
                         or credential_digest(user_password_hash(user)) != credential)
@@ -109,7 +109,7 @@ def endpoint(console: Console) -> Callable:
                         return
                     now = loop.time()
                     try:
-                        rows = await call("events_since", seq, regions)
+                        rows = await store.events_since(seq, regions)
                         # The account is re-read before anything is sent and at least
                         # every keepalive period: disabled, or role/regions changed, and
                         # the page must log in again, so that the feed never sends an
@@ -143,7 +143,7 @@ def endpoint(console: Console) -> Callable:
                 # The stream may be torn down by a disconnect, where nothing can be
                 # awaited any more: the row is written without waiting for it.
                 now_ms = console.clock_ms()
-                console.gateway.submit("audit", principal.name, "feed.close", None,
+                console.gateway.submit_audit(principal.name, "feed.close", None,
                                        {"regions": regions, "since": since, "last_seq": seq,
                                         "events": sent, "open_ms": now_ms - opened_ms},
                                        now_ms, ip)
