@@ -31,7 +31,6 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from alarms.store import StoreError
-from console.api import feed_item
 from console.auth import (
     credential_digest,
     principal_from_user,
@@ -39,6 +38,7 @@ from console.auth import (
     user_password_hash,
 )
 from console.http import COOKIE, ApiError
+from console.resources.events import feed_item
 
 if TYPE_CHECKING:
     from console.context import Console
