@@ -27,10 +27,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from alarms.store import StoreError
-from console import feed
 from console.context import Console, wall_clock_ms
 from console.http import COOKIE, SecurityHeaders, api_error, store_error
-from console.resources import alarms, audit, events, session, stats, tracks, zones
+from console.resources import alarms, audit, events, feed, session, stats, tracks, zones
 
 __all__ = ["COOKIE", "Console", "create_app", "serve"]
 
@@ -38,7 +37,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 # The JSON API, resource by resource (docs/console-api.md): the one place routes are listed.
 API_ROUTES = [*session.ROUTES, *alarms.ROUTES, *tracks.ROUTES, *events.ROUTES,
-              *zones.ROUTES, *stats.ROUTES, *audit.ROUTES]
+              *zones.ROUTES, *stats.ROUTES, *audit.ROUTES, *feed.ROUTES]
 
 
 def create_app(*, store: Any, config: Any, zones: Any = None, registry: Any = None,
@@ -76,7 +75,6 @@ def create_app(*, store: Any, config: Any, zones: Any = None, registry: Any = No
         Route("/", index),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
         *API_ROUTES,
-        Route("/api/feed", feed.endpoint(console)),
     ]
     app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)],
                     exception_handlers={HTTPException: api_error, StoreError: store_error},
