@@ -18,7 +18,8 @@ Design choices, and why:
 * Failed logins are counted per account name and per client address over a sliding
   window, in the store (``login_attempts``), so the limit holds across console
   restarts and across workers sharing one PostgreSQL; over either limit, login answers
-  429 with ``Retry-After`` before the password is even checked (see ``console.api``).
+  429 with ``Retry-After`` before the password is even checked (see
+  ``console.resources.session``).
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@
 database connection per thread. The console runs every store call on a small pool of
 its own worker threads, so the event loop never blocks on SQLite or PostgreSQL and the
 console holds at most that many connections however many pages and live feeds are open.
+
+Each store method the console uses has a method of the same name here, with the same
+arguments: ``await gateway.get_user(name)`` runs ``store.get_user(name)`` off the loop.
+Only these reach the store, so a grep for a store method finds every console caller.
 """
 
 from __future__ import annotations
@@ -11,38 +15,127 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from alarms.store import AlarmStore, LoginAttempt
 
 log = logging.getLogger("emfence.console")
 
+T = TypeVar("T")
+Row = dict[str, Any]
+
 
 class StoreGateway:
-    """``await gateway.call("method", *args)`` runs ``store.method(*args)`` off the loop."""
+    """The store methods the console uses, each run on the gateway's worker threads."""
 
-    def __init__(self, store: Any, threads: int = 4):
+    def __init__(self, store: AlarmStore, threads: int = 4):
         if threads < 1:
             raise ValueError(f"store threads must be at least 1, got {threads}")
         self.store = store
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="console-store")
 
-    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        fn = functools.partial(getattr(self.store, method), *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        call = functools.partial(fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
-    def submit(self, method: str, *args: Any, **kwargs: Any) -> Future | None:
-        """Run ``store.method(*args)`` without waiting for it: for a write that must still
-        happen where nothing can be awaited any more (a live feed's stream being torn
+    # --- accounts, logins and the audit trail -----------------------------------------
+
+    async def get_user(self, name: str) -> Row | None:
+        return await self._run(self.store.get_user, name)
+
+    async def list_users(self) -> list[Row]:
+        return await self._run(self.store.list_users)
+
+    async def begin_login(self, name: str, ip: str | None, now_ms: int, *, window_ms: int,
+                          max_failed_per_name: int, max_failed_per_ip: int) -> LoginAttempt:
+        return await self._run(self.store.begin_login, name, ip, now_ms, window_ms=window_ms,
+                               max_failed_per_name=max_failed_per_name,
+                               max_failed_per_ip=max_failed_per_ip)
+
+    async def finish_login(self, attempt_id: int, name: str, ok: bool, now_ms: int,
+                           ip: str | None = None) -> None:
+        await self._run(self.store.finish_login, attempt_id, name, ok, now_ms, ip)
+
+    async def audit(self, who: str | None, action: str, target: str | None, detail: Any,
+                    now_ms: int, ip: str | None = None) -> None:
+        await self._run(self.store.audit, who, action, target, detail, now_ms, ip)
+
+    async def audit_log(self, *, who: str | None = None, action: str | None = None,
+                        before_id: int | None = None, limit: int = 200) -> list[Row]:
+        return await self._run(self.store.audit_log, who=who, action=action,
+                               before_id=before_id, limit=limit)
+
+    # --- alarms and their workflow ----------------------------------------------------
+
+    async def list_alarms(self, regions: Iterable[str] | None, types: Iterable[str] | None,
+                          states: Iterable[str] | None, *, escalated: bool | None,
+                          before: tuple[int, str] | None, limit: int) -> list[Row]:
+        return await self._run(self.store.list_alarms, regions, types, states,
+                               escalated=escalated, before=before, limit=limit)
+
+    async def get_alarm(self, alarm_id: str) -> Row | None:
+        return await self._run(self.store.get_alarm, alarm_id)
+
+    async def actions(self, alarm_id: str) -> list[Row]:
+        return await self._run(self.store.actions, alarm_id)
+
+    async def acknowledge(self, alarm_id: str, user: str, note: str | None, now_ms: int, *,
+                          ip: str | None = None) -> Row:
+        return await self._run(self.store.acknowledge, alarm_id, user, note, now_ms, ip=ip)
+
+    async def close_alarm(self, alarm_id: str, user: str, disposition: str, note: str | None,
+                          now_ms: int, *, ip: str | None = None) -> Row:
+        return await self._run(self.store.close_alarm, alarm_id, user, disposition, note,
+                               now_ms, ip=ip)
+
+    async def add_note(self, alarm_id: str, user: str, note: str, now_ms: int, *,
+                       ip: str | None = None) -> None:
+        await self._run(self.store.add_note, alarm_id, user, note, now_ms, ip=ip)
+
+    async def stats(self, regions: Iterable[str] | None, from_ms: int, to_ms: int, *,
+                    day_offset_ms: int = 0) -> Row:
+        return await self._run(self.store.stats, regions, from_ms, to_ms,
+                               day_offset_ms=day_offset_ms)
+
+    # --- the event log (the live feed) and the stored fixes -------------------------
+
+    async def last_seq(self) -> int:
+        return await self._run(self.store.last_seq)
+
+    async def events_since(self, seq: int, regions: Iterable[str] | None = None,
+                           limit: int | None = None) -> list[Row]:
+        # Without a limit the store's own default applies.
+        if limit is None:
+            return await self._run(self.store.events_since, seq, regions)
+        return await self._run(self.store.events_since, seq, regions, limit)
+
+    async def track(self, from_ms: int, to_ms: int, *, subject_id: str) -> list[Row]:
+        """The subject's fixes with ``from_ms`` ≤ ts ≤ ``to_ms``, oldest first."""
+        return await self._run(self.store.track, None, from_ms, to_ms, subject_id=subject_id)
+
+    async def last_positions(self, regions: Iterable[str] | None) -> list[Row]:
+        return await self._run(self.store.last_positions, regions)
+
+    # --- writes nobody can wait for, and the end ------------------------------------
+
+    def submit_audit(self, who: str | None, action: str, target: str | None, detail: Any,
+                     now_ms: int, ip: str | None = None) -> Future | None:
+        """Write an audit row without waiting for it: for a row that must still be
+        written where nothing can be awaited any more (a live feed's stream being torn
         down). A failure is logged; None if the gateway is already closed."""
         try:
-            future = self._pool.submit(getattr(self.store, method), *args, **kwargs)
+            future = self._pool.submit(self.store.audit, who, action, target, detail,
+                                       now_ms, ip)
         except RuntimeError:  # the pool is shut down: the console is stopping
-            log.error("store call %s after the console stopped: not done", method)
+            log.error("store call audit after the console stopped: not done")
             return None
 
         def done(f: Future) -> None:
             if not f.cancelled() and f.exception() is not None:
-                log.error("store call %s failed: %s", method, f.exception())
+                log.error("store call audit failed: %s", f.exception())
 
         future.add_done_callback(done)
         return future

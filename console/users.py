@@ -19,7 +19,8 @@ import argparse
 import getpass
 import sys
 import time
-from typing import TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from console.auth import ROLES, AuthError, check_role, hash_password, parse_regions
 
@@ -101,48 +102,57 @@ def main(argv: list[str], *, stdin: TextIO | None = None, stdout: TextIO | None 
 
     try:
         if args.verb == "add":
-            name = args.name
-            role, regions = _role_and_regions(args)
-            password = read_password(stdin)
-            store = open_store(args.store)
-            try:
-                # The store checks the name, refuses a duplicate and audits the creation.
-                store.add_user(name, hash_password(password), role, list(regions), _now_ms())
-            finally:
-                store.close_store()
-            print(f"added {role} {name}" + (f" for {','.join(regions)}" if regions else ""),
-                  file=stdout)
-            return 0
-
+            return _add(args, open_store, stdin, stdout)
         store = open_store(args.store)
         try:
-            if args.verb == "list":
-                rows = store.list_users()
-                print(f"{'name':<20} {'role':<10} {'state':<8} regions", file=stdout)
-                for row in rows:
-                    state = "disabled" if row["disabled"] else "active"
-                    shown = ",".join(row["regions"]) or "(all)"
-                    print(f"{row['name']:<20} {row['role']:<10} {state:<8} {shown}",
-                          file=stdout)
-                return 0
-            if args.verb == "password":
-                # The store audits the change (without the hash); the console ends the
-                # account's open sessions at their next request.
-                store.set_user_password(args.name, hash_password(read_password(stdin)),
-                                        _now_ms())
-                print(f"new password set for {args.name}", file=stdout)
-                return 0
-            if args.verb == "role":
-                role, regions = _role_and_regions(args)
-                store.set_user_role(args.name, role, list(regions), _now_ms())
-                print(f"{args.name} is now {role}"
-                      + (f" for {','.join(regions)}" if regions else ""), file=stdout)
-                return 0
-            store.set_user_disabled(args.name, args.verb == "disable", _now_ms())
-            print(f"{args.verb}d {args.name}", file=stdout)
-            return 0
+            return _change(store, args, stdin, stdout)
         finally:
             store.close_store()
     except (AuthError, UserError, StoreError) as exc:
         print(f"emfence user {args.verb}: {exc}", file=stderr)
         return 1
+
+
+def _add(args: argparse.Namespace, open_store: Callable[[str], Any], stdin: TextIO,
+         stdout: TextIO) -> int:
+    """``emfence user add``: the role, regions and password are checked before the store
+    is opened."""
+    name = args.name
+    role, regions = _role_and_regions(args)
+    password = read_password(stdin)
+    store = open_store(args.store)
+    try:
+        # The store checks the name, refuses a duplicate and audits the creation.
+        store.add_user(name, hash_password(password), role, list(regions), _now_ms())
+    finally:
+        store.close_store()
+    print(f"added {role} {name}" + (f" for {','.join(regions)}" if regions else ""),
+          file=stdout)
+    return 0
+
+
+def _change(store: Any, args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
+    """``emfence user list|password|role|disable|enable`` on an open store."""
+    if args.verb == "list":
+        rows = store.list_users()
+        print(f"{'name':<20} {'role':<10} {'state':<8} regions", file=stdout)
+        for row in rows:
+            state = "disabled" if row["disabled"] else "active"
+            shown = ",".join(row["regions"]) or "(all)"
+            print(f"{row['name']:<20} {row['role']:<10} {state:<8} {shown}", file=stdout)
+        return 0
+    if args.verb == "password":
+        # The store audits the change (without the hash); the console ends the
+        # account's open sessions at their next request.
+        store.set_user_password(args.name, hash_password(read_password(stdin)), _now_ms())
+        print(f"new password set for {args.name}", file=stdout)
+        return 0
+    if args.verb == "role":
+        role, regions = _role_and_regions(args)
+        store.set_user_role(args.name, role, list(regions), _now_ms())
+        print(f"{args.name} is now {role}"
+              + (f" for {','.join(regions)}" if regions else ""), file=stdout)
+        return 0
+    store.set_user_disabled(args.name, args.verb == "disable", _now_ms())
+    print(f"{args.verb}d {args.name}", file=stdout)
+    return 0

@@ -1,0 +1,36 @@
+"""``/api/stats``: the supervisor's numbers (alarms by region, type and day; response
+times; false-alarm share) over a period."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from alarms.schema import FALSE_ALARM_DISPOSITIONS
+from console.access import OVERSEERS, signed_in
+from console.http import ApiError, int_param, json_response
+
+DAY_MS = 86_400_000
+
+
+async def stats(request: Request) -> Response:
+    caller = await signed_in(request)
+    caller.require_role(OVERSEERS, "statistics are for supervisors and admins")
+    regions = caller.regions()
+    now = caller.console.clock_ms()
+    to_ms = int_param(request, "to_ms", now, lo=0)
+    assert to_ms is not None
+    from_ms = int_param(request, "from_ms", to_ms - 30 * DAY_MS, lo=0)
+    assert from_ms is not None
+    if from_ms > to_ms:
+        raise ApiError(400, "bad_param", "'from_ms' must not be after 'to_ms'")
+    tz = int_param(request, "tz_offset_min", 0, lo=-14 * 60, hi=14 * 60) or 0
+    body = await caller.gateway.stats(regions, from_ms, to_ms, day_offset_ms=tz * 60_000)
+    body["false_alarm_dispositions"] = list(FALSE_ALARM_DISPOSITIONS)
+    return json_response(body)
+
+
+ROUTES = [
+    Route("/api/stats", stats, methods=["GET"]),
+]
