@@ -439,7 +439,6 @@ replay_lines = st.one_of(
 @given(st.lists(replay_lines, min_size=1, max_size=6))
 def test_replay_lines_are_replayed_or_reported(replay_engine, lines):
     from emfence.replay import replay
-
     from engine.engine import Engine
 
     zones, registry = replay_engine
