@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -197,3 +198,13 @@ class Server:
             self._loop.call_soon_threadsafe(self._task.cancel)
         self._thread.join(30)
         assert not self._thread.is_alive(), "console did not stop when cancelled"
+
+
+def http_log_in(base: str, name: str) -> httpx.Client:
+    """An HTTP client of a real console server (``Server``) logged in as ``name``, with
+    the session's CSRF token set for its writes."""
+    client = httpx.Client(base_url=base, timeout=httpx.Timeout(20.0))
+    r = client.post("/api/login", json={"name": name, "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    client.headers["X-CSRF-Token"] = r.json()["csrf_token"]
+    return client

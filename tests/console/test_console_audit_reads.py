@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from console_helpers import PASSWORD, T0, Server, add_accounts, audit_rows, raised
+from console_helpers import PASSWORD, T0, Server, add_accounts, audit_rows, http_log_in, raised
 from starlette.routing import Mount, Route
 
 from alarms.store import open_store
@@ -62,13 +62,6 @@ def served(request, tmp_path):
     server.stop()
     store.close_store()
 
-
-def log_in(base: str, name: str) -> httpx.Client:
-    client = httpx.Client(base_url=base, timeout=httpx.Timeout(20.0))
-    r = client.post("/api/login", json={"name": name, "password": PASSWORD})
-    assert r.status_code == 200, r.text
-    client.headers["X-CSRF-Token"] = r.json()["csrf_token"]
-    return client
 
 
 def sse_messages(lines: Iterator[str]) -> Iterator[dict]:
@@ -141,11 +134,11 @@ def test_every_route_that_answers_with_a_location_leaves_one_audit_row(served):
     app, server, store = served
     assert route_table(app) == set(REQUESTS), \
         "a route was added or removed: give it a request in REQUESTS"
-    walker = log_in(server.url, "sue")
+    walker = http_log_in(server.url, "sue")
     with_location = set()
     for (method, route), (path, body) in sorted(REQUESTS.items()):
         client = httpx.Client(base_url=server.url) if route == "/api/login" else \
-            log_in(server.url, "sue") if route in FRESH else walker
+            http_log_in(server.url, "sue") if route in FRESH else walker
         before = max((r["id"] for r in audit_rows(store)), default=0)
         status, answer = send(client, method, path, body)
         assert status in (200, 204), (method, path, status, answer)
@@ -176,7 +169,7 @@ def test_every_route_that_answers_with_a_location_leaves_one_audit_row(served):
 
 def test_location_reads_name_the_query_and_the_count(served):
     _, server, store = served
-    client = log_in(server.url, "alice")
+    client = http_log_in(server.url, "alice")
     assert len(client.get("/api/alarms?type=outbound&limit=3").json()["alarms"]) == 3
     [row] = audit_rows(store, action="alarms.view")
     assert (row["who"], row["detail"]["alarms"], row["detail"]["regions"]) == (
@@ -199,7 +192,7 @@ def test_location_reads_name_the_query_and_the_count(served):
 
 def test_a_feed_is_audited_when_it_opens_and_when_it_ends_with_what_it_carried(served):
     _, server, store = served
-    client = log_in(server.url, "alice")
+    client = http_log_in(server.url, "alice")
     with client.stream("GET", "/api/feed?since=0") as resp:
         stream = sse_messages(resp.iter_lines())
         alarms = [next(m for m in stream if m.get("event") == "alarm") for _ in range(4)]
@@ -229,7 +222,7 @@ def wait_for_row(store, action: str) -> list[dict]:
 
 def test_a_feed_never_sends_an_event_of_a_region_the_account_just_lost(served):
     _, server, store = served
-    client = log_in(server.url, "sue")  # 411303 and 411302
+    client = http_log_in(server.url, "sue")  # 411303 and 411302
     with client.stream("GET", f"/api/feed?since={store.last_seq()}") as resp:
         stream = sse_messages(resp.iter_lines())
         store.set_user_role("sue", "supervisor", ["411302"], T0)
@@ -242,7 +235,7 @@ def test_a_feed_never_sends_an_event_of_a_region_the_account_just_lost(served):
 @pytest.mark.parametrize("origin", ["https://evil.example", "null"])
 def test_refused_cross_site_requests_are_security_events(served, origin):
     _, server, store = served
-    client = log_in(server.url, "alice")
+    client = http_log_in(server.url, "alice")
     foreign = {"origin": origin}
     r = client.post("/api/alarms/ack/acknowledge", json={}, headers=foreign)
     assert r.status_code == 403 and r.json()["error"] == "origin"

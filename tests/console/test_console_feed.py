@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import orjson
 import pytest
-from console_helpers import PASSWORD, T0, Server, add_accounts, raised
+from console_helpers import PASSWORD, T0, Server, add_accounts, http_log_in, raised
 
 from alarms.store import open_store
 from console import create_app, serve
@@ -24,13 +24,6 @@ def live(tmp_path):
     server.stop()
     store.close_store()
 
-
-def login(base: str, name: str) -> httpx.Client:
-    client = httpx.Client(base_url=base, timeout=httpx.Timeout(20.0))
-    r = client.post("/api/login", json={"name": name, "password": PASSWORD})
-    assert r.status_code == 200, r.text
-    client.headers["X-CSRF-Token"] = r.json()["csrf_token"]
-    return client
 
 
 def messages(response: httpx.Response) -> Iterator[dict]:
@@ -49,7 +42,7 @@ def next_alarm(stream: Iterator[dict]) -> dict:
 
 def test_feed_delivers_a_new_alarm_live_and_resumes_after_last_event_id(live):
     server, store = live
-    client = login(server.url, "alice")
+    client = http_log_in(server.url, "alice")
     with client.stream("GET", "/api/feed") as resp:
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("text/event-stream")
@@ -74,7 +67,7 @@ def test_feed_delivers_a_new_alarm_live_and_resumes_after_last_event_id(live):
 
 def test_feed_carries_only_the_callers_regions(live):
     server, store = live
-    client = login(server.url, "olga")  # 411302 only
+    client = http_log_in(server.url, "olga")  # 411302 only
     with client.stream("GET", f"/api/feed?since={store.last_seq()}") as resp:
         stream = messages(resp)
         store.record_events([raised("not-hers", "411303")], T0)
@@ -86,7 +79,7 @@ def test_feed_carries_only_the_callers_regions(live):
 
 def test_logout_ends_an_open_feed(live):
     server, _store = live
-    client = login(server.url, "alice")
+    client = http_log_in(server.url, "alice")
     with client.stream("GET", "/api/feed") as resp:
         stream = messages(resp)
         other = httpx.Client(base_url=server.url, cookies=client.cookies,
@@ -100,7 +93,7 @@ def test_logout_ends_an_open_feed(live):
 
 def test_feed_rejects_a_bad_last_event_id(live):
     server, _ = live
-    client = login(server.url, "alice")
+    client = http_log_in(server.url, "alice")
     r = client.get("/api/feed", headers={"Last-Event-ID": "abc"})
     assert r.status_code == 400 and r.json()["error"] == "bad_param"
     client.close()
@@ -169,7 +162,7 @@ def test_feed_survives_a_store_outage_and_catches_up(live, tmp_path):
     import sqlite3
 
     server, store = live
-    client = login(server.url, "alice")
+    client = http_log_in(server.url, "alice")
     db = sqlite3.connect(tmp_path / "alarms.db", isolation_level=None)
     with client.stream("GET", "/api/feed") as resp:
         lines = resp.iter_lines()

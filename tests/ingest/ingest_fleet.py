@@ -37,6 +37,22 @@ REGION_A = "330723"  # 武义县
 REGION_B = "330702"  # 婺城区
 
 
+def now_ms() -> int:
+    """The wall clock in epoch milliseconds (fix timestamps near now)."""
+    return time.time_ns() // 1_000_000
+
+
+def until(fetch, done, timeout_s: float = 120.0):
+    """Poll ``fetch()`` until ``done(result)``; return the last result either way (the
+    time limit is a guard against a hang, not a speed requirement)."""
+    deadline = time.monotonic() + timeout_s
+    result = fetch()
+    while not done(result) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        result = fetch()
+    return result
+
+
 class Fleet:
     """Zones + subjects files in ``root`` and points to put devices inside/outside."""
 

@@ -12,7 +12,7 @@ import time
 
 import orjson
 import pytest
-from ingest_fleet import CONSOLE_PW, ENGINE_PW, REGION_A, ROOT, SECRET, fix
+from ingest_fleet import CONSOLE_PW, ENGINE_PW, REGION_A, ROOT, SECRET, fix, now_ms, until
 from ingest_mqtt_helpers import WAIT_S, PahoClient
 
 from alarms.store import open_store
@@ -33,18 +33,6 @@ WORKER = "worker-1"
 ENGINE_CLIENT_ID = engine_account(WORKER)  # what an attacker would guess: emfence-worker-1
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def until(fetch, done, timeout_s: float = 120.0):
-    """Poll ``fetch()`` until ``done(result)``; return the last result either way."""
-    deadline = time.monotonic() + timeout_s
-    result = fetch()
-    while not done(result) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        result = fetch()
-    return result
 
 
 def track_ts(store_url: str, device_id: str) -> list[int]:

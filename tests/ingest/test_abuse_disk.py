@@ -29,6 +29,7 @@ from ingest_fleet import (
     EngineProcess,
     Fleet,
     fix,
+    now_ms,
 )
 from ingest_mqtt_helpers import PahoClient
 
@@ -48,9 +49,6 @@ reconnect_max_s = 1
 outbox_retry_s = 1
 """
 
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def store_url(kind: str, tmp_path: Path, request) -> str:

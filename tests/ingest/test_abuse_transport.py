@@ -22,7 +22,7 @@ import time
 
 import orjson
 import pytest
-from ingest_fleet import CONSOLE_PW, REGION_A, SECRET, EngineProcess, Fleet, fix
+from ingest_fleet import CONSOLE_PW, REGION_A, SECRET, EngineProcess, Fleet, fix, now_ms
 from ingest_mqtt_helpers import PahoClient
 
 from ingest.passwords import CONSOLE_USER, device_password
@@ -40,9 +40,6 @@ reconnect_max_s = 1
 """
 GUARD_S = 120.0  # against hanging the suite; never a speed requirement
 
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def device_client(broker, device_id: str) -> PahoClient:

@@ -27,6 +27,7 @@ from ingest_fleet import (
     EngineProcess,
     Fleet,
     fix,
+    now_ms,
 )
 from ingest_mqtt_helpers import PahoClient
 
@@ -57,9 +58,6 @@ outbox_retry_s = 1
 RULES = {"offline_after_s": 4}
 PERIOD_S = 0.2  # each device reports every 200 ms (event time and real time)
 
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def scenario(fleet: Fleet, devices: list[str], steps: int, t0: int):

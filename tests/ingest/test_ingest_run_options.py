@@ -16,7 +16,7 @@ import time
 import httpx
 import orjson
 import pytest
-from ingest_fleet import CONSOLE_PW, REGION_A, REGION_B, SECRET, fix
+from ingest_fleet import CONSOLE_PW, REGION_A, REGION_B, SECRET, fix, now_ms
 from ingest_mqtt_helpers import PahoClient
 
 from alarms.store import open_store
@@ -36,9 +36,6 @@ escalate_after_s = 1
 retention_days = 1
 """
 
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def free_port() -> int:

@@ -15,6 +15,8 @@ from ingest_fleet import (
     REGION_B,
     SECRET,
     fix,
+    now_ms,
+    until,
 )
 from ingest_mqtt_helpers import PahoClient
 
@@ -34,18 +36,6 @@ outbox_retry_s = 1
 """
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def until(fetch, done, timeout_s: float = 30.0):
-    """Poll ``fetch()`` until ``done(result)``; return the last result either way."""
-    deadline = time.monotonic() + timeout_s
-    result = fetch()
-    while not done(result) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        result = fetch()
-    return result
 
 
 def collect(client: PahoClient, n: int, timeout_s: float = 120.0) -> list[tuple[str, dict]]:
