@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 RANK = {"shared": 0, "geofence": 1, "engine": 2, "ingest": 3, "alarms": 3, "console": 4,
-        "emfence": 5, "simulators": 6, "benchmarks": 7}
+        "simulators": 4, "emfence": 5, "benchmarks": 6}
 PACKAGES = ("contract", *(p for p in RANK if p != "shared"))
 SHARED = ("contract", "emfence.config")
 
@@ -41,11 +41,6 @@ KNOWN_UPWARD = {
         "ingest/service.py is the whole `emfence run` process: split into emfence/run/",
     ("ingest.service", "alarms.store"): "as above: the split into emfence/run/",
     ("ingest.service", "console.app"): "as above: the split into emfence/run/",
-    ("emfence.demo", "simulators.cli"):
-        "the demo drives the simulators: it moves beside them (or their live rig moves "
-        "under emfence/) after the hardening round's demo changes",
-    ("emfence.demo", "simulators.live"): "as above",
-    ("emfence.demo", "simulators.score"): "as above",
 }
 
 # Import cycles (strongly connected sets of modules).
