@@ -112,7 +112,7 @@ def zones_geojson(compiled: Any, principal: Principal, *, tolerance_m: float,
 
     ``compiled`` is a ``geofence.CompiledZones`` (or None: an empty collection). Each
     feature's properties: ``zone_id``, ``regions`` (sorted), ``kind`` (inclusion /
-    exclusion / leave) and, for a circle, ``circle`` = ``[lon, lat, radius_m]`` so the
+    exclusion / leave), ``name`` (the zone's ``name`` property, or None) and, for a circle, ``circle`` = ``[lon, lat, radius_m]`` so the
     page can draw it exactly.
     """
     usage = zone_usage(registry)
@@ -135,6 +135,7 @@ def zones_geojson(compiled: Any, principal: Principal, *, tolerance_m: float,
                 "zone_id": zone.zone_id,
                 "regions": sorted(regions),
                 "kind": kind,
+                "name": (zone.properties or {}).get("name"),
                 "circle": list(zone.circle) if zone.circle is not None else None,
             },
             "geometry": _simplified(zone, float(tolerance_m)),

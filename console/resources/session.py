@@ -21,6 +21,7 @@ from console.auth import (
 )
 from console.context import Console, console_of
 from console.http import COOKIE, ApiError, json_response, read_json, text_field
+from console.regions import region_names
 
 MAX_NAME_CHARS = 64
 MAX_PASSWORD_CHARS = 1024
@@ -32,7 +33,9 @@ def session_body(principal: Principal, csrf: str, console: Console) -> dict[str,
             "regions": sorted(principal.regions), "all_regions": principal.is_admin,
             "csrf_token": csrf, "dispositions": list(DISPOSITIONS),
             "false_alarm_dispositions": list(FALSE_ALARM_DISPOSITIONS),
-            "escalate_after_s": console.escalate_after_s}
+            "escalate_after_s": console.escalate_after_s,
+            # Names for codes: the page shows 卧龙区, not 411303.
+            "region_names": region_names(console.zones)}
 
 
 def _credentials(data: dict[str, Any]) -> tuple[str, str]:

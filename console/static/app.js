@@ -54,7 +54,9 @@ async function api(method, path, body) {
   let data = null;
   try { data = await resp.json(); } catch (e) { data = null; }
   if (!resp.ok) {
-    if (resp.status === 401 && path !== "/api/login") showLogin("Your session has ended; log in again.");
+    // Only a page that had a session can have lost it: the first visit's probe of
+    // /api/session answers 401 too, and that is simply "not logged in yet".
+    if (resp.status === 401 && path !== "/api/login" && state.session) showLogin("Your session has ended; log in again.");
     throw new ApiError(resp.status, data);
   }
   return data;
@@ -76,6 +78,17 @@ function fmtDuration(ms) {
   return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
 }
 const label = (s) => String(s || "").replace(/_/g, " ");
+// A region by its name, with the code for searching (卧龙区 411303); a zone by its name.
+function regionName(code) {
+  const names = (state.session && state.session.region_names) || {};
+  return names[code] ? `${names[code]} ${code}` : String(code || "–");
+}
+function zoneName(zoneId) {
+  if (!zoneId) return "–";
+  const f = ((state.zones && state.zones.features) || []).find((z) => z.properties.zone_id === zoneId);
+  const name = (f && f.properties.name) || (state.session && state.session.region_names || {})[zoneId];
+  return name ? `${name} (${zoneId})` : zoneId;
+}
 
 // ---------------------------------------------------------------- sound
 let audio = null;
@@ -140,7 +153,7 @@ async function onLogout() {
 function fillRegionSelect(select, regions) {
   const keep = select.value;
   select.replaceChildren(el("option", { value: "", text: state.session && state.session.all_regions ? "all" : "all mine" }));
-  for (const r of regions) select.append(el("option", { value: r, text: r }));
+  for (const r of regions) select.append(el("option", { value: r, text: regionName(r) }));
   select.value = regions.includes(keep) ? keep : "";
 }
 
@@ -214,7 +227,7 @@ async function loadAlarms() {
 
 async function loadOlder() {
   // The next page starts after the oldest alarm shown (stable while new ones arrive).
-  const shown = sortedAlarms().filter(matchesFilters);
+  const shown = sortedAlarms().filter((a) => matchesFilters(a) && !pinned(a));
   const last = shown[shown.length - 1];
   if (!last) return;
   const q = filters();
@@ -227,21 +240,30 @@ async function loadOlder() {
   renderAlarms();
 }
 
+// A late alarm is listed by its fix time, which can be long before it arrived: one
+// nobody has acknowledged yet stays pinned on top (newest arrival first) so it cannot
+// sink under newer rows; once handled it takes its place by fix time.
+const pinned = (a) => Boolean(a.late) && a.workflow === "new";
 function sortedAlarms() {
   return [...state.alarms.values()].sort((a, b) =>
+    (pinned(b) - pinned(a)) ||
+    (pinned(a) ? ((b.recorded_at || 0) - (a.recorded_at || 0)) : 0) ||
     (b.raised_at - a.raised_at) || (a.alarm_id < b.alarm_id ? 1 : -1));
 }
 
 function alarmRow(a) {
   const tr = el("tr", { "data-alarm-id": a.alarm_id });
-  tr.className = `w-${a.workflow}` + (a.escalated_at && a.workflow === "new" ? " escalated" : "") +
+  tr.className = `w-${a.workflow}` + (pinned(a) ? " pinned" : "") + (a.escalated_at && a.workflow === "new" ? " escalated" : "") +
                  (a.alarm_id === state.selected ? " selected" : "");
   const esc = a.escalated_at && a.workflow === "new" ? el("span", { class: "esc", text: " ESCALATED" }) : "";
   tr.append(
-    el("td", {}, fmtTime(a.raised_at), a.late ? el("span", { class: "late", text: " late", title: "decided by a stored-and-forwarded fix" }) : ""),
+    el("td", {}, fmtTime(a.raised_at), a.late ? el("span", { class: "late",
+      text: `LATE · arrived ${fmtTime(a.recorded_at).slice(11)}`,
+      title: "decided by a stored-and-forwarded fix: the time is the fix's, the alarm arrived later" }) : ""),
     el("td", {}, el("span", { class: `pill t-${a.type}`, text: label(a.type) })),
     el("td", { text: a.subject_id }),
-    el("td", { text: a.region }),
+    el("td", { class: "device", text: a.device_id || "–", title: a.device_kind ? `${a.device_id} (${a.device_kind})` : (a.device_id || "") }),
+    el("td", { text: regionName(a.region) }),
     el("td", { class: `s-${a.state}`, text: a.state }),
     el("td", { class: `w-${a.workflow}` }, label(a.workflow), esc),
   );
@@ -289,7 +311,10 @@ function closeFeed() {
 
 function setFeedState(on) {
   const s = $("#feed-state");
-  s.textContent = on ? "live" : "offline";
+  // Logged out there is no feed to miss: the badge hides rather than say "offline".
+  s.hidden = !state.session;
+  s.textContent = on ? "live" : "reconnecting";
+  s.title = on ? "live feed: new alarms appear by themselves" : "live feed interrupted; reconnecting";
   s.className = `feed ${on ? "on" : "off"}`;
 }
 
@@ -416,7 +441,7 @@ async function renderDetail(id) {
   const frag = $("#detail-template").content.cloneNode(true);
   $(".d-title", frag).textContent = `${label(a.type)} · ${a.subject_id}`;
   const fields = [
-    ["alarm", a.alarm_id], ["region", a.region], ["device", a.device_id], ["zone", a.zone_id || "–"],
+    ["alarm", a.alarm_id], ["region", regionName(a.region)], ["device", a.device_id], ["zone", zoneName(a.zone_id)],
     ["raised", fmtTime(a.raised_at) + (a.late ? " (late fix)" : "")],
     ["condition", a.state + (a.cleared_at ? ` at ${fmtTime(a.cleared_at)}` : "")],
     ["handling", label(a.workflow) + (a.escalated_at ? ` · escalated ${fmtTime(a.escalated_at)}` : "")],
@@ -614,7 +639,7 @@ function drawMap() {
       path = svg("path", { d: pathData(f.geometry), class: `zone-${f.properties.kind}`, "fill-rule": "evenodd" });
     }
     const title = svg("title");
-    title.textContent = `${f.properties.kind} zone ${f.properties.zone_id}`;
+    title.textContent = `${f.properties.kind} zone ${zoneName(f.properties.zone_id)}`;
     path.append(title);
     kids.push(path);
   }
@@ -796,7 +821,7 @@ async function boot() {
     const s = await api("GET", "/api/session");
     await start(s);
   } catch (e) {
-    if (!(e instanceof ApiError && e.status === 401)) showLogin(e.message);
+    showLogin(e instanceof ApiError && e.status === 401 ? "" : e.message);
   }
 }
 

@@ -281,7 +281,7 @@ def test_after_a_console_restart_the_page_asks_to_log_in_and_misses_nothing(
         wait.until(EC.text_to_be_present_in_element((By.ID, "feed-state"), "live"))
         # The console goes away (sessions live in its memory) ...
         server.stop()
-        wait.until(EC.text_to_be_present_in_element((By.ID, "feed-state"), "offline"))
+        wait.until(EC.text_to_be_present_in_element((By.ID, "feed-state"), "reconnecting"))
         # ... an alarm is raised meanwhile (the engine keeps writing to the store) ...
         t = now_ms()
         store.record_events([raised("during-restart", "411303", at=t, subject="S-1",
@@ -319,4 +319,52 @@ def test_admin_filters_by_the_regions_the_data_shows(world, browser):
     Select(d.find_element(By.ID, "f-region")).select_by_value("411303")
     wait.until(EC.invisibility_of_element_located(
         (By.CSS_SELECTOR, 'tr[data-alarm-id="far-1"]')))
+    assert severe_console_messages(d) == []
+
+
+def test_first_visit_is_calm_and_the_list_names_devices_regions_and_late_alarms(
+        world, browser, tmp_path):
+    """A new user's first look: no "session has ended" and no red "offline" before anyone
+    logged in; rows name the device and the county (卧龙区), and a late exclusion alarm
+    stays on top, marked LATE, instead of sinking under newer rows by its fix time."""
+    server, store = world
+    t = now_ms()
+    # Two devices of one subject, both offline: two rows that must tell them apart.
+    store.record_events([raised("off-bracelet", "411303", kind="offline", at=t - 60_000,
+                                subject="S-1", device="B-1"),
+                         raised("off-phone", "411303", kind="offline", at=t - 59_000,
+                                subject="S-1", device="P-1")], t - 59_000)
+    store.record_events([raised(f"new-{i}", "411303", at=t - 30_000 + i * 1000, subject="S-1",
+                                device="B-1") for i in range(8)], t - 20_000)
+    # A late exclusion: its fix is ten minutes old, it arrived just now.
+    late = raised("late-excl", "411303", kind="exclusion", at=t - 600_000, subject="S-1",
+                  device="B-1", lat=33.0101, lon=112.5201)
+    late["late"] = True
+    store.record_events([late], t)
+    d = browser
+    wait = WebDriverWait(d, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
+    d.get(server.url + "/")
+    wait.until(EC.visibility_of_element_located((By.ID, "login-name")))
+    d.save_screenshot(str(tmp_path / "console-first-visit.png"))
+    print("screenshots in", tmp_path)
+    assert d.find_element(By.ID, "login-error").text == ""
+    assert not d.find_element(By.ID, "feed-state").is_displayed()
+    log_in(d, wait, "alice")
+    wait.until(EC.text_to_be_present_in_element((By.ID, "feed-state"), "live"))
+    rows = (By.CSS_SELECTOR, "#alarm-rows tr")
+    wait.until(lambda drv: len(drv.find_elements(*rows)) == 11)
+    first = d.find_elements(*rows)[0]
+    assert first.get_attribute("data-alarm-id") == "late-excl"
+    assert "LATE" in first.text
+    bracelet = d.find_element(By.CSS_SELECTOR, 'tr[data-alarm-id="off-bracelet"]').text
+    phone = d.find_element(By.CSS_SELECTOR, 'tr[data-alarm-id="off-phone"]').text
+    assert "B-1" in bracelet and "P-1" in phone and bracelet != phone
+    assert "卧龙区" in bracelet
+    d.save_screenshot(str(tmp_path / "console-list.png"))
+    # once acknowledged, the late alarm takes its place by fix time
+    click(wait, (By.CSS_SELECTOR, 'tr[data-alarm-id="late-excl"]'))
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#detail .d-fields"), "卧龙区"))
+    d.find_element(By.CSS_SELECTOR, "#detail .ack-btn").click()
+    wait.until(lambda drv: drv.find_elements(*rows)[0].get_attribute("data-alarm-id") != "late-excl")
+    assert d.find_elements(*rows)[-1].get_attribute("data-alarm-id") == "late-excl"
     assert severe_console_messages(d) == []

@@ -134,3 +134,30 @@ def test_api_serves_scoped_simplified_zones(world, tmp_path):
         app.state.console.set_model(smaller, load_registry({"subjects": []}, smaller))
         assert [f["id"] for f in client.get("/api/zones").json()["features"]] == ["411303"]
     store.close_store()
+
+
+def test_zones_and_regions_come_with_their_names(tmp_path):
+    """An operator reads 卧龙区 and 受害人住所, not 411303 and victim-001: the zone's
+    ``name`` property reaches the map, and the session names every bundled county."""
+    fc = {"type": "FeatureCollection", "features": county_features(["411303"]) + [
+        {"type": "Feature", "id": "victim-001",
+         "geometry": {"type": "Point", "coordinates": [112.52, 33.01]},
+         "properties": {"radius_m": 500, "name": "受害人住所"}}]}
+    compiled = compile_zones(load_zones(fc))
+    registry = load_registry({"subjects": [
+        {"subject_id": "S-1", "region": "411303", "level": "strict",
+         "devices": [{"device_id": "B-1"}], "inclusion": ["411303"],
+         "exclusion": ["victim-001"]}]}, compiled)
+    store = open_store(f"sqlite:///{tmp_path / 'a.db'}")
+    add_accounts(store)
+    app = create_app(store=store, config=Config(), zones=compiled, registry=registry,
+                     secure_cookies=False, clock_ms=lambda: T0)
+    with TestClient(app) as client:
+        session = client.post("/api/login", json={"name": "alice", "password": PASSWORD}).json()
+        assert session["region_names"]["411303"] == "卧龙区"
+        assert session["region_names"]["411302"] == "宛城区"
+        assert len(session["region_names"]) >= 157  # every bundled Henan county
+        assert client.get("/api/session").json()["region_names"] == session["region_names"]
+        names = {f["id"]: f["properties"]["name"] for f in client.get("/api/zones").json()["features"]}
+        assert names == {"411303": None, "victim-001": "受害人住所"}
+    store.close_store()
