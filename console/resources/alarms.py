@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -14,13 +15,27 @@ from alarms.schema import ALARM_TYPES, CONDITION_STATES, DISPOSITIONS, WORKFLOW_
 from alarms.store import AlarmActionError
 from console.access import Caller, alarm_in_scope, signed_in
 from console.http import ApiError, int_param, json_response, list_param, read_json, text_field
+from geofence.gcj02 import wgs84_to_gcj02
 
 STATES = WORKFLOW_STATES + CONDITION_STATES
 MAX_NOTE_CHARS = 2000
 
 
+def position_gcj02(alarm: dict[str, Any]) -> dict[str, float] | None:
+    """The alarm's evidence position (WGS-84) in GCJ-02, the datum of Chinese map
+    services, for an operator to paste there; None without a position."""
+    evidence = alarm.get("evidence") or {}
+    lat, lon = evidence.get("lat"), evidence.get("lon")
+    if lat is None or lon is None:
+        return None
+    glon, glat = wgs84_to_gcj02(np.array([float(lon)]), np.array([float(lat)]))
+    return {"lat": round(float(glat[0]), 6), "lon": round(float(glon[0]), 6)}
+
+
 def alarm_body(alarm: dict[str, Any], actions: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"alarm": alarm, "actions": actions}
+    """One alarm, its actions in time order, and its position in GCJ-02."""
+    actions = sorted(actions, key=lambda a: a.get("at") or 0)
+    return {"alarm": alarm, "actions": actions, "position_gcj02": position_gcj02(alarm)}
 
 
 async def list_alarms(request: Request) -> Response:

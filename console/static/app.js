@@ -64,11 +64,22 @@ async function api(method, path, body) {
 
 // ---------------------------------------------------------------- formatting
 const pad = (n) => String(n).padStart(2, "0");
+// The page shows local times; the zone is said once per place times appear.
+function tzMark() {
+  const off = -new Date().getTimezoneOffset();
+  return `UTC${off >= 0 ? "+" : "-"}${pad(Math.floor(Math.abs(off) / 60))}:${pad(Math.abs(off) % 60)}`;
+}
 function fmtTime(ms) {
   if (ms === null || ms === undefined) return "";
   const d = new Date(ms);
   return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
          `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+// A list row's time: the clock time today, the date and minute before (full in its title).
+function fmtShort(ms) {
+  if (ms === null || ms === undefined) return "";
+  const full = fmtTime(ms);
+  return full.slice(0, 10) === fmtTime(Date.now()).slice(0, 10) ? full.slice(11) : full.slice(5, 16);
 }
 function fmtDuration(ms) {
   if (ms === null || ms === undefined) return "–";
@@ -82,6 +93,10 @@ const label = (s) => String(s || "").replace(/_/g, " ");
 function regionName(code) {
   const names = (state.session && state.session.region_names) || {};
   return names[code] ? `${names[code]} ${code}` : String(code || "–");
+}
+function regionShort(code) {
+  const names = (state.session && state.session.region_names) || {};
+  return names[code] || String(code || "–");
 }
 function zoneName(zoneId) {
   if (!zoneId) return "–";
@@ -178,6 +193,7 @@ async function start(session) {
   $("#tabs").hidden = false;
   $("#logout").hidden = false;
   $("#who").textContent = `${session.user} (${session.role})`;
+  $("#th-time").textContent = `time (${tzMark()})`;
   $("#tab-stats").hidden = !(session.role === "supervisor" || session.role === "admin");
   fillRegionSelect($("#f-region"), session.regions);
   fillRegionSelect($("#s-region"), session.regions);
@@ -255,17 +271,18 @@ function alarmRow(a) {
   const tr = el("tr", { "data-alarm-id": a.alarm_id });
   tr.className = `w-${a.workflow}` + (pinned(a) ? " pinned" : "") + (a.escalated_at && a.workflow === "new" ? " escalated" : "") +
                  (a.alarm_id === state.selected ? " selected" : "");
-  const esc = a.escalated_at && a.workflow === "new" ? el("span", { class: "esc", text: " ESCALATED" }) : "";
+  // An escalated alarm is a new one nobody took in time: "ESCALATED" says both.
+  const escalated = a.escalated_at && a.workflow === "new";
   tr.append(
-    el("td", {}, fmtTime(a.raised_at), a.late ? el("span", { class: "late",
-      text: `LATE · arrived ${fmtTime(a.recorded_at).slice(11)}`,
-      title: "decided by a stored-and-forwarded fix: the time is the fix's, the alarm arrived later" }) : ""),
+    el("td", { title: fmtTime(a.raised_at) }, fmtShort(a.raised_at), a.late ? el("span", { class: "late",
+      text: "LATE",
+      title: `decided by a stored-and-forwarded fix: the time is the fix's, the alarm arrived ${fmtTime(a.recorded_at)}` }) : ""),
     el("td", {}, el("span", { class: `pill t-${a.type}`, text: label(a.type) })),
     el("td", { text: a.subject_id }),
     el("td", { class: "device", text: a.device_id || "–", title: a.device_kind ? `${a.device_id} (${a.device_kind})` : (a.device_id || "") }),
-    el("td", { text: regionName(a.region) }),
+    el("td", { text: regionShort(a.region), title: regionName(a.region) }),
     el("td", { class: `s-${a.state}`, text: a.state }),
-    el("td", { class: `w-${a.workflow}` }, label(a.workflow), esc),
+    escalated ? el("td", { class: "esc", text: "ESCALATED" }) : el("td", { class: `w-${a.workflow}`, text: label(a.workflow) }),
   );
   tr.tabIndex = 0;  // reachable and selectable from the keyboard too
   tr.addEventListener("click", () => selectAlarm(a.alarm_id));
@@ -442,12 +459,16 @@ async function renderDetail(id) {
   $(".d-title", frag).textContent = `${label(a.type)} · ${a.subject_id}`;
   const fields = [
     ["alarm", a.alarm_id], ["region", regionName(a.region)], ["device", a.device_id], ["zone", zoneName(a.zone_id)],
-    ["raised", fmtTime(a.raised_at) + (a.late ? " (late fix)" : "")],
+    ["raised", `${fmtTime(a.raised_at)} ${tzMark()}` + (a.late ? ` (late fix, arrived ${fmtTime(a.recorded_at)})` : "")],
     ["condition", a.state + (a.cleared_at ? ` at ${fmtTime(a.cleared_at)}` : "")],
     ["handling", label(a.workflow) + (a.escalated_at ? ` · escalated ${fmtTime(a.escalated_at)}` : "")],
   ];
   const ev = a.evidence || {};
-  if (ev.lat !== undefined && ev.lat !== null) fields.push(["position", `${(+ev.lat).toFixed(6)}, ${(+ev.lon).toFixed(6)}` + (ev.acc ? ` ±${Math.round(ev.acc)} m` : "")]);
+  if (ev.lat !== undefined && ev.lat !== null) {
+    fields.push(["position (WGS-84, GPS)", `${(+ev.lat).toFixed(6)}, ${(+ev.lon).toFixed(6)}` + (ev.acc ? ` ±${Math.round(ev.acc)} m` : "")]);
+    // Chinese map services use GCJ-02: the WGS-84 figures pasted there land ~500 m off.
+    if (data.position_gcj02) fields.push(["position (GCJ-02, for Chinese maps)", `${data.position_gcj02.lat.toFixed(6)}, ${data.position_gcj02.lon.toFixed(6)}`]);
+  }
   if (ev.distance_m !== undefined && ev.distance_m !== null) fields.push(["distance", `${Math.round(ev.distance_m)} m`]);
   if (a.disposition) fields.push(["disposition", label(a.disposition)]);
   const dl = $(".d-fields", frag);
@@ -470,14 +491,17 @@ async function renderDetail(id) {
     { note: $(".note-text", noteForm).value }, err));
 
   const hist = $(".d-history", frag);
-  hist.append(el("li", { text: `${fmtTime(a.raised_at)} raised` }));
-  for (const x of data.actions) {
-    let text = `${fmtTime(x.at)} ${label(x.what)} by ${x.who}`;
+  // One history in time order: the condition clearing may fall between two actions.
+  const entries = [[a.raised_at, 0, "raised"]];
+  data.actions.forEach((x, i) => {
+    let text = `${label(x.what)} by ${x.who}`;
     if (x.disposition) text += ` · ${label(x.disposition)}`;
     if (x.note) text += ` · “${x.note}”`;
-    hist.append(el("li", { text }));
-  }
-  if (a.cleared_at) hist.append(el("li", { text: `${fmtTime(a.cleared_at)} condition cleared` }));
+    entries.push([x.at, 1 + i, text]);
+  });
+  if (a.cleared_at) entries.push([a.cleared_at, 1e9, "condition cleared"]);
+  entries.sort((x, y) => (x[0] - y[0]) || (x[1] - y[1]));
+  for (const [at, , text] of entries) hist.append(el("li", { text: `${fmtTime(at)} ${text}` }));
   // A feed event may redraw the alarm the operator is typing about: keep what they
   // typed and where the cursor was.
   const kept = box.dataset.alarmId === a.alarm_id ? FORM_FIELDS.map((sel) => {
@@ -777,7 +801,7 @@ async function loadStats(ev) {
   const perDisp = entries(s.dispositions, "disposition").filter((r) => r.count > 0);
   const mr = maxOf(perRegion), mt = maxOf(perType), md = maxOf(perDay), mdisp = maxOf(perDisp);
   const byRegion = card("Alarms per region", table(["region", "alarms", ""],
-    perRegion.map((r) => [r.region, String(r.count), bar(r.count, mr)])));
+    perRegion.map((r) => [regionName(r.region), String(r.count), bar(r.count, mr)])));
   const byType = card("Alarms per type", table(["type", "alarms", ""],
     perType.map((r) => [label(r.type), String(r.count), bar(r.count, mt)])));
   const byDay = card("Alarms per day", table(["day", "alarms", ""],

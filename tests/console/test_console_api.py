@@ -377,3 +377,22 @@ def test_a_supervisor_does_not_see_a_colleagues_rows_about_another_region(consol
     seen = {(r["who"], r["action"], r["target"])
             for r in console.get("/api/audit?limit=1000").json()["rows"]}
     assert {("ann", "alarm.note", "r1"), ("ann", "track.view", "r1")} <= seen
+
+
+def test_alarm_detail_gives_the_position_in_gcj02_for_chinese_maps(console):
+    """The evidence is WGS-84 (GPS); pasted into a Chinese map service it lands ~500 m
+    off, so the detail carries the GCJ-02 form, computed by geofence's conversion."""
+    import numpy as np
+
+    from geofence.gcj02 import gcj02_to_wgs84
+
+    seed(console.store)
+    console.login("alice")
+    r = console.get("/api/alarms/w1")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    ev, g = body["alarm"]["evidence"], body["position_gcj02"]
+    lon, lat = gcj02_to_wgs84(np.array([g["lon"]]), np.array([g["lat"]]))
+    assert abs(lon[0] - ev["lon"]) < 1e-5 and abs(lat[0] - ev["lat"]) < 1e-5
+    # and it is a different place: hundreds of metres in Henan
+    assert abs(g["lon"] - ev["lon"]) * 93_000 + abs(g["lat"] - ev["lat"]) * 111_000 > 300

@@ -13,7 +13,7 @@ import time
 
 import orjson
 import pytest
-from console_helpers import CNMAPS, PASSWORD, Server, add_accounts, raised
+from console_helpers import CNMAPS, PASSWORD, Server, add_accounts, cleared, raised
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
@@ -341,6 +341,9 @@ def test_first_visit_is_calm_and_the_list_names_devices_regions_and_late_alarms(
                   device="B-1", lat=33.0101, lon=112.5201)
     late["late"] = True
     store.record_events([late], t)
+    # its condition cleared (five minutes ago) before anyone acknowledged it
+    store.record_events([{**cleared("late-excl", "411303", kind="exclusion", at=t - 300_000,
+                                    subject="S-1", device="B-1"), "late": True}], t)
     d = browser
     wait = WebDriverWait(d, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
     d.get(server.url + "/")
@@ -360,11 +363,29 @@ def test_first_visit_is_calm_and_the_list_names_devices_regions_and_late_alarms(
     phone = d.find_element(By.CSS_SELECTOR, 'tr[data-alarm-id="off-phone"]').text
     assert "B-1" in bracelet and "P-1" in phone and bracelet != phone
     assert "卧龙区" in bracelet
+    # at 1280x720 the list fits its column: nothing (such as "ESCALATED") is cut off
+    d.set_window_size(1280, 720)
+    store.escalate_due(now_ms(), 0)
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "tr.escalated")))
     d.save_screenshot(str(tmp_path / "console-list.png"))
+    widths = d.execute_script(
+        "const l = document.getElementById('left'); return [l.scrollWidth, l.clientWidth];")
+    assert widths[0] <= widths[1], widths
     # once acknowledged, the late alarm takes its place by fix time
     click(wait, (By.CSS_SELECTOR, 'tr[data-alarm-id="late-excl"]'))
     wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#detail .d-fields"), "卧龙区"))
     d.find_element(By.CSS_SELECTOR, "#detail .ack-btn").click()
     wait.until(lambda drv: drv.find_elements(*rows)[0].get_attribute("data-alarm-id") != "late-excl")
+    # layout and wording of the detail: history in time order, datum and zone said
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#detail .d-history"),
+                                                "acknowledge by alice"))
+    history = [li.text for li in d.find_elements(By.CSS_SELECTOR, "#detail .d-history li")]
+    assert [h.split(" ", 2)[2] for h in history] == [
+        "raised", "condition cleared", "escalated by system", "acknowledge by alice"]
+    fields = d.find_element(By.CSS_SELECTOR, "#detail .d-fields").text
+    assert "WGS-84" in fields and "GCJ-02" in fields and "UTC" in fields
+    assert d.find_element(By.CSS_SELECTOR, "#detail .close-btn").text == "Close alarm"
+    assert "UTC" in d.find_element(By.ID, "th-time").text
+    d.save_screenshot(str(tmp_path / "console-detail.png"))
     assert d.find_elements(*rows)[-1].get_attribute("data-alarm-id") == "late-excl"
     assert severe_console_messages(d) == []
