@@ -35,6 +35,17 @@ _SIMPLIFY_ROUNDS = 6
 _KIND_RANK = {"inclusion": 0, "leave": 1, "exclusion": 2}
 
 
+def zone_users(registry: Any) -> dict[str, set[str]]:
+    """zone_id -> the subjects whose inclusion, exclusion or leave zones name it."""
+    users: dict[str, set[str]] = {}
+    for subject in getattr(registry, "subjects", None) or []:
+        zone_ids = list(subject.inclusion) + list(subject.exclusion)
+        zone_ids += [z for leave in subject.leaves for z in leave[2]]
+        for zone_id in zone_ids:
+            users.setdefault(zone_id, set()).add(subject.subject_id)
+    return users
+
+
 def zone_usage(registry: Any) -> dict[str, tuple[set[str], str]]:
     """zone_id -> (regions of the subjects using it, how it is used) from a Registry."""
     usage: dict[str, tuple[set[str], str]] = {}
@@ -112,10 +123,12 @@ def zones_geojson(compiled: Any, principal: Principal, *, tolerance_m: float,
 
     ``compiled`` is a ``geofence.CompiledZones`` (or None: an empty collection). Each
     feature's properties: ``zone_id``, ``regions`` (sorted), ``kind`` (inclusion /
-    exclusion / leave), ``name`` (the zone's ``name`` property, or None) and, for a circle, ``circle`` = ``[lon, lat, radius_m]`` so the
+    exclusion / leave), ``subjects`` (sorted ids of the subjects using it, so the page
+    can draw one subject's zones), ``name`` (the zone's ``name`` property, or None) and, for a circle, ``circle`` = ``[lon, lat, radius_m]`` so the
     page can draw it exactly.
     """
     usage = zone_usage(registry)
+    users = zone_users(registry)
     features: list[dict[str, Any]] = []
     for zone in list(getattr(compiled, "zones", None) or []):
         regions, kind = usage.get(zone.zone_id, (set(), None))
@@ -136,6 +149,7 @@ def zones_geojson(compiled: Any, principal: Principal, *, tolerance_m: float,
                 "regions": sorted(regions),
                 "kind": kind,
                 "name": (zone.properties or {}).get("name"),
+                "subjects": sorted(users.get(zone.zone_id, ())),
                 "circle": list(zone.circle) if zone.circle is not None else None,
             },
             "geometry": _simplified(zone, float(tolerance_m)),

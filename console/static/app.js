@@ -610,7 +610,9 @@ function fitTo(lonlats, minSpan) {
   if (!b) return;
   const w = Math.max(b.x1 - b.x0, minSpan), h = Math.max(b.y1 - b.y0, minSpan);
   const cx = (b.x0 + b.x1) / 2, cy = (b.y0 + b.y1) / 2;
-  state.view = { x: cx - w * 0.55, y: cy - h * 0.55, w: w * 1.1, h: h * 1.1 };
+  // A quarter of the span as margin on every side: the alarm's point must not sit on
+  // the map's edge or under the legend.
+  state.view = { x: cx - w * 0.75, y: cy - h * 0.75, w: w * 1.5, h: h * 1.5 };
   drawMap();
 }
 
@@ -652,7 +654,12 @@ function drawMap() {
   // Marker sizes in screen pixels, converted to metres at the current zoom.
   const px = Math.max(v.w / Math.max(map.clientWidth, 1), v.h / Math.max(map.clientHeight, 1));
   const kids = [];
+  const sel = state.alarms.get(state.selected);
   for (const f of (state.zones && state.zones.features) || []) {
+    // With an alarm selected, only its subject's zones; a leave zone (one subject's
+    // permitted trip) only for its subject, never over everyone's map.
+    const users = f.properties.subjects || [];
+    if (sel ? users.length && !users.includes(sel.subject_id) : f.properties.kind === "leave") continue;
     const circle = f.properties.circle;
     let path;
     if (circle) {

@@ -53,8 +53,8 @@ def model():
     zones = compile_zones(load_zones(fc))
     registry = load_registry({"subjects": [
         {"subject_id": "S-1", "region": "411303", "level": "strict",
-         "devices": [{"device_id": "B-1"}], "inclusion": ["411303"],
-         "exclusion": ["victim-17"]}]}, zones)
+         "devices": [{"device_id": "B-1"}, {"device_id": "P-1", "kind": "phone"}],
+         "inclusion": ["411303"], "exclusion": ["victim-17"]}]}, zones)
     return zones, registry
 
 
@@ -389,3 +389,62 @@ def test_first_visit_is_calm_and_the_list_names_devices_regions_and_late_alarms(
     d.save_screenshot(str(tmp_path / "console-detail.png"))
     assert d.find_elements(*rows)[-1].get_attribute("data-alarm-id") == "late-excl"
     assert severe_console_messages(d) == []
+
+
+def test_the_map_draws_the_selected_subjects_zones_with_its_point_clear_of_the_edge(
+        tmp_path, browser):
+    """Another subject's leave zone is not drawn over this one's map (nor for everyone
+    when nothing is selected), the legend names leave zones, and the alarm's point sits
+    inside the map with a margin."""
+    fc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": "411303",
+         "geometry": orjson.loads((CNMAPS / "411303.geojson").read_bytes()),
+         "properties": {"coord_sys": "gcj02"}},
+        {"type": "Feature", "id": "victim-17",
+         "geometry": {"type": "Point", "coordinates": [112.52, 33.01]},
+         "properties": {"radius_m": 500}},
+        {"type": "Feature", "id": "hospital-2",
+         "geometry": {"type": "Point", "coordinates": [112.56, 33.02]},
+         "properties": {"radius_m": 800}}]}
+    zones = compile_zones(load_zones(fc))
+    registry = load_registry({"subjects": [
+        {"subject_id": "S-1", "region": "411303", "level": "strict",
+         "devices": [{"device_id": "B-1"}], "inclusion": ["411303"], "exclusion": ["victim-17"]},
+        {"subject_id": "S-2", "region": "411303", "level": "ordinary",
+         "devices": [{"device_id": "B-2"}], "inclusion": ["411303"],
+         "leaves": [{"start": 0, "end": 4102444800000, "zones": ["hospital-2"]}]}]}, zones)
+    store = open_store(f"sqlite:///{tmp_path / 'alarms.db'}")
+    add_accounts(store)
+    t = now_ms()
+    store.record_events([raised("x-1", "411303", kind="exclusion", at=t, subject="S-1",
+                                device="B-1", lat=33.0101, lon=112.5201)], t)
+    # the track runs away from the point to the north-east: the point is at its corner
+    store.record_fixes([
+        {"device_id": "B-1", "subject_id": "S-1", "region": "411303", "ts": t - k * 60_000,
+         "lat": 33.0101 + k * 0.001, "lon": 112.5201 + k * 0.0015, "acc": 12.0, "src": "gps",
+         "received_at": t - k * 60_000} for k in range(20, -1, -1)])
+    server = Server(create_app(store=store, config=Config(), zones=zones, registry=registry,
+                               secure_cookies=False)).start()
+    d = browser
+    wait = WebDriverWait(d, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
+    try:
+        d.set_window_size(1280, 720)
+        d.get(server.url + "/")
+        log_in(d, wait, "alice")
+        wait.until(lambda drv: drv.find_elements(By.CSS_SELECTOR, "#map path.zone-inclusion"))
+        assert not d.find_elements(By.CSS_SELECTOR, "#map .zone-leave")
+        assert "leave" in d.find_element(By.ID, "map-legend").text
+        click(wait, (By.CSS_SELECTOR, 'tr[data-alarm-id="x-1"]'))
+        point = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#map circle.alarm-point")))
+        assert not d.find_elements(By.CSS_SELECTOR, "#map .zone-leave")
+        assert d.find_elements(By.CSS_SELECTOR, "#map circle.zone-exclusion")
+        d.save_screenshot(str(tmp_path / "console-map.png"))
+        print("screenshots in", tmp_path)
+        p, m = point.rect, d.find_element(By.ID, "map").rect
+        margin = 0.1 * min(m["width"], m["height"])
+        assert m["x"] + margin <= p["x"] and p["x"] + p["width"] <= m["x"] + m["width"] - margin
+        assert m["y"] + margin <= p["y"] and p["y"] + p["height"] <= m["y"] + m["height"] - margin
+        assert severe_console_messages(d) == []
+    finally:
+        server.stop()
+        store.close_store()
