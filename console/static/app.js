@@ -780,14 +780,15 @@ async function loadStats(ev) {
     const t = el("table");
     t.append(el("thead", {}, el("tr", {}, ...heads.map((h) => el("th", { text: h, class: h === "alarms" || h === "share" ? "num" : "" })))));
     const tb = el("tbody");
-    for (const r of rows) tb.append(el("tr", {}, ...r.map((c) => (c instanceof Node ? el("td", {}, c) : el("td", { text: c })))));
+    for (const r of rows) tb.append(el("tr", {}, ...r.map((c) => (c instanceof Node ? el("td", { class: "barcell" }, c) : el("td", { text: c })))));
     t.append(tb);
     return t;
   };
   // Widths through CSSOM: the page's CSP forbids inline style attributes.
   const bar = (n, max, cls = "") => {
     const b = el("span", { class: `bar ${cls}` });
-    b.style.width = `${Math.round(160 * n / Math.max(max, 1))}px`;
+    // A share of its cell, so a long label beside it cannot push it out of the card.
+    b.style.width = `${Math.round(100 * n / Math.max(max, 1))}%`;
     return b;
   };
   const maxOf = (rows) => Math.max(1, ...rows.map((r) => r.count));
@@ -817,7 +818,7 @@ async function loadStats(ev) {
     perDisp.map((r) => [label(r.disposition) + (falseSet.has(r.disposition) ? " (false alarm)" : ""),
       String(r.count), bar(r.count, mdisp, falseSet.has(r.disposition) ? "false" : "")])));
   const detail = card("Region × type × day", table(["day", "region", "type", "alarms"],
-    s.counts.map((r) => [r.day, r.region, label(r.type), String(r.count)])));
+    s.counts.map((r) => [r.day, regionName(r.region), label(r.type), String(r.count)])));
   let trail = [];
   try {
     trail = (await api("GET", "/api/audit?limit=50")).rows;

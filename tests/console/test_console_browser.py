@@ -240,6 +240,18 @@ def test_supervisor_view_shows_statistics(world, browser, tmp_path):
     assert "alarm.close" in trail and "gps drift" in trail
     d.save_screenshot(str(tmp_path / "console-supervisor.png"))
     assert severe_console_messages(d) == []
+    # at 1280x720 every card holds its table and bars, the longest disposition included
+    store.acknowledge("s1", "sue", None, t - 200_000)
+    store.close_alarm("s1", "sue", "approved_leave_not_recorded", "leave was agreed", t - 90_000)
+    d.set_window_size(1280, 720)
+    d.find_element(By.CSS_SELECTOR, "#stats-form button").click()
+    wait.until(EC.text_to_be_present_in_element((By.ID, "stats-body"), "approved leave"))
+    overflow = d.execute_script("""
+        return [...document.querySelectorAll('#stats-body .card')]
+          .filter((c) => c.scrollWidth > c.clientWidth)
+          .map((c) => c.querySelector('h2').textContent);""")
+    d.save_screenshot(str(tmp_path / "console-supervisor-1280.png"))
+    assert overflow == []
 
 
 def test_older_alarms_load_page_by_page(world, browser):
