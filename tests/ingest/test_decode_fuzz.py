@@ -333,8 +333,8 @@ def test_parse_topic_splits_or_refuses(topic):
         assert topic == f"emfence/v1/{region}/{device_id}/{kind}"
 
 
-# --- the live intake: raw message -> decoder -> dead-letter record (ingest.service
-# _on_message and _deadletter, without the broker and the registry)
+# --- the live intake: raw message -> decoder -> dead-letter record (emfence.run.receive
+# Receiver.on_message and deadletter, without the broker and the registry)
 
 def live_path(topic: str | bytes, payload: bytes) -> list[tuple[str, bytes]]:
     """The dead letters the service would publish for one message."""
@@ -403,7 +403,7 @@ def test_deadletter_record_never_raises(topic, payload, detail, where):
     check_deadletter(topic, payload, region, record)
 
 
-# --- the replay line parser (engine.replay.replay, the entry of `emfence replay`)
+# --- the replay line parser (emfence.replay.replay, the entry of `emfence replay`)
 
 @pytest.fixture(scope="module")
 def replay_engine():
@@ -438,8 +438,7 @@ replay_lines = st.one_of(
 @fuzz(300)
 @given(st.lists(replay_lines, min_size=1, max_size=6))
 def test_replay_lines_are_replayed_or_reported(replay_engine, lines):
-    from engine.replay import replay
-
+    from emfence.replay import replay
     from engine.engine import Engine
 
     zones, registry = replay_engine
