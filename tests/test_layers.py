@@ -37,10 +37,6 @@ SHARED = ("contract", "emfence.config")
 
 # (importing module, imported module): why it is still there, and what removes it.
 KNOWN_UPWARD = {
-    ("ingest.service", "alarms.publisher"):
-        "ingest/service.py is the whole `emfence run` process: split into emfence/run/",
-    ("ingest.service", "alarms.store"): "as above: the split into emfence/run/",
-    ("ingest.service", "console.app"): "as above: the split into emfence/run/",
     ("emfence.demo", "simulators.cli"):
         "the demo drives the simulators: it moves beside them (or their live rig moves "
         "under emfence/) after the hardening round's demo changes",

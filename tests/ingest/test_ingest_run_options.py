@@ -20,9 +20,11 @@ from ingest_fleet import CONSOLE_PW, REGION_A, REGION_B, SECRET, fix
 from ingest_mqtt_helpers import PahoClient
 
 from alarms.store import open_store
+from emfence.run.checkpoint_file import acks_path as _acks_path
+from emfence.run.checkpoint_file import file_digest, read_covered
+from emfence.run.checkpoint_file import write_acks_file as _write_acks_file
 from ingest.mqtt import Backoff, BrokerConfigError, BrokerSettings, parse_regions, subscriptions
 from ingest.passwords import CONSOLE_USER, device_password
-from ingest.service import _acks_path, _write_acks_file, file_digest, read_covered
 
 FAST = """
 [ingest]
@@ -314,8 +316,9 @@ def test_shapely_core_for_benchmarks(tmp_path, fleet, broker, engines):
 async def test_a_record_the_engine_fails_on_is_dead_lettered_not_fatal(tmp_path, fleet):
     """Fault injection: the engine raises on one record. The batch is retried record by
     record; the others still raise their alarms, the poison one is dead-lettered."""
+    from emfence.run.batches import Batch
+    from emfence.run.cli import Service, build_parser, build_service_args
     from ingest.decode import Fix
-    from ingest.service import Batch, Service, build_parser, build_service_args
 
     args = build_service_args(build_parser().parse_args([
         "--zones", str(fleet.zones_path), "--subjects", str(fleet.subjects_path),
@@ -324,10 +327,10 @@ async def test_a_record_the_engine_fails_on_is_dead_lettered_not_fatal(tmp_path,
     real = args["engine"]
 
     class FaultyEngine(type(real)):
-        def process_records(self, kind, device_idx, ts_ms, *rest, **kw):
-            if (ts_ms == poison_ts).any():
+        def process(self, batch, **kw):
+            if (batch.ts_ms == poison_ts).any():
                 raise FloatingPointError("injected fault")
-            return super().process_records(kind, device_idx, ts_ms, *rest, **kw)
+            return super().process(batch, **kw)
 
     real.__class__ = FaultyEngine
     service = Service(**args)
@@ -390,8 +393,9 @@ async def test_a_sweep_never_overtakes_messages_received_before_it(tmp_path, fle
     of a device silent for an hour (as after a restart, when the whole backlog can sit in
     that batch as the sweeps begin): the sweep must queue behind it and raise nothing.
     (Seen once in the kill -9 fault test: a false offline storm.)"""
+    from emfence.run.batches import Batch
+    from emfence.run.cli import Service, build_parser, build_service_args
     from ingest.decode import Fix
-    from ingest.service import Batch, Service, build_parser, build_service_args
 
     config = tmp_path / "fast.toml"
     config.write_text("[ingest]\nsweep_interval_ms = 20\nbatch_max_ms = 60000\n")
