@@ -119,6 +119,25 @@ def test_track_retention_purges_old_fixes(tmp_path, fleet, broker, engines):
 
 
 @pytest.mark.mqtt
+def test_http_on_a_taken_port_is_a_one_line_error_and_exit_1(tmp_path, fleet, broker, engines):
+    """--http on an address another process holds: the engine says so in one line and
+    exits 1 (a mistake to fix), after a clean stop; no traceback."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        engine = engines(tmp_path, fleet, broker, config=FAST,
+                         extra=["--http", f"127.0.0.1:{port}"])
+        assert engine.proc.wait(300) == 1, engine.log()[-2000:]
+    finally:
+        taken.close()
+    log = engine.log()
+    assert f"--http 127.0.0.1:{port}: cannot serve the console" in log
+    assert "Traceback" not in log
+
+
+@pytest.mark.mqtt
 def test_http_serves_the_console_in_the_same_process(tmp_path, fleet, broker, engines):
     port = free_port()
     engine = engines(tmp_path, fleet, broker, config=FAST, extra=["--http", f"127.0.0.1:{port}"])
