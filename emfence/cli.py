@@ -16,7 +16,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "zones": ("geofence.cli", "zone files: import-adcode (real county boundaries), check"),
     "replay": ("emfence.replay", "run the rules over a JSON-lines file of fixes and statuses"),
-    "run": ("ingest.service", "the live engine: MQTT in, alarms to the store and MQTT out"),
+    "run": ("emfence.run.cli", "the live engine: MQTT in, alarms to the store and MQTT out"),
     "mqtt-passwords": ("ingest.passwords", "build a mosquitto password file for a subjects file"),
     "retire-session": ("ingest.retire", "discard a retired engine worker's broker session"),
     "simulate": ("simulators.cli", "publish like bracelet firmware; or --generate a test fleet"),

@@ -1,5 +1,6 @@
-"""Live intake: wire-contract decoding, the MQTT subscriber and `emfence run`.
+"""Live intake: wire -> records. Wire-contract decoding, the MQTT client, broker accounts.
 
 ``ingest.decode`` is pure and imported by ``emfence replay`` too; the MQTT parts
-(``ingest.mqtt``, ``ingest.service``) import aiomqtt only when used.
+(``ingest.mqtt``) import aiomqtt only when used; `emfence run` itself is
+``emfence.run``.
 """

@@ -7,7 +7,7 @@ by ``": "`` and a human detail, and whose ``where`` says which element of the pa
 (``"[3].lat"``) or which line of a file it was. The codes are the device-facing contract
 documented in ``docs/wire-protocol.md``; the MQTT service counts rejections by code.
 
-Shared by the live MQTT intake (``ingest.service``) and ``emfence replay``.
+Shared by the live MQTT intake (``emfence.run.receive``) and ``emfence replay``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from contract import COORD_SYS_CODES, STRAP_CODES, TOPIC_PREFIX
 from emfence.config import IngestConfig
 
 # Stable rejection codes (the part of ``PayloadError.reason`` before the colon).
@@ -42,9 +43,6 @@ REASON_CODES = (
     "engine_error",  # the rule engine failed on this record (service level; a bug to report)
 )
 
-# Coordinate systems and strap states as the small integer codes the engine's arrays use.
-COORD_SYS_CODES = {"wgs84": 0, "gcj02": 1}
-STRAP_CODES = {"ok": 0, "open": 1}
 SOURCES = ("gps", "wifi", "cell")
 
 DEFAULT_ACC_M = 50.0
@@ -63,7 +61,6 @@ _MAX_DOUBLE = sys.float_info.max
 DEADLETTER_PREFIX_BYTES = 256
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-TOPIC_PREFIX = "emfence/v1"
 KINDS = ("fix", "status")
 
 
@@ -397,8 +394,8 @@ def parse_topic(topic: str) -> tuple[str, str, str]:
     """
     parts = topic.split("/")
     if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != TOPIC_PREFIX:
-        raise PayloadError(f"bad_topic: expected {TOPIC_PREFIX}/{{region}}/{{device_id}}/fix|status,"
-                           f" got {_short(topic)}")
+        raise PayloadError(f"bad_topic: expected {TOPIC_PREFIX}/{{region}}/{{device_id}}/"
+                           f"fix|status, got {_short(topic)}")
     region, device_id, kind = parts[2], parts[3], parts[4]
     if not ID_RE.fullmatch(region):
         raise PayloadError(f"bad_topic: region {_short(region)} is not [A-Za-z0-9_-]{{1,64}}")

@@ -1,7 +1,7 @@
 """The MQTT transport of `emfence run`: broker URL and credentials, the aiomqtt client of
 the engine's persistent session, topics, acknowledgement and reconnect backoff.
 
-Thin on purpose: it knows MQTT, not rules. ``ingest.service`` owns the pipeline.
+Thin on purpose: it knows MQTT, not rules. ``emfence.run`` owns the pipeline.
 
 Acknowledgement: the engine's client turns off paho's automatic PUBACK
 (``manual_ack``) and acknowledges a fix only once its effect is durable (alarm events in
@@ -26,7 +26,8 @@ from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 
-from ingest.decode import ID_RE, TOPIC_PREFIX
+from contract import device_topic
+from ingest.decode import ID_RE
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
@@ -78,7 +79,8 @@ class BrokerSettings:
             try:
                 text = Path(password_file).read_text(encoding="utf-8")
             except OSError as exc:
-                raise BrokerConfigError(f"--password-file {password_file}: {exc.strerror}") from None
+                raise BrokerConfigError(
+                    f"--password-file {password_file}: {exc.strerror}") from None
             password = text.splitlines()[0].strip() if text.strip() else ""
             if not password:
                 raise BrokerConfigError(f"--password-file {password_file}: empty")
@@ -108,7 +110,7 @@ class BrokerSettings:
 def subscriptions(regions: list[str] | None) -> list[str]:
     """The engine's topic filters: fixes and statuses of each region (``None``: all)."""
     regions = regions or ["+"]
-    return [f"{TOPIC_PREFIX}/{r}/+/{kind}" for r in regions for kind in ("fix", "status")]
+    return [device_topic(r, "+", kind) for r in regions for kind in ("fix", "status")]
 
 
 def parse_regions(text: str | None) -> list[str] | None:
@@ -120,18 +122,6 @@ def parse_regions(text: str | None) -> list[str] | None:
         if not ID_RE.fullmatch(r):
             raise BrokerConfigError(f"--regions: {r!r} is not [A-Za-z0-9_-]{{1,64}}")
     return sorted(set(regions))
-
-
-def health_topic(name: str) -> str:
-    return f"{TOPIC_PREFIX}/engine/{name}/health"
-
-
-def drain_topic(name: str) -> str:
-    return f"{TOPIC_PREFIX}/engine/{name}/drain"
-
-
-def deadletter_topic(region: str) -> str:
-    return f"{TOPIC_PREFIX}/{region}/deadletter"
 
 
 def make_client(settings: BrokerSettings, *, client_id: str, will: aiomqtt.Will | None,

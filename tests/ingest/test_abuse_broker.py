@@ -274,7 +274,7 @@ def test_run_refuses_a_login_that_cannot_run_a_worker(tmp_path, fleet, args, mes
 
 
 def test_run_warns_when_a_worker_logs_in_with_another_workers_account(caplog):
-    from ingest.service import _check_account
+    from emfence.run.cli import _check_account
 
     _check_account("north", "emfence-north")
     _check_account("north", None)  # an anonymous broker: client id emfence-north

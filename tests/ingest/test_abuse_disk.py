@@ -338,7 +338,7 @@ def _engine_with_open_outbound(fleet: Fleet):
 
 
 def _service_args(fleet: Fleet, url: str, *extra: str) -> dict:
-    from ingest.service import build_parser, build_service_args
+    from emfence.run.cli import build_parser, build_service_args
 
     args = build_parser().parse_args(["--zones", str(fleet.zones_path), "--subjects",
                                       str(fleet.subjects_path), "--store", url, *extra])
@@ -409,7 +409,8 @@ def test_batches_reach_the_processor_in_the_order_they_were_taken(tmp_path):
     out of order."""
     import asyncio
 
-    from ingest.service import Batch, Service
+    from emfence.run.batches import Batch
+    from emfence.run.service import Service
 
     fleet = Fleet(tmp_path, devices_a=2, devices_b=1)
     args = _service_args(fleet, f"sqlite:///{tmp_path / 'alarms.db'}")

@@ -333,8 +333,8 @@ def test_parse_topic_splits_or_refuses(topic):
         assert topic == f"emfence/v1/{region}/{device_id}/{kind}"
 
 
-# --- the live intake: raw message -> decoder -> dead-letter record (ingest.service
-# _on_message and _deadletter, without the broker and the registry)
+# --- the live intake: raw message -> decoder -> dead-letter record (emfence.run.receive
+# Receiver.on_message and deadletter, without the broker and the registry)
 
 def live_path(topic: str | bytes, payload: bytes) -> list[tuple[str, bytes]]:
     """The dead letters the service would publish for one message."""

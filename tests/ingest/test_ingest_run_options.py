@@ -20,9 +20,11 @@ from ingest_fleet import CONSOLE_PW, REGION_A, REGION_B, SECRET, fix, now_ms
 from ingest_mqtt_helpers import PahoClient
 
 from alarms.store import open_store
+from emfence.run.checkpoint_file import acks_path as _acks_path
+from emfence.run.checkpoint_file import file_digest, read_covered
+from emfence.run.checkpoint_file import write_acks_file as _write_acks_file
 from ingest.mqtt import Backoff, BrokerConfigError, BrokerSettings, parse_regions, subscriptions
 from ingest.passwords import CONSOLE_USER, device_password
-from ingest.service import _acks_path, _write_acks_file, file_digest, read_covered
 
 FAST = """
 [ingest]
@@ -111,6 +113,25 @@ def test_track_retention_purges_old_fixes(tmp_path, fleet, broker, engines):
     assert [r["ts"] for r in store.track(a0)] == [t]  # the recent fix is kept
     store.close_store()
     assert engine.stop() == 0
+
+
+@pytest.mark.mqtt
+def test_http_on_a_taken_port_is_a_one_line_error_and_exit_1(tmp_path, fleet, broker, engines):
+    """--http on an address another process holds: the engine says so in one line and
+    exits 1 (a mistake to fix), after a clean stop; no traceback."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        engine = engines(tmp_path, fleet, broker, config=FAST,
+                         extra=["--http", f"127.0.0.1:{port}"])
+        assert engine.proc.wait(300) == 1, engine.log()[-2000:]
+    finally:
+        taken.close()
+    log = engine.log()
+    assert f"--http 127.0.0.1:{port}: cannot serve the console" in log
+    assert "Traceback" not in log
 
 
 @pytest.mark.mqtt
@@ -311,8 +332,9 @@ def test_shapely_core_for_benchmarks(tmp_path, fleet, broker, engines):
 async def test_a_record_the_engine_fails_on_is_dead_lettered_not_fatal(tmp_path, fleet):
     """Fault injection: the engine raises on one record. The batch is retried record by
     record; the others still raise their alarms, the poison one is dead-lettered."""
+    from emfence.run.batches import Batch
+    from emfence.run.cli import Service, build_parser, build_service_args
     from ingest.decode import Fix
-    from ingest.service import Batch, Service, build_parser, build_service_args
 
     args = build_service_args(build_parser().parse_args([
         "--zones", str(fleet.zones_path), "--subjects", str(fleet.subjects_path),
@@ -321,10 +343,10 @@ async def test_a_record_the_engine_fails_on_is_dead_lettered_not_fatal(tmp_path,
     real = args["engine"]
 
     class FaultyEngine(type(real)):
-        def process_records(self, kind, device_idx, ts_ms, *rest, **kw):
-            if (ts_ms == poison_ts).any():
+        def process(self, batch, **kw):
+            if (batch.ts_ms == poison_ts).any():
                 raise FloatingPointError("injected fault")
-            return super().process_records(kind, device_idx, ts_ms, *rest, **kw)
+            return super().process(batch, **kw)
 
     real.__class__ = FaultyEngine
     service = Service(**args)
@@ -387,8 +409,9 @@ async def test_a_sweep_never_overtakes_messages_received_before_it(tmp_path, fle
     of a device silent for an hour (as after a restart, when the whole backlog can sit in
     that batch as the sweeps begin): the sweep must queue behind it and raise nothing.
     (Seen once in the kill -9 fault test: a false offline storm.)"""
+    from emfence.run.batches import Batch
+    from emfence.run.cli import Service, build_parser, build_service_args
     from ingest.decode import Fix
-    from ingest.service import Batch, Service, build_parser, build_service_args
 
     config = tmp_path / "fast.toml"
     config.write_text("[ingest]\nsweep_interval_ms = 20\nbatch_max_ms = 60000\n")

@@ -1,0 +1,5 @@
+import sys
+
+from emfence.run.cli import main
+
+raise SystemExit(main(sys.argv[1:]))

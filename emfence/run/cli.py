@@ -1,0 +1,180 @@
+"""The command line of `emfence run`: the parser, loading what the service needs
+(:func:`build_service_args`: files, store, broker settings, the engine restored from its
+checkpoint) and :func:`main`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from pathlib import Path
+
+from alarms.store import StoreError
+from emfence.config import Config, ConfigError, load_config
+from emfence.run.checkpoint_file import read_covered
+from emfence.run.options import Options, load_model, split_digests
+from emfence.run.service import Service
+from ingest.passwords import engine_account, service_role, worker_name_problem
+
+log = logging.getLogger("emfence.run")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="emfence run",
+        description="The live engine: subscribe to device fixes and statuses over MQTT, run "
+                    "the rules, store alarms and publish them. docs/operations.md explains "
+                    "deployment; docs/wire-protocol.md the device contract.")
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883",
+                   help="mqtt://host:port or mqtts://host:port (default %(default)s)")
+    p.add_argument("--zones", required=True, help="zones GeoJSON")
+    p.add_argument("--subjects", required=True, help="subjects JSON")
+    p.add_argument("--store", required=True,
+                   help="alarm store: sqlite:///path/alarms.db or postgresql://...")
+    p.add_argument("--regions", help="comma-separated region codes this worker handles "
+                   "(default: every region)")
+    p.add_argument("--name", default="engine-1",
+                   help="worker name: the health topic, the worker's broker account and "
+                        "client id emfence-NAME (one persistent session per name; never run "
+                        "two processes with one name) and the key of the engine state in the "
+                        "store")
+    p.add_argument("--username", help="broker login: this worker's own account emfence-NAME "
+                   "(the session's client id is the login)")
+    p.add_argument("--password-file", help="file whose first line is the broker password")
+    p.add_argument("--tls-ca", help="CA certificate file to verify the broker (turns on TLS)")
+    p.add_argument("--tls-cert", help="client certificate file (with --tls-key)")
+    p.add_argument("--tls-key", help="client private key file")
+    p.add_argument("--checkpoint", help="keep the engine state in this file instead of the "
+                   "store (default: the store, as the row of --name); restored at start, "
+                   "written every ingest.checkpoint_interval_s and at shutdown")
+    p.add_argument("--config", help="configuration TOML (docs/configuration.md)")
+    p.add_argument("--http", metavar="HOST:PORT",
+                   help="also serve the command-centre console here")
+    p.add_argument("--core", choices=["numba", "shapely"], default="numba",
+                   help="rule core: numba (production) or shapely (a slow reference, for "
+                        "benchmarks only; no checkpoints, no reload)")
+    p.add_argument("--log-level", default="INFO",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+async def _amain(service_args: dict) -> int:
+    service = Service(**service_args)
+    return await service.run()
+
+
+def _check_account(name: str, username: str | None) -> None:
+    """Refuse a login that cannot run a worker; warn about one that can, but shared."""
+    if username is None:
+        return  # an anonymous broker: the client id is emfence-NAME
+    role = service_role(username)
+    if role in ("console", "loadgen"):
+        raise ValueError(f"--username {username}: the {role} account may not read fixes; "
+                         f"log in as this worker's own account {engine_account(name)}")
+    if username != engine_account(name):
+        log.warning("--username %s with --name %s: the session's client id is the login %s "
+                    "(a broker with use_username_as_clientid insists), so two workers sharing "
+                    "it would take over each other's session; give each worker its own "
+                    "account %s (emfence mqtt-passwords --engine %s=FILE)", username, name,
+                    username, engine_account(name), name)
+
+
+def build_service_args(args: argparse.Namespace) -> dict:
+    """Load everything `emfence run` needs; raises ValueError subclasses naming the input."""
+    from alarms.store import open_store
+    from ingest.mqtt import BrokerSettings, parse_regions
+
+    config = load_config(args.config)
+    broker = BrokerSettings.from_options(args.broker, username=args.username,
+                                         password_file=args.password_file, tls_ca=args.tls_ca,
+                                         tls_cert=args.tls_cert, tls_key=args.tls_key)
+    regions = parse_regions(args.regions)
+    problem = worker_name_problem(args.name)
+    if problem:
+        raise ValueError(f"--name {problem}")
+    _check_account(args.name, broker.username)
+    if args.http and not args.http.rpartition(":")[2].isdigit():
+        raise ValueError(f"--http {args.http!r}: expected HOST:PORT")
+    zones, registry = load_model(args.zones, args.subjects)
+    if regions is not None:
+        missing = sorted(set(regions) - set(registry.regions))
+        if missing:
+            log.warning("--regions %s: no subject registered there", ",".join(missing))
+    store = open_store(args.store)
+    try:
+        engine, restored, covered, opts = _restore_engine(args, config, zones, registry, store)
+    except BaseException:
+        store.close_store()
+        raise
+    opts.zones_path, opts.subjects_path, opts.store_url = args.zones, args.subjects, args.store
+    opts.regions, opts.http = regions, args.http
+    return {"broker": broker, "options": opts, "config": config, "zones": zones,
+            "registry": registry, "engine": engine, "store": store, "restored": restored,
+            "covered": covered}
+
+
+def _restore_engine(args: argparse.Namespace, config: Config, zones, registry, store):
+    """The engine, continuing the worker's last checkpoint if there is one, and where its
+    state is kept from now on: ``(engine, restored, covered digests, Options)``.
+
+    Without ``--checkpoint`` the state lives in the store, in the row of this worker's
+    ``--name``. With ``--checkpoint FILE`` the file wins: it is restored if it exists, and
+    the store's row (if any) is used only while the file does not exist yet, then deleted
+    once the file holds a checkpoint.
+    """
+    from engine import Engine
+
+    opts = Options(zones_path="", subjects_path="", store_url="", name=args.name,
+                   checkpoint=args.checkpoint)
+    if args.core == "shapely":
+        from engine.shapely_core import ShapelyEngine
+
+        if args.checkpoint:
+            raise ValueError("--core shapely keeps no checkpoints: drop --checkpoint")
+        log.warning("--core shapely keeps no rule state: a crash or restart forgets open "
+                    "episodes (benchmarks only)")
+        opts.state_in = "none"
+        return ShapelyEngine(zones, registry, config), False, set(), opts
+    if args.checkpoint and Path(args.checkpoint).exists():
+        opts.state_in = "file"
+        opts.drop_store_checkpoint = store.load_checkpoint(args.name) is not None
+        engine = Engine.restore(args.checkpoint, zones, registry, config)
+        return engine, True, read_covered(Path(args.checkpoint)), opts
+    opts.state_in = "file" if args.checkpoint else "store"
+    row = store.load_checkpoint(args.name)
+    if row is None:
+        return Engine(zones, registry, config), False, set(), opts
+    state, digests, _written_at = row
+    engine = Engine.restore_bytes(state, zones, registry, config,
+                                  where=f"the store's checkpoint of worker {args.name!r}")
+    opts.drop_store_checkpoint = bool(args.checkpoint)
+    return engine, True, split_digests(digests), opts
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mqtt").setLevel(logging.WARNING)
+    try:
+        service_args = build_service_args(args)
+    except (ValueError, ConfigError, OSError, StoreError) as exc:
+        print(f"emfence run: {exc}", file=sys.stderr)
+        return 1
+    store = service_args["store"]
+    try:
+        return asyncio.run(_amain(service_args))
+    except Exception:  # an ExceptionGroup from the task group: a bug, not bad input
+        log.critical("engine stopped on an unexpected error; restart it (messages not yet "
+                     "acknowledged wait in the broker, undelivered alarms in the outbox)",
+                     exc_info=True)
+        return 1
+    finally:
+        with contextlib.suppress(Exception):
+            store.close_store()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

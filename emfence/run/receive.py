@@ -1,0 +1,263 @@
+"""Receive: the broker connection of `emfence run`. MQTT messages -> decoded records in
+the open micro-batch, rejections -> dead letters, redeliveries recognised; the outbox
+publisher runs with each connection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import Counter
+from collections.abc import Callable
+
+import orjson
+
+from contract import deadletter_topic, drain_topic, health_topic
+from emfence.run.options import YIELD_EVERY, message_digest, wall_ms
+from ingest.decode import (
+    PayloadError,
+    deadletter_record,
+    decode_fix_payload,
+    decode_status_payload,
+    parse_topic,
+)
+from ingest.passwords import engine_client_id
+
+log = logging.getLogger("emfence.run")
+
+
+class Receiver:
+    """Owns the connection (``client``, its generation ``gen``: packet ids are only valid
+    within one; ``connected``), the drain marker and the dead-letter queue."""
+
+    def __init__(self, *, broker, opts, icfg, registry: Callable, batches, acks, hold,
+                 outbox, counters: Counter, rejects: Counter, alive: Callable,
+                 stopping: Callable[[], bool], on_connected: Callable):
+        from ingest import mqtt
+
+        self.mqtt = mqtt
+        self.broker = broker
+        self.opts = opts
+        self.icfg = icfg
+        self.registry = registry  # () -> the current registry (a reload replaces it)
+        self.batches = batches
+        self.acks = acks
+        self.hold = hold
+        self.outbox = outbox
+        self.counters = counters
+        self.rejects = rejects
+        self.alive = alive  # feeds the watchdog
+        self.stopping = stopping
+        self.announce = on_connected  # async (client): publish health "online"
+        self.client = None
+        self.gen = 0
+        self.connected = asyncio.Event()
+        self.deadletters: asyncio.Queue = asyncio.Queue(maxsize=icfg.deadletter_queue_messages)
+        self.drain_topic = drain_topic(opts.name)
+        self.drain_nonce = ""
+        self.disconnected_at_ms: int | None = None
+        self._drain_sent_ms = 0
+        self._drain_messages = 0
+
+    async def run(self) -> None:
+        """Connect, receive, reconnect with backoff, until stopping."""
+        import aiomqtt
+
+        backoff = self.mqtt.Backoff(self.icfg.reconnect_min_s, self.icfg.reconnect_max_s)
+        will = aiomqtt.Will(health_topic(self.opts.name),
+                            orjson.dumps({"status": "offline", "name": self.opts.name}),
+                            qos=1, retain=True)
+        client_id = engine_client_id(self.opts.name, self.broker.username)
+        while not self.stopping():
+            client = self.mqtt.make_client(self.broker, client_id=client_id, will=will)
+            self.alive()  # a connection attempt: the reconnect loop is running
+            try:
+                async with client:
+                    await self._on_connected(client)
+                    backoff.reset()
+                    await self._receive(client)
+            except* aiomqtt.MqttError as lost:
+                self._on_disconnected(lost.exceptions[0],
+                                      was_connected=self.connected.is_set())
+            finally:
+                self.client = None
+                self.connected.clear()
+            self.alive()
+            if self.stopping():
+                return
+            delay = backoff.next_delay_s()
+            log.warning("broker %s:%d unreachable; keeping the state of %d devices (%d "
+                        "messages processed since the last checkpoint); reconnect attempt %d "
+                        "in %.1f s", self.broker.host, self.broker.port,
+                        len(self.registry().device_ids), self.acks.since_checkpoint,
+                        backoff.attempts, delay)
+            await asyncio.sleep(delay)
+
+    async def _receive(self, client) -> None:
+        # Alarm delivery lives and dies with the connection: a new one starts by resending
+        # whatever the last one left undelivered. The task group ends both together and
+        # waits for both: when the connection is gone the receive loop raises and the
+        # outbox is cancelled; a cancellation of this task reaches both (never swallowed
+        # on the way).
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.outbox.run(client), name="outbox")
+            async for message in client.messages:
+                await self.on_message(message)
+                for n, more in enumerate(self.mqtt.queued_messages(client), 1):
+                    await self.on_message(more)
+                    if n % YIELD_EVERY == 0:
+                        # Taking queued messages does not yield: let the processor, the
+                        # sweeps and the signal handlers run.
+                        await asyncio.sleep(0)
+
+    async def _on_connected(self, client) -> None:
+        mqtt = self.mqtt
+        self.gen += 1
+        self.counters["connects"] += 1
+        self.acks.reconnected(self.gen)
+        for f in mqtt.subscriptions(self.opts.regions) + [self.drain_topic]:
+            await client.subscribe(f, qos=mqtt.SUBSCRIBE_QOS)
+        self.client = client
+        self.connected.set()
+        now = wall_ms()
+        reconnect = self.counters["connects"] > 1
+        if reconnect:
+            self.counters["reconnects"] += 1
+            away = now - (self.disconnected_at_ms or now)
+            log.info("reconnected to the broker after %.1f s away; state kept; offline "
+                     "sweeps resume in %.0f s (devices need time to reconnect)",
+                     away / 1000, self.icfg.restart_grace_s)
+        else:
+            log.info("connected to %s:%d as %s (persistent session %s)",
+                     self.broker.host, self.broker.port, self.broker.username or "anonymous",
+                     engine_client_id(self.opts.name, self.broker.username))
+        self.hold.connected(reconnect, now)  # CONNACK and SUBACKs: the broker answers
+        # The marker queues behind whatever the session holds: its arrival means drained.
+        self.drain_nonce = secrets.token_hex(8)
+        self._drain_sent_ms = now
+        self._drain_messages = self.counters["messages"]
+        await client.publish(self.drain_topic, self.drain_nonce.encode(), qos=1)
+        await self.announce(client)
+
+    def _on_disconnected(self, exc: Exception, was_connected: bool) -> None:
+        if was_connected:
+            self.disconnected_at_ms = wall_ms()
+            self.counters["disconnects"] += 1
+            log.warning("broker connection lost: %s", exc)
+        else:
+            log.debug("connect failed: %s", exc)
+
+    async def on_message(self, message) -> None:
+        """One message from the broker: into the open batch, a dead letter, or (drain
+        marker, retained copy, redelivery) acknowledged as the rule says."""
+        self.alive()
+        self.hold.heard()
+        if self.stopping():
+            return  # not acknowledged: the broker keeps it for the next start
+        topic = message.topic.value
+        payload = message.payload
+        if not isinstance(payload, bytes):
+            payload = bytes(payload) if isinstance(payload, (bytearray, memoryview)) else \
+                str(payload).encode()
+        # Only QoS 1 takes an acknowledgement (the engine subscribes with QoS 1, so the
+        # broker hands it QoS 2 publishes as QoS 1). A QoS 0 message has no packet id, and
+        # a PUBACK for one is a protocol error that makes the broker drop the engine.
+        ack = (self.gen, message.mid) if message.qos else None
+        if topic == self.drain_topic:
+            self._drain_marker(payload, ack)
+            return
+        if message.retain:
+            # A copy the broker kept of a device's retained publish, replayed at every
+            # subscribe: the publish itself reached the engine when it was made, so the
+            # copy is stale; it is acknowledged and counted, never processed again.
+            self.counters["retained_ignored"] += 1
+            self.ack_now(ack)
+            return
+        self.counters["messages"] += 1
+        digest = message_digest(topic, payload)
+        seen = self.acks.seen(digest)
+        if seen is not None:
+            self.counters["redelivered"] += 1
+            if seen == "join":  # sent again before its checkpoint: ack with its batch
+                self.batches.join(ack, None)
+            else:
+                self.ack_now(ack)
+            return
+        self._accept(topic, payload)
+        self.acks.received.add(digest)
+        self.batches.join(ack, digest)
+        if self.batches.full:
+            await self.batches.flush()
+
+    def _drain_marker(self, payload: bytes, ack) -> None:
+        self.ack_now(ack)
+        if payload.decode(errors="replace") == self.drain_nonce and not self.hold.drained:
+            self.hold.drained = True
+            log.info("backlog drained: %d messages in %.1f s since connecting",
+                     self.counters["messages"] - self._drain_messages,
+                     (wall_ms() - self._drain_sent_ms) / 1000)
+
+    def _accept(self, topic: str, payload: bytes) -> None:
+        """Decode a device's message into the open batch, or dead-letter it."""
+        rx = wall_ms()
+        batch = self.batches.batch
+        try:
+            region, device_id, kind = parse_topic(topic)
+            registry = self.registry()
+            idx = registry.device_index(device_id)
+            if idx < 0:
+                raise PayloadError(f"unknown_device: {device_id} is not registered")
+            home = registry.device_region(idx)
+            if home != region:
+                raise PayloadError(f"wrong_region: {device_id} is registered in region {home}")
+            if kind == "fix":
+                rejects: list[PayloadError] = []
+                fixes = decode_fix_payload(payload, rx_ms=rx, config=self.icfg, rejects=rejects)
+                for r in rejects:
+                    self.deadletter(topic, payload, r, rx)
+                for fix in fixes:
+                    batch.add_fix(device_id, fix, rx)
+                self.counters["fixes_accepted"] += len(fixes)
+            else:
+                batch.add_status(device_id, decode_status_payload(
+                    payload, rx_ms=rx, config=self.icfg), rx)
+                self.counters["statuses_accepted"] += 1
+        except PayloadError as exc:
+            self.deadletter(topic, payload, exc, rx)
+
+    def ack_now(self, ack: tuple[int, int] | None) -> None:
+        """Acknowledge a message of this connection (``None``: a QoS 0 one, which takes
+        no acknowledgement)."""
+        if ack is None:
+            return
+        gen, mid = ack
+        if gen == self.gen and self.client is not None:
+            self.mqtt.ack(self.client, mid)
+
+    def deadletter(self, topic: str, payload: bytes, exc: PayloadError, rx_ms: int) -> None:
+        """Count a rejection and queue its dead letter (bounded: counted when dropped)."""
+        self.counters["deadletters"] += 1
+        self.rejects[exc.code] += 1
+        region, record = deadletter_record(topic, payload, exc, rx_ms=rx_ms,
+                                           engine=self.opts.name)
+        try:
+            self.deadletters.put_nowait((deadletter_topic(region), record))
+        except asyncio.QueueFull:
+            self.counters["deadletters_dropped"] += 1
+            if self.counters["deadletters_dropped"] % 1000 == 1:
+                log.warning("dead-letter queue full (%d): dropped %d dead letters so far "
+                            "(the rejections are still counted)",
+                            self.icfg.deadletter_queue_messages,
+                            self.counters["deadletters_dropped"])
+
+    async def send_deadletters(self) -> None:
+        """Publish queued dead letters (QoS 0: diagnostics) while connected."""
+        while True:
+            topic, payload = await self.deadletters.get()
+            await self.connected.wait()
+            client = self.client
+            try:
+                await client.publish(topic, payload, qos=0)
+                self.counters["deadletters_published"] += 1
+            except Exception:  # noqa: BLE001 - diagnostics only: count and move on
+                self.counters["deadletters_dropped"] += 1
