@@ -107,6 +107,29 @@ class BrokerSettings:
                 f"username={self.username!r})")
 
 
+def add_broker_arguments(parser, *, username_help: str) -> None:
+    """The broker options of every command that connects as a service account:
+    ``--broker``, ``--username``, ``--password-file`` and the TLS files, read back by
+    :func:`broker_from_args`."""
+    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883",
+                        help="mqtt://host:port or mqtts://host:port (default %(default)s)")
+    parser.add_argument("--username", help=username_help)
+    parser.add_argument("--password-file",
+                        help="file whose first line is the broker password")
+    parser.add_argument("--tls-ca",
+                        help="CA certificate file to verify the broker (turns on TLS)")
+    parser.add_argument("--tls-cert", help="client certificate file (with --tls-key)")
+    parser.add_argument("--tls-key", help="client private key file")
+
+
+def broker_from_args(args) -> BrokerSettings:
+    """:class:`BrokerSettings` from the options of :func:`add_broker_arguments`
+    (raises :class:`BrokerConfigError` naming the option)."""
+    return BrokerSettings.from_options(args.broker, username=args.username,
+                                       password_file=args.password_file, tls_ca=args.tls_ca,
+                                       tls_cert=args.tls_cert, tls_key=args.tls_key)
+
+
 def subscriptions(regions: list[str] | None) -> list[str]:
     """The engine's topic filters: fixes and statuses of each region (``None``: all)."""
     regions = regions or ["+"]

@@ -18,7 +18,7 @@ import sys
 
 import aiomqtt
 
-from ingest.mqtt import BrokerConfigError, BrokerSettings
+from ingest.mqtt import BrokerConfigError, BrokerSettings, add_broker_arguments, broker_from_args
 from ingest.passwords import engine_client_id, worker_name_problem
 
 
@@ -40,22 +40,14 @@ def main(argv: list[str]) -> int:
                     "queued in it (stop the worker first). docs/operations.md, section "
                     "'Retiring a worker'.")
     p.add_argument("--name", required=True, help="the worker's name (emfence run --name)")
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883",
-                   help="mqtt://host:port or mqtts://host:port (default %(default)s)")
-    p.add_argument("--username", help="the worker's own account, emfence-NAME (the broker "
-                   "binds the session to the login)")
-    p.add_argument("--password-file", help="file whose first line is the broker password")
-    p.add_argument("--tls-ca", help="CA certificate file to verify the broker (turns on TLS)")
-    p.add_argument("--tls-cert", help="client certificate file (with --tls-key)")
-    p.add_argument("--tls-key", help="client private key file")
+    add_broker_arguments(p, username_help="the worker's own account, emfence-NAME (the "
+                         "broker binds the session to the login)")
     args = p.parse_args(argv)
     try:
         problem = worker_name_problem(args.name)
         if problem:
             raise BrokerConfigError(f"--name {problem}")
-        settings = BrokerSettings.from_options(
-            args.broker, username=args.username, password_file=args.password_file,
-            tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key)
+        settings = broker_from_args(args)
     except BrokerConfigError as exc:
         print(f"emfence retire-session: {exc}", file=sys.stderr)
         return 1

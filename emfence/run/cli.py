@@ -16,6 +16,7 @@ from emfence.config import Config, ConfigError, load_config
 from emfence.run.checkpoint_file import read_covered
 from emfence.run.options import Options, load_model, split_digests
 from emfence.run.service import Service
+from ingest.mqtt import add_broker_arguments
 from ingest.passwords import engine_account, service_role, worker_name_problem
 
 log = logging.getLogger("emfence.run")
@@ -27,8 +28,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="The live engine: subscribe to device fixes and statuses over MQTT, run "
                     "the rules, store alarms and publish them. docs/operations.md explains "
                     "deployment; docs/wire-protocol.md the device contract.")
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883",
-                   help="mqtt://host:port or mqtts://host:port (default %(default)s)")
     p.add_argument("--zones", required=True, help="zones GeoJSON")
     p.add_argument("--subjects", required=True, help="subjects JSON")
     p.add_argument("--store", required=True,
@@ -40,12 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "client id emfence-NAME (one persistent session per name; never run "
                         "two processes with one name) and the key of the engine state in the "
                         "store")
-    p.add_argument("--username", help="broker login: this worker's own account emfence-NAME "
-                   "(the session's client id is the login)")
-    p.add_argument("--password-file", help="file whose first line is the broker password")
-    p.add_argument("--tls-ca", help="CA certificate file to verify the broker (turns on TLS)")
-    p.add_argument("--tls-cert", help="client certificate file (with --tls-key)")
-    p.add_argument("--tls-key", help="client private key file")
+    add_broker_arguments(p, username_help="broker login: this worker's own account "
+                         "emfence-NAME (the session's client id is the login)")
     p.add_argument("--checkpoint", help="keep the engine state in this file instead of the "
                    "store (default: the store, as the row of --name); restored at start, "
                    "written every ingest.checkpoint_interval_s and at shutdown")
@@ -84,12 +79,10 @@ def _check_account(name: str, username: str | None) -> None:
 def build_service_args(args: argparse.Namespace) -> dict:
     """Load everything `emfence run` needs; raises ValueError subclasses naming the input."""
     from alarms.store import open_store
-    from ingest.mqtt import BrokerSettings, parse_regions
+    from ingest.mqtt import broker_from_args, parse_regions
 
     config = load_config(args.config)
-    broker = BrokerSettings.from_options(args.broker, username=args.username,
-                                         password_file=args.password_file, tls_ca=args.tls_ca,
-                                         tls_cert=args.tls_cert, tls_key=args.tls_key)
+    broker = broker_from_args(args)
     regions = parse_regions(args.regions)
     problem = worker_name_problem(args.name)
     if problem:
