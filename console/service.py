@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_run(args))
     except (ValueError, OSError, StoreError) as exc:
         # bad --http, zone/subject/config files (ValueError subclasses name the file),
-        # an unreachable store, or an address already in use
-        print(f"emfence console: {exc}", file=sys.stderr)
+        # an unreachable store, or an address already in use; one line, though a driver's
+        # message (PostgreSQL's "Is the server running...") has several
+        print(f"emfence console: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1

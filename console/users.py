@@ -109,7 +109,8 @@ def main(argv: list[str], *, stdin: TextIO | None = None, stdout: TextIO | None 
         finally:
             store.close_store()
     except (AuthError, UserError, StoreError) as exc:
-        print(f"emfence user {args.verb}: {exc}", file=stderr)
+        # One line: a driver's message (PostgreSQL's "Is the server running...") has several.
+        print(f"emfence user {args.verb}: {' '.join(str(exc).split())}", file=stderr)
         return 1
 
 

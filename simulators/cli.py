@@ -145,7 +145,12 @@ def load_simulation(zones_path, subjects_path, *, rate, duration_s, scenario, se
     from simulators.scenario import Simulation
 
     zones = load_zones(str(zones_path))
-    subjects = orjson.loads(Path(subjects_path).read_bytes())
+    try:
+        subjects = orjson.loads(Path(subjects_path).read_bytes())
+    except OSError as exc:
+        raise ValueError(f"{subjects_path}: cannot read: {exc.strerror}") from None
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"{subjects_path}: not valid JSON: {exc}") from None
     if shard is not None:
         i, k = shard
         subjects = {**subjects, "subjects": subjects["subjects"][i::k]}

@@ -232,11 +232,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="print the score as one JSON object")
     p.add_argument("--strict", action="store_true", help="exit 1 if anything was missed or false")
     args = p.parse_args(argv)
+    from alarms.store import StoreError
+
     try:
         result = score(read_truth(args.truth), read_alarms(args.alarms), slack_ms=args.slack_ms,
                        late_ms=args.late_ms)
-    except (ScoreError, OSError) as exc:
-        print(f"emfence score: {exc}", file=sys.stderr)
+    except (ScoreError, OSError, StoreError) as exc:
+        # One line: a driver's message (PostgreSQL's "Is the server running...") has several.
+        print(f"emfence score: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     print(orjson.dumps(result).decode() if args.json else format_text(result))
     if args.strict and (result["missed"] or result["false"]):
