@@ -147,15 +147,21 @@ def test_check_says_which_coordinate_system_each_zone_was_read_in(tmp_path, cnma
     data = json.loads(out.read_text(encoding="utf-8"))
     home = {"type": "Feature", "properties": {"zone_id": "victim-home", "radius_m": 300},
             "geometry": {"type": "Point", "coordinates": [112.53, 33.0]}}
-    data["features"].append(home)  # added by hand, no coord_sys: refused, not inherited
+    data["features"].append(home)  # added by hand, no coord_sys: WGS-84, not the counties'
     out.write_text(json.dumps(data), encoding="utf-8")
     capsys.readouterr()
-    assert emfence_main(["zones", "check", str(out)]) == 1
-    assert "victim-home have no properties.coord_sys" in capsys.readouterr().err
-    home["properties"]["coord_sys"] = "wgs84"
-    out.write_text(json.dumps(data), encoding="utf-8")
     assert emfence_main(["zones", "check", "-v", str(out)]) == 0
     shown = capsys.readouterr().out
     assert "read in gcj02 (1), wgs84 (1)" in shown
     assert "\n  411303\t卧龙区\tMultiPolygon\tgcj02\t" in shown or "\n  411303\t卧龙区\tPolygon\tgcj02\t" in shown
     assert "\n  victim-home\t\tcircle r=300 m\twgs84\t" in shown
+    # A file written with a collection-wide GCJ-02 (as import-adcode did before): a zone
+    # with its own coord_sys beside one without is refused, naming the one without.
+    del data["features"][0]["properties"]["coord_sys"]
+    data["coord_sys"] = "gcj02"
+    home["properties"]["coord_sys"] = "wgs84"
+    data["features"].append({**home, "properties": {"zone_id": "school", "radius_m": 200}})
+    out.write_text(json.dumps(data), encoding="utf-8")
+    capsys.readouterr()
+    assert emfence_main(["zones", "check", str(out)]) == 1
+    assert "features 411303, school have no properties.coord_sys" in capsys.readouterr().err
