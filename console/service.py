@@ -1,16 +1,17 @@
-"""The console on its own: ``python -m console`` (``emfence console`` once registered).
+"""The console on its own: ``emfence console`` (also ``python -m console``).
 
 With several engine workers sharing one PostgreSQL store (one per group of regions),
 the command room's console is best a process of its own next to them rather than
 inside one worker::
 
-    python -m console --store postgresql://emfence@db/emfence --http 0.0.0.0:8443 \\
+    emfence console --store postgresql://emfence@db/emfence --http 0.0.0.0:8443 \\
         --zones zones.geojson --subjects subjects.json
 
 ``--zones`` and ``--subjects`` are optional (without them the map shows devices and
 tracks but no zone outlines); SIGHUP re-reads them. SIGINT/SIGTERM stop it cleanly.
-Put it behind a TLS-terminating proxy; ``--insecure-cookies`` is only for plain HTTP on
-localhost.
+Put it behind a TLS-terminating proxy. On a loopback address the session cookie has no
+``Secure`` flag (as with ``emfence run --http``: a browser on the same machine speaks
+plain HTTP to it); ``--insecure-cookies`` drops it elsewhere too.
 """
 
 from __future__ import annotations
@@ -35,9 +36,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--subjects", help="subjects JSON, to place zones in regions (with --zones)")
     p.add_argument("--config", help="configuration TOML (docs/configuration.md)")
     p.add_argument("--insecure-cookies", action="store_true",
-                   help="session cookie without the Secure flag: plain HTTP on localhost only")
+                   help="session cookie without the Secure flag on a non-loopback address too "
+                        "(plain HTTP; never on a network)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def secure_cookies(host: str, insecure: bool) -> bool:
+    """Whether the session cookie carries ``Secure``: not on a loopback address (a browser
+    on this machine speaks plain HTTP to it; the same rule as ``emfence run --http``), nor
+    with ``--insecure-cookies``."""
+    return not insecure and host not in LOOPBACK_HOSTS
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -70,7 +82,7 @@ async def _run(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     try:
         app = create_app(store=store, config=config, zones=zones, registry=registry,
-                         secure_cookies=not args.insecure_cookies)
+                         secure_cookies=secure_cookies(host, args.insecure_cookies))
         loop = asyncio.get_running_loop()
         task = asyncio.create_task(
             serve(app, host, port, ready=lambda p: log.info("console listening on %s:%d",
@@ -117,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_run(args))
     except (ValueError, OSError, StoreError) as exc:
         # bad --http, zone/subject/config files (ValueError subclasses name the file),
-        # an unreachable store, or an address already in use
-        print(f"emfence console: {exc}", file=sys.stderr)
+        # an unreachable store, or an address already in use; one line, though a driver's
+        # message (PostgreSQL's "Is the server running...") has several
+        print(f"emfence console: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1

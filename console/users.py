@@ -17,15 +17,70 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import gzip
+import re
 import sys
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any, TextIO
 
 from console.auth import ROLES, AuthError, check_role, hash_password, parse_regions
 
 # Shorter passwords are refused: an operator account reaches personal location data.
 MIN_PASSWORD_CHARS = 10
+
+# A region is any topic level (console.auth); one that is mostly digits is meant as a
+# Chinese adcode, and a county's adcode is 6 digits not ending in 00 (xx0000 is a
+# province, xxxx00 a city).
+_MOSTLY_DIGITS = re.compile(r"^(?=(?:\D*\d){4})[A-Za-z0-9]+$")
+
+
+@lru_cache(maxsize=1)
+def _bundled_counties() -> tuple[str, frozenset[str]]:
+    """The province prefix of the bundled county data and its counties' adcodes."""
+    import orjson
+
+    from geofence.data import henan_counties_path
+
+    doc = orjson.loads(gzip.decompress(henan_counties_path().read_bytes()))
+    codes = frozenset(str(f["properties"]["zone_id"]) for f in doc["features"])
+    return "41", codes
+
+
+def zone_ids(path: str) -> frozenset[str]:
+    """The zone ids of a zone file (raises AuthError naming the file)."""
+    from geofence.zones import ZoneError, load_zones
+
+    try:
+        return frozenset(z.zone_id for z in load_zones(path))
+    except (ZoneError, OSError) as exc:
+        raise AuthError(f"--zones {path}: {exc}") from None
+
+
+def region_problem(code: str, known: frozenset[str] | None = None) -> str | None:
+    """Why ``code`` cannot be a region an account sees, or ``None``.
+
+    A code meant as an adcode (mostly digits) must be 6 digits of a county; one in the
+    province of the bundled boundaries must be one of its counties; with ``known`` (the
+    zone ids of the centre's zone file) it must be one of them.
+    """
+    if _MOSTLY_DIGITS.match(code):
+        if not code.isdigit():
+            odd = ", ".join(repr(c) for c in code if not c.isdigit())
+            return f"region {code!r} is not an adcode: {odd} where a digit belongs"
+        if len(code) != 6:
+            return f"region {code!r} is not an adcode: a county code has 6 digits"
+        if code.endswith("0000"):
+            return f"region {code!r} is a province's adcode; give its counties' codes"
+        if code.endswith("00"):
+            return f"region {code!r} is a city's adcode; give its counties' codes"
+        prefix, counties = _bundled_counties()
+        if known is None and code.startswith(prefix) and code not in counties:
+            return f"region {code!r} is not a county of province {prefix}0000"
+    if known is not None and code not in known:
+        return f"region {code!r} is not a zone of the --zones file"
+    return None
 
 
 def _now_ms() -> int:
@@ -51,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", required=True,
                            metavar="{add,list,disable,enable,password,role}")
     store_help = "alarm store URL: sqlite:///path or postgresql://..."
+    zones_help = ("the centre's zone file: every region must be one of its zones (without "
+                  "it, adcodes are checked for form and against the bundled Henan counties)")
 
     add = sub.add_parser("add", help="create an account (password from stdin)")
     add.add_argument("name", help="login name (1-64 letters, digits, '_', '.', '@', '-')")
@@ -59,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="comma-separated county codes the account may see, e.g. 411303,411302 "
                           "(required except for admin, who sees every region)")
     add.add_argument("--store", required=True, help=store_help)
+    add.add_argument("--zones", metavar="FILE", help=zones_help)
 
     ls = sub.add_parser("list", help="list accounts")
     ls.add_argument("--store", required=True, help=store_help)
@@ -76,12 +134,18 @@ def _parser() -> argparse.ArgumentParser:
     role.add_argument("--regions", default="", help="comma-separated county codes (all "
                       "the account may see from now on; required except for admin)")
     role.add_argument("--store", required=True, help=store_help)
+    role.add_argument("--zones", metavar="FILE", help=zones_help)
     return p
 
 
 def _role_and_regions(args: argparse.Namespace) -> tuple[str, tuple[str, ...]]:
     role = check_role(args.role)
     regions = parse_regions(args.regions)
+    known = zone_ids(args.zones) if args.zones else None
+    for code in regions:
+        problem = region_problem(code, known)
+        if problem:
+            raise AuthError(problem)
     if role != "admin" and not regions:
         raise AuthError("--regions is required for operators and supervisors")
     return role, regions
@@ -109,7 +173,8 @@ def main(argv: list[str], *, stdin: TextIO | None = None, stdout: TextIO | None 
         finally:
             store.close_store()
     except (AuthError, UserError, StoreError) as exc:
-        print(f"emfence user {args.verb}: {exc}", file=stderr)
+        # One line: a driver's message (PostgreSQL's "Is the server running...") has several.
+        print(f"emfence user {args.verb}: {' '.join(str(exc).split())}", file=stderr)
         return 1
 
 

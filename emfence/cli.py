@@ -9,6 +9,7 @@ Each subcommand lives in the module that owns the work and exposes
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help). Two-word commands ("zones import-adcode") are
@@ -34,7 +35,7 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _dispatch(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -50,6 +51,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; the one place a closed pipe and Ctrl-C are turned into an exit code."""
+    try:
+        rc = _dispatch(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader of our output went away (`emfence score ... | head -3`): nothing to
+        # report, and no traceback. Python flushes stdout once more at exit; aim it at
+        # /dev/null so that flush does not raise again. Exit 1: the output was cut short.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        # Ctrl-C in a command that does not handle it itself: stop without a traceback.
+        return 130
+    return rc
 
 
 if __name__ == "__main__":

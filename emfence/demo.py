@@ -116,15 +116,14 @@ def main(argv: list[str] | None = None) -> int:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            t0[0] = sim.start_ms
             return await run_publish(
                 sim, rig.host, rig.port, credentials=rig.credentials(sim.fleet.device_ids),
                 truth=truth_path, alarms_out=alarms_path, alarms_user="emfence-console",
                 alarms_password=passwords["emfence-console"], linger_s=5.0, progress=True,
-                stop=stop, on_alarm=_printer(t0, names))
+                stop=stop, on_alarm=_printer(t0, names),
+                on_start=lambda s: t0.__setitem__(0, s.start_ms))  # after any shift
 
         stats = asyncio.run(go())
-        t0[0] = sim.start_ms
     finally:
         code = rig.stop_engine()
         rig.broker.close()

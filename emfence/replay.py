@@ -274,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         zones = compile_zones(load_zones(args.zones))
     except (ZoneError, OSError) as exc:
-        print(f"emfence replay: zones {args.zones}: {exc}", file=sys.stderr)
+        msg = str(exc)  # load_zones names the file itself; say it once
+        where = "" if msg.startswith(str(args.zones)) else f"zones {args.zones}: "
+        print(f"emfence replay: {where}{msg}", file=sys.stderr)
         return 1
     try:
         registry = load_registry(args.subjects, zones)

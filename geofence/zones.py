@@ -352,6 +352,22 @@ def load_zones(source: str | Path | dict) -> list[Zone]:
         raise ZoneError(f"expected a GeoJSON FeatureCollection, got type {data.get('type')!r}",
                         source=label)
     default_crs = data.get("coord_sys", "wgs84")
+    # A file that mixes coordinate systems says each feature's: a feature added by hand to
+    # a file with a collection-wide coord_sys (gcj02) must not silently inherit it (a
+    # GPS-surveyed point would land 500-600 m off), so once any feature there names its
+    # own, every feature must. Without a collection default, a feature is WGS-84 as in
+    # RFC 7946.
+    declared = [f for f in features
+                if isinstance(f, dict) and isinstance(f.get("properties"), dict)
+                and "coord_sys" in f["properties"]]
+    if "coord_sys" in data and declared and len(declared) != len(features):
+        missing = [_zone_id(f, i, label) if isinstance(f, dict) else f"#{i}"
+                   for i, f in enumerate(features) if not any(f is d for d in declared)]
+        raise ZoneError(
+            f"features {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} have no "
+            "properties.coord_sys while others have one: in a file that mixes coordinate "
+            "systems every feature says its own (wgs84 for GPS surveys, gcj02 for Chinese "
+            "map services)", source=label)
 
     zones: list[Zone] = []
     first_seen: dict[str, int] = {}

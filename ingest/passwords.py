@@ -205,15 +205,44 @@ def devices_of_subjects(data: Any, source: str = "subjects") -> list[tuple[str, 
     return out
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write atomically with mode 0600 (password hashes and credentials are secrets)."""
+def _write_private(path: Path, text: str, *, keep_existing: bool = False) -> str | None:
+    """Write ``text`` to ``path`` atomically: a temporary file in the same directory,
+    fsynced, then renamed over ``path``, so a reader (mosquitto at a SIGHUP) sees the old
+    file or the new one, never half of one.
+
+    A new file gets mode 0600 (password hashes and credentials are secrets). With
+    ``keep_existing``, a file already at ``path`` keeps its mode, owner and group: the
+    broker reads it as its own user (``chown mosquitto:``), and a re-run as root must not
+    lock the broker out at its next reload. Returns a warning when the owner could not be
+    kept (not running as root), else ``None``.
+    """
+    mode, owner, warning = 0o600, None, None
+    if keep_existing:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            mode, owner = st.st_mode & 0o7777, (st.st_uid, st.st_gid)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            if owner is not None and owner != (os.geteuid(), os.getegid()):
+                try:
+                    os.fchown(f.fileno(), *owner)
+                except PermissionError:
+                    warning = (f"{path}: could not keep its owner uid {owner[0]} gid {owner[1]} "
+                               "(run as root, or chown it back before reloading mosquitto)")
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return warning
 
 
 def build_password_file(devices: list[tuple[str, str, str]], secret: bytes,
@@ -292,8 +321,10 @@ def main(argv: list[str]) -> int:
         description="Build the mosquitto password file for every device of a subjects file "
                     "(device passwords derived from a site secret) plus the service accounts.")
     parser.add_argument("subjects", help="subjects JSON file (the one `emfence run` loads)")
-    parser.add_argument("-o", "--output", help="password file to write (mode 0600); "
-                        "default: standard output")
+    parser.add_argument("-o", "--output",
+                        help="password file to write (atomically; a new file gets mode 0600, "
+                             "an existing one keeps its mode and owner); default: standard "
+                             "output")
     parser.add_argument("--secret-file", required=True,
                         help="file holding the site secret the device passwords derive from")
     parser.add_argument("--engine", action="append", default=[], type=_engine_option,
@@ -315,7 +346,7 @@ def main(argv: list[str]) -> int:
                         help="pooled load-generator connections to make accounts for (default 8)")
     parser.add_argument("--acl-output", metavar="PATH",
                         help="also write the mosquitto ACL with a block for each service "
-                             "account written (mode 0600)")
+                             "account written (atomically, like -o)")
     parser.add_argument("--acl-template", metavar="PATH",
                         help="the ACL to extend (default: the project's "
                              "deploy/mosquitto/emfence.acl)")
@@ -362,26 +393,44 @@ def main(argv: list[str]) -> int:
     except PasswordsError as exc:
         print(f"emfence mqtt-passwords: {exc}", file=sys.stderr)
         return 1
-    if args.output:
-        _write_private(Path(args.output), text)
-        print(f"wrote {len(devices)} devices and {len(services)} service accounts to "
-              f"{args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-    if acl is not None:
-        _write_private(Path(args.acl_output), acl)
-        print(f"wrote the ACL for {len(services)} service accounts to {args.acl_output}",
-              file=sys.stderr)
-    if args.credentials_csv:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["device_id", "region", "subject_id", "username", "password"])
-        for did, region, sid in devices:
-            w.writerow([did, region, sid, did, device_password(secret, did)])
-        if args.credentials_csv == "-":
-            sys.stdout.write(buf.getvalue())
+    if not any(service_role(u) == "engine" for u in services):
+        # `emfence run` logs in as emfence-NAME: a broker given this file refuses it.
+        print("emfence mqtt-passwords: warning: no engine account; `emfence run --name NAME` "
+              "logs in as emfence-NAME and this broker will refuse it (add --engine "
+              "NAME=PASSWORD_FILE for every worker)", file=sys.stderr)
+    try:
+        if args.output:
+            warning = _write_private(Path(args.output), text, keep_existing=True)
+            print(f"wrote {len(devices)} devices and {len(services)} service accounts to "
+                  f"{args.output}", file=sys.stderr)
+            if warning:
+                print(f"emfence mqtt-passwords: warning: {warning}", file=sys.stderr)
         else:
-            _write_private(Path(args.credentials_csv), buf.getvalue())
+            sys.stdout.write(text)
+        if acl is not None:
+            warning = _write_private(Path(args.acl_output), acl, keep_existing=True)
+            print(f"wrote the ACL for {len(services)} service accounts to {args.acl_output}",
+                  file=sys.stderr)
+            if warning:
+                print(f"emfence mqtt-passwords: warning: {warning}", file=sys.stderr)
+        if args.credentials_csv:
+            buf = io.StringIO()
+            w = csv.writer(buf, lineterminator="\n")
+            w.writerow(["device_id", "region", "subject_id", "username", "password"])
+            for did, region, sid in devices:
+                w.writerow([did, region, sid, did, device_password(secret, did)])
+            if args.credentials_csv == "-":
+                sys.stdout.write(buf.getvalue())
+            else:
+                _write_private(Path(args.credentials_csv), buf.getvalue())
+    except OSError as exc:
+        print(f"emfence mqtt-passwords: {exc.filename}: cannot write: {exc.strerror}",
+              file=sys.stderr)
+        return 1
+    if args.output or acl is not None:
+        # mosquitto reads both files only at start and on SIGHUP.
+        print("now reload mosquitto so it reads them: `systemctl reload mosquitto` (or "
+              "`kill -HUP` its pid)", file=sys.stderr)
     return 0
 
 

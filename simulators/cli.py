@@ -36,7 +36,7 @@ def parse_broker(url: str) -> tuple[str, int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="emfence simulate", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="emfence simulate", description=__doc__.split("\n\n")[0].replace("``", "`"),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("generate a test fleet")
     g.add_argument("--generate", type=int, metavar="N", help="write zones + subjects for N subjects")
@@ -145,7 +145,12 @@ def load_simulation(zones_path, subjects_path, *, rate, duration_s, scenario, se
     from simulators.scenario import Simulation
 
     zones = load_zones(str(zones_path))
-    subjects = orjson.loads(Path(subjects_path).read_bytes())
+    try:
+        subjects = orjson.loads(Path(subjects_path).read_bytes())
+    except OSError as exc:
+        raise ValueError(f"{subjects_path}: cannot read: {exc.strerror}") from None
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"{subjects_path}: not valid JSON: {exc}") from None
     if shard is not None:
         i, k = shard
         subjects = {**subjects, "subjects": subjects["subjects"][i::k]}
@@ -175,8 +180,14 @@ def append_truth_end(path, stats) -> None:
 
 async def run_publish(sim, host, port, *, credentials=None, username=None, password=None, pool=8,
                       truth=None, alarms_out=None, alarms_user=None, alarms_password=None,
-                      linger_s=5.0, progress=True, stop=None, on_sent=None, on_alarm=None):
-    """Publish ``sim`` (and record alarms if asked); returns the :class:`PublishStats`."""
+                      linger_s=5.0, progress=True, stop=None, on_sent=None, on_alarm=None,
+                      on_start=None):
+    """Publish ``sim`` (and record alarms if asked); returns the :class:`PublishStats`.
+
+    The ground truth is written once the schedule is final (``Publisher.run`` moves it
+    later when set-up overran the planned start), so its windows are the times actually
+    run; ``on_start(sim)`` is called then too.
+    """
     from simulators.publisher import Publisher
     from simulators.watch import watch_alarms
 
@@ -195,10 +206,14 @@ async def run_publish(sim, host, port, *, credentials=None, username=None, passw
         if watcher in done:
             watcher.result()  # raises the connection error
     await pub.connect()
-    try:
+    def started(sim) -> None:
         if truth:
             write_truth_header(truth, sim, {"mode": "per-device" if pub.per_device else "pool"})
-        stats = await pub.run(stop)
+        if on_start is not None:
+            on_start(sim)
+
+    try:
+        stats = await pub.run(stop, on_start=started)
     finally:
         await pub.close()
     if truth:

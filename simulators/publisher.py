@@ -217,16 +217,25 @@ class Publisher:
         else:
             print(line, file=sys.stderr, flush=True)
 
-    async def run(self, stop: asyncio.Event | None = None, drain_timeout_s: float = 30.0) -> PublishStats:
+    async def run(self, stop: asyncio.Event | None = None, drain_timeout_s: float = 30.0, *,
+                  on_start: Callable[[Simulation], None] | None = None) -> PublishStats:
         """Publish every slot at its due time (or until ``stop`` is set), then wait for the
-        outstanding PUBACKs (at most ``drain_timeout_s``)."""
+        outstanding PUBACKs (at most ``drain_timeout_s``).
+
+        ``on_start(sim)`` is called once the schedule is final (moved later when set-up
+        overran the planned start), before the first message: the place to write the ground
+        truth and to take the run's start time.
+        """
         sim = self.sim
         stop = stop or asyncio.Event()
         st = self.stats
         now = time.time() * 1000.0
         if now > sim.start_ms:
             sim.shift(int(now - sim.start_ms) + 1)  # preparation overran the planned start
-        else:
+        if on_start is not None:
+            on_start(sim)
+        now = time.time() * 1000.0
+        if now < sim.start_ms:
             await asyncio.sleep((sim.start_ms - now) / 1000.0)
         st.started_ms = sim.start_ms
         m_next = 0

@@ -165,6 +165,19 @@ def score(truth: Truth, alarms: list[dict], *, slack_ms: int = DEFAULT_SLACK_MS,
         else:
             used[hit] = True
             matched.append((e, in_run[hit]))
+    # An event cut off by the stop (it ends after the run's end, so it is not scored) may
+    # still have been alarmed correctly before the stop: such an alarm is not false.
+    cut_off = [e for e in truth.events
+               if e.get("expect") and int(e["end"]) > truth.end + slack_ms]
+    for i, a in enumerate(in_run):
+        if used[i]:
+            continue
+        for e in cut_off:
+            if (a.get("type") == e["expect"] and a.get("device_id") == e["device_id"]
+                    and (e.get("zone_id") is None or a.get("zone_id") == e["zone_id"])
+                    and int(e["start"]) - slack_ms <= int(a["at"])):
+                used[i] = True
+                break
     false = [a for i, a in enumerate(in_run) if not used[i]]
     latencies = [float(a["rx_ms"]) - float(a["at"]) for _, a in matched if a.get("rx_ms") is not None]
     by_type: dict[str, dict] = {}
@@ -232,11 +245,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="print the score as one JSON object")
     p.add_argument("--strict", action="store_true", help="exit 1 if anything was missed or false")
     args = p.parse_args(argv)
+    from alarms.store import StoreError
+
     try:
         result = score(read_truth(args.truth), read_alarms(args.alarms), slack_ms=args.slack_ms,
                        late_ms=args.late_ms)
-    except (ScoreError, OSError) as exc:
-        print(f"emfence score: {exc}", file=sys.stderr)
+    except (ScoreError, OSError, StoreError) as exc:
+        # One line: a driver's message (PostgreSQL's "Is the server running...") has several.
+        print(f"emfence score: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     print(orjson.dumps(result).decode() if args.json else format_text(result))
     if args.strict and (result["missed"] or result["false"]):

@@ -98,3 +98,33 @@ def test_bad_input_is_named_and_exits_1(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "console", "--store", url, "--subjects", "s.json"],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2 and "--subjects needs --zones" in proc.stderr
+
+
+def test_on_loopback_the_cookie_works_over_plain_http_as_with_run(tmp_path):
+    """`emfence console --http 127.0.0.1:PORT` as docs/console-api.md shows it (no
+    --insecure-cookies): a browser on this machine speaks plain HTTP, so the session
+    cookie must not be Secure (it would never be sent back), as with `emfence run --http`."""
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    store = open_store(url)
+    add_accounts(store)
+    store.close_store()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "emfence", "console", "--store", url,
+                             "--http", f"127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_up(base + "/", proc)
+        with httpx.Client(base_url=base, timeout=20) as c:
+            r = c.post("/api/login", json={"name": "alice", "password": PASSWORD})
+            assert r.status_code == 200
+            cookie = r.headers["set-cookie"]
+            assert "secure" not in cookie.lower(), cookie
+            assert c.get("/api/session").status_code == 200  # the cookie came back
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    from console.service import secure_cookies
+
+    assert secure_cookies("0.0.0.0", False) and secure_cookies("10.0.0.5", False)
+    assert not secure_cookies("10.0.0.5", True)

@@ -43,6 +43,14 @@ def test_add_refuses_bad_input_with_a_clear_message(tmp_path):
         (["add", "bob", "--role", "operator", "--store", url], GOOD, "--regions is required"),
         (["add", "bob", "--role", "operator", "--regions", "41/13", "--store", url], GOOD,
          "not a region code"),
+        (["add", "dora", "--role", "operator", "--regions", "41l303", "--store", url], GOOD,
+         "region '41l303' is not an adcode: 'l' where a digit belongs"),
+        (["add", "dora", "--role", "operator", "--regions", "410000", "--store", url], GOOD,
+         "region '410000' is a province's adcode"),
+        (["add", "dora", "--role", "operator", "--regions", "411399", "--store", url], GOOD,
+         "region '411399' is not a county of province 410000"),
+        (["add", "dora", "--role", "operator", "--regions", "4113031", "--store", url], GOOD,
+         "a county code has 6 digits"),
         (["add", "bob", "--role", "operator", "--regions", "411303", "--store", url], "short\n",
          f"at least {MIN_PASSWORD_CHARS}"),
         (["add", "bob", "--role", "operator", "--regions", "411303", "--store", url], "",
@@ -58,6 +66,20 @@ def test_add_refuses_bad_input_with_a_clear_message(tmp_path):
         assert message in err, (argv, err)
         assert err.startswith("emfence user add: ")
     assert run(["add", "bob", "--role", "wizard", "--store", url], GOOD)[0] == 2
+
+
+def test_regions_are_checked_against_the_zone_file_when_given(tmp_path):
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    zones = tmp_path / "z.geojson"
+    zones.write_text('{"type": "FeatureCollection", "features": [{"type": "Feature", '
+                     '"properties": {"zone_id": "north-1"}, "geometry": {"type": "Polygon", '
+                     '"coordinates": [[[112, 33], [112.1, 33], [112.1, 33.1], [112, 33]]]}}]}')
+    code, _out, err = run(["add", "dora", "--role", "operator", "--regions", "north-2",
+                           "--zones", str(zones), "--store", url], GOOD)
+    assert code == 1 and "region 'north-2' is not a zone of the --zones file" in err
+    code, out, _err = run(["add", "dora", "--role", "operator", "--regions", "north-1",
+                           "--zones", str(zones), "--store", url], GOOD)
+    assert code == 0 and "added operator dora for north-1" in out
     # a duplicate name
     assert run(["add", "bob", "--role", "admin", "--store", url], GOOD)[0] == 0
     code, _, err = run(["add", "bob", "--role", "admin", "--store", url], GOOD)

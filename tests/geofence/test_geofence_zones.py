@@ -61,9 +61,14 @@ def test_zone_id_rules_and_numeric_ids():
 
 
 def test_coord_sys_precedence_feature_then_collection_then_wgs84():
-    gcj = load_zones(fc(feat(poly(SQUARE), fid="a"), feat(poly(SQUARE), fid="b", coord_sys="wgs84"), coord_sys="gcj02"))
+    # The collection's default applies to a file where no feature says its own; once one
+    # does, every feature must (test_mixed_file_needs_each_features_coord_sys).
+    (inherited,) = load_zones(fc(feat(poly(SQUARE), fid="a"), coord_sys="gcj02"))
+    own = load_zones(fc(feat(poly(SQUARE), fid="b", coord_sys="wgs84"),
+                        feat(poly(SQUARE), fid="d", coord_sys="gcj02"), coord_sys="gcj02"))
+    gcj = [inherited, own[0]]
     plain = load_zones(fc(feat(poly(SQUARE), fid="c")))
-    assert [z.source_crs for z in gcj + plain] == ["gcj02", "wgs84", "wgs84"]
+    assert [z.source_crs for z in gcj + plain + own[1:]] == ["gcj02", "wgs84", "wgs84", "gcj02"]
     # The zones are WGS-84 now: coord_sys is not kept where it could be applied again.
     assert "coord_sys" not in gcj[1].properties
     lon, lat = gcj02_to_wgs84(np.array(SQUARE)[:, 0], np.array(SQUARE)[:, 1])
@@ -71,6 +76,15 @@ def test_coord_sys_precedence_feature_then_collection_then_wgs84():
     # Every corner moved by the inverse GCJ-02 (long edges gained collinear points).
     assert set(zip(lon.round(12), lat.round(12))) <= got
     assert shapely.equals_exact(gcj[1].geometry, plain[0].geometry, 0)
+
+
+def test_mixed_file_needs_each_features_coord_sys():
+    """A zone added by hand to a GCJ-02 file beside one saying wgs84 must say its own."""
+    mixed = fc(feat(poly(SQUARE), fid="county", coord_sys="gcj02"),
+               feat(poly(SQUARE), fid="victim-home"), coord_sys="gcj02")
+    with pytest.raises(ZoneError, match=r"features victim-home have no properties.coord_sys "
+                                        r"while others have one"):
+        load_zones(mixed)
 
 
 def test_real_gcj02_county_is_moved_to_wgs84():

@@ -142,3 +142,14 @@ def test_bad_truth_is_named(tmp_path):
     p.write_text('{"what": "run", "start": 1, "end": 2}\nnot json\n')
     with pytest.raises(ScoreError, match=r":2: not JSON"):
         read_truth(p)
+
+
+def test_an_alarm_for_an_event_cut_off_by_the_stop_is_not_false(tmp_path):
+    """Ctrl-C in the middle of an exclusion: the engine raised it correctly before the stop;
+    the event is not scored, and neither is its alarm counted as false."""
+    truth = _truth(tmp_path, [ev("enter_exclusion", "B-1", 30_000, 60_000, "exclusion", "v-1")],
+                   run_end=T0 + 40_000)
+    r = score(truth, [alarm("exclusion", "B-1", 31_000, zone="v-1"),
+                      alarm("exclusion", "B-2", 32_000, zone="v-1")])
+    assert (r["expected"], r["not_scored"], r["missed"]) == (0, 1, 0)
+    assert [a["device_id"] for a in r["false_alarms"]] == ["B-2"]  # an unrelated one still is
