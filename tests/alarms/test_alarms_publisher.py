@@ -385,4 +385,8 @@ async def test_a_cancellation_arriving_as_the_publisher_wakes_is_not_lost(tmp_pa
         for t in tasks:  # a task that lost one cancellation may still take another
             t.cancel()
         await asyncio.wait(tasks, timeout=WAIT_S)
+        # A cancelled task's store read may still be running in its worker thread
+        # (cancelling the task does not stop the thread): closing the store under it
+        # crashed the interpreter once. Wait for those threads first.
+        await asyncio.get_running_loop().shutdown_default_executor()
         store.close()
