@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,3 +209,16 @@ def http_log_in(base: str, name: str) -> httpx.Client:
     assert r.status_code == 200, r.text
     client.headers["X-CSRF-Token"] = r.json()["csrf_token"]
     return client
+
+
+def sse_messages(lines: Iterator[str]) -> Iterator[dict]:
+    """Server-sent events from the lines of a streamed response (comments skipped)."""
+    msg: dict = {}
+    for line in lines:
+        if line == "":
+            if "data" in msg or "event" in msg:
+                yield msg
+            msg = {}
+        elif not line.startswith(":"):
+            field, _, value = line.partition(":")
+            msg[field] = value.removeprefix(" ")

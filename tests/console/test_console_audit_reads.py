@@ -8,13 +8,21 @@ without a request here fails the test instead of going unchecked.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from console_helpers import PASSWORD, T0, Server, add_accounts, audit_rows, http_log_in, raised
+from console_helpers import (
+    PASSWORD,
+    T0,
+    Server,
+    add_accounts,
+    audit_rows,
+    http_log_in,
+    raised,
+    sse_messages,
+)
 from starlette.routing import Mount, Route
 
 from alarms.store import open_store
@@ -63,17 +71,6 @@ def served(request, tmp_path):
     store.close_store()
 
 
-
-def sse_messages(lines: Iterator[str]) -> Iterator[dict]:
-    msg: dict = {}
-    for line in lines:
-        if line == "":
-            if "data" in msg or "event" in msg:
-                yield msg
-            msg = {}
-        elif not line.startswith(":"):
-            field, _, value = line.partition(":")
-            msg[field] = value.removeprefix(" ")
 
 
 # (method, path as in the route table) -> the request the walk sends: a path with the

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import orjson
 import pytest
-from console_helpers import PASSWORD, T0, Server, add_accounts, http_log_in, raised
+from console_helpers import PASSWORD, T0, Server, add_accounts, http_log_in, raised, sse_messages
 
 from alarms.store import open_store
 from console import create_app, serve
@@ -28,7 +28,7 @@ def live(tmp_path):
 
 def messages(response: httpx.Response) -> Iterator[dict]:
     """Parse an SSE stream into messages: {'event', 'id', 'data'} (comments skipped)."""
-    return messages_from(response.iter_lines())
+    return sse_messages(response.iter_lines())
 
 
 def next_alarm(stream: Iterator[dict]) -> dict:
@@ -174,19 +174,7 @@ def test_feed_survives_a_store_outage_and_catches_up(live, tmp_path):
                 break
         db.execute("ALTER TABLE events_away RENAME TO events")
         store.record_events([raised("after-outage", "411303")], T0)
-        got = next_alarm(messages_from(lines))
+        got = next_alarm(sse_messages(lines))
     assert got["alarm_id"] == "after-outage"
     db.close()
     client.close()
-
-
-def messages_from(lines: Iterator[str]) -> Iterator[dict]:
-    msg: dict = {}
-    for line in lines:
-        if line == "":
-            if "data" in msg or "event" in msg:
-                yield msg
-            msg = {}
-        elif not line.startswith(":"):
-            field, _, value = line.partition(":")
-            msg[field] = value.removeprefix(" ")
