@@ -8,7 +8,6 @@ from alarms.store import (
     StoreError,
     UserError,
     open_store,
-    topic_for,
 )
 
 __all__ = [
@@ -22,5 +21,4 @@ __all__ = [
     "StoreError",
     "UserError",
     "open_store",
-    "topic_for",
 ]

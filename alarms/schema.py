@@ -20,8 +20,9 @@ edit a released version: append a new one.
 
 from __future__ import annotations
 
+from contract.alarms import ALARM_TYPES
+
 # alarm types the engine raises (DESIGN.md wire contract)
-ALARM_TYPES = ("outbound", "exclusion", "offline", "tamper", "low_battery")
 # events in the log: the engine's two, and the three the operator workflow adds
 ENGINE_EVENTS = ("raised", "cleared")
 EVENTS = ("raised", "cleared", "escalated", "acknowledged", "closed")

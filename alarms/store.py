@@ -60,6 +60,8 @@ from alarms.schema import (
     ROLES,
     WORKFLOW_STATES,
 )
+from contract.errors import EmfenceError
+from contract.topics import alarm_topic
 
 # A region or a type ends up in an MQTT topic level: no '/', '+', '#' or spaces.
 _TOPIC_LEVEL = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -114,7 +116,7 @@ _ROWS_PER_INSERT = 500
 log = logging.getLogger("emfence.alarms.store")
 
 
-class StoreError(Exception):
+class StoreError(EmfenceError):
     """The store cannot do what was asked: bad URL, unreachable database, schema newer than
     this code, a malformed event (``where`` names it), or a database error (``__cause__``)."""
 
@@ -123,7 +125,7 @@ class StoreError(Exception):
         super().__init__(f"{where}: {message}" if where else message)
 
 
-class AlarmActionError(ValueError):
+class AlarmActionError(EmfenceError, ValueError):
     """An operator action is not allowed: ``alarm_id`` and a human ``reason``."""
 
     def __init__(self, alarm_id: str, reason: str):
@@ -132,7 +134,7 @@ class AlarmActionError(ValueError):
         super().__init__(f"alarm {alarm_id!r}: {reason}")
 
 
-class UserError(ValueError):
+class UserError(EmfenceError, ValueError):
     """A user account operation is not possible: ``name`` and ``reason``."""
 
     def __init__(self, name: str, reason: str):
@@ -592,11 +594,6 @@ def _count(value: Any, name: str) -> int:
     return int(value)
 
 
-def topic_for(region: str, alarm_type: str) -> str:
-    """The MQTT topic an alarm event of ``alarm_type`` in ``region`` is published on."""
-    return f"emfence/v1/{region}/alarms/{alarm_type}"
-
-
 def _check_event(ev: Any, i: int) -> None:
     """Validate one engine event dict; StoreError names its index and the key."""
     where = f"events[{i}]"
@@ -724,7 +721,7 @@ class AlarmStore:
             "INSERT INTO events (alarm_id, event, region, type, topic, payload, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (alarm_id, event) DO NOTHING "
             "RETURNING seq",
-            (alarm_id, event, region, alarm_type, topic_for(region, alarm_type), payload, now_ms),
+            (alarm_id, event, region, alarm_type, alarm_topic(region, alarm_type), payload, now_ms),
         ).scalar()
         if seq is None:
             seq = cur.execute("SELECT seq FROM events WHERE alarm_id = ? AND event = ?",
@@ -774,7 +771,7 @@ class AlarmStore:
             else:
                 clears.append((ev["at"], evidence, ev["alarm_id"]))
             log_rows.append((ev["alarm_id"], ev["event"], ev["region"], ev["type"],
-                             topic_for(ev["region"], ev["type"]), orjson.dumps(ev), now_ms))
+                             alarm_topic(ev["region"], ev["type"]), orjson.dumps(ev), now_ms))
         # Set-based, a few statements per batch whatever its size: this sits on the
         # fix-to-alarm path, and PostgreSQL pays a network round trip per statement.
         with self._db.tx("record events") as cur:

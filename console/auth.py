@@ -36,6 +36,8 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from contract.errors import EmfenceError
+
 ROLES = ("operator", "supervisor", "admin")
 
 _hasher = PasswordHasher()
@@ -43,7 +45,7 @@ _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
 
-class AuthError(ValueError):
+class AuthError(EmfenceError, ValueError):
     """A user definition is invalid (bad role, bad region list, weak password)."""
 
 

@@ -18,6 +18,7 @@ from contract.alarms import (
     alarm_event,
     alarm_id,
 )
+from contract.errors import EmfenceError
 from contract.records import (
     COORD_SYS_CODES,
     K_FIX,
@@ -45,6 +46,7 @@ __all__ = [
     "STRAP_CODES",
     "TOPIC_PREFIX",
     "AlarmEvent",
+    "EmfenceError",
     "RecordBatch",
     "RecordBuilder",
     "alarm_event",

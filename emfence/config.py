@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contract.errors import EmfenceError
+
 LEVELS = ("strict", "ordinary", "lenient")
 
 
-class ConfigError(ValueError):
+class ConfigError(EmfenceError, ValueError):
     """A configuration file or value is wrong; ``key`` is the dotted key, ``source`` the file."""
 
     def __init__(self, message: str, *, key: str | None = None, source: str | None = None):

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
+from contract.errors import EmfenceError
 from emfence.config import LEVELS
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -33,7 +34,7 @@ DEVICE_KINDS = ("bracelet", "phone")
 LEVEL_CODES = {name: i for i, name in enumerate(LEVELS)}
 
 
-class RegistryError(ValueError):
+class RegistryError(EmfenceError, ValueError):
     """The subjects file is wrong. ``subject_id`` names the subject (None: the file as a
     whole), ``reason`` says what, ``source`` is the file (or None for a dict)."""
 

@@ -23,6 +23,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from contract.errors import EmfenceError
+
 NONE_MS = np.iinfo(np.int64).min  # "never" / "no open episode"
 NO_DEADLINE_MS = np.iinfo(np.int64).max  # not due for offline (never heard, or already open)
 CHECKPOINT_VERSION = 1
@@ -210,7 +212,7 @@ def checkpoint_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-class CheckpointError(ValueError):
+class CheckpointError(EmfenceError, ValueError):
     """A checkpoint file cannot be used; ``path`` names it."""
 
     def __init__(self, reason: str, path: str):

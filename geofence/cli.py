@@ -22,6 +22,7 @@ from pathlib import Path
 
 import orjson
 
+from contract.errors import EmfenceError
 from geofence.zones import ZoneError, ZoneWarning, load_zones
 
 ADCODE = re.compile(r"^\d{6}$")
@@ -45,7 +46,7 @@ def adcode_level_problem(code: str) -> str | None:
     return None
 
 
-class ImportFailure(Exception):
+class ImportFailure(EmfenceError):
     """A problem the user must fix; the message says what and where."""
 
 

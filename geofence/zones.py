@@ -27,6 +27,7 @@ import orjson
 import shapely
 from shapely.geometry.base import BaseGeometry
 
+from contract.errors import EmfenceError
 from geofence.gcj02 import gcj02_to_wgs84
 
 __all__ = ["CIRCLE_DRAW_VERTICES", "Zone", "ZoneError", "ZoneWarning", "load_zones"]
@@ -55,7 +56,7 @@ _WGS84_NAMES = {"wgs84", "wgs-84", "wgs 84", "epsg:4326", "crs84", "ogc:crs84",
 _GCJ02_NAMES = {"gcj02", "gcj-02", "gcj"}
 
 
-class ZoneError(ValueError):
+class ZoneError(EmfenceError, ValueError):
     """A zone file or zone is wrong. ``zone_id`` (or None), ``reason``, ``source`` (file)."""
 
     def __init__(self, reason: str, *, zone_id: str | None = None, source: str | None = None):

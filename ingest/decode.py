@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from contract import COORD_SYS_CODES, STRAP_CODES, TOPIC_PREFIX
+from contract.errors import EmfenceError
 from emfence.config import IngestConfig
 
 # Stable rejection codes (the part of ``PayloadError.reason`` before the colon).
@@ -64,7 +65,7 @@ ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 KINDS = ("fix", "status")
 
 
-class PayloadError(ValueError):
+class PayloadError(EmfenceError, ValueError):
     """A message that breaks the wire contract.
 
     ``reason``: ``"<code>: <detail>"`` (e.g. ``"missing_field: lat"``), ``code``: the part

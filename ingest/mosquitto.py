@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Self
 
+from contract.errors import EmfenceError
 from ingest.passwords import ACL_TEMPLATE, build_acl
 
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto"
@@ -45,7 +46,7 @@ _REWRITTEN = {
 _LISTENER_SCOPED = {"use_username_as_clientid"}
 
 
-class MosquittoError(RuntimeError):
+class MosquittoError(EmfenceError, RuntimeError):
     """The broker could not be found, started or stopped; the message says which and why."""
 
 

@@ -27,12 +27,13 @@ from urllib.parse import unquote, urlsplit
 import aiomqtt
 
 from contract import device_topic
+from contract.errors import EmfenceError
 from ingest.decode import ID_RE
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
 
-class BrokerConfigError(ValueError):
+class BrokerConfigError(EmfenceError, ValueError):
     """A broker URL, credential or TLS option is wrong; the message names the option."""
 
 

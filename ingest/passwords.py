@@ -37,6 +37,7 @@ from typing import Any
 
 import orjson
 
+from contract.errors import EmfenceError
 from ingest.decode import ID_RE
 
 # The shipped ACL, the template of every ACL written here (and of the private brokers the
@@ -111,7 +112,7 @@ def worker_name_problem(worker_name: str) -> str | None:
     return None
 
 
-class PasswordsError(ValueError):
+class PasswordsError(EmfenceError, ValueError):
     """Bad input to the password tooling; the message names the file and the entry."""
 
 

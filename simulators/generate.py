@@ -27,6 +27,7 @@ import orjson
 import shapely
 from shapely.geometry import shape
 
+from contract.errors import EmfenceError
 from simulators.geo import sample_points_in
 
 BUNDLED_FILE = "counties-41.geojson.gz"
@@ -42,7 +43,7 @@ HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 
 
-class GenerateError(ValueError):
+class GenerateError(EmfenceError, ValueError):
     """Bad generation request (unknown county, bad count); the message names it."""
 
 

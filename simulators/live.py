@@ -27,6 +27,8 @@ from pathlib import Path
 import aiomqtt
 import orjson
 
+from contract.topics import health_topic
+
 ENGINE_NAME = "sim-engine"
 ENGINE_USER = f"emfence-{ENGINE_NAME}"  # the worker's own account (ingest.passwords.engine_account)
 # The benchmark's bare subscriber reads fixes like an engine, in a session of its own.
@@ -183,7 +185,7 @@ def start_engine_process(rig: Rig, *, core_args: list[str] | None = None, ready_
 
 async def engine_health(rig: Rig, timeout_s: float = 5.0) -> dict | None:
     """The engine's retained health document (read as the console account)."""
-    topic = f"emfence/v1/engine/{ENGINE_NAME}/health"
+    topic = health_topic(ENGINE_NAME)
     async with aiomqtt.Client(rig.host, rig.port, username="emfence-console",
                               password=rig.passwords["emfence-console"]) as c:
         await c.subscribe(topic, qos=1)

@@ -39,6 +39,7 @@ import numpy as np
 import shapely
 from shapely.geometry import Point
 
+from contract.errors import EmfenceError
 from simulators.geo import LocalFrame, sample_points_in
 
 # Sources, as the wire contract spells them; the index is the code used in arrays.
@@ -63,7 +64,7 @@ FOREVER_MS = 2**40  # leg end of the last dwell: ~35 years
 COORD_WGS84, COORD_GCJ02 = 0, 1
 
 
-class MovementError(ValueError):
+class MovementError(EmfenceError, ValueError):
     """The subjects/zones do not allow a movement plan; names the subject and why."""
 
     def __init__(self, reason: str, *, subject_id: str | None = None):

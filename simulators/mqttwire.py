@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import struct
 
+from contract.errors import EmfenceError
+
 CONNECT, CONNACK, PUBLISH_QOS1, PUBACK, DISCONNECT = 0x10, 0x20, 0x32, 0x40, 0xE0
 CONNACK_REASONS = {1: "unacceptable protocol version", 2: "identifier rejected",
                    3: "server unavailable", 4: "bad user name or password", 5: "not authorized"}
 
 
-class WireError(ConnectionError):
+class WireError(EmfenceError, ConnectionError):
     """The broker refused or dropped the connection; ``reason`` says how."""
 
     def __init__(self, reason: str):

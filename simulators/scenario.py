@@ -22,6 +22,7 @@ import shapely
 from shapely.geometry import LineString, Point
 from shapely.ops import nearest_points
 
+from contract.topics import device_topic
 from emfence.config import Config
 from simulators.movement import COORD_GCJ02, SOURCES, SRC_NONE, Fleet, MovementModel
 
@@ -94,10 +95,6 @@ class _Script:
     status_override: list[tuple[int, int, dict]] = field(default_factory=list)
     oneshots: list[tuple[int, str, object]] = field(default_factory=list)  # (t, action, arg)
     buffered: list[dict] = field(default_factory=list)
-
-
-def topic_for(region: str, device_id: str, kind: str) -> str:
-    return f"emfence/v1/{region}/{device_id}/{kind}"
 
 
 class Simulation:
@@ -458,9 +455,9 @@ class Simulation:
                     fix["coord_sys"] = "gcj02"
             if sc is None:
                 if fix is not None:
-                    out.append(Outgoing(d, topic_for(regions[d], ids[d], "fix"), orjson.dumps(fix), "fix", ts))
+                    out.append(Outgoing(d, device_topic(regions[d], ids[d], "fix"), orjson.dumps(fix), "fix", ts))
                 else:
-                    out.append(Outgoing(d, topic_for(regions[d], ids[d], "status"),
+                    out.append(Outgoing(d, device_topic(regions[d], ids[d], "status"),
                                         orjson.dumps(self._status(d, ts)), "status", ts))
                 continue
             self._scripted(d, ts, fix, sc, out)
@@ -501,7 +498,7 @@ class Simulation:
 
     def _scripted(self, d: int, ts: int, fix: dict | None, sc: _Script, out: list[Outgoing]) -> None:
         ids, region = self.fleet.device_ids, self.fleet.device_region[d]
-        fix_topic = topic_for(region, ids[d], "fix")
+        fix_topic = device_topic(region, ids[d], "fix")
         if any(a <= ts < b for a, b in sc.silent):
             return
         for a, b, skew in sc.skew:
@@ -518,7 +515,7 @@ class Simulation:
         elif fix is not None:
             out.append(Outgoing(d, fix_topic, orjson.dumps(fix), "fix", ts))
         else:
-            out.append(Outgoing(d, topic_for(region, ids[d], "status"),
+            out.append(Outgoing(d, device_topic(region, ids[d], "status"),
                                 orjson.dumps(self._status(d, ts, sc)), "status", ts))
         while sc.oneshots and min(sc.oneshots, key=lambda o: o[0])[0] <= ts:
             one = min(sc.oneshots, key=lambda o: o[0])
@@ -529,7 +526,7 @@ class Simulation:
                 # a second status with the same ts as a duplicate.
                 status = self._status(d, ts + 1, sc)
                 status.update(arg)
-                out.append(Outgoing(d, topic_for(region, ids[d], "status"), orjson.dumps(status),
+                out.append(Outgoing(d, device_topic(region, ids[d], "status"), orjson.dumps(status),
                                     "status", ts))
             elif action == "duplicate" and fix is not None:
                 out.append(Outgoing(d, fix_topic, orjson.dumps(fix), "duplicate", ts))
@@ -542,5 +539,5 @@ class Simulation:
                 victim, fixes = arg
                 for i, f in enumerate(fixes):
                     f = dict(f, ts=ts + i)
-                    out.append(Outgoing(d, topic_for(self.fleet.device_region[victim], ids[victim], "fix"),
+                    out.append(Outgoing(d, device_topic(self.fleet.device_region[victim], ids[victim], "fix"),
                                         orjson.dumps(f), "spoof", ts))

@@ -35,11 +35,13 @@ from typing import Any
 import numpy as np
 import orjson
 
+from contract.errors import EmfenceError
+
 DEFAULT_SLACK_MS = 2000
 DEFAULT_LATE_MS = 1000
 
 
-class ScoreError(ValueError):
+class ScoreError(EmfenceError, ValueError):
     """Unreadable truth or alarms; names the file and line."""
 
 

@@ -16,7 +16,9 @@ from pathlib import Path
 import aiomqtt
 import orjson
 
-ALARM_TOPIC = "emfence/v1/+/alarms/+"
+from contract.topics import alarm_topic
+
+ALARM_TOPIC = alarm_topic("+", "+")
 
 
 async def watch_alarms(host: str, port: int, *, stop: asyncio.Event, username: str | None = None,

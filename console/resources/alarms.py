@@ -11,10 +11,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from alarms.schema import ALARM_TYPES, CONDITION_STATES, DISPOSITIONS, WORKFLOW_STATES
+from alarms.schema import CONDITION_STATES, DISPOSITIONS, WORKFLOW_STATES
 from alarms.store import AlarmActionError
 from console.access import Caller, alarm_in_scope, signed_in
 from console.http import ApiError, int_param, json_response, list_param, read_json, text_field
+from contract.alarms import ALARM_TYPES
 from geofence.gcj02 import wgs84_to_gcj02
 
 STATES = WORKFLOW_STATES + CONDITION_STATES

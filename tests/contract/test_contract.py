@@ -127,13 +127,3 @@ def test_topics_follow_wire_contract_v1():
     assert deadletter_topic("330723") == "emfence/v1/330723/deadletter"
     assert health_topic("w1") == "emfence/v1/engine/w1/health"
     assert drain_topic("w1") == "emfence/v1/engine/w1/drain"
-
-
-def test_the_copies_not_yet_switched_agree_with_the_contract():
-    """alarms/ still carries its own copies of parts of the vocabulary (it switches to
-    contract/ in its own step; docs/internals.md lists where). Until then they must say
-    the same thing. (ingest/ takes the codes, the prefix and the topics from contract/.)"""
-    from alarms import schema, store
-
-    assert schema.ALARM_TYPES == ALARM_TYPES
-    assert store.topic_for("330723", "tamper") == alarm_topic("330723", "tamper")
