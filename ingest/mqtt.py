@@ -19,18 +19,25 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import socket
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 
 from contract import device_topic
 from contract.errors import EmfenceError
 from ingest.decode import ID_RE
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+# Exit code of a command whose broker login was refused, or whose TLS handshake failed,
+# before any session worked: a mistake to fix (account, password file, URL, CA), which
+# restarting will not cure. 1 stays "a bad file or option", 3 "stalled".
+EXIT_LOGIN_REFUSED = 4
 
 
 class BrokerConfigError(EmfenceError, ValueError):
@@ -131,6 +138,188 @@ def broker_from_args(args) -> BrokerSettings:
                                        tls_cert=args.tls_cert, tls_key=args.tls_key)
 
 
+# ----- why a connection failed ---------------------------------------------------------
+
+# CONNACK reason codes (MQTT 5 numbering; paho reports a 3.1.1 return code 1-5 as its
+# MQTT 5 equivalent, aiomqtt passes either) -> (kind, cause). "refused": the login or the
+# client is refused, a mistake to fix; "busy": the broker turns clients away for now.
+_V311_TO_V5 = {1: 132, 2: 133, 3: 136, 4: 134, 5: 135}
+_CONNACK = {
+    132: ("refused", "unsupported protocol version (the broker must speak MQTT 3.1.1)"),
+    133: ("refused", "client identifier not valid"),
+    134: ("refused", "bad user name or password"),
+    135: ("refused", ("not authorized (a wrong password, an unknown account, or no login "
+                      "where the broker wants one)")),
+    138: ("refused", "banned"),
+    140: ("refused", "bad authentication method"),
+    136: ("busy", "server unavailable"),
+    137: ("busy", "server busy"),
+    151: ("busy", "quota exceeded"),
+    156: ("busy", "use another server"),
+    157: ("busy", "server moved"),
+    159: ("busy", "connection rate exceeded"),
+}
+# What to do, per kind of failure; a caller passes its own where it knows better (the
+# options it was given).
+DEFAULT_FIXES = {
+    "refused": "check the account and its password file against the broker's password "
+               "file (`emfence mqtt-passwords`, then reload mosquitto)",
+    "no_login": "the broker wants a login: give --username and --password-file",
+    "tls": "is the listener plain MQTT? then use mqtt://HOST:PORT; or check the port",
+    "tls_verify": "give --tls-ca the CA certificate that signed the broker's certificate, "
+                  "and name the broker as its certificate does",
+    "protocol": "is the listener TLS? then use mqtts://HOST:PORT (and --tls-ca); or check "
+                "that the port is the broker's MQTT listener",
+}
+# Kinds that end a command at start: retrying cannot cure them.
+FATAL_KINDS = frozenset({"refused", "tls", "protocol"})
+
+
+class BrokerConnectError(EmfenceError, ConnectionError):
+    """A connection to the broker failed before its session began; ``str()`` is one line
+    naming the broker, the account, the cause and (for a mistake to fix) the fix.
+
+    ``kind``: ``refused`` (the broker refused the login), ``tls`` (the TLS handshake or
+    the certificate check failed), ``protocol`` (the broker closed the connection without
+    answering CONNECT: a TLS listener spoken to in plain MQTT), ``busy`` (the broker turns
+    clients away for now) or ``unreachable`` (no connection: refused, timed out, no such
+    host). ``fatal`` for the first three: a mistake retrying cannot cure. ``code`` is the
+    CONNACK reason code (MQTT 5 numbering) where there is one.
+    """
+
+    def __init__(self, kind: str, cause: str, *, host: str, port: int, account: str,
+                 fix: str = "", code: int | None = None, also: str = ""):
+        self.kind, self.cause, self.fix, self.code = kind, cause, fix, code
+        self.host, self.port, self.account, self.also = host, port, account, also
+        super().__init__(self._line())
+
+    @property
+    def fatal(self) -> bool:
+        return self.kind in FATAL_KINDS
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _line(self) -> str:
+        who = self.account + (f" {self.also}" if self.also else "")
+        head = {
+            "refused": f"broker {self.where} refused the login of {who}: {self.cause}",
+            "tls": f"TLS with broker {self.where} failed for {who}: {self.cause}",
+            "protocol": f"broker {self.where} closed the connection of {who} before "
+                        "answering its CONNECT",
+            "busy": f"broker {self.where} turned {who} away for now: {self.cause}",
+        }.get(self.kind, f"broker {self.where} unreachable: {self.cause}")
+        return f"{head}; {self.fix}" if self.fix else head
+
+    def with_also(self, also: str) -> BrokerConnectError:
+        """The same failure, saying how many others failed alike (``also``)."""
+        return BrokerConnectError(self.kind, self.cause, host=self.host, port=self.port,
+                                  account=self.account, fix=self.fix, code=self.code,
+                                  also=also)
+
+
+class ConnectionClosedError(EmfenceError, aiomqtt.MqttError):
+    """The broker closed the connection before it answered CONNECT (raised by clients made
+    with :func:`fail_on_early_close`; aiomqtt alone would wait for its timeout)."""
+
+
+def account_name(username: str | bytes | None) -> str:
+    """How a login is named in messages: the account, or ``anonymous (no --username)``."""
+    if isinstance(username, bytes):
+        username = username.decode(errors="replace")
+    return username if username else "anonymous (no --username)"
+
+
+def connect_error(exc: BaseException, *, host: str, port: int, username: str | None,
+                  tls: bool, fixes: Mapping[str, str] | None = None) -> BrokerConnectError:
+    """Say why connecting (CONNECT and CONNACK, TLS included) failed: ``exc`` is what
+    aiomqtt raised (or an ``OSError`` / ``TimeoutError`` of a client of our own).
+
+    ``fixes`` overrides :data:`DEFAULT_FIXES` per key (``refused``, ``no_login``, ``tls``,
+    ``tls_verify``, ``protocol``). Never raises.
+    """
+    fix = {**DEFAULT_FIXES, **(fixes or {})}
+    where = {"host": host, "port": port, "account": account_name(username)}
+    rc = getattr(exc, "rc", None)
+    if isinstance(exc, MqttConnectError) and rc is not None:
+        return connack_error(rc if isinstance(rc, int) else int(rc.value), host=host,
+                             port=port, username=username, fixes=fixes)
+    if isinstance(exc, ConnectionClosedError):
+        return BrokerConnectError("protocol", str(exc), fix=fix["protocol"], **where)
+    # aiomqtt turns paho's socket and TLS errors into MqttError(str(err)) "from None": the
+    # original is still its __context__.
+    cause = exc if isinstance(exc, OSError) else (exc.__context__ or exc)
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        reason = (getattr(cause, "verify_message", None) or getattr(cause, "reason", None)
+                  or str(cause))
+        return BrokerConnectError("tls", f"certificate verify failed: {reason}",
+                                  fix=fix["tls_verify"], **where)
+    if isinstance(cause, ssl.SSLError):
+        reason = getattr(cause, "reason", None) or cause
+        return BrokerConnectError("tls", f"TLS handshake failed: {reason}", fix=fix["tls"],
+                                  **where)
+    if tls and isinstance(cause, (ConnectionResetError, ConnectionAbortedError,
+                                  BrokenPipeError, EOFError)):
+        # The TCP connection was made; a broker that drops it during the handshake does
+        # not speak TLS there.
+        return BrokerConnectError("tls", "TLS handshake failed: the broker closed the "
+                                  f"connection ({_os_reason(cause)})", fix=fix["tls"], **where)
+    return BrokerConnectError("unreachable", _unreachable_cause(cause), **where)
+
+
+def connack_error(code: int, *, host: str, port: int, username: str | None,
+                  fixes: Mapping[str, str] | None = None) -> BrokerConnectError:
+    """The failure a CONNACK reason code ``code`` says (an MQTT 3.1.1 return code 1-5 or
+    an MQTT 5 reason code)."""
+    fix = {**DEFAULT_FIXES, **(fixes or {})}
+    where = {"host": host, "port": port, "account": account_name(username)}
+    code = _V311_TO_V5.get(code, code)
+    kind, cause = _CONNACK.get(code, ("refused", f"CONNACK reason code {code}"))
+    if kind == "busy":
+        return BrokerConnectError(kind, cause, code=code, **where)
+    key = "no_login" if username is None and code in (134, 135) else "refused"
+    return BrokerConnectError(kind, cause, fix=fix[key], code=code, **where)
+
+
+def _os_reason(exc: BaseException) -> str:
+    return (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).lower()
+
+
+def _unreachable_cause(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (nothing listens there: is the broker running?)"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({_os_reason(exc)})"
+    if isinstance(exc, TimeoutError) or "timed out" in str(exc):
+        return "no answer (timed out)"
+    return _os_reason(exc)
+
+
+def fail_on_early_close(client: aiomqtt.Client) -> None:
+    """Make ``client``'s connect fail at once with :class:`ConnectionClosedError` when the
+    broker closes the connection before its CONNACK (aiomqtt ignores a disconnect before
+    CONNACK and waits out its timeout: 30 s of silence for a TLS listener spoken to in
+    plain MQTT)."""
+    inner = client._client.on_disconnect
+
+    def fail(pending: asyncio.Future) -> None:
+        if not pending.done():
+            pending.set_exception(ConnectionClosedError(
+                "the broker closed the connection before answering CONNECT"))
+            pending.exception()  # retrieved: the connect may have given up already
+
+    def on_disconnect(paho_client, userdata, flags, reason_code, properties=None):
+        inner(paho_client, userdata, flags, reason_code, properties)
+        pending = client._connected  # the connect this disconnect interrupts, if any
+        if not pending.done():
+            # paho may call this from the thread that runs connect(); the future belongs
+            # to the event loop.
+            client._loop.call_soon_threadsafe(fail, pending)
+
+    client._client.on_disconnect = on_disconnect
+
+
 def subscriptions(regions: list[str] | None) -> list[str]:
     """The engine's topic filters: fixes and statuses of each region (``None``: all)."""
     regions = regions or ["+"]
@@ -168,6 +357,7 @@ def make_client(settings: BrokerSettings, *, client_id: str, will: aiomqtt.Will 
     _read_in_bursts(client._client)
     _lean_receive(client._client)
     _keep_cancellations(client)
+    fail_on_early_close(client)
     return client
 
 

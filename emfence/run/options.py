@@ -38,6 +38,10 @@ HEALTH_TIMEOUT_S = 5.0
 # Exit code of an engine its watchdog stopped (ingest.watchdog_s): stalled, not failed on
 # bad input (1) or bad usage (2); the service manager restarts it.
 EXIT_STALLED = 3
+# Failed reconnect attempts of one cause are logged once, then at most once per this
+# many seconds with their count (the backoff alone would log one line per 30 s for ever,
+# and one per second at first).
+RETRY_LOG_EVERY_S = 60.0
 # How long a stalled engine tries to publish its "stalled" health before it exits, s.
 STALL_REPORT_S = 2.0
 # The payload of the engine's periodic ping to itself on its drain topic.

@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections import Counter
 from collections.abc import Callable
 
 import orjson
 
 from contract import deadletter_topic, drain_topic, health_topic
-from emfence.run.options import YIELD_EVERY, message_digest, wall_ms
+from emfence.run.options import RETRY_LOG_EVERY_S, YIELD_EVERY, message_digest, wall_ms
 from ingest.decode import (
     PayloadError,
     deadletter_record,
@@ -21,9 +22,57 @@ from ingest.decode import (
     decode_status_payload,
     parse_topic,
 )
-from ingest.passwords import engine_client_id
+from ingest.passwords import engine_account, engine_client_id
 
 log = logging.getLogger("emfence.run")
+
+
+def login_fixes(name: str) -> dict[str, str]:
+    """What to do when the broker refuses worker ``name`` (``ingest.mqtt.connect_error``'s
+    ``fixes``), in the terms of `emfence run`'s options."""
+    account = engine_account(name)
+    return {
+        "refused": f"check --username (this worker's own account {account}) and "
+                   "--password-file against the broker's password file: `emfence "
+                   f"mqtt-passwords SUBJECTS --secret-file SECRET --engine {name}=PASSWORD_FILE "
+                   "-o PASSWD`, then reload mosquitto",
+        "no_login": f"the broker wants a login: give --username {account} --password-file "
+                    f"FILE (`emfence mqtt-passwords ... --engine {name}=FILE` makes the "
+                    "account)",
+        "tls": "is the listener plain MQTT? then use --broker mqtt://HOST:PORT; or check "
+               "the port",
+        "tls_verify": "give --tls-ca the CA certificate that signed the broker's "
+                      "certificate, and name the broker as its certificate does",
+        "protocol": "is the listener TLS? then use --broker mqtts://HOST:PORT (and "
+                    "--tls-ca); or check that the port is the broker's MQTT listener",
+    }
+
+
+class ConnectRetries:
+    """Failed connection attempts in few log lines: the first of a cause at once (and a
+    change of cause), then one line per ``every_s`` saying how many failed meanwhile."""
+
+    def __init__(self, every_s: float, clock: Callable[[], float] = time.monotonic):
+        self.every_s = every_s
+        self.clock = clock
+        self.reset()
+
+    def reset(self) -> None:
+        self.key: tuple[str, str] | None = None
+        self.logged_at = 0.0
+        self.unlogged = 0
+
+    def failed(self, failure) -> int | None:
+        """Count an attempt that failed with ``failure`` (kind, cause); the number of
+        attempts a line logged now stands for, or None when it waits."""
+        now = self.clock()
+        key = (failure.kind, failure.cause)
+        self.unlogged += 1
+        if key != self.key or now - self.logged_at >= self.every_s:
+            n, self.unlogged = self.unlogged, 0
+            self.key, self.logged_at = key, now
+            return n
+        return None
 
 
 class Receiver:
@@ -32,7 +81,8 @@ class Receiver:
 
     def __init__(self, *, broker, opts, icfg, registry: Callable, batches, acks, hold,
                  outbox, counters: Counter, rejects: Counter, alive: Callable,
-                 stopping: Callable[[], bool], on_connected: Callable):
+                 stopping: Callable[[], bool], on_connected: Callable,
+                 on_fatal: Callable[[int], None]):
         from ingest import mqtt
 
         self.mqtt = mqtt
@@ -49,6 +99,8 @@ class Receiver:
         self.alive = alive  # feeds the watchdog
         self.stopping = stopping
         self.announce = on_connected  # async (client): publish health "online"
+        self.on_fatal = on_fatal  # (exit code): stop the engine, the broker refused it
+        self.fixes = login_fixes(opts.name)
         self.client = None
         self.gen = 0
         self.connected = asyncio.Event()
@@ -60,7 +112,14 @@ class Receiver:
         self._drain_messages = 0
 
     async def run(self) -> None:
-        """Connect, receive, reconnect with backoff, until stopping."""
+        """Connect, receive, reconnect with backoff, until stopping.
+
+        A refused login or a TLS failure before any session of this process worked is
+        fatal (``on_fatal(EXIT_LOGIN_REFUSED)``: the account, password or URL is wrong
+        and waiting will not fix it). Later, it is retried like an unreachable broker (a
+        password file being rotated, a broker restarting with a new one), and each log
+        line names it.
+        """
         import aiomqtt
 
         backoff = self.mqtt.Backoff(self.icfg.reconnect_min_s, self.icfg.reconnect_max_s)
@@ -68,30 +127,48 @@ class Receiver:
                             orjson.dumps({"status": "offline", "name": self.opts.name}),
                             qos=1, retain=True)
         client_id = engine_client_id(self.opts.name, self.broker.username)
+        retries = ConnectRetries(RETRY_LOG_EVERY_S)
         while not self.stopping():
             client = self.mqtt.make_client(self.broker, client_id=client_id, will=will)
             self.alive()  # a connection attempt: the reconnect loop is running
+            failure = None
+            session = False
             try:
                 async with client:
+                    session = True  # CONNACK accepted
                     await self._on_connected(client)
                     backoff.reset()
+                    retries.reset()
                     await self._receive(client)
             except* aiomqtt.MqttError as lost:
-                self._on_disconnected(lost.exceptions[0],
-                                      was_connected=self.connected.is_set())
+                failure = self._on_disconnected(lost.exceptions[0], session)
             finally:
                 self.client = None
                 self.connected.clear()
             self.alive()
             if self.stopping():
                 return
+            if failure is not None and failure.fatal and self.counters["connects"] == 0:
+                log.critical("%s; no session has worked yet: exiting %d", failure,
+                             self.mqtt.EXIT_LOGIN_REFUSED)
+                self.on_fatal(self.mqtt.EXIT_LOGIN_REFUSED)
+                return
             delay = backoff.next_delay_s()
-            log.warning("broker %s:%d unreachable; keeping the state of %d devices (%d "
-                        "messages processed since the last checkpoint); reconnect attempt %d "
-                        "in %.1f s", self.broker.host, self.broker.port,
-                        len(self.registry().device_ids), self.acks.since_checkpoint,
-                        backoff.attempts, delay)
+            if failure is not None:
+                self._log_retry(retries, failure, backoff.attempts, delay)
             await asyncio.sleep(delay)
+
+    def _log_retry(self, retries: ConnectRetries, failure, attempt: int, delay_s: float) -> None:
+        """One line for a failed connection attempt, unless one for the same cause was
+        logged less than :data:`RETRY_LOG_EVERY_S` ago."""
+        n = retries.failed(failure)
+        if n is None:
+            return
+        since = f", {n} failed attempts since the last line" if n > 1 else ""
+        log.log(logging.ERROR if failure.fatal else logging.WARNING,
+                "%s; reconnect attempt %d in %.1f s%s; keeping the state of %d devices (%d "
+                "messages processed since the last checkpoint)", failure, attempt, delay_s,
+                since, len(self.registry().device_ids), self.acks.since_checkpoint)
 
     async def _receive(self, client) -> None:
         # Alarm delivery lives and dies with the connection: a new one starts by resending
@@ -139,13 +216,21 @@ class Receiver:
         await client.publish(self.drain_topic, self.drain_nonce.encode(), qos=1)
         await self.announce(client)
 
-    def _on_disconnected(self, exc: Exception, was_connected: bool) -> None:
-        if was_connected:
+    def _on_disconnected(self, exc: Exception, session: bool):
+        """A lost session is logged here; a failed connection attempt is returned, said
+        (:class:`ingest.mqtt.BrokerConnectError`: refused, TLS, unreachable)."""
+        if session:
             self.disconnected_at_ms = wall_ms()
             self.counters["disconnects"] += 1
-            log.warning("broker connection lost: %s", exc)
-        else:
-            log.debug("connect failed: %s", exc)
+            log.warning("broker %s:%d: connection lost: %s; reconnecting with backoff",
+                        self.broker.host, self.broker.port, exc)
+            return None
+        failure = self.mqtt.connect_error(exc, host=self.broker.host, port=self.broker.port,
+                                          username=self.broker.username, tls=self.broker.tls,
+                                          fixes=self.fixes)
+        self.counters["connect_failures"] += 1
+        log.debug("connect failed: %r", exc)
+        return failure
 
     async def on_message(self, message) -> None:
         """One message from the broker: into the open batch, a dead letter, or (drain

@@ -108,7 +108,8 @@ class Service:
             batches=self.batches, acks=self.acks, hold=self.hold, outbox=self.outbox,
             counters=self.counters, rejects=self.rejects, alive=self._alive,
             stopping=lambda: self.stopping,
-            on_connected=lambda client: self._publish_health(client, "online"))
+            on_connected=lambda client: self._publish_health(client, "online"),
+            on_fatal=self._fatal)
 
     # The parts' state under the names the tests and the health document read.
     @property
@@ -219,10 +220,15 @@ class Service:
         self.engine.sweep(-(2**62))  # a moment long past: nothing is due
         log.info("rule kernels ready in %.1f s", time.monotonic() - t)
 
-    def request_stop(self, sig: int | None = None) -> None:
+    def _fatal(self, exit_code: int) -> None:
+        """A part cannot go on (the broker refused the login at start): stop, exit so."""
+        self.exit_code = exit_code
+        self.request_stop(why="stopping")
+
+    def request_stop(self, sig: int | None = None, *, why: str = "stop requested") -> None:
         if not self.stop_event.is_set():
             log.info("%s: finishing the batch, checkpointing, flushing the outbox",
-                     signal.Signals(sig).name if sig else "stop requested")
+                     signal.Signals(sig).name if sig else why)
             self.stopping = True
             self.stop_event.set()
             if self.watchdog is not None:
