@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -36,19 +38,23 @@ def parse_broker(url: str) -> tuple[str, int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="emfence simulate", description=__doc__.split("\n\n")[0].replace("``", "`"),
+    p = argparse.ArgumentParser(prog="emfence simulate",
+                                description=__doc__.split("\n\n")[0].replace("``", "`"),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("generate a test fleet")
-    g.add_argument("--generate", type=int, metavar="N", help="write zones + subjects for N subjects")
+    g.add_argument("--generate", type=int, metavar="N",
+                   help="write zones + subjects for N subjects")
     g.add_argument("-o", "--out", metavar="DIR", help="folder for zones.geojson and subjects.json")
-    g.add_argument("--counties", help="comma-separated adcodes (default: 411303 and its neighbours)")
+    g.add_argument("--counties",
+                   help="comma-separated adcodes (default: 411303 and its neighbours)")
     g.add_argument("--start", type=int, metavar="MS",
                    help="epoch ms the leave windows are placed around (default: now)")
     r = p.add_argument_group("publish")
     r.add_argument("--broker", help="mqtt://HOST:PORT")
     r.add_argument("--zones", help="zones GeoJSON (as for `emfence run`)")
     r.add_argument("--subjects", help="subjects JSON (as for `emfence run`)")
-    r.add_argument("--rate", type=float, default=100.0, help="messages per second, whole fleet (default 100)")
+    r.add_argument("--rate", type=float, default=100.0,
+                   help="messages per second, whole fleet (default 100)")
     r.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
     r.add_argument("--scenario", default="normal", help="normal | excursions | mixed | load")
     r.add_argument("--truth", help="write the ground truth (JSON lines) here")
@@ -56,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--time-scale", type=float, default=1.0,
                    help="simulated day runs this many times faster than the wall clock")
     r.add_argument("--events-per-kind", type=int, help="injected events of each kind")
-    r.add_argument("--secret-file", help="site secret: one connection per device, logged in as itself")
+    r.add_argument("--secret-file",
+                   help="site secret: one connection per device, logged in as itself")
     r.add_argument("--username", help="pool account (e.g. emfence-loadgen): pooled connection k "
                    "logs in as USERNAME-k (emfence-loadgen-1, ...), one account per connection")
     r.add_argument("--password", help="pool account password (prefer --password-file)")
@@ -178,34 +185,35 @@ def append_truth_end(path, stats) -> None:
         fh.write(orjson.dumps(end) + b"\n")
 
 
-async def run_publish(sim, host, port, *, credentials=None, username=None, password=None, pool=8,
-                      truth=None, alarms_out=None, alarms_user=None, alarms_password=None,
-                      linger_s=5.0, progress=True, stop=None, on_sent=None, on_alarm=None,
-                      on_start=None):
+async def run_publish(sim, host, port, *, credentials=None, username=None, password=None,
+                      pool=8, truth=None, alarms_out=None, alarms_user=None,
+                      alarms_password=None, linger_s=5.0, progress=True, stop=None,
+                      on_sent=None, on_alarm=None, on_start=None):
     """Publish ``sim`` (and record alarms if asked); returns the :class:`PublishStats`.
 
     The ground truth is written once the schedule is final (``Publisher.run`` moves it
     later when set-up overran the planned start), so its windows are the times actually
-    run; ``on_start(sim)`` is called then too.
+    run; ``on_start(sim)`` is called then too. A refused login or an unreachable broker
+    raises ``ingest.mqtt.BrokerConnectError`` before anything is published.
     """
     from simulators.publisher import Publisher
-    from simulators.watch import watch_alarms
 
     stop = stop or asyncio.Event()
-    pub = Publisher(sim, host, port, credentials=credentials, username=username, password=password,
-                    pool_size=pool, progress=progress, on_sent=on_sent)
+    pub = Publisher(sim, host, port, credentials=credentials, username=username,
+                    password=password, pool_size=pool, progress=progress, on_sent=on_sent)
     watch_stop = asyncio.Event()
     watcher = None
-    if alarms_out:
-        ready = asyncio.Event()
-        watcher = asyncio.create_task(watch_alarms(host, port, stop=watch_stop, username=alarms_user,
-                                                   password=alarms_password, out=alarms_out, ready=ready,
-                                                   on_event=on_alarm))
-        done, _ = await asyncio.wait({watcher, asyncio.ensure_future(ready.wait())},
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if watcher in done:
-            watcher.result()  # raises the connection error
-    await pub.connect()
+    try:
+        if alarms_out:
+            watcher = await _start_watcher(host, port, watch_stop, alarms_user,
+                                           alarms_password, alarms_out, on_alarm)
+        await pub.connect()
+    except BaseException:
+        watch_stop.set()
+        if watcher is not None:
+            await asyncio.gather(watcher, return_exceptions=True)
+        raise
+
     def started(sim) -> None:
         if truth:
             write_truth_header(truth, sim, {"mode": "per-device" if pub.per_device else "pool"})
@@ -228,6 +236,22 @@ async def run_publish(sim, host, port, *, credentials=None, username=None, passw
     return stats
 
 
+async def _start_watcher(host, port, stop, username, password, out, on_alarm) -> asyncio.Task:
+    """The alarm watcher as a task, once it is subscribed (its connection error raised)."""
+    from simulators.watch import watch_alarms
+
+    ready = asyncio.Event()
+    watcher = asyncio.create_task(watch_alarms(host, port, stop=stop, username=username,
+                                               password=password, out=out, ready=ready,
+                                               on_event=on_alarm))
+    waiting = asyncio.ensure_future(ready.wait())
+    done, _ = await asyncio.wait({watcher, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    if watcher in done:
+        waiting.cancel()
+        watcher.result()  # raises the connection error
+    return watcher
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.generate is not None:
@@ -236,7 +260,8 @@ def main(argv: list[str]) -> int:
         return _replay_out(args)
     missing = [f"--{k}" for k in ("broker", "zones", "subjects") if not getattr(args, k)]
     if missing:
-        print(f"emfence simulate: {', '.join(missing)} required (or --generate N -o DIR)", file=sys.stderr)
+        print(f"emfence simulate: {', '.join(missing)} required (or --generate N -o DIR)",
+              file=sys.stderr)
         return 2
     try:
         host, port = parse_broker(args.broker)
@@ -244,59 +269,91 @@ def main(argv: list[str]) -> int:
     except (ValueError, ConfigError) as exc:
         print(f"emfence simulate: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ValueError) and not isinstance(exc, ConfigError) else 1
-    password = args.password
     try:
-        if args.password_file:
-            from ingest.passwords import read_password_file
-            password = read_password_file(args.password_file, "pool account")
-        secret = None
-        if args.secret_file:
-            from ingest.passwords import read_secret
-            secret = read_secret(args.secret_file)
-        alarms_user = args.alarms_username or args.username
-        alarms_password = password
-        if args.alarms_password_file:
-            from ingest.passwords import read_password_file
-            alarms_password = read_password_file(args.alarms_password_file, "alarm reader")
-        per_device = secret is not None and not args.username
-        sim = load_simulation(args.zones, args.subjects, rate=args.rate, duration_s=args.duration,
-                              scenario=args.scenario, seed=args.seed, config=config,
-                              time_scale=args.time_scale, events_per_kind=args.events_per_kind,
-                              spoof_allowed=per_device, shard=parse_shard(args.shard))
+        logins = _logins(args)
+        sim = load_simulation(args.zones, args.subjects, rate=args.rate,
+                              duration_s=args.duration, scenario=args.scenario, seed=args.seed,
+                              config=config, time_scale=args.time_scale,
+                              events_per_kind=args.events_per_kind,
+                              spoof_allowed=logins.per_device, shard=parse_shard(args.shard))
     except (ValueError, OSError) as exc:
         print(f"emfence simulate: {exc}", file=sys.stderr)
         return 1
-    if per_device and sim.n > MAX_DEVICE_CONNECTIONS:
-        print(f"emfence simulate: {sim.n} devices is more than {MAX_DEVICE_CONNECTIONS} connections; "
-              "use a pool account (--username emfence-loadgen) for load runs", file=sys.stderr)
+    if logins.per_device and sim.n > MAX_DEVICE_CONNECTIONS:
+        print(f"emfence simulate: {sim.n} devices is more than {MAX_DEVICE_CONNECTIONS} "
+              "connections; use a pool account (--username emfence-loadgen) for load runs",
+              file=sys.stderr)
         return 2
+    for note in sim.skipped:
+        print(f"emfence simulate: note: {note}", file=sys.stderr)
+    return _publish(args, sim, host, port, logins)
+
+
+@dataclass
+class _Logins:
+    """Who the simulator logs in as: one account per device (from the site secret), or
+    the pool account; and the alarm reader."""
+
+    secret: bytes | None
+    password: str | None
+    alarms_user: str | None
+    alarms_password: str | None
+    per_device: bool
+
+
+def _logins(args) -> _Logins:
+    """The passwords the options name (raises ValueError / OSError naming the file)."""
+    from ingest.passwords import read_password_file, read_secret
+
+    password = args.password
+    if args.password_file:
+        password = read_password_file(args.password_file, "pool account")
+    secret = read_secret(args.secret_file) if args.secret_file else None
+    alarms_password = password
+    if args.alarms_password_file:
+        alarms_password = read_password_file(args.alarms_password_file, "alarm reader")
+    return _Logins(secret, password, args.alarms_username or args.username, alarms_password,
+                   per_device=secret is not None and not args.username)
+
+
+def _publish(args, sim, host: str, port: int, logins: _Logins) -> int:
+    """Publish the planned run; exit 0, 1 (messages failed, broker unreachable) or
+    ``EXIT_LOGIN_REFUSED`` (a login refused: one line naming it and the fix)."""
+    from ingest.mqtt import EXIT_LOGIN_REFUSED, BrokerConnectError
+
     credentials = None
-    if per_device:
+    if logins.per_device:
         from ingest.passwords import device_password
-        ids = sim.fleet.device_ids
+
+        ids, secret = sim.fleet.device_ids, logins.secret
         credentials = lambda d: (ids[d], device_password(secret, ids[d]))
     # A load generator leaves the cores to the engine: one numba thread is plenty for the
     # coordinate transforms of a publish tick.
     import numba
     numba.set_num_threads(1)
-    for note in sim.skipped:
-        print(f"emfence simulate: note: {note}", file=sys.stderr)
+    # Connection failures are reported here, in one line; aiomqtt and paho would add a
+    # warning per connection.
+    logging.getLogger("mqtt").setLevel(logging.CRITICAL)
 
     async def go() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        stats = await run_publish(sim, host, port, credentials=credentials, username=args.username,
-                                  password=password, pool=args.pool, truth=args.truth,
-                                  alarms_out=args.alarms_out, alarms_user=alarms_user,
-                                  alarms_password=alarms_password, linger_s=args.linger,
-                                  progress=not args.quiet, stop=stop)
+        stats = await run_publish(sim, host, port, credentials=credentials,
+                                  username=args.username, password=logins.password,
+                                  pool=args.pool, truth=args.truth, alarms_out=args.alarms_out,
+                                  alarms_user=logins.alarms_user,
+                                  alarms_password=logins.alarms_password,
+                                  linger_s=args.linger, progress=not args.quiet, stop=stop)
         print(orjson.dumps(stats.as_dict()).decode(), file=sys.stderr)
         return 0 if stats.failed == 0 else 1
 
     try:
         return asyncio.run(go())
+    except BrokerConnectError as exc:
+        print(f"emfence simulate: {exc}", file=sys.stderr)
+        return EXIT_LOGIN_REFUSED if exc.fatal else 1
     except (ConnectionError, OSError) as exc:
         print(f"emfence simulate: {exc}", file=sys.stderr)
         return 1

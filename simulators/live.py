@@ -111,7 +111,8 @@ def prepare_run_dir(run_dir: str | Path, *, subjects_n: int, seed: int, counties
 
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    fleet = generate_fleet(subjects_n, seed=seed, counties=counties, start_ms=int(time.time() * 1000))
+    fleet = generate_fleet(subjects_n, seed=seed, counties=counties,
+                           start_ms=int(time.time() * 1000))
     zones, subjects = fleet.write(run)
     secret = secrets.token_urlsafe(32).encode()
     _private(run / "site.secret", secret.decode() + "\n")
@@ -143,7 +144,8 @@ def start_rig(run_dir: str | Path, zones: Path, subjects: Path, config_path: Pat
         import shutil
         shutil.rmtree(broker_dir)
     broker = Mosquitto(broker_dir, passwords=users).start()
-    rig = Rig(run, Path(zones), Path(subjects), Path(config_path), secret, broker, passwords=passwords)
+    rig = Rig(run, Path(zones), Path(subjects), Path(config_path), secret, broker,
+              passwords=passwords)
     if start_engine:
         try:
             start_engine_process(rig, core_args=core_args, ready_timeout_s=ready_timeout_s)
@@ -153,8 +155,9 @@ def start_rig(run_dir: str | Path, zones: Path, subjects: Path, config_path: Pat
     return rig
 
 
-def start_engine_process(rig: Rig, *, core_args: list[str] | None = None, ready_timeout_s: float = 240.0,
-                         fresh_store: bool = True, checkpoint: bool = True) -> None:
+def start_engine_process(rig: Rig, *, core_args: list[str] | None = None,
+                         ready_timeout_s: float = 240.0, fresh_store: bool = True,
+                         checkpoint: bool = True) -> None:
     """Start ``python -m emfence run`` for ``rig`` (a fresh SQLite store unless
     ``fresh_store=False``; with a checkpoint file unless ``checkpoint=False``) and wait
     until its health message says online."""
@@ -202,7 +205,8 @@ async def wait_engine_online(rig: Rig, timeout_s: float) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not rig.engine_alive():
-            raise RuntimeError(f"emfence run exited with {rig.engine.returncode}:\n{rig.engine_log_tail()}")
+            raise RuntimeError(f"emfence run exited with {rig.engine.returncode}:\n"
+                               f"{rig.engine_log_tail()}")
         health = await engine_health(rig, timeout_s=1.0)
         if (health and health.get("status") == "online"
                 and health.get("started_at", 0) >= rig.engine_launched_ms):

@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Mapping
 
 from contract.errors import EmfenceError
+from ingest.mqtt import ConnectionClosedError, connack_error, connect_error
 
 CONNECT, CONNACK, PUBLISH_QOS1, PUBACK, DISCONNECT = 0x10, 0x20, 0x32, 0x40, 0xE0
-CONNACK_REASONS = {1: "unacceptable protocol version", 2: "identifier rejected",
-                   3: "server unavailable", 4: "bad user name or password", 5: "not authorized"}
 
 
 class WireError(EmfenceError, ConnectionError):
-    """The broker refused or dropped the connection; ``reason`` says how."""
+    """The broker dropped the connection or answered nonsense; ``reason`` says how. (A
+    refused login or an unreachable broker is an ``ingest.mqtt.BrokerConnectError``.)"""
 
     def __init__(self, reason: str):
         self.reason = reason
@@ -68,11 +69,13 @@ class WireConnection:
     """One MQTT connection that publishes QoS 1 with at most ``window`` unacknowledged."""
 
     def __init__(self, host: str, port: int, *, client_id: str, username: str | None = None,
-                 password: str | None = None, window: int = 2000):
+                 password: str | None = None, window: int = 2000,
+                 fixes: Mapping[str, str] | None = None):
         if not 1 <= window <= 60_000:
             raise ValueError(f"window must be 1..60000, got {window}")
         self.host, self.port = host, port
         self.client_id, self.username, self.password = client_id, username, password
+        self.fixes = fixes  # what a refusal's message tells the user to do
         self.window = window
         self.sent = 0
         self.acked = 0
@@ -89,15 +92,24 @@ class WireConnection:
         return self.sent - self.acked
 
     async def connect(self, timeout_s: float = 10.0) -> None:
-        self._reader, self._writer = await asyncio.wait_for(
-            asyncio.open_connection(self.host, self.port), timeout_s)
-        self._writer.write(connect_packet(self.client_id, self.username, self.password))
-        head = await asyncio.wait_for(self._reader.readexactly(4), timeout_s)
+        """Connect and log in; a refusal or an unreachable broker raises
+        ``ingest.mqtt.BrokerConnectError`` naming the account, the cause and the fix."""
+        where = {"host": self.host, "port": self.port, "username": self.username}
+        try:
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port), timeout_s)
+            self._writer.write(connect_packet(self.client_id, self.username, self.password))
+            head = await asyncio.wait_for(self._reader.readexactly(4), timeout_s)
+        except asyncio.IncompleteReadError:
+            closed = ConnectionClosedError("the broker closed the connection before "
+                                           "answering CONNECT")
+            raise connect_error(closed, tls=False, fixes=self.fixes, **where) from None
+        except (OSError, TimeoutError) as exc:
+            raise connect_error(exc, tls=False, fixes=self.fixes, **where) from None
         if head[0] != CONNACK or head[1] != 2:
             raise WireError(f"expected CONNACK, got {head!r}")
         if head[3] != 0:
-            raise WireError(f"connection refused as {self.username!r}: "
-                            f"{CONNACK_REASONS.get(head[3], head[3])}")
+            raise connack_error(head[3], fixes=self.fixes, **where)
         self._task = asyncio.create_task(self._read_acks(), name=f"pubacks-{self.client_id}")
 
     async def _read_acks(self) -> None:

@@ -30,8 +30,34 @@ from dataclasses import dataclass, field
 
 import aiomqtt
 
+from ingest.mqtt import BrokerConnectError, connect_error, fail_on_early_close
 from ingest.passwords import loadgen_pool_account
 from simulators.scenario import Outgoing, Simulation
+
+# What a refused login tells the user to do, in `emfence simulate`'s terms (the keys of
+# ingest.mqtt.DEFAULT_FIXES). The simulator speaks plain MQTT only.
+_PLAIN_ONLY = {
+    "protocol": "is the listener TLS? `emfence simulate` speaks plain MQTT: give --broker "
+                "a plain listener (the shipped config has one on 127.0.0.1:1883)",
+    "tls": "`emfence simulate` speaks plain MQTT: give --broker a plain listener",
+}
+NO_LOGIN = ("the broker wants logins: give --secret-file (one connection per device, "
+            "logged in as itself) or --username emfence-loadgen --password-file FILE (a "
+            "pool of load-generator accounts)")
+PER_DEVICE_FIXES = {
+    **_PLAIN_ONLY, "no_login": NO_LOGIN,
+    "refused": "device passwords are derived from --secret-file: is it the site secret the "
+               "broker's password file was made with (`emfence mqtt-passwords SUBJECTS "
+               "--secret-file SECRET -o PASSWD`, then reload mosquitto), and is every device "
+               "of --subjects in it?",
+}
+POOL_FIXES = {
+    **_PLAIN_ONLY, "no_login": NO_LOGIN,
+    "refused": "check --username and --password-file (or --password) against the broker's "
+               "password file: pooled connection k logs in as USERNAME-k, made by `emfence "
+               "mqtt-passwords ... --loadgen-password-file FILE --loadgen-pool N`, test "
+               "brokers only",
+}
 
 
 @dataclass
@@ -99,6 +125,7 @@ class Publisher:
         self._windows: list[asyncio.Semaphore] = []
         self.stats = PublishStats()
         self._clients: list[aiomqtt.Client] = []
+        self._open: list[aiomqtt.Client] = []  # those connected, to be closed
         self._pending: set[asyncio.Task] = set()
 
     @property
@@ -115,38 +142,50 @@ class Publisher:
 
     def _make_clients(self) -> list[aiomqtt.Client]:
         if self.per_device:
-            out = []
-            for d, device_id in enumerate(self.sim.fleet.device_ids):
-                user, pw = self.credentials(d)
-                out.append(aiomqtt.Client(self.host, self.port, identifier=device_id, username=user,
-                                          password=pw, clean_session=True, timeout=30,
-                                          max_inflight_messages=self.max_inflight))
+            logins = [(device_id, *self.credentials(d))
+                      for d, device_id in enumerate(self.sim.fleet.device_ids)]
         else:
-            out = [aiomqtt.Client(self.host, self.port, identifier=cid, username=user,
-                                  password=self.password, clean_session=True, timeout=30,
-                                  max_inflight_messages=self.max_inflight)
-                   for cid, user in map(self._pool_login, range(self.pool_size))]
-        for c in out:
+            logins = [(cid, user, self.password)
+                      for cid, user in map(self._pool_login, range(self.pool_size))]
+        out = []
+        for client_id, user, password in logins:
+            c = aiomqtt.Client(self.host, self.port, identifier=client_id, username=user,
+                               password=password, clean_session=True, timeout=30,
+                               max_inflight_messages=self.max_inflight)
             c.pending_calls_threshold = self.max_inflight + 1  # a full window is expected
+            fail_on_early_close(c)
+            out.append(c)
         self._windows = [asyncio.Semaphore(self.max_inflight) for _ in out]
         return out
 
-    async def connect(self) -> None:
-        """Open every connection (bounded concurrency); raises the first failure, naming it."""
-        if self.wire:
-            from simulators.mqttwire import WireConnection
+    @property
+    def fixes(self) -> dict[str, str]:
+        return PER_DEVICE_FIXES if self.per_device else POOL_FIXES
 
-            self._wire = [WireConnection(self.host, self.port, username=user,
-                                         password=self.password, window=max(self.max_inflight, 2000),
-                                         client_id=cid)
-                          for cid, user in map(self._pool_login, range(self.pool_size))]
-            try:
-                for c in self._wire:
-                    await c.connect()
-            except BaseException:
-                await self.close()
-                raise
-            return
+    async def connect(self) -> None:
+        """Open every connection (bounded concurrency). A failure closes the others and
+        raises one :class:`ingest.mqtt.BrokerConnectError` naming the account, the cause,
+        the fix and how many connections failed alike."""
+        try:
+            if self.wire:
+                await self._connect_wire()
+            else:
+                await self._connect_clients()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _connect_wire(self) -> None:
+        from simulators.mqttwire import WireConnection
+
+        self._wire = [WireConnection(self.host, self.port, username=user,
+                                     password=self.password, client_id=cid, fixes=self.fixes,
+                                     window=max(self.max_inflight, 2000))
+                      for cid, user in map(self._pool_login, range(self.pool_size))]
+        for c in self._wire:
+            await c.connect()
+
+    async def _connect_clients(self) -> None:
         self._clients = self._make_clients()
         gate = asyncio.Semaphore(self.connect_concurrency)
 
@@ -155,22 +194,30 @@ class Publisher:
                 try:
                     await c.__aenter__()
                 except aiomqtt.MqttError as exc:
-                    raise ConnectionError(f"MQTT connect as {c._client._username!r} "
-                                          f"(client id {c.identifier}) to {self.host}:{self.port} "
-                                          f"failed: {exc}") from exc
+                    user = c._client._username
+                    raise connect_error(exc, host=self.host, port=self.port, tls=False,
+                                        username=user.decode() if user else None,
+                                        fixes=self.fixes) from None
+                self._open.append(c)
 
         results = await asyncio.gather(*(one(c) for c in self._clients), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            await self.close()
-            raise errors[0]
+        if not errors:
+            return
+        first = errors[0]
+        if isinstance(first, BrokerConnectError) and len(errors) > 1:
+            first = first.with_also(f"(and {len(errors) - 1} more of {len(results)} "
+                                    "connections)")
+        raise first
 
     async def close(self) -> None:
         for c in self._wire:
             await c.close()
         self._wire = []
-        await asyncio.gather(*(c.__aexit__(None, None, None) for c in self._clients),
+        # Only the connections that are open: aiomqtt warns about each of the others.
+        await asyncio.gather(*(c.__aexit__(None, None, None) for c in self._open),
                              return_exceptions=True)
+        self._open = []
         self._clients = []
 
     def _connection_for(self, msg: Outgoing) -> int:
@@ -228,7 +275,35 @@ class Publisher:
         """
         sim = self.sim
         stop = stop or asyncio.Event()
-        st = self.stats
+        await self._wait_for_start(on_start)
+        m_next = 0
+        period_ms = 1000 if sys.stderr.isatty() else 5000
+        next_progress = time.time() * 1000.0 + period_ms
+        while m_next < sim.total_slots and not stop.is_set():
+            now = time.time() * 1000.0
+            due = min(sim.total_slots, int((now - sim.start_ms) * sim.rate / 1000.0) + 1)
+            if due > m_next:
+                await self._send_slots(m_next, due, now)
+                m_next = due
+            if now >= next_progress:
+                self._progress_line(now)
+                next_progress = now + period_ms
+            next_due = float(sim.slot_ms(m_next)) if m_next < sim.total_slots else now
+            wait_ms = max(next_due - time.time() * 1000.0, 0.0)
+            try:
+                await asyncio.wait_for(stop.wait(),
+                                       timeout=min(max(wait_ms, 0.5), self.tick_ms) / 1000.0)
+            except TimeoutError:
+                pass
+        await self._drain(drain_timeout_s)
+        self.stats.ended_ms = int(time.time() * 1000)
+        self._progress_line(self.stats.ended_ms, final=True)
+        return self.stats
+
+    async def _wait_for_start(self, on_start: Callable[[Simulation], None] | None) -> None:
+        """Move the schedule later if set-up overran its start, tell ``on_start``, and
+        wait for the first slot."""
+        sim = self.sim
         now = time.time() * 1000.0
         if now > sim.start_ms:
             sim.shift(int(now - sim.start_ms) + 1)  # preparation overran the planned start
@@ -237,49 +312,37 @@ class Publisher:
         now = time.time() * 1000.0
         if now < sim.start_ms:
             await asyncio.sleep((sim.start_ms - now) / 1000.0)
-        st.started_ms = sim.start_ms
-        m_next = 0
-        next_progress = time.time() * 1000.0 + (1000 if sys.stderr.isatty() else 5000)
-        while m_next < sim.total_slots and not stop.is_set():
-            now = time.time() * 1000.0
-            due = min(sim.total_slots, int((now - sim.start_ms) * sim.rate / 1000.0) + 1)
-            if due > m_next:
-                late = now - float(sim.slot_ms(m_next))
-                st.lag_ms_max = max(st.lag_ms_max, late)
-                msgs = sim.messages(m_next, due)
-                if self.wire:
-                    await self._send_wire(msgs)
-                    msgs = []
-                for msg in msgs:
-                    k = self._connection_for(msg)
-                    await self._windows[k].acquire()
-                    task = asyncio.create_task(self._publish(k, msg))
-                    self._pending.add(task)
-                    task.add_done_callback(self._pending.discard)
-                    st.sent += 1
-                    st.by_kind[msg.kind] += 1
-                    if self.on_sent is not None:
-                        self.on_sent(msg)
-                st.last_slot_ms = int(sim.slot_ms(due - 1))
-                m_next = due
-            if now >= next_progress:
-                self._progress_line(now)
-                next_progress = now + (1000 if sys.stderr.isatty() else 5000)
-            next_due = float(sim.slot_ms(m_next)) if m_next < sim.total_slots else now
-            wait_ms = max(next_due - time.time() * 1000.0, 0.0)
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=min(max(wait_ms, 0.5), self.tick_ms) / 1000.0)
-            except TimeoutError:
-                pass
+        self.stats.started_ms = sim.start_ms
+
+    async def _send_slots(self, first: int, end: int, now_ms: float) -> None:
+        """Publish slots ``first`` .. ``end - 1`` (due now)."""
+        st, sim = self.stats, self.sim
+        st.lag_ms_max = max(st.lag_ms_max, now_ms - float(sim.slot_ms(first)))
+        msgs = sim.messages(first, end)
+        if self.wire:
+            await self._send_wire(msgs)
+            msgs = []
+        for msg in msgs:
+            k = self._connection_for(msg)
+            await self._windows[k].acquire()
+            task = asyncio.create_task(self._publish(k, msg))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+            st.sent += 1
+            st.by_kind[msg.kind] += 1
+            if self.on_sent is not None:
+                self.on_sent(msg)
+        st.last_slot_ms = int(sim.slot_ms(end - 1))
+
+    async def _drain(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) for the PUBACKs still outstanding."""
+        st = self.stats
         if self._pending:
-            await asyncio.wait(set(self._pending), timeout=drain_timeout_s)
+            await asyncio.wait(set(self._pending), timeout=timeout_s)
         if self._wire:
-            await asyncio.gather(*(c.wait_acked(drain_timeout_s) for c in self._wire))
+            await asyncio.gather(*(c.wait_acked(timeout_s) for c in self._wire))
             st.acked = sum(c.acked for c in self._wire)
             st.failed = st.sent - st.acked
             for c in self._wire:
                 if c.error is not None:
                     st.errors[c.error.reason] += 1
-        st.ended_ms = int(time.time() * 1000)
-        self._progress_line(st.ended_ms, final=True)
-        return st

@@ -4,7 +4,10 @@ message arrives (QoS 1, acknowledged), spoofed ones are refused by the broker.""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import subprocess
+import sys
 from collections import Counter
 
 import aiomqtt
@@ -107,13 +110,40 @@ async def test_pool_mode_with_the_loadgen_account(broker, small):
 
 
 async def test_wire_connection_names_a_refused_login(broker):
-    from simulators.mqttwire import WireConnection, WireError
+    from ingest.mqtt import BrokerConnectError
+    from simulators.mqttwire import WireConnection
 
-    c = WireConnection("127.0.0.1", broker.port, client_id="sim-wire-bad", username="emfence-loadgen",
-                       password="wrong")
-    with pytest.raises(WireError, match="emfence-loadgen.*(bad user name or password|not authorized)"):
+    c = WireConnection("127.0.0.1", broker.port, client_id="sim-wire-bad",
+                       username="emfence-loadgen", password="wrong")
+    with pytest.raises(BrokerConnectError, match=f"broker 127.0.0.1:{broker.port} refused the "
+                       "login of emfence-loadgen: (bad user name or password|not authorized)"
+                       ) as refused:
         await c.connect()
+    assert refused.value.fatal and refused.value.code in (134, 135)
     await c.close()
+
+
+async def test_a_refused_fleet_is_one_error_and_no_warning_per_connection(broker, small,
+                                                                         caplog):
+    """Every device refused (a wrong site secret): one error naming the first device, how
+    many others failed alike and the fix; no warning for each connection closed."""
+    import time
+
+    from ingest.mqtt import BrokerConnectError
+    from simulators.publisher import Publisher
+
+    sim = Simulation(small, rate=10.0, duration_s=1.0, start_ms=int(time.time() * 1000),
+                     config=fast_config(), scenario="normal", seed=1)
+    ids = small.device_ids
+    pub = Publisher(sim, "127.0.0.1", broker.port,
+                    credentials=lambda d: (ids[d], device_password(b"not-the-secret", ids[d])))
+    with pytest.raises(BrokerConnectError) as refused:
+        await pub.connect()
+    text = str(refused.value)
+    assert f"refused the login of {ids[0]} (and {len(ids) - 1} more of {len(ids)} " \
+           "connections): not authorized" in text
+    assert "--secret-file" in text and "\n" not in text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
 async def test_wire_connection_counts_pubacks(broker):
@@ -170,3 +200,62 @@ def test_cli_run_stops_cleanly_on_sigint(broker, tmp_path):
     assert end["sent"] > 0 and end["acked"] == end["sent"] and end["failed"] == 0
     assert end["sent"] < 30 * 600  # stopped long before the planned end
     assert b"[simulate]" in err  # the progress line
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("wrong secret", ("refused the login of B-", "more of", "not authorized",
+                      "device passwords are derived from --secret-file")),
+    ("no login", ("refused the login of anonymous (no --username): not authorized",
+                  "give --secret-file", "--username emfence-loadgen --password-file FILE")),
+    ("wrong pool password", ("refused the login of emfence-loadgen-1: not authorized",
+                             "check --username and --password-file")),
+    ("wrong alarm reader password", ("refused the login of emfence-loadgen: not authorized",
+                                     "check --alarms-username and --alarms-password-file")),
+])
+def test_simulate_says_a_refused_login_in_one_line_and_exits_4(broker, tmp_path, case,
+                                                               expected):
+    """`emfence simulate` as a user runs it: one line naming the account, the broker, the
+    cause and the fix; exit 4; no traceback, no warning per connection."""
+    gen, _, _ = fleet(30, 6, ("411303",))
+    zp, sp = gen.write(tmp_path / "fleet")
+    (tmp_path / "secret").write_bytes(SECRET)
+    (tmp_path / "bad-secret").write_bytes(b"not-the-site-secret-0123456789ab")
+    (tmp_path / "wrong.pw").write_text("wrong\n")
+    (tmp_path / "loadgen.pw").write_text("loadgen-pw\n")
+    login = {
+        "wrong secret": ["--secret-file", str(tmp_path / "bad-secret")],
+        "no login": [],
+        "wrong pool password": ["--username", "emfence-loadgen", "--password-file",
+                                str(tmp_path / "wrong.pw")],
+        "wrong alarm reader password": [
+            "--username", "emfence-loadgen", "--password-file", str(tmp_path / "loadgen.pw"),
+            "--alarms-out", str(tmp_path / "alarms.jsonl"),
+            "--alarms-password-file", str(tmp_path / "wrong.pw")],
+    }[case]
+    done = subprocess.run(
+        [sys.executable, "-m", "emfence", "simulate", "--broker", broker.url, "--zones", str(zp),
+         "--subjects", str(sp), "--rate", "30", "--duration", "5", *login],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 4, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"emfence simulate: broker 127.0.0.1:{broker.port} refused the "
+                           "login of "), line
+    for part in expected:
+        assert part in line, line
+
+
+def test_simulate_names_an_unreachable_broker(tmp_path):
+    from ingest.mosquitto import free_port
+
+    gen, _, _ = fleet(30, 6, ("411303",))
+    zp, sp = gen.write(tmp_path / "fleet")
+    (tmp_path / "secret").write_bytes(SECRET)
+    port = free_port()
+    done = subprocess.run(
+        [sys.executable, "-m", "emfence", "simulate", "--broker", f"mqtt://127.0.0.1:{port}",
+         "--zones", str(zp), "--subjects", str(sp), "--secret-file", str(tmp_path / "secret")],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (f"emfence simulate: broker 127.0.0.1:{port} unreachable: "
+                                   "connection refused (nothing listens there: is the broker "
+                                   "running?)")
