@@ -18,19 +18,36 @@ import sys
 
 import aiomqtt
 
-from ingest.mqtt import BrokerConfigError, BrokerSettings, add_broker_arguments, broker_from_args
+from ingest.mqtt import (
+    EXIT_LOGIN_REFUSED,
+    BrokerConfigError,
+    BrokerConnectError,
+    BrokerSettings,
+    add_broker_arguments,
+    broker_from_args,
+    connect_error,
+    fail_on_early_close,
+)
 from ingest.passwords import engine_client_id, worker_name_problem
 
 
 async def retire(settings: BrokerSettings, client_id: str) -> None:
     """Connect as ``client_id`` with a clean session and disconnect (MQTT 3.1.1: the
-    broker discards the stored session, its subscriptions and its queued messages)."""
+    broker discards the stored session, its subscriptions and its queued messages).
+    A failed connection raises :class:`ingest.mqtt.BrokerConnectError`."""
     client = aiomqtt.Client(
         settings.host, settings.port, username=settings.username, password=settings.password,
         identifier=client_id, clean_session=True, protocol=aiomqtt.ProtocolVersion.V311,
         tls_context=settings.ssl_context(), timeout=30.0)
-    async with client:
-        pass
+    fail_on_early_close(client)
+    try:
+        await client.__aenter__()
+    except aiomqtt.MqttError as exc:
+        raise connect_error(exc, host=settings.host, port=settings.port,
+                            username=settings.username, tls=settings.tls, fixes={
+                                "refused": "log in as the worker's own account emfence-NAME "
+                                           "with the --password-file it ran with"}) from None
+    await client.__aexit__(None, None, None)
 
 
 def main(argv: list[str]) -> int:
@@ -54,7 +71,10 @@ def main(argv: list[str]) -> int:
     client_id = engine_client_id(args.name, settings.username)
     try:
         asyncio.run(retire(settings, client_id))
-    except aiomqtt.MqttError as exc:
+    except BrokerConnectError as exc:
+        print(f"emfence retire-session: {exc}", file=sys.stderr)
+        return EXIT_LOGIN_REFUSED if exc.fatal else 1
+    except aiomqtt.MqttError as exc:  # the disconnect itself failed
         print(f"emfence retire-session: {settings.host}:{settings.port} as "
               f"{settings.username or 'anonymous'}: {exc}", file=sys.stderr)
         return 1

@@ -123,6 +123,21 @@ def test_a_tls_mismatch_at_start_is_one_line_and_exit_4(tmp_path, fleet, mosquit
     assert "Traceback" not in done.stderr and "unreachable" not in done.stderr
 
 
+@pytest.mark.mqtt
+def test_retire_session_says_a_refused_login_in_one_line(tmp_path, broker):
+    done = subprocess.run(
+        [sys.executable, "-m", "emfence", "retire-session", "--name", WORKER, "--broker",
+         broker.url, "--username", ACCOUNT, "--password-file",
+         password_file(tmp_path, "not-the-password")],
+        capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
+    assert done.returncode == EXIT_LOGIN_REFUSED
+    assert done.stderr.strip() == (
+        f"emfence retire-session: broker 127.0.0.1:{broker.port} refused the login of "
+        f"{ACCOUNT}: not authorized (a wrong password, an unknown account, or no login where "
+        "the broker wants one); log in as the worker's own account emfence-NAME with the "
+        "--password-file it ran with")
+
+
 # --- after a working session: retried, named, recovered ---------------------------------
 
 
