@@ -184,8 +184,7 @@ class Acks:
                     self.outages.ok("checkpoint")
                 except (OSError, StoreError) as exc:
                     self.counters["checkpoint_errors"] += 1
-                    self.outages.failed("checkpoint", exc, "acknowledgements held (the "
-                                        "broker keeps the messages)")
+                    self.outages.failed("checkpoint", exc)
                 else:
                     self.counters["ack_checkpoint_ms"] += round((time.monotonic() - t2) * 1000)
                     return True

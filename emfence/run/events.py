@@ -66,8 +66,7 @@ class EventWriter:
                                                events, wall_ms())
             except Exception as exc:  # noqa: BLE001 - a store outage must not lose events
                 self.counters["store_errors"] += 1
-                self.outages.failed("events", exc,
-                                  f"{len(events)} alarm events and the acknowledgements held")
+                self.outages.failed("events", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, max_delay)
             else:

@@ -47,7 +47,13 @@ from emfence.config import Config
 from emfence.run.acks import Acks
 from emfence.run.batches import Batch, Batches
 from emfence.run.events import EventWriter
-from emfence.run.health import Outages, stalled
+from emfence.run.health import (
+    QUIET_LOGGERS,
+    Outages,
+    QuietDuringOutage,
+    WatchedStore,
+    stalled,
+)
 from emfence.run.options import (
     HEALTH_TIMEOUT_S,
     PING,
@@ -92,8 +98,10 @@ class Service:
         # pings included, by connection attempts and by store retries.
         self.watchdog = (Watchdog(icfg.watchdog_s, self._stalled)
                          if icfg.watchdog_s > 0 else None)
-        self.outages = Outages(self.watchdog)
-        self.outbox = OutboxPublisher(store, config=config.alarms, regions=options.regions)
+        self.outages = Outages(self.watchdog, checkpoint_in_store=options.state_in == "store")
+        # The outbox reads the store too: a failure there is part of the store's outage.
+        self.outbox = OutboxPublisher(WatchedStore(store, self.outages), config=config.alarms,
+                                      regions=options.regions)
         self.batches = Batches(icfg.batch_max_messages, icfg.batch_max_ms)
         self.events = EventWriter(store, self.outbox, self.counters, self.outages,
                                   (icfg.reconnect_min_s, icfg.reconnect_max_s))
@@ -110,6 +118,7 @@ class Service:
             stopping=lambda: self.stopping,
             on_connected=lambda client: self._publish_health(client, "online"),
             on_fatal=self._fatal)
+        self.outages.held = self._held_back
 
     # The parts' state under the names the tests and the health document read.
     @property
@@ -156,6 +165,9 @@ class Service:
             loop.add_signal_handler(sig, self.request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         self._log_start()
+        quiet = QuietDuringOutage(self.outages.store)
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).addFilter(quiet)
         await asyncio.to_thread(self._warm_up)
         if self.watchdog is not None:
             self.watchdog.start()  # after the warm-up: compiling kernels may take a while
@@ -181,6 +193,8 @@ class Service:
                 self.watchdog.stop()
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            for name in QUIET_LOGGERS:
+                logging.getLogger(name).removeFilter(quiet)
         log.info("engine %s stopped%s", self.opts.name,
                  " cleanly" if self.exit_code == 0 else "")
         return self.exit_code
@@ -366,6 +380,12 @@ class Service:
                 with contextlib.suppress(Exception):
                     await self._publish_health(client, "online")
 
+    def _held_back(self) -> tuple[int, int, int]:
+        """What waits for the store now: (alarm events, track rows, messages processed and
+        not acknowledged). Read from any thread (plain counts)."""
+        return (self.events.queued - self.events.stored, len(self.tracks),
+                self.acks.since_checkpoint + len(self.acks.acking))
+
     def _alive(self) -> None:
         if self.watchdog is not None:
             self.watchdog.alive()
@@ -414,7 +434,8 @@ class Service:
         # Often enough that an escalation is at most a quarter of the window late.
         period = max(0.2, min(self.config.alarms.escalation_check_s,
                                 self.config.alarms.escalate_after_s / 4))
-        await run_escalation(self.store, config=self.config.alarms, publisher=self.outbox,
+        await run_escalation(WatchedStore(self.store, self.outages), config=self.config.alarms,
+                             publisher=self.outbox,
                              regions=self.opts.regions, interval_s=period,
                              counters=self.counters)
 

@@ -86,7 +86,7 @@ class TrackWriter:
                 except Exception as exc:  # noqa: BLE001 - keep them and retry later
                     self.rows.extendleft(reversed(rows))
                     self.counters["store_errors"] += 1
-                    self.outages.failed("tracks", exc, "track rows and the acknowledgements held")
+                    self.outages.failed("tracks", exc)
                     return
 
     async def run(self) -> None:
