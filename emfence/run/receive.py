@@ -222,8 +222,8 @@ class Receiver:
         if session:
             self.disconnected_at_ms = wall_ms()
             self.counters["disconnects"] += 1
-            log.warning("broker %s:%d: connection lost: %s; reconnecting with backoff",
-                        self.broker.host, self.broker.port, exc)
+            log.warning("broker connection lost: %s (%s:%d); reconnecting with backoff, the "
+                        "state kept", exc, self.broker.host, self.broker.port)
             return None
         failure = self.mqtt.connect_error(exc, host=self.broker.host, port=self.broker.port,
                                           username=self.broker.username, tls=self.broker.tls,
