@@ -188,16 +188,26 @@ def start_engine_process(rig: Rig, *, core_args: list[str] | None = None,
 
 async def engine_health(rig: Rig, timeout_s: float = 5.0) -> dict | None:
     """The engine's retained health document (read as the console account)."""
+    from ingest.mqtt import connect_error, fail_on_early_close
+
     topic = health_topic(ENGINE_NAME)
-    async with aiomqtt.Client(rig.host, rig.port, username="emfence-console",
-                              password=rig.passwords["emfence-console"]) as c:
+    c = aiomqtt.Client(rig.host, rig.port, username="emfence-console",
+                       password=rig.passwords["emfence-console"])
+    fail_on_early_close(c)
+    try:
+        await c.__aenter__()
+    except aiomqtt.MqttError as exc:  # a BrokerConnectError (an OSError) says why
+        raise connect_error(exc, host=rig.host, port=rig.port, username="emfence-console",
+                            tls=False) from None
+    try:
         await c.subscribe(topic, qos=1)
-        try:
-            async with asyncio.timeout(timeout_s):
-                async for msg in c.messages:
-                    return orjson.loads(msg.payload)
-        except TimeoutError:
-            return None
+        async with asyncio.timeout(timeout_s):
+            async for msg in c.messages:
+                return orjson.loads(msg.payload)
+    except TimeoutError:
+        return None
+    finally:
+        await c.__aexit__(None, None, None)
     return None
 
 

@@ -465,6 +465,10 @@ async def test_the_paho_internals_the_engine_client_relies_on_are_there():
                  "_in_callback_mutex", "manual_ack_set", "ack"):
         assert hasattr(p, name), name
     assert isinstance(client._queue, asyncio.Queue)
+    # fail_on_early_close: the pending connect and its loop, and paho's disconnect hook
+    assert isinstance(client._connected, asyncio.Future)
+    assert client._loop is asyncio.get_running_loop()
+    assert p.on_disconnect.__qualname__.startswith("fail_on_early_close")
     assert p.loop_read.__qualname__.startswith("_read_in_bursts")
     assert p._logger is None  # no per-packet debug logging
     # with the per-topic matcher replaced, a received message still reaches on_message
