@@ -41,8 +41,7 @@ import statistics
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +50,17 @@ from typing import Any, Self
 import orjson
 
 from alarms import schema
+from alarms.db import ROWS_PER_INSERT as _ROWS_PER_INSERT
+from alarms.db import Cursor as _Cursor
+from alarms.db import Database as _Db
+from alarms.db import StoreError
+from alarms.db import as_list as _as_list
+from alarms.db import chunks as _chunks
+from alarms.db import count as _count
+from alarms.db import int_ms as _int_ms
+from alarms.db import placeholders as _placeholders
+from alarms.db import redact as _redact
+from alarms.db import values as _values
 from alarms.schema import (
     ALARM_TYPES,
     CONDITION_STATES,
@@ -106,23 +116,8 @@ _PG_MIGRATE_LOCK = _PG_EVENT_LOCK + 1
 # account name and per client address on PostgreSQL ("emfl"; the two-key and one-key lock
 # spaces do not overlap).
 _PG_LOGIN_LOCK_CLASS = 0x656D_666C
-# Longest list bound into one "IN (...)" (SQLite allows 32766 variables; stay well under).
-_IN_CHUNK = 500
 DAY_MS = 86_400_000
-# Rows per multi-row INSERT: at most 10 columns, so well under both databases' limit on
-# bound parameters (SQLite 32766, PostgreSQL 65535).
-_ROWS_PER_INSERT = 500
-
 log = logging.getLogger("emfence.alarms.store")
-
-
-class StoreError(EmfenceError):
-    """The store cannot do what was asked: bad URL, unreachable database, schema newer than
-    this code, a malformed event (``where`` names it), or a database error (``__cause__``)."""
-
-    def __init__(self, message: str, *, where: str | None = None):
-        self.where = where
-        super().__init__(f"{where}: {message}" if where else message)
 
 
 class AlarmActionError(EmfenceError, ValueError):
@@ -191,178 +186,7 @@ def tracks_path(path: str | Path) -> Path:
     return p.with_name(f"{p.stem}.tracks{p.suffix}")
 
 
-def _redact(url: str) -> str:
-    """``url`` without a password, for messages and logs."""
-    return re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", url)
-
-
 # --- dialects ---------------------------------------------------------------------------
-
-
-class _Db:
-    """One database: connections per thread, transactions, placeholder style."""
-
-    dialect = ""
-    errors: tuple[type[BaseException], ...] = ()
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-        self._all: list[Any] = []
-        self._lock = threading.Lock()
-        self._closed = False
-
-    # subclasses
-    def _connect(self) -> Any: ...
-    def _begin(self, conn: Any, write: bool) -> None: ...
-    def _commit(self, conn: Any) -> None: ...
-    def _rollback(self, conn: Any) -> None: ...
-    def lock_event_log(self, cur: _Cursor) -> None: ...
-    def lock_migrations(self, cur: _Cursor) -> None: ...
-    def lock_logins(self, cur: _Cursor, keys: Sequence[int]) -> None: ...
-
-    def sql(self, text: str) -> str:
-        return text
-
-    def insert_fixes(self, cur: _Cursor, rows: list[tuple[Any, ...]],
-                     newest: list[tuple[Any, ...]]) -> None:
-        """Append fixes to tracks (skipping ones already stored) and move positions forward.
-
-        ``rows`` and ``newest`` (one row per device, its newest in the batch) are tuples in
-        TRACK_COLUMNS order. Portable multi-row INSERTs; PostgreSQL overrides with COPY.
-        """
-        for chunk in _chunks(rows, _ROWS_PER_INSERT):
-            cur.execute(f"INSERT INTO tracks ({_TRACK_COLS}) VALUES {_values(len(chunk), 9)} "
-                        "ON CONFLICT (device_id, ts) DO NOTHING",
-                        [v for row in chunk for v in row])
-        # one row per device per statement, as an upsert may touch a row only once
-        for chunk in _chunks(newest, _ROWS_PER_INSERT):
-            cur.execute(f"INSERT INTO positions ({_TRACK_COLS}) VALUES {_values(len(chunk), 9)} "
-                        + _POSITION_UPSERT, [v for row in chunk for v in row])
-        for chunk in _chunks(_subject_pairs(rows), _ROWS_PER_INSERT):
-            cur.execute("INSERT INTO track_subjects (subject_id, device_id) VALUES "
-                        + _values(len(chunk), 2) + " ON CONFLICT DO NOTHING",
-                        [v for pair in chunk for v in pair])
-
-    def conn(self) -> Any:
-        if self._closed:
-            raise StoreError("store is closed")
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-        return conn
-
-    def _broken(self, conn: Any) -> bool:
-        """Is this connection unusable (server restarted, network cut)?"""
-        return False
-
-    def _discard(self, conn: Any) -> None:
-        """Forget this thread's broken connection, so the next call opens a new one."""
-        if getattr(self._local, "conn", None) is conn:
-            self._local.conn = None
-        with self._lock:
-            if conn in self._all:
-                self._all.remove(conn)
-        try:
-            conn.close()
-        except self.errors:
-            pass  # it is broken already; closing only frees the client side
-
-    def _begin_fresh(self, op: str, write: bool) -> Any:
-        """This thread's connection with a transaction begun on it.
-
-        A connection found dead at BEGIN (e.g. PostgreSQL restarted since the last call)
-        is replaced once: nothing has been done on it yet, so retrying is safe.
-        """
-        for attempt in (1, 2):
-            conn = self.conn()
-            try:
-                self._begin(conn, write)
-                return conn
-            except self.errors as exc:
-                if self._broken(conn):
-                    self._discard(conn)
-                    if attempt == 1:
-                        log.warning("%s: store connection was lost; reconnecting", op)
-                        continue
-                raise StoreError(f"{op}: cannot begin a transaction: {exc}") from exc
-        raise AssertionError("unreachable")
-
-    @contextmanager
-    def tx(self, op: str, write: bool = True) -> Iterator[_Cursor]:
-        """One transaction; any database error becomes a StoreError naming ``op``.
-
-        A connection that breaks during the transaction is discarded (the transaction is
-        lost as a whole; the caller may retry and the next call reconnects).
-        """
-        conn = self._begin_fresh(op, write)
-        try:
-            yield _Cursor(self, conn.cursor())
-        except BaseException as exc:
-            try:
-                self._rollback(conn)
-            except self.errors:
-                pass  # the connection is broken; the original error is what matters
-            if self._broken(conn):
-                self._discard(conn)
-            if isinstance(exc, self.errors):
-                raise StoreError(f"{op}: {exc}") from exc
-            raise
-        try:
-            self._commit(conn)
-        except self.errors as exc:
-            if self._broken(conn):
-                self._discard(conn)
-            raise StoreError(f"{op}: commit failed: {exc}") from exc
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            conns, self._all = self._all, []
-        for conn in conns:
-            try:
-                conn.close()
-            except self.errors as exc:  # closing is best effort; say why it failed
-                log.warning("closing a store connection failed: %s", exc)
-
-
-class _Cursor:
-    """A cursor that speaks '?' placeholders on every dialect and returns dict rows."""
-
-    def __init__(self, db: _Db, cur: Any):
-        self.db = db
-        self.cur = cur
-
-    def execute(self, text: str, params: Sequence[Any] = ()) -> _Cursor:
-        self.cur.execute(self.db.sql(text), tuple(params))
-        return self
-
-    def executemany(self, text: str, rows: Sequence[Sequence[Any]]) -> None:
-        if rows:
-            self.cur.executemany(self.db.sql(text), rows)
-
-    @property
-    def rowcount(self) -> int:
-        return self.cur.rowcount
-
-    def one(self) -> dict[str, Any] | None:
-        row = self.cur.fetchone()
-        if row is None:
-            return None
-        return dict(zip([d[0] for d in self.cur.description], row))
-
-    def all(self) -> list[dict[str, Any]]:
-        rows = self.cur.fetchall()
-        if not rows:
-            return []
-        names = [d[0] for d in self.cur.description]
-        return [dict(zip(names, r)) for r in rows]
-
-    def scalar(self) -> Any:
-        row = self.cur.fetchone()
-        return None if row is None else row[0]
 
 
 class _SqliteDb(_Db):
@@ -548,50 +372,6 @@ class _PostgresDb(_Db):
 
 
 # --- helpers ----------------------------------------------------------------------------
-
-
-def _placeholders(n: int) -> str:
-    return "(" + ", ".join("?" * n) + ")"
-
-
-def _values(rows: int, cols: int) -> str:
-    """``(?, ?), (?, ?)``: the VALUES list of a multi-row INSERT."""
-    one = _placeholders(cols)
-    return ", ".join([one] * rows)
-
-
-def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
-def _as_list(value: str | Iterable[str] | None, name: str) -> list[str] | None:
-    """None (no filter) or a list of strings; a bare string is a one-element list."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [value]
-    out = list(value)
-    for v in out:
-        if not isinstance(v, str):
-            raise StoreError(f"{name} must be strings, got {v!r}")
-    return out
-
-
-def _int_ms(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        # numpy integers are fine; floats and strings are a caller bug worth naming
-        if hasattr(value, "__index__") and not isinstance(value, bool):
-            return int(value)
-        raise StoreError(f"{name} must be an integer number of epoch milliseconds, got {value!r}")
-    return value
-
-
-def _count(value: Any, name: str) -> int:
-    """A row count (limit, offset): a non-negative integer."""
-    if isinstance(value, bool) or not hasattr(value, "__index__") or int(value) < 0:
-        raise StoreError(f"{name} must be a non-negative integer, got {value!r}")
-    return int(value)
 
 
 def _check_event(ev: Any, i: int) -> None:
