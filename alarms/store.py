@@ -70,6 +70,10 @@ from alarms.schema import (
     ROLES,
     WORKFLOW_STATES,
 )
+from alarms.tracks import POSITION_UPSERT as _POSITION_UPSERT
+from alarms.tracks import TRACK_COLS as _TRACK_COLS
+from alarms.tracks import TRACK_COLUMNS, TrackStore, tracks_path
+from alarms.tracks import subject_pairs as _subject_pairs
 from contract.errors import EmfenceError
 from contract.topics import alarm_topic
 
@@ -78,31 +82,6 @@ _TOPIC_LEVEL = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # The keys the engine's event dict carries before its evidence (docs/internals.md).
 _EVENT_KEYS = ("event", "alarm_id", "type", "subject_id", "device_id", "zone_id", "region",
                "at", "late")
-# Columns of a track row, in the order record_fixes accepts tuples.
-TRACK_COLUMNS = ("device_id", "subject_id", "region", "ts", "lat", "lon", "acc", "src",
-                 "received_at")
-_TRACK_COLS = ", ".join(TRACK_COLUMNS)
-
-
-def _track_key(row: tuple[Any, ...]) -> tuple[str, int]:
-    return row[0], row[3]  # (device_id, ts): the tracks table's key
-
-
-def _subject_pairs(rows: list[tuple[Any, ...]]) -> list[tuple[str, str]]:
-    """(subject_id, device_id) of track rows, once each (rows without a subject left out)."""
-    return sorted({(r[1], r[0]) for r in rows if r[1] is not None})
-
-
-# A subject's fixes, found through the devices they were stored under (track_subjects),
-# so that the lookup uses the tracks key (device_id, ts).
-_SUBJECT_FIXES = ("(device_id IN (SELECT device_id FROM track_subjects WHERE subject_id = ?) "
-                  "AND subject_id = ?)")
-# Keep a device's newest position: a late batch of older fixes must not move it back.
-_POSITION_UPSERT = (
-    "ON CONFLICT (device_id) DO UPDATE SET ts = excluded.ts, "
-    "subject_id = excluded.subject_id, region = excluded.region, lat = excluded.lat, "
-    "lon = excluded.lon, acc = excluded.acc, src = excluded.src, "
-    "received_at = excluded.received_at WHERE excluded.ts > positions.ts")
 # Track rows from one JSON array of arrays in TRACK_COLUMNS order (SQLite); "WHERE true"
 # keeps an upsert's ON CONFLICT from being read as a join constraint.
 _JSON_ROWS = "SELECT " + ", ".join(
@@ -177,13 +156,6 @@ def open_store(url: str) -> AlarmStore:
         return AlarmStore(_PostgresDb(url))
     raise StoreError("store URL must start with sqlite:/// or postgresql://",
                      where=_redact(url))
-
-
-def tracks_path(path: str | Path) -> Path:
-    """The file a SQLite store at ``path`` keeps its location history in:
-    ``alarms.db`` -> ``alarms.tracks.db`` (back both up together)."""
-    p = Path(path)
-    return p.with_name(f"{p.stem}.tracks{p.suffix}")
 
 
 # --- dialects ---------------------------------------------------------------------------
@@ -440,7 +412,7 @@ _ALARM_COLUMNS = (
 )
 
 
-class AlarmStore:
+class AlarmStore(TrackStore):
     """The durable store of alarms and everything the console needs; see the module doc.
 
     Build it with :func:`open_store`. All times are epoch milliseconds (UTC).
@@ -993,115 +965,6 @@ class AlarmStore:
         with self._db.tx("delete engine checkpoint") as cur:
             return cur.execute("DELETE FROM engine_checkpoints WHERE worker = ?",
                                (worker,)).rowcount > 0
-
-    # --- tracks -------------------------------------------------------------------------
-
-    def record_fixes(self, rows: Iterable[Mapping[str, Any] | Sequence[Any]]) -> int:
-        """Store accepted fixes for the track view, batched in one transaction.
-
-        Each row is a mapping with the keys of :data:`TRACK_COLUMNS` or a tuple in that
-        order: device_id, subject_id, region, ts (epoch ms), lat, lon (WGS-84 degrees), acc
-        (metres), src, received_at (epoch ms). A fix already stored (same device and ts)
-        is kept as it was. Also keeps each device's newest position. Returns the number of
-        rows given.
-        """
-        tuples: list[tuple[Any, ...]] = []
-        for i, row in enumerate(rows):
-            if isinstance(row, Mapping):
-                try:
-                    t = tuple(row[c] for c in TRACK_COLUMNS)
-                except KeyError as exc:
-                    raise StoreError(f"missing key {exc.args[0]!r}", where=f"fixes[{i}]") from None
-            else:
-                t = tuple(row)
-                if len(t) != len(TRACK_COLUMNS):
-                    raise StoreError(f"needs {len(TRACK_COLUMNS)} values "
-                                     f"({', '.join(TRACK_COLUMNS)}), got {len(t)}",
-                                     where=f"fixes[{i}]")
-            # plain Python values: numpy scalars are not understood by every driver
-            tuples.append((str(t[0]), None if t[1] is None else str(t[1]), str(t[2]), int(t[3]),
-                           float(t[4]), float(t[5]), None if t[6] is None else float(t[6]),
-                           None if t[7] is None else str(t[7]), int(t[8])))
-        if not tuples:
-            return 0
-        # In key order: a device's fixes of the batch then land on the same index pages
-        # (written once per transaction instead of once per fix; several times cheaper
-        # for large batches of many devices).
-        tuples.sort(key=_track_key)
-        newest: dict[str, tuple[Any, ...]] = {}
-        for t in tuples:
-            best = newest.get(t[0])
-            if best is None or t[3] > best[3]:  # of equal times the first, as tracks keeps
-                newest[t[0]] = t
-        db = self._tracks_db
-        with db.tx("record fixes") as cur:
-            db.insert_fixes(cur, tuples, list(newest.values()))
-        return len(tuples)
-
-    def track(self, key: str | Iterable[str] | None = None, from_ms: int | None = None,
-              to_ms: int | None = None, *, subject_id: str | None = None,
-              limit: int = 100_000) -> list[dict[str, Any]]:
-        """Fixes with ``from_ms`` ≤ ts ≤ ``to_ms``, oldest first.
-
-        ``key``: a device id or a subject id (a string matches either), or a list of
-        device ids; or pass ``subject_id=`` explicitly. Rows: device_id, subject_id, region,
-        ts, lat, lon, acc, src, received_at.
-        """
-        where: list[str] = []
-        params: list[Any] = []
-        if subject_id is not None:
-            where.append(_SUBJECT_FIXES)
-            params += [subject_id, subject_id]
-        if isinstance(key, str):
-            where.append(f"(device_id = ? OR {_SUBJECT_FIXES})")
-            params += [key, key, key]
-        elif key is not None:
-            devices = _as_list(key, "device ids") or []
-            if not devices:
-                return []
-            where.append("device_id IN " + _placeholders(len(devices)))
-            params += devices
-        if not where:
-            raise StoreError("track needs a device id, a list of device ids or a subject_id")
-        if from_ms is not None:
-            where.append("ts >= ?")
-            params.append(_int_ms(from_ms, "from_ms"))
-        if to_ms is not None:
-            where.append("ts <= ?")
-            params.append(_int_ms(to_ms, "to_ms"))
-        with self._tracks_db.tx("track", write=False) as cur:
-            return cur.execute(f"SELECT {', '.join(TRACK_COLUMNS)} FROM tracks WHERE "
-                               + " AND ".join(where) + " ORDER BY ts, device_id LIMIT ?",
-                               (*params, _count(limit, "limit"))).all()
-
-    def last_positions(self, regions: Iterable[str] | None = None) -> list[dict[str, Any]]:
-        """Each device's newest stored fix (rows as in :meth:`track`), by device id."""
-        regions = _as_list(regions, "regions")
-        where, params = "", []
-        if regions is not None:
-            if not regions:
-                return []
-            where = " WHERE region IN " + _placeholders(len(regions))
-            params = regions
-        with self._tracks_db.tx("last positions", write=False) as cur:
-            return cur.execute(f"SELECT {', '.join(TRACK_COLUMNS)} FROM positions{where} "
-                               "ORDER BY device_id", params).all()
-
-    def purge_tracks(self, before_ms: int) -> int:
-        """Delete fixes (and newest positions) with ts < ``before_ms``; returns fixes deleted.
-
-        The retention policy (``tracks.retention_days``) calls this; alarm evidence is part
-        of the alarm's case file and is not touched.
-        """
-        before_ms = _int_ms(before_ms, "before_ms")
-        with self._tracks_db.tx("purge tracks") as cur:
-            n = cur.execute("DELETE FROM tracks WHERE ts < ?", (before_ms,)).rowcount
-            cur.execute("DELETE FROM positions WHERE ts < ?", (before_ms,))
-            if n > 0:  # forget the subjects' devices that have no fix left
-                cur.execute("DELETE FROM track_subjects WHERE NOT EXISTS (SELECT 1 FROM tracks "
-                            "WHERE tracks.device_id = track_subjects.device_id "
-                            "AND tracks.subject_id = track_subjects.subject_id)")
-        return max(n, 0)
 
     # --- users --------------------------------------------------------------------------
 
