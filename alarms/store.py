@@ -38,7 +38,6 @@ import hashlib
 import logging
 import re
 import statistics
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -61,6 +60,7 @@ from alarms.db import int_ms as _int_ms
 from alarms.db import placeholders as _placeholders
 from alarms.db import redact as _redact
 from alarms.db import values as _values
+from alarms.postgres import PostgresDatabase
 from alarms.schema import (
     ALARM_TYPES,
     CONDITION_STATES,
@@ -70,31 +70,19 @@ from alarms.schema import (
     ROLES,
     WORKFLOW_STATES,
 )
-from alarms.tracks import POSITION_UPSERT as _POSITION_UPSERT
-from alarms.tracks import TRACK_COLS as _TRACK_COLS
+from alarms.sqlite import SqliteDatabase
 from alarms.tracks import TRACK_COLUMNS, TrackStore, tracks_path
-from alarms.tracks import subject_pairs as _subject_pairs
 from contract.errors import EmfenceError
 from contract.topics import alarm_topic
+
+__all__ = ["TRACK_COLUMNS", "AlarmActionError", "AlarmStore", "LoginAttempt", "StoreError",
+           "UserError", "open_store", "tracks_path"]
 
 # A region or a type ends up in an MQTT topic level: no '/', '+', '#' or spaces.
 _TOPIC_LEVEL = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # The keys the engine's event dict carries before its evidence (docs/internals.md).
 _EVENT_KEYS = ("event", "alarm_id", "type", "subject_id", "device_id", "zone_id", "region",
                "at", "late")
-# Track rows from one JSON array of arrays in TRACK_COLUMNS order (SQLite); "WHERE true"
-# keeps an upsert's ON CONFLICT from being read as a join constraint.
-_JSON_ROWS = "SELECT " + ", ".join(
-    f"json_extract(value, '$[{i}]')" for i in range(len(TRACK_COLUMNS))) + \
-    " FROM json_each(?) WHERE true"
-# An arbitrary constant: the advisory lock that orders event-log appends on PostgreSQL.
-_PG_EVENT_LOCK = 0x656D_6665_6E63_65  # "emfence"
-# ...and the one that serialises schema migrations of concurrently starting workers.
-_PG_MIGRATE_LOCK = _PG_EVENT_LOCK + 1
-# The class (first key) of the two-key advisory locks that serialise login attempts per
-# account name and per client address on PostgreSQL ("emfl"; the two-key and one-key lock
-# spaces do not overlap).
-_PG_LOGIN_LOCK_CLASS = 0x656D_666C
 DAY_MS = 86_400_000
 log = logging.getLogger("emfence.alarms.store")
 
@@ -151,196 +139,15 @@ def open_store(url: str) -> AlarmStore:
         p = Path(path)
         if not p.parent.is_dir():
             raise StoreError(f"folder {str(p.parent)!r} does not exist", where=url)
-        return AlarmStore(_SqliteDb(str(p)), tracks_db=_SqliteDb(str(tracks_path(p))))
+        return AlarmStore(SqliteDatabase(str(p)),
+                          tracks_db=SqliteDatabase(str(tracks_path(p))))
     if url.startswith(("postgresql://", "postgres://")):
-        return AlarmStore(_PostgresDb(url))
+        return AlarmStore(PostgresDatabase(url))
     raise StoreError("store URL must start with sqlite:/// or postgresql://",
                      where=_redact(url))
 
 
 # --- dialects ---------------------------------------------------------------------------
-
-
-class _SqliteDb(_Db):
-    dialect = "sqlite"
-
-    def __init__(self, path: str, busy_timeout_s: float = 30.0):
-        import sqlite3
-
-        if sqlite3.sqlite_version_info < (3, 35, 0):
-            # UPSERT and RETURNING, which the portable SQL relies on
-            raise StoreError(f"SQLite {sqlite3.sqlite_version} is too old; the store needs "
-                             "3.35 or newer", where=path)
-        super().__init__()
-        self.path = path
-        self.busy_timeout_s = busy_timeout_s
-        self.errors = (sqlite3.Error,)
-        # Writers of this process queue on a lock of their own before BEGIN IMMEDIATE. A
-        # writer that finds SQLite's lock taken sleeps in SQLite's busy handler, which
-        # polls with growing pauses (up to 100 ms): an alarm event written while another
-        # write commits would wait for the next poll, not for the commit. Here it is
-        # woken as soon as the other writer commits. (Other processes on the same file
-        # still meet the busy handler.)
-        self._write_lock = threading.Lock()
-
-    def _connect(self) -> Any:
-        import sqlite3
-
-        deadline = time.monotonic() + self.busy_timeout_s
-        pause_s = 0.005
-        while True:
-            conn = None
-            try:
-                # isolation_level=None: we issue BEGIN ourselves (BEGIN IMMEDIATE for
-                # writes, so a reader never has to upgrade its lock and fail with
-                # SQLITE_BUSY mid-way).
-                conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s,
-                                       isolation_level=None, check_same_thread=False)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
-                conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
-                conn.execute("PRAGMA foreign_keys=ON")
-                return conn
-            except sqlite3.OperationalError as exc:
-                if conn is not None:
-                    conn.close()
-                # Switching a new file to WAL while another connection does the same can
-                # fail at once with "database is locked" (SQLite does not wait in its
-                # busy handler there): wait and try again, as the busy timeout would.
-                if "locked" not in str(exc) or time.monotonic() >= deadline:
-                    raise StoreError(f"cannot open SQLite database: {exc}",
-                                     where=self.path) from exc
-                time.sleep(pause_s)
-                pause_s = min(pause_s * 2, 0.1)
-            except sqlite3.Error as exc:
-                if conn is not None:
-                    conn.close()
-                raise StoreError(f"cannot open SQLite database: {exc}", where=self.path) from exc
-
-    def _begin(self, conn: Any, write: bool) -> None:
-        if not write:
-            conn.execute("BEGIN")
-            return
-        self._write_lock.acquire()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            self._write_lock.release()
-            raise
-        self._local.writing = True
-
-    def _end_write(self) -> None:
-        if getattr(self._local, "writing", False):
-            self._local.writing = False
-            self._write_lock.release()
-
-    def _commit(self, conn: Any) -> None:
-        try:
-            conn.execute("COMMIT")
-        finally:
-            self._end_write()
-
-    def _rollback(self, conn: Any) -> None:
-        try:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-        finally:
-            self._end_write()
-
-    def insert_fixes(self, cur: _Cursor, rows: list[tuple[Any, ...]],
-                     newest: list[tuple[Any, ...]]) -> None:
-        # Each batch as one JSON parameter that SQLite unpacks itself (json_each): two
-        # statements whatever the batch size. Bound multi-row INSERTs cost more Python
-        # per row, and sqlite3 gives up and takes back the GIL around every statement,
-        # which the busy event loop makes a wait each time.
-        cur.execute(f"INSERT INTO tracks ({_TRACK_COLS}) {_JSON_ROWS} "
-                    "ON CONFLICT (device_id, ts) DO NOTHING", (orjson.dumps(rows),))
-        cur.execute(f"INSERT INTO positions ({_TRACK_COLS}) {_JSON_ROWS} " + _POSITION_UPSERT,
-                    (orjson.dumps(newest),))
-        cur.execute("INSERT INTO track_subjects (subject_id, device_id) SELECT "
-                    "json_extract(value, '$[0]'), json_extract(value, '$[1]') "
-                    "FROM json_each(?) WHERE true ON CONFLICT DO NOTHING",
-                    (orjson.dumps(_subject_pairs(rows)),))
-
-    def lock_event_log(self, cur: _Cursor) -> None:
-        pass  # BEGIN IMMEDIATE already makes this the only writer
-
-    def lock_migrations(self, cur: _Cursor) -> None:
-        pass
-
-    def lock_logins(self, cur: _Cursor, keys: Sequence[int]) -> None:
-        pass  # BEGIN IMMEDIATE already makes this the only writer, in every process
-
-
-class _PostgresDb(_Db):
-    dialect = "postgresql"
-
-    def __init__(self, url: str, connect_timeout_s: int = 10):
-        import psycopg
-
-        super().__init__()
-        self.url = url
-        self.connect_timeout_s = connect_timeout_s
-        self.errors = (psycopg.Error,)
-
-    def _connect(self) -> Any:
-        import psycopg
-
-        try:
-            # autocommit: transactions are explicit BEGIN/COMMIT in tx(), nothing implicit.
-            return psycopg.connect(self.url, autocommit=True,
-                                   connect_timeout=self.connect_timeout_s)
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot connect to PostgreSQL: {exc}",
-                             where=_redact(self.url)) from exc
-
-    def sql(self, text: str) -> str:
-        # The store's SQL contains no literal '?' or '%', so this is a plain substitution.
-        return text.replace("?", "%s")
-
-    def _begin(self, conn: Any, write: bool) -> None:
-        conn.execute("BEGIN")
-
-    def _commit(self, conn: Any) -> None:
-        conn.execute("COMMIT")
-
-    def _rollback(self, conn: Any) -> None:
-        conn.execute("ROLLBACK")
-
-    def _broken(self, conn: Any) -> bool:
-        return bool(conn.closed or conn.broken)
-
-    def insert_fixes(self, cur: _Cursor, rows: list[tuple[Any, ...]],
-                     newest: list[tuple[Any, ...]]) -> None:
-        # COPY into a per-connection staging table, then two set-based statements: several
-        # times faster than bound multi-row INSERTs, and the track writer must keep up
-        # with the live fix rate.
-        cur.execute("CREATE TEMP TABLE IF NOT EXISTS tracks_in (LIKE tracks) "
-                    "ON COMMIT DELETE ROWS")
-        with cur.cur.copy(f"COPY tracks_in ({_TRACK_COLS}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-        cur.execute(f"INSERT INTO tracks ({_TRACK_COLS}) SELECT {_TRACK_COLS} FROM tracks_in "
-                    "ON CONFLICT (device_id, ts) DO NOTHING")
-        cur.execute(f"INSERT INTO positions ({_TRACK_COLS}) SELECT DISTINCT ON (device_id) "
-                    f"{_TRACK_COLS} FROM tracks_in ORDER BY device_id, ts DESC "
-                    + _POSITION_UPSERT)
-        cur.execute("INSERT INTO track_subjects (subject_id, device_id) SELECT DISTINCT "
-                    "subject_id, device_id FROM tracks_in WHERE subject_id IS NOT NULL "
-                    "ON CONFLICT DO NOTHING")
-
-    def lock_event_log(self, cur: _Cursor) -> None:
-        cur.execute("SELECT pg_advisory_xact_lock(?)", (_PG_EVENT_LOCK,))
-
-    def lock_migrations(self, cur: _Cursor) -> None:
-        cur.execute("SELECT pg_advisory_xact_lock(?)", (_PG_MIGRATE_LOCK,))
-
-    def lock_logins(self, cur: _Cursor, keys: Sequence[int]) -> None:
-        # Always in ascending order, so two transactions never wait for each other's
-        # second lock (no deadlock).
-        for key in sorted(set(keys)):
-            cur.execute("SELECT pg_advisory_xact_lock(CAST(? AS INTEGER), CAST(? AS INTEGER))",
-                        (_PG_LOGIN_LOCK_CLASS, key))
 
 
 # --- helpers ----------------------------------------------------------------------------
