@@ -46,6 +46,7 @@ from typing import Any, Self
 import orjson
 
 from alarms import schema
+from alarms.checkpoints import CheckpointStore
 from alarms.db import Cursor as _Cursor
 from alarms.db import Database as _Db
 from alarms.db import StoreError
@@ -134,7 +135,7 @@ _ALARM_COLUMNS = (
 )
 
 
-class AlarmStore(EventLog, TrackStore, UserStore):
+class AlarmStore(EventLog, TrackStore, UserStore, CheckpointStore):
     """The durable store of alarms and everything the console needs; see the module doc.
 
     Build it with :func:`open_store`. All times are epoch milliseconds (UTC).
@@ -500,32 +501,3 @@ class AlarmStore(EventLog, TrackStore, UserStore):
             "disposition_share": share,
             "false_alarm_share": (false_n / n_closed) if n_closed else None,
         }
-
-    # --- engine checkpoints ---------------------------------------------------------------
-
-    def save_checkpoint(self, worker: str, state: bytes, digests: bytes, now_ms: int) -> None:
-        """Keep ``worker``'s engine checkpoint (``state``: the bytes of a checkpoint file)
-        and the redelivery digests it covers, replacing the previous ones in one
-        transaction: a reader sees both old or both new, never a mix."""
-        now_ms = _int_ms(now_ms, "now_ms")
-        with self._db.tx("save engine checkpoint") as cur:
-            cur.execute("INSERT INTO engine_checkpoints (worker, state, digests, written_at) "
-                        "VALUES (?, ?, ?, ?) ON CONFLICT (worker) DO UPDATE SET "
-                        "state = excluded.state, digests = excluded.digests, "
-                        "written_at = excluded.written_at",
-                        (worker, state, digests, now_ms))
-
-    def load_checkpoint(self, worker: str) -> tuple[bytes, bytes, int] | None:
-        """``worker``'s checkpoint ``(state, digests, written_at)``, or None if it has none."""
-        with self._db.tx("load engine checkpoint", write=False) as cur:
-            row = cur.execute("SELECT state, digests, written_at FROM engine_checkpoints "
-                              "WHERE worker = ?", (worker,)).one()
-        if row is None:
-            return None
-        return bytes(row["state"]), bytes(row["digests"]), int(row["written_at"])
-
-    def delete_checkpoint(self, worker: str) -> bool:
-        """Forget ``worker``'s checkpoint; True if there was one."""
-        with self._db.tx("delete engine checkpoint") as cur:
-            return cur.execute("DELETE FROM engine_checkpoints WHERE worker = ?",
-                               (worker,)).rowcount > 0
