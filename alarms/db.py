@@ -267,3 +267,46 @@ def count(value: Any, name: str) -> int:
     if isinstance(value, bool) or not hasattr(value, "__index__") or int(value) < 0:
         raise StoreError(f"{name} must be a non-negative integer, got {value!r}")
     return int(value)
+
+
+class Where:
+    """Conditions ANDed into one WHERE clause, with their parameters in order.
+
+    ``nothing`` is set once a filter can match no row (an empty list of allowed values),
+    so that a caller can answer at once instead of asking the database.
+    """
+
+    def __init__(self, *conditions: str, params: Sequence[Any] = ()):
+        self.conditions = list(conditions)
+        self.params = list(params)
+        self.nothing = False
+
+    def add(self, condition: str, *params: Any) -> Where:
+        self.conditions.append(condition)
+        self.params += params
+        return self
+
+    def one_of(self, column: str, allowed: Sequence[Any] | None) -> Where:
+        """``column IN (allowed)``; None adds nothing; an empty list matches no row."""
+        if allowed is None:
+            return self
+        if not allowed:
+            self.nothing = True
+            return self.add("1 = 0")
+        return self.add(f"{column} IN {placeholders(len(allowed))}", *allowed)
+
+    def regions(self, regions: str | Iterable[str] | None) -> Where:
+        """The region filter of every region-scoped read and write: None is every region,
+        a string or a list names them (an empty list: none)."""
+        return self.one_of("region", as_list(regions, "regions"))
+
+    def also(self, *conditions: str) -> Where:
+        """A copy with more conditions (no parameters)."""
+        out = Where(*self.conditions, *conditions, params=self.params)
+        out.nothing = self.nothing
+        return out
+
+    @property
+    def sql(self) -> str:
+        """`` WHERE a AND b`` (with its leading space), or "" without conditions."""
+        return (" WHERE " + " AND ".join(self.conditions)) if self.conditions else ""

@@ -19,6 +19,7 @@ from alarms.db import (
     Cursor,
     Database,
     StoreError,
+    Where,
     as_list,
     chunks,
     count,
@@ -190,16 +191,13 @@ class EventLog:
 
         ``regions`` limits them to those regions (a worker publishes its own regions' events).
         """
-        regions = as_list(regions, "regions")
-        where, params = "delivered_at IS NULL", []
-        if regions is not None:
-            if not regions:
-                return []
-            where += " AND region IN " + placeholders(len(regions))
-            params += regions
+        where = Where("delivered_at IS NULL").regions(regions)
+        if where.nothing:
+            return []
         with self._db.tx("pending", write=False) as cur:
-            rows = cur.execute(f"SELECT seq, topic, payload FROM events WHERE {where} "
-                               "ORDER BY seq LIMIT ?", (*params, count(limit, "limit"))).all()
+            rows = cur.execute(f"SELECT seq, topic, payload FROM events{where.sql} "
+                               "ORDER BY seq LIMIT ?", (*where.params, count(limit, "limit"))
+                               ).all()
         return [(int(r["seq"]), r["topic"], bytes(r["payload"])) for r in rows]
 
     def mark_delivered(self, seqs: Iterable[int], now_ms: int) -> int:
@@ -230,17 +228,14 @@ class EventLog:
         region. A consumer passes the last seq it saw and never misses a committed event.
         """
         regions = as_list(regions, "regions")
-        where, params = "seq > ?", [int(seq)]
-        if regions is not None:
-            if not regions:
-                return []
-            where += " AND region IN " + placeholders(len(regions))
-            params += regions
+        where = Where("seq > ?", params=[int(seq)]).regions(regions)
+        if where.nothing:
+            return []
         with self._db.tx("events since", write=False) as cur:
             rows = cur.execute(
                 "SELECT seq, alarm_id, event, region, type, topic, created_at, delivered_at, "
-                f"payload FROM events WHERE {where} ORDER BY seq LIMIT ?",
-                (*params, count(limit, "limit"))).all()
+                f"payload FROM events{where.sql} ORDER BY seq LIMIT ?",
+                (*where.params, count(limit, "limit"))).all()
         for r in rows:
             r["data"] = orjson.loads(bytes(r.pop("payload")))
         return rows

@@ -35,11 +35,8 @@ and two concurrent transactions could otherwise commit seq 8 before seq 7.
 from __future__ import annotations
 
 import logging
-import statistics
 import time
-from collections import defaultdict
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
@@ -49,19 +46,16 @@ from alarms import schema
 from alarms.checkpoints import CheckpointStore
 from alarms.db import Cursor as _Cursor
 from alarms.db import Database as _Db
-from alarms.db import StoreError
-from alarms.db import as_list as _as_list
-from alarms.db import count as _count
+from alarms.db import StoreError, Where
 from alarms.db import int_ms as _int_ms
-from alarms.db import placeholders as _placeholders
 from alarms.db import redact as _redact
 from alarms.events import EventLog, append_event
 from alarms.postgres import PostgresDatabase
+from alarms.queries import ALARM_COLUMNS as _ALARM_COLUMNS
+from alarms.queries import AlarmQueries
+from alarms.queries import alarm_row as _alarm_row
 from alarms.schema import (
-    CONDITION_STATES,
     DISPOSITIONS,
-    FALSE_ALARM_DISPOSITIONS,
-    WORKFLOW_STATES,
 )
 from alarms.sqlite import SqliteDatabase
 from alarms.tracks import TRACK_COLUMNS, TrackStore, tracks_path
@@ -71,7 +65,6 @@ from contract.errors import EmfenceError
 __all__ = ["TRACK_COLUMNS", "AlarmActionError", "AlarmStore", "LoginAttempt", "StoreError",
            "UserError", "open_store", "tracks_path"]
 
-DAY_MS = 86_400_000
 log = logging.getLogger("emfence.alarms.store")
 
 
@@ -110,32 +103,9 @@ def open_store(url: str) -> AlarmStore:
 # --- helpers ----------------------------------------------------------------------------
 
 
-def _alarm_row(row: dict[str, Any] | None) -> dict[str, Any] | None:
-    if row is None:
-        return None
-    row["late"] = bool(row["late"])
-    row["evidence"] = orjson.loads(row["evidence"]) if row["evidence"] else {}
-    ce = row.pop("cleared_evidence")
-    row["cleared_evidence"] = orjson.loads(ce) if ce else None
-    row["escalated"] = row["escalated_at"] is not None
-    return row
-
-
-def _day(ms: int, day_offset_ms: int) -> str:
-    """ISO date of the local day (UTC shifted by ``day_offset_ms``) that ``ms`` falls in."""
-    return datetime.fromtimestamp((ms + day_offset_ms) / 1000, tz=UTC).date().isoformat()
-
-
 # --- the store --------------------------------------------------------------------------
 
-_ALARM_COLUMNS = (
-    "alarm_id, type, subject_id, device_id, zone_id, region, raised_at, recorded_at, "
-    "cleared_at, state, workflow, late, evidence, cleared_evidence, acknowledged_by, "
-    "acknowledged_at, closed_by, closed_at, disposition, note, escalated_at"
-)
-
-
-class AlarmStore(EventLog, TrackStore, UserStore, CheckpointStore):
+class AlarmStore(EventLog, AlarmQueries, TrackStore, UserStore, CheckpointStore):
     """The durable store of alarms and everything the console needs; see the module doc.
 
     Build it with :func:`open_store`. All times are epoch milliseconds (UTC).
@@ -308,21 +278,16 @@ class AlarmStore(EventLog, TrackStore, UserStore, CheckpointStore):
         """
         now_ms = _int_ms(now_ms, "now_ms")
         after_ms = _int_ms(after_ms, "after_ms")
-        regions = _as_list(regions, "regions")
-        where, params = "", []
-        if regions is not None:
-            if not regions:
-                return []
-            where = " AND region IN " + _placeholders(len(regions))
-            params = regions
+        where = Where("workflow = 'new'", "escalated_at IS NULL", "recorded_at <= ?",
+                      params=[now_ms - after_ms]).regions(regions)
+        if where.nothing:
+            return []
         out: list[dict[str, Any]] = []
         with self._db.tx("escalate") as cur:
             self._db.lock_event_log(cur)
             claimed = cur.execute(
-                "UPDATE alarms SET escalated_at = ? WHERE workflow = 'new' "
-                f"AND escalated_at IS NULL AND recorded_at <= ?{where} "
-                f"RETURNING {_ALARM_COLUMNS}",
-                (now_ms, now_ms - after_ms, *params)).all()
+                f"UPDATE alarms SET escalated_at = ?{where.sql} RETURNING {_ALARM_COLUMNS}",
+                (now_ms, *where.params)).all()
             claimed.sort(key=lambda a: (a["recorded_at"], a["alarm_id"]))
             for alarm in claimed:
                 extra = {"raised_at": alarm["raised_at"], "after_ms": after_ms}
@@ -338,166 +303,3 @@ class AlarmStore(EventLog, TrackStore, UserStore, CheckpointStore):
                     "late": bool(alarm["late"]), **extra,
                 })
         return out
-
-    # --- alarm queries ------------------------------------------------------------------
-
-    def get_alarm(self, alarm_id: str) -> dict[str, Any] | None:
-        """One alarm with its evidence decoded, or None."""
-        with self._db.tx("get alarm", write=False) as cur:
-            return _alarm_row(cur.execute(f"SELECT {_ALARM_COLUMNS} FROM alarms "
-                                          "WHERE alarm_id = ?", (alarm_id,)).one())
-
-    def actions(self, alarm_id: str) -> list[dict[str, Any]]:
-        """The alarm's history of operator and system actions, oldest first."""
-        with self._db.tx("alarm actions", write=False) as cur:
-            return cur.execute("SELECT id, alarm_id, who, what, at, note, disposition "
-                               "FROM alarm_actions WHERE alarm_id = ? ORDER BY id",
-                               (alarm_id,)).all()
-
-    def list_alarms(self, regions: Iterable[str] | None = None,
-                    types: Iterable[str] | None = None,
-                    states: Iterable[str] | None = None, *,
-                    subject_id: str | None = None,
-                    escalated: bool | None = None,
-                    since_ms: int | None = None, until_ms: int | None = None,
-                    before: tuple[int, str] | None = None,
-                    limit: int = 200, offset: int = 0) -> list[dict[str, Any]]:
-        """Alarms newest first (by ``raised_at``, then ``alarm_id``).
-
-        Filters (None = no filter): ``regions``; ``types``; ``states`` mixing condition
-        states (active, cleared) and workflow states (new, acknowledged, closed): values of
-        one kind are alternatives, the two kinds must both hold (``["active", "new"]`` is
-        "active and not yet acknowledged"); ``subject_id``; ``escalated``; ``since_ms`` ≤
-        raised_at < ``until_ms``. Pages: pass the last row's ``(raised_at, alarm_id)`` as
-        ``before`` (stable while new alarms arrive), or an ``offset``.
-        """
-        regions = _as_list(regions, "regions")
-        types = _as_list(types, "types")
-        states = _as_list(states, "states")
-        where: list[str] = []
-        params: list[Any] = []
-        for column, values in (("region", regions), ("type", types)):
-            if values is not None:
-                if not values:
-                    return []
-                where.append(f"{column} IN " + _placeholders(len(values)))
-                params += values
-        if states is not None:
-            unknown = [s for s in states if s not in CONDITION_STATES + WORKFLOW_STATES]
-            if unknown:
-                raise StoreError(f"unknown state {unknown[0]!r}; states are "
-                                 f"{', '.join(CONDITION_STATES + WORKFLOW_STATES)}")
-            cond = [s for s in states if s in CONDITION_STATES]
-            flow = [s for s in states if s in WORKFLOW_STATES]
-            if cond:
-                where.append("state IN " + _placeholders(len(cond)))
-                params += cond
-            if flow:
-                where.append("workflow IN " + _placeholders(len(flow)))
-                params += flow
-            if not states:
-                return []
-        if subject_id is not None:
-            where.append("subject_id = ?")
-            params.append(subject_id)
-        if escalated is not None:
-            where.append("escalated_at IS NOT NULL" if escalated else "escalated_at IS NULL")
-        if since_ms is not None:
-            where.append("raised_at >= ?")
-            params.append(_int_ms(since_ms, "since_ms"))
-        if until_ms is not None:
-            where.append("raised_at < ?")
-            params.append(_int_ms(until_ms, "until_ms"))
-        if before is not None:
-            b_at, b_id = before
-            where.append("(raised_at < ? OR (raised_at = ? AND alarm_id < ?))")
-            params += [_int_ms(b_at, "before"), b_at, str(b_id)]
-        clause = (" WHERE " + " AND ".join(where)) if where else ""
-        with self._db.tx("list alarms", write=False) as cur:
-            rows = cur.execute(f"SELECT {_ALARM_COLUMNS} FROM alarms{clause} "
-                               "ORDER BY raised_at DESC, alarm_id DESC LIMIT ? OFFSET ?",
-                               (*params, _count(limit, "limit"), _count(offset, "offset"))).all()
-        return [_alarm_row(r) for r in rows]
-
-    def stats(self, regions: Iterable[str] | None = None, from_ms: int | None = None,
-              to_ms: int | None = None, *, day_offset_ms: int = 0) -> dict[str, Any]:
-        """The supervisor's numbers for alarms raised in [``from_ms``, ``to_ms``).
-
-        Returns ``total``; ``counts`` (one row per region, type and day: ``{region, type,
-        day, count}``, sorted); ``by_region``, ``by_type``, ``by_day``; ``acknowledged``,
-        ``closed``; ``median_ack_ms`` and ``median_close_ms`` (from ``recorded_at``, the
-        moment the alarm reached the store, to acknowledge/close; None when none);
-        ``dispositions`` (count per disposition of closed alarms), ``disposition_share``
-        (fraction of closed alarms) and ``false_alarm_share`` (the share closed as
-        approved_leave_not_recorded, gps_drift or device_fault; None when none closed).
-
-        ``day_offset_ms`` shifts day boundaries from UTC midnight to local midnight
-        (China: 8 h = 28 800 000).
-        """
-        regions = _as_list(regions, "regions")
-        where: list[str] = []
-        params: list[Any] = []
-        if regions is not None:
-            where.append("region IN " + _placeholders(len(regions)) if regions else "1 = 0")
-            params += regions
-        if from_ms is not None:
-            where.append("raised_at >= ?")
-            params.append(_int_ms(from_ms, "from_ms"))
-        if to_ms is not None:
-            where.append("raised_at < ?")
-            params.append(_int_ms(to_ms, "to_ms"))
-        clause = (" WHERE " + " AND ".join(where)) if where else ""
-        day_offset_ms = _int_ms(day_offset_ms, "day_offset_ms")
-        # Counting is done by the database (GROUP BY); only the response times, needed
-        # for the medians, come back row by row. Days: integer division of epoch ms
-        # (alarm times are after 1970, where truncation and floor agree).
-        with self._db.tx("stats", write=False) as cur:
-            groups = cur.execute(
-                "SELECT region, type, (raised_at + ?) / 86400000 AS day_n, COUNT(*) AS n "
-                f"FROM alarms{clause} GROUP BY 1, 2, 3",  # by position: one bound offset
-                (day_offset_ms, *params)).all()
-            disp_rows = cur.execute(
-                f"SELECT disposition, COUNT(*) AS n FROM alarms{clause}"
-                + (" AND " if clause else " WHERE ") + "closed_at IS NOT NULL "
-                "GROUP BY disposition", params).all()
-            ack = [int(r["d"]) for r in cur.execute(
-                f"SELECT acknowledged_at - recorded_at AS d FROM alarms{clause}"
-                + (" AND " if clause else " WHERE ") + "acknowledged_at IS NOT NULL",
-                params).all()]
-            closed = [int(r["d"]) for r in cur.execute(
-                f"SELECT closed_at - recorded_at AS d FROM alarms{clause}"
-                + (" AND " if clause else " WHERE ") + "closed_at IS NOT NULL", params).all()]
-        counts: dict[tuple[str, str, str], int] = defaultdict(int)
-        by_region: dict[str, int] = defaultdict(int)
-        by_type: dict[str, int] = defaultdict(int)
-        by_day: dict[str, int] = defaultdict(int)
-        for g in groups:
-            day = _day(int(g["day_n"]) * DAY_MS, 0)
-            n = int(g["n"])
-            counts[(g["region"], g["type"], day)] += n
-            by_region[g["region"]] += n
-            by_type[g["type"]] += n
-            by_day[day] += n
-        dispositions: dict[str, int] = {d: 0 for d in DISPOSITIONS}
-        for r in disp_rows:
-            dispositions[r["disposition"]] = int(r["n"])
-        n_closed = len(closed)
-        share = {d: (c / n_closed if n_closed else None) for d, c in dispositions.items()}
-        false_n = sum(dispositions[d] for d in FALSE_ALARM_DISPOSITIONS)
-        return {
-            "from_ms": from_ms, "to_ms": to_ms, "regions": regions,
-            "day_offset_ms": day_offset_ms,
-            "total": sum(by_region.values()),
-            "counts": [{"region": k[0], "type": k[1], "day": k[2], "count": v}
-                       for k, v in sorted(counts.items())],
-            "by_region": dict(sorted(by_region.items())),
-            "by_type": dict(sorted(by_type.items())),
-            "by_day": dict(sorted(by_day.items())),
-            "acknowledged": len(ack),
-            "closed": n_closed,
-            "median_ack_ms": statistics.median(ack) if ack else None,
-            "median_close_ms": statistics.median(closed) if closed else None,
-            "dispositions": dispositions,
-            "disposition_share": share,
-            "false_alarm_share": (false_n / n_closed) if n_closed else None,
-        }

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from alarms.db import Database, StoreError, as_list, count, int_ms, placeholders
+from alarms.db import Database, StoreError, Where, as_list, count, int_ms
 
 # Columns of a track row, in the order record_fixes accepts tuples.
 TRACK_COLUMNS = ("device_id", "subject_id", "region", "ts", "lat", "lon", "acc", "src",
@@ -107,45 +107,34 @@ class TrackStore:
         device ids; or pass ``subject_id=`` explicitly. Rows: device_id, subject_id, region,
         ts, lat, lon, acc, src, received_at.
         """
-        where: list[str] = []
-        params: list[Any] = []
+        where = Where()
         if subject_id is not None:
-            where.append(_SUBJECT_FIXES)
-            params += [subject_id, subject_id]
+            where.add(_SUBJECT_FIXES, subject_id, subject_id)
         if isinstance(key, str):
-            where.append(f"(device_id = ? OR {_SUBJECT_FIXES})")
-            params += [key, key, key]
+            where.add(f"(device_id = ? OR {_SUBJECT_FIXES})", key, key, key)
         elif key is not None:
-            devices = as_list(key, "device ids") or []
-            if not devices:
+            where.one_of("device_id", as_list(key, "device ids") or [])
+            if where.nothing:
                 return []
-            where.append("device_id IN " + placeholders(len(devices)))
-            params += devices
-        if not where:
+        if not where.conditions:
             raise StoreError("track needs a device id, a list of device ids or a subject_id")
         if from_ms is not None:
-            where.append("ts >= ?")
-            params.append(int_ms(from_ms, "from_ms"))
+            where.add("ts >= ?", int_ms(from_ms, "from_ms"))
         if to_ms is not None:
-            where.append("ts <= ?")
-            params.append(int_ms(to_ms, "to_ms"))
+            where.add("ts <= ?", int_ms(to_ms, "to_ms"))
         with self._tracks_db.tx("track", write=False) as cur:
-            return cur.execute(f"SELECT {TRACK_COLS} FROM tracks WHERE "
-                               + " AND ".join(where) + " ORDER BY ts, device_id LIMIT ?",
-                               (*params, count(limit, "limit"))).all()
+            return cur.execute(f"SELECT {TRACK_COLS} FROM tracks{where.sql} "
+                               "ORDER BY ts, device_id LIMIT ?",
+                               (*where.params, count(limit, "limit"))).all()
 
     def last_positions(self, regions: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Each device's newest stored fix (rows as in :meth:`track`), by device id."""
-        regions = as_list(regions, "regions")
-        where, params = "", []
-        if regions is not None:
-            if not regions:
-                return []
-            where = " WHERE region IN " + placeholders(len(regions))
-            params = regions
+        where = Where().regions(regions)
+        if where.nothing:
+            return []
         with self._tracks_db.tx("last positions", write=False) as cur:
-            return cur.execute(f"SELECT {TRACK_COLS} FROM positions{where} "
-                               "ORDER BY device_id", params).all()
+            return cur.execute(f"SELECT {TRACK_COLS} FROM positions{where.sql} "
+                               "ORDER BY device_id", where.params).all()
 
     def purge_tracks(self, before_ms: int) -> int:
         """Delete fixes (and newest positions) with ts < ``before_ms``; returns fixes deleted.

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from alarms.db import Cursor, Database, StoreError, as_list, count, int_ms
+from alarms.db import Cursor, Database, StoreError, Where, as_list, count, int_ms
 from alarms.schema import REGION_CODE, ROLES
 from contract.errors import EmfenceError
 
@@ -228,16 +228,14 @@ class UserStore:
                       ip: str | None = None) -> int:
         """Failed (or still unfinished) login attempts since ``since_ms`` for a name and/or
         an address."""
-        where, params = ["ok = 0", "at >= ?"], [int_ms(since_ms, "since_ms")]
+        where = Where("ok = 0", "at >= ?", params=[int_ms(since_ms, "since_ms")])
         if name is not None:
-            where.append("name = ?")
-            params.append(name)
+            where.add("name = ?", name)
         if ip is not None:
-            where.append("ip = ?")
-            params.append(ip)
+            where.add("ip = ?", ip)
         with self._db.tx("failed logins", write=False) as cur:
-            return int(cur.execute("SELECT COUNT(*) FROM login_attempts WHERE "
-                                   + " AND ".join(where), params).scalar())
+            return int(cur.execute(f"SELECT COUNT(*) FROM login_attempts{where.sql}",
+                                   where.params).scalar())
 
     def purge_login_attempts(self, before_ms: int) -> int:
         """Delete login attempts older than ``before_ms`` (they hold addresses: personal
@@ -266,26 +264,20 @@ class UserStore:
 
         Page with ``before_id`` (the last row's id).
         """
-        where: list[str] = []
-        params: list[Any] = []
+        where = Where()
         for column, value in (("who", who), ("action", action), ("target", target)):
             if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
+                where.add(f"{column} = ?", value)
         if since_ms is not None:
-            where.append("at >= ?")
-            params.append(int_ms(since_ms, "since_ms"))
+            where.add("at >= ?", int_ms(since_ms, "since_ms"))
         if until_ms is not None:
-            where.append("at < ?")
-            params.append(int_ms(until_ms, "until_ms"))
+            where.add("at < ?", int_ms(until_ms, "until_ms"))
         if before_id is not None:
-            where.append("id < ?")
-            params.append(int(before_id))
-        clause = (" WHERE " + " AND ".join(where)) if where else ""
+            where.add("id < ?", int(before_id))
         with self._db.tx("audit log", write=False) as cur:
             rows = cur.execute(f"SELECT id, at, who, action, target, detail, ip FROM audit"
-                               f"{clause} ORDER BY id DESC LIMIT ?",
-                               (*params, count(limit, "limit"))).all()
+                               f"{where.sql} ORDER BY id DESC LIMIT ?",
+                               (*where.params, count(limit, "limit"))).all()
         for r in rows:
             r["detail"] = None if r["detail"] is None else orjson.loads(r["detail"])
         return rows
