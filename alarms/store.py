@@ -1,22 +1,35 @@
-"""The alarm store: alarms, their actions, the event log + outbox, tracks, users, audit,
-and each engine worker's checkpoint.
+"""The alarm store: :func:`open_store` and :class:`AlarmStore`, which composes the parts.
 
 ``open_store(url)`` opens (creating or migrating the schema) either
 
 - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``: the embedded
-  default, in WAL mode with ``synchronous=FULL`` (a committed alarm survives a power cut)
-  and a busy timeout. The location history (``tracks``, ``positions``) lives in a second
-  file beside it, ``path.tracks.db`` (:func:`tracks_path`), with the same schema: SQLite
-  has one writer per file, and the bulk track writes must never hold up an alarm's; or
+  default (:mod:`alarms.sqlite`). The location history (``tracks``, ``positions``) lives
+  in a second file beside it, ``path.tracks.db`` (:func:`tracks_path`), with the same
+  schema: SQLite has one writer per file, and the bulk track writes must never hold up
+  an alarm's; or
 - ``postgresql://user@host:port/db`` (or ``postgres://``): for deployments where several
-  engine workers and the console share one store.
+  engine workers and the console share one store (:mod:`alarms.postgres`).
 
-One schema serves both (``alarms/schema.py``); the only dialect differences are the
-placeholder style and three column types.
+One schema serves both (:mod:`alarms.schema`). Where each part lives:
+
+===========================  ==========================================================
+:mod:`alarms.db`             connections per thread, transactions, SQL helpers,
+                             :class:`StoreError`
+:mod:`alarms.events`         the event log and outbox (``record_events``, ``pending``,
+                             ``mark_delivered``, ``events_since``)
+:mod:`alarms.lifecycle`      the transition table; ``acknowledge``, ``close_alarm``,
+                             ``add_note``, ``escalate_due``
+:mod:`alarms.queries`        ``get_alarm``, ``actions``, ``list_alarms``, ``stats``
+:mod:`alarms.tracks`         ``record_fixes``, ``track``, ``last_positions``,
+                             ``purge_tracks``
+:mod:`alarms.users`          accounts, logins, the audit log
+:mod:`alarms.checkpoints`    each engine worker's checkpoint
+===========================  ==========================================================
 
 Threads: an :class:`AlarmStore` is synchronous and thread-safe. Each thread that uses it
 gets its own database connection, opened on first use (asyncio callers wrap calls in
-``asyncio.to_thread``); ``close()`` closes all of them. Every method is one transaction.
+``asyncio.to_thread``); :meth:`AlarmStore.close_store` closes all of them. Every method
+is one transaction.
 
 Time is always passed in (``now_ms``, epoch milliseconds UTC); the store reads the clock
 only to stamp when a schema migration ran (and when ``set_user_disabled`` is called
@@ -24,26 +37,17 @@ without ``now_ms``).
 
 A lost PostgreSQL connection (server restart, network cut) fails the call in progress
 with :class:`StoreError`; the next call opens a new connection.
-
-Ordering of the event log: ``seq`` grows with commit order, so a consumer that reads
-``events_since(last_seen_seq)`` never skips an event. SQLite gets this from its single
-writer; on PostgreSQL every transaction that appends events first takes one
-transaction-scoped advisory lock, because identity values are handed out at insert time
-and two concurrent transactions could otherwise commit seq 8 before seq 7.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Self
 
 from alarms import schema
 from alarms.checkpoints import CheckpointStore
-from alarms.db import Database as _Db
-from alarms.db import StoreError
-from alarms.db import redact as _redact
+from alarms.db import Database, StoreError, redact
 from alarms.events import EventLog
 from alarms.lifecycle import AlarmActionError, AlarmLifecycle
 from alarms.postgres import PostgresDatabase
@@ -54,8 +58,6 @@ from alarms.users import LoginAttempt, UserError, UserStore
 
 __all__ = ["TRACK_COLUMNS", "AlarmActionError", "AlarmStore", "LoginAttempt", "StoreError",
            "UserError", "open_store", "tracks_path"]
-
-log = logging.getLogger("emfence.alarms.store")
 
 
 def open_store(url: str) -> AlarmStore:
@@ -75,25 +77,19 @@ def open_store(url: str) -> AlarmStore:
     if url.startswith(("postgresql://", "postgres://")):
         return AlarmStore(PostgresDatabase(url))
     raise StoreError("store URL must start with sqlite:/// or postgresql://",
-                     where=_redact(url))
+                     where=redact(url))
 
-
-# --- dialects ---------------------------------------------------------------------------
-
-
-# --- helpers ----------------------------------------------------------------------------
-
-
-# --- the store --------------------------------------------------------------------------
 
 class AlarmStore(EventLog, AlarmLifecycle, AlarmQueries, TrackStore, UserStore,
                  CheckpointStore):
     """The durable store of alarms and everything the console needs; see the module doc.
 
-    Build it with :func:`open_store`. All times are epoch milliseconds (UTC).
+    Build it with :func:`open_store`. All times are epoch milliseconds (UTC). Its methods
+    come from one class per part (the module doc says which file holds which); they share
+    ``_db`` (and ``_tracks_db``, the same database except on SQLite).
     """
 
-    def __init__(self, db: _Db, *, tracks_db: _Db | None = None):
+    def __init__(self, db: Database, *, tracks_db: Database | None = None):
         self._db = db
         # tracks and positions (SQLite: a file of their own; see the module doc)
         self._tracks_db = tracks_db or db
@@ -105,7 +101,7 @@ class AlarmStore(EventLog, AlarmLifecycle, AlarmQueries, TrackStore, UserStore,
     # --- schema -------------------------------------------------------------------------
 
     @staticmethod
-    def _migrate(db: _Db) -> None:
+    def _migrate(db: Database) -> None:
         with db.tx("migrate schema") as cur:
             db.lock_migrations(cur)
             cur.execute(schema.SCHEMA_VERSION_TABLE)
