@@ -5,6 +5,12 @@ small SQL helpers they share.
 One subclass per dialect: :mod:`alarms.sqlite`, :mod:`alarms.postgres`. The rest of the
 store (events, lifecycle, queries, tracks, users, checkpoints) sees only
 :class:`Database` and :class:`Cursor`, and writes ``?`` placeholders whatever the dialect.
+
+Closing: :meth:`Database.close` refuses new transactions, then waits (up to
+``close_timeout_s``) for the transactions other threads are running to end before it
+closes their connections: closing a SQLite connection under a statement running on
+another thread can crash the interpreter. A transaction still running when the wait
+gives up keeps its connection, which its own thread closes when it ends.
 """
 
 from __future__ import annotations
@@ -50,11 +56,16 @@ class Database:
 
     dialect = ""
     errors: tuple[type[BaseException], ...] = ()
+    # How long close() waits for other threads' transactions to end (seconds).
+    close_timeout_s = 10.0
 
     def __init__(self) -> None:
         self._local = threading.local()
-        self._all: list[Any] = []
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._all: dict[Any, int] = {}  # every open connection -> the thread that owns it
+        self._active: dict[int, int] = {}  # thread -> transactions it is inside
+        self._orphans: dict[Any, int] = {}  # still in use when close() gave up waiting
         self._closed = False
 
     # --- the dialect's part -------------------------------------------------------------
@@ -103,23 +114,32 @@ class Database:
     # --- connections and transactions ---------------------------------------------------
 
     def conn(self) -> Any:
+        """This thread's connection, opened on first use."""
         if self._closed:
             raise StoreError("store is closed")
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()
-            self._local.conn = conn
             with self._lock:
-                self._all.append(conn)
+                if self._closed:  # closed while connecting: nobody else will close it
+                    self._close_quietly(conn)
+                    raise StoreError("store is closed")
+                self._all[conn] = threading.get_ident()
+            self._local.conn = conn
         return conn
+
+    def _close_quietly(self, conn: Any) -> None:
+        try:
+            conn.close()
+        except self.errors as exc:  # closing is best effort; say why it failed
+            log.warning("closing a store connection failed: %s", exc)
 
     def _discard(self, conn: Any) -> None:
         """Forget this thread's broken connection, so the next call opens a new one."""
         if getattr(self._local, "conn", None) is conn:
             self._local.conn = None
         with self._lock:
-            if conn in self._all:
-                self._all.remove(conn)
+            self._all.pop(conn, None)
         try:
             conn.close()
         except self.errors:
@@ -145,6 +165,31 @@ class Database:
                 raise StoreError(f"{op}: cannot begin a transaction: {exc}") from exc
         raise AssertionError("unreachable")
 
+    def _enter(self, op: str) -> None:
+        """Count this thread into a transaction; refused once the store is closing."""
+        me = threading.get_ident()
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"{op}: store is closed")
+            self._active[me] = self._active.get(me, 0) + 1
+
+    def _leave(self) -> None:
+        """Count this thread out; after a close that gave up waiting, close what it left."""
+        me = threading.get_ident()
+        leftovers = []
+        with self._lock:
+            depth = self._active.pop(me) - 1
+            if depth:
+                self._active[me] = depth
+            elif self._orphans:
+                leftovers = [c for c, owner in self._orphans.items() if owner == me]
+                for c in leftovers:
+                    del self._orphans[c]
+            self._idle.notify_all()
+        for c in leftovers:
+            self._local.conn = None
+            self._close_quietly(c)
+
     @contextmanager
     def tx(self, op: str, write: bool = True) -> Iterator[Cursor]:
         """One transaction; any database error becomes a StoreError naming ``op``.
@@ -152,35 +197,48 @@ class Database:
         A connection that breaks during the transaction is discarded (the transaction is
         lost as a whole; the caller may retry and the next call reconnects).
         """
-        conn = self._begin_fresh(op, write)
+        self._enter(op)
         try:
-            yield Cursor(self, conn.cursor())
-        except BaseException as exc:
+            conn = self._begin_fresh(op, write)
             try:
-                self._rollback(conn)
-            except self.errors:
-                pass  # the connection is broken; the original error is what matters
-            if self._broken(conn):
-                self._discard(conn)
-            if isinstance(exc, self.errors):
-                raise StoreError(f"{op}: {exc}") from exc
-            raise
-        try:
-            self._commit(conn)
-        except self.errors as exc:
-            if self._broken(conn):
-                self._discard(conn)
-            raise StoreError(f"{op}: commit failed: {exc}") from exc
+                yield Cursor(self, conn.cursor())
+            except BaseException as exc:
+                try:
+                    self._rollback(conn)
+                except self.errors:
+                    pass  # the connection is broken; the original error is what matters
+                if self._broken(conn):
+                    self._discard(conn)
+                if isinstance(exc, self.errors):
+                    raise StoreError(f"{op}: {exc}") from exc
+                raise
+            try:
+                self._commit(conn)
+            except self.errors as exc:
+                if self._broken(conn):
+                    self._discard(conn)
+                raise StoreError(f"{op}: commit failed: {exc}") from exc
+        finally:
+            self._leave()
 
     def close(self) -> None:
+        """Refuse new transactions, wait for running ones, close every connection."""
+        me = threading.get_ident()
         with self._lock:
             self._closed = True
-            conns, self._all = self._all, []
+            # (a transaction of this very thread cannot end while it waits here)
+            done = self._idle.wait_for(lambda: not self._active.keys() - {me},
+                                       self.close_timeout_s)
+            busy = set(self._active) - {me}
+            conns = [c for c, owner in self._all.items() if owner not in busy]
+            self._orphans.update({c: o for c, o in self._all.items() if o in busy})
+            self._all = {}
+        if not done:
+            log.warning("closing the store: %d thread(s) still inside a transaction after "
+                        "%.0f s; each closes its connection when it ends", len(busy),
+                        self.close_timeout_s)
         for conn in conns:
-            try:
-                conn.close()
-            except self.errors as exc:  # closing is best effort; say why it failed
-                log.warning("closing a store connection failed: %s", exc)
+            self._close_quietly(conn)
 
 
 class Cursor:
