@@ -121,13 +121,17 @@ class AlarmStore(EventLog, AlarmLifecycle, AlarmQueries, TrackStore, UserStore,
             return int(cur.execute("SELECT MAX(version) FROM schema_version").scalar() or 0)
 
     def close_store(self) -> None:
-        """Close every connection this store opened (in any thread). An operator closing
-        an alarm is :meth:`close_alarm`."""
+        """Close every connection this store opened (in any thread), after waiting for the
+        transactions other threads are running; later calls raise :class:`StoreError`.
+        An operator filing an alarm is :meth:`close_alarm`, not this."""
         self._db.close()
         if self._tracks_db is not self._db:
             self._tracks_db.close()
 
-    close = close_store
+    def close(self) -> None:
+        """:meth:`close_store`, under the usual name for releasing a resource (so that
+        ``contextlib.closing(store)`` works). It closes the store, never an alarm."""
+        self.close_store()
 
     def __enter__(self) -> Self:
         return self
