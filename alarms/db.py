@@ -176,16 +176,16 @@ class Database:
     def _leave(self) -> None:
         """Count this thread out; after a close that gave up waiting, close what it left."""
         me = threading.get_ident()
-        leftovers = []
         with self._lock:
             depth = self._active.pop(me) - 1
             if depth:
                 self._active[me] = depth
-            elif self._orphans:
-                leftovers = [c for c, owner in self._orphans.items() if owner == me]
-                for c in leftovers:
-                    del self._orphans[c]
+            if not self._closed:
+                return  # nobody waits (close() sets _closed before it waits)
             self._idle.notify_all()
+            leftovers = [] if depth else [c for c, o in self._orphans.items() if o == me]
+            for c in leftovers:
+                del self._orphans[c]
         for c in leftovers:
             self._local.conn = None
             self._close_quietly(c)
