@@ -14,6 +14,7 @@ then the action row, the published event and the audit row are written beside it
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 import orjson
@@ -65,6 +66,25 @@ REFUSALS: dict[tuple[str, str], str] = {
 }
 
 
+def _steps_by_action() -> dict[str, list[tuple[str, Step]]]:
+    """For each action, the states it is allowed in and the step it takes from each."""
+    out: dict[str, list[tuple[str, Step]]] = {}
+    for (before, action), step in TRANSITIONS.items():
+        out.setdefault(action, []).append((before, step))
+    return out
+
+
+_STEPS = _steps_by_action()
+
+
+@lru_cache(maxsize=256)
+def _update_sql(columns: tuple[str, ...], where_sql: str) -> str:
+    """The claim's UPDATE, conditional on the workflow state (built once per shape: it is
+    on every operator action)."""
+    return ("UPDATE alarms SET " + ", ".join(f"{c} = ?" for c in columns) + where_sql
+            + (" AND " if where_sql else " WHERE ") + f"workflow = ? RETURNING {ALARM_COLUMNS}")
+
+
 def _claim(cur: Cursor, action: str, sets: dict[str, Any], where: Where
            ) -> list[tuple[Step, dict[str, Any]]]:
     """Move the alarms ``where`` selects by ``action``: each alarm claimed, as updated,
@@ -76,14 +96,11 @@ def _claim(cur: Cursor, action: str, sets: dict[str, Any], where: Where
     claiming one alarm, the second finds it moved and matches nothing.
     """
     claimed = []
-    for (before, act), step in TRANSITIONS.items():
-        if act != action:
-            continue
+    where_sql = where.sql
+    for before, step in _STEPS[action]:
         assignments = ({"workflow": step.after} if step.after != before else {}) | sets
-        claim = where.also().add("workflow = ?", before)
-        rows = cur.execute("UPDATE alarms SET " + ", ".join(f"{c} = ?" for c in assignments)
-                           + f"{claim.sql} RETURNING {ALARM_COLUMNS}",
-                           (*assignments.values(), *claim.params)).all()
+        rows = cur.execute(_update_sql(tuple(assignments), where_sql),
+                           (*assignments.values(), *where.params, before)).all()
         claimed += [(step, row) for row in rows]
     return claimed
 
