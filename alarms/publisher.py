@@ -204,22 +204,7 @@ class OutboxPublisher:
         try:
             while True:
                 wake.clear()
-                rows: list[tuple[int, str, bytes]] = []
-                if self._read_store:
-                    self._read_store = False
-                    rows = await self._read_pending()
-                while self._handed:
-                    row = self._handed.popleft()
-                    if row[0] not in self._recent:  # a read of the store may have sent it
-                        rows.append(row)
-                for row in rows:
-                    if row[0] in self._busy:
-                        continue
-                    await slots.acquire()
-                    self._busy.add(row[0])
-                    task = asyncio.create_task(self._send(client, row, slots))
-                    sends.add(task)
-                    task.add_done_callback(sends.discard)
+                await self._start_sends(client, slots, sends)
                 if self._read_store or self._handed:
                     continue  # a full page was read, or more arrived while sending
                 # Not asyncio.wait_for: on Python 3.11 it returns the wake-up and drops a
@@ -231,18 +216,44 @@ class OutboxPublisher:
                 except TimeoutError:
                     self._read_store = True
         finally:
-            for task in list(sends):
-                task.cancel()
-            await asyncio.gather(*sends, return_exceptions=True)
-            marker.cancel()
-            await asyncio.gather(marker, return_exceptions=True)
-            # What the broker acknowledged need not be sent again, even now.
-            acked, self._acked = self._acked, []
-            if acked:
-                await self._mark(acked)
-            # A mark still running in a thread may complete after this: such an event is
-            # at worst published once more by the next run (a duplicate, never a loss).
-            self._busy.clear()
+            await self._wind_down(sends, marker)
+
+    async def _start_sends(self, client: aiomqtt.Client, slots: asyncio.Semaphore,
+                           sends: set[asyncio.Task]) -> None:
+        """One round of :meth:`run`: read the store if due, take the rows :meth:`offer`
+        handed over, and start publishing each one not already in flight (waiting for a
+        free slot of the window)."""
+        rows: list[tuple[int, str, bytes]] = []
+        if self._read_store:
+            self._read_store = False
+            rows = await self._read_pending()
+        while self._handed:
+            row = self._handed.popleft()
+            if row[0] not in self._recent:  # a read of the store may have sent it
+                rows.append(row)
+        for row in rows:
+            if row[0] in self._busy:
+                continue
+            await slots.acquire()
+            self._busy.add(row[0])
+            task = asyncio.create_task(self._send(client, row, slots))
+            sends.add(task)
+            task.add_done_callback(sends.discard)
+
+    async def _wind_down(self, sends: set[asyncio.Task], marker: asyncio.Task) -> None:
+        """The end of :meth:`run`: stop publishing, mark what the broker acknowledged."""
+        for task in list(sends):
+            task.cancel()
+        await asyncio.gather(*sends, return_exceptions=True)
+        marker.cancel()
+        await asyncio.gather(marker, return_exceptions=True)
+        # What the broker acknowledged need not be sent again, even now.
+        acked, self._acked = self._acked, []
+        if acked:
+            await self._mark(acked)
+        # A mark still running in a thread may complete after this: such an event is
+        # at worst published once more by the next run (a duplicate, never a loss).
+        self._busy.clear()
 
     def offer(self, rows: Iterable[tuple[int, str, bytes]]) -> None:
         """Publish these just-stored outbox rows ``(seq, topic, payload)`` now

@@ -20,7 +20,13 @@ edit a released version: append a new one.
 
 from __future__ import annotations
 
+import re
+
 from contract.alarms import ALARM_TYPES
+
+# A region code (users' regions, events' region): it ends up in an MQTT topic level, so
+# no '/', '+', '#' or spaces.
+REGION_CODE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 # alarm types the engine raises (DESIGN.md wire contract)
 # events in the log: the engine's two, and the three the operator workflow adds

@@ -56,7 +56,8 @@ def test_fixes_as_dicts_and_numpy_values(store):
 
 def test_a_fix_sent_twice_is_stored_once(store):
     store.record_fixes([fix("BR-1", 1_000, lat=29.0)])
-    store.record_fixes([fix("BR-1", 1_000, lat=31.0), fix("BR-1", 2_000)])  # store-and-forward resend
+    # a store-and-forward resend
+    store.record_fixes([fix("BR-1", 1_000, lat=31.0), fix("BR-1", 2_000)])
     t = store.track("BR-1", 0, 5_000)
     assert [(r["ts"], r["lat"]) for r in t] == [(1_000, 29.0), (2_000, 29.0)]
 
@@ -233,7 +234,8 @@ def test_schema_2_moves_subject_lookups_off_the_tracks_index(tmp_path):
         assert [(r["device_id"], r["ts"]) for r in store.track("S-1", 0, 9_000)] == [
             ("BR-1", 1_000), ("PH-1", 2_000)]
         with sqlite3.connect(tracks_path(path)) as db:
-            names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+            names = {r[0] for r in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert "tracks_subject_ts" not in names and "tracks_ts" in names
     finally:
         store.close_store()
