@@ -14,7 +14,8 @@ from sim_helpers import FAST_TOML, START_MS, fast_config, fleet
 from emfence.replay import main as replay_main
 from ingest.decode import PayloadError, decode_fix_payload, decode_status_payload, parse_topic
 from simulators.cli import write_truth_header
-from simulators.scenario import EXPECTED, Simulation
+from simulators.events import EXPECTED
+from simulators.scenario import Simulation
 from simulators.score import read_alarms, read_truth, score
 
 
