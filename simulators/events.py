@@ -166,7 +166,8 @@ class EventInjector:
         for d in fleet.devices_of(s):
             self.truth.append(TruthEvent(kind, fleet.device_ids[d], fleet.subject_ids[s], zone,
                                          start, end, expect,
-                                         {"out_m": round(float(shapely.distance(Point(target), fleet.allowed_any_m[s])), 1)}
+                                         {"out_m": round(float(shapely.distance(
+                                             Point(target), fleet.allowed_any_m[s])), 1)}
                                          if kind == "excursion" else {}))
         return True
 
@@ -192,8 +193,8 @@ class EventInjector:
 
     def _truth(self, what, d, start, end, expect=None, zone=None, **detail) -> None:
         s = int(self.fleet.device_subject[d])
-        self.truth.append(TruthEvent(what, self.fleet.device_ids[d], self.fleet.subject_ids[s], zone,
-                                     int(start), int(end), expect, detail))
+        self.truth.append(TruthEvent(what, self.fleet.device_ids[d], self.fleet.subject_ids[s],
+                                     zone, int(start), int(end), expect, detail))
 
     def _ev_silent(self, s, rng, warm, tail) -> bool:
         d = self._device(s, rng)
@@ -271,7 +272,8 @@ class EventInjector:
         ta = self._window(rng, 0, warm, tail)
         if d is None or ta is None:
             return False
-        reason, payload = MALFORMED[len([e for e in self.truth if e.what == "malformed"]) % len(MALFORMED)]
+        reason, payload = MALFORMED[len([e for e in self.truth if e.what == "malformed"])
+                                    % len(MALFORMED)]
         if reason == "lat_out_of_range":
             payload = orjson.dumps({"ts": ta, "lat": 132.99, "lon": 112.5, "acc": 10})
         elif reason == "array_too_long":
@@ -290,7 +292,8 @@ class EventInjector:
         d = self._device(s, rng)
         free = {int(x) for x in self._free}
         others = [t for t in range(self.fleet.n_devices)
-                  if self.fleet.device_subject[t] != s and int(self.fleet.device_subject[t]) in free]
+                  if self.fleet.device_subject[t] != s
+                  and int(self.fleet.device_subject[t]) in free]
         ta = self._window(rng, 3 * self.interval_ms, warm, tail)
         if d is None or not others or ta is None:
             return False
@@ -301,10 +304,12 @@ class EventInjector:
         _, y0, x1, y1 = allowed.bounds
         far = (x1 + 20_000.0, (y0 + y1) / 2)  # 20 km east of the county's bounding box
         lon, lat = self.fleet.frame.to_deg(np.array([far[0]]), np.array([far[1]]))
-        fixes = [{"ts": 0, "lat": round(float(lat[0]), 7), "lon": round(float(lon[0]), 7), "acc": 5.0}
+        fixes = [{"ts": 0, "lat": round(float(lat[0]), 7), "lon": round(float(lon[0]), 7),
+                  "acc": 5.0}
                  for _ in range(3)]
         self._script(d).oneshots.append((ta, "spoof", (victim, fixes)))
-        self.truth.append(TruthEvent("spoof", self.fleet.device_ids[victim], self.fleet.subject_ids[vs],
+        self.truth.append(TruthEvent("spoof", self.fleet.device_ids[victim],
+                                     self.fleet.subject_ids[vs],
                                      None, ta, int(ta + 3 * self.interval_ms), None,
                                      {"by": self.fleet.device_ids[d]}))
         return True

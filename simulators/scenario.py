@@ -117,7 +117,8 @@ class Simulation:
                 "rules.offline_after_s")
 
     def slot_ms(self, m) -> np.ndarray:
-        return self.start_ms + (np.asarray(m, dtype=np.float64) * 1000.0 / self.rate).astype(np.int64)
+        return self.start_ms + (np.asarray(m, dtype=np.float64) * 1000.0
+                                / self.rate).astype(np.int64)
 
     @property
     def end_ms(self) -> int:
@@ -179,13 +180,14 @@ class Simulation:
             fix = None
             if src[k] != SRC_NONE and not status_slot[k]:
                 self.seq[d] += 1
-                fix = {"ts": ts, "lat": lat[k], "lon": lon[k], "acc": acc[k], "src": SOURCES[src[k]],
-                       "seq": int(self.seq[d])}
+                fix = {"ts": ts, "lat": lat[k], "lon": lon[k], "acc": acc[k],
+                       "src": SOURCES[src[k]], "seq": int(self.seq[d])}
                 if coord[k] == COORD_GCJ02:
                     fix["coord_sys"] = "gcj02"
             if sc is None:
                 if fix is not None:
-                    out.append(Outgoing(d, device_topic(regions[d], ids[d], "fix"), orjson.dumps(fix), "fix", ts))
+                    out.append(Outgoing(d, device_topic(regions[d], ids[d], "fix"),
+                                        orjson.dumps(fix), "fix", ts))
                 else:
                     out.append(Outgoing(d, device_topic(regions[d], ids[d], "status"),
                                         orjson.dumps(self._status(d, ts)), "status", ts))
@@ -217,7 +219,8 @@ class Simulation:
         # unless an event says so (``status_override``).
         hours = (ts - self.start_ms) / 3_600_000 * self.model.time_scale
         battery = float(self.battery0[d] - 2.0 * hours)
-        status = {"ts": ts, "battery": int(max(battery, 40.0)), "strap": "ok", "charging": battery < 40.0}
+        status = {"ts": ts, "battery": int(max(battery, 40.0)), "strap": "ok",
+                  "charging": battery < 40.0}
         if self.fleet.device_kind[d] == "phone":
             del status["strap"]
         if sc is not None:
@@ -226,7 +229,8 @@ class Simulation:
                     status.update(fields)
         return status
 
-    def _scripted(self, d: int, ts: int, fix: dict | None, sc: DeviceScript, out: list[Outgoing]) -> None:
+    def _scripted(self, d: int, ts: int, fix: dict | None, sc: DeviceScript,
+                  out: list[Outgoing]) -> None:
         ids, region = self.fleet.device_ids, self.fleet.device_region[d]
         fix_topic = device_topic(region, ids[d], "fix")
         if any(a <= ts < b for a, b in sc.silent):
@@ -269,5 +273,6 @@ class Simulation:
                 victim, fixes = arg
                 for i, f in enumerate(fixes):
                     f = dict(f, ts=ts + i)
-                    out.append(Outgoing(d, device_topic(self.fleet.device_region[victim], ids[victim], "fix"),
+                    out.append(Outgoing(d, device_topic(self.fleet.device_region[victim],
+                                                        ids[victim], "fix"),
                                         orjson.dumps(f), "spoof", ts))
