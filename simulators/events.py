@@ -10,16 +10,12 @@ drawn from the generator it is given, so a seed gives the same events.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 import shapely
 from shapely.geometry import LineString, Point
 from shapely.ops import nearest_points
-
-if TYPE_CHECKING:
-    from simulators.scenario import Simulation
 
 MOVEMENT_EVENTS = ("excursion", "exclusion_entry")
 DEVICE_EVENTS = ("silent", "store_forward", "strap_open", "low_battery", "clock_skew",
@@ -76,9 +72,14 @@ class DeviceScript:
 
 
 class EventInjector:
-    """Places injected events on a :class:`~simulators.scenario.Simulation` being built."""
+    """Places injected events on a :class:`~simulators.scenario.Simulation` being built.
 
-    def __init__(self, sim: Simulation) -> None:
+    ``sim`` is not annotated: this module sits below scenario.py, which imports it. The
+    injector reads the simulation's ``fleet``, ``model``, ``config``, ``interval_ms``,
+    ``start_ms``, ``end_ms`` and ``offline_after_ms(subject)``, and fills its
+    ``scripts``, ``truth`` and ``skipped``."""
+
+    def __init__(self, sim) -> None:
         self.sim = sim
         self.fleet = sim.fleet
         self.model = sim.model
