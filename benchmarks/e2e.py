@@ -44,10 +44,9 @@ import sys
 import time
 from pathlib import Path
 
-import aiomqtt
 import orjson
 
-from contract.topics import device_topic, health_topic
+from benchmarks.e2e_consumers import BareProcess, EngineCounter, bare_subscriber
 
 BENCH_CONFIG = """\
 # benchmarks/e2e.py: health every half second (the benchmark reads the engine's message
@@ -60,111 +59,6 @@ restart_grace_s = 5
 
 def log(msg: str) -> None:
     print(f"[e2e] {msg}", file=sys.stderr, flush=True)
-
-
-# -- the bare subscriber (a subprocess) ----------------------------------------------------
-
-async def _bare_subscriber(port: int, username: str, password: str) -> None:
-    """Subscribe to every fix and status (QoS 1), decode each payload, print the count."""
-    count = 0
-    bad = 0
-    async with aiomqtt.Client("127.0.0.1", port, username=username, password=password,
-                              identifier=f"bench-bare-{os.getpid()}", clean_session=True,
-                              max_queued_incoming_messages=0) as c:
-        await c.subscribe(device_topic("+", "+", "fix"), qos=1)
-        await c.subscribe(device_topic("+", "+", "status"), qos=1)
-        print("ready", flush=True)
-
-        async def report() -> None:
-            while True:
-                await asyncio.sleep(0.05)
-                print(f"count {count} {bad}", flush=True)
-
-        reporter = asyncio.create_task(report())
-        try:
-            async for msg in c.messages:
-                try:
-                    orjson.loads(msg.payload)
-                except orjson.JSONDecodeError:
-                    bad += 1
-                count += 1
-        finally:
-            reporter.cancel()
-
-
-class BareProcess:
-    """The bare subscriber subprocess and its latest count (read from its stdout)."""
-
-    def __init__(self, port: int, username: str, password_file: Path):
-        self.count = 0
-        self.proc = None
-        self.args = [sys.executable, "-m", "benchmarks.e2e", "--bare-subscriber", str(port),
-                     "--bare-username", username, "--bare-password-file", str(password_file)]
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(*self.args, stdout=subprocess.PIPE)
-        line = await asyncio.wait_for(self.proc.stdout.readline(), 30)
-        if line.strip() != b"ready":
-            raise RuntimeError(f"bare subscriber did not start: {line!r}")
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        while True:
-            line = await self.proc.stdout.readline()
-            if not line:
-                return
-            parts = line.split()
-            if parts and parts[0] == b"count":
-                self.count = int(parts[1])
-
-    async def received(self) -> int:
-        return self.count
-
-    async def stop(self) -> None:
-        if self.proc and self.proc.returncode is None:
-            self.proc.terminate()
-            await self.proc.wait()
-        self._reader.cancel()
-
-
-class EngineCounter:
-    """The engine's received-message counter, from its health messages (only the current
-    engine process's: an earlier engine's retained health, e.g. its final "offline" one,
-    has an older ``started_at``)."""
-
-    def __init__(self, rig):
-        self.rig = rig
-        self.health: dict = {}
-        self._task = None
-        self._ready = asyncio.Event()
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._watch())
-        await asyncio.wait_for(self._ready.wait(), 30)
-
-    async def _watch(self) -> None:
-        from simulators.live import ENGINE_NAME
-
-        async with aiomqtt.Client(self.rig.host, self.rig.port, username="emfence-console",
-                                  password=self.rig.passwords["emfence-console"]) as c:
-            await c.subscribe(health_topic(ENGINE_NAME), qos=1)
-            async for msg in c.messages:
-                health = orjson.loads(msg.payload)
-                if health.get("started_at", 0) < self.rig.engine_launched_ms:
-                    continue
-                self.health = health
-                self._ready.set()
-
-    async def received(self) -> int:
-        return int(self.health.get("counters", {}).get("messages", 0))
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, aiomqtt.MqttError):
-                pass
 
 
 def stage_latency(store_url: str, since_ms: int) -> dict:
@@ -200,31 +94,14 @@ def stage_latency(store_url: str, since_ms: int) -> dict:
 async def run_step(fleet, rig, consumer, rate: float, args, *, scenario="load", alarms_out=None,
                    truth=None, events_per_kind=None) -> dict:
     """Publish at ``rate`` for ``--step-s`` and see whether ``consumer`` kept up."""
-    from emfence.config import load_config
     from simulators.publisher import Publisher
-    from simulators.scenario import Simulation
-    from simulators.watch import watch_alarms
 
-    duration = args.step_s
-    if scenario != "load":
-        # An excursion lasts ~14 report intervals (out, 5 fixes beyond, back): the run must
-        # hold it between warm-up and tail, however slowly each device reports.
-        interval_s = fleet.n_devices / rate
-        duration = max(args.latency_s, 14 * interval_s + 15)
-    sim = Simulation(fleet, rate=rate, duration_s=duration, start_ms=int(time.time() * 1000) + 1500,
-                     config=load_config(rig.config_path), scenario=scenario, seed=args.seed,
-                     events_per_kind=events_per_kind, spoof_allowed=False)
+    sim = _simulation(fleet, rig, rate, args, scenario, events_per_kind)
     pub = Publisher(sim, rig.host, rig.port, username="emfence-loadgen",
                     password=rig.passwords["emfence-loadgen"], pool_size=args.pool, progress=False)
     watcher = wstop = None
     if alarms_out:
-        wstop, ready = asyncio.Event(), asyncio.Event()
-        # As the load generator's reader: the console account is the health counter's
-        # connection, and one account holds one connection.
-        watcher = asyncio.create_task(watch_alarms(rig.host, rig.port, stop=wstop, username="emfence-loadgen",
-                                                   password=rig.passwords["emfence-loadgen"],
-                                                   out=alarms_out, ready=ready))
-        await asyncio.wait_for(ready.wait(), 30)
+        watcher, wstop = await _watch_alarms(rig, alarms_out)
     await pub.connect()
     before = await consumer.received()
     try:
@@ -237,19 +114,60 @@ async def run_step(fleet, rig, consumer, rate: float, args, *, scenario="load", 
     if truth:
         from simulators.cli import append_truth_end
         append_truth_end(truth, stats)
-    end = time.monotonic()
-    target = before + stats.acked
-    caught_up_s = None
-    while time.monotonic() - end < args.drain_s:
-        if await consumer.received() >= target:
-            caught_up_s = time.monotonic() - end
-            break
-        await asyncio.sleep(0.05)
+    caught_up_s = await _catch_up_s(consumer, before + stats.acked, args.drain_s)
     got = await consumer.received() - before
     if watcher is not None:
         await asyncio.sleep(2.0)
         wstop.set()
         await watcher
+    return _step_result(rate, sim, stats, got, caught_up_s, args)
+
+
+def _simulation(fleet, rig, rate: float, args, scenario: str, events_per_kind):
+    """The simulation of one step, starting 1.5 s from now."""
+    from emfence.config import load_config
+    from simulators.scenario import Simulation
+
+    duration = args.step_s
+    if scenario != "load":
+        # An excursion lasts ~14 report intervals (out, 5 fixes beyond, back): the run must
+        # hold it between warm-up and tail, however slowly each device reports.
+        interval_s = fleet.n_devices / rate
+        duration = max(args.latency_s, 14 * interval_s + 15)
+    return Simulation(fleet, rate=rate, duration_s=duration,
+                      start_ms=int(time.time() * 1000) + 1500,
+                      config=load_config(rig.config_path), scenario=scenario, seed=args.seed,
+                      events_per_kind=events_per_kind, spoof_allowed=False)
+
+
+async def _watch_alarms(rig, alarms_out) -> tuple[asyncio.Task, asyncio.Event]:
+    """Start recording the alarm topics to ``alarms_out``; returns the task and its stop."""
+    from simulators.watch import watch_alarms
+
+    wstop, ready = asyncio.Event(), asyncio.Event()
+    # As the load generator's reader: the console account is the health counter's
+    # connection, and one account holds one connection.
+    watcher = asyncio.create_task(watch_alarms(rig.host, rig.port, stop=wstop,
+                                               username="emfence-loadgen",
+                                               password=rig.passwords["emfence-loadgen"],
+                                               out=alarms_out, ready=ready))
+    await asyncio.wait_for(ready.wait(), 30)
+    return watcher, wstop
+
+
+async def _catch_up_s(consumer, target: int, drain_s: float) -> float | None:
+    """Seconds until ``consumer`` has received ``target`` messages (None: not within
+    ``drain_s``)."""
+    end = time.monotonic()
+    while time.monotonic() - end < drain_s:
+        if await consumer.received() >= target:
+            return time.monotonic() - end
+        await asyncio.sleep(0.05)
+    return None
+
+
+def _step_result(rate: float, sim, stats, got: int, caught_up_s: float | None, args) -> dict:
+    """A step's figures, whether it was sustained and, if not, what limited it; logged."""
     secs = max((stats.ended_ms - stats.started_ms) / 1000.0, 1e-9)
     sustained = (stats.failed == 0 and stats.acked == stats.sent == sim.total_slots
                  and stats.lag_ms_max <= args.max_lag_ms
@@ -301,9 +219,8 @@ def engine_has_shapely_core() -> bool:
 async def bench(args) -> dict:
     from emfence.config import load_config  # noqa: F401 (fail early if the package is broken)
     from simulators.cli import load_simulation  # noqa: F401
-    from simulators.live import BARE_USER, prepare_run_dir, start_engine_process, start_rig
+    from simulators.live import BARE_USER, prepare_run_dir, start_rig
     from simulators.movement import Fleet
-    from simulators.score import read_alarms, read_truth, score
 
     t_start = time.monotonic()
     out = Path(args.out)
@@ -315,99 +232,134 @@ async def bench(args) -> dict:
     fleet = Fleet.build(orjson.loads(Path(subjects).read_bytes()), load_zones(str(zones)))
     rig = await asyncio.to_thread(start_rig, out, zones, subjects, config_path, secret, passwords,
                                   start_engine=False)
-    result: dict = {"subjects": fleet.n_subjects, "devices": fleet.n_devices, "step_s": args.step_s,
-                    "pool_connections": args.pool}
+    result: dict = {"subjects": fleet.n_subjects, "devices": fleet.n_devices,
+                    "step_s": args.step_s, "pool_connections": args.pool}
     try:
         if args.latency_rate is None:
             bare = BareProcess(rig.port, BARE_USER, out / f"{BARE_USER}.password")
             await bare.start()
             try:
-                bare_max, bare_steps = await ramp(fleet, rig, bare, args, "bare aiomqtt subscriber")
+                bare_max, bare_steps = await ramp(fleet, rig, bare, args,
+                                                  "bare aiomqtt subscriber")
             finally:
                 await bare.stop()
             result["bare_fixes_per_s"] = bare_max
             result["bare_steps"] = bare_steps
-
-        cores = [("numba", [])]
-        if args.shapely and args.latency_rate is None:
-            if engine_has_shapely_core():
-                cores.append(("shapely", ["--core", "shapely"]))
-            else:
-                result["shapely_note"] = "emfence run has no --core option: shapely engine not measured"
-        for core, core_args in cores:
-            log(f"starting emfence run ({core} core)")
-            # The shapely core keeps no checkpoints; the numba engine runs as deployed, with
-            # one (its acknowledgements wait for it), so the comparison favours shapely.
-            await asyncio.to_thread(start_engine_process, rig, core_args=core_args,
-                                    checkpoint=core == "numba")
-            counter = EngineCounter(rig)
-            await counter.start()
-            try:
-                acked_before = await counter.received()
-                if args.latency_rate is None:
-                    engine_max, steps = await ramp(fleet, rig, counter, args, f"emfence run ({core})")
-                else:  # only the latency run, at the given rate
-                    engine_max, steps = args.latency_rate / 0.8, []
-                latency = None
-                if core == "numba" and engine_max > 0:
-                    rate = 0.8 * engine_max
-                    log(f"latency at {rate:.0f}/s (excursions scenario)")
-                    alarms_path, truth_path = out / "latency-alarms.jsonl", out / "latency-truth.jsonl"
-                    alarms_path.unlink(missing_ok=True)
-                    latency_from_ms = int(time.time() * 1000)
-                    step = await run_step(fleet, rig, counter, rate, args, scenario="excursions",
-                                          alarms_out=alarms_path, truth=truth_path,
-                                          events_per_kind=args.events)
-                    steps.append({**step, "latency_run": True})
-                    latency = score(read_truth(truth_path), read_alarms(str(alarms_path)))
-                    # Read now: the shapely engine starts on a fresh store.
-                    latency["stages"] = stage_latency(rig.store_url, latency_from_ms)
-                sent_total = sum(s["acked"] for s in steps)
-                deadline = time.monotonic() + 30
-                while (await counter.received()) - acked_before < sent_total and time.monotonic() < deadline:
-                    await asyncio.sleep(0.2)
-                lost = sent_total - ((await counter.received()) - acked_before)
-            finally:
-                await counter.stop()
-                code = await asyncio.to_thread(rig.stop_engine)
-            if core == "numba":
-                result.update({"lost": lost, "engine_steps": steps, "engine_exit": code})
-                if args.latency_rate is None:
-                    result["max_fixes_per_s"] = engine_max
-                if latency is not None:
-                    result.update({"p50_ms": latency["latency"]["p50_ms"],
-                                   "p95_ms": latency["latency"]["p95_ms"],
-                                   "p99_ms": latency["latency"]["p99_ms"],
-                                   "latency_rate": round(0.8 * engine_max, 1),
-                                   "latency_caught_up_s": steps[-1]["caught_up_s"],
-                                   "latency_alarms": latency["latency"]["n"],
-                                   "latency_stages": latency["stages"],
-                                   "latency_missed": latency["missed"],
-                                   "latency_false": latency["false"]})
-            else:
-                result.update({f"{core}_max_fixes_per_s": engine_max, f"{core}_lost": lost,
-                               f"{core}_steps": steps})
+        for core, core_args in _cores(args, result):
+            await _bench_engine(fleet, rig, args, out, core, core_args, result)
     finally:
         await asyncio.to_thread(rig.close)
-    bare_max = result.get("bare_fixes_per_s") or 0
-    result["ratio"] = round(result.get("max_fixes_per_s", 0) / bare_max, 3) if bare_max else None
-    if result.get("shapely_max_fixes_per_s"):
-        result["numba_over_shapely"] = round(result["max_fixes_per_s"] / result["shapely_max_fixes_per_s"], 2)
-    limits = {s.get("limited_by") for s in result.get("bare_steps", []) if not s["sustained"]}
-    result["bare_limited_by"] = sorted(x for x in limits if x)
-    result["machine"] = {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
-                         "python": platform.python_version(), "platform": platform.platform()}
+    _summarise(result)
     result["elapsed_s"] = round(time.monotonic() - t_start, 1)
     return result
 
 
+def _cores(args, result: dict) -> list[tuple[str, list[str]]]:
+    """The engine cores to measure, with their `emfence run` options."""
+    cores = [("numba", [])]
+    if args.shapely and args.latency_rate is None:
+        if engine_has_shapely_core():
+            cores.append(("shapely", ["--core", "shapely"]))
+        else:
+            result["shapely_note"] = ("emfence run has no --core option: shapely engine not "
+                                      "measured")
+    return cores
+
+
+async def _bench_engine(fleet, rig, args, out: Path, core: str, core_args: list[str],
+                        result: dict) -> None:
+    """Ramp `emfence run` with ``core`` (and, for numba, the latency run); into ``result``."""
+    from simulators.live import start_engine_process
+
+    log(f"starting emfence run ({core} core)")
+    # The shapely core keeps no checkpoints; the numba engine runs as deployed, with
+    # one (its acknowledgements wait for it), so the comparison favours shapely.
+    await asyncio.to_thread(start_engine_process, rig, core_args=core_args,
+                            checkpoint=core == "numba")
+    counter = EngineCounter(rig)
+    await counter.start()
+    try:
+        acked_before = await counter.received()
+        if args.latency_rate is None:
+            engine_max, steps = await ramp(fleet, rig, counter, args, f"emfence run ({core})")
+        else:  # only the latency run, at the given rate
+            engine_max, steps = args.latency_rate / 0.8, []
+        latency = None
+        if core == "numba" and engine_max > 0:
+            latency = await _latency_run(fleet, rig, counter, 0.8 * engine_max, args, out, steps)
+        lost = await _lost(counter, acked_before, sum(s["acked"] for s in steps))
+    finally:
+        await counter.stop()
+        code = await asyncio.to_thread(rig.stop_engine)
+    if core != "numba":
+        result.update({f"{core}_max_fixes_per_s": engine_max, f"{core}_lost": lost,
+                       f"{core}_steps": steps})
+        return
+    result.update({"lost": lost, "engine_steps": steps, "engine_exit": code})
+    if args.latency_rate is None:
+        result["max_fixes_per_s"] = engine_max
+    if latency is not None:
+        result.update({"p50_ms": latency["latency"]["p50_ms"],
+                       "p95_ms": latency["latency"]["p95_ms"],
+                       "p99_ms": latency["latency"]["p99_ms"],
+                       "latency_rate": round(0.8 * engine_max, 1),
+                       "latency_caught_up_s": steps[-1]["caught_up_s"],
+                       "latency_alarms": latency["latency"]["n"],
+                       "latency_stages": latency["stages"],
+                       "latency_missed": latency["missed"],
+                       "latency_false": latency["false"]})
+
+
+async def _latency_run(fleet, rig, counter, rate: float, args, out: Path,
+                       steps: list[dict]) -> dict:
+    """The excursions scenario at ``rate``, scored (its step appended to ``steps``)."""
+    from simulators.score import read_alarms, read_truth, score
+
+    log(f"latency at {rate:.0f}/s (excursions scenario)")
+    alarms_path, truth_path = out / "latency-alarms.jsonl", out / "latency-truth.jsonl"
+    alarms_path.unlink(missing_ok=True)
+    latency_from_ms = int(time.time() * 1000)
+    step = await run_step(fleet, rig, counter, rate, args, scenario="excursions",
+                          alarms_out=alarms_path, truth=truth_path,
+                          events_per_kind=args.events)
+    steps.append({**step, "latency_run": True})
+    latency = score(read_truth(truth_path), read_alarms(str(alarms_path)))
+    # Read now: the shapely engine starts on a fresh store.
+    latency["stages"] = stage_latency(rig.store_url, latency_from_ms)
+    return latency
+
+
+async def _lost(counter, acked_before: int, sent_total: int) -> int:
+    """Messages the broker acknowledged that the engine has not received after up to 30 s."""
+    deadline = time.monotonic() + 30
+    while ((await counter.received()) - acked_before < sent_total
+           and time.monotonic() < deadline):
+        await asyncio.sleep(0.2)
+    return sent_total - ((await counter.received()) - acked_before)
+
+
+def _summarise(result: dict) -> None:
+    """The ratios, what limited the bare subscriber, and the machine, into ``result``."""
+    bare_max = result.get("bare_fixes_per_s") or 0
+    result["ratio"] = round(result.get("max_fixes_per_s", 0) / bare_max, 3) if bare_max else None
+    if result.get("shapely_max_fixes_per_s"):
+        result["numba_over_shapely"] = round(
+            result["max_fixes_per_s"] / result["shapely_max_fixes_per_s"], 2)
+    limits = {s.get("limited_by") for s in result.get("bare_steps", []) if not s["sustained"]}
+    result["bare_limited_by"] = sorted(x for x in limits if x)
+    result["machine"] = {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+                         "python": platform.python_version(), "platform": platform.platform()}
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.e2e",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--json", action="store_true", help="one JSON object on the last line of stdout")
     p.add_argument("--out", default="bench-out/e2e", help="run folder (default bench-out/e2e)")
     p.add_argument("--subjects", type=int, default=2000)
     p.add_argument("--step-s", type=float, default=10.0, help="seconds per ramp step (default 10)")
-    p.add_argument("--latency-s", type=float, default=25.0, help="length of the latency run (default 25)")
+    p.add_argument("--latency-s", type=float, default=25.0,
+                   help="length of the latency run (default 25)")
     p.add_argument("--start-rate", type=float, default=500.0)
     p.add_argument("--max-rate", type=float, default=128_000.0)
     p.add_argument("--bisect", type=int, default=2, help="bisection steps after the first failure")
@@ -434,13 +386,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.bare_subscriber:
         pw = Path(args.bare_password_file).read_text().splitlines()[0].strip()
         try:
-            asyncio.run(_bare_subscriber(args.bare_subscriber, args.bare_username, pw))
+            asyncio.run(bare_subscriber(args.bare_subscriber, args.bare_username, pw))
         except KeyboardInterrupt:
             pass
         return 0
     from simulators.live import POOL_ACCOUNTS
     if not 1 <= args.pool <= POOL_ACCOUNTS:
-        p.error(f"--pool must be 1 ... {POOL_ACCOUNTS} (the broker has one account per connection)")
+        p.error(f"--pool must be 1 ... {POOL_ACCOUNTS} (the broker has one account per "
+                "connection)")
     # The simulator shares this process with nothing else; one numba thread leaves the
     # other cores to the broker and the engine.
     import numba

@@ -74,7 +74,8 @@ def build_fleet(n_devices: int, n_circles: int, seed: int = 1):
     for k, c in enumerate(circle_county.tolist()):
         lon, lat = pools[c][rng.integers(0, len(pools[c]))]
         circles.append({"type": "Feature",
-                        "properties": {"zone_id": f"X-{k}", "radius_m": float(rng.uniform(200, 800))},
+                        "properties": {"zone_id": f"X-{k}",
+                                       "radius_m": float(rng.uniform(200, 800))},
                         "geometry": {"type": "Point", "coordinates": [float(lon), float(lat)]}})
     zones = compile_zones(counties + load_zones({"type": "FeatureCollection", "features": circles}))
     subjects = []
@@ -84,7 +85,8 @@ def build_fleet(n_devices: int, n_circles: int, seed: int = 1):
         k = int(subj_circle[s])
         county = counties[int(circle_county[k])].zone_id
         subjects.append({"subject_id": f"S-{s}", "region": county, "level": LEVELS[s % 3],
-                         "devices": [{"device_id": f"B-{s}"}, {"device_id": f"P-{s}", "kind": "phone"}],
+                         "devices": [{"device_id": f"B-{s}"},
+                                     {"device_id": f"P-{s}", "kind": "phone"}],
                          "inclusion": [county], "exclusion": [f"X-{k}"]})
     # Per device: where its fixes come from.
     county_of_device = np.repeat(circle_county[subj_circle], 2)
@@ -392,24 +394,29 @@ def bench_replay(zones, subjects, fixes, n_lines: int, repeat: int) -> dict:
             "replay_vs_parse_validate": round(times["parse_validate"] / times["replay"], 3)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.engine", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--devices", type=int, default=100_000)
     p.add_argument("--fixes", type=int, default=1_000_000)
-    p.add_argument("--circles", type=int, default=2000, help="exclusion circles shared by subjects")
+    p.add_argument("--circles", type=int, default=2000,
+                   help="exclusion circles shared by subjects")
     p.add_argument("--sweep-devices", type=int, default=1_000_000)
     p.add_argument("--replay-lines", type=int, default=300_000)
     p.add_argument("--shapely-fixes", type=int, default=20_000,
                    help="fixes for the ShapelyEngine comparison (0: skip)")
     p.add_argument("--repeat", type=int, default=3)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+def run(args: argparse.Namespace) -> dict:
+    """Every measurement of the benchmark, as the dict ``--json`` prints."""
     import numba
 
     t = time.perf_counter()
-    zones, subjects, pools, county_of, circle_xy, circle_of = build_fleet(args.devices, args.circles)
+    zones, subjects, pools, county_of, circle_xy, circle_of = build_fleet(args.devices,
+                                                                          args.circles)
     lines = [z.geometry.boundary for z in zones.zones[: len(pools)]]
     walking = make_fixes(args.fixes, args.devices, pools, county_of, circle_xy, circle_of, True,
                          lines)
@@ -437,39 +444,52 @@ def main(argv: list[str] | None = None) -> int:
     result["bytes_per_device"] = result["process_batch"][0]["bytes_per_device"]
     result["targets"] = {
         "fixes_per_s_min": 2_000_000,
-        "fixes_per_s_met": result["process_batch"][1]["fixes_per_s"] >= 2_000_000,  # walking, 100 k
+        # walking, 100 k
+        "fixes_per_s_met": result["process_batch"][1]["fixes_per_s"] >= 2_000_000,
         "scattered_fixes_per_s_met": result["process_batch"][3]["fixes_per_s"] >= 2_000_000,
         "sweep_ms_max": 5.0,
         "sweep_ms_met": result["sweep"]["full_pass_ms_median"] <= 5.0,
         "bytes_per_device_max": 256,
         "bytes_per_device_met": result["bytes_per_device"] <= 256,
     }
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    print(f"engine benchmark: {args.devices} devices, {result['zones']} zones, "
-          f"numba threads {result['numba_threads']}")
+    return result
+
+
+def format_text(result: dict) -> str:
+    """The readable table of a :func:`run` result."""
+    lines = [(f"engine benchmark: {result['devices']} devices, {result['zones']} zones, "
+              f"numba threads {result['numba_threads']}")]
     for r in result["process_batch"]:
-        print(f"  process_batch {r['tracks']:<9} batch {r['batch']:>6}: "
-              f"{r['fixes_per_s'] / 1e6:6.2f} M fixes/s  (settled {r['settled_share']:.0%}, "
-              f"grid {r['grid_share']:.0%}, {r['events']} events, "
-              f"{r['event_dicts_share']:.0%} of the time in event dicts)")
+        lines.append(f"  process_batch {r['tracks']:<9} batch {r['batch']:>6}: "
+                     f"{r['fixes_per_s'] / 1e6:6.2f} M fixes/s  "
+                     f"(settled {r['settled_share']:.0%}, "
+                     f"grid {r['grid_share']:.0%}, {r['events']} events, "
+                     f"{r['event_dicts_share']:.0%} of the time in event dicts)")
     sb = result["small_batches"]
-    print("  small batches (us per call, median): " + ", ".join(
+    lines.append("  small batches (us per call, median): " + ", ".join(
         f"{k.removesuffix('_us')} {v}" for k, v in sb.items()))
     sw = result["sweep"]
-    print(f"  sweep {sw['devices']} devices: full pass {sw['full_pass_ms_median']} ms "
-          f"(max {sw['full_pass_ms_max']}), 1 % due {sw['full_pass_1pct_due_ms_median']} ms, "
-          f"nothing due {sw['early_out_ms_median']} ms")
-    print(f"  state: {result['bytes_per_device']} bytes per device")
+    lines.append(f"  sweep {sw['devices']} devices: full pass {sw['full_pass_ms_median']} ms "
+                 f"(max {sw['full_pass_ms_max']}), 1 % due "
+                 f"{sw['full_pass_1pct_due_ms_median']} ms, "
+                 f"nothing due {sw['early_out_ms_median']} ms")
+    lines.append(f"  state: {result['bytes_per_device']} bytes per device")
     rp = result["replay"]
-    print(f"  replay {rp['lines']} lines: {rp['replay_lines_per_s']} lines/s; parse only "
-          f"{rp['parse_only_lines_per_s']} ({rp['replay_vs_parse_only']}x), parse + validate "
-          f"{rp['parse_validate_lines_per_s']} ({rp['replay_vs_parse_validate']}x)")
+    lines.append(f"  replay {rp['lines']} lines: {rp['replay_lines_per_s']} lines/s; parse only "
+                 f"{rp['parse_only_lines_per_s']} ({rp['replay_vs_parse_only']}x), "
+                 f"parse + validate "
+                 f"{rp['parse_validate_lines_per_s']} ({rp['replay_vs_parse_validate']}x)")
     for label, r in result.get("shapely_core", {}).items():
-        print(f"  shapely_core {label}: {r['shapely_fixes_per_s']} fixes/s vs numba "
-              f"{r['numba_fixes_per_s']} ({r['numba_vs_shapely']}x)")
-    print(f"  targets met: {result['targets']}")
+        lines.append(f"  shapely_core {label}: {r['shapely_fixes_per_s']} fixes/s vs numba "
+                     f"{r['numba_fixes_per_s']} ({r['numba_vs_shapely']}x)")
+    lines.append(f"  targets met: {result['targets']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    result = run(args)
+    print(json.dumps(result) if args.json else format_text(result))
     return 0
 
 

@@ -176,7 +176,8 @@ def run_mixed(compiled, zones, *, points: int, n_zones: int, repeats: int, seed:
     }
 
 
-def run_distance(compiled, zones, *, points: int, min_vertices: int, repeats: int, seed: int) -> dict:
+def run_distance(compiled, zones, *, points: int, min_vertices: int, repeats: int,
+                 seed: int) -> dict:
     """The ``distance`` case: metres from points near big counties to the county.
 
     Points are uniform in each county's bounding box grown by 0.05 degrees (~5 km), so
@@ -197,9 +198,11 @@ def run_distance(compiled, zones, *, points: int, min_vertices: int, repeats: in
     for k, zi in enumerate(chosen):
         lon0, lat0 = (float(v) for v in compiled.arrays.zone_tm[zi, :2])
         tr = pyproj.Transformer.from_crs(
-            "EPSG:4326", f"+proj=tmerc +lat_0={lat0!r} +lon_0={lon0!r} +k=1 +x_0=0 +y_0=0 +ellps=WGS84",
+            "EPSG:4326",
+            f"+proj=tmerc +lat_0={lat0!r} +lon_0={lon0!r} +k=1 +x_0=0 +y_0=0 +ellps=WGS84",
             always_xy=True)
-        g = shapely.transform(zones[zi].geometry, lambda c, tr=tr: np.column_stack(tr.transform(c[:, 0], c[:, 1])))
+        g = shapely.transform(zones[zi].geometry,
+                              lambda c, tr=tr: np.column_stack(tr.transform(c[:, 0], c[:, 1])))
         shapely.prepare(g)
         projected.append(g)
         sl = slice(k * per_zone, (k + 1) * per_zone)
@@ -238,8 +241,10 @@ def run(*, points: int = 1_000_000, min_vertices: int = 1000, mixed_points: int 
     t0 = time.perf_counter()
     compiled = compile_zones(zones)
     compile_s = time.perf_counter() - t0
-    single = run_single(compiled, zones, points=points, min_vertices=min_vertices, repeats=repeats, seed=seed)
-    mixed = run_mixed(compiled, zones, points=mixed_points, n_zones=mixed_zones, repeats=repeats, seed=seed)
+    single = run_single(compiled, zones, points=points, min_vertices=min_vertices,
+                        repeats=repeats, seed=seed)
+    mixed = run_mixed(compiled, zones, points=mixed_points, n_zones=mixed_zones,
+                      repeats=repeats, seed=seed)
     distance = run_distance(compiled, zones, points=distance_points, min_vertices=min_vertices,
                             repeats=repeats, seed=seed)
     return {
@@ -266,8 +271,8 @@ def _table(r: dict) -> str:
     d = r["distance"]
     rows = [
         ("case", "points", "zones", "emfence pts/s", "shapely pts/s", "ratio", "mismatches"),
-        (f"single (>= {r['vertices_min']} vertices)", r["points"], r["zones"], r["emfence_points_per_s"],
-         r["shapely_points_per_s"], r["ratio"], r["mismatches"]),
+        (f"single (>= {r['vertices_min']} vertices)", r["points"], r["zones"],
+         r["emfence_points_per_s"], r["shapely_points_per_s"], r["ratio"], r["mismatches"]),
         ("mixed (own zone per point)", m["points"], m["zones"], m["emfence_points_per_s"],
          m["shapely_points_per_s"], m["ratio"], m["mismatches"]),
         ("distance_m (near the counties)", d["points"], d["zones"], d["emfence_points_per_s"],
@@ -281,22 +286,31 @@ def _table(r: dict) -> str:
 
     cells = [[fmt(v) for v in row] for row in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(row, widths)))
+             for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("")
-    lines.append(f"emfence: numba {r['machine']['numba']}, {r['threads']} threads; shapely {r['machine']['shapely']} "
-                 f"(GEOS {r['machine']['geos']}), one thread, prepared polygons; mixed case shapely: {m['shapely_method']}")
-    lines.append(f"CPU time per point (all threads), single case: emfence {r['emfence_cpu_ns_per_point']:.1f} ns, "
+    lines.append(f"emfence: numba {r['machine']['numba']}, {r['threads']} threads; "
+                 f"shapely {r['machine']['shapely']} "
+                 f"(GEOS {r['machine']['geos']}), one thread, prepared polygons; "
+                 f"mixed case shapely: {m['shapely_method']}")
+    lines.append(f"CPU time per point (all threads), single case: "
+                 f"emfence {r['emfence_cpu_ns_per_point']:.1f} ns, "
                  f"shapely {r['shapely_cpu_ns_per_point']:.1f} ns (ratio {r['cpu_ratio']:.1f})")
-    lines.append(f"polygons: {r['vertices_min']}..{r['vertices_max']} vertices; zone set compiled in {r['compile_s']:.2f} s")
+    lines.append(f"polygons: {r['vertices_min']}..{r['vertices_max']} vertices; "
+                 f"zone set compiled in {r['compile_s']:.2f} s")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.kernel", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.kernel",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
-    p.add_argument("--points", type=int, default=1_000_000, help="points in the single case (split over the counties)")
-    p.add_argument("--min-vertices", type=int, default=1000, help="single case: counties with at least this many vertices")
+    p.add_argument("--points", type=int, default=1_000_000,
+                   help="points in the single case (split over the counties)")
+    p.add_argument("--min-vertices", type=int, default=1000,
+                   help="single case: counties with at least this many vertices")
     p.add_argument("--mixed-points", type=int, default=100_000)
     p.add_argument("--mixed-zones", type=int, default=100)
     p.add_argument("--distance-points", type=int, default=100_000)

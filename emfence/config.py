@@ -55,7 +55,8 @@ class PerLevel:
 class RulesConfig:
     # A fix is *out* when its distance to the allowed region exceeds max(buffer_m, acc).
     buffer_m: float = 50.0
-    # Consecutive *out* fixes that raise `outbound` (uncertain fixes neither count nor break the run).
+    # Consecutive *out* fixes that raise `outbound` (uncertain fixes neither count nor break
+    # the run).
     outbound_confirm_fixes: int = 2
     # Silence (by receive time) after which a device is `offline`, per level.
     offline_after_s: PerLevel = field(default_factory=lambda: PerLevel(600, 1800, 3600))
@@ -168,7 +169,8 @@ def _build(default: Any, data: dict[str, Any], prefix: str, source: str | None) 
     unknown = sorted(set(data) - set(known))
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ConfigError(f"unknown key; known keys: {', '.join(sorted(known))}", key=key, source=source)
+        raise ConfigError(f"unknown key; known keys: {', '.join(sorted(known))}", key=key,
+                          source=source)
     kwargs = {}
     for name in known:
         key = f"{prefix}.{name}" if prefix else name
@@ -205,10 +207,12 @@ def _check(config: Config, source: str | None) -> Config:
     if r.outbound_confirm_fixes < 1:
         raise ConfigError("must be at least 1", key="rules.outbound_confirm_fixes", source=source)
     if r.battery_clear_pct < r.battery_low_pct:
-        raise ConfigError("must be >= rules.battery_low_pct", key="rules.battery_clear_pct", source=source)
+        raise ConfigError("must be >= rules.battery_low_pct", key="rules.battery_clear_pct",
+                          source=source)
     i = config.ingest
     if i.reconnect_max_s < i.reconnect_min_s:
-        raise ConfigError("must be >= ingest.reconnect_min_s", key="ingest.reconnect_max_s", source=source)
+        raise ConfigError("must be >= ingest.reconnect_min_s", key="ingest.reconnect_max_s",
+                          source=source)
     if i.watchdog_s and i.watchdog_s < max(2 * i.health_interval_s, i.reconnect_max_s + 1):
         # The ping comes every health_interval_s and a reconnect attempt at least every
         # reconnect_max_s: a shorter watchdog would stop a healthy engine.

@@ -60,73 +60,74 @@ def _printer(t0_ms: list, names: dict[str, str]):
         extra = ""
         if ev.get("distance_m") is not None and ev.get("event") == "raised":
             extra = f", {ev['distance_m']:.0f} m"
-        lat = f", {ev['rx_ms'] - ev['at']} ms after the fix" if ev.get("event") == "raised" and ev.get("type") != "offline" else ""
+        lat = (f", {ev['rx_ms'] - ev['at']} ms after the fix"
+               if ev.get("event") == "raised" and ev.get("type") != "offline" else "")
         print(f"[{rel:6.1f} s] {ev['event'].upper():<8} {ev['type']:<11} {ev.get('subject_id')}/"
               f"{ev.get('device_id')}{where}{extra}{lat}", flush=True)
     return on_alarm
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m emfence.demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of simulated traffic (default 60)")
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m emfence.demo",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=float, default=60.0,
+                   help="seconds of simulated traffic (default 60)")
     p.add_argument("--subjects", type=int, default=300, help="subjects to generate (default 300)")
     p.add_argument("--rate", type=float, default=150.0, help="messages per second (default 150)")
     p.add_argument("--run-dir", default="demo-run", help="folder for everything the run writes")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--counties", help="comma-separated adcodes (default: 411303 and neighbours)")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    return p.parse_args(sys.argv[1:] if argv is None else argv)
 
+
+def _prepare(args: argparse.Namespace, run: Path):
+    """The run folder's files and the simulation over them (announced on stdout)."""
     from emfence.config import load_config
-    from simulators.cli import load_simulation, run_publish
-    from simulators.live import prepare_run_dir, start_rig
-    from simulators.score import format_text, read_alarms, read_truth, score
+    from simulators.cli import load_simulation
+    from simulators.live import prepare_run_dir
 
-    run = Path(args.run_dir)
     counties = [c for c in args.counties.split(",") if c] if args.counties else None
     print(f"emfence demo: preparing {args.subjects} subjects in {run}/ ...", flush=True)
     zones, subjects, config_path, secret, passwords = prepare_run_dir(
         run, subjects_n=args.subjects, seed=args.seed, counties=counties, config_toml=DEMO_CONFIG)
     config = load_config(config_path)
-    sim = load_simulation(zones, subjects, rate=args.rate, duration_s=args.duration, scenario="mixed",
-                          seed=args.seed, config=config, time_scale=30.0,
+    sim = load_simulation(zones, subjects, rate=args.rate, duration_s=args.duration,
+                          scenario="mixed", seed=args.seed, config=config, time_scale=30.0,
                           start_ms=int(time.time() * 1000) + 5_000)
     regions = Counter(sim.fleet.device_region)
-    print(f"emfence demo: {sim.fleet.n_subjects} subjects, {sim.n} devices in {len(regions)} counties "
-          f"({', '.join(f'{r}: {n}' for r, n in regions.most_common())}); every device reports "
-          f"every {sim.interval_ms / 1000:.1f} s; {len(sim.truth)} injected events", flush=True)
-    print("emfence demo: starting mosquitto and `emfence run` ...", flush=True)
-    try:
-        rig = start_rig(run, zones, subjects, config_path, secret, passwords)
-    except (RuntimeError, OSError) as exc:
-        print(f"emfence demo: could not start the broker and the engine: {exc}", file=sys.stderr)
-        return 1
-    names = _zone_names(zones)
+    print(f"emfence demo: {sim.fleet.n_subjects} subjects, {sim.n} devices in {len(regions)} "
+          f"counties ({', '.join(f'{r}: {n}' for r, n in regions.most_common())}); every "
+          f"device reports every {sim.interval_ms / 1000:.1f} s; {len(sim.truth)} injected "
+          "events", flush=True)
+    return zones, subjects, config_path, secret, passwords, sim
+
+
+def _publish(sim, rig, passwords: dict, names: dict[str, str], truth_path: Path,
+             alarms_path: Path):
+    """Publish the simulation until its end (or a signal), printing alarms as they come."""
+    from simulators.cli import run_publish
+
     t0 = [0]
-    truth_path = run / "truth.jsonl"
-    alarms_path = run / "alarms.jsonl"
-    alarms_path.unlink(missing_ok=True)
-    try:
-        print(f"emfence demo: broker {rig.broker.url}, engine pid {rig.engine.pid}, store {rig.store_url}",
-              flush=True)
-        print(f"emfence demo: publishing for {args.duration:g} s; alarms as the console receives them:",
-              flush=True)
 
-        async def go():
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            return await run_publish(
-                sim, rig.host, rig.port, credentials=rig.credentials(sim.fleet.device_ids),
-                truth=truth_path, alarms_out=alarms_path, alarms_user="emfence-console",
-                alarms_password=passwords["emfence-console"], linger_s=5.0, progress=True,
-                stop=stop, on_alarm=_printer(t0, names),
-                on_start=lambda s: t0.__setitem__(0, s.start_ms))  # after any shift
+    async def go():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await run_publish(
+            sim, rig.host, rig.port, credentials=rig.credentials(sim.fleet.device_ids),
+            truth=truth_path, alarms_out=alarms_path, alarms_user="emfence-console",
+            alarms_password=passwords["emfence-console"], linger_s=5.0, progress=True,
+            stop=stop, on_alarm=_printer(t0, names),
+            on_start=lambda s: t0.__setitem__(0, s.start_ms))  # after any shift
 
-        stats = asyncio.run(go())
-    finally:
-        code = rig.stop_engine()
-        rig.broker.close()
+    return asyncio.run(go())
+
+
+def _report(stats, code: int, run: Path, truth_path: Path, alarms_path: Path) -> None:
+    """What was sent, the alarms seen and the score against the ground truth."""
+    from simulators.score import format_text, read_alarms, read_truth, score
+
     print(f"\nemfence demo: sent {stats.sent} messages ({dict(stats.by_kind)}), acknowledged "
           f"{stats.acked}, failed {stats.failed}; engine exited with {code}", flush=True)
     alarms = read_alarms(str(alarms_path))
@@ -136,7 +137,36 @@ def main(argv: list[str] | None = None) -> int:
     print("score against the ground truth (emfence score):")
     print(format_text(result))
     print(f"\nfiles: {run}/ (zones.geojson, subjects.json, truth.jsonl, alarms.jsonl, alarms.db, "
-          f"alarms.tracks.db, engine.log); rescore with: emfence score --truth {truth_path} --alarms {alarms_path}")
+          f"alarms.tracks.db, engine.log); rescore with: emfence score --truth {truth_path} "
+          f"--alarms {alarms_path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    from simulators.live import start_rig
+
+    run = Path(args.run_dir)
+    zones, subjects, config_path, secret, passwords, sim = _prepare(args, run)
+    print("emfence demo: starting mosquitto and `emfence run` ...", flush=True)
+    try:
+        rig = start_rig(run, zones, subjects, config_path, secret, passwords)
+    except (RuntimeError, OSError) as exc:
+        print(f"emfence demo: could not start the broker and the engine: {exc}", file=sys.stderr)
+        return 1
+    names = _zone_names(zones)
+    truth_path = run / "truth.jsonl"
+    alarms_path = run / "alarms.jsonl"
+    alarms_path.unlink(missing_ok=True)
+    try:
+        print(f"emfence demo: broker {rig.broker.url}, engine pid {rig.engine.pid}, "
+              f"store {rig.store_url}", flush=True)
+        print(f"emfence demo: publishing for {args.duration:g} s; alarms as the console "
+              "receives them:", flush=True)
+        stats = _publish(sim, rig, passwords, names, truth_path, alarms_path)
+    finally:
+        code = rig.stop_engine()
+        rig.broker.close()
+    _report(stats, code, run, truth_path, alarms_path)
     return 0 if code == 0 else 1
 
 

@@ -177,9 +177,20 @@ def replay(lines: Iterable[bytes], engine: Any, out: IO[bytes], *, config: Confi
     events as JSON lines to ``out``. Returns the statistics (also filled in ``stats``)."""
     stats = stats or ReplayStats()
     run = _Run(engine, out, stats)
-    device_index = engine.registry.device_index
-    index_of = engine.registry._device_index.get  # device_index() without the method call
-    max_future_ms = config.ingest.max_future_ms
+    stats.lines = _feed(lines, run, config.ingest.max_future_ms, until_ms)
+    stats.records = stats.lines - stats.blank - stats.rejected_total - stats.after_until
+    run.finish(until_ms)
+    return stats
+
+
+def _feed(lines: Iterable[bytes], run: _Run, max_future_ms: int, until_ms: int | None) -> int:
+    """Validate each line and add its record to ``run`` (a batch through the engine every
+    ``BATCH_RECORDS``); refused lines and those after ``until_ms`` are counted in
+    ``run.stats``. Returns the number of lines read."""
+    stats = run.stats
+    registry = run.engine.registry
+    device_index = registry.device_index
+    index_of = registry._device_index.get  # device_index() without the method call
     loads = orjson.loads
     nan = float("nan")
     coord_codes = COORD_SYS_CODES
@@ -211,7 +222,8 @@ def replay(lines: Iterable[bytes], engine: Any, out: IO[bytes], *, config: Confi
             rx = obj.get("rx")
             if rx is None:
                 rx = ts
-            elif type(rx) is not int or rx < MIN_TS_MS or rx > MAX_TS_MS or ts - rx > max_future_ms:
+            elif (type(rx) is not int or rx < MIN_TS_MS or rx > MAX_TS_MS
+                  or ts - rx > max_future_ms):
                 raise ValueError
         except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
             _refused(line, lineno, stats, device_index, max_future_ms)
@@ -230,10 +242,7 @@ def replay(lines: Iterable[bytes], engine: Any, out: IO[bytes], *, config: Confi
         if pending >= BATCH_RECORDS:
             run.flush()
             pending = 0
-    stats.lines = lineno
-    stats.records = stats.lines - stats.blank - stats.rejected_total - stats.after_until
-    run.finish(until_ms)
-    return stats
+    return lineno
 
 
 def _parser() -> argparse.ArgumentParser:

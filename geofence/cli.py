@@ -187,7 +187,8 @@ def _cmd_check(args) -> int:
         print(
             f"{path}: ok: {len(zones)} zones ({len(zones) - circles} polygons, {circles} circles), "
             f"{a.vertex_lon.shape[0]} vertices, {a.ring_offsets.shape[0] - 1} rings, "
-            f"read in {', '.join(f'{c} ({n})' for c, n in per_crs.items()) or '-'}; grid {a.cell_state.shape[0]} cells, "
+            f"read in {', '.join(f'{c} ({n})' for c, n in per_crs.items()) or '-'}; "
+            f"grid {a.cell_state.shape[0]} cells, "
             f"{boundary:.1%} on a boundary"
         )
         if args.verbose:

@@ -340,36 +340,9 @@ def load_zones(source: str | Path | dict) -> list[Zone]:
     source, zone and problem; warns :class:`ZoneWarning` for repaired geometries.
     """
     data, label = _read_source(source)
-    if not isinstance(data, dict):
-        raise ZoneError(f"expected a GeoJSON FeatureCollection object, got {type(data).__name__}",
-                        source=label)
-    if data.get("type") == "Feature":
-        features = [data]
-    elif data.get("type") == "FeatureCollection":
-        features = data.get("features")
-        if not isinstance(features, list):
-            raise ZoneError("FeatureCollection has no 'features' list", source=label)
-    else:
-        raise ZoneError(f"expected a GeoJSON FeatureCollection, got type {data.get('type')!r}",
-                        source=label)
+    features = _features(data, label)
+    _check_coord_sys_declared(data, features, label)
     default_crs = data.get("coord_sys", "wgs84")
-    # A file that mixes coordinate systems says each feature's: a feature added by hand to
-    # a file with a collection-wide coord_sys (gcj02) must not silently inherit it (a
-    # GPS-surveyed point would land 500-600 m off), so once any feature there names its
-    # own, every feature must. Without a collection default, a feature is WGS-84 as in
-    # RFC 7946.
-    declared = [f for f in features
-                if isinstance(f, dict) and isinstance(f.get("properties"), dict)
-                and "coord_sys" in f["properties"]]
-    if "coord_sys" in data and declared and len(declared) != len(features):
-        missing = [_zone_id(f, i, label) if isinstance(f, dict) else f"#{i}"
-                   for i, f in enumerate(features) if not any(f is d for d in declared)]
-        raise ZoneError(
-            f"features {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} have no "
-            "properties.coord_sys while others have one: in a file that mixes coordinate "
-            "systems every feature says its own (wgs84 for GPS surveys, gcj02 for Chinese "
-            "map services)", source=label)
-
     zones: list[Zone] = []
     first_seen: dict[str, int] = {}
     for i, feature in enumerate(features):
@@ -382,36 +355,81 @@ def load_zones(source: str | Path | dict) -> list[Zone]:
                 source=label,
             )
         first_seen[zone_id] = i
-        props = feature.get("properties") or {}
-        if not isinstance(props, dict):
-            raise ZoneError("properties must be an object", zone_id=zone_id, source=label)
-        coord_sys = props.get("coord_sys", default_crs)
-        if not isinstance(coord_sys, str):
-            raise ZoneError(f"coord_sys must be a string, got {coord_sys!r}", zone_id=zone_id,
-                            source=label)
-        try:
-            crs = _resolve_crs(coord_sys)
-        except ValueError as exc:
-            raise ZoneError(str(exc), zone_id=zone_id, source=label) from None
-        geom = feature.get("geometry")
-        try:
-            if not isinstance(geom, dict):
-                # ValueError, not TypeError: it is the user's file, reported below as a
-                # ZoneError (a ValueError) like every other bad geometry.
-                raise ValueError("empty geometry (geometry is null)")  # noqa: TRY004
-            gtype = geom.get("type")
-            if gtype in ("Polygon", "MultiPolygon"):
-                geometry, circle = _polygon_zone(geom, crs, zone_id), None
-            elif gtype == "Point":
-                geometry, circle = _circle_zone(geom, props, crs)
-            else:
-                raise ValueError(f"geometry type {gtype!r} is not a zone (use Polygon, "
-                                 "MultiPolygon, or a Point with radius_m)")
-        except ValueError as exc:
-            raise ZoneError(str(exc), zone_id=zone_id, source=label) from None
-        # coord_sys described the input coordinates; the Zone is WGS-84 (source_crs keeps
-        # what it was), so it is not carried over where it could be applied twice.
-        kept = {k: v for k, v in props.items() if k != "coord_sys"}
-        zones.append(Zone(zone_id=zone_id, geometry=geometry, circle=circle, properties=kept,
-                          source_crs=crs.label))
+        zones.append(_feature_zone(feature, zone_id, default_crs, label))
     return zones
+
+
+def _features(data, label: str) -> list:
+    """The features of a parsed GeoJSON object: a FeatureCollection's, or one Feature."""
+    if not isinstance(data, dict):
+        raise ZoneError(f"expected a GeoJSON FeatureCollection object, got {type(data).__name__}",
+                        source=label)
+    if data.get("type") == "Feature":
+        return [data]
+    if data.get("type") == "FeatureCollection":
+        features = data.get("features")
+        if not isinstance(features, list):
+            raise ZoneError("FeatureCollection has no 'features' list", source=label)
+        return features
+    raise ZoneError(f"expected a GeoJSON FeatureCollection, got type {data.get('type')!r}",
+                    source=label)
+
+
+def _check_coord_sys_declared(data: dict, features: list, label: str) -> None:
+    """A file that mixes coordinate systems says each feature's.
+
+    A feature added by hand to a file with a collection-wide coord_sys (gcj02) must not
+    silently inherit it (a GPS-surveyed point would land 500-600 m off), so once any
+    feature there names its own, every feature must. Without a collection default, a
+    feature is WGS-84 as in RFC 7946.
+    """
+    declared = [f for f in features
+                if isinstance(f, dict) and isinstance(f.get("properties"), dict)
+                and "coord_sys" in f["properties"]]
+    if "coord_sys" in data and declared and len(declared) != len(features):
+        missing = [_zone_id(f, i, label) if isinstance(f, dict) else f"#{i}"
+                   for i, f in enumerate(features) if not any(f is d for d in declared)]
+        raise ZoneError(
+            f"features {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} have no "
+            "properties.coord_sys while others have one: in a file that mixes coordinate "
+            "systems every feature says its own (wgs84 for GPS surveys, gcj02 for Chinese "
+            "map services)", source=label)
+
+
+def _feature_zone(feature: dict, zone_id: str, default_crs, label: str) -> Zone:
+    """One Feature (already known to be one, with a unique id) as a WGS-84 Zone."""
+    props = feature.get("properties") or {}
+    if not isinstance(props, dict):
+        raise ZoneError("properties must be an object", zone_id=zone_id, source=label)
+    coord_sys = props.get("coord_sys", default_crs)
+    if not isinstance(coord_sys, str):
+        raise ZoneError(f"coord_sys must be a string, got {coord_sys!r}", zone_id=zone_id,
+                        source=label)
+    try:
+        crs = _resolve_crs(coord_sys)
+        geometry, circle = _feature_geometry(feature.get("geometry"), props, crs, zone_id)
+    except ValueError as exc:
+        raise ZoneError(str(exc), zone_id=zone_id, source=label) from None
+    # coord_sys described the input coordinates; the Zone is WGS-84 (source_crs keeps
+    # what it was), so it is not carried over where it could be applied twice.
+    kept = {k: v for k, v in props.items() if k != "coord_sys"}
+    return Zone(zone_id=zone_id, geometry=geometry, circle=circle, properties=kept,
+                source_crs=crs.label)
+
+
+def _feature_geometry(geom, props: dict, crs: _Crs, zone_id: str
+                      ) -> tuple[BaseGeometry, tuple[float, float, float] | None]:
+    """A feature's geometry in WGS-84, and its circle (lon, lat, radius_m) when a Point.
+
+    Raises ValueError for anything that is not a zone."""
+    if not isinstance(geom, dict):
+        # ValueError, not TypeError: it is the user's file, reported by the caller as a
+        # ZoneError (a ValueError) like every other bad geometry.
+        raise ValueError("empty geometry (geometry is null)")  # noqa: TRY004
+    gtype = geom.get("type")
+    if gtype in ("Polygon", "MultiPolygon"):
+        return _polygon_zone(geom, crs, zone_id), None
+    if gtype == "Point":
+        return _circle_zone(geom, props, crs)
+    raise ValueError(f"geometry type {gtype!r} is not a zone (use Polygon, "
+                     "MultiPolygon, or a Point with radius_m)")

@@ -270,7 +270,8 @@ def build_acl(accounts, template: str | Path | None = None, *,
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PasswordsError(f"{path}: cannot read the ACL template: {exc.strerror} (give the "
-                             "project's deploy/mosquitto/emfence.acl with --acl-template)") from None
+                             "project's deploy/mosquitto/emfence.acl with --acl-template)"
+                             ) from None
     lines = text.splitlines()
     users = {ln.split(None, 1)[1].strip(): i for i, ln in enumerate(lines)
              if ln.startswith("user ") and len(ln.split()) == 2}
@@ -316,7 +317,7 @@ def _engine_option(text: str) -> tuple[str, str]:
     return name, pw_file
 
 
-def main(argv: list[str]) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emfence mqtt-passwords",
         description="Build the mosquitto password file for every device of a subjects file "
@@ -355,7 +356,13 @@ def main(argv: list[str]) -> int:
                         help="also write device_id,region,subject_id,username,password for "
                              "provisioning (mode 0600; '-' for standard output)")
     parser.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
-                        help=f"PBKDF2 iterations (default {DEFAULT_ITERATIONS}, as mosquitto_passwd)")
+                        help=f"PBKDF2 iterations (default {DEFAULT_ITERATIONS}, "
+                             "as mosquitto_passwd)")
+    return parser
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.iterations < 1:
         parser.error("--iterations must be at least 1")
@@ -364,30 +371,75 @@ def main(argv: list[str]) -> int:
     workers = [name for name, _ in args.engine]
     if len(set(workers)) != len(workers):
         parser.error("--engine: each worker name once (every worker has its own account)")
+    return args
+
+
+def _read_devices(subjects: str) -> list[tuple[str, str, str]]:
+    """(device_id, region, subject_id) of every device of the subjects file."""
+    try:
+        data = orjson.loads(Path(subjects).read_bytes())
+    except OSError as exc:
+        raise PasswordsError(f"{subjects}: cannot read: {exc.strerror}") from None
+    except orjson.JSONDecodeError as exc:
+        raise PasswordsError(f"{subjects}: not valid JSON: {exc}") from None
+    return devices_of_subjects(data, subjects)
+
+
+def _service_accounts(args: argparse.Namespace, devices) -> dict[str, str]:
+    """Account -> password of every service account given a password file."""
+    services: dict[str, str] = {}
+    wanted = [(engine_account(name), pw_file, f"engine worker {name}")
+              for name, pw_file in args.engine]
+    wanted.append((args.console_user, args.console_password_file, "console"))
+    wanted += [(f"{CONSOLE_USER}-{name}", pw_file, f"reader {name}")
+               for name, pw_file in args.reader]
+    if args.loadgen_password_file:
+        wanted += [(user, args.loadgen_password_file, "load generator")
+                   for user in [LOADGEN_USER] + [loadgen_pool_account(LOADGEN_USER, k)
+                                                 for k in range(1, args.loadgen_pool + 1)]]
+    for user, pw_file, what in wanted:
+        if pw_file:
+            if any(user == d for d, _, _ in devices):
+                raise PasswordsError(f"{what} user {user!r} is also a device id")
+            services[user] = read_password_file(pw_file, what)
+    return services
+
+
+def _write_outputs(args: argparse.Namespace, devices, secret: bytes, services: dict[str, str],
+                   text: str, acl: str | None) -> None:
+    """Write the password file (or print it), the ACL and the credentials CSV asked for."""
+    if args.output:
+        warning = _write_private(Path(args.output), text, keep_existing=True)
+        print(f"wrote {len(devices)} devices and {len(services)} service accounts to "
+              f"{args.output}", file=sys.stderr)
+        if warning:
+            print(f"emfence mqtt-passwords: warning: {warning}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    if acl is not None:
+        warning = _write_private(Path(args.acl_output), acl, keep_existing=True)
+        print(f"wrote the ACL for {len(services)} service accounts to {args.acl_output}",
+              file=sys.stderr)
+        if warning:
+            print(f"emfence mqtt-passwords: warning: {warning}", file=sys.stderr)
+    if args.credentials_csv:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["device_id", "region", "subject_id", "username", "password"])
+        for did, region, sid in devices:
+            w.writerow([did, region, sid, did, device_password(secret, did)])
+        if args.credentials_csv == "-":
+            sys.stdout.write(buf.getvalue())
+        else:
+            _write_private(Path(args.credentials_csv), buf.getvalue())
+
+
+def main(argv: list[str]) -> int:
+    args = _parse_args(argv)
     try:
         secret = read_secret(args.secret_file)
-        try:
-            data = orjson.loads(Path(args.subjects).read_bytes())
-        except OSError as exc:
-            raise PasswordsError(f"{args.subjects}: cannot read: {exc.strerror}") from None
-        except orjson.JSONDecodeError as exc:
-            raise PasswordsError(f"{args.subjects}: not valid JSON: {exc}") from None
-        devices = devices_of_subjects(data, args.subjects)
-        services: dict[str, str] = {}
-        wanted = [(engine_account(name), pw_file, f"engine worker {name}")
-                  for name, pw_file in args.engine]
-        wanted.append((args.console_user, args.console_password_file, "console"))
-        wanted += [(f"{CONSOLE_USER}-{name}", pw_file, f"reader {name}")
-                   for name, pw_file in args.reader]
-        if args.loadgen_password_file:
-            wanted += [(user, args.loadgen_password_file, "load generator")
-                       for user in [LOADGEN_USER] + [loadgen_pool_account(LOADGEN_USER, k)
-                                                     for k in range(1, args.loadgen_pool + 1)]]
-        for user, pw_file, what in wanted:
-            if pw_file:
-                if any(user == d for d, _, _ in devices):
-                    raise PasswordsError(f"{what} user {user!r} is also a device id")
-                services[user] = read_password_file(pw_file, what)
+        devices = _read_devices(args.subjects)
+        services = _service_accounts(args, devices)
         text = build_password_file(devices, secret, services, args.iterations)
         acl = (build_acl(services, args.acl_template, roles={args.console_user: "console"})
                if args.acl_output else None)
@@ -400,30 +452,7 @@ def main(argv: list[str]) -> int:
               "logs in as emfence-NAME and this broker will refuse it (add --engine "
               "NAME=PASSWORD_FILE for every worker)", file=sys.stderr)
     try:
-        if args.output:
-            warning = _write_private(Path(args.output), text, keep_existing=True)
-            print(f"wrote {len(devices)} devices and {len(services)} service accounts to "
-                  f"{args.output}", file=sys.stderr)
-            if warning:
-                print(f"emfence mqtt-passwords: warning: {warning}", file=sys.stderr)
-        else:
-            sys.stdout.write(text)
-        if acl is not None:
-            warning = _write_private(Path(args.acl_output), acl, keep_existing=True)
-            print(f"wrote the ACL for {len(services)} service accounts to {args.acl_output}",
-                  file=sys.stderr)
-            if warning:
-                print(f"emfence mqtt-passwords: warning: {warning}", file=sys.stderr)
-        if args.credentials_csv:
-            buf = io.StringIO()
-            w = csv.writer(buf, lineterminator="\n")
-            w.writerow(["device_id", "region", "subject_id", "username", "password"])
-            for did, region, sid in devices:
-                w.writerow([did, region, sid, did, device_password(secret, did)])
-            if args.credentials_csv == "-":
-                sys.stdout.write(buf.getvalue())
-            else:
-                _write_private(Path(args.credentials_csv), buf.getvalue())
+        _write_outputs(args, devices, secret, services, text, acl)
     except OSError as exc:
         print(f"emfence mqtt-passwords: {exc.filename}: cannot write: {exc.strerror}",
               file=sys.stderr)

@@ -100,21 +100,52 @@ def generate_fleet(n_subjects: int, *, seed: int = 0, counties: list[str] | None
         raise GenerateError(f"the number of subjects must be at least 1, got {n_subjects}")
     fc = bundled_counties() if source is None else source
     feats = {f["properties"]["zone_id"]: f for f in fc["features"]}
-    if counties:
-        unknown = [c for c in counties if c not in feats]
-        if unknown:
-            raise GenerateError(f"unknown county adcode(s): {', '.join(unknown)} "
-                                f"(the bundled set has {len(feats)} Henan counties, 41xxxx)")
-        home_counties = list(dict.fromkeys(counties))
-    else:
-        home_counties = [DEFAULT_COUNTY] + county_neighbours(fc, DEFAULT_COUNTY)
+    home_counties = _home_counties(fc, feats, counties)
     rng = np.random.default_rng(seed)
     geoms = {c: shape(feats[c]["geometry"]) for c in home_counties}
 
     # Leave destinations: a neighbour of the subject's county (outside it, by definition).
     neighbours = {c: county_neighbours(fc, c) for c in home_counties}
+    venue_features, venues = _venues(home_counties, geoms, rng)
+    county_of = _county_of(home_counties, n_subjects, rng)
+    width = max(4, len(str(n_subjects)))
+    victim_features: list[dict] = []
+    subjects = []
+    leave_zones: set[str] = set()
+    for i in range(n_subjects):
+        county = county_of[i]
+        subject, victim_home = _subject(f"{i + 1:0{width}d}", county, rng, geoms[county],
+                                        venues[county], neighbours[county], start_ms)
+        if victim_home is not None:
+            victim_features.append(victim_home)
+        for leave in subject.get("leaves", ()):
+            leave_zones.update(leave["zones"])
+        subjects.append(subject)
 
-    # Prohibited venues, per county.
+    county_ids = list(dict.fromkeys(home_counties + sorted(leave_zones - set(home_counties))))
+    zones = {
+        "type": "FeatureCollection",
+        "coord_sys": "gcj02",
+        "source": fc.get("source", "bundled county boundaries"),
+        "features": _county_features(feats, county_ids) + victim_features + venue_features,
+    }
+    return GeneratedFleet(zones=zones, subjects={"subjects": subjects})
+
+
+def _home_counties(fc: dict, feats: dict, counties: list[str] | None) -> list[str]:
+    """The counties asked for (each once), or the default county and its neighbours."""
+    if not counties:
+        return [DEFAULT_COUNTY] + county_neighbours(fc, DEFAULT_COUNTY)
+    unknown = [c for c in counties if c not in feats]
+    if unknown:
+        raise GenerateError(f"unknown county adcode(s): {', '.join(unknown)} "
+                            f"(the bundled set has {len(feats)} Henan counties, 41xxxx)")
+    return list(dict.fromkeys(counties))
+
+
+def _venues(home_counties: list[str], geoms: dict, rng: np.random.Generator
+            ) -> tuple[list[dict], dict[str, list[str]]]:
+    """Prohibited venues, per county: their circle features and, per county, their ids."""
     venue_features: list[dict] = []
     venues: dict[str, list[str]] = {}
     for c in home_counties:
@@ -124,56 +155,60 @@ def generate_fleet(n_subjects: int, *, seed: int = 0, counties: list[str] | None
             zid = f"venue-{c}-{k}"
             kind = VENUE_KINDS[(k - 1) % len(VENUE_KINDS)]
             radius = float(rng.integers(8, 31) * 10)
-            venue_features.append(_circle(zid, lon, lat, radius, kind="venue", venue=kind, name=f"{kind} {k}"))
+            venue_features.append(_circle(zid, lon, lat, radius, kind="venue", venue=kind,
+                                          name=f"{kind} {k}"))
             venues[c].append(zid)
+    return venue_features, venues
 
-    # Subjects: half in the first county, the rest spread evenly over the others.
+
+def _county_of(home_counties: list[str], n_subjects: int, rng: np.random.Generator) -> list[str]:
+    """Each subject's county: half in the first county, the rest spread evenly over the
+    others."""
     if len(home_counties) == 1:
-        county_of = [home_counties[0]] * n_subjects
-    else:
-        first = rng.random(n_subjects) < 0.5
-        others = rng.integers(1, len(home_counties), n_subjects)
-        county_of = [home_counties[0] if f else home_counties[o] for f, o in zip(first, others)]
-    width = max(4, len(str(n_subjects)))
+        return [home_counties[0]] * n_subjects
+    first = rng.random(n_subjects) < 0.5
+    others = rng.integers(1, len(home_counties), n_subjects)
+    return [home_counties[0] if f else home_counties[o] for f, o in zip(first, others)]
+
+
+def _subject(num: str, county: str, rng: np.random.Generator, county_geom, county_venues,
+             leave_destinations: list[str], start_ms: int) -> tuple[dict, dict | None]:
+    """One subject of ``county`` (numbered ``num``), and its victim's home circle if any."""
     levels = list(LEVEL_WEIGHTS)
     level_p = np.array(list(LEVEL_WEIGHTS.values()))
-    victim_features: list[dict] = []
-    subjects = []
-    leave_zones: set[str] = set()
-    for i in range(n_subjects):
-        num = f"{i + 1:0{width}d}"
-        county = county_of[i]
-        subject = {
-            "subject_id": f"S-{num}",
-            "region": county,
-            "level": levels[int(rng.choice(3, p=level_p))],
-            "devices": [{"device_id": f"B-{num}", "kind": "bracelet"}],
-            "inclusion": [county],
-        }
-        if rng.random() < SHARE_PHONE:
-            subject["devices"].append({"device_id": f"P-{num}", "kind": "phone"})
-        exclusion = []
-        if rng.random() < SHARE_VICTIM:
-            (lon, lat), = sample_points_in(geoms[county], 1, rng)
-            zid = f"victim-{num}"
-            radius = float(rng.integers(20, 51) * 10)
-            victim_features.append(_circle(zid, lon, lat, radius, kind="victim_home"))
-            exclusion.append(zid)
-        if rng.random() < SHARE_VENUES:
-            k = int(rng.integers(1, 3))
-            exclusion += sorted(rng.choice(venues[county], size=k, replace=False).tolist())
-        if exclusion:
-            subject["exclusion"] = exclusion
-        if neighbours[county] and rng.random() < SHARE_LEAVE:
-            dest = str(rng.choice(neighbours[county]))
-            # Windows spread from two days before to two days after the start.
-            begin = start_ms + int(rng.integers(-2 * DAY_MS, 2 * DAY_MS) // HOUR_MS) * HOUR_MS
-            length = int(rng.integers(4, 72)) * HOUR_MS
-            subject["leaves"] = [{"start": begin, "end": begin + length, "zones": [dest]}]
-            leave_zones.add(dest)
-        subjects.append(subject)
+    subject = {
+        "subject_id": f"S-{num}",
+        "region": county,
+        "level": levels[int(rng.choice(3, p=level_p))],
+        "devices": [{"device_id": f"B-{num}", "kind": "bracelet"}],
+        "inclusion": [county],
+    }
+    if rng.random() < SHARE_PHONE:
+        subject["devices"].append({"device_id": f"P-{num}", "kind": "phone"})
+    exclusion = []
+    victim_home = None
+    if rng.random() < SHARE_VICTIM:
+        (lon, lat), = sample_points_in(county_geom, 1, rng)
+        zid = f"victim-{num}"
+        radius = float(rng.integers(20, 51) * 10)
+        victim_home = _circle(zid, lon, lat, radius, kind="victim_home")
+        exclusion.append(zid)
+    if rng.random() < SHARE_VENUES:
+        k = int(rng.integers(1, 3))
+        exclusion += sorted(rng.choice(county_venues, size=k, replace=False).tolist())
+    if exclusion:
+        subject["exclusion"] = exclusion
+    if leave_destinations and rng.random() < SHARE_LEAVE:
+        dest = str(rng.choice(leave_destinations))
+        # Windows spread from two days before to two days after the start.
+        begin = start_ms + int(rng.integers(-2 * DAY_MS, 2 * DAY_MS) // HOUR_MS) * HOUR_MS
+        length = int(rng.integers(4, 72)) * HOUR_MS
+        subject["leaves"] = [{"start": begin, "end": begin + length, "zones": [dest]}]
+    return subject, victim_home
 
-    county_ids = list(dict.fromkeys(home_counties + sorted(leave_zones - set(home_counties))))
+
+def _county_features(feats: dict, county_ids: list[str]) -> list[dict]:
+    """The county features (inclusion zones and leave destinations), GCJ-02 as bundled."""
     county_features = []
     for c in county_ids:
         f = feats[c]
@@ -181,11 +216,6 @@ def generate_fleet(n_subjects: int, *, seed: int = 0, counties: list[str] | None
         for key in ("name", "city", "province"):
             if key in f["properties"]:
                 props[key] = f["properties"][key]
-        county_features.append({"type": "Feature", "geometry": f["geometry"], "properties": props})
-    zones = {
-        "type": "FeatureCollection",
-        "coord_sys": "gcj02",
-        "source": fc.get("source", "bundled county boundaries"),
-        "features": county_features + victim_features + venue_features,
-    }
-    return GeneratedFleet(zones=zones, subjects={"subjects": subjects})
+        county_features.append({"type": "Feature", "geometry": f["geometry"],
+                                "properties": props})
+    return county_features

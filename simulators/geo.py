@@ -29,11 +29,13 @@ class LocalFrame:
         return cls((x0 + x1) / 2.0, (y0 + y1) / 2.0)
 
     def to_m(self, lon, lat) -> tuple[np.ndarray, np.ndarray]:
-        x, y = self._fwd.transform(np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64))
+        x, y = self._fwd.transform(np.asarray(lon, dtype=np.float64),
+                                   np.asarray(lat, dtype=np.float64))
         return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
 
     def to_deg(self, x, y) -> tuple[np.ndarray, np.ndarray]:
-        lon, lat = self._inv.transform(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
+        lon, lat = self._inv.transform(np.asarray(x, dtype=np.float64),
+                                       np.asarray(y, dtype=np.float64))
         return np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
 
     def geom_to_m(self, geom):
@@ -44,7 +46,8 @@ class LocalFrame:
         return shapely.transform(geom, lambda c: np.column_stack(self.to_deg(c[:, 0], c[:, 1])))
 
 
-def sample_points_in(geom, n: int, rng: np.random.Generator, *, max_rounds: int = 200) -> np.ndarray:
+def sample_points_in(geom, n: int, rng: np.random.Generator, *,
+                     max_rounds: int = 200) -> np.ndarray:
     """``n`` points drawn uniformly inside a (prepared) shapely polygon, as an (n, 2) array
     in the geometry's own coordinates. Raises ValueError if the polygon is empty or so
     thin that rejection sampling from its bounding box keeps failing."""

@@ -141,7 +141,8 @@ class Fleet:
             sid = s.get("subject_id")
             ids = tuple(s.get("inclusion") or ())
             if not ids:
-                raise MovementError("no inclusion zone: the simulator needs one to move in", subject_id=sid)
+                raise MovementError("no inclusion zone: the simulator needs one to move in",
+                                    subject_id=sid)
             if ids not in incl_wgs:
                 incl_wgs[ids] = shapely.union_all([geom(z, sid) for z in ids])
         frame = LocalFrame.around(incl_wgs.values())
@@ -159,46 +160,63 @@ class Fleet:
                     cache[zid] = frame.geom_to_m(g)
             return cache[zid]
 
-        subject_ids, levels, regions, incl_ids, incl_m, allowed, excl, leaves = ([] for _ in range(8))
-        device_ids, device_subject, device_kind, device_region = [], [], [], []
-        union_cache: dict[tuple, object] = {}
-        for si, s in enumerate(raw):
-            sid = s["subject_id"]
-            subject_ids.append(sid)
-            levels.append(s.get("level", "ordinary"))
-            regions.append(str(s.get("region", "")))
-            ids = tuple(s["inclusion"])
-            incl_ids.append(list(ids))
-            key = ids
-            if key not in union_cache:
-                union_cache[key] = shapely.union_all([geom_m(z, sid) for z in ids])
-            incl_m.append(union_cache[key])
-            lv = []
-            leave_zone_ids: list[str] = []
-            for k, leave in enumerate(s.get("leaves") or []):
-                start = time_ms(leave.get("start"), f"subject {sid} leave {k} start")
-                end = time_ms(leave.get("end"), f"subject {sid} leave {k} end")
-                lv.append((start, end, list(leave.get("zones") or [])))
-                leave_zone_ids += list(leave.get("zones") or [])
-            leaves.append(lv)
-            akey = ids + tuple(sorted(set(leave_zone_ids)))
-            if akey not in union_cache:
-                union_cache[akey] = shapely.union_all([geom_m(z, sid) for z in akey])
-            allowed.append(union_cache[akey])
-            excl.append([(z, geom_m(z, sid)) for z in (s.get("exclusion") or [])])
-            for d in s.get("devices") or []:
-                device_ids.append(d["device_id"])
-                device_subject.append(si)
-                device_kind.append(d.get("kind", "bracelet"))
-                device_region.append(str(s.get("region", "")))
-        fleet = cls(frame, subject_ids, levels, regions, incl_ids, incl_m, allowed, excl, leaves,
-                    device_ids, np.asarray(device_subject, dtype=np.int64), device_kind, device_region)
-        fleet.device_index = {d: i for i, d in enumerate(device_ids)}
+        cols = _subject_columns(raw, geom_m)
+        fleet = cls(frame, **cols)
+        fleet.device_index = {d: i for i, d in enumerate(cols["device_ids"])}
         fleet.zone_m = cache
         return fleet
 
     def devices_of(self, s: int) -> list[int]:
         return [int(d) for d in np.flatnonzero(self.device_subject == s)]
+
+
+def _subject_columns(raw: list, geom_m) -> dict:
+    """The per-subject and per-device columns of a :class:`Fleet` (its field names), zones
+    in metres through ``geom_m(zone_id, subject_id)``."""
+    subject_ids, levels, regions, incl_ids, incl_m, allowed, excl, leaves = (
+        [] for _ in range(8))
+    device_ids, device_subject, device_kind, device_region = [], [], [], []
+    union_cache: dict[tuple, object] = {}
+    for si, s in enumerate(raw):
+        sid = s["subject_id"]
+        subject_ids.append(sid)
+        levels.append(s.get("level", "ordinary"))
+        regions.append(str(s.get("region", "")))
+        ids = tuple(s["inclusion"])
+        incl_ids.append(list(ids))
+        key = ids
+        if key not in union_cache:
+            union_cache[key] = shapely.union_all([geom_m(z, sid) for z in ids])
+        incl_m.append(union_cache[key])
+        lv, leave_zone_ids = _leaves(s, sid)
+        leaves.append(lv)
+        akey = ids + tuple(sorted(set(leave_zone_ids)))
+        if akey not in union_cache:
+            union_cache[akey] = shapely.union_all([geom_m(z, sid) for z in akey])
+        allowed.append(union_cache[akey])
+        excl.append([(z, geom_m(z, sid)) for z in (s.get("exclusion") or [])])
+        for d in s.get("devices") or []:
+            device_ids.append(d["device_id"])
+            device_subject.append(si)
+            device_kind.append(d.get("kind", "bracelet"))
+            device_region.append(str(s.get("region", "")))
+    return {"subject_ids": subject_ids, "subject_level": levels, "subject_region": regions,
+            "inclusion_ids": incl_ids, "inclusion_m": incl_m, "allowed_any_m": allowed,
+            "exclusions_m": excl, "leaves": leaves, "device_ids": device_ids,
+            "device_subject": np.asarray(device_subject, dtype=np.int64),
+            "device_kind": device_kind, "device_region": device_region}
+
+
+def _leaves(s: dict, sid: str) -> tuple[list[tuple[int, int, list[str]]], list[str]]:
+    """A subject's leaves as (start epoch ms, end epoch ms, zone ids), and all their zones."""
+    lv = []
+    leave_zone_ids: list[str] = []
+    for k, leave in enumerate(s.get("leaves") or []):
+        start = time_ms(leave.get("start"), f"subject {sid} leave {k} start")
+        end = time_ms(leave.get("end"), f"subject {sid} leave {k} end")
+        lv.append((start, end, list(leave.get("zones") or [])))
+        leave_zone_ids += list(leave.get("zones") or [])
+    return lv, leave_zone_ids
 
 
 class MovementModel:
@@ -246,7 +264,8 @@ class MovementModel:
             shapely.prepare(eroded)
             cand = sample_points_in(eroded, 64, rng)
             if excl_union is not None:
-                keep = shapely.distance(shapely.points(cand), excl_union) >= 2 * radius + NOISE_CLEARANCE_M
+                keep = (shapely.distance(shapely.points(cand), excl_union)
+                        >= 2 * radius + NOISE_CLEARANCE_M)
                 cand = cand[keep]
             if not len(cand):
                 continue

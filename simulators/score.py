@@ -90,7 +90,8 @@ def read_truth(path: str | Path) -> Truth:
     if meta is None:
         raise ScoreError(f"{path}: no run line (\"what\": \"run\") with the run's start and end")
     end = int(end_line["end"]) if end_line else int(meta["end"])
-    return Truth(int(meta["start"]), end, events, {**meta, **({"run_end": end_line} if end_line else {})})
+    return Truth(int(meta["start"]), end, events,
+                 {**meta, **({"run_end": end_line} if end_line else {})})
 
 
 def read_alarms(source: str) -> list[dict]:
@@ -133,23 +134,66 @@ def _pct(values: list[float]) -> dict:
 def score(truth: Truth, alarms: list[dict], *, slack_ms: int = DEFAULT_SLACK_MS,
           late_ms: int = DEFAULT_LATE_MS) -> dict:
     """The score as a dict (see the module docstring for the definitions)."""
-    raised = [a for a in alarms if a.get("event") == "raised"]
     cleared_ids = {a.get("alarm_id") for a in alarms if a.get("event") == "cleared"}
-    # Dedupe: an event seen twice (MQTT QoS 1 redelivery) is one event.
-    seen: set = set()
-    unique = []
-    for a in raised:
-        key = a.get("alarm_id") or (a.get("type"), a.get("device_id"), a.get("zone_id"), a.get("at"))
-        if key in seen:
-            continue
-        seen.add(key)
-        unique.append(a)
+    unique = _unique_raised(alarms)
     in_run = [a for a in unique if truth.start <= int(a.get("at", 0)) <= truth.end]
     in_run.sort(key=lambda a: (int(a["at"]), str(a.get("alarm_id"))))
     scored = [e for e in truth.events if int(e["end"]) <= truth.end + slack_ms]
     not_scored = len(truth.events) - len(scored)
-    expecting = sorted((e for e in scored if e.get("expect")), key=lambda e: (int(e["start"]), e["device_id"]))
+    expecting = sorted((e for e in scored if e.get("expect")),
+                       key=lambda e: (int(e["start"]), e["device_id"]))
     used = [False] * len(in_run)
+    matched, missed = _match(expecting, in_run, used, slack_ms)
+    _excuse_cut_off(truth, in_run, used, slack_ms)
+    false = [a for i, a in enumerate(in_run) if not used[i]]
+    latencies = [float(a["rx_ms"]) - float(a["at"]) for _, a in matched
+                 if a.get("rx_ms") is not None]
+    late = [a for _, a in matched
+            if a.get("rx_ms") is not None and float(a["rx_ms"]) - float(a["at"]) > late_ms]
+    not_cleared = [a for _, a in matched if a.get("alarm_id") not in cleared_ids]
+
+    def brief(a: dict) -> dict:
+        return {k: a.get(k) for k in ("type", "device_id", "zone_id", "at", "alarm_id", "rx_ms")}
+
+    def brief_truth(e: dict) -> dict:
+        return {k: e.get(k) for k in ("what", "device_id", "zone_id", "start", "end", "expect")}
+
+    return {
+        "run": {"start": truth.start, "end": truth.end, "scenario": truth.meta.get("scenario")},
+        "truth_events": len(truth.events), "not_scored": not_scored,
+        "expected": len(expecting), "matched": len(matched), "missed": len(missed),
+        "false": len(false), "late": len(late), "not_cleared": len(not_cleared),
+        "alarms_raised": len(unique), "alarms_in_run": len(in_run),
+        "latency": _pct(latencies),
+        "by_type": _by_type(expecting, in_run, matched, missed, false),
+        "missed_events": [brief_truth(e) for e in missed],
+        "false_alarms": [brief(a) for a in false],
+        "late_alarms": [brief(a) for a in late],
+        "not_cleared_alarms": [brief(a) for a in not_cleared],
+        "slack_ms": slack_ms, "late_ms": late_ms,
+    }
+
+
+def _unique_raised(alarms: list[dict]) -> list[dict]:
+    """The raised events, each once: an event seen twice (MQTT QoS 1 redelivery) is one."""
+    seen: set = set()
+    unique = []
+    for a in alarms:
+        if a.get("event") != "raised":
+            continue
+        key = a.get("alarm_id") or (a.get("type"), a.get("device_id"), a.get("zone_id"),
+                                    a.get("at"))
+        if key in seen:
+            continue
+        seen.add(key)
+        unique.append(a)
+    return unique
+
+
+def _match(expecting: list[dict], in_run: list[dict], used: list[bool], slack_ms: int
+           ) -> tuple[list[tuple[dict, dict]], list[dict]]:
+    """(truth event, alarm) pairs and the missed truth events: each event takes the
+    earliest unused alarm that fits it; ``used`` marks the alarms taken."""
     matched, missed = [], []
     for e in expecting:
         lo, hi = int(e["start"]) - slack_ms, int(e["end"]) + slack_ms
@@ -167,8 +211,14 @@ def score(truth: Truth, alarms: list[dict], *, slack_ms: int = DEFAULT_SLACK_MS,
         else:
             used[hit] = True
             matched.append((e, in_run[hit]))
-    # An event cut off by the stop (it ends after the run's end, so it is not scored) may
-    # still have been alarmed correctly before the stop: such an alarm is not false.
+    return matched, missed
+
+
+def _excuse_cut_off(truth: Truth, in_run: list[dict], used: list[bool], slack_ms: int) -> None:
+    """Mark as used the alarms that fit an event cut off by the stop.
+
+    Such an event ends after the run's end, so it is not scored, but it may still have
+    been alarmed correctly before the stop: such an alarm is not false."""
     cut_off = [e for e in truth.events
                if e.get("expect") and int(e["end"]) > truth.end + slack_ms]
     for i, a in enumerate(in_run):
@@ -180,8 +230,10 @@ def score(truth: Truth, alarms: list[dict], *, slack_ms: int = DEFAULT_SLACK_MS,
                     and int(e["start"]) - slack_ms <= int(a["at"])):
                 used[i] = True
                 break
-    false = [a for i, a in enumerate(in_run) if not used[i]]
-    latencies = [float(a["rx_ms"]) - float(a["at"]) for _, a in matched if a.get("rx_ms") is not None]
+
+
+def _by_type(expecting, in_run, matched, missed, false) -> dict[str, dict]:
+    """The counts and latency per alarm type."""
     by_type: dict[str, dict] = {}
     for t in sorted({e["expect"] for e in expecting} | {a.get("type") for a in in_run}):
         lat_t = [float(a["rx_ms"]) - float(a["at"]) for e, a in matched
@@ -191,57 +243,43 @@ def score(truth: Truth, alarms: list[dict], *, slack_ms: int = DEFAULT_SLACK_MS,
                       "missed": sum(1 for e in missed if e["expect"] == t),
                       "false": sum(1 for a in false if a.get("type") == t),
                       "latency": _pct(lat_t)}
-    late = [a for _, a in matched if a.get("rx_ms") is not None and float(a["rx_ms"]) - float(a["at"]) > late_ms]
-    not_cleared = [a for _, a in matched if a.get("alarm_id") not in cleared_ids]
-
-    def brief(a: dict) -> dict:
-        return {k: a.get(k) for k in ("type", "device_id", "zone_id", "at", "alarm_id", "rx_ms")}
-
-    def brief_truth(e: dict) -> dict:
-        return {k: e.get(k) for k in ("what", "device_id", "zone_id", "start", "end", "expect")}
-
-    return {
-        "run": {"start": truth.start, "end": truth.end, "scenario": truth.meta.get("scenario")},
-        "truth_events": len(truth.events), "not_scored": not_scored,
-        "expected": len(expecting), "matched": len(matched), "missed": len(missed),
-        "false": len(false), "late": len(late), "not_cleared": len(not_cleared),
-        "alarms_raised": len(unique), "alarms_in_run": len(in_run),
-        "latency": _pct(latencies), "by_type": by_type,
-        "missed_events": [brief_truth(e) for e in missed],
-        "false_alarms": [brief(a) for a in false],
-        "late_alarms": [brief(a) for a in late],
-        "not_cleared_alarms": [brief(a) for a in not_cleared],
-        "slack_ms": slack_ms, "late_ms": late_ms,
-    }
+    return by_type
 
 
 def format_text(result: dict) -> str:
     lat = result["latency"]
     lines = [
-        (f"expected {result['expected']}  matched {result['matched']}  missed {result['missed']}  "
-         f"false {result['false']}  late {result['late']}  not cleared {result['not_cleared']}"),
+        (f"expected {result['expected']}  matched {result['matched']}  "
+         f"missed {result['missed']}  false {result['false']}  late {result['late']}  "
+         f"not cleared {result['not_cleared']}"),
         (f"fix->alarm latency (n={lat['n']}): p50 {lat['p50_ms']} ms  p95 {lat['p95_ms']} ms  "
          f"p99 {lat['p99_ms']} ms  max {lat['max_ms']} ms"),
     ]
     for t, v in result["by_type"].items():
         lines.append(f"  {t:<12} expected {v['expected']:>4}  matched {v['matched']:>4}  "
-                     f"missed {v['missed']:>4}  false {v['false']:>4}  p99 {v['latency']['p99_ms']} ms")
+                     f"missed {v['missed']:>4}  false {v['false']:>4}  "
+                     f"p99 {v['latency']['p99_ms']} ms")
     for e in result["missed_events"][:20]:
-        lines.append(f"  MISSED {e['expect']} for {e['device_id']} ({e['what']}, zone {e['zone_id']}) "
-                     f"in [{e['start']}, {e['end']}]")
+        lines.append(f"  MISSED {e['expect']} for {e['device_id']} "
+                     f"({e['what']}, zone {e['zone_id']}) in [{e['start']}, {e['end']}]")
     for a in result["false_alarms"][:20]:
-        lines.append(f"  FALSE  {a['type']} for {a['device_id']} zone {a['zone_id']} at {a['at']}")
+        lines.append(f"  FALSE  {a['type']} for {a['device_id']} zone {a['zone_id']} "
+                     f"at {a['at']}")
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="emfence score", description="Compare alarms against a "
-                                "simulator's ground truth: missed, false and late alarms, latency.")
-    p.add_argument("--truth", required=True, help="ground truth written by `emfence simulate --truth`")
-    p.add_argument("--alarms", required=True, help="alarms.jsonl (from --alarms-out) or a store URL "
+                                "simulator's ground truth: missed, false and late alarms, "
+                                "latency.")
+    p.add_argument("--truth", required=True,
+                   help="ground truth written by `emfence simulate --truth`")
+    p.add_argument("--alarms", required=True,
+                   help="alarms.jsonl (from --alarms-out) or a store URL "
                    "(sqlite:///path.db, postgresql://...)")
     p.add_argument("--slack-ms", type=int, default=DEFAULT_SLACK_MS,
-                   help=f"widen every truth window by this much on both sides (default {DEFAULT_SLACK_MS})")
+                   help="widen every truth window by this much on both sides "
+                        f"(default {DEFAULT_SLACK_MS})")
     p.add_argument("--late-ms", type=int, default=DEFAULT_LATE_MS,
                    help=f"a matched alarm slower than this is late (default {DEFAULT_LATE_MS})")
     p.add_argument("--json", action="store_true", help="print the score as one JSON object")

@@ -53,7 +53,8 @@ def pg_url(pg_server_url: str):
     base, _, _ = pg_server_url.rpartition("/")
     yield f"{base}/{name}"
     with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("drop database if exists {} with (force)")
+                     .format(sql.Identifier(name)))
 
 
 # --- MQTT: private mosquitto brokers with the project's config (ingest/mosquitto.py) ---
@@ -84,5 +85,6 @@ def mosquitto_factory(tmp_path):
 
 @pytest.fixture
 def mosquitto(mosquitto_factory):
-    """One running anonymous broker (no ACL), persistence on: ``.port``, ``.url``, ``.restart()``."""
+    """One running anonymous broker (no ACL), persistence on: ``.port``, ``.url``,
+    ``.restart()``."""
     return mosquitto_factory(auth=False)

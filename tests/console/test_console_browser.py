@@ -169,7 +169,8 @@ def test_operator_sees_an_alarm_live_then_acknowledges_and_closes_it(world, brow
     # acknowledge with a note
     d.find_element(By.CSS_SELECTOR, "#detail .ack-note").send_keys("calling the subject")
     d.find_element(By.CSS_SELECTOR, "#detail .ack-btn").click()
-    close_form = wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, "#detail .close-form")))
+    close_form = wait.until(EC.visibility_of_element_located(
+        (By.CSS_SELECTOR, "#detail .close-form")))
     assert not d.find_element(By.CSS_SELECTOR, "#detail .ack-form").is_displayed()
 
     # close: a disposition is required
@@ -387,7 +388,8 @@ def test_first_visit_is_calm_and_the_list_names_devices_regions_and_late_alarms(
     click(wait, (By.CSS_SELECTOR, 'tr[data-alarm-id="late-excl"]'))
     wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#detail .d-fields"), "卧龙区"))
     d.find_element(By.CSS_SELECTOR, "#detail .ack-btn").click()
-    wait.until(lambda drv: drv.find_elements(*rows)[0].get_attribute("data-alarm-id") != "late-excl")
+    wait.until(lambda drv: drv.find_elements(*rows)[0].get_attribute("data-alarm-id")
+               != "late-excl")
     # layout and wording of the detail: history in time order, datum and zone said
     wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#detail .d-history"),
                                                 "acknowledge by alice"))
@@ -447,7 +449,8 @@ def test_the_map_draws_the_selected_subjects_zones_with_its_point_clear_of_the_e
         assert not d.find_elements(By.CSS_SELECTOR, "#map .zone-leave")
         assert "leave" in d.find_element(By.ID, "map-legend").text
         click(wait, (By.CSS_SELECTOR, 'tr[data-alarm-id="x-1"]'))
-        point = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#map circle.alarm-point")))
+        point = wait.until(EC.presence_of_element_located(
+            (By.CSS_SELECTOR, "#map circle.alarm-point")))
         assert not d.find_elements(By.CSS_SELECTOR, "#map .zone-leave")
         assert d.find_elements(By.CSS_SELECTOR, "#map circle.zone-exclusion")
         d.save_screenshot(str(tmp_path / "console-map.png"))

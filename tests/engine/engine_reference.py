@@ -225,8 +225,18 @@ class Reference:
         if coord_sys == "gcj02":
             lon, lat = gcj02_to_wgs84(lon, lat)
         margin = max(self.buffer_m, acc)
-        s = dev.subject
-        for zid in s.get("exclusion", []):
+        out += self._exclusion(dev, ts, lat, lon, margin, late)
+        if late:
+            return out
+        dev.last_fix_ts = ts
+        return out + self._outbound(dev, ts, lat, lon, margin)
+
+    def _exclusion(self, dev: RefDevice, ts: int, lat: float, lon: float, margin: float,
+                   late: bool) -> list[tuple]:
+        """Exclusion events of one fix (WGS-84); a late fix inside raises and clears at once."""
+        out = []
+        device_id = dev.device_id
+        for zid in dev.subject.get("exclusion", []):
             z = self.zones[zid]
             inside = z.contains(lon, lat)
             if late:
@@ -243,9 +253,14 @@ class Reference:
                 if dz > margin:
                     del dev.exclusion[zid]
                     out.append(("cleared", "exclusion", device_id, zid, ts, False))
-        if late:
-            return out
-        dev.last_fix_ts = ts
+        return out
+
+    def _outbound(self, dev: RefDevice, ts: int, lat: float, lon: float,
+                  margin: float) -> list[tuple]:
+        """Outbound events of one in-order fix (WGS-84)."""
+        out = []
+        device_id = dev.device_id
+        s = dev.subject
         inclusion = s.get("inclusion", [])
         if not inclusion:
             return out

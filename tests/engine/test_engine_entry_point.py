@@ -44,8 +44,10 @@ def _records(zones, centre, n: int, n_devices: int, seed: int):
     rx = ts + rng.integers(0, 3_000, n)
     rx[rng.random(n) < 0.02] += 4_000_000  # silence long enough for offline
     near = rng.random(n) < 0.3
-    lon = np.where(near, centre[0] + rng.normal(0, 0.02, n), rng.uniform(minx - 0.05, maxx + 0.05, n))
-    lat = np.where(near, centre[1] + rng.normal(0, 0.02, n), rng.uniform(miny - 0.05, maxy + 0.05, n))
+    lon = np.where(near, centre[0] + rng.normal(0, 0.02, n),
+                   rng.uniform(minx - 0.05, maxx + 0.05, n))
+    lat = np.where(near, centre[1] + rng.normal(0, 0.02, n),
+                   rng.uniform(miny - 0.05, maxy + 0.05, n))
     acc = rng.choice([5.0, 20.0, 80.0], n)
     coord = (rng.random(n) < 0.2).astype(np.uint8)
     battery = np.where(rng.random(n) < 0.5, rng.uniform(0, 40, n), np.nan)

@@ -47,7 +47,8 @@ def test_dense_indices_and_csr_arrays():
     assert reg.slot_keys() == [("B-S-1", "victim-17"), ("B-S-1", "school-3"),
                                ("P-S-1", "victim-17"), ("P-S-1", "school-3")]
     assert a.leave_off.tolist() == [0, 1, 1]
-    assert a.leave_start_ms.tolist() == [1763600000000] and a.leave_end_ms.tolist() == [1763800000000]
+    assert (a.leave_start_ms.tolist() == [1763600000000]
+            and a.leave_end_ms.tolist() == [1763800000000])
     assert a.leave_zone_off.tolist() == [0, 1] and a.leave_zone.tolist() == [1]
     for arr in a:
         assert isinstance(arr, np.ndarray) and arr.flags.c_contiguous
@@ -76,23 +77,29 @@ def test_parse_time_ms():
 
 @pytest.mark.parametrize("doc, match", [
     ({"subjects": [subject("S-1"), subject("S-1")]}, "subject 'S-1': duplicate subject id"),
-    ({"subjects": [subject("S-1", inclusion=["nowhere"])]}, "subject 'S-1': unknown zone id 'nowhere' in inclusion"),
-    ({"subjects": [subject("S-1", exclusion=["gone"])]}, "subject 'S-1': unknown zone id 'gone' in exclusion"),
+    ({"subjects": [subject("S-1", inclusion=["nowhere"])]},
+     "subject 'S-1': unknown zone id 'nowhere' in inclusion"),
+    ({"subjects": [subject("S-1", exclusion=["gone"])]},
+     "subject 'S-1': unknown zone id 'gone' in exclusion"),
     ({"subjects": [subject("S-1", leaves=[{"start": 5, "end": 4, "zones": ["330702"]}])]},
      "subject 'S-1': leaves\\[0\\] ends \\(4\\) before it starts \\(5\\)"),
     ({"subjects": [subject("S-1", leaves=[{"start": 1, "end": 4, "zones": ["x"]}])]},
      "subject 'S-1': unknown zone id 'x' in leaves\\[0\\].zones"),
-    ({"subjects": [subject("S-1", level="medium")]}, "subject 'S-1': level 'medium' is not one of strict"),
+    ({"subjects": [subject("S-1", level="medium")]},
+     "subject 'S-1': level 'medium' is not one of strict"),
     ({"subjects": [subject("S-1", devices=[{"device_id": "bad id!"}])]},
      "subject 'S-1': devices\\[0\\].device_id 'bad id!'"),
-    ({"subjects": [subject("S-1", devices=[{"device_id": "x" * 65}])]}, "subject 'S-1': devices\\[0\\]"),
-    ({"subjects": [subject("S-1", devices=[{"device_id": "D1", "kind": "watch"}])]}, "kind 'watch'"),
+    ({"subjects": [subject("S-1", devices=[{"device_id": "x" * 65}])]},
+     "subject 'S-1': devices\\[0\\]"),
+    ({"subjects": [subject("S-1", devices=[{"device_id": "D1", "kind": "watch"}])]},
+     "kind 'watch'"),
     ({"subjects": [subject("S-1", devices=[{"device_id": "D1"}]),
                    subject("S-2", devices=[{"device_id": "D1"}])]},
      "subject 'S-2': device 'D1' is listed also on subject 'S-1'"),
     ({"subjects": [subject("S-1", devices=[{"device_id": "D1"}, {"device_id": "D1"}])]},
      "subject 'S-1': device 'D1' is listed twice"),
-    ({"subjects": [subject("S-1", devices=[])]}, "subject 'S-1': 'devices' must be a non-empty list"),
+    ({"subjects": [subject("S-1", devices=[])]},
+     "subject 'S-1': 'devices' must be a non-empty list"),
     ({"subjects": [subject("S 1")]}, "subjects\\[0\\].subject_id 'S 1'"),
     ({"people": []}, "expected an object"),
 ])

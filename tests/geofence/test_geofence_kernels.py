@@ -29,8 +29,8 @@ pytestmark = pytest.mark.kernel
 JIT = os.environ.get("NUMBA_DISABLE_JIT", "0") != "1"
 # Plain-Python runs (NUMBA_DISABLE_JIT=1) are ~1000x slower: fewer examples there.
 EXAMPLES = 80 if JIT else 8
-PROPS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                             HealthCheck.data_too_large])
+PROPS = settings(max_examples=EXAMPLES, deadline=None,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 EDGE_EPS_DEG = 1e-9
 DIST_TOL_M = 1e-3
 
@@ -53,13 +53,15 @@ def _check_containment(cz, zi, zone, edges, lon, lat):
     ours = cz.contains(lon, lat, zi)
     naive = np.array([ref.ray_cast_contains_np(edges, x, y) for x, y in zip(lon, lat)])
     bad = np.flatnonzero(ours != naive)
-    assert bad.size == 0, f"zone {zone.zone_id}: kernel != ray cast at {[(lon[i], lat[i]) for i in bad[:5]]}"
+    assert bad.size == 0, (f"zone {zone.zone_id}: kernel != ray cast at "
+                           f"{[(lon[i], lat[i]) for i in bad[:5]]}")
     sh = shapely.contains_xy(zone.geometry, lon, lat)
     differ = np.flatnonzero(ours != sh)
     if differ.size:
         near = shapely.distance(zone.geometry.boundary, shapely.points(lon[differ], lat[differ]))
         far = differ[near >= EDGE_EPS_DEG]
-        assert far.size == 0, f"zone {zone.zone_id}: kernel != shapely away from edges at {[(lon[i], lat[i]) for i in far[:5]]}"
+        assert far.size == 0, (f"zone {zone.zone_id}: kernel != shapely away from edges at "
+                               f"{[(lon[i], lat[i]) for i in far[:5]]}")
     # The scalar kernel (what the engine calls from njit code) agrees with the batch.
     for i in range(min(len(lon), 5)):
         assert K.zone_contains(cz.arrays, zi, lon[i], lat[i]) == ours[i]
@@ -98,9 +100,11 @@ def county_points(draw, zones):
     pts = []
     n = draw(st.integers(1, 24))
     for _ in range(n):
-        kind = draw(st.sampled_from(["uniform", "far", "vertex", "near_vertex", "midpoint", "vertex_row"]))
+        kind = draw(st.sampled_from(["uniform", "far", "vertex", "near_vertex", "midpoint",
+                                     "vertex_row"]))
         if kind == "uniform":
-            pts.append((draw(st.floats(minx - pad, maxx + pad)), draw(st.floats(miny - pad, maxy + pad))))
+            pts.append((draw(st.floats(minx - pad, maxx + pad)),
+                        draw(st.floats(miny - pad, maxy + pad))))
             continue
         if kind == "far":  # up to a county's size outside its bbox: the ring search's long way
             w, h = maxx - minx, maxy - miny
@@ -112,7 +116,8 @@ def county_points(draw, zones):
             pts.append((ax, ay))
         elif kind == "near_vertex":
             d = draw(st.sampled_from([1e-12, 1e-10, 1e-8, 1e-6, 1e-4]))
-            pts.append((ax + draw(st.sampled_from([-d, 0.0, d])), ay + draw(st.sampled_from([-d, 0.0, d]))))
+            pts.append((ax + draw(st.sampled_from([-d, 0.0, d])),
+                        ay + draw(st.sampled_from([-d, 0.0, d]))))
         elif kind == "midpoint":
             pts.append(((ax + bx) / 2, (ay + by) / 2))
         else:
@@ -124,7 +129,8 @@ def county_points(draw, zones):
 def test_real_counties_cover_the_required_shapes(counties):
     zones, cz = counties
     nverts = {z.zone_id: sum(len(r) for r in ref.rings_of(z.geometry)) for z in zones}
-    holes = {z.zone_id for z in zones if any(len(p.interiors) for p in getattr(z.geometry, "geoms", [z.geometry]))}
+    holes = {z.zone_id for z in zones
+             if any(len(p.interiors) for p in getattr(z.geometry, "geoms", [z.geometry]))}
     parts = {z.zone_id for z in zones if len(getattr(z.geometry, "geoms", [z.geometry])) > 1}
     assert min(nverts.values()) <= 60 and max(nverts.values()) > 10_000
     assert {"411321", "421125", "420113"} <= holes
@@ -157,11 +163,13 @@ def test_dense_grid_of_points_on_a_county_with_holes(counties, county_edges):
     zi = cz.index["411321"]
     minx, miny, maxx, maxy = zone.geometry.bounds
     n = 120 if JIT else 25
-    gx, gy = np.meshgrid(np.linspace(minx - 0.01, maxx + 0.01, n), np.linspace(miny - 0.01, maxy + 0.01, n))
+    gx, gy = np.meshgrid(np.linspace(minx - 0.01, maxx + 0.01, n),
+                         np.linspace(miny - 0.01, maxy + 0.01, n))
     inside = _check_containment(cz, zi, zone, county_edges["411321"], gx.ravel(), gy.ravel())
     assert 0.1 < inside.mean() < 0.9
     # Points in the holes are outside.
-    hole = zone.geometry.interiors[0] if zone.geometry.geom_type == "Polygon" else zone.geometry.geoms[0].interiors[0]
+    hole = (zone.geometry.interiors[0] if zone.geometry.geom_type == "Polygon"
+            else zone.geometry.geoms[0].interiors[0])
     p = shapely.Polygon(hole).representative_point()
     assert not cz.contains([p.x], [p.y], zi)[0]
     assert cz.distance_m([p.x], [p.y], zi)[0] > 0
@@ -173,22 +181,28 @@ def test_dense_grid_of_points_on_a_county_with_holes(counties, county_edges):
 
 def _zone(geom, zone_id="z"):
     return load_zones({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {"zone_id": zone_id}, "geometry": shapely.geometry.mapping(geom)}]})[0]
+        {"type": "Feature", "properties": {"zone_id": zone_id},
+         "geometry": shapely.geometry.mapping(geom)}]})[0]
 
 
 SYNTHETIC = {
     # Horizontal and vertical edges everywhere, a hole sharing the shell's y values.
     "square_hole": shapely.Polygon([(113, 34), (114, 34), (114, 35), (113, 35)],
-                                   [[(113.25, 34.25), (113.75, 34.25), (113.75, 34.75), (113.25, 34.75)]]),
+                                   [[(113.25, 34.25), (113.75, 34.25), (113.75, 34.75),
+                                     (113.25, 34.75)]]),
     # Collinear vertices along every side, and a staircase of horizontal edges.
-    "collinear": shapely.Polygon([(113, 34), (113.5, 34), (114, 34), (114, 34.5), (114, 35), (113.5, 35.0),
-                                  (113.5, 34.5), (113.25, 34.5), (113, 34.5)]),
-    "comb": shapely.Polygon([(0.0, 0.0), (1.0, 0.0), (1.0, 0.5)] + [(1.0 - 0.1 * k - (0.05 if j else 0), 0.5 + (0.4 if j else 0))
-                             for k in range(10) for j in (0, 1)][1:] + [(0.0, 0.5)]),
-    "tiny": shapely.Polygon([(113.0, 34.0), (113.000001, 34.0), (113.000001, 34.000001), (113.0, 34.000001)]),
+    "collinear": shapely.Polygon([(113, 34), (113.5, 34), (114, 34), (114, 34.5), (114, 35),
+                                  (113.5, 35.0), (113.5, 34.5), (113.25, 34.5), (113, 34.5)]),
+    "comb": shapely.Polygon([(0.0, 0.0), (1.0, 0.0), (1.0, 0.5)]
+                            + [(1.0 - 0.1 * k - (0.05 if j else 0), 0.5 + (0.4 if j else 0))
+                               for k in range(10) for j in (0, 1)][1:] + [(0.0, 0.5)]),
+    "tiny": shapely.Polygon([(113.0, 34.0), (113.000001, 34.0), (113.000001, 34.000001),
+                             (113.0, 34.000001)]),
     "huge": shapely.Polygon([(100, 25), (110, 25), (110, 33), (105, 29), (100, 33)]),
-    "two_parts": shapely.MultiPolygon([shapely.box(113, 34, 113.1, 34.1), shapely.box(113.1, 34.1, 113.2, 34.2)]),
-    "triangle_vertex_row": shapely.Polygon([(10, 10), (11, 11), (12, 10), (11, 12), (10, 13), (9, 11)]),
+    "two_parts": shapely.MultiPolygon([shapely.box(113, 34, 113.1, 34.1),
+                                       shapely.box(113.1, 34.1, 113.2, 34.2)]),
+    "triangle_vertex_row": shapely.Polygon([(10, 10), (11, 11), (12, 10), (11, 12), (10, 13),
+                                            (9, 11)]),
 }
 
 
@@ -211,7 +225,8 @@ def _synthetic_points(zone, rng, n):
     # On the horizontal and vertical lines through vertices, inside and outside.
     pts.append(np.column_stack([rng.uniform(minx - w / 4, maxx + w / 4, n), rng.choice(uniq_y, n)]))
     pts.append(np.column_stack([rng.choice(uniq_x, n), rng.uniform(miny - h / 4, maxy + h / 4, n)]))
-    pts.append(np.column_stack([rng.uniform(minx - w / 4, maxx + w / 4, n), rng.uniform(miny - h / 4, maxy + h / 4, n)]))
+    pts.append(np.column_stack([rng.uniform(minx - w / 4, maxx + w / 4, n),
+                                rng.uniform(miny - h / 4, maxy + h / 4, n)]))
     p = np.concatenate(pts)
     return p[:, 0], p[:, 1]
 
@@ -226,7 +241,8 @@ def test_synthetic_shapes_match_ray_cast_shapely_and_distances(synthetic, name):
     rings = ref.rings_of(zone.geometry)
     # The vectorised reference is the loop reference (same IEEE operations).
     for x, y in zip(lon[:40], lat[:40]):
-        assert ref.ray_cast_contains_np(ref.edge_arrays(rings), x, y) == ref.ray_cast_contains(rings, x, y)
+        assert (ref.ray_cast_contains_np(ref.edge_arrays(rings), x, y)
+                == ref.ray_cast_contains(rings, x, y))
     _check_containment(cz, zi, zone, ref.edge_arrays(rings), lon, lat)
     _check_distances(cz, zi, zone, lon, lat)
 
@@ -260,9 +276,12 @@ def test_distance_grows_like_the_geodesic_away_from_a_county(counties):
 @pytest.fixture(scope="module")
 def circles():
     fc = {"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {"zone_id": "home", "radius_m": 200}, "geometry": {"type": "Point", "coordinates": [113.6253, 34.7466]}},
-        {"type": "Feature", "properties": {"zone_id": "school", "radius_m": 5_000}, "geometry": {"type": "Point", "coordinates": [126.65, 45.75]}},
-        {"type": "Feature", "properties": {"zone_id": "tiny", "radius_m": 0.5}, "geometry": {"type": "Point", "coordinates": [-0.1276, 51.5072]}},
+        {"type": "Feature", "properties": {"zone_id": "home", "radius_m": 200},
+         "geometry": {"type": "Point", "coordinates": [113.6253, 34.7466]}},
+        {"type": "Feature", "properties": {"zone_id": "school", "radius_m": 5_000},
+         "geometry": {"type": "Point", "coordinates": [126.65, 45.75]}},
+        {"type": "Feature", "properties": {"zone_id": "tiny", "radius_m": 0.5},
+         "geometry": {"type": "Point", "coordinates": [-0.1276, 51.5072]}},
     ]}
     zones = load_zones(fc)
     return zones, compile_zones(zones)
@@ -289,7 +308,8 @@ def test_circles_against_the_geodesic(circles, data):
 # The metric frame.
 # ----------------------------------------------------------------------------------------
 
-@given(lon0=st.floats(73, 135), lat0=st.floats(18, 54), dlon=st.floats(-3, 3), lat=st.floats(-80, 80))
+@given(lon0=st.floats(73, 135), lat0=st.floats(18, 54), dlon=st.floats(-3, 3),
+       lat=st.floats(-80, 80))
 @PROPS
 def test_tm_forward_matches_pyproj(lon0, lat0, dlon, lat):
     tr = ref.tm_transformer(lon0, 0.0)
@@ -298,13 +318,15 @@ def test_tm_forward_matches_pyproj(lon0, lat0, dlon, lat):
     assert abs(x - ex) < 1e-6 and abs(y - ey) < 1e-6
 
 
-@given(lon0=st.floats(73, 135), lat0=st.floats(18, 53), a=st.tuples(st.floats(-2.5, 2.5), st.floats(-2.5, 2.5)),
+@given(lon0=st.floats(73, 135), lat0=st.floats(18, 53),
+       a=st.tuples(st.floats(-2.5, 2.5), st.floats(-2.5, 2.5)),
        b=st.tuples(st.floats(-2.5, 2.5), st.floats(-2.5, 2.5)))
 @PROPS
 def test_frame_distances_within_half_a_percent_of_the_geodesic_across_a_province(lon0, lat0, a, b):
     """Two points anywhere in a 5 x 5 degree box (larger than any Chinese province's
     county-to-county span the engine measures) around the zone origin."""
-    _, _, geodesic = pyproj.Geod(ellps="WGS84").inv(lon0 + a[0], lat0 + a[1], lon0 + b[0], lat0 + b[1])
+    _, _, geodesic = pyproj.Geod(ellps="WGS84").inv(lon0 + a[0], lat0 + a[1],
+                                                    lon0 + b[0], lat0 + b[1])
     ax, ay = K.tm_forward(lon0, lon0 + a[0], lat0 + a[1])
     bx, by = K.tm_forward(lon0, lon0 + b[0], lat0 + b[1])
     planar = math.hypot(bx - ax, by - ay)
@@ -380,12 +402,15 @@ def test_candidates_equal_a_brute_force_bbox_scan():
     for i in range(300):
         lon, lat = rng.uniform(113, 114), rng.uniform(34, 35)
         if i % 2:
-            feats.append({"type": "Feature", "properties": {"zone_id": f"c{i}", "radius_m": float(rng.uniform(50, 3000))},
+            feats.append({"type": "Feature",
+                          "properties": {"zone_id": f"c{i}",
+                                         "radius_m": float(rng.uniform(50, 3000))},
                           "geometry": {"type": "Point", "coordinates": [lon, lat]}})
         else:
             s = rng.uniform(0.001, 0.05)
             feats.append({"type": "Feature", "properties": {"zone_id": f"p{i}"},
-                          "geometry": shapely.geometry.mapping(shapely.box(lon, lat, lon + s, lat + s))})
+                          "geometry": shapely.geometry.mapping(
+                              shapely.box(lon, lat, lon + s, lat + s))})
     zones = load_zones({"type": "FeatureCollection", "features": feats})
     cz = compile_zones(zones)
     lon = rng.uniform(112.9, 114.1, 3000)
@@ -393,7 +418,8 @@ def test_candidates_equal_a_brute_force_bbox_scan():
     offsets, zidx = cz.candidates(lon, lat)
     bb = cz.arrays.zone_bbox
     for i in range(len(lon)):
-        expect = np.flatnonzero((bb[:, 0] <= lon[i]) & (lon[i] <= bb[:, 2]) & (bb[:, 1] <= lat[i]) & (lat[i] <= bb[:, 3]))
+        expect = np.flatnonzero((bb[:, 0] <= lon[i]) & (lon[i] <= bb[:, 2])
+                                & (bb[:, 1] <= lat[i]) & (lat[i] <= bb[:, 3]))
         np.testing.assert_array_equal(zidx[offsets[i]:offsets[i + 1]], expect)
     assert offsets[-1] > 0
     off2, z2, inside = cz.contains_candidates(lon, lat)
@@ -410,7 +436,8 @@ def test_circle_bbox_and_candidates_hold_the_whole_circle(circles):
     for zi, zone in enumerate(zones):
         lon0, lat0, r = zone.circle
         az = np.arange(0.0, 360.0, 360.0 / 64 / 2)[1::2]  # between the drawing's vertices
-        plon, plat, _ = geod.fwd(np.full_like(az, lon0), np.full_like(az, lat0), az, np.full_like(az, r * 0.9999))
+        plon, plat, _ = geod.fwd(np.full_like(az, lon0), np.full_like(az, lat0), az,
+                                 np.full_like(az, r * 0.9999))
         assert cz.contains(plon, plat, zi).all()
         assert not shapely.contains_xy(zone.geometry, plon, plat).any() or r < 1
         offsets, zidx = cz.candidates(plon, plat)
@@ -427,8 +454,10 @@ def test_grid_ring_bound_is_a_lower_bound_of_the_boundary_distance(counties, dat
     zi = cz.index[zone.zone_id]
     a = cz.arrays
     nx, ny = a.grid_shape[zi]
-    ix = np.clip(((lon - a.grid_origin[zi, 0]) * a.grid_inv_cell[zi, 0]).astype(np.int64), 0, nx - 1)
-    iy = np.clip(((lat - a.grid_origin[zi, 1]) * a.grid_inv_cell[zi, 1]).astype(np.int64), 0, ny - 1)
+    ix = np.clip(((lon - a.grid_origin[zi, 0]) * a.grid_inv_cell[zi, 0]).astype(np.int64),
+                 0, nx - 1)
+    iy = np.clip(((lat - a.grid_origin[zi, 1]) * a.grid_inv_cell[zi, 1]).astype(np.int64),
+                 0, ny - 1)
     ring = a.cell_ring[a.grid_cell_offsets[zi] + iy * nx + ix]
     bound = np.maximum(ring - 1, 0) * a.grid_cell_min_m[zi]
     _, ref_bdist = ref.shapely_distances_m(zone, a.zone_tm[zi, 0], a.zone_tm[zi, 1], lon, lat)

@@ -39,7 +39,9 @@ def poly(*rings):
 def test_polygon_multipolygon_and_circle():
     zones = load_zones(fc(
         feat(poly(SQUARE, HOLE), zone_id="county", kind="inclusion"),
-        feat({"type": "MultiPolygon", "coordinates": [[SQUARE], [[[114, 35], [114.1, 35], [114.1, 35.1], [114, 35]]]]}, fid="two"),
+        feat({"type": "MultiPolygon",
+              "coordinates": [[SQUARE], [[[114, 35], [114.1, 35], [114.1, 35.1], [114, 35]]]]},
+             fid="two"),
         feat({"type": "Point", "coordinates": [113.05, 34.05]}, zone_id="home", radius_m=250),
     ))
     assert [z.zone_id for z in zones] == ["county", "two", "home"]
@@ -56,7 +58,8 @@ def test_polygon_multipolygon_and_circle():
 
 
 def test_zone_id_rules_and_numeric_ids():
-    zones = load_zones(fc(feat(poly(SQUARE), fid="from-id"), feat(poly(SQUARE), fid="ignored", zone_id=411303)))
+    zones = load_zones(fc(feat(poly(SQUARE), fid="from-id"),
+                          feat(poly(SQUARE), fid="ignored", zone_id=411303)))
     assert [z.zone_id for z in zones] == ["from-id", "411303"]
 
 
@@ -92,7 +95,8 @@ def test_real_gcj02_county_is_moved_to_wgs84():
     (zone,) = load_zones(raw)
     ring = np.array(raw["features"][0]["geometry"]["coordinates"][0][0])
     lon, lat = gcj02_to_wgs84(ring[:, 0], ring[:, 1])
-    got = {tuple(p) for p in np.asarray(shapely.get_parts(zone.geometry)[0].exterior.coords).round(10)}
+    got = {tuple(p)
+           for p in np.asarray(shapely.get_parts(zone.geometry)[0].exterior.coords).round(10)}
     assert {tuple(p) for p in np.column_stack([lon, lat]).round(10)} <= got
     # GCJ-02 in Zhejiang is a few hundred metres off WGS-84.
     assert 0.001 < np.abs(ring[:, 0] - lon).max() < 0.01
@@ -157,23 +161,35 @@ SWAPPED = [[34.0, 113.0], [34.0, 113.1], [34.1, 113.1], [34.1, 113.0], [34.0, 11
         (fc(feat(poly([]), fid="e")), "e", "empty geometry"),
         (fc(feat({"type": "Polygon", "coordinates": []}, fid="e")), "e", "empty geometry"),
         (fc(feat(None, fid="n")), "n", "empty geometry"),
-        (fc(feat(poly(SQUARE), fid="c", coord_sys="EPSG:999999")), "c", "unknown coordinate system 'EPSG:999999'"),
+        (fc(feat(poly(SQUARE), fid="c", coord_sys="EPSG:999999")), "c",
+         "unknown coordinate system 'EPSG:999999'"),
         (fc(feat(poly(SQUARE), fid="c", coord_sys="mars")), "c", "unknown coordinate system"),
-        (fc(feat(poly([[113, 34], [213, 34], [113, 35], [113, 34]]), fid="r")), "r", r"\[213, 34\] is out of range"),
+        (fc(feat(poly([[113, 34], [213, 34], [113, 35], [113, 34]]), fid="r")), "r",
+         r"\[213, 34\] is out of range"),
         (fc(feat(poly(SWAPPED), fid="s"), coord_sys="gcj02"), "s", r"look like \[lat, lon\]"),
         (fc(feat(poly(SWAPPED), fid="s")), "s", r"look like \[lat, lon\]"),
-        (fc(feat(poly(SQUARE), fid="d"), feat(poly(SQUARE), fid="x"), feat(poly(SQUARE), fid="d")), "d", r"duplicate zone id \(features #0 and #2\)"),
-        (fc(feat({"type": "Point", "coordinates": [113, 34]}, fid="p", radius_m=0)), "p", "radius_m must be > 0"),
-        (fc(feat({"type": "Point", "coordinates": [113, 34]}, fid="p", radius_m=-5)), "p", "radius_m must be > 0"),
-        (fc(feat({"type": "Point", "coordinates": [113, 34]}, fid="p", radius_m="50")), "p", "finite number of metres"),
-        (fc(feat({"type": "Point", "coordinates": [113, 34]}, fid="p")), "p", "needs properties.radius_m"),
-        (fc(feat({"type": "LineString", "coordinates": SQUARE}, fid="l")), "l", "'LineString' is not a zone"),
-        (fc(feat(poly([[113, 34], [113.1, 34], [113, 34]]), fid="t")), "t", "at least 3 distinct points"),
-        (fc(feat(poly([[113, 34], ["a", 34], [113, 35], [113, 34]]), fid="t")), "t", "number pairs"),
+        (fc(feat(poly(SQUARE), fid="d"), feat(poly(SQUARE), fid="x"), feat(poly(SQUARE), fid="d")),
+         "d", r"duplicate zone id \(features #0 and #2\)"),
+        (fc(feat({"type": "Point", "coordinates": [113, 34]}, fid="p", radius_m=0)), "p",
+         "radius_m must be > 0"),
+        (fc(feat({"type": "Point", "coordinates": [113, 34]}, fid="p", radius_m=-5)), "p",
+         "radius_m must be > 0"),
+        (fc(feat({"type": "Point", "coordinates": [113, 34]}, fid="p", radius_m="50")), "p",
+         "finite number of metres"),
+        (fc(feat({"type": "Point", "coordinates": [113, 34]}, fid="p")), "p",
+         "needs properties.radius_m"),
+        (fc(feat({"type": "LineString", "coordinates": SQUARE}, fid="l")), "l",
+         "'LineString' is not a zone"),
+        (fc(feat(poly([[113, 34], [113.1, 34], [113, 34]]), fid="t")), "t",
+         "at least 3 distinct points"),
+        (fc(feat(poly([[113, 34], ["a", 34], [113, 35], [113, 34]]), fid="t")), "t",
+         "number pairs"),
         (fc(feat(poly(SQUARE))), None, "feature #0 has no zone id"),
         (fc(feat(poly(SQUARE), zone_id="")), None, "feature #0 has no zone id"),
-        (fc(feat(poly(SQUARE), fid="g", coord_sys="EPSG:4547")), "g", "outside EPSG:4547's area of use"),
-        (fc(feat(poly([[2.35, 48.85], [2.36, 48.85], [2.36, 48.86], [2.35, 48.85]]), fid="paris", coord_sys="EPSG:4490")),
+        (fc(feat(poly(SQUARE), fid="g", coord_sys="EPSG:4547")), "g",
+         "outside EPSG:4547's area of use"),
+        (fc(feat(poly([[2.35, 48.85], [2.36, 48.85], [2.36, 48.86], [2.35, 48.85]]),
+                 fid="paris", coord_sys="EPSG:4490")),
          "paris", "area of use"),
     ],
 )
@@ -191,7 +207,8 @@ def test_a_real_county_with_swapped_coordinates_is_reported_as_a_swap():
     raw = ref.county_collection(["330723"])
     bad = copy.deepcopy(raw)
     bad["features"][0]["geometry"]["coordinates"] = [
-        [[[lat, lon] for lon, lat in ring] for ring in part] for part in raw["features"][0]["geometry"]["coordinates"]
+        [[[lat, lon] for lon, lat in ring] for ring in part]
+        for part in raw["features"][0]["geometry"]["coordinates"]
     ]
     with pytest.raises(ZoneError, match=r"zone '330723': coordinates look like \[lat, lon\]"):
         load_zones(bad)

@@ -132,7 +132,8 @@ def test_repeated_takeovers_under_traffic_lose_no_fix_and_fire_no_last_will(
 
     want = [t + i * 1000 for i in range(per_device)]
     for d in senders:
-        assert until(lambda d=d: track_ts(engine.store_url, d), lambda ts: len(ts) >= per_device) == want
+        assert until(lambda d=d: track_ts(engine.store_url, d),
+                     lambda ts: len(ts) >= per_device) == want
     store = open_store(engine.store_url)
     try:
         alarms = [(r["type"], r["device_id"]) for r in store.list_alarms()]
@@ -253,7 +254,8 @@ def test_every_shipped_listener_binds_the_session_to_the_login():
 def _run(fleet, *args):
     return subprocess.run(
         [sys.executable, "-m", "emfence", "run", "--zones", str(fleet.zones_path), "--subjects",
-         str(fleet.subjects_path), "--store", "sqlite:///unused.db", "--broker", "mqtt://127.0.0.1:1",
+         str(fleet.subjects_path), "--store", "sqlite:///unused.db",
+         "--broker", "mqtt://127.0.0.1:1",
          *args], check=False, capture_output=True, text=True, cwd=ROOT, timeout=120)
 
 
@@ -261,7 +263,8 @@ def _run(fleet, *args):
     (["--name", "console"], ("emfence run: --name 'console' would log in as emfence-console, the "
                             "console account; choose another worker name")),
     (["--name", "loadgen-2"], ("emfence run: --name 'loadgen-2' would log in as "
-                              "emfence-loadgen-2, the loadgen account; choose another worker name")),
+                              "emfence-loadgen-2, the loadgen account; choose another "
+                              "worker name")),
     (["--username", "emfence-console", "--name", "north"],
      ("emfence run: --username emfence-console: the console account may not read fixes; log in "
      "as this worker's own account emfence-north")),

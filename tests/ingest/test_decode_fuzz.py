@@ -8,7 +8,7 @@ live MQTT intake builds from a refused message (which must never raise at all).
 
 CI runs a few thousand examples in total. For a deep run (about 100 times as many):
 
-    EMFENCE_DECODE_FUZZ=deep python -m pytest -q -p no:cacheprovider tests/ingest/test_decode_fuzz.py
+    EMFENCE_DECODE_FUZZ=deep python -m pytest -q tests/ingest/test_decode_fuzz.py
 """
 
 from __future__ import annotations

@@ -399,7 +399,8 @@ def test_non_finite_numbers_from_other_parsers_are_rejected(bad):
         obj = {"ts": RX, "lat": 1.0, "lon": 2.0, field: bad}
         with pytest.raises(PayloadError) as info:
             parse_fix(obj, where="line 3")
-        assert info.value.reason.startswith(f"out_of_range: {field}=") and "not finite" in info.value.reason
+        assert (info.value.reason.startswith(f"out_of_range: {field}=")
+                and "not finite" in info.value.reason)
     with pytest.raises(PayloadError, match="out_of_range: battery="):
         parse_status({"ts": RX, "battery": bad})
 

@@ -259,7 +259,8 @@ def hostile_payloads(fleet: Fleet, n: int, t: int, first: int = 0):
     kinds = [
         (good, lambda i: orjson.dumps(fix(t + i, fleet.home))[:-7], "bad_json"),
         (good, lambda i: b'{"ts": "%d", "lat": 1, "lon": 2}' % i, "bad_type"),
-        (good, lambda i: orjson.dumps([{"ts": t + i, "lat": 1, "lon": 2}] * 1001), "too_many_fixes"),
+        (good, lambda i: orjson.dumps([{"ts": t + i, "lat": 1, "lon": 2}] * 1001),
+         "too_many_fixes"),
         (good, lambda i: b'{"ts": %d, "lat": NaN, "lon": 2}' % (t + i), "bad_json"),
         (f"emfence/v1/{REGION_A}/\u8bbe\u5907{{i}}/fix", lambda i: b"{}", "bad_topic"),
         (f"emfence/v1/{REGION_A}/{b0}/fix", lambda i: orjson.dumps(fix(t + i, fleet.home)),

@@ -24,6 +24,7 @@ def fleet(n: int, seed: int, counties: tuple[str, ...] | None = None):
     from simulators.generate import generate_fleet
     from simulators.movement import Fleet
 
-    gen = generate_fleet(n, seed=seed, counties=list(counties) if counties else None, start_ms=START_MS)
+    gen = generate_fleet(n, seed=seed, counties=list(counties) if counties else None,
+                         start_ms=START_MS)
     zones = load_zones(gen.zones)
     return gen, zones, Fleet.build(gen.subjects, zones)

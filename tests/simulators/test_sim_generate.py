@@ -96,5 +96,6 @@ def test_bad_requests_are_named(capsys):
         generate_fleet(5, seed=0, counties=["999999"], start_ms=START_MS)
     with pytest.raises(GenerateError, match="at least 1"):
         generate_fleet(0, seed=0, start_ms=START_MS)
-    assert emfence_main(["simulate", "--generate", "5", "-o", "/tmp/x", "--counties", "123456"]) == 1
+    assert emfence_main(["simulate", "--generate", "5", "-o", "/tmp/x",
+                         "--counties", "123456"]) == 1
     assert "123456" in capsys.readouterr().err

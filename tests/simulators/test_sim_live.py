@@ -33,7 +33,8 @@ def test_simulator_engine_store_score(tmp_path):
     try:
         stats = asyncio.run(run_publish(
             sim, rig.host, rig.port, credentials=rig.credentials(sim.fleet.device_ids),
-            truth=run / "truth.jsonl", alarms_out=run / "alarms.jsonl", alarms_user="emfence-console",
+            truth=run / "truth.jsonl", alarms_out=run / "alarms.jsonl",
+            alarms_user="emfence-console",
             alarms_password=passwords["emfence-console"], linger_s=4.0, progress=False))
     finally:
         code = rig.stop_engine()
@@ -67,7 +68,8 @@ def test_a_start_overrun_by_set_up_still_scores_exactly(tmp_path):
     try:
         stats = asyncio.run(run_publish(
             sim, rig.host, rig.port, credentials=rig.credentials(sim.fleet.device_ids),
-            truth=run / "truth.jsonl", alarms_out=run / "alarms.jsonl", alarms_user="emfence-console",
+            truth=run / "truth.jsonl", alarms_out=run / "alarms.jsonl",
+            alarms_user="emfence-console",
             alarms_password=passwords["emfence-console"], linger_s=4.0, progress=False,
             on_start=lambda s: started.append(s.start_ms)))
     finally:

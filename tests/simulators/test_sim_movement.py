@@ -125,7 +125,8 @@ def test_a_detour_goes_out_and_comes_back():
     assert not county.contains(shapely.Point(target))
     start, end = model.insert_detour(s, START_MS + 10_000, [target], travel_ms=5000, dwell_ms=8000)
     assert (start, end) == (START_MS + 10_000, START_MS + 10_000 + 18_000)
-    x, y, kind = model.true_position_m(np.array([s, s, s]), np.array([start + 6000, start + 12_000, end]))
+    x, y, kind = model.true_position_m(np.array([s, s, s]),
+                                       np.array([start + 6000, start + 12_000, end]))
     assert kind[0] == 2 and kind[1] == 2
     assert (x[1], y[1]) == pytest.approx(target)
     assert (x[2], y[2]) == pytest.approx((x0, y0))

@@ -75,11 +75,13 @@ def broker(tmp_path, small):
         yield b
 
 
-async def test_per_device_connections_deliver_everything_and_spoofs_are_refused(broker, small, tmp_path):
+async def test_per_device_connections_deliver_everything_and_spoofs_are_refused(broker, small,
+                                                                                tmp_path):
     import time
 
     sim = Simulation(small, rate=50.0, duration_s=22.0, start_ms=int(time.time() * 1000) + 1500,
-                     config=fast_config(), scenario="mixed", seed=6, time_scale=30.0, events_per_kind=1)
+                     config=fast_config(), scenario="mixed", seed=6, time_scale=30.0,
+                     events_per_kind=1)
     kinds = {e.what for e in sim.truth}
     assert {"spoof", "malformed", "duplicate", "store_forward"} <= kinds, sim.skipped
     stats, sent, received = await _run(broker, sim, per_device=True, truth=tmp_path / "truth.jsonl")
@@ -153,10 +155,11 @@ async def test_wire_connection_counts_pubacks(broker):
     stop, ready = asyncio.Event(), asyncio.Event()
     collector = asyncio.create_task(_collect(broker.port, stop, ready, received))
     await asyncio.wait_for(ready.wait(), 10)
-    c = WireConnection("127.0.0.1", broker.port, client_id="sim-wire-ok", username="emfence-loadgen",
-                       password="loadgen-pw", window=50)
+    c = WireConnection("127.0.0.1", broker.port, client_id="sim-wire-ok",
+                       username="emfence-loadgen", password="loadgen-pw", window=50)
     await c.connect()
-    payloads = [orjson.dumps({"ts": 1763800000000 + i, "lat": 33.0, "lon": 112.5}) for i in range(500)]
+    payloads = [orjson.dumps({"ts": 1763800000000 + i, "lat": 33.0, "lon": 112.5})
+                for i in range(500)]
     for p in payloads:  # 10x the window: the loop must wait for PUBACKs
         await c.room()
         c.publish("emfence/v1/411303/B-0001/fix", p)

@@ -14,7 +14,8 @@ from sim_helpers import FAST_TOML, START_MS, fast_config, fleet
 from emfence.replay import main as replay_main
 from ingest.decode import PayloadError, decode_fix_payload, decode_status_payload, parse_topic
 from simulators.cli import write_truth_header
-from simulators.scenario import EXPECTED, Simulation
+from simulators.events import EXPECTED
+from simulators.scenario import Simulation
 from simulators.score import read_alarms, read_truth, score
 
 
@@ -29,7 +30,8 @@ def test_every_payload_decodes_except_the_malformed_ones():
     cfg = fast_config().ingest
     msgs = sim.messages(0, sim.total_slots)
     kinds = Counter(m.kind for m in msgs)
-    assert kinds["fix"] > 0 and kinds["status"] > 0 and kinds["burst"] > 0 and kinds["malformed"] > 0
+    assert (kinds["fix"] > 0 and kinds["status"] > 0 and kinds["burst"] > 0
+            and kinds["malformed"] > 0)
     ids = set(sim.fleet.device_ids)
     for m in msgs:
         region, device_id, kind = parse_topic(m.topic)
@@ -112,11 +114,13 @@ def test_the_engine_agrees_with_the_ground_truth(tmp_path):
     (tmp_path / "fixes.jsonl").write_bytes(b"\n".join(sim.replay_lines()) + b"\n")
     (tmp_path / "c.toml").write_text(FAST_TOML)
     write_truth_header(tmp_path / "truth.jsonl", sim)
-    rc = replay_main(["--zones", str(zp), "--subjects", str(sp), "--fixes", str(tmp_path / "fixes.jsonl"),
+    rc = replay_main(["--zones", str(zp), "--subjects", str(sp),
+                      "--fixes", str(tmp_path / "fixes.jsonl"),
                       "--out", str(tmp_path / "alarms.jsonl"), "--config", str(tmp_path / "c.toml"),
                       "--until", str(sim.end_ms)])
     assert rc == 0
-    result = score(read_truth(tmp_path / "truth.jsonl"), read_alarms(str(tmp_path / "alarms.jsonl")))
+    result = score(read_truth(tmp_path / "truth.jsonl"),
+                   read_alarms(str(tmp_path / "alarms.jsonl")))
     assert result["expected"] >= 10
     assert result["missed"] == 0, result["missed_events"]
     assert result["false"] == 0, result["false_alarms"]
@@ -130,7 +134,8 @@ def test_truth_file_round_trips(tmp_path):
     assert truth.start == START_MS and truth.end == sim.end_ms
     assert len(truth.events) == len(sim.truth)
     first = orjson.loads((tmp_path / "t.jsonl").read_bytes().splitlines()[1])
-    assert set(first) == {"what", "device_id", "subject_id", "zone_id", "start", "end", "expect", "detail"}
+    assert set(first) == {"what", "device_id", "subject_id", "zone_id", "start", "end", "expect",
+                          "detail"}
 
 
 def test_cli_replay_out_is_deterministic_and_replays_cleanly(tmp_path):
@@ -139,7 +144,8 @@ def test_cli_replay_out_is_deterministic_and_replays_cleanly(tmp_path):
     gen, _, _ = fleet(60, 8, ("411303",))
     zp, sp = gen.write(tmp_path / "fleet")
     (tmp_path / "c.toml").write_text(FAST_TOML)
-    base = ["simulate", "--zones", str(zp), "--subjects", str(sp), "--rate", "40", "--duration", "60",
+    base = ["simulate", "--zones", str(zp), "--subjects", str(sp), "--rate", "40",
+            "--duration", "60",
             "--scenario", "mixed", "--seed", "8", "--start", str(START_MS), "--config",
             str(tmp_path / "c.toml"), "--time-scale", "30", "--events-per-kind", "1"]
     for name in ("a", "b"):
@@ -147,8 +153,10 @@ def test_cli_replay_out_is_deterministic_and_replays_cleanly(tmp_path):
                                     "--truth", str(tmp_path / f"{name}.truth")]) == 0
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
     assert (tmp_path / "a.truth").read_bytes() == (tmp_path / "b.truth").read_bytes()
-    assert replay_main(["--zones", str(zp), "--subjects", str(sp), "--fixes", str(tmp_path / "a.jsonl"),
-                        "--out", str(tmp_path / "alarms.jsonl"), "--config", str(tmp_path / "c.toml"),
+    assert replay_main(["--zones", str(zp), "--subjects", str(sp),
+                        "--fixes", str(tmp_path / "a.jsonl"),
+                        "--out", str(tmp_path / "alarms.jsonl"),
+                        "--config", str(tmp_path / "c.toml"),
                         "--until", str(START_MS + 60_000)]) == 0
     result = score(read_truth(tmp_path / "a.truth"), read_alarms(str(tmp_path / "alarms.jsonl")))
     assert result["expected"] >= 4 and result["missed"] == 0 and result["false"] == 0, result

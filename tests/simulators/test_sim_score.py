@@ -60,7 +60,8 @@ def test_matched_missed_false_and_latency(tmp_path):
 
 
 def test_type_device_zone_and_window_must_all_match(tmp_path):
-    truth = _truth(tmp_path, [ev("exclusion_entry", "B-1", 10_000, 20_000, "exclusion", "victim-1")])
+    truth = _truth(tmp_path,
+                   [ev("exclusion_entry", "B-1", 10_000, 20_000, "exclusion", "victim-1")])
     for wrong in (alarm("outbound", "B-1", 12_000, zone="victim-1"),   # type
                   alarm("exclusion", "B-9", 12_000, zone="victim-1"),  # device
                   alarm("exclusion", "B-1", 12_000, zone="venue-2"),   # zone
@@ -70,7 +71,8 @@ def test_type_device_zone_and_window_must_all_match(tmp_path):
         assert (r["matched"], r["missed"], r["false"]) == (0, 1, 1), wrong
     edge = alarm("exclusion", "B-1", 8_000, zone="victim-1")  # exactly start - slack
     assert score(truth, [edge])["matched"] == 1
-    assert score(truth, [alarm("exclusion", "B-1", 5_000, zone="victim-1")], slack_ms=5000)["matched"] == 1
+    assert score(truth, [alarm("exclusion", "B-1", 5_000, zone="victim-1")],
+                 slack_ms=5000)["matched"] == 1
 
 
 def test_a_second_alarm_in_one_episode_is_false_and_redeliveries_count_once(tmp_path):
@@ -108,7 +110,8 @@ def test_cli_reads_jsonl_and_a_sqlite_store(tmp_path, capsys):
 
     truth = _truth(tmp_path, [ev("strap_open", "B-1", 10_000, 20_000, "tamper")])
     a = alarm("tamper", "B-1", 12_000, rx=12_040)
-    (tmp_path / "alarms.jsonl").write_bytes(orjson.dumps(a) + b"\n" + orjson.dumps(cleared(a, 21_000)) + b"\n")
+    (tmp_path / "alarms.jsonl").write_bytes(orjson.dumps(a) + b"\n"
+                                            + orjson.dumps(cleared(a, 21_000)) + b"\n")
     assert emfence_main(["score", "--truth", str(tmp_path / "truth.jsonl"),
                          "--alarms", str(tmp_path / "alarms.jsonl"), "--json", "--strict"]) == 0
     out = orjson.loads(capsys.readouterr().out)

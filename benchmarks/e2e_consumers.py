@@ -1,0 +1,121 @@
+"""The two consumers the end-to-end benchmark (``benchmarks.e2e``) ramps the simulator
+against, each with an ``await received()`` count: the bare aiomqtt subscriber (a
+subprocess, the broker's ceiling) and the engine's own message counter (read from its
+health messages)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import aiomqtt
+import orjson
+
+from contract.topics import device_topic, health_topic
+
+# -- the bare subscriber (a subprocess) ----------------------------------------------------
+
+async def bare_subscriber(port: int, username: str, password: str) -> None:
+    """Subscribe to every fix and status (QoS 1), decode each payload, print the count."""
+    count = 0
+    bad = 0
+    async with aiomqtt.Client("127.0.0.1", port, username=username, password=password,
+                              identifier=f"bench-bare-{os.getpid()}", clean_session=True,
+                              max_queued_incoming_messages=0) as c:
+        await c.subscribe(device_topic("+", "+", "fix"), qos=1)
+        await c.subscribe(device_topic("+", "+", "status"), qos=1)
+        print("ready", flush=True)
+
+        async def report() -> None:
+            while True:
+                await asyncio.sleep(0.05)
+                print(f"count {count} {bad}", flush=True)
+
+        reporter = asyncio.create_task(report())
+        try:
+            async for msg in c.messages:
+                try:
+                    orjson.loads(msg.payload)
+                except orjson.JSONDecodeError:
+                    bad += 1
+                count += 1
+        finally:
+            reporter.cancel()
+
+
+class BareProcess:
+    """The bare subscriber subprocess and its latest count (read from its stdout)."""
+
+    def __init__(self, port: int, username: str, password_file: Path):
+        self.count = 0
+        self.proc = None
+        self.args = [sys.executable, "-m", "benchmarks.e2e", "--bare-subscriber", str(port),
+                     "--bare-username", username, "--bare-password-file", str(password_file)]
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(*self.args, stdout=subprocess.PIPE)
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 30)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"bare subscriber did not start: {line!r}")
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            line = await self.proc.stdout.readline()
+            if not line:
+                return
+            parts = line.split()
+            if parts and parts[0] == b"count":
+                self.count = int(parts[1])
+
+    async def received(self) -> int:
+        return self.count
+
+    async def stop(self) -> None:
+        if self.proc and self.proc.returncode is None:
+            self.proc.terminate()
+            await self.proc.wait()
+        self._reader.cancel()
+
+
+class EngineCounter:
+    """The engine's received-message counter, from its health messages (only the current
+    engine process's: an earlier engine's retained health, e.g. its final "offline" one,
+    has an older ``started_at``)."""
+
+    def __init__(self, rig):
+        self.rig = rig
+        self.health: dict = {}
+        self._task = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._watch())
+        await asyncio.wait_for(self._ready.wait(), 30)
+
+    async def _watch(self) -> None:
+        from simulators.live import ENGINE_NAME
+
+        async with aiomqtt.Client(self.rig.host, self.rig.port, username="emfence-console",
+                                  password=self.rig.passwords["emfence-console"]) as c:
+            await c.subscribe(health_topic(ENGINE_NAME), qos=1)
+            async for msg in c.messages:
+                health = orjson.loads(msg.payload)
+                if health.get("started_at", 0) < self.rig.engine_launched_ms:
+                    continue
+                self.health = health
+                self._ready.set()
+
+    async def received(self) -> int:
+        return int(self.health.get("counters", {}).get("messages", 0))
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, aiomqtt.MqttError):
+                pass
