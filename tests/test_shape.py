@@ -32,16 +32,8 @@ EXCUSE = "one piece:"
 PACKAGES = ("contract", "geofence", "engine", "ingest", "alarms", "console", "simulators",
             "emfence", "benchmarks")
 
-_STORE_SPLIT = ("alarms/store.py is being split by responsibility (connections and "
-                "dialects, events + outbox + lifecycle, tracks, users + audit, queries) "
-                "in parallel")
 # "path" (the file) or "path::Qualified.name" (a function): why it is still there.
-KNOWN: dict[str, str] = {
-    "alarms/store.py": _STORE_SPLIT,
-    "alarms/store.py::AlarmStore.list_alarms": _STORE_SPLIT,
-    "alarms/store.py::AlarmStore.stats": _STORE_SPLIT,
-    "alarms/publisher.py::OutboxPublisher.run": "alarms/ is being restructured in parallel",
-}
+KNOWN: dict[str, str] = {}
 
 
 def python_files(root: Path, packages=PACKAGES) -> list[Path]:

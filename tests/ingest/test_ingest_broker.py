@@ -257,10 +257,12 @@ def test_mqtt_passwords_errors_name_the_entry(tmp_path):
     subjects = tmp_path / "s.json"
     subjects.write_text("[]")
     proc = subprocess.run([sys.executable, "-m", "emfence", "mqtt-passwords", str(subjects),
-                           "--secret-file", str(short)], capture_output=True, text=True, check=False)
+                           "--secret-file", str(short)],
+                          capture_output=True, text=True, check=False)
     assert proc.returncode == 1 and f"{short}: secret is 3 bytes" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "emfence", "mqtt-passwords", str(subjects),
-                           "--secret-file", str(tmp_path / "nope")], capture_output=True, text=True, check=False)
+                           "--secret-file", str(tmp_path / "nope")],
+                          capture_output=True, text=True, check=False)
     assert proc.returncode == 1 and "cannot read the secret file" in proc.stderr
 
 
