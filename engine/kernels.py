@@ -490,23 +490,6 @@ def _status_rules(st, d, ts, battery, strap, battery_low_pct, battery_clear_pct,
     return n
 
 
-@njit(cache=True, _nrt=False)
-def _wgs84_positions(kind, device, lat, lon, coord_sys, n_dev, wgs_lat, wgs_lon):
-    """The WGS-84 position of every fix of a known device (GCJ-02 converted) into
-    ``wgs_lat``/``wgs_lon``. A pass of its own, before the rules: with the stores inside
-    the rule loop (which the compiler must assume may alias the state arrays),
-    ``benchmarks.engine`` measured ~8 % fewer fixes/s on walking devices."""
-    for i in range(kind.shape[0]):
-        d = device[i]
-        if kind[i] == K_FIX and d >= 0 and d < n_dev:
-            x = lon[i]
-            y = lat[i]
-            if coord_sys[i] == 1:
-                x, y = gcj02_to_wgs84_point(x, y)
-            wgs_lon[i] = x
-            wgs_lat[i] = y
-
-
 # One piece on purpose (hence the noqa): the per-record loop, with the receive clock,
 # duplicates, the settled-device cache and the grid path inlined, is the hot path; each
 # call from it to a helper taking the state NamedTuples costs refcounts on ~50 arrays, more
@@ -565,7 +548,6 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     cell_state = za.cell_state
     n_dev = last_rx.shape[0]
     nan = np.nan
-    _wgs84_positions(kind, device, lat, lon, coord_sys, n_dev, wgs_lat, wgs_lon)
     for i in range(kind.shape[0]):
         d = device[i]
         if d < 0 or d >= n_dev:
@@ -591,8 +573,12 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
         t = ts[i]
         if kind[i] == K_FIX:
             counters[C_FIXES] += 1
-            x = wgs_lon[i]  # converted by _wgs84_positions above
-            y = wgs_lat[i]
+            x = lon[i]
+            y = lat[i]
+            if coord_sys[i] == 1:
+                x, y = gcj02_to_wgs84_point(x, y)
+            wgs_lon[i] = x
+            wgs_lat[i] = y
             last = last_fix[d]
             if t == last:
                 counters[C_DUP_FIXES] += 1
