@@ -132,8 +132,8 @@ class Engine:
 
     def _run(self, batch: RecordBatch, clock: bool, now: int,
              positions: Positions | None = None) -> tuple[list[dict], int]:
-        # (Plain tuples and len() here: this is the fixed cost of every call, and a
-        # NamedTuple's attributes and .shape cost ~0.3 us more on a batch of one fix.)
+        # (Plain tuples and len() here: this is the fixed cost of every call; a
+        # NamedTuple's attributes, .shape and star-unpacking measured ~0.3 us more.)
         if positions is None:  # nobody asked: the kernel writes into a scratch pair
             if len(batch[0]) > self._scratch_n:
                 self._scratch_n = max(len(batch[0]), 2 * self._scratch_n)
