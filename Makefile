@@ -29,14 +29,18 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # Debian packages the tests use: mosquitto (the real broker the MQTT tests start on a
-# free port), chromium + chromium-driver (the console's end-to-end test) and openssl
-# (certificates for the TLS test).
+# free port), chromium + chromium-driver (the console's end-to-end test), a CJK font
+# (fonts-wqy-microhei, ~1.6 MB: the console's Chinese text in the browser tests and
+# their screenshots; fonts-noto-cjk would be ~56 MB), tzdata (console.timezone) and
+# openssl (certificates for the TLS test).
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v mosquitto_passwd >/dev/null 2>&1 || missing="$$missing mosquitto-clients"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
+	[ -n "$$(fc-list :lang=zh 2>/dev/null)" ] || missing="$$missing fonts-wqy-microhei"; \
+	[ -e /usr/share/zoneinfo/Asia/Shanghai ] || missing="$$missing tzdata"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \

@@ -124,8 +124,8 @@ def zones_geojson(compiled: Any, principal: Principal, *, tolerance_m: float,
     ``compiled`` is a ``geofence.CompiledZones`` (or None: an empty collection). Each
     feature's properties: ``zone_id``, ``regions`` (sorted), ``kind`` (inclusion /
     exclusion / leave), ``subjects`` (sorted ids of the subjects using it, so the page
-    can draw one subject's zones), ``name`` (the zone's ``name`` property, or None) and, for a circle, ``circle`` = ``[lon, lat, radius_m]`` so the
-    page can draw it exactly.
+    can draw one subject's zones), ``name`` (the zone's ``name`` property, or None) and,
+    for a circle, ``circle`` = ``[lon, lat, radius_m]`` so the page can draw it exactly.
     """
     usage = zone_usage(registry)
     users = zone_users(registry)

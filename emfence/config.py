@@ -15,8 +15,10 @@ Units are in the names: ``_m`` metres, ``_s`` seconds, ``_ms`` milliseconds, ``_
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import tomllib
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,6 +151,9 @@ class ConsoleConfig:
     store_threads: int = 4
     # Largest page of alarms one list request returns.
     list_limit_max: int = 1000
+    # The command centre's time zone (IANA name): the page shows every time in it, with
+    # its UTC offset, whatever the browser's zone; statistics count days in it.
+    timezone: str = "Asia/Shanghai"
 
 
 @dataclass(frozen=True)
@@ -189,6 +194,10 @@ def _build(default: Any, data: dict[str, Any], prefix: str, source: str | None) 
 
 
 def _coerce(value: Any, want: type, key: str, source: str | None) -> Any:
+    if want is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"must be a string, got {value!r}", key=key, source=source)
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"must be a number, got {value!r}", key=key, source=source)
     if not math.isfinite(value):
@@ -236,7 +245,31 @@ def _check(config: Config, source: str | None) -> Config:
     if c.track_window_max_ms < c.track_window_ms:
         raise ConfigError("must be >= console.track_window_ms", key="console.track_window_max_ms",
                           source=source)
+    problem = time_zone_problem(c.timezone)
+    if problem:
+        raise ConfigError(problem, key="console.timezone", source=source)
     return config
+
+
+# Names the time-zone database holds that are no zone a browser knows.
+_NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+
+
+def time_zone_problem(name: str) -> str | None:
+    """Why ``name`` is not an IANA time-zone name this machine knows (None when it is)."""
+    if name not in _NOT_ZONES:
+        try:
+            zoneinfo.ZoneInfo(name)
+            return None
+        except (ValueError, OSError, zoneinfo.ZoneInfoNotFoundError):
+            pass  # named below, with a suggestion
+    known = zoneinfo.available_timezones() - _NOT_ZONES
+    if not known:
+        return (f"unknown time zone {name!r}: this machine has no time-zone database "
+                "(install the Debian package tzdata)")
+    near = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    return f"unknown time zone {name!r}: use an IANA name such as 'Asia/Shanghai'{hint}"
 
 
 def config_from_dict(data: dict[str, Any], source: str | None = None) -> Config:

@@ -1,12 +1,13 @@
 """The engine box: registry, device state, rule kernels, offline sweep and checkpoints
 (``emfence replay``, which drives it over a file, is in :mod:`emfence.replay`).
 
-``from engine import Registry, RegistryError, load_registry, Engine``
+``from engine import Registry, RegistryError, load_registry, Engine, Positions``
 """
 
+from engine.positions import Positions
 from engine.registry import Registry, RegistryError, load_registry
 
-__all__ = ["Engine", "Registry", "RegistryError", "load_registry"]
+__all__ = ["Engine", "Positions", "Registry", "RegistryError", "load_registry"]
 
 
 def __getattr__(name: str):

@@ -497,7 +497,7 @@ def _status_rules(st, d, ts, battery, strap, battery_low_pct, battery_clear_pct,
 @njit(cache=True)
 def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,  # noqa: C901
                   st, ra, za, offline_after_ms, buffer_m, confirm, battery_low_pct,
-                  battery_clear_pct, clock_sweep, now, ev_i, ev_f, counters):
+                  battery_clear_pct, clock_sweep, now, ev_i, ev_f, counters, wgs_lat, wgs_lon):
     """Run the rules over records in arrival order; returns ``(ev_i, ev_f, n_events, now)``.
 
     Record ``i``: ``kind`` (K_FIX / K_STATUS), ``device`` (dense index; out of range is
@@ -505,6 +505,11 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     ``lat``/``lon`` degrees in ``coord_sys`` (0 WGS-84, 1 GCJ-02, converted here),
     ``acc`` metres; for statuses ``battery`` percent (NaN absent) and ``strap`` (-1 absent,
     0 ok, 1 open). ``offline_after_ms[level]``; ``buffer_m`` metres; ``confirm`` out fixes.
+
+    ``wgs_lat[i]``/``wgs_lon[i]`` (at least as long as the batch) receive the WGS-84
+    position of every fix of a known device, duplicates and late fixes included: the very
+    numbers the rules ran on, so nobody converts a GCJ-02 fix a second time (track rows).
+    Other elements are left as they are.
 
     With ``clock_sweep`` (replay), ``now`` is a receive clock: it advances to each record's
     ``rx`` and the offline sweep runs whenever it does, before that record is processed,
@@ -568,6 +573,12 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
         t = ts[i]
         if kind[i] == K_FIX:
             counters[C_FIXES] += 1
+            x = lon[i]
+            y = lat[i]
+            if coord_sys[i] == 1:
+                x, y = gcj02_to_wgs84_point(x, y)
+            wgs_lon[i] = x
+            wgs_lat[i] = y
             last = last_fix[d]
             if t == last:
                 counters[C_DUP_FIXES] += 1
@@ -577,10 +588,6 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
                 counters[C_LATE_FIXES] += 1
             else:
                 last_fix[d] = t
-            x = lon[i]
-            y = lat[i]
-            if coord_sys[i] == 1:
-                x, y = gcj02_to_wgs84_point(x, y)
             # Settled device (see _fix_rules): nothing can change within the safe radius.
             if (not late and safe_m[d] > 0.0 and t < safe_until[d]
                     and moved_upper_m(near_lon[d], near_lat[d], x, y) < safe_m[d]):

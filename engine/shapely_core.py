@@ -128,8 +128,9 @@ class ShapelyEngine:
             dev.offline = None
         dev.last_rx = rx if dev.last_rx is None else max(dev.last_rx, rx)
 
-    def _fix(self, d: int, ts: int, rx: int, lat: float, lon: float, acc: float, gcj: bool,
+    def _fix(self, d: int, ts: int, rx: int, lat: float, lon: float, acc: float,
              out: list) -> None:
+        """One fix; ``lat``/``lon`` WGS-84 degrees (``process`` converted GCJ-02 ones)."""
         dev = self._devices[d]
         self._counts["fixes"] += 1
         self._received(d, dev, rx, out)
@@ -141,9 +142,6 @@ class ShapelyEngine:
             self._counts["late_fixes"] += 1
         else:
             dev.last_fix_ts = ts
-        if gcj:
-            x, y = gcj02_to_wgs84(np.array([lon]), np.array([lat]))
-            lon, lat = float(x[0]), float(y[0])
         s = int(self.registry.arrays.device_subject[d])
         margin = max(self.config.rules.buffer_m, acc)
         self._exclusion(d, dev, s, ts, lat, lon, acc, margin, late, out)
@@ -227,11 +225,19 @@ class ShapelyEngine:
                 dev.battery = None
 
     # ----- the Engine interface ----------------------------------------------------------
-    def process(self, batch: RecordBatch, *, clock_now_ms: int | None = None):
+    def process(self, batch: RecordBatch, *, clock_now_ms: int | None = None,
+                positions: Any = None):
+        """As :meth:`engine.Engine.process`, ``positions`` included."""
         out: list[dict] = []
         now = clock_now_ms
         n_dev = len(self._devices)
         kind, _, ts_ms, rx_ms, lat, lon, acc_m, coord_sys, battery_pct, strap = batch
+        if positions is not None:
+            positions.check(len(kind))
+        lat, lon = lat.copy(), lon.copy()
+        gcj = (kind == K_FIX) & (coord_sys == 1)
+        if gcj.any():
+            lon[gcj], lat[gcj] = gcj02_to_wgs84(lon[gcj], lat[gcj], parallel=False)
         for i, d in enumerate(batch.device_idx.tolist()):
             if d < 0 or d >= n_dev:
                 self._counts["unknown_device"] += 1
@@ -241,8 +247,10 @@ class ShapelyEngine:
                 now = rx
                 out += self.sweep(now)
             if kind[i] == K_FIX:
+                if positions is not None:
+                    positions.lat[i], positions.lon[i] = lat[i], lon[i]
                 self._fix(d, int(ts_ms[i]), rx, float(lat[i]), float(lon[i]), float(acc_m[i]),
-                          coord_sys[i] == 1, out)
+                          out)
             else:
                 self._status(d, int(ts_ms[i]), rx, float(battery_pct[i]), int(strap[i]), out)
         return out, now

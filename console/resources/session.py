@@ -34,6 +34,8 @@ def session_body(principal: Principal, csrf: str, console: Console) -> dict[str,
             "csrf_token": csrf, "dispositions": list(DISPOSITIONS),
             "false_alarm_dispositions": list(FALSE_ALARM_DISPOSITIONS),
             "escalate_after_s": console.escalate_after_s,
+            # The page shows every time in the command centre's zone, with its offset.
+            "timezone": console.settings.timezone,
             # Names for codes: the page shows 卧龙区, not 411303.
             "region_names": region_names(console.zones)}
 

@@ -10,6 +10,7 @@ from starlette.routing import Route
 from alarms.schema import FALSE_ALARM_DISPOSITIONS
 from console.access import OVERSEERS, signed_in
 from console.http import ApiError, int_param, json_response
+from console.settings import utc_offset_ms
 
 DAY_MS = 86_400_000
 
@@ -25,8 +26,13 @@ async def stats(request: Request) -> Response:
     assert from_ms is not None
     if from_ms > to_ms:
         raise ApiError(400, "bad_param", "'from_ms' must not be after 'to_ms'")
-    tz = int_param(request, "tz_offset_min", 0, lo=-14 * 60, hi=14 * 60) or 0
-    body = await caller.gateway.stats(regions, from_ms, to_ms, day_offset_ms=tz * 60_000)
+    # Days start at midnight in the command centre's zone (console.timezone), at its
+    # offset when the period starts; ?tz_offset_min= asks for another fixed offset.
+    tz = int_param(request, "tz_offset_min", None, lo=-14 * 60, hi=14 * 60)
+    zone = caller.console.settings.timezone if tz is None else None
+    day_offset_ms = utc_offset_ms(zone, from_ms) if zone else tz * 60_000
+    body = await caller.gateway.stats(regions, from_ms, to_ms, day_offset_ms=day_offset_ms)
+    body["timezone"] = zone
     body["false_alarm_dispositions"] = list(FALSE_ALARM_DISPOSITIONS)
     return json_response(body)
 

@@ -63,24 +63,10 @@ async function api(method, path, body) {
 }
 
 // ---------------------------------------------------------------- formatting
-const pad = (n) => String(n).padStart(2, "0");
-// The page shows local times; the zone is said once per place times appear.
-function tzMark() {
-  const off = -new Date().getTimezoneOffset();
-  return `UTC${off >= 0 ? "+" : "-"}${pad(Math.floor(Math.abs(off) / 60))}:${pad(Math.abs(off) % 60)}`;
-}
-function fmtTime(ms) {
-  if (ms === null || ms === undefined) return "";
-  const d = new Date(ms);
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
-         `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
-}
-// A list row's time: the clock time today, the date and minute before (full in its title).
-function fmtShort(ms) {
-  if (ms === null || ms === undefined) return "";
-  const full = fmtTime(ms);
-  return full.slice(0, 10) === fmtTime(Date.now()).slice(0, 10) ? full.slice(11) : full.slice(5, 16);
-}
+// Times are in the command centre's zone with their UTC offset (time.js).
+const fmtTime = (ms) => zoneTime.full(ms);
+const fmtShort = (ms) => zoneTime.short(ms);
+const tzMark = () => zoneTime.mark();
 function fmtDuration(ms) {
   if (ms === null || ms === undefined) return "–";
   const s = Math.round(ms / 1000);
@@ -193,7 +179,9 @@ async function start(session) {
   $("#tabs").hidden = false;
   $("#logout").hidden = false;
   $("#who").textContent = `${session.user} (${session.role})`;
+  zoneTime.setZone(session.timezone || "UTC");
   $("#th-time").textContent = `time (${tzMark()})`;
+  $("#th-time").title = `times in ${zoneTime.zone()}`;
   $("#tab-stats").hidden = !(session.role === "supervisor" || session.role === "admin");
   fillRegionSelect($("#f-region"), session.regions);
   fillRegionSelect($("#s-region"), session.regions);
@@ -459,7 +447,7 @@ async function renderDetail(id) {
   $(".d-title", frag).textContent = `${label(a.type)} · ${a.subject_id}`;
   const fields = [
     ["alarm", a.alarm_id], ["region", regionName(a.region)], ["device", a.device_id], ["zone", zoneName(a.zone_id)],
-    ["raised", `${fmtTime(a.raised_at)} ${tzMark()}` + (a.late ? ` (late fix, arrived ${fmtTime(a.recorded_at)})` : "")],
+    ["raised", fmtTime(a.raised_at) + (a.late ? ` (late fix, arrived ${fmtTime(a.recorded_at)})` : "")],
     ["condition", a.state + (a.cleared_at ? ` at ${fmtTime(a.cleared_at)}` : "")],
     ["handling", label(a.workflow) + (a.escalated_at ? ` · escalated ${fmtTime(a.escalated_at)}` : "")],
   ];
@@ -751,22 +739,18 @@ function setupMapControls() {
 }
 
 // ---------------------------------------------------------------- supervisor view
-function dayInput(ms) {
-  const d = new Date(ms);
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
-}
 
 async function loadStats(ev) {
   if (ev) ev.preventDefault();
   const body = $("#stats-body");
-  if (!$("#s-to").value) $("#s-to").value = dayInput(Date.now());
-  if (!$("#s-from").value) $("#s-from").value = dayInput(Date.now() - 29 * 86400000);
-  const from = new Date(`${$("#s-from").value}T00:00:00`).getTime();
-  // to_ms is exclusive: the midnight after the last day shown.
-  const end = new Date(`${$("#s-to").value}T00:00:00`);
-  end.setDate(end.getDate() + 1);
-  const to = end.getTime();
-  const q = new URLSearchParams({ from_ms: from, to_ms: to, tz_offset_min: -new Date().getTimezoneOffset() });
+  // Days are the command centre's (console.timezone), whatever the browser's zone is.
+  if (!$("#s-to").value) $("#s-to").value = zoneTime.day(Date.now());
+  if (!$("#s-from").value) $("#s-from").value = zoneTime.day(zoneTime.midnight($("#s-to").value, -29));
+  const from = zoneTime.midnight($("#s-from").value);
+  // to_ms is exclusive: the midnight after the last day shown. The server counts days
+  // in the same zone.
+  const to = zoneTime.midnight($("#s-to").value, 1);
+  const q = new URLSearchParams({ from_ms: from, to_ms: to });
   if ($("#s-region").value) q.set("region", $("#s-region").value);
   let s;
   try {
@@ -812,12 +796,16 @@ async function loadStats(ev) {
     perRegion.map((r) => [regionName(r.region), String(r.count), bar(r.count, mr)])));
   const byType = card("Alarms per type", table(["type", "alarms", ""],
     perType.map((r) => [label(r.type), String(r.count), bar(r.count, mt)])));
-  const byDay = card("Alarms per day", table(["day", "alarms", ""],
+  // The days are the server's, counted in the zone it names (console.timezone).
+  const offMin = Math.round((s.day_offset_ms || 0) / 60000);
+  const dayZone = `${s.timezone || "UTC"}, UTC${offMin < 0 ? "-" : "+"}` +
+    `${String(Math.floor(Math.abs(offMin) / 60)).padStart(2, "0")}:${String(Math.abs(offMin) % 60).padStart(2, "0")}`;
+  const byDay = card(`Alarms per day (${dayZone})`, table(["day", "alarms", ""],
     perDay.map((r) => [r.day, String(r.count), bar(r.count, md)])));
   const byDisp = card("Closed by disposition", table(["disposition", "alarms", ""],
     perDisp.map((r) => [label(r.disposition) + (falseSet.has(r.disposition) ? " (false alarm)" : ""),
       String(r.count), bar(r.count, mdisp, falseSet.has(r.disposition) ? "false" : "")])));
-  const detail = card("Region × type × day", table(["day", "region", "type", "alarms"],
+  const detail = card(`Region × type × day (${dayZone})`, table(["day", "region", "type", "alarms"],
     s.counts.map((r) => [r.day, regionName(r.region), label(r.type), String(r.count)])));
   let trail = [];
   try {

@@ -66,6 +66,7 @@ from emfence.run.options import (
 from emfence.run.receive import Receiver
 from emfence.run.sweeps import SweepHold
 from emfence.run.tracks import TrackWriter
+from engine.positions import Positions
 from ingest.decode import PayloadError
 
 log = logging.getLogger("emfence.run")
@@ -292,27 +293,33 @@ class Service:
     async def _process_batch(self, b: Batch) -> None:
         if b.device:
             records = b.records(self.registry)
+            # the WGS-84 positions the rules ran on: the track rows take them as they are
+            positions = Positions.nan(len(b.device))
             try:
-                events, _ = self.engine.process(records)
+                events, _ = self.engine.process(records, positions=positions)
             except Exception:  # isolate a poison record rather than crash-loop on it
                 log.exception("engine failed on a batch of %d records; retrying one by one",
                               len(b.device))
-                events = self._process_one_by_one(b, records)
+                positions = Positions.nan(len(b.device))
+                events = self._process_one_by_one(b, records, positions)
             self.counters["batches"] += 1
             if events:
                 await self.events.record(events)
-            self.tracks.queue(records, b.device, b.src, self.registry)
+            self.tracks.queue(records, positions, b.device, b.src, self.registry)
         if self.acks.processed(b.digests, b.acks, b.messages):
             await self._close_window()
 
-    def _process_one_by_one(self, b: Batch, records: RecordBatch) -> list[dict]:
+    def _process_one_by_one(self, b: Batch, records: RecordBatch,
+                            positions: Positions) -> list[dict]:
         """After an engine error: each record alone; the failing ones are dead-lettered
         (``engine_error``) so that a record the engine cannot handle is set aside instead
         of crashing the service on every redelivery."""
         events: list[dict] = []
         for i in range(len(b.device)):
             try:
-                events += self.engine.process(records.select(slice(i, i + 1)))[0]
+                one = slice(i, i + 1)
+                events += self.engine.process(records.select(one),
+                                              positions=positions.select(one))[0]
             except Exception as exc:  # noqa: BLE001
                 self.counters["engine_errors"] += 1
                 kind = "fix" if records.kind[i] == 0 else "status"

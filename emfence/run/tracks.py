@@ -11,6 +11,7 @@ import numpy as np
 
 from contract import K_FIX, RecordBatch
 from emfence.run.options import PURGE_PERIOD_S, TRACK_FLUSH_S, TRACK_ROWS_PER_WRITE, wall_ms
+from engine.positions import Positions
 
 log = logging.getLogger("emfence.run")
 
@@ -33,28 +34,27 @@ class TrackWriter:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def queue(self, records: RecordBatch, device: list[str], src: list, registry) -> None:
+    def queue(self, records: RecordBatch, positions: Positions, device: list[str], src: list,
+              registry) -> None:
         """Queue the fixes of registered devices among ``records`` (``device`` and ``src``:
-        each record's device id and source)."""
-        sel = np.flatnonzero((records.kind == K_FIX) & (records.device_idx >= 0))
+        each record's device id and source) at the WGS-84 ``positions`` the engine ruled
+        on (``Engine.process(records, positions=...)``: a GCJ-02 fix is converted once, by
+        the kernel, and the track shows exactly where the rules placed it). A fix with no
+        position (NaN: the engine failed on it, and it was dead-lettered) has no row."""
+        lat, lon = positions
+        sel = np.flatnonzero((records.kind == K_FIX) & (records.device_idx >= 0)
+                             & ~np.isnan(lat))
         if sel.size == 0:
             return
-        lon = records.lon[sel]
-        lat = records.lat[sel]
-        gcj = records.coord_sys[sel] == 1
-        if gcj.any():
-            from geofence.gcj02 import gcj02_to_wgs84
-
-            # parallel=False: never wake numba's thread pool on the live path
-            lon[gcj], lat[gcj] = gcj02_to_wgs84(lon[gcj], lat[gcj], parallel=False)
         idx = records.device_idx[sel].tolist()
         ts, rx = records.ts_ms[sel].tolist(), records.rx_ms[sel].tolist()
         acc = records.acc_m[sel].tolist()
+        lat_l, lon_l = lat[sel].tolist(), lon[sel].tolist()
         subject_of, region_of = registry.subject_of, registry.device_region
         for j, i in enumerate(sel.tolist()):
             d = idx[j]
             self.rows.append((device[i], subject_of(d), region_of(d), ts[j],
-                              float(lat[j]), float(lon[j]), acc[j], src[i], rx[j]))
+                              lat_l[j], lon_l[j], acc[j], src[i], rx[j]))
         self.queued += len(sel)
         self._bound()
 

@@ -396,3 +396,31 @@ def test_alarm_detail_gives_the_position_in_gcj02_for_chinese_maps(console):
     assert abs(lon[0] - ev["lon"]) < 1e-5 and abs(lat[0] - ev["lat"]) < 1e-5
     # and it is a different place: hundreds of metres in Henan
     assert abs(g["lon"] - ev["lon"]) * 93_000 + abs(g["lat"] - ev["lat"]) * 111_000 > 300
+
+
+def test_days_and_the_session_are_in_the_command_centres_time_zone(tmp_path):
+    """``console.timezone`` (default Asia/Shanghai) is in the session body for the page,
+    and the statistics count days from midnight there unless ``tz_offset_min`` says
+    otherwise. 17:30 UTC on 14 January is the 15th in Shanghai, the 14th in New York."""
+    from console_helpers import open_console
+
+    from emfence.config import config_from_dict
+
+    at = 1_768_411_805_000  # 2026-01-14 17:30:05 UTC
+    period = f"from_ms={at - 2 * DAY}&to_ms={at + 2 * DAY}"
+    for config, zone, day, offset_ms in (
+            (None, "Asia/Shanghai", "2026-01-15", 8 * 3_600_000),
+            (config_from_dict({"console": {"timezone": "America/New_York"}}),
+             "America/New_York", "2026-01-14", -5 * 3_600_000)):
+        c = open_console(f"sqlite:///{tmp_path / (zone.replace('/', '-') + '.db')}",
+                         config=config)
+        with c.client:
+            c.store.record_events([raised(f"tz-{zone}", "411303", at=at)], at)
+            assert c.login("sue").json()["timezone"] == zone
+            assert c.get("/api/session").json()["timezone"] == zone
+            s = c.get(f"/api/stats?{period}").json()
+            assert (s["timezone"], s["day_offset_ms"], s["by_day"]) == (zone, offset_ms, {day: 1})
+            # an explicit fixed offset still wins (UTC here)
+            s = c.get(f"/api/stats?{period}&tz_offset_min=0").json()
+            assert (s["timezone"], s["day_offset_ms"], s["by_day"]) == (None, 0, {"2026-01-14": 1})
+        c.store.close_store()

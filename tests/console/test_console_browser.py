@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
@@ -34,6 +36,11 @@ WAIT_S = 30
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+# The browser's own zone is not the command centre's (console.timezone, Asia/Shanghai by
+# default): the page must show the centre's times whatever the computer it runs on says.
+BROWSER_TZ = "America/New_York"
+# Fonts the console's CSS names for Chinese text (console/static/app.css).
+CJK_FAMILIES = ("PingFang SC", "Microsoft YaHei", "Noto Sans CJK SC", "WenQuanYi Micro Hei")
 
 
 def now_ms() -> int:
@@ -91,7 +98,8 @@ def browser(tmp_path):
                  f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
+    service = webdriver.ChromeService(executable_path=CHROMEDRIVER,
+                                      env={**os.environ, "TZ": BROWSER_TZ})
     driver = webdriver.Chrome(options=opts, service=service)
     yield driver
     driver.quit()
@@ -388,18 +396,18 @@ def test_first_visit_is_calm_and_the_list_names_devices_regions_and_late_alarms(
     click(wait, (By.CSS_SELECTOR, 'tr[data-alarm-id="late-excl"]'))
     wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#detail .d-fields"), "卧龙区"))
     d.find_element(By.CSS_SELECTOR, "#detail .ack-btn").click()
-    wait.until(lambda drv: drv.find_elements(*rows)[0].get_attribute("data-alarm-id")
-               != "late-excl")
+    wait.until(lambda drv:
+               drv.find_elements(*rows)[0].get_attribute("data-alarm-id") != "late-excl")
     # layout and wording of the detail: history in time order, datum and zone said
     wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#detail .d-history"),
                                                 "acknowledge by alice"))
     history = [li.text for li in d.find_elements(By.CSS_SELECTOR, "#detail .d-history li")]
-    assert [h.split(" ", 2)[2] for h in history] == [
+    assert [h.split(" ", 3)[3] for h in history] == [
         "raised", "condition cleared", "escalated by system", "acknowledge by alice"]
     fields = d.find_element(By.CSS_SELECTOR, "#detail .d-fields").text
-    assert "WGS-84" in fields and "GCJ-02" in fields and "UTC" in fields
+    assert "WGS-84" in fields and "GCJ-02" in fields and "UTC+08:00" in fields
     assert d.find_element(By.CSS_SELECTOR, "#detail .close-btn").text == "Close alarm"
-    assert "UTC" in d.find_element(By.ID, "th-time").text
+    assert "UTC+08:00" in d.find_element(By.ID, "th-time").text
     d.save_screenshot(str(tmp_path / "console-detail.png"))
     assert d.find_elements(*rows)[-1].get_attribute("data-alarm-id") == "late-excl"
     assert severe_console_messages(d) == []
@@ -463,3 +471,124 @@ def test_the_map_draws_the_selected_subjects_zones_with_its_point_clear_of_the_e
     finally:
         server.stop()
         store.close_store()
+
+
+def shanghai(ms: int) -> str:
+    """``ms`` (epoch ms) as the page must show it: Asia/Shanghai's wall clock and offset."""
+    t = datetime.fromtimestamp(ms / 1000, tz=ZoneInfo("Asia/Shanghai"))
+    return t.strftime("%Y-%m-%d %H:%M:%S") + " UTC+08:00"
+
+
+def test_times_are_the_command_centres_with_their_offset_whatever_the_browsers_zone(
+        world, browser, tmp_path):
+    """The browser runs in New York; the console (console.timezone, default
+    Asia/Shanghai) shows every time in Shanghai with "UTC+08:00": the list, the details,
+    the history, the map, the statistics' days and the audit trail."""
+    server, store = world
+    # 17:30:05 UTC on 14 January: already the 15th in Shanghai, still the 14th in New York.
+    at = int(datetime(2026, 1, 14, 17, 30, 5, tzinfo=UTC).timestamp() * 1000)
+    store.record_events([raised("tz-1", "411303", kind="exclusion", at=at, subject="S-1",
+                                device="B-1", lat=33.0101, lon=112.5201)], at + 2000)
+    ack_at = at + 95_000
+    store.acknowledge("tz-1", "sue", "seen", ack_at)
+    d = browser
+    wait = WebDriverWait(d, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
+    d.get(server.url + "/")
+    zone, offset_min = d.execute_script(
+        "return [Intl.DateTimeFormat().resolvedOptions().timeZone,"
+        f" new Date({at}).getTimezoneOffset()];")
+    assert (zone, offset_min) == (BROWSER_TZ, 300)  # the browser really is elsewhere
+    log_in(d, wait, "sue")
+
+    # the list: the header says the offset, a row shows the Shanghai date and time
+    row = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, 'tr[data-alarm-id="tz-1"]')))
+    assert d.find_element(By.ID, "th-time").text == "time (UTC+08:00)"
+    cell = row.find_element(By.CSS_SELECTOR, "td")
+    assert cell.get_attribute("title") == shanghai(at) == "2026-01-15 01:30:05 UTC+08:00"
+    assert cell.text == "01-15 01:30"
+
+    # the details and the history, each time with its mark
+    click(wait, (By.CSS_SELECTOR, 'tr[data-alarm-id="tz-1"]'))
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#detail .d-fields"),
+                                                shanghai(at)))
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#detail .d-history"),
+                                                f"{shanghai(ack_at)} acknowledge by sue"))
+    history = d.find_element(By.CSS_SELECTOR, "#detail .d-history").text
+    assert f"{shanghai(at)} raised" in history
+
+    # the map: a device's last position says when, in Shanghai time
+    last = store.track("B-1")[-1]["ts"]
+    titles = d.execute_script(
+        "return [...document.querySelectorAll('#map circle.device title')]"
+        ".map((t) => t.textContent);")
+    assert f"B-1 (S-1) {shanghai(last)}" in titles
+    d.save_screenshot(str(tmp_path / "console-timezone-detail.png"))
+
+    # statistics: the 15th is Shanghai's 15th (the alarm counts), and the audit trail
+    d.find_element(By.ID, "tab-stats").click()
+    wait.until(EC.text_to_be_present_in_element((By.ID, "stats-body"), "Audit trail"))
+    d.execute_script("document.getElementById('s-from').value = '2026-01-15';"
+                     "document.getElementById('s-to').value = '2026-01-15';")
+    d.find_element(By.CSS_SELECTOR, "#stats-form button").click()
+    per_day = (By.XPATH, "//div[@class='card'][h2[starts-with(., 'Alarms per day')]]")
+    wait.until(EC.text_to_be_present_in_element(per_day, "2026-01-15"))
+    card = d.find_element(*per_day).text
+    assert card.splitlines()[0] == "Alarms per day (Asia/Shanghai, UTC+08:00)"
+    assert "2026-01-15 1" in card and "2026-01-14" not in card
+    assert d.find_element(By.CSS_SELECTOR, "#stats-body .big").text == "1"
+    wait.until(EC.text_to_be_present_in_element((By.ID, "stats-body"), shanghai(ack_at)))
+    audit = d.find_element(By.CSS_SELECTOR, "#stats-body .card.wide").text
+    assert f"{shanghai(ack_at)} sue alarm.acknowledge" in audit
+    d.save_screenshot(str(tmp_path / "console-timezone-stats.png"))
+    print("screenshots in", tmp_path)
+    assert severe_console_messages(d) == []
+
+
+def platform_fonts(d, selector: str) -> dict[str, int]:
+    """The fonts Chromium drew the text of the element at ``selector`` with: family name
+    -> glyphs drawn with it (DevTools protocol, CSS.getPlatformFontsForNode)."""
+    d.execute_cdp_cmd("DOM.enable", {})
+    d.execute_cdp_cmd("CSS.enable", {})
+    root = d.execute_cdp_cmd("DOM.getDocument", {"depth": -1})["root"]["nodeId"]
+    node = d.execute_cdp_cmd("DOM.querySelector", {"nodeId": root, "selector": selector})
+    fonts = d.execute_cdp_cmd("CSS.getPlatformFontsForNode", {"nodeId": node["nodeId"]})
+    return {f["familyName"]: f["glyphCount"] for f in fonts["fonts"]}
+
+
+# Draws each character alone in the page's font and returns its pixels: without a font
+# for them, every CJK character is the same empty box ("tofu").
+GLYPH_PIXELS = """
+const font = getComputedStyle(document.body).font;
+return arguments[0].map((ch) => {
+  const c = document.createElement("canvas");
+  c.width = 40; c.height = 40;
+  const g = c.getContext("2d");
+  g.font = font.replace(/^\\S*?\\d+px/, "28px");
+  g.fillStyle = "#000";
+  g.fillText(ch, 4, 32);
+  return Array.from(g.getImageData(0, 0, 40, 40).data).join(",");
+});
+"""
+
+
+def test_chinese_text_renders_with_a_cjk_font(world, browser, tmp_path):
+    """The console is Chinese first (卧龙区, 受害人住所): its text must be drawn with a
+    CJK font, not as boxes. Needs a CJK font on the machine (`make system-deps` installs
+    fonts-wqy-microhei); the CSS names the usual one of each system."""
+    server, store = world
+    t = now_ms()
+    store.record_events([raised("cjk-1", "411303", at=t, subject="S-1", device="B-1")], t)
+    d = browser
+    wait = WebDriverWait(d, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
+    d.get(server.url + "/")
+    log_in(d, wait, "alice")
+    cell = 'tr[data-alarm-id="cjk-1"] td:nth-child(5)'
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, cell), "卧龙区"))
+    fonts = platform_fonts(d, cell)
+    cjk = {name: n for name, n in fonts.items() if name in CJK_FAMILIES}
+    assert sum(cjk.values()) >= 3, f"卧龙区 drawn with {fonts}, none of {CJK_FAMILIES}"
+    wo, long_, qu, box = d.execute_script(GLYPH_PIXELS, ["卧", "龙", "区", "\U0010fffd"])
+    assert len({wo, long_, qu}) == 3, "the CJK characters are drawn as identical boxes"
+    assert box not in (wo, long_, qu)
+    d.save_screenshot(str(tmp_path / "console-cjk.png"))
+    print("screenshots in", tmp_path)

@@ -51,8 +51,8 @@ def test_runs_on_its_own_and_stops_cleanly_with_a_feed_open(tmp_path):
     try:
         wait_up(base + "/", proc)
         with httpx.Client(base_url=base, timeout=20) as c:
-            assert c.post("/api/login",
-                          json={"name": "alice", "password": PASSWORD}).status_code == 200
+            login = c.post("/api/login", json={"name": "alice", "password": PASSWORD})
+            assert login.status_code == 200
             assert [f["id"] for f in c.get("/api/zones").json()["features"]] == ["411303"]
             # SIGHUP re-reads the zones and subjects
             fc = orjson.loads(zones.read_bytes())

@@ -116,8 +116,8 @@ def test_api_serves_scoped_simplified_zones(world, tmp_path):
     app = create_app(store=store, config=Config(), zones=compiled, registry=registry,
                      secure_cookies=False, clock_ms=lambda: T0)
     with TestClient(app) as client:
-        assert client.post("/api/login",
-                           json={"name": "alice", "password": PASSWORD}).status_code == 200
+        login = client.post("/api/login", json={"name": "alice", "password": PASSWORD})
+        assert login.status_code == 200
         fc = client.get("/api/zones").json()
         assert fc["type"] == "FeatureCollection"
         assert sorted(f["id"] for f in fc["features"]) == ["411303", "victim-17"]
@@ -159,7 +159,7 @@ def test_zones_and_regions_come_with_their_names(tmp_path):
         assert session["region_names"]["411302"] == "宛城区"
         assert len(session["region_names"]) >= 157  # every bundled Henan county
         assert client.get("/api/session").json()["region_names"] == session["region_names"]
-        names = {f["id"]: f["properties"]["name"]
-                 for f in client.get("/api/zones").json()["features"]}
+        features = client.get("/api/zones").json()["features"]
+        names = {f["id"]: f["properties"]["name"] for f in features}
         assert names == {"411303": None, "victim-001": "受害人住所"}
     store.close_store()

@@ -45,6 +45,11 @@ def test_one_number_sets_every_level():
         ({"rules": {"battery_low_pct": 30}}, "rules.battery_clear_pct"),
         ({"rules": {"offline_after_s": {"stricter": 1}}}, "rules.offline_after_s.stricter"),
         ({"ingest": {"max_payload_bytes": True}}, "ingest.max_payload_bytes"),
+        ({"console": {"timezone": "Asia/Shangai"}}, "console.timezone"),
+        ({"console": {"timezone": "localtime"}}, "console.timezone"),
+        ({"console": {"timezone": "../../etc/passwd"}}, "console.timezone"),
+        ({"console": {"timezone": 8}}, "console.timezone"),
+        ({"rules": {"buffer_m": "50"}}, "rules.buffer_m"),
     ],
 )
 def test_bad_values_name_their_key(data, key):
@@ -75,3 +80,13 @@ def test_cli_lists_every_command(capsys):
     for name in COMMANDS:
         assert name in out
     assert main(["no-such-command"]) == 2
+
+
+def test_the_console_time_zone_is_an_iana_name_and_a_typo_gets_a_suggestion():
+    assert Config().console.timezone == "Asia/Shanghai"
+    assert config_from_dict({"console": {"timezone": "UTC"}}).console.timezone == "UTC"
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"console": {"timezone": "Asia/Shangai"}}, source="c.toml")
+    assert str(err.value) == ("c.toml: [console.timezone] unknown time zone 'Asia/Shangai': "
+                              "use an IANA name such as 'Asia/Shanghai'; did you mean "
+                              "'Asia/Shanghai'?")

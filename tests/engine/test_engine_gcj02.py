@@ -11,6 +11,7 @@ import random
 
 import numpy as np
 import orjson
+import pytest
 import shapely
 from engine_helpers import CNMAPS, T0, county_feature, make_engine
 from engine_reference import gcj02_to_wgs84
@@ -67,3 +68,70 @@ def test_gcj02_county_with_wgs84_and_gcj02_fixes():
             if x["event"] == "raised" and x["device_id"] == "G":
                 assert abs(x["lon"] - wlon) < 1e-8 and abs(x["lat"] - wlat) < 1e-8
     assert naive_flips > 10  # ignoring the datum would be wrong near the line
+
+
+def test_process_hands_back_the_wgs84_positions_it_ruled_on():
+    """``Engine.process(batch, positions=...)`` fills, for every fix of a known device, the
+    position the rules ran on: a GCJ-02 fix as the kernel converted it (bit for bit the
+    point kernel's answer), a WGS-84 fix as it came; statuses and unknown devices stay
+    NaN. Duplicates and late fixes are positions too (their track rows are kept)."""
+    from contract import RecordBatch
+    from engine import Positions
+    from geofence.kernels import gcj02_to_wgs84_point
+
+    code = "411302"
+    subj = {"subject_id": "S-1", "region": code, "level": "strict",
+            "devices": [{"device_id": "W"}, {"device_id": "G"}], "inclusion": [code]}
+    e = make_engine([county_feature(code)], [subj])
+    rng = np.random.default_rng(5)
+    n = 40
+    kind = (rng.random(n) < 0.2).astype(np.uint8)
+    dev = rng.integers(0, 2, n).astype(np.int32)
+    dev[7] = 99  # unknown: skipped
+    ts = T0 + np.arange(n, dtype=np.int64) * 1000
+    ts[11] = ts[10]  # a duplicate of the fix before (when both are fixes of one device)
+    ts[20] -= 60_000  # late
+    lat = 33.0 + rng.uniform(-0.1, 0.1, n)
+    lon = 112.5 + rng.uniform(-0.1, 0.1, n)
+    coord = (rng.random(n) < 0.5).astype(np.uint8)
+    kind[[10, 11]] = 0
+    dev[11] = dev[10]
+    coord[[10, 11]] = 1
+    batch = RecordBatch.records(kind=kind, device_idx=dev, ts_ms=ts, rx_ms=ts, lat=lat,
+                                lon=lon, acc_m=np.full(n, 10.0), coord_sys=coord,
+                                battery_pct=np.full(n, np.nan), strap=np.full(n, -1, np.int8))
+    assert 0 < int(((kind == 0) & (coord == 1)).sum()) < int((kind == 0).sum())  # mixed
+    positions = Positions.nan(n)
+    events, _ = e.process(batch, positions=positions)
+    assert e.counters["duplicate_fixes"] >= 1 and e.counters["late_fixes"] >= 1
+    for i in range(n):
+        if kind[i] != 0 or dev[i] == 99:
+            assert np.isnan(positions.lat[i]) and np.isnan(positions.lon[i]), i
+        elif coord[i] == 1:
+            x, y = gcj02_to_wgs84_point(lon[i], lat[i])
+            assert (positions.lon[i], positions.lat[i]) == (x, y), i
+            assert abs(x - lon[i]) > 1e-4  # really converted (~500 m in Henan)
+        else:
+            assert (positions.lon[i], positions.lat[i]) == (lon[i], lat[i]), i
+    # the evidence of an alarm is the same position
+    for ev in events:
+        if ev["event"] == "raised" and ev.get("lat") is not None:
+            i = int(np.flatnonzero(ts == ev["at"])[0])
+            assert (ev["lat"], ev["lon"]) == (positions.lat[i], positions.lon[i])
+
+
+def test_positions_of_the_wrong_shape_are_refused_by_name():
+    from contract import RecordBatch
+    from engine import Positions
+
+    e = make_engine([county_feature("411302")], [
+        {"subject_id": "S-1", "region": "411302", "level": "strict",
+         "devices": [{"device_id": "W"}], "inclusion": ["411302"]}])
+    batch = RecordBatch.fixes(device_idx=[0, 0], ts_ms=[T0, T0 + 1], rx_ms=[T0, T0 + 1],
+                              lat=[33.0, 33.0], lon=[112.5, 112.5], acc_m=[5.0, 5.0],
+                              coord_sys=[1, 1])
+    with pytest.raises(ValueError, match="positions.lat has 3 elements, expected 2"):
+        e.process(batch, positions=Positions.nan(3))
+    strided = Positions(np.full(4, np.nan)[::2], np.full(2, np.nan))
+    with pytest.raises(ValueError, match="positions.lat must be a writable, contiguous"):
+        e.process(batch, positions=strided)

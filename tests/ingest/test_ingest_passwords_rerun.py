@@ -1,6 +1,6 @@
-"""`emfence mqtt-passwords` as the README and docs/operations.md run it: step 2 gives a
-broker the engine of step 3 can log in to, and a re-run (every enrolment) keeps the
-installed files readable by the broker."""
+"""`emfence mqtt-passwords` as the README and docs/operations.md run it: its step gives a
+broker the README's `emfence run` step can log in to, and a re-run (every enrolment)
+keeps the installed files readable by the broker."""
 
 from __future__ import annotations
 
@@ -41,7 +41,9 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess:
 
 @pytest.mark.mqtt
 def test_readme_step_2_makes_the_account_step_3_logs_in_with(tmp_path, mosquitto_factory):
-    """Step 2 exactly as written (paths moved under tmp_path), then step 3's login."""
+    """The README's `emfence mqtt-passwords` step exactly as written (paths moved under
+    tmp_path, the files it reads made as the steps before it make them), then the login
+    of its `emfence run` step."""
     block = _readme_block()
     step2 = _readme_command(block, "mqtt-passwords")[2:]
     step3 = _readme_command(block, "run")[2:]
@@ -51,8 +53,10 @@ def test_readme_step_2_makes_the_account_step_3_logs_in_with(tmp_path, mosquitto
     def here(path: str) -> str:
         return str(tmp_path / path.lstrip("/").replace("/", "_"))
 
-    files = {"subjects.json": orjson.dumps(SUBJECTS), "device-secret": SECRET,
-             engine_pw_path: b"engine-pw-7f3a\n", "/etc/emfence/console.pw": b"console-pw\n"}
+    files = {step2[0]: orjson.dumps(SUBJECTS),
+             step2[step2.index("--secret-file") + 1]: SECRET,
+             engine_pw_path: b"engine-pw-7f3a\n",
+             step2[step2.index("--console-password-file") + 1]: b"console-pw\n"}
     for name, data in files.items():
         Path(here(name)).write_bytes(data)
     argv = [here(a) if a in files or a.startswith("/") else a for a in step2]

@@ -1,0 +1,84 @@
+"""Track rows of `emfence run`: each accepted fix is kept at the WGS-84 position the rule
+kernel ruled on. A GCJ-02 fix is converted once, by the kernel, and the track writer
+takes the engine's numbers (``Engine.process(..., positions=...)``) instead of
+converting a second time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from emfence.run.batches import Batch
+from emfence.run.cli import Service, build_parser, build_service_args
+from geofence.kernels import gcj02_to_wgs84_point
+from ingest.decode import Fix
+
+CNMAPS = Path(__file__).resolve().parents[1] / "data" / "cnmaps"
+REGION = "411303"
+T0 = 1_763_600_000_000  # 2025-11-20T00:53:20Z
+
+
+def _service(tmp_path: Path) -> Service:
+    geometry = orjson.loads((CNMAPS / f"{REGION}.geojson").read_bytes())
+    zones = tmp_path / "zones.geojson"
+    zones.write_bytes(orjson.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"zone_id": REGION, "coord_sys": "gcj02"},
+         "geometry": geometry}]}))
+    subjects = tmp_path / "subjects.json"
+    subjects.write_bytes(orjson.dumps({"subjects": [
+        {"subject_id": "S-1", "region": REGION, "level": "strict",
+         "devices": [{"device_id": "B-1"}, {"device_id": "P-1", "kind": "phone"}],
+         "inclusion": [REGION]}]}))
+    args = build_service_args(build_parser().parse_args([
+        "--zones", str(zones), "--subjects", str(subjects),
+        "--store", f"sqlite:///{tmp_path / 'alarms.db'}"]))
+    return Service(**args)
+
+
+async def test_track_rows_are_the_kernels_conversion_exactly(tmp_path, monkeypatch):
+    service = _service(tmp_path)
+    rng = np.random.default_rng(11)
+    sent = []  # (device, ts, lat, lon, coord_sys)
+    b = Batch()
+    for k in range(24):
+        device = ("B-1", "P-1")[k % 2]
+        coord_sys = ("wgs84", "gcj02")[(k // 2) % 2]
+        ts = T0 + k * 10_000
+        lat, lon = 33.0 + rng.uniform(-0.05, 0.05), 112.5 + rng.uniform(-0.05, 0.05)
+        b.add_fix(device, Fix(ts, lat, lon, 12.0, "gps", coord_sys, None), ts + 300)
+        sent.append((device, ts, lat, lon, coord_sys))
+    late = T0 + 5_000  # before the device's newest fix: late, still a track row
+    b.add_fix("B-1", Fix(late, 33.0, 112.5, 12.0, "gps", "gcj02", None), late + 400_000)
+    sent.append(("B-1", late, 33.0, 112.5, "gcj02"))
+    b.add_fix("X-9", Fix(T0, 33.0, 112.5, 12.0, "gps", "gcj02", None), T0)  # not registered
+    b.messages = len(b.device)
+
+    # The track writer must not convert again: any second conversion fails the test.
+    import geofence.gcj02
+
+    def refuse(*_a, **_k):
+        raise AssertionError("GCJ-02 converted a second time for the track rows")
+
+    monkeypatch.setattr(geofence.gcj02, "gcj02_to_wgs84", refuse)
+    await service._process_batch(b)
+    await service.tracks.flush()
+    store = service.store
+    try:
+        for device in ("B-1", "P-1"):
+            rows = store.track(device)
+            expected = []
+            for d, ts, lat, lon, coord_sys in sent:
+                if d != device:
+                    continue
+                if coord_sys == "gcj02":
+                    lon, lat = gcj02_to_wgs84_point(lon, lat)
+                expected.append((ts, lat, lon))
+            got = [(r["ts"], r["lat"], r["lon"]) for r in rows]
+            assert sorted(got) == sorted(expected)  # bit for bit, no tolerance
+        assert {r["device_id"] for r in store.track(["B-1", "P-1", "X-9"])} == {"B-1", "P-1"}
+        gcj_rows = [r for r in store.track("B-1") if r["ts"] == T0 + 20_000]
+        assert abs(gcj_rows[0]["lon"] - sent[2][3]) > 1e-4  # really moved (~500 m)
+    finally:
+        store.close_store()
