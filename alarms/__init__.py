@@ -1,7 +1,7 @@
 """Durable alarms: the store (SQLite / PostgreSQL), the operator lifecycle, escalation and
 the MQTT publisher of the outbox. See docs/alarm-lifecycle.md."""
 
-from alarms.schema import ALARM_TYPES, DISPOSITIONS, EVENTS, FALSE_ALARM_DISPOSITIONS, ROLES
+from alarms.schema import DISPOSITIONS, EVENTS, FALSE_ALARM_DISPOSITIONS, ROLES
 from alarms.store import (
     AlarmActionError,
     AlarmStore,
@@ -9,6 +9,7 @@ from alarms.store import (
     UserError,
     open_store,
 )
+from contract.alarms import ALARM_TYPES
 
 __all__ = [
     "ALARM_TYPES",

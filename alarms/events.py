@@ -27,7 +27,8 @@ from alarms.db import (
     placeholders,
     values,
 )
-from alarms.schema import ALARM_TYPES, ENGINE_EVENTS, REGION_CODE
+from alarms.schema import ENGINE_EVENTS, REGION_CODE
+from contract.alarms import ALARM_TYPES
 from contract.topics import alarm_topic
 
 # The keys the engine's event dict carries before its evidence (docs/internals.md).
@@ -63,11 +64,20 @@ def check_event(ev: Any, i: int) -> None:
         raise StoreError(f"at must be integer epoch milliseconds, got {at!r}", where=where)
     if not isinstance(ev["late"], bool):
         raise StoreError(f"late must be a boolean, got {ev['late']!r}", where=where)
+    kind = ev.get("device_kind")
+    if kind is not None and (not isinstance(kind, str) or not REGION_CODE.match(kind)):
+        raise StoreError(f"device_kind must be a short code, got {kind!r}", where=where)
+    if not isinstance(ev.get("suspended", False), bool):
+        raise StoreError(f"suspended must be a boolean, got {ev['suspended']!r}", where=where)
+
+
+# Keys an event may carry that the alarm row keeps in columns of their own (schema v4).
+_COLUMN_KEYS = ("device_kind", "suspended")
 
 
 def _evidence(ev: Mapping[str, Any]) -> dict[str, Any]:
     """Everything after the standard keys: lat, lon, distance_m, acc, battery, ..."""
-    return {k: v for k, v in ev.items() if k not in EVENT_KEYS}
+    return {k: v for k, v in ev.items() if k not in EVENT_KEYS and k not in _COLUMN_KEYS}
 
 
 def append_event(cur: Cursor, alarm_id: str, event: str, region: str, alarm_type: str,
@@ -98,7 +108,7 @@ def _batch_rows(events: Sequence[Mapping[str, Any]], now_ms: int
         if ev["event"] == "raised":
             raises.append((ev["alarm_id"], ev["type"], ev["subject_id"], ev["device_id"],
                            ev["zone_id"], ev["region"], ev["at"], now_ms, int(ev["late"]),
-                           evidence))
+                           evidence, ev.get("device_kind"), int(ev.get("suspended", False))))
         else:
             clears.append((ev["at"], evidence, ev["alarm_id"]))
         log_rows.append((ev["alarm_id"], ev["event"], ev["region"], ev["type"],
@@ -174,8 +184,9 @@ class EventLog:
             self._db.lock_event_log(cur)
             for chunk in chunks(raises, ROWS_PER_INSERT):
                 cur.execute("INSERT INTO alarms (alarm_id, type, subject_id, device_id, zone_id, "
-                            "region, raised_at, recorded_at, late, evidence) VALUES "
-                            + values(len(chunk), 10) + " ON CONFLICT (alarm_id) DO NOTHING",
+                            "region, raised_at, recorded_at, late, evidence, device_kind, "
+                            "suspended) VALUES " + values(len(chunk), 12)
+                            + " ON CONFLICT (alarm_id) DO NOTHING",
                             [v for row in chunk for v in row])
             # Only the first `cleared` counts. A cleared whose raise this store never saw
             # (e.g. an engine checkpoint older than the database) is still logged and

@@ -241,7 +241,9 @@ class AlarmLifecycle:
         """
         now_ms = int_ms(now_ms, "now_ms")
         after_ms = int_ms(after_ms, "after_ms")
-        where = Where("escalated_at IS NULL", "recorded_at <= ?",
+        # A suspended alarm (a supervisor's alert suspension covered it) is recorded and
+        # shown, never escalated.
+        where = Where("escalated_at IS NULL", "suspended = 0", "recorded_at <= ?",
                       params=[now_ms - after_ms]).regions(regions)
         if where.nothing:
             return []

@@ -24,7 +24,8 @@ DAY_MS = 86_400_000
 ALARM_COLUMNS = (
     "alarm_id, type, subject_id, device_id, zone_id, region, raised_at, recorded_at, "
     "cleared_at, state, workflow, late, evidence, cleared_evidence, acknowledged_by, "
-    "acknowledged_at, closed_by, closed_at, disposition, note, escalated_at"
+    "acknowledged_at, closed_by, closed_at, disposition, note, escalated_at, device_kind, "
+    "suspended"
 )
 
 
@@ -33,6 +34,7 @@ def alarm_row(row: dict[str, Any] | None) -> dict[str, Any] | None:
     if row is None:
         return None
     row["late"] = bool(row["late"])
+    row["suspended"] = bool(row["suspended"])
     row["evidence"] = orjson.loads(row["evidence"]) if row["evidence"] else {}
     ce = row.pop("cleared_evidence")
     row["cleared_evidence"] = orjson.loads(ce) if ce else None

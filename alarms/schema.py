@@ -21,8 +21,8 @@ edit a released version: append a new one.
 from __future__ import annotations
 
 import re
-
-from contract.alarms import ALARM_TYPES
+from collections.abc import Callable
+from typing import Any
 
 # A region code (users' regions, events' region): it ends up in an MQTT topic level, so
 # no '/', '+', '#' or spaces.
@@ -72,13 +72,43 @@ CREATE TABLE IF NOT EXISTS schema_version (
 )
 """
 
-MIGRATIONS: list[list[str]] = [
+# The alarm types version 1 was released with. Frozen: a released migration must render
+# the same SQL forever (version 4 drops this CHECK; contract.ALARM_TYPES is checked by the
+# store's event validation instead, so a new rule's type needs no migration).
+_V1_ALARM_TYPES = ("outbound", "exclusion", "offline", "tamper", "low_battery")
+_V1_TYPE_CHECK = f" CHECK (type IN {_in(_V1_ALARM_TYPES)})"
+
+
+def _drop_alarm_type_check(cur: Any, dialect: str) -> None:
+    """Version 4: the alarms table's CHECK on ``type`` goes (see _V1_ALARM_TYPES).
+
+    PostgreSQL drops the named constraint. SQLite cannot drop a constraint; a change that
+    leaves the stored rows valid as they are (removing a CHECK) is made by editing the
+    table's definition in the schema table, the procedure SQLite's documentation gives for
+    it (ALTER TABLE, "making other kinds of table schema changes"): in the migration's
+    transaction, with the schema version bumped so every connection reloads it."""
+    if dialect == "postgresql":
+        cur.execute("ALTER TABLE alarms DROP CONSTRAINT IF EXISTS alarms_type_check")
+        return
+    version = cur.execute("PRAGMA schema_version").scalar()
+    cur.execute("PRAGMA writable_schema=ON")
+    try:
+        cur.execute("UPDATE sqlite_master SET sql = replace(sql, ?, '') "
+                    "WHERE type = 'table' AND name = 'alarms'", (_V1_TYPE_CHECK,))
+        cur.execute(f"PRAGMA schema_version={int(version) + 1}")
+    finally:
+        cur.execute("PRAGMA writable_schema=OFF")
+
+
+Migration = str | Callable[[Any, str], None]
+
+MIGRATIONS: list[list[Migration]] = [
     # version 1
     [
         f"""
         CREATE TABLE alarms (
             alarm_id         TEXT PRIMARY KEY,
-            type             TEXT NOT NULL CHECK (type IN {_in(ALARM_TYPES)}),
+            type             TEXT NOT NULL CHECK (type IN {_in(_V1_ALARM_TYPES)}),
             subject_id       TEXT NOT NULL,
             device_id        TEXT NOT NULL,
             zone_id          TEXT,
@@ -238,6 +268,16 @@ MIGRATIONS: list[list[str]] = [
             written_at  BIGINT NOT NULL
         )
         """,
+    ],
+    # version 4: alarm types are the contract's (contract.ALARM_TYPES), checked when an event
+    # is recorded; the database no longer lists them, so rules added later (leave_overdue,
+    # curfew, ...) need no migration of their own.
+    # The device that raised it: its kind (bracelet / phone), shown beside the device id;
+    # and whether an alert suspension covered it (recorded, shown, never escalated).
+    [
+        _drop_alarm_type_check,
+        "ALTER TABLE alarms ADD COLUMN device_kind TEXT",
+        "ALTER TABLE alarms ADD COLUMN suspended INTEGER NOT NULL DEFAULT 0",
     ],
 ]
 

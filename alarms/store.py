@@ -111,7 +111,10 @@ class AlarmStore(EventLog, AlarmLifecycle, AlarmQueries, TrackStore, UserStore,
                                  f"emfence understands ({schema.SCHEMA_VERSION}); upgrade emfence")
             for version in range(current + 1, schema.SCHEMA_VERSION + 1):
                 for statement in schema.MIGRATIONS[version - 1]:
-                    cur.execute(schema.render(statement, db.dialect))
+                    if callable(statement):
+                        statement(cur, db.dialect)
+                    else:
+                        cur.execute(schema.render(statement, db.dialect))
                 cur.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
                             (version, time.time_ns() // 1_000_000))
 
