@@ -106,7 +106,10 @@ def test_fixes_in_alarms_out_on_topics_and_in_the_store(tmp_path, fleet, broker,
     finally:
         store.close_store()
 
-    # Health is retained, with counters; the console may read it.
+    # Health is retained, with counters; the console may read it. One account, one
+    # connection (the broker takes the login as the client id): the first reader goes
+    # first, or its reconnects and this one's take the login from each other.
+    console.close()
     health_reader = PahoClient(broker.port, CONSOLE_USER, CONSOLE_PW)
     health_reader.subscribe("emfence/v1/engine/worker-1/health")
     topic, payload, retained = health_reader.get()
@@ -118,10 +121,11 @@ def test_fixes_in_alarms_out_on_topics_and_in_the_store(tmp_path, fleet, broker,
     assert engine.stop() == 0
     assert engine.checkpoint.exists()
     assert "stopped cleanly" in engine.log()
+    health_reader.close()  # one account, one connection, as above
     last = PahoClient(broker.port, CONSOLE_USER, CONSOLE_PW)
     last.subscribe("emfence/v1/engine/worker-1/health")
     assert orjson.loads(last.get()[1])["status"] == "offline"
-    for c in [console, health_reader, last, *devs.values()]:
+    for c in [last, *devs.values()]:
         c.close()
 
 
