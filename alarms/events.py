@@ -28,7 +28,7 @@ from alarms.db import (
     values,
 )
 from alarms.schema import ENGINE_EVENTS, REGION_CODE
-from contract.alarms import ALARM_TYPES
+from contract.alarms import ALARM_TYPES, DEVICE_KINDS
 from contract.topics import alarm_topic
 
 # The keys the engine's event dict carries before its evidence (docs/internals.md).
@@ -65,8 +65,8 @@ def check_event(ev: Any, i: int) -> None:
     if not isinstance(ev["late"], bool):
         raise StoreError(f"late must be a boolean, got {ev['late']!r}", where=where)
     kind = ev.get("device_kind")
-    if kind is not None and (not isinstance(kind, str) or not REGION_CODE.match(kind)):
-        raise StoreError(f"device_kind must be a short code, got {kind!r}", where=where)
+    if kind is not None and kind not in DEVICE_KINDS:
+        raise StoreError(f"device_kind must be one of {DEVICE_KINDS}, got {kind!r}", where=where)
     if not isinstance(ev.get("suspended", False), bool):
         raise StoreError(f"suspended must be a boolean, got {ev['suspended']!r}", where=where)
 

@@ -11,11 +11,15 @@ from typing import NotRequired, TypedDict
 
 # The alarm types; the engine's type codes are indices into this tuple
 # (engine.kernels.T_OUTBOUND ...), the store's CHECK constraint lists the same names.
-ALARM_TYPES = ("outbound", "exclusion", "offline", "tamper", "low_battery")
+ALARM_TYPES = ("outbound", "exclusion", "offline", "tamper", "low_battery", "leave_overdue",
+               "curfew")
 # The two events the engine emits (the store adds escalated, acknowledged, closed).
 ENGINE_EVENTS = ("raised", "cleared")
 # Types whose events carry evidence (lat, lon, distance_m, acc).
-EVIDENCE_TYPES = ("outbound", "exclusion")
+EVIDENCE_TYPES = ("outbound", "exclusion", "leave_overdue", "curfew")
+# The kinds of device a subject wears or carries (the subjects file's ``devices[].kind``,
+# the register's devices, the alarm's ``device_kind``).
+DEVICE_KINDS = ("bracelet", "phone")
 
 
 class AlarmEvent(TypedDict):

@@ -157,12 +157,21 @@ class ConsoleConfig:
 
 
 @dataclass(frozen=True)
+class RegisterConfig:
+    # The local time zone of curfew windows ("22:00-06:00"), an IANA name.
+    timezone: str = "Asia/Shanghai"
+    # Longest leave a supervisor may approve, days.
+    leave_max_days: int = 30
+
+
+@dataclass(frozen=True)
 class Config:
     rules: RulesConfig = field(default_factory=RulesConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
     tracks: TracksConfig = field(default_factory=TracksConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    register: RegisterConfig = field(default_factory=RegisterConfig)
 
 
 def _build(default: Any, data: dict[str, Any], prefix: str, source: str | None) -> Any:
@@ -248,6 +257,12 @@ def _check(config: Config, source: str | None) -> Config:
     problem = time_zone_problem(c.timezone)
     if problem:
         raise ConfigError(problem, key="console.timezone", source=source)
+    problem = time_zone_problem(config.register.timezone)
+    if problem:
+        raise ConfigError(problem, key="register.timezone", source=source)
+    if not 1 <= config.register.leave_max_days <= 366:
+        raise ConfigError("must be between 1 and 366", key="register.leave_max_days",
+                          source=source)
     return config
 
 

@@ -25,11 +25,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
+from contract.alarms import DEVICE_KINDS
 from contract.errors import EmfenceError
 from emfence.config import LEVELS
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-DEVICE_KINDS = ("bracelet", "phone")
+
 # Level names -> the small code the kernels index per-level tables with.
 LEVEL_CODES = {name: i for i, name in enumerate(LEVELS)}
 
