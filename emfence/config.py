@@ -257,6 +257,10 @@ def _check(config: Config, source: str | None) -> Config:
     problem = time_zone_problem(c.timezone)
     if problem:
         raise ConfigError(problem, key="console.timezone", source=source)
+    return _check_register(config, source)
+
+
+def _check_register(config: Config, source: str | None) -> Config:
     problem = time_zone_problem(config.register.timezone)
     if problem:
         raise ConfigError(problem, key="register.timezone", source=source)
