@@ -148,7 +148,8 @@ class RegisterImport(RegisterZones, RegisterBase):
                  ch.actor, ch.now_ms, None if returned is None else ch.actor, returned))
         for k, c in enumerate(raw.get("curfews") or []):
             checked = check_curfew(c, f"curfews[{k}].")
-            self._check_zones_exist(ch.cur, [checked["zone_id"]], f"curfews[{k}].zone")
+            self._check_zones_exist(ch.cur, [checked["zone_id"]], f"curfews[{k}].zone",
+                                    indexed=False)
             given = c.get("curfew_id")
             self._insert_curfew(ch, sid, checked,  # type: ignore[attr-defined]
                                 None if given is None else str(given))

@@ -209,7 +209,7 @@ class RegisterLeaves(RegisterBase):
         c = check_curfew(curfew)
         with self._change("add curfew", actor=actor, now_ms=now_ms, target=subject_id) as ch:
             self._active(self._visible(ch.cur, subject_id, regions))
-            self._check_zones_exist(ch.cur, [c["zone_id"]], "zone")
+            self._check_zones_exist(ch.cur, [c["zone_id"]], "zone", indexed=False)
             curfew_id = self._insert_curfew(ch, subject_id, c)
             after = next(x for x in curfews_of(ch.cur, subject_id, None)
                          if x["curfew_id"] == curfew_id)
