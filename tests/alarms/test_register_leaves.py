@@ -6,6 +6,7 @@ at each moment)."""
 from __future__ import annotations
 
 import itertools
+import threading
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -283,3 +284,28 @@ def test_curfews_and_suspensions(enrolled, store):
     assert reg.snapshot(T0 + 5)[1]["subjects"][0]["suspensions"] == []
     zones, subjects = reg.snapshot()
     load_registry(subjects, compile_zones(load_zones(zones)))
+
+
+def test_racing_approvals_of_overlapping_leaves_let_exactly_one_through(enrolled):
+    reg = enrolled
+    ids = [_request(reg, start=T0 + DAY + k * HOUR, end=T0 + 2 * DAY + k * HOUR)["leave_id"]
+           for k in range(6)]
+    barrier = threading.Barrier(len(ids))
+    outcomes: list[str] = []
+
+    def approve(leave_id: str, k: int) -> None:
+        barrier.wait()
+        try:
+            reg.approve_leave(leave_id, actor=f"sup-{k}", role="supervisor", now_ms=T0 + 10)
+            outcomes.append("approved")
+        except RegisterError as exc:
+            outcomes.append(str(exc.status))
+
+    threads = [threading.Thread(target=approve, args=(leave_id, k))
+               for k, leave_id in enumerate(ids)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["409"] * 5 + ["approved"]
+    assert len(reg.snapshot()[1]["subjects"][0]["leaves"]) == 1
