@@ -223,7 +223,11 @@ def test_end_of_supervision_returns_devices_and_files_open_alarms(reg, store):
     assert [s["subject_id"] for s in reg.snapshot()[1]["subjects"]] == ["S-2"]
     assert [s["subject_id"] for s in reg.snapshot(T0 + DAY - 1)[1]["subjects"]] == ["S-1",
                                                                                    "S-2"]
-    assert reg.list_subjects(state="ended")[0]["subject_id"] == "S-1"
+    assert [s["subject_id"] for s in reg.list_subjects(state="ended")] == ["S-1"]
+    assert [s["subject_id"] for s in reg.list_subjects(state="active")] == ["S-2"]
+    with pytest.raises(RegisterError) as err:
+        reg.list_subjects(state="gone")
+    assert (err.value.status, err.value.field) == (400, "state")
     with pytest.raises(RegisterError) as err:
         reg.end_subject("S-1", actor="dora", now_ms=T0 + DAY + 1, reason="again")
     assert err.value.status == 409
