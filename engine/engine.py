@@ -18,15 +18,15 @@ from engine import kernels as K
 from engine.positions import Positions
 from engine.registry import F_SUSPENSIONS, Registry
 from engine.state import (
+    X_CURFEW_AT,
+    X_CURFEW_ZONE,
+    X_OUT_TYPE,
     DeviceState,
     adopt,
     bytes_per_device,
     id_arrays,
     load_checkpoint,
     load_checkpoint_bytes,
-    X_CURFEW_AT,
-    X_CURFEW_ZONE,
-    X_OUT_TYPE,
     new_state,
     recompute_deadlines,
     snapshot_arrays,

@@ -14,7 +14,7 @@ emitted and recorded with ``"suspended": true``.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -51,17 +51,17 @@ def _hhmm(value: Any, what: str) -> int:
 
 def parse_curfew(raw: Any, what: str, parse_time_ms) -> tuple[Curfew, str]:
     """One ``curfews[k]`` entry (``what`` names it); returns (curfew, its zone id to check).
-    Raises ``ValueError`` naming the field."""
+    Raises ``ValueError`` or ``TypeError`` naming the field."""
     if not isinstance(raw, dict):
-        raise ValueError(f"{what} is not an object")
+        raise TypeError(f"{what} is not an object")
     cid = raw.get("curfew_id")
     if cid is not None and not isinstance(cid, str):
-        raise ValueError(f"{what}.curfew_id {cid!r} is not a string")
+        raise TypeError(f"{what}.curfew_id {cid!r} is not a string")
     start = _hhmm(raw.get("start"), f"{what}.start")
     end = _hhmm(raw.get("end"), f"{what}.end")
     zone = raw.get("zone")
     if not isinstance(zone, str):
-        raise ValueError(f"{what}.zone {zone!r} is not a zone id")
+        raise TypeError(f"{what}.zone {zone!r} is not a zone id")
     days_raw = raw.get("days", list(DAYS))
     if (not isinstance(days_raw, list) or not days_raw
             or not all(isinstance(d, str) and d in DAYS for d in days_raw)):
@@ -79,9 +79,9 @@ def parse_curfew(raw: Any, what: str, parse_time_ms) -> tuple[Curfew, str]:
 
 
 def parse_suspension(raw: Any, what: str, parse_time_ms) -> Suspension:
-    """One ``suspensions[k]`` entry; ``ValueError`` naming the field."""
+    """One ``suspensions[k]`` entry; ``ValueError`` / ``TypeError`` naming the field."""
     if not isinstance(raw, dict):
-        raise ValueError(f"{what} is not an object")
+        raise TypeError(f"{what} is not an object")
     typ = raw.get("type")
     if typ not in ALARM_TYPES:
         raise ValueError(f"{what}.type {typ!r} is not one of {', '.join(ALARM_TYPES)}")
@@ -93,7 +93,7 @@ def parse_suspension(raw: Any, what: str, parse_time_ms) -> Suspension:
 
 
 def _epoch_ms(dt: datetime) -> int:
-    delta = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
     return delta.days * _DAY_MS + delta.seconds * 1000 + delta.microseconds // 1000
 
 
