@@ -131,6 +131,7 @@ def test_curfew_across_midnight_raises_and_clears_at_the_window_end():
     cleared = f.fix("B-1", end, *INSIDE)
     assert brief(cleared) == [("cleared", "curfew", "B-1", "work", end, False)]
     assert cleared[0]["alarm_id"] == raised[0]["alarm_id"]
+    assert "lat" not in cleared[0] and "distance_m" not in cleared[0]  # no fix: no evidence
 
 
 def test_curfew_cleared_inside_and_runs_restart_each_window():
