@@ -142,6 +142,8 @@ class Registry:
                           | (F_SUSPENSIONS if s.suspensions else 0) for s in subjects],
                          dtype=np.int8)
         self.has_curfews = bool(any(s.curfews for s in subjects))
+        # Per subject: has suspensions (a list: read per alarm event, in Python)
+        self.suspends = [bool(s.suspensions) for s in subjects]
         self._zone_index = zone_index
         n_excl = np.diff(excl_off)
         slot_off = np.zeros(len(device_subject) + 1, dtype=np.int32)
