@@ -34,6 +34,7 @@ from alarms.register_check import (
 from alarms.register_import import RegisterImport
 from alarms.register_leave import RegisterLeaves
 from alarms.register_read import SUBJECT_COLUMNS, snapshot, subject_entry
+from alarms.register_schema import SUBJECT_STATES
 
 __all__ = ["Register", "RegisterError"]
 
@@ -65,6 +66,13 @@ def _insert_assignments(cur: Cursor, sid: str, role: str, items: list[dict[str, 
                      now_ms))
 
 
+def _check_officer(cur: Cursor, officer: str | None) -> None:
+    """The officer in charge is a console account."""
+    if officer is not None and cur.execute("SELECT 1 FROM users WHERE name = ?",
+                                           (officer,)).one() is None:
+        raise RegisterError(f"no account {officer!r}", field="officer")
+
+
 def _check_region(region: str, regions: Iterable[str] | None, field: str = "region") -> None:
     allowed = region_list(regions)
     if allowed is not None and region not in allowed:
@@ -81,6 +89,9 @@ class Register(RegisterImport, RegisterLeaves, RegisterBase):
         """Current subjects, by id: ``{subject_id, name, region, level, officer, note,
         state, ended_at, devices}``; ``q`` matches id or name (case-insensitive),
         ``state`` is active or ended."""
+        if state is not None and state not in SUBJECT_STATES:
+            raise RegisterError(f"{state!r} is not one of {', '.join(SUBJECT_STATES)}",
+                                field="state")
         allowed = region_list(regions)
         with self._db.tx("list subjects", write=False) as cur:
             rows = cur.execute(f"SELECT {SUBJECT_COLUMNS} FROM reg_subject_versions "
@@ -145,13 +156,15 @@ class Register(RegisterImport, RegisterLeaves, RegisterBase):
 
     def create_subject(self, doc: dict[str, Any], *, actor: str, now_ms: int,
                        regions: Iterable[str] | None = None) -> dict[str, Any]:
-        """Enrol a subject (the subjects-file entry plus ``name``, optional ``officer``,
-        ``note``); its devices are issued now. 409 when the id exists or a device is
-        issued to someone; 400 naming the field for bad input; 403 outside ``regions``."""
+        """Enrol a subject (the subjects-file entry plus ``name``, optional ``officer``, a
+        console account, and ``note``); its devices are issued now. 409 when the id
+        exists or a device is issued to someone; 400 naming the field for bad input; 403
+        outside ``regions``."""
         d = check_subject(doc)
         _check_region(d["region"], regions)
         with self._change("create subject", actor=actor, now_ms=now_ms,
                           target=d["subject_id"]) as ch:
+            _check_officer(ch.cur, d["officer"])
             entry = self._enrol(ch, d)
             ch.audit("subject.create", d["subject_id"], None, entry)
         return entry
@@ -191,6 +204,8 @@ class Register(RegisterImport, RegisterLeaves, RegisterBase):
             old = self._visible(ch.cur, subject_id, regions)
             self._active(old)
             before = subject_entry(ch.cur, old, None, None)
+            if "officer" in new:
+                _check_officer(ch.cur, new["officer"])
             fields = {k: v for k, v in new.items() if k not in ("inclusion", "exclusion")}
             if fields:
                 _replace_version(ch.cur, old, fields, ch.actor, ch.now_ms)
