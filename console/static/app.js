@@ -76,6 +76,9 @@ function fmtDuration(ms) {
   return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
 }
 const label = (s) => String(s || "").replace(/_/g, " ");
+// The register's words (register-i18n.js, loaded after this file) when they are there.
+const deviceKindWord = (kind) =>
+  (typeof regI18n !== "undefined" ? regI18n.term("kind", kind) : label(kind));
 // A region by its name, with the code for searching (卧龙区 411303); a zone by its name.
 function regionName(code) {
   const names = (state.session && state.session.region_names) || {};
@@ -271,7 +274,9 @@ function alarmRow(a) {
       title: `decided by a stored-and-forwarded fix: the time is the fix's, the alarm arrived ${fmtTime(a.recorded_at)}` }) : ""),
     el("td", {}, el("span", { class: `pill t-${a.type}`, text: label(a.type) })),
     el("td", { text: a.subject_id }),
-    el("td", { class: "device", text: a.device_id || "–", title: a.device_kind ? `${a.device_id} (${a.device_kind})` : (a.device_id || "") }),
+    // The device and its kind in words (腕带 / 手机): a subject's bracelet and phone are two rows.
+    el("td", { class: "device", title: a.device_kind ? `${a.device_id} (${a.device_kind})` : (a.device_id || "") },
+      a.device_id || "–", a.device_kind ? el("span", { class: "kind", text: deviceKindWord(a.device_kind) }) : ""),
     el("td", { text: regionShort(a.region), title: regionName(a.region) }),
     el("td", { class: `s-${a.state}`, text: a.state }),
     escalated ? el("td", { class: "esc", text: "ESCALATED" }) : el("td", { class: `w-${a.workflow}`, text: label(a.workflow) }),

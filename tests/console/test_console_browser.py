@@ -351,10 +351,12 @@ def test_first_visit_is_calm_and_the_list_names_devices_regions_and_late_alarms(
     server, store = world
     t = now_ms()
     # Two devices of one subject, both offline: two rows that must tell them apart.
-    store.record_events([raised("off-bracelet", "411303", kind="offline", at=t - 60_000,
-                                subject="S-1", device="B-1"),
-                         raised("off-phone", "411303", kind="offline", at=t - 59_000,
-                                subject="S-1", device="P-1")], t - 59_000)
+    # The engine names each device's kind (device_kind) on every alarm event.
+    store.record_events([{**raised("off-bracelet", "411303", kind="offline", at=t - 60_000,
+                                   subject="S-1", device="B-1"), "device_kind": "bracelet"},
+                         {**raised("off-phone", "411303", kind="offline", at=t - 59_000,
+                                   subject="S-1", device="P-1"), "device_kind": "phone"}],
+                        t - 59_000)
     store.record_events([raised(f"new-{i}", "411303", at=t - 30_000 + i * 1000, subject="S-1",
                                 device="B-1") for i in range(8)], t - 20_000)
     # A late exclusion: its fix is ten minutes old, it arrived just now.
@@ -368,6 +370,9 @@ def test_first_visit_is_calm_and_the_list_names_devices_regions_and_late_alarms(
     d = browser
     wait = WebDriverWait(d, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
     d.get(server.url + "/")
+    # This browser asks for English; the operator here chose 中文 (kept by the page).
+    d.execute_script("localStorage.setItem('emfence.lang', 'zh')")
+    d.refresh()
     wait.until(EC.visibility_of_element_located((By.ID, "login-name")))
     d.save_screenshot(str(tmp_path / "console-first-visit.png"))
     print("screenshots in", tmp_path)
@@ -383,6 +388,10 @@ def test_first_visit_is_calm_and_the_list_names_devices_regions_and_late_alarms(
     bracelet = d.find_element(By.CSS_SELECTOR, 'tr[data-alarm-id="off-bracelet"]').text
     phone = d.find_element(By.CSS_SELECTOR, 'tr[data-alarm-id="off-phone"]').text
     assert "B-1" in bracelet and "P-1" in phone and bracelet != phone
+    # ...and say which is the bracelet (腕带) and which the phone (手机), in words
+    kinds = [d.find_element(By.CSS_SELECTOR, f'tr[data-alarm-id="{a}"] td.device .kind').text
+             for a in ("off-bracelet", "off-phone")]
+    assert kinds == ["腕带", "手机"], kinds
     assert "卧龙区" in bracelet
     # at 1280x720 the list fits its column: nothing (such as "ESCALATED") is cut off
     d.set_window_size(1280, 720)
