@@ -84,8 +84,10 @@ def world(tmp_path, model):
     store.close_store()
 
 
-@pytest.fixture
-def browser(tmp_path):
+def start_chromium(tmp_path, *, lang: str | None = None, window: str = "1400,900",
+                   extra: tuple[str, ...] = ()):
+    """Headless Chromium with its own profile under ``tmp_path``, in the time zone
+    BROWSER_TZ (not the command centre's); ``lang`` ("zh-CN") sets its language."""
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         pytest.fail("chromium and chromium-driver are not installed "
                     "(apt-get install chromium chromium-driver; `make test` does it)")
@@ -93,14 +95,22 @@ def browser(tmp_path):
     opts.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync",
-                 "--autoplay-policy=no-user-gesture-required", "--window-size=1400,900",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+                 "--disable-component-update", "--disable-sync", *extra,
+                 f"--window-size={window}", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         opts.add_argument(flag)
+    env = {**os.environ, "TZ": BROWSER_TZ}
+    if lang:
+        opts.add_argument(f"--lang={lang}")
+        opts.add_experimental_option("prefs", {"intl.accept_languages": f"{lang},zh"})
+        env["LANGUAGE"] = lang.replace("-", "_")
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = webdriver.ChromeService(executable_path=CHROMEDRIVER,
-                                      env={**os.environ, "TZ": BROWSER_TZ})
-    driver = webdriver.Chrome(options=opts, service=service)
+    service = webdriver.ChromeService(executable_path=CHROMEDRIVER, env=env)
+    return webdriver.Chrome(options=opts, service=service)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    driver = start_chromium(tmp_path, extra=("--autoplay-policy=no-user-gesture-required",))
     yield driver
     driver.quit()
 

@@ -5,24 +5,20 @@ results are read back from the store."""
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 from console_helpers import CNMAPS, Server, add_accounts
-from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 from test_console_browser import (
-    BROWSER_TZ,
-    CHROMEDRIVER,
-    CHROMIUM,
     WAIT_S,
     click,
     log_in,
     severe_console_messages,
+    start_chromium,
 )
 
 from alarms.store import open_store
@@ -63,21 +59,7 @@ def world(tmp_path):
 def zh_browser(tmp_path):
     """Headless Chromium whose language is Chinese (zh-CN) and whose zone is not the
     command centre's."""
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.fail("chromium and chromium-driver are not installed "
-                    "(apt-get install chromium chromium-driver; `make test` does it)")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--lang=zh-CN",
-                 "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        opts.add_argument(flag)
-    opts.add_experimental_option("prefs", {"intl.accept_languages": "zh-CN,zh"})
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = webdriver.ChromeService(executable_path=CHROMEDRIVER,
-                                      env={**os.environ, "TZ": BROWSER_TZ, "LANGUAGE": "zh_CN"})
-    driver = webdriver.Chrome(options=opts, service=service)
+    driver = start_chromium(tmp_path, lang="zh-CN", window="1400,1000")
     yield driver
     driver.quit()
 
