@@ -9,7 +9,7 @@ writer already orders them; PostgreSQL: an advisory lock).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -145,6 +145,9 @@ class EventLog:
     """The event log and outbox of :class:`alarms.store.AlarmStore`."""
 
     _db: Database
+    # alarms.notify_store.NotificationStore: the notifications events cause, written in
+    # the transaction that records them
+    _plan_notifications: Callable[[Cursor, Sequence[Mapping[str, Any]], int], int]
 
     def record_events(self, events: Sequence[Mapping[str, Any]], now_ms: int) -> list[int]:
         """Store the engine's alarm events and queue them for publishing, in one transaction.
@@ -194,7 +197,10 @@ class EventLog:
             cur.executemany("UPDATE alarms SET state = 'cleared', cleared_at = ?, "
                             "cleared_evidence = ? WHERE alarm_id = ? AND state = 'active'",
                             clears)
-            return _append_log(cur, log_rows)
+            out = _append_log(cur, log_rows)
+            # the notifications these events cause, in the same transaction
+            self._plan_notifications(cur, events, now_ms)
+            return out
 
     def pending(self, limit: int = 100, regions: Iterable[str] | None = None
                 ) -> list[tuple[int, str, bytes]]:

@@ -13,7 +13,7 @@ then the action row, the published event and the audit row are written beside it
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -173,6 +173,8 @@ class AlarmLifecycle:
     """The operator and escalation actions of :class:`alarms.store.AlarmStore`."""
 
     _db: Database
+    # alarms.notify_store.NotificationStore (see alarms.events.EventLog)
+    _plan_notifications: Callable[[Cursor, Sequence[Mapping[str, Any]], int], int]
 
     def _step(self, op: str, action: str, alarm_id: str, sets: dict[str, Any], who: str,
               now_ms: int, **record: Any) -> dict[str, Any]:
@@ -280,5 +282,7 @@ class AlarmLifecycle:
                     cur, step, alarm, "system", now_ms,
                     event_extra={"raised_at": alarm["raised_at"], "after_ms": after_ms},
                     audit_detail={"region": alarm["region"], "after_ms": after_ms}, ip=None))
+            # the notifications these escalations cause, in the same transaction
+            self._plan_notifications(cur, out, now_ms)
         return out
 

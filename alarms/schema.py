@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from alarms.notify_schema import V6_TABLES
 from alarms.register_schema import V5_TABLES
 
 # A region code (users' regions, events' region): it ends up in an MQTT topic level, so
@@ -313,6 +314,8 @@ MIGRATIONS: list[list[Migration]] = [
     # version 5: the supervision register (alarms.register_schema, docs/register.md), and
     # the disposition an alarm is closed with when its subject's supervision ends.
     [_widen_disposition_check, *V5_TABLES],
+    # version 6: the notifications outbox (alarms.notify_schema, docs/notifications.md).
+    V6_TABLES,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

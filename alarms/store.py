@@ -24,6 +24,7 @@ One schema serves both (:mod:`alarms.schema`). Where each part lives:
                              ``purge_tracks``
 :mod:`alarms.users`          accounts, logins, the audit log
 :mod:`alarms.checkpoints`    each engine worker's checkpoint
+:mod:`alarms.notify_store`   the notifications outbox (planned with each event)
 :mod:`alarms.register`       ``store.register``: the supervision register (subjects,
                              devices, zones, leave, curfews, suspensions)
 ===========================  ==========================================================
@@ -52,6 +53,8 @@ from alarms.checkpoints import CheckpointStore
 from alarms.db import Database, StoreError, redact
 from alarms.events import EventLog
 from alarms.lifecycle import AlarmActionError, AlarmLifecycle
+from alarms.notify import Planner
+from alarms.notify_store import NotificationStore
 from alarms.postgres import PostgresDatabase
 from alarms.queries import AlarmQueries
 from alarms.register import Register
@@ -63,8 +66,11 @@ __all__ = ["TRACK_COLUMNS", "AlarmActionError", "AlarmStore", "LoginAttempt", "S
            "UserError", "open_store", "tracks_path"]
 
 
-def open_store(url: str) -> AlarmStore:
-    """Open the store at ``url``, creating or migrating its schema; see the module doc."""
+def open_store(url: str, *, notification_planner: Planner | None = None) -> AlarmStore:
+    """Open the store at ``url``, creating or migrating its schema; see the module doc.
+
+    ``notification_planner`` (:mod:`alarms.notify`) turns the alarm events this store
+    records into notification rows, written in the same transaction."""
     if not isinstance(url, str):
         raise StoreError(f"store URL must be a string, got {type(url).__name__}")
     if url.startswith("sqlite:///"):
@@ -76,14 +82,15 @@ def open_store(url: str) -> AlarmStore:
         if not p.parent.is_dir():
             raise StoreError(f"folder {str(p.parent)!r} does not exist", where=url)
         return AlarmStore(SqliteDatabase(str(p)),
-                          tracks_db=SqliteDatabase(str(tracks_path(p))))
+                          tracks_db=SqliteDatabase(str(tracks_path(p))),
+                          notification_planner=notification_planner)
     if url.startswith(("postgresql://", "postgres://")):
-        return AlarmStore(PostgresDatabase(url))
+        return AlarmStore(PostgresDatabase(url), notification_planner=notification_planner)
     raise StoreError("store URL must start with sqlite:/// or postgresql://",
                      where=redact(url))
 
 
-class AlarmStore(EventLog, AlarmLifecycle, AlarmQueries, TrackStore, UserStore,
+class AlarmStore(NotificationStore, EventLog, AlarmLifecycle, AlarmQueries, TrackStore, UserStore,
                  CheckpointStore):
     """The durable store of alarms and everything the console needs; see the module doc.
 
@@ -92,8 +99,10 @@ class AlarmStore(EventLog, AlarmLifecycle, AlarmQueries, TrackStore, UserStore,
     ``_db`` (and ``_tracks_db``, the same database except on SQLite).
     """
 
-    def __init__(self, db: Database, *, tracks_db: Database | None = None):
+    def __init__(self, db: Database, *, tracks_db: Database | None = None,
+                 notification_planner: Planner | None = None):
         self._db = db
+        self._planner = notification_planner
         # tracks and positions (SQLite: a file of their own; see the module doc)
         self._tracks_db = tracks_db or db
         self.dialect = db.dialect

@@ -165,6 +165,26 @@ class RegisterConfig:
 
 
 @dataclass(frozen=True)
+class WebhookConfig:
+    # The receiver's URL; empty: no webhook. Every raised, cleared and escalated alarm
+    # event is POSTed to it (docs/notifications.md).
+    url: str = ""
+    # A file holding the shared HMAC secret (its content, stripped): never on the command line.
+    secret_file: str = ""
+    # One request's time limit, s.
+    timeout_s: float = 10.0
+    # Retry backoff: first delay and cap, s (jittered), until a 2xx.
+    retry_min_s: float = 1.0
+    retry_max_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    # Channels: a table each (docs/notifications.md).
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
+
+
+@dataclass(frozen=True)
 class Config:
     rules: RulesConfig = field(default_factory=RulesConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
@@ -172,6 +192,7 @@ class Config:
     tracks: TracksConfig = field(default_factory=TracksConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
 
 def _build(default: Any, data: dict[str, Any], prefix: str, source: str | None) -> Any:
@@ -257,7 +278,43 @@ def _check(config: Config, source: str | None) -> Config:
     problem = time_zone_problem(c.timezone)
     if problem:
         raise ConfigError(problem, key="console.timezone", source=source)
+    _check_notify(config, source)
     return _check_register(config, source)
+
+
+def _check_notify(config: Config, source: str | None) -> None:
+    w = config.notify.webhook
+    if not w.url:
+        if w.secret_file:
+            raise ConfigError("is required with notify.webhook.secret_file",
+                              key="notify.webhook.url", source=source)
+        return
+    if not w.url.startswith(("http://", "https://")):
+        raise ConfigError(f"must start with http:// or https://, got {w.url!r}",
+                          key="notify.webhook.url", source=source)
+    if not w.secret_file:
+        raise ConfigError("is required with notify.webhook.url (the signing key)",
+                          key="notify.webhook.secret_file", source=source)
+    read_secret(w.secret_file, "notify.webhook.secret_file", source)
+    for name in ("timeout_s", "retry_min_s"):
+        if getattr(w, name) <= 0:
+            raise ConfigError("must be positive", key=f"notify.webhook.{name}", source=source)
+    if w.retry_max_s < w.retry_min_s:
+        raise ConfigError("must be >= notify.webhook.retry_min_s",
+                          key="notify.webhook.retry_max_s", source=source)
+
+
+def read_secret(path: str, key: str, source: str | None = None) -> bytes:
+    """The secret in the file ``path`` (its content stripped of surrounding whitespace);
+    ConfigError naming ``key`` when it cannot be read or is empty."""
+    try:
+        secret = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path!r}: {exc.strerror}", key=key,
+                          source=source) from exc
+    if not secret:
+        raise ConfigError(f"{path!r} is empty", key=key, source=source)
+    return secret
 
 
 def _check_register(config: Config, source: str | None) -> Config:
