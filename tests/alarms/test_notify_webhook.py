@@ -149,7 +149,7 @@ def test_wrong_secret_is_not_delivered(nstore, secret_file, tmp_path):
 
 
 def test_backoff_is_capped_and_jittered():
-    for attempts in range(0, 30):
+    for attempts in range(30):
         bound = min(300.0, 1.0 * 2 ** attempts)
         assert backoff_s(attempts, 1.0, 300.0, rand=lambda: 0.0) == bound / 2
         assert backoff_s(attempts, 1.0, 300.0, rand=lambda: 1.0) == bound

@@ -36,8 +36,8 @@ secret_file = "{tmp_path / 'webhook.secret'}"
     ('[notify.webhook]\nurl = "http://x"\n', "notify.webhook.secret_file"),
     ('[notify.webhook]\nurl = "ftp://x"\nsecret_file = "{ok}"\n', "notify.webhook.url"),
     ('[notify.webhook]\nsecret_file = "{ok}"\n', "notify.webhook.url"),
-    ('[notify.webhook]\nurl = "http://x"\nsecret_file = "{ok}"\nretry_min_s = 5\n'
-     'retry_max_s = 1\n', "notify.webhook.retry_max_s"),
+    (('[notify.webhook]\nurl = "http://x"\nsecret_file = "{ok}"\nretry_min_s = 5\n'
+     'retry_max_s = 1\n'), "notify.webhook.retry_max_s"),
 ])
 def test_bad_notify_config_names_the_key(tmp_path, body, key):
     (tmp_path / "empty.secret").write_text("  \n")
