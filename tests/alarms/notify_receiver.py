@@ -14,9 +14,15 @@ import orjson
 
 
 class Receiver:
-    def __init__(self, secret: bytes, *, fail_first: int = 0, port: int = 0):
+    def __init__(self, secret: bytes, *, fail_first: int = 0, port: int = 0,
+                 hold_after: int | None = None):
         self.secret = secret
         self.fail_first = fail_first
+        # After ``hold_after`` deliveries, a request hangs until ``release`` is set and is
+        # then refused uncounted (a receiver that never took it): deliveries in flight.
+        self.hold_after = hold_after
+        self.held = 0
+        self.release = threading.Event()
         self.requests = 0
         self.bad_signatures = 0
         self.delivered: collections.Counter[str] = collections.Counter()
@@ -43,6 +49,14 @@ class Receiver:
 
     def handle(self, body: bytes, headers) -> int:
         with self.lock:
+            holding = self.hold_after is not None and sum(self.delivered.values()) >= \
+                self.hold_after and not self.release.is_set()
+            if holding:
+                self.held += 1
+        if holding:
+            self.release.wait(30)
+            return 503
+        with self.lock:
             self.requests += 1
             if self.requests <= self.fail_first:
                 return 500
@@ -58,5 +72,6 @@ class Receiver:
             return 204
 
     def close(self) -> None:
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
