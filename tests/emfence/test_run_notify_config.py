@@ -4,6 +4,9 @@ naming the key (the `emfence run` start reads the config first and exits 1 on it
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from emfence.config import ConfigError, load_config
@@ -48,3 +51,18 @@ def test_bad_notify_config_names_the_key(tmp_path, body, key):
         load_config(_write(tmp_path, body))
     assert err.value.key == key
     assert f"[{key}]" in str(err.value)
+
+
+def test_emfence_run_refuses_a_bad_notify_table_at_start(tmp_path):
+    """One line naming the key, exit 1, before anything connects (no broker is running)."""
+    cfg = _write(tmp_path, f'[notify.webhook]\nurl = "http://127.0.0.1:8099/hook"\n'
+                           f'secret_file = "{tmp_path / "missing.secret"}"\n')
+    proc = subprocess.run([sys.executable, "-m", "emfence", "run", "--config", str(cfg),
+                           "--zones", str(tmp_path / "z.geojson"),
+                           "--subjects", str(tmp_path / "s.json"),
+                           "--store", f"sqlite:///{tmp_path / 'a.db'}"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1, proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "[notify.webhook.secret_file]" in err[0], proc.stderr
+    assert "missing.secret" in err[0] and "Traceback" not in proc.stderr

@@ -1,4 +1,5 @@
-"""`emfence run` with `[notify.webhook]`, a real mosquitto, and a real HTTP receiver:
+"""`emfence run` with `[notify.webhook]`, a real mosquitto, a real HTTP receiver, on
+SQLite and PostgreSQL:
 killed with SIGKILL while deliveries are in flight, then restarted: every raised and
 cleared alarm event reaches the receiver exactly once per delivery id, signed."""
 
@@ -60,12 +61,16 @@ def _sent(store_url: str) -> int:
         store.close_store()
 
 
-def test_kill_9_mid_delivery_loses_and_doubles_nothing(tmp_path, mosquitto_factory):
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres",
+                                                               marks=pytest.mark.postgres)])
+def test_kill_9_mid_delivery_loses_and_doubles_nothing(tmp_path, mosquitto_factory, request,
+                                                       backend):
+    store_url = request.getfixturevalue("pg_url") if backend == "postgres" else None
     fleet = Fleet(tmp_path, devices_a=DEVICES, devices_b=1)
     broker = mosquitto_factory(passwords=fleet.passwords())
     (tmp_path / "webhook.secret").write_bytes(SECRET + b"\n")
     rx = Receiver(SECRET, fail_first=3, hold_after=8)
-    engine = EngineProcess(tmp_path, fleet, broker,
+    engine = EngineProcess(tmp_path, fleet, broker, store=store_url,
                            config=_config(rx.url, tmp_path / "webhook.secret"))
     pub = PahoClient(broker.port, LOADGEN_USER, LOADGEN_PW)
     try:
