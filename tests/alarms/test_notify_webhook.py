@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from alarms import open_store
+from alarms import StoreError, open_store
 from alarms.notify import delivery_id, webhook_planner
 from alarms.notify_outbox import WebhookOutbox, backoff_s
 from emfence.config import WebhookConfig
@@ -181,3 +181,27 @@ def test_a_raise_reaches_the_receiver_in_under_a_second(nstore, secret_file):
         assert asyncio.run(asyncio.wait_for(scenario(), 10)) < 1.0
     finally:
         rx.close()
+
+
+def test_a_version_5_database_gets_the_notifications_table(store_url, monkeypatch):
+    from alarms import schema
+
+    with monkeypatch.context() as m:
+        m.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:5])
+        m.setattr(schema, "SCHEMA_VERSION", 5)
+        old = open_store(store_url)
+    try:
+        old.record_events([raised("OLD-1", at=T0)], T0)
+        with pytest.raises(StoreError, match="notifications"), \
+                old._db.tx("t", write=False) as cur:
+            cur.execute("SELECT COUNT(*) FROM notifications")
+    finally:
+        old.close()
+    store = open_store(store_url, notification_planner=webhook_planner)
+    try:
+        assert store.schema_version() == 6
+        assert table_count(store, "notifications") == 0  # the past is not notified
+        store.record_events([cleared(raised("OLD-1", at=T0), at=T0 + 5)], T0 + 10)
+        assert [r["event"] for r in store.alarm_notifications("OLD-1")] == ["cleared"]
+    finally:
+        store.close()
