@@ -89,6 +89,10 @@ class Options:
     # With --checkpoint: the store holds an older row for this worker, deleted once the
     # file holds a checkpoint (so a later start without --checkpoint cannot go back to it).
     drop_store_checkpoint: bool = False
+    # Where zones and subjects come from (emfence.run.model.ModelSource; None: the two
+    # files above) and, from the register, its change sequence when the model was taken.
+    source: object = None
+    register_seq: int | None = None
 
 
 @dataclass
