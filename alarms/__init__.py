@@ -1,6 +1,7 @@
 """Durable alarms: the store (SQLite / PostgreSQL), the operator lifecycle, escalation and
 the MQTT publisher of the outbox. See docs/alarm-lifecycle.md."""
 
+from alarms.register_check import RegisterError
 from alarms.schema import DISPOSITIONS, EVENTS, FALSE_ALARM_DISPOSITIONS, ROLES
 from alarms.store import (
     AlarmActionError,
@@ -19,6 +20,7 @@ __all__ = [
     "ROLES",
     "AlarmActionError",
     "AlarmStore",
+    "RegisterError",
     "StoreError",
     "UserError",
     "open_store",

@@ -98,6 +98,11 @@ class Database:
         """Make this the only transaction migrating the schema."""
         raise NotImplementedError
 
+    def lock_register(self, cur: Cursor) -> None:
+        """Make this the only transaction changing the register (its change sequence is
+        then committed in order, and its checks see every earlier change)."""
+        raise NotImplementedError
+
     def lock_logins(self, cur: Cursor, keys: Sequence[int]) -> None:
         """Make this the only transaction counting login attempts for these keys."""
         raise NotImplementedError

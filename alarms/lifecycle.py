@@ -54,6 +54,10 @@ TRANSITIONS: dict[tuple[str, str], Step] = {
     ("new", "note"): Step("new", None, "note", "alarm.note"),
     ("acknowledged", "note"): Step("acknowledged", None, "note", "alarm.note"),
     ("closed", "note"): Step("closed", None, "note", "alarm.note"),
+    # the register ends a subject's supervision: its open alarms are filed, new or
+    # acknowledged, with the disposition supervision_ended (alarms.register.end_subject)
+    ("new", "end_supervision"): Step("closed", "closed", "close", "alarm.close"),
+    ("acknowledged", "end_supervision"): Step("closed", "closed", "close", "alarm.close"),
 }
 # (workflow the alarm is in, action refused) -> the reason, formatted with the alarm's row.
 REFUSALS: dict[tuple[str, str], str] = {
@@ -144,6 +148,25 @@ def _record_step(cur: Cursor, step: Step, alarm: dict[str, Any], who: str, now_m
 def _check_actor(alarm_id: str, user: Any) -> None:
     if not isinstance(user, str) or not user.strip():
         raise AlarmActionError(alarm_id, "the acting user must be named")
+
+
+def close_subject_alarms(cur: Cursor, db: Database, subject_id: str, who: str, now_ms: int,
+                         note: str | None) -> list[str]:
+    """File every alarm of ``subject_id`` not yet closed with the disposition
+    ``supervision_ended``, in the caller's transaction (events, action and audit rows as
+    an operator's close writes them). Returns the alarm ids, oldest first."""
+    db.lock_event_log(cur)
+    sets = {"closed_by": who, "closed_at": now_ms, "disposition": "supervision_ended",
+            "note": note}
+    claimed = _claim(cur, "end_supervision", sets,
+                     Where("subject_id = ?", params=[subject_id]))
+    claimed.sort(key=lambda c: (c[1]["raised_at"], c[1]["alarm_id"]))
+    for step, alarm in claimed:
+        _record_step(cur, step, alarm, who, now_ms, note=note, disposition="supervision_ended",
+                     event_extra={"by": who, "disposition": "supervision_ended"},
+                     audit_detail={"disposition": "supervision_ended", "note": note,
+                                   "region": alarm["region"]}, ip=None)
+    return [alarm["alarm_id"] for _, alarm in claimed]
 
 
 class AlarmLifecycle:

@@ -20,6 +20,8 @@ from alarms.tracks import POSITION_UPSERT, TRACK_COLS
 _PG_EVENT_LOCK = 0x656D_6665_6E63_65  # "emfence"
 # ...and the one that serialises schema migrations of concurrently starting workers.
 _PG_MIGRATE_LOCK = _PG_EVENT_LOCK + 1
+# ...and the one that orders register changes (alarms.register).
+_PG_REGISTER_LOCK = _PG_EVENT_LOCK + 2
 # The class (first key) of the two-key advisory locks that serialise login attempts per
 # account name and per client address on PostgreSQL ("emfl"; the two-key and one-key lock
 # spaces do not overlap).
@@ -89,6 +91,9 @@ class PostgresDatabase(Database):
 
     def lock_migrations(self, cur: Cursor) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(?)", (_PG_MIGRATE_LOCK,))
+
+    def lock_register(self, cur: Cursor) -> None:
+        cur.execute("SELECT pg_advisory_xact_lock(?)", (_PG_REGISTER_LOCK,))
 
     def lock_logins(self, cur: Cursor, keys: Sequence[int]) -> None:
         # Always in ascending order, so two transactions never wait for each other's

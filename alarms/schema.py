@@ -24,6 +24,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from alarms.register_schema import V5_TABLES
+
 # A region code (users' regions, events' region): it ends up in an MQTT topic level, so
 # no '/', '+', '#' or spaces.
 REGION_CODE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -41,6 +43,9 @@ DISPOSITIONS = (
     "gps_drift",
     "device_fault",
     "other",
+    # set by the register when supervision ends (alarms.register.end_subject), not an
+    # operator's finding
+    "supervision_ended",
 )
 # dispositions that say "there was no real violation": the supervisor's false-alarm share
 FALSE_ALARM_DISPOSITIONS = ("approved_leave_not_recorded", "gps_drift", "device_fault")
@@ -79,6 +84,39 @@ _V1_ALARM_TYPES = ("outbound", "exclusion", "offline", "tamper", "low_battery")
 _V1_TYPE_CHECK = f" CHECK (type IN {_in(_V1_ALARM_TYPES)})"
 
 
+# The dispositions version 1 was released with (frozen, like _V1_ALARM_TYPES); version 5
+# widens the CHECK to DISPOSITIONS.
+_V1_DISPOSITIONS = ("confirmed_violation", "approved_leave_not_recorded", "gps_drift",
+                    "device_fault", "other")
+_V1_DISPOSITION_CHECK = f"disposition IN {_in(_V1_DISPOSITIONS)}"
+
+
+def _edit_sqlite_table(cur: Any, table: str, old: str, new: str) -> None:
+    """Replace ``old`` by ``new`` in a SQLite table's stored definition (a change that
+    leaves every stored row valid), the procedure SQLite's documentation gives for schema
+    changes ALTER TABLE cannot make: in the migration's transaction, with the schema
+    version bumped so every connection reloads it."""
+    version = cur.execute("PRAGMA schema_version").scalar()
+    cur.execute("PRAGMA writable_schema=ON")
+    try:
+        cur.execute("UPDATE sqlite_master SET sql = replace(sql, ?, ?) "
+                    "WHERE type = 'table' AND name = ?", (old, new, table))
+        cur.execute(f"PRAGMA schema_version={int(version) + 1}")
+    finally:
+        cur.execute("PRAGMA writable_schema=OFF")
+
+
+def _widen_disposition_check(cur: Any, dialect: str) -> None:
+    """Version 5: ``alarms.disposition`` may also be the register's ``supervision_ended``."""
+    if dialect == "postgresql":
+        cur.execute("ALTER TABLE alarms DROP CONSTRAINT IF EXISTS alarms_disposition_check")
+        cur.execute("ALTER TABLE alarms ADD CONSTRAINT alarms_disposition_check CHECK "
+                    f"(disposition IS NULL OR disposition IN {_in(DISPOSITIONS)})")
+        return
+    _edit_sqlite_table(cur, "alarms", _V1_DISPOSITION_CHECK,
+                       f"disposition IN {_in(DISPOSITIONS)}")
+
+
 def _drop_alarm_type_check(cur: Any, dialect: str) -> None:
     """Version 4: the alarms table's CHECK on ``type`` goes (see _V1_ALARM_TYPES).
 
@@ -90,14 +128,7 @@ def _drop_alarm_type_check(cur: Any, dialect: str) -> None:
     if dialect == "postgresql":
         cur.execute("ALTER TABLE alarms DROP CONSTRAINT IF EXISTS alarms_type_check")
         return
-    version = cur.execute("PRAGMA schema_version").scalar()
-    cur.execute("PRAGMA writable_schema=ON")
-    try:
-        cur.execute("UPDATE sqlite_master SET sql = replace(sql, ?, '') "
-                    "WHERE type = 'table' AND name = 'alarms'", (_V1_TYPE_CHECK,))
-        cur.execute(f"PRAGMA schema_version={int(version) + 1}")
-    finally:
-        cur.execute("PRAGMA writable_schema=OFF")
+    _edit_sqlite_table(cur, "alarms", _V1_TYPE_CHECK, "")
 
 
 Migration = str | Callable[[Any, str], None]
@@ -127,7 +158,7 @@ MIGRATIONS: list[list[Migration]] = [
             acknowledged_at  BIGINT,
             closed_by        TEXT,
             closed_at        BIGINT,
-            disposition      TEXT CHECK (disposition IS NULL OR disposition IN {_in(DISPOSITIONS)}),
+            disposition      TEXT CHECK (disposition IS NULL OR {_V1_DISPOSITION_CHECK}),
             note             TEXT,
             escalated_at     BIGINT
         )
@@ -279,6 +310,9 @@ MIGRATIONS: list[list[Migration]] = [
         "ALTER TABLE alarms ADD COLUMN device_kind TEXT",
         "ALTER TABLE alarms ADD COLUMN suspended INTEGER NOT NULL DEFAULT 0",
     ],
+    # version 5: the supervision register (alarms.register_schema, docs/register.md), and
+    # the disposition an alarm is closed with when its subject's supervision ends.
+    [_widen_disposition_check, *V5_TABLES],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

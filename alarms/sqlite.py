@@ -134,5 +134,8 @@ class SqliteDatabase(Database):
     def lock_migrations(self, cur: Cursor) -> None:
         pass
 
+    def lock_register(self, cur: Cursor) -> None:
+        pass  # BEGIN IMMEDIATE already makes this the only writer
+
     def lock_logins(self, cur: Cursor, keys: Sequence[int]) -> None:
         pass  # BEGIN IMMEDIATE already makes this the only writer, in every process

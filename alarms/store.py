@@ -24,6 +24,8 @@ One schema serves both (:mod:`alarms.schema`). Where each part lives:
                              ``purge_tracks``
 :mod:`alarms.users`          accounts, logins, the audit log
 :mod:`alarms.checkpoints`    each engine worker's checkpoint
+:mod:`alarms.register`       ``store.register``: the supervision register (subjects,
+                             devices, zones, leave, curfews, suspensions)
 ===========================  ==========================================================
 
 Threads: an :class:`AlarmStore` is synchronous and thread-safe. Each thread that uses it
@@ -52,6 +54,7 @@ from alarms.events import EventLog
 from alarms.lifecycle import AlarmActionError, AlarmLifecycle
 from alarms.postgres import PostgresDatabase
 from alarms.queries import AlarmQueries
+from alarms.register import Register
 from alarms.sqlite import SqliteDatabase
 from alarms.tracks import TRACK_COLUMNS, TrackStore, tracks_path
 from alarms.users import LoginAttempt, UserError, UserStore
@@ -97,6 +100,8 @@ class AlarmStore(EventLog, AlarmLifecycle, AlarmQueries, TrackStore, UserStore,
         self._migrate(self._db)
         if self._tracks_db is not self._db:
             self._migrate(self._tracks_db)
+        # the supervision register (alarms.register), in the same database
+        self.register = Register(self._db)
 
     # --- schema -------------------------------------------------------------------------
 

@@ -331,7 +331,8 @@ def test_stats_match_a_hand_computation(store):
     assert st["median_ack_ms"] == statistics.median(acks) == 37_500
     assert st["median_close_ms"] == statistics.median(closes) == 90_000
     assert st["dispositions"] == {"confirmed_violation": 1, "approved_leave_not_recorded": 1,
-                                  "gps_drift": 1, "device_fault": 1, "other": 1}
+                                  "gps_drift": 1, "device_fault": 1, "other": 1,
+                                  "supervision_ended": 0}
     assert st["disposition_share"]["gps_drift"] == pytest.approx(0.2)
     assert st["false_alarm_share"] == pytest.approx(3 / 5)
 
