@@ -31,9 +31,9 @@ from alarms.register_check import (
     check_text,
     not_found,
 )
+from alarms.register_import import RegisterImport
 from alarms.register_leave import RegisterLeaves
 from alarms.register_read import SUBJECT_COLUMNS, snapshot, subject_entry
-from alarms.register_zones import RegisterZones
 
 __all__ = ["Register", "RegisterError"]
 
@@ -71,7 +71,7 @@ def _check_region(region: str, regions: Iterable[str] | None, field: str = "regi
         raise RegisterError(f"region {region!r} is not one of yours", field=field, status=403)
 
 
-class Register(RegisterZones, RegisterLeaves, RegisterBase):
+class Register(RegisterImport, RegisterLeaves, RegisterBase):
     """The register; see the module doc. Build it through ``AlarmStore.register``."""
 
     # --- reading ------------------------------------------------------------------------

