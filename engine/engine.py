@@ -16,8 +16,11 @@ from contract.records import RecordBatch, as_column
 from emfence.config import LEVELS, Config
 from engine import kernels as K
 from engine.positions import Positions
-from engine.registry import Registry
+from engine.registry import F_SUSPENSIONS, Registry
 from engine.state import (
+    X_CURFEW_AT,
+    X_CURFEW_ZONE,
+    X_OUT_TYPE,
     DeviceState,
     adopt,
     bytes_per_device,
@@ -29,6 +32,13 @@ from engine.state import (
     snapshot_arrays,
     write_checkpoint,
 )
+
+
+def suspended(subject: Any, type_name: str, at_ms: int) -> bool:
+    """Is an alarm of ``type_name`` at ``at_ms`` in one of ``subject``'s suspensions of
+    that type (``[start, end]``, both inclusive)?"""
+    return any(sp.type == type_name and sp.start_ms <= at_ms <= sp.end_ms
+               for sp in subject.suspensions)
 
 
 def _entry_point(dispatcher: Any, args: tuple) -> Any:
@@ -67,6 +77,7 @@ class Engine:
         self._scratch_n = 1024  # positions nobody asked for are written here
         self._scratch = tuple(Positions.nan(self._scratch_n))
         self._ids = None  # checkpoint id arrays, built at the first snapshot
+        self._cw_span = (0, 0)  # [lo, hi) ms the curfew windows in the kernels' arrays cover
         self._bind()
 
     # ----- configuration -------------------------------------------------------------
@@ -141,11 +152,33 @@ class Engine:
             wgs_lat, wgs_lon = self._scratch
         else:
             wgs_lat, wgs_lon = positions
+        if self.registry.has_curfews and len(batch[2]):
+            self._cover(batch[2])
         ev_i, ev_f = self._events
         ev_i, ev_f, n, now = self._process_batch(*batch, *self._rule_args, clock, now,
                                                  ev_i, ev_f, self._counters, wgs_lat, wgs_lon)
         self._events = (ev_i, ev_f)  # keep grown buffers
         return self._to_dicts(ev_i, ev_f, n), int(now)
+
+    # Curfew windows are computed ahead for this long past the newest fix (and back this
+    # far before the oldest), and again when a fix falls outside: a rolling horizon.
+    CURFEW_AHEAD_MS = 7 * 86_400_000
+    CURFEW_BEHIND_MS = 2 * 86_400_000
+
+    def _cover(self, ts_ms: np.ndarray) -> None:
+        """Make the kernels' curfew windows cover every ts of a batch (epoch ms): the
+        windows of [oldest - CURFEW_BEHIND_MS, newest + CURFEW_AHEAD_MS) in the local time
+        zone ``register.timezone``, computed here with zoneinfo (never in a kernel). A new
+        horizon drops every settled cache (its validity was bounded by the old windows)."""
+        lo, hi = int(ts_ms.min()), int(ts_ms.max())
+        if self._cw_span[0] <= lo and hi < self._cw_span[1]:
+            return
+        span = (lo - self.CURFEW_BEHIND_MS, hi + self.CURFEW_AHEAD_MS)
+        cw_off, cw = self.registry.curfew_arrays(*span, self.config.register.timezone)
+        self._cw_span = span
+        self._arrays = self._arrays._replace(cw_off=cw_off, cw=cw)
+        self.state.safe_m[:] = -1.0
+        self._rule_args = (self.state, self._arrays, *self._rule_args[2:])
 
     def _bind(self) -> None:
         """Resolve the kernels' native entry points for this engine's argument types (see
@@ -153,7 +186,9 @@ class Engine:
         ev_i, ev_f = self._events
         # The arguments after the batch that change only here (a call then looks up none
         # of them: on a batch of one fix, those look-ups were ~3 % of the call).
-        self._rule_args = (self.state, self.registry.arrays, self.zones.arrays,
+        self._arrays = self.registry.arrays  # with the curfew windows of _cover
+        self._cw_span = (0, 0)
+        self._rule_args = (self.state, self._arrays, self.zones.arrays,
                            self._offline_after_ms, self._buffer_m, self._confirm,
                            self._battery_low, self._battery_clear)
         self._process_batch = _entry_point(K.process_batch, (
@@ -175,7 +210,9 @@ class Engine:
             return []
         reg = self.registry
         device_ids = reg.device_ids
+        kinds = reg.device_kinds
         subjects = reg.subjects
+        flags = reg.arrays.subject_flags
         zone_ids = self.zones.zone_ids
         rows = ev_i[:n].tolist()
         floats = ev_f[:n].tolist()
@@ -186,9 +223,13 @@ class Engine:
                 rows, floats, subject_idx, strict=True):
             subject = subjects[s]
             type_name = ALARM_TYPES[typ]
-            append(alarm_event(raised != 0, type_name, subject.subject_id, device_ids[d],
-                               zone_ids[z] if z >= 0 else None, subject.region, at, episode,
-                               late != 0, evidence if type_name in EVIDENCE_TYPES else None))
+            ev = alarm_event(raised != 0, type_name, subject.subject_id, device_ids[d],
+                             zone_ids[z] if z >= 0 else None, subject.region, at, episode,
+                             late != 0, evidence if type_name in EVIDENCE_TYPES else None)
+            ev["device_kind"] = kinds[d]
+            if flags[s] & F_SUSPENSIONS and suspended(subject, type_name, at):
+                ev["suspended"] = True
+            append(ev)
         return out
 
     # ----- counters, introspection ----------------------------------------------------
@@ -219,7 +260,12 @@ class Engine:
         for typ, arr in per_device:
             for d in np.flatnonzero(arr != K.NONE_MS).tolist():
                 z = int(st.outbound_zone[d]) if typ == K.T_OUTBOUND else -1
-                out.append(self._open(d, typ, z, int(arr[d])))
+                overdue = typ == K.T_OUTBOUND and st.ext[d, X_OUT_TYPE] == 1
+                out.append(self._open(d, K.T_LEAVE_OVERDUE if overdue else typ, z,
+                                      int(arr[d])))
+        for d in np.flatnonzero(st.ext[:, X_CURFEW_AT] != K.NONE_MS).tolist():
+            out.append(self._open(d, K.T_CURFEW, int(st.ext[d, X_CURFEW_ZONE]),
+                                  int(st.ext[d, X_CURFEW_AT])))
         slots = np.flatnonzero(st.exclusion_at_ms != K.NONE_MS).tolist()
         if slots:
             owner = np.searchsorted(reg.arrays.device_slot_off, slots, side="right") - 1
@@ -296,3 +342,13 @@ class Engine:
         self._ids = None
         self._bind()
         return stats
+
+    def swap_registry(self, registry: Registry, zones: Any) -> dict[str, int]:
+        """Install a new registry and compiled zones (the register changed), keeping the
+        rule state of every device that is still registered: open episodes (outbound,
+        leave_overdue, exclusion per zone, curfew, offline, tamper, battery), runs of out
+        fixes, the last fix and receive times. An episode whose zone id no longer exists
+        is dropped (its alarm stays open in the store); one whose zone is still there
+        stays open, so it is never raised a second time, and clears with its alarm_id.
+        Only the settled-device cache starts afresh. Returns :meth:`reload`'s counts."""
+        return self.reload(zones, registry)

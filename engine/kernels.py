@@ -22,6 +22,17 @@ from numba import njit
 
 from contract.alarms import ALARM_TYPES
 from contract.records import K_FIX
+from engine.registry import F_CURFEWS, F_KERNEL, F_LEAVES
+from engine.state import (
+    X_CURFEW_AT,
+    X_CURFEW_END,
+    X_CURFEW_RUN,
+    X_CURFEW_ZONE,
+    X_LAST_TS,
+    X_LV_RUN,
+    X_OUT_TYPE,
+    X_OWE,
+)
 from geofence.kernels import (
     CELL_INSIDE,
     KIND_POLYGON,
@@ -32,9 +43,9 @@ from geofence.kernels import (
 )
 
 # Alarm type codes: indices into the shared vocabulary's ALARM_TYPES.
-T_OUTBOUND, T_EXCLUSION, T_OFFLINE, T_TAMPER, T_LOW_BATTERY = (
+T_OUTBOUND, T_EXCLUSION, T_OFFLINE, T_TAMPER, T_LOW_BATTERY, T_LEAVE_OVERDUE, T_CURFEW = (
     ALARM_TYPES.index(name) for name in ("outbound", "exclusion", "offline", "tamper",
-                                         "low_battery"))
+                                         "low_battery", "leave_overdue", "curfew"))
 
 # Record kinds for process_batch: contract.records.K_FIX (imported above) / K_STATUS.
 
@@ -184,7 +195,9 @@ def _cell_inside(zone_kind, bbox, grid_shape, grid_origin, grid_inv_cell, grid_c
 
 @njit(cache=True, _nrt=False)
 def _next_leave_change_ms(ra, s, ts):
-    """The first time after ``ts`` at which subject ``s``'s set of active leaves changes."""
+    """The first time after ``ts`` at which subject ``s``'s set of active leaves or curfew
+    windows changes (windows: those of the engine's current horizon; the engine drops
+    every settled cache when it moves the horizon)."""
     nxt = NO_DEADLINE_MS
     for lv in range(ra.leave_off[s], ra.leave_off[s + 1]):
         start = ra.leave_start_ms[lv]
@@ -193,6 +206,12 @@ def _next_leave_change_ms(ra, s, ts):
             nxt = start
         if end >= ts and end + 1 < nxt:
             nxt = end + 1
+    for w in range(ra.cw_off[s], ra.cw_off[s + 1]):
+        start = ra.cw[w, 0]
+        if start > ts and start < nxt:
+            nxt = start
+        if ra.cw[w, 1] > ts and ra.cw[w, 1] < nxt:
+            nxt = ra.cw[w, 1]
     return nxt
 
 
@@ -375,28 +394,180 @@ def _allowed_distance(ra, za, s, ts, lon, lat):
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _outbound_rule(st, ra, za, d, s, ts, lon, lat, acc, margin, confirm, ev_i, ev_f, n):
+def _outbound_rule(st, ra, za, d, s, ts, lon, lat, acc, margin, confirm, overdue, ev_i, ev_f,
+                   n):
     """The outbound rule for one in-order fix of device ``d`` (subject ``s``, which has
-    inclusion zones); returns (n, the allowed zone containing the fix or -1). Containment
-    first: the common case is "inside", and it needs no distance at all. On the boundary
-    (containment says no, distance says 0) the fix is in, but no zone contains it."""
+    inclusion zones); returns (n, the allowed zone containing the fix or -1, the
+    observation). Containment first: the common case is "inside", and it needs no
+    distance at all. On the boundary (containment says no, distance says 0) the fix is
+    in, but no zone contains it. ``overdue`` (a leave ended and the device has not been
+    in since: _scheduled_rules) makes a raise ``leave_overdue`` at the subject's first
+    inclusion zone instead of ``outbound``; the episode's type is kept in ext, so it
+    clears as what it was raised as."""
     inside_zone = _allowed_contains(ra, za, s, ts, lon, lat)
     dist = 0.0
     nearest = -1
     if inside_zone < 0:
         dist, nearest = _allowed_distance(ra, za, s, ts, lon, lat)
     ep = st.outbound_at_ms[d]
-    run, act = outbound_step(ep, st.out_run[d], observe(dist, margin), confirm)
+    obs = observe(dist, margin)
+    run, act = outbound_step(ep, st.out_run[d], obs, confirm)
     st.out_run[d] = run
     if act == ACT_RAISE:
+        typ = T_OUTBOUND
+        if overdue:
+            typ = T_LEAVE_OVERDUE
+            nearest = ra.incl_zone[ra.incl_off[s]]
         st.outbound_at_ms[d] = ts
         st.outbound_zone[d] = nearest
-        n = _put(ev_i, ev_f, n, d, T_OUTBOUND, nearest, 1, ts, ts, 0, lat, lon, dist, acc)
+        st.ext[d, X_OUT_TYPE] = 1 if overdue else 0
+        n = _put(ev_i, ev_f, n, d, typ, nearest, 1, ts, ts, 0, lat, lon, dist, acc)
     elif act == ACT_CLEAR:
         st.outbound_at_ms[d] = NONE_MS
-        n = _put(ev_i, ev_f, n, d, T_OUTBOUND, st.outbound_zone[d], 0, ts, ep, 0,
+        typ = T_LEAVE_OVERDUE if st.ext[d, X_OUT_TYPE] == 1 else T_OUTBOUND
+        n = _put(ev_i, ev_f, n, d, typ, st.outbound_zone[d], 0, ts, ep, 0,
                  lat, lon, 0.0, acc)
-    return n, inside_zone
+    return n, inside_zone, obs
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _run_step(run, obs):
+    """A run of out fixes after one observation: in resets it, near keeps it."""
+    if obs == OBS_IN:
+        return 0
+    if obs == OBS_OUT and run < OUT_RUN_MAX:
+        return run + 1
+    return run
+
+
+@njit(cache=True, _nrt=False)
+def _leave_active(ra, s, ts):
+    for lv in range(ra.leave_off[s], ra.leave_off[s + 1]):
+        if ra.leave_start_ms[lv] <= ts <= ra.leave_end_ms[lv]:
+            return True
+    return False
+
+
+@njit(cache=True, _nrt=False)
+def _leave_rules(st, ra, za, d, s, ts, lon, lat, acc, margin, confirm, ev_i, ev_f, n):
+    """Outbound with leave_overdue for one in-order fix of a subject with leaves and
+    inclusion zones; returns (n, inside zone or -1, settle allowed).
+
+    A leave *ends* at E = min(end, returned) (its window is [start, E]). When this fix is
+    the first since E (the last evaluated one was at or before E, or there was none), the
+    device owes a return (X_OWE = E): until a fix is *in*, an out episode it raises is
+    ``leave_overdue``. If the run of out fixes against the inclusion zones alone (X_LV_RUN)
+    had reached the confirmation count at the last fix before E, and no other leave is
+    open just after E, ``leave_overdue`` is raised at E itself (evidence: this fix). The
+    out run then continues from that run. While a leave is open a device settles only
+    inside an inclusion zone, so every other fix of a leave keeps X_LV_RUN.
+    """
+    x = st.ext
+    prev = x[d, X_LAST_TS]
+    ended = NONE_MS
+    for lv in range(ra.leave_off[s], ra.leave_off[s + 1]):
+        e = ra.leave_end_ms[lv]
+        if e >= ra.leave_start_ms[lv] and e < ts and (prev == NONE_MS or prev <= e) \
+                and e > ended:
+            ended = e
+    if ended != NONE_MS:
+        x[d, X_OWE] = ended
+        run = x[d, X_LV_RUN]
+        st.out_run[d] = run
+        if (run >= confirm and st.outbound_at_ms[d] == NONE_MS
+                and not _leave_active(ra, s, ended + 1)):
+            z = ra.incl_zone[ra.incl_off[s]]
+            dist, _ = _allowed_distance(ra, za, s, ts, lon, lat)
+            st.outbound_at_ms[d] = ended
+            st.outbound_zone[d] = z
+            x[d, X_OUT_TYPE] = 1
+            n = _put(ev_i, ev_f, n, d, T_LEAVE_OVERDUE, z, 1, ended, ended, 0, lat, lon,
+                     dist, acc)
+    n, inside_zone, obs = _outbound_rule(st, ra, za, d, s, ts, lon, lat, acc, margin,
+                                         confirm, x[d, X_OWE] != NONE_MS, ev_i, ev_f, n)
+    if obs == OBS_IN:
+        x[d, X_OWE] = NONE_MS
+    on_leave = _leave_active(ra, s, ts)
+    if on_leave:  # the run against the inclusion zones alone
+        dist = np.inf
+        for j in range(ra.incl_off[s], ra.incl_off[s + 1]):
+            dist = min(dist, zone_distance_m(za, ra.incl_zone[j], lon, lat))
+        obs = observe(dist, margin)
+    x[d, X_LV_RUN] = _run_step(x[d, X_LV_RUN], obs)
+    # Settling keeps every containment answer of inside_zone, which is an inclusion zone
+    # when the fix is in one (they are tried first): the run against them stays 0.
+    return n, inside_zone, not on_leave or obs == OBS_IN
+
+
+@njit(cache=True, _nrt=False)
+def _curfew_rule(st, ra, za, d, s, ts, lon, lat, acc, margin, confirm, ev_i, ev_f, n):
+    """The curfew rule for one in-order fix of a subject with curfews; returns (n, settle
+    allowed). An open episode whose window has ended (ts >= its end) clears first, ``at``
+    = the window's end (evidence: none). Then within the open episode's window, or else
+    the first window with start <= ts < end: the outbound table against that window's
+    zone (runs count from the window's start). No settling inside a window."""
+    x = st.ext
+    nan = np.nan
+    ep = x[d, X_CURFEW_AT]
+    if ep != NONE_MS and ts >= x[d, X_CURFEW_END]:
+        n = _put(ev_i, ev_f, n, d, T_CURFEW, x[d, X_CURFEW_ZONE], 0, x[d, X_CURFEW_END], ep,
+                 0, nan, nan, nan, nan)
+        x[d, X_CURFEW_AT] = NONE_MS
+        x[d, X_CURFEW_RUN] = 0
+        ep = NONE_MS
+    z = -1
+    end = NONE_MS
+    if ep != NONE_MS:
+        z = x[d, X_CURFEW_ZONE]
+        end = x[d, X_CURFEW_END]
+    else:
+        for w in range(ra.cw_off[s], ra.cw_off[s + 1]):
+            if ra.cw[w, 0] <= ts < ra.cw[w, 1]:
+                z = ra.cw[w, 2]
+                end = ra.cw[w, 1]
+                if x[d, X_LAST_TS] == NONE_MS or x[d, X_LAST_TS] < ra.cw[w, 0]:
+                    x[d, X_CURFEW_RUN] = 0  # the window's first fix: a new run
+                break
+    if z < 0:
+        x[d, X_CURFEW_RUN] = 0
+        return n, True
+    dist = zone_distance_m(za, z, lon, lat)
+    run, act = outbound_step(ep, x[d, X_CURFEW_RUN], observe(dist, margin), confirm)
+    x[d, X_CURFEW_RUN] = run
+    if act == ACT_RAISE:
+        x[d, X_CURFEW_AT] = ts
+        x[d, X_CURFEW_END] = end
+        x[d, X_CURFEW_ZONE] = z
+        n = _put(ev_i, ev_f, n, d, T_CURFEW, z, 1, ts, ts, 0, lat, lon, dist, acc)
+    elif act == ACT_CLEAR:
+        x[d, X_CURFEW_AT] = NONE_MS
+        n = _put(ev_i, ev_f, n, d, T_CURFEW, z, 0, ts, ep, 0, lat, lon, 0.0, acc)
+    return n, False
+
+
+@njit(cache=True, _nrt=False)
+def _scheduled_rules(st, ra, za, d, s, ts, lon, lat, acc, margin, confirm, ev_i, ev_f, n):
+    """The rules of a subject with leaves or curfews (RegistryArrays.subject_flags), for
+    one in-order fix: outbound (with leave_overdue for a subject with leaves), then
+    curfew. Returns (n, inside zone or -1, settle allowed). Not inlined: the common path
+    never calls it, and its code stays out of _fix_rules."""
+    flags = ra.subject_flags[s]
+    inside_zone = -1
+    quiet = True
+    if ra.incl_off[s + 1] > ra.incl_off[s]:
+        if flags & F_LEAVES:
+            n, inside_zone, quiet = _leave_rules(st, ra, za, d, s, ts, lon, lat, acc, margin,
+                                                 confirm, ev_i, ev_f, n)
+        else:
+            n, inside_zone, _ = _outbound_rule(st, ra, za, d, s, ts, lon, lat, acc, margin,
+                                               confirm, False, ev_i, ev_f, n)
+        quiet = quiet and inside_zone >= 0
+    if flags & F_CURFEWS:
+        n, free = _curfew_rule(st, ra, za, d, s, ts, lon, lat, acc, margin, confirm,
+                               ev_i, ev_f, n)
+        quiet = quiet and free
+    st.ext[d, X_LAST_TS] = ts
+    return n, inside_zone, quiet
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -449,9 +620,13 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, 
     if late:
         return n
     inside_zone = -1
-    if ra.incl_off[s + 1] > ra.incl_off[s]:  # a subject without inclusion zones: no rule
-        n, inside_zone = _outbound_rule(st, ra, za, d, s, ts, lon, lat, acc, margin,
-                                        confirm, ev_i, ev_f, n)
+    if ra.subject_flags[s] & F_KERNEL:  # leaves or curfews: the scheduled rules
+        n, inside_zone, quiet = _scheduled_rules(st, ra, za, d, s, ts, lon, lat, acc, margin,
+                                                 confirm, ev_i, ev_f, n)
+        settled = settled and quiet
+    elif ra.incl_off[s + 1] > ra.incl_off[s]:  # a subject without inclusion zones: no rule
+        n, inside_zone, _ = _outbound_rule(st, ra, za, d, s, ts, lon, lat, acc, margin,
+                                           confirm, False, ev_i, ev_f, n)
         settled = settled and inside_zone >= 0
     if settled:
         _settle(st, ra, za, d, s, ts, lon, lat, inside_zone)
@@ -536,6 +711,7 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     slot_off = ra.device_slot_off
     incl_off = ra.incl_off
     incl_zone = ra.incl_zone
+    sflags = ra.subject_flags
     excl_at = st.exclusion_at_ms
     outbound_at = st.outbound_at_ms
     out_run = st.out_run
@@ -619,7 +795,7 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
                 i0 = incl_off[si]
                 nl = near_lon[d]
                 if (outbound_at[d] == NONE_MS and incl_off[si + 1] > i0
-                        and not math.isnan(nl)
+                        and sflags[si] & F_KERNEL == 0 and not math.isnan(nl)
                         and moved_upper_m(nl, near_lat[d], x, y) > SETTLE_MAX_MOVE_M
                         and _cell_inside(zone_kind, bbox, grid_shape, grid_origin,
                                          grid_inv_cell, grid_cell_offsets, cell_state,
@@ -631,7 +807,7 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
                     near_lat[d] = y
                     counters[C_GRID_FIXES] += 1
                     continue
-            need = n + 1 + 2 * (e1 - e0)
+            need = n + 4 + 2 * (e1 - e0)
             if need > ev_i.shape[0]:  # test here: a call that returns arrays costs refcounts
                 ev_i, ev_f = _room(ev_i, ev_f, n, need)
             n = _fix_rules(st, ra, za, d, t, x, y, acc[i], late, buffer_m, confirm, ev_i, ev_f,

@@ -10,7 +10,10 @@ Subjects file::
                    "devices": [{"device_id": "B-0001", "kind": "bracelet"}],
                    "inclusion": ["330723"], "exclusion": ["victim-17"],
                    "leaves": [{"start": 1763600000000, "end": "2025-11-22T08:00:00+08:00",
-                               "zones": ["330702"]}]}]}
+                               "zones": ["330702"], "returned": 1763700000000}],
+                   "curfews": [{"start": "22:00", "end": "06:00", "zone": "home-1"}],
+                   "suspensions": [{"type": "offline", "start": 1763600000000,
+                                    "end": 1763900000000}]}]}
 
 Times are epoch milliseconds (integers) or ISO 8601 strings with a UTC offset.
 """
@@ -28,11 +31,20 @@ import orjson
 from contract.alarms import DEVICE_KINDS
 from contract.errors import EmfenceError
 from emfence.config import LEVELS
+from engine.schedules import Curfew, Suspension, curfew_windows, parse_curfew, parse_suspension
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 # Level names -> the small code the kernels index per-level tables with.
 LEVEL_CODES = {name: i for i, name in enumerate(LEVELS)}
+
+# RegistryArrays.subject_flags bits: what a subject has beyond inclusion and exclusion.
+# A subject with none of the kernel's bits takes the common path (grid, settled cache)
+# and never touches the arrays of the rules below.
+F_LEAVES = 1  # leaves: the leave_overdue rule
+F_CURFEWS = 2  # curfews: the curfew rule
+F_SUSPENSIONS = 4  # suspensions (applied when events are built, not in the kernels)
+F_KERNEL = F_LEAVES | F_CURFEWS
 
 
 class RegistryError(EmfenceError, ValueError):
@@ -68,9 +80,12 @@ class RegistryArrays(NamedTuple):
     excl_zone: np.ndarray  # int32
     leave_off: np.ndarray  # int32[n_subjects+1]
     leave_start_ms: np.ndarray  # int64[n_leaves], inclusive
-    leave_end_ms: np.ndarray  # int64[n_leaves], inclusive
+    leave_end_ms: np.ndarray  # int64[n_leaves], inclusive: min(end, returned)
     leave_zone_off: np.ndarray  # int32[n_leaves+1]
     leave_zone: np.ndarray  # int32
+    subject_flags: np.ndarray  # int8[n_subjects]: F_* bits
+    cw_off: np.ndarray  # int32[n_subjects+1]: curfew windows of subject s, CSR
+    cw: np.ndarray  # int64[n_windows, 3]: start_ms (incl.), end_ms (excl.), zone index
 
 
 class Subject(NamedTuple):
@@ -80,7 +95,11 @@ class Subject(NamedTuple):
     device_ids: tuple[str, ...]
     inclusion: tuple[str, ...]
     exclusion: tuple[str, ...]
-    leaves: tuple[tuple[int, int, tuple[str, ...]], ...]  # (start_ms, end_ms, zone ids)
+    # (start_ms, end_ms, zone ids); end_ms = min(end, returned): the window's true end
+    leaves: tuple[tuple[int, int, tuple[str, ...]], ...]
+    device_kinds: tuple[str, ...] = ()  # per device_ids; empty: all bracelets
+    curfews: tuple[Curfew, ...] = ()
+    suspensions: tuple[Suspension, ...] = ()
 
 
 class Registry:
@@ -98,9 +117,10 @@ class Registry:
         self._device_index: dict[str, int] = {}
         dev_subject: list[int] = []
         for s_idx, s in enumerate(subjects):
-            for dev in s.device_ids:
+            for k, dev in enumerate(s.device_ids):
                 self._device_index[dev] = len(self.device_ids)
                 self.device_ids.append(dev)
+                self.device_kinds.append(s.device_kinds[k] if s.device_kinds else "bracelet")
                 dev_subject.append(s_idx)
         self.regions: set[str] = {s.region for s in subjects}
 
@@ -118,6 +138,11 @@ class Registry:
         leave_zone_off, leave_zone = csr([[zone_index[z] for z in lv[2]] for lv in all_leaves])
         device_subject = np.array(dev_subject, dtype=np.int32)
         levels = np.array([LEVEL_CODES[s.level] for s in subjects], dtype=np.int8)
+        flags = np.array([(F_LEAVES if s.leaves else 0) | (F_CURFEWS if s.curfews else 0)
+                          | (F_SUSPENSIONS if s.suspensions else 0) for s in subjects],
+                         dtype=np.int8)
+        self.has_curfews = bool(any(s.curfews for s in subjects))
+        self._zone_index = zone_index
         n_excl = np.diff(excl_off)
         slot_off = np.zeros(len(device_subject) + 1, dtype=np.int32)
         slot_off[1:] = np.cumsum(n_excl[device_subject]) if len(device_subject) else []
@@ -134,7 +159,16 @@ class Registry:
             leave_end_ms=np.array([lv[1] for lv in all_leaves], dtype=np.int64),
             leave_zone_off=leave_zone_off,
             leave_zone=leave_zone,
+            subject_flags=flags,
+            cw_off=np.zeros(len(subjects) + 1, dtype=np.int32),
+            cw=np.zeros((0, 3), dtype=np.int64),
         )
+
+    def curfew_arrays(self, lo_ms: int, hi_ms: int, tz_name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(cw_off, cw)``: every subject's curfew windows overlapping ``[lo_ms, hi_ms)``
+        in the local time zone ``tz_name`` (see :mod:`engine.schedules`)."""
+        return curfew_windows([s.curfews for s in self.subjects], self._zone_index,
+                              lo_ms, hi_ms, tz_name)
 
     @property
     def n_devices(self) -> int:
@@ -267,12 +301,14 @@ def _subject_header(i: int, raw: Any, subject_seen: set[str], source: str | None
 
 
 def _devices(raw: dict, sid: str, device_owner: dict[str, str], source: str | None
-             ) -> tuple[str, ...]:
-    """The subject's device ids, checked (also against every earlier subject's)."""
+             ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The subject's device ids and kinds, checked (ids also against every earlier
+    subject's)."""
     devices = raw.get("devices")
     if not isinstance(devices, list) or not devices:
         raise RegistryError("'devices' must be a non-empty list", subject_id=sid, source=source)
     device_ids: list[str] = []
+    kinds: list[str] = []
     for k, dev in enumerate(devices):
         if not isinstance(dev, dict):
             raise RegistryError(f"devices[{k}] is not an object", subject_id=sid, source=source)
@@ -291,12 +327,14 @@ def _devices(raw: dict, sid: str, device_owner: dict[str, str], source: str | No
                                 source=source)
         device_owner[did] = sid
         device_ids.append(did)
-    return tuple(device_ids)
+        kinds.append(kind)
+    return tuple(device_ids), tuple(kinds)
 
 
 def _leaves(raw: dict, sid: str, zone_index: dict[str, int], source: str | None
             ) -> tuple[tuple[int, int, tuple[str, ...]], ...]:
-    """The subject's leaves as (start_ms, end_ms, zone ids), checked."""
+    """The subject's leaves as (start_ms, end_ms, zone ids), checked; end_ms is the
+    window's true end, min(end, returned) (a return before the start: an empty window)."""
     leaves_raw = raw.get("leaves") or []
     if not isinstance(leaves_raw, list):
         raise RegistryError("'leaves' must be a list", subject_id=sid, source=source)
@@ -307,6 +345,8 @@ def _leaves(raw: dict, sid: str, zone_index: dict[str, int], source: str | None
         try:
             start = parse_time_ms(lv.get("start"), f"leaves[{k}].start")
             end = parse_time_ms(lv.get("end"), f"leaves[{k}].end")
+            returned = (None if lv.get("returned") is None
+                        else parse_time_ms(lv["returned"], f"leaves[{k}].returned"))
         except (TypeError, ValueError) as exc:
             raise RegistryError(str(exc), subject_id=sid, source=source) from None
         if end < start:
@@ -314,8 +354,28 @@ def _leaves(raw: dict, sid: str, zone_index: dict[str, int], source: str | None
                                 subject_id=sid, source=source)
         lz = _check_zones(_str_list(lv, "zones", sid, source, required=True),
                           f"leaves[{k}].zones", sid, zone_index, source)
-        leaves.append((start, end, lz))
+        leaves.append((start, end if returned is None else min(end, returned), lz))
     return tuple(leaves)
+
+
+def _schedules(raw: dict, sid: str, zone_index: dict[str, int], source: str | None
+               ) -> tuple[tuple[Curfew, ...], tuple[Suspension, ...]]:
+    """The subject's curfews and suspensions, checked."""
+    out: list[list] = [[], []]
+    for key, parse in (("curfews", parse_curfew), ("suspensions", parse_suspension)):
+        items = raw.get(key) or []
+        if not isinstance(items, list):
+            raise RegistryError(f"{key!r} must be a list", subject_id=sid, source=source)
+        for k, item in enumerate(items):
+            try:
+                parsed = parse(item, f"{key}[{k}]", parse_time_ms)
+            except (TypeError, ValueError) as exc:
+                raise RegistryError(str(exc), subject_id=sid, source=source) from None
+            if key == "curfews":
+                parsed, zone = parsed
+                _check_zones([zone], f"curfews[{k}].zone", sid, zone_index, source)
+            out[0 if key == "curfews" else 1].append(parsed)
+    return tuple(out[0]), tuple(out[1])
 
 
 def load_registry(subjects: str | Path | dict, zones: Any) -> Registry:
@@ -333,11 +393,12 @@ def load_registry(subjects: str | Path | dict, zones: Any) -> Registry:
     device_owner: dict[str, str] = {}
     for i, raw in enumerate(data["subjects"]):
         sid, region, level = _subject_header(i, raw, subject_seen, source)
-        device_ids = _devices(raw, sid, device_owner, source)
+        device_ids, kinds = _devices(raw, sid, device_owner, source)
         inclusion = _check_zones(_str_list(raw, "inclusion", sid, source, required=False),
                                  "inclusion", sid, zone_index, source)
         exclusion = _check_zones(_str_list(raw, "exclusion", sid, source, required=False),
                                  "exclusion", sid, zone_index, source)
         out.append(Subject(sid, region, level, device_ids, inclusion, exclusion,
-                           _leaves(raw, sid, zone_index, source)))
+                           _leaves(raw, sid, zone_index, source), kinds,
+                           *_schedules(raw, sid, zone_index, source)))
     return Registry(out, list(zones.zone_ids), zone_index)

@@ -65,16 +65,20 @@ class _Device:
         "last_fix_ts",
         "last_rx",
         "last_status_ts",
+        "lv_run",
         "offline",
         "out_run",
         "outbound",
+        "owe",
+        "prev_ts",
         "tamper",
     )
 
     def __init__(self) -> None:
         self.last_rx = self.last_fix_ts = self.last_status_ts = None
-        self.out_run = 0
+        self.out_run = self.lv_run = 0
         self.outbound = self.offline = self.tamper = self.battery = None
+        self.owe = self.prev_ts = None  # leave_overdue: see engine.kernels._leave_rules
         self.exclusion: dict[int, int] = {}
 
 
@@ -106,8 +110,13 @@ class ShapelyEngine:
         reg = self.registry
         subject = reg.subjects[int(reg.arrays.device_subject[d])]
         zone_id = self.zones.zone_ids[z] if z >= 0 else None
-        return alarm_event(raised, ALARM_TYPES[typ], subject.subject_id, reg.device_ids[d],
-                           zone_id, subject.region, at, episode, late, evidence)
+        ev = alarm_event(raised, ALARM_TYPES[typ], subject.subject_id, reg.device_ids[d],
+                         zone_id, subject.region, at, episode, late, evidence)
+        ev["device_kind"] = reg.device_kinds[d]
+        if any(sp.type == ALARM_TYPES[typ] and sp.start_ms <= at <= sp.end_ms
+               for sp in subject.suspensions):
+            ev["suspended"] = True
+        return ev
 
     # ----- rules -------------------------------------------------------------------------
     def sweep(self, now_ms: int) -> list[dict]:
@@ -147,6 +156,7 @@ class ShapelyEngine:
         self._exclusion(d, dev, s, ts, lat, lon, acc, margin, late, out)
         if not late:
             self._outbound(d, dev, s, ts, lat, lon, acc, margin, out)
+            dev.prev_ts = ts
 
     def _exclusion(self, d: int, dev: _Device, s: int, ts: int, lat: float, lon: float,
                    acc: float, margin: float, late: bool, out: list) -> None:
@@ -171,34 +181,70 @@ class ShapelyEngine:
                     out.append(self._event(d, K.T_EXCLUSION, z, False, ts, ep, False,
                                            (lat, lon, dz, acc)))
 
-    def _outbound(self, d: int, dev: _Device, s: int, ts: int, lat: float, lon: float,
-                  acc: float, margin: float, out: list) -> None:
+    def _overdue_at_end(self, d: int, dev: _Device, s: int, ts: int, lat: float, lon: float,
+                        acc: float, out: list) -> None:
+        """The first fix after a leave ended (engine.kernels._leave_rules)."""
+        a = self.registry.arrays
+        leaves = range(a.leave_off[s], a.leave_off[s + 1])
+        ends = [int(a.leave_end_ms[lv]) for lv in leaves
+                if a.leave_start_ms[lv] <= a.leave_end_ms[lv] < ts
+                and (dev.prev_ts is None or dev.prev_ts <= a.leave_end_ms[lv])]
+        if not ends:
+            return
+        end = max(ends)
+        dev.owe = end
+        dev.out_run = dev.lv_run
+        if (dev.lv_run >= self.config.rules.outbound_confirm_fixes and dev.outbound is None
+                and not any(a.leave_start_ms[lv] <= end + 1 <= a.leave_end_ms[lv]
+                            for lv in leaves)):
+            z = int(a.incl_zone[a.incl_off[s]])
+            dev.outbound = (end, z, K.T_LEAVE_OVERDUE)
+            out.append(self._event(d, K.T_LEAVE_OVERDUE, z, True, end, end, False,
+                                   (lat, lon, self._allowed(s, ts, lon, lat)[0], acc)))
+
+    def _allowed(self, s: int, ts: int, lon: float, lat: float) -> tuple[float, list, list]:
+        """(metres to the allowed region at ts, inclusion zones, their distances)."""
         a = self.registry.arrays
         inclusion = a.incl_zone[a.incl_off[s]:a.incl_off[s + 1]].tolist()
-        if not inclusion:
-            return
         allowed = list(inclusion)
         for lv in range(a.leave_off[s], a.leave_off[s + 1]):
             if a.leave_start_ms[lv] <= ts <= a.leave_end_ms[lv]:
                 allowed += a.leave_zone[a.leave_zone_off[lv]:a.leave_zone_off[lv + 1]].tolist()
         dists = [self._shapes[z].distance_m(lon, lat) for z in allowed]
-        dist = min(dists)
+        return min(dists), inclusion, dists[: len(inclusion)]
+
+    def _outbound(self, d: int, dev: _Device, s: int, ts: int, lat: float, lon: float,
+                  acc: float, margin: float, out: list) -> None:
+        a = self.registry.arrays
+        if a.incl_off[s + 1] == a.incl_off[s]:
+            return
+        leaves = a.leave_off[s + 1] > a.leave_off[s]
+        if leaves:
+            self._overdue_at_end(d, dev, s, ts, lat, lon, acc, out)
+        dist, inclusion, dists = self._allowed(s, ts, lon, lat)
+        on_leave = leaves and any(a.leave_start_ms[lv] <= ts <= a.leave_end_ms[lv]
+                                  for lv in range(a.leave_off[s], a.leave_off[s + 1]))
+        incl_dist = min(dists) if on_leave else dist
+        dev.lv_run = 0 if incl_dist == 0.0 else (dev.lv_run + (incl_dist > margin))
         if dist == 0.0:
             dev.out_run = 0
+            dev.owe = None
             if dev.outbound is not None:
-                ep, z = dev.outbound
+                ep, z, typ = dev.outbound
                 dev.outbound = None
-                out.append(self._event(d, K.T_OUTBOUND, z, False, ts, ep, False,
-                                       (lat, lon, 0.0, acc)))
+                out.append(self._event(d, typ, z, False, ts, ep, False, (lat, lon, 0.0, acc)))
             return
         if dist <= margin:
             return
         dev.out_run += 1
         if dev.out_run >= self.config.rules.outbound_confirm_fixes and dev.outbound is None:
-            k = min(range(len(inclusion)), key=lambda i: (dists[i], i))
-            dev.outbound = (ts, inclusion[k])
-            out.append(self._event(d, K.T_OUTBOUND, inclusion[k], True, ts, ts, False,
-                                   (lat, lon, dist, acc)))
+            if dev.owe is not None:
+                z, typ = inclusion[0], K.T_LEAVE_OVERDUE
+            else:
+                k = min(range(len(inclusion)), key=lambda i: (dists[i], i))
+                z, typ = inclusion[k], K.T_OUTBOUND
+            dev.outbound = (ts, z, typ)
+            out.append(self._event(d, typ, z, True, ts, ts, False, (lat, lon, dist, acc)))
 
     def _status(self, d: int, ts: int, rx: int, battery: float, strap: int, out: list) -> None:
         dev = self._devices[d]

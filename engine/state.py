@@ -7,7 +7,8 @@ open" (an alarm's episode key is the ``at`` of its raised event, so "open" is si
 
 Per device (bytes): last_rx_ms 8, deadline_ms 8, last_fix_ts_ms 8, last_status_ts_ms 8,
 out_run 2, outbound_at_ms 8, outbound_zone 4, offline_at_ms 8, tamper_at_ms 8,
-battery_at_ms 8, settled cache 28; per (device, exclusion zone) slot: exclusion_at_ms 8. See
+battery_at_ms 8, settled cache 28, the scheduled rules' ``ext`` row 56 (leave_overdue and
+curfew, see :data:`X_OUT_TYPE` ...); per (device, exclusion zone) slot: exclusion_at_ms 8. See
 :func:`bytes_per_device` for the measured figure including the registry's per-device
 arrays.
 """
@@ -29,6 +30,22 @@ NONE_MS = np.iinfo(np.int64).min  # "never" / "no open episode"
 NO_DEADLINE_MS = np.iinfo(np.int64).max  # not due for offline (never heard, or already open)
 CHECKPOINT_VERSION = 1
 
+# Columns of DeviceState.ext (int64[n_devices, N_EXT]): the state of the rules of subjects
+# with leaves or curfews, packed in one array so the common path's kernels take one more
+# argument, not seven. Only the scheduled rules (engine.kernels._scheduled_rules) read
+# them, except X_OUT_TYPE (read when an outbound-or-overdue episode clears).
+X_OUT_TYPE = 0  # the open outbound_at_ms episode is 0 outbound / 1 leave_overdue
+X_OWE = 1  # end (ms) of the latest ended leave the device has not been seen in since
+X_LV_RUN = 2  # run of out fixes against the inclusion zones alone (leaves ignored)
+X_LAST_TS = 3  # ts of the last fully evaluated in-order fix (a subject with leaves/curfews)
+X_CURFEW_AT = 4  # open curfew episode's raised at, or NONE_MS
+X_CURFEW_END = 5  # its window's end (ms, exclusive)
+X_CURFEW_ZONE = 6  # its zone index
+X_CURFEW_RUN = 7  # run of out fixes in the current curfew window
+N_EXT = 8
+EXT_FRESH = (0, np.iinfo(np.int64).min, 0, np.iinfo(np.int64).min, np.iinfo(np.int64).min,
+             np.iinfo(np.int64).min, -1, 0)
+
 
 class DeviceState(NamedTuple):
     """Mutable per-device rule state (see module docstring for units)."""
@@ -45,6 +62,7 @@ class DeviceState(NamedTuple):
     battery_at_ms: np.ndarray  # int64
     exclusion_at_ms: np.ndarray  # int64[n_slots]: per (device, exclusion zone)
     floor_ms: np.ndarray  # int64[1]: lower bound of every deadline_ms (sweep early-out)
+    ext: np.ndarray  # int64[n_devices, N_EXT]: leave_overdue and curfew state (X_* columns)
     # Settled-device cache (engine.kernels._fix_rules): position of the last full
     # evaluation (WGS-84 degrees), the safe radius around it (metres, <= 0: none) and the
     # time its set of active leaves changes. Never carried over a reload or restore.
@@ -72,11 +90,17 @@ def new_state(n_devices: int, n_slots: int) -> DeviceState:
         battery_at_ms=full(n_devices, NONE_MS),
         exclusion_at_ms=full(n_slots, NONE_MS),
         floor_ms=full(1, NO_DEADLINE_MS),
+        ext=new_ext(n_devices),
         near_lon=np.full(n_devices, np.nan),
         near_lat=np.full(n_devices, np.nan),
         safe_m=np.full(n_devices, -1.0, dtype=np.float32),
         safe_until_ms=full(n_devices, 0),
     )
+
+
+def new_ext(n_devices: int) -> np.ndarray:
+    """Fresh ``DeviceState.ext`` rows: no leave owed, no episode, no run."""
+    return np.tile(np.array(EXT_FRESH, dtype=np.int64), (n_devices, 1))
 
 
 PER_DEVICE_FIELDS = ("last_rx_ms", "deadline_ms", "last_fix_ts_ms", "last_status_ts_ms", "out_run",
@@ -92,7 +116,7 @@ def bytes_per_device(state: DeviceState, registry_arrays=None) -> float:
     if n == 0:
         return 0.0
     total = sum(getattr(state, f).nbytes for f in PER_DEVICE_FIELDS + CACHE_FIELDS)
-    total += state.exclusion_at_ms.nbytes
+    total += state.exclusion_at_ms.nbytes + state.ext.nbytes
     if registry_arrays is not None:
         total += (registry_arrays.device_subject.nbytes + registry_arrays.device_level.nbytes
                   + registry_arrays.device_slot_off.nbytes)
@@ -137,6 +161,8 @@ def adopt(old: DeviceState, old_device_ids: list[str], old_slot_keys: list[tuple
         new.outbound_zone[nj] = zone_map[np.where(oz >= 0, oz, len(old_zone_ids))]
         lost = (new.outbound_at_ms[nj] != NONE_MS) & (new.outbound_zone[nj] < 0)
         new.outbound_at_ms[nj[lost]] = NONE_MS
+        _adopt_ext(old.ext, oi, new.ext, nj, zone_map, len(old_zone_ids))
+        new.ext[nj[lost], X_OUT_TYPE] = 0
     old_slot = {key: i for i, key in enumerate(old_slot_keys)}
     slot_pairs = [(j, old_slot[k]) for j, k in enumerate(new_slot_keys) if k in old_slot]
     if slot_pairs:
@@ -146,6 +172,18 @@ def adopt(old: DeviceState, old_device_ids: list[str], old_slot_keys: list[tuple
             "devices_new": len(new_device_ids) - kept,
             "exclusion_slots_kept": len(slot_pairs),
             "exclusion_slots_dropped": len(old_slot_keys) - len(slot_pairs)}
+
+
+def _adopt_ext(old: np.ndarray, oi: np.ndarray, new: np.ndarray, nj: np.ndarray,
+               zone_map: np.ndarray, n_old_zones: int) -> None:
+    """Copy the scheduled rules' rows; a curfew episode whose zone id is gone is dropped
+    (its alarm stays open in the store for the operator), as outbound's is."""
+    new[nj] = old[oi]
+    cz = new[nj, X_CURFEW_ZONE]
+    new[nj, X_CURFEW_ZONE] = zone_map[np.where(cz >= 0, cz, n_old_zones)]
+    gone = (new[nj, X_CURFEW_AT] != NONE_MS) & (new[nj, X_CURFEW_ZONE] < 0)
+    new[nj[gone], X_CURFEW_AT] = NONE_MS
+    new[nj[gone], X_CURFEW_RUN] = 0
 
 
 class IdArrays(NamedTuple):
@@ -239,7 +277,11 @@ def _load(source, where: str):
             if int(data["version"][0]) != CHECKPOINT_VERSION:
                 raise CheckpointError(f"checkpoint version {int(data['version'][0])}, "
                                       f"expected {CHECKPOINT_VERSION}", str(path))
-            fields = {f: data[f].copy() for f in DeviceState._fields if f not in CACHE_FIELDS}
+            fields = {f: data[f].copy() for f in DeviceState._fields
+                      if f not in CACHE_FIELDS and f != "ext"}
+            # A checkpoint written before the scheduled rules has no ext: fresh rows.
+            fields["ext"] = (data["ext"].copy() if "ext" in data.files
+                             else new_ext(len(fields["last_rx_ms"])))
             fresh = new_state(len(fields["last_rx_ms"]), 0)
             state = DeviceState(**fields, **{f: getattr(fresh, f) for f in CACHE_FIELDS})
             device_ids = [str(x) for x in data["device_ids"]]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import shapely
@@ -126,10 +128,57 @@ class RefDevice:
     last_status_ts: int | None = None
     out_run: int = 0
     outbound: tuple[int, str] | None = None  # (raised at, zone id)
+    outbound_type: str = "outbound"  # or "leave_overdue": what the open episode is
+    prev_ts: int | None = None  # ts of the previous in-order fix
+    owe: int | None = None  # end of a leave the device has not been seen in since
+    lv_run: int = 0  # run of out fixes against the inclusion zones alone
+    curfew: tuple[int, int, str] | None = None  # (raised at, window end, zone id)
+    curfew_run: int = 0
     offline: int | None = None
     tamper: int | None = None
     battery: int | None = None
     exclusion: dict = field(default_factory=dict)  # zone id -> raised at
+
+
+def leave_end(lv: dict) -> int:
+    """A leave's window ends at its end, or earlier at its registered return."""
+    return lv["end"] if lv.get("returned") is None else min(lv["end"], lv["returned"])
+
+
+def leave_open(lv: dict, ts: int) -> bool:
+    return lv["start"] <= ts <= leave_end(lv)
+
+
+DAY_NAMES = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+def curfew_window_at(curfews: list[dict], ts: int, tz: str) -> tuple[int, int, str] | None:
+    """(start, end, zone) of the curfew window containing ts ([start, end)), the earliest
+    starting (then the first listed) of several; None outside every window."""
+    zone = ZoneInfo(tz)
+    local = datetime.fromtimestamp(ts / 1000, zone)
+    found = []
+    for k, cf in enumerate(curfews):
+        h0, m0 = map(int, cf["start"].split(":"))
+        h1, m1 = map(int, cf["end"].split(":"))
+        for back in (2, 1, 0):
+            day = local.date() - timedelta(days=back)
+            if DAY_NAMES[day.weekday()] not in cf.get("days", DAY_NAMES):
+                continue
+            start = datetime(day.year, day.month, day.day, h0, m0, tzinfo=zone)
+            end_day = day + timedelta(days=1) if (h1, m1) <= (h0, m0) else day
+            end = datetime(end_day.year, end_day.month, end_day.day, h1, m1, tzinfo=zone)
+            a, b = round(start.timestamp() * 1000), round(end.timestamp() * 1000)
+            if cf.get("from") is not None:
+                a = max(a, cf["from"])
+            if cf.get("to") is not None:
+                b = min(b, cf["to"])
+            if a <= ts < b:
+                found.append((a, k, b, cf["zone"]))
+    if not found:
+        return None
+    a, _, b, z = min(found)
+    return a, b, z
 
 
 class Reference:
@@ -141,8 +190,10 @@ class Reference:
     """
 
     def __init__(self, zones: dict[str, RefZone], subjects: dict, *, buffer_m=50.0,
-                 confirm=2, offline_s=None, battery_low=15.0, battery_clear=20.0):
+                 confirm=2, offline_s=None, battery_low=15.0, battery_clear=20.0,
+                 timezone="Asia/Shanghai"):
         self.zones = zones
+        self.timezone = timezone
         self.buffer_m = buffer_m
         self.confirm = confirm
         self.offline_ms = {k: int(v * 1000) for k, v in (offline_s or LEVEL_OFFLINE_S).items()}
@@ -185,7 +236,7 @@ class Reference:
         if inclusion:
             allowed = list(inclusion)
             for lv in s.get("leaves", []):
-                if lv["start"] <= ts <= lv["end"]:
+                if leave_open(lv, ts):
                     allowed += lv["zones"]
             dists = [self.zones[z].distance_m(lon, lat) for z in allowed]
             gaps += [self.zones[z].boundary_m(lon, lat) for z in allowed]
@@ -193,6 +244,10 @@ class Reference:
             incl = sorted(dists[: len(inclusion)])
             if len(incl) > 1:
                 gaps.append(incl[1] - incl[0])
+            gaps.append(incl[0] - margin)  # the run against the inclusion zones alone
+        for cf in s.get("curfews", []):
+            z = self.zones[cf["zone"]]
+            gaps += [z.boundary_m(lon, lat), z.distance_m(lon, lat) - margin]
         return min((abs(g) for g in gaps), default=math.inf)
 
     # offline
@@ -229,7 +284,10 @@ class Reference:
         if late:
             return out
         dev.last_fix_ts = ts
-        return out + self._outbound(dev, ts, lat, lon, margin)
+        out += self._outbound(dev, ts, lat, lon, margin)
+        out += self._curfew(dev, ts, lat, lon, margin)
+        dev.prev_ts = ts
+        return out
 
     def _exclusion(self, dev: RefDevice, ts: int, lat: float, lon: float, margin: float,
                    late: bool) -> list[tuple]:
@@ -255,35 +313,101 @@ class Reference:
                     out.append(("cleared", "exclusion", device_id, zid, ts, False))
         return out
 
+    def _observe(self, d: float, margin: float) -> str:
+        return "in" if d == 0.0 else ("near" if d <= margin else "out")
+
+    @staticmethod
+    def _run(run: int, obs: str) -> int:
+        return 0 if obs == "in" else (run + 1 if obs == "out" else run)
+
+    def _overdue_at_end(self, dev: RefDevice, ts: int) -> list[tuple]:
+        """The first fix after a leave's end (the previous fix was at or before it, or
+        there was none): the device owes a return; overdue from the end itself when the
+        fixes before it were out of the inclusion zones (confirmed), unless another leave
+        is open just after it."""
+        s = dev.subject
+        ends = [leave_end(lv) for lv in s.get("leaves", [])
+                if leave_end(lv) >= lv["start"] and leave_end(lv) < ts
+                and (dev.prev_ts is None or dev.prev_ts <= leave_end(lv))]
+        if not ends:
+            return []
+        end = max(ends)
+        dev.owe = end
+        dev.out_run = dev.lv_run
+        if (dev.lv_run >= self.confirm and dev.outbound is None
+                and not any(leave_open(lv, end + 1) for lv in s.get("leaves", []))):
+            zone = s["inclusion"][0]
+            dev.outbound = (end, zone)
+            dev.outbound_type = "leave_overdue"
+            return [("raised", "leave_overdue", dev.device_id, zone, end, False)]
+        return []
+
     def _outbound(self, dev: RefDevice, ts: int, lat: float, lon: float,
                   margin: float) -> list[tuple]:
-        """Outbound events of one in-order fix (WGS-84)."""
-        out = []
+        """Outbound (or leave_overdue) events of one in-order fix (WGS-84)."""
         device_id = dev.device_id
         s = dev.subject
         inclusion = s.get("inclusion", [])
         if not inclusion:
-            return out
+            return []
+        out = self._overdue_at_end(dev, ts)
         allowed = list(inclusion)
         for lv in s.get("leaves", []):
-            if lv["start"] <= ts <= lv["end"]:
+            if leave_open(lv, ts):
                 allowed += lv["zones"]
         dists = {zid: self.zones[zid].distance_m(lon, lat) for zid in allowed}
-        d = min(dists.values())
-        if d == 0.0:
-            dev.out_run = 0
+        obs = self._observe(min(dists.values()), margin)
+        if obs == "in":
+            dev.owe = None
             if dev.outbound is not None:
-                out.append(("cleared", "outbound", device_id, dev.outbound[1], ts, False))
+                out.append(("cleared", dev.outbound_type, device_id, dev.outbound[1], ts, False))
                 dev.outbound = None
-            return out
-        if d <= margin:
-            return out  # uncertain
-        dev.out_run += 1
-        if dev.out_run >= self.confirm and dev.outbound is None:
-            incl_d = [(dists[z], i, z) for i, z in enumerate(inclusion)]
-            nearest = min(incl_d)[2]
+        dev.out_run = self._run(dev.out_run, obs)
+        if obs == "out" and dev.out_run >= self.confirm and dev.outbound is None:
+            if dev.owe is not None:
+                nearest, kind = inclusion[0], "leave_overdue"
+            else:
+                nearest, kind = min((dists[z], i, z) for i, z in enumerate(inclusion))[2], \
+                    "outbound"
             dev.outbound = (ts, nearest)
-            out.append(("raised", "outbound", device_id, nearest, ts, False))
+            dev.outbound_type = kind
+            out.append(("raised", kind, device_id, nearest, ts, False))
+        if any(leave_open(lv, ts) for lv in s.get("leaves", [])):
+            obs = self._observe(min(dists[z] for z in inclusion), margin)
+        dev.lv_run = self._run(dev.lv_run, obs)
+        return out
+
+    def _curfew(self, dev: RefDevice, ts: int, lat: float, lon: float,
+                margin: float) -> list[tuple]:
+        """Curfew events of one in-order fix: an episode clears when its window ends (at
+        the end) or at an in fix; within a window the outbound table on its zone."""
+        curfews = dev.subject.get("curfews", [])
+        if not curfews:
+            return []
+        out = []
+        if dev.curfew is not None and ts >= dev.curfew[1]:
+            out.append(("cleared", "curfew", dev.device_id, dev.curfew[2], dev.curfew[1],
+                        False))
+            dev.curfew = None
+            dev.curfew_run = 0
+        if dev.curfew is not None:
+            end, zone = dev.curfew[1], dev.curfew[2]
+        else:
+            window = curfew_window_at(curfews, ts, self.timezone)
+            if window is None:
+                dev.curfew_run = 0
+                return out
+            start, end, zone = window
+            if dev.prev_ts is None or dev.prev_ts < start:
+                dev.curfew_run = 0
+        obs = self._observe(self.zones[zone].distance_m(lon, lat), margin)
+        dev.curfew_run = self._run(dev.curfew_run, obs)
+        if obs == "in" and dev.curfew is not None:
+            out.append(("cleared", "curfew", dev.device_id, zone, ts, False))
+            dev.curfew = None
+        elif obs == "out" and dev.curfew_run >= self.confirm and dev.curfew is None:
+            dev.curfew = (ts, end, zone)
+            out.append(("raised", "curfew", dev.device_id, zone, ts, False))
         return out
 
     def status(self, device_id: str, ts: int, rx: int, battery: float | None = None,
@@ -306,6 +430,18 @@ class Reference:
             elif dev.battery is not None and battery >= self.battery_clear:
                 dev.battery = None
                 out.append(("cleared", "low_battery", device_id, None, ts, False))
+        return out
+
+    def annotations(self, events: list[tuple]) -> list[tuple[str, bool]]:
+        """(device_kind, suspended) of each event: the device's kind in the subjects file,
+        and whether its at is in a suspension of that type ([start, end])."""
+        out = []
+        for _, typ, device_id, _, at, _ in events:
+            s = self.devices[device_id].subject
+            kind = next(d.get("kind", "bracelet") for d in s["devices"]
+                        if d["device_id"] == device_id)
+            out.append((kind, any(sp["type"] == typ and sp["start"] <= at <= sp["end"]
+                                  for sp in s.get("suspensions", []))))
         return out
 
     def replay(self, records: list[dict], until: int | None = None) -> list[tuple]:

@@ -64,7 +64,8 @@ def test_outbound_event_keys_in_contract_order():
     f.fix("B-1", T0, *east(500))
     ev = f.fix("B-1", T0 + 1000, *east(500))[0]
     assert list(ev) == ["event", "alarm_id", "type", "subject_id", "device_id", "zone_id",
-                        "region", "at", "late", "lat", "lon", "distance_m", "acc"]
+                        "region", "at", "late", "lat", "lon", "distance_m", "acc",
+                        "device_kind"]
     assert ev["subject_id"] == "S-1" and ev["region"] == "330723"
 
 
@@ -142,12 +143,15 @@ def test_leave_window_opens_and_closes():
     f.fix("B-1", T0 + 10_000, *in_trip)  # start is inclusive: in, run broken
     f.fix("B-1", T0 + 15_000, *in_trip)
     assert f.fix("B-1", T0 + 20_000, *in_trip) == []  # end is inclusive: still in
-    assert f.fix("B-1", T0 + 20_001, *in_trip) == []  # closed: out (1)
-    raised = f.fix("B-1", T0 + 21_000, *in_trip)
-    assert brief(raised) == [("raised", "outbound", "B-1", "home", T0 + 21_000, False)]
+    # Closed, and the fixes before the end were out of home: the leave is overdue from
+    # its end (not an outbound alarm: see test_engine_schedules.py).
+    raised = f.fix("B-1", T0 + 20_001, *in_trip)
+    assert brief(raised) == [("raised", "leave_overdue", "B-1", "home", T0 + 20_000, False)]
     # The distance is to the allowed region, which no longer includes the trip zone.
     assert raised[0]["distance_m"] == pytest.approx(3000, abs=2)
-    assert brief(f.fix("B-1", T0 + 22_000, *INSIDE))[0][0] == "cleared"
+    assert f.fix("B-1", T0 + 21_000, *in_trip) == []
+    assert brief(f.fix("B-1", T0 + 22_000, *INSIDE)) == [
+        ("cleared", "leave_overdue", "B-1", "home", T0 + 22_000, False)]
 
 
 def test_leave_zone_counts_for_the_distance_while_open():
@@ -354,11 +358,16 @@ def test_settled_device_still_sees_an_exclusion_and_a_closing_leave():
     leave = {"start": T0, "end": T0 + 60_000, "zones": ["trip"]}
     f = Feed(engine([subject(leaves=[leave])]))
     in_trip = east(3000)
-    for k in range(5):  # settled inside the leave zone
+    for k in range(5):  # inside the leave zone: never settled (the run against home counts)
         assert f.fix("B-1", T0 + k * 1000, *in_trip) == []
-    assert f.engine.counters["settled_fixes"] == 4
-    f.fix("B-1", T0 + 60_001, *in_trip)  # the window closed: evaluated in full, out 1
-    assert brief(f.fix("B-1", T0 + 61_000, *in_trip))[0][:2] == ("raised", "outbound")
+    assert f.engine.counters["settled_fixes"] == 0
+    for k in range(5):  # inside home during the leave: settled (after the first fix, a
+        assert f.fix("B-1", T0 + 10_000 + k * 1000, *INSIDE) == []  # jump of > 2 km)
+    assert f.engine.counters["settled_fixes"] == 3
+    f.fix("B-1", T0 + 20_000, *in_trip)  # out of home, in trip: run 1 against home
+    # The window closed: evaluated in full, the run goes on (2): overdue at this fix.
+    assert brief(f.fix("B-1", T0 + 60_001, *in_trip)) == [
+        ("raised", "leave_overdue", "B-1", "home", T0 + 60_001, False)]
     # Walking up to the victim's circle in 50 m steps: raised at the first fix inside.
     g = Feed(engine())
     start = offset(120.03, 30.03, 0, -1020)

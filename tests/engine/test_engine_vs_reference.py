@@ -66,15 +66,49 @@ def subjects(leave_start: int, leave_end: int) -> dict:
     ]}
 
 
-def generate(seed: int, n: int = 400, walk: bool = False) -> tuple[dict, list[dict], int]:
+def hhmm(ms: int) -> str:
+    """Local time (Asia/Shanghai, UTC+8 all year) of epoch ms, as HH:MM."""
+    minutes = (ms // 60_000 + 8 * 60) % (24 * 60)
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def add_schedules(subj: dict, rng: random.Random) -> None:
+    """A registered return (before the end, after it, or none), a second leave, curfews
+    with windows inside the scenario's hours (one with an effective period) and
+    suspensions of a few types, on the subjects of :func:`subjects`."""
+    a, b, c = subj["subjects"]
+    lv = a["leaves"][0]
+    lv["returned"] = rng.choice([None, lv["start"] + rng.randint(-60_000, 1_800_000)])
+    later = lv["end"] + rng.randint(1, 6) * 600_000
+    a["leaves"].append({"start": later, "end": later + rng.randint(1, 4) * 600_000,
+                        "zones": ["411321"], "returned": None})
+    start = T0 + rng.randint(0, 90) * 60_000
+    a["curfews"] = [{"start": hhmm(start), "end": hhmm(start + rng.randint(10, 90) * 60_000),
+                     "zone": "411303"}]
+    start = T0 + rng.randint(0, 60) * 60_000
+    c["curfews"] = [{"start": hhmm(start), "end": hhmm(start + rng.randint(20, 120) * 60_000),
+                     "zone": "411302", "from": T0 + rng.randint(0, 60) * 60_000}]
+    types = ["outbound", "leave_overdue", "curfew", "exclusion", "offline"]
+    for s in (a, c):
+        s["suspensions"] = [{"type": rng.choice(types), "start": T0 + rng.randint(0, 60) * 60_000,
+                             "end": T0 + rng.randint(60, 180) * 60_000} for _ in range(2)]
+    b["suspensions"] = []
+
+
+def generate(seed: int, n: int = 400, walk: bool = False, schedules: bool = False
+             ) -> tuple[dict, list[dict], int]:
     """Records in arrival order for the four devices; returns (subjects, records, until).
 
     ``walk``: devices walk (steps of tens of metres) instead of scattering around an
-    anchor, so most fixes take the settled-device path and crossings are slow."""
+    anchor, so most fixes take the settled-device path and crossings are slow.
+    ``schedules``: the subjects also get returns, curfews and suspensions
+    (:func:`add_schedules`)."""
     rng = random.Random(seed)
     devices = ["B-A", "P-A", "B-B", "B-C"]
     leave_start = T0 + rng.randint(0, 3) * 600_000
     subj = subjects(leave_start, leave_start + rng.randint(1, 4) * 600_000)
+    if schedules:
+        add_schedules(subj, rng)
     ref = Reference(REF_ZONES, subj)
     victim = REF_ZONES["victim-1"].circle
     clock = {d: T0 for d in devices}
@@ -134,13 +168,17 @@ def engine_events(subj: dict, records: list[dict], until: int) -> list[dict]:
     return [orjson.loads(x) for x in out.getvalue().splitlines()]
 
 
-def check_same(seed: int, n: int) -> list[dict]:
-    subj, records, until = generate(seed, n)
+def check_same(seed: int, n: int, schedules: bool = False) -> list[dict]:
+    subj, records, until = generate(seed, n, schedules=schedules)
     got = engine_events(subj, records, until)
-    want = Reference(REF_ZONES, subj).replay(records, until)
+    ref = Reference(REF_ZONES, subj)
+    want = ref.replay(records, until)
     brief = [(e["event"], e["type"], e["device_id"], e["zone_id"], e["at"], e["late"])
              for e in got]
     assert brief == want
+    assert [(e["device_kind"], e.get("suspended", False)) for e in got] == \
+        ref.annotations(want)
+    assert all(e.get("suspended", True) is True for e in got)  # present only as true
     return got
 
 
@@ -215,3 +253,60 @@ def test_the_comparison_is_sensitive_to_the_rule_numbers():
 @given(seed=st.integers(min_value=100, max_value=10**9), n=st.integers(min_value=1, max_value=120))
 def test_engine_matches_reference_property(seed, n):
     check_episodes(check_same(seed, n))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_engine_matches_reference_with_returns_curfews_suspensions(seed):
+    check_episodes(check_same(seed, 400, schedules=True))
+
+
+def test_scheduled_scenarios_cover_the_new_rules():
+    """The scenarios with schedules raise and clear leave_overdue and curfew (also at a
+    window's end), and suspend some events: otherwise agreement would prove nothing."""
+    seen = set()
+    suspended = 0
+    for seed in range(8):
+        subj, records, until = generate(seed, 400, schedules=True)
+        ref = Reference(REF_ZONES, subj)
+        events = ref.replay(records, until)
+        suspended += sum(s for _, s in ref.annotations(events))
+        for e in events:
+            seen.add((e[0], e[1]))
+            if e[1] == "curfew" and e[0] == "cleared":
+                seen.add(("window end", any(
+                    cf for cf in _subject_of(subj, e[2]).get("curfews", [])
+                    if hhmm(e[4]) == cf["end"])))
+    for typ in ("leave_overdue", "curfew"):
+        assert ("raised", typ) in seen and ("cleared", typ) in seen, (typ, seen)
+    assert ("window end", True) in seen
+    assert suspended > 0
+
+
+def _subject_of(subj: dict, device_id: str) -> dict:
+    return next(s for s in subj["subjects"]
+                if any(d["device_id"] == device_id for d in s["devices"]))
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(min_value=100, max_value=10**9), n=st.integers(min_value=1, max_value=200))
+def test_engine_matches_reference_with_schedules_property(seed, n):
+    check_episodes(check_same(seed, n, schedules=True))
+
+
+def test_the_scheduled_comparison_is_sensitive():
+    """A reference an hour off in its time zone, or one that ignores returns, disagrees."""
+    subj, records, until = generate(0, 400, schedules=True)
+    got = [(e["event"], e["type"], e["device_id"], e["zone_id"], e["at"], e["late"])
+           for e in engine_events(subj, records, until)]
+    assert got != Reference(REF_ZONES, subj, timezone="Asia/Tokyo").replay(records, until)
+    for seed in range(8):
+        subj, records, until = generate(seed, 400, schedules=True)
+        if subj["subjects"][0]["leaves"][0]["returned"] is None:
+            continue
+        got = [(e["event"], e["type"], e["device_id"], e["zone_id"], e["at"], e["late"])
+               for e in engine_events(subj, records, until)]
+        for lv in subj["subjects"][0]["leaves"]:
+            lv["returned"] = None
+        if got != Reference(REF_ZONES, subj).replay(records, until):
+            return
+    raise AssertionError("no scenario where the registered return matters")
