@@ -74,6 +74,14 @@ def inner_point(code: str) -> tuple[float, float]:
     return (p.x, p.y)
 
 
+def stamps(n: int) -> list[int]:
+    """``n`` fix times of the last moments, 200 ms apart, the last one now (a device sends
+    nothing from the future, and each part of the test starts after the last one's fixes:
+    none of them is late)."""
+    t = now_ms()
+    return [t - (n - 1 - k) * 200 for k in range(n)]
+
+
 def fix(ts: int, p) -> bytes:
     return orjson.dumps({"ts": ts, "lat": p[1], "lon": p[0], "acc": 10.0})
 
@@ -191,14 +199,14 @@ def test_run_from_an_empty_register_applies_enrolment_and_leave_live(tmp_path, s
         assert time.monotonic() - asked < LIVE_S + 1.0, engine.log()[mark:]
 
         # Outbound for S-1 (two fixes out), cleared when back home.
-        t = now_ms()
+        ts = stamps(4)
         for k, p in enumerate([home, neighbour, neighbour]):
-            device.publish(f"emfence/v1/{HOME}/B-1/fix", fix(t + k * 1000, p))
+            device.publish(f"emfence/v1/{HOME}/B-1/fix", fix(ts[k], p))
         got = watcher.alarms_until(lambda ev: of(ev, "B-1", "outbound"))
         [raised] = of(got, "B-1", "outbound")
         assert raised["event"] == "raised" and raised["zone_id"] == HOME
         assert raised["device_kind"] == "bracelet"
-        device.publish(f"emfence/v1/{HOME}/B-1/fix", fix(t + 3000, home))
+        device.publish(f"emfence/v1/{HOME}/B-1/fix", fix(ts[3], home))
         got = watcher.alarms_until(lambda ev: of(ev, "B-1"))
         assert [(e["type"], e["event"]) for e in of(got, "B-1")] == [("outbound", "cleared")]
 
@@ -211,26 +219,27 @@ def test_run_from_an_empty_register_applies_enrolment_and_leave_live(tmp_path, s
         assert leave["state"] == "requested"
         reg.approve_leave(leave["leave_id"], actor="sam", role="supervisor", now_ms=now_ms())
         time.sleep(LIVE_S)
-        t = now_ms()
-        for k in range(3):
-            device.publish(f"emfence/v1/{HOME}/B-1/fix", fix(t + k * 1000, neighbour))
-        for k in range(3):
-            device.publish(f"emfence/v1/{NEIGHBOUR}/B-2/fix", fix(t + k * 1000, home))
+        for t in stamps(3):
+            device.publish(f"emfence/v1/{HOME}/B-1/fix", fix(t, neighbour))
+        for t in stamps(3):
+            device.publish(f"emfence/v1/{NEIGHBOUR}/B-2/fix", fix(t, home))
         got = watcher.alarms_until(lambda ev: of(ev, "B-2", "outbound"))
         assert [(e["type"], e["event"]) for e in of(got, "B-2")] == [("outbound", "raised")]
         assert of(got, "B-2")[0]["device_kind"] == "phone"
         assert of(got, "B-1") == [], got  # the approved leave is honoured
 
         # The return (销假) is registered: still in 宛城区, S-1 is overdue, not outbound.
-        reg.return_leave(leave["leave_id"], actor="dora", now_ms=now_ms())
+        returned_ms = now_ms()
+        reg.return_leave(leave["leave_id"], actor="dora", now_ms=returned_ms)
         time.sleep(LIVE_S)
-        t = now_ms()
-        for k in range(2):
-            device.publish(f"emfence/v1/{HOME}/B-1/fix", fix(t + k * 1000, neighbour))
+        for t in stamps(2):
+            device.publish(f"emfence/v1/{HOME}/B-1/fix", fix(t, neighbour))
         got = watcher.alarms_until(lambda ev: of(ev, "B-1"))
         [overdue] = of(got, "B-1")
         assert (overdue["type"], overdue["event"]) == ("leave_overdue", "raised")
         assert overdue["zone_id"] == HOME
+        # out at the return already (three fixes in 宛城区 before it): raised at the return
+        assert returned_ms - 1000 <= overdue["at"] <= returned_ms + 1000
 
         # SIGHUP with the register as the source reloads from the register.
         mark = len(engine.log())
