@@ -249,7 +249,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="emfence replay",
         description="Run the alarm rules over a JSON-lines file of fixes and statuses; "
-                    "alarm events as JSON lines to --out (or stdout), a summary to stderr.")
+                    "alarm events as JSON lines to --out (or stdout), a summary to stderr. "
+                    "With --store URL --from T --to T instead of --zones and --subjects: "
+                    "the register in that store as it was in that period (docs/replay.md).")
     p.add_argument("--zones", required=True, help="zones GeoJSON file")
     p.add_argument("--subjects", required=True, help="subjects JSON file")
     p.add_argument("--fixes", required=True,
@@ -264,6 +266,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a == "--store" or a.startswith("--store=") for a in argv):
+        from emfence.replay_store import main as replay_from_store  # the register's period
+
+        return replay_from_store(argv)
     args = _parser().parse_args(argv)
     until_ms = None
     if args.until is not None:

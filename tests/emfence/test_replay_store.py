@@ -17,8 +17,8 @@ from pyproj import Geod
 
 from alarms.store import open_store
 from emfence.config import Config
-from emfence.replay import ReplayStats, _feed, _Run
-from emfence.replay_store import main, replay_register, split_at_changes
+from emfence.replay import ReplayStats, _feed, _Run, main
+from emfence.replay_store import replay_register, split_at_changes
 from emfence.run.model import compile_model
 from engine.engine import Engine
 from engine.registry import parse_time_ms
@@ -179,7 +179,7 @@ def test_a_day_replayed_from_the_register_matches_the_files_of_each_part(store_u
     assert first("curfew", "cleared") == at("23:00")
     assert {e["type"] for e in got} <= {"outbound", "leave_overdue", "curfew"}
 
-    # the command line writes the same events
+    # the command line (`emfence replay` with --store) writes the same events
     fx = tmp_path / "day.jsonl"
     fx.write_bytes(b"\n".join(lines) + b"\n")
     cli_out = tmp_path / "alarms.jsonl"
