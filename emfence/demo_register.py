@@ -83,17 +83,18 @@ def _counties_m(sim, zones_path: Path) -> dict[str, object]:
 
 
 def pick_leave(sim, zones_path: Path, names: dict[str, str]) -> DemoLeave | None:
-    """A subject without leave whose excursion goes into a neighbouring county, and only
-    there (None when the simulation has none)."""
+    """A subject (with no approved leave in the demo's window) whose excursion goes into a
+    neighbouring county, and only there (None when the simulation has none)."""
     fleet = sim.fleet
     counties = _counties_m(sim, zones_path)
     by_subject: dict[str, list] = {}
     for e in sim.truth:
         by_subject.setdefault(e.subject_id, []).append(e)
+    start_ms, end_ms = _now_ms() - 60_000, sim.end_ms + LEAVE_TAIL_MS
     for e in sorted((e for e in sim.truth if e.what == "excursion"), key=lambda e: e.start):
         s = fleet.subject_ids.index(e.subject_id)
-        if fleet.leaves[s]:
-            continue
+        if any(a <= end_ms and start_ms <= b for a, b, _ in fleet.leaves[s]):
+            continue  # approved leaves may not overlap
         times = np.linspace(e.start, e.end, 200).astype(np.int64)
         x, y, _ = sim.model.true_position_m(np.full(len(times), s), times)
         path = shapely.points(x, y)
@@ -106,8 +107,7 @@ def pick_leave(sim, zones_path: Path, names: dict[str, str]) -> DemoLeave | None
                 continue
             events = [o for o in by_subject[e.subject_id]
                       if o.what == "excursion" and o.start == e.start]
-            return DemoLeave(e.subject_id, zid, names.get(zid, ""), _now_ms() - 60_000,
-                             sim.end_ms + LEAVE_TAIL_MS,
+            return DemoLeave(e.subject_id, zid, names.get(zid, ""), start_ms, end_ms,
                              [fleet.device_ids[d] for d in fleet.devices_of(s)], events)
     return None
 
