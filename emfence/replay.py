@@ -266,11 +266,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a == "--store" or a.startswith("--store=") for a in argv):
-        from emfence.replay_store import main as replay_from_store  # the register's period
-
-        return replay_from_store(argv)
     args = _parser().parse_args(argv)
     until_ms = None
     if args.until is not None:

@@ -1,5 +1,7 @@
 """``emfence replay --store URL --from T --to T --fixes F``: the rules over a file of
-fixes and statuses with the register as it was at the time.
+fixes and statuses with the register as it was at the time. The ``emfence replay``
+command enters here (:func:`main`) and goes on to :mod:`emfence.replay` without
+``--store``.
 
 The engine starts with ``store.register.snapshot(--from)``. At each moment of
 ``change_times(--from, --to)`` the register changed: the replay takes the snapshot of
@@ -153,7 +155,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """``emfence replay``: with ``--store``, the register's period (here); without, the
+    file replay (:func:`emfence.replay.main`)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not any(a == "--store" or a.startswith("--store=") for a in argv):
+        from emfence.replay import main as replay_files
+
+        return replay_files(argv)
     args = _parser().parse_args(argv)
     try:
         from_ms = parse_time_arg(args.from_, "--from")

@@ -1,6 +1,6 @@
 """What every part of `emfence run` shares: the tuning constants, the receive clock,
-message identity, the run's options, a closed acknowledgement window, and loading the
-zones and subjects (at start and on SIGHUP)."""
+message identity, the run's options and a closed acknowledgement window (zones and
+subjects are loaded by :mod:`emfence.run.model`)."""
 
 from __future__ import annotations
 
@@ -114,15 +114,6 @@ class AckJob:
     snapshot: dict[str, np.ndarray] | None = None
     tmp: Path | None = None
     done: asyncio.Future | None = None
-
-
-def load_model(zones_path: str, subjects_path: str):
-    """Zones (compiled) and the registry, from files."""
-    from engine import load_registry
-    from geofence import compile_zones, load_zones
-
-    zones = compile_zones(load_zones(zones_path))
-    return zones, load_registry(subjects_path, zones)
 
 
 def redact(url: str) -> str:

@@ -17,8 +17,8 @@ from pyproj import Geod
 
 from alarms.store import open_store
 from emfence.config import Config
-from emfence.replay import ReplayStats, _feed, _Run, main
-from emfence.replay_store import replay_register, split_at_changes
+from emfence.replay import ReplayStats, _feed, _Run
+from emfence.replay_store import main, replay_register, split_at_changes
 from emfence.run.model import compile_model
 from engine.engine import Engine
 from engine.registry import parse_time_ms
