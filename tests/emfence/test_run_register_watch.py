@@ -113,3 +113,25 @@ async def test_a_store_that_cannot_be_read_is_an_outage_and_the_change_waits(tmp
         assert kind == "reload" and list(zones.zone_ids) == [HOME]
     finally:
         service.store.close_store()
+
+
+async def test_a_model_that_does_not_compile_is_one_log_line_and_the_current_one_kept(
+        tmp_path, caplog):
+    zones, subjects = tmp_path / "zones.geojson", tmp_path / "subjects.json"
+    zones.write_bytes(orjson.dumps({"type": "FeatureCollection", "features": [county()]}))
+    subjects.write_bytes(orjson.dumps({"subjects": [subject("S-1", "B-1")]}))
+    service = Service(**build_service_args(build_parser().parse_args([
+        "--zones", str(zones), "--subjects", str(subjects),
+        "--store", f"sqlite:///{tmp_path / 'alarms.db'}"])))
+    try:
+        assert not service.source.from_register and service.watch is None
+        bad = subject("S-1", "B-1") | {"inclusion": ["nowhere"]}
+        subjects.write_bytes(orjson.dumps({"subjects": [bad]}))
+        caplog.clear()
+        assert await service._reload("SIGHUP")  # judged: nothing to retry
+        assert service.work.qsize() == 0 and list(service.registry.device_ids) == ["B-1"]
+        [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert line.startswith("SIGHUP: reload failed, keeping the current zones and subjects")
+        assert "nowhere" in line and "\n" not in line
+    finally:
+        service.store.close_store()
