@@ -214,6 +214,7 @@ class Engine:
         subjects = reg.subjects
         flags = reg.arrays.subject_flags
         zone_ids = self.zones.zone_ids
+        curfew = K.T_CURFEW
         rows = ev_i[:n].tolist()
         floats = ev_f[:n].tolist()
         subject_idx = reg.arrays.device_subject[ev_i[:n, K.EV_DEVICE]].tolist()
@@ -223,9 +224,11 @@ class Engine:
                 rows, floats, subject_idx, strict=True):
             subject = subjects[s]
             type_name = ALARM_TYPES[typ]
+            if type_name not in EVIDENCE_TYPES or (typ == curfew and evidence[3] != evidence[3]):
+                evidence = None  # (a curfew cleared by its window's end: no fix, NaN)
             ev = alarm_event(raised != 0, type_name, subject.subject_id, device_ids[d],
                              zone_ids[z] if z >= 0 else None, subject.region, at, episode,
-                             late != 0, evidence if type_name in EVIDENCE_TYPES else None)
+                             late != 0, evidence)
             ev["device_kind"] = kinds[d]
             if flags[s] & F_SUSPENSIONS and suspended(subject, type_name, at):
                 ev["suspended"] = True

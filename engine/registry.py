@@ -259,8 +259,11 @@ def _check_zones(ids: list[str], what: str, sid: str, zone_index: dict[str, int]
     return tuple(seen)
 
 
-def _read_subjects_file(subjects: str | Path | dict) -> tuple[dict, str | None]:
-    """(the parsed subjects document, its path or None for a dict given as such)."""
+def read_subjects_file(subjects: str | Path | dict) -> tuple[dict, str | None]:
+    """(the parsed subjects document, its path or None for a dict given as such): the one
+    reader of the subjects file (the engine, ``emfence mqtt-passwords`` and the
+    simulators use it). Raises :class:`RegistryError` naming the file when it cannot be
+    read, is not JSON or is not an object with a ``subjects`` list."""
     source: str | None = None
     if isinstance(subjects, (str, Path)):
         source = str(subjects)
@@ -386,7 +389,7 @@ def load_registry(subjects: str | Path | dict, zones: Any) -> Registry:
     a bad level, a bad or repeated device id (also across subjects), an unknown zone id,
     a leave whose end is before its start or whose times are unreadable.
     """
-    data, source = _read_subjects_file(subjects)
+    data, source = read_subjects_file(subjects)
     zone_index: dict[str, int] = dict(zones.index)
     out: list[Subject] = []
     subject_seen: set[str] = set()

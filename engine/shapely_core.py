@@ -4,7 +4,8 @@ The same interface and the same events as :class:`engine.Engine`, without numba:
 shapely geometries for containment, each zone projected once into a transverse Mercator
 frame centred on it (pyproj) for distances in metres, circles measured geodesically. It
 exists to measure what the numba core buys (``benchmarks/``), and a test holds it
-against ``Engine``. Not meant for production traffic.
+against ``Engine``. Not meant for production traffic. It has every rule of docs/rules.md
+but the curfew (subjects with curfews get no curfew alarms from it).
 """
 
 from __future__ import annotations

@@ -35,9 +35,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from contract.errors import EmfenceError
+from engine.registry import RegistryError, read_subjects_file
 from ingest.decode import ID_RE
 
 # The shipped ACL, the template of every ACL written here (and of the private brokers the
@@ -375,13 +374,12 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def _read_devices(subjects: str) -> list[tuple[str, str, str]]:
-    """(device_id, region, subject_id) of every device of the subjects file."""
+    """(device_id, region, subject_id) of every device of the subjects file (read by the
+    engine's reader, so every command words a bad file alike)."""
     try:
-        data = orjson.loads(Path(subjects).read_bytes())
-    except OSError as exc:
-        raise PasswordsError(f"{subjects}: cannot read: {exc.strerror}") from None
-    except orjson.JSONDecodeError as exc:
-        raise PasswordsError(f"{subjects}: not valid JSON: {exc}") from None
+        data, _ = read_subjects_file(subjects)
+    except RegistryError as exc:
+        raise PasswordsError(str(exc)) from None
     return devices_of_subjects(data, subjects)
 
 

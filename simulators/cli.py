@@ -147,17 +147,13 @@ def load_simulation(zones_path, subjects_path, *, rate, duration_s, scenario, se
                     shard: tuple[int, int] | None = None):
     """Read the fleet files and plan a run starting at ``start_ms`` (default: in 2 s + the
     time planning takes is covered by ``Simulation.shift`` when publishing begins)."""
+    from engine.registry import read_subjects_file
     from geofence import load_zones
     from simulators.movement import Fleet
     from simulators.scenario import Simulation
 
     zones = load_zones(str(zones_path))
-    try:
-        subjects = orjson.loads(Path(subjects_path).read_bytes())
-    except OSError as exc:
-        raise ValueError(f"{subjects_path}: cannot read: {exc.strerror}") from None
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"{subjects_path}: not valid JSON: {exc}") from None
+    subjects, _ = read_subjects_file(subjects_path)  # a RegistryError is a ValueError
     if shard is not None:
         i, k = shard
         subjects = {**subjects, "subjects": subjects["subjects"][i::k]}

@@ -310,3 +310,19 @@ def test_the_scheduled_comparison_is_sensitive():
         if got != Reference(REF_ZONES, subj).replay(records, until):
             return
     raise AssertionError("no scenario where the registered return matters")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_walking_devices_with_schedules_match_the_reference(seed):
+    """Walkers settle between leave and curfew windows; the windows' edges still come out
+    as the reference has them."""
+    subj, records, until = generate(seed, 600, walk=True, schedules=True)
+    engine = Engine(ZONES, load_registry(subj, ZONES), Config())
+    out = io.BytesIO()
+    replay((orjson.dumps(r) for r in records), engine, out, config=Config(), until_ms=until)
+    got = [orjson.loads(x) for x in out.getvalue().splitlines()]
+    brief = [(e["event"], e["type"], e["device_id"], e["zone_id"], e["at"], e["late"])
+             for e in got]
+    assert brief == Reference(REF_ZONES, subj).replay(records, until)
+    assert engine.counters["settled_fixes"] > 0
+    check_episodes(got)
