@@ -65,6 +65,13 @@ def _insert_assignments(cur: Cursor, sid: str, role: str, items: list[dict[str, 
                      now_ms))
 
 
+def _check_officer(cur: Cursor, officer: str | None) -> None:
+    """The officer in charge is a console account."""
+    if officer is not None and cur.execute("SELECT 1 FROM users WHERE name = ?",
+                                           (officer,)).one() is None:
+        raise RegisterError(f"no account {officer!r}", field="officer")
+
+
 def _check_region(region: str, regions: Iterable[str] | None, field: str = "region") -> None:
     allowed = region_list(regions)
     if allowed is not None and region not in allowed:
@@ -145,13 +152,15 @@ class Register(RegisterImport, RegisterLeaves, RegisterBase):
 
     def create_subject(self, doc: dict[str, Any], *, actor: str, now_ms: int,
                        regions: Iterable[str] | None = None) -> dict[str, Any]:
-        """Enrol a subject (the subjects-file entry plus ``name``, optional ``officer``,
-        ``note``); its devices are issued now. 409 when the id exists or a device is
-        issued to someone; 400 naming the field for bad input; 403 outside ``regions``."""
+        """Enrol a subject (the subjects-file entry plus ``name``, optional ``officer``, a
+        console account, and ``note``); its devices are issued now. 409 when the id
+        exists or a device is issued to someone; 400 naming the field for bad input; 403
+        outside ``regions``."""
         d = check_subject(doc)
         _check_region(d["region"], regions)
         with self._change("create subject", actor=actor, now_ms=now_ms,
                           target=d["subject_id"]) as ch:
+            _check_officer(ch.cur, d["officer"])
             entry = self._enrol(ch, d)
             ch.audit("subject.create", d["subject_id"], None, entry)
         return entry
@@ -191,6 +200,8 @@ class Register(RegisterImport, RegisterLeaves, RegisterBase):
             old = self._visible(ch.cur, subject_id, regions)
             self._active(old)
             before = subject_entry(ch.cur, old, None, None)
+            if "officer" in new:
+                _check_officer(ch.cur, new["officer"])
             fields = {k: v for k, v in new.items() if k not in ("inclusion", "exclusion")}
             if fields:
                 _replace_version(ch.cur, old, fields, ch.actor, ch.now_ms)

@@ -78,12 +78,15 @@ class RegisterBase:
                                 f"{version['ended_at']}", status=409)
 
     @staticmethod
-    def _check_zones_exist(cur: Cursor, zone_ids: list[str], field: str) -> None:
-        """400 naming ``field[i]`` for the first zone id the register does not hold."""
+    def _check_zones_exist(cur: Cursor, zone_ids: list[str], field: str, *,
+                           indexed: bool = True) -> None:
+        """400 naming ``field[i]`` (``field`` when not ``indexed``) for the first zone id
+        the register does not hold."""
         for i, z in enumerate(zone_ids):
             if cur.execute("SELECT 1 FROM reg_zones WHERE zone_id = ? AND valid_to_ms IS NULL",
                            (z,)).one() is None:
-                raise RegisterError(f"unknown zone {z!r}", field=f"{field}[{i}]")
+                raise RegisterError(f"unknown zone {z!r}",
+                                    field=f"{field}[{i}]" if indexed else field)
 
     @staticmethod
     def _new_id(cur: Cursor, table: str, column: str, prefix: str, seq: int) -> str:

@@ -26,9 +26,10 @@ import orjson
 from alarms.db import StoreError
 from alarms.register_check import RegisterError
 from alarms.store import open_store
+from contract.errors import EmfenceError
 
 
-class _Failure(Exception):
+class _Failure(EmfenceError):
     """A problem to report in one line (exit 1)."""
 
 

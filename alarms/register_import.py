@@ -26,6 +26,12 @@ from alarms.register_read import subject_entry, subject_version
 from alarms.register_zones import RegisterZones, check_feature
 
 
+def _within(exc: RegisterError, prefix: str) -> RegisterError:
+    """``exc`` with its field named inside ``prefix`` (``subjects[3].devices[0]...``)."""
+    field = f"{prefix}.{exc.field}" if exc.field else prefix
+    return RegisterError(exc.reason, field=field, status=exc.status)
+
+
 def _file_form(entry: dict[str, Any]) -> dict[str, Any]:
     """What a subjects-file entry says, in one comparable shape (times in ms)."""
     return {
@@ -87,8 +93,7 @@ class RegisterImport(RegisterZones, RegisterBase):
         try:
             z = check_feature(feature, strict=False, require_name=False)
         except RegisterError as exc:
-            raise RegisterError(exc.reason, field=f"features[{i}].{exc.field}",
-                                status=exc.status) from None
+            raise _within(exc, f"features[{i}]") from None
         row = ch.cur.execute("SELECT feature FROM reg_zones WHERE zone_id = ?",
                              (z["zone_id"],)).one()
         if row is not None:
@@ -105,8 +110,7 @@ class RegisterImport(RegisterZones, RegisterBase):
             d = check_subject(raw, require_name=False)
             wanted = _file_form(raw)
         except RegisterError as exc:
-            raise RegisterError(exc.reason, field=f"subjects[{i}].{exc.field}",
-                                status=exc.status) from None
+            raise _within(exc, f"subjects[{i}]") from None
         version = subject_version(ch.cur, d["subject_id"], None)
         if version is not None:
             if _file_form(subject_entry(ch.cur, version, None, None)) == wanted:
@@ -118,8 +122,7 @@ class RegisterImport(RegisterZones, RegisterBase):
             self._enrol(ch, d)  # type: ignore[attr-defined]
             self._import_extras(ch, d["subject_id"], raw, max_days)
         except RegisterError as exc:
-            raise RegisterError(exc.reason, field=f"subjects[{i}].{exc.field}",
-                                status=exc.status) from None
+            raise _within(exc, f"subjects[{i}]") from None
         return True
 
     def _import_extras(self, ch: Change, sid: str, raw: dict[str, Any], max_days: int) -> None:
@@ -148,12 +151,15 @@ class RegisterImport(RegisterZones, RegisterBase):
                  ch.actor, ch.now_ms, None if returned is None else ch.actor, returned))
         for k, c in enumerate(raw.get("curfews") or []):
             checked = check_curfew(c, f"curfews[{k}].")
-            self._check_zones_exist(ch.cur, [checked["zone_id"]], f"curfews[{k}].zone")
+            self._check_zones_exist(ch.cur, [checked["zone_id"]], f"curfews[{k}].zone",
+                                    indexed=False)
             given = c.get("curfew_id")
             self._insert_curfew(ch, sid, checked,  # type: ignore[attr-defined]
                                 None if given is None else str(given))
         for k, s in enumerate(raw.get("suspensions") or []):
             if isinstance(s, dict) and not s.get("reason"):
                 s = {**s, "reason": "imported"}
+            given = s.get("suspension_id") if isinstance(s, dict) else None
             self._insert_suspension(ch, sid,  # type: ignore[attr-defined]
-                                    check_suspension(s, max_days, f"suspensions[{k}]."))
+                                    check_suspension(s, max_days, f"suspensions[{k}]."),
+                                    None if given is None else str(given))

@@ -209,7 +209,7 @@ class RegisterLeaves(RegisterBase):
         c = check_curfew(curfew)
         with self._change("add curfew", actor=actor, now_ms=now_ms, target=subject_id) as ch:
             self._active(self._visible(ch.cur, subject_id, regions))
-            self._check_zones_exist(ch.cur, [c["zone_id"]], "zone")
+            self._check_zones_exist(ch.cur, [c["zone_id"]], "zone", indexed=False)
             curfew_id = self._insert_curfew(ch, subject_id, c)
             after = next(x for x in curfews_of(ch.cur, subject_id, None)
                          if x["curfew_id"] == curfew_id)
@@ -248,8 +248,14 @@ class RegisterLeaves(RegisterBase):
             ch.audit("suspension.add", suspension_id, None, {"subject_id": subject_id, **after})
         return after
 
-    def _insert_suspension(self, ch: Change, subject_id: str, s: dict[str, Any]) -> str:
-        suspension_id = self._new_id(ch.cur, "reg_suspensions", "suspension_id", "P", ch.seq)
+    def _insert_suspension(self, ch: Change, subject_id: str, s: dict[str, Any],
+                           suspension_id: str | None = None) -> str:
+        if suspension_id is None:
+            suspension_id = self._new_id(ch.cur, "reg_suspensions", "suspension_id", "P",
+                                         ch.seq)
+        elif ch.cur.execute("SELECT 1 FROM reg_suspensions WHERE suspension_id = ?",
+                            (suspension_id,)).one():
+            raise RegisterError(f"suspension {suspension_id!r} already exists", status=409)
         ch.cur.execute("INSERT INTO reg_suspensions (suspension_id, subject_id, type, start_ms, "
                        "end_ms, reason, created_by, valid_from_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        (suspension_id, subject_id, s["type"], s["start_ms"], s["end_ms"],

@@ -115,9 +115,11 @@ def check_feature(feature: Any, *, strict: bool = True, require_name: bool = Tru
     polys = None if geom["type"] == "Point" else _rings(geom)
     if strict and geom["type"] == "Point":
         try:
-            _check_swapped(np.asarray([geom.get("coordinates")], dtype=np.float64)[:, :2])
+            point = np.asarray([geom.get("coordinates")], dtype=np.float64)[:, :2]
         except (TypeError, ValueError, IndexError):
-            pass  # not a point at all: load_zones names it
+            point = None  # not a point at all: load_zones names it
+        if point is not None and point.shape == (1, 2):
+            _check_swapped(point)
     if strict and polys is not None:
         _check_swapped(np.concatenate([r for p in polys for r in p]))
         _check_rings(polys)

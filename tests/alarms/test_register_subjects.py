@@ -19,8 +19,9 @@ def _engine_reads(zones, subjects):
     return load_registry(subjects, compile_zones(load_zones(zones)))
 
 
-def test_enrol_read_list_and_the_engine_reads_the_snapshot(reg):
+def test_enrol_read_list_and_the_engine_reads_the_snapshot(reg, store):
     setup_zones(reg)
+    store.add_user("dora", "not-a-real-hash", "operator", ["411303"], T0)
     doc = subject("S-1", devices=("B-1", "P-1"), exclusion=("victim-1",), officer="dora",
                   note="判决书 (2026) 豫1303刑初1号")
     entry = reg.create_subject(doc, actor="dora", now_ms=T0 + 1)
@@ -58,6 +59,7 @@ def test_bad_input_is_named_and_nothing_is_half_applied(reg, store):
         (subject("S-2", level="loose"), 400, "level"),
         (subject("S 2"), 400, "subject_id"),
         ({**subject("S-2"), "name": ""}, 400, "name"),
+        ({**subject("S-2"), "officer": "nobody"}, 400, "officer"),
         ({**subject("S-2"), "devices": [{"device_id": "B-8", "kind": "watch"}]}, 400,
          "devices[0].kind"),
     ]
@@ -179,6 +181,7 @@ def test_patch_refuses_unknown_keys_and_bad_values(reg, store):
     reg.create_subject(subject("S-1", devices=("B-1",)), actor="dora", now_ms=T0)
     before = table_counts(store)
     for changes, field in (({"devices": []}, "devices"), ({"level": "x"}, "level"),
+                           ({"officer": "nobody"}, "officer"),
                            ({"inclusion": ["nowhere"]}, "inclusion[0]"),
                            ({"name": " "}, "name")):
         with pytest.raises(RegisterError) as err:
