@@ -26,10 +26,23 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from alarms.register import RegisterError
 from alarms.store import StoreError
 from console.context import Console, wall_clock_ms
 from console.http import COOKIE, SecurityHeaders, api_error, store_error
-from console.resources import alarms, audit, events, feed, session, stats, tracks, zones
+from console.register import register_error
+from console.resources import (
+    alarms,
+    audit,
+    events,
+    feed,
+    leaves,
+    session,
+    stats,
+    subjects,
+    tracks,
+    zones,
+)
 
 __all__ = ["COOKIE", "Console", "create_app", "serve"]
 
@@ -37,7 +50,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 # The JSON API, resource by resource (docs/console-api.md): the one place routes are listed.
 API_ROUTES = [*session.ROUTES, *alarms.ROUTES, *tracks.ROUTES, *events.ROUTES,
-              *zones.ROUTES, *stats.ROUTES, *audit.ROUTES, *feed.ROUTES]
+              *zones.ROUTES, *stats.ROUTES, *audit.ROUTES, *feed.ROUTES,
+              *subjects.ROUTES, *leaves.ROUTES]
 
 
 def create_app(*, store: Any, config: Any, zones: Any = None, registry: Any = None,
@@ -77,7 +91,8 @@ def create_app(*, store: Any, config: Any, zones: Any = None, registry: Any = No
         *API_ROUTES,
     ]
     app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)],
-                    exception_handlers={HTTPException: api_error, StoreError: store_error},
+                    exception_handlers={HTTPException: api_error, StoreError: store_error,
+                                        RegisterError: register_error},
                     lifespan=lifespan)
     app.state.console = console
     return app

@@ -27,6 +27,7 @@ from console.auth import (
 )
 from console.gateway import StoreGateway
 from console.http import COOKIE, CSRF_HEADER, SAFE_METHODS, ApiError
+from console.register_model import RegisterMap
 from console.settings import ConsoleSettings, console_settings
 
 # A refused Origin header is kept in the audit trail up to this many characters.
@@ -51,6 +52,8 @@ class Console:
         self.secure_cookies = secure_cookies
         self.clock_ms = clock_ms
         self.gateway = StoreGateway(store, threads=self.settings.store_threads)
+        # The register's zones and subjects for the map, rebuilt when the register changes.
+        self.register_map = RegisterMap()
         # Set by shutdown(): open live feeds end within one poll, so the HTTP server can
         # stop (a server waits for streaming responses to finish before it exits).
         self.closing = False

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from alarms.store import AlarmStore, LoginAttempt
+    from console.register_model import RegisterMap
 
 log = logging.getLogger("emfence.console")
 
@@ -72,9 +73,11 @@ class StoreGateway:
 
     async def list_alarms(self, regions: Iterable[str] | None, types: Iterable[str] | None,
                           states: Iterable[str] | None, *, escalated: bool | None,
-                          before: tuple[int, str] | None, limit: int) -> list[Row]:
+                          before: tuple[int, str] | None, limit: int,
+                          subject_id: str | None = None) -> list[Row]:
         return await self._run(self.store.list_alarms, regions, types, states,
-                               escalated=escalated, before=before, limit=limit)
+                               escalated=escalated, before=before, limit=limit,
+                               subject_id=subject_id)
 
     async def get_alarm(self, alarm_id: str) -> Row | None:
         return await self._run(self.store.get_alarm, alarm_id)
@@ -99,6 +102,19 @@ class StoreGateway:
                     day_offset_ms: int = 0) -> Row:
         return await self._run(self.store.stats, regions, from_ms, to_ms,
                                day_offset_ms=day_offset_ms)
+
+    # --- the supervision register (subjects, devices, zones, leave, curfews) ---------
+
+    async def register(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """``store.register.<method>(*args, **kwargs)`` off the loop: the register's
+        methods (``alarms`` ``Register``) keep their own names and arguments, so a grep
+        for e.g. ``"approve_leave"`` finds every console caller."""
+        return await self._run(getattr(self.store.register, method), *args, **kwargs)
+
+    async def register_map(self, model: RegisterMap) -> Any:
+        """``model.current(store.register)``: the register's zones and subjects for the
+        map (see :class:`console.register_model.RegisterMap`)."""
+        return await self._run(model.current, self.store.register)
 
     # --- the event log (the live feed) and the stored fixes -------------------------
 

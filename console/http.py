@@ -42,9 +42,11 @@ class ApiError(HTTPException):
     """An HTTP error with a stable machine-readable ``code`` and a human ``message``."""
 
     def __init__(self, status: int, code: str, message: str,
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, *, field: str | None = None):
         super().__init__(status_code=status, detail=message, headers=headers)
         self.code = code
+        # The request field at fault ("end", "zones[1]"), when there is one.
+        self.field = field
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -77,10 +79,13 @@ class SecurityHeaders:
 
 
 async def api_error(request: Request, exc: Exception) -> Response:
-    """An :class:`ApiError` (or Starlette's own 404/405) as ``{error, message}``."""
+    """An :class:`ApiError` (or Starlette's own 404/405) as ``{error, message}``, plus
+    ``field`` when the error names the request field at fault."""
     if isinstance(exc, ApiError):
-        return json_response({"error": exc.code, "message": exc.detail}, exc.status_code,
-                             headers=exc.headers)
+        body = {"error": exc.code, "message": exc.detail}
+        if exc.field is not None:
+            body["field"] = exc.field
+        return json_response(body, exc.status_code, headers=exc.headers)
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return json_response({"error": code, "message": exc.detail}, exc.status_code,
@@ -97,14 +102,15 @@ async def store_error(request: Request, exc: Exception) -> Response:
                          503, headers={"retry-after": "5"})
 
 
-async def read_json(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object; 415 for another content type, 400 if malformed."""
+async def read_json(request: Request, max_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """The request body as a JSON object; 415 for another content type, 413 over
+    ``max_bytes``, 400 if malformed."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
         raise ApiError(415, "content_type", "send the body as application/json")
     body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise ApiError(413, "too_large", f"body is larger than {MAX_BODY_BYTES} bytes")
+    if len(body) > max_bytes:
+        raise ApiError(413, "too_large", f"body is larger than {max_bytes} bytes")
     try:
         data = orjson.loads(body or b"{}")
     except orjson.JSONDecodeError as exc:

@@ -49,6 +49,7 @@ async def list_alarms(request: Request) -> Response:
         raise ApiError(400, "bad_param", "'before_ms' and 'before_id' go together")
     types = list_param(request, "type", ALARM_TYPES)
     states = list_param(request, "state", STATES)
+    subject_id = request.query_params.get("subject_id") or None
     escalated = request.query_params.get("escalated")
     if escalated not in (None, "", "true", "false"):
         raise ApiError(400, "bad_param", "query parameter 'escalated' is true or false")
@@ -58,13 +59,15 @@ async def list_alarms(request: Request) -> Response:
     seq = await caller.gateway.last_seq()
     alarms = await caller.gateway.list_alarms(
         regions, types, states, escalated=None if not escalated else escalated == "true",
-        before=None if before_ms is None else (before_ms, before_id), limit=limit)
+        before=None if before_ms is None else (before_ms, before_id), limit=limit,
+        subject_id=subject_id)
     if alarms:
         # Alarms carry the subject's position (evidence): a read on the record, one
         # row per request naming the query and how many came back.
         await caller.audit("alarms.view", None,
                            {"regions": regions, "type": types, "state": states,
-                            "escalated": escalated or None, "before_ms": before_ms,
+                            "escalated": escalated or None, "subject_id": subject_id,
+                            "before_ms": before_ms,
                             "before_id": before_id, "limit": limit, "alarms": len(alarms)})
     return json_response({"alarms": alarms, "seq": seq})
 

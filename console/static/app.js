@@ -39,6 +39,7 @@ class ApiError extends Error {
     super((body && body.message) || `HTTP ${status}`);
     this.status = status;
     this.code = body && body.error;
+    this.field = body && body.field;  // the request field at fault, when the server names one
   }
 }
 
@@ -87,7 +88,8 @@ function regionShort(code) {
 function zoneName(zoneId) {
   if (!zoneId) return "–";
   const f = ((state.zones && state.zones.features) || []).find((z) => z.properties.zone_id === zoneId);
-  const name = (f && f.properties.name) || (state.session && state.session.region_names || {})[zoneId];
+  const lib = ((state.zones && state.zones.library) || []).find((z) => z.zone_id === zoneId);
+  const name = (f && f.properties.name) || (lib && lib.name) || (state.session && state.session.region_names || {})[zoneId];
   return name ? `${name} (${zoneId})` : zoneId;
 }
 
@@ -122,6 +124,7 @@ function showLogin(message) {
   $("#login-view").hidden = false;
   $("#alarms-view").hidden = true;
   $("#stats-view").hidden = true;
+  for (const v of document.querySelectorAll(".reg-view")) v.hidden = true;
   $("#tabs").hidden = true;
   $("#logout").hidden = true;
   $("#who").textContent = "";
@@ -185,6 +188,7 @@ async function start(session) {
   $("#tab-stats").hidden = !(session.role === "supervisor" || session.role === "admin");
   fillRegionSelect($("#f-region"), session.regions);
   fillRegionSelect($("#s-region"), session.regions);
+  regStart(session);  // register.js: the register's tabs for this role
   showView("alarms");
   await Promise.all([loadAlarms(), loadMapData()]);
   if (session.all_regions) refreshRegionSelects();

@@ -1,0 +1,389 @@
+// emfence console: the supervision register's pages (subjects, enrolment, a subject's
+// page, the leave approval queue). Uses app.js's api/el/$ and state, time.js's zoneTime
+// and register-i18n.js's words; the zone page is zones-page.js.
+"use strict";
+
+const R = (key) => regI18n.t(key);
+const reg = { view: null, subjectId: null };
+const OVERSEER = () => state.session && (state.session.role === "supervisor" || state.session.role === "admin");
+const LEVELS = ["strict", "ordinary", "lenient"];
+const KINDS = ["bracelet", "phone"];
+const ALARM_TYPE_LIST = ["outbound", "exclusion", "offline", "tamper", "low_battery", "leave_overdue", "curfew"];
+
+// ---------------------------------------------------------------- small helpers
+const library = () => (state.zones && state.zones.library) || [];
+// A zone by its name (the id in the tooltip, for searching): 卧龙区, 受害人住所.
+function zoneLabel(zoneId) {
+  const z = library().find((e) => e.zone_id === zoneId);
+  const name = (z && z.name) || (state.session.region_names || {})[zoneId];
+  return el("span", { class: "zname", title: zoneId, text: name || zoneId });
+}
+function zoneList(ids) {
+  const span = el("span");
+  (ids || []).forEach((id, i) => { if (i) span.append("、"); span.append(zoneLabel(id)); });
+  return span;
+}
+const when = (ms) => (ms === null || ms === undefined ? "–" : zoneTime.full(ms));
+// A datetime-local value ("2026-11-28T09:30") read in the command centre's zone, as epoch ms.
+function wallMs(text) {
+  if (!text) return null;
+  const [day, hm] = text.split("T");
+  const [h, m] = hm.split(":").map(Number);
+  return zoneTime.midnight(day) + (h * 60 + m) * 60000;
+}
+function cell(content) {
+  const td = el("td");
+  td.append(content instanceof Node ? content : String(content === null || content === undefined ? "–" : content));
+  return td;
+}
+function table(headKeys, rows) {
+  const head = el("tr");
+  for (const k of headKeys) head.append(el("th", { text: R(k) }));
+  const body = el("tbody");
+  for (const r of rows) body.append(r);
+  return el("table", { class: "reg-table" }, el("thead", {}, head), body);
+}
+function field(labelKey, input) {
+  return el("label", {}, R(labelKey), input);
+}
+function options(select, values, group, chosen) {
+  for (const v of values) {
+    const o = el("option", { value: v, text: group ? regI18n.term(group, v) : v });
+    if (v === chosen) o.selected = true;
+    select.append(o);
+  }
+  return select;
+}
+// A multiple choice of the library's zones, by name.
+function zonePicker(cls) {
+  const s = el("select", { class: cls, multiple: "multiple", size: "4" });
+  for (const z of library()) s.append(el("option", { value: z.zone_id, text: `${z.name || z.zone_id} (${z.zone_id})` }));
+  return s;
+}
+const picked = (select) => [...select.selectedOptions].map((o) => o.value);
+// Run a form's request: errors (with the field the server names) go to `box`.
+async function submit(ev, box, fn) {
+  if (ev) ev.preventDefault();
+  box.textContent = "";
+  try {
+    await fn();
+  } catch (e) {
+    box.textContent = e.field ? `${e.message} [${e.field}]` : e.message;
+  }
+}
+
+// ---------------------------------------------------------------- views
+function regShow(name) {
+  for (const v of document.querySelectorAll(".reg-view")) v.hidden = v.id !== `${name}-view`;
+  reg.view = name;
+  if (name === "subjects") loadSubjects();
+  if (name === "leaves") loadQueue();
+  if (name === "zones") zonesPage.load();
+}
+
+function regStart(session) {
+  $("#tab-leaves").hidden = !OVERSEER();
+  regLabels();
+}
+
+function regLabels() {
+  $("#tab-subjects").textContent = R("tab.subjects");
+  $("#tab-leaves").textContent = R("tab.leaves");
+  $("#tab-zones").textContent = R("tab.zones");
+  $("#lang").textContent = R("lang.other");
+  document.documentElement.lang = regI18n.lang() === "zh" ? "zh-CN" : "en";
+}
+
+// ---------------------------------------------------------------- subject list
+async function loadSubjects() {
+  const view = $("#subjects-view");
+  const q = el("input", { id: "subj-q", placeholder: R("subjects.q"), value: reg.q || "" });
+  const st = options(el("select", { id: "subj-state" }), ["", "active", "ended"], "state", reg.state || "");
+  st.options[0].textContent = R("subjects.all");
+  const form = el("form", { class: "filters", id: "subj-search" }, field("subjects.search", q),
+    field("subjects.state", st), el("button", { type: "submit", text: R("subjects.search") }),
+    el("button", { type: "button", id: "enrol-open", text: R("subjects.enrol") }));
+  const box = el("p", { class: "error", role: "alert" });
+  const list = el("div", { id: "subj-list" });
+  view.replaceChildren(form, box, list, el("div", { id: "enrol-box" }));
+  form.addEventListener("submit", (e) => { reg.q = q.value; reg.state = st.value; submit(e, box, fillSubjects); });
+  $("#enrol-open").addEventListener("click", () => enrolForm($("#enrol-box")));
+  await submit(null, box, fillSubjects);
+}
+
+async function fillSubjects() {
+  const p = new URLSearchParams();
+  if (reg.q) p.set("q", reg.q);
+  if (reg.state) p.set("state", reg.state);
+  const data = await api("GET", `/api/subjects?${p}`);
+  const rows = data.subjects.map((s) => {
+    const tr = el("tr", { "data-subject-id": s.subject_id });
+    tr.append(cell(s.subject_id), cell(s.name), cell(regionName(s.region)), cell(regionalTerm("level", s.level)),
+      cell(s.officer), cell(regionalTerm("state", s.state)));
+    tr.addEventListener("click", () => showSubject(s.subject_id));
+    return tr;
+  });
+  $("#subj-list").replaceChildren(rows.length ? table(["col.id", "col.name", "col.region", "col.level",
+    "col.officer", "col.state"], rows) : el("p", { class: "muted", text: R("subjects.none") }));
+}
+const regionalTerm = (group, v) => regI18n.term(group, v);
+
+// ---------------------------------------------------------------- enrolment
+function enrolForm(box) {
+  const regions = state.session.all_regions ? Object.keys(state.session.region_names || {}) : state.session.regions;
+  const region = el("select", { id: "en-region" });
+  for (const r of regions) region.append(el("option", { value: r, text: regionName(r) }));
+  const inputs = {
+    subject_id: el("input", { id: "en-id", required: "required", maxlength: "64" }),
+    name: el("input", { id: "en-name", required: "required", maxlength: "200" }),
+    level: options(el("select", { id: "en-level" }), LEVELS, "level", "ordinary"),
+    officer: el("input", { id: "en-officer", maxlength: "64" }),
+    note: el("input", { id: "en-note", maxlength: "2000" }),
+    device: el("input", { id: "en-device", maxlength: "64" }),
+    kind: options(el("select", { id: "en-kind" }), KINDS, "kind", "bracelet"),
+    inclusion: zonePicker("en-inclusion"), exclusion: zonePicker("en-exclusion"),
+  };
+  const err = el("p", { class: "error", role: "alert", id: "en-error" });
+  const form = el("form", { id: "enrol-form", class: "reg-form" }, el("h2", { text: R("enrol.title") }),
+    field("enrol.subject_id", inputs.subject_id), field("enrol.name", inputs.name),
+    field("enrol.region", region), field("enrol.level", inputs.level),
+    field("enrol.officer", inputs.officer), field("enrol.note", inputs.note),
+    field("enrol.device", inputs.device), field("enrol.kind", inputs.kind),
+    field("enrol.inclusion", inputs.inclusion), field("enrol.exclusion", inputs.exclusion),
+    el("button", { type: "submit", id: "en-submit", text: R("enrol.submit") }), err);
+  box.replaceChildren(form);
+  form.addEventListener("submit", (e) => submit(e, err, async () => {
+    const body = { subject_id: inputs.subject_id.value.trim(), name: inputs.name.value.trim(),
+      region: region.value, level: inputs.level.value, note: inputs.note.value || null,
+      devices: inputs.device.value.trim() ? [{ device_id: inputs.device.value.trim(), kind: inputs.kind.value }] : [],
+      inclusion: picked(inputs.inclusion), exclusion: picked(inputs.exclusion) };
+    if (inputs.officer.value.trim()) body.officer = inputs.officer.value.trim();
+    const s = await api("POST", "/api/subjects", body);
+    await showSubject(s.subject_id);
+  }));
+}
+
+// ---------------------------------------------------------------- one subject
+async function showSubject(id) {
+  reg.subjectId = id;
+  for (const v of document.querySelectorAll(".reg-view")) v.hidden = v.id !== "subject-view";
+  const view = $("#subject-view");
+  const err = el("p", { class: "error", role: "alert", id: "subject-error" });
+  view.replaceChildren(err);
+  await submit(null, err, () => renderSubject(view, err));
+}
+
+async function renderSubject(view, err) {
+  const id = reg.subjectId;
+  const [s, leaves, alarms] = await Promise.all([
+    api("GET", `/api/subjects/${encodeURIComponent(id)}`),
+    api("GET", `/api/leaves?subject_id=${encodeURIComponent(id)}`),
+    api("GET", `/api/alarms?subject_id=${encodeURIComponent(id)}&limit=50`),
+  ]);
+  const back = el("button", { type: "button", id: "subject-back", text: R("subject.back") });
+  back.addEventListener("click", () => regShow("subjects"));
+  const head = el("div", { class: "reg-head" }, back,
+    el("h2", { id: "subject-title", text: `${s.name || ""} ${s.subject_id}` }));
+  const facts = el("dl", { class: "d-fields" });
+  for (const [k, v] of [["col.region", regionName(s.region)], ["col.level", regionalTerm("level", s.level)],
+    ["col.officer", s.officer], ["col.state", regionalTerm("state", s.state)], ["enrol.note", s.note]]) {
+    facts.append(el("dt", { text: R(k) }), el("dd", { text: v || "–" }));
+  }
+  view.replaceChildren(head, err, facts, devicesPart(s, err), zonesPart(s), leavesPart(s, leaves.leaves, err),
+    curfewsPart(s, err), alarmsPart(alarms.alarms), endPart(s, err));
+}
+
+function devicesPart(s, err) {
+  const rows = (s.devices || []).map((d) => {
+    const ret = el("button", { type: "button", class: "dev-return", text: R("subject.return_device") });
+    ret.addEventListener("click", () => submit(null, err, async () => {
+      await api("POST", `/api/devices/${encodeURIComponent(d.device_id)}/return`, {});
+      await showSubject(s.subject_id);
+    }));
+    return el("tr", {}, cell(d.device_id), cell(regionalTerm("kind", d.kind)), cell(s.state === "active" ? ret : "–"));
+  });
+  const dev = el("input", { class: "issue-id", maxlength: "64", required: "required" });
+  const kind = options(el("select", { class: "issue-kind" }), KINDS, "kind", "bracelet");
+  const form = el("form", { class: "filters" }, field("enrol.device", dev), field("enrol.kind", kind),
+    el("button", { type: "submit", text: R("subject.issue") }));
+  form.addEventListener("submit", (e) => submit(e, err, async () => {
+    await api("POST", `/api/subjects/${encodeURIComponent(s.subject_id)}/devices`, { device_id: dev.value.trim(), kind: kind.value });
+    await showSubject(s.subject_id);
+  }));
+  return el("section", { class: "part", id: "subject-devices" }, el("h3", { text: R("subject.devices") }),
+    table(["col.device", "col.kind", "col.actions"], rows), s.state === "active" ? form : "");
+}
+
+function zonesPart(s) {
+  const list = el("dl", { class: "d-fields", id: "subject-zones" },
+    el("dt", { text: R("subject.inclusion") }), el("dd", {}, zoneList(s.inclusion)),
+    el("dt", { text: R("subject.exclusion") }), el("dd", {}, zoneList(s.exclusion)));
+  const map = svg("svg", { id: "subject-map", class: "mini-map", role: "img" });
+  const ids = new Set([...(s.inclusion || []), ...(s.exclusion || [])]);
+  for (const lv of s.leaves || []) for (const z of lv.zones || []) ids.add(z);
+  const features = ((state.zones && state.zones.features) || []).filter((f) => ids.has(f.properties.zone_id));
+  drawMini(map, features, null, (f) => ((s.exclusion || []).includes(f.properties.zone_id) ? "exclusion"
+    : (s.inclusion || []).includes(f.properties.zone_id) ? "inclusion" : "leave"));
+  return el("section", { class: "part" }, el("h3", { text: R("subject.zones") }), list, map);
+}
+
+// Draw `features` (WGS-84) into an SVG in a local metric projection; `extra` is
+// {lon, lat, radius_m} of a circle being placed (the view fits the features only, so it
+// stays put while the circle moves). Returns the projection.
+function drawMini(map, features, extra, kindOf) {
+  const pts = [];
+  for (const f of features) eachCoord(f.geometry, (x, y) => pts.push([x, y]));
+  const b = boundsOf(pts) || { x0: 112.45, y0: 32.95, x1: 112.65, y1: 33.1 };
+  const p = makeProjection((b.x0 + b.x1) / 2, (b.y0 + b.y1) / 2);
+  const [ax, ay] = project(p, b.x0, b.y1), [bx, by] = project(p, b.x1, b.y0);
+  const w = Math.max(bx - ax, 1000) * 1.2, h = Math.max(by - ay, 1000) * 1.2;
+  map.setAttribute("viewBox", `${(ax + bx) / 2 - w / 2} ${(ay + by) / 2 - h / 2} ${w} ${h}`);
+  map.setAttribute("preserveAspectRatio", "xMidYMid meet");
+  map.replaceChildren();
+  const saved = state.proj;
+  state.proj = p;
+  for (const f of features) {
+    const kind = kindOf(f);
+    const c = f.properties.circle;
+    if (c) {
+      const [x, y] = project(p, c[0], c[1]);
+      map.append(svg("circle", { cx: x, cy: y, r: c[2], class: `zone-${kind}`, "data-zone-id": f.properties.zone_id }));
+    } else {
+      map.append(svg("path", { d: pathData(f.geometry), class: `zone-${kind}`, "data-zone-id": f.properties.zone_id }));
+    }
+  }
+  state.proj = saved;
+  if (extra) {
+    const [x, y] = project(p, extra.lon, extra.lat);
+    map.append(svg("circle", { cx: x, cy: y, r: extra.radius_m || 50, class: "zone-new" }));
+  }
+  return p;
+}
+
+function leaveRow(lv, s, err) {
+  const acts = el("td", { class: "leave-acts" });
+  const act = (verb, key) => {
+    const b = el("button", { type: "button", class: `leave-${verb}`, text: R(key) });
+    b.addEventListener("click", () => submit(null, err, async () => {
+      await api("POST", `/api/leaves/${encodeURIComponent(lv.leave_id)}/${verb}`, {});
+      if (reg.view === "leaves" && !s) await loadQueue(); else await showSubject(lv.subject_id);
+    }));
+    acts.append(b);
+  };
+  if (lv.state === "requested" && OVERSEER() && lv.requested_by !== state.session.user) {
+    act("approve", "leave.approve");
+    act("refuse", "leave.refuse");
+  }
+  if (s && ["approved", "active", "overdue"].includes(lv.state)) act("return", "leave.return");
+  const tr = el("tr", { "data-leave-id": lv.leave_id, class: `leave-${lv.state}` });
+  if (!s) tr.append(cell(`${lv.subject_name || ""} ${lv.subject_id}`.trim()));
+  tr.append(cell(zoneList(lv.zones)), cell(when(lv.start)), cell(when(lv.end)), cell(lv.reason),
+    cell(lv.requested_by), cell(el("span", { class: "leave-state", text: regionalTerm("leave", lv.state) })), acts);
+  return tr;
+}
+
+function leavesPart(s, leaves, err) {
+  const rows = leaves.map((lv) => leaveRow(lv, s, err));
+  const zones = zonePicker("lv-zones");
+  const start = el("input", { type: "datetime-local", class: "lv-start", required: "required" });
+  const end = el("input", { type: "datetime-local", class: "lv-end", required: "required" });
+  const reason = el("input", { class: "lv-reason", maxlength: "2000" });
+  const form = el("form", { class: "filters", id: "leave-form" }, field("leave.zones", zones),
+    field("leave.start", start), field("leave.end", end), field("leave.reason", reason),
+    el("button", { type: "submit", class: "lv-submit", text: R("leave.submit") }));
+  form.addEventListener("submit", (e) => submit(e, err, async () => {
+    await api("POST", `/api/subjects/${encodeURIComponent(s.subject_id)}/leaves`, {
+      zones: picked(zones), start: wallMs(start.value), end: wallMs(end.value), reason: reason.value || null });
+    await showSubject(s.subject_id);
+  }));
+  return el("section", { class: "part", id: "subject-leaves" },
+    el("h3", { text: `${R("subject.leaves")} (${zoneTime.mark()})` }),
+    table(["col.zones", "col.start", "col.end", "col.reason", "col.requested_by", "col.state", "col.actions"], rows),
+    s.state === "active" ? el("div", {}, el("h3", { text: R("leave.request") }), form) : "");
+}
+
+function curfewsPart(s, err) {
+  const rows = (s.curfews || []).map((c) => el("tr", {}, cell(`${c.start}–${c.end}`), cell(zoneLabel(c.zone)),
+    cell((c.days || []).join(" ") || "–")));
+  const start = el("input", { type: "time", class: "cf-start", value: "22:00" });
+  const end = el("input", { type: "time", class: "cf-end", value: "06:00" });
+  const zone = el("select", { class: "cf-zone" });
+  for (const z of library()) zone.append(el("option", { value: z.zone_id, text: z.name || z.zone_id }));
+  const form = el("form", { class: "filters" }, field("curfew.start", start), field("curfew.end", end),
+    field("curfew.zone", zone), el("button", { type: "submit", text: R("curfew.add") }));
+  form.addEventListener("submit", (e) => submit(e, err, async () => {
+    await api("POST", `/api/subjects/${encodeURIComponent(s.subject_id)}/curfews`, { start: start.value, end: end.value, zone: zone.value });
+    await showSubject(s.subject_id);
+  }));
+  const part = el("section", { class: "part", id: "subject-curfews" }, el("h3", { text: R("subject.curfews") }),
+    table(["col.time", "col.zones", "col.days"], rows), s.state === "active" ? form : "");
+  if (OVERSEER() && s.state === "active") part.append(suspendForm(s, err));
+  return part;
+}
+
+function suspendForm(s, err) {
+  const type = options(el("select", { class: "sp-type" }), ALARM_TYPE_LIST, null, "offline");
+  const start = el("input", { type: "datetime-local", class: "sp-start", required: "required" });
+  const end = el("input", { type: "datetime-local", class: "sp-end", required: "required" });
+  const reason = el("input", { class: "sp-reason", required: "required", maxlength: "2000" });
+  const form = el("form", { class: "filters" }, field("suspend.type", type), field("leave.start", start),
+    field("leave.end", end), field("suspend.reason", reason), el("button", { type: "submit", text: R("subject.suspend") }));
+  form.addEventListener("submit", (e) => submit(e, err, async () => {
+    await api("POST", `/api/subjects/${encodeURIComponent(s.subject_id)}/suspensions`, {
+      type: type.value, start: wallMs(start.value), end: wallMs(end.value), reason: reason.value });
+    await showSubject(s.subject_id);
+  }));
+  return form;
+}
+
+function alarmsPart(alarms) {
+  const rows = alarms.map((a) => el("tr", { "data-alarm-id": a.alarm_id }, cell(when(a.raised_at)),
+    cell(label(a.type)), cell(a.device_id), cell(label(a.state)), cell(label(a.workflow))));
+  return el("section", { class: "part", id: "subject-alarms" }, el("h3", { text: R("subject.alarms") }),
+    rows.length ? table(["col.time", "col.type", "col.device", "col.state", "col.actions"], rows)
+      : el("p", { class: "muted", text: R("subject.no_alarms") }));
+}
+
+function endPart(s, err) {
+  if (s.state !== "active") return el("p", { class: "muted", text: `${R("state.ended")} ${when(s.ended_at)}` });
+  const b = el("button", { type: "button", id: "subject-end", text: R("subject.end") });
+  b.addEventListener("click", () => {
+    if (!window.confirm(R("subject.end_confirm"))) return;
+    submit(null, err, async () => {
+      await api("POST", `/api/subjects/${encodeURIComponent(s.subject_id)}/end`, {});
+      await showSubject(s.subject_id);
+    });
+  });
+  return el("p", {}, b);
+}
+
+// ---------------------------------------------------------------- approval queue
+async function loadQueue() {
+  const view = $("#leaves-view");
+  const err = el("p", { class: "error", role: "alert", id: "queue-error" });
+  view.replaceChildren(el("h2", { text: `${R("leave.queue")} (${zoneTime.mark()})` }), err, el("div", { id: "queue" }));
+  await submit(null, err, async () => {
+    const data = await api("GET", "/api/leaves?state=requested");
+    const rows = data.leaves.map((lv) => leaveRow(lv, null, err));
+    $("#queue").replaceChildren(rows.length ? table(["col.subject", "col.zones", "col.start", "col.end",
+      "col.reason", "col.requested_by", "col.state", "col.actions"], rows)
+      : el("p", { class: "muted", id: "queue-empty", text: R("leave.queue_empty") }));
+  });
+}
+
+function regBoot() {
+  for (const b of document.querySelectorAll(".tab")) {
+    b.addEventListener("click", () => {
+      if (["subjects", "leaves", "zones"].includes(b.dataset.view)) regShow(b.dataset.view);
+      else for (const v of document.querySelectorAll(".reg-view")) v.hidden = true;
+    });
+  }
+  $("#lang").addEventListener("click", () => {
+    regI18n.toggle();
+    regLabels();
+    if (reg.view === "subjects" && !$("#subject-view").hidden) showSubject(reg.subjectId);
+    else if (reg.view) regShow(reg.view);
+  });
+  regLabels();
+}
+document.addEventListener("DOMContentLoaded", regBoot);

@@ -1,0 +1,213 @@
+"""The register's pages in headless Chromium with a Chinese (zh-CN) browser: enrolment,
+a leave request, its approval by a supervisor in the approval queue, the return (销假);
+and the zone page (a county by adcode, a circle placed by clicking the map). The
+results are read back from the store."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from console_helpers import CNMAPS, Server, add_accounts
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import Select, WebDriverWait
+from test_console_browser import (
+    BROWSER_TZ,
+    CHROMEDRIVER,
+    CHROMIUM,
+    WAIT_S,
+    click,
+    log_in,
+    severe_console_messages,
+)
+
+from alarms.store import open_store
+from console import create_app
+from emfence.config import Config
+
+pytestmark = pytest.mark.browser
+
+DAY = 86_400_000
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@pytest.fixture
+def world(tmp_path):
+    """A store with accounts and the zone library (two counties, a victim's home), and
+    the console serving it."""
+    store = open_store(f"sqlite:///{tmp_path / 'alarms.db'}")
+    add_accounts(store)
+    reg, t = store.register, now_ms()
+    reg.adcode_dir = str(CNMAPS)  # the real county boundaries of tests/data/cnmaps
+    for code in ("411303", "411302"):
+        reg.import_adcode(code, actor="root", now_ms=t)
+    reg.create_zone({"type": "Feature",
+                     "geometry": {"type": "Point", "coordinates": [112.52, 33.01]},
+                     "properties": {"zone_id": "victim-17", "name": "受害人住所",
+                                    "coord_sys": "wgs84", "radius_m": 500}},
+                    actor="root", now_ms=t)
+    server = Server(create_app(store=store, config=Config(), secure_cookies=False)).start()
+    yield server, store
+    server.stop()
+    store.close_store()
+
+
+@pytest.fixture
+def zh_browser(tmp_path):
+    """Headless Chromium whose language is Chinese (zh-CN) and whose zone is not the
+    command centre's."""
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.fail("chromium and chromium-driver are not installed "
+                    "(apt-get install chromium chromium-driver; `make test` does it)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--lang=zh-CN",
+                 "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        opts.add_argument(flag)
+    opts.add_experimental_option("prefs", {"intl.accept_languages": "zh-CN,zh"})
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = webdriver.ChromeService(executable_path=CHROMEDRIVER,
+                                      env={**os.environ, "TZ": BROWSER_TZ, "LANGUAGE": "zh_CN"})
+    driver = webdriver.Chrome(options=opts, service=service)
+    yield driver
+    driver.quit()
+
+
+def set_value(d, element, value: str) -> None:
+    """Set an <input type=datetime-local> (typing into one depends on the locale)."""
+    d.execute_script("arguments[0].value = arguments[1]", element, value)
+
+
+def shanghai_local(ms: int) -> str:
+    """``ms`` as a datetime-local value in Asia/Shanghai (UTC+8, no summer time)."""
+    return time.strftime("%Y-%m-%dT%H:%M", time.gmtime((ms + 8 * 3_600_000) / 1000))
+
+
+def library_row(zone_id: str) -> tuple[str, str]:
+    return (By.CSS_SELECTOR, f'#zone-library tr[data-zone-id="{zone_id}"]')
+
+
+def log_out(d, wait) -> None:
+    click(wait, (By.ID, "logout"))
+    wait.until(EC.visibility_of_element_located((By.ID, "login-name")))
+
+
+def enrol(d, wait) -> None:
+    """alice enrols 王五 with a bracelet, the county and the victim's home."""
+    click(wait, (By.ID, "tab-subjects"))
+    click(wait, (By.ID, "enrol-open"))
+    wait.until(EC.visibility_of_element_located((By.ID, "enrol-form")))
+    d.find_element(By.ID, "en-id").send_keys("S-7")
+    d.find_element(By.ID, "en-name").send_keys("王五")
+    Select(d.find_element(By.ID, "en-level")).select_by_value("strict")
+    d.find_element(By.ID, "en-device").send_keys("B-7")
+    Select(d.find_element(By.CSS_SELECTOR, ".en-inclusion")).select_by_value("411303")
+    Select(d.find_element(By.CSS_SELECTOR, ".en-exclusion")).select_by_value("victim-17")
+    click(wait, (By.ID, "en-submit"))
+    wait.until(EC.text_to_be_present_in_element((By.ID, "subject-title"), "王五 S-7"))
+
+
+def test_enrol_request_leave_approve_in_the_queue_and_return(world, zh_browser, tmp_path):
+    server, store = world
+    d = zh_browser
+    wait = WebDriverWait(d, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
+    d.get(server.url + "/")
+    log_in(d, wait, "alice")
+    # Chinese first: the register's tabs speak Chinese in a zh-CN browser
+    assert d.find_element(By.ID, "tab-subjects").text == "监管对象"
+    assert not d.find_element(By.ID, "tab-leaves").is_displayed()  # operators do not approve
+    enrol(d, wait)
+    zones = d.find_element(By.ID, "subject-zones").text
+    assert "卧龙区" in zones and "受害人住所" in zones and "victim-17" not in zones
+    assert "B-7" in d.find_element(By.ID, "subject-devices").text
+    assert "腕带" in d.find_element(By.ID, "subject-devices").text
+    wait.until(lambda drv: drv.find_elements(By.CSS_SELECTOR, "#subject-map circle.zone-exclusion"))
+    s = store.register.get_subject("S-7")
+    assert (s["name"], s["officer"], s["inclusion"], s["exclusion"]) == (
+        "王五", "alice", ["411303"], ["victim-17"])
+    d.save_screenshot(str(tmp_path / "register-enrolled.png"))
+
+    # request leave to the neighbouring county, tomorrow 08:00 to the day after, 20:00
+    start = (now_ms() // DAY + 1) * DAY
+    Select(d.find_element(By.CSS_SELECTOR, ".lv-zones")).select_by_value("411302")
+    set_value(d, d.find_element(By.CSS_SELECTOR, ".lv-start"), shanghai_local(start))
+    end = start + DAY + 12 * 3_600_000
+    set_value(d, d.find_element(By.CSS_SELECTOR, ".lv-end"), shanghai_local(end))
+    d.find_element(By.CSS_SELECTOR, ".lv-reason").send_keys("探望住院的母亲")
+    click(wait, (By.CSS_SELECTOR, ".lv-submit"))
+    row = (By.CSS_SELECTOR, "#subject-leaves tr[data-leave-id]")
+    wait.until(EC.text_to_be_present_in_element(row, "待审批"))
+    [lv] = store.register.list_leaves(state="requested", now_ms=now_ms())
+    assert (lv["start"], lv["end"], lv["zones"]) == (start, end, ["411302"])
+    assert not d.find_elements(By.CSS_SELECTOR, "#subject-leaves .leave-approve")
+    log_out(d, wait)
+
+    # the supervisor approves it from the approval queue
+    log_in(d, wait, "sue")
+    click(wait, (By.ID, "tab-leaves"))
+    qrow = (By.CSS_SELECTOR, f'#queue tr[data-leave-id="{lv["leave_id"]}"]')
+    wait.until(EC.presence_of_element_located(qrow))
+    text = d.find_element(*qrow).text
+    assert "S-7" in text and "宛城区" in text and "探望住院的母亲" in text
+    assert "UTC+08:00" in text and shanghai_local(start).replace("T", " ") in text
+    d.save_screenshot(str(tmp_path / "register-queue.png"))
+    click(wait, (By.CSS_SELECTOR, f'{qrow[1]} .leave-approve'))
+    wait.until(EC.visibility_of_element_located((By.ID, "queue-empty")))
+    assert [x["state"] for x in store.register.list_leaves(subject_id="S-7", now_ms=now_ms())] == [
+        "approved"]
+    log_out(d, wait)
+
+    # back from leave: the officer registers the return (销假)
+    log_in(d, wait, "alice")
+    click(wait, (By.ID, "tab-subjects"))
+    click(wait, (By.CSS_SELECTOR, 'tr[data-subject-id="S-7"]'))
+    wait.until(EC.text_to_be_present_in_element(row, "已批准"))
+    click(wait, (By.CSS_SELECTOR, "#subject-leaves .leave-return"))
+    wait.until(EC.text_to_be_present_in_element(row, "已销假"))
+    [back] = store.register.list_leaves(subject_id="S-7", now_ms=now_ms())
+    assert back["state"] == "returned"
+    d.save_screenshot(str(tmp_path / "register-returned.png"))
+    assert severe_console_messages(d) == []
+
+
+def test_zone_page_imports_a_county_and_places_a_circle(world, zh_browser, tmp_path):
+    server, store = world
+    d = zh_browser
+    wait = WebDriverWait(d, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
+    d.get(server.url + "/")
+    log_in(d, wait, "alice")
+    click(wait, (By.ID, "tab-zones"))
+    wait.until(EC.presence_of_element_located(library_row("victim-17")))
+    assert "受害人住所" in d.find_element(By.ID, "zone-library").text
+    d.find_element(By.ID, "zone-adcode").send_keys("411321")
+    click(wait, (By.ID, "import-btn"))
+    wait.until(EC.presence_of_element_located(library_row("411321")))
+    assert store.register.get_zone("411321")["name"] == "南召县"
+    # a circle: click the map, type the radius, name it
+    d.find_element(By.CSS_SELECTOR, ".circle-id").send_keys("home-S-7")
+    d.find_element(By.CSS_SELECTOR, ".circle-name").send_keys("王五住所")
+    radius = d.find_element(By.ID, "circle-radius")
+    radius.clear()
+    radius.send_keys("250")
+    click(wait, (By.ID, "circle-btn"))
+    wait.until(EC.text_to_be_present_in_element((By.ID, "zones-error"), "请先在地图上点击圆心"))
+    click(wait, (By.ID, "zone-map"))
+    wait.until(lambda drv: drv.find_elements(By.CSS_SELECTOR, "#zone-map circle.zone-new"))
+    lat, lon = (float(x) for x in d.find_element(By.ID, "circle-centre").text.split(","))
+    d.save_screenshot(str(tmp_path / "register-circle.png"))
+    click(wait, (By.ID, "circle-btn"))
+    wait.until(EC.presence_of_element_located(library_row("home-S-7")))
+    zone = store.register.get_zone("home-S-7")
+    assert zone["name"] == "王五住所" and zone["radius_m"] == 250 and zone["kind"] == "circle"
+    lon_z, lat_z = zone["feature"]["geometry"]["coordinates"][:2]
+    assert abs(lon_z - lon) < 1e-5 and abs(lat_z - lat) < 1e-5
+    assert severe_console_messages(d) == []
