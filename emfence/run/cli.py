@@ -15,7 +15,7 @@ from alarms.store import StoreError
 from emfence.config import Config, ConfigError, load_config
 from emfence.run.checkpoint_file import read_covered
 from emfence.run.model import ModelSource
-from emfence.run.options import Options, redact, split_digests
+from emfence.run.options import Options, redact, split_digests, wall_ms
 from emfence.run.service import Service
 from ingest.mqtt import add_broker_arguments
 from ingest.passwords import engine_account, service_role, worker_name_problem
@@ -100,7 +100,7 @@ def build_service_args(args: argparse.Namespace) -> dict:
     store = open_store(args.store)
     try:
         if from_register:
-            source, seq, (zones, registry) = _register_model(store, args.store)
+            source, seq, taken_ms, (zones, registry) = _register_model(store, args.store)
         if regions is not None and registry.device_ids:
             missing = sorted(set(regions) - set(registry.regions))
             if missing:
@@ -111,7 +111,8 @@ def build_service_args(args: argparse.Namespace) -> dict:
         raise
     opts.zones_path, opts.subjects_path = args.zones or "", args.subjects or ""
     opts.store_url, opts.source = args.store, source
-    opts.register_seq = seq if from_register else None
+    if from_register:
+        opts.register_seq, opts.register_taken_ms = seq, taken_ms
     opts.regions, opts.http = regions, args.http
     return {"broker": broker, "options": opts, "config": config, "zones": zones,
             "registry": registry, "engine": engine, "store": store, "restored": restored,
@@ -131,11 +132,13 @@ def _model_from_register(args: argparse.Namespace) -> bool:
 
 
 def _register_model(store, url: str):
-    """``(source, change sequence, (zones, registry))`` from the register in ``store``;
-    the sequence is read first, so a change made during the snapshot is applied later."""
+    """``(source, change sequence, taken at (wall clock, ms), (zones, registry))`` from
+    the register in ``store``; the sequence and the time are read first, so a change made
+    during the snapshot is applied later."""
     from emfence.run.register_watch import ModelLoadFailed
 
     source = ModelSource.register(store)
+    taken_ms = wall_ms()
     seq = source.change_seq()
     try:
         model = source.load()
@@ -143,7 +146,7 @@ def _register_model(store, url: str):
         raise
     except Exception as exc:  # a register the engine cannot compile: say so, once
         raise ModelLoadFailed(f"the register in {redact(url)} does not compile: {exc}") from exc
-    return source, seq, model
+    return source, seq, taken_ms, model
 
 
 def _restore_engine(args: argparse.Namespace, config: Config, zones, registry, store):

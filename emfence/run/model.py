@@ -57,6 +57,11 @@ class ModelSource:
             return None
         return int(self.store.register.change_seq())
 
+    def change_times(self, from_ms: int, to_ms: int) -> list[int]:
+        """When the register changed in [from_ms, to_ms]: its transactions and where an
+        assignment's own effective period begins or ends (raises the store's errors)."""
+        return [int(t) for t in self.store.register.change_times(from_ms, to_ms)]
+
     def load(self, at_ms: int | None = None):
         """``(compiled zones, registry)`` now (or, from the register, as it was at
         ``at_ms``). Raises ZoneError / RegistryError naming what is wrong, OSError for an

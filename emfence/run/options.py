@@ -93,6 +93,7 @@ class Options:
     # files above) and, from the register, its change sequence when the model was taken.
     source: object = None
     register_seq: int | None = None
+    register_taken_ms: int | None = None  # when that model was taken (wall clock, ms)
 
 
 @dataclass

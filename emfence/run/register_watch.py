@@ -1,7 +1,9 @@
 """Live register changes for `emfence run --store URL` (no --zones/--subjects): every
-:data:`REGISTER_POLL_S` the register's change sequence is read; when it moved, a
-snapshot is taken and compiled off the event loop and handed to the reload path SIGHUP
-uses (``engine.reload`` keeps the rule state of devices whose entries did not change).
+:data:`REGISTER_POLL_S` the register's change sequence is read; when it moved, or when an
+assignment's own effective period began or ended since the model was taken (the
+register's ``change_times``: no transaction marks that moment), a snapshot is taken and
+compiled off the event loop and handed to the reload path SIGHUP uses
+(``engine.reload`` keeps the rule state of devices whose entries did not change).
 
 A change is applied within about two poll periods of its commit. A snapshot that does
 not compile (a zone the register accepted but the geofence refuses, say) is logged in
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from contract.errors import EmfenceError
@@ -25,6 +28,10 @@ log = logging.getLogger("emfence.run")
 # How often the register's change sequence is read, s. A change reaches the engine
 # within two periods plus the compile (the issue asks for 2 s).
 REGISTER_POLL_S = 0.5
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 class ModelLoadFailed(EmfenceError, ValueError):
@@ -59,27 +66,34 @@ class RegisterWatch:
 
     def __init__(self, source: ModelSource, outages: Outages,
                  reload: Callable[[str], Awaitable[bool]], *, seq: int | None,
-                 period_s: float = REGISTER_POLL_S):
+                 taken_ms: int | None = None, period_s: float = REGISTER_POLL_S):
         self.source = source
         self.outages = outages
         self.reload = reload
         self.seq = seq  # the sequence the running model was taken at (None: unknown)
+        # When the running model's snapshot was taken (wall clock, epoch ms; at or before).
+        self.taken_ms = _wall_ms() if taken_ms is None else taken_ms
         self.period_s = period_s
 
     async def poll_once(self) -> bool:
         """Read the sequence; reload when it moved. True when a reload was made."""
         from alarms.store import StoreError
 
+        now = _wall_ms()
         try:
             seq = await asyncio.to_thread(self.source.change_seq)
+            edges = [] if seq != self.seq else await asyncio.to_thread(
+                self.source.change_times, self.taken_ms + 1, now)
         except StoreError as exc:
             self.outages.failed(READS, exc)
             return False
         self.outages.ok(READS)
-        if seq == self.seq:
+        if seq == self.seq and not edges:
             return False
-        if await self.reload(f"register change {seq}"):
-            self.seq = seq
+        why = (f"register change {seq}" if seq != self.seq
+               else f"register: an effective period begins or ends at {edges[0]}")
+        if await self.reload(why):
+            self.seq, self.taken_ms = seq, now
             return True
         return False
 

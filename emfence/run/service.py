@@ -127,7 +127,7 @@ class Service:
                                                           options.subjects_path)
         self.reloading = asyncio.Lock()  # one reload at a time, applied in order
         self.watch = (RegisterWatch(self.source, self.outages, self._reload,
-                                    seq=options.register_seq)
+                                    seq=options.register_seq, taken_ms=options.register_taken_ms)
                       if self.source.from_register else None)
 
     # The parts' state under the names the tests and the health document read.

@@ -4,6 +4,7 @@ new model to the reload path, and a store that cannot be read being an outage.""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -135,3 +136,32 @@ async def test_a_model_that_does_not_compile_is_one_log_line_and_the_current_one
         assert "nowhere" in line and "\n" not in line
     finally:
         service.store.close_store()
+
+
+async def test_an_order_taking_effect_later_is_applied_when_its_period_begins(store_url):
+    service = _service(store_url)
+    store = service.store
+    try:
+        reg = store.register
+        t = now_ms()
+        reg.create_zone(county(), actor="dora", now_ms=t)
+        reg.create_zone({"type": "Feature", "properties": {
+            "zone_id": "victim-1", "name": "受害人住所", "radius_m": 300, "coord_sys": "wgs84"},
+            "geometry": {"type": "Point", "coordinates": [112.5, 33.0]}}, actor="dora", now_ms=t)
+        begins = t + 1500  # a prohibition order effective from then: no transaction then
+        reg.create_subject(subject("S-1", "B-1") | {"exclusion": [
+            {"zone_id": "victim-1", "reason": "(2025)豫1303刑初1号", "from": begins}]},
+            actor="dora", now_ms=t)
+        assert await service.watch.poll_once()
+        _, (zones, registry) = service.work.get_nowait()
+        service._apply_reload(zones, registry)
+        assert registry.subjects[0].exclusion == ()  # not in force yet
+        assert not await service.watch.poll_once()
+        while now_ms() <= begins:
+            await asyncio.sleep(0.05)
+        assert await service.watch.poll_once()  # the sequence did not move; the period did
+        _, (_, registry) = service.work.get_nowait()
+        assert registry.subjects[0].exclusion == ("victim-1",)
+        assert not await service.watch.poll_once()
+    finally:
+        store.close_store()
