@@ -29,9 +29,12 @@ MAX_ZONE_BODY_BYTES = 4 * 1024 * 1024
 async def register_error(request: Request, exc: Exception) -> Response:
     """A ``RegisterError`` as ``{error, message, field}`` with the register's status."""
     status = int(getattr(exc, "status", 400))
-    body: dict[str, Any] = {"error": _CODES.get(status, "bad_field"),
-                            "message": str(getattr(exc, "reason", None) or exc)}
     field = getattr(exc, "field", None)
+    message = str(getattr(exc, "reason", None) or exc)
+    if field is not None and field not in message:
+        # "end: longer than 30 days" reads on its own, without the JSON around it.
+        message = f"{field}: {message}"
+    body: dict[str, Any] = {"error": _CODES.get(status, "bad_field"), "message": message}
     if field is not None:
         body["field"] = field
     return json_response(body, status)

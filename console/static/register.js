@@ -3,7 +3,7 @@
 // and register-i18n.js's words; the zone page is zones-page.js.
 "use strict";
 
-const R = (key) => regI18n.t(key);
+const tr = (key) => regI18n.t(key);
 const reg = { view: null, subjectId: null };
 const OVERSEER = () => state.session && (state.session.role === "supervisor" || state.session.role === "admin");
 const LEVELS = ["strict", "ordinary", "lenient"];
@@ -38,13 +38,13 @@ function cell(content) {
 }
 function table(headKeys, rows) {
   const head = el("tr");
-  for (const k of headKeys) head.append(el("th", { text: R(k) }));
+  for (const k of headKeys) head.append(el("th", { text: tr(k) }));
   const body = el("tbody");
   for (const r of rows) body.append(r);
   return el("table", { class: "reg-table" }, el("thead", {}, head), body);
 }
 function field(labelKey, input) {
-  return el("label", {}, R(labelKey), input);
+  return el("label", {}, tr(labelKey), input);
 }
 function options(select, values, group, chosen) {
   for (const v of values) {
@@ -87,22 +87,22 @@ function regStart(session) {
 }
 
 function regLabels() {
-  $("#tab-subjects").textContent = R("tab.subjects");
-  $("#tab-leaves").textContent = R("tab.leaves");
-  $("#tab-zones").textContent = R("tab.zones");
-  $("#lang").textContent = R("lang.other");
+  $("#tab-subjects").textContent = tr("tab.subjects");
+  $("#tab-leaves").textContent = tr("tab.leaves");
+  $("#tab-zones").textContent = tr("tab.zones");
+  $("#lang").textContent = tr("lang.other");
   document.documentElement.lang = regI18n.lang() === "zh" ? "zh-CN" : "en";
 }
 
 // ---------------------------------------------------------------- subject list
 async function loadSubjects() {
   const view = $("#subjects-view");
-  const q = el("input", { id: "subj-q", placeholder: R("subjects.q"), value: reg.q || "" });
+  const q = el("input", { id: "subj-q", placeholder: tr("subjects.q"), value: reg.q || "" });
   const st = options(el("select", { id: "subj-state" }), ["", "active", "ended"], "state", reg.state || "");
-  st.options[0].textContent = R("subjects.all");
+  st.options[0].textContent = tr("subjects.all");
   const form = el("form", { class: "filters", id: "subj-search" }, field("subjects.search", q),
-    field("subjects.state", st), el("button", { type: "submit", text: R("subjects.search") }),
-    el("button", { type: "button", id: "enrol-open", text: R("subjects.enrol") }));
+    field("subjects.state", st), el("button", { type: "submit", text: tr("subjects.search") }),
+    el("button", { type: "button", id: "enrol-open", text: tr("subjects.enrol") }));
   const box = el("p", { class: "error", role: "alert" });
   const list = el("div", { id: "subj-list" });
   view.replaceChildren(form, box, list, el("div", { id: "enrol-box" }));
@@ -117,14 +117,14 @@ async function fillSubjects() {
   if (reg.state) p.set("state", reg.state);
   const data = await api("GET", `/api/subjects?${p}`);
   const rows = data.subjects.map((s) => {
-    const tr = el("tr", { "data-subject-id": s.subject_id });
-    tr.append(cell(s.subject_id), cell(s.name), cell(regionName(s.region)), cell(regionalTerm("level", s.level)),
+    const row = el("tr", { "data-subject-id": s.subject_id });
+    row.append(cell(s.subject_id), cell(s.name), cell(regionName(s.region)), cell(regionalTerm("level", s.level)),
       cell(s.officer), cell(regionalTerm("state", s.state)));
-    tr.addEventListener("click", () => showSubject(s.subject_id));
-    return tr;
+    row.addEventListener("click", () => showSubject(s.subject_id));
+    return row;
   });
   $("#subj-list").replaceChildren(rows.length ? table(["col.id", "col.name", "col.region", "col.level",
-    "col.officer", "col.state"], rows) : el("p", { class: "muted", text: R("subjects.none") }));
+    "col.officer", "col.state"], rows) : el("p", { class: "muted", text: tr("subjects.none") }));
 }
 const regionalTerm = (group, v) => regI18n.term(group, v);
 
@@ -144,13 +144,13 @@ function enrolForm(box) {
     inclusion: zonePicker("en-inclusion"), exclusion: zonePicker("en-exclusion"),
   };
   const err = el("p", { class: "error", role: "alert", id: "en-error" });
-  const form = el("form", { id: "enrol-form", class: "reg-form" }, el("h2", { text: R("enrol.title") }),
+  const form = el("form", { id: "enrol-form", class: "reg-form" }, el("h2", { text: tr("enrol.title") }),
     field("enrol.subject_id", inputs.subject_id), field("enrol.name", inputs.name),
     field("enrol.region", region), field("enrol.level", inputs.level),
     field("enrol.officer", inputs.officer), field("enrol.note", inputs.note),
     field("enrol.device", inputs.device), field("enrol.kind", inputs.kind),
     field("enrol.inclusion", inputs.inclusion), field("enrol.exclusion", inputs.exclusion),
-    el("button", { type: "submit", id: "en-submit", text: R("enrol.submit") }), err);
+    el("button", { type: "submit", id: "en-submit", text: tr("enrol.submit") }), err);
   box.replaceChildren(form);
   form.addEventListener("submit", (e) => submit(e, err, async () => {
     const body = { subject_id: inputs.subject_id.value.trim(), name: inputs.name.value.trim(),
@@ -175,19 +175,22 @@ async function showSubject(id) {
 
 async function renderSubject(view, err) {
   const id = reg.subjectId;
-  const [s, leaves, alarms] = await Promise.all([
+  // The zones again too: a subject just enrolled brings its zones into the caller's view.
+  const [s, leaves, alarms, zones] = await Promise.all([
     api("GET", `/api/subjects/${encodeURIComponent(id)}`),
     api("GET", `/api/leaves?subject_id=${encodeURIComponent(id)}`),
     api("GET", `/api/alarms?subject_id=${encodeURIComponent(id)}&limit=50`),
+    api("GET", "/api/zones"),
   ]);
-  const back = el("button", { type: "button", id: "subject-back", text: R("subject.back") });
+  state.zones = zones;
+  const back = el("button", { type: "button", id: "subject-back", text: tr("subject.back") });
   back.addEventListener("click", () => regShow("subjects"));
   const head = el("div", { class: "reg-head" }, back,
     el("h2", { id: "subject-title", text: `${s.name || ""} ${s.subject_id}` }));
   const facts = el("dl", { class: "d-fields" });
   for (const [k, v] of [["col.region", regionName(s.region)], ["col.level", regionalTerm("level", s.level)],
     ["col.officer", s.officer], ["col.state", regionalTerm("state", s.state)], ["enrol.note", s.note]]) {
-    facts.append(el("dt", { text: R(k) }), el("dd", { text: v || "–" }));
+    facts.append(el("dt", { text: tr(k) }), el("dd", { text: v || "–" }));
   }
   view.replaceChildren(head, err, facts, devicesPart(s, err), zonesPart(s), leavesPart(s, leaves.leaves, err),
     curfewsPart(s, err), alarmsPart(alarms.alarms), endPart(s, err));
@@ -195,7 +198,7 @@ async function renderSubject(view, err) {
 
 function devicesPart(s, err) {
   const rows = (s.devices || []).map((d) => {
-    const ret = el("button", { type: "button", class: "dev-return", text: R("subject.return_device") });
+    const ret = el("button", { type: "button", class: "dev-return", text: tr("subject.return_device") });
     ret.addEventListener("click", () => submit(null, err, async () => {
       await api("POST", `/api/devices/${encodeURIComponent(d.device_id)}/return`, {});
       await showSubject(s.subject_id);
@@ -205,26 +208,26 @@ function devicesPart(s, err) {
   const dev = el("input", { class: "issue-id", maxlength: "64", required: "required" });
   const kind = options(el("select", { class: "issue-kind" }), KINDS, "kind", "bracelet");
   const form = el("form", { class: "filters" }, field("enrol.device", dev), field("enrol.kind", kind),
-    el("button", { type: "submit", text: R("subject.issue") }));
+    el("button", { type: "submit", text: tr("subject.issue") }));
   form.addEventListener("submit", (e) => submit(e, err, async () => {
     await api("POST", `/api/subjects/${encodeURIComponent(s.subject_id)}/devices`, { device_id: dev.value.trim(), kind: kind.value });
     await showSubject(s.subject_id);
   }));
-  return el("section", { class: "part", id: "subject-devices" }, el("h3", { text: R("subject.devices") }),
+  return el("section", { class: "part", id: "subject-devices" }, el("h3", { text: tr("subject.devices") }),
     table(["col.device", "col.kind", "col.actions"], rows), s.state === "active" ? form : "");
 }
 
 function zonesPart(s) {
   const list = el("dl", { class: "d-fields", id: "subject-zones" },
-    el("dt", { text: R("subject.inclusion") }), el("dd", {}, zoneList(s.inclusion)),
-    el("dt", { text: R("subject.exclusion") }), el("dd", {}, zoneList(s.exclusion)));
+    el("dt", { text: tr("subject.inclusion") }), el("dd", {}, zoneList(s.inclusion)),
+    el("dt", { text: tr("subject.exclusion") }), el("dd", {}, zoneList(s.exclusion)));
   const map = svg("svg", { id: "subject-map", class: "mini-map", role: "img" });
   const ids = new Set([...(s.inclusion || []), ...(s.exclusion || [])]);
   for (const lv of s.leaves || []) for (const z of lv.zones || []) ids.add(z);
   const features = ((state.zones && state.zones.features) || []).filter((f) => ids.has(f.properties.zone_id));
   drawMini(map, features, null, (f) => ((s.exclusion || []).includes(f.properties.zone_id) ? "exclusion"
     : (s.inclusion || []).includes(f.properties.zone_id) ? "inclusion" : "leave"));
-  return el("section", { class: "part" }, el("h3", { text: R("subject.zones") }), list, map);
+  return el("section", { class: "part" }, el("h3", { text: tr("subject.zones") }), list, map);
 }
 
 // Draw `features` (WGS-84) into an SVG in a local metric projection; `extra` is
@@ -263,7 +266,7 @@ function drawMini(map, features, extra, kindOf) {
 function leaveRow(lv, s, err) {
   const acts = el("td", { class: "leave-acts" });
   const act = (verb, key) => {
-    const b = el("button", { type: "button", class: `leave-${verb}`, text: R(key) });
+    const b = el("button", { type: "button", class: `leave-${verb}`, text: tr(key) });
     b.addEventListener("click", () => submit(null, err, async () => {
       await api("POST", `/api/leaves/${encodeURIComponent(lv.leave_id)}/${verb}`, {});
       if (reg.view === "leaves" && !s) await loadQueue(); else await showSubject(lv.subject_id);
@@ -275,11 +278,11 @@ function leaveRow(lv, s, err) {
     act("refuse", "leave.refuse");
   }
   if (s && ["approved", "active", "overdue"].includes(lv.state)) act("return", "leave.return");
-  const tr = el("tr", { "data-leave-id": lv.leave_id, class: `leave-${lv.state}` });
-  if (!s) tr.append(cell(`${lv.subject_name || ""} ${lv.subject_id}`.trim()));
-  tr.append(cell(zoneList(lv.zones)), cell(when(lv.start)), cell(when(lv.end)), cell(lv.reason),
+  const row = el("tr", { "data-leave-id": lv.leave_id, class: `leave-${lv.state}` });
+  if (!s) row.append(cell(`${lv.subject_name || ""} ${lv.subject_id}`.trim()));
+  row.append(cell(zoneList(lv.zones)), cell(when(lv.start)), cell(when(lv.end)), cell(lv.reason),
     cell(lv.requested_by), cell(el("span", { class: "leave-state", text: regionalTerm("leave", lv.state) })), acts);
-  return tr;
+  return row;
 }
 
 function leavesPart(s, leaves, err) {
@@ -290,16 +293,16 @@ function leavesPart(s, leaves, err) {
   const reason = el("input", { class: "lv-reason", maxlength: "2000" });
   const form = el("form", { class: "filters", id: "leave-form" }, field("leave.zones", zones),
     field("leave.start", start), field("leave.end", end), field("leave.reason", reason),
-    el("button", { type: "submit", class: "lv-submit", text: R("leave.submit") }));
+    el("button", { type: "submit", class: "lv-submit", text: tr("leave.submit") }));
   form.addEventListener("submit", (e) => submit(e, err, async () => {
     await api("POST", `/api/subjects/${encodeURIComponent(s.subject_id)}/leaves`, {
       zones: picked(zones), start: wallMs(start.value), end: wallMs(end.value), reason: reason.value || null });
     await showSubject(s.subject_id);
   }));
   return el("section", { class: "part", id: "subject-leaves" },
-    el("h3", { text: `${R("subject.leaves")} (${zoneTime.mark()})` }),
+    el("h3", { text: `${tr("subject.leaves")} (${zoneTime.mark()})` }),
     table(["col.zones", "col.start", "col.end", "col.reason", "col.requested_by", "col.state", "col.actions"], rows),
-    s.state === "active" ? el("div", {}, el("h3", { text: R("leave.request") }), form) : "");
+    s.state === "active" ? el("div", {}, el("h3", { text: tr("leave.request") }), form) : "");
 }
 
 function curfewsPart(s, err) {
@@ -310,12 +313,12 @@ function curfewsPart(s, err) {
   const zone = el("select", { class: "cf-zone" });
   for (const z of library()) zone.append(el("option", { value: z.zone_id, text: z.name || z.zone_id }));
   const form = el("form", { class: "filters" }, field("curfew.start", start), field("curfew.end", end),
-    field("curfew.zone", zone), el("button", { type: "submit", text: R("curfew.add") }));
+    field("curfew.zone", zone), el("button", { type: "submit", text: tr("curfew.add") }));
   form.addEventListener("submit", (e) => submit(e, err, async () => {
     await api("POST", `/api/subjects/${encodeURIComponent(s.subject_id)}/curfews`, { start: start.value, end: end.value, zone: zone.value });
     await showSubject(s.subject_id);
   }));
-  const part = el("section", { class: "part", id: "subject-curfews" }, el("h3", { text: R("subject.curfews") }),
+  const part = el("section", { class: "part", id: "subject-curfews" }, el("h3", { text: tr("subject.curfews") }),
     table(["col.time", "col.zones", "col.days"], rows), s.state === "active" ? form : "");
   if (OVERSEER() && s.state === "active") part.append(suspendForm(s, err));
   return part;
@@ -327,7 +330,7 @@ function suspendForm(s, err) {
   const end = el("input", { type: "datetime-local", class: "sp-end", required: "required" });
   const reason = el("input", { class: "sp-reason", required: "required", maxlength: "2000" });
   const form = el("form", { class: "filters" }, field("suspend.type", type), field("leave.start", start),
-    field("leave.end", end), field("suspend.reason", reason), el("button", { type: "submit", text: R("subject.suspend") }));
+    field("leave.end", end), field("suspend.reason", reason), el("button", { type: "submit", text: tr("subject.suspend") }));
   form.addEventListener("submit", (e) => submit(e, err, async () => {
     await api("POST", `/api/subjects/${encodeURIComponent(s.subject_id)}/suspensions`, {
       type: type.value, start: wallMs(start.value), end: wallMs(end.value), reason: reason.value });
@@ -339,16 +342,16 @@ function suspendForm(s, err) {
 function alarmsPart(alarms) {
   const rows = alarms.map((a) => el("tr", { "data-alarm-id": a.alarm_id }, cell(when(a.raised_at)),
     cell(label(a.type)), cell(a.device_id), cell(label(a.state)), cell(label(a.workflow))));
-  return el("section", { class: "part", id: "subject-alarms" }, el("h3", { text: R("subject.alarms") }),
+  return el("section", { class: "part", id: "subject-alarms" }, el("h3", { text: tr("subject.alarms") }),
     rows.length ? table(["col.time", "col.type", "col.device", "col.state", "col.actions"], rows)
-      : el("p", { class: "muted", text: R("subject.no_alarms") }));
+      : el("p", { class: "muted", text: tr("subject.no_alarms") }));
 }
 
 function endPart(s, err) {
-  if (s.state !== "active") return el("p", { class: "muted", text: `${R("state.ended")} ${when(s.ended_at)}` });
-  const b = el("button", { type: "button", id: "subject-end", text: R("subject.end") });
+  if (s.state !== "active") return el("p", { class: "muted", text: `${tr("state.ended")} ${when(s.ended_at)}` });
+  const b = el("button", { type: "button", id: "subject-end", text: tr("subject.end") });
   b.addEventListener("click", () => {
-    if (!window.confirm(R("subject.end_confirm"))) return;
+    if (!window.confirm(tr("subject.end_confirm"))) return;
     submit(null, err, async () => {
       await api("POST", `/api/subjects/${encodeURIComponent(s.subject_id)}/end`, {});
       await showSubject(s.subject_id);
@@ -361,13 +364,13 @@ function endPart(s, err) {
 async function loadQueue() {
   const view = $("#leaves-view");
   const err = el("p", { class: "error", role: "alert", id: "queue-error" });
-  view.replaceChildren(el("h2", { text: `${R("leave.queue")} (${zoneTime.mark()})` }), err, el("div", { id: "queue" }));
+  view.replaceChildren(el("h2", { text: `${tr("leave.queue")} (${zoneTime.mark()})` }), err, el("div", { id: "queue" }));
   await submit(null, err, async () => {
     const data = await api("GET", "/api/leaves?state=requested");
     const rows = data.leaves.map((lv) => leaveRow(lv, null, err));
     $("#queue").replaceChildren(rows.length ? table(["col.subject", "col.zones", "col.start", "col.end",
       "col.reason", "col.requested_by", "col.state", "col.actions"], rows)
-      : el("p", { class: "muted", id: "queue-empty", text: R("leave.queue_empty") }));
+      : el("p", { class: "muted", id: "queue-empty", text: tr("leave.queue_empty") }));
   });
 }
 

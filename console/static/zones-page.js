@@ -28,12 +28,12 @@ const zonesPage = (() => {
     const rows = library().map((z) => el("tr", { "data-zone-id": z.zone_id }, cell(z.name), cell(z.zone_id),
       cell(regI18n.term("zkind", z.kind) + (z.radius_m ? ` ${z.radius_m} m` : "")),
       cell(regI18n.term("src", z.source))));
-    return el("section", { class: "part", id: "zone-library" }, el("h3", { text: R("zones.library") }),
+    return el("section", { class: "part", id: "zone-library" }, el("h3", { text: tr("zones.library") }),
       table(["zones.name", "col.id", "col.kind", "col.source"], rows));
   }
 
   async function saved(ok, zone) {
-    ok.textContent = `${R("zones.saved")}${zone.name || ""} (${zone.zone_id})`;
+    ok.textContent = `${tr("zones.saved")}${zone.name || ""} (${zone.zone_id})`;
     const text = ok.textContent;
     await load();
     $("#zones-ok").textContent = text;
@@ -41,8 +41,8 @@ const zonesPage = (() => {
 
   function importForm(err, ok) {
     const code = el("input", { id: "zone-adcode", pattern: "[0-9]{6}", maxlength: "6", required: "required", placeholder: "411303" });
-    const form = el("form", { class: "filters", id: "import-form" }, el("h3", { text: R("zones.import") }),
-      field("zones.adcode", code), el("button", { type: "submit", id: "import-btn", text: R("zones.import_btn") }));
+    const form = el("form", { class: "filters", id: "import-form" }, el("h3", { text: tr("zones.import") }),
+      field("zones.adcode", code), el("button", { type: "submit", id: "import-btn", text: tr("zones.import_btn") }));
     form.addEventListener("submit", (e) => submit(e, err, async () => {
       await saved(ok, await api("POST", "/api/zones/import-adcode", { adcode: code.value.trim() }));
     }));
@@ -58,9 +58,9 @@ const zonesPage = (() => {
     const file = el("input", { type: "file", id: "upload-file", accept: ".geojson,.json,application/geo+json" });
     const [zid, name] = idAndName("up");
     const crs = options(el("select", { id: "upload-crs" }), ["wgs84", "gcj02"], null, "wgs84");
-    const form = el("form", { class: "filters", id: "upload-form" }, el("h3", { text: R("zones.upload") }),
+    const form = el("form", { class: "filters", id: "upload-form" }, el("h3", { text: tr("zones.upload") }),
       field("zones.file", file), field("zones.zone_id", zid), field("zones.name", name),
-      field("zones.coord_sys", crs), el("button", { type: "submit", text: R("zones.upload_btn") }));
+      field("zones.coord_sys", crs), el("button", { type: "submit", text: tr("zones.upload_btn") }));
     form.addEventListener("submit", (e) => submit(e, err, async () => {
       const doc = JSON.parse(await file.files[0].text());
       // A file may hold a Feature, a FeatureCollection of one, or a bare geometry.
@@ -77,11 +77,11 @@ const zonesPage = (() => {
     const radius = el("input", { type: "number", id: "circle-radius", min: "10", max: "50000", value: "500", required: "required" });
     const where = el("span", { id: "circle-centre", class: "muted", text: "–" });
     radius.addEventListener("input", drawCircleMap);
-    const form = el("form", { class: "filters", id: "circle-form" }, el("h3", { text: R("zones.circle") }),
+    const form = el("form", { class: "filters", id: "circle-form" }, el("h3", { text: tr("zones.circle") }),
       field("zones.zone_id", zid), field("zones.name", name), field("zones.radius", radius),
-      el("label", {}, R("zones.centre"), where), el("button", { type: "submit", id: "circle-btn", text: R("zones.circle_btn") }));
+      el("label", {}, tr("zones.centre"), where), el("button", { type: "submit", id: "circle-btn", text: tr("zones.circle_btn") }));
     form.addEventListener("submit", (e) => submit(e, err, async () => {
-      if (!centre) throw new Error(R("zones.click_first"));
+      if (!centre) throw new Error(tr("zones.click_first"));
       await saved(ok, await api("POST", "/api/zones", { zone_id: zid.value.trim(), name: name.value.trim(),
         coord_sys: "wgs84", radius_m: Number(radius.value),
         geometry: { type: "Point", coordinates: [centre.lon, centre.lat] } }));
@@ -99,6 +99,7 @@ const zonesPage = (() => {
       const m = pt.matrixTransform(map.getScreenCTM().inverse());
       centre = { lon: proj.lon0 + m.x / proj.kx, lat: proj.lat0 - m.y / proj.ky };
       $("#circle-centre").textContent = `${centre.lat.toFixed(6)}, ${centre.lon.toFixed(6)}`;
+      $("#zones-error").textContent = "";
       drawCircleMap();
     });
     return map;
