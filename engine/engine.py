@@ -16,7 +16,7 @@ from contract.records import RecordBatch, as_column
 from emfence.config import LEVELS, Config
 from engine import kernels as K
 from engine.positions import Positions
-from engine.registry import F_SUSPENSIONS, Registry
+from engine.registry import Registry
 from engine.state import (
     X_CURFEW_AT,
     X_CURFEW_ZONE,
@@ -212,7 +212,7 @@ class Engine:
         device_ids = reg.device_ids
         kinds = reg.device_kinds
         subjects = reg.subjects
-        flags = reg.arrays.subject_flags
+        suspends = reg.suspends
         zone_ids = self.zones.zone_ids
         curfew = K.T_CURFEW
         rows = ev_i[:n].tolist()
@@ -230,7 +230,7 @@ class Engine:
                              zone_ids[z] if z >= 0 else None, subject.region, at, episode,
                              late != 0, evidence)
             ev["device_kind"] = kinds[d]
-            if flags[s] & F_SUSPENSIONS and suspended(subject, type_name, at):
+            if suspends[s] and suspended(subject, type_name, at):
                 ev["suspended"] = True
             append(ev)
         return out

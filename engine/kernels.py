@@ -420,11 +420,15 @@ def _outbound_rule(st, ra, za, d, s, ts, lon, lat, acc, margin, confirm, overdue
             nearest = ra.incl_zone[ra.incl_off[s]]
         st.outbound_at_ms[d] = ts
         st.outbound_zone[d] = nearest
-        st.ext[d, X_OUT_TYPE] = 1 if overdue else 0
+        if overdue:  # (0 otherwise: every leave_overdue clear resets it)
+            st.ext[d, X_OUT_TYPE] = 1
         n = _put(ev_i, ev_f, n, d, typ, nearest, 1, ts, ts, 0, lat, lon, dist, acc)
     elif act == ACT_CLEAR:
         st.outbound_at_ms[d] = NONE_MS
-        typ = T_LEAVE_OVERDUE if st.ext[d, X_OUT_TYPE] == 1 else T_OUTBOUND
+        typ = T_OUTBOUND
+        if st.ext[d, X_OUT_TYPE] == 1:
+            typ = T_LEAVE_OVERDUE
+            st.ext[d, X_OUT_TYPE] = 0
         n = _put(ev_i, ev_f, n, d, typ, st.outbound_zone[d], 0, ts, ep, 0,
                  lat, lon, 0.0, acc)
     return n, inside_zone, obs

@@ -142,6 +142,8 @@ class Registry:
                           | (F_SUSPENSIONS if s.suspensions else 0) for s in subjects],
                          dtype=np.int8)
         self.has_curfews = bool(any(s.curfews for s in subjects))
+        # Per subject: has suspensions (a list: read per alarm event, in Python)
+        self.suspends = [bool(s.suspensions) for s in subjects]
         self._zone_index = zone_index
         n_excl = np.diff(excl_off)
         slot_off = np.zeros(len(device_subject) + 1, dtype=np.int32)
@@ -387,7 +389,9 @@ def load_registry(subjects: str | Path | dict, zones: Any) -> Registry:
     ``zones`` is a ``geofence.CompiledZones`` (only ``zone_ids`` and ``index`` are used).
     Raises :class:`RegistryError` naming the subject for: a bad or duplicate subject id,
     a bad level, a bad or repeated device id (also across subjects), an unknown zone id,
-    a leave whose end is before its start or whose times are unreadable.
+    a leave whose end is before its start or whose times are unreadable, a curfew or
+    suspension that does not parse (:mod:`engine.schedules`; the message names the field,
+    e.g. ``curfews[0].start``).
     """
     data, source = read_subjects_file(subjects)
     zone_index: dict[str, int] = dict(zones.index)

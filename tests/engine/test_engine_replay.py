@@ -257,3 +257,36 @@ def test_a_number_orjson_refuses_in_an_unknown_field_costs_no_line(tmp_path, cap
     assert run(paths) == 0
     assert [(e["event"], e["type"]) for e in events(paths)] == [("raised", "outbound")]
     assert "0 rejected lines" in capsys.readouterr().err
+
+
+def test_replay_a_day_with_a_returned_leave_a_curfew_and_a_suspension(tmp_path):
+    """The subjects file's issue-13 fields through the command: the curfew's local time
+    comes from --config's register.timezone, the suspension marks its events."""
+    paths = write_inputs(tmp_path, [
+        fix("B-0001", T0, FAR_OUT), fix("B-0001", T0 + 60_000, FAR_OUT),  # on leave
+        fix("B-0001", T0 + 3_600_000, FAR_OUT),  # returned at T0 + 30 min: overdue from it
+        fix("B-0001", T0 + 3_700_000, INSIDE),
+        # 22:00 Tokyo = 13:00Z: T0 is 00:53:20Z, so the window is T0 + 12:06:40.
+        fix("P-0001", T0 + 43_700_000, INSIDE), fix("P-0001", T0 + 43_760_000, INSIDE),
+    ])
+    subjects = orjson.loads(paths["subjects"].read_bytes())
+    s = subjects["subjects"][0]
+    s["leaves"] = [{"leave_id": "L-1", "start": T0 - 1, "end": T0 + 86_400_000,
+                    "returned": T0 + 1_800_000, "zones": ["far"]}]
+    s["curfews"] = [{"curfew_id": "C-1", "start": "22:00", "end": "06:00", "zone": "victim-17"}]
+    s["suspensions"] = [{"type": "curfew", "start": T0, "end": T0 + 86_400_000,
+                         "reason": "住院"}]
+    paths["subjects"].write_bytes(orjson.dumps(subjects))
+    zones = orjson.loads(paths["zones"].read_bytes())
+    zones["features"].append(circle_feature("far", *FAR_OUT, 5000))
+    paths["zones"].write_bytes(orjson.dumps(zones))
+    config = tmp_path / "c.toml"
+    config.write_text('[register]\ntimezone = "Asia/Tokyo"\n')
+    assert run(paths, "--config", str(config)) == 0
+    got = [(e["event"], e["type"], e["device_id"], e["at"], e["device_kind"],
+            e.get("suspended", False)) for e in events(paths) if e["type"] != "offline"]
+    assert got == [
+        ("raised", "leave_overdue", "B-0001", T0 + 1_800_000, "bracelet", False),
+        ("cleared", "leave_overdue", "B-0001", T0 + 3_700_000, "bracelet", False),
+        ("raised", "curfew", "P-0001", T0 + 43_760_000, "phone", True),
+    ]
