@@ -34,6 +34,7 @@ from alarms.register_check import (
 from alarms.register_import import RegisterImport
 from alarms.register_leave import RegisterLeaves
 from alarms.register_read import SUBJECT_COLUMNS, snapshot, subject_entry
+from alarms.register_schema import SUBJECT_STATES
 
 __all__ = ["Register", "RegisterError"]
 
@@ -88,6 +89,9 @@ class Register(RegisterImport, RegisterLeaves, RegisterBase):
         """Current subjects, by id: ``{subject_id, name, region, level, officer, note,
         state, ended_at, devices}``; ``q`` matches id or name (case-insensitive),
         ``state`` is active or ended."""
+        if state is not None and state not in SUBJECT_STATES:
+            raise RegisterError(f"{state!r} is not one of {', '.join(SUBJECT_STATES)}",
+                                field="state")
         allowed = region_list(regions)
         with self._db.tx("list subjects", write=False) as cur:
             rows = cur.execute(f"SELECT {SUBJECT_COLUMNS} FROM reg_subject_versions "

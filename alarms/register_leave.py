@@ -4,7 +4,7 @@ The leave workflow (docs/register.md)::
 
     requested --approve (supervisor/admin, not the requester)--> approved
     requested --refuse  (supervisor/admin, not the requester)--> refused
-    requested --subject's supervision ends--------------------> cancelled
+    requested --cancel, or the subject's supervision ends-----> cancelled
     approved  --return (销假, an officer)-----------------------> returned
 
 An approved leave is seen at a moment as ``approved`` before its window opens,
@@ -171,6 +171,26 @@ class RegisterLeaves(RegisterBase):
             ch.audit("leave.return", leave_id, before, after)
         return after
 
+    def cancel_leave(self, leave_id: str, *, actor: str, now_ms: int,
+                     reason: str | None = None, regions: Iterable[str] | None = None
+                     ) -> dict[str, Any]:
+        """Withdraw a leave request that nobody has decided yet (409 otherwise)."""
+        why = check_text(reason, "reason")
+        with self._change("cancel leave", actor=actor, now_ms=now_ms, target=leave_id) as ch:
+            if not isinstance(leave_id, str):
+                raise not_found("leave", str(leave_id), "leave_id")
+            before = self._leave(ch.cur, leave_id)
+            self._visible(ch.cur, before["subject_id"], regions, field="leave_id")
+            if before["state"] != "requested":
+                raise RegisterError(f"cannot cancel a leave that is {before['state']} (only "
+                                    "one that is requested)", status=409)
+            ch.cur.execute("UPDATE reg_leaves SET state = 'cancelled', decided_by = ?, "
+                           "decided_at = ?, decision_note = ? WHERE leave_id = ?",
+                           (ch.actor, ch.now_ms, why, leave_id))
+            after = self._leave(ch.cur, leave_id)
+            ch.audit("leave.cancel", leave_id, before, after)
+        return after
+
     def list_leaves(self, *, state: str | None = None, regions: Iterable[str] | None = None,
                     subject_id: str | None = None, now_ms: int) -> list[dict[str, Any]]:
         """Leaves (by start) with their state as seen at ``now_ms`` (one of
@@ -261,3 +281,38 @@ class RegisterLeaves(RegisterBase):
                        (suspension_id, subject_id, s["type"], s["start_ms"], s["end_ms"],
                         s["reason"], ch.actor, ch.now_ms))
         return suspension_id
+
+    def _end_versioned(self, table: str, column: str, ident: str, what: str, *, actor: str,
+                       now_ms: int, regions: Iterable[str] | None,
+                       read: Any) -> dict[str, Any]:
+        """Close the current row ``ident`` of ``table`` now (it stays readable at earlier
+        moments); 404 when there is none the caller sees."""
+        with self._change(f"end {what}", actor=actor, now_ms=now_ms, target=str(ident)) as ch:
+            row = ch.cur.execute(f"SELECT subject_id FROM {table} WHERE {column} = ? "
+                                 "AND valid_to_ms IS NULL", (ident,)).one()
+            if row is None:
+                raise not_found(what, str(ident), column)
+            self._visible(ch.cur, row["subject_id"], regions, field=column)
+            before = next(x for x in read(ch.cur, row["subject_id"], None)
+                          if x[column] == ident)
+            ch.cur.execute(f"UPDATE {table} SET valid_to_ms = ? WHERE {column} = ? "
+                           "AND valid_to_ms IS NULL", (ch.now_ms, ident))
+            ch.audit(f"{what}.end", str(ident), {"subject_id": row["subject_id"], **before},
+                     None)
+        return {"subject_id": row["subject_id"], **before, "ended_at": ch.now_ms}
+
+    def end_curfew(self, curfew_id: str, *, actor: str, now_ms: int,
+                   regions: Iterable[str] | None = None) -> dict[str, Any]:
+        """Lift a curfew from now on; 404 when there is no such current curfew."""
+        return self._end_versioned("reg_curfews", "curfew_id", curfew_id, "curfew",
+                                   actor=actor, now_ms=now_ms, regions=regions,
+                                   read=curfews_of)
+
+    def end_suspension(self, suspension_id: str, *, actor: str, role: str, now_ms: int,
+                       regions: Iterable[str] | None = None) -> dict[str, Any]:
+        """Withdraw an alert suspension from now on (a supervisor or an admin: 403
+        otherwise; 404 when there is no such current suspension)."""
+        check_role(role, "end suspensions")
+        return self._end_versioned("reg_suspensions", "suspension_id", suspension_id,
+                                   "suspension", actor=actor, now_ms=now_ms, regions=regions,
+                                   read=suspensions_of)

@@ -309,3 +309,42 @@ def test_racing_approvals_of_overlapping_leaves_let_exactly_one_through(enrolled
         t.join()
     assert sorted(outcomes) == ["409"] * 5 + ["approved"]
     assert len(reg.snapshot()[1]["subjects"][0]["leaves"]) == 1
+
+
+def test_cancel_a_request_lift_a_curfew_and_withdraw_a_suspension(enrolled, store):
+    reg = enrolled
+    leave = _request(reg)
+    cancelled = reg.cancel_leave(leave["leave_id"], actor="dora", now_ms=T0 + 2,
+                                 reason="行程取消")
+    assert (cancelled["state"], cancelled["decision_note"]) == ("cancelled", "行程取消")
+    with pytest.raises(RegisterError) as err:
+        reg.cancel_leave(leave["leave_id"], actor="dora", now_ms=T0 + 3)
+    assert err.value.status == 409
+    curfew = reg.add_curfew("S-1", {"start": "22:00", "end": "06:00", "zone": "victim-1"},
+                            actor="dora", now_ms=T0 + 10)
+    suspension = reg.add_suspension("S-1", {"type": "curfew", "start": T0, "end": T0 + DAY,
+                                            "reason": "住院"}, actor="sue", role="supervisor",
+                                    now_ms=T0 + 10)
+    before = table_counts(store)
+    for call, status in (
+            (lambda: reg.end_suspension(suspension["suspension_id"], actor="olga",
+                                        role="operator", now_ms=T0 + 20), 403),
+            (lambda: reg.end_curfew(curfew["curfew_id"], actor="eve", now_ms=T0 + 20,
+                                    regions={"411302"}), 404),
+            (lambda: reg.end_curfew("C-404", actor="dora", now_ms=T0 + 20), 404)):
+        with pytest.raises(RegisterError) as err:
+            call()
+        assert err.value.status == status
+    assert table_counts(store) == before
+    lifted = reg.end_curfew(curfew["curfew_id"], actor="dora", now_ms=T0 + 20)
+    assert (lifted["subject_id"], lifted["ended_at"]) == ("S-1", T0 + 20)
+    reg.end_suspension(suspension["suspension_id"], actor="sue", role="supervisor",
+                       now_ms=T0 + 30)
+    seen = {t: (len(s["curfews"]), len(s["suspensions"]))
+            for t in (T0 + 10, T0 + 20, T0 + 29, T0 + 30)
+            for s in reg.snapshot(t)[1]["subjects"] if s["subject_id"] == "S-1"}
+    assert seen == {T0 + 10: (1, 1), T0 + 20: (0, 1), T0 + 29: (0, 1), T0 + 30: (0, 0)}
+    with pytest.raises(RegisterError) as err:
+        reg.end_curfew(curfew["curfew_id"], actor="dora", now_ms=T0 + 40)
+    assert err.value.status == 404
+    assert store.audit_log(target=curfew["curfew_id"])[0]["action"] == "register.curfew.end"

@@ -5,8 +5,12 @@ engine reads)."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from alarms_helpers import raised
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from register_helpers import DAY, T0, circle, setup_zones, subject, table_counts
 
 from alarms import RegisterError
@@ -223,9 +227,71 @@ def test_end_of_supervision_returns_devices_and_files_open_alarms(reg, store):
     assert [s["subject_id"] for s in reg.snapshot()[1]["subjects"]] == ["S-2"]
     assert [s["subject_id"] for s in reg.snapshot(T0 + DAY - 1)[1]["subjects"]] == ["S-1",
                                                                                    "S-2"]
-    assert reg.list_subjects(state="ended")[0]["subject_id"] == "S-1"
+    assert [s["subject_id"] for s in reg.list_subjects(state="ended")] == ["S-1"]
+    assert [s["subject_id"] for s in reg.list_subjects(state="active")] == ["S-2"]
+    with pytest.raises(RegisterError) as err:
+        reg.list_subjects(state="gone")
+    assert (err.value.status, err.value.field) == (400, "state")
     with pytest.raises(RegisterError) as err:
         reg.end_subject("S-1", actor="dora", now_ms=T0 + DAY + 1, reason="again")
     assert err.value.status == 409
     reg.issue_device("S-2", "B-1", "bracelet", actor="dora", now_ms=T0 + DAY + 2)
     assert [d["device_id"] for d in reg.get_subject("S-2")["devices"]] == ["B-2", "B-1"]
+
+
+_sids = itertools.count()
+CHANGES = st.one_of(
+    st.tuples(st.just("level"), st.sampled_from(["strict", "ordinary", "lenient"])),
+    st.tuples(st.just("exclusion"), st.lists(st.sampled_from(["victim-1", "school"]),
+                                             unique=True, max_size=2)),
+    st.tuples(st.just("issue"), st.integers(0, 2)),
+    st.tuples(st.just("return"), st.integers(0, 2)),
+)
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.lists(CHANGES, min_size=1, max_size=10), gaps=st.lists(
+    st.integers(0, 3), min_size=10, max_size=10))
+def test_every_past_moment_reads_back_as_a_plain_history_says(reg, changes, gaps):
+    """After a random run of changes, the register at each moment (including moments
+    when two changes shared a millisecond) is what a plain list of states says."""
+    if not reg.list_zones():
+        setup_zones(reg)
+        reg.create_zone(circle("school", lon=112.54, name="学校"), actor="admin", now_ms=T0)
+    sid = f"H-{next(_sids)}"
+    devices = [f"{sid}-D{k}" for k in range(3)]
+    t = T0 + 1_000 * next(_sids)
+    reg.create_subject(subject(sid, devices=(devices[0],)), actor="dora", now_ms=t)
+    state = {"level": "strict", "exclusion": [], "devices": [devices[0]]}
+    history = [(t, dict(state))]
+    for change, gap in zip(changes, gaps, strict=False):
+        t += gap  # 0: the same millisecond as the previous change
+        what, value = change
+        try:
+            if what in ("level", "exclusion"):
+                reg.patch_subject(sid, {what: value}, actor="dora", now_ms=t)
+                state = {**state, what: value}
+            elif what == "issue":
+                reg.issue_device(sid, devices[value], "bracelet", actor="dora", now_ms=t)
+                state = {**state, "devices": [*state["devices"], devices[value]]}
+            else:
+                reg.return_device(devices[value], actor="dora", now_ms=t)
+                state = {**state, "devices": [d for d in state["devices"] if d != devices[value]]}
+        except RegisterError as exc:  # issuing one already issued, returning one not issued
+            assert exc.status == (409 if what == "issue" else 404)
+            assert (devices[value] in state["devices"]) == (what == "issue")
+            continue
+        history.append((t, dict(state)))
+    expected_at = {}
+    for when, st_ in history:  # the last state written at each millisecond wins
+        expected_at[when] = st_
+    for when, st_ in expected_at.items():
+        got = [s for s in reg.snapshot(when)[1]["subjects"] if s["subject_id"] == sid]
+        if not st_["devices"]:
+            assert got == []
+            continue
+        assert (got[0]["level"], got[0]["exclusion"],
+                sorted(d["device_id"] for d in got[0]["devices"])) == (
+            st_["level"], st_["exclusion"], sorted(st_["devices"]))
+        assert reg.get_subject(sid, at_ms=when)["level"] == st_["level"]
