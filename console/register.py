@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from console.access import Caller
+from console.auth import AuthError, parse_regions
 from console.http import ApiError, json_response, read_json
 from engine.registry import parse_time_ms
 
@@ -50,6 +51,10 @@ def scope(caller: Caller, *, narrowed: bool = False) -> set[str] | None:
 def require_region(caller: Caller, region: Any, field: str = "region") -> None:
     """403 naming ``field`` when ``region`` (a code) is outside the caller's regions: an
     operator enrols and moves subjects only within their own."""
+    try:
+        parse_regions([region] if isinstance(region, str) else [])
+    except AuthError:
+        return  # not a region code at all: the register answers 400 naming the field
     if isinstance(region, str) and not caller.principal.can_see(region):
         raise ApiError(403, "forbidden", f"region {region!r} is not one of yours",
                        field=field)

@@ -139,6 +139,8 @@ def test_changes_need_a_session_and_the_csrf_token(console):
     ({"subject_id": "S 1/x"}, 400, "subject_id"),
     ({"inclusion": ["411303", "nowhere"]}, 400, "inclusion[1]"),
     ({"devices": [{"device_id": "B-1", "kind": "watch"}]}, 400, "devices[0].kind"),
+    ({"officer": "nobody"}, 400, "officer"),
+    ({"region": "41/303"}, 400, "region"),
 ])
 def test_bad_enrolment_names_the_field_and_creates_nothing(rc, change, status, field):
     c = rc

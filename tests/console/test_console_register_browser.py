@@ -169,6 +169,16 @@ def test_enrol_request_leave_approve_in_the_queue_and_return(world, zh_browser, 
     # back from leave: the officer registers the return (销假)
     log_in(d, wait, "alice")
     click(wait, (By.ID, "tab-subjects"))
+    # the list's search: a name nobody has finds nobody, 王五 finds him
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, 'tr[data-subject-id="S-7"]')))
+    d.find_element(By.ID, "subj-q").send_keys("赵六")
+    d.find_element(By.ID, "subj-q").submit()
+    wait.until(EC.text_to_be_present_in_element((By.ID, "subj-list"), "没有符合条件的对象"))
+    d.find_element(By.ID, "subj-q").clear()
+    d.find_element(By.ID, "subj-q").send_keys("王五")
+    d.find_element(By.ID, "subj-q").submit()
+    wait.until(EC.text_to_be_present_in_element((By.ID, "subj-list"), "卧龙区"))
+    assert "严管" in d.find_element(By.ID, "subj-list").text
     click(wait, (By.CSS_SELECTOR, 'tr[data-subject-id="S-7"]'))
     wait.until(EC.text_to_be_present_in_element(row, "已批准"))
     click(wait, (By.CSS_SELECTOR, "#subject-leaves .leave-return"))
@@ -210,4 +220,10 @@ def test_zone_page_imports_a_county_and_places_a_circle(world, zh_browser, tmp_p
     assert zone["name"] == "王五住所" and zone["radius_m"] == 250 and zone["kind"] == "circle"
     lon_z, lat_z = zone["feature"]["geometry"]["coordinates"][:2]
     assert abs(lon_z - lon) < 1e-5 and abs(lat_z - lat) < 1e-5
+    # English is a click away, and remembered
+    click(wait, (By.ID, "lang"))
+    wait.until(EC.text_to_be_present_in_element((By.ID, "zone-library"), "Zone library"))
+    assert d.find_element(By.ID, "tab-subjects").text == "Subjects"
+    d.refresh()
+    wait.until(EC.text_to_be_present_in_element((By.ID, "tab-subjects"), "Subjects"))
     assert severe_console_messages(d) == []

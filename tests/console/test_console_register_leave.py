@@ -171,7 +171,7 @@ def test_curfews_and_suspensions(enrolled):
     error(c.post("/api/subjects/S-1/curfews", {"start": "25:00", "end": "06:00",
                                                "zone": "victim-17"}), 400, "start")
     error(c.post("/api/subjects/S-1/curfews", {"start": "22:00", "end": "06:00",
-                                               "zone": "atlantis"}), 400, "zone*")
+                                               "zone": "atlantis"}), 400, "zone")
     s = c.get("/api/subjects/S-1").json()
     assert [(x["start"], x["end"], x["zone"]) for x in s["curfews"]] == [
         ("22:00", "06:00", "victim-17")]
