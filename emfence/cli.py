@@ -16,7 +16,8 @@ import sys
 # dispatched by their first word to a module that handles its own second word.
 COMMANDS: dict[str, tuple[str, str]] = {
     "zones": ("geofence.cli", "zone files: import-adcode (real county boundaries), check"),
-    "replay": ("emfence.replay", "run the rules over a JSON-lines file of fixes and statuses"),
+    "replay": ("emfence.replay_store",
+               "run the rules over a file of fixes (with the register of a period: --store)"),
     "run": ("emfence.run.cli", "the live engine: MQTT in, alarms to the store and MQTT out"),
     "mqtt-passwords": ("ingest.passwords", "build a mosquitto password file for a subjects file"),
     "retire-session": ("ingest.retire", "discard a retired engine worker's broker session"),

@@ -8,6 +8,12 @@ low battery, and the hostile ones). Alarms are printed as they are raised and cl
 as the console account receives them; at the end, a summary and the score against the
 simulator's ground truth (``emfence score``).
 
+The subjects and zones are enrolled in the register of the demo's store, and the engine
+runs from that register (``emfence run --store`` alone). One subject whose injected
+excursion goes into a neighbouring county gets a leave there: requested by an officer,
+approved by a supervisor while the engine runs (applied live, no restart); the demo says
+whether the excursion then raised no outbound alarm (:mod:`emfence.demo_register`).
+
 To make a one-minute demo show offline alarms, the demo's config shortens the offline
 thresholds (strict 15 s, ordinary 20 s, lenient 25 s) and the simulated day runs 30x
 faster than the clock. Everything else is as shipped.
@@ -124,7 +130,8 @@ def _publish(sim, rig, passwords: dict, names: dict[str, str], truth_path: Path,
     return asyncio.run(go())
 
 
-def _report(stats, code: int, run: Path, truth_path: Path, alarms_path: Path) -> None:
+def _report(stats, code: int, run: Path, truth_path: Path, alarms_path: Path,
+            leave=None) -> None:
     """What was sent, the alarms seen and the score against the ground truth."""
     from simulators.score import format_text, read_alarms, read_truth, score
 
@@ -133,6 +140,10 @@ def _report(stats, code: int, run: Path, truth_path: Path, alarms_path: Path) ->
     alarms = read_alarms(str(alarms_path))
     by = Counter((a["type"], a["event"]) for a in alarms if "type" in a)
     print("alarms seen on MQTT: " + ", ".join(f"{t} {e} {n}" for (t, e), n in sorted(by.items())))
+    if leave is not None:
+        from emfence.demo_register import verdict
+
+        print(f"emfence demo: {verdict(leave, alarms)}")
     result = score(read_truth(truth_path), alarms)
     print("score against the ground truth (emfence score):")
     print(format_text(result))
@@ -141,19 +152,55 @@ def _report(stats, code: int, run: Path, truth_path: Path, alarms_path: Path) ->
           f"--alarms {alarms_path}")
 
 
+def _start(run: Path, zones: Path, subjects: Path, config_path: Path, secret: bytes,
+           passwords: dict, leave):
+    """The broker, the register (enrolment, the leave requested), the engine from the
+    register, and the leave approved while it runs. Returns the rig."""
+    from alarms.store import open_store
+    from emfence import demo_register as dr
+    from simulators.live import start_rig
+
+    rig = start_rig(run, zones, subjects, config_path, secret, passwords, start_engine=False)
+    try:
+        store_url = dr.fresh_store(run)
+        store = open_store(store_url)
+        try:
+            n = dr.enrol(store, zones, subjects)
+            print(f"emfence demo: enrolled in the register of {store_url}: {n}", flush=True)
+            if leave is not None:
+                dr.request_leave(store, leave)
+            print("emfence demo: starting `emfence run --store` (zones and subjects from the "
+                  "register) ...", flush=True)
+            dr.start_engine(rig, store_url)
+            if leave is not None:
+                dr.approve_leave(store, leave, rig.engine_log)
+                applied = (f"the running engine applied it in {leave.applied_s:.1f} s"
+                           if leave.applied_s is not None else "the engine did not say so")
+                print(f"emfence demo: {dr.describe(leave)} requested by {dr.OFFICER}, "
+                      f"approved by {dr.SUPERVISOR}; {applied}, no restart", flush=True)
+        finally:
+            store.close_store()
+    except BaseException:
+        rig.close()
+        raise
+    return rig
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    from simulators.live import start_rig
+    from contract.errors import EmfenceError
+    from emfence.demo_register import pick_leave
 
     run = Path(args.run_dir)
     zones, subjects, config_path, secret, passwords, sim = _prepare(args, run)
-    print("emfence demo: starting mosquitto and `emfence run` ...", flush=True)
+    names = _zone_names(zones)
+    leave = pick_leave(sim, zones, names)
+    print("emfence demo: starting mosquitto, enrolling in the register ...", flush=True)
     try:
-        rig = start_rig(run, zones, subjects, config_path, secret, passwords)
-    except (RuntimeError, OSError) as exc:
+        rig = _start(run, zones, subjects, config_path, secret, passwords, leave)
+    except (RuntimeError, OSError, EmfenceError) as exc:
         print(f"emfence demo: could not start the broker and the engine: {exc}", file=sys.stderr)
         return 1
-    names = _zone_names(zones)
     truth_path = run / "truth.jsonl"
     alarms_path = run / "alarms.jsonl"
     alarms_path.unlink(missing_ok=True)
@@ -166,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         code = rig.stop_engine()
         rig.broker.close()
-    _report(stats, code, run, truth_path, alarms_path)
+    _report(stats, code, run, truth_path, alarms_path, leave)
     return 0 if code == 0 else 1
 
 

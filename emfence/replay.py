@@ -249,7 +249,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="emfence replay",
         description="Run the alarm rules over a JSON-lines file of fixes and statuses; "
-                    "alarm events as JSON lines to --out (or stdout), a summary to stderr.")
+                    "alarm events as JSON lines to --out (or stdout), a summary to stderr. "
+                    "With --store URL --from T --to T instead of --zones and --subjects: "
+                    "the register in that store as it was in that period (docs/replay.md).")
     p.add_argument("--zones", required=True, help="zones GeoJSON file")
     p.add_argument("--subjects", required=True, help="subjects JSON file")
     p.add_argument("--fixes", required=True,

@@ -14,7 +14,8 @@ from pathlib import Path
 from alarms.store import StoreError
 from emfence.config import Config, ConfigError, load_config
 from emfence.run.checkpoint_file import read_covered
-from emfence.run.options import Options, load_model, split_digests
+from emfence.run.model import ModelSource
+from emfence.run.options import Options, redact, split_digests, wall_ms
 from emfence.run.service import Service
 from ingest.mqtt import add_broker_arguments
 from ingest.passwords import engine_account, service_role, worker_name_problem
@@ -28,8 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="The live engine: subscribe to device fixes and statuses over MQTT, run "
                     "the rules, store alarms and publish them. docs/operations.md explains "
                     "deployment; docs/wire-protocol.md the device contract.")
-    p.add_argument("--zones", required=True, help="zones GeoJSON")
-    p.add_argument("--subjects", required=True, help="subjects JSON")
+    p.add_argument("--zones", help="zones GeoJSON (with --subjects; give neither to take "
+                   "zones and subjects from the register in --store)")
+    p.add_argument("--subjects", help="subjects JSON (with --zones; give neither to take "
+                   "zones and subjects from the register in --store, applying its changes "
+                   "live)")
     p.add_argument("--store", required=True,
                    help="alarm store: sqlite:///path/alarms.db or postgresql://...")
     p.add_argument("--regions", help="comma-separated region codes this worker handles "
@@ -90,22 +94,59 @@ def build_service_args(args: argparse.Namespace) -> dict:
     _check_account(args.name, broker.username)
     if args.http and not args.http.rpartition(":")[2].isdigit():
         raise ValueError(f"--http {args.http!r}: expected HOST:PORT")
-    zones, registry = load_model(args.zones, args.subjects)
-    if regions is not None:
-        missing = sorted(set(regions) - set(registry.regions))
-        if missing:
-            log.warning("--regions %s: no subject registered there", ",".join(missing))
+    from_register = _model_from_register(args)
+    source = None if from_register else ModelSource.files(args.zones, args.subjects)
+    zones, registry = source.load() if source else (None, None)
     store = open_store(args.store)
     try:
+        if from_register:
+            source, seq, taken_ms, (zones, registry) = _register_model(store, args.store)
+        if regions is not None and registry.device_ids:
+            missing = sorted(set(regions) - set(registry.regions))
+            if missing:
+                log.warning("--regions %s: no subject registered there", ",".join(missing))
         engine, restored, covered, opts = _restore_engine(args, config, zones, registry, store)
     except BaseException:
         store.close_store()
         raise
-    opts.zones_path, opts.subjects_path, opts.store_url = args.zones, args.subjects, args.store
+    opts.zones_path, opts.subjects_path = args.zones or "", args.subjects or ""
+    opts.store_url, opts.source = args.store, source
+    if from_register:
+        opts.register_seq, opts.register_taken_ms = seq, taken_ms
     opts.regions, opts.http = regions, args.http
     return {"broker": broker, "options": opts, "config": config, "zones": zones,
             "registry": registry, "engine": engine, "store": store, "restored": restored,
             "covered": covered}
+
+
+def _model_from_register(args: argparse.Namespace) -> bool:
+    """True with neither --zones nor --subjects (the register in --store); both given:
+    the files; only one: a usage error naming the missing one."""
+    if args.zones is None and args.subjects is None:
+        return True
+    for given, missing in (("--zones", "subjects"), ("--subjects", "zones")):
+        if getattr(args, missing) is None:
+            raise ValueError(f"--{missing} is missing: {given} needs --{missing} too (or give "
+                             "neither to take zones and subjects from the register in --store)")
+    return False
+
+
+def _register_model(store, url: str):
+    """``(source, change sequence, taken at (wall clock, ms), (zones, registry))`` from
+    the register in ``store``; the sequence and the time are read first, so a change made
+    during the snapshot is applied later."""
+    from emfence.run.register_watch import ModelLoadFailed
+
+    source = ModelSource.register(store)
+    taken_ms = wall_ms()
+    seq = source.change_seq()
+    try:
+        model = source.load()
+    except StoreError:
+        raise
+    except Exception as exc:  # a register the engine cannot compile: say so, once
+        raise ModelLoadFailed(f"the register in {redact(url)} does not compile: {exc}") from exc
+    return source, seq, taken_ms, model
 
 
 def _restore_engine(args: argparse.Namespace, config: Config, zones, registry, store):

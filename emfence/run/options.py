@@ -1,6 +1,6 @@
 """What every part of `emfence run` shares: the tuning constants, the receive clock,
-message identity, the run's options, a closed acknowledgement window, and loading the
-zones and subjects (at start and on SIGHUP)."""
+message identity, the run's options and a closed acknowledgement window (zones and
+subjects are loaded by :mod:`emfence.run.model`)."""
 
 from __future__ import annotations
 
@@ -89,6 +89,11 @@ class Options:
     # With --checkpoint: the store holds an older row for this worker, deleted once the
     # file holds a checkpoint (so a later start without --checkpoint cannot go back to it).
     drop_store_checkpoint: bool = False
+    # Where zones and subjects come from (emfence.run.model.ModelSource; None: the two
+    # files above) and, from the register, its change sequence when the model was taken.
+    source: object = None
+    register_seq: int | None = None
+    register_taken_ms: int | None = None  # when that model was taken (wall clock, ms)
 
 
 @dataclass
@@ -110,15 +115,6 @@ class AckJob:
     snapshot: dict[str, np.ndarray] | None = None
     tmp: Path | None = None
     done: asyncio.Future | None = None
-
-
-def load_model(zones_path: str, subjects_path: str):
-    """Zones (compiled) and the registry, from files."""
-    from engine import load_registry
-    from geofence import compile_zones, load_zones
-
-    zones = compile_zones(load_zones(zones_path))
-    return zones, load_registry(subjects_path, zones)
 
 
 def redact(url: str) -> str:

@@ -23,10 +23,12 @@ its state and its loop (docs/internals.md, "emfence run"):
 - health (:mod:`emfence.run.health`): outages, the retained health document, the
   watchdog's verdict (``ingest.watchdog``: exit 3 when nothing is received for
   ``ingest.watchdog_s``);
-- reload (SIGHUP) and the embedded console (``--http``, :mod:`emfence.run.console_http`).
+- reload (SIGHUP; from the register also on each change, :mod:`emfence.run.register_watch`)
+  and the embedded console (``--http``, :mod:`emfence.run.console_http`).
 
 Signals: SIGINT/SIGTERM finish the batch, checkpoint, acknowledge, flush the outbox and
-exit 0; SIGHUP reloads zones and subjects, keeping the state of devices that remain.
+exit 0; SIGHUP reloads zones and subjects (:mod:`emfence.run.model`: the files or the
+register), keeping the state of devices that remain.
 The command line is :mod:`emfence.run.cli`.
 """
 
@@ -54,16 +56,17 @@ from emfence.run.health import (
     WatchedStore,
     stalled,
 )
+from emfence.run.model import ModelSource
 from emfence.run.options import (
     HEALTH_TIMEOUT_S,
     PING,
     SHUTDOWN_FLUSH_S,
     Options,
-    load_model,
     redact,
     wall_ms,
 )
 from emfence.run.receive import Receiver
+from emfence.run.register_watch import ModelLoadFailed, RegisterWatch, load_model_async
 from emfence.run.sweeps import SweepHold
 from emfence.run.tracks import TrackWriter
 from engine.positions import Positions
@@ -120,6 +123,12 @@ class Service:
             on_connected=lambda client: self._publish_health(client, "online"),
             on_fatal=self._fatal)
         self.outages.held = self._held_back
+        self.source = options.source or ModelSource.files(options.zones_path,
+                                                          options.subjects_path)
+        self.reloading = asyncio.Lock()  # one reload at a time, applied in order
+        self.watch = (RegisterWatch(self.source, self.outages, self._reload,
+                                    seq=options.register_seq, taken_ms=options.register_taken_ms)
+                      if self.source.from_register else None)
 
     # The parts' state under the names the tests and the health document read.
     @property
@@ -215,7 +224,7 @@ class Service:
             ("health", self._health()),
             ("escalation", self._escalation()),
             ("track-retention", self.tracks.purge()),
-        ]
+        ] + ([("register-watch", self.watch.run())] if self.watch is not None else [])
 
     def _log_start(self) -> None:
         log.info("engine %s starting: %d devices, %d zones, regions %s, store %s%s",
@@ -255,9 +264,8 @@ class Service:
         self.request_stop()
 
     def request_reload(self) -> None:
-        log.info("SIGHUP: reloading zones %s and subjects %s", self.opts.zones_path,
-                 self.opts.subjects_path)
-        asyncio.get_running_loop().create_task(self._reload(), name="reload")
+        log.info("SIGHUP: reloading %s", self.source.describe())
+        asyncio.get_running_loop().create_task(self._reload("SIGHUP"), name="reload")
 
     # ----- the processor: the only task that touches the engine ----------------------
 
@@ -446,19 +454,26 @@ class Service:
                              regions=self.opts.regions, interval_s=period,
                              counters=self.counters)
 
-    async def _reload(self) -> None:
+    async def _reload(self, why: str = "SIGHUP") -> bool:
+        """Load the model again, queue it; False: the store failed (an outage, retried)."""
+        from alarms.store import StoreError
+
         if not hasattr(self.engine, "reload"):
             log.error("reload: the %s core cannot reload; restart instead",
                       type(self.engine).__name__)
-            return
-        try:
-            zones, registry = await asyncio.to_thread(
-                load_model, self.opts.zones_path, self.opts.subjects_path)
-        except Exception as exc:  # noqa: BLE001 - a bad file must not stop the engine
-            log.error("reload failed, keeping the current zones and subjects: %s", exc)
-            return
-        await self.batches.flush()
-        await self.batches.put("reload", (zones, registry))
+            return True
+        async with self.reloading:
+            try:
+                zones, registry = await load_model_async(self.source, self.outages)
+            except StoreError:
+                return False
+            except ModelLoadFailed as exc:
+                log.error("%s: reload failed, keeping the current zones and subjects: %s",
+                          why, exc)
+                return True
+            await self.batches.flush()
+            await self.batches.put("reload", (zones, registry))
+            return True
 
     async def _shutdown(self) -> None:
         await self.batches.flush()

@@ -1,5 +1,5 @@
 """The README's "Running it for real" works on its own files: the example subjects file
-loads against the counties step 1 imports, and the two fixes step 8 publishes as device
+loads against the counties step 1 imports, and the two fixes step 9 publishes as device
 B-0001 raise an outbound alarm (what the README promises the new user will see)."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def test_the_readme_example_raises_the_alarm_it_promises():
     subjects = orjson.loads((ROOT / "deploy" / "subjects.example.json").read_bytes())
     registry = load_registry(subjects, zones)
     assert "B-0001" in registry.device_ids
-    # step 8: mosquitto_pub as B-0001 on its topic, two fixes at one position
+    # step 9: mosquitto_pub as B-0001 on its topic, two fixes at one position
     [topic] = re.findall(r"-u B-0001 .*?-t (\S+)", block)
     assert topic == f"emfence/v1/{registry.device_region(registry.device_index('B-0001'))}" \
                     "/B-0001/fix"

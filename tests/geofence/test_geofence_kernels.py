@@ -298,7 +298,14 @@ def test_circles_against_the_geodesic(circles, data):
     plon, plat, _ = pyproj.Geod(ellps="WGS84").fwd(lon0, lat0, az, d)
     inside, dist, bdist = cz.locate([plon], [plat], zi)
     expect = max(d - r, 0.0)
-    assert abs(dist[0] - expect) <= max(0.5, 0.005 * expect) if expect else dist[0] == 0.0
+    if expect:
+        assert abs(dist[0] - expect) <= max(0.5, 0.005 * expect)
+    elif r - d > 1e-3:
+        assert dist[0] == 0.0  # clearly inside: no distance at all
+    else:
+        # On the circle itself (d == r, e.g. 0.5 m from a 0.5 m circle's centre): the
+        # kernel's metric frame and the geodesic may disagree by the boundary tolerance below.
+        assert dist[0] <= 1e-3
     assert abs(bdist[0] - abs(d - r)) <= max(1e-3, 1e-4 * d)
     if abs(d - r) > 1e-3:
         assert bool(inside[0]) == (d < r)
