@@ -83,6 +83,7 @@ def _check_account(name: str, username: str | None) -> None:
 def build_service_args(args: argparse.Namespace) -> dict:
     """Load everything `emfence run` needs; raises ValueError subclasses naming the input."""
     from alarms.store import open_store
+    from emfence.run.notify import notification_planner
     from ingest.mqtt import broker_from_args, parse_regions
 
     config = load_config(args.config)
@@ -97,7 +98,7 @@ def build_service_args(args: argparse.Namespace) -> dict:
     from_register = _model_from_register(args)
     source = None if from_register else ModelSource.files(args.zones, args.subjects)
     zones, registry = source.load() if source else (None, None)
-    store = open_store(args.store)
+    store = open_store(args.store, notification_planner=notification_planner(config))
     try:
         if from_register:
             source, seq, taken_ms, (zones, registry) = _register_model(store, args.store)

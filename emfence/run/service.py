@@ -49,14 +49,9 @@ from emfence.config import Config
 from emfence.run.acks import Acks
 from emfence.run.batches import Batch, Batches
 from emfence.run.events import EventWriter
-from emfence.run.health import (
-    QUIET_LOGGERS,
-    Outages,
-    QuietDuringOutage,
-    WatchedStore,
-    stalled,
-)
+from emfence.run.health import QUIET_LOGGERS, Outages, QuietDuringOutage, WatchedStore, stalled
 from emfence.run.model import ModelSource
+from emfence.run.notify import webhook_outbox
 from emfence.run.options import (
     HEALTH_TIMEOUT_S,
     PING,
@@ -106,6 +101,9 @@ class Service:
         # The outbox reads the store too: a failure there is part of the store's outage.
         self.outbox = OutboxPublisher(WatchedStore(store, self.outages), config=config.alarms,
                                       regions=options.regions)
+        # Notifications (emfence.run.notify): None without a [notify.*] channel.
+        self.notifier = webhook_outbox(WatchedStore(store, self.outages), config,
+                                       options.regions)
         self.batches = Batches(icfg.batch_max_messages, icfg.batch_max_ms)
         self.events = EventWriter(store, self.outbox, self.counters, self.outages,
                                   (icfg.reconnect_min_s, icfg.reconnect_max_s))
@@ -224,6 +222,7 @@ class Service:
             ("health", self._health()),
             ("escalation", self._escalation()),
             ("track-retention", self.tracks.purge()),
+            *([("notify", self.notifier.run())] if self.notifier else []),
         ] + ([("register-watch", self.watch.run())] if self.watch is not None else [])
 
     def _log_start(self) -> None:
@@ -434,6 +433,7 @@ class Service:
             "outages": self.outages.health(),
             "counters": dict(sorted(self.counters.items())),
             "outbox": dict(self.outbox.counters),
+            "notify": None if self.notifier is None else dict(self.notifier.counters),
             "rejections": dict(sorted(self.rejects.items())),
             "engine": self.engine.counters,
         }
