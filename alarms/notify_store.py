@@ -92,14 +92,12 @@ class NotificationStore:
                 n += max(cur.rowcount, 0)
         return n
 
-    def mark_notification_retry(self, nid: int, next_at_ms: int, error: str, *,
-                                failed: bool = False) -> None:
-        """One attempt failed: try again at ``next_at_ms`` (or give up: ``failed``)."""
+    def mark_notification_retry(self, nid: int, next_at_ms: int, error: str) -> None:
+        """One attempt failed (``error`` says why): try again at ``next_at_ms``."""
         with self._db.tx("notification retry") as cur:
             cur.execute("UPDATE notifications SET attempts = attempts + 1, next_at = ?, "
-                        "last_error = ?, state = ? WHERE id = ? AND state = 'pending'",
-                        (int_ms(next_at_ms, "next_at_ms"), error[:500],
-                         "failed" if failed else "pending", int(nid)))
+                        "last_error = ? WHERE id = ? AND state = 'pending'",
+                        (int_ms(next_at_ms, "next_at_ms"), error[:500], int(nid)))
 
     def alarm_notifications(self, alarm_id: str) -> list[dict[str, Any]]:
         """Every notification an alarm caused, oldest first (the console's alarm detail)."""
