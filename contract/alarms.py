@@ -7,12 +7,15 @@ byte-stable), always built by :func:`alarm_event` so that its keys come in one o
 from __future__ import annotations
 
 import hashlib
-from typing import NotRequired, TypedDict
+from collections.abc import Mapping
+from typing import Any, NotRequired, TypedDict
 
 # The alarm types; the engine's type codes are indices into this tuple
 # (engine.kernels.T_OUTBOUND ...), the store's CHECK constraint lists the same names.
 ALARM_TYPES = ("outbound", "exclusion", "offline", "tamper", "low_battery", "leave_overdue",
-               "curfew")
+               "curfew", "separation", "no_fix", "power_off", "approach", "proximity", "contact")
+# Types that are warnings (a pre-warning before a violation), shown as such, not alarms.
+WARNING_TYPES = ("approach",)
 # The two events the engine emits (the store adds escalated, acknowledged, closed).
 ENGINE_EVENTS = ("raised", "cleared")
 # Types whose events carry evidence (lat, lon, distance_m, acc).
@@ -38,6 +41,8 @@ class AlarmEvent(TypedDict):
     lon: NotRequired[float]
     distance_m: NotRequired[float]
     acc: NotRequired[float]
+    # Further evidence, after the four above, in the order the rule gives it (docs/rules.md
+    # names each type's keys), e.g. ``battery_pct``, ``strap``, ``last_rx_ms``, ``devices``.
 
 
 def alarm_id(device_id: str, type_name: str, zone_id: str | None, episode_at_ms: int,
@@ -52,12 +57,14 @@ def alarm_id(device_id: str, type_name: str, zone_id: str | None, episode_at_ms:
 
 def alarm_event(raised: bool, type_name: str, subject_id: str, device_id: str,
                 zone_id: str | None, region: str, at_ms: int, episode_at_ms: int, late: bool,
-                evidence: tuple[float, float, float, float] | None = None) -> AlarmEvent:
+                evidence: tuple[float, float, float, float] | None = None,
+                extra: Mapping[str, Any] | None = None) -> AlarmEvent:
     """The alarm event of one raise or clear: ``at_ms`` when it happened (epoch ms),
     ``episode_at_ms`` the ``at`` of the episode's raise (with device, type, zone and
     ``late`` it makes the :func:`alarm_id`); ``evidence`` is ``(lat, lon, distance_m,
     acc)`` (WGS-84 degrees, metres), given for EVIDENCE_TYPES only; distance_m is
-    rounded to 0.1 m."""
+    rounded to 0.1 m. ``extra`` adds further evidence keys after those, in its order
+    (it must not name a key the event already has)."""
     ev: AlarmEvent = {
         "event": "raised" if raised else "cleared",
         "alarm_id": alarm_id(device_id, type_name, zone_id, episode_at_ms, late),
@@ -75,4 +82,9 @@ def alarm_event(raised: bool, type_name: str, subject_id: str, device_id: str,
         ev["lon"] = lon
         ev["distance_m"] = round(dist, 1)
         ev["acc"] = acc
+    if extra:
+        clash = set(extra).intersection(ev)
+        if clash:
+            raise ValueError(f"extra evidence may not replace {sorted(clash)}")
+        ev.update(extra)  # type: ignore[typeddict-item]
     return ev

@@ -66,6 +66,34 @@ class RulesConfig:
     battery_low_pct: float = 15.0
     # ...and clears at or above this one (hysteresis).
     battery_clear_pct: float = 20.0
+    # `separation` (人机分离): a subject's bracelet fix and phone fix at most this far apart
+    # in time, s...
+    separation_window_s: float = 300.0
+    # ...farther apart than this plus both accuracies, m...
+    separation_m: float = 500.0
+    # ...in this many consecutive such pairs raise `separation`.
+    separation_confirm: int = 2
+    # A device that sends statuses but no fix for this long (receive time) is `no_fix`, per
+    # level.
+    no_fix_after_s: PerLevel = field(default_factory=lambda: PerLevel(900, 1800, 3600))
+    # `approach` (a warning): a fix outside an exclusion zone but within this distance of
+    # it, beyond its accuracy, m.
+    approach_m: float = 200.0
+    # The same warning inside the inclusion zone within this distance of its border, m;
+    # 0 turns it off.
+    border_warn_m: float = 0.0
+    # `proximity`: a subject's fix within this distance of a protected person's latest fix,
+    # m...
+    proximity_m: float = 1000.0
+    # ...that fix at most this much older (event time), s.
+    proximity_fresh_s: float = 300.0
+    # `contact`: two subjects listed as prohibited contacts within this distance, m...
+    contact_m: float = 200.0
+    # ...for at least this long, s.
+    contact_min_s: float = 600.0
+    # One alarm per subject for the same type and zone, listing its devices ("subject"),
+    # or one per device ("device").
+    alarm_per: str = "subject"
 
 
 @dataclass(frozen=True)
@@ -248,6 +276,18 @@ def _check(config: Config, source: str | None) -> Config:
     if r.battery_clear_pct < r.battery_low_pct:
         raise ConfigError("must be >= rules.battery_low_pct", key="rules.battery_clear_pct",
                           source=source)
+    if r.separation_confirm < 1:
+        raise ConfigError("must be at least 1", key="rules.separation_confirm", source=source)
+    for name in ("separation_window_s", "separation_m", "proximity_m", "contact_m"):
+        if getattr(r, name) <= 0:
+            raise ConfigError("must be positive", key=f"rules.{name}", source=source)
+    for level in LEVELS:
+        if r.no_fix_after_s.for_level(level) <= 0:
+            raise ConfigError("must be positive", key=f"rules.no_fix_after_s.{level}",
+                              source=source)
+    if r.alarm_per not in ("subject", "device"):
+        raise ConfigError(f'must be "subject" or "device", got {r.alarm_per!r}',
+                          key="rules.alarm_per", source=source)
     i = config.ingest
     if i.reconnect_max_s < i.reconnect_min_s:
         raise ConfigError("must be >= ingest.reconnect_min_s", key="ingest.reconnect_max_s",
