@@ -37,8 +37,24 @@ class Notification:
     body: bytes
 
 
-# events being recorded, now_ms -> the notifications they cause
-Planner = Callable[[Sequence[Mapping[str, Any]], int], list[Notification]]
+@dataclass(frozen=True)
+class Recipient:
+    """A person a people-facing channel (e-mail, SMS) reaches: ``person_id`` is the
+    roster's id (the notification's ``recipient``), ``lang`` the template language
+    (``zh`` default, ``en``); ``email``/``phone`` None when the person has none."""
+
+    person_id: str
+    name: str
+    email: str | None = None
+    phone: str | None = None
+    lang: str = "zh"
+
+
+# (the recording transaction's cursor, events being recorded, now_ms) -> the
+# notifications they cause; the cursor lets a planner read the roster in that transaction
+Planner = Callable[[Any, Sequence[Mapping[str, Any]], int], list[Notification]]
+# (cursor, one alarm event, its escalation level) -> the people to tell at that level
+Resolver = Callable[[Any, Mapping[str, Any], int], list[Recipient]]
 
 
 def delivery_id(alarm_id: str, event: str, channel: str, recipient: str) -> str:
@@ -53,7 +69,8 @@ def signature(body: bytes, secret: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
-def webhook_planner(events: Sequence[Mapping[str, Any]], now_ms: int) -> list[Notification]:
+def webhook_planner(cur: Any, events: Sequence[Mapping[str, Any]], now_ms: int
+                    ) -> list[Notification]:
     """One webhook notification per raised, cleared and escalated event: the event as
     published, plus ``recipient`` and ``level``."""
     out = []

@@ -39,7 +39,7 @@ class NotificationStore:
             return 0
         rows = [(n.delivery_id, n.alarm_id, n.event, n.region, n.channel, n.recipient,
                  n.level, n.body, now_ms, now_ms)
-                for n in self._planner(events, now_ms)]
+                for n in self._planner(cur, events, now_ms)]
         for chunk in chunks(rows, ROWS_PER_INSERT // 2):
             cur.execute("INSERT INTO notifications (delivery_id, alarm_id, event, region, "
                         "channel, recipient, level, body, next_at, created_at) VALUES "
