@@ -270,24 +270,7 @@ def _coerce(value: Any, want: type, key: str, source: str | None) -> Any:
 
 
 def _check(config: Config, source: str | None) -> Config:
-    r = config.rules
-    if r.outbound_confirm_fixes < 1:
-        raise ConfigError("must be at least 1", key="rules.outbound_confirm_fixes", source=source)
-    if r.battery_clear_pct < r.battery_low_pct:
-        raise ConfigError("must be >= rules.battery_low_pct", key="rules.battery_clear_pct",
-                          source=source)
-    if r.separation_confirm < 1:
-        raise ConfigError("must be at least 1", key="rules.separation_confirm", source=source)
-    for name in ("separation_window_s", "separation_m", "proximity_m", "contact_m"):
-        if getattr(r, name) <= 0:
-            raise ConfigError("must be positive", key=f"rules.{name}", source=source)
-    for level in LEVELS:
-        if r.no_fix_after_s.for_level(level) <= 0:
-            raise ConfigError("must be positive", key=f"rules.no_fix_after_s.{level}",
-                              source=source)
-    if r.alarm_per not in ("subject", "device"):
-        raise ConfigError(f'must be "subject" or "device", got {r.alarm_per!r}',
-                          key="rules.alarm_per", source=source)
+    _check_rules(config.rules, source)
     i = config.ingest
     if i.reconnect_max_s < i.reconnect_min_s:
         raise ConfigError("must be >= ingest.reconnect_min_s", key="ingest.reconnect_max_s",
@@ -320,6 +303,26 @@ def _check(config: Config, source: str | None) -> Config:
         raise ConfigError(problem, key="console.timezone", source=source)
     _check_notify(config, source)
     return _check_register(config, source)
+
+
+def _check_rules(r: RulesConfig, source: str | None) -> None:
+    if r.outbound_confirm_fixes < 1:
+        raise ConfigError("must be at least 1", key="rules.outbound_confirm_fixes", source=source)
+    if r.battery_clear_pct < r.battery_low_pct:
+        raise ConfigError("must be >= rules.battery_low_pct", key="rules.battery_clear_pct",
+                          source=source)
+    if r.separation_confirm < 1:
+        raise ConfigError("must be at least 1", key="rules.separation_confirm", source=source)
+    for name in ("separation_window_s", "separation_m", "proximity_m", "contact_m"):
+        if getattr(r, name) <= 0:
+            raise ConfigError("must be positive", key=f"rules.{name}", source=source)
+    for level in LEVELS:
+        if r.no_fix_after_s.for_level(level) <= 0:
+            raise ConfigError("must be positive", key=f"rules.no_fix_after_s.{level}",
+                              source=source)
+    if r.alarm_per not in ("subject", "device"):
+        raise ConfigError(f'must be "subject" or "device", got {r.alarm_per!r}',
+                          key="rules.alarm_per", source=source)
 
 
 def _check_notify(config: Config, source: str | None) -> None:
