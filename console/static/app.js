@@ -76,6 +76,20 @@ function fmtDuration(ms) {
   return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
 }
 const label = (s) => String(s || "").replace(/_/g, " ");
+// An alarm type in the operator's words (越界, 人机分离 ...; register-i18n.js), and whether it
+// is a warning (approach: shown as 预警, no alarm sound) by the server's list.
+const typeWord = (type) =>
+  (typeof regI18n !== "undefined" ? regI18n.term("atype", type) : label(type));
+const isWarning = (type) =>
+  Boolean(state.session && (state.session.warning_types || []).includes(type));
+function fillTypeSelect(select, types) {
+  const keep = select.value;
+  select.replaceChildren(el("option", { value: "", text: "all" }));
+  for (const t of types) {
+    select.append(el("option", { value: t, text: isWarning(t) ? `${typeWord(t)} (${typeWord("warning")})` : typeWord(t) }));
+  }
+  select.value = keep;
+}
 // The register's words (register-i18n.js, loaded after this file) when they are there.
 const deviceKindWord = (kind) =>
   (typeof regI18n !== "undefined" ? regI18n.term("kind", kind) : label(kind));
@@ -191,6 +205,7 @@ async function start(session) {
   $("#tab-stats").hidden = !(session.role === "supervisor" || session.role === "admin");
   fillRegionSelect($("#f-region"), session.regions);
   fillRegionSelect($("#s-region"), session.regions);
+  fillTypeSelect($("#f-type"), session.alarm_types || []);
   regStart(session);  // register.js: the register's tabs for this role
   showView("alarms");
   await Promise.all([loadAlarms(), loadMapData()]);
@@ -264,7 +279,7 @@ function sortedAlarms() {
 
 function alarmRow(a) {
   const tr = el("tr", { "data-alarm-id": a.alarm_id });
-  tr.className = `w-${a.workflow}` + (pinned(a) ? " pinned" : "") + (a.escalated_at && a.workflow === "new" ? " escalated" : "") +
+  tr.className = `w-${a.workflow}` + (isWarning(a.type) ? " warning" : "") + (pinned(a) ? " pinned" : "") + (a.escalated_at && a.workflow === "new" ? " escalated" : "") +
                  (a.alarm_id === state.selected ? " selected" : "");
   // An escalated alarm is a new one nobody took in time: "ESCALATED" says both.
   const escalated = a.escalated_at && a.workflow === "new";
@@ -272,7 +287,8 @@ function alarmRow(a) {
     el("td", { title: fmtTime(a.raised_at) }, fmtShort(a.raised_at), a.late ? el("span", { class: "late",
       text: "LATE",
       title: `decided by a stored-and-forwarded fix: the time is the fix's, the alarm arrived ${fmtTime(a.recorded_at)}` }) : ""),
-    el("td", {}, el("span", { class: `pill t-${a.type}`, text: label(a.type) })),
+    el("td", {}, el("span", { class: `pill t-${a.type}` + (isWarning(a.type) ? " warning" : ""),
+      text: typeWord(a.type), title: isWarning(a.type) ? typeWord("warning") : "" })),
     el("td", { text: a.subject_id }),
     // The device and its kind in words (腕带 / 手机): a subject's bracelet and phone are two rows.
     el("td", { class: "device", title: a.device_kind ? `${a.device_id} (${a.device_kind})` : (a.device_id || "") },
@@ -427,7 +443,7 @@ async function onFeedEvent(ev) {
   }
   state.alarms.set(alarm.alarm_id, alarm);
   scheduleRender(isNew ? alarm.alarm_id : null);
-  if (isNew && matchesFilters(alarm)) cue(false);
+  if (isNew && matchesFilters(alarm) && !isWarning(alarm.type)) cue(false);
   if (ev.event === "escalated" && alarm.workflow === "new") cue(true);
   if (alarm.alarm_id === state.selected) renderDetail(alarm.alarm_id);
   if (ev.event === "raised" || ev.event === "cleared") refreshPositionsSoon();
@@ -453,7 +469,7 @@ async function renderDetail(id) {
   const a = data.alarm;
   state.alarms.set(a.alarm_id, a);
   const frag = $("#detail-template").content.cloneNode(true);
-  $(".d-title", frag).textContent = `${label(a.type)} · ${a.subject_id}`;
+  $(".d-title", frag).textContent = `${typeWord(a.type)}${isWarning(a.type) ? ` (${typeWord("warning")})` : ""} · ${a.subject_id}`;
   const fields = [
     ["alarm", a.alarm_id], ["region", regionName(a.region)], ["device", a.device_id], ["zone", zoneName(a.zone_id)],
     ["raised", fmtTime(a.raised_at) + (a.late ? ` (late fix, arrived ${fmtTime(a.recorded_at)})` : "")],
@@ -804,7 +820,7 @@ async function loadStats(ev) {
   const byRegion = card("Alarms per region", table(["region", "alarms", ""],
     perRegion.map((r) => [regionName(r.region), String(r.count), bar(r.count, mr)])));
   const byType = card("Alarms per type", table(["type", "alarms", ""],
-    perType.map((r) => [label(r.type), String(r.count), bar(r.count, mt)])));
+    perType.map((r) => [typeWord(r.type), String(r.count), bar(r.count, mt)])));
   // The days are the server's, counted in the zone it names (console.timezone).
   const offMin = Math.round((s.day_offset_ms || 0) / 60000);
   const dayZone = `${s.timezone || "UTC"}, UTC${offMin < 0 ? "-" : "+"}` +
@@ -815,7 +831,7 @@ async function loadStats(ev) {
     perDisp.map((r) => [label(r.disposition) + (falseSet.has(r.disposition) ? " (false alarm)" : ""),
       String(r.count), bar(r.count, mdisp, falseSet.has(r.disposition) ? "false" : "")])));
   const detail = card(`Region × type × day (${dayZone})`, table(["day", "region", "type", "alarms"],
-    s.counts.map((r) => [r.day, regionName(r.region), label(r.type), String(r.count)])));
+    s.counts.map((r) => [r.day, regionName(r.region), typeWord(r.type), String(r.count)])));
   let trail = [];
   try {
     trail = (await api("GET", "/api/audit?limit=50")).rows;

@@ -611,3 +611,54 @@ def test_chinese_text_renders_with_a_cjk_font(world, browser, tmp_path):
     assert box not in (wo, long_, qu)
     d.save_screenshot(str(tmp_path / "console-cjk.png"))
     print("screenshots in", tmp_path)
+
+
+def test_every_alarm_type_in_chinese_and_a_warning_shown_as_one_without_the_alarm_sound(
+        world, browser, tmp_path):
+    """Issue #14's types reach the operator in words (人机分离, 无定位, 接近禁区 ...), the type
+    filter offers each, and the approach warning is marked 预警 and does not sound the
+    alarm cue that a new exclusion alarm sounds."""
+    server, store = world
+    t = now_ms()
+    store.record_events([raised("sep-1", "411303", kind="separation", at=t - 5000,
+                                subject="S-1", device="B-1"),
+                         raised("nofix-1", "411303", kind="no_fix", at=t - 4000,
+                                subject="S-1", device="P-1")], t - 4000)
+    d = browser
+    wait = WebDriverWait(d, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
+    d.get(server.url + "/")
+    d.execute_script("localStorage.setItem('emfence.lang', 'zh')")
+    d.refresh()
+    log_in(d, wait, "alice")
+    wait.until(EC.text_to_be_present_in_element((By.ID, "feed-state"), "live"))
+    pill = 'tr[data-alarm-id="{}"] .pill'
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, pill.format("sep-1")),
+                                                "人机分离"))
+    assert d.find_element(By.CSS_SELECTOR, pill.format("nofix-1")).text == "无定位"
+    offered = [o.text for o in Select(d.find_element(By.ID, "f-type")).options]
+    for word in ("越界", "人机分离", "无定位", "关机", "接近被保护人", "违规接触",
+                 "接近禁区 (预警)"):
+        assert word in offered, (word, offered)
+    # a live warning: marked, and no alarm cue
+    d.execute_script("lastBeep = 0;")
+    store.record_events([raised("appr-1", "411303", kind="approach", at=t - 1000,
+                                subject="S-2", device="B-2")], now_ms())
+    row = 'tr[data-alarm-id="appr-1"]'
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, row)))
+    assert "warning" in d.find_element(By.CSS_SELECTOR, row).get_attribute("class")
+    assert d.find_element(By.CSS_SELECTOR, pill.format("appr-1")).text == "接近禁区"
+    assert d.find_element(By.CSS_SELECTOR, pill.format("appr-1")).get_attribute("title") == "预警"
+    assert d.execute_script("return lastBeep;") == 0
+    # ...while a live exclusion alarm does sound it
+    store.record_events([raised("excl-1", "411303", kind="exclusion", at=t, subject="S-2",
+                                device="B-2")], now_ms())
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, 'tr[data-alarm-id="excl-1"]')))
+    assert d.execute_script("return lastBeep;") > 0
+    assert "warning" not in d.find_element(
+        By.CSS_SELECTOR, 'tr[data-alarm-id="excl-1"]').get_attribute("class")
+    # the filter narrows to one type
+    Select(d.find_element(By.ID, "f-type")).select_by_value("separation")
+    wait.until(lambda drv: [r.get_attribute("data-alarm-id") for r in
+                            drv.find_elements(By.CSS_SELECTOR, "#alarm-rows tr")] == ["sep-1"])
+    d.save_screenshot(str(tmp_path / "console-types.png"))
+    assert severe_console_messages(d) == []
