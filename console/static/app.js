@@ -483,6 +483,10 @@ async function renderDetail(id) {
     if (data.position_gcj02) fields.push(["position (GCJ-02, for Chinese maps)", `${data.position_gcj02.lat.toFixed(6)}, ${data.position_gcj02.lon.toFixed(6)}`]);
   }
   if (ev.distance_m !== undefined && ev.distance_m !== null) fields.push(["distance", `${Math.round(ev.distance_m)} m`]);
+  for (const [k, v] of Object.entries(ev)) {
+    if (EVIDENCE_SHOWN.has(k) || v === null || v === undefined) continue;
+    fields.push([word("ev", k), evidenceValue(k, v)]);
+  }
   if (a.disposition) fields.push(["disposition", label(a.disposition)]);
   const dl = $(".d-fields", frag);
   for (const [k, v] of fields) dl.append(el("dt", { text: k }), el("dd", { text: v }));
@@ -515,6 +519,7 @@ async function renderDetail(id) {
   if (a.cleared_at) entries.push([a.cleared_at, 1e9, "condition cleared"]);
   entries.sort((x, y) => (x[0] - y[0]) || (x[1] - y[1]));
   for (const [at, , text] of entries) hist.append(el("li", { text: `${fmtTime(at)} ${text}` }));
+  renderNotifications($(".d-notify-title", frag), $(".d-notify", frag), data.notifications || []);
   // A feed event may redraw the alarm the operator is typing about: keep what they
   // typed and where the cursor was.
   const kept = box.dataset.alarmId === a.alarm_id ? FORM_FIELDS.map((sel) => {
@@ -531,6 +536,39 @@ async function renderDetail(id) {
   }
 }
 const FORM_FIELDS = [".ack-note", ".close-disp", ".close-note", ".note-text"];
+
+// The register's words for a group's value ("nstate", "sent"), or the value itself.
+const word = (group, v) => (typeof regI18n !== "undefined" ? regI18n.term(group, v) : label(v));
+// Evidence keys the fields above already show; the others (battery_pct, devices ...) follow.
+const EVIDENCE_SHOWN = new Set(["lat", "lon", "acc", "distance_m"]);
+function evidenceValue(key, v) {
+  if (key.endsWith("_ms")) return fmtTime(v);
+  if (key === "battery_pct") return `${v}%`;
+  if (key === "strap") return word("strap", v);
+  return Array.isArray(v) ? v.join(", ") : String(v);
+}
+// Who was told what: each notification of the alarm (channel, recipient, level, state).
+function renderNotifications(title, table, rows) {
+  title.textContent = word("notify", "title");
+  if (!rows.length) {
+    table.replaceWith(el("p", { class: "muted d-notify-none", text: word("notify", "none") }));
+    return;
+  }
+  const head = el("tr", {}, ...["time", "channel", "recipient", "level", "state", "attempts", "error"]
+    .map((k) => el("th", { text: word("notify", k) })));
+  table.append(head);
+  for (const n of rows) {
+    const st = n.state === "pending" && n.attempts > 0 ? "retrying" : n.state;
+    table.append(el("tr", { class: `n-${st}`, "data-delivery-id": n.delivery_id },
+      el("td", { text: fmtShort(n.sent_at || n.created_at), title: fmtTime(n.sent_at || n.created_at) }),
+      el("td", { text: `${word("nchan", n.channel)} · ${word("nevent", n.event)}` }),
+      el("td", { text: n.recipient }),
+      el("td", { text: String(n.level) }),
+      el("td", { class: "n-state", text: word("nstate", st) }),
+      el("td", { text: String(n.attempts) }),
+      el("td", { class: "muted", text: n.last_error || "" })));
+  }
+}
 
 async function act(ev, id, verb, body, errBox) {
   ev.preventDefault();
@@ -844,7 +882,13 @@ async function loadStats(ev) {
   const audit = card("Audit trail (latest 50)", table(["time", "who", "action", "target", "detail"],
     trail.map((r) => [fmtTime(r.at), r.who || "–", r.action, r.target || "", describe(r)])));
   audit.classList.add("wide");
-  body.replaceChildren(overview, byRegion, byType, byDay, byDisp, detail, audit);
+  // Notification delivery now: failed and retrying ones are the supervisor's to chase.
+  const nc = s.notifications || {};
+  const notify = card(word("stats", "notify"), table(["state", "value"],
+    ["failed", "retrying", "pending", "sent"].map((k) => [word("nstate", k), String(nc[k] || 0)])));
+  notify.classList.add("notify-card");
+  if ((nc.failed || 0) + (nc.retrying || 0) > 0) notify.classList.add("attention");
+  body.replaceChildren(overview, notify, byRegion, byType, byDay, byDisp, detail, audit);
 }
 
 // ---------------------------------------------------------------- boot

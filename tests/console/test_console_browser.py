@@ -662,3 +662,44 @@ def test_every_alarm_type_in_chinese_and_a_warning_shown_as_one_without_the_alar
                             drv.find_elements(By.CSS_SELECTOR, "#alarm-rows tr")] == ["sep-1"])
     d.save_screenshot(str(tmp_path / "console-types.png"))
     assert severe_console_messages(d) == []
+
+
+def test_the_alarm_detail_shows_who_was_notified_and_the_supervisor_sees_failures(
+        world, browser, tmp_path):
+    """Issue #15, "Visible": the detail lists each notification (channel, recipient,
+    level, state in words) and the supervisor's page flags deliveries that are retrying."""
+    from alarms.notify import webhook_planner
+
+    server, _ = world
+    engine_store = open_store(f"sqlite:///{tmp_path / 'alarms.db'}",
+                              notification_planner=webhook_planner)
+    try:
+        t = now_ms()
+        engine_store.record_events([raised("notif-1", "411303", at=t - 2000, subject="S-1",
+                                           device="B-1")], t - 2000)
+        (due,) = engine_store.notifications_due(now_ms())
+        engine_store.mark_notification_retry(due["id"], t + 600_000, "HTTP 503 Service Unavailable")
+    finally:
+        engine_store.close_store()
+    d = browser
+    wait = WebDriverWait(d, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
+    d.get(server.url + "/")
+    d.execute_script("localStorage.setItem('emfence.lang', 'zh')")
+    d.refresh()
+    log_in(d, wait, "sue")
+    click(wait, (By.CSS_SELECTOR, 'tr[data-alarm-id="notif-1"]'))
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#detail .d-notify-title"),
+                                                "通知"))
+    row = d.find_element(By.CSS_SELECTOR, "#detail .d-notify tr.n-retrying")
+    assert row.get_attribute("data-delivery-id") == due["delivery_id"]
+    cells = [td.text for td in row.find_elements(By.TAG_NAME, "td")]
+    assert cells[1:6] == ["系统对接 · 告警", "webhook", "1", "重试中", "1"], cells
+    assert "HTTP 503" in cells[6]
+    d.save_screenshot(str(tmp_path / "console-notifications.png"))
+    wait.until(EC.element_to_be_clickable((By.ID, "tab-stats"))).click()
+    card = (By.CSS_SELECTOR, "#stats-body .notify-card")
+    wait.until(EC.presence_of_element_located(card))
+    assert "attention" in d.find_element(*card).get_attribute("class")
+    text = d.find_element(*card).text
+    assert "通知投递" in text and "重试中 1" in text and "失败 0" in text, text
+    assert severe_console_messages(d) == []
