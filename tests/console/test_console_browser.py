@@ -134,6 +134,17 @@ def severe_console_messages(driver) -> list[str]:
                      and "401" in e["message"])]
 
 
+def log_in_chinese(d, url: str, name: str) -> WebDriverWait:
+    """Open the console at ``url``, choose 中文 as an operator would (kept by the page)
+    and log in as ``name``; the wait to use afterwards."""
+    wait = WebDriverWait(d, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
+    d.get(url + "/")
+    d.execute_script("localStorage.setItem('emfence.lang', 'zh')")
+    d.refresh()
+    log_in(d, wait, name)
+    return wait
+
+
 def log_in(d, wait, name: str) -> None:
     """Log in through the page and wait for the alarms view (every role starts there)."""
     field = wait.until(EC.visibility_of_element_located((By.ID, "login-name")))
@@ -625,11 +636,7 @@ def test_every_alarm_type_in_chinese_and_a_warning_shown_as_one_without_the_alar
                          raised("nofix-1", "411303", kind="no_fix", at=t - 4000,
                                 subject="S-1", device="P-1")], t - 4000)
     d = browser
-    wait = WebDriverWait(d, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
-    d.get(server.url + "/")
-    d.execute_script("localStorage.setItem('emfence.lang', 'zh')")
-    d.refresh()
-    log_in(d, wait, "alice")
+    wait = log_in_chinese(d, server.url, "alice")
     wait.until(EC.text_to_be_present_in_element((By.ID, "feed-state"), "live"))
     pill = 'tr[data-alarm-id="{}"] .pill'
     wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, pill.format("sep-1")),
@@ -682,11 +689,7 @@ def test_the_alarm_detail_shows_who_was_notified_and_the_supervisor_sees_failure
     finally:
         engine_store.close_store()
     d = browser
-    wait = WebDriverWait(d, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
-    d.get(server.url + "/")
-    d.execute_script("localStorage.setItem('emfence.lang', 'zh')")
-    d.refresh()
-    log_in(d, wait, "sue")
+    wait = log_in_chinese(d, server.url, "sue")
     click(wait, (By.CSS_SELECTOR, 'tr[data-alarm-id="notif-1"]'))
     wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#detail .d-notify-title"),
                                                 "通知"))
