@@ -47,13 +47,6 @@ DAY_MS = 86_400_000
 PAGE_S = 30  # how long the page may take to react: a guard for a loaded machine
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'alarms.db'}"
-    return request.getfixturevalue("pg_url")
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
