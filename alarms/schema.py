@@ -26,6 +26,7 @@ from typing import Any
 
 from alarms.notify_schema import V6_TABLES
 from alarms.register_schema import V5_TABLES
+from alarms.roster_schema import V7_STEPS
 
 # A region code (users' regions, events' region): it ends up in an MQTT topic level, so
 # no '/', '+', '#' or spaces.
@@ -316,6 +317,10 @@ MIGRATIONS: list[list[Migration]] = [
     [_widen_disposition_check, *V5_TABLES],
     # version 6: the notifications outbox (alarms.notify_schema, docs/notifications.md).
     V6_TABLES,
+    # version 7: the duty roster and the escalation ladder (alarms.roster_schema,
+    # docs/notifications.md): roster tables, the level an alarm reached, escalated events
+    # keyed by level, cancelled notifications.
+    V7_STEPS,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
