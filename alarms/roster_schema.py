@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from alarms.schema_edit import edit_sqlite_table
+
 # roles on the ladder, and the level each is told at
 ROLE_LEVELS = {
     "officer": 1,          # an officer in charge: told of the subjects whose officer they are
@@ -78,8 +80,7 @@ def _cancelled_state(cur: Any, dialect: str) -> None:
         cur.execute("ALTER TABLE notifications ADD CONSTRAINT notifications_state_check "
                     f"{_NEW_STATE_CHECK}")
         return
-    from alarms.schema import _edit_sqlite_table  # alarms.schema imports this module
-    _edit_sqlite_table(cur, "notifications", _OLD_STATE_CHECK, _NEW_STATE_CHECK)
+    edit_sqlite_table(cur, "notifications", _OLD_STATE_CHECK, _NEW_STATE_CHECK)
 
 
 _EVENT_COLUMNS = "seq, alarm_id, event, region, type, topic, payload, created_at, delivered_at"
