@@ -278,7 +278,8 @@ class Roster:
                     for level in sorted(set(ROLE_LEVELS.values()))}
 
     def put_person(self, doc: Any, *, actor: str, role: str, now_ms: int,
-                   regions: Iterable[str] | None = None) -> tuple[dict[str, Any], bool]:
+                   regions: Iterable[str] | None = None, ip: str | None = None
+                   ) -> tuple[dict[str, Any], bool]:
         """Create or replace a roster person (with their shifts); returns (the person,
         created). Supervisors and admins only, within their ``regions``; audited."""
         actor = _wrap(check_actor, actor)
@@ -299,7 +300,7 @@ class Roster:
             after = read_people(cur, " WHERE person_id = ?", [p["person_id"]])[0]
             audit_row(cur, actor, "roster.put", p["person_id"],
                       {"region": p["region"], "before": before[0] if before else None,
-                       "after": after}, now_ms, None)
+                       "after": after}, now_ms, ip)
         return after, not before
 
     @staticmethod
@@ -322,7 +323,8 @@ class Roster:
                         (p["person_id"], ",".join(s["days"]), s["start"], s["end"]))
 
     def delete_person(self, person_id: str, *, actor: str, role: str, now_ms: int,
-                      regions: Iterable[str] | None = None) -> dict[str, Any]:
+                      regions: Iterable[str] | None = None, ip: str | None = None
+                      ) -> dict[str, Any]:
         """Take a person off the roster (their shifts too); returns them as they were.
         Supervisors and admins only, within their ``regions``; audited."""
         actor = _wrap(check_actor, actor)
@@ -335,5 +337,5 @@ class Roster:
             cur.execute("DELETE FROM roster_people WHERE person_id = ?", (person_id,))
             audit_row(cur, actor, "roster.delete", person_id,
                       {"region": before["region"], "before": before, "after": None},
-                      now_ms, None)
+                      now_ms, ip)
         return before
