@@ -5,6 +5,8 @@ database keeps its escalations as level 2 and climbs on."""
 
 from __future__ import annotations
 
+import threading
+
 import orjson
 import pytest
 from alarms_helpers import raised, table_count
@@ -156,3 +158,42 @@ def test_a_version_6_database_keeps_its_escalations_as_level_2(store_url, monkey
         assert min(seqs[-2:]) > last  # new events come after every seq ever given
     finally:
         store.close()
+
+
+def test_each_level_is_reached_exactly_once_with_two_workers_racing(store_url):
+    n = 60
+    setup = open_store(store_url)
+    setup.record_events([raised(f"R-{j:02d}", at=T, region=REGION) for j in range(n)],
+                        now_ms=T)
+    workers = [open_store(store_url), open_store(store_url)]
+    got: list[list[tuple[str, int]]] = [[], []]
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def worker(k):
+        try:
+            barrier.wait()
+            for now in range(T, T + 3 * AFTER, 20_000):  # both step through one clock
+                got[k] += climb(workers[k], now)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors, errors
+        assert set(got[0]).isdisjoint(got[1])
+        assert sorted(got[0] + got[1]) == sorted(
+            (f"R-{j:02d}", level) for j in range(n) for level in (2, 3))
+        with setup._db.tx("t", write=False) as cur:
+            rows = cur.execute("SELECT level, created_at, COUNT(*) AS k FROM events WHERE "
+                               "event = 'escalated' GROUP BY level, created_at").all()
+        # every alarm climbed at the first clock step each level was due
+        assert sorted((r["level"], r["created_at"], r["k"]) for r in rows) == [
+            (2, T + AFTER, n), (3, T + 2 * AFTER, n)]
+    finally:
+        for s in (*workers, setup):
+            s.close()
