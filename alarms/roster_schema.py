@@ -95,7 +95,10 @@ def _events_keyed_by_level(cur: Any, dialect: str) -> None:
     if dialect == "postgresql":
         cur.execute("ALTER TABLE events ADD COLUMN level INTEGER NOT NULL DEFAULT 0")
         cur.execute("UPDATE events SET level = 2 WHERE event = 'escalated'")
-        cur.execute("ALTER TABLE events DROP CONSTRAINT IF EXISTS events_alarm_id_event_key")
+        # the key's name is PostgreSQL's choice (events_alarm_id_event_key): look it up
+        for row in cur.execute("SELECT conname FROM pg_constraint WHERE conrelid = "
+                               "'events'::regclass AND contype = 'u'").all():
+            cur.execute(f'ALTER TABLE events DROP CONSTRAINT "{row["conname"]}"')
         cur.execute("ALTER TABLE events ADD CONSTRAINT events_alarm_event_level "
                     "UNIQUE (alarm_id, event, level)")
         return
