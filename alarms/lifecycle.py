@@ -49,7 +49,8 @@ TRANSITIONS: dict[tuple[str, str], Step] = {
     ("new", "acknowledge"): Step("acknowledged", "acknowledged", "acknowledge",
                                  "alarm.acknowledge"),
     ("acknowledged", "close"): Step("closed", "closed", "close", "alarm.close"),
-    # escalation flags the alarm (escalated_at, once) and leaves the workflow as it is
+    # escalation climbs the ladder (escalated_at at level 2, escalation_level 2 then 3)
+    # and leaves the workflow as it is
     ("new", "escalate"): Step("new", "escalated", "escalated", "alarm.escalate"),
     # a note is history, not a change: allowed in every state, never published
     ("new", "note"): Step("new", None, "note", "alarm.note"),
