@@ -9,7 +9,8 @@ is the ``X-Emfence-Delivery`` header a receiver drops duplicates by.
 
 from __future__ import annotations
 
-NOTIFICATION_STATES = ("pending", "sent", "failed")
+# (version 7 adds ``cancelled``: alarms.roster_schema)
+NOTIFICATION_STATES = ("pending", "sent", "failed", "cancelled")
 
 # Frozen once released (version 6): a later change is a new migration.
 V6_TABLES: list[str] = [

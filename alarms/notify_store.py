@@ -109,7 +109,7 @@ class NotificationStore:
         """How many notifications are in each state, and how many pending ones have
         failed at least once (``retrying``): the health message's counters."""
         where = Where().regions(regions)
-        out = {"pending": 0, "sent": 0, "failed": 0, "retrying": 0}
+        out = {"pending": 0, "sent": 0, "failed": 0, "cancelled": 0, "retrying": 0}
         if where.nothing:
             return out
         with self._db.tx("notification counts", write=False) as cur:

@@ -117,6 +117,11 @@ class StoreGateway:
         for e.g. ``"approve_leave"`` finds every console caller."""
         return await self._run(getattr(self.store.register, method), *args, **kwargs)
 
+    async def roster(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """``store.roster.<method>(*args, **kwargs)`` off the loop (the duty roster,
+        ``alarms.roster``)."""
+        return await self._run(getattr(self.store.roster, method), *args, **kwargs)
+
     async def register_map(self, model: RegisterMap) -> Any:
         """``model.current(store.register)``: the register's zones and subjects for the
         map (see :class:`console.register_model.RegisterMap`)."""

@@ -78,10 +78,12 @@ function regShow(name) {
   if (name === "subjects") loadSubjects();
   if (name === "leaves") loadQueue();
   if (name === "zones") zonesPage.load();
+  if (name === "roster") rosterPage.load();  // roster.js
 }
 
 function regStart(session) {
   $("#tab-leaves").hidden = !OVERSEER();
+  $("#tab-roster").hidden = !OVERSEER();
   regLabels();
 }
 
@@ -89,6 +91,7 @@ function regLabels() {
   $("#tab-subjects").textContent = tr("tab.subjects");
   $("#tab-leaves").textContent = tr("tab.leaves");
   $("#tab-zones").textContent = tr("tab.zones");
+  $("#tab-roster").textContent = rosterI18n.t("tab.roster");
   $("#lang").textContent = tr("lang.other");
   document.documentElement.lang = regI18n.lang() === "zh" ? "zh-CN" : "en";
 }
@@ -376,7 +379,7 @@ async function loadQueue() {
 function regBoot() {
   for (const b of document.querySelectorAll(".tab")) {
     b.addEventListener("click", () => {
-      if (["subjects", "leaves", "zones"].includes(b.dataset.view)) regShow(b.dataset.view);
+      if (["subjects", "leaves", "zones", "roster"].includes(b.dataset.view)) regShow(b.dataset.view);
       else for (const v of document.querySelectorAll(".reg-view")) v.hidden = true;
     });
   }
