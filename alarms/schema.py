@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from alarms.notify_schema import V6_TABLES
+from alarms.notify_schema import V6_TABLES, V7_SUMMARIES
 from alarms.register_schema import V5_TABLES
 
 # A region code (users' regions, events' region): it ends up in an MQTT topic level, so
@@ -316,6 +316,8 @@ MIGRATIONS: list[list[Migration]] = [
     [_widen_disposition_check, *V5_TABLES],
     # version 6: the notifications outbox (alarms.notify_schema, docs/notifications.md).
     V6_TABLES,
+    # version 7: storm summaries (alarms.notify_schema; docs/notifications.md, "Storms").
+    V7_SUMMARIES,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
