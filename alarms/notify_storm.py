@@ -9,7 +9,8 @@ oldest due rows fill the slots before it, the rest are folded into one summary m
 (``summarized``, never lost: each row names its summary), which goes out in that slot,
 or, when no slot is free, as soon as the oldest message leaves the window. A pending
 summary takes the later overflow in too, so a recipient never gets two summaries for
-one full window. :class:`StormStore` applies the rule in one transaction.
+one full window; while a summary is being sent, the overflow waits for the next check.
+:class:`StormStore` applies the rule in one transaction.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class Decision:
     fold: list[dict[str, Any]] = field(default_factory=list)
     # rows that wait for a free slot, and when one frees (epoch ms)
     defer: list[dict[str, Any]] = field(default_factory=list)
+    # rows left as they are, for the next check (after a summary now being sent)
+    wait: list[dict[str, Any]] = field(default_factory=list)
     free_at_ms: int = 0
     # when the summary of ``fold`` may go (now, or when a slot frees)
     summary_at_ms: int = 0
@@ -69,15 +72,18 @@ def limit_recipient(due: Sequence[dict[str, Any]], sent_ms: Sequence[int], max_n
         out.send = list(due)
         return out
     take = max(slots, 0)
-    out.send = summaries[:take]
-    out.defer = summaries[take:]
-    left = take - len(out.send)
-    individual = max(0, left - 1)  # one slot stays for the summary
-    out.send += others[:individual]
+    if summaries:
+        # a summary goes first; the overflow waits for the next check, which folds it
+        # into a new summary (never into one being sent)
+        out.send = summaries[:take]
+        out.defer = summaries[take:]
+        out.wait = others
+        return out
+    individual = max(0, take - 1)  # one slot stays for the summary
+    out.send = others[:individual]
     out.fold = others[individual:]
-    out.summary_at_ms = now_ms if left - individual >= 1 else free_at
+    out.summary_at_ms = now_ms if take - individual >= 1 else free_at
     return out
-
 
 class StormStore:
     """The storm check of :class:`alarms.notify_store.NotificationStore`."""
