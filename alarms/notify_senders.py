@@ -134,6 +134,12 @@ class EmailSender:
         return None
 
 
+# The body's Content-Type when notify.sms.headers gives none, per body_encoding.
+_CONTENT_TYPES = {"json": "application/json; charset=utf-8",
+                  "form": "application/x-www-form-urlencoded",
+                  "raw": "text/plain; charset=utf-8"}
+
+
 def _escape(value: str, encoding: str) -> str:
     if encoding == "json":
         return json.dumps(value, ensure_ascii=False)[1:-1]
@@ -182,6 +188,8 @@ class SmsSender(_HttpSender):
         headers["X-Emfence-Delivery"] = row["delivery_id"]
         content = (fill(c.body, fields, lambda v: _escape(v, c.body_encoding)).encode()
                    if c.body else None)
+        if content is not None and not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = _CONTENT_TYPES[c.body_encoding]
         return url, headers, content
 
     def verdict(self, resp: httpx.Response) -> str | None:
