@@ -211,3 +211,32 @@ def test_storm_rule_never_exceeds_the_limit_and_loses_nothing(n_sum, n_other, ag
         if d.summary_at_ms > now:
             assert d.summary_at_ms == min(sent_t for sent_t in sent
                                           if now - window < sent_t <= now) + window
+
+
+def test_a_version_6_database_gets_the_summarized_state(store_url, monkeypatch):
+    from alarms import schema
+    from alarms.notify import webhook_planner
+
+    with monkeypatch.context() as m:
+        m.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:6])
+        m.setattr(schema, "SCHEMA_VERSION", 6)
+        old = open_store(store_url, notification_planner=webhook_planner)
+    try:
+        old.record_events([raised("OLD-1", at=T0)], T0)
+        with pytest.raises(Exception, match="summary_id|summarized|CHECK|check"), \
+                old._db.tx("t") as cur:
+            cur.execute("UPDATE notifications SET state = 'summarized'")
+    finally:
+        old.close()
+    store = open_store(store_url, notification_planner=webhook_planner)
+    try:
+        assert store.schema_version() == schema.SCHEMA_VERSION >= 7
+        [row] = store.alarm_notifications("OLD-1")  # the row is kept as it was
+        assert row["state"] == "pending" and row["summary_id"] is None
+        with store._db.tx("t") as cur:
+            cur.execute("UPDATE notifications SET state = 'summarized', summary_id = 'x'")
+        assert store.notification_counts()["summarized"] == 1
+        with pytest.raises(Exception, match="CHECK|check"), store._db.tx("t") as cur:
+            cur.execute("UPDATE notifications SET state = 'lost'")
+    finally:
+        store.close()
