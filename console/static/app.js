@@ -195,7 +195,18 @@ async function start(session) {
   showView("alarms");
   await Promise.all([loadAlarms(), loadMapData()]);
   if (session.all_regions) refreshRegionSelects();
+  openLinkedAlarm();
 }
+
+// A notification's link (console.public_url + "#alarm=<alarm_id>", docs/notifications.md)
+// opens that alarm's detail, after the login if there is one to do.
+function openLinkedAlarm() {
+  const m = /^#alarm=(.+)$/.exec(location.hash);
+  if (!m || !state.session) return;
+  showView("alarms");
+  selectAlarm(decodeURIComponent(m[1]));
+}
+window.addEventListener("hashchange", openLinkedAlarm);
 
 function showView(name) {
   $("#alarms-view").hidden = name !== "alarms";
