@@ -109,23 +109,21 @@ class ChannelOutbox:
         return rows
 
     async def deliver_due(self) -> int:
-        """One round: send every due notification (``concurrency`` at once); returns how
-        many were delivered. Store errors propagate (the caller logs and retries)."""
+        """One round: send every due notification (``concurrency`` at once), each marked
+        as soon as its answer is in (so a kill leaves as few taken-but-unmarked as can
+        be); returns how many were delivered. Store errors propagate (the caller logs and
+        retries)."""
         rows = await self._due()
         gate = asyncio.Semaphore(self.concurrency)
 
-        async def one(row: dict[str, Any]) -> str | None:
+        async def one(row: dict[str, Any]) -> bool:
             async with gate:
-                return await self.sender.send(row)
-
-        results = await asyncio.gather(*(one(r) for r in rows))
-        sent = [r["id"] for r, err in zip(rows, results) if err is None]
-        if sent:
-            await asyncio.to_thread(self.store.mark_notification_sent, sent, self.clock_ms())
-            self.counters["sent"] += len(sent)
-        for row, err in zip(rows, results):
+                err = await self.sender.send(row)
             if err is None:
-                continue
+                await asyncio.to_thread(self.store.mark_notification_sent, [row["id"]],
+                                        self.clock_ms())
+                self.counters["sent"] += 1
+                return True
             self.counters["failed_attempts"] += 1
             delay_s = backoff_s(row["attempts"], self.sender.retry_min_s,
                                 self.sender.retry_max_s)
@@ -133,7 +131,9 @@ class ChannelOutbox:
                         self.channel, row["delivery_id"], row["attempts"] + 1, delay_s, err)
             await asyncio.to_thread(self.store.mark_notification_retry, row["id"],
                                     self.clock_ms() + round(delay_s * 1000), err)
-        return len(sent)
+            return False
+
+        return sum(await asyncio.gather(*(one(r) for r in rows)))
 
     async def _sleep(self) -> None:
         """Until woken, the next pending notification is due, or _POLL_S."""

@@ -83,8 +83,13 @@ class SmsGateway:
     ``{"result": {"code": "0"}}``; records each request's phone, text and request id
     (the ``X-Emfence-Delivery`` header), the body read as JSON or a form."""
 
-    def __init__(self, *, fail_first: int = 0, token: str = ""):
+    def __init__(self, *, fail_first: int = 0, token: str = "", hold_after: int | None = None):
         self.fail_first = fail_first
+        # After ``hold_after`` deliveries a request hangs until ``release`` is set and is
+        # then refused uncounted (a gateway that never took it): deliveries in flight.
+        self.hold_after = hold_after
+        self.held = 0
+        self.release = threading.Event()
         self.token = token
         self.requests = 0
         self.bad_auth = 0
@@ -114,6 +119,13 @@ class SmsGateway:
 
     def handle(self, path: str, raw: bytes, headers) -> tuple[int, dict]:
         with self.lock:
+            holding = (self.hold_after is not None and not self.release.is_set()
+                       and sum(self.delivered.values()) >= self.hold_after)
+            self.held += holding
+        if holding:
+            self.release.wait(30)
+            return 503, {"result": {"code": "busy"}}
+        with self.lock:
             self.requests += 1
             if self.requests <= self.fail_first:
                 return 500, {"result": {"code": "busy"}}
@@ -131,5 +143,6 @@ class SmsGateway:
             return 200, {"result": {"code": "0"}}
 
     def close(self) -> None:
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
