@@ -85,6 +85,9 @@ class StoreGateway:
     async def actions(self, alarm_id: str) -> list[Row]:
         return await self._run(self.store.actions, alarm_id)
 
+    async def notifications(self, alarm_id: str) -> list[Row]:
+        return await self._run(self.store.alarm_notifications, alarm_id)
+
     async def acknowledge(self, alarm_id: str, user: str, note: str | None, now_ms: int, *,
                           ip: str | None = None) -> Row:
         return await self._run(self.store.acknowledge, alarm_id, user, note, now_ms, ip=ip)

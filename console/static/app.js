@@ -510,6 +510,14 @@ async function renderDetail(id) {
   if (a.cleared_at) entries.push([a.cleared_at, 1e9, "condition cleared"]);
   entries.sort((x, y) => (x[0] - y[0]) || (x[1] - y[1]));
   for (const [at, , text] of entries) hist.append(el("li", { text: `${fmtTime(at)} ${text}` }));
+  // Who was told, over which channel, at which level, and how that went.
+  for (const n of data.notifications || []) {
+    let text = `notified ${n.recipient} · ${n.channel} · level ${n.level} · ${n.event} · ${n.state}`;
+    if (n.state === "sent") text += ` ${fmtTime(n.sent_at)}`;
+    else if (n.state === "summarized") text += ` (in summary ${String(n.summary_id).slice(0, 8)})`;
+    else if (n.attempts > 0) text += ` · retrying, ${n.attempts} attempts: ${n.last_error || ""}`;
+    hist.append(el("li", { class: "d-notify", text: `${fmtTime(n.created_at)} ${text}` }));
+  }
   // A feed event may redraw the alarm the operator is typing about: keep what they
   // typed and where the cursor was.
   const kept = box.dataset.alarmId === a.alarm_id ? FORM_FIELDS.map((sel) => {
