@@ -211,3 +211,30 @@ def test_a_storm_of_300_offline_alarms_becomes_one_summary(store_url, tmp_path, 
     finally:
         store.close()
         gw.close()
+
+
+def test_a_raise_reaches_the_gateway_within_a_second(store_url):
+    gw = SmsGateway()
+    store = open_people_store(store_url, LI, channels=["sms"])
+    sender = SmsSender(SmsConfig(url=gw.url, body='{"mobile": "{phone}", "c": "{text}"}'))
+    outbox = ChannelOutbox(store, sender, storm=storm_limit(load_config(None)))
+
+    async def scenario() -> float:
+        task = asyncio.create_task(outbox.run())
+        try:
+            await asyncio.sleep(0.5)  # the loop is idle, polling
+            t = time.monotonic()
+            await asyncio.to_thread(store.record_events, [raised("A-1", at=T0)], T0)
+            while not gw.sent:
+                assert time.monotonic() - t < 5, outbox.counters
+                await asyncio.sleep(0.01)
+            return time.monotonic() - t
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    try:
+        assert asyncio.run(scenario()) < 1.0
+        assert gw.sent[0]["mobile"] == "13800000001"
+    finally:
+        store.close()
+        gw.close()

@@ -94,3 +94,33 @@ def test_emfence_run_refuses_a_bad_sms_template_at_start(tmp_path):
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "[notify.sms.body]" in err[0], proc.stderr
     assert "{mobile}" in err[0] and "Traceback" not in proc.stderr
+
+
+def test_emfence_run_builds_one_loop_per_channel_with_counters(tmp_path):
+    from alarms import open_store
+    from alarms.notify import Recipient
+    from emfence.run.notify import notification_planner, notify_outboxes
+    from tests.alarms.alarms_helpers import raised
+
+    cfg = _load(tmp_path, '[notify.webhook]\nurl = "http://127.0.0.1:9/h"\nsecret_file = "OK"\n'
+                + EMAIL + SMS)
+    li = Recipient("P-1", "李", email="li@example.gov.cn", phone="13800000001")
+    # without the roster's resolver the people channels plan nothing; with it, they do
+    for resolver, want in ((None, ["webhook"]), (lambda cur, ev, level: [li],
+                                                 ["webhook", "email", "sms"])):
+        store = open_store(f"sqlite:///{tmp_path / 'a.db'}",
+                           notification_planner=notification_planner(cfg, resolver))
+        try:
+            store.record_events([raised(f"A-{len(want)}", at=1_764_000_000_000)],
+                                1_764_000_000_000)
+            rows = store.alarm_notifications(f"A-{len(want)}")
+            assert [r["channel"] for r in rows] == want
+            notifier = notify_outboxes(store, cfg, None)
+            assert notifier is not None
+            assert list(notifier.counters) == ["webhook", "email", "sms"]
+            assert notifier.counters["sms"] == {"sent": 0, "failed_attempts": 0,
+                                                "summarized": 0, "store_errors": 0,
+                                                "errors": 0}
+        finally:
+            store.close()
+    assert notify_outboxes(None, load_config(None), None) is None
