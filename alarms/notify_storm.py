@@ -72,13 +72,15 @@ def limit_recipient(due: Sequence[dict[str, Any]], sent_ms: Sequence[int], max_n
         out.send = list(due)
         return out
     take = max(slots, 0)
-    if summaries:
+    if summaries and take > 0:
         # a summary goes first; the overflow waits for the next check, which folds it
         # into a new summary (never into one being sent)
         out.send = summaries[:take]
         out.defer = summaries[take:]
         out.wait = others
         return out
+    # no slot free: a due summary waits for one, and takes the overflow in meanwhile
+    out.defer = summaries
     individual = max(0, take - 1)  # one slot stays for the summary
     out.send = others[:individual]
     out.fold = others[individual:]
