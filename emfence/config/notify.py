@@ -96,6 +96,8 @@ class NotifyConfig:
     storm_window_s: float = 600.0
     # ...and messages.
     storm_max_per_recipient: int = 5
+    # Tell the people already told when their alarm clears or an operator takes it over.
+    closing_messages: bool = True
     # Channels: a table each (docs/notifications.md).
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     email: EmailConfig = field(default_factory=EmailConfig)

@@ -38,7 +38,8 @@ def message_settings(config: Config, region_names: dict[str, str] | None = None
         region_names = bundled_region_names()
     return MessageSettings(lang=config.notify.lang, timezone=config.register.timezone,
                            public_url=config.console.public_url,
-                           region_names=dict(region_names))
+                           region_names=dict(region_names),
+                           closing_messages=config.notify.closing_messages)
 
 
 def notification_planner(config: Config, resolver: Resolver | None = None,

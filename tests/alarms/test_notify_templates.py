@@ -269,3 +269,25 @@ def test_a_second_wave_waits_for_a_free_slot_in_one_summary(store_url):
         assert counts == {**counts, "sent": 4, "summarized": 14, "pending": 0}
     finally:
         s.close()
+
+
+_EVENTS = st.sampled_from(["raised", "escalated", "cleared", "acknowledged"])
+
+
+@given(st.sampled_from(ALARM_TYPES), _EVENTS, st.sampled_from(["zh", "en"]),
+       st.one_of(st.none(), st.floats(0, 50_000)), st.integers(0, 4_102_444_800_000),
+       st.integers(1, 3))
+def test_every_type_and_event_renders_the_least_data(alarm_type, event, lang, dist, at, level):
+    ev = raised("A-1", at=at, type=alarm_type, lat=31.123456, lon=121.654321,
+                distance_m=dist, acc=9.0)
+    ev = {**ev, "event": event, "raised_at": at, "by": "op.li"}
+    msg = render(ev, level, lang, who="张三", zone="卧龙区", timezone=TZ, link=None)
+    zh, en = LABELS[alarm_type]
+    assert (zh if lang == "zh" else en) in msg.subject and msg.text.startswith(msg.subject)
+    assert "张三" in msg.text and "UTC+08:00" in msg.text
+    assert "31.12" not in msg.text and "121.65" not in msg.text  # never the position
+    assert "S-1" not in msg.text and "BR-1" not in msg.text  # a name, not the ids
+    if event == "acknowledged":
+        assert "op.li" in msg.text
+    if event == "escalated":
+        assert str(level) in msg.subject

@@ -36,6 +36,7 @@ def test_good_tables_load(tmp_path):
     assert cfg.notify.sms.headers == {"Authorization": "Bearer {token}"}
     assert cfg.notify.sms.method == "POST" and cfg.console.public_url.startswith("https")
     assert load_config(None).notify.lang == "zh"  # Chinese by default
+    assert load_config(None).notify.closing_messages is True
 
 
 @pytest.mark.parametrize("text, key", [
@@ -64,6 +65,7 @@ def test_good_tables_load(tmp_path):
     (SMS.replace("{text}", "text"), "notify.sms.body"),
     ('[notify.sms]\nbody = "{text}"\n', "notify.sms.url"),
     ('[notify]\nlang = "fr"\n', "notify.lang"),
+    ('[notify]\nclosing_messages = "no"\n', "notify.closing_messages"),
     ("[notify]\nstorm_max_per_recipient = 0\n", "notify.storm_max_per_recipient"),
     ("[notify]\nstorm_window_s = 0\n", "notify.storm_window_s"),
     ('[console]\npublic_url = "emfence.example"\n', "console.public_url"),
@@ -124,3 +126,11 @@ def test_emfence_run_builds_one_loop_per_channel_with_counters(tmp_path):
         finally:
             store.close()
     assert notify_outboxes(None, load_config(None), None) is None
+
+
+def test_closing_messages_off_reaches_the_planner(tmp_path):
+    from emfence.run.notify import message_settings
+
+    cfg = _load(tmp_path, "[notify]\nclosing_messages = false\n")
+    assert message_settings(cfg, {}).closing_messages is False
+    assert message_settings(load_config(None), {}).closing_messages is True
