@@ -85,9 +85,6 @@ class StoreGateway:
     async def actions(self, alarm_id: str) -> list[Row]:
         return await self._run(self.store.actions, alarm_id)
 
-    async def notifications(self, alarm_id: str) -> list[Row]:
-        return await self._run(self.store.alarm_notifications, alarm_id)
-
     async def acknowledge(self, alarm_id: str, user: str, note: str | None, now_ms: int, *,
                           ip: str | None = None) -> Row:
         return await self._run(self.store.acknowledge, alarm_id, user, note, now_ms, ip=ip)
@@ -100,6 +97,12 @@ class StoreGateway:
     async def add_note(self, alarm_id: str, user: str, note: str, now_ms: int, *,
                        ip: str | None = None) -> None:
         await self._run(self.store.add_note, alarm_id, user, note, now_ms, ip=ip)
+
+    async def notifications(self, alarm_id: str) -> list[Row]:
+        return await self._run(self.store.alarm_notifications, alarm_id)
+
+    async def notification_counts(self, regions: Iterable[str] | None) -> dict[str, int]:
+        return await self._run(self.store.notification_counts, regions)
 
     async def stats(self, regions: Iterable[str] | None, from_ms: int, to_ms: int, *,
                     day_offset_ms: int = 0) -> Row:

@@ -34,12 +34,12 @@ def position_gcj02(alarm: dict[str, Any]) -> dict[str, float] | None:
 
 
 def alarm_body(alarm: dict[str, Any], actions: list[dict[str, Any]],
-               notifications: list[dict[str, Any]]) -> dict[str, Any]:
-    """One alarm, its actions in time order, its notifications (who was told what, over
-    which channel, and how that went: docs/notifications.md) and its position in GCJ-02."""
+               notifications: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One alarm, its actions in time order, its position in GCJ-02, and the
+    notifications it caused (who was told, over which channel, and whether it arrived)."""
     actions = sorted(actions, key=lambda a: a.get("at") or 0)
-    return {"alarm": alarm, "actions": actions, "notifications": notifications,
-            "position_gcj02": position_gcj02(alarm)}
+    return {"alarm": alarm, "actions": actions, "position_gcj02": position_gcj02(alarm),
+            "notifications": notifications or []}
 
 
 async def list_alarms(request: Request) -> Response:
@@ -79,9 +79,9 @@ async def get_alarm(request: Request) -> Response:
     caller = await signed_in(request)
     alarm = await alarm_in_scope(caller, "view")
     actions = await caller.gateway.actions(alarm["alarm_id"])
-    told = await caller.gateway.notifications(alarm["alarm_id"])
+    notifications = await caller.gateway.notifications(alarm["alarm_id"])
     await caller.audit("alarm.view", alarm["alarm_id"], {"region": alarm["region"]})
-    return json_response(alarm_body(alarm, actions, told))
+    return json_response(alarm_body(alarm, actions, notifications))
 
 
 async def _act(caller: Caller, alarm: dict[str, Any],

@@ -8,7 +8,6 @@ const reg = { view: null, subjectId: null };
 const OVERSEER = () => state.session && (state.session.role === "supervisor" || state.session.role === "admin");
 const LEVELS = ["strict", "ordinary", "lenient"];
 const KINDS = ["bracelet", "phone"];
-const ALARM_TYPE_LIST = ["outbound", "exclusion", "offline", "tamper", "low_battery", "leave_overdue", "curfew"];
 
 // ---------------------------------------------------------------- small helpers
 const library = () => (state.zones && state.zones.library) || [];
@@ -325,7 +324,7 @@ function curfewsPart(s, err) {
 }
 
 function suspendForm(s, err) {
-  const type = options(el("select", { class: "sp-type" }), ALARM_TYPE_LIST, null, "offline");
+  const type = options(el("select", { class: "sp-type" }), state.session.alarm_types, "atype", "offline");
   const start = el("input", { type: "datetime-local", class: "sp-start", required: "required" });
   const end = el("input", { type: "datetime-local", class: "sp-end", required: "required" });
   const reason = el("input", { class: "sp-reason", required: "required", maxlength: "2000" });

@@ -1,45 +1,62 @@
-"""An alarm's detail lists its notifications: who was told, over which channel, at
-which level, and the state (sent, retrying with the reason, summarized into a storm
-summary), on SQLite and PostgreSQL."""
+"""The alarm's notifications in the console (issue #15, "Visible"): the detail lists who
+was told over which channel, at which level, and whether it arrived; the supervisor's
+statistics count what failed or is retrying. An operator of another region sees neither."""
 
 from __future__ import annotations
 
-import asyncio
+from console_helpers import open_console, raised
 
-from console_helpers import T0, raised
-
-from alarms.notify import Recipient
-from alarms.notify_people import people_planner
-from alarms.notify_storm import StormLimit
+from alarms.notify import webhook_planner
+from alarms.store import open_store
 
 pytest_plugins = ["console_helpers"]
 
 
-def test_the_alarm_detail_lists_its_notifications(any_console):
-    c = any_console
-    li = Recipient("P-1", "李", email="li@example.gov.cn", phone="13800000001")
-    c.store._planner = people_planner(lambda cur, ev, level: [li], ["email", "sms"])
-    c.store.record_events([raised(a, at=T0 + i) for i, a in enumerate(("w1", "w2", "w3"))],
-                          T0 + 5)
-    rows = c.store.notifications_due(T0 + 10, channels=["email"])
-    c.store.mark_notification_sent([r["id"] for r in rows if r["alarm_id"] == "w1"], T0 + 10)
-    sms = c.store.notifications_due(T0 + 10, channels=["sms"])
-    c.store.mark_notification_retry(next(r["id"] for r in sms if r["alarm_id"] == "w1"),
-                                    T0 + 600_000, "HTTP 503")
-    # a storm limit of 1 folds the SMS of w2 and w3 (both due) into a summary
-    asyncio.run(asyncio.to_thread(c.store.due_within_limits, "sms", T0 + 70_000, 10, None,
-                                  StormLimit(600_000, 1, lambda items: b'{"to": "x"}')))
-    c.login("alice")
-    body = c.get("/api/alarms/w1").json()
-    got = [(n["channel"], n["recipient"], n["level"], n["event"], n["state"], n["attempts"],
-            n["last_error"]) for n in body["notifications"]]
-    assert got == [("email", "P-1", 1, "raised", "sent", 1, None),
-                   ("sms", "P-1", 1, "raised", "pending", 1, "HTTP 503")]
-    w2 = c.get("/api/alarms/w2").json()["notifications"]
-    sms_w2 = next(n for n in w2 if n["channel"] == "sms")
-    assert sms_w2["state"] == "summarized" and len(sms_w2["summary_id"]) == 32
-    # the action answers carry the list too
-    r = c.post("/api/alarms/w1/acknowledge", {"note": "on it"})
-    assert r.status_code == 200, r.text
-    told = r.json()["notifications"]
-    assert [n["event"] for n in told][-2:] == ["acknowledged", "acknowledged"]
+def _planned_store(url: str):
+    """A second store on the console's database, opened as `emfence run` opens it: with
+    the webhook planner, so the events it records cause notifications."""
+    return open_store(url, notification_planner=webhook_planner)
+
+
+def test_the_alarm_detail_lists_its_notifications_and_their_state(sqlite_url):
+    c = open_console(sqlite_url)
+    engine_store = _planned_store(sqlite_url)
+    try:
+        with c.client:
+            t = c.clock.now_ms
+            engine_store.record_events([raised("n-1", "411303", at=t - 5000)], t - 5000)
+            engine_store.record_events([raised("n-2", "411303", at=t - 4000)], t - 4000)
+            due = {n["alarm_id"]: n for n in engine_store.notifications_due(t)}
+            # n-1 delivered; n-2's receiver answered 503 once and it waits to be retried
+            engine_store.mark_notification_sent([due["n-1"]["id"]], t - 3000)
+            engine_store.mark_notification_retry(due["n-2"]["id"], t + 60_000, "HTTP 503")
+            assert c.login("alice").status_code == 200
+            one = c.get("/api/alarms/n-1").json()["notifications"]
+            assert [(n["channel"], n["recipient"], n["level"], n["event"], n["state"])
+                    for n in one] == [("webhook", "webhook", 1, "raised", "sent")]
+            assert one[0]["sent_at"] == t - 3000
+            assert "body" not in one[0]  # the payload is the receiver's, not the page's
+            two = c.get("/api/alarms/n-2").json()["notifications"]
+            assert [(n["state"], n["attempts"], n["last_error"]) for n in two] == [
+                ("pending", 1, "HTTP 503")]
+            # acknowledging answers the alarm with its notifications too
+            acked = c.post("/api/alarms/n-2/acknowledge", {"note": ""}).json()
+            assert [n["delivery_id"] for n in acked["notifications"]] == [
+                n["delivery_id"] for n in two]
+            # the supervisor's statistics count delivery by state
+            assert c.login("sue").status_code == 200
+            counts = c.get("/api/stats").json()["notifications"]
+            assert counts == {"pending": 1, "sent": 1, "failed": 0, "summarized": 0, "retrying": 1}
+            # an operator of another region sees neither the alarm nor its notifications
+            assert c.login("olga").status_code == 200
+            assert c.get("/api/alarms/n-1").status_code in (403, 404)
+    finally:
+        engine_store.close_store()
+        c.store.close_store()
+
+
+def test_an_alarm_without_notifications_answers_an_empty_list(console):
+    t = console.clock.now_ms
+    console.store.record_events([raised("quiet-1", "411303", at=t)], t)
+    assert console.login("alice").status_code == 200
+    assert console.get("/api/alarms/quiet-1").json()["notifications"] == []
