@@ -150,6 +150,9 @@ def _check_email(e: EmailConfig, source: str | None) -> None:
         raise ConfigError("is required with notify.email."
                           + ("username" if e.username else "password_file"),
                           key=f"notify.email.{key}", source=source)
+    if e.username and not e.starttls:
+        raise ConfigError("must be true with notify.email.username (never a password in "
+                          "clear text)", key="notify.email.starttls", source=source)
     if e.password_file:
         read_secret(e.password_file, "notify.email.password_file", source)
     if e.ca_file:

@@ -49,6 +49,7 @@ def test_good_tables_load(tmp_path):
     (EMAIL + 'ca_file = "MISSING"\n', "notify.email.ca_file"),
     (EMAIL.replace("a@example", "nobody"), "notify.email.from_addr"),
     (EMAIL + "starttls = 1\n", "notify.email.starttls"),
+    (EMAIL + "starttls = false\n", "notify.email.starttls"),
     (EMAIL + "port = 70000\n", "notify.email.port"),
     ('[notify.email]\nfrom_addr = "a@b"\n', "notify.email.host"),
     (SMS.replace("{phone}", "{mobile}"), "notify.sms.body"),
