@@ -43,19 +43,21 @@ class SmtpServer:
     """STARTTLS required before AUTH, AUTH required before MAIL; answers 451 to the
     first ``fail_first`` messages; ``messages`` by Message-ID."""
 
-    def __init__(self, dir_: Path, *, fail_first: int = 0):
+    def __init__(self, dir_: Path, *, fail_first: int = 0, tls: bool = True):
         self.cert, key = self_signed(dir_)
-        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        tls.load_cert_chain(self.cert, key)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert, key)
         self.fail_first = fail_first
         self.attempts = 0
         self.logins: list[str] = []
         self.messages: dict[str, email.message.EmailMessage] = {}
         self.delivered: collections.Counter[str] = collections.Counter()
         self.port = free_port()
+        # tls=False: a relay that offers no STARTTLS (and so takes no login)
         self.controller = Controller(self, hostname="127.0.0.1", port=self.port,
-                                     tls_context=tls, require_starttls=True,
-                                     auth_required=True, authenticator=self.authenticate)
+                                     tls_context=context if tls else None,
+                                     require_starttls=tls, auth_required=tls,
+                                     authenticator=self.authenticate)
         self.controller.start()
 
     def authenticate(self, server, session, envelope, mechanism, auth_data):

@@ -104,6 +104,22 @@ def test_email_refuses_a_relay_it_cannot_verify(store_url, tmp_path):
         smtp.close()
 
 
+def test_email_never_sends_through_a_relay_without_starttls(store_url, tmp_path):
+    smtp = SmtpServer(tmp_path, tls=False)
+    store = open_people_store(store_url, LI, channels=["email"])
+    try:
+        store.record_events([raised("A-1", at=T0)], T0)
+        outbox = ChannelOutbox(store, EmailSender(email_config(tmp_path, smtp)))
+        asyncio.run(run_until(outbox, lambda: outbox.counters["failed_attempts"] >= 2,
+                              settle_s=0))
+        assert not smtp.delivered and not smtp.logins
+        row = store.alarm_notifications("A-1")[0]
+        assert row["state"] == "pending" and "STARTTLS" in row["last_error"]
+    finally:
+        store.close()
+        smtp.close()
+
+
 def sms_config(gw: SmsGateway, token_file: str) -> SmsConfig:
     return SmsConfig(url=gw.url + "?sign={token}", headers={"Authorization": "Bearer {token}"},
                      body='{"mobile": "{phone}", "content": "{text}", "id": "{delivery_id}"}',
