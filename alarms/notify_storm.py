@@ -157,8 +157,10 @@ def _fold(cur: Cursor, channel: str, recipient: str, rows: list[dict[str, Any]],
     if pending is not None:
         cur.execute("UPDATE notifications SET body = ? WHERE id = ?", (body, pending["id"]))
         return None
+    # filed under the first folded alarm, at that row's level: a level that alarm has
+    # reached, so stopping its ladder (levels above the one reached) never stops a summary
     first = rows[0]
-    level = max(int(r["level"]) for r in rows)
+    level = int(first["level"])
     new_id = cur.execute(
         "INSERT INTO notifications (delivery_id, alarm_id, event, region, channel, "
         "recipient, level, body, next_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
