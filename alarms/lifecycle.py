@@ -205,7 +205,10 @@ class AlarmLifecycle:
                 raise _refusal(alarm, action)
             step, alarm = claimed[0]
             record["audit_detail"] = {**record["audit_detail"], "region": alarm["region"]}
-            _record_step(cur, step, alarm, who, now_ms, **record)
+            published = _record_step(cur, step, alarm, who, now_ms, **record)
+            if published is not None and published["event"] == "acknowledged":
+                # "taken over by ..." to the people already told (alarms.notify_people)
+                self._plan_notifications(cur, [published], now_ms)
         return alarm_row(alarm)  # type: ignore[return-value]
 
     def acknowledge(self, alarm_id: str, user: str, note: str | None, now_ms: int, *,

@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from alarms.notify_schema import V6_TABLES
+from alarms.notify_schema import V6_TABLES, V7_SUMMARIES
 from alarms.register_schema import V5_TABLES
 from alarms.roster_schema import V7_STEPS
 from alarms.schema_edit import edit_sqlite_table as _edit_sqlite_table
@@ -307,6 +307,8 @@ MIGRATIONS: list[list[Migration]] = [
     # docs/notifications.md): roster tables, the level an alarm reached, escalated events
     # keyed by level, cancelled notifications.
     V7_STEPS,
+    # version 8: storm summaries (alarms.notify_schema; docs/notifications.md, "Storms").
+    V7_SUMMARIES,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

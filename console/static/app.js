@@ -210,7 +210,18 @@ async function start(session) {
   showView("alarms");
   await Promise.all([loadAlarms(), loadMapData()]);
   if (session.all_regions) refreshRegionSelects();
+  openLinkedAlarm();
 }
+
+// A notification's link (console.public_url + "#alarm=<alarm_id>", docs/notifications.md)
+// opens that alarm's detail, after the login if there is one to do.
+function openLinkedAlarm() {
+  const m = /^#alarm=(.+)$/.exec(location.hash);
+  if (!m || !state.session) return;
+  showView("alarms");
+  selectAlarm(decodeURIComponent(m[1]));
+}
+window.addEventListener("hashchange", openLinkedAlarm);
 
 function showView(name) {
   $("#alarms-view").hidden = name !== "alarms";
@@ -885,7 +896,7 @@ async function loadStats(ev) {
   // Notification delivery now: failed and retrying ones are the supervisor's to chase.
   const nc = s.notifications || {};
   const notify = card(word("stats", "notify"), table(["state", "value"],
-    ["failed", "retrying", "pending", "sent"].map((k) => [word("nstate", k), String(nc[k] || 0)])));
+    ["failed", "retrying", "pending", "sent", "summarized"].map((k) => [word("nstate", k), String(nc[k] || 0)])));
   notify.classList.add("notify-card");
   if ((nc.failed || 0) + (nc.retrying || 0) > 0) notify.classList.add("attention");
   body.replaceChildren(overview, notify, byRegion, byType, byDay, byDisp, detail, audit);

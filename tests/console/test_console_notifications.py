@@ -46,7 +46,8 @@ def test_the_alarm_detail_lists_its_notifications_and_their_state(sqlite_url):
             # the supervisor's statistics count delivery by state
             assert c.login("sue").status_code == 200
             counts = c.get("/api/stats").json()["notifications"]
-            assert counts == {"pending": 1, "sent": 1, "failed": 0, "retrying": 1}
+            assert counts == {"pending": 1, "sent": 1, "failed": 0, "cancelled": 0, "summarized": 0,
+                              "retrying": 1}
             # an operator of another region sees neither the alarm nor its notifications
             assert c.login("olga").status_code == 200
             assert c.get("/api/alarms/n-1").status_code in (403, 404)
