@@ -5,13 +5,20 @@ English toggle, and the results read back from the store; an operator has no tab
 from __future__ import annotations
 
 import pytest
+from browser_helpers import (
+    WAIT_S,
+    click,
+    log_in,
+    log_out,
+    set_value,
+    severe_console_messages,
+    start_chromium,
+)
 from console_helpers import Server, add_accounts
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
-from test_console_browser import WAIT_S, click, log_in, severe_console_messages, start_chromium
-from test_console_register_browser import log_out, set_value
 
 from alarms.store import open_store
 from console import create_app
@@ -65,7 +72,7 @@ def test_a_supervisor_keeps_the_roster_on_the_page(served, zh_browser, tmp_path)
     d.get(server.url + "/")
     log_in(d, wait, "alice")
     assert not d.find_element(By.ID, "tab-roster").is_displayed()  # operators: no roster
-    log_out(d, wait)
+    log_out(wait)
     log_in(d, wait, "sue")
     tab = d.find_element(By.ID, "tab-roster")
     assert tab.is_displayed() and tab.text == "值班表"  # Chinese first
