@@ -10,7 +10,11 @@ Events are written to two growable 2-D arrays, one row per event:
   :data:`EV_RAISED` (1 raised, 0 cleared), :data:`EV_AT` (epoch ms),
   :data:`EV_EPISODE` (the episode's raised ``at``: the alarm's identity), :data:`EV_LATE`;
 * ``ev_f`` float64 columns: :data:`EF_LAT`, :data:`EF_LON` (WGS-84 degrees),
-  :data:`EF_DISTANCE_M`, :data:`EF_ACC_M` (NaN where no evidence applies).
+  :data:`EF_DISTANCE_M`, :data:`EF_ACC_M` (NaN where no evidence applies). The device
+  alarms (offline, tamper, low_battery, no_fix, power_off) have no distance: their
+  :data:`EF_AUX` (the same column) holds their own number (offline the last receive
+  time, no_fix the last fix's receive time, both epoch ms; low_battery the percentage),
+  and lat/lon/acc the device's last known position (NaN: never fixed).
 """
 
 from __future__ import annotations
@@ -46,12 +50,14 @@ from geofence.kernels import (
 T_OUTBOUND, T_EXCLUSION, T_OFFLINE, T_TAMPER, T_LOW_BATTERY, T_LEAVE_OVERDUE, T_CURFEW = (
     ALARM_TYPES.index(name) for name in ("outbound", "exclusion", "offline", "tamper",
                                          "low_battery", "leave_overdue", "curfew"))
+T_NO_FIX, T_POWER_OFF = ALARM_TYPES.index("no_fix"), ALARM_TYPES.index("power_off")
 
 # Record kinds for process_batch: contract.records.K_FIX (imported above) / K_STATUS.
 
 EV_DEVICE, EV_TYPE, EV_ZONE, EV_RAISED, EV_AT, EV_EPISODE, EV_LATE = 0, 1, 2, 3, 4, 5, 6
 N_EV_I = 7
 EF_LAT, EF_LON, EF_DISTANCE_M, EF_ACC_M = 0, 1, 2, 3
+EF_AUX = EF_DISTANCE_M  # a device alarm's own number (see the module docstring)
 N_EV_F = 4
 
 # Counter slots (Engine.counters names them).
@@ -218,24 +224,58 @@ def _next_leave_change_ms(ra, s, ts):
 @njit(cache=True)
 def _sweep_into(st, now, ev_i, ev_f, n, counters):
     """Raise ``offline`` for every device whose deadline (last receive + offline_after)
-    is before ``now``. O(1) while ``now`` has not passed the floor (a lower bound of all
-    deadlines); otherwise one pass over ``deadline_ms`` that also recomputes the floor."""
+    is before ``now``, and ``no_fix`` for every device whose no-fix deadline (the count's
+    start + no_fix_after) is before ``now`` while it was heard (its offline deadline lies
+    after the no-fix one: a silent device is offline, not no_fix). O(1) while ``now`` has
+    not passed the floor (a lower bound of all deadlines); otherwise one pass over
+    ``deadline_ms`` and ``no_fix_deadline_ms`` that also recomputes the floor. A device
+    with an open power_off raises neither (it said it was switching off)."""
     if now <= st.floor_ms[0]:
         return ev_i, ev_f, n
     counters[C_FULL_SWEEPS] += 1
     deadline = st.deadline_ms
+    nf_deadline = st.no_fix_deadline_ms
     floor = NO_DEADLINE_MS
-    nan = np.nan
     for d in range(deadline.shape[0]):
         dl = deadline[d]
-        if dl < now:  # silence = now - last_rx > offline_after
-            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OFFLINE, -1, 1, dl, dl, 0,
-                                  nan, nan, nan, nan)
-            st.offline_at_ms[d] = dl
-            deadline[d] = NO_DEADLINE_MS
-        elif dl < floor:
-            floor = dl
+        nd = nf_deadline[d]
+        if nd < now or dl < now:
+            ev_i, ev_f, n = _due(st, d, now, dl, nd, ev_i, ev_f, n)
+            dl = deadline[d]
+            nd = nf_deadline[d]
+        floor = min(floor, dl)
+        floor = min(floor, nd)
     st.floor_ms[0] = floor
+    return ev_i, ev_f, n
+
+
+@njit(cache=True)
+def _due(st, d, now, dl, nd, ev_i, ev_f, n):
+    """The sweep's work for one device with a deadline before ``now``: no_fix at ``nd`` if
+    the device was heard then (``nd < dl``), offline at ``dl``; in time order. Powered
+    off: neither, and both deadlines are dropped."""
+    lat = st.last_lat[d]
+    lon = st.last_lon[d]
+    acc = st.last_acc_m[d]
+    off = st.power_off_at_ms[d] != NONE_MS
+    if nd < now:
+        if nd < dl and not off:
+            last_fix_rx = st.last_fix_rx_ms[d]
+            aux = np.nan if last_fix_rx == NONE_MS else float(last_fix_rx)
+            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_NO_FIX, -1, 1, nd, nd, 0,
+                                  lat, lon, aux, acc)
+            st.no_fix_at_ms[d] = nd
+        st.no_fix_deadline_ms[d] = NO_DEADLINE_MS
+        st.no_fix_from_ms[d] = NONE_MS
+    if dl < now:  # silence = now - last_rx > offline_after
+        if not off:
+            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OFFLINE, -1, 1, dl, dl, 0,
+                                  lat, lon, float(st.last_rx_ms[d]), acc)
+            st.offline_at_ms[d] = dl
+        st.deadline_ms[d] = NO_DEADLINE_MS
+        # Silence stops the no-fix count (a message after it starts a new one).
+        st.no_fix_deadline_ms[d] = NO_DEADLINE_MS
+        st.no_fix_from_ms[d] = NONE_MS
     return ev_i, ev_f, n
 
 
@@ -642,31 +682,85 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, 
 
 
 @njit(cache=True, _nrt=False)
-def _status_rules(st, d, ts, battery, strap, battery_low_pct, battery_clear_pct,
-                  ev_i, ev_f, n):
-    """Tamper and low-battery hysteresis for one in-order status."""
+def _status_rules(st, d, ts, rx, battery, strap, power, battery_low_pct, battery_clear_pct,
+                  no_fix_after_ms, ev_i, ev_f, n):
+    """Tamper and low-battery hysteresis for one in-order status, then power_off and the
+    no-fix count (:func:`_power_status`). Evidence: tamper the last known position,
+    low_battery the status's percentage (EF_AUX)."""
     nan = np.nan
+    lat = st.last_lat[d]
+    lon = st.last_lon[d]
+    acc = st.last_acc_m[d]
     if strap == 1:
         if st.tamper_at_ms[d] == NONE_MS:
             st.tamper_at_ms[d] = ts
-            n = _put(ev_i, ev_f, n, d, T_TAMPER, -1, 1, ts, ts, 0, nan, nan, nan, nan)
+            n = _put(ev_i, ev_f, n, d, T_TAMPER, -1, 1, ts, ts, 0, lat, lon, nan, acc)
     elif strap == 0:
         ep = st.tamper_at_ms[d]
         if ep != NONE_MS:
             st.tamper_at_ms[d] = NONE_MS
-            n = _put(ev_i, ev_f, n, d, T_TAMPER, -1, 0, ts, ep, 0, nan, nan, nan, nan)
+            n = _put(ev_i, ev_f, n, d, T_TAMPER, -1, 0, ts, ep, 0, lat, lon, nan, acc)
     if not math.isnan(battery):  # the status carried a battery level
         ep = st.battery_at_ms[d]
         if ep == NONE_MS:
             if battery <= battery_low_pct:
                 st.battery_at_ms[d] = ts
                 n = _put(ev_i, ev_f, n, d, T_LOW_BATTERY, -1, 1, ts, ts, 0,
-                                      nan, nan, nan, nan)
+                                      nan, nan, battery, nan)
         elif battery >= battery_clear_pct:
             st.battery_at_ms[d] = NONE_MS
             n = _put(ev_i, ev_f, n, d, T_LOW_BATTERY, -1, 0, ts, ep, 0,
-                                  nan, nan, nan, nan)
+                                  nan, nan, battery, nan)
+    return _power_status(st, d, ts, rx, power, no_fix_after_ms, ev_i, ev_f, n)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _power_status(st, d, ts, rx, power, no_fix_after_ms, ev_i, ev_f, n):
+    """The device rules' part of one in-order status (after _status_rules): ``power`` 1
+    (off) raises power_off at ``ts`` (kept open by a further one) and stops the no-fix
+    count; any other status starts the count, at its receive time ``rx``, where none runs
+    and no no_fix is open (a device never fixed, or back after silence or power-off)."""
+    if power == 1:
+        if st.power_off_at_ms[d] == NONE_MS:
+            st.power_off_at_ms[d] = ts
+            n = _put(ev_i, ev_f, n, d, T_POWER_OFF, -1, 1, ts, ts, 0, st.last_lat[d],
+                     st.last_lon[d], np.nan, st.last_acc_m[d])
+        st.no_fix_from_ms[d] = NONE_MS
+        st.no_fix_deadline_ms[d] = NO_DEADLINE_MS
+    elif st.no_fix_from_ms[d] == NONE_MS and st.no_fix_at_ms[d] == NONE_MS:
+        st.no_fix_from_ms[d] = rx
+        nd = rx + no_fix_after_ms
+        st.no_fix_deadline_ms[d] = nd
+        st.floor_ms[0] = min(st.floor_ms[0], nd)
     return n
+
+
+@njit(cache=True)
+def _device_rules_message(st, d, t, r, is_power_off, ev_i, ev_f, n):
+    """A message from device ``d`` (ts ``t``, receive time ``r``) ends its open power_off
+    when it is newer than the power-off status (a duplicate or a late message is not a
+    sign that the device came back), at its ``t``; a further power-off status keeps it
+    open. Rare: process_batch calls this only while one is open."""
+    ep = st.power_off_at_ms[d]
+    if t > ep and not is_power_off:
+        ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_POWER_OFF, -1, 0, t, ep, 0,
+                              st.last_lat[d], st.last_lon[d], np.nan, st.last_acc_m[d])
+        st.power_off_at_ms[d] = NONE_MS
+    return ev_i, ev_f, n
+
+
+@njit(cache=True)
+def _no_fix_cleared(st, d, r, ev_i, ev_f, n):
+    """An in-order fix (received at ``r``) ends device ``d``'s open no_fix, at the receive
+    time (never before its raise), with the evidence of the fix before it. process_batch
+    then restarts the no-fix count and keeps the new position (inline: every fix does)."""
+    ep = st.no_fix_at_ms[d]
+    lf = st.last_fix_rx_ms[d]
+    ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_NO_FIX, -1, 0, max(ep, r), ep, 0,
+                          st.last_lat[d], st.last_lon[d],
+                          np.nan if lf == NONE_MS else float(lf), st.last_acc_m[d])
+    st.no_fix_at_ms[d] = NONE_MS
+    return ev_i, ev_f, n
 
 
 # One piece on purpose (hence the noqa): the per-record loop, with the receive clock,
@@ -675,15 +769,17 @@ def _status_rules(st, d, ts, battery, strap, battery_low_pct, battery_clear_pct,
 # than a settled fix takes. The rules themselves are the small functions above.
 @njit(cache=True)
 def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,  # noqa: C901
-                  st, ra, za, offline_after_ms, buffer_m, confirm, battery_low_pct,
-                  battery_clear_pct, clock_sweep, now, ev_i, ev_f, counters, wgs_lat, wgs_lon):
+                  power, st, ra, za, offline_after_ms, no_fix_after_ms, buffer_m, confirm,
+                  battery_low_pct, battery_clear_pct, clock_sweep, now, ev_i, ev_f, counters,
+                  wgs_lat, wgs_lon):
     """Run the rules over records in arrival order; returns ``(ev_i, ev_f, n_events, now)``.
 
     Record ``i``: ``kind`` (K_FIX / K_STATUS), ``device`` (dense index; out of range is
     counted and skipped), ``ts`` event time and ``rx`` receive time (epoch ms); for fixes
     ``lat``/``lon`` degrees in ``coord_sys`` (0 WGS-84, 1 GCJ-02, converted here),
-    ``acc`` metres; for statuses ``battery`` percent (NaN absent) and ``strap`` (-1 absent,
-    0 ok, 1 open). ``offline_after_ms[level]``; ``buffer_m`` metres; ``confirm`` out fixes.
+    ``acc`` metres; for statuses ``battery`` percent (NaN absent), ``strap`` (-1 absent,
+    0 ok, 1 open) and ``power`` (-1 absent, 0 on, 1 off). ``offline_after_ms[level]``,
+    ``no_fix_after_ms[level]``; ``buffer_m`` metres; ``confirm`` out fixes.
 
     ``wgs_lat[i]``/``wgs_lon[i]`` (at least as long as the batch) receive the WGS-84
     position of every fix of a known device, duplicates and late fixes included: the very
@@ -702,6 +798,14 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     deadline = st.deadline_ms
     floor = st.floor_ms
     offline_at = st.offline_at_ms
+    power_at = st.power_off_at_ms
+    no_fix_at = st.no_fix_at_ms
+    nf_from = st.no_fix_from_ms
+    nf_deadline = st.no_fix_deadline_ms
+    last_fix_rx = st.last_fix_rx_ms
+    last_lat = st.last_lat
+    last_lon = st.last_lon
+    last_acc = st.last_acc_m
     last_fix = st.last_fix_ts_ms
     last_status = st.last_status_ts_ms
     safe_m = st.safe_m
@@ -727,7 +831,6 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     grid_cell_offsets = za.grid_cell_offsets
     cell_state = za.cell_state
     n_dev = last_rx.shape[0]
-    nan = np.nan
     for i in range(kind.shape[0]):
         d = device[i]
         if d < 0 or d >= n_dev:
@@ -742,8 +845,8 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
         # never before the raise) and move the offline deadline.
         ep = offline_at[d]
         if ep != NONE_MS:
-            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OFFLINE, -1, 0, max(ep, r), ep,
-                                  0, nan, nan, nan, nan)
+            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OFFLINE, -1, 0, max(ep, r), ep, 0,
+                                  last_lat[d], last_lon[d], float(last_rx[d]), last_acc[d])
             offline_at[d] = NONE_MS
         if last_rx[d] == NONE_MS or r > last_rx[d]:
             last_rx[d] = r
@@ -751,6 +854,9 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
         deadline[d] = dl
         floor[0] = min(floor[0], dl)
         t = ts[i]
+        if power_at[d] != NONE_MS:  # powered off: a newer message ends it
+            ev_i, ev_f, n = _device_rules_message(st, d, t, r, kind[i] != K_FIX
+                                                  and power[i] == 1, ev_i, ev_f, n)
         if kind[i] == K_FIX:
             counters[C_FIXES] += 1
             x = lon[i]
@@ -768,6 +874,19 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
                 counters[C_LATE_FIXES] += 1
             else:
                 last_fix[d] = t
+                # The device rules: a fresh fix ends no_fix, restarts the no-fix count at
+                # its receive time and is the last known position (alarm evidence).
+                if no_fix_at[d] != NONE_MS:
+                    ev_i, ev_f, n = _no_fix_cleared(st, d, r, ev_i, ev_f, n)
+                last_fix_rx[d] = r
+                last_lat[d] = y
+                last_lon[d] = x
+                last_acc[d] = acc[i]
+                if r > nf_from[d]:
+                    nf_from[d] = r
+                    nd = r + no_fix_after_ms[level[d]]
+                    nf_deadline[d] = nd
+                    floor[0] = min(floor[0], nd)
             # Settled device (see _fix_rules): nothing can change within the safe radius.
             if (not late and safe_m[d] > 0.0 and t < safe_until[d]
                     and moved_upper_m(near_lon[d], near_lat[d], x, y) < safe_m[d]):
@@ -826,8 +945,8 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
                 counters[C_LATE_STATUSES] += 1  # an old status says nothing about now
                 continue
             last_status[d] = t
-            if n + 2 > ev_i.shape[0]:
-                ev_i, ev_f = _room(ev_i, ev_f, n, n + 2)
-            n = _status_rules(st, d, t, battery[i], strap[i], battery_low_pct,
-                              battery_clear_pct, ev_i, ev_f, n)
+            if n + 3 > ev_i.shape[0]:
+                ev_i, ev_f = _room(ev_i, ev_f, n, n + 3)
+            n = _status_rules(st, d, t, r, battery[i], strap[i], power[i], battery_low_pct,
+                              battery_clear_pct, no_fix_after_ms[level[d]], ev_i, ev_f, n)
     return ev_i, ev_f, n, now
