@@ -225,8 +225,9 @@ def _next_leave_change_ms(ra, s, ts):
 def _sweep_into(st, now, ev_i, ev_f, n, counters):
     """Raise ``offline`` for every device whose deadline (last receive + offline_after)
     is before ``now``, and ``no_fix`` for every device whose no-fix deadline (the count's
-    start + no_fix_after) is before ``now`` while it was heard (its offline deadline lies
-    after the no-fix one: a silent device is offline, not no_fix). O(1) while ``now`` has
+    start + no_fix_after) is before ``now`` while it kept sending (a message received
+    after the count started, and its offline deadline after the no-fix one: a silent
+    device is offline, not no_fix). O(1) while ``now`` has
     not passed the floor (a lower bound of all deadlines); otherwise one pass over
     ``deadline_ms`` and ``no_fix_deadline_ms`` that also recomputes the floor. A device
     with an open power_off raises neither (it said it was switching off)."""
@@ -252,14 +253,17 @@ def _sweep_into(st, now, ev_i, ev_f, n, counters):
 @njit(cache=True)
 def _due(st, d, now, dl, nd, ev_i, ev_f, n):
     """The sweep's work for one device with a deadline before ``now``: no_fix at ``nd`` if
-    the device was heard then (``nd < dl``), offline at ``dl``; in time order. Powered
-    off: neither, and both deadlines are dropped."""
+    the device sent something after the count started and was not silent then
+    (``nd < dl``), offline at ``dl``; in time order. Powered off: neither, and both
+    deadlines are dropped."""
     lat = st.last_lat[d]
     lon = st.last_lon[d]
     acc = st.last_acc_m[d]
     off = st.power_off_at_ms[d] != NONE_MS
     if nd < now:
-        if nd < dl and not off:
+        # Heard after the count started, and not silent when it ran out (its offline
+        # deadline lies after it): it answers, but without a position.
+        if nd < dl and st.last_rx_ms[d] > st.no_fix_from_ms[d] and not off:
             last_fix_rx = st.last_fix_rx_ms[d]
             aux = np.nan if last_fix_rx == NONE_MS else float(last_fix_rx)
             ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_NO_FIX, -1, 1, nd, nd, 0,

@@ -142,8 +142,9 @@ class ShapelyEngine:
             if dev.no_fix_from is not None:
                 crossed = dev.no_fix_from + self._no_fix_ms[level[d]]
                 if now_ms > crossed:
+                    sent = dev.last_rx > dev.no_fix_from  # heard after the count started
                     dev.no_fix_from = None
-                    if crossed < deadline and dev.power_off is None:
+                    if crossed < deadline and sent and dev.power_off is None:
                         dev.no_fix = crossed
                         out.append(self._event(d, K.T_NO_FIX, -1, True, crossed, crossed,
                                                extra=self._no_fix_evidence(dev)))

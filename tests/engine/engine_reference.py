@@ -286,9 +286,12 @@ class Reference:
             off = self.offline_ms[level]
             silent_from = dev.last_rx + off  # silent (offline) from this time on
             if dev.no_fix_from is not None and now - dev.no_fix_from > self.no_fix_ms[level]:
-                crossed = dev.no_fix_from + self.no_fix_ms[level]
+                start = dev.no_fix_from
+                crossed = start + self.no_fix_ms[level]
                 dev.no_fix_from = None
-                if crossed < silent_from and dev.power_off is None:  # heard, not silent
+                # It kept sending (heard after the count started, not silent at the
+                # threshold) and did not say it was switching off.
+                if crossed < silent_from and dev.last_rx > start and dev.power_off is None:
                     dev.no_fix = crossed
                     out.append(Ev(("raised", "no_fix", dev.device_id, None, crossed, False),
                                   {**dev.where(), **self._last_fix_rx(dev)}))
