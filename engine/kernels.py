@@ -223,64 +223,64 @@ def _next_leave_change_ms(ra, s, ts):
 
 @njit(cache=True)
 def _sweep_into(st, now, ev_i, ev_f, n, counters):
-    """Raise ``offline`` for every device whose deadline (last receive + offline_after)
-    is before ``now``, and ``no_fix`` for every device whose no-fix deadline (the count's
-    start + no_fix_after) is before ``now`` while it kept sending (a message received
-    after the count started, and its offline deadline after the no-fix one: a silent
-    device is offline, not no_fix). O(1) while ``now`` has
-    not passed the floor (a lower bound of all deadlines); otherwise one pass over
-    ``deadline_ms`` and ``no_fix_deadline_ms`` that also recomputes the floor. A device
-    with an open power_off raises neither (it said it was switching off)."""
+    """Raise ``no_fix`` for every device whose no-fix deadline (the count's start +
+    no_fix_after) is before ``now`` while it kept sending (a message received after the
+    count started, and its offline deadline after the no-fix one: a silent device is
+    offline, not no_fix), then ``offline`` for every device whose deadline (last receive
+    + offline_after) is before ``now``. A device with an open power_off raises neither (it
+    said it was switching off), and its deadlines are dropped. O(1) while ``now`` has not
+    passed the floor (a lower bound of all deadlines); otherwise one pass over
+    ``no_fix_deadline_ms``, then one over ``deadline_ms``, that also recompute the floor.
+    The loops test and write arrays taken out of ``st`` before them; the rare raises are
+    calls (st's arrays read through ``st`` in the loop measured ~25x slower per device)."""
     if now <= st.floor_ms[0]:
         return ev_i, ev_f, n
     counters[C_FULL_SWEEPS] += 1
     deadline = st.deadline_ms
     nf_deadline = st.no_fix_deadline_ms
+    nf_from = st.no_fix_from_ms
+    last_rx = st.last_rx_ms
+    power_at = st.power_off_at_ms
     floor = NO_DEADLINE_MS
+    for d in range(nf_deadline.shape[0]):
+        nd = nf_deadline[d]
+        if nd < now:
+            # The count ran out: no_fix if the device kept sending (heard after the count
+            # started, not silent at nd) and is not powered off; the count stops anyway.
+            if nd < deadline[d] and last_rx[d] > nf_from[d] and power_at[d] == NONE_MS:
+                ev_i, ev_f, n = _device_raise(st, d, T_NO_FIX, nd, ev_i, ev_f, n)
+            nf_deadline[d] = NO_DEADLINE_MS
+            nf_from[d] = NONE_MS
+        elif nd < floor:
+            floor = nd
     for d in range(deadline.shape[0]):
         dl = deadline[d]
-        nd = nf_deadline[d]
-        if nd < now or dl < now:
-            ev_i, ev_f, n = _due(st, d, now, dl, nd, ev_i, ev_f, n)
-            dl = deadline[d]
-            nd = nf_deadline[d]
-        floor = min(floor, dl)
-        floor = min(floor, nd)
+        if dl < now:  # silence = now - last_rx > offline_after
+            if power_at[d] == NONE_MS:
+                ev_i, ev_f, n = _device_raise(st, d, T_OFFLINE, dl, ev_i, ev_f, n)
+            deadline[d] = NO_DEADLINE_MS
+            # Silence stops the no-fix count (a message after it starts a new one).
+            nf_deadline[d] = NO_DEADLINE_MS
+            nf_from[d] = NONE_MS
+        elif dl < floor:
+            floor = dl
     st.floor_ms[0] = floor
     return ev_i, ev_f, n
 
 
 @njit(cache=True)
-def _due(st, d, now, dl, nd, ev_i, ev_f, n):
-    """The sweep's work for one device with a deadline before ``now``: no_fix at ``nd`` if
-    the device sent something after the count started and was not silent then
-    (``nd < dl``), offline at ``dl``; in time order. Powered off: neither, and both
-    deadlines are dropped."""
-    lat = st.last_lat[d]
-    lon = st.last_lon[d]
-    acc = st.last_acc_m[d]
-    off = st.power_off_at_ms[d] != NONE_MS
-    if nd < now:
-        # Heard after the count started, and not silent when it ran out (its offline
-        # deadline lies after it): it answers, but without a position.
-        if nd < dl and st.last_rx_ms[d] > st.no_fix_from_ms[d] and not off:
-            last_fix_rx = st.last_fix_rx_ms[d]
-            aux = np.nan if last_fix_rx == NONE_MS else float(last_fix_rx)
-            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_NO_FIX, -1, 1, nd, nd, 0,
-                                  lat, lon, aux, acc)
-            st.no_fix_at_ms[d] = nd
-        st.no_fix_deadline_ms[d] = NO_DEADLINE_MS
-        st.no_fix_from_ms[d] = NONE_MS
-    if dl < now:  # silence = now - last_rx > offline_after
-        if not off:
-            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OFFLINE, -1, 1, dl, dl, 0,
-                                  lat, lon, float(st.last_rx_ms[d]), acc)
-            st.offline_at_ms[d] = dl
-        st.deadline_ms[d] = NO_DEADLINE_MS
-        # Silence stops the no-fix count (a message after it starts a new one).
-        st.no_fix_deadline_ms[d] = NO_DEADLINE_MS
-        st.no_fix_from_ms[d] = NONE_MS
-    return ev_i, ev_f, n
+def _device_raise(st, d, typ, at, ev_i, ev_f, n):
+    """Raise the sweep's ``typ`` (T_NO_FIX or T_OFFLINE) for device ``d`` at ``at``, with
+    the last position and its own number (last fix's resp. last message's receive time)."""
+    if typ == T_NO_FIX:
+        st.no_fix_at_ms[d] = at
+        lf = st.last_fix_rx_ms[d]
+        aux = np.nan if lf == NONE_MS else float(lf)
+    else:
+        st.offline_at_ms[d] = at
+        aux = float(st.last_rx_ms[d])
+    return _emit(ev_i, ev_f, n, d, typ, -1, 1, at, at, 0, st.last_lat[d], st.last_lon[d],
+                 aux, st.last_acc_m[d])
 
 
 @njit(cache=True)

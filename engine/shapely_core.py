@@ -131,23 +131,26 @@ class ShapelyEngine:
 
     # ----- rules -------------------------------------------------------------------------
     def sweep(self, now_ms: int) -> list[dict]:
-        """offline and no_fix by the receive clock ``now_ms`` (docs/rules.md); neither for
-        a device whose power_off is open."""
+        """no_fix, then offline, by the receive clock ``now_ms`` (docs/rules.md); neither
+        for a device whose power_off is open."""
         out = []
         level = self.registry.arrays.device_level
+        for d, dev in enumerate(self._devices):
+            if dev.last_rx is None or dev.offline is not None or dev.no_fix_from is None:
+                continue
+            crossed = dev.no_fix_from + self._no_fix_ms[level[d]]
+            if now_ms > crossed:
+                sent = dev.last_rx > dev.no_fix_from  # heard after the count started
+                dev.no_fix_from = None
+                deadline = dev.last_rx + self._offline_ms[level[d]]
+                if crossed < deadline and sent and dev.power_off is None:
+                    dev.no_fix = crossed
+                    out.append(self._event(d, K.T_NO_FIX, -1, True, crossed, crossed,
+                                           extra=self._no_fix_evidence(dev)))
         for d, dev in enumerate(self._devices):
             if dev.last_rx is None or dev.offline is not None:
                 continue
             deadline = dev.last_rx + self._offline_ms[level[d]]
-            if dev.no_fix_from is not None:
-                crossed = dev.no_fix_from + self._no_fix_ms[level[d]]
-                if now_ms > crossed:
-                    sent = dev.last_rx > dev.no_fix_from  # heard after the count started
-                    dev.no_fix_from = None
-                    if crossed < deadline and sent and dev.power_off is None:
-                        dev.no_fix = crossed
-                        out.append(self._event(d, K.T_NO_FIX, -1, True, crossed, crossed,
-                                               extra=self._no_fix_evidence(dev)))
             if now_ms > deadline:
                 dev.no_fix_from = None
                 if dev.power_off is None:

@@ -276,29 +276,33 @@ class Reference:
             gaps += [z.boundary_m(lon, lat), z.distance_m(lon, lat) - margin]
         return min((abs(g) for g in gaps), default=math.inf)
 
-    # offline, no_fix (receive clock); neither while the device said it powered off
+    # no_fix, offline (receive clock); neither while the device said it powered off
     def sweep(self, now: int) -> list[tuple]:
+        """no_fix of every device (registry order), then offline of every device."""
         out = []
         for dev in self.devices.values():
-            if dev.last_rx is None or dev.offline is not None:
+            if dev.last_rx is None or dev.offline is not None or dev.no_fix_from is None:
                 continue
             level = dev.subject["level"]
-            off = self.offline_ms[level]
-            silent_from = dev.last_rx + off  # silent (offline) from this time on
-            if dev.no_fix_from is not None and now - dev.no_fix_from > self.no_fix_ms[level]:
-                start = dev.no_fix_from
-                crossed = start + self.no_fix_ms[level]
+            start = dev.no_fix_from
+            crossed = start + self.no_fix_ms[level]
+            if now > crossed:
                 dev.no_fix_from = None
+                silent_from = dev.last_rx + self.offline_ms[level]
                 # It kept sending (heard after the count started, not silent at the
                 # threshold) and did not say it was switching off.
                 if crossed < silent_from and dev.last_rx > start and dev.power_off is None:
                     dev.no_fix = crossed
                     out.append(Ev(("raised", "no_fix", dev.device_id, None, crossed, False),
                                   {**dev.where(), **self._last_fix_rx(dev)}))
+        for dev in self.devices.values():
+            if dev.last_rx is None or dev.offline is not None:
+                continue
+            off = self.offline_ms[dev.subject["level"]]
             if now - dev.last_rx > off:
                 dev.no_fix_from = None  # silence stops the count
                 if dev.power_off is None:
-                    dev.offline = silent_from
+                    dev.offline = dev.last_rx + off
                     out.append(Ev(("raised", "offline", dev.device_id, None, dev.offline,
                                    False), {**dev.where(), "last_rx_ms": dev.last_rx}))
         return out
