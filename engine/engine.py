@@ -19,6 +19,8 @@ from engine import kernels as K
 from engine.positions import Positions
 from engine.registry import Registry
 from engine.state import (
+    D_NO_FIX_AT,
+    D_POWER_OFF_AT,
     X_CURFEW_AT,
     X_CURFEW_ZONE,
     X_OUT_TYPE,
@@ -296,7 +298,8 @@ class Engine:
         out = []
         per_device = ((K.T_OUTBOUND, st.outbound_at_ms), (K.T_OFFLINE, st.offline_at_ms),
                       (K.T_TAMPER, st.tamper_at_ms), (K.T_LOW_BATTERY, st.battery_at_ms),
-                      (K.T_NO_FIX, st.no_fix_at_ms), (K.T_POWER_OFF, st.power_off_at_ms))
+                      (K.T_NO_FIX, st.device_ms[:, D_NO_FIX_AT]),
+                      (K.T_POWER_OFF, st.device_ms[:, D_POWER_OFF_AT]))
         for typ, arr in per_device:
             for d in np.flatnonzero(arr != K.NONE_MS).tolist():
                 z = int(st.outbound_zone[d]) if typ == K.T_OUTBOUND else -1

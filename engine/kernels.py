@@ -28,6 +28,13 @@ from contract.alarms import ALARM_TYPES
 from contract.records import K_FIX
 from engine.registry import F_CURFEWS, F_KERNEL, F_LEAVES
 from engine.state import (
+    D_LAST_FIX_RX,
+    D_NO_FIX_AT,
+    D_NO_FIX_FROM,
+    D_POWER_OFF_AT,
+    P_ACC,
+    P_LAT,
+    P_LON,
     X_CURFEW_AT,
     X_CURFEW_END,
     X_CURFEW_RUN,
@@ -223,45 +230,57 @@ def _next_leave_change_ms(ra, s, ts):
 
 @njit(cache=True)
 def _sweep_into(st, now, ev_i, ev_f, n, counters):
-    """Raise ``no_fix`` for every device whose no-fix deadline (the count's start +
-    no_fix_after) is before ``now`` while it kept sending (a message received after the
-    count started, and its offline deadline after the no-fix one: a silent device is
-    offline, not no_fix), then ``offline`` for every device whose deadline (last receive
-    + offline_after) is before ``now``. A device with an open power_off raises neither (it
-    said it was switching off), and its deadlines are dropped. O(1) while ``now`` has not
-    passed the floor (a lower bound of all deadlines); otherwise one pass over
+    """Raise ``no_fix`` for every device whose no-fix count ran out before ``now`` while
+    it kept sending (a message received after the count started, and its offline
+    deadline after the moment the count ran out: a silent device is offline, not no_fix),
+    then ``offline`` for every device whose deadline (last receive + offline_after) is
+    before ``now``. A device with an open power_off raises neither (it said it was
+    switching off), and its deadlines are dropped. O(1) while ``now`` has not passed the
+    floor (a lower bound of all deadlines); otherwise one pass over
     ``no_fix_deadline_ms``, then one over ``deadline_ms``, that also recompute the floor.
-    The loops test and write arrays taken out of ``st`` before them; the rare raises are
-    calls (st's arrays read through ``st`` in the loop measured ~25x slower per device)."""
+
+    The no-fix count runs from the later of its start (D_NO_FIX_FROM) and the newest
+    fix's receive time (D_LAST_FIX_RX): a fix only writes the latter, and a deadline
+    found due is first moved on by the newer fix (by the same no_fix_after: the old
+    deadline minus the old start). The loops test and write arrays taken out of ``st``
+    before them; the rare raises are calls (st's arrays read through ``st`` in the loop,
+    or one loop testing both deadlines, measured 15-25x slower per device)."""
     if now <= st.floor_ms[0]:
         return ev_i, ev_f, n
     counters[C_FULL_SWEEPS] += 1
     deadline = st.deadline_ms
     nf_deadline = st.no_fix_deadline_ms
-    nf_from = st.no_fix_from_ms
+    dev = st.device_ms
     last_rx = st.last_rx_ms
-    power_at = st.power_off_at_ms
     floor = NO_DEADLINE_MS
     for d in range(nf_deadline.shape[0]):
         nd = nf_deadline[d]
         if nd < now:
+            start = dev[d, D_NO_FIX_FROM]
+            if dev[d, D_LAST_FIX_RX] > start:  # a newer fix restarted the count
+                nd += dev[d, D_LAST_FIX_RX] - start
+                start = dev[d, D_LAST_FIX_RX]
+                dev[d, D_NO_FIX_FROM] = start
+                nf_deadline[d] = nd
+        if nd < now:
             # The count ran out: no_fix if the device kept sending (heard after the count
             # started, not silent at nd) and is not powered off; the count stops anyway.
-            if nd < deadline[d] and last_rx[d] > nf_from[d] and power_at[d] == NONE_MS:
+            if (nd < deadline[d] and last_rx[d] > start
+                    and dev[d, D_POWER_OFF_AT] == NONE_MS):
                 ev_i, ev_f, n = _device_raise(st, d, T_NO_FIX, nd, ev_i, ev_f, n)
             nf_deadline[d] = NO_DEADLINE_MS
-            nf_from[d] = NONE_MS
+            dev[d, D_NO_FIX_FROM] = NONE_MS
         elif nd < floor:
             floor = nd
     for d in range(deadline.shape[0]):
         dl = deadline[d]
         if dl < now:  # silence = now - last_rx > offline_after
-            if power_at[d] == NONE_MS:
+            if dev[d, D_POWER_OFF_AT] == NONE_MS:
                 ev_i, ev_f, n = _device_raise(st, d, T_OFFLINE, dl, ev_i, ev_f, n)
             deadline[d] = NO_DEADLINE_MS
             # Silence stops the no-fix count (a message after it starts a new one).
             nf_deadline[d] = NO_DEADLINE_MS
-            nf_from[d] = NONE_MS
+            dev[d, D_NO_FIX_FROM] = NONE_MS
         elif dl < floor:
             floor = dl
     st.floor_ms[0] = floor
@@ -272,15 +291,16 @@ def _sweep_into(st, now, ev_i, ev_f, n, counters):
 def _device_raise(st, d, typ, at, ev_i, ev_f, n):
     """Raise the sweep's ``typ`` (T_NO_FIX or T_OFFLINE) for device ``d`` at ``at``, with
     the last position and its own number (last fix's resp. last message's receive time)."""
+    pos = st.last_pos
     if typ == T_NO_FIX:
-        st.no_fix_at_ms[d] = at
-        lf = st.last_fix_rx_ms[d]
+        st.device_ms[d, D_NO_FIX_AT] = at
+        lf = st.device_ms[d, D_LAST_FIX_RX]
         aux = np.nan if lf == NONE_MS else float(lf)
     else:
         st.offline_at_ms[d] = at
         aux = float(st.last_rx_ms[d])
-    return _emit(ev_i, ev_f, n, d, typ, -1, 1, at, at, 0, st.last_lat[d], st.last_lon[d],
-                 aux, st.last_acc_m[d])
+    return _emit(ev_i, ev_f, n, d, typ, -1, 1, at, at, 0, pos[d, P_LAT], pos[d, P_LON], aux,
+                 pos[d, P_ACC])
 
 
 @njit(cache=True)
@@ -692,9 +712,9 @@ def _status_rules(st, d, ts, rx, battery, strap, power, battery_low_pct, battery
     no-fix count (:func:`_power_status`). Evidence: tamper the last known position,
     low_battery the status's percentage (EF_AUX)."""
     nan = np.nan
-    lat = st.last_lat[d]
-    lon = st.last_lon[d]
-    acc = st.last_acc_m[d]
+    lat = st.last_pos[d, P_LAT]
+    lon = st.last_pos[d, P_LON]
+    acc = st.last_pos[d, P_ACC]
     if strap == 1:
         if st.tamper_at_ms[d] == NONE_MS:
             st.tamper_at_ms[d] = ts
@@ -724,15 +744,17 @@ def _power_status(st, d, ts, rx, power, no_fix_after_ms, ev_i, ev_f, n):
     (off) raises power_off at ``ts`` (kept open by a further one) and stops the no-fix
     count; any other status starts the count, at its receive time ``rx``, where none runs
     and no no_fix is open (a device never fixed, or back after silence or power-off)."""
+    dev = st.device_ms
     if power == 1:
-        if st.power_off_at_ms[d] == NONE_MS:
-            st.power_off_at_ms[d] = ts
-            n = _put(ev_i, ev_f, n, d, T_POWER_OFF, -1, 1, ts, ts, 0, st.last_lat[d],
-                     st.last_lon[d], np.nan, st.last_acc_m[d])
-        st.no_fix_from_ms[d] = NONE_MS
+        if dev[d, D_POWER_OFF_AT] == NONE_MS:
+            dev[d, D_POWER_OFF_AT] = ts
+            pos = st.last_pos
+            n = _put(ev_i, ev_f, n, d, T_POWER_OFF, -1, 1, ts, ts, 0, pos[d, P_LAT],
+                     pos[d, P_LON], np.nan, pos[d, P_ACC])
+        dev[d, D_NO_FIX_FROM] = NONE_MS
         st.no_fix_deadline_ms[d] = NO_DEADLINE_MS
-    elif st.no_fix_from_ms[d] == NONE_MS and st.no_fix_at_ms[d] == NONE_MS:
-        st.no_fix_from_ms[d] = rx
+    elif dev[d, D_NO_FIX_FROM] == NONE_MS and dev[d, D_NO_FIX_AT] == NONE_MS:
+        dev[d, D_NO_FIX_FROM] = rx
         nd = rx + no_fix_after_ms
         st.no_fix_deadline_ms[d] = nd
         st.floor_ms[0] = min(st.floor_ms[0], nd)
@@ -745,11 +767,12 @@ def _device_rules_message(st, d, t, r, is_power_off, ev_i, ev_f, n):
     when it is newer than the power-off status (a duplicate or a late message is not a
     sign that the device came back), at its ``t``; a further power-off status keeps it
     open. Rare: process_batch calls this only while one is open."""
-    ep = st.power_off_at_ms[d]
+    ep = st.device_ms[d, D_POWER_OFF_AT]
     if t > ep and not is_power_off:
-        ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_POWER_OFF, -1, 0, t, ep, 0,
-                              st.last_lat[d], st.last_lon[d], np.nan, st.last_acc_m[d])
-        st.power_off_at_ms[d] = NONE_MS
+        pos = st.last_pos
+        ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_POWER_OFF, -1, 0, t, ep, 0, pos[d, P_LAT],
+                              pos[d, P_LON], np.nan, pos[d, P_ACC])
+        st.device_ms[d, D_POWER_OFF_AT] = NONE_MS
     return ev_i, ev_f, n
 
 
@@ -758,12 +781,13 @@ def _no_fix_cleared(st, d, r, ev_i, ev_f, n):
     """An in-order fix (received at ``r``) ends device ``d``'s open no_fix, at the receive
     time (never before its raise), with the evidence of the fix before it. process_batch
     then restarts the no-fix count and keeps the new position (inline: every fix does)."""
-    ep = st.no_fix_at_ms[d]
-    lf = st.last_fix_rx_ms[d]
+    ep = st.device_ms[d, D_NO_FIX_AT]
+    lf = st.device_ms[d, D_LAST_FIX_RX]
+    pos = st.last_pos
     ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_NO_FIX, -1, 0, max(ep, r), ep, 0,
-                          st.last_lat[d], st.last_lon[d],
-                          np.nan if lf == NONE_MS else float(lf), st.last_acc_m[d])
-    st.no_fix_at_ms[d] = NONE_MS
+                          pos[d, P_LAT], pos[d, P_LON],
+                          np.nan if lf == NONE_MS else float(lf), pos[d, P_ACC])
+    st.device_ms[d, D_NO_FIX_AT] = NONE_MS
     return ev_i, ev_f, n
 
 
@@ -802,14 +826,9 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     deadline = st.deadline_ms
     floor = st.floor_ms
     offline_at = st.offline_at_ms
-    power_at = st.power_off_at_ms
-    no_fix_at = st.no_fix_at_ms
-    nf_from = st.no_fix_from_ms
+    dev_ms = st.device_ms
+    last_pos = st.last_pos
     nf_deadline = st.no_fix_deadline_ms
-    last_fix_rx = st.last_fix_rx_ms
-    last_lat = st.last_lat
-    last_lon = st.last_lon
-    last_acc = st.last_acc_m
     last_fix = st.last_fix_ts_ms
     last_status = st.last_status_ts_ms
     safe_m = st.safe_m
@@ -850,7 +869,8 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
         ep = offline_at[d]
         if ep != NONE_MS:
             ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OFFLINE, -1, 0, max(ep, r), ep, 0,
-                                  last_lat[d], last_lon[d], float(last_rx[d]), last_acc[d])
+                                  last_pos[d, P_LAT], last_pos[d, P_LON], float(last_rx[d]),
+                                  last_pos[d, P_ACC])
             offline_at[d] = NONE_MS
         if last_rx[d] == NONE_MS or r > last_rx[d]:
             last_rx[d] = r
@@ -858,7 +878,7 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
         deadline[d] = dl
         floor[0] = min(floor[0], dl)
         t = ts[i]
-        if power_at[d] != NONE_MS:  # powered off: a newer message ends it
+        if dev_ms[d, D_POWER_OFF_AT] != NONE_MS:  # powered off: a newer message ends it
             ev_i, ev_f, n = _device_rules_message(st, d, t, r, kind[i] != K_FIX
                                                   and power[i] == 1, ev_i, ev_f, n)
         if kind[i] == K_FIX:
@@ -879,15 +899,16 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
             else:
                 last_fix[d] = t
                 # The device rules: a fresh fix ends no_fix, restarts the no-fix count at
-                # its receive time and is the last known position (alarm evidence).
-                if no_fix_at[d] != NONE_MS:
+                # its receive time (the sweep moves the deadline on: see _sweep_into) or
+                # starts one, and is the last known position (alarm evidence).
+                if dev_ms[d, D_NO_FIX_AT] != NONE_MS:
                     ev_i, ev_f, n = _no_fix_cleared(st, d, r, ev_i, ev_f, n)
-                last_fix_rx[d] = r
-                last_lat[d] = y
-                last_lon[d] = x
-                last_acc[d] = acc[i]
-                if r > nf_from[d]:
-                    nf_from[d] = r
+                dev_ms[d, D_LAST_FIX_RX] = max(dev_ms[d, D_LAST_FIX_RX], r)
+                last_pos[d, P_LAT] = y
+                last_pos[d, P_LON] = x
+                last_pos[d, P_ACC] = acc[i]
+                if dev_ms[d, D_NO_FIX_FROM] == NONE_MS:
+                    dev_ms[d, D_NO_FIX_FROM] = r
                     nd = r + no_fix_after_ms[level[d]]
                     nf_deadline[d] = nd
                     floor[0] = min(floor[0], nd)

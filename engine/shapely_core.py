@@ -138,9 +138,11 @@ class ShapelyEngine:
         for d, dev in enumerate(self._devices):
             if dev.last_rx is None or dev.offline is not None or dev.no_fix_from is None:
                 continue
-            crossed = dev.no_fix_from + self._no_fix_ms[level[d]]
+            # The count runs from its start, or from the newest fix received since.
+            start = max(dev.no_fix_from, dev.last_fix_rx or dev.no_fix_from)
+            crossed = start + self._no_fix_ms[level[d]]
             if now_ms > crossed:
-                sent = dev.last_rx > dev.no_fix_from  # heard after the count started
+                sent = dev.last_rx > start  # heard after the count started
                 dev.no_fix_from = None
                 deadline = dev.last_rx + self._offline_ms[level[d]]
                 if crossed < deadline and sent and dev.power_off is None:
@@ -184,9 +186,9 @@ class ShapelyEngine:
             out.append(self._event(d, K.T_NO_FIX, -1, False, max(rx, dev.no_fix), dev.no_fix,
                                    extra=self._no_fix_evidence(dev)))
             dev.no_fix = None
-        dev.last_fix_rx = rx
+        dev.last_fix_rx = rx if dev.last_fix_rx is None else max(dev.last_fix_rx, rx)
         dev.position = {"lat": lat, "lon": lon, "acc": acc}
-        if dev.no_fix_from is None or rx > dev.no_fix_from:
+        if dev.no_fix_from is None:
             dev.no_fix_from = rx
 
     def _fix(self, d: int, ts: int, rx: int, lat: float, lon: float, acc: float,

@@ -44,6 +44,14 @@ X_CURFEW_END = 5  # its window's end (ms, exclusive)
 X_CURFEW_ZONE = 6  # its zone index
 X_CURFEW_RUN = 7  # run of out fixes in the current curfew window
 N_EXT = 8
+# Columns of DeviceState.device_ms (int64[n_devices, N_DEVICE_MS]).
+D_POWER_OFF_AT = 0  # open power_off episode's raised at (its ts), or NONE_MS
+D_NO_FIX_AT = 1  # open no_fix episode's raised at, or NONE_MS
+D_NO_FIX_FROM = 2  # receive time the no-fix count was started, NONE_MS: none runs
+D_LAST_FIX_RX = 3  # latest receive time of an in-order fix, or NONE_MS
+N_DEVICE_MS = 4
+# Columns of DeviceState.last_pos (float64[n_devices, 3]; NaN: never fixed).
+P_LAT, P_LON, P_ACC = 0, 1, 2  # WGS-84 degrees, degrees, metres
 EXT_FRESH = (0, np.iinfo(np.int64).min, 0, np.iinfo(np.int64).min, np.iinfo(np.int64).min,
              np.iinfo(np.int64).min, -1, 0)
 
@@ -72,15 +80,11 @@ class DeviceState(NamedTuple):
     safe_m: np.ndarray  # float32
     safe_until_ms: np.ndarray  # int64
     # The device rules (engine.kernels, docs/rules.md: power_off, no_fix) and the evidence
-    # the device alarms carry (the last known position).
-    power_off_at_ms: np.ndarray  # int64: open power_off episode's raised at (its ts), or NONE_MS
-    no_fix_at_ms: np.ndarray  # int64: open no_fix episode's raised at, or NONE_MS
-    no_fix_from_ms: np.ndarray  # int64: receive time the no-fix count runs from, NONE_MS: none
-    no_fix_deadline_ms: np.ndarray  # int64: no_fix_from_ms + no_fix_after(level), or NO_DEADLINE_MS
-    last_fix_rx_ms: np.ndarray  # int64: receive time of the newest in-order fix
-    last_lat: np.ndarray  # float64: that fix's WGS-84 latitude (NaN: never fixed)
-    last_lon: np.ndarray  # float64
-    last_acc_m: np.ndarray  # float64: its accuracy, metres
+    # the device alarms carry. Rows, so that a message touches one or two cache lines.
+    device_ms: np.ndarray  # int64[n_devices, N_DEVICE_MS]: the D_* columns
+    last_pos: np.ndarray  # float64[n_devices, 3]: newest in-order fix, WGS-84 (P_* columns)
+    no_fix_deadline_ms: np.ndarray  # int64: the no-fix count runs out (a lower bound: see
+    # engine.kernels._sweep_into), or NO_DEADLINE_MS
 
 
 def new_state(n_devices: int, n_slots: int) -> DeviceState:
@@ -113,13 +117,9 @@ def new_state(n_devices: int, n_slots: int) -> DeviceState:
 def device_rule_fields(n_devices: int) -> dict[str, np.ndarray]:
     """Fresh state of the device rules (power_off, no_fix) and of the last position (also
     for a checkpoint written before them)."""
-    nan = np.full(n_devices, np.nan)
-    return {"power_off_at_ms": np.full(n_devices, NONE_MS, np.int64),
-            "no_fix_at_ms": np.full(n_devices, NONE_MS, np.int64),
-            "no_fix_from_ms": np.full(n_devices, NONE_MS, np.int64),
-            "no_fix_deadline_ms": np.full(n_devices, NO_DEADLINE_MS, np.int64),
-            "last_fix_rx_ms": np.full(n_devices, NONE_MS, np.int64),
-            "last_lat": nan, "last_lon": nan.copy(), "last_acc_m": nan.copy()}
+    return {"device_ms": np.full((n_devices, N_DEVICE_MS), NONE_MS, np.int64),
+            "last_pos": np.full((n_devices, 3), np.nan),
+            "no_fix_deadline_ms": np.full(n_devices, NO_DEADLINE_MS, np.int64)}
 
 
 def new_ext(n_devices: int) -> np.ndarray:
@@ -129,8 +129,7 @@ def new_ext(n_devices: int) -> np.ndarray:
 
 PER_DEVICE_FIELDS = ("last_rx_ms", "deadline_ms", "last_fix_ts_ms", "last_status_ts_ms", "out_run",
                      "outbound_at_ms", "outbound_zone", "offline_at_ms", "tamper_at_ms",
-                     "battery_at_ms", "power_off_at_ms", "no_fix_at_ms", "no_fix_from_ms",
-                     "no_fix_deadline_ms", "last_fix_rx_ms", "last_lat", "last_lon", "last_acc_m")
+                     "battery_at_ms", "device_ms", "last_pos", "no_fix_deadline_ms")
 CACHE_FIELDS = ("near_lon", "near_lat", "safe_m", "safe_until_ms")
 
 
@@ -156,15 +155,16 @@ def recompute_deadlines(state: DeviceState, device_level: np.ndarray,
     no_fix_after(level) where one runs (``no_fix_after_ms`` None: left as they are); the
     sweep floor becomes the smallest of both."""
     heard = state.last_rx_ms != NONE_MS
-    due = heard & (state.offline_at_ms == NONE_MS) & (state.power_off_at_ms == NONE_MS)
+    due = heard & (state.offline_at_ms == NONE_MS) & (
+        state.device_ms[:, D_POWER_OFF_AT] == NONE_MS)
     deadline = np.full(len(state.last_rx_ms), NO_DEADLINE_MS, dtype=np.int64)
     deadline[due] = state.last_rx_ms[due] + offline_after_ms[device_level[due]]
     state.deadline_ms[:] = deadline
     if no_fix_after_ms is not None:
-        counting = state.no_fix_from_ms != NONE_MS
+        start = state.device_ms[:, D_NO_FIX_FROM]
+        counting = start != NONE_MS
         nf = np.full(len(state.last_rx_ms), NO_DEADLINE_MS, dtype=np.int64)
-        nf[counting] = state.no_fix_from_ms[counting] + no_fix_after_ms[
-            device_level[counting]]
+        nf[counting] = start[counting] + no_fix_after_ms[device_level[counting]]
         state.no_fix_deadline_ms[:] = nf
     floor = min(deadline.min(), state.no_fix_deadline_ms.min()) if len(deadline) else \
         NO_DEADLINE_MS

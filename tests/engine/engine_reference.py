@@ -154,8 +154,8 @@ class RefDevice:
     exclusion: dict = field(default_factory=dict)  # zone id -> raised at
     power_off: int | None = None  # raised at (the power-off status's ts)
     no_fix: int | None = None  # raised at (receive clock)
-    no_fix_from: int | None = None  # receive time the count of "no fix" runs from
-    last_fix_rx: int | None = None  # receive time of the newest in-order fix
+    no_fix_from: int | None = None  # receive time the count of "no fix" was started
+    last_fix_rx: int | None = None  # latest receive time of an in-order fix
     position: tuple | None = None  # (lat, lon, acc) of that fix, WGS-84
 
     def where(self) -> dict:
@@ -284,7 +284,8 @@ class Reference:
             if dev.last_rx is None or dev.offline is not None or dev.no_fix_from is None:
                 continue
             level = dev.subject["level"]
-            start = dev.no_fix_from
+            # The count runs from its start, or from the newest fix received since.
+            start = max(dev.no_fix_from, dev.last_fix_rx or dev.no_fix_from)
             crossed = start + self.no_fix_ms[level]
             if now > crossed:
                 dev.no_fix_from = None
@@ -337,9 +338,9 @@ class Reference:
             out.append(Ev(("cleared", "no_fix", dev.device_id, None, max(rx, dev.no_fix),
                            False), {**dev.where(), **self._last_fix_rx(dev)}))
             dev.no_fix = None
-        dev.last_fix_rx = rx
+        dev.last_fix_rx = rx if dev.last_fix_rx is None else max(dev.last_fix_rx, rx)
         dev.position = (lat, lon, acc)
-        if dev.no_fix_from is None or rx > dev.no_fix_from:
+        if dev.no_fix_from is None:
             dev.no_fix_from = rx
         return out
 

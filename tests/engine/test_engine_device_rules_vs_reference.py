@@ -217,14 +217,13 @@ def test_a_checkpoint_from_before_the_device_rules_still_restores(tmp_path):
     engine = Engine(ZONES, load_registry(subj, ZONES), Config())
     engine.process(batch_of(engine, records), clock_now_ms=records[0]["rx"])
     arrays = engine.snapshot()
-    for f in ("power_off_at_ms", "no_fix_at_ms", "no_fix_from_ms", "no_fix_deadline_ms",
-              "last_fix_rx_ms", "last_lat", "last_lon", "last_acc_m"):
+    for f in ("device_ms", "last_pos", "no_fix_deadline_ms"):
         del arrays[f]
     path = tmp_path / "old.npz"
     np.savez(path, **arrays)
     restored = Engine.restore(path, ZONES, load_registry(subj, ZONES), Config())
-    assert (restored.state.no_fix_from_ms == np.iinfo(np.int64).min).all()
-    assert np.isnan(restored.state.last_lat).all()
+    assert (restored.state.device_ms == np.iinfo(np.int64).min).all()
+    assert np.isnan(restored.state.last_pos).all()
     assert (restored.state.last_rx_ms == engine.state.last_rx_ms).all()
     late = restored.sweep(until + 10**8)
     assert {e["type"] for e in late} <= {"offline"} and late
