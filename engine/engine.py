@@ -391,8 +391,9 @@ class Engine:
     def swap_registry(self, registry: Registry, zones: Any) -> dict[str, int]:
         """Install a new registry and compiled zones (the register changed), keeping the
         rule state of every device that is still registered: open episodes (outbound,
-        leave_overdue, exclusion per zone, curfew, offline, tamper, battery), runs of out
-        fixes, the last fix and receive times. An episode whose zone id no longer exists
+        leave_overdue, exclusion per zone, curfew, offline, tamper, battery, no_fix,
+        power_off), runs of out fixes, the no-fix count, the last fix (position too) and
+        receive times. An episode whose zone id no longer exists
         is dropped (its alarm stays open in the store); one whose zone is still there
         stays open, so it is never raised a second time, and clears with its alarm_id.
         Only the settled-device cache starts afresh. Returns :meth:`reload`'s counts."""

@@ -152,3 +152,22 @@ def test_open_alarms_lists_the_device_rules():
     f = Feed(e)
     f.status("B-1", T0, power="off")
     assert [(a["type"], a["at"]) for a in e.open_alarms()] == [("power_off", T0)]
+
+
+def test_a_register_swap_keeps_open_device_episodes_and_the_no_fix_count():
+    e = engine()
+    f = Feed(e)
+    f.fix("B-1", T0, *INSIDE)
+    off = f.status("B-1", T0 + S, power="off")
+    e.swap_registry(e.registry, e.zones)  # the same register again: state kept by id
+    back = f.fix("B-1", T0 + 2 * S, *INSIDE)
+    assert brief(back) == [("cleared", "power_off", "B-1", None, T0 + 2 * S, False)]
+    assert back[0]["alarm_id"] == off[0]["alarm_id"]
+    for k in range(1, 17):  # statuses, no fix: the count from the fix survives a swap
+        f.status("B-1", T0 + 2 * S + k * 60 * S)
+        if k == 8:
+            e.swap_registry(e.registry, e.zones)
+    assert brief(f.sweep(T0 + 2 * S + 16 * 60 * S + 1)) == [
+        ("raised", "no_fix", "B-1", None, T0 + 2 * S + 900 * S, False)]
+    e.swap_registry(e.registry, e.zones)
+    assert [a["type"] for a in e.open_alarms()] == ["no_fix"]
