@@ -1,6 +1,6 @@
 """The record batch: what the engine takes, built one way.
 
-A :class:`RecordBatch` is ten equal-length columns, one element per record (a fix or a
+A :class:`RecordBatch` is eleven equal-length columns, one element per record (a fix or a
 status) in arrival order, in the dtypes the rule kernel is compiled for. It is built
 only by its classmethods (:meth:`RecordBatch.records`, :meth:`RecordBatch.fixes`,
 :meth:`RecordBatch.statuses`, keyword arguments: no positional mix-ups), which coerce
@@ -8,8 +8,9 @@ and check every column, or by a :class:`RecordBuilder` that appends one record a
 time. Never call ``RecordBatch(...)`` directly: that would skip the checks.
 
 Encodings: ``kind`` :data:`K_FIX` / :data:`K_STATUS`; ``coord_sys`` per
-:data:`COORD_SYS_CODES`; ``strap`` per :data:`STRAP_CODES`, -1 absent; ``battery_pct``
-NaN absent; ``device_idx`` the registry's dense index (-1 unknown: counted, skipped).
+:data:`COORD_SYS_CODES`; ``strap`` per :data:`STRAP_CODES`, -1 absent; ``power`` per
+:data:`POWER_CODES`, -1 absent; ``battery_pct`` NaN absent; ``device_idx`` the registry's
+dense index (-1 unknown: counted, skipped).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import numpy as np
 K_FIX, K_STATUS = 0, 1
 COORD_SYS_CODES = {"wgs84": 0, "gcj02": 1}
 STRAP_CODES = {"ok": 0, "open": 1}
+# A status's ``power``: "off" is the firmware's last word before it shuts down (power_off).
+POWER_CODES = {"on": 0, "off": 1}
 
 
 def as_column(arr: Any, dtype, name: str, n: int | None) -> np.ndarray:
@@ -74,11 +77,13 @@ class RecordBatch(NamedTuple):
     coord_sys: np.ndarray    # uint8: COORD_SYS_CODES
     battery_pct: np.ndarray  # float64: percent, NaN absent (statuses)
     strap: np.ndarray        # int8: STRAP_CODES, -1 absent (statuses)
+    power: np.ndarray        # int8: POWER_CODES, -1 absent (statuses)
 
     @classmethod
     def records(cls, *, kind, device_idx, ts_ms, rx_ms, lat, lon, acc_m, coord_sys,
-                battery_pct, strap) -> RecordBatch:
-        """Fixes and statuses mixed, every column given (array-likes, coerced)."""
+                battery_pct, strap, power=None) -> RecordBatch:
+        """Fixes and statuses mixed, every column given (array-likes, coerced); ``power``
+        may be left out (absent: -1 for every record)."""
         dev = as_column(device_idx, np.int32, "device_idx", None)
         n = dev.shape[0]
         return tuple.__new__(cls, (
@@ -87,7 +92,7 @@ class RecordBatch(NamedTuple):
             as_column(lon, np.float64, "lon", n), as_column(acc_m, np.float64, "acc_m", n),
             as_column(coord_sys, np.uint8, "coord_sys", n),
             as_column(battery_pct, np.float64, "battery_pct", n),
-            as_column(strap, np.int8, "strap", n)))
+            as_column(strap, np.int8, "strap", n), _power(power, n)))
 
     @classmethod
     def fixes(cls, *, device_idx, ts_ms, rx_ms, lat, lon, acc_m, coord_sys) -> RecordBatch:
@@ -102,11 +107,13 @@ class RecordBatch(NamedTuple):
             as_column(rx_ms, np.int64, "rx_ms", n), as_column(lat, np.float64, "lat", n),
             as_column(lon, np.float64, "lon", n), as_column(acc_m, np.float64, "acc_m", n),
             as_column(coord_sys, np.uint8, "coord_sys", n),
-            a.nan[:n], a.minus_one[:n]))
+            a.nan[:n], a.minus_one[:n], a.minus_one[:n]))
 
     @classmethod
-    def statuses(cls, *, device_idx, ts_ms, rx_ms, battery_pct, strap) -> RecordBatch:
-        """Statuses only: ``battery_pct`` (NaN absent), ``strap`` (-1 absent, 0 ok, 1 open)."""
+    def statuses(cls, *, device_idx, ts_ms, rx_ms, battery_pct, strap,
+                 power=None) -> RecordBatch:
+        """Statuses only: ``battery_pct`` (NaN absent), ``strap`` (-1 absent, 0 ok, 1 open),
+        ``power`` (-1 absent, 0 on, 1 off; left out: absent)."""
         dev = as_column(device_idx, np.int32, "device_idx", None)
         n = dev.shape[0]
         a = _ABSENT
@@ -117,7 +124,7 @@ class RecordBatch(NamedTuple):
             a.one[:n], dev, as_column(ts_ms, np.int64, "ts_ms", n),
             as_column(rx_ms, np.int64, "rx_ms", n),
             nan, nan, nan, a.zero[:n], as_column(battery_pct, np.float64, "battery_pct", n),
-            as_column(strap, np.int8, "strap", n)))
+            as_column(strap, np.int8, "strap", n), _power(power, n)))
 
     @classmethod
     def empty(cls) -> RecordBatch:
@@ -130,23 +137,31 @@ class RecordBatch(NamedTuple):
         return tuple.__new__(type(self), (np.ascontiguousarray(c[index]) for c in self))
 
 
+def _power(power, n: int) -> np.ndarray:
+    """The power column: -1 (absent) for every record when not given."""
+    if power is None:
+        _ABSENT.ensure(n)
+        return _ABSENT.minus_one[:n]
+    return as_column(power, np.int8, "power", n)
+
+
 # Columns of a RecordBuilder, in three groups so that each record appends only what its
 # kind carries: every record (kind, device, ts, rx), fixes (lat, lon, acc, coord_sys),
-# statuses (battery, strap). take() spreads the fix and status columns over the records
+# statuses (battery, strap, power). take() spreads the fix and status columns over the records
 # with one numpy assignment each.
 _RECORD_TYPES = (np.uint8, np.int32, np.int64, np.int64)
 _RECORD_CODES = ("B", "i", "q", "q")
 _FIX_TYPES = (np.float64, np.float64, np.float64, np.uint8)
 _FIX_CODES = ("d", "d", "d", "B")
-_STATUS_TYPES = (np.float64, np.int8)
-_STATUS_CODES = ("d", "b")
+_STATUS_TYPES = (np.float64, np.int8, np.int8)
+_STATUS_CODES = ("d", "b", "b")
 
 
 class RecordBuilder:
     """Builds a :class:`RecordBatch` one record at a time, for readers of a stream
     (``emfence replay``): ``add_fix(device_idx, ts_ms, rx_ms, lat, lon, acc_m,
-    coord_sys)``, ``add_status(device_idx, ts_ms, rx_ms, battery_pct, strap)`` (codes as
-    in the batch: NaN / -1 absent), ``len(builder)``, and :meth:`take`.
+    coord_sys)``, ``add_status(device_idx, ts_ms, rx_ms, battery_pct, strap, power=-1)``
+    (codes as in the batch: NaN / -1 absent), ``len(builder)``, and :meth:`take`.
 
     Records go straight into typed buffers (``array.array``): no Python object per record
     survives the call, so the garbage collector has nothing to traverse and a batch
@@ -164,7 +179,7 @@ class RecordBuilder:
     def _appenders(self) -> tuple[Callable[..., None], Callable[..., None]]:
         a_kind, a_dev, a_ts, a_rx = (c.append for c in self._rec)
         a_lat, a_lon, a_acc, a_coord = (c.append for c in self._fix)
-        a_battery, a_strap = (c.append for c in self._status)
+        a_battery, a_strap, a_power = (c.append for c in self._status)
 
         def add_fix(device_idx: int, ts_ms: int, rx_ms: int, lat: float, lon: float,
                     acc_m: float, coord_sys: int) -> None:
@@ -178,13 +193,14 @@ class RecordBuilder:
             a_coord(coord_sys)
 
         def add_status(device_idx: int, ts_ms: int, rx_ms: int, battery_pct: float,
-                       strap: int) -> None:
+                       strap: int, power: int = -1) -> None:
             a_kind(K_STATUS)
             a_dev(device_idx)
             a_ts(ts_ms)
             a_rx(rx_ms)
             a_battery(battery_pct)
             a_strap(strap)
+            a_power(power)
 
         return add_fix, add_status
 
@@ -201,11 +217,13 @@ class RecordBuilder:
         lat, lon, acc = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
         coord = np.zeros(n, np.uint8)
         battery, strap = np.full(n, np.nan), np.full(n, -1, np.int8)
+        power = np.full(n, -1, np.int8)
         for col, buf, t in zip((lat, lon, acc, coord), self._fix, _FIX_TYPES, strict=True):
             col[is_fix] = np.frombuffer(buf, dtype=t)
-        for col, buf, t in zip((battery, strap), self._status, _STATUS_TYPES, strict=True):
+        for col, buf, t in zip((battery, strap, power), self._status, _STATUS_TYPES,
+                               strict=True):
             col[~is_fix] = np.frombuffer(buf, dtype=t)
         for c in (*self._rec, *self._fix, *self._status):
             del c[:]
         return tuple.__new__(RecordBatch, (kind, dev, ts, rx, lat, lon, acc, coord, battery,
-                                           strap))
+                                           strap, power))

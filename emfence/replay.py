@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import orjson
 
-from contract.records import COORD_SYS_CODES, STRAP_CODES, RecordBuilder
+from contract.records import COORD_SYS_CODES, POWER_CODES, STRAP_CODES, RecordBuilder
 from emfence.config import Config, ConfigError, load_config
 from engine.registry import RegistryError, load_registry, parse_time_ms
 from ingest.decode import (
@@ -194,7 +194,7 @@ def _feed(lines: Iterable[bytes], run: _Run, max_future_ms: int, until_ms: int |
     loads = orjson.loads
     nan = float("nan")
     coord_codes = COORD_SYS_CODES
-    strap_codes = STRAP_CODES
+    strap_codes, power_codes = {None: -1, **STRAP_CODES}, {None: -1, **POWER_CODES}
     add_fix, add_status = run.records.add_fix, run.records.add_status
     pending = 0  # records added since the last flush
     lineno = 0
@@ -217,7 +217,7 @@ def _feed(lines: Iterable[bytes], run: _Run, max_future_ms: int, until_ms: int |
                 ts, lat, lon, acc, _, cs, _ = parse_fix(obj)
                 is_fix = True
             else:
-                ts, battery, strap, _ = parse_status(obj)
+                ts, battery, strap, _, power = parse_status(obj)
                 is_fix = False
             rx = obj.get("rx")
             if rx is None:
@@ -236,8 +236,8 @@ def _feed(lines: Iterable[bytes], run: _Run, max_future_ms: int, until_ms: int |
         if is_fix:
             add_fix(d, ts, rx, lat, lon, acc, coord_codes[cs])
         else:
-            add_status(d, ts, rx, nan if battery is None else battery,
-                       -1 if strap is None else strap_codes[strap])
+            add_status(d, ts, rx, nan if battery is None else battery, strap_codes[strap],
+                       power_codes[power])
         pending += 1
         if pending >= BATCH_RECORDS:
             run.flush()

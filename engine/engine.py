@@ -6,6 +6,7 @@ in ``docs/internals.md``). All rule work happens in :mod:`engine.kernels`.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from engine import kernels as K
 from engine.positions import Positions
 from engine.registry import Registry
 from engine.state import (
+    D_NO_FIX_AT,
+    D_POWER_OFF_AT,
     X_CURFEW_AT,
     X_CURFEW_ZONE,
     X_OUT_TYPE,
@@ -32,6 +35,31 @@ from engine.state import (
     snapshot_arrays,
     write_checkpoint,
 )
+
+# The device alarms' evidence (docs/rules.md): the last known position (lat, lon, acc; left
+# out when the device never sent a fix), then the type's own keys.
+DEVICE_EVIDENCE = ("offline", "tamper", "low_battery", "no_fix", "power_off")
+
+
+def device_evidence(type_name: str, raised: bool, row: list[float]) -> dict[str, Any]:
+    """The ``extra`` evidence of a device alarm from its event row's floats (lat, lon,
+    aux, acc: see engine.kernels); key order as in docs/rules.md."""
+    lat, lon, aux, acc = row
+    out: dict[str, Any] = {}
+    if type_name == "low_battery":
+        out["battery_pct"] = aux
+        return out
+    if not math.isnan(lat):  # the device was fixed once
+        out["lat"] = lat
+        out["lon"] = lon
+        out["acc"] = acc
+    if type_name == "offline":
+        out["last_rx_ms"] = int(aux)
+    elif type_name == "no_fix" and not math.isnan(aux):
+        out["last_fix_rx_ms"] = int(aux)
+    elif type_name == "tamper":
+        out["strap"] = "open" if raised else "ok"
+    return out
 
 
 def suspended(subject: Any, type_name: str, at_ms: int) -> bool:
@@ -85,6 +113,8 @@ class Engine:
         r = config.rules
         self._offline_after_ms = np.array(
             [round(r.offline_after_s.for_level(lvl) * 1000) for lvl in LEVELS], dtype=np.int64)
+        self._no_fix_after_ms = np.array(
+            [round(r.no_fix_after_s.for_level(lvl) * 1000) for lvl in LEVELS], dtype=np.int64)
         self._buffer_m = float(r.buffer_m)
         self._confirm = int(r.outbound_confirm_fixes)
         self._battery_low = float(r.battery_low_pct)
@@ -122,24 +152,25 @@ class Engine:
                                            coord_sys=coord_sys), False, 0)[0]
 
     def process_statuses(self, device_idx, ts_ms, rx_ms, battery_pct, strap,
-                         charging) -> list[dict]:
-        """Run tamper/battery rules over statuses in arrival order (``battery_pct`` NaN =
-        absent; ``strap`` -1 absent, 0 ok, 1 open; ``charging`` is accepted, unused by the
-        rules). Every status is also a sign of life for the offline rule."""
+                         charging, power=None) -> list[dict]:
+        """Run tamper/battery/power rules over statuses in arrival order (``battery_pct``
+        NaN = absent; ``strap`` -1 absent, 0 ok, 1 open; ``power`` -1 absent, 0 on, 1 off,
+        None: all absent; ``charging`` is accepted, unused by the rules). Every status is
+        also a sign of life for the offline rule."""
         batch = RecordBatch.statuses(device_idx=device_idx, ts_ms=ts_ms, rx_ms=rx_ms,
-                                     battery_pct=battery_pct, strap=strap)
+                                     battery_pct=battery_pct, strap=strap, power=power)
         as_column(charging, np.int8, "charging", len(batch.device_idx))  # checked, unused
         return self._run(batch, False, 0)[0]
 
     def process_records(self, kind, device_idx, ts_ms, rx_ms, lat, lon, acc_m, coord_sys,
-                        battery_pct, strap, *, clock_now_ms: int | None = None
+                        battery_pct, strap, power=None, *, clock_now_ms: int | None = None
                         ) -> tuple[list[dict], int | None]:
         """:meth:`process` on ``RecordBatch.records(...)`` of these columns (kept for the
-        callers that still build ten columns; new code builds a RecordBatch)."""
+        callers that still build columns; new code builds a RecordBatch)."""
         return self.process(RecordBatch.records(
             kind=kind, device_idx=device_idx, ts_ms=ts_ms, rx_ms=rx_ms, lat=lat, lon=lon,
-            acc_m=acc_m, coord_sys=coord_sys, battery_pct=battery_pct, strap=strap),
-            clock_now_ms=clock_now_ms)
+            acc_m=acc_m, coord_sys=coord_sys, battery_pct=battery_pct, strap=strap,
+            power=power), clock_now_ms=clock_now_ms)
 
     def _run(self, batch: RecordBatch, clock: bool, now: int,
              positions: Positions | None = None) -> tuple[list[dict], int]:
@@ -189,8 +220,8 @@ class Engine:
         self._arrays = self.registry.arrays  # with the curfew windows of _cover
         self._cw_span = (0, 0)
         self._rule_args = (self.state, self._arrays, self.zones.arrays,
-                           self._offline_after_ms, self._buffer_m, self._confirm,
-                           self._battery_low, self._battery_clear)
+                           self._offline_after_ms, self._no_fix_after_ms, self._buffer_m,
+                           self._confirm, self._battery_low, self._battery_clear)
         self._process_batch = _entry_point(K.process_batch, (
             *RecordBatch.empty(), *self._rule_args, False, 0, ev_i, ev_f, self._counters,
             *self._scratch))
@@ -198,7 +229,9 @@ class Engine:
 
     def sweep(self, now_ms: int) -> list[dict]:
         """Offline ``raised`` events for devices silent (by receive time) longer than their
-        level's ``offline_after`` at ``now_ms``. Cheap when nothing is due."""
+        level's ``offline_after`` at ``now_ms``, and no_fix ``raised`` events for devices
+        heard from but without a fix for their level's ``no_fix_after``. Cheap when
+        nothing is due."""
         ev_i, ev_f = self._events
         ev_i, ev_f, n = self._sweep(self.state, int(now_ms), ev_i, ev_f, self._counters)
         self._events = (ev_i, ev_f)
@@ -224,11 +257,16 @@ class Engine:
                 rows, floats, subject_idx, strict=True):
             subject = subjects[s]
             type_name = ALARM_TYPES[typ]
-            if type_name not in EVIDENCE_TYPES or (typ == curfew and evidence[3] != evidence[3]):
+            extra = None
+            if type_name in DEVICE_EVIDENCE:
+                extra = device_evidence(type_name, raised != 0, evidence)
+                evidence = None
+            elif type_name not in EVIDENCE_TYPES or (typ == curfew
+                                                     and evidence[3] != evidence[3]):
                 evidence = None  # (a curfew cleared by its window's end: no fix, NaN)
             ev = alarm_event(raised != 0, type_name, subject.subject_id, device_ids[d],
                              zone_ids[z] if z >= 0 else None, subject.region, at, episode,
-                             late != 0, evidence)
+                             late != 0, evidence, extra)
             ev["device_kind"] = kinds[d]
             if suspends[s] and suspended(subject, type_name, at):
                 ev["suspended"] = True
@@ -259,7 +297,9 @@ class Engine:
         st, reg = self.state, self.registry
         out = []
         per_device = ((K.T_OUTBOUND, st.outbound_at_ms), (K.T_OFFLINE, st.offline_at_ms),
-                      (K.T_TAMPER, st.tamper_at_ms), (K.T_LOW_BATTERY, st.battery_at_ms))
+                      (K.T_TAMPER, st.tamper_at_ms), (K.T_LOW_BATTERY, st.battery_at_ms),
+                      (K.T_NO_FIX, st.device_ms[:, D_NO_FIX_AT]),
+                      (K.T_POWER_OFF, st.device_ms[:, D_POWER_OFF_AT]))
         for typ, arr in per_device:
             for d in np.flatnonzero(arr != K.NONE_MS).tolist():
                 z = int(st.outbound_zone[d]) if typ == K.T_OUTBOUND else -1
@@ -323,7 +363,8 @@ class Engine:
         adopt(state, device_ids, slot_keys, zone_ids, eng.state, registry.device_ids,
               registry.slot_keys(), dict(zones.index))
         eng._counters[: len(counters)] = counters[: K.N_COUNTERS]
-        recompute_deadlines(eng.state, registry.arrays.device_level, eng._offline_after_ms)
+        recompute_deadlines(eng.state, registry.arrays.device_level, eng._offline_after_ms,
+                            eng._no_fix_after_ms)
         return eng
 
     def reload(self, zones: Any, registry: Registry, config: Config | None = None
@@ -340,7 +381,8 @@ class Engine:
         stats = adopt(self.state, self.registry.device_ids, self.registry.slot_keys(),
                       list(self.zones.zone_ids), fresh, registry.device_ids,
                       registry.slot_keys(), dict(zones.index))
-        recompute_deadlines(fresh, registry.arrays.device_level, self._offline_after_ms)
+        recompute_deadlines(fresh, registry.arrays.device_level, self._offline_after_ms,
+                            self._no_fix_after_ms)
         self.zones, self.registry, self.state = zones, registry, fresh
         self._ids = None
         self._bind()
@@ -349,8 +391,9 @@ class Engine:
     def swap_registry(self, registry: Registry, zones: Any) -> dict[str, int]:
         """Install a new registry and compiled zones (the register changed), keeping the
         rule state of every device that is still registered: open episodes (outbound,
-        leave_overdue, exclusion per zone, curfew, offline, tamper, battery), runs of out
-        fixes, the last fix and receive times. An episode whose zone id no longer exists
+        leave_overdue, exclusion per zone, curfew, offline, tamper, battery, no_fix,
+        power_off), runs of out fixes, the no-fix count, the last fix (position too) and
+        receive times. An episode whose zone id no longer exists
         is dropped (its alarm stays open in the store); one whose zone is still there
         stays open, so it is never raised a second time, and clears with its alarm_id.
         Only the settled-device cache starts afresh. Returns :meth:`reload`'s counts."""

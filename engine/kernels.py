@@ -10,7 +10,11 @@ Events are written to two growable 2-D arrays, one row per event:
   :data:`EV_RAISED` (1 raised, 0 cleared), :data:`EV_AT` (epoch ms),
   :data:`EV_EPISODE` (the episode's raised ``at``: the alarm's identity), :data:`EV_LATE`;
 * ``ev_f`` float64 columns: :data:`EF_LAT`, :data:`EF_LON` (WGS-84 degrees),
-  :data:`EF_DISTANCE_M`, :data:`EF_ACC_M` (NaN where no evidence applies).
+  :data:`EF_DISTANCE_M`, :data:`EF_ACC_M` (NaN where no evidence applies). The device
+  alarms (offline, tamper, low_battery, no_fix, power_off) have no distance: their
+  :data:`EF_AUX` (the same column) holds their own number (offline the last receive
+  time, no_fix the last fix's receive time, both epoch ms; low_battery the percentage),
+  and lat/lon/acc the device's last known position (NaN: never fixed).
 """
 
 from __future__ import annotations
@@ -24,6 +28,13 @@ from contract.alarms import ALARM_TYPES
 from contract.records import K_FIX
 from engine.registry import F_CURFEWS, F_KERNEL, F_LEAVES
 from engine.state import (
+    D_LAST_FIX_RX,
+    D_NO_FIX_AT,
+    D_NO_FIX_FROM,
+    D_POWER_OFF_AT,
+    P_ACC,
+    P_LAT,
+    P_LON,
     X_CURFEW_AT,
     X_CURFEW_END,
     X_CURFEW_RUN,
@@ -46,12 +57,14 @@ from geofence.kernels import (
 T_OUTBOUND, T_EXCLUSION, T_OFFLINE, T_TAMPER, T_LOW_BATTERY, T_LEAVE_OVERDUE, T_CURFEW = (
     ALARM_TYPES.index(name) for name in ("outbound", "exclusion", "offline", "tamper",
                                          "low_battery", "leave_overdue", "curfew"))
+T_NO_FIX, T_POWER_OFF = ALARM_TYPES.index("no_fix"), ALARM_TYPES.index("power_off")
 
 # Record kinds for process_batch: contract.records.K_FIX (imported above) / K_STATUS.
 
 EV_DEVICE, EV_TYPE, EV_ZONE, EV_RAISED, EV_AT, EV_EPISODE, EV_LATE = 0, 1, 2, 3, 4, 5, 6
 N_EV_I = 7
 EF_LAT, EF_LON, EF_DISTANCE_M, EF_ACC_M = 0, 1, 2, 3
+EF_AUX = EF_DISTANCE_M  # a device alarm's own number (see the module docstring)
 N_EV_F = 4
 
 # Counter slots (Engine.counters names them).
@@ -217,26 +230,82 @@ def _next_leave_change_ms(ra, s, ts):
 
 @njit(cache=True)
 def _sweep_into(st, now, ev_i, ev_f, n, counters):
-    """Raise ``offline`` for every device whose deadline (last receive + offline_after)
-    is before ``now``. O(1) while ``now`` has not passed the floor (a lower bound of all
-    deadlines); otherwise one pass over ``deadline_ms`` that also recomputes the floor."""
+    """Raise ``no_fix`` for every device whose no-fix count ran out before ``now`` while
+    it kept sending (a message received after the count started, and its offline
+    deadline after the moment the count ran out: a silent device is offline, not no_fix),
+    then ``offline`` for every device whose deadline (last receive + offline_after) is
+    before ``now``. A device with an open power_off raises neither (it said it was
+    switching off), and its deadlines are dropped. O(1) while ``now`` has not passed the
+    floor (a lower bound of all deadlines); otherwise one pass over
+    ``no_fix_deadline_ms``, then one over ``deadline_ms``, that also recompute the floor.
+
+    The no-fix count runs from the later of its start (D_NO_FIX_FROM) and the newest
+    fix's receive time (D_LAST_FIX_RX): a fix only writes the latter, and a deadline
+    found due is first moved on by the newer fix (by the same no_fix_after: the old
+    deadline minus the old start). The loops test and write arrays taken out of ``st``
+    before them; the rare raises are calls (st's arrays read through ``st`` in the loop,
+    or one loop testing both deadlines, measured 15-25x slower per device)."""
     if now <= st.floor_ms[0]:
         return ev_i, ev_f, n
     counters[C_FULL_SWEEPS] += 1
     deadline = st.deadline_ms
+    nf_deadline = st.no_fix_deadline_ms
+    dev = st.device_ms
+    last_rx = st.last_rx_ms
+    pos = st.last_pos
+    offline_at = st.offline_at_ms
     floor = NO_DEADLINE_MS
-    nan = np.nan
+    for d in range(nf_deadline.shape[0]):
+        nd = nf_deadline[d]
+        if nd < now:
+            start = dev[d, D_NO_FIX_FROM]
+            if dev[d, D_LAST_FIX_RX] > start:  # a newer fix restarted the count
+                nd += dev[d, D_LAST_FIX_RX] - start
+                start = dev[d, D_LAST_FIX_RX]
+                dev[d, D_NO_FIX_FROM] = start
+                nf_deadline[d] = nd
+        if nd < now:
+            # The count ran out: no_fix if the device kept sending (heard after the count
+            # started, not silent at nd) and is not powered off; the count stops anyway.
+            if (nd < deadline[d] and last_rx[d] > start
+                    and dev[d, D_POWER_OFF_AT] == NONE_MS):
+                ev_i, ev_f, n = _device_raise(dev, pos, offline_at, last_rx, d, T_NO_FIX, nd,
+                                              ev_i, ev_f, n)
+            nf_deadline[d] = NO_DEADLINE_MS
+            dev[d, D_NO_FIX_FROM] = NONE_MS
+        elif nd < floor:
+            floor = nd
     for d in range(deadline.shape[0]):
         dl = deadline[d]
         if dl < now:  # silence = now - last_rx > offline_after
-            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OFFLINE, -1, 1, dl, dl, 0,
-                                  nan, nan, nan, nan)
-            st.offline_at_ms[d] = dl
+            if dev[d, D_POWER_OFF_AT] == NONE_MS:
+                ev_i, ev_f, n = _device_raise(dev, pos, offline_at, last_rx, d, T_OFFLINE, dl,
+                                              ev_i, ev_f, n)
             deadline[d] = NO_DEADLINE_MS
+            # Silence stops the no-fix count (a message after it starts a new one).
+            nf_deadline[d] = NO_DEADLINE_MS
+            dev[d, D_NO_FIX_FROM] = NONE_MS
         elif dl < floor:
             floor = dl
     st.floor_ms[0] = floor
     return ev_i, ev_f, n
+
+
+@njit(cache=True)
+def _device_raise(dev, pos, offline_at, last_rx, d, typ, at, ev_i, ev_f, n):
+    """Raise the sweep's ``typ`` (T_NO_FIX or T_OFFLINE) for device ``d`` at ``at``, with
+    the last position and its own number (last fix's resp. last message's receive time).
+    Takes the few arrays it needs, not the state: ~10 000 raises in one sweep would
+    otherwise pay a reference count on every state array each."""
+    if typ == T_NO_FIX:
+        dev[d, D_NO_FIX_AT] = at
+        lf = dev[d, D_LAST_FIX_RX]
+        aux = np.nan if lf == NONE_MS else float(lf)
+    else:
+        offline_at[d] = at
+        aux = float(last_rx[d])
+    return _emit(ev_i, ev_f, n, d, typ, -1, 1, at, at, 0, pos[d, P_LAT], pos[d, P_LON], aux,
+                 pos[d, P_ACC])
 
 
 @njit(cache=True)
@@ -642,31 +711,89 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, 
 
 
 @njit(cache=True, _nrt=False)
-def _status_rules(st, d, ts, battery, strap, battery_low_pct, battery_clear_pct,
-                  ev_i, ev_f, n):
-    """Tamper and low-battery hysteresis for one in-order status."""
+def _status_rules(st, d, ts, rx, battery, strap, power, battery_low_pct, battery_clear_pct,
+                  no_fix_after_ms, ev_i, ev_f, n):
+    """Tamper and low-battery hysteresis for one in-order status, then power_off and the
+    no-fix count (:func:`_power_status`). Evidence: tamper the last known position,
+    low_battery the status's percentage (EF_AUX)."""
     nan = np.nan
+    lat = st.last_pos[d, P_LAT]
+    lon = st.last_pos[d, P_LON]
+    acc = st.last_pos[d, P_ACC]
     if strap == 1:
         if st.tamper_at_ms[d] == NONE_MS:
             st.tamper_at_ms[d] = ts
-            n = _put(ev_i, ev_f, n, d, T_TAMPER, -1, 1, ts, ts, 0, nan, nan, nan, nan)
+            n = _put(ev_i, ev_f, n, d, T_TAMPER, -1, 1, ts, ts, 0, lat, lon, nan, acc)
     elif strap == 0:
         ep = st.tamper_at_ms[d]
         if ep != NONE_MS:
             st.tamper_at_ms[d] = NONE_MS
-            n = _put(ev_i, ev_f, n, d, T_TAMPER, -1, 0, ts, ep, 0, nan, nan, nan, nan)
+            n = _put(ev_i, ev_f, n, d, T_TAMPER, -1, 0, ts, ep, 0, lat, lon, nan, acc)
     if not math.isnan(battery):  # the status carried a battery level
         ep = st.battery_at_ms[d]
         if ep == NONE_MS:
             if battery <= battery_low_pct:
                 st.battery_at_ms[d] = ts
                 n = _put(ev_i, ev_f, n, d, T_LOW_BATTERY, -1, 1, ts, ts, 0,
-                                      nan, nan, nan, nan)
+                                      nan, nan, battery, nan)
         elif battery >= battery_clear_pct:
             st.battery_at_ms[d] = NONE_MS
             n = _put(ev_i, ev_f, n, d, T_LOW_BATTERY, -1, 0, ts, ep, 0,
-                                  nan, nan, nan, nan)
+                                  nan, nan, battery, nan)
+    return _power_status(st, d, ts, rx, power, no_fix_after_ms, ev_i, ev_f, n)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _power_status(st, d, ts, rx, power, no_fix_after_ms, ev_i, ev_f, n):
+    """The device rules' part of one in-order status (after _status_rules): ``power`` 1
+    (off) raises power_off at ``ts`` (kept open by a further one) and stops the no-fix
+    count; any other status starts the count, at its receive time ``rx``, where none runs
+    and no no_fix is open (a device never fixed, or back after silence or power-off)."""
+    dev = st.device_ms
+    if power == 1:
+        if dev[d, D_POWER_OFF_AT] == NONE_MS:
+            dev[d, D_POWER_OFF_AT] = ts
+            pos = st.last_pos
+            n = _put(ev_i, ev_f, n, d, T_POWER_OFF, -1, 1, ts, ts, 0, pos[d, P_LAT],
+                     pos[d, P_LON], np.nan, pos[d, P_ACC])
+        dev[d, D_NO_FIX_FROM] = NONE_MS
+        st.no_fix_deadline_ms[d] = NO_DEADLINE_MS
+    elif dev[d, D_NO_FIX_FROM] == NONE_MS and dev[d, D_NO_FIX_AT] == NONE_MS:
+        dev[d, D_NO_FIX_FROM] = rx
+        nd = rx + no_fix_after_ms
+        st.no_fix_deadline_ms[d] = nd
+        st.floor_ms[0] = min(st.floor_ms[0], nd)
     return n
+
+
+@njit(cache=True)
+def _device_rules_message(st, d, t, r, is_power_off, ev_i, ev_f, n):
+    """A message from device ``d`` (ts ``t``, receive time ``r``) ends its open power_off
+    when it is newer than the power-off status (a duplicate or a late message is not a
+    sign that the device came back), at its ``t``; a further power-off status keeps it
+    open. Rare: process_batch calls this only while one is open."""
+    ep = st.device_ms[d, D_POWER_OFF_AT]
+    if t > ep and not is_power_off:
+        pos = st.last_pos
+        ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_POWER_OFF, -1, 0, t, ep, 0, pos[d, P_LAT],
+                              pos[d, P_LON], np.nan, pos[d, P_ACC])
+        st.device_ms[d, D_POWER_OFF_AT] = NONE_MS
+    return ev_i, ev_f, n
+
+
+@njit(cache=True)
+def _no_fix_cleared(st, d, r, ev_i, ev_f, n):
+    """An in-order fix (received at ``r``) ends device ``d``'s open no_fix, at the receive
+    time (never before its raise), with the evidence of the fix before it. process_batch
+    then restarts the no-fix count and keeps the new position (inline: every fix does)."""
+    ep = st.device_ms[d, D_NO_FIX_AT]
+    lf = st.device_ms[d, D_LAST_FIX_RX]
+    pos = st.last_pos
+    ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_NO_FIX, -1, 0, max(ep, r), ep, 0,
+                          pos[d, P_LAT], pos[d, P_LON],
+                          np.nan if lf == NONE_MS else float(lf), pos[d, P_ACC])
+    st.device_ms[d, D_NO_FIX_AT] = NONE_MS
+    return ev_i, ev_f, n
 
 
 # One piece on purpose (hence the noqa): the per-record loop, with the receive clock,
@@ -675,15 +802,17 @@ def _status_rules(st, d, ts, battery, strap, battery_low_pct, battery_clear_pct,
 # than a settled fix takes. The rules themselves are the small functions above.
 @njit(cache=True)
 def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,  # noqa: C901
-                  st, ra, za, offline_after_ms, buffer_m, confirm, battery_low_pct,
-                  battery_clear_pct, clock_sweep, now, ev_i, ev_f, counters, wgs_lat, wgs_lon):
+                  power, st, ra, za, offline_after_ms, no_fix_after_ms, buffer_m, confirm,
+                  battery_low_pct, battery_clear_pct, clock_sweep, now, ev_i, ev_f, counters,
+                  wgs_lat, wgs_lon):
     """Run the rules over records in arrival order; returns ``(ev_i, ev_f, n_events, now)``.
 
     Record ``i``: ``kind`` (K_FIX / K_STATUS), ``device`` (dense index; out of range is
     counted and skipped), ``ts`` event time and ``rx`` receive time (epoch ms); for fixes
     ``lat``/``lon`` degrees in ``coord_sys`` (0 WGS-84, 1 GCJ-02, converted here),
-    ``acc`` metres; for statuses ``battery`` percent (NaN absent) and ``strap`` (-1 absent,
-    0 ok, 1 open). ``offline_after_ms[level]``; ``buffer_m`` metres; ``confirm`` out fixes.
+    ``acc`` metres; for statuses ``battery`` percent (NaN absent), ``strap`` (-1 absent,
+    0 ok, 1 open) and ``power`` (-1 absent, 0 on, 1 off). ``offline_after_ms[level]``,
+    ``no_fix_after_ms[level]``; ``buffer_m`` metres; ``confirm`` out fixes.
 
     ``wgs_lat[i]``/``wgs_lon[i]`` (at least as long as the batch) receive the WGS-84
     position of every fix of a known device, duplicates and late fixes included: the very
@@ -702,6 +831,9 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     deadline = st.deadline_ms
     floor = st.floor_ms
     offline_at = st.offline_at_ms
+    dev_ms = st.device_ms
+    last_pos = st.last_pos
+    nf_deadline = st.no_fix_deadline_ms
     last_fix = st.last_fix_ts_ms
     last_status = st.last_status_ts_ms
     safe_m = st.safe_m
@@ -727,7 +859,6 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     grid_cell_offsets = za.grid_cell_offsets
     cell_state = za.cell_state
     n_dev = last_rx.shape[0]
-    nan = np.nan
     for i in range(kind.shape[0]):
         d = device[i]
         if d < 0 or d >= n_dev:
@@ -742,8 +873,9 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
         # never before the raise) and move the offline deadline.
         ep = offline_at[d]
         if ep != NONE_MS:
-            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OFFLINE, -1, 0, max(ep, r), ep,
-                                  0, nan, nan, nan, nan)
+            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OFFLINE, -1, 0, max(ep, r), ep, 0,
+                                  last_pos[d, P_LAT], last_pos[d, P_LON], float(last_rx[d]),
+                                  last_pos[d, P_ACC])
             offline_at[d] = NONE_MS
         if last_rx[d] == NONE_MS or r > last_rx[d]:
             last_rx[d] = r
@@ -751,6 +883,9 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
         deadline[d] = dl
         floor[0] = min(floor[0], dl)
         t = ts[i]
+        if dev_ms[d, D_POWER_OFF_AT] != NONE_MS:  # powered off: a newer message ends it
+            ev_i, ev_f, n = _device_rules_message(st, d, t, r, kind[i] != K_FIX
+                                                  and power[i] == 1, ev_i, ev_f, n)
         if kind[i] == K_FIX:
             counters[C_FIXES] += 1
             x = lon[i]
@@ -768,6 +903,20 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
                 counters[C_LATE_FIXES] += 1
             else:
                 last_fix[d] = t
+                # The device rules: a fresh fix ends no_fix, restarts the no-fix count at
+                # its receive time (the sweep moves the deadline on: see _sweep_into) or
+                # starts one, and is the last known position (alarm evidence).
+                if dev_ms[d, D_NO_FIX_AT] != NONE_MS:
+                    ev_i, ev_f, n = _no_fix_cleared(st, d, r, ev_i, ev_f, n)
+                dev_ms[d, D_LAST_FIX_RX] = max(dev_ms[d, D_LAST_FIX_RX], r)
+                last_pos[d, P_LAT] = y
+                last_pos[d, P_LON] = x
+                last_pos[d, P_ACC] = acc[i]
+                if dev_ms[d, D_NO_FIX_FROM] == NONE_MS:
+                    dev_ms[d, D_NO_FIX_FROM] = r
+                    nd = r + no_fix_after_ms[level[d]]
+                    nf_deadline[d] = nd
+                    floor[0] = min(floor[0], nd)
             # Settled device (see _fix_rules): nothing can change within the safe radius.
             if (not late and safe_m[d] > 0.0 and t < safe_until[d]
                     and moved_upper_m(near_lon[d], near_lat[d], x, y) < safe_m[d]):
@@ -826,8 +975,8 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
                 counters[C_LATE_STATUSES] += 1  # an old status says nothing about now
                 continue
             last_status[d] = t
-            if n + 2 > ev_i.shape[0]:
-                ev_i, ev_f = _room(ev_i, ev_f, n, n + 2)
-            n = _status_rules(st, d, t, battery[i], strap[i], battery_low_pct,
-                              battery_clear_pct, ev_i, ev_f, n)
+            if n + 3 > ev_i.shape[0]:
+                ev_i, ev_f = _room(ev_i, ev_f, n, n + 3)
+            n = _status_rules(st, d, t, r, battery[i], strap[i], power[i], battery_low_pct,
+                              battery_clear_pct, no_fix_after_ms[level[d]], ev_i, ev_f, n)
     return ev_i, ev_f, n, now

@@ -63,14 +63,19 @@ class _Device:
     __slots__ = (
         "battery",
         "exclusion",
+        "last_fix_rx",
         "last_fix_ts",
         "last_rx",
         "last_status_ts",
         "lv_run",
+        "no_fix",
+        "no_fix_from",
         "offline",
         "out_run",
         "outbound",
         "owe",
+        "position",
+        "power_off",
         "prev_ts",
         "tamper",
     )
@@ -81,6 +86,9 @@ class _Device:
         self.outbound = self.offline = self.tamper = self.battery = None
         self.owe = self.prev_ts = None  # leave_overdue: see engine.kernels._leave_rules
         self.exclusion: dict[int, int] = {}
+        # The device rules (power_off, no_fix) and the last known position (evidence).
+        self.power_off = self.no_fix = self.no_fix_from = self.last_fix_rx = None
+        self.position: dict[str, float] = {}  # lat, lon, acc of the newest in-order fix
 
 
 class ShapelyEngine:
@@ -95,6 +103,7 @@ class ShapelyEngine:
         self.registry = registry
         self._shapes = [_ShapelyZone(z) for z in zones.zones]
         self._offline_ms = [round(r.offline_after_s.for_level(lv) * 1000) for lv in LEVELS]
+        self._no_fix_ms = [round(r.no_fix_after_s.for_level(lv) * 1000) for lv in LEVELS]
         self._devices = [_Device() for _ in range(registry.n_devices)]
         self._counts = dict.fromkeys(K.COUNTER_NAMES, 0)
 
@@ -107,12 +116,13 @@ class ShapelyEngine:
 
     # ----- events ------------------------------------------------------------------------
     def _event(self, d: int, typ: int, z: int, raised: bool, at: int, episode: int,
-               late: bool = False, evidence: tuple | None = None) -> dict:
+               late: bool = False, evidence: tuple | None = None,
+               extra: dict | None = None) -> dict:
         reg = self.registry
         subject = reg.subjects[int(reg.arrays.device_subject[d])]
         zone_id = self.zones.zone_ids[z] if z >= 0 else None
         ev = alarm_event(raised, ALARM_TYPES[typ], subject.subject_id, reg.device_ids[d],
-                         zone_id, subject.region, at, episode, late, evidence)
+                         zone_id, subject.region, at, episode, late, evidence, extra)
         ev["device_kind"] = reg.device_kinds[d]
         if any(sp.type == ALARM_TYPES[typ] and sp.start_ms <= at <= sp.end_ms
                for sp in subject.suspensions):
@@ -121,29 +131,72 @@ class ShapelyEngine:
 
     # ----- rules -------------------------------------------------------------------------
     def sweep(self, now_ms: int) -> list[dict]:
+        """no_fix, then offline, by the receive clock ``now_ms`` (docs/rules.md); neither
+        for a device whose power_off is open."""
         out = []
         level = self.registry.arrays.device_level
+        for d, dev in enumerate(self._devices):
+            if dev.last_rx is None or dev.offline is not None or dev.no_fix_from is None:
+                continue
+            # The count runs from its start, or from the newest fix received since.
+            start = max(dev.no_fix_from, dev.last_fix_rx or dev.no_fix_from)
+            crossed = start + self._no_fix_ms[level[d]]
+            if now_ms > crossed:
+                sent = dev.last_rx > start  # heard after the count started
+                dev.no_fix_from = None
+                deadline = dev.last_rx + self._offline_ms[level[d]]
+                if crossed < deadline and sent and dev.power_off is None:
+                    dev.no_fix = crossed
+                    out.append(self._event(d, K.T_NO_FIX, -1, True, crossed, crossed,
+                                           extra=self._no_fix_evidence(dev)))
         for d, dev in enumerate(self._devices):
             if dev.last_rx is None or dev.offline is not None:
                 continue
             deadline = dev.last_rx + self._offline_ms[level[d]]
             if now_ms > deadline:
-                dev.offline = deadline
-                out.append(self._event(d, K.T_OFFLINE, -1, True, deadline, deadline))
+                dev.no_fix_from = None
+                if dev.power_off is None:
+                    dev.offline = deadline
+                    out.append(self._event(d, K.T_OFFLINE, -1, True, deadline, deadline,
+                                           extra={**dev.position, "last_rx_ms": dev.last_rx}))
         return out
 
-    def _received(self, d: int, dev: _Device, rx: int, out: list) -> None:
+    @staticmethod
+    def _no_fix_evidence(dev: _Device) -> dict:
+        if dev.last_fix_rx is None:
+            return dict(dev.position)
+        return {**dev.position, "last_fix_rx_ms": dev.last_fix_rx}
+
+    def _received(self, d: int, dev: _Device, rx: int, out: list, ts: int = 0,
+                  power_off_status: bool = False) -> None:
         if dev.offline is not None:
-            out.append(self._event(d, K.T_OFFLINE, -1, False, max(rx, dev.offline), dev.offline))
+            out.append(self._event(d, K.T_OFFLINE, -1, False, max(rx, dev.offline), dev.offline,
+                                   extra={**dev.position, "last_rx_ms": dev.last_rx}))
             dev.offline = None
         dev.last_rx = rx if dev.last_rx is None else max(dev.last_rx, rx)
+        if dev.power_off is not None and ts > dev.power_off and not power_off_status:
+            out.append(self._event(d, K.T_POWER_OFF, -1, False, ts, dev.power_off,
+                                   extra=dev.position))
+            dev.power_off = None
+
+    def _fresh_fix(self, d: int, dev: _Device, rx: int, lat: float, lon: float, acc: float,
+                   out: list) -> None:
+        """An in-order fix: no_fix clears, the count restarts, the position is kept."""
+        if dev.no_fix is not None:
+            out.append(self._event(d, K.T_NO_FIX, -1, False, max(rx, dev.no_fix), dev.no_fix,
+                                   extra=self._no_fix_evidence(dev)))
+            dev.no_fix = None
+        dev.last_fix_rx = rx if dev.last_fix_rx is None else max(dev.last_fix_rx, rx)
+        dev.position = {"lat": lat, "lon": lon, "acc": acc}
+        if dev.no_fix_from is None:
+            dev.no_fix_from = rx
 
     def _fix(self, d: int, ts: int, rx: int, lat: float, lon: float, acc: float,
              out: list) -> None:
         """One fix; ``lat``/``lon`` WGS-84 degrees (``process`` converted GCJ-02 ones)."""
         dev = self._devices[d]
         self._counts["fixes"] += 1
-        self._received(d, dev, rx, out)
+        self._received(d, dev, rx, out, ts)
         if dev.last_fix_ts is not None and ts == dev.last_fix_ts:
             self._counts["duplicate_fixes"] += 1
             return
@@ -152,6 +205,7 @@ class ShapelyEngine:
             self._counts["late_fixes"] += 1
         else:
             dev.last_fix_ts = ts
+            self._fresh_fix(d, dev, rx, lat, lon, acc, out)
         s = int(self.registry.arrays.device_subject[d])
         margin = max(self.config.rules.buffer_m, acc)
         self._exclusion(d, dev, s, ts, lat, lon, acc, margin, late, out)
@@ -247,10 +301,11 @@ class ShapelyEngine:
             dev.outbound = (ts, z, typ)
             out.append(self._event(d, typ, z, True, ts, ts, False, (lat, lon, dist, acc)))
 
-    def _status(self, d: int, ts: int, rx: int, battery: float, strap: int, out: list) -> None:
+    def _status(self, d: int, ts: int, rx: int, battery: float, strap: int, power: int,
+                out: list) -> None:
         dev = self._devices[d]
         self._counts["statuses"] += 1
-        self._received(d, dev, rx, out)
+        self._received(d, dev, rx, out, ts, power == 1)
         if dev.last_status_ts is not None and ts <= dev.last_status_ts:
             self._counts["duplicate_statuses" if ts == dev.last_status_ts
                          else "late_statuses"] += 1
@@ -259,17 +314,28 @@ class ShapelyEngine:
         r = self.config.rules
         if strap == 1 and dev.tamper is None:
             dev.tamper = ts
-            out.append(self._event(d, K.T_TAMPER, -1, True, ts, ts))
+            out.append(self._event(d, K.T_TAMPER, -1, True, ts, ts,
+                                   extra={**dev.position, "strap": "open"}))
         elif strap == 0 and dev.tamper is not None:
-            out.append(self._event(d, K.T_TAMPER, -1, False, ts, dev.tamper))
+            out.append(self._event(d, K.T_TAMPER, -1, False, ts, dev.tamper,
+                                   extra={**dev.position, "strap": "ok"}))
             dev.tamper = None
         if not math.isnan(battery):
             if dev.battery is None and battery <= r.battery_low_pct:
                 dev.battery = ts
-                out.append(self._event(d, K.T_LOW_BATTERY, -1, True, ts, ts))
+                out.append(self._event(d, K.T_LOW_BATTERY, -1, True, ts, ts,
+                                       extra={"battery_pct": battery}))
             elif dev.battery is not None and battery >= r.battery_clear_pct:
-                out.append(self._event(d, K.T_LOW_BATTERY, -1, False, ts, dev.battery))
+                out.append(self._event(d, K.T_LOW_BATTERY, -1, False, ts, dev.battery,
+                                       extra={"battery_pct": battery}))
                 dev.battery = None
+        if power == 1:
+            if dev.power_off is None:
+                dev.power_off = ts
+                out.append(self._event(d, K.T_POWER_OFF, -1, True, ts, ts, extra=dev.position))
+            dev.no_fix_from = None
+        elif dev.no_fix_from is None and dev.no_fix is None:
+            dev.no_fix_from = rx
 
     # ----- the Engine interface ----------------------------------------------------------
     def process(self, batch: RecordBatch, *, clock_now_ms: int | None = None,
@@ -278,7 +344,7 @@ class ShapelyEngine:
         out: list[dict] = []
         now = clock_now_ms
         n_dev = len(self._devices)
-        kind, _, ts_ms, rx_ms, lat, lon, acc_m, coord_sys, battery_pct, strap = batch
+        kind, _, ts_ms, rx_ms, lat, lon, acc_m, coord_sys, battery_pct, strap, power = batch
         if positions is not None:
             positions.check(len(kind))
         lat, lon = lat.copy(), lon.copy()
@@ -299,15 +365,16 @@ class ShapelyEngine:
                 self._fix(d, int(ts_ms[i]), rx, float(lat[i]), float(lon[i]), float(acc_m[i]),
                           out)
             else:
-                self._status(d, int(ts_ms[i]), rx, float(battery_pct[i]), int(strap[i]), out)
+                self._status(d, int(ts_ms[i]), rx, float(battery_pct[i]), int(strap[i]),
+                             int(power[i]), out)
         return out, now
 
     def process_records(self, kind, device_idx, ts_ms, rx_ms, lat, lon, acc_m, coord_sys,
-                        battery_pct, strap, *, clock_now_ms: int | None = None):
+                        battery_pct, strap, power=None, *, clock_now_ms: int | None = None):
         return self.process(RecordBatch.records(
             kind=kind, device_idx=device_idx, ts_ms=ts_ms, rx_ms=rx_ms, lat=lat, lon=lon,
-            acc_m=acc_m, coord_sys=coord_sys, battery_pct=battery_pct, strap=strap),
-            clock_now_ms=clock_now_ms)
+            acc_m=acc_m, coord_sys=coord_sys, battery_pct=battery_pct, strap=strap,
+            power=power), clock_now_ms=clock_now_ms)
 
     def process_fixes(self, device_idx, ts_ms, lat, lon, acc_m, coord_sys, rx_ms) -> list[dict]:
         return self.process(RecordBatch.fixes(device_idx=device_idx, ts_ms=ts_ms, rx_ms=rx_ms,
@@ -315,7 +382,7 @@ class ShapelyEngine:
                                               coord_sys=coord_sys))[0]
 
     def process_statuses(self, device_idx, ts_ms, rx_ms, battery_pct, strap,
-                         charging) -> list[dict]:
+                         charging, power=None) -> list[dict]:
         return self.process(RecordBatch.statuses(device_idx=device_idx, ts_ms=ts_ms,
                                                  rx_ms=rx_ms, battery_pct=battery_pct,
-                                                 strap=strap))[0]
+                                                 strap=strap, power=power))[0]

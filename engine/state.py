@@ -8,7 +8,8 @@ open" (an alarm's episode key is the ``at`` of its raised event, so "open" is si
 Per device (bytes): last_rx_ms 8, deadline_ms 8, last_fix_ts_ms 8, last_status_ts_ms 8,
 out_run 2, outbound_at_ms 8, outbound_zone 4, offline_at_ms 8, tamper_at_ms 8,
 battery_at_ms 8, settled cache 28, the scheduled rules' ``ext`` row 56 (leave_overdue and
-curfew, see :data:`X_OUT_TYPE` ...); per (device, exclusion zone) slot: exclusion_at_ms 8. See
+curfew, see :data:`X_OUT_TYPE` ...), the device rules (power_off, no_fix) and the last
+position for evidence 64; per (device, exclusion zone) slot: exclusion_at_ms 8. See
 :func:`bytes_per_device` for the measured figure including the registry's per-device
 arrays.
 """
@@ -43,6 +44,14 @@ X_CURFEW_END = 5  # its window's end (ms, exclusive)
 X_CURFEW_ZONE = 6  # its zone index
 X_CURFEW_RUN = 7  # run of out fixes in the current curfew window
 N_EXT = 8
+# Columns of DeviceState.device_ms (int64[n_devices, N_DEVICE_MS]).
+D_POWER_OFF_AT = 0  # open power_off episode's raised at (its ts), or NONE_MS
+D_NO_FIX_AT = 1  # open no_fix episode's raised at, or NONE_MS
+D_NO_FIX_FROM = 2  # receive time the no-fix count was started, NONE_MS: none runs
+D_LAST_FIX_RX = 3  # latest receive time of an in-order fix, or NONE_MS
+N_DEVICE_MS = 4
+# Columns of DeviceState.last_pos (float64[n_devices, 3]; NaN: never fixed).
+P_LAT, P_LON, P_ACC = 0, 1, 2  # WGS-84 degrees, degrees, metres
 EXT_FRESH = (0, np.iinfo(np.int64).min, 0, np.iinfo(np.int64).min, np.iinfo(np.int64).min,
              np.iinfo(np.int64).min, -1, 0)
 
@@ -70,6 +79,12 @@ class DeviceState(NamedTuple):
     near_lat: np.ndarray  # float64
     safe_m: np.ndarray  # float32
     safe_until_ms: np.ndarray  # int64
+    # The device rules (engine.kernels, docs/rules.md: power_off, no_fix) and the evidence
+    # the device alarms carry. Rows, so that a message touches one or two cache lines.
+    device_ms: np.ndarray  # int64[n_devices, N_DEVICE_MS]: the D_* columns
+    last_pos: np.ndarray  # float64[n_devices, 3]: newest in-order fix, WGS-84 (P_* columns)
+    no_fix_deadline_ms: np.ndarray  # int64: the no-fix count runs out (a lower bound: see
+    # engine.kernels._sweep_into), or NO_DEADLINE_MS
 
 
 def new_state(n_devices: int, n_slots: int) -> DeviceState:
@@ -95,7 +110,16 @@ def new_state(n_devices: int, n_slots: int) -> DeviceState:
         near_lat=np.full(n_devices, np.nan),
         safe_m=np.full(n_devices, -1.0, dtype=np.float32),
         safe_until_ms=full(n_devices, 0),
+        **device_rule_fields(n_devices),
     )
+
+
+def device_rule_fields(n_devices: int) -> dict[str, np.ndarray]:
+    """Fresh state of the device rules (power_off, no_fix) and of the last position (also
+    for a checkpoint written before them)."""
+    return {"device_ms": np.full((n_devices, N_DEVICE_MS), NONE_MS, np.int64),
+            "last_pos": np.full((n_devices, 3), np.nan),
+            "no_fix_deadline_ms": np.full(n_devices, NO_DEADLINE_MS, np.int64)}
 
 
 def new_ext(n_devices: int) -> np.ndarray:
@@ -105,7 +129,7 @@ def new_ext(n_devices: int) -> np.ndarray:
 
 PER_DEVICE_FIELDS = ("last_rx_ms", "deadline_ms", "last_fix_ts_ms", "last_status_ts_ms", "out_run",
                      "outbound_at_ms", "outbound_zone", "offline_at_ms", "tamper_at_ms",
-                     "battery_at_ms")
+                     "battery_at_ms", "device_ms", "last_pos", "no_fix_deadline_ms")
 CACHE_FIELDS = ("near_lon", "near_lat", "safe_m", "safe_until_ms")
 
 
@@ -124,15 +148,27 @@ def bytes_per_device(state: DeviceState, registry_arrays=None) -> float:
 
 
 def recompute_deadlines(state: DeviceState, device_level: np.ndarray,
-                        offline_after_ms: np.ndarray) -> None:
+                        offline_after_ms: np.ndarray,
+                        no_fix_after_ms: np.ndarray | None = None) -> None:
     """deadline = last receive + offline_after(level) for devices heard from and not
-    already offline; the sweep floor becomes the smallest deadline."""
+    already offline (nor powered off); no-fix deadline = the no-fix count's start +
+    no_fix_after(level) where one runs (``no_fix_after_ms`` None: left as they are); the
+    sweep floor becomes the smallest of both."""
     heard = state.last_rx_ms != NONE_MS
-    due = heard & (state.offline_at_ms == NONE_MS)
+    due = heard & (state.offline_at_ms == NONE_MS) & (
+        state.device_ms[:, D_POWER_OFF_AT] == NONE_MS)
     deadline = np.full(len(state.last_rx_ms), NO_DEADLINE_MS, dtype=np.int64)
     deadline[due] = state.last_rx_ms[due] + offline_after_ms[device_level[due]]
     state.deadline_ms[:] = deadline
-    state.floor_ms[0] = deadline.min() if len(deadline) else NO_DEADLINE_MS
+    if no_fix_after_ms is not None:
+        start = state.device_ms[:, D_NO_FIX_FROM]
+        counting = start != NONE_MS
+        nf = np.full(len(state.last_rx_ms), NO_DEADLINE_MS, dtype=np.int64)
+        nf[counting] = start[counting] + no_fix_after_ms[device_level[counting]]
+        state.no_fix_deadline_ms[:] = nf
+    floor = min(deadline.min(), state.no_fix_deadline_ms.min()) if len(deadline) else \
+        NO_DEADLINE_MS
+    state.floor_ms[0] = floor
 
 
 def adopt(old: DeviceState, old_device_ids: list[str], old_slot_keys: list[tuple[str, str]],
@@ -277,11 +313,15 @@ def _load(source, where: str):
             if int(data["version"][0]) != CHECKPOINT_VERSION:
                 raise CheckpointError(f"checkpoint version {int(data['version'][0])}, "
                                       f"expected {CHECKPOINT_VERSION}", str(path))
+            fresh_rules = device_rule_fields(len(data["last_rx_ms"]))
             fields = {f: data[f].copy() for f in DeviceState._fields
-                      if f not in CACHE_FIELDS and f != "ext"}
-            # A checkpoint written before the scheduled rules has no ext: fresh rows.
+                      if f not in CACHE_FIELDS and f != "ext" and f not in fresh_rules}
+            # A checkpoint written before the scheduled rules has no ext: fresh rows; one
+            # written before the device rules, fresh device-rule state.
             fields["ext"] = (data["ext"].copy() if "ext" in data.files
                              else new_ext(len(fields["last_rx_ms"])))
+            fields.update({f: data[f].copy() if f in data.files else v
+                           for f, v in fresh_rules.items()})
             fresh = new_state(len(fields["last_rx_ms"]), 0)
             state = DeviceState(**fields, **{f: getattr(fresh, f) for f in CACHE_FIELDS})
             device_ids = [str(x) for x in data["device_ids"]]

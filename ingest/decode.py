@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from contract import COORD_SYS_CODES, STRAP_CODES, TOPIC_PREFIX
+from contract import COORD_SYS_CODES, POWER_CODES, STRAP_CODES, TOPIC_PREFIX
 from contract.errors import EmfenceError
 from emfence.config import IngestConfig
 
@@ -105,13 +105,15 @@ class Status(NamedTuple):
     """One validated heartbeat / status message; ``None`` means the field was absent.
 
     ``ts_ms`` epoch ms UTC, ``battery_pct`` 0..100 percent, ``strap`` ``"ok"|"open"``,
-    ``charging`` bool.
+    ``charging`` bool, ``power`` ``"on"|"off"`` (``"off"``: the firmware's last word
+    before it shuts down).
     """
 
     ts_ms: int
     battery_pct: float | None = None
     strap: str | None = None
     charging: bool | None = None
+    power: str | None = None
 
 
 def _is_number(v: Any) -> bool:
@@ -284,7 +286,8 @@ def parse_status(obj: Any, *, where: str = "") -> Status:
     """Validate one status object and return a :class:`Status`.
 
     Required: ``ts``. Optional: ``battery`` (percent, 0..100), ``strap`` (``ok|open``),
-    ``charging`` (boolean). A status with only ``ts`` is a plain heartbeat.
+    ``charging`` (boolean), ``power`` (``on|off``). A status with only ``ts`` is a plain
+    heartbeat.
     """
     obj = _require_object(obj, where)
     ts = _ts(obj, where)
@@ -294,7 +297,8 @@ def parse_status(obj: Any, *, where: str = "") -> Status:
     if charging is not None and not isinstance(charging, bool):
         raise PayloadError(f"bad_type: charging must be a boolean, got {_type_name(charging)} "
                            f"{_short(charging)}", where)
-    return Status(ts, battery, strap, charging)
+    power = _choice(obj, "power", where, tuple(POWER_CODES), None)
+    return Status(ts, battery, strap, charging, power)
 
 
 def _load(payload: bytes, config: IngestConfig) -> Any:

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from contract import COORD_SYS_CODES, STRAP_CODES, RecordBatch, RecordBuilder
+from contract import COORD_SYS_CODES, POWER_CODES, STRAP_CODES, RecordBatch, RecordBuilder
 
 
 class Batch:
@@ -40,7 +40,8 @@ class Batch:
         self.builder.add_status(
             -1, status.ts_ms, rx_ms,
             np.nan if status.battery_pct is None else status.battery_pct,
-            -1 if status.strap is None else STRAP_CODES[status.strap])
+            -1 if status.strap is None else STRAP_CODES[status.strap],
+            -1 if status.power is None else POWER_CODES[status.power])
         self.device.append(device_id)
         self.src.append(None)
 

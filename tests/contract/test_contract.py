@@ -14,6 +14,7 @@ from contract import (
     ALARM_TYPES,
     K_FIX,
     K_STATUS,
+    POWER_CODES,
     RecordBatch,
     RecordBuilder,
     alarm_event,
@@ -28,7 +29,7 @@ from engine import kernels as K
 
 DTYPES = {"kind": np.uint8, "device_idx": np.int32, "ts_ms": np.int64, "rx_ms": np.int64,
           "lat": np.float64, "lon": np.float64, "acc_m": np.float64, "coord_sys": np.uint8,
-          "battery_pct": np.float64, "strap": np.int8}
+          "battery_pct": np.float64, "strap": np.int8, "power": np.int8}
 
 
 def _assert_kernel_ready(batch: RecordBatch, n: int) -> None:
@@ -45,9 +46,15 @@ def test_fixes_statuses_and_records_are_coerced_to_the_kernel_dtypes():
     _assert_kernel_ready(f, 2)
     assert f.kind.tolist() == [K_FIX, K_FIX]
     assert np.isnan(f.battery_pct).all() and f.strap.tolist() == [-1, -1]
+    assert f.power.tolist() == [-1, -1]
     s = RecordBatch.statuses(device_idx=[3], ts_ms=[5], rx_ms=[6], battery_pct=[12.5], strap=[1])
     _assert_kernel_ready(s, 1)
     assert s.kind.tolist() == [K_STATUS] and np.isnan(s.lat).all()
+    assert s.power.tolist() == [-1]  # left out: absent
+    p = RecordBatch.statuses(device_idx=[3, 4], ts_ms=[5, 6], rx_ms=[6, 7],
+                             battery_pct=[12.5, 3], strap=[1, -1], power=[1, 0])
+    _assert_kernel_ready(p, 2)
+    assert p.power.tolist() == [POWER_CODES["off"], POWER_CODES["on"]]
     r = RecordBatch.records(kind=[0, 1], device_idx=[0, 0], ts_ms=[1, 2], rx_ms=[1, 2],
                             lat=[30, math.nan], lon=[120, math.nan], acc_m=[5, math.nan],
                             coord_sys=[0, 0], battery_pct=[math.nan, 50], strap=[-1, 0])
@@ -62,6 +69,9 @@ def test_a_column_of_the_wrong_length_or_shape_is_named():
     with pytest.raises(ValueError, match=r"strap must be one-dimensional"):
         RecordBatch.statuses(device_idx=[0], ts_ms=[5], rx_ms=[6], battery_pct=[1.0],
                              strap=[[1]])
+    with pytest.raises(ValueError, match=r"power has 2 elements, expected 1"):
+        RecordBatch.statuses(device_idx=[0], ts_ms=[5], rx_ms=[6], battery_pct=[1.0],
+                             strap=[1], power=[1, 1])
     with pytest.raises(TypeError):
         RecordBatch.fixes([0], [5], [6], [30], [120], [5], [0])  # keywords only
 
@@ -71,7 +81,7 @@ def test_builder_gives_the_same_batch_as_the_columns():
     b.add_fix(2, 1000, 1001, 30.5, 120.25, 12.0, 1)
     b.add_status(1, 1002, 1003, math.nan, 1)
     b.add_fix(0, 1004, 1005, 30.0, 120.0, 50.0, 0)
-    b.add_status(2, 1006, 1007, 15.0, -1)
+    b.add_status(2, 1006, 1007, 15.0, -1, 1)
     assert len(b) == 4
     got = b.take()
     want = RecordBatch.records(
@@ -79,7 +89,7 @@ def test_builder_gives_the_same_batch_as_the_columns():
         rx_ms=[1001, 1003, 1005, 1007], lat=[30.5, math.nan, 30.0, math.nan],
         lon=[120.25, math.nan, 120.0, math.nan], acc_m=[12.0, math.nan, 50.0, math.nan],
         coord_sys=[1, 0, 0, 0], battery_pct=[math.nan, math.nan, math.nan, 15.0],
-        strap=[-1, 1, -1, -1])
+        strap=[-1, 1, -1, -1], power=[-1, -1, -1, 1])
     _assert_kernel_ready(got, 4)
     for name, a, w in zip(got._fields, got, want, strict=True):
         np.testing.assert_array_equal(a, w, err_msg=name)

@@ -78,12 +78,14 @@ class Feed:
         self.events += ev
         return ev
 
-    def status(self, device_id, ts, battery=None, strap=None, rx=None) -> list[dict]:
+    def status(self, device_id, ts, battery=None, strap=None, rx=None, power=None
+               ) -> list[dict]:
         ev = self.engine.process_statuses(
             np.array([self.idx(device_id)], np.int32), np.array([ts], np.int64),
             np.array([ts if rx is None else rx], np.int64),
             np.array([np.nan if battery is None else battery]),
-            np.array([{None: -1, "ok": 0, "open": 1}[strap]], np.int8), np.array([-1], np.int8))
+            np.array([{None: -1, "ok": 0, "open": 1}[strap]], np.int8), np.array([-1], np.int8),
+            np.array([{None: -1, "on": 0, "off": 1}[power]], np.int8))
         self.events += ev
         return ev
 

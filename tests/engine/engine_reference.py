@@ -117,6 +117,20 @@ class RefZone:
 
 # --- the rules ------------------------------------------------------------------------
 LEVEL_OFFLINE_S = {"strict": 600, "ordinary": 1800, "lenient": 3600}
+LEVEL_NO_FIX_S = {"strict": 900, "ordinary": 1800, "lenient": 3600}
+
+
+class Ev(tuple):
+    """An event ``(event, type, device_id, zone_id, at, late)`` that equals the plain
+    tuple; ``extra`` holds the evidence of the device alarms (offline, tamper,
+    low_battery, no_fix, power_off) as docs/rules.md lists it, ``{}`` for other types."""
+
+    extra: dict
+
+    def __new__(cls, fields: tuple, extra: dict | None = None):
+        ev = super().__new__(cls, fields)
+        ev.extra = extra or {}
+        return ev
 
 
 @dataclass
@@ -138,6 +152,17 @@ class RefDevice:
     tamper: int | None = None
     battery: int | None = None
     exclusion: dict = field(default_factory=dict)  # zone id -> raised at
+    power_off: int | None = None  # raised at (the power-off status's ts)
+    no_fix: int | None = None  # raised at (receive clock)
+    no_fix_from: int | None = None  # receive time the count of "no fix" was started
+    last_fix_rx: int | None = None  # latest receive time of an in-order fix
+    position: tuple | None = None  # (lat, lon, acc) of that fix, WGS-84
+
+    def where(self) -> dict:
+        """The last known position as evidence keys (none if never fixed)."""
+        if self.position is None:
+            return {}
+        return dict(zip(("lat", "lon", "acc"), self.position, strict=True))
 
 
 def leave_end(lv: dict) -> int:
@@ -191,12 +216,13 @@ class Reference:
 
     def __init__(self, zones: dict[str, RefZone], subjects: dict, *, buffer_m=50.0,
                  confirm=2, offline_s=None, battery_low=15.0, battery_clear=20.0,
-                 timezone="Asia/Shanghai"):
+                 timezone="Asia/Shanghai", no_fix_s=None):
         self.zones = zones
         self.timezone = timezone
         self.buffer_m = buffer_m
         self.confirm = confirm
         self.offline_ms = {k: int(v * 1000) for k, v in (offline_s or LEVEL_OFFLINE_S).items()}
+        self.no_fix_ms = {k: int(v * 1000) for k, v in (no_fix_s or LEVEL_NO_FIX_S).items()}
         self.battery_low = battery_low
         self.battery_clear = battery_clear
         self.devices: dict[str, RefDevice] = {}
@@ -250,35 +276,85 @@ class Reference:
             gaps += [z.boundary_m(lon, lat), z.distance_m(lon, lat) - margin]
         return min((abs(g) for g in gaps), default=math.inf)
 
-    # offline
+    # no_fix, offline (receive clock); neither while the device said it powered off
     def sweep(self, now: int) -> list[tuple]:
+        """no_fix of every device (registry order), then offline of every device."""
         out = []
+        for dev in self.devices.values():
+            if dev.last_rx is None or dev.offline is not None or dev.no_fix_from is None:
+                continue
+            level = dev.subject["level"]
+            # The count runs from its start, or from the newest fix received since.
+            start = max(dev.no_fix_from, dev.last_fix_rx or dev.no_fix_from)
+            crossed = start + self.no_fix_ms[level]
+            if now > crossed:
+                dev.no_fix_from = None
+                silent_from = dev.last_rx + self.offline_ms[level]
+                # It kept sending (heard after the count started, not silent at the
+                # threshold) and did not say it was switching off.
+                if crossed < silent_from and dev.last_rx > start and dev.power_off is None:
+                    dev.no_fix = crossed
+                    out.append(Ev(("raised", "no_fix", dev.device_id, None, crossed, False),
+                                  {**dev.where(), **self._last_fix_rx(dev)}))
         for dev in self.devices.values():
             if dev.last_rx is None or dev.offline is not None:
                 continue
             off = self.offline_ms[dev.subject["level"]]
             if now - dev.last_rx > off:
-                dev.offline = dev.last_rx + off
-                out.append(("raised", "offline", dev.device_id, None, dev.offline, False))
+                dev.no_fix_from = None  # silence stops the count
+                if dev.power_off is None:
+                    dev.offline = dev.last_rx + off
+                    out.append(Ev(("raised", "offline", dev.device_id, None, dev.offline,
+                                   False), {**dev.where(), "last_rx_ms": dev.last_rx}))
         return out
 
-    def _received(self, dev: RefDevice, rx: int) -> list[tuple]:
+    @staticmethod
+    def _last_fix_rx(dev: RefDevice) -> dict:
+        return {} if dev.last_fix_rx is None else {"last_fix_rx_ms": dev.last_fix_rx}
+
+    def _received(self, dev: RefDevice, rx: int, ts: int = 0,
+                  power_off_status: bool = False) -> list[tuple]:
+        """A message arrived: it ends an offline episode (at its receive time) and an
+        open power_off (at its ts, if newer than the power-off status and not itself
+        one)."""
         out = []
         if dev.offline is not None:
-            out.append(("cleared", "offline", dev.device_id, None, max(rx, dev.offline), False))
+            out.append(Ev(("cleared", "offline", dev.device_id, None, max(rx, dev.offline),
+                           False), {**dev.where(), "last_rx_ms": dev.last_rx}))
             dev.offline = None
         dev.last_rx = rx if dev.last_rx is None else max(dev.last_rx, rx)
+        if dev.power_off is not None and ts > dev.power_off and not power_off_status:
+            out.append(Ev(("cleared", "power_off", dev.device_id, None, ts, False),
+                          dev.where()))
+            dev.power_off = None
+        return out
+
+    def _fresh_fix(self, dev: RefDevice, rx: int, lat: float, lon: float,
+                   acc: float) -> list[tuple]:
+        """An in-order fix: no_fix ends (receive time), the count starts again from it,
+        and it is the last known position."""
+        out = []
+        if dev.no_fix is not None:
+            out.append(Ev(("cleared", "no_fix", dev.device_id, None, max(rx, dev.no_fix),
+                           False), {**dev.where(), **self._last_fix_rx(dev)}))
+            dev.no_fix = None
+        dev.last_fix_rx = rx if dev.last_fix_rx is None else max(dev.last_fix_rx, rx)
+        dev.position = (lat, lon, acc)
+        if dev.no_fix_from is None:
+            dev.no_fix_from = rx
         return out
 
     def fix(self, device_id: str, ts: int, rx: int, lat: float, lon: float, acc: float,
             coord_sys: str = "wgs84") -> list[tuple]:
         dev = self.devices[device_id]
-        out = self._received(dev, rx)
+        out = self._received(dev, rx, ts)
         if dev.last_fix_ts is not None and ts == dev.last_fix_ts:
             return out  # duplicate
         late = dev.last_fix_ts is not None and ts < dev.last_fix_ts
         if coord_sys == "gcj02":
             lon, lat = gcj02_to_wgs84(lon, lat)
+        if not late:
+            out += self._fresh_fix(dev, rx, lat, lon, acc)
         margin = max(self.buffer_m, acc)
         out += self._exclusion(dev, ts, lat, lon, margin, late)
         if late:
@@ -411,25 +487,37 @@ class Reference:
         return out
 
     def status(self, device_id: str, ts: int, rx: int, battery: float | None = None,
-               strap: str | None = None) -> list[tuple]:
+               strap: str | None = None, power: str | None = None) -> list[tuple]:
         dev = self.devices[device_id]
-        out = self._received(dev, rx)
+        out = self._received(dev, rx, ts, power == "off")
         if dev.last_status_ts is not None and ts <= dev.last_status_ts:
             return out  # duplicate or late: an old status says nothing about now
         dev.last_status_ts = ts
         if strap == "open" and dev.tamper is None:
             dev.tamper = ts
-            out.append(("raised", "tamper", device_id, None, ts, False))
+            out.append(Ev(("raised", "tamper", device_id, None, ts, False),
+                          {**dev.where(), "strap": "open"}))
         elif strap == "ok" and dev.tamper is not None:
             dev.tamper = None
-            out.append(("cleared", "tamper", device_id, None, ts, False))
+            out.append(Ev(("cleared", "tamper", device_id, None, ts, False),
+                          {**dev.where(), "strap": "ok"}))
         if battery is not None:
             if dev.battery is None and battery <= self.battery_low:
                 dev.battery = ts
-                out.append(("raised", "low_battery", device_id, None, ts, False))
+                out.append(Ev(("raised", "low_battery", device_id, None, ts, False),
+                              {"battery_pct": battery}))
             elif dev.battery is not None and battery >= self.battery_clear:
                 dev.battery = None
-                out.append(("cleared", "low_battery", device_id, None, ts, False))
+                out.append(Ev(("cleared", "low_battery", device_id, None, ts, False),
+                              {"battery_pct": battery}))
+        if power == "off":
+            if dev.power_off is None:
+                dev.power_off = ts
+                out.append(Ev(("raised", "power_off", device_id, None, ts, False),
+                              dev.where()))
+            dev.no_fix_from = None  # switched off: no count until it is heard again
+        elif dev.no_fix_from is None and dev.no_fix is None:
+            dev.no_fix_from = rx  # statuses without a fix: the count starts here
         return out
 
     def annotations(self, events: list[tuple]) -> list[tuple[str, bool]]:
@@ -459,7 +547,8 @@ class Reference:
                 out += self.fix(r["device_id"], r["ts"], rx, r["lat"], r["lon"],
                                 r.get("acc", 50.0), r.get("coord_sys", "wgs84"))
             else:
-                out += self.status(r["device_id"], r["ts"], rx, r.get("battery"), r.get("strap"))
+                out += self.status(r["device_id"], r["ts"], rx, r.get("battery"), r.get("strap"),
+                                   r.get("power"))
         end = until if until is not None else now
         if end is not None:
             out += self.sweep(end)

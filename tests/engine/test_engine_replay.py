@@ -144,6 +144,7 @@ HOSTILE = [
     ({"device_id": "B-0001", "ts": T0, "lat": 28.7, "lon": 119.7, "rx": True}, "bad_type: rx"),
     ({"device_id": "B-0001", "ts": T0 + 10**7, "lat": 28.7, "lon": 119.7, "rx": T0}, "future_ts"),
     ({"device_id": "B-0001", "ts": T0, "strap": "cut"}, "bad_value: strap"),
+    ({"device_id": "B-0001", "ts": T0, "power": "standby"}, "bad_value: power"),
     ({"device_id": "B-0001", "ts": T0, "battery": 140}, "out_of_range: battery"),
     ({"device_id": "B-0001", "ts": T0, "lat": 10**30, "lon": 119.7}, "out_of_range: lat"),
     (b"\xff\xfe garbage bytes", "bad_json"),
@@ -290,3 +291,28 @@ def test_replay_a_day_with_a_returned_leave_a_curfew_and_a_suspension(tmp_path):
         ("cleared", "leave_overdue", "B-0001", T0 + 3_700_000, "bracelet", False),
         ("raised", "curfew", "P-0001", T0 + 43_760_000, "phone", True),
     ]
+
+
+def test_replay_power_off_and_no_fix_byte_for_byte(tmp_path, capsys):
+    """A power-off status (offline held back while the phone is off, cleared by its next
+    message) and a bracelet in foil (statuses, no fix: no_fix at the threshold on the
+    receive clock, cleared by its next fix), twice, the same bytes."""
+    lines = [fix("B-0001", T0, INSIDE), fix("P-0001", T0, INSIDE),
+             {"device_id": "P-0001", "ts": T0 + 1000, "power": "off"}]
+    lines += [{"device_id": "B-0001", "ts": T0 + k * 60_000, "battery": 70}
+              for k in range(1, 21)]  # 20 minutes of statuses, no fix
+    lines += [fix("B-0001", T0 + 1_300_000, INSIDE),
+              {"device_id": "P-0001", "ts": T0 + 1_400_000, "power": "on"}]
+    paths = write_inputs(tmp_path, lines)
+    assert run(paths, "--until", str(T0 + 1_500_000)) == 0
+    first = paths["out"].read_bytes()
+    assert [(e["event"], e["type"], e["device_id"], e["at"]) for e in events(paths)] == [
+        ("raised", "power_off", "P-0001", T0 + 1000),
+        ("raised", "no_fix", "B-0001", T0 + 900_000),  # strict: 900 s after the fix
+        ("cleared", "no_fix", "B-0001", T0 + 1_300_000),
+        ("cleared", "power_off", "P-0001", T0 + 1_400_000)]
+    no_fix = events(paths)[1]
+    assert no_fix["last_fix_rx_ms"] == T0 and no_fix["lat"] == INSIDE[1]
+    assert run(paths, "--until", str(T0 + 1_500_000)) == 0
+    assert paths["out"].read_bytes() == first
+    capsys.readouterr()

@@ -258,7 +258,10 @@ def test_offline_per_level_by_receive_time(level, after_s):
     assert f.sweep(T0 + after_s * 1000) == []  # silence == threshold: not yet
     raised = f.sweep(T0 + after_s * 1000 + 1)
     assert brief(raised) == [("raised", "offline", "B-1", None, T0 + after_s * 1000, False)]
-    assert "lat" not in raised[0]
+    # Evidence (rule 8): the last receive time and the last fix's position.
+    assert (raised[0]["lat"], raised[0]["lon"], raised[0]["acc"], raised[0]["last_rx_ms"]) == \
+        (INSIDE[1], INSIDE[0], 10.0, T0)
+    assert "distance_m" not in raised[0]
     assert f.sweep(T0 + after_s * 5000) == []  # one alarm per episode
     cleared = f.status("B-1", T0 + 10, rx=T0 + after_s * 6000)  # a status is a message too
     assert brief(cleared) == [("cleared", "offline", "B-1", None, T0 + after_s * 6000, False)]

@@ -21,12 +21,17 @@ def run(cls, subj, records, until):
     return [orjson.loads(x) for x in out.getvalue().splitlines()], engine.counters
 
 
-@pytest.mark.parametrize("seed, walk", [(0, False), (1, False), (2, True)])
-def test_shapely_engine_gives_the_same_events(seed, walk):
-    subj, records, until = generate(seed, 300, walk=walk)
+@pytest.mark.parametrize("seed, walk, device_rules", [(0, False, False), (1, False, False),
+                                                      (2, True, False), (3, False, True),
+                                                      (4, True, True)])
+def test_shapely_engine_gives_the_same_events(seed, walk, device_rules):
+    subj, records, until = generate(seed, 300 if not device_rules else 500, walk=walk,
+                                    device_rules=device_rules)
     want, want_counts = run(Engine, subj, records, until)
     got, got_counts = run(ShapelyEngine, subj, records, until)
     assert len(want) > 5
+    if device_rules:  # the scenario must exercise them
+        assert {"no_fix", "power_off"} <= {e["type"] for e in want}
     assert len(got) == len(want)
     for g, w in zip(got, want):
         assert list(g) == list(w)
@@ -34,6 +39,10 @@ def test_shapely_engine_gives_the_same_events(seed, walk):
         assert (gd is None) == (wd is None)
         if gd is not None:  # two metric frames: agree to well under a metre
             assert abs(gd - wd) <= 0.5
+        if g["type"] in ("offline", "tamper", "no_fix", "power_off") and "lat" in g:
+            # The last known position: two GCJ-02 conversions agree to far below 1e-9 deg.
+            for k in ("lat", "lon"):
+                assert abs(g.pop(k) - w.pop(k)) < 1e-9
         assert g == w
     for key in ("fixes", "statuses", "duplicates", "late"):
         assert got_counts[key] == want_counts[key]

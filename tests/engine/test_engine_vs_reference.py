@@ -95,14 +95,16 @@ def add_schedules(subj: dict, rng: random.Random) -> None:
     b["suspensions"] = []
 
 
-def generate(seed: int, n: int = 400, walk: bool = False, schedules: bool = False
-             ) -> tuple[dict, list[dict], int]:
+def generate(seed: int, n: int = 400, walk: bool = False, schedules: bool = False,
+             device_rules: bool = False) -> tuple[dict, list[dict], int]:
     """Records in arrival order for the four devices; returns (subjects, records, until).
 
     ``walk``: devices walk (steps of tens of metres) instead of scattering around an
     anchor, so most fixes take the settled-device path and crossings are slow.
     ``schedules``: the subjects also get returns, curfews and suspensions
-    (:func:`add_schedules`)."""
+    (:func:`add_schedules`). ``device_rules``: devices also go into foil (statuses and
+    no fix for a while: no_fix) and send power-off statuses, after which they mostly
+    stay silent for a while (power_off, no offline while it lasts)."""
     rng = random.Random(seed)
     devices = ["B-A", "P-A", "B-B", "B-C"]
     leave_start = T0 + rng.randint(0, 3) * 600_000
@@ -117,10 +119,14 @@ def generate(seed: int, n: int = 400, walk: bool = False, schedules: bool = Fals
               for d in devices}
     records = []
     rx = T0
+    foil = dict.fromkeys(devices, 0)  # records still to send as statuses (no fix)
+    off_until = dict.fromkeys(devices, T0)  # powered off (silent) until this receive time
     while len(records) < n:
         d = rng.choice(devices)
         rx += rng.choice([200, 1000, 5000, 20_000]) if rng.random() > 0.02 else \
             rng.choice([700_000, 1_900_000, 3_700_000])  # a silence: offline for some levels
+        if device_rules and rx < off_until[d]:
+            continue
         if rng.random() < 0.05:
             ts = last_ts[d]  # duplicate
         elif rng.random() < 0.08:
@@ -129,12 +135,17 @@ def generate(seed: int, n: int = 400, walk: bool = False, schedules: bool = Fals
             ts = max(last_ts[d] + 1, rx - rng.randint(0, 3000))
         last_ts[d] = max(last_ts[d], ts)
         clock[d] = rx
-        if rng.random() < 0.12:
+        as_status = rng.random() < 0.12
+        if device_rules and not as_status:
+            as_status = _in_foil(rng, foil, d)
+        if as_status:
             rec = {"device_id": d, "ts": ts, "rx": rx}
             if rng.random() < 0.7:
                 rec["battery"] = rng.choice([5, 14.5, 15, 17, 19.9, 20, 60])
             if rng.random() < 0.4:
                 rec["strap"] = rng.choice(["ok", "open"])
+            if device_rules:
+                _maybe_power(rng, rec, off_until)
             records.append(rec)
             continue
         if rng.random() < (0.01 if walk else 0.1):
@@ -157,6 +168,28 @@ def generate(seed: int, n: int = 400, walk: bool = False, schedules: bool = Fals
         if record is not None:
             records.append(record)
     return subj, records, rx + rng.randint(0, 4_000_000)
+
+
+def _in_foil(rng: random.Random, foil: dict, d: str) -> bool:
+    """Is device ``d``'s next record a status because it is in foil (no fix)? Starts a
+    foil spell of 10-90 records now and then."""
+    if foil[d] > 0:
+        foil[d] -= 1
+        return True
+    if rng.random() < 0.01:
+        foil[d] = rng.randint(10, 90)
+        return True
+    return False
+
+
+def _maybe_power(rng: random.Random, rec: dict, off_until: dict) -> None:
+    """Now and then a status says power off (the device then mostly stays silent for a
+    while: :func:`generate` skips its records until ``off_until``) or power on."""
+    if rng.random() < 0.08:
+        rec["power"] = rng.choice(["off", "off", "on"])
+        if rec["power"] == "off" and rng.random() < 0.7:
+            off_until[rec["device_id"]] = rec["rx"] + rng.choice([300_000, 2_000_000,
+                                                                   5_000_000])
 
 
 def engine_events(subj: dict, records: list[dict], until: int) -> list[dict]:

@@ -99,6 +99,7 @@ def check_status(status: Status) -> None:
                                           and 0.0 <= status.battery_pct <= 100.0)
     assert status.strap is None or status.strap in STRAP_CODES
     assert status.charging is None or type(status.charging) is bool
+    assert status.power is None or status.power in ("on", "off")
 
 
 def decode_all(payload: bytes) -> None:
@@ -160,8 +161,8 @@ number_literals = st.one_of(
 string_literals = st.one_of(
     st.tuples(st.text(max_size=12), st.booleans()).map(lambda t: _string_literal(*t)),
     st.sampled_from(['"gps"', '"wifi"', '"cell"', '"wgs84"', '"gcj02"', '"ok"', '"open"',
-                     '"\\ud800"', '"\\udfff\\ud800"', '"\\u0000"', '"a\\nb"', '"\\x"',
-                     '"unterminated']),
+                     '"on"', '"off"', '"\\ud800"', '"\\udfff\\ud800"', '"\\u0000"', '"a\\nb"',
+                     '"\\x"', '"unterminated']),
 )
 scalar_literals = st.one_of(number_literals, string_literals,
                             st.sampled_from(["true", "false", "null", "nul", "True"]))
@@ -215,7 +216,7 @@ def near_valid_fix(draw) -> str:
 def near_valid_status(draw) -> str:
     pairs = [("ts", str(draw(st.integers(MIN_TS_MS - 2, RX + CFG.max_future_ms + 2))))]
     for name, values in (("battery", number_literals), ("strap", string_literals),
-                         ("charging", scalar_literals)):
+                         ("charging", scalar_literals), ("power", string_literals)):
         if draw(st.booleans()):
             pairs.append((name, draw(values)))
     return _object(pairs)
@@ -279,7 +280,7 @@ def near_valid_values(draw) -> dict:
     """A parsed fix or status with a field or two replaced by any scalar."""
     obj = {"ts": RX, "lat": 28.97, "lon": 118.89, "acc": 8.5, "src": "gps",
            "coord_sys": "wgs84", "seq": 41207, "battery": 50.0, "strap": "ok",
-           "charging": False}
+           "charging": False, "power": "off"}
     for name in draw(st.lists(st.sampled_from(sorted(obj)), min_size=1, max_size=2)):
         obj[name] = draw(python_scalars)
     return obj

@@ -255,12 +255,23 @@ def test_parse_status_fields():
         ({"ts": RX, "battery": "80%"}, "bad_type"),
         ({"ts": RX, "strap": "cut"}, "bad_value"),
         ({"ts": RX, "charging": 1}, "bad_type"),
+        ({"ts": RX, "power": "standby"}, "bad_value"),
+        ({"ts": RX, "power": False}, "bad_type"),
         ({"battery": 50}, "missing_field"),
         ([{"ts": RX}], "not_object"),
     ]:
         with pytest.raises(PayloadError) as info:
             parse_status(bad, where="line 7")
         assert info.value.code == code and info.value.where == "line 7"
+
+
+def test_status_power_off_and_on():
+    """The firmware's last word before it shuts down (power_off), and its opposite."""
+    assert parse_status({"ts": RX, "power": "off"}) == Status(RX, None, None, None, "off")
+    assert parse_status({"ts": RX, "power": "on", "battery": 3}).power == "on"
+    assert parse_status({"ts": RX, "power": None}).power is None  # null: absent
+    with pytest.raises(PayloadError, match=r"bad_value: power='standby'; allowed: on, off"):
+        decode_status_payload(b'{"ts":%d,"power":"standby"}' % RX, rx_ms=RX, config=CFG)
 
 
 def test_parse_fix_accepts_integers_and_boundaries():
