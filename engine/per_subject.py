@@ -1,0 +1,151 @@
+"""One alarm per subject (``rules.alarm_per = "subject"``, docs/rules.md).
+
+The kernels keep one episode per device; this folds the episodes of a subject's devices
+of one type and zone into one alarm, as the events leave the engine (Python, in event
+order, so replay stays byte-deterministic):
+
+* the first device to raise opens the subject's episode: its raise is emitted, with
+  ``devices`` = [that device];
+* another device of the subject raising the same type and zone while the episode is open
+  joins it: nothing is emitted;
+* a device clearing while others of the episode are still open leaves it: nothing is
+  emitted; the last one to clear closes it: a ``cleared`` event with the alarm identity of
+  the first raise (its device_id and episode at, so the same ``alarm_id``) and
+  ``devices`` = every device that was in the episode, in the order they joined.
+
+A subject's violation supersedes its warning as a device's does: when the subject's
+``exclusion`` (or ``outbound`` / ``leave_overdue``) episode for a zone opens while its
+``approach`` episode for that zone is open, the approach alarm is cleared at that at,
+just before the raise, and its devices still open in the kernels are *superseded*:
+their own clears and raises of that approach are not emitted until the last has cleared.
+
+Only the zone types of :data:`SUBJECT_TYPES`, only live events (a late pair stays per
+device) and only subjects with two devices or more are folded; everything else passes
+as it is. The open episodes go into the checkpoint (:meth:`SubjectEpisodes.to_array`),
+so a restart continues them; :meth:`SubjectEpisodes.reconcile` fits them to the device
+episodes that are open after a restore or a registry change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+# The types folded per subject: those of a place, which every device of the subject can
+# break at once. Device faults (offline, tamper, low_battery) stay per device.
+SUBJECT_TYPES = ("outbound", "leave_overdue", "exclusion", "approach", "curfew")
+
+# The violations that supersede the subject's approach warning for their zone.
+SUPERSEDES = ("exclusion", "outbound", "leave_overdue")
+
+# The checkpoint array that holds the open subject episodes (one JSON document).
+CHECKPOINT_KEY = "subject_episodes"
+
+
+@dataclass
+class Episode:
+    """An open subject episode: the alarm identity (``lead`` device id, ``at`` of its
+    raise), every device that joined (in order) and those still open."""
+
+    lead: str
+    at: int
+    devices: list[str] = field(default_factory=list)
+    open: list[str] = field(default_factory=list)
+    superseded: bool = False  # cleared by the violation; only waiting for ``open`` to empty
+
+
+Key = tuple[str, str, str | None]  # (subject id, type, zone id)
+
+
+class SubjectEpisodes:
+    """The open subject episodes of one engine, keyed by (subject id, type, zone id)."""
+
+    def __init__(self) -> None:
+        self.episodes: dict[Key, Episode] = {}
+
+    def fold(self, raised: bool, type_name: str, subject_id: str, device_id: str,
+             zone_id: str | None, episode_at: int) -> list[tuple[bool, str, str, int, list[str]]]:
+        """One device event of a folded type (the caller checks :func:`folds`): the
+        events to emit in its place, in order, each (raised, type, device_id, episode at,
+        devices); at and evidence are the device event's."""
+        out = []
+        if raised and type_name in SUPERSEDES:
+            warn = self.episodes.get((subject_id, "approach", zone_id))
+            if warn is not None and not warn.superseded:
+                warn.superseded = True
+                out.append((False, "approach", warn.lead, warn.at, list(warn.devices)))
+        folded = self._fold(raised, type_name, subject_id, device_id, zone_id, episode_at)
+        if folded is not None:
+            out.append((raised, type_name, *folded))
+        return out
+
+    def _fold(self, raised: bool, type_name: str, subject_id: str, device_id: str,
+              zone_id: str | None, episode_at: int) -> tuple[str, int, list[str]] | None:
+        key = (subject_id, type_name, zone_id)
+        ep = self.episodes.get(key)
+        if raised:
+            if ep is None:
+                self.episodes[key] = Episode(device_id, episode_at, [device_id], [device_id])
+                return device_id, episode_at, [device_id]
+            if device_id not in ep.open:
+                ep.open.append(device_id)
+            if device_id not in ep.devices:
+                ep.devices.append(device_id)
+            return None
+        if ep is None or device_id not in ep.open:
+            return device_id, episode_at, [device_id]  # not folded (e.g. restored without)
+        ep.open.remove(device_id)
+        if ep.open:
+            return None
+        del self.episodes[key]
+        return None if ep.superseded else (ep.lead, ep.at, list(ep.devices))
+
+    def reconcile(self, open_device_episodes: list[tuple[str, str, str, str | None, int]]
+                  ) -> None:
+        """Fit the episodes to the device episodes open in the kernels' state, each
+        ``(subject id, device id, type, zone id, at)`` in a stable order (registry
+        order): a device no longer open leaves its episode (one left empty is dropped:
+        its alarm stays open in the store, as a removed device's does); an open device
+        episode in no subject episode opens one (the earliest at leads: what a checkpoint
+        written before alarm_per gives)."""
+        open_keys = {(s, d, t, z) for s, d, t, z, _ in open_device_episodes}
+        for key in list(self.episodes):
+            ep = self.episodes[key]
+            ep.open = [d for d in ep.open if (key[0], d, key[1], key[2]) in open_keys]
+            if not ep.open:
+                del self.episodes[key]
+        for s, d, t, z, at in sorted(open_device_episodes, key=lambda e: e[4]):
+            if t not in SUBJECT_TYPES:
+                continue
+            ep = self.episodes.get((s, t, z))
+            if ep is None:
+                self.episodes[(s, t, z)] = Episode(d, at, [d], [d])
+            elif d not in ep.open:
+                ep.open.append(d)
+                if d not in ep.devices:
+                    ep.devices.append(d)
+
+    def to_array(self) -> np.ndarray:
+        """The open episodes as a checkpoint array (one JSON string, keys sorted)."""
+        rows = [[s, t, z, ep.lead, ep.at, ep.devices, ep.open, ep.superseded]
+                for (s, t, z), ep in sorted(self.episodes.items(),
+                                            key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or ""))]
+        return np.array([orjson.dumps(rows).decode()], dtype=np.str_)
+
+    @classmethod
+    def from_array(cls, arr: np.ndarray | None) -> SubjectEpisodes:
+        """The episodes of :meth:`to_array` (None: a checkpoint without them: none)."""
+        out = cls()
+        if arr is not None and len(arr):
+            for s, t, z, lead, at, devices, open_, sup in orjson.loads(str(arr[0])):
+                out.episodes[(s, t, z)] = Episode(lead, int(at), list(devices), list(open_),
+                                                  bool(sup))
+        return out
+
+
+def folds(alarm_per: str, type_name: str, late: bool, n_devices: int) -> bool:
+    """Is this device event folded per subject?"""
+    return (alarm_per == "subject" and not late and n_devices > 1
+            and type_name in SUBJECT_TYPES)
