@@ -520,7 +520,7 @@ class Reference:
                 now = rx
             elif rx > now:
                 now = rx
-                out += self.sweep(now)
+                out += self._fold(self.sweep(now))
             if "lat" in r:
                 out += self._fold(self.fix(r["device_id"], r["ts"], rx, r["lat"], r["lon"],
                                            r.get("acc", 50.0), r.get("coord_sys", "wgs84")))
