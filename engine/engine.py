@@ -15,7 +15,7 @@ from contract.alarms import ALARM_TYPES, EVIDENCE_TYPES, alarm_event, alarm_id
 from contract.records import RecordBatch, as_column
 from emfence.config import LEVELS, Config
 from engine import kernels as K
-from engine.per_subject import CHECKPOINT_KEY, SubjectEpisodes, folds
+from engine.per_subject import CHECKPOINT_KEY, SUBJECT_TYPES, SubjectEpisodes
 from engine.positions import Positions
 from engine.registry import Registry
 from engine.state import (
@@ -220,6 +220,9 @@ class Engine:
         suspends = reg.suspends
         zone_ids = self.zones.zone_ids
         curfew = K.T_CURFEW
+        index_of = reg._device_index.get  # device_index() without the method call
+        fold = self._per_subject.fold
+        fold_types = SUBJECT_TYPES if self._alarm_per == "subject" else ()
         rows = ev_i[:n].tolist()
         floats = ev_f[:n].tolist()
         subject_idx = reg.arrays.device_subject[ev_i[:n, K.EV_DEVICE]].tolist()
@@ -232,16 +235,19 @@ class Engine:
             if type_name not in EVIDENCE_TYPES or (typ == curfew and evidence[3] != evidence[3]):
                 evidence = None  # (a curfew cleared by its window's end: no fix, NaN)
             zone_id = zone_ids[z] if z >= 0 else None
-            emit = ((raised != 0, type_name, device_ids[d], episode, None),)
-            if folds(self._alarm_per, type_name, late != 0, len(subject.device_ids)):
-                emit = self._per_subject.fold(raised != 0, type_name, subject.subject_id,
-                                              device_ids[d], zone_id, episode)
+            if type_name in fold_types and not late and len(subject.device_ids) > 1:
+                emit = fold(raised != 0, type_name, subject.subject_id, device_ids[d], zone_id,
+                            episode)  # one alarm per subject (engine.per_subject)
+            else:
+                emit = ((raised != 0, type_name, device_ids[d], episode, None),)
             for up, name, device_id, ep_at, devices in emit:
                 ev = alarm_event(up, name, subject.subject_id, device_id, zone_id,
-                                 subject.region, at, ep_at, late != 0, evidence,
-                                 None if devices is None else {"devices": devices})
-                lead = reg.device_index(device_id)  # folded: the first device to raise
-                ev["device_kind"] = kinds[lead if lead >= 0 else d]
+                                 subject.region, at, ep_at, late != 0, evidence)
+                if devices is not None:  # (alarm_event's extra, without its key check)
+                    ev["devices"] = devices
+                    lead = index_of(device_id, -1)  # the first device to raise
+                    d = lead if lead >= 0 else d
+                ev["device_kind"] = kinds[d]
                 if suspends[s] and suspended(subject, name, at):
                     ev["suspended"] = True
                 append(ev)
