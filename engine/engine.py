@@ -301,6 +301,13 @@ class Engine:
                 out.append(self._open(d, typ, z, int(arr[slot])))
         return out
 
+    def _reconcile(self) -> None:
+        """Fit the open subject alarms to the state and registry (after a restore or a
+        reload: engine.per_subject.SubjectEpisodes.reconcile)."""
+        folded = {s.subject_id for s in self.registry.subjects if len(s.device_ids) > 1} \
+            if self._alarm_per == "subject" else set()
+        self._per_subject.reconcile(self._open_device_episodes(), folded)
+
     def _open_device_episodes(self) -> list[tuple[str, str, str, str | None, int]]:
         """(subject id, device id, type, zone id, at) of every open device episode, in
         device order (engine.per_subject.SubjectEpisodes.reconcile)."""
@@ -357,7 +364,7 @@ class Engine:
         adopt(state, device_ids, slot_keys, zone_ids, eng.state, registry.device_ids,
               registry.slot_keys(), dict(zones.index))
         eng._per_subject = SubjectEpisodes.from_array(extras.get(CHECKPOINT_KEY))
-        eng._per_subject.reconcile(eng._open_device_episodes())
+        eng._reconcile()
         eng._counters[: len(counters)] = counters[: K.N_COUNTERS]
         recompute_deadlines(eng.state, registry.arrays.device_level, eng._offline_after_ms)
         return eng
@@ -380,7 +387,7 @@ class Engine:
         self.zones, self.registry, self.state = zones, registry, fresh
         self._ids = None
         self._bind()
-        self._per_subject.reconcile(self._open_device_episodes())
+        self._reconcile()
         return stats
 
     def swap_registry(self, registry: Registry, zones: Any) -> dict[str, int]:

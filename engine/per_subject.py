@@ -107,22 +107,24 @@ class SubjectEpisodes:
     def _count(self) -> None:
         self._warnings = sum(1 for k in self.episodes if k[1] == "approach")
 
-    def reconcile(self, open_device_episodes: list[tuple[str, str, str, str | None, int]]
-                  ) -> None:
+    def reconcile(self, open_device_episodes: list[tuple[str, str, str, str | None, int]],
+                  folded: set[str]) -> None:
         """Fit the episodes to the device episodes open in the kernels' state, each
         ``(subject id, device id, type, zone id, at)`` in a stable order (registry
-        order): a device no longer open leaves its episode (one left empty is dropped:
-        its alarm stays open in the store, as a removed device's does); an open device
-        episode in no subject episode opens one (the earliest at leads: what a checkpoint
-        written before alarm_per gives)."""
+        order), and to ``folded``, the subjects whose events are folded now (two devices
+        or more, alarm_per "subject"): a device no longer open leaves its episode (one
+        left empty is dropped: its alarm stays open in the store, as a removed device's
+        does), as does every episode of a subject no longer folded; an open device
+        episode of a folded subject in no subject episode opens one (the earliest at
+        leads: what a checkpoint written before alarm_per gives)."""
         open_keys = {(s, d, t, z) for s, d, t, z, _ in open_device_episodes}
         for key in list(self.episodes):
             ep = self.episodes[key]
             ep.open = [d for d in ep.open if (key[0], d, key[1], key[2]) in open_keys]
-            if not ep.open:
+            if not ep.open or key[0] not in folded:
                 del self.episodes[key]
         for s, d, t, z, at in sorted(open_device_episodes, key=lambda e: e[4]):
-            if t not in SUBJECT_TYPES:
+            if t not in SUBJECT_TYPES or s not in folded:
                 continue
             ep = self.episodes.get((s, t, z))
             if ep is None:

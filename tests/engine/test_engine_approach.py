@@ -7,6 +7,7 @@ Marked ``kernel``: ``make test`` re-runs them with NUMBA_DISABLE_JIT=1.
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from engine_helpers import T0, Feed, brief, make_engine, offset
 from test_engine_rules import FEATURES, INSIDE, east, engine, subject
@@ -213,3 +214,20 @@ def test_a_removed_device_leaves_the_subject_episode_on_reload():
     # B-1 alone in S-1 now: its clear is the subject alarm's (no longer folded: one device).
     ev = f.fix("B-1", T0 + 1000, *INSIDE)
     assert [e["alarm_id"] for e in ev] == [first[0]["alarm_id"]]
+
+
+def test_a_subject_left_with_one_device_keeps_no_stale_subject_alarm():
+    """After a reload leaves S-1 one device, its old subject alarm is forgotten: when the
+    phone is registered again, the phone's raise is a new alarm, not swallowed."""
+    f = Feed(make_engine(FEATURES, [subject(devices=("B-1", "P-1"))], {"approach_m": 0.0}))
+    f.fix("B-1", T0, *CENTRE)
+    one = make_engine(FEATURES, [subject(devices=("B-1",)), subject("S-2", devices=("P-1",))],
+                      {"approach_m": 0.0})
+    f.engine.swap_registry(one.registry, one.zones)
+    assert orjson.loads(str(f.engine.snapshot()["subject_episodes"][0])) == []
+    assert len(f.fix("B-1", T0 + 1000, *INSIDE)) == 1  # cleared, as B-1's own
+    both = make_engine(FEATURES, [subject(devices=("B-1", "P-1"))], {"approach_m": 0.0})
+    f.engine.swap_registry(both.registry, both.zones)
+    ev = f.fix("P-1", T0 + 2000, *CENTRE)
+    assert brief(ev) == [("raised", "exclusion", "P-1", "victim", T0 + 2000, False)]
+    assert ev[0]["devices"] == ["P-1"]
