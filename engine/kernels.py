@@ -661,7 +661,9 @@ def _settle(st, ra, za, d, s, ts, lon, lat, inside_zone, approach_m, border_m):
     rule's answer could change (see _fix_rules): the smallest lower bound of the metres
     to the boundary of an exclusion zone or of ``inside_zone`` (-1: none), less the
     warning distance where a warning could be raised (``approach_m`` for a closed
-    exclusion zone, ``border_m`` for the inclusion zone, each when > 0). Not after a
+    exclusion zone, ``border_m`` for the inclusion zones, each when > 0; with the border
+    warning on, every inclusion zone's boundary counts: crossing one may change which
+    zone is the first to contain the fix). Not after a
     move of more than SETTLE_MAX_MOVE_M (the safe radius is then -1: no cache)."""
     safe = -1.0
     near_lon = st.near_lon[d]
@@ -685,6 +687,13 @@ def _settle(st, ra, za, d, s, ts, lon, lat, inside_zone, approach_m, border_m):
             elif border_m > 0.0:
                 b -= border_m
             safe = min(safe, b)
+        if border_m > 0.0:  # which inclusion zone is the first to contain the fix may change
+            for j in range(ra.incl_off[s], ra.incl_off[s + 1]):
+                z = ra.incl_zone[j]
+                b = _ring_bound_m(gs, go, gi, gc, cr, cm, z, lon, lat)
+                if b < 0.0:
+                    b = zone_boundary_distance_m(za, z, lon, lat)
+                safe = min(safe, b - border_m)
         st.safe_until_ms[d] = _next_leave_change_ms(ra, s, ts)
     st.safe_m[d] = safe
     st.near_lon[d] = lon

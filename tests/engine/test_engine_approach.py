@@ -231,3 +231,24 @@ def test_a_subject_left_with_one_device_keeps_no_stale_subject_alarm():
     ev = f.fix("P-1", T0 + 2000, *CENTRE)
     assert brief(ev) == [("raised", "exclusion", "P-1", "victim", T0 + 2000, False)]
     assert ev[0]["devices"] == ["P-1"]
+
+
+def test_border_warning_of_an_inner_inclusion_zone_is_not_missed_by_a_settled_device():
+    """Inclusion zones ["small", "big"], small inside big: a device settled deep in big
+    walks into small, which is then the first zone containing it, its border near. The
+    safe radius counts every inclusion zone's boundary, so the warning comes at the
+    first fix beyond the margin inside small (as a full evaluation of every fix has it)."""
+    from engine_helpers import box_feature
+    feats = [box_feature("big", 119.9, 29.9, 120.1, 30.1),
+             box_feature("small", 120.0, 30.0, 120.02, 30.02)]
+    subj = {"subject_id": "S-1", "region": "330723", "level": "strict",
+            "devices": [{"device_id": "B-1"}], "inclusion": ["small", "big"]}
+    f = Feed(make_engine(feats, [subj], {"border_warn_m": 300.0}))
+    start = (119.99, 30.01)  # ~960 m west of small, ~8.6 km inside big
+    for k in range(40):  # 40 m steps east: into small after ~24
+        f.fix("B-1", T0 + k * 1000, *offset(*start, 40.0 * k, 0.0))
+    assert f.engine.counters["settled_fixes"] > 5
+    assert [(e["event"], e["type"], e["zone_id"]) for e in f.events] == [
+        ("raised", "approach", "small"), ("cleared", "approach", "small")]
+    assert 50.0 < f.events[0]["distance_m"] <= 90.0  # the first fix beyond the margin
+    assert 350.0 < f.events[1]["distance_m"] <= 390.0  # the first beyond 300 + 50
