@@ -81,19 +81,26 @@ def _evidence(ev: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def append_event(cur: Cursor, alarm_id: str, event: str, region: str, alarm_type: str,
-                 payload: bytes, now_ms: int) -> int:
+                 payload: bytes, now_ms: int, level: int = 0) -> int:
     """Append one event to the log/outbox; return its seq (the existing one if present).
+    ``level``: an ``escalated`` event's level on the ladder (0, the column's default, for
+    other events, whose statement names no level so that it runs on every schema version).
 
     The caller's transaction must hold the event-log lock."""
+    columns, params = "", [alarm_id, event, region, alarm_type,
+                           alarm_topic(region, alarm_type), payload, now_ms]
+    if level:
+        columns, params = ", level", [*params, level]
+    # no conflict target: the log's key is (alarm_id, event) before schema version 7,
+    # (alarm_id, event, level) from it
     seq = cur.execute(
-        "INSERT INTO events (alarm_id, event, region, type, topic, payload, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (alarm_id, event) DO NOTHING "
-        "RETURNING seq",
-        (alarm_id, event, region, alarm_type, alarm_topic(region, alarm_type), payload, now_ms),
-    ).scalar()
+        f"INSERT INTO events (alarm_id, event, region, type, topic, payload, created_at"
+        f"{columns}) VALUES {placeholders(len(params))} ON CONFLICT DO NOTHING RETURNING seq",
+        params).scalar()
     if seq is None:
-        seq = cur.execute("SELECT seq FROM events WHERE alarm_id = ? AND event = ?",
-                          (alarm_id, event)).scalar()
+        seq = cur.execute("SELECT seq FROM events WHERE alarm_id = ? AND event = ?"
+                          + (" AND level = ?" if level else ""),
+                          params[:2] + params[7:]).scalar()
     return int(seq)
 
 
@@ -125,7 +132,7 @@ def _append_log(cur: Cursor, log_rows: list[tuple[Any, ...]]
         inserted = cur.execute(
             "INSERT INTO events (alarm_id, event, region, type, topic, payload, "
             "created_at) VALUES " + values(len(chunk), 7)
-            + " ON CONFLICT (alarm_id, event) DO NOTHING RETURNING seq, alarm_id, event",
+            + " ON CONFLICT DO NOTHING RETURNING seq, alarm_id, event",
             [v for row in chunk for v in row]).all()
         for r in inserted:
             seq_of[(r["alarm_id"], r["event"])] = int(r["seq"])

@@ -22,6 +22,7 @@ import orjson
 from alarms.db import Cursor, Database, Where, int_ms
 from alarms.events import append_event
 from alarms.queries import ALARM_COLUMNS, alarm_row
+from alarms.roster_schema import TOP_LEVEL
 from alarms.schema import DISPOSITIONS
 from alarms.users import audit_row
 from contract.errors import EmfenceError
@@ -48,7 +49,8 @@ TRANSITIONS: dict[tuple[str, str], Step] = {
     ("new", "acknowledge"): Step("acknowledged", "acknowledged", "acknowledge",
                                  "alarm.acknowledge"),
     ("acknowledged", "close"): Step("closed", "closed", "close", "alarm.close"),
-    # escalation flags the alarm (escalated_at, once) and leaves the workflow as it is
+    # escalation climbs the ladder (escalated_at at level 2, escalation_level 2 then 3)
+    # and leaves the workflow as it is
     ("new", "escalate"): Step("new", "escalated", "escalated", "alarm.escalate"),
     # a note is history, not a change: allowed in every state, never published
     ("new", "note"): Step("new", None, "note", "alarm.note"),
@@ -124,9 +126,19 @@ def _lifecycle_event(cur: Cursor, alarm: dict[str, Any], event: str, now_ms: int
         "zone_id": alarm["zone_id"], "region": alarm["region"], "at": now_ms,
         "late": bool(alarm["late"]), **extra,
     }
+    level = int(extra.get("level", 0)) if event == "escalated" else 0
     append_event(cur, alarm["alarm_id"], event, alarm["region"], alarm["type"],
-                 orjson.dumps(payload), now_ms)
+                 orjson.dumps(payload), now_ms, level)
     return payload
+
+
+def _stop_ladder(cur: Cursor, alarm: dict[str, Any], event: str, now_ms: int) -> None:
+    """An acknowledged or closed alarm climbs no further: its pending notifications for
+    levels above the one it reached are cancelled (never sent)."""
+    cur.execute("UPDATE notifications SET state = 'cancelled', next_at = ?, last_error = ? "
+                "WHERE alarm_id = ? AND state = 'pending' AND level > ?",
+                (now_ms, f"alarm {event} at level {alarm['escalation_level']}",
+                 alarm["alarm_id"], int(alarm["escalation_level"])))
 
 
 def _record_step(cur: Cursor, step: Step, alarm: dict[str, Any], who: str, now_ms: int, *,
@@ -138,6 +150,8 @@ def _record_step(cur: Cursor, step: Step, alarm: dict[str, Any], who: str, now_m
     published = None
     if step.event is not None:
         published = _lifecycle_event(cur, alarm, step.event, now_ms, event_extra or {})
+        if step.event in ("acknowledged", "closed"):
+            _stop_ladder(cur, alarm, step.event, now_ms)
     cur.execute("INSERT INTO alarm_actions (alarm_id, who, what, at, note, disposition) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (alarm["alarm_id"], who, step.what, now_ms, note, disposition))
@@ -191,7 +205,10 @@ class AlarmLifecycle:
                 raise _refusal(alarm, action)
             step, alarm = claimed[0]
             record["audit_detail"] = {**record["audit_detail"], "region": alarm["region"]}
-            _record_step(cur, step, alarm, who, now_ms, **record)
+            published = _record_step(cur, step, alarm, who, now_ms, **record)
+            if published is not None and published["event"] == "acknowledged":
+                # "taken over by ..." to the people already told (alarms.notify_people)
+                self._plan_notifications(cur, [published], now_ms)
         return alarm_row(alarm)  # type: ignore[return-value]
 
     def acknowledge(self, alarm_id: str, user: str, note: str | None, now_ms: int, *,
@@ -252,37 +269,62 @@ class AlarmLifecycle:
             _record_step(cur, step, alarm, user, now_ms, note=note,
                          audit_detail={"note": note, "region": alarm["region"]}, ip=ip)
 
-    def escalate_due(self, now_ms: int, after_ms: int, regions: Iterable[str] | None = None
-                     ) -> list[dict[str, Any]]:
-        """Escalate alarms nobody acknowledged within ``after_ms`` of being recorded.
+    def escalate_due(self, now_ms: int, after_ms: int, regions: Iterable[str] | None = None,
+                     *, top_level: int = 2) -> list[dict[str, Any]]:
+        """Climb the escalation ladder: an alarm nobody acknowledged within ``after_ms`` of
+        being recorded goes to level 2, and ``after_ms`` after reaching a level to the
+        next, up to ``top_level`` (2: escalate once, the behaviour before the ladder; the
+        escalation loop climbs to :data:`alarms.roster_schema.TOP_LEVEL`, 3).
 
-        The window starts at ``recorded_at`` (when the store learned of the raise), not the
-        fix time, so a late store-and-forward alarm still gives the operator the full window.
-        The condition state does not matter: a cleared alarm still needs an operator.
-        Each alarm escalates exactly once, even with several workers on one PostgreSQL
-        (a conditional UPDATE claims it). Appends one ``escalated`` event per alarm (with
-        ``raised_at``) plus an action and an audit row by ``system``, in one transaction.
-        Returns the escalated events as published.
+        The first window starts at ``recorded_at`` (when the store learned of the raise),
+        not the fix time, so a late store-and-forward alarm still gives the operator the
+        full window. The condition state does not matter: a cleared alarm still needs an
+        operator; an acknowledged or closed one climbs no further. An alarm climbs at most
+        one level per call, and each level exactly once, even with several workers on one
+        PostgreSQL (a conditional UPDATE claims it). Appends one ``escalated`` event per
+        alarm and level (with ``raised_at``, ``after_ms`` and ``level``) plus an action and
+        an audit row by ``system``, in one transaction. Returns the escalated events as
+        published.
         """
         now_ms = int_ms(now_ms, "now_ms")
         after_ms = int_ms(after_ms, "after_ms")
+        if isinstance(top_level, bool) or top_level not in range(2, TOP_LEVEL + 1):
+            raise ValueError(f"top_level must be 2..{TOP_LEVEL}, got {top_level!r}")
         # A suspended alarm (a supervisor's alert suspension covered it) is recorded and
         # shown, never escalated.
-        where = Where("escalated_at IS NULL", "suspended = 0", "recorded_at <= ?",
-                      params=[now_ms - after_ms]).regions(regions)
-        if where.nothing:
+        wheres = {level: _climb_where(level, now_ms - after_ms).regions(regions)
+                  for level in range(2, top_level + 1)}
+        if wheres[2].nothing:
             return []
         out: list[dict[str, Any]] = []
         with self._db.tx("escalate") as cur:
             self._db.lock_event_log(cur)
-            claimed = _claim(cur, "escalate", {"escalated_at": now_ms}, where)
-            claimed.sort(key=lambda c: (c[1]["recorded_at"], c[1]["alarm_id"]))
-            for step, alarm in claimed:
+            claimed = []
+            # the highest level first, so an alarm climbs one level per call
+            for level in sorted(wheres, reverse=True):
+                sets = {"escalation_level": level, "escalation_level_at": now_ms}
+                if level == 2:
+                    sets["escalated_at"] = now_ms
+                claimed += [(level, step, alarm)
+                            for step, alarm in _claim(cur, "escalate", sets, wheres[level])]
+            claimed.sort(key=lambda c: (c[2]["recorded_at"], c[2]["alarm_id"], c[0]))
+            for level, step, alarm in claimed:
                 out.append(_record_step(  # type: ignore[arg-type]
                     cur, step, alarm, "system", now_ms,
-                    event_extra={"raised_at": alarm["raised_at"], "after_ms": after_ms},
-                    audit_detail={"region": alarm["region"], "after_ms": after_ms}, ip=None))
+                    event_extra={"raised_at": alarm["raised_at"], "after_ms": after_ms,
+                                  "level": level},
+                    audit_detail={"region": alarm["region"], "after_ms": after_ms,
+                                  "level": level}, ip=None))
             # the notifications these escalations cause, in the same transaction
             self._plan_notifications(cur, out, now_ms)
         return out
 
+
+def _climb_where(level: int, due_ms: int) -> Where:
+    """The alarms due to climb to ``level`` (2: never escalated, recorded by ``due_ms``;
+    higher: at the level below since ``due_ms``); never a suspended one."""
+    if level == 2:
+        return Where("escalated_at IS NULL", "suspended = 0", "recorded_at <= ?",
+                     params=[due_ms])
+    return Where("escalation_level = ?", "suspended = 0", "escalation_level_at <= ?",
+                 params=[level - 1, due_ms])

@@ -17,7 +17,8 @@ from typing import Any
 
 import orjson
 
-# The alarm events that notify, and the escalation level each is sent at.
+# The alarm events that notify, and the escalation level each is sent at (an
+# ``escalated`` event says its own: 2, then 3; see event_level).
 EVENT_LEVELS = {"raised": 1, "cleared": 1, "escalated": 2}
 # The recipient name of the system integration (the webhook has no person behind it).
 WEBHOOK_RECIPIENT = "webhook"
@@ -57,11 +58,27 @@ Planner = Callable[[Any, Sequence[Mapping[str, Any]], int], list[Notification]]
 Resolver = Callable[[Any, Mapping[str, Any], int], list[Recipient]]
 
 
-def delivery_id(alarm_id: str, event: str, channel: str, recipient: str) -> str:
+def event_level(ev: Mapping[str, Any]) -> int | None:
+    """The escalation level an alarm event notifies at: an ``escalated`` event's own
+    ``level`` (2 when it has none, as before the ladder), else :data:`EVENT_LEVELS`'s;
+    None for an event that notifies nobody."""
+    level = EVENT_LEVELS.get(ev["event"])
+    if ev["event"] == "escalated":
+        level = int(ev.get("level") or level)
+    return level
+
+
+def delivery_id(alarm_id: str, event: str, channel: str, recipient: str,
+                level: int | None = None) -> str:
     """The stable id of one event x recipient x channel (32 hex digits): the same inputs
-    give the same id in every process, so a receiver can drop a duplicate by it."""
-    key = f"{alarm_id}\x00{event}\x00{channel}\x00{recipient}".encode()
-    return hashlib.sha256(key).hexdigest()[:32]
+    give the same id in every process, so a receiver can drop a duplicate by it.
+    ``level`` tells the ladder's escalations apart: a level above 2 (the second
+    escalation of one alarm) is part of the key; levels 1 and 2 keep the id they had
+    before the ladder."""
+    key = f"{alarm_id}\x00{event}\x00{channel}\x00{recipient}"
+    if level is not None and level > 2:
+        key += f"\x00{level}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def signature(body: bytes, secret: bytes) -> str:
@@ -75,12 +92,12 @@ def webhook_planner(cur: Any, events: Sequence[Mapping[str, Any]], now_ms: int
     published, plus ``recipient`` and ``level``."""
     out = []
     for ev in events:
-        level = EVENT_LEVELS.get(ev["event"])
+        level = event_level(ev)
         if level is None:
             continue
         body = orjson.dumps({**ev, "recipient": WEBHOOK_RECIPIENT, "level": level})
         out.append(Notification(
-            delivery_id(ev["alarm_id"], ev["event"], "webhook", WEBHOOK_RECIPIENT),
+            delivery_id(ev["alarm_id"], ev["event"], "webhook", WEBHOOK_RECIPIENT, level),
             ev["alarm_id"], ev["event"], ev["region"], "webhook", WEBHOOK_RECIPIENT,
             level, body))
     return out

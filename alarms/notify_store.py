@@ -19,13 +19,14 @@ from alarms.db import (
     values,
 )
 from alarms.notify import Planner
+from alarms.notify_storm import StormStore
 
 # Columns the console shows for an alarm's notifications.
 _LIST_COLUMNS = ("delivery_id, event, channel, recipient, level, state, attempts, "
-                 "created_at, sent_at, next_at, last_error")
+                 "created_at, sent_at, next_at, last_error, summary_id")
 
 
-class NotificationStore:
+class NotificationStore(StormStore):
     """Notification rows of :class:`alarms.store.AlarmStore`."""
 
     _db: Database
@@ -109,7 +110,8 @@ class NotificationStore:
         """How many notifications are in each state, and how many pending ones have
         failed at least once (``retrying``): the health message's counters."""
         where = Where().regions(regions)
-        out = {"pending": 0, "sent": 0, "failed": 0, "retrying": 0}
+        out = {"pending": 0, "sent": 0, "failed": 0, "cancelled": 0, "summarized": 0,
+               "retrying": 0}
         if where.nothing:
             return out
         with self._db.tx("notification counts", write=False) as cur:

@@ -36,6 +36,7 @@ from typing import Any
 
 import aiomqtt
 
+from alarms.roster_schema import TOP_LEVEL
 from alarms.store import AlarmStore, StoreError
 from emfence.config import AlarmsConfig
 
@@ -329,7 +330,8 @@ async def run_escalation(store: AlarmStore, *, config: AlarmsConfig | None = Non
                          regions: Iterable[str] | None = None, interval_s: float = 1.0,
                          clock_ms: Callable[[], int] = wall_clock_ms,
                          counters: dict[str, Any] | None = None) -> None:
-    """Every ``interval_s``, escalate alarms unacknowledged for ``alarms.escalate_after_s``.
+    """Every ``interval_s``, climb the escalation ladder: an alarm unacknowledged for
+    ``alarms.escalate_after_s`` goes to level 2, and as long again later to level 3.
 
     Each escalation is recorded with its outbox row in one transaction
     (:meth:`AlarmStore.escalate_due`, exactly once across workers); ``publisher`` is
@@ -348,7 +350,7 @@ async def run_escalation(store: AlarmStore, *, config: AlarmsConfig | None = Non
     while True:
         try:
             events = await asyncio.to_thread(store.escalate_due, clock_ms(), after_ms,
-                                             region_list)
+                                             region_list, top_level=TOP_LEVEL)
         except StoreError as exc:
             counts["store_errors"] += 1
             log.error("escalation check failed; retrying in %.1f s: %s", interval_s, exc)

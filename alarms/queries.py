@@ -25,7 +25,7 @@ ALARM_COLUMNS = (
     "alarm_id, type, subject_id, device_id, zone_id, region, raised_at, recorded_at, "
     "cleared_at, state, workflow, late, evidence, cleared_evidence, acknowledged_by, "
     "acknowledged_at, closed_by, closed_at, disposition, note, escalated_at, device_kind, "
-    "suspended"
+    "suspended, escalation_level"
 )
 
 

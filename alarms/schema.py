@@ -24,8 +24,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from alarms.notify_schema import V6_TABLES
+from alarms.notify_schema import V6_TABLES, V7_SUMMARIES
 from alarms.register_schema import V5_TABLES
+from alarms.roster_schema import V7_STEPS
+from alarms.schema_edit import edit_sqlite_table as _edit_sqlite_table
 
 # A region code (users' regions, events' region): it ends up in an MQTT topic level, so
 # no '/', '+', '#' or spaces.
@@ -90,21 +92,6 @@ _V1_TYPE_CHECK = f" CHECK (type IN {_in(_V1_ALARM_TYPES)})"
 _V1_DISPOSITIONS = ("confirmed_violation", "approved_leave_not_recorded", "gps_drift",
                     "device_fault", "other")
 _V1_DISPOSITION_CHECK = f"disposition IN {_in(_V1_DISPOSITIONS)}"
-
-
-def _edit_sqlite_table(cur: Any, table: str, old: str, new: str) -> None:
-    """Replace ``old`` by ``new`` in a SQLite table's stored definition (a change that
-    leaves every stored row valid), the procedure SQLite's documentation gives for schema
-    changes ALTER TABLE cannot make: in the migration's transaction, with the schema
-    version bumped so every connection reloads it."""
-    version = cur.execute("PRAGMA schema_version").scalar()
-    cur.execute("PRAGMA writable_schema=ON")
-    try:
-        cur.execute("UPDATE sqlite_master SET sql = replace(sql, ?, ?) "
-                    "WHERE type = 'table' AND name = ?", (old, new, table))
-        cur.execute(f"PRAGMA schema_version={int(version) + 1}")
-    finally:
-        cur.execute("PRAGMA writable_schema=OFF")
 
 
 def _widen_disposition_check(cur: Any, dialect: str) -> None:
@@ -316,6 +303,12 @@ MIGRATIONS: list[list[Migration]] = [
     [_widen_disposition_check, *V5_TABLES],
     # version 6: the notifications outbox (alarms.notify_schema, docs/notifications.md).
     V6_TABLES,
+    # version 7: the duty roster and the escalation ladder (alarms.roster_schema,
+    # docs/notifications.md): roster tables, the level an alarm reached, escalated events
+    # keyed by level, cancelled notifications.
+    V7_STEPS,
+    # version 8: storm summaries (alarms.notify_schema; docs/notifications.md, "Storms").
+    V7_SUMMARIES,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -27,6 +27,7 @@ One schema serves both (:mod:`alarms.schema`). Where each part lives:
 :mod:`alarms.notify_store`   the notifications outbox (planned with each event)
 :mod:`alarms.register`       ``store.register``: the supervision register (subjects,
                              devices, zones, leave, curfews, suspensions)
+:mod:`alarms.roster`         ``store.roster``: the duty roster (who notifications reach)
 ===========================  ==========================================================
 
 Threads: an :class:`AlarmStore` is synchronous and thread-safe. Each thread that uses it
@@ -58,6 +59,7 @@ from alarms.notify_store import NotificationStore
 from alarms.postgres import PostgresDatabase
 from alarms.queries import AlarmQueries
 from alarms.register import Register
+from alarms.roster import Roster
 from alarms.sqlite import SqliteDatabase
 from alarms.tracks import TRACK_COLUMNS, TrackStore, tracks_path
 from alarms.users import LoginAttempt, UserError, UserStore
@@ -111,6 +113,8 @@ class AlarmStore(NotificationStore, EventLog, AlarmLifecycle, AlarmQueries, Trac
             self._migrate(self._tracks_db)
         # the supervision register (alarms.register), in the same database
         self.register = Register(self._db)
+        # the duty roster (alarms.roster): who notifications reach, level by level
+        self.roster = Roster(self._db)
 
     # --- schema -------------------------------------------------------------------------
 

@@ -18,7 +18,11 @@ Everything runs on this machine, loopback only, in ``--out`` (default bench-out/
    the console account; ``emfence score`` gives ``p50_ms``/``p99_ms`` fix->alarm (the
    deciding fix's timestamp, set when it is published, to the alarm's arrival) and
    missed/false alarms; ``latency_stages`` splits the time with the engine store's own
-   timestamps: fix -> stored and stored -> delivered (PUBACK of the published alarm).
+   timestamps: fix -> stored and stored -> delivered (PUBACK of the published alarm);
+   ``webhook`` is fix -> notification: the engine's config has ``[notify.webhook]``
+   pointing at a receiver in this process (signature checked), and ``p50_ms``/``p99_ms``
+   run from the deciding fix's timestamp to the signed POST's arrival (``--no-webhook``
+   leaves notifications off).
 
 A step at rate R publishes for ``--step-s`` seconds and is *sustained* when the simulator
 published every message on time (worst lag under ``--max-lag-ms``), the broker
@@ -46,7 +50,7 @@ from pathlib import Path
 
 import orjson
 
-from benchmarks.e2e_consumers import BareProcess, EngineCounter, bare_subscriber
+from benchmarks.e2e_consumers import BareProcess, EngineCounter, WebhookTimer, bare_subscriber
 
 BENCH_CONFIG = """\
 # benchmarks/e2e.py: health every half second (the benchmark reads the engine's message
@@ -54,6 +58,13 @@ BENCH_CONFIG = """\
 [ingest]
 health_interval_s = 0.5
 restart_grace_s = 5
+"""
+# With the webhook on (the default): every alarm event is also POSTed, signed, to the
+# benchmark's own receiver, as a deployment with a case-system integration runs.
+WEBHOOK_CONFIG = """
+[notify.webhook]
+url = "{url}"
+secret_file = "{secret_file}"
 """
 
 
@@ -225,8 +236,18 @@ async def bench(args) -> dict:
     t_start = time.monotonic()
     out = Path(args.out)
     log(f"preparing {args.subjects} subjects in {out}/")
+    config_toml, hook = BENCH_CONFIG, None
+    if args.webhook:
+        import secrets
+
+        out.mkdir(parents=True, exist_ok=True)
+        hook_secret = out / "webhook.secret"
+        hook_secret.write_text(secrets.token_hex(32), encoding="utf-8")
+        hook = WebhookTimer(hook_secret.read_bytes())
+        config_toml += WEBHOOK_CONFIG.format(url=hook.receiver.url, secret_file=hook_secret)
+    args.hook = hook
     zones, subjects, config_path, secret, passwords = prepare_run_dir(
-        out, subjects_n=args.subjects, seed=args.seed, counties=None, config_toml=BENCH_CONFIG)
+        out, subjects_n=args.subjects, seed=args.seed, counties=None, config_toml=config_toml)
     from geofence import load_zones
 
     fleet = Fleet.build(orjson.loads(Path(subjects).read_bytes()), load_zones(str(zones)))
@@ -249,6 +270,8 @@ async def bench(args) -> dict:
             await _bench_engine(fleet, rig, args, out, core, core_args, result)
     finally:
         await asyncio.to_thread(rig.close)
+        if hook is not None:
+            hook.close()
     _summarise(result)
     result["elapsed_s"] = round(time.monotonic() - t_start, 1)
     return result
@@ -306,6 +329,7 @@ async def _bench_engine(fleet, rig, args, out: Path, core: str, core_args: list[
                        "latency_caught_up_s": steps[-1]["caught_up_s"],
                        "latency_alarms": latency["latency"]["n"],
                        "latency_stages": latency["stages"],
+                       "webhook": latency.get("webhook"),
                        "latency_missed": latency["missed"],
                        "latency_false": latency["false"]})
 
@@ -326,6 +350,9 @@ async def _latency_run(fleet, rig, counter, rate: float, args, out: Path,
     latency = score(read_truth(truth_path), read_alarms(str(alarms_path)))
     # Read now: the shapely engine starts on a fresh store.
     latency["stages"] = stage_latency(rig.store_url, latency_from_ms)
+    if args.hook is not None:  # the notifications of the same alarms, a moment later
+        await asyncio.sleep(2.0)
+        latency["webhook"] = args.hook.latency(latency_from_ms, ("outbound", "exclusion"))
     return latency
 
 
@@ -375,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=10, help="excursions + exclusion entries per kind "
                    "in the latency run")
     p.add_argument("--no-shapely", dest="shapely", action="store_false")
+    p.add_argument("--no-webhook", dest="webhook", action="store_false",
+                   help="run the engine without [notify.webhook] (no fix->webhook latency)")
     p.add_argument("--latency-rate", type=float, metavar="FIXES_PER_S",
                    help="skip both ramps: only the latency run, at this rate (for profiling the "
                    "fix->alarm path; the JSON then has no max_fixes_per_s or ratio)")
@@ -401,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     result = asyncio.run(bench(args))
     summary = {k: result.get(k) for k in ("max_fixes_per_s", "p50_ms", "p99_ms", "lost",
                                           "bare_fixes_per_s", "ratio", "latency_missed",
-                                          "latency_false", "elapsed_s")}
+                                          "latency_false", "webhook", "elapsed_s")}
     log("result: " + orjson.dumps(summary).decode())
     if args.json:
         print(orjson.dumps(result).decode())

@@ -119,3 +119,41 @@ class EngineCounter:
                 await self._task
             except (asyncio.CancelledError, aiomqtt.MqttError):
                 pass
+
+
+# -- the webhook receiver (fix -> notification latency) -------------------------------------
+
+class WebhookTimer:
+    """The engine's webhook receiver (:mod:`emfence.webhook_receiver`, signature checked)
+    in this process, noting each notification's arrival (wall clock, ms). ``latency(since_ms,
+    types)``: arrival minus the deciding fix's ``at`` of the ``raised`` notifications of
+    ``types`` whose fix is at or after ``since_ms`` (the simulator stamps ``ts`` when it
+    publishes, as for the MQTT latency)."""
+
+    def __init__(self, secret: bytes):
+        import time
+
+        from emfence.webhook_receiver import WebhookReceiver
+
+        self._clock = time.time_ns
+        self.arrivals: list[tuple[int, dict]] = []
+        self.receiver = WebhookReceiver(secret, on_notification=self._note).start()
+
+    def _note(self, event: dict, delivery: str) -> None:
+        self.arrivals.append((self._clock() // 1_000_000, event))
+
+    def latency(self, since_ms: int, types: tuple[str, ...]) -> dict:
+        import numpy as np
+
+        ms = [arrived - ev["at"] for arrived, ev in list(self.arrivals)
+              if ev.get("event") == "raised" and ev.get("type") in types
+              and ev.get("at", 0) >= since_ms]
+        out: dict = {"n": len(ms), **self.receiver.counts}
+        if ms:
+            p50, p99 = np.percentile(np.asarray(ms, dtype=np.float64), [50, 99])
+            out.update({"p50_ms": round(float(p50), 1), "p99_ms": round(float(p99), 1),
+                        "max_ms": float(max(ms))})
+        return out
+
+    def close(self) -> None:
+        self.receiver.close()

@@ -98,6 +98,12 @@ class StoreGateway:
                        ip: str | None = None) -> None:
         await self._run(self.store.add_note, alarm_id, user, note, now_ms, ip=ip)
 
+    async def notifications(self, alarm_id: str) -> list[Row]:
+        return await self._run(self.store.alarm_notifications, alarm_id)
+
+    async def notification_counts(self, regions: Iterable[str] | None) -> dict[str, int]:
+        return await self._run(self.store.notification_counts, regions)
+
     async def stats(self, regions: Iterable[str] | None, from_ms: int, to_ms: int, *,
                     day_offset_ms: int = 0) -> Row:
         return await self._run(self.store.stats, regions, from_ms, to_ms,
@@ -110,6 +116,11 @@ class StoreGateway:
         methods (``alarms`` ``Register``) keep their own names and arguments, so a grep
         for e.g. ``"approve_leave"`` finds every console caller."""
         return await self._run(getattr(self.store.register, method), *args, **kwargs)
+
+    async def roster(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """``store.roster.<method>(*args, **kwargs)`` off the loop (the duty roster,
+        ``alarms.roster``)."""
+        return await self._run(getattr(self.store.roster, method), *args, **kwargs)
 
     async def register_map(self, model: RegisterMap) -> Any:
         """``model.current(store.register)``: the register's zones and subjects for the

@@ -18,6 +18,11 @@ To make a one-minute demo show offline alarms, the demo's config shortens the of
 thresholds (strict 15 s, ordinary 20 s, lenient 25 s) and the simulated day runs 30x
 faster than the clock. Everything else is as shipped.
 
+Notifications: the demo's config has a ``[notify.webhook]`` pointing at a webhook receiver
+the demo runs itself (:mod:`emfence.webhook_receiver`, signature checked, duplicates
+dropped); each notification it receives is printed as ``webhook <- ...``, and the end
+says how many arrived against how many the store marked sent.
+
     python -m emfence.demo [--duration 60] [--subjects 300] [--rate 150] [--run-dir demo-run]
 """
 
@@ -44,6 +49,11 @@ lenient = 25
 restart_grace_s = 5
 health_interval_s = 2
 checkpoint_interval_s = 10
+
+# the demo's own webhook receiver (emfence.webhook_receiver), on a free port
+[notify.webhook]
+url = "{url}"
+secret_file = "{secret_file}"
 """
 
 
@@ -86,8 +96,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(sys.argv[1:] if argv is None else argv)
 
 
-def _prepare(args: argparse.Namespace, run: Path):
-    """The run folder's files and the simulation over them (announced on stdout)."""
+def _prepare(args: argparse.Namespace, run: Path, hook, hook_secret: Path):
+    """The run folder's files and the simulation over them (announced on stdout); the
+    config sends notifications to the receiver ``hook`` signed with ``hook_secret``."""
     from emfence.config import load_config
     from simulators.cli import load_simulation
     from simulators.live import prepare_run_dir
@@ -95,7 +106,8 @@ def _prepare(args: argparse.Namespace, run: Path):
     counties = [c for c in args.counties.split(",") if c] if args.counties else None
     print(f"emfence demo: preparing {args.subjects} subjects in {run}/ ...", flush=True)
     zones, subjects, config_path, secret, passwords = prepare_run_dir(
-        run, subjects_n=args.subjects, seed=args.seed, counties=counties, config_toml=DEMO_CONFIG)
+        run, subjects_n=args.subjects, seed=args.seed, counties=counties,
+        config_toml=DEMO_CONFIG.format(url=hook.url, secret_file=hook_secret))
     config = load_config(config_path)
     sim = load_simulation(zones, subjects, rate=args.rate, duration_s=args.duration,
                           scenario="mixed", seed=args.seed, config=config, time_scale=30.0,
@@ -186,13 +198,51 @@ def _start(run: Path, zones: Path, subjects: Path, config_path: Path, secret: by
     return rig
 
 
+def _webhook_receiver(run: Path):
+    """The demo's webhook receiver (started) and its secret file in ``run``."""
+    import secrets
+
+    from emfence.webhook_receiver import WebhookReceiver, describe
+
+    run.mkdir(parents=True, exist_ok=True)
+    secret_file = run / "webhook.secret"
+    secret_file.write_text(secrets.token_hex(32) + "\n", encoding="utf-8")
+    secret_file.chmod(0o600)
+    hook = WebhookReceiver(secret_file.read_bytes().strip(), on_notification=lambda ev, d: print(
+        f"           webhook <- {describe(ev)}", flush=True))
+    return hook.start(), secret_file
+
+
+def _webhook_report(hook, store_url: str) -> None:
+    """What the receiver got against what the store says it delivered."""
+    from alarms.store import open_store
+
+    store = open_store(store_url)
+    try:
+        counts = store.notification_counts()
+    finally:
+        store.close_store()
+    c = hook.counts
+    print(f"webhook receiver: {c['received']} notifications received (signature checked), "
+          f"{c['duplicates']} duplicates, {c['bad_signature']} bad signatures; the store: "
+          f"{counts['sent']} sent, {counts['pending']} pending", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    run = Path(args.run_dir)
+    hook, hook_secret = _webhook_receiver(run)
+    try:
+        return _demo(args, run, hook, hook_secret)
+    finally:
+        hook.close()
+
+
+def _demo(args: argparse.Namespace, run: Path, hook, hook_secret: Path) -> int:
     from contract.errors import EmfenceError
     from emfence.demo_register import pick_leave
 
-    run = Path(args.run_dir)
-    zones, subjects, config_path, secret, passwords, sim = _prepare(args, run)
+    zones, subjects, config_path, secret, passwords, sim = _prepare(args, run, hook, hook_secret)
     names = _zone_names(zones)
     leave = pick_leave(sim, zones, names)
     print("emfence demo: starting mosquitto, enrolling in the register ...", flush=True)
@@ -214,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         code = rig.stop_engine()
         rig.broker.close()
     _report(stats, code, run, truth_path, alarms_path, leave)
+    _webhook_report(hook, rig.store_url)
     return 0 if code == 0 else 1
 
 

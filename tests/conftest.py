@@ -57,6 +57,15 @@ def pg_url(pg_server_url: str):
                      .format(sql.Identifier(name)))
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request, tmp_path) -> str:
+    """A URL of an empty store, once per backend: a SQLite file in tmp_path, then a fresh
+    PostgreSQL database (``pg_url``)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'alarms.db'}"
+    return request.getfixturevalue("pg_url")
+
+
 # --- MQTT: private mosquitto brokers with the project's config (ingest/mosquitto.py) ---
 
 

@@ -33,10 +33,13 @@ def position_gcj02(alarm: dict[str, Any]) -> dict[str, float] | None:
     return {"lat": round(float(glat[0]), 6), "lon": round(float(glon[0]), 6)}
 
 
-def alarm_body(alarm: dict[str, Any], actions: list[dict[str, Any]]) -> dict[str, Any]:
-    """One alarm, its actions in time order, and its position in GCJ-02."""
+def alarm_body(alarm: dict[str, Any], actions: list[dict[str, Any]],
+               notifications: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One alarm, its actions in time order, its position in GCJ-02, and the
+    notifications it caused (who was told, over which channel, and whether it arrived)."""
     actions = sorted(actions, key=lambda a: a.get("at") or 0)
-    return {"alarm": alarm, "actions": actions, "position_gcj02": position_gcj02(alarm)}
+    return {"alarm": alarm, "actions": actions, "position_gcj02": position_gcj02(alarm),
+            "notifications": notifications or []}
 
 
 async def list_alarms(request: Request) -> Response:
@@ -76,8 +79,9 @@ async def get_alarm(request: Request) -> Response:
     caller = await signed_in(request)
     alarm = await alarm_in_scope(caller, "view")
     actions = await caller.gateway.actions(alarm["alarm_id"])
+    notifications = await caller.gateway.notifications(alarm["alarm_id"])
     await caller.audit("alarm.view", alarm["alarm_id"], {"region": alarm["region"]})
-    return json_response(alarm_body(alarm, actions))
+    return json_response(alarm_body(alarm, actions, notifications))
 
 
 async def _act(caller: Caller, alarm: dict[str, Any],
@@ -92,7 +96,8 @@ async def _act(caller: Caller, alarm: dict[str, Any],
     except AlarmActionError as exc:
         raise ApiError(409, "conflict", exc.reason) from None
     return json_response(alarm_body(await caller.gateway.get_alarm(alarm_id),
-                                    await caller.gateway.actions(alarm_id)))
+                                    await caller.gateway.actions(alarm_id),
+                                    await caller.gateway.notifications(alarm_id)))
 
 
 async def acknowledge(request: Request) -> Response:

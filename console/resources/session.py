@@ -22,6 +22,7 @@ from console.auth import (
 from console.context import Console, console_of
 from console.http import COOKIE, ApiError, json_response, read_json, text_field
 from console.regions import region_names
+from contract.alarms import ALARM_TYPES, WARNING_TYPES
 
 MAX_NAME_CHARS = 64
 MAX_PASSWORD_CHARS = 1024
@@ -37,7 +38,9 @@ def session_body(principal: Principal, csrf: str, console: Console) -> dict[str,
             # The page shows every time in the command centre's zone, with its offset.
             "timezone": console.settings.timezone,
             # Names for codes: the page shows 卧龙区, not 411303.
-            "region_names": region_names(console.zones)}
+            "region_names": region_names(console.zones),
+            # Every alarm type, and those that are warnings (shown as such, no alarm sound).
+            "alarm_types": list(ALARM_TYPES), "warning_types": list(WARNING_TYPES)}
 
 
 def _credentials(data: dict[str, Any]) -> tuple[str, str]:

@@ -34,6 +34,8 @@ async def stats(request: Request) -> Response:
     body = await caller.gateway.stats(regions, from_ms, to_ms, day_offset_ms=day_offset_ms)
     body["timezone"] = zone
     body["false_alarm_dispositions"] = list(FALSE_ALARM_DISPOSITIONS)
+    # Notification delivery in these regions now (not per period): failures to chase.
+    body["notifications"] = await caller.gateway.notification_counts(regions)
     return json_response(body)
 
 

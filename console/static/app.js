@@ -76,6 +76,20 @@ function fmtDuration(ms) {
   return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
 }
 const label = (s) => String(s || "").replace(/_/g, " ");
+// An alarm type in the operator's words (越界, 人机分离 ...; register-i18n.js), and whether it
+// is a warning (approach: shown as 预警, no alarm sound) by the server's list.
+const typeWord = (type) =>
+  (typeof regI18n !== "undefined" ? regI18n.term("atype", type) : label(type));
+const isWarning = (type) =>
+  Boolean(state.session && (state.session.warning_types || []).includes(type));
+function fillTypeSelect(select, types) {
+  const keep = select.value;
+  select.replaceChildren(el("option", { value: "", text: "all" }));
+  for (const t of types) {
+    select.append(el("option", { value: t, text: isWarning(t) ? `${typeWord(t)} (${typeWord("warning")})` : typeWord(t) }));
+  }
+  select.value = keep;
+}
 // The register's words (register-i18n.js, loaded after this file) when they are there.
 const deviceKindWord = (kind) =>
   (typeof regI18n !== "undefined" ? regI18n.term("kind", kind) : label(kind));
@@ -191,11 +205,23 @@ async function start(session) {
   $("#tab-stats").hidden = !(session.role === "supervisor" || session.role === "admin");
   fillRegionSelect($("#f-region"), session.regions);
   fillRegionSelect($("#s-region"), session.regions);
+  fillTypeSelect($("#f-type"), session.alarm_types || []);
   regStart(session);  // register.js: the register's tabs for this role
   showView("alarms");
   await Promise.all([loadAlarms(), loadMapData()]);
   if (session.all_regions) refreshRegionSelects();
+  openLinkedAlarm();
 }
+
+// A notification's link (console.public_url + "#alarm=<alarm_id>", docs/notifications.md)
+// opens that alarm's detail, after the login if there is one to do.
+function openLinkedAlarm() {
+  const m = /^#alarm=(.+)$/.exec(location.hash);
+  if (!m || !state.session) return;
+  showView("alarms");
+  selectAlarm(decodeURIComponent(m[1]));
+}
+window.addEventListener("hashchange", openLinkedAlarm);
 
 function showView(name) {
   $("#alarms-view").hidden = name !== "alarms";
@@ -264,7 +290,7 @@ function sortedAlarms() {
 
 function alarmRow(a) {
   const tr = el("tr", { "data-alarm-id": a.alarm_id });
-  tr.className = `w-${a.workflow}` + (pinned(a) ? " pinned" : "") + (a.escalated_at && a.workflow === "new" ? " escalated" : "") +
+  tr.className = `w-${a.workflow}` + (isWarning(a.type) ? " warning" : "") + (pinned(a) ? " pinned" : "") + (a.escalated_at && a.workflow === "new" ? " escalated" : "") +
                  (a.alarm_id === state.selected ? " selected" : "");
   // An escalated alarm is a new one nobody took in time: "ESCALATED" says both.
   const escalated = a.escalated_at && a.workflow === "new";
@@ -272,7 +298,8 @@ function alarmRow(a) {
     el("td", { title: fmtTime(a.raised_at) }, fmtShort(a.raised_at), a.late ? el("span", { class: "late",
       text: "LATE",
       title: `decided by a stored-and-forwarded fix: the time is the fix's, the alarm arrived ${fmtTime(a.recorded_at)}` }) : ""),
-    el("td", {}, el("span", { class: `pill t-${a.type}`, text: label(a.type) })),
+    el("td", {}, el("span", { class: `pill t-${a.type}` + (isWarning(a.type) ? " warning" : ""),
+      text: typeWord(a.type), title: isWarning(a.type) ? typeWord("warning") : "" })),
     el("td", { text: a.subject_id }),
     // The device and its kind in words (腕带 / 手机): a subject's bracelet and phone are two rows.
     el("td", { class: "device", title: a.device_kind ? `${a.device_id} (${a.device_kind})` : (a.device_id || "") },
@@ -427,7 +454,7 @@ async function onFeedEvent(ev) {
   }
   state.alarms.set(alarm.alarm_id, alarm);
   scheduleRender(isNew ? alarm.alarm_id : null);
-  if (isNew && matchesFilters(alarm)) cue(false);
+  if (isNew && matchesFilters(alarm) && !isWarning(alarm.type)) cue(false);
   if (ev.event === "escalated" && alarm.workflow === "new") cue(true);
   if (alarm.alarm_id === state.selected) renderDetail(alarm.alarm_id);
   if (ev.event === "raised" || ev.event === "cleared") refreshPositionsSoon();
@@ -453,7 +480,7 @@ async function renderDetail(id) {
   const a = data.alarm;
   state.alarms.set(a.alarm_id, a);
   const frag = $("#detail-template").content.cloneNode(true);
-  $(".d-title", frag).textContent = `${label(a.type)} · ${a.subject_id}`;
+  $(".d-title", frag).textContent = `${typeWord(a.type)}${isWarning(a.type) ? ` (${typeWord("warning")})` : ""} · ${a.subject_id}`;
   const fields = [
     ["alarm", a.alarm_id], ["region", regionName(a.region)], ["device", a.device_id], ["zone", zoneName(a.zone_id)],
     ["raised", fmtTime(a.raised_at) + (a.late ? ` (late fix, arrived ${fmtTime(a.recorded_at)})` : "")],
@@ -467,6 +494,10 @@ async function renderDetail(id) {
     if (data.position_gcj02) fields.push(["position (GCJ-02, for Chinese maps)", `${data.position_gcj02.lat.toFixed(6)}, ${data.position_gcj02.lon.toFixed(6)}`]);
   }
   if (ev.distance_m !== undefined && ev.distance_m !== null) fields.push(["distance", `${Math.round(ev.distance_m)} m`]);
+  for (const [k, v] of Object.entries(ev)) {
+    if (EVIDENCE_SHOWN.has(k) || v === null || v === undefined) continue;
+    fields.push([word("ev", k), evidenceValue(k, v)]);
+  }
   if (a.disposition) fields.push(["disposition", label(a.disposition)]);
   const dl = $(".d-fields", frag);
   for (const [k, v] of fields) dl.append(el("dt", { text: k }), el("dd", { text: v }));
@@ -499,6 +530,7 @@ async function renderDetail(id) {
   if (a.cleared_at) entries.push([a.cleared_at, 1e9, "condition cleared"]);
   entries.sort((x, y) => (x[0] - y[0]) || (x[1] - y[1]));
   for (const [at, , text] of entries) hist.append(el("li", { text: `${fmtTime(at)} ${text}` }));
+  renderNotifications($(".d-notify-title", frag), $(".d-notify", frag), data.notifications || []);
   // A feed event may redraw the alarm the operator is typing about: keep what they
   // typed and where the cursor was.
   const kept = box.dataset.alarmId === a.alarm_id ? FORM_FIELDS.map((sel) => {
@@ -515,6 +547,39 @@ async function renderDetail(id) {
   }
 }
 const FORM_FIELDS = [".ack-note", ".close-disp", ".close-note", ".note-text"];
+
+// The register's words for a group's value ("nstate", "sent"), or the value itself.
+const word = (group, v) => (typeof regI18n !== "undefined" ? regI18n.term(group, v) : label(v));
+// Evidence keys the fields above already show; the others (battery_pct, devices ...) follow.
+const EVIDENCE_SHOWN = new Set(["lat", "lon", "acc", "distance_m"]);
+function evidenceValue(key, v) {
+  if (key.endsWith("_ms")) return fmtTime(v);
+  if (key === "battery_pct") return `${v}%`;
+  if (key === "strap") return word("strap", v);
+  return Array.isArray(v) ? v.join(", ") : String(v);
+}
+// Who was told what: each notification of the alarm (channel, recipient, level, state).
+function renderNotifications(title, table, rows) {
+  title.textContent = word("notify", "title");
+  if (!rows.length) {
+    table.replaceWith(el("p", { class: "muted d-notify-none", text: word("notify", "none") }));
+    return;
+  }
+  const head = el("tr", {}, ...["time", "channel", "recipient", "level", "state", "attempts", "error"]
+    .map((k) => el("th", { text: word("notify", k) })));
+  table.append(head);
+  for (const n of rows) {
+    const st = n.state === "pending" && n.attempts > 0 ? "retrying" : n.state;
+    table.append(el("tr", { class: `n-${st}`, "data-delivery-id": n.delivery_id },
+      el("td", { text: fmtShort(n.sent_at || n.created_at), title: fmtTime(n.sent_at || n.created_at) }),
+      el("td", { text: `${word("nchan", n.channel)} · ${word("nevent", n.event)}` }),
+      el("td", { text: n.recipient }),
+      el("td", { text: String(n.level) }),
+      el("td", { class: "n-state", text: word("nstate", st) }),
+      el("td", { text: String(n.attempts) }),
+      el("td", { class: "muted", text: n.last_error || "" })));
+  }
+}
 
 async function act(ev, id, verb, body, errBox) {
   ev.preventDefault();
@@ -804,7 +869,7 @@ async function loadStats(ev) {
   const byRegion = card("Alarms per region", table(["region", "alarms", ""],
     perRegion.map((r) => [regionName(r.region), String(r.count), bar(r.count, mr)])));
   const byType = card("Alarms per type", table(["type", "alarms", ""],
-    perType.map((r) => [label(r.type), String(r.count), bar(r.count, mt)])));
+    perType.map((r) => [typeWord(r.type), String(r.count), bar(r.count, mt)])));
   // The days are the server's, counted in the zone it names (console.timezone).
   const offMin = Math.round((s.day_offset_ms || 0) / 60000);
   const dayZone = `${s.timezone || "UTC"}, UTC${offMin < 0 ? "-" : "+"}` +
@@ -815,7 +880,7 @@ async function loadStats(ev) {
     perDisp.map((r) => [label(r.disposition) + (falseSet.has(r.disposition) ? " (false alarm)" : ""),
       String(r.count), bar(r.count, mdisp, falseSet.has(r.disposition) ? "false" : "")])));
   const detail = card(`Region × type × day (${dayZone})`, table(["day", "region", "type", "alarms"],
-    s.counts.map((r) => [r.day, regionName(r.region), label(r.type), String(r.count)])));
+    s.counts.map((r) => [r.day, regionName(r.region), typeWord(r.type), String(r.count)])));
   let trail = [];
   try {
     trail = (await api("GET", "/api/audit?limit=50")).rows;
@@ -828,7 +893,13 @@ async function loadStats(ev) {
   const audit = card("Audit trail (latest 50)", table(["time", "who", "action", "target", "detail"],
     trail.map((r) => [fmtTime(r.at), r.who || "–", r.action, r.target || "", describe(r)])));
   audit.classList.add("wide");
-  body.replaceChildren(overview, byRegion, byType, byDay, byDisp, detail, audit);
+  // Notification delivery now: failed and retrying ones are the supervisor's to chase.
+  const nc = s.notifications || {};
+  const notify = card(word("stats", "notify"), table(["state", "value"],
+    ["failed", "retrying", "pending", "sent", "summarized"].map((k) => [word("nstate", k), String(nc[k] || 0)])));
+  notify.classList.add("notify-card");
+  if ((nc.failed || 0) + (nc.retrying || 0) > 0) notify.classList.add("attention");
+  body.replaceChildren(overview, notify, byRegion, byType, byDay, byDisp, detail, audit);
 }
 
 // ---------------------------------------------------------------- boot

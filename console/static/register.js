@@ -8,7 +8,6 @@ const reg = { view: null, subjectId: null };
 const OVERSEER = () => state.session && (state.session.role === "supervisor" || state.session.role === "admin");
 const LEVELS = ["strict", "ordinary", "lenient"];
 const KINDS = ["bracelet", "phone"];
-const ALARM_TYPE_LIST = ["outbound", "exclusion", "offline", "tamper", "low_battery", "leave_overdue", "curfew"];
 
 // ---------------------------------------------------------------- small helpers
 const library = () => (state.zones && state.zones.library) || [];
@@ -79,10 +78,12 @@ function regShow(name) {
   if (name === "subjects") loadSubjects();
   if (name === "leaves") loadQueue();
   if (name === "zones") zonesPage.load();
+  if (name === "roster") rosterPage.load();  // roster.js
 }
 
 function regStart(session) {
   $("#tab-leaves").hidden = !OVERSEER();
+  $("#tab-roster").hidden = !OVERSEER();
   regLabels();
 }
 
@@ -90,6 +91,7 @@ function regLabels() {
   $("#tab-subjects").textContent = tr("tab.subjects");
   $("#tab-leaves").textContent = tr("tab.leaves");
   $("#tab-zones").textContent = tr("tab.zones");
+  $("#tab-roster").textContent = rosterI18n.t("tab.roster");
   $("#lang").textContent = tr("lang.other");
   document.documentElement.lang = regI18n.lang() === "zh" ? "zh-CN" : "en";
 }
@@ -325,7 +327,7 @@ function curfewsPart(s, err) {
 }
 
 function suspendForm(s, err) {
-  const type = options(el("select", { class: "sp-type" }), ALARM_TYPE_LIST, null, "offline");
+  const type = options(el("select", { class: "sp-type" }), state.session.alarm_types, "atype", "offline");
   const start = el("input", { type: "datetime-local", class: "sp-start", required: "required" });
   const end = el("input", { type: "datetime-local", class: "sp-end", required: "required" });
   const reason = el("input", { class: "sp-reason", required: "required", maxlength: "2000" });
@@ -377,7 +379,7 @@ async function loadQueue() {
 function regBoot() {
   for (const b of document.querySelectorAll(".tab")) {
     b.addEventListener("click", () => {
-      if (["subjects", "leaves", "zones"].includes(b.dataset.view)) regShow(b.dataset.view);
+      if (["subjects", "leaves", "zones", "roster"].includes(b.dataset.view)) regShow(b.dataset.view);
       else for (const v of document.querySelectorAll(".reg-view")) v.hidden = true;
     });
   }

@@ -82,6 +82,7 @@ def _check_account(name: str, username: str | None) -> None:
 
 def build_service_args(args: argparse.Namespace) -> dict:
     """Load everything `emfence run` needs; raises ValueError subclasses naming the input."""
+    from alarms.roster import resolver_for
     from alarms.store import open_store
     from emfence.run.notify import notification_planner
     from ingest.mqtt import broker_from_args, parse_regions
@@ -98,7 +99,9 @@ def build_service_args(args: argparse.Namespace) -> dict:
     from_register = _model_from_register(args)
     source = None if from_register else ModelSource.files(args.zones, args.subjects)
     zones, registry = source.load() if source else (None, None)
-    store = open_store(args.store, notification_planner=notification_planner(config))
+    # e-mail / SMS go to the people the duty roster names at each level of the ladder
+    store = open_store(args.store, notification_planner=notification_planner(
+        config, resolver_for(config.register.timezone)))
     try:
         if from_register:
             source, seq, taken_ms, (zones, registry) = _register_model(store, args.store)

@@ -51,7 +51,7 @@ from emfence.run.batches import Batch, Batches
 from emfence.run.events import EventWriter
 from emfence.run.health import QUIET_LOGGERS, Outages, QuietDuringOutage, WatchedStore, stalled
 from emfence.run.model import ModelSource
-from emfence.run.notify import webhook_outbox
+from emfence.run.notify import notify_outboxes
 from emfence.run.options import (
     HEALTH_TIMEOUT_S,
     PING,
@@ -102,8 +102,8 @@ class Service:
         self.outbox = OutboxPublisher(WatchedStore(store, self.outages), config=config.alarms,
                                       regions=options.regions)
         # Notifications (emfence.run.notify): None without a [notify.*] channel.
-        self.notifier = webhook_outbox(WatchedStore(store, self.outages), config,
-                                       options.regions)
+        self.notifier = notify_outboxes(WatchedStore(store, self.outages), config,
+                                        options.regions)
         self.batches = Batches(icfg.batch_max_messages, icfg.batch_max_ms)
         self.events = EventWriter(store, self.outbox, self.counters, self.outages,
                                   (icfg.reconnect_min_s, icfg.reconnect_max_s))

@@ -189,7 +189,7 @@ def test_escalation_counts_from_when_the_store_recorded_the_raise(store):
     assert out[0] == {"event": "escalated", "alarm_id": "A-on-time", "type": "outbound",
                       "subject_id": "S-1", "device_id": "BR-1", "zone_id": "Z-county",
                       "region": REGION_A, "at": 15 * MIN, "late": False,
-                      "raised_at": 10 * MIN, "after_ms": after}
+                      "raised_at": 10 * MIN, "after_ms": after, "level": 2}
     # exactly once: asking again escalates nothing new
     assert store.escalate_due(now_ms=16 * MIN, after_ms=after) == []
     first = out

@@ -75,7 +75,7 @@ def served(request, tmp_path):
 
 def register_seed(store) -> None:
     """The register: 卧龙区, subjects S-1 and S-2 in it, leave L-a and L-b requested by
-    alice (the walker, sue, decides them)."""
+    alice (the walker, sue, decides them); R-1 on the duty roster."""
     reg = store.register
     reg.adcode_dir = str(CNMAPS)
     reg.import_adcode("411303", actor="root", now_ms=T0)
@@ -87,6 +87,9 @@ def register_seed(store) -> None:
         reg.request_leave("S-1", zones=["411303"], start_ms=T0 + (k + 1) * 86_400_000,
                           end_ms=T0 + (k + 1) * 86_400_000 + 3_600_000, reason="探亲",
                           actor="alice", now_ms=T0)
+    store.roster.put_person({"person_id": "R-1", "region": "411303", "name": "值班员",
+                             "role": "duty", "phone": "13800000000"},
+                            actor="root", role="admin", now_ms=T0)
 
 
 def leave_id(store, k: int) -> str:
@@ -146,6 +149,12 @@ REQUESTS: dict[tuple[str, str], tuple[str, Any]] = {
         "zone_id": "home-1", "name": "住所", "radius_m": 200,
         "geometry": {"type": "Point", "coordinates": [112.53, 33.0]}}),
     ("POST", "/api/zones/import-adcode"): ("/api/zones/import-adcode", {"adcode": "411302"}),
+    # the duty roster (R-1 is seeded; the walk deletes it before it puts R-2)
+    ("GET", "/api/roster"): ("/api/roster", None),
+    ("GET", "/api/roster/told"): ("/api/roster/told?region=411303", None),
+    ("DELETE", "/api/roster/{person_id:str}"): ("/api/roster/R-1", None),
+    ("PUT", "/api/roster/{person_id:str}"): ("/api/roster/R-2", {
+        "region": "411303", "name": "王五", "role": "duty", "phone": "13800000000"}),
 }
 FRESH = {"/api/login", "/api/logout"}
 

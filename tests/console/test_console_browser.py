@@ -7,16 +7,22 @@ them) and selenium.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
-from console_helpers import CNMAPS, PASSWORD, Server, add_accounts, cleared, raised
-from selenium import webdriver
+from browser_helpers import (
+    BROWSER_TZ,
+    WAIT_S,
+    click,
+    log_in,
+    log_in_chinese,
+    severe_console_messages,
+    start_chromium,
+)
+from console_helpers import CNMAPS, Server, add_accounts, cleared, raised
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
@@ -30,15 +36,6 @@ from geofence import compile_zones, load_zones
 
 pytestmark = pytest.mark.browser
 
-# How long the page may take to react (a safety net for a loaded CI machine, not a
-# performance assertion: a working page reacts within a second).
-WAIT_S = 30
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-# The browser's own zone is not the command centre's (console.timezone, Asia/Shanghai by
-# default): the page must show the centre's times whatever the computer it runs on says.
-BROWSER_TZ = "America/New_York"
 # Fonts the console's CSS names for Chinese text (console/static/app.css).
 CJK_FAMILIES = ("PingFang SC", "Microsoft YaHei", "Noto Sans CJK SC", "WenQuanYi Micro Hei")
 
@@ -84,64 +81,11 @@ def world(tmp_path, model):
     store.close_store()
 
 
-def start_chromium(tmp_path, *, lang: str | None = None, window: str = "1400,900",
-                   extra: tuple[str, ...] = ()):
-    """Headless Chromium with its own profile under ``tmp_path``, in the time zone
-    BROWSER_TZ (not the command centre's); ``lang`` ("zh-CN") sets its language."""
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.fail("chromium and chromium-driver are not installed "
-                    "(apt-get install chromium chromium-driver; `make test` does it)")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", *extra,
-                 f"--window-size={window}", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        opts.add_argument(flag)
-    env = {**os.environ, "TZ": BROWSER_TZ}
-    if lang:
-        opts.add_argument(f"--lang={lang}")
-        opts.add_experimental_option("prefs", {"intl.accept_languages": f"{lang},zh"})
-        env["LANGUAGE"] = lang.replace("-", "_")
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = webdriver.ChromeService(executable_path=CHROMEDRIVER, env=env)
-    return webdriver.Chrome(options=opts, service=service)
-
-
 @pytest.fixture
 def browser(tmp_path):
     driver = start_chromium(tmp_path, extra=("--autoplay-policy=no-user-gesture-required",))
     yield driver
     driver.quit()
-
-
-def click(wait: WebDriverWait, locator: tuple[str, str]) -> None:
-    """Click what ``locator`` finds; the page redraws the list as events arrive, so an
-    element found a moment ago may have been replaced: find it again and retry."""
-
-    def attempt(driver) -> bool:
-        driver.find_element(*locator).click()
-        return True
-
-    wait.until(attempt)
-
-
-def severe_console_messages(driver) -> list[str]:
-    """Errors the page logged, less the expected 401s: the session probe before login,
-    and a login with a wrong password."""
-    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"
-            and not (("/api/session" in e["message"] or "/api/login" in e["message"])
-                     and "401" in e["message"])]
-
-
-def log_in(d, wait, name: str) -> None:
-    """Log in through the page and wait for the alarms view (every role starts there)."""
-    field = wait.until(EC.visibility_of_element_located((By.ID, "login-name")))
-    field.clear()
-    field.send_keys(name)
-    d.find_element(By.ID, "login-password").send_keys(PASSWORD)
-    d.find_element(By.ID, "login-submit").click()
-    wait.until(EC.visibility_of_element_located((By.ID, "alarms-view")))
 
 
 def test_operator_sees_an_alarm_live_then_acknowledges_and_closes_it(world, browser, tmp_path):
@@ -611,3 +555,87 @@ def test_chinese_text_renders_with_a_cjk_font(world, browser, tmp_path):
     assert box not in (wo, long_, qu)
     d.save_screenshot(str(tmp_path / "console-cjk.png"))
     print("screenshots in", tmp_path)
+
+
+def test_every_alarm_type_in_chinese_and_a_warning_shown_as_one_without_the_alarm_sound(
+        world, browser, tmp_path):
+    """Issue #14's types reach the operator in words (人机分离, 无定位, 接近禁区 ...), the type
+    filter offers each, and the approach warning is marked 预警 and does not sound the
+    alarm cue that a new exclusion alarm sounds."""
+    server, store = world
+    t = now_ms()
+    store.record_events([raised("sep-1", "411303", kind="separation", at=t - 5000,
+                                subject="S-1", device="B-1"),
+                         raised("nofix-1", "411303", kind="no_fix", at=t - 4000,
+                                subject="S-1", device="P-1")], t - 4000)
+    d = browser
+    wait = log_in_chinese(d, server.url, "alice")
+    wait.until(EC.text_to_be_present_in_element((By.ID, "feed-state"), "live"))
+    pill = 'tr[data-alarm-id="{}"] .pill'
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, pill.format("sep-1")),
+                                                "人机分离"))
+    assert d.find_element(By.CSS_SELECTOR, pill.format("nofix-1")).text == "无定位"
+    offered = [o.text for o in Select(d.find_element(By.ID, "f-type")).options]
+    for word in ("越界", "人机分离", "无定位", "关机", "接近被保护人", "违规接触",
+                 "接近禁区 (预警)"):
+        assert word in offered, (word, offered)
+    # a live warning: marked, and no alarm cue
+    d.execute_script("lastBeep = 0;")
+    store.record_events([raised("appr-1", "411303", kind="approach", at=t - 1000,
+                                subject="S-2", device="B-2")], now_ms())
+    row = 'tr[data-alarm-id="appr-1"]'
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, row)))
+    assert "warning" in d.find_element(By.CSS_SELECTOR, row).get_attribute("class")
+    assert d.find_element(By.CSS_SELECTOR, pill.format("appr-1")).text == "接近禁区"
+    assert d.find_element(By.CSS_SELECTOR, pill.format("appr-1")).get_attribute("title") == "预警"
+    assert d.execute_script("return lastBeep;") == 0
+    # ...while a live exclusion alarm does sound it
+    store.record_events([raised("excl-1", "411303", kind="exclusion", at=t, subject="S-2",
+                                device="B-2")], now_ms())
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, 'tr[data-alarm-id="excl-1"]')))
+    assert d.execute_script("return lastBeep;") > 0
+    assert "warning" not in d.find_element(
+        By.CSS_SELECTOR, 'tr[data-alarm-id="excl-1"]').get_attribute("class")
+    # the filter narrows to one type
+    Select(d.find_element(By.ID, "f-type")).select_by_value("separation")
+    wait.until(lambda drv: [r.get_attribute("data-alarm-id") for r in
+                            drv.find_elements(By.CSS_SELECTOR, "#alarm-rows tr")] == ["sep-1"])
+    d.save_screenshot(str(tmp_path / "console-types.png"))
+    assert severe_console_messages(d) == []
+
+
+def test_the_alarm_detail_shows_who_was_notified_and_the_supervisor_sees_failures(
+        world, browser, tmp_path):
+    """Issue #15, "Visible": the detail lists each notification (channel, recipient,
+    level, state in words) and the supervisor's page flags deliveries that are retrying."""
+    from alarms.notify import webhook_planner
+
+    server, _ = world
+    engine_store = open_store(f"sqlite:///{tmp_path / 'alarms.db'}",
+                              notification_planner=webhook_planner)
+    try:
+        t = now_ms()
+        engine_store.record_events([raised("notif-1", "411303", at=t - 2000, subject="S-1",
+                                           device="B-1")], t - 2000)
+        (due,) = engine_store.notifications_due(now_ms())
+        engine_store.mark_notification_retry(due["id"], t + 600_000, "HTTP 503 Service Unavailable")
+    finally:
+        engine_store.close_store()
+    d = browser
+    wait = log_in_chinese(d, server.url, "sue")
+    click(wait, (By.CSS_SELECTOR, 'tr[data-alarm-id="notif-1"]'))
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#detail .d-notify-title"),
+                                                "通知"))
+    row = d.find_element(By.CSS_SELECTOR, "#detail .d-notify tr.n-retrying")
+    assert row.get_attribute("data-delivery-id") == due["delivery_id"]
+    cells = [td.text for td in row.find_elements(By.TAG_NAME, "td")]
+    assert cells[1:6] == ["系统对接 · 告警", "webhook", "1", "重试中", "1"], cells
+    assert "HTTP 503" in cells[6]
+    d.save_screenshot(str(tmp_path / "console-notifications.png"))
+    wait.until(EC.element_to_be_clickable((By.ID, "tab-stats"))).click()
+    card = (By.CSS_SELECTOR, "#stats-body .notify-card")
+    wait.until(EC.presence_of_element_located(card))
+    assert "attention" in d.find_element(*card).get_attribute("class")
+    text = d.find_element(*card).text
+    assert "通知投递" in text and "重试中 1" in text and "失败 0" in text, text
+    assert severe_console_messages(d) == []

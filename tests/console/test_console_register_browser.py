@@ -8,18 +8,21 @@ from __future__ import annotations
 import time
 
 import pytest
+from browser_helpers import (
+    WAIT_S,
+    click,
+    log_in,
+    log_out,
+    set_value,
+    severe_console_messages,
+    shanghai_local,
+    start_chromium,
+)
 from console_helpers import CNMAPS, Server, add_accounts
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
-from test_console_browser import (
-    WAIT_S,
-    click,
-    log_in,
-    severe_console_messages,
-    start_chromium,
-)
 
 from alarms.store import open_store
 from console import create_app
@@ -64,23 +67,8 @@ def zh_browser(tmp_path):
     driver.quit()
 
 
-def set_value(d, element, value: str) -> None:
-    """Set an <input type=datetime-local> (typing into one depends on the locale)."""
-    d.execute_script("arguments[0].value = arguments[1]", element, value)
-
-
-def shanghai_local(ms: int) -> str:
-    """``ms`` as a datetime-local value in Asia/Shanghai (UTC+8, no summer time)."""
-    return time.strftime("%Y-%m-%dT%H:%M", time.gmtime((ms + 8 * 3_600_000) / 1000))
-
-
 def library_row(zone_id: str) -> tuple[str, str]:
     return (By.CSS_SELECTOR, f'#zone-library tr[data-zone-id="{zone_id}"]')
-
-
-def log_out(d, wait) -> None:
-    click(wait, (By.ID, "logout"))
-    wait.until(EC.visibility_of_element_located((By.ID, "login-name")))
 
 
 def enrol(d, wait) -> None:
@@ -131,7 +119,7 @@ def test_enrol_request_leave_approve_in_the_queue_and_return(world, zh_browser, 
     [lv] = store.register.list_leaves(state="requested", now_ms=now_ms())
     assert (lv["start"], lv["end"], lv["zones"]) == (start, end, ["411302"])
     assert not d.find_elements(By.CSS_SELECTOR, "#subject-leaves .leave-approve")
-    log_out(d, wait)
+    log_out(wait)
 
     # the supervisor approves it from the approval queue
     log_in(d, wait, "sue")
@@ -146,7 +134,7 @@ def test_enrol_request_leave_approve_in_the_queue_and_return(world, zh_browser, 
     wait.until(EC.visibility_of_element_located((By.ID, "queue-empty")))
     assert [x["state"] for x in store.register.list_leaves(subject_id="S-7", now_ms=now_ms())] == [
         "approved"]
-    log_out(d, wait)
+    log_out(wait)
 
     # back from leave: the officer registers the return (销假)
     log_in(d, wait, "alice")

@@ -10,7 +10,6 @@ import io
 from pathlib import Path
 
 import orjson
-import pytest
 import shapely
 import shapely.geometry
 from pyproj import Geod
@@ -33,13 +32,6 @@ GEOD = Geod(ellps="WGS84")
 def at(hhmm: str) -> int:
     """Epoch ms of a local time (Asia/Shanghai) on the replayed day."""
     return parse_time_ms(f"2025-11-20T{hhmm}:00+08:00", "test")
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'alarms.db'}"
-    return request.getfixturevalue("pg_url")
 
 
 def ccw(path: Path) -> dict:

@@ -46,13 +46,6 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'alarms.db'}"
-    return request.getfixturevalue("pg_url")
-
-
 def ccw(path: Path) -> dict:
     """A county boundary of tests/data/cnmaps with its rings in RFC 7946 order (the data
     has clockwise exteriors; the register takes only what RFC 7946 says)."""

@@ -38,20 +38,21 @@ from alarms.store import open_store
 
 # the console tests' helpers (accounts, Chromium, logging in) live beside them
 sys.path.insert(0, str(ROOT / "tests" / "console"))
+from browser_helpers import (
+    click,
+    log_in,
+    log_out,
+    set_value,
+    severe_console_messages,
+    shanghai_local,
+    start_chromium,
+)
 from console_helpers import add_accounts
-from test_console_browser import click, log_in, severe_console_messages, start_chromium
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.browser]
 
 DAY_MS = 86_400_000
 PAGE_S = 30  # how long the page may take to react: a guard for a loaded machine
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'alarms.db'}"
-    return request.getfixturevalue("pg_url")
 
 
 def free_port() -> int:
@@ -78,21 +79,6 @@ class ServingEngine(Engine):
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-
-def shanghai_local(ms: int) -> str:
-    """``ms`` as a datetime-local value in Asia/Shanghai (UTC+8, no summer time)."""
-    return time.strftime("%Y-%m-%dT%H:%M", time.gmtime((ms + 8 * 3_600_000) / 1000))
-
-
-def set_value(d, element, value: str) -> None:
-    """Set an <input type=datetime-local> (typing into one depends on the locale)."""
-    d.execute_script("arguments[0].value = arguments[1]", element, value)
-
-
-def log_out(wait) -> None:
-    click(wait, (By.ID, "logout"))
-    wait.until(EC.visibility_of_element_located((By.ID, "login-name")))
 
 
 LEAVE_ROW = (By.CSS_SELECTOR, "#subject-leaves tr[data-leave-id]")

@@ -33,6 +33,14 @@ def test_the_demo_approves_a_leave_and_the_engine_honours_it(tmp_path):
     assert (f"leave {leave_id} of {subject} to {zone} " in out
             and ": honoured, its excursion into the county raised no outbound alarm" in out)
     assert re.search(r"expected (\d+)  matched \1  missed 0  false 0", out), out[-2000:]
+    # the demo's webhook receiver got every notification the store marked sent, signed
+    [(received, dups, bad, sent, _pending)] = re.findall(
+        r"webhook receiver: (\d+) notifications received \(signature checked\), (\d+) "
+        r"duplicates, (\d+) bad signatures; the store: (\d+) sent, (\d+) pending", out)
+    assert int(received) > 0 and int(received) == int(sent), out[-2000:]
+    assert (dups, bad) == ("0", "0")
+    assert out.count("webhook <- RAISED") + out.count("webhook <- CLEARED") + out.count(
+        "webhook <- ESCALATED") == int(received)
 
     # the ground truth says so, and the alarms agree
     truth = [orjson.loads(ln) for ln in (run / "truth.jsonl").read_bytes().splitlines()]

@@ -20,13 +20,6 @@ CNMAPS = Path(__file__).resolve().parents[1] / "data" / "cnmaps"
 HOME = "411303"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'alarms.db'}"
-    return request.getfixturevalue("pg_url")
-
-
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 

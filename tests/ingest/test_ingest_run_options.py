@@ -64,7 +64,8 @@ def events_of(client: PahoClient, n: int, timeout_s: float = 60.0) -> list[dict]
 @pytest.mark.postgres
 def test_postgres_store_escalation_and_two_workers(tmp_path, fleet, broker, engines, pg_url):
     """Two workers split by region share one PostgreSQL store; an alarm nobody
-    acknowledges escalates exactly once and the escalation is published."""
+    acknowledges climbs the ladder exactly once per level (2, then 3) and each escalation
+    is published."""
     console = PahoClient(broker.port, CONSOLE_USER, CONSOLE_PW)
     console.subscribe("emfence/v1/+/alarms/+")
     (tmp_path / "a").mkdir()
@@ -79,16 +80,19 @@ def test_postgres_store_escalation_and_two_workers(tmp_path, fleet, broker, engi
     t = now_ms()
     publish_as(broker, a0, f"emfence/v1/{REGION_A}/{a0}/status", {"ts": t, "strap": "open"})
     publish_as(broker, b0, f"emfence/v1/{REGION_B}/{b0}/status", {"ts": t, "strap": "open"})
-    got = events_of(console, 4)
-    kinds = sorted((e["region"], e["event"]) for e in got)
-    assert kinds == sorted([(REGION_A, "escalated"), (REGION_A, "raised"),
-                            (REGION_B, "escalated"), (REGION_B, "raised")])
-    assert console.drain(2.5) == []  # escalated once, not once per worker or per round
+    got = events_of(console, 6)
+    kinds = sorted((e["region"], e["event"], e.get("level", 0)) for e in got)
+    assert kinds == sorted([(REGION_A, "escalated", 2), (REGION_A, "escalated", 3),
+                            (REGION_A, "raised", 0), (REGION_B, "escalated", 2),
+                            (REGION_B, "escalated", 3), (REGION_B, "raised", 0)])
+    # once per level, not once per worker or per round, and level 3 is the top
+    assert console.drain(2.5) == []
     store = open_store(pg_url)
     try:
         rows = {r["device_id"]: r for r in store.list_alarms()}
         assert set(rows) == {a0, b0}
-        assert all(r["escalated_at"] is not None for r in rows.values())
+        assert all(r["escalated_at"] is not None and r["escalation_level"] == 3
+                   for r in rows.values())
     finally:
         store.close_store()
     assert wa.stop() == 0 and wb.stop() == 0

@@ -23,19 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from contract.errors import EmfenceError
+from emfence.config.errors import ConfigError, read_secret
+from emfence.config.notify import (
+    EmailConfig,
+    NotifyConfig,
+    SmsConfig,
+    WebhookConfig,
+    check_notify,
+    template_fields,
+)
+
+# The [notify] tables live in emfence.config.notify; they are part of this table.
+__all__ = ["Config", "ConfigError", "EmailConfig", "NotifyConfig", "SmsConfig",
+           "WebhookConfig", "config_from_dict", "load_config", "read_secret",
+           "template_fields"]
 
 LEVELS = ("strict", "ordinary", "lenient")
-
-
-class ConfigError(EmfenceError, ValueError):
-    """A configuration file or value is wrong; ``key`` is the dotted key, ``source`` the file."""
-
-    def __init__(self, message: str, *, key: str | None = None, source: str | None = None):
-        self.key = key
-        self.source = source
-        where = " ".join(p for p in (source and f"{source}:", key and f"[{key}]") if p)
-        super().__init__(f"{where} {message}".strip())
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,9 @@ class ConsoleConfig:
     # The command centre's time zone (IANA name): the page shows every time in it, with
     # its UTC offset, whatever the browser's zone; statistics count days in it.
     timezone: str = "Asia/Shanghai"
+    # The console's address as people open it (e.g. "https://emfence.example.gov.cn"):
+    # notification messages link to the alarm there; empty: no link.
+    public_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -190,26 +196,6 @@ class RegisterConfig:
     timezone: str = "Asia/Shanghai"
     # Longest leave a supervisor may approve, days.
     leave_max_days: int = 30
-
-
-@dataclass(frozen=True)
-class WebhookConfig:
-    # The receiver's URL; empty: no webhook. Every raised, cleared and escalated alarm
-    # event is POSTed to it (docs/notifications.md).
-    url: str = ""
-    # A file holding the shared HMAC secret (its content, stripped): never on the command line.
-    secret_file: str = ""
-    # One request's time limit, s.
-    timeout_s: float = 10.0
-    # Retry backoff: first delay and cap, s (jittered), until a 2xx.
-    retry_min_s: float = 1.0
-    retry_max_s: float = 300.0
-
-
-@dataclass(frozen=True)
-class NotifyConfig:
-    # Channels: a table each (docs/notifications.md).
-    webhook: WebhookConfig = field(default_factory=WebhookConfig)
 
 
 @dataclass(frozen=True)
@@ -252,6 +238,18 @@ def _build(default: Any, data: dict[str, Any], prefix: str, source: str | None) 
 
 
 def _coerce(value: Any, want: type, key: str, source: str | None) -> Any:
+    if want is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"must be true or false, got {value!r}", key=key, source=source)
+        return value
+    if want is dict:  # a table of strings (e.g. notify.sms.headers)
+        if not isinstance(value, dict):
+            raise ConfigError("must be a table", key=key, source=source)
+        for k, v in value.items():
+            if not isinstance(v, str):
+                raise ConfigError(f"must be a string, got {v!r}", key=f"{key}.{k}",
+                                  source=source)
+        return dict(value)
     if want is str:
         if not isinstance(value, str):
             raise ConfigError(f"must be a string, got {value!r}", key=key, source=source)
@@ -301,7 +299,7 @@ def _check(config: Config, source: str | None) -> Config:
     problem = time_zone_problem(c.timezone)
     if problem:
         raise ConfigError(problem, key="console.timezone", source=source)
-    _check_notify(config, source)
+    check_notify(config.notify, config.console.public_url, source)
     return _check_register(config, source)
 
 
@@ -323,41 +321,6 @@ def _check_rules(r: RulesConfig, source: str | None) -> None:
     if r.alarm_per not in ("subject", "device"):
         raise ConfigError(f'must be "subject" or "device", got {r.alarm_per!r}',
                           key="rules.alarm_per", source=source)
-
-
-def _check_notify(config: Config, source: str | None) -> None:
-    w = config.notify.webhook
-    if not w.url:
-        if w.secret_file:
-            raise ConfigError("is required with notify.webhook.secret_file",
-                              key="notify.webhook.url", source=source)
-        return
-    if not w.url.startswith(("http://", "https://")):
-        raise ConfigError(f"must start with http:// or https://, got {w.url!r}",
-                          key="notify.webhook.url", source=source)
-    if not w.secret_file:
-        raise ConfigError("is required with notify.webhook.url (the signing key)",
-                          key="notify.webhook.secret_file", source=source)
-    read_secret(w.secret_file, "notify.webhook.secret_file", source)
-    for name in ("timeout_s", "retry_min_s"):
-        if getattr(w, name) <= 0:
-            raise ConfigError("must be positive", key=f"notify.webhook.{name}", source=source)
-    if w.retry_max_s < w.retry_min_s:
-        raise ConfigError("must be >= notify.webhook.retry_min_s",
-                          key="notify.webhook.retry_max_s", source=source)
-
-
-def read_secret(path: str, key: str, source: str | None = None) -> bytes:
-    """The secret in the file ``path`` (its content stripped of surrounding whitespace);
-    ConfigError naming ``key`` when it cannot be read or is empty."""
-    try:
-        secret = Path(path).read_bytes().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path!r}: {exc.strerror}", key=key,
-                          source=source) from exc
-    if not secret:
-        raise ConfigError(f"{path!r} is empty", key=key, source=source)
-    return secret
 
 
 def _check_register(config: Config, source: str | None) -> Config:
