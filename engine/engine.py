@@ -237,7 +237,7 @@ class Engine:
             zone_id = zone_ids[z] if z >= 0 else None
             if type_name in fold_types and not late and len(subject.device_ids) > 1:
                 emit = fold(raised != 0, type_name, subject.subject_id, device_ids[d], zone_id,
-                            episode)  # one alarm per subject (engine.per_subject)
+                            episode, at)  # one alarm per subject (engine.per_subject)
             else:
                 emit = ((raised != 0, type_name, device_ids[d], episode, None),)
             for up, name, device_id, ep_at, devices in emit:

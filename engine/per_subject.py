@@ -13,11 +13,14 @@ order, so replay stays byte-deterministic):
   the first raise (its device_id and episode at, so the same ``alarm_id``) and
   ``devices`` = every device that was in the episode, in the order they joined.
 
-A subject's violation supersedes its warning as a device's does: when the subject's
-``exclusion`` (or ``outbound`` / ``leave_overdue``) episode for a zone opens while its
-``approach`` episode for that zone is open, the approach alarm is cleared at that at,
-just before the raise, and its devices still open in the kernels are *superseded*:
-their own clears and raises of that approach are not emitted until the last has cleared.
+A subject's violation supersedes its warning as a device's does: the subject's
+``approach`` alarm for a zone is open while one of its devices has an approach episode
+for that zone open and none has the violation (``exclusion``; ``outbound`` /
+``leave_overdue`` for the inclusion zone). When the subject's violation opens, its open
+approach alarm is cleared at that at, just before the raise; the devices' approach
+episodes still open are kept (*superseded*: their raises and clears emit nothing). When
+the violation closes and some of them are still open, the approach alarm is raised
+again at that at, led by the first of them.
 
 Only the zone types of :data:`SUBJECT_TYPES`, only live events (a late pair stays per
 device) and only subjects with two devices or more are folded; everything else passes
@@ -53,7 +56,7 @@ class Episode:
     at: int
     devices: list[str] = field(default_factory=list)
     open: list[str] = field(default_factory=list)
-    superseded: bool = False  # cleared by the violation; only waiting for ``open`` to empty
+    superseded: bool = False  # (approach) no alarm while the subject's violation is open
 
 
 Key = tuple[str, str, str | None]  # (subject id, type, zone id)
@@ -68,10 +71,10 @@ class SubjectEpisodes:
 
     # (One function on the hot path of every folded event: a call more cost ~10 %.)
     def fold(self, raised: bool, type_name: str, subject_id: str, device_id: str,
-             zone_id: str | None, episode_at: int) -> tuple[tuple, ...]:
-        """One device event of a folded type (the caller checks :func:`folds`): the
-        events to emit in its place, in order, each (raised, type, device_id, episode at,
-        devices); at and evidence are the device event's."""
+             zone_id: str | None, episode_at: int, at: int) -> tuple[tuple, ...]:
+        """One device event of a folded type (the caller checks :func:`folds`; ``at`` its
+        at): the events to emit in its place, in order, each (raised, type, device_id,
+        episode at, devices); at and evidence are the device event's."""
         episodes = self.episodes
         key = (subject_id, type_name, zone_id)
         ep = episodes.get(key)
@@ -84,9 +87,13 @@ class SubjectEpisodes:
                     out = ((False, "approach", warn.lead, warn.at, list(warn.devices)),)
             if ep is None:
                 episodes[key] = Episode(device_id, episode_at, [device_id], [device_id])
-                if type_name == "approach":
-                    self._warnings += 1
-                return (*out, (True, type_name, device_id, episode_at, [device_id]))
+                if type_name != "approach":
+                    return (*out, (True, type_name, device_id, episode_at, [device_id]))
+                self._warnings += 1
+                if self._violated(subject_id, zone_id):  # no warning beside the violation
+                    episodes[key].superseded = True
+                    return out
+                return (True, type_name, device_id, episode_at, [device_id]),
             if device_id not in ep.open:
                 ep.open.append(device_id)
             if device_id not in ep.devices:
@@ -100,9 +107,19 @@ class SubjectEpisodes:
         del episodes[key]
         if type_name == "approach":
             self._warnings -= 1
-        if ep.superseded:
-            return ()
-        return ((False, type_name, ep.lead, ep.at, list(ep.devices)),)
+        out = () if ep.superseded else ((False, type_name, ep.lead, ep.at, list(ep.devices)),)
+        if self._warnings and type_name in SUPERSEDES:
+            warn = episodes.get((subject_id, "approach", zone_id))
+            if warn is not None and warn.superseded and not self._violated(subject_id, zone_id):
+                # The violation closed with devices still near: the warning again, at this at.
+                warn.superseded = False
+                warn.lead, warn.at, warn.devices = warn.open[0], at, list(warn.open)
+                out += ((True, "approach", warn.lead, at, list(warn.devices)),)
+        return out
+
+    def _violated(self, subject_id: str, zone_id: str | None) -> bool:
+        """Is one of the subject's violations of the zone open?"""
+        return any((subject_id, t, zone_id) in self.episodes for t in SUPERSEDES)
 
     def _count(self) -> None:
         self._warnings = sum(1 for k in self.episodes if k[1] == "approach")
@@ -133,6 +150,9 @@ class SubjectEpisodes:
                 ep.open.append(d)
                 if d not in ep.devices:
                     ep.devices.append(d)
+        for (s, t, z), ep in self.episodes.items():
+            if t == "approach" and self._violated(s, z):
+                ep.superseded = True
         self._count()
 
     def to_array(self) -> np.ndarray:

@@ -137,7 +137,7 @@ class ShapelyEngine:
             emit = [(raised, name, reg.device_ids[d], episode, None)]
             if folds(self.config.rules.alarm_per, name, late, len(subject.device_ids)):
                 emit = self._per_subject.fold(raised, name, subject.subject_id,
-                                              reg.device_ids[d], zone_id, episode)
+                                              reg.device_ids[d], zone_id, episode, at)
             for up, type_name, device_id, ep_at, devices in emit:
                 ev = alarm_event(up, type_name, subject.subject_id, device_id, zone_id,
                                  subject.region, at, ep_at, late, evidence,

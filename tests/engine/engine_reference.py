@@ -553,29 +553,38 @@ class SubjectFold:
     """One alarm per subject, type and zone: the first device's raise opens it (devices:
     [it]); other devices of the subject raising while it is open join it silently; it
     clears (as the first device's alarm, devices: all that joined) when the last open
-    device clears. The subject's exclusion, outbound or leave_overdue raise for a zone
-    clears its open approach alarm for that zone first; the devices of that approach
-    still open then make no more approach events for it until they have all cleared."""
+    device clears. The subject's approach alarm for a zone is open only while none of
+    its devices has the zone's violation (exclusion, outbound, leave_overdue) open: the
+    violation's raise clears it first (same at), and when the violation clears with
+    devices still in approach, it is raised again at that at, led by the first of them."""
 
     TYPES = ("outbound", "leave_overdue", "exclusion", "approach", "curfew")
+    VIOLATIONS = ("exclusion", "outbound", "leave_overdue")
 
     def __init__(self):
-        self.open: dict = {}  # (subject, type, zone) -> [lead, at, devices, open, superseded]
+        # (subject, type, zone) -> [lead, at, devices, open, hidden]; hidden: an approach
+        # with no alarm of its own while a violation of its zone is open.
+        self.open: dict = {}
+
+    def violated(self, subject_id: str, zid) -> bool:
+        return any((subject_id, t, zid) in self.open for t in self.VIOLATIONS)
 
     def event(self, subject_id: str, e: tuple) -> list[tuple[tuple, list]]:
         kind, typ, device_id, zid, at, _ = e
         out = []
         key = (subject_id, typ, zid)
-        if kind == "raised" and typ in ("exclusion", "outbound", "leave_overdue"):
-            w = self.open.get((subject_id, "approach", zid))
-            if w is not None and not w[4]:
-                w[4] = True
-                out.append((("cleared", "approach", w[0], zid, at, False), list(w[2])))
+        warn_key = (subject_id, "approach", zid)
         ep = self.open.get(key)
         if kind == "raised":
+            w = self.open.get(warn_key)
+            if typ in self.VIOLATIONS and w is not None and not w[4]:
+                w[4] = True
+                out.append((("cleared", "approach", w[0], zid, at, False), list(w[2])))
             if ep is None:
-                self.open[key] = [device_id, at, [device_id], [device_id], False]
-                out.append((e, [device_id]))
+                hidden = typ == "approach" and self.violated(subject_id, zid)
+                self.open[key] = [device_id, at, [device_id], [device_id], hidden]
+                if not hidden:
+                    out.append((e, [device_id]))
             else:
                 if device_id not in ep[3]:
                     ep[3].append(device_id)
@@ -585,8 +594,13 @@ class SubjectFold:
         if ep is None or device_id not in ep[3]:
             return out + [(e, [device_id])]
         ep[3].remove(device_id)
-        if not ep[3]:
-            del self.open[key]
-            if not ep[4]:
-                out.append((("cleared", typ, ep[0], zid, at, False), list(ep[2])))
+        if ep[3]:
+            return out
+        del self.open[key]
+        if not ep[4]:
+            out.append((("cleared", typ, ep[0], zid, at, False), list(ep[2])))
+        w = self.open.get(warn_key)
+        if typ in self.VIOLATIONS and w is not None and w[4] and not self.violated(subject_id, zid):
+            w[0], w[1], w[2], w[4] = w[3][0], at, list(w[3]), False
+            out.append((("raised", "approach", w[0], zid, at, False), list(w[2])))
         return out

@@ -252,3 +252,20 @@ def test_border_warning_of_an_inner_inclusion_zone_is_not_missed_by_a_settled_de
         ("raised", "approach", "small"), ("cleared", "approach", "small")]
     assert 50.0 < f.events[0]["distance_m"] <= 90.0  # the first fix beyond the margin
     assert 350.0 < f.events[1]["distance_m"] <= 390.0  # the first beyond 300 + 50
+
+
+def test_the_subject_warning_returns_when_the_violation_clears_with_devices_still_near():
+    f = two_devices()
+    f.fix("B-1", T0, *north(100))
+    f.fix("P-1", T0 + 10, *north(120))  # joins the warning
+    f.fix("B-1", T0 + 1000, *CENTRE)  # warning cleared, exclusion raised
+    assert f.fix("P-1", T0 + 1500, *north(130)) == []  # still near: nothing while inside
+    ev = f.fix("B-1", T0 + 2000, *north(150))  # out: exclusion cleared, warning again
+    assert brief(ev) == [("cleared", "exclusion", "B-1", "victim", T0 + 2000, False),
+                         ("raised", "approach", "P-1", "victim", T0 + 2000, False)]
+    assert ev[1]["devices"] == ["P-1"]
+    assert f.fix("B-1", T0 + 3000, *north(900)) == []
+    last = f.fix("P-1", T0 + 4000, *north(900))
+    assert brief(last) == [("cleared", "approach", "P-1", "victim", T0 + 4000, False)]
+    assert last[0]["alarm_id"] == ev[1]["alarm_id"]
+    assert last[0]["devices"] == ["P-1", "B-1"]
