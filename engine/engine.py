@@ -220,8 +220,6 @@ class Engine:
         suspends = reg.suspends
         zone_ids = self.zones.zone_ids
         curfew = K.T_CURFEW
-        index_of = reg._device_index.get  # device_index() without the method call
-        fold = self._per_subject.fold
         fold_types = SUBJECT_TYPES if self._alarm_per == "subject" else ()
         rows = ev_i[:n].tolist()
         floats = ev_f[:n].tolist()
@@ -236,22 +234,33 @@ class Engine:
                 evidence = None  # (a curfew cleared by its window's end: no fix, NaN)
             zone_id = zone_ids[z] if z >= 0 else None
             if type_name in fold_types and not late and len(subject.device_ids) > 1:
-                emit = fold(raised != 0, type_name, subject.subject_id, device_ids[d], zone_id,
-                            episode, at)  # one alarm per subject (engine.per_subject)
-            else:
-                emit = ((raised != 0, type_name, device_ids[d], episode, None),)
-            for up, name, device_id, ep_at, devices in emit:
-                ev = alarm_event(up, name, subject.subject_id, device_id, zone_id,
-                                 subject.region, at, ep_at, late != 0, evidence)
-                if devices is not None:  # (alarm_event's extra, without its key check)
-                    ev["devices"] = devices
-                    lead = index_of(device_id, -1)  # the first device to raise
-                    d = lead if lead >= 0 else d
-                ev["device_kind"] = kinds[d]
-                if suspends[s] and suspended(subject, name, at):
-                    ev["suspended"] = True
-                append(ev)
+                self._folded(out, d, raised != 0, type_name, subject, zone_id, at, episode,
+                             evidence, suspends[s])
+                continue
+            ev = alarm_event(raised != 0, type_name, subject.subject_id, device_ids[d], zone_id,
+                             subject.region, at, episode, late != 0, evidence)
+            ev["device_kind"] = kinds[d]
+            if suspends[s] and suspended(subject, type_name, at):
+                ev["suspended"] = True
+            append(ev)
         return out
+
+    def _folded(self, out: list[dict], d: int, raised: bool, type_name: str, subject: Any,
+                zone_id: str | None, at: int, episode: int, evidence: Any,
+                suspends: bool) -> None:
+        """The events one device event of a subject's devices becomes with one alarm per
+        subject (engine.per_subject), appended to ``out``."""
+        reg = self.registry
+        for up, name, device_id, ep_at, devices in self._per_subject.fold(
+                raised, type_name, subject.subject_id, reg.device_ids[d], zone_id, episode, at):
+            ev = alarm_event(up, name, subject.subject_id, device_id, zone_id, subject.region,
+                             at, ep_at, False, evidence)
+            ev["devices"] = devices  # (alarm_event's extra, without its key check)
+            lead = reg._device_index.get(device_id, -1)  # the first device to raise
+            ev["device_kind"] = reg.device_kinds[lead if lead >= 0 else d]
+            if suspends and suspended(subject, name, at):
+                ev["suspended"] = True
+            out.append(ev)
 
     # ----- counters, introspection ----------------------------------------------------
     @property
