@@ -19,7 +19,7 @@ WARNING_TYPES = ("approach",)
 # The two events the engine emits (the store adds escalated, acknowledged, closed).
 ENGINE_EVENTS = ("raised", "cleared")
 # Types whose events carry evidence (lat, lon, distance_m, acc).
-EVIDENCE_TYPES = ("outbound", "exclusion", "leave_overdue", "curfew")
+EVIDENCE_TYPES = ("outbound", "exclusion", "leave_overdue", "curfew", "approach")
 # The kinds of device a subject wears or carries (the subjects file's ``devices[].kind``,
 # the register's devices, the alarm's ``device_kind``).
 DEVICE_KINDS = ("bracelet", "phone")

@@ -16,6 +16,7 @@ from contract.alarms import ALARM_TYPES, EVIDENCE_TYPES, alarm_event, alarm_id
 from contract.records import RecordBatch, as_column
 from emfence.config import LEVELS, Config
 from engine import kernels as K
+from engine.per_subject import CHECKPOINT_KEY, SUBJECT_TYPES, SubjectEpisodes
 from engine.positions import Positions
 from engine.registry import Registry
 from engine.state import (
@@ -106,6 +107,7 @@ class Engine:
         self._scratch = tuple(Positions.nan(self._scratch_n))
         self._ids = None  # checkpoint id arrays, built at the first snapshot
         self._cw_span = (0, 0)  # [lo, hi) ms the curfew windows in the kernels' arrays cover
+        self._per_subject = SubjectEpisodes()  # open subject episodes (alarm_per "subject")
         self._bind()
 
     # ----- configuration -------------------------------------------------------------
@@ -119,6 +121,8 @@ class Engine:
         self._confirm = int(r.outbound_confirm_fixes)
         self._battery_low = float(r.battery_low_pct)
         self._battery_clear = float(r.battery_clear_pct)
+        self._warn_m = np.array([r.approach_m, r.border_warn_m], dtype=np.float64)
+        self._alarm_per = r.alarm_per
 
     @staticmethod
     def _check_zones(zones: Any, registry: Registry) -> None:
@@ -219,9 +223,11 @@ class Engine:
         # of them: on a batch of one fix, those look-ups were ~3 % of the call).
         self._arrays = self.registry.arrays  # with the curfew windows of _cover
         self._cw_span = (0, 0)
+        apad = K.approach_pads(self.zones.arrays.zone_bbox, float(self._warn_m[0]))
         self._rule_args = (self.state, self._arrays, self.zones.arrays,
                            self._offline_after_ms, self._no_fix_after_ms, self._buffer_m,
-                           self._confirm, self._battery_low, self._battery_clear)
+                           self._confirm, self._battery_low, self._battery_clear, self._warn_m,
+                           apad)
         self._process_batch = _entry_point(K.process_batch, (
             *RecordBatch.empty(), *self._rule_args, False, 0, ev_i, ev_f, self._counters,
             *self._scratch))
@@ -248,6 +254,7 @@ class Engine:
         suspends = reg.suspends
         zone_ids = self.zones.zone_ids
         curfew = K.T_CURFEW
+        fold_types = SUBJECT_TYPES if self._alarm_per == "subject" else ()
         rows = ev_i[:n].tolist()
         floats = ev_f[:n].tolist()
         subject_idx = reg.arrays.device_subject[ev_i[:n, K.EV_DEVICE]].tolist()
@@ -264,14 +271,35 @@ class Engine:
             elif type_name not in EVIDENCE_TYPES or (typ == curfew
                                                      and evidence[3] != evidence[3]):
                 evidence = None  # (a curfew cleared by its window's end: no fix, NaN)
-            ev = alarm_event(raised != 0, type_name, subject.subject_id, device_ids[d],
-                             zone_ids[z] if z >= 0 else None, subject.region, at, episode,
-                             late != 0, evidence, extra)
+            zone_id = zone_ids[z] if z >= 0 else None
+            if type_name in fold_types and not late and len(subject.device_ids) > 1:
+                self._folded(out, d, raised != 0, type_name, subject, zone_id, at, episode,
+                             evidence, suspends[s])
+                continue
+            ev = alarm_event(raised != 0, type_name, subject.subject_id, device_ids[d], zone_id,
+                             subject.region, at, episode, late != 0, evidence, extra)
             ev["device_kind"] = kinds[d]
             if suspends[s] and suspended(subject, type_name, at):
                 ev["suspended"] = True
             append(ev)
         return out
+
+    def _folded(self, out: list[dict], d: int, raised: bool, type_name: str, subject: Any,
+                zone_id: str | None, at: int, episode: int, evidence: Any,
+                suspends: bool) -> None:
+        """The events one device event of a subject's devices becomes with one alarm per
+        subject (engine.per_subject), appended to ``out``."""
+        reg = self.registry
+        for up, name, device_id, ep_at, devices in self._per_subject.fold(
+                raised, type_name, subject.subject_id, reg.device_ids[d], zone_id, episode, at):
+            ev = alarm_event(up, name, subject.subject_id, device_id, zone_id, subject.region,
+                             at, ep_at, False, evidence)
+            ev["devices"] = devices  # (alarm_event's extra, without its key check)
+            lead = reg._device_index.get(device_id, -1)  # the first device to raise
+            ev["device_kind"] = reg.device_kinds[lead if lead >= 0 else d]
+            if suspends and suspended(subject, name, at):
+                ev["suspended"] = True
+            out.append(ev)
 
     # ----- counters, introspection ----------------------------------------------------
     @property
@@ -292,8 +320,9 @@ class Engine:
         return bytes_per_device(self.state, self.registry.arrays)
 
     def open_alarms(self) -> list[dict]:
-        """The episodes open right now (for a console's start-up view and for tests):
-        dicts with alarm_id, type, device_id, zone_id, at."""
+        """The device episodes open right now (for a console's start-up view and for
+        tests): dicts with alarm_id, type, device_id, zone_id, at. Per device, also with
+        ``alarm_per = "subject"`` (a subject's alarm is that of its first device)."""
         st, reg = self.state, self.registry
         out = []
         per_device = ((K.T_OUTBOUND, st.outbound_at_ms), (K.T_OFFLINE, st.offline_at_ms),
@@ -309,15 +338,35 @@ class Engine:
         for d in np.flatnonzero(st.ext[:, X_CURFEW_AT] != K.NONE_MS).tolist():
             out.append(self._open(d, K.T_CURFEW, int(st.ext[d, X_CURFEW_ZONE]),
                                   int(st.ext[d, X_CURFEW_AT])))
-        slots = np.flatnonzero(st.exclusion_at_ms != K.NONE_MS).tolist()
-        if slots:
+        for d in np.flatnonzero(st.border_at_ms != K.NONE_MS).tolist():
+            out.append(self._open(d, K.T_APPROACH, int(st.border_zone[d]),
+                                  int(st.border_at_ms[d])))
+        for typ, arr in ((K.T_EXCLUSION, st.exclusion_at_ms), (K.T_APPROACH, st.approach_at_ms)):
+            slots = np.flatnonzero(arr != K.NONE_MS).tolist()
             owner = np.searchsorted(reg.arrays.device_slot_off, slots, side="right") - 1
             for slot, d in zip(slots, owner.tolist()):
                 s = int(reg.arrays.device_subject[d])
                 k = slot - int(reg.arrays.device_slot_off[d])
                 z = int(reg.arrays.excl_zone[int(reg.arrays.excl_off[s]) + k])
-                out.append(self._open(d, K.T_EXCLUSION, z, int(st.exclusion_at_ms[slot])))
+                out.append(self._open(d, typ, z, int(arr[slot])))
         return out
+
+    def _reconcile(self) -> None:
+        """Fit the open subject alarms to the state and registry (after a restore or a
+        reload: engine.per_subject.SubjectEpisodes.reconcile)."""
+        folded = {s.subject_id for s in self.registry.subjects if len(s.device_ids) > 1} \
+            if self._alarm_per == "subject" else set()
+        self._per_subject.reconcile(self._open_device_episodes(), folded)
+
+    def _open_device_episodes(self) -> list[tuple[str, str, str, str | None, int]]:
+        """(subject id, device id, type, zone id, at) of every open device episode, in
+        device order (engine.per_subject.SubjectEpisodes.reconcile)."""
+        reg = self.registry
+        index = {dev: d for d, dev in enumerate(reg.device_ids)}
+        subject_of = reg.arrays.device_subject
+        rows = [(reg.subjects[int(subject_of[index[a["device_id"]]])].subject_id,
+                 a["device_id"], a["type"], a["zone_id"], a["at"]) for a in self.open_alarms()]
+        return sorted(rows, key=lambda r: (index[r[1]], r[2], r[3] or "", r[4]))
 
     def _open(self, d: int, typ: int, z: int, at: int) -> dict:
         device_id = self.registry.device_ids[d]
@@ -338,7 +387,9 @@ class Engine:
         if self._ids is None:  # the ids change only with the registry (reload)
             self._ids = id_arrays(self.registry.device_ids, self.registry.slot_keys(),
                                   list(self.zones.zone_ids))
-        return snapshot_arrays(self.state, self._ids, self._counters)
+        arrays = snapshot_arrays(self.state, self._ids, self._counters)
+        arrays[CHECKPOINT_KEY] = self._per_subject.to_array()
+        return arrays
 
     @classmethod
     def restore(cls, path: str | Path, zones: Any, registry: Registry,
@@ -358,10 +409,12 @@ class Engine:
     @classmethod
     def _restored(cls, loaded, zones: Any, registry: Registry, config: Config | None
                   ) -> Engine:
-        state, device_ids, slot_keys, zone_ids, counters = loaded
+        state, device_ids, slot_keys, zone_ids, counters, extras = loaded
         eng = cls(zones, registry, config)
         adopt(state, device_ids, slot_keys, zone_ids, eng.state, registry.device_ids,
               registry.slot_keys(), dict(zones.index))
+        eng._per_subject = SubjectEpisodes.from_array(extras.get(CHECKPOINT_KEY))
+        eng._reconcile()
         eng._counters[: len(counters)] = counters[: K.N_COUNTERS]
         recompute_deadlines(eng.state, registry.arrays.device_level, eng._offline_after_ms,
                             eng._no_fix_after_ms)
@@ -386,6 +439,7 @@ class Engine:
         self.zones, self.registry, self.state = zones, registry, fresh
         self._ids = None
         self._bind()
+        self._reconcile()
         return stats
 
     def swap_registry(self, registry: Registry, zones: Any) -> dict[str, int]:

@@ -58,6 +58,7 @@ T_OUTBOUND, T_EXCLUSION, T_OFFLINE, T_TAMPER, T_LOW_BATTERY, T_LEAVE_OVERDUE, T_
     ALARM_TYPES.index(name) for name in ("outbound", "exclusion", "offline", "tamper",
                                          "low_battery", "leave_overdue", "curfew"))
 T_NO_FIX, T_POWER_OFF = ALARM_TYPES.index("no_fix"), ALARM_TYPES.index("power_off")
+T_APPROACH = ALARM_TYPES.index("approach")
 
 # Record kinds for process_batch: contract.records.K_FIX (imported above) / K_STATUS.
 
@@ -97,6 +98,23 @@ def new_events(capacity: int) -> tuple[np.ndarray, np.ndarray]:
     """Empty event buffers with room for ``capacity`` rows (they grow when full)."""
     capacity = max(int(capacity), 16)
     return np.empty((capacity, N_EV_I), np.int64), np.empty((capacity, N_EV_F), np.float64)
+
+
+def approach_pads(zone_bbox: np.ndarray, approach_m: float) -> np.ndarray:
+    """float64[n_zones, 2]: per zone, the degrees of longitude and latitude to pad its
+    bounding box by so that every point within ``approach_m`` metres of the zone is in the
+    padded box (plus BBOX_PAD_DEG; with approach_m <= 0 just that). A metre of latitude is
+    at most 1/110 574 degree; a metre of longitude at most 1 / (111 319 cos(lat)) at the
+    highest latitude the padded box reaches; both taken 1 % larger."""
+    pads = np.full((len(zone_bbox), 2), BBOX_PAD_DEG, dtype=np.float64)
+    if approach_m <= 0.0 or len(zone_bbox) == 0:
+        return pads
+    pad_lat = approach_m / 110_574.0 * 1.01
+    top = np.minimum(np.maximum(np.abs(zone_bbox[:, 1]), np.abs(zone_bbox[:, 3])) + pad_lat,
+                     89.0)
+    pads[:, 0] += approach_m / (111_319.0 * np.cos(np.radians(top))) * 1.01
+    pads[:, 1] += pad_lat
+    return pads
 
 
 @njit(cache=True)
@@ -145,6 +163,15 @@ def _in_bbox(bbox, z, lon, lat):
     incref/decref of every member per call, more than the test itself."""
     return not (lon < bbox[z, 0] - BBOX_PAD_DEG or lon > bbox[z, 2] + BBOX_PAD_DEG
                 or lat < bbox[z, 1] - BBOX_PAD_DEG or lat > bbox[z, 3] + BBOX_PAD_DEG)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _near_bbox(bbox, apad, z, lon, lat):
+    """Is (lon, lat) within zone ``z``'s bounding box padded by ``apad[z]`` (degrees of
+    longitude, latitude: engine.approach_pads, covering every point within approach_m of
+    the zone)? False means farther than approach_m from the zone."""
+    return not (lon < bbox[z, 0] - apad[z, 0] or lon > bbox[z, 2] + apad[z, 0]
+                or lat < bbox[z, 1] - apad[z, 1] or lat > bbox[z, 3] + apad[z, 1])
 
 
 @njit(cache=True, _nrt=False)
@@ -384,18 +411,42 @@ def exclusion_step(open_at_ms, obs):
 
 
 @njit(cache=True, _nrt=False, inline="always")
+def approach_step(open_at_ms, dist_m, margin_m, warn_m):
+    """The approach warning, for one in-order fix outside the zone (``dist_m`` metres from
+    it, > 0 unless on its boundary) whose violation rule is closed: ``(open_at_ms, dist_m)``
+    -> action. Raised when the fix is beyond the margin max(acc, buffer_m) (the band in
+    which the violation rule's answer is uncertain) but within ``warn_m``; cleared beyond
+    ``warn_m`` plus the margin (hysteresis); otherwise unchanged.
+
+    ============  ====================  ======================  ====================
+    open?          dist <= margin        margin < dist <= warn    warn + margin < dist
+    ============  ====================  ======================  ====================
+    no             none                  raise                   none
+    yes            none                  none                    clear
+    ============  ====================  ======================  ====================
+    """
+    if open_at_ms == NONE_MS:
+        return ACT_RAISE if margin_m < dist_m <= warn_m else ACT_NONE
+    return ACT_CLEAR if dist_m > warn_m + margin_m else ACT_NONE
+
+
+@njit(cache=True, _nrt=False, inline="always")
 def _contains(za, bbox, z, lon, lat):
     """Zone ``z`` contains (lon, lat): padded bbox first, then the exact test."""
     return _in_bbox(bbox, z, lon, lat) and zone_contains(za, z, lon, lat)
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _exclusion_rules(st, ra, za, d, s, ts, lon, lat, acc, margin, late, ev_i, ev_f, n):
+def _exclusion_rules(st, ra, za, d, s, ts, lon, lat, acc, margin, late, approach_m, apad,
+                     ev_i, ev_f, n):
     """The exclusion rule over every exclusion zone of subject ``s`` for one fix of
-    device ``d``; returns (n, settled): settled is False when an open episode's zone is
-    near (the next fix may clear it). A late fix only tells of a past visit: raised and
-    cleared at its ts, state untouched. Only what the state needs is measured: a closed
-    zone asks containment, an open one distance."""
+    device ``d``, with its approach warning (``approach_m`` > 0); returns (n, settled):
+    settled is False when an open episode's zone is near (the next fix may clear it) or
+    a warning is open. A late fix only tells of a past visit: raised and cleared at its
+    ts, state untouched, no warning. Only what the state needs is measured: a closed zone
+    asks containment (and distance when the fix is within its approach-padded bbox), an
+    open one distance. A raise clears an open warning of the zone first (at the same ts):
+    the violation supersedes it."""
     settled = True
     bbox = za.zone_bbox
     e0 = ra.excl_off[s]
@@ -412,6 +463,16 @@ def _exclusion_rules(st, ra, za, d, s, ts, lon, lat, acc, margin, late, ev_i, ev
         dz = 0.0
         if ep == NONE_MS:
             obs = OBS_IN if _contains(za, bbox, z, lon, lat) else OBS_OUT
+            ap = st.approach_at_ms[slot]
+            if obs == OBS_IN and ap != NONE_MS:  # superseded by the violation
+                st.approach_at_ms[slot] = NONE_MS
+                n = _put(ev_i, ev_f, n, d, T_APPROACH, z, 0, ts, ap, 0, lat, lon, 0.0, acc)
+            elif obs == OBS_OUT and approach_m > 0.0 and (
+                    ap != NONE_MS or _near_bbox(bbox, apad, z, lon, lat)):
+                n, quiet = _approach(st.approach_at_ms, slot, d, z, ts, lon, lat, acc,
+                                     zone_distance_m(za, z, lon, lat), margin, approach_m,
+                                     ev_i, ev_f, n)
+                settled = settled and quiet
         else:
             dz = zone_distance_m(za, z, lon, lat)
             obs = observe(dz, margin)
@@ -424,7 +485,27 @@ def _exclusion_rules(st, ra, za, d, s, ts, lon, lat, acc, margin, late, ev_i, ev
         elif act == ACT_CLEAR:
             st.exclusion_at_ms[slot] = NONE_MS
             n = _put(ev_i, ev_f, n, d, T_EXCLUSION, z, 0, ts, ep, 0, lat, lon, dz, acc)
+            if approach_m > 0.0:  # out of the zone, maybe still near it
+                n, quiet = _approach(st.approach_at_ms, slot, d, z, ts, lon, lat, acc, dz,
+                                     margin, approach_m, ev_i, ev_f, n)
+                settled = settled and quiet
     return n, settled
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _approach(at_ms, k, d, z, ts, lon, lat, acc, dist, margin, warn_m, ev_i, ev_f, n):
+    """Apply approach_step to warning slot ``at_ms[k]`` (zone ``z``) for a fix ``dist``
+    metres outside the zone (or inside, for the border: from its boundary); returns (n,
+    quiet): quiet is False while the warning is open."""
+    ap = at_ms[k]
+    act = approach_step(ap, dist, margin, warn_m)
+    if act == ACT_RAISE:
+        at_ms[k] = ts
+        n = _put(ev_i, ev_f, n, d, T_APPROACH, z, 1, ts, ts, 0, lat, lon, dist, acc)
+    elif act == ACT_CLEAR:
+        at_ms[k] = NONE_MS
+        n = _put(ev_i, ev_f, n, d, T_APPROACH, z, 0, ts, ap, 0, lat, lon, dist, acc)
+    return n, at_ms[k] == NONE_MS
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -644,10 +725,14 @@ def _scheduled_rules(st, ra, za, d, s, ts, lon, lat, acc, margin, confirm, ev_i,
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _settle(st, ra, za, d, s, ts, lon, lat, inside_zone):
+def _settle(st, ra, za, d, s, ts, lon, lat, inside_zone, approach_m, border_m):
     """Remember this position of a settled device and how far it may move before any
     rule's answer could change (see _fix_rules): the smallest lower bound of the metres
-    to the boundary of an exclusion zone or of ``inside_zone`` (-1: none). Not after a
+    to the boundary of an exclusion zone or of ``inside_zone`` (-1: none), less the
+    warning distance where a warning could be raised (``approach_m`` for a closed
+    exclusion zone, ``border_m`` for the inclusion zones, each when > 0; with the border
+    warning on, every inclusion zone's boundary counts: crossing one may change which
+    zone is the first to contain the fix). Not after a
     move of more than SETTLE_MAX_MOVE_M (the safe radius is then -1: no cache)."""
     safe = -1.0
     near_lon = st.near_lon[d]
@@ -665,7 +750,19 @@ def _settle(st, ra, za, d, s, ts, lon, lat, inside_zone):
             b = _ring_bound_m(gs, go, gi, gc, cr, cm, z, lon, lat)
             if b < 0.0:
                 b = zone_boundary_distance_m(za, z, lon, lat)
+            if k < n_excl:
+                if approach_m > 0.0 and st.exclusion_at_ms[ra.device_slot_off[d] + k] == NONE_MS:
+                    b -= approach_m
+            elif border_m > 0.0:
+                b -= border_m
             safe = min(safe, b)
+        if border_m > 0.0:  # which inclusion zone is the first to contain the fix may change
+            for j in range(ra.incl_off[s], ra.incl_off[s + 1]):
+                z = ra.incl_zone[j]
+                b = _ring_bound_m(gs, go, gi, gc, cr, cm, z, lon, lat)
+                if b < 0.0:
+                    b = zone_boundary_distance_m(za, z, lon, lat)
+                safe = min(safe, b - border_m)
         st.safe_until_ms[d] = _next_leave_change_ms(ra, s, ts)
     st.safe_m[d] = safe
     st.near_lon[d] = lon
@@ -673,7 +770,49 @@ def _settle(st, ra, za, d, s, ts, lon, lat, inside_zone):
 
 
 @njit(cache=True, _nrt=False)
-def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, ev_f, n):
+def _border_rule(st, ra, za, d, s, ts, lon, lat, acc, margin, border_m, inside_zone, n0,
+                 ev_i, ev_f, n):
+    """The inclusion-border warning (``approach`` at an inclusion zone) for one in-order
+    fix, after the outbound rule wrote rows ``n0 .. n``; returns (n, quiet).
+
+    Inside an inclusion zone (``inside_zone``, the first that contains the fix), the
+    metres to that zone's boundary go through approach_step with ``border_m``; an open
+    warning is measured against the zone the fix is in. A fix in no inclusion zone
+    changes nothing, unless the outbound rule opened an episode (outbound or
+    leave_overdue) on it: the warning is then cleared at that episode's at, its row put
+    just before the raise (superseded)."""
+    bp = st.border_at_ms[d]
+    incl = False
+    for j in range(ra.incl_off[s], ra.incl_off[s + 1]):
+        if ra.incl_zone[j] == inside_zone:
+            incl = True
+    if incl:
+        b = zone_boundary_distance_m(za, inside_zone, lon, lat)
+        if bp == NONE_MS:
+            st.border_zone[d] = inside_zone
+        z = st.border_zone[d]
+        return _approach(st.border_at_ms, d, d, z, ts, lon, lat, acc, b, margin, border_m,
+                         ev_i, ev_f, n)
+    if bp == NONE_MS:
+        return n, True
+    for r in range(n0, n):
+        if ev_i[r, EV_DEVICE] == d and ev_i[r, EV_RAISED] == 1 and (
+                ev_i[r, EV_TYPE] == T_OUTBOUND or ev_i[r, EV_TYPE] == T_LEAVE_OVERDUE):
+            for q in range(n, r, -1):  # make room at r (the caller made room for n + 1)
+                for c in range(N_EV_I):
+                    ev_i[q, c] = ev_i[q - 1, c]
+                for c in range(N_EV_F):
+                    ev_f[q, c] = ev_f[q - 1, c]
+            _put(ev_i, ev_f, r, d, T_APPROACH, st.border_zone[d], 0, ev_i[r + 1, EV_AT], bp,
+                 0, lat, lon, ev_f[r + 1, EF_DISTANCE_M], acc)
+            st.border_at_ms[d] = NONE_MS
+            return n + 1, True
+    return n, False
+
+
+@njit(cache=True, _nrt=False)
+def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, approach_m,
+               border_m, apad, ev_i, ev_f, n):
     """Exclusion and outbound rules for one fix (WGS-84 ``lon``/``lat``, ``acc`` metres),
     then the settled-device cache.
 
@@ -689,9 +828,10 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, 
     s = ra.device_subject[d]
     margin = max(acc, buffer_m)
     n, settled = _exclusion_rules(st, ra, za, d, s, ts, lon, lat, acc, margin, late,
-                                  ev_i, ev_f, n)
+                                  approach_m, apad, ev_i, ev_f, n)
     if late:
         return n
+    n0 = n
     inside_zone = -1
     if ra.subject_flags[s] & F_KERNEL:  # leaves or curfews: the scheduled rules
         n, inside_zone, quiet = _scheduled_rules(st, ra, za, d, s, ts, lon, lat, acc, margin,
@@ -701,8 +841,12 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, ev_i, 
         n, inside_zone, _ = _outbound_rule(st, ra, za, d, s, ts, lon, lat, acc, margin,
                                            confirm, False, ev_i, ev_f, n)
         settled = settled and inside_zone >= 0
+    if border_m > 0.0 and ra.incl_off[s + 1] > ra.incl_off[s]:
+        n, quiet = _border_rule(st, ra, za, d, s, ts, lon, lat, acc, margin, border_m,
+                                inside_zone, n0, ev_i, ev_f, n)
+        settled = settled and quiet
     if settled:
-        _settle(st, ra, za, d, s, ts, lon, lat, inside_zone)
+        _settle(st, ra, za, d, s, ts, lon, lat, inside_zone, approach_m, border_m)
     else:
         st.safe_m[d] = -1.0
         st.near_lon[d] = lon
@@ -803,7 +947,8 @@ def _no_fix_cleared(st, d, r, ev_i, ev_f, n):
 @njit(cache=True)
 def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,  # noqa: C901
                   power, st, ra, za, offline_after_ms, no_fix_after_ms, buffer_m, confirm,
-                  battery_low_pct, battery_clear_pct, clock_sweep, now, ev_i, ev_f, counters,
+                  battery_low_pct, battery_clear_pct, warn_m, apad, clock_sweep, now, ev_i, ev_f,
+                  counters,
                   wgs_lat, wgs_lon):
     """Run the rules over records in arrival order; returns ``(ev_i, ev_f, n_events, now)``.
 
@@ -812,7 +957,9 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     ``lat``/``lon`` degrees in ``coord_sys`` (0 WGS-84, 1 GCJ-02, converted here),
     ``acc`` metres; for statuses ``battery`` percent (NaN absent), ``strap`` (-1 absent,
     0 ok, 1 open) and ``power`` (-1 absent, 0 on, 1 off). ``offline_after_ms[level]``,
-    ``no_fix_after_ms[level]``; ``buffer_m`` metres; ``confirm`` out fixes.
+    ``no_fix_after_ms[level]``; ``buffer_m`` metres; ``confirm`` out fixes;
+    ``warn_m`` float64[2]: approach_m and border_warn_m (metres, <= 0 off); ``apad``
+    float64[n_zones, 2]: each zone's bbox padding covering approach_m (engine.approach_pads).
 
     ``wgs_lat[i]``/``wgs_lon[i]`` (at least as long as the batch) receive the WGS-84
     position of every fix of a known device, duplicates and late fixes included: the very
@@ -827,6 +974,9 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     # of the NamedTuples once: every call that passes a NamedTuple of arrays costs an
     # incref/decref per member, which would dominate a settled fix.
     n = 0
+    approach_m = warn_m[0]
+    border_m = warn_m[1]
+    appr_at = st.approach_at_ms
     last_rx = st.last_rx_ms
     deadline = st.deadline_ms
     floor = st.floor_ms
@@ -937,8 +1087,12 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
             quiet = True
             slot0 = slot_off[d]
             for k in range(e1 - e0):
-                if (not late and excl_at[slot0 + k] != NONE_MS) or _in_bbox(
-                        bbox, excl_zone[e0 + k], x, y):
+                if late:
+                    if _in_bbox(bbox, excl_zone[e0 + k], x, y):
+                        quiet = False
+                        break
+                elif excl_at[slot0 + k] != NONE_MS or appr_at[slot0 + k] != NONE_MS or (
+                        _near_bbox(bbox, apad, excl_zone[e0 + k], x, y)):
                     quiet = False
                     break
             if quiet:
@@ -947,7 +1101,7 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
                     continue
                 i0 = incl_off[si]
                 nl = near_lon[d]
-                if (outbound_at[d] == NONE_MS and incl_off[si + 1] > i0
+                if (outbound_at[d] == NONE_MS and incl_off[si + 1] > i0 and border_m <= 0.0
                         and sflags[si] & F_KERNEL == 0 and not math.isnan(nl)
                         and moved_upper_m(nl, near_lat[d], x, y) > SETTLE_MAX_MOVE_M
                         and _cell_inside(zone_kind, bbox, grid_shape, grid_origin,
@@ -960,11 +1114,11 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
                     near_lat[d] = y
                     counters[C_GRID_FIXES] += 1
                     continue
-            need = n + 4 + 2 * (e1 - e0)
+            need = n + 5 + 2 * (e1 - e0)
             if need > ev_i.shape[0]:  # test here: a call that returns arrays costs refcounts
                 ev_i, ev_f = _room(ev_i, ev_f, n, need)
-            n = _fix_rules(st, ra, za, d, t, x, y, acc[i], late, buffer_m, confirm, ev_i, ev_f,
-                           n)
+            n = _fix_rules(st, ra, za, d, t, x, y, acc[i], late, buffer_m, confirm, approach_m,
+                           border_m, apad, ev_i, ev_f, n)
         else:
             counters[C_STATUSES] += 1
             last = last_status[d]

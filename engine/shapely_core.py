@@ -5,7 +5,8 @@ shapely geometries for containment, each zone projected once into a transverse M
 frame centred on it (pyproj) for distances in metres, circles measured geodesically. It
 exists to measure what the numba core buys (``benchmarks/``), and a test holds it
 against ``Engine``. Not meant for production traffic. It has every rule of docs/rules.md
-but the curfew (subjects with curfews get no curfew alarms from it).
+but the curfew (subjects with curfews get no curfew alarms from it), the approach
+warnings and one alarm per subject (engine.per_subject) included.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from contract.alarms import ALARM_TYPES, alarm_event
 from contract.records import K_FIX, RecordBatch
 from emfence.config import LEVELS, Config
 from engine import kernels as K
+from engine.per_subject import SubjectEpisodes, folds
 from engine.registry import Registry
 from geofence.gcj02 import gcj02_to_wgs84
 
@@ -58,10 +60,19 @@ class _ShapelyZone:
         x, y = self._to_m.transform(lon, lat)
         return float(shapely.distance(self._metric, shapely.Point(x, y)))
 
+    def boundary_m(self, lon: float, lat: float) -> float:
+        """Metres to the zone's boundary (inside or out)."""
+        if self.circle is not None:
+            return abs(self._centre_m(lon, lat) - self.circle[2])
+        x, y = self._to_m.transform(lon, lat)
+        return float(shapely.distance(self._metric.boundary, shapely.Point(x, y)))
+
 
 class _Device:
     __slots__ = (
+        "approach",
         "battery",
+        "border",
         "exclusion",
         "last_fix_rx",
         "last_fix_ts",
@@ -89,6 +100,8 @@ class _Device:
         # The device rules (power_off, no_fix) and the last known position (evidence).
         self.power_off = self.no_fix = self.no_fix_from = self.last_fix_rx = None
         self.position: dict[str, float] = {}  # lat, lon, acc of the newest in-order fix
+        self.approach: dict[int, int] = {}  # exclusion zone -> warning raised at
+        self.border: tuple[int, int] | None = None  # (raised at, inclusion zone)
 
 
 class ShapelyEngine:
@@ -106,6 +119,7 @@ class ShapelyEngine:
         self._no_fix_ms = [round(r.no_fix_after_s.for_level(lv) * 1000) for lv in LEVELS]
         self._devices = [_Device() for _ in range(registry.n_devices)]
         self._counts = dict.fromkeys(K.COUNTER_NAMES, 0)
+        self._per_subject = SubjectEpisodes()
 
     @property
     def counters(self) -> dict[str, int]:
@@ -115,19 +129,35 @@ class ShapelyEngine:
         return out
 
     # ----- events ------------------------------------------------------------------------
-    def _event(self, d: int, typ: int, z: int, raised: bool, at: int, episode: int,
+    @staticmethod
+    def _event(d: int, typ: int, z: int, raised: bool, at: int, episode: int,
                late: bool = False, evidence: tuple | None = None,
-               extra: dict | None = None) -> dict:
+               extra: dict | None = None) -> tuple:
+        """A device event, as the kernels' event rows (:meth:`_dicts` makes the dicts)."""
+        return d, typ, z, raised, at, episode, late, evidence, extra
+
+    def _dicts(self, rows: list[tuple]) -> list[dict]:
+        """Device events -> alarm events, one alarm per subject where configured."""
         reg = self.registry
-        subject = reg.subjects[int(reg.arrays.device_subject[d])]
-        zone_id = self.zones.zone_ids[z] if z >= 0 else None
-        ev = alarm_event(raised, ALARM_TYPES[typ], subject.subject_id, reg.device_ids[d],
-                         zone_id, subject.region, at, episode, late, evidence, extra)
-        ev["device_kind"] = reg.device_kinds[d]
-        if any(sp.type == ALARM_TYPES[typ] and sp.start_ms <= at <= sp.end_ms
-               for sp in subject.suspensions):
-            ev["suspended"] = True
-        return ev
+        out = []
+        for d, typ, z, raised, at, episode, late, evidence, extra in rows:
+            subject = reg.subjects[int(reg.arrays.device_subject[d])]
+            zone_id = self.zones.zone_ids[z] if z >= 0 else None
+            name = ALARM_TYPES[typ]
+            emit = [(raised, name, reg.device_ids[d], episode, None)]
+            if folds(self.config.rules.alarm_per, name, late, len(subject.device_ids)):
+                emit = self._per_subject.fold(raised, name, subject.subject_id,
+                                              reg.device_ids[d], zone_id, episode, at)
+            for up, type_name, device_id, ep_at, devices in emit:
+                more = extra if devices is None else {**(extra or {}), "devices": devices}
+                ev = alarm_event(up, type_name, subject.subject_id, device_id, zone_id,
+                                 subject.region, at, ep_at, late, evidence, more)
+                ev["device_kind"] = reg.device_kinds[reg.device_index(device_id)]
+                if any(sp.type == type_name and sp.start_ms <= at <= sp.end_ms
+                       for sp in subject.suspensions):
+                    ev["suspended"] = True
+                out.append(ev)
+        return out
 
     # ----- rules -------------------------------------------------------------------------
     def sweep(self, now_ms: int) -> list[dict]:
@@ -159,7 +189,7 @@ class ShapelyEngine:
                     dev.offline = deadline
                     out.append(self._event(d, K.T_OFFLINE, -1, True, deadline, deadline,
                                            extra={**dev.position, "last_rx_ms": dev.last_rx}))
-        return out
+        return self._dicts(out)
 
     @staticmethod
     def _no_fix_evidence(dev: _Device) -> dict:
@@ -210,8 +240,42 @@ class ShapelyEngine:
         margin = max(self.config.rules.buffer_m, acc)
         self._exclusion(d, dev, s, ts, lat, lon, acc, margin, late, out)
         if not late:
+            n0 = len(out)
             self._outbound(d, dev, s, ts, lat, lon, acc, margin, out)
+            if self.config.rules.border_warn_m > 0:
+                self._border(d, dev, s, ts, lat, lon, acc, margin, n0, out)
             dev.prev_ts = ts
+
+    def _warn(self, d: int, slots: dict, z: int, ts: int, lat: float, lon: float, acc: float,
+              dist: float, margin: float, warn_m: float, out: list) -> None:
+        """An approach warning in ``slots[z]`` for ``dist`` metres (see docs/rules.md)."""
+        if z not in slots and margin < dist <= warn_m:
+            slots[z] = ts
+            out.append(self._event(d, K.T_APPROACH, z, True, ts, ts, False,
+                                   (lat, lon, dist, acc)))
+        elif z in slots and dist > warn_m + margin:
+            out.append(self._event(d, K.T_APPROACH, z, False, ts, slots.pop(z), False,
+                                   (lat, lon, dist, acc)))
+
+    def _border(self, d: int, dev: _Device, s: int, ts: int, lat: float, lon: float,
+                acc: float, margin: float, n0: int, out: list) -> None:
+        """The inclusion-border warning (engine.kernels._border_rule)."""
+        a = self.registry.arrays
+        inside = next((z for z in a.incl_zone[a.incl_off[s]:a.incl_off[s + 1]].tolist()
+                       if self._shapes[z].contains(lon, lat)), None)
+        if inside is not None:
+            slots = {} if dev.border is None else {dev.border[1]: dev.border[0]}
+            z = inside if dev.border is None else dev.border[1]
+            self._warn(d, slots, z, ts, lat, lon, acc, self._shapes[inside].boundary_m(lon, lat),
+                       margin, self.config.rules.border_warn_m, out)
+            dev.border = (slots[z], z) if z in slots else None
+            return
+        at = next((k for k in range(n0, len(out)) if out[k][3]), None)
+        if dev.border is not None and at is not None:
+            raise_ = out[at]
+            out.insert(at, self._event(d, K.T_APPROACH, dev.border[1], False, raise_[4],
+                                       dev.border[0], False, (lat, lon, raise_[7][2], acc)))
+            dev.border = None
 
     def _exclusion(self, d: int, dev: _Device, s: int, ts: int, lat: float, lon: float,
                    acc: float, margin: float, late: bool, out: list) -> None:
@@ -224,17 +288,27 @@ class ShapelyEngine:
                     out.append(self._event(d, K.T_EXCLUSION, z, True, ts, ts, True, ev))
                     out.append(self._event(d, K.T_EXCLUSION, z, False, ts, ts, True, ev))
                 continue
+            approach_m = self.config.rules.approach_m
             if z not in dev.exclusion:
                 if shape.contains(lon, lat):
+                    if z in dev.approach:  # superseded by the violation
+                        out.append(self._event(d, K.T_APPROACH, z, False, ts,
+                                               dev.approach.pop(z), False, (lat, lon, 0.0, acc)))
                     dev.exclusion[z] = ts
                     out.append(self._event(d, K.T_EXCLUSION, z, True, ts, ts, False,
                                            (lat, lon, 0.0, acc)))
+                elif approach_m > 0:
+                    self._warn(d, dev.approach, z, ts, lat, lon, acc, shape.distance_m(lon, lat),
+                               margin, approach_m, out)
             else:
                 dz = shape.distance_m(lon, lat)
                 if dz > margin:
                     ep = dev.exclusion.pop(z)
                     out.append(self._event(d, K.T_EXCLUSION, z, False, ts, ep, False,
                                            (lat, lon, dz, acc)))
+                    if approach_m > 0:
+                        self._warn(d, dev.approach, z, ts, lat, lon, acc, dz, margin,
+                                   approach_m, out)
 
     def _overdue_at_end(self, d: int, dev: _Device, s: int, ts: int, lat: float, lon: float,
                         acc: float, out: list) -> None:
@@ -359,14 +433,16 @@ class ShapelyEngine:
             if now is not None and rx > now:
                 now = rx
                 out += self.sweep(now)
+            rows: list[tuple] = []
             if kind[i] == K_FIX:
                 if positions is not None:
                     positions.lat[i], positions.lon[i] = lat[i], lon[i]
                 self._fix(d, int(ts_ms[i]), rx, float(lat[i]), float(lon[i]), float(acc_m[i]),
-                          out)
+                          rows)
             else:
                 self._status(d, int(ts_ms[i]), rx, float(battery_pct[i]), int(strap[i]),
-                             int(power[i]), out)
+                             int(power[i]), rows)
+            out += self._dicts(rows)
         return out, now
 
     def process_records(self, kind, device_idx, ts_ms, rx_ms, lat, lon, acc_m, coord_sys,

@@ -30,6 +30,9 @@ from contract.errors import EmfenceError
 NONE_MS = np.iinfo(np.int64).min  # "never" / "no open episode"
 NO_DEADLINE_MS = np.iinfo(np.int64).max  # not due for offline (never heard, or already open)
 CHECKPOINT_VERSION = 1
+# Arrays a checkpoint may hold beside the state, the ids and the counters (written by the
+# engine, engine.Engine.snapshot): the open subject episodes (engine.per_subject).
+EXTRA_KEYS = ("subject_episodes",)
 
 # Columns of DeviceState.ext (int64[n_devices, N_EXT]): the state of the rules of subjects
 # with leaves or curfews, packed in one array so the common path's kernels take one more
@@ -85,6 +88,11 @@ class DeviceState(NamedTuple):
     last_pos: np.ndarray  # float64[n_devices, 3]: newest in-order fix, WGS-84 (P_* columns)
     no_fix_deadline_ms: np.ndarray  # int64: the no-fix count runs out (a lower bound: see
     # engine.kernels._sweep_into), or NO_DEADLINE_MS
+    # The approach warning (docs/rules.md): per (device, exclusion zone) slot as
+    # exclusion_at_ms, and the inclusion-border warning per device with its zone.
+    approach_at_ms: np.ndarray  # int64[n_slots]: open approach episode's raised at, or NONE_MS
+    border_at_ms: np.ndarray  # int64: open border (approach) episode's raised at, or NONE_MS
+    border_zone: np.ndarray  # int32: its inclusion zone index
 
 
 def new_state(n_devices: int, n_slots: int) -> DeviceState:
@@ -111,6 +119,9 @@ def new_state(n_devices: int, n_slots: int) -> DeviceState:
         safe_m=np.full(n_devices, -1.0, dtype=np.float32),
         safe_until_ms=full(n_devices, 0),
         **device_rule_fields(n_devices),
+        approach_at_ms=full(n_slots, NONE_MS),
+        border_at_ms=full(n_devices, NONE_MS),
+        border_zone=full(n_devices, -1, np.int32),
     )
 
 
@@ -131,6 +142,9 @@ PER_DEVICE_FIELDS = ("last_rx_ms", "deadline_ms", "last_fix_ts_ms", "last_status
                      "outbound_at_ms", "outbound_zone", "offline_at_ms", "tamper_at_ms",
                      "battery_at_ms", "device_ms", "last_pos", "no_fix_deadline_ms")
 CACHE_FIELDS = ("near_lon", "near_lat", "safe_m", "safe_until_ms")
+# The warning state added with the approach rule: a checkpoint written before it has none
+# (fresh: no warning open).
+WARN_FIELDS = ("approach_at_ms", "border_at_ms", "border_zone")
 
 
 def bytes_per_device(state: DeviceState, registry_arrays=None) -> float:
@@ -140,7 +154,8 @@ def bytes_per_device(state: DeviceState, registry_arrays=None) -> float:
     if n == 0:
         return 0.0
     total = sum(getattr(state, f).nbytes for f in PER_DEVICE_FIELDS + CACHE_FIELDS)
-    total += state.exclusion_at_ms.nbytes + state.ext.nbytes
+    total += state.exclusion_at_ms.nbytes + state.ext.nbytes + state.approach_at_ms.nbytes
+    total += state.border_at_ms.nbytes + state.border_zone.nbytes
     if registry_arrays is not None:
         total += (registry_arrays.device_subject.nbytes + registry_arrays.device_level.nbytes
                   + registry_arrays.device_slot_off.nbytes)
@@ -199,10 +214,13 @@ def adopt(old: DeviceState, old_device_ids: list[str], old_slot_keys: list[tuple
         new.outbound_at_ms[nj[lost]] = NONE_MS
         _adopt_ext(old.ext, oi, new.ext, nj, zone_map, len(old_zone_ids))
         new.ext[nj[lost], X_OUT_TYPE] = 0
+        _adopt_border(old, oi, new, nj, zone_map, len(old_zone_ids))
     old_slot = {key: i for i, key in enumerate(old_slot_keys)}
     slot_pairs = [(j, old_slot[k]) for j, k in enumerate(new_slot_keys) if k in old_slot]
     if slot_pairs:
         new.exclusion_at_ms[[p[0] for p in slot_pairs]] = old.exclusion_at_ms[
+            [p[1] for p in slot_pairs]]
+        new.approach_at_ms[[p[0] for p in slot_pairs]] = old.approach_at_ms[
             [p[1] for p in slot_pairs]]
     return {"devices_kept": kept, "devices_dropped": len(old_device_ids) - kept,
             "devices_new": len(new_device_ids) - kept,
@@ -220,6 +238,16 @@ def _adopt_ext(old: np.ndarray, oi: np.ndarray, new: np.ndarray, nj: np.ndarray,
     gone = (new[nj, X_CURFEW_AT] != NONE_MS) & (new[nj, X_CURFEW_ZONE] < 0)
     new[nj[gone], X_CURFEW_AT] = NONE_MS
     new[nj[gone], X_CURFEW_RUN] = 0
+
+
+def _adopt_border(old: DeviceState, oi: np.ndarray, new: DeviceState, nj: np.ndarray,
+                  zone_map: np.ndarray, n_old_zones: int) -> None:
+    """Copy the border warnings; one whose zone id is gone is dropped (as outbound's)."""
+    new.border_at_ms[nj] = old.border_at_ms[oi]
+    bz = old.border_zone[oi]
+    new.border_zone[nj] = zone_map[np.where(bz >= 0, bz, n_old_zones)]
+    gone = (new.border_at_ms[nj] != NONE_MS) & (new.border_zone[nj] < 0)
+    new.border_at_ms[nj[gone]] = NONE_MS
 
 
 class IdArrays(NamedTuple):
@@ -296,7 +324,8 @@ class CheckpointError(EmfenceError, ValueError):
 
 
 def load_checkpoint(path: str | Path):
-    """Read a checkpoint file: ``(state, device_ids, slot_keys, zone_ids, counters)``."""
+    """Read a checkpoint file: ``(state, device_ids, slot_keys, zone_ids, counters,
+    extras)``; ``extras`` maps each array of :data:`EXTRA_KEYS` the file has to it."""
     return _load(Path(path), str(path))
 
 
@@ -315,22 +344,27 @@ def _load(source, where: str):
                                       f"expected {CHECKPOINT_VERSION}", str(path))
             fresh_rules = device_rule_fields(len(data["last_rx_ms"]))
             fields = {f: data[f].copy() for f in DeviceState._fields
-                      if f not in CACHE_FIELDS and f != "ext" and f not in fresh_rules}
+                      if f not in CACHE_FIELDS and f != "ext" and f not in fresh_rules
+                      and f not in WARN_FIELDS}
             # A checkpoint written before the scheduled rules has no ext: fresh rows; one
             # written before the device rules, fresh device-rule state.
             fields["ext"] = (data["ext"].copy() if "ext" in data.files
                              else new_ext(len(fields["last_rx_ms"])))
             fields.update({f: data[f].copy() if f in data.files else v
                            for f, v in fresh_rules.items()})
-            fresh = new_state(len(fields["last_rx_ms"]), 0)
+            fresh = new_state(len(fields["last_rx_ms"]), len(fields["exclusion_at_ms"]))
+            # ...nor one written before the approach rule its warnings: none open.
+            fields.update({f: data[f].copy() if f in data.files else getattr(fresh, f)
+                           for f in WARN_FIELDS})
             state = DeviceState(**fields, **{f: getattr(fresh, f) for f in CACHE_FIELDS})
             device_ids = [str(x) for x in data["device_ids"]]
             slot_keys = list(zip((str(x) for x in data["slot_devices"]),
                                  (str(x) for x in data["slot_zones"])))
             zone_ids = [str(x) for x in data["zone_ids"]]
             counters = data["counters"].copy()
+            extras = {k: data[k].copy() for k in EXTRA_KEYS if k in data.files}
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         if isinstance(exc, CheckpointError):
             raise
         raise CheckpointError(f"cannot read checkpoint: {exc}", str(path)) from exc
-    return state, device_ids, slot_keys, zone_ids, counters
+    return state, device_ids, slot_keys, zone_ids, counters, extras

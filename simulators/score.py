@@ -21,6 +21,12 @@ alarm at most one event (earliest first). Then:
 - **not_cleared**: matched alarms with no ``cleared`` event by the end of the record.
 
 Truth events that end after the run ended (an interrupted run) are not scored.
+
+One alarm per subject (``rules.alarm_per = "subject"``, docs/rules.md): a truth event of a
+device that no alarm of its own matched is matched by an alarm of the same type and zone
+that lists the device in its ``devices`` (the cleared event lists every device of the
+episode) and is open at some time in the event's window (each alarm once per device).
+Warnings (``contract.WARNING_TYPES``) that match no truth event are not false alarms.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from contract.alarms import WARNING_TYPES
 from contract.errors import EmfenceError
 
 DEFAULT_SLACK_MS = 2000
@@ -144,8 +151,9 @@ def score(truth: Truth, alarms: list[dict], *, slack_ms: int = DEFAULT_SLACK_MS,
                        key=lambda e: (int(e["start"]), e["device_id"]))
     used = [False] * len(in_run)
     matched, missed = _match(expecting, in_run, used, slack_ms)
+    missed = _match_subject_alarms(missed, matched, unique, alarms, slack_ms)
     _excuse_cut_off(truth, in_run, used, slack_ms)
-    false = [a for i, a in enumerate(in_run) if not used[i]]
+    false = [a for i, a in enumerate(in_run) if not used[i] and a.get("type") not in WARNING_TYPES]
     latencies = [float(a["rx_ms"]) - float(a["at"]) for _, a in matched
                  if a.get("rx_ms") is not None]
     late = [a for _, a in matched
@@ -212,6 +220,34 @@ def _match(expecting: list[dict], in_run: list[dict], used: list[bool], slack_ms
             used[hit] = True
             matched.append((e, in_run[hit]))
     return matched, missed
+
+
+def _match_subject_alarms(missed: list[dict], matched: list[tuple[dict, dict]],
+                          unique: list[dict], alarms: list[dict], slack_ms: int) -> list[dict]:
+    """Match missed events to subject alarms listing their device (see the module
+    docstring); returns the events still missed, appends to ``matched``."""
+    cleared = {a.get("alarm_id"): a for a in alarms if a.get("event") == "cleared"}
+    subject_alarms = []
+    for a in unique:
+        devices = (cleared.get(a.get("alarm_id")) or a).get("devices") or []
+        if len(devices) > 1:
+            end = cleared[a["alarm_id"]]["at"] if a.get("alarm_id") in cleared else None
+            subject_alarms.append((a, devices, end))
+    taken: set = set()
+    still = []
+    for e in missed:
+        lo, hi = int(e["start"]) - slack_ms, int(e["end"]) + slack_ms
+        hit = next((a for a, devices, end in subject_alarms
+                    if (a.get("alarm_id"), e["device_id"]) not in taken
+                    and a.get("type") == e["expect"] and e["device_id"] in devices
+                    and (e.get("zone_id") is None or a.get("zone_id") == e["zone_id"])
+                    and int(a["at"]) <= hi and (end is None or int(end) >= lo)), None)
+        if hit is None:
+            still.append(e)
+        else:
+            taken.add((hit.get("alarm_id"), e["device_id"]))
+            matched.append((e, hit))
+    return still
 
 
 def _excuse_cut_off(truth: Truth, in_run: list[dict], used: list[bool], slack_ms: int) -> None:

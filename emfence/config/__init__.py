@@ -80,7 +80,7 @@ class RulesConfig:
     # level.
     no_fix_after_s: PerLevel = field(default_factory=lambda: PerLevel(900, 1800, 3600))
     # `approach` (a warning): a fix outside an exclusion zone but within this distance of
-    # it, beyond its accuracy, m.
+    # it, beyond its accuracy, m; 0 turns it off.
     approach_m: float = 200.0
     # The same warning inside the inclusion zone within this distance of its border, m;
     # 0 turns it off.

@@ -157,6 +157,8 @@ class RefDevice:
     no_fix_from: int | None = None  # receive time the count of "no fix" was started
     last_fix_rx: int | None = None  # latest receive time of an in-order fix
     position: tuple | None = None  # (lat, lon, acc) of that fix, WGS-84
+    approach: dict = field(default_factory=dict)  # exclusion zone id -> warning raised at
+    border: tuple[int, str] | None = None  # (raised at, inclusion zone id)
 
     def where(self) -> dict:
         """The last known position as evidence keys (none if never fixed)."""
@@ -216,8 +218,14 @@ class Reference:
 
     def __init__(self, zones: dict[str, RefZone], subjects: dict, *, buffer_m=50.0,
                  confirm=2, offline_s=None, battery_low=15.0, battery_clear=20.0,
-                 timezone="Asia/Shanghai", no_fix_s=None):
+                 timezone="Asia/Shanghai", no_fix_s=None, approach_m=200.0,
+                 border_warn_m=0.0, alarm_per="subject"):
         self.zones = zones
+        self.approach_m = approach_m
+        self.border_warn_m = border_warn_m
+        self.alarm_per = alarm_per
+        self.folded = SubjectFold()
+        self.devices_lists: list = []  # per event replay returned: its ``devices`` or None
         self.timezone = timezone
         self.buffer_m = buffer_m
         self.confirm = confirm
@@ -258,7 +266,14 @@ class Reference:
             z = self.zones[zid]
             gaps.append(z.boundary_m(lon, lat))
             gaps.append(z.distance_m(lon, lat) - margin)
+            if self.approach_m > 0:
+                gaps.append(z.distance_m(lon, lat) - self.approach_m)
+                gaps.append(z.distance_m(lon, lat) - self.approach_m - margin)
         inclusion = s.get("inclusion", [])
+        if inclusion and self.border_warn_m > 0:
+            for zid in inclusion:
+                b = self.zones[zid].boundary_m(lon, lat)
+                gaps += [b - margin, b - self.border_warn_m, b - self.border_warn_m - margin]
         if inclusion:
             allowed = list(inclusion)
             for lv in s.get("leaves", []):
@@ -360,8 +375,10 @@ class Reference:
         if late:
             return out
         dev.last_fix_ts = ts
-        out += self._outbound(dev, ts, lat, lon, margin)
-        out += self._curfew(dev, ts, lat, lon, margin)
+        violations = self._outbound(dev, ts, lat, lon, margin)
+        curfew = self._curfew(dev, ts, lat, lon, margin)
+        violations, border = self._border(dev, ts, lat, lon, margin, violations)
+        out += violations + curfew + border
         dev.prev_ts = ts
         return out
 
@@ -380,14 +397,63 @@ class Reference:
                 continue
             if zid not in dev.exclusion:
                 if inside:
+                    if zid in dev.approach:  # the violation supersedes the warning
+                        del dev.approach[zid]
+                        out.append(("cleared", "approach", device_id, zid, ts, False))
                     dev.exclusion[zid] = ts
                     out.append(("raised", "exclusion", device_id, zid, ts, False))
+                    continue
             else:
                 dz = z.distance_m(lon, lat)
                 if dz > margin:
                     del dev.exclusion[zid]
                     out.append(("cleared", "exclusion", device_id, zid, ts, False))
+                else:
+                    continue
+            # Outside the zone, its exclusion closed: the approach warning.
+            if self.approach_m > 0:
+                out += self._warn(dev.approach, zid, z.distance_m(lon, lat), margin,
+                                  self.approach_m, device_id, ts)
         return out
+
+    @staticmethod
+    def _warn(open_: dict, zid: str, dist: float, margin: float, warn_m: float,
+              device_id: str, ts: int) -> list[tuple]:
+        """A warning for ``dist`` metres (outside an exclusion zone, or inside the
+        inclusion zone from its border): raised beyond the margin and within warn_m,
+        cleared beyond warn_m plus the margin."""
+        if zid not in open_ and margin < dist <= warn_m:
+            open_[zid] = ts
+            return [("raised", "approach", device_id, zid, ts, False)]
+        if zid in open_ and dist > warn_m + margin:
+            del open_[zid]
+            return [("cleared", "approach", device_id, zid, ts, False)]
+        return []
+
+    def _border(self, dev: RefDevice, ts: int, lat: float, lon: float, margin: float,
+                violations: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+        """The inclusion-border warning: inside an inclusion zone (the first listed that
+        contains the fix), its boundary distance as a warning distance; outside every
+        inclusion zone unchanged, until an outbound or leave_overdue raise supersedes it
+        (cleared at the raise's at, before it)."""
+        inclusion = dev.subject.get("inclusion", [])
+        if self.border_warn_m <= 0 or not inclusion:
+            return violations, []
+        inside = next((z for z in inclusion if self.zones[z].contains(lon, lat)), None)
+        if inside is not None:
+            open_ = {} if dev.border is None else {dev.border[1]: dev.border[0]}
+            zid = inside if dev.border is None else dev.border[1]
+            out = self._warn(open_, zid, self.zones[inside].boundary_m(lon, lat), margin,
+                             self.border_warn_m, dev.device_id, ts)
+            dev.border = (open_[zid], zid) if zid in open_ else None
+            return violations, out
+        at = next((k for k, e in enumerate(violations) if e[0] == "raised"), None)
+        if dev.border is None or at is None:
+            return violations, []
+        zid = dev.border[1]
+        dev.border = None
+        clear = ("cleared", "approach", dev.device_id, zid, violations[at][4], False)
+        return violations[:at] + [clear] + violations[at:], []
 
     def _observe(self, d: float, margin: float) -> str:
         return "in" if d == 0.0 else ("near" if d <= margin else "out")
@@ -542,14 +608,87 @@ class Reference:
                 now = rx
             elif rx > now:
                 now = rx
-                out += self.sweep(now)
+                out += self._fold(self.sweep(now))
             if "lat" in r:
-                out += self.fix(r["device_id"], r["ts"], rx, r["lat"], r["lon"],
-                                r.get("acc", 50.0), r.get("coord_sys", "wgs84"))
+                out += self._fold(self.fix(r["device_id"], r["ts"], rx, r["lat"], r["lon"],
+                                           r.get("acc", 50.0), r.get("coord_sys", "wgs84")))
             else:
-                out += self.status(r["device_id"], r["ts"], rx, r.get("battery"), r.get("strap"),
-                                   r.get("power"))
+                out += self._fold(self.status(r["device_id"], r["ts"], rx, r.get("battery"),
+                                              r.get("strap"), r.get("power")))
         end = until if until is not None else now
         if end is not None:
-            out += self.sweep(end)
+            out += self._fold(self.sweep(end))
+        return out
+
+    def _fold(self, events: list[tuple]) -> list[tuple]:
+        """alarm_per = "subject": the events as the operator gets them (one alarm per
+        subject, type and zone); each event's ``devices`` go to devices_lists."""
+        out = []
+        for e in events:
+            s = self.devices[e[2]].subject
+            if (self.alarm_per != "subject" or e[5] or len(s["devices"]) < 2
+                    or e[1] not in SubjectFold.TYPES):
+                out.append(e)
+                self.devices_lists.append(None)
+                continue
+            for event, devices in self.folded.event(s["subject_id"], e):
+                out.append(event)
+                self.devices_lists.append(devices)
+        return out
+
+
+class SubjectFold:
+    """One alarm per subject, type and zone: the first device's raise opens it (devices:
+    [it]); other devices of the subject raising while it is open join it silently; it
+    clears (as the first device's alarm, devices: all that joined) when the last open
+    device clears. The subject's approach alarm for a zone is open only while none of
+    its devices has the zone's violation (exclusion, outbound, leave_overdue) open: the
+    violation's raise clears it first (same at), and when the violation clears with
+    devices still in approach, it is raised again at that at, led by the first of them."""
+
+    TYPES = ("outbound", "leave_overdue", "exclusion", "approach", "curfew")
+    VIOLATIONS = ("exclusion", "outbound", "leave_overdue")
+
+    def __init__(self):
+        # (subject, type, zone) -> [lead, at, devices, open, hidden]; hidden: an approach
+        # with no alarm of its own while a violation of its zone is open.
+        self.open: dict = {}
+
+    def violated(self, subject_id: str, zid) -> bool:
+        return any((subject_id, t, zid) in self.open for t in self.VIOLATIONS)
+
+    def event(self, subject_id: str, e: tuple) -> list[tuple[tuple, list]]:
+        kind, typ, device_id, zid, at, _ = e
+        out = []
+        key = (subject_id, typ, zid)
+        warn_key = (subject_id, "approach", zid)
+        ep = self.open.get(key)
+        if kind == "raised":
+            w = self.open.get(warn_key)
+            if typ in self.VIOLATIONS and w is not None and not w[4]:
+                w[4] = True
+                out.append((("cleared", "approach", w[0], zid, at, False), list(w[2])))
+            if ep is None:
+                hidden = typ == "approach" and self.violated(subject_id, zid)
+                self.open[key] = [device_id, at, [device_id], [device_id], hidden]
+                if not hidden:
+                    out.append((e, [device_id]))
+            else:
+                if device_id not in ep[3]:
+                    ep[3].append(device_id)
+                if device_id not in ep[2]:
+                    ep[2].append(device_id)
+            return out
+        if ep is None or device_id not in ep[3]:
+            return out + [(e, [device_id])]
+        ep[3].remove(device_id)
+        if ep[3]:
+            return out
+        del self.open[key]
+        if not ep[4]:
+            out.append((("cleared", typ, ep[0], zid, at, False), list(ep[2])))
+        w = self.open.get(warn_key)
+        if typ in self.VIOLATIONS and w is not None and w[4] and not self.violated(subject_id, zid):
+            w[0], w[1], w[2], w[4] = w[3][0], at, list(w[3]), False
+            out.append((("raised", "approach", w[0], zid, at, False), list(w[2])))
         return out

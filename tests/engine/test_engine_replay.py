@@ -101,7 +101,7 @@ def test_output_lines_are_the_contract_json(tmp_path):
     first = json.loads(raw[0])
     assert list(first) == ["event", "alarm_id", "type", "subject_id", "device_id", "zone_id",
                            "region", "at", "late", "lat", "lon", "distance_m", "acc",
-                           "device_kind"]
+                           "devices", "device_kind"]  # devices: one alarm per subject
     assert first["region"] == "330723" and first["subject_id"] == "S-0001"
     assert first["device_kind"] == "bracelet"
     assert json.loads(raw[1])["alarm_id"] == first["alarm_id"]

@@ -174,16 +174,20 @@ def test_exclusion_raises_at_first_fix_inside_and_clears_beyond_margin():
     assert f.fix("B-1", T0 + 1000, *offset(120.03, 30.03, 340, 0)) == []  # 40 m out: keep open
     assert f.fix("B-1", T0 + 2000, *offset(120.03, 30.03, 400, 0), acc=120.0) == []  # 100 <= acc
     cleared = f.fix("B-1", T0 + 3000, *offset(120.03, 30.03, 400, 0), acc=20.0)
-    assert brief(cleared) == [("cleared", "exclusion", "B-1", "victim", T0 + 3000, False)]
+    # Out of the zone but within approach_m (200) of it: the approach warning follows.
+    assert brief(cleared) == [("cleared", "exclusion", "B-1", "victim", T0 + 3000, False),
+                              ("raised", "approach", "B-1", "victim", T0 + 3000, False)]
     assert cleared[0]["alarm_id"] == raised[0]["alarm_id"]
     assert cleared[0]["distance_m"] == pytest.approx(100, abs=0.5)
     again = f.fix("B-1", T0 + 4000, 120.03, 30.03)  # a new episode, a new id
-    assert brief(again)[0][0] == "raised" and again[0]["alarm_id"] != raised[0]["alarm_id"]
+    assert brief(again) == [("cleared", "approach", "B-1", "victim", T0 + 4000, False),
+                            ("raised", "exclusion", "B-1", "victim", T0 + 4000, False)]
+    assert again[1]["alarm_id"] != raised[0]["alarm_id"]
 
 
 def test_two_exclusion_zones_and_two_devices_have_separate_episodes():
     subj = subject(devices=("B-1", "P-1"), exclusion=["victim", "school"])
-    f = Feed(engine([subj]))
+    f = Feed(engine([subj], alarm_per="device"))  # per device (today's alarms)
     assert brief(f.fix("B-1", T0, 120.03, 30.03)) == [
         ("raised", "exclusion", "B-1", "victim", T0, False)]
     assert brief(f.fix("P-1", T0 + 10, 120.03, 30.03)) == [
@@ -376,7 +380,10 @@ def test_settled_device_still_sees_an_exclusion_and_a_closing_leave():
     start = offset(120.03, 30.03, 0, -1020)
     for k in range(16):  # 1020, 970, ... 320 m from the centre, then 270 m: inside
         g.fix("B-1", T0 + k * 1000, *offset(*start, 0, 50 * k))
-    assert brief(g.events) == [("raised", "exclusion", "B-1", "victim", T0 + 15_000, False)]
+    # 170 m from the circle (k = 11): the approach warning; superseded at the first fix in.
+    assert brief(g.events) == [("raised", "approach", "B-1", "victim", T0 + 11_000, False),
+                               ("cleared", "approach", "B-1", "victim", T0 + 15_000, False),
+                               ("raised", "exclusion", "B-1", "victim", T0 + 15_000, False)]
     assert g.engine.counters["settled_fixes"] > 5
 
 

@@ -46,3 +46,27 @@ def test_shapely_engine_gives_the_same_events(seed, walk, device_rules):
         assert g == w
     for key in ("fixes", "statuses", "duplicates", "late"):
         assert got_counts[key] == want_counts[key]
+
+
+@pytest.mark.parametrize("rules", [{"border_warn_m": 400.0},
+                                   {"border_warn_m": 250.0, "alarm_per": "device"}])
+def test_shapely_engine_gives_the_same_warnings(rules):
+    """The approach warnings (the border's too) and the subject fold, as Engine has them."""
+    from emfence.config import config_from_dict
+    config = config_from_dict({"rules": rules})
+    subj, records, until = generate(3, 300, ref_kwargs=rules)
+    got_want = []
+    for cls in (Engine, ShapelyEngine):
+        engine = cls(ZONES, load_registry(subj, ZONES), config)
+        out = io.BytesIO()
+        replay((orjson.dumps(r) for r in records), engine, out, config=config, until_ms=until)
+        got_want.append([orjson.loads(x) for x in out.getvalue().splitlines()])
+    want, got = got_want
+    assert any(e["type"] == "approach" and e["zone_id"] in ("411302", "411321") for e in want)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        gd, wd = g.pop("distance_m", None), w.pop("distance_m", None)
+        assert (gd is None) == (wd is None)
+        if gd is not None:
+            assert abs(gd - wd) <= 0.5
+        assert g == w

@@ -96,7 +96,8 @@ def add_schedules(subj: dict, rng: random.Random) -> None:
 
 
 def generate(seed: int, n: int = 400, walk: bool = False, schedules: bool = False,
-             device_rules: bool = False) -> tuple[dict, list[dict], int]:
+             device_rules: bool = False, ref_kwargs: dict | None = None
+             ) -> tuple[dict, list[dict], int]:
     """Records in arrival order for the four devices; returns (subjects, records, until).
 
     ``walk``: devices walk (steps of tens of metres) instead of scattering around an
@@ -104,14 +105,16 @@ def generate(seed: int, n: int = 400, walk: bool = False, schedules: bool = Fals
     ``schedules``: the subjects also get returns, curfews and suspensions
     (:func:`add_schedules`). ``device_rules``: devices also go into foil (statuses and
     no fix for a while: no_fix) and send power-off statuses, after which they mostly
-    stay silent for a while (power_off, no offline while it lasts)."""
+    stay silent for a while (power_off, no offline while it lasts). ``ref_kwargs``: the
+    rule numbers of the reference that drops fixes too close to a threshold
+    (test_engine_vs_reference_warn's variants)."""
     rng = random.Random(seed)
     devices = ["B-A", "P-A", "B-B", "B-C"]
     leave_start = T0 + rng.randint(0, 3) * 600_000
     subj = subjects(leave_start, leave_start + rng.randint(1, 4) * 600_000)
     if schedules:
         add_schedules(subj, rng)
-    ref = Reference(REF_ZONES, subj)
+    ref = Reference(REF_ZONES, subj, **(ref_kwargs or {}))
     victim = REF_ZONES["victim-1"].circle
     clock = {d: T0 for d in devices}
     last_ts = {d: T0 for d in devices}

@@ -156,3 +156,33 @@ def test_an_alarm_for_an_event_cut_off_by_the_stop_is_not_false(tmp_path):
                       alarm("exclusion", "B-2", 32_000, zone="v-1")])
     assert (r["expected"], r["not_scored"], r["missed"]) == (0, 1, 0)
     assert [a["device_id"] for a in r["false_alarms"]] == ["B-2"]  # an unrelated one still is
+
+
+def test_one_alarm_per_subject_matches_each_listed_device(tmp_path):
+    """alarm_per = "subject": the phone's excursion is covered by the subject's alarm
+    (raised by the bracelet, its clear lists both) while it was open; a device it does
+    not list, or a window it was not open in, is still missed."""
+    truth = _truth(tmp_path, [
+        ev("excursion", "B-1", 10_000, 30_000, "outbound", "411303"),
+        ev("excursion", "P-1", 20_000, 35_000, "outbound", "411303"),
+        ev("excursion", "P-1", 60_000, 70_000, "outbound", "411303"),  # after the clear
+        ev("excursion", "X-1", 20_000, 35_000, "outbound", "411303"),  # not listed
+    ])
+    a = alarm("outbound", "B-1", 12_000, rx=12_100, zone="411303")
+    a["devices"] = ["B-1"]
+    c = {**cleared(a, 36_000), "devices": ["B-1", "P-1"]}
+    r = score(truth, [a, c])
+    assert (r["matched"], r["missed"], r["false"]) == (2, 2, 0)
+    assert sorted((e["device_id"], e["start"]) for e in r["missed_events"]) == [
+        ("P-1", T0 + 60_000), ("X-1", T0 + 20_000)]
+    assert r["by_type"]["outbound"]["matched"] == 2
+
+
+def test_a_warning_matching_nothing_is_not_a_false_alarm(tmp_path):
+    truth = _truth(tmp_path, [ev("approach", "B-1", 10_000, 20_000, "approach", "victim-1")])
+    w1 = alarm("approach", "B-1", 12_000, zone="victim-1")
+    w2 = alarm("approach", "B-2", 40_000, zone="victim-2")  # no truth event: not false
+    x = alarm("exclusion", "B-2", 50_000, zone="victim-2")  # an alarm: false
+    r = score(truth, [w1, w2, x])
+    assert (r["matched"], r["missed"], r["false"]) == (1, 0, 1)
+    assert r["false_alarms"][0]["type"] == "exclusion"
