@@ -17,6 +17,16 @@ from emfence.config import LEVELS, Config
 from engine import kernels as K
 from engine.positions import Positions
 from engine.registry import Registry
+from engine.relation_kernels import N_CFG as N_REL_CFG
+from engine.relations import (
+    adopt_relations,
+    load_relation_snapshot,
+    new_relation_state,
+    relation_arrays,
+    relation_event_parts,
+    relation_open_alarms,
+    relation_snapshot,
+)
 from engine.state import (
     X_CURFEW_AT,
     X_CURFEW_ZONE,
@@ -58,6 +68,10 @@ def _entry_point(dispatcher: Any, args: tuple) -> Any:
     return dispatcher.compile(tuple(typeof(a) for a in args))
 
 
+# The relation rules' types (their events carry the peer's keys: engine.relations).
+REL_TYPES = frozenset(("separation",))
+
+
 class Engine:
     """Alarm rules over all registered devices of one process.
 
@@ -72,6 +86,8 @@ class Engine:
         self.registry = registry
         self._check_zones(zones, registry)
         self.state: DeviceState = new_state(registry.n_devices, registry.n_slots)
+        self.relations, self._rel_keys = relation_arrays(registry)
+        self.rel_state = new_relation_state(self.relations)
         self._counters = np.zeros(K.N_COUNTERS, dtype=np.int64)
         self._events = K.new_events(1024)
         self._scratch_n = 1024  # positions nobody asked for are written here
@@ -89,6 +105,9 @@ class Engine:
         self._confirm = int(r.outbound_confirm_fixes)
         self._battery_low = float(r.battery_low_pct)
         self._battery_clear = float(r.battery_clear_pct)
+        self._rel_cfg = np.array([r.separation_window_s * 1000, r.separation_m,
+                                  r.separation_confirm], dtype=np.float64)
+        assert len(self._rel_cfg) == N_REL_CFG
 
     @staticmethod
     def _check_zones(zones: Any, registry: Registry) -> None:
@@ -156,7 +175,8 @@ class Engine:
             self._cover(batch[2])
         ev_i, ev_f = self._events
         ev_i, ev_f, n, now = self._process_batch(*batch, *self._rule_args, clock, now,
-                                                 ev_i, ev_f, self._counters, wgs_lat, wgs_lon)
+                                                 ev_i, ev_f, self._counters, wgs_lat, wgs_lon,
+                                                 *self._rel_args)
         self._events = (ev_i, ev_f)  # keep grown buffers
         return self._to_dicts(ev_i, ev_f, n), int(now)
 
@@ -191,9 +211,10 @@ class Engine:
         self._rule_args = (self.state, self._arrays, self.zones.arrays,
                            self._offline_after_ms, self._buffer_m, self._confirm,
                            self._battery_low, self._battery_clear)
+        self._rel_args = (self.relations, self.rel_state, self._rel_cfg)
         self._process_batch = _entry_point(K.process_batch, (
             *RecordBatch.empty(), *self._rule_args, False, 0, ev_i, ev_f, self._counters,
-            *self._scratch))
+            *self._scratch, *self._rel_args))
         self._sweep = _entry_point(K.sweep, (self.state, 0, ev_i, ev_f, self._counters))
 
     def sweep(self, now_ms: int) -> list[dict]:
@@ -215,20 +236,24 @@ class Engine:
         suspends = reg.suspends
         zone_ids = self.zones.zone_ids
         curfew = K.T_CURFEW
-        rows = ev_i[:n].tolist()
-        floats = ev_f[:n].tolist()
+        rows = ev_i[:n, :7].tolist()
+        floats = ev_f[:n, :4].tolist()
         subject_idx = reg.arrays.device_subject[ev_i[:n, K.EV_DEVICE]].tolist()
         out: list[dict] = []
         append = out.append
-        for (d, typ, z, raised, at, episode, late), evidence, s in zip(
-                rows, floats, subject_idx, strict=True):
+        for k, ((d, typ, z, raised, at, episode, late), evidence, s) in enumerate(zip(
+                rows, floats, subject_idx, strict=True)):
             subject = subjects[s]
             type_name = ALARM_TYPES[typ]
-            if type_name not in EVIDENCE_TYPES or (typ == curfew and evidence[3] != evidence[3]):
+            extra = None
+            if type_name in REL_TYPES:  # engine.relations: evidence and the peer's keys
+                evidence, extra = relation_event_parts(type_name, evidence, ev_i[k], ev_f[k],
+                                                       reg)
+            elif type_name not in EVIDENCE_TYPES or (typ == curfew and evidence[3] != evidence[3]):
                 evidence = None  # (a curfew cleared by its window's end: no fix, NaN)
             ev = alarm_event(raised != 0, type_name, subject.subject_id, device_ids[d],
                              zone_ids[z] if z >= 0 else None, subject.region, at, episode,
-                             late != 0, evidence)
+                             late != 0, evidence, extra)
             ev["device_kind"] = kinds[d]
             if suspends[s] and suspended(subject, type_name, at):
                 ev["suspended"] = True
@@ -269,6 +294,8 @@ class Engine:
         for d in np.flatnonzero(st.ext[:, X_CURFEW_AT] != K.NONE_MS).tolist():
             out.append(self._open(d, K.T_CURFEW, int(st.ext[d, X_CURFEW_ZONE]),
                                   int(st.ext[d, X_CURFEW_AT])))
+        for typ, d, at in relation_open_alarms(self.relations, self.rel_state):
+            out.append(self._open(d, ALARM_TYPES.index(typ), -1, at))
         slots = np.flatnonzero(st.exclusion_at_ms != K.NONE_MS).tolist()
         if slots:
             owner = np.searchsorted(reg.arrays.device_slot_off, slots, side="right") - 1
@@ -298,7 +325,9 @@ class Engine:
         if self._ids is None:  # the ids change only with the registry (reload)
             self._ids = id_arrays(self.registry.device_ids, self.registry.slot_keys(),
                                   list(self.zones.zone_ids))
-        return snapshot_arrays(self.state, self._ids, self._counters)
+        arrays = snapshot_arrays(self.state, self._ids, self._counters)
+        arrays.update(relation_snapshot(self.rel_state, self._rel_keys))
+        return arrays
 
     @classmethod
     def restore(cls, path: str | Path, zones: Any, registry: Registry,
@@ -306,24 +335,28 @@ class Engine:
         """An engine continuing the episodes of the checkpoint at ``path``: open alarms stay
         open (no second raised) and clear with the same alarm_id. State is mapped by device
         id and (device id, exclusion zone id), so the registry may have changed."""
-        return cls._restored(load_checkpoint(path), zones, registry, config)
+        return cls._restored(load_checkpoint(path), zones, registry, config,
+                             load_relation_snapshot(path))
 
     @classmethod
     def restore_bytes(cls, data: bytes, zones: Any, registry: Registry,
                       config: Config | None = None, *, where: str = "checkpoint") -> Engine:
         """:meth:`restore` from a checkpoint's bytes (``engine.state.checkpoint_bytes``, e.g.
         kept in the alarm store); ``where`` names them in a :class:`CheckpointError`."""
-        return cls._restored(load_checkpoint_bytes(data, where), zones, registry, config)
+        return cls._restored(load_checkpoint_bytes(data, where), zones, registry, config,
+                             load_relation_snapshot(data))
 
     @classmethod
-    def _restored(cls, loaded, zones: Any, registry: Registry, config: Config | None
-                  ) -> Engine:
+    def _restored(cls, loaded, zones: Any, registry: Registry, config: Config | None,
+                  relations=None) -> Engine:
         state, device_ids, slot_keys, zone_ids, counters = loaded
         eng = cls(zones, registry, config)
         adopt(state, device_ids, slot_keys, zone_ids, eng.state, registry.device_ids,
               registry.slot_keys(), dict(zones.index))
         eng._counters[: len(counters)] = counters[: K.N_COUNTERS]
         recompute_deadlines(eng.state, registry.arrays.device_level, eng._offline_after_ms)
+        if relations is not None:
+            adopt_relations(*relations, eng.rel_state, eng._rel_keys)
         return eng
 
     def reload(self, zones: Any, registry: Registry, config: Config | None = None
@@ -342,6 +375,10 @@ class Engine:
                       registry.slot_keys(), dict(zones.index))
         recompute_deadlines(fresh, registry.arrays.device_level, self._offline_after_ms)
         self.zones, self.registry, self.state = zones, registry, fresh
+        relations, rel_keys = relation_arrays(registry)
+        rel_state = new_relation_state(relations)
+        adopt_relations(self.rel_state, self._rel_keys, rel_state, rel_keys)
+        self.relations, self._rel_keys, self.rel_state = relations, rel_keys, rel_state
         self._ids = None
         self._bind()
         return stats

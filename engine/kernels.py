@@ -23,6 +23,7 @@ from numba import njit
 from contract.alarms import ALARM_TYPES
 from contract.records import K_FIX
 from engine.registry import F_CURFEWS, F_KERNEL, F_LEAVES
+from engine.relation_kernels import relation_rules
 from engine.state import (
     X_CURFEW_AT,
     X_CURFEW_END,
@@ -50,9 +51,9 @@ T_OUTBOUND, T_EXCLUSION, T_OFFLINE, T_TAMPER, T_LOW_BATTERY, T_LEAVE_OVERDUE, T_
 # Record kinds for process_batch: contract.records.K_FIX (imported above) / K_STATUS.
 
 EV_DEVICE, EV_TYPE, EV_ZONE, EV_RAISED, EV_AT, EV_EPISODE, EV_LATE = 0, 1, 2, 3, 4, 5, 6
-N_EV_I = 7
+N_EV_I = 8  # + engine.relation_kernels.EV_PEER (written by the relation rules only)
 EF_LAT, EF_LON, EF_DISTANCE_M, EF_ACC_M = 0, 1, 2, 3
-N_EV_F = 4
+N_EV_F = 7  # + engine.relation_kernels.EF_PEER_LAT/LON/ACC (the relation rules only)
 
 # Counter slots (Engine.counters names them).
 C_FIXES, C_STATUSES, C_DUP_FIXES, C_DUP_STATUSES, C_LATE_FIXES, C_LATE_STATUSES = 0, 1, 2, 3, 4, 5
@@ -676,7 +677,8 @@ def _status_rules(st, d, ts, battery, strap, battery_low_pct, battery_clear_pct,
 @njit(cache=True)
 def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,  # noqa: C901
                   st, ra, za, offline_after_ms, buffer_m, confirm, battery_low_pct,
-                  battery_clear_pct, clock_sweep, now, ev_i, ev_f, counters, wgs_lat, wgs_lon):
+                  battery_clear_pct, clock_sweep, now, ev_i, ev_f, counters, wgs_lat, wgs_lon,
+                  rr, rs, rel_cfg):
     """Run the rules over records in arrival order; returns ``(ev_i, ev_f, n_events, now)``.
 
     Record ``i``: ``kind`` (K_FIX / K_STATUS), ``device`` (dense index; out of range is
@@ -693,6 +695,10 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     With ``clock_sweep`` (replay), ``now`` is a receive clock: it advances to each record's
     ``rx`` and the offline sweep runs whenever it does, before that record is processed,
     exactly as a live sweep between two messages would.
+
+    ``rr``/``rs``/``rel_cfg``: the relation rules' arrays, state and numbers
+    (:mod:`engine.relations`, :mod:`engine.relation_kernels`), run for an in-order fix
+    of a device with a relation slot before its zone rules.
     """
     # The hot path (receive time, duplicates, settled devices) works on arrays taken out
     # of the NamedTuples once: every call that passes a NamedTuple of arrays costs an
@@ -726,6 +732,7 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     grid_inv_cell = za.grid_inv_cell
     grid_cell_offsets = za.grid_cell_offsets
     cell_state = za.cell_state
+    dev_rel = rr.dev_rel
     n_dev = last_rx.shape[0]
     nan = np.nan
     for i in range(kind.shape[0]):
@@ -768,6 +775,10 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
                 counters[C_LATE_FIXES] += 1
             else:
                 last_fix[d] = t
+                if dev_rel[d] >= 0:  # the relation rules (engine.relation_kernels)
+                    if n + 2 > ev_i.shape[0]:
+                        ev_i, ev_f = _room(ev_i, ev_f, n, n + 2)
+                    n = relation_rules(rr, rs, rel_cfg, d, t, x, y, acc[i], ev_i, ev_f, n)
             # Settled device (see _fix_rules): nothing can change within the safe radius.
             if (not late and safe_m[d] > 0.0 and t < safe_until[d]
                     and moved_upper_m(near_lon[d], near_lat[d], x, y) < safe_m[d]):

@@ -1,0 +1,148 @@
+"""The relation rules' kernels (docs/rules.md, "Relations"): pure ``@njit(cache=True)``
+functions over :mod:`engine.relations`' arrays, called by
+:func:`engine.kernels.process_batch` for an in-order fix of a device that has a relation
+slot, before that fix's zone rules (and before the settled-device shortcut, which must
+not hide a fix from its relations).
+
+A relation is looked up by index: the device's slot, the slot's pair, the pair's other
+device; never by scanning devices.
+
+Event rows are those of :mod:`engine.kernels` plus the peer columns: ``ev_i[:, EV_PEER]``
+the other device of the relation, ``ev_f[:, EF_PEER_LAT/LON/ACC]`` its fix.
+"""
+
+from __future__ import annotations
+
+import math
+
+from numba import njit
+
+from contract.alarms import ALARM_TYPES
+
+NONE_MS = -(2**63)
+T_SEPARATION = ALARM_TYPES.index("separation")
+
+# Event row columns beyond engine.kernels' (they are used by the relation types only).
+EV_PEER = 7
+EF_PEER_LAT, EF_PEER_LON, EF_PEER_ACC = 4, 5, 6
+
+# The relation rules' numbers (Engine builds this float64 array from [rules]).
+CFG_SEP_WINDOW_MS, CFG_SEP_M, CFG_SEP_CONFIRM = 0, 1, 2
+N_CFG = 3
+
+# WGS-84 ellipsoid
+_A = 6378137.0
+_E2 = 0.00669437999014
+SEP_RUN_MAX = 1 << 30
+
+
+@njit(cache=True, _nrt=False)
+def pair_distance_m(lon0, lat0, lon1, lat1):
+    """Metres between two WGS-84 points (degrees): the ellipsoid's radii of curvature at
+    the mean latitude, on the local plane. Within a millimetre of the geodesic up to a
+    few kilometres (where the relation thresholds are); for far pairs the error grows
+    (~0.1 % at 100 km), which no threshold notices."""
+    phi = math.radians(0.5 * (lat0 + lat1))
+    s = math.sin(phi)
+    w = 1.0 - _E2 * s * s
+    n_m = _A / math.sqrt(w)
+    m_m = _A * (1.0 - _E2) / (w * math.sqrt(w))
+    dx = math.radians(lon1 - lon0) * n_m * math.cos(phi)
+    dy = math.radians(lat1 - lat0) * m_m
+    return math.sqrt(dx * dx + dy * dy)
+
+
+@njit(cache=True, _nrt=False)
+def _put_rel(ev_i, ev_f, n, device, typ, raised, at, episode, lat, lon, dist, acc, peer,
+             peer_lat, peer_lon, peer_acc):
+    """Write relation event row ``n`` (no zone, never late; the caller made room)."""
+    ev_i[n, 0] = device
+    ev_i[n, 1] = typ
+    ev_i[n, 2] = -1
+    ev_i[n, 3] = raised
+    ev_i[n, 4] = at
+    ev_i[n, 5] = episode
+    ev_i[n, 6] = 0
+    ev_i[n, EV_PEER] = peer
+    ev_f[n, 0] = lat
+    ev_f[n, 1] = lon
+    ev_f[n, 2] = dist
+    ev_f[n, 3] = acc
+    ev_f[n, EF_PEER_LAT] = peer_lat
+    ev_f[n, EF_PEER_LON] = peer_lon
+    ev_f[n, EF_PEER_ACC] = peer_acc
+    return n + 1
+
+
+@njit(cache=True, _nrt=False)
+def separation_step(open_at_ms, run, dist_m, far_m, near_m, confirm):
+    """The separation rule for one pair of fixes: ``(open_at_ms, run, distance, far
+    threshold = separation_m + both accuracies, near threshold = separation_m, confirm)``
+    -> ``(run after, action)`` with action 0 none, 1 raise, 2 clear.
+
+    ===========================  ===========  ==========================================
+    pair                          run after    action
+    ===========================  ===========  ==========================================
+    distance <= separation_m      0            clear, if an episode is open
+    beyond far threshold          run + 1      raise, if run after >= confirm, none open
+    in between (uncertain)        unchanged    none
+    ===========================  ===========  ==========================================
+    """
+    if dist_m <= near_m:
+        return 0, (2 if open_at_ms != NONE_MS else 0)
+    if dist_m > far_m:
+        if run < SEP_RUN_MAX:
+            run += 1
+        if run >= confirm and open_at_ms == NONE_MS:
+            return run, 1
+    return run, 0
+
+
+@njit(cache=True, _nrt=False)
+def _separation(rr, rs, cfg, p, d, ts, lon, lat, acc, ev_i, ev_f, n):
+    """Device ``d``'s fix against its pair partner's latest fix (pair ``p``)."""
+    side = 0 if rr.sep_dev[p, 0] == d else 1
+    q = rr.sep_dev[p, 1 - side]
+    rq = rr.dev_rel[q]
+    qts = rs.fix_ts[rq]
+    if qts == NONE_MS or abs(ts - qts) > cfg[CFG_SEP_WINDOW_MS]:
+        return n  # no pair
+    qlon = rs.fix[rq, 0]
+    qlat = rs.fix[rq, 1]
+    qacc = rs.fix[rq, 2]
+    dist = pair_distance_m(lon, lat, qlon, qlat)
+    ep = rs.sep[p, 0]
+    run, act = separation_step(ep, rs.sep[p, 2], dist, cfg[CFG_SEP_M] + acc + qacc,
+                               cfg[CFG_SEP_M], cfg[CFG_SEP_CONFIRM])
+    rs.sep[p, 2] = run
+    at = max(ts, qts)
+    if act == 1:
+        ev_side = side if ts >= qts else 1 - side  # the later fix's device
+        rs.sep[p, 0] = at
+        rs.sep[p, 1] = ev_side
+    elif act == 2:
+        ev_side = rs.sep[p, 1]  # the device the episode was raised on (its alarm_id)
+        rs.sep[p, 0] = NONE_MS
+    else:
+        return n
+    if ev_side == side:
+        return _put_rel(ev_i, ev_f, n, d, T_SEPARATION, 1 if act == 1 else 0, at,
+                        at if act == 1 else ep, lat, lon, dist, acc, q, qlat, qlon, qacc)
+    return _put_rel(ev_i, ev_f, n, q, T_SEPARATION, 1 if act == 1 else 0, at,
+                    at if act == 1 else ep, qlat, qlon, dist, qacc, d, lat, lon, acc)
+
+
+@njit(cache=True, _nrt=False)
+def relation_rules(rr, rs, cfg, d, ts, lon, lat, acc, ev_i, ev_f, n):
+    """The relation rules for one in-order fix of device ``d`` (which has a relation
+    slot): note it as the device's newest fix, then run each relation of the slot.
+    At most 2 events per relation; the caller made room for them."""
+    r = rr.dev_rel[d]
+    rs.fix[r, 0] = lon
+    rs.fix[r, 1] = lat
+    rs.fix[r, 2] = acc
+    rs.fix_ts[r] = ts
+    p = rr.rel_sep[r]
+    if p >= 0:
+        n = _separation(rr, rs, cfg, p, d, ts, lon, lat, acc, ev_i, ev_f, n)
+    return n
