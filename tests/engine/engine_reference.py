@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import shapely
 from pyproj import Geod, Transformer
+from relation_reference import RelationReference
 
 GEOD = Geod(ellps="WGS84")
 
@@ -191,7 +192,7 @@ class Reference:
 
     def __init__(self, zones: dict[str, RefZone], subjects: dict, *, buffer_m=50.0,
                  confirm=2, offline_s=None, battery_low=15.0, battery_clear=20.0,
-                 timezone="Asia/Shanghai"):
+                 timezone="Asia/Shanghai", relations: dict | None = None):
         self.zones = zones
         self.timezone = timezone
         self.buffer_m = buffer_m
@@ -200,6 +201,11 @@ class Reference:
         self.battery_low = battery_low
         self.battery_clear = battery_clear
         self.devices: dict[str, RefDevice] = {}
+        # The relation rules (relation_reference.py); a second one notes the fixes that
+        # clear_fix keeps, for their ambiguity.
+        self.rel = RelationReference(subjects, **(relations or {}))
+        self._gen_rel = RelationReference(subjects, **(relations or {}))
+        self._gen_last_ts: dict[str, int] = {}
         for s in subjects["subjects"]:
             for dev in s["devices"]:
                 self.devices[dev["device_id"]] = RefDevice(dev["device_id"], s)
@@ -209,10 +215,17 @@ class Reference:
         """A replay record of this fix (given in WGS-84; sent in ``coord_sys``), or None
         when it comes within ``tolerance_m`` of a threshold: two correct implementations
         may then decide it differently, so scenarios leave it out."""
+        in_order = ts > self._gen_last_ts.get(device_id, -(2**63))
+        if in_order and self._gen_rel.ambiguity_m(device_id, ts, lon, lat, acc) < tolerance_m:
+            return None
+        wgs = (lon, lat)
         if coord_sys == "gcj02":
             lon, lat = wgs84_to_gcj02(lon, lat)
         if self.ambiguity_m(device_id, ts, lat, lon, acc, coord_sys) < tolerance_m:
             return None
+        if in_order:
+            self._gen_last_ts[device_id] = ts
+            self._gen_rel.fix(device_id, ts, *wgs, acc)
         return {"device_id": device_id, "ts": ts, "rx": rx, "lat": lat, "lon": lon,
                 "acc": acc, "coord_sys": coord_sys}
 
@@ -279,6 +292,8 @@ class Reference:
         late = dev.last_fix_ts is not None and ts < dev.last_fix_ts
         if coord_sys == "gcj02":
             lon, lat = gcj02_to_wgs84(lon, lat)
+        if not late:  # the relation rules come first (docs/rules.md, "Relations")
+            out += self.rel.fix(device_id, ts, lon, lat, acc)
         margin = max(self.buffer_m, acc)
         out += self._exclusion(dev, ts, lat, lon, margin, late)
         if late:
