@@ -69,7 +69,10 @@ def _entry_point(dispatcher: Any, args: tuple) -> Any:
 
 
 # The relation rules' types (their events carry the peer's keys: engine.relations).
-REL_TYPES = frozenset(("separation",))
+REL_TYPES = frozenset(("separation", "proximity"))
+# A protected person's device (level VICTIM_LEVEL) is never offline: its deadline is
+# this far after its last message (~146 000 years; no overflow added to epoch ms).
+NEVER_OFFLINE_MS = 1 << 62
 
 
 class Engine:
@@ -100,13 +103,15 @@ class Engine:
     def _set_rules(self, config: Config) -> None:
         r = config.rules
         self._offline_after_ms = np.array(
-            [round(r.offline_after_s.for_level(lvl) * 1000) for lvl in LEVELS], dtype=np.int64)
+            [round(r.offline_after_s.for_level(lvl) * 1000) for lvl in LEVELS]
+            + [NEVER_OFFLINE_MS], dtype=np.int64)  # (+ VICTIM_LEVEL: a victim device)
         self._buffer_m = float(r.buffer_m)
         self._confirm = int(r.outbound_confirm_fixes)
         self._battery_low = float(r.battery_low_pct)
         self._battery_clear = float(r.battery_clear_pct)
         self._rel_cfg = np.array([r.separation_window_s * 1000, r.separation_m,
-                                  r.separation_confirm], dtype=np.float64)
+                                  r.separation_confirm, r.proximity_m,
+                                  r.proximity_fresh_s * 1000, r.buffer_m], dtype=np.float64)
         assert len(self._rel_cfg) == N_REL_CFG
 
     @staticmethod
@@ -236,6 +241,7 @@ class Engine:
         suspends = reg.suspends
         zone_ids = self.zones.zone_ids
         curfew = K.T_CURFEW
+        n_subject_devices = reg.n_subject_devices
         rows = ev_i[:n, :7].tolist()
         floats = ev_f[:n, :4].tolist()
         subject_idx = reg.arrays.device_subject[ev_i[:n, K.EV_DEVICE]].tolist()
@@ -243,6 +249,8 @@ class Engine:
         append = out.append
         for k, ((d, typ, z, raised, at, episode, late), evidence, s) in enumerate(zip(
                 rows, floats, subject_idx, strict=True)):
+            if d >= n_subject_devices:
+                continue  # a protected person's device raises nothing of its own
             subject = subjects[s]
             type_name = ALARM_TYPES[typ]
             extra = None
@@ -285,8 +293,8 @@ class Engine:
         out = []
         per_device = ((K.T_OUTBOUND, st.outbound_at_ms), (K.T_OFFLINE, st.offline_at_ms),
                       (K.T_TAMPER, st.tamper_at_ms), (K.T_LOW_BATTERY, st.battery_at_ms))
-        for typ, arr in per_device:
-            for d in np.flatnonzero(arr != K.NONE_MS).tolist():
+        for typ, arr in per_device:  # (a protected person's device has none to show)
+            for d in np.flatnonzero(arr[:reg.n_subject_devices] != K.NONE_MS).tolist():
                 z = int(st.outbound_zone[d]) if typ == K.T_OUTBOUND else -1
                 overdue = typ == K.T_OUTBOUND and st.ext[d, X_OUT_TYPE] == 1
                 out.append(self._open(d, K.T_LEAVE_OVERDUE if overdue else typ, z,

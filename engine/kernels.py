@@ -23,7 +23,7 @@ from numba import njit
 from contract.alarms import ALARM_TYPES
 from contract.records import K_FIX
 from engine.registry import F_CURFEWS, F_KERNEL, F_LEAVES
-from engine.relation_kernels import relation_rules
+from engine.relation_kernels import relation_rules, room_needed
 from engine.state import (
     X_CURFEW_AT,
     X_CURFEW_END,
@@ -776,8 +776,9 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
             else:
                 last_fix[d] = t
                 if dev_rel[d] >= 0:  # the relation rules (engine.relation_kernels)
-                    if n + 2 > ev_i.shape[0]:
-                        ev_i, ev_f = _room(ev_i, ev_f, n, n + 2)
+                    need = n + room_needed(rr, d)
+                    if need > ev_i.shape[0]:
+                        ev_i, ev_f = _room(ev_i, ev_f, n, need)
                     n = relation_rules(rr, rs, rel_cfg, d, t, x, y, acc[i], ev_i, ev_f, n)
             # Settled device (see _fix_rules): nothing can change within the safe radius.
             if (not late and safe_m[d] > 0.0 and t < safe_until[d]

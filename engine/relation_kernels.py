@@ -21,6 +21,7 @@ from contract.alarms import ALARM_TYPES
 
 NONE_MS = -(2**63)
 T_SEPARATION = ALARM_TYPES.index("separation")
+T_PROXIMITY = ALARM_TYPES.index("proximity")
 
 # Event row columns beyond engine.kernels' (they are used by the relation types only).
 EV_PEER = 7
@@ -28,7 +29,8 @@ EF_PEER_LAT, EF_PEER_LON, EF_PEER_ACC = 4, 5, 6
 
 # The relation rules' numbers (Engine builds this float64 array from [rules]).
 CFG_SEP_WINDOW_MS, CFG_SEP_M, CFG_SEP_CONFIRM = 0, 1, 2
-N_CFG = 3
+CFG_PROX_M, CFG_PROX_FRESH_MS, CFG_BUFFER_M = 3, 4, 5
+N_CFG = 6
 
 # WGS-84 ellipsoid
 _A = 6378137.0
@@ -133,10 +135,63 @@ def _separation(rr, rs, cfg, p, d, ts, lon, lat, acc, ev_i, ev_f, n):
 
 
 @njit(cache=True, _nrt=False)
+def proximity_step(open_at_ms, near_m, far_m, prox_m, buffer_m):
+    """The proximity rule for one fix and one protected person: ``near_m`` = distance
+    minus both accuracies (the closest the two may be), ``far_m`` the same (the
+    accuracies count against the subject both ways) -> action 0 none, 1 raise, 2 clear.
+
+    =======  ==============================  ==========================================
+    open?     raise                           clear
+    =======  ==============================  ==========================================
+    no        near_m <= proximity_m           -
+    yes       -                               far_m > proximity_m + buffer_m
+    =======  ==============================  ==========================================
+    """
+    if open_at_ms == NONE_MS:
+        return 1 if near_m <= prox_m else 0
+    return 2 if far_m > prox_m + buffer_m else 0
+
+
+@njit(cache=True, _nrt=False)
+def _victim_fix(rr, rs, v):
+    """The slot of protected person ``v``'s newest fix (over their devices), or -1."""
+    best = -1
+    best_ts = NONE_MS
+    for k in range(rr.person_dev_off[v], rr.person_dev_off[v + 1]):
+        r = rr.dev_rel[rr.person_dev[k]]
+        if rs.fix_ts[r] != NONE_MS and (best < 0 or rs.fix_ts[r] > best_ts):
+            best = r
+            best_ts = rs.fix_ts[r]
+    return best
+
+
+@njit(cache=True, _nrt=False)
+def _proximity(rr, rs, cfg, r, d, ts, lon, lat, acc, ev_i, ev_f, n):
+    """Device ``d``'s fix (slot ``r``) against each protected person it is watched for.
+    The event carries the distance and the person (through the device of their fix),
+    never the person's position."""
+    nan = math.nan
+    for e in range(rr.prox_off[r], rr.prox_off[r + 1]):
+        vr = _victim_fix(rr, rs, rr.prox_person[e])
+        if vr < 0 or ts - rs.fix_ts[vr] > cfg[CFG_PROX_FRESH_MS]:
+            continue  # no fresh fix of the person: nothing is decided
+        dist = pair_distance_m(lon, lat, rs.fix[vr, 0], rs.fix[vr, 1])
+        closest = dist - acc - rs.fix[vr, 2]
+        ep = rs.prox_at[e]
+        act = proximity_step(ep, closest, closest, cfg[CFG_PROX_M], cfg[CFG_BUFFER_M])
+        if act == 0:
+            continue
+        rs.prox_at[e] = ts if act == 1 else NONE_MS
+        n = _put_rel(ev_i, ev_f, n, d, T_PROXIMITY, 1 if act == 1 else 0, ts,
+                     ts if act == 1 else ep, lat, lon, dist, acc, rr.rel_dev[vr], nan, nan, nan)
+    return n
+
+
+@njit(cache=True, _nrt=False)
 def relation_rules(rr, rs, cfg, d, ts, lon, lat, acc, ev_i, ev_f, n):
     """The relation rules for one in-order fix of device ``d`` (which has a relation
     slot): note it as the device's newest fix, then run each relation of the slot.
-    At most 2 events per relation; the caller made room for them."""
+    The caller made room for :func:`room_needed` events."""
     r = rr.dev_rel[d]
     rs.fix[r, 0] = lon
     rs.fix[r, 1] = lat
@@ -145,4 +200,13 @@ def relation_rules(rr, rs, cfg, d, ts, lon, lat, acc, ev_i, ev_f, n):
     p = rr.rel_sep[r]
     if p >= 0:
         n = _separation(rr, rs, cfg, p, d, ts, lon, lat, acc, ev_i, ev_f, n)
+    if rr.prox_off[r + 1] > rr.prox_off[r]:
+        n = _proximity(rr, rs, cfg, r, d, ts, lon, lat, acc, ev_i, ev_f, n)
     return n
+
+
+@njit(cache=True, _nrt=False)
+def room_needed(rr, d):
+    """Event rows one fix of device ``d`` may add through the relation rules."""
+    r = rr.dev_rel[d]
+    return 2 + rr.prox_off[r + 1] - rr.prox_off[r]

@@ -4,6 +4,9 @@ which, the state of each relation, and its part of a checkpoint.
 The relation rules compare one device's fix with another device's latest fix:
 
 - ``separation``: a subject's bracelet and phone (the first device of each kind listed);
+- ``proximity``: each device of a subject against each protected person (the subjects
+  file's top-level ``protected`` list) protected from that subject; the person's devices
+  (kind ``victim``) have slots too, for their newest fix;
 
 Nothing here is per device except :attr:`RelationArrays.dev_rel` (int32, 4 bytes): the
 *relation slot* of a device that takes part in any relation, -1 for the others (which
@@ -32,12 +35,16 @@ SEP_FRESH = (NONE_MS, 0, 0)
 
 class RelationArrays(NamedTuple):
     """Read-only relation arrays for the kernels (``d`` device index, ``r`` relation
-    slot, ``p`` separation pair)."""
+    slot, ``p`` separation pair, ``e`` proximity entry, ``v`` protected person)."""
 
     dev_rel: np.ndarray  # int32[n_devices]: relation slot of device d, -1: none
     rel_dev: np.ndarray  # int32[n_rel]: the device of slot r
     rel_sep: np.ndarray  # int32[n_rel]: the separation pair of slot r, -1: none
     sep_dev: np.ndarray  # int32[n_sep, 2]: (bracelet, phone) device indices of pair p
+    prox_off: np.ndarray  # int32[n_rel+1]: proximity entries of slot r, CSR
+    prox_person: np.ndarray  # int32[n_prox]: the protected person of entry e
+    person_dev_off: np.ndarray  # int32[n_persons+1]: the person's devices, CSR
+    person_dev: np.ndarray  # int32: device indices
 
 
 class RelationState(NamedTuple):
@@ -46,6 +53,7 @@ class RelationState(NamedTuple):
     fix: np.ndarray  # float64[n_rel, 3]: lon, lat (WGS-84 degrees), acc_m of the newest fix
     fix_ts: np.ndarray  # int64[n_rel]: its ts (epoch ms), NONE_MS: no fix yet
     sep: np.ndarray  # int64[n_sep, 3]: SEP_* columns
+    prox_at: np.ndarray  # int64[n_prox]: open proximity episode's raised at, or NONE_MS
 
 
 class RelationKeys(NamedTuple):
@@ -53,36 +61,71 @@ class RelationKeys(NamedTuple):
 
     rel: list[str]  # device id of each slot
     sep: list[str]  # "subject\\x1fbracelet\\x1fphone" of each pair
+    prox: list[str]  # "device\\x1fperson" of each proximity entry
 
 
-def relation_arrays(registry: Any) -> tuple[RelationArrays, RelationKeys]:
-    """The relations of ``registry`` (an :class:`engine.registry.Registry`)."""
-    n_dev = registry.n_devices
+def _separation_pairs(registry: Any) -> tuple[list[tuple[int, int]], list[str]]:
     index = registry.device_index
     pairs: list[tuple[int, int]] = []
-    sep_keys: list[str] = []
+    keys: list[str] = []
     for s in registry.subjects:
         kinds = list(s.device_kinds) or ["bracelet"] * len(s.device_ids)
         if "bracelet" in kinds and "phone" in kinds:
             b = s.device_ids[kinds.index("bracelet")]
             p = s.device_ids[kinds.index("phone")]
             pairs.append((index(b), index(p)))
-            sep_keys.append(f"{s.subject_id}\x1f{b}\x1f{p}")
-    related = sorted({d for pair in pairs for d in pair})
-    dev_rel = np.full(n_dev, -1, dtype=np.int32)
+            keys.append(f"{s.subject_id}\x1f{b}\x1f{p}")
+    return pairs, keys
+
+
+def _protection(registry: Any) -> tuple[dict[int, list[int]], list[list[int]]]:
+    """({subject device index: [person index, ...]}, [[person's device index, ...]])."""
+    index = registry.device_index
+    person_devs = [[index(d) for d in p.device_ids] for p in registry.protected]
+    subject_of = {sid: s for s, sid in enumerate(registry.subject_ids)}
+    watched: dict[int, list[int]] = {}
+    for v, p in enumerate(registry.protected):
+        for sid in p.protected_from:
+            for dev in registry.subjects[subject_of[sid]].device_ids:
+                watched.setdefault(index(dev), []).append(v)
+    return watched, person_devs
+
+
+def relation_arrays(registry: Any) -> tuple[RelationArrays, RelationKeys]:
+    """The relations of ``registry`` (an :class:`engine.registry.Registry`)."""
+    pairs, sep_keys = _separation_pairs(registry)
+    watched, person_devs = _protection(registry)
+    related = sorted({d for pair in pairs for d in pair} | set(watched)
+                     | {d for devs in person_devs for d in devs})
+    dev_rel = np.full(registry.n_devices, -1, dtype=np.int32)
     dev_rel[related] = np.arange(len(related), dtype=np.int32)
     rel_sep = np.full(len(related), -1, dtype=np.int32)
     for k, (b, p) in enumerate(pairs):
         rel_sep[dev_rel[b]] = k
         rel_sep[dev_rel[p]] = k
+    prox_lists = [watched.get(d, []) for d in related]
     arrays = RelationArrays(
         dev_rel=dev_rel,
         rel_dev=np.array(related, dtype=np.int32),
         rel_sep=rel_sep,
         sep_dev=np.array(pairs, dtype=np.int32).reshape(len(pairs), 2),
+        prox_off=_offsets(prox_lists),
+        prox_person=np.array([v for x in prox_lists for v in x], dtype=np.int32),
+        person_dev_off=_offsets(person_devs),
+        person_dev=np.array([d for x in person_devs for d in x], dtype=np.int32),
     )
-    keys = RelationKeys(rel=[registry.device_ids[d] for d in related], sep=sep_keys)
+    ids = registry.device_ids
+    persons = [p.person_id for p in registry.protected]
+    keys = RelationKeys(rel=[ids[d] for d in related], sep=sep_keys,
+                        prox=[f"{ids[d]}\x1f{persons[v]}" for d, x in zip(related, prox_lists)
+                              for v in x])
     return arrays, keys
+
+
+def _offsets(lists: list[list[int]]) -> np.ndarray:
+    off = np.zeros(len(lists) + 1, dtype=np.int32)
+    off[1:] = np.cumsum([len(x) for x in lists])
+    return off
 
 
 def new_relation_state(arrays: RelationArrays) -> RelationState:
@@ -92,15 +135,17 @@ def new_relation_state(arrays: RelationArrays) -> RelationState:
         fix=np.full((n_rel, 3), np.nan),
         fix_ts=np.full(n_rel, NONE_MS, dtype=np.int64),
         sep=np.tile(np.array(SEP_FRESH, dtype=np.int64), (len(arrays.sep_dev), 1)),
+        prox_at=np.full(len(arrays.prox_person), NONE_MS, dtype=np.int64),
     )
 
 
 def relation_snapshot(state: RelationState, keys: RelationKeys) -> dict[str, np.ndarray]:
     """The relation part of a checkpoint (``rel_*`` arrays), copied."""
     return {"rel_fix": state.fix.copy(), "rel_fix_ts": state.fix_ts.copy(),
-            "rel_sep": state.sep.copy(),
+            "rel_sep": state.sep.copy(), "rel_prox_at": state.prox_at.copy(),
             "rel_keys": np.array(keys.rel, dtype=np.str_),
-            "rel_sep_keys": np.array(keys.sep, dtype=np.str_)}
+            "rel_sep_keys": np.array(keys.sep, dtype=np.str_),
+            "rel_prox_keys": np.array(keys.prox, dtype=np.str_)}
 
 
 def load_relation_snapshot(source: Any) -> tuple[RelationState, RelationKeys] | None:
@@ -113,9 +158,11 @@ def load_relation_snapshot(source: Any) -> tuple[RelationState, RelationKeys] | 
             if "rel_keys" not in data.files:
                 return None
             state = RelationState(fix=data["rel_fix"].copy(), fix_ts=data["rel_fix_ts"].copy(),
-                                  sep=data["rel_sep"].copy())
+                                  sep=data["rel_sep"].copy(),
+                                  prox_at=data["rel_prox_at"].copy())
             keys = RelationKeys(rel=[str(x) for x in data["rel_keys"]],
-                                sep=[str(x) for x in data["rel_sep_keys"]])
+                                sep=[str(x) for x in data["rel_sep_keys"]],
+                                prox=[str(x) for x in data["rel_prox_keys"]])
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
         return None  # the main loader has already refused a checkpoint it cannot read
     return state, keys
@@ -124,11 +171,13 @@ def load_relation_snapshot(source: Any) -> tuple[RelationState, RelationKeys] | 
 def adopt_relations(old: RelationState, old_keys: RelationKeys, new: RelationState,
                     new_keys: RelationKeys) -> None:
     """Copy ``old`` into ``new`` by key: a device's newest fix by device id, a separation
-    pair's episode and run by (subject, bracelet, phone); a pair whose devices changed
-    starts fresh (its open alarm, if any, stays open in the store for the operator)."""
+    pair's episode and run by (subject, bracelet, phone), a proximity episode by (device,
+    person); a pair whose devices changed starts fresh (its open alarm, if any, stays open
+    in the store for the operator), as does a protection that was lifted."""
     for old_t, new_t, ok, nk in ((old.fix, new.fix, old_keys.rel, new_keys.rel),
                                  (old.fix_ts, new.fix_ts, old_keys.rel, new_keys.rel),
-                                 (old.sep, new.sep, old_keys.sep, new_keys.sep)):
+                                 (old.sep, new.sep, old_keys.sep, new_keys.sep),
+                                 (old.prox_at, new.prox_at, old_keys.prox, new_keys.prox)):
         pos = {k: i for i, k in enumerate(ok)}
         pairs = [(j, pos[k]) for j, k in enumerate(nk) if k in pos]
         if pairs:
@@ -140,6 +189,10 @@ def relation_event_parts(type_name: str, evidence: list[float], row_i: np.ndarra
                          ) -> tuple[tuple[float, float, float, float] | None, dict]:
     """(evidence, extra keys) of a relation event row (engine.relation_kernels)."""
     peer = registry.device_ids[int(row_i[EV_PEER])]
+    if type_name == "proximity":  # never the protected person's position
+        v = int(np.searchsorted(registry_person_dev_owner(registry), int(row_i[EV_PEER]),
+                                side="right")) - 1
+        return tuple(evidence), {"person_id": registry.protected[v].person_id}
     if type_name == "separation":
         return tuple(evidence), {"peer_device_id": peer,
                                  "peer_lat": float(row_f[EF_PEER_LAT]),
@@ -155,4 +208,84 @@ def relation_open_alarms(arrays: RelationArrays, state: RelationState
     for p in np.flatnonzero(state.sep[:, SEP_AT] != NONE_MS).tolist():
         out.append(("separation", int(arrays.sep_dev[p, int(state.sep[p, SEP_SIDE])]),
                     int(state.sep[p, SEP_AT])))
+    for e in np.flatnonzero(state.prox_at != NONE_MS).tolist():
+        r = int(np.searchsorted(arrays.prox_off, e, side="right")) - 1
+        out.append(("proximity", int(arrays.rel_dev[r]), int(state.prox_at[e])))
     return out
+
+
+def registry_person_dev_owner(registry: Any) -> np.ndarray:
+    """The first device index of each protected person (their devices come last, in the
+    order of the ``protected`` list): searchsorted gives a victim device's person."""
+    first = registry.n_subject_devices
+    counts = [len(p.device_ids) for p in registry.protected]
+    return first + np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) \
+        if counts else np.zeros(0, np.int64)
+
+
+def check_contacts(subjects: list, source: str | None) -> None:
+    """Every subject's ``contacts`` names another known subject (RegistryError if not)."""
+    from engine.registry import RegistryError
+
+    known = {s.subject_id for s in subjects}
+    for s in subjects:
+        for other in s.contacts:
+            if other == s.subject_id or other not in known:
+                what = "itself" if other == s.subject_id else f"unknown subject {other!r}"
+                raise RegistryError(f"'contacts' lists {what}", subject_id=s.subject_id,
+                                    source=source)
+
+
+def parse_protected(data: dict, subject_ids: set[str], device_owner: dict[str, str],
+                    source: str | None) -> tuple:
+    """The subjects file's top-level ``protected`` list as :class:`engine.registry.
+    Protected` tuples, checked: ids, region, devices of kind ``victim`` (unique across
+    the whole file), ``protected_from`` naming known subjects."""
+    from engine.registry import ID_RE, Protected, RegistryError
+
+    subjects_only = set(subject_ids)
+    raw = data.get("protected") or []
+    if not isinstance(raw, list):
+        raise RegistryError("'protected' must be a list", source=source)
+    out = []
+    for i, p in enumerate(raw):
+        where = f"protected[{i}]"
+        if not isinstance(p, dict):
+            raise RegistryError(f"{where} is not an object", source=source)
+        for key in ("person_id", "region"):
+            if not isinstance(p.get(key), str) or not ID_RE.fullmatch(p[key]):
+                raise RegistryError(f"{where}.{key} {p.get(key)!r} is not [A-Za-z0-9_-]{{1,64}}",
+                                    source=source)
+        pid = p["person_id"]
+        if pid in subject_ids:
+            raise RegistryError(f"{where}.person_id {pid!r} is also a subject id", source=source)
+        subject_ids.add(pid)
+        devices = p.get("devices")
+        if not isinstance(devices, list) or not devices:
+            raise RegistryError(f"{where}.devices must be a non-empty list", source=source)
+        dev_ids = []
+        for k, dev in enumerate(devices):
+            did = dev.get("device_id") if isinstance(dev, dict) else None
+            if not isinstance(did, str) or not ID_RE.fullmatch(did):
+                raise RegistryError(f"{where}.devices[{k}].device_id {did!r} is not "
+                                    "[A-Za-z0-9_-]{1,64}", source=source)
+            if dev.get("kind", "victim") != "victim":
+                raise RegistryError(f"{where}.devices[{k}]: kind {dev.get('kind')!r}, a "
+                                    "protected person's device is of kind 'victim'",
+                                    source=source)
+            if did in device_owner:
+                raise RegistryError(f"{where}: device {did!r} is also listed by "
+                                    f"{device_owner[did]!r}", source=source)
+            device_owner[did] = pid
+            dev_ids.append(did)
+        frm = p.get("protected_from")
+        if (not isinstance(frm, list) or not frm
+                or not all(isinstance(x, str) for x in frm)):
+            raise RegistryError(f"{where}.protected_from must be a non-empty list of subject "
+                                "ids", source=source)
+        unknown = [x for x in frm if x not in subjects_only]
+        if unknown:
+            raise RegistryError(f"{where}.protected_from: unknown subject {unknown[0]!r}",
+                                source=source)
+        out.append(Protected(pid, p["region"], tuple(dev_ids), tuple(dict.fromkeys(frm))))
+    return tuple(out)

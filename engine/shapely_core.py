@@ -97,7 +97,9 @@ class ShapelyEngine:
         self.zones = zones
         self.registry = registry
         self._shapes = [_ShapelyZone(z) for z in zones.zones]
-        self._offline_ms = [round(r.offline_after_s.for_level(lv) * 1000) for lv in LEVELS]
+        # (+ a protected person's device: never offline, as in Engine)
+        self._offline_ms = [round(r.offline_after_s.for_level(lv) * 1000)
+                            for lv in LEVELS] + [1 << 62]
         self._devices = [_Device() for _ in range(registry.n_devices)]
         self._counts = dict.fromkeys(K.COUNTER_NAMES, 0)
         # separation (docs/rules.md, "Relations"): pair p -> [run, open at, open device]
@@ -345,6 +347,8 @@ class ShapelyEngine:
                           out)
             else:
                 self._status(d, int(ts_ms[i]), rx, float(battery_pct[i]), int(strap[i]), out)
+        if self.registry.protected:  # a protected person's device raises nothing of its own
+            out = [e for e in out if e["device_kind"] != "victim"]
         return out, now
 
     def process_records(self, kind, device_idx, ts_ms, rx_ms, lat, lon, acc_m, coord_sys,

@@ -203,12 +203,17 @@ class Reference:
         self.devices: dict[str, RefDevice] = {}
         # The relation rules (relation_reference.py); a second one notes the fixes that
         # clear_fix keeps, for their ambiguity.
-        self.rel = RelationReference(subjects, **(relations or {}))
-        self._gen_rel = RelationReference(subjects, **(relations or {}))
+        rel_numbers = {"buffer_m": buffer_m, **(relations or {})}
+        self.rel = RelationReference(subjects, **rel_numbers)
+        self._gen_rel = RelationReference(subjects, **rel_numbers)
         self._gen_last_ts: dict[str, int] = {}
         for s in subjects["subjects"]:
             for dev in s["devices"]:
                 self.devices[dev["device_id"]] = RefDevice(dev["device_id"], s)
+        for p in subjects.get("protected", []):  # a victim device raises nothing of its own
+            person = {"subject_id": p["person_id"], "victim": True, "devices": p["devices"]}
+            for dev in p["devices"]:
+                self.devices[dev["device_id"]] = RefDevice(dev["device_id"], person)
 
     def clear_fix(self, device_id: str, ts: int, rx: int, lon: float, lat: float, acc: float,
                   coord_sys: str, tolerance_m: float) -> dict | None:
@@ -267,7 +272,7 @@ class Reference:
     def sweep(self, now: int) -> list[tuple]:
         out = []
         for dev in self.devices.values():
-            if dev.last_rx is None or dev.offline is not None:
+            if dev.last_rx is None or dev.offline is not None or dev.subject.get("victim"):
                 continue
             off = self.offline_ms[dev.subject["level"]]
             if now - dev.last_rx > off:
@@ -429,6 +434,8 @@ class Reference:
                strap: str | None = None) -> list[tuple]:
         dev = self.devices[device_id]
         out = self._received(dev, rx)
+        if dev.subject.get("victim"):
+            return out
         if dev.last_status_ts is not None and ts <= dev.last_status_ts:
             return out  # duplicate or late: an old status says nothing about now
         dev.last_status_ts = ts

@@ -20,13 +20,28 @@ def geodesic_m(lon0: float, lat0: float, lon1: float, lat1: float) -> float:
 
 
 class RelationReference:
-    """Separation: a subject's first bracelet and first phone."""
+    """Separation: a subject's first bracelet and first phone. Proximity: every device of
+    a subject against each protected person protected from that subject."""
 
     def __init__(self, subjects: dict, *, separation_window_s=300.0, separation_m=500.0,
-                 separation_confirm=2):
+                 separation_confirm=2, proximity_m=1000.0, proximity_fresh_s=300.0,
+                 buffer_m=50.0):
         self.window_ms = separation_window_s * 1000
         self.sep_m = separation_m
         self.confirm = separation_confirm
+        self.prox_m = proximity_m
+        self.fresh_ms = proximity_fresh_s * 1000
+        self.buffer_m = buffer_m
+        self.person_devices = {p["person_id"]: [d["device_id"] for d in p["devices"]]
+                               for p in subjects.get("protected", [])}
+        self.person_of = {d: pid for pid, devs in self.person_devices.items() for d in devs}
+        self.watched: dict[str, list[str]] = {}  # subject device -> person ids
+        by_id = {s["subject_id"]: s for s in subjects["subjects"]}
+        for p in subjects.get("protected", []):
+            for sid in dict.fromkeys(p["protected_from"]):
+                for dev in by_id[sid]["devices"]:
+                    self.watched.setdefault(dev["device_id"], []).append(p["person_id"])
+        self.prox_open: dict[tuple[str, str], int] = {}
         self.partner: dict[str, str] = {}
         self.pair_of: dict[str, str] = {}  # device -> subject id
         for s in subjects["subjects"]:
@@ -48,7 +63,36 @@ class RelationReference:
         out: list[tuple] = []
         if device_id in self.partner:
             out += self._separation(device_id, ts, lon, lat, acc)
+        for pid in self.watched.get(device_id, []):
+            out += self._proximity(device_id, pid, ts, lon, lat, acc)
         return out
+
+    def _victim(self, pid: str) -> tuple[int, float, float, float] | None:
+        """The person's newest fix over their devices."""
+        fixes = [self.latest[d] for d in self.person_devices[pid] if d in self.latest]
+        return max(fixes, key=lambda f: f[0]) if fixes else None
+
+    def _proximity(self, dev: str, pid: str, ts: int, lon: float, lat: float, acc: float
+                   ) -> list[tuple]:
+        v = self._victim(pid)
+        if v is None or ts - v[0] > self.fresh_ms:
+            return []  # no fresh fix of the person
+        dist = geodesic_m(lon, lat, v[1], v[2])
+        closest = dist - acc - v[3]  # the accuracies count against the subject
+        key = (dev, pid)
+        if key not in self.prox_open:
+            if closest > self.prox_m:
+                return []
+            self.prox_open[key] = ts
+            kind = "raised"
+        else:
+            if closest <= self.prox_m + self.buffer_m:
+                return []
+            del self.prox_open[key]
+            kind = "cleared"
+        self.evidence.append({"lat": lat, "lon": lon, "distance_m": dist, "acc": acc,
+                              "person_id": pid})
+        return [(kind, "proximity", dev, None, ts, False)]
 
     def _separation(self, dev: str, ts: int, lon: float, lat: float, acc: float) -> list[tuple]:
         peer = self.partner[dev]
@@ -90,6 +134,11 @@ class RelationReference:
         the latest fixes noted so far (scenario generators drop fixes below a tolerance
         and :meth:`fix` the ones they keep, in order)."""
         gaps = [float("inf")]
+        for pid in self.watched.get(device_id, []):
+            v = self._victim(pid)
+            if v is not None and ts - v[0] <= self.fresh_ms:
+                closest = geodesic_m(lon, lat, v[1], v[2]) - acc - v[3]
+                gaps += [abs(closest - self.prox_m), abs(closest - self.prox_m - self.buffer_m)]
         peer = self.partner.get(device_id)
         if peer in self.latest:
             pts, plon, plat, pacc = self.latest[peer]
