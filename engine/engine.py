@@ -262,6 +262,9 @@ class Engine:
             ev = alarm_event(raised != 0, type_name, subject.subject_id, device_ids[d],
                              zone_ids[z] if z >= 0 else None, subject.region, at, episode,
                              late != 0, evidence, extra)
+            if extra and "person_id" in extra:  # one episode per (device, person)
+                ev["alarm_id"] = alarm_id(device_ids[d], type_name, extra["person_id"], episode,
+                                          late != 0)
             ev["device_kind"] = kinds[d]
             if suspends[s] and suspended(subject, type_name, at):
                 ev["suspended"] = True
@@ -302,8 +305,12 @@ class Engine:
         for d in np.flatnonzero(st.ext[:, X_CURFEW_AT] != K.NONE_MS).tolist():
             out.append(self._open(d, K.T_CURFEW, int(st.ext[d, X_CURFEW_ZONE]),
                                   int(st.ext[d, X_CURFEW_AT])))
-        for typ, d, at in relation_open_alarms(self.relations, self.rel_state):
+        for typ, d, at, person in relation_open_alarms(self.relations, self.rel_state,
+                                                       self.registry):
             out.append(self._open(d, ALARM_TYPES.index(typ), -1, at))
+            if person is not None:
+                out[-1]["alarm_id"] = alarm_id(out[-1]["device_id"], typ, person, at, False)
+                out[-1]["person_id"] = person
         slots = np.flatnonzero(st.exclusion_at_ms != K.NONE_MS).tolist()
         if slots:
             owner = np.searchsorted(reg.arrays.device_slot_off, slots, side="right") - 1

@@ -31,6 +31,7 @@ import orjson
 from contract.alarms import DEVICE_KINDS
 from contract.errors import EmfenceError
 from emfence.config import LEVELS
+from engine.protected import Protected, check_contacts, parse_protected, with_persons
 from engine.schedules import Curfew, Suspension, curfew_windows, parse_curfew, parse_suspension
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -103,15 +104,6 @@ class Subject(NamedTuple):
     contacts: tuple[str, ...] = ()  # subject ids of prohibited contacts (either side lists)
 
 
-class Protected(NamedTuple):
-    """A protected person of the subjects file's ``protected`` list (engine.relations)."""
-
-    person_id: str
-    region: str
-    device_ids: tuple[str, ...]  # devices of kind "victim"
-    protected_from: tuple[str, ...]  # subject ids
-
-
 # The level code of a protected person's devices: past LEVELS, so a per-level table needs
 # one more entry for them (Engine gives them no offline deadline).
 VICTIM_LEVEL = len(LEVELS)
@@ -127,15 +119,9 @@ class Registry:
                  protected: tuple[Protected, ...] = ()):
         self.zone_ids = list(zone_ids)
         self.subject_ids = [s.subject_id for s in subjects]
-        # Protected persons come after the subjects, as subjects without zones whose
-        # devices (kind "victim") are indexed after every subject's device; their events
-        # are never emitted (engine.relations).
-        self.protected = tuple(protected)
+        self.protected = tuple(protected)  # after the subjects (engine.protected)
         self.n_subject_devices = sum(len(s.device_ids) for s in subjects)
-        subjects = list(subjects) + [
-            Subject(p.person_id, p.region, "protected", p.device_ids, (), (), (),
-                    ("victim",) * len(p.device_ids)) for p in self.protected]
-        self.subjects = subjects
+        self.subjects = subjects = with_persons(subjects, self.protected, Subject)
         self.device_ids: list[str] = []
         self.device_kinds: list[str] = []
         self._device_index: dict[str, int] = {}
@@ -161,8 +147,7 @@ class Registry:
         leave_off[1:] = np.cumsum([len(s.leaves) for s in subjects])
         leave_zone_off, leave_zone = csr([[zone_index[z] for z in lv[2]] for lv in all_leaves])
         device_subject = np.array(dev_subject, dtype=np.int32)
-        levels = np.array([LEVEL_CODES.get(s.level, VICTIM_LEVEL) for s in subjects],
-                          dtype=np.int8)
+        levels = np.array([LEVEL_CODES.get(s.level, VICTIM_LEVEL) for s in subjects], np.int8)
         flags = np.array([(F_LEAVES if s.leaves else 0) | (F_CURFEWS if s.curfews else 0)
                           | (F_SUSPENSIONS if s.suspensions else 0) for s in subjects],
                          dtype=np.int8)
@@ -439,8 +424,6 @@ def load_registry(subjects: str | Path | dict, zones: Any) -> Registry:
                            _leaves(raw, sid, zone_index, source), kinds,
                            *_schedules(raw, sid, zone_index, source),
                            tuple(_str_list(raw, "contacts", sid, source, required=False))))
-    from engine.relations import check_contacts, parse_protected  # (it imports this module)
-
-    check_contacts(out, source)
-    protected = parse_protected(data, subject_seen, device_owner, source)
+    check_contacts(out, source, RegistryError)
+    protected = parse_protected(data, subject_seen, device_owner, source, RegistryError)
     return Registry(out, list(zones.zone_ids), zone_index, protected)

@@ -201,16 +201,18 @@ def relation_event_parts(type_name: str, evidence: list[float], row_i: np.ndarra
     raise ValueError(f"not a relation type: {type_name}")
 
 
-def relation_open_alarms(arrays: RelationArrays, state: RelationState
-                         ) -> list[tuple[str, int, int]]:
-    """(type, device index, raised at) of every open relation episode."""
-    out = []
+def relation_open_alarms(arrays: RelationArrays, state: RelationState, registry: Any
+                         ) -> list[tuple[str, int, int, str | None]]:
+    """(type, device index, raised at, person id or None) of every open relation episode
+    (a proximity alarm's identity has the person in the place of the zone)."""
+    out: list[tuple[str, int, int, str | None]] = []
     for p in np.flatnonzero(state.sep[:, SEP_AT] != NONE_MS).tolist():
         out.append(("separation", int(arrays.sep_dev[p, int(state.sep[p, SEP_SIDE])]),
-                    int(state.sep[p, SEP_AT])))
+                    int(state.sep[p, SEP_AT]), None))
     for e in np.flatnonzero(state.prox_at != NONE_MS).tolist():
         r = int(np.searchsorted(arrays.prox_off, e, side="right")) - 1
-        out.append(("proximity", int(arrays.rel_dev[r]), int(state.prox_at[e])))
+        person = registry.protected[int(arrays.prox_person[e])].person_id
+        out.append(("proximity", int(arrays.rel_dev[r]), int(state.prox_at[e]), person))
     return out
 
 
@@ -222,70 +224,3 @@ def registry_person_dev_owner(registry: Any) -> np.ndarray:
     return first + np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) \
         if counts else np.zeros(0, np.int64)
 
-
-def check_contacts(subjects: list, source: str | None) -> None:
-    """Every subject's ``contacts`` names another known subject (RegistryError if not)."""
-    from engine.registry import RegistryError
-
-    known = {s.subject_id for s in subjects}
-    for s in subjects:
-        for other in s.contacts:
-            if other == s.subject_id or other not in known:
-                what = "itself" if other == s.subject_id else f"unknown subject {other!r}"
-                raise RegistryError(f"'contacts' lists {what}", subject_id=s.subject_id,
-                                    source=source)
-
-
-def parse_protected(data: dict, subject_ids: set[str], device_owner: dict[str, str],
-                    source: str | None) -> tuple:
-    """The subjects file's top-level ``protected`` list as :class:`engine.registry.
-    Protected` tuples, checked: ids, region, devices of kind ``victim`` (unique across
-    the whole file), ``protected_from`` naming known subjects."""
-    from engine.registry import ID_RE, Protected, RegistryError
-
-    subjects_only = set(subject_ids)
-    raw = data.get("protected") or []
-    if not isinstance(raw, list):
-        raise RegistryError("'protected' must be a list", source=source)
-    out = []
-    for i, p in enumerate(raw):
-        where = f"protected[{i}]"
-        if not isinstance(p, dict):
-            raise RegistryError(f"{where} is not an object", source=source)
-        for key in ("person_id", "region"):
-            if not isinstance(p.get(key), str) or not ID_RE.fullmatch(p[key]):
-                raise RegistryError(f"{where}.{key} {p.get(key)!r} is not [A-Za-z0-9_-]{{1,64}}",
-                                    source=source)
-        pid = p["person_id"]
-        if pid in subject_ids:
-            raise RegistryError(f"{where}.person_id {pid!r} is also a subject id", source=source)
-        subject_ids.add(pid)
-        devices = p.get("devices")
-        if not isinstance(devices, list) or not devices:
-            raise RegistryError(f"{where}.devices must be a non-empty list", source=source)
-        dev_ids = []
-        for k, dev in enumerate(devices):
-            did = dev.get("device_id") if isinstance(dev, dict) else None
-            if not isinstance(did, str) or not ID_RE.fullmatch(did):
-                raise RegistryError(f"{where}.devices[{k}].device_id {did!r} is not "
-                                    "[A-Za-z0-9_-]{1,64}", source=source)
-            if dev.get("kind", "victim") != "victim":
-                raise RegistryError(f"{where}.devices[{k}]: kind {dev.get('kind')!r}, a "
-                                    "protected person's device is of kind 'victim'",
-                                    source=source)
-            if did in device_owner:
-                raise RegistryError(f"{where}: device {did!r} is also listed by "
-                                    f"{device_owner[did]!r}", source=source)
-            device_owner[did] = pid
-            dev_ids.append(did)
-        frm = p.get("protected_from")
-        if (not isinstance(frm, list) or not frm
-                or not all(isinstance(x, str) for x in frm)):
-            raise RegistryError(f"{where}.protected_from must be a non-empty list of subject "
-                                "ids", source=source)
-        unknown = [x for x in frm if x not in subjects_only]
-        if unknown:
-            raise RegistryError(f"{where}.protected_from: unknown subject {unknown[0]!r}",
-                                source=source)
-        out.append(Protected(pid, p["region"], tuple(dev_ids), tuple(dict.fromkeys(frm))))
-    return tuple(out)
