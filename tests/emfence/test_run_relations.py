@@ -96,3 +96,42 @@ def test_separation_live_through_mosquitto_across_a_restart(tmp_path, mosquitto_
         phone.close()
         pub.close()
         engine.close()
+
+
+def test_proximity_live_the_victim_device_on_its_own_account(tmp_path, mosquitto_factory):
+    fleet = _pair_fleet(tmp_path)
+    doc = orjson.loads(fleet.subjects_path.read_bytes())
+    doc["protected"] = [{"person_id": "V-1", "region": REGION_A,
+                         "devices": [{"device_id": "VI-1", "kind": "victim"}],
+                         "protected_from": ["S-1"]}]
+    fleet.subjects_path.write_bytes(orjson.dumps(doc))
+    fleet.devices["VI-1"] = REGION_A
+    broker = mosquitto_factory(passwords=fleet.passwords())
+    engine = EngineProcess(tmp_path, fleet, broker)
+    victim = PahoClient(broker.port, "VI-1", device_password(SECRET, "VI-1"))
+    pub = PahoClient(broker.port, LOADGEN_USER, LOADGEN_PW)
+    t0 = now_ms()
+
+    def send(client, device, ts, where):
+        client.client.publish(f"emfence/v1/{REGION_A}/{device}/fix",
+                              orjson.dumps(fix(ts, where)), qos=1).wait_for_publish()
+
+    try:
+        engine.start().wait_log("connected to")
+        send(victim, "VI-1", t0, fleet.home)
+        time.sleep(0.5)
+        send(pub, "BR-1", t0 + 1000, fleet.offset(fleet.home, 600, 0))
+        [raised] = _until(lambda: _events(engine.store_url, "proximity"), 1)
+        assert (raised["event"], raised["device_id"], raised["person_id"]) == (
+            "raised", "BR-1", "V-1")
+        assert raised["distance_m"] == pytest.approx(600.0, abs=0.5)
+        assert not {"peer_lat", "peer_lon"} & set(raised)  # never the victim's position
+        send(pub, "BR-1", t0 + 2000, fleet.offset(fleet.home, 3000, 0))
+        events = _until(lambda: _events(engine.store_url, "proximity"), 2)
+        assert [(e["event"], e["alarm_id"]) for e in events] == [
+            ("raised", raised["alarm_id"]), ("cleared", raised["alarm_id"])]
+        assert engine.stop() == 0
+    finally:
+        victim.close()
+        pub.close()
+        engine.close()
