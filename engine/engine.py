@@ -69,7 +69,7 @@ def _entry_point(dispatcher: Any, args: tuple) -> Any:
 
 
 # The relation rules' types (their events carry the peer's keys: engine.relations).
-REL_TYPES = frozenset(("separation", "proximity"))
+REL_TYPES = frozenset(("separation", "proximity", "contact"))
 # A protected person's device (level VICTIM_LEVEL) is never offline: its deadline is
 # this far after its last message (~146 000 years; no overflow added to epoch ms).
 NEVER_OFFLINE_MS = 1 << 62
@@ -111,7 +111,8 @@ class Engine:
         self._battery_clear = float(r.battery_clear_pct)
         self._rel_cfg = np.array([r.separation_window_s * 1000, r.separation_m,
                                   r.separation_confirm, r.proximity_m,
-                                  r.proximity_fresh_s * 1000, r.buffer_m], dtype=np.float64)
+                                  r.proximity_fresh_s * 1000, r.buffer_m, r.contact_m,
+                                  r.contact_min_s * 1000], dtype=np.float64)
         assert len(self._rel_cfg) == N_REL_CFG
 
     @staticmethod
@@ -262,9 +263,10 @@ class Engine:
             ev = alarm_event(raised != 0, type_name, subject.subject_id, device_ids[d],
                              zone_ids[z] if z >= 0 else None, subject.region, at, episode,
                              late != 0, evidence, extra)
-            if extra and "person_id" in extra:  # one episode per (device, person)
-                ev["alarm_id"] = alarm_id(device_ids[d], type_name, extra["person_id"], episode,
-                                          late != 0)
+            if extra and ("person_id" in extra or "peer_subject_id" in extra):
+                # one episode per (device, person) or per pair: the other in the zone's place
+                other = extra.get("person_id") or extra["peer_subject_id"]
+                ev["alarm_id"] = alarm_id(device_ids[d], type_name, other, episode, late != 0)
             ev["device_kind"] = kinds[d]
             if suspends[s] and suspended(subject, type_name, at):
                 ev["suspended"] = True
@@ -308,9 +310,9 @@ class Engine:
         for typ, d, at, person in relation_open_alarms(self.relations, self.rel_state,
                                                        self.registry):
             out.append(self._open(d, ALARM_TYPES.index(typ), -1, at))
-            if person is not None:
+            if person is not None:  # (see _to_dicts: the other in the zone's place)
                 out[-1]["alarm_id"] = alarm_id(out[-1]["device_id"], typ, person, at, False)
-                out[-1]["person_id"] = person
+                out[-1]["peer_subject_id" if typ == "contact" else "person_id"] = person
         slots = np.flatnonzero(st.exclusion_at_ms != K.NONE_MS).tolist()
         if slots:
             owner = np.searchsorted(reg.arrays.device_slot_off, slots, side="right") - 1

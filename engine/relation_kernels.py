@@ -22,6 +22,7 @@ from contract.alarms import ALARM_TYPES
 NONE_MS = -(2**63)
 T_SEPARATION = ALARM_TYPES.index("separation")
 T_PROXIMITY = ALARM_TYPES.index("proximity")
+T_CONTACT = ALARM_TYPES.index("contact")
 
 # Event row columns beyond engine.kernels' (they are used by the relation types only).
 EV_PEER = 7
@@ -30,7 +31,12 @@ EF_PEER_LAT, EF_PEER_LON, EF_PEER_ACC = 4, 5, 6
 # The relation rules' numbers (Engine builds this float64 array from [rules]).
 CFG_SEP_WINDOW_MS, CFG_SEP_M, CFG_SEP_CONFIRM = 0, 1, 2
 CFG_PROX_M, CFG_PROX_FRESH_MS, CFG_BUFFER_M = 3, 4, 5
-N_CFG = 6
+CFG_CONTACT_M, CFG_CONTACT_MIN_MS = 6, 7
+N_CFG = 8
+
+# RelationState.contact columns (engine.relations.CONTACT_*): the open episode's raised
+# at, the start of the current run of close pairs, the episode's device.
+CT_AT, CT_SINCE, CT_DEV = 0, 1, 2
 
 # WGS-84 ellipsoid
 _A = 6378137.0
@@ -188,6 +194,82 @@ def _proximity(rr, rs, cfg, r, d, ts, lon, lat, acc, ev_i, ev_f, n):
 
 
 @njit(cache=True, _nrt=False)
+def contact_step(open_at_ms, since_ms, t_ms, dist_m, contact_m, buffer_m, min_ms):
+    """The contact rule for one fix of one subject against the other's fresh fixes:
+    ``(open at, start of the close run, the pair's later ts, nearest distance)`` ->
+    ``(start of the run after, action, raise at)``; action 0 none, 1 raise, 2 clear.
+
+    ==============================  ======================  ============================
+    nearest distance                 run after               action
+    ==============================  ======================  ============================
+    <= contact_m                     kept, or starts at t    raise at start + min, once
+                                                             t - start >= contact_min
+    beyond contact_m + buffer_m      none                    clear, if an episode is open
+    in between                       none (open: kept)       none
+    ==============================  ======================  ============================
+    """
+    if dist_m <= contact_m:
+        if since_ms == NONE_MS:
+            since_ms = t_ms
+        if open_at_ms == NONE_MS and t_ms - since_ms >= min_ms:
+            return since_ms, 1, since_ms + min_ms
+        return since_ms, 0, 0
+    if dist_m > contact_m + buffer_m:
+        return NONE_MS, (2 if open_at_ms != NONE_MS else 0), 0
+    return (since_ms if open_at_ms != NONE_MS else NONE_MS), 0, 0
+
+
+@njit(cache=True, _nrt=False)
+def _nearest_peer(rr, rs, cfg, s, ts, lon, lat):
+    """(distance, slot) of subject ``s``'s nearest device fix within the separation
+    window of ``ts``; (inf, -1) when none is fresh."""
+    best = math.inf
+    best_r = -1
+    for q in range(rr.subj_dev_off[s], rr.subj_dev_off[s + 1]):
+        rq = rr.dev_rel[q]
+        qts = rs.fix_ts[rq]
+        if qts == NONE_MS or abs(ts - qts) > cfg[CFG_SEP_WINDOW_MS]:
+            continue
+        dist = pair_distance_m(lon, lat, rs.fix[rq, 0], rs.fix[rq, 1])
+        if dist < best:
+            best = dist
+            best_r = rq
+    return best, best_r
+
+
+@njit(cache=True, _nrt=False)
+def _contact(rr, rs, cfg, r, d, s, ts, lon, lat, ev_i, ev_f, n):
+    """Device ``d``'s fix (slot ``r``, subject ``s``) against each listed contact."""
+    nan = math.nan
+    for k in range(rr.cont_off[r], rr.cont_off[r + 1]):
+        c = rr.cont_pair[k]
+        first = rr.cont_subj[c, 0]
+        other = rr.cont_subj[c, 1] if first == s else first
+        dist, rq = _nearest_peer(rr, rs, cfg, other, ts, lon, lat)
+        if rq < 0:
+            continue  # no fresh fix of the other: nothing is decided
+        q = rr.rel_dev[rq]
+        t = max(ts, rs.fix_ts[rq])
+        ep = rs.contact[c, CT_AT]
+        since, act, at = contact_step(ep, rs.contact[c, CT_SINCE], t, dist, cfg[CFG_CONTACT_M],
+                                      cfg[CFG_BUFFER_M], cfg[CFG_CONTACT_MIN_MS])
+        rs.contact[c, CT_SINCE] = since
+        if act == 1:
+            on = d if first == s else q  # the alarm is on the first subject (sorted ids)
+            rs.contact[c, CT_AT] = at
+            rs.contact[c, CT_DEV] = on - rr.subj_dev_off[first]
+            n = _put_rel(ev_i, ev_f, n, on, T_CONTACT, 1, at, at, nan, nan, dist, nan,
+                         q if on == d else d, nan, nan, nan)
+        elif act == 2:
+            on = rr.subj_dev_off[first] + rs.contact[c, CT_DEV]
+            rs.contact[c, CT_AT] = NONE_MS
+            peer = q if first == s else d
+            n = _put_rel(ev_i, ev_f, n, on, T_CONTACT, 0, t, ep, nan, nan, dist, nan, peer,
+                         nan, nan, nan)
+    return n
+
+
+@njit(cache=True, _nrt=False)
 def relation_rules(rr, rs, cfg, d, ts, lon, lat, acc, ev_i, ev_f, n):
     """The relation rules for one in-order fix of device ``d`` (which has a relation
     slot): note it as the device's newest fix, then run each relation of the slot.
@@ -202,6 +284,8 @@ def relation_rules(rr, rs, cfg, d, ts, lon, lat, acc, ev_i, ev_f, n):
         n = _separation(rr, rs, cfg, p, d, ts, lon, lat, acc, ev_i, ev_f, n)
     if rr.prox_off[r + 1] > rr.prox_off[r]:
         n = _proximity(rr, rs, cfg, r, d, ts, lon, lat, acc, ev_i, ev_f, n)
+    if rr.cont_off[r + 1] > rr.cont_off[r]:
+        n = _contact(rr, rs, cfg, r, d, rr.rel_subj[r], ts, lon, lat, ev_i, ev_f, n)
     return n
 
 
@@ -209,4 +293,4 @@ def relation_rules(rr, rs, cfg, d, ts, lon, lat, acc, ev_i, ev_f, n):
 def room_needed(rr, d):
     """Event rows one fix of device ``d`` may add through the relation rules."""
     r = rr.dev_rel[d]
-    return 2 + rr.prox_off[r + 1] - rr.prox_off[r]
+    return 2 + rr.prox_off[r + 1] - rr.prox_off[r] + rr.cont_off[r + 1] - rr.cont_off[r]

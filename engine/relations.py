@@ -7,6 +7,8 @@ The relation rules compare one device's fix with another device's latest fix:
 - ``proximity``: each device of a subject against each protected person (the subjects
   file's top-level ``protected`` list) protected from that subject; the person's devices
   (kind ``victim``) have slots too, for their newest fix;
+- ``contact``: two subjects either of which lists the other in ``contacts`` (one pair,
+  the subject with the smaller id first), every device of both;
 
 Nothing here is per device except :attr:`RelationArrays.dev_rel` (int32, 4 bytes): the
 *relation slot* of a device that takes part in any relation, -1 for the others (which
@@ -31,6 +33,7 @@ SEP_AT = 0  # the open episode's raised at (epoch ms), or NONE_MS
 SEP_SIDE = 1  # the side (0 bracelet, 1 phone) whose device the episode was raised on
 SEP_RUN = 2  # consecutive far pairs so far
 SEP_FRESH = (NONE_MS, 0, 0)
+CONTACT_FRESH = (NONE_MS, NONE_MS, 0)  # RelationState.contact: engine.relation_kernels.CT_*
 
 
 class RelationArrays(NamedTuple):
@@ -45,6 +48,11 @@ class RelationArrays(NamedTuple):
     prox_person: np.ndarray  # int32[n_prox]: the protected person of entry e
     person_dev_off: np.ndarray  # int32[n_persons+1]: the person's devices, CSR
     person_dev: np.ndarray  # int32: device indices
+    rel_subj: np.ndarray  # int32[n_rel]: the subject of slot r's device
+    subj_dev_off: np.ndarray  # int32[n_subjects+1]: subject s's devices are [off[s], off[s+1])
+    cont_off: np.ndarray  # int32[n_rel+1]: contact pairs of slot r, CSR
+    cont_pair: np.ndarray  # int32: contact pair indices
+    cont_subj: np.ndarray  # int32[n_contact, 2]: the pair's subjects, smaller id first
 
 
 class RelationState(NamedTuple):
@@ -54,6 +62,8 @@ class RelationState(NamedTuple):
     fix_ts: np.ndarray  # int64[n_rel]: its ts (epoch ms), NONE_MS: no fix yet
     sep: np.ndarray  # int64[n_sep, 3]: SEP_* columns
     prox_at: np.ndarray  # int64[n_prox]: open proximity episode's raised at, or NONE_MS
+    contact: np.ndarray  # int64[n_contact, 3]: open at, start of the close run (NONE_MS),
+    #                      the episode's device as an offset into the first subject's
 
 
 class RelationKeys(NamedTuple):
@@ -62,6 +72,7 @@ class RelationKeys(NamedTuple):
     rel: list[str]  # device id of each slot
     sep: list[str]  # "subject\\x1fbracelet\\x1fphone" of each pair
     prox: list[str]  # "device\\x1fperson" of each proximity entry
+    contact: list[str]  # "subject\\x1fsubject\\x1fthe first's devices" of each pair
 
 
 def _separation_pairs(registry: Any) -> tuple[list[tuple[int, int]], list[str]]:
@@ -91,12 +102,30 @@ def _protection(registry: Any) -> tuple[dict[int, list[int]], list[list[int]]]:
     return watched, person_devs
 
 
+def _contact_pairs(registry: Any) -> list[tuple[int, int]]:
+    """Subject index pairs (smaller subject id first) of the prohibited contacts."""
+    index = {sid: s for s, sid in enumerate(registry.subject_ids)}
+    pairs = set()
+    for s in registry.subjects[:len(registry.subject_ids)]:
+        for other in s.contacts:
+            a, b = sorted((s.subject_id, other))
+            pairs.add((index[a], index[b]))
+    return sorted(pairs, key=lambda p: (registry.subject_ids[p[0]], registry.subject_ids[p[1]]))
+
+
 def relation_arrays(registry: Any) -> tuple[RelationArrays, RelationKeys]:
     """The relations of ``registry`` (an :class:`engine.registry.Registry`)."""
     pairs, sep_keys = _separation_pairs(registry)
     watched, person_devs = _protection(registry)
+    contacts = _contact_pairs(registry)
+    subj_dev_off = _offsets([list(s.device_ids) for s in registry.subjects])
+    cont_of: dict[int, list[int]] = {}
+    for c, pair in enumerate(contacts):
+        for s in pair:
+            for d in range(subj_dev_off[s], subj_dev_off[s + 1]):
+                cont_of.setdefault(d, []).append(c)
     related = sorted({d for pair in pairs for d in pair} | set(watched)
-                     | {d for devs in person_devs for d in devs})
+                     | {d for devs in person_devs for d in devs} | set(cont_of))
     dev_rel = np.full(registry.n_devices, -1, dtype=np.int32)
     dev_rel[related] = np.arange(len(related), dtype=np.int32)
     rel_sep = np.full(len(related), -1, dtype=np.int32)
@@ -113,13 +142,24 @@ def relation_arrays(registry: Any) -> tuple[RelationArrays, RelationKeys]:
         prox_person=np.array([v for x in prox_lists for v in x], dtype=np.int32),
         person_dev_off=_offsets(person_devs),
         person_dev=np.array([d for x in person_devs for d in x], dtype=np.int32),
+        rel_subj=registry.arrays.device_subject[related].astype(np.int32),
+        subj_dev_off=subj_dev_off,
+        cont_off=_offsets([cont_of.get(d, []) for d in related]),
+        cont_pair=np.array([c for d in related for c in cont_of.get(d, [])], dtype=np.int32),
+        cont_subj=np.array(contacts, dtype=np.int32).reshape(len(contacts), 2),
     )
     ids = registry.device_ids
     persons = [p.person_id for p in registry.protected]
     keys = RelationKeys(rel=[ids[d] for d in related], sep=sep_keys,
                         prox=[f"{ids[d]}\x1f{persons[v]}" for d, x in zip(related, prox_lists)
-                              for v in x])
+                              for v in x],
+                        contact=[_contact_key(registry, a, b) for a, b in contacts])
     return arrays, keys
+
+
+def _contact_key(registry: Any, a: int, b: int) -> str:
+    first = registry.subjects[a]
+    return "\x1f".join((first.subject_id, registry.subject_ids[b], ",".join(first.device_ids)))
 
 
 def _offsets(lists: list[list[int]]) -> np.ndarray:
@@ -136,6 +176,7 @@ def new_relation_state(arrays: RelationArrays) -> RelationState:
         fix_ts=np.full(n_rel, NONE_MS, dtype=np.int64),
         sep=np.tile(np.array(SEP_FRESH, dtype=np.int64), (len(arrays.sep_dev), 1)),
         prox_at=np.full(len(arrays.prox_person), NONE_MS, dtype=np.int64),
+        contact=np.tile(np.array(CONTACT_FRESH, dtype=np.int64), (len(arrays.cont_subj), 1)),
     )
 
 
@@ -143,6 +184,8 @@ def relation_snapshot(state: RelationState, keys: RelationKeys) -> dict[str, np.
     """The relation part of a checkpoint (``rel_*`` arrays), copied."""
     return {"rel_fix": state.fix.copy(), "rel_fix_ts": state.fix_ts.copy(),
             "rel_sep": state.sep.copy(), "rel_prox_at": state.prox_at.copy(),
+            "rel_contact": state.contact.copy(),
+            "rel_contact_keys": np.array(keys.contact, dtype=np.str_),
             "rel_keys": np.array(keys.rel, dtype=np.str_),
             "rel_sep_keys": np.array(keys.sep, dtype=np.str_),
             "rel_prox_keys": np.array(keys.prox, dtype=np.str_)}
@@ -159,10 +202,12 @@ def load_relation_snapshot(source: Any) -> tuple[RelationState, RelationKeys] | 
                 return None
             state = RelationState(fix=data["rel_fix"].copy(), fix_ts=data["rel_fix_ts"].copy(),
                                   sep=data["rel_sep"].copy(),
-                                  prox_at=data["rel_prox_at"].copy())
+                                  prox_at=data["rel_prox_at"].copy(),
+                                  contact=data["rel_contact"].copy())
             keys = RelationKeys(rel=[str(x) for x in data["rel_keys"]],
                                 sep=[str(x) for x in data["rel_sep_keys"]],
-                                prox=[str(x) for x in data["rel_prox_keys"]])
+                                prox=[str(x) for x in data["rel_prox_keys"]],
+                                contact=[str(x) for x in data["rel_contact_keys"]])
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
         return None  # the main loader has already refused a checkpoint it cannot read
     return state, keys
@@ -177,7 +222,8 @@ def adopt_relations(old: RelationState, old_keys: RelationKeys, new: RelationSta
     for old_t, new_t, ok, nk in ((old.fix, new.fix, old_keys.rel, new_keys.rel),
                                  (old.fix_ts, new.fix_ts, old_keys.rel, new_keys.rel),
                                  (old.sep, new.sep, old_keys.sep, new_keys.sep),
-                                 (old.prox_at, new.prox_at, old_keys.prox, new_keys.prox)):
+                                 (old.prox_at, new.prox_at, old_keys.prox, new_keys.prox),
+                                 (old.contact, new.contact, old_keys.contact, new_keys.contact)):
         pos = {k: i for i, k in enumerate(ok)}
         pairs = [(j, pos[k]) for j, k in enumerate(nk) if k in pos]
         if pairs:
@@ -193,6 +239,9 @@ def relation_event_parts(type_name: str, evidence: list[float], row_i: np.ndarra
         v = int(np.searchsorted(registry_person_dev_owner(registry), int(row_i[EV_PEER]),
                                 side="right")) - 1
         return tuple(evidence), {"person_id": registry.protected[v].person_id}
+    if type_name == "contact":
+        return None, {"peer_subject_id": registry.subject_of(int(row_i[EV_PEER])),
+                      "peer_device_id": peer, "distance_m": round(float(row_f[2]), 1)}
     if type_name == "separation":
         return tuple(evidence), {"peer_device_id": peer,
                                  "peer_lat": float(row_f[EF_PEER_LAT]),
@@ -203,8 +252,9 @@ def relation_event_parts(type_name: str, evidence: list[float], row_i: np.ndarra
 
 def relation_open_alarms(arrays: RelationArrays, state: RelationState, registry: Any
                          ) -> list[tuple[str, int, int, str | None]]:
-    """(type, device index, raised at, person id or None) of every open relation episode
-    (a proximity alarm's identity has the person in the place of the zone)."""
+    """(type, device index, raised at, the other or None) of every open relation episode
+    (a proximity alarm's identity has the person in the place of the zone, a contact
+    alarm's the other subject)."""
     out: list[tuple[str, int, int, str | None]] = []
     for p in np.flatnonzero(state.sep[:, SEP_AT] != NONE_MS).tolist():
         out.append(("separation", int(arrays.sep_dev[p, int(state.sep[p, SEP_SIDE])]),
@@ -213,6 +263,10 @@ def relation_open_alarms(arrays: RelationArrays, state: RelationState, registry:
         r = int(np.searchsorted(arrays.prox_off, e, side="right")) - 1
         person = registry.protected[int(arrays.prox_person[e])].person_id
         out.append(("proximity", int(arrays.rel_dev[r]), int(state.prox_at[e]), person))
+    for c in np.flatnonzero(state.contact[:, 0] != NONE_MS).tolist():
+        first = int(arrays.cont_subj[c, 0])
+        out.append(("contact", int(arrays.subj_dev_off[first] + state.contact[c, 2]),
+                    int(state.contact[c, 0]), registry.subject_ids[int(arrays.cont_subj[c, 1])]))
     return out
 
 

@@ -25,7 +25,7 @@ class RelationReference:
 
     def __init__(self, subjects: dict, *, separation_window_s=300.0, separation_m=500.0,
                  separation_confirm=2, proximity_m=1000.0, proximity_fresh_s=300.0,
-                 buffer_m=50.0):
+                 buffer_m=50.0, contact_m=200.0, contact_min_s=600.0):
         self.window_ms = separation_window_s * 1000
         self.sep_m = separation_m
         self.confirm = separation_confirm
@@ -42,6 +42,17 @@ class RelationReference:
                 for dev in by_id[sid]["devices"]:
                     self.watched.setdefault(dev["device_id"], []).append(p["person_id"])
         self.prox_open: dict[tuple[str, str], int] = {}
+        # contact: pairs of subject ids (smaller first), either side listing the other
+        self.contact_m = contact_m
+        self.contact_min_ms = contact_min_s * 1000
+        self.subject_of = {d["device_id"]: s["subject_id"] for s in subjects["subjects"]
+                           for d in s["devices"]}
+        self.devices_of = {s["subject_id"]: [d["device_id"] for d in s["devices"]]
+                           for s in subjects["subjects"]}
+        self.pairs = sorted({tuple(sorted((s["subject_id"], o))) for s in subjects["subjects"]
+                             for o in s.get("contacts", [])})
+        self.contact_open: dict[tuple, tuple[int, str]] = {}  # pair -> (at, device)
+        self.contact_since: dict[tuple, int] = {}
         self.partner: dict[str, str] = {}
         self.pair_of: dict[str, str] = {}  # device -> subject id
         for s in subjects["subjects"]:
@@ -65,7 +76,50 @@ class RelationReference:
             out += self._separation(device_id, ts, lon, lat, acc)
         for pid in self.watched.get(device_id, []):
             out += self._proximity(device_id, pid, ts, lon, lat, acc)
+        sid = self.subject_of.get(device_id)
+        for pair in self.pairs:
+            if sid in pair:
+                out += self._contact(pair, device_id, sid, ts, lon, lat)
         return out
+
+    def _nearest(self, other: str, ts: int, lon: float, lat: float):
+        """(distance, device, its ts) of the other subject's nearest fix within the
+        separation window of ts, or None."""
+        near = [(geodesic_m(lon, lat, f[1], f[2]), d, f[0])
+                for d in self.devices_of[other] if (f := self.latest.get(d))
+                and abs(ts - f[0]) <= self.window_ms]
+        return min(near) if near else None
+
+    def _contact(self, pair: tuple, dev: str, sid: str, ts: int, lon: float, lat: float
+                 ) -> list[tuple]:
+        first, second = pair
+        near = self._nearest(second if sid == first else first, ts, lon, lat)
+        if near is None:
+            return []
+        dist, peer, pts = near
+        t = max(ts, pts)
+        if dist <= self.contact_m:
+            since = self.contact_since.setdefault(pair, t)
+            if pair in self.contact_open or t - since < self.contact_min_ms:
+                return []
+            on = dev if sid == first else peer
+            at = since + self.contact_min_ms
+            self.contact_open[pair] = (at, on)
+            return [self._contact_event("raised", on, dev if on == peer else peer, at, dist)]
+        if dist > self.contact_m + self.buffer_m:
+            self.contact_since.pop(pair, None)
+            if pair in self.contact_open:
+                _, on = self.contact_open.pop(pair)
+                return [self._contact_event("cleared", on, peer if sid == first else dev, t,
+                                            dist)]
+        elif pair not in self.contact_open:
+            self.contact_since.pop(pair, None)
+        return []
+
+    def _contact_event(self, kind: str, device: str, peer: str, at: int, dist: float) -> tuple:
+        self.evidence.append({"distance_m": dist, "peer_subject_id": self.subject_of[peer],
+                              "peer_device_id": peer})
+        return (kind, "contact", device, None, at, False)
 
     def _victim(self, pid: str) -> tuple[int, float, float, float] | None:
         """The person's newest fix over their devices."""
@@ -134,6 +188,17 @@ class RelationReference:
         the latest fixes noted so far (scenario generators drop fixes below a tolerance
         and :meth:`fix` the ones they keep, in order)."""
         gaps = [float("inf")]
+        sid = self.subject_of.get(device_id)
+        for pair in self.pairs:
+            if sid in pair:
+                other = pair[1] if sid == pair[0] else pair[0]
+                near = sorted(geodesic_m(lon, lat, f[1], f[2]) for d in self.devices_of[other]
+                              if (f := self.latest.get(d)) and abs(ts - f[0]) <= self.window_ms)
+                if near:
+                    gaps += [abs(near[0] - self.contact_m),
+                             abs(near[0] - self.contact_m - self.buffer_m)]
+                if len(near) > 1:
+                    gaps.append(near[1] - near[0])  # which device is nearest
         for pid in self.watched.get(device_id, []):
             v = self._victim(pid)
             if v is not None and ts - v[0] <= self.fresh_ms:

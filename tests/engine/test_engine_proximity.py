@@ -61,6 +61,7 @@ def test_raised_within_proximity_m_counting_both_accuracies_cleared_beyond_the_b
     e = ev[0]
     assert e["distance_m"] == pytest.approx(1019.0, abs=0.1) and e["person_id"] == "V-1"
     assert (e["lon"], e["lat"], e["acc"]) == (*east(1019), 10.0)  # the subject's fix
+    assert [a["alarm_id"] for a in f.engine.open_alarms()] == [e["alarm_id"]]
     assert f.fix("B-1", T0 + 3000, *east(1069), acc=10.0) == []  # 1049: within the buffer
     ev = f.fix("B-1", T0 + 4000, *east(1071), acc=10.0)  # 1051 > 1000 + 50: cleared
     assert brief(ev) == [("cleared", "proximity", "B-1", None, T0 + 4000, False)]
