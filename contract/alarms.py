@@ -24,6 +24,9 @@ EVIDENCE_TYPES = ("outbound", "exclusion", "leave_overdue", "curfew")
 # the register's devices, the alarm's ``device_kind``); "victim" is a protected person's
 # device (the subjects file's ``protected`` list), never a subject's.
 DEVICE_KINDS = ("bracelet", "phone", "victim")
+# The kinds a subject's own device may be (the register and the subjects file refuse
+# "victim" there).
+SUBJECT_DEVICE_KINDS = ("bracelet", "phone")
 
 
 class AlarmEvent(TypedDict):
