@@ -135,3 +135,43 @@ def test_proximity_live_the_victim_device_on_its_own_account(tmp_path, mosquitto
         victim.close()
         pub.close()
         engine.close()
+
+
+def test_contact_live_two_co_defendants_meeting(tmp_path, mosquitto_factory):
+    fleet = _pair_fleet(tmp_path)
+    doc = orjson.loads(fleet.subjects_path.read_bytes())
+    doc["subjects"].append({"subject_id": "S-0", "region": REGION_A, "level": "strict",
+                            "devices": [{"device_id": "BR-0"}],
+                            "inclusion": [f"county-{REGION_A}"], "contacts": ["S-1"]})
+    fleet.subjects_path.write_bytes(orjson.dumps(doc))
+    fleet.devices["BR-0"] = REGION_A
+    broker = mosquitto_factory(passwords=fleet.passwords())
+    engine = EngineProcess(tmp_path, fleet, broker,
+                           config="[rules]\ncontact_min_s = 120\n")
+    pub = PahoClient(broker.port, LOADGEN_USER, LOADGEN_PW)
+    t0 = now_ms()
+    near = fleet.offset(fleet.home, 80, 0)
+
+    def send(device, ts, where):
+        pub.client.publish(f"emfence/v1/{REGION_A}/{device}/fix",
+                           orjson.dumps(fix(ts, where)), qos=1).wait_for_publish()
+
+    try:
+        engine.start().wait_log("connected to")
+        for k in range(4):  # together from t0 on, a fix each per minute
+            send("BR-1", t0 + k * 60_000, fleet.home)
+            send("BR-0", t0 + k * 60_000 + 1000, near)
+        [raised] = _until(lambda: _events(engine.store_url, "contact"), 1)
+        # on S-0 (the smaller id), at the moment contact_min_s was reached
+        assert (raised["event"], raised["subject_id"], raised["device_id"], raised["at"]) == (
+            "raised", "S-0", "BR-0", t0 + 1000 + 120_000)
+        assert (raised["peer_subject_id"], raised["peer_device_id"]) == ("S-1", "BR-1")
+        send("BR-1", t0 + 240_000, fleet.offset(fleet.home, -2000, 0))
+        events = _until(lambda: _events(engine.store_url, "contact"), 2)
+        assert [(e["event"], e["alarm_id"], e["at"]) for e in events] == [
+            ("raised", raised["alarm_id"], t0 + 121_000),
+            ("cleared", raised["alarm_id"], t0 + 240_000)]
+        assert engine.stop() == 0
+    finally:
+        pub.close()
+        engine.close()
