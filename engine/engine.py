@@ -288,8 +288,11 @@ class Engine:
         return out
 
     def bytes_per_device(self) -> float:
-        """Measured rule state (plus the registry's per-device arrays), bytes per device."""
-        return bytes_per_device(self.state, self.registry.arrays)
+        """Measured rule state (plus the registry's per-device arrays, and the relation
+        rules' arrays and state spread over the devices), bytes per device."""
+        n = max(self.registry.n_devices, 1)
+        rel = sum(a.nbytes for a in (*self.relations, *self.rel_state))
+        return bytes_per_device(self.state, self.registry.arrays) + rel / n
 
     def open_alarms(self) -> list[dict]:
         """The episodes open right now (for a console's start-up view and for tests):

@@ -225,3 +225,26 @@ def test_replay_is_byte_identical_and_restarts_anywhere_change_nothing(tmp_path)
         replay((orjson.dumps(r) for r in records[cut:]), e2, out, config=Config(),
                until_ms=until)
         assert out.getvalue() == whole, cut
+
+
+def test_the_relation_state_keeps_the_engine_within_256_bytes_per_device():
+    """The issue's mix: 20 % of subjects with a bracelet and a phone, a protected person
+    for 5 %, listed contacts for 2 %; relation state only where there are relations."""
+    n = 1000
+    subjects = [subject(f"S-{i}", f"B-{i}", *([f"P-{i}"] if i % 5 == 0 else []),
+                        contacts=[f"S-{i + 1}"] if i % 50 == 0 else [])
+                for i in range(n)]
+    protected = [{"person_id": f"V-{i}", "region": "411302",
+                  "devices": [{"device_id": f"V-{i}a", "kind": "victim"}],
+                  "protected_from": [f"S-{i}"]} for i in range(0, n, 20)]
+    zones = compiled([county_feature("411302")])
+    e = Engine(zones, load_registry({"subjects": subjects, "protected": protected}, zones))
+    # slots: 200 pairs (400 devices), 50 victim devices, and of the 20 contact pairs'
+    # subjects the 20 not already slotted (S-(50k+1) has no phone)
+    assert len(e.relations.rel_dev) == 400 + 50 + 20
+    plain = Engine(zones, load_registry({"subjects": [subject(f"S-{i}", f"B-{i}")
+                                                      for i in range(n)]}, zones))
+    assert e.bytes_per_device() <= 256
+    # what the relations add over a fleet without any: the 4-byte slot index and the
+    # side tables, a few tens of bytes per device on this mix
+    assert e.bytes_per_device() - plain.bytes_per_device() < 40
