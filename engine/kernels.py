@@ -23,7 +23,7 @@ from numba import njit
 from contract.alarms import ALARM_TYPES
 from contract.records import K_FIX
 from engine.registry import F_CURFEWS, F_KERNEL, F_LEAVES
-from engine.relation_kernels import relation_rules, room_needed
+from engine.relation_kernels import other_relations, separation_rule
 from engine.state import (
     X_CURFEW_AT,
     X_CURFEW_END,
@@ -732,7 +732,13 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     grid_inv_cell = za.grid_inv_cell
     grid_cell_offsets = za.grid_cell_offsets
     cell_state = za.cell_state
-    dev_rel = rr.dev_rel
+    dev_rel = rr.dev_rel  # the relation rules (engine.relation_kernels)
+    rel_sep = rr.rel_sep
+    sep_dev = rr.sep_dev
+    rel_more = rr.prox_off[1:] - rr.prox_off[:-1] + rr.cont_off[1:] - rr.cont_off[:-1]
+    rel_fix = rs.fix
+    rel_ts = rs.fix_ts
+    sep_state = rs.sep
     n_dev = last_rx.shape[0]
     nan = np.nan
     for i in range(kind.shape[0]):
@@ -775,11 +781,22 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
                 counters[C_LATE_FIXES] += 1
             else:
                 last_fix[d] = t
-                if dev_rel[d] >= 0:  # the relation rules (engine.relation_kernels)
-                    need = n + room_needed(rr, d)
+                rl = dev_rel[d]
+                if rl >= 0:  # the relation rules (engine.relation_kernels)
+                    need = n + 2 + rel_more[rl]
                     if need > ev_i.shape[0]:
                         ev_i, ev_f = _room(ev_i, ev_f, n, need)
-                    n = relation_rules(rr, rs, rel_cfg, d, t, x, y, acc[i], ev_i, ev_f, n)
+                    rel_fix[rl, 0] = x  # the device's newest fix
+                    rel_fix[rl, 1] = y
+                    rel_fix[rl, 2] = acc[i]
+                    rel_ts[rl] = t
+                    if rel_sep[rl] >= 0:
+                        n = separation_rule(dev_rel, sep_dev, rel_fix, rel_ts, sep_state,
+                                            rel_cfg, rel_sep[rl], d, t, x, y, acc[i], ev_i,
+                                            ev_f, n)
+                    if rel_more[rl] > 0:
+                        n = other_relations(rr, rs, rel_cfg, rl, d, t, x, y, acc[i], ev_i,
+                                            ev_f, n)
             # Settled device (see _fix_rules): nothing can change within the safe radius.
             if (not late and safe_m[d] > 0.0 and t < safe_until[d]
                     and moved_upper_m(near_lon[d], near_lat[d], x, y) < safe_m[d]):

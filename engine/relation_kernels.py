@@ -5,7 +5,11 @@ slot, before that fix's zone rules (and before the settled-device shortcut, whic
 not hide a fix from its relations).
 
 A relation is looked up by index: the device's slot, the slot's pair, the pair's other
-device; never by scanning devices.
+device; never by scanning devices. process_batch notes the device's newest fix and calls
+:func:`separation_rule` with the arrays it took out of the NamedTuples once (a call
+taking the NamedTuples costs a reference count on each of their ~20 arrays: three times
+what the rule itself costs); proximity and contact, for the few devices that have them,
+go through :func:`other_relations`.
 
 Event rows are those of :mod:`engine.kernels` plus the peer columns: ``ev_i[:, EV_PEER]``
 the other device of the relation, ``ev_f[:, EF_PEER_LAT/LON/ACC]`` its fix.
@@ -44,7 +48,7 @@ _E2 = 0.00669437999014
 SEP_RUN_MAX = 1 << 30
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def pair_distance_m(lon0, lat0, lon1, lat1):
     """Metres between two WGS-84 points (degrees): the ellipsoid's radii of curvature at
     the mean latitude, on the local plane. Within a millimetre of the geodesic up to a
@@ -82,7 +86,7 @@ def _put_rel(ev_i, ev_f, n, device, typ, raised, at, episode, lat, lon, dist, ac
     return n + 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def separation_step(open_at_ms, run, dist_m, far_m, near_m, confirm):
     """The separation rule for one pair of fixes: ``(open_at_ms, run, distance, far
     threshold = separation_m + both accuracies, near threshold = separation_m, confirm)``
@@ -106,33 +110,43 @@ def separation_step(open_at_ms, run, dist_m, far_m, near_m, confirm):
     return run, 0
 
 
-@njit(cache=True, _nrt=False)
-def _separation(rr, rs, cfg, p, d, ts, lon, lat, acc, ev_i, ev_f, n):
-    """Device ``d``'s fix against its pair partner's latest fix (pair ``p``)."""
-    side = 0 if rr.sep_dev[p, 0] == d else 1
-    q = rr.sep_dev[p, 1 - side]
-    rq = rr.dev_rel[q]
-    qts = rs.fix_ts[rq]
+@njit(cache=True, _nrt=False, inline="always")
+def separation_rule(dev_rel, sep_dev, fix, fix_ts, sep, cfg, p, d, ts, lon, lat, acc,
+                    ev_i, ev_f, n):
+    """Device ``d``'s fix against its pair partner's latest fix (pair ``p``). Takes the
+    arrays themselves (process_batch took them out of the NamedTuples once): this is
+    the relation every paired device's fix runs."""
+    side = 0 if sep_dev[p, 0] == d else 1
+    q = sep_dev[p, 1 - side]
+    rq = dev_rel[q]
+    qts = fix_ts[rq]
     if qts == NONE_MS or abs(ts - qts) > cfg[CFG_SEP_WINDOW_MS]:
         return n  # no pair
-    qlon = rs.fix[rq, 0]
-    qlat = rs.fix[rq, 1]
-    qacc = rs.fix[rq, 2]
+    qlon = fix[rq, 0]
+    qlat = fix[rq, 1]
+    qacc = fix[rq, 2]
     dist = pair_distance_m(lon, lat, qlon, qlat)
-    ep = rs.sep[p, 0]
-    run, act = separation_step(ep, rs.sep[p, 2], dist, cfg[CFG_SEP_M] + acc + qacc,
+    ep = sep[p, 0]
+    run, act = separation_step(ep, sep[p, 2], dist, cfg[CFG_SEP_M] + acc + qacc,
                                cfg[CFG_SEP_M], cfg[CFG_SEP_CONFIRM])
-    rs.sep[p, 2] = run
+    sep[p, 2] = run
+    if act == 0:
+        return n
+    return _separation_event(sep, p, act, side, d, q, ts, qts, ep, lon, lat, acc, qlon, qlat,
+                             qacc, dist, ev_i, ev_f, n)
+
+
+@njit(cache=True, _nrt=False)
+def _separation_event(sep, p, act, side, d, q, ts, qts, ep, lon, lat, acc, qlon, qlat, qacc,
+                      dist, ev_i, ev_f, n):
     at = max(ts, qts)
     if act == 1:
         ev_side = side if ts >= qts else 1 - side  # the later fix's device
-        rs.sep[p, 0] = at
-        rs.sep[p, 1] = ev_side
-    elif act == 2:
-        ev_side = rs.sep[p, 1]  # the device the episode was raised on (its alarm_id)
-        rs.sep[p, 0] = NONE_MS
+        sep[p, 0] = at
+        sep[p, 1] = ev_side
     else:
-        return n
+        ev_side = sep[p, 1]  # the device the episode was raised on (its alarm_id)
+        sep[p, 0] = NONE_MS
     if ev_side == side:
         return _put_rel(ev_i, ev_f, n, d, T_SEPARATION, 1 if act == 1 else 0, at,
                         at if act == 1 else ep, lat, lon, dist, acc, q, qlat, qlon, qacc)
@@ -270,27 +284,11 @@ def _contact(rr, rs, cfg, r, d, s, ts, lon, lat, ev_i, ev_f, n):
 
 
 @njit(cache=True, _nrt=False)
-def relation_rules(rr, rs, cfg, d, ts, lon, lat, acc, ev_i, ev_f, n):
-    """The relation rules for one in-order fix of device ``d`` (which has a relation
-    slot): note it as the device's newest fix, then run each relation of the slot.
-    The caller made room for :func:`room_needed` events."""
-    r = rr.dev_rel[d]
-    rs.fix[r, 0] = lon
-    rs.fix[r, 1] = lat
-    rs.fix[r, 2] = acc
-    rs.fix_ts[r] = ts
-    p = rr.rel_sep[r]
-    if p >= 0:
-        n = _separation(rr, rs, cfg, p, d, ts, lon, lat, acc, ev_i, ev_f, n)
+def other_relations(rr, rs, cfg, r, d, ts, lon, lat, acc, ev_i, ev_f, n):
+    """Proximity and contact for one in-order fix of device ``d`` (slot ``r``), for the
+    few devices that have them (a plain call: it takes the NamedTuples)."""
     if rr.prox_off[r + 1] > rr.prox_off[r]:
         n = _proximity(rr, rs, cfg, r, d, ts, lon, lat, acc, ev_i, ev_f, n)
     if rr.cont_off[r + 1] > rr.cont_off[r]:
         n = _contact(rr, rs, cfg, r, d, rr.rel_subj[r], ts, lon, lat, ev_i, ev_f, n)
     return n
-
-
-@njit(cache=True, _nrt=False)
-def room_needed(rr, d):
-    """Event rows one fix of device ``d`` may add through the relation rules."""
-    r = rr.dev_rel[d]
-    return 2 + rr.prox_off[r + 1] - rr.prox_off[r] + rr.cont_off[r + 1] - rr.cont_off[r]
