@@ -735,7 +735,7 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     dev_rel = rr.dev_rel  # the relation rules (engine.relation_kernels)
     rel_sep = rr.rel_sep
     sep_dev = rr.sep_dev
-    rel_more = rr.prox_off[1:] - rr.prox_off[:-1] + rr.cont_off[1:] - rr.cont_off[:-1]
+    rel_more = rr.rel_more
     rel_fix = rs.fix
     rel_ts = rs.fix_ts
     sep_state = rs.sep

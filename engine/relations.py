@@ -53,6 +53,7 @@ class RelationArrays(NamedTuple):
     cont_off: np.ndarray  # int32[n_rel+1]: contact pairs of slot r, CSR
     cont_pair: np.ndarray  # int32: contact pair indices
     cont_subj: np.ndarray  # int32[n_contact, 2]: the pair's subjects, smaller id first
+    rel_more: np.ndarray  # int32[n_rel]: slot r's proximity entries + contact pairs
 
 
 class RelationState(NamedTuple):
@@ -147,6 +148,8 @@ def relation_arrays(registry: Any) -> tuple[RelationArrays, RelationKeys]:
         cont_off=_offsets([cont_of.get(d, []) for d in related]),
         cont_pair=np.array([c for d in related for c in cont_of.get(d, [])], dtype=np.int32),
         cont_subj=np.array(contacts, dtype=np.int32).reshape(len(contacts), 2),
+        rel_more=np.array([len(p) + len(cont_of.get(d, [])) for d, p in zip(related, prox_lists)],
+                          dtype=np.int32),
     )
     ids = registry.device_ids
     persons = [p.person_id for p in registry.protected]
