@@ -735,7 +735,8 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     dev_rel = rr.dev_rel  # the relation rules (engine.relation_kernels)
     rel_sep = rr.rel_sep
     sep_dev = rr.sep_dev
-    rel_more = rr.rel_more
+    prox_off = rr.prox_off
+    cont_off = rr.cont_off
     rel_fix = rs.fix
     rel_ts = rs.fix_ts
     sep_state = rs.sep
@@ -783,7 +784,8 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
                 last_fix[d] = t
                 rl = dev_rel[d]
                 if rl >= 0:  # the relation rules (engine.relation_kernels)
-                    need = n + 2 + rel_more[rl]
+                    more = prox_off[rl + 1] - prox_off[rl] + cont_off[rl + 1] - cont_off[rl]
+                    need = n + 2 + more
                     if need > ev_i.shape[0]:
                         ev_i, ev_f = _room(ev_i, ev_f, n, need)
                     rel_fix[rl, 0] = x  # the device's newest fix
@@ -794,9 +796,9 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
                         n = separation_rule(dev_rel, sep_dev, rel_fix, rel_ts, sep_state,
                                             rel_cfg, rel_sep[rl], d, t, x, y, acc[i], ev_i,
                                             ev_f, n)
-                    if rel_more[rl] > 0:
-                        n = other_relations(rr, rs, rel_cfg, rl, d, t, x, y, acc[i], ev_i,
-                                            ev_f, n)
+                    if more > 0:
+                        n = other_relations(rr, rs, rel_cfg, rl, d, subject[d], t, x, y,
+                                            acc[i], ev_i, ev_f, n)
             # Settled device (see _fix_rules): nothing can change within the safe radius.
             if (not late and safe_m[d] > 0.0 and t < safe_until[d]
                     and moved_upper_m(near_lon[d], near_lat[d], x, y) < safe_m[d]):

@@ -284,11 +284,11 @@ def _contact(rr, rs, cfg, r, d, s, ts, lon, lat, ev_i, ev_f, n):
 
 
 @njit(cache=True, _nrt=False)
-def other_relations(rr, rs, cfg, r, d, ts, lon, lat, acc, ev_i, ev_f, n):
-    """Proximity and contact for one in-order fix of device ``d`` (slot ``r``), for the
-    few devices that have them (a plain call: it takes the NamedTuples)."""
+def other_relations(rr, rs, cfg, r, d, s, ts, lon, lat, acc, ev_i, ev_f, n):
+    """Proximity and contact for one in-order fix of device ``d`` (slot ``r``, subject
+    ``s``), for the few devices that have them (a plain call: it takes the NamedTuples)."""
     if rr.prox_off[r + 1] > rr.prox_off[r]:
         n = _proximity(rr, rs, cfg, r, d, ts, lon, lat, acc, ev_i, ev_f, n)
     if rr.cont_off[r + 1] > rr.cont_off[r]:
-        n = _contact(rr, rs, cfg, r, d, rr.rel_subj[r], ts, lon, lat, ev_i, ev_f, n)
+        n = _contact(rr, rs, cfg, r, d, s, ts, lon, lat, ev_i, ev_f, n)
     return n

@@ -48,12 +48,10 @@ class RelationArrays(NamedTuple):
     prox_person: np.ndarray  # int32[n_prox]: the protected person of entry e
     person_dev_off: np.ndarray  # int32[n_persons+1]: the person's devices, CSR
     person_dev: np.ndarray  # int32: device indices
-    rel_subj: np.ndarray  # int32[n_rel]: the subject of slot r's device
     subj_dev_off: np.ndarray  # int32[n_subjects+1]: subject s's devices are [off[s], off[s+1])
     cont_off: np.ndarray  # int32[n_rel+1]: contact pairs of slot r, CSR
     cont_pair: np.ndarray  # int32: contact pair indices
     cont_subj: np.ndarray  # int32[n_contact, 2]: the pair's subjects, smaller id first
-    rel_more: np.ndarray  # int32[n_rel]: slot r's proximity entries + contact pairs
 
 
 class RelationState(NamedTuple):
@@ -143,13 +141,10 @@ def relation_arrays(registry: Any) -> tuple[RelationArrays, RelationKeys]:
         prox_person=np.array([v for x in prox_lists for v in x], dtype=np.int32),
         person_dev_off=_offsets(person_devs),
         person_dev=np.array([d for x in person_devs for d in x], dtype=np.int32),
-        rel_subj=registry.arrays.device_subject[related].astype(np.int32),
         subj_dev_off=subj_dev_off,
         cont_off=_offsets([cont_of.get(d, []) for d in related]),
         cont_pair=np.array([c for d in related for c in cont_of.get(d, [])], dtype=np.int32),
         cont_subj=np.array(contacts, dtype=np.int32).reshape(len(contacts), 2),
-        rel_more=np.array([len(p) + len(cont_of.get(d, [])) for d, p in zip(related, prox_lists)],
-                          dtype=np.int32),
     )
     ids = registry.device_ids
     persons = [p.person_id for p in registry.protected]
