@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from contract.alarms import ALARM_TYPES, DEVICE_KINDS
+from contract.alarms import ALARM_TYPES, SUBJECT_DEVICE_KINDS
 from contract.errors import EmfenceError
 from emfence.config import LEVELS
 from engine.registry import ID_RE, parse_time_ms
@@ -99,8 +99,9 @@ def check_devices(raw: Any, field: str = "devices") -> list[tuple[str, str]]:
 
 
 def check_kind(kind: Any, field: str = "kind") -> str:
-    if kind not in DEVICE_KINDS:
-        raise RegisterError(f"{kind!r} is not one of {', '.join(DEVICE_KINDS)}", field=field)
+    if kind not in SUBJECT_DEVICE_KINDS:
+        raise RegisterError(f"{kind!r} is not one of {', '.join(SUBJECT_DEVICE_KINDS)}",
+                            field=field)
     return kind
 
 

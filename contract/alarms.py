@@ -21,8 +21,12 @@ ENGINE_EVENTS = ("raised", "cleared")
 # Types whose events carry evidence (lat, lon, distance_m, acc).
 EVIDENCE_TYPES = ("outbound", "exclusion", "leave_overdue", "curfew", "approach")
 # The kinds of device a subject wears or carries (the subjects file's ``devices[].kind``,
-# the register's devices, the alarm's ``device_kind``).
-DEVICE_KINDS = ("bracelet", "phone")
+# the register's devices, the alarm's ``device_kind``); "victim" is a protected person's
+# device (the subjects file's ``protected`` list), never a subject's.
+DEVICE_KINDS = ("bracelet", "phone", "victim")
+# The kinds a subject's own device may be (the register and the subjects file refuse
+# "victim" there).
+SUBJECT_DEVICE_KINDS = ("bracelet", "phone")
 
 
 class AlarmEvent(TypedDict):

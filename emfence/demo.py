@@ -40,6 +40,12 @@ import orjson
 
 DEMO_CONFIG = """\
 # emfence demo: offline thresholds shortened so a one-minute run shows offline alarms.
+[rules]
+# Time runs 30 times faster and an injected detour crosses kilometres in seconds, so a
+# bracelet's fix and its phone's even a second apart look separated: pair only fixes
+# taken together (the separation scenarios of issue #14 come with their own numbers).
+separation_window_s = 0.001
+
 [rules.offline_after_s]
 strict = 15
 ordinary = 20

@@ -19,6 +19,16 @@ from engine import kernels as K
 from engine.per_subject import CHECKPOINT_KEY, SUBJECT_TYPES, SubjectEpisodes
 from engine.positions import Positions
 from engine.registry import Registry
+from engine.relation_kernels import N_CFG as N_REL_CFG
+from engine.relations import (
+    adopt_relations,
+    load_relation_snapshot,
+    new_relation_state,
+    relation_arrays,
+    relation_event_parts,
+    relation_open_alarms,
+    relation_snapshot,
+)
 from engine.state import (
     D_NO_FIX_AT,
     D_POWER_OFF_AT,
@@ -87,6 +97,13 @@ def _entry_point(dispatcher: Any, args: tuple) -> Any:
     return dispatcher.compile(tuple(typeof(a) for a in args))
 
 
+# The relation rules' types (their events carry the peer's keys: engine.relations).
+REL_TYPES = frozenset(("separation", "proximity", "contact"))
+# A protected person's device (level VICTIM_LEVEL) is never offline: its deadline is
+# this far after its last message (~146 000 years; no overflow added to epoch ms).
+NEVER_OFFLINE_MS = 1 << 62
+
+
 class Engine:
     """Alarm rules over all registered devices of one process.
 
@@ -101,6 +118,8 @@ class Engine:
         self.registry = registry
         self._check_zones(zones, registry)
         self.state: DeviceState = new_state(registry.n_devices, registry.n_slots)
+        self.relations, self._rel_keys = relation_arrays(registry)
+        self.rel_state = new_relation_state(self.relations)
         self._counters = np.zeros(K.N_COUNTERS, dtype=np.int64)
         self._events = K.new_events(1024)
         self._scratch_n = 1024  # positions nobody asked for are written here
@@ -114,15 +133,22 @@ class Engine:
     def _set_rules(self, config: Config) -> None:
         r = config.rules
         self._offline_after_ms = np.array(
-            [round(r.offline_after_s.for_level(lvl) * 1000) for lvl in LEVELS], dtype=np.int64)
+            [round(r.offline_after_s.for_level(lvl) * 1000) for lvl in LEVELS]
+            + [NEVER_OFFLINE_MS], dtype=np.int64)  # (+ VICTIM_LEVEL: a victim device)
         self._no_fix_after_ms = np.array(
-            [round(r.no_fix_after_s.for_level(lvl) * 1000) for lvl in LEVELS], dtype=np.int64)
+            [round(r.no_fix_after_s.for_level(lvl) * 1000) for lvl in LEVELS]
+            + [NEVER_OFFLINE_MS], dtype=np.int64)  # (a victim device: never no_fix either)
         self._buffer_m = float(r.buffer_m)
         self._confirm = int(r.outbound_confirm_fixes)
         self._battery_low = float(r.battery_low_pct)
         self._battery_clear = float(r.battery_clear_pct)
         self._warn_m = np.array([r.approach_m, r.border_warn_m], dtype=np.float64)
         self._alarm_per = r.alarm_per
+        self._rel_cfg = np.array([r.separation_window_s * 1000, r.separation_m,
+                                  r.separation_confirm, r.proximity_m,
+                                  r.proximity_fresh_s * 1000, r.buffer_m, r.contact_m,
+                                  r.contact_min_s * 1000], dtype=np.float64)
+        assert len(self._rel_cfg) == N_REL_CFG
 
     @staticmethod
     def _check_zones(zones: Any, registry: Registry) -> None:
@@ -191,7 +217,8 @@ class Engine:
             self._cover(batch[2])
         ev_i, ev_f = self._events
         ev_i, ev_f, n, now = self._process_batch(*batch, *self._rule_args, clock, now,
-                                                 ev_i, ev_f, self._counters, wgs_lat, wgs_lon)
+                                                 ev_i, ev_f, self._counters, wgs_lat, wgs_lon,
+                                                 *self._rel_args)
         self._events = (ev_i, ev_f)  # keep grown buffers
         return self._to_dicts(ev_i, ev_f, n), int(now)
 
@@ -228,9 +255,10 @@ class Engine:
                            self._offline_after_ms, self._no_fix_after_ms, self._buffer_m,
                            self._confirm, self._battery_low, self._battery_clear, self._warn_m,
                            apad)
+        self._rel_args = (self.relations, self.rel_state, self._rel_cfg)
         self._process_batch = _entry_point(K.process_batch, (
             *RecordBatch.empty(), *self._rule_args, False, 0, ev_i, ev_f, self._counters,
-            *self._scratch))
+            *self._scratch, *self._rel_args))
         self._sweep = _entry_point(K.sweep, (self.state, 0, ev_i, ev_f, self._counters))
 
     def sweep(self, now_ms: int) -> list[dict]:
@@ -255,17 +283,23 @@ class Engine:
         zone_ids = self.zones.zone_ids
         curfew = K.T_CURFEW
         fold_types = SUBJECT_TYPES if self._alarm_per == "subject" else ()
-        rows = ev_i[:n].tolist()
-        floats = ev_f[:n].tolist()
+        n_subject_devices = reg.n_subject_devices
+        rows = ev_i[:n, :7].tolist()
+        floats = ev_f[:n, :4].tolist()
         subject_idx = reg.arrays.device_subject[ev_i[:n, K.EV_DEVICE]].tolist()
         out: list[dict] = []
         append = out.append
-        for (d, typ, z, raised, at, episode, late), evidence, s in zip(
-                rows, floats, subject_idx, strict=True):
+        for k, ((d, typ, z, raised, at, episode, late), evidence, s) in enumerate(zip(
+                rows, floats, subject_idx, strict=True)):
+            if d >= n_subject_devices:
+                continue  # a protected person's device raises nothing of its own
             subject = subjects[s]
             type_name = ALARM_TYPES[typ]
             extra = None
-            if type_name in DEVICE_EVIDENCE:
+            if type_name in REL_TYPES:  # engine.relations: evidence and the peer's keys
+                evidence, extra = relation_event_parts(type_name, evidence, ev_i[k], ev_f[k],
+                                                       reg)
+            elif type_name in DEVICE_EVIDENCE:
                 extra = device_evidence(type_name, raised != 0, evidence)
                 evidence = None
             elif type_name not in EVIDENCE_TYPES or (typ == curfew
@@ -278,6 +312,10 @@ class Engine:
                 continue
             ev = alarm_event(raised != 0, type_name, subject.subject_id, device_ids[d], zone_id,
                              subject.region, at, episode, late != 0, evidence, extra)
+            if extra and ("person_id" in extra or "peer_subject_id" in extra):
+                # one episode per (device, person) or per pair: the other in the zone's place
+                other = extra.get("person_id") or extra["peer_subject_id"]
+                ev["alarm_id"] = alarm_id(device_ids[d], type_name, other, episode, late != 0)
             ev["device_kind"] = kinds[d]
             if suspends[s] and suspended(subject, type_name, at):
                 ev["suspended"] = True
@@ -316,8 +354,11 @@ class Engine:
         return out
 
     def bytes_per_device(self) -> float:
-        """Measured rule state (plus the registry's per-device arrays), bytes per device."""
-        return bytes_per_device(self.state, self.registry.arrays)
+        """Measured rule state (plus the registry's per-device arrays, and the relation
+        rules' arrays and state spread over the devices), bytes per device."""
+        n = max(self.registry.n_devices, 1)
+        rel = sum(a.nbytes for a in (*self.relations, *self.rel_state))
+        return bytes_per_device(self.state, self.registry.arrays) + rel / n
 
     def open_alarms(self) -> list[dict]:
         """The device episodes open right now (for a console's start-up view and for
@@ -329,8 +370,8 @@ class Engine:
                       (K.T_TAMPER, st.tamper_at_ms), (K.T_LOW_BATTERY, st.battery_at_ms),
                       (K.T_NO_FIX, st.device_ms[:, D_NO_FIX_AT]),
                       (K.T_POWER_OFF, st.device_ms[:, D_POWER_OFF_AT]))
-        for typ, arr in per_device:
-            for d in np.flatnonzero(arr != K.NONE_MS).tolist():
+        for typ, arr in per_device:  # (a protected person's device has none to show)
+            for d in np.flatnonzero(arr[:reg.n_subject_devices] != K.NONE_MS).tolist():
                 z = int(st.outbound_zone[d]) if typ == K.T_OUTBOUND else -1
                 overdue = typ == K.T_OUTBOUND and st.ext[d, X_OUT_TYPE] == 1
                 out.append(self._open(d, K.T_LEAVE_OVERDUE if overdue else typ, z,
@@ -338,6 +379,12 @@ class Engine:
         for d in np.flatnonzero(st.ext[:, X_CURFEW_AT] != K.NONE_MS).tolist():
             out.append(self._open(d, K.T_CURFEW, int(st.ext[d, X_CURFEW_ZONE]),
                                   int(st.ext[d, X_CURFEW_AT])))
+        for typ, d, at, person in relation_open_alarms(self.relations, self.rel_state,
+                                                       self.registry):
+            out.append(self._open(d, ALARM_TYPES.index(typ), -1, at))
+            if person is not None:  # (see _to_dicts: the other in the zone's place)
+                out[-1]["alarm_id"] = alarm_id(out[-1]["device_id"], typ, person, at, False)
+                out[-1]["peer_subject_id" if typ == "contact" else "person_id"] = person
         for d in np.flatnonzero(st.border_at_ms != K.NONE_MS).tolist():
             out.append(self._open(d, K.T_APPROACH, int(st.border_zone[d]),
                                   int(st.border_at_ms[d])))
@@ -389,6 +436,7 @@ class Engine:
                                   list(self.zones.zone_ids))
         arrays = snapshot_arrays(self.state, self._ids, self._counters)
         arrays[CHECKPOINT_KEY] = self._per_subject.to_array()
+        arrays.update(relation_snapshot(self.rel_state, self._rel_keys))
         return arrays
 
     @classmethod
@@ -397,18 +445,20 @@ class Engine:
         """An engine continuing the episodes of the checkpoint at ``path``: open alarms stay
         open (no second raised) and clear with the same alarm_id. State is mapped by device
         id and (device id, exclusion zone id), so the registry may have changed."""
-        return cls._restored(load_checkpoint(path), zones, registry, config)
+        return cls._restored(load_checkpoint(path), zones, registry, config,
+                             load_relation_snapshot(path))
 
     @classmethod
     def restore_bytes(cls, data: bytes, zones: Any, registry: Registry,
                       config: Config | None = None, *, where: str = "checkpoint") -> Engine:
         """:meth:`restore` from a checkpoint's bytes (``engine.state.checkpoint_bytes``, e.g.
         kept in the alarm store); ``where`` names them in a :class:`CheckpointError`."""
-        return cls._restored(load_checkpoint_bytes(data, where), zones, registry, config)
+        return cls._restored(load_checkpoint_bytes(data, where), zones, registry, config,
+                             load_relation_snapshot(data))
 
     @classmethod
-    def _restored(cls, loaded, zones: Any, registry: Registry, config: Config | None
-                  ) -> Engine:
+    def _restored(cls, loaded, zones: Any, registry: Registry, config: Config | None,
+                  relations=None) -> Engine:
         state, device_ids, slot_keys, zone_ids, counters, extras = loaded
         eng = cls(zones, registry, config)
         adopt(state, device_ids, slot_keys, zone_ids, eng.state, registry.device_ids,
@@ -418,6 +468,8 @@ class Engine:
         eng._counters[: len(counters)] = counters[: K.N_COUNTERS]
         recompute_deadlines(eng.state, registry.arrays.device_level, eng._offline_after_ms,
                             eng._no_fix_after_ms)
+        if relations is not None:
+            adopt_relations(*relations, eng.rel_state, eng._rel_keys)
         return eng
 
     def reload(self, zones: Any, registry: Registry, config: Config | None = None
@@ -437,6 +489,10 @@ class Engine:
         recompute_deadlines(fresh, registry.arrays.device_level, self._offline_after_ms,
                             self._no_fix_after_ms)
         self.zones, self.registry, self.state = zones, registry, fresh
+        relations, rel_keys = relation_arrays(registry)
+        rel_state = new_relation_state(relations)
+        adopt_relations(self.rel_state, self._rel_keys, rel_state, rel_keys)
+        self.relations, self._rel_keys, self.rel_state = relations, rel_keys, rel_state
         self._ids = None
         self._bind()
         self._reconcile()

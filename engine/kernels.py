@@ -27,6 +27,7 @@ from numba import njit
 from contract.alarms import ALARM_TYPES
 from contract.records import K_FIX
 from engine.registry import F_CURFEWS, F_KERNEL, F_LEAVES
+from engine.relation_kernels import other_relations, separation_rule
 from engine.state import (
     D_LAST_FIX_RX,
     D_NO_FIX_AT,
@@ -63,10 +64,10 @@ T_APPROACH = ALARM_TYPES.index("approach")
 # Record kinds for process_batch: contract.records.K_FIX (imported above) / K_STATUS.
 
 EV_DEVICE, EV_TYPE, EV_ZONE, EV_RAISED, EV_AT, EV_EPISODE, EV_LATE = 0, 1, 2, 3, 4, 5, 6
-N_EV_I = 7
+N_EV_I = 8  # + engine.relation_kernels.EV_PEER (written by the relation rules only)
 EF_LAT, EF_LON, EF_DISTANCE_M, EF_ACC_M = 0, 1, 2, 3
 EF_AUX = EF_DISTANCE_M  # a device alarm's own number (see the module docstring)
-N_EV_F = 4
+N_EV_F = 7  # + engine.relation_kernels.EF_PEER_LAT/LON/ACC (the relation rules only)
 
 # Counter slots (Engine.counters names them).
 C_FIXES, C_STATUSES, C_DUP_FIXES, C_DUP_STATUSES, C_LATE_FIXES, C_LATE_STATUSES = 0, 1, 2, 3, 4, 5
@@ -948,8 +949,7 @@ def _no_fix_cleared(st, d, r, ev_i, ev_f, n):
 def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,  # noqa: C901
                   power, st, ra, za, offline_after_ms, no_fix_after_ms, buffer_m, confirm,
                   battery_low_pct, battery_clear_pct, warn_m, apad, clock_sweep, now, ev_i, ev_f,
-                  counters,
-                  wgs_lat, wgs_lon):
+                  counters, wgs_lat, wgs_lon, rr, rs, rel_cfg):
     """Run the rules over records in arrival order; returns ``(ev_i, ev_f, n_events, now)``.
 
     Record ``i``: ``kind`` (K_FIX / K_STATUS), ``device`` (dense index; out of range is
@@ -969,6 +969,10 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     With ``clock_sweep`` (replay), ``now`` is a receive clock: it advances to each record's
     ``rx`` and the offline sweep runs whenever it does, before that record is processed,
     exactly as a live sweep between two messages would.
+
+    ``rr``/``rs``/``rel_cfg``: the relation rules' arrays, state and numbers
+    (:mod:`engine.relations`, :mod:`engine.relation_kernels`), run for an in-order fix
+    of a device with a relation slot before its zone rules.
     """
     # The hot path (receive time, duplicates, settled devices) works on arrays taken out
     # of the NamedTuples once: every call that passes a NamedTuple of arrays costs an
@@ -1008,6 +1012,14 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     grid_inv_cell = za.grid_inv_cell
     grid_cell_offsets = za.grid_cell_offsets
     cell_state = za.cell_state
+    dev_rel = rr.dev_rel  # the relation rules (engine.relation_kernels)
+    rel_sep = rr.rel_sep
+    sep_dev = rr.sep_dev
+    prox_off = rr.prox_off
+    cont_off = rr.cont_off
+    rel_fix = rs.fix
+    rel_ts = rs.fix_ts
+    sep_state = rs.sep
     n_dev = last_rx.shape[0]
     for i in range(kind.shape[0]):
         d = device[i]
@@ -1067,6 +1079,23 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
                     nd = r + no_fix_after_ms[level[d]]
                     nf_deadline[d] = nd
                     floor[0] = min(floor[0], nd)
+                rl = dev_rel[d]
+                if rl >= 0:  # the relation rules (engine.relation_kernels)
+                    more = prox_off[rl + 1] - prox_off[rl] + cont_off[rl + 1] - cont_off[rl]
+                    need = n + 2 + more
+                    if need > ev_i.shape[0]:
+                        ev_i, ev_f = _room(ev_i, ev_f, n, need)
+                    rel_fix[rl, 0] = x  # the device's newest fix
+                    rel_fix[rl, 1] = y
+                    rel_fix[rl, 2] = acc[i]
+                    rel_ts[rl] = t
+                    if rel_sep[rl] >= 0:
+                        n = separation_rule(dev_rel, sep_dev, rel_fix, rel_ts, sep_state,
+                                            rel_cfg, rel_sep[rl], d, t, x, y, acc[i], ev_i,
+                                            ev_f, n)
+                    if more > 0:
+                        n = other_relations(rr, rs, rel_cfg, rl, d, subject[d], t, x, y,
+                                            acc[i], ev_i, ev_f, n)
             # Settled device (see _fix_rules): nothing can change within the safe radius.
             if (not late and safe_m[d] > 0.0 and t < safe_until[d]
                     and moved_upper_m(near_lon[d], near_lat[d], x, y) < safe_m[d]):

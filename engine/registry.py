@@ -31,6 +31,7 @@ import orjson
 from contract.alarms import DEVICE_KINDS
 from contract.errors import EmfenceError
 from emfence.config import LEVELS
+from engine.protected import Protected, check_contacts, parse_protected, with_persons
 from engine.schedules import Curfew, Suspension, curfew_windows, parse_curfew, parse_suspension
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -100,6 +101,12 @@ class Subject(NamedTuple):
     device_kinds: tuple[str, ...] = ()  # per device_ids; empty: all bracelets
     curfews: tuple[Curfew, ...] = ()
     suspensions: tuple[Suspension, ...] = ()
+    contacts: tuple[str, ...] = ()  # subject ids of prohibited contacts (either side lists)
+
+
+# The level code of a protected person's devices: past LEVELS, so a per-level table needs
+# one more entry for them (Engine gives them no offline deadline).
+VICTIM_LEVEL = len(LEVELS)
 
 
 class Registry:
@@ -108,10 +115,13 @@ class Registry:
     ``device_ids[d]`` / ``subject_ids[s]`` give ids back; ``arrays`` feeds the kernels.
     """
 
-    def __init__(self, subjects: list[Subject], zone_ids: list[str], zone_index: dict[str, int]):
-        self.subjects = subjects
+    def __init__(self, subjects: list[Subject], zone_ids: list[str], zone_index: dict[str, int],
+                 protected: tuple[Protected, ...] = ()):
         self.zone_ids = list(zone_ids)
         self.subject_ids = [s.subject_id for s in subjects]
+        self.protected = tuple(protected)  # after the subjects (engine.protected)
+        self.n_subject_devices = sum(len(s.device_ids) for s in subjects)
+        self.subjects = subjects = with_persons(subjects, self.protected, Subject)
         self.device_ids: list[str] = []
         self.device_kinds: list[str] = []
         self._device_index: dict[str, int] = {}
@@ -137,7 +147,7 @@ class Registry:
         leave_off[1:] = np.cumsum([len(s.leaves) for s in subjects])
         leave_zone_off, leave_zone = csr([[zone_index[z] for z in lv[2]] for lv in all_leaves])
         device_subject = np.array(dev_subject, dtype=np.int32)
-        levels = np.array([LEVEL_CODES[s.level] for s in subjects], dtype=np.int8)
+        levels = np.array([LEVEL_CODES.get(s.level, VICTIM_LEVEL) for s in subjects], np.int8)
         flags = np.array([(F_LEAVES if s.leaves else 0) | (F_CURFEWS if s.curfews else 0)
                           | (F_SUSPENSIONS if s.suspensions else 0) for s in subjects],
                          dtype=np.int8)
@@ -196,7 +206,8 @@ class Registry:
         return self.subjects[int(self.arrays.device_subject[idx])].region
 
     def device_level(self, idx: int) -> str:
-        return LEVELS[int(self.arrays.device_level[idx])]
+        code = int(self.arrays.device_level[idx])
+        return LEVELS[code] if code < len(LEVELS) else "protected"
 
     def slot_keys(self) -> list[tuple[str, str]]:
         """(device_id, exclusion zone_id) of every exclusion state slot, in slot order."""
@@ -401,11 +412,18 @@ def load_registry(subjects: str | Path | dict, zones: Any) -> Registry:
     for i, raw in enumerate(data["subjects"]):
         sid, region, level = _subject_header(i, raw, subject_seen, source)
         device_ids, kinds = _devices(raw, sid, device_owner, source)
+        if "victim" in kinds:
+            raise RegistryError(f"device {device_ids[kinds.index('victim')]!r}: kind 'victim' is "
+                                "for a protected person's device (the top-level "
+                                "'protected' list)", subject_id=sid, source=source)
         inclusion = _check_zones(_str_list(raw, "inclusion", sid, source, required=False),
                                  "inclusion", sid, zone_index, source)
         exclusion = _check_zones(_str_list(raw, "exclusion", sid, source, required=False),
                                  "exclusion", sid, zone_index, source)
         out.append(Subject(sid, region, level, device_ids, inclusion, exclusion,
                            _leaves(raw, sid, zone_index, source), kinds,
-                           *_schedules(raw, sid, zone_index, source)))
-    return Registry(out, list(zones.zone_ids), zone_index)
+                           *_schedules(raw, sid, zone_index, source),
+                           tuple(_str_list(raw, "contacts", sid, source, required=False))))
+    check_contacts(out, source, RegistryError)
+    protected = parse_protected(data, subject_seen, device_owner, source, RegistryError)
+    return Registry(out, list(zones.zone_ids), zone_index, protected)

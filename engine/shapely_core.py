@@ -6,7 +6,8 @@ frame centred on it (pyproj) for distances in metres, circles measured geodesica
 exists to measure what the numba core buys (``benchmarks/``), and a test holds it
 against ``Engine``. Not meant for production traffic. It has every rule of docs/rules.md
 but the curfew (subjects with curfews get no curfew alarms from it), the approach
-warnings and one alarm per subject (engine.per_subject) included.
+warnings and one alarm per subject (engine.per_subject) included; of the relation rules,
+separation.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from emfence.config import LEVELS, Config
 from engine import kernels as K
 from engine.per_subject import SubjectEpisodes, folds
 from engine.registry import Registry
+from engine.relation_kernels import T_SEPARATION
+from engine.relations import relation_arrays
 from geofence.gcj02 import gcj02_to_wgs84
 
 _GEOD = Geod(ellps="WGS84")
@@ -115,11 +118,19 @@ class ShapelyEngine:
         self.zones = zones
         self.registry = registry
         self._shapes = [_ShapelyZone(z) for z in zones.zones]
-        self._offline_ms = [round(r.offline_after_s.for_level(lv) * 1000) for lv in LEVELS]
-        self._no_fix_ms = [round(r.no_fix_after_s.for_level(lv) * 1000) for lv in LEVELS]
+        # (+ a protected person's device: never offline nor no_fix, as in Engine)
+        self._offline_ms = [round(r.offline_after_s.for_level(lv) * 1000)
+                            for lv in LEVELS] + [1 << 62]
+        self._no_fix_ms = [round(r.no_fix_after_s.for_level(lv) * 1000)
+                           for lv in LEVELS] + [1 << 62]
         self._devices = [_Device() for _ in range(registry.n_devices)]
         self._counts = dict.fromkeys(K.COUNTER_NAMES, 0)
         self._per_subject = SubjectEpisodes()
+        # separation (docs/rules.md, "Relations"): pair p -> [run, open at, open device]
+        self._pairs = relation_arrays(registry)[0].sep_dev.tolist()
+        self._pair_of = {d: p for p, pair in enumerate(self._pairs) for d in pair}
+        self._sep = [[0, None, None] for _ in self._pairs]
+        self._latest: dict[int, tuple[int, float, float, float]] = {}
 
     @property
     def counters(self) -> dict[str, int]:
@@ -141,6 +152,8 @@ class ShapelyEngine:
         reg = self.registry
         out = []
         for d, typ, z, raised, at, episode, late, evidence, extra in rows:
+            if reg.device_kinds[d] == "victim":
+                continue  # a protected person's device raises nothing of its own
             subject = reg.subjects[int(reg.arrays.device_subject[d])]
             zone_id = self.zones.zone_ids[z] if z >= 0 else None
             name = ALARM_TYPES[typ]
@@ -236,6 +249,9 @@ class ShapelyEngine:
         else:
             dev.last_fix_ts = ts
             self._fresh_fix(d, dev, rx, lat, lon, acc, out)
+            self._latest[d] = (ts, lon, lat, acc)
+            if d in self._pair_of:
+                self._separation(d, ts, out)
         s = int(self.registry.arrays.device_subject[d])
         margin = max(self.config.rules.buffer_m, acc)
         self._exclusion(d, dev, s, ts, lat, lon, acc, margin, late, out)
@@ -276,6 +292,40 @@ class ShapelyEngine:
             out.insert(at, self._event(d, K.T_APPROACH, dev.border[1], False, raise_[4],
                                        dev.border[0], False, (lat, lon, raise_[7][2], acc)))
             dev.border = None
+
+    def _separation(self, d: int, ts: int, out: list) -> None:
+        p = self._pair_of[d]
+        q = self._pairs[p][0] + self._pairs[p][1] - d
+        if q not in self._latest or abs(ts - self._latest[q][0]) > self._sep_window_ms():
+            return
+        r = self.config.rules
+        state = self._sep[p]
+        pos = {d: self._latest[d], q: self._latest[q]}
+        dist = _GEOD.inv(pos[d][1], pos[d][2], pos[q][1], pos[q][2])[2]
+        at = max(ts, pos[q][0])
+        if dist <= r.separation_m:
+            state[0] = 0
+            if state[1] is None:
+                return
+            on, episode, raised = state[2], state[1], False
+            state[1] = state[2] = None
+        elif dist > r.separation_m + pos[d][3] + pos[q][3]:
+            state[0] += 1
+            if state[0] < r.separation_confirm or state[1] is not None:
+                return
+            on = d if ts >= pos[q][0] else q
+            state[1], state[2], episode, raised = at, on, at, True
+        else:
+            return
+        peer = q if on == d else d
+        out.append(self._event(on, T_SEPARATION, -1, raised, at, episode, False,
+                               (pos[on][2], pos[on][1], dist, pos[on][3]),
+                               {"peer_device_id": self.registry.device_ids[peer],
+                                "peer_lat": pos[peer][2], "peer_lon": pos[peer][1],
+                                "peer_acc": pos[peer][3]}))
+
+    def _sep_window_ms(self) -> float:
+        return self.config.rules.separation_window_s * 1000
 
     def _exclusion(self, d: int, dev: _Device, s: int, ts: int, lat: float, lon: float,
                    acc: float, margin: float, late: bool, out: list) -> None:

@@ -170,12 +170,17 @@ def devices_of_subjects(data: Any, source: str = "subjects") -> list[tuple[str, 
 
     Reads the subjects file format of ``engine.load_registry`` (a ``subjects`` list, or a
     bare list, of subjects with ``subject_id``, ``region`` and ``devices``; a device is a
-    string id or an object with ``device_id``). Only what the broker needs is checked
+    string id or an object with ``device_id``), and the devices of its ``protected``
+    persons (``person_id`` in place of the subject id). Only what the broker needs is checked
     here: ids are valid topic levels, unique, and not a service account's name.
     """
     subjects = data.get("subjects") if isinstance(data, dict) else data
     if not isinstance(subjects, list):
         raise PasswordsError(f"{source}: expected a list of subjects (or {{\"subjects\": [...]}})")
+    protected = data.get("protected") if isinstance(data, dict) else None
+    if isinstance(protected, list):  # protected persons' devices (kind victim) publish too
+        subjects = subjects + [{**p, "subject_id": p.get("person_id", f"protected[{i}]")}
+                               if isinstance(p, dict) else p for i, p in enumerate(protected)]
     out: list[tuple[str, str, str]] = []
     seen: dict[str, str] = {}
     for i, subj in enumerate(subjects):

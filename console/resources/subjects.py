@@ -27,7 +27,7 @@ from console.register import (
     text,
     time_field,
 )
-from contract.alarms import ALARM_TYPES, DEVICE_KINDS
+from contract.alarms import ALARM_TYPES, SUBJECT_DEVICE_KINDS
 
 SUBJECT_STATES = ("active", "ended")
 # What PATCH may change (devices, leave and curfews have endpoints of their own).
@@ -106,8 +106,9 @@ async def issue_device(request: Request) -> Response:
     only_keys(data, ("device_id", "kind"))
     device_id = text(data, "device_id", required=True, max_chars=64)
     kind = text(data, "kind") or "bracelet"
-    if kind not in DEVICE_KINDS:
-        raise ApiError(400, "bad_field", f"field 'kind' must be one of {', '.join(DEVICE_KINDS)}",
+    if kind not in SUBJECT_DEVICE_KINDS:
+        raise ApiError(400, "bad_field",
+                       f"field 'kind' must be one of {', '.join(SUBJECT_DEVICE_KINDS)}",
                        field="kind")
     device = await change(caller, "issue_device", _subject_id(request), device_id, kind,
                           regions=scope(caller))

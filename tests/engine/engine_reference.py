@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import shapely
 from pyproj import Geod, Transformer
+from relation_reference import RelationReference
 
 GEOD = Geod(ellps="WGS84")
 
@@ -219,7 +220,7 @@ class Reference:
     def __init__(self, zones: dict[str, RefZone], subjects: dict, *, buffer_m=50.0,
                  confirm=2, offline_s=None, battery_low=15.0, battery_clear=20.0,
                  timezone="Asia/Shanghai", no_fix_s=None, approach_m=200.0,
-                 border_warn_m=0.0, alarm_per="subject"):
+                 border_warn_m=0.0, alarm_per="subject", relations: dict | None = None):
         self.zones = zones
         self.approach_m = approach_m
         self.border_warn_m = border_warn_m
@@ -234,19 +235,36 @@ class Reference:
         self.battery_low = battery_low
         self.battery_clear = battery_clear
         self.devices: dict[str, RefDevice] = {}
+        # The relation rules (relation_reference.py); a second one notes the fixes that
+        # clear_fix keeps, for their ambiguity.
+        rel_numbers = {"buffer_m": buffer_m, **(relations or {})}
+        self.rel = RelationReference(subjects, **rel_numbers)
+        self._gen_rel = RelationReference(subjects, **rel_numbers)
+        self._gen_last_ts: dict[str, int] = {}
         for s in subjects["subjects"]:
             for dev in s["devices"]:
                 self.devices[dev["device_id"]] = RefDevice(dev["device_id"], s)
+        for p in subjects.get("protected", []):  # a victim device raises nothing of its own
+            person = {"subject_id": p["person_id"], "victim": True, "devices": p["devices"]}
+            for dev in p["devices"]:
+                self.devices[dev["device_id"]] = RefDevice(dev["device_id"], person)
 
     def clear_fix(self, device_id: str, ts: int, rx: int, lon: float, lat: float, acc: float,
                   coord_sys: str, tolerance_m: float) -> dict | None:
         """A replay record of this fix (given in WGS-84; sent in ``coord_sys``), or None
         when it comes within ``tolerance_m`` of a threshold: two correct implementations
         may then decide it differently, so scenarios leave it out."""
+        in_order = ts > self._gen_last_ts.get(device_id, -(2**63))
+        if in_order and self._gen_rel.ambiguity_m(device_id, ts, lon, lat, acc) < tolerance_m:
+            return None
+        wgs = (lon, lat)
         if coord_sys == "gcj02":
             lon, lat = wgs84_to_gcj02(lon, lat)
         if self.ambiguity_m(device_id, ts, lat, lon, acc, coord_sys) < tolerance_m:
             return None
+        if in_order:
+            self._gen_last_ts[device_id] = ts
+            self._gen_rel.fix(device_id, ts, *wgs, acc)
         return {"device_id": device_id, "ts": ts, "rx": rx, "lat": lat, "lon": lon,
                 "acc": acc, "coord_sys": coord_sys}
 
@@ -296,7 +314,8 @@ class Reference:
         """no_fix of every device (registry order), then offline of every device."""
         out = []
         for dev in self.devices.values():
-            if dev.last_rx is None or dev.offline is not None or dev.no_fix_from is None:
+            if (dev.last_rx is None or dev.offline is not None or dev.no_fix_from is None
+                    or dev.subject.get("victim")):
                 continue
             level = dev.subject["level"]
             # The count runs from its start, or from the newest fix received since.
@@ -312,7 +331,7 @@ class Reference:
                     out.append(Ev(("raised", "no_fix", dev.device_id, None, crossed, False),
                                   {**dev.where(), **self._last_fix_rx(dev)}))
         for dev in self.devices.values():
-            if dev.last_rx is None or dev.offline is not None:
+            if dev.last_rx is None or dev.offline is not None or dev.subject.get("victim"):
                 continue
             off = self.offline_ms[dev.subject["level"]]
             if now - dev.last_rx > off:
@@ -368,8 +387,9 @@ class Reference:
         late = dev.last_fix_ts is not None and ts < dev.last_fix_ts
         if coord_sys == "gcj02":
             lon, lat = gcj02_to_wgs84(lon, lat)
-        if not late:
+        if not late:  # the relation rules come after the device rules (docs/rules.md)
             out += self._fresh_fix(dev, rx, lat, lon, acc)
+            out += self.rel.fix(device_id, ts, lon, lat, acc)
         margin = max(self.buffer_m, acc)
         out += self._exclusion(dev, ts, lat, lon, margin, late)
         if late:
@@ -556,6 +576,8 @@ class Reference:
                strap: str | None = None, power: str | None = None) -> list[tuple]:
         dev = self.devices[device_id]
         out = self._received(dev, rx, ts, power == "off")
+        if dev.subject.get("victim"):
+            return out
         if dev.last_status_ts is not None and ts <= dev.last_status_ts:
             return out  # duplicate or late: an old status says nothing about now
         dev.last_status_ts = ts

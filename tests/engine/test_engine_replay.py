@@ -54,12 +54,12 @@ def fix(dev, ts, lonlat, **kw):
 SCENARIO = [
     fix("B-0001", T0, INSIDE),
     fix("P-0001", T0 + 1000, INSIDE),
-    fix("B-0001", T0 + 60_000, VICTIM),  # exclusion raised
-    fix("B-0001", T0 + 120_000, FAR_OUT),  # clears exclusion; out 1
+    fix("B-0001", T0 + 60_000, VICTIM),  # exclusion raised; B 1 km from P: a far pair
+    fix("B-0001", T0 + 120_000, FAR_OUT),  # clears exclusion; out 1; separation raised
     fix("B-0001", T0 + 180_000, FAR_OUT),  # outbound raised
     {"device_id": "B-0001", "ts": T0 + 190_000, "strap": "open", "battery": 12},
     fix("B-0001", T0 + 170_000, VICTIM),  # late: a late exclusion pair
-    fix("B-0001", T0 + 240_000, INSIDE, rx=T0 + 250_000),  # outbound cleared
+    fix("B-0001", T0 + 240_000, INSIDE, rx=T0 + 250_000),  # outbound, separation cleared
     # P-0001 silent since T0 + 1000: offline when the clock passes T0 + 601000.
     fix("B-0001", T0 + 700_000, INSIDE),
     fix("B-0001", T0 + 700_000, INSIDE),  # duplicate
@@ -74,12 +74,16 @@ def test_scenario_output_in_order(tmp_path, capsys):
            for e in events(paths)]
     assert got == [
         ("raised", "exclusion", "B-0001", "victim-17", T0 + 60_000, False),
+        # the bracelet left the phone behind (second far pair; relation rules come first)
+        ("raised", "separation", "B-0001", None, T0 + 120_000, False),
         ("cleared", "exclusion", "B-0001", "victim-17", T0 + 120_000, False),
         ("raised", "outbound", "B-0001", "330723", T0 + 180_000, False),
         ("raised", "tamper", "B-0001", None, T0 + 190_000, False),
         ("raised", "low_battery", "B-0001", None, T0 + 190_000, False),
         ("raised", "exclusion", "B-0001", "victim-17", T0 + 170_000, True),
         ("cleared", "exclusion", "B-0001", "victim-17", T0 + 170_000, True),
+        # back inside, 239 s after the phone's fix there: together again
+        ("cleared", "separation", "B-0001", None, T0 + 240_000, False),
         ("cleared", "outbound", "B-0001", "330723", T0 + 240_000, False),
         ("raised", "offline", "P-0001", None, T0 + 601_000, False),
         ("cleared", "offline", "P-0001", None, T0 + 800_000, False),
@@ -91,6 +95,7 @@ def test_scenario_output_in_order(tmp_path, capsys):
     assert "11 lines, 11 records (10 fixes, 1 statuses), 1 duplicates, 1 late, 0 rejected" in err
     assert "outbound 1 raised / 1 cleared" in err and "offline 3 raised / 1 cleared" in err
     assert "exclusion 2 raised / 2 cleared" in err and "tamper 1 raised / 0 cleared" in err
+    assert "separation 1 raised / 1 cleared" in err
     assert f"offline evaluated until {T0 + 800_000 + 600_001}" in err
 
 
@@ -104,7 +109,13 @@ def test_output_lines_are_the_contract_json(tmp_path):
                            "devices", "device_kind"]  # devices: one alarm per subject
     assert first["region"] == "330723" and first["subject_id"] == "S-0001"
     assert first["device_kind"] == "bracelet"
-    assert json.loads(raw[1])["alarm_id"] == first["alarm_id"]
+    assert json.loads(raw[2])["alarm_id"] == first["alarm_id"]  # (raw[1]: separation)
+    sep = json.loads(raw[1])
+    assert list(sep) == ["event", "alarm_id", "type", "subject_id", "device_id", "zone_id",
+                         "region", "at", "late", "lat", "lon", "distance_m", "acc",
+                         "peer_device_id", "peer_lat", "peer_lon", "peer_acc", "device_kind"]
+    assert (sep["type"], sep["device_id"], sep["peer_device_id"]) == (
+        "separation", "B-0001", "P-0001")
 
 
 def test_deterministic_byte_for_byte(tmp_path, capsys):
@@ -114,7 +125,7 @@ def test_deterministic_byte_for_byte(tmp_path, capsys):
     assert run(paths, "--until", str(T0 + 10**7)) == 0
     assert paths["out"].read_bytes() == first_out
     assert capsys.readouterr().err == first_err
-    assert len(first_out.splitlines()) == 12
+    assert len(first_out.splitlines()) == 14
 
 
 HOSTILE = [
@@ -234,7 +245,7 @@ def test_emfence_replay_command_writes_stdout(tmp_path):
         capture_output=True, cwd=ROOT, check=False)
     assert proc.returncode == 0, proc.stderr.decode()
     assert [orjson.loads(x)["type"] for x in proc.stdout.splitlines()] == [
-        "exclusion", "exclusion", "outbound"]
+        "exclusion", "separation", "exclusion", "outbound"]
     assert b"5 records" in proc.stderr
 
 

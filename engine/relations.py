@@ -1,0 +1,278 @@
+"""The relation rules' data (docs/rules.md, "Relations"): which devices are related to
+which, the state of each relation, and its part of a checkpoint.
+
+The relation rules compare one device's fix with another device's latest fix:
+
+- ``separation``: a subject's bracelet and phone (the first device of each kind listed);
+- ``proximity``: each device of a subject against each protected person (the subjects
+  file's top-level ``protected`` list) protected from that subject; the person's devices
+  (kind ``victim``) have slots too, for their newest fix;
+- ``contact``: two subjects either of which lists the other in ``contacts`` (one pair,
+  the subject with the smaller id first), every device of both;
+
+Nothing here is per device except :attr:`RelationArrays.dev_rel` (int32, 4 bytes): the
+*relation slot* of a device that takes part in any relation, -1 for the others (which
+the kernels then never look at again). Everything else lives in side tables sized by the
+relations: per slot the newest in-order fix (lon, lat, acc_m, ts_ms), per separation
+pair its episode. The kernels are :mod:`engine.relation_kernels`.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from engine.relation_kernels import EF_PEER_ACC, EF_PEER_LAT, EF_PEER_LON, EV_PEER
+from engine.state import NONE_MS
+
+# RelationState.sep columns
+SEP_AT = 0  # the open episode's raised at (epoch ms), or NONE_MS
+SEP_SIDE = 1  # the side (0 bracelet, 1 phone) whose device the episode was raised on
+SEP_RUN = 2  # consecutive far pairs so far
+SEP_FRESH = (NONE_MS, 0, 0)
+CONTACT_FRESH = (NONE_MS, NONE_MS, 0)  # RelationState.contact: engine.relation_kernels.CT_*
+
+
+class RelationArrays(NamedTuple):
+    """Read-only relation arrays for the kernels (``d`` device index, ``r`` relation
+    slot, ``p`` separation pair, ``e`` proximity entry, ``v`` protected person)."""
+
+    dev_rel: np.ndarray  # int32[n_devices]: relation slot of device d, -1: none
+    rel_dev: np.ndarray  # int32[n_rel]: the device of slot r
+    rel_sep: np.ndarray  # int32[n_rel]: the separation pair of slot r, -1: none
+    sep_dev: np.ndarray  # int32[n_sep, 2]: (bracelet, phone) device indices of pair p
+    prox_off: np.ndarray  # int32[n_rel+1]: proximity entries of slot r, CSR
+    prox_person: np.ndarray  # int32[n_prox]: the protected person of entry e
+    person_dev_off: np.ndarray  # int32[n_persons+1]: the person's devices, CSR
+    person_dev: np.ndarray  # int32: device indices
+    subj_dev_off: np.ndarray  # int32[n_subjects+1]: subject s's devices are [off[s], off[s+1])
+    cont_off: np.ndarray  # int32[n_rel+1]: contact pairs of slot r, CSR
+    cont_pair: np.ndarray  # int32: contact pair indices
+    cont_subj: np.ndarray  # int32[n_contact, 2]: the pair's subjects, smaller id first
+
+
+class RelationState(NamedTuple):
+    """Mutable relation state (the kernels update it in place)."""
+
+    fix: np.ndarray  # float64[n_rel, 3]: lon, lat (WGS-84 degrees), acc_m of the newest fix
+    fix_ts: np.ndarray  # int64[n_rel]: its ts (epoch ms), NONE_MS: no fix yet
+    sep: np.ndarray  # int64[n_sep, 3]: SEP_* columns
+    prox_at: np.ndarray  # int64[n_prox]: open proximity episode's raised at, or NONE_MS
+    contact: np.ndarray  # int64[n_contact, 3]: open at, start of the close run (NONE_MS),
+    #                      the episode's device as an offset into the first subject's
+
+
+class RelationKeys(NamedTuple):
+    """What identifies each slot and pair across registries (for checkpoints)."""
+
+    rel: list[str]  # device id of each slot
+    sep: list[str]  # "subject\\x1fbracelet\\x1fphone" of each pair
+    prox: list[str]  # "device\\x1fperson" of each proximity entry
+    contact: list[str]  # "subject\\x1fsubject\\x1fthe first's devices" of each pair
+
+
+def _separation_pairs(registry: Any) -> tuple[list[tuple[int, int]], list[str]]:
+    index = registry.device_index
+    pairs: list[tuple[int, int]] = []
+    keys: list[str] = []
+    for s in registry.subjects:
+        kinds = list(s.device_kinds) or ["bracelet"] * len(s.device_ids)
+        if "bracelet" in kinds and "phone" in kinds:
+            b = s.device_ids[kinds.index("bracelet")]
+            p = s.device_ids[kinds.index("phone")]
+            pairs.append((index(b), index(p)))
+            keys.append(f"{s.subject_id}\x1f{b}\x1f{p}")
+    return pairs, keys
+
+
+def _protection(registry: Any) -> tuple[dict[int, list[int]], list[list[int]]]:
+    """({subject device index: [person index, ...]}, [[person's device index, ...]])."""
+    index = registry.device_index
+    person_devs = [[index(d) for d in p.device_ids] for p in registry.protected]
+    subject_of = {sid: s for s, sid in enumerate(registry.subject_ids)}
+    watched: dict[int, list[int]] = {}
+    for v, p in enumerate(registry.protected):
+        for sid in p.protected_from:
+            for dev in registry.subjects[subject_of[sid]].device_ids:
+                watched.setdefault(index(dev), []).append(v)
+    return watched, person_devs
+
+
+def _contact_pairs(registry: Any) -> list[tuple[int, int]]:
+    """Subject index pairs (smaller subject id first) of the prohibited contacts."""
+    index = {sid: s for s, sid in enumerate(registry.subject_ids)}
+    pairs = set()
+    for s in registry.subjects[:len(registry.subject_ids)]:
+        for other in s.contacts:
+            a, b = sorted((s.subject_id, other))
+            pairs.add((index[a], index[b]))
+    return sorted(pairs, key=lambda p: (registry.subject_ids[p[0]], registry.subject_ids[p[1]]))
+
+
+def relation_arrays(registry: Any) -> tuple[RelationArrays, RelationKeys]:
+    """The relations of ``registry`` (an :class:`engine.registry.Registry`)."""
+    pairs, sep_keys = _separation_pairs(registry)
+    watched, person_devs = _protection(registry)
+    contacts = _contact_pairs(registry)
+    subj_dev_off = _offsets([list(s.device_ids) for s in registry.subjects])
+    cont_of: dict[int, list[int]] = {}
+    for c, pair in enumerate(contacts):
+        for s in pair:
+            for d in range(subj_dev_off[s], subj_dev_off[s + 1]):
+                cont_of.setdefault(d, []).append(c)
+    related = sorted({d for pair in pairs for d in pair} | set(watched)
+                     | {d for devs in person_devs for d in devs} | set(cont_of))
+    dev_rel = np.full(registry.n_devices, -1, dtype=np.int32)
+    dev_rel[related] = np.arange(len(related), dtype=np.int32)
+    rel_sep = np.full(len(related), -1, dtype=np.int32)
+    for k, (b, p) in enumerate(pairs):
+        rel_sep[dev_rel[b]] = k
+        rel_sep[dev_rel[p]] = k
+    prox_lists = [watched.get(d, []) for d in related]
+    arrays = RelationArrays(
+        dev_rel=dev_rel,
+        rel_dev=np.array(related, dtype=np.int32),
+        rel_sep=rel_sep,
+        sep_dev=np.array(pairs, dtype=np.int32).reshape(len(pairs), 2),
+        prox_off=_offsets(prox_lists),
+        prox_person=np.array([v for x in prox_lists for v in x], dtype=np.int32),
+        person_dev_off=_offsets(person_devs),
+        person_dev=np.array([d for x in person_devs for d in x], dtype=np.int32),
+        subj_dev_off=subj_dev_off,
+        cont_off=_offsets([cont_of.get(d, []) for d in related]),
+        cont_pair=np.array([c for d in related for c in cont_of.get(d, [])], dtype=np.int32),
+        cont_subj=np.array(contacts, dtype=np.int32).reshape(len(contacts), 2),
+    )
+    ids = registry.device_ids
+    persons = [p.person_id for p in registry.protected]
+    keys = RelationKeys(rel=[ids[d] for d in related], sep=sep_keys,
+                        prox=[f"{ids[d]}\x1f{persons[v]}" for d, x in zip(related, prox_lists)
+                              for v in x],
+                        contact=[_contact_key(registry, a, b) for a, b in contacts])
+    return arrays, keys
+
+
+def _contact_key(registry: Any, a: int, b: int) -> str:
+    first = registry.subjects[a]
+    return "\x1f".join((first.subject_id, registry.subject_ids[b], ",".join(first.device_ids)))
+
+
+def _offsets(lists: list[list[int]]) -> np.ndarray:
+    off = np.zeros(len(lists) + 1, dtype=np.int32)
+    off[1:] = np.cumsum([len(x) for x in lists])
+    return off
+
+
+def new_relation_state(arrays: RelationArrays) -> RelationState:
+    """Fresh state: no fix seen, no episode open."""
+    n_rel = len(arrays.rel_dev)
+    return RelationState(
+        fix=np.full((n_rel, 3), np.nan),
+        fix_ts=np.full(n_rel, NONE_MS, dtype=np.int64),
+        sep=np.tile(np.array(SEP_FRESH, dtype=np.int64), (len(arrays.sep_dev), 1)),
+        prox_at=np.full(len(arrays.prox_person), NONE_MS, dtype=np.int64),
+        contact=np.tile(np.array(CONTACT_FRESH, dtype=np.int64), (len(arrays.cont_subj), 1)),
+    )
+
+
+def relation_snapshot(state: RelationState, keys: RelationKeys) -> dict[str, np.ndarray]:
+    """The relation part of a checkpoint (``rel_*`` arrays), copied."""
+    return {"rel_fix": state.fix.copy(), "rel_fix_ts": state.fix_ts.copy(),
+            "rel_sep": state.sep.copy(), "rel_prox_at": state.prox_at.copy(),
+            "rel_contact": state.contact.copy(),
+            "rel_contact_keys": np.array(keys.contact, dtype=np.str_),
+            "rel_keys": np.array(keys.rel, dtype=np.str_),
+            "rel_sep_keys": np.array(keys.sep, dtype=np.str_),
+            "rel_prox_keys": np.array(keys.prox, dtype=np.str_)}
+
+
+def load_relation_snapshot(source: Any) -> tuple[RelationState, RelationKeys] | None:
+    """The relation part of a checkpoint (a path or the bytes of one), or None when it
+    has none (written before the relation rules: they start fresh)."""
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    try:
+        with np.load(source, allow_pickle=False) as data:
+            if "rel_keys" not in data.files:
+                return None
+            state = RelationState(fix=data["rel_fix"].copy(), fix_ts=data["rel_fix_ts"].copy(),
+                                  sep=data["rel_sep"].copy(),
+                                  prox_at=data["rel_prox_at"].copy(),
+                                  contact=data["rel_contact"].copy())
+            keys = RelationKeys(rel=[str(x) for x in data["rel_keys"]],
+                                sep=[str(x) for x in data["rel_sep_keys"]],
+                                prox=[str(x) for x in data["rel_prox_keys"]],
+                                contact=[str(x) for x in data["rel_contact_keys"]])
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return None  # the main loader has already refused a checkpoint it cannot read
+    return state, keys
+
+
+def adopt_relations(old: RelationState, old_keys: RelationKeys, new: RelationState,
+                    new_keys: RelationKeys) -> None:
+    """Copy ``old`` into ``new`` by key: a device's newest fix by device id, a separation
+    pair's episode and run by (subject, bracelet, phone), a proximity episode by (device,
+    person); a pair whose devices changed starts fresh (its open alarm, if any, stays open
+    in the store for the operator), as does a protection that was lifted."""
+    for old_t, new_t, ok, nk in ((old.fix, new.fix, old_keys.rel, new_keys.rel),
+                                 (old.fix_ts, new.fix_ts, old_keys.rel, new_keys.rel),
+                                 (old.sep, new.sep, old_keys.sep, new_keys.sep),
+                                 (old.prox_at, new.prox_at, old_keys.prox, new_keys.prox),
+                                 (old.contact, new.contact, old_keys.contact, new_keys.contact)):
+        pos = {k: i for i, k in enumerate(ok)}
+        pairs = [(j, pos[k]) for j, k in enumerate(nk) if k in pos]
+        if pairs:
+            new_t[[j for j, _ in pairs]] = old_t[[i for _, i in pairs]]
+
+
+def relation_event_parts(type_name: str, evidence: list[float], row_i: np.ndarray,
+                         row_f: np.ndarray, registry: Any
+                         ) -> tuple[tuple[float, float, float, float] | None, dict]:
+    """(evidence, extra keys) of a relation event row (engine.relation_kernels)."""
+    peer = registry.device_ids[int(row_i[EV_PEER])]
+    if type_name == "proximity":  # never the protected person's position
+        v = int(np.searchsorted(registry_person_dev_owner(registry), int(row_i[EV_PEER]),
+                                side="right")) - 1
+        return tuple(evidence), {"person_id": registry.protected[v].person_id}
+    if type_name == "contact":
+        return None, {"peer_subject_id": registry.subject_of(int(row_i[EV_PEER])),
+                      "peer_device_id": peer, "distance_m": round(float(row_f[2]), 1)}
+    if type_name == "separation":
+        return tuple(evidence), {"peer_device_id": peer,
+                                 "peer_lat": float(row_f[EF_PEER_LAT]),
+                                 "peer_lon": float(row_f[EF_PEER_LON]),
+                                 "peer_acc": float(row_f[EF_PEER_ACC])}
+    raise ValueError(f"not a relation type: {type_name}")
+
+
+def relation_open_alarms(arrays: RelationArrays, state: RelationState, registry: Any
+                         ) -> list[tuple[str, int, int, str | None]]:
+    """(type, device index, raised at, the other or None) of every open relation episode
+    (a proximity alarm's identity has the person in the place of the zone, a contact
+    alarm's the other subject)."""
+    out: list[tuple[str, int, int, str | None]] = []
+    for p in np.flatnonzero(state.sep[:, SEP_AT] != NONE_MS).tolist():
+        out.append(("separation", int(arrays.sep_dev[p, int(state.sep[p, SEP_SIDE])]),
+                    int(state.sep[p, SEP_AT]), None))
+    for e in np.flatnonzero(state.prox_at != NONE_MS).tolist():
+        r = int(np.searchsorted(arrays.prox_off, e, side="right")) - 1
+        person = registry.protected[int(arrays.prox_person[e])].person_id
+        out.append(("proximity", int(arrays.rel_dev[r]), int(state.prox_at[e]), person))
+    for c in np.flatnonzero(state.contact[:, 0] != NONE_MS).tolist():
+        first = int(arrays.cont_subj[c, 0])
+        out.append(("contact", int(arrays.subj_dev_off[first] + state.contact[c, 2]),
+                    int(state.contact[c, 0]), registry.subject_ids[int(arrays.cont_subj[c, 1])]))
+    return out
+
+
+def registry_person_dev_owner(registry: Any) -> np.ndarray:
+    """The first device index of each protected person (their devices come last, in the
+    order of the ``protected`` list): searchsorted gives a victim device's person."""
+    first = registry.n_subject_devices
+    counts = [len(p.device_ids) for p in registry.protected]
+    return first + np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) \
+        if counts else np.zeros(0, np.int64)
+
