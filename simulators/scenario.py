@@ -28,7 +28,14 @@ from simulators.events import (
     EventInjector,
     TruthEvent,
 )
-from simulators.movement import COORD_GCJ02, SOURCES, SRC_NONE, Fleet, MovementModel
+from simulators.movement import (
+    COORD_GCJ02,
+    PHONE_KINDS,
+    SOURCES,
+    SRC_NONE,
+    Fleet,
+    MovementModel,
+)
 
 SCENARIOS = ("normal", "excursions", "mixed", "load")
 SCENARIO_EVENTS = {
@@ -221,7 +228,7 @@ class Simulation:
         battery = float(self.battery0[d] - 2.0 * hours)
         status = {"ts": ts, "battery": int(max(battery, 40.0)), "strap": "ok",
                   "charging": battery < 40.0}
-        if self.fleet.device_kind[d] == "phone":
+        if self.fleet.device_kind[d] in PHONE_KINDS:
             del status["strap"]
         if sc is not None:
             for a, b, fields in sc.status_override:
