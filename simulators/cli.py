@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--rate", type=float, default=100.0,
                    help="messages per second, whole fleet (default 100)")
     r.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
-    r.add_argument("--scenario", default="normal", help="normal | excursions | mixed | load")
+    r.add_argument("--scenario", default="normal",
+                   help="normal | excursions | mixed | load | rules (issue #14's rules)")
     r.add_argument("--truth", help="write the ground truth (JSON lines) here")
     r.add_argument("--config", help="the engine's config TOML (offline thresholds, buffer)")
     r.add_argument("--time-scale", type=float, default=1.0,
@@ -157,7 +158,7 @@ def load_simulation(zones_path, subjects_path, *, rate, duration_s, scenario, se
     if shard is not None:
         i, k = shard
         subjects = {**subjects, "subjects": subjects["subjects"][i::k]}
-    fleet = Fleet.build(subjects, zones)
+    fleet = Fleet.build(subjects, zones, protected=scenario == "rules")
     start = start_ms if start_ms is not None else int(time.time() * 1000) + 2000
     return Simulation(fleet, rate=rate, duration_s=duration_s, start_ms=start, config=config,
                       scenario=scenario, seed=seed, time_scale=time_scale,

@@ -21,6 +21,13 @@ alarm at most one event (earliest first). Then:
 - **not_cleared**: matched alarms with no ``cleared`` event by the end of the record.
 
 Truth events that end after the run ended (an interrupted run) are not scored.
+
+Issue #14: the subject-level types (``separation``, ``proximity``, ``contact``) match by
+subject instead of device (and by ``person_id`` / ``peer_subject_id`` when the truth names
+them); an alarm listing ``devices`` (one alarm per subject) can match one event of each
+device it lists; an event's ``detail.allow`` names types that may also be raised for it
+inside its window without being false; warnings (``contract.alarms.WARNING_TYPES``:
+``approach``) are scored on their own (``warnings``), not in the alarm counts.
 """
 
 from __future__ import annotations
@@ -35,10 +42,14 @@ from typing import Any
 import numpy as np
 import orjson
 
+from contract.alarms import WARNING_TYPES
 from contract.errors import EmfenceError
 
 DEFAULT_SLACK_MS = 2000
 DEFAULT_LATE_MS = 1000
+# Alarms raised on the subject (matched by subject_id), and the truth detail key naming
+# the other party that the alarm must name too, when it names one.
+SUBJECT_TYPES = {"separation": None, "proximity": "person_id", "contact": "peer_subject_id"}
 
 
 class ScoreError(EmfenceError, ValueError):
@@ -142,36 +153,60 @@ def score(truth: Truth, alarms: list[dict], *, slack_ms: int = DEFAULT_SLACK_MS,
     not_scored = len(truth.events) - len(scored)
     expecting = sorted((e for e in scored if e.get("expect")),
                        key=lambda e: (int(e["start"]), e["device_id"]))
-    used = [False] * len(in_run)
+    used: list[set] = [set() for _ in in_run]
     matched, missed = _match(expecting, in_run, used, slack_ms)
     _excuse_cut_off(truth, in_run, used, slack_ms)
-    false = [a for i, a in enumerate(in_run) if not used[i]]
+    _excuse_allowed(scored, in_run, used, slack_ms)
+    false_all = [a for i, a in enumerate(in_run) if not used[i]]
+    warn = [(e, a) for e, a in matched if e["expect"] in WARNING_TYPES]
+    matched = [(e, a) for e, a in matched if e["expect"] not in WARNING_TYPES]
+    missed_warn = [e for e in missed if e["expect"] in WARNING_TYPES]
+    missed = [e for e in missed if e["expect"] not in WARNING_TYPES]
+    false = [a for a in false_all if a.get("type") not in WARNING_TYPES]
+    false_warn = [a for a in false_all if a.get("type") in WARNING_TYPES]
     latencies = [float(a["rx_ms"]) - float(a["at"]) for _, a in matched
                  if a.get("rx_ms") is not None]
     late = [a for _, a in matched
             if a.get("rx_ms") is not None and float(a["rx_ms"]) - float(a["at"]) > late_ms]
-    not_cleared = [a for _, a in matched if a.get("alarm_id") not in cleared_ids]
-
-    def brief(a: dict) -> dict:
-        return {k: a.get(k) for k in ("type", "device_id", "zone_id", "at", "alarm_id", "rx_ms")}
-
-    def brief_truth(e: dict) -> dict:
-        return {k: e.get(k) for k in ("what", "device_id", "zone_id", "start", "end", "expect")}
-
+    not_cleared = _distinct(a for _, a in matched if a.get("alarm_id") not in cleared_ids)
+    n_expected = sum(1 for e in expecting if e["expect"] not in WARNING_TYPES)
     return {
         "run": {"start": truth.start, "end": truth.end, "scenario": truth.meta.get("scenario")},
         "truth_events": len(truth.events), "not_scored": not_scored,
-        "expected": len(expecting), "matched": len(matched), "missed": len(missed),
+        "expected": n_expected, "matched": len(matched), "missed": len(missed),
         "false": len(false), "late": len(late), "not_cleared": len(not_cleared),
         "alarms_raised": len(unique), "alarms_in_run": len(in_run),
         "latency": _pct(latencies),
-        "by_type": _by_type(expecting, in_run, matched, missed, false),
-        "missed_events": [brief_truth(e) for e in missed],
-        "false_alarms": [brief(a) for a in false],
-        "late_alarms": [brief(a) for a in late],
-        "not_cleared_alarms": [brief(a) for a in not_cleared],
+        "by_type": _by_type(expecting, in_run, matched + warn, missed + missed_warn, false_all),
+        "missed_events": [_brief_truth(e) for e in missed],
+        "false_alarms": [_brief(a) for a in false],
+        "late_alarms": [_brief(a) for a in late],
+        "not_cleared_alarms": [_brief(a) for a in not_cleared],
+        "warnings": {
+            "expected": len(expecting) - n_expected, "matched": len(warn),
+            "missed": len(missed_warn), "false": len(false_warn),
+            "not_cleared": len(_distinct(a for _, a in warn
+                                         if a.get("alarm_id") not in cleared_ids)),
+            "missed_events": [_brief_truth(e) for e in missed_warn],
+            "false_warnings": [_brief(a) for a in false_warn],
+        },
         "slack_ms": slack_ms, "late_ms": late_ms,
     }
+
+
+def _brief(a: dict) -> dict:
+    return {k: a.get(k) for k in ("type", "subject_id", "device_id", "zone_id", "at",
+                                  "alarm_id", "rx_ms")}
+
+
+def _brief_truth(e: dict) -> dict:
+    return {k: e.get(k) for k in ("what", "subject_id", "device_id", "zone_id", "start", "end",
+                                  "expect")}
+
+
+def _distinct(alarms) -> list[dict]:
+    """Each alarm once (one alarm per subject may match an event of each of its devices)."""
+    return list({id(a): a for a in alarms}.values())
 
 
 def _unique_raised(alarms: list[dict]) -> list[dict]:
@@ -190,18 +225,49 @@ def _unique_raised(alarms: list[dict]) -> list[dict]:
     return unique
 
 
-def _match(expecting: list[dict], in_run: list[dict], used: list[bool], slack_ms: int
+def _alarm_devices(a: dict) -> set:
+    """The devices an alarm stands for: its ``devices`` (one alarm per subject: ids, or
+    objects with a ``device_id``), else its own device."""
+    listed = a.get("devices")
+    if isinstance(listed, list) and listed:
+        return {x.get("device_id") if isinstance(x, dict) else x for x in listed}
+    return {a.get("device_id")}
+
+
+def _fits(e: dict, a: dict, type_: str) -> bool:
+    """Whether alarm ``a`` is of ``type_`` and for ``e``'s subject or device and zone."""
+    if a.get("type") != type_:
+        return False
+    if type_ in SUBJECT_TYPES:
+        if a.get("subject_id") != e.get("subject_id"):
+            return False
+        key = SUBJECT_TYPES[type_]
+        want = (e.get("detail") or {}).get(key) if key else None
+        if want is not None and a.get(key) is not None and a.get(key) != want:
+            return False
+    elif e["device_id"] not in _alarm_devices(a):
+        return False
+    return e.get("zone_id") is None or a.get("zone_id") == e["zone_id"]
+
+
+def _slot(e: dict, a: dict) -> str:
+    """What of an alarm an event takes: the subject (subject-level types) or one device."""
+    return "subject" if a.get("type") in SUBJECT_TYPES else e["device_id"]
+
+
+def _match(expecting: list[dict], in_run: list[dict], used: list[set], slack_ms: int
            ) -> tuple[list[tuple[dict, dict]], list[dict]]:
     """(truth event, alarm) pairs and the missed truth events: each event takes the
-    earliest unused alarm that fits it; ``used`` marks the alarms taken."""
+    earliest alarm that fits it and whose part for it (its device, or the subject) is
+    not taken yet; ``used`` collects the parts taken of each alarm."""
     matched, missed = [], []
     for e in expecting:
         lo, hi = int(e["start"]) - slack_ms, int(e["end"]) + slack_ms
         hit = None
         for i, a in enumerate(in_run):
-            if used[i] or a.get("type") != e["expect"] or a.get("device_id") != e["device_id"]:
+            if not _fits(e, a, e["expect"]) or _slot(e, a) in used[i]:
                 continue
-            if e.get("zone_id") is not None and a.get("zone_id") != e["zone_id"]:
+            if used[i] and not isinstance(a.get("devices"), list):
                 continue
             if lo <= int(a["at"]) <= hi:
                 hit = i
@@ -209,12 +275,12 @@ def _match(expecting: list[dict], in_run: list[dict], used: list[bool], slack_ms
         if hit is None:
             missed.append(e)
         else:
-            used[hit] = True
+            used[hit].add(_slot(e, in_run[hit]))
             matched.append((e, in_run[hit]))
     return matched, missed
 
 
-def _excuse_cut_off(truth: Truth, in_run: list[dict], used: list[bool], slack_ms: int) -> None:
+def _excuse_cut_off(truth: Truth, in_run: list[dict], used: list[set], slack_ms: int) -> None:
     """Mark as used the alarms that fit an event cut off by the stop.
 
     Such an event ends after the run's end, so it is not scored, but it may still have
@@ -225,10 +291,22 @@ def _excuse_cut_off(truth: Truth, in_run: list[dict], used: list[bool], slack_ms
         if used[i]:
             continue
         for e in cut_off:
-            if (a.get("type") == e["expect"] and a.get("device_id") == e["device_id"]
-                    and (e.get("zone_id") is None or a.get("zone_id") == e["zone_id"])
-                    and int(e["start"]) - slack_ms <= int(a["at"])):
-                used[i] = True
+            if _fits(e, a, e["expect"]) and int(e["start"]) - slack_ms <= int(a["at"]):
+                used[i].add("cut_off")
+                break
+
+
+def _excuse_allowed(events: list[dict], in_run: list[dict], used: list[set],
+                    slack_ms: int) -> None:
+    """Mark as used the alarms an event allows (``detail.allow``) inside its window."""
+    allowing = [e for e in events if (e.get("detail") or {}).get("allow")]
+    for i, a in enumerate(in_run):
+        if used[i]:
+            continue
+        for e in allowing:
+            if (any(_fits(e, a, t) for t in e["detail"]["allow"])
+                    and int(e["start"]) - slack_ms <= int(a["at"]) <= int(e["end"]) + slack_ms):
+                used[i].add("allowed")
                 break
 
 
@@ -265,6 +343,16 @@ def format_text(result: dict) -> str:
     for a in result["false_alarms"][:20]:
         lines.append(f"  FALSE  {a['type']} for {a['device_id']} zone {a['zone_id']} "
                      f"at {a['at']}")
+    w = result["warnings"]
+    if w["expected"] or w["false"]:
+        lines.append(f"warnings: expected {w['expected']}  matched {w['matched']}  "
+                     f"missed {w['missed']}  false {w['false']}")
+        for e in w["missed_events"][:20]:
+            lines.append(f"  MISSED warning {e['expect']} for {e['device_id']} "
+                         f"(zone {e['zone_id']}) in [{e['start']}, {e['end']}]")
+        for a in w["false_warnings"][:20]:
+            lines.append(f"  FALSE  warning {a['type']} for {a['device_id']} "
+                         f"zone {a['zone_id']} at {a['at']}")
     return "\n".join(lines)
 
 
@@ -295,6 +383,7 @@ def main(argv: list[str]) -> int:
         print(f"emfence score: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     print(orjson.dumps(result).decode() if args.json else format_text(result))
-    if args.strict and (result["missed"] or result["false"]):
+    w = result["warnings"]
+    if args.strict and (result["missed"] or result["false"] or w["missed"] or w["false"]):
         return 1
     return 0
