@@ -207,6 +207,12 @@ class EventInjector(RuleEvents):
         self.truth.append(TruthEvent(what, self.fleet.device_ids[d], self.fleet.subject_ids[s],
                                      zone, int(start), int(end), expect, detail))
 
+    def _pair_allow(self, s: int) -> dict:
+        """For a subject with two devices, an event that holds back one device's fixes
+        lets the other's fresh fixes pair with its stale ones: separation may rightly be
+        raised then (the rule pairs fixes up to separation_window_s apart)."""
+        return {"allow": ["separation"]} if len(self.fleet.devices_of(s)) > 1 else {}
+
     def _ev_silent(self, s, rng, warm, tail) -> bool:
         d = self._device(s, rng)
         thr = self.sim.offline_after_ms(s)
@@ -218,7 +224,7 @@ class EventInjector(RuleEvents):
         self._script(d).silent.append((ta, tb))
         # at = last receive + threshold; the last report is at most one interval before ta.
         self._truth("silent", d, ta - self.interval_ms + thr, tb + self.interval_ms, "offline",
-                    offline_after_ms=thr)
+                    offline_after_ms=thr, **self._pair_allow(s))
         return True
 
     def _ev_store_forward(self, s, rng, warm, tail) -> bool:
@@ -231,7 +237,8 @@ class EventInjector(RuleEvents):
         if ta is None:
             return False
         self._script(d).deadspot.append((ta, int(ta + length)))
-        self._truth("store_forward", d, ta, int(ta + length + self.interval_ms))
+        self._truth("store_forward", d, ta, int(ta + length + self.interval_ms),
+                    **self._pair_allow(s))
         return True
 
     def _status_window(self, s, rng, warm, tail, what, fields_on, fields_off, expect) -> bool:
@@ -266,7 +273,8 @@ class EventInjector(RuleEvents):
             return False
         self._script(d).skew.append((ta, int(ta + length), SKEW_MS))
         # After the skew its fixes are older than the newest it sent: late, for SKEW_MS.
-        self._truth("clock_skew", d, ta, int(ta + length + SKEW_MS), skew_ms=SKEW_MS)
+        self._truth("clock_skew", d, ta, int(ta + length + SKEW_MS), skew_ms=SKEW_MS,
+                    **self._pair_allow(s))
         return True
 
     def _ev_duplicate(self, s, rng, warm, tail) -> bool:

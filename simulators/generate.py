@@ -14,7 +14,7 @@ Writes ``DIR/zones.geojson`` and ``DIR/subjects.json`` (the subjects format of
 - issue #14 relations: a protected person (``V-0001``, one victim device
   ``V-0001-phone``, ``protected_from`` the subject) for about half of the victims' homes,
   and co-defendants listed as prohibited ``contacts`` of each other (pairs in one county,
-  about 6 % of the subjects). Drawn from a generator of their own, after everything else,
+  about 10 % of the subjects). Drawn from a generator of their own, after everything else,
   so the subjects, zones and leaves of a seed are the same as before they existed.
 
 Location data is personal data: everything generated here is synthetic.
@@ -43,7 +43,7 @@ SHARE_VENUES = 0.2  # subjects forbidden one or two venues of their county
 SHARE_PHONE = 0.4  # subjects who also carry a positioning phone
 SHARE_LEAVE = 0.1  # subjects with an approved leave to a neighbouring county
 SHARE_PROTECTED = 0.5  # victims' homes whose victim carries a victim device (proximity)
-SHARE_CONTACTS = 0.06  # subjects in a co-defendant pair (listed contacts)
+SHARE_CONTACTS = 0.1  # subjects in a co-defendant pair (listed contacts)
 VENUES_PER_COUNTY = 4
 VENUE_KINDS = ("school", "bar", "internet_cafe", "ktv")
 HOUR_MS = 3_600_000

@@ -8,7 +8,8 @@ A mixin of :class:`simulators.events.EventInjector` (it uses the injector's ``si
   ``separation_m`` plus both fixes' largest GPS accuracy, and comes back to it;
 - ``foil``: the bracelet sends statuses but no fix for longer than ``no_fix_after_s``;
 - ``power_off``: a status with ``"power": "off"``, silence for longer than the offline
-  threshold (``offline`` must not be raised as well), then ``"power": "on"``;
+  threshold (``offline`` must not be raised as well), then ``"power": "on"`` (both on a
+  subject without a phone, whose fresh fixes would rightly raise separation);
 - ``approach``: the subject walks toward one of its exclusion zones, waits inside the
   approach band (``approach_m / 2`` from it), walks on into the zone and back;
 - ``proximity``: the subject and a person protected from it walk toward each other and
@@ -29,7 +30,8 @@ import shapely
 from shapely.geometry import LineString, Point
 from shapely.ops import nearest_points
 
-RULE_EVENTS = ("separation", "foil", "power_off", "approach", "proximity", "contact")
+# Those needing two parties first, while most subjects are still free.
+RULE_EVENTS = ("contact", "proximity", "separation", "foil", "power_off", "approach")
 RULE_EXPECTED = {"separation": "separation", "foil": "no_fix", "power_off": "power_off",
                  "approach": "approach", "proximity": "proximity", "contact": "contact"}
 GPS_ACC_MAX_M = 30.0  # the largest GPS accuracy the movement model reports
@@ -86,8 +88,13 @@ class RuleEvents:
                     phone=self.fleet.device_ids[phone], apart_m=round(far, 1))
         return True
 
+    def _alone(self, s: int, rng) -> int | None:
+        """The bracelet of a subject without a phone: with a phone, the phone's fresh
+        fixes would pair with the bracelet's stale ones and rightly raise separation."""
+        return self._device(s, rng, "bracelet") if len(self.fleet.devices_of(s)) == 1 else None
+
     def _ev_foil(self, s, rng, warm, tail) -> bool:
-        d = self._device(s, rng, "bracelet")
+        d = self._alone(s, rng)
         level = self.fleet.subject_level[s]
         thr = int(self.config.rules.no_fix_after_s.for_level(level) * 1000)
         length = thr + max(3 * self.interval_ms, 5000)
@@ -102,7 +109,7 @@ class RuleEvents:
         return True
 
     def _ev_power_off(self, s, rng, warm, tail) -> bool:
-        d = self._device(s, rng)
+        d = self._alone(s, rng)
         thr = self.sim.offline_after_ms(s)
         length = thr + max(3 * self.interval_ms, 5000)
         ta = self._window(rng, length, warm, tail)
@@ -112,8 +119,10 @@ class RuleEvents:
         sc = self._script(d)
         sc.power_off.append((ta, tb))
         sc.oneshots.append((tb, "status", {"power": "on"}))
+        # no_fix allowed: its timer runs from the last fix; the rules leave open whether
+        # a device switched off counts as one that "answers without a position".
         self._truth("power_off", d, ta, tb + self.interval_ms, "power_off",
-                    offline_after_ms=thr)
+                    offline_after_ms=thr, allow=["no_fix"])
         return True
 
     def _ev_approach(self, s, rng, warm, tail) -> bool:
