@@ -171,6 +171,8 @@ def write_truth_header(path, sim, extra: dict | None = None) -> None:
             "offline_after_s": {lvl: sim.config.rules.offline_after_s.for_level(lvl)
                                 for lvl in ("strict", "ordinary", "lenient")},
             "skipped": sim.skipped, **(extra or {})}
+    if sim.model.contacts_close:  # listed contacts normal movement may bring together
+        head["contacts_close"] = [list(p) for p in sim.model.contacts_close]
     with open(path, "wb") as fh:
         fh.write(orjson.dumps(head) + b"\n")
         fh.writelines(line + b"\n" for line in sim.truth_lines())

@@ -289,3 +289,30 @@ def test_relation_limits_are_checked_against_the_config():
         with pytest.raises(ValueError, match=f"rules.{key}"):
             Simulation(fl, rate=100.0, duration_s=30.0, start_ms=START_MS,
                        config=rules_config(**{key: value}), scenario="rules")
+
+
+def test_cli_writes_the_rules_scenario_with_the_victims_devices(tmp_path):
+    from emfence.cli import main as emfence_main
+
+    gen, _, _ = fleet(150, 2, None)
+    zp, sp = gen.write(tmp_path / "fleet")
+    (tmp_path / "c.toml").write_text(
+        "[rules]\ncontact_min_s = 15\n[rules.offline_after_s]\nstrict = 10\nordinary = 15\n"
+        "lenient = 20\n[rules.no_fix_after_s]\nstrict = 20\nordinary = 25\nlenient = 30\n")
+    base = ["simulate", "--zones", str(zp), "--subjects", str(sp), "--rate", "200",
+            "--duration", "150", "--scenario", "rules", "--seed", "2", "--start", str(START_MS),
+            "--config", str(tmp_path / "c.toml"), "--time-scale", "30",
+            "--events-per-kind", "2"]
+    for name in ("a", "b"):
+        assert emfence_main(base + ["--replay-out", str(tmp_path / f"{name}.jsonl"),
+                                    "--truth", str(tmp_path / f"{name}.truth")]) == 0
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    assert (tmp_path / "a.truth").read_bytes() == (tmp_path / "b.truth").read_bytes()
+    _sim, lines = rules_run(2)
+    assert (tmp_path / "a.jsonl").read_bytes() == b"".join(x + b"\n" for x in lines)
+    truth = [orjson.loads(x) for x in (tmp_path / "a.truth").read_bytes().splitlines()]
+    assert truth[0]["scenario"] == "rules" and truth[0]["skipped"] == []
+    assert {t["expect"] for t in truth[1:]} == set(RULE_EXPECTED.values()) | {"exclusion"}
+    victims = {orjson.loads(x)["device_id"] for x in lines} - {
+        d["device_id"] for s in gen.subjects["subjects"] for d in s["devices"]}
+    assert victims == {p["devices"][0]["device_id"] for p in gen.subjects["protected"]}
