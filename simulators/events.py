@@ -172,6 +172,8 @@ class EventInjector(RuleEvents):
         clear = DETOUR_CLEARANCE_M + self.config.rules.approach_m
         if any(shapely.distance(path, g) < clear for g in avoid):
             return False
+        if not self._relations_ok(s, path):
+            return False
         start, end = self.model.insert_detour(s, ta, [target], travel_ms=travel, dwell_ms=dwell)
         expect = EXPECTED[kind]
         for d in fleet.devices_of(s):

@@ -30,6 +30,8 @@ import shapely
 from shapely.geometry import LineString, Point
 from shapely.ops import nearest_points
 
+from simulators.movement import MAX_ERROR_M
+
 # Those needing two parties first, while most subjects are still free.
 RULE_EVENTS = ("contact", "proximity", "separation", "foil", "power_off", "approach")
 RULE_EXPECTED = {"separation": "separation", "foil": "no_fix", "power_off": "power_off",
@@ -56,16 +58,32 @@ class RuleEvents:
         d = self._device(s, rng, "bracelet")
         return d if d is not None else self._device(s, rng)
 
-    def _path_ok(self, s: int, pts: list, *, except_zone: str | None = None) -> bool:
+    def _path_ok(self, s: int, pts: list, *, except_zone: str | None = None,
+                 meeting: int | None = None) -> bool:
         """The path through ``pts`` (metres) stays inside ``s``'s inclusion zones (100 m
-        from their border) and clear of its exclusion zones (but ``except_zone``)."""
+        from their border), clear of its exclusion zones (but ``except_zone``) and of
+        the people it must not meet (but ``meeting``)."""
         path = LineString(pts) if len(pts) > 1 else Point(pts[0])
         incl = self.fleet.inclusion_m[s]
         if not incl.contains(path) or shapely.distance(path, incl.boundary) < 100.0:
             return False
         clear = self.config.rules.approach_m + PATH_CLEARANCE_M
         return all(shapely.distance(path, g) >= clear
-                   for z, g in self.fleet.exclusions_m[s] if z != except_zone)
+                   for z, g in self.fleet.exclusions_m[s] if z != except_zone
+                   ) and self._relations_ok(s, path, meeting=meeting)
+
+    def _relations_ok(self, s: int, path, *, meeting: int | None = None) -> bool:
+        """``path`` (metres) keeps subject ``s`` away from the people it must not meet:
+        the persons protected from it (at home) and its listed contacts (anywhere in
+        their day's range), but ``meeting``; both sides' largest errors counted."""
+        fleet, model, r = self.fleet, self.model, self.config.rules
+        far_v = r.proximity_m + 2 * MAX_ERROR_M + 500.0
+        far_c = 2 * model.trip_radius_m + r.contact_m + 2 * MAX_ERROR_M + 500.0
+        for v in fleet.victim_of(s):
+            if shapely.distance(path, Point(model.home[fleet.n_subjects + v])) < far_v:
+                return False
+        return all(shapely.distance(path, Point(model.home[c])) >= far_c
+                   for c in (fleet.contacts[s] if fleet.contacts else ()) if c != meeting)
 
     def _ev_separation(self, s, rng, warm, tail) -> bool:
         bracelet, phone = self._device(s, rng, "bracelet"), self._device(s, rng, "phone")
@@ -192,7 +210,8 @@ class RuleEvents:
         p, q = self.model.position_at(s, ta), self.model.position_at(t, ta)
         for meet in (((p[0] + q[0]) / 2, (p[1] + q[1]) / 2), p, q):
             other = (meet[0] + CONTACT_CLOSE_M, meet[1])
-            if self._path_ok(s, [p, meet]) and self._path_ok(t, [q, other]):
+            if (self._path_ok(s, [p, meet], meeting=t)
+                    and self._path_ok(t, [q, other], meeting=s)):
                 break
         else:
             return False

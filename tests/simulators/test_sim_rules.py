@@ -316,3 +316,23 @@ def test_cli_writes_the_rules_scenario_with_the_victims_devices(tmp_path):
     victims = {orjson.loads(x)["device_id"] for x in lines} - {
         d["device_id"] for s in gen.subjects["subjects"] for d in s["devices"]}
     assert victims == {p["devices"][0]["device_id"] for p in gen.subjects["protected"]}
+
+
+def test_event_paths_keep_away_from_victims_and_other_contacts():
+    from shapely.geometry import LineString
+
+    from simulators.events import EventInjector
+
+    sim, _ = rules_run(2)
+    fl, model = sim.fleet, sim.model
+    inj = EventInjector(sim)
+    v = 0
+    (s,) = fl.victim_from[v][:1]
+    home, victim = model.home[s], model.home[fl.n_subjects + v]
+    assert inj._relations_ok(s, LineString([home, home + 10.0]))
+    towards = home + (victim - home) * 0.8  # within proximity_m + both errors of the victim
+    assert not inj._relations_ok(s, LineString([home, towards]))
+    s = next(i for i, c in enumerate(fl.contacts) if c)
+    (t,) = fl.contacts[s]
+    assert not inj._relations_ok(s, LineString([model.home[s], model.home[t]]))
+    assert inj._relations_ok(s, LineString([model.home[s], model.home[t]]), meeting=t)
