@@ -17,8 +17,9 @@ A mixin of :class:`simulators.events.EventInjector` (it uses the injector's ``si
 - ``contact``: two listed co-defendants meet (``CONTACT_CLOSE_M`` apart) for longer than
   ``contact_min_s``.
 
-Subject-level alarms (separation, proximity, contact) are matched by subject, not device
-(:mod:`simulators.score`); ``detail`` names the other party (``person_id``,
+Separation and contact alarms are raised on the subject, matched by subject, not device;
+proximity is one episode per (subject device, person): a truth line per device, like the
+zone events (:mod:`simulators.score`); ``detail`` names the other party (``person_id``,
 ``peer_subject_id``) and ``allow`` lists the types that may also be raised inside the
 window without being false (``approach`` while walking back out past a zone).
 """
@@ -137,10 +138,9 @@ class RuleEvents:
         sc = self._script(d)
         sc.power_off.append((ta, tb))
         sc.oneshots.append((tb, "status", {"power": "on"}))
-        # no_fix allowed: its timer runs from the last fix; the rules leave open whether
-        # a device switched off counts as one that "answers without a position".
+        # Neither offline nor no_fix while it is open (docs/rules.md, power off).
         self._truth("power_off", d, ta, tb + self.interval_ms, "power_off",
-                    offline_after_ms=thr, allow=["no_fix"])
+                    offline_after_ms=thr)
         return True
 
     def _ev_approach(self, s, rng, warm, tail) -> bool:
@@ -178,8 +178,7 @@ class RuleEvents:
                    if (fleet.device_subject == fleet.n_subjects + v).any()]
         travel, dwell = self._legs()
         ta = self._window(rng, 2 * travel + dwell, warm, tail)
-        d = self._worn(s, rng)
-        if not victims or ta is None or d is None:
+        if not victims or ta is None:
             return False
         v = victims[0]
         mv = fleet.n_subjects + v
@@ -193,8 +192,9 @@ class RuleEvents:
         start, end = self.model.insert_detour(s, ta, [meet], travel_ms=travel, dwell_ms=dwell)
         self.model.insert_detour(mv, ta, [(meet[0] + close * u[0], meet[1] + close * u[1])],
                                  travel_ms=travel, dwell_ms=dwell)
-        self._truth("proximity", d, start, end, "proximity", person_id=fleet.victim_ids[v],
-                    close_m=close)
+        for d in fleet.devices_of(s):  # one episode per (subject device, person)
+            self._truth("proximity", d, start, end, "proximity",
+                        person_id=fleet.victim_ids[v], close_m=close)
         return True
 
     def _ev_contact(self, s, rng, warm, tail) -> bool:

@@ -22,12 +22,16 @@ alarm at most one event (earliest first). Then:
 
 Truth events that end after the run ended (an interrupted run) are not scored.
 
-Issue #14: the subject-level types (``separation``, ``proximity``, ``contact``) match by
-subject instead of device (and by ``person_id`` / ``peer_subject_id`` when the truth names
-them); an alarm listing ``devices`` (one alarm per subject) can match one event of each
-device it lists; an event's ``detail.allow`` names types that may also be raised for it
-inside its window without being false; warnings (``contract.alarms.WARNING_TYPES``:
-``approach``) are scored on their own (``warnings``), not in the alarm counts.
+Issue #14: the subject-level types (``separation``, ``contact``) match by subject instead
+of device; ``proximity`` and ``contact`` must name the truth's ``person_id`` /
+``peer_subject_id`` when both name one. One alarm per subject (``rules.alarm_per =
+"subject"``, docs/rules.md): an event that no alarm of its own device matched is matched
+by an alarm of its type and zone that lists its device in ``devices`` (the raised event
+lists the first device, the cleared one every device of the episode) and was open at some
+time in its window (each such alarm once per device). An event's ``detail.allow`` names
+types that may also be raised for it inside its window without being false. Warnings
+(``contract.alarms.WARNING_TYPES``: ``approach``) are scored on their own
+(``warnings``): one matching nothing is a false warning, not a false alarm.
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ DEFAULT_SLACK_MS = 2000
 DEFAULT_LATE_MS = 1000
 # Alarms raised on the subject (matched by subject_id), and the truth detail key naming
 # the other party that the alarm must name too, when it names one.
-SUBJECT_TYPES = {"separation": None, "proximity": "person_id", "contact": "peer_subject_id"}
+SUBJECT_TYPES = ("separation", "contact")
+OTHER_PARTY = {"proximity": "person_id", "contact": "peer_subject_id"}
 
 
 class ScoreError(EmfenceError, ValueError):
@@ -145,9 +150,11 @@ def _pct(values: list[float]) -> dict:
 def score(truth: Truth, alarms: list[dict], *, slack_ms: int = DEFAULT_SLACK_MS,
           late_ms: int = DEFAULT_LATE_MS) -> dict:
     """The score as a dict (see the module docstring for the definitions)."""
-    cleared_ids = {a.get("alarm_id") for a in alarms if a.get("event") == "cleared"}
+    cleared = {a.get("alarm_id"): a for a in alarms if a.get("event") == "cleared"}
+    cleared_ids = set(cleared)
     unique = _unique_raised(alarms)
-    in_run = [a for a in unique if truth.start <= int(a.get("at", 0)) <= truth.end]
+    in_run = [_with_episode(a, cleared.get(a.get("alarm_id"))) for a in unique
+              if truth.start <= int(a.get("at", 0)) <= truth.end]
     in_run.sort(key=lambda a: (int(a["at"]), str(a.get("alarm_id"))))
     scored = [e for e in truth.events if int(e["end"]) <= truth.end + slack_ms]
     not_scored = len(truth.events) - len(scored)
@@ -155,6 +162,7 @@ def score(truth: Truth, alarms: list[dict], *, slack_ms: int = DEFAULT_SLACK_MS,
                        key=lambda e: (int(e["start"]), e["device_id"]))
     used: list[set] = [set() for _ in in_run]
     matched, missed = _match(expecting, in_run, used, slack_ms)
+    missed = _match_listed(missed, matched, in_run, used, slack_ms)
     _excuse_cut_off(truth, in_run, used, slack_ms)
     _excuse_allowed(scored, in_run, used, slack_ms)
     false_all = [a for i, a in enumerate(in_run) if not used[i]]
@@ -225,59 +233,75 @@ def _unique_raised(alarms: list[dict]) -> list[dict]:
     return unique
 
 
-def _alarm_devices(a: dict) -> set:
-    """The devices an alarm stands for: its ``devices`` (one alarm per subject: ids, or
-    objects with a ``device_id``), else its own device."""
-    listed = a.get("devices")
-    if isinstance(listed, list) and listed:
-        return {x.get("device_id") if isinstance(x, dict) else x for x in listed}
-    return {a.get("device_id")}
+def _with_episode(a: dict, clear: dict | None) -> dict:
+    """A copy of raised alarm ``a`` with ``_listed`` (every device its raised and cleared
+    events list, its own included) and ``_until`` (its cleared ``at``, or None)."""
+    listed = {a.get("device_id")}
+    for ev in (a, clear or {}):
+        for x in ev.get("devices") or ():
+            listed.add(x.get("device_id") if isinstance(x, dict) else x)
+    return {**a, "_listed": listed, "_until": None if clear is None else int(clear["at"])}
 
 
-def _fits(e: dict, a: dict, type_: str) -> bool:
-    """Whether alarm ``a`` is of ``type_`` and for ``e``'s subject or device and zone."""
+def _fits(e: dict, a: dict, type_: str, *, listed: bool = False) -> bool:
+    """Whether alarm ``a`` is of ``type_``, for ``e``'s subject (subject-level types) or
+    device (``listed``: any device the alarm lists), its zone and its other party."""
     if a.get("type") != type_:
         return False
     if type_ in SUBJECT_TYPES:
         if a.get("subject_id") != e.get("subject_id"):
             return False
-        key = SUBJECT_TYPES[type_]
-        want = (e.get("detail") or {}).get(key) if key else None
-        if want is not None and a.get(key) is not None and a.get(key) != want:
-            return False
-    elif e["device_id"] not in _alarm_devices(a):
+    elif e["device_id"] not in (a.get("_listed", ()) if listed else (a.get("device_id"),)):
+        return False
+    key = OTHER_PARTY.get(type_)
+    want = (e.get("detail") or {}).get(key) if key else None
+    if want is not None and a.get(key) is not None and a.get(key) != want:
         return False
     return e.get("zone_id") is None or a.get("zone_id") == e["zone_id"]
-
-
-def _slot(e: dict, a: dict) -> str:
-    """What of an alarm an event takes: the subject (subject-level types) or one device."""
-    return "subject" if a.get("type") in SUBJECT_TYPES else e["device_id"]
 
 
 def _match(expecting: list[dict], in_run: list[dict], used: list[set], slack_ms: int
            ) -> tuple[list[tuple[dict, dict]], list[dict]]:
     """(truth event, alarm) pairs and the missed truth events: each event takes the
-    earliest alarm that fits it and whose part for it (its device, or the subject) is
-    not taken yet; ``used`` collects the parts taken of each alarm."""
+    earliest unused alarm of its own device (or subject) that fits it; ``used`` collects
+    what each alarm was taken for."""
     matched, missed = [], []
     for e in expecting:
         lo, hi = int(e["start"]) - slack_ms, int(e["end"]) + slack_ms
         hit = None
         for i, a in enumerate(in_run):
-            if not _fits(e, a, e["expect"]) or _slot(e, a) in used[i]:
-                continue
-            if used[i] and not isinstance(a.get("devices"), list):
-                continue
-            if lo <= int(a["at"]) <= hi:
+            if not used[i] and _fits(e, a, e["expect"]) and lo <= int(a["at"]) <= hi:
                 hit = i
                 break
         if hit is None:
             missed.append(e)
         else:
-            used[hit].add(_slot(e, in_run[hit]))
+            used[hit].add(e["device_id"])
             matched.append((e, in_run[hit]))
     return matched, missed
+
+
+def _match_listed(missed: list[dict], matched: list[tuple[dict, dict]], in_run: list[dict],
+                  used: list[set], slack_ms: int) -> list[dict]:
+    """Match missed events to one-alarm-per-subject alarms listing their device and open
+    at some time in their window (each alarm once per device); appends to ``matched``,
+    returns the events still missed."""
+    still = []
+    for e in missed:
+        lo, hi = int(e["start"]) - slack_ms, int(e["end"]) + slack_ms
+        hit = None
+        for i, a in enumerate(in_run):
+            if (e["device_id"] not in used[i] and len(a["_listed"]) > 1
+                    and _fits(e, a, e["expect"], listed=True) and int(a["at"]) <= hi
+                    and (a["_until"] is None or a["_until"] >= lo)):
+                hit = i
+                break
+        if hit is None:
+            still.append(e)
+        else:
+            used[hit].add(e["device_id"])
+            matched.append((e, in_run[hit]))
+    return still
 
 
 def _excuse_cut_off(truth: Truth, in_run: list[dict], used: list[set], slack_ms: int) -> None:
@@ -291,7 +315,8 @@ def _excuse_cut_off(truth: Truth, in_run: list[dict], used: list[set], slack_ms:
         if used[i]:
             continue
         for e in cut_off:
-            if _fits(e, a, e["expect"]) and int(e["start"]) - slack_ms <= int(a["at"]):
+            if (_fits(e, a, e["expect"], listed=True)
+                    and int(e["start"]) - slack_ms <= int(a["at"])):
                 used[i].add("cut_off")
                 break
 
@@ -304,7 +329,7 @@ def _excuse_allowed(events: list[dict], in_run: list[dict], used: list[set],
         if used[i]:
             continue
         for e in allowing:
-            if (any(_fits(e, a, t) for t in e["detail"]["allow"])
+            if (any(_fits(e, a, t, listed=True) for t in e["detail"]["allow"])
                     and int(e["start"]) - slack_ms <= int(a["at"]) <= int(e["end"]) + slack_ms):
                 used[i].add("allowed")
                 break

@@ -70,9 +70,12 @@ def _dist(a: Record, b: Record) -> float:
     return float(np.hypot(a.x - b.x, a.y - b.y))
 
 
-def separation_pairs(run: Run, bracelet: str, phone: str, rules) -> list[tuple[int, bool, bool]]:
+def separation_pairs(run: Run, bracelet: str, phone: str, rules
+                     ) -> list[tuple[int, bool, bool, bool]]:
     """Each pair (a fix of one device with the other's latest within the window), in
-    receive order: ``(ts of the later fix, possibly apart, surely apart)``."""
+    receive order: ``(ts of the later fix, apart, surely apart, close)``: apart beyond
+    separation_m and both accuracies (2 x both: surely, whatever the distance measure),
+    close within separation_m (a pair in between changes nothing)."""
     merged = sorted(run.fixes(bracelet) + run.fixes(phone), key=lambda r: (r.rx, r.device))
     latest: dict[str, Record] = {}
     out = []
@@ -84,7 +87,7 @@ def separation_pairs(run: Run, bracelet: str, phone: str, rules) -> list[tuple[i
         d = _dist(r, other)
         # Apart when farther than separation_m + both accuracies: reported distances.
         out.append((max(r.ts, other.ts), d > rules.separation_m + r.acc + other.acc,
-                    d > rules.separation_m + 2 * (r.acc + other.acc)))
+                    d > rules.separation_m + 2 * (r.acc + other.acc), d <= rules.separation_m))
     return out
 
 

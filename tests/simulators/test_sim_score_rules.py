@@ -48,17 +48,53 @@ def test_proximity_and_contact_must_name_the_other_party_when_they_name_one(tmp_
         sev("proximity", "B-1", 10_000, 30_000, "proximity", person_id="V-1"),
         sev("contact", "B-3", 40_000, 70_000, "contact", peer_subject_id="S-4"),
     ])
-    good = [salarm("proximity", "P-1", 12_000, subject="S-1", person_id="V-1"),
+    good = [salarm("proximity", "B-1", 12_000, subject="S-1", person_id="V-1"),
             salarm("contact", "B-3", 55_000, subject="S-3", peer_subject_id="S-4")]
     r = score(truth, good)
     assert (r["matched"], r["missed"], r["false"]) == (2, 0, 0)
-    wrong = [salarm("proximity", "P-1", 12_000, subject="S-1", person_id="V-9"),
+    wrong = [salarm("proximity", "B-1", 12_000, subject="S-1", person_id="V-9"),
              salarm("contact", "B-3", 55_000, subject="S-3", peer_subject_id="S-5")]
     r = score(truth, wrong)
     assert (r["matched"], r["missed"], r["false"]) == (0, 2, 2)
     # The contact is raised on the subject first in sorted order, not on its peer.
     r = score(truth, [salarm("contact", "B-4", 55_000, subject="S-4", peer_subject_id="S-3")])
     assert r["by_type"]["contact"] == {**r["by_type"]["contact"], "missed": 1, "false": 1}
+
+
+def test_proximity_is_one_episode_per_subject_device(tmp_path):
+    truth = _truth(tmp_path, [
+        sev("proximity", "B-1", 10_000, 30_000, "proximity", person_id="V-1"),
+        sev("proximity", "P-1", 10_000, 30_000, "proximity", person_id="V-1"),
+    ])
+    both = [salarm("proximity", "B-1", 12_000, subject="S-1", person_id="V-1"),
+            salarm("proximity", "P-1", 12_100, subject="S-1", person_id="V-1")]
+    assert (score(truth, both)["matched"], score(truth, both)["false"]) == (2, 0)
+    r = score(truth, both[:1])
+    assert (r["matched"], r["missed"]) == (1, 1) and r["missed_events"][0]["device_id"] == "P-1"
+
+
+def test_a_subject_alarm_covers_the_devices_its_clear_lists_while_open(tmp_path):
+    """As the engine folds them (docs/rules.md, one alarm per subject): the raised event
+    lists the first device, the cleared one every device that joined."""
+    truth = _truth(tmp_path, [
+        ev("excursion", "B-1", 10_000, 30_000, "outbound", "411303"),
+        ev("excursion", "P-1", 20_000, 35_000, "outbound", "411303"),
+        ev("excursion", "P-1", 60_000, 70_000, "outbound", "411303"),  # after the clear
+        ev("excursion", "X-1", 20_000, 35_000, "outbound", "411303"),  # not listed
+    ])
+    a = alarm("outbound", "B-1", 12_000, rx=12_100, zone="411303")
+    a["devices"] = ["B-1"]
+    c = {**cleared(a, 36_000), "devices": ["B-1", "P-1"]}
+    r = score(truth, [a, c])
+    assert (r["matched"], r["missed"], r["false"]) == (2, 2, 0)
+    assert sorted((e["device_id"], e["start"]) for e in r["missed_events"]) == [
+        ("P-1", T0 + 60_000), ("X-1", T0 + 20_000)]
+    assert r["by_type"]["outbound"]["matched"] == 2 and r["not_cleared"] == 0
+    # Never cleared (open until the end): the raised event's list counts too, and still
+    # once per device: the later phone event is not covered a second time.
+    a2 = {**a, "devices": ["B-1", "P-1"]}
+    r = score(truth, [a2])
+    assert (r["matched"], r["missed"], r["not_cleared"]) == (2, 2, 1)
 
 
 def test_one_alarm_per_subject_matches_each_device_it_lists(tmp_path):
