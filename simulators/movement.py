@@ -97,6 +97,8 @@ class MovementModel:
         self.contacts_close: list[tuple[str, str]] = []
         # Per device, windows (t0, t1, x, y) where it stays put, apart from its subject.
         self.pins: dict[int, list[tuple[int, int, float, float]]] = {}
+        # GPS reports after each detour's return (see insert_detour); set by Simulation.
+        self.settle_ms = 0
         eroded_cache: dict[tuple[int, float], object] = {}
         for s in range(fleet.n_subjects):
             home, anchors = self._place_anchors(s, rng, trip_radius_m, eroded_cache)
@@ -240,7 +242,10 @@ class MovementModel:
         """From ``t_ms`` on, subject ``s`` goes through ``targets`` (metres; each leg
         ``travel_ms`` long, with a ``dwell_ms`` stop at the last), comes back to where it
         was, and resumes its day shifted by the detour. Returns the detour's
-        ``(start_ms, end_ms)``. The detour's fixes are GPS (:data:`LEG_EVENT`)."""
+        ``(start_ms, end_ms)``. The detour's fixes are GPS (:data:`LEG_EVENT`), and so
+        are those of ``settle_ms`` more at the place it came back to (after ``end_ms``):
+        no indoor drop-out right after a fast return can leave one device's newest fix
+        kilometres behind the other's (a separation nobody injected)."""
         x, y = self.position_at(s, t_ms)
         legs = self._legs[s]
         pts = [(x, y)] + list(targets)
@@ -255,6 +260,10 @@ class MovementModel:
         for (ax, ay), (bx, by) in zip(pts[::-1][:-1], pts[::-1][1:]):
             detour.append((t, t + travel_ms, ax, ay, bx, by, LEG_EVENT))
             t += travel_ms
+        end = t
+        if self.settle_ms > 0:
+            detour.append((t, t + self.settle_ms, x, y, x, y, LEG_EVENT))
+            t += self.settle_ms
         shift = t - t_ms
         new = []
         for leg in legs:
@@ -269,7 +278,7 @@ class MovementModel:
                 new.append((t, t1 + shift, x, y, x1, y1, kind))
         self._legs[s] = new
         self._compiled = None
-        return t_ms, t
+        return t_ms, end
 
     def shift(self, delta_ms: int) -> None:
         """Move every plan ``delta_ms`` later (see ``Simulation.shift``)."""
@@ -318,10 +327,13 @@ class MovementModel:
         return x, y, kind
 
     def observe(self, device: np.ndarray, t_ms: np.ndarray, rng: np.random.Generator, *,
-                dropouts: bool = True) -> Observations:
+                dropouts: bool = True, u: np.ndarray | None = None) -> Observations:
         """What devices report at wall times ``t_ms``: positions with errors, accuracy,
         source, coordinate system. ``src == SRC_NONE`` marks a drop-out (no fix); with
-        ``dropouts=False`` every report has a fix (load runs: plain fixes only)."""
+        ``dropouts=False`` every report has a fix (load runs: plain fixes only). ``u``
+        (uniform in [0, 1), one per report) picks the source instead of ``rng``: equal
+        values give a subject's devices of one round the same source, so both drop out
+        together indoors (see :func:`round_uniform`)."""
         from geofence.gcj02 import wgs84_to_gcj02
 
         fleet = self.fleet
@@ -332,7 +344,7 @@ class MovementModel:
             x, y, kind = self._pinned(device, np.asarray(t_ms, dtype=np.int64), x, y, kind)
         n = len(device)
         src = np.full(n, SRC_GPS, dtype=np.int8)
-        u = rng.random(n)
+        u = rng.random(n) if u is None else np.asarray(u, dtype=np.float64)
         for k, p in SOURCE_P.items():
             sel = kind == k
             p = np.asarray(p) if dropouts else np.asarray(p[:3]) / sum(p[:3])
@@ -358,6 +370,19 @@ class MovementModel:
             lon[phone], lat[phone] = glon, glat
         return Observations(device, np.asarray(t_ms, dtype=np.int64), lon, lat, acc, src, coord,
                             tlon, tlat, err)
+
+
+def round_uniform(seed: int, subject: np.ndarray, rnd: np.ndarray) -> np.ndarray:
+    """A uniform number in [0, 1) per (seed, subject, round), the same in every call
+    (splitmix64 of the three): the source draw a subject's devices share in one round."""
+    with np.errstate(over="ignore"):
+        z = (np.uint64(seed & 0xFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15)
+             + np.asarray(subject, dtype=np.uint64) * np.uint64(0xBF58476D1CE4E5B9)
+             + np.asarray(rnd, dtype=np.uint64) * np.uint64(0x94D049BB133111EB))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 @dataclass

@@ -41,6 +41,7 @@ from simulators.movement import (
     VICTIM_MARGIN_M,
     Fleet,
     MovementModel,
+    round_uniform,
 )
 
 SCENARIOS = ("normal", "excursions", "mixed", "load", "rules")
@@ -114,6 +115,7 @@ class Simulation:
             self.skipped.append("spoof: devices share pooled connections, so none can "
                                 "publish under another's identity")
         if kinds:
+            self.model.settle_ms = int(3 * self.interval_ms)
             EventInjector(self).inject(kinds, rng, events_per_kind)
 
     # -- checks and helpers --------------------------------------------------------------
@@ -190,7 +192,11 @@ class Simulation:
         dev = self.order[m % self.n]
         rnd = m // self.n
         t = self.slot_ms(m)
-        obs = self.model.observe(dev, t, self._rng, dropouts=self.scenario != "load")
+        # One source draw per subject and round: its bracelet and phone (one slot apart)
+        # drop out together indoors, so neither is left with a stale fix that pairs as
+        # separated with the other's fresh one.
+        u = round_uniform(self.seed, fleet.device_subject[dev], rnd)
+        obs = self.model.observe(dev, t, self._rng, dropouts=self.scenario != "load", u=u)
         status_slot = (np.zeros(len(m), dtype=bool) if not self.status_every
                        else ((rnd + fleet.device_subject[dev]) % self.status_every) == 0)
         out: list[Outgoing] = []

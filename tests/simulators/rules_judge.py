@@ -42,7 +42,8 @@ class Run:
     @classmethod
     def read(cls, lines: list[bytes], frame) -> Run:
         run = cls()
-        recs = [orjson.loads(line) for line in lines]
+        recs = [r for r in map(_json_or_none, lines)
+                if isinstance(r, dict) and "device_id" in r and isinstance(r.get("ts"), int)]
         fixes = [r for r in recs if "lat" in r]
         lon = np.array([r["lon"] for r in fixes], dtype=np.float64)
         lat = np.array([r["lat"] for r in fixes], dtype=np.float64)
@@ -64,6 +65,14 @@ class Run:
 
     def fixes(self, device: str) -> list[Record]:
         return [r for r in self.by_device.get(device, []) if r.fix]
+
+
+def _json_or_none(line: bytes):
+    """A replay line's record, or None for a malformed one (the engine rejects those)."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _dist(a: Record, b: Record) -> float:
@@ -116,18 +125,21 @@ def silences(run: Run, device: str, min_ms: int) -> list[tuple[int, int]]:
     return [(a.rx, b.rx) for a, b in itertools.pairwise(recs) if b.rx - a.rx > min_ms]
 
 
-def zone_fixes(run: Run, device: str, zone_m, rules) -> list[tuple[int, str]]:
-    """Per fix near or in the zone: ``(ts, "in" | "band" | "maybe")``: in = inside,
-    band = surely in the approach band (beyond acc, within approach_m - acc), maybe =
-    within approach_m + acc (a warning could be raised or held)."""
+def zone_fixes(run: Run, device: str, zone_m, rules, tol_m: float = 2.0
+               ) -> list[tuple[int, str]]:
+    """Per fix that could raise exclusion or approach at the zone (docs/rules.md: inside
+    raises exclusion; outside beyond the margin max(buffer_m, acc) but within approach_m
+    raises approach): ``(ts, "in" | "band" | "maybe")``: in = inside, band = surely in
+    the approach band, maybe = in it within ``tol_m`` (the distance measures differ)."""
     out = []
     for r in run.fixes(device):
         d = float(shapely.distance(shapely.Point(r.x, r.y), zone_m))
-        if d == 0:
+        margin = max(rules.buffer_m, r.acc)
+        if d <= tol_m:
             out.append((r.ts, "in"))
-        elif r.acc * 2 < d <= rules.approach_m - r.acc:
+        elif margin + tol_m < d <= rules.approach_m - tol_m:
             out.append((r.ts, "band"))
-        elif d <= rules.approach_m + max(rules.buffer_m, r.acc) + r.acc:
+        elif margin - tol_m < d <= rules.approach_m + tol_m:
             out.append((r.ts, "maybe"))
     return out
 
