@@ -5,6 +5,8 @@ and warnings scored apart from alarms."""
 from __future__ import annotations
 
 import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_sim_score import T0, _truth, alarm, cleared, ev
 
 from emfence.cli import main as emfence_main
@@ -185,3 +187,55 @@ def test_cli_strict_fails_on_a_false_warning(tmp_path, capsys):
     result = orjson.loads(capsys.readouterr().out.splitlines()[-1])
     assert result["false"] == 0 and result["warnings"]["false"] == 1
     assert T0 <= result["run"]["start"]
+
+
+TYPES = ("outbound", "exclusion", "offline", "separation", "no_fix", "power_off", "approach",
+         "proximity", "contact")
+
+
+@st.composite
+def truth_and_alarms(draw):
+    """Truth events of every kind (each subject one event, one or two devices) and, per
+    event, the alarm an exact engine raises: at a random time in its window, on the
+    subject (separation, contact) or on the event's device."""
+    n = draw(st.integers(1, 12))
+    events, alarms = [], []
+    for i in range(n):
+        t = draw(st.sampled_from(TYPES))
+        start = draw(st.integers(0, 80_000))
+        end = start + draw(st.integers(0, 15_000))
+        zone = f"z-{i}" if t in ("outbound", "exclusion", "approach") else None
+        devices = [f"B-{i}"] + ([f"P-{i}"] if draw(st.booleans()) else [])
+        lines = devices if t not in ("separation", "contact") else devices[:1]
+        for d in lines:
+            e = sev(t, d, start, end, t, zone=zone, subject=f"S-{i}")
+            events.append(e)
+            raiser = draw(st.sampled_from(devices)) if t in ("separation", "contact") else d
+            a = salarm(t, raiser, draw(st.integers(start, end)), subject=f"S-{i}", zone_id=zone)
+            a["alarm_id"] = f"a-{len(alarms)}"
+            alarms.append(a)
+    return events, alarms
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=truth_and_alarms(), drop=st.integers(0, 10_000), stray=st.sampled_from(TYPES))
+def test_property_exact_alarms_score_perfectly_and_each_change_counts(tmp_path, data, drop,
+                                                                       stray):
+    events, alarms = data
+    truth = _truth(tmp_path, events)
+    is_warn = [a["type"] == "approach" for a in alarms]
+    r = score(truth, alarms)
+    w = r["warnings"]
+    assert (r["missed"], r["false"], w["missed"], w["false"]) == (0, 0, 0, 0)
+    assert r["matched"] == is_warn.count(False) and w["matched"] == is_warn.count(True)
+    # Without one alarm, exactly its event is missed (as alarm or as warning).
+    k = drop % len(alarms)
+    r = score(truth, alarms[:k] + alarms[k + 1:])
+    assert (r["missed"], r["warnings"]["missed"]) == ((0, 1) if is_warn[k] else (1, 0))
+    assert r["false"] == r["warnings"]["false"] == 0
+    # One alarm nobody injected (another subject) is exactly one false alarm or warning.
+    extra = salarm(stray, "B-99", 50_000, subject="S-99", zone_id="z-99", alarm_id="stray")
+    r = score(truth, alarms + [extra])
+    assert (r["false"], r["warnings"]["false"]) == ((0, 1) if stray == "approach" else (1, 0))
+    assert r["missed"] == r["warnings"]["missed"] == 0
