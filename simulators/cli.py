@@ -101,8 +101,11 @@ def _generate(args) -> int:
         return 1
     zp, sp = fleet.write(args.out)
     n_dev = sum(len(s["devices"]) for s in fleet.subjects["subjects"])
+    n_pairs = sum(1 for s in fleet.subjects["subjects"] if "contacts" in s) // 2
     print(f"wrote {zp} ({len(fleet.zones['features'])} zones) and {sp} "
-          f"({len(fleet.subjects['subjects'])} subjects, {n_dev} devices)", file=sys.stderr)
+          f"({len(fleet.subjects['subjects'])} subjects, {n_dev} devices, "
+          f"{len(fleet.subjects['protected'])} protected persons with a victim device, "
+          f"listed contact pairs: {n_pairs})", file=sys.stderr)
     return 0
 
 
