@@ -31,13 +31,13 @@ import shapely
 from shapely.geometry import LineString, Point
 from shapely.ops import nearest_points
 
-from simulators.movement import MAX_ERROR_M
+from simulators.movement import ACC_RANGE_M, MAX_ERROR_M, SRC_GPS
 
 # Those needing two parties first, while most subjects are still free.
 RULE_EVENTS = ("contact", "proximity", "separation", "foil", "power_off", "approach")
 RULE_EXPECTED = {"separation": "separation", "foil": "no_fix", "power_off": "power_off",
                  "approach": "approach", "proximity": "proximity", "contact": "contact"}
-GPS_ACC_MAX_M = 30.0  # the largest GPS accuracy the movement model reports
+GPS_ACC_MAX_M = ACC_RANGE_M[SRC_GPS][1]  # the largest GPS accuracy reported
 PROXIMITY_CLOSE_M = 300.0  # how close a subject and its victim come (at most 0.3 proximity_m)
 CONTACT_CLOSE_M = 40.0  # how close co-defendants stand while they meet
 # Clearance of an event's path from the subject's other exclusion zones, beyond approach_m.

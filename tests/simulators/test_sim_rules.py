@@ -5,6 +5,7 @@ nothing that could fire one of the new rules happens outside the windows."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from functools import lru_cache
 
@@ -385,3 +386,22 @@ def test_a_shifted_rules_run_is_the_run_planned_later():
     assert a.truth_lines() == b.truth_lines()
     assert [m.payload for m in a.messages(0, a.total_slots)] == [
         m.payload for m in b.messages(0, b.total_slots)]
+
+
+def test_bad_protected_persons_are_named():
+    from simulators.movement import MovementError
+
+    gen, zones, _ = fleet(60, 8, ("411303",))
+    subjects = gen.subjects["subjects"]
+    bad = [({"protected": [{"region": "411303"}]}, "protected[0] needs a person_id"),
+           ({"protected": "V-1"}, '"protected" must be a list'),
+           ({"protected": [{"person_id": "V-1", "region": "411303",
+                            "devices": [{"device_id": subjects[0]["devices"][0]["device_id"],
+                                         "kind": "victim"}],
+                            "protected_from": [subjects[0]["subject_id"]]}]},
+            "device id(s) used twice")]
+    for extra, message in bad:
+        with pytest.raises(MovementError, match=re.escape(message)):
+            Fleet.build({"subjects": subjects, **extra}, zones, protected=True)
+    # Without protected=True the block is not read at all (the other scenarios).
+    assert Fleet.build({"subjects": subjects, "protected": "V-1"}, zones).victim_ids == []
