@@ -174,6 +174,13 @@ def write_truth_header(path, sim, extra: dict | None = None) -> None:
             "offline_after_s": {lvl: sim.config.rules.offline_after_s.for_level(lvl)
                                 for lvl in ("strict", "ordinary", "lenient")},
             "skipped": sim.skipped, **(extra or {})}
+    if sim.scenario == "rules":  # the thresholds its windows were placed with
+        r = sim.config.rules
+        head["rules"] = {"no_fix_after_s": {lvl: r.no_fix_after_s.for_level(lvl)
+                                            for lvl in ("strict", "ordinary", "lenient")},
+                         **{k: getattr(r, k) for k in (
+                             "separation_m", "separation_window_s", "approach_m",
+                             "proximity_m", "contact_m", "contact_min_s", "alarm_per")}}
     if sim.model.contacts_close:  # listed contacts normal movement may bring together
         head["contacts_close"] = [list(p) for p in sim.model.contacts_close]
     with open(path, "wb") as fh:

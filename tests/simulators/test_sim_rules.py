@@ -315,6 +315,8 @@ def test_cli_writes_the_rules_scenario_with_the_victims_devices(tmp_path):
     assert (tmp_path / "a.jsonl").read_bytes() == b"".join(x + b"\n" for x in lines)
     truth = [orjson.loads(x) for x in (tmp_path / "a.truth").read_bytes().splitlines()]
     assert truth[0]["scenario"] == "rules" and truth[0]["skipped"] == []
+    assert truth[0]["rules"]["no_fix_after_s"] == {"strict": 20, "ordinary": 25, "lenient": 30}
+    assert truth[0]["rules"]["contact_min_s"] == 15 and truth[0]["rules"]["approach_m"] == 200
     assert {t["expect"] for t in truth[1:]} == set(RULE_EXPECTED.values()) | {"exclusion"}
     victims = {orjson.loads(x)["device_id"] for x in lines} - {
         d["device_id"] for s in gen.subjects["subjects"] for d in s["devices"]}
