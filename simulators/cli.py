@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--rate", type=float, default=100.0,
                    help="messages per second, whole fleet (default 100)")
     r.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
-    r.add_argument("--scenario", default="normal", help="normal | excursions | mixed | load")
+    r.add_argument("--scenario", default="normal",
+                   help="normal | excursions | mixed | load | rules (issue #14's rules)")
     r.add_argument("--truth", help="write the ground truth (JSON lines) here")
     r.add_argument("--config", help="the engine's config TOML (offline thresholds, buffer)")
     r.add_argument("--time-scale", type=float, default=1.0,
@@ -100,8 +101,11 @@ def _generate(args) -> int:
         return 1
     zp, sp = fleet.write(args.out)
     n_dev = sum(len(s["devices"]) for s in fleet.subjects["subjects"])
+    n_pairs = sum(1 for s in fleet.subjects["subjects"] if "contacts" in s) // 2
     print(f"wrote {zp} ({len(fleet.zones['features'])} zones) and {sp} "
-          f"({len(fleet.subjects['subjects'])} subjects, {n_dev} devices)", file=sys.stderr)
+          f"({len(fleet.subjects['subjects'])} subjects, {n_dev} devices, "
+          f"{len(fleet.subjects['protected'])} protected persons with a victim device, "
+          f"listed contact pairs: {n_pairs})", file=sys.stderr)
     return 0
 
 
@@ -157,7 +161,7 @@ def load_simulation(zones_path, subjects_path, *, rate, duration_s, scenario, se
     if shard is not None:
         i, k = shard
         subjects = {**subjects, "subjects": subjects["subjects"][i::k]}
-    fleet = Fleet.build(subjects, zones)
+    fleet = Fleet.build(subjects, zones, protected=scenario == "rules")
     start = start_ms if start_ms is not None else int(time.time() * 1000) + 2000
     return Simulation(fleet, rate=rate, duration_s=duration_s, start_ms=start, config=config,
                       scenario=scenario, seed=seed, time_scale=time_scale,
@@ -170,6 +174,15 @@ def write_truth_header(path, sim, extra: dict | None = None) -> None:
             "offline_after_s": {lvl: sim.config.rules.offline_after_s.for_level(lvl)
                                 for lvl in ("strict", "ordinary", "lenient")},
             "skipped": sim.skipped, **(extra or {})}
+    if sim.scenario == "rules":  # the thresholds its windows were placed with
+        r = sim.config.rules
+        head["rules"] = {"no_fix_after_s": {lvl: r.no_fix_after_s.for_level(lvl)
+                                            for lvl in ("strict", "ordinary", "lenient")},
+                         **{k: getattr(r, k) for k in (
+                             "separation_m", "separation_window_s", "approach_m",
+                             "proximity_m", "contact_m", "contact_min_s", "alarm_per")}}
+    if sim.model.contacts_close:  # listed contacts normal movement may bring together
+        head["contacts_close"] = [list(p) for p in sim.model.contacts_close]
     with open(path, "wb") as fh:
         fh.write(orjson.dumps(head) + b"\n")
         fh.writelines(line + b"\n" for line in sim.truth_lines())

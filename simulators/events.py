@@ -17,15 +17,21 @@ import shapely
 from shapely.geometry import LineString, Point
 from shapely.ops import nearest_points
 
+from simulators.rule_events import RULE_EVENTS, RULE_EXPECTED, RuleEvents
+
+__all__ = ["RULE_EVENTS"]  # re-exported for simulators.scenario
+
 MOVEMENT_EVENTS = ("excursion", "exclusion_entry")
 DEVICE_EVENTS = ("silent", "store_forward", "strap_open", "low_battery", "clock_skew",
                  "duplicate", "malformed", "spoof")
 EXPECTED = {"excursion": "outbound", "exclusion_entry": "exclusion", "silent": "offline",
             "strap_open": "tamper", "low_battery": "low_battery"}
+ALL_EXPECTED = {**EXPECTED, **RULE_EXPECTED}
 # How far beyond the county an excursion goes, at least (metres).
 EXCURSION_OUT_M = 1000.0
 # Injected detours keep this far from exclusion zones they are not meant to enter:
-# the largest GPS error (30 m) plus a margin.
+# the largest GPS error (30 m) plus a margin, beyond ``rules.approach_m`` (so that no
+# approach warning is raised either).
 DETOUR_CLEARANCE_M = 150.0
 SKEW_MS = 90_000  # ahead of true time, within the ingest's max_future_ms default (300 s)
 MALFORMED = (
@@ -69,9 +75,12 @@ class DeviceScript:
     status_override: list[tuple[int, int, dict]] = field(default_factory=list)
     oneshots: list[tuple[int, str, object]] = field(default_factory=list)  # (t, action, arg)
     buffered: list[dict] = field(default_factory=list)
+    nofix: list[tuple[int, int]] = field(default_factory=list)  # statuses instead of fixes
+    power_off: list[tuple[int, int]] = field(default_factory=list)  # "power": "off", silence
+    said_off: set[tuple[int, int]] = field(default_factory=set)  # power_off windows begun
 
 
-class EventInjector:
+class EventInjector(RuleEvents):
     """Places injected events on a :class:`~simulators.scenario.Simulation` being built.
 
     ``sim`` is not annotated: this module sits below scenario.py, which imports it. The
@@ -160,7 +169,10 @@ class EventInjector:
             if not fleet.inclusion_m[s].contains(path):
                 return False
             avoid = [og for oz, og in excl if oz != zone]
-        if any(shapely.distance(path, g) < DETOUR_CLEARANCE_M for g in avoid):
+        clear = DETOUR_CLEARANCE_M + self.config.rules.approach_m
+        if any(shapely.distance(path, g) < clear for g in avoid):
+            return False
+        if not self._relations_ok(s, path):
             return False
         start, end = self.model.insert_detour(s, ta, [target], travel_ms=travel, dwell_ms=dwell)
         expect = EXPECTED[kind]
@@ -169,7 +181,7 @@ class EventInjector:
                                          start, end, expect,
                                          {"out_m": round(float(shapely.distance(
                                              Point(target), fleet.allowed_any_m[s])), 1)}
-                                         if kind == "excursion" else {}))
+                                         if kind == "excursion" else {"allow": ["approach"]}))
         return True
 
     def _nearest_inclusion(self, s: int, xy) -> str:
@@ -197,6 +209,12 @@ class EventInjector:
         self.truth.append(TruthEvent(what, self.fleet.device_ids[d], self.fleet.subject_ids[s],
                                      zone, int(start), int(end), expect, detail))
 
+    def _pair_allow(self, s: int) -> dict:
+        """For a subject with two devices, an event that holds back one device's fixes
+        lets the other's fresh fixes pair with its stale ones: separation may rightly be
+        raised then (the rule pairs fixes up to separation_window_s apart)."""
+        return {"allow": ["separation"]} if len(self.fleet.devices_of(s)) > 1 else {}
+
     def _ev_silent(self, s, rng, warm, tail) -> bool:
         d = self._device(s, rng)
         thr = self.sim.offline_after_ms(s)
@@ -208,7 +226,7 @@ class EventInjector:
         self._script(d).silent.append((ta, tb))
         # at = last receive + threshold; the last report is at most one interval before ta.
         self._truth("silent", d, ta - self.interval_ms + thr, tb + self.interval_ms, "offline",
-                    offline_after_ms=thr)
+                    offline_after_ms=thr, **self._pair_allow(s))
         return True
 
     def _ev_store_forward(self, s, rng, warm, tail) -> bool:
@@ -221,7 +239,8 @@ class EventInjector:
         if ta is None:
             return False
         self._script(d).deadspot.append((ta, int(ta + length)))
-        self._truth("store_forward", d, ta, int(ta + length + self.interval_ms))
+        self._truth("store_forward", d, ta, int(ta + length + self.interval_ms),
+                    **self._pair_allow(s))
         return True
 
     def _status_window(self, s, rng, warm, tail, what, fields_on, fields_off, expect) -> bool:
@@ -256,7 +275,8 @@ class EventInjector:
             return False
         self._script(d).skew.append((ta, int(ta + length), SKEW_MS))
         # After the skew its fixes are older than the newest it sent: late, for SKEW_MS.
-        self._truth("clock_skew", d, ta, int(ta + length + SKEW_MS), skew_ms=SKEW_MS)
+        self._truth("clock_skew", d, ta, int(ta + length + SKEW_MS), skew_ms=SKEW_MS,
+                    **self._pair_allow(s))
         return True
 
     def _ev_duplicate(self, s, rng, warm, tail) -> bool:

@@ -11,6 +11,11 @@ Writes ``DIR/zones.geojson`` and ``DIR/subjects.json`` (the subjects format of
   forbidden to some subjects.
 - approved leaves to a neighbouring county for about a tenth of the subjects, with
   windows around ``--start`` (some over, some open, some to come).
+- issue #14 relations: a protected person (``V-0001``, one victim device
+  ``V-0001-phone``, ``protected_from`` the subject) for about half of the victims' homes,
+  and co-defendants listed as prohibited ``contacts`` of each other (pairs in one county,
+  about 10 % of the subjects). Drawn from a generator of their own, after everything else,
+  so the subjects, zones and leaves of a seed are the same as before they existed.
 
 Location data is personal data: everything generated here is synthetic.
 """
@@ -37,6 +42,8 @@ SHARE_VICTIM = 0.35  # subjects with a victim's home to keep away from
 SHARE_VENUES = 0.2  # subjects forbidden one or two venues of their county
 SHARE_PHONE = 0.4  # subjects who also carry a positioning phone
 SHARE_LEAVE = 0.1  # subjects with an approved leave to a neighbouring county
+SHARE_PROTECTED = 0.5  # victims' homes whose victim carries a victim device (proximity)
+SHARE_CONTACTS = 0.1  # subjects in a co-defendant pair (listed contacts)
 VENUES_PER_COUNTY = 4
 VENUE_KINDS = ("school", "bar", "internet_cafe", "ktv")
 HOUR_MS = 3_600_000
@@ -122,6 +129,7 @@ def generate_fleet(n_subjects: int, *, seed: int = 0, counties: list[str] | None
             leave_zones.update(leave["zones"])
         subjects.append(subject)
 
+    protected = _relations(subjects, np.random.default_rng([seed, 0x14]))
     county_ids = list(dict.fromkeys(home_counties + sorted(leave_zones - set(home_counties))))
     zones = {
         "type": "FeatureCollection",
@@ -129,7 +137,33 @@ def generate_fleet(n_subjects: int, *, seed: int = 0, counties: list[str] | None
         "source": fc.get("source", "bundled county boundaries"),
         "features": _county_features(feats, county_ids) + victim_features + venue_features,
     }
-    return GeneratedFleet(zones=zones, subjects={"subjects": subjects})
+    return GeneratedFleet(zones=zones, subjects={"subjects": subjects, "protected": protected})
+
+
+def _relations(subjects: list[dict], rng: np.random.Generator) -> list[dict]:
+    """Add co-defendant ``contacts`` to ``subjects`` (in place) and return the protected
+    persons: the victim of a subject's ``victim-NNN`` home, carrying a victim device."""
+    protected = []
+    for s in subjects:
+        homes = [z for z in s.get("exclusion", ()) if z.startswith("victim-")]
+        if homes and rng.random() < SHARE_PROTECTED:
+            num = homes[0].removeprefix("victim-")
+            protected.append({"person_id": f"V-{num}", "region": s["region"],
+                              "devices": [{"device_id": f"V-{num}-phone", "kind": "victim"}],
+                              "protected_from": [s["subject_id"]]})
+    by_county: dict[str, list[dict]] = {}
+    for s in subjects:
+        by_county.setdefault(s["region"], []).append(s)
+    for county in sorted(by_county):
+        members = by_county[county]
+        k = round(SHARE_CONTACTS * len(members) / 2)
+        if k < 1 or len(members) < 2:
+            continue
+        picked = rng.choice(len(members), size=2 * k, replace=False)
+        for a, b in zip(picked[0::2], picked[1::2]):
+            members[a]["contacts"] = [members[b]["subject_id"]]
+            members[b]["contacts"] = [members[a]["subject_id"]]
+    return protected
 
 
 def _home_counties(fc: dict, feats: dict, counties: list[str] | None) -> list[str]:

@@ -32,15 +32,13 @@ Phones report GCJ-02 (the coordinates of Chinese map SDKs), bracelets WGS-84.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 
 import numpy as np
 import shapely
-from shapely.geometry import Point
 
-from contract.errors import EmfenceError
-from simulators.geo import LocalFrame, sample_points_in
+from simulators.fleet import Fleet, MovementError, time_ms  # noqa: F401 (re-exported)
+from simulators.geo import sample_points_in
 
 # Sources, as the wire contract spells them; the index is the code used in arrays.
 SOURCES = ("gps", "wifi", "cell")
@@ -49,6 +47,15 @@ ACC_RANGE_M = {SRC_GPS: (3.0, 30.0), SRC_WIFI: (50.0, 300.0), SRC_CELL: (300.0, 
 MAX_ERROR_M = 2000.0
 # Keep normal movement this far from exclusion zones: the largest error, plus a margin.
 NOISE_CLEARANCE_M = MAX_ERROR_M + 200.0
+# Issue #14 relations, kept apart in normal movement so that only an injected event
+# brings them together: listed contacts' homes at least CONTACT_APART_M + 4 trip radii
+# apart, a protected person VICTIM_APART_M + 2 trip radii from the subject's home. Both
+# cover the largest error of each side; the margins allow contact_m <= 1 km and
+# proximity_m <= 5 km (Simulation checks the config against them).
+CONTACT_MARGIN_M = 1000.0
+CONTACT_APART_M = 2 * MAX_ERROR_M + CONTACT_MARGIN_M
+VICTIM_MARGIN_M = 5000.0
+VICTIM_APART_M = 2 * MAX_ERROR_M + VICTIM_MARGIN_M
 # Source probabilities (gps, wifi, cell, none = drop-out) by what the subject is doing.
 LEG_DWELL, LEG_MOVING, LEG_EVENT = 0, 1, 2
 SOURCE_P = {
@@ -62,161 +69,8 @@ MIN_MS = 60_000
 DWELL_MIN = {"home": (30, 180), "work": (120, 300), "errand": (5, 45)}
 FOREVER_MS = 2**40  # leg end of the last dwell: ~35 years
 COORD_WGS84, COORD_GCJ02 = 0, 1
-
-
-class MovementError(EmfenceError, ValueError):
-    """The subjects/zones do not allow a movement plan; names the subject and why."""
-
-    def __init__(self, reason: str, *, subject_id: str | None = None):
-        self.reason = reason
-        self.subject_id = subject_id
-        super().__init__(f"subject {subject_id!r}: {reason}" if subject_id else reason)
-
-
-def time_ms(value, what: str) -> int:
-    """Epoch ms from an int or an ISO 8601 string with a UTC offset."""
-    if isinstance(value, bool):
-        raise MovementError(f"{what}: expected epoch ms or ISO 8601, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        try:
-            dt = datetime.fromisoformat(value)
-        except ValueError as exc:
-            raise MovementError(f"{what}: not ISO 8601: {value!r}") from exc
-        if dt.tzinfo is None:
-            raise MovementError(f"{what}: ISO time without a UTC offset: {value!r}")
-        return int(dt.timestamp() * 1000)
-    raise MovementError(f"{what}: expected epoch ms or ISO 8601, got {value!r}")
-
-
-@dataclass
-class Fleet:
-    """A subjects file with its zones, in the simulator's metric frame.
-
-    Per subject ``s``: ``inclusion_m[s]`` (union of inclusion zones), ``allowed_any_m[s]``
-    (inclusion plus every leave zone, whatever the window), ``exclusions_m[s]`` (list of
-    ``(zone_id, geometry)``); per device ``d``: ``device_ids[d]``, ``device_subject[d]``,
-    ``device_kind[d]``, ``device_region[d]``. All geometry in metres of ``frame``."""
-
-    frame: LocalFrame
-    subject_ids: list[str]
-    subject_level: list[str]
-    subject_region: list[str]
-    inclusion_ids: list[list[str]]
-    inclusion_m: list
-    allowed_any_m: list
-    exclusions_m: list[list[tuple[str, object]]]
-    leaves: list[list[tuple[int, int, list[str]]]]
-    device_ids: list[str]
-    device_subject: np.ndarray
-    device_kind: list[str]
-    device_region: list[str]
-    device_index: dict[str, int] = field(default_factory=dict)
-    zone_m: dict[str, object] = field(default_factory=dict)
-
-    @property
-    def n_devices(self) -> int:
-        return len(self.device_ids)
-
-    @property
-    def n_subjects(self) -> int:
-        return len(self.subject_ids)
-
-    @classmethod
-    def build(cls, subjects_doc: dict, zones) -> Fleet:
-        """From a parsed subjects file and the zones of ``geofence.load_zones`` (WGS-84)."""
-        by_id = {z.zone_id: z for z in zones}
-        raw = subjects_doc.get("subjects") if isinstance(subjects_doc, dict) else None
-        if not isinstance(raw, list) or not raw:
-            raise MovementError('the subjects file needs a non-empty "subjects" list')
-
-        def geom(zid: str, sid: str):
-            if zid not in by_id:
-                raise MovementError(f"unknown zone {zid!r}", subject_id=sid)
-            return by_id[zid].geometry
-
-        incl_wgs: dict[tuple, object] = {}
-        for s in raw:
-            sid = s.get("subject_id")
-            ids = tuple(s.get("inclusion") or ())
-            if not ids:
-                raise MovementError("no inclusion zone: the simulator needs one to move in",
-                                    subject_id=sid)
-            if ids not in incl_wgs:
-                incl_wgs[ids] = shapely.union_all([geom(z, sid) for z in ids])
-        frame = LocalFrame.around(incl_wgs.values())
-        cache: dict[str, object] = {}
-
-        def geom_m(zid: str, sid: str):
-            if zid not in cache:
-                g = geom(zid, sid)
-                circle = getattr(by_id[zid], "circle", None)
-                if circle is not None:
-                    # Exact in metres, and much cheaper than projecting the drawing polygon.
-                    (x,), (y,) = frame.to_m([circle[0]], [circle[1]])
-                    cache[zid] = Point(x, y).buffer(circle[2], quad_segs=16)
-                else:
-                    cache[zid] = frame.geom_to_m(g)
-            return cache[zid]
-
-        cols = _subject_columns(raw, geom_m)
-        fleet = cls(frame, **cols)
-        fleet.device_index = {d: i for i, d in enumerate(cols["device_ids"])}
-        fleet.zone_m = cache
-        return fleet
-
-    def devices_of(self, s: int) -> list[int]:
-        return [int(d) for d in np.flatnonzero(self.device_subject == s)]
-
-
-def _subject_columns(raw: list, geom_m) -> dict:
-    """The per-subject and per-device columns of a :class:`Fleet` (its field names), zones
-    in metres through ``geom_m(zone_id, subject_id)``."""
-    subject_ids, levels, regions, incl_ids, incl_m, allowed, excl, leaves = (
-        [] for _ in range(8))
-    device_ids, device_subject, device_kind, device_region = [], [], [], []
-    union_cache: dict[tuple, object] = {}
-    for si, s in enumerate(raw):
-        sid = s["subject_id"]
-        subject_ids.append(sid)
-        levels.append(s.get("level", "ordinary"))
-        regions.append(str(s.get("region", "")))
-        ids = tuple(s["inclusion"])
-        incl_ids.append(list(ids))
-        key = ids
-        if key not in union_cache:
-            union_cache[key] = shapely.union_all([geom_m(z, sid) for z in ids])
-        incl_m.append(union_cache[key])
-        lv, leave_zone_ids = _leaves(s, sid)
-        leaves.append(lv)
-        akey = ids + tuple(sorted(set(leave_zone_ids)))
-        if akey not in union_cache:
-            union_cache[akey] = shapely.union_all([geom_m(z, sid) for z in akey])
-        allowed.append(union_cache[akey])
-        excl.append([(z, geom_m(z, sid)) for z in (s.get("exclusion") or [])])
-        for d in s.get("devices") or []:
-            device_ids.append(d["device_id"])
-            device_subject.append(si)
-            device_kind.append(d.get("kind", "bracelet"))
-            device_region.append(str(s.get("region", "")))
-    return {"subject_ids": subject_ids, "subject_level": levels, "subject_region": regions,
-            "inclusion_ids": incl_ids, "inclusion_m": incl_m, "allowed_any_m": allowed,
-            "exclusions_m": excl, "leaves": leaves, "device_ids": device_ids,
-            "device_subject": np.asarray(device_subject, dtype=np.int64),
-            "device_kind": device_kind, "device_region": device_region}
-
-
-def _leaves(s: dict, sid: str) -> tuple[list[tuple[int, int, list[str]]], list[str]]:
-    """A subject's leaves as (start epoch ms, end epoch ms, zone ids), and all their zones."""
-    lv = []
-    leave_zone_ids: list[str] = []
-    for k, leave in enumerate(s.get("leaves") or []):
-        start = time_ms(leave.get("start"), f"subject {sid} leave {k} start")
-        end = time_ms(leave.get("end"), f"subject {sid} leave {k} end")
-        lv.append((start, end, list(leave.get("zones") or [])))
-        leave_zone_ids += list(leave.get("zones") or [])
-    return lv, leave_zone_ids
+# Device kinds that are phone apps: GCJ-02 coordinates, no strap in their statuses.
+PHONE_KINDS = ("phone", "victim")
 
 
 class MovementModel:
@@ -234,15 +88,24 @@ class MovementModel:
         self.time_scale = float(time_scale)
         self.seed = seed
         rng = np.random.default_rng([seed, 0x6D6F7665])
-        self.home = np.zeros((fleet.n_subjects, 2))
+        self.home = np.zeros((fleet.n_movers, 2))
         self.anchors: list[list[tuple[str, float, float]]] = []
         self._legs: list[list[tuple]] = []
+        self.trip_radius_m = trip_radius_m
+        # Listed contacts whose homes could not be kept CONTACT_APART_M apart (a small
+        # county): normal movement may bring them together; the truth header names them.
+        self.contacts_close: list[tuple[str, str]] = []
+        # Per device, windows (t0, t1, x, y) where it stays put, apart from its subject.
+        self.pins: dict[int, list[tuple[int, int, float, float]]] = {}
+        # GPS reports after each detour's return (see insert_detour); set by Simulation.
+        self.settle_ms = 0
         eroded_cache: dict[tuple[int, float], object] = {}
         for s in range(fleet.n_subjects):
             home, anchors = self._place_anchors(s, rng, trip_radius_m, eroded_cache)
             self.home[s] = home
             self.anchors.append(anchors)
             self._legs.append(self._day_plan(s, rng, horizon_ms))
+        self._place_victims(np.random.default_rng([seed, 0x5AFE]))
         self._compiled = None
 
     # -- planning (Python, once per subject) ------------------------------------------
@@ -269,7 +132,7 @@ class MovementModel:
                 cand = cand[keep]
             if not len(cand):
                 continue
-            home = cand[0]
+            home = self._apart_from_contacts(s, cand, trip_radius_m)
             anchors = [("home", home[0], home[1])]
             kinds = ["work"] + ["errand"] * int(rng.integers(2, 5))
             # Other anchors: uniform in the disc of radius 2 * radius around home, kept
@@ -284,6 +147,49 @@ class MovementModel:
             return home, anchors
         raise MovementError("no place for a home: the inclusion zone is too small or its "
                             "exclusion zones leave no room", subject_id=sid)
+
+    def _apart_from_contacts(self, s: int, cand: np.ndarray, radius: float) -> np.ndarray:
+        """The first candidate home far enough from the homes of ``s``'s listed contacts
+        placed so far (else the farthest, noted in ``contacts_close``)."""
+        placed = [c for c in self.fleet.contacts[s] if c < s] if self.fleet.contacts else []
+        if not placed:
+            return cand[0]
+        homes = self.home[placed]
+        d = np.min(np.hypot(cand[:, None, 0] - homes[None, :, 0],
+                            cand[:, None, 1] - homes[None, :, 1]), axis=1)
+        ok = np.flatnonzero(d >= 4 * radius + CONTACT_APART_M)
+        if len(ok):
+            return cand[ok[0]]
+        ids = self.fleet.subject_ids
+        self.contacts_close += [(ids[c], ids[s]) for c in placed]
+        return cand[int(np.argmax(d))]
+
+    def _place_victims(self, rng) -> None:
+        """Each protected person stays at a home VICTIM_APART_M + 2 trip radii from the
+        homes of the subjects it is protected from (outside the county, maybe: a victim
+        has no zones of its own), indoors (its phone reports as any phone does there)."""
+        fleet = self.fleet
+        for v, frm in enumerate(fleet.victim_from):
+            far = 2 * self.trip_radius_m + VICTIM_APART_M
+            for _ in range(32):
+                a = rng.uniform(0, 2 * np.pi)
+                x, y = self.home[frm[0]] + far * np.array([np.cos(a), np.sin(a)])
+                if all(np.hypot(x - self.home[s][0], y - self.home[s][1]) >= far * 0.999
+                       for s in frm):
+                    break
+            else:
+                raise MovementError("no home far enough from all the subjects it is "
+                                    "protected from", subject_id=fleet.victim_ids[v])
+            self.home[fleet.n_subjects + v] = (x, y)
+            self._legs.append([(self.start_ms - 7 * 86_400_000, self.start_ms + FOREVER_MS,
+                                x, y, x, y, LEG_DWELL)])
+
+    def pin(self, d: int, t0_ms: int, t1_ms: int) -> tuple[float, float]:
+        """Device ``d`` stays where its subject is at ``t0_ms`` until ``t1_ms`` (left at
+        home while the subject goes on), reporting GPS fixes; returns that place."""
+        x, y = self.position_at(int(self.fleet.device_subject[d]), t0_ms)
+        self.pins.setdefault(d, []).append((int(t0_ms), int(t1_ms), x, y))
+        return x, y
 
     def _trip_ms(self, rng, length_m: float) -> int:
         r = rng.random()
@@ -336,7 +242,10 @@ class MovementModel:
         """From ``t_ms`` on, subject ``s`` goes through ``targets`` (metres; each leg
         ``travel_ms`` long, with a ``dwell_ms`` stop at the last), comes back to where it
         was, and resumes its day shifted by the detour. Returns the detour's
-        ``(start_ms, end_ms)``. The detour's fixes are GPS (:data:`LEG_EVENT`)."""
+        ``(start_ms, end_ms)``. The detour's fixes are GPS (:data:`LEG_EVENT`), and so
+        are those of ``settle_ms`` more at the place it came back to (after ``end_ms``):
+        no indoor drop-out right after a fast return can leave one device's newest fix
+        kilometres behind the other's (a separation nobody injected)."""
         x, y = self.position_at(s, t_ms)
         legs = self._legs[s]
         pts = [(x, y)] + list(targets)
@@ -351,6 +260,10 @@ class MovementModel:
         for (ax, ay), (bx, by) in zip(pts[::-1][:-1], pts[::-1][1:]):
             detour.append((t, t + travel_ms, ax, ay, bx, by, LEG_EVENT))
             t += travel_ms
+        end = t
+        if self.settle_ms > 0:
+            detour.append((t, t + self.settle_ms, x, y, x, y, LEG_EVENT))
+            t += self.settle_ms
         shift = t - t_ms
         new = []
         for leg in legs:
@@ -365,13 +278,15 @@ class MovementModel:
                 new.append((t, t1 + shift, x, y, x1, y1, kind))
         self._legs[s] = new
         self._compiled = None
-        return t_ms, t
+        return t_ms, end
 
     def shift(self, delta_ms: int) -> None:
         """Move every plan ``delta_ms`` later (see ``Simulation.shift``)."""
         self.start_ms += delta_ms
         self._legs = [[(t0 + delta_ms, t1 + delta_ms, *rest) for t0, t1, *rest in legs]
                       for legs in self._legs]
+        self.pins = {d: [(a + delta_ms, b + delta_ms, x, y) for a, b, x, y in w]
+                     for d, w in self.pins.items()}
         self._compiled = None
 
     # -- vectorised queries ------------------------------------------------------------
@@ -403,20 +318,33 @@ class MovementModel:
         y = xy[i, 1] + (xy[i, 3] - xy[i, 1]) * f
         return x, y, kind[i]
 
+    def _pinned(self, device, t, x, y, kind):
+        x, y, kind = x.copy(), y.copy(), kind.copy()
+        for d, windows in self.pins.items():
+            for a, b, px, py in windows:
+                sel = (device == d) & (t >= a) & (t < b)
+                x[sel], y[sel], kind[sel] = px, py, LEG_EVENT
+        return x, y, kind
+
     def observe(self, device: np.ndarray, t_ms: np.ndarray, rng: np.random.Generator, *,
-                dropouts: bool = True) -> Observations:
+                dropouts: bool = True, u: np.ndarray | None = None) -> Observations:
         """What devices report at wall times ``t_ms``: positions with errors, accuracy,
         source, coordinate system. ``src == SRC_NONE`` marks a drop-out (no fix); with
-        ``dropouts=False`` every report has a fix (load runs: plain fixes only)."""
+        ``dropouts=False`` every report has a fix (load runs: plain fixes only). ``u``
+        (uniform in [0, 1), one per report) picks the source instead of ``rng``: equal
+        values give a subject's devices of one round the same source, so both drop out
+        together indoors (see :func:`round_uniform`)."""
         from geofence.gcj02 import wgs84_to_gcj02
 
         fleet = self.fleet
         device = np.asarray(device, dtype=np.int64)
         subj = fleet.device_subject[device]
         x, y, kind = self.true_position_m(subj, t_ms)
+        if self.pins:
+            x, y, kind = self._pinned(device, np.asarray(t_ms, dtype=np.int64), x, y, kind)
         n = len(device)
         src = np.full(n, SRC_GPS, dtype=np.int8)
-        u = rng.random(n)
+        u = rng.random(n) if u is None else np.asarray(u, dtype=np.float64)
         for k, p in SOURCE_P.items():
             sel = kind == k
             p = np.asarray(p) if dropouts else np.asarray(p[:3]) / sum(p[:3])
@@ -433,7 +361,7 @@ class MovementModel:
         ox, oy = x + err * np.cos(ang), y + err * np.sin(ang)
         lon, lat = fleet.frame.to_deg(ox, oy)
         tlon, tlat = fleet.frame.to_deg(x, y)
-        phone = np.array([fleet.device_kind[d] == "phone" for d in device], dtype=bool)
+        phone = np.array([fleet.device_kind[d] in PHONE_KINDS for d in device], dtype=bool)
         coord = np.where(phone, COORD_GCJ02, COORD_WGS84).astype(np.int8)
         if phone.any():
             glon, glat = wgs84_to_gcj02(lon[phone], lat[phone])
@@ -442,6 +370,19 @@ class MovementModel:
             lon[phone], lat[phone] = glon, glat
         return Observations(device, np.asarray(t_ms, dtype=np.int64), lon, lat, acc, src, coord,
                             tlon, tlat, err)
+
+
+def round_uniform(seed: int, subject: np.ndarray, rnd: np.ndarray) -> np.ndarray:
+    """A uniform number in [0, 1) per (seed, subject, round), the same in every call
+    (splitmix64 of the three): the source draw a subject's devices share in one round."""
+    with np.errstate(over="ignore"):
+        z = (np.uint64(seed & 0xFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15)
+             + np.asarray(subject, dtype=np.uint64) * np.uint64(0xBF58476D1CE4E5B9)
+             + np.asarray(rnd, dtype=np.uint64) * np.uint64(0x94D049BB133111EB))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 @dataclass

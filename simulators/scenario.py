@@ -2,11 +2,14 @@
 
 A run publishes ``rate`` messages per second for ``duration_s``. Slot ``m`` (0, 1, 2, ...)
 is due at ``start_ms + m * 1000 / rate`` and belongs to device ``order[m % n]`` (a
-seeded permutation), so every device reports once per ``n / rate`` seconds, the fleet's
-reports are evenly spread, and the rate is exact by construction.
+seeded permutation of the subjects, each subject's devices next to each other), so every
+device reports once per ``n / rate`` seconds, the fleet's reports are evenly spread, the
+rate is exact by construction, and a subject's bracelet and phone report within
+``1 / rate`` of each other (so that the time-scaled day, which moves a subject hundreds of
+metres a second, never pulls them apart: no separation nobody injected).
 
 A slot's message is a fix, or a status heartbeat (every ``status_every``-th report of a
-device, and whenever it has no fix: an indoor drop-out). Injected events change what
+subject's devices, and whenever it has no fix: an indoor drop-out). Injected events change what
 some devices send and are written to the ground truth (:class:`TruthEvent`), one JSON
 line each, with the alarm the engine is expected to raise (or ``null``); where and when
 each is placed is :mod:`simulators.events`.
@@ -24,18 +27,30 @@ from emfence.config import Config
 from simulators.events import (
     DEVICE_EVENTS,
     MOVEMENT_EVENTS,
+    RULE_EVENTS,
     DeviceScript,
     EventInjector,
     TruthEvent,
 )
-from simulators.movement import COORD_GCJ02, SOURCES, SRC_NONE, Fleet, MovementModel
+from simulators.movement import (
+    CONTACT_MARGIN_M,
+    COORD_GCJ02,
+    PHONE_KINDS,
+    SOURCES,
+    SRC_NONE,
+    VICTIM_MARGIN_M,
+    Fleet,
+    MovementModel,
+    round_uniform,
+)
 
-SCENARIOS = ("normal", "excursions", "mixed", "load")
+SCENARIOS = ("normal", "excursions", "mixed", "load", "rules")
 SCENARIO_EVENTS = {
     "normal": (),
     "load": (),
     "excursions": MOVEMENT_EVENTS,
     "mixed": MOVEMENT_EVENTS + DEVICE_EVENTS,
+    "rules": RULE_EVENTS,  # issue #14; the fleet includes the protected persons' devices
 }
 
 
@@ -78,7 +93,9 @@ class Simulation:
         self.interval_ms = n * 1000.0 / self.rate
         self.total_slots = int(self.duration_s * self.rate)
         rng = np.random.default_rng([seed, 0x5C3E])
-        self.order = rng.permutation(n)
+        rank = np.empty(fleet.n_movers, dtype=np.int64)
+        rank[rng.permutation(fleet.n_movers)] = np.arange(fleet.n_movers)
+        self.order = np.argsort(rank[fleet.device_subject], kind="stable")
         self._rng = np.random.default_rng([seed, 0x0B5E])
         # Plans cover the run and an hour beyond (the publisher may start late: ``shift``).
         self.model = MovementModel(fleet, seed=seed, start_ms=start_ms, time_scale=time_scale,
@@ -89,6 +106,7 @@ class Simulation:
         self.truth: list[TruthEvent] = []
         self.skipped: list[str] = []
         self._check_offline_margin()
+        self._check_relation_margins()
         # Warm up (numba caches, the plan's arrays) now rather than in the first publish
         # tick, with a throwaway generator so the run's own draws stay deterministic.
         self.model.observe(self.order[:1], np.array([self.start_ms]), np.random.default_rng(0))
@@ -97,6 +115,7 @@ class Simulation:
             self.skipped.append("spoof: devices share pooled connections, so none can "
                                 "publish under another's identity")
         if kinds:
+            self.model.settle_ms = int(3 * self.interval_ms)
             EventInjector(self).inject(kinds, rng, events_per_kind)
 
     # -- checks and helpers --------------------------------------------------------------
@@ -115,6 +134,17 @@ class Simulation:
                 f"{self.rate:g} messages/s), but the shortest offline threshold is "
                 f"{worst / 1000:g} s: raise --rate, or use a config with longer "
                 "rules.offline_after_s")
+
+    def _check_relation_margins(self) -> None:
+        """Normal movement keeps contacts and victims apart by margins made for
+        ``contact_m`` and ``proximity_m`` up to a limit (simulators.movement)."""
+        r = self.config.rules
+        for key, value, limit in (("contact_m", r.contact_m, CONTACT_MARGIN_M),
+                                  ("proximity_m", r.proximity_m, VICTIM_MARGIN_M)):
+            if value > limit:
+                raise ValueError(f"rules.{key} = {value:g} m is more than the simulator keeps "
+                                 f"subjects apart for ({limit:g} m): normal movement could "
+                                 "raise it; use a config with a smaller one")
 
     def slot_ms(self, m) -> np.ndarray:
         return self.start_ms + (np.asarray(m, dtype=np.float64) * 1000.0
@@ -142,6 +172,9 @@ class Simulation:
             sc.skew = [(a + delta_ms, b + delta_ms, k) for a, b, k in sc.skew]
             sc.status_override = [(a + delta_ms, b + delta_ms, f) for a, b, f in sc.status_override]
             sc.oneshots = [(t + delta_ms, a, x) for t, a, x in sc.oneshots]
+            sc.nofix = [(a + delta_ms, b + delta_ms) for a, b in sc.nofix]
+            sc.power_off = [(a + delta_ms, b + delta_ms) for a, b in sc.power_off]
+            sc.said_off = {(a + delta_ms, b + delta_ms) for a, b in sc.said_off}
 
     # -- messages ------------------------------------------------------------------------
 
@@ -159,9 +192,13 @@ class Simulation:
         dev = self.order[m % self.n]
         rnd = m // self.n
         t = self.slot_ms(m)
-        obs = self.model.observe(dev, t, self._rng, dropouts=self.scenario != "load")
+        # One source draw per subject and round: its bracelet and phone (one slot apart)
+        # drop out together indoors, so neither is left with a stale fix that pairs as
+        # separated with the other's fresh one.
+        u = round_uniform(self.seed, fleet.device_subject[dev], rnd)
+        obs = self.model.observe(dev, t, self._rng, dropouts=self.scenario != "load", u=u)
         status_slot = (np.zeros(len(m), dtype=bool) if not self.status_every
-                       else ((rnd + dev) % self.status_every) == 0)
+                       else ((rnd + fleet.device_subject[dev]) % self.status_every) == 0)
         out: list[Outgoing] = []
         scripts = self.scripts
         ids = fleet.device_ids
@@ -221,7 +258,7 @@ class Simulation:
         battery = float(self.battery0[d] - 2.0 * hours)
         status = {"ts": ts, "battery": int(max(battery, 40.0)), "strap": "ok",
                   "charging": battery < 40.0}
-        if self.fleet.device_kind[d] == "phone":
+        if self.fleet.device_kind[d] in PHONE_KINDS:
             del status["strap"]
         if sc is not None:
             for a, b, fields in sc.status_override:
@@ -229,12 +266,31 @@ class Simulation:
                     status.update(fields)
         return status
 
+    def _powered_off(self, d: int, ts: int, sc: DeviceScript, out: list[Outgoing]) -> bool:
+        """In a power-off window: the first slot sends the firmware's last word (a status
+        with ``"power": "off"``), the others nothing."""
+        for a, b in sc.power_off:
+            if a <= ts < b:
+                if (a, b) not in sc.said_off:
+                    sc.said_off.add((a, b))
+                    status = {**self._status(d, ts, sc), "power": "off"}
+                    out.append(Outgoing(d, device_topic(self.fleet.device_region[d],
+                                                        self.fleet.device_ids[d], "status"),
+                                        orjson.dumps(status), "status", ts))
+                return True
+        return False
+
     def _scripted(self, d: int, ts: int, fix: dict | None, sc: DeviceScript,
                   out: list[Outgoing]) -> None:
         ids, region = self.fleet.device_ids, self.fleet.device_region[d]
         fix_topic = device_topic(region, ids[d], "fix")
         if any(a <= ts < b for a, b in sc.silent):
             return
+        if self._powered_off(d, ts, sc, out):
+            return
+        if fix is not None and any(a <= ts < b for a, b in sc.nofix):
+            self.seq[d] -= 1  # wrapped in foil: the device answers, with no position
+            fix = None
         for a, b, skew in sc.skew:
             if a <= ts < b and fix is not None:
                 fix["ts"] = ts + skew
@@ -251,6 +307,13 @@ class Simulation:
         else:
             out.append(Outgoing(d, device_topic(region, ids[d], "status"),
                                 orjson.dumps(self._status(d, ts, sc)), "status", ts))
+        self._oneshots(d, ts, fix, sc, out)
+
+    def _oneshots(self, d: int, ts: int, fix: dict | None, sc: DeviceScript,
+                  out: list[Outgoing]) -> None:
+        """The one-shot actions due by ``ts``, after the slot's own message."""
+        ids, region = self.fleet.device_ids, self.fleet.device_region[d]
+        fix_topic = device_topic(region, ids[d], "fix")
         while sc.oneshots and min(sc.oneshots, key=lambda o: o[0])[0] <= ts:
             one = min(sc.oneshots, key=lambda o: o[0])
             sc.oneshots.remove(one)

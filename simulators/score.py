@@ -22,11 +22,16 @@ alarm at most one event (earliest first). Then:
 
 Truth events that end after the run ended (an interrupted run) are not scored.
 
-One alarm per subject (``rules.alarm_per = "subject"``, docs/rules.md): a truth event of a
-device that no alarm of its own matched is matched by an alarm of the same type and zone
-that lists the device in its ``devices`` (the cleared event lists every device of the
-episode) and is open at some time in the event's window (each alarm once per device).
-Warnings (``contract.WARNING_TYPES``) that match no truth event are not false alarms.
+Issue #14: the subject-level types (``separation``, ``contact``) match by subject instead
+of device; ``proximity`` and ``contact`` must name the truth's ``person_id`` /
+``peer_subject_id`` when both name one. One alarm per subject (``rules.alarm_per =
+"subject"``, docs/rules.md): an event that no alarm of its own device matched is matched
+by an alarm of its type and zone that lists its device in ``devices`` (the raised event
+lists the first device, the cleared one every device of the episode) and was open at some
+time in its window (each such alarm once per device). An event's ``detail.allow`` names
+types that may also be raised for it inside its window without being false. Warnings
+(``contract.alarms.WARNING_TYPES``: ``approach``) are scored on their own
+(``warnings``): one matching nothing is a false warning, not a false alarm.
 """
 
 from __future__ import annotations
@@ -46,6 +51,10 @@ from contract.errors import EmfenceError
 
 DEFAULT_SLACK_MS = 2000
 DEFAULT_LATE_MS = 1000
+# Alarms raised on the subject (matched by subject_id), and the truth detail key naming
+# the other party that the alarm must name too, when it names one.
+SUBJECT_TYPES = ("separation", "contact")
+OTHER_PARTY = {"proximity": "person_id", "contact": "peer_subject_id"}
 
 
 class ScoreError(EmfenceError, ValueError):
@@ -141,45 +150,71 @@ def _pct(values: list[float]) -> dict:
 def score(truth: Truth, alarms: list[dict], *, slack_ms: int = DEFAULT_SLACK_MS,
           late_ms: int = DEFAULT_LATE_MS) -> dict:
     """The score as a dict (see the module docstring for the definitions)."""
-    cleared_ids = {a.get("alarm_id") for a in alarms if a.get("event") == "cleared"}
+    cleared = {a.get("alarm_id"): a for a in alarms if a.get("event") == "cleared"}
+    cleared_ids = set(cleared)
     unique = _unique_raised(alarms)
-    in_run = [a for a in unique if truth.start <= int(a.get("at", 0)) <= truth.end]
+    in_run = [_with_episode(a, cleared.get(a.get("alarm_id"))) for a in unique
+              if truth.start <= int(a.get("at", 0)) <= truth.end]
     in_run.sort(key=lambda a: (int(a["at"]), str(a.get("alarm_id"))))
     scored = [e for e in truth.events if int(e["end"]) <= truth.end + slack_ms]
     not_scored = len(truth.events) - len(scored)
     expecting = sorted((e for e in scored if e.get("expect")),
                        key=lambda e: (int(e["start"]), e["device_id"]))
-    used = [False] * len(in_run)
+    used: list[set] = [set() for _ in in_run]
     matched, missed = _match(expecting, in_run, used, slack_ms)
-    missed = _match_subject_alarms(missed, matched, unique, alarms, slack_ms)
+    missed = _match_listed(missed, matched, in_run, used, slack_ms)
     _excuse_cut_off(truth, in_run, used, slack_ms)
-    false = [a for i, a in enumerate(in_run) if not used[i] and a.get("type") not in WARNING_TYPES]
+    _excuse_allowed(scored, in_run, used, slack_ms)
+    false_all = [a for i, a in enumerate(in_run) if not used[i]]
+    warn = [(e, a) for e, a in matched if e["expect"] in WARNING_TYPES]
+    matched = [(e, a) for e, a in matched if e["expect"] not in WARNING_TYPES]
+    missed_warn = [e for e in missed if e["expect"] in WARNING_TYPES]
+    missed = [e for e in missed if e["expect"] not in WARNING_TYPES]
+    false = [a for a in false_all if a.get("type") not in WARNING_TYPES]
+    false_warn = [a for a in false_all if a.get("type") in WARNING_TYPES]
     latencies = [float(a["rx_ms"]) - float(a["at"]) for _, a in matched
                  if a.get("rx_ms") is not None]
     late = [a for _, a in matched
             if a.get("rx_ms") is not None and float(a["rx_ms"]) - float(a["at"]) > late_ms]
-    not_cleared = [a for _, a in matched if a.get("alarm_id") not in cleared_ids]
-
-    def brief(a: dict) -> dict:
-        return {k: a.get(k) for k in ("type", "device_id", "zone_id", "at", "alarm_id", "rx_ms")}
-
-    def brief_truth(e: dict) -> dict:
-        return {k: e.get(k) for k in ("what", "device_id", "zone_id", "start", "end", "expect")}
-
+    not_cleared = _distinct(a for _, a in matched if a.get("alarm_id") not in cleared_ids)
+    n_expected = sum(1 for e in expecting if e["expect"] not in WARNING_TYPES)
     return {
         "run": {"start": truth.start, "end": truth.end, "scenario": truth.meta.get("scenario")},
         "truth_events": len(truth.events), "not_scored": not_scored,
-        "expected": len(expecting), "matched": len(matched), "missed": len(missed),
+        "expected": n_expected, "matched": len(matched), "missed": len(missed),
         "false": len(false), "late": len(late), "not_cleared": len(not_cleared),
         "alarms_raised": len(unique), "alarms_in_run": len(in_run),
         "latency": _pct(latencies),
-        "by_type": _by_type(expecting, in_run, matched, missed, false),
-        "missed_events": [brief_truth(e) for e in missed],
-        "false_alarms": [brief(a) for a in false],
-        "late_alarms": [brief(a) for a in late],
-        "not_cleared_alarms": [brief(a) for a in not_cleared],
+        "by_type": _by_type(expecting, in_run, matched + warn, missed + missed_warn, false_all),
+        "missed_events": [_brief_truth(e) for e in missed],
+        "false_alarms": [_brief(a) for a in false],
+        "late_alarms": [_brief(a) for a in late],
+        "not_cleared_alarms": [_brief(a) for a in not_cleared],
+        "warnings": {
+            "expected": len(expecting) - n_expected, "matched": len(warn),
+            "missed": len(missed_warn), "false": len(false_warn),
+            "not_cleared": len(_distinct(a for _, a in warn
+                                         if a.get("alarm_id") not in cleared_ids)),
+            "missed_events": [_brief_truth(e) for e in missed_warn],
+            "false_warnings": [_brief(a) for a in false_warn],
+        },
         "slack_ms": slack_ms, "late_ms": late_ms,
     }
+
+
+def _brief(a: dict) -> dict:
+    return {k: a.get(k) for k in ("type", "subject_id", "device_id", "zone_id", "at",
+                                  "alarm_id", "rx_ms")}
+
+
+def _brief_truth(e: dict) -> dict:
+    return {k: e.get(k) for k in ("what", "subject_id", "device_id", "zone_id", "start", "end",
+                                  "expect")}
+
+
+def _distinct(alarms) -> list[dict]:
+    """Each alarm once (one alarm per subject may match an event of each of its devices)."""
+    return list({id(a): a for a in alarms}.values())
 
 
 def _unique_raised(alarms: list[dict]) -> list[dict]:
@@ -198,59 +233,78 @@ def _unique_raised(alarms: list[dict]) -> list[dict]:
     return unique
 
 
-def _match(expecting: list[dict], in_run: list[dict], used: list[bool], slack_ms: int
+def _with_episode(a: dict, clear: dict | None) -> dict:
+    """A copy of raised alarm ``a`` with ``_listed`` (every device its raised and cleared
+    events list, its own included) and ``_until`` (its cleared ``at``, or None)."""
+    listed = {a.get("device_id")}
+    for ev in (a, clear or {}):
+        for x in ev.get("devices") or ():
+            listed.add(x.get("device_id") if isinstance(x, dict) else x)
+    return {**a, "_listed": listed, "_until": None if clear is None else int(clear["at"])}
+
+
+def _fits(e: dict, a: dict, type_: str, *, listed: bool = False) -> bool:
+    """Whether alarm ``a`` is of ``type_``, for ``e``'s subject (subject-level types) or
+    device (``listed``: any device the alarm lists), its zone and its other party."""
+    if a.get("type") != type_:
+        return False
+    if type_ in SUBJECT_TYPES:
+        if a.get("subject_id") != e.get("subject_id"):
+            return False
+    elif e["device_id"] not in (a.get("_listed", ()) if listed else (a.get("device_id"),)):
+        return False
+    key = OTHER_PARTY.get(type_)
+    want = (e.get("detail") or {}).get(key) if key else None
+    if want is not None and a.get(key) is not None and a.get(key) != want:
+        return False
+    return e.get("zone_id") is None or a.get("zone_id") == e["zone_id"]
+
+
+def _match(expecting: list[dict], in_run: list[dict], used: list[set], slack_ms: int
            ) -> tuple[list[tuple[dict, dict]], list[dict]]:
     """(truth event, alarm) pairs and the missed truth events: each event takes the
-    earliest unused alarm that fits it; ``used`` marks the alarms taken."""
+    earliest unused alarm of its own device (or subject) that fits it; ``used`` collects
+    what each alarm was taken for."""
     matched, missed = [], []
     for e in expecting:
         lo, hi = int(e["start"]) - slack_ms, int(e["end"]) + slack_ms
         hit = None
         for i, a in enumerate(in_run):
-            if used[i] or a.get("type") != e["expect"] or a.get("device_id") != e["device_id"]:
-                continue
-            if e.get("zone_id") is not None and a.get("zone_id") != e["zone_id"]:
-                continue
-            if lo <= int(a["at"]) <= hi:
+            if not used[i] and _fits(e, a, e["expect"]) and lo <= int(a["at"]) <= hi:
                 hit = i
                 break
         if hit is None:
             missed.append(e)
         else:
-            used[hit] = True
+            used[hit].add(e["device_id"])
             matched.append((e, in_run[hit]))
     return matched, missed
 
 
-def _match_subject_alarms(missed: list[dict], matched: list[tuple[dict, dict]],
-                          unique: list[dict], alarms: list[dict], slack_ms: int) -> list[dict]:
-    """Match missed events to subject alarms listing their device (see the module
-    docstring); returns the events still missed, appends to ``matched``."""
-    cleared = {a.get("alarm_id"): a for a in alarms if a.get("event") == "cleared"}
-    subject_alarms = []
-    for a in unique:
-        devices = (cleared.get(a.get("alarm_id")) or a).get("devices") or []
-        if len(devices) > 1:
-            end = cleared[a["alarm_id"]]["at"] if a.get("alarm_id") in cleared else None
-            subject_alarms.append((a, devices, end))
-    taken: set = set()
+def _match_listed(missed: list[dict], matched: list[tuple[dict, dict]], in_run: list[dict],
+                  used: list[set], slack_ms: int) -> list[dict]:
+    """Match missed events to one-alarm-per-subject alarms listing their device and open
+    at some time in their window (each alarm once per device); appends to ``matched``,
+    returns the events still missed."""
     still = []
     for e in missed:
         lo, hi = int(e["start"]) - slack_ms, int(e["end"]) + slack_ms
-        hit = next((a for a, devices, end in subject_alarms
-                    if (a.get("alarm_id"), e["device_id"]) not in taken
-                    and a.get("type") == e["expect"] and e["device_id"] in devices
-                    and (e.get("zone_id") is None or a.get("zone_id") == e["zone_id"])
-                    and int(a["at"]) <= hi and (end is None or int(end) >= lo)), None)
+        hit = None
+        for i, a in enumerate(in_run):
+            if (e["device_id"] not in used[i] and len(a["_listed"]) > 1
+                    and _fits(e, a, e["expect"], listed=True) and int(a["at"]) <= hi
+                    and (a["_until"] is None or a["_until"] >= lo)):
+                hit = i
+                break
         if hit is None:
             still.append(e)
         else:
-            taken.add((hit.get("alarm_id"), e["device_id"]))
-            matched.append((e, hit))
+            used[hit].add(e["device_id"])
+            matched.append((e, in_run[hit]))
     return still
 
 
-def _excuse_cut_off(truth: Truth, in_run: list[dict], used: list[bool], slack_ms: int) -> None:
+def _excuse_cut_off(truth: Truth, in_run: list[dict], used: list[set], slack_ms: int) -> None:
     """Mark as used the alarms that fit an event cut off by the stop.
 
     Such an event ends after the run's end, so it is not scored, but it may still have
@@ -261,10 +315,23 @@ def _excuse_cut_off(truth: Truth, in_run: list[dict], used: list[bool], slack_ms
         if used[i]:
             continue
         for e in cut_off:
-            if (a.get("type") == e["expect"] and a.get("device_id") == e["device_id"]
-                    and (e.get("zone_id") is None or a.get("zone_id") == e["zone_id"])
+            if (_fits(e, a, e["expect"], listed=True)
                     and int(e["start"]) - slack_ms <= int(a["at"])):
-                used[i] = True
+                used[i].add("cut_off")
+                break
+
+
+def _excuse_allowed(events: list[dict], in_run: list[dict], used: list[set],
+                    slack_ms: int) -> None:
+    """Mark as used the alarms an event allows (``detail.allow``) inside its window."""
+    allowing = [e for e in events if (e.get("detail") or {}).get("allow")]
+    for i, a in enumerate(in_run):
+        if used[i]:
+            continue
+        for e in allowing:
+            if (any(_fits(e, a, t, listed=True) for t in e["detail"]["allow"])
+                    and int(e["start"]) - slack_ms <= int(a["at"]) <= int(e["end"]) + slack_ms):
+                used[i].add("allowed")
                 break
 
 
@@ -301,6 +368,16 @@ def format_text(result: dict) -> str:
     for a in result["false_alarms"][:20]:
         lines.append(f"  FALSE  {a['type']} for {a['device_id']} zone {a['zone_id']} "
                      f"at {a['at']}")
+    w = result["warnings"]
+    if w["expected"] or w["false"]:
+        lines.append(f"warnings: expected {w['expected']}  matched {w['matched']}  "
+                     f"missed {w['missed']}  false {w['false']}")
+        for e in w["missed_events"][:20]:
+            lines.append(f"  MISSED warning {e['expect']} for {e['device_id']} "
+                         f"(zone {e['zone_id']}) in [{e['start']}, {e['end']}]")
+        for a in w["false_warnings"][:20]:
+            lines.append(f"  FALSE  warning {a['type']} for {a['device_id']} "
+                         f"zone {a['zone_id']} at {a['at']}")
     return "\n".join(lines)
 
 
@@ -331,6 +408,7 @@ def main(argv: list[str]) -> int:
         print(f"emfence score: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     print(orjson.dumps(result).decode() if args.json else format_text(result))
-    if args.strict and (result["missed"] or result["false"]):
+    w = result["warnings"]
+    if args.strict and (result["missed"] or result["false"] or w["missed"] or w["false"]):
         return 1
     return 0

@@ -184,5 +184,6 @@ def test_a_warning_matching_nothing_is_not_a_false_alarm(tmp_path):
     w2 = alarm("approach", "B-2", 40_000, zone="victim-2")  # no truth event: not false
     x = alarm("exclusion", "B-2", 50_000, zone="victim-2")  # an alarm: false
     r = score(truth, [w1, w2, x])
-    assert (r["matched"], r["missed"], r["false"]) == (1, 0, 1)
+    assert (r["matched"], r["missed"], r["false"]) == (0, 0, 1)  # warnings apart
     assert r["false_alarms"][0]["type"] == "exclusion"
+    assert r["warnings"]["matched"] == 1
