@@ -6,7 +6,6 @@ in ``docs/internals.md``). All rule work happens in :mod:`engine.kernels`.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,10 @@ from contract.alarms import ALARM_TYPES, EVIDENCE_TYPES, alarm_event, alarm_id
 from contract.records import RecordBatch, as_column
 from emfence.config import LEVELS, Config
 from engine import kernels as K
+from engine.evidence import DEVICE_EVIDENCE, device_evidence
 from engine.per_subject import CHECKPOINT_KEY, SUBJECT_TYPES, SubjectEpisodes
 from engine.positions import Positions
-from engine.registry import Registry
+from engine.registry import F_KERNEL, Registry
 from engine.relation_kernels import N_CFG as N_REL_CFG
 from engine.relations import (
     adopt_relations,
@@ -38,6 +38,7 @@ from engine.state import (
     DeviceState,
     adopt,
     bytes_per_device,
+    carried_ext,
     id_arrays,
     load_checkpoint,
     load_checkpoint_bytes,
@@ -46,31 +47,6 @@ from engine.state import (
     snapshot_arrays,
     write_checkpoint,
 )
-
-# The device alarms' evidence (docs/rules.md): the last known position (lat, lon, acc; left
-# out when the device never sent a fix), then the type's own keys.
-DEVICE_EVIDENCE = ("offline", "tamper", "low_battery", "no_fix", "power_off")
-
-
-def device_evidence(type_name: str, raised: bool, row: list[float]) -> dict[str, Any]:
-    """The ``extra`` evidence of a device alarm from its event row's floats (lat, lon,
-    aux, acc: see engine.kernels); key order as in docs/rules.md."""
-    lat, lon, aux, acc = row
-    out: dict[str, Any] = {}
-    if type_name == "low_battery":
-        out["battery_pct"] = aux
-        return out
-    if not math.isnan(lat):  # the device was fixed once
-        out["lat"] = lat
-        out["lon"] = lon
-        out["acc"] = acc
-    if type_name == "offline":
-        out["last_rx_ms"] = int(aux)
-    elif type_name == "no_fix" and not math.isnan(aux):
-        out["last_fix_rx_ms"] = int(aux)
-    elif type_name == "tamper":
-        out["strap"] = "open" if raised else "ok"
-    return out
 
 
 def suspended(subject: Any, type_name: str, at_ms: int) -> bool:
@@ -117,7 +93,8 @@ class Engine:
         self.zones = zones
         self.registry = registry
         self._check_zones(zones, registry)
-        self.state: DeviceState = new_state(registry.n_devices, registry.n_slots)
+        self.state: DeviceState = new_state(registry.n_devices, registry.n_slots,
+                                            _scheduled(registry))
         self.relations, self._rel_keys = relation_arrays(registry)
         self.rel_state = new_relation_state(self.relations)
         self._counters = np.zeros(K.N_COUNTERS, dtype=np.int64)
@@ -373,12 +350,13 @@ class Engine:
         for typ, arr in per_device:  # (a protected person's device has none to show)
             for d in np.flatnonzero(arr[:reg.n_subject_devices] != K.NONE_MS).tolist():
                 z = int(st.outbound_zone[d]) if typ == K.T_OUTBOUND else -1
-                overdue = typ == K.T_OUTBOUND and st.ext[d, X_OUT_TYPE] == 1
+                overdue = typ == K.T_OUTBOUND and st.ext[st.ext_row[d], X_OUT_TYPE] == 1
                 out.append(self._open(d, K.T_LEAVE_OVERDUE if overdue else typ, z,
                                       int(arr[d])))
-        for d in np.flatnonzero(st.ext[:, X_CURFEW_AT] != K.NONE_MS).tolist():
-            out.append(self._open(d, K.T_CURFEW, int(st.ext[d, X_CURFEW_ZONE]),
-                                  int(st.ext[d, X_CURFEW_AT])))
+        x = st.ext[st.ext_row]  # (a device without a row of its own reads row 0: fresh)
+        for d in np.flatnonzero(x[:, X_CURFEW_AT] != K.NONE_MS).tolist():
+            out.append(self._open(d, K.T_CURFEW, int(x[d, X_CURFEW_ZONE]),
+                                  int(x[d, X_CURFEW_AT])))
         for typ, d, at, person in relation_open_alarms(self.relations, self.rel_state,
                                                        self.registry):
             out.append(self._open(d, ALARM_TYPES.index(typ), -1, at))
@@ -461,6 +439,9 @@ class Engine:
                   relations=None) -> Engine:
         state, device_ids, slot_keys, zone_ids, counters, extras = loaded
         eng = cls(zones, registry, config)
+        eng.state = new_state(registry.n_devices, registry.n_slots, _scheduled(registry)
+                              | carried_ext(state, device_ids, registry.device_ids))
+        eng._bind()
         adopt(state, device_ids, slot_keys, zone_ids, eng.state, registry.device_ids,
               registry.slot_keys(), dict(zones.index))
         eng._per_subject = SubjectEpisodes.from_array(extras.get(CHECKPOINT_KEY))
@@ -482,7 +463,8 @@ class Engine:
         if config is not None:
             self.config = config
             self._set_rules(config)
-        fresh = new_state(registry.n_devices, registry.n_slots)
+        fresh = new_state(registry.n_devices, registry.n_slots, _scheduled(registry)
+                          | carried_ext(self.state, self.registry.device_ids, registry.device_ids))
         stats = adopt(self.state, self.registry.device_ids, self.registry.slot_keys(),
                       list(self.zones.zone_ids), fresh, registry.device_ids,
                       registry.slot_keys(), dict(zones.index))
@@ -508,3 +490,8 @@ class Engine:
         stays open, so it is never raised a second time, and clears with its alarm_id.
         Only the settled-device cache starts afresh. Returns :meth:`reload`'s counts."""
         return self.reload(zones, registry)
+
+
+def _scheduled(registry: Registry) -> np.ndarray:
+    """Devices of subjects with leaves or curfews: those with an ext row of their own."""
+    return (registry.arrays.subject_flags[registry.arrays.device_subject] & F_KERNEL) != 0

@@ -572,14 +572,14 @@ def _outbound_rule(st, ra, za, d, s, ts, lon, lat, acc, margin, confirm, overdue
         st.outbound_at_ms[d] = ts
         st.outbound_zone[d] = nearest
         if overdue:  # (0 otherwise: every leave_overdue clear resets it)
-            st.ext[d, X_OUT_TYPE] = 1
+            st.ext[st.ext_row[d], X_OUT_TYPE] = 1
         n = _put(ev_i, ev_f, n, d, typ, nearest, 1, ts, ts, 0, lat, lon, dist, acc)
     elif act == ACT_CLEAR:
         st.outbound_at_ms[d] = NONE_MS
         typ = T_OUTBOUND
-        if st.ext[d, X_OUT_TYPE] == 1:
+        if st.ext[st.ext_row[d], X_OUT_TYPE] == 1:
             typ = T_LEAVE_OVERDUE
-            st.ext[d, X_OUT_TYPE] = 0
+            st.ext[st.ext_row[d], X_OUT_TYPE] = 0
         n = _put(ev_i, ev_f, n, d, typ, st.outbound_zone[d], 0, ts, ep, 0,
                  lat, lon, 0.0, acc)
     return n, inside_zone, obs
@@ -618,7 +618,8 @@ def _leave_rules(st, ra, za, d, s, ts, lon, lat, acc, margin, confirm, ev_i, ev_
     inside an inclusion zone, so every other fix of a leave keeps X_LV_RUN.
     """
     x = st.ext
-    prev = x[d, X_LAST_TS]
+    xr = st.ext_row[d]  # the device's row (engine.state: 0 for none, never written)
+    prev = x[xr, X_LAST_TS]
     ended = NONE_MS
     for lv in range(ra.leave_off[s], ra.leave_off[s + 1]):
         e = ra.leave_end_ms[lv]
@@ -626,8 +627,8 @@ def _leave_rules(st, ra, za, d, s, ts, lon, lat, acc, margin, confirm, ev_i, ev_
                 and e > ended:
             ended = e
     if ended != NONE_MS:
-        x[d, X_OWE] = ended
-        run = x[d, X_LV_RUN]
+        x[xr, X_OWE] = ended
+        run = x[xr, X_LV_RUN]
         st.out_run[d] = run
         if (run >= confirm and st.outbound_at_ms[d] == NONE_MS
                 and not _leave_active(ra, s, ended + 1)):
@@ -635,20 +636,20 @@ def _leave_rules(st, ra, za, d, s, ts, lon, lat, acc, margin, confirm, ev_i, ev_
             dist, _ = _allowed_distance(ra, za, s, ts, lon, lat)
             st.outbound_at_ms[d] = ended
             st.outbound_zone[d] = z
-            x[d, X_OUT_TYPE] = 1
+            x[xr, X_OUT_TYPE] = 1
             n = _put(ev_i, ev_f, n, d, T_LEAVE_OVERDUE, z, 1, ended, ended, 0, lat, lon,
                      dist, acc)
     n, inside_zone, obs = _outbound_rule(st, ra, za, d, s, ts, lon, lat, acc, margin,
-                                         confirm, x[d, X_OWE] != NONE_MS, ev_i, ev_f, n)
+                                         confirm, x[xr, X_OWE] != NONE_MS, ev_i, ev_f, n)
     if obs == OBS_IN:
-        x[d, X_OWE] = NONE_MS
+        x[xr, X_OWE] = NONE_MS
     on_leave = _leave_active(ra, s, ts)
     if on_leave:  # the run against the inclusion zones alone
         dist = np.inf
         for j in range(ra.incl_off[s], ra.incl_off[s + 1]):
             dist = min(dist, zone_distance_m(za, ra.incl_zone[j], lon, lat))
         obs = observe(dist, margin)
-    x[d, X_LV_RUN] = _run_step(x[d, X_LV_RUN], obs)
+    x[xr, X_LV_RUN] = _run_step(x[xr, X_LV_RUN], obs)
     # Settling keeps every containment answer of inside_zone, which is an inclusion zone
     # when the fix is in one (they are tried first): the run against them stays 0.
     return n, inside_zone, not on_leave or obs == OBS_IN
@@ -662,40 +663,41 @@ def _curfew_rule(st, ra, za, d, s, ts, lon, lat, acc, margin, confirm, ev_i, ev_
     the first window with start <= ts < end: the outbound table against that window's
     zone (runs count from the window's start). No settling inside a window."""
     x = st.ext
+    xr = st.ext_row[d]  # the device's row (engine.state: 0 for none, never written)
     nan = np.nan
-    ep = x[d, X_CURFEW_AT]
-    if ep != NONE_MS and ts >= x[d, X_CURFEW_END]:
-        n = _put(ev_i, ev_f, n, d, T_CURFEW, x[d, X_CURFEW_ZONE], 0, x[d, X_CURFEW_END], ep,
+    ep = x[xr, X_CURFEW_AT]
+    if ep != NONE_MS and ts >= x[xr, X_CURFEW_END]:
+        n = _put(ev_i, ev_f, n, d, T_CURFEW, x[xr, X_CURFEW_ZONE], 0, x[xr, X_CURFEW_END], ep,
                  0, nan, nan, nan, nan)
-        x[d, X_CURFEW_AT] = NONE_MS
-        x[d, X_CURFEW_RUN] = 0
+        x[xr, X_CURFEW_AT] = NONE_MS
+        x[xr, X_CURFEW_RUN] = 0
         ep = NONE_MS
     z = -1
     end = NONE_MS
     if ep != NONE_MS:
-        z = x[d, X_CURFEW_ZONE]
-        end = x[d, X_CURFEW_END]
+        z = x[xr, X_CURFEW_ZONE]
+        end = x[xr, X_CURFEW_END]
     else:
         for w in range(ra.cw_off[s], ra.cw_off[s + 1]):
             if ra.cw[w, 0] <= ts < ra.cw[w, 1]:
                 z = ra.cw[w, 2]
                 end = ra.cw[w, 1]
-                if x[d, X_LAST_TS] == NONE_MS or x[d, X_LAST_TS] < ra.cw[w, 0]:
-                    x[d, X_CURFEW_RUN] = 0  # the window's first fix: a new run
+                if x[xr, X_LAST_TS] == NONE_MS or x[xr, X_LAST_TS] < ra.cw[w, 0]:
+                    x[xr, X_CURFEW_RUN] = 0  # the window's first fix: a new run
                 break
     if z < 0:
-        x[d, X_CURFEW_RUN] = 0
+        x[xr, X_CURFEW_RUN] = 0
         return n, True
     dist = zone_distance_m(za, z, lon, lat)
-    run, act = outbound_step(ep, x[d, X_CURFEW_RUN], observe(dist, margin), confirm)
-    x[d, X_CURFEW_RUN] = run
+    run, act = outbound_step(ep, x[xr, X_CURFEW_RUN], observe(dist, margin), confirm)
+    x[xr, X_CURFEW_RUN] = run
     if act == ACT_RAISE:
-        x[d, X_CURFEW_AT] = ts
-        x[d, X_CURFEW_END] = end
-        x[d, X_CURFEW_ZONE] = z
+        x[xr, X_CURFEW_AT] = ts
+        x[xr, X_CURFEW_END] = end
+        x[xr, X_CURFEW_ZONE] = z
         n = _put(ev_i, ev_f, n, d, T_CURFEW, z, 1, ts, ts, 0, lat, lon, dist, acc)
     elif act == ACT_CLEAR:
-        x[d, X_CURFEW_AT] = NONE_MS
+        x[xr, X_CURFEW_AT] = NONE_MS
         n = _put(ev_i, ev_f, n, d, T_CURFEW, z, 0, ts, ep, 0, lat, lon, 0.0, acc)
     return n, False
 
@@ -721,7 +723,7 @@ def _scheduled_rules(st, ra, za, d, s, ts, lon, lat, acc, margin, confirm, ev_i,
         n, free = _curfew_rule(st, ra, za, d, s, ts, lon, lat, acc, margin, confirm,
                                ev_i, ev_f, n)
         quiet = quiet and free
-    st.ext[d, X_LAST_TS] = ts
+    st.ext[st.ext_row[d], X_LAST_TS] = ts
     return n, inside_zone, quiet
 
 

@@ -25,8 +25,8 @@ from emfence.config import LEVELS, Config
 from engine import kernels as K
 from engine.per_subject import SubjectEpisodes, folds
 from engine.registry import Registry
-from engine.relation_kernels import T_SEPARATION
 from engine.relations import relation_arrays
+from engine.shapely_separation import SeparationRule
 from geofence.gcj02 import gcj02_to_wgs84
 
 _GEOD = Geod(ellps="WGS84")
@@ -107,7 +107,7 @@ class _Device:
         self.border: tuple[int, int] | None = None  # (raised at, inclusion zone)
 
 
-class ShapelyEngine:
+class ShapelyEngine(SeparationRule):
     """Same constructor and ``process`` / ``process_fixes`` / ``process_statuses`` /
     ``process_records`` / ``sweep`` / ``counters`` as :class:`engine.Engine` (no
     checkpoints)."""
@@ -292,40 +292,6 @@ class ShapelyEngine:
             out.insert(at, self._event(d, K.T_APPROACH, dev.border[1], False, raise_[4],
                                        dev.border[0], False, (lat, lon, raise_[7][2], acc)))
             dev.border = None
-
-    def _separation(self, d: int, ts: int, out: list) -> None:
-        p = self._pair_of[d]
-        q = self._pairs[p][0] + self._pairs[p][1] - d
-        if q not in self._latest or abs(ts - self._latest[q][0]) > self._sep_window_ms():
-            return
-        r = self.config.rules
-        state = self._sep[p]
-        pos = {d: self._latest[d], q: self._latest[q]}
-        dist = _GEOD.inv(pos[d][1], pos[d][2], pos[q][1], pos[q][2])[2]
-        at = max(ts, pos[q][0])
-        if dist <= r.separation_m:
-            state[0] = 0
-            if state[1] is None:
-                return
-            on, episode, raised = state[2], state[1], False
-            state[1] = state[2] = None
-        elif dist > r.separation_m + pos[d][3] + pos[q][3]:
-            state[0] += 1
-            if state[0] < r.separation_confirm or state[1] is not None:
-                return
-            on = d if ts >= pos[q][0] else q
-            state[1], state[2], episode, raised = at, on, at, True
-        else:
-            return
-        peer = q if on == d else d
-        out.append(self._event(on, T_SEPARATION, -1, raised, at, episode, False,
-                               (pos[on][2], pos[on][1], dist, pos[on][3]),
-                               {"peer_device_id": self.registry.device_ids[peer],
-                                "peer_lat": pos[peer][2], "peer_lon": pos[peer][1],
-                                "peer_acc": pos[peer][3]}))
-
-    def _sep_window_ms(self) -> float:
-        return self.config.rules.separation_window_s * 1000
 
     def _exclusion(self, d: int, dev: _Device, s: int, ts: int, lat: float, lon: float,
                    acc: float, margin: float, late: bool, out: list) -> None:

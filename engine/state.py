@@ -34,10 +34,13 @@ CHECKPOINT_VERSION = 1
 # engine, engine.Engine.snapshot): the open subject episodes (engine.per_subject).
 EXTRA_KEYS = ("subject_episodes",)
 
-# Columns of DeviceState.ext (int64[n_devices, N_EXT]): the state of the rules of subjects
+# Columns of DeviceState.ext (int64[n_rows, N_EXT]): the state of the rules of subjects
 # with leaves or curfews, packed in one array so the common path's kernels take one more
-# argument, not seven. Only the scheduled rules (engine.kernels._scheduled_rules) read
-# them, except X_OUT_TYPE (read when an outbound-or-overdue episode clears).
+# argument, not seven. Only the devices of such subjects have a row of their own
+# (DeviceState.ext_row, 4 bytes a device instead of 64); every other device points at row
+# 0, a fresh row that is never written (only the scheduled rules write, and X_OUT_TYPE is
+# set only by the leave rule). Only the scheduled rules (engine.kernels._scheduled_rules)
+# read them, except X_OUT_TYPE (read when an outbound-or-overdue episode clears).
 X_OUT_TYPE = 0  # the open outbound_at_ms episode is 0 outbound / 1 leave_overdue
 X_OWE = 1  # end (ms) of the latest ended leave the device has not been seen in since
 X_LV_RUN = 2  # run of out fixes against the inclusion zones alone (leaves ignored)
@@ -74,7 +77,8 @@ class DeviceState(NamedTuple):
     battery_at_ms: np.ndarray  # int64
     exclusion_at_ms: np.ndarray  # int64[n_slots]: per (device, exclusion zone)
     floor_ms: np.ndarray  # int64[1]: lower bound of every deadline_ms (sweep early-out)
-    ext: np.ndarray  # int64[n_devices, N_EXT]: leave_overdue and curfew state (X_* columns)
+    ext: np.ndarray  # int64[n_rows, N_EXT]: leave_overdue and curfew state (X_* columns)
+    ext_row: np.ndarray  # int32[n_devices]: the device's ext row; 0: the shared fresh row
     # Settled-device cache (engine.kernels._fix_rules): position of the last full
     # evaluation (WGS-84 degrees), the safe radius around it (metres, <= 0: none) and the
     # time its set of active leaves changes. Never carried over a reload or restore.
@@ -95,8 +99,11 @@ class DeviceState(NamedTuple):
     border_zone: np.ndarray  # int32: its inclusion zone index
 
 
-def new_state(n_devices: int, n_slots: int) -> DeviceState:
-    """Fresh state: nothing heard, no episode open."""
+def new_state(n_devices: int, n_slots: int, ext_mask: np.ndarray | None = None
+              ) -> DeviceState:
+    """Fresh state: nothing heard, no episode open. ``ext_mask`` (bool per device): the
+    devices with an ``ext`` row of their own (None: every device)."""
+    ext_row, n_rows = ext_rows(np.ones(n_devices, bool) if ext_mask is None else ext_mask)
     def full(n: int, value: int, dtype=np.int64) -> np.ndarray:
         return np.full(n, value, dtype=dtype)
 
@@ -113,7 +120,8 @@ def new_state(n_devices: int, n_slots: int) -> DeviceState:
         battery_at_ms=full(n_devices, NONE_MS),
         exclusion_at_ms=full(n_slots, NONE_MS),
         floor_ms=full(1, NO_DEADLINE_MS),
-        ext=new_ext(n_devices),
+        ext=new_ext(n_rows),
+        ext_row=ext_row,
         near_lon=np.full(n_devices, np.nan),
         near_lat=np.full(n_devices, np.nan),
         safe_m=np.full(n_devices, -1.0, dtype=np.float32),
@@ -131,6 +139,27 @@ def device_rule_fields(n_devices: int) -> dict[str, np.ndarray]:
     return {"device_ms": np.full((n_devices, N_DEVICE_MS), NONE_MS, np.int64),
             "last_pos": np.full((n_devices, 3), np.nan),
             "no_fix_deadline_ms": np.full(n_devices, NO_DEADLINE_MS, np.int64)}
+
+
+def ext_rows(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """(ext_row per device, rows): rows 1.. for the devices in ``mask`` in device order,
+    0 (the shared fresh row) for the others."""
+    row = np.zeros(len(mask), dtype=np.int32)
+    own = np.flatnonzero(mask)
+    row[own] = np.arange(1, len(own) + 1, dtype=np.int32)
+    return row, len(own) + 1
+
+
+def carried_ext(old: DeviceState, old_device_ids: list[str], new_device_ids: list[str]
+                ) -> np.ndarray:
+    """Bool per new device: its old ext row holds state (not fresh), so it keeps a row of
+    its own even if its subject no longer has leaves or curfews (an open leave_overdue
+    must still clear as such)."""
+    fresh = np.array(EXT_FRESH, dtype=np.int64)
+    busy = np.any(old.ext[old.ext_row] != fresh, axis=1)
+    pos = {dev: i for i, dev in enumerate(old_device_ids)}
+    return np.array([bool(busy[pos[dev]]) if dev in pos else False for dev in new_device_ids],
+                    dtype=bool)
 
 
 def new_ext(n_devices: int) -> np.ndarray:
@@ -154,7 +183,8 @@ def bytes_per_device(state: DeviceState, registry_arrays=None) -> float:
     if n == 0:
         return 0.0
     total = sum(getattr(state, f).nbytes for f in PER_DEVICE_FIELDS + CACHE_FIELDS)
-    total += state.exclusion_at_ms.nbytes + state.ext.nbytes + state.approach_at_ms.nbytes
+    total += state.exclusion_at_ms.nbytes + state.ext.nbytes + state.ext_row.nbytes
+    total += state.approach_at_ms.nbytes
     total += state.border_at_ms.nbytes + state.border_zone.nbytes
     if registry_arrays is not None:
         total += (registry_arrays.device_subject.nbytes + registry_arrays.device_level.nbytes
@@ -212,8 +242,8 @@ def adopt(old: DeviceState, old_device_ids: list[str], old_slot_keys: list[tuple
         new.outbound_zone[nj] = zone_map[np.where(oz >= 0, oz, len(old_zone_ids))]
         lost = (new.outbound_at_ms[nj] != NONE_MS) & (new.outbound_zone[nj] < 0)
         new.outbound_at_ms[nj[lost]] = NONE_MS
-        _adopt_ext(old.ext, oi, new.ext, nj, zone_map, len(old_zone_ids))
-        new.ext[nj[lost], X_OUT_TYPE] = 0
+        _adopt_ext(old, oi, new, nj, zone_map, len(old_zone_ids))
+        new.ext[new.ext_row[nj[lost]], X_OUT_TYPE] = 0  # (row 0's is 0 already)
         _adopt_border(old, oi, new, nj, zone_map, len(old_zone_ids))
     old_slot = {key: i for i, key in enumerate(old_slot_keys)}
     slot_pairs = [(j, old_slot[k]) for j, k in enumerate(new_slot_keys) if k in old_slot]
@@ -228,16 +258,20 @@ def adopt(old: DeviceState, old_device_ids: list[str], old_slot_keys: list[tuple
             "exclusion_slots_dropped": len(old_slot_keys) - len(slot_pairs)}
 
 
-def _adopt_ext(old: np.ndarray, oi: np.ndarray, new: np.ndarray, nj: np.ndarray,
+def _adopt_ext(old: DeviceState, oi: np.ndarray, new: DeviceState, nj: np.ndarray,
                zone_map: np.ndarray, n_old_zones: int) -> None:
-    """Copy the scheduled rules' rows; a curfew episode whose zone id is gone is dropped
-    (its alarm stays open in the store for the operator), as outbound's is."""
-    new[nj] = old[oi]
-    cz = new[nj, X_CURFEW_ZONE]
-    new[nj, X_CURFEW_ZONE] = zone_map[np.where(cz >= 0, cz, n_old_zones)]
-    gone = (new[nj, X_CURFEW_AT] != NONE_MS) & (new[nj, X_CURFEW_ZONE] < 0)
-    new[nj[gone], X_CURFEW_AT] = NONE_MS
-    new[nj[gone], X_CURFEW_RUN] = 0
+    """Copy the scheduled rules' rows of the devices with a row of their own in ``new``
+    (see :func:`carried_ext`); a curfew episode whose zone id is gone is dropped (its
+    alarm stays open in the store for the operator), as outbound's is."""
+    own = new.ext_row[nj] > 0
+    rows = new.ext_row[nj[own]]
+    x = new.ext
+    x[rows] = old.ext[old.ext_row[oi[own]]]
+    cz = x[rows, X_CURFEW_ZONE]
+    x[rows, X_CURFEW_ZONE] = zone_map[np.where(cz >= 0, cz, n_old_zones)]
+    gone = (x[rows, X_CURFEW_AT] != NONE_MS) & (x[rows, X_CURFEW_ZONE] < 0)
+    x[rows[gone], X_CURFEW_AT] = NONE_MS
+    x[rows[gone], X_CURFEW_RUN] = 0
 
 
 def _adopt_border(old: DeviceState, oi: np.ndarray, new: DeviceState, nj: np.ndarray,
@@ -335,6 +369,16 @@ def load_checkpoint_bytes(data: bytes, where: str):
     return _load(io.BytesIO(data), where)
 
 
+def _loaded_ext(data, n_devices: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ext, ext_row) of a checkpoint: as written; one written with a row per device (no
+    ext_row) gets row 0 fresh in front; one written before the scheduled rules, fresh."""
+    if "ext_row" in data.files:
+        return data["ext"].copy(), data["ext_row"].copy()
+    rows = data["ext"] if "ext" in data.files else new_ext(n_devices)
+    return (np.concatenate([new_ext(1), rows]),
+            np.arange(1, n_devices + 1, dtype=np.int32))
+
+
 def _load(source, where: str):
     path = where
     try:
@@ -344,12 +388,10 @@ def _load(source, where: str):
                                       f"expected {CHECKPOINT_VERSION}", str(path))
             fresh_rules = device_rule_fields(len(data["last_rx_ms"]))
             fields = {f: data[f].copy() for f in DeviceState._fields
-                      if f not in CACHE_FIELDS and f != "ext" and f not in fresh_rules
-                      and f not in WARN_FIELDS}
-            # A checkpoint written before the scheduled rules has no ext: fresh rows; one
-            # written before the device rules, fresh device-rule state.
-            fields["ext"] = (data["ext"].copy() if "ext" in data.files
-                             else new_ext(len(fields["last_rx_ms"])))
+                      if f not in CACHE_FIELDS and f not in ("ext", "ext_row")
+                      and f not in fresh_rules and f not in WARN_FIELDS}
+            fields["ext"], fields["ext_row"] = _loaded_ext(data, len(fields["last_rx_ms"]))
+            # One written before the device rules: fresh device-rule state.
             fields.update({f: data[f].copy() if f in data.files else v
                            for f, v in fresh_rules.items()})
             fresh = new_state(len(fields["last_rx_ms"]), len(fields["exclusion_at_ms"]))
