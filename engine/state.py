@@ -7,8 +7,9 @@ open" (an alarm's episode key is the ``at`` of its raised event, so "open" is si
 
 Per device (bytes): last_rx_ms 8, deadline_ms 8, last_fix_ts_ms 8, last_status_ts_ms 8,
 out_run 2, outbound_at_ms 8, outbound_zone 4, offline_at_ms 8, tamper_at_ms 8,
-battery_at_ms 8, settled cache 28, the scheduled rules' ``ext`` row 56 (leave_overdue and
-curfew, see :data:`X_OUT_TYPE` ...), the device rules (power_off, no_fix) and the last
+battery_at_ms 8, settled cache 28, ``ext_row`` 4 (and the scheduled rules' ``ext`` row of
+64, leave_overdue and curfew, only for the devices of subjects with leaves or curfews; see
+:data:`X_OUT_TYPE` ...), the device rules (power_off, no_fix) and the last
 position for evidence 64; per (device, exclusion zone) slot: exclusion_at_ms 8. See
 :func:`bytes_per_device` for the measured figure including the registry's per-device
 arrays.
@@ -177,13 +178,15 @@ WARN_FIELDS = ("approach_at_ms", "border_at_ms", "border_zone")
 
 
 def bytes_per_device(state: DeviceState, registry_arrays=None) -> float:
-    """Measured bytes of state per device: every per-device array, the exclusion slots
-    spread over the devices, and (if given) the registry's per-device arrays."""
+    """Measured bytes of state per device: every per-device array, the exclusion slots and
+    the scheduled rules' own ext rows spread over the devices, and (if given) the
+    registry's per-device arrays."""
     n = len(state.last_rx_ms)
     if n == 0:
         return 0.0
     total = sum(getattr(state, f).nbytes for f in PER_DEVICE_FIELDS + CACHE_FIELDS)
-    total += state.exclusion_at_ms.nbytes + state.ext.nbytes + state.ext_row.nbytes
+    # (ext's row 0, the shared fresh row, is 64 bytes for the whole fleet: not per device)
+    total += state.exclusion_at_ms.nbytes + state.ext[1:].nbytes + state.ext_row.nbytes
     total += state.approach_at_ms.nbytes
     total += state.border_at_ms.nbytes + state.border_zone.nbytes
     if registry_arrays is not None:
