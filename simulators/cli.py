@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--rate", type=float, default=100.0,
                    help="messages per second, whole fleet (default 100)")
     r.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
-    r.add_argument("--scenario", default="normal", help="normal | excursions | mixed | load")
+    r.add_argument("--scenario", default="normal",
+                   help="normal | excursions | mixed | load | device_rules")
     r.add_argument("--truth", help="write the ground truth (JSON lines) here")
     r.add_argument("--config", help="the engine's config TOML (offline thresholds, buffer)")
     r.add_argument("--time-scale", type=float, default=1.0,

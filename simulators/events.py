@@ -20,6 +20,9 @@ from shapely.ops import nearest_points
 MOVEMENT_EVENTS = ("excursion", "exclusion_entry")
 DEVICE_EVENTS = ("silent", "store_forward", "strap_open", "low_battery", "clock_skew",
                  "duplicate", "malformed", "spoof")
+# The device rules of issue 14 (scenario "device_rules"): foil on a bracelet (statuses,
+# no fix) and a clean power-off (a status with "power": "off", then silence).
+DEVICE_RULE_EVENTS = ("foil", "power_off")
 EXPECTED = {"excursion": "outbound", "exclusion_entry": "exclusion", "silent": "offline",
             "strap_open": "tamper", "low_battery": "low_battery"}
 # How far beyond the county an excursion goes, at least (metres).
@@ -67,6 +70,7 @@ class DeviceScript:
     deadspot: list[tuple[int, int]] = field(default_factory=list)
     skew: list[tuple[int, int, int]] = field(default_factory=list)
     status_override: list[tuple[int, int, dict]] = field(default_factory=list)
+    foil: list[tuple[int, int]] = field(default_factory=list)  # statuses instead of fixes
     oneshots: list[tuple[int, str, object]] = field(default_factory=list)  # (t, action, arg)
     buffered: list[dict] = field(default_factory=list)
 
@@ -314,3 +318,39 @@ class EventInjector:
                                      None, ta, int(ta + 3 * self.interval_ms), None,
                                      {"by": self.fleet.device_ids[d]}))
         return True
+
+    def _ev_foil(self, s, rng, warm, tail) -> bool:
+        """Foil on the bracelet: in its slots it sends statuses and no fix for longer than
+        its level's no_fix_after, then fixes again: no_fix, cleared by the next fix."""
+        d = self._device(s, rng, "bracelet")
+        nfa = self.sim.no_fix_after_ms(s)
+        length = nfa + max(3 * self.interval_ms, 5000)
+        ta = self._window(rng, length, warm, tail)
+        if d is None or ta is None:
+            return False
+        tb = int(ta + length)
+        self._script(d).foil.append((ta, tb))
+        # Counted from the last fix's receive time: its slot is at most one interval before.
+        self._truth("foil", d, ta - self.interval_ms + nfa, tb + self.interval_ms, "no_fix",
+                    no_fix_after_ms=nfa)
+        return True
+
+    def _ev_power_off(self, s, rng, warm, tail) -> bool:
+        """A clean power-off: a status with "power": "off" in the slot at ``ta``, silence
+        for longer than the offline threshold, then messages again (the first ends it).
+        power_off expected, and no offline (it would be a false alarm)."""
+        d = self._device(s, rng)
+        iv = self.interval_ms
+        thr = self.sim.offline_after_ms(s)
+        length = thr + max(3 * iv, 5000)
+        ta = self._window(rng, length + iv, warm, tail)
+        if d is None or ta is None:
+            return False
+        tb = int(ta + iv + length)
+        sc = self._script(d)
+        sc.oneshots.append((ta, "status", {"power": "off"}))
+        sc.silent.append((int(ta + iv), tb))
+        sc.oneshots.append((tb, "status", {"power": "on"}))
+        self._truth("power_off", d, ta, tb + iv, "power_off", offline_after_ms=thr)
+        return True
+

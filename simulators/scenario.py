@@ -23,6 +23,7 @@ from contract.topics import device_topic
 from emfence.config import Config
 from simulators.events import (
     DEVICE_EVENTS,
+    DEVICE_RULE_EVENTS,
     MOVEMENT_EVENTS,
     DeviceScript,
     EventInjector,
@@ -30,13 +31,25 @@ from simulators.events import (
 )
 from simulators.movement import COORD_GCJ02, SOURCES, SRC_NONE, Fleet, MovementModel
 
-SCENARIOS = ("normal", "excursions", "mixed", "load")
+SCENARIOS = ("normal", "excursions", "mixed", "load", "device_rules")
 SCENARIO_EVENTS = {
     "normal": (),
     "load": (),
     "excursions": MOVEMENT_EVENTS,
     "mixed": MOVEMENT_EVENTS + DEVICE_EVENTS,
+    "device_rules": DEVICE_RULE_EVENTS,
 }
+
+
+def _scripted_fix(sc: DeviceScript, ts: int, fix: dict | None) -> dict | None:
+    """The slot's fix as a scripted device sends it: its clock skewed, or none in foil
+    (the slot's message is then a status)."""
+    for a, b, skew in sc.skew:
+        if a <= ts < b and fix is not None:
+            fix["ts"] = ts + skew
+    if any(a <= ts < b for a, b in sc.foil):
+        return None
+    return fix
 
 
 class Outgoing(NamedTuple):
@@ -104,6 +117,10 @@ class Simulation:
     def offline_after_ms(self, s: int) -> int:
         level = self.fleet.subject_level[s]
         return int(self.config.rules.offline_after_s.for_level(level) * 1000)
+
+    def no_fix_after_ms(self, s: int) -> int:
+        level = self.fleet.subject_level[s]
+        return int(self.config.rules.no_fix_after_s.for_level(level) * 1000)
 
     def _check_offline_margin(self) -> None:
         """Every device must report well within its offline threshold, or the run itself
@@ -235,9 +252,7 @@ class Simulation:
         fix_topic = device_topic(region, ids[d], "fix")
         if any(a <= ts < b for a, b in sc.silent):
             return
-        for a, b, skew in sc.skew:
-            if a <= ts < b and fix is not None:
-                fix["ts"] = ts + skew
+        fix = _scripted_fix(sc, ts, fix)
         if any(a <= ts < b for a, b in sc.deadspot):
             if fix is not None:
                 sc.buffered.append(fix)
