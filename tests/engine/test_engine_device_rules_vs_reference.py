@@ -227,3 +227,63 @@ def test_a_checkpoint_from_before_the_device_rules_still_restores(tmp_path):
     assert (restored.state.last_rx_ms == engine.state.last_rx_ms).all()
     late = restored.sweep(until + 10**8)
     assert {e["type"] for e in late} <= {"offline"} and late
+
+
+# ----- short random message sequences against tight thresholds ---------------------------
+
+STEP = st.tuples(
+    st.sampled_from([0, 1, 500, 5_000, 29_999, 30_000, 30_001, 60_000, 200_000]),  # rx gap
+    st.sampled_from(["fix", "status", "status_off", "status_on"]),
+    st.sampled_from(["new", "new", "new", "duplicate", "late"]),
+)
+
+
+def _sequence(steps, t0: int) -> list[dict]:
+    """Records of devices D-1 and D-2 (alternating by step parity) from hypothesis steps:
+    receive gaps around the thresholds, fixes, statuses, power off/on, duplicates and
+    late messages."""
+    home = REF_ZONES["411302"].geometry.representative_point()
+    out, rx, last = [], t0, {}
+    for k, (gap, kind, when) in enumerate(steps):
+        dev = "D-1" if k % 3 else "D-2"
+        rx += gap
+        newest = last.get(dev, t0 - 1)
+        ts = {"new": max(newest + 1, rx - 100), "duplicate": newest,
+              "late": newest - 1_000}[when]
+        last[dev] = max(newest, ts)
+        if kind == "fix":
+            out.append({"device_id": dev, "ts": ts, "rx": rx, "lat": home.y + 1e-5 * k,
+                        "lon": home.x, "acc": 10.0 + k})
+        else:
+            rec = {"device_id": dev, "ts": ts, "rx": rx}
+            if kind != "status":
+                rec["power"] = kind.removeprefix("status_")
+            out.append(rec)
+    return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(STEP, min_size=1, max_size=40),
+       offline_s=st.sampled_from([30, 60, 90]), no_fix_s=st.sampled_from([20, 30, 60, 120]))
+def test_device_rules_on_tight_thresholds_match_the_reference(steps, offline_s, no_fix_s):
+    """Thresholds near the receive gaps (ties included: a gap equal to a threshold is not
+    past it), both devices strict; no zones, so only the device rules speak."""
+    from engine_helpers import T0
+
+    subj = {"subjects": [{"subject_id": "S-1", "region": "411302", "level": "strict",
+                          "devices": [{"device_id": "D-1"}, {"device_id": "D-2"}]}]}
+    records = _sequence(steps, T0)
+    until = records[-1]["rx"] + 500_000
+    config = config_from_dict({"rules": {"offline_after_s": offline_s,
+                                         "no_fix_after_s": no_fix_s}})
+    engine = Engine(ZONES, load_registry(subj, ZONES), config)
+    out = io.BytesIO()
+    replay((orjson.dumps(r) for r in records), engine, out, config=config, until_ms=until)
+    got = [orjson.loads(x) for x in out.getvalue().splitlines()]
+    levels = {"strict": offline_s, "ordinary": offline_s, "lenient": offline_s}
+    ref = Reference(REF_ZONES, subj, offline_s=levels,
+                    no_fix_s=dict.fromkeys(levels, no_fix_s))
+    want = ref.replay(records, until)
+    assert brief(got) == want
+    assert_same_evidence(got, want)
+    check_episodes(got)
