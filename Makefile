@@ -15,9 +15,8 @@ export EMFENCE_TEST_PG ?= $(PG_URL)
 # numba's on-disk cache checks only the source file of the cached function, not the
 # kernels it inlines from other modules (engine kernels inline geofence kernels) nor the
 # constants it compiles in (engine kernels take the type codes from contract/). Keying
-# the cache folder by a hash of every kernels.py, *_kernels.py (engine/relation_kernels.py) and
-# contract/*.py makes any change start afresh.
-export NUMBA_CACHE_DIR := $(CURDIR)/.numba-cache/$(shell cat $(sort $(wildcard */kernels.py */*_kernels.py contract/*.py)) | sha1sum | cut -c1-16)
+# the cache folder by a hash of every *kernels.py and contract/*.py makes any change start afresh.
+export NUMBA_CACHE_DIR := $(CURDIR)/.numba-cache/$(shell cat $(sort $(wildcard */*kernels.py contract/*.py)) | sha1sum | cut -c1-16)
 
 .PHONY: test demo venv system-deps lint clean
 
