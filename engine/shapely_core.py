@@ -5,8 +5,8 @@ shapely geometries for containment, each zone projected once into a transverse M
 frame centred on it (pyproj) for distances in metres, circles measured geodesically. It
 exists to measure what the numba core buys (``benchmarks/``), and a test holds it
 against ``Engine``. Not meant for production traffic. It has every rule of docs/rules.md
-but the curfew (subjects with curfews get no curfew alarms from it); of the relation
-rules, separation.
+but the curfew (subjects with curfews get no curfew alarms from it), the relation rules
+included (proximity and contact in :mod:`engine.shapely_relations`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from engine import kernels as K
 from engine.registry import Registry
 from engine.relation_kernels import T_SEPARATION
 from engine.relations import relation_arrays
+from engine.shapely_relations import PlainRelations
 from geofence.gcj02 import gcj02_to_wgs84
 
 _GEOD = Geod(ellps="WGS84")
@@ -107,6 +108,7 @@ class ShapelyEngine:
         self._pair_of = {d: p for p, pair in enumerate(self._pairs) for d in pair}
         self._sep = [[0, None, None] for _ in self._pairs]
         self._latest: dict[int, tuple[int, float, float, float]] = {}
+        self._others = PlainRelations(registry, self.config)  # proximity, contact
 
     @property
     def counters(self) -> dict[str, int]:
@@ -165,6 +167,7 @@ class ShapelyEngine:
             self._latest[d] = (ts, lon, lat, acc)
             if d in self._pair_of:
                 self._separation(d, ts, out)
+            self._others.fix(d, ts, self._latest, self._event, out)
         s = int(self.registry.arrays.device_subject[d])
         margin = max(self.config.rules.buffer_m, acc)
         self._exclusion(d, dev, s, ts, lat, lon, acc, margin, late, out)
