@@ -30,6 +30,14 @@ def with_persons(subjects: list, protected: tuple, subject_cls: Any) -> list:
                     ("victim",) * len(p.device_ids)) for p in protected]
 
 
+def contacts_of(raw: dict, sid: str, source: str | None, error: type) -> tuple[str, ...]:
+    """A subject's ``contacts``: a list of subject ids (absent: none)."""
+    value = raw.get("contacts") or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise error("'contacts' must be a list of subject ids", subject_id=sid, source=source)
+    return tuple(dict.fromkeys(value))
+
+
 def check_contacts(subjects: list, source: str | None,
                    error: type) -> None:
     """Every subject's ``contacts`` names another known subject (``error`` if not)."""

@@ -31,7 +31,13 @@ import orjson
 from contract.alarms import DEVICE_KINDS
 from contract.errors import EmfenceError
 from emfence.config import LEVELS
-from engine.protected import Protected, check_contacts, parse_protected, with_persons
+from engine.protected import (
+    Protected,
+    check_contacts,
+    contacts_of,
+    parse_protected,
+    with_persons,
+)
 from engine.schedules import Curfew, Suspension, curfew_windows, parse_curfew, parse_suspension
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -423,7 +429,7 @@ def load_registry(subjects: str | Path | dict, zones: Any) -> Registry:
         out.append(Subject(sid, region, level, device_ids, inclusion, exclusion,
                            _leaves(raw, sid, zone_index, source), kinds,
                            *_schedules(raw, sid, zone_index, source),
-                           tuple(_str_list(raw, "contacts", sid, source, required=False))))
+                           contacts_of(raw, sid, source, RegistryError)))
     check_contacts(out, source, RegistryError)
     protected = parse_protected(data, subject_seen, device_owner, source, RegistryError)
     return Registry(out, list(zones.zone_ids), zone_index, protected)

@@ -6,8 +6,9 @@ frame centred on it (pyproj) for distances in metres, circles measured geodesica
 exists to measure what the numba core buys (``benchmarks/``), and a test holds it
 against ``Engine``. Not meant for production traffic. It has every rule of docs/rules.md
 but the curfew (subjects with curfews get no curfew alarms from it), the approach
-warnings and one alarm per subject (engine.per_subject) included; of the relation rules,
-separation.
+warnings, one alarm per subject (engine.per_subject) and the relation rules included
+(separation in :mod:`engine.shapely_separation`, proximity and contact in
+:mod:`engine.shapely_relations`).
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import numpy as np
 import shapely
 from pyproj import Geod, Transformer
 
-from contract.alarms import ALARM_TYPES, alarm_event
+from contract.alarms import ALARM_TYPES, alarm_event, alarm_id
 from contract.records import K_FIX, RecordBatch
 from emfence.config import LEVELS, Config
 from engine import kernels as K
 from engine.per_subject import SubjectEpisodes, folds
 from engine.registry import Registry
 from engine.relations import relation_arrays
+from engine.shapely_relations import PlainRelations
 from engine.shapely_separation import SeparationRule
 from geofence.gcj02 import gcj02_to_wgs84
 
@@ -131,6 +133,7 @@ class ShapelyEngine(SeparationRule):
         self._pair_of = {d: p for p, pair in enumerate(self._pairs) for d in pair}
         self._sep = [[0, None, None] for _ in self._pairs]
         self._latest: dict[int, tuple[int, float, float, float]] = {}
+        self._others = PlainRelations(registry, self.config)  # proximity, contact
 
     @property
     def counters(self) -> dict[str, int]:
@@ -165,6 +168,9 @@ class ShapelyEngine(SeparationRule):
                 more = extra if devices is None else {**(extra or {}), "devices": devices}
                 ev = alarm_event(up, type_name, subject.subject_id, device_id, zone_id,
                                  subject.region, at, ep_at, late, evidence, more)
+                if extra and ("person_id" in extra or "peer_subject_id" in extra):
+                    other = extra.get("person_id") or extra["peer_subject_id"]
+                    ev["alarm_id"] = alarm_id(device_id, type_name, other, ep_at, late)
                 ev["device_kind"] = reg.device_kinds[reg.device_index(device_id)]
                 if any(sp.type == type_name and sp.start_ms <= at <= sp.end_ms
                        for sp in subject.suspensions):
@@ -252,6 +258,7 @@ class ShapelyEngine(SeparationRule):
             self._latest[d] = (ts, lon, lat, acc)
             if d in self._pair_of:
                 self._separation(d, ts, out)
+            self._others.fix(d, ts, self._latest, self._event, out)
         s = int(self.registry.arrays.device_subject[d])
         margin = max(self.config.rules.buffer_m, acc)
         self._exclusion(d, dev, s, ts, lat, lon, acc, margin, late, out)

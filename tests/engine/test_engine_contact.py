@@ -100,8 +100,9 @@ def test_unlisted_subjects_and_late_fixes_never_touch_contact():
 
 def test_contacts_naming_an_unknown_subject_or_itself_are_refused():
     zones = compiled([county_feature("411302")])
-    for contacts, what in ((["S-9"], "unknown subject 'S-9'"), (["S-1"], "itself")):
-        with pytest.raises(RegistryError, match=f"subject 'S-1'.*'contacts' lists {what}"):
+    for contacts, what in ((["S-9"], "lists unknown subject 'S-9'"), (["S-1"], "lists itself"),
+                           ("S-2", "must be a list of subject ids")):
+        with pytest.raises(RegistryError, match=f"subject 'S-1'.*'contacts' {what}"):
             load_registry({"subjects": [subject("S-1", "B-1", contacts=contacts)]}, zones)
 
 

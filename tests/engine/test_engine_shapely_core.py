@@ -70,3 +70,22 @@ def test_shapely_engine_gives_the_same_warnings(rules):
         if gd is not None:
             assert abs(gd - wd) <= 0.5
         assert g == w
+
+
+@pytest.mark.parametrize("which, seed", [("proximity", 0), ("proximity", 3), ("contact", 1),
+                                         ("contact", 2)])
+def test_shapely_engine_gives_the_same_relation_events(which, seed):
+    """Proximity and contact (engine.shapely_relations) agree with the kernels."""
+    import test_engine_contact
+    import test_engine_proximity
+
+    gen = {"proximity": test_engine_proximity, "contact": test_engine_contact}[which].generate
+    subj, records, until = gen(seed, 300)
+    want, _ = run(Engine, subj, records, until)
+    got, _ = run(ShapelyEngine, subj, records, until)
+    assert any(e["type"] == which for e in want)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        gd, wd = g.pop("distance_m", None), w.pop("distance_m", None)
+        assert (gd is None) == (wd is None) and (gd is None or abs(gd - wd) <= 0.5)
+        assert g == w
