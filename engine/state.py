@@ -374,7 +374,10 @@ def load_checkpoint_bytes(data: bytes, where: str):
 
 def _loaded_ext(data, n_devices: int) -> tuple[np.ndarray, np.ndarray]:
     """(ext, ext_row) of a checkpoint: as written; one written with a row per device (no
-    ext_row) gets row 0 fresh in front; one written before the scheduled rules, fresh."""
+    ext_row) gets row 0 fresh in front; one written before the scheduled rules, fresh. A
+    loaded state's ext is only read (engine.state.adopt copies it into the engine's)."""
+    if "ext" not in data.files:  # every device reads the fresh row 0 (only ever read)
+        return new_ext(1), np.zeros(n_devices, dtype=np.int32)
     if "ext_row" in data.files:
         return data["ext"].copy(), data["ext_row"].copy()
     rows = data["ext"] if "ext" in data.files else new_ext(n_devices)

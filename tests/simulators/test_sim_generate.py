@@ -26,7 +26,9 @@ def test_generated_files_load_in_geofence_and_the_registry(tmp_path):
     zones = load_zones(str(zp))
     compiled = compile_zones(zones)
     registry = load_registry(str(sp), compiled)
-    assert len(registry.device_ids) == sum(len(s["devices"]) for s in gen.subjects["subjects"])
+    # the subjects' devices, then the protected persons' (issue #14)
+    assert len(registry.device_ids) == sum(
+        len(s["devices"]) for s in gen.subjects["subjects"] + gen.subjects.get("protected", []))
     ids = {z.zone_id for z in zones}
     # Every zone a subject names exists, and every county is a real bundled one.
     counties = {f["properties"]["zone_id"]: f for f in bundled_counties()["features"]}
