@@ -33,6 +33,7 @@ from engine.state import (
     D_NO_FIX_AT,
     D_NO_FIX_FROM,
     D_POWER_OFF_AT,
+    OUT_RUN_MAX,
     P_ACC,
     P_LAT,
     P_LON,
@@ -78,7 +79,6 @@ COUNTER_NAMES = ("fixes", "statuses", "duplicate_fixes", "duplicate_statuses", "
 
 NONE_MS = np.iinfo(np.int64).min
 NO_DEADLINE_MS = np.iinfo(np.int64).max
-OUT_RUN_MAX = 32000  # out_run is int16; saturate well below its limit
 # A zone's bounding box is that of its drawing (for circles a 64-gon inscribed in the exact
 # circle); pad it before using it to reject, so a point the exact test calls inside is
 # never rejected. 1e-4 degrees is >= 6 m anywhere below 55 degrees of latitude.

@@ -49,6 +49,7 @@ class RelationArrays(NamedTuple):
     person_dev_off: np.ndarray  # int32[n_persons+1]: the person's devices, CSR
     person_dev: np.ndarray  # int32: device indices
     subj_dev_off: np.ndarray  # int32[n_subjects+1]: subject s's devices are [off[s], off[s+1])
+    # (only with contact pairs; [0] otherwise)
     cont_off: np.ndarray  # int32[n_rel+1]: contact pairs of slot r, CSR
     cont_pair: np.ndarray  # int32: contact pair indices
     cont_subj: np.ndarray  # int32[n_contact, 2]: the pair's subjects, smaller id first
@@ -141,7 +142,8 @@ def relation_arrays(registry: Any) -> tuple[RelationArrays, RelationKeys]:
         prox_person=np.array([v for x in prox_lists for v in x], dtype=np.int32),
         person_dev_off=_offsets(person_devs),
         person_dev=np.array([d for x in person_devs for d in x], dtype=np.int32),
-        subj_dev_off=subj_dev_off,
+        # (read by the contact rule only: without contact pairs, not kept)
+        subj_dev_off=subj_dev_off if contacts else np.zeros(1, dtype=np.int32),
         cont_off=_offsets([cont_of.get(d, []) for d in related]),
         cont_pair=np.array([c for d in related for c in cont_of.get(d, [])], dtype=np.int32),
         cont_subj=np.array(contacts, dtype=np.int32).reshape(len(contacts), 2),

@@ -6,7 +6,7 @@ open" (an alarm's episode key is the ``at`` of its raised event, so "open" is si
 "episode time is set").
 
 Per device (bytes): last_rx_ms 8, deadline_ms 8, last_fix_ts_ms 8, last_status_ts_ms 8,
-out_run 2, outbound_at_ms 8, outbound_zone 4, offline_at_ms 8, tamper_at_ms 8,
+out_run 1, outbound_at_ms 8, outbound_zone 4, offline_at_ms 8, tamper_at_ms 8,
 battery_at_ms 8, settled cache 28, ``ext_row`` 4 (and the scheduled rules' ``ext`` row of
 64, leave_overdue and curfew, only for the devices of subjects with leaves or curfews; see
 :data:`X_OUT_TYPE` ...), the device rules (power_off, no_fix) and the last
@@ -29,6 +29,9 @@ import numpy as np
 from contract.errors import EmfenceError
 
 NONE_MS = np.iinfo(np.int64).min  # "never" / "no open episode"
+# Runs of out fixes saturate here: out_run is int8, and a run only has to reach the
+# confirmation count (rules.outbound_confirm_fixes is at most 100).
+OUT_RUN_MAX = 120
 NO_DEADLINE_MS = np.iinfo(np.int64).max  # not due for offline (never heard, or already open)
 CHECKPOINT_VERSION = 1
 # Arrays a checkpoint may hold beside the state, the ids and the counters (written by the
@@ -70,7 +73,7 @@ class DeviceState(NamedTuple):
     deadline_ms: np.ndarray  # int64: last_rx_ms + offline_after(level); NO_DEADLINE_MS if not due
     last_fix_ts_ms: np.ndarray  # int64: ts of the newest processed fix (late/duplicate test)
     last_status_ts_ms: np.ndarray  # int64: ts of the newest processed status
-    out_run: np.ndarray  # int16: consecutive *out* fixes (saturating)
+    out_run: np.ndarray  # int8: consecutive *out* fixes (saturating at OUT_RUN_MAX)
     outbound_at_ms: np.ndarray  # int64: open outbound episode's raised at, or NONE_MS
     outbound_zone: np.ndarray  # int32: its zone index (nearest inclusion zone at raise)
     offline_at_ms: np.ndarray  # int64: open offline episode's at, or NONE_MS
@@ -113,7 +116,7 @@ def new_state(n_devices: int, n_slots: int, ext_mask: np.ndarray | None = None
         deadline_ms=full(n_devices, NO_DEADLINE_MS),
         last_fix_ts_ms=full(n_devices, NONE_MS),
         last_status_ts_ms=full(n_devices, NONE_MS),
-        out_run=np.zeros(n_devices, dtype=np.int16),
+        out_run=np.zeros(n_devices, dtype=np.int8),
         outbound_at_ms=full(n_devices, NONE_MS),
         outbound_zone=full(n_devices, -1, np.int32),
         offline_at_ms=full(n_devices, NONE_MS),
@@ -239,6 +242,8 @@ def adopt(old: DeviceState, old_device_ids: list[str], old_slot_keys: list[tuple
             if f == "outbound_zone":
                 continue
             getattr(new, f)[nj] = getattr(old, f)[oi]
+        # (a checkpoint from before out_run was int8 may hold longer runs: saturated)
+        new.out_run[nj] = np.minimum(old.out_run[oi], OUT_RUN_MAX)
         zone_map = np.array([new_zone_index.get(z, -1) for z in old_zone_ids] + [-1],
                             dtype=np.int32)
         oz = old.outbound_zone[oi]

@@ -304,8 +304,9 @@ def _check(config: Config, source: str | None) -> Config:
 
 
 def _check_rules(r: RulesConfig, source: str | None) -> None:
-    if r.outbound_confirm_fixes < 1:
-        raise ConfigError("must be at least 1", key="rules.outbound_confirm_fixes", source=source)
+    if not 1 <= r.outbound_confirm_fixes <= 100:
+        raise ConfigError("must be between 1 and 100", key="rules.outbound_confirm_fixes",
+                          source=source)
     if r.battery_clear_pct < r.battery_low_pct:
         raise ConfigError("must be >= rules.battery_low_pct", key="rules.battery_clear_pct",
                           source=source)
