@@ -40,9 +40,13 @@ class TrackWriter:
         each record's device id and source) at the WGS-84 ``positions`` the engine ruled
         on (``Engine.process(records, positions=...)``: a GCJ-02 fix is converted once, by
         the kernel, and the track shows exactly where the rules placed it). A fix with no
-        position (NaN: the engine failed on it, and it was dead-lettered) has no row."""
+        position (NaN: the engine failed on it, and it was dead-lettered) has no row. A
+        protected person's device (registered after every subject's) has none either: a
+        victim's positions are never shown to operators (docs/rules.md, "Proximity"), and
+        the track store and its map are theirs."""
         lat, lon = positions
         sel = np.flatnonzero((records.kind == K_FIX) & (records.device_idx >= 0)
+                             & (records.device_idx < registry.n_subject_devices)
                              & ~np.isnan(lat))
         if sel.size == 0:
             return

@@ -20,7 +20,7 @@ REGION = "411303"
 T0 = 1_763_600_000_000  # 2025-11-20T00:53:20Z
 
 
-def _service(tmp_path: Path) -> Service:
+def _service(tmp_path: Path, protected: list | None = None) -> Service:
     geometry = orjson.loads((CNMAPS / f"{REGION}.geojson").read_bytes())
     zones = tmp_path / "zones.geojson"
     zones.write_bytes(orjson.dumps({"type": "FeatureCollection", "features": [
@@ -30,7 +30,7 @@ def _service(tmp_path: Path) -> Service:
     subjects.write_bytes(orjson.dumps({"subjects": [
         {"subject_id": "S-1", "region": REGION, "level": "strict",
          "devices": [{"device_id": "B-1"}, {"device_id": "P-1", "kind": "phone"}],
-         "inclusion": [REGION]}]}))
+         "inclusion": [REGION]}], "protected": protected or []}))
     args = build_service_args(build_parser().parse_args([
         "--zones", str(zones), "--subjects", str(subjects),
         "--store", f"sqlite:///{tmp_path / 'alarms.db'}"]))
@@ -80,5 +80,28 @@ async def test_track_rows_are_the_kernels_conversion_exactly(tmp_path, monkeypat
         assert {r["device_id"] for r in store.track(["B-1", "P-1", "X-9"])} == {"B-1", "P-1"}
         gcj_rows = [r for r in store.track("B-1") if r["ts"] == T0 + 20_000]
         assert abs(gcj_rows[0]["lon"] - sent[2][3]) > 1e-4  # really moved (~500 m)
+    finally:
+        store.close_store()
+
+
+async def test_a_protected_persons_fixes_are_no_track_rows(tmp_path):
+    """A victim's device reports so the proximity rule can work, but its positions are
+    never shown to operators: no track row, no position on the console's map."""
+    service = _service(tmp_path, protected=[
+        {"person_id": "V-1", "region": REGION, "devices": [{"device_id": "V-1p",
+                                                             "kind": "victim"}],
+         "protected_from": ["S-1"]}])
+    b = Batch()
+    for k, device in enumerate(("B-1", "V-1p", "V-1p")):
+        ts = T0 + k * 10_000
+        b.add_fix(device, Fix(ts, 33.0, 112.5 + k * 0.001, 12.0, "gps", "wgs84", None), ts)
+    b.messages = len(b.device)
+    await service._process_batch(b)
+    await service.tracks.flush()
+    store = service.store
+    try:
+        assert service.engine.counters["fixes"] == 3  # the engine saw all three
+        assert [r["device_id"] for r in store.track(["B-1", "V-1p"])] == ["B-1"]
+        assert [p["device_id"] for p in store.last_positions()] == ["B-1"]
     finally:
         store.close_store()
