@@ -16,6 +16,7 @@ from engine_helpers import T0, Feed, brief, compiled, county_feature, offset
 from engine_reference import Reference
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from relation_checks import comparison_is_sensitive, numbers_reach_the_kernel
 from test_engine_separation import replay_events
 from test_engine_vs_reference import HOME_LINE, REF_ZONES, TOLERANCE_M, ZONES, check_episodes
 
@@ -256,24 +257,13 @@ def test_proximity_matches_the_reference_property(seed, n):
 
 
 def test_the_comparison_is_sensitive_to_the_proximity_numbers():
-    runs = []
-    for seed in range(3):
-        subj, records, until = generate(seed, 300)
-        runs.append((subj, records, until, brief(replay_events(Engine, subj, records,
-                                                               until)[1])))
-    for variant in ({"proximity_m": 900.0}, {"proximity_fresh_s": 100.0}, {"buffer_m": 150.0}):
-        assert any(got != Reference(REF_ZONES, subj, relations=variant).replay(records, until)
-                   for subj, records, until, got in runs), variant
+    comparison_is_sensitive(generate, 300, [{"proximity_m": 900.0}, {"proximity_fresh_s": 100.0},
+                                            {"buffer_m": 150.0}])
 
 
 def test_the_configured_numbers_reach_the_kernel():
-    subj, records, until = generate(2, 300)
-    rules = {"proximity_m": 700.0, "proximity_fresh_s": 120.0}
-    _, got = replay_events(Engine, subj, records, until, config_from_dict({"rules": rules}))
-    want = Reference(REF_ZONES, subj, relations=rules).replay(records, until)
-    assert [e for e in brief(got) if e[1] == "proximity"] == [
-        e for e in want if e[1] == "proximity"]
-    assert any(e[1] == "proximity" for e in want)
+    numbers_reach_the_kernel(generate, 2, 300,
+                             {"proximity_m": 700.0, "proximity_fresh_s": 120.0}, "proximity")
 
 
 def test_replay_is_byte_identical_and_restarts_anywhere_change_nothing(tmp_path):
