@@ -137,6 +137,7 @@ function beep(escalated) {
 // ---------------------------------------------------------------- login / session
 function showLogin(message) {
   closeFeed();
+  stopPositionRefresh();
   state.session = null;
   $("#login-view").hidden = false;
   $("#alarms-view").hidden = true;
@@ -167,7 +168,12 @@ async function onLogin(ev) {
 }
 
 async function onLogout() {
+  // Nothing more may ask the server in this session's name: a map refresh sent after the
+  // logout would only be refused (401).
+  stopPositionRefresh();
+  state.loggingOut = true;  // loadPositions asks nothing more
   try { await api("POST", "/api/logout"); } catch (e) { /* ended anyway */ }
+  state.loggingOut = false;
   showLogin("Logged out.");
 }
 
@@ -432,6 +438,10 @@ function refreshPositionsSoon() {
   if (positionsTimer) return;
   positionsTimer = setTimeout(() => { positionsTimer = null; loadPositions(); }, 2000);
 }
+function stopPositionRefresh() {
+  if (positionsTimer) clearTimeout(positionsTimer);
+  positionsTimer = null;
+}
 
 async function onFeedEvent(ev) {
   state.lastSeq = Math.max(state.lastSeq, ev.seq);
@@ -626,6 +636,7 @@ async function loadMapData() {
 }
 
 async function loadPositions() {
+  if (!state.session || state.loggingOut) return;  // logged out meanwhile
   try {
     state.positions = (await api("GET", "/api/positions")).positions;
   } catch (e) {
