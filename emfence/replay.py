@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -294,14 +294,25 @@ def main(argv: list[str] | None = None) -> int:
     except RegistryError as exc:
         print(f"emfence replay: {exc}", file=sys.stderr)
         return 1
+    from engine.engine import Engine
+
+    engine = Engine(zones, registry, config)
+    return run_files(args, lambda fh, out: replay(fh, engine, out, config=config,
+                                                  until_ms=until_ms))
+
+
+def run_files(args: argparse.Namespace,
+              work: Callable[[IO[bytes], IO[bytes]], ReplayStats],
+              errors: tuple[type[Exception], ...] = ()) -> int:
+    """The IO of both replays (this one and :mod:`emfence.replay_store`): open ``--fixes``
+    (``-``: standard input) and ``--out`` (default standard output), run ``work(fixes,
+    out)``, close what was opened and print its summary on stderr. A file that cannot be
+    read or written, or one of ``errors``, is one line and exit 1, never a traceback."""
     try:
         fh = sys.stdin.buffer if args.fixes == "-" else open(Path(args.fixes), "rb")  # noqa: SIM115
     except OSError as exc:
         print(f"emfence replay: cannot read {args.fixes}: {exc.strerror}", file=sys.stderr)
         return 1
-    from engine.engine import Engine
-
-    engine = Engine(zones, registry, config)
     try:
         out = open(args.out, "wb") if args.out else sys.stdout.buffer  # noqa: SIM115
     except OSError as exc:
@@ -309,7 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         fh.close()
         return 1
     try:
-        stats = replay(fh, engine, out, config=config, until_ms=until_ms)
+        stats = work(fh, out)
+    except errors as exc:
+        print(f"emfence replay: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"emfence replay: reading {args.fixes} failed: {exc}", file=sys.stderr)
         return 1

@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import IO
 
 import orjson
 
 from contract.errors import EmfenceError
 from emfence.config import Config, ConfigError, load_config
-from emfence.replay import ReplayStats, _feed, _Run
+from emfence.replay import ReplayStats, _feed, _Run, run_files
 from engine.registry import parse_time_ms
 
 # Lines handed to the engine side at a time (a bound on memory, not a batch size).
@@ -189,32 +188,6 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, store, config: Config, from_ms: int, to_ms: int) -> int:
     from alarms.store import StoreError
 
-    try:
-        fh = sys.stdin.buffer if args.fixes == "-" else open(Path(args.fixes), "rb")  # noqa: SIM115
-    except OSError as exc:
-        print(f"emfence replay: cannot read {args.fixes}: {exc.strerror}", file=sys.stderr)
-        return 1
-    try:
-        out = open(args.out, "wb") if args.out else sys.stdout.buffer  # noqa: SIM115
-    except OSError as exc:
-        print(f"emfence replay: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
-        fh.close()
-        return 1
-    try:
-        stats = replay_register(fh, store.register, out, config=config, from_ms=from_ms,
-                                to_ms=to_ms, log=sys.stderr)
-    except (ReplayStoreError, StoreError) as exc:
-        print(f"emfence replay: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"emfence replay: reading {args.fixes} failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if fh is not sys.stdin.buffer:
-            fh.close()
-        if out is not sys.stdout.buffer:
-            out.close()
-        else:
-            out.flush()
-    sys.stderr.write(stats.summary())
-    return 0
+    return run_files(args, lambda fh, out: replay_register(
+        fh, store.register, out, config=config, from_ms=from_ms, to_ms=to_ms, log=sys.stderr),
+        errors=(ReplayStoreError, StoreError))
