@@ -27,7 +27,7 @@ from numba import njit
 from contract.alarms import ALARM_TYPES
 from contract.records import K_FIX
 from engine.registry import F_CURFEWS, F_KERNEL, F_LEAVES
-from engine.relation_kernels import other_relations, separation_rule
+from engine.relation_kernels import contact_rule, proximity_rule, separation_rule
 from engine.state import (
     D_LAST_FIX_RX,
     D_NO_FIX_AT,
@@ -1018,10 +1018,19 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     rel_sep = rr.rel_sep
     sep_dev = rr.sep_dev
     prox_off = rr.prox_off
+    prox_person = rr.prox_person
+    person_dev_off = rr.person_dev_off
+    person_dev = rr.person_dev
+    rel_dev = rr.rel_dev
     cont_off = rr.cont_off
+    cont_pair = rr.cont_pair
+    cont_subj = rr.cont_subj
+    subj_dev_off = rr.subj_dev_off
     rel_fix = rs.fix
     rel_ts = rs.fix_ts
     sep_state = rs.sep
+    prox_at = rs.prox_at
+    contact = rs.contact
     n_dev = last_rx.shape[0]
     for i in range(kind.shape[0]):
         d = device[i]
@@ -1083,8 +1092,9 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
                     floor[0] = min(floor[0], nd)
                 rl = dev_rel[d]
                 if rl >= 0:  # the relation rules (engine.relation_kernels)
-                    more = prox_off[rl + 1] - prox_off[rl] + cont_off[rl + 1] - cont_off[rl]
-                    need = n + 2 + more
+                    n_prox = prox_off[rl + 1] - prox_off[rl]
+                    n_cont = cont_off[rl + 1] - cont_off[rl]
+                    need = n + 2 + n_prox + n_cont
                     if need > ev_i.shape[0]:
                         ev_i, ev_f = _room(ev_i, ev_f, n, need)
                     rel_fix[rl, 0] = x  # the device's newest fix
@@ -1095,9 +1105,14 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
                         n = separation_rule(dev_rel, sep_dev, rel_fix, rel_ts, sep_state,
                                             rel_cfg, rel_sep[rl], d, t, x, y, acc[i], ev_i,
                                             ev_f, n)
-                    if more > 0:
-                        n = other_relations(rr, rs, rel_cfg, rl, d, subject[d], t, x, y,
-                                            acc[i], ev_i, ev_f, n)
+                    if n_prox > 0:
+                        n = proximity_rule(prox_off, prox_person, person_dev_off, person_dev,
+                                           dev_rel, rel_dev, rel_fix, rel_ts, prox_at,
+                                           rel_cfg, rl, d, t, x, y, acc[i], ev_i, ev_f, n)
+                    if n_cont > 0:
+                        n = contact_rule(cont_off, cont_pair, cont_subj, subj_dev_off, dev_rel,
+                                         rel_dev, rel_fix, rel_ts, contact, rel_cfg, rl, d,
+                                         subject[d], t, x, y, ev_i, ev_f, n)
             # Settled device (see _fix_rules): nothing can change within the safe radius.
             if (not late and safe_m[d] > 0.0 and t < safe_until[d]
                     and moved_upper_m(near_lon[d], near_lat[d], x, y) < safe_m[d]):

@@ -6,10 +6,9 @@ not hide a fix from its relations).
 
 A relation is looked up by index: the device's slot, the slot's pair, the pair's other
 device; never by scanning devices. process_batch notes the device's newest fix and calls
-:func:`separation_rule` with the arrays it took out of the NamedTuples once (a call
-taking the NamedTuples costs a reference count on each of their ~20 arrays: three times
-what the rule itself costs); proximity and contact, for the few devices that have them,
-go through :func:`other_relations`.
+:func:`separation_rule`, :func:`proximity_rule` and :func:`contact_rule` with the arrays
+it took out of the NamedTuples once (a call taking the NamedTuples costs a reference
+count on each of their ~20 arrays: three times what a rule itself costs).
 
 Event rows are those of :mod:`engine.kernels` plus the peer columns: ``ev_i[:, EV_PEER]``
 the other device of the relation, ``ev_f[:, EF_PEER_LAT/LON/ACC]`` its fix.
@@ -46,6 +45,12 @@ CT_AT, CT_SINCE, CT_DEV = 0, 1, 2
 _A = 6378137.0
 _E2 = 0.00669437999014
 SEP_RUN_MAX = 1 << 30
+# Upper bounds of pair_distance_m's metres per degree anywhere on the ellipsoid: of
+# longitude N(phi) cos(phi) <= a (at the equator, 111 319.49 m), of latitude
+# M(phi) <= a / sqrt(1 - e2) (at the poles, 111 693.9 m); rounded up, so a pair
+# within separation_m by these is within it by pair_distance_m too.
+_M_PER_DEG_LON_MAX = 111_320.0
+_M_PER_DEG_LAT_MAX = 111_700.0
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -124,11 +129,21 @@ def separation_rule(dev_rel, sep_dev, fix, fix_ts, sep, cfg, p, d, ts, lon, lat,
         return n  # no pair
     qlon = fix[rq, 0]
     qlat = fix[rq, 1]
+    ep = sep[p, 0]
+    near = cfg[CFG_SEP_M]
+    if ep == NONE_MS:
+        # The common pair (a carried phone): certainly within separation_m by a bound
+        # without trigonometry, so the rule only resets the run (separation_step's first
+        # row with no episode open) and the exact distance is not needed.
+        dx = abs(lon - qlon) * _M_PER_DEG_LON_MAX
+        dy = abs(lat - qlat) * _M_PER_DEG_LAT_MAX
+        if dx * dx + dy * dy <= near * near:
+            sep[p, 2] = 0
+            return n
     qacc = fix[rq, 2]
     dist = pair_distance_m(lon, lat, qlon, qlat)
-    ep = sep[p, 0]
-    run, act = separation_step(ep, sep[p, 2], dist, cfg[CFG_SEP_M] + acc + qacc,
-                               cfg[CFG_SEP_M], cfg[CFG_SEP_CONFIRM])
+    run, act = separation_step(ep, sep[p, 2], dist, near + acc + qacc, near,
+                               cfg[CFG_SEP_CONFIRM])
     sep[p, 2] = run
     if act == 0:
         return n
@@ -173,37 +188,38 @@ def proximity_step(open_at_ms, near_m, far_m, prox_m, buffer_m):
 
 
 @njit(cache=True, _nrt=False)
-def _victim_fix(rr, rs, v):
+def _victim_fix(person_dev_off, person_dev, dev_rel, fix_ts, v):
     """The slot of protected person ``v``'s newest fix (over their devices), or -1."""
     best = -1
     best_ts = NONE_MS
-    for k in range(rr.person_dev_off[v], rr.person_dev_off[v + 1]):
-        r = rr.dev_rel[rr.person_dev[k]]
-        if rs.fix_ts[r] != NONE_MS and (best < 0 or rs.fix_ts[r] > best_ts):
+    for k in range(person_dev_off[v], person_dev_off[v + 1]):
+        r = dev_rel[person_dev[k]]
+        if fix_ts[r] != NONE_MS and (best < 0 or fix_ts[r] > best_ts):
             best = r
-            best_ts = rs.fix_ts[r]
+            best_ts = fix_ts[r]
     return best
 
 
 @njit(cache=True, _nrt=False)
-def _proximity(rr, rs, cfg, r, d, ts, lon, lat, acc, ev_i, ev_f, n):
+def proximity_rule(prox_off, prox_person, person_dev_off, person_dev, dev_rel, rel_dev, fix,
+                   fix_ts, prox_at, cfg, r, d, ts, lon, lat, acc, ev_i, ev_f, n):
     """Device ``d``'s fix (slot ``r``) against each protected person it is watched for.
     The event carries the distance and the person (through the device of their fix),
     never the person's position."""
     nan = math.nan
-    for e in range(rr.prox_off[r], rr.prox_off[r + 1]):
-        vr = _victim_fix(rr, rs, rr.prox_person[e])
-        if vr < 0 or ts - rs.fix_ts[vr] > cfg[CFG_PROX_FRESH_MS]:
+    for e in range(prox_off[r], prox_off[r + 1]):
+        vr = _victim_fix(person_dev_off, person_dev, dev_rel, fix_ts, prox_person[e])
+        if vr < 0 or ts - fix_ts[vr] > cfg[CFG_PROX_FRESH_MS]:
             continue  # no fresh fix of the person: nothing is decided
-        dist = pair_distance_m(lon, lat, rs.fix[vr, 0], rs.fix[vr, 1])
-        closest = dist - acc - rs.fix[vr, 2]
-        ep = rs.prox_at[e]
+        dist = pair_distance_m(lon, lat, fix[vr, 0], fix[vr, 1])
+        closest = dist - acc - fix[vr, 2]
+        ep = prox_at[e]
         act = proximity_step(ep, closest, closest, cfg[CFG_PROX_M], cfg[CFG_BUFFER_M])
         if act == 0:
             continue
-        rs.prox_at[e] = ts if act == 1 else NONE_MS
+        prox_at[e] = ts if act == 1 else NONE_MS
         n = _put_rel(ev_i, ev_f, n, d, T_PROXIMITY, 1 if act == 1 else 0, ts,
-                     ts if act == 1 else ep, lat, lon, dist, acc, rr.rel_dev[vr], nan, nan, nan)
+                     ts if act == 1 else ep, lat, lon, dist, acc, rel_dev[vr], nan, nan, nan)
     return n
 
 
@@ -234,17 +250,17 @@ def contact_step(open_at_ms, since_ms, t_ms, dist_m, contact_m, buffer_m, min_ms
 
 
 @njit(cache=True, _nrt=False)
-def _nearest_peer(rr, rs, cfg, s, ts, lon, lat):
+def _nearest_peer(subj_dev_off, dev_rel, fix, fix_ts, cfg, s, ts, lon, lat):
     """(distance, slot) of subject ``s``'s nearest device fix within the separation
     window of ``ts``; (inf, -1) when none is fresh."""
     best = math.inf
     best_r = -1
-    for q in range(rr.subj_dev_off[s], rr.subj_dev_off[s + 1]):
-        rq = rr.dev_rel[q]
-        qts = rs.fix_ts[rq]
+    for q in range(subj_dev_off[s], subj_dev_off[s + 1]):
+        rq = dev_rel[q]
+        qts = fix_ts[rq]
         if qts == NONE_MS or abs(ts - qts) > cfg[CFG_SEP_WINDOW_MS]:
             continue
-        dist = pair_distance_m(lon, lat, rs.fix[rq, 0], rs.fix[rq, 1])
+        dist = pair_distance_m(lon, lat, fix[rq, 0], fix[rq, 1])
         if dist < best:
             best = dist
             best_r = rq
@@ -252,43 +268,33 @@ def _nearest_peer(rr, rs, cfg, s, ts, lon, lat):
 
 
 @njit(cache=True, _nrt=False)
-def _contact(rr, rs, cfg, r, d, s, ts, lon, lat, ev_i, ev_f, n):
+def contact_rule(cont_off, cont_pair, cont_subj, subj_dev_off, dev_rel, rel_dev, fix, fix_ts,
+                 contact, cfg, r, d, s, ts, lon, lat, ev_i, ev_f, n):
     """Device ``d``'s fix (slot ``r``, subject ``s``) against each listed contact."""
     nan = math.nan
-    for k in range(rr.cont_off[r], rr.cont_off[r + 1]):
-        c = rr.cont_pair[k]
-        first = rr.cont_subj[c, 0]
-        other = rr.cont_subj[c, 1] if first == s else first
-        dist, rq = _nearest_peer(rr, rs, cfg, other, ts, lon, lat)
+    for k in range(cont_off[r], cont_off[r + 1]):
+        c = cont_pair[k]
+        first = cont_subj[c, 0]
+        other = cont_subj[c, 1] if first == s else first
+        dist, rq = _nearest_peer(subj_dev_off, dev_rel, fix, fix_ts, cfg, other, ts, lon, lat)
         if rq < 0:
             continue  # no fresh fix of the other: nothing is decided
-        q = rr.rel_dev[rq]
-        t = max(ts, rs.fix_ts[rq])
-        ep = rs.contact[c, CT_AT]
-        since, act, at = contact_step(ep, rs.contact[c, CT_SINCE], t, dist, cfg[CFG_CONTACT_M],
+        q = rel_dev[rq]
+        t = max(ts, fix_ts[rq])
+        ep = contact[c, CT_AT]
+        since, act, at = contact_step(ep, contact[c, CT_SINCE], t, dist, cfg[CFG_CONTACT_M],
                                       cfg[CFG_BUFFER_M], cfg[CFG_CONTACT_MIN_MS])
-        rs.contact[c, CT_SINCE] = since
+        contact[c, CT_SINCE] = since
         if act == 1:
             on = d if first == s else q  # the alarm is on the first subject (sorted ids)
-            rs.contact[c, CT_AT] = at
-            rs.contact[c, CT_DEV] = on - rr.subj_dev_off[first]
+            contact[c, CT_AT] = at
+            contact[c, CT_DEV] = on - subj_dev_off[first]
             n = _put_rel(ev_i, ev_f, n, on, T_CONTACT, 1, at, at, nan, nan, dist, nan,
                          q if on == d else d, nan, nan, nan)
         elif act == 2:
-            on = rr.subj_dev_off[first] + rs.contact[c, CT_DEV]
-            rs.contact[c, CT_AT] = NONE_MS
+            on = subj_dev_off[first] + contact[c, CT_DEV]
+            contact[c, CT_AT] = NONE_MS
             peer = q if first == s else d
             n = _put_rel(ev_i, ev_f, n, on, T_CONTACT, 0, t, ep, nan, nan, dist, nan, peer,
                          nan, nan, nan)
-    return n
-
-
-@njit(cache=True, _nrt=False)
-def other_relations(rr, rs, cfg, r, d, s, ts, lon, lat, acc, ev_i, ev_f, n):
-    """Proximity and contact for one in-order fix of device ``d`` (slot ``r``, subject
-    ``s``), for the few devices that have them (a plain call: it takes the NamedTuples)."""
-    if rr.prox_off[r + 1] > rr.prox_off[r]:
-        n = _proximity(rr, rs, cfg, r, d, ts, lon, lat, acc, ev_i, ev_f, n)
-    if rr.cont_off[r + 1] > rr.cont_off[r]:
-        n = _contact(rr, rs, cfg, r, d, s, ts, lon, lat, ev_i, ev_f, n)
     return n

@@ -236,9 +236,8 @@ def relation_event_parts(type_name: str, evidence: list[float], row_i: np.ndarra
     """(evidence, extra keys) of a relation event row (engine.relation_kernels)."""
     peer = registry.device_ids[int(row_i[EV_PEER])]
     if type_name == "proximity":  # never the protected person's position
-        v = int(np.searchsorted(registry_person_dev_owner(registry), int(row_i[EV_PEER]),
-                                side="right")) - 1
-        return tuple(evidence), {"person_id": registry.protected[v].person_id}
+        # (a protected person is the registry's subject of their devices: engine.protected)
+        return tuple(evidence), {"person_id": registry.subject_of(int(row_i[EV_PEER]))}
     if type_name == "contact":
         return None, {"peer_subject_id": registry.subject_of(int(row_i[EV_PEER])),
                       "peer_device_id": peer, "distance_m": round(float(row_f[2]), 1)}
@@ -268,13 +267,3 @@ def relation_open_alarms(arrays: RelationArrays, state: RelationState, registry:
         out.append(("contact", int(arrays.subj_dev_off[first] + state.contact[c, 2]),
                     int(state.contact[c, 0]), registry.subject_ids[int(arrays.cont_subj[c, 1])]))
     return out
-
-
-def registry_person_dev_owner(registry: Any) -> np.ndarray:
-    """The first device index of each protected person (their devices come last, in the
-    order of the ``protected`` list): searchsorted gives a victim device's person."""
-    first = registry.n_subject_devices
-    counts = [len(p.device_ids) for p in registry.protected]
-    return first + np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) \
-        if counts else np.zeros(0, np.int64)
-
