@@ -62,14 +62,10 @@ def mixed_subjects(subjects: dict, *, on: bool) -> tuple[dict, list[int]]:
     return doc, victims
 
 
-def mixed_fixes(fixes, victims: list[int], n_devices: int, seed: int = 3):
-    """The fixes with the phones carried and a victim fix ~2 km from each victim's
-    subject's bracelet fix, in ts order."""
-    dev, ts, lat, lon, acc, coord, rx = (a.copy() for a in fixes)
-    rng = np.random.default_rng(seed)
-    odd = np.flatnonzero(dev % 2 == 1)  # the subject's second device follows its first
-    lat[odd] = lat[odd - 1] + rng.normal(0, 1e-4, len(odd))
-    lon[odd] = lon[odd - 1] + rng.normal(0, 1e-4, len(odd))
+def mixed_fixes(fixes, victims: list[int], n_devices: int):
+    """The fixes (make_fixes carries the phones with the bracelets) and a victim fix
+    ~2 km from each victim's subject's bracelet fix, in ts order."""
+    dev, ts, lat, lon, acc, coord, rx = fixes
     victim_dev = {2 * s: n_devices + k for k, s in enumerate(victims)}
     rows = np.flatnonzero(np.isin(dev, list(victim_dev)))
     vdev = np.array([victim_dev[int(d)] for d in dev[rows]], dtype=dev.dtype)

@@ -260,6 +260,7 @@ class Engine:
         zone_ids = self.zones.zone_ids
         curfew = K.T_CURFEW
         fold_types = SUBJECT_TYPES if self._alarm_per == "subject" else ()
+        fold = self._per_subject.fold
         n_subject_devices = reg.n_subject_devices
         rows = ev_i[:n, :7].tolist()
         floats = ev_f[:n, :4].tolist()
@@ -284,8 +285,11 @@ class Engine:
                 evidence = None  # (a curfew cleared by its window's end: no fix, NaN)
             zone_id = zone_ids[z] if z >= 0 else None
             if type_name in fold_types and not late and len(subject.device_ids) > 1:
-                self._folded(out, d, raised != 0, type_name, subject, zone_id, at, episode,
-                             evidence, suspends[s])
+                # (folded here: half of a carried pair's events become nothing)
+                parts = fold(raised != 0, type_name, subject.subject_id, device_ids[d],
+                             zone_id, episode, at)
+                if parts:
+                    self._folded(out, d, parts, subject, zone_id, at, evidence, suspends[s])
                 continue
             ev = alarm_event(raised != 0, type_name, subject.subject_id, device_ids[d], zone_id,
                              subject.region, at, episode, late != 0, evidence, extra)
@@ -299,18 +303,17 @@ class Engine:
             append(ev)
         return out
 
-    def _folded(self, out: list[dict], d: int, raised: bool, type_name: str, subject: Any,
-                zone_id: str | None, at: int, episode: int, evidence: Any,
-                suspends: bool) -> None:
-        """The events one device event of a subject's devices becomes with one alarm per
-        subject (engine.per_subject), appended to ``out``."""
+    def _folded(self, out: list[dict], d: int, parts: tuple, subject: Any,
+                zone_id: str | None, at: int, evidence: Any, suspends: bool) -> None:
+        """The events (``parts``, from engine.per_subject's fold) one device event of a
+        subject's devices becomes with one alarm per subject, appended to ``out``."""
         reg = self.registry
-        for up, name, device_id, ep_at, devices in self._per_subject.fold(
-                raised, type_name, subject.subject_id, reg.device_ids[d], zone_id, episode, at):
+        own = reg.device_ids[d]
+        for up, name, device_id, ep_at, devices in parts:
             ev = alarm_event(up, name, subject.subject_id, device_id, zone_id, subject.region,
                              at, ep_at, False, evidence)
             ev["devices"] = devices  # (alarm_event's extra, without its key check)
-            lead = reg._device_index.get(device_id, -1)  # the first device to raise
+            lead = d if device_id == own else reg._device_index.get(device_id, -1)  # 1st up
             ev["device_kind"] = reg.device_kinds[lead if lead >= 0 else d]
             if suspends and suspended(subject, name, at):
                 ev["suspended"] = True
