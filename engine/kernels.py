@@ -1021,13 +1021,10 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     prox_person = rr.prox_person
     person_dev_off = rr.person_dev_off
     person_dev = rr.person_dev
-    rel_dev = rr.rel_dev
     cont_off = rr.cont_off
     cont_pair = rr.cont_pair
     cont_subj = rr.cont_subj
     subj_dev_off = rr.subj_dev_off
-    rel_fix = rs.fix
-    rel_ts = rs.fix_ts
     sep_state = rs.sep
     prox_at = rs.prox_at
     contact = rs.contact
@@ -1097,22 +1094,17 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
                     need = n + 2 + n_prox + n_cont
                     if need > ev_i.shape[0]:
                         ev_i, ev_f = _room(ev_i, ev_f, n, need)
-                    rel_fix[rl, 0] = x  # the device's newest fix
-                    rel_fix[rl, 1] = y
-                    rel_fix[rl, 2] = acc[i]
-                    rel_ts[rl] = t
                     if rel_sep[rl] >= 0:
-                        n = separation_rule(dev_rel, sep_dev, rel_fix, rel_ts, sep_state,
-                                            rel_cfg, rel_sep[rl], d, t, x, y, acc[i], ev_i,
-                                            ev_f, n)
+                        n = separation_rule(sep_dev, last_pos, last_fix, sep_state, rel_cfg,
+                                            rel_sep[rl], d, t, x, y, acc[i], ev_i, ev_f, n)
                     if n_prox > 0:
                         n = proximity_rule(prox_off, prox_person, person_dev_off, person_dev,
-                                           dev_rel, rel_dev, rel_fix, rel_ts, prox_at,
-                                           rel_cfg, rl, d, t, x, y, acc[i], ev_i, ev_f, n)
+                                           last_pos, last_fix, prox_at, rel_cfg, rl, d, t, x,
+                                           y, acc[i], ev_i, ev_f, n)
                     if n_cont > 0:
-                        n = contact_rule(cont_off, cont_pair, cont_subj, subj_dev_off, dev_rel,
-                                         rel_dev, rel_fix, rel_ts, contact, rel_cfg, rl, d,
-                                         subject[d], t, x, y, ev_i, ev_f, n)
+                        n = contact_rule(cont_off, cont_pair, cont_subj, subj_dev_off, last_pos,
+                                         last_fix, contact, rel_cfg, rl, d, subject[d], t, x,
+                                         y, ev_i, ev_f, n)
             # Settled device (see _fix_rules): nothing can change within the safe radius.
             if (not late and safe_m[d] > 0.0 and t < safe_until[d]
                     and moved_upper_m(near_lon[d], near_lat[d], x, y) < safe_m[d]):

@@ -21,6 +21,7 @@ import math
 from numba import njit
 
 from contract.alarms import ALARM_TYPES
+from engine.state import P_ACC, P_LAT, P_LON
 
 NONE_MS = -(2**63)
 T_SEPARATION = ALARM_TYPES.index("separation")
@@ -116,19 +117,18 @@ def separation_step(open_at_ms, run, dist_m, far_m, near_m, confirm):
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def separation_rule(dev_rel, sep_dev, fix, fix_ts, sep, cfg, p, d, ts, lon, lat, acc,
+def separation_rule(sep_dev, last_pos, last_fix, sep, cfg, p, d, ts, lon, lat, acc,
                     ev_i, ev_f, n):
     """Device ``d``'s fix against its pair partner's latest fix (pair ``p``). Takes the
     arrays themselves (process_batch took them out of the NamedTuples once): this is
     the relation every paired device's fix runs."""
     side = 0 if sep_dev[p, 0] == d else 1
     q = sep_dev[p, 1 - side]
-    rq = dev_rel[q]
-    qts = fix_ts[rq]
+    qts = last_fix[q]
     if qts == NONE_MS or abs(ts - qts) > cfg[CFG_SEP_WINDOW_MS]:
         return n  # no pair
-    qlon = fix[rq, 0]
-    qlat = fix[rq, 1]
+    qlon = last_pos[q, P_LON]
+    qlat = last_pos[q, P_LAT]
     ep = sep[p, 0]
     near = cfg[CFG_SEP_M]
     if ep == NONE_MS:
@@ -140,7 +140,7 @@ def separation_rule(dev_rel, sep_dev, fix, fix_ts, sep, cfg, p, d, ts, lon, lat,
         if dx * dx + dy * dy <= near * near:
             sep[p, 2] = 0
             return n
-    qacc = fix[rq, 2]
+    qacc = last_pos[q, P_ACC]
     dist = pair_distance_m(lon, lat, qlon, qlat)
     run, act = separation_step(ep, sep[p, 2], dist, near + acc + qacc, near,
                                cfg[CFG_SEP_CONFIRM])
@@ -188,38 +188,38 @@ def proximity_step(open_at_ms, near_m, far_m, prox_m, buffer_m):
 
 
 @njit(cache=True, _nrt=False)
-def _victim_fix(person_dev_off, person_dev, dev_rel, fix_ts, v):
+def _victim_fix(person_dev_off, person_dev, last_fix, v):
     """The slot of protected person ``v``'s newest fix (over their devices), or -1."""
     best = -1
     best_ts = NONE_MS
     for k in range(person_dev_off[v], person_dev_off[v + 1]):
-        r = dev_rel[person_dev[k]]
-        if fix_ts[r] != NONE_MS and (best < 0 or fix_ts[r] > best_ts):
-            best = r
-            best_ts = fix_ts[r]
+        q = person_dev[k]
+        if last_fix[q] != NONE_MS and (best < 0 or last_fix[q] > best_ts):
+            best = q
+            best_ts = last_fix[q]
     return best
 
 
 @njit(cache=True, _nrt=False)
-def proximity_rule(prox_off, prox_person, person_dev_off, person_dev, dev_rel, rel_dev, fix,
-                   fix_ts, prox_at, cfg, r, d, ts, lon, lat, acc, ev_i, ev_f, n):
+def proximity_rule(prox_off, prox_person, person_dev_off, person_dev, last_pos, last_fix,
+                   prox_at, cfg, r, d, ts, lon, lat, acc, ev_i, ev_f, n):
     """Device ``d``'s fix (slot ``r``) against each protected person it is watched for.
     The event carries the distance and the person (through the device of their fix),
     never the person's position."""
     nan = math.nan
     for e in range(prox_off[r], prox_off[r + 1]):
-        vr = _victim_fix(person_dev_off, person_dev, dev_rel, fix_ts, prox_person[e])
-        if vr < 0 or ts - fix_ts[vr] > cfg[CFG_PROX_FRESH_MS]:
+        vq = _victim_fix(person_dev_off, person_dev, last_fix, prox_person[e])
+        if vq < 0 or ts - last_fix[vq] > cfg[CFG_PROX_FRESH_MS]:
             continue  # no fresh fix of the person: nothing is decided
-        dist = pair_distance_m(lon, lat, fix[vr, 0], fix[vr, 1])
-        closest = dist - acc - fix[vr, 2]
+        dist = pair_distance_m(lon, lat, last_pos[vq, P_LON], last_pos[vq, P_LAT])
+        closest = dist - acc - last_pos[vq, P_ACC]
         ep = prox_at[e]
         act = proximity_step(ep, closest, closest, cfg[CFG_PROX_M], cfg[CFG_BUFFER_M])
         if act == 0:
             continue
         prox_at[e] = ts if act == 1 else NONE_MS
         n = _put_rel(ev_i, ev_f, n, d, T_PROXIMITY, 1 if act == 1 else 0, ts,
-                     ts if act == 1 else ep, lat, lon, dist, acc, rel_dev[vr], nan, nan, nan)
+                     ts if act == 1 else ep, lat, lon, dist, acc, vq, nan, nan, nan)
     return n
 
 
@@ -250,37 +250,35 @@ def contact_step(open_at_ms, since_ms, t_ms, dist_m, contact_m, buffer_m, min_ms
 
 
 @njit(cache=True, _nrt=False)
-def _nearest_peer(subj_dev_off, dev_rel, fix, fix_ts, cfg, s, ts, lon, lat):
+def _nearest_peer(subj_dev_off, last_pos, last_fix, cfg, s, ts, lon, lat):
     """(distance, slot) of subject ``s``'s nearest device fix within the separation
     window of ``ts``; (inf, -1) when none is fresh."""
     best = math.inf
-    best_r = -1
+    best_q = -1
     for q in range(subj_dev_off[s], subj_dev_off[s + 1]):
-        rq = dev_rel[q]
-        qts = fix_ts[rq]
+        qts = last_fix[q]
         if qts == NONE_MS or abs(ts - qts) > cfg[CFG_SEP_WINDOW_MS]:
             continue
-        dist = pair_distance_m(lon, lat, fix[rq, 0], fix[rq, 1])
+        dist = pair_distance_m(lon, lat, last_pos[q, P_LON], last_pos[q, P_LAT])
         if dist < best:
             best = dist
-            best_r = rq
-    return best, best_r
+            best_q = q
+    return best, best_q
 
 
 @njit(cache=True, _nrt=False)
-def contact_rule(cont_off, cont_pair, cont_subj, subj_dev_off, dev_rel, rel_dev, fix, fix_ts,
-                 contact, cfg, r, d, s, ts, lon, lat, ev_i, ev_f, n):
+def contact_rule(cont_off, cont_pair, cont_subj, subj_dev_off, last_pos, last_fix, contact, cfg,
+                 r, d, s, ts, lon, lat, ev_i, ev_f, n):
     """Device ``d``'s fix (slot ``r``, subject ``s``) against each listed contact."""
     nan = math.nan
     for k in range(cont_off[r], cont_off[r + 1]):
         c = cont_pair[k]
         first = cont_subj[c, 0]
         other = cont_subj[c, 1] if first == s else first
-        dist, rq = _nearest_peer(subj_dev_off, dev_rel, fix, fix_ts, cfg, other, ts, lon, lat)
-        if rq < 0:
+        dist, q = _nearest_peer(subj_dev_off, last_pos, last_fix, cfg, other, ts, lon, lat)
+        if q < 0:
             continue  # no fresh fix of the other: nothing is decided
-        q = rel_dev[rq]
-        t = max(ts, fix_ts[rq])
+        t = max(ts, last_fix[q])
         ep = contact[c, CT_AT]
         since, act, at = contact_step(ep, contact[c, CT_SINCE], t, dist, cfg[CFG_CONTACT_M],
                                       cfg[CFG_BUFFER_M], cfg[CFG_CONTACT_MIN_MS])

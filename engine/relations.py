@@ -5,16 +5,18 @@ The relation rules compare one device's fix with another device's latest fix:
 
 - ``separation``: a subject's bracelet and phone (the first device of each kind listed);
 - ``proximity``: each device of a subject against each protected person (the subjects
-  file's top-level ``protected`` list) protected from that subject; the person's devices
-  (kind ``victim``) have slots too, for their newest fix;
+  file's top-level ``protected`` list) protected from that subject (the person's devices,
+  kind ``victim``, have slots too);
 - ``contact``: two subjects either of which lists the other in ``contacts`` (one pair,
   the subject with the smaller id first), every device of both;
 
 Nothing here is per device except :attr:`RelationArrays.dev_rel` (int32, 4 bytes): the
 *relation slot* of a device that takes part in any relation, -1 for the others (which
 the kernels then never look at again). Everything else lives in side tables sized by the
-relations: per slot the newest in-order fix (lon, lat, acc_m, ts_ms), per separation
-pair its episode. The kernels are :mod:`engine.relation_kernels`.
+relations: per separation pair, proximity entry and contact pair its episode. The other
+device's newest in-order fix is the device state's own (``DeviceState.last_pos`` and
+``last_fix_ts_ms``, which every in-order fix writes for the device alarms' evidence), so
+the relations keep no copy of it. The kernels are :mod:`engine.relation_kernels`.
 """
 
 from __future__ import annotations
@@ -58,8 +60,6 @@ class RelationArrays(NamedTuple):
 class RelationState(NamedTuple):
     """Mutable relation state (the kernels update it in place)."""
 
-    fix: np.ndarray  # float64[n_rel, 3]: lon, lat (WGS-84 degrees), acc_m of the newest fix
-    fix_ts: np.ndarray  # int64[n_rel]: its ts (epoch ms), NONE_MS: no fix yet
     sep: np.ndarray  # int64[n_sep, 3]: SEP_* columns
     prox_at: np.ndarray  # int64[n_prox]: open proximity episode's raised at, or NONE_MS
     contact: np.ndarray  # int64[n_contact, 3]: open at, start of the close run (NONE_MS),
@@ -169,11 +169,8 @@ def _offsets(lists: list[list[int]]) -> np.ndarray:
 
 
 def new_relation_state(arrays: RelationArrays) -> RelationState:
-    """Fresh state: no fix seen, no episode open."""
-    n_rel = len(arrays.rel_dev)
+    """Fresh state: no episode open."""
     return RelationState(
-        fix=np.full((n_rel, 3), np.nan),
-        fix_ts=np.full(n_rel, NONE_MS, dtype=np.int64),
         sep=np.tile(np.array(SEP_FRESH, dtype=np.int64), (len(arrays.sep_dev), 1)),
         prox_at=np.full(len(arrays.prox_person), NONE_MS, dtype=np.int64),
         contact=np.tile(np.array(CONTACT_FRESH, dtype=np.int64), (len(arrays.cont_subj), 1)),
@@ -182,8 +179,7 @@ def new_relation_state(arrays: RelationArrays) -> RelationState:
 
 def relation_snapshot(state: RelationState, keys: RelationKeys) -> dict[str, np.ndarray]:
     """The relation part of a checkpoint (``rel_*`` arrays), copied."""
-    return {"rel_fix": state.fix.copy(), "rel_fix_ts": state.fix_ts.copy(),
-            "rel_sep": state.sep.copy(), "rel_prox_at": state.prox_at.copy(),
+    return {"rel_sep": state.sep.copy(), "rel_prox_at": state.prox_at.copy(),
             "rel_contact": state.contact.copy(),
             "rel_contact_keys": np.array(keys.contact, dtype=np.str_),
             "rel_keys": np.array(keys.rel, dtype=np.str_),
@@ -200,8 +196,7 @@ def load_relation_snapshot(source: Any) -> tuple[RelationState, RelationKeys] | 
         with np.load(source, allow_pickle=False) as data:
             if "rel_keys" not in data.files:
                 return None
-            state = RelationState(fix=data["rel_fix"].copy(), fix_ts=data["rel_fix_ts"].copy(),
-                                  sep=data["rel_sep"].copy(),
+            state = RelationState(sep=data["rel_sep"].copy(),
                                   prox_at=data["rel_prox_at"].copy(),
                                   contact=data["rel_contact"].copy())
             keys = RelationKeys(rel=[str(x) for x in data["rel_keys"]],
@@ -215,13 +210,11 @@ def load_relation_snapshot(source: Any) -> tuple[RelationState, RelationKeys] | 
 
 def adopt_relations(old: RelationState, old_keys: RelationKeys, new: RelationState,
                     new_keys: RelationKeys) -> None:
-    """Copy ``old`` into ``new`` by key: a device's newest fix by device id, a separation
-    pair's episode and run by (subject, bracelet, phone), a proximity episode by (device,
-    person); a pair whose devices changed starts fresh (its open alarm, if any, stays open
-    in the store for the operator), as does a protection that was lifted."""
-    for old_t, new_t, ok, nk in ((old.fix, new.fix, old_keys.rel, new_keys.rel),
-                                 (old.fix_ts, new.fix_ts, old_keys.rel, new_keys.rel),
-                                 (old.sep, new.sep, old_keys.sep, new_keys.sep),
+    """Copy ``old`` into ``new`` by key: a separation pair's episode and run by
+    (subject, bracelet, phone), a proximity episode by (device, person); a pair whose
+    devices changed starts fresh (its open alarm, if any, stays open in the store for the
+    operator), as does a protection that was lifted."""
+    for old_t, new_t, ok, nk in ((old.sep, new.sep, old_keys.sep, new_keys.sep),
                                  (old.prox_at, new.prox_at, old_keys.prox, new_keys.prox),
                                  (old.contact, new.contact, old_keys.contact, new_keys.contact)):
         pos = {k: i for i, k in enumerate(ok)}

@@ -151,7 +151,8 @@ def test_restart_mid_episode_clears_the_same_alarm(tmp_path):
     data = e2.snapshot()
     from engine.state import checkpoint_bytes
     e3 = Engine.restore_bytes(checkpoint_bytes(data), e2.zones, e2.registry, e2.config)
-    assert e3.rel_state.fix_ts.tolist() == [T0 + 5000, T0 + 2000]
+    assert e3.state.last_fix_ts_ms[:2].tolist() == [T0 + 5000, T0 + 2000]
+    assert e3.rel_state.sep.tolist() == e2.rel_state.sep.tolist()
 
 
 def test_a_checkpoint_without_relations_loads_with_them_fresh(tmp_path):
@@ -161,7 +162,8 @@ def test_a_checkpoint_without_relations_loads_with_them_fresh(tmp_path):
     path = tmp_path / "old.npz"
     np.savez(path, **arrays)
     e2 = Engine.restore(path, f.engine.zones, f.engine.registry, f.engine.config)
-    assert e2.rel_state.fix_ts.tolist() == [np.iinfo(np.int64).min] * 2
+    from engine.relations import SEP_FRESH
+    assert e2.rel_state.sep.tolist() == [list(SEP_FRESH)]  # the relations start fresh
 
 
 def test_reload_keeps_the_episode_of_an_unchanged_pair_and_drops_a_changed_one():
