@@ -85,10 +85,11 @@ def build_service_args(args: argparse.Namespace) -> dict:
     from alarms.roster import resolver_for
     from alarms.store import open_store
     from emfence.run.notify import notification_planner
-    from ingest.mqtt import broker_from_args, parse_regions
+    from ingest.mqtt import brokers_from_args, parse_regions
 
     config = load_config(args.config)
-    broker = broker_from_args(args)
+    brokers = brokers_from_args(args)  # one per --broker, in order
+    broker = brokers[0]
     regions = parse_regions(args.regions)
     problem = worker_name_problem(args.name)
     if problem:
@@ -118,7 +119,7 @@ def build_service_args(args: argparse.Namespace) -> dict:
     if from_register:
         opts.register_seq, opts.register_taken_ms = seq, taken_ms
     opts.regions, opts.http = regions, args.http
-    return {"broker": broker, "options": opts, "config": config, "zones": zones,
+    return {"broker": brokers, "options": opts, "config": config, "zones": zones,
             "registry": registry, "engine": engine, "store": store, "restored": restored,
             "covered": covered}
 

@@ -417,8 +417,12 @@ class Service:
 
     def health(self, status: str) -> dict[str, Any]:
         """The health document: status, sweep state, queue depths and counters."""
+        degraded = self.receiver.degraded  # a subscription refused on a reconnect
+        if degraded is not None and status == "online":
+            status = "degraded"
         return {
             "status": status, "name": self.opts.name, "at": wall_ms(),
+            "degraded": degraded,
             "started_at": self.started_ms,
             "regions": self.opts.regions or ["+"],
             "devices": len(self.registry.device_ids),
