@@ -83,6 +83,7 @@ class Options:
     regions: list[str] | None = None
     checkpoint: str | None = None
     http: str | None = None
+    metrics_http: str | None = None  # HOST:PORT or PORT of the bare operations endpoints
     # Where the engine's state is kept: "store" (the default: the store's row for this
     # worker), "file" (--checkpoint) or "none" (--core shapely, which has no state to keep).
     state_in: str = "store"

@@ -151,7 +151,7 @@ class Receiver:
         while not self.stopping():
             client = self.mqtt.make_client(self.broker, client_id=client_id, will=will)
             self.alive()  # a connection attempt: the reconnect loop is running
-            failure = None
+            failure = refusal = None
             session = False
             try:
                 async with client:
@@ -162,14 +162,16 @@ class Receiver:
                     self.brokers.worked()
                     await self._receive(client)
             except* self.mqtt.SubscriptionRefused as refused:
-                if self._refused(refused.exceptions[0]):
-                    return
+                refusal = refused.exceptions[0]
             except* aiomqtt.MqttError as lost:
                 failure = self._on_disconnected(lost.exceptions[0], session)
             finally:
                 self.client = None
                 self.connected.clear()
             self.alive()
+            if refusal is not None:
+                self._refused(refusal)
+                return
             if self.stopping():
                 return
             if failure is not None and failure.fatal and self.counters["connects"] == 0:
@@ -187,13 +189,12 @@ class Receiver:
                 self._log_retry(retries, failure, backoff.attempts, delay)
             await asyncio.sleep(delay)
 
-    def _refused(self, exc) -> bool:
+    def _refused(self, exc) -> None:
         """A subscription refused at start (:class:`ingest.mqtt.SubscriptionRefused`, raised
         only before any session worked): one line, and the process ends."""
         log.critical("%s; no session has worked yet: exiting %d", exc,
                      self.mqtt.EXIT_SUBSCRIBE_REFUSED)
         self.on_fatal(self.mqtt.EXIT_SUBSCRIBE_REFUSED)
-        return True
 
     def _log_retry(self, retries: ConnectRetries, failure, attempt: int, delay_s: float) -> None:
         """One line for a failed connection attempt, unless one for the same cause was

@@ -1,0 +1,262 @@
+"""Several brokers, refused subscriptions, the operations endpoints and SIGTERM at any
+moment, with `emfence run` as a subprocess against real mosquitto brokers started from
+the shipped config.
+
+mosquitto's ``acl_file`` grants every SUBSCRIBE (2.0.11 here: it filters at delivery, and
+answers even ``foo/#`` with "granted QoS 1"); its dynamic-security plugin (shipped with
+mosquitto) checks subscriptions and answers a denied one with 0x80, as NATS does for a
+filter over its ``max_ack_pending``. The refusal tests use that plugin.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from ingest_fleet import ENGINE_PW, REGION_A, REGION_B, ROOT, EngineProcess, fix, now_ms, until
+from ingest_mqtt_helpers import PahoClient
+
+from ingest.mosquitto import CONF_TEMPLATE, free_port
+from ingest.mqtt import EXIT_SUBSCRIBE_REFUSED
+from ingest.passwords import device_password, engine_account
+
+pytestmark = [pytest.mark.mqtt]
+
+WORKER = "worker-1"
+ACCOUNT = engine_account(WORKER)
+DYNSEC = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
+FAST = """
+[ingest]
+batch_max_ms = 10
+health_interval_s = 1
+checkpoint_interval_s = 1
+reconnect_min_s = 0.2
+reconnect_max_s = 1
+"""
+# From the kill of the broker in use to the engine connected to the next one, s: the loss
+# is seen at once (the socket closes), the next broker is tried without waiting.
+FAILOVER_BOUND_S = 5.0
+# A SIGTERM ends `emfence run` within this (docs/operations.md, "Signals"), s.
+SHUTDOWN_BOUND_S = 10.0
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metric(port: int, name: str) -> float:
+    """The value of metric ``name`` (one sample) in /metrics, or -1 when absent."""
+    for line in get(port, "/metrics")[1].splitlines():
+        if line.startswith((name + "{", name + " ")):
+            return float(line.rsplit(" ", 1)[1])
+    return -1.0
+
+
+# --- a mosquitto that checks subscriptions (dynamic-security plugin) -------------------
+
+
+def dynsec_password(password: str) -> dict:
+    """A dynamic-security client password: PBKDF2-SHA512, 101 iterations (the plugin's
+    own format)."""
+    salt = os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101)
+    return {"password": base64.b64encode(digest).decode(),
+            "salt": base64.b64encode(salt).decode(), "iterations": 101}
+
+
+def write_dynsec(path, fleet, *, engine_regions: list[str]) -> None:
+    """The engine may subscribe to the fixes and statuses of ``engine_regions`` and to its
+    own topics; devices publish their own. Nothing else may be subscribed to."""
+    engine_acls = [{"acltype": "subscribePattern", "topic": f"emfence/v1/{r}/+/{kind}",
+                    "allow": True} for r in engine_regions for kind in ("fix", "status")]
+    engine_acls.append({"acltype": "subscribePattern", "topic": "emfence/v1/engine/#",
+                        "allow": True})
+    clients = [{"username": ACCOUNT, "roles": [{"rolename": "engine"}],
+                **dynsec_password(ENGINE_PW)}]
+    clients += [{"username": d, **dynsec_password(p)} for d, p in fleet.passwords().items()
+                if d in fleet.devices]
+    path.write_text(json.dumps({
+        "defaultACLAccess": {"publishClientSend": True, "publishClientReceive": True,
+                             "subscribe": False, "unsubscribe": True},
+        "clients": clients, "groups": [],
+        "roles": [{"rolename": "engine", "acls": engine_acls}]}))
+
+
+def dynsec_broker(mosquitto_factory, tmp_path, fleet, *, engine_regions: list[str]):
+    if not os.path.exists(DYNSEC):
+        pytest.fail(f"{DYNSEC} missing: install Debian's mosquitto package")
+    config = tmp_path / "dynsec.json"
+    write_dynsec(config, fleet, engine_regions=engine_regions)
+    template = tmp_path / "mosquitto-dynsec.conf"
+    template.write_text(CONF_TEMPLATE.read_text() + f"\nplugin {DYNSEC}\n"
+                        f"plugin_opt_config_file {config}\n")
+    broker = mosquitto_factory(auth=False, conf_template=template)
+    broker.dynsec = config
+    return broker
+
+
+def engine(tmp_path, fleet, broker, *extra, config=FAST) -> EngineProcess:
+    return EngineProcess(tmp_path, fleet, broker, config=config,
+                         extra=["--regions", f"{REGION_A},{REGION_B}", *extra])
+
+
+def test_a_refused_subscription_at_start_is_one_line_and_exit_5(tmp_path, fleet,
+                                                                 mosquitto_factory):
+    broker = dynsec_broker(mosquitto_factory, tmp_path, fleet, engine_regions=[REGION_A])
+    e = engine(tmp_path, fleet, broker).start()
+    try:
+        assert e.proc.wait(120) == EXIT_SUBSCRIBE_REFUSED, e.log()[-3000:]
+    finally:
+        e.close()
+    text = e.log()
+    lines = [line for line in text.splitlines() if "refused the subscription" in line]
+    assert len(lines) == 1, text[-3000:]
+    line = lines[0]
+    assert f"broker 127.0.0.1:{broker.port} refused the subscription to " \
+           f"emfence/v1/{REGION_B}/+/fix for {ACCOUNT} (SUBACK 0x80)" in line, line
+    assert "CRITICAL" in line and f"exiting {EXIT_SUBSCRIBE_REFUSED}" in line
+    assert "Traceback" not in text
+
+
+def test_a_subscription_refused_on_a_reconnect_is_degraded(tmp_path, fleet,
+                                                            mosquitto_factory):
+    broker = dynsec_broker(mosquitto_factory, tmp_path, fleet,
+                           engine_regions=[REGION_A, REGION_B])
+    port = free_port()
+    e = engine(tmp_path, fleet, broker, "--metrics-http", str(port)).start()
+    try:
+        e.wait_log("backlog drained")
+        assert until(lambda: get(port, "/readyz")[0], lambda s: s == 200, 30) == 200
+        # The broker comes back with region B's subscriptions denied to the engine.
+        broker.stop()
+        write_dynsec(broker.dynsec, fleet, engine_regions=[REGION_A])
+        mark = len(e.log())
+        broker.start()
+        e.wait_log("degraded: ", after=mark, timeout_s=60)
+        status, body = until(lambda: get(port, "/readyz"), lambda r: "degraded" in r[1], 30)
+        assert status == 503, body
+        reasons = json.loads(body)["reasons"]
+        assert any(f"emfence/v1/{REGION_B}/+/fix" in r for r in reasons), reasons
+        assert get(port, "/healthz")[0] == 200  # degraded, not dead: it goes on
+        assert metric(port, "emfence_run_degraded") == 1
+        # ... and it still processes region A.
+        did = fleet.ids(REGION_A)[0]
+        dev = PahoClient(broker.port, did, device_password_of(fleet, did), client_id=did)
+        try:
+            before = metric(port, "emfence_engine_fixes_total")
+            dev.publish(f"emfence/v1/{REGION_A}/{did}/fix",
+                        json.dumps(fix(now_ms(), fleet.home)))
+            assert until(lambda: metric(port, "emfence_engine_fixes_total"),
+                         lambda n: n > before, 30) > before
+        finally:
+            dev.close()
+    finally:
+        e.close()
+
+
+def device_password_of(fleet, did: str) -> str:
+    from ingest_fleet import SECRET
+
+    return device_password(SECRET, did)
+
+
+# --- two brokers: the next on loss ----------------------------------------------------
+
+
+def test_moves_to_the_next_broker_on_loss_and_goes_on(tmp_path, fleet, mosquitto_factory):
+    first = mosquitto_factory(passwords=fleet.passwords())
+    second = mosquitto_factory(passwords=fleet.passwords())
+    second.add_accounts({ACCOUNT: ENGINE_PW})
+    port = free_port()
+    e = engine(tmp_path, fleet, first, "--broker", second.url, "--metrics-http",
+               str(port)).start()
+    try:
+        e.wait_log(f"connected to 127.0.0.1:{first.port}")
+        e.wait_log("backlog drained")
+        assert until(lambda: get(port, "/readyz")[0], lambda s: s == 200, 30) == 200
+        assert get(port, "/healthz")[0] == 200
+        assert metric(port, "emfence_run_connects_total") == 1
+        mark = len(e.log())
+        killed = time.monotonic()
+        first.kill()
+        e.wait_log(f"(127.0.0.1:{second.port}); state kept", after=mark, timeout_s=30)
+        took = time.monotonic() - killed
+        assert took <= FAILOVER_BOUND_S, f"{took:.1f} s to move to the second broker"
+        # It processes what devices send to the second broker.
+        did = fleet.ids(REGION_A)[0]
+        dev = PahoClient(second.port, did, device_password_of(fleet, did), client_id=did)
+        try:
+            before = metric(port, "emfence_engine_fixes_total")
+            for i in range(5):
+                dev.publish(f"emfence/v1/{REGION_A}/{did}/fix",
+                            json.dumps(fix(now_ms() + i, fleet.home)))
+            assert until(lambda: metric(port, "emfence_engine_fixes_total"),
+                         lambda n: n >= before + 5, 30) >= before + 5
+        finally:
+            dev.close()
+        assert until(lambda: get(port, "/readyz")[0], lambda s: s == 200, 30) == 200
+        assert metric(port, "emfence_run_reconnects_total") == 1
+    finally:
+        e.close()
+
+
+def test_readyz_names_why_while_no_broker_answers(tmp_path, fleet, mosquitto_factory):
+    broker = mosquitto_factory(passwords=fleet.passwords())
+    port = free_port()
+    e = engine(tmp_path, fleet, broker, "--metrics-http", f"127.0.0.1:{port}").start()
+    try:
+        e.wait_log("backlog drained")
+        broker.kill()
+        status, body = until(lambda: get(port, "/readyz"), lambda r: r[0] == 503, 30)
+        assert status == 503 and "not connected to a broker" in json.loads(body)["reasons"]
+        assert get(port, "/healthz")[0] == 200  # alive: it is reconnecting
+        assert metric(port, "emfence_run_connected") == 0
+    finally:
+        e.close()
+
+
+# --- SIGTERM at any moment -------------------------------------------------------------
+
+
+def test_sigterm_right_after_connecting_ends_the_process_in_time(tmp_path, fleet, broker):
+    e = engine(tmp_path, fleet, broker)
+    try:
+        for _ in range(3):
+            mark = len(e.log()) if e.proc else 0
+            e.start().wait_log("connected to 127.0.0.1", after=mark)
+            time.sleep(0.025)
+            sent = time.monotonic()
+            e.signal(signal.SIGTERM)
+            code = e.proc.wait(SHUTDOWN_BOUND_S + 20)
+            took = time.monotonic() - sent
+            assert code == 0, e.log()[-3000:]
+            assert took <= SHUTDOWN_BOUND_S, f"{took:.1f} s to stop after SIGTERM"
+    finally:
+        e.close()
+
+
+def test_a_comma_list_in_broker_says_how_to_give_several(tmp_path, fleet):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "emfence", "run", "--broker",
+         "mqtt://127.0.0.1:1,mqtt://127.0.0.1:2", "--zones", str(fleet.zones_path),
+         "--subjects", str(fleet.subjects_path), "--store",
+         f"sqlite:///{tmp_path / 'a.db'}"], capture_output=True, text=True, cwd=ROOT,
+        timeout=120, check=False)
+    assert done.returncode == 1
+    assert "one URL per --broker; for several brokers give --broker once for each" \
+        in done.stderr
+    assert "Traceback" not in done.stderr
