@@ -95,13 +95,17 @@ class Publisher:
                  username: str | None = None, password: str | None = None, pool_size: int = 4,
                  max_inflight: int = 100, tick_ms: float = 10.0, progress: bool = True,
                  connect_concurrency: int = 64, client_prefix: str = "emfence-sim",
-                 on_sent: Callable[[Outgoing], None] | None = None, wire: bool | None = None):
+                 on_sent: Callable[[Outgoing], None] | None = None, wire: bool | None = None,
+                 brokers: list[tuple[str, int]] | None = None):
         if credentials is not None and (username or password):
             raise ValueError("per-device credentials and a pool account exclude each other")
         if pool_size < 1:
             raise ValueError(f"pool_size must be at least 1, got {pool_size}")
         self.sim = sim
         self.host, self.port = host, port
+        # Pool mode: the nodes of a clustered broker (simulators.mqttwire reconnects to
+        # the next on loss and sends the unacknowledged publishes again).
+        self.brokers = brokers or [(host, port)]
         self.credentials = credentials
         self.username, self.password = username, password
         self.pool_size = pool_size
@@ -180,7 +184,8 @@ class Publisher:
 
         self._wire = [WireConnection(self.host, self.port, username=user,
                                      password=self.password, client_id=cid, fixes=self.fixes,
-                                     window=max(self.max_inflight, 2000))
+                                     window=max(self.max_inflight, 2000),
+                                     brokers=self.brokers)
                       for cid, user in map(self._pool_login, range(self.pool_size))]
         for c in self._wire:
             await c.connect()
