@@ -129,6 +129,51 @@ def test_a_refused_subscription_at_start_is_one_line_and_exit_5(tmp_path, fleet,
     assert "Traceback" not in text
 
 
+@pytest.fixture
+def nats_mqtt(tmp_path):
+    """nats-server with JetStream and its MQTT listener on free loopback ports, the worker
+    allowed to read region A's topics and its own only (a NATS subscribe permission)."""
+    import shutil
+    import subprocess
+
+    binary = shutil.which("nats-server")
+    if binary is None:
+        pytest.fail("nats-server missing: install Debian's nats-server package")
+    mqtt_port, client_port = free_port(), free_port()
+    allow = [f"emfence.v1.{REGION_A}.*.fix", f"emfence.v1.{REGION_A}.*.status",
+             "emfence.v1.engine.>", "$MQTT.sub.>"]
+    conf = tmp_path / "nats.conf"
+    conf.write_text(
+        f"listen: 127.0.0.1:{client_port}\nserver_name: emfence-test\n"
+        f"jetstream {{ store_dir: \"{tmp_path / 'js'}\" }}\n"
+        "authorization { users = [ {user: \"%s\", password: \"%s\", permissions: "
+        "{subscribe: {allow: %s}, publish: {allow: [\">\"]}}} ] }\n"
+        f"mqtt {{ listen: 127.0.0.1:{mqtt_port} }}\n" % (ACCOUNT, ENGINE_PW, json.dumps(allow)))
+    log = open(tmp_path / "nats.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
+    try:
+        until(lambda: "Server is ready" in (tmp_path / "nats.log").read_text(), bool, 20)
+
+        class Nats:
+            port, url, auth = mqtt_port, f"mqtt://127.0.0.1:{mqtt_port}", False
+        yield Nats
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def test_nats_refusing_a_subscription_at_start_is_exit_5(tmp_path, fleet, nats_mqtt):
+    e = engine(tmp_path, fleet, nats_mqtt).start()
+    try:
+        assert e.proc.wait(120) == EXIT_SUBSCRIBE_REFUSED, e.log()[-3000:]
+    finally:
+        e.close()
+    assert f"broker 127.0.0.1:{nats_mqtt.port} refused the subscription to " \
+           f"emfence/v1/{REGION_B}/+/fix for {ACCOUNT} (SUBACK 0x80)" in e.log()
+    assert "Traceback" not in e.log()
+
+
 def test_a_subscription_refused_on_a_reconnect_is_degraded(tmp_path, fleet,
                                                             mosquitto_factory):
     broker = dynsec_broker(mosquitto_factory, tmp_path, fleet,
