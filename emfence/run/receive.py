@@ -112,6 +112,7 @@ class Receiver:
         # connection has every subscription granted. None: all granted.
         self.degraded: str | None = None
         self.worked = False  # a connection of this process had all its SUBACKs
+        self.refused_filters: list[str] = []  # refused on this connection, asked again
         self.drain_topic = drain_topic(opts.name)
         self.drain_nonce = ""
         self.disconnected_at_ms: int | None = None
@@ -270,14 +271,37 @@ class Receiver:
                     raise
                 refused.append(exc)
         self.worked = True
+        self._refusals(refused, "on this reconnect")
+
+    def _refusals(self, refused: list, when: str) -> None:
+        """Record the subscriptions refused now (none: no longer degraded)."""
+        self.refused_filters = [e.topic_filter for e in refused]
         if refused:
-            self.degraded = "; ".join(str(e) for e in refused)
-            log.error("degraded: %s (%d of the worker's subscriptions refused on this "
-                      "reconnect; going on with the others, retried at the next "
-                      "reconnect)", self.degraded, len(refused))
+            degraded = "; ".join(str(e) for e in refused)
+            if degraded != self.degraded:
+                log.error("degraded: %s (%d of the worker's subscriptions refused %s; going "
+                          "on with the others, asked again every ingest.health_interval_s)",
+                          degraded, len(refused), when)
+            self.degraded = degraded
         elif self.degraded is not None:
             log.warning("every subscription granted again: no longer degraded")
             self.degraded = None
+
+    async def retry_refused(self) -> None:
+        """Ask again for the subscriptions the broker refused on this connection (called
+        every ``ingest.health_interval_s``): all granted ends "degraded"."""
+        client = self.client
+        if client is None or not self.refused_filters:
+            return
+        mqtt = self.mqtt
+        refused = []
+        for f in self.refused_filters:
+            try:
+                await mqtt.subscribe_checked(client, f, self.broker)
+            except mqtt.SubscriptionRefused as exc:
+                refused.append(exc)
+        if client is self.client:  # still the same connection
+            self._refusals(refused, "again")
 
     def _on_disconnected(self, exc: Exception, session: bool):
         """A lost session is logged here; a failed connection attempt is returned, said

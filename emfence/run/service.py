@@ -410,6 +410,8 @@ class Service:
                     await client.publish(self.receiver.drain_topic, PING, qos=1,
                                          timeout=HEALTH_TIMEOUT_S)
                 with contextlib.suppress(Exception):
+                    await self.receiver.retry_refused()  # degraded: ask again
+                with contextlib.suppress(Exception):
                     await self._publish_health(client, "online")
 
     def _held_back(self) -> tuple[int, int, int]:

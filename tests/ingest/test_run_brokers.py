@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.mqtt]
 WORKER = "worker-1"
 ACCOUNT = engine_account(WORKER)
 DYNSEC = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
+ADMIN, ADMIN_PW = "emfence-test-admin", "admin-test-pw"  # may change the broker's roles
 FAST = """
 [ingest]
 batch_max_ms = 10
@@ -86,11 +87,29 @@ def write_dynsec(path, fleet, *, engine_regions: list[str]) -> None:
                 **dynsec_password(ENGINE_PW)}]
     clients += [{"username": d, **dynsec_password(p)} for d, p in fleet.passwords().items()
                 if d in fleet.devices]
+    clients.append({"username": ADMIN, "roles": [{"rolename": "admin"}],
+                    **dynsec_password(ADMIN_PW)})
     path.write_text(json.dumps({
         "defaultACLAccess": {"publishClientSend": True, "publishClientReceive": True,
                              "subscribe": False, "unsubscribe": True},
         "clients": clients, "groups": [],
-        "roles": [{"rolename": "engine", "acls": engine_acls}]}))
+        "roles": [{"rolename": "engine", "acls": engine_acls},
+                  {"rolename": "admin", "acls": [
+                      {"acltype": "publishClientSend", "topic": "$CONTROL/dynamic-security/#",
+                       "allow": True}]}]}))
+
+
+def grant_live(broker, region: str) -> None:
+    """Let the engine subscribe to ``region``'s topics, on the running broker (the
+    plugin's control topic; no restart, no disconnect)."""
+    commands = [{"command": "addRoleACL", "rolename": "engine", "acltype": "subscribePattern",
+                 "topic": f"emfence/v1/{region}/+/{kind}", "priority": 0, "allow": True}
+                for kind in ("fix", "status")]
+    admin = PahoClient(broker.port, ADMIN, ADMIN_PW, client_id=ADMIN)
+    try:
+        admin.publish("$CONTROL/dynamic-security/v1", json.dumps({"commands": commands}))
+    finally:
+        admin.close()
 
 
 def dynsec_broker(mosquitto_factory, tmp_path, fleet, *, engine_regions: list[str]):
@@ -129,41 +148,80 @@ def test_a_refused_subscription_at_start_is_one_line_and_exit_5(tmp_path, fleet,
     assert "Traceback" not in text
 
 
+class NatsMqtt:
+    """nats-server with JetStream and its MQTT listener on free loopback ports; the worker
+    may read the topics of ``regions`` and its own only (a NATS subscribe permission).
+    ``allow(regions)`` rewrites that; ``reload()`` applies it live (SIGHUP: no client is
+    disconnected), ``restart()`` by a restart (the sessions are kept in JetStream)."""
+
+    def __init__(self, root, regions: list[str]):
+        import shutil
+
+        self.binary = shutil.which("nats-server")
+        if self.binary is None:
+            pytest.fail("nats-server missing: install Debian's nats-server package")
+        self.root = root
+        self.port, self.client_port = free_port(), free_port()
+        self.url, self.auth = f"mqtt://127.0.0.1:{self.port}", False
+        self.conf = root / "nats.conf"
+        self.log = root / "nats.log"
+        self.proc = None
+        self.allow(regions)
+
+    def allow(self, regions: list[str]) -> None:
+        allow = [f"emfence.v1.{r}.*.{kind}" for r in regions for kind in ("fix", "status")]
+        allow += ["emfence.v1.engine.>", "$MQTT.sub.>"]
+        self.conf.write_text(
+            f"listen: 127.0.0.1:{self.client_port}\nserver_name: emfence-test\n"
+            f"jetstream {{ store_dir: \"{self.root / 'js'}\" }}\n"
+            "authorization { users = [ {user: \"%s\", password: \"%s\", permissions: "
+            "{subscribe: {allow: %s}, publish: {allow: [\">\"]}}} ] }\n"
+            f"mqtt {{ listen: 127.0.0.1:{self.port} }}\n" % (ACCOUNT, ENGINE_PW,
+                                                             json.dumps(allow)))
+
+    def start(self) -> NatsMqtt:
+        import subprocess
+
+        mark = self.log.stat().st_size if self.log.exists() else 0
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log,
+                                         stderr=log)
+        until(lambda: "Server is ready" in self.log.read_text()[mark:], bool, 20)
+        return self
+
+    def reload(self) -> None:
+        mark = self.log.stat().st_size
+        self.proc.send_signal(signal.SIGHUP)
+        until(lambda: "Reloaded server configuration" in self.log.read_text()[mark:], bool,
+              20)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(20)
+            self.proc = None
+
+
 @pytest.fixture
-def nats_mqtt(tmp_path):
-    """nats-server with JetStream and its MQTT listener on free loopback ports, the worker
-    allowed to read region A's topics and its own only (a NATS subscribe permission)."""
-    import shutil
-    import subprocess
+def nats_factory(tmp_path):
+    made = []
 
-    binary = shutil.which("nats-server")
-    if binary is None:
-        pytest.fail("nats-server missing: install Debian's nats-server package")
-    mqtt_port, client_port = free_port(), free_port()
-    allow = [f"emfence.v1.{REGION_A}.*.fix", f"emfence.v1.{REGION_A}.*.status",
-             "emfence.v1.engine.>", "$MQTT.sub.>"]
-    conf = tmp_path / "nats.conf"
-    conf.write_text(
-        f"listen: 127.0.0.1:{client_port}\nserver_name: emfence-test\n"
-        f"jetstream {{ store_dir: \"{tmp_path / 'js'}\" }}\n"
-        "authorization { users = [ {user: \"%s\", password: \"%s\", permissions: "
-        "{subscribe: {allow: %s}, publish: {allow: [\">\"]}}} ] }\n"
-        f"mqtt {{ listen: 127.0.0.1:{mqtt_port} }}\n" % (ACCOUNT, ENGINE_PW, json.dumps(allow)))
-    log = open(tmp_path / "nats.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
-    try:
-        until(lambda: "Server is ready" in (tmp_path / "nats.log").read_text(), bool, 20)
+    def start(regions):
+        n = NatsMqtt(tmp_path, regions)
+        made.append(n)
+        return n.start()
 
-        class Nats:
-            port, url, auth = mqtt_port, f"mqtt://127.0.0.1:{mqtt_port}", False
-        yield Nats
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
+    yield start
+    for n in made:
+        n.stop()
 
 
-def test_nats_refusing_a_subscription_at_start_is_exit_5(tmp_path, fleet, nats_mqtt):
+def test_nats_refusing_a_subscription_at_start_is_exit_5(tmp_path, fleet, nats_factory):
+    nats_mqtt = nats_factory([REGION_A])
     e = engine(tmp_path, fleet, nats_mqtt).start()
     try:
         assert e.proc.wait(120) == EXIT_SUBSCRIBE_REFUSED, e.log()[-3000:]
@@ -172,6 +230,30 @@ def test_nats_refusing_a_subscription_at_start_is_exit_5(tmp_path, fleet, nats_m
     assert f"broker 127.0.0.1:{nats_mqtt.port} refused the subscription to " \
            f"emfence/v1/{REGION_B}/+/fix for {ACCOUNT} (SUBACK 0x80)" in e.log()
     assert "Traceback" not in e.log()
+
+
+def test_nats_degraded_worker_asks_again_until_granted(tmp_path, fleet, nats_factory):
+    """Refused on a reconnect (NATS restarted with region B denied): degraded; granted
+    again by a live reload (no disconnect): the worker's own retry ends it."""
+    nats = nats_factory([REGION_A, REGION_B])
+    port = free_port()
+    e = engine(tmp_path, fleet, nats, "--metrics-http", str(port)).start()
+    try:
+        e.wait_log("backlog drained")
+        nats.allow([REGION_A])
+        mark = len(e.log())
+        nats.restart()
+        e.wait_log("degraded: ", after=mark, timeout_s=60)
+        assert until(lambda: get(port, "/readyz")[0], lambda s: s == 503, 30) == 503
+        reconnects = metric(port, "emfence_run_reconnects_total")
+        nats.allow([REGION_A, REGION_B])
+        mark = len(e.log())
+        nats.reload()
+        e.wait_log("every subscription granted again", after=mark, timeout_s=30)
+        assert until(lambda: get(port, "/readyz")[0], lambda s: s == 200, 30) == 200
+        assert metric(port, "emfence_run_reconnects_total") == reconnects  # no reconnect
+    finally:
+        e.close()
 
 
 def test_a_subscription_refused_on_a_reconnect_is_degraded(tmp_path, fleet,
@@ -206,6 +288,13 @@ def test_a_subscription_refused_on_a_reconnect_is_degraded(tmp_path, fleet,
                          lambda n: n > before, 30) > before
         finally:
             dev.close()
+        # The broker grants region B again (the plugin disconnects the clients of a role it
+        # changes): the worker comes back with every subscription, and is ready.
+        mark = len(e.log())
+        grant_live(broker, REGION_B)
+        e.wait_log("every subscription granted again", after=mark, timeout_s=30)
+        assert until(lambda: get(port, "/readyz")[0], lambda s: s == 200, 30) == 200
+        assert metric(port, "emfence_run_degraded") == 0
     finally:
         e.close()
 
