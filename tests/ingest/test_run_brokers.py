@@ -434,3 +434,38 @@ def test_the_broker_list_goes_round_and_says_when_a_round_failed():
     assert one.failed() is True and one.current is a  # one broker: backoff every time
     assert broker_urls(None) == ["mqtt://127.0.0.1:1883"]
     assert broker_urls(["mqtt://h:1", "mqtt://h:2"]) == ["mqtt://h:1", "mqtt://h:2"]
+
+
+def test_simulate_moves_to_the_next_broker_and_loses_no_publish(tmp_path, fleet,
+                                                                  mosquitto_factory):
+    """`emfence simulate` with two --broker: the first is killed mid-run, the pooled
+    connections go on with the second; every publish is acknowledged (failed 0, exit 0)."""
+    import subprocess
+    import sys
+
+    from ingest_fleet import LOADGEN_PW
+
+    pool = {f"emfence-loadgen-{k}": LOADGEN_PW for k in (1, 2)}
+    first = mosquitto_factory(passwords=fleet.passwords() | pool)
+    second = mosquitto_factory(passwords=fleet.passwords() | pool)
+    (tmp_path / "loadgen.pw").write_text(LOADGEN_PW + "\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emfence", "simulate", "--broker", first.url, "--broker",
+         second.url, "--zones", str(fleet.zones_path), "--subjects", str(fleet.subjects_path),
+         "--username", "emfence-loadgen", "--password-file", str(tmp_path / "loadgen.pw"),
+         "--pool", "2", "--rate", "200", "--duration", "4", "--scenario", "load", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        # Kill the first broker once publishing is under way (it has connections).
+        until(lambda: "emfence-loadgen-2" in first.log_tail(200), bool, 60)
+        time.sleep(1.5)
+        first.kill()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    stats = json.loads(err.strip().splitlines()[-1])
+    assert stats["failed"] == 0 and stats["acked"] == stats["sent"] > 0, stats
+    assert f"reconnected to 127.0.0.1:{second.port}" in err, err
