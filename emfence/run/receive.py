@@ -180,11 +180,12 @@ class Receiver:
                              self.mqtt.EXIT_LOGIN_REFUSED)
                 self.on_fatal(self.mqtt.EXIT_LOGIN_REFUSED)
                 return
-            if not self.brokers.failed() and not self.stopping():
-                if len(self.brokers) > 1:
-                    log.info("trying the next broker %s:%d", self.broker.host,
-                             self.broker.port)
-                continue  # the next broker of the list at once
+            if not self.brokers.failed():
+                # The next broker of the list at once: said after a lost session; the
+                # attempts of a round that keeps failing are summed up by _log_retry.
+                log.log(logging.INFO if session else logging.DEBUG,
+                        "trying the next broker %s:%d", self.broker.host, self.broker.port)
+                continue
             delay = backoff.next_delay_s()
             if failure is not None:
                 self._log_retry(retries, failure, backoff.attempts, delay)
