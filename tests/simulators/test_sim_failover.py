@@ -87,3 +87,42 @@ async def test_moves_to_the_next_broker_and_resends_what_was_not_acknowledged(
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                 await t
+
+
+async def test_per_device_connections_move_to_the_next_broker(mosquitto_factory):
+    from sim_helpers import fast_config, fleet
+
+    from ingest.passwords import device_password
+    from simulators.publisher import Publisher
+    from simulators.scenario import Simulation
+
+    secret = b"failover-test-secret-0123456789ab"
+    _, _, small = fleet(8, 3, ("411303",))
+    passwords = PASSWORDS | {d: device_password(secret, d) for d in small.device_ids}
+    first = mosquitto_factory(passwords=passwords)
+    second = mosquitto_factory(passwords=passwords)
+    got2: list = []
+    ready = asyncio.Event()
+    collector = asyncio.create_task(collect(second.port, got2, ready))
+    await asyncio.wait_for(ready.wait(), 10)
+    sim = Simulation(small, rate=100.0, duration_s=3.0, start_ms=int(time.time() * 1000) + 500,
+                     config=fast_config(), scenario="load", seed=1, spoof_allowed=False)
+    ids = small.device_ids
+    pub = Publisher(sim, "127.0.0.1", first.port, progress=False,
+                    credentials=lambda d: (ids[d], device_password(secret, ids[d])),
+                    brokers=[("127.0.0.1", first.port), ("127.0.0.1", second.port)])
+    try:
+        await pub.connect()
+        run = asyncio.create_task(pub.run())
+        await asyncio.sleep(1.5)
+        first.kill()
+        stats = await asyncio.wait_for(run, 90)
+        assert stats.failed == 0 and stats.acked == stats.sent == sim.total_slots, stats
+        assert pub.reconnects == len(ids)  # every device's connection moved
+        assert all(c._port == second.port for c in pub._clients)
+        assert await until(lambda: len(got2) > 0)
+    finally:
+        await pub.close()
+        collector.cancel()
+        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            await collector
