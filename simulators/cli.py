@@ -52,8 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("publish")
     r.add_argument("--broker", action="append", metavar="URL",
                    help="mqtt://HOST:PORT; give it several times for the nodes of a "
-                        "clustered broker: the first that answers is used, the next on loss "
-                        "(pool mode)")
+                        "clustered broker: the first that answers is used, the next on loss")
     r.add_argument("--zones", help="zones GeoJSON (as for `emfence run`)")
     r.add_argument("--subjects", help="subjects JSON (as for `emfence run`)")
     r.add_argument("--rate", type=float, default=100.0,
