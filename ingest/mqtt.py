@@ -115,12 +115,17 @@ class BrokerSettings:
                 f"username={self.username!r})")
 
 
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+
+
 def add_broker_arguments(parser, *, username_help: str) -> None:
     """The broker options of every command that connects as a service account:
-    ``--broker``, ``--username``, ``--password-file`` and the TLS files, read back by
-    :func:`broker_from_args`."""
-    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883",
-                        help="mqtt://host:port or mqtts://host:port (default %(default)s)")
+    ``--broker`` (repeatable), ``--username``, ``--password-file`` and the TLS files, read
+    back by :func:`brokers_from_args`."""
+    parser.add_argument("--broker", action="append", metavar="URL",
+                        help="mqtt://host:port or mqtts://host:port; give it several times "
+                             "for the nodes of a clustered broker: the first that answers is "
+                             f"used, the next on loss (default {DEFAULT_BROKER})")
     parser.add_argument("--username", help=username_help)
     parser.add_argument("--password-file",
                         help="file whose first line is the broker password")
@@ -130,12 +135,69 @@ def add_broker_arguments(parser, *, username_help: str) -> None:
     parser.add_argument("--tls-key", help="client private key file")
 
 
+def broker_urls(given: str | list[str] | None) -> list[str]:
+    """The ``--broker`` URLs in the order given (``None``: the default broker). A URL with
+    a comma is refused with the way to give a list: ``--broker`` once per broker."""
+    urls = [given] if isinstance(given, str) else list(given or [DEFAULT_BROKER])
+    for url in urls:
+        if "," in url:
+            raise BrokerConfigError(f"--broker {url!r}: one URL per --broker; for several "
+                                    "brokers give --broker once for each")
+    return urls
+
+
+def brokers_from_args(args) -> list[BrokerSettings]:
+    """One :class:`BrokerSettings` per ``--broker`` (in order), from the options of
+    :func:`add_broker_arguments` (raises :class:`BrokerConfigError` naming the option)."""
+    return [BrokerSettings.from_options(url, username=args.username,
+                                        password_file=args.password_file, tls_ca=args.tls_ca,
+                                        tls_cert=args.tls_cert, tls_key=args.tls_key)
+            for url in broker_urls(args.broker)]
+
+
 def broker_from_args(args) -> BrokerSettings:
-    """:class:`BrokerSettings` from the options of :func:`add_broker_arguments`
-    (raises :class:`BrokerConfigError` naming the option)."""
-    return BrokerSettings.from_options(args.broker, username=args.username,
-                                       password_file=args.password_file, tls_ca=args.tls_ca,
-                                       tls_cert=args.tls_cert, tls_key=args.tls_key)
+    """The first broker of :func:`brokers_from_args` (a command that makes one short
+    connection)."""
+    return brokers_from_args(args)[0]
+
+
+class BrokerList:
+    """The brokers to connect to, in order: the first that answers is used; on a failed
+    attempt or a lost session the next one is tried (round robin).
+
+    ``failed()`` says whether a whole round has now failed since the last working session
+    (or since the last round): the caller then waits its backoff delay; between the
+    brokers of one round it does not wait, so a lost node is replaced at once by the next.
+    With a single broker every failure is a whole round: the backoff as before.
+    """
+
+    def __init__(self, brokers: list[BrokerSettings]):
+        if not brokers:
+            raise ValueError("BrokerList needs at least one broker")
+        self.brokers = list(brokers)
+        self.index = 0
+        self._failed_in_round = 0
+
+    @property
+    def current(self) -> BrokerSettings:
+        return self.brokers[self.index]
+
+    def __len__(self) -> int:
+        return len(self.brokers)
+
+    def failed(self) -> bool:
+        """The current broker failed (or its session was lost): move to the next; True
+        when every broker of the list has failed in this round."""
+        self.index = (self.index + 1) % len(self.brokers)
+        self._failed_in_round += 1
+        if self._failed_in_round >= len(self.brokers):
+            self._failed_in_round = 0
+            return True
+        return False
+
+    def worked(self) -> None:
+        """A session began with the current broker."""
+        self._failed_in_round = 0
 
 
 # ----- why a connection failed ---------------------------------------------------------
@@ -487,3 +549,44 @@ class Backoff:
     def reset(self) -> None:
         self._ceiling = self.min_s
         self.attempts = 0
+
+
+# ----- SUBACK ------------------------------------------------------------------------
+
+# Exit code of `emfence run` when the broker refuses a subscription at start (an ACL, or
+# a broker limit such as NATS's max_ack_pending): a mistake to fix, not to restart on.
+EXIT_SUBSCRIBE_REFUSED = 5
+# The SUBACK return code of a refused subscription (MQTT 3.1.1: 0x80; MQTT 5 reason
+# codes >= 0x80 are refusals too).
+SUBACK_FAILURE = 0x80
+
+
+class SubscriptionRefused(EmfenceError, RuntimeError):
+    """The broker answered a SUBSCRIBE with a failure code: ``topic_filter`` on broker
+    ``where`` (``host:port``) with ``code``. ``str()`` is one line naming both."""
+
+    def __init__(self, topic_filter: str, where: str, code: int, account: str):
+        self.topic_filter, self.where, self.code = topic_filter, where, code
+        super().__init__(
+            f"broker {where} refused the subscription to {topic_filter} for {account} "
+            f"(SUBACK 0x{code:02x}): its ACL does not let this account read it, or a limit "
+            "of the broker (NATS: max_ack_pending summed over the session's subscriptions) "
+            "is reached; fix the broker's ACL or limits, or --regions")
+
+
+def suback_codes(granted) -> list[int]:
+    """The SUBACK codes aiomqtt returns (paho ``ReasonCode``s, or plain granted QoS
+    numbers) as ints."""
+    return [int(getattr(g, "value", g)) for g in granted]
+
+
+async def subscribe_checked(client: aiomqtt.Client, topic_filter: str, settings: BrokerSettings,
+                            qos: int = SUBSCRIBE_QOS) -> int:
+    """Subscribe to ``topic_filter`` and read its SUBACK: the granted QoS, or
+    :class:`SubscriptionRefused` when the broker refused it (0x80)."""
+    codes = suback_codes(await client.subscribe(topic_filter, qos=qos))
+    code = codes[0] if codes else SUBACK_FAILURE
+    if code >= SUBACK_FAILURE:
+        raise SubscriptionRefused(topic_filter, f"{settings.host}:{settings.port}", code,
+                                  account_name(settings.username))
+    return code

@@ -50,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--start", type=int, metavar="MS",
                    help="epoch ms the leave windows are placed around (default: now)")
     r = p.add_argument_group("publish")
-    r.add_argument("--broker", help="mqtt://HOST:PORT")
+    r.add_argument("--broker", action="append", metavar="URL",
+                   help="mqtt://HOST:PORT; give it several times for the nodes of a "
+                        "clustered broker: the first that answers is used, the next on loss")
     r.add_argument("--zones", help="zones GeoJSON (as for `emfence run`)")
     r.add_argument("--subjects", help="subjects JSON (as for `emfence run`)")
     r.add_argument("--rate", type=float, default=100.0,
@@ -197,19 +199,21 @@ def append_truth_end(path, stats) -> None:
 async def run_publish(sim, host, port, *, credentials=None, username=None, password=None,
                       pool=8, truth=None, alarms_out=None, alarms_user=None,
                       alarms_password=None, linger_s=5.0, progress=True, stop=None,
-                      on_sent=None, on_alarm=None, on_start=None):
+                      on_sent=None, on_alarm=None, on_start=None, brokers=None):
     """Publish ``sim`` (and record alarms if asked); returns the :class:`PublishStats`.
 
     The ground truth is written once the schedule is final (``Publisher.run`` moves it
     later when set-up overran the planned start), so its windows are the times actually
     run; ``on_start(sim)`` is called then too. A refused login or an unreachable broker
-    raises ``ingest.mqtt.BrokerConnectError`` before anything is published.
+    raises ``ingest.mqtt.BrokerConnectError`` before anything is published. ``brokers``:
+    ``[(host, port), ...]`` of a clustered broker (pool mode moves to the next on loss).
     """
     from simulators.publisher import Publisher
 
     stop = stop or asyncio.Event()
     pub = Publisher(sim, host, port, credentials=credentials, username=username,
-                    password=password, pool_size=pool, progress=progress, on_sent=on_sent)
+                    password=password, pool_size=pool, progress=progress, on_sent=on_sent,
+                    brokers=brokers)
     watch_stop = asyncio.Event()
     watcher = None
     try:
@@ -273,7 +277,7 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     try:
-        host, port = parse_broker(args.broker)
+        brokers = [parse_broker(url) for url in args.broker]
         config = load_config(args.config)
     except (ValueError, ConfigError) as exc:
         print(f"emfence simulate: {exc}", file=sys.stderr)
@@ -295,7 +299,7 @@ def main(argv: list[str]) -> int:
         return 2
     for note in sim.skipped:
         print(f"emfence simulate: note: {note}", file=sys.stderr)
-    return _publish(args, sim, host, port, logins)
+    return _publish(args, sim, brokers, logins)
 
 
 @dataclass
@@ -325,7 +329,7 @@ def _logins(args) -> _Logins:
                    per_device=secret is not None and not args.username)
 
 
-def _publish(args, sim, host: str, port: int, logins: _Logins) -> int:
+def _publish(args, sim, brokers: list[tuple[str, int]], logins: _Logins) -> int:
     """Publish the planned run; exit 0, 1 (messages failed, broker unreachable) or
     ``EXIT_LOGIN_REFUSED`` (a login refused: one line naming it and the fix)."""
     from ingest.mqtt import EXIT_LOGIN_REFUSED, BrokerConnectError
@@ -349,7 +353,8 @@ def _publish(args, sim, host: str, port: int, logins: _Logins) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        stats = await run_publish(sim, host, port, credentials=credentials,
+        host, port = brokers[0]
+        stats = await run_publish(sim, host, port, brokers=brokers, credentials=credentials,
                                   username=args.username, password=logins.password,
                                   pool=args.pool, truth=args.truth, alarms_out=args.alarms_out,
                                   alarms_user=logins.alarms_user,

@@ -9,18 +9,35 @@ of unacknowledged messages keeps it honest (the broker must acknowledge what it 
 It speaks the real protocol to the real broker (logins and the ACL apply) and is used
 only by the simulator's pool mode; the per-device mode keeps aiomqtt, as firmware-like
 clients.
+
+Several brokers (``brokers``: the nodes of a clustered broker, from repeated
+``--broker``): a connection logs in to the first that answers; when it is lost, it moves
+to the next (round robin), waiting a jittered, capped backoff (``ingest.mqtt.Backoff``,
+:data:`RECONNECT_MIN_S` .. :data:`RECONNECT_MAX_S`) once a whole round has failed, and
+sends again (DUP) every publish the lost connection had not seen acknowledged: QoS 1, at
+least once. It gives up after :data:`RECONNECT_GIVE_UP_S` without a connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import struct
+import time
 from collections.abc import Mapping
 
 from contract.errors import EmfenceError
-from ingest.mqtt import ConnectionClosedError, connack_error, connect_error
+from ingest.mqtt import Backoff, ConnectionClosedError, connack_error, connect_error
 
 CONNECT, CONNACK, PUBLISH_QOS1, PUBACK, DISCONNECT = 0x10, 0x20, 0x32, 0x40, 0xE0
+DUP = 0x08
+# Reconnect backoff after a lost connection (s): full jitter, doubling up to the cap.
+RECONNECT_MIN_S, RECONNECT_MAX_S = 0.2, 5.0
+# A connection that finds no broker for this long gives up (its publishes count failed), s.
+RECONNECT_GIVE_UP_S = 60.0
+
+log = logging.getLogger("emfence.simulate")
 
 
 class WireError(EmfenceError, ConnectionError):
@@ -59,10 +76,10 @@ def connect_packet(client_id: str, username: str | None, password: str | None,
     return bytes([CONNECT]) + _varint(len(body)) + body
 
 
-def publish_packet(topic: bytes, payload: bytes, packet_id: int) -> bytes:
+def publish_packet(topic: bytes, payload: bytes, packet_id: int, dup: bool = False) -> bytes:
     body_len = 2 + len(topic) + 2 + len(payload)
-    return b"".join((bytes([PUBLISH_QOS1]), _varint(body_len), _str(topic),
-                     struct.pack("!H", packet_id), payload))
+    return b"".join((bytes([PUBLISH_QOS1 | (DUP if dup else 0)]), _varint(body_len),
+                     _str(topic), struct.pack("!H", packet_id), payload))
 
 
 class WireConnection:
@@ -70,9 +87,15 @@ class WireConnection:
 
     def __init__(self, host: str, port: int, *, client_id: str, username: str | None = None,
                  password: str | None = None, window: int = 2000,
-                 fixes: Mapping[str, str] | None = None):
+                 fixes: Mapping[str, str] | None = None,
+                 brokers: list[tuple[str, int]] | None = None):
         if not 1 <= window <= 60_000:
             raise ValueError(f"window must be 1..60000, got {window}")
+        # host/port first, then the others of ``brokers`` in their order
+        self.brokers = [(host, port)] + [b for b in (brokers or []) if b != (host, port)]
+        self._next = 0  # index in brokers of the next to try
+        self.reconnects = 0
+        self._unacked: dict[int, tuple[bytes, bytes]] = {}  # packet id -> (topic, payload)
         self.host, self.port = host, port
         self.client_id, self.username, self.password = client_id, username, password
         self.fixes = fixes  # what a refusal's message tells the user to do
@@ -92,8 +115,23 @@ class WireConnection:
         return self.sent - self.acked
 
     async def connect(self, timeout_s: float = 10.0) -> None:
-        """Connect and log in; a refusal or an unreachable broker raises
-        ``ingest.mqtt.BrokerConnectError`` naming the account, the cause and the fix."""
+        """Connect to the first broker that answers and log in; a refusal, or no broker
+        answering, raises ``ingest.mqtt.BrokerConnectError`` (the first broker's) naming
+        the account, the cause and the fix."""
+        first = None
+        for _ in self.brokers:
+            self.host, self.port = self.brokers[self._next]
+            self._next = (self._next + 1) % len(self.brokers)
+            try:
+                await self._connect_one(timeout_s)
+                return
+            except Exception as exc:
+                if getattr(exc, "fatal", False):
+                    raise
+                first = first or exc
+        raise first
+
+    async def _connect_one(self, timeout_s: float) -> None:
         where = {"host": self.host, "port": self.port, "username": self.username}
         try:
             self._reader, self._writer = await asyncio.wait_for(
@@ -124,39 +162,110 @@ class WireConnection:
                     mult *= 128
                     if not b & 0x80:
                         break
-                await r.readexactly(length)
+                body = await r.readexactly(length)
                 if first & 0xF0 == PUBACK:
-                    self.acked += 1
-                    if self.inflight < self.window:
-                        self._room.set()
+                    self._acked(body)
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             self.error = WireError(f"connection to {self.host}:{self.port} lost: {exc}")
             self._room.set()  # wake a waiting publisher so it sees the error
 
+    def _acked(self, body: bytes) -> None:
+        if len(body) >= 2 and self._unacked.pop(struct.unpack("!H", body[:2])[0], None):
+            self.acked += 1
+            if self.inflight < self.window:
+                self._room.set()
+
+    async def recover(self) -> None:
+        """After a lost connection: connect to the next broker (backoff after a whole
+        round), then send again every publish not acknowledged. Raises the loss when no
+        broker answered for :data:`RECONNECT_GIVE_UP_S`."""
+        lost = self.error
+        if lost is None:
+            return
+        await self._close_socket()
+        backoff = Backoff(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        deadline = time.monotonic() + RECONNECT_GIVE_UP_S
+        failed_in_round = 0
+        while True:
+            self.host, self.port = self.brokers[self._next]
+            self._next = (self._next + 1) % len(self.brokers)
+            try:
+                await self._connect_one(timeout_s=5.0)
+                break
+            except Exception as exc:  # retried until the deadline
+                if getattr(exc, "fatal", False) or time.monotonic() > deadline:
+                    raise lost from exc
+                failed_in_round += 1
+                if failed_in_round >= len(self.brokers):
+                    failed_in_round = 0
+                    await asyncio.sleep(backoff.next_delay_s())
+        self.error = None
+        self.reconnects += 1
+        log.warning("%s: %s; reconnected to %s:%d, sending again %d publishes not "
+                    "acknowledged", self.client_id, lost, self.host, self.port,
+                    len(self._unacked))
+        for pid, (topic, payload) in list(self._unacked.items()):
+            self._writer.write(publish_packet(topic, payload, pid, dup=True))
+        await self._writer.drain()
+
     async def room(self) -> None:
-        """Wait until the window has room (raises if the connection died)."""
-        while self.inflight >= self.window and self.error is None:
+        """Wait until the window has room (reconnects if the connection died; raises if
+        no broker answers)."""
+        while True:
+            if self.error is not None:
+                await self.recover()
+            if self.inflight < self.window:
+                return
             self._room.clear()
             await self._room.wait()
-        if self.error is not None:
-            raise self.error
 
     def publish(self, topic: str, payload: bytes) -> None:
         """Queue one QoS 1 PUBLISH (call :meth:`room` first; flush with :meth:`drain`)."""
         self._pid = self._pid % 65535 + 1
-        self._writer.write(publish_packet(topic.encode(), payload, self._pid))
+        while self._pid in self._unacked:  # still in flight from 65 535 publishes ago
+            self._pid = self._pid % 65535 + 1
+        t = topic.encode()
+        self._unacked[self._pid] = (t, payload)
         self.sent += 1
+        if self.error is None:
+            self._writer.write(publish_packet(t, payload, self._pid))
+        # else: sent by recover() with the rest not acknowledged
 
     async def drain(self) -> None:
-        await self._writer.drain()
+        if self.error is not None:
+            await self.recover()
+            return
+        try:
+            await self._writer.drain()
+        except ConnectionError as exc:
+            self.error = self.error or WireError(
+                f"connection to {self.host}:{self.port} lost: {exc}")
+            await self.recover()
 
     async def wait_acked(self, timeout_s: float) -> bool:
-        """Wait until every publish is acknowledged; False on timeout."""
+        """Wait until every publish is acknowledged (reconnecting if the connection is
+        lost meanwhile); False on timeout or when no broker answers."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while self.inflight > 0 and self.error is None and loop.time() < deadline:
+        while self.inflight > 0 and loop.time() < deadline:
+            if self.error is not None:
+                try:
+                    await self.recover()
+                except WireError:
+                    return False
             await asyncio.sleep(0.01)
         return self.inflight == 0
+
+    async def _close_socket(self) -> None:
+        """Drop the lost connection (its reader task and socket)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # it is gone
+                await self._task
+            self._task = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     async def close(self) -> None:
         if self._writer is not None:

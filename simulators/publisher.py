@@ -22,6 +22,7 @@ when its PUBACK arrives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from collections import Counter
@@ -95,13 +96,17 @@ class Publisher:
                  username: str | None = None, password: str | None = None, pool_size: int = 4,
                  max_inflight: int = 100, tick_ms: float = 10.0, progress: bool = True,
                  connect_concurrency: int = 64, client_prefix: str = "emfence-sim",
-                 on_sent: Callable[[Outgoing], None] | None = None, wire: bool | None = None):
+                 on_sent: Callable[[Outgoing], None] | None = None, wire: bool | None = None,
+                 brokers: list[tuple[str, int]] | None = None):
         if credentials is not None and (username or password):
             raise ValueError("per-device credentials and a pool account exclude each other")
         if pool_size < 1:
             raise ValueError(f"pool_size must be at least 1, got {pool_size}")
         self.sim = sim
         self.host, self.port = host, port
+        # Pool mode: the nodes of a clustered broker (simulators.mqttwire reconnects to
+        # the next on loss and sends the unacknowledged publishes again).
+        self.brokers = brokers or [(host, port)]
         self.credentials = credentials
         self.username, self.password = username, password
         self.pool_size = pool_size
@@ -127,6 +132,10 @@ class Publisher:
         self._clients: list[aiomqtt.Client] = []
         self._open: list[aiomqtt.Client] = []  # those connected, to be closed
         self._pending: set[asyncio.Task] = set()
+        # Per-device mode: each connection's login, to log in again elsewhere on loss.
+        self._logins: list[tuple[str, str | None, str | None]] = []
+        self._reconnecting: dict[int, asyncio.Lock] = {}
+        self.reconnects = 0
 
     @property
     def per_device(self) -> bool:
@@ -147,16 +156,54 @@ class Publisher:
         else:
             logins = [(cid, user, self.password)
                       for cid, user in map(self._pool_login, range(self.pool_size))]
-        out = []
-        for client_id, user, password in logins:
-            c = aiomqtt.Client(self.host, self.port, identifier=client_id, username=user,
-                               password=password, clean_session=True, timeout=30,
-                               max_inflight_messages=self.max_inflight)
-            c.pending_calls_threshold = self.max_inflight + 1  # a full window is expected
-            fail_on_early_close(c)
-            out.append(c)
+        self._logins = logins
+        out = [self._client(self.host, self.port, login) for login in logins]
         self._windows = [asyncio.Semaphore(self.max_inflight) for _ in out]
         return out
+
+    def _client(self, host: str, port: int, login) -> aiomqtt.Client:
+        client_id, user, password = login
+        c = aiomqtt.Client(host, port, identifier=client_id, username=user,
+                           password=password, clean_session=True, timeout=30,
+                           max_inflight_messages=self.max_inflight)
+        c.pending_calls_threshold = self.max_inflight + 1  # a full window is expected
+        fail_on_early_close(c)
+        return c
+
+    async def _reconnect(self, k: int, lost: aiomqtt.Client) -> bool:
+        """Connection ``k`` (``lost``) is gone: log in again, to the next broker of the
+        list first (``simulators.mqttwire``'s backoff and give-up time). False when no
+        broker took it. Concurrent publishes of ``k`` wait for one reconnect."""
+        from ingest.mqtt import Backoff
+        from simulators.mqttwire import RECONNECT_GIVE_UP_S, RECONNECT_MAX_S, RECONNECT_MIN_S
+
+        lock = self._reconnecting.setdefault(k, asyncio.Lock())
+        async with lock:
+            if self._clients[k] is not lost:
+                return True  # another publish of this connection reconnected it
+            with contextlib.suppress(Exception):
+                self._open.remove(lost)
+            with contextlib.suppress(Exception):
+                await lost.__aexit__(None, None, None)
+            here = (lost._hostname, lost._port)
+            order = self.brokers[self.brokers.index(here) + 1:] if here in self.brokers \
+                else []
+            order += [b for b in self.brokers if b not in order]
+            backoff = Backoff(RECONNECT_MIN_S, RECONNECT_MAX_S)
+            deadline = time.monotonic() + RECONNECT_GIVE_UP_S
+            while time.monotonic() < deadline:
+                for host, port in order:
+                    c = self._client(host, port, self._logins[k])
+                    try:
+                        await c.__aenter__()
+                    except aiomqtt.MqttError:
+                        continue
+                    self._clients[k] = c
+                    self._open.append(c)
+                    self.reconnects += 1
+                    return True
+                await asyncio.sleep(backoff.next_delay_s())
+            return False
 
     @property
     def fixes(self) -> dict[str, str]:
@@ -180,7 +227,8 @@ class Publisher:
 
         self._wire = [WireConnection(self.host, self.port, username=user,
                                      password=self.password, client_id=cid, fixes=self.fixes,
-                                     window=max(self.max_inflight, 2000))
+                                     window=max(self.max_inflight, 2000),
+                                     brokers=self.brokers)
                       for cid, user in map(self._pool_login, range(self.pool_size))]
         for c in self._wire:
             await c.connect()
@@ -224,9 +272,15 @@ class Publisher:
         return msg.device if self.per_device else msg.device % len(self._clients)
 
     async def _publish(self, k: int, msg: Outgoing) -> None:
-        client = self._clients[k]
         try:
-            await client.publish(msg.topic, msg.payload, qos=1)
+            while True:
+                client = self._clients[k]
+                try:
+                    await _publish_or_lost(client, msg)
+                    break
+                except aiomqtt.MqttError:
+                    if not await self._reconnect(k, client):
+                        raise
             self.stats.acked += 1
         except Exception as exc:  # noqa: BLE001 - counted and reported, the run goes on
             self.stats.failed += 1
@@ -346,3 +400,21 @@ class Publisher:
             for c in self._wire:
                 if c.error is not None:
                     st.errors[c.error.reason] += 1
+
+
+async def _publish_or_lost(client: aiomqtt.Client, msg: Outgoing) -> None:
+    """Publish ``msg`` QoS 1 and wait for its PUBACK, or raise ``aiomqtt.MqttError`` as
+    soon as the connection is lost (aiomqtt would wait out its timeout: the PUBACK of a
+    lost connection never comes)."""
+    lost = client._disconnected  # the future of this connection's end
+    if lost.done():
+        raise aiomqtt.MqttError("the connection is lost")
+    publish = asyncio.ensure_future(client.publish(msg.topic, msg.payload, qos=1))
+    await asyncio.wait({publish, lost}, return_when=asyncio.FIRST_COMPLETED)
+    if publish.done():
+        publish.result()
+        return
+    publish.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await publish
+    raise aiomqtt.MqttError("the connection is lost")

@@ -50,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "written every ingest.checkpoint_interval_s and at shutdown")
     p.add_argument("--config", help="configuration TOML (docs/configuration.md)")
     p.add_argument("--http", metavar="HOST:PORT",
-                   help="also serve the command-centre console here")
+                   help="also serve the command-centre console here (with /healthz, "
+                        "/readyz and /metrics)")
+    p.add_argument("--metrics-http", metavar="HOST:PORT",
+                   help="serve only /healthz, /readyz and /metrics here (HOST:PORT or PORT "
+                        "on 127.0.0.1): for a worker without a console")
     p.add_argument("--core", choices=["numba", "shapely"], default="numba",
                    help="rule core: numba (production) or shapely (a slow reference, for "
                         "benchmarks only; no checkpoints, no reload)")
@@ -85,10 +89,11 @@ def build_service_args(args: argparse.Namespace) -> dict:
     from alarms.roster import resolver_for
     from alarms.store import open_store
     from emfence.run.notify import notification_planner
-    from ingest.mqtt import broker_from_args, parse_regions
+    from ingest.mqtt import brokers_from_args, parse_regions
 
     config = load_config(args.config)
-    broker = broker_from_args(args)
+    brokers = brokers_from_args(args)  # one per --broker, in order
+    broker = brokers[0]
     regions = parse_regions(args.regions)
     problem = worker_name_problem(args.name)
     if problem:
@@ -96,6 +101,10 @@ def build_service_args(args: argparse.Namespace) -> dict:
     _check_account(args.name, broker.username)
     if args.http and not args.http.rpartition(":")[2].isdigit():
         raise ValueError(f"--http {args.http!r}: expected HOST:PORT")
+    if args.metrics_http:
+        from emfence.run.ops_http import parse_listen
+
+        parse_listen(args.metrics_http)
     from_register = _model_from_register(args)
     source = None if from_register else ModelSource.files(args.zones, args.subjects)
     zones, registry = source.load() if source else (None, None)
@@ -117,8 +126,8 @@ def build_service_args(args: argparse.Namespace) -> dict:
     opts.store_url, opts.source = args.store, source
     if from_register:
         opts.register_seq, opts.register_taken_ms = seq, taken_ms
-    opts.regions, opts.http = regions, args.http
-    return {"broker": broker, "options": opts, "config": config, "zones": zones,
+    opts.regions, opts.http, opts.metrics_http = regions, args.http, args.metrics_http
+    return {"broker": brokers, "options": opts, "config": config, "zones": zones,
             "registry": registry, "engine": engine, "store": store, "restored": restored,
             "covered": covered}
 

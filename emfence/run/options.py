@@ -35,6 +35,11 @@ SHUTDOWN_FLUSH_S = 10.0
 MAX_OPEN_WINDOWS = 1
 # A health message not acknowledged within this time is given up (the next one follows).
 HEALTH_TIMEOUT_S = 5.0
+# A SIGTERM or SIGINT ends the process within this, s (docs/operations.md, "Signals"):
+# at most the outbox flush and the final "offline" health on a broker that stopped
+# answering; under a second otherwise. Past ingest.watchdog_s + SHUTDOWN_FLUSH_S the
+# watchdog ends it anyway (exit 3).
+SHUTDOWN_BOUND_S = SHUTDOWN_FLUSH_S + HEALTH_TIMEOUT_S
 # Exit code of an engine its watchdog stopped (ingest.watchdog_s): stalled, not failed on
 # bad input (1) or bad usage (2); the service manager restarts it.
 EXIT_STALLED = 3
@@ -83,6 +88,7 @@ class Options:
     regions: list[str] | None = None
     checkpoint: str | None = None
     http: str | None = None
+    metrics_http: str | None = None  # HOST:PORT or PORT of the bare operations endpoints
     # Where the engine's state is kept: "store" (the default: the store's row for this
     # worker), "file" (--checkpoint) or "none" (--core shapely, which has no state to keep).
     state_in: str = "store"

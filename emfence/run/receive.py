@@ -86,7 +86,9 @@ class Receiver:
         from ingest import mqtt
 
         self.mqtt = mqtt
-        self.broker = broker
+        # One broker, or the --broker list: connect to the first that answers, move to
+        # the next on loss (ingest.mqtt.BrokerList).
+        self.brokers = mqtt.BrokerList(broker if isinstance(broker, list) else [broker])
         self.opts = opts
         self.icfg = icfg
         self.registry = registry  # () -> the current registry (a reload replaces it)
@@ -105,14 +107,33 @@ class Receiver:
         self.gen = 0
         self.connected = asyncio.Event()
         self.deadletters: asyncio.Queue = asyncio.Queue(maxsize=icfg.deadletter_queue_messages)
+        # A subscription the broker refused on a reconnect (after a start where all were
+        # granted): the worker runs on, "degraded" in health and readiness, until a later
+        # connection has every subscription granted. None: all granted.
+        self.degraded: str | None = None
+        self.worked = False  # a connection of this process had all its SUBACKs
+        self.refused_filters: list[str] = []  # refused on this connection, asked again
         self.drain_topic = drain_topic(opts.name)
         self.drain_nonce = ""
         self.disconnected_at_ms: int | None = None
         self._drain_sent_ms = 0
         self._drain_messages = 0
 
+    @property
+    def broker(self):
+        """The broker this worker connects (or is connected) to now."""
+        return self.brokers.current
+
     async def run(self) -> None:
         """Connect, receive, reconnect with backoff, until stopping.
+
+        With several ``--broker`` URLs a failed attempt or a lost session moves to the
+        next broker at once; the backoff delay is waited only once every broker of the
+        list has failed in a row (a whole round).
+
+        A subscription the broker refuses (SUBACK 0x80) is fatal before any session of
+        this process worked (``on_fatal(EXIT_SUBSCRIBE_REFUSED)``), and makes the worker
+        "degraded" later.
 
         A refused login or a TLS failure before any session of this process worked is
         fatal (``on_fatal(EXIT_LOGIN_REFUSED)``: the account, password or URL is wrong
@@ -131,7 +152,7 @@ class Receiver:
         while not self.stopping():
             client = self.mqtt.make_client(self.broker, client_id=client_id, will=will)
             self.alive()  # a connection attempt: the reconnect loop is running
-            failure = None
+            failure = refusal = None
             session = False
             try:
                 async with client:
@@ -139,13 +160,19 @@ class Receiver:
                     await self._on_connected(client)
                     backoff.reset()
                     retries.reset()
+                    self.brokers.worked()
                     await self._receive(client)
+            except* self.mqtt.SubscriptionRefused as refused:
+                refusal = refused.exceptions[0]
             except* aiomqtt.MqttError as lost:
                 failure = self._on_disconnected(lost.exceptions[0], session)
             finally:
                 self.client = None
                 self.connected.clear()
             self.alive()
+            if refusal is not None:
+                self._refused(refusal)
+                return
             if self.stopping():
                 return
             if failure is not None and failure.fatal and self.counters["connects"] == 0:
@@ -153,10 +180,23 @@ class Receiver:
                              self.mqtt.EXIT_LOGIN_REFUSED)
                 self.on_fatal(self.mqtt.EXIT_LOGIN_REFUSED)
                 return
+            if not self.brokers.failed():
+                # The next broker of the list at once: said after a lost session; the
+                # attempts of a round that keeps failing are summed up by _log_retry.
+                log.log(logging.INFO if session else logging.DEBUG,
+                        "trying the next broker %s:%d", self.broker.host, self.broker.port)
+                continue
             delay = backoff.next_delay_s()
             if failure is not None:
                 self._log_retry(retries, failure, backoff.attempts, delay)
             await asyncio.sleep(delay)
+
+    def _refused(self, exc) -> None:
+        """A subscription refused at start (:class:`ingest.mqtt.SubscriptionRefused`, raised
+        only before any session worked): one line, and the process ends."""
+        log.critical("%s; no session has worked yet: exiting %d", exc,
+                     self.mqtt.EXIT_SUBSCRIBE_REFUSED)
+        self.on_fatal(self.mqtt.EXIT_SUBSCRIBE_REFUSED)
 
     def _log_retry(self, retries: ConnectRetries, failure, attempt: int, delay_s: float) -> None:
         """One line for a failed connection attempt, unless one for the same cause was
@@ -188,12 +228,10 @@ class Receiver:
                         await asyncio.sleep(0)
 
     async def _on_connected(self, client) -> None:
-        mqtt = self.mqtt
         self.gen += 1
         self.counters["connects"] += 1
         self.acks.reconnected(self.gen)
-        for f in mqtt.subscriptions(self.opts.regions) + [self.drain_topic]:
-            await client.subscribe(f, qos=mqtt.SUBSCRIBE_QOS)
+        await self._subscribe(client)
         self.client = client
         self.connected.set()
         now = wall_ms()
@@ -201,9 +239,10 @@ class Receiver:
         if reconnect:
             self.counters["reconnects"] += 1
             away = now - (self.disconnected_at_ms or now)
-            log.info("reconnected to the broker after %.1f s away; state kept; offline "
-                     "sweeps resume in %.0f s (devices need time to reconnect)",
-                     away / 1000, self.icfg.restart_grace_s)
+            log.info("reconnected to the broker after %.1f s away (%s:%d); state kept; "
+                     "offline sweeps resume in %.0f s (devices need time to reconnect)",
+                     away / 1000, self.broker.host, self.broker.port,
+                     self.icfg.restart_grace_s)
         else:
             log.info("connected to %s:%d as %s (persistent session %s)",
                      self.broker.host, self.broker.port, self.broker.username or "anonymous",
@@ -215,6 +254,55 @@ class Receiver:
         self._drain_messages = self.counters["messages"]
         await client.publish(self.drain_topic, self.drain_nonce.encode(), qos=1)
         await self.announce(client)
+
+    async def _subscribe(self, client) -> None:
+        """Subscribe to the worker's filters and its drain topic, reading every SUBACK.
+
+        A refused one before any session of this process worked raises (fatal at start);
+        later the worker goes on with the granted ones and is "degraded" (health, /readyz,
+        an error line) until a connection has them all granted again."""
+        mqtt = self.mqtt
+        refused = []
+        for f in mqtt.subscriptions(self.opts.regions) + [self.drain_topic]:
+            try:
+                await mqtt.subscribe_checked(client, f, self.broker)
+            except mqtt.SubscriptionRefused as exc:
+                self.counters["subscriptions_refused"] += 1
+                if not self.worked:
+                    raise
+                refused.append(exc)
+        self.worked = True
+        self._refusals(refused, "on this reconnect")
+
+    def _refusals(self, refused: list, when: str) -> None:
+        """Record the subscriptions refused now (none: no longer degraded)."""
+        self.refused_filters = [e.topic_filter for e in refused]
+        if refused:
+            degraded = "; ".join(str(e) for e in refused)
+            if degraded != self.degraded:
+                log.error("degraded: %s (%d of the worker's subscriptions refused %s; going "
+                          "on with the others, asked again every ingest.health_interval_s)",
+                          degraded, len(refused), when)
+            self.degraded = degraded
+        elif self.degraded is not None:
+            log.warning("every subscription granted again: no longer degraded")
+            self.degraded = None
+
+    async def retry_refused(self) -> None:
+        """Ask again for the subscriptions the broker refused on this connection (called
+        every ``ingest.health_interval_s``): all granted ends "degraded"."""
+        client = self.client
+        if client is None or not self.refused_filters:
+            return
+        mqtt = self.mqtt
+        refused = []
+        for f in self.refused_filters:
+            try:
+                await mqtt.subscribe_checked(client, f, self.broker)
+            except mqtt.SubscriptionRefused as exc:
+                refused.append(exc)
+        if client is self.client:  # still the same connection
+            self._refusals(refused, "again")
 
     def _on_disconnected(self, exc: Exception, session: bool):
         """A lost session is logged here; a failed connection attempt is returned, said

@@ -92,6 +92,8 @@ class Service:
         self.started_ms = wall_ms()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.console = None  # ConsoleHttp with --http
+        self.tasks: dict[str, asyncio.Task] = {}  # the parts' loops, by name
+        self.processor_busy_since: float | None = None  # monotonic s; None: idle
 
         # The watchdog (ingest.watchdog_s): fed by every message received, the engine's own
         # pings included, by connection attempts and by store retries.
@@ -127,6 +129,11 @@ class Service:
         self.watch = (RegisterWatch(self.source, self.outages, self._reload,
                                     seq=options.register_seq, taken_ms=options.register_taken_ms)
                       if self.source.from_register else None)
+        from emfence.run.ops_http import Ops
+
+        # /healthz, /readyz, /metrics (--http, --metrics-http); ops.readiness takes more
+        # conditions (a worker group's lease).
+        self.ops = Ops(self)
 
     # The parts' state under the names the tests and the health document read.
     @property
@@ -181,8 +188,16 @@ class Service:
             self.watchdog.start()  # after the warm-up: compiling kernels may take a while
         try:
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(coro, name=name) for name, coro in self._parts()]
+                self.tasks = {name: tg.create_task(coro, name=name)
+                              for name, coro in self._parts()}
+                tasks = list(self.tasks.values())
                 http = None
+                if self.opts.metrics_http:
+                    from emfence.run.ops_http import serve_ops
+
+                    tasks.append(tg.create_task(
+                        serve_ops(self.ops, self.opts.metrics_http, self._http_failed),
+                        name="metrics-http"))
                 if self.opts.http:
                     from emfence.run.console_http import ConsoleHttp
 
@@ -190,6 +205,7 @@ class Service:
                                                config=self.config, zones=self.zones,
                                                registry=self.registry)
                     if self.console.app is not None:
+                        self.ops.add_to(self.console.app)
                         http = tg.create_task(self.console.run(self._http_failed), name="http")
                 await self.stop_event.wait()
                 await self._shutdown()
@@ -281,6 +297,7 @@ class Service:
         work = self.batches.work
         while True:
             kind, arg = await work.get()
+            self.processor_busy_since = time.monotonic()
             try:
                 if kind == "batch":
                     await self._process_batch(arg)
@@ -295,6 +312,7 @@ class Service:
                 elif kind == "reload":
                     self._apply_reload(*arg)
             finally:
+                self.processor_busy_since = None
                 work.task_done()
 
     async def _process_batch(self, b: Batch) -> None:
@@ -392,6 +410,8 @@ class Service:
                     await client.publish(self.receiver.drain_topic, PING, qos=1,
                                          timeout=HEALTH_TIMEOUT_S)
                 with contextlib.suppress(Exception):
+                    await self.receiver.retry_refused()  # degraded: ask again
+                with contextlib.suppress(Exception):
                     await self._publish_health(client, "online")
 
     def _held_back(self) -> tuple[int, int, int]:
@@ -417,8 +437,12 @@ class Service:
 
     def health(self, status: str) -> dict[str, Any]:
         """The health document: status, sweep state, queue depths and counters."""
+        degraded = self.receiver.degraded  # a subscription refused on a reconnect
+        if degraded is not None and status == "online":
+            status = "degraded"
         return {
             "status": status, "name": self.opts.name, "at": wall_ms(),
+            "degraded": degraded,
             "started_at": self.started_ms,
             "regions": self.opts.regions or ["+"],
             "devices": len(self.registry.device_ids),
