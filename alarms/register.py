@@ -34,6 +34,7 @@ from alarms.register_check import (
 from alarms.register_import import RegisterImport
 from alarms.register_leave import RegisterLeaves
 from alarms.register_read import SUBJECT_COLUMNS, snapshot, subject_entry
+from alarms.register_relations import RegisterRelations
 from alarms.register_schema import SUBJECT_STATES
 
 __all__ = ["Register", "RegisterError"]
@@ -79,7 +80,7 @@ def _check_region(region: str, regions: Iterable[str] | None, field: str = "regi
         raise RegisterError(f"region {region!r} is not one of yours", field=field, status=403)
 
 
-class Register(RegisterImport, RegisterLeaves, RegisterBase):
+class Register(RegisterImport, RegisterLeaves, RegisterRelations, RegisterBase):
     """The register; see the module doc. Build it through ``AlarmStore.register``."""
 
     # --- reading ------------------------------------------------------------------------

@@ -66,7 +66,8 @@ class RegisterImport(RegisterZones, RegisterBase):
         """Import a zones FeatureCollection and a subjects file (parsed) in one
         transaction. Leaves in the file are approved leaves (approved by ``actor`` now).
         Returns counts: ``zones_added``, ``zones_kept``, ``subjects_added``,
-        ``subjects_kept``. :class:`RegisterError` naming the zone or subject otherwise."""
+        ``subjects_kept``, ``contacts_added``, ``protected_added``, ``protected_kept``.
+        :class:`RegisterError` naming the zone or subject otherwise."""
         if not isinstance(zones, dict) or not isinstance(zones.get("features"), list):
             raise RegisterError("expected a GeoJSON FeatureCollection", field="zones")
         if not isinstance(subjects, dict) or not isinstance(subjects.get("subjects"), list):
@@ -81,6 +82,8 @@ class RegisterImport(RegisterZones, RegisterBase):
             for i, raw in enumerate(subjects["subjects"]):
                 counts["subjects_added" if self._import_subject(ch, i, raw, max_days)
                        else "subjects_kept"] += 1
+            # contacts and protected persons (alarms.register_relations)
+            counts.update(self._import_relations(ch, subjects))  # type: ignore[attr-defined]
             ch.audit("import", None, None, counts)
         return counts
 

@@ -169,6 +169,7 @@ def subject_entry(cur: Cursor, version: dict[str, Any], at_ms: int | None,
         "state": version["state"], "created_at": created, "ended_at": version["ended_at"],
         "end_reason": version["end_reason"], "version_from": version["valid_from_ms"],
         "assignments": assignments, "leave_requests": leaves,
+        "contacts": contacts_of(cur, sid, at_ms),
     }
 
 
@@ -201,4 +202,56 @@ def snapshot(cur: Cursor, at_ms: int | None, period_ms: int | None
             del s["by"]
         subjects.append(out)
     zones = {"type": "FeatureCollection", "features": zone_features(cur, at_ms)}
-    return zones, {"subjects": subjects}
+    watched = {s["subject_id"] for s in subjects}
+    for s in subjects:  # a pair on the first subject's entry, when both are watched
+        others = [b for b in contacts_of(cur, s["subject_id"], at_ms, first_only=True)
+                  if b in watched]
+        if others:
+            s["contacts"] = others
+    protected = []
+    for p in protected_persons(cur, at_ms):
+        frm = [x for x in p["protected_from"] if x in watched]
+        if frm:  # (protected from nobody the engine watches: nothing to check)
+            protected.append({"person_id": p["person_id"], "region": p["region"],
+                              "devices": [{"device_id": d, "kind": "victim"}
+                                          for d in p["devices"]],
+                              "protected_from": frm})
+    out: dict[str, Any] = {"subjects": subjects}
+    if protected:
+        out["protected"] = protected
+    return zones, out
+
+
+def contacts_of(cur: Cursor, subject_id: str, at_ms: int | None, *,
+                first_only: bool = False) -> list[str]:
+    """The subjects ``subject_id`` may not meet (at ``at_ms``), sorted; ``first_only``:
+    only the pairs where it is the first (smaller) id, each pair once."""
+    cond, params = valid_at(at_ms)
+    rows = cur.execute(f"SELECT subject_b AS other FROM reg_contacts WHERE subject_a = ? "
+                       f"AND {cond}", (subject_id, *params)).all()
+    if not first_only:
+        rows += cur.execute(f"SELECT subject_a AS other FROM reg_contacts WHERE "
+                            f"subject_b = ? AND {cond}", (subject_id, *params)).all()
+    return sorted(r["other"] for r in rows)
+
+
+PROTECTED_COLUMNS = ("person_id, name, region, devices, protected_from, note, end_reason, "
+                     "changed_by, valid_from_ms, valid_to_ms")
+
+
+def protected_dict(row: dict[str, Any]) -> dict[str, Any]:
+    return {"person_id": row["person_id"], "name": row["name"], "region": row["region"],
+            "devices": orjson.loads(row["devices"]),
+            "protected_from": orjson.loads(row["protected_from"]), "note": row["note"],
+            "changed_by": row["changed_by"], "version_from": row["valid_from_ms"]}
+
+
+def protected_persons(cur: Cursor, at_ms: int | None,
+                      person_id: str | None = None) -> list[dict[str, Any]]:
+    """The protected persons (at ``at_ms``), by person id; one of them with
+    ``person_id``."""
+    cond, params = valid_at(at_ms)
+    extra, more = ("AND person_id = ? ", [person_id]) if person_id is not None else ("", [])
+    rows = cur.execute(f"SELECT {PROTECTED_COLUMNS} FROM reg_protected_versions "
+                       f"WHERE {cond} {extra}ORDER BY person_id", (*params, *more)).all()
+    return [protected_dict(r) for r in rows]

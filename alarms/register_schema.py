@@ -166,3 +166,40 @@ V5_TABLES: list[str] = [
     """,
     "CREATE INDEX reg_suspensions_subject ON reg_suspensions (subject_id)",
 ]
+
+# Version 9: the relations of issue #14 (docs/register.md, "Relations"). A prohibited
+# contact is one pair (the smaller subject id first); a protected person's devices and
+# the subjects they are protected from are JSON lists of ids; both versioned like a
+# subject (valid_from_ms / valid_to_ms: a change closes the row and opens another).
+V9_RELATIONS: list[str] = [
+    """
+    CREATE TABLE reg_contacts (
+        id             {autopk},
+        subject_a      TEXT NOT NULL REFERENCES reg_subjects (subject_id),
+        subject_b      TEXT NOT NULL REFERENCES reg_subjects (subject_id),
+        reason         TEXT,
+        created_by     TEXT,
+        valid_from_ms  BIGINT NOT NULL,
+        valid_to_ms    BIGINT,
+        CHECK (subject_a < subject_b)
+    )
+    """,
+    "CREATE INDEX reg_contacts_a ON reg_contacts (subject_a, valid_from_ms)",
+    "CREATE INDEX reg_contacts_b ON reg_contacts (subject_b, valid_from_ms)",
+    """
+    CREATE TABLE reg_protected_versions (
+        id              {autopk},
+        person_id       TEXT NOT NULL,
+        name            TEXT NOT NULL,
+        region          TEXT NOT NULL,
+        devices         TEXT NOT NULL,
+        protected_from  TEXT NOT NULL,
+        note            TEXT,
+        end_reason      TEXT,
+        changed_by      TEXT,
+        valid_from_ms   BIGINT NOT NULL,
+        valid_to_ms     BIGINT
+    )
+    """,
+    "CREATE INDEX reg_protected_person ON reg_protected_versions (person_id, valid_from_ms)",
+]

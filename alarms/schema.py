@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from alarms.notify_schema import V6_TABLES, V7_SUMMARIES
-from alarms.register_schema import V5_TABLES
+from alarms.register_schema import V5_TABLES, V9_RELATIONS
 from alarms.roster_schema import V7_STEPS
 from alarms.schema_edit import edit_sqlite_table as _edit_sqlite_table
 
@@ -309,6 +309,9 @@ MIGRATIONS: list[list[Migration]] = [
     V7_STEPS,
     # version 8: storm summaries (alarms.notify_schema; docs/notifications.md, "Storms").
     V7_SUMMARIES,
+    # version 9: prohibited contacts and protected persons in the register
+    # (alarms.register_schema, docs/register.md, "Relations").
+    V9_RELATIONS,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -8,7 +8,8 @@ DAY = 86_400_000
 T0 = 1_780_000_000_000  # 2026-05-28, epoch ms
 REGISTER_TABLES = ("reg_changes", "reg_subjects", "reg_subject_versions", "reg_devices",
                    "reg_device_issues", "reg_zones", "reg_assignments", "reg_leaves",
-                   "reg_curfews", "reg_suspensions", "audit")
+                   "reg_curfews", "reg_suspensions", "reg_contacts", "reg_protected_versions",
+                   "audit")
 # a point in 卧龙区 (411303), WGS-84
 HOME = (112.53, 33.00)
 
