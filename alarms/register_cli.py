@@ -7,6 +7,9 @@
 - ``emfence register export --store URL -o DIR`` writes ``DIR/zones.geojson`` and
   ``DIR/subjects.json`` as the register is now, the files ``emfence replay --zones
   --subjects`` and ``emfence run`` read.
+- ``emfence register contacts S-1 [--set S-2,S-3] --store URL`` shows (or sets) a
+  subject's prohibited contacts; ``emfence register protected add|end|list`` enrols, ends
+  and lists protected persons (docs/register.md, "Relations").
 
 Exit 0 done, 1 a problem the user must fix (one line on stderr naming the file, the
 zone or the subject), 2 bad usage.
@@ -63,7 +66,43 @@ def _import(args: argparse.Namespace) -> str:
             raise _Failure(f"{where}: {exc} (nothing was imported)") from None
     return (f"imported {counts['zones_added']} zones ({counts['zones_kept']} already there) "
             f"and {counts['subjects_added']} subjects ({counts['subjects_kept']} already "
-            f"there) into {args.store}")
+            f"there), {counts['contacts_added']} contact pairs and {counts['protected_added']} "
+            f"protected persons ({counts['protected_kept']} already there) into {args.store}")
+
+
+def _now() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _relations(args: argparse.Namespace) -> str:
+    """``contacts`` and ``protected``: one register call each, a RegisterError in one line."""
+    with open_store(args.store) as store:
+        reg = store.register
+        try:
+            if args.command == "contacts":
+                if args.set is None:
+                    return " ".join(reg.contacts(args.subject)) or "(none)"
+                others = [x for x in args.set.split(",") if x]
+                done = reg.set_contacts(args.subject, others, actor=args.actor, now_ms=_now(),
+                                        reason=args.reason)
+                return f"{args.subject}: contacts {', '.join(done) or '(none)'}"
+            if args.action == "add":
+                p = reg.add_protected({"person_id": args.person, "name": args.name,
+                                       "region": args.region, "devices": args.device,
+                                       "protected_from": args.protected_from,
+                                       "note": args.note}, actor=args.actor, now_ms=_now())
+                return (f"protected person {p['person_id']} ({p['region']}): devices "
+                        f"{', '.join(p['devices'])}, protected from "
+                        f"{', '.join(p['protected_from'])}")
+            if args.action == "end":
+                reg.end_protected(args.person, actor=args.actor, now_ms=_now(),
+                                  reason=args.reason)
+                return f"protection of {args.person} ended"
+            return "\n".join(f"{p['person_id']}\t{p['region']}\t{','.join(p['devices'])}\t"
+                             f"{','.join(p['protected_from'])}"
+                             for p in reg.list_protected()) or "(none)"
+        except RegisterError as exc:
+            raise _Failure(str(exc)) from None
 
 
 def _write(path: Path, data: Any) -> None:
@@ -101,6 +140,24 @@ def _parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="write the register as a zones file and a subjects file")
     exp.add_argument("--store", required=True, help="store URL")
     exp.add_argument("-o", "--output", required=True, help="folder to write the two files in")
+    con = sub.add_parser("contacts", help="show or set a subject's prohibited contacts")
+    con.add_argument("subject", help="subject id")
+    con.add_argument("--set", metavar="IDS", help="comma-separated subject ids ('' for none)")
+    con.add_argument("--reason", help="why (e.g. the court order's number)")
+    pro = sub.add_parser("protected", help="protected persons (victims with a device)")
+    pro.add_argument("action", choices=("add", "end", "list"))
+    pro.add_argument("--person", help="person id (add, end)")
+    pro.add_argument("--name", help="the person's name (add)")
+    pro.add_argument("--region", help="supervising county code (add)")
+    pro.add_argument("--device", action="append", default=[],
+                     help="device id of kind victim (add; repeat for several)")
+    pro.add_argument("--protected-from", action="append", default=[], metavar="SUBJECT",
+                     help="subject id (add; repeat for several)")
+    pro.add_argument("--note", help="e.g. the protection order (add)")
+    pro.add_argument("--reason", help="why the protection ends (end)")
+    for sp in (con, pro):
+        sp.add_argument("--store", required=True, help="store URL")
+        sp.add_argument("--actor", default="cli", help="account name the audit log records")
     return p
 
 
@@ -109,8 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "import" and not (args.subjects or args.zones):
         parser.error("import needs --subjects and/or --zones")
+    if args.command == "protected" and args.action != "list" and not args.person:
+        parser.error(f"protected {args.action} needs --person")
+    run = {"import": _import, "export": _export}.get(args.command, _relations)
     try:
-        message = _import(args) if args.command == "import" else _export(args)
+        message = run(args)
     except (_Failure, StoreError) as exc:
         text = " ".join(str(exc).split())  # a driver's multi-line message on one line
         print(f"emfence register {args.command}: {text}", file=sys.stderr)

@@ -129,3 +129,43 @@ def test_usage_mistakes_exit_2(files, capsys):
     with pytest.raises(SystemExit) as exc:
         register_main(["export", "--store", f"sqlite:///{files / 'r.db'}"])
     assert exc.value.code == 2
+
+
+def test_contacts_and_protected_persons_from_the_command_line(files, store_url, capsys):
+    assert _import(capsys, files, store_url)[0] == 0
+    rc, out, err = _run(capsys, "contacts", "S-0001", "--set", "S-0002", "--reason",
+                        "同案犯", "--store", store_url)
+    assert (rc, out, err) == (0, "S-0001: contacts S-0002", "")
+    assert _run(capsys, "contacts", "S-0002", "--store", store_url)[1] == "S-0001"
+    rc, out, _ = _run(capsys, "protected", "add", "--person", "VP-1", "--name", "王五",
+                      "--region", "411303", "--device", "V-1", "--protected-from", "S-0001",
+                      "--store", store_url)
+    assert rc == 0 and out == ("protected person VP-1 (411303): devices V-1, protected "
+                               "from S-0001")
+    assert _run(capsys, "protected", "list", "--store", store_url)[1] == (
+        "VP-1\t411303\tV-1\tS-0001")
+    # a mistake: one line naming it, exit 1, nothing changed
+    rc, out, err = _run(capsys, "protected", "add", "--person", "VP-2", "--region", "411303",
+                        "--device", "B-0001", "--protected-from", "S-0001", "--store",
+                        store_url)
+    assert rc == 1 and "\n" not in err and "device 'B-0001' is 'S-0001'" in err
+    # the export carries both, in the form emfence replay reads
+    assert _run(capsys, "export", "--store", store_url, "-o", str(files / "out"))[0] == 0
+    exported = orjson.loads((files / "out" / "subjects.json").read_bytes())
+    assert exported["protected"] == [{"person_id": "VP-1", "region": "411303",
+                                      "devices": [{"device_id": "V-1", "kind": "victim"}],
+                                      "protected_from": ["S-0001"]}]
+    assert [s.get("contacts") for s in exported["subjects"]] == [["S-0002"], None]
+    (files / "fixes.jsonl").write_text(
+        '{"device_id": "V-1", "ts": 1780000000000, "lat": 33.0, "lon": 112.53}\n'
+        '{"device_id": "B-0001", "ts": 1780000001000, "lat": 33.0, "lon": 112.531}\n')
+    assert replay_main(["--zones", str(files / "out" / "zones.geojson"), "--subjects",
+                        str(files / "out" / "subjects.json"), "--fixes",
+                        str(files / "fixes.jsonl"), "--out", str(files / "ev.jsonl")]) == 0
+    events = [orjson.loads(line) for line in (files / "ev.jsonl").read_text().splitlines()]
+    assert [(e["type"], e["person_id"]) for e in events if e["type"] == "proximity"] == [
+        ("proximity", "VP-1")]
+    rc, out, _ = _run(capsys, "protected", "end", "--person", "VP-1", "--reason", "到期",
+                      "--store", store_url)
+    assert (rc, out) == (0, "protection of VP-1 ended")
+    assert _run(capsys, "protected", "list", "--store", store_url)[1] == "(none)"
