@@ -158,3 +158,31 @@ async def test_an_order_taking_effect_later_is_applied_when_its_period_begins(st
         assert not await service.watch.poll_once()
     finally:
         store.close_store()
+
+
+async def test_relations_enrolled_while_running_reach_the_engine(store_url):
+    service = _service(store_url)
+    store = service.store
+    try:
+        reg = store.register
+        reg.create_zone(county(), actor="dora", now_ms=now_ms())
+        for sid, dev in (("S-1", "B-1"), ("S-2", "B-2")):
+            reg.create_subject(subject(sid, dev), actor="dora", now_ms=now_ms())
+        assert await service.watch.poll_once()
+        service._apply_reload(*service.work.get_nowait()[1])
+        assert service.engine.relations.cont_subj.shape[0] == 0
+        reg.set_contacts("S-1", ["S-2"], actor="dora", now_ms=now_ms())
+        reg.add_protected({"person_id": "VP-1", "region": HOME, "devices": ["V-1"],
+                           "protected_from": ["S-2"]}, actor="sup", now_ms=now_ms())
+        assert await service.watch.poll_once()
+        kind, (zones, registry) = service.work.get_nowait()
+        assert kind == "reload"
+        assert [(p.person_id, p.device_ids, p.protected_from) for p in registry.protected] == [
+            ("VP-1", ("V-1",), ("S-2",))]
+        service._apply_reload(zones, registry)
+        rel = service.engine.relations
+        ids = service.engine.registry.device_ids
+        assert rel.cont_subj.tolist() == [[0, 1]]
+        assert [ids[d] for d in rel.person_dev.tolist()] == ["V-1"]
+    finally:
+        store.close_store()
