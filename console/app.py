@@ -37,6 +37,7 @@ from console.resources import (
     events,
     feed,
     leaves,
+    protected,
     roster,
     session,
     stats,
@@ -52,7 +53,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 # The JSON API, resource by resource (docs/console-api.md): the one place routes are listed.
 API_ROUTES = [*session.ROUTES, *alarms.ROUTES, *tracks.ROUTES, *events.ROUTES,
               *zones.ROUTES, *stats.ROUTES, *audit.ROUTES, *feed.ROUTES,
-              *subjects.ROUTES, *leaves.ROUTES, *roster.ROUTES]
+              *subjects.ROUTES, *leaves.ROUTES, *roster.ROUTES, *protected.ROUTES]
 
 
 def create_app(*, store: Any, config: Any, zones: Any = None, registry: Any = None,
