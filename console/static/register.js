@@ -79,11 +79,13 @@ function regShow(name) {
   if (name === "leaves") loadQueue();
   if (name === "zones") zonesPage.load();
   if (name === "roster") rosterPage.load();  // roster.js
+  if (name === "protected") loadProtected();
 }
 
 function regStart(session) {
   $("#tab-leaves").hidden = !OVERSEER();
   $("#tab-roster").hidden = !OVERSEER();
+  $("#tab-protected").hidden = !OVERSEER();
   regLabels();
 }
 
@@ -92,6 +94,7 @@ function regLabels() {
   $("#tab-leaves").textContent = tr("tab.leaves");
   $("#tab-zones").textContent = tr("tab.zones");
   $("#tab-roster").textContent = rosterI18n.t("tab.roster");
+  $("#tab-protected").textContent = tr("tab.protected");
   $("#lang").textContent = tr("lang.other");
   document.documentElement.lang = regI18n.lang() === "zh" ? "zh-CN" : "en";
 }
@@ -194,8 +197,8 @@ async function renderSubject(view, err) {
     ["col.officer", s.officer], ["col.state", regionalTerm("state", s.state)], ["enrol.note", s.note]]) {
     facts.append(el("dt", { text: tr(k) }), el("dd", { text: v || "–" }));
   }
-  view.replaceChildren(head, err, facts, devicesPart(s, err), zonesPart(s), leavesPart(s, leaves.leaves, err),
-    curfewsPart(s, err), alarmsPart(alarms.alarms), endPart(s, err));
+  view.replaceChildren(head, err, facts, devicesPart(s, err), zonesPart(s), contactsPart(s, err),
+    leavesPart(s, leaves.leaves, err), curfewsPart(s, err), alarmsPart(alarms.alarms), endPart(s, err));
 }
 
 function devicesPart(s, err) {
@@ -217,6 +220,24 @@ function devicesPart(s, err) {
   }));
   return el("section", { class: "part", id: "subject-devices" }, el("h3", { text: tr("subject.devices") }),
     table(["col.device", "col.kind", "col.actions"], rows), s.state === "active" ? form : "");
+}
+
+const idList = (text) => text.split(/[,，\s]+/).map((x) => x.trim()).filter(Boolean);
+
+// A subject's prohibited contacts (co-defendants): shown, and set by an operator of its region.
+function contactsPart(s, err) {
+  const ids = el("input", { class: "ct-ids", value: (s.contacts || []).join(", "), size: "40" });
+  const reason = el("input", { class: "ct-reason", maxlength: "2000" });
+  const form = el("form", { class: "filters" }, field("contacts.ids", ids), field("contacts.reason", reason),
+    el("button", { type: "submit", text: tr("contacts.save") }));
+  form.addEventListener("submit", (e) => submit(e, err, async () => {
+    await api("PUT", `/api/subjects/${encodeURIComponent(s.subject_id)}/contacts`,
+      { contacts: idList(ids.value), reason: reason.value || null });
+    await showSubject(s.subject_id);
+  }));
+  return el("section", { class: "part", id: "subject-contacts" }, el("h3", { text: tr("subject.contacts") }),
+    el("p", { id: "contacts-list", text: (s.contacts || []).join(", ") || tr("contacts.none") }),
+    s.state === "active" ? form : "");
 }
 
 function zonesPart(s) {
@@ -376,10 +397,56 @@ async function loadQueue() {
   });
 }
 
+// ---------------------------------------------------------------- protected persons
+// Victims under a protection order: supervisors and admins only (the server answers an
+// operator 403). Their positions are never shown: a proximity alarm gives the distance.
+async function loadProtected() {
+  const view = $("#protected-view");
+  const err = el("p", { class: "error", role: "alert", id: "protected-error" });
+  view.replaceChildren(el("h2", { text: tr("protected.title") }), err, el("div", { id: "protected-list" }),
+    el("h3", { text: tr("protected.add") }), protectedForm(err));
+  await submit(null, err, async () => {
+    const data = await api("GET", "/api/protected");
+    const rows = data.protected.map((p) => {
+      const end = el("button", { type: "button", class: "pr-end", text: tr("protected.end") });
+      end.addEventListener("click", () => submit(null, err, async () => {
+        const reason = window.prompt(tr("protected.end_reason"));
+        if (!reason) return;
+        await api("POST", `/api/protected/${encodeURIComponent(p.person_id)}/end`, { reason });
+        await loadProtected();
+      }));
+      return el("tr", { "data-person-id": p.person_id }, cell(p.person_id), cell(p.name), cell(regionName(p.region)),
+        cell(p.devices.join(", ")), cell(p.protected_from.join(", ")), cell(p.note || "–"), cell(end));
+    });
+    $("#protected-list").replaceChildren(rows.length ? table(["col.id", "col.name", "col.region", "col.devices",
+      "col.protected_from", "protected.note", "col.actions"], rows)
+      : el("p", { class: "muted", id: "protected-empty", text: tr("protected.none") }));
+  });
+}
+
+function protectedForm(err) {
+  const inputs = {};
+  for (const k of ["person", "name", "devices", "from", "note"]) inputs[k] = el("input", { class: `pr-${k}`, maxlength: "2000" });
+  const region = el("select", { class: "pr-region" });
+  const regions = state.session.all_regions ? Object.keys(state.session.region_names || {}) : state.session.regions;
+  for (const r of regions || []) region.append(el("option", { value: r, text: regionName(r) }));
+  const form = el("form", { class: "filters" }, field("protected.person", inputs.person),
+    field("protected.name", inputs.name), field("col.region", region), field("protected.devices", inputs.devices),
+    field("protected.from", inputs.from), field("protected.note", inputs.note),
+    el("button", { type: "submit", text: tr("protected.add") }));
+  form.addEventListener("submit", (e) => submit(e, err, async () => {
+    await api("POST", "/api/protected", { person_id: inputs.person.value.trim(), name: inputs.name.value || null,
+      region: region.value, devices: idList(inputs.devices.value), protected_from: idList(inputs.from.value),
+      note: inputs.note.value || null });
+    await loadProtected();
+  }));
+  return form;
+}
+
 function regBoot() {
   for (const b of document.querySelectorAll(".tab")) {
     b.addEventListener("click", () => {
-      if (["subjects", "leaves", "zones", "roster"].includes(b.dataset.view)) regShow(b.dataset.view);
+      if (["subjects", "leaves", "zones", "roster", "protected"].includes(b.dataset.view)) regShow(b.dataset.view);
       else for (const v of document.querySelectorAll(".reg-view")) v.hidden = true;
     });
   }

@@ -197,3 +197,43 @@ def test_zone_page_imports_a_county_and_places_a_circle(world, zh_browser, tmp_p
     d.refresh()
     wait.until(EC.text_to_be_present_in_element((By.ID, "tab-subjects"), "Subjects"))
     assert severe_console_messages(d) == []
+
+
+def test_contacts_on_the_subject_page_and_protected_persons_for_the_supervisor(
+        world, zh_browser, tmp_path):
+    server, store = world
+    d = zh_browser
+    wait = WebDriverWait(d, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
+    reg = store.register
+    for sid in ("S-8", "S-9"):
+        reg.create_subject({"subject_id": sid, "name": "同案", "region": "411303",
+                            "level": "strict", "devices": [{"device_id": f"B-{sid}"}],
+                            "inclusion": ["411303"]}, actor="alice", now_ms=now_ms())
+    d.get(server.url + "/")
+    log_in(d, wait, "alice")
+    assert not d.find_element(By.ID, "tab-protected").is_displayed()  # operators: no
+    enrol(d, wait)
+    part = (By.ID, "subject-contacts")
+    assert "禁止接触对象" in d.find_element(*part).text
+    d.find_element(By.CSS_SELECTOR, ".ct-ids").send_keys("S-8， S-9")  # a Chinese comma too
+    d.find_element(By.CSS_SELECTOR, ".ct-reason").send_keys("同案犯")
+    click(wait, (By.CSS_SELECTOR, "#subject-contacts button[type=submit]"))
+    wait.until(EC.text_to_be_present_in_element((By.ID, "contacts-list"), "S-8, S-9"))
+    assert reg.contacts("S-7") == ["S-8", "S-9"]
+    log_out(wait)
+
+    log_in(d, wait, "sue")
+    click(wait, (By.ID, "tab-protected"))
+    wait.until(EC.visibility_of_element_located((By.ID, "protected-empty")))
+    assert d.find_element(By.ID, "tab-protected").text == "被保护人"
+    for cls, value in (("person", "VP-7"), ("name", "赵六"), ("devices", "V-7"),
+                       ("from", "S-7"), ("note", "人身安全保护令")):
+        d.find_element(By.CSS_SELECTOR, f".pr-{cls}").send_keys(value)
+    Select(d.find_element(By.CSS_SELECTOR, ".pr-region")).select_by_value("411303")
+    click(wait, (By.CSS_SELECTOR, "#protected-view form button[type=submit]"))
+    row = (By.CSS_SELECTOR, '#protected-list tr[data-person-id="VP-7"]')
+    wait.until(EC.presence_of_element_located(row))
+    assert "赵六" in d.find_element(*row).text and "卧龙区" in d.find_element(*row).text
+    assert reg.get_protected("VP-7")["protected_from"] == ["S-7"]
+    d.save_screenshot(str(tmp_path / "register-protected.png"))
+    assert severe_console_messages(d) == []
