@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from alarms.notify_schema import V6_TABLES, V7_SUMMARIES
+from alarms.protected_positions import V10_PROTECTED_POSITIONS
 from alarms.register_schema import V5_TABLES, V9_RELATIONS
 from alarms.roster_schema import V7_STEPS
 from alarms.schema_edit import edit_sqlite_table as _edit_sqlite_table
@@ -312,6 +313,9 @@ MIGRATIONS: list[list[Migration]] = [
     # version 9: prohibited contacts and protected persons in the register
     # (alarms.register_schema, docs/register.md, "Relations").
     V9_RELATIONS,
+    # version 10: the newest position of each protected person's device, for supervisors
+    # (alarms.protected_positions).
+    V10_PROTECTED_POSITIONS,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

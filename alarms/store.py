@@ -57,6 +57,7 @@ from alarms.lifecycle import AlarmActionError, AlarmLifecycle
 from alarms.notify import Planner
 from alarms.notify_store import NotificationStore
 from alarms.postgres import PostgresDatabase
+from alarms.protected_positions import ProtectedPositionStore
 from alarms.queries import AlarmQueries
 from alarms.register import Register
 from alarms.roster import Roster
@@ -93,7 +94,7 @@ def open_store(url: str, *, notification_planner: Planner | None = None) -> Alar
 
 
 class AlarmStore(NotificationStore, EventLog, AlarmLifecycle, AlarmQueries, TrackStore, UserStore,
-                 CheckpointStore):
+                 CheckpointStore, ProtectedPositionStore):
     """The durable store of alarms and everything the console needs; see the module doc.
 
     Build it with :func:`open_store`. All times are epoch milliseconds (UTC). Its methods

@@ -122,6 +122,10 @@ class StoreGateway:
         ``alarms.roster``)."""
         return await self._run(getattr(self.store.roster, method), *args, **kwargs)
 
+    async def protected_positions(self, person_id: str) -> list[Row]:
+        """A protected person's devices' newest positions (alarms.protected_positions)."""
+        return await self._run(self.store.protected_positions, person_id)
+
     async def register_map(self, model: RegisterMap) -> Any:
         """``model.current(store.register)``: the register's zones and subjects for the
         map (see :class:`console.register_model.RegisterMap`)."""

@@ -4,9 +4,10 @@
 A subject's prohibited contacts are read and set by the operators of the subject's
 region (the others may be supervised anywhere). Protected persons are victims: their
 records (name, devices, whom they are protected from) are for supervisors and admins
-only, an operator gets 403; every read is audited like a location read. The console
-never answers with a protected person's position: a ``proximity`` alarm carries the
-distance and the person's id.
+only, an operator gets 403; every read is audited like a location read. A protected
+person's position (the newest fix of each device) is answered to those alone
+(``/api/protected/{id}/position``); everywhere else, e.g. a ``proximity`` alarm, the
+console gives the distance and the person's id.
 """
 
 from __future__ import annotations
@@ -65,6 +66,19 @@ async def get_protected(request: Request) -> Response:
     return json_response(person)
 
 
+async def protected_position(request: Request) -> Response:
+    """The newest position of each of the person's devices (supervisors and admins of
+    the person's region), audited as a location read."""
+    caller = await _overseer(request)
+    pid = request.path_params["person_id"]
+    person = await caller.gateway.register("get_protected", pid, regions=scope(caller))
+    positions = await caller.gateway.protected_positions(pid)
+    await caller.audit("protected.position.view", pid,
+                       {"region": person["region"], "devices": [p["device_id"]
+                                                                for p in positions]})
+    return json_response({"person_id": pid, "positions": positions})
+
+
 async def add_protected(request: Request) -> Response:
     caller = await _overseer(request)
     doc = await read_json(request)
@@ -102,4 +116,5 @@ ROUTES = [
     Route("/api/protected/{person_id:str}", get_protected, methods=["GET"]),
     Route("/api/protected/{person_id:str}", update_protected, methods=["PUT"]),
     Route("/api/protected/{person_id:str}/end", end_protected, methods=["POST"]),
+    Route("/api/protected/{person_id:str}/position", protected_position, methods=["GET"]),
 ]

@@ -27,6 +27,9 @@ class TrackWriter:
         self.counters = counters
         self.outages = outages  # failed writes are outages, retried
         self.rows: deque = deque()
+        # a protected person's devices: the newest fix of each, for supervisors only
+        # (alarms.protected_positions), never a track row
+        self.protected: dict[str, tuple] = {}
         self.queued = 0
         self.done = 0
         self.lock = asyncio.Lock()
@@ -43,11 +46,15 @@ class TrackWriter:
         position (NaN: the engine failed on it, and it was dead-lettered) has no row. A
         protected person's device (registered after every subject's) has none either: a
         victim's positions are never shown to operators (docs/rules.md, "Proximity"), and
-        the track store and its map are theirs."""
+        the track store and its map are theirs; its newest fix is kept for supervisors
+        alone (:meth:`_protected`)."""
         lat, lon = positions
-        sel = np.flatnonzero((records.kind == K_FIX) & (records.device_idx >= 0)
-                             & (records.device_idx < registry.n_subject_devices)
-                             & ~np.isnan(lat))
+        fixes = (records.kind == K_FIX) & ~np.isnan(lat)
+        self._protected(records, lat, lon, device, registry,
+                        np.flatnonzero(fixes & (records.device_idx >= registry.n_subject_devices)
+                                       & (records.device_idx < registry.n_devices)))
+        sel = np.flatnonzero(fixes & (records.device_idx >= 0)
+                             & (records.device_idx < registry.n_subject_devices))
         if sel.size == 0:
             return
         idx = records.device_idx[sel].tolist()
@@ -61,6 +68,16 @@ class TrackWriter:
                               lat_l[j], lon_l[j], acc[j], src[i], rx[j]))
         self.queued += len(sel)
         self._bound()
+
+    def _protected(self, records: RecordBatch, lat, lon, device: list[str], registry,
+                   sel: np.ndarray) -> None:
+        for i in sel.tolist():
+            d = int(records.device_idx[i])
+            row = (device[i], registry.subject_of(d), int(records.ts_ms[i]), float(lat[i]),
+                   float(lon[i]), float(records.acc_m[i]), int(records.rx_ms[i]))
+            old = self.protected.get(device[i])
+            if old is None or row[2] > old[2]:
+                self.protected[device[i]] = row
 
     def _bound(self) -> None:
         overflow = len(self.rows) - self.cfg.queue_rows
@@ -77,6 +94,17 @@ class TrackWriter:
         now). Not the rows queued while it writes: processing goes on meanwhile, and a
         flush chasing the queue's tail would hold up the acknowledgement waiting on it."""
         async with self.lock:
+            if self.protected:
+                rows, self.protected = list(self.protected.values()), {}
+                try:
+                    await asyncio.to_thread(self.store.record_protected_positions, rows)
+                except Exception as exc:  # noqa: BLE001 - keep the newest and retry later
+                    for r in rows:
+                        if r[0] not in self.protected or self.protected[r[0]][2] < r[2]:
+                            self.protected[r[0]] = r
+                    self.counters["store_errors"] += 1
+                    self.outages.failed("tracks", exc)
+                    return
             if upto is None:
                 upto = self.queued
             while self.rows and self.done < upto:

@@ -80,3 +80,28 @@ def test_protected_persons_are_for_supervisors_only_and_every_read_is_audited(en
     error(c.post("/api/protected/VP-1/end", {}), 400, "reason")
     assert c.post("/api/protected/VP-1/end", {"reason": "保护令到期"}).status_code == 200
     assert c.get("/api/protected").json()["protected"] == []
+
+
+def test_a_protected_persons_position_is_for_supervisors_and_audited(enrolled):
+    c = enrolled
+    c.login("sue")
+    assert c.post("/api/protected", PERSON).status_code == 201
+    assert c.get("/api/protected/VP-1/position").json()["positions"] == []
+    store = c.store
+    # what emfence run keeps: the newest fix of each device; an older one changes nothing
+    store.record_protected_positions([("V-1", "VP-1", 2_000, 33.0, 112.53, 8.0, 2_100)])
+    store.record_protected_positions([("V-1", "VP-1", 1_000, 34.0, 113.00, 9.0, 2_200)])
+    r = c.get("/api/protected/VP-1/position")
+    assert r.status_code == 200, r.text
+    assert r.json()["positions"] == [{"device_id": "V-1", "person_id": "VP-1", "ts": 2_000,
+                                      "lat": 33.0, "lon": 112.53, "acc": 8.0,
+                                      "received_at": 2_100}]
+    rows = audit_rows(c.store, action="protected.position.view")
+    assert [(r["who"], r["target"]) for r in rows] == [("sue", "VP-1")] * 2  # both reads
+    c.login("alice")
+    assert error(c.get("/api/protected/VP-1/position"), 403)["error"] == "forbidden"
+    c.login("olga")  # an operator elsewhere: 403 too, before any lookup
+    error(c.get("/api/protected/VP-1/position"), 403)
+    # nowhere else: the operator's map of newest positions has no victim device
+    c.login("alice")
+    assert "V-1" not in c.get("/api/positions").text

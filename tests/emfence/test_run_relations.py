@@ -19,6 +19,7 @@ from tests.ingest.ingest_fleet import (
     Fleet,
     fix,
     now_ms,
+    until,
 )
 from tests.ingest.ingest_mqtt_helpers import PahoClient
 
@@ -126,6 +127,11 @@ def test_proximity_live_the_victim_device_on_its_own_account(tmp_path, mosquitto
             "raised", "BR-1", "V-1")
         assert raised["distance_m"] == pytest.approx(600.0, abs=0.5)
         assert not {"peer_lat", "peer_lon"} & set(raised)  # never the victim's position
+        # the victim's newest fix is kept for supervisors alone, never as a track row
+        with open_store(engine.store_url) as store:
+            kept = until(lambda: store.protected_positions("V-1"), bool, 30)
+            assert [(p["device_id"], p["ts"]) for p in kept] == [("VI-1", t0)]
+            assert store.track("VI-1") == []
         send(pub, "BR-1", t0 + 2000, fleet.offset(fleet.home, 3000, 0))
         events = _until(lambda: _events(engine.store_url, "proximity"), 2)
         assert [(e["event"], e["alarm_id"]) for e in events] == [
