@@ -404,6 +404,7 @@ async function loadProtected() {
   const view = $("#protected-view");
   const err = el("p", { class: "error", role: "alert", id: "protected-error" });
   view.replaceChildren(el("h2", { text: tr("protected.title") }), err, el("div", { id: "protected-list" }),
+    el("p", { id: "protected-position" }),
     el("h3", { text: tr("protected.add") }), protectedForm(err));
   await submit(null, err, async () => {
     const data = await api("GET", "/api/protected");
@@ -415,8 +416,15 @@ async function loadProtected() {
         await api("POST", `/api/protected/${encodeURIComponent(p.person_id)}/end`, { reason });
         await loadProtected();
       }));
+      const where = el("button", { type: "button", class: "pr-where", text: tr("protected.where") });
+      where.addEventListener("click", () => submit(null, err, async () => {
+        const data = await api("GET", `/api/protected/${encodeURIComponent(p.person_id)}/position`);
+        $("#protected-position").textContent = data.positions.length ? data.positions.map((q) =>
+          `${p.name} ${q.device_id}: ${q.lat.toFixed(5)}, ${q.lon.toFixed(5)} ±${Math.round(q.acc)} m, ${when(q.ts)}`).join("；")
+          : tr("protected.no_fix");
+      }));
       return el("tr", { "data-person-id": p.person_id }, cell(p.person_id), cell(p.name), cell(regionName(p.region)),
-        cell(p.devices.join(", ")), cell(p.protected_from.join(", ")), cell(p.note || "–"), cell(end));
+        cell(p.devices.join(", ")), cell(p.protected_from.join(", ")), cell(p.note || "–"), cell(el("span", {}, where, " ", end)));
     });
     $("#protected-list").replaceChildren(rows.length ? table(["col.id", "col.name", "col.region", "col.devices",
       "col.protected_from", "protected.note", "col.actions"], rows)

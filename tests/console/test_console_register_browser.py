@@ -235,5 +235,14 @@ def test_contacts_on_the_subject_page_and_protected_persons_for_the_supervisor(
     wait.until(EC.presence_of_element_located(row))
     assert "赵六" in d.find_element(*row).text and "卧龙区" in d.find_element(*row).text
     assert reg.get_protected("VP-7")["protected_from"] == ["S-7"]
+    click(wait, (By.CSS_SELECTOR, f"{row[1]} .pr-where"))
+    wait.until(EC.text_to_be_present_in_element((By.ID, "protected-position"), "尚无定位"))
+    store.record_protected_positions([("V-7", "VP-7", now_ms(), 33.00123, 112.53456, 12.0,
+                                       now_ms())])
+    click(wait, (By.CSS_SELECTOR, f"{row[1]} .pr-where"))
+    wait.until(EC.text_to_be_present_in_element((By.ID, "protected-position"),
+                                                "33.00123, 112.53456 ±12 m"))
+    assert "UTC+08:00" in d.find_element(By.ID, "protected-position").text
+    assert store.audit_log(action="protected.position.view")[0]["who"] == "sue"
     d.save_screenshot(str(tmp_path / "register-protected.png"))
     assert severe_console_messages(d) == []
