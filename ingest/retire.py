@@ -18,16 +18,8 @@ import sys
 
 import aiomqtt
 
-from ingest.mqtt import (
-    EXIT_LOGIN_REFUSED,
-    BrokerConfigError,
-    BrokerConnectError,
-    BrokerSettings,
-    add_broker_arguments,
-    broker_from_args,
-    connect_error,
-    fail_on_early_close,
-)
+from ingest.brokers import BrokerConfigError, BrokerSettings, add_broker_arguments, broker_from_args
+from ingest.mqtt import EXIT_LOGIN_REFUSED, BrokerConnectError, connect_error, fail_on_early_close
 from ingest.passwords import engine_client_id, worker_name_problem
 
 

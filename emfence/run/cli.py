@@ -17,7 +17,7 @@ from emfence.run.checkpoint_file import read_covered
 from emfence.run.model import ModelSource
 from emfence.run.options import Options, redact, split_digests, wall_ms
 from emfence.run.service import Service
-from ingest.mqtt import add_broker_arguments
+from ingest.brokers import add_broker_arguments
 from ingest.passwords import engine_account, service_role, worker_name_problem
 
 log = logging.getLogger("emfence.run")
@@ -89,7 +89,8 @@ def build_service_args(args: argparse.Namespace) -> dict:
     from alarms.roster import resolver_for
     from alarms.store import open_store
     from emfence.run.notify import notification_planner
-    from ingest.mqtt import brokers_from_args, parse_regions
+    from ingest.brokers import brokers_from_args
+    from ingest.mqtt import parse_regions
 
     config = load_config(args.config)
     brokers = brokers_from_args(args)  # one per --broker, in order

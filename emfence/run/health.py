@@ -219,3 +219,30 @@ def stalled(idle_s: float, when: str, *, limit_s: float, report) -> None:
     os._exit(EXIT_STALLED)
 
 
+def health_document(self: Any, status: str) -> dict[str, Any]:
+    """The health document of a running :class:`emfence.run.service.Service` (``self``):
+    status, sweep state, queue depths and counters."""
+    degraded = self.receiver.degraded  # a subscription refused on a reconnect
+    if degraded is not None and status == "online":
+        status = "degraded"
+    return {
+        "status": status, "name": self.opts.name, "at": wall_ms(),
+        "degraded": degraded,
+        "started_at": self.started_ms,
+        "regions": self.opts.regions or ["+"],
+        "devices": len(self.registry.device_ids),
+        "offline_sweeps": self.hold.health(),
+        "backlog_drained": self.hold.drained,
+        "unacknowledged": self.acks.since_checkpoint,
+        "track_queue": len(self.tracks),
+        "deadletter_queue": self.receiver.deadletters.qsize(),
+        "watchdog": None if self.watchdog is None else {
+            "idle_s": round(self.watchdog.idle_s(), 1),
+            "limit_s": self.icfg.watchdog_s},
+        "outages": self.outages.health(),
+        "counters": dict(sorted(self.counters.items())),
+        "outbox": dict(self.outbox.counters),
+        "notify": None if self.notifier is None else dict(self.notifier.counters),
+        "rejections": dict(sorted(self.rejects.items())),
+        "engine": self.engine.counters,
+    }

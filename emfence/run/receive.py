@@ -83,12 +83,12 @@ class Receiver:
                  outbox, counters: Counter, rejects: Counter, alive: Callable,
                  stopping: Callable[[], bool], on_connected: Callable,
                  on_fatal: Callable[[int], None]):
-        from ingest import mqtt
+        from ingest import brokers, mqtt
 
         self.mqtt = mqtt
         # One broker, or the --broker list: connect to the first that answers, move to
-        # the next on loss (ingest.mqtt.BrokerList).
-        self.brokers = mqtt.BrokerList(broker if isinstance(broker, list) else [broker])
+        # the next on loss (ingest.brokers.BrokerList).
+        self.brokers = brokers.BrokerList(broker if isinstance(broker, list) else [broker])
         self.opts = opts
         self.icfg = icfg
         self.registry = registry  # () -> the current registry (a reload replaces it)
@@ -173,23 +173,31 @@ class Receiver:
             if refusal is not None:
                 self._refused(refusal)
                 return
-            if self.stopping():
+            if await self._after_attempt(failure, session, backoff, retries):
                 return
-            if failure is not None and failure.fatal and self.counters["connects"] == 0:
-                log.critical("%s; no session has worked yet: exiting %d", failure,
-                             self.mqtt.EXIT_LOGIN_REFUSED)
-                self.on_fatal(self.mqtt.EXIT_LOGIN_REFUSED)
-                return
-            if not self.brokers.failed():
-                # The next broker of the list at once: said after a lost session; the
-                # attempts of a round that keeps failing are summed up by _log_retry.
-                log.log(logging.INFO if session else logging.DEBUG,
-                        "trying the next broker %s:%d", self.broker.host, self.broker.port)
-                continue
-            delay = backoff.next_delay_s()
-            if failure is not None:
-                self._log_retry(retries, failure, backoff.attempts, delay)
-            await asyncio.sleep(delay)
+
+    async def _after_attempt(self, failure, session: bool, backoff, retries) -> bool:
+        """What an attempt that ended leads to: True to stop (stopping, or a fatal
+        failure before any session worked); otherwise on to the next broker at once, or,
+        after a whole round failed, the backoff delay first."""
+        if self.stopping():
+            return True
+        if failure is not None and failure.fatal and self.counters["connects"] == 0:
+            log.critical("%s; no session has worked yet: exiting %d", failure,
+                         self.mqtt.EXIT_LOGIN_REFUSED)
+            self.on_fatal(self.mqtt.EXIT_LOGIN_REFUSED)
+            return True
+        if not self.brokers.failed():
+            # The next broker of the list at once: said after a lost session; the
+            # attempts of a round that keeps failing are summed up by _log_retry.
+            log.log(logging.INFO if session else logging.DEBUG,
+                    "trying the next broker %s:%d", self.broker.host, self.broker.port)
+            return False
+        delay = backoff.next_delay_s()
+        if failure is not None:
+            self._log_retry(retries, failure, backoff.attempts, delay)
+        await asyncio.sleep(delay)
+        return False
 
     def _refused(self, exc) -> None:
         """A subscription refused at start (:class:`ingest.mqtt.SubscriptionRefused`, raised

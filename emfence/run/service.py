@@ -49,9 +49,17 @@ from emfence.config import Config
 from emfence.run.acks import Acks
 from emfence.run.batches import Batch, Batches
 from emfence.run.events import EventWriter
-from emfence.run.health import QUIET_LOGGERS, Outages, QuietDuringOutage, WatchedStore, stalled
+from emfence.run.health import (
+    QUIET_LOGGERS,
+    Outages,
+    QuietDuringOutage,
+    WatchedStore,
+    health_document,
+    stalled,
+)
 from emfence.run.model import ModelSource
 from emfence.run.notify import notify_outboxes
+from emfence.run.ops_http import Ops, serve_ops
 from emfence.run.options import (
     HEALTH_TIMEOUT_S,
     PING,
@@ -129,11 +137,8 @@ class Service:
         self.watch = (RegisterWatch(self.source, self.outages, self._reload,
                                     seq=options.register_seq, taken_ms=options.register_taken_ms)
                       if self.source.from_register else None)
-        from emfence.run.ops_http import Ops
-
         # /healthz, /readyz, /metrics (--http, --metrics-http); ops.readiness takes more
-        # conditions (a worker group's lease).
-        self.ops = Ops(self)
+        self.ops = Ops(self)  # conditions (a worker group's lease)
 
     # The parts' state under the names the tests and the health document read.
     @property
@@ -152,10 +157,7 @@ class Service:
     def connected(self) -> asyncio.Event:
         return self.receiver.connected
 
-    @property
-    def deadletters(self) -> asyncio.Queue:
-        return self.receiver.deadletters
-
+    deadletters = property(lambda self: self.receiver.deadletters)  # asyncio.Queue
     @property
     def hold_reason(self) -> str | None:
         return self.hold.reason
@@ -164,13 +166,8 @@ class Service:
     def hold_reason(self, reason: str | None) -> None:
         self.hold.reason = reason
 
-    @property
-    def unstored(self) -> list[dict]:
-        return self.events.unstored
-
-    @property
-    def events_queued(self) -> int:
-        return self.events.queued
+    unstored = property(lambda self: self.events.unstored)  # list[dict]
+    events_queued = property(lambda self: self.events.queued)  # int
 
     # ----- running -------------------------------------------------------------------
 
@@ -193,8 +190,6 @@ class Service:
                 tasks = list(self.tasks.values())
                 http = None
                 if self.opts.metrics_http:
-                    from emfence.run.ops_http import serve_ops
-
                     tasks.append(tg.create_task(
                         serve_ops(self.ops, self.opts.metrics_http, self._http_failed),
                         name="metrics-http"))
@@ -436,31 +431,8 @@ class Service:
         stalled(idle_s, when, limit_s=self.icfg.watchdog_s, report=report)
 
     def health(self, status: str) -> dict[str, Any]:
-        """The health document: status, sweep state, queue depths and counters."""
-        degraded = self.receiver.degraded  # a subscription refused on a reconnect
-        if degraded is not None and status == "online":
-            status = "degraded"
-        return {
-            "status": status, "name": self.opts.name, "at": wall_ms(),
-            "degraded": degraded,
-            "started_at": self.started_ms,
-            "regions": self.opts.regions or ["+"],
-            "devices": len(self.registry.device_ids),
-            "offline_sweeps": self.hold.health(),
-            "backlog_drained": self.hold.drained,
-            "unacknowledged": self.acks.since_checkpoint,
-            "track_queue": len(self.tracks),
-            "deadletter_queue": self.receiver.deadletters.qsize(),
-            "watchdog": None if self.watchdog is None else {
-                "idle_s": round(self.watchdog.idle_s(), 1),
-                "limit_s": self.icfg.watchdog_s},
-            "outages": self.outages.health(),
-            "counters": dict(sorted(self.counters.items())),
-            "outbox": dict(self.outbox.counters),
-            "notify": None if self.notifier is None else dict(self.notifier.counters),
-            "rejections": dict(sorted(self.rejects.items())),
-            "engine": self.engine.counters,
-        }
+        """The health document (emfence.run.health.health_document)."""
+        return health_document(self, status)
 
     async def _publish_health(self, client, status: str) -> None:
         await client.publish(health_topic(self.opts.name),

@@ -128,7 +128,7 @@ class EngineProcess:
     config needs), added to the broker if the fleet's passwords lack it."""
 
     def __init__(self, root: Path, fleet: Fleet, broker, *, name="worker-1", store=None,
-                 checkpoint=True, config: str | None = None, extra=()):
+                 checkpoint=True, config: str | None = None, extra=(), url: str | None = None):
         self.root = root
         self.username = engine_account(name)
         if broker.auth:
@@ -137,7 +137,9 @@ class EngineProcess:
         self.store_url = store or f"sqlite:///{root / 'alarms.db'}"
         self.checkpoint = root / "engine.ckpt" if checkpoint else None
         self.log_path = root / f"engine-{name}.log"
-        self.args = [sys.executable, "-m", "emfence", "run", "--broker", broker.url,
+        # ``url``: the address the engine uses instead of the broker's own (a relay in
+        # front of it); a ``--broker`` in ``extra`` is one more broker of the list.
+        self.args = [sys.executable, "-m", "emfence", "run", "--broker", url or broker.url,
                      "--zones", str(fleet.zones_path), "--subjects", str(fleet.subjects_path),
                      "--store", self.store_url, "--name", name,
                      "--username", self.username, "--password-file", str(root / "engine.pw")]

@@ -146,7 +146,8 @@ async def test_the_engine_client_never_loses_a_cancellation():
     awaited packet does: the cancellation comes 0, 1, 2, ... loop steps after it."""
     import aiomqtt
 
-    from ingest.mqtt import BrokerSettings, make_client
+    from ingest.brokers import BrokerSettings
+    from ingest.mqtt import make_client
 
     client = make_client(BrokerSettings("127.0.0.1", 1), client_id="engine-x", will=None)
     assert "_wait_for" in vars(aiomqtt.Client)  # what is replaced is aiomqtt's own
@@ -249,7 +250,7 @@ def test_many_connection_losses_under_traffic_lose_nothing(tmp_path, mosquitto_f
     steps = 90
     messages = scenario(fleet, devices, steps=steps, t0=now_ms() - 60_000)
     config = CONFIG.replace("[ingest]\n", "[ingest]\nwatchdog_s = 10\n")
-    engine = EngineProcess(tmp_path, fleet, broker, config=config, extra=["--broker", relay.url])
+    engine = EngineProcess(tmp_path, fleet, broker, config=config, url=relay.url)
     health = HealthReader(broker)
     rng = random.Random(10)
     try:
@@ -323,7 +324,7 @@ def test_a_half_dead_connection_stops_the_engine_saying_stalled(tmp_path, mosqui
     relay = Cutter(broker.port)
     engine = EngineProcess(tmp_path, fleet, broker,
                            config=QUICK.replace("[ingest]\n", "[ingest]\nwatchdog_s = 3\n"),
-                           extra=["--broker", relay.url])
+                           url=relay.url)
     health = HealthReader(broker)
     try:
         engine.start().wait_log("backlog drained")
@@ -356,7 +357,7 @@ def test_a_silent_connection_raises_no_offline_alarm(tmp_path, mosquitto_factory
         "[ingest]\n", "[ingest]\nwatchdog_s = 60\nsweep_interval_ms = 100\n") + \
         "[rules]\noffline_after_s = 2\n"
     engine = EngineProcess(tmp_path, fleet, broker, config=config,
-                           extra=["--broker", relay.url])
+                           url=relay.url)
     devices = fleet.ids(REGION_A)
     clients = {d: device_client(broker, d) for d in devices}
     health = HealthReader(broker)

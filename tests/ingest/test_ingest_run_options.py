@@ -23,7 +23,8 @@ from alarms.store import open_store
 from emfence.run.checkpoint_file import acks_path as _acks_path
 from emfence.run.checkpoint_file import file_digest, read_covered
 from emfence.run.checkpoint_file import write_acks_file as _write_acks_file
-from ingest.mqtt import Backoff, BrokerConfigError, BrokerSettings, parse_regions, subscriptions
+from ingest.brokers import BrokerConfigError, BrokerSettings
+from ingest.mqtt import Backoff, parse_regions, subscriptions
 from ingest.passwords import CONSOLE_USER, device_password
 
 FAST = """

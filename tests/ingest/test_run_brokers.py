@@ -421,7 +421,7 @@ def test_a_comma_list_in_broker_says_how_to_give_several(tmp_path, fleet):
 
 
 def test_the_broker_list_goes_round_and_says_when_a_round_failed():
-    from ingest.mqtt import BrokerList, BrokerSettings, broker_urls
+    from ingest.brokers import BrokerList, BrokerSettings, broker_urls
 
     a, b, c = (BrokerSettings("127.0.0.1", p) for p in (1, 2, 3))
     brokers = BrokerList([a, b, c])
