@@ -75,7 +75,8 @@ def served(request, tmp_path):
 
 def register_seed(store) -> None:
     """The register: 卧龙区, subjects S-1 and S-2 in it, leave L-a and L-b requested by
-    alice (the walker, sue, decides them); R-1 on the duty roster."""
+    alice (the walker, sue, decides them); VP-1 protected from S-1, with a position; R-1
+    on the duty roster."""
     reg = store.register
     reg.adcode_dir = str(CNMAPS)
     reg.import_adcode("411303", actor="root", now_ms=T0)
@@ -87,6 +88,9 @@ def register_seed(store) -> None:
         reg.request_leave("S-1", zones=["411303"], start_ms=T0 + (k + 1) * 86_400_000,
                           end_ms=T0 + (k + 1) * 86_400_000 + 3_600_000, reason="探亲",
                           actor="alice", now_ms=T0)
+    reg.add_protected({"person_id": "VP-1", "name": "王五", "region": "411303",
+                       "devices": ["V-1"], "protected_from": ["S-1"]}, actor="sue", now_ms=T0)
+    store.record_protected_positions([("V-1", "VP-1", T0, 33.0, 112.5, 10.0, T0)])
     store.roster.put_person({"person_id": "R-1", "region": "411303", "name": "值班员",
                              "role": "duty", "phone": "13800000000"},
                             actor="root", role="admin", now_ms=T0)
@@ -149,6 +153,20 @@ REQUESTS: dict[tuple[str, str], tuple[str, Any]] = {
         "zone_id": "home-1", "name": "住所", "radius_m": 200,
         "geometry": {"type": "Point", "coordinates": [112.53, 33.0]}}),
     ("POST", "/api/zones/import-adcode"): ("/api/zones/import-adcode", {"adcode": "411302"}),
+    # the relations (VP-1 is seeded; the walk adds VP-2, ends VP-1, then changes VP-2)
+    ("GET", "/api/subjects/{subject_id:str}/contacts"): ("/api/subjects/S-1/contacts", None),
+    ("PUT", "/api/subjects/{subject_id:str}/contacts"): ("/api/subjects/S-1/contacts",
+                                                         {"contacts": ["S-2"]}),
+    ("GET", "/api/protected"): ("/api/protected", None),
+    ("GET", "/api/protected/{person_id:str}"): ("/api/protected/VP-1", None),
+    ("GET", "/api/protected/{person_id:str}/position"): ("/api/protected/VP-1/position", None),
+    ("POST", "/api/protected"): ("/api/protected", {
+        "person_id": "VP-2", "region": "411303", "devices": ["V-2"],
+        "protected_from": ["S-1"]}),
+    ("POST", "/api/protected/{person_id:str}/end"): ("/api/protected/VP-1/end",
+                                                     {"reason": "到期"}),
+    ("PUT", "/api/protected/{person_id:str}"): ("/api/protected/VP-2", {
+        "region": "411303", "devices": ["V-2"], "protected_from": ["S-1"]}),
     # the duty roster (R-1 is seeded; the walk deletes it before it puts R-2)
     ("GET", "/api/roster"): ("/api/roster", None),
     ("GET", "/api/roster/told"): ("/api/roster/told?region=411303", None),
@@ -222,7 +240,7 @@ def test_every_route_that_answers_with_a_location_leaves_one_audit_row(served):
         "/api/alarms", "/api/alarms/{alarm_id:str}", "/api/alarms/{alarm_id:str}/acknowledge",
         "/api/alarms/{alarm_id:str}/close", "/api/alarms/{alarm_id:str}/note",
         "/api/alarms/{alarm_id:str}/track", "/api/events", "/api/zones", "/api/positions",
-        "/api/feed", "/api/zones/import-adcode"}
+        "/api/feed", "/api/zones/import-adcode", "/api/protected/{person_id:str}/position"}
 
 
 def test_location_reads_name_the_query_and_the_count(served):
