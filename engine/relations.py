@@ -67,9 +67,8 @@ class RelationState(NamedTuple):
 
 
 class RelationKeys(NamedTuple):
-    """What identifies each slot and pair across registries (for checkpoints)."""
+    """What identifies each pair and entry across registries (for checkpoints)."""
 
-    rel: list[str]  # device id of each slot
     sep: list[str]  # "subject\\x1fbracelet\\x1fphone" of each pair
     prox: list[str]  # "device\\x1fperson" of each proximity entry
     contact: list[str]  # "subject\\x1fsubject\\x1fthe first's devices" of each pair
@@ -155,7 +154,7 @@ def relation_arrays(registry: Any) -> tuple[RelationArrays, RelationKeys]:
     )
     ids = registry.device_ids
     persons = [p.person_id for p in registry.protected]
-    keys = RelationKeys(rel=[ids[d] for d in related_list], sep=sep_keys,
+    keys = RelationKeys(sep=sep_keys,
                         prox=[f"{ids[related_list[r]]}\x1f{persons[v]}"
                               for r, x in prox_lists.items() for v in x],
                         contact=[_contact_key(registry, a, b) for a, b in contacts])
@@ -205,7 +204,6 @@ def relation_snapshot(state: RelationState, keys: RelationKeys) -> dict[str, np.
     return {"rel_sep": state.sep.copy(), "rel_prox_at": state.prox_at.copy(),
             "rel_contact": state.contact.copy(),
             "rel_contact_keys": np.array(keys.contact, dtype=np.str_),
-            "rel_keys": np.array(keys.rel, dtype=np.str_),
             "rel_sep_keys": np.array(keys.sep, dtype=np.str_),
             "rel_prox_keys": np.array(keys.prox, dtype=np.str_)}
 
@@ -217,13 +215,12 @@ def load_relation_snapshot(source: Any) -> tuple[RelationState, RelationKeys] | 
         source = io.BytesIO(source)
     try:
         with np.load(source, allow_pickle=False) as data:
-            if "rel_keys" not in data.files:
+            if "rel_sep_keys" not in data.files:
                 return None
             state = RelationState(sep=data["rel_sep"].copy(),
                                   prox_at=data["rel_prox_at"].copy(),
                                   contact=data["rel_contact"].copy())
-            keys = RelationKeys(rel=[str(x) for x in data["rel_keys"]],
-                                sep=[str(x) for x in data["rel_sep_keys"]],
+            keys = RelationKeys(sep=[str(x) for x in data["rel_sep_keys"]],
                                 prox=[str(x) for x in data["rel_prox_keys"]],
                                 contact=[str(x) for x in data["rel_contact_keys"]])
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
