@@ -85,10 +85,7 @@ class RegisterRelations(RegisterBase):
         with self._change("set contacts", actor=actor, now_ms=now_ms, target=subject_id) as ch:
             self._active(self._visible(ch.cur, subject_id, regions, None, "subject_id"))
             for k, other in enumerate(wanted):
-                if other == subject_id:
-                    raise RegisterError("a subject cannot be its own contact",
-                                        field=f"contacts[{k}]")
-                self._visible(ch.cur, other, None, None, f"contacts[{k}]")
+                self._check_contact(ch, subject_id, other, f"contacts[{k}]")
             before = contacts_of(ch.cur, subject_id, None)
             for other in sorted(set(before) - set(wanted)):
                 a, b = sorted((subject_id, other))
@@ -99,6 +96,12 @@ class RegisterRelations(RegisterBase):
             after = contacts_of(ch.cur, subject_id, None)
             ch.audit("contacts.set", subject_id, before, after)
         return after
+
+    def _check_contact(self, ch: Change, subject_id: str, other: str, field: str) -> None:
+        """``other`` may be listed as ``subject_id``'s contact: another known subject."""
+        if other == subject_id:
+            raise RegisterError("a subject cannot be its own contact", field=field)
+        self._visible(ch.cur, other, None, None, field)
 
     @staticmethod
     def _insert_contact(ch: Change, one: str, other: str, reason: str | None) -> None:
@@ -216,11 +219,8 @@ class RegisterRelations(RegisterBase):
             have = set(contacts_of(ch.cur, sid, None))
             for k, other in enumerate(_id_list(raw.get("contacts") or [],
                                                f"subjects[{i}].contacts", empty=True)):
-                if other == sid:
-                    raise RegisterError("a subject cannot be its own contact",
-                                        field=f"subjects[{i}].contacts[{k}]")
+                self._check_contact(ch, sid, other, f"subjects[{i}].contacts[{k}]")
                 if other not in have:
-                    self._visible(ch.cur, other, None, None, f"subjects[{i}].contacts[{k}]")
                     self._insert_contact(ch, sid, other, "imported")
                     have.add(other)
                     counts["contacts_added"] += 1

@@ -73,11 +73,15 @@ class TrackWriter:
                    sel: np.ndarray) -> None:
         for i in sel.tolist():
             d = int(records.device_idx[i])
-            row = (device[i], registry.subject_of(d), int(records.ts_ms[i]), float(lat[i]),
-                   float(lon[i]), float(records.acc_m[i]), int(records.rx_ms[i]))
-            old = self.protected.get(device[i])
-            if old is None or row[2] > old[2]:
-                self.protected[device[i]] = row
+            self._keep_newest((device[i], registry.subject_of(d), int(records.ts_ms[i]),
+                               float(lat[i]), float(lon[i]), float(records.acc_m[i]),
+                               int(records.rx_ms[i])))
+
+    def _keep_newest(self, row: tuple) -> None:
+        """``row`` (device id, person id, ts, ...) unless its device's kept one is newer."""
+        old = self.protected.get(row[0])
+        if old is None or row[2] > old[2]:
+            self.protected[row[0]] = row
 
     def _bound(self) -> None:
         overflow = len(self.rows) - self.cfg.queue_rows
@@ -100,8 +104,7 @@ class TrackWriter:
                     await asyncio.to_thread(self.store.record_protected_positions, rows)
                 except Exception as exc:  # noqa: BLE001 - keep the newest and retry later
                     for r in rows:
-                        if r[0] not in self.protected or self.protected[r[0]][2] < r[2]:
-                            self.protected[r[0]] = r
+                        self._keep_newest(r)
                     self.counters["store_errors"] += 1
                     self.outages.failed("tracks", exc)
                     return
