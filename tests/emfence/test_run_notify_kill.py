@@ -14,6 +14,7 @@ from alarms.store import open_store
 from ingest.passwords import LOADGEN_USER
 from tests.alarms.notify_receiver import Receiver
 from tests.ingest.ingest_fleet import (
+    FAST_RECONNECT,
     LOADGEN_PW,
     REGION_A,
     EngineProcess,
@@ -30,14 +31,7 @@ DEVICES = 12
 
 
 def _config(url: str, secret_file) -> str:
-    return f"""
-[ingest]
-batch_max_ms = 10
-health_interval_s = 1
-checkpoint_interval_s = 1
-reconnect_min_s = 0.2
-reconnect_max_s = 1
-[notify.webhook]
+    return FAST_RECONNECT + f"""[notify.webhook]
 url = "{url}"
 secret_file = "{secret_file}"
 timeout_s = 20

@@ -31,6 +31,16 @@ SECRET = b"fleet-test-secret-0123456789abcdef"
 ENGINE_PW = "engine-secret-pw"
 CONSOLE_PW = "console-secret-pw"
 LOADGEN_PW = "loadgen-secret-pw"
+# An engine config for the tests that drop and restore its connection: quick batches,
+# health and checkpoints every second, and reconnect attempts 0.2-1 s apart.
+FAST_RECONNECT = """
+[ingest]
+batch_max_ms = 10
+health_interval_s = 1
+checkpoint_interval_s = 1
+reconnect_min_s = 0.2
+reconnect_max_s = 1
+"""
 # A second reader with the console's rights (one account holds one connection).
 MONITOR_USER = f"{CONSOLE_USER}-monitor"
 REGION_A = "330723"  # 武义县

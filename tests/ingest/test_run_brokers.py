@@ -21,7 +21,17 @@ import urllib.error
 import urllib.request
 
 import pytest
-from ingest_fleet import ENGINE_PW, REGION_A, REGION_B, ROOT, EngineProcess, fix, now_ms, until
+from ingest_fleet import (
+    ENGINE_PW,
+    FAST_RECONNECT,
+    REGION_A,
+    REGION_B,
+    ROOT,
+    EngineProcess,
+    fix,
+    now_ms,
+    until,
+)
 from ingest_mqtt_helpers import PahoClient
 
 from emfence.run.options import SHUTDOWN_BOUND_S
@@ -35,14 +45,6 @@ WORKER = "worker-1"
 ACCOUNT = engine_account(WORKER)
 DYNSEC = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 ADMIN, ADMIN_PW = "emfence-test-admin", "admin-test-pw"  # may change the broker's roles
-FAST = """
-[ingest]
-batch_max_ms = 10
-health_interval_s = 1
-checkpoint_interval_s = 1
-reconnect_min_s = 0.2
-reconnect_max_s = 1
-"""
 # From the kill of the broker in use to the engine connected to the next one, s: the loss
 # is seen at once (the socket closes), the next broker is tried without waiting.
 FAILOVER_BOUND_S = 5.0
@@ -125,7 +127,7 @@ def dynsec_broker(mosquitto_factory, tmp_path, fleet, *, engine_regions: list[st
     return broker
 
 
-def engine(tmp_path, fleet, broker, *extra, config=FAST) -> EngineProcess:
+def engine(tmp_path, fleet, broker, *extra, config=FAST_RECONNECT) -> EngineProcess:
     return EngineProcess(tmp_path, fleet, broker, config=config,
                          extra=["--regions", f"{REGION_A},{REGION_B}", *extra])
 
