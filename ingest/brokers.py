@@ -9,6 +9,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from contract.errors import EmfenceError
@@ -144,10 +145,11 @@ class BrokerList:
     ``failed()`` says whether a whole round has now failed since the last working session
     (or since the last round): the caller then waits its backoff delay; between the
     brokers of one round it does not wait, so a lost node is replaced at once by the next.
-    With a single broker every failure is a whole round: the backoff as before.
+    With a single broker every failure is a whole round: the backoff as before. The
+    items are the engine's :class:`BrokerSettings`, or the simulator's (host, port).
     """
 
-    def __init__(self, brokers: list[BrokerSettings]):
+    def __init__(self, brokers: list[Any]):
         if not brokers:
             raise ValueError("BrokerList needs at least one broker")
         self.brokers = list(brokers)
@@ -155,7 +157,7 @@ class BrokerList:
         self._failed_in_round = 0
 
     @property
-    def current(self) -> BrokerSettings:
+    def current(self) -> Any:
         return self.brokers[self.index]
 
     def __len__(self) -> int:

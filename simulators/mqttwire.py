@@ -28,6 +28,7 @@ import time
 from collections.abc import Mapping
 
 from contract.errors import EmfenceError
+from ingest.brokers import BrokerList
 from ingest.mqtt import Backoff, ConnectionClosedError, connack_error, connect_error
 
 CONNECT, CONNACK, PUBLISH_QOS1, PUBACK, DISCONNECT = 0x10, 0x20, 0x32, 0x40, 0xE0
@@ -92,8 +93,8 @@ class WireConnection:
         if not 1 <= window <= 60_000:
             raise ValueError(f"window must be 1..60000, got {window}")
         # host/port first, then the others of ``brokers`` in their order
-        self.brokers = [(host, port)] + [b for b in (brokers or []) if b != (host, port)]
-        self._next = 0  # index in brokers of the next to try
+        self.brokers = BrokerList([(host, port)]
+                                  + [b for b in (brokers or []) if b != (host, port)])
         self.reconnects = 0
         self._unacked: dict[int, tuple[bytes, bytes]] = {}  # packet id -> (topic, payload)
         self.host, self.port = host, port
@@ -119,16 +120,17 @@ class WireConnection:
         answering, raises ``ingest.mqtt.BrokerConnectError`` (the first broker's) naming
         the account, the cause and the fix."""
         first = None
-        for _ in self.brokers:
-            self.host, self.port = self.brokers[self._next]
-            self._next = (self._next + 1) % len(self.brokers)
+        for _ in range(len(self.brokers)):
+            self.host, self.port = self.brokers.current
             try:
                 await self._connect_one(timeout_s)
+                self.brokers.worked()
                 return
             except Exception as exc:
                 if getattr(exc, "fatal", False):
                     raise
                 first = first or exc
+                self.brokers.failed()
         raise first
 
     async def _connect_one(self, timeout_s: float) -> None:
@@ -185,19 +187,19 @@ class WireConnection:
         await self._close_socket()
         backoff = Backoff(RECONNECT_MIN_S, RECONNECT_MAX_S)
         deadline = time.monotonic() + RECONNECT_GIVE_UP_S
-        failed_in_round = 0
+        # the next broker first; the lost one's loss does not count in the round
+        self.brokers.failed()
+        self.brokers.worked()
         while True:
-            self.host, self.port = self.brokers[self._next]
-            self._next = (self._next + 1) % len(self.brokers)
+            self.host, self.port = self.brokers.current
             try:
                 await self._connect_one(timeout_s=5.0)
+                self.brokers.worked()
                 break
             except Exception as exc:  # retried until the deadline
                 if getattr(exc, "fatal", False) or time.monotonic() > deadline:
                     raise lost from exc
-                failed_in_round += 1
-                if failed_in_round >= len(self.brokers):
-                    failed_in_round = 0
+                if self.brokers.failed():  # a whole round failed: wait first
                     await asyncio.sleep(backoff.next_delay_s())
         self.error = None
         self.reconnects += 1
