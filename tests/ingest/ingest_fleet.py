@@ -138,8 +138,10 @@ class EngineProcess:
     config needs), added to the broker if the fleet's passwords lack it."""
 
     def __init__(self, root: Path, fleet: Fleet, broker, *, name="worker-1", store=None,
-                 checkpoint=True, config: str | None = None, extra=(), url: str | None = None):
+                 checkpoint=True, config: str | None = None, extra=(), url: str | None = None,
+                 env: dict[str, str] | None = None):
         self.root = root
+        self.env = dict(env or {})
         self.username = engine_account(name)
         if broker.auth:
             broker.add_accounts({self.username: ENGINE_PW})
@@ -168,7 +170,7 @@ class EngineProcess:
         with open(self.log_path, "ab") as log:
             log.write(f"\n===== start {self.starts} =====\n".encode())
             log.flush()
-            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, env=env, cwd=ROOT)
         return self
 
