@@ -913,45 +913,42 @@ def _power_status(st, d, ts, rx, power, no_fix_after_ms, ev_i, ev_f, n):
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _device_rules_message(st, d, t, r, is_power_off, ev_i, ev_f, n):
     """A message from device ``d`` (ts ``t``, receive time ``r``) ends its open power_off
     when it is newer than the power-off status (a duplicate or a late message is not a
     sign that the device came back), at its ``t``; a further power-off status keeps it
-    open. Rare: process_batch calls this only while one is open."""
+    open. Rare: process_batch calls this only while one is open. Returns n (the caller
+    made room: see _run_records)."""
     ep = st.device_ms[d, D_POWER_OFF_AT]
     if t > ep and not is_power_off:
         pos = st.last_pos
-        ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_POWER_OFF, -1, 0, t, ep, 0, pos[d, P_LAT],
-                              pos[d, P_LON], np.nan, pos[d, P_ACC])
+        n = _put(ev_i, ev_f, n, d, T_POWER_OFF, -1, 0, t, ep, 0, pos[d, P_LAT], pos[d, P_LON],
+                 np.nan, pos[d, P_ACC])
         st.device_ms[d, D_POWER_OFF_AT] = NONE_MS
-    return ev_i, ev_f, n
+    return n
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _no_fix_cleared(st, d, r, ev_i, ev_f, n):
     """An in-order fix (received at ``r``) ends device ``d``'s open no_fix, at the receive
     time (never before its raise), with the evidence of the fix before it. process_batch
-    then restarts the no-fix count and keeps the new position (inline: every fix does)."""
+    then restarts the no-fix count and keeps the new position (inline: every fix does).
+    Returns n (the caller made room)."""
     ep = st.device_ms[d, D_NO_FIX_AT]
     lf = st.device_ms[d, D_LAST_FIX_RX]
     pos = st.last_pos
-    ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_NO_FIX, -1, 0, max(ep, r), ep, 0,
-                          pos[d, P_LAT], pos[d, P_LON],
-                          np.nan if lf == NONE_MS else float(lf), pos[d, P_ACC])
+    n = _put(ev_i, ev_f, n, d, T_NO_FIX, -1, 0, max(ep, r), ep, 0, pos[d, P_LAT],
+             pos[d, P_LON], np.nan if lf == NONE_MS else float(lf), pos[d, P_ACC])
     st.device_ms[d, D_NO_FIX_AT] = NONE_MS
-    return ev_i, ev_f, n
+    return n
 
 
-# One piece on purpose (hence the noqa): the per-record loop, with the receive clock,
-# duplicates, the settled-device cache and the grid path inlined, is the hot path; each
-# call from it to a helper taking the state NamedTuples costs refcounts on ~50 arrays, more
-# than a settled fix takes. The rules themselves are the small functions above.
 @njit(cache=True)
-def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,  # noqa: C901
+def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,
                   power, st, ra, za, offline_after_ms, no_fix_after_ms, buffer_m, confirm,
                   battery_low_pct, battery_clear_pct, warn_m, apad, clock_sweep, now, ev_i, ev_f,
-                  counters, wgs_lat, wgs_lon, rr, rs, rel_cfg):
+                  counters, wgs_lat, wgs_lon, rr, rs, rel_cfg, room):
     """Run the rules over records in arrival order; returns ``(ev_i, ev_f, n_events, now)``.
 
     Record ``i``: ``kind`` (K_FIX / K_STATUS), ``device`` (dense index; out of range is
@@ -975,11 +972,49 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     ``rr``/``rs``/``rel_cfg``: the relation rules' arrays, state and numbers
     (:mod:`engine.relations`, :mod:`engine.relation_kernels`), run for an in-order fix
     of a device with a relation slot before its zone rules.
+
+    ``room``: the most event rows one record can write (Engine.record_room). The
+    records run in :func:`_run_records`, which never grows the buffers: it stops before
+    a record when fewer than ``room`` rows are left, or when the receive clock is due a
+    sweep, and this function grows them (or sweeps) and lets it go on. The buffers are
+    never replaced inside the record loop: a variable holding an array that one branch
+    may replace costs two atomic reference counts wherever the branches meet, ~35 a fix
+    when the loop did so (the rules' costliest part on a settled fix).
     """
+    n = 0
+    i = 0
+    while True:
+        i, n, now, sweep_at = _run_records(
+            kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap, power, st, ra, za,
+            offline_after_ms, no_fix_after_ms, buffer_m, confirm, battery_low_pct,
+            battery_clear_pct, warn_m, apad, clock_sweep, now, ev_i, ev_f, counters, wgs_lat,
+            wgs_lon, rr, rs, rel_cfg, room, i, n)
+        if sweep_at != NONE_MS:  # the receive clock passed the floor at record i
+            now = sweep_at
+            ev_i, ev_f, n = _sweep_into(st, now, ev_i, ev_f, n, counters)
+        elif i >= kind.shape[0]:
+            return ev_i, ev_f, n, now
+        if n + room > ev_i.shape[0]:
+            ev_i, ev_f = _room(ev_i, ev_f, n, n + room)
+
+
+# One piece on purpose (hence the noqa): the per-record loop, with the receive clock,
+# duplicates, the settled-device cache and the grid path inlined, is the hot path; each
+# call from it to a helper taking the state NamedTuples costs refcounts on ~50 arrays, more
+# than a settled fix takes. The rules themselves are the small functions above. Compiled
+# without reference counting: it allocates nothing (process_batch grows the buffers).
+@njit(cache=True, _nrt=False)
+def _run_records(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,  # noqa: C901
+                 power, st, ra, za, offline_after_ms, no_fix_after_ms, buffer_m, confirm,
+                 battery_low_pct, battery_clear_pct, warn_m, apad, clock_sweep, now, ev_i, ev_f,
+                 counters, wgs_lat, wgs_lon, rr, rs, rel_cfg, room, i0, n):
+    """process_batch's records from ``i0`` on, event rows from ``n`` on; returns ``(i, n,
+    now, sweep_at)``: ``i`` the first record not processed (all: ``kind.shape[0]``), and
+    ``sweep_at`` the receive time the clock must sweep at before record ``i`` (NONE_MS:
+    none; otherwise fewer than ``room`` rows were left)."""
     # The hot path (receive time, duplicates, settled devices) works on arrays taken out
     # of the NamedTuples once: every call that passes a NamedTuple of arrays costs an
     # incref/decref per member, which would dominate a settled fix.
-    n = 0
     approach_m = warn_m[0]
     border_m = warn_m[1]
     appr_at = st.approach_at_ms
@@ -1029,23 +1064,25 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     prox_at = rs.prox_at
     contact = rs.contact
     n_dev = last_rx.shape[0]
-    for i in range(kind.shape[0]):
+    cap = ev_i.shape[0]
+    for i in range(i0, kind.shape[0]):
         d = device[i]
         if d < 0 or d >= n_dev:
             counters[C_UNKNOWN_DEVICE] += 1
             continue
+        if n + room > cap:
+            return i, n, now, NONE_MS
         r = rx[i]
         if clock_sweep and r > now:
+            if r > floor[0]:
+                return i, n, now, r
             now = r
-            if now > floor[0]:
-                ev_i, ev_f, n = _sweep_into(st, now, ev_i, ev_f, n, counters)
         # A message was received: clear an open offline episode (at = the receive time,
         # never before the raise) and move the offline deadline.
         ep = offline_at[d]
         if ep != NONE_MS:
-            ev_i, ev_f, n = _emit(ev_i, ev_f, n, d, T_OFFLINE, -1, 0, max(ep, r), ep, 0,
-                                  last_pos[d, P_LAT], last_pos[d, P_LON], float(last_rx[d]),
-                                  last_pos[d, P_ACC])
+            n = _put(ev_i, ev_f, n, d, T_OFFLINE, -1, 0, max(ep, r), ep, 0, last_pos[d, P_LAT],
+                     last_pos[d, P_LON], float(last_rx[d]), last_pos[d, P_ACC])
             offline_at[d] = NONE_MS
         if last_rx[d] == NONE_MS or r > last_rx[d]:
             last_rx[d] = r
@@ -1054,8 +1091,8 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
         floor[0] = min(floor[0], dl)
         t = ts[i]
         if dev_ms[d, D_POWER_OFF_AT] != NONE_MS:  # powered off: a newer message ends it
-            ev_i, ev_f, n = _device_rules_message(st, d, t, r, kind[i] != K_FIX
-                                                  and power[i] == 1, ev_i, ev_f, n)
+            n = _device_rules_message(st, d, t, r, kind[i] != K_FIX and power[i] == 1,
+                                      ev_i, ev_f, n)
         if kind[i] == K_FIX:
             counters[C_FIXES] += 1
             x = lon[i]
@@ -1077,7 +1114,7 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
                 # its receive time (the sweep moves the deadline on: see _sweep_into) or
                 # starts one, and is the last known position (alarm evidence).
                 if dev_ms[d, D_NO_FIX_AT] != NONE_MS:
-                    ev_i, ev_f, n = _no_fix_cleared(st, d, r, ev_i, ev_f, n)
+                    n = _no_fix_cleared(st, d, r, ev_i, ev_f, n)
                 dev_ms[d, D_LAST_FIX_RX] = max(dev_ms[d, D_LAST_FIX_RX], r)
                 last_pos[d, P_LAT] = y
                 last_pos[d, P_LON] = x
@@ -1091,9 +1128,6 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
                 if rl >= 0:  # the relation rules (engine.relation_kernels)
                     n_prox = prox_off[rl + 1] - prox_off[rl]
                     n_cont = cont_off[rl + 1] - cont_off[rl]
-                    need = n + 2 + n_prox + n_cont
-                    if need > ev_i.shape[0]:
-                        ev_i, ev_f = _room(ev_i, ev_f, n, need)
                     if rel_sep[rl] >= 0:
                         n = separation_rule(sep_dev, last_pos, last_fix, sep_state, rel_cfg,
                                             rel_sep[rl], d, t, x, y, acc[i], ev_i, ev_f, n)
@@ -1152,9 +1186,6 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
                     near_lat[d] = y
                     counters[C_GRID_FIXES] += 1
                     continue
-            need = n + 5 + 2 * (e1 - e0)
-            if need > ev_i.shape[0]:  # test here: a call that returns arrays costs refcounts
-                ev_i, ev_f = _room(ev_i, ev_f, n, need)
             n = _fix_rules(st, ra, za, d, t, x, y, acc[i], late, buffer_m, confirm, approach_m,
                            border_m, apad, ev_i, ev_f, n)
         else:
@@ -1167,8 +1198,6 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
                 counters[C_LATE_STATUSES] += 1  # an old status says nothing about now
                 continue
             last_status[d] = t
-            if n + 3 > ev_i.shape[0]:
-                ev_i, ev_f = _room(ev_i, ev_f, n, n + 3)
             n = _status_rules(st, d, t, r, battery[i], strap[i], power[i], battery_low_pct,
                               battery_clear_pct, no_fix_after_ms[level[d]], ev_i, ev_f, n)
-    return ev_i, ev_f, n, now
+    return kind.shape[0], n, now, NONE_MS
