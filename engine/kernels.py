@@ -118,14 +118,6 @@ def approach_pads(zone_bbox: np.ndarray, approach_m: float) -> np.ndarray:
     return pads
 
 
-@njit(cache=True)
-def _emit(ev_i, ev_f, n, device, typ, zone, raised, at, episode, late, lat, lon, dist, acc):
-    """Append one event row, growing the buffers when full; returns (ev_i, ev_f, n + 1)."""
-    ev_i, ev_f = _room(ev_i, ev_f, n, n + 1)
-    n = _put(ev_i, ev_f, n, device, typ, zone, raised, at, episode, late, lat, lon, dist, acc)
-    return ev_i, ev_f, n
-
-
 @njit(cache=True, _nrt=False)
 def _put(ev_i, ev_f, n, device, typ, zone, raised, at, episode, late, lat, lon, dist, acc):
     """Write event row ``n`` (the caller made room: see _room); returns n + 1. Compiled
@@ -272,59 +264,83 @@ def _sweep_into(st, now, ev_i, ev_f, n, counters):
     found due is first moved on by the newer fix (by the same no_fix_after: the old
     deadline minus the old start). The loops test and write arrays taken out of ``st``
     before them; the rare raises are calls (st's arrays read through ``st`` in the loop,
-    or one loop testing both deadlines, measured 15-25x slower per device)."""
+    or one loop testing both deadlines, measured 15-25x slower per device). The passes
+    run in :func:`_sweep_passes`, which never grows the buffers (no reference counting
+    in the loops): it stops at a due device when they are full, and this function grows
+    them and lets it go on from that device."""
     if now <= st.floor_ms[0]:
         return ev_i, ev_f, n
     counters[C_FULL_SWEEPS] += 1
+    phase = 0
+    d = 0
+    floor = NO_DEADLINE_MS
+    while True:
+        phase, d, n, floor = _sweep_passes(st, now, ev_i, ev_f, n, phase, d, floor)
+        if phase == 2:
+            st.floor_ms[0] = floor
+            return ev_i, ev_f, n
+        ev_i, ev_f = _room(ev_i, ev_f, n, n + 1)
+
+
+@njit(cache=True, _nrt=False)
+def _sweep_passes(st, now, ev_i, ev_f, n, phase, d0, floor):
+    """_sweep_into's passes from device ``d0`` of pass ``phase`` (0 no-fix, 1 offline);
+    returns (phase, device, n, floor): phase 2 when both are done, otherwise where the
+    full buffers stopped it (that device untouched)."""
     deadline = st.deadline_ms
     nf_deadline = st.no_fix_deadline_ms
     dev = st.device_ms
     last_rx = st.last_rx_ms
     pos = st.last_pos
     offline_at = st.offline_at_ms
-    floor = NO_DEADLINE_MS
-    for d in range(nf_deadline.shape[0]):
-        nd = nf_deadline[d]
-        if nd < now:
-            start = dev[d, D_NO_FIX_FROM]
-            if dev[d, D_LAST_FIX_RX] > start:  # a newer fix restarted the count
-                nd += dev[d, D_LAST_FIX_RX] - start
-                start = dev[d, D_LAST_FIX_RX]
-                dev[d, D_NO_FIX_FROM] = start
-                nf_deadline[d] = nd
-        if nd < now:
-            # The count ran out: no_fix if the device kept sending (heard after the count
-            # started, not silent at nd) and is not powered off; the count stops anyway.
-            if (nd < deadline[d] and last_rx[d] > start
-                    and dev[d, D_POWER_OFF_AT] == NONE_MS):
-                ev_i, ev_f, n = _device_raise(dev, pos, offline_at, last_rx, d, T_NO_FIX, nd,
-                                              ev_i, ev_f, n)
-            nf_deadline[d] = NO_DEADLINE_MS
-            dev[d, D_NO_FIX_FROM] = NONE_MS
-        elif nd < floor:
-            floor = nd
-    for d in range(deadline.shape[0]):
+    cap = ev_i.shape[0]
+    if phase == 0:
+        for d in range(d0, nf_deadline.shape[0]):
+            nd = nf_deadline[d]
+            if nd < now:
+                if n >= cap:
+                    return 0, d, n, floor
+                start = dev[d, D_NO_FIX_FROM]
+                if dev[d, D_LAST_FIX_RX] > start:  # a newer fix restarted the count
+                    nd += dev[d, D_LAST_FIX_RX] - start
+                    start = dev[d, D_LAST_FIX_RX]
+                    dev[d, D_NO_FIX_FROM] = start
+                    nf_deadline[d] = nd
+            if nd < now:
+                # The count ran out: no_fix if the device kept sending (heard after the
+                # count started, not silent at nd) and is not powered off; the count
+                # stops anyway.
+                if (nd < deadline[d] and last_rx[d] > start
+                        and dev[d, D_POWER_OFF_AT] == NONE_MS):
+                    n = _device_raise(dev, pos, offline_at, last_rx, d, T_NO_FIX, nd,
+                                      ev_i, ev_f, n)
+                nf_deadline[d] = NO_DEADLINE_MS
+                dev[d, D_NO_FIX_FROM] = NONE_MS
+            elif nd < floor:
+                floor = nd
+        d0 = 0
+    for d in range(d0, deadline.shape[0]):
         dl = deadline[d]
         if dl < now:  # silence = now - last_rx > offline_after
             if dev[d, D_POWER_OFF_AT] == NONE_MS:
-                ev_i, ev_f, n = _device_raise(dev, pos, offline_at, last_rx, d, T_OFFLINE, dl,
-                                              ev_i, ev_f, n)
+                if n >= cap:
+                    return 1, d, n, floor
+                n = _device_raise(dev, pos, offline_at, last_rx, d, T_OFFLINE, dl,
+                                  ev_i, ev_f, n)
             deadline[d] = NO_DEADLINE_MS
             # Silence stops the no-fix count (a message after it starts a new one).
             nf_deadline[d] = NO_DEADLINE_MS
             dev[d, D_NO_FIX_FROM] = NONE_MS
         elif dl < floor:
             floor = dl
-    st.floor_ms[0] = floor
-    return ev_i, ev_f, n
+    return 2, 0, n, floor
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _device_raise(dev, pos, offline_at, last_rx, d, typ, at, ev_i, ev_f, n):
     """Raise the sweep's ``typ`` (T_NO_FIX or T_OFFLINE) for device ``d`` at ``at``, with
-    the last position and its own number (last fix's resp. last message's receive time).
-    Takes the few arrays it needs, not the state: ~10 000 raises in one sweep would
-    otherwise pay a reference count on every state array each."""
+    the last position and its own number (last fix's resp. last message's receive time);
+    returns n (the caller made room). Takes the few arrays it needs, not the state."""
     if typ == T_NO_FIX:
         dev[d, D_NO_FIX_AT] = at
         lf = dev[d, D_LAST_FIX_RX]
@@ -332,8 +348,8 @@ def _device_raise(dev, pos, offline_at, last_rx, d, typ, at, ev_i, ev_f, n):
     else:
         offline_at[d] = at
         aux = float(last_rx[d])
-    return _emit(ev_i, ev_f, n, d, typ, -1, 1, at, at, 0, pos[d, P_LAT], pos[d, P_LON], aux,
-                 pos[d, P_ACC])
+    return _put(ev_i, ev_f, n, d, typ, -1, 1, at, at, 0, pos[d, P_LAT], pos[d, P_LON], aux,
+                pos[d, P_ACC])
 
 
 @njit(cache=True)
