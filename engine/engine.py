@@ -60,9 +60,8 @@ def _entry_point(dispatcher: Any, args: tuple) -> Any:
     """The native entry point numba compiled (or loaded from its cache) for exactly the
     types of ``args``; the plain function itself when JIT is disabled.
 
-    A call through a dispatcher first computes the numba type of every argument to pick
-    the compiled version: for the rule kernel's 23 arguments, three of them NamedTuples of
-    48 arrays in all, that is ~12-17 us per call, more than a 100-fix batch takes to run.
+    A call through a dispatcher first types every argument to pick the compiled version:
+    ~12-17 us for the rule kernel's (three NamedTuples of 48 arrays), more than 100 fixes.
     The engine's argument types never change between calls (the state, registry and zone
     arrays are its own; a RecordBatch's columns are coerced to one dtype each, 1-D, C
     order), so it resolves the entry point once (per reload) and calls it directly.
@@ -232,23 +231,12 @@ class Engine:
                            self._offline_after_ms, self._no_fix_after_ms, self._buffer_m,
                            self._confirm, self._battery_low, self._battery_clear, self._warn_m,
                            apad)
-        self._rel_args = (self.relations, self.rel_state, self._rel_cfg, self.record_room())
+        self._rel_args = (self.relations, self.rel_state, self._rel_cfg,
+                          K.record_room(self._arrays, self.relations))
         self._process_batch = _entry_point(K.process_batch, (
             *RecordBatch.empty(), *self._rule_args, False, 0, ev_i, ev_f, self._counters,
             *self._scratch, *self._rel_args))
         self._sweep = _entry_point(K.sweep, (self.state, 0, ev_i, ev_f, self._counters))
-
-    def record_room(self) -> int:
-        """The most event rows one record can write (process_batch's ``room``): clearing
-        offline, power_off and no_fix (3), the relation rules (2 and one a protected
-        person or contact of the device's slot) and the zone rules (5 and two an
-        exclusion zone of the subject); a status writes at most 2 + 3."""
-        excl_off = self._arrays.excl_off
-        max_excl = int(np.max(np.diff(excl_off))) if len(excl_off) > 1 else 0
-        rr = self.relations
-        per_slot = np.diff(rr.prox_off) + np.diff(rr.cont_off)
-        max_rel = int(np.max(per_slot)) if len(per_slot) else 0
-        return 10 + max_rel + 2 * max_excl
 
     def sweep(self, now_ms: int) -> list[dict]:
         """Offline ``raised`` events for devices silent (by receive time) longer than their

@@ -118,6 +118,18 @@ def approach_pads(zone_bbox: np.ndarray, approach_m: float) -> np.ndarray:
     return pads
 
 
+def record_room(ra, rr) -> int:
+    """The most event rows one record can write (process_batch's ``room``), for registry
+    arrays ``ra`` and relation arrays ``rr``: clearing offline, power_off and no_fix (3),
+    the relation rules (2, and one a protected person or contact of the device's slot)
+    and the zone rules (5, and two an exclusion zone of the subject); a status writes at
+    most 2 + 3."""
+    max_excl = int(np.max(np.diff(ra.excl_off))) if len(ra.excl_off) > 1 else 0
+    per_slot = np.diff(rr.prox_off) + np.diff(rr.cont_off)
+    max_rel = int(np.max(per_slot)) if len(per_slot) else 0
+    return 10 + max_rel + 2 * max_excl
+
+
 @njit(cache=True, _nrt=False)
 def _put(ev_i, ev_f, n, device, typ, zone, raised, at, episode, late, lat, lon, dist, acc):
     """Write event row ``n`` (the caller made room: see _room); returns n + 1. Compiled
@@ -989,7 +1001,7 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     (:mod:`engine.relations`, :mod:`engine.relation_kernels`), run for an in-order fix
     of a device with a relation slot before its zone rules.
 
-    ``room``: the most event rows one record can write (Engine.record_room). The
+    ``room``: the most event rows one record can write (record_room). The
     records run in :func:`_run_records`, which never grows the buffers: it stops before
     a record when fewer than ``room`` rows are left, or when the receive clock is due a
     sweep, and this function grows them (or sweeps) and lets it go on. The buffers are

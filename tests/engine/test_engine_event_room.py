@@ -74,7 +74,7 @@ def test_one_batch_growing_its_buffers_gives_the_events_of_one_record_at_a_time(
     single = fleet()
     want = []
     now = T0
-    room = single.record_room()
+    room = K.record_room(single._arrays, single.relations)
     for i in range(len(batch.kind)):
         events, now = single.process(RecordBatch(*(col[i:i + 1] for col in batch)),
                                      clock_now_ms=now)
