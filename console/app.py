@@ -38,6 +38,7 @@ from console.resources import (
     feed,
     leaves,
     protected,
+    reports,
     roster,
     session,
     stats,
@@ -53,7 +54,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 # The JSON API, resource by resource (docs/console-api.md): the one place routes are listed.
 API_ROUTES = [*session.ROUTES, *alarms.ROUTES, *tracks.ROUTES, *events.ROUTES,
               *zones.ROUTES, *stats.ROUTES, *audit.ROUTES, *feed.ROUTES,
-              *subjects.ROUTES, *leaves.ROUTES, *roster.ROUTES, *protected.ROUTES]
+              *subjects.ROUTES, *leaves.ROUTES, *roster.ROUTES, *protected.ROUTES,
+              *reports.ROUTES]
 
 
 def create_app(*, store: Any, config: Any, zones: Any = None, registry: Any = None,

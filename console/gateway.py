@@ -109,6 +109,18 @@ class StoreGateway:
         return await self._run(self.store.stats, regions, from_ms, to_ms,
                                day_offset_ms=day_offset_ms)
 
+    async def alarm_register(self, region: str, from_ms: int, to_ms: int, *,
+                             limit: int) -> tuple[list[Row], dict[str, list[Row]]]:
+        """The alarms of ``region`` raised in [``from_ms``, ``to_ms``) (at most ``limit``)
+        and each one's actions, for the register export; one trip to a worker thread."""
+
+        def read() -> tuple[list[Row], dict[str, list[Row]]]:
+            alarms = self.store.list_alarms([region], since_ms=from_ms, until_ms=to_ms,
+                                            limit=limit)
+            return alarms, {a["alarm_id"]: self.store.actions(a["alarm_id"]) for a in alarms}
+
+        return await self._run(read)
+
     # --- the supervision register (subjects, devices, zones, leave, curfews) ---------
 
     async def register(self, method: str, /, *args: Any, **kwargs: Any) -> Any:

@@ -103,6 +103,8 @@ def leave_id(store, k: int) -> str:
     return leaves[k]["leave_id"]
 
 
+REPORT_QUERY = f"region=411303&from_ms={T0 - 86_400_000}&to_ms={T0 + 86_400_000}"
+
 # (method, path as in the route table) -> the request the walk sends: a path with the
 # parameters filled in and a JSON body (None: no body). Fresh: on a session of its own
 # (logging in or out must not end the walker's session).
@@ -173,6 +175,10 @@ REQUESTS: dict[tuple[str, str], tuple[str, Any]] = {
     ("DELETE", "/api/roster/{person_id:str}"): ("/api/roster/R-1", None),
     ("PUT", "/api/roster/{person_id:str}"): ("/api/roster/R-2", {
         "region": "411303", "name": "王五", "role": "duty", "phone": "13800000000"}),
+    # the alarm register export (a file, not JSON: its row count is in the audit row)
+    ("GET", "/api/reports/alarms.csv"): (f"/api/reports/alarms.csv?{REPORT_QUERY}", None),
+    ("GET", "/api/reports/alarms.pdf"): (f"/api/reports/alarms.pdf?{REPORT_QUERY}&lang=en",
+                                         None),
 }
 FRESH = {"/api/login", "/api/logout"}
 
