@@ -17,6 +17,7 @@ from console_helpers import CNMAPS, T0, audit_rows, cleared, raised
 from console.labels import ALARM_TYPES, DISPOSITIONS, STATES, columns
 from console.report import register_table, to_csv
 from console.report_pdf import ReportFontMissing, ReportTitle, to_pdf
+from console.resources.reports import MAX_EXPORT_ALARMS
 from contract.alarms import alarm_id
 
 pytest_plugins = ["console_helpers"]
@@ -193,6 +194,18 @@ def test_a_year_is_allowed_and_a_signed_out_caller_is_not(console):
     assert r.status_code == 401
     console.login("alice")
     assert export(console, to_ms=FROM + 366 * DAY).status_code == 200
+
+
+def test_a_pdf_of_too_many_alarms_is_refused_before_it_is_laid_out(console):
+    most = MAX_EXPORT_ALARMS["pdf"]
+    console.store.record_events([raised(f"n{k:05d}", "411303", at=FROM + k)
+                                 for k in range(most + 1)], FROM)
+    console.login("alice")
+    r = export(console, "pdf")
+    assert (r.status_code, r.json()["error"]) == (413, "too_large")
+    assert "shorter period" in r.json()["message"]
+    # The CSV holds them all.
+    assert len(read_csv(export(console))) == most + 2
 
 
 def pdf_text(content: bytes) -> tuple[int, str]:
