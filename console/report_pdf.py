@@ -51,8 +51,10 @@ class ReportTitle:
     zone: str
 
 
-def register_font(path: Path = CJK_FONT_PATH) -> str:
-    """Register the CJK font at ``path`` with reportlab once; its reportlab name."""
+def register_font(path: Path | None = None) -> str:
+    """Register the CJK font at ``path`` (None: :data:`CJK_FONT_PATH`) with reportlab
+    once; its reportlab name. :class:`ReportFontMissing` if the file is absent."""
+    path = CJK_FONT_PATH if path is None else path
     if not path.is_file():
         raise ReportFontMissing(path)
     with _register_lock:
@@ -69,7 +71,7 @@ def _cell(text: str, style: ParagraphStyle) -> Paragraph:
 
 
 def to_pdf(table: list[list[str]], title: ReportTitle, lang: str, *,
-           font_path: Path = CJK_FONT_PATH) -> bytes:
+           font_path: Path | None = None) -> bytes:
     """The register ``table`` (heading row first, see
     :func:`console.report.register_table`) as PDF bytes, A4 landscape."""
     font = register_font(font_path)

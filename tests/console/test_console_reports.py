@@ -14,6 +14,7 @@ import pypdf
 import pytest
 from console_helpers import CNMAPS, T0, audit_rows, cleared, raised
 
+from console import report_pdf
 from console.labels import ALARM_TYPES, DISPOSITIONS, STATES, columns
 from console.report import register_table, to_csv
 from console.report_pdf import ReportFontMissing, ReportTitle, to_pdf
@@ -246,3 +247,15 @@ def test_without_the_cjk_font_the_pdf_says_which_package_to_install(tmp_path):
     title = ReportTitle("411303", "p", "g", "alice", "Asia/Shanghai")
     with pytest.raises(ReportFontMissing, match="fonts-wqy-microhei"):
         to_pdf(table, title, "zh", font_path=tmp_path / "no-such-font.ttc")
+
+
+def test_a_console_without_the_font_answers_500_naming_the_package(console, monkeypatch,
+                                                                   tmp_path):
+    # A machine where `make system-deps` was never run: the font path points nowhere.
+    monkeypatch.setattr(report_pdf, "CJK_FONT_PATH", tmp_path / "wqy-microhei.ttc")
+    console.login("alice")
+    r = export(console, "pdf")
+    assert r.status_code == 500
+    assert r.json()["error"] == "font_missing"
+    assert "fonts-wqy-microhei" in r.json()["message"]
+    assert export(console).status_code == 200  # the CSV needs no font
