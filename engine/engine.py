@@ -262,13 +262,13 @@ class Engine:
         fold_types = SUBJECT_TYPES if self._alarm_per == "subject" else ()
         fold = self._per_subject.fold
         n_subject_devices = reg.n_subject_devices
-        rows = ev_i[:n, :7].tolist()
-        floats = ev_f[:n, :4].tolist()
+        # Columns, not rows: 2n row lists alive through the loop set off full collections.
         subject_idx = reg.arrays.device_subject[ev_i[:n, K.EV_DEVICE]].tolist()
         out: list[dict] = []
         append = out.append
-        for k, ((d, typ, z, raised, at, episode, late), evidence, s) in enumerate(zip(
-                rows, floats, subject_idx, strict=True)):
+        for k, (d, typ, z, raised, at, episode, late, lat, lon, aux, acc, s) in enumerate(zip(
+                *ev_i[:n, :7].T.tolist(), *ev_f[:n, :4].T.tolist(), subject_idx, strict=True)):
+            evidence = (lat, lon, aux, acc)
             if d >= n_subject_devices:
                 continue  # a protected person's device raises nothing of its own
             subject = subjects[s]
