@@ -9,6 +9,7 @@ import io
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4, landscape
@@ -66,8 +67,7 @@ def register_font(path: Path | None = None) -> str:
 
 def _cell(text: str, style: ParagraphStyle) -> Paragraph:
     # Paragraph markup is XML-like: escape what an operator's note may contain.
-    safe = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return Paragraph(safe.replace("\n", "<br/>"), style)
+    return Paragraph(escape(text).replace("\n", "<br/>"), style)
 
 
 def to_pdf(table: list[list[str]], title: ReportTitle, lang: str, *,
@@ -93,8 +93,8 @@ def to_pdf(table: list[list[str]], title: ReportTitle, lang: str, *,
         ("GRID", (0, 0), (-1, -1), 0.3, colors.grey),
         ("VALIGN", (0, 0), (-1, -1), "TOP"),
     ]))
-    story = [Paragraph(_esc(words["title"]), big), Spacer(1, 2 * mm)] + [
-        Paragraph(_esc(f"{words[k]}：{v}"), line) for k, v in (
+    story = [Paragraph(escape(words["title"]), big), Spacer(1, 2 * mm)] + [
+        Paragraph(escape(f"{words[k]}：{v}"), line) for k, v in (
             ("region", title.region), ("period", title.period),
             ("generated", title.generated_at), ("by", title.generated_by),
             ("zone", title.zone), ("count", str(len(table) - 1)))] + [Spacer(1, 3 * mm), grid]
@@ -109,6 +109,3 @@ def to_pdf(table: list[list[str]], title: ReportTitle, lang: str, *,
     doc.build(story, onFirstPage=number, onLaterPages=number)
     return out.getvalue()
 
-
-def _esc(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
