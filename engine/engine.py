@@ -194,7 +194,7 @@ class Engine:
         ev_i, ev_f = self._events
         ev_i, ev_f, n, now = self._process_batch(*batch, *self._rule_args, clock, now,
                                                  ev_i, ev_f, self._counters, wgs_lat, wgs_lon,
-                                                 *self._rel_args)
+                                                 *self._tail_args)
         self._events = (ev_i, ev_f)  # keep grown buffers
         return self._to_dicts(ev_i, ev_f, n), int(now)
 
@@ -231,11 +231,11 @@ class Engine:
                            self._offline_after_ms, self._no_fix_after_ms, self._buffer_m,
                            self._confirm, self._battery_low, self._battery_clear, self._warn_m,
                            apad)
-        self._rel_args = (self.relations, self.rel_state, self._rel_cfg,
-                          K.record_room(self._arrays, self.relations))
+        self._tail_args = (self.relations, self.rel_state, self._rel_cfg,
+                           K.record_room(self._arrays, self.relations))  # relations, room
         self._process_batch = _entry_point(K.process_batch, (
             *RecordBatch.empty(), *self._rule_args, False, 0, ev_i, ev_f, self._counters,
-            *self._scratch, *self._rel_args))
+            *self._scratch, *self._tail_args))
         self._sweep = _entry_point(K.sweep, (self.state, 0, ev_i, ev_f, self._counters))
 
     def sweep(self, now_ms: int) -> list[dict]:

@@ -1022,8 +1022,7 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
             ev_i, ev_f, n = _sweep_into(st, now, ev_i, ev_f, n, counters)
         elif i >= kind.shape[0]:
             return ev_i, ev_f, n, now
-        if n + room > ev_i.shape[0]:
-            ev_i, ev_f = _room(ev_i, ev_f, n, n + room)
+        ev_i, ev_f = _room(ev_i, ev_f, n, n + room)
 
 
 # One piece on purpose (hence the noqa): the per-record loop, with the receive clock,
