@@ -26,14 +26,16 @@ def _sample_inside(geom, n: int, rng: np.random.Generator) -> np.ndarray:
     return out[:n]
 
 
-def build_fleet(n_devices: int, n_circles: int, seed: int = 1):
+def build_fleet(n_devices: int, n_circles: int, seed: int = 1, counties=None,
+                pool_size: int = 400):
     """Zones (counties + exclusion circles), subjects (2 devices each) and per-device
-    positions to draw fixes from."""
+    positions to draw fixes from. ``counties``: loaded county zones (default Henan's);
+    ``pool_size`` random points of each county to draw fixes from."""
     from geofence import compile_zones, load_zones
 
     rng = np.random.default_rng(seed)
-    counties = load_zones(COUNTIES)
-    pools = [_sample_inside(z.geometry, 400, rng) for z in counties]
+    counties = load_zones(COUNTIES) if counties is None else counties
+    pools = [_sample_inside(z.geometry, pool_size, rng) for z in counties]
     circles = []
     circle_county = rng.integers(0, len(counties), n_circles)
     for k, c in enumerate(circle_county.tolist()):

