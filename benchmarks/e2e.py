@@ -7,11 +7,14 @@ Everything runs on this machine, loopback only, in ``--out`` (default bench-out/
 
 1. a private mosquitto with the project's config and ACL (``ingest.mosquitto``) and a
    generated fleet (``--subjects``, default 2 000, in Wolong District and neighbours);
-2. **bare ceiling**: a subprocess that is only an aiomqtt subscriber to every fix and
-   status topic (QoS 1) that decodes each payload with orjson; the simulator ramps its
-   rate (``load`` scenario: plain fixes, pooled connections) and the highest rate the
-   subscriber keeps up with, with nothing lost, is ``bare_fixes_per_s``;
-3. **engine**: ``python -m emfence run`` (SQLite store, checkpoint, the engine account)
+2. **ceilings**: ``mosquitto_sub -q 1`` (the broker's own C client, counting messages;
+   ``--no-c-subscriber`` skips it), then a subprocess that is only an aiomqtt subscriber
+   to every fix and status topic (QoS 1) that decodes each payload with orjson; the
+   simulator ramps its rate (``load`` scenario: plain fixes, pooled connections) and the
+   highest rate each keeps up with, with nothing lost, is ``c_subscriber_fixes_per_s``
+   and ``bare_fixes_per_s``;
+3. **engine**: ``python -m emfence run`` (SQLite store, or with ``--store-pg URL`` a fresh
+   database on that PostgreSQL server; checkpoint; the engine account)
    in place of the bare subscriber, the same ramp: ``max_fixes_per_s``;
 4. **latency**: at 80 % of ``max_fixes_per_s``, the ``excursions`` scenario (boundary
    excursions and exclusion entries among the load) with the alarm topics recorded as
@@ -33,7 +36,8 @@ engine received (its own counter, read from its health message) at the end.
 
 The simulator runs in this process and needs a core of its own; on a machine with two
 cores the engine, the broker and the simulator share them, so figures are a floor.
-``ratio`` = max_fixes_per_s / bare_fixes_per_s. A shapely-evaluated engine is measured
+``ratio`` = max_fixes_per_s / bare_fixes_per_s, ``ratio_vs_c_subscriber`` = max_fixes_per_s
+/ c_subscriber_fixes_per_s. A shapely-evaluated engine is measured
 too when ``emfence run`` offers ``--core shapely``.
 """
 
@@ -50,7 +54,13 @@ from pathlib import Path
 
 import orjson
 
-from benchmarks.e2e_consumers import BareProcess, EngineCounter, WebhookTimer, bare_subscriber
+from benchmarks.e2e_consumers import (
+    BareProcess,
+    CSubscriber,
+    EngineCounter,
+    WebhookTimer,
+    bare_subscriber,
+)
 
 BENCH_CONFIG = """\
 # benchmarks/e2e.py: health every half second (the benchmark reads the engine's message
@@ -77,15 +87,21 @@ def stage_latency(store_url: str, since_ms: int) -> dict:
     since ``since_ms``, ``created_at - at`` (fix -> stored: receive, batching, rules and
     the store's commit) and ``delivered_at - created_at`` (stored -> the broker's PUBACK
     of the published alarm: the outbox). p50/p99/max in ms; ``score`` gives the whole."""
-    import sqlite3
-
     import numpy as np
 
-    path = store_url.removeprefix("sqlite:///")
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        rows = db.execute("SELECT payload, created_at, delivered_at FROM events "
-                          "WHERE created_at >= ? AND event IN ('raised', 'cleared')",
-                          (since_ms,)).fetchall()
+    query = ("SELECT payload, created_at, delivered_at FROM events "
+             "WHERE created_at >= {} AND event IN ('raised', 'cleared')")
+    if store_url.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(store_url) as db:
+            rows = db.execute(query.format("%s"), (since_ms,)).fetchall()
+    else:
+        import sqlite3
+
+        path = store_url.removeprefix("sqlite:///")
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            rows = db.execute(query.format("?"), (since_ms,)).fetchall()
     stored = [c - orjson.loads(p)["at"] for p, c, _ in rows]
     delivered = [d - c for _, c, d in rows if d is not None]
 
@@ -230,7 +246,7 @@ def engine_has_shapely_core() -> bool:
 async def bench(args) -> dict:
     from emfence.config import load_config  # noqa: F401 (fail early if the package is broken)
     from simulators.cli import load_simulation  # noqa: F401
-    from simulators.live import BARE_USER, prepare_run_dir, start_rig
+    from simulators.live import prepare_run_dir, start_rig
     from simulators.movement import Fleet
 
     t_start = time.monotonic()
@@ -257,15 +273,7 @@ async def bench(args) -> dict:
                     "step_s": args.step_s, "pool_connections": args.pool}
     try:
         if args.latency_rate is None:
-            bare = BareProcess(rig.port, BARE_USER, out / f"{BARE_USER}.password")
-            await bare.start()
-            try:
-                bare_max, bare_steps = await ramp(fleet, rig, bare, args,
-                                                  "bare aiomqtt subscriber")
-            finally:
-                await bare.stop()
-            result["bare_fixes_per_s"] = bare_max
-            result["bare_steps"] = bare_steps
+            await _ceilings(fleet, rig, args, out, result)
         for core, core_args in _cores(args, result):
             await _bench_engine(fleet, rig, args, out, core, core_args, result)
     finally:
@@ -275,6 +283,26 @@ async def bench(args) -> dict:
     _summarise(result)
     result["elapsed_s"] = round(time.monotonic() - t_start, 1)
     return result
+
+
+async def _ceilings(fleet, rig, args, out: Path, result: dict) -> None:
+    """Ramp the C subscriber (``mosquitto_sub``) and the bare aiomqtt subscriber."""
+    from simulators.live import BARE_USER
+
+    for key, consumer, name in (
+            ("c_subscriber", CSubscriber(rig.port, BARE_USER, out / f"{BARE_USER}.password"),
+             "C subscriber (mosquitto_sub -q 1)"),
+            ("bare", BareProcess(rig.port, BARE_USER, out / f"{BARE_USER}.password"),
+             "bare aiomqtt subscriber")):
+        if key == "c_subscriber" and not args.c_subscriber:
+            continue
+        await consumer.start()
+        try:
+            top, steps = await ramp(fleet, rig, consumer, args, name)
+        finally:
+            await consumer.stop()
+        result[f"{key}_fixes_per_s"] = top
+        result[f"{key}_steps"] = steps
 
 
 def _cores(args, result: dict) -> list[tuple[str, list[str]]]:
@@ -297,8 +325,12 @@ async def _bench_engine(fleet, rig, args, out: Path, core: str, core_args: list[
     log(f"starting emfence run ({core} core)")
     # The shapely core keeps no checkpoints; the numba engine runs as deployed, with
     # one (its acknowledgements wait for it), so the comparison favours shapely.
+    store_url = None
+    if args.store_pg:
+        store_url = await asyncio.to_thread(_fresh_pg_database, args.store_pg)
+        result["store"] = "postgresql"
     await asyncio.to_thread(start_engine_process, rig, core_args=core_args,
-                            checkpoint=core == "numba")
+                            checkpoint=core == "numba", store_url=store_url)
     counter = EngineCounter(rig)
     await counter.start()
     try:
@@ -332,6 +364,20 @@ async def _bench_engine(fleet, rig, args, out: Path, core: str, core_args: list[
                        "webhook": latency.get("webhook"),
                        "latency_missed": latency["missed"],
                        "latency_false": latency["false"]})
+
+
+def _fresh_pg_database(server_url: str) -> str:
+    """A new, empty database on the PostgreSQL server of ``server_url``: its URL."""
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+
+    name = f"emfence_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    log(f"engine store: PostgreSQL database {name}")
+    return f"{server_url.rpartition('/')[0]}/{name}"
 
 
 async def _latency_run(fleet, rig, counter, rate: float, args, out: Path,
@@ -369,6 +415,9 @@ def _summarise(result: dict) -> None:
     """The ratios, what limited the bare subscriber, and the machine, into ``result``."""
     bare_max = result.get("bare_fixes_per_s") or 0
     result["ratio"] = round(result.get("max_fixes_per_s", 0) / bare_max, 3) if bare_max else None
+    c_max = result.get("c_subscriber_fixes_per_s") or 0
+    result["ratio_vs_c_subscriber"] = (round(result.get("max_fixes_per_s", 0) / c_max, 3)
+                                       if c_max else None)
     if result.get("shapely_max_fixes_per_s"):
         result["numba_over_shapely"] = round(
             result["max_fixes_per_s"] / result["shapely_max_fixes_per_s"], 2)
@@ -402,6 +451,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=10, help="excursions + exclusion entries per kind "
                    "in the latency run")
     p.add_argument("--no-shapely", dest="shapely", action="store_false")
+    p.add_argument("--no-c-subscriber", dest="c_subscriber", action="store_false",
+                   help="skip the mosquitto_sub ceiling")
+    p.add_argument("--store-pg", metavar="URL",
+                   help="the engine's store in a fresh database on this PostgreSQL server "
+                   "(e.g. postgresql://postgres@127.0.0.1:5432/postgres; kept for "
+                   "inspection, its name logged) instead of SQLite")
     p.add_argument("--no-webhook", dest="webhook", action="store_false",
                    help="run the engine without [notify.webhook] (no fix->webhook latency)")
     p.add_argument("--latency-rate", type=float, metavar="FIXES_PER_S",
@@ -429,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     numba.set_num_threads(1)
     result = asyncio.run(bench(args))
     summary = {k: result.get(k) for k in ("max_fixes_per_s", "p50_ms", "p99_ms", "lost",
-                                          "bare_fixes_per_s", "ratio", "latency_missed",
+                                          "bare_fixes_per_s", "ratio", "c_subscriber_fixes_per_s",
+                                          "ratio_vs_c_subscriber", "latency_missed",
                                           "latency_false", "webhook", "elapsed_s")}
     log("result: " + orjson.dumps(summary).decode())
     if args.json:

@@ -1,7 +1,7 @@
-"""The two consumers the end-to-end benchmark (``benchmarks.e2e``) ramps the simulator
-against, each with an ``await received()`` count: the bare aiomqtt subscriber (a
-subprocess, the broker's ceiling) and the engine's own message counter (read from its
-health messages)."""
+"""The consumers the end-to-end benchmark (``benchmarks.e2e``) ramps the simulator
+against, each with an ``await received()`` count: ``mosquitto_sub`` (the C client: the
+broker's ceiling), the bare aiomqtt subscriber (a subprocess: Python's) and the engine's
+own message counter (read from its health messages)."""
 
 from __future__ import annotations
 
@@ -70,6 +70,43 @@ class BareProcess:
             parts = line.split()
             if parts and parts[0] == b"count":
                 self.count = int(parts[1])
+
+    async def received(self) -> int:
+        return self.count
+
+    async def stop(self) -> None:
+        if self.proc and self.proc.returncode is None:
+            self.proc.terminate()
+            await self.proc.wait()
+        self._reader.cancel()
+
+
+class CSubscriber:
+    """``mosquitto_sub -q 1`` (the broker's own C client) on every fix and status topic,
+    printing one byte a message into a pipe that this process counts: the rate no Python
+    subscriber can beat, the ceiling ``ratio_vs_c_subscriber`` is measured against."""
+
+    def __init__(self, port: int, username: str, password_file: Path):
+        pw = password_file.read_text().splitlines()[0].strip()
+        self.count = 0
+        self.proc = None
+        self.args = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-q", "1",
+                     "-u", username, "-P", pw, "-i", f"bench-c-{os.getpid()}",
+                     "-t", device_topic("+", "+", "fix"), "-t", device_topic("+", "+", "status"),
+                     "-F", "x", "-N"]
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(*self.args, stdout=subprocess.PIPE,
+                                                         stderr=subprocess.PIPE)
+        await asyncio.sleep(0.5)  # no "ready" line: give it its SUBACK
+        if self.proc.returncode is not None:
+            err = (await self.proc.stderr.read()).decode(errors="replace")
+            raise RuntimeError(f"mosquitto_sub did not start: {err.strip()}")
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while chunk := await self.proc.stdout.read(1 << 16):
+            self.count += len(chunk)
 
     async def received(self) -> int:
         return self.count

@@ -157,10 +157,10 @@ def start_rig(run_dir: str | Path, zones: Path, subjects: Path, config_path: Pat
 
 def start_engine_process(rig: Rig, *, core_args: list[str] | None = None,
                          ready_timeout_s: float = 240.0, fresh_store: bool = True,
-                         checkpoint: bool = True) -> None:
+                         checkpoint: bool = True, store_url: str | None = None) -> None:
     """Start ``python -m emfence run`` for ``rig`` (a fresh SQLite store unless
-    ``fresh_store=False``; with a checkpoint file unless ``checkpoint=False``) and wait
-    until its health message says online."""
+    ``fresh_store=False``, or the store ``store_url``; with a checkpoint file unless
+    ``checkpoint=False``) and wait until its health message says online."""
     run = rig.run_dir
     db = run / "alarms.db"
     if fresh_store:
@@ -170,7 +170,7 @@ def start_engine_process(rig: Rig, *, core_args: list[str] | None = None,
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{f}{suffix}").unlink(missing_ok=True)
         (run / "engine.checkpoint").unlink(missing_ok=True)
-    rig.store_url = f"sqlite:///{db.resolve()}"
+    rig.store_url = store_url or f"sqlite:///{db.resolve()}"
     rig.engine_log = run / "engine.log"
     cmd = [sys.executable, "-m", "emfence", "run", "--broker", rig.broker.url,
            "--zones", str(rig.zones), "--subjects", str(rig.subjects), "--store", rig.store_url,
