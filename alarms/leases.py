@@ -119,6 +119,13 @@ class LeaseStore:
     _db: Database
     fence: Fence | None = None
 
+    def bound_idle_transactions(self, ms: int) -> None:
+        """PostgreSQL: have the server end a session of this store idle inside a
+        transaction for ``ms`` (connections opened from now on), so that a holder paused
+        in the middle of a write releases its locks within ``ms``. SQLite: nothing."""
+        if self._db.dialect == "postgresql":
+            self._db.idle_in_transaction_ms = int_ms(ms, "ms")  # type: ignore[attr-defined]
+
     def _fenced(self, cur: Cursor, op: str) -> None:
         if self.fence is not None:
             self.fence.check(cur, op)
