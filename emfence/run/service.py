@@ -87,8 +87,7 @@ class Service:
         from alarms.publisher import OutboxPublisher
         from ingest.watchdog import Watchdog
 
-        self.opts = options
-        self.config = config
+        self.opts, self.config = options, config
         self.icfg = icfg = config.ingest
         self.zones, self.registry, self.engine, self.store = zones, registry, engine, store
         self.restored = restored
