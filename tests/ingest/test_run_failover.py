@@ -78,6 +78,7 @@ def test_failover_of_a_paused_and_a_killed_holder_loses_and_doubles_nothing(
         assert a.proc.wait(30) == EXIT_LEASE_LOST, a.log()[-3000:]
         assert "stepping down" in a.log()
         assert until(lambda: get(port_b, "/readyz")[0], lambda s: s == 200, 30) == 200
+        assert "emfence_run_lease_epoch{worker=\"worker-1\"} 2.0" in get(port_b, "/metrics")[1]
 
         # 2. Restarted (as its service manager would), it waits as a standby; the holder
         # is killed with -9 mid-stream and the standby takes over within the TTL + 5 s.
