@@ -117,6 +117,7 @@ def build_service_args(args: argparse.Namespace, *, group_lease: bool = False) -
     # e-mail / SMS go to the people the duty roster names at each level of the ladder
     store = open_store(args.store, notification_planner=notification_planner(
         config, resolver_for(config.register.timezone)))
+    lease = None
     try:
         if from_register:
             source, seq, taken_ms, (zones, registry) = _register_model(store, args.store)
@@ -127,6 +128,9 @@ def build_service_args(args: argparse.Namespace, *, group_lease: bool = False) -
         lease = _take_lease(args, config, store, zones, registry) if group_lease else None
         engine, restored, covered, opts = _restore_engine(args, config, zones, registry, store)
     except BaseException:
+        if lease is not None:  # a standby need not wait for the expiry
+            with contextlib.suppress(Exception):
+                lease.release()
         store.close_store()
         raise
     opts.zones_path, opts.subjects_path = args.zones or "", args.subjects or ""
@@ -149,8 +153,6 @@ def _take_lease(args: argparse.Namespace, config: Config, store, zones, registry
     warm_up = None if args.core != "numba" else lambda: _warm_kernels(zones, registry, config)
     if not asyncio.run(lease.wait(listen, warm_up)):
         raise StandbyStopped
-    log.info("holding the lease of worker group %s (epoch %d, %s)", args.name, lease.epoch,
-             lease.holder)
     return lease
 
 
@@ -257,7 +259,9 @@ def main(argv: list[str]) -> int:
         return 1
     finally:
         with contextlib.suppress(Exception):
-            lease.release()  # stopped: a standby need not wait for the expiry
+            if lease is not None and lease.release():  # a standby need not wait for expiry
+                log.info("released the lease of worker group %s (epoch %d)", args.name,
+                         lease.epoch)
         with contextlib.suppress(Exception):
             store.close_store()
 

@@ -117,11 +117,11 @@ class Lease:
             return False
         return self.take()
 
-    def release(self) -> None:
-        """After a clean stop: let the lease expire now so a standby takes over at once."""
-        if self.epoch and self.store.release_lease(self.group, self.holder, self.epoch):
-            log.info("released the lease of worker group %s (epoch %d)", self.group,
-                     self.epoch)
+    def release(self) -> bool:
+        """After a stop: let the lease expire now so a standby takes over at once; True
+        if this worker still held it."""
+        return bool(self.epoch) and self.store.release_lease(self.group, self.holder,
+                                                             self.epoch)
 
     def _fenced(self, exc: LeaseFenced) -> None:
         self.step_down(f"a store write was fenced ({exc})")
@@ -178,6 +178,8 @@ class Lease:
             lambda: None if self.held else
             f"the lease of worker group {self.group} is not confirmed (renewing)")
         service.receiver.may_connect = self.confirm
+        log.info("holding the lease of worker group %s (epoch %d, %s)", self.group,
+                 self.epoch, self.holder)
 
     async def run(self) -> None:
         """Renew every third of the TTL until cancelled; step down when another holder
