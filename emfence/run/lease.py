@@ -51,6 +51,22 @@ def holder_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
+def holder_gone(holder: str) -> bool:
+    """Is ``holder`` (:func:`holder_id`) a process of this machine that no longer runs?
+    False when unsure (another machine, a pid now used by another process)."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists (another user's process)
+    return False
+
+
 def when(ms: int) -> str:
     """Epoch ms as UTC time of day, for log lines and readiness reasons."""
     return time.strftime("%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d} UTC"
@@ -73,6 +89,7 @@ class Lease:
         self.confirmed_at: float | None = None  # clock() before the last renewal that held
         self.step_down = step_down or exit_lost
         self.renewals = 0
+        self.failing_since: float | None = None  # clock() of the first failed renewal
 
     @property
     def ttl_ms(self) -> int:
@@ -117,6 +134,17 @@ class Lease:
             return False
         return self.take()
 
+    def reclaim(self) -> bool:
+        """At start: take the lease, also before its expiry when its holder is a process
+        of this machine that no longer runs (this worker's previous run, killed: a restart
+        need not wait out the dead run's lease); True if held."""
+        state = self.store.lease(self.group)
+        if state is not None and state.left_ms >= 0 and holder_gone(state.holder):
+            log.info("the lease of worker group %s is held by %s, a process of this machine "
+                     "that no longer runs: taking it over now", self.group, state.holder)
+            self.store.release_lease(self.group, state.holder, state.epoch)
+        return self.take()
+
     def release(self) -> bool:
         """After a stop: let the lease expire now so a standby takes over at once; True
         if this worker still held it."""
@@ -132,7 +160,7 @@ class Lease:
                    ) -> bool:
         """Take the lease, or wait for it as a standby (module doc); False when a
         SIGINT/SIGTERM ended the wait."""
-        if await asyncio.to_thread(self.take):
+        if await asyncio.to_thread(self.reclaim):
             return True
         from emfence.run.lease_http import serve_standby
 
@@ -193,9 +221,15 @@ class Lease:
         try:
             held = await asyncio.to_thread(self.take)
         except StoreError as exc:
-            log.warning("cannot renew the lease of worker group %s (retrying): %s",
-                        self.group, exc)
+            if self.failing_since is None:  # once per outage, not per retry
+                self.failing_since = self.clock()
+                log.warning("cannot renew the lease of worker group %s (retrying): %s",
+                            self.group, exc)
             return False
+        if self.failing_since is not None:
+            log.info("renewed the lease of worker group %s again after %.1f s", self.group,
+                     self.clock() - self.failing_since)
+            self.failing_since = None
         if not held:
             self.step_down(f"{self.seen.holder} holds the lease at epoch {self.seen.epoch}")
         self.renewals += 1
