@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 from alarms.leases import Fence, LeaseFenced, LeaseState
 from alarms.store import StoreError
+from emfence.run.health import READS, Outages
 
 log = logging.getLogger("emfence.run")
 
@@ -89,7 +90,7 @@ class Lease:
         self.confirmed_at: float | None = None  # clock() before the last renewal that held
         self.step_down = step_down or exit_lost
         self.renewals = 0
-        self.failing_since: float | None = None  # clock() of the first failed renewal
+        self.outages = Outages()  # the service's (attach): a failed renewal is its outage
 
     @property
     def ttl_ms(self) -> int:
@@ -171,9 +172,9 @@ class Lease:
         log.info("%s; waiting as a standby", self.standby_reason())
         servers = [asyncio.create_task(serve_standby(self, where), name="standby-http")
                    for where in listen]
+        if warm_up is not None:  # meanwhile (a thread: the wait goes on)
+            servers.append(asyncio.create_task(asyncio.to_thread(warm_up), name="warm-up"))
         try:
-            if warm_up is not None:
-                await asyncio.to_thread(warm_up)
             while not stop.is_set():
                 left_s = (self.seen.left_ms / 1000 if self.seen is not None else 0)
                 pause = min(self.ttl_s / 3, max(left_s + 0.01, 0.01))
@@ -192,7 +193,7 @@ class Lease:
             return False
         finally:
             for task in servers:
-                task.cancel()
+                task.cancel()  # (a warm-up under way finishes in its thread)
             await asyncio.gather(*servers, return_exceptions=True)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
@@ -206,6 +207,7 @@ class Lease:
             lambda: None if self.held else
             f"the lease of worker group {self.group} is not confirmed (renewing)")
         service.receiver.may_connect = self.confirm
+        self.outages = service.outages
         log.info("holding the lease of worker group %s (epoch %d, %s)", self.group,
                  self.epoch, self.holder)
 
@@ -221,15 +223,10 @@ class Lease:
         try:
             held = await asyncio.to_thread(self.take)
         except StoreError as exc:
-            if self.failing_since is None:  # once per outage, not per retry
-                self.failing_since = self.clock()
-                log.warning("cannot renew the lease of worker group %s (retrying): %s",
-                            self.group, exc)
+            # part of the store's outage: said once when it starts, once when it ends
+            self.outages.failed(READS, exc)
             return False
-        if self.failing_since is not None:
-            log.info("renewed the lease of worker group %s again after %.1f s", self.group,
-                     self.clock() - self.failing_since)
-            self.failing_since = None
+        self.outages.ok(READS)
         if not held:
             self.step_down(f"{self.seen.holder} holds the lease at epoch {self.seen.epoch}")
         self.renewals += 1

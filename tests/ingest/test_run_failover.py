@@ -22,7 +22,7 @@ from ingest.mosquitto import free_port
 pytestmark = [pytest.mark.mqtt, pytest.mark.postgres]
 
 TTL_S = 2.0
-STEPS = 70  # 14 s of fixes, 0.2 s apart
+STEPS = 90  # 18 s of fixes, 0.2 s apart
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -77,13 +77,13 @@ def test_failover_of_a_paused_and_a_killed_holder_loses_and_doubles_nothing(
         a.signal(signal.SIGCONT)
         assert a.proc.wait(30) == EXIT_LEASE_LOST, a.log()[-3000:]
         assert "stepping down" in a.log()
-        assert until(lambda: get(port_b, "/readyz")[0], lambda s: s == 200, 30) == 200
-        assert "emfence_run_lease_epoch{worker=\"worker-1\"} 2.0" in get(port_b, "/metrics")[1]
-
         # 2. Restarted (as its service manager would), it waits as a standby; the holder
         # is killed with -9 mid-stream and the standby takes over within the TTL + 5 s.
         mark = len(a.log())
-        a.start().wait_log("waiting as a standby", after=mark)
+        a.start()
+        assert until(lambda: get(port_b, "/readyz")[0], lambda s: s == 200, 30) == 200
+        assert "emfence_run_lease_epoch{worker=\"worker-1\"} 2.0" in get(port_b, "/metrics")[1]
+        a.wait_log("waiting as a standby", after=mark)
         assert pub.is_alive(), "the stream ended before the kill: lengthen STEPS"
         b.kill9()
         killed = time.monotonic()
