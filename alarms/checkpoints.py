@@ -3,13 +3,17 @@ that state covers, one row per worker (``emfence run --name``), replaced whole."
 
 from __future__ import annotations
 
-from alarms.db import Database, int_ms
+from collections.abc import Callable
+
+from alarms.db import Cursor, Database, int_ms
 
 
 class CheckpointStore:
     """Engine checkpoints of :class:`alarms.store.AlarmStore`."""
 
     _db: Database
+    # alarms.leases.LeaseStore: the holder's epoch fence (a no-op without one)
+    _fenced: Callable[[Cursor, str], None]
 
     def save_checkpoint(self, worker: str, state: bytes, digests: bytes, now_ms: int) -> None:
         """Keep ``worker``'s engine checkpoint (``state``: the bytes of a checkpoint file)
@@ -17,6 +21,7 @@ class CheckpointStore:
         transaction: a reader sees both old or both new, never a mix."""
         now_ms = int_ms(now_ms, "now_ms")
         with self._db.tx("save engine checkpoint") as cur:
+            self._fenced(cur, "save engine checkpoint")
             cur.execute("INSERT INTO engine_checkpoints (worker, state, digests, written_at) "
                         "VALUES (?, ?, ?, ?) ON CONFLICT (worker) DO UPDATE SET "
                         "state = excluded.state, digests = excluded.digests, "

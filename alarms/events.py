@@ -155,6 +155,8 @@ class EventLog:
     # alarms.notify_store.NotificationStore: the notifications events cause, written in
     # the transaction that records them
     _plan_notifications: Callable[[Cursor, Sequence[Mapping[str, Any]], int], int]
+    # alarms.leases.LeaseStore: the holder's epoch fence (a no-op without one)
+    _fenced: Callable[[Cursor, str], None]
 
     def record_events(self, events: Sequence[Mapping[str, Any]], now_ms: int) -> list[int]:
         """Store the engine's alarm events and queue them for publishing, in one transaction.
@@ -191,6 +193,7 @@ class EventLog:
         # Set-based, a few statements per batch whatever its size: this sits on the
         # fix-to-alarm path, and PostgreSQL pays a network round trip per statement.
         with self._db.tx("record events") as cur:
+            self._fenced(cur, "record events")
             self._db.lock_event_log(cur)
             for chunk in chunks(raises, ROWS_PER_INSERT):
                 cur.execute("INSERT INTO alarms (alarm_id, type, subject_id, device_id, zone_id, "
@@ -232,6 +235,7 @@ class EventLog:
             return 0
         n = 0
         with self._db.tx("mark delivered") as cur:
+            self._fenced(cur, "mark delivered")
             for chunk in chunks(seqs):
                 cur.execute("UPDATE events SET delivered_at = ? WHERE delivered_at IS NULL "
                             "AND seq IN " + placeholders(len(chunk)), (now_ms, *chunk))

@@ -39,14 +39,23 @@ class PostgresDatabase(Database):
         self.url = url
         self.connect_timeout_s = connect_timeout_s
         self.errors = (psycopg.Error,)
+        # Set (ms): the server ends a session of this store that sits idle inside a
+        # transaction this long, releasing its locks (a worker group's holder paused in
+        # the middle of a write must not hold up the standby taking over); connections
+        # opened from then on carry it. None: the server's setting.
+        self.idle_in_transaction_ms: int | None = None
 
     def _connect(self) -> Any:
         import psycopg
 
         try:
             # autocommit: transactions are explicit BEGIN/COMMIT in tx(), nothing implicit.
+            extra = {}
+            if self.idle_in_transaction_ms:
+                extra["options"] = ("-c idle_in_transaction_session_timeout="
+                                    f"{self.idle_in_transaction_ms}")
             return psycopg.connect(self.url, autocommit=True,
-                                   connect_timeout=self.connect_timeout_s)
+                                   connect_timeout=self.connect_timeout_s, **extra)
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to PostgreSQL: {exc}",
                              where=redact(self.url)) from exc

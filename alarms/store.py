@@ -24,6 +24,7 @@ One schema serves both (:mod:`alarms.schema`). Where each part lives:
                              ``purge_tracks``
 :mod:`alarms.users`          accounts, logins, the audit log
 :mod:`alarms.checkpoints`    each engine worker's checkpoint
+:mod:`alarms.leases`         worker-group leases; the epoch fence of a holder's writes
 :mod:`alarms.notify_store`   the notifications outbox (planned with each event)
 :mod:`alarms.register`       ``store.register``: the supervision register (subjects,
                              devices, zones, leave, curfews, suspensions)
@@ -53,6 +54,7 @@ from alarms import schema
 from alarms.checkpoints import CheckpointStore
 from alarms.db import Database, StoreError, redact
 from alarms.events import EventLog
+from alarms.leases import LeaseFenced, LeaseStore
 from alarms.lifecycle import AlarmActionError, AlarmLifecycle
 from alarms.notify import Planner
 from alarms.notify_store import NotificationStore
@@ -65,8 +67,8 @@ from alarms.sqlite import SqliteDatabase
 from alarms.tracks import TRACK_COLUMNS, TrackStore, tracks_path
 from alarms.users import LoginAttempt, UserError, UserStore
 
-__all__ = ["TRACK_COLUMNS", "AlarmActionError", "AlarmStore", "LoginAttempt", "StoreError",
-           "UserError", "open_store", "tracks_path"]
+__all__ = ["TRACK_COLUMNS", "AlarmActionError", "AlarmStore", "LeaseFenced", "LoginAttempt",
+           "StoreError", "UserError", "open_store", "tracks_path"]
 
 
 def open_store(url: str, *, notification_planner: Planner | None = None) -> AlarmStore:
@@ -94,7 +96,7 @@ def open_store(url: str, *, notification_planner: Planner | None = None) -> Alar
 
 
 class AlarmStore(NotificationStore, EventLog, AlarmLifecycle, AlarmQueries, TrackStore, UserStore,
-                 CheckpointStore, ProtectedPositionStore):
+                 CheckpointStore, ProtectedPositionStore, LeaseStore):
     """The durable store of alarms and everything the console needs; see the module doc.
 
     Build it with :func:`open_store`. All times are epoch milliseconds (UTC). Its methods

@@ -19,7 +19,11 @@ database of its own created on that server and dropped afterwards:
 - ``list_alarms`` (200 rows, filtered by regions and state) and ``stats`` (every region,
   every alarm): ms per call;
 - ``record_fixes``: batches of ``--fix-batch`` track rows over ``--devices`` devices
-  (ms per batch, rows/s).
+  (ms per batch, rows/s);
+- ``fence``: the cost of a worker group's epoch fence (alarms.leases): the three fenced
+  writes (a batch of ``--batch`` events, one event, a mark of ``--batch`` seqs, a 64 KiB
+  checkpoint) each timed without and with a holder's fence, call by call alternately in
+  one run (ms per call, and with/without).
 
 Each figure is the median over the calls of a run; the calls of one kind run back to back
 on one thread. Absolute figures depend on the machine and its load: compare trees by
@@ -151,6 +155,41 @@ def _tracks(store: Any, n_batches: int, fix_batch: int, devices: int) -> dict[st
                              "rows_per_s": round(n_batches * fix_batch / (sum(ms) / 1000))}}
 
 
+def _fence_cost(store: Any, rounds: int, batch: int) -> dict[str, Any]:
+    """The fenced writes without and with a holder's fence, alternately (module doc)."""
+    from alarms.leases import Fence
+
+    lease = store.take_lease("bench", "holder", 3_600_000)
+    fence = Fence("bench", "holder", lease.epoch)
+    state = os.urandom(64 * 1024)
+    ms: dict[str, dict[bool, list[float]]] = {}
+    base = 50_000_000
+    for r in range(rounds):
+        for fenced in ((False, True) if r % 2 else (True, False)):
+            store.fence = fence if fenced else None
+            i = base + (2 * r + fenced) * (batch + 1)
+            calls = (("record_events_for_delivery", store.record_events_for_delivery,
+                      [_event(i + k) for k in range(batch)], T0),
+                     ("record_events_for_delivery_1", store.record_events_for_delivery,
+                      [_event(i + batch)], T0))
+            seqs: list[int] = []
+            for name, fn, *call_args in calls:
+                rows = _timed(ms.setdefault(name, {False: [], True: []})[fenced], fn,
+                              *call_args)
+                seqs += [row[0] for row in rows]
+            _timed(ms.setdefault("mark_delivered", {False: [], True: []})[fenced],
+                   store.mark_delivered, seqs, T0)
+            _timed(ms.setdefault("save_checkpoint_64k", {False: [], True: []})[fenced],
+                   store.save_checkpoint, "bench", state, b"", T0)
+    store.fence = None
+    out: dict[str, Any] = {}
+    for name, by in ms.items():
+        off, on = _median(by[False]), _median(by[True])
+        out[name] = {"calls": rounds, "median_ms_unfenced": off, "median_ms_fenced": on,
+                     "fenced_over_unfenced": round(on / off, 3) if off else None}
+    return {"fence": out}
+
+
 def run_url(url: str, args: argparse.Namespace) -> dict[str, Any]:
     """Every figure on the (empty) store at ``url``."""
     from alarms.store import open_store
@@ -160,6 +199,7 @@ def run_url(url: str, args: argparse.Namespace) -> dict[str, Any]:
         out = _outbox(store, args.batches, args.batch, args.singles)
         out.update(_lifecycle(store, args.batches, args.batch, args.actions))
         out.update(_tracks(store, args.fix_batches, args.fix_batch, args.devices))
+        out.update(_fence_cost(store, args.fence_rounds, args.batch))
     finally:
         store.close_store()
     return out
@@ -201,7 +241,10 @@ def _print_table(result: dict[str, Any]) -> None:
         if backend not in result:
             continue
         print(f"{backend}:")
-        for name, figures in result[backend].items():
+        figures_by_name = dict(result[backend])
+        figures_by_name.update({f"fence {k}": v
+                                for k, v in figures_by_name.pop("fence").items()})
+        for name, figures in figures_by_name.items():
             print(f"  {name:32s} " + ", ".join(f"{k} {v}" for k, v in figures.items()))
     print(f"load average {result['load_average']} -> {result['load_average_after']}")
 
@@ -216,13 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fix-batch", type=int, default=2_000, help="track rows per batch")
     p.add_argument("--fix-batches", type=int, default=50, help="record_fixes batches")
     p.add_argument("--devices", type=int, default=5_000, help="devices the fixes come from")
+    p.add_argument("--fence-rounds", type=int, default=200,
+                   help="rounds of the fenced writes, each once without and once with a fence")
     p.add_argument("--pg", default=os.environ.get("EMFENCE_TEST_PG"),
                    help="PostgreSQL server URL; a fresh database is created on it and "
                         "dropped afterwards (default: $EMFENCE_TEST_PG; none: SQLite only)")
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     args = p.parse_args(argv)
     if min(args.batch, args.batches, args.singles, args.actions, args.fix_batch,
-           args.fix_batches, args.devices) < 1:
+           args.fix_batches, args.devices, args.fence_rounds) < 1:
         p.error("every count must be at least 1")
     if args.actions > args.batch * args.batches:
         p.error("--actions must not exceed --batch x --batches (the alarms stored)")

@@ -34,7 +34,7 @@ from emfence.config.notify import (
 )
 
 # The [notify] tables live in emfence.config.notify; they are part of this table.
-__all__ = ["Config", "ConfigError", "EmailConfig", "NotifyConfig", "SmsConfig",
+__all__ = ["Config", "ConfigError", "EmailConfig", "HaConfig", "NotifyConfig", "SmsConfig",
            "WebhookConfig", "config_from_dict", "load_config", "read_secret",
            "template_fields"]
 
@@ -199,6 +199,14 @@ class RegisterConfig:
 
 
 @dataclass(frozen=True)
+class HaConfig:
+    # A worker group's lease (emfence run workers sharing one --name and one PostgreSQL
+    # store) lasts this long unless renewed, s; the holder renews it every third of it, and
+    # a standby takes it over once it has expired.
+    lease_ttl_s: float = 10.0
+
+
+@dataclass(frozen=True)
 class Config:
     rules: RulesConfig = field(default_factory=RulesConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
@@ -207,6 +215,7 @@ class Config:
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    ha: HaConfig = field(default_factory=HaConfig)
 
 
 def _build(default: Any, data: dict[str, Any], prefix: str, source: str | None) -> Any:
@@ -283,6 +292,8 @@ def _check(config: Config, source: str | None) -> Config:
                  "sweep_interval_ms", "ack_window_messages", "deadletter_queue_messages"):
         if getattr(i, name) < 1:
             raise ConfigError("must be at least 1", key=f"ingest.{name}", source=source)
+    if config.ha.lease_ttl_s < 1:
+        raise ConfigError("must be at least 1 (seconds)", key="ha.lease_ttl_s", source=source)
     if config.tracks.queue_rows < 1:
         raise ConfigError("must be at least 1", key="tracks.queue_rows", source=source)
     if config.alarms.escalation_check_s <= 0:

@@ -6,10 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
+import orjson
 
-from contract import COORD_SYS_CODES, POWER_CODES, STRAP_CODES, RecordBatch, RecordBuilder
+from contract import (
+    COORD_SYS_CODES,
+    POWER_CODES,
+    STRAP_CODES,
+    RecordBatch,
+    RecordBuilder,
+    device_topic,
+)
+from ingest.decode import PayloadError
 
 
 class Batch:
@@ -112,3 +123,26 @@ class Batches:
                 await asyncio.sleep(wait)
             if self.batch is b and b.messages:
                 await self.flush()
+
+
+def process_one_by_one(engine, registry, b: Batch, records: RecordBatch, positions,
+                       counters: Counter, deadletter: Callable) -> list[dict]:
+    """After an engine error on batch ``b``: each record alone; the failing ones are
+    dead-lettered (``engine_error``, through ``deadletter(topic, payload, exc, rx_ms)``)
+    so that a record the engine cannot handle is set aside instead of crashing the
+    service on every redelivery."""
+    events: list[dict] = []
+    for i in range(len(b.device)):
+        try:
+            one = slice(i, i + 1)
+            events += engine.process(records.select(one), positions=positions.select(one))[0]
+        except Exception as exc:  # noqa: BLE001
+            counters["engine_errors"] += 1
+            kind = "fix" if records.kind[i] == 0 else "status"
+            d = int(records.device_idx[i])
+            region = registry.device_region(d) if d >= 0 else "unknown"
+            record = {"device_id": b.device[i], "kind": kind, "ts": int(records.ts_ms[i])}
+            deadletter(device_topic(region, b.device[i], kind), orjson.dumps(record),
+                       PayloadError(f"engine_error: {type(exc).__name__}: {exc}"),
+                       int(records.rx_ms[i]))
+    return events

@@ -84,8 +84,13 @@ def _check_account(name: str, username: str | None) -> None:
                     username, engine_account(name), name)
 
 
-def build_service_args(args: argparse.Namespace) -> dict:
-    """Load everything `emfence run` needs; raises ValueError subclasses naming the input."""
+def build_service_args(args: argparse.Namespace, *, group_lease: bool = False) -> dict:
+    """Load everything `emfence run` needs; raises ValueError subclasses naming the input.
+
+    ``group_lease``: take the lease of the worker group ``--name`` before loading the
+    engine's state, waiting for it as a standby if another worker holds it
+    (:mod:`emfence.run.lease`; :class:`~emfence.run.lease.StandbyStopped` when a signal
+    ends the wait)."""
     from alarms.roster import resolver_for
     from alarms.store import open_store
     from emfence.run.notify import notification_planner
@@ -112,6 +117,7 @@ def build_service_args(args: argparse.Namespace) -> dict:
     # e-mail / SMS go to the people the duty roster names at each level of the ladder
     store = open_store(args.store, notification_planner=notification_planner(
         config, resolver_for(config.register.timezone)))
+    lease = None
     try:
         if from_register:
             source, seq, taken_ms, (zones, registry) = _register_model(store, args.store)
@@ -119,8 +125,12 @@ def build_service_args(args: argparse.Namespace) -> dict:
             missing = sorted(set(regions) - set(registry.regions))
             if missing:
                 log.warning("--regions %s: no subject registered there", ",".join(missing))
+        lease = _take_lease(args, config, store, zones, registry) if group_lease else None
         engine, restored, covered, opts = _restore_engine(args, config, zones, registry, store)
     except BaseException:
+        if lease is not None:  # a standby need not wait for the expiry
+            with contextlib.suppress(Exception):
+                lease.release()
         store.close_store()
         raise
     opts.zones_path, opts.subjects_path = args.zones or "", args.subjects or ""
@@ -130,7 +140,30 @@ def build_service_args(args: argparse.Namespace) -> dict:
     opts.regions, opts.http, opts.metrics_http = regions, args.http, args.metrics_http
     return {"broker": brokers, "options": opts, "config": config, "zones": zones,
             "registry": registry, "engine": engine, "store": store, "restored": restored,
-            "covered": covered}
+            "covered": covered, "lease": lease}
+
+
+def _take_lease(args: argparse.Namespace, config: Config, store, zones, registry):
+    """The worker group's lease, held: at once, or after waiting for it as a standby
+    (which compiles the rule kernels meanwhile, so a takeover starts warm)."""
+    from emfence.run.lease import Lease, StandbyStopped
+
+    lease = Lease(store, group=args.name, ttl_s=config.ha.lease_ttl_s)
+    listen = [where for where in (args.http, args.metrics_http) if where]
+    warm_up = None if args.core != "numba" else lambda: _warm_kernels(zones, registry, config)
+    if not asyncio.run(lease.wait(listen, warm_up)):
+        raise StandbyStopped
+    return lease
+
+
+def _warm_kernels(zones, registry, config: Config) -> None:
+    """Compile the rule kernels (or load them from numba's cache) on a throwaway engine."""
+    from contract import RecordBatch
+    from engine import Engine
+
+    engine = Engine(zones, registry, config)
+    engine.process(RecordBatch.empty())
+    engine.sweep(-(2**62))  # a moment long past: nothing is due
 
 
 def _model_from_register(args: argparse.Namespace) -> bool:
@@ -206,12 +239,17 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mqtt").setLevel(logging.WARNING)
+    from emfence.run.lease import StandbyStopped
+
     try:
-        service_args = build_service_args(args)
+        service_args = build_service_args(args, group_lease=True)
+    except StandbyStopped:
+        log.info("stopped while waiting as a standby")
+        return 0
     except (ValueError, ConfigError, OSError, StoreError) as exc:
         print(f"emfence run: {exc}", file=sys.stderr)
         return 1
-    store = service_args["store"]
+    store, lease = service_args["store"], service_args["lease"]
     try:
         return asyncio.run(_amain(service_args))
     except Exception:  # an ExceptionGroup from the task group: a bug, not bad input
@@ -220,6 +258,10 @@ def main(argv: list[str]) -> int:
                      exc_info=True)
         return 1
     finally:
+        with contextlib.suppress(Exception):
+            if lease is not None and lease.release():  # a standby need not wait for expiry
+                log.info("released the lease of worker group %s (epoch %d)", args.name,
+                         lease.epoch)
         with contextlib.suppress(Exception):
             store.close_store()
 

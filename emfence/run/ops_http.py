@@ -181,6 +181,12 @@ class _ServiceCollector:
             "emfence_run_outages": ("outages of the store or checkpoint file now",
                                     len(s.outages.health())),
         }
+        lease = getattr(s, "lease", None)  # a worker group's (emfence.run.lease)
+        if lease is not None:
+            gauges["emfence_run_lease_held"] = ("1 while this worker holds its group's lease",
+                                                int(lease.held))
+            gauges["emfence_run_lease_epoch"] = ("the epoch of the group's lease held",
+                                                 lease.epoch)
         for metric, (doc, value) in gauges.items():
             g = GaugeMetricFamily(metric, doc, labels=["worker"])
             g.add_metric([name], value)

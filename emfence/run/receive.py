@@ -9,7 +9,7 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 
@@ -116,6 +116,9 @@ class Receiver:
         self.drain_topic = drain_topic(opts.name)
         self.drain_nonce = ""
         self.disconnected_at_ms: int | None = None
+        # () -> awaitable, awaited before each connection attempt: a worker group's lease
+        # (emfence.run.lease) confirms it still holds the group's session. None: none.
+        self.may_connect: Callable[[], Awaitable[None]] | None = None
         self._drain_sent_ms = 0
         self._drain_messages = 0
 
@@ -150,6 +153,8 @@ class Receiver:
         client_id = engine_client_id(self.opts.name, self.broker.username)
         retries = ConnectRetries(RETRY_LOG_EVERY_S)
         while not self.stopping():
+            if self.may_connect is not None:
+                await self.may_connect()
             client = self.mqtt.make_client(self.broker, client_id=client_id, will=will)
             self.alive()  # a connection attempt: the reconnect loop is running
             failure = refusal = None

@@ -44,10 +44,10 @@ from typing import Any
 
 import orjson
 
-from contract import RecordBatch, device_topic, health_topic
+from contract import RecordBatch, health_topic
 from emfence.config import Config
 from emfence.run.acks import Acks
-from emfence.run.batches import Batch, Batches
+from emfence.run.batches import Batch, Batches, process_one_by_one
 from emfence.run.events import EventWriter
 from emfence.run.health import (
     QUIET_LOGGERS,
@@ -73,7 +73,6 @@ from emfence.run.register_watch import ModelLoadFailed, RegisterWatch, load_mode
 from emfence.run.sweeps import SweepHold
 from emfence.run.tracks import TrackWriter
 from engine.positions import Positions
-from ingest.decode import PayloadError
 
 log = logging.getLogger("emfence.run")
 
@@ -83,12 +82,12 @@ class Service:
     :func:`emfence.run.cli.build_service_args`, then ``await run()``."""
 
     def __init__(self, *, broker, options: Options, config: Config, zones, registry, engine,
-                 store, restored: bool = False, covered: set[bytes] | None = None):
+                 store, restored: bool = False, covered: set[bytes] | None = None,
+                 lease=None):
         from alarms.publisher import OutboxPublisher
         from ingest.watchdog import Watchdog
 
-        self.opts = options
-        self.config = config
+        self.opts, self.config = options, config
         self.icfg = icfg = config.ingest
         self.zones, self.registry, self.engine, self.store = zones, registry, engine, store
         self.restored = restored
@@ -139,6 +138,9 @@ class Service:
                       if self.source.from_register else None)
         # /healthz, /readyz, /metrics (--http, --metrics-http); ops.readiness takes more
         self.ops = Ops(self)  # conditions (a worker group's lease)
+        self.lease = lease  # the worker group's (emfence.run.lease); None: no group
+        if lease is not None:
+            lease.attach(self)
 
     # The parts' state under the names the tests and the health document read.
     @property
@@ -234,6 +236,7 @@ class Service:
             ("escalation", self._escalation()),
             ("track-retention", self.tracks.purge()),
             *([("notify", self.notifier.run())] if self.notifier else []),
+            *([("lease", self.lease.run())] if self.lease is not None else []),
         ] + ([("register-watch", self.watch.run())] if self.watch is not None else [])
 
     def _log_start(self) -> None:
@@ -321,36 +324,14 @@ class Service:
                 log.exception("engine failed on a batch of %d records; retrying one by one",
                               len(b.device))
                 positions = Positions.nan(len(b.device))
-                events = self._process_one_by_one(b, records, positions)
+                events = process_one_by_one(self.engine, self.registry, b, records, positions,
+                                            self.counters, self.receiver.deadletter)
             self.counters["batches"] += 1
             if events:
                 await self.events.record(events)
             self.tracks.queue(records, positions, b.device, b.src, self.registry)
         if self.acks.processed(b.digests, b.acks, b.messages):
             await self._close_window()
-
-    def _process_one_by_one(self, b: Batch, records: RecordBatch,
-                            positions: Positions) -> list[dict]:
-        """After an engine error: each record alone; the failing ones are dead-lettered
-        (``engine_error``) so that a record the engine cannot handle is set aside instead
-        of crashing the service on every redelivery."""
-        events: list[dict] = []
-        for i in range(len(b.device)):
-            try:
-                one = slice(i, i + 1)
-                events += self.engine.process(records.select(one),
-                                              positions=positions.select(one))[0]
-            except Exception as exc:  # noqa: BLE001
-                self.counters["engine_errors"] += 1
-                kind = "fix" if records.kind[i] == 0 else "status"
-                d = int(records.device_idx[i])
-                region = self.registry.device_region(d) if d >= 0 else "unknown"
-                record = {"device_id": b.device[i], "kind": kind, "ts": int(records.ts_ms[i])}
-                self.receiver.deadletter(
-                    device_topic(region, b.device[i], kind), orjson.dumps(record),
-                    PayloadError(f"engine_error: {type(exc).__name__}: {exc}"),
-                    int(records.rx_ms[i]))
-        return events
 
     async def _close_window(self, done: asyncio.Future | None = None) -> None:
         await self.acks.close_window(self.engine, done)
