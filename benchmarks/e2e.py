@@ -50,6 +50,7 @@ import platform
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import orjson
@@ -368,8 +369,6 @@ async def _bench_engine(fleet, rig, args, out: Path, core: str, core_args: list[
 
 def _fresh_pg_database(server_url: str) -> str:
     """A new, empty database on the PostgreSQL server of ``server_url``: its URL."""
-    import uuid
-
     import psycopg
     from psycopg import sql
 
@@ -427,7 +426,7 @@ def _summarise(result: dict) -> None:
                          "python": platform.python_version(), "platform": platform.platform()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.e2e",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--json", action="store_true", help="one JSON object on the last line of stdout")
@@ -454,9 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-c-subscriber", dest="c_subscriber", action="store_false",
                    help="skip the mosquitto_sub ceiling")
     p.add_argument("--store-pg", metavar="URL",
-                   help="the engine's store in a fresh database on this PostgreSQL server "
-                   "(e.g. postgresql://postgres@127.0.0.1:5432/postgres; kept for "
-                   "inspection, its name logged) instead of SQLite")
+                   help="the engine's store: a fresh database (kept, its name logged) on this "
+                   "PostgreSQL server, e.g. postgresql://postgres@127.0.0.1:5432/postgres")
     p.add_argument("--no-webhook", dest="webhook", action="store_false",
                    help="run the engine without [notify.webhook] (no fix->webhook latency)")
     p.add_argument("--latency-rate", type=float, metavar="FIXES_PER_S",
@@ -466,6 +464,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bare-subscriber", type=int, metavar="PORT", help=argparse.SUPPRESS)
     p.add_argument("--bare-username", help=argparse.SUPPRESS)
     p.add_argument("--bare-password-file", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
     if args.bare_subscriber:
         pw = Path(args.bare_password_file).read_text().splitlines()[0].strip()
