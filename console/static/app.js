@@ -36,11 +36,23 @@ const state = {
 // ---------------------------------------------------------------- API
 class ApiError extends Error {
   constructor(status, body) {
-    super((body && body.message) || `HTTP ${status}`);
+    super(errorText(status, body));
     this.status = status;
     this.code = body && body.error;
     this.field = body && body.field;  // the request field at fault, when the server names one
   }
+}
+
+// An error the server names by its code (error.bad_field ...), in the page's language;
+// the server's own message only for a code the catalogue does not know.
+function errorText(status, body) {
+  const code = body && body.error;
+  const key = `error.${code}`;
+  if (code && i18n.t(key) !== key) {
+    const needsField = i18n.t(key, { field: "\u0000" }).includes("\u0000");
+    if (body.field || !needsField) return i18n.t(key, { field: body.field });
+  }
+  return (body && body.message) || i18n.t("error.http", { status: String(status) });
 }
 
 async function api(method, path, body) {
@@ -57,7 +69,7 @@ async function api(method, path, body) {
   if (!resp.ok) {
     // Only a page that had a session can have lost it: the first visit's probe of
     // /api/session answers 401 too, and that is simply "not logged in yet".
-    if (resp.status === 401 && path !== "/api/login" && state.session) showLogin("Your session has ended; log in again.");
+    if (resp.status === 401 && path !== "/api/login" && state.session) showLogin(msg("session.ended"));
     throw new ApiError(resp.status, data);
   }
   return data;
@@ -65,34 +77,30 @@ async function api(method, path, body) {
 
 // ---------------------------------------------------------------- formatting
 // Times are in the command centre's zone with their UTC offset (time.js).
+const msg = (key, params) => i18n.t(key, params);
 const fmtTime = (ms) => zoneTime.full(ms);
 const fmtShort = (ms) => zoneTime.short(ms);
 const tzMark = () => zoneTime.mark();
 function fmtDuration(ms) {
   if (ms === null || ms === undefined) return "–";
   const s = Math.round(ms / 1000);
-  if (s < 60) return `${s} s`;
-  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
-  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  if (s < 60) return msg("dur.s", { s });
+  if (s < 3600) return msg("dur.ms", { m: Math.floor(s / 60), s: s % 60 });
+  return msg("dur.hm", { h: Math.floor(s / 3600), m: Math.floor((s % 3600) / 60) });
 }
-const label = (s) => String(s || "").replace(/_/g, " ");
-// An alarm type in the operator's words (越界, 人机分离 ...; register-i18n.js), and whether it
+// An alarm type in the operator's words (越界, 人机分离 ...; static/i18n/), and whether it
 // is a warning (approach: shown as 预警, no alarm sound) by the server's list.
-const typeWord = (type) =>
-  (typeof regI18n !== "undefined" ? regI18n.term("atype", type) : label(type));
+const typeWord = (type) => i18n.term("atype", type);
+const typeTitle = (type) => (isWarning(type) ? msg("alarm.type_warning", { type: typeWord(type), warning: typeWord("warning") }) : typeWord(type));
 const isWarning = (type) =>
   Boolean(state.session && (state.session.warning_types || []).includes(type));
 function fillTypeSelect(select, types) {
   const keep = select.value;
-  select.replaceChildren(el("option", { value: "", text: "all" }));
-  for (const t of types) {
-    select.append(el("option", { value: t, text: isWarning(t) ? `${typeWord(t)} (${typeWord("warning")})` : typeWord(t) }));
-  }
+  select.replaceChildren(el("option", { value: "", text: msg("filter.all") }));
+  for (const type of types) select.append(el("option", { value: type, text: typeTitle(type) }));
   select.value = keep;
 }
-// The register's words (register-i18n.js, loaded after this file) when they are there.
-const deviceKindWord = (kind) =>
-  (typeof regI18n !== "undefined" ? regI18n.term("kind", kind) : label(kind));
+const deviceKindWord = (kind) => i18n.term("kind", kind);
 // A region by its name, with the code for searching (卧龙区 411303); a zone by its name.
 function regionName(code) {
   const names = (state.session && state.session.region_names) || {};
@@ -174,12 +182,12 @@ async function onLogout() {
   state.loggingOut = true;  // loadPositions asks nothing more
   try { await api("POST", "/api/logout"); } catch (e) { /* ended anyway */ }
   state.loggingOut = false;
-  showLogin("Logged out.");
+  showLogin(msg("session.logged_out"));
 }
 
 function fillRegionSelect(select, regions) {
   const keep = select.value;
-  select.replaceChildren(el("option", { value: "", text: state.session && state.session.all_regions ? "all" : "all mine" }));
+  select.replaceChildren(el("option", { value: "", text: msg(state.session && state.session.all_regions ? "filter.all" : "filter.all_mine") }));
   for (const r of regions) select.append(el("option", { value: r, text: regionName(r) }));
   select.value = regions.includes(keep) ? keep : "";
 }
@@ -199,15 +207,33 @@ function refreshRegionSelects() {
   fillRegionSelect($("#s-region"), knownRegions());
 }
 
+// The words this file writes outside the lists (the header's user, the time column).
+function pageWords() {
+  if (!state.session) return;
+  $("#who").textContent = msg("app.who", { user: state.session.user, role: i18n.term("role", state.session.role) });
+  $("#th-time").textContent = msg("alarms.col.time", { mark: tzMark() });
+  $("#th-time").title = msg("alarms.times_in", { zone: zoneTime.zone() });
+}
+
+// Another language chosen: everything this file drew is drawn again in it.
+function onLangChange() {
+  if (!state.session) return;
+  pageWords();
+  refreshRegionSelects();
+  fillTypeSelect($("#f-type"), state.session.alarm_types || []);
+  setFeedState(Boolean(state.feed && state.feed.readyState === EventSource.OPEN));
+  renderAlarms();
+  if (state.selected) renderDetail(state.selected);
+  if (!$("#stats-view").hidden) loadStats();
+}
+
 async function start(session) {
   state.session = session;
   $("#login-view").hidden = true;
   $("#tabs").hidden = false;
   $("#logout").hidden = false;
-  $("#who").textContent = `${session.user} (${session.role})`;
   zoneTime.setZone(session.timezone || "UTC");
-  $("#th-time").textContent = `time (${tzMark()})`;
-  $("#th-time").title = `times in ${zoneTime.zone()}`;
+  pageWords();
   $("#tab-stats").hidden = !(session.role === "supervisor" || session.role === "admin");
   fillRegionSelect($("#f-region"), session.regions);
   fillRegionSelect($("#s-region"), session.regions);
@@ -302,17 +328,16 @@ function alarmRow(a) {
   const escalated = a.escalated_at && a.workflow === "new";
   tr.append(
     el("td", { title: fmtTime(a.raised_at) }, fmtShort(a.raised_at), a.late ? el("span", { class: "late",
-      text: "LATE",
-      title: `decided by a stored-and-forwarded fix: the time is the fix's, the alarm arrived ${fmtTime(a.recorded_at)}` }) : ""),
+      text: msg("alarm.late"), title: msg("alarm.late_title", { at: fmtTime(a.recorded_at) }) }) : ""),
     el("td", {}, el("span", { class: `pill t-${a.type}` + (isWarning(a.type) ? " warning" : ""),
       text: typeWord(a.type), title: isWarning(a.type) ? typeWord("warning") : "" })),
     el("td", { text: a.subject_id }),
     // The device and its kind in words (腕带 / 手机): a subject's bracelet and phone are two rows.
-    el("td", { class: "device", title: a.device_kind ? `${a.device_id} (${a.device_kind})` : (a.device_id || "") },
+    el("td", { class: "device", title: a.device_kind ? msg("alarm.device_kind", { device: a.device_id, kind: deviceKindWord(a.device_kind) }) : (a.device_id || "") },
       a.device_id || "–", a.device_kind ? el("span", { class: "kind", text: deviceKindWord(a.device_kind) }) : ""),
     el("td", { text: regionShort(a.region), title: regionName(a.region) }),
-    el("td", { class: `s-${a.state}`, text: a.state }),
-    escalated ? el("td", { class: "esc", text: "ESCALATED" }) : el("td", { class: `w-${a.workflow}`, text: label(a.workflow) }),
+    el("td", { class: `s-${a.state}`, text: i18n.term("astate", a.state) }),
+    escalated ? el("td", { class: "esc", text: msg("alarm.escalated") }) : el("td", { class: `w-${a.workflow}`, text: i18n.term("astate", a.workflow) }),
   );
   tr.tabIndex = 0;  // reachable and selectable from the keyboard too
   tr.addEventListener("click", () => selectAlarm(a.alarm_id));
@@ -344,10 +369,10 @@ function renderAlarms(freshId) {
   const escalated = rows.filter((a) => a.escalated_at && a.workflow === "new").length;
   // The tab's title counts alarms nobody has acknowledged, for a console in the background.
   const waiting = [...state.alarms.values()].filter((a) => a.workflow === "new").length;
-  document.title = waiting ? `(${waiting}) emfence console` : "emfence console";
+  document.title = waiting ? msg("app.title_waiting", { n: waiting }) : msg("app.title");
   const banner = $("#banner");
   banner.hidden = escalated === 0;
-  banner.textContent = escalated ? `${escalated} escalated alarm${escalated > 1 ? "s" : ""} not acknowledged` : "";
+  banner.textContent = escalated ? i18n.plural("alarms.banner", escalated) : "";
 }
 
 function closeFeed() {
@@ -360,8 +385,8 @@ function setFeedState(on) {
   const s = $("#feed-state");
   // Logged out there is no feed to miss: the badge hides rather than say "offline".
   s.hidden = !state.session;
-  s.textContent = on ? "live" : "reconnecting";
-  s.title = on ? "live feed: new alarms appear by themselves" : "live feed interrupted; reconnecting";
+  s.textContent = msg(on ? "feed.live" : "feed.reconnecting");
+  s.title = msg(on ? "feed.live_title" : "feed.down_title");
   s.className = `feed ${on ? "on" : "off"}`;
 }
 
@@ -390,7 +415,7 @@ function openFeed(seq) {
     }
   };
   es.addEventListener("alarm", (msg) => onFeedEvent(JSON.parse(msg.data)));
-  es.addEventListener("logout", () => showLogin("Your session has ended; log in again."));
+  es.addEventListener("logout", () => showLogin(msg("session.ended")));
 }
 
 // Apply one event of the log to the alarm it concerns. The feed carries the published
@@ -490,25 +515,21 @@ async function renderDetail(id) {
   const a = data.alarm;
   state.alarms.set(a.alarm_id, a);
   const frag = $("#detail-template").content.cloneNode(true);
-  $(".d-title", frag).textContent = `${typeWord(a.type)}${isWarning(a.type) ? ` (${typeWord("warning")})` : ""} · ${a.subject_id}`;
-  const fields = [
-    ["alarm", a.alarm_id], ["region", regionName(a.region)], ["device", a.device_id], ["zone", zoneName(a.zone_id)],
-    ["raised", fmtTime(a.raised_at) + (a.late ? ` (late fix, arrived ${fmtTime(a.recorded_at)})` : "")],
-    ["condition", a.state + (a.cleared_at ? ` at ${fmtTime(a.cleared_at)}` : "")],
-    ["handling", label(a.workflow) + (a.escalated_at ? ` · escalated ${fmtTime(a.escalated_at)}` : "")],
-  ];
+  i18n.apply(frag);
+  $(".d-title", frag).textContent = `${typeTitle(a.type)} · ${a.subject_id}`;
+  const fields = detailFields(a);
   const ev = a.evidence || {};
   if (ev.lat !== undefined && ev.lat !== null) {
-    fields.push(["position (WGS-84, GPS)", `${(+ev.lat).toFixed(6)}, ${(+ev.lon).toFixed(6)}` + (ev.acc ? ` ±${Math.round(ev.acc)} m` : "")]);
+    fields.push([msg("field.position_wgs"), `${(+ev.lat).toFixed(6)}, ${(+ev.lon).toFixed(6)}` + (ev.acc ? ` ±${i18n.dist(ev.acc)}` : "")]);
     // Chinese map services use GCJ-02: the WGS-84 figures pasted there land ~500 m off.
-    if (data.position_gcj02) fields.push(["position (GCJ-02, for Chinese maps)", `${data.position_gcj02.lat.toFixed(6)}, ${data.position_gcj02.lon.toFixed(6)}`]);
+    if (data.position_gcj02) fields.push([msg("field.position_gcj"), `${data.position_gcj02.lat.toFixed(6)}, ${data.position_gcj02.lon.toFixed(6)}`]);
   }
-  if (ev.distance_m !== undefined && ev.distance_m !== null) fields.push(["distance", `${Math.round(ev.distance_m)} m`]);
+  if (ev.distance_m !== undefined && ev.distance_m !== null) fields.push([msg("field.distance"), i18n.dist(ev.distance_m)]);
   for (const [k, v] of Object.entries(ev)) {
     if (EVIDENCE_SHOWN.has(k) || v === null || v === undefined) continue;
     fields.push([word("ev", k), evidenceValue(k, v)]);
   }
-  if (a.disposition) fields.push(["disposition", label(a.disposition)]);
+  if (a.disposition) fields.push([msg("field.disposition"), i18n.term("disp", a.disposition)]);
   const dl = $(".d-fields", frag);
   for (const [k, v] of fields) dl.append(el("dt", { text: k }), el("dd", { text: v }));
 
@@ -516,8 +537,8 @@ async function renderDetail(id) {
   const closeForm = $(".close-form", frag);
   const err = $(".d-error", frag);
   const disp = $(".close-disp", frag);
-  disp.append(el("option", { value: "", text: "choose…" }));
-  for (const d of state.session.dispositions) disp.append(el("option", { value: d, text: label(d) }));
+  disp.append(el("option", { value: "", text: msg("detail.choose") }));
+  for (const d of state.session.dispositions) disp.append(el("option", { value: d, text: i18n.term("disp", d) }));
   ackForm.hidden = a.workflow !== "new";
   closeForm.hidden = a.workflow !== "acknowledged";
   ackForm.addEventListener("submit", (e) => act(e, a.alarm_id, "acknowledge",
@@ -530,14 +551,14 @@ async function renderDetail(id) {
 
   const hist = $(".d-history", frag);
   // One history in time order: the condition clearing may fall between two actions.
-  const entries = [[a.raised_at, 0, "raised"]];
+  const entries = [[a.raised_at, 0, msg("history.raised")]];
   data.actions.forEach((x, i) => {
-    let text = `${label(x.what)} by ${x.who}`;
-    if (x.disposition) text += ` · ${label(x.disposition)}`;
+    let text = msg("history.by", { what: i18n.term("action", x.what), who: x.who });
+    if (x.disposition) text += ` · ${i18n.term("disp", x.disposition)}`;
     if (x.note) text += ` · “${x.note}”`;
     entries.push([x.at, 1 + i, text]);
   });
-  if (a.cleared_at) entries.push([a.cleared_at, 1e9, "condition cleared"]);
+  if (a.cleared_at) entries.push([a.cleared_at, 1e9, msg("history.cleared")]);
   entries.sort((x, y) => (x[0] - y[0]) || (x[1] - y[1]));
   for (const [at, , text] of entries) hist.append(el("li", { text: `${fmtTime(at)} ${text}` }));
   renderNotifications($(".d-notify-title", frag), $(".d-notify", frag), data.notifications || []);
@@ -558,13 +579,25 @@ async function renderDetail(id) {
 }
 const FORM_FIELDS = [".ack-note", ".close-disp", ".close-note", ".note-text"];
 
-// The register's words for a group's value ("nstate", "sent"), or the value itself.
-const word = (group, v) => (typeof regI18n !== "undefined" ? regI18n.term(group, v) : label(v));
+// The alarm's fields before its evidence: [label, value] in the page's language.
+function detailFields(a) {
+  const term = (v) => i18n.term("astate", v);
+  return [
+    [msg("field.alarm"), a.alarm_id], [msg("field.region"), regionName(a.region)],
+    [msg("field.device"), a.device_id], [msg("field.zone"), zoneName(a.zone_id)],
+    [msg("field.raised"), fmtTime(a.raised_at) + (a.late ? msg("field.late", { at: fmtTime(a.recorded_at) }) : "")],
+    [msg("field.condition"), a.cleared_at ? msg("field.cleared_at", { state: term(a.state), at: fmtTime(a.cleared_at) }) : term(a.state)],
+    [msg("field.handling"), term(a.workflow) + (a.escalated_at ? msg("field.escalated_at", { at: fmtTime(a.escalated_at) }) : "")],
+  ];
+}
+
+// The catalogue's word for a group's value ("nstate", "sent"), or the value itself.
+const word = (group, v) => i18n.term(group, v);
 // Evidence keys the fields above already show; the others (battery_pct, devices ...) follow.
 const EVIDENCE_SHOWN = new Set(["lat", "lon", "acc", "distance_m"]);
 function evidenceValue(key, v) {
   if (key.endsWith("_ms")) return fmtTime(v);
-  if (key === "battery_pct") return `${v}%`;
+  if (key === "battery_pct") return i18n.pct(v / 100, 0);
   if (key === "strap") return word("strap", v);
   return Array.isArray(v) ? v.join(", ") : String(v);
 }
@@ -595,11 +628,11 @@ async function act(ev, id, verb, body, errBox) {
   ev.preventDefault();
   errBox.textContent = "";
   if (verb === "close" && !body.disposition) {
-    errBox.textContent = "Choose a disposition.";
+    errBox.textContent = msg("detail.need_disposition");
     return;
   }
   if (verb === "note" && !body.note.trim()) {
-    errBox.textContent = "Write the note first.";
+    errBox.textContent = msg("detail.need_note");
     return;
   }
   const btn = ev.submitter || ev.target.querySelector("button");
@@ -743,7 +776,7 @@ function drawMap() {
       path = svg("path", { d: pathData(f.geometry), class: `zone-${f.properties.kind}`, "fill-rule": "evenodd" });
     }
     const title = svg("title");
-    title.textContent = `${f.properties.kind} zone ${zoneName(f.properties.zone_id)}`;
+    title.textContent = msg("map.zone_title", { kind: i18n.term("map", f.properties.kind), zone: zoneName(f.properties.zone_id) });
     path.append(title);
     kids.push(path);
   }
@@ -772,7 +805,7 @@ function drawMap() {
       fixes.forEach((f, i) => {
         const dot = svg("circle", { cx: pts[i][0], cy: pts[i][1], r: 2.5 * px, class: "fix" });
         const title = svg("title");
-        title.textContent = `${f.device_id} ${fmtTime(f.ts)} ±${Math.round(f.acc || 0)} m`;
+        title.textContent = `${f.device_id} ${fmtTime(f.ts)} ±${i18n.dist(f.acc || 0)}`;
         dot.append(title);
         kids.push(dot);
       });
@@ -793,7 +826,7 @@ function drawScale(mPerPx) {
   const m = steps.find((s) => s >= target) || steps[steps.length - 1];
   const s = $("#map-scale");
   s.style.width = `${Math.round(m / mPerPx)}px`;
-  s.textContent = m >= 1000 ? `${m / 1000} km` : `${m} m`;
+  s.textContent = i18n.dist(m);
 }
 
 function setupMapControls() {
@@ -847,7 +880,7 @@ async function loadStats(ev) {
   const card = (title, ...kids) => el("div", { class: "card" }, el("h2", { text: title }), ...kids);
   const table = (heads, rows) => {
     const t = el("table");
-    t.append(el("thead", {}, el("tr", {}, ...heads.map((h) => el("th", { text: h, class: h === "alarms" || h === "share" ? "num" : "" })))));
+    t.append(el("thead", {}, el("tr", {}, ...heads.map((h) => el("th", { text: h ? msg(`stats.${h}`) : "", class: h === "alarms" ? "num" : "" })))));
     const tb = el("tbody");
     for (const r of rows) tb.append(el("tr", {}, ...r.map((c) => (c instanceof Node ? el("td", { class: "barcell" }, c) : el("td", { text: c })))));
     t.append(tb);
@@ -862,13 +895,13 @@ async function loadStats(ev) {
   };
   const maxOf = (rows) => Math.max(1, ...rows.map((r) => r.count));
 
-  const overview = card("Overview",
-    el("div", { class: "big", text: String(s.total) }), el("div", { class: "muted", text: "alarms raised in the period" }),
+  const overview = card(msg("stats.overview"),
+    el("div", { class: "big", text: i18n.num(s.total) }), el("div", { class: "muted", text: msg("stats.raised") }),
     table(["measure", "value"], [
-      ["median time to acknowledge", fmtDuration(s.median_ack_ms)],
-      ["median time to close", fmtDuration(s.median_close_ms)],
-      ["acknowledged", String(s.acknowledged)], ["closed", String(s.closed)],
-      ["false-alarm share of closed", s.false_alarm_share === null ? "–" : `${(100 * s.false_alarm_share).toFixed(1)} %`],
+      [msg("stats.median_ack"), fmtDuration(s.median_ack_ms)],
+      [msg("stats.median_close"), fmtDuration(s.median_close_ms)],
+      [msg("stats.acknowledged"), i18n.num(s.acknowledged)], [msg("stats.closed"), i18n.num(s.closed)],
+      [msg("stats.false_share"), s.false_alarm_share === null ? "–" : i18n.pct(s.false_alarm_share)],
     ]));
   const entries = (obj, key) => Object.entries(obj).map(([k, count]) => ({ [key]: k, count }));
   const perRegion = entries(s.by_region, "region");
@@ -877,37 +910,37 @@ async function loadStats(ev) {
   const falseSet = new Set(s.false_alarm_dispositions);
   const perDisp = entries(s.dispositions, "disposition").filter((r) => r.count > 0);
   const mr = maxOf(perRegion), mt = maxOf(perType), md = maxOf(perDay), mdisp = maxOf(perDisp);
-  const byRegion = card("Alarms per region", table(["region", "alarms", ""],
-    perRegion.map((r) => [regionName(r.region), String(r.count), bar(r.count, mr)])));
-  const byType = card("Alarms per type", table(["type", "alarms", ""],
-    perType.map((r) => [typeWord(r.type), String(r.count), bar(r.count, mt)])));
+  const byRegion = card(msg("stats.per_region"), table(["region", "alarms", ""],
+    perRegion.map((r) => [regionName(r.region), i18n.num(r.count), bar(r.count, mr)])));
+  const byType = card(msg("stats.per_type"), table(["type", "alarms", ""],
+    perType.map((r) => [typeWord(r.type), i18n.num(r.count), bar(r.count, mt)])));
   // The days are the server's, counted in the zone it names (console.timezone).
   const offMin = Math.round((s.day_offset_ms || 0) / 60000);
   const dayZone = `${s.timezone || "UTC"}, UTC${offMin < 0 ? "-" : "+"}` +
     `${String(Math.floor(Math.abs(offMin) / 60)).padStart(2, "0")}:${String(Math.abs(offMin) % 60).padStart(2, "0")}`;
-  const byDay = card(`Alarms per day (${dayZone})`, table(["day", "alarms", ""],
-    perDay.map((r) => [r.day, String(r.count), bar(r.count, md)])));
-  const byDisp = card("Closed by disposition", table(["disposition", "alarms", ""],
-    perDisp.map((r) => [label(r.disposition) + (falseSet.has(r.disposition) ? " (false alarm)" : ""),
-      String(r.count), bar(r.count, mdisp, falseSet.has(r.disposition) ? "false" : "")])));
-  const detail = card(`Region × type × day (${dayZone})`, table(["day", "region", "type", "alarms"],
-    s.counts.map((r) => [r.day, regionName(r.region), typeWord(r.type), String(r.count)])));
+  const byDay = card(msg("stats.per_day", { zone: dayZone }), table(["day", "alarms", ""],
+    perDay.map((r) => [r.day, i18n.num(r.count), bar(r.count, md)])));
+  const byDisp = card(msg("stats.by_disposition"), table(["disposition", "alarms", ""],
+    perDisp.map((r) => [i18n.term("disp", r.disposition) + (falseSet.has(r.disposition) ? msg("stats.false_alarm") : ""),
+      i18n.num(r.count), bar(r.count, mdisp, falseSet.has(r.disposition) ? "false" : "")])));
+  const detail = card(msg("stats.detail", { zone: dayZone }), table(["day", "region", "type", "alarms"],
+    s.counts.map((r) => [r.day, regionName(r.region), typeWord(r.type), i18n.num(r.count)])));
   let trail = [];
   try {
     trail = (await api("GET", "/api/audit?limit=50")).rows;
   } catch (e) { /* shown as empty */ }
   const describe = (r) => {
     const d = r.detail || {};
-    return [d.disposition && label(d.disposition), d.note && `“${d.note}”`,
-      d.action && `tried to ${d.action}`, d.region].filter(Boolean).join(" · ");
+    return [d.disposition && i18n.term("disp", d.disposition), d.note && `“${d.note}”`,
+      d.action && msg("stats.tried", { action: d.action }), d.region].filter(Boolean).join(" · ");
   };
-  const audit = card("Audit trail (latest 50)", table(["time", "who", "action", "target", "detail"],
+  const audit = card(msg("stats.audit", { n: 50 }), table(["time", "who", "action", "target", "detail_col"],
     trail.map((r) => [fmtTime(r.at), r.who || "–", r.action, r.target || "", describe(r)])));
   audit.classList.add("wide");
   // Notification delivery now: failed and retrying ones are the supervisor's to chase.
   const nc = s.notifications || {};
-  const notify = card(word("stats", "notify"), table(["state", "value"],
-    ["failed", "retrying", "pending", "sent", "summarized"].map((k) => [word("nstate", k), String(nc[k] || 0)])));
+  const notify = card(word("stats", "notify"), table(["state_col", "value"],
+    ["failed", "retrying", "pending", "sent", "summarized"].map((k) => [word("nstate", k), i18n.num(nc[k] || 0)])));
   notify.classList.add("notify-card");
   if ((nc.failed || 0) + (nc.retrying || 0) > 0) notify.classList.add("attention");
   body.replaceChildren(overview, notify, byRegion, byType, byDay, byDisp, detail, audit);
@@ -915,6 +948,9 @@ async function loadStats(ev) {
 
 // ---------------------------------------------------------------- boot
 async function boot() {
+  await i18n.ready;
+  i18n.apply(document);
+  document.addEventListener("langchange", onLangChange);
   $("#login-form").addEventListener("submit", onLogin);
   $("#logout").addEventListener("click", onLogout);
   for (const b of document.querySelectorAll(".tab")) b.addEventListener("click", () => showView(b.dataset.view));

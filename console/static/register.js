@@ -3,7 +3,7 @@
 // and register-i18n.js's words; the zone page is zones-page.js.
 "use strict";
 
-const tr = (key) => regI18n.t(key);
+const tr = (key) => i18n.t(key);
 const reg = { view: null, subjectId: null };
 const OVERSEER = () => state.session && (state.session.role === "supervisor" || state.session.role === "admin");
 const LEVELS = ["strict", "ordinary", "lenient"];
@@ -47,7 +47,7 @@ function field(labelKey, input) {
 }
 function options(select, values, group, chosen) {
   for (const v of values) {
-    const o = el("option", { value: v, text: group ? regI18n.term(group, v) : v });
+    const o = el("option", { value: v, text: group ? i18n.term(group, v) : v });
     if (v === chosen) o.selected = true;
     select.append(o);
   }
@@ -93,10 +93,10 @@ function regLabels() {
   $("#tab-subjects").textContent = tr("tab.subjects");
   $("#tab-leaves").textContent = tr("tab.leaves");
   $("#tab-zones").textContent = tr("tab.zones");
-  $("#tab-roster").textContent = rosterI18n.t("tab.roster");
+  $("#tab-roster").textContent = i18n.t("roster.tab.roster");
   $("#tab-protected").textContent = tr("tab.protected");
   $("#lang").textContent = tr("lang.other");
-  document.documentElement.lang = regI18n.lang() === "zh" ? "zh-CN" : "en";
+  document.documentElement.lang = i18n.lang();
 }
 
 // ---------------------------------------------------------------- subject list
@@ -131,7 +131,7 @@ async function fillSubjects() {
   $("#subj-list").replaceChildren(rows.length ? table(["col.id", "col.name", "col.region", "col.level",
     "col.officer", "col.state"], rows) : el("p", { class: "muted", text: tr("subjects.none") }));
 }
-const regionalTerm = (group, v) => regI18n.term(group, v);
+const regionalTerm = (group, v) => i18n.term(group, v);
 
 // ---------------------------------------------------------------- enrolment
 function enrolForm(box) {
@@ -364,7 +364,7 @@ function suspendForm(s, err) {
 
 function alarmsPart(alarms) {
   const rows = alarms.map((a) => el("tr", { "data-alarm-id": a.alarm_id }, cell(when(a.raised_at)),
-    cell(label(a.type)), cell(a.device_id), cell(label(a.state)), cell(label(a.workflow))));
+    cell(i18n.term("atype", a.type)), cell(a.device_id), cell(i18n.term("astate", a.state)), cell(i18n.term("astate", a.workflow))));
   return el("section", { class: "part", id: "subject-alarms" }, el("h3", { text: tr("subject.alarms") }),
     rows.length ? table(["col.time", "col.type", "col.device", "col.state", "col.actions"], rows)
       : el("p", { class: "muted", text: tr("subject.no_alarms") }));
@@ -420,7 +420,7 @@ async function loadProtected() {
       where.addEventListener("click", () => submit(null, err, async () => {
         const data = await api("GET", `/api/protected/${encodeURIComponent(p.person_id)}/position`);
         $("#protected-position").textContent = data.positions.length ? data.positions.map((q) =>
-          `${p.name} ${q.device_id}: ${q.lat.toFixed(5)}, ${q.lon.toFixed(5)} ±${Math.round(q.acc)} m, ${when(q.ts)}`).join("；")
+          `${p.name} ${q.device_id}: ${q.lat.toFixed(5)}, ${q.lon.toFixed(5)} ±${i18n.dist(q.acc)}, ${when(q.ts)}`).join("；")
           : tr("protected.no_fix");
       }));
       return el("tr", { "data-person-id": p.person_id }, cell(p.person_id), cell(p.name), cell(regionName(p.region)),
@@ -459,11 +459,11 @@ function regBoot() {
     });
   }
   $("#lang").addEventListener("click", () => {
-    regI18n.toggle();
+    i18n.toggle();
     regLabels();
     if (reg.view === "subjects" && !$("#subject-view").hidden) showSubject(reg.subjectId);
     else if (reg.view) regShow(reg.view);
   });
   regLabels();
 }
-document.addEventListener("DOMContentLoaded", regBoot);
+document.addEventListener("DOMContentLoaded", () => i18n.ready.then(regBoot));

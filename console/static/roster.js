@@ -5,7 +5,7 @@
 "use strict";
 
 const rosterPage = (() => {
-  const rt = (key) => rosterI18n.t(key);
+  const rt = (key, params) => i18n.t(`roster.${key}`, params);
   const ROLES = ["officer", "default_officer", "duty", "squadron", "brigade"];
   let timezone = "";
 
@@ -113,7 +113,7 @@ const rosterPage = (() => {
       if (at !== null) q.set("at", String(at));
       const data = await api("GET", `/api/roster/told?${q}`);
       out.replaceChildren(...Object.entries(data.levels).map(([n, people]) => el("p", { class: "told-level" },
-        el("b", { text: rt("told.level").replace("{n}", n) + "：" }),
+        el("b", { text: rt("told.level", { n }) + "：" }),
         people.length ? people.map((p) => `${p.name}（${rt(`role.${p.role}`)}）`).join("、") : rt("told.nobody"))));
     }));
     return form;

@@ -26,8 +26,8 @@ const zonesPage = (() => {
 
   function libraryTable() {
     const rows = library().map((z) => el("tr", { "data-zone-id": z.zone_id }, cell(z.name), cell(z.zone_id),
-      cell(regI18n.term("zkind", z.kind) + (z.radius_m ? ` ${z.radius_m} m` : "")),
-      cell(regI18n.term("src", z.source))));
+      cell(i18n.term("zkind", z.kind) + (z.radius_m ? ` ${i18n.dist(z.radius_m)}` : "")),
+      cell(i18n.term("src", z.source))));
     return el("section", { class: "part", id: "zone-library" }, el("h3", { text: tr("zones.library") }),
       table(["zones.name", "col.id", "col.kind", "col.source"], rows));
   }
@@ -57,7 +57,7 @@ const zonesPage = (() => {
   function uploadForm(err, ok) {
     const file = el("input", { type: "file", id: "upload-file", accept: ".geojson,.json,application/geo+json" });
     const [zid, name] = idAndName("up");
-    const crs = options(el("select", { id: "upload-crs" }), ["wgs84", "gcj02"], null, "wgs84");
+    const crs = options(el("select", { id: "upload-crs" }), ["wgs84", "gcj02"], "crs", "wgs84");
     const form = el("form", { class: "filters", id: "upload-form" }, el("h3", { text: tr("zones.upload") }),
       field("zones.file", file), field("zones.zone_id", zid), field("zones.name", name),
       field("zones.coord_sys", crs), el("button", { type: "submit", text: tr("zones.upload_btn") }));

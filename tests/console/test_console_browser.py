@@ -147,7 +147,7 @@ def test_operator_sees_an_alarm_live_then_acknowledges_and_closes_it(world, brow
                                                 "close by alice"))
     history = d.find_element(By.CSS_SELECTOR, "#detail .d-history").text
     assert "acknowledge by alice" in history and "close by alice" in history
-    assert "gps drift" in history and "multipath near tower" in history
+    assert "GPS drift" in history and "multipath near tower" in history
 
     # a note after closing goes on the record too
     d.find_element(By.CSS_SELECTOR, "#detail .note-text").send_keys("supervisor informed")
@@ -197,10 +197,10 @@ def test_supervisor_view_shows_statistics(world, browser, tmp_path):
     text = d.find_element(By.ID, "stats-body").text
     assert "Alarms per region" in text and "411303" in text
     assert "median time to acknowledge" in text and "1 min 40 s" in text
-    assert "100.0 %" in text  # the one closed alarm was a false alarm (gps drift)
+    assert "100.0%" in text  # the one closed alarm was a false alarm (gps drift)
     wait.until(EC.text_to_be_present_in_element((By.ID, "stats-body"), "Audit trail"))
     trail = d.find_element(By.ID, "stats-body").text
-    assert "alarm.close" in trail and "gps drift" in trail
+    assert "alarm.close" in trail and "GPS drift" in trail
     d.save_screenshot(str(tmp_path / "console-supervisor.png"))
     assert severe_console_messages(d) == []
     # at 1280x720 every card holds its table and bars, the longest disposition included
@@ -333,12 +333,12 @@ def test_first_visit_is_calm_and_the_list_names_devices_regions_and_late_alarms(
     assert d.find_element(By.ID, "login-error").text == ""
     assert not d.find_element(By.ID, "feed-state").is_displayed()
     log_in(d, wait, "alice")
-    wait.until(EC.text_to_be_present_in_element((By.ID, "feed-state"), "live"))
+    wait.until(EC.text_to_be_present_in_element((By.ID, "feed-state"), "实时"))
     rows = (By.CSS_SELECTOR, "#alarm-rows tr")
     wait.until(lambda drv: len(drv.find_elements(*rows)) == 11)
     first = d.find_elements(*rows)[0]
     assert first.get_attribute("data-alarm-id") == "late-excl"
-    assert "LATE" in first.text
+    assert "补报" in first.text
     bracelet = d.find_element(By.CSS_SELECTOR, 'tr[data-alarm-id="off-bracelet"]').text
     phone = d.find_element(By.CSS_SELECTOR, 'tr[data-alarm-id="off-phone"]').text
     assert "B-1" in bracelet and "P-1" in phone and bracelet != phone
@@ -363,13 +363,13 @@ def test_first_visit_is_calm_and_the_list_names_devices_regions_and_late_alarms(
                drv.find_elements(*rows)[0].get_attribute("data-alarm-id") != "late-excl")
     # layout and wording of the detail: history in time order, datum and zone said
     wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#detail .d-history"),
-                                                "acknowledge by alice"))
+                                                "alice 接手"))
     history = [li.text for li in d.find_elements(By.CSS_SELECTOR, "#detail .d-history li")]
     assert [h.split(" ", 3)[3] for h in history] == [
-        "raised", "condition cleared", "escalated by system", "acknowledge by alice"]
+        "告警产生", "状况解除", "system 升级", "alice 接手"]
     fields = d.find_element(By.CSS_SELECTOR, "#detail .d-fields").text
     assert "WGS-84" in fields and "GCJ-02" in fields and "UTC+08:00" in fields
-    assert d.find_element(By.CSS_SELECTOR, "#detail .close-btn").text == "Close alarm"
+    assert d.find_element(By.CSS_SELECTOR, "#detail .close-btn").text == "结案"
     assert "UTC+08:00" in d.find_element(By.ID, "th-time").text
     d.save_screenshot(str(tmp_path / "console-detail.png"))
     assert d.find_elements(*rows)[-1].get_attribute("data-alarm-id") == "late-excl"
@@ -570,14 +570,14 @@ def test_every_alarm_type_in_chinese_and_a_warning_shown_as_one_without_the_alar
                                 subject="S-1", device="P-1")], t - 4000)
     d = browser
     wait = log_in_chinese(d, server.url, "alice")
-    wait.until(EC.text_to_be_present_in_element((By.ID, "feed-state"), "live"))
+    wait.until(EC.text_to_be_present_in_element((By.ID, "feed-state"), "实时"))
     pill = 'tr[data-alarm-id="{}"] .pill'
     wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, pill.format("sep-1")),
                                                 "人机分离"))
     assert d.find_element(By.CSS_SELECTOR, pill.format("nofix-1")).text == "无定位"
     offered = [o.text for o in Select(d.find_element(By.ID, "f-type")).options]
     for word in ("越界", "人机分离", "无定位", "关机", "接近被保护人", "违规接触",
-                 "接近禁区 (预警)"):
+                 "接近禁区（预警）"):
         assert word in offered, (word, offered)
     # a live warning: marked, and no alarm cue
     d.execute_script("lastBeep = 0;")

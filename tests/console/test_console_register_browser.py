@@ -241,7 +241,7 @@ def test_contacts_on_the_subject_page_and_protected_persons_for_the_supervisor(
                                        now_ms())])
     click(wait, (By.CSS_SELECTOR, f"{row[1]} .pr-where"))
     wait.until(EC.text_to_be_present_in_element((By.ID, "protected-position"),
-                                                "33.00123, 112.53456 ±12 m"))
+                                                "33.00123, 112.53456 ±12米"))
     assert "UTC+08:00" in d.find_element(By.ID, "protected-position").text
     assert store.audit_log(action="protected.position.view")[0]["who"] == "sue"
     d.save_screenshot(str(tmp_path / "register-protected.png"))
