@@ -48,7 +48,7 @@ def _replay_and_score(tmp_path, *, seed: int, config_toml: str) -> tuple[dict, l
     zp, sp = gen.write(tmp_path / "fleet")
     (tmp_path / "c.toml").write_text(config_toml)
     config = load_config(str(tmp_path / "c.toml"))
-    sim = load_simulation(zp, sp, rate=200.0, duration_s=150.0, scenario="rules", seed=seed,
+    sim = load_simulation(zp, sp, rate=200.0, duration_s=75.0, scenario="rules", seed=seed,
                           config=config, time_scale=30.0, events_per_kind=2, start_ms=START_MS)
     assert not sim.skipped
     (tmp_path / "fixes.jsonl").write_bytes(b"\n".join(sim.replay_lines()) + b"\n")
@@ -108,7 +108,7 @@ def test_rules_scenario_live_through_mosquitto(tmp_path):
     config = RULES_TOML + "\n[ingest]\nrestart_grace_s = 3\nhealth_interval_s = 1\n"
     zones, subjects, config_path, secret, passwords = prepare_run_dir(
         run, subjects_n=150, seed=2, counties=None, config_toml=config)
-    sim = load_simulation(zones, subjects, rate=200.0, duration_s=150.0, scenario="rules",
+    sim = load_simulation(zones, subjects, rate=200.0, duration_s=75.0, scenario="rules",
                           seed=2, config=load_config(config_path), time_scale=30.0,
                           events_per_kind=1, start_ms=int(time.time() * 1000) + 5_000)
     assert not sim.skipped
