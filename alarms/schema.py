@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from alarms.commands import V11_DEVICE_COMMANDS
 from alarms.notify_schema import V6_TABLES, V7_SUMMARIES
 from alarms.protected_positions import V10_PROTECTED_POSITIONS
 from alarms.register_schema import V5_TABLES, V9_RELATIONS
@@ -316,6 +317,9 @@ MIGRATIONS: list[list[Migration]] = [
     # version 10: the newest position of each protected person's device, for supervisors
     # (alarms.protected_positions).
     V10_PROTECTED_POSITIONS,
+    # version 11: commands to devices and their replies (alarms.commands, the downlink;
+    # docs/wire-protocol.md, "Downlink").
+    V11_DEVICE_COMMANDS,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
