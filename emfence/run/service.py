@@ -48,6 +48,7 @@ from contract import RecordBatch, device_topic, health_topic
 from emfence.config import Config
 from emfence.run.acks import Acks
 from emfence.run.batches import Batch, Batches
+from emfence.run.commands import Commands
 from emfence.run.events import EventWriter
 from emfence.run.health import (
     QUIET_LOGGERS,
@@ -131,6 +132,7 @@ class Service:
             on_connected=lambda client: self._publish_health(client, "online"),
             on_fatal=self._fatal)
         self.outages.held = self._held_back
+        self.commands = Commands(store, self.receiver, options.regions, self.counters)
         self.source = options.source or ModelSource.files(options.zones_path,
                                                           options.subjects_path)
         self.reloading = asyncio.Lock()  # one reload at a time, applied in order
@@ -232,6 +234,7 @@ class Service:
             ("checkpoint", self._periodic_checkpoint()),
             ("health", self._health()),
             ("escalation", self._escalation()),
+            ("commands", self.commands.run()),
             ("track-retention", self.tracks.purge()),
             *([("notify", self.notifier.run())] if self.notifier else []),
         ] + ([("register-watch", self.watch.run())] if self.watch is not None else [])
