@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from contract.errors import EmfenceError
+
 COMMANDS = ("vibrate", "locate", "interval")
 RESULTS = ("ok", "rejected", "expired", "unsupported")
 # interval: report every interval_s seconds for duration_s seconds, then as before
@@ -22,7 +24,7 @@ CMD_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_DETAIL_CHARS = 500
 
 
-class CommandError(ValueError):
+class CommandError(EmfenceError, ValueError):
     """A command or reply that breaks the contract; ``field`` names the bad key."""
 
     def __init__(self, field: str, message: str):
