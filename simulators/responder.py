@@ -139,3 +139,58 @@ async def answer_commands(client, firmware: Firmware, filters: list[str],
                 else message.payload
             for topic, out in firmware.on_command(parts[2], parts[3], payload, clock_ms()):
                 await client.publish(topic, out, qos=1)
+
+
+def simulation_fix_of(sim) -> FixOf:
+    """A :class:`simulators.scenario.Simulation`'s device's fix now (its movement model,
+    no drop-out), in the shape the simulator publishes; None for a device it lacks."""
+    import numpy as np
+
+    from simulators.movement import COORD_GCJ02
+
+    index = sim.fleet.device_index
+
+    def fix_of(device_id: str, now_ms: int) -> dict[str, Any] | None:
+        d = index.get(device_id)
+        if d is None:
+            return None
+        obs = sim.model.observe(np.array([d]), np.array([now_ms], dtype=np.int64), sim._rng,
+                                dropouts=False)
+        fix = {"ts": now_ms, "lat": round(float(obs.lat[0]), 7),
+               "lon": round(float(obs.lon[0]), 7), "acc": float(obs.acc[0])}
+        if int(obs.coord[0]) == COORD_GCJ02:
+            fix["coord_sys"] = "gcj02"
+        return fix
+
+    return fix_of
+
+
+async def run_responder(host: str, port: int, sim, *, username: str, password: str | None,
+                        stop: asyncio.Event) -> None:
+    """``emfence simulate --answer-commands``: one connection as the pool account
+    ``username`` answering the commands of every region of ``sim``'s devices, until
+    ``stop``. A refused login raises ``ingest.mqtt.BrokerConnectError``."""
+    import time
+
+    import aiomqtt
+
+    from ingest.mqtt import connect_error
+
+    regions = sorted(set(sim.fleet.device_region))
+    client = aiomqtt.Client(host, port, username=username, password=password,
+                            identifier=username)
+    try:
+        await client.__aenter__()
+    except aiomqtt.MqttError as exc:
+        raise connect_error(exc, host=host, port=port, username=username, tls=False) from None
+    try:
+        task = asyncio.create_task(answer_commands(
+            client, Firmware(simulation_fix_of(sim)), command_filters(regions=regions),
+            lambda: time.time_ns() // 1_000_000))
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (task, waiter):
+            t.cancel()
+        await asyncio.gather(task, waiter, return_exceptions=True)
+    finally:
+        await client.__aexit__(None, None, None)

@@ -5,14 +5,17 @@ project's ACL, the test-only load-generator account answering for its devices.""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiomqtt
 import orjson
 import pytest
 
 from contract.commands import command_payload
+from emfence.config import Config
+from ingest.decode import decode_fix_payload
 from ingest.passwords import ENGINE_USER
-from simulators.responder import Firmware, answer_commands, command_filters
+from simulators.responder import Firmware, run_responder
 
 T0 = 1_763_800_000_000
 REGION = "411303"
@@ -59,27 +62,44 @@ def test_each_command_is_answered_like_firmware():
 
 @pytest.mark.mqtt
 async def test_the_load_generator_answers_for_its_devices_through_the_acl(mosquitto_factory):
+    """``emfence simulate --answer-commands``: the pool account answers for the fleet's
+    devices with one wildcard subscription per region; a locate is a fix of the device's
+    own simulated position."""
+    from sim_helpers import fast_config, fleet
+
+    from simulators.scenario import Simulation
+
     broker = mosquitto_factory(passwords={"emfence-loadgen-1": "lg-pw", ENGINE_USER: "e-pw"})
-    fw = Firmware(fix_of)
-    async with aiomqtt.Client("127.0.0.1", broker.port, username="emfence-loadgen-1",
-                              password="lg-pw", identifier="emfence-loadgen-1") as sim, \
-            aiomqtt.Client("127.0.0.1", broker.port, username=ENGINE_USER, password="e-pw",
-                           identifier=ENGINE_USER) as engine:
-        await engine.subscribe(f"emfence/v1/{REGION}/+/reply", qos=1)
-        await engine.subscribe(f"emfence/v1/{REGION}/+/fix", qos=1)
-        task = asyncio.create_task(answer_commands(
-            sim, fw, command_filters(regions=[REGION]), lambda: T0, tick_s=0.05))
-        await asyncio.sleep(0.3)  # the simulator's SUBACK
+    _, _, fl = fleet(4, 3)
+    sim = Simulation(fl, rate=10.0, duration_s=10.0, start_ms=int(time.time() * 1000),
+                     config=fast_config(), scenario="normal", seed=3)
+    device, region = fl.device_ids[0], fl.device_region[0]
+    stop = asyncio.Event()
+    async with aiomqtt.Client("127.0.0.1", broker.port, username=ENGINE_USER, password="e-pw",
+                              identifier=ENGINE_USER) as engine:
+        await engine.subscribe(f"emfence/v1/{region}/+/reply", qos=1)
+        await engine.subscribe(f"emfence/v1/{region}/+/fix", qos=1)
+        task = asyncio.create_task(run_responder(
+            "127.0.0.1", broker.port, sim, username="emfence-loadgen-1", password="lg-pw",
+            stop=stop))
+        await asyncio.sleep(0.5)  # the simulator's SUBACKs
+        now = int(time.time() * 1000)
         for cmd_id, cmd in (("c1", "vibrate"), ("c2", "locate")):
-            await engine.publish(f"emfence/v1/{REGION}/B-{cmd_id}/cmd", command(cmd_id, cmd),
-                                 qos=1)
+            await engine.publish(f"emfence/v1/{region}/{device}/cmd",
+                                 command(cmd_id, cmd, ts=now), qos=1)
         got = []
         async with asyncio.timeout(10):
             async for m in engine.messages:
-                got.append((m.topic.value, orjson.loads(m.payload)))
+                got.append((m.topic.value.rsplit("/", 1)[1], orjson.loads(m.payload)))
                 if len(got) == 3:
                     break
-        task.cancel()
-    assert [(t, d.get("result")) for t, d in got] == [
-        (f"emfence/v1/{REGION}/B-c1/reply", "ok"), (f"emfence/v1/{REGION}/B-c2/fix", None),
-        (f"emfence/v1/{REGION}/B-c2/reply", "ok")]
+        stop.set()
+        await task
+    assert [(kind, d.get("cmd_id"), d.get("result")) for kind, d in got] == [
+        ("reply", "c1", "ok"), ("fix", None, None), ("reply", "c2", "ok")]
+    # the located fix is one the engine accepts, taken now, in the fleet's county (China)
+    rejects: list = []
+    [fix] = decode_fix_payload(orjson.dumps(got[1][1]), rx_ms=now + 1000, config=Config().ingest,
+                               rejects=rejects)
+    assert rejects == [] and fix.ts_ms >= now
+    assert 18 < fix.lat < 54 and 73 < fix.lon < 135
