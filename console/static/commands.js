@@ -1,8 +1,9 @@
 // emfence console: the "设备指令 / Device commands" panel (issue #16, the downlink).
 // Shown under a device in the alarm detail and the subject view: buttons for vibrate,
 // locate and interval (every N s for M minutes), and the device's recent commands with
-// their state and the device's reply. The console only queues a command; the engine
-// worker of the device's region sends it (docs/console-api.md, "Device commands").
+// their state and the device's reply (fetched when asked for, or after sending). The
+// console only queues a command; the engine worker of the device's region sends it
+// (docs/console-api.md, "Device commands").
 // Chinese first, English when the operator chose it (register-i18n.js keeps the choice).
 "use strict";
 
@@ -10,7 +11,7 @@ const deviceCommands = (() => {
   const STRINGS = {
     zh: {
       title: "设备指令", vibrate: "振动提醒", locate: "立即定位", interval: "加密定位",
-      every_s: "间隔（秒）", for_min: "持续（分钟）", refresh: "刷新", none: "尚无指令。",
+      every_s: "间隔（秒）", for_min: "持续（分钟）", refresh: "查看指令记录", none: "尚无指令。",
       time: "时间", cmd: "指令", by: "操作人", state: "状态", reply: "设备回复",
       "state.pending": "待发送", "state.sent": "已发送", "state.replied": "已回复",
       "state.expired": "已过期", "result.ok": "成功", "result.rejected": "拒绝",
@@ -19,7 +20,7 @@ const deviceCommands = (() => {
     },
     en: {
       title: "Device commands", vibrate: "Vibrate", locate: "Locate now", interval: "Report often",
-      every_s: "every (s)", for_min: "for (min)", refresh: "Refresh", none: "No commands yet.",
+      every_s: "every (s)", for_min: "for (min)", refresh: "Show commands", none: "No commands yet.",
       time: "time", cmd: "command", by: "by", state: "state", reply: "device's reply",
       "state.pending": "pending", "state.sent": "sent", "state.replied": "replied",
       "state.expired": "expired", "result.ok": "ok", "result.rejected": "rejected",
@@ -84,7 +85,8 @@ const deviceCommands = (() => {
     };
     const refresh = node("button", { type: "button", class: "cmd-refresh", text: t("refresh") });
     refresh.addEventListener("click", load);
-    load();
+    // Nothing is fetched until the operator asks (a button): the alarm detail is redrawn
+    // on every feed event, and each read of the list is an audited request.
     return node("section", { class: "part device-commands", "data-device": deviceId },
       node("h3", { text: `${t("title")} · ${deviceId}` }),
       node("div", { class: "filters" }, button("vibrate"), button("locate"),

@@ -223,6 +223,7 @@ def test_contacts_on_the_subject_page_and_protected_persons_for_the_supervisor(
     # the device's commands (the downlink): queued from the subject page, listed there
     panel = '.device-commands[data-device="B-7"]'
     assert "设备指令" in d.find_element(By.CSS_SELECTOR, panel).text
+    assert store.audit_log(action="device.commands.view") == []  # nothing read until asked
     click(wait, (By.CSS_SELECTOR, f"{panel} .cmd-vibrate"))
     wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, f"{panel} .cmd-list"), "待发送"))
     set_value(d, d.find_element(By.CSS_SELECTOR, f"{panel} .cmd-every"), "15")
