@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from alarms.commands import V12_DEVICE_COMMANDS
 from alarms.leases import V11_LEASES
 from alarms.notify_schema import V6_TABLES, V7_SUMMARIES
 from alarms.protected_positions import V10_PROTECTED_POSITIONS
@@ -320,6 +321,9 @@ MIGRATIONS: list[list[Migration]] = [
     # version 11: worker-group leases and their epochs (alarms.leases; docs/operations.md,
     # "Active and standby workers").
     V11_LEASES,
+    # version 12: commands to devices and their replies (alarms.commands, the downlink;
+    # docs/wire-protocol.md, "Downlink").
+    V12_DEVICE_COMMANDS,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

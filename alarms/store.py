@@ -52,6 +52,7 @@ from typing import Self
 
 from alarms import schema
 from alarms.checkpoints import CheckpointStore
+from alarms.commands import CommandStore
 from alarms.db import Database, StoreError, redact
 from alarms.events import EventLog
 from alarms.leases import LeaseFenced, LeaseStore
@@ -96,7 +97,7 @@ def open_store(url: str, *, notification_planner: Planner | None = None) -> Alar
 
 
 class AlarmStore(NotificationStore, EventLog, AlarmLifecycle, AlarmQueries, TrackStore, UserStore,
-                 CheckpointStore, ProtectedPositionStore, LeaseStore):
+                 CheckpointStore, ProtectedPositionStore, LeaseStore, CommandStore):
     """The durable store of alarms and everything the console needs; see the module doc.
 
     Build it with :func:`open_store`. All times are epoch milliseconds (UTC). Its methods

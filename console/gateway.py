@@ -138,6 +138,17 @@ class StoreGateway:
         """A protected person's devices' newest positions (alarms.protected_positions)."""
         return await self._run(self.store.protected_positions, person_id)
 
+    async def device_region(self, device_id: str) -> str | None:
+        return await self._run(self.store.device_region, device_id)
+
+    async def add_command(self, device_id: str, region: str, cmd: str, args: dict[str, int],
+                          *, actor: str, now_ms: int) -> Row:
+        return await self._run(self.store.add_command, device_id, region, cmd, args,
+                               actor=actor, now_ms=now_ms)
+
+    async def device_commands(self, device_id: str, limit: int = 50) -> list[Row]:
+        return await self._run(self.store.device_commands, device_id, limit)
+
     async def register_map(self, model: RegisterMap) -> Any:
         """``model.current(store.register)``: the register's zones and subjects for the
         map (see :class:`console.register_model.RegisterMap`)."""

@@ -5,7 +5,8 @@ of emfence's own, only numpy. Four things live here, each in one small module:
 
 - :mod:`contract.alarms`: the alarm types, the alarm identity and the alarm event;
 - :mod:`contract.records`: the record batch the engine takes;
-- :mod:`contract.topics`: the MQTT topic scheme (wire contract v1).
+- :mod:`contract.topics`: the MQTT topic scheme (wire contract v1);
+- :mod:`contract.commands`: commands to a device and its replies (the downlink).
 
 ``from contract import ALARM_TYPES, RecordBatch, alarm_event, alarm_topic``
 """
@@ -32,10 +33,12 @@ from contract.records import (
 from contract.topics import (
     TOPIC_PREFIX,
     alarm_topic,
+    command_topic,
     deadletter_topic,
     device_topic,
     drain_topic,
     health_topic,
+    reply_topic,
 )
 
 __all__ = [
@@ -56,8 +59,10 @@ __all__ = [
     "alarm_event",
     "alarm_id",
     "alarm_topic",
+    "command_topic",
     "deadletter_topic",
     "device_topic",
     "drain_topic",
     "health_topic",
+    "reply_topic",
 ]

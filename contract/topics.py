@@ -6,13 +6,24 @@ Pass ``"+"`` for a level to get a subscription filter."""
 from __future__ import annotations
 
 TOPIC_PREFIX = "emfence/v1"
-# What a device publishes (fix, status) and what it is sent (cmd).
-DEVICE_KINDS = ("fix", "status", "cmd")
+# What a device publishes (fix, status, reply) and what it is sent (cmd).
+DEVICE_KINDS = ("fix", "status", "cmd", "reply")
 
 
 def device_topic(region: str, device_id: str, kind: str) -> str:
-    """``emfence/v1/{region}/{device_id}/{kind}``, kind ``fix``, ``status`` or ``cmd``."""
+    """``emfence/v1/{region}/{device_id}/{kind}``, kind ``fix``, ``status``, ``cmd`` or
+    ``reply``."""
     return f"{TOPIC_PREFIX}/{region}/{device_id}/{kind}"
+
+
+def command_topic(region: str, device_id: str) -> str:
+    """``emfence/v1/{region}/{device_id}/cmd``: commands to a device (QoS 1)."""
+    return device_topic(region, device_id, "cmd")
+
+
+def reply_topic(region: str, device_id: str) -> str:
+    """``emfence/v1/{region}/{device_id}/reply``: a device's replies to its commands."""
+    return device_topic(region, device_id, "reply")
 
 
 def alarm_topic(region: str, alarm_type: str) -> str:

@@ -42,6 +42,7 @@ REASON_CODES = (
     "unknown_device",  # the topic's device is not registered (service level)
     "wrong_region",  # the device is registered under another region (service level)
     "engine_error",  # the rule engine failed on this record (service level; a bug to report)
+    "unknown_command",  # a reply to no command sent to that device in that region
 )
 
 SOURCES = ("gps", "wifi", "cell")

@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="no broker: write the run as `emfence replay` input (JSON lines with "
                         "device_id and rx) starting at --start (default now)")
     r.add_argument("--quiet", action="store_true", help="no progress line")
+    r.add_argument("--answer-commands", action="store_true",
+                   help="answer the engine's commands like firmware (pool mode: the account "
+                        "--username itself subscribes to every region's cmd topics)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     return p
 
@@ -299,6 +302,12 @@ def main(argv: list[str]) -> int:
         return 2
     for note in sim.skipped:
         print(f"emfence simulate: note: {note}", file=sys.stderr)
+    if args.answer_commands and (logins.per_device or not args.username or (
+            args.alarms_out and logins.alarms_user == args.username)):
+        print("emfence simulate: --answer-commands needs a pool account (--username "
+              "emfence-loadgen) that is not also the alarm reader (give --alarms-username "
+              "emfence-console)", file=sys.stderr)
+        return 2
     return _publish(args, sim, brokers, logins)
 
 
@@ -354,12 +363,20 @@ def _publish(args, sim, brokers: list[tuple[str, int]], logins: _Logins) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         host, port = brokers[0]
+        answering = None
+        if args.answer_commands:  # simulators.responder: like firmware, on its own login
+            from simulators.responder import run_responder
+            answering = asyncio.create_task(run_responder(
+                host, port, sim, username=args.username, password=logins.password, stop=stop))
         stats = await run_publish(sim, host, port, brokers=brokers, credentials=credentials,
                                   username=args.username, password=logins.password,
                                   pool=args.pool, truth=args.truth, alarms_out=args.alarms_out,
                                   alarms_user=logins.alarms_user,
                                   alarms_password=logins.alarms_password,
                                   linger_s=args.linger, progress=not args.quiet, stop=stop)
+        if answering is not None:
+            stop.set()
+            await answering
         print(orjson.dumps(stats.as_dict()).decode(), file=sys.stderr)
         return 0 if stats.failed == 0 else 1
 

@@ -562,6 +562,7 @@ async function renderDetail(id) {
   entries.sort((x, y) => (x[0] - y[0]) || (x[1] - y[1]));
   for (const [at, , text] of entries) hist.append(el("li", { text: `${fmtTime(at)} ${text}` }));
   renderNotifications($(".d-notify-title", frag), $(".d-notify", frag), data.notifications || []);
+  if (a.device_id && typeof deviceCommands !== "undefined") $(".d-history", frag).after(deviceCommands.panel(a.device_id));
   // A feed event may redraw the alarm the operator is typing about: keep what they
   // typed and where the cursor was.
   const kept = box.dataset.alarmId === a.alarm_id ? FORM_FIELDS.map((sel) => {

@@ -197,7 +197,8 @@ async function renderSubject(view, err) {
     ["col.officer", s.officer], ["col.state", regionalTerm("state", s.state)], ["enrol.note", s.note]]) {
     facts.append(el("dt", { text: tr(k) }), el("dd", { text: v || "–" }));
   }
-  view.replaceChildren(head, err, facts, devicesPart(s, err), zonesPart(s), contactsPart(s, err),
+  const commands = s.state === "active" ? (s.devices || []).map((d) => deviceCommands.panel(d.device_id)) : [];
+  view.replaceChildren(head, err, facts, devicesPart(s, err), ...commands, zonesPart(s), contactsPart(s, err),
     leavesPart(s, leaves.leaves, err), curfewsPart(s, err), alarmsPart(alarms.alarms), endPart(s, err));
 }
 

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 
 from contract import deadletter_topic, drain_topic, health_topic
+from emfence.run.commands import is_reply, reply_filters
 from emfence.run.options import RETRY_LOG_EVERY_S, YIELD_EVERY, message_digest, wall_ms
 from ingest.decode import (
     PayloadError,
@@ -114,6 +115,7 @@ class Receiver:
         self.worked = False  # a connection of this process had all its SUBACKs
         self.refused_filters: list[str] = []  # refused on this connection, asked again
         self.drain_topic = drain_topic(opts.name)
+        self.replies = None  # emfence.run.commands.Commands: the devices' command replies
         self.drain_nonce = ""
         self.disconnected_at_ms: int | None = None
         # () -> awaitable, awaited before each connection attempt: a worker group's lease
@@ -276,7 +278,10 @@ class Receiver:
         an error line) until a connection has them all granted again."""
         mqtt = self.mqtt
         refused = []
-        for f in mqtt.subscriptions(self.opts.regions) + [self.drain_topic]:
+        filters = mqtt.subscriptions(self.opts.regions) + [self.drain_topic]
+        if self.replies is not None:
+            filters += reply_filters(self.opts.regions)
+        for f in filters:
             try:
                 await mqtt.subscribe_checked(client, f, self.broker)
             except mqtt.SubscriptionRefused as exc:
@@ -358,6 +363,9 @@ class Receiver:
             # copy is stale; it is acknowledged and counted, never processed again.
             self.counters["retained_ignored"] += 1
             self.ack_now(ack)
+            return
+        if self.replies is not None and is_reply(topic):
+            self.replies.on_reply(topic, payload, ack)  # a queue put; acked once stored
             return
         self.counters["messages"] += 1
         digest = message_digest(topic, payload)

@@ -48,6 +48,7 @@ from contract import RecordBatch, health_topic
 from emfence.config import Config
 from emfence.run.acks import Acks
 from emfence.run.batches import Batch, Batches, process_one_by_one
+from emfence.run.commands import Commands
 from emfence.run.events import EventWriter
 from emfence.run.health import (
     QUIET_LOGGERS,
@@ -130,6 +131,7 @@ class Service:
             on_connected=lambda client: self._publish_health(client, "online"),
             on_fatal=self._fatal)
         self.outages.held = self._held_back
+        self.commands = Commands(store, self.receiver, options.regions, self.counters)
         self.source = options.source or ModelSource.files(options.zones_path,
                                                           options.subjects_path)
         self.reloading = asyncio.Lock()  # one reload at a time, applied in order
@@ -234,6 +236,7 @@ class Service:
             ("checkpoint", self._periodic_checkpoint()),
             ("health", self._health()),
             ("escalation", self._escalation()),
+            ("commands", self.commands.run()),
             ("track-retention", self.tracks.purge()),
             *([("notify", self.notifier.run())] if self.notifier else []),
             *([("lease", self.lease.run())] if self.lease is not None else []),

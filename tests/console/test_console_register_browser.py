@@ -220,6 +220,21 @@ def test_contacts_on_the_subject_page_and_protected_persons_for_the_supervisor(
     click(wait, (By.CSS_SELECTOR, "#subject-contacts button[type=submit]"))
     wait.until(EC.text_to_be_present_in_element((By.ID, "contacts-list"), "S-8, S-9"))
     assert reg.contacts("S-7") == ["S-8", "S-9"]
+    # the device's commands (the downlink): queued from the subject page, listed there
+    panel = '.device-commands[data-device="B-7"]'
+    assert "设备指令" in d.find_element(By.CSS_SELECTOR, panel).text
+    assert store.audit_log(action="device.commands.view") == []  # nothing read until asked
+    click(wait, (By.CSS_SELECTOR, f"{panel} .cmd-vibrate"))
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, f"{panel} .cmd-list"), "待发送"))
+    set_value(d, d.find_element(By.CSS_SELECTOR, f"{panel} .cmd-every"), "15")
+    set_value(d, d.find_element(By.CSS_SELECTOR, f"{panel} .cmd-minutes"), "20")
+    click(wait, (By.CSS_SELECTOR, f"{panel} .cmd-interval"))
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, f"{panel} .cmd-list"),
+                                                "加密定位 15 s × 20 min"))
+    assert [(c["cmd"], c["args"], c["state"], c["created_by"])
+            for c in store.device_commands("B-7")] == [
+        ("interval", {"interval_s": 15, "duration_s": 1200}, "pending", "alice"),
+        ("vibrate", {}, "pending", "alice")]
     log_out(wait)
 
     log_in(d, wait, "sue")
