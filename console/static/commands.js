@@ -4,32 +4,12 @@
 // their state and the device's reply (fetched when asked for, or after sending). The
 // console only queues a command; the engine worker of the device's region sends it
 // (docs/console-api.md, "Device commands").
-// Chinese first, English when the operator chose it (register-i18n.js keeps the choice).
+// Every word from the page's catalogues (i18n.js, keys cmd.*); times in the command
+// centre's zone with its offset (time.js).
 "use strict";
 
 const deviceCommands = (() => {
-  const STRINGS = {
-    zh: {
-      title: "设备指令", vibrate: "振动提醒", locate: "立即定位", interval: "加密定位",
-      every_s: "间隔（秒）", for_min: "持续（分钟）", refresh: "查看指令记录", none: "尚无指令。",
-      time: "时间", cmd: "指令", by: "操作人", state: "状态", reply: "设备回复",
-      "state.pending": "待发送", "state.sent": "已发送", "state.replied": "已回复",
-      "state.expired": "已过期", "result.ok": "成功", "result.rejected": "拒绝",
-      "result.expired": "超时未执行", "result.unsupported": "不支持",
-      queued: "指令已提交，等待发送。",
-    },
-    en: {
-      title: "Device commands", vibrate: "Vibrate", locate: "Locate now", interval: "Report often",
-      every_s: "every (s)", for_min: "for (min)", refresh: "Show commands", none: "No commands yet.",
-      time: "time", cmd: "command", by: "by", state: "state", reply: "device's reply",
-      "state.pending": "pending", "state.sent": "sent", "state.replied": "replied",
-      "state.expired": "expired", "result.ok": "ok", "result.rejected": "rejected",
-      "result.expired": "expired, not done", "result.unsupported": "unsupported",
-      queued: "Command queued; waiting to be sent.",
-    },
-  };
-  const lang = () => (typeof regI18n !== "undefined" && regI18n.lang() === "en" ? "en" : "zh");
-  const t = (key) => STRINGS[lang()][key] || STRINGS.en[key] || key;
+  const t = (key, params) => i18n.t(`cmd.${key}`, params);
   const node = (tag, attrs, ...kids) => {
     const n = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
@@ -38,10 +18,15 @@ const deviceCommands = (() => {
     n.append(...kids);
     return n;
   };
-  const when = (ms) => (ms ? new Date(ms).toLocaleString(lang() === "zh" ? "zh-CN" : "en-GB") : "–");
-  const what = (c) => t(c.cmd) + (c.cmd === "interval"
-    ? ` ${c.args.interval_s} s × ${Math.round(c.args.duration_s / 60)} min` : "");
-  const replyText = (r) => (r ? `${t("result." + r.result)}${r.detail ? " · " + r.detail : ""}` : "–");
+  const when = (ms) => (ms ? zoneTime.full(ms) : "–");
+  const what = (c) => (c.cmd === "interval"
+    ? `${t(c.cmd)} ${t("interval_args", { every: c.args.interval_s, minutes: Math.round(c.args.duration_s / 60) })}`
+    : t(c.cmd));
+  const replyText = (r) => {
+    if (!r) return "–";
+    const result = t("result." + r.result);
+    return r.detail ? `${result} · ${r.detail}` : result;
+  };
 
   function panel(deviceId) {
     const path = `/api/devices/${encodeURIComponent(deviceId)}/commands`;
@@ -61,7 +46,7 @@ const deviceCommands = (() => {
           node("td", { class: "cmd-reply", text: replyText(c.reply) }))));
         if (!data.commands.length) body.append(node("tr", {}, node("td", { colspan: "5", text: t("none") })));
       } catch (e) {
-        msg.textContent = e.message;
+        msg.textContent = e.message;  // the catalogue's words for the error (app.js errorText)
       }
     }
     async function send(cmd) {

@@ -94,9 +94,7 @@ class Service:
         self.restored = restored
         self.counters: Counter[str] = Counter()
         self.rejects: Counter[str] = Counter()
-        self.stop_event = asyncio.Event()
-        self.stopping = False
-        self.exit_code = 0
+        self.stop_event, self.stopping, self.exit_code = asyncio.Event(), False, 0
         self.started_ms = wall_ms()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.console = None  # ConsoleHttp with --http

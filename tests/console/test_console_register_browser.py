@@ -230,7 +230,7 @@ def test_contacts_on_the_subject_page_and_protected_persons_for_the_supervisor(
     set_value(d, d.find_element(By.CSS_SELECTOR, f"{panel} .cmd-minutes"), "20")
     click(wait, (By.CSS_SELECTOR, f"{panel} .cmd-interval"))
     wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, f"{panel} .cmd-list"),
-                                                "加密定位 15 s × 20 min"))
+                                                "加密定位 每 15 秒，持续 20 分钟"))
     assert [(c["cmd"], c["args"], c["state"], c["created_by"])
             for c in store.device_commands("B-7")] == [
         ("interval", {"interval_s": 15, "duration_s": 1200}, "pending", "alice"),
