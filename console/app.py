@@ -35,6 +35,7 @@ from console.resources import (
     alarms,
     audit,
     events,
+    evidence,
     feed,
     leaves,
     protected,
@@ -55,7 +56,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 API_ROUTES = [*session.ROUTES, *alarms.ROUTES, *tracks.ROUTES, *events.ROUTES,
               *zones.ROUTES, *stats.ROUTES, *audit.ROUTES, *feed.ROUTES,
               *subjects.ROUTES, *leaves.ROUTES, *roster.ROUTES, *protected.ROUTES,
-              *reports.ROUTES]
+              *reports.ROUTES, *evidence.ROUTES]
 
 
 def create_app(*, store: Any, config: Any, zones: Any = None, registry: Any = None,

@@ -121,6 +121,8 @@ REQUESTS: dict[tuple[str, str], tuple[str, Any]] = {
                                                {"disposition": "gps_drift"}),
     ("POST", "/api/alarms/{alarm_id:str}/note"): ("/api/alarms/note/note", {"note": "called"}),
     ("GET", "/api/alarms/{alarm_id:str}/track"): ("/api/alarms/look/track", None),
+    ("GET", "/api/alarms/{alarm_id:str}/evidence.zip"): ("/api/alarms/look/evidence.zip",
+                                                         None),
     ("GET", "/api/events"): ("/api/events?since=0", None),
     ("GET", "/api/zones"): ("/api/zones", None),
     ("GET", "/api/positions"): ("/api/positions", None),
