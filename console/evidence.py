@@ -46,7 +46,10 @@ ENGINE_EVENTS = ("raised", "cleared")
 # Relation alarms need another subject's or a protected person's fixes, which the pack
 # does not carry (they are someone else's personal data).
 NOT_REPLAYED = {"contact": "needs the other subject's fixes",
-                "proximity": "needs the protected person's fixes"}
+                "proximity": "needs the protected person's fixes",
+                # The store keeps fixes, not statuses: these are decided by statuses.
+                **{t: "decided by device statuses, which the store does not keep"
+                   for t in ("tamper", "low_battery", "power_off", "no_fix")}}
 
 
 def evidence_window(alarm: dict[str, Any], config: Config, level: str | None,
