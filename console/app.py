@@ -43,6 +43,7 @@ from console.resources import (
     roster,
     session,
     stats,
+    subject_report,
     subjects,
     tracks,
     zones,
@@ -56,7 +57,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 API_ROUTES = [*session.ROUTES, *alarms.ROUTES, *tracks.ROUTES, *events.ROUTES,
               *zones.ROUTES, *stats.ROUTES, *audit.ROUTES, *feed.ROUTES,
               *subjects.ROUTES, *leaves.ROUTES, *roster.ROUTES, *protected.ROUTES,
-              *reports.ROUTES, *evidence.ROUTES]
+              *reports.ROUTES, *evidence.ROUTES,
+              *subject_report.ROUTES]
 
 
 def create_app(*, store: Any, config: Any, zones: Any = None, registry: Any = None,

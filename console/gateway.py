@@ -136,6 +136,12 @@ class StoreGateway:
 
         return await self._run(read)
 
+    async def subject_alarms(self, subject_id: str, from_ms: int, to_ms: int, *,
+                             limit: int) -> list[Row]:
+        """The subject's alarms raised in [``from_ms``, ``to_ms``), at most ``limit``."""
+        return await self._run(self.store.list_alarms, subject_id=subject_id,
+                               since_ms=from_ms, until_ms=to_ms, limit=limit)
+
     # --- the supervision register (subjects, devices, zones, leave, curfews) ---------
 
     async def register(self, method: str, /, *args: Any, **kwargs: Any) -> Any:

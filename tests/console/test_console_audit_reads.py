@@ -133,6 +133,8 @@ REQUESTS: dict[tuple[str, str], tuple[str, Any]] = {
     ("GET", "/api/subjects"): ("/api/subjects", None),
     ("GET", "/api/subjects/{subject_id:str}"): ("/api/subjects/S-1", None),
     ("GET", "/api/leaves"): ("/api/leaves?state=requested", None),
+    ("GET", "/api/subjects/{subject_id:str}/report.pdf"): (
+        "/api/subjects/S-1/report.pdf?month=2025-11", None),
     ("PATCH", "/api/subjects/{subject_id:str}"): ("/api/subjects/S-1", {"note": "复查"}),
     ("POST", "/api/devices/{device_id:str}/return"): ("/api/devices/B-S-1/return", {}),
     ("POST", "/api/leaves/{leave_id:str}/approve"): ("/api/leaves/{0}/approve", {}),

@@ -14,11 +14,15 @@ import shlex
 import subprocess
 import sys
 import zipfile
+from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import orjson
+import pypdf
 import shapely
-from console_helpers import CNMAPS, T0, audit_rows
+from console_helpers import CNMAPS, T0, audit_rows, cleared
+from console_helpers import raised as raised_event
 
 from emfence.config import Config
 from emfence.replay import replay
@@ -30,6 +34,7 @@ pytest_plugins = ["console_helpers"]
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 MIN = 60_000
+HOUR = 60 * MIN
 START = T0 - 40 * MIN  # dev-1's first fix
 
 
@@ -41,7 +46,8 @@ def seed_register(store) -> dict[str, tuple[float, float]]:
     reg.import_adcode("411303", actor="root", now_ms=START - 86_400_000)
     for k in (1, 2):
         reg.create_subject({"subject_id": f"subj-{k}", "name": "张三", "region": "411303",
-                            "level": "strict", "devices": [{"device_id": f"dev-{k}"}],
+                            "level": "strict", "officer": "alice",
+                            "devices": [{"device_id": f"dev-{k}"}],
                             "inclusion": ["411303"]}, actor="alice",
                            now_ms=START - 86_400_000)
     zones_fc, _ = reg.snapshot(START)
@@ -164,3 +170,65 @@ def test_the_pack_re_derives_its_alarm_byte_for_byte(console, tmp_path):
     assert c.get("/api/alarms/nope/evidence.zip").status_code == 404
     c.login("sue")
     assert c.get(f"/api/alarms/{aid}/evidence.zip").status_code == 200
+
+
+def pdf_text(content: bytes) -> str:
+    reader = pypdf.PdfReader(io.BytesIO(content))
+    return "\n".join(p.extract_text() for p in reader.pages)
+
+
+def test_the_monthly_report_says_what_the_store_holds(console):
+    """subj-1 in November 2025: the engine's outbound (4 minutes outside), a two-hour
+    tamper, an offline still open at the month's end (its time up to then), one leave;
+    an October alarm is not in it. zh and en; another region: 404; bad month: 400."""
+    c = console
+    p = seed_register(c.store)
+    [raised, _] = [e for e in run_engine_into(c.store, day_of_fixes(p))
+                   if e["type"] == "outbound"]
+    c.store.acknowledge(raised["alarm_id"], "sue", None, T0 + 60 * MIN)
+    c.store.close_alarm(raised["alarm_id"], "sue", "gps_drift", None, T0 + 70 * MIN)
+    dec = 1_764_518_400_000  # 2025-12-01 00:00 +08:00
+    c.store.record_events([ev("tamper-1", "tamper", T0 + HOUR),
+                           ev("off-1", "offline", dec - 90 * MIN),
+                           ev("oct-1", "tamper", T0 - 40 * 86_400_000)], T0)
+    c.store.record_events([cleared("tamper-1", kind="tamper", at=T0 + 3 * HOUR)], T0)
+    reg = c.store.register
+    leave = reg.request_leave("subj-1", zones=["411303"], start_ms=T0 + 86_400_000,
+                              end_ms=T0 + 2 * 86_400_000, reason="探亲", actor="alice",
+                              now_ms=T0)
+    reg.approve_leave(leave["leave_id"], actor="sue", role="supervisor", now_ms=T0)
+    c.clock.now_ms = dec + 86_400_000
+    c.login("alice")
+    resp = c.get("/api/subjects/subj-1/report.pdf", params={"month": "2025-11"})
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-disposition"] == \
+        'attachment; filename="subject-report-subj-1-2025-11.pdf"'
+    text = pdf_text(resp.content)
+    for want in ("对象月度报告", "张三（subj-1）", "严管", "alice", "2025-11", "Asia/Shanghai",
+                 "越界/闯入禁区累计时长：0小时4分钟", "定位漂移",
+                 local(raised["at"]), local(T0 + HOUR), local(T0 + 3 * HOUR),
+                 local(T0 + 86_400_000), "2小时0分钟", "1小时30分钟", "已批准", "责任人：alice"):
+        assert want in text, want
+    assert local(T0 - 40 * 86_400_000) not in text
+    [row] = audit_rows(c.store, action="subject.report")
+    assert (row["who"], row["target"], row["detail"]["alarms"]) == ("alice", "subj-1", 3)
+    en = pdf_text(c.get("/api/subjects/subj-1/report.pdf",
+                        params={"month": "2025-11", "lang": "en"}).content)
+    assert "Subject monthly report" in en and "0 h 4 min" in en
+    for month in ("2025-13", "2025/11", None):
+        bad = c.get("/api/subjects/subj-1/report.pdf", params={"month": month} if month else {})
+        assert bad.status_code == 400 and bad.json()["field"] == "month", bad.text
+    c.login("olga")
+    assert c.get("/api/subjects/subj-1/report.pdf",
+                 params={"month": "2025-11"}).status_code == 404
+    assert c.get("/api/subjects/nobody/report.pdf",
+                 params={"month": "2025-11"}).status_code == 404
+
+
+def ev(alarm_id: str, kind: str, at: int) -> dict:
+    return {**raised_event(alarm_id, kind=kind, at=at), "zone_id": None}
+
+
+def local(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone(
+        ZoneInfo("Asia/Shanghai")).strftime("%Y-%m-%d %H:%M:%S")
