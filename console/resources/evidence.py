@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from alarms.register import RegisterError
 from console.access import alarm_in_scope, signed_in
 from console.evidence import build_pack, evidence_window
 from emfence.config import Config
@@ -40,9 +41,12 @@ async def evidence_zip(request: Request) -> Response:
 async def _level(caller, alarm) -> str | None:
     """The subject's management level when the alarm was raised (None: not registered
     then; the window then covers every level)."""
-    _, subjects = await caller.gateway.register("snapshot", int(alarm["raised_at"]))
-    return next((s["level"] for s in subjects["subjects"]
-                 if s["subject_id"] == alarm["subject_id"]), None)
+    try:
+        subject = await caller.gateway.register("get_subject", alarm["subject_id"],
+                                                at_ms=int(alarm["raised_at"]))
+    except RegisterError:
+        return None
+    return subject.get("level")
 
 
 ROUTES = [
