@@ -232,3 +232,22 @@ def ev(alarm_id: str, kind: str, at: int) -> dict:
 def local(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone(
         ZoneInfo("Asia/Shanghai")).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def test_a_pack_says_when_it_cannot_re_derive_its_alarm():
+    """A tamper alarm (decided by a status; the store keeps no statuses) and an alarm of
+    a subject the register did not hold then: filed, marked not replayable, with why."""
+    from console.evidence import build_pack
+
+    empty = ({"type": "FeatureCollection", "features": []}, {"subjects": []})
+    for kind, why in (("tamper", "statuses"), ("outbound", "not in the register")):
+        alarm = {"alarm_id": "x", "type": kind, "subject_id": "subj-1", "region": "411303",
+                 "raised_at": T0, "cleared_at": None}
+        body = build_pack(alarm, {"events": [], "actions": [], "fixes": [],
+                                  "register": empty, "changes": []},
+                          config=Config(), window={"from_ms": T0 - HOUR, "to_ms": T0,
+                                                   "lookback_ms": HOUR},
+                          who="sue", now_ms=T0, tz="Asia/Shanghai")
+        with zipfile.ZipFile(io.BytesIO(body)) as z:
+            manifest = orjson.loads(z.read("manifest.json"))
+        assert manifest["replayable"] is False and why in manifest["not_replayable_because"]
