@@ -267,3 +267,15 @@ class EventLog:
         for r in rows:
             r["data"] = orjson.loads(bytes(r.pop("payload")))
         return rows
+
+    def alarm_events(self, alarm_id: str) -> list[dict[str, Any]]:
+        """The event-log rows of one alarm, oldest first: ``{seq, event, created_at,
+        delivered_at, payload}`` with ``payload`` the bytes published, exactly as stored
+        (the engine's ``raised``/``cleared`` and the lifecycle's events)."""
+        with self._db.tx("alarm events", write=False) as cur:
+            rows = cur.execute("SELECT seq, event, created_at, delivered_at, payload "
+                               "FROM events WHERE alarm_id = ? ORDER BY seq",
+                               (alarm_id,)).all()
+        for r in rows:
+            r["payload"] = bytes(r["payload"])
+        return rows

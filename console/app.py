@@ -36,6 +36,7 @@ from console.resources import (
     audit,
     commands,
     events,
+    evidence,
     feed,
     leaves,
     protected,
@@ -43,6 +44,7 @@ from console.resources import (
     roster,
     session,
     stats,
+    subject_report,
     subjects,
     tracks,
     zones,
@@ -56,7 +58,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 API_ROUTES = [*session.ROUTES, *alarms.ROUTES, *tracks.ROUTES, *events.ROUTES,
               *zones.ROUTES, *stats.ROUTES, *audit.ROUTES, *feed.ROUTES,
               *subjects.ROUTES, *leaves.ROUTES, *roster.ROUTES, *protected.ROUTES,
-              *reports.ROUTES, *commands.ROUTES]
+              *reports.ROUTES, *commands.ROUTES, *evidence.ROUTES,
+              *subject_report.ROUTES]
 
 
 def create_app(*, store: Any, config: Any, zones: Any = None, registry: Any = None,

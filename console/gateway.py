@@ -121,6 +121,27 @@ class StoreGateway:
 
         return await self._run(read)
 
+    async def evidence(self, alarm_id: str, subject_id: str, from_ms: int, to_ms: int,
+                       at_ms: int) -> Row:
+        """What an alarm's evidence pack holds, read in one trip: its event-log rows
+        (payload bytes as stored), its actions, the subject's fixes with ``from_ms`` ≤ ts ≤
+        ``to_ms``, the register as of ``at_ms`` and its changes in [``from_ms``, ``to_ms``]."""
+
+        def read() -> Row:
+            store = self.store
+            return {"events": store.alarm_events(alarm_id), "actions": store.actions(alarm_id),
+                    "fixes": store.track(None, from_ms, to_ms, subject_id=subject_id),
+                    "register": store.register.snapshot(at_ms),
+                    "changes": store.register.change_times(from_ms, to_ms)}
+
+        return await self._run(read)
+
+    async def subject_alarms(self, subject_id: str, from_ms: int, to_ms: int, *,
+                             limit: int) -> list[Row]:
+        """The subject's alarms raised in [``from_ms``, ``to_ms``), at most ``limit``."""
+        return await self._run(self.store.list_alarms, subject_id=subject_id,
+                               since_ms=from_ms, until_ms=to_ms, limit=limit)
+
     # --- the supervision register (subjects, devices, zones, leave, curfews) ---------
 
     async def register(self, method: str, /, *args: Any, **kwargs: Any) -> Any:

@@ -121,6 +121,8 @@ REQUESTS: dict[tuple[str, str], tuple[str, Any]] = {
                                                {"disposition": "gps_drift"}),
     ("POST", "/api/alarms/{alarm_id:str}/note"): ("/api/alarms/note/note", {"note": "called"}),
     ("GET", "/api/alarms/{alarm_id:str}/track"): ("/api/alarms/look/track", None),
+    ("GET", "/api/alarms/{alarm_id:str}/evidence.zip"): ("/api/alarms/look/evidence.zip",
+                                                         None),
     ("GET", "/api/events"): ("/api/events?since=0", None),
     ("GET", "/api/zones"): ("/api/zones", None),
     ("GET", "/api/positions"): ("/api/positions", None),
@@ -131,6 +133,8 @@ REQUESTS: dict[tuple[str, str], tuple[str, Any]] = {
     ("GET", "/api/subjects"): ("/api/subjects", None),
     ("GET", "/api/subjects/{subject_id:str}"): ("/api/subjects/S-1", None),
     ("GET", "/api/leaves"): ("/api/leaves?state=requested", None),
+    ("GET", "/api/subjects/{subject_id:str}/report.pdf"): (
+        "/api/subjects/S-1/report.pdf?month=2025-11", None),
     ("PATCH", "/api/subjects/{subject_id:str}"): ("/api/subjects/S-1", {"note": "复查"}),
     ("POST", "/api/devices/{device_id:str}/return"): ("/api/devices/B-S-1/return", {}),
     ("GET", "/api/devices/{device_id:str}/commands"): ("/api/devices/B-S-1/commands", None),
