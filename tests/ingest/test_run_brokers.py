@@ -33,6 +33,7 @@ from ingest_fleet import (
     until,
 )
 from ingest_mqtt_helpers import PahoClient
+from nats_cluster import NatsMqtt
 
 from emfence.run.options import SHUTDOWN_BOUND_S
 from ingest.mosquitto import CONF_TEMPLATE, free_port
@@ -148,64 +149,6 @@ def test_a_refused_subscription_at_start_is_one_line_and_exit_5(tmp_path, fleet,
            f"emfence/v1/{REGION_B}/+/fix for {ACCOUNT} (SUBACK 0x80)" in line, line
     assert "CRITICAL" in line and f"exiting {EXIT_SUBSCRIBE_REFUSED}" in line
     assert "Traceback" not in text
-
-
-class NatsMqtt:
-    """nats-server with JetStream and its MQTT listener on free loopback ports; the worker
-    may read the topics of ``regions`` and its own only (a NATS subscribe permission).
-    ``allow(regions)`` rewrites that; ``reload()`` applies it live (SIGHUP: no client is
-    disconnected), ``restart()`` by a restart (the sessions are kept in JetStream)."""
-
-    def __init__(self, root, regions: list[str]):
-        import shutil
-
-        self.binary = shutil.which("nats-server")
-        if self.binary is None:
-            pytest.fail("nats-server missing: install Debian's nats-server package")
-        self.root = root
-        self.port, self.client_port = free_port(), free_port()
-        self.url, self.auth = f"mqtt://127.0.0.1:{self.port}", False
-        self.conf = root / "nats.conf"
-        self.log = root / "nats.log"
-        self.proc = None
-        self.allow(regions)
-
-    def allow(self, regions: list[str]) -> None:
-        allow = [f"emfence.v1.{r}.*.{kind}" for r in regions for kind in ("fix", "status")]
-        allow += ["emfence.v1.engine.>", "$MQTT.sub.>"]
-        self.conf.write_text(
-            f"listen: 127.0.0.1:{self.client_port}\nserver_name: emfence-test\n"
-            f"jetstream {{ store_dir: \"{self.root / 'js'}\" }}\n"
-            "authorization { users = [ {user: \"%s\", password: \"%s\", permissions: "
-            "{subscribe: {allow: %s}, publish: {allow: [\">\"]}}} ] }\n"
-            f"mqtt {{ listen: 127.0.0.1:{self.port} }}\n" % (ACCOUNT, ENGINE_PW,
-                                                             json.dumps(allow)))
-
-    def start(self) -> NatsMqtt:
-        import subprocess
-
-        mark = self.log.stat().st_size if self.log.exists() else 0
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log,
-                                         stderr=log)
-        until(lambda: "Server is ready" in self.log.read_text()[mark:], bool, 20)
-        return self
-
-    def reload(self) -> None:
-        mark = self.log.stat().st_size
-        self.proc.send_signal(signal.SIGHUP)
-        until(lambda: "Reloaded server configuration" in self.log.read_text()[mark:], bool,
-              20)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(20)
-            self.proc = None
 
 
 @pytest.fixture
