@@ -44,22 +44,24 @@ ACCOUNT = "EMFENCE"
 # session: every account that subscribes needs it.
 MQTT_INBOX = "$MQTT.sub.>"
 ENGINE = {"publish": ["emfence.v1.*.alarms.*", "emfence.v1.*.deadletter",
-                      "emfence.v1.engine.*.health", "emfence.v1.engine.*.drain"],
-          "subscribe": ["emfence.v1.*.*.fix", "emfence.v1.*.*.status",
+                      "emfence.v1.engine.*.health", "emfence.v1.engine.*.drain",
+                      "emfence.v1.*.*.cmd"],
+          "subscribe": ["emfence.v1.*.*.fix", "emfence.v1.*.*.status", "emfence.v1.*.*.reply",
                         "emfence.v1.engine.*.health", "emfence.v1.engine.*.drain", MQTT_INBOX]}
 CONSOLE = {"publish": [],
            "subscribe": ["emfence.v1.*.alarms.*", "emfence.v1.*.deadletter",
                          "emfence.v1.engine.*.health", MQTT_INBOX]}
 # TEST ONLY (never on a production broker): the simulator publishes for every device.
-LOADGEN = {"publish": ["emfence.v1.*.*.fix", "emfence.v1.*.*.status"],
-           "subscribe": ["emfence.v1.*.alarms.*", MQTT_INBOX]}
+LOADGEN = {"publish": ["emfence.v1.*.*.fix", "emfence.v1.*.*.status", "emfence.v1.*.*.reply"],
+           "subscribe": ["emfence.v1.*.alarms.*", "emfence.v1.*.*.cmd", MQTT_INBOX]}
 
 
 def device_rights(device_id: str) -> dict[str, list[str]]:
-    """Its own fixes and statuses, in any region (the engine dead-letters a wrong one);
-    nothing to read."""
-    return {"publish": [f"emfence.v1.*.{device_id}.fix", f"emfence.v1.*.{device_id}.status"],
-            "subscribe": []}
+    """Its own fixes, statuses and command replies, in any region (the engine
+    dead-letters a wrong one); it reads its own commands only (the downlink)."""
+    return {"publish": [f"emfence.v1.*.{device_id}.fix", f"emfence.v1.*.{device_id}.status",
+                        f"emfence.v1.*.{device_id}.reply"],
+            "subscribe": [f"emfence.v1.*.{device_id}.cmd", MQTT_INBOX]}
 
 
 def user_entry(name: str, password: str, rights: dict[str, list[str]]) -> str:

@@ -46,7 +46,7 @@ class NatsMqtt:
         self.allow(regions)
 
     def allow(self, regions: list[str]) -> None:
-        allow = [f"emfence.v1.{r}.*.{kind}" for r in regions for kind in ("fix", "status")]
+        allow = [f"emfence.v1.{r}.*.{kind}" for r in regions for kind in ("fix", "status", "reply")]
         allow += ["emfence.v1.engine.>", "$MQTT.sub.>"]
         self.conf.write_text(
             f"listen: 127.0.0.1:{self.client_port}\nserver_name: emfence-test\n"

@@ -80,10 +80,10 @@ def dynsec_password(password: str) -> dict:
 
 
 def write_dynsec(path, fleet, *, engine_regions: list[str]) -> None:
-    """The engine may subscribe to the fixes and statuses of ``engine_regions`` and to its
+    """The engine may subscribe to the fixes, statuses and replies of ``engine_regions`` and to its
     own topics; devices publish their own. Nothing else may be subscribed to."""
     engine_acls = [{"acltype": "subscribePattern", "topic": f"emfence/v1/{r}/+/{kind}",
-                    "allow": True} for r in engine_regions for kind in ("fix", "status")]
+                    "allow": True} for r in engine_regions for kind in ("fix", "status", "reply")]
     engine_acls.append({"acltype": "subscribePattern", "topic": "emfence/v1/engine/#",
                         "allow": True})
     clients = [{"username": ACCOUNT, "roles": [{"rolename": "engine"}],
@@ -107,7 +107,7 @@ def grant_live(broker, region: str) -> None:
     plugin's control topic; no restart, no disconnect)."""
     commands = [{"command": "addRoleACL", "rolename": "engine", "acltype": "subscribePattern",
                  "topic": f"emfence/v1/{region}/+/{kind}", "priority": 0, "allow": True}
-                for kind in ("fix", "status")]
+                for kind in ("fix", "status", "reply")]
     admin = PahoClient(broker.port, ADMIN, ADMIN_PW, client_id=ADMIN)
     try:
         admin.publish("$CONTROL/dynamic-security/v1", json.dumps({"commands": commands}))
