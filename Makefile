@@ -19,6 +19,10 @@ export EMFENCE_TEST_PG ?= $(PG_URL)
 # columns the kernels compile in) and contract/*.py makes any change start afresh.
 export NUMBA_CACHE_DIR := $(CURDIR)/.numba-cache/$(shell cat $(sort $(wildcard */*kernels.py engine/state.py contract/*.py)) | sha1sum | cut -c1-16)
 
+# pytest-xdist workers for `make test` (every test starts its own brokers and databases
+# on free ports, so they run side by side); TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
+
 .PHONY: test demo venv system-deps lint clean
 
 venv: $(STAMP)
@@ -52,9 +56,9 @@ system-deps:
 test: $(STAMP) system-deps
 	@if command -v pg_isready >/dev/null 2>&1 && pg_isready -q -d "$(EMFENCE_TEST_PG)"; then \
 	  export EMFENCE_REQUIRE_PG=1; fi; \
-	$(PY) -m pytest -q -p no:cacheprovider && \
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal && \
 	echo "--- kernels again as plain Python (NUMBA_DISABLE_JIT=1)" && \
-	NUMBA_DISABLE_JIT=1 $(PY) -m pytest -q -p no:cacheprovider -m kernel
+	NUMBA_DISABLE_JIT=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal -m kernel
 
 demo: $(STAMP) system-deps
 	$(PY) -m emfence.demo
