@@ -65,6 +65,12 @@ def served(request, tmp_path):
          "geometry": {"type": "Point", "coordinates": [112.52, 33.01]},
          "properties": {"radius_m": 500, "region": "411303"}}]}))
     register_seed(store)
+    # S-1's bracelet: a fix every minute, the one at T0 + 2 min sent 5 min late (buffered)
+    store.record_fixes([{"device_id": "B-S-1", "subject_id": "S-1", "region": "411303",
+                         "ts": T0 + k * 60_000, "lat": 33.0, "lon": 112.5, "acc": 10.0,
+                         "src": "gps", "received_at": T0 + k * 60_000 + (300_000 if k == 2
+                                                                         else 800)}
+                        for k in range(5)])
     app = create_app(store=store, config=Config(), zones=compile_zones(load_zones(zones_file)),
                      secure_cookies=False)
     server = Server(app).start()
@@ -121,6 +127,8 @@ REQUESTS: dict[tuple[str, str], tuple[str, Any]] = {
                                                {"disposition": "gps_drift"}),
     ("POST", "/api/alarms/{alarm_id:str}/note"): ("/api/alarms/note/note", {"note": "called"}),
     ("GET", "/api/alarms/{alarm_id:str}/track"): ("/api/alarms/look/track", None),
+    ("GET", "/api/subjects/{subject_id:str}/track"): (
+        f"/api/subjects/S-1/track?from_ms={T0}&to_ms={T0 + 3_600_000}", None),
     ("GET", "/api/alarms/{alarm_id:str}/evidence.zip"): ("/api/alarms/look/evidence.zip",
                                                          None),
     ("GET", "/api/events"): ("/api/events?since=0", None),
@@ -252,7 +260,8 @@ def test_every_route_that_answers_with_a_location_leaves_one_audit_row(served):
     assert with_location == {
         "/api/alarms", "/api/alarms/{alarm_id:str}", "/api/alarms/{alarm_id:str}/acknowledge",
         "/api/alarms/{alarm_id:str}/close", "/api/alarms/{alarm_id:str}/note",
-        "/api/alarms/{alarm_id:str}/track", "/api/events", "/api/zones", "/api/positions",
+        "/api/alarms/{alarm_id:str}/track", "/api/subjects/{subject_id:str}/track",
+        "/api/events", "/api/zones", "/api/positions",
         "/api/feed", "/api/zones/import-adcode", "/api/protected/{person_id:str}/position"}
 
 
@@ -346,3 +355,32 @@ def test_refused_cross_site_requests_are_security_events(served, origin):
     assert store.get_alarm("ack")["workflow"] == "new"
     anonymous.close()
     client.close()
+
+
+def test_a_subjects_track_of_any_window_in_my_regions_only(served):
+    """Track playback: the fixes of the window asked for, oldest first, each with its
+    delay (a buffered fix shows as late); windows checked; another region's subject is
+    404 like one that does not exist; every view audited with the window and count."""
+    _, server, store = served
+    alice = http_log_in(server.url, "alice")
+    base = "/api/subjects/S-1/track"
+    r = alice.get(f"{base}?from_ms={T0 + 60_000}&to_ms={T0 + 180_000}")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [(f["ts"] - T0, f["delay_ms"]) for f in body["fixes"]] == [
+        (60_000, 800), (120_000, 300_000), (180_000, 800)]
+    assert (body["subject_id"], body["region"]) == ("S-1", "411303")
+    [row] = audit_rows(store, action="track.view", who="alice")
+    assert (row["target"], row["detail"]["fixes"], row["detail"]["from_ms"]) == (
+        "S-1", 3, T0 + 60_000)
+    widest = 2 * Config().console.track_window_max_ms
+    for query, field in ((f"to_ms={T0}", "from_ms"), (f"from_ms={T0}", "to_ms"),
+                         (f"from_ms={T0}&to_ms={T0 - 1}", "to_ms"),
+                         (f"from_ms={T0}&to_ms={T0 + widest + 1}", "to_ms")):
+        r = alice.get(f"{base}?{query}")
+        assert (r.status_code, r.json()["field"]) == (400, field), (query, r.text)
+    olga = http_log_in(server.url, "olga")  # an operator of 411302
+    assert olga.get(f"{base}?from_ms={T0}&to_ms={T0 + 60_000}").status_code == 404
+    assert audit_rows(store, action="track.view", who="olga") == []
+    alice.close()
+    olga.close()
