@@ -198,7 +198,8 @@ async function renderSubject(view, err) {
     facts.append(el("dt", { text: tr(k) }), el("dd", { text: v || "–" }));
   }
   const commands = s.state === "active" ? (s.devices || []).map((d) => deviceCommands.panel(d.device_id)) : [];
-  view.replaceChildren(head, err, facts, devicesPart(s, err), ...commands, zonesPart(s), contactsPart(s, err),
+  view.replaceChildren(head, err, facts, devicesPart(s, err), ...commands, trackPlayback.panel(s.subject_id),
+    zonesPart(s), contactsPart(s, err),
     leavesPart(s, leaves.leaves, err), curfewsPart(s, err), alarmsPart(alarms.alarms), endPart(s, err));
 }
 

@@ -96,6 +96,32 @@ def foreign(texts: list[str], fragments: list[str]) -> list[str]:
             and words.search(frag_re.sub(" ", data_re.sub(" ", text)))]
 
 
+# S-1's bracelet for the track playback: a fix a minute for 20 min, silent for 30 min (a
+# gap), 10 more; accuracies 10 / 50 / 150 m in turn; fixes 5 and 25 sent 5 min late.
+PLAYBACK_TS = [T0 - 3_600_000 + k * 60_000 for k in range(20)] + [
+    T0 - 3_600_000 + (50 + k) * 60_000 for k in range(10)]
+PLAYBACK_FIXES = [{"device_id": "B-S-1", "subject_id": "S-1", "region": "411303", "ts": ts,
+                   "lat": 33.0 + k * 1e-4, "lon": 112.5 + (k % 7) * 1e-4,
+                   "acc": (10.0, 50.0, 150.0)[k % 3], "src": "gps",
+                   "received_at": ts + (300_000 if k in (5, 25) else 900)}
+                  for k, ts in enumerate(PLAYBACK_TS)]
+
+
+def show_track(d, wait) -> None:
+    """On the subject page: the window around the fixture's fixes (datetime-local values
+    in the console's zone, Asia/Shanghai), then 查询轨迹."""
+    import datetime as dt
+    import zoneinfo
+
+    zone = zoneinfo.ZoneInfo("Asia/Shanghai")
+    wall = [dt.datetime.fromtimestamp(ms / 1000, zone).strftime("%Y-%m-%dT%H:%M")
+            for ms in (T0 - 7_200_000, T0 + 3_600_000)]
+    d.execute_script("document.querySelector('.pb-from').value = arguments[0];"
+                     "document.querySelector('.pb-to').value = arguments[1];", *wall)
+    click(wait, (By.CSS_SELECTOR, ".pb-load"))
+    wait.until(lambda drv: len(drv.find_elements(By.CSS_SELECTOR, ".pb-fix")) == 30)
+
+
 @pytest.fixture
 def world(tmp_path):
     """Alarms of several types (one a warning, one handled to the end, one cleared), the
@@ -122,6 +148,7 @@ def world(tmp_path):
     store.record_events([{"event": "cleared", "alarm_id": "a-4", "type": "offline",
                           "subject_id": "S-1", "device_id": "B-S-1", "zone_id": None,
                           "region": "411303", "at": T0 + 700_000, "late": False}], T0 + 700_000)
+    store.record_fixes(PLAYBACK_FIXES)
     store.acknowledge("a-0", "sue", "探亲", T0 + 800_000)
     store.close_alarm("a-0", "sue", "gps_drift", "探亲", T0 + 900_000)
     server = Server(create_app(store=store, config=Config(), secure_cookies=False)).start()
@@ -147,6 +174,8 @@ def open_view(d, wait, name: str, tab: str | None, ready: str) -> None:
         click(wait, (By.CSS_SELECTOR, 'tr[data-alarm-id="a-0"]'))
     elif name == "subject":
         click(wait, (By.CSS_SELECTOR, '#subj-list tr[data-subject-id="S-1"]'))
+        wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, ready)))
+        show_track(d, wait)  # the playback's words (summary, legend, tooltips) too
     else:
         click(wait, (By.ID, tab))
     wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, ready)))
@@ -201,3 +230,41 @@ def test_every_view_speaks_only_its_catalogue(world, tmp_path):
         assert severe_console_messages(d) == []
     finally:
         d.quit()
+
+
+def test_track_playback_shows_gaps_late_fixes_and_plays(world, tmp_path):
+    """A subject's track of a chosen window: one line per run of fixes (the 30-minute
+    silence is a gap, not a line), every fix a point coloured by its accuracy, the two
+    late ones ringed; play moves the marker forward in event time; the read is audited."""
+    server, store = world
+    d = start_chromium(tmp_path, lang="zh-CN", window="1400,1000")
+    try:
+        wait = WebDriverWait(d, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
+        d.get(server.url + "/")
+        log_in(d, wait, "alice")
+        click(wait, (By.ID, "tab-subjects"))
+        click(wait, (By.CSS_SELECTOR, '#subj-list tr[data-subject-id="S-1"]'))
+        wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, ".pb-load")))
+        show_track(d, wait)
+        count = lambda css: len(d.find_elements(By.CSS_SELECTOR, css))  # noqa: E731
+        assert (count(".pb-line"), count(".pb-fix.pb-late")) == (2, 2)
+        assert (count(".pb-fix.acc-good"), count(".pb-fix.acc-fair"),
+                count(".pb-fix.acc-poor")) == (10, 10, 10)
+        assert d.find_element(By.CSS_SELECTOR, ".pb-summary").text == (
+            "30 个定位点，1 处中断，2 个补报")
+        first = d.find_element(By.CSS_SELECTOR, ".pb-clock").text
+        assert first.endswith("UTC+08:00")
+        d.execute_script("document.querySelector('.pb-speed').value = '600';")
+        click(wait, (By.CSS_SELECTOR, ".pb-play"))
+        wait.until(lambda drv: int(drv.find_element(By.CSS_SELECTOR, ".pb-time")
+                                   .get_attribute("value")) >= 3)
+        click(wait, (By.CSS_SELECTOR, ".pb-play"))  # pause
+        assert d.find_element(By.CSS_SELECTOR, ".pb-play").text == "播放"
+        assert d.find_element(By.CSS_SELECTOR, ".pb-clock").text != first
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        d.save_screenshot(str(ARTIFACTS / "zh-CN-playback.png"))
+        assert severe_console_messages(d) == []
+    finally:
+        d.quit()
+    [row] = [r for r in store.audit_log(action="track.view") if r["who"] == "alice"]
+    assert (row["target"], row["detail"]["fixes"]) == ("S-1", 30)

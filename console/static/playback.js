@@ -1,0 +1,190 @@
+// emfence console: track playback on a subject's page (轨迹回放). Any window (two
+// date-times read in the command centre's zone, at most 48 h by default), the fixes of
+// all the subject's devices from GET /api/subjects/{id}/track (each view audited), drawn
+// on a plain plane (no base map yet): one line per device, broken where the device was
+// silent (a gap is drawn as a gap), points coloured by accuracy, late fixes (sent from
+// the device's buffer) ringed; a timeline with play, pause and speed in event time.
+// Words from the page's catalogues (keys play.*); times from time.js.
+"use strict";
+
+const trackPlayback = (() => {
+  const t = (key, params) => i18n.t(`play.${key}`, params);
+  const W = 640;
+  const H = 360;
+  const PAD = 16;
+  const LATE_MS = 60_000;  // a fix received more than a minute after its ts came late
+  const MIN_GAP_MS = 600_000;  // silent at least 10 min (or 5 reporting intervals): a gap
+  const SPEEDS = [1, 10, 60, 600];
+  const NS = "http://www.w3.org/2000/svg";
+  const node = (tag, attrs, ...kids) => {
+    const n = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === "text") n.textContent = v; else n.setAttribute(k, v);
+    }
+    n.append(...kids);
+    return n;
+  };
+  const shape = (tag, attrs) => {
+    const n = document.createElementNS(NS, tag);
+    for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
+    return n;
+  };
+  const pad2 = (s) => String(s).padStart(2, "0");
+  // "YYYY-MM-DDTHH:MM" of `ms` in the command centre's zone (a datetime-local value).
+  const wallText = (ms) => zoneTime.clock(ms).slice(0, 16).replace(" ", "T");
+  function wallToMs(text) {
+    if (!text) return null;
+    const [day, hm] = text.split("T");
+    const [h, m] = (hm || "00:00").split(":").map(Number);
+    return zoneTime.midnight(day) + (h * 60 + m) * 60000;
+  }
+  const accClass = (acc) => (acc <= 20 ? "acc-good" : acc <= 100 ? "acc-fair" : "acc-poor");
+
+  // Per device, its fixes in ts order cut into runs wherever it fell silent.
+  function runsOf(fixes) {
+    const byDevice = new Map();
+    for (const f of fixes) {
+      if (!byDevice.has(f.device_id)) byDevice.set(f.device_id, []);
+      byDevice.get(f.device_id).push(f);
+    }
+    const runs = [];
+    let gaps = 0;
+    for (const list of byDevice.values()) {
+      list.sort((a, b) => a.ts - b.ts);
+      const steps = list.slice(1).map((f, i) => f.ts - list[i].ts).sort((a, b) => a - b);
+      const typical = steps.length ? steps[Math.floor(steps.length / 2)] : 0;
+      const gapMs = Math.max(MIN_GAP_MS, 5 * typical);
+      let run = [list[0]];
+      for (let i = 1; i < list.length; i++) {
+        if (list[i].ts - list[i - 1].ts > gapMs) { runs.push(run); run = []; gaps += 1; }
+        run.push(list[i]);
+      }
+      runs.push(run);
+    }
+    return { runs, gaps };
+  }
+
+  function projector(fixes) {
+    const lons = fixes.map((f) => f.lon);
+    const lats = fixes.map((f) => f.lat);
+    const [x0, x1, y0, y1] = [Math.min(...lons), Math.max(...lons), Math.min(...lats), Math.max(...lats)];
+    const kx = Math.cos(((y0 + y1) / 2) * Math.PI / 180);
+    const span = Math.max((x1 - x0) * kx, y1 - y0, 1e-4);  // at least ~10 m
+    const scale = Math.min(W - 2 * PAD, H - 2 * PAD) / span;
+    // centred: the track's box in the middle of the plane
+    const dx = (W - (x1 - x0) * kx * scale) / 2;
+    const dy = (H - (y1 - y0) * scale) / 2;
+    return (f) => [dx + ((f.lon - x0) * kx) * scale, H - dy - (f.lat - y0) * scale];
+  }
+
+  function draw(plane, fixes) {
+    plane.replaceChildren();
+    const { runs, gaps } = runsOf(fixes);
+    const at = projector(fixes);
+    for (const run of runs) {
+      if (run.length > 1) {
+        const d = run.map((f, i) => `${i ? "L" : "M"}${at(f).map((v) => v.toFixed(1)).join(",")}`).join("");
+        plane.append(shape("path", { d, class: "pb-line", "data-device": run[0].device_id }));
+      }
+    }
+    for (const f of fixes) {
+      const [x, y] = at(f);
+      const late = f.delay_ms !== null && f.delay_ms > LATE_MS;
+      const dot = shape("circle", { cx: x.toFixed(1), cy: y.toFixed(1), r: late ? 4.5 : 3,
+        class: `pb-fix ${accClass(f.acc)}${late ? " pb-late" : ""}` });
+      const title = shape("title", {});
+      title.textContent = `${f.device_id} ${zoneTime.full(f.ts)} ±${i18n.dist(f.acc)}` +
+        (late ? ` ${t("late_by", { delay: Math.round(f.delay_ms / 1000) })}` : "");
+      dot.append(title);
+      plane.append(dot);
+    }
+    const marker = shape("circle", { r: 7, class: "pb-marker", cx: -20, cy: -20 });
+    plane.append(marker);
+    return { at, marker, gaps, late: fixes.filter((f) => f.delay_ms !== null && f.delay_ms > LATE_MS).length };
+  }
+
+  function panel(subjectId) {
+    const now = Date.now();
+    const from = node("input", { type: "datetime-local", class: "pb-from", value: wallText(now - 86_400_000) });
+    const to = node("input", { type: "datetime-local", class: "pb-to", value: wallText(now) });
+    const load = node("button", { type: "button", class: "pb-load", text: t("load") });
+    const play = node("button", { type: "button", class: "pb-play", text: t("play"), disabled: "disabled" });
+    const speed = node("select", { class: "pb-speed" },
+      ...SPEEDS.map((s) => node("option", { value: String(s), text: t("speed", { n: s }) })));
+    speed.value = "60";
+    const slider = node("input", { type: "range", class: "pb-time", min: "0", max: "0", value: "0", disabled: "disabled" });
+    const clock = node("span", { class: "pb-clock" });
+    const summary = node("p", { class: "pb-summary", role: "status" });
+    const plane = shape("svg", { class: "pb-plane", viewBox: `0 0 ${W} ${H}`, width: String(W), height: String(H) });
+    const legend = node("p", { class: "pb-legend" },
+      ...["acc-good", "acc-fair", "acc-poor", "pb-late"].map((c) =>
+        node("span", { class: `pb-key ${c}`, text: t(`legend.${c}`) })));
+    let fixes = [];
+    let drawn = null;
+    let timer = null;
+    let clockMs = 0;
+
+    function show(ms) {
+      clockMs = ms;
+      let i = 0;
+      while (i + 1 < fixes.length && fixes[i + 1].ts <= ms) i += 1;
+      slider.value = String(i);
+      const [x, y] = drawn.at(fixes[i]);
+      drawn.marker.setAttribute("cx", x.toFixed(1));
+      drawn.marker.setAttribute("cy", y.toFixed(1));
+      clock.textContent = zoneTime.full(fixes[i].ts);
+    }
+    function pause() {
+      if (timer !== null) clearInterval(timer);
+      timer = null;
+      play.textContent = t("play");
+    }
+    play.addEventListener("click", () => {
+      if (timer !== null) { pause(); return; }
+      if (clockMs >= fixes[fixes.length - 1].ts) show(fixes[0].ts);
+      play.textContent = t("pause");
+      let last = performance.now();
+      timer = setInterval(() => {
+        const tick = performance.now();
+        const next = clockMs + (tick - last) * Number(speed.value);
+        last = tick;
+        show(Math.min(next, fixes[fixes.length - 1].ts));
+        if (next >= fixes[fixes.length - 1].ts) pause();
+      }, 100);
+    });
+    slider.addEventListener("input", () => { pause(); show(fixes[Number(slider.value)].ts); });
+    load.addEventListener("click", async () => {
+      pause();
+      const a = wallToMs(from.value);
+      const b = wallToMs(to.value);
+      try {
+        const body = await api("GET", `/api/subjects/${encodeURIComponent(subjectId)}/track?from_ms=${a}&to_ms=${b}`);
+        fixes = body.fixes.slice().sort((p, q) => p.ts - q.ts);
+      } catch (e) {
+        summary.textContent = e.message;
+        return;
+      }
+      if (!fixes.length) {
+        plane.replaceChildren();
+        summary.textContent = t("none");
+        play.setAttribute("disabled", "disabled");
+        slider.setAttribute("disabled", "disabled");
+        return;
+      }
+      drawn = draw(plane, fixes);
+      summary.textContent = t("summary", { fixes: fixes.length, gaps: drawn.gaps, late: drawn.late });
+      slider.max = String(fixes.length - 1);
+      play.removeAttribute("disabled");
+      slider.removeAttribute("disabled");
+      show(fixes[0].ts);
+    });
+    return node("section", { class: "part track-playback", "data-subject": subjectId },
+      node("h3", { text: t("title") }),
+      node("div", { class: "filters" },
+        node("label", {}, t("from"), " ", from), node("label", {}, t("to"), " ", to), load),
+      summary, plane, legend,
+      node("div", { class: "pb-controls" }, play, speed, slider, clock));
+  }
+
+  return { panel };
+})();
