@@ -562,6 +562,8 @@ async function renderDetail(id) {
   entries.sort((x, y) => (x[0] - y[0]) || (x[1] - y[1]));
   for (const [at, , text] of entries) hist.append(el("li", { text: `${fmtTime(at)} ${text}` }));
   renderNotifications($(".d-notify-title", frag), $(".d-notify", frag), data.notifications || []);
+  $(".d-title", frag).after(el("a", { class: "evidence-link", download: "",
+    href: `/api/alarms/${encodeURIComponent(a.alarm_id)}/evidence.zip`, text: msg("detail.evidence") }));
   if (a.device_id && typeof deviceCommands !== "undefined") $(".d-history", frag).after(deviceCommands.panel(a.device_id));
   // A feed event may redraw the alarm the operator is typing about: keep what they
   // typed and where the cursor was.
@@ -859,6 +861,19 @@ function setupMapControls() {
 
 // ---------------------------------------------------------------- supervisor view
 
+// The alarm register (登记备案) of the region and period shown, as CSV and PDF: the
+// server wants one region, so the links wait until one is chosen.
+function registerLinks(q) {
+  const lang = i18n.lang() === "en" ? "en" : "zh";
+  const one = Boolean(q.get("region"));
+  for (const fmt of ["csv", "pdf"]) {
+    const a = $(`#s-register-${fmt}`);
+    a.hidden = !one;
+    if (one) a.href = `/api/reports/alarms.${fmt}?${q}&lang=${lang}`;
+  }
+  $("#s-register-hint").hidden = one;
+}
+
 async function loadStats(ev) {
   if (ev) ev.preventDefault();
   const body = $("#stats-body");
@@ -871,6 +886,7 @@ async function loadStats(ev) {
   const to = zoneTime.midnight($("#s-to").value, 1);
   const q = new URLSearchParams({ from_ms: from, to_ms: to });
   if ($("#s-region").value) q.set("region", $("#s-region").value);
+  registerLinks(q);
   let s;
   try {
     s = await api("GET", `/api/stats?${q}`);

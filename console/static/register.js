@@ -199,8 +199,22 @@ async function renderSubject(view, err) {
   }
   const commands = s.state === "active" ? (s.devices || []).map((d) => deviceCommands.panel(d.device_id)) : [];
   view.replaceChildren(head, err, facts, devicesPart(s, err), ...commands, trackPlayback.panel(s.subject_id),
-    zonesPart(s), contactsPart(s, err),
+    reportPart(s), zonesPart(s), contactsPart(s, err),
     leavesPart(s, leaves.leaves, err), curfewsPart(s, err), alarmsPart(alarms.alarms), endPart(s, err));
+}
+
+// The subject's monthly report (PDF: alarms, time outside, leaves, device problems).
+function reportPart(s) {
+  const month = el("input", { type: "month", class: "report-month", value: zoneTime.day(Date.now()).slice(0, 7) });
+  const link = el("a", { class: "report-link", download: "", text: tr("subject.report_pdf") });
+  const point = () => {
+    const lang = i18n.lang() === "en" ? "en" : "zh";
+    link.href = `/api/subjects/${encodeURIComponent(s.subject_id)}/report.pdf?month=${month.value}&lang=${lang}`;
+  };
+  month.addEventListener("change", point);
+  point();
+  return el("section", { class: "part", id: "subject-report" }, el("h3", { text: tr("subject.report") }),
+    el("div", { class: "filters" }, el("label", {}, tr("subject.report_month"), " ", month), link));
 }
 
 function devicesPart(s, err) {

@@ -246,7 +246,7 @@ def test_track_playback_shows_gaps_late_fixes_and_plays(world, tmp_path):
         click(wait, (By.CSS_SELECTOR, '#subj-list tr[data-subject-id="S-1"]'))
         wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, ".pb-load")))
         show_track(d, wait)
-        count = lambda css: len(d.find_elements(By.CSS_SELECTOR, css))  # noqa: E731
+        count = lambda css: len(d.find_elements(By.CSS_SELECTOR, css))
         assert (count(".pb-line"), count(".pb-fix.pb-late")) == (2, 2)
         assert (count(".pb-fix.acc-good"), count(".pb-fix.acc-fair"),
                 count(".pb-fix.acc-poor")) == (10, 10, 10)
@@ -268,3 +268,59 @@ def test_track_playback_shows_gaps_late_fixes_and_plays(world, tmp_path):
         d.quit()
     [row] = [r for r in store.audit_log(action="track.view") if r["who"] == "alice"]
     assert (row["target"], row["detail"]["fixes"]) == ("S-1", 30)
+
+
+FETCH = """
+const done = arguments[arguments.length - 1];
+fetch(arguments[0], {credentials: "same-origin"})
+  .then((r) => r.arrayBuffer()
+    .then((b) => done([r.status, r.headers.get("content-type"), b.byteLength])))
+  .catch((e) => done([0, String(e), 0]));
+"""
+
+
+def test_the_page_links_the_register_the_evidence_pack_and_the_monthly_report(world, tmp_path):
+    """The three downloads of filing from the page: the alarm register of the chosen
+    region and period (CSV, PDF; no link until one region is chosen), an alarm's evidence
+    pack, a subject's monthly report; each link answers with its file."""
+    server, store = world
+    d = start_chromium(tmp_path, lang="zh-CN", window="1400,1000")
+    try:
+        wait = WebDriverWait(d, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
+        d.set_script_timeout(30)
+        d.get(server.url + "/")
+        log_in(d, wait, "sue")
+
+        def fetched(css: str) -> tuple[str, list]:
+            href = d.find_element(By.CSS_SELECTOR, css).get_attribute("href")
+            return href, d.execute_async_script(FETCH, href)
+
+        click(wait, (By.ID, "tab-stats"))
+        wait.until(EC.visibility_of_element_located((By.ID, "s-register-hint")))
+        assert not d.find_element(By.ID, "s-register-csv").is_displayed()
+        d.execute_script("document.querySelector('#s-region').value = '411303';")
+        click(wait, (By.CSS_SELECTOR, "#stats-form button[type=submit]"))
+        wait.until(EC.visibility_of_element_located((By.ID, "s-register-pdf")))
+        for fmt, media in (("csv", "text/csv"), ("pdf", "application/pdf")):
+            href, (status, ctype, size) = fetched(f"#s-register-{fmt}")
+            assert "region=411303" in href and "lang=zh" in href, href
+            assert (status, ctype.split(";")[0]) == (200, media) and size > 100, (href, ctype)
+        click(wait, (By.ID, "tab-alarms"))
+        click(wait, (By.CSS_SELECTOR, 'tr[data-alarm-id="a-0"]'))
+        wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, "#detail .evidence-link")))
+        href, (status, ctype, size) = fetched("#detail .evidence-link")
+        assert href.endswith("/api/alarms/a-0/evidence.zip")
+        assert (status, ctype, size > 100) == (200, "application/zip", True), (ctype, size)
+        click(wait, (By.ID, "tab-subjects"))
+        click(wait, (By.CSS_SELECTOR, '#subj-list tr[data-subject-id="S-1"]'))
+        wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, ".report-link")))
+        d.execute_script("const m = document.querySelector('.report-month');"
+                         "m.value = '2025-11'; m.dispatchEvent(new Event('change'));")
+        href, (status, ctype, size) = fetched(".report-link")
+        assert href.endswith("/api/subjects/S-1/report.pdf?month=2025-11&lang=zh"), href
+        assert (status, ctype, size > 1000) == (200, "application/pdf", True), (ctype, size)
+        assert severe_console_messages(d) == []
+    finally:
+        d.quit()
+    actions = {r["action"] for r in store.audit_log()}
+    assert {"alarms.export", "alarms.evidence", "subject.report"} <= actions
