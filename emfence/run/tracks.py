@@ -18,6 +18,15 @@ _STRAP = {code: name for name, code in STRAP_CODES.items()}
 _POWER = {code: name for name, code in POWER_CODES.items()}
 
 
+def _merge_status(old: tuple, new: tuple) -> tuple:
+    """Two statuses of a device as the store keeps them (alarms.device_status): the
+    newer's fields, the other's where the newer lacks one; the latest receive time."""
+    first, second = (new, old) if new[2] >= old[2] else (old, new)
+    return (*first[:3], *(a if a is not None else b for a, b in zip(first[3:6], second[3:6],
+                                                                    strict=True)),
+            max(old[6], new[6]))
+
+
 class TrackWriter:
     """Owns the track queue and its marks: ``queued`` rows ever queued, ``done`` rows ever
     taken off the queue's head (written or dropped). A window waits for its own rows,
@@ -89,15 +98,13 @@ class TrackWriter:
         sel = np.flatnonzero((records.kind == K_STATUS) & (records.device_idx >= 0)
                              & (records.device_idx < registry.n_subject_devices))
         for i in sel.tolist():
-            ts = int(records.ts_ms[i])
-            old = self.status.get(device[i])
-            if old is not None and old[2] >= ts:
-                continue
             battery = float(records.battery_pct[i])
-            self.status[device[i]] = (
-                device[i], registry.device_region(int(records.device_idx[i])), ts,
-                None if np.isnan(battery) else battery, _STRAP.get(int(records.strap[i])),
-                _POWER.get(int(records.power[i])), int(records.rx_ms[i]))
+            row = (device[i], registry.device_region(int(records.device_idx[i])),
+                   int(records.ts_ms[i]), None if np.isnan(battery) else battery,
+                   _STRAP.get(int(records.strap[i])), _POWER.get(int(records.power[i])),
+                   int(records.rx_ms[i]))
+            old = self.status.get(device[i])
+            self.status[device[i]] = row if old is None else _merge_status(old, row)
 
     def _keep_newest(self, row: tuple) -> None:
         """``row`` (device id, person id, ts, ...) unless its device's kept one is newer."""
@@ -136,7 +143,8 @@ class TrackWriter:
                     await asyncio.to_thread(self.store.record_device_status, rows)
                 except Exception as exc:  # noqa: BLE001 - keep the newest and retry later
                     for r in rows:
-                        self.status.setdefault(r[0], r)
+                        kept = self.status.get(r[0])
+                        self.status[r[0]] = r if kept is None else _merge_status(r, kept)
                     self.counters["store_errors"] += 1
                     self.outages.failed("tracks", exc)
                     return
