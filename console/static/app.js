@@ -239,7 +239,7 @@ async function start(session) {
   fillRegionSelect($("#s-region"), session.regions);
   fillTypeSelect($("#f-type"), session.alarm_types || []);
   regStart(session);  // register.js: the register's tabs for this role
-  showView("alarms");
+  showView("board");  // the morning check's view (board.js)
   await Promise.all([loadAlarms(), loadMapData()]);
   if (session.all_regions) refreshRegionSelects();
   openLinkedAlarm();
