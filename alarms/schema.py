@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from alarms.commands import V12_DEVICE_COMMANDS
+from alarms.device_status import V13_DEVICE_STATUS
 from alarms.leases import V11_LEASES
 from alarms.notify_schema import V6_TABLES, V7_SUMMARIES
 from alarms.protected_positions import V10_PROTECTED_POSITIONS
@@ -324,6 +325,9 @@ MIGRATIONS: list[list[Migration]] = [
     # version 12: commands to devices and their replies (alarms.commands, the downlink;
     # docs/wire-protocol.md, "Downlink").
     V12_DEVICE_COMMANDS,
+    # version 13: each device's newest battery, strap, power and receive time, for the
+    # status board (alarms.device_status; docs/console-api.md, "The status board").
+    V13_DEVICE_STATUS,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

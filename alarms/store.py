@@ -51,9 +51,11 @@ from pathlib import Path
 from typing import Self
 
 from alarms import schema
+from alarms.board import BoardStore
 from alarms.checkpoints import CheckpointStore
 from alarms.commands import CommandStore
 from alarms.db import Database, StoreError, redact
+from alarms.device_status import DeviceStatusStore
 from alarms.events import EventLog
 from alarms.leases import LeaseFenced, LeaseStore
 from alarms.lifecycle import AlarmActionError, AlarmLifecycle
@@ -97,7 +99,8 @@ def open_store(url: str, *, notification_planner: Planner | None = None) -> Alar
 
 
 class AlarmStore(NotificationStore, EventLog, AlarmLifecycle, AlarmQueries, TrackStore, UserStore,
-                 CheckpointStore, ProtectedPositionStore, LeaseStore, CommandStore):
+                 CheckpointStore, ProtectedPositionStore, LeaseStore, CommandStore,
+                 DeviceStatusStore, BoardStore):
     """The durable store of alarms and everything the console needs; see the module doc.
 
     Build it with :func:`open_store`. All times are epoch milliseconds (UTC). Its methods

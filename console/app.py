@@ -34,6 +34,7 @@ from console.register import register_error
 from console.resources import (
     alarms,
     audit,
+    board,
     commands,
     events,
     evidence,
@@ -59,7 +60,7 @@ API_ROUTES = [*session.ROUTES, *alarms.ROUTES, *tracks.ROUTES, *events.ROUTES,
               *zones.ROUTES, *stats.ROUTES, *audit.ROUTES, *feed.ROUTES,
               *subjects.ROUTES, *leaves.ROUTES, *roster.ROUTES, *protected.ROUTES,
               *reports.ROUTES, *commands.ROUTES, *evidence.ROUTES,
-              *subject_report.ROUTES]
+              *subject_report.ROUTES, *board.ROUTES]
 
 
 def create_app(*, store: Any, config: Any, zones: Any = None, registry: Any = None,

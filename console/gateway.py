@@ -194,6 +194,10 @@ class StoreGateway:
     async def last_positions(self, regions: Iterable[str] | None) -> list[Row]:
         return await self._run(self.store.last_positions, regions)
 
+    async def board(self, regions: Iterable[str] | None, now_ms: int) -> list[Row]:
+        """The status board's rows (alarms.board)."""
+        return await self._run(self.store.board, regions, now_ms)
+
     # --- writes nobody can wait for, and the end ------------------------------------
 
     def submit_audit(self, who: str | None, action: str, target: str | None, detail: Any,

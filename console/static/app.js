@@ -239,7 +239,7 @@ async function start(session) {
   fillRegionSelect($("#s-region"), session.regions);
   fillTypeSelect($("#f-type"), session.alarm_types || []);
   regStart(session);  // register.js: the register's tabs for this role
-  showView("alarms");
+  showView("board");  // the morning check's view (board.js)
   await Promise.all([loadAlarms(), loadMapData()]);
   if (session.all_regions) refreshRegionSelects();
   openLinkedAlarm();
@@ -258,9 +258,11 @@ window.addEventListener("hashchange", openLinkedAlarm);
 function showView(name) {
   $("#alarms-view").hidden = name !== "alarms";
   $("#stats-view").hidden = name !== "stats";
+  $("#board-view").hidden = name !== "board";
   for (const b of document.querySelectorAll(".tab")) b.classList.toggle("active", b.dataset.view === name);
   if (name === "stats") loadStats();
   if (name === "alarms") drawMap();
+  if (name === "board") board.show();  // board.js
 }
 
 // ---------------------------------------------------------------- alarm list + feed
@@ -470,6 +472,7 @@ function stopPositionRefresh() {
 
 async function onFeedEvent(ev) {
   state.lastSeq = Math.max(state.lastSeq, ev.seq);
+  board.onFeed();  // board.js: re-read the status board (debounced) from this one feed
   let alarm = state.alarms.get(ev.alarm_id);
   const isNew = ev.event === "raised" && !alarm;
   if (isNew) {

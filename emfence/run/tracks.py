@@ -9,11 +9,22 @@ from collections import Counter, deque
 
 import numpy as np
 
-from contract import K_FIX, RecordBatch
+from contract import K_FIX, K_STATUS, POWER_CODES, STRAP_CODES, RecordBatch
 from emfence.run.options import PURGE_PERIOD_S, TRACK_FLUSH_S, TRACK_ROWS_PER_WRITE, wall_ms
 from engine.positions import Positions
 
 log = logging.getLogger("emfence.run")
+_STRAP = {code: name for name, code in STRAP_CODES.items()}
+_POWER = {code: name for name, code in POWER_CODES.items()}
+
+
+def _merge_status(old: tuple, new: tuple) -> tuple:
+    """Two statuses of a device as the store keeps them (alarms.device_status): the
+    newer's fields, the other's where the newer lacks one; the latest receive time."""
+    first, second = (new, old) if new[2] >= old[2] else (old, new)
+    return (*first[:3], *(a if a is not None else b for a, b in zip(first[3:6], second[3:6],
+                                                                    strict=True)),
+            max(old[6], new[6]))
 
 
 class TrackWriter:
@@ -30,6 +41,9 @@ class TrackWriter:
         # a protected person's devices: the newest fix of each, for supervisors only
         # (alarms.protected_positions), never a track row
         self.protected: dict[str, tuple] = {}
+        # each subject device's newest status of the flush (alarms.device_status: battery,
+        # strap, power, receive time for the status board), one row per device
+        self.status: dict[str, tuple] = {}
         self.queued = 0
         self.done = 0
         self.lock = asyncio.Lock()
@@ -49,6 +63,7 @@ class TrackWriter:
         the track store and its map are theirs; its newest fix is kept for supervisors
         alone (:meth:`_protected`)."""
         lat, lon = positions
+        self._statuses(records, device, registry)
         fixes = (records.kind == K_FIX) & ~np.isnan(lat)
         self._protected(records, lat, lon, device, registry,
                         np.flatnonzero(fixes & (records.device_idx >= registry.n_subject_devices)
@@ -76,6 +91,20 @@ class TrackWriter:
             self._keep_newest((device[i], registry.subject_of(d), int(records.ts_ms[i]),
                                float(lat[i]), float(lon[i]), float(records.acc_m[i]),
                                int(records.rx_ms[i])))
+
+    def _statuses(self, records: RecordBatch, device: list[str], registry) -> None:
+        """Keep the newest status of each subject device (as in :meth:`queue`, never a
+        protected person's) for :meth:`flush`."""
+        sel = np.flatnonzero((records.kind == K_STATUS) & (records.device_idx >= 0)
+                             & (records.device_idx < registry.n_subject_devices))
+        for i in sel.tolist():
+            battery = float(records.battery_pct[i])
+            row = (device[i], registry.device_region(int(records.device_idx[i])),
+                   int(records.ts_ms[i]), None if np.isnan(battery) else battery,
+                   _STRAP.get(int(records.strap[i])), _POWER.get(int(records.power[i])),
+                   int(records.rx_ms[i]))
+            old = self.status.get(device[i])
+            self.status[device[i]] = row if old is None else _merge_status(old, row)
 
     def _keep_newest(self, row: tuple) -> None:
         """``row`` (device id, person id, ts, ...) unless its device's kept one is newer."""
@@ -105,6 +134,17 @@ class TrackWriter:
                 except Exception as exc:  # noqa: BLE001 - keep the newest and retry later
                     for r in rows:
                         self._keep_newest(r)
+                    self.counters["store_errors"] += 1
+                    self.outages.failed("tracks", exc)
+                    return
+            if self.status:
+                rows, self.status = list(self.status.values()), {}
+                try:
+                    await asyncio.to_thread(self.store.record_device_status, rows)
+                except Exception as exc:  # noqa: BLE001 - keep the newest and retry later
+                    for r in rows:
+                        kept = self.status.get(r[0])
+                        self.status[r[0]] = r if kept is None else _merge_status(r, kept)
                     self.counters["store_errors"] += 1
                     self.outages.failed("tracks", exc)
                     return

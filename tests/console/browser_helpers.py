@@ -80,12 +80,17 @@ def log_in_chinese(d, url: str, name: str) -> WebDriverWait:
 
 
 def log_in(d, wait, name: str) -> None:
-    """Log in through the page and wait for the alarms view (every role starts there)."""
+    """Log in through the page, wait for the status board (every role starts there; a
+    notification's #alarm= link goes on to the alarms view), then open the alarms view."""
     field = wait.until(EC.visibility_of_element_located((By.ID, "login-name")))
     field.clear()
     field.send_keys(name)
     d.find_element(By.ID, "login-password").send_keys(PASSWORD)
     d.find_element(By.ID, "login-submit").click()
+    wait.until(EC.any_of(EC.visibility_of_element_located((By.ID, "board-view")),
+                         EC.visibility_of_element_located((By.ID, "alarms-view"))))
+    if not d.find_element(By.ID, "alarms-view").is_displayed():
+        click(wait, (By.ID, "tab-alarms"))
     wait.until(EC.visibility_of_element_located((By.ID, "alarms-view")))
 
 

@@ -134,6 +134,7 @@ REQUESTS: dict[tuple[str, str], tuple[str, Any]] = {
     ("GET", "/api/events"): ("/api/events?since=0", None),
     ("GET", "/api/zones"): ("/api/zones", None),
     ("GET", "/api/positions"): ("/api/positions", None),
+    ("GET", "/api/board"): ("/api/board", None),
     ("GET", "/api/stats"): ("/api/stats", None),
     ("GET", "/api/audit"): ("/api/audit", None),
     ("GET", "/api/feed"): ("/api/feed?since=0", None),

@@ -159,6 +159,7 @@ def world(tmp_path):
 
 # Each view: its tab (None: the alarms view), and what shows that it has drawn.
 VIEWS = [("alarms", None, "#detail .d-history li"),
+         ("board", "tab-board", '#board-rows .board-row[data-subject-id="S-1"]'),
          ("stats", "tab-stats", "#stats-body .card.wide"),
          ("subjects", "tab-subjects", '#subj-list tr[data-subject-id="S-1"]'),
          ("subject", None, "#subject-devices"),

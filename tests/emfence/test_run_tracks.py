@@ -13,7 +13,7 @@ import orjson
 from emfence.run.batches import Batch
 from emfence.run.cli import Service, build_parser, build_service_args
 from geofence.kernels import gcj02_to_wgs84_point
-from ingest.decode import Fix
+from ingest.decode import Fix, Status
 
 CNMAPS = Path(__file__).resolve().parents[1] / "data" / "cnmaps"
 REGION = "411303"
@@ -103,5 +103,47 @@ async def test_a_protected_persons_fixes_are_no_track_rows(tmp_path):
         assert service.engine.counters["fixes"] == 3  # the engine saw all three
         assert [r["device_id"] for r in store.track(["B-1", "V-1p"])] == ["B-1"]
         assert [p["device_id"] for p in store.last_positions()] == ["B-1"]
+    finally:
+        store.close_store()
+
+
+async def test_statuses_keep_each_devices_newest_battery_and_strap_for_the_board(tmp_path):
+    """The status board's battery, strap, power and last receive time come from the
+    engine worker's own path: statuses reduced to the newest per device and written with
+    the track flush (alarms.device_status); a field a status lacks keeps the stored one."""
+    service = _service(tmp_path)
+    b = Batch()
+    b.add_fix("B-1", Fix(T0, 33.0, 112.5, 12.0, "gps", "wgs84", None), T0 + 200)
+    b.add_status("B-1", Status(T0 + 30_000, 80.0, "ok", None, "on"), T0 + 30_100)
+    b.add_status("B-1", Status(T0 + 60_000, 41.5, "open", None, None), T0 + 60_100)
+    b.add_status("B-1", Status(T0 + 10_000, 99.0, "ok", None, "off"), T0 + 70_000)  # late
+    b.add_status("X-9", Status(T0, 50.0, "ok", None, None), T0)  # not registered
+    b.messages = len(b.device)
+    await service._process_batch(b)
+    await service.tracks.flush()
+    store = service.store
+    try:
+        assert service.tracks.status == {}
+        # the worker here reads its subjects from a file: enrol S-1 in the register too
+        store.register.adcode_dir = str(CNMAPS)
+        store.register.import_adcode(REGION, actor="root", now_ms=T0)
+        store.register.create_subject({"subject_id": "S-1", "name": "张三", "region": REGION,
+                                       "level": "strict", "inclusion": [REGION], "devices": [
+                                           {"device_id": "B-1"},
+                                           {"device_id": "P-1", "kind": "phone"}]},
+                                      actor="root", now_ms=T0)
+        [row] = store.board(None, T0 + 120_000)
+        b1 = next(d for d in row["devices"] if d["device_id"] == "B-1")
+        assert (b1["battery_pct"], b1["strap"], b1["power"]) == (41.5, "open", "on")
+        assert b1["last_rx_ms"] == T0 + 70_000 and b1["last_fix_ts_ms"] == T0
+        assert b1["online"] is True and row["zone_state"] in ("inside", "outside")
+        p1 = next(d for d in row["devices"] if d["device_id"] == "P-1")
+        assert (p1["online"], p1["battery_pct"], p1["last_rx_ms"]) == (None, None, None)
+        assert [s["device_id"] for s in store.device_status()] == ["B-1"]
+        # a later flush with an older status moves nothing back
+        store.record_device_status([("B-1", REGION, T0 + 1, 5.0, "ok", "off", T0 + 2)])
+        st = store.device_status([REGION])[0]
+        assert (st["ts"], st["battery_pct"], st["received_at"]) == (T0 + 60_000, 41.5, T0 + 70_000)
+        assert store.device_status(["411302"]) == []
     finally:
         store.close_store()
