@@ -22,7 +22,9 @@ from collections import Counter
 from typing import Any
 
 import orjson
+from aiomqtt import MqttError
 
+from alarms.db import StoreError
 from contract.commands import CommandError, command_payload, parse_reply
 from contract.topics import TOPIC_PREFIX, command_topic, device_topic
 from emfence.run.options import wall_ms
@@ -70,7 +72,11 @@ class Commands:
                 await self.receiver.connected.wait()
                 try:
                     await self.send_pending()
-                except Exception:  # the store or the broker is away: try again later
+                except StoreError:
+                    pass  # the store's outage, said once by Outages: try again later
+                except MqttError as exc:  # the connection went: sent again once back
+                    log.warning("sending commands paused: %s", exc)
+                except Exception:  # a fault of ours: said in full, and tried again
                     log.exception("sending commands failed; retrying")
                 self.wake.clear()
                 try:
@@ -110,7 +116,9 @@ class Commands:
             except PayloadError as exc:
                 self.receiver.deadletter(topic, payload, exc, rx)
                 outcome = "rejected"
-            except Exception:  # the store is away: not acknowledged, the broker resends
+            except StoreError:  # the store's outage (said once): not acknowledged, resent
+                continue
+            except Exception:  # a fault of ours: not acknowledged, the broker resends
                 log.exception("recording a command reply failed")
                 continue
             self.counters[f"command_replies_{outcome}"] += 1

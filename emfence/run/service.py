@@ -129,7 +129,8 @@ class Service:
             on_connected=lambda client: self._publish_health(client, "online"),
             on_fatal=self._fatal)
         self.outages.held = self._held_back
-        self.commands = Commands(store, self.receiver, options.regions, self.counters)
+        self.commands = Commands(WatchedStore(store, self.outages), self.receiver,
+                                 options.regions, self.counters)
         self.source = options.source or ModelSource.files(options.zones_path,
                                                           options.subjects_path)
         self.reloading = asyncio.Lock()  # one reload at a time, applied in order
