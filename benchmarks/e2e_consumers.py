@@ -75,10 +75,15 @@ class BareProcess:
         return self.count
 
     async def stop(self) -> None:
-        if self.proc and self.proc.returncode is None:
-            self.proc.terminate()
-            await self.proc.wait()
-        self._reader.cancel()
+        await _stop(self.proc, self._reader)
+
+
+async def _stop(proc, reader: asyncio.Task) -> None:
+    """End a consumer subprocess and the task reading its output."""
+    if proc and proc.returncode is None:
+        proc.terminate()
+        await proc.wait()
+    reader.cancel()
 
 
 class CSubscriber:
@@ -112,10 +117,7 @@ class CSubscriber:
         return self.count
 
     async def stop(self) -> None:
-        if self.proc and self.proc.returncode is None:
-            self.proc.terminate()
-            await self.proc.wait()
-        self._reader.cancel()
+        await _stop(self.proc, self._reader)
 
 
 class EngineCounter:

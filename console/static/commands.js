@@ -10,14 +10,6 @@
 
 const deviceCommands = (() => {
   const t = (key, params) => i18n.t(`cmd.${key}`, params);
-  const node = (tag, attrs, ...kids) => {
-    const n = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (k === "text") n.textContent = v; else n.setAttribute(k, v);
-    }
-    n.append(...kids);
-    return n;
-  };
   const when = (ms) => (ms ? zoneTime.full(ms) : "–");
   const what = (c) => (c.cmd === "interval"
     ? `${t(c.cmd)} ${t("interval_args", { every: c.args.interval_s, minutes: Math.round(c.args.duration_s / 60) })}`
@@ -30,21 +22,21 @@ const deviceCommands = (() => {
 
   function panel(deviceId) {
     const path = `/api/devices/${encodeURIComponent(deviceId)}/commands`;
-    const msg = node("p", { class: "cmd-msg", role: "status" });
-    const body = node("tbody");
-    const list = node("table", { class: "cmd-list" }, node("thead", {}, node("tr", {},
-      ...["time", "cmd", "by", "state", "reply"].map((k) => node("th", { text: t(k) })))), body);
-    const every = node("input", { class: "cmd-every", type: "number", min: "5", max: "3600", value: "10", size: "5" });
-    const minutes = node("input", { class: "cmd-minutes", type: "number", min: "1", max: "1440", value: "30", size: "5" });
+    const msg = el("p", { class: "cmd-msg", role: "status" });
+    const body = el("tbody");
+    const list = el("table", { class: "cmd-list" }, el("thead", {}, el("tr", {},
+      ...["time", "cmd", "by", "state", "reply"].map((k) => el("th", { text: t(k) })))), body);
+    const every = el("input", { class: "cmd-every", type: "number", min: "5", max: "3600", value: "10", size: "5" });
+    const minutes = el("input", { class: "cmd-minutes", type: "number", min: "1", max: "1440", value: "30", size: "5" });
 
     async function load() {
       try {
         const data = await api("GET", path);
-        body.replaceChildren(...data.commands.map((c) => node("tr", { class: `cmd-${c.state}` },
-          node("td", { text: when(c.created_at) }), node("td", { text: what(c) }),
-          node("td", { text: c.created_by }), node("td", { class: "cmd-state", text: t("state." + c.state) }),
-          node("td", { class: "cmd-reply", text: replyText(c.reply) }))));
-        if (!data.commands.length) body.append(node("tr", {}, node("td", { colspan: "5", text: t("none") })));
+        body.replaceChildren(...data.commands.map((c) => el("tr", { class: `cmd-${c.state}` },
+          el("td", { text: when(c.created_at) }), el("td", { text: what(c) }),
+          el("td", { text: c.created_by }), el("td", { class: "cmd-state", text: t("state." + c.state) }),
+          el("td", { class: "cmd-reply", text: replyText(c.reply) }))));
+        if (!data.commands.length) body.append(el("tr", {}, el("td", { colspan: "5", text: t("none") })));
       } catch (e) {
         msg.textContent = e.message;  // the catalogue's words for the error (app.js errorText)
       }
@@ -64,18 +56,18 @@ const deviceCommands = (() => {
       await load();
     }
     const button = (cmd) => {
-      const b = node("button", { type: "button", class: `cmd-${cmd}`, text: t(cmd) });
+      const b = el("button", { type: "button", class: `cmd-${cmd}`, text: t(cmd) });
       b.addEventListener("click", () => send(cmd));
       return b;
     };
-    const refresh = node("button", { type: "button", class: "cmd-refresh", text: t("refresh") });
+    const refresh = el("button", { type: "button", class: "cmd-refresh", text: t("refresh") });
     refresh.addEventListener("click", load);
     // Nothing is fetched until the operator asks (a button): the alarm detail is redrawn
     // on every feed event, and each read of the list is an audited request.
-    return node("section", { class: "part device-commands", "data-device": deviceId },
-      node("h3", { text: `${t("title")} · ${deviceId}` }),
-      node("div", { class: "filters" }, button("vibrate"), button("locate"),
-        node("label", {}, t("every_s"), " ", every), node("label", {}, t("for_min"), " ", minutes),
+    return el("section", { class: "part device-commands", "data-device": deviceId },
+      el("h3", { text: `${t("title")} · ${deviceId}` }),
+      el("div", { class: "filters" }, button("vibrate"), button("locate"),
+        el("label", {}, t("every_s"), " ", every), el("label", {}, t("for_min"), " ", minutes),
         button("interval"), refresh),
       msg, list);
   }

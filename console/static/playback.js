@@ -4,7 +4,7 @@
 // on a plain plane (no base map yet): one line per device, broken where the device was
 // silent (a gap is drawn as a gap), points coloured by accuracy, late fixes (sent from
 // the device's buffer) ringed; a timeline with play, pause and speed in event time.
-// Words from the page's catalogues (keys play.*); times from time.js.
+// Words from the page's catalogues (keys play.*); times from time.js; el/svg from app.js.
 "use strict";
 
 const trackPlayback = (() => {
@@ -15,21 +15,6 @@ const trackPlayback = (() => {
   const LATE_MS = 60_000;  // a fix received more than a minute after its ts came late
   const MIN_GAP_MS = 600_000;  // silent at least 10 min (or 5 reporting intervals): a gap
   const SPEEDS = [1, 10, 60, 600];
-  const NS = "http://www.w3.org/2000/svg";
-  const node = (tag, attrs, ...kids) => {
-    const n = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (k === "text") n.textContent = v; else n.setAttribute(k, v);
-    }
-    n.append(...kids);
-    return n;
-  };
-  const shape = (tag, attrs) => {
-    const n = document.createElementNS(NS, tag);
-    for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
-    return n;
-  };
-  const pad2 = (s) => String(s).padStart(2, "0");
   // "YYYY-MM-DDTHH:MM" of `ms` in the command centre's zone (a datetime-local value).
   const wallText = (ms) => zoneTime.clock(ms).slice(0, 16).replace(" ", "T");
   function wallToMs(text) {
@@ -84,41 +69,41 @@ const trackPlayback = (() => {
     for (const run of runs) {
       if (run.length > 1) {
         const d = run.map((f, i) => `${i ? "L" : "M"}${at(f).map((v) => v.toFixed(1)).join(",")}`).join("");
-        plane.append(shape("path", { d, class: "pb-line", "data-device": run[0].device_id }));
+        plane.append(svg("path", { d, class: "pb-line", "data-device": run[0].device_id }));
       }
     }
     for (const f of fixes) {
       const [x, y] = at(f);
       const late = f.delay_ms !== null && f.delay_ms > LATE_MS;
-      const dot = shape("circle", { cx: x.toFixed(1), cy: y.toFixed(1), r: late ? 4.5 : 3,
+      const dot = svg("circle", { cx: x.toFixed(1), cy: y.toFixed(1), r: late ? 4.5 : 3,
         class: `pb-fix ${accClass(f.acc)}${late ? " pb-late" : ""}` });
-      const title = shape("title", {});
+      const title = svg("title", {});
       title.textContent = `${f.device_id} ${zoneTime.full(f.ts)} ±${i18n.dist(f.acc)}` +
         (late ? ` ${t("late_by", { delay: Math.round(f.delay_ms / 1000) })}` : "");
       dot.append(title);
       plane.append(dot);
     }
-    const marker = shape("circle", { r: 7, class: "pb-marker", cx: -20, cy: -20 });
+    const marker = svg("circle", { r: 7, class: "pb-marker", cx: -20, cy: -20 });
     plane.append(marker);
     return { at, marker, gaps, late: fixes.filter((f) => f.delay_ms !== null && f.delay_ms > LATE_MS).length };
   }
 
   function panel(subjectId) {
     const now = Date.now();
-    const from = node("input", { type: "datetime-local", class: "pb-from", value: wallText(now - 86_400_000) });
-    const to = node("input", { type: "datetime-local", class: "pb-to", value: wallText(now) });
-    const load = node("button", { type: "button", class: "pb-load", text: t("load") });
-    const play = node("button", { type: "button", class: "pb-play", text: t("play"), disabled: "disabled" });
-    const speed = node("select", { class: "pb-speed" },
-      ...SPEEDS.map((s) => node("option", { value: String(s), text: t("speed", { n: s }) })));
+    const from = el("input", { type: "datetime-local", class: "pb-from", value: wallText(now - 86_400_000) });
+    const to = el("input", { type: "datetime-local", class: "pb-to", value: wallText(now) });
+    const load = el("button", { type: "button", class: "pb-load", text: t("load") });
+    const play = el("button", { type: "button", class: "pb-play", text: t("play"), disabled: "disabled" });
+    const speed = el("select", { class: "pb-speed" },
+      ...SPEEDS.map((s) => el("option", { value: String(s), text: t("speed", { n: s }) })));
     speed.value = "60";
-    const slider = node("input", { type: "range", class: "pb-time", min: "0", max: "0", value: "0", disabled: "disabled" });
-    const clock = node("span", { class: "pb-clock" });
-    const summary = node("p", { class: "pb-summary", role: "status" });
-    const plane = shape("svg", { class: "pb-plane", viewBox: `0 0 ${W} ${H}`, width: String(W), height: String(H) });
-    const legend = node("p", { class: "pb-legend" },
+    const slider = el("input", { type: "range", class: "pb-time", min: "0", max: "0", value: "0", disabled: "disabled" });
+    const clock = el("span", { class: "pb-clock" });
+    const summary = el("p", { class: "pb-summary", role: "status" });
+    const plane = svg("svg", { class: "pb-plane", viewBox: `0 0 ${W} ${H}`, width: String(W), height: String(H) });
+    const legend = el("p", { class: "pb-legend" },
       ...["acc-good", "acc-fair", "acc-poor", "pb-late"].map((c) =>
-        node("span", { class: `pb-key ${c}`, text: t(`legend.${c}`) })));
+        el("span", { class: `pb-key ${c}`, text: t(`legend.${c}`) })));
     let fixes = [];
     let drawn = null;
     let timer = null;
@@ -178,12 +163,12 @@ const trackPlayback = (() => {
       slider.removeAttribute("disabled");
       show(fixes[0].ts);
     });
-    return node("section", { class: "part track-playback", "data-subject": subjectId },
-      node("h3", { text: t("title") }),
-      node("div", { class: "filters" },
-        node("label", {}, t("from"), " ", from), node("label", {}, t("to"), " ", to), load),
+    return el("section", { class: "part track-playback", "data-subject": subjectId },
+      el("h3", { text: t("title") }),
+      el("div", { class: "filters" },
+        el("label", {}, t("from"), " ", from), el("label", {}, t("to"), " ", to), load),
       summary, plane, legend,
-      node("div", { class: "pb-controls" }, play, speed, slider, clock));
+      el("div", { class: "pb-controls" }, play, speed, slider, clock));
   }
 
   return { panel };

@@ -52,11 +52,14 @@ FAILOVER_BOUND_S = 5.0
 
 
 def get(port: int, path: str) -> tuple[int, str]:
+    """(status, body) of GET ``path``; (0, why) while nothing listens on ``port``."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+    except urllib.error.URLError as e:  # not listening yet
+        return 0, str(e)
 
 
 def metric(port: int, name: str) -> float:

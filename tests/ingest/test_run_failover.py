@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import signal
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from ingest_fleet import REGION_A, EngineProcess, Fleet, now_ms, until
 from test_ingest_faults import CONFIG, Publisher, check_outcome, scenario, wait_processed
+from test_run_brokers import get
 
 from emfence.run.lease import EXIT_LEASE_LOST
 from ingest.mosquitto import free_port
@@ -23,16 +22,6 @@ pytestmark = [pytest.mark.mqtt, pytest.mark.postgres]
 
 TTL_S = 2.0
 STEPS = 90  # 18 s of fixes, 0.2 s apart
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except urllib.error.URLError as e:  # not listening yet
-        return 0, str(e)
 
 
 def worker(tmp_path, fleet, broker, url: str, tag: str, port: int) -> EngineProcess:
