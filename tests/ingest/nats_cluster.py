@@ -135,10 +135,15 @@ class NatsCluster:
             with open(n.log, "ab") as log:
                 n.proc = subprocess.Popen([self.binary, "-c", str(n.conf)], stdout=log,
                                           stderr=log)
-        for n in self.nodes:  # every node ready and knowing the JetStream meta leader
-            until(lambda n=n: "Server is ready" in n.text()
-                  and "metadata leader" in n.text(), bool, READY_S)
-            assert "metadata leader" in n.text(), n.text()[-3000:]
+        # Every node ready, and the cluster's JetStream metadata leader elected. (Only
+        # the leader and the nodes that learn of it by an append say so in their logs: a
+        # node that had the leader's state from the start may never log it.)
+        for n in self.nodes:
+            until(lambda n=n: "Server is ready" in n.text(), bool, READY_S)
+            assert "Server is ready" in n.text(), n.text()[-3000:]
+        until(lambda: any("metadata leader" in n.text() for n in self.nodes), bool, READY_S)
+        assert any("metadata leader" in n.text() for n in self.nodes), \
+            "\n".join(n.text()[-1500:] for n in self.nodes)
         return self
 
     def node_of(self, port: int) -> Node:
