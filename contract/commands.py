@@ -65,16 +65,22 @@ def command_payload(cmd_id: str, cmd: str, args: dict[str, int], *, ts_ms: int,
             **args}
 
 
-def parse_command(doc: Any) -> dict[str, Any]:
-    """A received command object checked (what firmware does before acting on it)."""
+def _envelope(doc: Any, what: str, times: tuple[str, ...]) -> None:
+    """The fields a command and a reply share: ``"v": 1``, ``cmd_id``, and the epoch-ms
+    integers named in ``times``."""
     if not isinstance(doc, dict) or doc.get("v") != 1:
-        raise CommandError("v", "a command is a JSON object with \"v\": 1")
+        raise CommandError("v", f"a {what} is a JSON object with \"v\": 1")
     cmd_id = doc.get("cmd_id")
     if not isinstance(cmd_id, str) or not CMD_ID.fullmatch(cmd_id):
         raise CommandError("cmd_id", "must be [A-Za-z0-9_-]{1,64}")
-    for field in ("ts", "expires_ts"):
+    for field in times:
         if isinstance(doc.get(field), bool) or not isinstance(doc.get(field), int):
             raise CommandError(field, "must be epoch milliseconds (an integer)")
+
+
+def parse_command(doc: Any) -> dict[str, Any]:
+    """A received command object checked (what firmware does before acting on it)."""
+    _envelope(doc, "command", ("ts", "expires_ts"))
     args = command_args(doc.get("cmd"), doc.get("interval_s"), doc.get("duration_s"))
     return {**doc, **args}
 
@@ -86,18 +92,11 @@ def reply_payload(cmd_id: str, result: str, *, ts_ms: int, detail: str = "") -> 
 
 def parse_reply(doc: Any) -> dict[str, Any]:
     """A received reply checked: ``{"cmd_id", "ts", "result", "detail"}``."""
-    if not isinstance(doc, dict) or doc.get("v") != 1:
-        raise CommandError("v", "a reply is a JSON object with \"v\": 1")
-    cmd_id = doc.get("cmd_id")
-    if not isinstance(cmd_id, str) or not CMD_ID.fullmatch(cmd_id):
-        raise CommandError("cmd_id", "must be [A-Za-z0-9_-]{1,64}")
-    ts = doc.get("ts")
-    if isinstance(ts, bool) or not isinstance(ts, int):
-        raise CommandError("ts", "must be epoch milliseconds (an integer)")
+    _envelope(doc, "reply", ("ts",))
     if doc.get("result") not in RESULTS:
         raise CommandError("result", f"must be one of {', '.join(RESULTS)}")
     detail = doc.get("detail", "")
     if not isinstance(detail, str):
         raise CommandError("detail", "must be a string")
-    return {"cmd_id": cmd_id, "ts": ts, "result": doc["result"],
+    return {"cmd_id": doc["cmd_id"], "ts": doc["ts"], "result": doc["result"],
             "detail": detail[:MAX_DETAIL_CHARS]}
