@@ -65,3 +65,26 @@ def test_the_unit_is_hardened_and_does_not_loop_on_what_a_restart_cannot_fix():
     # TimeoutStopSec above the process's own shutdown bound
     from emfence.run.options import SHUTDOWN_BOUND_S
     assert int(service["TimeoutStopSec"]) > SHUTDOWN_BOUND_S
+
+
+def _fenced(text: str, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", text, re.DOTALL)
+
+
+def test_the_worked_example_pair_runs_the_same_group_on_both_machines(tmp_path):
+    """deploy/systemd/README.md: its environment file makes a command line `emfence run`
+    accepts (a worker group on PostgreSQL, every node of the broker given), and its
+    configuration file is one the loader takes, with the TTL it talks about."""
+    from emfence.config import load_config
+
+    text = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    env_block = next(b for b in _fenced(text, "sh") if b.startswith("EMFENCE_BROKERS="))
+    env = dict(line.split("=", 1) for line in env_block.splitlines() if line.strip())
+    argv = systemd_argv(unit()["Service"]["ExecStart"], "north", env)
+    args = build_parser().parse_args(argv[2:])
+    assert args.name == "north" and args.username == "emfence-north"
+    assert args.store.startswith("postgresql://") and len(args.broker) == 3
+    assert args.metrics_http == "0.0.0.0:9108"
+    toml = tmp_path / "emfence.toml"
+    toml.write_text(_fenced(text, "toml")[0], encoding="utf-8")
+    assert load_config(toml).ha.lease_ttl_s == 10
