@@ -58,6 +58,10 @@ DISPOSITIONS = (
 FALSE_ALARM_DISPOSITIONS = ("approved_leave_not_recorded", "gps_drift", "device_fault")
 ACTIONS = ("acknowledge", "close", "note", "escalated")
 ROLES = ("operator", "supervisor", "admin")
+# The console's languages an account may choose (users.lang; NULL: none chosen, the
+# browser's is used). Checked by the store, not by the database, so a language added
+# later needs no migration.
+LANGS = ("zh-CN", "en")
 
 DIALECT_TYPES = {
     "sqlite": {
@@ -328,6 +332,9 @@ MIGRATIONS: list[list[Migration]] = [
     # version 13: each device's newest battery, strap, power and receive time, for the
     # status board (alarms.device_status; docs/console-api.md, "The status board").
     V13_DEVICE_STATUS,
+    # version 14: each account's console language (alarms.users.set_user_lang; NULL until
+    # chosen; docs/console-api.md, "Language").
+    ["ALTER TABLE users ADD COLUMN lang TEXT"],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

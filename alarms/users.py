@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from alarms.db import Cursor, Database, StoreError, Where, as_list, count, int_ms
-from alarms.schema import REGION_CODE, ROLES
+from alarms.schema import LANGS, REGION_CODE, ROLES
 from contract.errors import EmfenceError
 
 
@@ -92,52 +92,65 @@ class UserStore:
                 raise UserError(name, f"region {r!r} is not a region code")
         return out
 
+    @staticmethod
+    def _check_lang(name: str, lang: str | None) -> str | None:
+        if lang is not None and lang not in LANGS:
+            raise UserError(name, f"lang must be one of {', '.join(LANGS)}, got {lang!r}")
+        return lang
+
     def add_user(self, name: str, password_hash: str, role: str, regions: Iterable[str],
-                 now_ms: int, *, by: str | None = None) -> dict[str, Any]:
+                 now_ms: int, *, by: str | None = None,
+                 lang: str | None = None) -> dict[str, Any]:
         """Create a console account (the hash comes from the console's password hasher).
 
-        ``regions``: the region codes the user may see and act in. Audited (``by``, if
-        given, is who created it). Raises :class:`UserError` if the name exists or a field
-        is bad.
+        ``regions``: the region codes the user may see and act in; ``lang``: the console
+        language (one of LANGS; None: not chosen, the browser's is used). Audited (``by``,
+        if given, is who created it). Raises :class:`UserError` if the name exists or a
+        field is bad.
         """
         now_ms = int_ms(now_ms, "now_ms")
         region_list = self._check_user_fields(name, role, regions)
+        self._check_lang(name, lang)
         if not isinstance(password_hash, str) or not password_hash:
             raise UserError(name, "a password hash is required")
+        detail: dict[str, Any] = {"role": role, "regions": region_list}
+        if lang is not None:
+            detail["lang"] = lang
         with self._db.tx("add user") as cur:
             n = cur.execute("INSERT INTO users (name, password_hash, role, regions, disabled, "
-                            "created_at, updated_at) VALUES (?, ?, ?, ?, 0, ?, ?) "
+                            "created_at, updated_at, lang) VALUES (?, ?, ?, ?, 0, ?, ?, ?) "
                             "ON CONFLICT (name) DO NOTHING",
                             (name, password_hash, role, orjson.dumps(region_list).decode(),
-                             now_ms, now_ms)).rowcount
+                             now_ms, now_ms, lang)).rowcount
             if n != 1:
                 raise UserError(name, "already exists")
-            audit_row(cur, by, "user.add", name, {"role": role, "regions": region_list},
-                        now_ms, None)
+            audit_row(cur, by, "user.add", name, detail, now_ms, None)
         return self.get_user(name)  # type: ignore[return-value]
 
     def get_user(self, name: str) -> dict[str, Any] | None:
-        """``{name, password_hash, role, regions: [..], disabled, created_at, updated_at}``."""
+        """``{name, password_hash, role, regions: [..], disabled, created_at, updated_at,
+        lang}`` (``lang``: the chosen console language, or None)."""
         with self._db.tx("get user", write=False) as cur:
             return _user_row(cur.execute("SELECT name, password_hash, role, regions, disabled, "
-                                         "created_at, updated_at FROM users WHERE name = ?",
-                                         (name,)).one())
+                                         "created_at, updated_at, lang FROM users "
+                                         "WHERE name = ?", (name,)).one())
 
     def list_users(self) -> list[dict[str, Any]]:
         """Every account, by name, without password hashes."""
         with self._db.tx("list users", write=False) as cur:
-            rows = cur.execute("SELECT name, role, regions, disabled, created_at, updated_at "
-                               "FROM users ORDER BY name").all()
+            rows = cur.execute("SELECT name, role, regions, disabled, created_at, updated_at, "
+                               "lang FROM users ORDER BY name").all()
         return [_user_row(r) for r in rows]  # type: ignore[misc]
 
     def _update_user(self, op: str, name: str, sets: str, params: tuple[Any, ...],
-                     now_ms: int, by: str | None, detail: dict[str, Any]) -> None:
+                     now_ms: int, by: str | None, detail: dict[str, Any], *,
+                     ip: str | None = None) -> None:
         with self._db.tx(op) as cur:
             n = cur.execute(f"UPDATE users SET {sets}, updated_at = ? WHERE name = ?",
                             (*params, now_ms, name)).rowcount
             if n != 1:
                 raise UserError(name, "no such user")
-            audit_row(cur, by, op, name, detail, now_ms, None)
+            audit_row(cur, by, op, name, detail, now_ms, ip)
 
     def set_user_disabled(self, name: str, disabled: bool, now_ms: int | None = None, *,
                           by: str | None = None) -> None:
@@ -161,6 +174,15 @@ class UserStore:
         self._update_user("user.role", name, "role = ?, regions = ?",
                           (role, orjson.dumps(region_list).decode()),
                           int_ms(now_ms, "now_ms"), by, {"role": role, "regions": region_list})
+
+    def set_user_lang(self, name: str, lang: str | None, now_ms: int, *,
+                      by: str | None = None, ip: str | None = None,
+                      action: str = "user.lang") -> None:
+        """Set an account's console language (one of LANGS; None: back to the browser's);
+        audited as ``action`` with ``{"lang": lang}`` (the console's own choice, by the
+        signed-in user, is ``session.lang``)."""
+        self._update_user(action, name, "lang = ?", (self._check_lang(name, lang),),
+                          int_ms(now_ms, "now_ms"), by, {"lang": lang}, ip=ip)
 
     def begin_login(self, name: str, ip: str | None, now_ms: int, *, window_ms: int,
                     max_failed_per_name: int, max_failed_per_ip: int) -> LoginAttempt:

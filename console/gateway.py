@@ -50,6 +50,12 @@ class StoreGateway:
     async def list_users(self) -> list[Row]:
         return await self._run(self.store.list_users)
 
+    async def set_user_lang(self, name: str, lang: str | None, now_ms: int, *,
+                            by: str | None = None, ip: str | None = None,
+                            action: str = "user.lang") -> None:
+        await self._run(self.store.set_user_lang, name, lang, now_ms, by=by, ip=ip,
+                        action=action)
+
     async def begin_login(self, name: str, ip: str | None, now_ms: int, *, window_ms: int,
                           max_failed_per_name: int, max_failed_per_ip: int) -> LoginAttempt:
         return await self._run(self.store.begin_login, name, ip, now_ms, window_ms=window_ms,

@@ -1,4 +1,4 @@
-"""``emfence user``: console accounts (add, list, disable, enable, password, role).
+"""``emfence user``: console accounts (add, list, disable, enable, password, role, lang).
 
 ::
 
@@ -7,6 +7,7 @@
     emfence user disable alice --store sqlite:///a.db
     emfence user password alice --store sqlite:///a.db          # new password on stdin
     emfence user role alice --role supervisor --regions 411303 --store sqlite:///a.db
+    emfence user lang alice en --store sqlite:///a.db          # zh-CN, en, or none
 
 The password is read from standard input (the first line; typed twice with no echo on a
 terminal), never from the command line, where other users could see it in the process
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, TextIO
 
+from alarms.schema import LANGS
 from console.auth import ROLES, AuthError, check_role, hash_password, parse_regions
 
 # Shorter passwords are refused: an operator account reaches personal location data.
@@ -104,7 +106,7 @@ def read_password(stdin: TextIO) -> str:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="emfence user", description="Console accounts.")
     sub = p.add_subparsers(dest="verb", required=True,
-                           metavar="{add,list,disable,enable,password,role}")
+                           metavar="{add,list,disable,enable,password,role,lang}")
     store_help = "alarm store URL: sqlite:///path or postgresql://..."
     zones_help = ("the centre's zone file: every region must be one of its zones (without "
                   "it, adcodes are checked for form and against the bundled Henan counties)")
@@ -117,6 +119,8 @@ def _parser() -> argparse.ArgumentParser:
                           "(required except for admin, who sees every region)")
     add.add_argument("--store", required=True, help=store_help)
     add.add_argument("--zones", metavar="FILE", help=zones_help)
+    add.add_argument("--lang", choices=LANGS, help="the console's language for this account "
+                     "(default: none chosen, the browser's; the account can change it)")
 
     ls = sub.add_parser("list", help="list accounts")
     ls.add_argument("--store", required=True, help=store_help)
@@ -135,6 +139,12 @@ def _parser() -> argparse.ArgumentParser:
                       "the account may see from now on; required except for admin)")
     role.add_argument("--store", required=True, help=store_help)
     role.add_argument("--zones", metavar="FILE", help=zones_help)
+
+    lang = sub.add_parser("lang", help="set an account's console language")
+    lang.add_argument("name")
+    lang.add_argument("lang", choices=(*LANGS, "none"),
+                      help="none: not chosen (the page follows the browser's language)")
+    lang.add_argument("--store", required=True, help=store_help)
     return p
 
 
@@ -188,7 +198,8 @@ def _add(args: argparse.Namespace, open_store: Callable[[str], Any], stdin: Text
     store = open_store(args.store)
     try:
         # The store checks the name, refuses a duplicate and audits the creation.
-        store.add_user(name, hash_password(password), role, list(regions), _now_ms())
+        store.add_user(name, hash_password(password), role, list(regions), _now_ms(),
+                       lang=args.lang)
     finally:
         store.close_store()
     print(f"added {role} {name}" + (f" for {','.join(regions)}" if regions else ""),
@@ -197,7 +208,7 @@ def _add(args: argparse.Namespace, open_store: Callable[[str], Any], stdin: Text
 
 
 def _change(store: Any, args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
-    """``emfence user list|password|role|disable|enable`` on an open store."""
+    """``emfence user list|password|role|lang|disable|enable`` on an open store."""
     if args.verb == "list":
         rows = store.list_users()
         print(f"{'name':<20} {'role':<10} {'state':<8} regions", file=stdout)
@@ -217,6 +228,11 @@ def _change(store: Any, args: argparse.Namespace, stdin: TextIO, stdout: TextIO)
         store.set_user_role(args.name, role, list(regions), _now_ms())
         print(f"{args.name} is now {role}"
               + (f" for {','.join(regions)}" if regions else ""), file=stdout)
+        return 0
+    if args.verb == "lang":
+        lang = None if args.lang == "none" else args.lang
+        store.set_user_lang(args.name, lang, _now_ms())
+        print(f"{args.name}'s console language: {lang or 'none chosen'}", file=stdout)
         return 0
     store.set_user_disabled(args.name, args.verb == "disable", _now_ms())
     print(f"{args.verb}d {args.name}", file=stdout)

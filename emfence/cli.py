@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("simulators.cli", "publish like bracelet firmware; or --generate a test fleet"),
     "score": ("simulators.score", "compare alarms against a simulator's ground truth"),
     "console": ("console.service", "the operators' web console on its own, over a shared store"),
-    "user": ("console.users", "console accounts: add, list, disable, enable, password, role"),
+    "user": ("console.users", "console accounts: add, list, disable, enable, password, role, lang"),
     "register": ("alarms.register_cli", "the supervision register in a store: import, export"),
 }
 

@@ -1,4 +1,5 @@
-"""``/api/login``, ``/api/logout`` and ``/api/session``: logging in and out."""
+"""``/api/login``, ``/api/logout`` and ``/api/session``: logging in and out, and the
+signed-in user's console language (``/api/session/lang``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from alarms.schema import DISPOSITIONS, FALSE_ALARM_DISPOSITIONS
+from alarms.schema import DISPOSITIONS, FALSE_ALARM_DISPOSITIONS, LANGS
 from console.access import signed_in
 from console.auth import (
     Principal,
@@ -28,9 +29,13 @@ MAX_NAME_CHARS = 64
 MAX_PASSWORD_CHARS = 1024
 
 
-def session_body(principal: Principal, csrf: str, console: Console) -> dict[str, Any]:
-    """Who is logged in, their CSRF token and what the page needs to know at start."""
+def session_body(principal: Principal, csrf: str, console: Console,
+                 user: dict[str, Any] | None) -> dict[str, Any]:
+    """Who is logged in, their CSRF token and what the page needs to know at start
+    (``user``: their account row, for the language they chose)."""
     return {"user": principal.name, "role": principal.role,
+            # The page's language for this account (None: not chosen, the browser's).
+            "lang": (user or {}).get("lang"),
             "regions": sorted(principal.regions), "all_regions": principal.is_admin,
             "csrf_token": csrf, "dispositions": list(DISPOSITIONS),
             "false_alarm_dispositions": list(FALSE_ALARM_DISPOSITIONS),
@@ -97,7 +102,7 @@ async def login(request: Request) -> Response:
     principal = principal_from_user(user)
     session = console.sessions.create(principal.name, now,
                                       credential_digest(user_password_hash(user)))
-    response = json_response(session_body(principal, session.csrf, console))
+    response = json_response(session_body(principal, session.csrf, console, user))
     console.set_session_cookie(response, session)
     return response
 
@@ -113,11 +118,28 @@ async def logout(request: Request) -> Response:
 
 async def whoami(request: Request) -> Response:
     caller = await signed_in(request)
-    return json_response(session_body(caller.principal, caller.session.csrf, caller.console))
+    user = await caller.gateway.get_user(caller.name)
+    return json_response(session_body(caller.principal, caller.session.csrf, caller.console,
+                                      user))
+
+
+async def set_lang(request: Request) -> Response:
+    """``PUT /api/session/lang`` ``{"lang": "zh-CN" | "en"}``: the signed-in user's console
+    language, kept with the account (audited as ``session.lang``)."""
+    caller = await signed_in(request)  # 401; a write: same origin and the CSRF token
+    lang = (await read_json(request)).get("lang")
+    if not isinstance(lang, str) or lang not in LANGS:
+        raise ApiError(400, "bad_field", f"field 'lang' must be one of {', '.join(LANGS)}, "
+                       f"got {repr(lang)[:MAX_NAME_CHARS]}", field="lang")
+    console = caller.console
+    await caller.gateway.set_user_lang(caller.name, lang, console.clock_ms(), by=caller.name,
+                                       ip=console.client_ip(request), action="session.lang")
+    return json_response({"lang": lang})
 
 
 ROUTES = [
     Route("/api/login", login, methods=["POST"]),
     Route("/api/logout", logout, methods=["POST"]),
     Route("/api/session", whoami, methods=["GET"]),
+    Route("/api/session/lang", set_lang, methods=["PUT"]),
 ]

@@ -69,7 +69,7 @@ async function api(method, path, body) {
   if (!resp.ok) {
     // Only a page that had a session can have lost it: the first visit's probe of
     // /api/session answers 401 too, and that is simply "not logged in yet".
-    if (resp.status === 401 && path !== "/api/login" && state.session) showLogin(msg("session.ended"));
+    if (resp.status === 401 && path !== "/api/login" && state.session) showLogin("", "session.ended");
     throw new ApiError(resp.status, data);
   }
   return data;
@@ -143,10 +143,14 @@ function beep(escalated) {
 }
 
 // ---------------------------------------------------------------- login / session
-function showLogin(message) {
+// `message`: a text to show (the server's); `key`: a catalogue message instead, in the
+// login page's language.
+function showLogin(message, key) {
   closeFeed();
   stopPositionRefresh();
   state.session = null;
+  // The next person's login page speaks this browser's language, not the last account's.
+  i18n.follow(null);
   $("#login-view").hidden = false;
   $("#alarms-view").hidden = true;
   $("#stats-view").hidden = true;
@@ -154,7 +158,7 @@ function showLogin(message) {
   $("#tabs").hidden = true;
   $("#logout").hidden = true;
   $("#who").textContent = "";
-  $("#login-error").textContent = message || "";
+  $("#login-error").textContent = key ? msg(key) : message || "";
   $("#login-name").focus();
 }
 
@@ -182,7 +186,7 @@ async function onLogout() {
   state.loggingOut = true;  // loadPositions asks nothing more
   try { await api("POST", "/api/logout"); } catch (e) { /* ended anyway */ }
   state.loggingOut = false;
-  showLogin(msg("session.logged_out"));
+  showLogin("", "session.logged_out");
 }
 
 function fillRegionSelect(select, regions) {
@@ -215,9 +219,20 @@ function pageWords() {
   $("#th-time").title = msg("alarms.times_in", { zone: zoneTime.zone() });
 }
 
+// The operator's own choice of language is kept for the account (PUT /api/session/lang),
+// one request after another so the last choice is the one kept.
+function keepLang(lang) {
+  state.session.lang = lang;
+  state.langSaved = (state.langSaved || Promise.resolve())
+    .then(() => api("PUT", "/api/session/lang", { lang }))
+    // Not kept (a 401 shows the login): the page keeps the choice; the button says why.
+    .catch((e) => { if (state.session) $("#lang").title = e.message; });
+}
+
 // Another language chosen: everything this file drew is drawn again in it.
-function onLangChange() {
+function onLangChange(ev) {
   if (!state.session) return;
+  if (ev.detail && ev.detail.chosen) keepLang(ev.detail.lang);
   pageWords();
   refreshRegionSelects();
   fillTypeSelect($("#f-type"), state.session.alarm_types || []);
@@ -228,6 +243,8 @@ function onLangChange() {
 }
 
 async function start(session) {
+  // The account's language before anything is drawn (none chosen: the browser's).
+  i18n.follow(session.lang);
   state.session = session;
   $("#login-view").hidden = true;
   $("#tabs").hidden = false;
@@ -417,7 +434,7 @@ function openFeed(seq) {
     }
   };
   es.addEventListener("alarm", (msg) => onFeedEvent(JSON.parse(msg.data)));
-  es.addEventListener("logout", () => showLogin(msg("session.ended")));
+  es.addEventListener("logout", () => showLogin("", "session.ended"));
 }
 
 // Apply one event of the log to the alarm it concerns. The feed carries the published

@@ -1,8 +1,9 @@
 // emfence console: the page's words, one catalogue per language (static/i18n/zh-CN.json,
 // static/i18n/en.json: flat dotted keys, "{name}" placeholders), the same files the
-// server reads for the register's PDF/CSV (console/labels.py). Chinese first; English
-// when the operator chose it (kept in this browser), or, before any choice, when the
-// browser asks for English before Chinese. Numbers, distances and plurals come from Intl.
+// server reads for the register's PDF/CSV (console/labels.py). Chinese first. The login
+// page: English when this browser's last choice was English, or, before any choice, when
+// the browser asks for English before Chinese. Signed in: the account's language if it
+// chose one (follow), else the browser's. Numbers, distances and plurals come from Intl.
 "use strict";
 
 const i18n = (() => {
@@ -78,13 +79,27 @@ const i18n = (() => {
     document.documentElement.lang = lang;
   }
 
-  // The other language, kept in this browser; the page redraws on "langchange".
-  function toggle() {
-    lang = lang === "zh-CN" ? "en" : "zh-CN";
-    try { localStorage.setItem(KEY, lang); } catch (e) { /* this visit only */ }
+  // Show `next`; the page redraws on "langchange" (detail.chosen: the operator's own
+  // choice, which the page keeps for the account too).
+  function show(next, chosen) {
+    if (next === lang) return lang;
+    lang = next;
     apply(document);
-    document.dispatchEvent(new Event("langchange"));
+    document.dispatchEvent(new CustomEvent("langchange", { detail: { lang, chosen } }));
     return lang;
   }
-  return { ready, t, term, plural, num, dist, pct, apply, toggle, lang: () => lang };
+
+  // The other language, chosen by the operator: kept in this browser for the next login page.
+  function toggle() {
+    const next = lang === "zh-CN" ? "en" : "zh-CN";
+    try { localStorage.setItem(KEY, next); } catch (e) { /* this visit only */ }
+    return show(next, true);
+  }
+
+  // The signed-in account's language (session.lang), or with none chosen (and after
+  // logging out) this browser's. Not kept in the browser: the next user's login page
+  // follows the browser, not the last account.
+  const follow = (accountLang) => show(known(accountLang) || initial(), false);
+
+  return { ready, t, term, plural, num, dist, pct, apply, toggle, follow, lang: () => lang };
 })();

@@ -113,7 +113,7 @@ def test_users_add_get_list_disable_and_audit(store):
                        by="admin")
     assert u == {"name": "olga", "password_hash": "$argon2id$hash", "role": "operator",
                  "regions": [REGION_A, REGION_B], "disabled": False, "created_at": 1_000,
-                 "updated_at": 1_000}
+                 "updated_at": 1_000, "lang": None}
     store.add_user("boss", "$argon2id$h2", "admin", [], 1_100)
     assert [(u["name"], u["role"]) for u in store.list_users()] == [("boss", "admin"),
                                                                       ("olga", "operator")]

@@ -120,6 +120,7 @@ REQUESTS: dict[tuple[str, str], tuple[str, Any]] = {
     ("POST", "/api/login"): ("/api/login", {"name": "sue", "password": PASSWORD}),
     ("POST", "/api/logout"): ("/api/logout", {}),
     ("GET", "/api/session"): ("/api/session", None),
+    ("PUT", "/api/session/lang"): ("/api/session/lang", {"lang": "en"}),  # session.lang
     ("GET", "/api/alarms"): ("/api/alarms", None),
     ("GET", "/api/alarms/{alarm_id:str}"): ("/api/alarms/look", None),
     ("POST", "/api/alarms/{alarm_id:str}/acknowledge"): ("/api/alarms/ack/acknowledge", {}),
