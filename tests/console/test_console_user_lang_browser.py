@@ -27,7 +27,8 @@ window.firstView = null;
 const board = document.getElementById("board-view");
 new MutationObserver((changes, observer) => {
   if (board.hidden) return;
-  window.firstView = [document.documentElement.lang, document.getElementById("tab-board").textContent];
+  const tab = document.getElementById("tab-board").textContent;
+  window.firstView = [document.documentElement.lang, tab];
   observer.disconnect();
 }).observe(board, { attributes: true, attributeFilter: ["hidden"] });
 """
