@@ -150,25 +150,30 @@ class FeedHub:
     # --- the poll --------------------------------------------------------------------
 
     async def _run(self) -> None:
-        skip = 0
+        skip = 0  # poll periods left before a store that failed is asked again
         try:
             while not self.closing():
                 if skip:
                     skip -= 1
-                else:
-                    try:
-                        await self._poll()
-                        self.store_down = False
-                    except Exception as exc:  # noqa: BLE001 - the feeds outlive a bad poll
-                        if not isinstance(exc, StoreError):
-                            log.exception("live feed: poll failed")
-                        self.failures += 1
-                        self.report_outage(exc)
-                        skip = STORE_RETRY_POLLS - 1
+                elif not await self._poll_once():
+                    skip = STORE_RETRY_POLLS - 1
                 self._post()
                 await self._sleep()
         finally:
             self._post()
+
+    async def _poll_once(self) -> bool:
+        """One poll; False (counted, the outage logged once) when it failed."""
+        try:
+            await self._poll()
+        except Exception as exc:  # the feeds outlive a failed poll, whatever failed
+            if not isinstance(exc, StoreError):
+                log.exception("live feed: poll failed")
+            self.failures += 1
+            self.report_outage(exc)
+            return False
+        self.store_down = False
+        return True
 
     async def _poll(self) -> None:
         if self.seq is None:
