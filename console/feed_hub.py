@@ -89,6 +89,11 @@ class FeedHub:
         self._rows: list[Row] = []
         self._seqs: list[int] = []
 
+    @property
+    def running(self) -> bool:
+        """Is the poll running (some feed is open)?"""
+        return self._task is not None and not self._task.done()
+
     # --- the feeds' side -------------------------------------------------------------
 
     def join(self) -> asyncio.Task:

@@ -23,6 +23,7 @@ from console_helpers import PASSWORD, T0, Server, add_accounts, raised, sse_mess
 
 from alarms.store import open_store
 from console import create_app
+from console.feed_hub import position_after_page
 from emfence.config import Config, ConsoleConfig
 
 # name -> regions of the accounts the tests add to console_helpers.ACCOUNTS (operators).
@@ -183,6 +184,18 @@ def mixed_events(prefix: str, n: int, regions: list[str]) -> list[dict]:
                    device=f"d-{prefix}-{i}") for i in range(n)]
 
 
+def test_where_a_feed_stands_after_reading_a_page_itself():
+    rows = [{"seq": s} for s in (12, 15, 19)]
+    # A full page: there may be more of its regions after the last row.
+    assert position_after_page(10, rows, 3, hub_seq=40) == 19
+    # A short page: nothing more of its regions up to the hub's seq read before it.
+    assert position_after_page(10, rows, 5, hub_seq=40) == 40
+    assert position_after_page(10, [], 5, hub_seq=40) == 40
+    # The hub behind the feed's own rows (or behind where the feed started).
+    assert position_after_page(10, rows, 5, hub_seq=17) == 19
+    assert position_after_page(50, [], 5, hub_seq=40) == 50
+
+
 def test_five_open_feeds_cost_one_store_read_per_poll(live):
     lv = live(poll_s=0.5)
 
@@ -201,7 +214,14 @@ def test_five_open_feeds_cost_one_store_read_per_poll(live):
         finally:
             await close_feeds(feeds)
 
+    hub = lv.console.feed_hub
+    assert not hub.running  # started by the first feed...
     reads, elapsed = asyncio.run(main())
+    # ...and stopped once the last one has gone (the server notices the disconnects).
+    deadline = time.monotonic() + WAIT_S
+    while hub.running:
+        assert time.monotonic() < deadline, "the poll outlived its feeds"
+        time.sleep(0.05)
     polls = elapsed / 0.5
     print(f"5 feeds, {elapsed:.2f} s: {len(reads)} events-since reads ({polls:.1f} polls)")
     # One read per poll period (a feed per screen would make it five), all of them the
