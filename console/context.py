@@ -25,6 +25,7 @@ from console.auth import (
     user_disabled,
     user_password_hash,
 )
+from console.feed_hub import FeedHub
 from console.gateway import StoreGateway
 from console.http import COOKIE, CSRF_HEADER, SAFE_METHODS, ApiError
 from console.register_model import RegisterMap
@@ -40,7 +41,8 @@ def wall_clock_ms() -> int:
 
 
 class Console:
-    """What every handler needs: the store door, settings, sessions and the clock."""
+    """What every handler needs: the store door, settings, sessions, the clock and the
+    live feeds' shared poll."""
 
     def __init__(self, *, store: Any, config: Any, zones: Any, registry: Any,
                  secure_cookies: bool, clock_ms: Callable[[], int]):
@@ -57,6 +59,10 @@ class Console:
         # Set by shutdown(): open live feeds end within one poll, so the HTTP server can
         # stop (a server waits for streaming responses to finish before it exits).
         self.closing = False
+        # The one poll of the event log that wakes every open live feed: it runs while
+        # at least one feed is open (console/feed_hub.py).
+        self.feed_hub = FeedHub(self.gateway, self.settings.feed_poll_s,
+                                lambda: self.closing)
         alarms_cfg = getattr(config, "alarms", None)
         self.escalate_after_s = getattr(alarms_cfg, "escalate_after_s", None)
         s = self.settings
@@ -70,8 +76,10 @@ class Console:
 
     def shutdown(self) -> None:
         """End every open live feed (within ``feed_poll_s``); call before stopping the
-        HTTP server. :func:`console.app.serve` does it when cancelled."""
+        HTTP server. :func:`console.app.serve` does it when cancelled. Safe to call from
+        any thread."""
         self.closing = True
+        self.feed_hub.wake()
 
     # --- who is asking ---------------------------------------------------------------
 

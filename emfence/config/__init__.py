@@ -167,7 +167,7 @@ class ConsoleConfig:
     login_fail_per_ip: int = 20
     # The sliding window both login limits count over, s.
     login_window_s: float = 900.0
-    # How often a live feed asks the store for new events, s.
+    # How often the console asks the store for new events for all its live feeds, s.
     feed_poll_s: float = 0.5
     # A comment line is sent on an idle feed this often, s, so proxies keep it open.
     feed_keepalive_s: float = 15.0
