@@ -224,6 +224,7 @@ function onLangChange() {
   setFeedState(Boolean(state.feed && state.feed.readyState === EventSource.OPEN));
   renderAlarms();
   if (state.selected) renderDetail(state.selected);
+  drawMap();  // the map's hover texts
   if (!$("#stats-view").hidden) loadStats();
 }
 

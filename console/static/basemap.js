@@ -14,6 +14,7 @@ const basemap = (() => {
   const OFFLINE_MAX_ZOOM = 19;
   // Nanyang (Henan) when there is nothing to show yet.
   const HOME = [33.0, 112.55];
+  const viewed = new WeakSet();  // maps that have a view
 
   function configure(t) { tiles = t && t.url ? t : null; }
   const gcj = () => Boolean(tiles && tiles.crs === "gcj02");
@@ -48,6 +49,15 @@ const basemap = (() => {
     const map = L.map(container, { zoomControl: false, attributionControl: false, zoomSnap: 0.25,
       minZoom: tiles ? tiles.min_zoom : 3, maxZoom, worldCopyJump: false });
     L.control.zoom({ zoomInTitle: i18n.t("map.zoom_in"), zoomOutTitle: i18n.t("map.zoom_out") }).addTo(map);
+    const relabel = () => {
+      // a map whose panel was replaced forgets the page
+      if (!container.isConnected) { document.removeEventListener("langchange", relabel); return; }
+      for (const [cls, key] of [["in", "map.zoom_in"], ["out", "map.zoom_out"]]) {
+        const b = container.querySelector(`.leaflet-control-zoom-${cls}`);
+        if (b) { b.title = i18n.t(key); b.setAttribute("aria-label", i18n.t(key)); }
+      }
+    };
+    document.addEventListener("langchange", relabel);
     L.control.scale({ metric: true, imperial: false }).addTo(map);
     [["zones", 410], ["track", 420], ["devices", 430], ["alarms", 440]].forEach(([name, z]) => {
       map.createPane(name).style.zIndex = String(z);
@@ -59,14 +69,20 @@ const basemap = (() => {
         subdomains: tiles.subdomains || "abc", minZoom: tiles.min_zoom, maxZoom,
         maxNativeZoom: tiles.max_zoom }).addTo(map);
     }
-    map.setView(HOME, 10);
+    // No view yet: layers wait for the first fit, so no tile is asked for a place the
+    // map is not going to show.
     return map;
   }
 
-  // Fit the map to WGS-84 [lon, lat] points with a quarter of their span as margin on
+  // Fit the map to WGS-84 [lon, lat] points (none: the first view is HOME) with a quarter of their span as margin on
   // every side (the alarm's point must not sit on the edge or under the legend).
   function fit(map, lonlats, maxZoom = 16) {
-    if (!lonlats.length) return false;
+    if (!lonlats.length) {
+      if (!viewed.has(map)) map.setView(HOME, 10);
+      viewed.add(map);
+      return false;
+    }
+    viewed.add(map);
     const b = L.latLngBounds(lonlats.map(([lon, lat]) => ll(lat, lon))).pad(0.25);
     map.fitBounds(b, { maxZoom: Math.min(maxZoom, map.getMaxZoom()), animate: false });
     return true;
