@@ -16,6 +16,14 @@ const basemap = (() => {
   const HOME = [33.0, 112.55];
   const viewed = new WeakSet();  // maps that have a view
 
+  // Leaflet's metric scale bar, its length in the page's words ("500米", "2公里").
+  const Scale = L.Control.Scale.extend({
+    _updateMetric(maxMeters) {
+      const metres = this._getRoundNum(maxMeters);
+      this._updateScale(this._mScale, i18n.dist(metres), metres / maxMeters);
+    },
+  });
+
   function configure(t) { tiles = t && t.url ? t : null; }
   const gcj = () => Boolean(tiles && tiles.crs === "gcj02");
 
@@ -58,7 +66,7 @@ const basemap = (() => {
       }
     };
     document.addEventListener("langchange", relabel);
-    L.control.scale({ metric: true, imperial: false }).addTo(map);
+    new Scale({ metric: true, imperial: false }).addTo(map);
     [["zones", 410], ["track", 420], ["devices", 430], ["alarms", 440]].forEach(([name, z]) => {
       map.createPane(name).style.zIndex = String(z);
     });
@@ -77,6 +85,11 @@ const basemap = (() => {
   // Fit the map to WGS-84 [lon, lat] points (none: the first view is HOME) with a quarter of their span as margin on
   // every side (the alarm's point must not sit on the edge or under the legend).
   function fit(map, lonlats, maxZoom = 16) {
+    // A zoom animation (a button, the wheel) ends by moving to its own target: fit after it.
+    if (map._animatingZoom) {
+      map.once("zoomend", () => fit(map, lonlats, maxZoom));
+      return true;
+    }
     if (!lonlats.length) {
       if (!viewed.has(map)) map.setView(HOME, 10);
       viewed.add(map);

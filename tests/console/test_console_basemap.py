@@ -21,7 +21,7 @@ import numpy as np
 import orjson
 import pytest
 from browser_helpers import WAIT_S, click, log_in_chinese, severe_console_messages, start_chromium
-from console_helpers import CNMAPS, PASSWORD, Server, add_accounts
+from console_helpers import CNMAPS, PASSWORD, Server, add_accounts, raised
 from PIL import Image, ImageDraw
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
@@ -118,6 +118,10 @@ def world(tmp_path, config: Config) -> tuple[Server, object]:
         {"device_id": "B-1", "subject_id": "S-1", "region": "411303", "ts": t - k * 60_000,
          "lat": DEVICE_LAT + k * 0.0004, "lon": DEVICE_LON + k * 0.0006, "acc": 12.0,
          "src": "gps", "received_at": t - k * 60_000} for k in range(5, -1, -1)])
+    # the fix 3 min before the last one was in the exclusion circle
+    store.record_events([raised("x-1", "411303", kind="exclusion", at=t - 180_000, subject="S-1",
+                                device="B-1", lat=DEVICE_LAT + 0.0012,
+                                lon=DEVICE_LON + 0.0018)], t)
     app = create_app(store=store, config=config, zones=zones, registry=registry,
                      secure_cookies=False)
     return Server(app).start(), store
@@ -188,6 +192,11 @@ def test_tiles_of_the_area_shown_with_attribution_and_gcj02_positions(tmp_path, 
         shown_text = d.find_element(By.CSS_SELECTOR, "#map .leaflet-control-attribution").text
         assert shown_text == ATTRIBUTION
         assert not d.find_elements(By.CSS_SELECTOR, "#map.map-offline")
+        # the alarm selected: its track and point over the base map
+        click(wait, (By.CSS_SELECTOR, 'tr[data-alarm-id="x-1"]'))
+        wait.until(lambda drv: drv.find_elements(By.CSS_SELECTOR, "#map path.alarm-point"))
+        wait.until(lambda drv: len(drv.find_elements(By.CSS_SELECTOR, "#map path.fix")) == 6)
+        wait.until(lambda drv: drv.execute_script(SETTLED_JS))
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         d.save_screenshot(str(ARTIFACTS / "zh-CN-tiles.png"))
 
@@ -241,8 +250,11 @@ def test_without_tiles_the_boundaries_alone_and_no_tile_requested(tmp_path, tile
         wait.until(lambda drv: not drv.find_elements(By.CSS_SELECTOR, "#map path.device"))
         click(wait, box)
         wait.until(lambda drv: drv.find_elements(By.CSS_SELECTOR, "#map path.device"))
-        click(wait, (By.ID, "map-fit"))
-        settle(d, wait)
+        click(wait, (By.ID, "map-fit"))  # the whole county in view again
+        wait.until(lambda drv: drv.execute_script(
+            "const m = state.map.map, zones = state.map.groups.inclusion.getLayers();"
+            "return zones.length > 0"
+            " && zones.every((z) => m.getBounds().contains(z.getBounds()));"))
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         d.save_screenshot(str(ARTIFACTS / "zh-CN-offline.png"))
         assert d.find_elements(By.CSS_SELECTOR, "#map .leaflet-tile") == []
