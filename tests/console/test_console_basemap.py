@@ -39,6 +39,8 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "basemap"
 # The device's last position, WGS-84 (as the store holds every position).
 DEVICE_LAT, DEVICE_LON = 33.0101, 112.5201
 ATTRIBUTION = "底图 © 测试测绘院 <内部>"
+# The last fix's time (2026-09-21), epoch ms.
+T_MS = 1_790_000_000_000
 
 
 def tile_png() -> bytes:
@@ -113,7 +115,12 @@ def world(tmp_path, config: Config) -> tuple[Server, object]:
          "exclusion": ["victim-17"]}]}, zones)
     store = open_store(f"sqlite:///{tmp_path / 'alarms.db'}")
     add_accounts(store)
-    t = 1_790_000_000_000
+    t = T_MS
+    store.register.adcode_dir = str(CNMAPS)
+    store.register.import_adcode("411303", actor="root", now_ms=t)
+    store.register.create_subject({"subject_id": "S-1", "name": "张三", "region": "411303",
+                                   "level": "strict", "devices": [{"device_id": "B-1"}],
+                                   "inclusion": ["411303"]}, actor="alice", now_ms=t)
     store.record_fixes([
         {"device_id": "B-1", "subject_id": "S-1", "region": "411303", "ts": t - k * 60_000,
          "lat": DEVICE_LAT + k * 0.0004, "lon": DEVICE_LON + k * 0.0006, "acc": 12.0,
@@ -330,4 +337,67 @@ def test_the_csp_names_each_tile_subdomain_and_the_session_the_tiles(tmp_path):
             r = client.post("/api/login", json={"name": "alice", "password": PASSWORD})
             assert r.json()["tiles"] is None
     finally:
+        store.close_store()
+
+
+# Where the first fix of the playback is drawn, read off the tile grid (not Leaflet's
+# API): a loaded tile z/x/y sits at world pixel (256 x, 256 y) of zoom z, scaled by the
+# map's fractional zoom; the dot's centre is so many pixels from the tile's corner.
+PLAYBACK_DOT_JS = """
+const plane = document.querySelector('.pb-plane');
+const tile = plane.querySelector('img.leaflet-tile-loaded'), r = tile.getBoundingClientRect();
+const dot = plane.querySelector('path.pb-fix'), bb = dot.getBBox(), k = dot.getScreenCTM();
+return [tile.getAttribute('src'), r.left, r.top, r.width,
+        k.a * (bb.x + bb.width / 2) + k.e, k.d * (bb.y + bb.height / 2) + k.f];
+"""
+
+
+def tile_lat_lon(src: str, left: float, top: float, width: float, cx: float,
+                 cy: float) -> tuple[float, float, float]:
+    """The lat, lon of screen point (cx, cy) from a tile's URL and box, and the map's
+    metres per screen pixel there."""
+    z, x, y = (int(v) for v in src.rsplit("/", 3)[1:3] + [src.rsplit("/", 1)[1][:-4]])
+    scale = width / 256.0
+    world = 256.0 * 2 ** z
+    px, py = x * 256 + (cx - left) / scale, y * 256 + (cy - top) / scale
+    lon = px / world * 360.0 - 180.0
+    lat = math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * py / world))))
+    metres_per_px = 40_075_016.7 * math.cos(math.radians(lat)) / world / scale
+    return lat, lon, metres_per_px
+
+
+@pytest.mark.browser
+def test_playback_on_the_base_map_puts_each_fix_at_its_gcj02_position(tmp_path, tiles):
+    """The subject page's track playback uses the same base map and the same conversion."""
+    server, store = world(tmp_path, tiles_config(tiles))
+    d = start_chromium(tmp_path, lang="zh-CN", window="1280,900")
+    try:
+        wait = log_in_chinese(d, server.url, "alice")
+        click(wait, (By.ID, "tab-subjects"))
+        click(wait, (By.CSS_SELECTOR, '#subj-list tr[data-subject-id="S-1"]'))
+        wait.until(lambda drv: drv.find_elements(By.CSS_SELECTOR, ".pb-load"))
+        d.execute_script("document.querySelector('.pb-from').value = arguments[0];"
+                         "document.querySelector('.pb-to').value = arguments[1];",
+                         "2026-09-21T20:00", "2026-09-22T00:00")  # Shanghai wall clock
+        click(wait, (By.CSS_SELECTOR, ".pb-load"))
+        fixes = (By.CSS_SELECTOR, ".pb-plane path.pb-fix")
+        wait.until(lambda drv: len(drv.find_elements(*fixes)) == 6)
+        wait.until(lambda drv: drv.execute_script(
+            "const t = [...document.querySelectorAll('.pb-plane .leaflet-tile')];"
+            "return t.length > 0 && t.every((i) => i.classList.contains('leaflet-tile-loaded'));"))
+        lat, lon, m_per_px = tile_lat_lon(*d.execute_script(PLAYBACK_DOT_JS))
+        # the first fix (5 min before the last) in WGS-84, and where GCJ-02 tiles show it
+        wlat, wlon = DEVICE_LAT + 5 * 0.0004, DEVICE_LON + 5 * 0.0006
+        glon, glat = wgs84_to_gcj02(wlon, wlat)
+        assert metres(lat, lon, glat, glon) < 2 * m_per_px, (lat, lon, glat, glon, m_per_px)
+        assert abs(metres(lat, lon, wlat, wlon) - metres(wlat, wlon, glat, glon)) < 2 * m_per_px
+        assert d.find_element(By.CSS_SELECTOR, ".pb-plane .leaflet-control-attribution").text == (
+            ATTRIBUTION)
+        d.execute_script("document.querySelector('.track-playback').scrollIntoView();")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        d.save_screenshot(str(ARTIFACTS / "zh-CN-playback-tiles.png"))
+        assert severe_console_messages(d) == []
+    finally:
+        d.quit()
+        server.stop()
         store.close_store()
