@@ -808,7 +808,8 @@ function setupMapControls() {
       const m = state.map;
       if (!m) return;
       const g = m.groups[box.dataset.layer];
-      if (box.checked) m.map.addLayer(g); else m.map.removeLayer(g);
+      // drawn again when shown: hover texts are set on drawn elements only
+      if (box.checked) { m.map.addLayer(g); drawMap(); } else m.map.removeLayer(g);
     });
   }
   $("#map-fit").addEventListener("click", () => (state.selected ? fitTrack() : fitAll()));

@@ -257,6 +257,8 @@ def test_without_tiles_the_boundaries_alone_and_no_tile_requested(tmp_path, tile
         wait.until(lambda drv: not drv.find_elements(By.CSS_SELECTOR, "#map path.device"))
         click(wait, box)
         wait.until(lambda drv: drv.find_elements(By.CSS_SELECTOR, "#map path.device"))
+        assert d.find_element(By.CSS_SELECTOR, "#map path.device title").get_attribute(
+            "textContent").startswith("B-1 (S-1) 2026-09-21 22:13:20")
         click(wait, (By.ID, "map-fit"))  # the whole county in view again
         wait.until(lambda drv: drv.execute_script(
             "const m = state.map.map, zones = state.map.groups.inclusion.getLayers();"
