@@ -99,7 +99,8 @@ def create_app(*, store: Any, config: Any, zones: Any = None, registry: Any = No
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
         *API_ROUTES,
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)],
+    app = Starlette(routes=routes, middleware=[Middleware(
+                        SecurityHeaders, img_origins=console.settings.tiles.origins())],
                     exception_handlers={HTTPException: api_error, StoreError: store_error,
                                         RegisterError: register_error},
                     lifespan=lifespan)

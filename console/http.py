@@ -23,19 +23,29 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Bodies larger than this are refused before they are parsed, bytes.
 MAX_BODY_BYTES = 16 * 1024
 
-# The page loads nothing from elsewhere (no CDN, no tiles), so the policy can be tight.
-_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
-        "form-action 'self'; frame-ancestors 'none'")
-_SECURITY_HEADERS = [
-    (b"content-security-policy", _CSP.encode()),
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"cross-origin-opener-policy", b"same-origin"),
-    (b"cross-origin-resource-policy", b"same-origin"),
-    (b"permissions-policy", b"geolocation=(), camera=(), microphone=()"),
-]
+# The page loads nothing from elsewhere (no CDN, no fonts), so the policy can be tight;
+# the one exception is the base map's tile server (console.tiles), whose origins alone
+# are added to img-src.
+def csp(img_origins: list[str] | tuple[str, ...] = ()) -> str:
+    """The Content-Security-Policy, images also allowed from ``img_origins``."""
+    img = " ".join(["'self'", "data:", *img_origins])
+    return ("default-src 'self'; script-src 'self'; style-src 'self'; "
+            f"img-src {img}; "
+            "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+            "form-action 'self'; frame-ancestors 'none'")
+
+
+def security_headers(img_origins: list[str] | tuple[str, ...] = ()) -> list[tuple[bytes, bytes]]:
+    """The headers every response carries."""
+    return [
+        (b"content-security-policy", csp(img_origins).encode()),
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-frame-options", b"DENY"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"cross-origin-opener-policy", b"same-origin"),
+        (b"cross-origin-resource-policy", b"same-origin"),
+        (b"permissions-policy", b"geolocation=(), camera=(), microphone=()"),
+    ]
 
 
 class ApiError(HTTPException):
@@ -59,10 +69,12 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 class SecurityHeaders:
     """Adds the security headers above to every HTTP response (pure ASGI, so streaming
-    responses such as the live feed pass through untouched)."""
+    responses such as the live feed pass through untouched); ``img_origins``: the tile
+    server's origins, the only other place the page may load images from."""
 
-    def __init__(self, app: ASGIApp):
+    def __init__(self, app: ASGIApp, img_origins: list[str] | tuple[str, ...] = ()):
         self.app = app
+        self.headers = security_headers(img_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,7 +84,7 @@ class SecurityHeaders:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message = dict(message)
-                message["headers"] = list(message.get("headers", [])) + _SECURITY_HEADERS
+                message["headers"] = list(message.get("headers", [])) + self.headers
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -42,6 +42,8 @@ def session_body(principal: Principal, csrf: str, console: Console,
             "escalate_after_s": console.escalate_after_s,
             # The page shows every time in the command centre's zone, with its offset.
             "timezone": console.settings.timezone,
+            # The base map (console.tiles), null for the boundary-only view.
+            "tiles": console.settings.tiles.page(),
             # Names for codes: the page shows 卧龙区, not 411303.
             "region_names": region_names(console.zones),
             # Every alarm type, and those that are warnings (shown as such, no alarm sound).

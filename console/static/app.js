@@ -29,8 +29,8 @@ const state = {
   zones: null,            // GeoJSON FeatureCollection
   positions: [],
   track: null,            // {alarm_id, fixes, at}
-  proj: null,             // {lon0, lat0, kx, ky}
-  view: null,             // {x, y, w, h} SVG viewBox in metres
+  map: null,              // {map: Leaflet map, groups: layer name -> LayerGroup}
+  fit: null,              // a fit waiting for the map to be shown: "all" | "track"
 };
 
 // ---------------------------------------------------------------- API
@@ -239,6 +239,7 @@ function onLangChange(ev) {
   setFeedState(Boolean(state.feed && state.feed.readyState === EventSource.OPEN));
   renderAlarms();
   if (state.selected) renderDetail(state.selected);
+  drawMap();  // the map's hover texts
   if (!$("#stats-view").hidden) loadStats();
 }
 
@@ -250,6 +251,7 @@ async function start(session) {
   $("#tabs").hidden = false;
   $("#logout").hidden = false;
   zoneTime.setZone(session.timezone || "UTC");
+  basemap.configure(session.tiles);  // the base map (console.tiles) or none
   pageWords();
   $("#tab-stats").hidden = !(session.role === "supervisor" || session.role === "admin");
   fillRegionSelect($("#f-region"), session.regions);
@@ -672,14 +674,14 @@ async function act(ev, id, verb, body, errBox) {
 }
 
 // ---------------------------------------------------------------- map
-// Local equirectangular projection in metres around the data's centre: at county scale
-// its distortion is far below a fix's accuracy, and it needs no tiles or libraries.
-const R = 6371008.8;
-function makeProjection(lon0, lat0) {
-  const ky = Math.PI / 180 * R;
-  return { lon0, lat0, ky, kx: ky * Math.cos(lat0 * Math.PI / 180) };
-}
-const project = (p, lon, lat) => [(lon - p.lon0) * p.kx, -(lat - p.lat0) * p.ky];
+// A Leaflet map (basemap.js): the tile server of console.tiles under it, or the offline
+// boundary-only view. Layers, each shown or hidden from the legend: inclusion,
+// exclusion and leave zones, devices (last positions), the selected alarm's track and
+// its alarm point. Every coordinate received is WGS-84; basemap.ll puts it in the
+// tiles' datum.
+const LAYERS = ["inclusion", "exclusion", "leave", "device", "track", "alarm_point"];
+const PANE = { inclusion: "zones", exclusion: "zones", leave: "zones", device: "devices",
+  track: "track", alarm_point: "alarms" };
 
 async function loadMapData() {
   try {
@@ -716,102 +718,78 @@ function eachCoord(geom, fn) {
   if (geom && geom.coordinates) walk(geom.coordinates);
 }
 
-function boundsOf(points) {
-  let [x0, y0, x1, y1] = [Infinity, Infinity, -Infinity, -Infinity];
-  for (const [x, y] of points) {
-    x0 = Math.min(x0, x); y0 = Math.min(y0, y); x1 = Math.max(x1, x); y1 = Math.max(y1, y);
+// The alarms view's map, made the first time the view is shown (Leaflet measures its
+// box); its layer groups are emptied and refilled by drawMap.
+function mapNow() {
+  if (state.map || $("#alarms-view").hidden) return state.map;
+  const map = basemap.create($("#map"));
+  const groups = {};
+  for (const name of LAYERS) groups[name] = L.layerGroup().addTo(map);
+  state.map = { map, groups };
+  return state.map;
+}
+
+// Fit the view now if the map is shown, else once it is ("all" or "track").
+function fitAll() { state.fit = "all"; drawMap(); }
+function fitTrack() { state.fit = "track"; drawMap(); }
+
+function applyFit(map) {
+  const pts = [];
+  if (state.fit === "track") {
+    const t = state.track;
+    if (t) for (const f of t.fixes) pts.push([f.lon, f.lat]);
+    const a = state.alarms.get(state.selected);
+    if (a && a.evidence && a.evidence.lat !== undefined && a.evidence.lat !== null) pts.push([a.evidence.lon, a.evidence.lat]);
+  } else {
+    for (const f of (state.zones && state.zones.features) || []) eachCoord(f.geometry, (x, y) => pts.push([x, y]));
+    for (const p of state.positions) pts.push([p.lon, p.lat]);
   }
-  return x0 <= x1 ? { x0, y0, x1, y1 } : null;
-}
-
-function ensureProjection() {
-  if (state.proj) return;
-  const pts = [];
-  for (const f of (state.zones && state.zones.features) || []) eachCoord(f.geometry, (x, y) => pts.push([x, y]));
-  for (const p of state.positions) pts.push([p.lon, p.lat]);
-  const b = boundsOf(pts) || { x0: 112.5, y0: 33, x1: 112.6, y1: 33.1 };
-  state.proj = makeProjection((b.x0 + b.x1) / 2, (b.y0 + b.y1) / 2);
-}
-
-function fitTo(lonlats, minSpan) {
-  ensureProjection();
-  const b = boundsOf(lonlats.map(([lon, lat]) => project(state.proj, lon, lat)));
-  if (!b) return;
-  const w = Math.max(b.x1 - b.x0, minSpan), h = Math.max(b.y1 - b.y0, minSpan);
-  const cx = (b.x0 + b.x1) / 2, cy = (b.y0 + b.y1) / 2;
-  // A quarter of the span as margin on every side: the alarm's point must not sit on
-  // the map's edge or under the legend.
-  state.view = { x: cx - w * 0.75, y: cy - h * 0.75, w: w * 1.5, h: h * 1.5 };
-  drawMap();
-}
-
-function fitAll() {
-  const pts = [];
-  for (const f of (state.zones && state.zones.features) || []) eachCoord(f.geometry, (x, y) => pts.push([x, y]));
-  for (const p of state.positions) pts.push([p.lon, p.lat]);
-  if (pts.length) fitTo(pts, 2000); else drawMap();
-}
-
-function fitTrack() {
-  const t = state.track;
-  const pts = t ? t.fixes.map((f) => [f.lon, f.lat]) : [];
-  const a = state.alarms.get(state.selected);
-  if (a && a.evidence && a.evidence.lat !== undefined && a.evidence.lat !== null) pts.push([a.evidence.lon, a.evidence.lat]);
-  if (pts.length) fitTo(pts, 1500); else drawMap();
-}
-
-function pathData(geom) {
-  const p = state.proj;
-  const ring = (r) => r.map(([lon, lat], i) => {
-    const [x, y] = project(p, lon, lat);
-    return `${i ? "L" : "M"}${x.toFixed(1)} ${y.toFixed(1)}`;
-  }).join("") + "Z";
-  if (geom.type === "Polygon") return geom.coordinates.map(ring).join("");
-  if (geom.type === "MultiPolygon") return geom.coordinates.map((poly) => poly.map(ring).join("")).join("");
-  return "";
+  basemap.fit(map, pts, state.fit === "track" ? 17 : 15);
+  state.fit = null;
 }
 
 function drawMap() {
-  const map = $("#map");
-  if (!map || $("#alarms-view").hidden) return;
-  ensureProjection();
-  const p = state.proj;
-  if (!state.view) state.view = { x: -5000, y: -5000, w: 10000, h: 10000 };
-  const v = state.view;
-  map.setAttribute("viewBox", `${v.x} ${v.y} ${v.w} ${v.h}`);
-  map.setAttribute("preserveAspectRatio", "xMidYMid meet");
-  // Marker sizes in screen pixels, converted to metres at the current zoom.
-  const px = Math.max(v.w / Math.max(map.clientWidth, 1), v.h / Math.max(map.clientHeight, 1));
-  const kids = [];
+  const m = mapNow();
+  if (!m || $("#alarms-view").hidden) return;
+  m.map.invalidateSize(false);
+  if (state.fit) applyFit(m.map);
+  for (const g of Object.values(m.groups)) g.clearLayers();
+  drawZones(m.groups);
+  drawDevices(m.groups.device);
+  drawTrack(m.groups);
+}
+
+function drawZones(groups) {
   const sel = state.alarms.get(state.selected);
   for (const f of (state.zones && state.zones.features) || []) {
     // With an alarm selected, only its subject's zones; a leave zone (one subject's
     // permitted trip) only for its subject, never over everyone's map.
     const users = f.properties.subjects || [];
     if (sel ? users.length && !users.includes(sel.subject_id) : f.properties.kind === "leave") continue;
-    const circle = f.properties.circle;
-    let path;
-    if (circle) {
-      // A circle zone is drawn exactly: the projection is in metres, so r is the radius.
-      const [cx, cy] = project(p, circle[0], circle[1]);
-      path = svg("circle", { cx, cy, r: circle[2], class: `zone-${f.properties.kind}` });
-    } else {
-      path = svg("path", { d: pathData(f.geometry), class: `zone-${f.properties.kind}`, "fill-rule": "evenodd" });
-    }
-    const title = svg("title");
-    title.textContent = msg("map.zone_title", { kind: i18n.term("map", f.properties.kind), zone: zoneName(f.properties.zone_id) });
-    path.append(title);
-    kids.push(path);
+    const kind = f.properties.kind;
+    const style = { pane: PANE[kind] || "zones", className: `zone-${kind}` };
+    const c = f.properties.circle;
+    // A circle zone is drawn exactly: its centre and radius in metres.
+    const layer = c ? L.circle(basemap.ll(c[1], c[0]), { ...style, radius: c[2] })
+      : L.polygon(basemap.rings(f.geometry), style);
+    (groups[kind] || groups.inclusion).addLayer(layer);
+    basemap.mark(layer, { "data-zone-id": f.properties.zone_id, ...(c ? { "data-radius-m": String(c[2]) } : {}) });
+    basemap.title(layer, msg("map.zone_title", { kind: i18n.term("map", kind), zone: zoneName(f.properties.zone_id) }));
   }
+}
+
+function drawDevices(group) {
   const alarmDevices = new Set([...state.alarms.values()].filter((a) => a.state === "active").map((a) => a.device_id));
   for (const pos of state.positions) {
-    const [x, y] = project(p, pos.lon, pos.lat);
-    const c = svg("circle", { cx: x, cy: y, r: 4 * px, class: "device" + (alarmDevices.has(pos.device_id) ? " alarm" : "") });
-    const title = svg("title");
-    title.textContent = `${pos.device_id} (${pos.subject_id || "?"}) ${fmtTime(pos.ts)}`;
-    c.append(title);
-    kids.push(c);
+    const dot = L.circleMarker(basemap.ll(pos.lat, pos.lon), { pane: "devices", radius: 4,
+      className: "device" + (alarmDevices.has(pos.device_id) ? " alarm" : "") });
+    group.addLayer(dot);
+    basemap.mark(dot, { "data-device": pos.device_id });
+    basemap.title(dot, `${pos.device_id} (${pos.subject_id || "?"}) ${fmtTime(pos.ts)}`);
   }
+}
+
+function drawTrack(groups) {
   const t = state.track;
   if (t && t.alarm_id === state.selected && t.fixes.length) {
     // One line per device: a subject's bracelet and phone each leave their own track.
@@ -821,62 +799,38 @@ function drawMap() {
       byDevice.get(f.device_id).push(f);
     }
     for (const [device, fixes] of byDevice) {
-      const pts = fixes.map((f) => project(p, f.lon, f.lat));
-      const line = svg("polyline", { points: pts.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" "),
-        class: device === t.device_id ? "track" : "track other" });
-      kids.push(line);
-      fixes.forEach((f, i) => {
-        const dot = svg("circle", { cx: pts[i][0], cy: pts[i][1], r: 2.5 * px, class: "fix" });
-        const title = svg("title");
-        title.textContent = `${f.device_id} ${fmtTime(f.ts)} ±${i18n.dist(f.acc || 0)}`;
-        dot.append(title);
-        kids.push(dot);
-      });
+      const line = L.polyline(fixes.map((f) => basemap.ll(f.lat, f.lon)),
+        { pane: "track", className: device === t.device_id ? "track" : "track other" });
+      groups.track.addLayer(line);
+      for (const f of fixes) {
+        const dot = L.circleMarker(basemap.ll(f.lat, f.lon), { pane: "track", radius: 2.5, className: "fix" });
+        groups.track.addLayer(dot);
+        basemap.title(dot, `${f.device_id} ${fmtTime(f.ts)} ±${i18n.dist(f.acc || 0)}`);
+      }
     }
   }
   const a = state.alarms.get(state.selected);
   if (a && a.evidence && a.evidence.lat !== undefined && a.evidence.lat !== null) {
-    const [x, y] = project(p, a.evidence.lon, a.evidence.lat);
-    kids.push(svg("circle", { cx: x, cy: y, r: 7 * px, class: "alarm-point" }));
+    const point = L.circleMarker(basemap.ll(a.evidence.lat, a.evidence.lon), { pane: "alarms", radius: 7,
+      className: "alarm-point" });
+    groups.alarm_point.addLayer(point);
+    basemap.title(point, msg("map.alarm_point_title", { type: i18n.term("atype", a.type) }));
   }
-  map.replaceChildren(...kids);
-  drawScale(px);
 }
 
-function drawScale(mPerPx) {
-  const target = 100 * mPerPx;
-  const steps = [10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000];
-  const m = steps.find((s) => s >= target) || steps[steps.length - 1];
-  const s = $("#map-scale");
-  s.style.width = `${Math.round(m / mPerPx)}px`;
-  s.textContent = i18n.dist(m);
-}
-
+// The legend: one checkbox per layer (shown / hidden), then the fit button.
 function setupMapControls() {
-  const map = $("#map");
-  map.addEventListener("wheel", (e) => {
-    e.preventDefault();
-    if (!state.view) return;
-    const r = map.getBoundingClientRect();
-    const v = state.view;
-    const scale = e.deltaY > 0 ? 1.25 : 0.8;
-    const fx = (e.clientX - r.left) / r.width, fy = (e.clientY - r.top) / r.height;
-    const mx = v.x + fx * v.w, my = v.y + fy * v.h;
-    state.view = { x: mx - fx * v.w * scale, y: my - fy * v.h * scale, w: v.w * scale, h: v.h * scale };
-    drawMap();
-  }, { passive: false });
-  let drag = null;
-  map.addEventListener("pointerdown", (e) => { drag = { x: e.clientX, y: e.clientY, v: { ...state.view } }; map.setPointerCapture(e.pointerId); });
-  map.addEventListener("pointermove", (e) => {
-    if (!drag) return;
-    const r = map.getBoundingClientRect();
-    const k = Math.max(drag.v.w / r.width, drag.v.h / r.height);
-    state.view = { ...drag.v, x: drag.v.x - (e.clientX - drag.x) * k, y: drag.v.y - (e.clientY - drag.y) * k };
-    drawMap();
-  });
-  map.addEventListener("pointerup", () => { drag = null; });
+  for (const box of document.querySelectorAll("#map-legend input[data-layer]")) {
+    box.addEventListener("change", () => {
+      const m = state.map;
+      if (!m) return;
+      const g = m.groups[box.dataset.layer];
+      // drawn again when shown: hover texts are set on drawn elements only
+      if (box.checked) { m.map.addLayer(g); drawMap(); } else m.map.removeLayer(g);
+    });
+  }
   $("#map-fit").addEventListener("click", () => (state.selected ? fitTrack() : fitAll()));
-  window.addEventListener("resize", drawMap);
+  window.addEventListener("resize", () => { if (state.map) state.map.map.invalidateSize(false); });
 }
 
 // ---------------------------------------------------------------- supervisor view

@@ -1,17 +1,15 @@
 // emfence console: track playback on a subject's page (轨迹回放). Any window (two
 // date-times read in the command centre's zone, at most 48 h by default), the fixes of
 // all the subject's devices from GET /api/subjects/{id}/track (each view audited), drawn
-// on a plain plane (no base map yet): one line per device, broken where the device was
-// silent (a gap is drawn as a gap), points coloured by accuracy, late fixes (sent from
-// the device's buffer) ringed; a timeline with play, pause and speed in event time.
-// Words from the page's catalogues (keys play.*); times from time.js; el/svg from app.js.
+// on a Leaflet map (basemap.js: the console.tiles base map, or the boundary-only view):
+// one line per device, broken where the device was silent (a gap is drawn as a gap),
+// points coloured by accuracy, late fixes (sent from the device's buffer) ringed; a
+// timeline with play, pause and speed in event time.
+// Words from the page's catalogues (keys play.*); times from time.js; el from app.js.
 "use strict";
 
 const trackPlayback = (() => {
   const t = (key, params) => i18n.t(`play.${key}`, params);
-  const W = 640;
-  const H = 360;
-  const PAD = 16;
   const LATE_MS = 60_000;  // a fix received more than a minute after its ts came late
   const MIN_GAP_MS = 600_000;  // silent at least 10 min (or 5 reporting intervals): a gap
   const SPEEDS = [1, 10, 60, 600];
@@ -49,42 +47,30 @@ const trackPlayback = (() => {
     return { runs, gaps };
   }
 
-  function projector(fixes) {
-    const lons = fixes.map((f) => f.lon);
-    const lats = fixes.map((f) => f.lat);
-    const [x0, x1, y0, y1] = [Math.min(...lons), Math.max(...lons), Math.min(...lats), Math.max(...lats)];
-    const kx = Math.cos(((y0 + y1) / 2) * Math.PI / 180);
-    const span = Math.max((x1 - x0) * kx, y1 - y0, 1e-4);  // at least ~10 m
-    const scale = Math.min(W - 2 * PAD, H - 2 * PAD) / span;
-    // centred: the track's box in the middle of the plane
-    const dx = (W - (x1 - x0) * kx * scale) / 2;
-    const dy = (H - (y1 - y0) * scale) / 2;
-    return (f) => [dx + ((f.lon - x0) * kx) * scale, H - dy - (f.lat - y0) * scale];
-  }
-
-  function draw(plane, fixes) {
-    plane.replaceChildren();
+  // Draw the fixes on `map` (a Leaflet map) in `group`, which is emptied first.
+  function draw(map, group, fixes) {
+    group.clearLayers();
     const { runs, gaps } = runsOf(fixes);
-    const at = projector(fixes);
+    const at = (f) => basemap.ll(f.lat, f.lon);
     for (const run of runs) {
       if (run.length > 1) {
-        const d = run.map((f, i) => `${i ? "L" : "M"}${at(f).map((v) => v.toFixed(1)).join(",")}`).join("");
-        plane.append(svg("path", { d, class: "pb-line", "data-device": run[0].device_id }));
+        const line = L.polyline(run.map(at), { pane: "track", className: "pb-line" });
+        group.addLayer(line);
+        basemap.mark(line, { "data-device": run[0].device_id });
       }
     }
     for (const f of fixes) {
-      const [x, y] = at(f);
       const late = f.delay_ms !== null && f.delay_ms > LATE_MS;
-      const dot = svg("circle", { cx: x.toFixed(1), cy: y.toFixed(1), r: late ? 4.5 : 3,
-        class: `pb-fix ${accClass(f.acc)}${late ? " pb-late" : ""}` });
-      const title = svg("title", {});
-      title.textContent = `${f.device_id} ${zoneTime.full(f.ts)} ±${i18n.dist(f.acc)}` +
-        (late ? ` ${t("late_by", { delay: Math.round(f.delay_ms / 1000) })}` : "");
-      dot.append(title);
-      plane.append(dot);
+      const dot = L.circleMarker(at(f), { pane: "devices", radius: late ? 4.5 : 3,
+        className: `pb-fix ${accClass(f.acc)}${late ? " pb-late" : ""}` });
+      group.addLayer(dot);
+      basemap.title(dot, `${f.device_id} ${zoneTime.full(f.ts)} ±${i18n.dist(f.acc)}` +
+        (late ? ` ${t("late_by", { delay: Math.round(f.delay_ms / 1000) })}` : ""));
     }
-    const marker = svg("circle", { r: 7, class: "pb-marker", cx: -20, cy: -20 });
-    plane.append(marker);
+    const marker = L.circleMarker(at(fixes[0]), { pane: "alarms", radius: 7, className: "pb-marker",
+      interactive: false });
+    group.addLayer(marker);
+    basemap.fit(map, fixes.map((f) => [f.lon, f.lat]), 17);
     return { at, marker, gaps, late: fixes.filter((f) => f.delay_ms !== null && f.delay_ms > LATE_MS).length };
   }
 
@@ -100,12 +86,21 @@ const trackPlayback = (() => {
     const slider = el("input", { type: "range", class: "pb-time", min: "0", max: "0", value: "0", disabled: "disabled" });
     const clock = el("span", { class: "pb-clock" });
     const summary = el("p", { class: "pb-summary", role: "status" });
-    const plane = svg("svg", { class: "pb-plane", viewBox: `0 0 ${W} ${H}`, width: String(W), height: String(H) });
+    const plane = el("div", { class: "pb-plane" });
     const legend = el("p", { class: "pb-legend" },
       ...["acc-good", "acc-fair", "acc-poor", "pb-late"].map((c) =>
         el("span", { class: `pb-key ${c}`, text: t(`legend.${c}`) })));
     let fixes = [];
     let drawn = null;
+    let shown = null;  // {map, group}, made at the first load (Leaflet measures its box)
+    function mapNow() {
+      if (!shown) {
+        const map = basemap.create(plane);
+        shown = { map, group: L.layerGroup().addTo(map) };
+      }
+      shown.map.invalidateSize(false);
+      return shown;
+    }
     let timer = null;
     let clockMs = 0;
 
@@ -114,9 +109,7 @@ const trackPlayback = (() => {
       let i = 0;
       while (i + 1 < fixes.length && fixes[i + 1].ts <= ms) i += 1;
       slider.value = String(i);
-      const [x, y] = drawn.at(fixes[i]);
-      drawn.marker.setAttribute("cx", x.toFixed(1));
-      drawn.marker.setAttribute("cy", y.toFixed(1));
+      drawn.marker.setLatLng(drawn.at(fixes[i]));
       clock.textContent = zoneTime.full(fixes[i].ts);
     }
     function pause() {
@@ -149,14 +142,15 @@ const trackPlayback = (() => {
         summary.textContent = e.message;
         return;
       }
+      const m = mapNow();
       if (!fixes.length) {
-        plane.replaceChildren();
+        m.group.clearLayers();
         summary.textContent = t("none");
         play.setAttribute("disabled", "disabled");
         slider.setAttribute("disabled", "disabled");
         return;
       }
-      drawn = draw(plane, fixes);
+      drawn = draw(m.map, m.group, fixes);
       summary.textContent = t("summary", { fixes: fixes.length, gaps: drawn.gaps, late: drawn.late });
       slider.max = String(fixes.length - 1);
       play.removeAttribute("disabled");

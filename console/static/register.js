@@ -260,7 +260,7 @@ function zonesPart(s) {
   const list = el("dl", { class: "d-fields", id: "subject-zones" },
     el("dt", { text: tr("subject.inclusion") }), el("dd", {}, zoneList(s.inclusion)),
     el("dt", { text: tr("subject.exclusion") }), el("dd", {}, zoneList(s.exclusion)));
-  const map = svg("svg", { id: "subject-map", class: "mini-map", role: "img" });
+  const map = el("div", { id: "subject-map", class: "mini-map" });
   const ids = new Set([...(s.inclusion || []), ...(s.exclusion || [])]);
   for (const lv of s.leaves || []) for (const z of lv.zones || []) ids.add(z);
   const features = ((state.zones && state.zones.features) || []).filter((f) => ids.has(f.properties.zone_id));
@@ -269,37 +269,42 @@ function zonesPart(s) {
   return el("section", { class: "part" }, el("h3", { text: tr("subject.zones") }), list, map);
 }
 
-// Draw `features` (WGS-84) into an SVG in a local metric projection; `extra` is
-// {lon, lat, radius_m} of a circle being placed (the view fits the features only, so it
-// stays put while the circle moves). Returns the projection.
-function drawMini(map, features, extra, kindOf) {
-  const pts = [];
-  for (const f of features) eachCoord(f.geometry, (x, y) => pts.push([x, y]));
-  const b = boundsOf(pts) || { x0: 112.45, y0: 32.95, x1: 112.65, y1: 33.1 };
-  const p = makeProjection((b.x0 + b.x1) / 2, (b.y0 + b.y1) / 2);
-  const [ax, ay] = project(p, b.x0, b.y1), [bx, by] = project(p, b.x1, b.y0);
-  const w = Math.max(bx - ax, 1000) * 1.2, h = Math.max(by - ay, 1000) * 1.2;
-  map.setAttribute("viewBox", `${(ax + bx) / 2 - w / 2} ${(ay + by) / 2 - h / 2} ${w} ${h}`);
-  map.setAttribute("preserveAspectRatio", "xMidYMid meet");
-  map.replaceChildren();
-  const saved = state.proj;
-  state.proj = p;
+// Draw `features` (WGS-84) on a small Leaflet map in the element `box` (basemap.js: the
+// base map of console.tiles, or boundaries only); `extra` is {lon, lat, radius_m} of a
+// circle being placed. The view fits the features once, when the map is made, so it
+// stays put while the circle moves; `onClick` gets a clicked point in WGS-84 {lat, lon}.
+const miniMaps = new WeakMap();  // box -> {map, group}
+function drawMini(box, features, extra, kindOf, onClick, tries = 0) {
+  if (!box.isConnected) {  // Leaflet measures its box: wait until the part is on the page
+    if (tries < 20) requestAnimationFrame(() => drawMini(box, features, extra, kindOf, onClick, tries + 1));
+    return;
+  }
+  let m = miniMaps.get(box);
+  if (!m) {
+    const map = basemap.create(box);
+    m = { map, group: L.layerGroup().addTo(map) };
+    miniMaps.set(box, m);
+    const pts = [];
+    for (const f of features) eachCoord(f.geometry, (x, y) => pts.push([x, y]));
+    basemap.fit(map, pts, 15);
+    if (onClick) map.on("click", (e) => onClick(basemap.wgs(e.latlng)));
+  }
+  m.group.clearLayers();
   for (const f of features) {
     const kind = kindOf(f);
     const c = f.properties.circle;
-    if (c) {
-      const [x, y] = project(p, c[0], c[1]);
-      map.append(svg("circle", { cx: x, cy: y, r: c[2], class: `zone-${kind}`, "data-zone-id": f.properties.zone_id }));
-    } else {
-      map.append(svg("path", { d: pathData(f.geometry), class: `zone-${kind}`, "data-zone-id": f.properties.zone_id }));
-    }
+    const style = { pane: "zones", className: `zone-${kind}` };
+    const layer = c ? L.circle(basemap.ll(c[1], c[0]), { ...style, radius: c[2] })
+      : L.polygon(basemap.rings(f.geometry), style);
+    m.group.addLayer(layer);
+    basemap.mark(layer, { "data-zone-id": f.properties.zone_id });
   }
-  state.proj = saved;
   if (extra) {
-    const [x, y] = project(p, extra.lon, extra.lat);
-    map.append(svg("circle", { cx: x, cy: y, r: extra.radius_m || 50, class: "zone-new" }));
+    const circle = L.circle(basemap.ll(extra.lat, extra.lon), { pane: "alarms", className: "zone-new",
+      radius: extra.radius_m || 50, interactive: false });
+    m.group.addLayer(circle);
+    basemap.mark(circle, { "data-radius-m": String(extra.radius_m || 50) });
   }
-  return p;
 }
 
 function leaveRow(lv, s, err) {

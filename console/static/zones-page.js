@@ -1,11 +1,11 @@
 // emfence console: the zone page: the zone library by name, a county imported by its
 // adcode, a GeoJSON upload, and a circle placed by clicking the map and typing a radius.
-// Points clicked on the map are WGS-84 (the map is drawn from WGS-84 outlines).
+// A point clicked on the map is taken back to WGS-84 (basemap.wgs) when the base map is
+// drawn in GCJ-02: every zone is stored in WGS-84.
 "use strict";
 
 const zonesPage = (() => {
-  let centre = null;  // {lon, lat} clicked on the map
-  let proj = null;    // the map's projection
+  let centre = null;  // {lon, lat} clicked on the map, WGS-84
 
   async function reload() {
     state.zones = await api("GET", "/api/zones");
@@ -91,18 +91,14 @@ const zonesPage = (() => {
   }
 
   function circleMap() {
-    const map = svg("svg", { id: "zone-map", class: "mini-map big", role: "img" });
-    map.addEventListener("click", (e) => {
-      if (!proj) return;
-      const pt = map.createSVGPoint();
-      pt.x = e.clientX; pt.y = e.clientY;
-      const m = pt.matrixTransform(map.getScreenCTM().inverse());
-      centre = { lon: proj.lon0 + m.x / proj.kx, lat: proj.lat0 - m.y / proj.ky };
-      $("#circle-centre").textContent = `${centre.lat.toFixed(6)}, ${centre.lon.toFixed(6)}`;
-      $("#zones-error").textContent = "";
-      drawCircleMap();
-    });
-    return map;
+    return el("div", { id: "zone-map", class: "mini-map big" });
+  }
+
+  function placeCentre(point) {
+    centre = point;
+    $("#circle-centre").textContent = `${centre.lat.toFixed(6)}, ${centre.lon.toFixed(6)}`;
+    $("#zones-error").textContent = "";
+    drawCircleMap();
   }
 
   // Redraw the zones and the circle being placed.
@@ -111,8 +107,8 @@ const zonesPage = (() => {
     if (!map) return;
     const r = Number(($("#circle-radius") || {}).value) || 0;
     const features = (state.zones && state.zones.features) || [];
-    proj = drawMini(map, features, centre ? { ...centre, radius_m: r } : null,
-      (f) => (f.properties.circle ? "exclusion" : "inclusion"));
+    drawMini(map, features, centre ? { ...centre, radius_m: r } : null,
+      (f) => (f.properties.circle ? "exclusion" : "inclusion"), placeCentre);
   }
 
   return { load };

@@ -32,10 +32,11 @@ from emfence.config.notify import (
     check_notify,
     template_fields,
 )
+from emfence.config.tiles import TilesConfig, check_tiles
 
 # The [notify] tables live in emfence.config.notify; they are part of this table.
 __all__ = ["Config", "ConfigError", "EmailConfig", "HaConfig", "NotifyConfig", "SmsConfig",
-           "WebhookConfig", "config_from_dict", "load_config", "read_secret",
+           "TilesConfig", "WebhookConfig", "config_from_dict", "load_config", "read_secret",
            "template_fields"]
 
 LEVELS = ("strict", "ordinary", "lenient")
@@ -188,6 +189,9 @@ class ConsoleConfig:
     # The console's address as people open it (e.g. "https://emfence.example.gov.cn"):
     # notification messages link to the alarm there; empty: no link.
     public_url: str = ""
+    # The base map under the console's maps (emfence.config.tiles); a string is its url.
+    # Empty: no base map, boundaries on a plain background, no tile requests.
+    tiles: TilesConfig = field(default_factory=TilesConfig)
 
 
 @dataclass(frozen=True)
@@ -240,6 +244,8 @@ def _build(default: Any, data: dict[str, Any], prefix: str, source: str | None) 
         if dataclasses.is_dataclass(current):
             if isinstance(current, PerLevel) and not isinstance(value, dict):
                 value = {lvl: value for lvl in LEVELS}  # one number for every level
+            if isinstance(current, TilesConfig) and isinstance(value, str):
+                value = {"url": value}  # console.tiles = "https://..."
             kwargs[name] = _build(current, value, key, source)
             continue
         kwargs[name] = _coerce(value, type(current), key, source)
@@ -310,6 +316,7 @@ def _check(config: Config, source: str | None) -> Config:
     problem = time_zone_problem(c.timezone)
     if problem:
         raise ConfigError(problem, key="console.timezone", source=source)
+    check_tiles(c.tiles, source)
     check_notify(config.notify, config.console.public_url, source)
     return _check_register(config, source)
 

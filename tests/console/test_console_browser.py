@@ -99,9 +99,11 @@ def test_operator_sees_an_alarm_live_then_acknowledges_and_closes_it(world, brow
     assert "alice (operator)" in d.find_element(By.ID, "who").text
     # the map drew the county and the exclusion circle from their own geometry
     wait.until(lambda drv: drv.find_elements(By.CSS_SELECTOR, "#map path.zone-inclusion"))
-    [circle] = d.find_elements(By.CSS_SELECTOR, "#map circle.zone-exclusion")
-    assert float(circle.get_attribute("r")) == 500.0  # metres: the projection is metric
-    assert d.find_elements(By.CSS_SELECTOR, "#map circle.device")
+    [circle] = d.find_elements(By.CSS_SELECTOR, "#map path.zone-exclusion")
+    assert float(circle.get_attribute("data-radius-m")) == 500.0
+    # drawn to scale: the circle's width on screen is 1000 m on the ground (within 2 %)
+    assert abs(drawn_width_m(d, circle) - 1000.0) < 20.0
+    assert d.find_elements(By.CSS_SELECTOR, "#map path.device")
 
     # an alarm is recorded while the page is open: it must appear without a reload
     t = now_ms()
@@ -123,9 +125,9 @@ def test_operator_sees_an_alarm_live_then_acknowledges_and_closes_it(world, brow
     # select it: details, history and the subject's track on the map
     click(wait, row_sel)
     wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#detail h2"), "S-1"))
-    wait.until(lambda drv: drv.find_elements(By.CSS_SELECTOR, "#map polyline.track"))
-    assert len(d.find_elements(By.CSS_SELECTOR, "#map circle.fix")) == 21
-    assert d.find_elements(By.CSS_SELECTOR, "#map circle.alarm-point")
+    wait.until(lambda drv: drv.find_elements(By.CSS_SELECTOR, "#map path.track"))
+    assert len(d.find_elements(By.CSS_SELECTOR, "#map path.fix")) == 21
+    assert d.find_elements(By.CSS_SELECTOR, "#map path.alarm-point")
     d.save_screenshot(str(tmp_path / "console-selected.png"))
 
     # acknowledge with a note
@@ -376,6 +378,24 @@ def test_first_visit_is_calm_and_the_list_names_devices_regions_and_late_alarms(
     assert severe_console_messages(d) == []
 
 
+def drawn_width_m(d, node) -> float:
+    """The ground distance, metres, across the drawn outline of the map element ``node``
+    (its geometry's box, stroke left out), measured by Leaflet between the two container
+    points at its centre after zooming in on it (so pixel rounding is far below 1 %)."""
+    return d.execute_script("""
+const m = state.map.map, node = arguments[0];
+const across = () => {
+  const bb = node.getBBox(), k = node.getScreenCTM(), c = m.getContainer().getBoundingClientRect();
+  const x0 = k.a * bb.x + k.e - c.left, x1 = k.a * (bb.x + bb.width) + k.e - c.left;
+  const y = k.d * (bb.y + bb.height / 2) + k.f - c.top;
+  return [m.containerPointToLatLng([x0, y]), m.containerPointToLatLng([x1, y])];
+};
+const [a, b] = across();
+m.setView(L.latLng((a.lat + b.lat) / 2, (a.lng + b.lng) / 2), 16, { animate: false });
+const [p, q] = across();
+return m.distance(p, q);""", node)
+
+
 def test_the_map_draws_the_selected_subjects_zones_with_its_point_clear_of_the_edge(
         tmp_path, browser):
     """Another subject's leave zone is not drawn over this one's map (nor for everyone
@@ -421,9 +441,9 @@ def test_the_map_draws_the_selected_subjects_zones_with_its_point_clear_of_the_e
         assert "leave" in d.find_element(By.ID, "map-legend").text
         click(wait, (By.CSS_SELECTOR, 'tr[data-alarm-id="x-1"]'))
         point = wait.until(EC.presence_of_element_located(
-            (By.CSS_SELECTOR, "#map circle.alarm-point")))
+            (By.CSS_SELECTOR, "#map path.alarm-point")))
         assert not d.find_elements(By.CSS_SELECTOR, "#map .zone-leave")
-        assert d.find_elements(By.CSS_SELECTOR, "#map circle.zone-exclusion")
+        assert d.find_elements(By.CSS_SELECTOR, "#map path.zone-exclusion")
         d.save_screenshot(str(tmp_path / "console-map.png"))
         print("screenshots in", tmp_path)
         p, m = point.rect, d.find_element(By.ID, "map").rect
@@ -482,7 +502,7 @@ def test_times_are_the_command_centres_with_their_offset_whatever_the_browsers_z
     # the map: a device's last position says when, in Shanghai time
     last = store.track("B-1")[-1]["ts"]
     titles = d.execute_script(
-        "return [...document.querySelectorAll('#map circle.device title')]"
+        "return [...document.querySelectorAll('#map path.device title')]"
         ".map((t) => t.textContent);")
     assert f"B-1 (S-1) {shanghai(last)}" in titles
     d.save_screenshot(str(tmp_path / "console-timezone-detail.png"))

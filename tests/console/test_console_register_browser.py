@@ -100,7 +100,7 @@ def test_enrol_request_leave_approve_in_the_queue_and_return(world, zh_browser, 
     assert "卧龙区" in zones and "受害人住所" in zones and "victim-17" not in zones
     assert "B-7" in d.find_element(By.ID, "subject-devices").text
     assert "腕带" in d.find_element(By.ID, "subject-devices").text
-    wait.until(lambda drv: drv.find_elements(By.CSS_SELECTOR, "#subject-map circle.zone-exclusion"))
+    wait.until(lambda drv: drv.find_elements(By.CSS_SELECTOR, "#subject-map path.zone-exclusion"))
     s = store.register.get_subject("S-7")
     assert (s["name"], s["officer"], s["inclusion"], s["exclusion"]) == (
         "王五", "alice", ["411303"], ["victim-17"])
@@ -181,7 +181,7 @@ def test_zone_page_imports_a_county_and_places_a_circle(world, zh_browser, tmp_p
     click(wait, (By.ID, "circle-btn"))
     wait.until(EC.text_to_be_present_in_element((By.ID, "zones-error"), "请先在地图上点击圆心"))
     click(wait, (By.ID, "zone-map"))
-    wait.until(lambda drv: drv.find_elements(By.CSS_SELECTOR, "#zone-map circle.zone-new"))
+    wait.until(lambda drv: drv.find_elements(By.CSS_SELECTOR, "#zone-map path.zone-new"))
     lat, lon = (float(x) for x in d.find_element(By.ID, "circle-centre").text.split(","))
     d.save_screenshot(str(tmp_path / "register-circle.png"))
     click(wait, (By.ID, "circle-btn"))
