@@ -2,7 +2,13 @@
 current subject of some regions with its devices' newest fix and status, its open
 alarms and whether it is on approved leave now, in a fixed number of queries whatever
 the number of subjects (two for the register, one each for positions, statuses, open
-alarms and leaves: six, never one per subject).
+alarms, leaves and curfews: seven, never one per subject).
+
+A subject is in ``curfew`` while one of its register curfews has a window covering now
+(local time in ``register.timezone``, windows may cross midnight: the engine's own
+:func:`engine.schedules.windows_of`) and nothing stronger holds; an open ``curfew``
+alarm (a violation: away from the curfew zone in its window) says ``curfew`` too and
+outranks everything.
 
 Online is what the operator acts on: a device is offline while an ``offline`` (or
 ``no_fix``/``power_off``) alarm of it is open, online when it has been heard from and
@@ -13,8 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
 
 from alarms.db import Where
+from engine.schedules import DAYS, Curfew, windows_of
 
 # Most serious first: the type the board shows beside a subject's open-alarm count.
 SEVERITY = ("tamper", "exclusion", "outbound", "leave_overdue", "curfew", "contact",
@@ -28,14 +38,30 @@ def _rank(kind: str) -> int:
     return SEVERITY.index(kind) if kind in SEVERITY else len(SEVERITY)
 
 
-def _zone_state(types: set[str], on_leave: bool, located: bool) -> str:
+def _zone_state(types: set[str], on_leave: bool, in_curfew: bool, located: bool) -> str:
+    """Strongest first: a curfew violation (open curfew alarm), away (an open outbound,
+    exclusion or leave-overdue alarm), on approved leave, in a curfew window now (at
+    home, as far as the engine knows: no curfew alarm), inside, unknown (never located)."""
     if "curfew" in types:
         return "curfew"
     if types & {"outbound", "exclusion", "leave_overdue"}:
         return "outside"
     if on_leave:
         return "on_leave"
-    return "inside" if located else "unknown"
+    if not located:
+        return "unknown"
+    return "curfew" if in_curfew else "inside"
+
+
+def _hhmm_min(text: str) -> int:
+    return int(text[:2]) * 60 + int(text[3:5])
+
+
+def _curfew(row: dict[str, Any]) -> Curfew:
+    """A register curfew row as the engine's schedule reads it."""
+    days = tuple(sorted(DAYS.index(d) for d in orjson.loads(row["days"])))
+    return Curfew(row["curfew_id"], _hhmm_min(row["start_local"]), _hhmm_min(row["end_local"]),
+                  row["zone_id"], days, row["from_ms"], row["to_ms"])
 
 
 class BoardStore:
@@ -59,9 +85,23 @@ class BoardStore:
                                ("approved", now_ms, now_ms)).all()
         return {r["subject_id"] for r in rows}
 
-    def board(self, regions: Iterable[str] | None, now_ms: int) -> list[dict[str, Any]]:
+    def _curfews_now(self, now_ms: int, timezone: str) -> set[str]:
+        """Subjects with a current register curfew whose window covers ``now_ms``."""
+        with self._db.tx("board curfews", write=False) as cur:
+            rows = cur.execute("SELECT curfew_id, subject_id, start_local, end_local, zone_id, "
+                               "days, from_ms, to_ms FROM reg_curfews "
+                               "WHERE valid_to_ms IS NULL").all()
+        if not rows:
+            return set()
+        tz = ZoneInfo(timezone)
+        return {r["subject_id"] for r in rows
+                if windows_of(_curfew(r), now_ms, now_ms + 1, tz)}
+
+    def board(self, regions: Iterable[str] | None, now_ms: int, *,
+              timezone: str = "Asia/Shanghai") -> list[dict[str, Any]]:
         """The board's rows (docs/console-api.md, "The status board"), by subject id:
-        active subjects of ``regions`` (None: all)."""
+        active subjects of ``regions`` (None: all); curfew windows in local time of
+        ``timezone`` (``register.timezone``)."""
         regions = None if regions is None else list(regions)
         subjects = self.register.list_subjects(regions=regions, state="active")
         fixes = {p["device_id"]: p for p in self.last_positions(regions)}
@@ -70,8 +110,9 @@ class BoardStore:
         for a in self._open_alarms(regions):
             alarms.setdefault(a["subject_id"], []).append(a)
         leave = self._leaves_now(now_ms)
+        curfew = self._curfews_now(now_ms, timezone)
         return [_row(s, fixes, status, alarms.get(s["subject_id"], []),
-                     s["subject_id"] in leave) for s in subjects]
+                     s["subject_id"] in leave, s["subject_id"] in curfew) for s in subjects]
 
 
 def _device(d: dict[str, Any], fix: dict[str, Any] | None, st: dict[str, Any] | None,
@@ -88,7 +129,7 @@ def _device(d: dict[str, Any], fix: dict[str, Any] | None, st: dict[str, Any] | 
 
 
 def _row(s: dict[str, Any], fixes: dict[str, Any], status: dict[str, Any],
-         alarms: list[dict[str, Any]], on_leave: bool) -> dict[str, Any]:
+         alarms: list[dict[str, Any]], on_leave: bool, in_curfew: bool) -> dict[str, Any]:
     offline = {a["device_id"] for a in alarms if a["type"] in OFFLINE_TYPES}
     devices = [_device(d, fixes.get(d["device_id"]), status.get(d["device_id"]), offline)
                for d in s["devices"]]
@@ -97,5 +138,5 @@ def _row(s: dict[str, Any], fixes: dict[str, Any], status: dict[str, Any],
     located = any(d["last_fix_ts_ms"] is not None for d in devices)
     return {"subject_id": s["subject_id"], "name": s["name"], "level": s["level"],
             "officer": s["officer"], "region": s["region"], "devices": devices,
-            "zone_state": _zone_state(types, on_leave, located),
+            "zone_state": _zone_state(types, on_leave, in_curfew, located),
             "open_alarms": len(alarms), "top_alarm": top}

@@ -194,9 +194,10 @@ class StoreGateway:
     async def last_positions(self, regions: Iterable[str] | None) -> list[Row]:
         return await self._run(self.store.last_positions, regions)
 
-    async def board(self, regions: Iterable[str] | None, now_ms: int) -> list[Row]:
-        """The status board's rows (alarms.board)."""
-        return await self._run(self.store.board, regions, now_ms)
+    async def board(self, regions: Iterable[str] | None, now_ms: int, *,
+                    timezone: str = "Asia/Shanghai") -> list[Row]:
+        """The status board's rows (alarms.board); curfews in ``timezone``."""
+        return await self._run(self.store.board, regions, now_ms, timezone=timezone)
 
     # --- writes nobody can wait for, and the end ------------------------------------
 
