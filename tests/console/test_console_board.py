@@ -93,7 +93,7 @@ def test_board_answers_every_subject_of_my_regions_from_the_store(world):
     server, store = world
     rows, selects = _count_queries(store)
     assert len(rows) == N
-    assert selects <= 7, selects  # never one per subject (six, and the curfews: seven)
+    assert selects <= 6, selects  # never one per subject
     alice = http_log_in(server.url, "alice")
     before = max(r["id"] for r in audit_rows(store))
     resp = alice.get("/api/board")
