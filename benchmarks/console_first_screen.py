@@ -36,8 +36,9 @@ and 100 000 alarms in PostgreSQL." This program builds that world and measures i
    - ``alarms_view_ms``: a click on the Alarms tab → its first row visible, next frame;
    - from the page's Resource Timing entries: ``login_api_ms``, ``board_api_ms`` and
      ``alarms_api_ms`` (request sent → response ended: server time plus transfer on
-     loopback), ``board_ttfb_ms`` (request → first byte: the server's time) and the
-     ``board_bytes`` / ``alarms_bytes`` decoded body sizes.
+     loopback), ``*_ttfb_ms`` (request → first byte: the server's time) and the
+     ``*_bytes`` decoded body sizes; likewise ``zones_*`` and ``positions_*``, the map's
+     two reads the page makes at the same moment (they compete for the same process).
 4. the server time of ``GET /api/board`` and ``GET /api/alarms?limit=500`` measured
    apart from the page (an HTTP client, ``--runs`` calls each, without and with load).
 
@@ -373,7 +374,8 @@ def browser_run(base: str, tmp: Path) -> dict[str, Any]:
            "alarms_view_ms": tab["ms"],
            "visible": bool(fs["board_visible"] and tab["visible"])}
     for key, path in (("login", "/api/login"), ("board", "/api/board"),
-                      ("alarms", "/api/alarms")):
+                      ("alarms", "/api/alarms"), ("zones", "/api/zones"),
+                      ("positions", "/api/positions")):
         e = _api_entry(entries, path)
         if e is not None:
             out[f"{key}_api_ms"] = e["end"] - e["start"]
