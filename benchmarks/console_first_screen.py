@@ -19,9 +19,9 @@ and 100 000 alarms in PostgreSQL." This program builds that world and measures i
    ``acknowledged`` and ``closed`` events, two ``alarm_actions`` rows each; no audit
    rows): the API's two transactions per alarm run at about 650 a second here, five more
    minutes for 99 000 alarms on every run (``--actions 99400`` files them all through the
-   API). An operator account whose regions hold every subject. Then ``VACUUM ANALYZE``,
-   so that the runs meet a store in its steady state rather than PostgreSQL's autovacuum
-   catching up with the fill (one unloaded run took 2.6 s while it did).
+   API). An operator account whose regions hold every subject. Then ``VACUUM ANALYZE``
+   and a ``CHECKPOINT``, so that the runs meet a store in its steady state rather than
+   PostgreSQL catching up with the fill (a login stalled for 2 s in one run while it did).
 2. the console as its own process (``python -m emfence console --store URL --http``) on a
    free port, as a command room runs it next to the engine workers.
 3. ``--runs`` times without load, then ``--runs`` times with ``--load`` busy processes
@@ -200,6 +200,7 @@ def build_world(url: str, args: argparse.Namespace, now_ms: int) -> dict[str, An
     t = time.perf_counter()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
+        conn.execute("CHECKPOINT")  # the fill's dirty pages written now, not mid-run
     out["vacuum_s"] = round(time.perf_counter() - t, 1)
     return out
 
