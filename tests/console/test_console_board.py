@@ -7,6 +7,7 @@ state from the register's curfew windows (across midnight), on SQLite and Postgr
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,42 @@ def test_board_answers_every_subject_of_my_regions_from_the_store(world):
     sue = http_log_in(server.url, "sue")
     assert len(sue.get("/api/board").json()["subjects"]) == N
     assert len(sue.get("/api/board?region=411302").json()["subjects"]) == N // 10
+
+
+def test_board_answers_while_the_map_waits_for_the_register(world):
+    """The map's register model is rebuilt after every register change (seconds with
+    10 000 subjects); its /api/zones calls waiting for it must not hold the store's
+    threads, or the first screen's board waits behind the map."""
+    server, _store = world
+    console = server._app.state.console
+    gateway, lock = console.gateway, console.register_map._lock
+    entered: list[int] = []
+    real = gateway.register_map
+
+    async def counted(model):
+        entered.append(1)
+        return await real(model)
+
+    gateway.register_map = counted
+    alice = http_log_in(server.url, "alice")
+    n = console.settings.store_threads + 1  # more than the store has threads
+    lock.acquire()  # a rebuild under way
+    try:
+        with ThreadPoolExecutor(n) as pool:
+            waiting = [pool.submit(http_log_in(server.url, "alice").get, "/api/zones")
+                       for _ in range(n)]
+            WebDriverWait(None, WAIT_S, poll_frequency=0.05).until(lambda _: len(entered) == n)
+            resp = alice.get("/api/board?state=alarm", timeout=WAIT_S)
+            assert resp.status_code == 200
+            assert [r["subject_id"] for r in resp.json()["subjects"]] == [_sid(3), _sid(7)]
+            assert not any(f.done() for f in waiting)  # still waiting for the model
+            lock.release()
+            lock = None
+            assert [f.result(WAIT_S).status_code for f in waiting] == [200] * n
+    finally:
+        gateway.register_map = real
+        if lock is not None:
+            lock.release()
 
 
 def _rows_in_dom(d) -> list[str]:
