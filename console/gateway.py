@@ -8,6 +8,11 @@ console holds at most that many connections however many pages and live feeds ar
 Each store method the console uses has a method of the same name here, with the same
 arguments: ``await gateway.get_user(name)`` runs ``store.get_user(name)`` off the loop.
 Only these reach the store, so a grep for a store method finds every console caller.
+
+The map's register model (:meth:`StoreGateway.register_map`) is rebuilt on a thread of
+its own: a rebuild reads the whole register (seconds with 10 000 subjects) and the
+requests that wait for it must not hold the pool's threads, or the status board, the
+alarm list and the logins queue behind the map (benchmarks/console_first_screen.py).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class StoreGateway:
             raise ValueError(f"store threads must be at least 1, got {threads}")
         self.store = store
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="console-store")
+        self._map_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="console-map")
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         call = functools.partial(fn, *args, **kwargs)
@@ -179,7 +185,8 @@ class StoreGateway:
     async def register_map(self, model: RegisterMap) -> Any:
         """``model.current(store.register)``: the register's zones and subjects for the
         map (see :class:`console.register_model.RegisterMap`)."""
-        return await self._run(model.current, self.store.register)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._map_pool, model.current, self.store.register)
 
     # --- the event log (the live feed) and the stored fixes -------------------------
 
@@ -200,9 +207,10 @@ class StoreGateway:
     async def last_positions(self, regions: Iterable[str] | None) -> list[Row]:
         return await self._run(self.store.last_positions, regions)
 
-    async def board(self, regions: Iterable[str] | None, now_ms: int) -> list[Row]:
-        """The status board's rows (alarms.board)."""
-        return await self._run(self.store.board, regions, now_ms)
+    async def board(self, regions: Iterable[str] | None, now_ms: int, *,
+                    timezone: str = "Asia/Shanghai") -> list[Row]:
+        """The status board's rows (alarms.board); curfews in ``timezone``."""
+        return await self._run(self.store.board, regions, now_ms, timezone=timezone)
 
     # --- writes nobody can wait for, and the end ------------------------------------
 
@@ -229,3 +237,4 @@ class StoreGateway:
         """Stop the worker threads (queued calls are cancelled; the store stays open: it
         belongs to the caller of ``create_app``)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._map_pool.shutdown(wait=False, cancel_futures=True)

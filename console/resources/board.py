@@ -2,7 +2,8 @@
 docs/console-api.md, "The status board"). Every active subject of the caller's regions
 with its devices' online state, newest fix and status, its zone state and open alarms.
 A read of location data: audited (``board.read``), region-scoped (a ``?region=`` not the
-caller's answers 403)."""
+caller's answers 403). A subject in a register curfew window now shows ``curfew``
+(windows in ``register.timezone``)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,12 @@ SORT_KEYS = {
 }
 
 
+def _timezone(caller: Any) -> str:
+    """``register.timezone`` of the console's config (the register's curfews are in it)."""
+    register = getattr(caller.console.config, "register", None)
+    return str(getattr(register, "timezone", "Asia/Shanghai"))
+
+
 def _param(request: Request, key: str, allowed: tuple[str, ...]) -> str | None:
     value = request.query_params.get(key) or None
     if value is not None and value not in allowed:
@@ -70,7 +77,8 @@ async def board(request: Request) -> Response:
     q = query_text(request, "q")
     needle = q.strip().lower() if q and q.strip() else None
     regions = caller.regions()
-    rows = await caller.gateway.board(regions, caller.console.clock_ms())
+    rows = await caller.gateway.board(regions, caller.console.clock_ms(),
+                                      timezone=_timezone(caller))
     rows = [r for r in rows if (level is None or r["level"] == level) and _matches(r, state)
             and (needle is None or needle in r["subject_id"].lower()
                  or needle in r["name"].lower() or needle in (r["officer"] or "").lower())]

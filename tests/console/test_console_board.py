@@ -1,11 +1,13 @@
 """The status board (issue #16): ``GET /api/board`` over 10 000 subjects — region
 scoping, the ``board.read`` audit row, rows that match the store, a fixed number of
 queries whatever the number of subjects — and its page, a virtualised list, in headless
-Chromium in English and Chinese (screenshots in tests/artifacts/board/)."""
+Chromium in English and Chinese (screenshots in tests/artifacts/board/); the curfew
+state from the register's curfew windows (across midnight), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 from alarms.store import open_store
 from console import create_app
 from emfence.config import Config
+
+pytest_plugins = ["console_helpers"]  # any_console: SQLite and PostgreSQL
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "board"
 N = 10_000
@@ -130,6 +134,42 @@ def test_board_answers_every_subject_of_my_regions_from_the_store(world):
     assert len(sue.get("/api/board?region=411302").json()["subjects"]) == N // 10
 
 
+def test_board_answers_while_the_map_waits_for_the_register(world):
+    """The map's register model is rebuilt after every register change (seconds with
+    10 000 subjects); its /api/zones calls waiting for it must not hold the store's
+    threads, or the first screen's board waits behind the map."""
+    server, _store = world
+    console = server._app.state.console
+    gateway, lock = console.gateway, console.register_map._lock
+    entered: list[int] = []
+    real = gateway.register_map
+
+    async def counted(model):
+        entered.append(1)
+        return await real(model)
+
+    gateway.register_map = counted
+    alice = http_log_in(server.url, "alice")
+    n = console.settings.store_threads + 1  # more than the store has threads
+    lock.acquire()  # a rebuild under way
+    try:
+        with ThreadPoolExecutor(n) as pool:
+            waiting = [pool.submit(http_log_in(server.url, "alice").get, "/api/zones")
+                       for _ in range(n)]
+            WebDriverWait(None, WAIT_S, poll_frequency=0.05).until(lambda _: len(entered) == n)
+            resp = alice.get("/api/board?state=alarm", timeout=WAIT_S)
+            assert resp.status_code == 200
+            assert [r["subject_id"] for r in resp.json()["subjects"]] == [_sid(3), _sid(7)]
+            assert not any(f.done() for f in waiting)  # still waiting for the model
+            lock.release()
+            lock = None
+            assert [f.result(WAIT_S).status_code for f in waiting] == [200] * n
+    finally:
+        gateway.register_map = real
+        if lock is not None:
+            lock.release()
+
+
 def _rows_in_dom(d) -> list[str]:
     return d.execute_script("return [...document.querySelectorAll('#board-rows .board-row')]"
                             ".map((r) => r.dataset.subjectId)")
@@ -167,3 +207,52 @@ def test_board_page_is_a_virtualised_list_in_both_languages(world, tmp_path):
         assert d.find_element(By.ID, "board-view").get_attribute("hidden") is not None
     finally:
         d.quit()
+
+
+# Monday 2025-11-24 01:30 in Asia/Shanghai (register.timezone by default), epoch ms
+MON_0130 = 1_763_919_000_000
+NIGHT = {"start": "22:00", "end": "06:00", "zone": "411303"}
+CURFEWS = {  # subject -> (its curfews, whether one covers Monday 01:30)
+    "C-1": ([NIGHT], True),  # every night: Sunday 22:00 -> Monday 06:00
+    "C-2": ([{**NIGHT, "days": ["sun"]}], True),  # started Sunday, ends on a day not listed
+    "C-3": ([{**NIGHT, "days": ["mon"]}], False),  # Monday's window begins at 22:00
+    "C-4": ([{**NIGHT, "start": "02:00", "end": "05:00"}], False),  # not yet
+    "C-5": ([{**NIGHT, "start": "23:00", "end": "01:00"}], False),  # over at 01:00
+    "C-6": ([NIGHT], True),  # in the window, with an open curfew alarm: a violation
+    "C-7": ([NIGHT], True),  # in the window, never located
+}
+
+
+def test_board_curfew_state_comes_from_the_register_windows(any_console):
+    c = any_console
+    c.clock.now_ms = MON_0130
+    reg = c.store.register
+    reg.adcode_dir = str(CNMAPS)
+    reg.import_adcode("411303", actor="root", now_ms=MON_0130 - 7_200_000)
+    subjects = [{"subject_id": sid, "name": f"对象{sid}", "region": "411303",
+                 "level": "ordinary", "devices": [{"device_id": f"B-{sid}"}],
+                 "inclusion": ["411303"], "curfews": curfews}
+                for sid, (curfews, _) in CURFEWS.items()]
+    reg.import_files({"type": "FeatureCollection", "features": []}, {"subjects": subjects},
+                     actor="root", now_ms=MON_0130 - 7_200_000)
+    c.store.record_fixes([(f"B-{sid}", sid, "411303", MON_0130 - 60_000, 33.0, 112.5, 10.0,
+                           "gps", MON_0130 - 59_000) for sid in CURFEWS if sid != "C-7"])
+    c.store.record_events([raised("a-cur", kind="curfew", subject="C-6", device="B-C-6",
+                                  at=MON_0130 - 30_000)], MON_0130 - 29_000)
+    assert c.login("alice").status_code == 200
+    resp = c.get("/api/board")
+    assert resp.status_code == 200, resp.text
+    by_id = {r["subject_id"]: r for r in resp.json()["subjects"]}
+    assert {sid: r["zone_state"] for sid, r in by_id.items()} == {
+        "C-1": "curfew", "C-2": "curfew", "C-3": "inside", "C-4": "inside",
+        "C-5": "inside", "C-6": "curfew", "C-7": "unknown"}
+    # the violation keeps its alarm beside the state; a window alone raises nothing
+    assert (by_id["C-6"]["open_alarms"], by_id["C-6"]["top_alarm"]) == (1, "curfew")
+    assert (by_id["C-1"]["open_alarms"], by_id["C-1"]["top_alarm"]) == (0, None)
+    got = c.get("/api/board?state=curfew").json()["subjects"]
+    assert [r["subject_id"] for r in got] == ["C-1", "C-2", "C-6"]
+    # an hour later than the longest window: nobody is in curfew, the violation still is
+    c.clock.now_ms = MON_0130 + 5 * 3_600_000
+    assert c.login("alice").status_code == 200  # the session of 01:30 has timed out
+    by_id = {r["subject_id"]: r for r in c.get("/api/board").json()["subjects"]}
+    assert [sid for sid, r in by_id.items() if r["zone_state"] == "curfew"] == ["C-6"]
