@@ -4,7 +4,10 @@ A received message is PUBACKed only after the checkpoint that contains its effec
 durable (the store's row for this worker, or with ``--checkpoint`` a file) and its alarm
 events and track rows are stored. Without rule state to keep (``--core shapely``) a
 batch is acknowledged as soon as its events and tracks are stored. Redeliveries of
-messages already processed are recognised by a digest of topic + payload.
+messages already processed are recognised by a digest of topic + payload: those of the
+last windows in sets, and every processed message's for ``ingest.redelivery_horizon_s``
+in :class:`emfence.run.redelivery.Horizon` (whose docstring says why, and what a restart
+keeps).
 
 :class:`Acks` owns every piece of that bookkeeping: the acknowledgements pending, the
 digests received / processed / being acknowledged / covered by the last checkpoints,
@@ -24,6 +27,7 @@ from pathlib import Path
 from alarms.store import StoreError
 from emfence.run.checkpoint_file import acks_path, file_digest, write_acks_file
 from emfence.run.options import MAX_OPEN_WINDOWS, AckJob, Options, wall_ms
+from emfence.run.redelivery import Horizon
 from engine.state import checkpoint_bytes, write_checkpoint
 
 log = logging.getLogger("emfence.run")
@@ -49,6 +53,10 @@ class Acks:
         self.window: set[bytes] = set()  # processed since the last checkpoint
         self.covered: deque[set[bytes]] = deque([covered or set()], maxlen=2)
         self.covered_hash: str | None = None
+        # Every processed message's digest for the horizon (the broker's ack wait and a
+        # failover); the restored ones count from the start.
+        self.horizon = Horizon(icfg.redelivery_horizon_s)
+        self.horizon.add(covered or (), time.monotonic())
         self.since_checkpoint = 0
         self.jobs: asyncio.Queue[AckJob] = asyncio.Queue()
         # Set when the acknowledger takes the waiting windows: with --checkpoint, a
@@ -67,6 +75,9 @@ class Acks:
         if digest in self.received or digest in self.window or digest in self.acking:
             return "join"
         if digest in self.covered[0] or (len(self.covered) > 1 and digest in self.covered[1]):
+            return "ack"
+        if digest in self.horizon:  # acknowledged windows ago: the ack was lost
+            self.counters["redelivered_late"] += 1
             return "ack"
         return None
 
@@ -156,8 +167,9 @@ class Acks:
                 if durable:
                     for a in job.acks:
                         self.ack_now(a)
+            self.covered.appendleft(window)  # recognised from here on: out of acking
+            for job in jobs:
                 self.acking -= job.window
-            self.covered.appendleft(window)
             self.counters["ack_events_wait_ms"] += round((t1 - t0) * 1000)
             self.counters["ack_windows"] += len(jobs)
             self.counters["ack_rounds"] += 1
@@ -166,6 +178,9 @@ class Acks:
             for job in jobs:
                 if job.done is not None and not job.done.done():
                     job.done.set_result(None)
+            # Beside the receiver (a sort and a merge: milliseconds at the national
+            # rate); the sets above cover the window until the next two are in.
+            await asyncio.to_thread(self.horizon.add, window, time.monotonic())
 
     async def _make_durable(self, job: AckJob, window: set[bytes]) -> bool:
         """Store ``job``'s track rows and write its checkpoint, retrying through outages.

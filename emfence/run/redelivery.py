@@ -1,0 +1,163 @@
+"""The redelivery horizon: digests of processed messages, kept for
+``ingest.redelivery_horizon_s`` after their acknowledgement window closed, so that a
+message the broker sends again long after it was acknowledged is recognised.
+
+Why a horizon. The engine acknowledges a message once a checkpoint holds it. An
+acknowledgement can be lost after it was sent: with NATS (JetStream-backed MQTT
+sessions), PUBACKs sent to a node killed with ``kill -9`` never reach the consumer's
+replicated state, and NATS sends those messages again only after its ``ack_wait`` (30 s
+by default, 60 s in deploy/nats/mqtt.conf), through whichever node the engine reconnected
+to. By then many acknowledgement windows have closed (one per
+``ingest.checkpoint_interval_s`` or ``ingest.ack_window_messages``: a second at the
+national rate), so the last windows' digests alone do not recognise them and the fixes
+would be processed twice. The horizon must exceed the broker's ack wait plus the time a
+failover takes (new JetStream leaders, the reconnect): the default 120 s covers NATS's
+shipped 60 s with room. The DUP flag cannot replace it: NATS sets DUP only when the
+node's in-memory session already tracks the message, so a redelivery through another
+node after a failover comes with DUP clear (and aiomqtt's messages do not expose it).
+
+How, compactly. Each window's digests (16 bytes: the identity :func:`message_digest`
+gives) become two int64 columns sorted by the first (``hi``), ``lo`` alongside. The
+windows of the current bucket (``horizon_s / BUCKETS`` long) are merged into one sorted
+``recent`` segment as they arrive; a full bucket is sealed into the ``sealed`` segments,
+concatenated into one flat array with offsets. A lookup is one call of a compiled binary
+search over those few segments (about a microsecond, whatever the horizon). A sealed
+bucket is dropped at the first window closing after its newest window is older than the
+horizon, so a digest is kept ``horizon_s`` after its window closed, and at most one
+bucket (``horizon_s / BUCKETS``) and one window's gap longer.
+Memory: 16 bytes per message of that span (measured: benchmarks/README.md, "Redelivery
+horizon").
+
+After a restart. The broker sends again every message it holds unacknowledged. Those
+processed before the stop are exactly the ones in the restored checkpoint whose
+acknowledgement did not reach the broker: the last windows' (their PUBACKs were not yet
+sent, or in flight, when the process ended), which the checkpoint carries as before
+(:class:`emfence.run.acks.Acks`, the newest two windows), and, only after a broker node
+was lost within ``ack_wait`` of the restart, the windows whose PUBACKs died with that
+node. The checkpoint does not carry the whole horizon: at the national rate that is
+~45 MB of digests rewritten with every checkpoint, to cover a double fault (a broker node
+lost, then the engine restarted within ack_wait) whose cost is those few windows'
+fixes processed twice (stored twice in the track, counted twice; alarms come from state
+restored past them: a late fix). The restored digests are kept for a whole horizon from
+the start, so a NATS redelivery after ack_wait of the last windows is still recognised.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+import numpy as np
+from numba import njit
+
+from emfence.run.options import DIGEST_BYTES
+
+# A horizon is kept in this many buckets (plus the one filling): a digest outlives the
+# horizon by at most one bucket, and a lookup searches at most BUCKETS + 2 segments.
+BUCKETS = 4
+_EMPTY = np.empty(0, np.int64)
+
+
+@njit(cache=True)
+def _in_segments(hi, lo, offsets, h, low):
+    """True when (h, low) is in one of the segments ``hi[offsets[k]:offsets[k+1]]``
+    (each sorted by ``hi``, ``lo`` alongside)."""
+    for k in range(offsets.size - 1):
+        a, b = offsets[k], offsets[k + 1]
+        i = a + np.searchsorted(hi[a:b], h)
+        while i < b and hi[i] == h:
+            if lo[i] == low:
+                return True
+            i += 1
+    return False
+
+
+@njit(cache=True)
+def _contains(flat_hi, flat_lo, offsets, recent_hi, recent_lo, recent_off, h, low):
+    return (_in_segments(recent_hi, recent_lo, recent_off, h, low)
+            or _in_segments(flat_hi, flat_lo, offsets, h, low))
+
+
+def split(digests: Iterable[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """16-byte digests -> (hi, lo) int64 columns sorted by hi."""
+    blob = b"".join(digests)
+    if not blob:
+        return _EMPTY, _EMPTY
+    pairs = np.frombuffer(blob, dtype="<i8").reshape(-1, 2)
+    order = np.argsort(pairs[:, 0], kind="stable")
+    return pairs[order, 0].copy(), pairs[order, 1].copy()
+
+
+def _merge(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (hi, lo) columns merged into one (a stable sort of sorted runs: a merge)."""
+    hi = np.concatenate([p[0] for p in parts])
+    lo = np.concatenate([p[1] for p in parts])
+    order = np.argsort(hi, kind="stable")
+    return hi[order], lo[order]
+
+
+class Horizon:
+    """Digests of processed messages, each kept for at least ``horizon_s`` after
+    :meth:`add` (the close of its window; ``now_s`` is a monotonic clock, seconds).
+
+    :meth:`add` may run in a worker thread while the receiver calls ``in``: the lookup
+    state is one tuple, replaced whole."""
+
+    def __init__(self, horizon_s: float):
+        if horizon_s <= 0:
+            raise ValueError(f"horizon_s must be positive, got {horizon_s!r}")
+        self.horizon_s = horizon_s
+        self.bucket_s = horizon_s / BUCKETS
+        self.sealed: deque[tuple[float, np.ndarray, np.ndarray]] = deque()
+        self.recent: tuple[np.ndarray, np.ndarray] = (_EMPTY, _EMPTY)
+        self.recent_since: float | None = None  # when the filling bucket's first window closed
+        self.recent_last = 0.0
+        self._flat: tuple[np.ndarray, np.ndarray, np.ndarray] = (_EMPTY, _EMPTY,
+                                                                 np.zeros(1, np.int64))
+        self._state = self._flat + (_EMPTY, _EMPTY, np.zeros(1, np.int64))
+
+    def add(self, digests: Iterable[bytes], now_s: float) -> None:
+        """A window closed at ``now_s``: keep its digests for the horizon (and drop the
+        sealed buckets older than it)."""
+        hi, lo = split(digests)
+        sealing = self.recent_since is not None and now_s - self.recent_since >= self.bucket_s
+        if sealing and self.recent[0].size:
+            self.sealed.append((self.recent_last, *self.recent))
+            self.recent, self.recent_since = (_EMPTY, _EMPTY), None
+        expired = bool(self.sealed) and now_s - self.sealed[0][0] >= self.horizon_s
+        while self.sealed and now_s - self.sealed[0][0] >= self.horizon_s:
+            self.sealed.popleft()
+        if sealing or expired:
+            self._flatten()
+        if hi.size:
+            if self.recent_since is None:
+                self.recent_since = now_s
+            self.recent = _merge([self.recent, (hi, lo)]) if self.recent[0].size else (hi, lo)
+            self.recent_last = now_s
+        self._publish()
+
+    def _flatten(self) -> None:
+        """The sealed buckets as one flat array with offsets (a copy: once a bucket)."""
+        sizes = [s[1].size for s in self.sealed]
+        offsets = np.zeros(len(sizes) + 1, np.int64)
+        offsets[1:] = np.cumsum(sizes)
+        self._flat = (np.concatenate([s[1] for s in self.sealed]) if sizes else _EMPTY,
+                      np.concatenate([s[2] for s in self.sealed]) if sizes else _EMPTY,
+                      offsets)
+
+    def _publish(self) -> None:
+        hi, lo = self.recent
+        self._state = self._flat + (hi, lo, np.array([0, hi.size], np.int64))
+
+    def __contains__(self, digest: bytes) -> bool:
+        h = int.from_bytes(digest[:8], "little", signed=True)
+        low = int.from_bytes(digest[8:DIGEST_BYTES], "little", signed=True)
+        return _contains(*self._state, h, low)
+
+    def __len__(self) -> int:
+        return int(self._state[0].size + self._state[3].size)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the digests take (the arrays searched), bytes."""
+        return sum(int(a.nbytes) for a in self._state)
