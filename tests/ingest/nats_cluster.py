@@ -96,13 +96,19 @@ class Node:
 class NatsCluster:
     """deploy/nats/node-{1,2,3}.conf, mqtt.conf and an accounts.conf written by
     deploy/nats/nats_users.py for ``fleet`` (the worker-1 engine, the console and the
-    load generator), rewritten only for free ports and a store directory under ``root``."""
+    load generator), rewritten only for free ports and a store directory under ``root``
+    (and, given ``ack_wait``, mqtt.conf's ack_wait: a test that waits for NATS to re-send
+    need not wait the shipped 60 s)."""
 
-    def __init__(self, root, fleet):
+    def __init__(self, root, fleet, ack_wait: str | None = None):
         self.binary = nats_binary()
         self.dir = root / "nats"
         self.dir.mkdir()
-        shutil.copy(DEPLOY / "mqtt.conf", self.dir / "mqtt.conf")
+        mqtt = (DEPLOY / "mqtt.conf").read_text()
+        if ack_wait is not None:
+            mqtt, n = re.subn(r'(?m)^ack_wait: "[^"]*"', f'ack_wait: "{ack_wait}"', mqtt)
+            assert n == 1, "deploy/nats/mqtt.conf has no ack_wait line"
+        (self.dir / "mqtt.conf").write_text(mqtt)
         self.write_accounts(root, fleet)
         text = {i: (DEPLOY / f"node-{i}.conf").read_text() for i in range(1, NODES + 1)}
         shipped = sorted({int(p) for t in text.values()
