@@ -57,6 +57,10 @@ class Acks:
         # failover); the restored ones count from the start.
         self.horizon = Horizon(icfg.redelivery_horizon_s)
         self.horizon.add(covered or (), time.monotonic())
+        # An acknowledgement is lost only with its connection, and the broker re-sends
+        # within its ack wait of the next: the horizon is asked only this long after a
+        # (re)connect (monotonic s); in between, every message skips that lookup.
+        self.horizon_until = time.monotonic() + icfg.redelivery_horizon_s
         self.since_checkpoint = 0
         self.jobs: asyncio.Queue[AckJob] = asyncio.Queue()
         # Set when the acknowledger takes the waiting windows: with --checkpoint, a
@@ -76,15 +80,18 @@ class Acks:
             return "join"
         if digest in self.covered[0] or (len(self.covered) > 1 and digest in self.covered[1]):
             return "ack"
-        if digest in self.horizon:  # acknowledged windows ago: the ack was lost
+        if time.monotonic() < self.horizon_until and digest in self.horizon:
+            # Acknowledged windows ago, on a connection since lost: the ack was lost.
             self.counters["redelivered_late"] += 1
             return "ack"
         return None
 
     def reconnected(self, gen: int) -> None:
         """Packet ids of earlier connections are void: the broker sends those messages
-        again, and they are recognised by digest."""
+        again, and they are recognised by digest (the horizon's for the horizon from
+        now)."""
         self.pending = [a for a in self.pending if a[0] == gen]
+        self.horizon_until = time.monotonic() + self.icfg.redelivery_horizon_s
 
     def processed(self, digests: list[bytes], acks: list[tuple[int, int]], messages: int
                   ) -> bool:

@@ -15,6 +15,10 @@ failover takes (new JetStream leaders, the reconnect): the default 120 s covers 
 shipped 60 s with room. The DUP flag cannot replace it: NATS sets DUP only when the
 node's in-memory session already tracks the message, so a redelivery through another
 node after a failover comes with DUP clear (and aiomqtt's messages do not expose it).
+What bounds the lookups instead: an acknowledgement is lost only with the connection
+it was sent on, and the broker re-sends within its ack wait of the next connection, so
+:class:`emfence.run.acks.Acks` asks the horizon only for ``horizon_s`` after each
+(re)connect; a worker connected for longer skips the lookup (digests are still added).
 
 How, compactly. Each window's digests (16 bytes: the identity :func:`message_digest`
 gives) become two int64 columns sorted by the first (``hi``), ``lo`` alongside. The

@@ -78,3 +78,17 @@ def test_acks_recognise_a_message_acknowledged_many_windows_ago():
     assert acks.seen(old) == "ack" and acks.seen(restored) == "ack"
     assert acks.counters["redelivered_late"] == 2
     assert acks.seen(message_digest("emfence/v1/330723/BR-1/fix", b'{"ts":3}')) is None
+
+
+def test_the_horizon_is_asked_for_the_horizon_after_a_connect_only():
+    """An acknowledgement is lost only with its connection: long after the last
+    (re)connect a message skips the horizon lookup; a reconnect opens it again."""
+    acks = _acks(set())
+    old = message_digest("emfence/v1/330723/BR-1/fix", b'{"ts":2}')
+    acks.horizon.add({old}, 0.0)
+    for _ in range(3):
+        acks.covered.appendleft(set())
+    acks.horizon_until = 0.0  # connected for longer than the horizon
+    assert acks.seen(old) is None
+    acks.reconnected(2)
+    assert acks.seen(old) == "ack"
