@@ -26,12 +26,11 @@ windows of the current bucket (``horizon_s / BUCKETS`` long) are merged into one
 ``recent`` array as they arrive; a full bucket is sealed, and the sealed buckets merged
 into one sorted ``old`` array. Each array has a directory of its digests' top 16 bits,
 so a lookup (one compiled call) reads a directory entry and a few rows of each of the
-two arrays, a few microseconds whatever the horizon. A sealed
-bucket is dropped at the first window closing after its newest window is older than the
-horizon, so a digest is kept ``horizon_s`` after its window closed, and at most one
-bucket (``horizon_s / BUCKETS``) and one window's gap longer.
-Memory: 16 bytes per message of that span (measured: benchmarks/README.md, "Redelivery
-horizon").
+two arrays, a few microseconds whatever the horizon. A sealed bucket is dropped at the
+first window closing after its newest window is older than the horizon, so a digest is
+kept ``horizon_s`` after its window closed, and at most one bucket (``horizon_s /
+BUCKETS``) and one window's gap longer. Memory: 16 bytes per message of that span
+(measured: benchmarks/README.md, "Redelivery horizon").
 
 After a restart. The broker sends again every message it holds unacknowledged. Those
 processed before the stop are exactly the ones in the restored checkpoint whose
@@ -40,11 +39,14 @@ sent, or in flight, when the process ended), which the checkpoint carries as bef
 (:class:`emfence.run.acks.Acks`, the newest two windows), and, only after a broker node
 was lost within ``ack_wait`` of the restart, the windows whose PUBACKs died with that
 node. The checkpoint does not carry the whole horizon: at the national rate that is
-~45 MB of digests rewritten with every checkpoint, to cover a double fault (a broker node
-lost, then the engine restarted within ack_wait) whose cost is those few windows'
-fixes processed twice (stored twice in the track, counted twice; alarms come from state
-restored past them: a late fix). The restored digests are kept for a whole horizon from
-the start, so a NATS redelivery after ack_wait of the last windows is still recognised.
+~55 MB of digests rewritten with every checkpoint (every second or so), to cover a
+double fault (a broker node lost, then the engine restarted within ack_wait) whose cost
+is those few windows' fixes processed twice (stored twice in the track and counted
+twice; the restored state is already past them, so they meet it as old fixes). Covering
+it would take the digests of the windows acknowledged shortly before each lost
+connection in the checkpoint for a horizon after the loss (a larger row, no new
+column). The restored digests are kept for a whole horizon from the start, so a NATS
+redelivery after ack_wait of the last windows is still recognised.
 """
 
 from __future__ import annotations
