@@ -129,6 +129,12 @@ class IngestConfig:
     # three times this (the shipped mosquitto config allows 60 000), or intake stalls
     # until the periodic checkpoint.
     ack_window_messages: int = 20_000
+    # Digests of processed messages are kept this long after their acknowledgement, s,
+    # so that a message the broker sends again although it was acknowledged (the PUBACK
+    # died with a broker node: NATS re-sends after its ack_wait) is recognised, not
+    # processed twice. Longer than the broker's ack wait plus a failover; 16 bytes of
+    # memory per message received in that time.
+    redelivery_horizon_s: float = 120.0
     # Dead letters waiting for the broker; beyond this they are dropped and counted (a
     # flood of garbage must not grow memory; the rejections are still counted).
     deadletter_queue_messages: int = 10_000
@@ -294,6 +300,9 @@ def _check(config: Config, source: str | None) -> Config:
         raise ConfigError(f"must be 0 (off) or at least twice ingest.health_interval_s and "
                           f"more than ingest.reconnect_max_s, got {i.watchdog_s:g}",
                           key="ingest.watchdog_s", source=source)
+    if i.redelivery_horizon_s <= 0:
+        raise ConfigError("must be positive (seconds)", key="ingest.redelivery_horizon_s",
+                          source=source)
     for name in ("max_payload_bytes", "max_fixes_per_payload", "batch_max_messages",
                  "sweep_interval_ms", "ack_window_messages", "deadletter_queue_messages"):
         if getattr(i, name) < 1:

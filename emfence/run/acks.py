@@ -4,7 +4,10 @@ A received message is PUBACKed only after the checkpoint that contains its effec
 durable (the store's row for this worker, or with ``--checkpoint`` a file) and its alarm
 events and track rows are stored. Without rule state to keep (``--core shapely``) a
 batch is acknowledged as soon as its events and tracks are stored. Redeliveries of
-messages already processed are recognised by a digest of topic + payload.
+messages already processed are recognised by a digest of topic + payload: those of the
+last windows in sets, and every processed message's for ``ingest.redelivery_horizon_s``
+in :class:`emfence.run.redelivery.Horizon` (whose docstring says why, and what a restart
+keeps).
 
 :class:`Acks` owns every piece of that bookkeeping: the acknowledgements pending, the
 digests received / processed / being acknowledged / covered by the last checkpoints,
@@ -24,6 +27,7 @@ from pathlib import Path
 from alarms.store import StoreError
 from emfence.run.checkpoint_file import acks_path, file_digest, write_acks_file
 from emfence.run.options import MAX_OPEN_WINDOWS, AckJob, Options, wall_ms
+from emfence.run.redelivery import Horizon
 from engine.state import checkpoint_bytes, write_checkpoint
 
 log = logging.getLogger("emfence.run")
@@ -49,6 +53,14 @@ class Acks:
         self.window: set[bytes] = set()  # processed since the last checkpoint
         self.covered: deque[set[bytes]] = deque([covered or set()], maxlen=2)
         self.covered_hash: str | None = None
+        # Every processed message's digest for the horizon (the broker's ack wait and a
+        # failover); the restored ones count from the start.
+        self.horizon = Horizon(icfg.redelivery_horizon_s)
+        self.horizon.add(covered or (), time.monotonic())
+        # An acknowledgement is lost only with its connection, and the broker re-sends
+        # within its ack wait of the next: the horizon is asked only this long after a
+        # (re)connect (monotonic s); in between, every message skips that lookup.
+        self.horizon_until = time.monotonic() + icfg.redelivery_horizon_s
         self.since_checkpoint = 0
         self.jobs: asyncio.Queue[AckJob] = asyncio.Queue()
         # Set when the acknowledger takes the waiting windows: with --checkpoint, a
@@ -68,12 +80,18 @@ class Acks:
             return "join"
         if digest in self.covered[0] or (len(self.covered) > 1 and digest in self.covered[1]):
             return "ack"
+        if time.monotonic() < self.horizon_until and digest in self.horizon:
+            # Acknowledged windows ago, on a connection since lost: the ack was lost.
+            self.counters["redelivered_late"] += 1
+            return "ack"
         return None
 
     def reconnected(self, gen: int) -> None:
         """Packet ids of earlier connections are void: the broker sends those messages
-        again, and they are recognised by digest."""
+        again, and they are recognised by digest (the horizon's for the horizon from
+        now)."""
         self.pending = [a for a in self.pending if a[0] == gen]
+        self.horizon_until = time.monotonic() + self.icfg.redelivery_horizon_s
 
     def processed(self, digests: list[bytes], acks: list[tuple[int, int]], messages: int
                   ) -> bool:
@@ -156,8 +174,9 @@ class Acks:
                 if durable:
                     for a in job.acks:
                         self.ack_now(a)
+            self.covered.appendleft(window)  # recognised from here on: out of acking
+            for job in jobs:
                 self.acking -= job.window
-            self.covered.appendleft(window)
             self.counters["ack_events_wait_ms"] += round((t1 - t0) * 1000)
             self.counters["ack_windows"] += len(jobs)
             self.counters["ack_rounds"] += 1
@@ -166,6 +185,9 @@ class Acks:
             for job in jobs:
                 if job.done is not None and not job.done.done():
                     job.done.set_result(None)
+            # Beside the receiver (a sort and a merge: milliseconds at the national
+            # rate); the sets above cover the window until the next two are in.
+            await asyncio.to_thread(self.horizon.add, window, time.monotonic())
 
     async def _make_durable(self, job: AckJob, window: set[bytes]) -> bool:
         """Store ``job``'s track rows and write its checkpoint, retrying through outages.

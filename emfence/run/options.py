@@ -35,6 +35,11 @@ SHUTDOWN_FLUSH_S = 10.0
 MAX_OPEN_WINDOWS = 1
 # A health message not acknowledged within this time is given up (the next one follows).
 HEALTH_TIMEOUT_S = 5.0
+# A broker that does not acknowledge the drain marker sent after CONNACK within this
+# time is left for the next one, s: a NATS node that took the session while JetStream
+# was electing new leaders (its node killed) can keep it and never deliver a message,
+# where the client's own timeout (30 s) would hold the worker there.
+DRAIN_ACK_S = 5.0
 # A SIGTERM or SIGINT ends the process within this, s (docs/operations.md, "Signals"):
 # at most the outbox flush and the final "offline" health on a broker that stopped
 # answering; under a second otherwise. Past ingest.watchdog_s + SHUTDOWN_FLUSH_S the

@@ -15,7 +15,13 @@ import orjson
 
 from contract import deadletter_topic, drain_topic, health_topic
 from emfence.run.commands import is_reply, reply_filters
-from emfence.run.options import RETRY_LOG_EVERY_S, YIELD_EVERY, message_digest, wall_ms
+from emfence.run.options import (
+    DRAIN_ACK_S,
+    RETRY_LOG_EVERY_S,
+    YIELD_EVERY,
+    message_digest,
+    wall_ms,
+)
 from ingest.decode import (
     PayloadError,
     deadletter_record,
@@ -264,10 +270,13 @@ class Receiver:
                      engine_client_id(self.opts.name, self.broker.username))
         self.hold.connected(reconnect, now)  # CONNACK and SUBACKs: the broker answers
         # The marker queues behind whatever the session holds: its arrival means drained.
+        # Not acknowledged in DRAIN_ACK_S: the broker cannot store it, the session does
+        # not work there (aiomqtt.MqttError: on to the next broker).
         self.drain_nonce = secrets.token_hex(8)
         self._drain_sent_ms = now
         self._drain_messages = self.counters["messages"]
-        await client.publish(self.drain_topic, self.drain_nonce.encode(), qos=1)
+        await client.publish(self.drain_topic, self.drain_nonce.encode(), qos=1,
+                             timeout=DRAIN_ACK_S)
         await self.announce(client)
 
     async def _subscribe(self, client) -> None:

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 from ingest_fleet import CONSOLE_PW, ENGINE_PW, LOADGEN_PW, ROOT, SECRET, until
@@ -86,6 +87,7 @@ class Node:
 
     def __init__(self, i: int, port: int, conf, log):
         self.i, self.port, self.conf, self.log = i, port, conf, log
+        self.name = f"emfence-nats-{i}"  # its server_name (deploy/nats/node-I.conf)
         self.url, self.auth = f"mqtt://127.0.0.1:{port}", False
         self.proc: subprocess.Popen | None = None
 
@@ -96,13 +98,19 @@ class Node:
 class NatsCluster:
     """deploy/nats/node-{1,2,3}.conf, mqtt.conf and an accounts.conf written by
     deploy/nats/nats_users.py for ``fleet`` (the worker-1 engine, the console and the
-    load generator), rewritten only for free ports and a store directory under ``root``."""
+    load generator), rewritten only for free ports and a store directory under ``root``
+    (and, given ``ack_wait``, mqtt.conf's ack_wait: a test that waits for NATS to re-send
+    need not wait the shipped 60 s)."""
 
-    def __init__(self, root, fleet):
+    def __init__(self, root, fleet, ack_wait: str | None = None):
         self.binary = nats_binary()
         self.dir = root / "nats"
         self.dir.mkdir()
-        shutil.copy(DEPLOY / "mqtt.conf", self.dir / "mqtt.conf")
+        mqtt = (DEPLOY / "mqtt.conf").read_text()
+        if ack_wait is not None:
+            mqtt, n = re.subn(r'(?m)^ack_wait: "[^"]*"', f'ack_wait: "{ack_wait}"', mqtt)
+            assert n == 1, "deploy/nats/mqtt.conf has no ack_wait line"
+        (self.dir / "mqtt.conf").write_text(mqtt)
         self.write_accounts(root, fleet)
         text = {i: (DEPLOY / f"node-{i}.conf").read_text() for i in range(1, NODES + 1)}
         shipped = sorted({int(p) for t in text.values()
@@ -148,6 +156,24 @@ class NatsCluster:
 
     def node_of(self, port: int) -> Node:
         return next(n for n in self.nodes if n.port == port)
+
+    def consumer_leader(self, filter_suffix: str) -> str | None:
+        """The server name (``emfence-nats-I``) leading the MQTT session consumer whose
+        filter ends with ``filter_suffix`` (NATS monitoring, /jsz); None if none."""
+        for n in self.nodes:
+            if n.proc is None:
+                continue
+            port = re.search(r"(?m)^http: 127\.0\.0\.1:(\d+)", n.conf.read_text()).group(1)
+            url = (f"http://127.0.0.1:{port}/jsz?accounts=true&streams=true&consumers=true"
+                   "&config=true")
+            with urllib.request.urlopen(url, timeout=10) as r:
+                data = json.load(r)
+            for account in data.get("account_details") or []:
+                for stream in account.get("stream_detail") or []:
+                    for c in stream.get("consumer_detail") or []:
+                        if c.get("config", {}).get("filter_subject", "").endswith(filter_suffix):
+                            return c.get("cluster", {}).get("leader")
+        return None
 
     def kill9(self, node: Node) -> None:
         node.proc.send_signal(signal.SIGKILL)

@@ -136,7 +136,10 @@ class Publisher(threading.Thread):
 def final_health(broker_port: int) -> dict:
     reader = PahoClient(broker_port, CONSOLE_USER, CONSOLE_PW)
     try:
-        reader.subscribe("emfence/v1/engine/+/health")
+        # QoS 0: a retained message needs no queue (on NATS a QoS 1 subscription is a
+        # JetStream consumer, which a node may fail to create for a while after another
+        # node of the cluster was killed).
+        reader.subscribe("emfence/v1/engine/+/health", qos=0)
         return orjson.loads(reader.get()[1])
     finally:
         reader.close()
