@@ -19,6 +19,7 @@ from engine.evidence import DEVICE_EVIDENCE, device_evidence
 from engine.per_subject import CHECKPOINT_KEY, SUBJECT_TYPES, SubjectEpisodes
 from engine.positions import Positions
 from engine.registry import F_KERNEL, Registry
+from engine.remap import remap_ids, remap_registry
 from engine.relation_kernels import N_CFG as N_REL_CFG
 from engine.relations import (
     adopt_relations,
@@ -38,8 +39,8 @@ from engine.state import (
     DeviceState,
     adopt,
     bytes_per_device,
+    IdArrays,
     carried_ext,
-    id_arrays,
     load_checkpoint,
     load_checkpoint_bytes,
     new_state,
@@ -382,19 +383,24 @@ class Engine:
     def _reconcile(self) -> None:
         """Fit the open subject alarms to the state and registry (after a restore or a
         reload: engine.per_subject.SubjectEpisodes.reconcile)."""
-        folded = {s.subject_id for s in self.registry.subjects if len(s.device_ids) > 1} \
+        rows, subjects = self._open_device_episodes()
+        # (reconcile asks only about subjects with an open device episode: those alone)
+        folded = {s.subject_id for s in subjects if len(s.device_ids) > 1} \
             if self._alarm_per == "subject" else set()
-        self._per_subject.reconcile(self._open_device_episodes(), folded)
+        self._per_subject.reconcile(rows, folded)
 
-    def _open_device_episodes(self) -> list[tuple[str, str, str, str | None, int]]:
+    def _open_device_episodes(self) -> tuple[list[tuple[str, str, str, str | None, int]],
+                                             list[Any]]:
         """(subject id, device id, type, zone id, at) of every open device episode, in
-        device order (engine.per_subject.SubjectEpisodes.reconcile)."""
+        device order (engine.per_subject.SubjectEpisodes.reconcile), and their subjects."""
         reg = self.registry
-        index = {dev: d for d, dev in enumerate(reg.device_ids)}
+        index = reg._device_index
         subject_of = reg.arrays.device_subject
-        rows = [(reg.subjects[int(subject_of[index[a["device_id"]]])].subject_id,
-                 a["device_id"], a["type"], a["zone_id"], a["at"]) for a in self.open_alarms()]
-        return sorted(rows, key=lambda r: (index[r[1]], r[2], r[3] or "", r[4]))
+        alarms = self.open_alarms()
+        subjects = [reg.subjects[int(subject_of[index[a["device_id"]]])] for a in alarms]
+        rows = [(s.subject_id, a["device_id"], a["type"], a["zone_id"], a["at"])
+                for s, a in zip(subjects, alarms, strict=True)]
+        return sorted(rows, key=lambda r: (index[r[1]], r[2], r[3] or "", r[4])), subjects
 
     def _open(self, d: int, typ: int, z: int, at: int) -> dict:
         device_id = self.registry.device_ids[d]
@@ -413,8 +419,11 @@ class Engine:
         a large fleet); ``engine.state.write_checkpoint(path, snapshot)`` writes it later,
         e.g. in another thread while this engine goes on processing."""
         if self._ids is None:  # the ids change only with the registry (reload)
-            self._ids = id_arrays(self.registry.device_ids, self.registry.slot_keys(),
-                                  list(self.zones.zone_ids))
+            reg = self.registry
+            zone_ids = np.array(list(self.zones.zone_ids), dtype=np.str_).reshape(-1)
+            slot_dev, slot_zone = reg.slot_arrays()
+            self._ids = IdArrays(reg.device_id_array, reg.device_id_array[slot_dev],
+                                 zone_ids[slot_zone], zone_ids)
         arrays = snapshot_arrays(self.state, self._ids, self._counters)
         arrays[CHECKPOINT_KEY] = self._per_subject.to_array()
         arrays.update(relation_snapshot(self.rel_state, self._rel_keys))
@@ -442,11 +451,11 @@ class Engine:
                   relations=None) -> Engine:
         state, device_ids, slot_keys, zone_ids, counters, extras = loaded
         eng = cls(zones, registry, config)
+        remap = remap_ids(device_ids, slot_keys, zone_ids, registry, zones.zone_ids)
         eng.state = new_state(registry.n_devices, registry.n_slots, _scheduled(registry)
-                              | carried_ext(state, device_ids, registry.device_ids))
+                              | carried_ext(state, remap.dev_old))
         eng._bind()
-        adopt(state, device_ids, slot_keys, zone_ids, eng.state, registry.device_ids,
-              registry.slot_keys(), dict(zones.index))
+        adopt(state, eng.state, remap)
         eng._per_subject = SubjectEpisodes.from_array(extras.get(CHECKPOINT_KEY))
         eng._reconcile()
         eng._counters[: len(counters)] = counters[: K.N_COUNTERS]
@@ -466,11 +475,10 @@ class Engine:
         if config is not None:
             self.config = config
             self._set_rules(config)
+        remap = remap_registry(self.registry, registry, self.zones.zone_ids, zones.zone_ids)
         fresh = new_state(registry.n_devices, registry.n_slots, _scheduled(registry)
-                          | carried_ext(self.state, self.registry.device_ids, registry.device_ids))
-        stats = adopt(self.state, self.registry.device_ids, self.registry.slot_keys(),
-                      list(self.zones.zone_ids), fresh, registry.device_ids,
-                      registry.slot_keys(), dict(zones.index))
+                          | carried_ext(self.state, remap.dev_old))
+        stats = adopt(self.state, fresh, remap)
         recompute_deadlines(fresh, registry.arrays.device_level, self._offline_after_ms,
                             self._no_fix_after_ms)
         self.zones, self.registry, self.state = zones, registry, fresh

@@ -139,6 +139,12 @@ class Registry:
                 self.device_kinds.append(s.device_kinds[k] if s.device_kinds else "bracelet")
                 dev_subject.append(s_idx)
         self.regions: set[str] = {s.region for s in subjects}
+        # The ids as one array (engine.remap looks them up sorted: a reload, a restore, the
+        # checkpoint's ids) and the kinds as DEVICE_KINDS codes (engine.relations)
+        self.device_id_array = np.array(self.device_ids, dtype=np.str_).reshape(-1)
+        kind_code = {k: i for i, k in enumerate(DEVICE_KINDS)}
+        self.device_kind_code = np.fromiter(map(kind_code.__getitem__, self.device_kinds),
+                                            dtype=np.int8, count=len(self.device_kinds))
 
         def csr(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
             off = np.zeros(len(lists) + 1, dtype=np.int32)
@@ -215,13 +221,24 @@ class Registry:
         code = int(self.arrays.device_level[idx])
         return LEVELS[code] if code < len(LEVELS) else "protected"
 
+    def slot_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(device index, exclusion zone index) of every exclusion state slot, in slot
+        order (int64 each): slot ``device_slot_off[d] + k`` is device d's subject's
+        exclusion zone k."""
+        a = self.arrays
+        counts = np.diff(a.device_slot_off).astype(np.int64)
+        device = np.repeat(np.arange(self.n_devices, dtype=np.int64), counts)
+        # the slot's index in excl_zone: its subject's excl_off, plus k
+        base = a.excl_off[a.device_subject].astype(np.int64) - a.device_slot_off[:-1]
+        zone = a.excl_zone[np.repeat(base, counts) + np.arange(self.n_slots, dtype=np.int64)]
+        return device, zone.astype(np.int64)
+
     def slot_keys(self) -> list[tuple[str, str]]:
         """(device_id, exclusion zone_id) of every exclusion state slot, in slot order."""
-        keys = []
-        for d, dev in enumerate(self.device_ids):
-            for z in self.subjects[int(self.arrays.device_subject[d])].exclusion:
-                keys.append((dev, z))
-        return keys
+        device, zone = self.slot_arrays()
+        zone_ids = self.zone_ids
+        return list(zip(self.device_id_array[device].tolist(), [zone_ids[z] for z in
+                                                              zone.tolist()]))
 
     def __repr__(self) -> str:
         return (f"Registry({len(self.subjects)} subjects, {self.n_devices} devices, "
