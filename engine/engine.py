@@ -19,7 +19,6 @@ from engine.evidence import DEVICE_EVIDENCE, device_evidence
 from engine.per_subject import CHECKPOINT_KEY, SUBJECT_TYPES, SubjectEpisodes
 from engine.positions import Positions
 from engine.registry import F_KERNEL, Registry
-from engine.remap import remap_ids, remap_registry
 from engine.relation_kernels import N_CFG as N_REL_CFG
 from engine.relations import (
     adopt_relations,
@@ -30,6 +29,7 @@ from engine.relations import (
     relation_open_alarms,
     relation_snapshot,
 )
+from engine.remap import remap_ids, remap_registry
 from engine.state import (
     D_NO_FIX_AT,
     D_POWER_OFF_AT,
@@ -37,9 +37,9 @@ from engine.state import (
     X_CURFEW_ZONE,
     X_OUT_TYPE,
     DeviceState,
+    IdArrays,
     adopt,
     bytes_per_device,
-    IdArrays,
     carried_ext,
     load_checkpoint,
     load_checkpoint_bytes,
