@@ -8,6 +8,15 @@ from typing import Any
 
 import numpy as np
 
+from engine.engine import _scheduled
+from engine.relations import (
+    RelationArrays,
+    RelationKeys,
+    _contact_key,
+    _offsets,
+    _per_slot,
+    new_relation_state,
+)
 from engine.state import (
     EXT_FRESH,
     NONE_MS,
@@ -18,6 +27,8 @@ from engine.state import (
     X_CURFEW_ZONE,
     X_OUT_TYPE,
     DeviceState,
+    new_state,
+    recompute_deadlines,
 )
 
 
@@ -123,3 +134,125 @@ def folded(engine: Any) -> set[str]:
     """The subjects folded per subject, as the reconcile after a reload was given them."""
     return {s.subject_id for s in engine.registry.subjects if len(s.device_ids) > 1} \
         if engine._alarm_per == "subject" else set()
+
+
+def protection(registry: Any) -> tuple[dict[int, list[int]], list[list[int]]]:
+    index = registry.device_index
+    person_devs = [[index(d) for d in p.device_ids] for p in registry.protected]
+    subject_of = {sid: s for s, sid in enumerate(registry.subject_ids)}
+    watched: dict[int, list[int]] = {}
+    for v, p in enumerate(registry.protected):
+        for sid in p.protected_from:
+            for dev in registry.subjects[subject_of[sid]].device_ids:
+                watched.setdefault(index(dev), []).append(v)
+    return watched, person_devs
+
+
+def contact_pairs(registry: Any) -> list[tuple[int, int]]:
+    index = {sid: s for s, sid in enumerate(registry.subject_ids)}
+    pairs = set()
+    for s in registry.subjects[:len(registry.subject_ids)]:
+        for other in s.contacts:
+            a, b = sorted((s.subject_id, other))
+            pairs.add((index[a], index[b]))
+    return sorted(pairs, key=lambda p: (registry.subject_ids[p[0]], registry.subject_ids[p[1]]))
+
+
+def relation_arrays(registry: Any) -> tuple[RelationArrays, RelationKeys]:
+    pairs, sep_keys = separation_pairs(registry)
+    watched, person_devs = protection(registry)
+    contacts = contact_pairs(registry)
+    subj_dev_off = np.zeros(len(registry.subjects) + 1, dtype=np.int32)
+    if contacts:
+        subj_dev_off[1:] = np.cumsum([len(s.device_ids) for s in registry.subjects])
+    cont_of: dict[int, list[int]] = {}
+    for c, pair in enumerate(contacts):
+        for s in pair:
+            for d in range(subj_dev_off[s], subj_dev_off[s + 1]):
+                cont_of.setdefault(d, []).append(c)
+    sep_dev = np.array(pairs, dtype=np.int32).reshape(len(pairs), 2)
+    person_dev = np.array([d for x in person_devs for d in x], dtype=np.int32)
+    related = np.unique(np.concatenate([
+        sep_dev.ravel(), np.fromiter(watched, dtype=np.int32, count=len(watched)), person_dev,
+        np.fromiter(cont_of, dtype=np.int32, count=len(cont_of))]).astype(np.int32))
+    dev_rel = np.full(registry.n_devices, -1, dtype=np.int32)
+    dev_rel[related] = np.arange(len(related), dtype=np.int32)
+    rel_sep = np.full(len(related), -1, dtype=np.int32)
+    rel_sep[dev_rel[sep_dev[:, 0]]] = np.arange(len(pairs), dtype=np.int32)
+    rel_sep[dev_rel[sep_dev[:, 1]]] = np.arange(len(pairs), dtype=np.int32)
+    related_list = related.tolist()
+    prox_lists = _per_slot(watched, related_list)
+    cont_lists = _per_slot(cont_of, related_list)
+    arrays = RelationArrays(
+        dev_rel=dev_rel, rel_dev=related, rel_sep=rel_sep, sep_dev=sep_dev,
+        prox_off=_offsets(prox_lists, len(related)),
+        prox_person=np.array([v for x in prox_lists.values() for v in x], dtype=np.int32),
+        person_dev_off=_offsets(person_devs), person_dev=person_dev,
+        subj_dev_off=subj_dev_off if contacts else np.zeros(1, dtype=np.int32),
+        cont_off=_offsets(cont_lists, len(related)),
+        cont_pair=np.array([c for x in cont_lists.values() for c in x], dtype=np.int32),
+        cont_subj=np.array(contacts, dtype=np.int32).reshape(len(contacts), 2),
+    )
+    ids = registry.device_ids
+    persons = [p.person_id for p in registry.protected]
+    keys = RelationKeys(sep=sep_keys,
+                        prox=[f"{ids[related_list[r]]}\x1f{persons[v]}"
+                              for r, x in prox_lists.items() for v in x],
+                        contact=[_contact_key(registry, a, b) for a, b in contacts])
+    return arrays, keys
+
+
+def open_device_episodes(engine: Any) -> list[tuple[str, str, str, str | None, int]]:
+    reg = engine.registry
+    index = {dev: d for d, dev in enumerate(reg.device_ids)}
+    subject_of = reg.arrays.device_subject
+    rows = [(reg.subjects[int(subject_of[index[a["device_id"]]])].subject_id,
+             a["device_id"], a["type"], a["zone_id"], a["at"]) for a in engine.open_alarms()]
+    return sorted(rows, key=lambda r: (index[r[1]], r[2], r[3] or "", r[4]))
+
+
+def reload(engine: Any, zones: Any, registry: Any) -> dict[str, int]:
+    """Engine.reload as it was (without a new config)."""
+    engine._check_zones(zones, registry)
+    fresh = new_state(registry.n_devices, registry.n_slots, _scheduled(registry)
+                      | carried_ext(engine.state, engine.registry.device_ids,
+                                    registry.device_ids))
+    stats = adopt(engine.state, engine.registry.device_ids, slot_keys(engine.registry),
+                  list(engine.zones.zone_ids), fresh, registry.device_ids,
+                  slot_keys(registry), dict(zones.index))
+    recompute_deadlines(fresh, registry.arrays.device_level, engine._offline_after_ms,
+                        engine._no_fix_after_ms)
+    engine.zones, engine.registry, engine.state = zones, registry, fresh
+    relations, rel_keys = relation_arrays(registry)
+    rel_state = new_relation_state(relations)
+    adopt_relations(engine.rel_state, engine._rel_keys, rel_state, rel_keys)
+    engine.relations, engine._rel_keys, engine.rel_state = relations, rel_keys, rel_state
+    engine._ids = None
+    engine._bind()
+    engine._per_subject.reconcile(open_device_episodes(engine), folded(engine))
+    return stats
+
+
+def restore_bytes(data: bytes, zones: Any, registry: Any, config: Any) -> Any:
+    """Engine.restore_bytes as it was."""
+    from engine import Engine
+    from engine.per_subject import CHECKPOINT_KEY, SubjectEpisodes
+    from engine.relations import load_relation_snapshot
+    from engine.state import load_checkpoint_bytes
+
+    state, device_ids, keys, zone_ids, counters, extras = load_checkpoint_bytes(data, "ref")
+    eng = Engine(zones, registry, config)
+    eng.state = new_state(registry.n_devices, registry.n_slots, _scheduled(registry)
+                          | carried_ext(state, device_ids, registry.device_ids))
+    eng._bind()
+    adopt(state, device_ids, keys, zone_ids, eng.state, registry.device_ids,
+          slot_keys(registry), dict(zones.index))
+    eng._per_subject = SubjectEpisodes.from_array(extras.get(CHECKPOINT_KEY))
+    eng._per_subject.reconcile(open_device_episodes(eng), folded(eng))
+    eng._counters[: len(counters)] = counters[: len(eng._counters)]
+    recompute_deadlines(eng.state, registry.arrays.device_level, eng._offline_after_ms,
+                        eng._no_fix_after_ms)
+    relations = load_relation_snapshot(data)
+    if relations is not None:
+        adopt_relations(*relations, eng.rel_state, eng._rel_keys)
+    return eng
