@@ -37,7 +37,6 @@ from engine.state import (
     X_CURFEW_ZONE,
     X_OUT_TYPE,
     DeviceState,
-    IdArrays,
     adopt,
     bytes_per_device,
     carried_ext,
@@ -45,6 +44,7 @@ from engine.state import (
     load_checkpoint_bytes,
     new_state,
     recompute_deadlines,
+    registry_id_arrays,
     snapshot_arrays,
     write_checkpoint,
 )
@@ -382,25 +382,20 @@ class Engine:
 
     def _reconcile(self) -> None:
         """Fit the open subject alarms to the state and registry (after a restore or a
-        reload: engine.per_subject.SubjectEpisodes.reconcile)."""
-        rows, subjects = self._open_device_episodes()
+        reload: engine.per_subject.SubjectEpisodes.reconcile, given (subject id, device id,
+        type, zone id, at) of every open device episode in device order)."""
+        reg = self.registry
+        index = reg._device_index
+        alarms = self.open_alarms()
+        subjects = [reg.subjects[int(reg.arrays.device_subject[index[a["device_id"]]])]
+                    for a in alarms]
+        rows = sorted(((s.subject_id, a["device_id"], a["type"], a["zone_id"], a["at"])
+                       for s, a in zip(subjects, alarms, strict=True)),
+                      key=lambda r: (index[r[1]], r[2], r[3] or "", r[4]))
         # (reconcile asks only about subjects with an open device episode: those alone)
         folded = {s.subject_id for s in subjects if len(s.device_ids) > 1} \
             if self._alarm_per == "subject" else set()
         self._per_subject.reconcile(rows, folded)
-
-    def _open_device_episodes(self) -> tuple[list[tuple[str, str, str, str | None, int]],
-                                             list[Any]]:
-        """(subject id, device id, type, zone id, at) of every open device episode, in
-        device order (engine.per_subject.SubjectEpisodes.reconcile), and their subjects."""
-        reg = self.registry
-        index = reg._device_index
-        subject_of = reg.arrays.device_subject
-        alarms = self.open_alarms()
-        subjects = [reg.subjects[int(subject_of[index[a["device_id"]]])] for a in alarms]
-        rows = [(s.subject_id, a["device_id"], a["type"], a["zone_id"], a["at"])
-                for s, a in zip(subjects, alarms, strict=True)]
-        return sorted(rows, key=lambda r: (index[r[1]], r[2], r[3] or "", r[4])), subjects
 
     def _open(self, d: int, typ: int, z: int, at: int) -> dict:
         device_id = self.registry.device_ids[d]
@@ -419,11 +414,7 @@ class Engine:
         a large fleet); ``engine.state.write_checkpoint(path, snapshot)`` writes it later,
         e.g. in another thread while this engine goes on processing."""
         if self._ids is None:  # the ids change only with the registry (reload)
-            reg = self.registry
-            zone_ids = np.array(list(self.zones.zone_ids), dtype=np.str_).reshape(-1)
-            slot_dev, slot_zone = reg.slot_arrays()
-            self._ids = IdArrays(reg.device_id_array, reg.device_id_array[slot_dev],
-                                 zone_ids[slot_zone], zone_ids)
+            self._ids = registry_id_arrays(self.registry, self.zones.zone_ids)
         arrays = snapshot_arrays(self.state, self._ids, self._counters)
         arrays[CHECKPOINT_KEY] = self._per_subject.to_array()
         arrays.update(relation_snapshot(self.rel_state, self._rel_keys))

@@ -307,6 +307,15 @@ def id_arrays(device_ids: list[str], slot_keys: list[tuple[str, str]],
                     np.array(zone_ids, dtype=np.str_))
 
 
+def registry_id_arrays(registry, zone_ids) -> IdArrays:
+    """:func:`id_arrays` of an :class:`engine.registry.Registry` on zones ``zone_ids``,
+    gathered from its arrays (no Python loop over the devices or the slots)."""
+    zones = np.array(list(zone_ids), dtype=np.str_).reshape(-1)
+    slot_dev, slot_zone = registry.slot_arrays()
+    ids = registry.device_id_array
+    return IdArrays(ids, ids[slot_dev], zones[slot_zone], zones)
+
+
 def snapshot_arrays(state: DeviceState, ids: IdArrays, counters: np.ndarray
                     ) -> dict[str, np.ndarray]:
     """What a checkpoint file holds, copied: the state may change as soon as this returns
