@@ -28,6 +28,7 @@ from engine.relations import (
     relation_event_parts,
     relation_open_alarms,
     relation_snapshot,
+    reloaded_relations,
 )
 from engine.remap import remap_ids, remap_registry
 from engine.state import (
@@ -357,10 +358,10 @@ class Engine:
                 overdue = typ == K.T_OUTBOUND and st.ext[st.ext_row[d], X_OUT_TYPE] == 1
                 out.append(self._open(d, K.T_LEAVE_OVERDUE if overdue else typ, z,
                                       int(arr[d])))
-        x = st.ext[st.ext_row]  # (a device without a row of its own reads row 0: fresh)
-        for d in np.flatnonzero(x[:, X_CURFEW_AT] != K.NONE_MS).tolist():
-            out.append(self._open(d, K.T_CURFEW, int(x[d, X_CURFEW_ZONE]),
-                                  int(x[d, X_CURFEW_AT])))
+        x = st.ext  # (a device without a row of its own reads row 0: fresh)
+        for d in np.flatnonzero(x[st.ext_row, X_CURFEW_AT] != K.NONE_MS).tolist():
+            out.append(self._open(d, K.T_CURFEW, int(x[st.ext_row[d], X_CURFEW_ZONE]),
+                                  int(x[st.ext_row[d], X_CURFEW_AT])))
         for typ, d, at, person in relation_open_alarms(self.relations, self.rel_state,
                                                        self.registry):
             out.append(self._open(d, ALARM_TYPES.index(typ), -1, at))
@@ -473,10 +474,9 @@ class Engine:
         recompute_deadlines(fresh, registry.arrays.device_level, self._offline_after_ms,
                             self._no_fix_after_ms)
         self.zones, self.registry, self.state = zones, registry, fresh
-        relations, rel_keys = relation_arrays(registry)
-        rel_state = new_relation_state(relations)
-        adopt_relations(self.rel_state, self._rel_keys, rel_state, rel_keys)
-        self.relations, self._rel_keys, self.rel_state = relations, rel_keys, rel_state
+        self.relations, self._rel_keys, self.rel_state = reloaded_relations(
+            (self.relations, self.rel_state, self._rel_keys), registry, remap.dev_old,
+            remap.n_old_devices)
         self._ids = None
         self._bind()
         self._reconcile()

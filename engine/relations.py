@@ -29,7 +29,7 @@ import numpy as np
 
 from contract.alarms import DEVICE_KINDS
 from engine.relation_kernels import EF_PEER_ACC, EF_PEER_LAT, EF_PEER_LON, EV_PEER
-from engine.remap import index_of
+from engine.remap import index_of, pair_old
 from engine.state import NONE_MS
 
 # RelationState.sep columns
@@ -243,18 +243,33 @@ def load_relation_snapshot(source: Any) -> tuple[RelationState, RelationKeys] | 
     return state, keys
 
 
+def reloaded_relations(old: tuple[RelationArrays, RelationState, RelationKeys],
+                       registry: Any, dev_old: np.ndarray, n_old_devices: int
+                       ) -> tuple[RelationArrays, RelationKeys, RelationState]:
+    """The relations of ``registry``, their state carried over from ``old`` (see
+    :func:`adopt_relations`; ``dev_old``: each device's old row, engine.remap)."""
+    relations, keys = relation_arrays(registry)
+    state = new_relation_state(relations)
+    sep_old = pair_old(old[0].sep_dev, old[2].sep, relations.sep_dev, keys.sep, dev_old,
+                       n_old_devices)
+    adopt_relations(old[1], old[2], state, keys, sep_old)
+    return relations, keys, state
+
+
 def adopt_relations(old: RelationState, old_keys: RelationKeys, new: RelationState,
-                    new_keys: RelationKeys) -> None:
+                    new_keys: RelationKeys, sep_old: np.ndarray | None = None) -> None:
     """Copy ``old`` into ``new`` by key: a separation pair's episode and run by
     (subject, bracelet, phone), a proximity episode by (device, person); a pair whose
     devices changed starts fresh (its open alarm, if any, stays open in the store for the
-    operator), as does a protection that was lifted."""
+    operator), as does a protection that was lifted. ``sep_old``: the old pair of each
+    new one, when known (:func:`engine.remap.pair_old`)."""
     for old_t, new_t, ok, nk in ((old.sep, new.sep, old_keys.sep, new_keys.sep),
                                  (old.prox_at, new.prox_at, old_keys.prox, new_keys.prox),
                                  (old.contact, new.contact, old_keys.contact, new_keys.contact)):
         if len(ok) == 0 or len(nk) == 0:
             continue
-        pos = index_of(np.array(ok, dtype=np.str_), np.array(nk, dtype=np.str_))
+        pos = sep_old if sep_old is not None and new_t is new.sep else index_of(
+            np.array(ok, dtype=np.str_), np.array(nk, dtype=np.str_))
         kept = np.flatnonzero(pos >= 0)
         new_t[kept] = old_t[pos[kept]]
 

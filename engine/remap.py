@@ -100,3 +100,23 @@ def remap_ids(device_ids: Any, slot_keys: Any, zone_ids: Any, new: Any,
                            len(new_zone_arr))
     return Remap(index_of(_strings(device_ids), new.device_id_array), slot_old,
                  _zone_new(zone_ids, new_zone_ids), len(device_ids), len(slot_keys))
+
+
+def pair_old(old_pairs: np.ndarray, old_keys: list[str], new_pairs: np.ndarray,
+             new_keys: list[str], dev_old: np.ndarray, n_old_devices: int) -> np.ndarray:
+    """The old separation pair each new one continues (-1: none), as matching their keys
+    (subject, bracelet and phone ids; unique in a registry) would: the one candidate is
+    the old pair whose bracelet is the new bracelet's old row, kept if the keys are equal
+    (``old_pairs``/``new_pairs``: (bracelet, phone) device rows, int[n, 2])."""
+    out = np.full(len(new_pairs), -1, dtype=np.int64)
+    if len(old_pairs) == 0 or len(new_pairs) == 0:
+        return out
+    pair_of = np.full(n_old_devices, -1, dtype=np.int64)
+    pair_of[old_pairs[:, 0]] = np.arange(len(old_pairs))
+    bracelet = dev_old[new_pairs[:, 0]]
+    cand = np.where(bracelet >= 0, pair_of[np.maximum(bracelet, 0)], -1)
+    p = np.flatnonzero(cand >= 0)
+    same = np.array([old_keys[q] == new_keys[j] for j, q in zip(p.tolist(), cand[p].tolist())],
+                    dtype=bool).reshape(-1)
+    out[p[same]] = cand[p[same]]
+    return out
