@@ -161,10 +161,10 @@ def carried_ext(old: DeviceState, dev_old: np.ndarray) -> np.ndarray:
     must still clear as such). ``dev_old``: each new device's old row, -1 for a new one
     (:class:`engine.remap.Remap`)."""
     fresh = np.array(EXT_FRESH, dtype=np.int64)
-    busy = np.any(old.ext[old.ext_row] != fresh, axis=1)
+    busy = np.any(old.ext != fresh, axis=1)  # per row, not per device (ext_row gathers)
     out = np.zeros(len(dev_old), dtype=bool)
     kept = dev_old >= 0
-    out[kept] = busy[dev_old[kept]]
+    out[kept] = busy[old.ext_row[dev_old[kept]]]
     return out
 
 
