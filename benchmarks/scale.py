@@ -13,7 +13,8 @@ one core (NUMBA_NUM_THREADS=1), no I/O:
 
 - ``build``: seconds to load and compile the national zone set, to read the register
   (``load_registry``) and to build an :class:`engine.Engine`, and the seconds of
-  ``Engine.reload`` of the whole register (what a SIGHUP or a register change costs);
+  ``Engine.reload`` of the whole register (what a SIGHUP or a register change costs the
+  processing thread; the register read beforehand, ``load_registry``, is timed apart);
 - ``memory``: bytes per device, measured from the rule state's arrays
   (``Engine.bytes_per_device``) and as everything allocated (Python objects and numpy
   arrays, ``tracemalloc``) from reading the register to after the engine's first full
@@ -35,8 +36,10 @@ import os
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
 import argparse
+import cProfile
 import gc
 import json
+import pstats
 import resource
 import sqlite3
 import sys
@@ -98,9 +101,11 @@ def add_leaves(subjects: dict, seed: int) -> int:
     return n
 
 
-def bench_build(zone_list, subjects: dict) -> tuple[dict, object, object]:
+def bench_build(zone_list, subjects: dict, profile_top: int = 0) -> tuple[dict, object, object]:
     """Seconds to compile the zones, read the register and build an engine, and of a
-    reload of the whole register; returns (figures, zones, registry)."""
+    reload of the whole register (``Engine.reload``, the register read again beforehand
+    and timed apart); returns (figures, zones, registry). ``profile_top``: print that
+    many lines of a second reload's cProfile (by own time) to stderr."""
     from emfence.config import Config
     from engine import Engine, load_registry
     from geofence import compile_zones
@@ -116,10 +121,18 @@ def bench_build(zone_list, subjects: dict) -> tuple[dict, object, object]:
     engine = Engine(zones, registry, Config())
     engine_s = time.perf_counter() - t
     t = time.perf_counter()
-    kept = engine.reload(zones, load_registry(subjects, zones))
+    again = load_registry(subjects, zones)  # (a worker reads it off its processing thread)
+    reread_s = time.perf_counter() - t
+    gc.collect()
+    t = time.perf_counter()
+    kept = engine.reload(zones, again)
     reload_s = time.perf_counter() - t
+    if profile_top:  # (a second reload, so that the profiler's cost is not timed above)
+        profile = cProfile.Profile()
+        profile.runcall(engine.reload, zones, load_registry(subjects, zones))
+        pstats.Stats(profile, stream=sys.stderr).sort_stats("tottime").print_stats(profile_top)
     return ({"compile_zones_s": round(compile_s, 2), "load_registry_s": round(registry_s, 2),
-             "engine_s": round(engine_s, 2),
+             "engine_s": round(engine_s, 2), "reload_load_registry_s": round(reread_s, 2),
              "reload_whole_register_s": round(reload_s, 2), "reload_kept": kept},
             zones, registry)
 
@@ -198,7 +211,7 @@ def run(args: argparse.Namespace) -> dict:
     per_set = {}
     for label, counties in (("national", national), ("henan", load_zones(COUNTIES))):
         zone_list, subjects, fixes, leaves = _fleet(counties, args)
-        build, zones, registry = bench_build(zone_list, subjects)
+        build, zones, registry = bench_build(zone_list, subjects, args.profile_reload)
         entry = {"counties": len(counties), "zones": len(zones.zone_ids), "leaves": leaves,
                  "build": build}
         if label == "national":
@@ -227,6 +240,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="random points per county that fixes are drawn from")
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--profile-reload", type=int, default=0, metavar="N",
+                   help="print the N costliest functions of each reload (cProfile) to stderr")
     args = p.parse_args(argv)
     if args.quick:
         args.subjects, args.fixes, args.repeat = 20_000, 200_000, 1

@@ -28,7 +28,9 @@ from engine.relations import (
     relation_event_parts,
     relation_open_alarms,
     relation_snapshot,
+    reloaded_relations,
 )
+from engine.remap import remap_ids, remap_registry
 from engine.state import (
     D_NO_FIX_AT,
     D_POWER_OFF_AT,
@@ -39,11 +41,11 @@ from engine.state import (
     adopt,
     bytes_per_device,
     carried_ext,
-    id_arrays,
     load_checkpoint,
     load_checkpoint_bytes,
     new_state,
     recompute_deadlines,
+    registry_id_arrays,
     snapshot_arrays,
     write_checkpoint,
 )
@@ -356,10 +358,10 @@ class Engine:
                 overdue = typ == K.T_OUTBOUND and st.ext[st.ext_row[d], X_OUT_TYPE] == 1
                 out.append(self._open(d, K.T_LEAVE_OVERDUE if overdue else typ, z,
                                       int(arr[d])))
-        x = st.ext[st.ext_row]  # (a device without a row of its own reads row 0: fresh)
-        for d in np.flatnonzero(x[:, X_CURFEW_AT] != K.NONE_MS).tolist():
-            out.append(self._open(d, K.T_CURFEW, int(x[d, X_CURFEW_ZONE]),
-                                  int(x[d, X_CURFEW_AT])))
+        x = st.ext  # (a device without a row of its own reads row 0: fresh)
+        for d in np.flatnonzero(x[st.ext_row, X_CURFEW_AT] != K.NONE_MS).tolist():
+            out.append(self._open(d, K.T_CURFEW, int(x[st.ext_row[d], X_CURFEW_ZONE]),
+                                  int(x[st.ext_row[d], X_CURFEW_AT])))
         for typ, d, at, person in relation_open_alarms(self.relations, self.rel_state,
                                                        self.registry):
             out.append(self._open(d, ALARM_TYPES.index(typ), -1, at))
@@ -381,20 +383,20 @@ class Engine:
 
     def _reconcile(self) -> None:
         """Fit the open subject alarms to the state and registry (after a restore or a
-        reload: engine.per_subject.SubjectEpisodes.reconcile)."""
-        folded = {s.subject_id for s in self.registry.subjects if len(s.device_ids) > 1} \
-            if self._alarm_per == "subject" else set()
-        self._per_subject.reconcile(self._open_device_episodes(), folded)
-
-    def _open_device_episodes(self) -> list[tuple[str, str, str, str | None, int]]:
-        """(subject id, device id, type, zone id, at) of every open device episode, in
-        device order (engine.per_subject.SubjectEpisodes.reconcile)."""
+        reload: engine.per_subject.SubjectEpisodes.reconcile, given (subject id, device id,
+        type, zone id, at) of every open device episode in device order)."""
         reg = self.registry
-        index = {dev: d for d, dev in enumerate(reg.device_ids)}
-        subject_of = reg.arrays.device_subject
-        rows = [(reg.subjects[int(subject_of[index[a["device_id"]]])].subject_id,
-                 a["device_id"], a["type"], a["zone_id"], a["at"]) for a in self.open_alarms()]
-        return sorted(rows, key=lambda r: (index[r[1]], r[2], r[3] or "", r[4]))
+        index = reg._device_index
+        alarms = self.open_alarms()
+        subjects = [reg.subjects[int(reg.arrays.device_subject[index[a["device_id"]]])]
+                    for a in alarms]
+        rows = sorted(((s.subject_id, a["device_id"], a["type"], a["zone_id"], a["at"])
+                       for s, a in zip(subjects, alarms, strict=True)),
+                      key=lambda r: (index[r[1]], r[2], r[3] or "", r[4]))
+        # (reconcile asks only about subjects with an open device episode: those alone)
+        folded = {s.subject_id for s in subjects if len(s.device_ids) > 1} \
+            if self._alarm_per == "subject" else set()
+        self._per_subject.reconcile(rows, folded)
 
     def _open(self, d: int, typ: int, z: int, at: int) -> dict:
         device_id = self.registry.device_ids[d]
@@ -413,8 +415,7 @@ class Engine:
         a large fleet); ``engine.state.write_checkpoint(path, snapshot)`` writes it later,
         e.g. in another thread while this engine goes on processing."""
         if self._ids is None:  # the ids change only with the registry (reload)
-            self._ids = id_arrays(self.registry.device_ids, self.registry.slot_keys(),
-                                  list(self.zones.zone_ids))
+            self._ids = registry_id_arrays(self.registry, self.zones.zone_ids)
         arrays = snapshot_arrays(self.state, self._ids, self._counters)
         arrays[CHECKPOINT_KEY] = self._per_subject.to_array()
         arrays.update(relation_snapshot(self.rel_state, self._rel_keys))
@@ -442,11 +443,11 @@ class Engine:
                   relations=None) -> Engine:
         state, device_ids, slot_keys, zone_ids, counters, extras = loaded
         eng = cls(zones, registry, config)
+        remap = remap_ids(device_ids, slot_keys, zone_ids, registry, zones.zone_ids)
         eng.state = new_state(registry.n_devices, registry.n_slots, _scheduled(registry)
-                              | carried_ext(state, device_ids, registry.device_ids))
+                              | carried_ext(state, remap.dev_old))
         eng._bind()
-        adopt(state, device_ids, slot_keys, zone_ids, eng.state, registry.device_ids,
-              registry.slot_keys(), dict(zones.index))
+        adopt(state, eng.state, remap)
         eng._per_subject = SubjectEpisodes.from_array(extras.get(CHECKPOINT_KEY))
         eng._reconcile()
         eng._counters[: len(counters)] = counters[: K.N_COUNTERS]
@@ -466,18 +467,16 @@ class Engine:
         if config is not None:
             self.config = config
             self._set_rules(config)
+        remap = remap_registry(self.registry, registry, self.zones.zone_ids, zones.zone_ids)
         fresh = new_state(registry.n_devices, registry.n_slots, _scheduled(registry)
-                          | carried_ext(self.state, self.registry.device_ids, registry.device_ids))
-        stats = adopt(self.state, self.registry.device_ids, self.registry.slot_keys(),
-                      list(self.zones.zone_ids), fresh, registry.device_ids,
-                      registry.slot_keys(), dict(zones.index))
+                          | carried_ext(self.state, remap.dev_old))
+        stats = adopt(self.state, fresh, remap)
         recompute_deadlines(fresh, registry.arrays.device_level, self._offline_after_ms,
                             self._no_fix_after_ms)
         self.zones, self.registry, self.state = zones, registry, fresh
-        relations, rel_keys = relation_arrays(registry)
-        rel_state = new_relation_state(relations)
-        adopt_relations(self.rel_state, self._rel_keys, rel_state, rel_keys)
-        self.relations, self._rel_keys, self.rel_state = relations, rel_keys, rel_state
+        self.relations, self._rel_keys, self.rel_state = reloaded_relations(
+            (self.relations, self.rel_state, self._rel_keys), registry, remap.dev_old,
+            remap.n_old_devices)
         self._ids = None
         self._bind()
         self._reconcile()

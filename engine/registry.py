@@ -128,17 +128,11 @@ class Registry:
         self.protected = tuple(protected)  # after the subjects (engine.protected)
         self.n_subject_devices = sum(len(s.device_ids) for s in subjects)
         self.subjects = subjects = with_persons(subjects, self.protected, Subject)
-        self.device_ids: list[str] = []
-        self.device_kinds: list[str] = []
-        self._device_index: dict[str, int] = {}
-        dev_subject: list[int] = []
-        for s_idx, s in enumerate(subjects):
-            for k, dev in enumerate(s.device_ids):
-                self._device_index[dev] = len(self.device_ids)
-                self.device_ids.append(dev)
-                self.device_kinds.append(s.device_kinds[k] if s.device_kinds else "bracelet")
-                dev_subject.append(s_idx)
+        self.device_ids, self.device_kinds, dev_subject = _device_rows(subjects)
+        self._device_index = {dev: d for d, dev in enumerate(self.device_ids)}
         self.regions: set[str] = {s.region for s in subjects}
+        self.device_id_array, self.device_kind_code = _id_arrays(self.device_ids,
+                                                                 self.device_kinds)
 
         def csr(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
             off = np.zeros(len(lists) + 1, dtype=np.int32)
@@ -215,17 +209,48 @@ class Registry:
         code = int(self.arrays.device_level[idx])
         return LEVELS[code] if code < len(LEVELS) else "protected"
 
+    def slot_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(device index, exclusion zone index) of every exclusion state slot, in slot
+        order (int64 each): slot ``device_slot_off[d] + k`` is device d's subject's
+        exclusion zone k."""
+        a = self.arrays
+        counts = np.diff(a.device_slot_off).astype(np.int64)
+        device = np.repeat(np.arange(self.n_devices, dtype=np.int64), counts)
+        # the slot's index in excl_zone: its subject's excl_off, plus k
+        base = a.excl_off[a.device_subject].astype(np.int64) - a.device_slot_off[:-1]
+        zone = a.excl_zone[np.repeat(base, counts) + np.arange(self.n_slots, dtype=np.int64)]
+        return device, zone.astype(np.int64)
+
     def slot_keys(self) -> list[tuple[str, str]]:
         """(device_id, exclusion zone_id) of every exclusion state slot, in slot order."""
-        keys = []
-        for d, dev in enumerate(self.device_ids):
-            for z in self.subjects[int(self.arrays.device_subject[d])].exclusion:
-                keys.append((dev, z))
-        return keys
+        device, zone = self.slot_arrays()
+        zone_ids = self.zone_ids
+        return list(zip(self.device_id_array[device].tolist(), [zone_ids[z] for z in
+                                                              zone.tolist()]))
 
     def __repr__(self) -> str:
         return (f"Registry({len(self.subjects)} subjects, {self.n_devices} devices, "
                 f"{len(self.regions)} regions)")
+
+
+def _device_rows(subjects: list[Subject]) -> tuple[list[str], list[str], list[int]]:
+    """(device ids, kinds, subject index) of every device, in subject order."""
+    device_ids: list[str] = []
+    kinds: list[str] = []
+    dev_subject: list[int] = []
+    for s_idx, s in enumerate(subjects):
+        device_ids.extend(s.device_ids)
+        kinds.extend(s.device_kinds if s.device_kinds else ("bracelet",) * len(s.device_ids))
+        dev_subject.extend([s_idx] * len(s.device_ids))
+    return device_ids, kinds, dev_subject
+
+
+def _id_arrays(device_ids: list[str], kinds: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The device ids as one array (engine.remap looks them up sorted: a reload, a
+    restore, a checkpoint's ids) and the kinds as int8 codes of DEVICE_KINDS."""
+    code = {k: i for i, k in enumerate(DEVICE_KINDS)}
+    return (np.array(device_ids, dtype=np.str_).reshape(-1),
+            np.fromiter(map(code.__getitem__, kinds), dtype=np.int8, count=len(kinds)))
 
 
 def parse_time_ms(value: Any, what: str) -> int:

@@ -27,7 +27,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from contract.alarms import DEVICE_KINDS
 from engine.relation_kernels import EF_PEER_ACC, EF_PEER_LAT, EF_PEER_LON, EV_PEER
+from engine.remap import index_of, pair_old
 from engine.state import NONE_MS
 
 # RelationState.sep columns
@@ -74,22 +76,32 @@ class RelationKeys(NamedTuple):
     contact: list[str]  # "subject\\x1fsubject\\x1fthe first's devices" of each pair
 
 
-def _separation_pairs(registry: Any) -> tuple[list[tuple[int, int]], list[str]]:
-    index = registry._device_index  # (the dict itself: a call per device measured ~20 %)
-    pairs: list[tuple[int, int]] = []
-    keys: list[str] = []
-    for s in registry.subjects:
-        kinds = s.device_kinds
-        if "phone" in kinds and "bracelet" in kinds:
-            b = s.device_ids[kinds.index("bracelet")]
-            p = s.device_ids[kinds.index("phone")]
-            pairs.append((index[b], index[p]))
-            keys.append(f"{s.subject_id}\x1f{b}\x1f{p}")
+def _separation_pairs(registry: Any) -> tuple[np.ndarray, list[str]]:
+    """(int32[n, 2] (bracelet, phone) device indices, keys) of every subject with both a
+    bracelet and a phone: the first device of each kind it lists, in subject order."""
+    subject = registry.arrays.device_subject
+    kind = registry.device_kind_code
+
+    def first(code: int) -> tuple[np.ndarray, np.ndarray]:
+        """(subjects, their first device of kind ``code``): devices are in subject order."""
+        dev = np.flatnonzero(kind == code)
+        subjects, at = np.unique(subject[dev], return_index=True)
+        return subjects, dev[at]
+
+    sb, bracelet = first(DEVICE_KINDS.index("bracelet"))
+    sp, phone = first(DEVICE_KINDS.index("phone"))
+    both, ib, ip = np.intersect1d(sb, sp, assume_unique=True, return_indices=True)
+    pairs = np.stack([bracelet[ib], phone[ip]], axis=1).astype(np.int32).reshape(-1, 2)
+    ids, sids = registry.device_ids, registry.subject_ids  # (a person has no pair)
+    keys = [f"{sids[s]}\x1f{ids[b]}\x1f{ids[p]}"
+            for s, b, p in zip(both.tolist(), pairs[:, 0].tolist(), pairs[:, 1].tolist())]
     return pairs, keys
 
 
 def _protection(registry: Any) -> tuple[dict[int, list[int]], list[list[int]]]:
     """({subject device index: [person index, ...]}, [[person's device index, ...]])."""
+    if not registry.protected:
+        return {}, []
     index = registry.device_index
     person_devs = [[index(d) for d in p.device_ids] for p in registry.protected]
     subject_of = {sid: s for s, sid in enumerate(registry.subject_ids)}
@@ -103,12 +115,13 @@ def _protection(registry: Any) -> tuple[dict[int, list[int]], list[list[int]]]:
 
 def _contact_pairs(registry: Any) -> list[tuple[int, int]]:
     """Subject index pairs (smaller subject id first) of the prohibited contacts."""
+    named = {tuple(sorted((s.subject_id, other)))
+             for s in registry.subjects[:len(registry.subject_ids)] if s.contacts
+             for other in s.contacts}
+    if not named:
+        return []
     index = {sid: s for s, sid in enumerate(registry.subject_ids)}
-    pairs = set()
-    for s in registry.subjects[:len(registry.subject_ids)]:
-        for other in s.contacts:
-            a, b = sorted((s.subject_id, other))
-            pairs.add((index[a], index[b]))
+    pairs = {(index[a], index[b]) for a, b in named}
     return sorted(pairs, key=lambda p: (registry.subject_ids[p[0]], registry.subject_ids[p[1]]))
 
 
@@ -125,11 +138,13 @@ def relation_arrays(registry: Any) -> tuple[RelationArrays, RelationKeys]:
         for s in pair:
             for d in range(subj_dev_off[s], subj_dev_off[s + 1]):
                 cont_of.setdefault(d, []).append(c)
-    sep_dev = np.array(pairs, dtype=np.int32).reshape(len(pairs), 2)
+    sep_dev = pairs
     person_dev = np.array([d for x in person_devs for d in x], dtype=np.int32)
-    related = np.unique(np.concatenate([
-        sep_dev.ravel(), np.fromiter(watched, dtype=np.int32, count=len(watched)), person_dev,
-        np.fromiter(cont_of, dtype=np.int32, count=len(cont_of))]).astype(np.int32))
+    mark = np.zeros(registry.n_devices, dtype=bool)  # (np.unique's hash: 5x slower)
+    for devices in (sep_dev.ravel(), np.fromiter(watched, dtype=np.int32, count=len(watched)),
+                    person_dev, np.fromiter(cont_of, dtype=np.int32, count=len(cont_of))):
+        mark[devices] = True
+    related = np.flatnonzero(mark).astype(np.int32)
     dev_rel = np.full(registry.n_devices, -1, dtype=np.int32)
     dev_rel[related] = np.arange(len(related), dtype=np.int32)
     rel_sep = np.full(len(related), -1, dtype=np.int32)
@@ -228,19 +243,35 @@ def load_relation_snapshot(source: Any) -> tuple[RelationState, RelationKeys] | 
     return state, keys
 
 
+def reloaded_relations(old: tuple[RelationArrays, RelationState, RelationKeys],
+                       registry: Any, dev_old: np.ndarray, n_old_devices: int
+                       ) -> tuple[RelationArrays, RelationKeys, RelationState]:
+    """The relations of ``registry``, their state carried over from ``old`` (see
+    :func:`adopt_relations`; ``dev_old``: each device's old row, engine.remap)."""
+    relations, keys = relation_arrays(registry)
+    state = new_relation_state(relations)
+    sep_old = pair_old(old[0].sep_dev, old[2].sep, relations.sep_dev, keys.sep, dev_old,
+                       n_old_devices)
+    adopt_relations(old[1], old[2], state, keys, sep_old)
+    return relations, keys, state
+
+
 def adopt_relations(old: RelationState, old_keys: RelationKeys, new: RelationState,
-                    new_keys: RelationKeys) -> None:
+                    new_keys: RelationKeys, sep_old: np.ndarray | None = None) -> None:
     """Copy ``old`` into ``new`` by key: a separation pair's episode and run by
     (subject, bracelet, phone), a proximity episode by (device, person); a pair whose
     devices changed starts fresh (its open alarm, if any, stays open in the store for the
-    operator), as does a protection that was lifted."""
+    operator), as does a protection that was lifted. ``sep_old``: the old pair of each
+    new one, when known (:func:`engine.remap.pair_old`)."""
     for old_t, new_t, ok, nk in ((old.sep, new.sep, old_keys.sep, new_keys.sep),
                                  (old.prox_at, new.prox_at, old_keys.prox, new_keys.prox),
                                  (old.contact, new.contact, old_keys.contact, new_keys.contact)):
-        pos = {k: i for i, k in enumerate(ok)}
-        pairs = [(j, pos[k]) for j, k in enumerate(nk) if k in pos]
-        if pairs:
-            new_t[[j for j, _ in pairs]] = old_t[[i for _, i in pairs]]
+        if len(ok) == 0 or len(nk) == 0:
+            continue
+        pos = sep_old if sep_old is not None and new_t is new.sep else index_of(
+            np.array(ok, dtype=np.str_), np.array(nk, dtype=np.str_))
+        kept = np.flatnonzero(pos >= 0)
+        new_t[kept] = old_t[pos[kept]]
 
 
 def relation_event_parts(type_name: str, evidence: list[float], row_i: np.ndarray,

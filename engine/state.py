@@ -27,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from contract.errors import EmfenceError
+from engine.remap import Remap
 
 NONE_MS = np.iinfo(np.int64).min  # "never" / "no open episode"
 # Runs of out fixes saturate here: out_run is int8, and a run only has to reach the
@@ -154,16 +155,17 @@ def ext_rows(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return row, len(own) + 1
 
 
-def carried_ext(old: DeviceState, old_device_ids: list[str], new_device_ids: list[str]
-                ) -> np.ndarray:
+def carried_ext(old: DeviceState, dev_old: np.ndarray) -> np.ndarray:
     """Bool per new device: its old ext row holds state (not fresh), so it keeps a row of
     its own even if its subject no longer has leaves or curfews (an open leave_overdue
-    must still clear as such)."""
+    must still clear as such). ``dev_old``: each new device's old row, -1 for a new one
+    (:class:`engine.remap.Remap`)."""
     fresh = np.array(EXT_FRESH, dtype=np.int64)
-    busy = np.any(old.ext[old.ext_row] != fresh, axis=1)
-    pos = {dev: i for i, dev in enumerate(old_device_ids)}
-    return np.array([bool(busy[pos[dev]]) if dev in pos else False for dev in new_device_ids],
-                    dtype=bool)
+    busy = np.any(old.ext != fresh, axis=1)  # per row, not per device (ext_row gathers)
+    out = np.zeros(len(dev_old), dtype=bool)
+    kept = dev_old >= 0
+    out[kept] = busy[old.ext_row[dev_old[kept]]]
+    return out
 
 
 def new_ext(n_devices: int) -> np.ndarray:
@@ -222,48 +224,43 @@ def recompute_deadlines(state: DeviceState, device_level: np.ndarray,
     state.floor_ms[0] = floor
 
 
-def adopt(old: DeviceState, old_device_ids: list[str], old_slot_keys: list[tuple[str, str]],
-          old_zone_ids: list[str], new: DeviceState, new_device_ids: list[str],
-          new_slot_keys: list[tuple[str, str]], new_zone_index: dict[str, int]) -> dict[str, int]:
-    """Copy ``old`` into ``new`` by device id and by (device id, exclusion zone id).
+def adopt(old: DeviceState, new: DeviceState, remap: Remap) -> dict[str, int]:
+    """Copy ``old`` into ``new`` by device id and by (device id, exclusion zone id), as
+    ``remap`` (:mod:`engine.remap`) found them.
 
     Devices and slots that no longer exist are dropped; new ones start fresh. An open
     outbound episode whose zone id no longer exists is dropped too (its alarm stays open
     in the store for the operator). Deadlines must be recomputed afterwards. Returns
     counts of what was kept and dropped.
     """
-    old_pos = {dev: i for i, dev in enumerate(old_device_ids)}
-    pairs = [(j, old_pos[dev]) for j, dev in enumerate(new_device_ids) if dev in old_pos]
-    kept = len(pairs)
-    if pairs:
-        nj = np.array([p[0] for p in pairs], dtype=np.int64)
-        oi = np.array([p[1] for p in pairs], dtype=np.int64)
+    nj = np.flatnonzero(remap.dev_old >= 0)
+    kept = len(nj)
+    if kept:
+        oi = remap.dev_old[nj]
         for f in PER_DEVICE_FIELDS:
             if f == "outbound_zone":
                 continue
             getattr(new, f)[nj] = getattr(old, f)[oi]
         # (a checkpoint from before out_run was int8 may hold longer runs: saturated)
         new.out_run[nj] = np.minimum(old.out_run[oi], OUT_RUN_MAX)
-        zone_map = np.array([new_zone_index.get(z, -1) for z in old_zone_ids] + [-1],
-                            dtype=np.int32)
+        zone_map = remap.zone_new
+        n_old_zones = len(zone_map) - 1
         oz = old.outbound_zone[oi]
-        new.outbound_zone[nj] = zone_map[np.where(oz >= 0, oz, len(old_zone_ids))]
+        new.outbound_zone[nj] = zone_map[np.where(oz >= 0, oz, n_old_zones)]
         lost = (new.outbound_at_ms[nj] != NONE_MS) & (new.outbound_zone[nj] < 0)
         new.outbound_at_ms[nj[lost]] = NONE_MS
-        _adopt_ext(old, oi, new, nj, zone_map, len(old_zone_ids))
+        _adopt_ext(old, oi, new, nj, zone_map, n_old_zones)
         new.ext[new.ext_row[nj[lost]], X_OUT_TYPE] = 0  # (row 0's is 0 already)
-        _adopt_border(old, oi, new, nj, zone_map, len(old_zone_ids))
-    old_slot = {key: i for i, key in enumerate(old_slot_keys)}
-    slot_pairs = [(j, old_slot[k]) for j, k in enumerate(new_slot_keys) if k in old_slot]
-    if slot_pairs:
-        new.exclusion_at_ms[[p[0] for p in slot_pairs]] = old.exclusion_at_ms[
-            [p[1] for p in slot_pairs]]
-        new.approach_at_ms[[p[0] for p in slot_pairs]] = old.approach_at_ms[
-            [p[1] for p in slot_pairs]]
-    return {"devices_kept": kept, "devices_dropped": len(old_device_ids) - kept,
-            "devices_new": len(new_device_ids) - kept,
-            "exclusion_slots_kept": len(slot_pairs),
-            "exclusion_slots_dropped": len(old_slot_keys) - len(slot_pairs)}
+        _adopt_border(old, oi, new, nj, zone_map, n_old_zones)
+    sj = np.flatnonzero(remap.slot_old >= 0)
+    if len(sj):
+        si = remap.slot_old[sj]
+        new.exclusion_at_ms[sj] = old.exclusion_at_ms[si]
+        new.approach_at_ms[sj] = old.approach_at_ms[si]
+    return {"devices_kept": kept, "devices_dropped": remap.n_old_devices - kept,
+            "devices_new": len(remap.dev_old) - kept,
+            "exclusion_slots_kept": len(sj),
+            "exclusion_slots_dropped": remap.n_old_slots - len(sj)}
 
 
 def _adopt_ext(old: DeviceState, oi: np.ndarray, new: DeviceState, nj: np.ndarray,
@@ -308,6 +305,15 @@ def id_arrays(device_ids: list[str], slot_keys: list[tuple[str, str]],
                     np.array([k[0] for k in slot_keys], dtype=np.str_),
                     np.array([k[1] for k in slot_keys], dtype=np.str_),
                     np.array(zone_ids, dtype=np.str_))
+
+
+def registry_id_arrays(registry, zone_ids) -> IdArrays:
+    """:func:`id_arrays` of an :class:`engine.registry.Registry` on zones ``zone_ids``,
+    gathered from its arrays (no Python loop over the devices or the slots)."""
+    zones = np.array(list(zone_ids), dtype=np.str_).reshape(-1)
+    slot_dev, slot_zone = registry.slot_arrays()
+    ids = registry.device_id_array
+    return IdArrays(ids, ids[slot_dev], zones[slot_zone], zones)
 
 
 def snapshot_arrays(state: DeviceState, ids: IdArrays, counters: np.ndarray
