@@ -309,16 +309,33 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shapely-fixes", type=int, default=20_000,
                    help="fixes for the ShapelyEngine comparison (0: skip)")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--only", choices=("replay",),
+                   help="run only this case (replay: the fleet, the walking fixes and the "
+                        "replay comparison; nothing else is built or timed)")
     p.add_argument("--phones", choices=("carried", "independent"), default="carried",
                    help="each subject's phone carried with the bracelet (default) or moving "
                         "on its own: every subject separated, a storm of separation alarms")
     return p.parse_args(argv)
 
 
+def run_replay_only(args: argparse.Namespace) -> dict:
+    """``--only replay``: the replay comparison alone, on the same fleet and fixes."""
+    zones, subjects, pools, county_of, circle_xy, circle_of = build_fleet(args.devices,
+                                                                          args.circles)
+    lines = [z.geometry.boundary for z in zones.zones[: len(pools)]]
+    walking = make_fixes(args.fixes, args.devices, pools, county_of, circle_xy, circle_of, True,
+                         lines, carried=args.phones == "carried")
+    return {"benchmark": "engine", "only": "replay", "devices": args.devices,
+            "replay": bench_replay(zones, subjects, walking,
+                                   min(args.replay_lines, args.fixes), args.repeat)}
+
+
 def run(args: argparse.Namespace) -> dict:
     """Every measurement of the benchmark, as the dict ``--json`` prints."""
     import numba
 
+    if args.only == "replay":
+        return run_replay_only(args)
     t = time.perf_counter()
     zones, subjects, pools, county_of, circle_xy, circle_of = build_fleet(args.devices,
                                                                           args.circles)
@@ -365,6 +382,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def format_text(result: dict) -> str:
     """The readable table of a :func:`run` result."""
+    if result.get("only") == "replay":
+        return _format_replay(result["replay"])
     lines = [(f"engine benchmark: {result['devices']} devices, {result['zones']} zones, "
               f"numba threads {result['numba_threads']}")]
     for r in result["process_batch"]:
@@ -382,16 +401,19 @@ def format_text(result: dict) -> str:
                  f"{sw['full_pass_1pct_due_ms_median']} ms, "
                  f"nothing due {sw['early_out_ms_median']} ms")
     lines.append(f"  state: {result['bytes_per_device']} bytes per device")
-    rp = result["replay"]
-    lines.append(f"  replay {rp['lines']} lines: {rp['replay_lines_per_s']} lines/s; parse only "
-                 f"{rp['parse_only_lines_per_s']} ({rp['replay_vs_parse_only']}x), "
-                 f"parse + validate "
-                 f"{rp['parse_validate_lines_per_s']} ({rp['replay_vs_parse_validate']}x)")
+    lines.append(_format_replay(result["replay"]))
     for label, r in result.get("shapely_core", {}).items():
         lines.append(f"  shapely_core {label}: {r['shapely_fixes_per_s']} fixes/s vs numba "
                      f"{r['numba_fixes_per_s']} ({r['numba_vs_shapely']}x)")
     lines.append(f"  targets met: {result['targets']}")
     return "\n".join(lines)
+
+
+def _format_replay(rp: dict) -> str:
+    return (f"  replay {rp['lines']} lines: {rp['replay_lines_per_s']} lines/s; parse only "
+            f"{rp['parse_only_lines_per_s']} ({rp['replay_vs_parse_only']}x), "
+            f"parse + validate "
+            f"{rp['parse_validate_lines_per_s']} ({rp['replay_vs_parse_validate']}x)")
 
 
 def main(argv: list[str] | None = None) -> int:
