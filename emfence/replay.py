@@ -11,7 +11,6 @@ reported (line number and reason) and skipped. See ``docs/replay.md``.
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -217,7 +216,7 @@ def _feed(lines: Iterable[bytes], run: _Run, max_future_ms: int, until_ms: int |
     pending = 0  # records added since the last flush
     lineno = 0  # lines before the block
     while chunk := list(islice(lines, BLOCK_LINES)):
-        cols, refused = _without_gc(_decode_block, chunk, index_of, max_future_ms)
+        cols, refused = _decode_block(chunk, index_of, max_future_ms)
         for i in refused:
             _refused(chunk[i], lineno + i + 1, stats, device_index, max_future_ms)
         lineno += len(chunk)
@@ -239,21 +238,6 @@ def _feed(lines: Iterable[bytes], run: _Run, max_future_ms: int, until_ms: int |
                 run.flush()
                 pending = 0
     return lineno
-
-
-def _without_gc(fn, *args):
-    """``fn(*args)`` with the cyclic garbage collector paused. A block's parsed lines are
-    thousands of dicts alive at once: each few hundred of them would start a collection,
-    which walks every tracked object of the engine's register too (measured: most of a
-    replay's time with 100 000 devices). The dicts hold no cycles; reference counting frees
-    them when the block is done."""
-    if not gc.isenabled():
-        return fn(*args)
-    gc.disable()
-    try:
-        return fn(*args)
-    finally:
-        gc.enable()
 
 
 def _parse_lines(chunk: list[bytes]) -> list:
