@@ -217,7 +217,7 @@ def _feed(lines: Iterable[bytes], run: _Run, max_future_ms: int, until_ms: int |
     lineno = 0  # lines before the block
     while chunk := list(islice(lines, BLOCK_LINES)):
         cols, refused = _decode_block(chunk, index_of, max_future_ms)
-        for i in refused:
+        for i in refused.tolist():
             _refused(chunk[i], lineno + i + 1, stats, device_index, max_future_ms)
         lineno += len(chunk)
         if until_ms is not None:
