@@ -14,12 +14,14 @@ import argparse
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
+from itertools import islice, repeat
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import orjson
 
-from contract.records import COORD_SYS_CODES, POWER_CODES, STRAP_CODES, RecordBuilder
+from contract.records import K_FIX, K_STATUS, RecordBatch
 from emfence.config import Config, ConfigError, load_config
 from engine.registry import RegistryError, load_registry, parse_time_ms
 from ingest.decode import (
@@ -32,8 +34,17 @@ from ingest.decode import (
     parse_fix,
     parse_status,
 )
+from ingest.decode_batch import (
+    column,
+    int_column,
+    is_absent,
+    objects,
+    parse_fixes,
+    parse_statuses,
+)
 
 BATCH_RECORDS = 65536
+BLOCK_LINES = 4096  # lines read, parsed and checked together
 MAX_LISTED_REJECTS = 1000  # the summary lists this many rejected lines, then counts the rest
 
 
@@ -134,13 +145,19 @@ class _Run:
         self.engine = engine
         self.out = out
         self.stats = stats
-        self.records = RecordBuilder()
+        self.blocks: list[tuple[np.ndarray, ...]] = []  # record columns not yet run
         self.clock: int | None = None
 
+    def add(self, cols: tuple[np.ndarray, ...]) -> None:
+        """Records to run at the next flush: ``RecordBatch``'s columns, in its order."""
+        self.blocks.append(cols)
+
     def flush(self) -> None:
-        if len(self.records):
-            events, self.clock = self.engine.process(self.records.take(),
-                                                     clock_now_ms=self.clock)
+        if self.blocks:
+            cols = [np.concatenate(c) for c in zip(*self.blocks, strict=True)]
+            self.blocks = []
+            batch = RecordBatch.records(**dict(zip(RecordBatch._fields, cols, strict=True)))
+            events, self.clock = self.engine.process(batch, clock_now_ms=self.clock)
             self.write(events)
 
     def write(self, events: list[dict]) -> None:
@@ -185,64 +202,136 @@ def replay(lines: Iterable[bytes], engine: Any, out: IO[bytes], *, config: Confi
 
 def _feed(lines: Iterable[bytes], run: _Run, max_future_ms: int, until_ms: int | None) -> int:
     """Validate each line and add its record to ``run`` (a batch through the engine every
-    ``BATCH_RECORDS``); refused lines and those after ``until_ms`` are counted in
-    ``run.stats``. Returns the number of lines read."""
+    ``BATCH_RECORDS`` records added here); refused lines and those after ``until_ms`` are
+    counted in ``run.stats``. Returns the number of lines read.
+
+    Lines are read and checked :data:`BLOCK_LINES` at a time, by columns
+    (:func:`_decode_block`); a refused line is then diagnosed alone (:func:`_refused`),
+    so its reason and line number are what a line-by-line reading gives."""
     stats = run.stats
     registry = run.engine.registry
     device_index = registry.device_index
     index_of = registry._device_index.get  # device_index() without the method call
-    loads = orjson.loads
-    nan = float("nan")
-    coord_codes = COORD_SYS_CODES
-    strap_codes, power_codes = {None: -1, **STRAP_CODES}, {None: -1, **POWER_CODES}
-    add_fix, add_status = run.records.add_fix, run.records.add_status
+    lines = iter(lines)
     pending = 0  # records added since the last flush
-    lineno = 0
-    for lineno, line in enumerate(lines, 1):
-        try:
-            try:
-                obj = loads(line)
-            except orjson.JSONDecodeError:
-                # JSON that orjson refuses (1e400) is read as the live intake reads it;
-                # a line that is not JSON raises PayloadError (a ValueError).
-                obj = load_json(line)
-            # The common case first, each check cheap; anything unusual falls through to
-            # the full validation of _diagnose, which names the problem.
-            if type(obj) is not dict:
-                raise TypeError
-            d = index_of(obj["device_id"], -1)
-            if d < 0:
-                raise KeyError
-            if "lat" in obj or "lon" in obj:
-                ts, lat, lon, acc, _, cs, _ = parse_fix(obj)
-                is_fix = True
-            else:
-                ts, battery, strap, _, power = parse_status(obj)
-                is_fix = False
-            rx = obj.get("rx")
-            if rx is None:
-                rx = ts
-            elif (type(rx) is not int or rx < MIN_TS_MS or rx > MAX_TS_MS
-                  or ts - rx > max_future_ms):
-                raise ValueError
-        except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
-            _refused(line, lineno, stats, device_index, max_future_ms)
-            continue
-        if until_ms is not None and rx > until_ms:
-            stats.after_until += 1  # the replay ends at --until: validated, counted, not run
-            continue
-        if run.clock is None:
-            run.clock = rx
-        if is_fix:
-            add_fix(d, ts, rx, lat, lon, acc, coord_codes[cs])
-        else:
-            add_status(d, ts, rx, nan if battery is None else battery, strap_codes[strap],
-                       power_codes[power])
-        pending += 1
-        if pending >= BATCH_RECORDS:
-            run.flush()
-            pending = 0
+    lineno = 0  # lines before the block
+    while chunk := list(islice(lines, BLOCK_LINES)):
+        cols, refused = _decode_block(chunk, index_of, max_future_ms)
+        for i in refused.tolist():
+            _refused(chunk[i], lineno + i + 1, stats, device_index, max_future_ms)
+        lineno += len(chunk)
+        if until_ms is not None:
+            later = cols[3] > until_ms  # rx_ms
+            if later.any():  # the replay ends at --until: validated, counted, not run
+                stats.after_until += int(later.sum())
+                cols = tuple(c[~later] for c in cols)
+        n = len(cols[0])
+        if n and run.clock is None:
+            run.clock = int(cols[3][0])
+        done = 0
+        while done < n:
+            take = min(n - done, BATCH_RECORDS - pending)
+            run.add(tuple(c[done:done + take] for c in cols) if take < n else cols)
+            done += take
+            pending += take
+            if pending >= BATCH_RECORDS:
+                run.flush()
+                pending = 0
     return lineno
+
+
+def _parse_lines(chunk: list[bytes]) -> list:
+    """Each line's JSON value; None for a line that is not JSON (refused later, with the
+    reason, by :func:`_diagnose`). JSON that orjson refuses (1e400) is read as the live
+    intake reads it (:func:`ingest.decode.load_json`)."""
+    loads = orjson.loads
+    try:
+        return list(map(loads, chunk))
+    except orjson.JSONDecodeError:
+        pass
+    objs = []
+    for line in chunk:
+        try:
+            obj = loads(line)
+        except orjson.JSONDecodeError:
+            try:
+                obj = load_json(line)
+            except PayloadError:
+                obj = None
+        objs.append(obj)
+    return objs
+
+
+def _device_indexes(ids: list, index_of) -> np.ndarray:
+    """The registry's index of each ``device_id`` value, -1 unknown (or not a string)."""
+    try:
+        return np.fromiter(map(index_of, ids, repeat(-1)), np.int32, len(ids))
+    except TypeError:  # an unhashable device_id (array, object)
+        return np.fromiter((index_of(d, -1) if isinstance(d, str) else -1 for d in ids),
+                           np.int32, len(ids))
+
+
+def _decode_block(chunk: list[bytes], index_of, max_future_ms: int
+                  ) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """The accepted lines of ``chunk`` as record columns (``contract.RecordBatch``'s field
+    order and dtypes, in line order) and the indexes of the refused lines. A line is
+    accepted when it is a JSON object with a registered ``device_id``, a valid fix (it
+    has ``lat`` or ``lon``: :func:`ingest.decode_batch.parse_fixes`, which accepts what
+    ``parse_fix`` accepts) or status (``parse_status``), and a valid ``rx``."""
+    objs = _parse_lines(chunk)
+    n = len(objs)
+    dicts, ok = objects(objs)
+    dev = _device_indexes(column(dicts, "device_id"), index_of)
+    ok &= dev >= 0
+    is_fix = None  # a fix has lat or lon, a status neither
+    if not all(map(dict.__contains__, dicts, repeat("lat"))):
+        is_fix = (np.fromiter(map(dict.__contains__, dicts, repeat("lat")), bool, n)
+                  | np.fromiter(map(dict.__contains__, dicts, repeat("lon")), bool, n))
+    cols = _kind_columns(dicts, is_fix, ok)
+    ts = cols[1]
+    rx_col = column(dicts, "rx")
+    if rx_col.count(None) == n:
+        rx = ts
+    else:
+        rx, good = int_column(rx_col, MIN_TS_MS, MAX_TS_MS)
+        absent = is_absent(rx_col)
+        ok &= absent | (good & (ts - rx <= max_future_ms))
+        rx = np.where(absent, ts, rx)
+    cols = (cols[0], dev, ts, rx, *cols[2:])
+    if ok.all():
+        return cols, np.empty(0, np.intp)
+    return tuple(c[ok] for c in cols), np.flatnonzero(~ok)
+
+
+def _kind_columns(dicts: list[dict], is_fix: np.ndarray | None, ok: np.ndarray
+                  ) -> tuple[np.ndarray, ...]:
+    """kind, ts_ms, lat, lon, acc_m, coord_sys, battery_pct, strap, power of every line
+    (a fix's status columns absent, a status's fix columns NaN / 0); ``ok`` is cleared
+    where the fix or status is refused."""
+    n = len(dicts)
+    if is_fix is None:  # every line a fix
+        fx = parse_fixes(dicts)
+        ok &= fx.ok
+        nan = np.full(n, np.nan)
+        minus_one = np.full(n, -1, np.int8)
+        return (np.full(n, K_FIX, np.uint8), fx.ts_ms, fx.lat, fx.lon, fx.acc_m,
+                fx.coord_sys, nan, minus_one, minus_one.copy())
+    kind = np.where(is_fix, K_FIX, K_STATUS).astype(np.uint8)
+    ts = np.zeros(n, np.int64)
+    lat, lon, acc, battery = (np.full(n, np.nan) for _ in range(4))
+    coord = np.zeros(n, np.uint8)
+    strap, power = np.full(n, -1, np.int8), np.full(n, -1, np.int8)
+    fix_at = np.flatnonzero(is_fix)
+    if len(fix_at):
+        fx = parse_fixes([dicts[i] for i in fix_at.tolist()])
+        ok[fix_at] &= fx.ok
+        ts[fix_at], lat[fix_at], lon[fix_at], acc[fix_at], coord[fix_at] = fx[1:]
+    status_at = np.flatnonzero(~is_fix)
+    if len(status_at):
+        st = parse_statuses([dicts[i] for i in status_at.tolist()])
+        ok[status_at] &= st.ok
+        ts[status_at], battery[status_at], strap[status_at], power[status_at] = st[1:]
+    return kind, ts, lat, lon, acc, coord, battery, strap, power
 
 
 def _parser() -> argparse.ArgumentParser:
