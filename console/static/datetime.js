@@ -45,8 +45,16 @@ const dateTime = (() => {
     input.setAttribute("spellcheck", "false");
     input.setAttribute("placeholder", i18n.t(`dt.placeholder.${kind}`));
     Object.assign(input.dataset, { dtKind: kind, dtField: field, dtParam: param ? "1" : "" });
-    let typed = "";
-    input.addEventListener("input", () => { typed = input.value; input.removeAttribute("aria-invalid"); });
+    // What the operator typed last: text the picker cannot read, it empties the box
+    // (on Enter, on leaving it, on a click elsewhere); it is put back, marked, so that
+    // read() names it rather than the form saying nothing of the typing.
+    input.dtTyped = "";
+    const keepTyped = () => {
+      if (input.value || !input.dtTyped.trim()) return;
+      input.value = input.dtTyped;
+      input.setAttribute("aria-invalid", "true");
+    };
+    input.addEventListener("input", () => { input.dtTyped = input.value; input.removeAttribute("aria-invalid"); });
     input.dtPicker = flatpickr(input, {
       enableTime: kind === "datetime", time_24hr: true, dateFormat: FORMATS[kind], allowInput: true,
       disableMobile: true, locale: locale(),
@@ -56,17 +64,13 @@ const dateTime = (() => {
         const f = wall(text);
         return f ? new Date(f.y, f.mo - 1, f.d, f.h, f.mi) : undefined;
       },
-      // Text the picker could not read stays, marked, for read() to name (the picker
-      // would empty the box and the form would then say nothing about the typing).
       onChange: (dates) => {
-        if (!dates.length && typed.trim() && !input.value) {
-          input.value = typed;
-          input.setAttribute("aria-invalid", "true");
-        }
-        typed = "";
+        if (dates.length) input.dtTyped = "";
+        keepTyped();
         showMark(input);
       },
     });
+    input.addEventListener("blur", keepTyped);  // after the picker's own
     live.add(input);
     return input;
   }
@@ -100,6 +104,7 @@ const dateTime = (() => {
     const input = inputOf(node);
     const text = input.dataset.dtKind === "date" ? zoneTime.day(ms) : zoneTime.clock(ms).slice(0, 16);
     input.dtPicker.setDate(text, false);
+    input.dtTyped = "";
     input.removeAttribute("aria-invalid");
     showMark(input);
   }
@@ -109,7 +114,7 @@ const dateTime = (() => {
   // ("字段 start 无效" [start]) with `field` set, as the server's answer would.
   function read(node, addDays = 0) {
     const input = inputOf(node);
-    const text = input.value.trim();
+    const text = (input.value || input.dtTyped).trim();
     if (!text) return null;
     const f = wall(text);
     if (!f || (input.dataset.dtKind === "date" && PATTERN.exec(text)[4] !== undefined)) {
@@ -122,10 +127,12 @@ const dateTime = (() => {
     return zoneTime.midnight(f.day, addDays) + (f.h * 60 + f.mi) * 60000;
   }
 
-  // Calendars of inputs no longer on the page go with them.
+  // Calendars of inputs no longer on the page go with them (an input made but not yet
+  // placed stays: a form builds its inputs before it is shown).
   function prune() {
     for (const input of live) {
-      if (input.isConnected) continue;
+      if (input.isConnected) input.dtShown = true;
+      if (input.isConnected || !input.dtShown) continue;
       input.dtPicker.destroy();
       live.delete(input);
     }
