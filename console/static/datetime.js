@@ -71,6 +71,8 @@ const dateTime = (() => {
       },
     });
     input.addEventListener("blur", keepTyped);  // after the picker's own
+    // Escape closes the calendar while typing too (the picker leaves keys in a typed box alone).
+    input.addEventListener("keydown", (e) => { if (e.key === "Escape") input.dtPicker.close(); });
     live.add(input);
     return input;
   }
