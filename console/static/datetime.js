@@ -93,10 +93,12 @@ const dateTime = (() => {
 
   // Give an input already on the page (index.html) its picker and its zone mark.
   function upgrade(input, opts) {
+    const box = el("span", { class: "dt" });
+    input.replaceWith(box);
     attach(input, opts);
     const mark = el("span", { class: "dt-zone" });
     input.dtMark = mark;
-    input.after(" ", mark);
+    box.append(input, " ", mark);
     showMark(input);
     return input;
   }
