@@ -52,17 +52,20 @@ const dateTime = (() => {
     const keepTyped = () => {
       if (input.value || !input.dtTyped.trim()) return;
       input.value = input.dtTyped;
-      input.setAttribute("aria-invalid", "true");
+      if (!wall(input.value)) input.setAttribute("aria-invalid", "true");
     };
     input.addEventListener("input", () => { input.dtTyped = input.value; input.removeAttribute("aria-invalid"); });
     input.dtPicker = flatpickr(input, {
       enableTime: kind === "datetime", time_24hr: true, dateFormat: FORMATS[kind], allowInput: true,
       disableMobile: true, locale: locale(),
       // Strict: what the page reads (wall) is what the picker takes; browser-local Date
-      // objects only carry the wall-clock fields between the text and the calendar.
+      // objects only carry the wall-clock fields between the text and the calendar. A
+      // time the browser's own clock skips (its summer-time hour) is left to the text:
+      // the box keeps it and read() takes it as typed.
       parseDate: (text) => {
         const f = wall(text);
-        return f ? new Date(f.y, f.mo - 1, f.d, f.h, f.mi) : undefined;
+        const d = f && new Date(f.y, f.mo - 1, f.d, f.h, f.mi);
+        return d && d.getDate() === f.d && d.getHours() === f.h && d.getMinutes() === f.mi ? d : undefined;
       },
       onChange: (dates) => {
         if (dates.length) input.dtTyped = "";

@@ -70,6 +70,10 @@ def world(tmp_path):
 def choose_day(wait, element, day: int) -> None:
     """Open ``element``'s calendar and click ``day`` of the month it shows."""
     element.click()
+    # the calendar fades in: click a day once it is there to be clicked
+    wait.until(lambda drv: drv.execute_script(
+        "const c = document.querySelector('.flatpickr-calendar.open');"
+        "return c !== null && getComputedStyle(c).opacity === '1';"))
     cell = (By.XPATH, ("//div[contains(@class, 'flatpickr-calendar') and contains(@class, 'open')]"
             "//span[contains(@class, 'flatpickr-day') and not(contains(@class, 'prevMonthDay'))"
             f" and not(contains(@class, 'nextMonthDay')) and normalize-space(.)='{day}']"))
@@ -81,7 +85,8 @@ def weekday_heads(d, element) -> str:
     """The weekday row of ``element``'s calendar (its language), closed again after."""
     element.click()
     open_calendar = ".flatpickr-calendar.open .flatpickr-weekdaycontainer"
-    heads = d.find_element(By.CSS_SELECTOR, open_calendar).text
+    # its text content: the calendar fades in, and a fading element has no .text yet
+    heads = d.find_element(By.CSS_SELECTOR, open_calendar).get_attribute("textContent")
     element.send_keys(Keys.ESCAPE)
     return heads
 
@@ -117,6 +122,17 @@ def playback(d, wait, store, lang: str) -> None:
     assert pb_from.get_attribute("value") == "2025-13-22 14:26"
     assert pb_from.get_attribute("aria-invalid") == "true"
     assert len(store.audit_log(action="track.view")) == 1
+    # 02:30 on 8 March 2026 is no time in New York (its clocks skip the hour), but it is
+    # in Shanghai: the box keeps it as typed and the page asks for it
+    type_time(pb_from, "2026-03-08 02:30")
+    type_time(pb_to, "2026-03-08 04:00")
+    click(wait, (By.CSS_SELECTOR, ".pb-load"))
+    wait.until(lambda drv: len(store.audit_log(action="track.view")) == 2)
+    row = store.audit_log(action="track.view")[0]  # newest first
+    assert (row["detail"]["from_ms"], row["detail"]["to_ms"]) == (
+        shanghai_ms("2026-03-08 02:30"), shanghai_ms("2026-03-08 04:00"))
+    assert pb_from.get_attribute("value") == "2026-03-08 02:30"
+    assert pb_from.get_attribute("aria-invalid") is None
 
 
 def store_now() -> int:
