@@ -851,13 +851,27 @@ function registerLinks(q) {
 async function loadStats(ev) {
   if (ev) ev.preventDefault();
   const body = $("#stats-body");
-  // Days are the command centre's (console.timezone), whatever the browser's zone is.
-  if (!$("#s-to").value) $("#s-to").value = zoneTime.day(Date.now());
-  if (!$("#s-from").value) $("#s-from").value = zoneTime.day(zoneTime.midnight($("#s-to").value, -29));
-  const from = zoneTime.midnight($("#s-from").value);
-  // to_ms is exclusive: the midnight after the last day shown. The server counts days
-  // in the same zone.
-  const to = zoneTime.midnight($("#s-to").value, 1);
+  // Days are the command centre's (console.timezone), whatever the browser's zone is,
+  // shown "YYYY-MM-DD" whatever its locale (datetime.js).
+  const fromInput = $("#s-from");
+  const toInput = $("#s-to");
+  if (!fromInput.dtPicker) {
+    dateTime.upgrade(fromInput, { kind: "date", field: "from_ms", param: true });
+    dateTime.upgrade(toInput, { kind: "date", field: "to_ms", param: true });
+  }
+  let from;
+  let to;
+  try {
+    if (!toInput.value) dateTime.write(toInput, Date.now());
+    // to_ms is exclusive: the midnight after the last day shown. The server counts days
+    // in the same zone.
+    to = dateTime.read(toInput, 1);
+    if (!fromInput.value) dateTime.write(fromInput, dateTime.read(toInput, -29));
+    from = dateTime.read(fromInput);
+  } catch (e) {
+    body.replaceChildren(el("p", { class: "error", text: `${e.message} [${e.field}]` }));
+    return;
+  }
   const q = new URLSearchParams({ from_ms: from, to_ms: to });
   if ($("#s-region").value) q.set("region", $("#s-region").value);
   registerLinks(q);

@@ -13,14 +13,6 @@ const trackPlayback = (() => {
   const LATE_MS = 60_000;  // a fix received more than a minute after its ts came late
   const MIN_GAP_MS = 600_000;  // silent at least 10 min (or 5 reporting intervals): a gap
   const SPEEDS = [1, 10, 60, 600];
-  // "YYYY-MM-DDTHH:MM" of `ms` in the command centre's zone (a datetime-local value).
-  const wallText = (ms) => zoneTime.clock(ms).slice(0, 16).replace(" ", "T");
-  function wallToMs(text) {
-    if (!text) return null;
-    const [day, hm] = text.split("T");
-    const [h, m] = (hm || "00:00").split(":").map(Number);
-    return zoneTime.midnight(day) + (h * 60 + m) * 60000;
-  }
   const accClass = (acc) => (acc <= 20 ? "acc-good" : acc <= 100 ? "acc-fair" : "acc-poor");
 
   // Per device, its fixes in ts order cut into runs wherever it fell silent.
@@ -76,8 +68,9 @@ const trackPlayback = (() => {
 
   function panel(subjectId) {
     const now = Date.now();
-    const from = el("input", { type: "datetime-local", class: "pb-from", value: wallText(now - 86_400_000) });
-    const to = el("input", { type: "datetime-local", class: "pb-to", value: wallText(now) });
+    // 24-hour "YYYY-MM-DD HH:mm" in the command centre's zone, its offset beside (datetime.js)
+    const fromBox = dateTime.make({ cls: "pb-from", field: "from_ms", param: true, ms: now - 86_400_000 });
+    const toBox = dateTime.make({ cls: "pb-to", field: "to_ms", param: true, ms: now });
     const load = el("button", { type: "button", class: "pb-load", text: t("load") });
     const play = el("button", { type: "button", class: "pb-play", text: t("play"), disabled: "disabled" });
     const speed = el("select", { class: "pb-speed" },
@@ -133,9 +126,9 @@ const trackPlayback = (() => {
     slider.addEventListener("input", () => { pause(); show(fixes[Number(slider.value)].ts); });
     load.addEventListener("click", async () => {
       pause();
-      const a = wallToMs(from.value);
-      const b = wallToMs(to.value);
       try {
+        const a = dateTime.read(fromBox);
+        const b = dateTime.read(toBox);
         const body = await api("GET", `/api/subjects/${encodeURIComponent(subjectId)}/track?from_ms=${a}&to_ms=${b}`);
         fixes = body.fixes.slice().sort((p, q) => p.ts - q.ts);
       } catch (e) {
@@ -160,7 +153,7 @@ const trackPlayback = (() => {
     return el("section", { class: "part track-playback", "data-subject": subjectId },
       el("h3", { text: t("title") }),
       el("div", { class: "filters" },
-        el("label", {}, t("from"), " ", from), el("label", {}, t("to"), " ", to), load),
+        el("label", {}, t("from"), " ", fromBox), el("label", {}, t("to"), " ", toBox), load),
       summary, plane, legend,
       el("div", { class: "pb-controls" }, play, speed, slider, clock));
   }

@@ -23,13 +23,6 @@ function zoneList(ids) {
   return span;
 }
 const when = (ms) => (ms === null || ms === undefined ? "–" : zoneTime.full(ms));
-// A datetime-local value ("2026-11-28T09:30") read in the command centre's zone, as epoch ms.
-function wallMs(text) {
-  if (!text) return null;
-  const [day, hm] = text.split("T");
-  const [h, m] = hm.split(":").map(Number);
-  return zoneTime.midnight(day) + (h * 60 + m) * 60000;
-}
 function cell(content) {
   const td = el("td");
   td.append(content instanceof Node ? content : String(content === null || content === undefined ? "–" : content));
@@ -332,15 +325,15 @@ function leaveRow(lv, s, err) {
 function leavesPart(s, leaves, err) {
   const rows = leaves.map((lv) => leaveRow(lv, s, err));
   const zones = zonePicker("lv-zones");
-  const start = el("input", { type: "datetime-local", class: "lv-start", required: "required" });
-  const end = el("input", { type: "datetime-local", class: "lv-end", required: "required" });
+  const start = dateTime.make({ cls: "lv-start", field: "start", required: true });
+  const end = dateTime.make({ cls: "lv-end", field: "end", required: true });
   const reason = el("input", { class: "lv-reason", maxlength: "2000" });
   const form = el("form", { class: "filters", id: "leave-form" }, field("leave.zones", zones),
     field("leave.start", start), field("leave.end", end), field("leave.reason", reason),
     el("button", { type: "submit", class: "lv-submit", text: tr("leave.submit") }));
   form.addEventListener("submit", (e) => submit(e, err, async () => {
     await api("POST", `/api/subjects/${encodeURIComponent(s.subject_id)}/leaves`, {
-      zones: picked(zones), start: wallMs(start.value), end: wallMs(end.value), reason: reason.value || null });
+      zones: picked(zones), start: dateTime.read(start), end: dateTime.read(end), reason: reason.value || null });
     await showSubject(s.subject_id);
   }));
   return el("section", { class: "part", id: "subject-leaves" },
@@ -370,14 +363,14 @@ function curfewsPart(s, err) {
 
 function suspendForm(s, err) {
   const type = options(el("select", { class: "sp-type" }), state.session.alarm_types, "atype", "offline");
-  const start = el("input", { type: "datetime-local", class: "sp-start", required: "required" });
-  const end = el("input", { type: "datetime-local", class: "sp-end", required: "required" });
+  const start = dateTime.make({ cls: "sp-start", field: "start", required: true });
+  const end = dateTime.make({ cls: "sp-end", field: "end", required: true });
   const reason = el("input", { class: "sp-reason", required: "required", maxlength: "2000" });
   const form = el("form", { class: "filters" }, field("suspend.type", type), field("leave.start", start),
     field("leave.end", end), field("suspend.reason", reason), el("button", { type: "submit", text: tr("subject.suspend") }));
   form.addEventListener("submit", (e) => submit(e, err, async () => {
     await api("POST", `/api/subjects/${encodeURIComponent(s.subject_id)}/suspensions`, {
-      type: type.value, start: wallMs(start.value), end: wallMs(end.value), reason: reason.value });
+      type: type.value, start: dateTime.read(start), end: dateTime.read(end), reason: reason.value });
     await showSubject(s.subject_id);
   }));
   return form;

@@ -1,6 +1,6 @@
 // emfence console: the duty roster page (supervisors and admins): who each level of the
 // escalation ladder reaches, their shifts in local time, and who an alarm would reach now.
-// Uses app.js's api/el/$, register.js's table/cell/field/options/submit/wallMs and
+// Uses app.js's api/el/$, register.js's table/cell/field/options/submit, datetime.js's dateTime and
 // roster-i18n.js's words.
 "use strict";
 
@@ -105,11 +105,11 @@ const rosterPage = (() => {
     const regions = (state.session && state.session.regions) || [];
     const form = el("form", { class: "filters", id: "told-form" }, el("h3", { text: rt("told.title") }),
       labelled("told.region", input("told-region", { value: regions[0] || "" })),
-      labelled("told.at", input("told-at", { type: "datetime-local" })),
+      labelled("told.at", dateTime.make({ id: "told-at", field: "at", param: true })),
       el("button", { type: "submit", text: rt("told.show") }), err, out);
     form.addEventListener("submit", (e) => submit(e, err, async () => {
       const q = new URLSearchParams({ region: $("#told-region").value.trim() });
-      const at = wallMs($("#told-at").value);
+      const at = dateTime.read($("#told-at"));
       if (at !== null) q.set("at", String(at));
       const data = await api("GET", `/api/roster/told?${q}`);
       out.replaceChildren(...Object.entries(data.levels).map(([n, people]) => el("p", { class: "told-level" },

@@ -1,6 +1,6 @@
 """What the console's browser tests share: headless Chromium in another time zone than
 the command centre's, clicking through a page that redraws, logging in (in Chinese as
-an operator would choose), the page's own error log, and datetime-local inputs."""
+an operator would choose), the page's own error log, and its date/time inputs (datetime.js)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from console_helpers import PASSWORD
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -100,10 +101,22 @@ def log_out(wait: WebDriverWait) -> None:
 
 
 def set_value(d, element, value: str) -> None:
-    """Set an <input type=datetime-local> (typing into one depends on the locale)."""
+    """Set an input's value from script (a number input's, without typing)."""
     d.execute_script("arguments[0].value = arguments[1]", element, value)
 
 
+def type_time(element, text: str) -> None:
+    """Type ``text`` ("2026-06-01 23:30", a date "2026-06-01") into one of the page's
+    date/time inputs (datetime.js) as an operator would: the same keys whatever the
+    browser's locale. Escape closes its calendar; the picker reads the text when the
+    input loses focus (the next click), and the page reads the text itself."""
+    element.click()
+    element.send_keys(Keys.CONTROL, "a")
+    element.send_keys(text)
+    element.send_keys(Keys.ESCAPE)
+
+
 def shanghai_local(ms: int) -> str:
-    """``ms`` as a datetime-local value in Asia/Shanghai (UTC+8, no summer time)."""
-    return time.strftime("%Y-%m-%dT%H:%M", time.gmtime((ms + 8 * 3_600_000) / 1000))
+    """``ms`` as the page's date/time text in Asia/Shanghai (UTC+8, no summer time):
+    "2026-06-01 23:30"."""
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime((ms + 8 * 3_600_000) / 1000))

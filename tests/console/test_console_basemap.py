@@ -20,7 +20,14 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from browser_helpers import WAIT_S, click, log_in_chinese, severe_console_messages, start_chromium
+from browser_helpers import (
+    WAIT_S,
+    click,
+    log_in_chinese,
+    severe_console_messages,
+    start_chromium,
+    type_time,
+)
 from console_helpers import CNMAPS, PASSWORD, Server, add_accounts, raised
 from PIL import Image, ImageDraw
 from selenium.common.exceptions import StaleElementReferenceException
@@ -378,9 +385,9 @@ def test_playback_on_the_base_map_puts_each_fix_at_its_gcj02_position(tmp_path, 
         click(wait, (By.ID, "tab-subjects"))
         click(wait, (By.CSS_SELECTOR, '#subj-list tr[data-subject-id="S-1"]'))
         wait.until(lambda drv: drv.find_elements(By.CSS_SELECTOR, ".pb-load"))
-        d.execute_script("document.querySelector('.pb-from').value = arguments[0];"
-                         "document.querySelector('.pb-to').value = arguments[1];",
-                         "2026-09-21T20:00", "2026-09-22T00:00")  # Shanghai wall clock
+        # Shanghai wall clock, typed as an operator would
+        type_time(d.find_element(By.CSS_SELECTOR, ".pb-from"), "2026-09-21 20:00")
+        type_time(d.find_element(By.CSS_SELECTOR, ".pb-to"), "2026-09-22 00:00")
         click(wait, (By.CSS_SELECTOR, ".pb-load"))
         fixes = (By.CSS_SELECTOR, ".pb-plane path.pb-fix")
         wait.until(lambda drv: len(drv.find_elements(*fixes)) == 6)

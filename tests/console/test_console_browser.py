@@ -21,6 +21,7 @@ from browser_helpers import (
     log_in_chinese,
     severe_console_messages,
     start_chromium,
+    type_time,
 )
 from console_helpers import CNMAPS, Server, add_accounts, cleared, raised
 from selenium.common.exceptions import StaleElementReferenceException
@@ -510,8 +511,8 @@ def test_times_are_the_command_centres_with_their_offset_whatever_the_browsers_z
     # statistics: the 15th is Shanghai's 15th (the alarm counts), and the audit trail
     d.find_element(By.ID, "tab-stats").click()
     wait.until(EC.text_to_be_present_in_element((By.ID, "stats-body"), "Audit trail"))
-    d.execute_script("document.getElementById('s-from').value = '2026-01-15';"
-                     "document.getElementById('s-to').value = '2026-01-15';")
+    type_time(d.find_element(By.ID, "s-from"), "2026-01-15")
+    type_time(d.find_element(By.ID, "s-to"), "2026-01-15")
     d.find_element(By.CSS_SELECTOR, "#stats-form button").click()
     per_day = (By.XPATH, "//div[@class='card'][h2[starts-with(., 'Alarms per day')]]")
     wait.until(EC.text_to_be_present_in_element(per_day, "2026-01-15"))

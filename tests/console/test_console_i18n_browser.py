@@ -11,7 +11,14 @@ import re
 from pathlib import Path
 
 import pytest
-from browser_helpers import WAIT_S, click, log_in, severe_console_messages, start_chromium
+from browser_helpers import (
+    WAIT_S,
+    click,
+    log_in,
+    severe_console_messages,
+    start_chromium,
+    type_time,
+)
 from console_helpers import CNMAPS, T0, Server, add_accounts, raised
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.common.by import By
@@ -108,16 +115,16 @@ PLAYBACK_FIXES = [{"device_id": "B-S-1", "subject_id": "S-1", "region": "411303"
 
 
 def show_track(d, wait) -> None:
-    """On the subject page: the window around the fixture's fixes (datetime-local values
-    in the console's zone, Asia/Shanghai), then 查询轨迹."""
+    """On the subject page: the window around the fixture's fixes (typed in the console's
+    zone, Asia/Shanghai), then 查询轨迹."""
     import datetime as dt
     import zoneinfo
 
     zone = zoneinfo.ZoneInfo("Asia/Shanghai")
-    wall = [dt.datetime.fromtimestamp(ms / 1000, zone).strftime("%Y-%m-%dT%H:%M")
+    wall = [dt.datetime.fromtimestamp(ms / 1000, zone).strftime("%Y-%m-%d %H:%M")
             for ms in (T0 - 7_200_000, T0 + 3_600_000)]
-    d.execute_script("document.querySelector('.pb-from').value = arguments[0];"
-                     "document.querySelector('.pb-to').value = arguments[1];", *wall)
+    type_time(d.find_element(By.CSS_SELECTOR, ".pb-from"), wall[0])
+    type_time(d.find_element(By.CSS_SELECTOR, ".pb-to"), wall[1])
     click(wait, (By.CSS_SELECTOR, ".pb-load"))
     wait.until(lambda drv: len(drv.find_elements(By.CSS_SELECTOR, ".pb-fix")) == 30)
 

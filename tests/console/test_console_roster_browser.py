@@ -10,9 +10,9 @@ from browser_helpers import (
     click,
     log_in,
     log_out,
-    set_value,
     severe_console_messages,
     start_chromium,
+    type_time,
 )
 from console_helpers import Server, add_accounts
 from selenium.common.exceptions import StaleElementReferenceException
@@ -89,7 +89,7 @@ def test_a_supervisor_keeps_the_roster_on_the_page(served, zh_browser, tmp_path)
     region = d.find_element(By.ID, "told-region")
     region.clear()
     region.send_keys("411303")
-    set_value(d, d.find_element(By.ID, "told-at"), "2026-06-01T23:30")
+    type_time(d.find_element(By.ID, "told-at"), "2026-06-01 23:30")
     click(wait, (By.CSS_SELECTOR, "#told-form button[type=submit]"))
     wait.until(EC.text_to_be_present_in_element((By.ID, "told-out"), "值班员王五"))
     levels = [p.text for p in d.find_elements(By.CSS_SELECTOR, "#told-out .told-level")]

@@ -42,10 +42,10 @@ from browser_helpers import (
     click,
     log_in,
     log_out,
-    set_value,
     severe_console_messages,
     shanghai_local,
     start_chromium,
+    type_time,
 )
 from console_helpers import add_accounts
 
@@ -104,8 +104,8 @@ def request_leave_in_page(d, wait) -> None:
     tomorrow."""
     t = now_ms()
     Select(d.find_element(By.CSS_SELECTOR, ".lv-zones")).select_by_value(NEIGHBOUR)
-    set_value(d, d.find_element(By.CSS_SELECTOR, ".lv-start"), shanghai_local(t - 60_000))
-    set_value(d, d.find_element(By.CSS_SELECTOR, ".lv-end"), shanghai_local(t + DAY_MS))
+    type_time(d.find_element(By.CSS_SELECTOR, ".lv-start"), shanghai_local(t - 60_000))
+    type_time(d.find_element(By.CSS_SELECTOR, ".lv-end"), shanghai_local(t + DAY_MS))
     d.find_element(By.CSS_SELECTOR, ".lv-reason").send_keys("探亲")
     click(wait, (By.CSS_SELECTOR, ".lv-submit"))
     wait.until(EC.text_to_be_present_in_element(LEAVE_ROW, "待审批"))
