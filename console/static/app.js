@@ -940,7 +940,10 @@ async function loadStats(ev) {
       d.action && msg("stats.tried", { action: d.action }), d.region].filter(Boolean).join(" · ");
   };
   const audit = card(msg("stats.audit", { n: 50 }), table(["time", "who", "action", "target", "detail_col"],
-    trail.map((r) => [fmtTime(r.at), r.who || "–", r.action, r.target || "", describe(r)])));
+    // The action in the reader's words (audit.action.* of the catalogues); an action
+    // without words there shows its code.
+    trail.map((r) => [fmtTime(r.at), r.who || "–", i18n.term("audit.action", r.action),
+      r.target || "", describe(r)])));
   audit.classList.add("wide");
   // Notification delivery now: failed and retrying ones are the supervisor's to chase.
   const nc = s.notifications || {};
