@@ -24,7 +24,9 @@ import orjson
 
 from benchmarks.e2e_consumers import BareProcess, CSubscriber
 
-SETTLE_S = 180.0  # the longest wait for a consumer's backlog before a ramp step
+# Waiting for a consumer's backlog (before a ramp step, before counting what was lost):
+# as long as it makes progress (at most SETTLE_S), or STALL_S without any.
+SETTLE_S, STALL_S = 900.0, 30.0
 
 
 def log(msg: str) -> None:
@@ -143,10 +145,18 @@ async def _watch_alarms(rig, alarms_out) -> tuple[asyncio.Task, asyncio.Event]:
 
 
 async def settle(consumer, target: int) -> int:
-    """Wait up to :data:`SETTLE_S` for ``consumer`` to have received ``target`` messages;
-    how many it still owes then."""
-    await _catch_up_s(consumer, target, SETTLE_S)
-    return max(target - await consumer.received(), 0)
+    """Wait for ``consumer`` to have received ``target`` messages while it makes progress
+    (:data:`STALL_S`, :data:`SETTLE_S`); how many it still owes then."""
+    start = last_t = time.monotonic()
+    last = await consumer.received()
+    while last < target and time.monotonic() - start < SETTLE_S:
+        await asyncio.sleep(0.2)
+        now = await consumer.received()
+        if now > last:
+            last, last_t = now, time.monotonic()
+        elif time.monotonic() - last_t > STALL_S:
+            break
+    return max(target - last, 0)
 
 
 async def _catch_up_s(consumer, target: int, drain_s: float) -> float | None:
@@ -183,10 +193,10 @@ def _step_result(rate: float, sim, stats, got: int, caught_up_s: float | None, a
 async def ramp(source, rig, consumer, args, name: str, *,
                owed: int | None = None) -> tuple[float, list[dict]]:
     """Double from ``--start-rate`` until a step fails, then bisect ``--bisect`` times:
-    (the highest rate sustained, every step). Before each step the consumer is given up
-    to :data:`SETTLE_S` to take what was published before (``owed``: the count it must
-    reach first, default what it has now) and what earlier steps left queued, so no step
-    is credited with a backlog (``backlog`` in a step: what was still owed at its start)."""
+    (the highest rate sustained, every step). Before each step the consumer is given time
+    (:func:`settle`) to take what was published before (``owed``: the count it must reach
+    first, default what it has now) and what earlier steps left queued, so no step is
+    credited with a backlog (``backlog`` in a step: what was still owed at its start)."""
     log(f"ramp: {name}")
     steps: list[dict] = []
     good, bad = 0.0, None
@@ -276,11 +286,6 @@ async def latency_run(source, rig, counter, rate: float, args, out: Path,
 
 
 async def lost_messages(counter, acked_before: int, sent_total: int) -> int:
-    """Messages the broker acknowledged that the engine has not received after up to 30 s."""
-    deadline = time.monotonic() + 30
-    while ((await counter.received()) - acked_before < sent_total
-           and time.monotonic() < deadline):
-        await asyncio.sleep(0.2)
-    return sent_total - ((await counter.received()) - acked_before)
-
-
+    """Messages the broker acknowledged that the engine has not received once it stops
+    making progress (:func:`settle`)."""
+    return await settle(counter, acked_before + sent_total)

@@ -26,6 +26,8 @@ one core (NUMBA_NUM_THREADS=1), no I/O:
   uses): ``national_vs_henan`` is the ratio.
 
 National rate for reference: 1.4 M devices reporting once a minute are ~23 000 fixes/s.
+``--e2e`` measures the same fleet end to end over mosquitto instead
+(:mod:`benchmarks.scale_e2e`).
 """
 
 from __future__ import annotations
