@@ -113,7 +113,7 @@ def _cpu_s(pid: int) -> float:
 
 def write_fleet(out: Path, args) -> dict:
     """The national (or quick) fleet as files in ``out``; the fleet's parts and figures."""
-    from benchmarks.scale import fleet_parts, national_county_features
+    from benchmarks.scale_fleet import fleet_parts, national_county_features
     from geofence import load_zones
 
     t = time.perf_counter()
