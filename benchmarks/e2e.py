@@ -38,7 +38,8 @@ The simulator runs in this process and needs a core of its own; on a machine wit
 cores the engine, the broker and the simulator share them, so figures are a floor.
 ``ratio`` = max_fixes_per_s / bare_fixes_per_s, ``ratio_vs_c_subscriber`` = max_fixes_per_s
 / c_subscriber_fixes_per_s. A shapely-evaluated engine is measured
-too when ``emfence run`` offers ``--core shapely``.
+too when ``emfence run`` offers ``--core shapely``. The steps, the ramp, the ceilings and
+the latency run are :mod:`benchmarks.e2e_steps` (``benchmarks.scale --e2e`` uses them too).
 """
 
 from __future__ import annotations
