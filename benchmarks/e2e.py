@@ -38,7 +38,8 @@ The simulator runs in this process and needs a core of its own; on a machine wit
 cores the engine, the broker and the simulator share them, so figures are a floor.
 ``ratio`` = max_fixes_per_s / bare_fixes_per_s, ``ratio_vs_c_subscriber`` = max_fixes_per_s
 / c_subscriber_fixes_per_s. A shapely-evaluated engine is measured
-too when ``emfence run`` offers ``--core shapely``.
+too when ``emfence run`` offers ``--core shapely``. The steps, the ramp, the ceilings and
+the latency run are :mod:`benchmarks.e2e_steps` (``benchmarks.scale --e2e`` uses them too).
 """
 
 from __future__ import annotations
@@ -50,17 +51,19 @@ import platform
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import orjson
 
-from benchmarks.e2e_consumers import (
-    BareProcess,
-    CSubscriber,
-    EngineCounter,
-    WebhookTimer,
-    bare_subscriber,
+from benchmarks.e2e_consumers import EngineCounter, WebhookTimer, bare_subscriber
+from benchmarks.e2e_steps import (
+    FleetSource,
+    ceilings,
+    fresh_pg_database,
+    latency_run,
+    log,
+    lost_messages,
+    ramp,
 )
 
 BENCH_CONFIG = """\
@@ -77,165 +80,6 @@ WEBHOOK_CONFIG = """
 url = "{url}"
 secret_file = "{secret_file}"
 """
-
-
-def log(msg: str) -> None:
-    print(f"[e2e] {msg}", file=sys.stderr, flush=True)
-
-
-def stage_latency(store_url: str, since_ms: int) -> dict:
-    """Where an alarm's latency went, from the engine's own store: per event recorded
-    since ``since_ms``, ``created_at - at`` (fix -> stored: receive, batching, rules and
-    the store's commit) and ``delivered_at - created_at`` (stored -> the broker's PUBACK
-    of the published alarm: the outbox). p50/p99/max in ms; ``score`` gives the whole."""
-    import numpy as np
-
-    query = ("SELECT payload, created_at, delivered_at FROM events "
-             "WHERE created_at >= {} AND event IN ('raised', 'cleared')")
-    if store_url.startswith("postgresql://"):
-        import psycopg
-
-        with psycopg.connect(store_url) as db:
-            rows = db.execute(query.format("%s"), (since_ms,)).fetchall()
-    else:
-        import sqlite3
-
-        path = store_url.removeprefix("sqlite:///")
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-            rows = db.execute(query.format("?"), (since_ms,)).fetchall()
-    stored = [c - orjson.loads(p)["at"] for p, c, _ in rows]
-    delivered = [d - c for _, c, d in rows if d is not None]
-
-    def pct(values: list[int]) -> dict:
-        if not values:
-            return {"n": 0}
-        a = np.asarray(values, dtype=np.float64)
-        p50, p99 = np.percentile(a, [50, 99])
-        return {"n": len(values), "p50_ms": round(float(p50), 1), "p99_ms": round(float(p99), 1),
-                "max_ms": round(float(a.max()), 1)}
-
-    return {"fix_to_stored": pct(stored), "stored_to_delivered": pct(delivered)}
-
-
-# -- one step and the ramp -------------------------------------------------------------------
-
-async def run_step(fleet, rig, consumer, rate: float, args, *, scenario="load", alarms_out=None,
-                   truth=None, events_per_kind=None) -> dict:
-    """Publish at ``rate`` for ``--step-s`` and see whether ``consumer`` kept up."""
-    from simulators.publisher import Publisher
-
-    sim = _simulation(fleet, rig, rate, args, scenario, events_per_kind)
-    pub = Publisher(sim, rig.host, rig.port, username="emfence-loadgen",
-                    password=rig.passwords["emfence-loadgen"], pool_size=args.pool, progress=False)
-    watcher = wstop = None
-    if alarms_out:
-        watcher, wstop = await _watch_alarms(rig, alarms_out)
-    await pub.connect()
-    before = await consumer.received()
-    try:
-        if truth:
-            from simulators.cli import write_truth_header
-            write_truth_header(truth, sim, {"mode": "pool"})
-        stats = await pub.run()
-    finally:
-        await pub.close()
-    if truth:
-        from simulators.cli import append_truth_end
-        append_truth_end(truth, stats)
-    caught_up_s = await _catch_up_s(consumer, before + stats.acked, args.drain_s)
-    got = await consumer.received() - before
-    if watcher is not None:
-        await asyncio.sleep(2.0)
-        wstop.set()
-        await watcher
-    return _step_result(rate, sim, stats, got, caught_up_s, args)
-
-
-def _simulation(fleet, rig, rate: float, args, scenario: str, events_per_kind):
-    """The simulation of one step, starting 1.5 s from now."""
-    from emfence.config import load_config
-    from simulators.scenario import Simulation
-
-    duration = args.step_s
-    if scenario != "load":
-        # An excursion lasts ~14 report intervals (out, 5 fixes beyond, back): the run must
-        # hold it between warm-up and tail, however slowly each device reports.
-        interval_s = fleet.n_devices / rate
-        duration = max(args.latency_s, 14 * interval_s + 15)
-    return Simulation(fleet, rate=rate, duration_s=duration,
-                      start_ms=int(time.time() * 1000) + 1500,
-                      config=load_config(rig.config_path), scenario=scenario, seed=args.seed,
-                      events_per_kind=events_per_kind, spoof_allowed=False)
-
-
-async def _watch_alarms(rig, alarms_out) -> tuple[asyncio.Task, asyncio.Event]:
-    """Start recording the alarm topics to ``alarms_out``; returns the task and its stop."""
-    from simulators.watch import watch_alarms
-
-    wstop, ready = asyncio.Event(), asyncio.Event()
-    # As the load generator's reader: the console account is the health counter's
-    # connection, and one account holds one connection.
-    watcher = asyncio.create_task(watch_alarms(rig.host, rig.port, stop=wstop,
-                                               username="emfence-loadgen",
-                                               password=rig.passwords["emfence-loadgen"],
-                                               out=alarms_out, ready=ready))
-    await asyncio.wait_for(ready.wait(), 30)
-    return watcher, wstop
-
-
-async def _catch_up_s(consumer, target: int, drain_s: float) -> float | None:
-    """Seconds until ``consumer`` has received ``target`` messages (None: not within
-    ``drain_s``)."""
-    end = time.monotonic()
-    while time.monotonic() - end < drain_s:
-        if await consumer.received() >= target:
-            return time.monotonic() - end
-        await asyncio.sleep(0.05)
-    return None
-
-
-def _step_result(rate: float, sim, stats, got: int, caught_up_s: float | None, args) -> dict:
-    """A step's figures, whether it was sustained and, if not, what limited it; logged."""
-    secs = max((stats.ended_ms - stats.started_ms) / 1000.0, 1e-9)
-    sustained = (stats.failed == 0 and stats.acked == stats.sent == sim.total_slots
-                 and stats.lag_ms_max <= args.max_lag_ms
-                 and caught_up_s is not None and caught_up_s <= args.keepup_s)
-    step = {"rate": rate, "sent": stats.sent, "acked": stats.acked, "received": got,
-            "publish_s": round(secs, 2), "lag_ms_max": round(stats.lag_ms_max, 1),
-            "caught_up_s": None if caught_up_s is None else round(caught_up_s, 2),
-            "sustained": sustained,
-            "limited_by": None if sustained else (
-                "simulator" if stats.lag_ms_max > args.max_lag_ms else
-                "broker" if stats.acked < stats.sent else "consumer")}
-    log(f"  {rate:>8.0f}/s: sent {stats.sent} acked {stats.acked} received {got} lag "
-        f"{stats.lag_ms_max:.0f} ms caught up {step['caught_up_s']} s -> "
-        f"{'ok' if sustained else 'NOT sustained (' + step['limited_by'] + ')'}")
-    return step
-
-
-async def ramp(fleet, rig, consumer, args, name: str) -> tuple[float, list[dict]]:
-    log(f"ramp: {name}")
-    steps: list[dict] = []
-    good, bad = 0.0, None
-    rate = float(args.start_rate)
-    while rate <= args.max_rate:
-        step = await run_step(fleet, rig, consumer, rate, args)
-        steps.append(step)
-        if not step["sustained"]:
-            bad = rate
-            break
-        good = rate
-        rate *= 2
-    if bad is not None:
-        for _ in range(args.bisect):
-            mid = (good + bad) / 2 if good else bad / 2
-            step = await run_step(fleet, rig, consumer, mid, args)
-            steps.append(step)
-            if step["sustained"]:
-                good = mid
-            else:
-                bad = mid
-    return good, steps
 
 
 def engine_has_shapely_core() -> bool:
@@ -268,15 +112,17 @@ async def bench(args) -> dict:
     from geofence import load_zones
 
     fleet = Fleet.build(orjson.loads(Path(subjects).read_bytes()), load_zones(str(zones)))
+    source = FleetSource(fleet)
     rig = await asyncio.to_thread(start_rig, out, zones, subjects, config_path, secret, passwords,
                                   start_engine=False)
     result: dict = {"subjects": fleet.n_subjects, "devices": fleet.n_devices,
                     "step_s": args.step_s, "pool_connections": args.pool}
     try:
         if args.latency_rate is None:
-            await _ceilings(fleet, rig, args, out, result)
+            await ceilings(source, rig, args, out, result,
+                           ("c_subscriber", "bare") if args.c_subscriber else ("bare",))
         for core, core_args in _cores(args, result):
-            await _bench_engine(fleet, rig, args, out, core, core_args, result)
+            await _bench_engine(source, rig, args, out, core, core_args, result)
     finally:
         await asyncio.to_thread(rig.close)
         if hook is not None:
@@ -284,26 +130,6 @@ async def bench(args) -> dict:
     _summarise(result)
     result["elapsed_s"] = round(time.monotonic() - t_start, 1)
     return result
-
-
-async def _ceilings(fleet, rig, args, out: Path, result: dict) -> None:
-    """Ramp the C subscriber (``mosquitto_sub``) and the bare aiomqtt subscriber."""
-    from simulators.live import BARE_USER
-
-    for key, consumer, name in (
-            ("c_subscriber", CSubscriber(rig.port, BARE_USER, out / f"{BARE_USER}.password"),
-             "C subscriber (mosquitto_sub -q 1)"),
-            ("bare", BareProcess(rig.port, BARE_USER, out / f"{BARE_USER}.password"),
-             "bare aiomqtt subscriber")):
-        if key == "c_subscriber" and not args.c_subscriber:
-            continue
-        await consumer.start()
-        try:
-            top, steps = await ramp(fleet, rig, consumer, args, name)
-        finally:
-            await consumer.stop()
-        result[f"{key}_fixes_per_s"] = top
-        result[f"{key}_steps"] = steps
 
 
 def _cores(args, result: dict) -> list[tuple[str, list[str]]]:
@@ -318,7 +144,7 @@ def _cores(args, result: dict) -> list[tuple[str, list[str]]]:
     return cores
 
 
-async def _bench_engine(fleet, rig, args, out: Path, core: str, core_args: list[str],
+async def _bench_engine(source, rig, args, out: Path, core: str, core_args: list[str],
                         result: dict) -> None:
     """Ramp `emfence run` with ``core`` (and, for numba, the latency run); into ``result``."""
     from simulators.live import start_engine_process
@@ -328,7 +154,7 @@ async def _bench_engine(fleet, rig, args, out: Path, core: str, core_args: list[
     # one (its acknowledgements wait for it), so the comparison favours shapely.
     store_url = None
     if args.store_pg:
-        store_url = await asyncio.to_thread(_fresh_pg_database, args.store_pg)
+        store_url = await asyncio.to_thread(fresh_pg_database, args.store_pg)
         result["store"] = "postgresql"
     await asyncio.to_thread(start_engine_process, rig, core_args=core_args,
                             checkpoint=core == "numba", store_url=store_url)
@@ -337,13 +163,13 @@ async def _bench_engine(fleet, rig, args, out: Path, core: str, core_args: list[
     try:
         acked_before = await counter.received()
         if args.latency_rate is None:
-            engine_max, steps = await ramp(fleet, rig, counter, args, f"emfence run ({core})")
+            engine_max, steps = await ramp(source, rig, counter, args, f"emfence run ({core})")
         else:  # only the latency run, at the given rate
             engine_max, steps = args.latency_rate / 0.8, []
         latency = None
         if core == "numba" and engine_max > 0:
-            latency = await _latency_run(fleet, rig, counter, 0.8 * engine_max, args, out, steps)
-        lost = await _lost(counter, acked_before, sum(s["acked"] for s in steps))
+            latency = await latency_run(source, rig, counter, 0.8 * engine_max, args, out, steps)
+        lost = await lost_messages(counter, acked_before, sum(s["acked"] for s in steps))
     finally:
         await counter.stop()
         code = await asyncio.to_thread(rig.stop_engine)
@@ -365,49 +191,6 @@ async def _bench_engine(fleet, rig, args, out: Path, core: str, core_args: list[
                        "webhook": latency.get("webhook"),
                        "latency_missed": latency["missed"],
                        "latency_false": latency["false"]})
-
-
-def _fresh_pg_database(server_url: str) -> str:
-    """A new, empty database on the PostgreSQL server of ``server_url``: its URL."""
-    import psycopg
-    from psycopg import sql
-
-    name = f"emfence_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    log(f"engine store: PostgreSQL database {name}")
-    return f"{server_url.rpartition('/')[0]}/{name}"
-
-
-async def _latency_run(fleet, rig, counter, rate: float, args, out: Path,
-                       steps: list[dict]) -> dict:
-    """The excursions scenario at ``rate``, scored (its step appended to ``steps``)."""
-    from simulators.score import read_alarms, read_truth, score
-
-    log(f"latency at {rate:.0f}/s (excursions scenario)")
-    alarms_path, truth_path = out / "latency-alarms.jsonl", out / "latency-truth.jsonl"
-    alarms_path.unlink(missing_ok=True)
-    latency_from_ms = int(time.time() * 1000)
-    step = await run_step(fleet, rig, counter, rate, args, scenario="excursions",
-                          alarms_out=alarms_path, truth=truth_path,
-                          events_per_kind=args.events)
-    steps.append({**step, "latency_run": True})
-    latency = score(read_truth(truth_path), read_alarms(str(alarms_path)))
-    # Read now: the shapely engine starts on a fresh store.
-    latency["stages"] = stage_latency(rig.store_url, latency_from_ms)
-    if args.hook is not None:  # the notifications of the same alarms, a moment later
-        await asyncio.sleep(2.0)
-        latency["webhook"] = args.hook.latency(latency_from_ms, ("outbound", "exclusion"))
-    return latency
-
-
-async def _lost(counter, acked_before: int, sent_total: int) -> int:
-    """Messages the broker acknowledged that the engine has not received after up to 30 s."""
-    deadline = time.monotonic() + 30
-    while ((await counter.received()) - acked_before < sent_total
-           and time.monotonic() < deadline):
-        await asyncio.sleep(0.2)
-    return sent_total - ((await counter.received()) - acked_before)
 
 
 def _summarise(result: dict) -> None:

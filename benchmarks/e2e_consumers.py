@@ -121,9 +121,9 @@ class CSubscriber:
 
 
 class EngineCounter:
-    """The engine's received-message counter, from its health messages (only the current
-    engine process's: an earlier engine's retained health, e.g. its final "offline" one,
-    has an older ``started_at``)."""
+    """The engine's received-message counter (less what it received again), from its
+    health messages (only the current engine process's: an earlier engine's retained
+    health, e.g. its final "offline" one, has an older ``started_at``)."""
 
     def __init__(self, rig):
         self.rig = rig
@@ -149,7 +149,10 @@ class EngineCounter:
                 self._ready.set()
 
     async def received(self) -> int:
-        return int(self.health.get("counters", {}).get("messages", 0))
+        """Messages taken, each once: the engine counts again, as ``redelivered``, what
+        the broker sends again after a reconnect (or a publisher after its own)."""
+        counters = self.health.get("counters", {})
+        return int(counters.get("messages", 0)) - int(counters.get("redelivered", 0))
 
     async def stop(self) -> None:
         if self._task:

