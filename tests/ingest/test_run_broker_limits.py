@@ -1,0 +1,89 @@
+"""A broker whose in-flight window is smaller than the worker's acknowledgement window
+(issue #17): the worker notices delivery stopping at the broker's limit, closes its
+window at once instead of at the periodic checkpoint, and from then on acknowledges every
+half window; a real mosquitto with ``max_inflight_messages 20``."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+from ingest_fleet import CONSOLE_PW, REGION_A, SECRET, fix, now_ms
+from ingest_mqtt_helpers import PahoClient
+
+from ingest.mosquitto import CONF_TEMPLATE
+from ingest.passwords import CONSOLE_USER, device_password
+
+pytestmark = pytest.mark.mqtt
+
+INFLIGHT = 20
+FIXES = 2000
+CONFIG = """
+[ingest]
+health_interval_s = 1
+checkpoint_interval_s = 30
+"""
+LINE = "broker in-flight window looks like 20 messages"
+
+
+def small_window_conf(tmp_path) -> str:
+    conf = CONF_TEMPLATE.read_text().replace("max_inflight_messages 60000",
+                                             f"max_inflight_messages {INFLIGHT}")
+    assert f"max_inflight_messages {INFLIGHT}" in conf
+    path = tmp_path / "small-inflight.conf"
+    path.write_text(conf)
+    return str(path)
+
+
+def health_counters(reader: PahoClient, until_s: float, done) -> dict:
+    """The counters of the worker's health documents until ``done(counters)``."""
+    counters: dict = {}
+    while time.monotonic() < until_s:
+        try:
+            _, payload, _ = reader.get(timeout=max(0.05, until_s - time.monotonic()))
+        except Exception:  # noqa: BLE001 - queue.Empty at the deadline
+            break
+        counters = orjson.loads(payload).get("counters", {})
+        if done(counters):
+            break
+    return counters
+
+
+def test_a_small_broker_window_is_noticed_and_followed(tmp_path, fleet, mosquitto_factory,
+                                                       engines):
+    broker = mosquitto_factory(passwords=fleet.passwords(),
+                               conf_template=small_window_conf(tmp_path))
+    engine = engines(tmp_path, fleet, broker, config=CONFIG)
+    engine.wait_log("backlog drained")
+    reader = PahoClient(broker.port, CONSOLE_USER, CONSOLE_PW)
+    reader.subscribe("emfence/v1/engine/worker-1/health")
+
+    devices = fleet.ids(REGION_A)
+    clients = {d: PahoClient(broker.port, d, device_password(SECRET, d)) for d in devices}
+    t0 = now_ms() - 600_000
+    start = time.monotonic()
+    for i in range(FIXES):  # a steady stream, ~1000 QoS 1 publishes a second
+        d = devices[i % len(devices)]
+        clients[d].publish(f"emfence/v1/{REGION_A}/{d}/fix",
+                           orjson.dumps(fix(t0 + i * 100, fleet.home)))
+        if i % 20 == 19:
+            time.sleep(max(0.0, start + (i + 1) / 1000 - time.monotonic()))
+    published_s = time.monotonic() - start
+
+    # Without the adaptation: one window of 20 per 30 s checkpoint, 2000 fixes in ~50 min.
+    counters = health_counters(reader, time.monotonic() + 30,
+                               lambda c: c.get("acknowledged", 0) >= FIXES)
+    took_s = time.monotonic() - start
+    assert counters.get("fixes_accepted") == FIXES, counters
+    assert counters.get("acknowledged", 0) >= FIXES, (counters, engine.log()[-3000:])
+    assert counters.get("broker_inflight_window") == INFLIGHT, counters
+    assert took_s < published_s + 15, (took_s, published_s)
+    assert engine.log().count(LINE) == 1, engine.log()[-3000:]
+    for line in engine.log().splitlines():
+        if LINE in line:
+            assert "acknowledging every ~10" in line and "mqtt.prefetch" in line, line
+    for c in clients.values():
+        c.close()
+    reader.close()
+    assert engine.stop() == 0
