@@ -50,15 +50,16 @@ ACK_WAIT_SETTINGS = "NATS ack_wait, EMQX mqtt.retry_interval"
 class Intake:
     """Counts the messages this connection holds unacknowledged and adapts the
     acknowledgement window and the checkpoint interval to the broker (module
-    docstring). ``run`` is the watcher task; ``close_early`` queues a window close."""
+    docstring). ``run`` is the watcher task; the acknowledger reports to :meth:`acked`,
+    the receiver (whose ``intake`` it is) to the others."""
 
-    def __init__(self, *, icfg, acks, counters: Counter, close_early: Callable,
-                 pending: Callable[[], bool], clock: Callable[[], float] = time.monotonic):
+    def __init__(self, icfg, acks, batches, counters: Counter,
+                 clock: Callable[[], float] = time.monotonic):
         self.icfg = icfg
         self.acks = acks  # its window_messages is what adapts
+        acks.on_acked = self.acked
+        self.batches = batches
         self.counters = counters
-        self.close_early = close_early  # async (): flush the batch, queue a checkpoint
-        self.pending = pending  # () -> processed or batched messages not yet in a window
         self.clock = clock
         self.quiet_s = max(2 * icfg.batch_max_ms / 1000, MIN_QUIET_S)
         self.gen = 0
@@ -116,6 +117,15 @@ class Intake:
                 and now - self.last_rx >= max(self.quiet_s, GAP_FACTOR * self.gap_s)
                 and now - self.early_at >= EARLY_EVERY_S
                 and self.pending())
+
+    def pending(self) -> bool:
+        """Messages processed or batched that no closed window holds yet."""
+        return bool(self.acks.since_checkpoint or self.batches.batch.messages)
+
+    async def close_early(self) -> None:
+        """Close the window now: the open batch to the processor, then a checkpoint."""
+        await self.batches.flush()
+        await self.batches.put("checkpoint", None)
 
     async def run(self) -> None:
         while True:

@@ -58,7 +58,6 @@ from emfence.run.health import (
     health_document,
     stalled,
 )
-from emfence.run.intake import Intake
 from emfence.run.model import ModelSource
 from emfence.run.notify import notify_outboxes
 from emfence.run.ops_http import Ops, serve_ops
@@ -129,9 +128,6 @@ class Service:
             stopping=lambda: self.stopping,
             on_connected=lambda client: self._publish_health(client, "online"),
             on_fatal=self._fatal)
-        self.intake = Intake(icfg=icfg, acks=self.acks, counters=self.counters,
-                             close_early=self._close_early, pending=self._unwindowed)
-        self.receiver.intake, self.acks.on_acked = self.intake, self.intake.acked
         self.outages.held = self._held_back
         self.commands = Commands(WatchedStore(store, self.outages), self.receiver,
                                  options.regions, self.counters)
@@ -237,7 +233,7 @@ class Service:
             ("deadletters", self.receiver.send_deadletters()),
             ("tracks", self.tracks.run()),
             ("checkpoint", self._periodic_checkpoint()),
-            ("intake", self.intake.run()),
+            ("intake", self.receiver.intake.run()),
             ("health", self._health()),
             ("escalation", self._escalation()),
             ("commands", self.commands.run()),
@@ -377,17 +373,9 @@ class Service:
     async def _periodic_checkpoint(self) -> None:
         while True:
             # ingest.checkpoint_interval_s, or less when the broker's ack wait is shorter
-            await asyncio.sleep(self.intake.checkpoint_interval_s)
+            await asyncio.sleep(self.receiver.intake.checkpoint_interval_s)
             if self.acks.due():
                 await self.batches.put("checkpoint", None)
-
-    def _unwindowed(self) -> bool:
-        return bool(self.acks.since_checkpoint or self.batches.batch.messages)
-
-    async def _close_early(self) -> None:
-        """Close the window now (the broker stopped at its in-flight limit)."""
-        await self.batches.flush()
-        await self.batches.put("checkpoint", None)
 
     async def _health(self) -> None:
         while True:

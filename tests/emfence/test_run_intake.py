@@ -10,6 +10,7 @@ from collections import Counter
 
 from emfence.config import config_from_dict
 from emfence.run.acks import Acks
+from emfence.run.batches import Batches
 from emfence.run.intake import EARLY_EVERY_S, Intake
 from emfence.run.options import Options
 
@@ -29,12 +30,9 @@ def _intake(**ingest):
                 store=None, events=None, tracks=None, outages=None, counters=counters,
                 ack_now=lambda a: None, stopping=lambda: False)
     clock = Clock()
-
-    async def close_early():
-        pass
-
-    intake = Intake(icfg=icfg, acks=acks, counters=counters, close_early=close_early,
-                    pending=lambda: True, clock=clock)
+    intake = Intake(icfg, acks, Batches(icfg.batch_max_messages, icfg.batch_max_ms), counters,
+                    clock=clock)
+    acks.since_checkpoint = 1  # processed messages wait for a window
     intake.reconnected(1)
     return intake, acks, counters, clock
 
