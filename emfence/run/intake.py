@@ -42,6 +42,7 @@ EARLY_EVERY_S = 1.0  # at most one early window per this many seconds
 MIN_STALL_MESSAGES = 8  # fewer held: not worth a checkpoint before the periodic one
 MIN_CHECKPOINT_INTERVAL_S = 0.2  # the shortest periodic checkpoint the ack wait makes
 SAMPLE_BELOW = 4  # first receive time kept for digests whose first byte is below: 1/64
+SAMPLE_ALL = 4096  # ... and for every digest while fewer are kept (a quiet fleet)
 INFLIGHT_SETTINGS = ("mosquitto max_inflight_messages, NATS max_ack_pending, RabbitMQ "
                      "mqtt.prefetch, EMQX mqtt.max_inflight")
 ACK_WAIT_SETTINGS = "NATS ack_wait, EMQX mqtt.retry_interval"
@@ -71,6 +72,7 @@ class Intake:
         self.candidate: int | None = None  # the count of the last stall
         self.ceiling: int | None = None  # the broker's in-flight window, once seen twice
         self.checkpoint_interval_s = float(icfg.checkpoint_interval_s)
+        self.shortened = asyncio.Event()  # set when checkpoint_interval_s becomes shorter
         self.resend_s: float | None = None  # the shortest re-send delay seen
         self.samples: dict[bytes, tuple[float, int]] = {}  # digest -> (first rx, gen)
 
@@ -90,7 +92,7 @@ class Intake:
         self.last_rx = now
         self.held += 1
         self.held_at_rx = self.held
-        if digest is not None and digest[0] < SAMPLE_BELOW:
+        if digest is not None and (digest[0] < SAMPLE_BELOW or len(self.samples) < SAMPLE_ALL):
             self.samples[digest] = (now, self.gen)
             self._prune(now)
 
@@ -172,6 +174,7 @@ class Intake:
         self.checkpoint_interval_s = min(self.checkpoint_interval_s,
                                          max(MIN_CHECKPOINT_INTERVAL_S, delay_s / 2))
         self.counters["broker_resend_ms"] = round(delay_s * 1000)
+        self.shortened.set()
         if first:
             log.warning("the broker sent again messages still held %.1f s after their first "
                         "delivery: its ack wait is shorter than ingest.checkpoint_interval_s "

@@ -371,9 +371,13 @@ class Service:
             await self.batches.put("sweep", now)
 
     async def _periodic_checkpoint(self) -> None:
+        intake = self.receiver.intake
         while True:
-            # ingest.checkpoint_interval_s, or less when the broker's ack wait is shorter
-            await asyncio.sleep(self.receiver.intake.checkpoint_interval_s)
+            # ingest.checkpoint_interval_s, or less (at once) when the broker's ack wait
+            # turns out shorter
+            intake.shortened.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(intake.shortened.wait(), intake.checkpoint_interval_s)
             if self.acks.due():
                 await self.batches.put("checkpoint", None)
 

@@ -9,11 +9,12 @@ import time
 
 import orjson
 import pytest
-from ingest_fleet import CONSOLE_PW, REGION_A, SECRET, fix, now_ms
+from ingest_fleet import CONSOLE_PW, ENGINE_PW, REGION_A, REGION_B, SECRET, fix, now_ms
 from ingest_mqtt_helpers import PahoClient
+from nats_cluster import NatsMqtt
 
 from ingest.mosquitto import CONF_TEMPLATE
-from ingest.passwords import CONSOLE_USER, device_password
+from ingest.passwords import CONSOLE_USER, device_password, engine_account
 
 pytestmark = pytest.mark.mqtt
 
@@ -87,3 +88,52 @@ def test_a_small_broker_window_is_noticed_and_followed(tmp_path, fleet, mosquitt
         c.close()
     reader.close()
     assert engine.stop() == 0
+
+
+ACK_WAIT_CONFIG = """
+[ingest]
+health_interval_s = 1
+checkpoint_interval_s = 20
+"""
+
+
+def test_nats_resending_held_messages_shortens_the_checkpoint_interval(tmp_path, fleet,
+                                                                         engines):
+    """NATS re-sends a message not acknowledged within ``ack_wait`` (here 2 s, the
+    worker's checkpoint every 20 s): the re-sends are recognised and counted, the worker
+    checkpoints every half the re-send delay from then on and says why once."""
+    nats = NatsMqtt(tmp_path, [REGION_A, REGION_B])
+    listen = f"mqtt {{ listen: 127.0.0.1:{nats.port} }}"
+    assert listen in nats.conf.read_text()
+    nats.conf.write_text(nats.conf.read_text().replace(
+        listen, f'mqtt {{ listen: 127.0.0.1:{nats.port}, ack_wait: "2s" }}'))
+    nats.start()
+    try:
+        engine = engines(tmp_path, fleet, nats, config=ACK_WAIT_CONFIG,
+                         extra=["--regions", f"{REGION_A},{REGION_B}"])
+        engine.wait_log("backlog drained")
+        account = engine_account("worker-1")
+        reader = PahoClient(nats.port, account, ENGINE_PW, client_id="test-health")
+        reader.subscribe("emfence/v1/engine/worker-1/health", qos=0)
+        pub = PahoClient(nats.port, account, ENGINE_PW, client_id="test-publisher")
+        d = fleet.ids(REGION_A)[0]
+        t0 = now_ms() - 60_000
+        for i in range(5):
+            pub.publish(f"emfence/v1/{REGION_A}/{d}/fix",
+                        orjson.dumps(fix(t0 + i * 1000, fleet.home)))
+        engine.wait_log("its ack wait is shorter than ingest.checkpoint_interval_s",
+                        timeout_s=20)
+        counters = health_counters(reader, time.monotonic() + 15,
+                                   lambda c: c.get("acknowledged", 0) >= 5)
+        assert counters.get("acknowledged", 0) >= 5, (counters, engine.log()[-3000:])
+        assert counters.get("redelivered_while_held", 0) >= 1, counters
+        assert 1500 <= counters.get("broker_resend_ms", 0) <= 8000, counters
+        assert counters.get("fixes_accepted") == 5 and counters.get("tracks_written") == 5
+        assert engine.log().count("its ack wait is shorter") == 1
+        line = next(x for x in engine.log().splitlines() if "its ack wait is shorter" in x)
+        assert "NATS ack_wait" in line and "mqtt.retry_interval" in line, line
+        pub.close()
+        reader.close()
+        assert engine.stop() == 0
+    finally:
+        nats.stop()
