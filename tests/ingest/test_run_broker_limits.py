@@ -137,3 +137,38 @@ def test_nats_resending_held_messages_shortens_the_checkpoint_interval(tmp_path,
         assert engine.stop() == 0
     finally:
         nats.stop()
+
+
+def test_nats_max_ack_pending_below_the_window_is_followed(tmp_path, fleet, engines):
+    """NATS's ``max_ack_pending`` (per subscription) at 20: the same adaptation as on
+    mosquitto; 400 fixes of one region go through in seconds, not one window per 30 s."""
+    nats = NatsMqtt(tmp_path, [REGION_A, REGION_B])
+    listen = f"mqtt {{ listen: 127.0.0.1:{nats.port} }}"
+    nats.conf.write_text(nats.conf.read_text().replace(
+        listen, f"mqtt {{ listen: 127.0.0.1:{nats.port}, max_ack_pending: {INFLIGHT} }}"))
+    nats.start()
+    try:
+        engine = engines(tmp_path, fleet, nats, config=CONFIG,
+                         extra=["--regions", f"{REGION_A},{REGION_B}"])
+        engine.wait_log("backlog drained")
+        account = engine_account("worker-1")
+        reader = PahoClient(nats.port, account, ENGINE_PW, client_id="test-health")
+        reader.subscribe("emfence/v1/engine/worker-1/health", qos=0)
+        pub = PahoClient(nats.port, account, ENGINE_PW, client_id="test-publisher")
+        devices = fleet.ids(REGION_A)
+        t0, start, n = now_ms() - 600_000, time.monotonic(), 400
+        for i in range(n):
+            d = devices[i % len(devices)]
+            pub.publish(f"emfence/v1/{REGION_A}/{d}/fix",
+                        orjson.dumps(fix(t0 + i * 100, fleet.home)))
+        counters = health_counters(reader, time.monotonic() + 25,
+                                   lambda c: c.get("acknowledged", 0) >= n)
+        assert counters.get("acknowledged", 0) >= n, (counters, engine.log()[-3000:])
+        assert counters.get("fixes_accepted") == n, counters
+        assert time.monotonic() - start < 25
+        assert engine.log().count(LINE) == 1, engine.log()[-3000:]
+        pub.close()
+        reader.close()
+        assert engine.stop() == 0
+    finally:
+        nats.stop()
