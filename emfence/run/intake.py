@@ -70,7 +70,7 @@ class Intake:
         self.gap_s = self.quiet_s  # recent mean gap between received messages
         self.early_at = -math.inf
         self.candidate: int | None = None  # the count of the last stall
-        self.ceiling: int | None = None  # the broker's in-flight window, once seen twice
+        self.ceiling: int | None = None  # the broker's in-flight window, once confirmed
         self.checkpoint_interval_s = float(icfg.checkpoint_interval_s)
         self.shortened = asyncio.Event()  # set when checkpoint_interval_s becomes shorter
         self.resend_s: float | None = None  # the shortest re-send delay seen
