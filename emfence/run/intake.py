@@ -13,10 +13,13 @@ until the periodic checkpoint. :class:`Intake` watches for that:
   checkpoint, then the acknowledgements) instead of at the periodic checkpoint; at most
   one such early window per :data:`EARLY_EVERY_S`, and only with
   :data:`MIN_STALL_MESSAGES` held;
-- **the ceiling**: a stall at L held, then, once those are acknowledged, another at L or
-  more (the broker sent a window again at once: a backlog, not a quiet fleet) make L
-  the broker's window: from then on windows close every L/2 messages (never more than
-  the configured window), said once in the log; a later smaller one lowers it;
+- **the ceiling**: a broker that held messages back sends the next ones at once
+  (within :data:`RESUME_S`) after the acknowledgements; a fleet that was only quiet does
+  not (then early windows come less often, up to :data:`MAX_EARLY_EVERY_S`).
+  :data:`CONFIRM_STALLS` stalls in a row followed at once by more make the smallest of
+  their counts, L, the broker's window: from then on windows close every L/2 messages
+  (never more than the configured window), said once in the log; a smaller one later
+  lowers it;
 - **the ack wait**: a broker re-sends a message not acknowledged within its ack wait
   (NATS ``ack_wait``, EMQX ``mqtt.retry_interval``). A re-send of a message still held
   (``redelivered_while_held``) a shorter time after its first delivery than
@@ -39,6 +42,9 @@ log = logging.getLogger("emfence.run")
 MIN_QUIET_S = 0.1  # silence before a stall is considered, at least this (s)
 GAP_FACTOR = 8  # ... and this many times the recent mean gap between messages
 EARLY_EVERY_S = 1.0  # at most one early window per this many seconds
+MAX_EARLY_EVERY_S = 8.0  # ... doubled up to this after each that was a quiet moment
+RESUME_S = 0.025  # a broker holding messages back sends the next this soon after acks
+CONFIRM_STALLS = 2  # stalls in a row, each followed at once by more: the window is seen
 MIN_STALL_MESSAGES = 8  # fewer held: not worth a checkpoint before the periodic one
 MIN_CHECKPOINT_INTERVAL_S = 0.2  # the shortest periodic checkpoint the ack wait makes
 SAMPLE_BELOW = 4  # first receive time kept for digests whose first byte is below: 1/64
@@ -69,7 +75,11 @@ class Intake:
         self.last_rx = -math.inf
         self.gap_s = self.quiet_s  # recent mean gap between received messages
         self.early_at = -math.inf
-        self.candidate: int | None = None  # the count of the last stall
+        self.early_every_s = EARLY_EVERY_S  # longer after stalls that were quiet moments
+        self.probe: int | None = None  # held at the last early window, until judged
+        self.probe_acked_at: float | None = None  # when its acknowledgements went out
+        self.resumed_after: float | None = None  # ... and the next message came that late
+        self.stalls: list[int] = []  # counts of the judged stalls in a row
         self.ceiling: int | None = None  # the broker's in-flight window, once confirmed
         self.checkpoint_interval_s = float(icfg.checkpoint_interval_s)
         self.shortened = asyncio.Event()  # set when checkpoint_interval_s becomes shorter
@@ -80,7 +90,7 @@ class Intake:
 
     def reconnected(self, gen: int) -> None:
         """Packet ids of the earlier connection are void: nothing is held on this one."""
-        self.gen, self.held, self.held_at_rx, self.candidate = gen, 0, 0, None
+        self.gen, self.held, self.held_at_rx, self.probe = gen, 0, 0, None
 
     def received(self, ack: tuple[int, int] | None, digest: bytes | None) -> None:
         """A message joined the open batch (``ack`` None: QoS 0, nothing held)."""
@@ -90,6 +100,8 @@ class Intake:
         gap = min(now - self.last_rx, 10 * self.quiet_s)
         self.gap_s += 0.2 * (gap - self.gap_s)
         self.last_rx = now
+        if self.probe_acked_at is not None and self.resumed_after is None:
+            self.resumed_after = now - self.probe_acked_at
         self.held += 1
         self.held_at_rx = self.held
         if digest is not None and (digest[0] < SAMPLE_BELOW or len(self.samples) < SAMPLE_ALL):
@@ -108,6 +120,8 @@ class Intake:
         """The acknowledger PUBACKed ``acks``."""
         n = sum(1 for a in acks if a[0] == self.gen)
         self.held = max(0, self.held - n)
+        if n and self.probe is not None and self.probe_acked_at is None:
+            self.probe_acked_at = self.clock()
         self.counters["acknowledged"] += n
 
     # ----- the watcher ----------------------------------------------------------------
@@ -117,7 +131,7 @@ class Intake:
         return (self.held >= MIN_STALL_MESSAGES
                 and self.held == self.held_at_rx  # no acknowledgement since
                 and now - self.last_rx >= max(self.quiet_s, GAP_FACTOR * self.gap_s)
-                and now - self.early_at >= EARLY_EVERY_S
+                and now - self.early_at >= self.early_every_s
                 and self.pending())
 
     def pending(self) -> bool:
@@ -132,24 +146,43 @@ class Intake:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.quiet_s / 2)
-            now = self.clock()
-            if not self.stalled(now):
-                continue
-            self.early_at = now
-            self.counters["early_windows"] += 1
-            self._stall_at(self.held)
-            await self.close_early()
+            if self.tick(self.clock()):
+                await self.close_early()
 
-    def _stall_at(self, count: int) -> None:
-        """A stall at ``count`` held, then after its acknowledgements another at as many
-        or more (the broker sent at least a window again at once: not a quiet fleet):
-        the first count is the broker's window."""
+    def tick(self, now: float) -> bool:
+        """True: close the window now (a stall)."""
+        self._judge(now)
+        if not self.stalled(now):
+            return False
+        self.early_at = now
+        self.counters["early_windows"] += 1
         log.debug("delivery stopped with %d messages unacknowledged: window closed early",
-                  count)
-        if self.candidate is None or count < self.candidate:
-            self.candidate = count
+                  self.held)
+        self.probe = self.held
+        self.probe_acked_at = self.resumed_after = None
+        return True
+
+    def _judge(self, now: float) -> None:
+        """After an early window's acknowledgements: did the broker send again at once
+        (it was holding messages back: a stall) or not (a quiet moment of the fleet)?"""
+        if self.probe is None or self.probe_acked_at is None:
             return
-        seen, self.candidate = self.candidate, None
+        if self.resumed_after is None and now - self.probe_acked_at <= RESUME_S:
+            return  # not yet known
+        count, self.probe = self.probe, None
+        if self.resumed_after is None or self.resumed_after > RESUME_S:
+            self.stalls.clear()  # quiet, not held back: early windows less often
+            self.early_every_s = min(self.early_every_s * 2, MAX_EARLY_EVERY_S)
+            return
+        self.stalls.append(count)
+        if len(self.stalls) >= CONFIRM_STALLS:
+            self._window_is(min(self.stalls))
+            self.stalls.clear()
+
+    def _window_is(self, seen: int) -> None:
+        """Stalls in a row, each followed at once by more messages: the broker's
+        in-flight window is ``seen`` (the smallest of their counts)."""
+        self.early_every_s = EARLY_EVERY_S
         if self.ceiling is not None and seen >= self.ceiling:
             return
         self.ceiling = seen

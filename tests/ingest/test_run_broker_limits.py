@@ -73,11 +73,14 @@ def test_a_small_broker_window_is_noticed_and_followed(tmp_path, fleet, mosquitt
     published_s = time.monotonic() - start
 
     # Without the adaptation: one window of 20 per 30 s checkpoint, 2000 fixes in ~50 min.
+    # The last half window (fewer than 10: the broker no longer holds anything back) is
+    # acknowledged at the periodic checkpoint.
     counters = health_counters(reader, time.monotonic() + 30,
-                               lambda c: c.get("acknowledged", 0) >= FIXES)
+                               lambda c: c.get("acknowledged", 0) >= FIXES - INFLIGHT // 2)
     took_s = time.monotonic() - start
     assert counters.get("fixes_accepted") == FIXES, counters
-    assert counters.get("acknowledged", 0) >= FIXES, (counters, engine.log()[-3000:])
+    assert counters.get("acknowledged", 0) >= FIXES - INFLIGHT // 2, (counters,
+                                                                    engine.log()[-3000:])
     assert counters.get("broker_inflight_window") == INFLIGHT, counters
     assert took_s < published_s + 15, (took_s, published_s)
     assert engine.log().count(LINE) == 1, engine.log()[-3000:]
@@ -162,8 +165,9 @@ def test_nats_max_ack_pending_below_the_window_is_followed(tmp_path, fleet, engi
             pub.publish(f"emfence/v1/{REGION_A}/{d}/fix",
                         orjson.dumps(fix(t0 + i * 100, fleet.home)))
         counters = health_counters(reader, time.monotonic() + 25,
-                                   lambda c: c.get("acknowledged", 0) >= n)
-        assert counters.get("acknowledged", 0) >= n, (counters, engine.log()[-3000:])
+                                   lambda c: c.get("acknowledged", 0) >= n - INFLIGHT // 2)
+        assert counters.get("acknowledged", 0) >= n - INFLIGHT // 2, (counters,
+                                                                    engine.log()[-3000:])
         assert counters.get("fixes_accepted") == n, counters
         assert time.monotonic() - start < 25
         assert engine.log().count(LINE) == 1, engine.log()[-3000:]
