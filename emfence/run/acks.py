@@ -69,6 +69,10 @@ class Acks:
         self.taken = asyncio.Event()
         self.acking: set[bytes] = set()  # digests of closed windows not yet acknowledged
         self.checkpointing = opts.state_in != "none"
+        # The window closes at this many messages: ingest.ack_window_messages, or less
+        # once the broker's in-flight window is seen to be smaller (emfence.run.intake).
+        self.window_messages = icfg.ack_window_messages
+        self.on_acked: Callable[[list[tuple[int, int]]], None] | None = None
 
     # ----- on receive and processing (the receiver, the processor) -------------------
 
@@ -102,7 +106,7 @@ class Acks:
         self.pending.extend(acks)
         self.since_checkpoint += messages
         return (not self.checkpointing  # no state to keep: stored is durable
-                or self.since_checkpoint >= self.icfg.ack_window_messages)
+                or self.since_checkpoint >= self.window_messages)
 
     def due(self) -> bool:
         """Anything to checkpoint (the periodic checkpoint)."""
@@ -174,6 +178,8 @@ class Acks:
                 if durable:
                     for a in job.acks:
                         self.ack_now(a)
+                    if self.on_acked is not None:
+                        self.on_acked(job.acks)
             self.covered.appendleft(window)  # recognised from here on: out of acking
             for job in jobs:
                 self.acking -= job.window

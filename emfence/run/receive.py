@@ -15,6 +15,7 @@ import orjson
 
 from contract import deadletter_topic, drain_topic, health_topic
 from emfence.run.commands import is_reply, reply_filters
+from emfence.run.intake import Intake
 from emfence.run.options import (
     DRAIN_ACK_S,
     RETRY_LOG_EVERY_S,
@@ -129,6 +130,7 @@ class Receiver:
         self.may_connect: Callable[[], Awaitable[None]] | None = None
         self._drain_sent_ms = 0
         self._drain_messages = 0
+        self.intake = Intake(icfg, acks, batches, counters)  # the broker's limits, watched
 
     @property
     def broker(self):
@@ -252,6 +254,7 @@ class Receiver:
         self.gen += 1
         self.counters["connects"] += 1
         self.acks.reconnected(self.gen)
+        self.intake.reconnected(self.gen)
         await self._subscribe(client)
         self.client = client
         self.connected.set()
@@ -383,12 +386,15 @@ class Receiver:
             self.counters["redelivered"] += 1
             if seen == "join":  # sent again before its checkpoint: ack with its batch
                 self.batches.join(ack, None)
+                self.intake.received(ack, None)
+                self.intake.redelivered(digest)
             else:
                 self.ack_now(ack)
             return
         self._accept(topic, payload)
         self.acks.received.add(digest)
         self.batches.join(ack, digest)
+        self.intake.received(ack, digest)
         if self.batches.full:
             await self.batches.flush()
 

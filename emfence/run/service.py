@@ -233,6 +233,7 @@ class Service:
             ("deadletters", self.receiver.send_deadletters()),
             ("tracks", self.tracks.run()),
             ("checkpoint", self._periodic_checkpoint()),
+            ("intake", self.receiver.intake.run()),
             ("health", self._health()),
             ("escalation", self._escalation()),
             ("commands", self.commands.run()),
@@ -370,8 +371,13 @@ class Service:
             await self.batches.put("sweep", now)
 
     async def _periodic_checkpoint(self) -> None:
+        intake = self.receiver.intake
         while True:
-            await asyncio.sleep(self.icfg.checkpoint_interval_s)
+            # ingest.checkpoint_interval_s, or less (at once) when the broker's ack wait
+            # turns out shorter
+            intake.shortened.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(intake.shortened.wait(), intake.checkpoint_interval_s)
             if self.acks.due():
                 await self.batches.put("checkpoint", None)
 
