@@ -98,7 +98,7 @@ class BoardStore:
     def _open_alarms(self, regions: list[str] | None) -> dict[str, list[tuple[str, str]]]:
         """``subject_id -> [(device_id, type)]`` of the alarms not closed."""
         where = Where().regions(regions)
-        where.add("workflow <> ?", "closed")
+        where.add("workflow <> 'closed'")  # literal: the partial index alarms_open
         out: dict[str, list[tuple[str, str]]] = {}
         with self._db.tx("board alarms", write=False) as cur:
             cur.execute(f"SELECT subject_id, device_id, type FROM alarms{where.sql}",

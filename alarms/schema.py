@@ -102,6 +102,12 @@ _V1_DISPOSITIONS = ("confirmed_violation", "approved_leave_not_recorded", "gps_d
 _V1_DISPOSITION_CHECK = f"disposition IN {_in(_V1_DISPOSITIONS)}"
 
 
+# The predicate must match the board's query text (``workflow <> 'closed'`` as a literal)
+# for SQLite and PostgreSQL to prove the partial index applies.
+OPEN_ALARMS_INDEX = ("CREATE INDEX alarms_open ON alarms (region, subject_id) "
+                     "WHERE workflow <> 'closed'")
+
+
 def _widen_disposition_check(cur: Any, dialect: str) -> None:
     """Version 5: ``alarms.disposition`` may also be the register's ``supervision_ended``."""
     if dialect == "postgresql":
@@ -335,6 +341,10 @@ MIGRATIONS: list[list[Migration]] = [
     # version 14: each account's console language (alarms.users.set_user_lang; NULL until
     # chosen; docs/console-api.md, "Language").
     ["ALTER TABLE users ADD COLUMN lang TEXT"],
+    # version 15: the alarms not closed, by region, for the status board's open-alarm
+    # query (alarms.board; docs/console-api.md, "The status board"): it reads these rows
+    # only, not every alarm ever raised.
+    [OPEN_ALARMS_INDEX],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -956,6 +956,9 @@ async function loadStats(ev) {
 
 // ---------------------------------------------------------------- boot
 async function boot() {
+  // The session is asked for while the language catalogue loads (two round trips at once).
+  const session = api("GET", "/api/session");
+  session.catch(() => {});  // answered below, after the catalogue
   await i18n.ready;
   i18n.apply(document);
   document.addEventListener("langchange", onLangChange);
@@ -973,7 +976,7 @@ async function boot() {
     if (waiting) cue(true);
   }, 60000);
   try {
-    const s = await api("GET", "/api/session");
+    const s = await session;
     await start(s);
   } catch (e) {
     showLogin(e instanceof ApiError && e.status === 401 ? "" : e.message);
