@@ -40,6 +40,7 @@ class ApiError extends Error {
     this.status = status;
     this.code = body && body.error;
     this.field = body && body.field;  // the request field at fault, when the server names one
+    this.body = body;
   }
 }
 
@@ -979,7 +980,10 @@ async function boot() {
     const s = await session;
     await start(s);
   } catch (e) {
-    showLogin(e instanceof ApiError && e.status === 401 ? "" : e.message);
+    // The session may have failed before the catalogue was loaded: its words are taken
+    // again now, in the page's language.
+    showLogin(e instanceof ApiError && e.status === 401 ? ""
+      : e instanceof ApiError ? errorText(e.status, e.body) : e.message);
   }
 }
 
