@@ -51,6 +51,30 @@ def health_counters(reader: PahoClient, until_s: float, done) -> dict:
     return counters
 
 
+def nats_with(tmp_path, option: str) -> NatsMqtt:
+    """A NATS MQTT server with ``option`` added to its ``mqtt { listen }`` block, started."""
+    nats = NatsMqtt(tmp_path, [REGION_A, REGION_B])
+    listen = f"mqtt {{ listen: 127.0.0.1:{nats.port} }}"
+    assert listen in nats.conf.read_text()
+    nats.conf.write_text(nats.conf.read_text().replace(
+        listen, f"mqtt {{ listen: 127.0.0.1:{nats.port}, {option} }}"))
+    nats.start()
+    return nats
+
+
+def engine_and_clients(tmp_path, fleet, engines, nats: NatsMqtt, config: str):
+    """The worker on ``nats`` (both regions, backlog drained), a reader of its health at
+    QoS 0 and a publisher with the engine's account: (engine, reader, publisher)."""
+    engine = engines(tmp_path, fleet, nats, config=config,
+                     extra=["--regions", f"{REGION_A},{REGION_B}"])
+    engine.wait_log("backlog drained")
+    account = engine_account("worker-1")
+    reader = PahoClient(nats.port, account, ENGINE_PW, client_id="test-health")
+    reader.subscribe("emfence/v1/engine/worker-1/health", qos=0)
+    pub = PahoClient(nats.port, account, ENGINE_PW, client_id="test-publisher")
+    return engine, reader, pub
+
+
 ACK_WAIT_CONFIG = """
 [ingest]
 health_interval_s = 1
@@ -63,20 +87,10 @@ def test_nats_resending_held_messages_shortens_the_checkpoint_interval(tmp_path,
     """NATS re-sends a message not acknowledged within ``ack_wait`` (here 2 s, the
     worker's checkpoint every 20 s): the re-sends are recognised and counted, the worker
     checkpoints every half the re-send delay from then on and says why once."""
-    nats = NatsMqtt(tmp_path, [REGION_A, REGION_B])
-    listen = f"mqtt {{ listen: 127.0.0.1:{nats.port} }}"
-    assert listen in nats.conf.read_text()
-    nats.conf.write_text(nats.conf.read_text().replace(
-        listen, f'mqtt {{ listen: 127.0.0.1:{nats.port}, ack_wait: "2s" }}'))
-    nats.start()
+    nats = nats_with(tmp_path, 'ack_wait: "2s"')
     try:
-        engine = engines(tmp_path, fleet, nats, config=ACK_WAIT_CONFIG,
-                         extra=["--regions", f"{REGION_A},{REGION_B}"])
-        engine.wait_log("backlog drained")
-        account = engine_account("worker-1")
-        reader = PahoClient(nats.port, account, ENGINE_PW, client_id="test-health")
-        reader.subscribe("emfence/v1/engine/worker-1/health", qos=0)
-        pub = PahoClient(nats.port, account, ENGINE_PW, client_id="test-publisher")
+        engine, reader, pub = engine_and_clients(tmp_path, fleet, engines, nats,
+                                                 ACK_WAIT_CONFIG)
         d = fleet.ids(REGION_A)[0]
         t0 = now_ms() - 60_000
         for i in range(5):
@@ -103,19 +117,9 @@ def test_nats_resending_held_messages_shortens_the_checkpoint_interval(tmp_path,
 def test_nats_max_ack_pending_below_the_window_is_followed(tmp_path, fleet, engines):
     """NATS's ``max_ack_pending`` (per subscription) at 20: the same adaptation as on
     mosquitto; 400 fixes of one region go through in seconds, not one window per 30 s."""
-    nats = NatsMqtt(tmp_path, [REGION_A, REGION_B])
-    listen = f"mqtt {{ listen: 127.0.0.1:{nats.port} }}"
-    nats.conf.write_text(nats.conf.read_text().replace(
-        listen, f"mqtt {{ listen: 127.0.0.1:{nats.port}, max_ack_pending: {INFLIGHT} }}"))
-    nats.start()
+    nats = nats_with(tmp_path, f"max_ack_pending: {INFLIGHT}")
     try:
-        engine = engines(tmp_path, fleet, nats, config=CONFIG,
-                         extra=["--regions", f"{REGION_A},{REGION_B}"])
-        engine.wait_log("backlog drained")
-        account = engine_account("worker-1")
-        reader = PahoClient(nats.port, account, ENGINE_PW, client_id="test-health")
-        reader.subscribe("emfence/v1/engine/worker-1/health", qos=0)
-        pub = PahoClient(nats.port, account, ENGINE_PW, client_id="test-publisher")
+        engine, reader, pub = engine_and_clients(tmp_path, fleet, engines, nats, CONFIG)
         devices = fleet.ids(REGION_A)
         t0, start, n = now_ms() - 600_000, time.monotonic(), 400
         for i in range(n):
