@@ -10,7 +10,8 @@ out_run 1, outbound_at_ms 8, outbound_zone 4, offline_at_ms 8, tamper_at_ms 8,
 battery_at_ms 8, settled cache 28, ``ext_row`` 4 (and the scheduled rules' ``ext`` row of
 64, leave_overdue and curfew, only for the devices of subjects with leaves or curfews; see
 :data:`X_OUT_TYPE` ...), the device rules (power_off, no_fix) and the last
-position for evidence 64; per (device, exclusion zone) slot: exclusion_at_ms 8. See
+position for evidence 64, the offline deadline 8 (in the device row, below); per
+(device, exclusion zone) slot: exclusion_at_ms 8. See
 :func:`bytes_per_device` for the measured figure including the registry's per-device
 arrays.
 
