@@ -39,26 +39,36 @@ def event_dicts(engine: Any, ev_i: np.ndarray, ev_f: np.ndarray, n: int) -> list
     if not len(keep):
         return []
     subjects, suspends, zone_ids = reg.subjects, reg.suspends, engine.zones.zone_ids
+    names, kinds, n_devices = table.names, reg.device_kinds, table.n_devices
     curfew = K.T_CURFEW
     # Columns, not rows: 2n row lists alive through the loop set off full collections.
     subject_idx = reg.arrays.device_subject[ev_i[keep, K.EV_DEVICE]].tolist()
     out: list[dict] = []
+    append = out.append
     pi = 0
     for k, m, d, typ, z, raised, at, episode, late, lat, lon, aux, acc, s in zip(
             keep.tolist(), nparts[keep].tolist(), *ev_i[keep, :7].T.tolist(),
             *ev_f[keep, :4].T.tolist(), subject_idx, strict=True):
-        evidence = (lat, lon, aux, acc)
-        type_name = ALARM_TYPES[typ]
-        if m > 0:  # folded: evidence of a zone type (engine.per_subject.SUBJECT_TYPES)
-            if type_name not in EVIDENCE_TYPES or (typ == curfew and math.isnan(acc)):
-                evidence = None  # (a curfew cleared by its window's end: no fix, NaN)
-            _folded(out, table, reg, d, parts[pi:pi + m], pool, subjects[s],
-                    zone_ids[z] if z >= 0 else None, at, evidence, suspends[s])
-            pi += m
+        subject = subjects[s]
+        zone_id = zone_ids[z] if z >= 0 else None
+        if m < 0:
+            append(_device_event(reg, ev_i[k], ev_f[k], d, ALARM_TYPES[typ], zone_id,
+                                 raised != 0, at, episode, late != 0, (lat, lon, aux, acc),
+                                 subject, suspends[s]))
             continue
-        out.append(_device_event(reg, ev_i[k], ev_f[k], d, type_name, zone_ids[z] if z >= 0
-                                 else None, raised != 0, at, episode, late != 0, evidence,
-                                 subjects[s], suspends[s]))
+        # Folded (a zone type of engine.per_subject.SUBJECT_TYPES): the events it became.
+        evidence = None if (ALARM_TYPES[typ] not in EVIDENCE_TYPES
+                            or (typ == curfew and math.isnan(acc))) else (lat, lon, aux, acc)
+        for up, t, lead, ep_at, off, count in parts[pi:pi + m]:
+            name = ALARM_TYPES[t]
+            ev = alarm_event(up != 0, name, subject.subject_id, names[lead], zone_id,
+                             subject.region, at, ep_at, False, evidence)
+            ev["devices"] = [names[x] for x in pool[off:off + count]]  # (no key check)
+            ev["device_kind"] = kinds[lead if lead < n_devices else d]  # the lead's
+            if suspends[s] and suspended(subject, name, at):
+                ev["suspended"] = True
+            append(ev)
+        pi += m
     return out
 
 
@@ -86,19 +96,3 @@ def _device_event(reg: Any, row_i: np.ndarray, row_f: np.ndarray, d: int, type_n
     if suspends and suspended(subject, type_name, at):
         ev["suspended"] = True
     return ev
-
-
-def _folded(out: list[dict], table: Any, reg: Any, d: int, parts: list, pool: list,
-            subject: Any, zone_id: str | None, at: int, evidence: Any, suspends: bool) -> None:
-    """The events (``parts``: engine.fold's rows) one device event of a subject's
-    devices becomes with one alarm per subject, appended to ``out``."""
-    names, kinds, n_devices = table.names, reg.device_kinds, reg.n_devices
-    for up, typ, lead, ep_at, off, count in parts:
-        name = ALARM_TYPES[typ]
-        ev = alarm_event(up != 0, name, subject.subject_id, names[lead], zone_id,
-                         subject.region, at, ep_at, False, evidence)
-        ev["devices"] = [names[x] for x in pool[off:off + count]]  # (no key check)
-        ev["device_kind"] = kinds[lead if lead < n_devices else d]
-        if suspends and suspended(subject, name, at):
-            ev["suspended"] = True
-        out.append(ev)

@@ -28,6 +28,7 @@ class FoldTable:
     def __init__(self, registry: Any, zone_ids: list[str], extras: list[str] | None = None,
                  devices_max: int = 0):
         self.registry = registry
+        self.n_devices = registry.n_devices
         self.zone_ids = list(zone_ids)
         self.n_z1 = len(self.zone_ids) + 1
         self.subject_ndev = np.array([len(s.device_ids) for s in registry.subjects] or [0],
