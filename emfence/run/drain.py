@@ -52,11 +52,13 @@ class DrainMarkers:
         self.nonce = b""
         self.waiting: set[str] = set()
 
-    def start(self) -> list[tuple[str, bytes]]:
-        """A new connection: the (topic, payload) of each marker to publish."""
+    def start(self, refused: list[str] = ()) -> list[tuple[str, bytes]]:
+        """A new connection: the (topic, payload) of each marker to publish; none for
+        the ``refused`` filters (no subscription: the marker would never come back, and a
+        subscription granted later starts with no backlog)."""
         self.nonce = MARKER + secrets.token_hex(8).encode()
-        self.waiting = set(self.topics)
-        return [(t, self.nonce) for t in self.topics]
+        self.waiting = {t for t, f in self.topics.items() if f not in refused}
+        return [(t, self.nonce) for t in sorted(self.waiting)]
 
     def arrived(self, topic: str, payload: bytes) -> bool | None:
         """A message on a marker topic: None when it is not a marker (a device's message

@@ -279,9 +279,10 @@ class Receiver:
         # (aiomqtt.MqttError: on to the next broker).
         self._drain_sent_ms = now
         self._drain_messages = self.counters["messages"]
-        for topic, payload in self.markers.start():
+        for topic, payload in self.markers.start(self.refused_filters):
             await client.publish(topic, payload, qos=1, timeout=DRAIN_ACK_S)
         self.hold.missing = self.markers.missing()
+        self.hold.drained = not self.markers.waiting  # every device filter refused
         await self.announce(client)
 
     async def _subscribe(self, client) -> None:

@@ -53,6 +53,13 @@ def test_drained_once_every_marker_of_this_connection_is_back():
     assert markers.missing() == []
 
 
+def test_no_marker_is_awaited_for_a_refused_subscription():
+    markers = DrainMarkers("worker-1", ["330723"])
+    sent = markers.start(["emfence/v1/330723/+/status"])
+    assert sent == [("emfence/v1/330723/emfence-worker-1/fix", markers.nonce)]
+    assert markers.arrived(sent[0][0], sent[0][1]) is True
+
+
 def test_after_a_start_sweeps_run_as_soon_as_the_backlog_is_drained():
     h = hold()
     assert not h.may_sweep(T0 + 10, PERIOD_S)
