@@ -114,8 +114,12 @@ class IngestConfig:
     batch_max_ms: int = 20
     # Offline sweep period, ms (receive time).
     sweep_interval_ms: int = 1000
-    # After a start, offline alarms wait until the backlog drains or this grace passes, s.
+    # After a start, offline alarms wait until the backlog drains; after a broker outage
+    # also for this grace, s (devices reconnect meanwhile).
     restart_grace_s: float = 60.0
+    # Drain markers still missing this long after the grace no longer hold offline
+    # alarms, s (a broker that drops them would hold them for ever).
+    drain_wait_s: float = 120.0
     # Health message period, s.
     health_interval_s: float = 10.0
     # Reconnect backoff: first delay and cap, s (full jitter).
@@ -308,6 +312,9 @@ def _check(config: Config, source: str | None) -> Config:
     if i.subscribe not in ("regions", "all"):
         raise ConfigError(f'must be "regions" or "all", got {i.subscribe!r}',
                           key="ingest.subscribe", source=source)
+    if i.drain_wait_s < 0:
+        raise ConfigError("must be 0 or more (seconds)", key="ingest.drain_wait_s",
+                          source=source)
     if i.redelivery_horizon_s <= 0:
         raise ConfigError("must be positive (seconds)", key="ingest.redelivery_horizon_s",
                           source=source)
