@@ -9,14 +9,17 @@ from collections.abc import Callable, Sequence
 from alarms.db import Cursor, Database, StoreError, int_ms
 
 # Schema migration (alarms.schema): the deltas after each worker's full checkpoint, in
-# order (``seq`` 1, 2, ...); written with the digests of the row they follow, and
-# deleted with every new full checkpoint, in the same transaction.
+# order (``seq`` 1, 2, ...), each with the redelivery digests it covers (the newest row's
+# are the worker's: the full checkpoint's row is not rewritten for them, which in SQLite
+# would copy its whole state), deleted with every new full checkpoint in the same
+# transaction.
 V16_CHECKPOINT_DELTAS = [
     """
     CREATE TABLE engine_checkpoint_deltas (
         worker      TEXT NOT NULL,
         seq         BIGINT NOT NULL,
         state       {blob} NOT NULL,
+        digests     {blob} NOT NULL,
         written_at  BIGINT NOT NULL,
         PRIMARY KEY (worker, seq)
     )
@@ -42,7 +45,7 @@ class CheckpointStore:
                               now_ms: int) -> None:
         """In one transaction, fenced: ``base`` (None: keep the one stored) replacing the
         previous checkpoint and its deltas, then ``deltas`` (``(seq, bytes)`` in order,
-        after those kept), and ``digests``, now those of the newest of them."""
+        after those kept); ``digests`` go with the newest of them."""
         now_ms = int_ms(now_ms, "now_ms")
         with self._db.tx("save engine checkpoint") as cur:
             self._fenced(cur, "save engine checkpoint")
@@ -51,19 +54,21 @@ class CheckpointStore:
                             "written_at) VALUES (?, ?, ?, ?) ON CONFLICT (worker) DO UPDATE "
                             "SET state = excluded.state, digests = excluded.digests, "
                             "written_at = excluded.written_at",
-                            (worker, base, digests, now_ms))
+                            (worker, base, b"" if deltas else digests, now_ms))
                 cur.execute("DELETE FROM engine_checkpoint_deltas WHERE worker = ?", (worker,))
-            elif cur.execute("UPDATE engine_checkpoints SET digests = ?, written_at = ? "
-                             "WHERE worker = ?", (digests, now_ms, worker)).rowcount != 1:
+            elif cur.execute("SELECT 1 AS one FROM engine_checkpoints WHERE worker = ?",
+                             (worker,)).one() is None:
                 raise StoreError(f"no checkpoint of worker {worker!r} for its deltas")
             if deltas:
+                last = len(deltas) - 1
                 cur.executemany("INSERT INTO engine_checkpoint_deltas (worker, seq, state, "
-                                "written_at) VALUES (?, ?, ?, ?)",
-                                [(worker, int(seq), data, now_ms) for seq, data in deltas])
+                                "digests, written_at) VALUES (?, ?, ?, ?, ?)",
+                                [(worker, int(seq), data, digests if i == last else b"",
+                                  now_ms) for i, (seq, data) in enumerate(deltas)])
 
     def load_checkpoint(self, worker: str) -> tuple[bytes, bytes, int] | None:
         """``worker``'s full checkpoint ``(state, digests, written_at)``, or None if it has
-        none (its deltas: :meth:`load_checkpoint_chain`)."""
+        none (its deltas, and the digests of the newest: :meth:`load_checkpoint_chain`)."""
         with self._db.tx("load engine checkpoint", write=False) as cur:
             row = cur.execute("SELECT state, digests, written_at FROM engine_checkpoints "
                               "WHERE worker = ?", (worker,)).one()
@@ -78,12 +83,14 @@ class CheckpointStore:
         with self._db.tx("load engine checkpoint", write=False) as cur:
             row = cur.execute("SELECT state, digests, written_at FROM engine_checkpoints "
                               "WHERE worker = ?", (worker,)).one()
-            deltas = cur.execute("SELECT state FROM engine_checkpoint_deltas WHERE worker = ? "
-                                 "ORDER BY seq", (worker,)).all()
+            deltas = cur.execute("SELECT state, digests, written_at FROM "
+                                 "engine_checkpoint_deltas WHERE worker = ? ORDER BY seq",
+                                 (worker,)).all()
         if row is None:
             return None
+        newest = deltas[-1] if deltas else row
         return (bytes(row["state"]), [bytes(d["state"]) for d in deltas],
-                bytes(row["digests"]), int(row["written_at"]))
+                bytes(newest["digests"]), int(newest["written_at"]))
 
     def delete_checkpoint(self, worker: str) -> bool:
         """Forget ``worker``'s checkpoint and its deltas; True if there was one."""

@@ -20,7 +20,7 @@ def test_deltas_follow_their_full_checkpoint_and_go_with_the_next(store):
     store.save_checkpoint("south", b"other", b"s", 1001)
     assert store.load_checkpoint_chain("north") == (
         b"base-1", [b"delta-1", b"delta-2\x00", b"delta-3"], b"d3", 1200)
-    assert store.load_checkpoint("north") == (b"base-1", b"d3", 1200)
+    assert store.load_checkpoint("north") == (b"base-1", b"d1", 1000)  # (its own row)
     assert store.load_checkpoint_chain("south") == (b"other", [], b"s", 1001)
     # A new full checkpoint replaces the old one and its deltas, in the same transaction.
     store.save_checkpoint_chain("north", b"base-2", [(1, b"after-2")], b"d4", 1300)
