@@ -31,6 +31,7 @@ import io
 import os
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -353,14 +354,16 @@ def registry_id_arrays(registry, zone_ids) -> IdArrays:
     return IdArrays(ids, ids[slot_dev], zones[slot_zone], zones)
 
 
-def snapshot_arrays(state: DeviceState, ids: IdArrays, counters: np.ndarray
-                    ) -> dict[str, np.ndarray]:
+def snapshot_arrays(state: DeviceState, ids: IdArrays, counters: np.ndarray,
+                    copy: bool = True) -> dict[str, np.ndarray]:
     """What a checkpoint file holds, copied: the state may change as soon as this returns
-    while the copy is written elsewhere (:func:`write_checkpoint`)."""
-    arrays = {f: getattr(state, f).copy() for f in DeviceState._fields
-              if f not in CACHE_FIELDS and f != "device_row"}  # (its views are written)
+    while the copy is written elsewhere (:func:`write_checkpoint`). ``copy=False``: the
+    live arrays themselves (engine.checkpoint_delta copies what it keeps). The device row
+    is not written: its views are (the layout of checkpoints before it)."""
+    arrays = {f: getattr(state, f).copy() if copy else getattr(state, f)
+              for f in DeviceState._fields if f not in CACHE_FIELDS and f != "device_row"}
     arrays.update(ids._asdict())  # never written to, so not copied
-    arrays["counters"] = counters.copy()
+    arrays["counters"] = counters.copy() if copy else counters
     arrays["version"] = np.array([CHECKPOINT_VERSION], dtype=np.int64)
     return arrays
 
@@ -414,10 +417,32 @@ def load_checkpoint(path: str | Path):
     return _load(Path(path), str(path))
 
 
-def load_checkpoint_bytes(data: bytes, where: str):
-    """:func:`load_checkpoint` from the bytes of one (:func:`checkpoint_bytes`); ``where``
-    names their origin in errors."""
-    return _load(io.BytesIO(data), where)
+def load_checkpoint_bytes(data: bytes | Mapping[str, np.ndarray], where: str):
+    """:func:`load_checkpoint` from the bytes of one (:func:`checkpoint_bytes`), or from its
+    arrays already read (a chain restored by engine.checkpoint_delta); ``where`` names
+    their origin in errors."""
+    return _load(data if isinstance(data, Mapping) else io.BytesIO(data), where)
+
+
+class _ReadArrays(dict):
+    """A checkpoint's arrays already in memory, read like an opened ``.npz``."""
+
+    @property
+    def files(self) -> list[str]:
+        return list(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def open_arrays(source):
+    """``np.load`` of a checkpoint (a path, a file object), or its arrays as they are."""
+    if isinstance(source, Mapping):
+        return _ReadArrays(source)
+    return np.load(source, allow_pickle=False)
 
 
 def _loaded_ext(data, n_devices: int) -> tuple[np.ndarray, np.ndarray]:
@@ -436,7 +461,7 @@ def _loaded_ext(data, n_devices: int) -> tuple[np.ndarray, np.ndarray]:
 def _load(source, where: str):
     path = where
     try:
-        with np.load(source, allow_pickle=False) as data:
+        with open_arrays(source) as data:
             if int(data["version"][0]) != CHECKPOINT_VERSION:
                 raise CheckpointError(f"checkpoint version {int(data['version'][0])}, "
                                       f"expected {CHECKPOINT_VERSION}", str(path))
