@@ -51,6 +51,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                         "created_by", "valid_from_ms"),
     "reg_contacts": ("subject_a", "subject_b", "reason", "created_by", "valid_from_ms"),
 }
+# rows held before they are written (memory: a few hundred bytes a row)
+FLUSH_ROWS = 100_000
 # what the row-by-row path does to a device seen before (returned, issued again)
 _UPSERT = {"reg_devices": " ON CONFLICT (device_id) DO UPDATE SET kind = excluded.kind"}
 
@@ -60,11 +62,18 @@ class Rows:
 
     def __init__(self) -> None:
         self.rows: dict[str, list[tuple[Any, ...]]] = {t: [] for t in COLUMNS}
+        self.waiting = 0
 
     def add(self, table: str, row: tuple[Any, ...]) -> None:
         self.rows[table].append(row)
+        self.waiting += 1
 
-    def flush(self, cur: Cursor) -> None:
+    def flush(self, cur: Cursor, *, over: int = 0) -> None:
+        """Write the waiting rows (``over``: only when more than that many wait; a
+        national file's rows are written as the import goes, not held to the end)."""
+        if self.waiting <= over:
+            return
+        self.waiting = 0
         for table, cols in COLUMNS.items():
             rows = self.rows[table]
             head = f"INSERT INTO {table} ({', '.join(cols)}) VALUES "

@@ -13,7 +13,15 @@ from typing import Any
 import orjson
 
 from alarms.register_base import Change, RegisterBase
-from alarms.register_bulk import Known, Lookup, Rows, contact_rows, enrol_rows, extras_rows
+from alarms.register_bulk import (
+    FLUSH_ROWS,
+    Known,
+    Lookup,
+    Rows,
+    contact_rows,
+    enrol_rows,
+    extras_rows,
+)
 from alarms.register_check import (
     RegisterError,
     check_curfew,
@@ -163,6 +171,7 @@ class RegisterImport(RegisterZones, RegisterBase):
                 if new:
                     known.learn_subject(ch.cur, raw["subject_id"])
             added += new
+            rows.flush(ch.cur, over=FLUSH_ROWS)
         rows.flush(ch.cur)
         counts.update(subjects_added=added, subjects_kept=len(entries) - added,
                       contacts_added=contact_rows(ch, entries, rows))

@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from alarms import open_store
+from alarms import open_store, register_import
 from alarms.register_check import RegisterError
 from tests.alarms.register_helpers import DAY, REGISTER_TABLES, T0, circle, square
 
@@ -195,19 +195,25 @@ def test_bulk_import_writes_what_the_row_by_row_import_writes(store_url, request
     with _two_stores(store_url, request, tmp_path) as (rows_store, bulk_store):
 
         # PostgreSQL's wipe and imports cost more: fewer examples keep the test short
-        @settings(max_examples=80 if store_url.startswith("sqlite") else 15, deadline=None,
+        @settings(max_examples=80 if store_url.startswith("sqlite") else 10, deadline=None,
                   database=None,
                   suppress_health_check=[HealthCheck.function_scoped_fixture,
                                          HealthCheck.too_slow])
-        @given(run=_runs())
-        def check(run):
+        @given(run=_runs(), flush_rows=st.sampled_from((0, 4, register_import.FLUSH_ROWS)))
+        def check(run, flush_rows):
             before, files = run
             results = []
             for store, bulk in ((rows_store, False), (bulk_store, True)):
                 _wipe(store)
                 first = None if before is None else _import(store, before, T0, bulk=False)
-                results.append((first, _import(store, files, T0 + 1, bulk=bulk),
-                                _content(store)))
+                # the bulk path writes its rows as it goes: after every entry, every few
+                # rows, or at the end
+                saved, register_import.FLUSH_ROWS = register_import.FLUSH_ROWS, flush_rows
+                try:
+                    now = _import(store, files, T0 + 1, bulk=bulk)
+                finally:
+                    register_import.FLUSH_ROWS = saved
+                results.append((first, now, _content(store)))
             assert results[0][:2] == results[1][:2]
             assert results[0][2] == results[1][2]
 
