@@ -23,10 +23,9 @@ from alarms.register_base import Change
 from alarms.register_check import (
     RegisterError,
     check_curfew,
+    check_import_leave,
     check_suspension,
     check_text,
-    check_time,
-    check_zone_list,
     not_found,
 )
 from alarms.register_relations import _id_list
@@ -226,15 +225,7 @@ def enrol_rows(ch: Change, d: dict[str, Any], known: Known, rows: Rows) -> None:
 def leave_rows(ch: Change, sid: str, raw: dict[str, Any], known: Known, rows: Rows) -> None:
     """The entry's leaves (approved), as ``RegisterImport._import_extras`` writes them."""
     for k, lv in enumerate(raw.get("leaves") or []):
-        if not isinstance(lv, dict):
-            raise RegisterError("must be an object", field=f"leaves[{k}]")
-        zone_ids = check_zone_list(lv.get("zones"), f"leaves[{k}].zones")
-        known.check_zones(zone_ids, f"leaves[{k}].zones")
-        start = check_time(lv.get("start"), f"leaves[{k}].start")
-        end = check_time(lv.get("end"), f"leaves[{k}].end")
-        if end < start:  # type: ignore[operator]
-            raise RegisterError("must not be before start", field=f"leaves[{k}].end")
-        returned = check_time(lv.get("returned"), f"leaves[{k}].returned", required=False)
+        zone_ids, start, end, returned = check_import_leave(lv, k, known.check_zones)
         leave_id = lv.get("leave_id")
         if leave_id is None or known.taken["leaves"].get(str(leave_id)) is not None:
             leave_id = known.new_id("leaves")

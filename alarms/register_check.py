@@ -218,3 +218,19 @@ def check_subject(doc: Any, *, require_name: bool = True) -> dict[str, Any]:
             "devices": check_devices(doc.get("devices")),
             "inclusion": check_assignments(doc.get("inclusion"), "inclusion"),
             "exclusion": check_assignments(doc.get("exclusion"), "exclusion")}
+
+
+def check_import_leave(lv: Any, k: int, zones_exist) -> tuple[list[str], int, int, int | None]:
+    """Entry ``k`` of an imported subject's ``leaves``: (zone ids, start, end, returned or
+    None), epoch ms; ``zones_exist(zone_ids, field)`` raises for a zone not in the
+    register. Errors name ``leaves[k]...``."""
+    if not isinstance(lv, dict):
+        raise RegisterError("must be an object", field=f"leaves[{k}]")
+    zone_ids = check_zone_list(lv.get("zones"), f"leaves[{k}].zones")
+    zones_exist(zone_ids, f"leaves[{k}].zones")
+    start = check_time(lv.get("start"), f"leaves[{k}].start")
+    end = check_time(lv.get("end"), f"leaves[{k}].end")
+    if end < start:  # type: ignore[operator]
+        raise RegisterError("must not be before start", field=f"leaves[{k}].end")
+    returned = check_time(lv.get("returned"), f"leaves[{k}].returned", required=False)
+    return zone_ids, start, end, returned  # type: ignore[return-value]

@@ -25,11 +25,11 @@ from alarms.register_bulk import (
 from alarms.register_check import (
     RegisterError,
     check_curfew,
+    check_import_leave,
     check_subject,
     check_suspension,
     check_text,
     check_time,
-    check_zone_list,
 )
 from alarms.register_read import subject_entry, subject_version
 from alarms.register_zones import RegisterZones, check_feature
@@ -222,15 +222,8 @@ class RegisterImport(RegisterZones, RegisterBase):
     def _import_extras(self, ch: Change, sid: str, raw: dict[str, Any], max_days: int) -> None:
         """The entry's leaves (approved), curfews and suspensions."""
         for k, lv in enumerate(raw.get("leaves") or []):
-            if not isinstance(lv, dict):
-                raise RegisterError("must be an object", field=f"leaves[{k}]")
-            zone_ids = check_zone_list(lv.get("zones"), f"leaves[{k}].zones")
-            self._check_zones_exist(ch.cur, zone_ids, f"leaves[{k}].zones")
-            start = check_time(lv.get("start"), f"leaves[{k}].start")
-            end = check_time(lv.get("end"), f"leaves[{k}].end")
-            if end < start:  # type: ignore[operator]
-                raise RegisterError("must not be before start", field=f"leaves[{k}].end")
-            returned = check_time(lv.get("returned"), f"leaves[{k}].returned", required=False)
+            zone_ids, start, end, returned = check_import_leave(
+                lv, k, lambda z, f: self._check_zones_exist(ch.cur, z, f))
             leave_id = lv.get("leave_id")
             if leave_id is None or ch.cur.execute("SELECT 1 FROM reg_leaves WHERE leave_id = ?",
                                                   (str(leave_id),)).one():

@@ -303,7 +303,31 @@ def _coerce(value: Any, want: type, key: str, source: str | None) -> Any:
 
 def _check(config: Config, source: str | None) -> Config:
     _check_rules(config.rules, source)
-    i = config.ingest
+    _check_ingest(config.ingest, source)
+    if config.ha.lease_ttl_s < 1:
+        raise ConfigError("must be at least 1 (seconds)", key="ha.lease_ttl_s", source=source)
+    if config.tracks.queue_rows < 1:
+        raise ConfigError("must be at least 1", key="tracks.queue_rows", source=source)
+    if config.alarms.escalation_check_s <= 0:
+        raise ConfigError("must be positive", key="alarms.escalation_check_s", source=source)
+    c = config.console
+    for name in ("login_fail_per_user", "login_fail_per_ip", "store_threads", "list_limit_max"):
+        if getattr(c, name) < 1:
+            raise ConfigError("must be at least 1", key=f"console.{name}", source=source)
+    if c.feed_poll_s <= 0:
+        raise ConfigError("must be positive", key="console.feed_poll_s", source=source)
+    if c.track_window_max_ms < c.track_window_ms:
+        raise ConfigError("must be >= console.track_window_ms", key="console.track_window_max_ms",
+                          source=source)
+    problem = time_zone_problem(c.timezone)
+    if problem:
+        raise ConfigError(problem, key="console.timezone", source=source)
+    check_tiles(c.tiles, source)
+    check_notify(config.notify, config.console.public_url, source)
+    return _check_register(config, source)
+
+
+def _check_ingest(i: IngestConfig, source: str | None) -> None:
     if i.reconnect_max_s < i.reconnect_min_s:
         raise ConfigError("must be >= ingest.reconnect_min_s", key="ingest.reconnect_max_s",
                           source=source)
@@ -329,27 +353,6 @@ def _check(config: Config, source: str | None) -> Config:
                  "sweep_interval_ms", "ack_window_messages", "deadletter_queue_messages"):
         if getattr(i, name) < 1:
             raise ConfigError("must be at least 1", key=f"ingest.{name}", source=source)
-    if config.ha.lease_ttl_s < 1:
-        raise ConfigError("must be at least 1 (seconds)", key="ha.lease_ttl_s", source=source)
-    if config.tracks.queue_rows < 1:
-        raise ConfigError("must be at least 1", key="tracks.queue_rows", source=source)
-    if config.alarms.escalation_check_s <= 0:
-        raise ConfigError("must be positive", key="alarms.escalation_check_s", source=source)
-    c = config.console
-    for name in ("login_fail_per_user", "login_fail_per_ip", "store_threads", "list_limit_max"):
-        if getattr(c, name) < 1:
-            raise ConfigError("must be at least 1", key=f"console.{name}", source=source)
-    if c.feed_poll_s <= 0:
-        raise ConfigError("must be positive", key="console.feed_poll_s", source=source)
-    if c.track_window_max_ms < c.track_window_ms:
-        raise ConfigError("must be >= console.track_window_ms", key="console.track_window_max_ms",
-                          source=source)
-    problem = time_zone_problem(c.timezone)
-    if problem:
-        raise ConfigError(problem, key="console.timezone", source=source)
-    check_tiles(c.tiles, source)
-    check_notify(config.notify, config.console.public_url, source)
-    return _check_register(config, source)
 
 
 def _check_rules(r: RulesConfig, source: str | None) -> None:
