@@ -10,7 +10,8 @@ out_run 1, outbound_at_ms 8, outbound_zone 4, offline_at_ms 8, tamper_at_ms 8,
 battery_at_ms 8, settled cache 28, ``ext_row`` 4 (and the scheduled rules' ``ext`` row of
 64, leave_overdue and curfew, only for the devices of subjects with leaves or curfews; see
 :data:`X_OUT_TYPE` ...), the device rules (power_off, no_fix) and the last
-position for evidence 64; per (device, exclusion zone) slot: exclusion_at_ms 8. See
+position for evidence 64, the late run 21 (late_ms 16, late_run 1, late_ahead_ms 4);
+per (device, exclusion zone) slot: exclusion_at_ms 8. See
 :func:`bytes_per_device` for the measured figure including the registry's per-device
 arrays.
 """
@@ -54,7 +55,11 @@ X_CURFEW_AT = 4  # open curfew episode's raised at, or NONE_MS
 X_CURFEW_END = 5  # its window's end (ms, exclusive)
 X_CURFEW_ZONE = 6  # its zone index
 X_CURFEW_RUN = 7  # run of out fixes in the current curfew window
-N_EXT = 8
+# The late curfew run (engine.kernels._late_curfew): out late fixes of the device in one
+# window, consecutive and in order among themselves (-1: its late pair was written).
+X_LATE_CF_RUN = 8
+X_LATE_CF_START = 9  # start (ms) of the window of that run, NONE_MS: none
+N_EXT = 10
 # Columns of DeviceState.device_ms (int64[n_devices, N_DEVICE_MS]).
 D_POWER_OFF_AT = 0  # open power_off episode's raised at (its ts), or NONE_MS
 D_NO_FIX_AT = 1  # open no_fix episode's raised at, or NONE_MS
@@ -63,8 +68,20 @@ D_LAST_FIX_RX = 3  # latest receive time of an in-order fix, or NONE_MS
 N_DEVICE_MS = 4
 # Columns of DeviceState.last_pos (float64[n_devices, 3]; NaN: never fixed).
 P_LAT, P_LON, P_ACC = 0, 1, 2  # WGS-84 degrees, degrees, metres
+# Columns of DeviceState.late_ms (int64[n_devices, N_LATE_MS]): the device's late run
+# (docs/rules.md, "Duplicates and late messages"). A late fix continues the run when it
+# is newer than the run's previous late fix and no in-order fix came in between: the
+# newest in-order ts is still the one seen then, L_PREV_TS + late_ahead_ms (int32, to
+# keep the state within its budget; 0 when that fix was more than LATE_AHEAD_MAX ms
+# older than the newest: the run then starts afresh). A late message with the ts of the
+# device's previous late message of its kind is a duplicate (delivered again), as one
+# with the newest ts is.
+L_PREV_TS = 0  # ts of the previous late fix (of the run), NONE_MS: none
+L_STATUS_TS = 1  # ts of the previous late status, NONE_MS: none
+N_LATE_MS = 2
+LATE_AHEAD_MAX = 2**31 - 1  # ms (24.8 days)
 EXT_FRESH = (0, np.iinfo(np.int64).min, 0, np.iinfo(np.int64).min, np.iinfo(np.int64).min,
-             np.iinfo(np.int64).min, -1, 0)
+             np.iinfo(np.int64).min, -1, 0, 0, np.iinfo(np.int64).min)
 
 
 class DeviceState(NamedTuple):
@@ -102,6 +119,10 @@ class DeviceState(NamedTuple):
     approach_at_ms: np.ndarray  # int64[n_slots]: open approach episode's raised at, or NONE_MS
     border_at_ms: np.ndarray  # int64: open border (approach) episode's raised at, or NONE_MS
     border_zone: np.ndarray  # int32: its inclusion zone index
+    # Late fixes judged on their own ts (engine.kernels._late_fix_rules): the late run.
+    late_ms: np.ndarray  # int64[n_devices, N_LATE_MS]: the L_* columns
+    late_run: np.ndarray  # int8: out late fixes of the run (-1: its outbound pair written)
+    late_ahead_ms: np.ndarray  # int32: newest in-order ts - L_PREV_TS then (0: none)
 
 
 def new_state(n_devices: int, n_slots: int, ext_mask: np.ndarray | None = None
@@ -135,7 +156,15 @@ def new_state(n_devices: int, n_slots: int, ext_mask: np.ndarray | None = None
         approach_at_ms=full(n_slots, NONE_MS),
         border_at_ms=full(n_devices, NONE_MS),
         border_zone=full(n_devices, -1, np.int32),
+        **late_fields(n_devices),
     )
+
+
+def late_fields(n_devices: int) -> dict[str, np.ndarray]:
+    """Fresh late runs (also for a checkpoint written before them): none."""
+    return {"late_ms": np.full((n_devices, N_LATE_MS), NONE_MS, np.int64),
+            "late_run": np.zeros(n_devices, dtype=np.int8),
+            "late_ahead_ms": np.zeros(n_devices, dtype=np.int32)}
 
 
 def device_rule_fields(n_devices: int) -> dict[str, np.ndarray]:
@@ -175,11 +204,14 @@ def new_ext(n_devices: int) -> np.ndarray:
 
 PER_DEVICE_FIELDS = ("last_rx_ms", "deadline_ms", "last_fix_ts_ms", "last_status_ts_ms", "out_run",
                      "outbound_at_ms", "outbound_zone", "offline_at_ms", "tamper_at_ms",
-                     "battery_at_ms", "device_ms", "last_pos", "no_fix_deadline_ms")
+                     "battery_at_ms", "device_ms", "last_pos", "no_fix_deadline_ms",
+                     "late_ms", "late_run", "late_ahead_ms")
 CACHE_FIELDS = ("near_lon", "near_lat", "safe_m", "safe_until_ms")
 # The warning state added with the approach rule: a checkpoint written before it has none
 # (fresh: no warning open).
 WARN_FIELDS = ("approach_at_ms", "border_at_ms", "border_zone")
+# The late runs, added with late fixes judged on their own ts: fresh in an older checkpoint.
+LATE_FIELDS = ("late_ms", "late_run", "late_ahead_ms")
 
 
 def bytes_per_device(state: DeviceState, registry_arrays=None) -> float:
@@ -389,11 +421,20 @@ def _loaded_ext(data, n_devices: int) -> tuple[np.ndarray, np.ndarray]:
     loaded state's ext is only read (engine.state.adopt copies it into the engine's)."""
     if "ext" not in data.files:  # every device reads the fresh row 0 (only ever read)
         return new_ext(1), np.zeros(n_devices, dtype=np.int32)
+    rows = _widened_ext(data["ext"])
     if "ext_row" in data.files:
-        return data["ext"].copy(), data["ext_row"].copy()
-    rows = data["ext"] if "ext" in data.files else new_ext(n_devices)
+        return rows, data["ext_row"].copy()
     return (np.concatenate([new_ext(1), rows]),
             np.arange(1, n_devices + 1, dtype=np.int32))
+
+
+def _widened_ext(rows: np.ndarray) -> np.ndarray:
+    """ext rows of a checkpoint, with the columns added since it was written fresh."""
+    if rows.shape[1] >= N_EXT:
+        return rows.copy()
+    out = new_ext(len(rows))
+    out[:, :rows.shape[1]] = rows
+    return out
 
 
 def _load(source, where: str):
@@ -406,7 +447,7 @@ def _load(source, where: str):
             fresh_rules = device_rule_fields(len(data["last_rx_ms"]))
             fields = {f: data[f].copy() for f in DeviceState._fields
                       if f not in CACHE_FIELDS and f not in ("ext", "ext_row")
-                      and f not in fresh_rules and f not in WARN_FIELDS}
+                      and f not in fresh_rules and f not in WARN_FIELDS + LATE_FIELDS}
             fields["ext"], fields["ext_row"] = _loaded_ext(data, len(fields["last_rx_ms"]))
             # One written before the device rules: fresh device-rule state.
             fields.update({f: data[f].copy() if f in data.files else v
@@ -414,7 +455,7 @@ def _load(source, where: str):
             fresh = new_state(len(fields["last_rx_ms"]), len(fields["exclusion_at_ms"]))
             # ...nor one written before the approach rule its warnings: none open.
             fields.update({f: data[f].copy() if f in data.files else getattr(fresh, f)
-                           for f in WARN_FIELDS})
+                           for f in WARN_FIELDS + LATE_FIELDS})
             state = DeviceState(**fields, **{f: getattr(fresh, f) for f in CACHE_FIELDS})
             device_ids = [str(x) for x in data["device_ids"]]
             slot_keys = list(zip((str(x) for x in data["slot_devices"]),
