@@ -33,9 +33,7 @@ from engine.state import (
     D_NO_FIX_AT,
     D_NO_FIX_FROM,
     D_POWER_OFF_AT,
-    L_PREV_TS,
-    L_STATUS_TS,
-    LATE_AHEAD_MAX,
+    LATE_BACK_MAX,
     OUT_RUN_MAX,
     P_ACC,
     P_LAT,
@@ -909,11 +907,22 @@ def late_step(run, obs, confirm):
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def late_ahead(newest, ts):
-    """DeviceState.late_ahead_ms of a late fix at ``ts`` (the newest in-order ts
-    ``newest`` - ts, > 0), or 0 beyond LATE_AHEAD_MAX (engine.state)."""
-    a = newest - ts
-    return a if a <= LATE_AHEAD_MAX else 0
+def late_prev_ts(back, seen, newest):
+    """The ts of the device's previous late fix, from its DeviceState.late_back_ms and
+    late_seen (engine.state) and its newest in-order ts ``newest``; NONE_MS when there is
+    none, or an in-order fix came since (the newest ts's low 32 bits changed)."""
+    if back > 0 and ((newest - seen) & 0xFFFFFFFF) == 0:
+        return newest - back
+    return NONE_MS
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _late_seen(st, d, newest, ts):
+    """Remember late fix ``ts`` of device ``d`` as its previous one (see late_prev_ts)."""
+    back = newest - ts
+    st.late_back_ms[d] = back if back <= LATE_BACK_MAX else 0
+    low = newest & 0xFFFFFFFF
+    st.late_seen[d] = low - 0x100000000 if low > 0x7FFFFFFF else low
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -932,17 +941,14 @@ def _late_fix_rules(st, ra, za, d, s, ts, lon, lat, acc, margin, confirm, ev_i, 
     of leaves open at ts), late_step over the run; the raising fix writes a late pair,
     ``outbound`` at the nearest inclusion zone, unless the device's live outbound (or
     leave_overdue) episode is open. Live state is never touched: only the late run."""
-    lm = st.late_ms
-    prev = lm[d, L_PREV_TS]
-    ahead = st.late_ahead_ms[d]
     newest = st.last_fix_ts_ms[d]
+    prev = late_prev_ts(st.late_back_ms[d], st.late_seen[d], newest)
     xr = st.ext_row[d]
-    if not (ts > prev and ahead > 0 and prev + ahead == newest):
+    if prev == NONE_MS or ts < prev:  # (ts == prev: a duplicate, dropped before)
         st.late_run[d] = 0
         if xr > 0:
             st.ext[xr, X_LATE_CF_RUN] = 0
-    lm[d, L_PREV_TS] = ts
-    st.late_ahead_ms[d] = late_ahead(newest, ts)
+    _late_seen(st, d, newest, ts)
     if ra.incl_off[s + 1] > ra.incl_off[s]:
         dist = 0.0
         nearest = -1
@@ -995,10 +1001,10 @@ def _late_status(st, d, ts, battery, strap, power, battery_low_pct, counters, ev
     hysteresis, the no-fix count and the power_off episode stay as the newest status left
     them. Evidence as live: tamper and power_off the last known position, low_battery
     the status's percentage. The previous late status again is a duplicate (counted)."""
-    if st.late_ms[d, L_STATUS_TS] == ts:
+    if st.late_status_ts_ms[d] == ts:
         counters[C_DUP_STATUSES] += 1
         return n
-    st.late_ms[d, L_STATUS_TS] = ts
+    st.late_status_ts_ms[d] = ts
     counters[C_LATE_STATUSES] += 1
     nan = np.nan
     pos = st.last_pos
@@ -1180,7 +1186,6 @@ def _run_records(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,
     dev_ms = st.device_ms
     last_pos = st.last_pos
     nf_deadline = st.no_fix_deadline_ms
-    late_ms = st.late_ms
     last_fix = st.last_fix_ts_ms
     last_status = st.last_status_ts_ms
     safe_m = st.safe_m
@@ -1263,7 +1268,7 @@ def _run_records(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,
                 continue
             late = last != NONE_MS and t < last
             if late:
-                if t == late_ms[d, L_PREV_TS]:  # the previous late fix again
+                if t == late_prev_ts(st.late_back_ms[d], st.late_seen[d], last):  # again
                     counters[C_DUP_FIXES] += 1
                     continue
                 counters[C_LATE_FIXES] += 1
@@ -1333,8 +1338,7 @@ def _run_records(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,
                         grid_cell_offsets, cell_state, incl_zone[i0], x, y)):
                     # (_late_fix_rules for a fix in its first inclusion zone, or with no
                     # late rule to run: the run restarts at 0, or does not matter)
-                    late_ms[d, L_PREV_TS] = t
-                    st.late_ahead_ms[d] = late_ahead(last, t)
+                    _late_seen(st, d, last, t)
                     st.late_run[d] = 0
                     counters[C_GRID_FIXES] += 1
                     continue

@@ -19,9 +19,17 @@ class LateRules:
         late = self.__dict__.setdefault("_late", {})
         return late.setdefault(d, [None, None, 0, None])
 
+    def _late_prev(self, d: int) -> int | None:
+        """The previous late fix's ts while no in-order fix came since, as the kernels
+        keep it (newest - it in 31 bits, the newest's low 32 bits)."""
+        state, newest = self._late_state(d), self._devices[d].last_fix_ts
+        if state[0] is None or state[1] - state[0] >= 2**31 or (newest - state[1]) % 2**32:
+            return None
+        return newest - (state[1] - state[0])
+
     def _late_duplicate(self, d: int, ts: int) -> bool:
         """A late fix with the ts of the device's previous late fix (delivered again)."""
-        return self._late_state(d)[0] == ts
+        return self._late_prev(d) == ts
 
     def _late_status(self, d: int, ts: int, battery: float, strap: int, power: int,
                      out: list) -> None:
@@ -53,8 +61,8 @@ class LateRules:
                        margin: float, out: list) -> None:
         """Outbound of a late fix (after its exclusion pairs) over the late run."""
         dev, state = self._devices[d], self._late_state(d)
-        if not (state[0] is not None and ts > state[0] and state[1] == dev.last_fix_ts
-                and state[1] - state[0] < 2**31):  # (as the kernels' 31 bits)
+        prev = self._late_prev(d)
+        if prev is None or ts < prev:
             state[2] = 0
         state[0], state[1] = ts, dev.last_fix_ts
         a = self.registry.arrays

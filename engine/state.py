@@ -10,7 +10,8 @@ out_run 1, outbound_at_ms 8, outbound_zone 4, offline_at_ms 8, tamper_at_ms 8,
 battery_at_ms 8, settled cache 28, ``ext_row`` 4 (and the scheduled rules' ``ext`` row of
 64, leave_overdue and curfew, only for the devices of subjects with leaves or curfews; see
 :data:`X_OUT_TYPE` ...), the device rules (power_off, no_fix) and the last
-position for evidence 64, the late run 21 (late_ms 16, late_run 1, late_ahead_ms 4);
+position for evidence 64, the late messages 17 (late_status_ts_ms 8, late_back_ms 4,
+late_seen 4, late_run 1);
 per (device, exclusion zone) slot: exclusion_at_ms 8. See
 :func:`bytes_per_device` for the measured figure including the registry's per-device
 arrays.
@@ -68,18 +69,16 @@ D_LAST_FIX_RX = 3  # latest receive time of an in-order fix, or NONE_MS
 N_DEVICE_MS = 4
 # Columns of DeviceState.last_pos (float64[n_devices, 3]; NaN: never fixed).
 P_LAT, P_LON, P_ACC = 0, 1, 2  # WGS-84 degrees, degrees, metres
-# Columns of DeviceState.late_ms (int64[n_devices, N_LATE_MS]): the device's late run
-# (docs/rules.md, "Duplicates and late messages"). A late fix continues the run when it
-# is newer than the run's previous late fix and no in-order fix came in between: the
-# newest in-order ts is still the one seen then, L_PREV_TS + late_ahead_ms (int32, to
-# keep the state within its budget; 0 when that fix was more than LATE_AHEAD_MAX ms
-# older than the newest: the run then starts afresh). A late message with the ts of the
-# device's previous late message of its kind is a duplicate (delivered again), as one
-# with the newest ts is.
-L_PREV_TS = 0  # ts of the previous late fix (of the run), NONE_MS: none
-L_STATUS_TS = 1  # ts of the previous late status, NONE_MS: none
-N_LATE_MS = 2
-LATE_AHEAD_MAX = 2**31 - 1  # ms (24.8 days)
+# The late messages (docs/rules.md, "Duplicates and late messages"). A late fix
+# continues the device's late run when it is newer than the run's previous late fix and
+# no in-order fix came in between; a late message with the ts of the device's previous
+# late message of its kind is a duplicate (delivered again), as one with the newest ts
+# is. The previous late fix is kept in 8 bytes, to keep the state within its budget:
+# late_back_ms = the newest in-order ts then - its ts (0: none, or more than
+# LATE_BACK_MAX ms), late_seen = that newest ts's low 32 bits (as int32). It is known
+# while the newest in-order ts has the same low 32 bits (unchanged, but for a jump of a
+# multiple of 2**32 ms, 49.7 days, between two late fixes): engine.kernels.late_prev_ts.
+LATE_BACK_MAX = 2**31 - 1  # ms (24.8 days)
 EXT_FRESH = (0, np.iinfo(np.int64).min, 0, np.iinfo(np.int64).min, np.iinfo(np.int64).min,
              np.iinfo(np.int64).min, -1, 0, 0, np.iinfo(np.int64).min)
 
@@ -120,9 +119,10 @@ class DeviceState(NamedTuple):
     border_at_ms: np.ndarray  # int64: open border (approach) episode's raised at, or NONE_MS
     border_zone: np.ndarray  # int32: its inclusion zone index
     # Late fixes judged on their own ts (engine.kernels._late_fix_rules): the late run.
-    late_ms: np.ndarray  # int64[n_devices, N_LATE_MS]: the L_* columns
+    late_status_ts_ms: np.ndarray  # int64: ts of the previous late status, or NONE_MS
+    late_back_ms: np.ndarray  # int32: newest in-order ts - the previous late fix's (0: none)
+    late_seen: np.ndarray  # int32: that newest ts's low 32 bits
     late_run: np.ndarray  # int8: out late fixes of the run (-1: its outbound pair written)
-    late_ahead_ms: np.ndarray  # int32: newest in-order ts - L_PREV_TS then (0: none)
 
 
 def new_state(n_devices: int, n_slots: int, ext_mask: np.ndarray | None = None
@@ -162,9 +162,10 @@ def new_state(n_devices: int, n_slots: int, ext_mask: np.ndarray | None = None
 
 def late_fields(n_devices: int) -> dict[str, np.ndarray]:
     """Fresh late runs (also for a checkpoint written before them): none."""
-    return {"late_ms": np.full((n_devices, N_LATE_MS), NONE_MS, np.int64),
-            "late_run": np.zeros(n_devices, dtype=np.int8),
-            "late_ahead_ms": np.zeros(n_devices, dtype=np.int32)}
+    return {"late_status_ts_ms": np.full(n_devices, NONE_MS, np.int64),
+            "late_back_ms": np.zeros(n_devices, dtype=np.int32),
+            "late_seen": np.zeros(n_devices, dtype=np.int32),
+            "late_run": np.zeros(n_devices, dtype=np.int8)}
 
 
 def device_rule_fields(n_devices: int) -> dict[str, np.ndarray]:
@@ -205,13 +206,13 @@ def new_ext(n_devices: int) -> np.ndarray:
 PER_DEVICE_FIELDS = ("last_rx_ms", "deadline_ms", "last_fix_ts_ms", "last_status_ts_ms", "out_run",
                      "outbound_at_ms", "outbound_zone", "offline_at_ms", "tamper_at_ms",
                      "battery_at_ms", "device_ms", "last_pos", "no_fix_deadline_ms",
-                     "late_ms", "late_run", "late_ahead_ms")
+                     "late_status_ts_ms", "late_back_ms", "late_seen", "late_run")
 CACHE_FIELDS = ("near_lon", "near_lat", "safe_m", "safe_until_ms")
 # The warning state added with the approach rule: a checkpoint written before it has none
 # (fresh: no warning open).
 WARN_FIELDS = ("approach_at_ms", "border_at_ms", "border_zone")
 # The late runs, added with late fixes judged on their own ts: fresh in an older checkpoint.
-LATE_FIELDS = ("late_ms", "late_run", "late_ahead_ms")
+LATE_FIELDS = ("late_status_ts_ms", "late_back_ms", "late_seen", "late_run")
 
 
 def bytes_per_device(state: DeviceState, registry_arrays=None) -> float:

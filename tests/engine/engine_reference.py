@@ -394,7 +394,7 @@ class Reference:
         if dev.last_fix_ts is not None and ts == dev.last_fix_ts:
             return out  # duplicate
         late = dev.last_fix_ts is not None and ts < dev.last_fix_ts
-        if late and ts == dev.late_prev:
+        if late and ts == self._late_prev(dev):
             return out  # the previous late fix again: a duplicate
         if coord_sys == "gcj02":
             lon, lat = gcj02_to_wgs84(lon, lat)
@@ -649,10 +649,8 @@ class Reference:
                   margin: float) -> list[tuple]:
         """Outbound, then curfew, of a late fix on its own ts. The late run goes on while
         the late fixes come in order among themselves with no in-order fix between."""
-        # (the engine keeps newest - previous in 31 bits: older than that, a new run)
-        if not (dev.late_prev is not None and ts > dev.late_prev
-                and dev.late_newest == dev.last_fix_ts
-                and dev.late_newest - dev.late_prev < 2**31):
+        prev = self._late_prev(dev)
+        if prev is None or ts < prev:
             dev.late_run, dev.late_curfew_run = 0, 0
         dev.late_prev, dev.late_newest = ts, dev.last_fix_ts
         s = dev.subject
@@ -681,6 +679,16 @@ class Reference:
                 if up and dev.curfew is None:
                     out += self._pair("curfew", dev.device_id, zid, ts)
         return out
+
+    @staticmethod
+    def _late_prev(dev: RefDevice) -> int | None:
+        """The previous late fix's ts while no in-order fix came since, as the engine
+        keeps it: newest - it in 31 bits (0: none), and the newest's low 32 bits."""
+        if dev.late_prev is None or dev.late_newest - dev.late_prev >= 2**31:
+            return None
+        if (dev.last_fix_ts - dev.late_newest) % 2**32:
+            return None
+        return dev.last_fix_ts - (dev.late_newest - dev.late_prev)
 
     def _late_step(self, run: int | None, obs: str) -> tuple[int | None, bool]:
         """in: 0; near: kept; out: one more, raising (then None) at the confirm count."""

@@ -231,3 +231,27 @@ def test_restore_bytes_rejects_broken_bytes_naming_where(data):
     e = make_engine(FEATURES, [subject()])
     with pytest.raises(CheckpointError, match="^the store's row 'w': cannot read checkpoint"):
         Engine.restore_bytes(data, e.zones, e.registry, e.config, where="the store's row 'w'")
+
+
+def test_a_checkpoint_from_before_the_late_runs_restores_them_fresh(tmp_path):
+    """A checkpoint written before late messages were judged (no late fields, ext rows of
+    8 columns) restores with no late run; a run mid-way in the engine restores as it was."""
+    from engine.state import LATE_FIELDS, X_LATE_CF_RUN
+
+    f = Feed(make_engine(FEATURES, [subject()]))
+    f.fix("B-1", T0 + 10_000, *INSIDE)
+    assert f.fix("B-1", T0 + 1000, *east(500)) == []  # a late run of one out fix
+    path = tmp_path / "new.npz"
+    f.engine.checkpoint(path)
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files if k not in LATE_FIELDS}
+    arrays["ext"] = arrays["ext"][:, :X_LATE_CF_RUN]
+    old = tmp_path / "old.npz"
+    np.savez(old, **arrays)
+    zones, registry, config = f.engine.zones, f.engine.registry, f.engine.config
+    restored = Feed(Engine.restore(path, zones, registry, config))
+    assert len(restored.fix("B-1", T0 + 2000, *east(500))) == 2  # the run went on
+    fresh = Feed(Engine.restore(old, zones, registry, config))
+    assert fresh.engine.state.ext.shape == restored.engine.state.ext.shape
+    assert fresh.fix("B-1", T0 + 2000, *east(500)) == []  # a new run: its first out fix
+    assert len(fresh.fix("B-1", T0 + 3000, *east(500))) == 2
