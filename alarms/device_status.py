@@ -79,3 +79,12 @@ class DeviceStatusStore:
             return [dict(r) for r in cur.execute(
                 f"SELECT {', '.join(COLUMNS)} FROM device_status{where.sql} "
                 "ORDER BY device_id", where.params).all()]
+
+    def purge_device_status(self, before_ms: int) -> int:
+        """Forget the newest status of every device whose newest status is older than
+        ``before_ms`` (ts, epoch ms): the track retention's cut-off, so a device silent
+        for longer than ``tracks.retention_days`` keeps nothing of itself here either.
+        Returns the rows deleted."""
+        with self._db.tx("purge device status") as cur:
+            return max(cur.execute("DELETE FROM device_status WHERE ts < ?",
+                                   (int(before_ms),)).rowcount, 0)

@@ -137,7 +137,8 @@ class TrackStore:
                                "ORDER BY device_id", where.params).all()
 
     def purge_tracks(self, before_ms: int) -> int:
-        """Delete fixes (and newest positions) with ts < ``before_ms``; returns fixes deleted.
+        """Delete fixes (and newest positions, and newest device statuses) with ts <
+        ``before_ms``; returns fixes deleted.
 
         The retention policy (``tracks.retention_days``) calls this; alarm evidence is part
         of the alarm's case file and is not touched.
@@ -150,4 +151,5 @@ class TrackStore:
                 cur.execute("DELETE FROM track_subjects WHERE NOT EXISTS (SELECT 1 FROM tracks "
                             "WHERE tracks.device_id = track_subjects.device_id "
                             "AND tracks.subject_id = track_subjects.subject_id)")
+        self.purge_device_status(before_ms)
         return max(n, 0)

@@ -21,6 +21,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
@@ -54,6 +55,10 @@ from console.resources import (
 __all__ = ["COOKIE", "Console", "create_app", "serve"]
 
 STATIC = Path(__file__).resolve().parent / "static"
+# gzip for answers of at least GZIP_MIN_BYTES; level 1: the board of 10 000 subjects goes
+# from 3.9 MB to 0.5 MB in ~40 ms (level 6: 0.42 MB in 120 ms, 9: 0.41 MB in 390 ms).
+GZIP_MIN_BYTES = 4096
+GZIP_LEVEL = 1
 
 # The JSON API, resource by resource (docs/console-api.md): the one place routes are listed.
 API_ROUTES = [*session.ROUTES, *alarms.ROUTES, *tracks.ROUTES, *events.ROUTES,
@@ -99,8 +104,13 @@ def create_app(*, store: Any, config: Any, zones: Any = None, registry: Any = No
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
         *API_ROUTES,
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(
-                        SecurityHeaders, img_origins=console.settings.tiles.origins())],
+    # Large answers compressed for a client that asks; never the live feed (starlette
+    # leaves text/event-stream alone).
+    app = Starlette(routes=routes, middleware=[
+                        Middleware(SecurityHeaders,
+                                   img_origins=console.settings.tiles.origins()),
+                        Middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES,
+                                   compresslevel=GZIP_LEVEL)],
                     exception_handlers={HTTPException: api_error, StoreError: store_error,
                                         RegisterError: register_error},
                     lifespan=lifespan)

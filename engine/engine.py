@@ -11,12 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from contract.alarms import ALARM_TYPES, EVIDENCE_TYPES, alarm_event, alarm_id
+from contract.alarms import ALARM_TYPES, alarm_id
 from contract.records import RecordBatch, as_column
 from emfence.config import LEVELS, Config
 from engine import kernels as K
-from engine.evidence import DEVICE_EVIDENCE, device_evidence
-from engine.per_subject import CHECKPOINT_KEY, SUBJECT_TYPES, SubjectEpisodes
+from engine.events import event_dicts
+from engine.fold.table import FoldTable
+from engine.per_subject import CHECKPOINT_KEY, SubjectEpisodes
 from engine.positions import Positions
 from engine.registry import F_KERNEL, Registry
 from engine.relation_kernels import N_CFG as N_REL_CFG
@@ -25,7 +26,6 @@ from engine.relations import (
     load_relation_snapshot,
     new_relation_state,
     relation_arrays,
-    relation_event_parts,
     relation_open_alarms,
     relation_snapshot,
     reloaded_relations,
@@ -51,13 +51,6 @@ from engine.state import (
 )
 
 
-def suspended(subject: Any, type_name: str, at_ms: int) -> bool:
-    """Is an alarm of ``type_name`` at ``at_ms`` in one of ``subject``'s suspensions of
-    that type (``[start, end]``, both inclusive)?"""
-    return any(sp.type == type_name and sp.start_ms <= at_ms <= sp.end_ms
-               for sp in subject.suspensions)
-
-
 def _entry_point(dispatcher: Any, args: tuple) -> Any:
     """The native entry point numba compiled (or loaded from its cache) for exactly the
     types of ``args``; the plain function itself when JIT is disabled.
@@ -74,8 +67,6 @@ def _entry_point(dispatcher: Any, args: tuple) -> Any:
     return dispatcher.compile(tuple(typeof(a) for a in args))
 
 
-# The relation rules' types (their events carry the peer's keys: engine.relations).
-REL_TYPES = frozenset(("separation", "proximity", "contact"))
 # A protected person's device (level VICTIM_LEVEL) is never offline: its deadline is
 # this far after its last message (~146 000 years; no overflow added to epoch ms).
 NEVER_OFFLINE_MS = 1 << 62
@@ -104,7 +95,8 @@ class Engine:
         self._scratch = tuple(Positions.nan(self._scratch_n))
         self._ids = None  # checkpoint id arrays, built at the first snapshot
         self._cw_span = (0, 0)  # [lo, hi) ms the curfew windows in the kernels' arrays cover
-        self._per_subject = SubjectEpisodes()  # open subject episodes (alarm_per "subject")
+        # open subject episodes (alarm_per "subject"), folded on the event rows
+        self._per_subject = FoldTable(registry, zones.zone_ids)
         self._bind()
 
     # ----- configuration -------------------------------------------------------------
@@ -251,75 +243,8 @@ class Engine:
         return self._to_dicts(ev_i, ev_f, n)
 
     def _to_dicts(self, ev_i: np.ndarray, ev_f: np.ndarray, n: int) -> list[dict]:
-        """Event rows -> alarm event dicts (keys in the contract's order)."""
-        if n == 0:
-            return []
-        reg = self.registry
-        device_ids = reg.device_ids
-        kinds = reg.device_kinds
-        subjects = reg.subjects
-        suspends = reg.suspends
-        zone_ids = self.zones.zone_ids
-        curfew = K.T_CURFEW
-        fold_types = SUBJECT_TYPES if self._alarm_per == "subject" else ()
-        fold = self._per_subject.fold
-        n_subject_devices = reg.n_subject_devices
-        # Columns, not rows: 2n row lists alive through the loop set off full collections.
-        subject_idx = reg.arrays.device_subject[ev_i[:n, K.EV_DEVICE]].tolist()
-        out: list[dict] = []
-        append = out.append
-        for k, (d, typ, z, raised, at, episode, late, lat, lon, aux, acc, s) in enumerate(zip(
-                *ev_i[:n, :7].T.tolist(), *ev_f[:n, :4].T.tolist(), subject_idx, strict=True)):
-            evidence = (lat, lon, aux, acc)
-            if d >= n_subject_devices:
-                continue  # a protected person's device raises nothing of its own
-            subject = subjects[s]
-            type_name = ALARM_TYPES[typ]
-            extra = None
-            if type_name in REL_TYPES:  # engine.relations: evidence and the peer's keys
-                evidence, extra = relation_event_parts(type_name, evidence, ev_i[k], ev_f[k],
-                                                       reg)
-            elif type_name in DEVICE_EVIDENCE:
-                extra = device_evidence(type_name, raised != 0, evidence)
-                evidence = None
-            elif type_name not in EVIDENCE_TYPES or (typ == curfew
-                                                     and evidence[3] != evidence[3]):
-                evidence = None  # (a curfew cleared by its window's end: no fix, NaN)
-            zone_id = zone_ids[z] if z >= 0 else None
-            if type_name in fold_types and not late and len(subject.device_ids) > 1:
-                # (folded here: half of a carried pair's events become nothing)
-                parts = fold(raised != 0, type_name, subject.subject_id, device_ids[d],
-                             zone_id, episode, at)
-                if parts:
-                    self._folded(out, d, parts, subject, zone_id, at, evidence, suspends[s])
-                continue
-            ev = alarm_event(raised != 0, type_name, subject.subject_id, device_ids[d], zone_id,
-                             subject.region, at, episode, late != 0, evidence, extra)
-            if extra and ("person_id" in extra or "peer_subject_id" in extra):
-                # one episode per (device, person) or per pair: the other in the zone's place
-                other = extra.get("person_id") or extra["peer_subject_id"]
-                ev["alarm_id"] = alarm_id(device_ids[d], type_name, other, episode, late != 0)
-            ev["device_kind"] = kinds[d]
-            if suspends[s] and suspended(subject, type_name, at):
-                ev["suspended"] = True
-            append(ev)
-        return out
-
-    def _folded(self, out: list[dict], d: int, parts: tuple, subject: Any,
-                zone_id: str | None, at: int, evidence: Any, suspends: bool) -> None:
-        """The events (``parts``, from engine.per_subject's fold) one device event of a
-        subject's devices becomes with one alarm per subject, appended to ``out``."""
-        reg = self.registry
-        own = reg.device_ids[d]
-        for up, name, device_id, ep_at, devices in parts:
-            ev = alarm_event(up, name, subject.subject_id, device_id, zone_id, subject.region,
-                             at, ep_at, False, evidence)
-            ev["devices"] = devices  # (alarm_event's extra, without its key check)
-            lead = d if device_id == own else reg._device_index.get(device_id, -1)  # 1st up
-            ev["device_kind"] = reg.device_kinds[lead if lead >= 0 else d]
-            if suspends and suspended(subject, name, at):
-                ev["suspended"] = True
-            out.append(ev)
+        """Event rows -> alarm event dicts, folded per subject (engine.events)."""
+        return event_dicts(self, ev_i, ev_f, n)
 
     # ----- counters, introspection ----------------------------------------------------
     @property
@@ -381,10 +306,11 @@ class Engine:
                 out.append(self._open(d, typ, z, int(arr[slot])))
         return out
 
-    def _reconcile(self) -> None:
-        """Fit the open subject alarms to the state and registry (after a restore or a
-        reload: engine.per_subject.SubjectEpisodes.reconcile, given (subject id, device id,
-        type, zone id, at) of every open device episode in device order)."""
+    def _reconcile(self, episodes: SubjectEpisodes) -> None:
+        """Fit the open subject alarms (``episodes``: those of the checkpoint, or of the
+        engine before a reload) to the state and registry: engine.per_subject's
+        SubjectEpisodes.reconcile, given (subject id, device id, type, zone id, at) of
+        every open device episode in device order; then the table the fold runs on."""
         reg = self.registry
         index = reg._device_index
         alarms = self.open_alarms()
@@ -396,7 +322,8 @@ class Engine:
         # (reconcile asks only about subjects with an open device episode: those alone)
         folded = {s.subject_id for s in subjects if len(s.device_ids) > 1} \
             if self._alarm_per == "subject" else set()
-        self._per_subject.reconcile(rows, folded)
+        episodes.reconcile(rows, folded)
+        self._per_subject = FoldTable.of_episodes(episodes, reg, self.zones.zone_ids)
 
     def _open(self, d: int, typ: int, z: int, at: int) -> dict:
         device_id = self.registry.device_ids[d]
@@ -448,8 +375,7 @@ class Engine:
                               | carried_ext(state, remap.dev_old))
         eng._bind()
         adopt(state, eng.state, remap)
-        eng._per_subject = SubjectEpisodes.from_array(extras.get(CHECKPOINT_KEY))
-        eng._reconcile()
+        eng._reconcile(SubjectEpisodes.from_array(extras.get(CHECKPOINT_KEY)))
         eng._counters[: len(counters)] = counters[: K.N_COUNTERS]
         recompute_deadlines(eng.state, registry.arrays.device_level, eng._offline_after_ms,
                             eng._no_fix_after_ms)
@@ -468,6 +394,7 @@ class Engine:
             self.config = config
             self._set_rules(config)
         remap = remap_registry(self.registry, registry, self.zones.zone_ids, zones.zone_ids)
+        episodes = self._per_subject.episodes()  # (by the old registry's ids)
         fresh = new_state(registry.n_devices, registry.n_slots, _scheduled(registry)
                           | carried_ext(self.state, remap.dev_old))
         stats = adopt(self.state, fresh, remap)
@@ -479,7 +406,7 @@ class Engine:
             remap.n_old_devices)
         self._ids = None
         self._bind()
-        self._reconcile()
+        self._reconcile(episodes)
         return stats
 
     def swap_registry(self, registry: Registry, zones: Any) -> dict[str, int]:

@@ -38,6 +38,10 @@ from engine.state import (
     P_ACC,
     P_LAT,
     P_LON,
+    R_LAST_RX,
+    R_NO_FIX_DEADLINE,
+    R_OFFLINE_AT,
+    R_OFFLINE_DEADLINE,
     X_CURFEW_AT,
     X_CURFEW_END,
     X_CURFEW_RUN,
@@ -268,101 +272,117 @@ def _sweep_into(st, now, ev_i, ev_f, n, counters):
     """Raise ``no_fix`` for every device whose no-fix count ran out before ``now`` while
     it kept sending (a message received after the count started, and its offline
     deadline after the moment the count ran out: a silent device is offline, not no_fix),
-    then ``offline`` for every device whose deadline (last receive + offline_after) is
-    before ``now``. A device with an open power_off raises neither (it said it was
-    switching off), and its deadlines are dropped. O(1) while ``now`` has not passed the
-    floor (a lower bound of all deadlines); otherwise one pass over
-    ``no_fix_deadline_ms``, then one over ``deadline_ms``, that also recompute the floor.
+    then ``offline`` for every device whose offline deadline (last receive +
+    offline_after) is before ``now``; each in device order. A device with an open
+    power_off raises neither (it said it was switching off), and its deadlines are
+    dropped. O(1) while ``now`` has not passed the floor (a lower bound of all
+    deadlines); otherwise one pass over ``deadline_ms`` (per device the earlier of both
+    deadlines) that collects the due devices and recomputes the floor, then the raises.
 
     The no-fix count runs from the later of its start (D_NO_FIX_FROM) and the newest
     fix's receive time (D_LAST_FIX_RX): a fix only writes the latter, and a deadline
     found due is first moved on by the newer fix (by the same no_fix_after: the old
-    deadline minus the old start). The loops test and write arrays taken out of ``st``
-    before them; the rare raises are calls (st's arrays read through ``st`` in the loop,
-    or one loop testing both deadlines, measured 15-25x slower per device). The passes
-    run in :func:`_sweep_passes`, which never grows the buffers (no reference counting
-    in the loops): it stops at a due device when they are full, and this function grows
-    them and lets it go on from that device."""
+    deadline minus the old start). The pass reads one array and writes only the list of
+    due devices (:func:`_sweep_due`); the raises (:func:`_sweep_raises`) then read and
+    write each due device's row (``DeviceState.device_row``, one cache line) and its last
+    position, in a short loop whose cache misses overlap. Both loops run without
+    reference counting; this function grows the list and the event buffers between
+    them."""
     if now <= st.floor_ms[0]:
         return ev_i, ev_f, n
     counters[C_FULL_SWEEPS] += 1
-    phase = 0
-    d = 0
-    floor = NO_DEADLINE_MS
-    while True:
-        phase, d, n, floor = _sweep_passes(st, now, ev_i, ev_f, n, phase, d, floor)
-        if phase == 2:
-            st.floor_ms[0] = floor
-            return ev_i, ev_f, n
-        ev_i, ev_f = _room(ev_i, ev_f, n, n + 1)
+    due = np.empty(1024, np.int64)
+    d, m, floor = _sweep_due(st.deadline_ms, now, due, 0, 0, NO_DEADLINE_MS)
+    while d < st.deadline_ms.shape[0]:  # the list is full: twice as long, and on
+        grown = np.empty(2 * due.shape[0], np.int64)
+        grown[:m] = due[:m]
+        due = grown
+        d, m, floor = _sweep_due(st.deadline_ms, now, due, d, m, floor)
+    ev_i, ev_f = _room(ev_i, ev_f, n, n + 2 * m)  # at most no_fix and offline a device
+    n, floor = _sweep_raises(st.deadline_ms, st.device_row, st.last_pos, now, due, m,
+                             ev_i, ev_f, n, floor)
+    st.floor_ms[0] = floor
+    return ev_i, ev_f, n
 
 
 @njit(cache=True, _nrt=False)
-def _sweep_passes(st, now, ev_i, ev_f, n, phase, d0, floor):
-    """_sweep_into's passes from device ``d0`` of pass ``phase`` (0 no-fix, 1 offline);
-    returns (phase, device, n, floor): phase 2 when both are done, otherwise where the
-    full buffers stopped it (that device untouched)."""
-    deadline = st.deadline_ms
-    nf_deadline = st.no_fix_deadline_ms
-    dev = st.device_ms
-    last_rx = st.last_rx_ms
-    pos = st.last_pos
-    offline_at = st.offline_at_ms
-    cap = ev_i.shape[0]
-    if phase == 0:
-        for d in range(d0, nf_deadline.shape[0]):
-            nd = nf_deadline[d]
-            if nd < now:
-                if n >= cap:
-                    return 0, d, n, floor
-                start = dev[d, D_NO_FIX_FROM]
-                if dev[d, D_LAST_FIX_RX] > start:  # a newer fix restarted the count
-                    nd += dev[d, D_LAST_FIX_RX] - start
-                    start = dev[d, D_LAST_FIX_RX]
-                    dev[d, D_NO_FIX_FROM] = start
-                    nf_deadline[d] = nd
+def _sweep_due(deadline, now, due, d0, m, floor):
+    """_sweep_into's pass from device ``d0``: appends each device whose ``deadline`` is
+    before ``now`` to ``due`` (``m`` there already), and lowers ``floor`` to every other
+    deadline; returns (device, m, floor): device ``deadline.shape[0]`` when done,
+    otherwise the first one not looked at (``due`` is full)."""
+    cap = due.shape[0]
+    for d in range(d0, deadline.shape[0]):
+        dl = deadline[d]
+        if dl < now:
+            if m >= cap:
+                return d, m, floor
+            due[m] = d
+            m += 1
+        elif dl < floor:
+            floor = dl
+    return deadline.shape[0], m, floor
+
+
+@njit(cache=True, _nrt=False)
+def _sweep_raises(deadline, row, pos, now, due, m, ev_i, ev_f, n, floor):
+    """_sweep_into's raises for the ``m`` devices in ``due`` (in device order): first
+    every no_fix, then every offline, as two passes over all devices would give them;
+    each device's sweep deadline becomes the earlier of what is left, lowering
+    ``floor``. Returns (n, floor); the caller made room for 2 * m rows.
+
+    ``deadline`` is the earlier of the row's offline deadline and its no-fix deadline;
+    where it is before the no-fix deadline, it is the offline deadline (taken from it:
+    the row's column is then rewritten with the same number)."""
+    for k in range(m):
+        d = due[k]
+        nd = row[d, R_NO_FIX_DEADLINE]
+        if deadline[d] < nd:
+            row[d, R_OFFLINE_DEADLINE] = deadline[d]
+        if nd < now:
+            start = row[d, D_NO_FIX_FROM]
+            if row[d, D_LAST_FIX_RX] > start:  # a newer fix restarted the count
+                nd += row[d, D_LAST_FIX_RX] - start
+                start = row[d, D_LAST_FIX_RX]
+                row[d, D_NO_FIX_FROM] = start
+                row[d, R_NO_FIX_DEADLINE] = nd
             if nd < now:
                 # The count ran out: no_fix if the device kept sending (heard after the
                 # count started, not silent at nd) and is not powered off; the count
                 # stops anyway.
-                if (nd < deadline[d] and last_rx[d] > start
-                        and dev[d, D_POWER_OFF_AT] == NONE_MS):
-                    n = _device_raise(dev, pos, offline_at, last_rx, d, T_NO_FIX, nd,
-                                      ev_i, ev_f, n)
-                nf_deadline[d] = NO_DEADLINE_MS
-                dev[d, D_NO_FIX_FROM] = NONE_MS
-            elif nd < floor:
-                floor = nd
-        d0 = 0
-    for d in range(d0, deadline.shape[0]):
-        dl = deadline[d]
+                if (nd < row[d, R_OFFLINE_DEADLINE] and row[d, R_LAST_RX] > start
+                        and row[d, D_POWER_OFF_AT] == NONE_MS):
+                    n = _device_raise(row, pos, d, T_NO_FIX, nd, ev_i, ev_f, n)
+                row[d, R_NO_FIX_DEADLINE] = NO_DEADLINE_MS
+                row[d, D_NO_FIX_FROM] = NONE_MS
+    for k in range(m):
+        d = due[k]
+        dl = row[d, R_OFFLINE_DEADLINE]
         if dl < now:  # silence = now - last_rx > offline_after
-            if dev[d, D_POWER_OFF_AT] == NONE_MS:
-                if n >= cap:
-                    return 1, d, n, floor
-                n = _device_raise(dev, pos, offline_at, last_rx, d, T_OFFLINE, dl,
-                                  ev_i, ev_f, n)
-            deadline[d] = NO_DEADLINE_MS
+            if row[d, D_POWER_OFF_AT] == NONE_MS:
+                n = _device_raise(row, pos, d, T_OFFLINE, dl, ev_i, ev_f, n)
+            row[d, R_OFFLINE_DEADLINE] = NO_DEADLINE_MS
             # Silence stops the no-fix count (a message after it starts a new one).
-            nf_deadline[d] = NO_DEADLINE_MS
-            dev[d, D_NO_FIX_FROM] = NONE_MS
-        elif dl < floor:
-            floor = dl
-    return 2, 0, n, floor
+            row[d, R_NO_FIX_DEADLINE] = NO_DEADLINE_MS
+            row[d, D_NO_FIX_FROM] = NONE_MS
+        dl = min(row[d, R_OFFLINE_DEADLINE], row[d, R_NO_FIX_DEADLINE])
+        deadline[d] = dl
+        floor = min(floor, dl)
+    return n, floor
 
 
 @njit(cache=True, _nrt=False)
-def _device_raise(dev, pos, offline_at, last_rx, d, typ, at, ev_i, ev_f, n):
+def _device_raise(row, pos, d, typ, at, ev_i, ev_f, n):
     """Raise the sweep's ``typ`` (T_NO_FIX or T_OFFLINE) for device ``d`` at ``at``, with
     the last position and its own number (last fix's resp. last message's receive time);
-    returns n (the caller made room). Takes the few arrays it needs, not the state."""
+    returns n (the caller made room). Takes the arrays it needs, not the state."""
     if typ == T_NO_FIX:
-        dev[d, D_NO_FIX_AT] = at
-        lf = dev[d, D_LAST_FIX_RX]
+        row[d, D_NO_FIX_AT] = at
+        lf = row[d, D_LAST_FIX_RX]
         aux = np.nan if lf == NONE_MS else float(lf)
     else:
-        offline_at[d] = at
-        aux = float(last_rx[d])
+        row[d, R_OFFLINE_AT] = at
+        aux = float(row[d, R_LAST_RX])
     return _put(ev_i, ev_f, n, d, typ, -1, 1, at, at, 0, pos[d, P_LAT], pos[d, P_LON], aux,
                 pos[d, P_ACC])
 
@@ -1067,10 +1087,12 @@ def _power_status(st, d, ts, rx, power, no_fix_after_ms, ev_i, ev_f, n):
                      pos[d, P_LON], np.nan, pos[d, P_ACC])
         dev[d, D_NO_FIX_FROM] = NONE_MS
         st.no_fix_deadline_ms[d] = NO_DEADLINE_MS
+        st.deadline_ms[d] = st.device_row[d, R_OFFLINE_DEADLINE]  # the earlier of both
     elif dev[d, D_NO_FIX_FROM] == NONE_MS and dev[d, D_NO_FIX_AT] == NONE_MS:
         dev[d, D_NO_FIX_FROM] = rx
         nd = rx + no_fix_after_ms
         st.no_fix_deadline_ms[d] = nd
+        st.deadline_ms[d] = min(st.deadline_ms[d], nd)
         st.floor_ms[0] = min(st.floor_ms[0], nd)
     return n
 
@@ -1186,6 +1208,7 @@ def _run_records(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,
     dev_ms = st.device_ms
     last_pos = st.last_pos
     nf_deadline = st.no_fix_deadline_ms
+    row = st.device_row
     last_fix = st.last_fix_ts_ms
     last_status = st.last_status_ts_ms
     safe_m = st.safe_m
@@ -1248,6 +1271,8 @@ def _run_records(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,
         if last_rx[d] == NONE_MS or r > last_rx[d]:
             last_rx[d] = r
         dl = last_rx[d] + offline_after_ms[level[d]]
+        row[d, R_OFFLINE_DEADLINE] = dl
+        dl = min(dl, row[d, R_NO_FIX_DEADLINE])  # the sweep's: the earlier of both
         deadline[d] = dl
         floor[0] = min(floor[0], dl)
         t = ts[i]
@@ -1287,6 +1312,7 @@ def _run_records(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,
                     dev_ms[d, D_NO_FIX_FROM] = r
                     nd = r + no_fix_after_ms[level[d]]
                     nf_deadline[d] = nd
+                    deadline[d] = min(deadline[d], nd)
                     floor[0] = min(floor[0], nd)
                 rl = dev_rel[d]
                 if rl >= 0:  # the relation rules (engine.relation_kernels)

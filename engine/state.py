@@ -10,11 +10,20 @@ out_run 1, outbound_at_ms 8, outbound_zone 4, offline_at_ms 8, tamper_at_ms 8,
 battery_at_ms 8, settled cache 28, ``ext_row`` 4 (and the scheduled rules' ``ext`` row of
 64, leave_overdue and curfew, only for the devices of subjects with leaves or curfews; see
 :data:`X_OUT_TYPE` ...), the device rules (power_off, no_fix) and the last
-position for evidence 64, the late messages 17 (late_status_ts_ms 8, late_back_ms 4,
-late_seen 4, late_run 1);
-per (device, exclusion zone) slot: exclusion_at_ms 8. See
+position for evidence 64, the offline deadline 8 (in the device row, below), the late
+messages 17 (late_status_ts_ms 8, late_back_ms 4, late_seen 4, late_run 1); per
+(device, exclusion zone) slot: exclusion_at_ms 8. See
 :func:`bytes_per_device` for the measured figure including the registry's per-device
 arrays.
+
+What the offline sweep touches of a device is one 64-byte row, aligned to a cache line
+(``DeviceState.device_row``, the R_* columns): ``last_rx_ms``, ``offline_at_ms``,
+``no_fix_deadline_ms`` and ``device_ms`` are views of its columns, beside the offline
+deadline, so a raise reads and writes one cache line (and the last position's row), not
+one per array. ``deadline_ms`` is the sweep's one stream: the earlier of the offline and
+the no-fix deadline. A checkpoint holds the views as separate arrays, as before the row
+(the row itself and the deadlines are rebuilt on restore: engine.Engine.restore
+recomputes them), so its layout and version are unchanged.
 """
 
 from __future__ import annotations
@@ -79,6 +88,16 @@ P_LAT, P_LON, P_ACC = 0, 1, 2  # WGS-84 degrees, degrees, metres
 # while the newest in-order ts has the same low 32 bits (unchanged, but for a jump of a
 # multiple of 2**32 ms, 49.7 days, between two late fixes): engine.kernels.late_prev_ts.
 LATE_BACK_MAX = 2**31 - 1  # ms (24.8 days)
+# Columns of DeviceState.device_row (int64[n_devices, N_ROW]): device_ms is columns
+# R_DEVICE_MS .. R_DEVICE_MS + N_DEVICE_MS - 1 (so row[d, D_*] is device_ms[d, D_*]).
+R_DEVICE_MS = 0
+R_LAST_RX = 4  # = last_rx_ms
+R_OFFLINE_AT = 5  # = offline_at_ms
+R_NO_FIX_DEADLINE = 6  # = no_fix_deadline_ms
+R_OFFLINE_DEADLINE = 7  # last receive + offline_after(level), or NO_DEADLINE_MS: not due
+N_ROW = 8
+# The DeviceState fields that are views of device_row's columns.
+ROW_VIEWS = ("last_rx_ms", "offline_at_ms", "no_fix_deadline_ms", "device_ms")
 EXT_FRESH = (0, np.iinfo(np.int64).min, 0, np.iinfo(np.int64).min, np.iinfo(np.int64).min,
              np.iinfo(np.int64).min, -1, 0, 0, np.iinfo(np.int64).min)
 
@@ -87,7 +106,8 @@ class DeviceState(NamedTuple):
     """Mutable per-device rule state (see module docstring for units)."""
 
     last_rx_ms: np.ndarray  # int64: receive time of the newest message (fix or status)
-    deadline_ms: np.ndarray  # int64: last_rx_ms + offline_after(level); NO_DEADLINE_MS if not due
+    deadline_ms: np.ndarray  # int64: the sweep's: the earlier of the offline deadline
+    # (device_row's R_OFFLINE_DEADLINE) and no_fix_deadline_ms; NO_DEADLINE_MS: neither due
     last_fix_ts_ms: np.ndarray  # int64: ts of the newest processed fix (late/duplicate test)
     last_status_ts_ms: np.ndarray  # int64: ts of the newest processed status
     out_run: np.ndarray  # int8: consecutive *out* fixes (saturating at OUT_RUN_MAX)
@@ -118,6 +138,9 @@ class DeviceState(NamedTuple):
     approach_at_ms: np.ndarray  # int64[n_slots]: open approach episode's raised at, or NONE_MS
     border_at_ms: np.ndarray  # int64: open border (approach) episode's raised at, or NONE_MS
     border_zone: np.ndarray  # int32: its inclusion zone index
+    # What the sweep reads and writes of a device, one cache line (R_* columns); the
+    # ROW_VIEWS fields are views of its columns.
+    device_row: np.ndarray  # int64[n_devices, N_ROW], 64-byte aligned
     # Late fixes judged on their own ts (engine.kernels._late_fix_rules): the late run.
     late_status_ts_ms: np.ndarray  # int64: ts of the previous late status, or NONE_MS
     late_back_ms: np.ndarray  # int32: newest in-order ts - the previous late fix's (0: none)
@@ -133,15 +156,16 @@ def new_state(n_devices: int, n_slots: int, ext_mask: np.ndarray | None = None
     def full(n: int, value: int, dtype=np.int64) -> np.ndarray:
         return np.full(n, value, dtype=dtype)
 
+    row = new_device_rows(n_devices)
     return DeviceState(
-        last_rx_ms=full(n_devices, NONE_MS),
+        last_rx_ms=row[:, R_LAST_RX],
         deadline_ms=full(n_devices, NO_DEADLINE_MS),
         last_fix_ts_ms=full(n_devices, NONE_MS),
         last_status_ts_ms=full(n_devices, NONE_MS),
         out_run=np.zeros(n_devices, dtype=np.int8),
         outbound_at_ms=full(n_devices, NONE_MS),
         outbound_zone=full(n_devices, -1, np.int32),
-        offline_at_ms=full(n_devices, NONE_MS),
+        offline_at_ms=row[:, R_OFFLINE_AT],
         tamper_at_ms=full(n_devices, NONE_MS),
         battery_at_ms=full(n_devices, NONE_MS),
         exclusion_at_ms=full(n_slots, NONE_MS),
@@ -152,10 +176,13 @@ def new_state(n_devices: int, n_slots: int, ext_mask: np.ndarray | None = None
         near_lat=np.full(n_devices, np.nan),
         safe_m=np.full(n_devices, -1.0, dtype=np.float32),
         safe_until_ms=full(n_devices, 0),
-        **device_rule_fields(n_devices),
+        device_ms=row[:, R_DEVICE_MS:R_DEVICE_MS + N_DEVICE_MS],
+        last_pos=np.full((n_devices, 3), np.nan),
+        no_fix_deadline_ms=row[:, R_NO_FIX_DEADLINE],
         approach_at_ms=full(n_slots, NONE_MS),
         border_at_ms=full(n_devices, NONE_MS),
         border_zone=full(n_devices, -1, np.int32),
+        device_row=row,
         **late_fields(n_devices),
     )
 
@@ -168,12 +195,21 @@ def late_fields(n_devices: int) -> dict[str, np.ndarray]:
             "late_run": np.zeros(n_devices, dtype=np.int8)}
 
 
-def device_rule_fields(n_devices: int) -> dict[str, np.ndarray]:
-    """Fresh state of the device rules (power_off, no_fix) and of the last position (also
-    for a checkpoint written before them)."""
-    return {"device_ms": np.full((n_devices, N_DEVICE_MS), NONE_MS, np.int64),
-            "last_pos": np.full((n_devices, 3), np.nan),
-            "no_fix_deadline_ms": np.full(n_devices, NO_DEADLINE_MS, np.int64)}
+def new_device_rows(n_devices: int) -> np.ndarray:
+    """Fresh ``DeviceState.device_row``: nothing heard, no episode, no deadline; its rows
+    start on a 64-byte boundary (one cache line each)."""
+    raw = np.empty(n_devices * N_ROW + 8, dtype=np.int64)  # 64 bytes to align in
+    skip = (-raw.ctypes.data % 64) // 8
+    row = raw[skip:skip + n_devices * N_ROW].reshape(n_devices, N_ROW)
+    row[:] = NONE_MS
+    row[:, R_NO_FIX_DEADLINE] = NO_DEADLINE_MS
+    row[:, R_OFFLINE_DEADLINE] = NO_DEADLINE_MS
+    return row
+
+
+# The device rules' state and the last position: a checkpoint written before them has
+# none (fresh: no count, no episode, never fixed).
+DEVICE_RULE_FIELDS = ("device_ms", "last_pos", "no_fix_deadline_ms")
 
 
 def ext_rows(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -222,7 +258,8 @@ def bytes_per_device(state: DeviceState, registry_arrays=None) -> float:
     n = len(state.last_rx_ms)
     if n == 0:
         return 0.0
-    total = sum(getattr(state, f).nbytes for f in PER_DEVICE_FIELDS + CACHE_FIELDS)
+    total = sum(getattr(state, f).nbytes for f in PER_DEVICE_FIELDS + CACHE_FIELDS
+                if f not in ROW_VIEWS) + state.device_row.nbytes
     # (ext's row 0, the shared fresh row, is 64 bytes for the whole fleet: not per device)
     total += state.exclusion_at_ms.nbytes + state.ext[1:].nbytes + state.ext_row.nbytes
     total += state.approach_at_ms.nbytes
@@ -236,25 +273,24 @@ def bytes_per_device(state: DeviceState, registry_arrays=None) -> float:
 def recompute_deadlines(state: DeviceState, device_level: np.ndarray,
                         offline_after_ms: np.ndarray,
                         no_fix_after_ms: np.ndarray | None = None) -> None:
-    """deadline = last receive + offline_after(level) for devices heard from and not
-    already offline (nor powered off); no-fix deadline = the no-fix count's start +
+    """Offline deadline = last receive + offline_after(level) for devices heard from and
+    not already offline (nor powered off); no-fix deadline = the no-fix count's start +
     no_fix_after(level) where one runs (``no_fix_after_ms`` None: left as they are); the
-    sweep floor becomes the smallest of both."""
+    sweep's deadline the earlier of both, and the sweep floor the smallest of those."""
     heard = state.last_rx_ms != NONE_MS
     due = heard & (state.offline_at_ms == NONE_MS) & (
         state.device_ms[:, D_POWER_OFF_AT] == NONE_MS)
     deadline = np.full(len(state.last_rx_ms), NO_DEADLINE_MS, dtype=np.int64)
     deadline[due] = state.last_rx_ms[due] + offline_after_ms[device_level[due]]
-    state.deadline_ms[:] = deadline
+    state.device_row[:, R_OFFLINE_DEADLINE] = deadline
     if no_fix_after_ms is not None:
         start = state.device_ms[:, D_NO_FIX_FROM]
         counting = start != NONE_MS
         nf = np.full(len(state.last_rx_ms), NO_DEADLINE_MS, dtype=np.int64)
         nf[counting] = start[counting] + no_fix_after_ms[device_level[counting]]
         state.no_fix_deadline_ms[:] = nf
-    floor = min(deadline.min(), state.no_fix_deadline_ms.min()) if len(deadline) else \
-        NO_DEADLINE_MS
-    state.floor_ms[0] = floor
+    np.minimum(deadline, state.no_fix_deadline_ms, out=state.deadline_ms)
+    state.floor_ms[0] = state.deadline_ms.min() if len(deadline) else NO_DEADLINE_MS
 
 
 def adopt(old: DeviceState, new: DeviceState, remap: Remap) -> dict[str, int]:
@@ -354,7 +390,7 @@ def snapshot_arrays(state: DeviceState, ids: IdArrays, counters: np.ndarray
     """What a checkpoint file holds, copied: the state may change as soon as this returns
     while the copy is written elsewhere (:func:`write_checkpoint`)."""
     arrays = {f: getattr(state, f).copy() for f in DeviceState._fields
-              if f not in CACHE_FIELDS}
+              if f not in CACHE_FIELDS and f != "device_row"}  # (its views are written)
     arrays.update(ids._asdict())  # never written to, so not copied
     arrays["counters"] = counters.copy()
     arrays["version"] = np.array([CHECKPOINT_VERSION], dtype=np.int64)
@@ -445,19 +481,27 @@ def _load(source, where: str):
             if int(data["version"][0]) != CHECKPOINT_VERSION:
                 raise CheckpointError(f"checkpoint version {int(data['version'][0])}, "
                                       f"expected {CHECKPOINT_VERSION}", str(path))
-            fresh_rules = device_rule_fields(len(data["last_rx_ms"]))
-            fields = {f: data[f].copy() for f in DeviceState._fields
-                      if f not in CACHE_FIELDS and f not in ("ext", "ext_row")
-                      and f not in fresh_rules and f not in WARN_FIELDS + LATE_FIELDS}
-            fields["ext"], fields["ext_row"] = _loaded_ext(data, len(fields["last_rx_ms"]))
-            # One written before the device rules: fresh device-rule state.
-            fields.update({f: data[f].copy() if f in data.files else v
-                           for f, v in fresh_rules.items()})
-            fresh = new_state(len(fields["last_rx_ms"]), len(fields["exclusion_at_ms"]))
-            # ...nor one written before the approach rule its warnings: none open.
-            fields.update({f: data[f].copy() if f in data.files else getattr(fresh, f)
-                           for f in WARN_FIELDS + LATE_FIELDS})
-            state = DeviceState(**fields, **{f: getattr(fresh, f) for f in CACHE_FIELDS})
+            n_devices = len(data["last_rx_ms"])
+            fresh = new_state(n_devices, len(data["exclusion_at_ms"]), np.zeros(n_devices, bool))
+            # As written, but the row's views copied into a fresh row; one written before
+            # the device rules has fresh device-rule state, one written before the
+            # approach rule no warning open; the settled cache is never restored.
+            fields = fresh._asdict()
+            for f in DeviceState._fields:
+                if f in CACHE_FIELDS + ("ext", "ext_row", "device_row"):
+                    continue
+                if f not in data.files:
+                    if f not in DEVICE_RULE_FIELDS + WARN_FIELDS + LATE_FIELDS:
+                        raise KeyError(f)
+                elif f in ROW_VIEWS:
+                    if data[f].shape != fields[f].shape:
+                        raise ValueError(f"{f} has shape {data[f].shape}, expected "
+                                         f"{fields[f].shape}")
+                    fields[f][...] = data[f]
+                else:
+                    fields[f] = data[f].copy()
+            fields["ext"], fields["ext_row"] = _loaded_ext(data, n_devices)
+            state = DeviceState(**fields)
             device_ids = [str(x) for x in data["device_ids"]]
             slot_keys = list(zip((str(x) for x in data["slot_devices"]),
                                  (str(x) for x in data["slot_zones"])))

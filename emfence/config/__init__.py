@@ -138,6 +138,11 @@ class IngestConfig:
     # Dead letters waiting for the broker; beyond this they are dropped and counted (a
     # flood of garbage must not grow memory; the rejections are still counted).
     deadletter_queue_messages: int = 10_000
+    # What a worker with --regions subscribes to: "regions", a fix and a status filter
+    # (and a reply filter) per region; "all", the filters of every region, the messages
+    # of other regions acknowledged and counted (other_region), never processed: for a
+    # broker where each filter is expensive (NATS: each one a JetStream consumer).
+    subscribe: str = "regions"
     # The engine exits (code 3) after this long without receiving anything, not even its
     # own ping (sent every health_interval_s), s; 0 turns the watchdog off.
     watchdog_s: float = 60.0
@@ -300,6 +305,9 @@ def _check(config: Config, source: str | None) -> Config:
         raise ConfigError(f"must be 0 (off) or at least twice ingest.health_interval_s and "
                           f"more than ingest.reconnect_max_s, got {i.watchdog_s:g}",
                           key="ingest.watchdog_s", source=source)
+    if i.subscribe not in ("regions", "all"):
+        raise ConfigError(f'must be "regions" or "all", got {i.subscribe!r}',
+                          key="ingest.subscribe", source=source)
     if i.redelivery_horizon_s <= 0:
         raise ConfigError("must be positive (seconds)", key="ingest.redelivery_horizon_s",
                           source=source)

@@ -13,9 +13,14 @@ until the periodic checkpoint. :class:`Intake` watches for that:
   checkpoint, then the acknowledgements) instead of at the periodic checkpoint; at most
   one such early window per :data:`EARLY_EVERY_S`, and only with
   :data:`MIN_STALL_MESSAGES` held;
-- **the ceiling**: a broker that held messages back sends the next ones at once
-  (within :data:`RESUME_S`) after the acknowledgements; a fleet that was only quiet does
-  not (then early windows come less often, up to :data:`MAX_EARLY_EVERY_S`).
+- **the ceiling**: a broker that held messages back sends the next ones at once after
+  the acknowledgements; a fleet that was only quiet does not (then early windows come
+  less often, up to :data:`MAX_EARLY_EVERY_S`). "At once" is counted in the watcher's
+  own turns of the event loop (:data:`TURN_S` sleeps, :data:`RESUME_TURNS` of them), not
+  in wall-clock time: a worker whose loop is slowed, by its own work or by a loaded
+  machine, turns less often and so still sees a held-back broker answer at once (the
+  counts alone cannot tell: a fleet reporting in step stops at the same count every
+  time, and mosquitto 2.0.11 lets more through after each round, 20, then ~400).
   :data:`CONFIRM_STALLS` stalls in a row followed at once by more make the smallest of
   their counts, L, the broker's window: from then on windows close every L/2 messages
   (never more than the configured window), said once in the log; a smaller one later
@@ -30,6 +35,7 @@ until the periodic checkpoint. :class:`Intake` watches for that:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -43,7 +49,8 @@ MIN_QUIET_S = 0.1  # silence before a stall is considered, at least this (s)
 GAP_FACTOR = 8  # ... and this many times the recent mean gap between messages
 EARLY_EVERY_S = 1.0  # at most one early window per this many seconds
 MAX_EARLY_EVERY_S = 8.0  # ... doubled up to this after each that was a quiet moment
-RESUME_S = 0.025  # a broker holding messages back sends the next this soon after acks
+TURN_S = 0.001  # the watcher's sleep while it waits for the broker after an early window
+RESUME_TURNS = 25  # a broker holding messages back sends the next within this many turns
 CONFIRM_STALLS = 2  # stalls in a row, each followed at once by more: the window is seen
 MIN_STALL_MESSAGES = 8  # fewer held: not worth a checkpoint before the periodic one
 MIN_CHECKPOINT_INTERVAL_S = 0.2  # the shortest periodic checkpoint the ack wait makes
@@ -77,8 +84,10 @@ class Intake:
         self.early_at = -math.inf
         self.early_every_s = EARLY_EVERY_S  # longer after stalls that were quiet moments
         self.probe: int | None = None  # held at the last early window, until judged
-        self.probe_acked_at: float | None = None  # when its acknowledgements went out
-        self.resumed_after: float | None = None  # ... and the next message came that late
+        self.probe_acked = False  # its acknowledgements went out
+        self.turns = 0  # the watcher's turns since then, until the next message
+        self.resumed_turn: int | None = None  # the turn the next message came in
+        self.acks_out = asyncio.Event()  # wakes the watcher when they go out
         self.stalls: list[int] = []  # counts of the judged stalls in a row
         self.ceiling: int | None = None  # the broker's in-flight window, once confirmed
         self.checkpoint_interval_s = float(icfg.checkpoint_interval_s)
@@ -100,8 +109,8 @@ class Intake:
         gap = min(now - self.last_rx, 10 * self.quiet_s)
         self.gap_s += 0.2 * (gap - self.gap_s)
         self.last_rx = now
-        if self.probe_acked_at is not None and self.resumed_after is None:
-            self.resumed_after = now - self.probe_acked_at
+        if self.waiting():
+            self.resumed_turn = self.turns
         self.held += 1
         self.held_at_rx = self.held
         if digest is not None and (digest[0] < SAMPLE_BELOW or len(self.samples) < SAMPLE_ALL):
@@ -120,8 +129,9 @@ class Intake:
         """The acknowledger PUBACKed ``acks``."""
         n = sum(1 for a in acks if a[0] == self.gen)
         self.held = max(0, self.held - n)
-        if n and self.probe is not None and self.probe_acked_at is None:
-            self.probe_acked_at = self.clock()
+        if n and self.probe is not None and not self.probe_acked:
+            self.probe_acked, self.turns = True, 0
+            self.acks_out.set()
         self.counters["acknowledged"] += n
 
     # ----- the watcher ----------------------------------------------------------------
@@ -143,34 +153,46 @@ class Intake:
         await self.batches.flush()
         await self.batches.put("checkpoint", None)
 
+    def waiting(self) -> bool:
+        """An early window's acknowledgements went out; no message came since."""
+        return self.probe is not None and self.probe_acked and self.resumed_turn is None
+
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self.quiet_s / 2)
+            if self.waiting():
+                await asyncio.sleep(TURN_S)  # a turn
+            else:
+                self.acks_out.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.quiet_s / 2):
+                        await self.acks_out.wait()
             if self.tick(self.clock()):
                 await self.close_early()
 
     def tick(self, now: float) -> bool:
-        """True: close the window now (a stall)."""
-        self._judge(now)
+        """One turn of the watcher. True: close the window now (a stall)."""
+        if self.waiting():
+            self.turns += 1
+        self._judge()
         if not self.stalled(now):
             return False
         self.early_at = now
         self.counters["early_windows"] += 1
         log.debug("delivery stopped with %d messages unacknowledged: window closed early",
                   self.held)
-        self.probe = self.held
-        self.probe_acked_at = self.resumed_after = None
+        self.probe, self.probe_acked, self.resumed_turn = self.held, False, None
         return True
 
-    def _judge(self, now: float) -> None:
-        """After an early window's acknowledgements: did the broker send again at once
-        (it was holding messages back: a stall) or not (a quiet moment of the fleet)?"""
-        if self.probe is None or self.probe_acked_at is None:
+    def _judge(self) -> None:
+        """After an early window's acknowledgements: did the broker send again at once,
+        within :data:`RESUME_TURNS` of the watcher's turns (it was holding messages back:
+        a stall), or not (a quiet moment of the fleet)?"""
+        if self.probe is None or not self.probe_acked:
             return
-        if self.resumed_after is None and now - self.probe_acked_at <= RESUME_S:
+        if self.resumed_turn is None and self.turns <= RESUME_TURNS:
             return  # not yet known
         count, self.probe = self.probe, None
-        if self.resumed_after is None or self.resumed_after > RESUME_S:
+        if self.resumed_turn is None or self.resumed_turn > RESUME_TURNS:
             self.stalls.clear()  # quiet, not held back: early windows less often
             self.early_every_s = min(self.early_every_s * 2, MAX_EARLY_EVERY_S)
             return

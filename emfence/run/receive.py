@@ -122,6 +122,9 @@ class Receiver:
         self.worked = False  # a connection of this process had all its SUBACKs
         self.refused_filters: list[str] = []  # refused on this connection, asked again
         self.drain_topic = drain_topic(opts.name)
+        # ingest.subscribe = "all": every region's filters, this worker's regions kept here
+        self.mine = frozenset(opts.regions) if opts.regions and icfg.subscribe == "all" \
+            else None
         self.replies = None  # emfence.run.commands.Commands: the devices' command replies
         self.drain_nonce = ""
         self.disconnected_at_ms: int | None = None
@@ -290,9 +293,10 @@ class Receiver:
         an error line) until a connection has them all granted again."""
         mqtt = self.mqtt
         refused = []
-        filters = mqtt.subscriptions(self.opts.regions) + [self.drain_topic]
+        regions = None if self.mine is not None else self.opts.regions
+        filters = mqtt.subscriptions(regions) + [self.drain_topic]
         if self.replies is not None:
-            filters += reply_filters(self.opts.regions)
+            filters += reply_filters(regions)
         for f in filters:
             try:
                 await mqtt.subscribe_checked(client, f, self.broker)
@@ -374,6 +378,10 @@ class Receiver:
             # subscribe: the publish itself reached the engine when it was made, so the
             # copy is stale; it is acknowledged and counted, never processed again.
             self.counters["retained_ignored"] += 1
+            self.ack_now(ack)
+            return
+        if self.mine is not None and topic.split("/", 3)[2] not in self.mine:
+            self.counters["other_region"] += 1  # another worker's: its session has a copy
             self.ack_now(ack)
             return
         if self.replies is not None and is_reply(topic):

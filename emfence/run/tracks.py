@@ -112,6 +112,28 @@ class TrackWriter:
         if old is None or row[2] > old[2]:
             self.protected[row[0]] = row
 
+    def _keep_status(self, row: tuple) -> None:
+        """Give back a status row that was not written: merged under a newer one kept
+        since (the newer one's fields win where it has them)."""
+        kept = self.status.get(row[0])
+        self.status[row[0]] = row if kept is None else _merge_status(row, kept)
+
+    async def _write_kept(self, name: str, write, keep) -> bool:
+        """Write the newest-per-device rows kept in ``self.<name>`` with ``write``; if
+        the store fails, give each back through ``keep`` (never over a newer one kept
+        meanwhile) and return False (the flush stops; a later one retries)."""
+        rows = list(getattr(self, name).values())
+        setattr(self, name, {})
+        try:
+            await asyncio.to_thread(write, rows)
+        except Exception as exc:  # noqa: BLE001 - keep the newest and retry later
+            for r in rows:
+                keep(r)
+            self.counters["store_errors"] += 1
+            self.outages.failed("tracks", exc)
+            return False
+        return True
+
     def _bound(self) -> None:
         overflow = len(self.rows) - self.cfg.queue_rows
         if overflow > 0:
@@ -127,27 +149,12 @@ class TrackWriter:
         now). Not the rows queued while it writes: processing goes on meanwhile, and a
         flush chasing the queue's tail would hold up the acknowledgement waiting on it."""
         async with self.lock:
-            if self.protected:
-                rows, self.protected = list(self.protected.values()), {}
-                try:
-                    await asyncio.to_thread(self.store.record_protected_positions, rows)
-                except Exception as exc:  # noqa: BLE001 - keep the newest and retry later
-                    for r in rows:
-                        self._keep_newest(r)
-                    self.counters["store_errors"] += 1
-                    self.outages.failed("tracks", exc)
-                    return
-            if self.status:
-                rows, self.status = list(self.status.values()), {}
-                try:
-                    await asyncio.to_thread(self.store.record_device_status, rows)
-                except Exception as exc:  # noqa: BLE001 - keep the newest and retry later
-                    for r in rows:
-                        kept = self.status.get(r[0])
-                        self.status[r[0]] = r if kept is None else _merge_status(r, kept)
-                    self.counters["store_errors"] += 1
-                    self.outages.failed("tracks", exc)
-                    return
+            if self.protected and not await self._write_kept(
+                    "protected", self.store.record_protected_positions, self._keep_newest):
+                return
+            if self.status and not await self._write_kept(
+                    "status", self.store.record_device_status, self._keep_status):
+                return
             if upto is None:
                 upto = self.queued
             while self.rows and self.done < upto:

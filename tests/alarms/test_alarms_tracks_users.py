@@ -88,8 +88,12 @@ def test_purge_deletes_only_fixes_older_than_the_cutoff(store):
     now = 40 * DAY
     ts = [now - 31 * DAY, now - 30 * DAY - 1, now - 30 * DAY, now - DAY]
     store.record_fixes([fix("BR-1", t) for t in ts] + [fix("BR-2", now - 35 * DAY)])
+    store.record_device_status([("BR-1", REGION_A, now - DAY, 80.0, "ok", "on", now - DAY),
+                                ("BR-2", REGION_A, now - 35 * DAY, 9.0, "ok", "on", now)])
     cutoff = now - 30 * DAY
     assert store.purge_tracks(cutoff) == 3
+    # and so does its newest status (battery, strap, power): personal data past retention
+    assert [r["device_id"] for r in store.device_status()] == ["BR-1"]
     assert [r["ts"] for r in store.track("BR-1", 0, now)] == [now - 30 * DAY, now - DAY]
     assert store.track("BR-2", 0, now) == []
     # the newest position of a device silent for longer than the retention goes too

@@ -45,6 +45,7 @@ def test_one_number_sets_every_level():
         ({"rules": {"battery_low_pct": 30}}, "rules.battery_clear_pct"),
         ({"rules": {"offline_after_s": {"stricter": 1}}}, "rules.offline_after_s.stricter"),
         ({"ingest": {"max_payload_bytes": True}}, "ingest.max_payload_bytes"),
+        ({"ingest": {"subscribe": "everything"}}, "ingest.subscribe"),
         ({"console": {"timezone": "Asia/Shangai"}}, "console.timezone"),
         ({"console": {"timezone": "localtime"}}, "console.timezone"),
         ({"console": {"timezone": "../../etc/passwd"}}, "console.timezone"),

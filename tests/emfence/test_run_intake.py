@@ -11,7 +11,7 @@ from collections import Counter
 from emfence.config import config_from_dict
 from emfence.run.acks import Acks
 from emfence.run.batches import Batches
-from emfence.run.intake import EARLY_EVERY_S, Intake
+from emfence.run.intake import CONFIRM_STALLS, EARLY_EVERY_S, TURN_S, Intake
 from emfence.run.options import Options
 
 
@@ -54,6 +54,14 @@ def _stall(intake, clock) -> bool:
         if intake.tick(clock.t):
             return True
     return False
+
+
+def _turns(intake, clock, n: int, turn_s: float = TURN_S) -> None:
+    """``n`` turns of the watcher, each ``turn_s`` long: TURN_S on a free event loop,
+    longer on one slowed by the worker's own work or a loaded machine."""
+    for _ in range(n):
+        clock.t += turn_s
+        intake.tick(clock.t)
 
 
 def test_a_quiet_fleet_is_not_a_stall():
@@ -103,11 +111,34 @@ def test_a_stall_not_followed_at_once_by_more_was_a_quiet_moment():
         n += 20
         assert _stall(intake, clock)
         intake.acked(got)
-        clock.t += 0.5
-        intake.tick(clock.t)
+        _turns(intake, clock, 500)  # 0.5 s of a free loop
         clock.t += intake.early_every_s
     assert intake.ceiling is None and acks.window_messages == 20000
     assert intake.early_every_s == 8.0  # doubled after each, up to MAX_EARLY_EVERY_S
+
+
+def test_at_once_is_counted_in_the_watchers_turns_not_in_wall_time():
+    """The broker's next message 60 ms after each early window's acknowledgements: at
+    once for a worker whose loop turned twice meanwhile (busy, or on a loaded machine: it
+    could not have received it sooner), a quiet moment for one whose loop turned 60 times
+    (free to receive all along)."""
+    for turn_s, turns, learnt in ((0.03, 2, True), (TURN_S, 60, False)):
+        intake, acks, counters, clock = _intake(batch_max_ms=20)
+        n = 0
+        for _ in range(CONFIRM_STALLS):
+            got = _burst(intake, clock, 20, 0.001, start=n)
+            n += 20
+            assert _stall(intake, clock)
+            intake.acked(got)
+            _turns(intake, clock, turns, turn_s)
+            intake.received((1, n + 1), None)
+            intake.acked([(1, n + 1)])
+            n += 1
+            _turns(intake, clock, 1)  # judged
+            assert intake.probe is None
+        assert (intake.ceiling, acks.window_messages) == ((20, 10) if learnt else
+                                                          (None, 20000))
+        assert counters["broker_inflight_window"] == (20 if learnt else 0)
 
 
 def test_no_early_window_without_acknowledgements_in_between_or_too_soon():

@@ -147,3 +147,38 @@ async def test_statuses_keep_each_devices_newest_battery_and_strap_for_the_board
         assert store.device_status(["411302"]) == []
     finally:
         store.close_store()
+
+
+async def test_a_status_write_the_store_refuses_is_kept_and_written_later(tmp_path):
+    """The store fails the status write (its table is away): nothing is lost, a newer
+    status queued meanwhile is merged over the one kept (its fields win where it has
+    them), and the next flush writes the result."""
+    import sqlite3
+
+    service = _service(tmp_path)
+    db = sqlite3.connect(tmp_path / "alarms.db")
+    db.execute("ALTER TABLE device_status RENAME TO device_status_away")
+    db.commit()
+    b = Batch()
+    b.add_status("B-1", Status(T0 + 30_000, 80.0, "open", None, "on"), T0 + 30_100)
+    b.messages = len(b.device)
+    await service._process_batch(b)
+    await service.tracks.flush()
+    store = service.store
+    try:
+        assert service.counters["store_errors"] == 1
+        assert service.tracks.status["B-1"][2:] == (T0 + 30_000, 80.0, "open", "on", T0 + 30_100)
+        b = Batch()
+        b.add_status("B-1", Status(T0 + 60_000, 41.5, None, None, None), T0 + 60_100)
+        b.messages = len(b.device)
+        await service._process_batch(b)
+        db.execute("ALTER TABLE device_status_away RENAME TO device_status")
+        db.commit()
+        await service.tracks.flush()
+        assert service.tracks.status == {}
+        [st] = store.device_status()
+        assert (st["ts"], st["battery_pct"], st["strap"], st["power"], st["received_at"]) == (
+            T0 + 60_000, 41.5, "open", "on", T0 + 60_100)
+    finally:
+        db.close()
+        store.close_store()

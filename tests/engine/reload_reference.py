@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from engine.engine import _scheduled
+from engine.fold.table import FoldTable
 from engine.relations import (
     RelationArrays,
     RelationKeys,
@@ -229,7 +230,9 @@ def reload(engine: Any, zones: Any, registry: Any) -> dict[str, int]:
     engine.relations, engine._rel_keys, engine.rel_state = relations, rel_keys, rel_state
     engine._ids = None
     engine._bind()
-    engine._per_subject.reconcile(open_device_episodes(engine), folded(engine))
+    episodes = engine._per_subject.episodes()  # (the table still reads the old registry)
+    episodes.reconcile(open_device_episodes(engine), folded(engine))
+    engine._per_subject = FoldTable.of_episodes(episodes, registry, zones.zone_ids)
     return stats
 
 
@@ -247,8 +250,9 @@ def restore_bytes(data: bytes, zones: Any, registry: Any, config: Any) -> Any:
     eng._bind()
     adopt(state, device_ids, keys, zone_ids, eng.state, registry.device_ids,
           slot_keys(registry), dict(zones.index))
-    eng._per_subject = SubjectEpisodes.from_array(extras.get(CHECKPOINT_KEY))
-    eng._per_subject.reconcile(open_device_episodes(eng), folded(eng))
+    episodes = SubjectEpisodes.from_array(extras.get(CHECKPOINT_KEY))
+    episodes.reconcile(open_device_episodes(eng), folded(eng))
+    eng._per_subject = FoldTable.of_episodes(episodes, registry, zones.zone_ids)
     eng._counters[: len(counters)] = counters[: len(eng._counters)]
     recompute_deadlines(eng.state, registry.arrays.device_level, eng._offline_after_ms,
                         eng._no_fix_after_ms)

@@ -172,6 +172,35 @@ def test_worker_subscribes_only_to_its_regions(tmp_path, fleet, broker, engines)
     assert engine.stop() == 0
 
 
+def test_worker_subscribed_to_all_regions_keeps_only_its_own(tmp_path, fleet, broker, engines):
+    """``ingest.subscribe = "all"``: two filters whatever ``--regions`` says (a broker
+    where each filter costs a consumer), the other regions' messages acknowledged and
+    counted, never processed nor dead-lettered as if they were this worker's."""
+    console = PahoClient(broker.port, CONSOLE_USER, CONSOLE_PW)
+    console.subscribe("emfence/v1/+/alarms/+")
+    console.subscribe("emfence/v1/+/deadletter")
+    config = FAST.replace("[ingest]\n", '[ingest]\nsubscribe = "all"\n')
+    engine = engines(tmp_path, fleet, broker, config=config, extra=["--regions", REGION_B])
+    engine.wait_log("connected to")
+    a0, b0 = fleet.ids(REGION_A)[0], fleet.ids(REGION_B)[0]
+    t = now_ms()
+    for dev, region in ((a0, REGION_A), (b0, REGION_B)):
+        PahoClient(broker.port, dev, device_password(SECRET, dev)).publish(
+            f"emfence/v1/{region}/{dev}/status", orjson.dumps({"ts": t, "strap": "open"}))
+    [(topic, ev)] = collect(console, 1)
+    assert topic == f"emfence/v1/{REGION_B}/alarms/tamper" and ev["device_id"] == b0
+    assert console.drain(1.0) == []  # no alarm and no dead letter for region A's status
+    assert engine.stop() == 0
+    [final] = [line for line in engine.log().splitlines() if "final counters" in line]
+    assert "'other_region': 1" in final and "'subscriptions_refused'" not in final, final
+    # nothing of region A's was left unacknowledged in the worker's session
+    mark = len(engine.log())
+    engine.start().wait_log("backlog drained", after=mark)
+    assert engine.stop() == 0
+    [final] = [ln for ln in engine.log()[mark:].splitlines() if "final counters" in ln]
+    assert "'other_region'" not in final and "'messages'" not in final, final
+
+
 def test_sighup_reloads_subjects_keeping_state(tmp_path, fleet, broker, engines):
     console = PahoClient(broker.port, CONSOLE_USER, CONSOLE_PW)
     console.subscribe("emfence/v1/+/alarms/+")

@@ -9,12 +9,12 @@ import time
 
 import orjson
 import pytest
-from ingest_fleet import ENGINE_PW, REGION_A, REGION_B, fix, now_ms
+from ingest_fleet import CONSOLE_PW, ENGINE_PW, REGION_A, REGION_B, SECRET, fix, now_ms
 from ingest_mqtt_helpers import PahoClient
 from nats_cluster import NatsMqtt
 
 from ingest.mosquitto import CONF_TEMPLATE
-from ingest.passwords import engine_account
+from ingest.passwords import CONSOLE_USER, device_password, engine_account
 
 pytestmark = pytest.mark.mqtt
 
@@ -49,6 +49,48 @@ def health_counters(reader: PahoClient, until_s: float, done) -> dict:
         if done(counters):
             break
     return counters
+
+
+def test_a_small_broker_window_is_noticed_and_followed(tmp_path, fleet, mosquitto_factory,
+                                                       engines):
+    broker = mosquitto_factory(passwords=fleet.passwords(),
+                               conf_template=small_window_conf(tmp_path))
+    engine = engines(tmp_path, fleet, broker, config=CONFIG)
+    engine.wait_log("backlog drained")
+    reader = PahoClient(broker.port, CONSOLE_USER, CONSOLE_PW)
+    reader.subscribe("emfence/v1/engine/worker-1/health")
+
+    devices = fleet.ids(REGION_A)
+    clients = {d: PahoClient(broker.port, d, device_password(SECRET, d)) for d in devices}
+    t0 = now_ms() - 600_000
+    start = time.monotonic()
+    for i in range(FIXES):  # a steady stream, ~1000 QoS 1 publishes a second
+        d = devices[i % len(devices)]
+        clients[d].publish(f"emfence/v1/{REGION_A}/{d}/fix",
+                           orjson.dumps(fix(t0 + i * 100, fleet.home)))
+        if i % 20 == 19:
+            time.sleep(max(0.0, start + (i + 1) / 1000 - time.monotonic()))
+    published_s = time.monotonic() - start
+
+    # Without the adaptation: one window of 20 per 30 s checkpoint, 2000 fixes in ~50 min.
+    # The last half window (fewer than 10: the broker no longer holds anything back) is
+    # acknowledged at the periodic checkpoint.
+    counters = health_counters(reader, time.monotonic() + 30,
+                               lambda c: c.get("acknowledged", 0) >= FIXES - INFLIGHT // 2)
+    took_s = time.monotonic() - start
+    assert counters.get("fixes_accepted") == FIXES, counters
+    assert counters.get("acknowledged", 0) >= FIXES - INFLIGHT // 2, (counters,
+                                                                    engine.log()[-3000:])
+    assert counters.get("broker_inflight_window") == INFLIGHT, counters
+    assert took_s < published_s + 15, (took_s, published_s)
+    assert engine.log().count(LINE) == 1, engine.log()[-3000:]
+    for line in engine.log().splitlines():
+        if LINE in line:
+            assert "acknowledging every ~10" in line and "mqtt.prefetch" in line, line
+    for c in clients.values():
+        c.close()
+    reader.close()
+    assert engine.stop() == 0
 
 
 def nats_with(tmp_path, option: str) -> NatsMqtt:

@@ -1,0 +1,134 @@
+"""The open subject episodes as arrays (:class:`FoldTable`), folded by
+:func:`engine.fold.kernels.fold_events`; the same episodes as
+:class:`engine.per_subject.SubjectEpisodes` for the checkpoint and for reconcile
+(:meth:`FoldTable.episodes`, :meth:`FoldTable.of_episodes`), so both keep their format.
+
+A table holds the registry and zone ids its rows refer to: after a reload, take
+:meth:`FoldTable.episodes` of the old table, reconcile them, and build the new one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from contract.alarms import ALARM_TYPES
+from engine.fold import kernels as FK
+from engine.per_subject import SUBJECT_TYPES, Episode, SubjectEpisodes
+
+# Per alarm type: is it folded with alarm_per "subject".
+FOLD_TYPES = np.array([t in SUBJECT_TYPES for t in ALARM_TYPES], dtype=np.bool_)
+NO_FOLD = np.zeros(len(ALARM_TYPES), dtype=np.bool_)
+
+
+class FoldTable:
+    """Open subject episodes of one engine's registry and zones (see the module)."""
+
+    def __init__(self, registry: Any, zone_ids: list[str], extras: list[str] | None = None,
+                 devices_max: int = 0):
+        self.registry = registry
+        self.n_devices = registry.n_devices
+        self.zone_ids = list(zone_ids)
+        self.n_z1 = len(self.zone_ids) + 1
+        self.subject_ndev = np.array([len(s.device_ids) for s in registry.subjects] or [0],
+                                     dtype=np.int64)
+        # Ids outside the registry (refs n_devices + j): devices of a restored episode.
+        self.extras = list(extras or ())
+        self.names = list(registry.device_ids) + self.extras if self.extras \
+            else registry.device_ids
+        # Devices a row can list: those of its subject and those it was restored with.
+        self.cap = max(2, int(self.subject_ndev.max()) + devices_max)
+        self.meta = np.zeros(1, dtype=np.int64)  # free rows on the stack
+        self.one = np.zeros(1, dtype=np.int64)
+        self._rows(16)
+        self._parts(16)
+
+    def _rows(self, rows: int) -> None:
+        """(Re)allocate room for ``rows`` episodes, keeping those there are."""
+        old = getattr(self, "rint", None)
+        n_old = 0 if old is None else len(old)
+        rint = np.full((rows, 6), FK.FREE, dtype=np.int64)
+        rdev = np.zeros((rows, self.cap), dtype=np.int64)
+        ropen = np.zeros((rows, self.cap), dtype=np.int64)
+        free = np.empty(rows, dtype=np.int64)
+        nfree = int(self.meta[0])
+        if old is not None:
+            rint[:n_old], rdev[:n_old], ropen[:n_old] = old, self.rdev, self.ropen
+            free[:nfree] = self.free[:nfree]
+        added = np.arange(rows - 1, n_old - 1, -1, dtype=np.int64)  # (popped lowest first)
+        free[nfree:nfree + len(added)] = added
+        self.meta[0] = nfree + len(added)
+        self.rint, self.rdev, self.ropen, self.free = rint, rdev, ropen, free
+        self.slots = np.full(1 << max(4, (2 * rows - 1).bit_length()), -1, dtype=np.int64)
+        FK.rehash(self.slots, self.rint)
+
+    def _parts(self, n: int) -> None:
+        self.nparts = np.empty(n, dtype=np.int64)
+        self.p_int = np.empty((2 * n, 6), dtype=np.int64)
+        self.pool = np.empty(2 * n * self.cap, dtype=np.int64)
+
+    def fold(self, ev_i: np.ndarray, n: int, fold: bool) -> tuple[np.ndarray, list, list]:
+        """Fold the first ``n`` event rows (``fold``: alarm_per is "subject"): per row
+        -1 (as it is) or the number of events it becomes, then those events (raised,
+        type, lead ref, episode at, pool offset, count) and the pool of device refs."""
+        if self.meta[0] < n:
+            self._rows(max(2 * len(self.rint), len(self.rint) - int(self.meta[0]) + n))
+        if len(self.nparts) < n:
+            self._parts(max(n, 2 * len(self.nparts)))
+        reg = self.registry
+        m = FK.fold_events(ev_i, n, reg.arrays.device_subject, self.subject_ndev,
+                           reg.n_subject_devices, FOLD_TYPES if fold else NO_FOLD, self.n_z1,
+                           self.slots, self.rint, self.rdev, self.ropen, self.free, self.meta,
+                           self.one, self.nparts, self.p_int, self.pool)
+        parts = self.p_int[:m].tolist()
+        used = parts[-1][4] + parts[-1][5] if m else 0
+        return self.nparts[:n], parts, self.pool[:used].tolist()
+
+    def to_array(self) -> np.ndarray:
+        """The checkpoint array of the open episodes (SubjectEpisodes.to_array)."""
+        return self.episodes().to_array()
+
+    def __len__(self) -> int:
+        return len(self.rint) - int(self.meta[0])
+
+    def episodes(self) -> SubjectEpisodes:
+        """The open episodes as engine.per_subject's (ids, not refs)."""
+        out = SubjectEpisodes()
+        names, n_z1, subjects = self.names, self.n_z1, self.registry.subjects
+        for r in np.flatnonzero(self.rint[:, FK.R_KEY] != FK.FREE).tolist():
+            key, lead, at, sup, ndev, nopen = self.rint[r].tolist()
+            s, rest = divmod(key, FK.N_TYPES * n_z1)
+            t, z = divmod(rest, n_z1)
+            devices = [names[x] for x in self.rdev[r, :ndev].tolist()]
+            open_ = [names[x] for x in self.ropen[r, :nopen].tolist()]
+            out.episodes[(subjects[s].subject_id, ALARM_TYPES[t],
+                          self.zone_ids[z - 1] if z else None)] = Episode(
+                names[lead], at, devices, open_, bool(sup))
+        out._count()
+        return out
+
+    @classmethod
+    def of_episodes(cls, eps: SubjectEpisodes, registry: Any, zone_ids: list[str]) -> FoldTable:
+        """A table of ``eps`` (reconciled to ``registry``: their subjects and zones are
+        there; devices that are not become extras)."""
+        index = registry._device_index
+        extras = sorted({d for ep in eps.episodes.values() for d in (ep.lead, *ep.devices)
+                         if d not in index})
+        table = cls(registry, zone_ids, extras,
+                    max((len(ep.devices) for ep in eps.episodes.values()), default=0))
+        ref = {**index, **{d: registry.n_devices + j for j, d in enumerate(extras)}}
+        subject_index = {s.subject_id: i for i, s in enumerate(registry.subjects)}
+        zone_index = {z: i for i, z in enumerate(table.zone_ids)}
+        table._rows(max(16, 2 * len(eps.episodes)))
+        for (s, t, z), ep in eps.episodes.items():
+            key = ((subject_index[s] * FK.N_TYPES + ALARM_TYPES.index(t)) * table.n_z1
+                   + (zone_index[z] + 1 if z is not None else 0))
+            table.meta[0] -= 1
+            r = int(table.free[table.meta[0]])
+            table.rint[r] = (key, ref[ep.lead], ep.at, int(ep.superseded), len(ep.devices),
+                             len(ep.open))
+            table.rdev[r, :len(ep.devices)] = [ref[d] for d in ep.devices]
+            table.ropen[r, :len(ep.open)] = [ref[d] for d in ep.open]
+            table.slots[FK.find_slot(table.slots, table.rint, key)] = r
+        return table
