@@ -26,6 +26,7 @@ from numba import njit
 
 from contract.alarms import ALARM_TYPES
 from contract.records import K_FIX
+from engine.late_state import LATE_BACK_MAX, LATE_STATUS_MASK
 from engine.registry import F_CURFEWS, F_KERNEL, F_LEAVES
 from engine.relation_kernels import contact_rule, proximity_rule, separation_rule
 from engine.state import (
@@ -33,7 +34,6 @@ from engine.state import (
     D_NO_FIX_AT,
     D_NO_FIX_FROM,
     D_POWER_OFF_AT,
-    LATE_BACK_MAX,
     OUT_RUN_MAX,
     P_ACC,
     P_LAT,
@@ -927,11 +927,11 @@ def late_step(run, obs, confirm):
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def late_prev_ts(back, seen, newest):
-    """The ts of the device's previous late fix, from its DeviceState.late_back_ms and
-    late_seen (engine.state) and its newest in-order ts ``newest``; NONE_MS when there is
-    none, or an in-order fix came since (the newest ts's low 32 bits changed)."""
-    if back > 0 and ((newest - seen) & 0xFFFFFFFF) == 0:
+def late_prev_ts(back, newest):
+    """The ts of the device's previous late fix, from its DeviceState.late_back_ms
+    (engine.state) and its newest in-order ts ``newest``; NONE_MS when there is none, or
+    an in-order fix came since (it set late_back_ms to 0)."""
+    if back > 0:
         return newest - back
     return NONE_MS
 
@@ -941,8 +941,6 @@ def _late_seen(st, d, newest, ts):
     """Remember late fix ``ts`` of device ``d`` as its previous one (see late_prev_ts)."""
     back = newest - ts
     st.late_back_ms[d] = back if back <= LATE_BACK_MAX else 0
-    low = newest & 0xFFFFFFFF
-    st.late_seen[d] = low - 0x100000000 if low > 0x7FFFFFFF else low
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -962,7 +960,7 @@ def _late_fix_rules(st, ra, za, d, s, ts, lon, lat, acc, margin, confirm, ev_i, 
     ``outbound`` at the nearest inclusion zone, unless the device's live outbound (or
     leave_overdue) episode is open. Live state is never touched: only the late run."""
     newest = st.last_fix_ts_ms[d]
-    prev = late_prev_ts(st.late_back_ms[d], st.late_seen[d], newest)
+    prev = late_prev_ts(st.late_back_ms[d], newest)
     xr = st.ext_row[d]
     if prev == NONE_MS or ts < prev:  # (ts == prev: a duplicate, dropped before)
         st.late_run[d] = 0
@@ -1020,11 +1018,13 @@ def _late_status(st, d, ts, battery, strap, power, battery_low_pct, counters, ev
     device's live episode of that type is open. Live state is never touched: the
     hysteresis, the no-fix count and the power_off episode stay as the newest status left
     them. Evidence as live: tamper and power_off the last known position, low_battery
-    the status's percentage. The previous late status again is a duplicate (counted)."""
-    if st.late_status_ts_ms[d] == ts:
+    the status's percentage. The previous late status again is a duplicate (counted;
+    known by its ts's low 31 bits, DeviceState.late_status_lo)."""
+    lo = ts & LATE_STATUS_MASK
+    if st.late_status_lo[d] == lo:
         counters[C_DUP_STATUSES] += 1
         return n
-    st.late_status_ts_ms[d] = ts
+    st.late_status_lo[d] = lo
     counters[C_LATE_STATUSES] += 1
     nan = np.nan
     pos = st.last_pos
@@ -1293,12 +1293,13 @@ def _run_records(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,
                 continue
             late = last != NONE_MS and t < last
             if late:
-                if t == late_prev_ts(st.late_back_ms[d], st.late_seen[d], last):  # again
+                if t == late_prev_ts(st.late_back_ms[d], last):  # again
                     counters[C_DUP_FIXES] += 1
                     continue
                 counters[C_LATE_FIXES] += 1
             else:
                 last_fix[d] = t
+                st.late_back_ms[d] = 0  # the late run (if any) ends: see late_prev_ts
                 # The device rules: a fresh fix ends no_fix, restarts the no-fix count at
                 # its receive time (the sweep moves the deadline on: see _sweep_into) or
                 # starts one, and is the last known position (alarm evidence).

@@ -21,9 +21,9 @@ class LateRules:
 
     def _late_prev(self, d: int) -> int | None:
         """The previous late fix's ts while no in-order fix came since, as the kernels
-        keep it (newest - it in 31 bits, the newest's low 32 bits)."""
+        keep it (newest - it in 31 bits, none once an in-order fix came)."""
         state, newest = self._late_state(d), self._devices[d].last_fix_ts
-        if state[0] is None or state[1] - state[0] >= 2**31 or (newest - state[1]) % 2**32:
+        if state[0] is None or state[1] - state[0] >= 2**31 or newest != state[1]:
             return None
         return newest - (state[1] - state[0])
 
@@ -37,10 +37,10 @@ class LateRules:
         each (a late pair at ts) unless the live one is open; the same late ts again is a
         duplicate."""
         dev, state = self._devices[d], self._late_state(d)
-        if state[3] == ts:
+        if state[3] == ts % 2**31:  # (as the kernels: its low 31 bits)
             self._counts["duplicate_statuses"] += 1
             return
-        state[3] = ts
+        state[3] = ts % 2**31
         self._counts["late_statuses"] += 1
         if strap == 1 and dev.tamper is None:
             out.append(self._event(d, K.T_TAMPER, -1, True, ts, ts, True,

@@ -11,7 +11,7 @@ battery_at_ms 8, settled cache 28, ``ext_row`` 4 (and the scheduled rules' ``ext
 64, leave_overdue and curfew, only for the devices of subjects with leaves or curfews; see
 :data:`X_OUT_TYPE` ...), the device rules (power_off, no_fix) and the last
 position for evidence 64, the offline deadline 8 (in the device row, below), the late
-messages 17 (late_status_ts_ms 8, late_back_ms 4, late_seen 4, late_run 1); per
+messages 9 (late_status_lo 4, late_back_ms 4, late_run 1); per
 (device, exclusion zone) slot: exclusion_at_ms 8. See
 :func:`bytes_per_device` for the measured figure including the registry's per-device
 arrays.
@@ -38,6 +38,7 @@ from typing import NamedTuple
 import numpy as np
 
 from contract.errors import EmfenceError
+from engine.late_state import LATE_FIELDS, late_fields
 from engine.remap import Remap
 
 NONE_MS = np.iinfo(np.int64).min  # "never" / "no open episode"
@@ -78,16 +79,6 @@ D_LAST_FIX_RX = 3  # latest receive time of an in-order fix, or NONE_MS
 N_DEVICE_MS = 4
 # Columns of DeviceState.last_pos (float64[n_devices, 3]; NaN: never fixed).
 P_LAT, P_LON, P_ACC = 0, 1, 2  # WGS-84 degrees, degrees, metres
-# The late messages (docs/rules.md, "Duplicates and late messages"). A late fix
-# continues the device's late run when it is newer than the run's previous late fix and
-# no in-order fix came in between; a late message with the ts of the device's previous
-# late message of its kind is a duplicate (delivered again), as one with the newest ts
-# is. The previous late fix is kept in 8 bytes, to keep the state within its budget:
-# late_back_ms = the newest in-order ts then - its ts (0: none, or more than
-# LATE_BACK_MAX ms), late_seen = that newest ts's low 32 bits (as int32). It is known
-# while the newest in-order ts has the same low 32 bits (unchanged, but for a jump of a
-# multiple of 2**32 ms, 49.7 days, between two late fixes): engine.kernels.late_prev_ts.
-LATE_BACK_MAX = 2**31 - 1  # ms (24.8 days)
 # Columns of DeviceState.device_row (int64[n_devices, N_ROW]): device_ms is columns
 # R_DEVICE_MS .. R_DEVICE_MS + N_DEVICE_MS - 1 (so row[d, D_*] is device_ms[d, D_*]).
 R_DEVICE_MS = 0
@@ -142,9 +133,8 @@ class DeviceState(NamedTuple):
     # ROW_VIEWS fields are views of its columns.
     device_row: np.ndarray  # int64[n_devices, N_ROW], 64-byte aligned
     # Late fixes judged on their own ts (engine.kernels._late_fix_rules): the late run.
-    late_status_ts_ms: np.ndarray  # int64: ts of the previous late status, or NONE_MS
+    late_status_lo: np.ndarray  # int32: the previous late status's ts's low 31 bits, -1: none
     late_back_ms: np.ndarray  # int32: newest in-order ts - the previous late fix's (0: none)
-    late_seen: np.ndarray  # int32: that newest ts's low 32 bits
     late_run: np.ndarray  # int8: out late fixes of the run (-1: its outbound pair written)
 
 
@@ -185,14 +175,6 @@ def new_state(n_devices: int, n_slots: int, ext_mask: np.ndarray | None = None
         device_row=row,
         **late_fields(n_devices),
     )
-
-
-def late_fields(n_devices: int) -> dict[str, np.ndarray]:
-    """Fresh late runs (also for a checkpoint written before them): none."""
-    return {"late_status_ts_ms": np.full(n_devices, NONE_MS, np.int64),
-            "late_back_ms": np.zeros(n_devices, dtype=np.int32),
-            "late_seen": np.zeros(n_devices, dtype=np.int32),
-            "late_run": np.zeros(n_devices, dtype=np.int8)}
 
 
 def new_device_rows(n_devices: int) -> np.ndarray:
@@ -242,13 +224,11 @@ def new_ext(n_devices: int) -> np.ndarray:
 PER_DEVICE_FIELDS = ("last_rx_ms", "deadline_ms", "last_fix_ts_ms", "last_status_ts_ms", "out_run",
                      "outbound_at_ms", "outbound_zone", "offline_at_ms", "tamper_at_ms",
                      "battery_at_ms", "device_ms", "last_pos", "no_fix_deadline_ms",
-                     "late_status_ts_ms", "late_back_ms", "late_seen", "late_run")
+                     "late_status_lo", "late_back_ms", "late_run")
 CACHE_FIELDS = ("near_lon", "near_lat", "safe_m", "safe_until_ms")
 # The warning state added with the approach rule: a checkpoint written before it has none
 # (fresh: no warning open).
 WARN_FIELDS = ("approach_at_ms", "border_at_ms", "border_zone")
-# The late runs, added with late fixes judged on their own ts: fresh in an older checkpoint.
-LATE_FIELDS = ("late_status_ts_ms", "late_back_ms", "late_seen", "late_run")
 
 
 def bytes_per_device(state: DeviceState, registry_arrays=None) -> float:

@@ -168,7 +168,7 @@ class RefDevice:
     late_run: int | None = 0
     late_curfew_run: int | None = 0
     late_curfew_start: int | None = None
-    late_status: int | None = None  # ts of the previous late status
+    late_status: int | None = None  # the previous late status's ts's low 31 bits
 
     def where(self) -> dict:
         """The last known position as evidence keys (none if never fixed)."""
@@ -592,9 +592,9 @@ class Reference:
         if dev.last_status_ts is not None and ts == dev.last_status_ts:
             return out  # a duplicate
         if dev.last_status_ts is not None and ts < dev.last_status_ts:
-            if ts == dev.late_status:
+            if ts % 2**31 == dev.late_status:  # (the engine keeps its low 31 bits)
                 return out  # the previous late status again: a duplicate
-            dev.late_status = ts
+            dev.late_status = ts % 2**31
             return out + self._late_status(dev, ts, battery, strap, power)
         dev.last_status_ts = ts
         if strap == "open" and dev.tamper is None:
@@ -683,10 +683,10 @@ class Reference:
     @staticmethod
     def _late_prev(dev: RefDevice) -> int | None:
         """The previous late fix's ts while no in-order fix came since, as the engine
-        keeps it: newest - it in 31 bits (0: none), and the newest's low 32 bits."""
+        keeps it: newest - it in 31 bits (0: none), none once an in-order fix came."""
         if dev.late_prev is None or dev.late_newest - dev.late_prev >= 2**31:
             return None
-        if (dev.last_fix_ts - dev.late_newest) % 2**32:
+        if dev.last_fix_ts != dev.late_newest:
             return None
         return dev.last_fix_ts - (dev.late_newest - dev.late_prev)
 
