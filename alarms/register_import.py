@@ -13,6 +13,15 @@ from typing import Any
 import orjson
 
 from alarms.register_base import Change, RegisterBase
+from alarms.register_bulk import (
+    FLUSH_ROWS,
+    Known,
+    Lookup,
+    Rows,
+    contact_rows,
+    enrol_rows,
+    extras_rows,
+)
 from alarms.register_check import (
     RegisterError,
     check_curfew,
@@ -58,16 +67,50 @@ def _file_form(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _checked_zone(i: int, feature: Any, default_crs: str) -> dict[str, Any]:
+    """The file's ``features[i]`` checked (``coord_sys`` from the collection by default)."""
+    if isinstance(feature, dict) and isinstance(feature.get("properties"), dict):
+        props = feature["properties"]
+        if "coord_sys" not in props:
+            feature = {**feature, "properties": {**props, "coord_sys": default_crs}}
+    try:
+        return check_feature(feature, strict=False, require_name=False)
+    except RegisterError as exc:
+        raise _within(exc, f"features[{i}]") from None
+
+
+def _same_zone(i: int, z: dict[str, Any], stored: str | None) -> bool:
+    """True when the register holds ``z`` already (``stored``: its feature there, or
+    None); 409 when it holds another geometry under that id."""
+    if stored is None:
+        return False
+    if orjson.loads(stored)["geometry"] == z["feature"]["geometry"]:
+        return True
+    raise RegisterError(f"zone {z['zone_id']!r} is in the register with another "
+                        "geometry", field=f"features[{i}]", status=409)
+
+
+def _zone_guess(feature: Any) -> str:
+    """The zone id a feature probably has (unchecked; a look-up starts from it)."""
+    if not isinstance(feature, dict):
+        return ""
+    props = feature.get("properties")
+    raw = props.get("zone_id", feature.get("id")) if isinstance(props, dict) else None
+    return str(raw).strip()
+
+
 class RegisterImport(RegisterZones, RegisterBase):
     """``import_files`` of :class:`alarms.register.Register`."""
 
     def import_files(self, zones: dict[str, Any], subjects: dict[str, Any], *, actor: str,
-                     now_ms: int, max_days: int = 366) -> dict[str, int]:
+                     now_ms: int, max_days: int = 366, bulk: bool = True) -> dict[str, int]:
         """Import a zones FeatureCollection and a subjects file (parsed) in one
         transaction. Leaves in the file are approved leaves (approved by ``actor`` now).
         Returns counts: ``zones_added``, ``zones_kept``, ``subjects_added``,
         ``subjects_kept``, ``contacts_added``, ``protected_added``, ``protected_kept``.
-        :class:`RegisterError` naming the zone or subject otherwise."""
+        :class:`RegisterError` naming the zone or subject otherwise. ``bulk`` (default):
+        the same checks and rows, written in multi-row statements (alarms.register_bulk);
+        False: row by row, the reference the bulk path is tested against."""
         if not isinstance(zones, dict) or not isinstance(zones.get("features"), list):
             raise RegisterError("expected a GeoJSON FeatureCollection", field="zones")
         if not isinstance(subjects, dict) or not isinstance(subjects.get("subjects"), list):
@@ -75,6 +118,10 @@ class RegisterImport(RegisterZones, RegisterBase):
         counts = dict.fromkeys(("zones_added", "zones_kept", "subjects_added",
                                 "subjects_kept"), 0)
         with self._change("import", actor=actor, now_ms=now_ms, target=None) as ch:
+            if bulk:
+                counts.update(self._import_bulk(ch, zones, subjects, max_days))
+                ch.audit("import", None, None, counts)
+                return counts
             default_crs = zones.get("coord_sys", "wgs84")
             for i, feature in enumerate(zones["features"]):
                 counts["zones_added" if self._import_zone(ch, i, feature, default_crs)
@@ -89,22 +136,66 @@ class RegisterImport(RegisterZones, RegisterBase):
 
     def _import_zone(self, ch: Change, i: int, feature: Any, default_crs: str) -> bool:
         """Add one feature; False when the same zone is there already."""
-        if isinstance(feature, dict) and isinstance(feature.get("properties"), dict):
-            props = feature["properties"]
-            if "coord_sys" not in props:
-                feature = {**feature, "properties": {**props, "coord_sys": default_crs}}
-        try:
-            z = check_feature(feature, strict=False, require_name=False)
-        except RegisterError as exc:
-            raise _within(exc, f"features[{i}]") from None
+        z = _checked_zone(i, feature, default_crs)
         row = ch.cur.execute("SELECT feature FROM reg_zones WHERE zone_id = ?",
                              (z["zone_id"],)).one()
-        if row is not None:
-            if orjson.loads(row["feature"])["geometry"] == z["feature"]["geometry"]:
-                return False
-            raise RegisterError(f"zone {z['zone_id']!r} is in the register with another "
-                                "geometry", field=f"features[{i}]", status=409)
+        if _same_zone(i, z, None if row is None else row["feature"]):
+            return False
         self._insert_zone(ch.cur, z, "import", ch.actor, ch.now_ms)
+        return True
+
+    def _import_bulk(self, ch: Change, zones: dict[str, Any], subjects: dict[str, Any],
+                     max_days: int) -> dict[str, int]:
+        """``import_files``'s work on the bulk path (alarms.register_bulk)."""
+        rows, feats = Rows(), zones["features"]
+        there = Lookup(ch.cur, "SELECT zone_id AS k, feature AS v FROM reg_zones "
+                       "WHERE zone_id IN {}", [_zone_guess(f) for f in feats])
+        added = 0
+        for i, feature in enumerate(feats):
+            z = _checked_zone(i, feature, zones.get("coord_sys", "wgs84"))
+            if not _same_zone(i, z, there.get(z["zone_id"])):
+                text = orjson.dumps(z["feature"]).decode()
+                rows.add("reg_zones", (z["zone_id"], z["name"], z["kind"], z["coord_sys"],
+                                       z["radius_m"], "import", text, ch.actor, ch.now_ms))
+                there.put(z["zone_id"], text)
+                added += 1
+        counts = {"zones_added": added, "zones_kept": len(feats) - added}
+        rows.flush(ch.cur)
+        entries, added = subjects["subjects"], 0
+        known = Known(ch.cur, ch.seq, entries)
+        for i, raw in enumerate(entries):
+            new = self._bulk_subject(ch, i, raw, max_days, known, rows)
+            if new is None:  # in the register already, or twice in the file
+                rows.flush(ch.cur)
+                new = self._import_subject(ch, i, raw, max_days)
+                if new:
+                    known.learn_subject(ch.cur, raw["subject_id"])
+            added += new
+            rows.flush(ch.cur, over=FLUSH_ROWS)
+        rows.flush(ch.cur)
+        counts.update(subjects_added=added, subjects_kept=len(entries) - added,
+                      contacts_added=contact_rows(ch, entries, rows))
+        rows.flush(ch.cur)
+        counts.update(self._import_protected(ch, subjects))  # type: ignore[attr-defined]
+        return counts
+
+    @staticmethod
+    def _bulk_subject(ch: Change, i: int, raw: Any, max_days: int, known: Known,
+                      rows: Rows) -> bool | None:
+        """``_import_subject`` as buffered rows; None when the entry's subject is in the
+        register (or was added earlier in this import): that takes the row-by-row path."""
+        try:
+            d = check_subject(raw, require_name=False)
+            _file_form(raw)
+        except RegisterError as exc:
+            raise _within(exc, f"subjects[{i}]") from None
+        if known.subjects.get(d["subject_id"]) is not None:
+            return None
+        try:
+            enrol_rows(ch, d, known, rows)
+            extras_rows(ch, d["subject_id"], raw, max_days, known, rows)
+        except RegisterError as exc:
+            raise _within(exc, f"subjects[{i}]") from None
         return True
 
     def _import_subject(self, ch: Change, i: int, raw: Any, max_days: int) -> bool:

@@ -213,7 +213,13 @@ class RegisterRelations(RegisterBase):
     def _import_relations(self, ch: Change, subjects: dict[str, Any]) -> dict[str, int]:
         """The file's ``contacts`` and top-level ``protected`` list: a pair or a person
         already there (the same) is kept; a person there with other data is refused."""
-        counts = {"contacts_added": 0, "protected_added": 0, "protected_kept": 0}
+        counts = self._import_contacts(ch, subjects)
+        counts.update(self._import_protected(ch, subjects))
+        return counts
+
+    def _import_contacts(self, ch: Change, subjects: dict[str, Any]) -> dict[str, int]:
+        """The entries' ``contacts``, row by row (the bulk path: alarms.register_bulk)."""
+        counts = {"contacts_added": 0}
         for i, raw in enumerate(subjects["subjects"]):
             sid = raw.get("subject_id")
             have = set(contacts_of(ch.cur, sid, None))
@@ -224,6 +230,12 @@ class RegisterRelations(RegisterBase):
                     self._insert_contact(ch, sid, other, "imported")
                     have.add(other)
                     counts["contacts_added"] += 1
+        return counts
+
+    def _import_protected(self, ch: Change, subjects: dict[str, Any]) -> dict[str, int]:
+        """The file's top-level ``protected`` list (a few persons: row by row on both
+        paths)."""
+        counts = {"protected_added": 0, "protected_kept": 0}
         persons = subjects.get("protected") or []
         if not isinstance(persons, list):
             raise RegisterError("must be a list", field="protected")

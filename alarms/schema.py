@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from alarms.checkpoints import V16_CHECKPOINT_DELTAS
 from alarms.commands import V12_DEVICE_COMMANDS
 from alarms.device_status import V13_DEVICE_STATUS
 from alarms.leases import V11_LEASES
@@ -345,6 +346,9 @@ MIGRATIONS: list[list[Migration]] = [
     # query (alarms.board; docs/console-api.md, "The status board"): it reads these rows
     # only, not every alarm ever raised.
     [OPEN_ALARMS_INDEX],
+    # version 16: incremental engine checkpoints, the deltas after each worker's full one
+    # (alarms.checkpoints; docs/operations.md, "Where the state is kept").
+    V16_CHECKPOINT_DELTAS,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

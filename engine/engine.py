@@ -26,6 +26,7 @@ from engine.relations import (
     load_relation_snapshot,
     new_relation_state,
     relation_arrays,
+    relation_key_arrays,
     relation_open_alarms,
     relation_snapshot,
     reloaded_relations,
@@ -337,15 +338,15 @@ class Engine:
         """Write the whole state to ``path`` atomically (temp file, fsync, rename)."""
         write_checkpoint(path, self.snapshot())
 
-    def snapshot(self) -> dict[str, np.ndarray]:
-        """A copy of what :meth:`checkpoint` writes, taken in memory (milliseconds even for
-        a large fleet); ``engine.state.write_checkpoint(path, snapshot)`` writes it later,
-        e.g. in another thread while this engine goes on processing."""
+    def snapshot(self, copy: bool = True) -> dict[str, np.ndarray]:
+        """A copy of what :meth:`checkpoint` writes, to be written later, e.g. by another
+        thread; ``copy=False``: the engine's own arrays (engine.checkpoint_delta)."""
         if self._ids is None:  # the ids change only with the registry (reload)
-            self._ids = registry_id_arrays(self.registry, self.zones.zone_ids)
-        arrays = snapshot_arrays(self.state, self._ids, self._counters)
+            self._ids = (registry_id_arrays(self.registry, self.zones.zone_ids),
+                         relation_key_arrays(self._rel_keys))
+        arrays = snapshot_arrays(self.state, self._ids[0], self._counters, copy)
         arrays[CHECKPOINT_KEY] = self._per_subject.to_array()
-        arrays.update(relation_snapshot(self.rel_state, self._rel_keys))
+        arrays.update(relation_snapshot(self.rel_state, self._ids[1], copy))
         return arrays
 
     @classmethod
@@ -358,10 +359,10 @@ class Engine:
                              load_relation_snapshot(path))
 
     @classmethod
-    def restore_bytes(cls, data: bytes, zones: Any, registry: Registry,
+    def restore_bytes(cls, data: bytes | dict, zones: Any, registry: Registry,
                       config: Config | None = None, *, where: str = "checkpoint") -> Engine:
-        """:meth:`restore` from a checkpoint's bytes (``engine.state.checkpoint_bytes``, e.g.
-        kept in the alarm store); ``where`` names them in a :class:`CheckpointError`."""
+        """:meth:`restore` from a checkpoint's bytes (``checkpoint_bytes``, e.g. kept in the
+        alarm store) or arrays; ``where`` names them in a :class:`CheckpointError`."""
         return cls._restored(load_checkpoint_bytes(data, where), zones, registry, config,
                              load_relation_snapshot(data))
 

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from contract.alarms import DEVICE_KINDS
+from engine.checkpoint_arrays import open_arrays
 from engine.relation_kernels import EF_PEER_ACC, EF_PEER_LAT, EF_PEER_LON, EV_PEER
 from engine.remap import index_of, pair_old
 from engine.state import NONE_MS
@@ -214,22 +215,29 @@ def new_relation_state(arrays: RelationArrays) -> RelationState:
     )
 
 
-def relation_snapshot(state: RelationState, keys: RelationKeys) -> dict[str, np.ndarray]:
-    """The relation part of a checkpoint (``rel_*`` arrays), copied."""
-    return {"rel_sep": state.sep.copy(), "rel_prox_at": state.prox_at.copy(),
-            "rel_contact": state.contact.copy(),
-            "rel_contact_keys": np.array(keys.contact, dtype=np.str_),
+def relation_key_arrays(keys: RelationKeys) -> dict[str, np.ndarray]:
+    """The keys part of a checkpoint's relations (``rel_*_keys``): they change only with
+    the registry, so the engine builds them once per registry."""
+    return {"rel_contact_keys": np.array(keys.contact, dtype=np.str_),
             "rel_sep_keys": np.array(keys.sep, dtype=np.str_),
             "rel_prox_keys": np.array(keys.prox, dtype=np.str_)}
 
 
+def relation_snapshot(state: RelationState, keys: dict[str, np.ndarray], copy: bool = True
+                      ) -> dict[str, np.ndarray]:
+    """The relation part of a checkpoint (``rel_*`` arrays), copied unless ``copy`` is
+    False; ``keys``: :func:`relation_key_arrays` (never written to, so not copied)."""
+    own = {"rel_sep": state.sep, "rel_prox_at": state.prox_at, "rel_contact": state.contact}
+    return {**{k: a.copy() if copy else a for k, a in own.items()}, **keys}
+
+
 def load_relation_snapshot(source: Any) -> tuple[RelationState, RelationKeys] | None:
-    """The relation part of a checkpoint (a path or the bytes of one), or None when it
-    has none (written before the relation rules: they start fresh)."""
+    """The relation part of a checkpoint (a path, the bytes of one or its arrays), or None
+    when it has none (written before the relation rules: they start fresh)."""
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     try:
-        with np.load(source, allow_pickle=False) as data:
+        with open_arrays(source) as data:
             if "rel_sep_keys" not in data.files:
                 return None
             state = RelationState(sep=data["rel_sep"].copy(),

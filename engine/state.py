@@ -32,12 +32,14 @@ import io
 import os
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from contract.errors import EmfenceError
+from engine.checkpoint_arrays import open_arrays
 from engine.late_state import LATE_FIELDS, late_fields
 from engine.remap import Remap
 
@@ -365,14 +367,16 @@ def registry_id_arrays(registry, zone_ids) -> IdArrays:
     return IdArrays(ids, ids[slot_dev], zones[slot_zone], zones)
 
 
-def snapshot_arrays(state: DeviceState, ids: IdArrays, counters: np.ndarray
-                    ) -> dict[str, np.ndarray]:
+def snapshot_arrays(state: DeviceState, ids: IdArrays, counters: np.ndarray,
+                    copy: bool = True) -> dict[str, np.ndarray]:
     """What a checkpoint file holds, copied: the state may change as soon as this returns
-    while the copy is written elsewhere (:func:`write_checkpoint`)."""
-    arrays = {f: getattr(state, f).copy() for f in DeviceState._fields
-              if f not in CACHE_FIELDS and f != "device_row"}  # (its views are written)
+    while the copy is written elsewhere (:func:`write_checkpoint`). ``copy=False``: the
+    live arrays themselves (engine.checkpoint_delta copies what it keeps). The device row
+    is not written: its views are (the layout of checkpoints before it)."""
+    arrays = {f: getattr(state, f).copy() if copy else getattr(state, f)
+              for f in DeviceState._fields if f not in CACHE_FIELDS and f != "device_row"}
     arrays.update(ids._asdict())  # never written to, so not copied
-    arrays["counters"] = counters.copy()
+    arrays["counters"] = counters.copy() if copy else counters
     arrays["version"] = np.array([CHECKPOINT_VERSION], dtype=np.int64)
     return arrays
 
@@ -426,10 +430,11 @@ def load_checkpoint(path: str | Path):
     return _load(Path(path), str(path))
 
 
-def load_checkpoint_bytes(data: bytes, where: str):
-    """:func:`load_checkpoint` from the bytes of one (:func:`checkpoint_bytes`); ``where``
-    names their origin in errors."""
-    return _load(io.BytesIO(data), where)
+def load_checkpoint_bytes(data: bytes | Mapping[str, np.ndarray], where: str):
+    """:func:`load_checkpoint` from the bytes of one (:func:`checkpoint_bytes`), or from its
+    arrays already read (a chain restored by engine.checkpoint_delta); ``where`` names
+    their origin in errors."""
+    return _load(data if isinstance(data, Mapping) else io.BytesIO(data), where)
 
 
 def _loaded_ext(data, n_devices: int) -> tuple[np.ndarray, np.ndarray]:
@@ -457,7 +462,7 @@ def _widened_ext(rows: np.ndarray) -> np.ndarray:
 def _load(source, where: str):
     path = where
     try:
-        with np.load(source, allow_pickle=False) as data:
+        with open_arrays(source) as data:
             if int(data["version"][0]) != CHECKPOINT_VERSION:
                 raise CheckpointError(f"checkpoint version {int(data['version'][0])}, "
                                       f"expected {CHECKPOINT_VERSION}", str(path))

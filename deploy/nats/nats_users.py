@@ -56,6 +56,14 @@ LOADGEN = {"publish": ["emfence.v1.*.*.fix", "emfence.v1.*.*.status", "emfence.v
            "subscribe": ["emfence.v1.*.alarms.*", "emfence.v1.*.*.cmd", MQTT_INBOX]}
 
 
+def engine_rights(account: str) -> dict[str, list[str]]:
+    """ENGINE, and the drain markers the worker publishes after each connection into
+    its device subscriptions, under its own account in place of a device id
+    (emfence/run/drain.py; mosquitto's `pattern write emfence/v1/+/%u/fix` allows them)."""
+    markers = [f"emfence.v1.*.{account}.{kind}" for kind in ("fix", "status")]
+    return {"publish": ENGINE["publish"] + markers, "subscribe": ENGINE["subscribe"]}
+
+
 def device_rights(device_id: str) -> dict[str, list[str]]:
     """Its own fixes, statuses and command replies, in any region (the engine
     dead-letters a wrong one); it reads its own commands only (the downlink)."""
@@ -73,7 +81,8 @@ def user_entry(name: str, password: str, rights: dict[str, list[str]]) -> str:
 
 def build(args: argparse.Namespace) -> str:
     secret = read_secret(args.secret_file)
-    entries = [user_entry(engine_account(name), read_password_file(pw, "engine"), ENGINE)
+    entries = [user_entry(engine_account(name), read_password_file(pw, "engine"),
+                          engine_rights(engine_account(name)))
                for name, pw in args.engine]
     for user, pw_file, rights in ((CONSOLE_USER, args.console, CONSOLE),
                                   (LOADGEN_USER, args.loadgen, LOADGEN)):

@@ -114,8 +114,12 @@ class IngestConfig:
     batch_max_ms: int = 20
     # Offline sweep period, ms (receive time).
     sweep_interval_ms: int = 1000
-    # After a start, offline alarms wait until the backlog drains or this grace passes, s.
+    # After a start, offline alarms wait until the backlog drains; after a broker outage
+    # also for this grace, s (devices reconnect meanwhile).
     restart_grace_s: float = 60.0
+    # Drain markers still missing this long after the grace no longer hold offline
+    # alarms, s (a broker that drops them would hold them for ever).
+    drain_wait_s: float = 120.0
     # Health message period, s.
     health_interval_s: float = 10.0
     # Reconnect backoff: first delay and cap, s (full jitter).
@@ -129,6 +133,10 @@ class IngestConfig:
     # three times this (the shipped mosquitto config allows 60 000), or intake stalls
     # until the periodic checkpoint.
     ack_window_messages: int = 20_000
+    # Incremental checkpoints between two full ones: each window's checkpoint holds only
+    # the state that changed since the previous one; a full one is written after this
+    # many, or once they add up to a full one's size. 0: every checkpoint is full.
+    checkpoint_deltas_max: int = 100
     # Digests of processed messages are kept this long after their acknowledgement, s,
     # so that a message the broker sends again although it was acknowledged (the PUBACK
     # died with a broker node: NATS re-sends after its ack_wait) is recognised, not
@@ -308,6 +316,12 @@ def _check(config: Config, source: str | None) -> Config:
     if i.subscribe not in ("regions", "all"):
         raise ConfigError(f'must be "regions" or "all", got {i.subscribe!r}',
                           key="ingest.subscribe", source=source)
+    if i.drain_wait_s < 0:
+        raise ConfigError("must be 0 or more (seconds)", key="ingest.drain_wait_s",
+                          source=source)
+    if i.checkpoint_deltas_max < 0:
+        raise ConfigError("must be 0 (every checkpoint full) or more",
+                          key="ingest.checkpoint_deltas_max", source=source)
     if i.redelivery_horizon_s <= 0:
         raise ConfigError("must be positive (seconds)", key="ingest.redelivery_horizon_s",
                           source=source)

@@ -25,9 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from alarms.store import StoreError
-from emfence.run.checkpoint_file import acks_path, file_digest, write_acks_file
+from emfence.run.checkpoint_file import acks_path, append_deltas, deltas_path, write_acks_file
 from emfence.run.options import MAX_OPEN_WINDOWS, AckJob, Options, wall_ms
 from emfence.run.redelivery import Horizon
+from engine.checkpoint_delta import DeltaChain, chain_of
 from engine.state import checkpoint_bytes, write_checkpoint
 
 log = logging.getLogger("emfence.run")
@@ -52,7 +53,11 @@ class Acks:
         self.received: set[bytes] = set()  # received, not yet processed
         self.window: set[bytes] = set()  # processed since the last checkpoint
         self.covered: deque[set[bytes]] = deque([covered or set()], maxlen=2)
-        self.covered_hash: str | None = None
+        self.covered_hash: str | None = None  # the identity of the file's checkpoint
+        # Each window's checkpoint: a full one, then deltas (engine.checkpoint_delta);
+        # a restart begins a new chain with a full one.
+        self.chain = DeltaChain(icfg.checkpoint_deltas_max)
+        self.deltas_bytes = 0  # FILE.deltas's length up to the last record appended
         # Every processed message's digest for the horizon (the broker's ack wait and a
         # failover); the restored ones count from the start.
         self.horizon = Horizon(icfg.redelivery_horizon_s)
@@ -116,14 +121,14 @@ class Acks:
         """Close the acknowledgement window (processor only) and hand it to the
         acknowledger.
 
-        With a checkpoint the engine's state is copied here (``Engine.snapshot``, in
-        memory), while nothing else touches the engine; that copy is all the processor
-        waits for. Writing it, storing the window's events and fixes, the digests, the
-        acks file, the rename and the PUBACKs follow in :meth:`run` while new batches are
-        processed. Windows that close while the acknowledger is busy are completed
-        together by one checkpoint, the newest (it holds them all). The processor waits
-        here only when :data:`MAX_OPEN_WINDOWS` closed windows are already waiting
-        (``checkpoint_wait_ms``).
+        With a checkpoint the engine's state is taken here while nothing else touches the
+        engine: a full copy, or what changed since the previous window's (``DeltaChain``);
+        that is all the processor waits for. Writing it, storing the window's events and
+        fixes, the digests, the acks file, the rename and the PUBACKs follow in
+        :meth:`run` while new batches are processed. Windows that close while the
+        acknowledger is busy are completed together: the newest full snapshot among them
+        and the deltas after it. The processor waits here only when
+        :data:`MAX_OPEN_WINDOWS` closed windows are already waiting (``checkpoint_wait_ms``).
         """
         job = AckJob(acks=self.pending, window=self.window, events_mark=self.events.queued,
                      tracks_mark=self.tracks.queued, done=done)
@@ -137,7 +142,9 @@ class Acks:
             t = time.monotonic()
             # The state must not change while it is copied: this runs in the processor,
             # the only task that touches the engine.
-            job.snapshot = engine.snapshot()
+            job.kind, job.snapshot = self.chain.next(engine.snapshot(copy=False))
+            self.counters["checkpoints_full" if job.kind == "base" else
+                          "checkpoints_delta"] += 1
             ms = (time.monotonic() - t) * 1000
             self.counters["snapshot_ms_max"] = max(self.counters["snapshot_ms_max"],
                                                    round(ms, 1))
@@ -154,8 +161,9 @@ class Acks:
         """Make each closed window durable, in order, then acknowledge its messages.
 
         All windows waiting at once are completed together, like a group commit: one
-        wait for their events, one track write, and one checkpoint, the newest window's
-        snapshot (it holds the older ones' effects too). A write that fails (a full disk,
+        wait for their events, one track write, and one checkpoint write: the newest
+        full snapshot among them (it holds the older ones' effects too) and the deltas
+        after it. A write that fails (a full disk,
         the store away) is an outage, not a crash: the window's messages stay
         unacknowledged (the broker keeps them and stops sending at its in-flight limit)
         and the writes are retried with backoff until they succeed.
@@ -172,7 +180,7 @@ class Acks:
             t0 = time.monotonic()
             await self.events.stored_through(last.events_mark)
             t1 = time.monotonic()
-            durable = await self._make_durable(last, window)
+            durable = await self._make_durable(jobs, window)
             for job in jobs:
                 job.snapshot = None
                 if durable:
@@ -195,11 +203,13 @@ class Acks:
             # rate); the sets above cover the window until the next two are in.
             await asyncio.to_thread(self.horizon.add, window, time.monotonic())
 
-    async def _make_durable(self, job: AckJob, window: set[bytes]) -> bool:
-        """Store ``job``'s track rows and write its checkpoint, retrying through outages.
+    async def _make_durable(self, jobs: list[AckJob], window: set[bytes]) -> bool:
+        """Store the track rows of ``jobs`` and write their checkpoints, retrying through
+        outages.
         False only when a stop gives up on them (nothing is then acknowledged: the
         broker sends those messages again at the next start)."""
         delay = self.icfg.reconnect_min_s
+        job = jobs[-1]
         while True:
             t = time.monotonic()
             await self.tracks.flush(job.tracks_mark)
@@ -208,7 +218,7 @@ class Acks:
             self.counters["ack_tracks_ms"] += round((t2 - t) * 1000)
             if tracks_ok and job.snapshot is not None:
                 try:
-                    await self._complete_checkpoint(job, window)
+                    await self._complete_checkpoint(jobs, window)
                     self.outages.ok("checkpoint")
                 except (OSError, StoreError) as exc:
                     self.counters["checkpoint_errors"] += 1
@@ -225,34 +235,49 @@ class Acks:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.icfg.reconnect_max_s)
 
-    async def _complete_checkpoint(self, job: AckJob, window: set[bytes]) -> None:
-        """``job``'s snapshot becomes the checkpoint, with the redelivery digests it
-        covers (``window``: the messages of every window it completes, and the window
-        before, whose acknowledgements may have died with a connection).
+    async def _complete_checkpoint(self, jobs: list[AckJob], window: set[bytes]) -> None:
+        """The snapshots of ``jobs`` become the checkpoint: the last full one among them
+        (if any) and the deltas after it, with the redelivery digests they cover
+        (``window``: the messages of every window they complete, and the window before,
+        whose acknowledgements may have died with a connection).
 
-        In the store: state and digests in one row, one transaction. In a file: written,
-        its digest and the redelivery digests go into the acks file, then it is renamed
-        over the previous one.
+        In the store: full state, deltas and digests in one transaction. In a file: a
+        full state is written to a temporary file; the digests of each checkpoint of the
+        group go into the acks file (a crash may leave any of them the newest); then the
+        full one is renamed over the previous one and the deltas appended to
+        ``FILE.deltas``.
         """
         t = time.monotonic()
+        chain = jobs[max((i for i, j in enumerate(jobs) if j.kind == "base"), default=0):]
+        base = chain[0] if chain[0].kind == "base" else None
+        deltas = chain[1:] if base is not None else chain
         if self.opts.state_in == "store":
             digests = b"".join(window | self.covered[0])
-            await asyncio.to_thread(self._save_in_store, job.snapshot, digests)
+            await asyncio.to_thread(self._save_in_store, base, deltas, digests)
             self._count_write(t)
             return
         path = Path(self.opts.checkpoint)
-        await asyncio.to_thread(write_checkpoint, job.tmp, job.snapshot)
-        self._count_write(t)
-        digest = await asyncio.to_thread(file_digest, job.tmp)
-        # Keyed by the checkpoint's own digest, so a restart trusts only the matching
-        # entry; the previous checkpoint's entry stays until the rename.
-        entries = {digest: window | self.covered[0]}
+        if base is not None:
+            await asyncio.to_thread(write_checkpoint, base.tmp, base.snapshot)
+        # Keyed by each checkpoint's identity (chain id:place), so a restart trusts only
+        # the entry of the state it restored; the previous one's stays until the rename.
+        entries, upto = {}, set(self.covered[0])
+        for job in jobs:
+            upto |= job.window
+            entries[_identity(job)] = set(upto)
         if self.covered_hash is not None:
             entries[self.covered_hash] = self.covered[0] | (
                 self.covered[1] if len(self.covered) > 1 else set())
         await asyncio.to_thread(write_acks_file, acks_path(path), entries)
-        os.replace(job.tmp, path)
-        self.covered_hash = digest
+        if base is not None:
+            os.replace(base.tmp, path)
+            self.deltas_bytes = 0  # the log is stale: cut at the next append
+        if deltas:  # serialised in the worker thread too, not on the event loop
+            self.deltas_bytes = await asyncio.to_thread(
+                lambda: append_deltas(deltas_path(path), [checkpoint_bytes(j.snapshot)
+                                                          for j in deltas], self.deltas_bytes))
+        self._count_write(t)
+        self.covered_hash = _identity(jobs[-1])
         if self.opts.drop_store_checkpoint:
             # The file holds the state now: the store's older row must not come back.
             await asyncio.to_thread(self.store.delete_checkpoint, self.opts.name)
@@ -260,10 +285,13 @@ class Acks:
             log.info("checkpoint file %s written: the store's older checkpoint of worker %s "
                      "deleted", path, self.opts.name)
 
-    def _save_in_store(self, snapshot, digests: bytes) -> None:
-        # In the worker thread: serialising the snapshot is not the event loop's work.
-        self.store.save_checkpoint(self.opts.name, checkpoint_bytes(snapshot), digests,
-                                   wall_ms())
+    def _save_in_store(self, base: AckJob | None, deltas: list[AckJob], digests: bytes
+                       ) -> None:
+        # In the worker thread: serialising the snapshots is not the event loop's work.
+        self.store.save_checkpoint_chain(
+            self.opts.name, None if base is None else checkpoint_bytes(base.snapshot),
+            [(chain_of(j.snapshot)[1], checkpoint_bytes(j.snapshot)) for j in deltas],
+            digests, wall_ms())
 
     def _count_write(self, t: float) -> None:
         ms = round((time.monotonic() - t) * 1000)
@@ -271,3 +299,9 @@ class Acks:
         self.counters["checkpoint_write_ms_max"] = max(
             self.counters["checkpoint_write_ms_max"], ms)
         self.counters["checkpoints"] += 1
+
+
+def _identity(job: AckJob) -> str:
+    """A checkpoint's key in the acks file: ``chain id:place`` (engine.checkpoint_delta)."""
+    chain_id, seq = chain_of(job.snapshot)
+    return f"{chain_id}:{seq}"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from alarms.store import StoreError
 from emfence.config import Config, ConfigError, load_config
-from emfence.run.checkpoint_file import read_covered
+from emfence.run.checkpoint_file import load_chain, read_covered
 from emfence.run.model import ModelSource
 from emfence.run.options import Options, redact, split_digests, wall_ms
 from emfence.run.service import Service
@@ -206,6 +206,7 @@ def _restore_engine(args: argparse.Namespace, config: Config, zones, registry, s
     once the file holds a checkpoint.
     """
     from engine import Engine
+    from engine.checkpoint_delta import chain_arrays
 
     opts = Options(zones_path="", subjects_path="", store_url="", name=args.name,
                    checkpoint=args.checkpoint)
@@ -221,15 +222,17 @@ def _restore_engine(args: argparse.Namespace, config: Config, zones, registry, s
     if args.checkpoint and Path(args.checkpoint).exists():
         opts.state_in = "file"
         opts.drop_store_checkpoint = store.load_checkpoint(args.name) is not None
-        engine = Engine.restore(args.checkpoint, zones, registry, config)
-        return engine, True, read_covered(Path(args.checkpoint)), opts
+        arrays, identity = load_chain(Path(args.checkpoint))  # the file and its deltas
+        engine = Engine.restore_bytes(arrays, zones, registry, config, where=args.checkpoint)
+        return engine, True, read_covered(Path(args.checkpoint), identity), opts
     opts.state_in = "file" if args.checkpoint else "store"
-    row = store.load_checkpoint(args.name)
+    row = store.load_checkpoint_chain(args.name)
     if row is None:
         return Engine(zones, registry, config), False, set(), opts
-    state, digests, _written_at = row
-    engine = Engine.restore_bytes(state, zones, registry, config,
-                                  where=f"the store's checkpoint of worker {args.name!r}")
+    state, deltas, digests, _written_at = row
+    where = f"the store's checkpoint of worker {args.name!r}"
+    engine = Engine.restore_bytes(chain_arrays(state, deltas, where) if deltas else state,
+                                  zones, registry, config, where=where)
     opts.drop_store_checkpoint = bool(args.checkpoint)
     return engine, True, split_digests(digests), opts
 

@@ -114,9 +114,11 @@ class AckJob:
     ``events_mark`` / ``tracks_mark``: alarm events and track rows queued for the store
     when the window closed (all of them must be stored first); ``window``: digests of the
     messages processed in it; ``snapshot``: the engine state at the close (in memory;
-    None when the core keeps no state), written to the store's row for this worker, or
-    with ``--checkpoint`` to ``tmp`` and renamed over the file once the acks file names
-    it; ``done``: a future set when finished.
+    None when the core keeps no state), a full checkpoint (``kind`` "base") or what
+    changed since the previous window's (``kind`` "delta", engine.checkpoint_delta),
+    written to the store's rows for this worker, or with ``--checkpoint`` a base to
+    ``tmp`` and renamed over the file once the acks file names it, a delta appended to
+    ``FILE.deltas``; ``done``: a future set when finished.
     """
 
     acks: list[tuple[int, int]]
@@ -124,6 +126,7 @@ class AckJob:
     events_mark: int
     tracks_mark: int = 0
     snapshot: dict[str, np.ndarray] | None = None
+    kind: str = "base"
     tmp: Path | None = None
     done: asyncio.Future | None = None
 

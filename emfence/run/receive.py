@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -15,6 +14,7 @@ import orjson
 
 from contract import deadletter_topic, drain_topic, health_topic
 from emfence.run.commands import is_reply, reply_filters
+from emfence.run.drain import DrainMarkers
 from emfence.run.intake import Intake
 from emfence.run.options import (
     DRAIN_ACK_S,
@@ -85,7 +85,7 @@ class ConnectRetries:
 
 class Receiver:
     """Owns the connection (``client``, its generation ``gen``: packet ids are only valid
-    within one; ``connected``), the drain marker and the dead-letter queue."""
+    within one; ``connected``), the drain markers and the dead-letter queue."""
 
     def __init__(self, *, broker, opts, icfg, registry: Callable, batches, acks, hold,
                  outbox, counters: Counter, rejects: Counter, alive: Callable,
@@ -126,7 +126,8 @@ class Receiver:
         self.mine = frozenset(opts.regions) if opts.regions and icfg.subscribe == "all" \
             else None
         self.replies = None  # emfence.run.commands.Commands: the devices' command replies
-        self.drain_nonce = ""
+        self.markers = DrainMarkers(opts.name, None if self.mine is not None else
+                                    opts.regions)  # emfence.run.drain, per filter
         self.disconnected_at_ms: int | None = None
         # () -> awaitable, awaited before each connection attempt: a worker group's lease
         # (emfence.run.lease) confirms it still holds the group's session. None: none.
@@ -267,7 +268,8 @@ class Receiver:
             self.counters["reconnects"] += 1
             away = now - (self.disconnected_at_ms or now)
             log.info("reconnected to the broker after %.1f s away (%s:%d); state kept; "
-                     "offline sweeps resume in %.0f s (devices need time to reconnect)",
+                     "offline sweeps resume once the backlog is drained, in %.0f s at the "
+                     "earliest (devices need time to reconnect)",
                      away / 1000, self.broker.host, self.broker.port,
                      self.icfg.restart_grace_s)
         else:
@@ -275,14 +277,16 @@ class Receiver:
                      self.broker.host, self.broker.port, self.broker.username or "anonymous",
                      engine_client_id(self.opts.name, self.broker.username))
         self.hold.connected(reconnect, now)  # CONNACK and SUBACKs: the broker answers
-        # The marker queues behind whatever the session holds: its arrival means drained.
-        # Not acknowledged in DRAIN_ACK_S: the broker cannot store it, the session does
-        # not work there (aiomqtt.MqttError: on to the next broker).
-        self.drain_nonce = secrets.token_hex(8)
+        # A marker per device subscription queues behind whatever the session holds for
+        # it: all back means drained (emfence.run.drain). Not acknowledged in DRAIN_ACK_S:
+        # the broker cannot store it, the session does not work there
+        # (aiomqtt.MqttError: on to the next broker).
         self._drain_sent_ms = now
         self._drain_messages = self.counters["messages"]
-        await client.publish(self.drain_topic, self.drain_nonce.encode(), qos=1,
-                             timeout=DRAIN_ACK_S)
+        await asyncio.gather(*(client.publish(t, p, qos=1, timeout=DRAIN_ACK_S)  # together:
+                               for t, p in self.markers.start(self.refused_filters)))  # one RTT
+        self.hold.missing = self.markers.missing()
+        self.hold.drained = not self.markers.waiting  # every device filter refused
         await self.announce(client)
 
     async def _subscribe(self, client) -> None:
@@ -355,8 +359,8 @@ class Receiver:
         return failure
 
     async def on_message(self, message) -> None:
-        """One message from the broker: into the open batch, a dead letter, or (drain
-        marker, retained copy, redelivery) acknowledged as the rule says."""
+        """One message from the broker: into the open batch, a dead letter, or (ping,
+        drain marker, retained copy, redelivery) acknowledged as the rule says."""
         self.alive()
         self.hold.heard()
         if self.stopping():
@@ -370,8 +374,10 @@ class Receiver:
         # broker hands it QoS 2 publishes as QoS 1). A QoS 0 message has no packet id, and
         # a PUBACK for one is a protocol error that makes the broker drop the engine.
         ack = (self.gen, message.mid) if message.qos else None
-        if topic == self.drain_topic:
-            self._drain_marker(payload, ack)
+        if topic == self.drain_topic:  # the engine's ping
+            self.ack_now(ack)
+            return
+        if topic in self.markers.topics and self._drain_marker(topic, payload, ack):
             return
         if message.retain:
             # A copy the broker kept of a device's retained publish, replayed at every
@@ -388,6 +394,8 @@ class Receiver:
             self.replies.on_reply(topic, payload, ack)  # a queue put; acked once stored
             return
         self.counters["messages"] += 1
+        if self.hold.awaiting_devices:  # the first device message after a reconnect
+            self.hold.device_message(wall_ms())
         digest = message_digest(topic, payload)
         seen = self.acks.seen(digest)
         if seen is not None:
@@ -406,13 +414,19 @@ class Receiver:
         if self.batches.full:
             await self.batches.flush()
 
-    def _drain_marker(self, payload: bytes, ack) -> None:
+    def _drain_marker(self, topic: str, payload: bytes, ack) -> bool:
+        """A message on a marker topic: True when it was a marker (acknowledged)."""
+        drained = self.markers.arrived(topic, payload)
+        if drained is None:
+            return False
         self.ack_now(ack)
-        if payload.decode(errors="replace") == self.drain_nonce and not self.hold.drained:
+        self.hold.missing = self.markers.missing()
+        if drained and not self.hold.drained:
             self.hold.drained = True
             log.info("backlog drained: %d messages in %.1f s since connecting",
                      self.counters["messages"] - self._drain_messages,
                      (wall_ms() - self._drain_sent_ms) / 1000)
+        return True
 
     def _accept(self, topic: str, payload: bytes) -> None:
         """Decode a device's message into the open batch, or dead-letter it."""

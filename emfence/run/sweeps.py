@@ -1,5 +1,6 @@
 """The offline-sweep hold: when silence says something about devices, and when it does
-not (docs/internals.md, "emfence run"). One object owns the hold; the receive path
+not (docs/internals.md, "emfence run"; docs/operations.md, "Offline alarms after a start
+or an outage"). One object owns the hold; the receive path
 tells it what happened, the sweeper asks it whether a sweep may run."""
 
 from __future__ import annotations
@@ -15,32 +16,51 @@ SILENT_BROKER = "silence of the broker"
 
 
 class SweepHold:
-    """Offline sweeps are held after a start until the broker's backlog drains or
-    ``grace_s`` passes; after a broker outage or a silent broker for the full grace.
+    """Offline sweeps are held after each connection until the broker's backlog has
+    reached the worker (every drain marker back: :mod:`emfence.run.drain`). After a
+    broker outage also for ``grace_s`` counted from the first device message after the
+    reconnect, not from the reconnect: a clustered broker's failover can hold devices'
+    publishes on a surviving node for longer than the worker takes to reconnect
+    elsewhere, and devices need the grace to reconnect. After a silent broker for the
+    grace. ``drain_wait_s`` after the grace at the latest sweeps run anyway (a broker
+    that drops the markers, a fleet that sends nothing): said in the log.
 
-    ``reason``: why sweeps are held (None: they run); ``until_ms``: when the grace ends;
-    ``drained``: the engine's drain marker came back; ``heard_at``: monotonic time of
-    the last message (or broker answer) received."""
+    ``reason``: why sweeps are held (None: they run); ``until_ms``: when the grace ends
+    (wall clock, epoch ms); ``drained``: every drain marker of this connection came back;
+    ``missing``: the filters whose markers did not; ``awaiting_devices``: no device
+    message yet since the reconnect after an outage; ``heard_at``: monotonic time of the
+    last message (or broker answer) received."""
 
-    def __init__(self, grace_s: float, ping_s: float):
+    def __init__(self, grace_s: float, ping_s: float, drain_wait_s: float):
         self.grace_ms = int(grace_s * 1000)
+        self.wait_ms = int(drain_wait_s * 1000)
         self.ping_s = ping_s
         self.reason: str | None = "start"
-        self.until_ms = wall_ms() + self.grace_ms
+        self.connected_ms = wall_ms()
+        self.until_ms = self.connected_ms + self.grace_ms
         self.drained = False
+        self.missing: list[str] = []
+        self.awaiting_devices = False
         self.heard_at = time.monotonic()
 
     def heard(self) -> None:
         """Something arrived from the broker."""
         self.heard_at = time.monotonic()
 
+    def device_message(self, now_ms: int) -> None:
+        """The first device message after a reconnect: the grace counts from it."""
+        self.awaiting_devices = False
+        self.until_ms = max(self.until_ms, now_ms + self.grace_ms)
+
     def connected(self, reconnect: bool, now_ms: int) -> None:
         """A (re)connection: the grace counts from it (not from process start: loading
-        zones or compiling kernels must not eat into it); after an outage devices need
-        the full grace to reconnect."""
+        zones or compiling kernels must not eat into it), after an outage from the first
+        device message. Its drain markers are on their way."""
         self.heard()
         if reconnect:
             self.reason = "broker outage"
+            self.awaiting_devices = True
+        self.connected_ms = now_ms
         self.until_ms = now_ms + self.grace_ms
         self.drained = False
 
@@ -57,16 +77,34 @@ class SweepHold:
             self.reason = SILENT_BROKER
             self.until_ms = now_ms + self.grace_ms
             return False
-        if self.reason is not None:
-            if self.reason == "start" and self.drained:
-                log.info("offline sweeps start: the backlog is drained")
-            elif now_ms >= self.until_ms:
-                log.info("offline sweeps start: the %.0f s grace after the %s has passed",
-                         self.grace_ms / 1000, self.reason)
-            else:
-                return False
-            self.reason = None
+        if self.reason is None:
+            return True
+        graced = now_ms >= self.until_ms and not self.awaiting_devices
+        if self.drained and self.reason == "start":
+            log.info("offline sweeps start: the backlog is drained")
+        elif self.drained and graced:
+            log.info("offline sweeps start: the backlog is drained and the %.0f s grace "
+                     "after the %s has passed", self.grace_ms / 1000, self.reason)
+        elif now_ms >= max(self.until_ms, self.connected_ms + self.grace_ms) + self.wait_ms:
+            self._gave_up()
+        else:
+            return False
+        self.reason = None
+        self.awaiting_devices = False
         return True
+
+    def _gave_up(self) -> None:
+        """Sweeps start ``drain_wait_s`` after the grace without what they wait for."""
+        if not self.drained:
+            log.error("offline sweeps start although the backlog is not known to be "
+                      "drained: the drain markers of %s did not come back %.0f s after the "
+                      "grace after the %s; does the broker let the worker publish under its "
+                      "own account in those topics? (docs/operations.md)",
+                      ", ".join(self.missing) or "the subscriptions", self.wait_ms / 1000,
+                      self.reason)
+        else:
+            log.warning("offline sweeps start: no device message came %.0f s after the grace "
+                        "after the %s", self.wait_ms / 1000, self.reason)
 
     def health(self) -> str:
         return "running" if self.reason is None else f"held ({self.reason})"
