@@ -16,8 +16,9 @@ export EMFENCE_TEST_PG ?= $(PG_URL)
 # kernels it inlines from other modules (engine kernels inline geofence kernels) nor the
 # constants it compiles in (engine kernels take the type codes from contract/). Keying
 # the cache folder by a hash of every *kernels.py, engine/state.py (the X_*, D_* and P_*
-# columns the kernels compile in) and contract/*.py makes any change start afresh.
-export NUMBA_CACHE_DIR := $(CURDIR)/.numba-cache/$(shell cat $(sort $(wildcard */*kernels.py */*/kernels.py engine/state.py contract/*.py)) | sha1sum | cut -c1-16)
+# columns the kernels compile in), engine/late_state.py (the late state's LATE_*) and
+# contract/*.py makes any change start afresh.
+export NUMBA_CACHE_DIR := $(CURDIR)/.numba-cache/$(shell cat $(sort $(wildcard */*kernels.py */*/kernels.py engine/state.py engine/late_state.py contract/*.py)) | sha1sum | cut -c1-16)
 
 # pytest-xdist workers for `make test` (every test starts its own brokers and databases
 # on free ports, so they run side by side); TEST_WORKERS=0 runs them in this process.

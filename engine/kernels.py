@@ -26,6 +26,7 @@ from numba import njit
 
 from contract.alarms import ALARM_TYPES
 from contract.records import K_FIX
+from engine.late_state import LATE_BACK_MAX, LATE_STATUS_MASK
 from engine.registry import F_CURFEWS, F_KERNEL, F_LEAVES
 from engine.relation_kernels import contact_rule, proximity_rule, separation_rule
 from engine.state import (
@@ -46,6 +47,8 @@ from engine.state import (
     X_CURFEW_RUN,
     X_CURFEW_ZONE,
     X_LAST_TS,
+    X_LATE_CF_RUN,
+    X_LATE_CF_START,
     X_LV_RUN,
     X_OUT_TYPE,
     X_OWE,
@@ -127,7 +130,7 @@ def record_room(ra, rr) -> int:
     arrays ``ra`` and relation arrays ``rr``: clearing offline, power_off and no_fix (3),
     the relation rules (2, and one a protected person or contact of the device's slot)
     and the zone rules (5, and two an exclusion zone of the subject); a status writes at
-    most 2 + 3."""
+    most 2 + 3 (a late one 2 + 6: three late pairs)."""
     max_excl = int(np.max(np.diff(ra.excl_off))) if len(ra.excl_off) > 1 else 0
     per_slot = np.diff(rr.prox_off) + np.diff(rr.cont_off)
     max_rel = int(np.max(per_slot)) if len(per_slot) else 0
@@ -881,7 +884,8 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, approa
     n, settled = _exclusion_rules(st, ra, za, d, s, ts, lon, lat, acc, margin, late,
                                   approach_m, apad, ev_i, ev_f, n)
     if late:
-        return n
+        return _late_fix_rules(st, ra, za, d, s, ts, lon, lat, acc, margin, confirm,
+                               ev_i, ev_f, n)
     n0 = n
     inside_zone = -1
     if ra.subject_flags[s] & F_KERNEL:  # leaves or curfews: the scheduled rules
@@ -902,6 +906,136 @@ def _fix_rules(st, ra, za, d, ts, lon, lat, acc, late, buffer_m, confirm, approa
         st.safe_m[d] = -1.0
         st.near_lon[d] = lon
         st.near_lat[d] = lat
+    return n
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def late_step(run, obs, confirm):
+    """A late run (docs/rules.md, "Duplicates and late messages") after one late fix:
+    ``(run, obs)`` -> ``(run after, raise?)``. In resets it, near keeps it, out counts
+    (saturating); the out fix that brings it to ``confirm`` raises, and the run is then
+    -1 (its pair written) until an in fix resets it: one late pair per run."""
+    if obs == OBS_IN:
+        return 0, False
+    if obs == OBS_NEAR or run < 0:
+        return run, False
+    if run < OUT_RUN_MAX:
+        run += 1
+    if run >= confirm:
+        return -1, True
+    return run, False
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def late_prev_ts(back, newest):
+    """The ts of the device's previous late fix, from its DeviceState.late_back_ms
+    (engine.state) and its newest in-order ts ``newest``; NONE_MS when there is none, or
+    an in-order fix came since (it set late_back_ms to 0)."""
+    if back > 0:
+        return newest - back
+    return NONE_MS
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _late_seen(st, d, newest, ts):
+    """Remember late fix ``ts`` of device ``d`` as its previous one (see late_prev_ts)."""
+    back = newest - ts
+    st.late_back_ms[d] = back if back <= LATE_BACK_MAX else 0
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _late_pair(ev_i, ev_f, n, d, typ, zone, ts, lat, lon, dist, acc):
+    """A past episode told by a late message: raised and cleared at its ``ts``, late."""
+    n = _put(ev_i, ev_f, n, d, typ, zone, 1, ts, ts, 1, lat, lon, dist, acc)
+    return _put(ev_i, ev_f, n, d, typ, zone, 0, ts, ts, 1, lat, lon, dist, acc)
+
+
+@njit(cache=True, _nrt=False)
+def _late_fix_rules(st, ra, za, d, s, ts, lon, lat, acc, margin, confirm, ev_i, ev_f, n):
+    """Outbound and curfew for one late fix of device ``d`` (subject ``s``), judged on its
+    own ``ts``, after its exclusion pairs; returns n. The late run continues when this fix
+    is newer than the run's previous late fix and no in-order fix came in between, else
+    starts afresh. Outbound: the allowed region at ``ts`` (inclusion zones and the zones
+    of leaves open at ts), late_step over the run; the raising fix writes a late pair,
+    ``outbound`` at the nearest inclusion zone, unless the device's live outbound (or
+    leave_overdue) episode is open. Live state is never touched: only the late run."""
+    newest = st.last_fix_ts_ms[d]
+    prev = late_prev_ts(st.late_back_ms[d], newest)
+    xr = st.ext_row[d]
+    if prev == NONE_MS or ts < prev:  # (ts == prev: a duplicate, dropped before)
+        st.late_run[d] = 0
+        if xr > 0:
+            st.ext[xr, X_LATE_CF_RUN] = 0
+    _late_seen(st, d, newest, ts)
+    if ra.incl_off[s + 1] > ra.incl_off[s]:
+        dist = 0.0
+        nearest = -1
+        if _allowed_contains(ra, za, s, ts, lon, lat) < 0:
+            dist, nearest = _allowed_distance(ra, za, s, ts, lon, lat)
+        run, up = late_step(st.late_run[d], observe(dist, margin), confirm)
+        st.late_run[d] = run
+        if up and st.outbound_at_ms[d] == NONE_MS:
+            n = _late_pair(ev_i, ev_f, n, d, T_OUTBOUND, nearest, ts, lat, lon, dist, acc)
+    if ra.subject_flags[s] & F_CURFEWS and xr > 0:
+        n = _late_curfew(st, ra, za, d, s, ts, lon, lat, acc, margin, confirm, ev_i, ev_f, n)
+    return n
+
+
+@njit(cache=True, _nrt=False)
+def _late_curfew(st, ra, za, d, s, ts, lon, lat, acc, margin, confirm, ev_i, ev_f, n):
+    """Curfew for one late fix: within the window containing ``ts`` (the first starting,
+    as live), late_step over the late curfew run against the window's zone (a run in
+    another window, or none, starts afresh); the raising fix writes a late pair unless
+    the device's live curfew episode is open. Outside every window the run ends."""
+    x = st.ext
+    xr = st.ext_row[d]
+    z = -1
+    start = NONE_MS
+    for w in range(ra.cw_off[s], ra.cw_off[s + 1]):
+        if ra.cw[w, 0] <= ts < ra.cw[w, 1]:
+            z = ra.cw[w, 2]
+            start = ra.cw[w, 0]
+            break
+    if x[xr, X_LATE_CF_START] != start:
+        x[xr, X_LATE_CF_RUN] = 0
+    x[xr, X_LATE_CF_START] = start
+    if z < 0:
+        return n
+    dist = zone_distance_m(za, z, lon, lat)
+    run, up = late_step(x[xr, X_LATE_CF_RUN], observe(dist, margin), confirm)
+    x[xr, X_LATE_CF_RUN] = run
+    if up and x[xr, X_CURFEW_AT] == NONE_MS:
+        n = _late_pair(ev_i, ev_f, n, d, T_CURFEW, z, ts, lat, lon, dist, acc)
+    return n
+
+
+@njit(cache=True, _nrt=False)
+def _late_status(st, d, ts, battery, strap, power, battery_low_pct, counters, ev_i, ev_f,
+                 n):
+    """One late status (older than the device's newest), judged on its own ``ts``: a
+    strap open, a battery at or below ``battery_low_pct``, a power-off each tell of a past
+    episode, written as a late pair at ts (tamper, low_battery, power_off) unless the
+    device's live episode of that type is open. Live state is never touched: the
+    hysteresis, the no-fix count and the power_off episode stay as the newest status left
+    them. Evidence as live: tamper and power_off the last known position, low_battery
+    the status's percentage. The previous late status again is a duplicate (counted;
+    known by its ts's low 31 bits, DeviceState.late_status_lo)."""
+    lo = ts & LATE_STATUS_MASK
+    if st.late_status_lo[d] == lo:
+        counters[C_DUP_STATUSES] += 1
+        return n
+    st.late_status_lo[d] = lo
+    counters[C_LATE_STATUSES] += 1
+    nan = np.nan
+    pos = st.last_pos
+    if strap == 1 and st.tamper_at_ms[d] == NONE_MS:
+        n = _late_pair(ev_i, ev_f, n, d, T_TAMPER, -1, ts, pos[d, P_LAT], pos[d, P_LON], nan,
+                       pos[d, P_ACC])
+    if battery <= battery_low_pct and st.battery_at_ms[d] == NONE_MS:  # (NaN: absent)
+        n = _late_pair(ev_i, ev_f, n, d, T_LOW_BATTERY, -1, ts, nan, nan, battery, nan)
+    if power == 1 and st.device_ms[d, D_POWER_OFF_AT] == NONE_MS:
+        n = _late_pair(ev_i, ev_f, n, d, T_POWER_OFF, -1, ts, pos[d, P_LAT], pos[d, P_LON],
+                       nan, pos[d, P_ACC])
     return n
 
 
@@ -1159,9 +1293,13 @@ def _run_records(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,
                 continue
             late = last != NONE_MS and t < last
             if late:
+                if t == late_prev_ts(st.late_back_ms[d], last):  # again
+                    counters[C_DUP_FIXES] += 1
+                    continue
                 counters[C_LATE_FIXES] += 1
             else:
                 last_fix[d] = t
+                st.late_back_ms[d] = 0  # the late run (if any) ends: see late_prev_ts
                 # The device rules: a fresh fix ends no_fix, restarts the no-fix count at
                 # its receive time (the sweep moves the deadline on: see _sweep_into) or
                 # starts one, and is the last known position (alarm evidence).
@@ -1220,10 +1358,18 @@ def _run_records(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,
                         _near_bbox(bbox, apad, excl_zone[e0 + k], x, y)):
                     quiet = False
                     break
-            if quiet:
-                if late:  # a late fix only ever checks exclusion zones
+            if quiet and late:  # no exclusion zone near: left are the late runs
+                i0 = incl_off[si]
+                if sflags[si] & F_CURFEWS == 0 and (incl_off[si + 1] == i0 or _cell_inside(
+                        zone_kind, bbox, grid_shape, grid_origin, grid_inv_cell,
+                        grid_cell_offsets, cell_state, incl_zone[i0], x, y)):
+                    # (_late_fix_rules for a fix in its first inclusion zone, or with no
+                    # late rule to run: the run restarts at 0, or does not matter)
+                    _late_seen(st, d, last, t)
+                    st.late_run[d] = 0
                     counters[C_GRID_FIXES] += 1
                     continue
+            elif quiet:
                 i0 = incl_off[si]
                 nl = near_lon[d]
                 if (outbound_at[d] == NONE_MS and incl_off[si + 1] > i0 and border_m <= 0.0
@@ -1247,8 +1393,9 @@ def _run_records(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,
             if t == last:
                 counters[C_DUP_STATUSES] += 1
                 continue
-            if last != NONE_MS and t < last:
-                counters[C_LATE_STATUSES] += 1  # an old status says nothing about now
+            if last != NONE_MS and t < last:  # judged on its own ts: a past episode
+                n = _late_status(st, d, t, battery[i], strap[i], power[i], battery_low_pct,
+                                 counters, ev_i, ev_f, n)
                 continue
             last_status[d] = t
             n = _status_rules(st, d, t, r, battery[i], strap[i], power[i], battery_low_pct,

@@ -28,9 +28,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from contract.alarms import DEVICE_KINDS
+from engine.checkpoint_arrays import open_arrays
 from engine.relation_kernels import EF_PEER_ACC, EF_PEER_LAT, EF_PEER_LON, EV_PEER
 from engine.remap import index_of, pair_old
-from engine.state import NONE_MS, open_arrays
+from engine.state import NONE_MS
 
 # RelationState.sep columns
 SEP_AT = 0  # the open episode's raised at (epoch ms), or NONE_MS

@@ -27,6 +27,7 @@ from engine import kernels as K
 from engine.per_subject import SubjectEpisodes, folds
 from engine.registry import Registry
 from engine.relations import relation_arrays
+from engine.shapely_late import LateRules
 from engine.shapely_relations import PlainRelations
 from engine.shapely_separation import SeparationRule
 from geofence.gcj02 import gcj02_to_wgs84
@@ -109,7 +110,7 @@ class _Device:
         self.border: tuple[int, int] | None = None  # (raised at, inclusion zone)
 
 
-class ShapelyEngine(SeparationRule):
+class ShapelyEngine(SeparationRule, LateRules):
     """Same constructor and ``process`` / ``process_fixes`` / ``process_statuses`` /
     ``process_records`` / ``sweep`` / ``counters`` as :class:`engine.Engine` (no
     checkpoints)."""
@@ -250,6 +251,9 @@ class ShapelyEngine(SeparationRule):
             self._counts["duplicate_fixes"] += 1
             return
         late = dev.last_fix_ts is not None and ts < dev.last_fix_ts
+        if late and self._late_duplicate(d, ts):
+            self._counts["duplicate_fixes"] += 1
+            return
         if late:
             self._counts["late_fixes"] += 1
         else:
@@ -262,7 +266,9 @@ class ShapelyEngine(SeparationRule):
         s = int(self.registry.arrays.device_subject[d])
         margin = max(self.config.rules.buffer_m, acc)
         self._exclusion(d, dev, s, ts, lat, lon, acc, margin, late, out)
-        if not late:
+        if late:
+            self._late_outbound(d, s, ts, lat, lon, acc, margin, out)
+        else:
             n0 = len(out)
             self._outbound(d, dev, s, ts, lat, lon, acc, margin, out)
             if self.config.rules.border_warn_m > 0:
@@ -403,9 +409,10 @@ class ShapelyEngine(SeparationRule):
         dev = self._devices[d]
         self._counts["statuses"] += 1
         self._received(d, dev, rx, out, ts, power == 1)
-        if dev.last_status_ts is not None and ts <= dev.last_status_ts:
-            self._counts["duplicate_statuses" if ts == dev.last_status_ts
-                         else "late_statuses"] += 1
+        if dev.last_status_ts is not None and ts < dev.last_status_ts:
+            return self._late_status(d, ts, battery, strap, power, out)
+        if ts == dev.last_status_ts:
+            self._counts["duplicate_statuses"] += 1
             return
         dev.last_status_ts = ts
         r = self.config.rules

@@ -10,7 +10,8 @@ out_run 1, outbound_at_ms 8, outbound_zone 4, offline_at_ms 8, tamper_at_ms 8,
 battery_at_ms 8, settled cache 28, ``ext_row`` 4 (and the scheduled rules' ``ext`` row of
 64, leave_overdue and curfew, only for the devices of subjects with leaves or curfews; see
 :data:`X_OUT_TYPE` ...), the device rules (power_off, no_fix) and the last
-position for evidence 64, the offline deadline 8 (in the device row, below); per
+position for evidence 64, the offline deadline 8 (in the device row, below), the late
+messages 9 (late_status_lo 4, late_back_ms 4, late_run 1); per
 (device, exclusion zone) slot: exclusion_at_ms 8. See
 :func:`bytes_per_device` for the measured figure including the registry's per-device
 arrays.
@@ -38,6 +39,8 @@ from typing import NamedTuple
 import numpy as np
 
 from contract.errors import EmfenceError
+from engine.checkpoint_arrays import open_arrays
+from engine.late_state import LATE_FIELDS, late_fields
 from engine.remap import Remap
 
 NONE_MS = np.iinfo(np.int64).min  # "never" / "no open episode"
@@ -65,7 +68,11 @@ X_CURFEW_AT = 4  # open curfew episode's raised at, or NONE_MS
 X_CURFEW_END = 5  # its window's end (ms, exclusive)
 X_CURFEW_ZONE = 6  # its zone index
 X_CURFEW_RUN = 7  # run of out fixes in the current curfew window
-N_EXT = 8
+# The late curfew run (engine.kernels._late_curfew): out late fixes of the device in one
+# window, consecutive and in order among themselves (-1: its late pair was written).
+X_LATE_CF_RUN = 8
+X_LATE_CF_START = 9  # start (ms) of the window of that run, NONE_MS: none
+N_EXT = 10
 # Columns of DeviceState.device_ms (int64[n_devices, N_DEVICE_MS]).
 D_POWER_OFF_AT = 0  # open power_off episode's raised at (its ts), or NONE_MS
 D_NO_FIX_AT = 1  # open no_fix episode's raised at, or NONE_MS
@@ -85,7 +92,7 @@ N_ROW = 8
 # The DeviceState fields that are views of device_row's columns.
 ROW_VIEWS = ("last_rx_ms", "offline_at_ms", "no_fix_deadline_ms", "device_ms")
 EXT_FRESH = (0, np.iinfo(np.int64).min, 0, np.iinfo(np.int64).min, np.iinfo(np.int64).min,
-             np.iinfo(np.int64).min, -1, 0)
+             np.iinfo(np.int64).min, -1, 0, 0, np.iinfo(np.int64).min)
 
 
 class DeviceState(NamedTuple):
@@ -127,6 +134,10 @@ class DeviceState(NamedTuple):
     # What the sweep reads and writes of a device, one cache line (R_* columns); the
     # ROW_VIEWS fields are views of its columns.
     device_row: np.ndarray  # int64[n_devices, N_ROW], 64-byte aligned
+    # Late fixes judged on their own ts (engine.kernels._late_fix_rules): the late run.
+    late_status_lo: np.ndarray  # int32: the previous late status's ts's low 31 bits, -1: none
+    late_back_ms: np.ndarray  # int32: newest in-order ts - the previous late fix's (0: none)
+    late_run: np.ndarray  # int8: out late fixes of the run (-1: its outbound pair written)
 
 
 def new_state(n_devices: int, n_slots: int, ext_mask: np.ndarray | None = None
@@ -164,6 +175,7 @@ def new_state(n_devices: int, n_slots: int, ext_mask: np.ndarray | None = None
         border_at_ms=full(n_devices, NONE_MS),
         border_zone=full(n_devices, -1, np.int32),
         device_row=row,
+        **late_fields(n_devices),
     )
 
 
@@ -213,7 +225,8 @@ def new_ext(n_devices: int) -> np.ndarray:
 
 PER_DEVICE_FIELDS = ("last_rx_ms", "deadline_ms", "last_fix_ts_ms", "last_status_ts_ms", "out_run",
                      "outbound_at_ms", "outbound_zone", "offline_at_ms", "tamper_at_ms",
-                     "battery_at_ms", "device_ms", "last_pos", "no_fix_deadline_ms")
+                     "battery_at_ms", "device_ms", "last_pos", "no_fix_deadline_ms",
+                     "late_status_lo", "late_back_ms", "late_run")
 CACHE_FIELDS = ("near_lon", "near_lat", "safe_m", "safe_until_ms")
 # The warning state added with the approach rule: a checkpoint written before it has none
 # (fresh: no warning open).
@@ -424,38 +437,26 @@ def load_checkpoint_bytes(data: bytes | Mapping[str, np.ndarray], where: str):
     return _load(data if isinstance(data, Mapping) else io.BytesIO(data), where)
 
 
-class _ReadArrays(dict):
-    """A checkpoint's arrays already in memory, read like an opened ``.npz``."""
-
-    @property
-    def files(self) -> list[str]:
-        return list(self)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-
-def open_arrays(source):
-    """``np.load`` of a checkpoint (a path, a file object), or its arrays as they are."""
-    if isinstance(source, Mapping):
-        return _ReadArrays(source)
-    return np.load(source, allow_pickle=False)
-
-
 def _loaded_ext(data, n_devices: int) -> tuple[np.ndarray, np.ndarray]:
     """(ext, ext_row) of a checkpoint: as written; one written with a row per device (no
     ext_row) gets row 0 fresh in front; one written before the scheduled rules, fresh. A
     loaded state's ext is only read (engine.state.adopt copies it into the engine's)."""
     if "ext" not in data.files:  # every device reads the fresh row 0 (only ever read)
         return new_ext(1), np.zeros(n_devices, dtype=np.int32)
+    rows = _widened_ext(data["ext"])
     if "ext_row" in data.files:
-        return data["ext"].copy(), data["ext_row"].copy()
-    rows = data["ext"] if "ext" in data.files else new_ext(n_devices)
+        return rows, data["ext_row"].copy()
     return (np.concatenate([new_ext(1), rows]),
             np.arange(1, n_devices + 1, dtype=np.int32))
+
+
+def _widened_ext(rows: np.ndarray) -> np.ndarray:
+    """ext rows of a checkpoint, with the columns added since it was written fresh."""
+    if rows.shape[1] >= N_EXT:
+        return rows.copy()
+    out = new_ext(len(rows))
+    out[:, :rows.shape[1]] = rows
+    return out
 
 
 def _load(source, where: str):
@@ -475,7 +476,7 @@ def _load(source, where: str):
                 if f in CACHE_FIELDS + ("ext", "ext_row", "device_row"):
                     continue
                 if f not in data.files:
-                    if f not in DEVICE_RULE_FIELDS + WARN_FIELDS:
+                    if f not in DEVICE_RULE_FIELDS + WARN_FIELDS + LATE_FIELDS:
                         raise KeyError(f)
                 elif f in ROW_VIEWS:
                     if data[f].shape != fields[f].shape:

@@ -160,6 +160,15 @@ class RefDevice:
     position: tuple | None = None  # (lat, lon, acc) of that fix, WGS-84
     approach: dict = field(default_factory=dict)  # exclusion zone id -> warning raised at
     border: tuple[int, str] | None = None  # (raised at, inclusion zone id)
+    # The late run (late fixes judged on their own ts): its previous late fix's ts, the
+    # newest in-order ts then, the outbound run and the curfew run with its window start
+    # (a run is None once its late pair was written, until an in late fix).
+    late_prev: int | None = None
+    late_newest: int | None = None
+    late_run: int | None = 0
+    late_curfew_run: int | None = 0
+    late_curfew_start: int | None = None
+    late_status: int | None = None  # the previous late status's ts's low 31 bits
 
     def where(self) -> dict:
         """The last known position as evidence keys (none if never fixed)."""
@@ -385,6 +394,8 @@ class Reference:
         if dev.last_fix_ts is not None and ts == dev.last_fix_ts:
             return out  # duplicate
         late = dev.last_fix_ts is not None and ts < dev.last_fix_ts
+        if late and ts == self._late_prev(dev):
+            return out  # the previous late fix again: a duplicate
         if coord_sys == "gcj02":
             lon, lat = gcj02_to_wgs84(lon, lat)
         if not late:  # the relation rules come after the device rules (docs/rules.md)
@@ -393,7 +404,7 @@ class Reference:
         margin = max(self.buffer_m, acc)
         out += self._exclusion(dev, ts, lat, lon, margin, late)
         if late:
-            return out
+            return out + self._late_fix(dev, ts, lat, lon, margin)
         dev.last_fix_ts = ts
         violations = self._outbound(dev, ts, lat, lon, margin)
         curfew = self._curfew(dev, ts, lat, lon, margin)
@@ -578,8 +589,13 @@ class Reference:
         out = self._received(dev, rx, ts, power == "off")
         if dev.subject.get("victim"):
             return out
-        if dev.last_status_ts is not None and ts <= dev.last_status_ts:
-            return out  # duplicate or late: an old status says nothing about now
+        if dev.last_status_ts is not None and ts == dev.last_status_ts:
+            return out  # a duplicate
+        if dev.last_status_ts is not None and ts < dev.last_status_ts:
+            if ts % 2**31 == dev.late_status:  # (the engine keeps its low 31 bits)
+                return out  # the previous late status again: a duplicate
+            dev.late_status = ts % 2**31
+            return out + self._late_status(dev, ts, battery, strap, power)
         dev.last_status_ts = ts
         if strap == "open" and dev.tamper is None:
             dev.tamper = ts
@@ -607,6 +623,82 @@ class Reference:
         elif dev.no_fix_from is None and dev.no_fix is None:
             dev.no_fix_from = rx  # statuses without a fix: the count starts here
         return out
+
+    # --- late messages: judged on their own ts, as past episodes (late pairs) ---------
+    @staticmethod
+    def _pair(typ: str, device_id: str, zid, ts: int, extra: dict | None = None) -> list:
+        return [Ev(("raised", typ, device_id, zid, ts, True), extra),
+                Ev(("cleared", typ, device_id, zid, ts, True), extra)]
+
+    def _late_status(self, dev: RefDevice, ts: int, battery, strap, power) -> list[tuple]:
+        """A status older than the newest: strap open, battery low, power off each a
+        past episode (a late pair at its ts) unless that type's live episode is open."""
+        out = []
+        if strap == "open" and dev.tamper is None:
+            out += [Ev(("raised", "tamper", dev.device_id, None, ts, True),
+                       {**dev.where(), "strap": "open"}),
+                    Ev(("cleared", "tamper", dev.device_id, None, ts, True),
+                       {**dev.where(), "strap": "ok"})]
+        if battery is not None and battery <= self.battery_low and dev.battery is None:
+            out += self._pair("low_battery", dev.device_id, None, ts, {"battery_pct": battery})
+        if power == "off" and dev.power_off is None:
+            out += self._pair("power_off", dev.device_id, None, ts, dev.where())
+        return out
+
+    def _late_fix(self, dev: RefDevice, ts: int, lat: float, lon: float,
+                  margin: float) -> list[tuple]:
+        """Outbound, then curfew, of a late fix on its own ts. The late run goes on while
+        the late fixes come in order among themselves with no in-order fix between."""
+        prev = self._late_prev(dev)
+        if prev is None or ts < prev:
+            dev.late_run, dev.late_curfew_run = 0, 0
+        dev.late_prev, dev.late_newest = ts, dev.last_fix_ts
+        s = dev.subject
+        out = []
+        inclusion = s.get("inclusion", [])
+        if inclusion:
+            allowed = list(inclusion) + [z for lv in s.get("leaves", []) if leave_open(lv, ts)
+                                         for z in lv["zones"]]
+            dists = {z: self.zones[z].distance_m(lon, lat) for z in allowed}
+            dev.late_run, up = self._late_step(dev.late_run,
+                                               self._observe(min(dists.values()), margin))
+            if up and dev.outbound is None:
+                nearest = min((dists[z], i, z) for i, z in enumerate(inclusion))[2]
+                out += self._pair("outbound", dev.device_id, nearest, ts)
+        curfews = s.get("curfews", [])
+        if curfews:
+            window = curfew_window_at(curfews, ts, self.timezone)
+            start = None if window is None else window[0]
+            if start != dev.late_curfew_start:
+                dev.late_curfew_run = 0
+            dev.late_curfew_start = start
+            if window is not None:
+                zid = window[2]
+                obs = self._observe(self.zones[zid].distance_m(lon, lat), margin)
+                dev.late_curfew_run, up = self._late_step(dev.late_curfew_run, obs)
+                if up and dev.curfew is None:
+                    out += self._pair("curfew", dev.device_id, zid, ts)
+        return out
+
+    @staticmethod
+    def _late_prev(dev: RefDevice) -> int | None:
+        """The previous late fix's ts while no in-order fix came since, as the engine
+        keeps it: newest - it in 31 bits (0: none), none once an in-order fix came."""
+        if dev.late_prev is None or dev.late_newest - dev.late_prev >= 2**31:
+            return None
+        if dev.last_fix_ts != dev.late_newest:
+            return None
+        return dev.last_fix_ts - (dev.late_newest - dev.late_prev)
+
+    def _late_step(self, run: int | None, obs: str) -> tuple[int | None, bool]:
+        """in: 0; near: kept; out: one more, raising (then None) at the confirm count."""
+        if obs == "in":
+            return 0, False
+        if obs == "near" or run is None:
+            return run, False
+        if run + 1 >= self.confirm:
+            return None, True
+        return run + 1, False
 
     def annotations(self, events: list[tuple]) -> list[tuple[str, bool]]:
         """(device_kind, suspended) of each event: the device's kind in the subjects file,

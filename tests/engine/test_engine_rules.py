@@ -227,15 +227,36 @@ def test_duplicates_are_dropped_and_counted():
     assert len(f.fix("B-1", T0 + 1, *east(500))) == 1
 
 
-def test_late_fixes_never_move_outbound_state():
+def test_late_fixes_are_judged_on_their_own_ts_and_never_move_live_outbound_state():
     f = Feed(engine())
     f.fix("B-1", T0 + 10_000, *INSIDE)
-    assert f.fix("B-1", T0 + 1000, *east(500)) == []
-    assert f.fix("B-1", T0 + 2000, *east(500)) == []  # two late outs: no raise, no run
-    assert f.fix("B-1", T0 + 11_000, *east(500)) == []  # first in-order out
-    assert len(f.fix("B-1", T0 + 12_000, *east(500))) == 1
+    assert f.fix("B-1", T0 + 1000, *east(500)) == []  # the late run's first out fix
+    pair = f.fix("B-1", T0 + 2000, *east(500))  # its second: a past outbound episode
+    assert brief(pair) == [("raised", "outbound", "B-1", "home", T0 + 2000, True),
+                           ("cleared", "outbound", "B-1", "home", T0 + 2000, True)]
+    assert pair[0]["alarm_id"] == pair[1]["alarm_id"]
+    assert pair[0]["distance_m"] == pytest.approx(500, abs=1.0)
+    assert f.fix("B-1", T0 + 3000, *east(500)) == []  # one pair per late run
+    assert f.fix("B-1", T0 + 11_000, *east(500)) == []  # the live run starts at 1
+    raised = f.fix("B-1", T0 + 12_000, *east(500))
+    assert brief(raised) == [("raised", "outbound", "B-1", "home", T0 + 12_000, False)]
     assert f.fix("B-1", T0 + 5000, *INSIDE) == []  # a late in fix does not clear
-    assert f.engine.counters["late"] == 3
+    assert f.fix("B-1", T0 + 6000, *east(500)) == []  # nor is a past pair written...
+    assert f.fix("B-1", T0 + 7000, *east(500)) == []  # ...while the live episode is open
+    assert [a["at"] for a in f.engine.open_alarms()] == [T0 + 12_000]
+    assert f.engine.counters["late"] == 6
+
+
+def test_a_late_run_needs_its_fixes_in_order_and_no_in_order_fix_between():
+    f = Feed(engine())
+    f.fix("B-1", T0 + 10_000, *INSIDE)
+    assert f.fix("B-1", T0 + 2000, *east(500)) == []
+    assert f.fix("B-1", T0 + 1000, *east(500)) == []  # older than the run's last: anew
+    f.fix("B-1", T0 + 11_000, *INSIDE)
+    assert f.fix("B-1", T0 + 3000, *east(500)) == []  # an in-order fix came between: anew
+    assert f.fix("B-1", T0 + 4000, *(120.0, 29.97)) == []  # in: the run resets
+    assert f.fix("B-1", T0 + 5000, *east(500)) == []
+    assert len(f.fix("B-1", T0 + 6000, *east(500))) == 2
 
 
 def test_late_fix_inside_exclusion_emits_a_late_pair():
@@ -311,13 +332,32 @@ def test_tamper_and_low_battery_with_hysteresis():
     assert cleared[0]["alarm_id"] == low[0]["alarm_id"]
 
 
-def test_old_and_duplicate_statuses_change_nothing():
+def test_duplicate_statuses_change_nothing_and_late_ones_are_past_episodes():
     f = Feed(engine())
     f.status("B-1", T0 + 100, strap="ok")
     assert f.status("B-1", T0 + 100, strap="open") == []  # duplicate ts
-    assert f.status("B-1", T0 + 50, strap="open") == []  # older than the newest status
+    late = f.status("B-1", T0 + 50, strap="open", battery=10, power="off")
+    assert brief(late) == [(e, t, "B-1", None, T0 + 50, True) for t in
+                           ("tamper", "low_battery", "power_off") for e in ("raised", "cleared")]
+    assert late[2]["battery_pct"] == 10 and late[0]["strap"] == "open"
+    assert f.engine.open_alarms() == []  # the live state is as the newest status left it
+    assert f.status("B-1", T0 + 60, strap="ok", battery=50, power="on") == []
     c = f.engine.counters
-    assert (c["duplicate_statuses"], c["late_statuses"], c["statuses"]) == (1, 1, 3)
+    assert (c["duplicate_statuses"], c["late_statuses"], c["statuses"]) == (1, 2, 4)
+
+
+def test_a_late_status_never_touches_a_live_episode():
+    f = Feed(engine())
+    live = f.status("B-1", T0 + 100, strap="open", battery=10)
+    assert [e["type"] for e in live] == ["tamper", "low_battery"]
+    assert f.status("B-1", T0 + 50, strap="open", battery=5) == []  # already open
+    assert f.status("B-1", T0 + 60, strap="ok", battery=90) == []  # never clears
+    assert sorted(a["type"] for a in f.engine.open_alarms()) == ["low_battery", "tamper"]
+    off = f.status("B-1", T0 + 200, power="off")
+    assert [e["type"] for e in off] == ["power_off"]
+    assert f.status("B-1", T0 + 70, power="off") == []  # power_off open: nothing
+    assert f.status("B-1", T0 + 80, battery=50) == []  # older than the power-off: stays
+    assert len(f.engine.open_alarms()) == 3
 
 
 # ----- input checks -----------------------------------------------------------------------

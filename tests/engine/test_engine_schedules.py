@@ -155,13 +155,19 @@ def test_curfew_window_end_clear_comes_with_the_next_fix_even_with_a_window_open
                            ms("2025-11-21T06:00:00+08:00"), False)]
 
 
-def test_a_late_fix_in_a_closed_window_changes_nothing():
+def test_late_fixes_in_a_closed_window_are_a_past_curfew_episode():
     f = feed([curfew_subject()])
     f.fix("B-1", ms("2025-11-21T08:00:00+08:00"), *INSIDE)  # daytime
-    assert f.fix("B-1", ms("2025-11-20T23:00:00+08:00"), *INSIDE) == []  # late, in a window
-    assert f.fix("B-1", ms("2025-11-20T23:30:00+08:00"), *INSIDE) == []
-    assert f.engine.counters["late_fixes"] == 2
+    assert f.fix("B-1", ms("2025-11-20T23:00:00+08:00"), *INSIDE) == []  # late, out (1)
+    at = ms("2025-11-20T23:30:00+08:00")
+    assert brief(f.fix("B-1", at, *INSIDE)) == [  # (2): a past episode, raised and cleared
+        (e, "curfew", "B-1", "work", at, True) for e in ("raised", "cleared")]
+    assert f.fix("B-1", ms("2025-11-20T23:40:00+08:00"), *INSIDE) == []  # one per late run
+    assert f.engine.counters["late_fixes"] == 3
     assert f.engine.open_alarms() == []
+    # Late fixes in another night's window start a run of their own.
+    assert f.fix("B-1", ms("2025-11-19T23:00:00+08:00"), *INSIDE) == []
+    assert len(f.fix("B-1", ms("2025-11-19T23:05:00+08:00"), *INSIDE)) == 2
 
 
 def test_curfew_days_and_effective_period():
