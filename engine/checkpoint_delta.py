@@ -28,6 +28,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from contract.errors import EmfenceError
 from engine.state import CheckpointError
 
 CHAIN_ID = "chain_id"  # str: the chain the checkpoint belongs to
@@ -36,7 +37,7 @@ _IDX, _ROW, _ALL, _GONE = "idx:", "row:", "all:", "gone"
 CHAIN_KEYS = (CHAIN_ID, CHAIN_SEQ)
 
 
-class DeltaError(ValueError):
+class DeltaError(EmfenceError, ValueError):
     """A delta that does not continue the checkpoint it is applied to."""
 
 
