@@ -126,8 +126,9 @@ class Receiver:
         self.mine = frozenset(opts.regions) if opts.regions and icfg.subscribe == "all" \
             else None
         self.replies = None  # emfence.run.commands.Commands: the devices' command replies
-        self.markers = DrainMarkers(opts.name, None if self.mine is not None else
-                                    opts.regions)  # emfence.run.drain, per filter
+        # the regions of this worker's subscriptions (None: the filters of every region)
+        self.sub_regions = None if self.mine is not None else opts.regions
+        self.markers = DrainMarkers(opts.name, self.sub_regions)  # emfence.run.drain
         self.disconnected_at_ms: int | None = None
         # () -> awaitable, awaited before each connection attempt: a worker group's lease
         # (emfence.run.lease) confirms it still holds the group's session. None: none.
@@ -297,10 +298,9 @@ class Receiver:
         an error line) until a connection has them all granted again."""
         mqtt = self.mqtt
         refused = []
-        regions = None if self.mine is not None else self.opts.regions
-        filters = mqtt.subscriptions(regions) + [self.drain_topic]
+        filters = mqtt.subscriptions(self.sub_regions) + [self.drain_topic]
         if self.replies is not None:
-            filters += reply_filters(regions)
+            filters += reply_filters(self.sub_regions)
         for f in filters:
             try:
                 await mqtt.subscribe_checked(client, f, self.broker)
