@@ -141,6 +141,40 @@ def test_at_once_is_counted_in_the_watchers_turns_not_in_wall_time():
         assert counters["broker_inflight_window"] == (20 if learnt else 0)
 
 
+def test_silence_while_the_event_loop_was_held_up_is_not_a_stall():
+    """The processor runs the rules on the event loop, and while it holds the loop
+    nothing is read from the socket either: a watcher turn that comes late restarts the
+    count of silence, which then needs quiet_s of turns on time to be a stall."""
+    intake, _, counters, clock = _intake(batch_max_ms=20)
+    _burst(intake, clock, 20, 0.001)
+    assert not intake.tick(clock.t)  # a turn on time, right after the last message
+    clock.t += 0.5  # a batch held the loop for 0.5 s (5 times quiet_s)
+    assert not intake.tick(clock.t)
+    clock.t += intake.quiet_s / 2
+    assert not intake.tick(clock.t)  # silent for 0.55 s, of which 0.05 s on time
+    assert counters["early_windows"] == 0
+    clock.t += intake.quiet_s / 2 + 0.001
+    assert intake.tick(clock.t)  # quiet_s of turns on time: a stall
+    assert counters["early_windows"] == 1
+
+
+def test_a_late_turn_right_after_a_burst_of_a_busy_worker_teaches_nothing():
+    """A worker behind its broker: every turn of the watcher comes late (each batch
+    holds the loop longer than quiet_s) and the next messages are read at once after
+    it. Without the late-turn rule these pauses were stalls "followed at once by more"
+    and taught ever smaller windows."""
+    intake, acks, counters, clock = _intake(batch_max_ms=20)
+    n = 0
+    for _ in range(20):
+        got = _burst(intake, clock, 500, 0.00001, start=n)
+        n += 500
+        clock.t += 0.3  # the batch of those 500 holds the loop
+        assert not intake.tick(clock.t)
+        intake.acked(got[:100])  # a window acknowledged now and then
+    assert counters["early_windows"] == 0
+    assert intake.ceiling is None and acks.window_messages == 20000
+
+
 def test_no_early_window_without_acknowledgements_in_between_or_too_soon():
     intake, _, _, clock = _intake(batch_max_ms=20)
     _burst(intake, clock, 20, 0.001)
