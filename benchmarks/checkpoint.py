@@ -22,8 +22,10 @@ the processor's part of a full checkpoint (``snapshot_arrays``, a fresh copy).
 Incremental checkpoints (engine.checkpoint_delta, ``--changed`` devices a window, 20 000
 by default: one acknowledgement window at most): ``incremental.take``, the processor's
 part (the live state compared with the last checkpoint's, the changed rows copied);
-``incremental.bytes``, a delta's size; then the delta serialised and written each way:
-appended to ``FILE.deltas``, a row of the SQLite store, of the PostgreSQL store.
+``incremental.take_numpy``, the same with the comparison in numpy (the reference twin,
+side by side in the same run); ``incremental.bytes``, a delta's size; then the delta
+serialised and written each way: appended to ``FILE.deltas``, a row of the SQLite
+store, of the PostgreSQL store.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from emfence.run.checkpoint_file import append_deltas
-from engine.checkpoint_delta import DeltaChain
+from engine.checkpoint_delta import DeltaChain, sync_rows_numpy
 from engine.state import (
     NONE_MS,
     checkpoint_bytes,
@@ -90,23 +92,31 @@ def run_incremental(devices: int, rounds: int, changed: int, pg: str | None,
 
     live = synthetic_snapshot(devices, copy=False)
     rng = np.random.default_rng(2)
-    chain = DeltaChain(10**9)
-    base = chain.next(live)[1]
+    # The compiled comparison (the engine's) and its numpy twin, each its own chain over
+    # the same live state, taking turns to go first each window.
+    chains = {"take": DeltaChain(10**9), "take_numpy": DeltaChain(10**9, sync_rows_numpy)}
+    base = chains["take"].next(live)[1]
+    chains["take_numpy"].next(live)
     deltas: list[dict] = []
+    take_ms: dict[str, list[float]] = {k: [] for k in chains}
 
-    def take() -> None:
+    def take(i: int) -> None:
         report_window(live, rng, changed)
-        t = time.perf_counter()
-        kind, d = chain.next(live)
-        take_ms.append((time.perf_counter() - t) * 1000)
-        assert kind == "delta"
-        deltas.append(d)
+        got = {}
+        for name in sorted(chains, reverse=bool(i % 2)):
+            t = time.perf_counter()
+            got[name] = chains[name].next(live)
+            take_ms[name].append((time.perf_counter() - t) * 1000)
+        assert got["take"][0] == got["take_numpy"][0] == "delta"
+        assert all(np.array_equal(got["take"][1][k], v) for k, v in got["take_numpy"][1].items()
+                   if k.startswith("idx:"))
+        deltas.append(got["take"][1])
 
-    take_ms: list[float] = []
-    for _ in range(rounds):
-        take()
+    for i in range(rounds):
+        take(i)
     data = [checkpoint_bytes(d) for d in deltas]
-    out: dict = {"changed": changed, "take": _summary(take_ms),
+    out: dict = {"changed": changed, "take": _summary(take_ms["take"]),
+                 "take_numpy": _summary(take_ms["take_numpy"]),
                  "bytes": int(statistics.median(len(x) for x in data)),
                  "serialise": _times(lambda: checkpoint_bytes(deltas[-1]), rounds)}
     log, size = folder / "engine.ckpt.deltas", [0]

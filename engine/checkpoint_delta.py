@@ -27,6 +27,7 @@ import zipfile
 from collections.abc import Mapping
 
 import numpy as np
+from numba import njit
 
 from contract.errors import EmfenceError
 from engine.state import CheckpointError
@@ -49,11 +50,57 @@ def _bits(a: np.ndarray) -> np.ndarray:
 
 
 def changed_rows(live: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """Indices of the rows of ``live`` that differ from ``ref`` (same shape and dtype)."""
+    """Indices of the rows of ``live`` that differ from ``ref`` (same shape and dtype):
+    numpy, the reference twin of :func:`sync_rows`."""
     ne = _bits(live) != _bits(ref)
     if ne.ndim > 1:
         ne = ne.any(axis=1)
     return np.flatnonzero(ne)
+
+
+def sync_rows_numpy(live: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """:func:`sync_rows` in numpy (the reference, and the benchmark's alternative)."""
+    idx = changed_rows(live, ref)
+    ref[idx] = live[idx]
+    return idx
+
+
+def _words(a: np.ndarray) -> np.ndarray:
+    """``a`` as a 2-D view (rows x words) of unsigned integers of its item's width; a
+    view, never a copy (:func:`sync_rows` writes through it)."""
+    v = np.reshape(a, (len(a), -1), copy=False)  # ValueError where a copy would be needed
+    return v.view(np.dtype(f"u{a.dtype.itemsize}"))
+
+
+@njit(cache=True, nogil=True)
+def _sync_words(live, ref, idx):
+    """The rows of ``live`` that differ from ``ref`` (2-D, same shape): their indices
+    into ``idx``, each such row copied into ``ref``; returns how many. One pass reading
+    both once, nothing allocated."""
+    n_rows, n_cols = live.shape
+    n = 0
+    for r in range(n_rows):
+        for c in range(n_cols):
+            if live[r, c] != ref[r, c]:
+                for k in range(n_cols):
+                    ref[r, k] = live[r, k]
+                idx[n] = r
+                n += 1
+                break
+    return n
+
+
+def sync_rows(live: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Indices of the rows of ``live`` that differ from ``ref`` (same shape and dtype,
+    numbers, compared bit by bit: NaN and -0.0 as stored), after copying those rows into
+    ``ref``. Compiled: the numpy twin (:func:`changed_rows`, then a scatter) made a
+    temporary of every element and read the arrays three times, ~0.5-1.2 s a window
+    at national size (benchmarks/README.md)."""
+    if len(live) == 0 or live.size == 0:
+        return np.flatnonzero(np.zeros(len(live), bool))
+    idx = np.empty(len(live), np.int64)
+    n = _sync_words(_words(live), _words(ref), idx)
+    return idx[:n].copy()
 
 
 def _rowwise(a: np.ndarray) -> bool:
@@ -69,12 +116,15 @@ class DeltaChain:
     ``deltas_max``: deltas after which the next checkpoint is a base again (0: every
     checkpoint is a base); a base is also due once the deltas since the last one add up
     to the base's own size (restoring then reads at most twice a full checkpoint).
+    ``sync``: how rows are compared and copied (:func:`sync_rows`, compiled; the tests
+    and ``benchmarks.checkpoint`` pass the numpy twin :func:`sync_rows_numpy`).
     """
 
-    def __init__(self, deltas_max: int):
+    def __init__(self, deltas_max: int, sync=None):
         if deltas_max < 0:
             raise ValueError(f"deltas_max must be >= 0, got {deltas_max}")
         self.deltas_max = deltas_max
+        self.sync = sync_rows if sync is None else sync
         self.chain_id = ""
         self.seq = 0
         self.ref: dict[str, np.ndarray] = {}
@@ -123,11 +173,9 @@ class DeltaChain:
                 if self._src.get(k) is a and not _rowwise(a):
                     continue  # the same never-written array (the ids)
                 if _rowwise(a):
-                    idx = changed_rows(a, old)
+                    idx = self.sync(a, old)
                     if len(idx):
-                        rows = a[idx]
-                        old[idx] = rows
-                        out[_IDX + k], out[_ROW + k] = idx, rows
+                        out[_IDX + k], out[_ROW + k] = idx, old[idx]
                     continue
                 if np.array_equal(a, old):
                     continue

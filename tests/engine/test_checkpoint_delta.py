@@ -18,6 +18,8 @@ from engine.checkpoint_delta import (
     apply_delta,
     chain_arrays,
     read_npz,
+    sync_rows,
+    sync_rows_numpy,
     without_chain,
 )
 from engine.state import CheckpointError, checkpoint_bytes
@@ -84,10 +86,16 @@ def test_base_plus_deltas_is_byte_identical_to_a_full_checkpoint(seed, steps, de
     live = {f"a{i}": random_array(rng, DTYPES[i % len(DTYPES)], int(rng.integers(0, 30)),
                                   i % 3) for i in range(7)}
     live["ids"] = np.array(["D-1", "D-2"], dtype=np.str_)
+    row = random_array(rng, np.int64, int(rng.integers(0, 30)), 4)  # strided column views,
+    live["v0"], live["v2"] = row[:, 0], row[:, 2]  # as engine.state's device_row's
     chain = DeltaChain(deltas_max)
+    twin = DeltaChain(deltas_max, sync_rows_numpy)  # the comparison in numpy
     base, deltas = None, []
     for step in range(steps):
         kind, arrays = chain.next(live)
+        twin_kind, twin_arrays = twin.next(live)
+        assert kind == twin_kind
+        assert_same_bytes(without_chain(arrays), without_chain(twin_arrays))
         data = checkpoint_bytes(arrays)  # through the bytes the store or the file keeps
         if kind == "base":
             base, deltas = data, []
@@ -97,6 +105,40 @@ def test_base_plus_deltas_is_byte_identical_to_a_full_checkpoint(seed, steps, de
         restored = chain_arrays(base, deltas, "test")
         assert_same_bytes(without_chain(restored), live)
         mutate(rng, live, step)
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(0, 40), cols=st.integers(0, 3),
+       dtype=st.sampled_from((*DTYPES, np.int16, np.float16, np.uint64)),
+       strided=st.booleans())
+def test_sync_rows_is_its_numpy_twin(seed, rows, cols, dtype, strided):
+    """The compiled comparison finds the rows numpy finds, bit by bit (NaN payloads,
+    -0.0), and leaves the reference equal to the live array; 1-D, 2-D, strided."""
+    rng = np.random.default_rng(seed)
+    def draw(n: int, c: int) -> np.ndarray:
+        if dtype == np.float16:
+            return rng.normal(size=(n, c) if c else n).astype(np.float16)
+        return random_array(rng, dtype, n, c)
+
+    def flip(x):  # the sign (floats: NaN and 0.0 too) or every bit
+        return -x if np.dtype(dtype).kind == "f" else ~x
+
+    live = draw(rows, cols)
+    if strided and cols:
+        live = live[:, cols - 1]
+    ref = live.copy()
+    if len(live):
+        for r in rng.integers(0, len(live), size=rng.integers(0, len(live) + 1)):
+            ref[r] = draw(1, 0)[0] if rng.random() < 0.5 else flip(ref[r])
+    if dtype in (np.float64, np.float32) and len(live):
+        bits = ref.view(np.dtype(f"u{ref.dtype.itemsize}"))
+        bits.reshape(-1)[:1] ^= 1  # another NaN payload or the smallest step: differs
+    twin = ref.copy()
+    want = sync_rows_numpy(live, twin)
+    got = sync_rows(live, ref)
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == np.int64
+    assert ref.tobytes() == twin.tobytes() == np.ascontiguousarray(live).tobytes()
 
 
 def test_a_delta_holds_only_the_rows_that_changed():
