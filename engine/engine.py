@@ -17,6 +17,7 @@ from emfence.config import LEVELS, Config
 from engine import kernels as K
 from engine.events import event_dicts
 from engine.fold.table import FoldTable
+from engine.kernel_args import kernel_args
 from engine.per_subject import CHECKPOINT_KEY, SubjectEpisodes
 from engine.positions import Positions
 from engine.registry import F_KERNEL, Registry
@@ -188,8 +189,7 @@ class Engine:
             self._cover(batch[2])
         ev_i, ev_f = self._events
         ev_i, ev_f, n, now = self._process_batch(*batch, *self._rule_args, clock, now,
-                                                 ev_i, ev_f, self._counters, wgs_lat, wgs_lon,
-                                                 *self._tail_args)
+                                                 ev_i, ev_f, wgs_lat, wgs_lon, self._room)
         self._events = (ev_i, ev_f)  # keep grown buffers
         return self._to_dicts(ev_i, ev_f, n), int(now)
 
@@ -211,7 +211,7 @@ class Engine:
         self._cw_span = span
         self._arrays = self._arrays._replace(cw_off=cw_off, cw=cw)
         self.state.safe_m[:] = -1.0
-        self._rule_args = (self.state, self._arrays, *self._rule_args[2:])
+        self._rule_args = (self._kernel_args(), *self._rule_args[1:])
 
     def _bind(self) -> None:
         """Resolve the kernels' native entry points for this engine's argument types (see
@@ -221,17 +221,21 @@ class Engine:
         # of them: on a batch of one fix, those look-ups were ~3 % of the call).
         self._arrays = self.registry.arrays  # with the curfew windows of _cover
         self._cw_span = (0, 0)
-        apad = K.approach_pads(self.zones.arrays.zone_bbox, float(self._warn_m[0]))
-        self._rule_args = (self.state, self._arrays, self.zones.arrays,
-                           self._offline_after_ms, self._no_fix_after_ms, self._buffer_m,
-                           self._confirm, self._battery_low, self._battery_clear, self._warn_m,
-                           apad)
-        self._tail_args = (self.relations, self.rel_state, self._rel_cfg,
-                           K.record_room(self._arrays, self.relations))  # relations, room
+        self._apad = K.approach_pads(self.zones.arrays.zone_bbox, float(self._warn_m[0]))
+        self._rule_args = (self._kernel_args(), self._buffer_m, self._confirm,
+                           self._battery_low, self._battery_clear)
+        self._room = K.record_room(self._arrays, self.relations)
         self._process_batch = _entry_point(K.process_batch, (
-            *RecordBatch.empty(), *self._rule_args, False, 0, ev_i, ev_f, self._counters,
-            *self._scratch, *self._tail_args))
+            *RecordBatch.empty(), *self._rule_args, False, 0, ev_i, ev_f, *self._scratch,
+            self._room))
         self._sweep = _entry_point(K.sweep, (self.state, 0, ev_i, ev_f, self._counters))
+
+    def _kernel_args(self) -> Any:
+        """The kernel's long-lived arrays as one reference (engine.kernel_args): built
+        again whenever one of them is replaced, never on a call."""
+        return kernel_args(self.state, self._arrays, self.zones.arrays, self.relations,
+                           self.rel_state, self._offline_after_ms, self._no_fix_after_ms,
+                           self._warn_m, self._apad, self._rel_cfg, self._counters)
 
     def sweep(self, now_ms: int) -> list[dict]:
         """Offline ``raised`` events for devices silent (by receive time) longer than their

@@ -1130,19 +1130,22 @@ def _no_fix_cleared(st, d, r, ev_i, ev_f, n):
 
 @njit(cache=True)
 def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,
-                  power, st, ra, za, offline_after_ms, no_fix_after_ms, buffer_m, confirm,
-                  battery_low_pct, battery_clear_pct, warn_m, apad, clock_sweep, now, ev_i, ev_f,
-                  counters, wgs_lat, wgs_lon, rr, rs, rel_cfg, room):
+                  power, k, buffer_m, confirm, battery_low_pct, battery_clear_pct, clock_sweep,
+                  now, ev_i, ev_f, wgs_lat, wgs_lon, room):
     """Run the rules over records in arrival order; returns ``(ev_i, ev_f, n_events, now)``.
 
     Record ``i``: ``kind`` (K_FIX / K_STATUS), ``device`` (dense index; out of range is
     counted and skipped), ``ts`` event time and ``rx`` receive time (epoch ms); for fixes
     ``lat``/``lon`` degrees in ``coord_sys`` (0 WGS-84, 1 GCJ-02, converted here),
     ``acc`` metres; for statuses ``battery`` percent (NaN absent), ``strap`` (-1 absent,
-    0 ok, 1 open) and ``power`` (-1 absent, 0 on, 1 off). ``offline_after_ms[level]``,
-    ``no_fix_after_ms[level]``; ``buffer_m`` metres; ``confirm`` out fixes;
-    ``warn_m`` float64[2]: approach_m and border_warn_m (metres, <= 0 off); ``apad``
-    float64[n_zones, 2]: each zone's bbox padding covering approach_m (engine.approach_pads).
+    0 ok, 1 open) and ``power`` (-1 absent, 0 on, 1 off).
+
+    ``k`` (:func:`engine.kernel_args.kernel_args`: one reference, unboxed once a call) holds
+    the state ``st``, registry ``ra``, zone ``za`` and relation ``rr``/``rs`` arrays and
+    ``offline_after_ms[level]``, ``no_fix_after_ms[level]``, ``warn_m`` float64[2]:
+    approach_m and border_warn_m (metres, <= 0 off), ``apad`` float64[n_zones, 2]: each
+    zone's bbox padding covering approach_m (engine.approach_pads), ``rel_cfg`` and the
+    ``counters``. ``buffer_m`` metres; ``confirm`` out fixes.
 
     ``wgs_lat[i]``/``wgs_lon[i]`` (at least as long as the batch) receive the WGS-84
     position of every fix of a known device, duplicates and late fixes included: the very
@@ -1153,7 +1156,7 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     ``rx`` and the offline sweep runs whenever it does, before that record is processed,
     exactly as a live sweep between two messages would.
 
-    ``rr``/``rs``/``rel_cfg``: the relation rules' arrays, state and numbers
+    ``k.rr``/``k.rs``/``k.rel_cfg``: the relation rules' arrays, state and numbers
     (:mod:`engine.relations`, :mod:`engine.relation_kernels`), run for an in-order fix
     of a device with a relation slot before its zone rules.
 
@@ -1165,6 +1168,10 @@ def process_batch(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap
     may replace costs two atomic reference counts wherever the branches meet, ~35 a fix
     when the loop did so (the rules' costliest part on a settled fix).
     """
+    st, ra, za, rr, rs = k.st, k.ra, k.za, k.rr, k.rs
+    offline_after_ms, no_fix_after_ms, warn_m, apad = (k.offline_after_ms, k.no_fix_after_ms,
+                                                       k.warn_m, k.apad)
+    rel_cfg, counters = k.rel_cfg, k.counters
     n = 0
     i = 0
     while True:

@@ -140,3 +140,21 @@ def test_fixes_and_statuses_calls_match_the_dispatcher_after_a_reload():
     assert got == want and got
     assert fast.sweep(int(rx.max()) + 10_000_000) == slow.sweep(int(rx.max()) + 10_000_000)
     _assert_same(fast, slow)
+
+
+def test_the_kernels_long_lived_arrays_are_shared_not_copied():
+    """engine.kernel_args: the state, registry, zone and relation arrays reach the kernel
+    as one reference built at bind time (a structref; a NamedTuple without JIT). They are
+    the engine's own arrays: what the engine writes into them in place (a restore adopts
+    the old state that way) the kernel reads on the next call."""
+    zones, subjects, centre = _fleet(2)
+    e = Engine(zones, load_registry({"subjects": subjects}, zones), Config())
+    k = e._rule_args[0]
+    assert type(k).__name__ == ("KernelArgs" if numba_config.DISABLE_JIT else "KernelArgsRef")
+    one = (np.zeros(1, np.int32), np.array([T0 + 60_000]), np.array([centre[1]]),
+           np.array([centre[0]]), np.array([10.0]), np.zeros(1, np.uint8),
+           np.array([T0 + 60_000]))
+    e.state.last_fix_ts_ms[0] = T0 + 120_000  # in place: a newer fix was already taken
+    e.process_fixes(*one)
+    assert e.counters["late_fixes"] == 1 and e.counters["fixes"] == 1
+    assert e._rule_args[0] is k  # a call rebuilds nothing
