@@ -120,6 +120,10 @@ class IngestConfig:
     # Drain markers still missing this long after the grace no longer hold offline
     # alarms, s (a broker that drops them would hold them for ever).
     drain_wait_s: float = 120.0
+    # The broker's ack wait, s: it re-sends a message a connection did not acknowledge only
+    # this long after sending it (NATS ack_wait, EMQX mqtt.retry_interval); offline alarms
+    # wait this long after the backlog drained too. 0: it re-sends at once (mosquitto).
+    broker_ack_wait_s: float = 0.0
     # Health message period, s.
     health_interval_s: float = 10.0
     # Reconnect backoff: first delay and cap, s (full jitter).
@@ -340,9 +344,10 @@ def _check_ingest(i: IngestConfig, source: str | None) -> None:
     if i.subscribe not in ("regions", "all"):
         raise ConfigError(f'must be "regions" or "all", got {i.subscribe!r}',
                           key="ingest.subscribe", source=source)
-    if i.drain_wait_s < 0:
-        raise ConfigError("must be 0 or more (seconds)", key="ingest.drain_wait_s",
-                          source=source)
+    for name in ("drain_wait_s", "broker_ack_wait_s"):
+        if getattr(i, name) < 0:
+            raise ConfigError("must be 0 or more (seconds)", key=f"ingest.{name}",
+                              source=source)
     if i.checkpoint_deltas_max < 0:
         raise ConfigError("must be 0 (every checkpoint full) or more",
                           key="ingest.checkpoint_deltas_max", source=source)

@@ -25,20 +25,29 @@ class SweepHold:
     grace. ``drain_wait_s`` after the grace at the latest sweeps run anyway (a broker
     that drops the markers, a fleet that sends nothing): said in the log.
 
+    ``ack_wait_s`` (``ingest.broker_ack_wait_s``): a broker that re-sends a message it
+    sent and got no acknowledgement for only after its ack wait (NATS) can deliver part
+    of the backlog after the markers; whatever it sent before they came back it sends
+    again by then plus its ack wait, so sweeps wait that long after the drain
+    (``drained_ms``: when this object first saw it, within a sweep period).
+
     ``reason``: why sweeps are held (None: they run); ``until_ms``: when the grace ends
     (wall clock, epoch ms); ``drained``: every drain marker of this connection came back;
     ``missing``: the filters whose markers did not; ``awaiting_devices``: no device
     message yet since the reconnect after an outage; ``heard_at``: monotonic time of the
     last message (or broker answer) received."""
 
-    def __init__(self, grace_s: float, ping_s: float, drain_wait_s: float):
+    def __init__(self, grace_s: float, ping_s: float, drain_wait_s: float,
+                 ack_wait_s: float = 0.0):
         self.grace_ms = int(grace_s * 1000)
         self.wait_ms = int(drain_wait_s * 1000)
+        self.ack_wait_ms = int(ack_wait_s * 1000)
         self.ping_s = ping_s
         self.reason: str | None = "start"
         self.connected_ms = wall_ms()
         self.until_ms = self.connected_ms + self.grace_ms
         self.drained = False
+        self.drained_ms: int | None = None
         self.missing: list[str] = []
         self.awaiting_devices = False
         self.heard_at = time.monotonic()
@@ -62,7 +71,7 @@ class SweepHold:
             self.awaiting_devices = True
         self.connected_ms = now_ms
         self.until_ms = now_ms + self.grace_ms
-        self.drained = False
+        self.drained, self.drained_ms = False, None
 
     def may_sweep(self, now_ms: int, period_s: float) -> bool:
         """Whether an offline sweep may run now (the broker connected)."""
@@ -80,18 +89,30 @@ class SweepHold:
         if self.reason is None:
             return True
         graced = now_ms >= self.until_ms and not self.awaiting_devices
-        if self.drained and self.reason == "start":
-            log.info("offline sweeps start: the backlog is drained")
-        elif self.drained and graced:
-            log.info("offline sweeps start: the backlog is drained and the %.0f s grace "
-                     "after the %s has passed", self.grace_ms / 1000, self.reason)
-        elif now_ms >= max(self.until_ms, self.connected_ms + self.grace_ms) + self.wait_ms:
+        if self.drained and self.drained_ms is None:
+            self.drained_ms = now_ms
+        drained = self.drained and now_ms >= self.drained_ms + self.ack_wait_ms
+        also = (f" (and the broker's {self.ack_wait_ms / 1000:.0f} s ack wait)"
+                if self.ack_wait_ms else "")
+        if drained and self.reason == "start":
+            log.info("offline sweeps start: the backlog is drained%s", also)
+        elif drained and graced:
+            log.info("offline sweeps start: the backlog is drained%s and the %.0f s grace "
+                     "after the %s has passed", also, self.grace_ms / 1000, self.reason)
+        elif now_ms >= max(self.until_ms, self.connected_ms + self.grace_ms,
+                           self._ack_wait_end()) + self.wait_ms:
             self._gave_up()
         else:
             return False
         self.reason = None
         self.awaiting_devices = False
         return True
+
+    def _ack_wait_end(self) -> int:
+        """When the broker's ack wait after the drain ends (0: none to wait for)."""
+        if self.drained_ms is None or not self.ack_wait_ms:
+            return 0
+        return self.drained_ms + self.ack_wait_ms
 
     def _gave_up(self) -> None:
         """Sweeps start ``drain_wait_s`` after the grace without what they wait for."""

@@ -46,6 +46,8 @@ def test_one_number_sets_every_level():
         ({"rules": {"offline_after_s": {"stricter": 1}}}, "rules.offline_after_s.stricter"),
         ({"ingest": {"max_payload_bytes": True}}, "ingest.max_payload_bytes"),
         ({"ingest": {"subscribe": "everything"}}, "ingest.subscribe"),
+        ({"ingest": {"drain_wait_s": -1}}, "ingest.drain_wait_s"),
+        ({"ingest": {"broker_ack_wait_s": -5}}, "ingest.broker_ack_wait_s"),
         ({"console": {"timezone": "Asia/Shangai"}}, "console.timezone"),
         ({"console": {"timezone": "localtime"}}, "console.timezone"),
         ({"console": {"timezone": "../../etc/passwd"}}, "console.timezone"),

@@ -113,3 +113,38 @@ def test_a_fleet_that_sends_nothing_after_an_outage_is_swept_after_the_wait(capl
     with caplog.at_level(logging.WARNING, "emfence.run"):
         assert h.may_sweep(end, PERIOD_S)
     assert "no device message came" in caplog.text
+
+
+def test_a_broker_that_re_sends_after_its_ack_wait_holds_sweeps_that_long(caplog):
+    """ingest.broker_ack_wait_s: NATS re-sends a message it got no acknowledgement for
+    only after its ack_wait, and can deliver part of a resumed backlog after the drain
+    markers; what it sent before they came back it sends again by then plus ack_wait:
+    after a start, and after a reconnect, sweeps wait that long after the drain."""
+    ack_wait_s = 30.0
+    h = SweepHold(GRACE_S, PING_S, WAIT_S, ack_wait_s)
+    h.connected(False, T0)
+    assert not h.may_sweep(T0 + 5_000, PERIOD_S)
+    h.drained = True  # the markers came back
+    h.heard()
+    assert not h.may_sweep(T0 + 5_100, PERIOD_S)  # seen drained here
+    assert not h.may_sweep(T0 + 5_100 + int(ack_wait_s * 1000) - 1, PERIOD_S)
+    with caplog.at_level(logging.INFO, "emfence.run"):
+        assert h.may_sweep(T0 + 5_100 + int(ack_wait_s * 1000), PERIOD_S)
+    assert "the backlog is drained (and the broker's 30 s ack wait)" in caplog.text
+    later = T0 + 600_000
+    h.connected(True, later)  # a broker outage: the grace from the first device message
+    assert h.drained_ms is None
+    h.device_message(later + 10)
+    h.drained = True
+    h.heard()
+    assert not h.may_sweep(later + 20, PERIOD_S)  # seen drained here
+    assert not h.may_sweep(later + 10 + int(GRACE_S * 1000), PERIOD_S)  # grace, not ack wait
+    assert not h.may_sweep(later + 19 + int(ack_wait_s * 1000), PERIOD_S)
+    assert h.may_sweep(later + 20 + int(ack_wait_s * 1000), PERIOD_S)
+
+
+def test_without_an_ack_wait_nothing_changes():
+    h = SweepHold(GRACE_S, PING_S, WAIT_S, 0.0)
+    h.connected(False, T0)
+    h.drained = True
+    assert h.may_sweep(T0 + 1, PERIOD_S)
