@@ -116,8 +116,7 @@ class Service:
         self.events = EventWriter(store, self.outbox, self.counters, self.outages,
                                   (icfg.reconnect_min_s, icfg.reconnect_max_s))
         self.tracks = TrackWriter(store, config.tracks, self.counters, self.outages)
-        self.hold = SweepHold(icfg.restart_grace_s, icfg.health_interval_s, icfg.drain_wait_s,
-                              icfg.broker_ack_wait_s)
+        self.hold = SweepHold.of(icfg)
         self.acks = Acks(opts=options, icfg=icfg, store=store, events=self.events,
                          tracks=self.tracks, outages=self.outages, counters=self.counters,
                          ack_now=self._ack_now, stopping=lambda: self.stopping,

@@ -52,6 +52,12 @@ class SweepHold:
         self.awaiting_devices = False
         self.heard_at = time.monotonic()
 
+    @classmethod
+    def of(cls, icfg) -> SweepHold:
+        """The hold of an ``[ingest]`` configuration."""
+        return cls(icfg.restart_grace_s, icfg.health_interval_s, icfg.drain_wait_s,
+                   icfg.broker_ack_wait_s)
+
     def heard(self) -> None:
         """Something arrived from the broker."""
         self.heard_at = time.monotonic()
