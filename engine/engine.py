@@ -17,7 +17,7 @@ from emfence.config import LEVELS, Config
 from engine import kernels as K
 from engine.events import event_dicts
 from engine.fold.table import FoldTable
-from engine.kernel_args import kernel_args
+from engine.kernel_args import args_type, kernel_args
 from engine.per_subject import CHECKPOINT_KEY, SubjectEpisodes
 from engine.positions import Positions
 from engine.registry import F_KERNEL, Registry
@@ -212,11 +212,12 @@ class Engine:
         self._arrays = self._arrays._replace(cw_off=cw_off, cw=cw)
         self.state.safe_m[:] = -1.0
         self._rule_args = (self._kernel_args(), *self._rule_args[1:])
+        if args_type(self._rule_args[0]) != self._args_type:  # (never seen: the curfew
+            self._resolve()  # arrays keep their dtypes; a wrong type would read garbage)
 
     def _bind(self) -> None:
         """Resolve the kernels' native entry points for this engine's argument types (see
         :func:`_entry_point`); again after a reload, which replaces the arrays."""
-        ev_i, ev_f = self._events
         # The arguments after the batch that change only here (a call then looks up none
         # of them: on a batch of one fix, those look-ups were ~3 % of the call).
         self._arrays = self.registry.arrays  # with the curfew windows of _cover
@@ -225,6 +226,12 @@ class Engine:
         self._rule_args = (self._kernel_args(), self._buffer_m, self._confirm,
                            self._battery_low, self._battery_clear)
         self._room = K.record_room(self._arrays, self.relations)
+        self._resolve()
+
+    def _resolve(self) -> None:
+        """The kernels' native entry points for the argument types bound now."""
+        ev_i, ev_f = self._events
+        self._args_type = args_type(self._rule_args[0])
         self._process_batch = _entry_point(K.process_batch, (
             *RecordBatch.empty(), *self._rule_args, False, 0, ev_i, ev_f, *self._scratch,
             self._room))

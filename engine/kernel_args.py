@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import numba
 import numpy as np
 from numba import config as numba_config
 from numba import njit, types
@@ -97,3 +98,11 @@ def kernel_args(*fields: Any) -> Any:
     if numba_config.DISABLE_JIT:
         return KernelArgs(*fields)
     return _new_ref(*fields)
+
+
+def args_type(k: Any) -> Any:
+    """The numba type of :func:`kernel_args`' result (the compiled entry point is for
+    exactly one); None without JIT."""
+    if numba_config.DISABLE_JIT:
+        return None
+    return numba.typeof(k)
