@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from benchmarks.engine_fleet import T0, build_fleet, make_fixes
+from benchmarks.engine_fleet import T0, arrival_order, build_fleet, make_fixes
 
 
 def _timed_engine_class():
@@ -321,6 +321,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", choices=("replay",),
                    help="run only this case (replay: the fleet, the walking fixes and the "
                         "replay comparison; nothing else is built or timed)")
+    p.add_argument("--order", choices=("device", "random"), default="device",
+                   help="each round of fixes in device index order (default: the figures "
+                        "recorded so far) or in a random order, as a live fleet's arrive "
+                        "(a million devices: 2.7-2.9x slower, benchmarks/README.md)")
     p.add_argument("--phones", choices=("carried", "independent"), default="carried",
                    help="each subject's phone carried with the bracelet (default) or moving "
                         "on its own: every subject separated, a storm of separation alarms")
@@ -354,9 +358,13 @@ def run(args: argparse.Namespace) -> dict:
                          lines, carried=carried)
     scattered = make_fixes(args.fixes, args.devices, pools, county_of, circle_xy, circle_of, False,
                            carried=carried)
+    if args.order == "random":
+        walking = arrival_order(walking, args.devices)
+        scattered = arrival_order(scattered, args.devices)
     setup_s = time.perf_counter() - t
     result = {
         "benchmark": "engine",
+        "order": args.order,
         "numba_threads": numba.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "devices": args.devices,

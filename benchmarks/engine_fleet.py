@@ -145,3 +145,14 @@ def _walk(rng, n_devices: int, dev, rounds, pools, county_of_device, circle_xy,
     path = start[None, :, :] + np.cumsum(steps, axis=0)
     pos = path[rounds, dev]
     return pos[:, 0], pos[:, 1]
+
+
+def arrival_order(fixes: tuple, n_devices: int, seed: int = 7) -> tuple:
+    """``fixes`` (make_fixes' arrays) with each round's fixes in a random device order,
+    as a live fleet's arrive (``--order random``); a device's own fixes stay in their
+    order (one a round). A partial last round is permuted within itself."""
+    rng = np.random.default_rng(seed)
+    n = len(fixes[0])
+    idx = np.concatenate([r + rng.permutation(min(n_devices, n - r))
+                          for r in range(0, n, n_devices)]) if n else np.arange(0)
+    return tuple(a[idx] for a in fixes)

@@ -48,7 +48,7 @@ import time
 import tracemalloc
 
 from benchmarks.engine import bench_batch
-from benchmarks.engine_fleet import build_fleet, make_fixes
+from benchmarks.engine_fleet import arrival_order, build_fleet, make_fixes
 from benchmarks.scale_e2e import add_arguments as add_e2e_arguments
 from benchmarks.scale_fleet import fleet_parts, national_counties
 
@@ -132,6 +132,8 @@ def _fleet(counties, args) -> tuple:
     n_devices = 2 * args.subjects
     fixes = make_fixes(n_devices + args.fixes, n_devices, pools, county_of, circle_xy,
                        circle_of, False)
+    if args.order == "random":
+        fixes = arrival_order(fixes, n_devices)
     return list(counties) + load_zones(circles), subjects, fixes, leaves
 
 
@@ -156,7 +158,8 @@ def run(args: argparse.Namespace) -> dict:
     t = time.perf_counter()
     national = national_counties()
     load_s = time.perf_counter() - t
-    result: dict = {"benchmark": "scale", "quick": args.quick, "subjects": args.subjects,
+    result: dict = {"benchmark": "scale", "quick": args.quick, "order": args.order,
+                    "subjects": args.subjects,
                     "devices": 2 * args.subjects, "counties": len(national),
                     "warm_up_s": round(warm_s, 1), "load_boundaries_s": round(load_s, 1),
                     "national_rate_fixes_per_s": NATIONAL_FIXES_PER_S}
@@ -192,6 +195,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="random points per county that fixes are drawn from")
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--order", choices=("device", "random"), default="device",
+                   help="each round of fixes in device order (default) or in a random "
+                        "order, as a live fleet's arrive (the engine alone)")
     p.add_argument("--profile-reload", type=int, default=0, metavar="N",
                    help="print the N costliest functions of each reload (cProfile) to stderr")
     add_e2e_arguments(p)
