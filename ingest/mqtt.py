@@ -17,6 +17,7 @@ chose QoS 0 has no redelivery guarantee).
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import socket
@@ -30,6 +31,8 @@ from contract import device_topic
 from contract.errors import EmfenceError
 from ingest.brokers import BrokerConfigError, BrokerSettings
 from ingest.decode import ID_RE
+
+log = logging.getLogger("emfence.mqtt")
 
 # Exit code of a command whose broker login was refused, or whose TLS handshake failed,
 # before any session worked: a mistake to fix (account, password file, URL, CA), which
@@ -219,6 +222,22 @@ def fail_on_early_close(client: aiomqtt.Client) -> None:
     client._client.on_disconnect = on_disconnect
 
 
+def drop_late_subacks(client: aiomqtt.Client) -> None:
+    """A SUBACK for a subscribe that was given up (cancelled: the worker stopping while
+    it subscribed) is dropped quietly: aiomqtt logs it with a traceback ("Unexpected
+    message ID"), which is no error of anyone's (seen in CI: ``--http`` on a taken port
+    stops the worker during its subscribes)."""
+    inner = client._client.on_subscribe
+
+    def on_subscribe(paho_client, userdata, mid, reason_codes, properties=None):
+        if mid not in client._pending_subscribes:
+            log.debug("SUBACK %d for a subscribe given up", mid)
+            return
+        inner(paho_client, userdata, mid, reason_codes, properties)
+
+    client._client.on_subscribe = on_subscribe
+
+
 def subscriptions(regions: list[str] | None) -> list[str]:
     """The engine's topic filters: fixes and statuses of each region (``None``: all)."""
     regions = regions or ["+"]
@@ -257,6 +276,7 @@ def make_client(settings: BrokerSettings, *, client_id: str, will: aiomqtt.Will 
     _lean_receive(client._client)
     _keep_cancellations(client)
     fail_on_early_close(client)
+    drop_late_subacks(client)
     return client
 
 
