@@ -42,20 +42,10 @@ class DeltaError(EmfenceError, ValueError):
     """A delta that does not continue the checkpoint it is applied to."""
 
 
-def _bits(a: np.ndarray) -> np.ndarray:
-    """``a`` as unsigned integers of the same width, rows first (compared bit by bit)."""
-    flat = a.reshape(len(a), int(np.prod(a.shape[1:]))) if a.ndim > 1 else a
-    return flat.view(np.dtype(f"u{a.dtype.itemsize}")) if a.dtype.itemsize in (1, 2, 4, 8) \
-        else flat.view(np.uint8)
-
-
 def changed_rows(live: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Indices of the rows of ``live`` that differ from ``ref`` (same shape and dtype):
     numpy, the reference twin of :func:`sync_rows`."""
-    ne = _bits(live) != _bits(ref)
-    if ne.ndim > 1:
-        ne = ne.any(axis=1)
-    return np.flatnonzero(ne)
+    return np.flatnonzero((_words(live) != _words(ref)).any(axis=1))
 
 
 def sync_rows_numpy(live: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -68,8 +58,11 @@ def sync_rows_numpy(live: np.ndarray, ref: np.ndarray) -> np.ndarray:
 def _words(a: np.ndarray) -> np.ndarray:
     """``a`` as a 2-D view (rows x words) of unsigned integers of its item's width; a
     view, never a copy (:func:`sync_rows` writes through it)."""
+    words = np.dtype(f"u{a.dtype.itemsize}")
+    if a.size == 0:  # no element to write through (and no -1 to reshape to)
+        return np.zeros((len(a), 0), words)
     v = np.reshape(a, (len(a), -1), copy=False)  # ValueError where a copy would be needed
-    return v.view(np.dtype(f"u{a.dtype.itemsize}"))
+    return v.view(words)
 
 
 @njit(cache=True, nogil=True)
@@ -96,8 +89,6 @@ def sync_rows(live: np.ndarray, ref: np.ndarray) -> np.ndarray:
     ``ref``. Compiled: the numpy twin (:func:`changed_rows`, then a scatter) made a
     temporary of every element and read the arrays three times, ~0.5-1.2 s a window
     at national size (benchmarks/README.md)."""
-    if len(live) == 0 or live.size == 0:
-        return np.flatnonzero(np.zeros(len(live), bool))
     idx = np.empty(len(live), np.int64)
     n = _sync_words(_words(live), _words(ref), idx)
     return idx[:n].copy()
