@@ -18,6 +18,7 @@ from engine import kernels as K
 from engine.events import event_dicts
 from engine.fold.table import FoldTable
 from engine.kernel_args import args_type, kernel_args
+from engine.native import entry_point
 from engine.per_subject import CHECKPOINT_KEY, SubjectEpisodes
 from engine.positions import Positions
 from engine.registry import F_KERNEL, Registry
@@ -51,23 +52,6 @@ from engine.state import (
     snapshot_arrays,
     write_checkpoint,
 )
-
-
-def _entry_point(dispatcher: Any, args: tuple) -> Any:
-    """The native entry point numba compiled (or loaded from its cache) for exactly the
-    types of ``args``; the plain function itself when JIT is disabled.
-
-    A call through a dispatcher first types every argument to pick the compiled version:
-    ~12-17 us for the rule kernel's (three NamedTuples of 48 arrays), more than 100 fixes.
-    The engine's argument types never change between calls (the state, registry and zone
-    arrays are its own; a RecordBatch's columns are coerced to one dtype each, 1-D, C
-    order), so it resolves the entry point once (per reload) and calls it directly.
-    """
-    typeof = getattr(dispatcher, "typeof_pyval", None)
-    if typeof is None:  # NUMBA_DISABLE_JIT=1: kernels are plain Python functions
-        return dispatcher
-    return dispatcher.compile(tuple(typeof(a) for a in args))
-
 
 # A protected person's device (level VICTIM_LEVEL) is never offline: its deadline is
 # this far after its last message (~146 000 years; no overflow added to epoch ms).
@@ -217,7 +201,7 @@ class Engine:
 
     def _bind(self) -> None:
         """Resolve the kernels' native entry points for this engine's argument types (see
-        :func:`_entry_point`); again after a reload, which replaces the arrays."""
+        :func:`engine.native.entry_point`); again after a reload, which replaces the arrays."""
         # The arguments after the batch that change only here (a call then looks up none
         # of them: on a batch of one fix, those look-ups were ~3 % of the call).
         self._arrays = self.registry.arrays  # with the curfew windows of _cover
@@ -232,10 +216,10 @@ class Engine:
         """The kernels' native entry points for the argument types bound now."""
         ev_i, ev_f = self._events
         self._args_type = args_type(self._rule_args[0])
-        self._process_batch = _entry_point(K.process_batch, (
+        self._process_batch = entry_point(K.process_batch, (
             *RecordBatch.empty(), *self._rule_args, False, 0, ev_i, ev_f, *self._scratch,
             self._room))
-        self._sweep = _entry_point(K.sweep, (self.state, 0, ev_i, ev_f, self._counters))
+        self._sweep = entry_point(K.sweep, (self.state, 0, ev_i, ev_f, self._counters))
 
     def _kernel_args(self) -> Any:
         """The kernel's long-lived arrays as one reference (engine.kernel_args): built

@@ -34,21 +34,18 @@ def event_dicts(engine: Any, ev_i: np.ndarray, ev_f: np.ndarray, n: int) -> list
         return []
     reg = engine.registry
     table = engine._per_subject
-    nparts, parts, pool = table.fold(ev_i, n, engine._alarm_per == "subject")
-    keep = np.flatnonzero(nparts)  # (-1: as it is; 0: folded into nothing)
-    if not len(keep):
+    _, kept_i, kept_f, parts, pool = table.fold(ev_i, ev_f, n, engine._alarm_per == "subject")
+    if not len(kept_i):  # (every row folded into nothing)
         return []
     subjects, suspends, zone_ids = reg.subjects, reg.suspends, engine.zones.zone_ids
     names, kinds, n_devices = table.names, reg.device_kinds, table.n_devices
     curfew = K.T_CURFEW
     # Columns, not rows: 2n row lists alive through the loop set off full collections.
-    subject_idx = reg.arrays.device_subject[ev_i[keep, K.EV_DEVICE]].tolist()
     out: list[dict] = []
     append = out.append
     pi = 0
-    for k, m, d, typ, z, raised, at, episode, late, lat, lon, aux, acc, s in zip(
-            keep.tolist(), nparts[keep].tolist(), *ev_i[keep, :7].T.tolist(),
-            *ev_f[keep, :4].T.tolist(), subject_idx, strict=True):
+    for k, m, d, typ, z, raised, at, episode, late, s, lat, lon, aux, acc in zip(
+            *kept_i.T.tolist(), *kept_f.T.tolist(), strict=True):
         subject = subjects[s]
         zone_id = zone_ids[z] if z >= 0 else None
         if m < 0:
@@ -63,7 +60,7 @@ def event_dicts(engine: Any, ev_i: np.ndarray, ev_f: np.ndarray, n: int) -> list
             name = ALARM_TYPES[t]
             ev = alarm_event(up != 0, name, subject.subject_id, names[lead], zone_id,
                              subject.region, at, ep_at, False, evidence)
-            ev["devices"] = [names[x] for x in pool[off:off + count]]  # (no key check)
+            ev["devices"] = list(map(names.__getitem__, pool[off:off + count]))  # (no key check)
             ev["device_kind"] = kinds[lead if lead < n_devices else d]  # the lead's
             if suspends[s] and suspended(subject, name, at):
                 ev["suspended"] = True

@@ -199,14 +199,21 @@ def _cleared(d, typ, episode_at, at, base, n_z1, i, slots, rint, rdev, ropen, fr
 
 
 @njit(cache=True, _nrt=False)
-def fold_events(ev_i, n, dev_subject, subject_ndev, n_subject_devices, fold_type, n_z1,
-                slots, rint, rdev, ropen, free, meta, one, nparts, p_int, pool):
+def fold_events(ev_i, ev_f, n, dev_subject, subject_ndev, n_subject_devices, fold_type, n_z1,
+                slots, rint, rdev, ropen, free, meta, one, nparts, p_int, pool, kept_i, kept_f):
     """Fold the first ``n`` event rows (columns of engine.kernels: device, type, zone,
     raised, at, episode, late); ``fold_type[t]``: type t is folded (none when alarm_per
     is "device"); ``meta[0]`` free rows on the ``free`` stack (the caller leaves at
-    least ``n``); ``one``: int64[1], scratch. Returns the number of parts written."""
+    least ``n``); ``one``: int64[1], scratch. Returns ``(parts, kept)``: the number of
+    parts written and of rows kept.
+
+    A row that becomes anything (``nparts`` not 0) is also copied, in order, into the
+    caller's columns: ``kept_i[j]`` = (row, nparts, its 7 ev_i columns, subject index),
+    ``kept_f[j]`` its 4 ev_f columns (lat, lon, aux, acc), so the caller reads them
+    into Python in one step instead of indexing ev_i and ev_f by the rows kept."""
     pi = 0
     npool = 0
+    nk = 0
     for k in range(n):
         d = ev_i[k, 0]
         if d >= n_subject_devices:
@@ -215,16 +222,27 @@ def fold_events(ev_i, n, dev_subject, subject_ndev, n_subject_devices, fold_type
         typ = ev_i[k, 1]
         s = dev_subject[d]
         if not fold_type[typ] or ev_i[k, 6] != 0 or subject_ndev[s] < 2:
-            nparts[k] = -1
-            continue
-        base = s * N_TYPES * n_z1 + ev_i[k, 2] + 1
-        i = find_slot(slots, rint, base + typ * n_z1)
-        pi0 = pi
-        if ev_i[k, 3] != 0:
-            pi, npool = _raised(d, typ, ev_i[k, 5], base, n_z1, i, slots, rint, rdev, ropen,
-                                free, meta, one, p_int, pool, pi, npool)
+            m = -1
         else:
-            pi, npool = _cleared(d, typ, ev_i[k, 5], ev_i[k, 4], base, n_z1, i, slots, rint,
-                                 rdev, ropen, free, meta, one, p_int, pool, pi, npool)
-        nparts[k] = pi - pi0
-    return pi
+            base = s * N_TYPES * n_z1 + ev_i[k, 2] + 1
+            i = find_slot(slots, rint, base + typ * n_z1)
+            pi0 = pi
+            if ev_i[k, 3] != 0:
+                pi, npool = _raised(d, typ, ev_i[k, 5], base, n_z1, i, slots, rint, rdev,
+                                    ropen, free, meta, one, p_int, pool, pi, npool)
+            else:
+                pi, npool = _cleared(d, typ, ev_i[k, 5], ev_i[k, 4], base, n_z1, i, slots,
+                                     rint, rdev, ropen, free, meta, one, p_int, pool, pi,
+                                     npool)
+            m = pi - pi0
+        nparts[k] = m
+        if m != 0:
+            kept_i[nk, 0] = k
+            kept_i[nk, 1] = m
+            for c in range(7):
+                kept_i[nk, 2 + c] = ev_i[k, c]
+            kept_i[nk, 9] = s
+            for c in range(4):
+                kept_f[nk, c] = ev_f[k, c]
+            nk += 1
+    return pi, nk

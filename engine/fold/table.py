@@ -15,11 +15,14 @@ import numpy as np
 
 from contract.alarms import ALARM_TYPES
 from engine.fold import kernels as FK
+from engine.native import entry_point
 from engine.per_subject import SUBJECT_TYPES, Episode, SubjectEpisodes
 
 # Per alarm type: is it folded with alarm_per "subject".
 FOLD_TYPES = np.array([t in SUBJECT_TYPES for t in ALARM_TYPES], dtype=np.bool_)
 NO_FOLD = np.zeros(len(ALARM_TYPES), dtype=np.bool_)
+# Columns of FoldTable.fold's kept rows (engine.fold.kernels.fold_events).
+KEPT_I, KEPT_F = 10, 4
 
 
 class FoldTable:
@@ -41,6 +44,7 @@ class FoldTable:
         self.cap = max(2, int(self.subject_ndev.max()) + devices_max)
         self.meta = np.zeros(1, dtype=np.int64)  # free rows on the stack
         self.one = np.zeros(1, dtype=np.int64)
+        self._fold = None  # fold_events' native entry point, resolved at the first fold
         self._rows(16)
         self._parts(16)
 
@@ -67,23 +71,34 @@ class FoldTable:
         self.nparts = np.empty(n, dtype=np.int64)
         self.p_int = np.empty((2 * n, 6), dtype=np.int64)
         self.pool = np.empty(2 * n * self.cap, dtype=np.int64)
+        self.kept_i = np.empty((n, KEPT_I), dtype=np.int64)
+        self.kept_f = np.empty((n, KEPT_F), dtype=np.float64)
 
-    def fold(self, ev_i: np.ndarray, n: int, fold: bool) -> tuple[np.ndarray, list, list]:
-        """Fold the first ``n`` event rows (``fold``: alarm_per is "subject"): per row
-        -1 (as it is) or the number of events it becomes, then those events (raised,
-        type, lead ref, episode at, pool offset, count) and the pool of device refs."""
+    def fold(self, ev_i: np.ndarray, ev_f: np.ndarray, n: int, fold: bool
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list, list]:
+        """Fold the first ``n`` event rows of ``ev_i``/``ev_f`` (engine.kernels.new_events'
+        buffers: C-ordered int64 and float64; ``fold``: alarm_per is "subject"). Returns
+        per row -1 (as it is) or the number of events it becomes; the rows that become
+        anything, in order, as ``kept_i`` (row, that number, the row's 7 ev_i columns,
+        its subject index) and ``kept_f`` (its lat, lon, aux, acc); then those events
+        (raised, type, lead ref, episode at, pool offset, count) and the pool of device
+        refs."""
         if self.meta[0] < n:
             self._rows(max(2 * len(self.rint), len(self.rint) - int(self.meta[0]) + n))
         if len(self.nparts) < n:
             self._parts(max(n, 2 * len(self.nparts)))
         reg = self.registry
-        m = FK.fold_events(ev_i, n, reg.arrays.device_subject, self.subject_ndev,
-                           reg.n_subject_devices, FOLD_TYPES if fold else NO_FOLD, self.n_z1,
-                           self.slots, self.rint, self.rdev, self.ropen, self.free, self.meta,
-                           self.one, self.nparts, self.p_int, self.pool)
+        args = (ev_i, ev_f, n, reg.arrays.device_subject, self.subject_ndev,
+                reg.n_subject_devices, FOLD_TYPES if fold else NO_FOLD, self.n_z1,
+                self.slots, self.rint, self.rdev, self.ropen, self.free, self.meta, self.one,
+                self.nparts, self.p_int, self.pool, self.kept_i, self.kept_f)
+        if self._fold is None:  # the types of these arguments never change (see _parts)
+            self._fold = entry_point(FK.fold_events, args)
+        m, nk = self._fold(*args)
         parts = self.p_int[:m].tolist()
         used = parts[-1][4] + parts[-1][5] if m else 0
-        return self.nparts[:n], parts, self.pool[:used].tolist()
+        return (self.nparts[:n], self.kept_i[:nk], self.kept_f[:nk], parts,
+                self.pool[:used].tolist())
 
     def to_array(self) -> np.ndarray:
         """The checkpoint array of the open episodes (SubjectEpisodes.to_array)."""

@@ -1,5 +1,5 @@
-"""The engine calls its kernels through native entry points resolved once (engine.engine.
-_entry_point), not through numba's dispatcher: held here against a twin engine whose
+"""The engine calls its kernels through native entry points resolved once (engine.native.
+entry_point), not through numba's dispatcher: held here against a twin engine whose
 calls go through the dispatchers, on real county boundaries, with every argument form a
 caller may pass (other dtypes, read-only and strided arrays, batches of one)."""
 

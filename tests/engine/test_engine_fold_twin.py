@@ -72,7 +72,16 @@ def table_out(table: FoldTable, alarm_per: str, rows) -> list:
     ev_i = np.full((len(rows) + 1, K.N_EV_I), -7, dtype=np.int64)  # (+1: never read)
     if rows:
         ev_i[:len(rows), :7] = rows
-    nparts, parts, pool = table.fold(ev_i, len(rows), alarm_per == "subject")
+    ev_f = np.arange((len(rows) + 1) * K.N_EV_F, dtype=np.float64).reshape(-1, K.N_EV_F)
+    nparts, kept_i, kept_f, parts, pool = table.fold(ev_i, ev_f, len(rows),
+                                                     alarm_per == "subject")
+    # The rows kept are those that become anything, each with its columns and subject.
+    kept = np.flatnonzero(nparts[:len(rows)])
+    assert kept_i[:, 0].tolist() == kept.tolist()
+    assert kept_i[:, 1].tolist() == nparts[kept].tolist()
+    assert (kept_i[:, 2:9] == ev_i[kept, :7]).all()
+    assert kept_i[:, 9].tolist() == table.registry.arrays.device_subject[ev_i[kept, 0]].tolist()
+    assert (kept_f == ev_f[kept, :4]).all()
     out, pi, names = [], 0, table.names
     for m in nparts[:len(rows)].tolist():
         if m <= 0:
