@@ -52,6 +52,10 @@ SEP_RUN_MAX = 1 << 30
 # within separation_m by these is within it by pair_distance_m too.
 _M_PER_DEG_LON_MAX = 111_320.0
 _M_PER_DEG_LAT_MAX = 111_700.0
+# A lower bound of its metres per degree of latitude: M(phi) >= a (1 - e2) (at the
+# equator, 110 574.3 m); rounded down, so a pair farther than a threshold in latitude
+# alone by this is farther than it by pair_distance_m too.
+_M_PER_DEG_LAT_MIN = 110_570.0
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -141,12 +145,21 @@ def separation_rule(sep_dev, last_pos, last_fix, sep, cfg, p, d, ts, lon, lat, a
             sep[p, 2] = 0
             return n
     qacc = last_pos[q, P_ACC]
-    dist = pair_distance_m(lon, lat, qlon, qlat)
-    run, act = separation_step(ep, sep[p, 2], dist, near + acc + qacc, near,
-                               cfg[CFG_SEP_CONFIRM])
+    far = near + acc + qacc
+    if abs(lat - qlat) * _M_PER_DEG_LAT_MIN > far:
+        # Certainly beyond the far threshold by latitude alone (e.g. the bracelet's new
+        # fix against the phone's previous one, the subject moving fast): the rule's
+        # step is the same as with the exact distance, needed only for a raise's evidence.
+        dist = math.nan
+        run, act = separation_step(ep, sep[p, 2], math.inf, far, near, cfg[CFG_SEP_CONFIRM])
+    else:
+        dist = pair_distance_m(lon, lat, qlon, qlat)
+        run, act = separation_step(ep, sep[p, 2], dist, far, near, cfg[CFG_SEP_CONFIRM])
     sep[p, 2] = run
     if act == 0:
         return n
+    if math.isnan(dist):
+        dist = pair_distance_m(lon, lat, qlon, qlat)
     return _separation_event(sep, p, act, side, d, q, ts, qts, ep, lon, lat, acc, qlon, qlat,
                              qacc, dist, ev_i, ev_f, n)
 
