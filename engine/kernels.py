@@ -55,6 +55,7 @@ from engine.state import (
 )
 from geofence.kernels import (
     CELL_INSIDE,
+    KIND_CIRCLE,
     KIND_POLYGON,
     gcj02_to_wgs84_point,
     zone_boundary_distance_m,
@@ -184,6 +185,15 @@ def _near_bbox(bbox, apad, z, lon, lat):
     the zone)? False means farther than approach_m from the zone."""
     return not (lon < bbox[z, 0] - apad[z, 0] or lon > bbox[z, 2] + apad[z, 0]
                 or lat < bbox[z, 1] - apad[z, 1] or lat > bbox[z, 3] + apad[z, 1])
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _beyond_circle(za, z, lon, lat, far_m):
+    """Is (lon, lat) farther than ``far_m`` metres (>= 0) from zone ``z``, a circle (False
+    for a polygon), measured as the exclusion and approach rules measure it
+    (zone_distance_m)? Then those rules leave the zone's closed episodes closed: outside,
+    and beyond the approach warning's distance."""
+    return za.zone_kind[z] == KIND_CIRCLE and zone_distance_m(za, z, lon, lat) > far_m
 
 
 @njit(cache=True, _nrt=False)
@@ -1207,6 +1217,7 @@ def _run_records(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,
     # incref/decref per member, which would dominate a settled fix.
     approach_m = warn_m[0]
     border_m = warn_m[1]
+    far_m = max(approach_m, 0.0)  # a closed zone farther than this stays closed
     appr_at = st.approach_at_ms
     last_rx = st.last_rx_ms
     deadline = st.deadline_ms
@@ -1347,7 +1358,8 @@ def _run_records(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,
             # _fix_rules costs ~200 ns before it does anything (it takes the three
             # NamedTuples, ~50 arrays), several times a grid lookup. The conditions are
             # exactly those under which _fix_rules would do only what is done here:
-            # every exclusion zone closed and its padded bbox missed (a late fix: missed,
+            # every exclusion zone closed and its padded bbox missed, or (a circle)
+            # farther than approach_m by its exact distance (a late fix: its bbox missed,
             # whatever its state), no open outbound, the first inclusion zone containing
             # the fix by its grid cell alone, and no settle attempt (_fix_rules settles
             # only after a move of at most SETTLE_MAX_MOVE_M).
@@ -1362,7 +1374,8 @@ def _run_records(kind, device, ts, rx, lat, lon, acc, coord_sys, battery, strap,
                         quiet = False
                         break
                 elif excl_at[slot0 + k] != NONE_MS or appr_at[slot0 + k] != NONE_MS or (
-                        _near_bbox(bbox, apad, excl_zone[e0 + k], x, y)):
+                        _near_bbox(bbox, apad, excl_zone[e0 + k], x, y)
+                        and not _beyond_circle(za, excl_zone[e0 + k], x, y, far_m)):
                     quiet = False
                     break
             if quiet and late:  # no exclusion zone near: left are the late runs
