@@ -19,6 +19,8 @@ from engine.relations import relation_event_parts
 
 # The relation rules' types (their events carry the peer's keys: engine.relations).
 REL_TYPES = frozenset(("separation", "proximity", "contact"))
+# Up to this many event rows are read into Python as rows, more as columns.
+FEW_ROWS = 16
 
 
 def suspended(subject: Any, type_name: str, at_ms: int) -> bool:
@@ -40,12 +42,14 @@ def event_dicts(engine: Any, ev_i: np.ndarray, ev_f: np.ndarray, n: int) -> list
     subjects, suspends, zone_ids = reg.subjects, reg.suspends, engine.zones.zone_ids
     names, kinds, n_devices = table.names, reg.device_kinds, table.n_devices
     curfew = K.T_CURFEW
-    # Columns, not rows: 2n row lists alive through the loop set off full collections.
+    # Columns, not rows, for many rows: 2n row lists alive through the loop set off full
+    # collections; for a few, rows (a column list each costs more than they do).
+    rows = zip(*kept_i.T.tolist(), *kept_f.T.tolist(), strict=True) \
+        if len(kept_i) > FEW_ROWS else map(list.__add__, kept_i.tolist(), kept_f.tolist())
     out: list[dict] = []
     append = out.append
     pi = 0
-    for k, m, d, typ, z, raised, at, episode, late, s, lat, lon, aux, acc in zip(
-            *kept_i.T.tolist(), *kept_f.T.tolist(), strict=True):
+    for k, m, d, typ, z, raised, at, episode, late, s, lat, lon, aux, acc in rows:
         subject = subjects[s]
         zone_id = zone_ids[z] if z >= 0 else None
         if m < 0:

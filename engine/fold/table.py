@@ -45,6 +45,11 @@ class FoldTable:
         self.meta = np.zeros(1, dtype=np.int64)  # free rows on the stack
         self.one = np.zeros(1, dtype=np.int64)
         self._fold = None  # fold_events' native entry point, resolved at the first fold
+        # fold_events' arguments: the batch's (0-2, 6) set by each fold, the rest by
+        # _rows and _parts (a call then builds no tuple of 20).
+        self._args: list[Any] = [None, None, 0, registry.arrays.device_subject,
+                                 self.subject_ndev, registry.n_subject_devices, NO_FOLD,
+                                 self.n_z1, *[None] * 12]
         self._rows(16)
         self._parts(16)
 
@@ -66,13 +71,16 @@ class FoldTable:
         self.rint, self.rdev, self.ropen, self.free = rint, rdev, ropen, free
         self.slots = np.full(1 << max(4, (2 * rows - 1).bit_length()), -1, dtype=np.int64)
         FK.rehash(self.slots, self.rint)
+        self._args[8:15] = (self.slots, rint, rdev, ropen, free, self.meta, self.one)
 
     def _parts(self, n: int) -> None:
+        self.n_parts = n  # rows a fold may take
         self.nparts = np.empty(n, dtype=np.int64)
         self.p_int = np.empty((2 * n, 6), dtype=np.int64)
         self.pool = np.empty(2 * n * self.cap, dtype=np.int64)
         self.kept_i = np.empty((n, KEPT_I), dtype=np.int64)
         self.kept_f = np.empty((n, KEPT_F), dtype=np.float64)
+        self._args[15:20] = (self.nparts, self.p_int, self.pool, self.kept_i, self.kept_f)
 
     def fold(self, ev_i: np.ndarray, ev_f: np.ndarray, n: int, fold: bool
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list, list]:
@@ -85,15 +93,15 @@ class FoldTable:
         refs."""
         if self.meta[0] < n:
             self._rows(max(2 * len(self.rint), len(self.rint) - int(self.meta[0]) + n))
-        if len(self.nparts) < n:
-            self._parts(max(n, 2 * len(self.nparts)))
-        reg = self.registry
-        args = (ev_i, ev_f, n, reg.arrays.device_subject, self.subject_ndev,
-                reg.n_subject_devices, FOLD_TYPES if fold else NO_FOLD, self.n_z1,
-                self.slots, self.rint, self.rdev, self.ropen, self.free, self.meta, self.one,
-                self.nparts, self.p_int, self.pool, self.kept_i, self.kept_f)
+        if self.n_parts < n:
+            self._parts(max(n, 2 * self.n_parts))
+        args = self._args
+        args[0] = ev_i
+        args[1] = ev_f
+        args[2] = n
+        args[6] = FOLD_TYPES if fold else NO_FOLD
         if self._fold is None:  # the types of these arguments never change (see _parts)
-            self._fold = entry_point(FK.fold_events, args)
+            self._fold = entry_point(FK.fold_events, tuple(args))
         m, nk = self._fold(*args)
         parts = self.p_int[:m].tolist()
         used = parts[-1][4] + parts[-1][5] if m else 0
