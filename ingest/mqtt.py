@@ -22,6 +22,7 @@ import math
 import random
 import socket
 import ssl
+import struct
 from collections.abc import Mapping
 
 import aiomqtt
@@ -326,18 +327,41 @@ def _lean_receive(paho_client) -> None:
 
 # Packets read per "socket readable" event at most.
 READ_BURST = 256
+# Bytes asked of the socket at once by the buffered reader.
+READ_CHUNK = 65536
 
 
 def _read_in_bursts(paho_client) -> None:
-    """Make paho read up to :data:`READ_BURST` packets per readable event.
+    """Make paho read up to :data:`READ_BURST` packets per readable event, from a buffer.
 
     aiomqtt calls paho's ``loop_read()`` once per readable event, and paho then reads a
     single packet when it has nothing in flight itself (a subscriber's normal state), so
     every received message cost one trip round the event loop. This reads on until the
     socket has nothing more (paho's own ``MQTT_ERR_AGAIN``) or the burst is used up,
     with paho's own packet reader and error handling.
+
+    paho reads a packet with a system call for its first byte, one for each byte of its
+    length and one for the rest (three or four a fix). Its ``_sock_recv`` is given a
+    buffer here: it asks the socket for up to :data:`READ_CHUNK` bytes at once, with
+    paho's own ``_sock_recv`` (and so its TLS handling), only when the buffer is empty,
+    and hands paho the bytes it asks for from the buffer. So paho's ``MQTT_ERR_AGAIN``
+    still means that the socket has nothing more; a burst that ends with bytes left in
+    the buffer, which no readable event would announce, reads on at the event loop's
+    next turn. A new socket (a reconnect) starts with an empty buffer.
     """
     import paho.mqtt.client as paho
+
+    raw_recv = paho_client._sock_recv
+    buf = {"sock": None, "data": b"", "pos": 0}
+
+    def sock_recv(bufsize: int) -> bytes:
+        data, pos = buf["data"], buf["pos"]
+        if pos >= len(data) or buf["sock"] is not paho_client._sock:
+            data = raw_recv(READ_CHUNK)  # raises BlockingIOError when there is nothing
+            buf["sock"], buf["data"], pos = paho_client._sock, data, 0
+        out = data[pos:pos + bufsize]
+        buf["pos"] = pos + len(out)
+        return out
 
     def loop_read(max_packets: int = 1) -> paho.MQTTErrorCode:
         for _ in range(max(max_packets, READ_BURST)):
@@ -347,9 +371,15 @@ def _read_in_bursts(paho_client) -> None:
             if rc > 0:
                 return paho_client._loop_rc_handle(rc)
             if rc == paho.MQTTErrorCode.MQTT_ERR_AGAIN:
-                break
+                return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
+        if buffered():  # the burst is used up: the rest at the loop's next turn
+            asyncio.get_running_loop().call_soon(loop_read)
         return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    def buffered() -> bool:
+        return buf["pos"] < len(buf["data"]) and buf["sock"] is paho_client._sock
+
+    paho_client._sock_recv = sock_recv
     paho_client.loop_read = loop_read
 
 
@@ -374,6 +404,21 @@ def queued_messages(client: aiomqtt.Client) -> list:
 # only holds back the final PUBCOMP, and after PUBREC the broker keeps just the packet
 # id, not the message: a crash before the effect is durable would lose the fix.
 SUBSCRIBE_QOS = 1
+# MQTT 3.1.1 PUBACK: its type (4), remaining length 2, then the packet id (2 bytes); as
+# the first two of the four bytes of a big-endian int (ack_all).
+PUBACK = 0x40
+PUBACK_HEAD = (PUBACK << 24) | (2 << 16)
+
+
+def ack_all(client: aiomqtt.Client, mids: list[int]) -> None:
+    """:func:`ack` of each of ``mids``, in this order, written at once: paho queues a
+    PUBACK as a packet of its own and writes each with a system call of its own (4 bytes;
+    an acknowledgement window is 20 000 of them), so they go to paho as one queued packet
+    of all of them, written like any other (in order with the rest of its queue, partial
+    writes resumed)."""
+    if mids:
+        client._client._packet_queue(PUBACK, struct.pack(f"!{len(mids)}I", *[
+            PUBACK_HEAD | mid for mid in mids]), 0, 0)
 
 
 def ack(client: aiomqtt.Client, mid: int) -> None:

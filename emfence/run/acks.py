@@ -38,7 +38,7 @@ class Acks:
     """The acknowledgement rule (module docstring); ``run`` is the acknowledger task."""
 
     def __init__(self, *, opts: Options, icfg, store, events, tracks, outages,
-                 counters: Counter, ack_now: Callable, stopping: Callable[[], bool],
+                 counters: Counter, ack_all: Callable, stopping: Callable[[], bool],
                  covered: set[bytes] | None = None):
         self.opts = opts
         self.icfg = icfg
@@ -47,7 +47,7 @@ class Acks:
         self.tracks = tracks
         self.outages = outages
         self.counters = counters
-        self.ack_now = ack_now  # (generation, packet id) -> PUBACK on this connection
+        self.ack_all = ack_all  # [(generation, packet id)] -> PUBACKs on this connection
         self.stopping = stopping
         self.pending: list[tuple[int, int]] = []
         self.received: set[bytes] = set()  # received, not yet processed
@@ -184,8 +184,7 @@ class Acks:
             for job in jobs:
                 job.snapshot = None
                 if durable:
-                    for a in job.acks:
-                        self.ack_now(a)
+                    self.ack_all(job.acks)
                     if self.on_acked is not None:
                         self.on_acked(job.acks)
             self.covered.appendleft(window)  # recognised from here on: out of acking

@@ -465,6 +465,11 @@ class Receiver:
         if gen == self.gen and self.client is not None:
             self.mqtt.ack(self.client, mid)
 
+    def ack_all(self, acks: list[tuple[int, int] | None]) -> None:
+        """:meth:`ack_now` of each, their PUBACKs written at once (mqtt.ack_all)."""
+        if self.client is not None:
+            self.mqtt.ack_all(self.client, [a[1] for a in acks if a and a[0] == self.gen])
+
     def deadletter(self, topic: str, payload: bytes, exc: PayloadError, rx_ms: int) -> None:
         """Count a rejection and queue its dead letter (bounded: counted when dropped)."""
         self.counters["deadletters"] += 1

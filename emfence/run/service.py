@@ -119,7 +119,7 @@ class Service:
         self.hold = SweepHold.of(icfg)
         self.acks = Acks(opts=options, icfg=icfg, store=store, events=self.events,
                          tracks=self.tracks, outages=self.outages, counters=self.counters,
-                         ack_now=self._ack_now, stopping=lambda: self.stopping,
+                         ack_all=self._ack_all, stopping=lambda: self.stopping,
                          covered=covered)
         self.receiver = Receiver(
             broker=broker, opts=options, icfg=icfg, registry=lambda: self.registry,
@@ -291,8 +291,8 @@ class Service:
     def _join_batch(self, ack: tuple[int, int] | None, digest: bytes | None) -> None:
         self.batches.join(ack, digest)
 
-    def _ack_now(self, ack: tuple[int, int] | None) -> None:
-        self.receiver.ack_now(ack)
+    def _ack_all(self, acks: list[tuple[int, int] | None]) -> None:
+        self.receiver.ack_all(acks)
 
     async def _processor(self) -> None:
         work = self.batches.work

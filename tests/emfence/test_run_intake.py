@@ -28,7 +28,7 @@ def _intake(**ingest):
     counters: Counter = Counter()
     acks = Acks(opts=Options("z", "s", "sqlite:///x.db", state_in="file"), icfg=icfg,
                 store=None, events=None, tracks=None, outages=None, counters=counters,
-                ack_now=lambda a: None, stopping=lambda: False)
+                ack_all=lambda a: None, stopping=lambda: False)
     clock = Clock()
     intake = Intake(icfg, acks, Batches(icfg.batch_max_messages, icfg.batch_max_ms), counters,
                     clock=clock)

@@ -63,7 +63,7 @@ def _acks(covered: set[bytes]) -> Acks:
     icfg = config_from_dict({"ingest": {"redelivery_horizon_s": 60}}).ingest
     return Acks(opts=Options("z", "s", "sqlite:///x.db", state_in="none"), icfg=icfg,
                 store=None, events=None, tracks=None, outages=None, counters=Counter(),
-                ack_now=lambda a: None, stopping=lambda: False, covered=covered)
+                ack_all=lambda a: None, stopping=lambda: False, covered=covered)
 
 
 def test_acks_recognise_a_message_acknowledged_many_windows_ago():

@@ -469,6 +469,9 @@ async def test_the_paho_internals_the_engine_client_relies_on_are_there():
     for name in ("_packet_read", "_loop_rc_handle", "_sock", "_callback_mutex",
                  "_in_callback_mutex", "manual_ack_set", "ack"):
         assert hasattr(p, name), name
+    # the buffered reads wrap paho's own socket read (an instance attribute over it)
+    assert hasattr(type(p), "_sock_recv") and p._sock_recv.__qualname__.startswith(
+        "_read_in_bursts")
     assert isinstance(client._queue, asyncio.Queue)
     # fail_on_early_close: the pending connect and its loop, and paho's disconnect hook
     assert isinstance(client._connected, asyncio.Future)
