@@ -467,7 +467,7 @@ async def test_the_paho_internals_the_engine_client_relies_on_are_there():
     client = mqtt.make_client(BrokerSettings("127.0.0.1", 1), client_id="engine-x", will=None)
     p = client._client
     for name in ("_packet_read", "_loop_rc_handle", "_sock", "_callback_mutex",
-                 "_in_callback_mutex", "manual_ack_set", "ack"):
+                 "_in_callback_mutex", "manual_ack_set", "ack", "_packet_queue"):
         assert hasattr(p, name), name
     # the buffered reads wrap paho's own socket read (an instance attribute over it)
     assert hasattr(type(p), "_sock_recv") and p._sock_recv.__qualname__.startswith(
