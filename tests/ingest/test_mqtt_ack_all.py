@@ -19,11 +19,15 @@ N = 5000  # 20 000 bytes of PUBACKs: more than one write may take
 
 
 
+def _session(port: int):
+    """The engine's client of one persistent session (the same each time)."""
+    return mqtt.make_client(BrokerSettings("127.0.0.1", port), client_id="ack-all", will=None)
+
+
 async def test_every_message_acknowledged_at_once_is_taken_and_one_left_out_is_sent_again(
         mosquitto):
     port = mosquitto.port
-    client = mqtt.make_client(BrokerSettings("127.0.0.1", port), client_id="ack-all",
-                              will=None)
+    client = _session(port)
     async with client:  # the persistent session and its subscription
         await client.subscribe("acks/#", qos=1)
     pub = paho_mqtt.Client(paho_mqtt.CallbackAPIVersion.VERSION2, "ack-all-pub")
@@ -36,8 +40,7 @@ async def test_every_message_acknowledged_at_once_is_taken_and_one_left_out_is_s
     pub.loop_stop()
     pub.disconnect()
 
-    client = mqtt.make_client(BrokerSettings("127.0.0.1", port), client_id="ack-all",
-                              will=None)
+    client = _session(port)
     got = []
     async with client:
         async with asyncio.timeout(20):
@@ -51,14 +54,10 @@ async def test_every_message_acknowledged_at_once_is_taken_and_one_left_out_is_s
         mqtt.ack_all(client, [m.mid for m in got if m is not left])
         await asyncio.sleep(1.0)  # the writer sends them, the broker takes them
     # The same session again: only the message left out comes back.
-    client = mqtt.make_client(BrokerSettings("127.0.0.1", port), client_id="ack-all",
-                              will=None)
-    again = []
+    client = _session(port)
     async with client:
         async with asyncio.timeout(10):
-            async for message in client.messages:
-                again.append(message.payload)
-                break
+            again = [(await anext(client.messages)).payload]
         await asyncio.sleep(1.0)
         again += [m.payload for m in mqtt.queued_messages(client)]
     assert again == [left.payload]
