@@ -228,7 +228,7 @@ class Intake:
             return
         self.acks.window_messages = window
         self.counters["broker_inflight_window"] = seen
-        log.warning("broker in-flight window looks like %d messages (below "
+        log.warning("broker in-flight window looks like %d messages (under twice "
                     "ingest.ack_window_messages %d): acknowledging every ~%d; raise the "
                     "broker's in-flight limit for throughput (%s)", seen, configured, window,
                     INFLIGHT_SETTINGS)

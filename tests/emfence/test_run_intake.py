@@ -96,7 +96,7 @@ def test_stalls_followed_at_once_by_more_teach_the_window_said_once(caplog):
     assert counters["broker_inflight_window"] == 20
     lines = [r.getMessage() for r in caplog.records if "in-flight window" in r.getMessage()]
     assert len(lines) == 1, lines
-    assert lines[0].startswith("broker in-flight window looks like 20 messages (below "
+    assert lines[0].startswith("broker in-flight window looks like 20 messages (under twice "
                                "ingest.ack_window_messages 20000): acknowledging every ~10")
     for setting in ("max_inflight_messages", "max_ack_pending", "mqtt.prefetch",
                     "mqtt.max_inflight"):
