@@ -74,7 +74,6 @@ class FoldTable:
         self._args[8:15] = (self.slots, rint, rdev, ropen, free, self.meta, self.one)
 
     def _parts(self, n: int) -> None:
-        self.n_parts = n  # rows a fold may take
         self.nparts = np.empty(n, dtype=np.int64)
         self.p_int = np.empty((2 * n, 6), dtype=np.int64)
         self.pool = np.empty(2 * n * self.cap, dtype=np.int64)
@@ -93,8 +92,8 @@ class FoldTable:
         refs."""
         if self.meta[0] < n:
             self._rows(max(2 * len(self.rint), len(self.rint) - int(self.meta[0]) + n))
-        if self.n_parts < n:
-            self._parts(max(n, 2 * self.n_parts))
+        if len(self.nparts) < n:
+            self._parts(max(n, 2 * len(self.nparts)))
         args = self._args
         args[0] = ev_i
         args[1] = ev_f
